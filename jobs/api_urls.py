@@ -1,0 +1,13 @@
+from django.urls import path
+
+from jobs import apis
+
+urlpatterns = [
+    path("datasets/", apis.DatasetListApi.as_view(), name="api-datasets"),
+    path("base-models/", apis.BaseModelListApi.as_view(), name="api-base-models"),
+    path("jobs/", apis.JobListApi.as_view(), name="api-jobs"),
+    path("jobs/<uuid:job_id>/", apis.JobDetailApi.as_view(), name="api-job"),
+    path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="api-job-cancel"),
+    path("jobs/<uuid:job_id>/metrics/", apis.JobMetricsApi.as_view(), name="api-job-metrics"),
+    path("jobs/<uuid:job_id>/adapter/", apis.JobAdapterApi.as_view(), name="api-job-adapter"),
+]

@@ -1,0 +1,145 @@
+"""REST API (Django REST framework): thin views with nested input/output serializers that call
+the same services as the browser."""
+from __future__ import annotations
+
+from django.http import FileResponse, Http404
+from rest_framework import serializers, status
+from rest_framework.parsers import MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from jobs import selectors, services
+from jobs.models import JobStatus
+from worker.config import ConfigError, TrainConfig
+from worker.data import DatasetError
+
+
+def exception_handler(exc, context):
+    """Product errors become 4xx JSON naming the field (or file and line); never a 500 page."""
+    if isinstance(exc, ConfigError):
+        return Response({"error": {"field": exc.field, "message": exc.message}}, status=400)
+    if isinstance(exc, DatasetError):
+        return Response({"error": {"field": "file", "message": str(exc), "problems": exc.messages(),
+                                   "total": exc.total}}, status=400)
+    if isinstance(exc, services.JobStateError):
+        return Response({"error": {"field": "status", "message": str(exc)}}, status=409)
+    return drf_exception_handler(exc, context)
+
+
+class DatasetOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    format = serializers.CharField()
+    schema = serializers.CharField()
+    rows = serializers.IntegerField()
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    created = serializers.DateTimeField()
+
+
+class DatasetListApi(APIView):
+    parser_classes = [MultiPartParser]
+
+    class InputSerializer(serializers.Serializer):
+        file = serializers.FileField()
+        name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+    def get(self, request):
+        return Response(DatasetOutput(selectors.dataset_list(owner=request.user), many=True).data)
+
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        ds = services.dataset_create(owner=request.user, upload=data.validated_data["file"],
+                                     name=data.validated_data.get("name", ""))
+        return Response(DatasetOutput(ds).data, status=status.HTTP_201_CREATED)
+
+
+class BaseModelListApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.UUIDField()
+        name = serializers.CharField()
+        architecture = serializers.CharField()
+        parameters = serializers.IntegerField()
+        linear_modules = serializers.ListField(child=serializers.CharField())
+
+    def get(self, request):
+        return Response(self.OutputSerializer(selectors.base_model_list(), many=True).data)
+
+
+class JobOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    status = serializers.CharField()
+    dataset = serializers.UUIDField(source="dataset_id")
+    base_model = serializers.UUIDField(source="base_model_id")
+    config = serializers.JSONField()
+    step = serializers.IntegerField()
+    total_steps = serializers.IntegerField()
+    final_loss = serializers.FloatField(allow_null=True)
+    error = serializers.CharField()
+    attempts = serializers.IntegerField()
+    created = serializers.DateTimeField()
+    finished = serializers.DateTimeField(allow_null=True)
+
+
+class JobListApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        dataset = serializers.UUIDField()
+        base_model = serializers.UUIDField()
+        config = serializers.DictField(required=False, default=dict)
+
+    def get(self, request):
+        wanted = request.query_params.get("status")
+        if wanted and wanted not in JobStatus.values:
+            raise ConfigError("status", f"must be one of {', '.join(JobStatus.values)}")
+        return Response(JobOutput(selectors.job_list(owner=request.user, status=wanted), many=True).data)
+
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        try:
+            dataset = selectors.dataset_get(owner=request.user, dataset_id=v["dataset"])
+        except Http404:
+            raise ConfigError("dataset", "no such dataset") from None
+        base = selectors.base_model_list().filter(id=v["base_model"]).first()
+        if base is None:
+            raise ConfigError("base_model", "no such base model")
+        config = TrainConfig.from_dict(v["config"])
+        job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
+                                  name=v.get("name", ""))
+        return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+
+
+class JobDetailApi(APIView):
+    def get(self, request, job_id):
+        return Response(JobOutput(selectors.job_get(owner=request.user, job_id=job_id)).data)
+
+
+class JobCancelApi(APIView):
+    def post(self, request, job_id):
+        job = services.job_cancel(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
+        return Response(JobOutput(job).data)
+
+
+class JobMetricsApi(APIView):
+    def get(self, request, job_id):
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        try:
+            after = int(request.query_params.get("after", 0))
+        except ValueError:
+            raise ConfigError("after", "must be an integer step") from None
+        return Response([p.as_event() for p in selectors.metric_points(job=job, after_step=after)])
+
+
+class JobAdapterApi(APIView):
+    def get(self, request, job_id):
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        adapter = getattr(job, "adapter", None)
+        if adapter is None:
+            raise Http404("this job has no adapter")
+        return FileResponse(open(services.media_path(adapter.zip_file), "rb"), as_attachment=True,
+                            filename=f"adapter-{job.short_id}.zip", content_type="application/zip")

@@ -1,0 +1,74 @@
+"""HTML forms. Their validation defers to worker.config.TrainConfig, the single source of truth."""
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth.forms import UserCreationForm
+
+from jobs.models import BaseModel, Dataset
+from jobs.services import job_validate_config
+from worker.config import BIAS_CHOICES, LR_SCHEDULERS, ConfigError, TrainConfig
+
+DEFAULTS = TrainConfig()
+TARGET_CHOICES = [
+    ("attention", "Attention (q, k, v, o projections)"),
+    ("mlp", "MLP (feed-forward projections)"),
+    ("all_linear", "All linear layers"),
+    ("custom", "Custom list"),
+]
+CONFIG_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "epochs",
+                 "learning_rate", "batch_size", "grad_accum", "max_seq_length", "warmup_ratio", "lr_scheduler",
+                 "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing")
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(help_text="JSONL: one {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} per line")
+    name = forms.CharField(max_length=200, required=False)
+
+
+class JobForm(forms.Form):
+    name = forms.CharField(max_length=200, required=False)
+    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.none(), empty_label=None)
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), empty_label=None)
+    rank = forms.IntegerField(initial=DEFAULTS.rank, help_text="LoRA rank r; 8-16 is usual")
+    alpha = forms.FloatField(initial=DEFAULTS.alpha, help_text="scale is alpha / r; 2 x rank is usual")
+    dropout = forms.FloatField(initial=DEFAULTS.dropout)
+    target_preset = forms.ChoiceField(choices=TARGET_CHOICES, initial=DEFAULTS.target_preset, label="Target layers")
+    target_modules = forms.CharField(required=False, label="Custom modules",
+                                     help_text="comma-separated, e.g. q_proj, v_proj (only for Custom list)")
+    qlora = forms.BooleanField(required=False, initial=DEFAULTS.qlora, label="QLoRA (4-bit NF4 base)")
+    epochs = forms.FloatField(initial=DEFAULTS.epochs)
+    learning_rate = forms.FloatField(initial=DEFAULTS.learning_rate)
+    batch_size = forms.IntegerField(initial=DEFAULTS.batch_size)
+    grad_accum = forms.IntegerField(initial=DEFAULTS.grad_accum, label="Gradient accumulation")
+    max_seq_length = forms.IntegerField(initial=DEFAULTS.max_seq_length, label="Max sequence length")
+    warmup_ratio = forms.FloatField(initial=DEFAULTS.warmup_ratio)
+    lr_scheduler = forms.ChoiceField(choices=[(s, s) for s in LR_SCHEDULERS], initial=DEFAULTS.lr_scheduler)
+    weight_decay = forms.FloatField(initial=DEFAULTS.weight_decay)
+    seed = forms.IntegerField(initial=DEFAULTS.seed)
+    use_rslora = forms.BooleanField(required=False, label="rsLoRA (alpha / sqrt(r))")
+    use_dora = forms.BooleanField(required=False, label="DoRA")
+    bias = forms.ChoiceField(choices=[(b, b) for b in BIAS_CHOICES], initial=DEFAULTS.bias)
+    gradient_checkpointing = forms.BooleanField(required=False)
+
+    def __init__(self, *args, owner, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["base_model"].queryset = BaseModel.objects.all()
+        self.fields["dataset"].queryset = Dataset.objects.filter(owner=owner)
+        self.config: TrainConfig | None = None
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        values = {k: data[k] for k in CONFIG_FIELDS if k in data}
+        try:
+            self.config = TrainConfig.from_dict(values)
+            job_validate_config(base_model=data["base_model"], config=self.config)
+        except ConfigError as exc:
+            field = exc.field if exc.field in self.fields else None
+            self.add_error(field, exc.message)
+        return data
+
+
+class SignupForm(UserCreationForm):
+    pass

@@ -1,0 +1,172 @@
+"""Database rows. Primary keys of user-facing objects are random UUIDs (opaque, not guessable)."""
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class BaseModel(models.Model):
+    """A base language model available on local disk."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200, unique=True)
+    path = models.CharField(max_length=500)
+    architecture = models.CharField(max_length=100, blank=True)
+    parameters = models.BigIntegerField(default=0)
+    linear_modules = models.JSONField(default=list)
+    has_chat_template = models.BooleanField(default=False)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Dataset(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="datasets")
+    name = models.CharField(max_length=200)
+    file = models.CharField(max_length=300, help_text="path under MEDIA_ROOT, named by an opaque id")
+    format = models.CharField(max_length=20)
+    schema = models.CharField(max_length=30)
+    rows = models.PositiveIntegerField()
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    stats = models.JSONField(default=dict)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class FineTuneJob(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    name = models.CharField(max_length=200, blank=True)
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="jobs")
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="jobs")
+    config = models.JSONField(help_text="a worker.config.TrainConfig as a dict")
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    stop_requested = models.CharField(max_length=10, blank=True, help_text="cancel or pause, set by the web")
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    final_loss = models.FloatField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return self.name or f"job {self.id}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def short_id(self) -> str:
+        return str(self.id)[:8]
+
+
+class MetricPoint(models.Model):
+    job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, related_name="metrics")
+    step = models.PositiveIntegerField()
+    epoch = models.FloatField(default=0)
+    train_loss = models.FloatField(null=True)
+    eval_loss = models.FloatField(null=True)
+    lr = models.FloatField(null=True)
+    tokens_per_s = models.FloatField(null=True)
+    extra = models.JSONField(default=dict)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["step"]
+        constraints = [models.UniqueConstraint(fields=["job", "step"], name="unique_metric_step")]
+
+    def as_event(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "loss": self.train_loss, "eval_loss": self.eval_loss,
+                "lr": self.lr, "tokens_per_s": self.tokens_per_s, **self.extra}
+
+
+class JobEvent(models.Model):
+    """Human-readable messages from a job's life (setup, resume, errors)."""
+
+    job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=30)
+    message = models.TextField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+
+class Adapter(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.OneToOneField(FineTuneJob, on_delete=models.CASCADE, related_name="adapter")
+    folder = models.CharField(max_length=300, help_text="adapter folder under MEDIA_ROOT")
+    zip_file = models.CharField(max_length=300, help_text="zip under MEDIA_ROOT")
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created = models.DateTimeField(auto_now_add=True)
+
+
+class ChatSession(models.Model):
+    """One comparison: the same prompt to the base and to an adapter."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chats")
+    job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, related_name="chats")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+
+class ChatAnswer(models.Model):
+    class Side(models.TextChoices):
+        BASE = "base"
+        ADAPTER = "adapter"
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        STREAMING = "streaming"
+        DONE = "done"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="answers")
+    side = models.CharField(max_length=10, choices=Side.choices)
+    prompt = models.TextField()
+    settings = models.JSONField(default=dict)
+    text = models.TextField(blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created", "side"]

@@ -1,0 +1,43 @@
+"""Reads. Every selector of user data takes the owner, so a forgotten filter is hard to write."""
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+
+from jobs.models import BaseModel, ChatAnswer, ChatSession, Dataset, FineTuneJob, MetricPoint
+
+
+def base_model_list() -> QuerySet[BaseModel]:
+    return BaseModel.objects.all()
+
+
+def dataset_list(*, owner) -> QuerySet[Dataset]:
+    return Dataset.objects.filter(owner=owner)
+
+
+def dataset_get(*, owner, dataset_id) -> Dataset:
+    """The owner's dataset, or Http404 (another user's dataset does not exist for you)."""
+    return get_object_or_404(Dataset, owner=owner, id=dataset_id)
+
+
+def job_list(*, owner, status: str | None = None) -> QuerySet[FineTuneJob]:
+    qs = FineTuneJob.objects.filter(owner=owner).select_related("dataset", "base_model")
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def job_get(*, owner, job_id) -> FineTuneJob:
+    return get_object_or_404(job_list(owner=owner), id=job_id)
+
+
+def metric_points(*, job: FineTuneJob, after_step: int = 0) -> QuerySet[MetricPoint]:
+    return MetricPoint.objects.filter(job=job, step__gt=after_step).order_by("step")
+
+
+def chat_session_get(*, owner, session_id) -> ChatSession:
+    return get_object_or_404(ChatSession.objects.select_related("job"), owner=owner, id=session_id)
+
+
+def chat_answers(*, session: ChatSession) -> QuerySet[ChatAnswer]:
+    return ChatAnswer.objects.filter(session=session).order_by("created", "side")

@@ -1,0 +1,18 @@
+from django.urls import path
+
+from jobs import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("datasets/", views.dataset_list, name="dataset-list"),
+    path("datasets/demo/", views.dataset_demo, name="dataset-demo"),
+    path("jobs/", views.job_list, name="job-list"),
+    path("jobs/new/", views.job_new, name="job-new"),
+    path("jobs/<uuid:job_id>/", views.job_detail, name="job-detail"),
+    path("jobs/<uuid:job_id>/events/", views.job_events, name="job-events"),
+    path("jobs/<uuid:job_id>/cancel/", views.job_cancel, name="job-cancel"),
+    path("jobs/<uuid:job_id>/download/", views.job_download, name="job-download"),
+    path("jobs/<uuid:job_id>/compare/", views.job_compare, name="job-compare"),
+    path("jobs/<uuid:job_id>/compare/ask/", views.job_compare_ask, name="job-compare-ask"),
+    path("chats/<uuid:session_id>/events/", views.chat_events, name="chat-events"),
+]

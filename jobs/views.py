@@ -1,0 +1,254 @@
+"""HTML views and the server-sent-event streams. Thin: forms validate, services write."""
+from __future__ import annotations
+
+import json
+import re
+
+from asgiref.sync import sync_to_async
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpResponseNotAllowed, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from jobs import events, selectors, services
+from jobs.forms import JobForm, SignupForm, UploadForm
+from jobs.models import TERMINAL_STATUSES, ChatAnswer, ChatSession, FineTuneJob, JobStatus
+from worker.config import ConfigError, GenerationConfig
+from worker.data import DatasetError
+
+
+def signup(request):
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user)
+        return redirect("dataset-list")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+@login_required
+def home(request):
+    return redirect("job-list")
+
+
+@login_required
+def dataset_list(request):
+    form = UploadForm()
+    problems: list[str] = []
+    total = 0
+    status = 200
+    if request.method == "POST":
+        form = UploadForm(request.POST, request.FILES)
+        if form.is_valid():
+            try:
+                ds = services.dataset_create(owner=request.user, upload=form.cleaned_data["file"],
+                                             name=form.cleaned_data["name"])
+            except DatasetError as exc:
+                problems, total, status = exc.messages(), exc.total, 400
+            else:
+                messages.success(request, f"Uploaded {ds.name}: {ds.rows} examples.")
+                return redirect("dataset-list")
+        else:
+            status = 400
+    return render(request, "jobs/dataset_list.html", {
+        "datasets": selectors.dataset_list(owner=request.user), "form": form, "problems": problems,
+        "problem_total": total,
+    }, status=status)
+
+
+@login_required
+@require_POST
+def dataset_demo(request):
+    ds = services.dataset_create_demo(owner=request.user)
+    messages.success(request, f"Added the demo dataset ({ds.rows} examples). Now pick your settings.")
+    return redirect(f"/jobs/new/?dataset={ds.id}")
+
+
+@login_required
+def job_list(request):
+    status = request.GET.get("status") or None
+    return render(request, "jobs/job_list.html", {
+        "jobs": selectors.job_list(owner=request.user, status=status), "status": status,
+        "statuses": JobStatus.values})
+
+
+@login_required
+def job_new(request):
+    initial = {}
+    if request.GET.get("dataset"):
+        try:
+            initial["dataset"] = selectors.dataset_get(owner=request.user, dataset_id=request.GET["dataset"])
+        except (Http404, ValueError, Exception):
+            pass
+    form = JobForm(request.POST or None, owner=request.user, initial=initial)
+    if request.method == "POST":
+        if form.is_valid():
+            job = services.job_create(owner=request.user, dataset=form.cleaned_data["dataset"],
+                                      base_model=form.cleaned_data["base_model"], config=form.config,
+                                      name=form.cleaned_data["name"])
+            return redirect("job-detail", job_id=job.id)
+        return render(request, "jobs/job_new.html", {"form": form}, status=400)
+    return render(request, "jobs/job_new.html", {"form": form})
+
+
+@login_required
+def job_detail(request, job_id):
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    return render(request, "jobs/job_detail.html", {
+        "job": job, "config": job.config, "events": job.events.order_by("-id")[:20],
+        "adapter": getattr(job, "adapter", None) if job.status == JobStatus.SUCCEEDED else None})
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id):
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    try:
+        services.job_cancel(job=job, by=request.user)
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.info(request, "Cancel requested: the job stops before its next step.")
+    return redirect("job-detail", job_id=job.id)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "adapter"
+
+
+@login_required
+def job_download(request, job_id):
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    adapter = getattr(job, "adapter", None)
+    if job.status != JobStatus.SUCCEEDED or adapter is None:
+        raise Http404("this job has no adapter")
+    path = services.media_path(adapter.zip_file)
+    return FileResponse(open(path, "rb"), as_attachment=True,
+                        filename=f"{_slug(job.name or 'lora-' + job.short_id)}-adapter.zip",
+                        content_type="application/zip")
+
+
+@login_required
+def job_compare(request, job_id):
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    return render(request, "jobs/compare.html", {"job": job, "defaults": GenerationConfig()})
+
+
+def _json_error(field: str, message: str, status: int = 400) -> JsonResponse:
+    return JsonResponse({"error": {"field": field, "message": message}}, status=status)
+
+
+@login_required
+def job_compare_ask(request, job_id):
+    """POST {prompt, session?, max_new_tokens?, temperature?, top_p?, seed?, system_prompt?} -> session id."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return _json_error("body", "must be JSON")
+    if not isinstance(body, dict):
+        return _json_error("body", "must be a JSON object")
+    session = None
+    if body.get("session"):
+        try:
+            session = selectors.chat_session_get(owner=request.user, session_id=body["session"])
+        except (Http404, ValueError, Exception):
+            return _json_error("session", "unknown chat session", 404)
+        if session.job_id != job.id:
+            return _json_error("session", "that chat belongs to another job")
+    allowed = {"max_new_tokens", "temperature", "top_p", "seed", "system_prompt"}
+    unknown = set(body) - allowed - {"prompt", "session"}
+    if unknown:
+        return _json_error(sorted(unknown)[0], "unknown field")
+    try:
+        gen = GenerationConfig(**{k: v for k, v in body.items() if k in allowed})
+        session, answers = services.chat_ask(owner=request.user, job=job, prompt=str(body.get("prompt", "")),
+                                             generation=gen, session=session)
+    except ConfigError as exc:
+        return _json_error(exc.field, exc.message)
+    except TypeError as exc:
+        return _json_error("body", str(exc))
+    except services.JobStateError as exc:
+        return _json_error("job", str(exc), 409)
+    return JsonResponse({"session": str(session.id), "answers": {a.side: str(a.id) for a in answers}}, status=201)
+
+
+# --- server-sent events --------------------------------------------------------------------
+
+def _event_stream(generator) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(generator, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def _user_or_403(request):
+    user = await request.auser()
+    if not user.is_authenticated:
+        raise Http404("sign in first")
+    return user
+
+
+async def job_events(request, job_id):
+    """Loss points after Last-Event-ID (or ?after=), then live ones, then the final status."""
+    user = await _user_or_403(request)
+    job = await sync_to_async(selectors.job_get)(owner=user, job_id=job_id)
+    try:
+        after = int(request.headers.get("Last-Event-ID") or request.GET.get("after") or 0)
+    except ValueError:
+        after = 0
+    sent = {"step": after}
+
+    @sync_to_async
+    def replay():
+        fresh = FineTuneJob.objects.get(id=job.id)
+        items = [("metric", p.as_event(), p.step) for p in selectors.metric_points(job=fresh, after_step=after)]
+        items.append(("status", {"status": fresh.status, "error": fresh.error, "step": fresh.step,
+                                 "total_steps": fresh.total_steps}, None))
+        return items
+
+    def on_message(kind, data):
+        if kind == "metric":
+            if data["step"] <= sent["step"]:
+                return [], False
+            sent["step"] = data["step"]
+            return [events.sse("metric", data, data["step"])], False
+        if kind == "status":
+            return [events.sse("status", data)], data["status"] in TERMINAL_STATUSES
+        return [events.sse(kind, data)], False
+
+    return _event_stream(events.follow(events.job_channel(job.id), replay, on_message))
+
+
+async def chat_events(request, session_id):
+    """Text pieces of both sides of a comparison as they are generated."""
+    user = await _user_or_403(request)
+    session = await sync_to_async(selectors.chat_session_get)(owner=user, session_id=session_id)
+    wanted = set(request.GET.getlist("answer"))
+    finished: set[str] = set()
+
+    @sync_to_async
+    def replay():
+        items = []
+        answers = ChatAnswer.objects.filter(session=session)
+        for a in answers.filter(id__in=wanted) if wanted else answers:
+            if a.state == ChatAnswer.State.DONE:
+                items.append(("done", {"answer": str(a.id), "side": a.side, "text": a.text}, None))
+            elif a.state == ChatAnswer.State.FAILED:
+                items.append(("error", {"answer": str(a.id), "side": a.side, "error": "generation failed"}, None))
+        return items
+
+    def on_message(kind, data):
+        if wanted and data.get("answer") not in wanted:
+            return [], False
+        if kind in ("done", "error"):
+            if data["answer"] in finished:
+                return [], False
+            finished.add(data["answer"])
+        return [events.sse(kind, data)], bool(wanted) and finished >= wanted
+
+    return _event_stream(events.follow(events.chat_channel(session.id), replay, on_message))

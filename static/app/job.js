@@ -1,0 +1,58 @@
+// Job page: the loss chart follows the job's server-sent events (no polling, no reload).
+(function () {
+  const root = document.getElementById("job-root");
+  if (!root) return;
+  const TERMINAL = ["succeeded", "failed", "cancelled"];
+  const $ = (id) => document.getElementById(id);
+  const chart = new Chart($("loss-chart"), {
+    type: "line",
+    data: { datasets: [
+      { label: "train loss", data: [], borderColor: "#4f46e5", pointRadius: 0, borderWidth: 2, tension: 0.15 },
+      { label: "eval loss", data: [], borderColor: "#f79009", pointRadius: 3, borderWidth: 2, showLine: true },
+    ] },
+    options: { animation: false, parsing: false, responsive: true,
+      scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "loss" } } } },
+  });
+  const seen = new Set();
+  function fmtEta(s) {
+    if (s == null || !isFinite(s)) return "–";
+    s = Math.round(s); const m = Math.floor(s / 60);
+    return m ? `${m} min ${s % 60} s` : `${s} s`;
+  }
+  function setStatus(st) {
+    const el = $("job-status"); el.textContent = st; el.className = "status " + st; root.dataset.status = st;
+  }
+  function onMetric(p) {
+    if (seen.has(p.step)) return;
+    seen.add(p.step);
+    if (p.loss != null) chart.data.datasets[0].data.push({ x: p.step, y: p.loss });
+    if (p.eval_loss != null) chart.data.datasets[1].data.push({ x: p.step, y: p.eval_loss });
+    chart.data.datasets.forEach((d) => d.data.sort((a, b) => a.x - b.x));
+    chart.update("none");
+    $("stat-step").textContent = p.step;
+    if (p.total_steps) $("stat-total").textContent = p.total_steps;
+    if (p.loss != null) $("stat-loss").textContent = p.loss.toFixed(4);
+    if (p.tokens_per_s != null) $("stat-tps").textContent = Math.round(p.tokens_per_s);
+    $("stat-eta").textContent = fmtEta(p.eta_s);
+    const c = $("points-count"); c.dataset.count = seen.size; c.textContent = `${seen.size} points`;
+  }
+  const source = new EventSource(root.dataset.eventsUrl);
+  source.addEventListener("metric", (e) => onMetric(JSON.parse(e.data)));
+  source.addEventListener("message", (e) => {
+    const m = JSON.parse(e.data); const li = document.createElement("li");
+    li.innerHTML = "<b></b> "; li.firstChild.textContent = m.kind; li.append(m.message);
+    $("job-log").prepend(li);
+  });
+  source.addEventListener("status", (e) => {
+    const s = JSON.parse(e.data);
+    setStatus(s.status);
+    if (s.total_steps) $("stat-total").textContent = s.total_steps;
+    if (s.error) { $("job-error").textContent = s.error; $("job-error").classList.remove("hidden"); }
+    if (TERMINAL.includes(s.status)) {
+      source.close();
+      const cancel = $("cancel-job"); if (cancel) cancel.closest("form").remove();
+      $("stat-eta").textContent = "–";
+      if (s.status === "succeeded") { $("download-zip").classList.remove("hidden"); $("compare-link").classList.remove("hidden"); }
+    }
+  });
+})();

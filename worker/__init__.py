@@ -1,0 +1,1 @@
+"""LoRA Studio training and inference engine: pure Python, never imports Django."""

@@ -1,0 +1,177 @@
+"""Training configuration: one frozen dataclass whose validation is the single source of truth.
+
+The web form, the REST API and the OpenAI-style API all build a `TrainConfig`; whatever they
+accept or refuse is decided here, in `__post_init__`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+TARGET_PRESETS = ("attention", "mlp", "all_linear", "custom")
+LR_SCHEDULERS = ("linear", "cosine", "constant")
+BIAS_CHOICES = ("none", "lora_only", "all")
+MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _check_range(name: str, value: Any, *, low: float, high: float, integer: bool = False,
+                 low_inclusive: bool = True) -> None:
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ConfigError(name, f"must be {kind}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+    too_low = value < low if low_inclusive else value <= low
+    if too_low or value > high:
+        lo = "[" if low_inclusive else "("
+        raise ConfigError(name, f"must be in {lo}{low:g}, {high:g}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of one LoRA / QLoRA fine-tuning job."""
+
+    # LoRA
+    rank: int = 16
+    alpha: float = 32
+    dropout: float = 0.05
+    target_preset: str = "attention"
+    target_modules: tuple[str, ...] = ()
+    use_rslora: bool = False
+    use_dora: bool = False
+    bias: str = "none"
+    # Quantisation
+    qlora: bool = False
+    gradient_checkpointing: bool = False
+    # Optimisation
+    epochs: float = 3
+    learning_rate: float = 1e-3
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_seq_length: int = 256
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_steps: int = 0  # 0: run `epochs` epochs
+    seed: int = 42
+    # Checkpoints
+    save_every: int = 50
+
+    def __post_init__(self) -> None:
+        _check_range("rank", self.rank, low=1, high=1024, integer=True)
+        _check_range("alpha", self.alpha, low=0, high=4096, low_inclusive=False)
+        _check_range("dropout", self.dropout, low=0, high=0.9)
+        if self.target_preset not in TARGET_PRESETS:
+            raise ConfigError("target_preset", f"must be one of {', '.join(TARGET_PRESETS)}, got {self.target_preset!r}")
+        modules = self.target_modules
+        if isinstance(modules, str):
+            modules = tuple(m.strip() for m in modules.replace("\n", ",").split(",") if m.strip())
+        elif isinstance(modules, (list, tuple)):
+            modules = tuple(modules)
+        else:
+            raise ConfigError("target_modules", f"must be a list of module names, got {modules!r}")
+        for m in modules:
+            if not isinstance(m, str) or not MODULE_NAME_RE.match(m):
+                raise ConfigError("target_modules", f"{m!r} is not a valid module name (letters, digits, _)")
+        object.__setattr__(self, "target_modules", modules)
+        if self.target_preset == "custom" and not modules:
+            raise ConfigError("target_modules", "list at least one module name when target layers is 'custom'")
+        if self.target_preset != "custom" and modules:
+            raise ConfigError("target_modules", "only allowed when target layers is 'custom'")
+        for name in ("use_rslora", "use_dora", "qlora", "gradient_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        if self.bias not in BIAS_CHOICES:
+            raise ConfigError("bias", f"must be one of {', '.join(BIAS_CHOICES)}, got {self.bias!r}")
+        _check_range("epochs", self.epochs, low=0, high=100, low_inclusive=False)
+        _check_range("learning_rate", self.learning_rate, low=0, high=1, low_inclusive=False)
+        _check_range("batch_size", self.batch_size, low=1, high=1024, integer=True)
+        _check_range("grad_accum", self.grad_accum, low=1, high=1024, integer=True)
+        _check_range("max_seq_length", self.max_seq_length, low=16, high=131072, integer=True)
+        _check_range("warmup_ratio", self.warmup_ratio, low=0, high=0.5)
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ConfigError("lr_scheduler", f"must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
+        _check_range("weight_decay", self.weight_decay, low=0, high=1)
+        _check_range("max_grad_norm", self.max_grad_norm, low=0, high=1000)
+        _check_range("max_steps", self.max_steps, low=0, high=10_000_000, integer=True)
+        _check_range("seed", self.seed, low=0, high=2**32 - 1, integer=True)
+        _check_range("save_every", self.save_every, low=1, high=10_000_000, integer=True)
+
+    @property
+    def scaling(self) -> float:
+        """The LoRA scale applied to B A x: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["target_modules"] = list(self.target_modules)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from JSON-like data; unknown keys are an error naming the key."""
+        if not isinstance(data, dict):
+            raise ConfigError("config", f"must be an object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(str(key), f"unknown field; allowed: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def config_fields() -> list[dataclasses.Field]:
+    """The dataclass fields, for forms and serializers that mirror them."""
+    return list(dataclasses.fields(TrainConfig))
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling settings for one chat answer."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int = 0
+    system_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        _check_range("max_new_tokens", self.max_new_tokens, low=1, high=4096, integer=True)
+        _check_range("temperature", self.temperature, low=0, high=5)
+        _check_range("top_p", self.top_p, low=0, high=1, low_inclusive=False)
+        _check_range("seed", self.seed, low=0, high=2**32 - 1, integer=True)
+        if not isinstance(self.system_prompt, str):
+            raise ConfigError("system_prompt", "must be text")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything the engine needs for one job: paths and the validated config."""
+
+    base_model_path: str
+    dataset_path: str
+    output_dir: str
+    config: TrainConfig = field(default_factory=TrainConfig)
+    eval_dataset_path: str | None = None
+    device: str = "auto"  # auto | cpu | cuda
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainSpec":
+        data = dict(data)
+        data["config"] = TrainConfig.from_dict(data.get("config", {}))
+        return cls(**data)

@@ -1,0 +1,259 @@
+"""The training entry point: `train(spec, reporter, should_stop) -> TrainResult`.
+
+Phases, like a torchtune recipe: setup (device, tokenizer, data, model, optimizer), resume from
+the newest checkpoint, the loop (one optimizer step per iteration, stop flag checked before
+each), save (adapter + tokenizer, atomically), result.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker.checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from worker.config import TrainConfig, TrainSpec
+from worker.data import IGNORE_INDEX, TokenizedExample, read_chat_jsonl, tokenize_dataset
+from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
+from worker.reporting import Reporter, StopCheck, never_stop
+
+log = logging.getLogger(__name__)
+
+ADVICE_OOM = (
+    "Out of memory. Try, in this order: a smaller batch size with more gradient accumulation "
+    "(same effective batch), a shorter max sequence length, QLoRA (4-bit base), "
+    "gradient checkpointing, or a lower rank."
+)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message is plain advice for the user."""
+
+
+@dataclass
+class TrainResult:
+    status: str  # succeeded | cancelled | paused
+    steps_done: int
+    total_steps: int
+    final_loss: float | None = None
+    adapter_dir: str | None = None
+    targets: list[str] = field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
+    seconds: float = 0.0
+    model: Any = field(default=None, repr=False)  # the trained PEFT model, for evaluation right away
+
+
+def lr_multiplier(step: int, total: int, warmup: int, kind: str) -> float:
+    """Learning-rate factor at optimizer step `step` (0-based): warmup then linear/cosine/constant."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(max(progress, 0.0), 1.0)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def plan_steps(n_examples: int, cfg: TrainConfig) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps)."""
+    micro_per_epoch = math.ceil(n_examples / cfg.batch_size)
+    per_epoch = max(1, math.ceil(micro_per_epoch / cfg.grad_accum))
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    return per_epoch, total
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled, length-grouped micro-batches for one epoch; a pure function of (seed, epoch).
+
+    Examples are shuffled, grouped into windows of 50 batches, sorted by length inside each
+    window (little padding), split into batches, and the batch order is shuffled again.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: -lengths[i])
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+class MicroBatchStream:
+    """Micro-batches in a fixed order across epochs, addressable by optimizer step."""
+
+    def __init__(self, examples: list[TokenizedExample], cfg: TrainConfig, per_epoch: int):
+        self.examples = examples
+        self.cfg = cfg
+        self.per_epoch = per_epoch
+        self.lengths = [len(e.input_ids) for e in examples]
+        self._cache: dict[int, list[list[int]]] = {}
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._cache:
+            self._cache = {epoch: epoch_batches(self.lengths, self.cfg.batch_size, self.cfg.seed, epoch)}
+        return self._cache[epoch]
+
+    def for_step(self, step: int) -> tuple[int, list[list[int]]]:
+        """(epoch, micro-batches) for optimizer step `step` (1-based)."""
+        epoch = (step - 1) // self.per_epoch
+        within = (step - 1) % self.per_epoch
+        batches = self._epoch(epoch)
+        acc = self.cfg.grad_accum
+        return epoch, batches[within * acc:(within + 1) * acc]
+
+
+def collate(examples: list[TokenizedExample], pad_id: int, device):
+    """Right-pad a micro-batch to its own longest example."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def summed_token_loss(peft_model, ids, labels, mask):
+    """Sum of next-token cross-entropy over labelled positions, with logits computed only there.
+
+    The LM head runs on the hidden states of labelled positions alone: for chat data most
+    positions are prompt, and the vocabulary projection is the largest matmul in a small model.
+    """
+    import torch.nn.functional as F
+
+    causal = peft_model.get_base_model()
+    backbone = getattr(causal, causal.base_model_prefix, None)
+    head = causal.get_output_embeddings()
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    if backbone is None or head is None or getattr(causal.config, "final_logit_softcapping", None):
+        logits = peft_model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
+    else:
+        hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = head(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
+
+
+def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop) -> TrainResult:
+    """Train a LoRA adapter as `spec` says; resumes from the newest checkpoint in output_dir."""
+    import torch
+
+    cfg = spec.config
+    started = time.monotonic()
+    out = Path(spec.output_dir)
+    ckpt_root = out / "checkpoints"
+
+    # --- setup --------------------------------------------------------------------------
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = choose_device(spec.device)
+    reporter.event("setup", f"loading tokenizer and data on {device.device}")
+    tokenizer = load_tokenizer(spec.base_model_path)
+    conversations = read_chat_jsonl(spec.dataset_path)
+    examples = tokenize_dataset(tokenizer, conversations, cfg.max_seq_length)
+    if not examples:
+        raise TrainingError("no example has an assistant token left after truncation; raise max_seq_length")
+    per_epoch, total_steps = plan_steps(len(examples), cfg)
+    stream = MicroBatchStream(examples, cfg, per_epoch)
+
+    reporter.event("setup", "loading base model" + (" in 4-bit NF4 (QLoRA)" if cfg.qlora else ""))
+    model = load_base_model(spec.base_model_path, device, cfg)
+    model, targets = build_peft_model(model, cfg)
+    trainable, total_params = model.get_nb_trainable_parameters()
+    reporter.event("setup", f"LoRA on {', '.join(targets)}: {trainable:,} trainable of {total_params:,} parameters")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = int(round(cfg.warmup_ratio * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, total_steps, warmup, cfg.lr_scheduler))
+
+    start_step = 0
+    ckpt = latest_checkpoint(ckpt_root)
+    if ckpt is not None:
+        load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        start_step = ckpt.step
+        reporter.event("resume", f"resumed from checkpoint at step {start_step}")
+
+    # --- loop ---------------------------------------------------------------------------
+    model.train()
+    pad_id = tokenizer.pad_token_id
+    loss_value: float | None = None
+    tokens_seen = 0
+    loop_started = time.monotonic()
+    step = start_step
+    try:
+        while step < total_steps:
+            request = should_stop()
+            if request in ("cancel", "pause"):
+                if request == "pause" and step > start_step:
+                    save_checkpoint(ckpt_root, step=step, model=model, optimizer=optimizer,
+                                    scheduler=scheduler, extra={"total_steps": total_steps})
+                reporter.event(request, f"stopped before step {step + 1}")
+                return TrainResult("cancelled" if request == "cancel" else "paused", step, total_steps,
+                                   loss_value, None, targets, trainable, total_params,
+                                   time.monotonic() - started)
+            step += 1
+            t0 = time.monotonic()
+            epoch, micro = stream.for_step(step)
+            n_label = sum(examples[i].trained_tokens for batch in micro for i in batch)
+            step_loss = 0.0
+            step_tokens = 0
+            for batch in micro:
+                ids, labels, mask = collate([examples[i] for i in batch], pad_id, device.device)
+                loss_sum, _ = summed_token_loss(model, ids, labels, mask)
+                # Normalise by the trained tokens of the whole accumulated step, not per micro-batch.
+                (loss_sum / max(1, n_label)).backward()
+                step_loss += loss_sum.item()
+                step_tokens += int(mask.sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = step_loss / max(1, n_label)
+            tokens_seen += step_tokens
+            elapsed = time.monotonic() - loop_started
+            done_here = step - start_step
+            metrics: dict[str, Any] = {
+                "loss": loss_value,
+                "lr": lr,
+                "epoch": epoch + ((step - 1) % per_epoch + 1) / per_epoch,
+                "total_steps": total_steps,
+                "tokens_per_s": step_tokens / max(1e-9, time.monotonic() - t0),
+                "eta_s": elapsed / done_here * (total_steps - step),
+            }
+            if grad_norm is not None:
+                metrics["grad_norm"] = float(grad_norm)
+            if device.is_cuda:
+                metrics["memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            reporter.log(step, metrics)
+            if step % cfg.save_every == 0 and step < total_steps:
+                save_checkpoint(ckpt_root, step=step, model=model, optimizer=optimizer,
+                                scheduler=scheduler, extra={"total_steps": total_steps})
+                prune_checkpoints(ckpt_root)
+    except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
+        raise TrainingError(ADVICE_OOM) from exc
+
+    # --- save -----------------------------------------------------------------------------
+    adapter_dir = out / "adapter"
+    with atomic_dir(adapter_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    reporter.event("saved", "adapter saved")
+    model.eval()
+    return TrainResult("succeeded", step, total_steps, loss_value, str(adapter_dir), targets,
+                       trainable, total_params, time.monotonic() - started, model)

@@ -1,0 +1,96 @@
+"""The adapter zip: PEFT files, tokenizer, training config, metrics, dataset hash, model card."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+MODEL_CARD = """---
+library_name: peft
+base_model: {base_model}
+tags:
+- lora
+- lora-studio
+---
+
+# {title}
+
+A LoRA adapter for **{base_model}**, trained with LoRA Studio{qlora}.
+
+## Training
+
+| setting | value |
+| --- | --- |
+{table}
+
+- Training examples: {rows}
+- Dataset sha256: `{dataset_sha256}`
+- Optimizer steps: {steps}
+- Final training loss: {final_loss}
+- Target modules: {targets}
+
+## How to use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import PeftModel
+
+base = AutoModelForCausalLM.from_pretrained("{base_model}")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
+model = PeftModel.from_pretrained(base, "path/to/this/folder")
+
+messages = [{{"role": "user", "content": "Hello"}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))
+```
+
+To fold the adapter into the base weights for export: `model = model.merge_and_unload()`.
+"""
+
+
+def model_card(*, title: str, base_model: str, config: dict[str, Any], rows: int, dataset_sha256: str,
+               steps: int, final_loss: float | None, targets: list[str]) -> str:
+    table = "\n".join(f"| {k} | {v} |" for k, v in config.items())
+    return MODEL_CARD.format(
+        title=title, base_model=base_model, table=table, rows=rows, dataset_sha256=dataset_sha256,
+        steps=steps, final_loss="n/a" if final_loss is None else f"{final_loss:.4f}",
+        targets=", ".join(targets) or "n/a", qlora=" as QLoRA (4-bit NF4 base)" if config.get("qlora") else "",
+    )
+
+
+def metrics_csv(points: list[dict[str, Any]]) -> str:
+    keys = sorted({k for p in points for k in p}, key=lambda k: (k != "step", k))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(points)
+    return buf.getvalue()
+
+
+def build_adapter_zip(adapter_dir: str | Path, zip_path: str | Path, *, card: str, config: dict[str, Any],
+                      metrics: list[dict[str, Any]], dataset_sha256: str) -> Path:
+    """Write the zip atomically (temp file, then rename)."""
+    adapter_dir, zip_path = Path(adapter_dir), Path(zip_path)
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".adapter-", suffix=".zip", dir=zip_path.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(adapter_dir.iterdir()):
+                if f.is_file() and f.name != "README.md":
+                    zf.write(f, f.name)
+            zf.writestr("training_config.json", json.dumps(config, indent=2))
+            zf.writestr("metrics.csv", metrics_csv(metrics))
+            zf.writestr("metrics.json", json.dumps(metrics))
+            zf.writestr("dataset.sha256", dataset_sha256 + "\n")
+            zf.writestr("README.md", card)
+        os.replace(tmp, zip_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return zip_path

@@ -1,0 +1,147 @@
+"""Loading base models and tokenizers, and the PEFT / bitsandbytes factories.
+
+All PEFT and bitsandbytes details live here (like TRL's get_peft_config /
+get_quantization_config). Models are loaded from local folders only and never with remote code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from worker.config import ConfigError, TrainConfig
+from worker.targets import linear_module_suffixes, resolve_targets
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def quiet_transformers() -> None:
+    """No progress bars or advisory warnings in worker logs."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: str  # "cpu" | "cuda"
+    dtype: "object"  # torch dtype for the frozen weights and compute
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device == "cuda"
+
+
+def choose_device(requested: str = "auto") -> DeviceChoice:
+    """CUDA with bf16 (fp16 on old GPUs) when present, else CPU with fp32."""
+    import torch
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError("device", f"must be auto, cpu or cuda, got {requested!r}")
+    use_cuda = torch.cuda.is_available() and requested in ("auto", "cuda")
+    if requested == "cuda" and not use_cuda:
+        raise ConfigError("device", "cuda was requested but no CUDA device is available")
+    if use_cuda:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return DeviceChoice("cuda", dtype)
+    return DeviceChoice("cpu", torch.float32)
+
+
+def get_quantization_config(cfg: TrainConfig, device: DeviceChoice):
+    """NF4 with double quantization for QLoRA, None otherwise."""
+    if not cfg.qlora:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=device.dtype,
+    )
+
+
+def get_peft_config(cfg: TrainConfig, targets: list[str]):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        bias=cfg.bias,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        raise ConfigError("base_model", f"the tokenizer in {path} has no chat template")
+    return tok
+
+
+def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = None):
+    """The frozen base, in 4-bit NF4 when cfg.qlora, else at the device's dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    quant = get_quantization_config(cfg, device) if cfg else None
+    kwargs = dict(dtype=device.dtype, trust_remote_code=False, low_cpu_mem_usage=True)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": 0} if device.is_cuda else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quant is None:
+        model.to(device.device)
+    model.config.use_cache = False
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def build_peft_model(model, cfg: TrainConfig):
+    """Wrap the frozen base with LoRA adapters on the configured targets."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    targets = resolve_targets(linear_module_suffixes(model), cfg.target_preset, cfg.target_modules)
+    if cfg.qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return get_peft_model(model, get_peft_config(cfg, targets)), targets
+
+
+def describe_model(path: str) -> dict:
+    """Architecture, parameter count, Linear layers and chat template of a local model folder.
+
+    Built on the meta device, so no weights are read.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    quiet_transformers()
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    tok = load_tokenizer(path)
+    return {
+        "architecture": (config.architectures or [type(model).__name__])[0],
+        "model_type": config.model_type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "linear_modules": linear_module_suffixes(model),
+        "has_chat_template": bool(tok.chat_template),
+    }

@@ -1,0 +1,42 @@
+"""The reporting protocol between the engine and whoever runs it."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Optional, Protocol
+
+log = logging.getLogger(__name__)
+
+# should_stop() returns None to go on, or "cancel" / "pause".
+StopCheck = Callable[[], Optional[str]]
+
+
+class Reporter(Protocol):
+    def log(self, step: int, metrics: dict[str, Any]) -> None: ...
+
+    def event(self, kind: str, message: str) -> None: ...
+
+
+class MemoryReporter:
+    """Keeps everything in lists: for tests, benchmarks and the CLI."""
+
+    def __init__(self, echo: bool = False):
+        self.points: list[tuple[int, dict[str, Any]]] = []
+        self.events: list[tuple[str, str]] = []
+        self.echo = echo
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        self.points.append((step, dict(metrics)))
+        if self.echo:
+            log.info("step %s %s", step, metrics)
+
+    def event(self, kind: str, message: str) -> None:
+        self.events.append((kind, message))
+        if self.echo:
+            log.info("%s: %s", kind, message)
+
+    def losses(self) -> dict[int, float]:
+        return {step: m["loss"] for step, m in self.points if "loss" in m}
+
+
+def never_stop() -> Optional[str]:
+    return None
