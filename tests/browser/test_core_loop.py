@@ -1,0 +1,67 @@
+"""Log in, upload, submit, watch the chart receive points, download the zip, compare — in Chromium."""
+import json
+import zipfile
+
+import pytest
+
+from tests.conftest import memorisable_conversations
+
+pytestmark = pytest.mark.browser
+
+
+def test_core_loop_in_the_browser(stack, page, tmp_path):
+    data = tmp_path / "colours.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in memorisable_conversations()))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
+
+    page.goto(stack.url + "/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "pw-alice-123")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/jobs/")
+
+    page.goto(stack.url + "/datasets/")
+    page.set_input_files("#id_file", str(bad))
+    page.click("#upload-form button[type=submit]")
+    assert "line 1: messages has no assistant turn" in page.inner_text("#upload-problems")
+    page.set_input_files("#id_file", str(data))
+    page.click("#upload-form button[type=submit]")
+    page.get_by_text("Uploaded colours.jsonl: 8 examples").wait_for()
+    page.click("text=Train on this")
+
+    page.fill("#id_name", "browser run")
+    page.select_option("#id_target_preset", "all_linear")
+    page.fill("#id_epochs", "20")
+    page.fill("#id_learning_rate", "0.01")
+    page.fill("#id_batch_size", "4")
+    page.fill("#id_rank", "0")
+    page.click("#submit-job")
+    assert "must be in [1, 1024], got 0" in page.inner_text("#field-rank")
+    page.fill("#id_rank", "8")
+    page.click("#submit-job")
+    page.wait_for_url("**/jobs/*/")
+
+    # The chart grows from server-sent events, without a reload.
+    page.wait_for_function("Number(document.getElementById('points-count').dataset.count) >= 5", timeout=120_000)
+    page.wait_for_function("document.getElementById('job-status').textContent === 'succeeded'", timeout=120_000)
+    points = page.evaluate("Chart.getChart('loss-chart').data.datasets[0].data.length")
+    assert points == 40
+    with page.expect_download() as dl:
+        page.click("#download-zip")
+    path = tmp_path / "adapter.zip"
+    dl.value.save_as(path)
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= set(zipfile.ZipFile(path).namelist())
+
+    # A reload shows the whole stored curve again.
+    page.reload()
+    page.wait_for_function("Chart.getChart('loss-chart').data.datasets[0].data.length === 40", timeout=30_000)
+
+    page.click("#compare-link")
+    page.fill("#prompt", "colour 2")
+    page.click("#ask")
+    page.wait_for_function("document.querySelectorAll('.answer.pending').length === 0 && "
+                           "document.querySelectorAll('.answer').length === 2", timeout=120_000)
+    assert '"blue"' in page.inner_text("#side-adapter .answer")
+    assert page.inner_text("#side-base .answer") != page.inner_text("#side-adapter .answer")
+    page.screenshot(path=str(stack.tmp / "compare.png"), full_page=True)
