@@ -18,13 +18,13 @@ class Command(BaseCommand):
         parser.add_argument("--out", default=str(settings.DEMO_MODEL_DIR), help="folder for the converted model")
 
     def handle(self, *args, out, **options):
-        from worker.demo_model import convert_gguf_to_hf, find_demo_gguf, is_complete_model
+        from worker.demo_model import convert_gguf_to_hf, find_demo_gguf, is_complete_model_dir
 
         out_dir = Path(out)
-        if is_complete_model(out_dir) and BaseModel.objects.filter(name=DEMO_NAME, path=str(out_dir)).exists():
+        if is_complete_model_dir(out_dir) and BaseModel.objects.filter(name=DEMO_NAME, path=str(out_dir)).exists():
             self.stdout.write(f"demo model ready: {out_dir}")
             return
-        if not is_complete_model(out_dir):
+        if not is_complete_model_dir(out_dir):
             try:
                 gguf = find_demo_gguf()
             except FileNotFoundError as exc:
