@@ -56,7 +56,7 @@ class TrainConfig:
     qlora: bool = False
     gradient_checkpointing: bool = False
     # Optimisation
-    epochs: float = 3
+    epochs: float = 2
     learning_rate: float = 1e-3
     batch_size: int = 8
     grad_accum: int = 1

@@ -120,6 +120,20 @@ def _scrub_tokenizer_config(folder: Path) -> None:
         cfg_path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def _remove_stale_tmp_dirs(out_dir: Path, max_age_s: float = 3600.0) -> None:
+    """Delete temp folders left by a conversion that was killed hard (SIGKILL, power loss).
+
+    A conversion takes well under a minute, so folders older than ``max_age_s`` are abandoned.
+    """
+    now = time.time()
+    for leftover in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        try:
+            if leftover.is_dir() and now - leftover.stat().st_mtime > max_age_s:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Convert a (quantized) GGUF into a plain float32 Hugging Face model folder.
 
@@ -145,6 +159,7 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike)
     started = time.monotonic()
     folder, filename = str(gguf_path.parent), gguf_path.name
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp_dirs(out_dir)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     os.chmod(tmp_dir, 0o755)  # mkdtemp creates 0700; the web process may run as another user
     try:
