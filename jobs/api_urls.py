@@ -4,6 +4,9 @@ from jobs import apis
 
 urlpatterns = [
     path("datasets/", apis.DatasetListApi.as_view(), name="api-datasets"),
+    path("datasets/map/", apis.DatasetMapApi.as_view(), name="api-dataset-map"),
+    path("datasets/<uuid:dataset_id>/", apis.DatasetDetailApi.as_view(), name="api-dataset"),
+    path("datasets/<uuid:dataset_id>/download/", apis.DatasetDownloadApi.as_view(), name="api-dataset-download"),
     path("base-models/", apis.BaseModelListApi.as_view(), name="api-base-models"),
     path("jobs/", apis.JobListApi.as_view(), name="api-jobs"),
     path("jobs/<uuid:job_id>/", apis.JobDetailApi.as_view(), name="api-job"),

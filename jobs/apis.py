@@ -24,26 +24,39 @@ def exception_handler(exc, context):
                                    "total": exc.total}}, status=400)
     if isinstance(exc, services.JobStateError):
         return Response({"error": {"field": "status", "message": str(exc)}}, status=409)
+    if isinstance(exc, services.DatasetInUse):
+        return Response({"error": {"field": "dataset", "message": str(exc)}}, status=409)
+    if isinstance(exc, services.MappingNeeded):
+        return Response({"error": {"field": "mapping", "message": str(exc), "columns": exc.columns,
+                                   "upload_token": exc.token, "filename": exc.filename}}, status=422)
     return drf_exception_handler(exc, context)
 
 
 class DatasetOutput(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()
+    original_name = serializers.CharField()
     format = serializers.CharField()
     schema = serializers.CharField()
+    mapping = serializers.JSONField()
     rows = serializers.IntegerField()
     size_bytes = serializers.IntegerField()
     sha256 = serializers.CharField()
+    stats = serializers.JSONField()
     created = serializers.DateTimeField()
 
 
 class DatasetListApi(APIView):
+    """GET: the user's datasets. POST (multipart): upload; 400 with located problems, or 422 with
+    the columns and an upload_token when the columns need a mapping (then POST .../datasets/map/)."""
+
     parser_classes = [MultiPartParser]
 
     class InputSerializer(serializers.Serializer):
         file = serializers.FileField()
         name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        drop_duplicates = serializers.BooleanField(required=False, default=False)
+        mapping = serializers.JSONField(required=False)
 
     def get(self, request):
         return Response(DatasetOutput(selectors.dataset_list(owner=request.user), many=True).data)
@@ -51,9 +64,53 @@ class DatasetListApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        ds = services.dataset_create(owner=request.user, upload=data.validated_data["file"],
-                                     name=data.validated_data.get("name", ""))
+        v = data.validated_data
+        ds = services.dataset_create(owner=request.user, upload=v["file"], name=v.get("name", ""),
+                                     mapping=v.get("mapping") or None, drop_duplicates=v["drop_duplicates"])
         return Response(DatasetOutput(ds).data, status=status.HTTP_201_CREATED)
+
+
+class DatasetMapApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        upload_token = serializers.CharField(max_length=64)
+        filename = serializers.CharField(max_length=255)
+        mapping = serializers.DictField(child=serializers.CharField())
+        name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        drop_duplicates = serializers.BooleanField(required=False, default=False)
+
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        ds = services.dataset_create_mapped(owner=request.user, token=v["upload_token"], filename=v["filename"],
+                                            mapping=v["mapping"], name=v.get("name", ""),
+                                            drop_duplicates=v["drop_duplicates"])
+        return Response(DatasetOutput(ds).data, status=status.HTTP_201_CREATED)
+
+
+class DatasetDetailApi(APIView):
+    class RenameSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+
+    def get(self, request, dataset_id):
+        return Response(DatasetOutput(selectors.dataset_get(owner=request.user, dataset_id=dataset_id)).data)
+
+    def patch(self, request, dataset_id):
+        ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+        data = self.RenameSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(DatasetOutput(services.dataset_rename(dataset=ds, name=data.validated_data["name"])).data)
+
+    def delete(self, request, dataset_id):
+        services.dataset_delete(dataset=selectors.dataset_get(owner=request.user, dataset_id=dataset_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class DatasetDownloadApi(APIView):
+    def get(self, request, dataset_id):
+        ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+        return FileResponse(open(services.media_path(ds.file), "rb"), as_attachment=True,
+                            filename=ds.original_name or "dataset")
 
 
 class BaseModelListApi(APIView):
@@ -72,7 +129,9 @@ class JobOutput(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()
     status = serializers.CharField()
-    dataset = serializers.UUIDField(source="dataset_id")
+    dataset = serializers.UUIDField(source="dataset_id", allow_null=True)
+    dataset_name = serializers.CharField()
+    validation = serializers.JSONField()
     base_model = serializers.UUIDField(source="base_model_id")
     config = serializers.JSONField()
     step = serializers.IntegerField()
@@ -90,6 +149,10 @@ class JobListApi(APIView):
         dataset = serializers.UUIDField()
         base_model = serializers.UUIDField()
         config = serializers.DictField(required=False, default=dict)
+        validation = serializers.ChoiceField(choices=["none", "split", "dataset"], required=False, default="split")
+        validation_percent = serializers.FloatField(required=False, default=10, min_value=0.1, max_value=90)
+        validation_seed = serializers.IntegerField(required=False, default=42, min_value=0)
+        validation_dataset = serializers.UUIDField(required=False)
 
     def get(self, request):
         wanted = request.query_params.get("status")
@@ -109,8 +172,14 @@ class JobListApi(APIView):
         if base is None:
             raise ConfigError("base_model", "no such base model")
         config = TrainConfig.from_dict(v["config"])
+        validation: dict = {"kind": v["validation"], "percent": v["validation_percent"], "seed": v["validation_seed"]}
+        if v["validation"] == "dataset":
+            other = selectors.dataset_list(owner=request.user).filter(id=v.get("validation_dataset")).first()
+            if other is None:
+                raise ConfigError("validation_dataset", "no such dataset")
+            validation["dataset"] = other
         job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
-                                  name=v.get("name", ""))
+                                  name=v.get("name", ""), validation=validation)
         return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
 
 

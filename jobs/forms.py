@@ -15,14 +15,43 @@ TARGET_CHOICES = [
     ("all_linear", "All linear layers"),
     ("custom", "Custom list"),
 ]
+VALIDATION_CHOICES = [("split", "Split off part of the dataset"), ("dataset", "Another dataset"), ("none", "None")]
 CONFIG_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "epochs",
                  "learning_rate", "batch_size", "grad_accum", "max_seq_length", "warmup_ratio", "lr_scheduler",
                  "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing")
 
 
 class UploadForm(forms.Form):
-    file = forms.FileField(help_text="JSONL: one {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} per line")
+    file = forms.FileField(help_text="JSONL, JSON, CSV or Parquet: chat messages, ShareGPT, prompt/completion, "
+                                     "Alpaca or plain text")
     name = forms.CharField(max_length=200, required=False)
+    drop_duplicates = forms.BooleanField(required=False, label="Drop duplicated examples")
+
+
+class MappingForm(forms.Form):
+    """Map the columns of a file that matches no known schema to roles."""
+
+    token = forms.CharField(widget=forms.HiddenInput)
+    filename = forms.CharField(widget=forms.HiddenInput)
+    name = forms.CharField(max_length=200, required=False)
+    drop_duplicates = forms.BooleanField(required=False, label="Drop duplicated examples")
+    prompt = forms.ChoiceField(required=False, label="User / prompt column")
+    response = forms.ChoiceField(required=False, label="Assistant / response column")
+    system = forms.ChoiceField(required=False, label="System column (optional)")
+    text = forms.ChoiceField(required=False, label="Or: a plain text column (continued pre-training)")
+
+    def __init__(self, *args, columns: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        choices = [("", "—")] + [(c, c) for c in columns]
+        for name in ("prompt", "response", "system", "text"):
+            self.fields[name].choices = choices
+
+    def mapping(self) -> dict:
+        return {k: self.cleaned_data[k] for k in ("prompt", "response", "system", "text") if self.cleaned_data.get(k)}
+
+
+class RenameForm(forms.Form):
+    name = forms.CharField(max_length=200)
 
 
 class JobForm(forms.Form):
@@ -49,12 +78,19 @@ class JobForm(forms.Form):
     use_dora = forms.BooleanField(required=False, label="DoRA")
     bias = forms.ChoiceField(choices=[(b, b) for b in BIAS_CHOICES], initial=DEFAULTS.bias)
     gradient_checkpointing = forms.BooleanField(required=False)
+    validation = forms.ChoiceField(choices=VALIDATION_CHOICES, initial="split", label="Validation set")
+    validation_percent = forms.FloatField(initial=10, required=False, label="Validation %")
+    validation_seed = forms.IntegerField(initial=42, required=False, label="Split seed")
+    validation_dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), required=False,
+                                                label="Validation dataset")
 
     def __init__(self, *args, owner, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["base_model"].queryset = BaseModel.objects.all()
         self.fields["dataset"].queryset = Dataset.objects.filter(owner=owner)
+        self.fields["validation_dataset"].queryset = Dataset.objects.filter(owner=owner)
         self.config: TrainConfig | None = None
+        self.validation: dict = {"kind": "none"}
 
     def clean(self):
         data = super().clean()
@@ -67,7 +103,27 @@ class JobForm(forms.Form):
         except ConfigError as exc:
             field = exc.field if exc.field in self.fields else None
             self.add_error(field, exc.message)
+        self.validation = self._validation(data)
         return data
+
+    def _validation(self, data) -> dict:
+        kind = data.get("validation")
+        if kind == "split":
+            percent, seed = data.get("validation_percent"), data.get("validation_seed")
+            if percent is None or not 0 < percent < 100:
+                self.add_error("validation_percent", "must be between 0 and 100")
+            elif data.get("dataset") is not None and data["dataset"].rows < 2:
+                self.add_error("validation_percent", "the dataset has too few examples to split")
+            if seed is None or seed < 0:
+                self.add_error("validation_seed", "must be a whole number, 0 or more")
+            return {"kind": "split", "percent": percent, "seed": seed}
+        if kind == "dataset":
+            if data.get("validation_dataset") is None:
+                self.add_error("validation_dataset", "pick the dataset to validate on")
+            elif data.get("dataset") is not None and data["validation_dataset"].id == data["dataset"].id:
+                self.add_error("validation_dataset", "must differ from the training dataset (or use a split)")
+            return {"kind": "dataset", "dataset": data.get("validation_dataset")}
+        return {"kind": "none"}
 
 
 class SignupForm(UserCreationForm):

@@ -30,9 +30,13 @@ class Dataset(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="datasets")
     name = models.CharField(max_length=200)
-    file = models.CharField(max_length=300, help_text="path under MEDIA_ROOT, named by an opaque id")
+    original_name = models.CharField(max_length=255, blank=True, help_text="the uploaded file's name, for display")
+    file = models.CharField(max_length=300, help_text="the original file under MEDIA_ROOT, named by an opaque id")
+    normalized_file = models.CharField(max_length=300, blank=True,
+                                       help_text="the examples as normalised JSONL (messages or text per line)")
     format = models.CharField(max_length=20)
     schema = models.CharField(max_length=30)
+    mapping = models.JSONField(default=dict, blank=True, help_text="column mapping when no schema matched")
     rows = models.PositiveIntegerField()
     size_bytes = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
@@ -62,7 +66,11 @@ class FineTuneJob(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
     name = models.CharField(max_length=200, blank=True)
-    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="jobs")
+    dataset = models.ForeignKey(Dataset, on_delete=models.SET_NULL, null=True, related_name="jobs")
+    dataset_name = models.CharField(max_length=200, blank=True, help_text="kept if the dataset is deleted later")
+    dataset_sha256 = models.CharField(max_length=64, blank=True)
+    validation = models.JSONField(default=dict, blank=True,
+                                  help_text="how the validation split was made: kind, percent, seed, rows")
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="jobs")
     config = models.JSONField(help_text="a worker.config.TrainConfig as a dict")
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
@@ -140,7 +148,9 @@ class ChatSession(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chats")
-    job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, related_name="chats")
+    job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, null=True, blank=True, related_name="chats")
+    base_model = models.ForeignKey(BaseModel, on_delete=models.CASCADE, null=True, blank=True, related_name="chats",
+                                   help_text="for API completions of a base model alone (no job)")
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -166,7 +176,27 @@ class ChatAnswer(models.Model):
     text = models.TextField(blank=True)
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     error = models.TextField(blank=True)
+    messages = models.JSONField(null=True, blank=True,
+                                help_text="the full message history of an API completion (else built from the session)")
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["created", "side"]
+
+
+class ApiKey(models.Model):
+    """A personal API key. Only its sha256 is stored; the key itself is shown once at creation."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=8, help_text="the key's first 8 characters, to recognise it")
+    hashed = models.CharField(max_length=64, unique=True, help_text="sha256 hex of the full key")
+    created = models.DateTimeField(auto_now_add=True)
+    last_used = models.DateTimeField(null=True, blank=True)
+    revoked = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.name or 'key'} ({self.prefix}...)"

@@ -41,3 +41,33 @@ def chat_session_get(*, owner, session_id) -> ChatSession:
 
 def chat_answers(*, session: ChatSession) -> QuerySet[ChatAnswer]:
     return ChatAnswer.objects.filter(session=session).order_by("created", "side")
+
+
+_report_cache: dict = {}
+
+
+def dataset_token_report(*, dataset: Dataset, base_model: BaseModel, max_length: int):
+    """Token lengths and rendered samples of a dataset under a base model's tokenizer (cached)."""
+    from jobs.services import media_path
+    from worker.data import read_normalized_jsonl
+    from worker.data_report import token_report
+
+    key = (dataset.id, dataset.sha256, base_model.id, max_length)
+    if key not in _report_cache:
+        tokenizer = _tokenizer(base_model.path)
+        examples = read_normalized_jsonl(media_path(dataset.normalized_file))
+        if len(_report_cache) > 32:
+            _report_cache.clear()
+        _report_cache[key] = token_report(tokenizer, examples, max_length)
+    return _report_cache[key]
+
+
+_tokenizers: dict = {}
+
+
+def _tokenizer(path: str):
+    from worker.modeling import load_tokenizer
+
+    if path not in _tokenizers:
+        _tokenizers[path] = load_tokenizer(path)
+    return _tokenizers[path]

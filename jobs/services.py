@@ -16,7 +16,7 @@ from jobs import events
 from jobs.models import (Adapter, BaseModel, ChatAnswer, ChatSession, Dataset, FineTuneJob, JobStatus,
                          MetricPoint, TERMINAL_STATUSES)
 from worker.config import ConfigError, GenerationConfig, TrainConfig
-from worker.data import DatasetError, Problem, file_sha256, summarize_chat_jsonl
+from worker.data import DatasetError, Problem, file_sha256
 from worker.targets import resolve_targets
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,29 @@ def media_path(relative: str) -> Path:
 
 # --- datasets ------------------------------------------------------------------------------
 
+EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+PENDING_DIR = "datasets/pending"
+
+
+class MappingNeeded(Exception):
+    """The file is readable but its columns match no known schema: ask the user to map them."""
+
+    def __init__(self, *, token: str, filename: str, columns: list[str], message: str):
+        super().__init__(message)
+        self.token, self.filename, self.columns = token, filename, columns
+
+
+class DatasetInUse(Exception):
+    """A queued, running or paused job still reads this dataset."""
+
+
+def _extension(filename: str) -> str:
+    suffix = Path(filename).suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise DatasetError(filename, [Problem(0, "", "must be a .jsonl, .json, .csv or .parquet file")])
+    return suffix
+
+
 def _store_upload(upload, dest: Path, limit: int, filename: str) -> int:
     """Stream the upload to dest, refusing it past `limit` bytes."""
     size = 0
@@ -47,32 +70,95 @@ def _store_upload(upload, dest: Path, limit: int, filename: str) -> int:
     return size
 
 
-def dataset_create(*, owner, upload, name: str = "") -> Dataset:
-    """Store an uploaded JSONL chat file under an opaque id after validating every line.
+def dataset_validate(*, path: Path, filename: str, mapping: dict | None = None, drop_duplicates: bool = False):
+    """Read and check a file with the engine's loader; raises DatasetError / SchemaUnknown / ConfigError."""
+    from worker.data import ColumnMapping, load_dataset_file
 
-    Raises DatasetError (with line-numbered problems); nothing is stored then.
-    """
-    filename = Path(getattr(upload, "name", "") or "upload.jsonl").name
-    if not filename.lower().endswith((".jsonl", ".json", ".txt")):
-        raise DatasetError(filename, [Problem(0, "", "must be a .jsonl file of chat examples (one JSON object per line)")])
-    folder = media_path("datasets")
-    folder.mkdir(parents=True, exist_ok=True)
+    column_mapping = ColumnMapping.from_dict(mapping) if mapping else None
+    return load_dataset_file(path, filename, mapping=column_mapping, drop_duplicates=drop_duplicates)
+
+
+def _dataset_from_file(*, owner, tmp: Path, filename: str, name: str, size: int, mapping: dict | None,
+                       drop_duplicates: bool) -> Dataset:
+    from worker.data import write_normalized_jsonl
+
+    loaded = dataset_validate(path=tmp, filename=filename, mapping=mapping, drop_duplicates=drop_duplicates)
     file_id = uuid.uuid4().hex
-    final = folder / f"{file_id}.jsonl"
-    tmp = folder / f".{file_id}.part"
+    final = media_path(f"datasets/{file_id}{Path(tmp).suffix}")
+    normalized = media_path(f"datasets/{file_id}.normalized.jsonl")
     try:
-        size = _store_upload(upload, tmp, settings.DATASET_MAX_BYTES, filename)
-        summary = summarize_chat_jsonl(tmp, filename)
+        write_normalized_jsonl(loaded.examples, normalized)
         tmp.replace(final)
         with transaction.atomic():
             return Dataset.objects.create(
-                owner=owner, name=(name or filename)[:200], file=f"datasets/{file_id}.jsonl", format=summary.format,
-                schema=summary.schema, rows=summary.rows, size_bytes=size, sha256=summary.sha256,
-                stats={"turns": summary.turns, "chars": summary.chars, "original_name": filename},
+                owner=owner, name=(name or filename)[:200], original_name=filename[:255],
+                file=str(final.relative_to(settings.MEDIA_ROOT)),
+                normalized_file=str(normalized.relative_to(settings.MEDIA_ROOT)),
+                format=loaded.format, schema=loaded.schema, mapping=mapping or {}, rows=loaded.rows,
+                size_bytes=size, sha256=loaded.sha256,
+                stats={"turns": loaded.turns, "chars": loaded.chars, "columns": loaded.columns,
+                       "duplicates": loaded.duplicates[:100], "duplicate_count": len(loaded.duplicates),
+                       "dropped_duplicates": loaded.dropped_duplicates},
             )
     except BaseException:
-        tmp.unlink(missing_ok=True)
         final.unlink(missing_ok=True)
+        normalized.unlink(missing_ok=True)
+        raise
+
+
+def dataset_create(*, owner, upload, name: str = "", mapping: dict | None = None,
+                   drop_duplicates: bool = False) -> Dataset:
+    """Store an uploaded dataset under an opaque id after validating every row.
+
+    Raises DatasetError (problems with line and field; nothing is stored), or MappingNeeded when
+    no schema matches: the file then waits, under an opaque token, for `dataset_create_mapped`.
+    """
+    from worker.data import SchemaUnknown
+
+    filename = Path(getattr(upload, "name", "") or "upload.jsonl").name
+    suffix = _extension(filename)
+    folder = media_path("datasets")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{uuid.uuid4().hex}{suffix}"
+    try:
+        size = _store_upload(upload, tmp, settings.DATASET_MAX_BYTES, filename)
+        try:
+            return _dataset_from_file(owner=owner, tmp=tmp, filename=filename, name=name, size=size,
+                                      mapping=mapping, drop_duplicates=drop_duplicates)
+        except SchemaUnknown as exc:
+            if mapping:
+                raise
+            token = uuid.uuid4().hex
+            pending = media_path(PENDING_DIR)
+            pending.mkdir(parents=True, exist_ok=True)
+            tmp.replace(pending / f"{owner.id}-{token}{suffix}")
+            raise MappingNeeded(token=token, filename=filename, columns=list(exc.columns), message=str(exc)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _pending_file(owner, token: str) -> Path:
+    if not token.isalnum():
+        raise ConfigError("token", "unknown upload; upload the file again")
+    matches = list(media_path(PENDING_DIR).glob(f"{owner.id}-{token}.*"))
+    if not matches:
+        raise ConfigError("token", "unknown or expired upload; upload the file again")
+    return matches[0]
+
+
+def dataset_create_mapped(*, owner, token: str, filename: str, mapping: dict, name: str = "",
+                          drop_duplicates: bool = False) -> Dataset:
+    """Finish an upload that needed a column mapping (see MappingNeeded)."""
+    pending = _pending_file(owner, token)
+    size = pending.stat().st_size
+    tmp = pending.with_name(f".{uuid.uuid4().hex}{pending.suffix}")
+    pending.replace(tmp)
+    try:
+        return _dataset_from_file(owner=owner, tmp=tmp, filename=Path(filename).name or pending.name, name=name,
+                                  size=size, mapping=mapping, drop_duplicates=drop_duplicates)
+    except BaseException:
+        if tmp.exists():
+            tmp.replace(pending)  # keep it for another try with a better mapping
         raise
 
 
@@ -85,6 +171,29 @@ def dataset_create_demo(*, owner) -> Dataset:
         from django.core.files import File
 
         return dataset_create(owner=owner, upload=File(fh, name=DEMO_DATASET.name), name=DEMO_DATASET_NAME)
+
+
+def dataset_rename(*, dataset: Dataset, name: str) -> Dataset:
+    name = name.strip()
+    if not name:
+        raise ConfigError("name", "must not be empty")
+    if len(name) > 200:
+        raise ConfigError("name", "must be at most 200 characters")
+    dataset.name = name
+    dataset.save(update_fields=["name"])
+    return dataset
+
+
+def dataset_delete(*, dataset: Dataset) -> None:
+    """Delete the row and its files; refused while an unfinished job uses the dataset."""
+    active = list(dataset.jobs.exclude(status__in=TERMINAL_STATUSES).values_list("name", "id"))
+    if active:
+        names = ", ".join(name or str(job_id)[:8] for name, job_id in active)
+        raise DatasetInUse(f"{dataset.name} is used by unfinished job(s): {names}. Cancel them or wait until they end.")
+    files = [media_path(dataset.file)] + ([media_path(dataset.normalized_file)] if dataset.normalized_file else [])
+    with transaction.atomic():
+        dataset.delete()
+        transaction.on_commit(lambda: [f.unlink(missing_ok=True) for f in files])
 
 
 # --- base models ---------------------------------------------------------------------------
@@ -109,8 +218,39 @@ def job_validate_config(*, base_model: BaseModel, config: TrainConfig) -> list[s
     return resolve_targets(base_model.linear_modules, config.target_preset, config.target_modules)
 
 
-def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig, name: str = "") -> FineTuneJob:
-    """Save a queued job and hand it to the train queue once the transaction commits."""
+def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
+    """Snapshot the training examples (and the validation split) into the job's folder, so the
+    same split serves eval loss and evaluation, and deleting the dataset later changes nothing."""
+    from worker.data import read_normalized_jsonl, write_normalized_jsonl
+    from worker.splits import split_examples
+
+    examples = read_normalized_jsonl(media_path(dataset.normalized_file))
+    kind = validation.get("kind", "none")
+    if kind == "split":
+        percent, seed = validation.get("percent", 10), validation.get("seed", 42)
+        train, valid = split_examples(examples, percent, seed)
+        record = {"kind": "split", "percent": percent, "seed": seed}
+    elif kind == "dataset":
+        other: Dataset = validation["dataset"]
+        if other.owner_id != dataset.owner_id:
+            raise ConfigError("validation_dataset", "unknown dataset")
+        train, valid = examples, read_normalized_jsonl(media_path(other.normalized_file))
+        record = {"kind": "dataset", "dataset": str(other.id), "dataset_name": other.name}
+    elif kind == "none":
+        train, valid, record = examples, [], {"kind": "none"}
+    else:
+        raise ConfigError("validation", "must be none, split or dataset")
+    folder = job_output_dir(job) / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_normalized_jsonl(train, folder / "train.jsonl")
+    if valid:
+        write_normalized_jsonl(valid, folder / "eval.jsonl")
+    return {**record, "train_rows": len(train), "eval_rows": len(valid)}
+
+
+def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig, name: str = "",
+               validation: dict | None = None) -> FineTuneJob:
+    """Save a queued job (with its data snapshot) and hand it to the train queue on commit."""
     from jobs.tasks import job_run
 
     if dataset.owner_id != owner.id:
@@ -118,7 +258,14 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
     job_validate_config(base_model=base_model, config=config)
     with transaction.atomic():
         job = FineTuneJob.objects.create(owner=owner, dataset=dataset, base_model=base_model,
-                                         config=config.to_dict(), name=name[:200])
+                                         config=config.to_dict(), name=name[:200], dataset_name=dataset.name,
+                                         dataset_sha256=dataset.sha256)
+        try:
+            job.validation = _job_data(job, dataset, validation or {"kind": "none"})
+        except BaseException:
+            shutil.rmtree(job_output_dir(job), ignore_errors=True)
+            raise
+        job.save(update_fields=["validation"])
         transaction.on_commit(lambda: job_run.delay(str(job.id)))
     return job
 
@@ -172,12 +319,12 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
     metrics = [{"step": p.step, **{k: v for k, v in p.as_event().items() if v is not None}}
                for p in MetricPoint.objects.filter(job=job).order_by("step")]
     title = job.name or f"LoRA adapter {job.short_id}"
-    card = model_card(title=title, base_model=job.base_model.name, config=job.config, rows=job.dataset.rows,
-                      dataset_sha256=job.dataset.sha256, steps=result.steps_done, final_loss=result.final_loss,
-                      targets=result.targets)
+    card = model_card(title=title, base_model=job.base_model.name, config=job.config,
+                      rows=job.validation.get("train_rows", 0), dataset_sha256=job.dataset_sha256,
+                      steps=result.steps_done, final_loss=result.final_loss, targets=result.targets)
     zip_path = out / f"adapter-{job.short_id}.zip"
-    build_adapter_zip(result.adapter_dir, zip_path, card=card, config=job.config, metrics=metrics,
-                      dataset_sha256=job.dataset.sha256)
+    build_adapter_zip(result.adapter_dir, zip_path, card=card, config={**job.config, "validation": job.validation},
+                      metrics=metrics, dataset_sha256=job.dataset_sha256)
     (Path(result.adapter_dir) / "README.md").write_text(card)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     root = Path(settings.MEDIA_ROOT)

@@ -31,11 +31,14 @@ def _claim(job_id) -> bool:
 
 
 def build_train_spec(job: FineTuneJob) -> TrainSpec:
+    data = services.job_output_dir(job) / "data"
+    eval_file = data / "eval.jsonl"
     return TrainSpec(
         base_model_path=job.base_model.path,
-        dataset_path=str(services.media_path(job.dataset.file)),
+        dataset_path=str(data / "train.jsonl"),
         output_dir=str(services.job_output_dir(job)),
         config=TrainConfig.from_dict(job.config),
+        eval_dataset_path=str(eval_file) if eval_file.exists() else None,
         device=settings.TRAIN_DEVICE,
     )
 
@@ -96,6 +99,8 @@ def model_pool():
 
 
 def _history(answer: ChatAnswer) -> list[dict[str, str]]:
+    if answer.messages:  # an API completion carries its whole conversation
+        return list(answer.messages)
     earlier = ChatAnswer.objects.filter(session=answer.session, side=answer.side, state=ChatAnswer.State.DONE,
                                         created__lt=answer.created).order_by("created")
     messages: list[dict[str, str]] = []
@@ -111,16 +116,18 @@ def chat_answer(answer_id: str) -> str:
         state=ChatAnswer.State.STREAMING)
     if not claimed:
         return "skipped"
-    answer = ChatAnswer.objects.select_related("session__job__base_model", "session__job__adapter").get(id=answer_id)
+    answer = ChatAnswer.objects.select_related("session__job__base_model", "session__job__adapter",
+                                               "session__base_model").get(id=answer_id)
     job = answer.session.job
+    base_path = job.base_model.path if job else answer.session.base_model.path
     channel = events.chat_channel(answer.session_id)
     meta = {"answer": str(answer.id), "side": answer.side}
     events.publish(channel, "start", meta)
     adapter = None
-    if answer.side == ChatAnswer.Side.ADAPTER:
+    if answer.side == ChatAnswer.Side.ADAPTER and job is not None:
         adapter = (str(job.adapter.id), str(services.media_path(job.adapter.folder)))
     try:
-        text = model_pool().generate(job.base_model.path, _history(answer), GenerationConfig(**answer.settings),
+        text = model_pool().generate(base_path, _history(answer), GenerationConfig(**answer.settings),
                                      adapter=adapter,
                                      on_text=lambda piece: events.publish(channel, "token", {**meta, "text": piece}))
     except Exception as exc:

@@ -1,11 +1,17 @@
 from django.urls import path
 
 from jobs import views
+from jobs import views_keys
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("datasets/", views.dataset_list, name="dataset-list"),
     path("datasets/demo/", views.dataset_demo, name="dataset-demo"),
+    path("datasets/map/", views.dataset_map, name="dataset-map"),
+    path("datasets/<uuid:dataset_id>/", views.dataset_detail, name="dataset-detail"),
+    path("datasets/<uuid:dataset_id>/rename/", views.dataset_rename, name="dataset-rename"),
+    path("datasets/<uuid:dataset_id>/delete/", views.dataset_delete, name="dataset-delete"),
+    path("datasets/<uuid:dataset_id>/download/", views.dataset_download, name="dataset-download"),
     path("jobs/", views.job_list, name="job-list"),
     path("jobs/new/", views.job_new, name="job-new"),
     path("jobs/<uuid:job_id>/", views.job_detail, name="job-detail"),
@@ -15,4 +21,6 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/compare/", views.job_compare, name="job-compare"),
     path("jobs/<uuid:job_id>/compare/ask/", views.job_compare_ask, name="job-compare-ask"),
     path("chats/<uuid:session_id>/events/", views.chat_events, name="chat-events"),
+    path("account/keys/", views_keys.key_list, name="key-list"),
+    path("account/keys/<int:key_id>/revoke/", views_keys.key_revoke, name="key-revoke"),
 ]

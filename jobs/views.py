@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
@@ -13,7 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from jobs import events, selectors, services
-from jobs.forms import JobForm, SignupForm, UploadForm
+from jobs.forms import JobForm, MappingForm, RenameForm, SignupForm, UploadForm
 from jobs.models import TERMINAL_STATUSES, ChatAnswer, ChatSession, FineTuneJob, JobStatus
 from worker.config import ConfigError, GenerationConfig
 from worker.data import DatasetError
@@ -33,29 +34,113 @@ def home(request):
     return redirect("job-list")
 
 
+def _dataset_page(request, *, form=None, mapping_form=None, problems=(), total=0, status=200):
+    return render(request, "jobs/dataset_list.html", {
+        "datasets": selectors.dataset_list(owner=request.user), "form": form or UploadForm(),
+        "mapping_form": mapping_form, "problems": problems, "problem_total": total}, status=status)
+
+
 @login_required
 def dataset_list(request):
-    form = UploadForm()
-    problems: list[str] = []
-    total = 0
-    status = 200
-    if request.method == "POST":
-        form = UploadForm(request.POST, request.FILES)
-        if form.is_valid():
-            try:
-                ds = services.dataset_create(owner=request.user, upload=form.cleaned_data["file"],
-                                             name=form.cleaned_data["name"])
-            except DatasetError as exc:
-                problems, total, status = exc.messages(), exc.total, 400
-            else:
-                messages.success(request, f"Uploaded {ds.name}: {ds.rows} examples.")
-                return redirect("dataset-list")
-        else:
-            status = 400
-    return render(request, "jobs/dataset_list.html", {
-        "datasets": selectors.dataset_list(owner=request.user), "form": form, "problems": problems,
-        "problem_total": total,
-    }, status=status)
+    if request.method != "POST":
+        return _dataset_page(request)
+    form = UploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _dataset_page(request, form=form, status=400)
+    try:
+        ds = services.dataset_create(owner=request.user, upload=form.cleaned_data["file"],
+                                     name=form.cleaned_data["name"],
+                                     drop_duplicates=form.cleaned_data["drop_duplicates"])
+    except DatasetError as exc:
+        return _dataset_page(request, form=form, problems=exc.messages(), total=exc.total, status=400)
+    except services.MappingNeeded as need:
+        mapping_form = MappingForm(columns=need.columns, initial={
+            "token": need.token, "filename": need.filename, "name": form.cleaned_data["name"],
+            "drop_duplicates": form.cleaned_data["drop_duplicates"]})
+        return _dataset_page(request, form=form, mapping_form=mapping_form, status=200)
+    messages.success(request, f"Uploaded {ds.name}: {ds.rows} examples ({ds.schema}, {ds.format}).")
+    return redirect("dataset-detail", dataset_id=ds.id)
+
+
+@login_required
+@require_POST
+def dataset_map(request):
+    """Second step of an upload whose columns matched no schema."""
+    columns = request.POST.getlist("columns")
+    form = MappingForm(request.POST, columns=columns)
+    if not form.is_valid():
+        return _dataset_page(request, mapping_form=form, status=400)
+    try:
+        ds = services.dataset_create_mapped(owner=request.user, token=form.cleaned_data["token"],
+                                            filename=form.cleaned_data["filename"], mapping=form.mapping(),
+                                            name=form.cleaned_data["name"],
+                                            drop_duplicates=form.cleaned_data["drop_duplicates"])
+    except ConfigError as exc:
+        form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        return _dataset_page(request, mapping_form=form, status=400)
+    except DatasetError as exc:
+        return _dataset_page(request, mapping_form=form, problems=exc.messages(), total=exc.total, status=400)
+    messages.success(request, f"Uploaded {ds.name}: {ds.rows} examples (mapped columns).")
+    return redirect("dataset-detail", dataset_id=ds.id)
+
+
+@login_required
+def dataset_detail(request, dataset_id):
+    """The check page: counts, schema, examples as the model will see them, token lengths."""
+    ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+    models = selectors.base_model_list()
+    chosen = models.filter(id=request.GET.get("model")).first() if _is_uuid(request.GET.get("model")) else None
+    chosen = chosen or models.first()
+    try:
+        max_length = min(131072, max(16, int(request.GET.get("max_length", 256))))
+    except ValueError:
+        max_length = 256
+    report = selectors.dataset_token_report(dataset=ds, base_model=chosen, max_length=max_length) if chosen else None
+    return render(request, "jobs/dataset_detail.html", {
+        "ds": ds, "models": models, "chosen": chosen, "max_length": max_length, "report": report,
+        "histogram": report.histogram() if report else None, "rename_form": RenameForm(initial={"name": ds.name}),
+        "jobs": ds.jobs.all()[:20]})
+
+
+def _is_uuid(value) -> bool:
+    import uuid as _uuid
+
+    try:
+        _uuid.UUID(str(value))
+        return True
+    except ValueError:
+        return False
+
+
+@login_required
+@require_POST
+def dataset_rename(request, dataset_id):
+    ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+    try:
+        services.dataset_rename(dataset=ds, name=request.POST.get("name", ""))
+    except ConfigError as exc:
+        messages.error(request, f"Name {exc.message}.")
+    return redirect("dataset-detail", dataset_id=ds.id)
+
+
+@login_required
+@require_POST
+def dataset_delete(request, dataset_id):
+    ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+    try:
+        services.dataset_delete(dataset=ds)
+    except services.DatasetInUse as exc:
+        messages.error(request, str(exc))
+        return redirect("dataset-detail", dataset_id=ds.id)
+    messages.success(request, f"Deleted {ds.name}.")
+    return redirect("dataset-list")
+
+
+@login_required
+def dataset_download(request, dataset_id):
+    ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+    return FileResponse(open(services.media_path(ds.file), "rb"), as_attachment=True,
+                        filename=ds.original_name or f"dataset{Path(ds.file).suffix}")
 
 
 @login_required
@@ -85,10 +170,14 @@ def job_new(request):
     form = JobForm(request.POST or None, owner=request.user, initial=initial)
     if request.method == "POST":
         if form.is_valid():
-            job = services.job_create(owner=request.user, dataset=form.cleaned_data["dataset"],
-                                      base_model=form.cleaned_data["base_model"], config=form.config,
-                                      name=form.cleaned_data["name"])
-            return redirect("job-detail", job_id=job.id)
+            try:
+                job = services.job_create(owner=request.user, dataset=form.cleaned_data["dataset"],
+                                          base_model=form.cleaned_data["base_model"], config=form.config,
+                                          name=form.cleaned_data["name"], validation=form.validation)
+            except ConfigError as exc:
+                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            else:
+                return redirect("job-detail", job_id=job.id)
         return render(request, "jobs/job_new.html", {"form": form}, status=400)
     return render(request, "jobs/job_new.html", {"form": form})
 

@@ -145,10 +145,18 @@ INFER_MAX_BASES = env_int("INFER_MAX_BASES", 1)
 DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM2-135M-Instruct")))
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["jobs.auth.ApiKeyAuthentication",
+                                       "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["jobs.auth.ApiKeyRateThrottle"],
     "EXCEPTION_HANDLER": "jobs.apis.exception_handler",
 }
+
+# Requests per API key ("600/min", "10/s"); counted in the cache below (per process with LocMem).
+API_THROTTLE_RATE = env_str("API_THROTTLE_RATE", "600/min")
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "lora-studio"}}
+# How long a non-streaming /v1/chat/completions call waits for the infer worker.
+CHAT_COMPLETION_TIMEOUT = env_int("CHAT_COMPLETION_TIMEOUT", 300)
 
 LOGGING = {
     "version": 1,

@@ -10,5 +10,6 @@ urlpatterns = [
     path("accounts/signup/", views.signup, name="signup"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("jobs.api_urls")),
+    path("v1/", include("jobs.openai_urls")),
     path("", include("jobs.urls")),
 ]

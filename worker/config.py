@@ -67,8 +67,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_steps: int = 0  # 0: run `epochs` epochs
     seed: int = 42
-    # Checkpoints
+    # Checkpoints and evaluation
     save_every: int = 50
+    eval_every: int = 0  # 0: about ten evaluations per run (when there is a validation set)
 
     def __post_init__(self) -> None:
         _check_range("rank", self.rank, low=1, high=1024, integer=True)
@@ -109,6 +110,7 @@ class TrainConfig:
         _check_range("max_steps", self.max_steps, low=0, high=10_000_000, integer=True)
         _check_range("seed", self.seed, low=0, high=2**32 - 1, integer=True)
         _check_range("save_every", self.save_every, low=1, high=10_000_000, integer=True)
+        _check_range("eval_every", self.eval_every, low=0, high=10_000_000, integer=True)
 
     @property
     def scaling(self) -> float:

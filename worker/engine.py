@@ -16,7 +16,7 @@ from typing import Any
 
 from worker.checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from worker.config import TrainConfig, TrainSpec
-from worker.data import IGNORE_INDEX, TokenizedExample, read_chat_jsonl, tokenize_dataset
+from worker.data import IGNORE_INDEX, TokenizedExample, read_normalized_jsonl, tokenize_examples
 from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
 from worker.reporting import Reporter, StopCheck, never_stop
 
@@ -147,6 +147,29 @@ def summed_token_loss(peft_model, ids, labels, mask):
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
 
 
+def evaluate(model, examples: list[TokenizedExample], batch_size: int, pad_id: int, device) -> float:
+    """Mean next-token loss over the trained tokens of `examples` (no dropout, no gradients)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = [examples[i] for i in order[start:start + batch_size]]
+            loss_sum, n = summed_token_loss(model, *collate(batch, pad_id, device))
+            total += loss_sum.item()
+            count += n
+    if was_training:
+        model.train()
+    return total / max(1, count)
+
+
+def eval_interval(cfg: TrainConfig, total_steps: int) -> int:
+    return cfg.eval_every or max(1, total_steps // 10)
+
+
 def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop) -> TrainResult:
     """Train a LoRA adapter as `spec` says; resumes from the newest checkpoint in output_dir."""
     import torch
@@ -162,12 +185,15 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
     device = choose_device(spec.device)
     reporter.event("setup", f"loading tokenizer and data on {device.device}")
     tokenizer = load_tokenizer(spec.base_model_path)
-    conversations = read_chat_jsonl(spec.dataset_path)
-    examples = tokenize_dataset(tokenizer, conversations, cfg.max_seq_length)
+    examples = tokenize_examples(tokenizer, read_normalized_jsonl(spec.dataset_path), cfg.max_seq_length)
     if not examples:
         raise TrainingError("no example has an assistant token left after truncation; raise max_seq_length")
     per_epoch, total_steps = plan_steps(len(examples), cfg)
     stream = MicroBatchStream(examples, cfg, per_epoch)
+    eval_examples: list[TokenizedExample] = []
+    if spec.eval_dataset_path:
+        eval_examples = tokenize_examples(tokenizer, read_normalized_jsonl(spec.eval_dataset_path), cfg.max_seq_length)
+    every = eval_interval(cfg, total_steps)
 
     reporter.event("setup", "loading base model" + (" in 4-bit NF4 (QLoRA)" if cfg.qlora else ""))
     model = load_base_model(spec.base_model_path, device, cfg)
@@ -240,6 +266,8 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
                 metrics["grad_norm"] = float(grad_norm)
             if device.is_cuda:
                 metrics["memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            if eval_examples and (step % every == 0 or step == total_steps):
+                metrics["eval_loss"] = evaluate(model, eval_examples, cfg.batch_size, pad_id, device.device)
             reporter.log(step, metrics)
             if step % cfg.save_every == 0 and step < total_steps:
                 save_checkpoint(ckpt_root, step=step, model=model, optimizer=optimizer,

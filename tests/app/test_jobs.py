@@ -13,6 +13,7 @@ from worker.config import TrainConfig
 FAST = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "epochs": 4,
         "learning_rate": 0.01, "batch_size": 4, "grad_accum": 1, "max_seq_length": 128, "warmup_ratio": 0,
         "lr_scheduler": "linear", "weight_decay": 0, "seed": 1, "bias": "none", "target_modules": ""}
+FORM_ONLY = {"validation": "none", "validation_percent": 10, "validation_seed": 42}
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def dataset(user, chat_file):
 
 
 def form_data(base_model, dataset, **over):
-    return {"name": "my job", "base_model": base_model.id, "dataset": dataset.id, **FAST, **over}
+    return {"name": "my job", "base_model": base_model.id, "dataset": dataset.id, **FAST, **FORM_ONLY, **over}
 
 
 def submit(client, data, django_capture_on_commit_callbacks):
@@ -127,11 +128,11 @@ def test_other_users_get_404(client, other_user, user, base_model, dataset):
 def test_engine_failure_is_a_readable_error(user, base_model, dataset, settings):
     with mock.patch("jobs.tasks.job_run.delay"):
         job = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
-    (settings.MEDIA_ROOT / dataset.file).write_text("not json\n")
+    (services.job_output_dir(job) / "data/train.jsonl").write_text("not json\n")
     assert tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED
-    assert job.error.startswith(f"{(settings.MEDIA_ROOT / dataset.file).name}: line 1: is not valid JSON")
+    assert job.error.startswith("train.jsonl: line 1: is not valid JSON"), job.error
 
 
 def test_compare_ask_validates_and_queues_both_sides(client_in, user, base_model, dataset,

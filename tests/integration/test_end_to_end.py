@@ -15,7 +15,8 @@ from tests.integration.stack import csrf_of, read_sse
 pytestmark = pytest.mark.integration
 FAST = {"rank": "8", "alpha": "16", "dropout": "0", "target_preset": "all_linear", "target_modules": "",
         "epochs": "12", "learning_rate": "0.01", "batch_size": "4", "grad_accum": "1", "max_seq_length": "128",
-        "warmup_ratio": "0", "lr_scheduler": "linear", "weight_decay": "0", "seed": "3", "bias": "none"}
+        "warmup_ratio": "0", "lr_scheduler": "linear", "weight_decay": "0", "seed": "3", "bias": "none",
+        "validation": "none", "validation_percent": "10", "validation_seed": "42"}
 
 
 def upload_and_submit(stack, s, **over):

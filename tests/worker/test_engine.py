@@ -112,3 +112,17 @@ def test_schedule_and_batching_helpers():
     assert batches == epoch_batches(lengths, 2, seed=1, epoch=0)
     assert batches != epoch_batches(lengths, 2, seed=1, epoch=1)
     assert all(abs(lengths[b[0]] - lengths[b[1]]) <= 3 for b in batches), "similar lengths batch together"
+
+
+def test_eval_loss_is_reported_on_the_validation_set(tiny_llama, chat_file, tmp_path):
+    from tests.conftest import memorisable_conversations, write_jsonl
+
+    valid = write_jsonl(tmp_path / "valid.jsonl", [{"messages": m} for m in memorisable_conversations(4)])
+    reporter = MemoryReporter()
+    spec = TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "e"),
+                     TrainConfig(**{**FAST, "epochs": 5, "eval_every": 3}), eval_dataset_path=str(valid),
+                     device="cpu")
+    train(spec, reporter)
+    evals = {step: m["eval_loss"] for step, m in reporter.points if "eval_loss" in m}
+    assert sorted(evals) == [3, 6, 9, 10], "every 3 steps and at the end"
+    assert evals[10] < evals[3], "the validation examples are in the training set here, so eval loss falls"

@@ -1,0 +1,39 @@
+"""The dataset check page renders a real histogram and the highlighted example in Chromium."""
+import json
+
+import pytest
+
+from tests.conftest import memorisable_conversations
+
+pytestmark = pytest.mark.browser
+
+
+def test_check_page_histogram_and_highlighted_tokens(stack, page, tmp_path):
+    data = tmp_path / "check.jsonl"
+    rows = [{"messages": m} for m in memorisable_conversations(6)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:1]))
+    page.goto(stack.url + "/accounts/login/")
+    page.fill("#id_username", "bob")
+    page.fill("#id_password", "pw-bob-123")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/jobs/")
+    page.goto(stack.url + "/datasets/")
+    page.set_input_files("#id_file", str(data))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_url("**/datasets/*/")
+    assert page.inner_text("#ds-rows") == "7"
+    assert page.inner_text("#ds-duplicates").startswith("1")
+    assert "line 7 repeats line 1" in page.inner_text("#ds-duplicates")
+
+    page.fill("input[name=max_length]", "24")
+    page.click("#check-form button[type=submit]")
+    page.wait_for_function("Chart.getChart('length-histogram') !== undefined")
+    counts = page.evaluate("Chart.getChart('length-histogram').data.datasets[0].data")
+    assert sum(counts) == 7
+    assert page.get_attribute("#length-histogram", "data-max-line") is not None, "the max-length line is drawn"
+    assert int(page.get_attribute("#truncation", "data-truncated")) == 7
+    trained = page.locator(".sample .tok.trained").first
+    assert '"answer"' in trained.inner_text()
+    colour = page.evaluate("getComputedStyle(document.querySelector('.sample .tok.trained')).backgroundColor")
+    masked = page.evaluate("getComputedStyle(document.querySelector('.sample .tok.masked')).color")
+    assert colour != "rgba(0, 0, 0, 0)" and masked != colour

@@ -1,0 +1,24 @@
+"""Validation splits: a pure function of the examples, the percentage and the seed."""
+from __future__ import annotations
+
+import random
+from typing import Sequence, TypeVar
+
+from worker.config import ConfigError
+
+T = TypeVar("T")
+
+
+def split_examples(examples: Sequence[T], percent: float, seed: int) -> tuple[list[T], list[T]]:
+    """(train, validation): `percent` of the examples, at least one, picked with `seed`."""
+    if not 0 < percent < 100:
+        raise ConfigError("validation_percent", f"must be between 0 and 100, got {percent!r}")
+    if len(examples) < 2:
+        raise ConfigError("validation_percent", "a dataset needs at least 2 examples to split off a validation set")
+    n_eval = min(len(examples) - 1, max(1, round(len(examples) * percent / 100)))
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_eval])
+    train = [e for i, e in enumerate(examples) if i not in held]
+    valid = [e for i, e in enumerate(examples) if i in held]
+    return train, valid
