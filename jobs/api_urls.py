@@ -11,6 +11,9 @@ urlpatterns = [
     path("jobs/", apis.JobListApi.as_view(), name="api-jobs"),
     path("jobs/<uuid:job_id>/", apis.JobDetailApi.as_view(), name="api-job"),
     path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="api-job-cancel"),
+    path("jobs/<uuid:job_id>/pause/", apis.JobPauseApi.as_view(), name="api-job-pause"),
+    path("jobs/<uuid:job_id>/resume/", apis.JobResumeApi.as_view(), name="api-job-resume"),
+    path("jobs/<uuid:job_id>/retry/", apis.JobRetryApi.as_view(), name="api-job-retry"),
     path("jobs/<uuid:job_id>/metrics/", apis.JobMetricsApi.as_view(), name="api-job-metrics"),
     path("jobs/<uuid:job_id>/adapter/", apis.JobAdapterApi.as_view(), name="api-job-adapter"),
 ]

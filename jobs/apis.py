@@ -194,6 +194,34 @@ class JobCancelApi(APIView):
         return Response(JobOutput(job).data)
 
 
+class JobPauseApi(APIView):
+    def post(self, request, job_id):
+        job = services.job_pause(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
+        return Response(JobOutput(job).data)
+
+
+class JobResumeApi(APIView):
+    def post(self, request, job_id):
+        job = services.job_resume(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
+        return Response(JobOutput(job).data)
+
+
+class JobRetryApi(APIView):
+    """A new job from a failed or cancelled one; optional `config` overrides (e.g. the OOM advice)."""
+
+    class InputSerializer(serializers.Serializer):
+        config = serializers.DictField(required=False)
+
+    def post(self, request, job_id):
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        overrides = data.validated_data.get("config")
+        config = TrainConfig.from_dict({**job.config, **overrides}) if overrides else None
+        new = services.job_retry(job=job, by=request.user, config=config)
+        return Response(JobOutput(new).data, status=status.HTTP_201_CREATED)
+
+
 class JobMetricsApi(APIView):
     def get(self, request, job_id):
         job = selectors.job_get(owner=request.user, job_id=job_id)

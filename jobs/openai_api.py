@@ -374,6 +374,18 @@ class JobCancelApi(OpenAIView):
         return Response(job_object(_job(request.user, job_id)))
 
 
+class JobPauseApi(OpenAIView):
+    def post(self, request, job_id):
+        services.job_pause(job=_job(request.user, job_id), by=request.user)
+        return Response(job_object(_job(request.user, job_id)))
+
+
+class JobResumeApi(OpenAIView):
+    def post(self, request, job_id):
+        services.job_resume(job=_job(request.user, job_id), by=request.user)
+        return Response(job_object(_job(request.user, job_id)))
+
+
 def _event_level(kind: str) -> str:
     return "error" if kind in ("error", "failed") else "warn" if kind in ("warning", "warn") else "info"
 

@@ -300,6 +300,60 @@ def job_cancel(*, job: FineTuneJob, by) -> FineTuneJob:
     return job
 
 
+def job_pause(*, job: FineTuneJob, by) -> FineTuneJob:
+    """Pause: a queued job at once; a running one saves a checkpoint before its next step and frees the worker."""
+    if job.owner_id != by.id:
+        raise JobStateError("not your job")
+    with transaction.atomic():
+        if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(status=JobStatus.PAUSED):
+            if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.RUNNING).update(stop_requested="pause"):
+                job.refresh_from_db()
+                raise JobStateError(f"a {job.status} job cannot be paused")
+    job.refresh_from_db()
+    if job.status == JobStatus.PAUSED:
+        transaction.on_commit(lambda: _publish_status(job))
+    else:
+        events.publish(events.job_channel(job.id), "message", {"kind": "pause", "message": "pause requested"})
+    return job
+
+
+def job_resume(*, job: FineTuneJob, by) -> FineTuneJob:
+    """Queue a paused job again; the engine continues from its newest checkpoint."""
+    from jobs.tasks import job_run
+
+    if job.owner_id != by.id:
+        raise JobStateError("not your job")
+    with transaction.atomic():
+        if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.PAUSED).update(
+                status=JobStatus.QUEUED, stop_requested=""):
+            job.refresh_from_db()
+            raise JobStateError(f"a {job.status} job cannot be resumed; only a paused one")
+        transaction.on_commit(lambda: job_run.delay(str(job.id)))
+    job.refresh_from_db()
+    transaction.on_commit(lambda: _publish_status(job))
+    return job
+
+
+def job_retry(*, job: FineTuneJob, by, config: TrainConfig | None = None) -> FineTuneJob:
+    """A new job with the same data snapshot and settings (or `config`), for a failed or cancelled one."""
+    from jobs.tasks import job_run
+
+    if job.owner_id != by.id:
+        raise JobStateError("not your job")
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise JobStateError(f"a {job.status} job cannot be retried; only a failed or cancelled one")
+    config = config or TrainConfig.from_dict(job.config)
+    job_validate_config(base_model=job.base_model, config=config)
+    with transaction.atomic():
+        new = FineTuneJob.objects.create(
+            owner=job.owner, dataset=job.dataset, base_model=job.base_model, config=config.to_dict(),
+            name=(f"{job.name} (retry)" if job.name else "")[:200], dataset_name=job.dataset_name,
+            dataset_sha256=job.dataset_sha256, validation=job.validation)
+        shutil.copytree(job_output_dir(job) / "data", job_output_dir(new) / "data")
+        transaction.on_commit(lambda: job_run.delay(str(new.id)))
+    return new
+
+
 def job_mark(*, job_id, status: str, error: str = "", **fields: Any) -> FineTuneJob:
     """Record a worker-side status change and announce it."""
     values = dict(status=status, error=error, stop_requested="", lease_until=None, **fields)

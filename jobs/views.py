@@ -203,6 +203,24 @@ def job_cancel(request, job_id):
     return redirect("job-detail", job_id=job.id)
 
 
+@login_required
+@require_POST
+def job_action(request, job_id, action):
+    """Pause, resume or retry from the job page."""
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    act = {"pause": services.job_pause, "resume": services.job_resume, "retry": services.job_retry}[action]
+    try:
+        result = act(job=job, by=request.user)
+    except (services.JobStateError, ConfigError) as exc:
+        messages.error(request, str(exc))
+        return redirect("job-detail", job_id=job.id)
+    notes = {"pause": "Pause requested: a checkpoint is saved before the next step.",
+             "resume": "Queued again: training continues from the last checkpoint.",
+             "retry": "Started a new job with the same data and settings."}
+    messages.info(request, notes[action])
+    return redirect("job-detail", job_id=result.id)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "adapter"
 

@@ -43,6 +43,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "jobs",
 ]
 
@@ -131,6 +133,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ROUTES = {
     "jobs.tasks.job_run": {"queue": "train"},
     "jobs.tasks.chat_answer": {"queue": "infer"},
+    # Webhook deliveries are short network calls: they share the light infer worker, never training's.
+    "jobs.tasks_webhooks.webhook_deliver": {"queue": "infer"},
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -150,6 +154,21 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["jobs.auth.ApiKeyRateThrottle"],
     "EXCEPTION_HANDLER": "jobs.apis.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# OpenAPI 3 at /api/schema/, Swagger UI at /api/docs/; the UI's assets come from the sidecar package (no CDN).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LoRA Studio API",
+    "DESCRIPTION": "Datasets, LoRA fine-tuning jobs and adapters (/api/v1/), and the OpenAI-compatible API "
+                   "(/v1/). Authenticate with `Authorization: Bearer ls-...` (a personal API key) or a session.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Requests per API key ("600/min", "10/s"); counted in the cache below (per process with LocMem).

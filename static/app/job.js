@@ -14,6 +14,7 @@
       scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "loss" } } } },
   });
   const seen = new Set();
+  const renderedStatus = root.dataset.status;
   function fmtEta(s) {
     if (s == null || !isFinite(s)) return "–";
     s = Math.round(s); const m = Math.floor(s / 60);
@@ -48,9 +49,11 @@
     setStatus(s.status);
     if (s.total_steps) $("stat-total").textContent = s.total_steps;
     if (s.error) { $("job-error").textContent = s.error; $("job-error").classList.remove("hidden"); }
-    if (TERMINAL.includes(s.status)) {
+    if (TERMINAL.includes(s.status) || s.status === "paused") {
       source.close();
-      const cancel = $("cancel-job"); if (cancel) cancel.closest("form").remove();
+      document.querySelectorAll(".live-only").forEach((f) => f.remove());
+      // Failed, cancelled or paused: reload once so the page offers Retry / Resume.
+      if (s.status !== "succeeded" && s.status !== renderedStatus) { setTimeout(() => location.reload(), 300); }
       $("stat-eta").textContent = "–";
       if (s.status === "succeeded") { $("download-zip").classList.remove("hidden"); $("compare-link").classList.remove("hidden"); }
     }

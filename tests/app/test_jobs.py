@@ -161,3 +161,66 @@ def test_compare_ask_validates_and_queues_both_sides(client_in, user, base_model
     done = {a.side: a for a in ChatAnswer.objects.all()}
     assert done["base"].state == done["adapter"].state == "done"
     assert done["adapter"].text != done["base"].text
+
+
+def test_pause_resume_and_retry(client_in, user, base_model, dataset, django_capture_on_commit_callbacks):
+    cfg = TrainConfig(**{**{k: v for k, v in FAST.items() if k != "target_modules"}, "save_every": 100})
+    with mock.patch("jobs.tasks.job_run.delay"):
+        job = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=cfg)
+    real_log = tasks.DbReporter.log
+
+    def log_then_pause(self, step, metrics):
+        real_log(self, step, metrics)
+        if step == 3:
+            services.job_pause(job=FineTuneJob.objects.get(id=self.job_id), by=user)
+
+    with mock.patch.object(tasks.DbReporter, "log", log_then_pause):
+        assert tasks.job_run(str(job.id)) == "paused"
+    job.refresh_from_db()
+    assert job.status == JobStatus.PAUSED and job.step == 3
+    assert (services.job_output_dir(job) / "checkpoints/step-000003/adapter_model.safetensors").is_file()
+    with pytest.raises(services.JobStateError, match="cannot be paused"):
+        services.job_pause(job=job, by=user)
+
+    with mock.patch("jobs.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+        assert client_in.post(f"/jobs/{job.id}/resume/").status_code == 302
+    delay.assert_called_once_with(str(job.id))
+    assert tasks.job_run(str(job.id)) == "succeeded"
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 2
+    assert list(MetricPoint.objects.filter(job=job).values_list("step", flat=True)) == list(range(1, 9))
+    assert job.events.filter(kind="resume", message__contains="step 3").exists()
+
+    with mock.patch("jobs.tasks.job_run.delay"):
+        other = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=cfg)
+    services.job_cancel(job=other, by=user)
+    with mock.patch("jobs.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+        response = client_in.post(f"/jobs/{other.id}/retry/")
+    retried = FineTuneJob.objects.exclude(id__in=[job.id, other.id]).get()
+    assert response["Location"] == f"/jobs/{retried.id}/"
+    assert retried.config == other.config and retried.validation == other.validation
+    assert (services.job_output_dir(retried) / "data/train.jsonl").read_text() == \
+        (services.job_output_dir(other) / "data/train.jsonl").read_text()
+    delay.assert_called_once_with(str(retried.id))
+    assert client_in.post(f"/jobs/{job.id}/retry/", follow=True).content.decode().count("cannot be retried") == 1
+
+
+def test_job_actions_over_the_apis(user, base_model, dataset):
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(user)
+    with mock.patch("jobs.tasks.job_run.delay"):
+        job = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+        assert api.post(f"/api/v1/jobs/{job.id}/pause/").json()["status"] == "paused"
+        assert api.post(f"/api/v1/jobs/{job.id}/pause/").status_code == 409
+        assert api.post(f"/v1/fine_tuning/jobs/ftjob-{job.id.hex}/resume").json()["status"] == "queued"
+        assert api.post(f"/v1/fine_tuning/jobs/ftjob-{job.id.hex}/pause").json()["status"] == "paused"
+        assert api.post(f"/api/v1/jobs/{job.id}/resume/").json()["status"] == "queued"
+        assert api.post(f"/api/v1/jobs/{job.id}/retry/").status_code == 409
+        api.post(f"/api/v1/jobs/{job.id}/cancel/")
+        response = api.post(f"/api/v1/jobs/{job.id}/retry/", {"config": {"batch_size": 2, "grad_accum": 4}}, format="json")
+        assert response.status_code == 201
+        assert response.json()["config"]["batch_size"] == 2 and response.json()["config"]["grad_accum"] == 4
+        response = api.post(f"/api/v1/jobs/{job.id}/retry/", {"config": {"rank": -1}}, format="json")
+        assert response.status_code == 400 and response.json()["error"]["field"] == "rank"

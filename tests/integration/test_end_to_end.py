@@ -111,3 +111,32 @@ def test_another_user_sees_nothing(stack):
     for path in (f"/jobs/{job_id}/", f"/jobs/{job_id}/events/", f"/jobs/{job_id}/download/",
                  f"/api/v1/jobs/{job_id}/"):
         assert bob.get(stack.url + path).status_code == 404, path
+
+
+def test_pause_frees_the_worker_and_resume_continues(stack):
+    s = stack.session()
+    job_id = upload_and_submit(stack, s, epochs="30", seed="9")
+    page = s.get(f"{stack.url}/jobs/{job_id}/").text
+    token = csrf_of(s, page)
+    with s.get(f"{stack.url}/jobs/{job_id}/events/", stream=True, timeout=60) as r:
+        for event, data in read_sse(r, lambda e, d: e == "status" and d["status"] == "paused"):
+            if event == "metric" and data["step"] == 3:
+                s.post(f"{stack.url}/jobs/{job_id}/pause/", data={"csrfmiddlewaretoken": token},
+                       headers={"Referer": stack.url})
+    paused = s.get(f"{stack.url}/api/v1/jobs/{job_id}/").json()
+    assert paused["status"] == "paused" and 3 <= paused["step"] < 60
+
+    # The worker is free: another job runs to the end while this one is paused.
+    other = upload_and_submit(stack, s, epochs="1")
+    with s.get(f"{stack.url}/jobs/{other}/events/", stream=True, timeout=60) as r:
+        statuses = [d["status"] for e, d in read_sse(r, lambda e, d: e == "status" and d["status"] == "succeeded")
+                    if e == "status"]
+    assert statuses[-1] == "succeeded"
+
+    s.post(f"{stack.url}/jobs/{job_id}/resume/", data={"csrfmiddlewaretoken": token}, headers={"Referer": stack.url})
+    with s.get(f"{stack.url}/jobs/{job_id}/events/", stream=True, timeout=60) as r:
+        seen = list(read_sse(r, lambda e, d: e == "status" and d["status"] == "succeeded"))
+    steps = [d["step"] for e, d in seen if e == "metric"]
+    assert steps == list(range(1, 61)), "every step exactly once across pause and resume"
+    job = s.get(f"{stack.url}/api/v1/jobs/{job_id}/").json()
+    assert job["status"] == "succeeded" and job["attempts"] == 2
