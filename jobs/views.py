@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 from jobs import events, selectors, services
 from jobs.forms import JobForm, MappingForm, RenameForm, SignupForm, UploadForm
 from jobs.models import TERMINAL_STATUSES, ChatAnswer, ChatSession, FineTuneJob, JobStatus
-from worker.config import ConfigError, GenerationConfig
+from worker.config import ConfigError, GenerationConfig, TrainConfig
 from worker.data import DatasetError
 
 
@@ -187,6 +187,7 @@ def job_detail(request, job_id):
     job = selectors.job_get(owner=request.user, job_id=job_id)
     return render(request, "jobs/job_detail.html", {
         "job": job, "config": job.config, "events": job.events.order_by("-id")[:20],
+        "suggestion": _oom_suggestion(job),
         "adapter": getattr(job, "adapter", None) if job.status == JobStatus.SUCCEEDED else None})
 
 
@@ -203,14 +204,25 @@ def job_cancel(request, job_id):
     return redirect("job-detail", job_id=job.id)
 
 
+def _oom_suggestion(job: FineTuneJob) -> dict | None:
+    from worker.engine import ADVICE_OOM, oom_suggestion
+
+    if job.status != JobStatus.FAILED or not job.error.startswith(ADVICE_OOM[:13]):
+        return None
+    return oom_suggestion(TrainConfig.from_dict(job.config)) or None
+
+
 @login_required
 @require_POST
 def job_action(request, job_id, action):
-    """Pause, resume or retry from the job page."""
+    """Pause, resume or retry (as it was, or with the suggested lower-memory settings)."""
     job = selectors.job_get(owner=request.user, job_id=job_id)
     act = {"pause": services.job_pause, "resume": services.job_resume, "retry": services.job_retry}[action]
+    kwargs = {}
+    if action == "retry" and request.POST.get("suggested") and _oom_suggestion(job):
+        kwargs["config"] = TrainConfig.from_dict({**job.config, **_oom_suggestion(job)})
     try:
-        result = act(job=job, by=request.user)
+        result = act(job=job, by=request.user, **kwargs)
     except (services.JobStateError, ConfigError) as exc:
         messages.error(request, str(exc))
         return redirect("job-detail", job_id=job.id)

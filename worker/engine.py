@@ -33,6 +33,21 @@ class TrainingError(RuntimeError):
     """Training cannot go on; the message is plain advice for the user."""
 
 
+def oom_suggestion(cfg: TrainConfig) -> dict[str, Any]:
+    """Settings that need less memory for the same effective batch: the one-click retry after an OOM."""
+    change: dict[str, Any] = {}
+    if cfg.batch_size > 1:
+        change["batch_size"] = max(1, cfg.batch_size // 2)
+        change["grad_accum"] = cfg.grad_accum * (cfg.batch_size // change["batch_size"])
+    elif cfg.max_seq_length > 128:
+        change["max_seq_length"] = max(128, cfg.max_seq_length // 2)
+    if not cfg.gradient_checkpointing:
+        change["gradient_checkpointing"] = True
+    if not change and not cfg.qlora:
+        change["qlora"] = True
+    return change
+
+
 @dataclass
 class TrainResult:
     status: str  # succeeded | cancelled | paused

@@ -224,3 +224,30 @@ def test_job_actions_over_the_apis(user, base_model, dataset):
         assert response.json()["config"]["batch_size"] == 2 and response.json()["config"]["grad_accum"] == 4
         response = api.post(f"/api/v1/jobs/{job.id}/retry/", {"config": {"rank": -1}}, format="json")
         assert response.status_code == 400 and response.json()["error"]["field"] == "rank"
+
+
+def test_out_of_memory_fails_with_advice_and_a_one_click_retry(client_in, user, base_model, dataset,
+                                                              django_capture_on_commit_callbacks):
+    with mock.patch("jobs.tasks.job_run.delay"):
+        job = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(batch_size=8))
+    with mock.patch("worker.engine.summed_token_loss", side_effect=MemoryError):
+        assert tasks.job_run(str(job.id)) == "failed"
+    job.refresh_from_db()
+    assert job.error.startswith("Out of memory. Try, in this order: a smaller batch size")
+    html = client_in.get(f"/jobs/{job.id}/").content.decode()
+    assert 'id="retry-suggested"' in html and "batch_size = 4, grad_accum = 2, gradient_checkpointing = True" in html
+    with mock.patch("jobs.tasks.job_run.delay"), django_capture_on_commit_callbacks(execute=True):
+        client_in.post(f"/jobs/{job.id}/retry/", {"suggested": "1"})
+    retried = FineTuneJob.objects.exclude(id=job.id).get()
+    assert (retried.config["batch_size"], retried.config["grad_accum"], retried.config["gradient_checkpointing"]) == \
+        (4, 2, True)
+
+
+def test_oom_suggestion_keeps_the_effective_batch():
+    from worker.engine import oom_suggestion
+
+    assert oom_suggestion(TrainConfig(batch_size=8, grad_accum=2)) == {
+        "batch_size": 4, "grad_accum": 4, "gradient_checkpointing": True}
+    assert oom_suggestion(TrainConfig(batch_size=1, max_seq_length=1024, gradient_checkpointing=True)) == {
+        "max_seq_length": 512}
+    assert oom_suggestion(TrainConfig(batch_size=1, max_seq_length=128, gradient_checkpointing=True)) == {"qlora": True}
