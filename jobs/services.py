@@ -274,6 +274,14 @@ def job_output_dir(job: FineTuneJob) -> Path:
     return media_path(f"jobs/{job.id}")
 
 
+def job_evaluation(job: FineTuneJob) -> dict | None:
+    """The end-of-job base-vs-adapted evaluation, if the job had a validation split."""
+    import json
+
+    path = job_output_dir(job) / "evaluation.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _publish_status(job: FineTuneJob) -> None:
     events.publish(events.job_channel(job.id), "status",
                    {"status": job.status, "error": job.error, "step": job.step, "total_steps": job.total_steps})
@@ -372,13 +380,18 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
     out = job_output_dir(job)
     metrics = [{"step": p.step, **{k: v for k, v in p.as_event().items() if v is not None}}
                for p in MetricPoint.objects.filter(job=job).order_by("step")]
+    from worker.evaluation import summary_markdown
+
     title = job.name or f"LoRA adapter {job.short_id}"
+    evaluation = job_evaluation(job)
     card = model_card(title=title, base_model=job.base_model.name, config=job.config,
                       rows=job.validation.get("train_rows", 0), dataset_sha256=job.dataset_sha256,
-                      steps=result.steps_done, final_loss=result.final_loss, targets=result.targets)
+                      steps=result.steps_done, final_loss=result.final_loss, targets=result.targets,
+                      evaluation_md=summary_markdown(evaluation) if evaluation else "")
+    extra = {"evaluation.json": (out / "evaluation.json").read_text()} if evaluation else {}
     zip_path = out / f"adapter-{job.short_id}.zip"
     build_adapter_zip(result.adapter_dir, zip_path, card=card, config={**job.config, "validation": job.validation},
-                      metrics=metrics, dataset_sha256=job.dataset_sha256)
+                      metrics=metrics, dataset_sha256=job.dataset_sha256, extra_files=extra)
     (Path(result.adapter_dir) / "README.md").write_text(card)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     root = Path(settings.MEDIA_ROOT)

@@ -188,6 +188,7 @@ def job_detail(request, job_id):
     return render(request, "jobs/job_detail.html", {
         "job": job, "config": job.config, "events": job.events.order_by("-id")[:20],
         "suggestion": _oom_suggestion(job),
+        "evaluation": services.job_evaluation(job) if job.status == JobStatus.SUCCEEDED else None,
         "adapter": getattr(job, "adapter", None) if job.status == JobStatus.SUCCEEDED else None})
 
 

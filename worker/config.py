@@ -70,6 +70,7 @@ class TrainConfig:
     # Checkpoints and evaluation
     save_every: int = 50
     eval_every: int = 0  # 0: about ten evaluations per run (when there is a validation set)
+    final_eval: bool = True  # base vs adapted on the validation split when training ends
 
     def __post_init__(self) -> None:
         _check_range("rank", self.rank, low=1, high=1024, integer=True)
@@ -92,7 +93,7 @@ class TrainConfig:
             raise ConfigError("target_modules", "list at least one module name when target layers is 'custom'")
         if self.target_preset != "custom" and modules:
             raise ConfigError("target_modules", "only allowed when target layers is 'custom'")
-        for name in ("use_rslora", "use_dora", "qlora", "gradient_checkpointing"):
+        for name in ("use_rslora", "use_dora", "qlora", "gradient_checkpointing", "final_eval"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.bias not in BIAS_CHOICES:

@@ -6,6 +6,7 @@ each), save (adapter + tokenizer, atomically), result.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -298,5 +299,12 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
         tokenizer.save_pretrained(tmp)
     reporter.event("saved", "adapter saved")
     model.eval()
+    if spec.eval_dataset_path and cfg.final_eval:
+        from worker.evaluation import evaluate_adapter
+
+        reporter.event("evaluate", "comparing base and adapted model on the validation split")
+        evaluation = evaluate_adapter(model, tokenizer, read_normalized_jsonl(spec.eval_dataset_path),
+                                      max_seq_length=cfg.max_seq_length, device=device.device)
+        (out / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
     return TrainResult("succeeded", step, total_steps, loss_value, str(adapter_dir), targets,
                        trainable, total_params, time.monotonic() - started, model)

@@ -33,7 +33,7 @@ A LoRA adapter for **{base_model}**, trained with LoRA Studio{qlora}.
 - Optimizer steps: {steps}
 - Final training loss: {final_loss}
 - Target modules: {targets}
-
+{evaluation}
 ## How to use
 
 ```python
@@ -54,12 +54,13 @@ To fold the adapter into the base weights for export: `model = model.merge_and_u
 
 
 def model_card(*, title: str, base_model: str, config: dict[str, Any], rows: int, dataset_sha256: str,
-               steps: int, final_loss: float | None, targets: list[str]) -> str:
+               steps: int, final_loss: float | None, targets: list[str], evaluation_md: str = "") -> str:
     table = "\n".join(f"| {k} | {v} |" for k, v in config.items())
+    evaluation = f"\n## Evaluation on the validation split\n\n{evaluation_md}\n" if evaluation_md else ""
     return MODEL_CARD.format(
         title=title, base_model=base_model, table=table, rows=rows, dataset_sha256=dataset_sha256,
         steps=steps, final_loss="n/a" if final_loss is None else f"{final_loss:.4f}",
-        targets=", ".join(targets) or "n/a", qlora=" as QLoRA (4-bit NF4 base)" if config.get("qlora") else "",
+        targets=", ".join(targets) or "n/a", evaluation=evaluation, qlora=" as QLoRA (4-bit NF4 base)" if config.get("qlora") else "",
     )
 
 
@@ -73,7 +74,8 @@ def metrics_csv(points: list[dict[str, Any]]) -> str:
 
 
 def build_adapter_zip(adapter_dir: str | Path, zip_path: str | Path, *, card: str, config: dict[str, Any],
-                      metrics: list[dict[str, Any]], dataset_sha256: str) -> Path:
+                      metrics: list[dict[str, Any]], dataset_sha256: str,
+                      extra_files: dict[str, str] | None = None) -> Path:
     """Write the zip atomically (temp file, then rename)."""
     adapter_dir, zip_path = Path(adapter_dir), Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +91,8 @@ def build_adapter_zip(adapter_dir: str | Path, zip_path: str | Path, *, card: st
             zf.writestr("metrics.json", json.dumps(metrics))
             zf.writestr("dataset.sha256", dataset_sha256 + "\n")
             zf.writestr("README.md", card)
+            for name, text in (extra_files or {}).items():
+                zf.writestr(name, text)
         os.replace(tmp, zip_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -251,3 +251,20 @@ def test_oom_suggestion_keeps_the_effective_batch():
     assert oom_suggestion(TrainConfig(batch_size=1, max_seq_length=1024, gradient_checkpointing=True)) == {
         "max_seq_length": 512}
     assert oom_suggestion(TrainConfig(batch_size=1, max_seq_length=128, gradient_checkpointing=True)) == {"qlora": True}
+
+
+def test_evaluation_shows_on_the_job_page_and_in_the_zip(client_in, user, base_model, dataset):
+    cfg = TrainConfig(**{**{k: v for k, v in FAST.items() if k != "target_modules"}, "epochs": 6})
+    with mock.patch("jobs.tasks.job_run.delay"):
+        job = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=cfg,
+                                  validation={"kind": "split", "percent": 25, "seed": 3})
+    assert tasks.job_run(str(job.id)) == "succeeded"
+    assert MetricPoint.objects.filter(job=job, eval_loss__isnull=False).exists()
+    html = client_in.get(f"/jobs/{job.id}/").content.decode()
+    assert 'id="evaluation"' in html and "Held-out prompts (2)" in html
+    response = client_in.get(f"/jobs/{job.id}/download/")
+    zf = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    evaluation = json.loads(zf.read("evaluation.json"))
+    assert len(evaluation["rows"]) == 2 and set(evaluation["loss"]) == {"base", "adapter"}
+    card = zf.read("README.md").decode()
+    assert "## Evaluation on the validation split" in card and "| validation loss |" in card

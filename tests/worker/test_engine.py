@@ -126,3 +126,24 @@ def test_eval_loss_is_reported_on_the_validation_set(tiny_llama, chat_file, tmp_
     evals = {step: m["eval_loss"] for step, m in reporter.points if "eval_loss" in m}
     assert sorted(evals) == [3, 6, 9, 10], "every 3 steps and at the end"
     assert evals[10] < evals[3], "the validation examples are in the training set here, so eval loss falls"
+
+
+def test_final_evaluation_compares_base_and_adapter(tiny_llama, chat_file, tmp_path):
+    import json
+
+    from worker.evaluation import answer_scores, summary_markdown
+
+    spec = TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "f"),
+                     TrainConfig(**{**FAST, "epochs": 12}), eval_dataset_path=str(chat_file), device="cpu")
+    train(spec, MemoryReporter())
+    evaluation = json.loads((tmp_path / "f/evaluation.json").read_text())
+    assert evaluation["examples"] == 8 and len(evaluation["rows"]) == 8
+    assert evaluation["loss"]["adapter"] < evaluation["loss"]["base"]
+    assert evaluation["rates"]["adapter"]["exact"] >= 0.75 > evaluation["rates"]["base"]["exact"]
+    assert evaluation["rates"]["adapter"]["same_keys"] >= 0.75
+    row = evaluation["rows"][2]
+    assert row["prompt"] == "colour 2" and row["reference"] == '{"answer": "blue"}'
+    assert "| exact match (8 held-out prompts) |" in summary_markdown(evaluation)
+    assert answer_scores('{"a": 1}', ' {"a": 2}') == {"exact": False, "valid_json": True, "same_keys": True}
+    assert answer_scores('{"a": 1}', "a is 1") == {"exact": False, "valid_json": False, "same_keys": False}
+    assert answer_scores("yes", " yes ") == {"exact": True, "valid_json": None, "same_keys": None}

@@ -1,0 +1,115 @@
+"""Automatic evaluation at the end of a job: base vs adapted on the held-out split.
+
+Loss and perplexity of both, then greedy answers to held-out prompts next to the reference, with
+exact-match and (for JSON references) valid-JSON and same-keys rates. The base side is the same
+loaded model under `disable_adapter()`, so no second copy of the base is needed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from worker.data import Example, tokenize_examples
+
+
+def _as_json(text: str):
+    try:
+        return json.loads(text.strip())
+    except (ValueError, TypeError):
+        return None
+
+
+def answer_scores(reference: str, answer: str) -> dict[str, bool | None]:
+    """exact (whitespace-trimmed), and for a JSON-object reference: valid_json and same_keys."""
+    scores: dict[str, bool | None] = {"exact": answer.strip() == reference.strip(), "valid_json": None,
+                                      "same_keys": None}
+    ref = _as_json(reference)
+    if isinstance(ref, dict):
+        got = _as_json(answer)
+        scores["valid_json"] = got is not None
+        scores["same_keys"] = isinstance(got, dict) and set(got) == set(ref)
+    return scores
+
+
+def rates(rows: list[dict[str, Any]], side: str) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key in ("exact", "valid_json", "same_keys"):
+        values = [r[f"{side}_scores"][key] for r in rows if r[f"{side}_scores"][key] is not None]
+        out[key] = sum(values) / len(values) if values else None
+    return out
+
+
+def held_out_prompts(examples: list[Example], limit: int) -> list[tuple[list[dict[str, str]], str]]:
+    """(conversation up to the last assistant turn, that turn's reference answer)."""
+    out = []
+    for ex in examples:
+        msgs = ex.messages or []
+        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if last is not None:
+            out.append((msgs[:last], msgs[last]["content"]))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def generate_batch(model, tokenizer, conversations, max_new_tokens: int, device) -> list[str]:
+    """Greedy answers for several conversations at once (left padding)."""
+    import torch
+
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    finally:
+        tokenizer.padding_side = side
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                             top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return [tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True) for row in out]
+
+
+def evaluate_adapter(model, tokenizer, examples: list[Example], *, max_seq_length: int, device,
+                     max_prompts: int = 20, max_new_tokens: int = 96, batch_size: int = 8) -> dict[str, Any]:
+    """Compare the adapted model with its own base (adapter disabled) on held-out examples."""
+    from worker.engine import evaluate
+
+    model.eval()
+    tokenized = tokenize_examples(tokenizer, examples, max_seq_length)
+    loss = {"adapter": evaluate(model, tokenized, batch_size, tokenizer.pad_token_id, device)}
+    with model.disable_adapter():
+        loss["base"] = evaluate(model, tokenized, batch_size, tokenizer.pad_token_id, device)
+    prompts = held_out_prompts(examples, max_prompts)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        convs = [c for c, _ in chunk]
+        adapted = generate_batch(model, tokenizer, convs, max_new_tokens, device)
+        with model.disable_adapter():
+            base = generate_batch(model, tokenizer, convs, max_new_tokens, device)
+        for (conv, ref), b, a in zip(chunk, base, adapted):
+            rows.append({"prompt": conv[-1]["content"] if conv else "", "reference": ref, "base": b, "adapter": a,
+                         "base_scores": answer_scores(ref, b), "adapter_scores": answer_scores(ref, a)})
+    return {
+        "examples": len(tokenized),
+        "loss": loss,
+        "perplexity": {k: math.exp(min(v, 50)) for k, v in loss.items()},
+        "rates": {"base": rates(rows, "base"), "adapter": rates(rows, "adapter")},
+        "rows": rows,
+    }
+
+
+def summary_markdown(evaluation: dict[str, Any]) -> str:
+    """A short table for the model card."""
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.0f} %"
+
+    lines = ["| | base | adapted |", "| --- | --- | --- |",
+             f"| validation loss | {evaluation['loss']['base']:.4f} | {evaluation['loss']['adapter']:.4f} |",
+             f"| perplexity | {evaluation['perplexity']['base']:.2f} | {evaluation['perplexity']['adapter']:.2f} |"]
+    for key, label in (("exact", "exact match"), ("valid_json", "valid JSON"), ("same_keys", "same JSON keys")):
+        b, a = evaluation["rates"]["base"][key], evaluation["rates"]["adapter"][key]
+        if b is not None or a is not None:
+            lines.append(f"| {label} ({len(evaluation['rows'])} held-out prompts) | {pct(b)} | {pct(a)} |")
+    return "\n".join(lines)
