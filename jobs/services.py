@@ -287,42 +287,36 @@ def _publish_status(job: FineTuneJob) -> None:
                    {"status": job.status, "error": job.error, "step": job.step, "total_steps": job.total_steps})
 
 
-def job_cancel(*, job: FineTuneJob, by) -> FineTuneJob:
-    """Cancel: a queued or paused job at once, a running one at its next step (cooperative)."""
+def _stop(*, job: FineTuneJob, by, request: str, at_once_from: list[str], at_once_to: str, verb: str,
+          **at_once_fields) -> FineTuneJob:
+    """A job not yet on a worker changes status at once; a running one gets the cooperative flag,
+    which the engine reads before its next step."""
     if job.owner_id != by.id:
         raise JobStateError("not your job")
     with transaction.atomic():
-        now = timezone.now()
-        stopped = FineTuneJob.objects.filter(id=job.id, status__in=[JobStatus.QUEUED, JobStatus.PAUSED]).update(
-            status=JobStatus.CANCELLED, finished=now, stop_requested="cancel")
-        if not stopped:
-            flagged = FineTuneJob.objects.filter(id=job.id, status=JobStatus.RUNNING).update(stop_requested="cancel")
-            if not flagged:
+        if not FineTuneJob.objects.filter(id=job.id, status__in=at_once_from).update(
+                status=at_once_to, stop_requested=request, **at_once_fields):
+            if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.RUNNING).update(stop_requested=request):
                 job.refresh_from_db()
-                raise JobStateError(f"a {job.status} job cannot be cancelled")
+                raise JobStateError(f"a {job.status} job cannot be {verb}")
     job.refresh_from_db()
-    if job.status == JobStatus.CANCELLED:
+    if job.status == at_once_to:
         transaction.on_commit(lambda: _publish_status(job))
     else:
-        events.publish(events.job_channel(job.id), "message", {"kind": "cancel", "message": "cancel requested"})
+        events.publish(events.job_channel(job.id), "message", {"kind": request, "message": f"{request} requested"})
     return job
+
+
+def job_cancel(*, job: FineTuneJob, by) -> FineTuneJob:
+    """Cancel: a queued or paused job at once, a running one before its next step."""
+    return _stop(job=job, by=by, request="cancel", at_once_from=[JobStatus.QUEUED, JobStatus.PAUSED],
+                 at_once_to=JobStatus.CANCELLED, verb="cancelled", finished=timezone.now())
 
 
 def job_pause(*, job: FineTuneJob, by) -> FineTuneJob:
     """Pause: a queued job at once; a running one saves a checkpoint before its next step and frees the worker."""
-    if job.owner_id != by.id:
-        raise JobStateError("not your job")
-    with transaction.atomic():
-        if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(status=JobStatus.PAUSED):
-            if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.RUNNING).update(stop_requested="pause"):
-                job.refresh_from_db()
-                raise JobStateError(f"a {job.status} job cannot be paused")
-    job.refresh_from_db()
-    if job.status == JobStatus.PAUSED:
-        transaction.on_commit(lambda: _publish_status(job))
-    else:
-        events.publish(events.job_channel(job.id), "message", {"kind": "pause", "message": "pause requested"})
-    return job
+    return _stop(job=job, by=by, request="pause", at_once_from=[JobStatus.QUEUED], at_once_to=JobStatus.PAUSED,
+                 verb="paused")
 
 
 def job_resume(*, job: FineTuneJob, by) -> FineTuneJob:
