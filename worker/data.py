@@ -52,7 +52,6 @@ SCHEMA_EXAMPLES = {
     "prompt_completion": '{"prompt": "...", "completion": "..."}',
     "alpaca": '{"instruction": "...", "input": "...", "output": "..."}',
     "text": '{"text": "..."}',
-    "mapped": "an object with the mapped columns",
 }
 EXTENSION_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
                      ".parquet": "parquet", ".pq": "parquet"}
@@ -62,6 +61,7 @@ MAX_PROBLEMS_SHOWN = 20
 IGNORE_INDEX = -100
 _BOM = b"\xef\xbb\xbf"
 _JSON_WS = re.compile(r"[ \t\n\r]*")
+_SURROGATE = "holds an invalid character (a lone UTF-16 surrogate escape such as \\ud800)"
 
 
 # --- problems -------------------------------------------------------------------------------------
@@ -147,8 +147,8 @@ class ColumnMapping:
         if self.response == self.prompt:
             raise ConfigError("response", f"uses the same column as prompt ({self.prompt!r})")
         if self.system is not None and self.system in (self.prompt, self.response):
-            raise ConfigError("system", f"uses the same column as {'prompt' if self.system == self.prompt else 'response'} "
-                                        f"({self.system!r})")
+            other = "prompt" if self.system == self.prompt else "response"
+            raise ConfigError("system", f"uses the same column as {other} ({self.system!r})")
 
     def to_dict(self) -> dict[str, str]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
@@ -164,13 +164,9 @@ class ColumnMapping:
                 raise ConfigError(str(key), f"is not a mapping field; allowed: {', '.join(known)}")
         return cls(**{k: (v if v != "" else None) for k, v in data.items()})
 
-    def columns(self) -> dict[str, str]:
-        """Mapping field -> column, for the fields in use."""
-        return self.to_dict()
-
     def check_columns(self, columns: list[str]) -> None:
         """ConfigError naming the mapping field whose column the file does not have."""
-        for name, column in self.columns().items():
+        for name, column in self.to_dict().items():
             if column not in columns:
                 raise ConfigError(name, f"column {column!r} is not in the file; its columns are: "
                                         f"{', '.join(columns) or 'none'}")
@@ -279,27 +275,29 @@ Reporter = Callable[..., None]  # (field, message) -> None, bound to one record'
 
 # --- record checks --------------------------------------------------------------------------------
 
-def _check_string(record: dict, key: str, report: Reporter, *, required: bool = True, label: str | None = None,
-                  missing_hint: bool = True) -> str | None:
-    """The string at record[key], or None after reporting why not. Optional keys may be absent, null or empty."""
-    label = label or key
+def _missing(record: dict, key: str, report: Reporter) -> None:
+    keys = ", ".join(sorted(map(str, record))) or "none"
+    report(key, f"is missing (keys found: {keys})")
+
+
+def _check_string(record: dict, key: str, report: Reporter, *, required: bool = True) -> str | None:
+    """The string at record[key], or None after reporting why not. Optional keys may be absent, null or blank."""
     if key not in record:
         if required:
-            keys = ", ".join(sorted(map(str, record))) or "none"
-            report(label, f"is missing (keys found: {keys})" if missing_hint else "is missing")
+            _missing(record, key, report)
         return None
     value = record[key]
     if value is None and not required:
         return None
     if not isinstance(value, str):
-        report(label, f"must be a string, got {_type_name(value)}")
+        report(key, f"must be a string, got {_type_name(value)}")
         return None
     if not _is_unicode(value):
-        report(label, "holds an invalid character (a lone UTF-16 surrogate escape such as \\ud800)")
+        report(key, _SURROGATE)
         return None
     if not value.strip():
         if required:
-            report(label, "is empty")
+            report(key, "is empty")
         return None
     return value
 
@@ -339,7 +337,7 @@ def _check_turns(turns: Any, report: Reporter, *, name: str, role_key: str, cont
             if not isinstance(content, str):
                 bad(f"{where}.{content_key}", f"must be a string, got {_type_name(content)}")
             elif not _is_unicode(content):
-                bad(f"{where}.{content_key}", "holds an invalid character (a lone UTF-16 surrogate escape such as \\ud800)")
+                bad(f"{where}.{content_key}", _SURROGATE)
             elif not content.strip():
                 bad(f"{where}.{content_key}", "is empty")
         if role == "system" and i != 0:
@@ -378,8 +376,7 @@ def _convert(schema: str, record: dict, report: Reporter, *, text_cells: bool,
     report = before
     if schema == "messages":
         if "messages" not in record:
-            keys = ", ".join(sorted(map(str, record))) or "none"
-            report("messages", f"is missing (keys found: {keys})")
+            _missing(record, "messages", report)
             return None
         ok, value = _cell_json(record["messages"], "messages", report) if text_cells else (True, record["messages"])
         msgs = _check_turns(value, report, name="messages", role_key="role", content_key="content",
@@ -387,8 +384,7 @@ def _convert(schema: str, record: dict, report: Reporter, *, text_cells: bool,
         return Example(0, messages=msgs) if msgs is not None else None
     if schema == "sharegpt":
         if "conversations" not in record:
-            keys = ", ".join(sorted(map(str, record))) or "none"
-            report("conversations", f"is missing (keys found: {keys})")
+            _missing(record, "conversations", report)
             return None
         system = _check_string(record, "system", report, required=False)
         ok, value = _cell_json(record["conversations"], "conversations", report) if text_cells \
@@ -603,8 +599,11 @@ def _parse_json_array(text: str) -> tuple[list[_Record], list[Problem]]:
     decoder = json.JSONDecoder()
     pos = _JSON_WS.match(text, first + 1).end()
     records = []
+    counted = first  # lines are counted incrementally: one pass over the text in all
     for index, item in enumerate(value, start=1):
-        records.append(_Record(text.count("\n", 0, pos) + 1, item, item=index))
+        line += text.count("\n", counted, pos)
+        counted = pos
+        records.append(_Record(line, item, item=index))
         _, end = decoder.raw_decode(text, pos)
         pos = _JSON_WS.match(text, end).end() + 1  # past the ',' (or the closing ']')
         pos = _JSON_WS.match(text, pos).end()
@@ -722,7 +721,10 @@ def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping:
     text_cells = fmt == "csv"
 
     if mapping is not None:
-        mapping.check_columns(columns)
+        if columns:
+            mapping.check_columns(columns)
+        elif problems:
+            raise DatasetError(name, problems)
         schema = "mapped"
     else:
         detected = _detect_schema(records)
@@ -742,7 +744,8 @@ def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping:
             problems.append(Problem(rec.line, field_, message, unit=unit, item=rec.item))
 
         if not isinstance(rec.value, dict):
-            report("", f"must be a JSON object like {SCHEMA_EXAMPLES[schema]}, got {_type_name(rec.value)}")
+            like = f"like {SCHEMA_EXAMPLES[schema]}" if schema in SCHEMA_EXAMPLES else "with the mapped columns"
+            report("", f"must be a JSON object {like}, got {_type_name(rec.value)}")
             continue
         example = _convert(schema, rec.value, report, text_cells=text_cells, mapping=mapping)
         if example is None:

@@ -194,6 +194,15 @@ def test_csv_rows_are_numbered_by_file_line():
     assert problems(BAD / "csv_columns.csv") == ["csv_columns.csv, line 5: has 3 values, but the header has 2 columns"]
 
 
+def test_a_multi_line_csv_row_is_located_where_it_starts(tmp_path):
+    (tmp_path / "m.csv").write_text('prompt,completion\r\n"one\r\ntwo\r\nthree",""\r\n\r\nok,fine\r\n')
+    assert problems(tmp_path / "m.csv") == ["m.csv, line 2: completion is empty"]
+    (tmp_path / "m.csv").write_text('prompt,completion\n"one\ntwo",x\n\n,,\nok,fine\n')
+    loaded = load_dataset_file(tmp_path / "m.csv")
+    assert [e.source for e in loaded.examples] == [2, 6]
+    assert loaded.examples[0].messages[0]["content"] == "one\ntwo"
+
+
 def test_csv_unclosed_quote_names_the_line_it_opens_on(tmp_path):
     (tmp_path / "q.csv").write_text('prompt,completion\nhello,world\n"never closed,x\nmore\n')
     assert problems(tmp_path / "q.csv") == [
@@ -354,7 +363,8 @@ def test_duplicates_are_reported_and_can_be_dropped(tmp_path):
 
 def test_duplicates_compare_normalised_content(tmp_path):
     # A blank input is no input: rows 2 and 3 normalise to the same example.
-    (tmp_path / "d.csv").write_text(csv_text(["instruction", "input", "output"], [("q", "", "a"), ("q", " ", "a"), ("q", "x", "a")]))
+    rows = [("q", "", "a"), ("q", " ", "a"), ("q", "x", "a")]
+    (tmp_path / "d.csv").write_text(csv_text(["instruction", "input", "output"], rows))
     loaded = load_dataset_file(tmp_path / "d.csv")
     assert loaded.duplicates == [(3, 2)]
 
