@@ -3,6 +3,8 @@ the same services as the browser."""
 from __future__ import annotations
 
 from django.http import FileResponse, Http404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
@@ -11,6 +13,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from jobs import selectors, services
 from jobs.models import JobStatus
+from jobs.schema import error_responses
 from worker.config import ConfigError, TrainConfig
 from worker.data import DatasetError
 
@@ -46,21 +49,27 @@ class DatasetOutput(serializers.Serializer):
     created = serializers.DateTimeField()
 
 
+BINARY_FILE = {(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY, description="the file")}
+
+
 class DatasetListApi(APIView):
     """GET: the user's datasets. POST (multipart): upload; 400 with located problems, or 422 with
     the columns and an upload_token when the columns need a mapping (then POST .../datasets/map/)."""
 
     parser_classes = [MultiPartParser]
 
+    @extend_schema_serializer(component_name="DatasetUpload")
     class InputSerializer(serializers.Serializer):
         file = serializers.FileField()
         name = serializers.CharField(required=False, allow_blank=True, max_length=200)
         drop_duplicates = serializers.BooleanField(required=False, default=False)
         mapping = serializers.JSONField(required=False)
 
+    @extend_schema(responses={200: DatasetOutput(many=True), **error_responses()})
     def get(self, request):
         return Response(DatasetOutput(selectors.dataset_list(owner=request.user), many=True).data)
 
+    @extend_schema(request=InputSerializer, responses={201: DatasetOutput, **error_responses(400, 409, 422)})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -71,6 +80,9 @@ class DatasetListApi(APIView):
 
 
 class DatasetMapApi(APIView):
+    """POST: finish an upload that answered 422, with a column mapping."""
+
+    @extend_schema_serializer(component_name="DatasetMapping")
     class InputSerializer(serializers.Serializer):
         upload_token = serializers.CharField(max_length=64)
         filename = serializers.CharField(max_length=255)
@@ -78,6 +90,7 @@ class DatasetMapApi(APIView):
         name = serializers.CharField(required=False, allow_blank=True, max_length=200)
         drop_duplicates = serializers.BooleanField(required=False, default=False)
 
+    @extend_schema(request=InputSerializer, responses={201: DatasetOutput, **error_responses(400, 404, 409, 422)})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -89,24 +102,29 @@ class DatasetMapApi(APIView):
 
 
 class DatasetDetailApi(APIView):
+    @extend_schema_serializer(component_name="DatasetRename")
     class RenameSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
 
+    @extend_schema(responses={200: DatasetOutput, **error_responses(404)})
     def get(self, request, dataset_id):
         return Response(DatasetOutput(selectors.dataset_get(owner=request.user, dataset_id=dataset_id)).data)
 
+    @extend_schema(request=RenameSerializer, responses={200: DatasetOutput, **error_responses(400, 404)})
     def patch(self, request, dataset_id):
         ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
         data = self.RenameSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return Response(DatasetOutput(services.dataset_rename(dataset=ds, name=data.validated_data["name"])).data)
 
+    @extend_schema(responses={204: None, **error_responses(404, 409)})
     def delete(self, request, dataset_id):
         services.dataset_delete(dataset=selectors.dataset_get(owner=request.user, dataset_id=dataset_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class DatasetDownloadApi(APIView):
+    @extend_schema(responses={**BINARY_FILE, **error_responses(404)})
     def get(self, request, dataset_id):
         ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
         return FileResponse(open(services.media_path(ds.file), "rb"), as_attachment=True,
@@ -114,6 +132,7 @@ class DatasetDownloadApi(APIView):
 
 
 class BaseModelListApi(APIView):
+    @extend_schema_serializer(component_name="BaseModel")
     class OutputSerializer(serializers.Serializer):
         id = serializers.UUIDField()
         name = serializers.CharField()
@@ -121,6 +140,7 @@ class BaseModelListApi(APIView):
         parameters = serializers.IntegerField()
         linear_modules = serializers.ListField(child=serializers.CharField())
 
+    @extend_schema(responses={200: OutputSerializer(many=True), **error_responses()})
     def get(self, request):
         return Response(self.OutputSerializer(selectors.base_model_list(), many=True).data)
 
@@ -143,7 +163,19 @@ class JobOutput(serializers.Serializer):
     finished = serializers.DateTimeField(allow_null=True)
 
 
+class MetricEventOutput(serializers.Serializer):
+    """One training step's metrics; extra engine metrics may appear as further keys."""
+
+    step = serializers.IntegerField()
+    epoch = serializers.FloatField()
+    loss = serializers.FloatField(allow_null=True)
+    eval_loss = serializers.FloatField(allow_null=True)
+    lr = serializers.FloatField(allow_null=True)
+    tokens_per_s = serializers.FloatField(allow_null=True)
+
+
 class JobListApi(APIView):
+    @extend_schema_serializer(component_name="JobCreate")
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(required=False, allow_blank=True, max_length=200)
         dataset = serializers.UUIDField()
@@ -154,12 +186,16 @@ class JobListApi(APIView):
         validation_seed = serializers.IntegerField(required=False, default=42, min_value=0)
         validation_dataset = serializers.UUIDField(required=False)
 
+    @extend_schema(parameters=[OpenApiParameter("status", enum=JobStatus.values, required=False,
+                                                description="only jobs in this status")],
+                   responses={200: JobOutput(many=True), **error_responses(400)})
     def get(self, request):
         wanted = request.query_params.get("status")
         if wanted and wanted not in JobStatus.values:
             raise ConfigError("status", f"must be one of {', '.join(JobStatus.values)}")
         return Response(JobOutput(selectors.job_list(owner=request.user, status=wanted), many=True).data)
 
+    @extend_schema(request=InputSerializer, responses={201: JobOutput, **error_responses(400)})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -184,23 +220,27 @@ class JobListApi(APIView):
 
 
 class JobDetailApi(APIView):
+    @extend_schema(responses={200: JobOutput, **error_responses(404)})
     def get(self, request, job_id):
         return Response(JobOutput(selectors.job_get(owner=request.user, job_id=job_id)).data)
 
 
 class JobCancelApi(APIView):
+    @extend_schema(request=None, responses={200: JobOutput, **error_responses(404, 409)})
     def post(self, request, job_id):
         job = services.job_cancel(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
         return Response(JobOutput(job).data)
 
 
 class JobPauseApi(APIView):
+    @extend_schema(request=None, responses={200: JobOutput, **error_responses(404, 409)})
     def post(self, request, job_id):
         job = services.job_pause(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
         return Response(JobOutput(job).data)
 
 
 class JobResumeApi(APIView):
+    @extend_schema(request=None, responses={200: JobOutput, **error_responses(404, 409)})
     def post(self, request, job_id):
         job = services.job_resume(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
         return Response(JobOutput(job).data)
@@ -209,9 +249,11 @@ class JobResumeApi(APIView):
 class JobRetryApi(APIView):
     """A new job from a failed or cancelled one; optional `config` overrides (e.g. the OOM advice)."""
 
+    @extend_schema_serializer(component_name="JobRetry")
     class InputSerializer(serializers.Serializer):
         config = serializers.DictField(required=False)
 
+    @extend_schema(request=InputSerializer, responses={201: JobOutput, **error_responses(400, 404, 409)})
     def post(self, request, job_id):
         job = selectors.job_get(owner=request.user, job_id=job_id)
         data = self.InputSerializer(data=request.data)
@@ -223,6 +265,9 @@ class JobRetryApi(APIView):
 
 
 class JobMetricsApi(APIView):
+    @extend_schema(parameters=[OpenApiParameter("after", int, required=False,
+                                                description="only steps after this one (default 0)")],
+                   responses={200: MetricEventOutput(many=True), **error_responses(400, 404)})
     def get(self, request, job_id):
         job = selectors.job_get(owner=request.user, job_id=job_id)
         try:
@@ -233,6 +278,9 @@ class JobMetricsApi(APIView):
 
 
 class JobAdapterApi(APIView):
+    @extend_schema(responses={(200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY,
+                                                                         description="the adapter zip"),
+                              **error_responses(404)})
     def get(self, request, job_id):
         job = selectors.job_get(owner=request.user, job_id=job_id)
         adapter = getattr(job, "adapter", None)

@@ -21,6 +21,9 @@ from django.conf import settings
 from django.db import transaction
 from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status as http
 from rest_framework.parsers import JSONParser, MultiPartParser
@@ -29,6 +32,7 @@ from rest_framework.views import APIView
 
 from jobs import events, selectors, services
 from jobs.auth import ApiKeyRateThrottle, api_key_from_header, api_key_lookup
+from jobs.schema import openai_error_responses
 from jobs.models import (BaseModel, ChatAnswer, ChatSession, Dataset, FineTuneJob, JobEvent, JobStatus,
                          MetricPoint)
 from worker.config import ConfigError, GenerationConfig, TrainConfig
@@ -96,6 +100,18 @@ def openai_exception_handler(exc, context):
     if isinstance(exc, drf_exceptions.Throttled) and exc.wait:
         response["Retry-After"] = str(int(exc.wait) + 1)
     return response
+
+
+def openai_schema(operation_id: str, *, errors=(), request=None, response=OpenApiTypes.OBJECT, parameters=()):
+    """`extend_schema` for a /v1/ route: OpenAI's operation id, a free-form object (OpenAI's shape) and
+    OpenAI-style errors."""
+    return extend_schema(operation_id=operation_id, tags=["openai"], request=request, parameters=list(parameters),
+                         responses={200: response, **openai_error_responses(*errors)})
+
+
+PAGE_PARAMS = [OpenApiParameter("after", str, required=False, description="the id of the last item of the "
+                                                                          "previous page"),
+               OpenApiParameter("limit", int, required=False, description="1 to 100")]
 
 
 class OpenAIView(APIView):
@@ -204,12 +220,15 @@ class FileListApi(OpenAIView):
 
     parser_classes = [MultiPartParser]
 
+    @openai_schema("listFiles", parameters=[OpenApiParameter("purpose", str, required=False)])
     def get(self, request):
         purpose = request.query_params.get("purpose")
         data = [] if purpose and purpose != "fine-tune" else [file_object(d) for d in
                                                               selectors.dataset_list(owner=request.user)]
         return Response({"object": "list", "data": data, "has_more": False})
 
+    @openai_schema("createFile", errors=(400, 409), request=inline_serializer(
+        "FileUpload", {"file": serializers.FileField(), "purpose": serializers.ChoiceField(["fine-tune"])}))
     def post(self, request):
         upload = request.FILES.get("file")
         if upload is None:
@@ -222,9 +241,11 @@ class FileListApi(OpenAIView):
 
 
 class FileDetailApi(OpenAIView):
+    @openai_schema("retrieveFile", errors=(404,))
     def get(self, request, file_id):
         return Response(file_object(_dataset(request.user, file_id, "file_id")))
 
+    @openai_schema("deleteFile", errors=(404, 409))
     def delete(self, request, file_id):
         ds = _dataset(request.user, file_id, "file_id")
         services.dataset_delete(dataset=ds)
@@ -232,6 +253,7 @@ class FileDetailApi(OpenAIView):
 
 
 class FileContentApi(OpenAIView):
+    @openai_schema("downloadFile", errors=(404,), response=OpenApiTypes.BINARY)
     def get(self, request, file_id):
         ds = _dataset(request.user, file_id, "file_id")
         return FileResponse(open(services.media_path(ds.file), "rb"), as_attachment=True,
@@ -328,11 +350,13 @@ def job_config_from_request(body: dict) -> TrainConfig:
 
 
 class JobListApi(OpenAIView):
+    @openai_schema("listPaginatedFineTuningJobs", errors=(400, 404), parameters=PAGE_PARAMS)
     def get(self, request):
         after, limit = _page_params(request)
         jobs = [job_object(j) for j in selectors.job_list(owner=request.user).select_related("owner")]
         return Response(_page(jobs, after, limit))
 
+    @openai_schema("createFineTuningJob", errors=(400, 404), request=OpenApiTypes.OBJECT)
     def post(self, request):
         body = _known_fields(request.data, JOB_FIELDS)
         for required in ("model", "training_file"):
@@ -364,23 +388,27 @@ class JobListApi(OpenAIView):
 
 
 class JobDetailApi(OpenAIView):
+    @openai_schema("retrieveFineTuningJob", errors=(404,))
     def get(self, request, job_id):
         return Response(job_object(_job(request.user, job_id)))
 
 
 class JobCancelApi(OpenAIView):
+    @openai_schema("cancelFineTuningJob", errors=(404, 409))
     def post(self, request, job_id):
         services.job_cancel(job=_job(request.user, job_id), by=request.user)
         return Response(job_object(_job(request.user, job_id)))
 
 
 class JobPauseApi(OpenAIView):
+    @openai_schema("pauseFineTuningJob", errors=(404, 409))
     def post(self, request, job_id):
         services.job_pause(job=_job(request.user, job_id), by=request.user)
         return Response(job_object(_job(request.user, job_id)))
 
 
 class JobResumeApi(OpenAIView):
+    @openai_schema("resumeFineTuningJob", errors=(404, 409))
     def post(self, request, job_id):
         services.job_resume(job=_job(request.user, job_id), by=request.user)
         return Response(job_object(_job(request.user, job_id)))
@@ -411,12 +439,14 @@ def job_events(job: FineTuneJob) -> list[dict[str, Any]]:
 
 
 class JobEventsApi(OpenAIView):
+    @openai_schema("listFineTuningEvents", errors=(400, 404), parameters=PAGE_PARAMS)
     def get(self, request, job_id):
         after, limit = _page_params(request)
         return Response(_page(job_events(_job(request.user, job_id)), after, limit))
 
 
 class JobCheckpointsApi(OpenAIView):
+    @openai_schema("listFineTuningJobCheckpoints", errors=(400, 404), parameters=PAGE_PARAMS)
     def get(self, request, job_id):
         _job(request.user, job_id)
         _page_params(request, 10)
@@ -436,11 +466,13 @@ def _model_objects(owner) -> list[dict[str, Any]]:
 
 
 class ModelListApi(OpenAIView):
+    @openai_schema("listModels")
     def get(self, request):
         return Response({"object": "list", "data": _model_objects(request.user)})
 
 
 class ModelDetailApi(OpenAIView):
+    @openai_schema("retrieveModel", errors=(404,))
     def get(self, request, model):
         for item in _model_objects(request.user):
             if item["id"] == model:

@@ -2,9 +2,9 @@
 Bearer API-key security scheme, and `error_responses(...)` for `@extend_schema(responses=...)`."""
 from __future__ import annotations
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer, extend_schema_field
+from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer
 from rest_framework import serializers
 
 
@@ -19,10 +19,17 @@ class ErrorSerializer(serializers.Serializer):
     error = ErrorDetailSerializer()
 
 
-@extend_schema_field({"type": "object", "additionalProperties": {
-    "oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}, {"type": "string"}]}})
-class FieldErrorsField(serializers.DictField):
+class FieldErrorsSerializer(serializers.Serializer):
     """DRF's own input validation: each bad field with its messages (`{"name": ["..."]}`)."""
+
+
+class FieldErrorsSchema(OpenApiSerializerExtension):
+    target_class = FieldErrorsSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        return {"type": "object", "description": FieldErrorsSerializer.__doc__,
+                "additionalProperties": {"oneOf": [{"type": "array", "items": {"type": "string"}},
+                                                   {"type": "object"}]}}
 
 
 class DetailErrorSerializer(serializers.Serializer):
@@ -45,7 +52,7 @@ class OpenAIErrorSerializer(serializers.Serializer):
 
 
 BAD_REQUEST = PolymorphicProxySerializer(
-    component_name="BadRequest", serializers=[ErrorSerializer, FieldErrorsField], resource_type_field_name=None)
+    component_name="BadRequest", serializers=[ErrorSerializer, FieldErrorsSerializer], resource_type_field_name=None)
 
 _REST_ERRORS = {
     400: OpenApiResponse(BAD_REQUEST, description="invalid input: a product error naming the field, or DRF's "

@@ -302,6 +302,10 @@ def _stop(*, job: FineTuneJob, by, request: str, at_once_from: list[str], at_onc
     job.refresh_from_db()
     if job.status == at_once_to:
         transaction.on_commit(lambda: _publish_status(job))
+        if job.status in TERMINAL_STATUSES:
+            from jobs.services_webhooks import webhook_event_for_job
+
+            webhook_event_for_job(job)
     else:
         events.publish(events.job_channel(job.id), "message", {"kind": request, "message": f"{request} requested"})
     return job
@@ -364,6 +368,10 @@ def job_mark(*, job_id, status: str, error: str = "", **fields: Any) -> FineTune
     FineTuneJob.objects.filter(id=job_id).update(**values)
     job = FineTuneJob.objects.get(id=job_id)
     _publish_status(job)
+    if status in TERMINAL_STATUSES:
+        from jobs.services_webhooks import webhook_event_for_job
+
+        webhook_event_for_job(job)
     return job
 
 

@@ -160,3 +160,6 @@ def _on_worker_ready(sender, **kwargs):
         count = requeue_orphaned_jobs()
         if count:
             log.info("requeued %d orphaned job(s)", count)
+
+
+from jobs import tasks_webhooks  # noqa: E402,F401  (registers webhook_deliver with Celery)

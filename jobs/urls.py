@@ -2,6 +2,7 @@ from django.urls import path
 
 from jobs import views
 from jobs import views_keys
+from jobs import views_webhooks
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -26,4 +27,6 @@ urlpatterns = [
     path("chats/<uuid:session_id>/events/", views.chat_events, name="chat-events"),
     path("account/keys/", views_keys.key_list, name="key-list"),
     path("account/keys/<int:key_id>/revoke/", views_keys.key_revoke, name="key-revoke"),
+    path("account/webhooks/", views_webhooks.webhook_list, name="webhook-list"),
+    path("account/webhooks/<int:webhook_id>/delete/", views_webhooks.webhook_remove, name="webhook-delete"),
 ]

@@ -89,6 +89,34 @@ class Stack:
                 out.append(f"--- {name} ---\n" + path.read_text()[-4000:])
         return "\n".join(out)
 
+    # --- crashes ------------------------------------------------------------------------------
+    def process(self, name: str) -> subprocess.Popen:
+        """The newest process started for a role (redis, train, infer, web)."""
+        for role, proc in reversed(self.procs):
+            if role == name:
+                return proc
+        raise KeyError(name)
+
+    def kill(self, name: str) -> int:
+        """SIGKILL the newest process of a role, as a crash or the OOM killer would; its exit code."""
+        import signal
+
+        proc = self.process(name)
+        proc.send_signal(signal.SIGKILL)
+        return proc.wait(timeout=30)
+
+    def respawn(self, name: str) -> subprocess.Popen:
+        """Start the role again with the same command line; its log is appended to."""
+        old = self.process(name)
+        if old.poll() is None:
+            raise RuntimeError(f"{name} is still running (pid {old.pid})")
+        log = open(self.tmp / f"{name}.log", "a")
+        log.write(f"\n--- respawned {name} ---\n")
+        log.flush()
+        proc = subprocess.Popen(old.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append((name, proc))
+        return proc
+
     # --- helpers -----------------------------------------------------------------------------
     def manage(self, *args: str) -> str:
         done = subprocess.run([str(BIN / "python"), "manage.py", *args], cwd=ROOT, env=self.env,

@@ -1,0 +1,206 @@
+"""Training throughput: `worker.engine.train` against a plain HF `Trainer` + PEFT baseline.
+
+    .venv/bin/python bench/train_throughput.py [--steps 20] [--threads 2] [--model DIR]
+
+Both variants train the demo model (SmolLM2-135M-Instruct, converted from the bundled GGUF if the
+folder is missing) on `worker/demo_data/demo_dataset.jsonl` for the same number of optimizer
+steps with the same LoRA config (TrainConfig defaults: rank 16, alpha 32, dropout 0.05, attention
+layers), batch size, max length, learning rate (linear schedule, no warmup), fp32 on CPU, and the
+same tokenization (`worker.data.tokenize_examples`: chat template, assistant-only labels).
+
+* baseline: `transformers.Trainer` on the PEFT model, `DataCollatorForSeq2Seq` padding each batch
+  to its longest example, the default random sampler, the model's own loss (full-vocabulary logits).
+* engine: `worker.engine.train` (length-grouped batches, logits only at labelled positions).
+
+Each variant runs in its own child process (this script re-invoked with `--variant`), so its peak
+RSS is its own: `resource.getrusage(RUSAGE_SELF).ru_maxrss` read in the child at the end (the
+process's high-water mark, model load included) and the same figure read after the imports, whose
+difference is the growth caused by the variant (model, optimizer, activations). Throughput counts
+non-padding tokens (what the engine's `tokens_per_s` metric counts) from the end of step 1 to the
+end of the last step, so the first, warm-up step is left out of both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "var" / "models" / "SmolLM2-135M-Instruct"
+DATA = ROOT / "worker" / "demo_data" / "demo_dataset.jsonl"
+
+
+def maxrss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def bench_config(steps: int):
+    from worker.config import TrainConfig
+
+    return TrainConfig(max_steps=steps, warmup_ratio=0.0, lr_scheduler="linear", save_every=10_000_000, seed=42)
+
+
+def run_engine(model_dir: str, steps: int) -> dict:
+    from worker.config import TrainSpec
+    from worker.data import read_normalized_jsonl, tokenize_examples
+    from worker.engine import MicroBatchStream, plan_steps, train
+    from worker.modeling import load_tokenizer
+    from worker.reporting import MemoryReporter
+
+    cfg = bench_config(steps)
+
+    class TimedReporter(MemoryReporter):
+        def __init__(self):
+            super().__init__()
+            self.times: dict[int, float] = {}
+
+        def log(self, step, metrics):
+            self.times[step] = time.perf_counter()
+            super().log(step, metrics)
+
+    reporter = TimedReporter()
+    with tempfile.TemporaryDirectory() as out:
+        result = train(TrainSpec(model_dir, str(DATA), out, cfg, device="cpu"), reporter)
+    # The engine's batches are a pure function of (seed, epoch): recount their real tokens.
+    examples = tokenize_examples(load_tokenizer(model_dir), read_normalized_jsonl(DATA), cfg.max_seq_length)
+    per_epoch, total = plan_steps(len(examples), cfg)
+    stream = MicroBatchStream(examples, cfg, per_epoch)
+    tokens = {s: sum(len(examples[i].input_ids) for b in stream.for_step(s)[1] for i in b) for s in range(1, total + 1)}
+    return {"tokens": sum(tokens[s] for s in range(2, steps + 1)),
+            "seconds": reporter.times[steps] - reporter.times[1],
+            "final_loss": result.final_loss, "trainable": result.trainable_params}
+
+
+def run_baseline(model_dir: str, steps: int) -> dict:
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    from worker.data import IGNORE_INDEX, read_normalized_jsonl, tokenize_examples
+    from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
+
+    cfg = bench_config(steps)
+    tok = load_tokenizer(model_dir)
+    examples = tokenize_examples(tok, read_normalized_jsonl(DATA), cfg.max_seq_length)
+    rows = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)} for e in examples]
+    model, _ = build_peft_model(load_base_model(model_dir, choose_device("cpu"), cfg), cfg)
+    trainable = model.get_nb_trainable_parameters()[0]
+
+    counted: list[int] = []
+    inner = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=IGNORE_INDEX)
+
+    def collator(features):
+        batch = inner(features)
+        counted.append(int(batch["attention_mask"].sum()))
+        return batch
+
+    class Clock(TrainerCallback):
+        times: list[float] = []
+        loss: float | None = None
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.loss = logs["loss"]
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.learning_rate, max_steps=steps, lr_scheduler_type="linear", warmup_steps=0,
+            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim="adamw_torch",
+            use_cpu=True, bf16=False, fp16=False, seed=cfg.seed, report_to="none", save_strategy="no",
+            logging_strategy="steps", logging_steps=steps, disable_tqdm=True, dataloader_num_workers=0,
+            dataloader_pin_memory=False, remove_unused_columns=False,
+        )
+        Trainer(model=model, args=args, train_dataset=rows, data_collator=collator,
+                callbacks=[clock]).train()
+    assert len(clock.times) == steps and len(counted) >= steps, (len(clock.times), len(counted))
+    return {"tokens": sum(counted[1:steps]), "seconds": clock.times[-1] - clock.times[0],
+            "final_loss": clock.loss, "trainable": trainable}
+
+
+def child(variant: str, model_dir: str, steps: int, threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from worker.modeling import quiet_transformers
+
+    import peft  # noqa: F401  (imports counted before the "after imports" figure)
+    import transformers  # noqa: F401
+
+    quiet_transformers()
+    rss_imports = maxrss_mb()
+    result = (run_engine if variant == "engine" else run_baseline)(model_dir, steps)
+    result.update(variant=variant, rss_after_imports_mb=rss_imports, peak_rss_mb=maxrss_mb(),
+                  threads=torch.get_num_threads(), tokens_per_s=result["tokens"] / result["seconds"])
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def ensure_model(model_dir: Path) -> Path:
+    from worker.demo_model import convert_gguf_to_hf, find_demo_gguf, is_complete_model_dir
+
+    if not is_complete_model_dir(model_dir):
+        print(f"converting the demo GGUF into {model_dir} ...", flush=True)
+        convert_gguf_to_hf(find_demo_gguf(), model_dir)
+    return model_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per variant (default: torch's)")
+    p.add_argument("--model", default=str(DEFAULT_MODEL))
+    p.add_argument("--variant", choices=["engine", "baseline"], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.steps < 2:
+        p.error("--steps must be at least 2 (step 1 is warm-up)")
+    sys.path.insert(0, str(ROOT))
+    if a.variant:
+        child(a.variant, a.model, a.steps, a.threads)
+        return 0
+
+    model_dir = ensure_model(Path(a.model))
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    if a.threads:
+        env["OMP_NUM_THREADS"] = str(a.threads)
+    results = {}
+    for variant in ("baseline", "engine"):
+        cmd = [sys.executable, __file__, "--variant", variant, "--model", str(model_dir), "--steps", str(a.steps)]
+        if a.threads:
+            cmd += ["--threads", str(a.threads)]
+        started = time.monotonic()
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if done.returncode or line is None:
+            print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
+            return 1
+        results[variant] = json.loads(line[7:])
+        results[variant]["wall_s"] = time.monotonic() - started
+
+    print(f"model {model_dir.name}, data {DATA.name}, {a.steps} steps, torch threads "
+          f"{results['engine']['threads']}, batch/max_len/lr from TrainConfig defaults")
+    print(f"{'variant':<10}{'tokens/s':>10}{'tokens':>9}{'seconds':>9}{'peak RSS MB':>13}{'growth MB':>11}"
+          f"{'final loss':>12}{'wall s':>8}")
+    for v, r in results.items():
+        growth = r["peak_rss_mb"] - r["rss_after_imports_mb"]
+        print(f"{v:<10}{r['tokens_per_s']:>10.1f}{r['tokens']:>9}{r['seconds']:>9.1f}{r['peak_rss_mb']:>13.0f}"
+              f"{growth:>11.0f}{r['final_loss']:>12.4f}{r['wall_s']:>8.0f}")
+    e, b = results["engine"], results["baseline"]
+    print(f"engine/baseline tokens/s: {e['tokens_per_s'] / b['tokens_per_s']:.2f}x (target >= 1.3x)")
+    print(f"engine/baseline peak RSS: {e['peak_rss_mb'] / b['peak_rss_mb']:.2f}x "
+          f"(growth {(e['peak_rss_mb'] - e['rss_after_imports_mb']) / (b['peak_rss_mb'] - b['rss_after_imports_mb']):.2f}x)"
+          f" (target <= 1.0x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Webhooks: endpoints an owner registers to hear when their jobs end (Standard Webhooks style).
+
+Writes follow jobs.services: keyword-only functions that validate, write in a transaction and queue
+the network calls on commit (jobs.tasks_webhooks.webhook_deliver)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+from django.db import transaction
+from django.utils import timezone
+
+from jobs.models import TERMINAL_STATUSES, FineTuneJob, Webhook, WebhookDelivery
+from worker.config import ConfigError
+
+MAX_WEBHOOKS_PER_OWNER = 10
+EVENT_TYPES = {status.value: f"fine_tuning.job.{status.value}" for status in TERMINAL_STATUSES}
+
+
+def webhook_url_validate(url: str) -> str:
+    """The URL stripped, or ConfigError("url", ...) unless it is an absolute http(s) URL."""
+    url = (url or "").strip()
+    try:
+        URLValidator(schemes=["http", "https"])(url)
+    except ValidationError:
+        raise ConfigError("url", "must be an absolute http:// or https:// URL") from None
+    if urlsplit(url).username or urlsplit(url).password:
+        raise ConfigError("url", "must not contain a user name or password")
+    return url
+
+
+def webhook_create(*, owner, url: str) -> Webhook:
+    """Register an endpoint; its signing secret is generated here and shown on the webhooks page."""
+    url = webhook_url_validate(url)
+    with transaction.atomic():
+        if Webhook.objects.filter(owner=owner).count() >= MAX_WEBHOOKS_PER_OWNER:
+            raise ConfigError("url", f"at most {MAX_WEBHOOKS_PER_OWNER} webhooks per account")
+        return Webhook.objects.create(owner=owner, url=url)
+
+
+def webhook_delete(*, webhook: Webhook, by) -> None:
+    """Remove an endpoint and its delivery history (the caller looked it up by owner)."""
+    if webhook.owner_id != by.id:
+        raise ConfigError("webhook", "not your webhook")
+    webhook.delete()
+
+
+def webhook_job_payload(job: FineTuneJob, event_id: str) -> dict[str, Any]:
+    """The event body: OpenAI's fine-tuning job event shape, with the job in `data`."""
+    from jobs.openai_api import ftjob_id
+
+    return {"id": event_id, "object": "event", "type": EVENT_TYPES[job.status],
+            "created_at": int(timezone.now().timestamp()),
+            "data": {"id": ftjob_id(job), "status": job.status, "name": job.name, "error": job.error or None,
+                     "final_loss": job.final_loss, "step": job.step, "total_steps": job.total_steps,
+                     "finished_at": int(job.finished.timestamp()) if job.finished else None}}
+
+
+def webhook_event_for_job(job: FineTuneJob) -> list[WebhookDelivery]:
+    """One delivery per active webhook of the job's owner for a job that just ended, sent on commit."""
+    from jobs.tasks_webhooks import webhook_deliver
+
+    if job.status not in EVENT_TYPES:
+        return []
+    deliveries = []
+    with transaction.atomic():
+        for webhook in Webhook.objects.filter(owner_id=job.owner_id, active=True):
+            delivery_id = uuid.uuid4()
+            deliveries.append(WebhookDelivery.objects.create(
+                id=delivery_id, webhook=webhook, event=EVENT_TYPES[job.status],
+                payload=webhook_job_payload(job, f"msg_{delivery_id.hex}")))
+        for delivery in deliveries:
+            transaction.on_commit(lambda pk=str(delivery.id): webhook_deliver.delay(pk))
+    return deliveries
+
+
+def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`; the key is the secret's base64 part
+    decoded, as in Standard Webhooks, so their verifier libraries accept it."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()

@@ -1,0 +1,37 @@
+"""The OpenAPI schema and its Swagger UI: who may read them, and that the schema is complete and valid."""
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from tests.api.conftest import bearer_client
+
+
+def test_schema_and_docs_need_a_login_or_an_api_key(user, client):
+    client.force_login(user)
+    anonymous = APIClient()
+    assert anonymous.get("/api/schema/").status_code in (401, 403)
+    assert anonymous.get("/api/docs/").status_code in (401, 403)
+    assert client.get("/api/schema/").status_code == 200
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200
+    html = docs.content.decode()
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in html and "cdn" not in html.lower()
+    assert bearer_client(user).get("/api/schema/?format=json").status_code == 200
+
+
+def test_every_rest_route_is_described_with_its_errors(user):
+    schema = bearer_client(user).get("/api/schema/?format=json").json()
+    paths = schema["paths"]
+    from jobs.api_urls import urlpatterns
+
+    assert len([p for p in paths if p.startswith("/api/v1/")]) == len(urlpatterns)
+    assert paths["/api/v1/jobs/"]["post"]["responses"]["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BadRequest"}
+    assert paths["/api/v1/jobs/{job_id}/cancel/"]["post"]["responses"]["409"]["content"]["application/json"][
+        "schema"] == {"$ref": "#/components/schemas/Error"}
+    assert "/v1/fine_tuning/jobs" in paths  # the OpenAI-compatible routes are DRF views too
+    assert set(schema["components"]["securitySchemes"]) == {"apiKey", "cookieAuth"}
+    assert schema["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+
+
+def test_schema_validates_without_warnings(db, tmp_path):
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))

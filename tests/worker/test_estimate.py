@@ -1,0 +1,138 @@
+"""Pre-flight estimate: counts equal PEFT's own on the real model; memory arithmetic; rsLoRA; DoRA."""
+import math
+import shutil
+
+import pytest
+
+from worker.config import TrainConfig, TrainSpec
+from worker.engine import plan_steps, train
+from worker.estimate import MIB, NF4_BYTES_PER_WEIGHT, estimate
+from worker.modeling import build_peft_model, choose_device, load_base_model
+from worker.reporting import MemoryReporter
+
+VARIANTS = {"plain": {}, "rslora": {"use_rslora": True}, "dora": {"use_dora": True}}
+
+
+def real_counts(model_dir, cfg):
+    model = load_base_model(str(model_dir), choose_device("cpu"), cfg)
+    peft_model, targets = build_peft_model(model, cfg)
+    return peft_model.get_nb_trainable_parameters(), targets
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("preset", ["attention", "all_linear"])
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+def test_trainable_params_equal_peft_count_on_the_real_model(arch, preset, variant, request):
+    model_dir = request.getfixturevalue(arch)
+    cfg = TrainConfig(rank=8, alpha=16, target_preset=preset, **VARIANTS[variant])
+    (trainable, total), targets = real_counts(model_dir, cfg)
+    est = estimate(str(model_dir), cfg, n_examples=10, mean_tokens=40)
+    assert est.trainable_params == trainable
+    assert est.total_params == total
+    assert est.targets == targets
+    assert est.trainable_percent == pytest.approx(100 * trainable / total)
+    assert est.adapter_mb == pytest.approx(trainable * 4 / MIB)
+
+
+def test_dora_adds_one_magnitude_per_output_feature(tiny_llama):
+    plain = estimate(str(tiny_llama), TrainConfig(rank=8), n_examples=4, mean_tokens=20)
+    dora = estimate(str(tiny_llama), TrainConfig(rank=8, use_dora=True), n_examples=4, mean_tokens=20)
+    # Tiny Llama attention: 2 layers x (q 64 + k 32 + v 32 + o 64) output features.
+    assert dora.trainable_params - plain.trainable_params == 2 * (64 + 32 + 32 + 64)
+
+
+def test_estimate_reads_no_weights(tiny_llama, tmp_path):
+    """Only config.json is needed: the model is built on the meta device."""
+    shutil.copy(tiny_llama / "config.json", tmp_path / "config.json")
+    with_weights = estimate(str(tiny_llama), TrainConfig(), n_examples=8, mean_tokens=30)
+    config_only = estimate(str(tmp_path), TrainConfig(), n_examples=8, mean_tokens=30)
+    assert config_only == with_weights
+
+
+def test_memory_breakdown_follows_the_documented_formula(tiny_llama):
+    # Tiny Llama: h=64, i=128, 2 layers, vocab = len(tokenizer).
+    cfg = TrainConfig(rank=8, batch_size=4, max_seq_length=32)
+    est = estimate(str(tiny_llama), cfg, n_examples=10, mean_tokens=20)
+    b = est.breakdown
+    assert set(b) == {"base_weights", "lora_training", "activations", "logits", "overhead"}
+    assert est.memory_mb == pytest.approx(sum(b.values()))
+    base_params = est.total_params - est.trainable_params
+    assert b["base_weights"] == pytest.approx(base_params * 4 / MIB)  # fp32 on CPU
+    assert b["lora_training"] == pytest.approx(est.trainable_params * 16 / MIB)  # p + grad + 2 AdamW, fp32
+    tokens = 4 * 32
+    assert b["activations"] == pytest.approx(tokens * 2 * (6 * 64 + 4 * 128) * 4 / MIB)
+
+    ckpt = estimate(str(tiny_llama), TrainConfig(rank=8, batch_size=4, max_seq_length=32, gradient_checkpointing=True),
+                    n_examples=10, mean_tokens=20)
+    assert ckpt.breakdown["activations"] == pytest.approx(tokens * (2 * 64 + 6 * 64 + 4 * 128) * 4 / MIB)
+    assert ckpt.breakdown["activations"] < b["activations"]
+
+    cuda = estimate(str(tiny_llama), cfg, n_examples=10, mean_tokens=20, device="cuda")
+    assert cuda.breakdown["base_weights"] == pytest.approx(b["base_weights"] / 2)  # bf16
+    assert cuda.breakdown["lora_training"] == b["lora_training"]  # adapters stay fp32
+
+
+def test_qlora_weights_are_about_half_a_byte_per_linear_weight(tiny_llama):
+    plain = estimate(str(tiny_llama), TrainConfig(), n_examples=8, mean_tokens=20)
+    q = estimate(str(tiny_llama), TrainConfig(qlora=True), n_examples=8, mean_tokens=20)
+    # Linear weights outside the head: 2 layers x (q 64x64 + k 32x64 + v 32x64 + o 64x64 + 3 MLP 64x128).
+    linear = 2 * (64 * 64 * 2 + 32 * 64 * 2 + 3 * 64 * 128)
+    saved = (plain.breakdown["base_weights"] - q.breakdown["base_weights"]) * MIB
+    assert saved == pytest.approx(linear * (4 - NF4_BYTES_PER_WEIGHT))
+    assert 0.51 < NF4_BYTES_PER_WEIGHT < 0.52
+    assert q.trainable_params == plain.trainable_params
+
+
+def test_steps_seconds_and_fits(tiny_llama):
+    cfg = TrainConfig(batch_size=4, grad_accum=2, epochs=3)
+    est = estimate(str(tiny_llama), cfg, n_examples=50, mean_tokens=100)
+    assert est.steps == plan_steps(50, cfg)[1] == 21
+    assert est.seconds is None and est.fits and est.advice == []
+    timed = estimate(str(tiny_llama), cfg, n_examples=50, mean_tokens=100, tokens_per_s=400)
+    assert timed.seconds == pytest.approx(21 * 8 * 100 / 400)
+    capped = estimate(str(tiny_llama), replace_cfg(cfg, max_seq_length=64), n_examples=50, mean_tokens=100,
+                      tokens_per_s=400)
+    assert capped.seconds == pytest.approx(21 * 8 * 64 / 400), "examples are truncated to max_seq_length"
+
+    roomy = estimate(str(tiny_llama), cfg, n_examples=50, mean_tokens=100, memory_limit_mb=est.memory_mb + 1)
+    assert roomy.fits and roomy.advice == []
+
+
+def replace_cfg(cfg, **over):
+    return TrainConfig(**{**cfg.to_dict(), **over})
+
+
+def test_advice_when_it_does_not_fit(tiny_llama):
+    cfg = TrainConfig(batch_size=64, max_seq_length=1024)
+    est = estimate(str(tiny_llama), cfg, n_examples=500, mean_tokens=300)
+    small = estimate(str(tiny_llama), replace_cfg(cfg, batch_size=8, grad_accum=8), n_examples=500, mean_tokens=300)
+    tight = estimate(str(tiny_llama), cfg, n_examples=500, mean_tokens=300, memory_limit_mb=small.memory_mb + 1)
+    assert not tight.fits and tight.memory_mb == est.memory_mb
+    assert tight.advice[0].startswith("batch_size 8 with grad_accum 8 (same effective batch)")
+    assert any(a.startswith("max_seq_length") for a in tight.advice)
+
+    hopeless = estimate(str(tiny_llama), cfg, n_examples=500, mean_tokens=300, memory_limit_mb=1)
+    assert not hopeless.fits and len(hopeless.advice) == 1
+    assert hopeless.advice[0].startswith("no single change is enough") and "still does not fit" in hopeless.advice[0]
+
+
+def test_rslora_scaling_is_alpha_over_sqrt_rank(tiny_llama):
+    cfg = TrainConfig(rank=8, alpha=16, use_rslora=True)
+    model, _ = build_peft_model(load_base_model(str(tiny_llama), choose_device("cpu"), cfg), cfg)
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert q_proj.scaling["default"] == pytest.approx(16 / math.sqrt(8)) == pytest.approx(cfg.scaling)
+    plain = TrainConfig(rank=8, alpha=16)
+    model, _ = build_peft_model(load_base_model(str(tiny_llama), choose_device("cpu"), plain), plain)
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.scaling["default"] == pytest.approx(2.0)
+
+
+def test_dora_trains(tiny_llama, chat_file, tmp_path):
+    reporter = MemoryReporter()
+    cfg = TrainConfig(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, rank=8, alpha=16, use_dora=True,
+                      max_steps=8, dropout=0.0)
+    result = train(TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "dora"), cfg, device="cpu"), reporter)
+    losses = reporter.losses()
+    assert result.status == "succeeded" and sorted(losses) == list(range(1, 9))
+    assert losses[8] < 0.7 * losses[1], losses
+    magnitudes = [n for n, p in result.model.named_parameters() if "lora_magnitude_vector" in n and p.requires_grad]
+    assert magnitudes, "DoRA adds trainable magnitude vectors"

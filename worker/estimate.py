@@ -1,0 +1,246 @@
+"""Pre-flight estimate of a LoRA job: parameters, adapter size, memory, steps and time.
+
+Pure functions. The PEFT model is built on the **meta device** from the model's config, so no
+weight is read: the parameter counts are PEFT's own (`get_nb_trainable_parameters`), the rest
+is arithmetic.
+
+Memory model (MiB = 2**20 bytes; all figures are rough and meant to be within tens of percent,
+not exact):
+
+* ``base_weights``: every base parameter at the compute dtype (fp32 on CPU, bf16 on CUDA).
+  With ``cfg.qlora`` the Linear / Conv1D layers that bitsandbytes quantises (all of them but the
+  output head, as `worker.modeling.load_base_model` does) are NF4: 0.5 byte per weight plus the
+  double-quantised constants (one 8-bit absmax per block of 64 weights and one fp32 absmax per
+  256 blocks), i.e. 0.5 + 1/64 + 4/16384 byte per weight; embeddings, norms, biases and the head
+  stay at the compute dtype.
+* ``lora_training``: LoRA parameters (A, B, DoRA magnitudes, trained biases) in fp32, their
+  gradients, and AdamW's two moments: 16 bytes per trainable parameter.
+* ``activations``: for one micro-batch of ``batch_size x max_seq_length`` tokens (the worst
+  case: micro-batches are padded to their own longest example). Per token and per decoder layer
+  a block keeps about ``6 h + 4 i`` values (h = hidden size, i = MLP width): norm outputs,
+  q/k/v, the attention output, the residuals, and the MLP's gate/up/activation/product; the
+  attention matrix itself is not stored (SDPA / flash kernels). With gradient checkpointing only
+  each layer's input (h values) is kept, plus one layer's full set while it is recomputed.
+  Values are at the compute dtype.
+* ``logits``: the vocabulary projection for the micro-batch in fp32 and its gradient
+  (``2 x 4 x b x s x V`` bytes); an upper bound, since the engine projects labelled positions only.
+* ``overhead``: the runtime itself (Python + torch on CPU, the CUDA context on a GPU).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from worker.config import ConfigError, TrainConfig
+
+MIB = 2 ** 20
+NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax/64 + fp32 absmax/16384
+OVERHEAD_MB = {"cpu": 300.0, "cuda": 500.0}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    trainable_params: int
+    total_params: int
+    trainable_percent: float
+    adapter_mb: float
+    memory_mb: float
+    breakdown: dict[str, float]
+    steps: int
+    seconds: float | None
+    fits: bool
+    advice: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    memory_limit_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What the memory formula needs from the model (counts from the meta-device PEFT model)."""
+
+    total_params: int  # PEFT's all-parameter count (base + adapter)
+    base_params: int
+    quantizable_params: int  # Linear / Conv1D weights bitsandbytes would turn into NF4
+    lora_ab_params: int  # lora_A + lora_B: proportional to the rank
+    other_trainable: int  # DoRA magnitudes, trained biases: independent of the rank
+    hidden: int
+    intermediate: int
+    layers: int
+    vocab: int
+
+
+def _config_sizes(config) -> tuple[int, int, int, int]:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = int(getattr(text, "hidden_size", None) or getattr(text, "n_embd"))
+    layers = int(getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer"))
+    vocab = int(text.vocab_size)
+    inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
+    return hidden, int(inter), layers, vocab
+
+
+def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    from worker.modeling import get_peft_config, quiet_transformers
+    from worker.targets import OUTPUT_LAYERS, linear_module_suffixes, resolve_targets
+
+    quiet_transformers()
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        base_params = sum(p.numel() for p in model.parameters())
+        quantizable = 0
+        for path, module in model.named_modules():
+            if isinstance(module, (torch.nn.Linear, Conv1D)) and path.split(".")[-1] not in OUTPUT_LAYERS:
+                quantizable += module.weight.numel()
+        targets = resolve_targets(linear_module_suffixes(model), cfg.target_preset, cfg.target_modules)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        peft_model = get_peft_model(model, get_peft_config(cfg, targets))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    lora_ab = sum(p.numel() for n, p in peft_model.named_parameters()
+                  if p.requires_grad and (".lora_A." in n or ".lora_B." in n))
+    hidden, inter, layers, vocab = _config_sizes(config)
+    shape = _Shape(total_params=int(total), base_params=int(base_params), quantizable_params=int(quantizable),
+                   lora_ab_params=int(lora_ab), other_trainable=int(trainable - lora_ab),
+                   hidden=hidden, intermediate=inter, layers=layers, vocab=vocab)
+    return shape, targets
+
+
+def _trainable(shape: _Shape, cfg: TrainConfig, built_rank: int) -> int:
+    return round(shape.lora_ab_params * cfg.rank / built_rank) + shape.other_trainable
+
+
+def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dict[str, float]:
+    compute_bytes = 4 if device == "cpu" else 2
+    if cfg.qlora:
+        weights = (shape.quantizable_params * NF4_BYTES_PER_WEIGHT
+                   + (shape.base_params - shape.quantizable_params) * compute_bytes)
+    else:
+        weights = shape.base_params * compute_bytes
+    tokens = cfg.batch_size * cfg.max_seq_length
+    per_layer = 6 * shape.hidden + 4 * shape.intermediate
+    if cfg.gradient_checkpointing:
+        values = tokens * (shape.layers * shape.hidden + per_layer)
+    else:
+        values = tokens * shape.layers * per_layer
+    return {
+        "base_weights": weights / MIB,
+        "lora_training": trainable * 16 / MIB,
+        "activations": values * compute_bytes / MIB,
+        "logits": tokens * shape.vocab * 4 * 2 / MIB,
+        "overhead": OVERHEAD_MB["cpu" if device == "cpu" else "cuda"],
+    }
+
+
+def _resolve_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError("device", f"must be auto, cpu or cuda, got {device!r}")
+    if device == "auto":
+        from worker.modeling import choose_device
+
+        return choose_device("auto").device
+    return device
+
+
+def _advice(shape: _Shape, cfg: TrainConfig, device: str, limit: float, built_rank: int) -> list[str]:
+    """Changes that bring the estimate under `limit`, in the order of the engine's OOM advice."""
+    def total(c: TrainConfig) -> float:
+        return sum(_memory(shape, c, _trainable(shape, c, built_rank), device).values())
+
+    tips: list[str] = []
+    # 1. Smaller micro-batch, same effective batch.
+    b = cfg.batch_size
+    while b > 1:
+        b = max(1, b // 2)
+        c = replace(cfg, batch_size=b, grad_accum=cfg.grad_accum * math.ceil(cfg.batch_size / b))
+        if total(c) <= limit:
+            tips.append(f"batch_size {c.batch_size} with grad_accum {c.grad_accum} (same effective batch): "
+                        f"~{total(c):,.0f} MB")
+            break
+    # 2. Shorter sequences.
+    s = cfg.max_seq_length
+    while s > 16:
+        s = max(16, s // 2)
+        c = replace(cfg, max_seq_length=s)
+        if total(c) <= limit:
+            tips.append(f"max_seq_length {s} (longer examples are truncated): ~{total(c):,.0f} MB")
+            break
+    # 3. QLoRA, 4. gradient checkpointing, 5. lower rank.
+    if not cfg.qlora:
+        c = replace(cfg, qlora=True)
+        if total(c) <= limit:
+            tips.append(f"QLoRA (4-bit base): ~{total(c):,.0f} MB")
+    if not cfg.gradient_checkpointing:
+        c = replace(cfg, gradient_checkpointing=True)
+        if total(c) <= limit:
+            tips.append(f"gradient checkpointing (slower, ~30%): ~{total(c):,.0f} MB")
+    r = cfg.rank
+    while r > 1:
+        r = max(1, r // 2)
+        c = replace(cfg, rank=r, alpha=cfg.alpha * r / cfg.rank)
+        if total(c) <= limit:
+            tips.append(f"rank {r} (alpha {c.alpha:g}, same scale): ~{total(c):,.0f} MB")
+            break
+    if not tips:
+        # No single change is enough: combine them, in the same order, until the job fits.
+        c = replace(cfg, batch_size=1, grad_accum=cfg.grad_accum * cfg.batch_size)
+        steps = ["batch_size 1 with grad_accum %d" % c.grad_accum]
+        for change, label in ((dict(gradient_checkpointing=True), "gradient checkpointing"),
+                              (dict(qlora=True), "QLoRA")):
+            if total(c) <= limit:
+                break
+            if not getattr(c, next(iter(change))):
+                c = replace(c, **change)
+                steps.append(label)
+        while total(c) > limit and c.max_seq_length > 16:
+            c = replace(c, max_seq_length=max(16, c.max_seq_length // 2))
+        if c.max_seq_length != cfg.max_seq_length:
+            steps.append(f"max_seq_length {c.max_seq_length}")
+        verdict = "fits" if total(c) <= limit else "still does not fit"
+        tips.append(f"no single change is enough; {' + '.join(steps)}: ~{total(c):,.0f} MB ({verdict} in "
+                    f"{limit:,.0f} MB)")
+    return tips
+
+
+def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens: float, device: str = "cpu",
+             tokens_per_s: float | None = None, memory_limit_mb: float | None = None) -> Estimate:
+    """Estimate a job before it runs; reads the model's config only (never its weights).
+
+    `n_examples` and `mean_tokens` describe the tokenized training set (mean tokens per
+    example); `tokens_per_s`, when known (a measured rate on this machine, e.g. a previous job's
+    `tokens_per_s` metric, which counts non-padding tokens), gives `seconds`.
+    """
+    from worker.engine import plan_steps
+
+    if n_examples < 1:
+        raise ConfigError("n_examples", "the training set is empty")
+    device = _resolve_device(device)
+    shape, targets = _meta_shape(model_path, cfg)
+    trainable = _trainable(shape, cfg, cfg.rank)
+    breakdown = _memory(shape, cfg, trainable, device)
+    memory = sum(breakdown.values())
+    _, steps = plan_steps(n_examples, cfg)
+    seconds = None
+    if tokens_per_s:
+        per_step = min(n_examples, cfg.batch_size * cfg.grad_accum) * min(float(mean_tokens), cfg.max_seq_length)
+        seconds = steps * per_step / tokens_per_s
+    fits = memory_limit_mb is None or memory <= memory_limit_mb
+    advice = [] if fits else _advice(shape, cfg, device, float(memory_limit_mb), cfg.rank)
+    return Estimate(
+        trainable_params=trainable,
+        total_params=shape.total_params,
+        trainable_percent=100.0 * trainable / shape.total_params,
+        adapter_mb=trainable * 4 / MIB,
+        memory_mb=memory,
+        breakdown=breakdown,
+        steps=steps,
+        seconds=seconds,
+        fits=fits,
+        advice=advice,
+        targets=targets,
+        memory_limit_mb=memory_limit_mb,
+    )
