@@ -162,11 +162,9 @@ def job_list(request):
 @login_required
 def job_new(request):
     initial = {}
-    if request.GET.get("dataset"):
-        try:
-            initial["dataset"] = selectors.dataset_get(owner=request.user, dataset_id=request.GET["dataset"])
-        except (Http404, ValueError, Exception):
-            pass
+    wanted = request.GET.get("dataset")
+    if _is_uuid(wanted):
+        initial["dataset"] = selectors.dataset_list(owner=request.user).filter(id=wanted).first()
     form = JobForm(request.POST or None, owner=request.user, initial=initial)
     if request.method == "POST":
         if form.is_valid():
@@ -180,6 +178,25 @@ def job_new(request):
                 return redirect("job-detail", job_id=job.id)
         return render(request, "jobs/job_new.html", {"form": form}, status=400)
     return render(request, "jobs/job_new.html", {"form": form})
+
+
+@login_required
+def runs_compare(request):
+    """Several jobs' loss curves in one chart, with their settings and final metrics side by side."""
+    ids = [i for i in request.GET.getlist("job") if _is_uuid(i)][:8]
+    jobs = list(selectors.job_list(owner=request.user).filter(id__in=ids))
+    curves = {str(j.id): [[p.step, p.train_loss, p.eval_loss] for p in selectors.metric_points(job=j)] for j in jobs}
+    keys = ["rank", "alpha", "dropout", "target_preset", "qlora", "epochs", "learning_rate", "batch_size",
+            "grad_accum", "max_seq_length", "use_rslora", "use_dora"]
+    rows = [(k, [j.config.get(k) for j in jobs]) for k in keys]
+    evaluations = [services.job_evaluation(j) for j in jobs]
+    finals = [{"loss": j.final_loss,
+               "eval_loss": next((p[2] for p in reversed(curves[str(j.id)]) if p[2] is not None), None),
+               "adapter_exact": (e or {}).get("rates", {}).get("adapter", {}).get("exact")}
+              for j, e in zip(jobs, evaluations)]
+    return render(request, "jobs/runs_compare.html", {
+        "jobs": jobs, "rows": rows, "finals": finals,
+        "series": [{"id": str(j.id), "label": j.name or j.short_id, "points": curves[str(j.id)]} for j in jobs]})
 
 
 @login_required

@@ -268,3 +268,20 @@ def test_evaluation_shows_on_the_job_page_and_in_the_zip(client_in, user, base_m
     assert len(evaluation["rows"]) == 2 and set(evaluation["loss"]) == {"base", "adapter"}
     card = zf.read("README.md").decode()
     assert "## Evaluation on the validation split" in card and "| validation loss |" in card
+
+
+def test_compare_runs_overlays_curves_of_your_own_jobs(client_in, user, other_user, base_model, dataset):
+    with mock.patch("jobs.tasks.job_run.delay"):
+        a = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=8),
+                                name="r8")
+        b = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=16),
+                                name="r16")
+    MetricPoint.objects.create(job=a, step=1, train_loss=2.0)
+    MetricPoint.objects.create(job=a, step=2, train_loss=1.5, eval_loss=1.7)
+    MetricPoint.objects.create(job=b, step=1, train_loss=2.2)
+    response = client_in.get(f"/jobs/compare/?job={a.id}&job={b.id}&job=not-a-uuid")
+    series = response.context["series"]
+    assert {s["label"]: s["points"] for s in series} == {"r8": [[1, 2.0, None], [2, 1.5, 1.7]], "r16": [[1, 2.2, None]]}
+    assert dict(response.context["rows"])["rank"] == [8, 16] or dict(response.context["rows"])["rank"] == [16, 8]
+    client_in.force_login(other_user)
+    assert client_in.get(f"/jobs/compare/?job={a.id}").context["jobs"] == []
