@@ -6,19 +6,15 @@ import time
 import pytest
 
 from tests.conftest import memorisable_conversations
-from tests.integration.stack import Stack
+from tests.integration.stack import running_stack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_llama):
-    s = Stack(tmp_path_factory.mktemp("stack-openai"), database="sqlite", redis="embedded", model_dir=tiny_llama)
-    try:
-        s.start()
+    with running_stack(tmp_path_factory.mktemp("stack-openai"), tiny_llama) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def test_openai_client_fine_tunes_and_chats(stack):

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.integration.stack import Stack
+from tests.integration.stack import running_stack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -9,27 +9,5 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_llama):
-    s = Stack(tmp_path_factory.mktemp("browser-stack"), database="sqlite", redis="embedded", model_dir=tiny_llama)
-    try:
-        s.start()
+    with running_stack(tmp_path_factory.mktemp("browser-stack"), tiny_llama) as s:
         yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, tmp_path):
-    context = browser.new_context(accept_downloads=True)
-    page = context.new_page()
-    yield page
-    context.close()

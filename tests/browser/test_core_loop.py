@@ -4,6 +4,8 @@ import zipfile
 
 import pytest
 
+from tests.browser.pages import sign_in
+
 from tests.conftest import memorisable_conversations
 
 pytestmark = pytest.mark.browser
@@ -15,11 +17,7 @@ def test_core_loop_in_the_browser(stack, page, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
 
-    page.goto(stack.url + "/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", "pw-alice-123")
-    page.click("button[type=submit]")
-    page.wait_for_url("**/jobs/")
+    sign_in(page, stack, "alice")
 
     page.goto(stack.url + "/datasets/")
     page.set_input_files("#id_file", str(bad))

@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from tests.browser.pages import sign_in
+
 from tests.conftest import memorisable_conversations
 
 pytestmark = pytest.mark.browser
@@ -12,11 +14,7 @@ def test_check_page_histogram_and_highlighted_tokens(stack, page, tmp_path):
     data = tmp_path / "check.jsonl"
     rows = [{"messages": m} for m in memorisable_conversations(6)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:1]))
-    page.goto(stack.url + "/accounts/login/")
-    page.fill("#id_username", "bob")
-    page.fill("#id_password", "pw-bob-123")
-    page.click("button[type=submit]")
-    page.wait_for_url("**/jobs/")
+    sign_in(page, stack, "bob")
     page.goto(stack.url + "/datasets/")
     page.set_input_files("#id_file", str(data))
     page.click("#upload-form button[type=submit]")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -157,6 +158,16 @@ class Stack:
                                                         "csrfmiddlewaretoken": token}, headers={"Referer": self.url})
         assert r.url.endswith("/jobs/"), r.url
         return s
+
+
+@contextmanager
+def running_stack(tmp: Path, model_dir: Path, *, database: str = "sqlite", redis: str = "embedded"):
+    """A started Stack, stopped (and its database dropped) on the way out."""
+    stack = Stack(tmp, database=database, redis=redis, model_dir=model_dir)
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
 
 
 def csrf_of(session: requests.Session, html: str) -> str:
