@@ -2,10 +2,12 @@
 the same services as the browser."""
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import FileResponse, Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
+from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -174,6 +176,19 @@ class MetricEventOutput(serializers.Serializer):
     tokens_per_s = serializers.FloatField(allow_null=True)
 
 
+class JobCursorPagination(CursorPagination):
+    ordering = "-created"
+    page_size = 20
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+
+class JobPage(serializers.Serializer):
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = JobOutput(many=True)
+
+
 class JobListApi(APIView):
     @extend_schema_serializer(component_name="JobCreate")
     class InputSerializer(serializers.Serializer):
@@ -187,13 +202,17 @@ class JobListApi(APIView):
         validation_dataset = serializers.UUIDField(required=False)
 
     @extend_schema(parameters=[OpenApiParameter("status", enum=JobStatus.values, required=False,
-                                                description="only jobs in this status")],
-                   responses={200: JobOutput(many=True), **error_responses(400)})
+                                                description="only jobs in this status"),
+                               OpenApiParameter("cursor", str, required=False, description="from `next`"),
+                               OpenApiParameter("page_size", int, required=False, description="1-100, default 20")],
+                   responses={200: JobPage, **error_responses(400)}, operation_id="api_v1_jobs_list")
     def get(self, request):
         wanted = request.query_params.get("status")
         if wanted and wanted not in JobStatus.values:
             raise ConfigError("status", f"must be one of {', '.join(JobStatus.values)}")
-        return Response(JobOutput(selectors.job_list(owner=request.user, status=wanted), many=True).data)
+        paginator = JobCursorPagination()
+        page = paginator.paginate_queryset(selectors.job_list(owner=request.user, status=wanted), request, view=self)
+        return paginator.get_paginated_response(JobOutput(page, many=True).data)
 
     @extend_schema(request=InputSerializer, responses={201: JobOutput, **error_responses(400)})
     def post(self, request):
@@ -288,3 +307,77 @@ class JobAdapterApi(APIView):
             raise Http404("this job has no adapter")
         return FileResponse(open(services.media_path(adapter.zip_file), "rb"), as_attachment=True,
                             filename=f"adapter-{job.short_id}.zip", content_type="application/zip")
+
+
+class AdapterOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    job = serializers.UUIDField(source="job_id")
+    job_name = serializers.CharField(source="job.name")
+    base_model = serializers.CharField(source="job.base_model.name")
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    created = serializers.DateTimeField()
+    download = serializers.SerializerMethodField()
+
+    def get_download(self, adapter) -> str:
+        return f"/api/v1/jobs/{adapter.job_id}/adapter/"
+
+
+class AdapterListApi(APIView):
+    @extend_schema(responses={200: AdapterOutput(many=True)})
+    def get(self, request):
+        return Response(AdapterOutput(selectors.adapter_list(owner=request.user), many=True).data)
+
+
+class ChatAnswerOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    side = serializers.CharField()
+    prompt = serializers.CharField()
+    text = serializers.CharField()
+    state = serializers.CharField()
+    created = serializers.DateTimeField()
+
+
+class JobChatApi(APIView):
+    """POST a prompt for the base and the adapted model (answered by the infer worker);
+    GET the session's answers. Live tokens: /chats/<session>/events/."""
+
+    @extend_schema_serializer(component_name="ChatAsk")
+    class InputSerializer(serializers.Serializer):
+        prompt = serializers.CharField(max_length=20000)
+        session = serializers.UUIDField(required=False)
+        max_new_tokens = serializers.IntegerField(required=False, min_value=1, max_value=4096)
+        temperature = serializers.FloatField(required=False, min_value=0, max_value=5)
+        top_p = serializers.FloatField(required=False, min_value=0.01, max_value=1)
+        seed = serializers.IntegerField(required=False, min_value=0)
+        system_prompt = serializers.CharField(required=False, allow_blank=True, max_length=20000)
+
+    @extend_schema(request=InputSerializer, responses={201: ChatAnswerOutput(many=True), **error_responses(400, 404, 409)})
+    def post(self, request, job_id):
+        from worker.config import GenerationConfig
+
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = dict(data.validated_data)
+        session = selectors.chat_session_get(owner=request.user, session_id=v.pop("session")) if "session" in v else None
+        if session is not None and session.job_id != job.id:
+            raise ConfigError("session", "that chat belongs to another job")
+        prompt = v.pop("prompt")
+        session, answers = services.chat_ask(owner=request.user, job=job, prompt=prompt,
+                                             generation=GenerationConfig(**v), session=session)
+        return Response({"session": str(session.id), "answers": ChatAnswerOutput(answers, many=True).data},
+                        status=status.HTTP_201_CREATED)
+
+    @extend_schema(parameters=[OpenApiParameter("session", str, required=True)],
+                   responses={200: ChatAnswerOutput(many=True), **error_responses(404)})
+    def get(self, request, job_id):
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        session_id = request.query_params.get("session", "")
+        try:
+            session = selectors.chat_session_get(owner=request.user, session_id=session_id)
+        except (ValueError, DjangoValidationError):
+            raise ConfigError("session", "must be a chat session id") from None
+        if session.job_id != job.id:
+            raise Http404("no such chat for this job")
+        return Response(ChatAnswerOutput(selectors.chat_answers(session=session), many=True).data)

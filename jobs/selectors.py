@@ -35,6 +35,12 @@ def metric_points(*, job: FineTuneJob, after_step: int = 0) -> QuerySet[MetricPo
     return MetricPoint.objects.filter(job=job, step__gt=after_step).order_by("step")
 
 
+def adapter_list(*, owner):
+    from jobs.models import Adapter
+
+    return Adapter.objects.filter(job__owner=owner).select_related("job__base_model").order_by("-created")
+
+
 def chat_session_get(*, owner, session_id) -> ChatSession:
     return get_object_or_404(ChatSession.objects.select_related("job"), owner=owner, id=session_id)
 

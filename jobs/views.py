@@ -323,7 +323,16 @@ def _event_stream(generator) -> StreamingHttpResponse:
     return response
 
 
-async def _user_or_403(request):
+async def _user_or_404(request):
+    """The session user, or the owner of a valid `Authorization: Bearer` API key (for scripts)."""
+    from jobs.auth import api_key_from_header, api_key_lookup
+
+    raw = api_key_from_header(request.headers.get("Authorization", ""))
+    if raw is not None:
+        key = await sync_to_async(api_key_lookup)(raw)
+        if key is not None:
+            return key.owner
+        raise Http404("unknown API key")
     user = await request.auser()
     if not user.is_authenticated:
         raise Http404("sign in first")
@@ -332,7 +341,7 @@ async def _user_or_403(request):
 
 async def job_events(request, job_id):
     """Loss points after Last-Event-ID (or ?after=), then live ones, then the final status."""
-    user = await _user_or_403(request)
+    user = await _user_or_404(request)
     job = await sync_to_async(selectors.job_get)(owner=user, job_id=job_id)
     try:
         after = int(request.headers.get("Last-Event-ID") or request.GET.get("after") or 0)
@@ -363,7 +372,7 @@ async def job_events(request, job_id):
 
 async def chat_events(request, session_id):
     """Text pieces of both sides of a comparison as they are generated."""
-    user = await _user_or_403(request)
+    user = await _user_or_404(request)
     session = await sync_to_async(selectors.chat_session_get)(owner=user, session_id=session_id)
     wanted = set(request.GET.getlist("answer"))
     finished: set[str] = set()

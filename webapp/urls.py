@@ -12,6 +12,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # Server-sent events (not a DRF view): the job's metric points, then live ones, then its status.
+    path("api/v1/jobs/<uuid:job_id>/events/", views.job_events, name="api-job-events"),
     path("api/v1/", include("jobs.api_urls")),
     path("v1/", include("jobs.openai_urls")),
     path("", include("jobs.urls")),

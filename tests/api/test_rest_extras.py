@@ -1,0 +1,75 @@
+"""Cursor pagination, the adapters list, REST chat and job events with an API key."""
+from unittest import mock
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from jobs import services, tasks
+from jobs.services_keys import api_key_create
+from worker.config import TrainConfig
+
+FAST = TrainConfig(rank=8, alpha=16, dropout=0.0, target_preset="all_linear", epochs=3, learning_rate=0.01,
+                   batch_size=4, warmup_ratio=0.0)
+
+
+@pytest.fixture
+def dataset(user, chat_file):
+    return services.dataset_create(owner=user, upload=SimpleUploadedFile("chat.jsonl", chat_file.read_bytes()))
+
+
+@pytest.fixture
+def api(user):
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def test_job_list_is_cursor_paginated(api, user, dataset, base_model):
+    with mock.patch("jobs.tasks.job_run.delay"):
+        ids = [str(services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST).id)
+               for _ in range(5)]
+    first = api.get("/api/v1/jobs/?page_size=2").json()
+    assert len(first["results"]) == 2 and first["previous"] is None and first["next"]
+    second = api.get(first["next"]).json()
+    third = api.get(second["next"]).json()
+    seen = [j["id"] for j in first["results"] + second["results"] + third["results"]]
+    assert seen == list(reversed(ids)) and third["next"] is None
+
+
+def test_adapters_list_and_rest_chat(api, user, other_user, dataset, base_model, django_capture_on_commit_callbacks):
+    with mock.patch("jobs.tasks.job_run.delay"):
+        job = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST)
+    assert api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "hi"}, format="json").status_code == 409
+    tasks.job_run(str(job.id))
+    adapters = api.get("/api/v1/adapters/").json()
+    assert [a["job"] for a in adapters] == [str(job.id)] and adapters[0]["base_model"] == "tiny-llama"
+
+    with mock.patch("jobs.tasks.chat_answer.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+        response = api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "colour 1", "max_new_tokens": 8}, format="json")
+    assert response.status_code == 201 and delay.call_count == 2
+    body = response.json()
+    for answer in body["answers"]:
+        tasks.chat_answer(answer["id"])
+    answers = api.get(f"/api/v1/jobs/{job.id}/chat/?session={body['session']}").json()
+    assert {a["side"]: a["state"] for a in answers} == {"base": "done", "adapter": "done"}
+    assert api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "x", "max_new_tokens": 0}, format="json").status_code == 400
+
+    other = APIClient()
+    other.force_authenticate(other_user)
+    assert other.get("/api/v1/adapters/").json() == []
+    assert other.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "hi"}, format="json").status_code == 404
+    assert other.get(f"/api/v1/jobs/{job.id}/chat/?session={body['session']}").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_events_stream_accepts_an_api_key(user, other_user, dataset, base_model, client):
+    with mock.patch("jobs.tasks.job_run.delay"):
+        job = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST)
+    services.job_cancel(job=job, by=user)
+    _, key = api_key_create(owner=user, name="ci")
+    _, other_key = api_key_create(owner=other_user, name="ci")
+    response = client.get(f"/api/v1/jobs/{job.id}/events/", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
+    assert client.get(f"/api/v1/jobs/{job.id}/events/", HTTP_AUTHORIZATION=f"Bearer {other_key}").status_code == 404
+    assert client.get(f"/api/v1/jobs/{job.id}/events/", HTTP_AUTHORIZATION="Bearer ls-wrong").status_code == 404
