@@ -16,6 +16,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/retry/", apis.JobRetryApi.as_view(), name="api-job-retry"),
     path("jobs/<uuid:job_id>/metrics/", apis.JobMetricsApi.as_view(), name="api-job-metrics"),
     path("jobs/<uuid:job_id>/adapter/", apis.JobAdapterApi.as_view(), name="api-job-adapter"),
+    path("jobs/<uuid:job_id>/merged/", apis.JobMergedApi.as_view(), name="api-job-merged"),
     path("jobs/<uuid:job_id>/chat/", apis.JobChatApi.as_view(), name="api-job-chat"),
     path("adapters/", apis.AdapterListApi.as_view(), name="api-adapters"),
 ]

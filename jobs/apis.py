@@ -381,3 +381,28 @@ class JobChatApi(APIView):
         if session.job_id != job.id:
             raise Http404("no such chat for this job")
         return Response(ChatAnswerOutput(selectors.chat_answers(session=session), many=True).data)
+
+
+class JobMergedApi(APIView):
+    """POST: start the merged-model export (202 pending, 200 ready). GET: the zip once ready."""
+
+    class StatusSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=["pending", "ready"])
+        download = serializers.CharField(allow_null=True)
+
+    def _status(self, job, state):
+        return {"status": state, "download": f"/api/v1/jobs/{job.id}/merged/" if state == "ready" else None}
+
+    @extend_schema(request=None, responses={200: StatusSerializer, 202: StatusSerializer, **error_responses(404, 409)})
+    def post(self, request, job_id):
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        state = services.adapter_merge_request(job=job, by=request.user)
+        return Response(self._status(job, state), status=200 if state == "ready" else 202)
+
+    @extend_schema(responses={(200, "application/zip"): bytes, **error_responses(404)})
+    def get(self, request, job_id):
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        if services.merged_status(job) != "ready":
+            raise Http404("no merged model yet; POST to this address to make one")
+        return FileResponse(open(services.merged_zip_path(job), "rb"), as_attachment=True,
+                            filename=f"merged-{job.short_id}.zip", content_type="application/zip")

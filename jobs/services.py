@@ -360,6 +360,14 @@ def job_retry(*, job: FineTuneJob, by, config: TrainConfig | None = None) -> Fin
     return new
 
 
+def job_event(*, job: FineTuneJob, kind: str, message: str) -> None:
+    """A line in the job's log, shown live on its page."""
+    from jobs.models import JobEvent
+
+    JobEvent.objects.create(job=job, kind=kind, message=message)
+    events.publish(events.job_channel(job.id), "message", {"kind": kind, "message": message})
+
+
 def job_mark(*, job_id, status: str, error: str = "", **fields: Any) -> FineTuneJob:
     """Record a worker-side status change and announce it."""
     values = dict(status=status, error=error, stop_requested="", lease_until=None, **fields)
@@ -402,6 +410,33 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
                                zip_file=str(zip_path.relative_to(root)), size_bytes=zip_path.stat().st_size,
                                sha256=file_sha256(zip_path)))
     return adapter
+
+
+def merged_zip_path(job: FineTuneJob) -> Path:
+    return job_output_dir(job) / f"merged-{job.short_id}.zip"
+
+
+def merged_status(job: FineTuneJob) -> str:
+    """none, pending or ready."""
+    if merged_zip_path(job).is_file():
+        return "ready"
+    return "pending" if (job_output_dir(job) / "merge.pending").exists() else "none"
+
+
+def adapter_merge_request(*, job: FineTuneJob, by) -> str:
+    """Queue a merged-model export (merge_and_unload on the infer worker); returns the status."""
+    from jobs.tasks import adapter_merge
+
+    if job.owner_id != by.id:
+        raise JobStateError("not your job")
+    if job.status != JobStatus.SUCCEEDED or not hasattr(job, "adapter"):
+        raise JobStateError("only a succeeded job has an adapter to merge")
+    current = merged_status(job)
+    if current != "none":
+        return current
+    (job_output_dir(job) / "merge.pending").touch()
+    transaction.on_commit(lambda: adapter_merge.delay(str(job.id)))
+    return "pending"
 
 
 # --- chat ----------------------------------------------------------------------------------

@@ -141,6 +141,28 @@ def chat_answer(answer_id: str) -> str:
     return "done"
 
 
+@shared_task(name="jobs.tasks.adapter_merge", acks_late=True)
+def adapter_merge(job_id: str) -> str:
+    """Write the merged model (base + B A) as safetensors and zip it for download."""
+    from worker.export import merge_adapter, zip_folder
+
+    job = FineTuneJob.objects.select_related("base_model", "adapter").get(id=job_id)
+    out = services.job_output_dir(job)
+    marker = out / "merge.pending"
+    try:
+        folder = merge_adapter(job.base_model.path, services.media_path(job.adapter.folder), out / "merged")
+        zip_folder(folder, services.merged_zip_path(job))
+        note = "merged model ready" + (" (QLoRA adapter merged into the 16-bit base)" if job.config.get("qlora") else "")
+        services.job_event(job=job, kind="export", message=note)
+        return "ready"
+    except Exception as exc:
+        log.exception("merge of job %s failed", job_id)
+        services.job_event(job=job, kind="error", message=f"merged export failed ({type(exc).__name__}: {exc})")
+        return "failed"
+    finally:
+        marker.unlink(missing_ok=True)
+
+
 def requeue_orphaned_jobs() -> int:
     """Queue again the jobs whose message is gone: queued ones (an in-memory broker restarted) and
     running ones whose worker died (lease expired). Claiming makes duplicates harmless."""

@@ -23,6 +23,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/resume/", views.job_action, {"action": "resume"}, name="job-resume"),
     path("jobs/<uuid:job_id>/retry/", views.job_action, {"action": "retry"}, name="job-retry"),
     path("jobs/<uuid:job_id>/download/", views.job_download, name="job-download"),
+    path("jobs/<uuid:job_id>/merged/", views.job_merged, name="job-merged"),
     path("jobs/<uuid:job_id>/compare/", views.job_compare, name="job-compare"),
     path("jobs/<uuid:job_id>/compare/ask/", views.job_compare_ask, name="job-compare-ask"),
     path("chats/<uuid:session_id>/events/", views.chat_events, name="chat-events"),

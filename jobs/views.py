@@ -205,6 +205,7 @@ def job_detail(request, job_id):
     return render(request, "jobs/job_detail.html", {
         "job": job, "config": job.config, "events": job.events.order_by("-id")[:20],
         "suggestion": _oom_suggestion(job),
+        "merged": services.merged_status(job) if job.status == JobStatus.SUCCEEDED else None,
         "evaluation": services.job_evaluation(job) if job.status == JobStatus.SUCCEEDED else None,
         "adapter": getattr(job, "adapter", None) if job.status == JobStatus.SUCCEEDED else None})
 
@@ -264,6 +265,26 @@ def job_download(request, job_id):
     path = services.media_path(adapter.zip_file)
     return FileResponse(open(path, "rb"), as_attachment=True,
                         filename=f"{_slug(job.name or 'lora-' + job.short_id)}-adapter.zip",
+                        content_type="application/zip")
+
+
+@login_required
+def job_merged(request, job_id):
+    """POST: start the merged export. GET: download it once ready."""
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    if request.method == "POST":
+        try:
+            state = services.adapter_merge_request(job=job, by=request.user)
+        except services.JobStateError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.info(request, "The merged model is ready." if state == "ready" else
+                          "Merging the adapter into the base model; the download appears here when ready.")
+        return redirect("job-detail", job_id=job.id)
+    if services.merged_status(job) != "ready":
+        raise Http404("no merged model yet")
+    return FileResponse(open(services.merged_zip_path(job), "rb"), as_attachment=True,
+                        filename=f"{_slug(job.name or 'lora-' + job.short_id)}-merged.zip",
                         content_type="application/zip")
 
 

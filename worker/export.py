@@ -98,3 +98,42 @@ def build_adapter_zip(adapter_dir: str | Path, zip_path: str | Path, *, card: st
         Path(tmp).unlink(missing_ok=True)
         raise
     return zip_path
+
+
+def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Fold B A into W with `merge_and_unload` and save a plain safetensors model with its tokenizer.
+
+    The base is loaded unquantized (fp32 on CPU, bf16 on CUDA): a QLoRA adapter is merged into the
+    16-bit base, not into 4-bit weights, which could not hold the sum exactly.
+    """
+    from peft import PeftModel
+
+    from worker.checkpoint import atomic_dir
+    from worker.modeling import choose_device, load_base_model, load_tokenizer
+
+    device = choose_device("auto")
+    base = load_base_model(base_path, device)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.config.use_cache = True
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        load_tokenizer(base_path).save_pretrained(tmp)
+    return out_dir
+
+
+def zip_folder(folder: str | Path, zip_path: str | Path) -> Path:
+    """Zip a folder's files atomically (stored, not deflated: safetensors do not compress)."""
+    folder, zip_path = Path(folder), Path(zip_path)
+    fd, tmp = tempfile.mkstemp(prefix=".merged-", suffix=".zip", dir=zip_path.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for f in sorted(folder.iterdir()):
+                if f.is_file():
+                    zf.write(f, f.name)
+        os.replace(tmp, zip_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return zip_path

@@ -73,3 +73,38 @@ def test_job_events_stream_accepts_an_api_key(user, other_user, dataset, base_mo
     assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
     assert client.get(f"/api/v1/jobs/{job.id}/events/", HTTP_AUTHORIZATION=f"Bearer {other_key}").status_code == 404
     assert client.get(f"/api/v1/jobs/{job.id}/events/", HTTP_AUTHORIZATION="Bearer ls-wrong").status_code == 404
+
+
+def test_merged_export_equals_the_adapted_model(api, user, dataset, base_model, tiny_llama, tmp_path,
+                                                 django_capture_on_commit_callbacks):
+    import io
+    import zipfile
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    with mock.patch("jobs.tasks.job_run.delay"):
+        job = services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST)
+    assert api.post(f"/api/v1/jobs/{job.id}/merged/").status_code == 409
+    tasks.job_run(str(job.id))
+    assert api.get(f"/api/v1/jobs/{job.id}/merged/").status_code == 404
+    with mock.patch("jobs.tasks.adapter_merge.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+        response = api.post(f"/api/v1/jobs/{job.id}/merged/")
+    assert response.status_code == 202 and response.json() == {"status": "pending", "download": None}
+    delay.assert_called_once_with(str(job.id))
+    assert tasks.adapter_merge(str(job.id)) == "ready"
+    response = api.post(f"/api/v1/jobs/{job.id}/merged/")
+    assert response.status_code == 200 and response.json()["status"] == "ready"
+    data = b"".join(api.get(f"/api/v1/jobs/{job.id}/merged/").streaming_content)
+    folder = tmp_path / "merged"
+    zipfile.ZipFile(io.BytesIO(data)).extractall(folder)
+    assert (folder / "model.safetensors").is_file() and not (folder / "adapter_config.json").exists()
+    ids = torch.tensor([[1, 5, 9, 20, 33]])
+    adapter_dir = services.media_path(job.adapter.folder)
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(folder)(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter_dir)(
+            input_ids=ids).logits
+    assert torch.allclose(merged, adapted, atol=1e-4)
+    assert job.events.filter(kind="export", message="merged model ready").exists()
