@@ -19,4 +19,5 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/merged/", apis.JobMergedApi.as_view(), name="api-job-merged"),
     path("jobs/<uuid:job_id>/chat/", apis.JobChatApi.as_view(), name="api-job-chat"),
     path("adapters/", apis.AdapterListApi.as_view(), name="api-adapters"),
+    path("estimate/", apis.EstimateApi.as_view(), name="api-estimate"),
 ]

@@ -406,3 +406,44 @@ class JobMergedApi(APIView):
             raise Http404("no merged model yet; POST to this address to make one")
         return FileResponse(open(services.merged_zip_path(job), "rb"), as_attachment=True,
                             filename=f"merged-{job.short_id}.zip", content_type="application/zip")
+
+
+class EstimateOutput(serializers.Serializer):
+    trainable_params = serializers.IntegerField()
+    total_params = serializers.IntegerField()
+    trainable_percent = serializers.FloatField()
+    adapter_mb = serializers.FloatField()
+    memory_mb = serializers.FloatField()
+    breakdown = serializers.DictField(child=serializers.FloatField())
+    steps = serializers.IntegerField()
+    seconds = serializers.FloatField(allow_null=True)
+    fits = serializers.BooleanField()
+    advice = serializers.ListField(child=serializers.CharField())
+    targets = serializers.ListField(child=serializers.CharField())
+    memory_limit_mb = serializers.FloatField(allow_null=True)
+
+
+class EstimateApi(APIView):
+    """Pre-flight estimate of a job (same body as creating one), without creating it."""
+
+    @extend_schema_serializer(component_name="EstimateRequest")
+    class InputSerializer(serializers.Serializer):
+        dataset = serializers.UUIDField()
+        base_model = serializers.UUIDField()
+        config = serializers.DictField(required=False, default=dict)
+
+    @extend_schema(request=InputSerializer, responses={200: EstimateOutput, **error_responses(400)})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        dataset = selectors.dataset_list(owner=request.user).filter(id=v["dataset"]).first()
+        if dataset is None:
+            raise ConfigError("dataset", "no such dataset")
+        base = selectors.base_model_list().filter(id=v["base_model"]).first()
+        if base is None:
+            raise ConfigError("base_model", "no such base model")
+        config = TrainConfig.from_dict(v["config"])
+        services.job_validate_config(base_model=base, config=config)
+        est = services.job_estimate(owner=request.user, dataset=dataset, base_model=base, config=config)
+        return Response(EstimateOutput(est).data)

@@ -5,7 +5,7 @@ from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
 from jobs.models import BaseModel, Dataset
-from jobs.services import job_validate_config
+from jobs.services import job_estimate, job_validate_config
 from worker.config import BIAS_CHOICES, LR_SCHEDULERS, ConfigError, TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -91,6 +91,8 @@ class JobForm(forms.Form):
         self.fields["validation_dataset"].queryset = Dataset.objects.filter(owner=owner)
         self.config: TrainConfig | None = None
         self.validation: dict = {"kind": "none"}
+        self.owner = owner
+        self.estimate = None
 
     def clean(self):
         data = super().clean()
@@ -103,7 +105,14 @@ class JobForm(forms.Form):
         except ConfigError as exc:
             field = exc.field if exc.field in self.fields else None
             self.add_error(field, exc.message)
+            self.config = None
         self.validation = self._validation(data)
+        if self.config is not None and not self.errors:
+            self.estimate = job_estimate(owner=self.owner, dataset=data["dataset"], base_model=data["base_model"],
+                                         config=self.config)
+            if not self.estimate.fits:
+                self.add_error(None, "This job would not fit in memory (about "
+                                     f"{self.estimate.memory_mb:,.0f} MB needed). " + " ".join(self.estimate.advice))
         return data
 
     def _validation(self, data) -> dict:

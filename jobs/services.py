@@ -248,6 +248,25 @@ def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
     return {**record, "train_rows": len(train), "eval_rows": len(valid)}
 
 
+def job_estimate(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig):
+    """Pre-flight: exact trainable parameters, adapter size, memory and time, before anything runs."""
+    import os
+
+    from jobs.models import MetricPoint
+    from jobs.selectors import dataset_token_report
+    from worker.estimate import estimate
+
+    report = dataset_token_report(dataset=dataset, base_model=base_model, max_length=config.max_seq_length)
+    lengths = [min(n, config.max_seq_length) for n in report.lengths] or [config.max_seq_length]
+    measured = list(MetricPoint.objects.filter(
+        job__owner=owner, job__base_model=base_model, job__status=JobStatus.SUCCEEDED,
+        job__config__qlora=config.qlora, tokens_per_s__isnull=False).order_by("-id").values_list("tokens_per_s", flat=True)[:50])
+    tokens_per_s = sorted(measured)[len(measured) // 2] if measured else None
+    limit = settings.TRAIN_MEMORY_LIMIT_MB or (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20
+    return estimate(base_model.path, config, n_examples=max(1, dataset.rows), mean_tokens=sum(lengths) / len(lengths),
+                    device=settings.TRAIN_DEVICE, tokens_per_s=tokens_per_s, memory_limit_mb=limit)
+
+
 def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig, name: str = "",
                validation: dict | None = None) -> FineTuneJob:
     """Save a queued job (with its data snapshot) and hand it to the train queue on commit."""

@@ -16,6 +16,7 @@ urlpatterns = [
     path("jobs/", views.job_list, name="job-list"),
     path("jobs/new/", views.job_new, name="job-new"),
     path("jobs/compare/", views.runs_compare, name="runs-compare"),
+    path("jobs/estimate/", views.job_estimate, name="job-estimate"),
     path("jobs/<uuid:job_id>/", views.job_detail, name="job-detail"),
     path("jobs/<uuid:job_id>/events/", views.job_events, name="job-events"),
     path("jobs/<uuid:job_id>/cancel/", views.job_cancel, name="job-cancel"),

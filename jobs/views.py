@@ -199,6 +199,25 @@ def runs_compare(request):
         "series": [{"id": str(j.id), "label": j.name or j.short_id, "points": curves[str(j.id)]} for j in jobs]})
 
 
+def estimate_json(est) -> dict:
+    return {"trainable_params": est.trainable_params, "total_params": est.total_params,
+            "trainable_percent": est.trainable_percent, "adapter_mb": est.adapter_mb, "memory_mb": est.memory_mb,
+            "breakdown": est.breakdown, "steps": est.steps, "seconds": est.seconds, "fits": est.fits,
+            "advice": est.advice, "targets": est.targets, "memory_limit_mb": est.memory_limit_mb}
+
+
+@login_required
+@require_POST
+def job_estimate(request):
+    """The job form's pre-flight estimate, from the same form and validation (JSON)."""
+    form = JobForm(request.POST, owner=request.user)
+    valid = form.is_valid()
+    if form.estimate is not None:
+        return JsonResponse({"estimate": estimate_json(form.estimate), "errors": form.errors.get_json_data()},
+                            status=200 if valid else 400)
+    return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
+
+
 @login_required
 def job_detail(request, job_id):
     job = selectors.job_get(owner=request.user, job_id=job_id)

@@ -145,6 +145,7 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 TRAIN_DEVICE = env_str("TRAIN_DEVICE", "auto")
 TRAIN_THREADS = env_int("TRAIN_THREADS", 0)  # 0: torch's default
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
+TRAIN_MEMORY_LIMIT_MB = env_int("TRAIN_MEMORY_LIMIT_MB", 0)  # 0: this machine's RAM (or the GPU's memory)
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120)
 INFER_MAX_BASES = env_int("INFER_MAX_BASES", 1)
 DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM2-135M-Instruct")))

@@ -108,3 +108,14 @@ def test_merged_export_equals_the_adapted_model(api, user, dataset, base_model, 
             input_ids=ids).logits
     assert torch.allclose(merged, adapted, atol=1e-4)
     assert job.events.filter(kind="export", message="merged model ready").exists()
+
+
+def test_estimate_over_the_api(api, dataset, base_model):
+    body = {"dataset": str(dataset.id), "base_model": str(base_model.id), "config": {"rank": 4, "batch_size": 4}}
+    est = api.post("/api/v1/estimate/", body, format="json").json()
+    assert est["steps"] == 4 and est["trainable_params"] > 0 and est["targets"][0] == "self_attn.q_proj"
+    bad = api.post("/api/v1/estimate/", {**body, "config": {"rank": 0}}, format="json")
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "rank"
+    bad = api.post("/api/v1/estimate/", {**body, "config": {"target_preset": "custom", "target_modules": ["wq"]}},
+                   format="json")
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "target_modules"

@@ -285,3 +285,27 @@ def test_compare_runs_overlays_curves_of_your_own_jobs(client_in, user, other_us
     assert dict(response.context["rows"])["rank"] == [8, 16] or dict(response.context["rows"])["rank"] == [16, 8]
     client_in.force_login(other_user)
     assert client_in.get(f"/jobs/compare/?job={a.id}").context["jobs"] == []
+
+
+def test_estimate_before_submit_and_refusal_when_it_cannot_fit(client_in, user, base_model, dataset, settings):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from worker.modeling import get_peft_config
+
+    data = form_data(base_model, dataset)
+    response = client_in.post("/jobs/estimate/", data)
+    assert response.status_code == 200
+    est = response.json()["estimate"]
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model.path),
+                          get_peft_config(TrainConfig(rank=8, alpha=16, target_preset="all_linear"),
+                                          base_model.linear_modules))
+    assert est["trainable_params"] == peft.get_nb_trainable_parameters()[0]
+    assert est["fits"] and est["steps"] == 8
+
+    settings.TRAIN_MEMORY_LIMIT_MB = 0.01
+    response = client_in.post("/jobs/new/", data)
+    assert response.status_code == 400 and "This job would not fit in memory" in response.content.decode()
+    assert FineTuneJob.objects.count() == 0
+    bad = client_in.post("/jobs/estimate/", {**data, "rank": 0})
+    assert bad.status_code == 400 and "rank" in bad.json()["errors"]
