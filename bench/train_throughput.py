@@ -75,7 +75,7 @@ def run_engine(model_dir: str, steps: int) -> dict:
     tokens = {s: sum(len(examples[i].input_ids) for b in stream.for_step(s)[1] for i in b) for s in range(1, total + 1)}
     return {"tokens": sum(tokens[s] for s in range(2, steps + 1)),
             "seconds": reporter.times[steps] - reporter.times[1],
-            "final_loss": result.final_loss, "trainable": result.trainable_params}
+            "mean_loss": sum(reporter.losses().values()) / steps, "trainable": result.trainable_params}
 
 
 def run_baseline(model_dir: str, steps: int) -> dict:
@@ -101,7 +101,7 @@ def run_baseline(model_dir: str, steps: int) -> dict:
 
     class Clock(TrainerCallback):
         times: list[float] = []
-        loss: float | None = None
+        loss: float | None = None  # with logging_steps == max_steps: the mean loss over the run
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter())
@@ -124,7 +124,7 @@ def run_baseline(model_dir: str, steps: int) -> dict:
                 callbacks=[clock]).train()
     assert len(clock.times) == steps and len(counted) >= steps, (len(clock.times), len(counted))
     return {"tokens": sum(counted[1:steps]), "seconds": clock.times[-1] - clock.times[0],
-            "final_loss": clock.loss, "trainable": trainable}
+            "mean_loss": clock.loss, "trainable": trainable}
 
 
 def child(variant: str, model_dir: str, steps: int, threads: int | None) -> None:
@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     model_dir = ensure_model(Path(a.model))
+    if os.getloadavg()[0] > 1.5:
+        print(f"warning: 1-min load average is {os.getloadavg()[0]:.2f}; the figures will be noisy", flush=True)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
     if a.threads:
         env["OMP_NUM_THREADS"] = str(a.threads)
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, __file__, "--variant", variant, "--model", str(model_dir), "--steps", str(a.steps)]
         if a.threads:
             cmd += ["--threads", str(a.threads)]
+        load_before = os.getloadavg()[0]
         started = time.monotonic()
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -185,15 +188,17 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results[variant] = json.loads(line[7:])
         results[variant]["wall_s"] = time.monotonic() - started
+        results[variant]["load"] = (load_before, os.getloadavg()[0])
 
     print(f"model {model_dir.name}, data {DATA.name}, {a.steps} steps, torch threads "
           f"{results['engine']['threads']}, batch/max_len/lr from TrainConfig defaults")
     print(f"{'variant':<10}{'tokens/s':>10}{'tokens':>9}{'seconds':>9}{'peak RSS MB':>13}{'growth MB':>11}"
-          f"{'final loss':>12}{'wall s':>8}")
+          f"{'mean loss':>11}{'wall s':>8}  1-min load before/after")
     for v, r in results.items():
         growth = r["peak_rss_mb"] - r["rss_after_imports_mb"]
         print(f"{v:<10}{r['tokens_per_s']:>10.1f}{r['tokens']:>9}{r['seconds']:>9.1f}{r['peak_rss_mb']:>13.0f}"
-              f"{growth:>11.0f}{r['final_loss']:>12.4f}{r['wall_s']:>8.0f}")
+              f"{growth:>11.0f}{r['mean_loss']:>11.4f}{r['wall_s']:>8.0f}  "
+              f"{r['load'][0]:.2f}/{r['load'][1]:.2f}")
     e, b = results["engine"], results["baseline"]
     print(f"engine/baseline tokens/s: {e['tokens_per_s'] / b['tokens_per_s']:.2f}x (target >= 1.3x)")
     print(f"engine/baseline peak RSS: {e['peak_rss_mb'] / b['peak_rss_mb']:.2f}x "

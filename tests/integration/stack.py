@@ -144,9 +144,9 @@ class Stack:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}\n{self.logs()}")
             try:
-                requests.get(self.url + "/accounts/login/", timeout=2)
+                requests.get(self.url + "/accounts/login/", timeout=10)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 time.sleep(0.3)
         raise RuntimeError(f"web server did not start\n{self.logs()}")
 

@@ -1,4 +1,5 @@
 """Pre-flight estimate: counts equal PEFT's own on the real model; memory arithmetic; rsLoRA; DoRA."""
+import json
 import math
 import shutil
 
@@ -51,7 +52,8 @@ def test_estimate_reads_no_weights(tiny_llama, tmp_path):
 
 def test_memory_breakdown_follows_the_documented_formula(tiny_llama):
     # Tiny Llama: h=64, i=128, 2 layers, vocab = len(tokenizer).
-    cfg = TrainConfig(rank=8, batch_size=4, max_seq_length=32)
+    shape = dict(rank=8, batch_size=4, max_seq_length=32)
+    cfg = TrainConfig(**shape, dropout=0.0)
     est = estimate(str(tiny_llama), cfg, n_examples=10, mean_tokens=20)
     b = est.breakdown
     assert set(b) == {"base_weights", "lora_training", "activations", "logits", "overhead"}
@@ -61,15 +63,25 @@ def test_memory_breakdown_follows_the_documented_formula(tiny_llama):
     assert b["lora_training"] == pytest.approx(est.trainable_params * 16 / MIB)  # p + grad + 2 AdamW, fp32
     tokens = 4 * 32
     assert b["activations"] == pytest.approx(tokens * 2 * (6 * 64 + 4 * 128) * 4 / MIB)
+    assert b["logits"] == pytest.approx(tokens * est_vocab(tiny_llama) * 4 * 2 / MIB)
 
-    ckpt = estimate(str(tiny_llama), TrainConfig(rank=8, batch_size=4, max_seq_length=32, gradient_checkpointing=True),
+    # LoRA dropout keeps the dropped-out input and its mask of q, k, v, o (64 features each) per layer.
+    dropped = estimate(str(tiny_llama), TrainConfig(**shape, dropout=0.1), n_examples=10, mean_tokens=20)
+    assert dropped.breakdown["activations"] - b["activations"] == pytest.approx(tokens * 2 * (2 * 4 * 64) * 4 / MIB)
+
+    ckpt = estimate(str(tiny_llama), TrainConfig(**shape, dropout=0.0, gradient_checkpointing=True),
                     n_examples=10, mean_tokens=20)
     assert ckpt.breakdown["activations"] == pytest.approx(tokens * (2 * 64 + 6 * 64 + 4 * 128) * 4 / MIB)
     assert ckpt.breakdown["activations"] < b["activations"]
 
     cuda = estimate(str(tiny_llama), cfg, n_examples=10, mean_tokens=20, device="cuda")
     assert cuda.breakdown["base_weights"] == pytest.approx(b["base_weights"] / 2)  # bf16
+    assert cuda.breakdown["activations"] == pytest.approx(b["activations"] / 2)
     assert cuda.breakdown["lora_training"] == b["lora_training"]  # adapters stay fp32
+
+
+def est_vocab(model_dir):
+    return json.loads((model_dir / "config.json").read_text())["vocab_size"]
 
 
 def test_qlora_weights_are_about_half_a_byte_per_linear_weight(tiny_llama):
