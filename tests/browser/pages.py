@@ -8,21 +8,3 @@ def sign_in(page, stack, username: str) -> None:
     page.fill("#id_password", f"pw-{username}-123")
     page.click("button[type=submit]")
     page.wait_for_url("**/jobs/")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, tmp_path):
-    context = browser.new_context(accept_downloads=True)
-    page = context.new_page()
-    yield page
-    context.close()
