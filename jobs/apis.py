@@ -244,25 +244,25 @@ class JobDetailApi(APIView):
         return Response(JobOutput(selectors.job_get(owner=request.user, job_id=job_id)).data)
 
 
-class JobCancelApi(APIView):
+class JobActionApi(APIView):
+    """POST with no body: one state change of a job (the subclass names the service)."""
+
     @extend_schema(request=None, responses={200: JobOutput, **error_responses(404, 409)})
     def post(self, request, job_id):
-        job = services.job_cancel(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
+        job = self.service(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
         return Response(JobOutput(job).data)
 
 
-class JobPauseApi(APIView):
-    @extend_schema(request=None, responses={200: JobOutput, **error_responses(404, 409)})
-    def post(self, request, job_id):
-        job = services.job_pause(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
-        return Response(JobOutput(job).data)
+class JobCancelApi(JobActionApi):
+    service = staticmethod(services.job_cancel)
 
 
-class JobResumeApi(APIView):
-    @extend_schema(request=None, responses={200: JobOutput, **error_responses(404, 409)})
-    def post(self, request, job_id):
-        job = services.job_resume(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
-        return Response(JobOutput(job).data)
+class JobPauseApi(JobActionApi):
+    service = staticmethod(services.job_pause)
+
+
+class JobResumeApi(JobActionApi):
+    service = staticmethod(services.job_resume)
 
 
 class JobRetryApi(APIView):
