@@ -6,7 +6,7 @@ from django.contrib.auth.forms import UserCreationForm
 
 from jobs.models import BaseModel, Dataset
 from jobs.services import job_estimate, job_validate_config
-from worker.config import BIAS_CHOICES, LR_SCHEDULERS, ConfigError, TrainConfig
+from worker.config import BIAS_CHOICES, LR_SCHEDULERS, PRESETS, ConfigError, TrainConfig
 
 DEFAULTS = TrainConfig()
 TARGET_CHOICES = [
@@ -18,7 +18,16 @@ TARGET_CHOICES = [
 VALIDATION_CHOICES = [("split", "Split off part of the dataset"), ("dataset", "Another dataset"), ("none", "None")]
 CONFIG_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "epochs",
                  "learning_rate", "batch_size", "grad_accum", "max_seq_length", "warmup_ratio", "lr_scheduler",
-                 "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing")
+                 "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing",
+                 "init_lora_weights", "modules_to_save", "optimizer", "packing", "max_grad_norm", "eval_every",
+                 "save_every", "early_stopping_patience", "early_stopping_threshold", "keep_best")
+PRESET_CHOICES = [("", "Custom (as set below)"),
+                  ("quick", "Quick: rank 8 on attention, 1 epoch, lr 2e-3"),
+                  ("balanced", "Balanced: rank 16 on attention, 2 epochs, lr 1e-3"),
+                  ("quality", "Quality: rank 16 on all linear layers, 3 epochs, lr 5e-4 cosine")]
+INIT_CHOICES = [("default", "Default (A random, B zero)"), ("gaussian", "Gaussian"),
+                ("pissa", "PiSSA (principal singular vectors; 16-bit base only)")]
+OPTIMIZER_CHOICES = [("adamw", "AdamW"), ("paged_adamw_8bit", "Paged 8-bit AdamW (CUDA only)")]
 
 
 class UploadForm(forms.Form):
@@ -58,6 +67,8 @@ class JobForm(forms.Form):
     name = forms.CharField(max_length=200, required=False)
     base_model = forms.ModelChoiceField(queryset=BaseModel.objects.none(), empty_label=None)
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), empty_label=None)
+    preset = forms.ChoiceField(choices=PRESET_CHOICES, required=False, initial="balanced",
+                               help_text="fills the fields below; change any of them afterwards")
     rank = forms.IntegerField(initial=DEFAULTS.rank, help_text="LoRA rank r; 8-16 is usual")
     alpha = forms.FloatField(initial=DEFAULTS.alpha, help_text="scale is alpha / r; 2 x rank is usual")
     dropout = forms.FloatField(initial=DEFAULTS.dropout)
@@ -78,6 +89,25 @@ class JobForm(forms.Form):
     use_dora = forms.BooleanField(required=False, label="DoRA")
     bias = forms.ChoiceField(choices=[(b, b) for b in BIAS_CHOICES], initial=DEFAULTS.bias)
     gradient_checkpointing = forms.BooleanField(required=False)
+    init_lora_weights = forms.ChoiceField(choices=INIT_CHOICES, required=False, initial=DEFAULTS.init_lora_weights, label="LoRA init")
+    modules_to_save = forms.CharField(required=False, label="Also train in full",
+                                      help_text="comma-separated whole modules saved with the adapter, "
+                                                "e.g. lm_head, embed_tokens (large)")
+    optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES, required=False, initial=DEFAULTS.optimizer)
+    packing = forms.BooleanField(required=False, label="Packing (no padding; examples kept apart by the mask)")
+    max_grad_norm = forms.FloatField(required=False, initial=DEFAULTS.max_grad_norm, label="Gradient clipping (max norm, 0 = off)")
+    eval_every = forms.IntegerField(required=False, initial=DEFAULTS.eval_every, label="Evaluate every N steps",
+                                    help_text="0: about ten evaluations per run")
+    save_every = forms.IntegerField(required=False, initial=DEFAULTS.save_every, label="Checkpoint every N steps")
+    early_stopping_patience = forms.IntegerField(required=False, initial=DEFAULTS.early_stopping_patience,
+                                                 label="Early stopping patience",
+                                                 help_text="stop after this many evaluations without a better "
+                                                           "eval loss; 0 = off")
+    early_stopping_threshold = forms.FloatField(required=False, initial=DEFAULTS.early_stopping_threshold,
+                                                label="Early stopping threshold",
+                                                help_text="how much lower an eval loss must be to count")
+    keep_best = forms.BooleanField(required=False, initial=DEFAULTS.keep_best, label="Keep the best checkpoint",
+                                   help_text="export the adapter with the lowest eval loss, not the last one")
     validation = forms.ChoiceField(choices=VALIDATION_CHOICES, initial="split", label="Validation set")
     validation_percent = forms.FloatField(initial=10, required=False, label="Validation %")
     validation_seed = forms.IntegerField(initial=42, required=False, label="Split seed")
@@ -93,12 +123,14 @@ class JobForm(forms.Form):
         self.validation: dict = {"kind": "none"}
         self.owner = owner
         self.estimate = None
+        self.presets = PRESETS
 
     def clean(self):
         data = super().clean()
         if self.errors:
             return data
-        values = {k: data[k] for k in CONFIG_FIELDS if k in data}
+        # A left-empty optional field keeps its default.
+        values = {k: data[k] for k in CONFIG_FIELDS if k in data and data[k] not in (None, "")}
         try:
             self.config = TrainConfig.from_dict(values)
             job_validate_config(base_model=data["base_model"], config=self.config)

@@ -114,14 +114,20 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
     return None
 
 
-def load_checkpoint(ckpt: Checkpoint, *, model, optimizer, scheduler) -> None:
-    """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint."""
-    import torch
+def load_adapter_weights(model, folder: Path) -> None:
+    """Put the adapter weights saved in `folder` (safetensors) into the PEFT model."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(ckpt.path / "adapter_model.safetensors"))
-    set_peft_model_state_dict(model, weights)
+    set_peft_model_state_dict(model, load_file(str(Path(folder) / "adapter_model.safetensors")))
+
+
+def load_checkpoint(ckpt: Checkpoint, *, model, optimizer, scheduler) -> None:
+    """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint."""
+    import torch
+    from safetensors.torch import load_file
+
+    load_adapter_weights(model, ckpt.path)
     device = next(p for p in model.parameters() if p.requires_grad).device
     tensors = {k: v.to(device) if not k.endswith(".step") else v for k, v in load_file(str(ckpt.path / "optimizer.safetensors")).items()}
     optimizer.load_state_dict(_optimizer_state_dict(tensors, ckpt.state["optimizer"]))

@@ -14,6 +14,8 @@ from typing import Any
 TARGET_PRESETS = ("attention", "mlp", "all_linear", "custom")
 LR_SCHEDULERS = ("linear", "cosine", "constant")
 BIAS_CHOICES = ("none", "lora_only", "all")
+INIT_CHOICES = ("default", "gaussian", "pissa")
+OPTIMIZERS = ("adamw", "paged_adamw_8bit")
 MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -39,6 +41,18 @@ def _check_range(name: str, value: Any, *, low: float, high: float, integer: boo
         raise ConfigError(name, f"must be in {lo}{low:g}, {high:g}], got {value!r}")
 
 
+def _module_names(name: str, modules: Any) -> tuple[str, ...]:
+    """A list of module names from a list or a comma/newline separated string."""
+    if isinstance(modules, str):
+        modules = [m.strip() for m in modules.replace("\n", ",").split(",") if m.strip()]
+    elif not isinstance(modules, (list, tuple)):
+        raise ConfigError(name, f"must be a list of module names, got {modules!r}")
+    for m in modules:
+        if not isinstance(m, str) or not MODULE_NAME_RE.match(m):
+            raise ConfigError(name, f"{m!r} is not a valid module name (letters, digits, _)")
+    return tuple(modules)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every hyperparameter of one LoRA / QLoRA fine-tuning job."""
@@ -52,6 +66,8 @@ class TrainConfig:
     use_rslora: bool = False
     use_dora: bool = False
     bias: str = "none"
+    init_lora_weights: str = "default"  # default (B = 0, A Kaiming) | gaussian | pissa (principal singular vectors)
+    modules_to_save: tuple[str, ...] = ()  # trained in full and saved with the adapter, e.g. lm_head
     # Quantisation
     qlora: bool = False
     gradient_checkpointing: bool = False
@@ -67,10 +83,15 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_steps: int = 0  # 0: run `epochs` epochs
     seed: int = 42
+    optimizer: str = "adamw"  # adamw | paged_adamw_8bit (bitsandbytes, CUDA only)
+    packing: bool = False  # several examples per row, attention kept inside each (block-diagonal mask)
     # Checkpoints and evaluation
     save_every: int = 50
     eval_every: int = 0  # 0: about ten evaluations per run (when there is a validation set)
     final_eval: bool = True  # base vs adapted on the validation split when training ends
+    early_stopping_patience: int = 0  # stop after this many evaluations without improvement; 0 = off
+    early_stopping_threshold: float = 0.0  # an eval loss must beat the best by more than this to count
+    keep_best: bool = True  # the exported adapter is the one with the lowest eval loss
 
     def __post_init__(self) -> None:
         _check_range("rank", self.rank, low=1, high=1024, integer=True)
@@ -78,26 +99,27 @@ class TrainConfig:
         _check_range("dropout", self.dropout, low=0, high=0.9)
         if self.target_preset not in TARGET_PRESETS:
             raise ConfigError("target_preset", f"must be one of {', '.join(TARGET_PRESETS)}, got {self.target_preset!r}")
-        modules = self.target_modules
-        if isinstance(modules, str):
-            modules = tuple(m.strip() for m in modules.replace("\n", ",").split(",") if m.strip())
-        elif isinstance(modules, (list, tuple)):
-            modules = tuple(modules)
-        else:
-            raise ConfigError("target_modules", f"must be a list of module names, got {modules!r}")
-        for m in modules:
-            if not isinstance(m, str) or not MODULE_NAME_RE.match(m):
-                raise ConfigError("target_modules", f"{m!r} is not a valid module name (letters, digits, _)")
+        modules = _module_names("target_modules", self.target_modules)
         object.__setattr__(self, "target_modules", modules)
+        object.__setattr__(self, "modules_to_save", _module_names("modules_to_save", self.modules_to_save))
         if self.target_preset == "custom" and not modules:
             raise ConfigError("target_modules", "list at least one module name when target layers is 'custom'")
         if self.target_preset != "custom" and modules:
             raise ConfigError("target_modules", "only allowed when target layers is 'custom'")
-        for name in ("use_rslora", "use_dora", "qlora", "gradient_checkpointing", "final_eval"):
+        for name in ("use_rslora", "use_dora", "qlora", "gradient_checkpointing", "final_eval", "packing",
+                     "keep_best"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.bias not in BIAS_CHOICES:
             raise ConfigError("bias", f"must be one of {', '.join(BIAS_CHOICES)}, got {self.bias!r}")
+        if self.init_lora_weights not in INIT_CHOICES:
+            raise ConfigError("init_lora_weights",
+                              f"must be one of {', '.join(INIT_CHOICES)}, got {self.init_lora_weights!r}")
+        if self.init_lora_weights == "pissa" and self.qlora:
+            raise ConfigError("init_lora_weights", "PiSSA rewrites the base weights and needs the 16-bit base; "
+                                                   "turn QLoRA off or use the default init")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _check_range("epochs", self.epochs, low=0, high=100, low_inclusive=False)
         _check_range("learning_rate", self.learning_rate, low=0, high=1, low_inclusive=False)
         _check_range("batch_size", self.batch_size, low=1, high=1024, integer=True)
@@ -112,6 +134,8 @@ class TrainConfig:
         _check_range("seed", self.seed, low=0, high=2**32 - 1, integer=True)
         _check_range("save_every", self.save_every, low=1, high=10_000_000, integer=True)
         _check_range("eval_every", self.eval_every, low=0, high=10_000_000, integer=True)
+        _check_range("early_stopping_patience", self.early_stopping_patience, low=0, high=1000, integer=True)
+        _check_range("early_stopping_threshold", self.early_stopping_threshold, low=0, high=100)
 
     @property
     def scaling(self) -> float:
@@ -121,18 +145,42 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["target_modules"] = list(self.target_modules)
+        data["modules_to_save"] = list(self.modules_to_save)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Build from JSON-like data; unknown keys are an error naming the key."""
+        """Build from JSON-like data; unknown keys are an error naming the key.
+
+        `preset` (quick / balanced / quality) fills the values it defines; keys given next to it win.
+        """
         if not isinstance(data, dict):
             raise ConfigError("config", f"must be an object, got {type(data).__name__}")
+        if "preset" in data:
+            data = dict(data)
+            preset = data.pop("preset")
+            if preset not in PRESETS:
+                raise ConfigError("preset", f"must be one of {', '.join(PRESETS)}, got {preset!r}")
+            data = {**PRESETS[preset], **data}
         known = {f.name for f in dataclasses.fields(cls)}
         for key in data:
             if key not in known:
                 raise ConfigError(str(key), f"unknown field; allowed: {', '.join(sorted(known))}")
         return cls(**data)
+
+
+# Starting points; every value can still be changed. Alpha is 2 x rank throughout (the usual guidance).
+PRESETS: dict[str, dict[str, Any]] = {
+    # A first look in minutes: rank 8 on attention, one epoch, a higher learning rate.
+    "quick": {"rank": 8, "alpha": 16, "dropout": 0.05, "target_preset": "attention", "epochs": 1,
+              "learning_rate": 2e-3, "lr_scheduler": "linear", "use_rslora": False},
+    # The defaults: rank 16 on attention, two epochs.
+    "balanced": {"rank": 16, "alpha": 32, "dropout": 0.05, "target_preset": "attention", "epochs": 2,
+                 "learning_rate": 1e-3, "lr_scheduler": "linear", "use_rslora": False},
+    # Every Linear layer, three epochs, a lower learning rate with a cosine decay.
+    "quality": {"rank": 16, "alpha": 32, "dropout": 0.05, "target_preset": "all_linear", "epochs": 3,
+                "learning_rate": 5e-4, "lr_scheduler": "cosine", "use_rslora": False},
+}
 
 
 def config_fields() -> list[dataclasses.Field]:

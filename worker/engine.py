@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from worker.checkpoint import (atomic_dir, latest_checkpoint, load_adapter_weights, load_checkpoint,
+                               prune_checkpoints, save_checkpoint)
 from worker.config import TrainConfig, TrainSpec
 from worker.data import IGNORE_INDEX, TokenizedExample, read_normalized_jsonl, tokenize_examples
 from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
@@ -60,6 +61,9 @@ class TrainResult:
     trainable_params: int = 0
     total_params: int = 0
     seconds: float = 0.0
+    best_step: int | None = None  # the step whose adapter was kept (lowest eval loss), when keep_best
+    best_eval_loss: float | None = None
+    stopped_early: bool = False
     model: Any = field(default=None, repr=False)  # the trained PEFT model, for evaluation right away
 
 
@@ -126,7 +130,16 @@ class MicroBatchStream:
         return epoch, batches[within * acc:(within + 1) * acc]
 
 
-def collate(examples: list[TokenizedExample], pad_id: int, device):
+@dataclass
+class Batch:
+    ids: Any
+    labels: Any
+    attention_mask: Any  # (rows, width) padding mask, or (1, 1, L, L) block-diagonal causal mask
+    position_ids: Any = None
+    tokens: int = 0  # real (non-padding) tokens
+
+
+def collate(examples: list[TokenizedExample], pad_id: int, device) -> Batch:
     """Right-pad a micro-batch to its own longest example."""
     import torch
 
@@ -139,10 +152,34 @@ def collate(examples: list[TokenizedExample], pad_id: int, device):
         ids[row, :n] = torch.tensor(e.input_ids)
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
-    return ids.to(device), labels.to(device), mask.to(device)
+    return Batch(ids.to(device), labels.to(device), mask.to(device), None, int(mask.sum()))
 
 
-def summed_token_loss(peft_model, ids, labels, mask):
+def collate_packed(examples: list[TokenizedExample], device) -> Batch:
+    """All examples of a micro-batch in one row, no padding, each attending only to itself.
+
+    Position ids restart at every example and the attention mask is block-diagonal and causal:
+    position ids alone would let SDPA attend across examples. The first token of each example
+    gets no label, so no example is trained to predict the next example's first token.
+    """
+    import torch
+
+    ids = torch.tensor([t for e in examples for t in e.input_ids], dtype=torch.long)
+    labels = torch.tensor([IGNORE_INDEX if i == 0 else t for e in examples for i, t in enumerate(e.labels)],
+                          dtype=torch.long)
+    segment = torch.cat([torch.full((len(e.input_ids),), k) for k, e in enumerate(examples)])
+    positions = torch.cat([torch.arange(len(e.input_ids)) for e in examples])
+    n = ids.numel()
+    allowed = (segment[:, None] == segment[None, :]) & torch.ones(n, n, dtype=torch.bool).tril()
+    return Batch(ids[None].to(device), labels[None].to(device), allowed[None, None].to(device),
+                 positions[None].to(device), n)
+
+
+def make_batch(examples: list[TokenizedExample], pad_id: int, device, packing: bool) -> Batch:
+    return collate_packed(examples, device) if packing else collate(examples, pad_id, device)
+
+
+def summed_token_loss(peft_model, batch: Batch):
     """Sum of next-token cross-entropy over labelled positions, with logits computed only there.
 
     The LM head runs on the hidden states of labelled positions alone: for chat data most
@@ -153,12 +190,15 @@ def summed_token_loss(peft_model, ids, labels, mask):
     causal = peft_model.get_base_model()
     backbone = getattr(causal, causal.base_model_prefix, None)
     head = causal.get_output_embeddings()
-    targets = labels[:, 1:]
+    targets = batch.labels[:, 1:]
     keep = targets != IGNORE_INDEX
+    inputs = {"input_ids": batch.ids, "attention_mask": batch.attention_mask}
+    if batch.position_ids is not None:
+        inputs["position_ids"] = batch.position_ids
     if backbone is None or head is None or getattr(causal.config, "final_logit_softcapping", None):
-        logits = peft_model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
+        logits = peft_model(**inputs).logits[:, :-1][keep]
     else:
-        hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = backbone(**inputs).last_hidden_state
         logits = head(hidden[:, :-1][keep])
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
 
@@ -174,7 +214,7 @@ def evaluate(model, examples: list[TokenizedExample], batch_size: int, pad_id: i
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             batch = [examples[i] for i in order[start:start + batch_size]]
-            loss_sum, n = summed_token_loss(model, *collate(batch, pad_id, device))
+            loss_sum, n = summed_token_loss(model, collate(batch, pad_id, device))
             total += loss_sum.item()
             count += n
     if was_training:
@@ -184,6 +224,76 @@ def evaluate(model, examples: list[TokenizedExample], batch_size: int, pad_id: i
 
 def eval_interval(cfg: TrainConfig, total_steps: int) -> int:
     return cfg.eval_every or max(1, total_steps // 10)
+
+
+@dataclass
+class BestTracker:
+    """The lowest eval loss so far and early stopping: patience counts evaluations, not steps."""
+
+    patience: int = 0
+    threshold: float = 0.0
+    best_loss: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+
+    def update(self, step: int, eval_loss: float) -> bool:
+        """Record an evaluation; True when it is a new best."""
+        if self.best_loss is None or eval_loss < self.best_loss - self.threshold:
+            self.best_loss, self.best_step, self.bad_evals = eval_loss, step, 0
+            return True
+        self.bad_evals += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_evals >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best_loss": self.best_loss, "best_step": self.best_step, "bad_evals": self.bad_evals}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.best_loss = state.get("best_loss")
+        self.best_step = state.get("best_step")
+        self.bad_evals = int(state.get("bad_evals", 0))
+
+
+def build_optimizer(params, cfg: TrainConfig, device):
+    """AdamW, or bitsandbytes' paged 8-bit AdamW on CUDA (a quarter of the optimizer memory)."""
+    import torch
+
+    if cfg.optimizer == "paged_adamw_8bit":
+        if not device.is_cuda:
+            raise TrainingError("The paged 8-bit AdamW optimizer needs a CUDA GPU and this worker has none; "
+                                "retry with optimizer adamw.")
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def peak_memory_mb(device) -> float:
+    """Peak GPU memory allocated on CUDA, else the process's peak resident memory."""
+    import torch
+
+    if device.is_cuda:
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save_adapter(model, tokenizer, folder: Path, init_dir: Path | None) -> None:
+    """Write the adapter (plus tokenizer) atomically; a PiSSA adapter is converted to plain LoRA.
+
+    PiSSA trains on a residual base (W minus its principal components); converting against the
+    initial adapter gives a rank-2r LoRA that applies to the original, unmodified base.
+    """
+    with atomic_dir(folder) as tmp:
+        if init_dir is not None:
+            model.save_pretrained(tmp, path_initial_model_for_weight_conversion=str(init_dir))
+        else:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop) -> TrainResult:
@@ -216,19 +326,33 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
     model, targets = build_peft_model(model, cfg)
     trainable, total_params = model.get_nb_trainable_parameters()
     reporter.event("setup", f"LoRA on {', '.join(targets)}: {trainable:,} trainable of {total_params:,} parameters")
+    init_dir = None
+    if cfg.init_lora_weights == "pissa":
+        # The adapter as initialised, before any step: needed to convert the result to plain LoRA.
+        init_dir = out / "initial-adapter"
+        if not (init_dir / "adapter_model.safetensors").is_file():
+            with atomic_dir(init_dir) as tmp:
+                model.save_pretrained(tmp)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(params, cfg, device)
     warmup = int(round(cfg.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, total_steps, warmup, cfg.lr_scheduler))
 
+    best = BestTracker(cfg.early_stopping_patience, cfg.early_stopping_threshold)
+    best_dir = out / "best-adapter"
     start_step = 0
     ckpt = latest_checkpoint(ckpt_root)
     if ckpt is not None:
         load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        best.restore(ckpt.state.get("best", {}))
         start_step = ckpt.step
         reporter.event("resume", f"resumed from checkpoint at step {start_step}")
+
+    def checkpoint(at: int) -> None:
+        save_checkpoint(ckpt_root, step=at, model=model, optimizer=optimizer, scheduler=scheduler,
+                        extra={"total_steps": total_steps, "best": best.state()})
 
     # --- loop ---------------------------------------------------------------------------
     model.train()
@@ -237,13 +361,13 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
     tokens_seen = 0
     loop_started = time.monotonic()
     step = start_step
+    stopped_early = False
     try:
         while step < total_steps:
             request = should_stop()
             if request in ("cancel", "pause"):
                 if request == "pause" and step > start_step:
-                    save_checkpoint(ckpt_root, step=step, model=model, optimizer=optimizer,
-                                    scheduler=scheduler, extra={"total_steps": total_steps})
+                    checkpoint(step)
                 reporter.event(request, f"stopped before step {step + 1}")
                 return TrainResult("cancelled" if request == "cancel" else "paused", step, total_steps,
                                    loss_value, None, targets, trainable, total_params,
@@ -254,13 +378,13 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
             n_label = sum(examples[i].trained_tokens for batch in micro for i in batch)
             step_loss = 0.0
             step_tokens = 0
-            for batch in micro:
-                ids, labels, mask = collate([examples[i] for i in batch], pad_id, device.device)
-                loss_sum, _ = summed_token_loss(model, ids, labels, mask)
+            for indices in micro:
+                batch = make_batch([examples[i] for i in indices], pad_id, device.device, cfg.packing)
+                loss_sum, _ = summed_token_loss(model, batch)
                 # Normalise by the trained tokens of the whole accumulated step, not per micro-batch.
                 (loss_sum / max(1, n_label)).backward()
                 step_loss += loss_sum.item()
-                step_tokens += int(mask.sum())
+                step_tokens += batch.tokens
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -280,24 +404,43 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
             }
             if grad_norm is not None:
                 metrics["grad_norm"] = float(grad_norm)
-            if device.is_cuda:
-                metrics["memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            metrics["memory_mb"] = peak_memory_mb(device)
             if eval_examples and (step % every == 0 or step == total_steps):
                 metrics["eval_loss"] = evaluate(model, eval_examples, cfg.batch_size, pad_id, device.device)
+                if best.update(step, metrics["eval_loss"]):
+                    metrics["best"] = True
+                    if cfg.keep_best:
+                        with atomic_dir(best_dir) as tmp:
+                            model.save_pretrained(tmp)
             reporter.log(step, metrics)
+            if best.should_stop and step < total_steps:
+                reporter.event("early_stop", f"stopped at step {step}: no eval-loss improvement in "
+                                             f"{best.bad_evals} evaluations (best {best.best_loss:.4f} "
+                                             f"at step {best.best_step})")
+                stopped_early = True
+                break
             if step % cfg.save_every == 0 and step < total_steps:
-                save_checkpoint(ckpt_root, step=step, model=model, optimizer=optimizer,
-                                scheduler=scheduler, extra={"total_steps": total_steps})
+                checkpoint(step)
                 prune_checkpoints(ckpt_root)
     except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
         raise TrainingError(ADVICE_OOM) from exc
 
     # --- save -----------------------------------------------------------------------------
+    kept_step = step
+    if cfg.keep_best and best.best_step is not None and best.best_step != step and best_dir.is_dir():
+        load_adapter_weights(model, best_dir)
+        kept_step = best.best_step
+        reporter.event("best", f"kept the adapter from step {kept_step} (lowest eval loss "
+                               f"{best.best_loss:.4f}), not the last step {step}")
     adapter_dir = out / "adapter"
-    with atomic_dir(adapter_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    reporter.event("saved", "adapter saved")
+    save_adapter(model, tokenizer, adapter_dir, init_dir)
+    reporter.event("saved", "adapter saved" + (" (PiSSA converted to plain LoRA for the original base)"
+                                               if init_dir else ""))
+    if init_dir is not None:
+        # PiSSA rewrote the base in memory; evaluate what users get: the original base + the converted adapter.
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_base_model(spec.base_model_path, device), str(adapter_dir))
     model.eval()
     if spec.eval_dataset_path and cfg.final_eval:
         from worker.evaluation import evaluate_adapter
@@ -307,4 +450,5 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
                                       max_seq_length=cfg.max_seq_length, device=device.device)
         (out / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
     return TrainResult("succeeded", step, total_steps, loss_value, str(adapter_dir), targets,
-                       trainable, total_params, time.monotonic() - started, model)
+                       trainable, total_params, time.monotonic() - started,
+                       kept_step if best.best_step is not None else None, best.best_loss, stopped_early, model)

@@ -30,6 +30,8 @@ not exact):
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass, field, replace
 
@@ -88,7 +90,8 @@ def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
     from transformers.pytorch_utils import Conv1D
 
     from worker.modeling import get_peft_config, quiet_transformers
-    from worker.targets import OUTPUT_LAYERS, linear_module_suffixes, resolve_targets
+    from worker.targets import (OUTPUT_LAYERS, linear_module_suffixes, resolve_modules_to_save, resolve_targets,
+                                saveable_modules)
 
     quiet_transformers()
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=False)
@@ -100,9 +103,12 @@ def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
             if isinstance(module, (torch.nn.Linear, Conv1D)) and path.split(".")[-1] not in OUTPUT_LAYERS:
                 quantizable += module.weight.numel()
         targets = resolve_targets(linear_module_suffixes(model), cfg.target_preset, cfg.target_modules)
+        resolve_modules_to_save(saveable_modules(model), cfg.modules_to_save)
         for p in model.parameters():
             p.requires_grad_(False)
-        peft_model = get_peft_model(model, get_peft_config(cfg, targets))
+        # The init changes values, not shapes; PiSSA's SVD cannot run on meta tensors.
+        shape_cfg = dataclasses.replace(cfg, init_lora_weights="default")
+        peft_model = get_peft_model(model, get_peft_config(shape_cfg, targets))
     trainable, total = peft_model.get_nb_trainable_parameters()
     from peft.tuners.lora import LoraLayer
 
@@ -115,6 +121,10 @@ def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
                    adapted_inputs=adapted_inputs,
                    hidden=hidden, intermediate=inter, layers=layers, vocab=vocab)
     return shape, targets
+
+
+# fp32 weight + gradient + two AdamW moments; the 8-bit optimizer keeps each moment in one byte.
+TRAINING_BYTES_PER_PARAM = {"adamw": 16, "paged_adamw_8bit": 10}
 
 
 def _trainable(shape: _Shape, cfg: TrainConfig, built_rank: int) -> int:
@@ -139,7 +149,7 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dic
         values += tokens * 2 * shape.adapted_inputs * kept_layers // shape.layers
     return {
         "base_weights": weights / MIB,
-        "lora_training": trainable * 16 / MIB,
+        "lora_training": trainable * TRAINING_BYTES_PER_PARAM[cfg.optimizer] / MIB,
         "activations": values * compute_bytes / MIB,
         "logits": tokens * shape.vocab * 4 * 2 / MIB,
         "overhead": OVERHEAD_MB["cpu" if device == "cpu" else "cuda"],

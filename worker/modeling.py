@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from worker.config import ConfigError, TrainConfig
-from worker.targets import linear_module_suffixes, resolve_targets
+from worker.targets import linear_module_suffixes, resolve_modules_to_save, resolve_targets, saveable_modules
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ def get_quantization_config(cfg: TrainConfig, device: DeviceChoice):
     )
 
 
+INIT_LORA_WEIGHTS = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}
+
+
 def get_peft_config(cfg: TrainConfig, targets: list[str]):
     from peft import LoraConfig
 
@@ -77,6 +80,8 @@ def get_peft_config(cfg: TrainConfig, targets: list[str]):
         bias=cfg.bias,
         use_rslora=cfg.use_rslora,
         use_dora=cfg.use_dora,
+        init_lora_weights=INIT_LORA_WEIGHTS[cfg.init_lora_weights],
+        modules_to_save=list(cfg.modules_to_save) or None,
         task_type="CAUSAL_LM",
     )
 
@@ -117,6 +122,7 @@ def build_peft_model(model, cfg: TrainConfig):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     targets = resolve_targets(linear_module_suffixes(model), cfg.target_preset, cfg.target_modules)
+    resolve_modules_to_save(saveable_modules(model), cfg.modules_to_save)
     if cfg.qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
@@ -143,5 +149,6 @@ def describe_model(path: str) -> dict:
         "model_type": config.model_type,
         "parameters": sum(p.numel() for p in model.parameters()),
         "linear_modules": linear_module_suffixes(model),
+        "saveable_modules": saveable_modules(model),
         "has_chat_template": bool(tok.chat_template),
     }

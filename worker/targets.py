@@ -72,3 +72,34 @@ def resolve_targets(available: Iterable[str], preset: str, custom: Iterable[str]
     if not chosen:
         raise ConfigError("target_preset", f"this model has no {preset} Linear layers; pick another preset or a custom list")
     return chosen
+
+
+def saveable_modules(model) -> list[str]:
+    """Leaf names of whole modules outside the repeated blocks that hold weights (embeddings, norms, head).
+
+    These are what `modules_to_save` can name: trained in full and stored with the adapter,
+    e.g. `lm_head` and `embed_tokens` when new tokens were added.
+    """
+    found: list[str] = []
+    for path, module in model.named_modules():
+        if not path or any(part.isdigit() for part in path.split(".")):
+            continue
+        if next(module.parameters(recurse=False), None) is None:
+            continue
+        leaf = path.split(".")[-1]
+        if leaf not in found:
+            found.append(leaf)
+    return found
+
+
+def resolve_modules_to_save(available: Iterable[str], names: Iterable[str]) -> list[str]:
+    """The validated `modules_to_save` list; ConfigError naming the unknown module otherwise."""
+    available = list(available)
+    chosen: list[str] = []
+    for name in names:
+        if name not in available:
+            raise ConfigError("modules_to_save", f"{name!r} is not a module this model can train in full; "
+                                                 f"valid names: {', '.join(available)}")
+        if name not in chosen:
+            chosen.append(name)
+    return chosen

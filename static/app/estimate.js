@@ -29,3 +29,33 @@
     box.dataset.trainable = e.trainable_params;
   });
 })();
+
+// Presets: choosing Quick / Balanced / Quality fills the fields it defines; editing a field after
+// that switches the selector back to "Custom" so the form never claims a preset it no longer is.
+(function () {
+  const select = document.getElementById("id_preset");
+  const source = document.getElementById("presets");
+  if (!select || !source) return;
+  const presets = JSON.parse(source.textContent);
+  let filling = false;
+  function fill(name) {
+    const values = presets[name];
+    if (!values) return;
+    filling = true;
+    for (const [field, value] of Object.entries(values)) {
+      const input = document.getElementById("id_" + field);
+      if (!input) continue;
+      if (input.type === "checkbox") input.checked = Boolean(value);
+      else input.value = String(value);
+      input.dispatchEvent(new Event("change", { bubbles: true }));
+    }
+    filling = false;
+  }
+  select.addEventListener("change", () => fill(select.value));
+  const watched = new Set(Object.values(presets).flatMap((v) => Object.keys(v)));
+  for (const field of watched) {
+    const input = document.getElementById("id_" + field);
+    if (!input) continue;
+    for (const kind of ["input", "change"]) input.addEventListener(kind, () => { if (!filling) select.value = ""; });
+  }
+})();

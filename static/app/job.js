@@ -9,6 +9,8 @@
     data: { datasets: [
       { label: "train loss", data: [], borderColor: "#4f46e5", pointRadius: 0, borderWidth: 2, tension: 0.15 },
       { label: "eval loss", data: [], borderColor: "#f79009", pointRadius: 3, borderWidth: 2, showLine: true },
+      { label: "best checkpoint", data: [], borderColor: "#12b76a", backgroundColor: "#12b76a", pointRadius: 7,
+        pointStyle: "star", showLine: false },
     ] },
     options: { animation: false, parsing: false, responsive: true,
       scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "loss" } } } },
@@ -29,12 +31,23 @@
     if (p.loss != null) chart.data.datasets[0].data.push({ x: p.step, y: p.loss });
     if (p.eval_loss != null) chart.data.datasets[1].data.push({ x: p.step, y: p.eval_loss });
     chart.data.datasets.forEach((d) => d.data.sort((a, b) => a.x - b.x));
-    chart.update("none");
     $("stat-step").textContent = p.step;
     if (p.total_steps) $("stat-total").textContent = p.total_steps;
     if (p.loss != null) $("stat-loss").textContent = p.loss.toFixed(4);
     if (p.tokens_per_s != null) $("stat-tps").textContent = Math.round(p.tokens_per_s);
     $("stat-eta").textContent = fmtEta(p.eta_s);
+    if (p.epoch != null) $("stat-epoch").textContent = p.epoch.toFixed(2);
+    if (p.lr != null) $("stat-lr").textContent = p.lr.toExponential(2);
+    if (p.grad_norm != null) $("stat-grad").textContent = p.grad_norm.toFixed(3);
+    if (p.memory_mb != null) $("stat-mem").textContent = `${Math.round(p.memory_mb).toLocaleString()} MB`;
+    if (p.best && p.eval_loss != null) {
+      const best = chart.data.datasets[2].data;
+      // Points can replay out of order; the best is the lowest marked one.
+      if (!best.length || p.eval_loss <= best[0].y) { best.splice(0, best.length, { x: p.step, y: p.eval_loss }); }
+      $("stat-best").textContent = `${best[0].y.toFixed(4)} at step ${best[0].x}`;
+      $("stat-best").dataset.step = best[0].x;
+    }
+    chart.update("none");
     const c = $("points-count"); c.dataset.count = seen.size; c.textContent = `${seen.size} points`;
   }
   const source = new EventSource(root.dataset.eventsUrl);

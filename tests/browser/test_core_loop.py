@@ -28,8 +28,16 @@ def test_core_loop_in_the_browser(stack, page, tmp_path):
     page.get_by_text("Uploaded colours.jsonl: 8 examples").wait_for()
     page.click("text=Train on this")
 
+    # Presets fill the form; touching a field afterwards makes it a custom configuration.
+    assert page.input_value("#id_preset") == "balanced"
+    page.select_option("#id_preset", "quality")
+    assert page.input_value("#id_target_preset") == "all_linear" and page.input_value("#id_epochs") == "3"
+    page.select_option("#id_preset", "quick")
+    assert page.input_value("#id_rank") == "8" and page.input_value("#id_learning_rate") == "0.002"
     page.fill("#id_name", "browser run")
+    assert page.input_value("#id_preset") == "quick", "the name is not part of a preset"
     page.select_option("#id_target_preset", "all_linear")
+    assert page.input_value("#id_preset") == ""
     page.fill("#id_epochs", "20")
     page.fill("#id_learning_rate", "0.01")
     page.fill("#id_batch_size", "4")
@@ -54,6 +62,12 @@ def test_core_loop_in_the_browser(stack, page, tmp_path):
     # A reload shows the whole stored curve again.
     page.reload()
     page.wait_for_function("Chart.getChart('loss-chart').data.datasets[0].data.length === 40", timeout=30_000)
+    # The best checkpoint (lowest eval loss) is marked on the chart and named in the stats.
+    best = page.evaluate("Chart.getChart('loss-chart').data.datasets[2].data")
+    evals = page.evaluate("Chart.getChart('loss-chart').data.datasets[1].data")
+    assert len(best) == 1 and best[0]["y"] == min(p["y"] for p in evals)
+    assert page.inner_text("#stat-best").endswith(f"at step {best[0]['x']}")
+    assert page.inner_text("#stat-mem").endswith("MB")
 
     page.click("#compare-link")
     page.fill("#prompt", "colour 2")
