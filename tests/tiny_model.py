@@ -73,3 +73,17 @@ def build_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def build_random_adapter(model_dir: Path, out_dir: Path, seed: int, rank: int = 4,
+                         target_modules: tuple[str, ...] = ("q_proj", "v_proj")) -> str:
+    """Save a LoRA adapter with random A and B (B non-zero, so it changes the logits) for model_dir."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules), init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(out_dir)
+    return str(out_dir)

@@ -147,7 +147,10 @@ TRAIN_THREADS = env_int("TRAIN_THREADS", 0)  # 0: torch's default
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 TRAIN_MEMORY_LIMIT_MB = env_int("TRAIN_MEMORY_LIMIT_MB", 0)  # 0: this machine's RAM (or the GPU's memory)
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120)
-INFER_MAX_BASES = env_int("INFER_MAX_BASES", 1)
+# The infer worker keeps bases loaded (least recently used evicted) within this many MB of weights,
+# adapters included; a model that cannot fit alone is refused with a clear error.
+INFER_MEMORY_BUDGET_MB = env_int("INFER_MEMORY_BUDGET_MB", 8192)
+INFER_MAX_ADAPTERS_PER_BASE = env_int("INFER_MAX_ADAPTERS_PER_BASE", 0)  # 0: only the budget limits them
 DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM2-135M-Instruct")))
 
 REST_FRAMEWORK = {

@@ -1,90 +1,261 @@
 """Chat inference: each base model loaded once, adapters swapped on it with PEFT.
 
-`ModelPool` keeps loaded bases (least recently used evicted past `max_bases`). Answers from the
-base go through `disable_adapter()`, answers from an adapter through `set_adapter(name)`, so N
-adapters cost one base plus N small adapters.
+`ModelPool` keeps loaded bases within a memory budget. Answers from the base go through
+`disable_adapter()`, answers from an adapter through `set_adapter(name)`, so N adapters cost one
+base plus N small adapters, never N bases.
+
+Memory accounting: a base costs its parameters and buffers at their loaded dtype (sum of
+numel x element size, tied weights once), an adapter what loading it added to the model. Before
+a load the cost is estimated (a base: its architecture built on the meta device; an adapter: its
+safetensors header, at fp32 as PEFT upcasts adapters), and room is made by evicting the least
+recently used other bases, then the least recently used adapters of the base in use; the base
+in use is never evicted. A base, or a base with one adapter, that cannot fit in the whole budget
+is refused with `MemoryBudgetError` rather than loaded: the budget exists to keep the worker
+from running out of memory, so going over it silently would defeat it.
 """
 from __future__ import annotations
 
+import gc
+import json
 import logging
+import struct
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from worker.config import GenerationConfig
-from worker.modeling import choose_device, load_base_model, load_tokenizer
+from worker.modeling import choose_device, load_base_model, load_tokenizer, quiet_transformers
 
 log = logging.getLogger(__name__)
 
 TokenCallback = Callable[[str], None]
+MIB = 2 ** 20
+DEFAULT_MEMORY_BUDGET_MB = 8192
+ADAPTER_FILE = "adapter_model.safetensors"
+# Bytes per element of safetensors dtypes; floating ones are the ones PEFT upcasts to fp32.
+_SAFETENSORS_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1}
+_SAFETENSORS_FLOATS = {"F64", "F32", "F16", "BF16"}
+
+
+class MemoryBudgetError(RuntimeError):
+    """A model or adapter cannot fit in the inference memory budget, even alone."""
+
+
+def module_bytes(module) -> int:
+    """Bytes held by a module's parameters and buffers (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def estimate_base_bytes(model_path: str, dtype) -> int:
+    """Bytes the base at `model_path` will take once loaded at `dtype` (built on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    quiet_transformers()
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False, dtype=dtype)
+    return module_bytes(model)
+
+
+def estimate_adapter_bytes(adapter_dir: str) -> int:
+    """Bytes an adapter folder's weights take once loaded (read from the safetensors header only)."""
+    path = Path(adapter_dir) / ADAPTER_FILE
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        numel = 1
+        for dim in info["shape"]:
+            numel *= dim
+        total += numel * (4 if info["dtype"] in _SAFETENSORS_FLOATS else _SAFETENSORS_SIZES.get(info["dtype"], 4))
+    return total
+
+
+def _mb(n_bytes: int) -> float:
+    return n_bytes / MIB
+
+
+@dataclass
+class LoadedAdapter:
+    folder: str
+    bytes: int
 
 
 @dataclass
 class LoadedBase:
     path: str
-    model: object  # a transformers model, or a PeftModel once an adapter is loaded
+    model: object  # a transformers model, or a PeftModel while adapters are loaded
     tokenizer: object
-    adapters: dict[str, str] = field(default_factory=dict)  # adapter name -> folder
-    base_loads: int = 1
+    bytes: int = 0  # the base's own parameters and buffers
+    adapters: "OrderedDict[str, LoadedAdapter]" = field(default_factory=OrderedDict)  # least recently used first
+
+    @property
+    def total_bytes(self) -> int:
+        return self.bytes + sum(a.bytes for a in self.adapters.values())
 
 
 class ModelPool:
-    """Loaded base models with their adapters; thread-safe, one generation at a time."""
+    """Loaded base models with their adapters within a memory budget; thread-safe, one generation at a time."""
 
-    def __init__(self, max_bases: int = 1, device: str = "auto"):
-        self.max_bases = max_bases
+    def __init__(self, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, device: str = "auto",
+                 max_adapters_per_base: int = 0):
+        if memory_budget_mb <= 0:
+            raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
+        if max_adapters_per_base < 0:
+            raise ValueError(f"max_adapters_per_base must be >= 0 (0: no cap), got {max_adapters_per_base}")
+        self.budget_bytes = int(memory_budget_mb * MIB)
+        self.max_adapters_per_base = max_adapters_per_base
         self.device = choose_device(device)
-        self._bases: "OrderedDict[str, LoadedBase]" = OrderedDict()
+        self._bases: "OrderedDict[str, LoadedBase]" = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
         self.base_loads = 0
+        self.adapter_loads = 0
+        self.evictions = 0
+
+    @property
+    def accounted_bytes(self) -> int:
+        return sum(b.total_bytes for b in self._bases.values())
+
+    def stats(self) -> dict:
+        """Loaded bases (least recently used first) with their adapters, accounted memory and load counts."""
+        with self._lock:
+            return {
+                "budget_mb": round(_mb(self.budget_bytes), 1),
+                "accounted_mb": round(_mb(self.accounted_bytes), 1),
+                "base_loads": self.base_loads,
+                "adapter_loads": self.adapter_loads,
+                "evictions": self.evictions,
+                "bases": [{"path": b.path, "mb": round(_mb(b.bytes), 1),
+                           "adapters": {name: round(_mb(a.bytes), 2) for name, a in b.adapters.items()}}
+                          for b in self._bases.values()],
+            }
 
     def base(self, path: str) -> LoadedBase:
+        """The loaded base at `path`, loading it (and evicting others to fit the budget) if needed."""
         with self._lock:
             key = str(Path(path).resolve())
             if key in self._bases:
                 self._bases.move_to_end(key)
                 return self._bases[key]
-            while len(self._bases) >= self.max_bases:
-                evicted, _ = self._bases.popitem(last=False)
-                log.info("evicted base model %s", evicted)
+            need = estimate_base_bytes(key, self.device.dtype)
+            if need > self.budget_bytes:
+                raise self._too_big(f"base model {key}", need)
+            self._make_room(need)
             model = load_base_model(key, self.device)
             model.eval()
             model.config.use_cache = True
             self.base_loads += 1
-            loaded = LoadedBase(key, model, load_tokenizer(key))
+            loaded = LoadedBase(key, model, load_tokenizer(key), bytes=module_bytes(model))
+            if loaded.bytes > self.budget_bytes:
+                raise self._too_big(f"base model {key}", loaded.bytes)
             self._bases[key] = loaded
+            self._make_room(0, keep=loaded)  # the estimate may have been low
+            log.info("loaded base model %s (%.0f MB; pool %.0f of %.0f MB)", key, _mb(loaded.bytes),
+                     _mb(self.accounted_bytes), _mb(self.budget_bytes))
             return loaded
+
+    def _too_big(self, what: str, n_bytes: int) -> MemoryBudgetError:
+        return MemoryBudgetError(
+            f"{what} needs about {_mb(n_bytes):.0f} MB, more than the whole inference memory budget of "
+            f"{_mb(self.budget_bytes):.0f} MB (memory_budget_mb, INFER_MEMORY_BUDGET_MB in the app); "
+            f"raise the budget or use a smaller model")
+
+    def _make_room(self, need: int, keep: LoadedBase | None = None, protect: str | None = None) -> None:
+        """Evict LRU bases other than `keep`, then `keep`'s LRU adapters (not `protect`), until `need` fits."""
+        while self.accounted_bytes + need > self.budget_bytes:
+            victim = next((b for b in self._bases.values() if b is not keep), None)
+            if victim is not None:
+                self._evict_base(victim)
+                continue
+            spare = [name for name in keep.adapters if name != protect] if keep is not None else []
+            if not spare:
+                what = f"base model {keep.path} with adapter {protect}" if keep is not None else "the new model"
+                raise self._too_big(what, self.accounted_bytes + need)
+            self._delete_adapter(keep, spare[0])
+
+    def _evict_base(self, loaded: LoadedBase) -> None:
+        del self._bases[loaded.path]
+        loaded.model = None
+        loaded.adapters.clear()
+        self.evictions += 1
+        log.info("evicted base model %s (%.0f MB) to stay within %.0f MB", loaded.path, _mb(loaded.bytes),
+                 _mb(self.budget_bytes))
+        self._release_memory()
+
+    def _delete_adapter(self, loaded: LoadedBase, name: str) -> None:
+        adapter = loaded.adapters.pop(name)
+        if loaded.adapters:
+            with warnings.catch_warnings():  # "adapter X was active ... setting active adapter to Y": set below
+                warnings.simplefilter("ignore")
+                loaded.model.delete_adapter(name)
+        else:  # the last one: take the LoRA layers out again, back to the plain base
+            loaded.model = loaded.model.unload()
+        self.evictions += 1
+        log.info("evicted adapter %s (%.1f MB) from %s", name, _mb(adapter.bytes), loaded.path)
+        self._release_memory()
+
+    def _release_memory(self) -> None:
+        gc.collect()
+        if self.device.is_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
 
     def _activate(self, loaded: LoadedBase, adapter_name: str, adapter_dir: str) -> None:
         from peft import PeftModel
 
-        if adapter_name not in loaded.adapters:
+        if adapter_name in loaded.adapters:
+            loaded.adapters.move_to_end(adapter_name)
+        else:
+            if self.max_adapters_per_base and len(loaded.adapters) >= self.max_adapters_per_base:
+                self._delete_adapter(loaded, next(iter(loaded.adapters)))
+            need = estimate_adapter_bytes(adapter_dir)
+            if loaded.bytes + need > self.budget_bytes:
+                raise self._too_big(f"base model {loaded.path} with adapter {adapter_name}", loaded.bytes + need)
+            self._make_room(need, keep=loaded)
+            before = module_bytes(loaded.model)
             if not loaded.adapters:
                 loaded.model = PeftModel.from_pretrained(loaded.model, adapter_dir, adapter_name=adapter_name,
                                                          is_trainable=False)
             else:
                 loaded.model.load_adapter(adapter_dir, adapter_name=adapter_name, is_trainable=False)
-            loaded.adapters[adapter_name] = adapter_dir
+            self.adapter_loads += 1
+            loaded.adapters[adapter_name] = LoadedAdapter(adapter_dir, module_bytes(loaded.model) - before)
+            self._make_room(0, keep=loaded, protect=adapter_name)  # the estimate may have been low
         loaded.model.set_adapter(adapter_name)
+
+    def _select(self, base_path: str, adapter: Optional[tuple[str, str]]):
+        """The loaded base with `adapter` (name, folder) active, and the context to answer in:
+        `disable_adapter()` for a base answer while adapters are loaded."""
+        import contextlib
+
+        loaded = self.base(base_path)
+        if adapter is not None:
+            self._activate(loaded, *adapter)
+            return loaded, contextlib.nullcontext()
+        return loaded, loaded.model.disable_adapter() if loaded.adapters else contextlib.nullcontext()
 
     def generate(self, base_path: str, messages: list[dict[str, str]], gen: GenerationConfig,
                  adapter: Optional[tuple[str, str]] = None, on_text: TokenCallback | None = None) -> str:
         """Answer `messages` with the base (adapter=None) or with adapter (name, folder)."""
-        import contextlib
-
         import torch
 
         with self._lock:
-            loaded = self.base(base_path)
-            if adapter is not None:
-                self._activate(loaded, *adapter)
-                ctx = contextlib.nullcontext()
-            elif loaded.adapters:
-                ctx = loaded.model.disable_adapter()
-            else:
-                ctx = contextlib.nullcontext()
+            loaded, ctx = self._select(base_path, adapter)
             chat = list(messages)
             if gen.system_prompt and not (chat and chat[0]["role"] == "system"):
                 chat = [{"role": "system", "content": gen.system_prompt}] + chat
@@ -105,17 +276,10 @@ class ModelPool:
 
     def logits(self, base_path: str, input_ids, adapter: Optional[tuple[str, str]] = None):
         """Next-token logits for input_ids from the base or an adapter (used by tests and eval)."""
-        import contextlib
-
         import torch
 
         with self._lock:
-            loaded = self.base(base_path)
-            if adapter is not None:
-                self._activate(loaded, *adapter)
-                ctx = contextlib.nullcontext()
-            else:
-                ctx = loaded.model.disable_adapter() if loaded.adapters else contextlib.nullcontext()
+            loaded, ctx = self._select(base_path, adapter)
             with ctx, torch.inference_mode():
                 return loaded.model(input_ids=input_ids.to(self.device.device)).logits.float().cpu()
 
