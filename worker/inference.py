@@ -250,8 +250,13 @@ class ModelPool:
         return loaded, loaded.model.disable_adapter() if loaded.adapters else contextlib.nullcontext()
 
     def generate(self, base_path: str, messages: list[dict[str, str]], gen: GenerationConfig,
-                 adapter: Optional[tuple[str, str]] = None, on_text: TokenCallback | None = None) -> str:
-        """Answer `messages` with the base (adapter=None) or with adapter (name, folder)."""
+                 adapter: Optional[tuple[str, str]] = None, on_text: TokenCallback | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> str:
+        """Answer `messages` with the base (adapter=None) or with adapter (name, folder).
+
+        `should_stop` is asked after every new token; once it says True, generation ends there and
+        the text so far is the answer (the stop button).
+        """
         import torch
 
         with self._lock:
@@ -270,6 +275,8 @@ class ModelPool:
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             streamer = _CallbackStreamer(tok, on_text) if on_text else None
+            if should_stop is not None:
+                kwargs["stopping_criteria"] = _stop_criteria(should_stop)
             with ctx, torch.inference_mode():
                 out = loaded.model.generate(**enc, streamer=streamer, **kwargs)
             return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -293,3 +300,16 @@ def _CallbackStreamer(tokenizer, on_text: TokenCallback):
                 on_text(text)
 
     return CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def _stop_criteria(should_stop: Callable[[], bool]):
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenAsked(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            import torch
+
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool,
+                              device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhenAsked()])

@@ -170,3 +170,23 @@ def test_a_base_larger_than_the_whole_budget_is_refused(tiny_llama, random_adapt
 
     with pytest.raises(ValueError, match="memory_budget_mb"):
         ModelPool(memory_budget_mb=0, device="cpu")
+
+
+def test_generation_stops_when_asked(tiny_llama):
+    """The stop button: generation ends after the token during which the flag was raised."""
+    pool = ModelPool(device="cpu")
+    path = str(tiny_llama)
+    messages = [{"role": "user", "content": "colour 1"}]
+    # The tiny model never says end-of-turn by itself, so an unstopped answer runs to max_new_tokens.
+    pieces: list[str] = []
+    full = pool.generate(path, messages, GenerationConfig(max_new_tokens=40), on_text=pieces.append)
+    assert len(pool.base(path).tokenizer(full, add_special_tokens=False)["input_ids"]) >= 30
+    asked = []
+
+    def stop_after_three() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+
+    stopped = pool.generate(path, messages, GenerationConfig(max_new_tokens=40), should_stop=stop_after_three)
+    assert len(asked) == 3, "asked once per new token, and not after it said stop"
+    assert full.startswith(stopped) and len(stopped) < len(full)
