@@ -1,6 +1,7 @@
 from django.contrib import admin
 
-from jobs.models import Adapter, BaseModel, ChatAnswer, ChatSession, Dataset, FineTuneJob, JobEvent, MetricPoint
+from jobs.models import (Adapter, BaseModel, ChatAnswer, ChatRound, ChatSession, Dataset, FineTuneJob, JobEvent,
+                         MetricPoint, Vote)
 
 
 @admin.register(BaseModel)
@@ -20,4 +21,4 @@ class FineTuneJobAdmin(admin.ModelAdmin):
     list_filter = ("status",)
 
 
-admin.site.register([MetricPoint, JobEvent, Adapter, ChatSession, ChatAnswer])
+admin.site.register([MetricPoint, JobEvent, Adapter, ChatSession, ChatRound, ChatAnswer, Vote])

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs import apis
+from jobs import apis, apis_webhooks
 
 urlpatterns = [
     path("datasets/", apis.DatasetListApi.as_view(), name="api-datasets"),
@@ -18,6 +18,15 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/adapter/", apis.JobAdapterApi.as_view(), name="api-job-adapter"),
     path("jobs/<uuid:job_id>/merged/", apis.JobMergedApi.as_view(), name="api-job-merged"),
     path("jobs/<uuid:job_id>/chat/", apis.JobChatApi.as_view(), name="api-job-chat"),
+    path("chat-rounds/<uuid:round_id>/vote/", apis.ChatRoundVoteApi.as_view(), name="api-chat-round-vote"),
+    path("win-rates/", apis.WinRateApi.as_view(), name="api-win-rates"),
     path("adapters/", apis.AdapterListApi.as_view(), name="api-adapters"),
     path("estimate/", apis.EstimateApi.as_view(), name="api-estimate"),
+    path("webhooks/", apis_webhooks.WebhookListApi.as_view(), name="api-webhooks"),
+    path("webhooks/<int:webhook_id>/", apis_webhooks.WebhookDetailApi.as_view(), name="api-webhook"),
+    path("webhooks/<int:webhook_id>/deliveries/", apis_webhooks.WebhookDeliveryListApi.as_view(),
+         name="api-webhook-deliveries"),
+    path("webhooks/<int:webhook_id>/test/", apis_webhooks.WebhookTestApi.as_view(), name="api-webhook-test"),
+    path("webhooks/<int:webhook_id>/rotate-secret/", apis_webhooks.WebhookSecretRotateApi.as_view(),
+         name="api-webhook-rotate-secret"),
 ]

@@ -2,10 +2,13 @@
 the same services as the browser."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import FileResponse, Http404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import (OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field,
+                                   extend_schema_serializer)
 from rest_framework import serializers, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import MultiPartParser
@@ -29,12 +32,34 @@ def exception_handler(exc, context):
                                    "total": exc.total}}, status=400)
     if isinstance(exc, services.JobStateError):
         return Response({"error": {"field": "status", "message": str(exc)}}, status=409)
+    if isinstance(exc, services.ChatStateError):
+        return Response({"error": {"field": exc.field, "message": exc.message}}, status=409)
     if isinstance(exc, services.DatasetInUse):
         return Response({"error": {"field": "dataset", "message": str(exc)}}, status=409)
     if isinstance(exc, services.MappingNeeded):
         return Response({"error": {"field": "mapping", "message": str(exc), "columns": exc.columns,
                                    "upload_token": exc.token, "filename": exc.filename}}, status=422)
     return drf_exception_handler(exc, context)
+
+
+class StrictInput(serializers.Serializer):
+    """An input serializer that refuses fields it does not know (DRF would ignore them silently), so a typo
+    like `dataset_id` for `dataset` is a 400 naming the field rather than a default quietly used."""
+
+    def to_internal_value(self, data):
+        unknown = {}
+        if isinstance(data, Mapping):
+            allowed = ", ".join(name for name, f in self.fields.items() if not f.read_only)
+            unknown = {str(name): [f"unknown field; allowed: {allowed}"] for name in data if name not in self.fields}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if isinstance(exc.detail, dict):
+                exc.detail.update(unknown)
+            raise
+        if unknown:
+            raise serializers.ValidationError(unknown)
+        return value
 
 
 class DatasetOutput(serializers.Serializer):
@@ -61,7 +86,7 @@ class DatasetListApi(APIView):
     parser_classes = [MultiPartParser]
 
     @extend_schema_serializer(component_name="DatasetUpload")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInput):
         file = serializers.FileField()
         name = serializers.CharField(required=False, allow_blank=True, max_length=200)
         drop_duplicates = serializers.BooleanField(required=False, default=False)
@@ -85,7 +110,7 @@ class DatasetMapApi(APIView):
     """POST: finish an upload that answered 422, with a column mapping."""
 
     @extend_schema_serializer(component_name="DatasetMapping")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInput):
         upload_token = serializers.CharField(max_length=64)
         filename = serializers.CharField(max_length=255)
         mapping = serializers.DictField(child=serializers.CharField())
@@ -105,7 +130,7 @@ class DatasetMapApi(APIView):
 
 class DatasetDetailApi(APIView):
     @extend_schema_serializer(component_name="DatasetRename")
-    class RenameSerializer(serializers.Serializer):
+    class RenameSerializer(StrictInput):
         name = serializers.CharField(max_length=200)
 
     @extend_schema(responses={200: DatasetOutput, **error_responses(404)})
@@ -183,15 +208,24 @@ class JobCursorPagination(CursorPagination):
     max_page_size = 100
 
 
-class JobPage(serializers.Serializer):
+CURSOR_PARAMS = [OpenApiParameter("cursor", str, required=False, description="from `next`"),
+                 OpenApiParameter("page_size", int, required=False, description="1-100, default 20")]
+
+
+class CursorPage(serializers.Serializer):
+    """A page of a cursor-paginated list; subclasses add `results`."""
+
     next = serializers.URLField(allow_null=True)
     previous = serializers.URLField(allow_null=True)
+
+
+class JobPage(CursorPage):
     results = JobOutput(many=True)
 
 
 class JobListApi(APIView):
     @extend_schema_serializer(component_name="JobCreate")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInput):
         name = serializers.CharField(required=False, allow_blank=True, max_length=200)
         dataset = serializers.UUIDField()
         base_model = serializers.UUIDField()
@@ -202,9 +236,7 @@ class JobListApi(APIView):
         validation_dataset = serializers.UUIDField(required=False)
 
     @extend_schema(parameters=[OpenApiParameter("status", enum=JobStatus.values, required=False,
-                                                description="only jobs in this status"),
-                               OpenApiParameter("cursor", str, required=False, description="from `next`"),
-                               OpenApiParameter("page_size", int, required=False, description="1-100, default 20")],
+                                                description="only jobs in this status"), *CURSOR_PARAMS],
                    responses={200: JobPage, **error_responses(400)}, operation_id="api_v1_jobs_list")
     def get(self, request):
         wanted = request.query_params.get("status")
@@ -269,7 +301,7 @@ class JobRetryApi(APIView):
     """A new job from a failed or cancelled one; optional `config` overrides (e.g. the OOM advice)."""
 
     @extend_schema_serializer(component_name="JobRetry")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInput):
         config = serializers.DictField(required=False)
 
     @extend_schema(request=InputSerializer, responses={201: JobOutput, **error_responses(400, 404, 409)})
@@ -329,21 +361,54 @@ class AdapterListApi(APIView):
         return Response(AdapterOutput(selectors.adapter_list(owner=request.user), many=True).data)
 
 
+class ModelIdentityOutput(serializers.Serializer):
+    """Who answered: the base model alone, or a job's adapter (id is the base model's or the job's)."""
+
+    kind = serializers.ChoiceField(choices=["base", "adapter"])
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+
+
 class ChatAnswerOutput(serializers.Serializer):
     id = serializers.UUIDField()
-    side = serializers.CharField()
+    side = serializers.SerializerMethodField(help_text="base or adapter; null while its blind round awaits a vote")
+    model = serializers.SerializerMethodField(help_text="the model that answered; null while its blind round "
+                                                        "awaits a vote")
+    round = serializers.UUIDField(source="round_id", allow_null=True)
+    position = serializers.IntegerField(help_text="column in its round, 0 = left")
     prompt = serializers.CharField()
     text = serializers.CharField()
     state = serializers.CharField()
     created = serializers.DateTimeField()
 
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_side(self, answer) -> str | None:
+        return None if selectors.answer_hidden(answer) else answer.side
+
+    @extend_schema_field(ModelIdentityOutput(allow_null=True))
+    def get_model(self, answer) -> dict | None:
+        if selectors.answer_hidden(answer):
+            return None
+        session = answer.session
+        base = session.job.base_model if session.job_id else session.base_model
+        return selectors.model_identity(job=answer.job, base_model=base)
+
+
+class ChatAskOutput(serializers.Serializer):
+    session = serializers.UUIDField()
+    round = serializers.UUIDField()
+    blind = serializers.BooleanField()
+    answers = ChatAnswerOutput(many=True, help_text="in screen order, left to right")
+
 
 class JobChatApi(APIView):
-    """POST a prompt for the base and the adapted model (answered by the infer worker);
-    GET the session's answers. Live tokens: /chats/<session>/events/."""
+    """POST a prompt for two or three models on the job's base (default: the base and the adapted model;
+    `contestants` picks "base" and/or succeeded job ids; `blind` shuffles two models and hides them until
+    the round's vote), answered by the infer worker; GET the session's answers.
+    Live tokens: /chats/<session>/events/."""
 
     @extend_schema_serializer(component_name="ChatAsk")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInput):
         prompt = serializers.CharField(max_length=20000)
         session = serializers.UUIDField(required=False)
         max_new_tokens = serializers.IntegerField(required=False, min_value=1, max_value=4096)
@@ -351,8 +416,12 @@ class JobChatApi(APIView):
         top_p = serializers.FloatField(required=False, min_value=0.01, max_value=1)
         seed = serializers.IntegerField(required=False, min_value=0)
         system_prompt = serializers.CharField(required=False, allow_blank=True, max_length=20000)
+        contestants = serializers.ListField(child=serializers.CharField(max_length=36), required=False,
+                                            min_length=2, max_length=services.MAX_CONTESTANTS,
+                                            help_text='"base" and/or ids of your succeeded jobs on the same base')
+        blind = serializers.BooleanField(required=False, default=False)
 
-    @extend_schema(request=InputSerializer, responses={201: ChatAnswerOutput(many=True), **error_responses(400, 404, 409)})
+    @extend_schema(request=InputSerializer, responses={201: ChatAskOutput, **error_responses(400, 404, 409)})
     def post(self, request, job_id):
         from worker.config import GenerationConfig
 
@@ -363,11 +432,12 @@ class JobChatApi(APIView):
         session = selectors.chat_session_get(owner=request.user, session_id=v.pop("session")) if "session" in v else None
         if session is not None and session.job_id != job.id:
             raise ConfigError("session", "that chat belongs to another job")
-        prompt = v.pop("prompt")
+        prompt, contestants, blind = v.pop("prompt"), v.pop("contestants", None), v.pop("blind")
         session, answers = services.chat_ask(owner=request.user, job=job, prompt=prompt,
-                                             generation=GenerationConfig(**v), session=session)
-        return Response({"session": str(session.id), "answers": ChatAnswerOutput(answers, many=True).data},
-                        status=status.HTTP_201_CREATED)
+                                             generation=GenerationConfig(**v), session=session,
+                                             contestants=contestants, blind=blind)
+        return Response(ChatAskOutput({"session": session.id, "round": answers[0].round_id, "blind": blind,
+                                       "answers": answers}).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(parameters=[OpenApiParameter("session", str, required=True)],
                    responses={200: ChatAnswerOutput(many=True), **error_responses(404)})
@@ -381,6 +451,81 @@ class JobChatApi(APIView):
         if session.job_id != job.id:
             raise Http404("no such chat for this job")
         return Response(ChatAnswerOutput(selectors.chat_answers(session=session), many=True).data)
+
+
+class ChatSlotOutput(serializers.Serializer):
+    answer = serializers.UUIDField()
+    position = serializers.IntegerField(help_text="column in its round, 0 = left")
+    state = serializers.CharField()
+    model = ModelIdentityOutput(allow_null=True, help_text="null while its blind round awaits a vote")
+
+
+class ChatRoundVoteApi(APIView):
+    """POST the owner's verdict on a finished two-model round, once: left, right, tie or both_bad.
+    The vote is stored against the two models, not the screen sides; the answer names them."""
+
+    @extend_schema_serializer(component_name="VoteCreate")
+    class InputSerializer(StrictInput):
+        choice = serializers.ChoiceField(choices=services.VOTE_CHOICES)
+
+    @extend_schema_serializer(component_name="Vote")
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.UUIDField()
+        round = serializers.UUIDField(source="round_id")
+        result = serializers.ChoiceField(choices=["first", "second", "tie", "both_bad"],
+                                         help_text="first: first_model was better; second: second_model was")
+        first_model = ModelIdentityOutput()
+        second_model = ModelIdentityOutput()
+        blind = serializers.BooleanField()
+        created = serializers.DateTimeField()
+        slots = ChatSlotOutput(many=True, help_text="the round's answers left to right, now named")
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, **error_responses(400, 404, 409)})
+    def post(self, request, round_id):
+        chat_round = selectors.chat_round_get(owner=request.user, round_id=round_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        vote = services.chat_vote(owner=request.user, chat_round=chat_round, choice=data.validated_data["choice"])
+        out = {"id": vote.id, "round_id": vote.round_id, "result": vote.result, "blind": vote.blind,
+               "created": vote.created, "slots": selectors.chat_round_slots(chat_round=chat_round),
+               "first_model": selectors.model_identity(job=vote.first_job, base_model=vote.base_model),
+               "second_model": selectors.model_identity(job=vote.second_job, base_model=vote.base_model)}
+        return Response(self.OutputSerializer(out).data, status=status.HTTP_201_CREATED)
+
+
+class WinRateApi(APIView):
+    """The owner's votes, one row per pair of models: the model's wins, losses, ties and both-bad against
+    its opponent, and its win rate = (wins + ½ × (ties + both bad)) / n with a 95% Wilson score interval."""
+
+    @extend_schema_serializer(component_name="WinRate")
+    class OutputSerializer(serializers.Serializer):
+        model = ModelIdentityOutput()
+        opponent = ModelIdentityOutput()
+        wins = serializers.IntegerField()
+        losses = serializers.IntegerField()
+        ties = serializers.IntegerField()
+        both_bad = serializers.IntegerField()
+        n = serializers.IntegerField()
+        win_rate = serializers.FloatField()
+        ci_low = serializers.FloatField()
+        ci_high = serializers.FloatField()
+
+    @extend_schema(parameters=[OpenApiParameter("base_model", OpenApiTypes.UUID, required=False,
+                                                description="only pairs on this base model")],
+                   responses={200: OutputSerializer(many=True), **error_responses(400)})
+    def get(self, request):
+        base = None
+        wanted = request.query_params.get("base_model")
+        if wanted is not None:
+            field = serializers.UUIDField()
+            try:
+                base = selectors.base_model_list().filter(id=field.to_internal_value(wanted)).first()
+            except serializers.ValidationError:
+                raise ConfigError("base_model", "must be a base model id") from None
+            if base is None:
+                raise ConfigError("base_model", "no such base model")
+        return Response(self.OutputSerializer(selectors.vote_win_rates(owner=request.user, base_model=base),
+                                              many=True).data)
 
 
 class JobMergedApi(APIView):
@@ -427,7 +572,7 @@ class EstimateApi(APIView):
     """Pre-flight estimate of a job (same body as creating one), without creating it."""
 
     @extend_schema_serializer(component_name="EstimateRequest")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInput):
         dataset = serializers.UUIDField()
         base_model = serializers.UUIDField()
         config = serializers.DictField(required=False, default=dict)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from functools import lru_cache
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -39,6 +40,30 @@ def publish(channel: str, kind: str, data: dict[str, Any]) -> None:
         _client().publish(channel, json.dumps({"kind": kind, "data": data}))
     except redis.RedisError as exc:
         log.warning("could not publish %s on %s: %s", kind, channel, exc)
+
+
+STOP_TTL_SECONDS = 3600
+
+
+def _stop_key(session_id) -> str:
+    return f"chat-stop:{session_id}"
+
+
+def chat_stop_request(session_id) -> None:
+    """Ask the infer workers to stop every answer of this chat created until now (the stop button)."""
+    try:
+        _client().set(_stop_key(session_id), repr(time.time()), ex=STOP_TTL_SECONDS)
+    except redis.RedisError as exc:
+        log.warning("could not request a stop of chat %s: %s", session_id, exc)
+
+
+def chat_stop_time(session_id) -> float | None:
+    """When a stop of this chat was last asked for (epoch seconds), or None."""
+    try:
+        value = _client().get(_stop_key(session_id))
+    except redis.RedisError:
+        return None
+    return float(value) if value else None
 
 
 def sse(kind: str, data: dict[str, Any], event_id: int | str | None = None) -> str:

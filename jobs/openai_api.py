@@ -39,7 +39,8 @@ from worker.config import ConfigError, GenerationConfig, TrainConfig
 from worker.data import DatasetError
 
 DEFAULT_LR = TrainConfig().learning_rate
-LORA_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "use_rslora", "use_dora")
+LORA_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "use_rslora", "use_dora",
+               "bias", "init_lora_weights", "modules_to_save")
 OWNED_BY = "lora-studio"
 
 
@@ -56,7 +57,29 @@ def error_body(message: str, *, param=None, code=None, type_: str = "invalid_req
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def _as_api_error(exc) -> ApiError | None:
+def missing_key_error() -> ApiError:
+    return ApiError("You didn't provide an API key. Send it in an Authorization header using Bearer auth "
+                    "(Authorization: Bearer ls-...); create one at /account/keys/.", code="invalid_api_key", status=401)
+
+
+def incorrect_key_error(raw_key: str) -> ApiError:
+    shown = f"{raw_key[:5]}...{raw_key[-4:]}" if len(raw_key) > 12 else "***"
+    return ApiError(f"Incorrect API key provided: {shown}. Keys are listed at /account/keys/ (a revoked key no "
+                    f"longer works).", code="invalid_api_key", status=401)
+
+
+def method_not_allowed_error(request) -> ApiError:
+    """OpenAI's answer to a known path with the wrong method."""
+    return ApiError(f"Invalid method for URL ({request.method} {request.path})", status=405)
+
+
+def unknown_url_error(request) -> ApiError:
+    """OpenAI's answer to a path it does not serve."""
+    return ApiError(f"Unknown request URL: {request.method} {request.path}. Please check the URL for typos, or "
+                    f"see the API docs at /api/docs/.", code="unknown_url", status=404)
+
+
+def _as_api_error(exc, request=None) -> ApiError | None:
     """Product and DRF exceptions as OpenAI errors (None: not one we know)."""
     if isinstance(exc, ApiError):
         return exc
@@ -70,12 +93,15 @@ def _as_api_error(exc) -> ApiError | None:
     if isinstance(exc, services.DatasetInUse):
         return ApiError(str(exc), param="file_id", code="file_in_use", status=409)
     if isinstance(exc, services.JobStateError):
-        return ApiError(str(exc), code="invalid_state", status=409)
+        # OpenAI answers a request the job's state forbids (cancel a finished job) with a 400.
+        return ApiError(str(exc), code="invalid_state", status=400)
     if isinstance(exc, Http404):
         return ApiError(str(exc) or "not found", code="not_found", status=404)
-    if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
-        return ApiError("Incorrect or missing API key. Send it as 'Authorization: Bearer ls-...'.",
-                        code="invalid_api_key", status=401)
+    if isinstance(exc, drf_exceptions.NotAuthenticated):
+        return missing_key_error()
+    if isinstance(exc, drf_exceptions.AuthenticationFailed):
+        raw = api_key_from_header(request.headers.get("Authorization", "")) if request is not None else None
+        return incorrect_key_error(raw or "")
     if isinstance(exc, drf_exceptions.Throttled):
         return ApiError(f"Rate limit reached; retry in {exc.wait or 1:.0f}s.", code="rate_limit_exceeded",
                         status=429, type_="requests")
@@ -83,15 +109,15 @@ def _as_api_error(exc) -> ApiError | None:
         return ApiError(f"We could not parse the JSON body of your request. ({exc.detail})", code="invalid_json")
     if isinstance(exc, drf_exceptions.UnsupportedMediaType):
         return ApiError(str(exc.detail), status=415)
-    if isinstance(exc, drf_exceptions.MethodNotAllowed):
-        return ApiError(str(exc.detail), status=405)
+    if isinstance(exc, drf_exceptions.MethodNotAllowed) and request is not None:
+        return method_not_allowed_error(request)
     if isinstance(exc, drf_exceptions.APIException):
         return ApiError(str(exc.detail), status=exc.status_code)
     return None
 
 
 def openai_exception_handler(exc, context):
-    err = _as_api_error(exc)
+    err = _as_api_error(exc, context.get("request"))
     if err is None:
         return None
     response = Response(error_body(err.message, param=err.param, code=err.code, type_=err.type), status=err.status)
@@ -129,14 +155,15 @@ def _unix(value) -> int | None:
     return int(value.timestamp()) if value else None
 
 
-def _parse_id(value: str, prefix: str, param: str) -> uuid.UUID:
+def _parse_id(value: str, prefix: str) -> uuid.UUID | None:
+    """The uuid in `<prefix><hex>`, or None: an id of the wrong form names nothing, so it is a 404 like
+    an unknown one (as OpenAI answers)."""
     if not isinstance(value, str) or not value.startswith(prefix):
-        raise ApiError(f"Invalid {param} {value!r}: ids look like {prefix}...", param=param, code="invalid_id",
-                       status=404)
+        return None
     try:
         return uuid.UUID(hex=value[len(prefix):])
     except ValueError:
-        raise ApiError(f"Invalid {param} {value!r}", param=param, code="invalid_id", status=404) from None
+        return None
 
 
 def file_id(dataset_id) -> str:
@@ -148,16 +175,16 @@ def ftjob_id(job: FineTuneJob) -> str:
 
 
 def _dataset(owner, value: str, param: str) -> Dataset:
-    pk = _parse_id(value, "file-", param)
-    ds = selectors.dataset_list(owner=owner).filter(id=pk).first()
+    pk = _parse_id(value, "file-")
+    ds = selectors.dataset_list(owner=owner).filter(id=pk).first() if pk else None
     if ds is None:
         raise ApiError(f"No such File object: {value}", param=param, code="file_not_found", status=404)
     return ds
 
 
 def _job(owner, value: str) -> FineTuneJob:
-    pk = _parse_id(value, "ftjob-", "fine_tuning_job_id")
-    job = selectors.job_list(owner=owner).filter(id=pk).first()
+    pk = _parse_id(value, "ftjob-")
+    job = selectors.job_list(owner=owner).filter(id=pk).first() if pk else None
     if job is None:
         raise ApiError(f"No such fine-tuning job: {value}", param="fine_tuning_job_id", code="not_found",
                        status=404)
@@ -175,13 +202,34 @@ def fine_tuned_model(job: FineTuneJob) -> str | None:
     return f"ft:{job.base_model.name}:{_slug(job.name) or _slug(job.owner.username) or 'user'}:{job.short_id}"
 
 
-def _known_fields(body: Any, allowed: set[str]) -> dict:
-    """The body as a dict; an unknown parameter is an error naming it (as OpenAI answers)."""
+JSON_TYPES: dict[str, tuple[type, ...]] = {"a string": (str,), "an integer": (int,), "a decimal": (int, float),
+                                           "a boolean": (bool,), "an object": (dict,), "an array": (list,)}
+
+
+def _json_type(value: Any) -> str:
+    for name, kinds in (("a boolean", (bool,)), ("an integer", (int,)), ("a decimal", (float,)),
+                        ("a string", (str,)), ("an array", (list,)), ("an object", (dict,))):
+        if isinstance(value, kinds):
+            return name
+    return "null"
+
+
+def _known_fields(body: Any, fields: dict[str, str]) -> dict:
+    """The body as a dict, checked against `fields` (name -> expected JSON type, a key of JSON_TYPES): an
+    unknown parameter or one of the wrong type is a 400 naming it, as OpenAI answers. null means absent."""
     if not isinstance(body, dict):
-        raise ApiError("The body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
+        raise ApiError(f"Invalid type for the request body: expected an object, but got {_json_type(body)} "
+                       f"instead.", code="invalid_type")
+    unknown = sorted(set(body) - set(fields))
     if unknown:
-        raise ApiError(f"Unknown parameter: '{unknown[0]}'", param=unknown[0], code="unknown_parameter")
+        raise ApiError(f"Unknown parameter: '{unknown[0]}'.", param=unknown[0], code="unknown_parameter")
+    for name, expected in fields.items():
+        value = body.get(name)
+        is_number = expected in ("an integer", "a decimal")
+        if value is not None and (not isinstance(value, JSON_TYPES[expected])
+                                  or (is_number and isinstance(value, bool))):
+            raise ApiError(f"Invalid type for '{name}': expected {expected}, but got {_json_type(value)} instead.",
+                           param=name, code="invalid_type")
     return body
 
 
@@ -289,8 +337,9 @@ def job_object(job: FineTuneJob) -> dict[str, Any]:
     }
 
 
-JOB_FIELDS = {"model", "training_file", "validation_file", "suffix", "seed", "hyperparameters", "method", "lora",
-              "integrations", "metadata"}
+JOB_FIELDS = {"model": "a string", "training_file": "a string", "validation_file": "a string", "suffix": "a string",
+              "seed": "an integer", "hyperparameters": "an object", "method": "an object", "lora": "an object",
+              "integrations": "an array", "metadata": "an object"}
 HYPER_FIELDS = {"n_epochs", "batch_size", "learning_rate_multiplier"}
 
 
@@ -361,7 +410,7 @@ class JobListApi(OpenAIView):
         body = _known_fields(request.data, JOB_FIELDS)
         for required in ("model", "training_file"):
             if not body.get(required):
-                raise ApiError(f"Missing required parameter: '{required}'", param=required,
+                raise ApiError(f"Missing required parameter: '{required}'.", param=required,
                                code="missing_required_parameter")
         base = selectors.base_model_list().filter(name=body["model"]).first()
         if base is None:
@@ -394,21 +443,21 @@ class JobDetailApi(OpenAIView):
 
 
 class JobCancelApi(OpenAIView):
-    @openai_schema("cancelFineTuningJob", errors=(404, 409))
+    @openai_schema("cancelFineTuningJob", errors=(400, 404))
     def post(self, request, job_id):
         services.job_cancel(job=_job(request.user, job_id), by=request.user)
         return Response(job_object(_job(request.user, job_id)))
 
 
 class JobPauseApi(OpenAIView):
-    @openai_schema("pauseFineTuningJob", errors=(404, 409))
+    @openai_schema("pauseFineTuningJob", errors=(400, 404))
     def post(self, request, job_id):
         services.job_pause(job=_job(request.user, job_id), by=request.user)
         return Response(job_object(_job(request.user, job_id)))
 
 
 class JobResumeApi(OpenAIView):
-    @openai_schema("resumeFineTuningJob", errors=(404, 409))
+    @openai_schema("resumeFineTuningJob", errors=(400, 404))
     def post(self, request, job_id):
         services.job_resume(job=_job(request.user, job_id), by=request.user)
         return Response(job_object(_job(request.user, job_id)))
@@ -483,7 +532,7 @@ class ModelDetailApi(OpenAIView):
 def resolve_model(owner, name: str) -> tuple[BaseModel, FineTuneJob | None]:
     """A base model name or one of the owner's `ft:` ids -> (base model, job or None)."""
     if not isinstance(name, str) or not name:
-        raise ApiError("Missing required parameter: 'model'", param="model", code="missing_required_parameter")
+        raise ApiError("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
     if name.startswith("ft:"):
         short = name.rsplit(":", 1)[-1]
         if re.fullmatch(r"[0-9a-f]{8}", short):
@@ -501,14 +550,19 @@ def resolve_model(owner, name: str) -> tuple[BaseModel, FineTuneJob | None]:
 
 # --- chat completions ----------------------------------------------------------------------
 
-CHAT_FIELDS = {"model", "messages", "stream", "temperature", "top_p", "max_tokens", "max_completion_tokens",
-               "seed", "n", "stream_options", "user", "store", "metadata"}
+CHAT_FIELDS = {"model": "a string", "messages": "an array", "stream": "a boolean", "temperature": "a decimal",
+               "top_p": "a decimal", "max_tokens": "an integer", "max_completion_tokens": "an integer",
+               "seed": "an integer", "n": "an integer", "stream_options": "an object", "user": "a string",
+               "store": "a boolean", "metadata": "an object"}
 ROLES = {"system", "developer", "user", "assistant"}
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise ApiError("messages must be a non-empty array", param="messages")
+    if value is None:
+        raise ApiError("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+    if not value:
+        raise ApiError("Invalid 'messages': empty array. Expected an array with minimum length 1.",
+                       param="messages", code="empty_array")
     out = []
     for i, message in enumerate(value):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
@@ -548,10 +602,11 @@ def _generation(body: dict) -> GenerationConfig:
 def _authenticate(request):
     """The user of a Bearer API key, throttled per key; raises ApiError 401 / 429."""
     raw = api_key_from_header(request.headers.get("Authorization", ""))
-    key = api_key_lookup(raw) if raw else None
+    if not raw:
+        raise missing_key_error()
+    key = api_key_lookup(raw)
     if key is None:
-        raise ApiError("Incorrect or missing API key. Send it as 'Authorization: Bearer ls-...'.",
-                       code="invalid_api_key", status=401)
+        raise incorrect_key_error(raw)
     throttle = ApiKeyRateThrottle()
     if not throttle.allow_request(types.SimpleNamespace(auth=key), None):
         raise ApiError(f"Rate limit reached; retry in {throttle.wait() or 1:.0f}s.", code="rate_limit_exceeded",
@@ -568,8 +623,6 @@ def _prepare_chat(request, raw_body: bytes) -> dict[str, Any]:
         raise ApiError("We could not parse the JSON body of your request.", code="invalid_json") from None
     body = _known_fields(body, CHAT_FIELDS)
     stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise ApiError("stream must be a boolean", param="stream")
     base, job = resolve_model(user, body.get("model"))
     return {"user": user, "base": base, "job": job, "messages": _messages(body.get("messages")),
             "generation": _generation(body), "stream": stream, "model": body["model"],
@@ -584,7 +637,7 @@ def chat_completion_create(*, owner, base: BaseModel, job: FineTuneJob | None, m
     with transaction.atomic():
         session = ChatSession.objects.create(id=session_id or uuid.uuid4(), owner=owner, job=job, base_model=base)
         answer = ChatAnswer.objects.create(
-            session=session, side=ChatAnswer.Side.ADAPTER if job else ChatAnswer.Side.BASE,
+            session=session, side=ChatAnswer.Side.ADAPTER if job else ChatAnswer.Side.BASE, job=job,
             prompt=messages[-1]["content"], messages=messages, settings=generation.__dict__)
         transaction.on_commit(lambda: chat_answer.delay(str(answer.id)))
     return answer
@@ -644,7 +697,9 @@ async def _answer_events(prepared: dict, holder: dict):
 async def chat_completions(request):
     """POST /v1/chat/completions: answered by the infer worker; streamed as chunks or returned whole."""
     if request.method != "POST":
-        return _error_response(ApiError("Use POST", status=405))
+        response = _error_response(method_not_allowed_error(request))
+        response["Allow"] = "POST"
+        return response
     body = request.body
     try:
         prepared = await sync_to_async(_prepare_chat)(request, body)

@@ -3,18 +3,19 @@ schedule side effects on commit."""
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from jobs import events
-from jobs.models import (Adapter, BaseModel, ChatAnswer, ChatSession, Dataset, FineTuneJob, JobStatus,
-                         MetricPoint, TERMINAL_STATUSES)
+from jobs.models import (Adapter, BaseModel, ChatAnswer, ChatRound, ChatSession, Dataset, FineTuneJob, JobStatus,
+                         MetricPoint, TERMINAL_STATUSES, Vote)
 from worker.config import ConfigError, GenerationConfig, TrainConfig
 from worker.data import DatasetError, Problem, file_sha256
 from worker.targets import resolve_targets
@@ -215,7 +216,13 @@ def base_model_register(*, name: str, path: str | Path) -> BaseModel:
 
 def job_validate_config(*, base_model: BaseModel, config: TrainConfig) -> list[str]:
     """Check the config against the model itself; returns the resolved target modules."""
-    return resolve_targets(base_model.linear_modules, config.target_preset, config.target_modules)
+    targets = resolve_targets(base_model.linear_modules, config.target_preset, config.target_modules)
+    if config.modules_to_save:
+        from worker.modeling import describe_model
+        from worker.targets import resolve_modules_to_save
+
+        resolve_modules_to_save(describe_model(base_model.path)["saveable_modules"], config.modules_to_save)
+    return targets
 
 
 def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
@@ -460,24 +467,145 @@ def adapter_merge_request(*, job: FineTuneJob, by) -> str:
 
 # --- chat ----------------------------------------------------------------------------------
 
+BASE_CONTESTANT = "base"
+MAX_CONTESTANTS = 3
+VOTE_CHOICES = ("left", "right", "tie", "both_bad")
+
+
+class ChatStateError(Exception):
+    """The chat round is not in a state that allows this (already voted, answers unfinished)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+def _chat_contestants(*, owner, job: FineTuneJob, keys: list[str] | None) -> list[FineTuneJob | None]:
+    """The models named by `keys` ("base" for the base alone, else a job id), all on `job`'s base;
+    None stands for the base. Default: the base and `job`."""
+    if keys is None:
+        return [None, job]
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ConfigError("contestants", "must be a list of model keys: \"base\" or a job id")
+    if not 2 <= len(keys) <= MAX_CONTESTANTS:
+        raise ConfigError("contestants", f"pick 2 or {MAX_CONTESTANTS} models, got {len(keys)}")
+    if len(set(keys)) != len(keys):
+        raise ConfigError("contestants", "each model may appear only once")
+    models: list[FineTuneJob | None] = []
+    for key in keys:
+        if key == BASE_CONTESTANT:
+            models.append(None)
+            continue
+        try:
+            other = FineTuneJob.objects.select_related("base_model").get(owner=owner, id=uuid.UUID(key))
+        except (ValueError, FineTuneJob.DoesNotExist):
+            raise ConfigError("contestants", f"unknown model {key!r}: use \"base\" or the id of one of your jobs") from None
+        if other.status != JobStatus.SUCCEEDED or not hasattr(other, "adapter"):
+            raise ConfigError("contestants", f"job {other} has no adapter ({other.status}); pick a succeeded job")
+        if other.base_model_id != job.base_model_id:
+            raise ConfigError("contestants", f"job {other} is trained on {other.base_model.name}, not on "
+                                             f"{job.base_model.name}: side by side models share one base model")
+        models.append(other)
+    return models
+
+
+_random = random.SystemRandom()
+
+
+def _blind_order(models: list) -> list:
+    """The screen order of a blind round: a uniformly random permutation, never seen by the client."""
+    order = list(models)
+    _random.shuffle(order)
+    return order
+
+
 def chat_ask(*, owner, job: FineTuneJob, prompt: str, generation: GenerationConfig,
-             session: ChatSession | None = None) -> tuple[ChatSession, list[ChatAnswer]]:
-    """Send one prompt to the base model and to the job's adapter; answers stream via the infer queue."""
+             session: ChatSession | None = None, contestants: list[str] | None = None,
+             blind: bool = False) -> tuple[ChatSession, list[ChatAnswer]]:
+    """Send one prompt at once to two or three models on the job's base, one ChatRound: "base" (the
+    base alone) and/or the owner's succeeded jobs by id; default the base and this job. A blind round
+    (two models) shuffles the screen order server-side and carries no history. Answers (in screen
+    order) stream via the infer queue."""
     from jobs.tasks import chat_answer
 
     if job.owner_id != owner.id:
         raise JobStateError("not your job")
     if job.status != JobStatus.SUCCEEDED or not hasattr(job, "adapter"):
         raise JobStateError("the job has no adapter yet; compare once it has succeeded")
+    models = _chat_contestants(owner=owner, job=job, keys=contestants)
+    if blind and len(models) != 2:
+        raise ConfigError("blind", f"a blind round compares exactly two models, got {len(models)}")
     prompt = prompt.strip()
     if not prompt:
         raise ConfigError("prompt", "type a message first")
+    order = _blind_order(models) if blind else models
     with transaction.atomic():
         if session is None:
             session = ChatSession.objects.create(owner=owner, job=job)
-        answers = [ChatAnswer.objects.create(session=session, side=side, prompt=prompt,
-                                             settings=generation.__dict__)
-                   for side in (ChatAnswer.Side.BASE, ChatAnswer.Side.ADAPTER)]
-        for answer in answers:
+        chat_round = ChatRound.objects.create(session=session, blind=blind)
+        answers = [ChatAnswer.objects.create(session=session, round=chat_round, job=model, position=position,
+                                             side=ChatAnswer.Side.BASE if model is None else ChatAnswer.Side.ADAPTER,
+                                             prompt=prompt, settings=generation.__dict__)
+                   for position, model in enumerate(order)]
+        for answer in answers:  # in screen order, so which column streams first says nothing in a blind round
             transaction.on_commit(lambda a=answer: chat_answer.delay(str(a.id)))
     return session, answers
+
+
+def _identity_order(answer: ChatAnswer) -> tuple[int, str]:
+    """Canonical order of a vote's two models: the base alone first, then adapters by job id."""
+    return (0, "") if answer.job_id is None else (1, str(answer.job_id))
+
+
+def chat_vote(*, owner, chat_round: ChatRound, choice: str) -> Vote:
+    """Record the owner's verdict (left, right, tie or both_bad) on a finished two-model round, once.
+    Left and right are read through the round's screen order and stored as the models they showed."""
+    if chat_round.session.owner_id != owner.id:
+        raise ChatStateError("round", "not your chat")
+    if choice not in VOTE_CHOICES:
+        raise ConfigError("choice", f"must be one of {', '.join(VOTE_CHOICES)}")
+    with transaction.atomic():
+        locked = ChatRound.objects.select_for_update().select_related("session__job", "session__base_model").get(
+            id=chat_round.id)
+        answers = list(locked.answers.order_by("position"))
+        if len(answers) != 2:
+            raise ConfigError("round", f"a vote compares exactly two answers; this round has {len(answers)}")
+        if Vote.objects.filter(round=locked).exists():
+            raise ChatStateError("round", "this round already has a vote")
+        if any(a.state != ChatAnswer.State.DONE for a in answers):
+            raise ChatStateError("round", "wait until both answers have finished")
+        left, right = answers
+        first, second = sorted(answers, key=_identity_order)
+        if choice in ("tie", "both_bad"):
+            result = choice
+        else:
+            result = Vote.Result.FIRST if {"left": left, "right": right}[choice] is first else Vote.Result.SECOND
+        session = locked.session
+        try:
+            with transaction.atomic():
+                return Vote.objects.create(
+                    owner=owner, round=locked, first_job_id=first.job_id, second_job_id=second.job_id,
+                    base_model_id=session.job.base_model_id if session.job_id else session.base_model_id,
+                    result=result, blind=locked.blind)
+        except IntegrityError:  # a concurrent vote won the race for this round
+            raise ChatStateError("round", "this round already has a vote") from None
+
+
+def chat_stop(*, owner, session: ChatSession) -> int:
+    """The stop button: answers still streaming end at their next token, queued ones never start.
+
+    Returns how many answers were still unfinished. Their text so far is kept.
+    """
+    if session.owner_id != owner.id:
+        raise JobStateError("not your chat")
+    events.chat_stop_request(session.id)
+    unfinished = list(session.answers.filter(state__in=(ChatAnswer.State.PENDING, ChatAnswer.State.STREAMING)))
+    for answer in unfinished:
+        # A queued answer is finished here, empty; its task finds it no longer pending and skips it.
+        if ChatAnswer.objects.filter(id=answer.id, state=ChatAnswer.State.PENDING).update(
+                state=ChatAnswer.State.DONE, stopped=True):
+            from jobs.selectors import answer_event_meta
+
+            events.publish(events.chat_channel(session.id), "done",
+                           {**answer_event_meta(answer), "text": "", "stopped": True})
+    return len(unfinished)

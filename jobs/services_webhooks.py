@@ -16,11 +16,12 @@ from django.core.validators import URLValidator
 from django.db import transaction
 from django.utils import timezone
 
-from jobs.models import TERMINAL_STATUSES, FineTuneJob, Webhook, WebhookDelivery
+from jobs.models import TERMINAL_STATUSES, FineTuneJob, Webhook, WebhookDelivery, webhook_secret_new
 from worker.config import ConfigError
 
 MAX_WEBHOOKS_PER_OWNER = 10
 EVENT_TYPES = {status.value: f"fine_tuning.job.{status.value}" for status in TERMINAL_STATUSES}
+PING_EVENT = "ping"
 
 
 def webhook_url_validate(url: str) -> str:
@@ -51,15 +52,29 @@ def webhook_delete(*, webhook: Webhook, by) -> None:
     webhook.delete()
 
 
-def webhook_job_payload(job: FineTuneJob, event_id: str) -> dict[str, Any]:
-    """The event body: OpenAI's fine-tuning job event shape, with the job in `data`."""
+def webhook_secret_rotate(*, webhook: Webhook) -> Webhook:
+    """Replace the signing secret (the caller looked the webhook up by owner). Deliveries still being
+    retried are signed with the new secret from their next attempt on."""
+    webhook.secret = webhook_secret_new()
+    webhook.save(update_fields=["secret"])
+    return webhook
+
+
+def _delivery_create(*, webhook: Webhook, event: str, data: dict[str, Any]) -> WebhookDelivery:
+    """One delivery of one event (OpenAI's event envelope, `data` inside); the caller queues it on commit."""
+    delivery_id = uuid.uuid4()
+    payload = {"id": f"msg_{delivery_id.hex}", "object": "event", "type": event,
+               "created_at": int(timezone.now().timestamp()), "data": data}
+    return WebhookDelivery.objects.create(id=delivery_id, webhook=webhook, event=event, payload=payload)
+
+
+def webhook_job_data(job: FineTuneJob) -> dict[str, Any]:
+    """The `data` of a job event: the job's id (as /v1/ shows it), status and outcome."""
     from jobs.openai_api import ftjob_id
 
-    return {"id": event_id, "object": "event", "type": EVENT_TYPES[job.status],
-            "created_at": int(timezone.now().timestamp()),
-            "data": {"id": ftjob_id(job), "status": job.status, "name": job.name, "error": job.error or None,
-                     "final_loss": job.final_loss, "step": job.step, "total_steps": job.total_steps,
-                     "finished_at": int(job.finished.timestamp()) if job.finished else None}}
+    return {"id": ftjob_id(job), "status": job.status, "name": job.name, "error": job.error or None,
+            "final_loss": job.final_loss, "step": job.step, "total_steps": job.total_steps,
+            "finished_at": int(job.finished.timestamp()) if job.finished else None}
 
 
 def webhook_event_for_job(job: FineTuneJob) -> list[WebhookDelivery]:
@@ -68,16 +83,35 @@ def webhook_event_for_job(job: FineTuneJob) -> list[WebhookDelivery]:
 
     if job.status not in EVENT_TYPES:
         return []
-    deliveries = []
     with transaction.atomic():
-        for webhook in Webhook.objects.filter(owner_id=job.owner_id, active=True):
-            delivery_id = uuid.uuid4()
-            deliveries.append(WebhookDelivery.objects.create(
-                id=delivery_id, webhook=webhook, event=EVENT_TYPES[job.status],
-                payload=webhook_job_payload(job, f"msg_{delivery_id.hex}")))
+        deliveries = [_delivery_create(webhook=webhook, event=EVENT_TYPES[job.status], data=webhook_job_data(job))
+                      for webhook in Webhook.objects.filter(owner_id=job.owner_id, active=True)]
         for delivery in deliveries:
             transaction.on_commit(lambda pk=str(delivery.id): webhook_deliver.delay(pk))
     return deliveries
+
+
+def webhook_ping(*, webhook: Webhook) -> WebhookDelivery:
+    """Queue a signed `ping` event to the endpoint (sent on commit, retried like any event), so an owner
+    can check their receiver and its signature check before a job ends."""
+    from jobs.tasks_webhooks import webhook_deliver
+
+    if not webhook.active:
+        raise ConfigError("webhook", "is inactive, so nothing is sent to it")
+    with transaction.atomic():
+        delivery = _delivery_create(webhook=webhook, event=PING_EVENT,
+                                    data={"webhook": webhook.id, "url": webhook.url})
+        transaction.on_commit(lambda: webhook_deliver.delay(str(delivery.id)))
+    return delivery
+
+
+def webhook_delivery_status(delivery: WebhookDelivery) -> str:
+    """`delivered`, `failed` (gave up after the last attempt) or `pending` (queued or waiting to retry)."""
+    from jobs.tasks_webhooks import MAX_ATTEMPTS
+
+    if delivery.delivered:
+        return "delivered"
+    return "failed" if delivery.attempts >= MAX_ATTEMPTS else "pending"
 
 
 def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

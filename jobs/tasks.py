@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
-from jobs import events, services
+from jobs import events, selectors, services
 from jobs.models import ChatAnswer, FineTuneJob, JobStatus
 from jobs.reporting import DbReporter
 from worker.config import ConfigError, GenerationConfig, TrainConfig, TrainSpec
@@ -94,15 +94,20 @@ def model_pool():
     if _pool is None:
         from worker.inference import ModelPool
 
-        _pool = ModelPool(max_bases=settings.INFER_MAX_BASES, device=settings.TRAIN_DEVICE)
+        _pool = ModelPool(memory_budget_mb=settings.INFER_MEMORY_BUDGET_MB, device=settings.TRAIN_DEVICE,
+                          max_adapters_per_base=settings.INFER_MAX_ADAPTERS_PER_BASE)
     return _pool
 
 
 def _history(answer: ChatAnswer) -> list[dict[str, str]]:
     if answer.messages:  # an API completion carries its whole conversation
         return list(answer.messages)
-    earlier = ChatAnswer.objects.filter(session=answer.session, side=answer.side, state=ChatAnswer.State.DONE,
-                                        created__lt=answer.created).order_by("created")
+    if answer.round is not None and answer.round.blind:  # each blind round stands alone: its columns mix models
+        return [{"role": "user", "content": answer.prompt}]
+    # Each model continues its own conversation in the session.
+    earlier = ChatAnswer.objects.filter(session=answer.session, job=answer.job, side=answer.side,
+                                        state=ChatAnswer.State.DONE, created__lt=answer.created).exclude(
+        round__blind=True).order_by("created")
     messages: list[dict[str, str]] = []
     for turn in earlier:
         messages += [{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": turn.text}]
@@ -117,28 +122,39 @@ def chat_answer(answer_id: str) -> str:
     if not claimed:
         return "skipped"
     answer = ChatAnswer.objects.select_related("session__job__base_model", "session__job__adapter",
-                                               "session__base_model").get(id=answer_id)
-    job = answer.session.job
-    base_path = job.base_model.path if job else answer.session.base_model.path
+                                               "session__base_model", "job__adapter", "round").get(id=answer_id)
+    session_job = answer.session.job
+    base_path = session_job.base_model.path if session_job else answer.session.base_model.path
     channel = events.chat_channel(answer.session_id)
-    meta = {"answer": str(answer.id), "side": answer.side}
+    meta = selectors.answer_event_meta(answer)
     events.publish(channel, "start", meta)
+    # The answer names the adapter that gives it; an adapter side without one is an API completion of
+    # the session's job.
+    job = answer.job or (session_job if answer.side == ChatAnswer.Side.ADAPTER else None)
     adapter = None
-    if answer.side == ChatAnswer.Side.ADAPTER and job is not None:
+    if job is not None:
         adapter = (str(job.adapter.id), str(services.media_path(job.adapter.folder)))
+    asked_at = answer.created.timestamp()
+
+    def stop_asked() -> bool:
+        stop = events.chat_stop_time(answer.session_id)
+        return stop is not None and stop >= asked_at
+
     try:
         text = model_pool().generate(base_path, _history(answer), GenerationConfig(**answer.settings),
                                      adapter=adapter,
-                                     on_text=lambda piece: events.publish(channel, "token", {**meta, "text": piece}))
+                                     on_text=lambda piece: events.publish(channel, "token", {**meta, "text": piece}),
+                                     should_stop=stop_asked)
     except Exception as exc:
         log.exception("chat answer %s failed", answer_id)
         ChatAnswer.objects.filter(id=answer_id).update(state=ChatAnswer.State.FAILED,
                                                        error=f"{type(exc).__name__}: {exc}")
         events.publish(channel, "error", {**meta, "error": "generation failed; see the worker log"})
         return "failed"
-    ChatAnswer.objects.filter(id=answer_id).update(state=ChatAnswer.State.DONE, text=text)
-    events.publish(channel, "done", {**meta, "text": text})
-    return "done"
+    stopped = stop_asked()
+    ChatAnswer.objects.filter(id=answer_id).update(state=ChatAnswer.State.DONE, text=text, stopped=stopped)
+    events.publish(channel, "done", {**meta, "text": text, "stopped": stopped})
+    return "stopped" if stopped else "done"
 
 
 @shared_task(name="jobs.tasks.adapter_merge", acks_late=True)

@@ -309,26 +309,58 @@ def job_merged(request, job_id):
 
 @login_required
 def job_compare(request, job_id):
+    """Side by side (two or three models on this job's base), blind A/B votes and the win-rate table."""
+    from jobs.win_rate import CAPTION
+
     job = selectors.job_get(owner=request.user, job_id=job_id)
-    return render(request, "jobs/compare.html", {"job": job, "defaults": GenerationConfig()})
+    others = selectors.compare_candidates(owner=request.user, base_model=job.base_model).exclude(id=job.id)
+    candidates = [_candidate(None, job.base_model, checked=True)]
+    if job.status == JobStatus.SUCCEEDED:
+        candidates.append(_candidate(job, job.base_model, checked=True))
+    candidates += [_candidate(other, job.base_model, checked=False) for other in others]
+    return render(request, "jobs/compare.html", {
+        "job": job, "defaults": GenerationConfig(), "candidates": candidates,
+        "max_contestants": services.MAX_CONTESTANTS, "win_rate_caption": CAPTION,
+        "win_rates": selectors.vote_win_rates(owner=request.user, base_model=job.base_model)})
+
+
+def _candidate(job: FineTuneJob | None, base_model, *, checked: bool) -> dict:
+    """A model the compare page offers: "base" or a job id as its key, with its display name."""
+    return {"key": str(job.id) if job else services.BASE_CONTESTANT, "checked": checked,
+            "name": selectors.model_identity(job=job, base_model=base_model)["name"]}
 
 
 def _json_error(field: str, message: str, status: int = 400) -> JsonResponse:
     return JsonResponse({"error": {"field": field, "message": message}}, status=status)
 
 
-@login_required
-def job_compare_ask(request, job_id):
-    """POST {prompt, session?, max_new_tokens?, temperature?, top_p?, seed?, system_prompt?} -> session id."""
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    job = selectors.job_get(owner=request.user, job_id=job_id)
+def _json_object(request, allowed: set[str]) -> dict | JsonResponse:
+    """The request's JSON object, or a 400 naming what is wrong: not JSON, not an object, an unknown field."""
     try:
         body = json.loads(request.body or b"{}")
     except (ValueError, UnicodeDecodeError):
         return _json_error("body", "must be JSON")
     if not isinstance(body, dict):
         return _json_error("body", "must be a JSON object")
+    unknown = set(body) - allowed
+    if unknown:
+        return _json_error(sorted(unknown)[0], "unknown field")
+    return body
+
+
+GENERATION_FIELDS = {"max_new_tokens", "temperature", "top_p", "seed", "system_prompt"}
+
+
+@login_required
+def job_compare_ask(request, job_id):
+    """POST {prompt, session?, contestants?, blind?, max_new_tokens?, temperature?, top_p?, seed?,
+    system_prompt?} -> the session, the round and its answers in screen order."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    body = _json_object(request, GENERATION_FIELDS | {"prompt", "session", "contestants", "blind"})
+    if isinstance(body, JsonResponse):
+        return body
     session = None
     if body.get("session"):
         try:
@@ -337,21 +369,54 @@ def job_compare_ask(request, job_id):
             return _json_error("session", "unknown chat session", 404)
         if session.job_id != job.id:
             return _json_error("session", "that chat belongs to another job")
-    allowed = {"max_new_tokens", "temperature", "top_p", "seed", "system_prompt"}
-    unknown = set(body) - allowed - {"prompt", "session"}
-    if unknown:
-        return _json_error(sorted(unknown)[0], "unknown field")
+    if not isinstance(body.get("blind", False), bool):
+        return _json_error("blind", "must be true or false")
     try:
-        gen = GenerationConfig(**{k: v for k, v in body.items() if k in allowed})
+        gen = GenerationConfig(**{k: v for k, v in body.items() if k in GENERATION_FIELDS})
         session, answers = services.chat_ask(owner=request.user, job=job, prompt=str(body.get("prompt", "")),
-                                             generation=gen, session=session)
+                                             generation=gen, session=session, contestants=body.get("contestants"),
+                                             blind=body.get("blind", False))
     except ConfigError as exc:
         return _json_error(exc.field, exc.message)
     except TypeError as exc:
         return _json_error("body", str(exc))
     except services.JobStateError as exc:
         return _json_error("job", str(exc), 409)
-    return JsonResponse({"session": str(session.id), "answers": {a.side: str(a.id) for a in answers}}, status=201)
+    chat_round = answers[0].round
+    return JsonResponse({"session": str(session.id), "round": str(chat_round.id), "blind": chat_round.blind,
+                         "answers": {_answer_key(a, job): str(a.id) for a in answers},
+                         "slots": selectors.chat_round_slots(chat_round=chat_round)}, status=201)
+
+
+def _answer_key(answer: ChatAnswer, job: FineTuneJob) -> str:
+    """How the ask response names an answer: its column letter in a blind round, else "base",
+    "adapter" (this page's job) or the other job's id."""
+    if answer.round.blind:
+        return "ABC"[answer.position]
+    if answer.job_id is None:
+        return "base"
+    return "adapter" if answer.job_id == job.id else str(answer.job_id)
+
+
+@login_required
+def chat_round_vote(request, round_id):
+    """POST {choice: left|right|tie|both_bad} -> the vote, the revealed models and the new win-rate table."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    chat_round = selectors.chat_round_get(owner=request.user, round_id=round_id)
+    body = _json_object(request, {"choice"})
+    if isinstance(body, JsonResponse):
+        return body
+    try:
+        vote = services.chat_vote(owner=request.user, chat_round=chat_round, choice=body.get("choice"))
+    except ConfigError as exc:
+        return _json_error(exc.field, exc.message)
+    except services.ChatStateError as exc:
+        return _json_error(exc.field, exc.message, 409)
+    return JsonResponse({"vote": str(vote.id), "result": vote.result, "choice": body["choice"],
+                         "slots": selectors.chat_round_slots(chat_round=chat_round),
+                         "win_rates": selectors.vote_win_rates(owner=request.user, base_model=vote.base_model)},
+                        status=201)
 
 
 # --- server-sent events --------------------------------------------------------------------
@@ -414,18 +479,18 @@ async def chat_events(request, session_id):
     """Text pieces of both sides of a comparison as they are generated."""
     user = await _user_or_404(request)
     session = await sync_to_async(selectors.chat_session_get)(owner=user, session_id=session_id)
-    wanted = set(request.GET.getlist("answer"))
+    wanted = {a for a in request.GET.getlist("answer") if _is_uuid(a)}
     finished: set[str] = set()
 
     @sync_to_async
     def replay():
         items = []
-        answers = ChatAnswer.objects.filter(session=session)
+        answers = ChatAnswer.objects.filter(session=session).select_related("round__vote")
         for a in answers.filter(id__in=wanted) if wanted else answers:
             if a.state == ChatAnswer.State.DONE:
-                items.append(("done", {"answer": str(a.id), "side": a.side, "text": a.text}, None))
+                items.append(("done", {**selectors.answer_event_meta(a), "text": a.text}, None))
             elif a.state == ChatAnswer.State.FAILED:
-                items.append(("error", {"answer": str(a.id), "side": a.side, "error": "generation failed"}, None))
+                items.append(("error", {**selectors.answer_event_meta(a), "error": "generation failed"}, None))
         return items
 
     def on_message(kind, data):
@@ -438,3 +503,11 @@ async def chat_events(request, session_id):
         return [events.sse(kind, data)], bool(wanted) and finished >= wanted
 
     return _event_stream(events.follow(events.chat_channel(session.id), replay, on_message))
+
+
+@login_required
+@require_POST
+def chat_stop(request, session_id):
+    """The stop button: unfinished answers of this chat end now, keeping what they have said."""
+    session = get_object_or_404(ChatSession, id=session_id, owner=request.user)
+    return JsonResponse({"unfinished": services.chat_stop(owner=request.user, session=session)})

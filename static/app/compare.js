@@ -1,46 +1,146 @@
-// Compare page: one prompt to the base and to the adapter; answers stream in as server-sent events.
+// Compare page: one prompt to two or three models at once; answers stream in as server-sent events.
+// Blind A/B: the server shuffles two models and names them only in its answer to the vote.
 (function () {
   const form = document.getElementById("compare-form");
   if (!form) return;
-  let session = null;
   const csrf = form.querySelector("[name=csrfmiddlewaretoken]").value;
-  function addTurn(side, prompt) {
-    const turn = document.createElement("div"); turn.className = "turn";
-    const who = document.createElement("div"); who.className = "who"; who.textContent = "You: " + prompt;
-    const answer = document.createElement("div"); answer.className = "answer pending"; answer.dataset.side = side;
-    turn.append(who, answer); document.getElementById("side-" + side).append(turn);
-    return answer;
+  const columns = document.getElementById("columns");
+  const voteBar = document.getElementById("vote-bar");
+  const voteResult = document.getElementById("vote-result");
+  const err = document.getElementById("compare-error");
+  const stopButton = document.getElementById("stop");
+  let session = null;        // a new selection of models (or of blind mode) starts a new session
+  let columnKeys = [];       // the answer keys the columns were built for, left to right
+  let openRound = null;      // {id, turns: {position: turn element}} of the round awaiting a vote
+
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const post = (url, body) => fetch(url, { method: "POST", credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrf }, body: JSON.stringify(body) });
+  const showError = (data) => { err.textContent = `${data.error.field}: ${data.error.message}`; };
+
+  function reset() {
+    session = null; columnKeys = []; openRound = null; columns.replaceChildren();
+    voteBar.classList.add("hidden"); voteResult.classList.add("hidden");
   }
+  form.querySelectorAll("[name=contestant], #blind").forEach((box) => box.addEventListener("change", reset));
+
+  function buildColumns(keys, slots, blind) {
+    columns.replaceChildren(); columnKeys = keys;
+    columns.style.display = "grid"; columns.style.gap = "16px";
+    columns.style.gridTemplateColumns = `repeat(${keys.length}, minmax(0, 1fr))`;
+    keys.forEach((key, i) => {
+      const section = el("section", "card");
+      section.append(el("h2", null, blind ? `Model ${"ABC"[i]}` : slots[i].model.name));
+      const transcript = el("div", "transcript"); transcript.id = "side-" + key;
+      section.append(transcript); columns.append(section);
+    });
+  }
+
+  function addTurn(key, prompt) {
+    const turn = el("div", "turn");
+    const answer = el("div", "answer pending");
+    turn.append(el("div", "who", "You: " + prompt), answer, el("div", "reveal hint"));
+    document.getElementById("side-" + key).append(turn);
+    return turn;
+  }
+
+  function renderWinRates(rows) {
+    const body = document.querySelector("#win-rates tbody");
+    body.replaceChildren();
+    if (!rows.length) {
+      const tr = el("tr"); const td = el("td", "hint", "No votes yet."); td.colSpan = 8; tr.append(td); body.append(tr);
+      return;
+    }
+    const pct = (x) => (100 * x).toFixed(0) + "%";
+    for (const r of rows) {
+      const tr = el("tr");
+      for (const cell of [r.model.name, r.opponent.name, r.wins, r.losses, r.ties, r.both_bad, r.n,
+                          `${pct(r.win_rate)} (${pct(r.ci_low)}–${pct(r.ci_high)})`]) tr.append(el("td", null, String(cell)));
+      body.append(tr);
+    }
+  }
+  renderWinRates(JSON.parse(document.getElementById("win-rates-data").textContent));
+
+  voteBar.addEventListener("click", async (ev) => {
+    const choice = ev.target.dataset && ev.target.dataset.choice;
+    if (!choice || !openRound) return;
+    err.textContent = "";
+    voteBar.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+    try {
+      const r = await post(`${form.dataset.voteBase}${openRound.id}/vote/`, { choice });
+      const data = await r.json();
+      if (!r.ok) { showError(data); voteBar.querySelectorAll("button").forEach((b) => { b.disabled = false; }); return; }
+      const names = data.slots.map((s) => s.model.name);
+      data.slots.forEach((s) => { openRound.turns[s.position].querySelector(".reveal").textContent = "— " + s.model.name; });
+      const verdict = { left: `${names[0]} (left) is better`, right: `${names[1]} (right) is better`,
+                        tie: "a tie", both_bad: "both bad" }[choice];
+      voteResult.textContent = `Your vote: ${verdict}. Left was ${names[0]}, right was ${names[1]}.`;
+      voteResult.classList.remove("hidden"); voteBar.classList.add("hidden");
+      renderWinRates(data.win_rates);
+      openRound = null;
+    } catch (e) { err.textContent = "Could not reach the server: " + e; }
+  });
+
+  stopButton.addEventListener("click", async () => {
+    if (!session) return;
+    stopButton.disabled = true;
+    try { await post(`${form.dataset.eventsBase}${session}/stop/`, {}); }
+    catch (e) { err.textContent = "Could not reach the server: " + e; stopButton.disabled = false; }
+  });
+
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const err = document.getElementById("compare-error"); err.textContent = "";
+    err.textContent = "";
     const prompt = form.prompt.value.trim();
     if (!prompt) { err.textContent = "Type a message first."; return; }
-    const body = { prompt, max_new_tokens: +form.max_new_tokens.value, temperature: +form.temperature.value,
-                   top_p: +form.top_p.value, seed: +form.seed.value, system_prompt: form.system_prompt.value };
+    const contestants = [...form.querySelectorAll("[name=contestant]:checked")].map((b) => b.value);
+    const blind = document.getElementById("blind").checked;
+    const body = { prompt, contestants, blind, max_new_tokens: +form.max_new_tokens.value,
+                   temperature: +form.temperature.value, top_p: +form.top_p.value, seed: +form.seed.value,
+                   system_prompt: form.system_prompt.value };
     if (session) body.session = session;
     const button = document.getElementById("ask"); button.disabled = true;
+    voteBar.classList.add("hidden"); voteResult.classList.add("hidden"); openRound = null;
     try {
-      const r = await fetch(form.dataset.askUrl, { method: "POST", credentials: "same-origin",
-        headers: { "Content-Type": "application/json", "X-CSRFToken": csrf }, body: JSON.stringify(body) });
+      const r = await post(form.dataset.askUrl, body);
       const data = await r.json();
-      if (!r.ok) { err.textContent = `${data.error.field}: ${data.error.message}`; button.disabled = false; return; }
+      if (!r.ok) { showError(data); button.disabled = false; return; }
       session = data.session;
-      const boxes = { base: addTurn("base", prompt), adapter: addTurn("adapter", prompt) };
-      const byId = {}; for (const [side, id] of Object.entries(data.answers)) byId[id] = boxes[side];
+      const keys = Object.entries(data.answers).sort((a, b) =>
+        data.slots.findIndex((s) => s.answer === a[1]) - data.slots.findIndex((s) => s.answer === b[1])).map(([k]) => k);
+      if (keys.join() !== columnKeys.join()) buildColumns(keys, data.slots, data.blind);
+      const byId = {}; const turns = {};
+      keys.forEach((key, i) => {
+        const turn = addTurn(key, prompt); turns[i] = turn; byId[data.answers[key]] = turn.querySelector(".answer");
+      });
       const qs = Object.values(data.answers).map((id) => "answer=" + id).join("&");
       const source = new EventSource(`${form.dataset.eventsBase}${session}/events/?${qs}`);
-      let open = Object.keys(byId).length;
-      const finish = () => { if (--open === 0) { source.close(); button.disabled = false; form.prompt.value = ""; } };
+      stopButton.disabled = false; stopButton.classList.remove("hidden");
+      let open = keys.length; let failed = false;
+      const finish = () => {
+        if (--open > 0) return;
+        source.close(); button.disabled = false; form.prompt.value = "";
+        stopButton.classList.add("hidden");
+        if (keys.length === 2 && !failed) {  // a vote compares two finished answers
+          openRound = { id: data.round, turns };
+          voteBar.querySelectorAll("button").forEach((b) => { b.disabled = false; });
+          voteBar.classList.remove("hidden");
+        }
+      };
       source.addEventListener("token", (e) => { const m = JSON.parse(e.data); byId[m.answer].textContent += m.text; });
       source.addEventListener("done", (e) => {
         const m = JSON.parse(e.data); const box = byId[m.answer];
-        box.textContent = m.text; box.classList.remove("pending"); finish();
+        box.textContent = m.text; box.classList.remove("pending");
+        if (m.stopped) { box.classList.add("stopped"); box.append(el("span", "hint", " (stopped)")); }
+        finish();
       });
       source.addEventListener("error", (e) => {
         if (!e.data) return;  // connection-level errors carry no data; EventSource retries
         const m = JSON.parse(e.data); const box = byId[m.answer];
-        box.textContent = "(" + m.error + ")"; box.classList.remove("pending"); finish();
+        box.textContent = "(" + m.error + ")"; box.classList.remove("pending"); failed = true; finish();
       });
     } catch (e) { err.textContent = "Could not reach the server: " + e; button.disabled = false; }
   });

@@ -130,7 +130,7 @@ def test_the_task_answers_a_base_only_session_with_the_full_history(user, base_m
     answer = chat_completion_create(owner=user, base=base_model, job=None, messages=messages,
                                     generation=GenerationConfig(max_new_tokens=4))
     pool = mock.Mock()
-    pool.generate.side_effect = lambda path, history, gen, adapter, on_text: on_text("ok") or "ok"
+    pool.generate.side_effect = lambda path, history, gen, adapter, on_text, should_stop: on_text("ok") or "ok"
     monkeypatch.setattr(tasks, "model_pool", lambda: pool)
     published = []
     monkeypatch.setattr(tasks.events, "publish", lambda channel, kind, data: published.append((channel, kind, data)))

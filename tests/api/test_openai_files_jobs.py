@@ -150,7 +150,7 @@ def test_list_get_cancel_and_pagination(api, base_model, dataset):
     assert api.get(f"/v1/fine_tuning/jobs/{ids[0]}").json()["id"] == ids[0]
     cancelled = api.post(f"/v1/fine_tuning/jobs/{ids[0]}/cancel").json()
     assert cancelled["status"] == "cancelled" and isinstance(cancelled["finished_at"], int)
-    assert_error(api.post(f"/v1/fine_tuning/jobs/{ids[0]}/cancel"), 409, code="invalid_state")
+    assert_error(api.post(f"/v1/fine_tuning/jobs/{ids[0]}/cancel"), 400, code="invalid_state")
     assert_error(api.get("/v1/fine_tuning/jobs/ftjob-" + "0" * 32), 404)
 
 

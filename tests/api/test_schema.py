@@ -33,6 +33,10 @@ def test_every_rest_route_is_described_with_its_errors(user):
         "$ref": "#/components/schemas/BadRequest"}
     assert paths["/api/v1/jobs/{job_id}/cancel/"]["post"]["responses"]["409"]["content"]["application/json"][
         "schema"] == {"$ref": "#/components/schemas/Error"}
+    webhook = paths["/api/v1/webhooks/{webhook_id}/test/"]["post"]["responses"]
+    assert {"202", "400", "401", "403", "404", "429"} <= set(webhook)
+    assert "400" in paths["/api/v1/webhooks/"]["post"]["responses"]
+    assert "secret" in schema["components"]["schemas"]["WebhookSecretOutput"]["properties"]
     assert "/v1/fine_tuning/jobs" in paths  # the OpenAI-compatible routes are DRF views too
     assert set(schema["components"]["securitySchemes"]) == {"apiKey", "cookieAuth"}
     assert schema["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"

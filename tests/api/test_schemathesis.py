@@ -17,6 +17,7 @@ from schemathesis.checks import not_a_server_error
 
 from jobs.services import dataset_create, job_create
 from jobs.services_keys import api_key_create
+from jobs.services_webhooks import webhook_create
 from tests.api.conftest import chat_jsonl
 from webapp.wsgi import application
 from worker.config import TrainConfig
@@ -30,8 +31,9 @@ def owned(user, base_model):
     """Real ids of the test user's objects, so generated requests reach past the 404 of a random id."""
     ds = dataset_create(owner=user, upload=SimpleUploadedFile("colours.jsonl", chat_jsonl()), name="colours")
     job = job_create(owner=user, dataset=ds, base_model=base_model, config=TrainConfig())
+    hook = webhook_create(owner=user, url="https://example.com/hook")
     return {"dataset_id": str(ds.id), "job_id": str(job.id), "dataset": str(ds.id),
-            "base_model": str(base_model.id)}
+            "base_model": str(base_model.id), "webhook_id": hook.id}
 
 
 @pytest.fixture

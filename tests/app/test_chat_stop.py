@@ -1,0 +1,72 @@
+"""The stop button: a streaming answer ends at its next token, a queued one never starts, a later
+question is not affected. The flag goes through a real Redis; the infer task runs in-process."""
+from unittest import mock
+
+import pytest
+
+from jobs import events, services, tasks
+from jobs.models import ChatAnswer
+from tests.app.test_compare_votes import finished_job
+from worker.config import GenerationConfig
+from worker.modeling import load_tokenizer
+
+
+@pytest.fixture
+def real_redis(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:6379/15"
+    events._client.cache_clear()
+    yield
+    events._client.cache_clear()
+
+
+def ask(user, job, django_capture_on_commit_callbacks, tokens=40):
+    with mock.patch("jobs.tasks.chat_answer.delay"), django_capture_on_commit_callbacks(execute=True):
+        session, answers = services.chat_ask(owner=user, job=job, prompt="colour 1",
+                                             generation=GenerationConfig(max_new_tokens=tokens))
+    return session, {("base" if a.job_id is None else "adapter"): a for a in answers}
+
+
+def test_stop_ends_a_streaming_answer_and_skips_queued_ones(real_redis, user, base_model,
+                                                            django_capture_on_commit_callbacks):
+    job = finished_job(user, base_model, "colours")
+    session, answers = ask(user, job, django_capture_on_commit_callbacks)
+    # Unstopped, the tiny model talks until max_new_tokens.
+    assert tasks.chat_answer(str(answers["base"].id)) == "done"
+    full = ChatAnswer.objects.get(id=answers["base"].id).text
+
+    session2, answers2 = ask(user, job, django_capture_on_commit_callbacks)
+    events.chat_stop_request(session2.id)  # as if pressed while the base answer was streaming
+    assert tasks.chat_answer(str(answers2["base"].id)) == "stopped"
+    stopped = ChatAnswer.objects.get(id=answers2["base"].id)
+    assert stopped.state == "done" and stopped.stopped and len(stopped.text) < len(full)
+    assert full.startswith(stopped.text)
+
+    # The service marks the queued adapter answer as stopped; its task then skips it.
+    assert services.chat_stop(owner=user, session=session2) == 1
+    queued = ChatAnswer.objects.get(id=answers2["adapter"].id)
+    assert queued.state == "done" and queued.stopped and queued.text == ""
+    assert tasks.chat_answer(str(queued.id)) == "skipped"
+
+    # A question asked after the stop is answered in full.
+    with mock.patch("jobs.tasks.chat_answer.delay"), django_capture_on_commit_callbacks(execute=True):
+        _, later = services.chat_ask(owner=user, job=job, prompt="colour 1", session=session2,
+                                     generation=GenerationConfig(max_new_tokens=40))
+    base_later = next(a for a in later if a.job_id is None)
+    assert tasks.chat_answer(str(base_later.id)) == "done"
+    answered = ChatAnswer.objects.get(id=base_later.id)
+    assert not answered.stopped
+    tokenizer = load_tokenizer(base_model.path)
+    assert len(tokenizer(answered.text, add_special_tokens=False)["input_ids"]) >= 30, "ran to max_new_tokens"
+
+
+def test_stop_endpoint_is_owner_only_and_post_only(real_redis, client, user, other_user, base_model,
+                                                   django_capture_on_commit_callbacks):
+    job = finished_job(user, base_model, "colours")
+    session, _ = ask(user, job, django_capture_on_commit_callbacks)
+    client.force_login(other_user)
+    assert client.post(f"/chats/{session.id}/stop/").status_code == 404
+    client.force_login(user)
+    assert client.get(f"/chats/{session.id}/stop/").status_code == 405
+    response = client.post(f"/chats/{session.id}/stop/")
+    assert response.status_code == 200 and response.json() == {"unfinished": 2}
+    assert set(ChatAnswer.objects.values_list("stopped", flat=True)) == {True}

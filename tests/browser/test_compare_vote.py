@@ -1,0 +1,87 @@
+"""Three models side by side, then a blind A/B round: the vote names the models and updates the win-rate
+table without a reload — in Chromium, against the real web server and infer worker."""
+import pytest
+
+from tests.browser.pages import sign_in
+from tests.integration.stack import read_sse
+from tests.integration.test_end_to_end import upload_and_submit
+
+pytestmark = pytest.mark.browser
+ALL_DONE = ("n => document.querySelectorAll('#columns .answer').length === n && "
+            "document.querySelectorAll('#columns .answer.pending').length === 0")
+
+
+def finished_jobs(stack, count: int) -> list[str]:
+    """Train `count` one-epoch jobs (two steps each) and wait until each has succeeded."""
+    s = stack.session()
+    ids = [upload_and_submit(stack, s, epochs="1", seed=str(i)) for i in range(count)]
+    for job_id in ids:
+        with s.get(f"{stack.url}/jobs/{job_id}/events/", stream=True, timeout=60) as r:
+            statuses = [d["status"] for e, d in read_sse(r, lambda e, d: e == "status" and d["status"] in (
+                "succeeded", "failed", "cancelled"), limit_s=180) if e == "status"]
+        assert statuses[-1] == "succeeded", stack.logs()
+    return ids
+
+
+def ask(page, prompt: str) -> None:
+    page.fill("#prompt", prompt)
+    page.click("#ask")
+
+
+def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page):
+    first, second = finished_jobs(stack, 2)
+    sign_in(page, stack, "alice")
+    page.goto(f"{stack.url}/jobs/{first}/compare/")
+    page.click("summary")
+    page.fill("[name=max_new_tokens]", "6")
+    assert page.inner_text("#win-rates tbody") == "No votes yet."
+
+    # Three models on one base, one prompt: every column streams its answer.
+    page.check(f"#contestants input[value='{second}']")
+    ask(page, "colour 2")
+    page.wait_for_function(ALL_DONE, arg=3, timeout=120_000)
+    headings = page.locator("#columns h2").all_inner_texts()
+    assert headings[0] == "tiny-llama (base)" and len(headings) == 3
+    assert headings[1:] == [f"e2e ({first[:8]})", f"e2e ({second[:8]})"]
+    assert page.is_hidden("#vote-bar")  # a vote compares two
+
+    # Blind A/B of the base and this job: unlabeled columns, then the vote names them.
+    page.uncheck(f"#contestants input[value='{second}']")
+    page.check("#blind")
+    assert page.locator("#columns .answer").count() == 0  # a new selection starts a new comparison
+    ask(page, "colour 1")
+    page.wait_for_function(ALL_DONE, arg=2, timeout=120_000)
+    assert page.locator("#columns h2").all_inner_texts() == ["Model A", "Model B"]
+    assert "(base)" not in page.inner_text("#columns")
+    page.click("#vote-bar [data-choice=left]")
+    page.wait_for_selector("#vote-result:not(.hidden)")
+    result = page.inner_text("#vote-result")
+    reveals = page.locator("#columns .reveal").all_inner_texts()
+    assert sorted(reveals) == sorted(["— tiny-llama (base)", f"— e2e ({first[:8]})"]), reveals
+    left = reveals[0].removeprefix("— ")
+    assert result.startswith(f"Your vote: {left} (left) is better. Left was {left}")
+    assert page.is_hidden("#vote-bar")
+
+    # The win-rate table counts the vote for the model that was on the left, without a reload.
+    cells = page.locator("#win-rates tbody tr").first.locator("td").all_inner_texts()
+    assert cells[0] == "tiny-llama (base)" and cells[6] == "1"
+    assert cells[2:4] == (["1", "0"] if "(base)" in left else ["0", "1"])
+    assert "(" in cells[7] and "%" in cells[7]
+    page.screenshot(path=str(stack.tmp / "compare-vote.png"), full_page=True)
+
+    page.reload()  # the stored vote is in the table on a fresh page too
+    assert page.locator("#win-rates tbody tr").first.locator("td").all_inner_texts() == cells
+
+    # Stop: a long answer ends early and keeps what it had said; the queued one never starts.
+    page.uncheck("#blind")
+    page.click("summary")
+    page.fill("[name=max_new_tokens]", "400")
+    ask(page, "colour 3")
+    page.wait_for_function("[...document.querySelectorAll('#columns .answer')].some(a => a.textContent.length > 0)",
+                           timeout=60_000)
+    page.click("#stop")
+    page.wait_for_function(ALL_DONE, arg=2, timeout=60_000)
+    assert page.locator("#columns .answer.stopped").count() == 2
+    assert page.is_hidden("#stop")
+    stopped = page.locator("#columns .answer").all_inner_texts()
+    assert all(text.endswith("(stopped)") for text in stopped), stopped
