@@ -526,7 +526,7 @@ def chat_ask(*, owner, job: FineTuneJob, prompt: str, generation: GenerationConf
     base alone) and/or the owner's succeeded jobs by id; default the base and this job. A blind round
     (two models) shuffles the screen order server-side and carries no history. Answers (in screen
     order) stream via the infer queue."""
-    from jobs.tasks import chat_answer
+    from jobs import tasks
 
     if job.owner_id != owner.id:
         raise JobStateError("not your job")
@@ -547,8 +547,9 @@ def chat_ask(*, owner, job: FineTuneJob, prompt: str, generation: GenerationConf
                                              side=ChatAnswer.Side.BASE if model is None else ChatAnswer.Side.ADAPTER,
                                              prompt=prompt, settings=generation.__dict__)
                    for position, model in enumerate(order)]
-        for answer in answers:  # in screen order, so which column streams first says nothing in a blind round
-            transaction.on_commit(lambda a=answer: chat_answer.delay(str(a.id)))
+        # One task for the round: the infer worker answers every column in one batched generate.
+        ids = [str(a.id) for a in answers]
+        transaction.on_commit(lambda: tasks.chat_round.delay(ids))
     return session, answers
 
 

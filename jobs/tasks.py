@@ -116,45 +116,73 @@ def _history(answer: ChatAnswer) -> list[dict[str, str]]:
 
 @shared_task(name="jobs.tasks.chat_answer", acks_late=True)
 def chat_answer(answer_id: str) -> str:
-    """Generate one side of a comparison, streaming text pieces through Redis."""
-    claimed = ChatAnswer.objects.filter(id=answer_id, state=ChatAnswer.State.PENDING).update(
-        state=ChatAnswer.State.STREAMING)
+    """Generate one answer (an API completion, or one side on its own), streaming through Redis."""
+    return _answer_together([answer_id])[0]
+
+
+@shared_task(name="jobs.tasks.chat_round", acks_late=True)
+def chat_round(answer_ids: list[str]) -> list[str]:
+    """Generate every answer of a comparison round in one batched call, so all sides stream at once."""
+    return _answer_together(answer_ids)
+
+
+def _storable(text: str) -> str:
+    """Generated text without NUL characters, which PostgreSQL text columns refuse (a small or
+    badly tuned model can emit them)."""
+    return text.replace("\x00", "")
+
+
+def _answer_adapter(answer: ChatAnswer) -> tuple[str, str] | None:
+    """(name, folder) of the adapter that gives this answer, None for the base. An adapter side
+    without a job of its own is an API completion of the session's job."""
+    job = answer.job or (answer.session.job if answer.side == ChatAnswer.Side.ADAPTER else None)
+    return None if job is None else (str(job.adapter.id), str(services.media_path(job.adapter.folder)))
+
+
+def _answer_together(answer_ids: list[str]) -> list[str]:
+    """Claim the pending answers among `answer_ids` (one session, one base), generate them together
+    and stream each piece to the session's channel; returns a status per id."""
+    claimed = [i for i in answer_ids if ChatAnswer.objects.filter(
+        id=i, state=ChatAnswer.State.PENDING).update(state=ChatAnswer.State.STREAMING)]
+    status = {i: "skipped" for i in answer_ids}
     if not claimed:
-        return "skipped"
-    answer = ChatAnswer.objects.select_related("session__job__base_model", "session__job__adapter",
-                                               "session__base_model", "job__adapter", "round").get(id=answer_id)
-    session_job = answer.session.job
-    base_path = session_job.base_model.path if session_job else answer.session.base_model.path
-    channel = events.chat_channel(answer.session_id)
-    meta = selectors.answer_event_meta(answer)
-    events.publish(channel, "start", meta)
-    # The answer names the adapter that gives it; an adapter side without one is an API completion of
-    # the session's job.
-    job = answer.job or (session_job if answer.side == ChatAnswer.Side.ADAPTER else None)
-    adapter = None
-    if job is not None:
-        adapter = (str(job.adapter.id), str(services.media_path(job.adapter.folder)))
-    asked_at = answer.created.timestamp()
+        return [status[i] for i in answer_ids]
+    by_id = {str(a.id): a for a in ChatAnswer.objects.select_related(
+        "session__job__base_model", "session__job__adapter", "session__base_model", "job__adapter", "round").filter(
+        id__in=claimed)}
+    answers = [by_id[str(i)] for i in claimed]
+    session = answers[0].session
+    base_path = session.job.base_model.path if session.job else session.base_model.path
+    channel = events.chat_channel(session.id)
+    metas = [selectors.answer_event_meta(a) for a in answers]
+    for meta in metas:
+        events.publish(channel, "start", meta)
+    asked_at = min(a.created for a in answers).timestamp()
 
     def stop_asked() -> bool:
-        stop = events.chat_stop_time(answer.session_id)
+        stop = events.chat_stop_time(session.id)
         return stop is not None and stop >= asked_at
 
+    gen = GenerationConfig(**answers[0].settings)
+    requests = [(_history(a), _answer_adapter(a)) for a in answers]
     try:
-        text = model_pool().generate(base_path, _history(answer), GenerationConfig(**answer.settings),
-                                     adapter=adapter,
-                                     on_text=lambda piece: events.publish(channel, "token", {**meta, "text": piece}),
-                                     should_stop=stop_asked)
+        texts = model_pool().generate_many(
+            base_path, requests, gen, should_stop=stop_asked,
+            on_text=lambda row, piece: events.publish(channel, "token", {**metas[row], "text": _storable(piece)}))
     except Exception as exc:
-        log.exception("chat answer %s failed", answer_id)
-        ChatAnswer.objects.filter(id=answer_id).update(state=ChatAnswer.State.FAILED,
-                                                       error=f"{type(exc).__name__}: {exc}")
-        events.publish(channel, "error", {**meta, "error": "generation failed; see the worker log"})
-        return "failed"
+        log.exception("chat answers %s failed", claimed)
+        ChatAnswer.objects.filter(id__in=claimed).update(state=ChatAnswer.State.FAILED,
+                                                         error=f"{type(exc).__name__}: {exc}")
+        for meta in metas:
+            events.publish(channel, "error", {**meta, "error": "generation failed; see the worker log"})
+        status.update({str(i): "failed" for i in claimed})
+        return [status[i] for i in answer_ids]
     stopped = stop_asked()
-    ChatAnswer.objects.filter(id=answer_id).update(state=ChatAnswer.State.DONE, text=text, stopped=stopped)
-    events.publish(channel, "done", {**meta, "text": text, "stopped": stopped})
-    return "stopped" if stopped else "done"
+    for answer, meta, text in zip(answers, metas, map(_storable, texts)):
+        ChatAnswer.objects.filter(id=answer.id).update(state=ChatAnswer.State.DONE, text=text, stopped=stopped)
+        events.publish(channel, "done", {**meta, "text": text, "stopped": stopped})
+        status[str(answer.id)] = "stopped" if stopped else "done"
+    return [status[i] for i in answer_ids]
 
 
 @shared_task(name="jobs.tasks.adapter_merge", acks_late=True)

@@ -133,6 +133,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ROUTES = {
     "jobs.tasks.job_run": {"queue": "train"},
     "jobs.tasks.chat_answer": {"queue": "infer"},
+    "jobs.tasks.chat_round": {"queue": "infer"},
     "jobs.tasks.adapter_merge": {"queue": "infer"},
     # Webhook deliveries are short network calls: they share the light infer worker, never training's.
     "jobs.tasks_webhooks.webhook_deliver": {"queue": "infer"},

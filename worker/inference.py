@@ -261,25 +261,57 @@ class ModelPool:
 
         with self._lock:
             loaded, ctx = self._select(base_path, adapter)
-            chat = list(messages)
-            if gen.system_prompt and not (chat and chat[0]["role"] == "system"):
-                chat = [{"role": "system", "content": gen.system_prompt}] + chat
             tok = loaded.tokenizer
-            text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-            enc = tok(text, return_tensors="pt", add_special_tokens=False).to(self.device.device)
-            torch.manual_seed(gen.seed)
-            kwargs = dict(max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
-                          eos_token_id=tok.eos_token_id)
-            if gen.temperature > 0:
-                kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
-            else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            enc = tok(_prompt_text(tok, messages, gen), return_tensors="pt",
+                      add_special_tokens=False).to(self.device.device)
             streamer = _CallbackStreamer(tok, on_text) if on_text else None
-            if should_stop is not None:
-                kwargs["stopping_criteria"] = _stop_criteria(should_stop)
+            torch.manual_seed(gen.seed)
             with ctx, torch.inference_mode():
-                out = loaded.model.generate(**enc, streamer=streamer, **kwargs)
+                out = loaded.model.generate(**enc, streamer=streamer, **_generate_kwargs(tok, gen, should_stop))
             return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def generate_many(self, base_path: str, requests: list[tuple[list[dict[str, str]], Optional[tuple[str, str]]]],
+                      gen: GenerationConfig, on_text: Callable[[int, str], None] | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> list[str]:
+        """Answer several (messages, adapter) requests on one base in ONE batched generate call.
+
+        Each row of the batch runs through its own adapter (PEFT mixed-adapter batches; "__base__"
+        for the base alone), so every side of a comparison streams at the same time: `on_text(i,
+        piece)` receives row i's text as it is generated. Falls back to one row after the other
+        where PEFT cannot mix (DoRA adapters) or the adapters do not fit in the budget together.
+        """
+        import torch
+
+        with self._lock:
+            loaded = self.base(base_path)
+            names = []
+            for _, adapter in requests:
+                if adapter is not None:
+                    self._activate(loaded, *adapter)
+                names.append(adapter[0] if adapter is not None else "__base__")
+            if not self._can_mix(loaded, names):
+                return [self.generate(base_path, messages, gen, adapter,
+                                      (lambda piece, i=i: on_text(i, piece)) if on_text else None, should_stop)
+                        for i, (messages, adapter) in enumerate(requests)]
+            tok = loaded.tokenizer
+            enc = tok([_prompt_text(tok, messages, gen) for messages, _ in requests], return_tensors="pt",
+                      padding=True, padding_side="left", add_special_tokens=False).to(self.device.device)
+            kwargs = _generate_kwargs(tok, gen, should_stop)
+            if loaded.adapters:
+                kwargs["adapter_names"] = names
+            streamer = _BatchStreamer(tok, len(requests), on_text) if on_text else None
+            torch.manual_seed(gen.seed)
+            with torch.inference_mode():
+                out = loaded.model.generate(**enc, streamer=streamer, **kwargs)
+            width = enc["input_ids"].shape[1]
+            return [tok.decode(row[width:], skip_special_tokens=True) for row in out]
+
+    def _can_mix(self, loaded: LoadedBase, names: list[str]) -> bool:
+        """All adapters still loaded (the budget may have evicted one) and none uses DoRA."""
+        wanted = {n for n in names if n != "__base__"}
+        if not wanted <= set(loaded.adapters):
+            return False
+        return not any(getattr(loaded.model.peft_config[n], "use_dora", False) for n in wanted)
 
     def logits(self, base_path: str, input_ids, adapter: Optional[tuple[str, str]] = None):
         """Next-token logits for input_ids from the base or an adapter (used by tests and eval)."""
@@ -289,6 +321,69 @@ class ModelPool:
             loaded, ctx = self._select(base_path, adapter)
             with ctx, torch.inference_mode():
                 return loaded.model(input_ids=input_ids.to(self.device.device)).logits.float().cpu()
+
+
+def _prompt_text(tok, messages: list[dict[str, str]], gen: GenerationConfig) -> str:
+    """The conversation through the model's chat template, with the system prompt first if one is set."""
+    chat = list(messages)
+    if gen.system_prompt and not (chat and chat[0]["role"] == "system"):
+        chat = [{"role": "system", "content": gen.system_prompt}] + chat
+    return tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
+def _generate_kwargs(tok, gen: GenerationConfig, should_stop: Callable[[], bool] | None) -> dict:
+    kwargs = dict(max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    if gen.temperature > 0:
+        kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if should_stop is not None:
+        kwargs["stopping_criteria"] = _stop_criteria(should_stop)
+    return kwargs
+
+
+class _BatchStreamer:
+    """Streams each row of a batched generate as text; transformers' TextStreamer takes one row only.
+
+    A row's text is re-decoded from its tokens each step and only the new, complete part is sent
+    (a trailing U+FFFD means a multi-byte character is not finished yet). A row ends at EOS.
+    """
+
+    def __init__(self, tokenizer, rows: int, on_text: Callable[[int, str], None]):
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.sent = [0] * rows
+        self.ended = [False] * rows
+        self.prompt_seen = False
+        eos = tokenizer.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos])
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate first hands over the prompt
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(len(self.tokens), -1)[:, -1].tolist()):
+            if self.ended[row]:
+                continue
+            if token in self.eos:
+                self.ended[row] = True
+                continue
+            self.tokens[row].append(token)
+            self._send(row, final=False)
+
+    def end(self) -> None:
+        for row in range(len(self.tokens)):
+            self._send(row, final=True)
+
+    def _send(self, row: int, final: bool) -> None:
+        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):
+            return
+        piece = text[self.sent[row]:]
+        if piece:
+            self.sent[row] = len(text)
+            self.on_text(row, piece)
 
 
 def _CallbackStreamer(tokenizer, on_text: TokenCallback):

@@ -130,14 +130,13 @@ def test_the_task_answers_a_base_only_session_with_the_full_history(user, base_m
     answer = chat_completion_create(owner=user, base=base_model, job=None, messages=messages,
                                     generation=GenerationConfig(max_new_tokens=4))
     pool = mock.Mock()
-    pool.generate.side_effect = lambda path, history, gen, adapter, on_text, should_stop: on_text("ok") or "ok"
+    pool.generate_many.side_effect = lambda path, requests, gen, on_text, should_stop: on_text(0, "ok") or ["ok"]
     monkeypatch.setattr(tasks, "model_pool", lambda: pool)
     published = []
     monkeypatch.setattr(tasks.events, "publish", lambda channel, kind, data: published.append((channel, kind, data)))
     assert tasks.chat_answer(str(answer.id)) == "done"
-    path, history, gen, = pool.generate.call_args.args
-    assert path == base_model.path and history == messages and gen.max_new_tokens == 4
-    assert pool.generate.call_args.kwargs["adapter"] is None
+    path, requests, gen, = pool.generate_many.call_args.args
+    assert path == base_model.path and requests == [(messages, None)] and gen.max_new_tokens == 4
     assert [k for _, k, _ in published] == ["start", "token", "done"]
     assert all(c == f"chat:{answer.session_id}" for c, _, _ in published)
     answer.refresh_from_db()

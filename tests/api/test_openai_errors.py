@@ -217,8 +217,25 @@ def test_a_server_error_is_openai_shaped_json(api, settings):
 
 # --- the official client against a live server -------------------------------------------------
 
+@pytest.fixture
+def openai_client(live_server):
+    """Makes `openai.OpenAI` clients for the live server and closes them after the test, so no kept-alive
+    connection holds a server thread past it."""
+    import openai
+
+    clients = []
+
+    def make(key: str):
+        clients.append(openai.OpenAI(base_url=live_server.url + "/v1", api_key=key, max_retries=0, timeout=30))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
 @pytest.mark.django_db(transaction=True)
-def test_the_openai_client_raises_its_own_exception_classes(live_server, user, other_user, settings):
+def test_the_openai_client_raises_its_own_exception_classes(openai_client, user, other_user, settings):
     import openai
 
     from jobs.services import dataset_create
@@ -229,7 +246,7 @@ def test_the_openai_client_raises_its_own_exception_classes(live_server, user, o
     done = FineTuneJob.objects.create(owner=user, dataset=ds, base_model=base, config=TrainConfig().to_dict(),
                                       status=JobStatus.SUCCEEDED)
     _, key = api_key_create(owner=user)
-    client = openai.OpenAI(base_url=live_server.url + "/v1", api_key=key, max_retries=0, timeout=30)
+    client = openai_client(key)
 
     with pytest.raises(openai.NotFoundError) as err:
         client.files.retrieve(ZERO_FILE)
@@ -241,7 +258,7 @@ def test_the_openai_client_raises_its_own_exception_classes(live_server, user, o
         client.get("/nope", cast_to=object)
     assert err.value.code == "unknown_url" and err.value.type == "invalid_request_error"
     _, bobs_key = api_key_create(owner=other_user)
-    bob = openai.OpenAI(base_url=live_server.url + "/v1", api_key=bobs_key, max_retries=0, timeout=30)
+    bob = openai_client(bobs_key)
     with pytest.raises(openai.NotFoundError):
         bob.fine_tuning.jobs.retrieve(f"ftjob-{done.id.hex}")
 
@@ -256,7 +273,7 @@ def test_the_openai_client_raises_its_own_exception_classes(live_server, user, o
         client.fine_tuning.jobs.create(model="fake-base", training_file=f"file-{ds.id.hex}", seed="7")
     assert err.value.code == "invalid_type" and err.value.param == "seed"
 
-    wrong = openai.OpenAI(base_url=live_server.url + "/v1", api_key=key + "x", max_retries=0, timeout=30)
+    wrong = openai_client(key + "x")
     with pytest.raises(openai.AuthenticationError) as err:
         wrong.models.list()
     assert err.value.code == "invalid_api_key"

@@ -45,12 +45,11 @@ def test_adapters_list_and_rest_chat(api, user, other_user, dataset, base_model,
     adapters = api.get("/api/v1/adapters/").json()
     assert [a["job"] for a in adapters] == [str(job.id)] and adapters[0]["base_model"] == "tiny-llama"
 
-    with mock.patch("jobs.tasks.chat_answer.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "colour 1", "max_new_tokens": 8}, format="json")
-    assert response.status_code == 201 and delay.call_count == 2
+    assert response.status_code == 201 and delay.call_count == 1
     body = response.json()
-    for answer in body["answers"]:
-        tasks.chat_answer(answer["id"])
+    assert tasks.chat_round([a["id"] for a in body["answers"]]) == ["done", "done"]
     answers = api.get(f"/api/v1/jobs/{job.id}/chat/?session={body['session']}").json()
     assert {a["side"]: a["state"] for a in answers} == {"base": "done", "adapter": "done"}
     assert api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "x", "max_new_tokens": 0}, format="json").status_code == 400

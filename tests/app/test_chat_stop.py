@@ -20,7 +20,7 @@ def real_redis(settings):
 
 
 def ask(user, job, django_capture_on_commit_callbacks, tokens=40):
-    with mock.patch("jobs.tasks.chat_answer.delay"), django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
         session, answers = services.chat_ask(owner=user, job=job, prompt="colour 1",
                                              generation=GenerationConfig(max_new_tokens=tokens))
     return session, {("base" if a.job_id is None else "adapter"): a for a in answers}
@@ -48,7 +48,7 @@ def test_stop_ends_a_streaming_answer_and_skips_queued_ones(real_redis, user, ba
     assert tasks.chat_answer(str(queued.id)) == "skipped"
 
     # A question asked after the stop is answered in full.
-    with mock.patch("jobs.tasks.chat_answer.delay"), django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
         _, later = services.chat_ask(owner=user, job=job, prompt="colour 1", session=session2,
                                      generation=GenerationConfig(max_new_tokens=40))
     base_later = next(a for a in later if a.job_id is None)
@@ -70,3 +70,18 @@ def test_stop_endpoint_is_owner_only_and_post_only(real_redis, client, user, oth
     response = client.post(f"/chats/{session.id}/stop/")
     assert response.status_code == 200 and response.json() == {"unfinished": 2}
     assert set(ChatAnswer.objects.values_list("stopped", flat=True)) == {True}
+
+
+def test_nul_characters_are_dropped_before_storing_and_streaming(user, base_model, django_capture_on_commit_callbacks):
+    """PostgreSQL text refuses NUL; a random or badly tuned model can emit one."""
+    job = finished_job(user, base_model, "colours")
+    _, answers = ask(user, job, django_capture_on_commit_callbacks)
+    pool = mock.Mock()
+    pool.generate_many.side_effect = lambda path, requests, gen, on_text, should_stop: (
+        on_text(0, "a\x00") or on_text(0, "b") or ["a\x00b"])
+    published = []
+    with mock.patch.object(tasks, "model_pool", lambda: pool), \
+            mock.patch.object(tasks.events, "publish", lambda channel, kind, data: published.append((kind, data))):
+        assert tasks.chat_answer(str(answers["base"].id)) == "done"
+    assert ChatAnswer.objects.get(id=answers["base"].id).text == "ab"
+    assert [d["text"] for k, d in published if k in ("token", "done")] == ["a", "b", "ab"]

@@ -29,7 +29,7 @@ def job2(user, base_model):
 
 
 def ask(client, job, django_capture_on_commit_callbacks, **body):
-    with mock.patch("jobs.tasks.chat_answer.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = client.post(f"/jobs/{job.id}/compare/ask/", {"prompt": "colour 1", "max_new_tokens": 4, **body},
                                content_type="application/json")
     return response, delay
@@ -40,11 +40,12 @@ def answer_all(answer_ids, texts=None):
     pool = mock.Mock()
     routed = {}
 
-    def generate(path, history, gen, adapter=None, on_text=None, **more):
+    def generate_many(path, requests, gen, on_text=None, should_stop=None):
+        (history, adapter), = requests
         routed[current] = adapter
-        return texts[current] if texts else f"text of {adapter[0] if adapter else 'base'}"
+        return [texts[current] if texts else f"text of {adapter[0] if adapter else 'base'}"]
 
-    pool.generate.side_effect = generate
+    pool.generate_many.side_effect = generate_many
     with mock.patch.object(tasks, "model_pool", lambda: pool), mock.patch.object(tasks.events, "publish"):
         for current in answer_ids:
             assert tasks.chat_answer(current) == "done"
@@ -61,13 +62,13 @@ def test_three_models_answer_side_by_side_each_through_its_own_adapter(client_in
                           contestants=["base", str(job.id), str(job2.id)])
     assert response.status_code == 201, response.json()
     body = response.json()
-    assert body["answers"].keys() == {"base", "adapter", str(job2.id)} and delay.call_count == 3
+    assert body["answers"].keys() == {"base", "adapter", str(job2.id)} and delay.call_count == 1
     assert [s["model"]["name"] for s in body["slots"]] == ["tiny-llama (base)", f"colours ({job.short_id})",
                                                            f"shapes ({job2.short_id})"]
     stored = {a.position: a for a in ChatAnswer.objects.filter(round_id=body["round"])}
     assert [(a.job, a.side) for a in stored.values()] == [(None, "base"), (job, "adapter"), (job2, "adapter")]
-    # The infer task asked in screen order, each answer routed to the adapter it is stored against.
-    assert [c.args[0] for c in delay.call_args_list] == [str(stored[i].id) for i in range(3)]
+    # One infer task for the round, answers in screen order, each routed to the adapter it is stored against.
+    assert delay.call_args.args[0] == [str(stored[i].id) for i in range(3)]
     routed, _ = answer_all([str(stored[i].id) for i in range(3)])
     assert routed[str(stored[0].id)] is None
     assert routed[str(stored[1].id)][0] == str(job.adapter.id)
@@ -87,14 +88,14 @@ def test_each_model_continues_its_own_conversation_and_blind_rounds_stand_alone(
                     session=first.json()["session"], prompt="again")
     ids2 = second.json()["answers"]
     _, pool = answer_all([ids2["adapter"]], texts={ids2["adapter"]: "x"})
-    assert pool.generate.call_args.args[1] == [{"role": "user", "content": "colour 1"},
+    assert pool.generate_many.call_args.args[1][0][0] == [{"role": "user", "content": "colour 1"},
                                                {"role": "assistant", "content": "one"},
                                                {"role": "user", "content": "again"}]
     blind, _ = ask(client_in, job, django_capture_on_commit_callbacks, contestants=pair, blind=True,
                    session=first.json()["session"], prompt="blind one")
     answer_id = blind.json()["answers"]["A"]
     _, pool = answer_all([answer_id], texts={answer_id: "x"})
-    assert pool.generate.call_args.args[1] == [{"role": "user", "content": "blind one"}]
+    assert pool.generate_many.call_args.args[1][0][0] == [{"role": "user", "content": "blind one"}]
 
 
 @pytest.mark.parametrize("order", ["as given", "reversed"])
@@ -202,7 +203,7 @@ def test_rest_blind_round_vote_and_win_rates(user, job, base_model, django_captu
     api = APIClient()
     api.force_authenticate(user)
     with mock.patch.object(services, "_blind_order", side_effect=lambda models: list(models)[::-1]), \
-            mock.patch("jobs.tasks.chat_answer.delay"), django_capture_on_commit_callbacks(execute=True):
+            mock.patch("jobs.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
         response = api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "hi", "blind": True,
                                                              "contestants": ["base", str(job.id)]}, format="json")
     assert response.status_code == 201, response.json()

@@ -148,14 +148,16 @@ def test_compare_ask_validates_and_queues_both_sides(client_in, user, base_model
     assert response.status_code == 400 and response.json()["error"]["field"] == "max_new_tokens"
     response = client_in.post(url, {"prompt": "  "}, content_type="application/json")
     assert response.status_code == 400 and response.json()["error"]["field"] == "prompt"
-    with mock.patch("jobs.tasks.chat_answer.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = client_in.post(url, {"prompt": "colour 1", "max_new_tokens": 8}, content_type="application/json")
     assert response.status_code == 201
     answers = response.json()["answers"]
-    assert set(answers) == {"base", "adapter"} and delay.call_count == 2
+    # One infer task for the round: both sides are generated in one batched call.
+    assert set(answers) == {"base", "adapter"} and delay.call_count == 1
+    assert sorted(delay.call_args.args[0]) == sorted(answers.values())
     # Run the infer task in-process: both sides answer, the adapter through PEFT.
-    assert tasks.chat_answer(answers["base"]) == "done"
-    assert tasks.chat_answer(answers["adapter"]) == "done"
+    assert tasks.chat_round(delay.call_args.args[0]) == ["done", "done"]
+    assert tasks.chat_round(delay.call_args.args[0]) == ["skipped", "skipped"], "a redelivered task does nothing"
     from jobs.models import ChatAnswer
 
     done = {a.side: a for a in ChatAnswer.objects.all()}

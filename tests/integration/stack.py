@@ -175,12 +175,13 @@ def csrf_of(session: requests.Session, html: str) -> str:
 
 
 def read_sse(response, until, limit_s: float = 240):
-    """Yield (event, data) pairs from a streaming response until `until(event, data)` is true."""
+    """Yield (event, data) pairs from a streaming response (or its iter_lines) until `until(event, data)`."""
     import json
 
     deadline = time.monotonic() + limit_s
     event, data = None, []
-    for raw in response.iter_lines(decode_unicode=True):
+    lines = response.iter_lines(decode_unicode=True) if hasattr(response, "iter_lines") else response
+    for raw in lines:
         if time.monotonic() > deadline:
             raise TimeoutError("SSE stream did not finish in time")
         if raw is None:

@@ -75,6 +75,7 @@ def test_upload_train_watch_download_compare(stack, tiny_llama):
                headers={"X-CSRFToken": csrf_of(s, page), "Referer": stack.url})
     assert r.status_code == 201, r.text
     answers = r.json()["answers"]
+    session_id = r.json()["session"]
     query = "&".join(f"answer={a}" for a in answers.values())
     done = {}
     with s.get(f"{stack.url}/chats/{r.json()['session']}/events/?{query}", stream=True, timeout=120) as r:
@@ -85,6 +86,29 @@ def test_upload_train_watch_download_compare(stack, tiny_llama):
             assert event != "error", (data, stack.logs())
     assert set(done) == {"base", "adapter"}
     assert '"blue"' in done["adapter"] and done["base"] != done["adapter"]
+
+    # Both sides at once: one batched generate on the worker, so each side's first token reaches
+    # the client before the other side has finished. Subscribe to the whole session first, then
+    # ask again in it for a long answer.
+    with s.get(f"{stack.url}/chats/{session_id}/events/", stream=True, timeout=120) as stream:
+        lines = stream.iter_lines(decode_unicode=True)
+        assert next(lines).startswith(": connected")  # subscribed before anything is asked
+        r = s.post(f"{stack.url}/jobs/{job_id}/compare/ask/",
+                   json={"prompt": "colour 2", "max_new_tokens": 120, "session": session_id},
+                   headers={"X-CSRFToken": csrf_of(s, page), "Referer": stack.url})
+        assert r.status_code == 201, r.text
+        second = set(r.json()["answers"].values())
+        order, finished = [], set()
+        for event, data in read_sse(lines, lambda e, d: e == "done" and d["answer"] in second and
+                                    len(finished | {d["answer"]}) == 2, limit_s=120):
+            if data.get("answer") in second:
+                order.append((event, data["answer"]))
+                if event == "done":
+                    finished.add(data["answer"])
+            assert event != "error", (data, stack.logs())
+    firsts = {a: order.index(("token", a)) for a in second}
+    dones = {a: order.index(("done", a)) for a in second}
+    assert all(firsts[a] < min(dones.values()) for a in second), order
 
 
 def test_cancel_through_the_web_stops_the_worker(stack):

@@ -190,3 +190,61 @@ def test_generation_stops_when_asked(tiny_llama):
     stopped = pool.generate(path, messages, GenerationConfig(max_new_tokens=40), should_stop=stop_after_three)
     assert len(asked) == 3, "asked once per new token, and not after it said stop"
     assert full.startswith(stopped) and len(stopped) < len(full)
+
+
+def test_one_batched_generate_answers_base_and_adapters_at_once(tiny_llama, random_adapters):
+    """Both (all three) sides stream together: one generate call, each row through its own adapter."""
+    path = str(tiny_llama)
+    pool = ModelPool(device="cpu")
+    gen = GenerationConfig(max_new_tokens=12)
+    requests = [([{"role": "user", "content": "colour 1"}], None),
+                ([{"role": "user", "content": "colour 1"}], ("a0", random_adapters[0])),
+                # a longer history on the third row: the batch is left-padded
+                ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                  {"role": "user", "content": "colour 2"}], ("a1", random_adapters[1]))]
+    one_by_one = [pool.generate(path, messages, gen, adapter) for messages, adapter in requests]
+    assert len(set(one_by_one)) == 3, "the base and the two adapters answer differently"
+
+    calls = []
+    original = pool.base(path).model.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(kwargs.get("adapter_names"))
+        return original(*args, **kwargs)
+
+    pool.base(path).model.generate = counting_generate
+    order: list[int] = []
+    pieces: dict[int, list[str]] = {0: [], 1: [], 2: []}
+
+    def on_text(row, piece):
+        order.append(row)
+        pieces[row].append(piece)
+
+    together = pool.generate_many(path, requests, gen, on_text=on_text)
+    assert calls == [["__base__", "a0", "a1"]], "one generate call with a mixed-adapter batch"
+    assert together == one_by_one
+    assert ["".join(pieces[i]) for i in range(3)] == [t for t in together]
+    # Interleaved: the second row's first piece arrives before the first row's last one.
+    assert order.index(1) < len(order) - 1 - order[::-1].index(0)
+    assert pool.base_loads == 1
+
+
+def test_batched_generate_falls_back_for_dora_adapters(tiny_llama, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    dora = tmp_path / "dora"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(dora)
+    pool = ModelPool(device="cpu")
+    gen = GenerationConfig(max_new_tokens=8)
+    requests = [([{"role": "user", "content": "colour 1"}], None),
+                ([{"role": "user", "content": "colour 1"}], ("dora", str(dora)))]
+    expected = [pool.generate(str(tiny_llama), m, gen, a) for m, a in requests]
+    rows: list[int] = []
+    assert pool.generate_many(str(tiny_llama), requests, gen, on_text=lambda row, piece: rows.append(row)) == expected
+    assert rows == sorted(rows), "one row after the other"
