@@ -18,6 +18,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/adapter/", apis.JobAdapterApi.as_view(), name="api-job-adapter"),
     path("jobs/<uuid:job_id>/merged/", apis.JobMergedApi.as_view(), name="api-job-merged"),
     path("jobs/<uuid:job_id>/chat/", apis.JobChatApi.as_view(), name="api-job-chat"),
+    path("chats/<uuid:session_id>/stop/", apis.ChatStopApi.as_view(), name="api-chat-stop"),
     path("chat-rounds/<uuid:round_id>/vote/", apis.ChatRoundVoteApi.as_view(), name="api-chat-round-vote"),
     path("win-rates/", apis.WinRateApi.as_view(), name="api-win-rates"),
     path("adapters/", apis.AdapterListApi.as_view(), name="api-adapters"),

@@ -379,6 +379,7 @@ class ChatAnswerOutput(serializers.Serializer):
     prompt = serializers.CharField()
     text = serializers.CharField()
     state = serializers.CharField()
+    stopped = serializers.BooleanField(help_text="ended early by a stop request; text is what came before")
     created = serializers.DateTimeField()
 
     @extend_schema_field(serializers.CharField(allow_null=True))
@@ -491,6 +492,21 @@ class ChatRoundVoteApi(APIView):
                "first_model": selectors.model_identity(job=vote.first_job, base_model=vote.base_model),
                "second_model": selectors.model_identity(job=vote.second_job, base_model=vote.base_model)}
         return Response(self.OutputSerializer(out).data, status=status.HTTP_201_CREATED)
+
+
+class ChatStopApi(APIView):
+    """The stop button: the chat's unfinished answers end at their next token (their text so far is
+    kept, marked `stopped`); queued ones never start. Answers asked later are not affected."""
+
+    @extend_schema_serializer(component_name="ChatStop")
+    class OutputSerializer(serializers.Serializer):
+        unfinished = serializers.IntegerField(help_text="answers that were still queued or streaming")
+
+    @extend_schema(request=None, responses={200: OutputSerializer, **error_responses(404)})
+    def post(self, request, session_id):
+        session = selectors.chat_session_get(owner=request.user, session_id=session_id)
+        unfinished = services.chat_stop(owner=request.user, session=session)
+        return Response(self.OutputSerializer({"unfinished": unfinished}).data)
 
 
 class WinRateApi(APIView):

@@ -509,5 +509,5 @@ async def chat_events(request, session_id):
 @require_POST
 def chat_stop(request, session_id):
     """The stop button: unfinished answers of this chat end now, keeping what they have said."""
-    session = get_object_or_404(ChatSession, id=session_id, owner=request.user)
+    session = selectors.chat_session_get(owner=request.user, session_id=session_id)
     return JsonResponse({"unfinished": services.chat_stop(owner=request.user, session=session)})

@@ -85,3 +85,17 @@ def test_nul_characters_are_dropped_before_storing_and_streaming(user, base_mode
         assert tasks.chat_answer(str(answers["base"].id)) == "done"
     assert ChatAnswer.objects.get(id=answers["base"].id).text == "ab"
     assert [d["text"] for k, d in published if k in ("token", "done")] == ["a", "b", "ab"]
+
+
+def test_stop_over_the_rest_api(real_redis, user, other_user, base_model, django_capture_on_commit_callbacks):
+    from tests.api.conftest import bearer_client
+
+    job = finished_job(user, base_model, "colours")
+    session, answers = ask(user, job, django_capture_on_commit_callbacks)
+    assert bearer_client(other_user).post(f"/api/v1/chats/{session.id}/stop/").status_code == 404
+    api = bearer_client(user)
+    response = api.post(f"/api/v1/chats/{session.id}/stop/")
+    assert response.status_code == 200 and response.json() == {"unfinished": 2}
+    listed = api.get(f"/api/v1/jobs/{job.id}/chat/?session={session.id}").json()
+    assert [(a["state"], a["stopped"]) for a in listed] == [("done", True), ("done", True)]
+    assert api.post(f"/api/v1/chats/{session.id}/stop/").json() == {"unfinished": 0}
