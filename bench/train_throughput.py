@@ -1,6 +1,6 @@
 """Training throughput: `worker.engine.train` against a plain HF `Trainer` + PEFT baseline.
 
-    .venv/bin/python bench/train_throughput.py [--steps 20] [--threads 2] [--model DIR]
+    .venv/bin/python bench/train_throughput.py [--steps 20] [--threads 2] [--rounds 3] [--model DIR]
 
 Both variants train the demo model (SmolLM2-135M-Instruct, converted from the bundled GGUF if the
 folder is missing) on `worker/demo_data/demo_dataset.jsonl` for the same number of optimizer
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads per variant (default: torch's)")
     p.add_argument("--model", default=str(DEFAULT_MODEL))
+    p.add_argument("--rounds", type=int, default=3,
+                   help="baseline/engine pairs, order alternating; the median ratio is reported")
     p.add_argument("--variant", choices=["engine", "baseline"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.steps < 2:
@@ -174,36 +177,49 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
     if a.threads:
         env["OMP_NUM_THREADS"] = str(a.threads)
-    results = {}
-    for variant in ("baseline", "engine"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--model", str(model_dir), "--steps", str(a.steps)]
-        if a.threads:
-            cmd += ["--threads", str(a.threads)]
-        load_before = os.getloadavg()[0]
-        started = time.monotonic()
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if done.returncode or line is None:
-            print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
-            return 1
-        results[variant] = json.loads(line[7:])
-        results[variant]["wall_s"] = time.monotonic() - started
-        results[variant]["load"] = (load_before, os.getloadavg()[0])
+    rounds = []
+    for round_no in range(a.rounds):
+        # Alternate the order each round, so a drift in the machine's load hits both variants alike.
+        order = ("baseline", "engine") if round_no % 2 == 0 else ("engine", "baseline")
+        results = {}
+        for variant in order:
+            cmd = [sys.executable, __file__, "--variant", variant, "--model", str(model_dir), "--steps", str(a.steps)]
+            if a.threads:
+                cmd += ["--threads", str(a.threads)]
+            load_before = os.getloadavg()[0]
+            started = time.monotonic()
+            done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+            line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if done.returncode or line is None:
+                print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
+                return 1
+            results[variant] = json.loads(line[7:])
+            results[variant]["wall_s"] = time.monotonic() - started
+            results[variant]["load"] = (load_before, os.getloadavg()[0])
+        rounds.append(results)
 
-    print(f"model {model_dir.name}, data {DATA.name}, {a.steps} steps, torch threads "
-          f"{results['engine']['threads']}, batch/max_len/lr from TrainConfig defaults")
-    print(f"{'variant':<10}{'tokens/s':>10}{'tokens':>9}{'seconds':>9}{'peak RSS MB':>13}{'growth MB':>11}"
-          f"{'mean loss':>11}{'wall s':>8}  1-min load before/after")
-    for v, r in results.items():
-        growth = r["peak_rss_mb"] - r["rss_after_imports_mb"]
-        print(f"{v:<10}{r['tokens_per_s']:>10.1f}{r['tokens']:>9}{r['seconds']:>9.1f}{r['peak_rss_mb']:>13.0f}"
-              f"{growth:>11.0f}{r['mean_loss']:>11.4f}{r['wall_s']:>8.0f}  "
-              f"{r['load'][0]:.2f}/{r['load'][1]:.2f}")
-    e, b = results["engine"], results["baseline"]
-    print(f"engine/baseline tokens/s: {e['tokens_per_s'] / b['tokens_per_s']:.2f}x (target >= 1.3x)")
-    print(f"engine/baseline peak RSS: {e['peak_rss_mb'] / b['peak_rss_mb']:.2f}x "
-          f"(growth {(e['peak_rss_mb'] - e['rss_after_imports_mb']) / (b['peak_rss_mb'] - b['rss_after_imports_mb']):.2f}x)"
-          f" (target <= 1.0x)")
+    threads = rounds[0]["engine"]["threads"]
+    print(f"model {model_dir.name}, data {DATA.name}, {a.steps} steps, torch threads {threads}, "
+          f"{a.rounds} round(s), batch/max_len/lr from TrainConfig defaults")
+    print(f"{'round':<6}{'variant':<10}{'tokens/s':>10}{'tokens':>9}{'seconds':>9}{'peak RSS MB':>13}"
+          f"{'growth MB':>11}{'mean loss':>11}{'wall s':>8}  1-min load before/after")
+    speed, memory, growth_ratio = [], [], []
+    for n, results in enumerate(rounds, 1):
+        for v, r in results.items():
+            growth = r["peak_rss_mb"] - r["rss_after_imports_mb"]
+            print(f"{n:<6}{v:<10}{r['tokens_per_s']:>10.1f}{r['tokens']:>9}{r['seconds']:>9.1f}"
+                  f"{r['peak_rss_mb']:>13.0f}{growth:>11.0f}{r['mean_loss']:>11.4f}{r['wall_s']:>8.0f}  "
+                  f"{r['load'][0]:.2f}/{r['load'][1]:.2f}")
+        e, b = results["engine"], results["baseline"]
+        speed.append(e["tokens_per_s"] / b["tokens_per_s"])
+        memory.append(e["peak_rss_mb"] / b["peak_rss_mb"])
+        growth_ratio.append((e["peak_rss_mb"] - e["rss_after_imports_mb"])
+                            / (b["peak_rss_mb"] - b["rss_after_imports_mb"]))
+    per_round = ", ".join(f"{x:.2f}" for x in speed)
+    print(f"engine/baseline tokens/s: {statistics.median(speed):.2f}x median of rounds ({per_round}) "
+          f"(target >= 1.3x)")
+    print(f"engine/baseline peak RSS: {statistics.median(memory):.2f}x median "
+          f"(growth {statistics.median(growth_ratio):.2f}x) (target <= 1.0x)")
     return 0
 
 
