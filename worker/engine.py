@@ -324,6 +324,10 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
     reporter.event("setup", "loading base model" + (" in 4-bit NF4 (QLoRA)" if cfg.qlora else ""))
     model = load_base_model(spec.base_model_path, device, cfg)
     model, targets = build_peft_model(model, cfg)
+    if not device.is_cuda:  # CUDA's fused dropout is already fast
+        from worker.dropout import use_fast_dropout
+
+        use_fast_dropout(model)
     trainable, total_params = model.get_nb_trainable_parameters()
     reporter.event("setup", f"LoRA on {', '.join(targets)}: {trainable:,} trainable of {total_params:,} parameters")
     init_dir = None

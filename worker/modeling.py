@@ -152,3 +152,4 @@ def describe_model(path: str) -> dict:
         "saveable_modules": saveable_modules(model),
         "has_chat_template": bool(tok.chat_template),
     }
+

@@ -134,7 +134,8 @@ def test_final_evaluation_compares_base_and_adapter(tiny_llama, chat_file, tmp_p
     from worker.evaluation import answer_scores, summary_markdown
 
     spec = TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "f"),
-                     TrainConfig(**{**FAST, "epochs": 12}), eval_dataset_path=str(chat_file), device="cpu")
+                     TrainConfig(**{**FAST, "epochs": 12, "dropout": 0.0}), eval_dataset_path=str(chat_file),
+                     device="cpu")
     train(spec, MemoryReporter())
     evaluation = json.loads((tmp_path / "f/evaluation.json").read_text())
     assert evaluation["examples"] == 8 and len(evaluation["rows"]) == 8
