@@ -68,3 +68,8 @@ def test_demo_model_trains_and_answers(demo_dir, tmp_path):
                             adapter=("a1", result.adapter_dir))
     assert "Paris" in base and adapted
     assert pool.base_loads == 1
+    # Both sides at once on the real tokenizer (left padding) give the same greedy answers.
+    other = [{"role": "user", "content": "Extract the contact: Ana from Lima, 2026-01-02."}]
+    assert pool.generate_many(str(demo_dir), [(messages, None), (other, ("a1", result.adapter_dir))],
+                              GenerationConfig(max_new_tokens=8)) == [
+        base, pool.generate(str(demo_dir), other, GenerationConfig(max_new_tokens=8), adapter=("a1", result.adapter_dir))]
