@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from jobs import events
+from jobs import events, selectors
 from jobs.models import (Adapter, BaseModel, ChatAnswer, ChatRound, ChatSession, Dataset, FineTuneJob, JobStatus,
                          MetricPoint, TERMINAL_STATUSES, Vote)
 from worker.config import ConfigError, GenerationConfig, TrainConfig
@@ -218,10 +218,9 @@ def job_validate_config(*, base_model: BaseModel, config: TrainConfig) -> list[s
     """Check the config against the model itself; returns the resolved target modules."""
     targets = resolve_targets(base_model.linear_modules, config.target_preset, config.target_modules)
     if config.modules_to_save:
-        from worker.modeling import describe_model
-        from worker.targets import resolve_modules_to_save
+        from worker.modeling import check_modules_to_save
 
-        resolve_modules_to_save(describe_model(base_model.path)["saveable_modules"], config.modules_to_save)
+        check_modules_to_save(base_model.path, config.modules_to_save)
     return targets
 
 
@@ -605,8 +604,6 @@ def chat_stop(*, owner, session: ChatSession) -> int:
         # A queued answer is finished here, empty; its task finds it no longer pending and skips it.
         if ChatAnswer.objects.filter(id=answer.id, state=ChatAnswer.State.PENDING).update(
                 state=ChatAnswer.State.DONE, stopped=True):
-            from jobs.selectors import answer_event_meta
-
             events.publish(events.chat_channel(session.id), "done",
-                           {**answer_event_meta(answer), "text": "", "stopped": True})
+                           {**selectors.answer_event_meta(answer), "text": "", "stopped": True})
     return len(unfinished)

@@ -282,18 +282,20 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def save_adapter(model, tokenizer, folder: Path, init_dir: Path | None) -> None:
-    """Write the adapter (plus tokenizer) atomically; a PiSSA adapter is converted to plain LoRA.
+def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None = None) -> None:
+    """Write the adapter (and the tokenizer, if given) atomically.
 
-    PiSSA trains on a residual base (W minus its principal components); converting against the
-    initial adapter gives a rank-2r LoRA that applies to the original, unmodified base.
+    With `init_dir` (PiSSA), the adapter is converted against the initial one: PiSSA trains on a
+    residual base (W minus its principal components), and the conversion gives a rank-2r LoRA
+    that applies to the original, unmodified base.
     """
     with atomic_dir(folder) as tmp:
         if init_dir is not None:
             model.save_pretrained(tmp, path_initial_model_for_weight_conversion=str(init_dir))
         else:
             model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
 
 
 def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop) -> TrainResult:
@@ -335,8 +337,7 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
         # The adapter as initialised, before any step: needed to convert the result to plain LoRA.
         init_dir = out / "initial-adapter"
         if not (init_dir / "adapter_model.safetensors").is_file():
-            with atomic_dir(init_dir) as tmp:
-                model.save_pretrained(tmp)
+            save_adapter(model, init_dir)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg, device)
@@ -414,8 +415,7 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
                 if best.update(step, metrics["eval_loss"]):
                     metrics["best"] = True
                     if cfg.keep_best:
-                        with atomic_dir(best_dir) as tmp:
-                            model.save_pretrained(tmp)
+                        save_adapter(model, best_dir)
             reporter.log(step, metrics)
             if best.should_stop and step < total_steps:
                 reporter.event("early_stop", f"stopped at step {step}: no eval-loss improvement in "
@@ -437,7 +437,7 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
         reporter.event("best", f"kept the adapter from step {kept_step} (lowest eval loss "
                                f"{best.best_loss:.4f}), not the last step {step}")
     adapter_dir = out / "adapter"
-    save_adapter(model, tokenizer, adapter_dir, init_dir)
+    save_adapter(model, adapter_dir, tokenizer=tokenizer, init_dir=init_dir)
     reporter.event("saved", "adapter saved" + (" (PiSSA converted to plain LoRA for the original base)"
                                                if init_dir else ""))
     if init_dir is not None:

@@ -86,17 +86,14 @@ def _config_sizes(config) -> tuple[int, int, int, int]:
 def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
     import torch
     from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
-    from worker.modeling import get_peft_config, quiet_transformers
+    from worker.modeling import get_peft_config, meta_model
     from worker.targets import (OUTPUT_LAYERS, linear_module_suffixes, resolve_modules_to_save, resolve_targets,
                                 saveable_modules)
 
-    quiet_transformers()
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=False)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    config, model = meta_model(model_path)
+    with torch.device("meta"):  # the LoRA layers too
         base_params = sum(p.numel() for p in model.parameters())
         quantizable = 0
         for path, module in model.named_modules():

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from worker.config import GenerationConfig
-from worker.modeling import choose_device, load_base_model, load_tokenizer, quiet_transformers
+from worker.modeling import choose_device, load_base_model, load_tokenizer, meta_model
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,7 @@ def module_bytes(module) -> int:
 
 def estimate_base_bytes(model_path: str, dtype) -> int:
     """Bytes the base at `model_path` will take once loaded at `dtype` (built on the meta device)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    quiet_transformers()
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=False)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False, dtype=dtype)
-    return module_bytes(model)
+    return module_bytes(meta_model(model_path, dtype)[1])
 
 
 def estimate_adapter_bytes(adapter_dir: str) -> int:
@@ -264,7 +257,7 @@ class ModelPool:
             tok = loaded.tokenizer
             enc = tok(_prompt_text(tok, messages, gen), return_tensors="pt",
                       add_special_tokens=False).to(self.device.device)
-            streamer = _CallbackStreamer(tok, on_text) if on_text else None
+            streamer = _BatchStreamer(tok, 1, lambda row, piece: on_text(piece)) if on_text else None
             torch.manual_seed(gen.seed)
             with ctx, torch.inference_mode():
                 out = loaded.model.generate(**enc, streamer=streamer, **_generate_kwargs(tok, gen, should_stop))
@@ -343,7 +336,7 @@ def _generate_kwargs(tok, gen: GenerationConfig, should_stop: Callable[[], bool]
 
 
 class _BatchStreamer:
-    """Streams each row of a batched generate as text; transformers' TextStreamer takes one row only.
+    """Streams each row of a (batched) generate as text; transformers' TextStreamer takes one row only.
 
     A row's text is re-decoded from its tokens each step and only the new, complete part is sent
     (a trailing U+FFFD means a multi-byte character is not finished yet). A row ends at EOS.
@@ -384,17 +377,6 @@ class _BatchStreamer:
         if piece:
             self.sent[row] = len(text)
             self.on_text(row, piece)
-
-
-def _CallbackStreamer(tokenizer, on_text: TokenCallback):
-    from transformers import TextStreamer
-
-    class CallbackStreamer(TextStreamer):
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if text:
-                on_text(text)
-
-    return CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def _stop_criteria(should_stop: Callable[[], bool]):

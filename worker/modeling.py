@@ -131,18 +131,30 @@ def build_peft_model(model, cfg: TrainConfig):
     return get_peft_model(model, get_peft_config(cfg, targets)), targets
 
 
-def describe_model(path: str) -> dict:
-    """Architecture, parameter count, Linear layers and chat template of a local model folder.
-
-    Built on the meta device, so no weights are read.
-    """
+def meta_model(path: str, dtype=None):
+    """(config, model) of a local model folder built on the meta device: every shape, no weights read."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     quiet_transformers()
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False, **kwargs)
+    return config, model
+
+
+def check_modules_to_save(path: str, names) -> list[str]:
+    """The validated `modules_to_save` for the model at `path` (ConfigError names an unknown one)."""
+    return resolve_modules_to_save(saveable_modules(meta_model(path)[1]), names) if names else []
+
+
+def describe_model(path: str) -> dict:
+    """Architecture, parameter count, Linear layers and chat template of a local model folder.
+
+    Built on the meta device, so no weights are read.
+    """
+    config, model = meta_model(path)
     tok = load_tokenizer(path)
     return {
         "architecture": (config.architectures or [type(model).__name__])[0],

@@ -111,7 +111,7 @@ def test_pissa_adapter_is_converted_to_plain_lora_for_the_original_base(tiny_lla
             if "lora_" in name:
                 p.add_(torch.randn_like(p) * 0.05)  # stands in for training
         trained = model(input_ids=ids).logits
-    save_adapter(model, tokenizer, tmp_path / "adapter", tmp_path / "init")
+    save_adapter(model, tmp_path / "adapter", tokenizer=tokenizer, init_dir=tmp_path / "init")
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), tmp_path / "adapter")
     assert reloaded.peft_config["default"].r == 8, "the converted adapter has rank 2r"
     with torch.no_grad():
