@@ -1,9 +1,9 @@
-import json
 import os
 from pathlib import Path
 
 import pytest
 
+from tests.factories import chat_jsonl, memorisable_conversations, write_jsonl
 from tests.tiny_model import build_tiny_model
 
 # Tiny models gain nothing from threads, and two busy processes on 2 cores thrash with them.
@@ -24,17 +24,6 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2")
 
 
-def memorisable_conversations(n: int = 8) -> list[list[dict]]:
-    return [[{"role": "user", "content": f"colour {i}"},
-             {"role": "assistant", "content": f'{{"answer": "{["red", "green", "blue"][i % 3]}"}}'}]
-            for i in range(n)]
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
-    return path
-
-
 @pytest.fixture
 def chat_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in memorisable_conversations()])
@@ -49,3 +38,84 @@ def _media_root(request, tmp_path):
     settings = request.getfixturevalue("settings")
     settings.MEDIA_ROOT = tmp_path / "media"
     yield
+
+
+# --- database fixtures shared by the app tests -------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _fresh_throttle_counts(request):
+    """Per-key request counts live in the cache: each test starts from zero."""
+    if "db" not in request.fixturenames and "transactional_db" not in request.fixturenames:
+        yield
+        return
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def user(db):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user("alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def other_user(db):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user("bob", password="pw-bob-123")
+
+
+@pytest.fixture
+def client_in(client, user):
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def base_model(db, tiny_llama):
+    from base_models.services import base_model_register
+
+    return base_model_register(name="tiny-llama", path=tiny_llama)
+
+
+@pytest.fixture
+def api(user):
+    from tests.factories import bearer_client
+
+    return bearer_client(user)
+
+
+@pytest.fixture
+def api_bob(other_user):
+    from tests.factories import bearer_client
+
+    return bearer_client(other_user)
+
+
+@pytest.fixture
+def dataset(user):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from user_datasets.services import dataset_create
+
+    return dataset_create(owner=user, upload=SimpleUploadedFile("colours.jsonl", chat_jsonl()), name="colours.jsonl")
+
+
+@pytest.fixture
+def page_api(user):
+    """A client that calls /api/v1/ the way the pages' scripts do: the session cookie plus the CSRF token."""
+    import secrets
+
+    from django.conf import settings
+    from rest_framework.test import APIClient
+
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    token = secrets.token_hex(16)
+    client.cookies[settings.CSRF_COOKIE_NAME] = token
+    client.credentials(HTTP_X_CSRFTOKEN=token)
+    return client

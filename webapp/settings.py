@@ -45,7 +45,15 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "jobs",
+    # Domain apps, lowest first: each may import only those above it in this list (see README "Layout").
+    "legacy_schema",
+    "accounts",
+    "base_models",
+    "user_datasets",
+    "training",
+    "arena",
+    "webhooks",
+    "openai_compat",
 ]
 
 MIDDLEWARE = [
@@ -130,13 +138,13 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_TASK_ROUTES = {
-    "jobs.tasks.job_run": {"queue": "train"},
-    "jobs.tasks.chat_answer": {"queue": "infer"},
-    "jobs.tasks.chat_round": {"queue": "infer"},
-    "jobs.tasks.adapter_merge": {"queue": "infer"},
+CELERY_TASK_ROUTES = {  # by the fixed task names of common.queue
+    "training.job_run": {"queue": "train"},
+    "training.adapter_merge": {"queue": "infer"},
+    "arena.chat_answer": {"queue": "infer"},
+    "arena.chat_round": {"queue": "infer"},
     # Webhook deliveries are short network calls: they share the light infer worker, never training's.
-    "jobs.tasks_webhooks.webhook_deliver": {"queue": "infer"},
+    "webhooks.deliver": {"queue": "infer"},
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -155,11 +163,11 @@ INFER_MAX_ADAPTERS_PER_BASE = env_int("INFER_MAX_ADAPTERS_PER_BASE", 0)  # 0: on
 DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM2-135M-Instruct")))
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["jobs.auth.ApiKeyAuthentication",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.auth.ApiKeyAuthentication",
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_THROTTLE_CLASSES": ["jobs.auth.ApiKeyRateThrottle"],
-    "EXCEPTION_HANDLER": "jobs.apis.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.auth.ApiKeyRateThrottle"],
+    "EXCEPTION_HANDLER": "common.errors.rest_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 

@@ -1,28 +1,38 @@
+"""Root URLs: each app's pages, its /api/v1/ routes, the OpenAI-compatible /v1/, and JSON errors
+for the APIs."""
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from jobs import views, views_errors
+from common import errors
+
+api_v1 = [
+    path("", include("user_datasets.api_urls")),
+    path("", include("base_models.api_urls")),
+    path("", include("training.api_urls")),
+    path("", include("arena.api_urls")),
+    path("", include("webhooks.api_urls")),
+]
 
 urlpatterns = [
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("accounts/signup/", views.signup, name="signup"),
+    path("", RedirectView.as_view(pattern_name="job-list"), name="home"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    # Server-sent events (not a DRF view): the job's metric points, then live ones, then its status.
-    path("api/v1/jobs/<uuid:job_id>/events/", views.job_events, name="api-job-events"),
-    path("api/v1/", include("jobs.api_urls")),
-    re_path(r"^api/v1/(?P<rest>.*)$", views_errors.rest_unknown_path),  # JSON 404, not Django's page
-    path("v1/", include("jobs.openai_urls")),
-    re_path(r"^v1/(?P<rest>.*)$", views_errors.openai_unknown_path),  # OpenAI's unknown_url 404
-    path("", include("jobs.urls")),
+    path("api/v1/", include(api_v1)),
+    re_path(r"^api/v1/(?P<rest>.*)$", errors.rest_unknown_path),  # JSON 404, not Django's page
+    path("v1/", include("openai_compat.urls")),
+    re_path(r"^v1/(?P<rest>.*)$", errors.openai_unknown_path),  # OpenAI's unknown_url 404
+    path("", include("accounts.urls")),
+    path("", include("user_datasets.urls")),
+    path("", include("training.urls")),
+    path("", include("arena.urls")),
+    path("", include("webhooks.urls")),
 ]
 
 # Requests to the APIs get JSON errors; other pages keep Django's.
-handler400 = views_errors.bad_request
-handler403 = views_errors.permission_denied
-handler404 = views_errors.page_not_found
-handler500 = views_errors.server_error
+handler400 = errors.bad_request
+handler403 = errors.permission_denied
+handler404 = errors.page_not_found
+handler500 = errors.server_error

@@ -1,5 +1,6 @@
 // Compare page: one prompt to two or three models at once; answers stream in as server-sent events.
 // Blind A/B: the server shuffles two models and names them only in its answer to the vote.
+// It speaks the REST API (/api/v1/) like any client, signed in by the session cookie plus CSRF.
 (function () {
   const form = document.getElementById("compare-form");
   if (!form) return;
@@ -19,7 +20,19 @@
   };
   const post = (url, body) => fetch(url, { method: "POST", credentials: "same-origin",
     headers: { "Content-Type": "application/json", "X-CSRFToken": csrf }, body: JSON.stringify(body) });
-  const showError = (data) => { err.textContent = `${data.error.field}: ${data.error.message}`; };
+  // The REST API's three error shapes: a product error, DRF's per-field messages, or a detail.
+  const showError = (data) => {
+    if (data.error) { err.textContent = `${data.error.field}: ${data.error.message}`; return; }
+    if (data.detail) { err.textContent = data.detail; return; }
+    err.textContent = Object.entries(data).map(([field, msgs]) => `${field}: ${[].concat(msgs).join(" ")}`).join("; ");
+  };
+  // A column's key: its letter in a blind round, else the model that answers in it ("base" or a job id).
+  const columnKey = (answer, blind) => (blind ? "ABC"[answer.position]
+                                              : (answer.model.kind === "base" ? "base" : answer.model.id));
+  async function refreshWinRates() {
+    const r = await fetch(form.dataset.winRatesUrl, { credentials: "same-origin" });
+    if (r.ok) renderWinRates(await r.json());
+  }
 
   function reset() {
     session = null; columnKeys = []; openRound = null; columns.replaceChildren();
@@ -27,13 +40,13 @@
   }
   form.querySelectorAll("[name=contestant], #blind").forEach((box) => box.addEventListener("change", reset));
 
-  function buildColumns(keys, slots, blind) {
+  function buildColumns(keys, answers, blind) {
     columns.replaceChildren(); columnKeys = keys;
     columns.style.display = "grid"; columns.style.gap = "16px";
     columns.style.gridTemplateColumns = `repeat(${keys.length}, minmax(0, 1fr))`;
     keys.forEach((key, i) => {
       const section = el("section", "card");
-      section.append(el("h2", null, blind ? `Model ${"ABC"[i]}` : slots[i].model.name));
+      section.append(el("h2", null, blind ? `Model ${"ABC"[i]}` : answers[i].model.name));
       const transcript = el("div", "transcript"); transcript.id = "side-" + key;
       section.append(transcript); columns.append(section);
     });
@@ -79,8 +92,8 @@
                         tie: "a tie", both_bad: "both bad" }[choice];
       voteResult.textContent = `Your vote: ${verdict}. Left was ${names[0]}, right was ${names[1]}.`;
       voteResult.classList.remove("hidden"); voteBar.classList.add("hidden");
-      renderWinRates(data.win_rates);
       openRound = null;
+      await refreshWinRates();
     } catch (e) { err.textContent = "Could not reach the server: " + e; }
   });
 
@@ -109,14 +122,14 @@
       const data = await r.json();
       if (!r.ok) { showError(data); button.disabled = false; return; }
       session = data.session;
-      const keys = Object.entries(data.answers).sort((a, b) =>
-        data.slots.findIndex((s) => s.answer === a[1]) - data.slots.findIndex((s) => s.answer === b[1])).map(([k]) => k);
-      if (keys.join() !== columnKeys.join()) buildColumns(keys, data.slots, data.blind);
+      const answers = [...data.answers].sort((a, b) => a.position - b.position);  // left to right
+      const keys = answers.map((a) => columnKey(a, data.blind));
+      if (keys.join() !== columnKeys.join()) buildColumns(keys, answers, data.blind);
       const byId = {}; const turns = {};
-      keys.forEach((key, i) => {
-        const turn = addTurn(key, prompt); turns[i] = turn; byId[data.answers[key]] = turn.querySelector(".answer");
+      answers.forEach((answer, i) => {
+        const turn = addTurn(keys[i], prompt); turns[i] = turn; byId[answer.id] = turn.querySelector(".answer");
       });
-      const qs = Object.values(data.answers).map((id) => "answer=" + id).join("&");
+      const qs = answers.map((a) => "answer=" + a.id).join("&");
       const source = new EventSource(`${form.dataset.eventsBase}${session}/events/?${qs}`);
       stopButton.disabled = false; stopButton.classList.remove("hidden");
       let open = keys.length; let failed = false;

@@ -71,14 +71,15 @@ def test_upload_train_watch_download_compare(stack, tiny_llama):
 
     # Compare: both sides answer through the infer worker, streamed over SSE.
     page = s.get(f"{stack.url}/jobs/{job_id}/compare/").text
-    r = s.post(f"{stack.url}/jobs/{job_id}/compare/ask/", json={"prompt": "colour 2", "max_new_tokens": 16},
+    # As the compare page's script does: the REST API with the session cookie and the CSRF token.
+    r = s.post(f"{stack.url}/api/v1/jobs/{job_id}/chat/", json={"prompt": "colour 2", "max_new_tokens": 16},
                headers={"X-CSRFToken": csrf_of(s, page), "Referer": stack.url})
     assert r.status_code == 201, r.text
-    answers = r.json()["answers"]
+    answers = [a["id"] for a in r.json()["answers"]]
     session_id = r.json()["session"]
-    query = "&".join(f"answer={a}" for a in answers.values())
+    query = "&".join(f"answer={a}" for a in answers)
     done = {}
-    with s.get(f"{stack.url}/chats/{r.json()['session']}/events/?{query}", stream=True, timeout=120) as r:
+    with s.get(f"{stack.url}/api/v1/chats/{r.json()['session']}/events/?{query}", stream=True, timeout=120) as r:
         # The server ends the stream by itself once both answers are done.
         for event, data in read_sse(r, lambda e, d: False):
             if event == "done":
@@ -93,11 +94,11 @@ def test_upload_train_watch_download_compare(stack, tiny_llama):
     with s.get(f"{stack.url}/chats/{session_id}/events/", stream=True, timeout=120) as stream:
         lines = stream.iter_lines(decode_unicode=True)
         assert next(lines).startswith(": connected")  # subscribed before anything is asked
-        r = s.post(f"{stack.url}/jobs/{job_id}/compare/ask/",
+        r = s.post(f"{stack.url}/api/v1/jobs/{job_id}/chat/",
                    json={"prompt": "colour 2", "max_new_tokens": 120, "session": session_id},
                    headers={"X-CSRFToken": csrf_of(s, page), "Referer": stack.url})
         assert r.status_code == 201, r.text
-        second = set(r.json()["answers"].values())
+        second = {a["id"] for a in r.json()["answers"]}
         order, finished = [], set()
         for event, data in read_sse(lines, lambda e, d: e == "done" and d["answer"] in second and
                                     len(finished | {d["answer"]}) == 2, limit_s=120):

@@ -7,7 +7,7 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
-from jobs.models import BaseModel
+from base_models.models import BaseModel
 from worker.config import GenerationConfig, TrainConfig, TrainSpec
 from worker.data import read_chat_jsonl
 from worker.demo_model import is_complete_model_dir

@@ -1,0 +1,51 @@
+"""Account pages: sign-up, and the API keys page (list, create, shown once, revoke)."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from accounts import selectors
+from accounts.forms import SignupForm
+from accounts.services import api_key_create, api_key_revoke
+
+
+def signup(request):
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user)
+        return redirect("dataset-list")
+    return render(request, "accounts/signup.html", {"form": form})
+
+
+def _keys_page(request, *, new_key: str | None = None, status: int = 200):
+    return render(request, "accounts/keys.html", {
+        "keys": selectors.api_key_list(owner=request.user), "new_key": new_key,
+        "base_url": request.build_absolute_uri("/v1")}, status=status)
+
+
+@login_required
+def key_list(request):
+    """GET: the keys. POST: create one and show it, this one time only."""
+    if request.method != "POST":
+        return _keys_page(request)
+    name = request.POST.get("name", "").strip()
+    if len(name) > 100:
+        messages.error(request, "The name must be at most 100 characters.")
+        return _keys_page(request, status=400)
+    _, raw = api_key_create(owner=request.user, name=name)
+    response = _keys_page(request, new_key=raw, status=201)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def key_revoke(request, key_id):
+    key = selectors.api_key_get(owner=request.user, key_id=key_id)
+    api_key_revoke(key=key, by=request.user)
+    messages.success(request, f"Revoked {key.name or 'the key'} ({key.prefix}...).")
+    return redirect("key-list")

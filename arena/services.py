@@ -1,0 +1,167 @@
+"""Writes for chat and compare: ask (one round to two or three models), vote, stop, and API
+completions. Generation itself runs on the infer queue (arena.tasks)."""
+from __future__ import annotations
+
+import random
+import uuid
+
+from django.db import IntegrityError, transaction
+
+from arena.live import chat_stop_request, publish_chat
+from arena.models import ChatAnswer, ChatRound, ChatSession, Vote
+from arena.selectors import answer_event_meta
+from base_models.models import BaseModel
+from common import queue
+from common.exceptions import StateError
+from training.models import FineTuneJob
+from training.selectors import job_find
+from training.services import JobStateError
+from worker.config import ConfigError, GenerationConfig
+
+BASE_CONTESTANT = "base"
+MAX_CONTESTANTS = 3
+VOTE_CHOICES = ("left", "right", "tie", "both_bad")
+
+
+class ChatStateError(StateError):
+    """The chat round is not in a state that allows this (already voted, answers unfinished)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message, field=field)
+
+
+def _chat_contestants(*, owner, job: FineTuneJob, keys: list[str] | None) -> list[FineTuneJob | None]:
+    """The models named by `keys` ("base" for the base alone, else a job id), all on `job`'s base;
+    None stands for the base. Default: the base and `job`."""
+    if keys is None:
+        return [None, job]
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ConfigError("contestants", "must be a list of model keys: \"base\" or a job id")
+    if not 2 <= len(keys) <= MAX_CONTESTANTS:
+        raise ConfigError("contestants", f"pick 2 or {MAX_CONTESTANTS} models, got {len(keys)}")
+    if len(set(keys)) != len(keys):
+        raise ConfigError("contestants", "each model may appear only once")
+    models: list[FineTuneJob | None] = []
+    for key in keys:
+        if key == BASE_CONTESTANT:
+            models.append(None)
+            continue
+        other = job_find(owner=owner, job_id=key)
+        if other is None:
+            raise ConfigError("contestants", f"unknown model {key!r}: use \"base\" or the id of one of your jobs")
+        if not other.has_adapter:
+            raise ConfigError("contestants", f"job {other} has no adapter ({other.status}); pick a succeeded job")
+        if other.base_model_id != job.base_model_id:
+            raise ConfigError("contestants", f"job {other} is trained on {other.base_model.name}, not on "
+                                             f"{job.base_model.name}: side by side models share one base model")
+        models.append(other)
+    return models
+
+
+_random = random.SystemRandom()
+
+
+def _blind_order(models: list) -> list:
+    """The screen order of a blind round: a uniformly random permutation, never seen by the client."""
+    order = list(models)
+    _random.shuffle(order)
+    return order
+
+
+def chat_ask(*, owner, job: FineTuneJob, prompt: str, generation: GenerationConfig,
+             session: ChatSession | None = None, contestants: list[str] | None = None,
+             blind: bool = False) -> tuple[ChatSession, list[ChatAnswer]]:
+    """Send one prompt at once to two or three models on the job's base, one ChatRound: "base" (the
+    base alone) and/or the owner's succeeded jobs by id; default the base and this job. A blind round
+    (two models) shuffles the screen order server-side and carries no history. Answers (in screen
+    order) stream via the infer queue."""
+    if job.owner_id != owner.id:
+        raise JobStateError("not your job")
+    if not job.has_adapter:
+        raise JobStateError("the job has no adapter yet; compare once it has succeeded")
+    models = _chat_contestants(owner=owner, job=job, keys=contestants)
+    if blind and len(models) != 2:
+        raise ConfigError("blind", f"a blind round compares exactly two models, got {len(models)}")
+    prompt = prompt.strip()
+    if not prompt:
+        raise ConfigError("prompt", "type a message first")
+    order = _blind_order(models) if blind else models
+    with transaction.atomic():
+        if session is None:
+            session = ChatSession.objects.create(owner=owner, job=job)
+        chat_round = ChatRound.objects.create(session=session, blind=blind)
+        answers = [ChatAnswer.objects.create(session=session, round=chat_round, job=model, position=position,
+                                             side=ChatAnswer.Side.BASE if model is None else ChatAnswer.Side.ADAPTER,
+                                             prompt=prompt, settings=generation.__dict__)
+                   for position, model in enumerate(order)]
+        # One task for the round: the infer worker answers every column in one batched generate.
+        queue.enqueue(queue.CHAT_ROUND, [str(a.id) for a in answers])
+    return session, answers
+
+
+def _identity_order(answer: ChatAnswer) -> tuple[int, str]:
+    """Canonical order of a vote's two models: the base alone first, then adapters by job id."""
+    return (0, "") if answer.job_id is None else (1, str(answer.job_id))
+
+
+def chat_vote(*, owner, chat_round: ChatRound, choice: str) -> Vote:
+    """Record the owner's verdict (left, right, tie or both_bad) on a finished two-model round, once.
+    Left and right are read through the round's screen order and stored as the models they showed."""
+    if chat_round.session.owner_id != owner.id:
+        raise ChatStateError("round", "not your chat")
+    if choice not in VOTE_CHOICES:
+        raise ConfigError("choice", f"must be one of {', '.join(VOTE_CHOICES)}")
+    with transaction.atomic():
+        locked = ChatRound.objects.select_for_update().select_related("session__job", "session__base_model").get(
+            id=chat_round.id)
+        answers = list(locked.answers.order_by("position"))
+        if len(answers) != 2:
+            raise ConfigError("round", f"a vote compares exactly two answers; this round has {len(answers)}")
+        if Vote.objects.filter(round=locked).exists():
+            raise ChatStateError("round", "this round already has a vote")
+        if any(a.state != ChatAnswer.State.DONE for a in answers):
+            raise ChatStateError("round", "wait until both answers have finished")
+        left, right = answers
+        first, second = sorted(answers, key=_identity_order)
+        if choice in ("tie", "both_bad"):
+            result = choice
+        else:
+            result = Vote.Result.FIRST if {"left": left, "right": right}[choice] is first else Vote.Result.SECOND
+        session = locked.session
+        try:
+            with transaction.atomic():
+                return Vote.objects.create(
+                    owner=owner, round=locked, first_job_id=first.job_id, second_job_id=second.job_id,
+                    base_model_id=session.job.base_model_id if session.job_id else session.base_model_id,
+                    result=result, blind=locked.blind)
+        except IntegrityError:  # a concurrent vote won the race for this round
+            raise ChatStateError("round", "this round already has a vote") from None
+
+
+def chat_stop(*, owner, session: ChatSession) -> int:
+    """The stop button: answers still streaming end at their next token, queued ones never start.
+
+    Returns how many answers were still unfinished. Their text so far is kept.
+    """
+    if session.owner_id != owner.id:
+        raise JobStateError("not your chat")
+    chat_stop_request(session.id)
+    unfinished = list(session.answers.filter(state__in=(ChatAnswer.State.PENDING, ChatAnswer.State.STREAMING)))
+    for answer in unfinished:
+        # A queued answer is finished here, empty; its task finds it no longer pending and skips it.
+        if ChatAnswer.objects.filter(id=answer.id, state=ChatAnswer.State.PENDING).update(
+                state=ChatAnswer.State.DONE, stopped=True):
+            publish_chat(session.id, "done", {**answer_event_meta(answer), "text": "", "stopped": True})
+    return len(unfinished)
+
+
+def chat_completion_create(*, owner, base: BaseModel, job: FineTuneJob | None, messages: list[dict],
+                           generation: GenerationConfig, session_id: uuid.UUID | None = None) -> ChatAnswer:
+    """Record one API completion (its whole conversation) and hand it to the infer queue on commit."""
+    with transaction.atomic():
+        session = ChatSession.objects.create(id=session_id or uuid.uuid4(), owner=owner, job=job, base_model=base)
+        answer = ChatAnswer.objects.create(
+            session=session, side=ChatAnswer.Side.ADAPTER if job else ChatAnswer.Side.BASE, job=job,
+            prompt=messages[-1]["content"], messages=messages, settings=generation.__dict__)
+        queue.enqueue(queue.CHAT_ANSWER, str(answer.id))
+    return answer

@@ -1,0 +1,114 @@
+"""Celery tasks of the infer queue for chat: one answer, or every answer of a comparison round in
+one batched generate, streamed piece by piece through Redis. The loaded models live in one pool
+per process."""
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from arena.live import chat_stop_time, publish_chat
+from arena.models import ChatAnswer
+from arena.selectors import answer_event_meta, session_base_model
+from common import queue
+from common.storage import media_path
+from worker.config import GenerationConfig
+from worker.inference import ModelPool
+
+log = logging.getLogger(__name__)
+_pool = None
+
+
+def model_pool():
+    """The infer worker's loaded models, kept for the life of the process."""
+    global _pool
+    if _pool is None:
+        _pool = ModelPool(memory_budget_mb=settings.INFER_MEMORY_BUDGET_MB, device=settings.TRAIN_DEVICE,
+                          max_adapters_per_base=settings.INFER_MAX_ADAPTERS_PER_BASE)
+    return _pool
+
+
+def _history(answer: ChatAnswer) -> list[dict[str, str]]:
+    if answer.messages:  # an API completion carries its whole conversation
+        return list(answer.messages)
+    if answer.round is not None and answer.round.blind:  # each blind round stands alone: its columns mix models
+        return [{"role": "user", "content": answer.prompt}]
+    # Each model continues its own conversation in the session.
+    earlier = ChatAnswer.objects.filter(session=answer.session, job=answer.job, side=answer.side,
+                                        state=ChatAnswer.State.DONE, created__lt=answer.created).exclude(
+        round__blind=True).order_by("created")
+    messages: list[dict[str, str]] = []
+    for turn in earlier:
+        messages += [{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": turn.text}]
+    return messages + [{"role": "user", "content": answer.prompt}]
+
+
+@shared_task(name=queue.CHAT_ANSWER, acks_late=True)
+def chat_answer(answer_id: str) -> str:
+    """Generate one answer (an API completion, or one side on its own), streaming through Redis."""
+    return _answer_together([answer_id])[0]
+
+
+@shared_task(name=queue.CHAT_ROUND, acks_late=True)
+def chat_round(answer_ids: list[str]) -> list[str]:
+    """Generate every answer of a comparison round in one batched call, so all sides stream at once."""
+    return _answer_together(answer_ids)
+
+
+def _storable(text: str) -> str:
+    """Generated text without NUL characters, which PostgreSQL text columns refuse (a small or
+    badly tuned model can emit them)."""
+    return text.replace("\x00", "")
+
+
+def _answer_adapter(answer: ChatAnswer) -> tuple[str, str] | None:
+    """(name, folder) of the adapter that gives this answer, None for the base. An adapter side
+    without a job of its own is an API completion of the session's job."""
+    job = answer.job or (answer.session.job if answer.side == ChatAnswer.Side.ADAPTER else None)
+    return None if job is None else (str(job.adapter.id), str(media_path(job.adapter.folder)))
+
+
+def _answer_together(answer_ids: list[str]) -> list[str]:
+    """Claim the pending answers among `answer_ids` (one session, one base), generate them together
+    and stream each piece to the session's channel; returns a status per id."""
+    claimed = [i for i in answer_ids if ChatAnswer.objects.filter(
+        id=i, state=ChatAnswer.State.PENDING).update(state=ChatAnswer.State.STREAMING)]
+    status = {i: "skipped" for i in answer_ids}
+    if not claimed:
+        return [status[i] for i in answer_ids]
+    by_id = {str(a.id): a for a in ChatAnswer.objects.select_related(
+        "session__job__base_model", "session__job__adapter", "session__base_model", "job__adapter", "round").filter(
+        id__in=claimed)}
+    answers = [by_id[str(i)] for i in claimed]
+    session = answers[0].session
+    base_path = session_base_model(session).path
+    metas = [answer_event_meta(a) for a in answers]
+    for meta in metas:
+        publish_chat(session.id, "start", meta)
+    asked_at = min(a.created for a in answers).timestamp()
+
+    def stop_asked() -> bool:
+        stop = chat_stop_time(session.id)
+        return stop is not None and stop >= asked_at
+
+    gen = GenerationConfig(**answers[0].settings)
+    requests = [(_history(a), _answer_adapter(a)) for a in answers]
+    try:
+        texts = model_pool().generate_many(
+            base_path, requests, gen, should_stop=stop_asked,
+            on_text=lambda row, piece: publish_chat(session.id, "token", {**metas[row], "text": _storable(piece)}))
+    except Exception as exc:
+        log.exception("chat answers %s failed", claimed)
+        ChatAnswer.objects.filter(id__in=claimed).update(state=ChatAnswer.State.FAILED,
+                                                         error=f"{type(exc).__name__}: {exc}")
+        for meta in metas:
+            publish_chat(session.id, "error", {**meta, "error": "generation failed; see the worker log"})
+        status.update({str(i): "failed" for i in claimed})
+        return [status[i] for i in answer_ids]
+    stopped = stop_asked()
+    for answer, meta, text in zip(answers, metas, map(_storable, texts)):
+        ChatAnswer.objects.filter(id=answer.id).update(state=ChatAnswer.State.DONE, text=text, stopped=stopped)
+        publish_chat(session.id, "done", {**meta, "text": text, "stopped": stopped})
+        status[str(answer.id)] = "stopped" if stopped else "done"
+    return [status[i] for i in answer_ids]

@@ -1,0 +1,7 @@
+from django.urls import path
+
+from base_models import apis
+
+urlpatterns = [
+    path("base-models/", apis.BaseModelListApi.as_view(), name="api-base-models"),
+]

@@ -1,0 +1,26 @@
+"""Register a local Hugging Face model folder (safetensors + tokenizer with a chat template)."""
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from base_models.services import base_model_register
+from worker.config import ConfigError
+
+
+class Command(BaseCommand):
+    help = "Register a local model folder as a base model."
+
+    def add_arguments(self, parser):
+        parser.add_argument("name")
+        parser.add_argument("path")
+
+    def handle(self, *args, name, path, **options):
+        folder = Path(path).resolve()
+        if not (folder / "config.json").is_file():
+            raise CommandError(f"{folder} has no config.json; give a Hugging Face model folder")
+        try:
+            model = base_model_register(name=name, path=folder)
+        except (ConfigError, OSError, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(self.style.SUCCESS(f"registered {model.name}: {model.architecture}, "
+                                             f"{model.parameters:,} parameters"))

@@ -1,0 +1,32 @@
+"""The one way services hand work to Celery: by the task's fixed name, after the transaction commits.
+
+Services never import `tasks` modules (tasks import services), so the arrows run one way; the
+names below are the contract with the `tasks` modules that register them."""
+from __future__ import annotations
+
+from celery import current_app
+from django.db import transaction
+
+TRAIN_JOB = "training.job_run"
+MERGE_ADAPTER = "training.adapter_merge"
+CHAT_ANSWER = "arena.chat_answer"
+CHAT_ROUND = "arena.chat_round"
+WEBHOOK_DELIVER = "webhooks.deliver"
+
+
+def registered_task(task_name: str):
+    """The task registered under this name (a web process loads the apps' tasks modules on first use)."""
+    app = current_app
+    if task_name not in app.tasks:
+        app.loader.import_default_modules()
+    return app.tasks[task_name]
+
+
+def send(task_name: str, *args) -> None:
+    """Send a task now (routed to its queue by name; run in-process in eager mode)."""
+    registered_task(task_name).delay(*args)
+
+
+def enqueue(task_name: str, *args) -> None:
+    """Send a task once the current transaction commits (at once outside a transaction)."""
+    transaction.on_commit(lambda: send(task_name, *args))

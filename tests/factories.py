@@ -1,0 +1,33 @@
+"""Small builders the tests share: example conversations, JSONL files, API clients with a key."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def memorisable_conversations(n: int = 8) -> list[list[dict]]:
+    return [[{"role": "user", "content": f"colour {i}"},
+             {"role": "assistant", "content": f'{{"answer": "{["red", "green", "blue"][i % 3]}"}}'}]
+            for i in range(n)]
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def chat_jsonl() -> bytes:
+    return "".join(json.dumps({"messages": m}) + "\n" for m in memorisable_conversations()).encode()
+
+
+def bearer_client(owner) -> APIClient:
+    """An API client that sends a fresh API key of `owner` (and enforces CSRF, which keys do not need)."""
+    from rest_framework.test import APIClient
+
+    from accounts.services import api_key_create
+
+    _, raw = api_key_create(owner=owner, name="test")
+    client = APIClient(enforce_csrf_checks=True)
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    client.raw_key = raw
+    return client

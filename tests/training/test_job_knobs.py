@@ -1,0 +1,81 @@
+"""The engine's knobs reach the job through the form and the REST API, validated against the model."""
+from unittest import mock
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from user_datasets import services as dataset_services
+from training.models import FineTuneJob
+from tests.training.test_jobs import form_data, submit
+from worker.config import PRESETS
+
+
+@pytest.fixture
+def dataset(user, chat_file):
+    return dataset_services.dataset_create(owner=user, upload=SimpleUploadedFile("chat.jsonl", chat_file.read_bytes()))
+
+
+def test_form_stores_the_new_knobs(client_in, base_model, dataset, django_capture_on_commit_callbacks):
+    data = form_data(base_model, dataset, init_lora_weights="pissa", modules_to_save="lm_head", packing="on",
+                     early_stopping_patience=3, early_stopping_threshold=0.01, eval_every=5, keep_best="on",
+                     optimizer="adamw", max_grad_norm=0.5)
+    response, delay = submit(client_in, data, django_capture_on_commit_callbacks)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    config = FineTuneJob.objects.get().config
+    assert config["init_lora_weights"] == "pissa" and config["modules_to_save"] == ["lm_head"]
+    assert config["packing"] is True and config["keep_best"] is True and config["max_grad_norm"] == 0.5
+    assert (config["early_stopping_patience"], config["early_stopping_threshold"], config["eval_every"]) == (3, 0.01, 5)
+    assert delay.called
+
+
+def test_form_left_empty_optional_numbers_keep_their_defaults(client_in, base_model, dataset,
+                                                              django_capture_on_commit_callbacks):
+    data = form_data(base_model, dataset, eval_every="", save_every="", early_stopping_patience="")
+    response, _ = submit(client_in, data, django_capture_on_commit_callbacks)
+    assert response.status_code == 302
+    config = FineTuneJob.objects.get().config
+    assert (config["eval_every"], config["save_every"], config["early_stopping_patience"]) == (0, 50, 0)
+
+
+def test_unknown_module_to_save_is_shown_beside_the_field(client_in, base_model, dataset,
+                                                          django_capture_on_commit_callbacks):
+    response, delay = submit(client_in, form_data(base_model, dataset, modules_to_save="lm_head, wte"),
+                             django_capture_on_commit_callbacks)
+    assert response.status_code == 400
+    html = response.content.decode()
+    field = html[html.index('id="field-modules_to_save"'):][:1500]
+    assert "&#x27;wte&#x27; is not a module this model can train in full; valid names:" in field
+    assert "lm_head" in field and FineTuneJob.objects.count() == 0 and not delay.called
+
+
+def test_pissa_with_qlora_is_refused_on_its_field(client_in, base_model, dataset, django_capture_on_commit_callbacks):
+    response, _ = submit(client_in, form_data(base_model, dataset, init_lora_weights="pissa", qlora="on"),
+                         django_capture_on_commit_callbacks)
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "PiSSA rewrites the base weights" in html[html.index('id="field-init_lora_weights"'):][:1500]
+
+
+def test_form_offers_presets_with_their_values(client_in, base_model, dataset):
+    html = client_in.get(f"/jobs/new/?dataset={dataset.id}").content.decode()
+    assert '<option value="balanced" selected>' in html and 'value="quality"' in html
+    assert 'id="presets"' in html and '"learning_rate": 0.0005' in html
+
+
+def test_rest_config_takes_a_preset_with_overrides(user, base_model, dataset, django_capture_on_commit_callbacks):
+    api = APIClient()
+    api.force_authenticate(user)
+    with mock.patch("training.tasks.job_run.delay"), django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/api/v1/jobs/", {"dataset": str(dataset.id), "base_model": str(base_model.id),
+                                              "config": {"preset": "quality", "epochs": 1}}, format="json")
+    assert response.status_code == 201, response.json()
+    config = response.json()["config"]
+    assert config["target_preset"] == "all_linear" and config["lr_scheduler"] == "cosine"
+    assert config["learning_rate"] == PRESETS["quality"]["learning_rate"] and config["epochs"] == 1
+    bad = api.post("/api/v1/jobs/", {"dataset": str(dataset.id), "base_model": str(base_model.id),
+                                     "config": {"preset": "turbo"}}, format="json")
+    assert bad.status_code == 400 and "preset" in bad.content.decode()
+    unknown = api.post("/api/v1/jobs/", {"dataset": str(dataset.id), "base_model": str(base_model.id),
+                                         "config": {"modules_to_save": ["wte"]}}, format="json")
+    assert unknown.status_code == 400 and "modules_to_save" in unknown.content.decode()

@@ -1,0 +1,134 @@
+"""The job form. Its validation defers to worker.config.TrainConfig, the single source of truth."""
+from __future__ import annotations
+
+from django import forms
+
+from base_models.models import BaseModel
+from training.services import job_estimate, job_validate_config
+from user_datasets.models import Dataset
+from worker.config import BIAS_CHOICES, LR_SCHEDULERS, PRESETS, ConfigError, TrainConfig
+
+DEFAULTS = TrainConfig()
+TARGET_CHOICES = [
+    ("attention", "Attention (q, k, v, o projections)"),
+    ("mlp", "MLP (feed-forward projections)"),
+    ("all_linear", "All linear layers"),
+    ("custom", "Custom list"),
+]
+VALIDATION_CHOICES = [("split", "Split off part of the dataset"), ("dataset", "Another dataset"), ("none", "None")]
+CONFIG_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "epochs",
+                 "learning_rate", "batch_size", "grad_accum", "max_seq_length", "warmup_ratio", "lr_scheduler",
+                 "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing",
+                 "init_lora_weights", "modules_to_save", "optimizer", "packing", "max_grad_norm", "eval_every",
+                 "save_every", "early_stopping_patience", "early_stopping_threshold", "keep_best")
+PRESET_CHOICES = [("", "Custom (as set below)"),
+                  ("quick", "Quick: rank 8 on attention, 1 epoch, lr 2e-3"),
+                  ("balanced", "Balanced: rank 16 on attention, 2 epochs, lr 1e-3"),
+                  ("quality", "Quality: rank 16 on all linear layers, 3 epochs, lr 5e-4 cosine")]
+INIT_CHOICES = [("default", "Default (A random, B zero)"), ("gaussian", "Gaussian"),
+                ("pissa", "PiSSA (principal singular vectors; 16-bit base only)")]
+OPTIMIZER_CHOICES = [("adamw", "AdamW"), ("paged_adamw_8bit", "Paged 8-bit AdamW (CUDA only)")]
+
+
+class JobForm(forms.Form):
+    name = forms.CharField(max_length=200, required=False)
+    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.none(), empty_label=None)
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), empty_label=None)
+    preset = forms.ChoiceField(choices=PRESET_CHOICES, required=False, initial="balanced",
+                               help_text="fills the fields below; change any of them afterwards")
+    rank = forms.IntegerField(initial=DEFAULTS.rank, help_text="LoRA rank r; 8-16 is usual")
+    alpha = forms.FloatField(initial=DEFAULTS.alpha, help_text="scale is alpha / r; 2 x rank is usual")
+    dropout = forms.FloatField(initial=DEFAULTS.dropout)
+    target_preset = forms.ChoiceField(choices=TARGET_CHOICES, initial=DEFAULTS.target_preset, label="Target layers")
+    target_modules = forms.CharField(required=False, label="Custom modules",
+                                     help_text="comma-separated, e.g. q_proj, v_proj (only for Custom list)")
+    qlora = forms.BooleanField(required=False, initial=DEFAULTS.qlora, label="QLoRA (4-bit NF4 base)")
+    epochs = forms.FloatField(initial=DEFAULTS.epochs)
+    learning_rate = forms.FloatField(initial=DEFAULTS.learning_rate)
+    batch_size = forms.IntegerField(initial=DEFAULTS.batch_size)
+    grad_accum = forms.IntegerField(initial=DEFAULTS.grad_accum, label="Gradient accumulation")
+    max_seq_length = forms.IntegerField(initial=DEFAULTS.max_seq_length, label="Max sequence length")
+    warmup_ratio = forms.FloatField(initial=DEFAULTS.warmup_ratio)
+    lr_scheduler = forms.ChoiceField(choices=[(s, s) for s in LR_SCHEDULERS], initial=DEFAULTS.lr_scheduler)
+    weight_decay = forms.FloatField(initial=DEFAULTS.weight_decay)
+    seed = forms.IntegerField(initial=DEFAULTS.seed)
+    use_rslora = forms.BooleanField(required=False, label="rsLoRA (alpha / sqrt(r))")
+    use_dora = forms.BooleanField(required=False, label="DoRA")
+    bias = forms.ChoiceField(choices=[(b, b) for b in BIAS_CHOICES], initial=DEFAULTS.bias)
+    gradient_checkpointing = forms.BooleanField(required=False)
+    init_lora_weights = forms.ChoiceField(choices=INIT_CHOICES, required=False, initial=DEFAULTS.init_lora_weights, label="LoRA init")
+    modules_to_save = forms.CharField(required=False, label="Also train in full",
+                                      help_text="comma-separated whole modules saved with the adapter, "
+                                                "e.g. lm_head, embed_tokens (large)")
+    optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES, required=False, initial=DEFAULTS.optimizer)
+    packing = forms.BooleanField(required=False, label="Packing (no padding; examples kept apart by the mask)")
+    max_grad_norm = forms.FloatField(required=False, initial=DEFAULTS.max_grad_norm, label="Gradient clipping (max norm, 0 = off)")
+    eval_every = forms.IntegerField(required=False, initial=DEFAULTS.eval_every, label="Evaluate every N steps",
+                                    help_text="0: about ten evaluations per run")
+    save_every = forms.IntegerField(required=False, initial=DEFAULTS.save_every, label="Checkpoint every N steps")
+    early_stopping_patience = forms.IntegerField(required=False, initial=DEFAULTS.early_stopping_patience,
+                                                 label="Early stopping patience",
+                                                 help_text="stop after this many evaluations without a better "
+                                                           "eval loss; 0 = off")
+    early_stopping_threshold = forms.FloatField(required=False, initial=DEFAULTS.early_stopping_threshold,
+                                                label="Early stopping threshold",
+                                                help_text="how much lower an eval loss must be to count")
+    keep_best = forms.BooleanField(required=False, initial=DEFAULTS.keep_best, label="Keep the best checkpoint",
+                                   help_text="export the adapter with the lowest eval loss, not the last one")
+    validation = forms.ChoiceField(choices=VALIDATION_CHOICES, initial="split", label="Validation set")
+    validation_percent = forms.FloatField(initial=10, required=False, label="Validation %")
+    validation_seed = forms.IntegerField(initial=42, required=False, label="Split seed")
+    validation_dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), required=False,
+                                                label="Validation dataset")
+
+    def __init__(self, *args, owner, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["base_model"].queryset = BaseModel.objects.all()
+        self.fields["dataset"].queryset = Dataset.objects.filter(owner=owner)
+        self.fields["validation_dataset"].queryset = Dataset.objects.filter(owner=owner)
+        self.config: TrainConfig | None = None
+        self.validation: dict = {"kind": "none"}
+        self.owner = owner
+        self.estimate = None
+        self.presets = PRESETS
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        # A left-empty optional field keeps its default.
+        values = {k: data[k] for k in CONFIG_FIELDS if k in data and data[k] not in (None, "")}
+        try:
+            self.config = TrainConfig.from_dict(values)
+            job_validate_config(base_model=data["base_model"], config=self.config)
+        except ConfigError as exc:
+            field = exc.field if exc.field in self.fields else None
+            self.add_error(field, exc.message)
+            self.config = None
+        self.validation = self._validation(data)
+        if self.config is not None and not self.errors:
+            self.estimate = job_estimate(owner=self.owner, dataset=data["dataset"], base_model=data["base_model"],
+                                         config=self.config)
+            if not self.estimate.fits:
+                self.add_error(None, "This job would not fit in memory (about "
+                                     f"{self.estimate.memory_mb:,.0f} MB needed). " + " ".join(self.estimate.advice))
+        return data
+
+    def _validation(self, data) -> dict:
+        kind = data.get("validation")
+        if kind == "split":
+            percent, seed = data.get("validation_percent"), data.get("validation_seed")
+            if percent is None or not 0 < percent < 100:
+                self.add_error("validation_percent", "must be between 0 and 100")
+            elif data.get("dataset") is not None and data["dataset"].rows < 2:
+                self.add_error("validation_percent", "the dataset has too few examples to split")
+            if seed is None or seed < 0:
+                self.add_error("validation_seed", "must be a whole number, 0 or more")
+            return {"kind": "split", "percent": percent, "seed": seed}
+        if kind == "dataset":
+            if data.get("validation_dataset") is None:
+                self.add_error("validation_dataset", "pick the dataset to validate on")
+            elif data.get("dataset") is not None and data["validation_dataset"].id == data["dataset"].id:
+                self.add_error("validation_dataset", "must differ from the training dataset (or use a split)")
+            return {"kind": "dataset", "dataset": data.get("validation_dataset")}
+        return {"kind": "none"}

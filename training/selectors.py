@@ -1,0 +1,51 @@
+"""Reads of jobs. Every selector of user data takes the owner, so a forgotten filter is hard to write."""
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+
+from base_models.models import BaseModel
+from common.ids import is_uuid
+from training.models import Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
+
+
+def job_list(*, owner, status: str | None = None) -> QuerySet[FineTuneJob]:
+    qs = FineTuneJob.objects.filter(owner=owner).select_related("dataset", "base_model")
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def job_get(*, owner, job_id) -> FineTuneJob:
+    """The owner's job, or Http404 (another user's job does not exist for you)."""
+    return get_object_or_404(job_list(owner=owner), id=job_id)
+
+
+def job_find(*, owner, job_id) -> FineTuneJob | None:
+    """The owner's job, or None (also for a value that is not an id)."""
+    return job_list(owner=owner).filter(id=job_id).first() if is_uuid(job_id) else None
+
+
+def job_events(*, job: FineTuneJob) -> QuerySet[JobEvent]:
+    return JobEvent.objects.filter(job=job)
+
+
+def metric_points(*, job: FineTuneJob, after_step: int = 0) -> QuerySet[MetricPoint]:
+    return MetricPoint.objects.filter(job=job, step__gt=after_step).order_by("step")
+
+
+def measured_tokens_per_s(*, owner, base_model: BaseModel, qlora: bool, limit: int = 50) -> float | None:
+    """The median training speed the owner's finished jobs on this base reached, or None."""
+    measured = sorted(MetricPoint.objects.filter(
+        job__owner=owner, job__base_model=base_model, job__status=JobStatus.SUCCEEDED, job__config__qlora=qlora,
+        tokens_per_s__isnull=False).order_by("-id").values_list("tokens_per_s", flat=True)[:limit])
+    return measured[len(measured) // 2] if measured else None
+
+
+def adapter_list(*, owner) -> QuerySet[Adapter]:
+    return Adapter.objects.filter(job__owner=owner).select_related("job__base_model").order_by("-created")
+
+
+def jobs_with_adapter(*, owner, base_model: BaseModel) -> QuerySet[FineTuneJob]:
+    """The owner's succeeded jobs on `base_model` that have an adapter."""
+    return job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(base_model=base_model, adapter__isnull=False)

@@ -1,0 +1,232 @@
+"""Writes for jobs: keyword-only `<entity>_<action>` functions that validate, write in a transaction
+and schedule side effects on commit (the train queue, live events, the `job_finished` signal)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from base_models.models import BaseModel
+from common import queue
+from common.exceptions import StateError
+from common.storage import media_relative
+from training import selectors
+from training.files import MERGE_MARKER, job_evaluation, job_output_dir, merged_status
+from training.live import publish_job, publish_status
+from training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
+from training.signals import job_finished
+from user_datasets.models import Dataset
+from user_datasets.selectors import dataset_examples, dataset_token_report
+from worker.config import ConfigError, TrainConfig
+from worker.data import file_sha256, write_normalized_jsonl
+from worker.estimate import estimate
+from worker.evaluation import summary_markdown
+from worker.export import build_adapter_zip, model_card
+from worker.modeling import check_modules_to_save
+from worker.splits import split_examples
+from worker.targets import resolve_targets
+
+log = logging.getLogger(__name__)
+
+
+class JobStateError(StateError):
+    """The job is not in a state that allows this action."""
+
+
+def job_validate_config(*, base_model: BaseModel, config: TrainConfig) -> list[str]:
+    """Check the config against the model itself; returns the resolved target modules."""
+    targets = resolve_targets(base_model.linear_modules, config.target_preset, config.target_modules)
+    if config.modules_to_save:
+        check_modules_to_save(base_model.path, config.modules_to_save)
+    return targets
+
+
+def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
+    """Snapshot the training examples (and the validation split) into the job's folder, so the
+    same split serves eval loss and evaluation, and deleting the dataset later changes nothing."""
+    examples = dataset_examples(dataset=dataset)
+    kind = validation.get("kind", "none")
+    if kind == "split":
+        percent, seed = validation.get("percent", 10), validation.get("seed", 42)
+        train, valid = split_examples(examples, percent, seed)
+        record = {"kind": "split", "percent": percent, "seed": seed}
+    elif kind == "dataset":
+        other: Dataset = validation["dataset"]
+        if other.owner_id != dataset.owner_id:
+            raise ConfigError("validation_dataset", "unknown dataset")
+        train, valid = examples, dataset_examples(dataset=other)
+        record = {"kind": "dataset", "dataset": str(other.id), "dataset_name": other.name}
+    elif kind == "none":
+        train, valid, record = examples, [], {"kind": "none"}
+    else:
+        raise ConfigError("validation", "must be none, split or dataset")
+    folder = job_output_dir(job) / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_normalized_jsonl(train, folder / "train.jsonl")
+    if valid:
+        write_normalized_jsonl(valid, folder / "eval.jsonl")
+    return {**record, "train_rows": len(train), "eval_rows": len(valid)}
+
+
+def job_estimate(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig):
+    """Pre-flight: exact trainable parameters, adapter size, memory and time, before anything runs."""
+    report = dataset_token_report(dataset=dataset, base_model=base_model, max_length=config.max_seq_length)
+    lengths = [min(n, config.max_seq_length) for n in report.lengths] or [config.max_seq_length]
+    tokens_per_s = selectors.measured_tokens_per_s(owner=owner, base_model=base_model, qlora=config.qlora)
+    limit = settings.TRAIN_MEMORY_LIMIT_MB or (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20
+    return estimate(base_model.path, config, n_examples=max(1, dataset.rows), mean_tokens=sum(lengths) / len(lengths),
+                    device=settings.TRAIN_DEVICE, tokens_per_s=tokens_per_s, memory_limit_mb=limit)
+
+
+def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig, name: str = "",
+               validation: dict | None = None) -> FineTuneJob:
+    """Save a queued job (with its data snapshot) and hand it to the train queue on commit."""
+    if dataset.owner_id != owner.id:
+        raise ConfigError("dataset", "unknown dataset")
+    job_validate_config(base_model=base_model, config=config)
+    with transaction.atomic():
+        job = FineTuneJob.objects.create(owner=owner, dataset=dataset, base_model=base_model,
+                                         config=config.to_dict(), name=name[:200], dataset_name=dataset.name,
+                                         dataset_sha256=dataset.sha256)
+        try:
+            job.validation = _job_data(job, dataset, validation or {"kind": "none"})
+        except BaseException:
+            shutil.rmtree(job_output_dir(job), ignore_errors=True)
+            raise
+        job.save(update_fields=["validation"])
+        queue.enqueue(queue.TRAIN_JOB, str(job.id))
+    return job
+
+
+def _announce_end(job: FineTuneJob) -> None:
+    """Tell other domains (webhooks) once the job's end is committed."""
+    transaction.on_commit(lambda: job_finished.send(sender=FineTuneJob, job=job))
+
+
+def _stop(*, job: FineTuneJob, by, request: str, at_once_from: list[str], at_once_to: str, verb: str,
+          **at_once_fields) -> FineTuneJob:
+    """A job not yet on a worker changes status at once; a running one gets the cooperative flag,
+    which the engine reads before its next step."""
+    if job.owner_id != by.id:
+        raise JobStateError("not your job")
+    with transaction.atomic():
+        if not FineTuneJob.objects.filter(id=job.id, status__in=at_once_from).update(
+                status=at_once_to, stop_requested=request, **at_once_fields):
+            if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.RUNNING).update(stop_requested=request):
+                job.refresh_from_db()
+                raise JobStateError(f"a {job.status} job cannot be {verb}")
+    job.refresh_from_db()
+    if job.status == at_once_to:
+        transaction.on_commit(lambda: publish_status(job))
+        if job.status in TERMINAL_STATUSES:
+            _announce_end(job)
+    else:
+        publish_job(job.id, "message", {"kind": request, "message": f"{request} requested"})
+    return job
+
+
+def job_cancel(*, job: FineTuneJob, by) -> FineTuneJob:
+    """Cancel: a queued or paused job at once, a running one before its next step."""
+    return _stop(job=job, by=by, request="cancel", at_once_from=[JobStatus.QUEUED, JobStatus.PAUSED],
+                 at_once_to=JobStatus.CANCELLED, verb="cancelled", finished=timezone.now())
+
+
+def job_pause(*, job: FineTuneJob, by) -> FineTuneJob:
+    """Pause: a queued job at once; a running one saves a checkpoint before its next step and frees the worker."""
+    return _stop(job=job, by=by, request="pause", at_once_from=[JobStatus.QUEUED], at_once_to=JobStatus.PAUSED,
+                 verb="paused")
+
+
+def job_resume(*, job: FineTuneJob, by) -> FineTuneJob:
+    """Queue a paused job again; the engine continues from its newest checkpoint."""
+    if job.owner_id != by.id:
+        raise JobStateError("not your job")
+    with transaction.atomic():
+        if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.PAUSED).update(
+                status=JobStatus.QUEUED, stop_requested=""):
+            job.refresh_from_db()
+            raise JobStateError(f"a {job.status} job cannot be resumed; only a paused one")
+        queue.enqueue(queue.TRAIN_JOB, str(job.id))
+    job.refresh_from_db()
+    transaction.on_commit(lambda: publish_status(job))
+    return job
+
+
+def job_retry(*, job: FineTuneJob, by, config: TrainConfig | None = None) -> FineTuneJob:
+    """A new job with the same data snapshot and settings (or `config`), for a failed or cancelled one."""
+    if job.owner_id != by.id:
+        raise JobStateError("not your job")
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise JobStateError(f"a {job.status} job cannot be retried; only a failed or cancelled one")
+    config = config or TrainConfig.from_dict(job.config)
+    job_validate_config(base_model=job.base_model, config=config)
+    with transaction.atomic():
+        new = FineTuneJob.objects.create(
+            owner=job.owner, dataset=job.dataset, base_model=job.base_model, config=config.to_dict(),
+            name=(f"{job.name} (retry)" if job.name else "")[:200], dataset_name=job.dataset_name,
+            dataset_sha256=job.dataset_sha256, validation=job.validation)
+        shutil.copytree(job_output_dir(job) / "data", job_output_dir(new) / "data")
+        queue.enqueue(queue.TRAIN_JOB, str(new.id))
+    return new
+
+
+def job_event(*, job_id, kind: str, message: str) -> None:
+    """A line in the job's log, shown live on its page."""
+    JobEvent.objects.create(job_id=job_id, kind=kind, message=message)
+    publish_job(job_id, "message", {"kind": kind, "message": message})
+
+
+def job_mark(*, job_id, status: str, error: str = "", **fields: Any) -> FineTuneJob:
+    """Record a worker-side status change and announce it."""
+    values = dict(status=status, error=error, stop_requested="", lease_until=None, **fields)
+    if status in TERMINAL_STATUSES:
+        values["finished"] = timezone.now()
+    FineTuneJob.objects.filter(id=job_id).update(**values)
+    job = FineTuneJob.objects.get(id=job_id)
+    publish_status(job)
+    if status in TERMINAL_STATUSES:
+        _announce_end(job)
+    return job
+
+
+def adapter_create(*, job: FineTuneJob, result) -> Adapter:
+    """Package the trained adapter: zip with tokenizer, config, metrics, dataset hash, model card."""
+    out = job_output_dir(job)
+    metrics = [{"step": p.step, **{k: v for k, v in p.as_event().items() if v is not None}}
+               for p in MetricPoint.objects.filter(job=job).order_by("step")]
+    title = job.name or f"LoRA adapter {job.short_id}"
+    evaluation = job_evaluation(job)
+    card = model_card(title=title, base_model=job.base_model.name, config=job.config,
+                      rows=job.validation.get("train_rows", 0), dataset_sha256=job.dataset_sha256,
+                      steps=result.steps_done, final_loss=result.final_loss, targets=result.targets,
+                      evaluation_md=summary_markdown(evaluation) if evaluation else "")
+    extra = {"evaluation.json": (out / "evaluation.json").read_text()} if evaluation else {}
+    zip_path = out / f"adapter-{job.short_id}.zip"
+    build_adapter_zip(result.adapter_dir, zip_path, card=card, config={**job.config, "validation": job.validation},
+                      metrics=metrics, dataset_sha256=job.dataset_sha256, extra_files=extra)
+    (Path(result.adapter_dir) / "README.md").write_text(card)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    adapter, _ = Adapter.objects.update_or_create(
+        job=job, defaults=dict(folder=media_relative(result.adapter_dir), zip_file=media_relative(zip_path),
+                               size_bytes=zip_path.stat().st_size, sha256=file_sha256(zip_path)))
+    return adapter
+
+
+def adapter_merge_request(*, job: FineTuneJob, by) -> str:
+    """Queue a merged-model export (merge_and_unload on the infer worker); returns the status."""
+    if job.owner_id != by.id:
+        raise JobStateError("not your job")
+    if not job.has_adapter:
+        raise JobStateError("only a succeeded job has an adapter to merge")
+    current = merged_status(job)
+    if current != "none":
+        return current
+    (job_output_dir(job) / MERGE_MARKER).touch()
+    queue.enqueue(queue.MERGE_ADAPTER, str(job.id))
+    return "pending"

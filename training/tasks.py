@@ -1,0 +1,132 @@
+"""Celery tasks of the train queue (and the merged export on the infer queue). They take ids,
+re-read rows, and claim work with filter(...).update(...) == 1."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
+
+from common import queue
+from common.storage import media_path
+from training import services
+from training.files import MERGE_MARKER, job_output_dir, merged_zip_path
+from training.live import publish_status
+from training.models import FineTuneJob, JobStatus
+from training.reporting import DbReporter
+from worker.config import ConfigError, TrainConfig, TrainSpec
+from worker.data import DatasetError
+from worker.engine import TrainingError, train
+from worker.export import merge_adapter, zip_folder
+
+log = logging.getLogger(__name__)
+
+
+def _claim(job_id) -> bool:
+    """Take the job if it is queued, or running under an expired lease (its worker died)."""
+    now = timezone.now()
+    claimable = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, lease_until__lt=now)
+    return FineTuneJob.objects.filter(claimable, id=job_id).update(
+        status=JobStatus.RUNNING, worker=f"{socket.gethostname()}", attempts=F("attempts") + 1,
+        lease_until=now + dt.timedelta(seconds=settings.JOB_LEASE_SECONDS), started=now) == 1
+
+
+def build_train_spec(job: FineTuneJob) -> TrainSpec:
+    data = job_output_dir(job) / "data"
+    eval_file = data / "eval.jsonl"
+    return TrainSpec(
+        base_model_path=job.base_model.path,
+        dataset_path=str(data / "train.jsonl"),
+        output_dir=str(job_output_dir(job)),
+        config=TrainConfig.from_dict(job.config),
+        eval_dataset_path=str(eval_file) if eval_file.exists() else None,
+        device=settings.TRAIN_DEVICE,
+    )
+
+
+@shared_task(name=queue.TRAIN_JOB, acks_late=True, reject_on_worker_lost=True)
+def job_run(job_id: str) -> str:
+    """Train one job on this worker; cooperative stop via the job row's stop_requested flag."""
+    if not _claim(job_id):
+        log.info("job %s not claimable (already taken or finished)", job_id)
+        return "skipped"
+    job = FineTuneJob.objects.select_related("base_model", "dataset").get(id=job_id)
+    if job.attempts > settings.JOB_MAX_ATTEMPTS:
+        services.job_mark(job_id=job.id, status=JobStatus.FAILED,
+                          error=f"gave up after {settings.JOB_MAX_ATTEMPTS} attempts (the worker kept dying)")
+        return "failed"
+    publish_status(job)
+    if settings.TRAIN_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.TRAIN_THREADS)
+    reporter = DbReporter(job.id, settings.JOB_LEASE_SECONDS)
+
+    def should_stop():
+        return FineTuneJob.objects.filter(id=job.id).values_list("stop_requested", flat=True).first() or None
+
+    try:
+        result = train(build_train_spec(job), reporter, should_stop)
+    except (ConfigError, DatasetError, TrainingError) as exc:
+        services.job_mark(job_id=job.id, status=JobStatus.FAILED, error=str(exc))
+        return "failed"
+    except Exception as exc:  # an engine bug must still end the job with a readable reason
+        log.exception("job %s crashed", job.id)
+        services.job_mark(job_id=job.id, status=JobStatus.FAILED,
+                          error=f"training stopped by an internal error ({type(exc).__name__}: {exc})")
+        return "failed"
+    if result.status == "succeeded":
+        job.refresh_from_db()
+        services.adapter_create(job=job, result=result)
+        services.job_mark(job_id=job.id, status=JobStatus.SUCCEEDED, final_loss=result.final_loss,
+                          step=result.steps_done, total_steps=result.total_steps)
+    elif result.status == "paused":
+        services.job_mark(job_id=job.id, status=JobStatus.PAUSED)
+    else:
+        services.job_mark(job_id=job.id, status=JobStatus.CANCELLED)
+    return result.status
+
+
+@shared_task(name=queue.MERGE_ADAPTER, acks_late=True)
+def adapter_merge(job_id: str) -> str:
+    """Write the merged model (base + B A) as safetensors and zip it for download."""
+    job = FineTuneJob.objects.select_related("base_model", "adapter").get(id=job_id)
+    out = job_output_dir(job)
+    try:
+        folder = merge_adapter(job.base_model.path, media_path(job.adapter.folder), out / "merged")
+        zip_folder(folder, merged_zip_path(job))
+        note = "merged model ready" + (" (QLoRA adapter merged into the 16-bit base)" if job.config.get("qlora") else "")
+        services.job_event(job_id=job.id, kind="export", message=note)
+        return "ready"
+    except Exception as exc:
+        log.exception("merge of job %s failed", job_id)
+        services.job_event(job_id=job.id, kind="error", message=f"merged export failed ({type(exc).__name__}: {exc})")
+        return "failed"
+    finally:
+        (out / MERGE_MARKER).unlink(missing_ok=True)
+
+
+def requeue_orphaned_jobs() -> int:
+    """Queue again the jobs whose message is gone: queued ones (an in-memory broker restarted) and
+    running ones whose worker died (lease expired). Claiming makes duplicates harmless."""
+    now = timezone.now()
+    ids = list(FineTuneJob.objects.filter(
+        Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, lease_until__lt=now)).values_list("id", flat=True))
+    for job_id in ids:
+        queue.send(queue.TRAIN_JOB, str(job_id))
+    return len(ids)
+
+
+@worker_ready.connect
+def _on_worker_ready(sender, **kwargs):
+    """When a train worker starts, pick up what a crash or a broker restart left behind."""
+    consuming = sender.app.amqp.queues.consume_from or {}
+    if "train" in consuming:
+        count = requeue_orphaned_jobs()
+        if count:
+            log.info("requeued %d orphaned job(s)", count)

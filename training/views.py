@@ -1,0 +1,199 @@
+"""Job pages: the list, the form (with its live estimate), a job's page with its live stream,
+several runs side by side, and the job's actions and downloads. Thin: forms validate, services write."""
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from accounts.auth import request_user
+from common import events
+from common.ids import is_uuid
+from training import selectors, services
+from training.downloads import adapter_download, merged_download
+from training.files import job_evaluation, merged_status
+from training.forms import JobForm
+from training.live import job_channel, status_event
+from training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
+from user_datasets.selectors import dataset_find
+from worker.config import ConfigError, TrainConfig
+from worker.engine import ADVICE_OOM, oom_suggestion
+
+RUN_COMPARE_KEYS = ["rank", "alpha", "dropout", "target_preset", "qlora", "epochs", "learning_rate", "batch_size",
+                    "grad_accum", "max_seq_length", "use_rslora", "use_dora"]
+
+
+@login_required
+def job_list(request):
+    status = request.GET.get("status") or None
+    return render(request, "training/job_list.html", {
+        "jobs": selectors.job_list(owner=request.user, status=status), "status": status,
+        "statuses": JobStatus.values})
+
+
+@login_required
+def job_new(request):
+    initial = {}
+    wanted = dataset_find(owner=request.user, dataset_id=request.GET.get("dataset"))
+    if wanted is not None:
+        initial["dataset"] = wanted
+    form = JobForm(request.POST or None, owner=request.user, initial=initial)
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                job = services.job_create(owner=request.user, dataset=form.cleaned_data["dataset"],
+                                          base_model=form.cleaned_data["base_model"], config=form.config,
+                                          name=form.cleaned_data["name"], validation=form.validation)
+            except ConfigError as exc:
+                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            else:
+                return redirect("job-detail", job_id=job.id)
+        return render(request, "training/job_new.html", {"form": form}, status=400)
+    return render(request, "training/job_new.html", {"form": form})
+
+
+@login_required
+def runs_compare(request):
+    """Several jobs' loss curves in one chart, with their settings and final metrics side by side."""
+    ids = [i for i in request.GET.getlist("job") if is_uuid(i)][:8]
+    jobs = list(selectors.job_list(owner=request.user).filter(id__in=ids))
+    curves = {str(j.id): [[p.step, p.train_loss, p.eval_loss] for p in selectors.metric_points(job=j)] for j in jobs}
+    rows = [(k, [j.config.get(k) for j in jobs]) for k in RUN_COMPARE_KEYS]
+    evaluations = [job_evaluation(j) for j in jobs]
+    finals = [{"loss": j.final_loss,
+               "eval_loss": next((p[2] for p in reversed(curves[str(j.id)]) if p[2] is not None), None),
+               "adapter_exact": (e or {}).get("rates", {}).get("adapter", {}).get("exact")}
+              for j, e in zip(jobs, evaluations)]
+    return render(request, "training/runs_compare.html", {
+        "jobs": jobs, "rows": rows, "finals": finals,
+        "series": [{"id": str(j.id), "label": j.name or j.short_id, "points": curves[str(j.id)]} for j in jobs]})
+
+
+def estimate_json(est) -> dict:
+    return {"trainable_params": est.trainable_params, "total_params": est.total_params,
+            "trainable_percent": est.trainable_percent, "adapter_mb": est.adapter_mb, "memory_mb": est.memory_mb,
+            "breakdown": est.breakdown, "steps": est.steps, "seconds": est.seconds, "fits": est.fits,
+            "advice": est.advice, "targets": est.targets, "memory_limit_mb": est.memory_limit_mb}
+
+
+@login_required
+@require_POST
+def job_estimate(request):
+    """The job form's pre-flight estimate, from the same form and validation (JSON)."""
+    form = JobForm(request.POST, owner=request.user)
+    valid = form.is_valid()
+    if form.estimate is not None:
+        return JsonResponse({"estimate": estimate_json(form.estimate), "errors": form.errors.get_json_data()},
+                            status=200 if valid else 400)
+    return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
+
+
+@login_required
+def job_detail(request, job_id):
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    succeeded = job.status == JobStatus.SUCCEEDED
+    return render(request, "training/job_detail.html", {
+        "job": job, "config": job.config, "events": job.events.order_by("-id")[:20],
+        "suggestion": _oom_suggestion(job),
+        "merged": merged_status(job) if succeeded else None,
+        "evaluation": job_evaluation(job) if succeeded else None,
+        "adapter": getattr(job, "adapter", None) if succeeded else None})
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id):
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    try:
+        services.job_cancel(job=job, by=request.user)
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.info(request, "Cancel requested: the job stops before its next step.")
+    return redirect("job-detail", job_id=job.id)
+
+
+def _oom_suggestion(job: FineTuneJob) -> dict | None:
+    if job.status != JobStatus.FAILED or not job.error.startswith(ADVICE_OOM[:13]):
+        return None
+    return oom_suggestion(TrainConfig.from_dict(job.config)) or None
+
+
+JOB_ACTIONS = {"pause": (services.job_pause, "Pause requested: a checkpoint is saved before the next step."),
+               "resume": (services.job_resume, "Queued again: training continues from the last checkpoint."),
+               "retry": (services.job_retry, "Started a new job with the same data and settings.")}
+
+
+@login_required
+@require_POST
+def job_action(request, job_id, action):
+    """Pause, resume or retry (as it was, or with the suggested lower-memory settings)."""
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    act, note = JOB_ACTIONS[action]
+    kwargs = {}
+    if action == "retry" and request.POST.get("suggested") and _oom_suggestion(job):
+        kwargs["config"] = TrainConfig.from_dict({**job.config, **_oom_suggestion(job)})
+    try:
+        result = act(job=job, by=request.user, **kwargs)
+    except (services.JobStateError, ConfigError) as exc:
+        messages.error(request, str(exc))
+        return redirect("job-detail", job_id=job.id)
+    messages.info(request, note)
+    return redirect("job-detail", job_id=result.id)
+
+
+@login_required
+def job_download(request, job_id):
+    return adapter_download(selectors.job_get(owner=request.user, job_id=job_id))
+
+
+@login_required
+def job_merged(request, job_id):
+    """POST: start the merged export. GET: download it once ready."""
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    if request.method != "POST":
+        return merged_download(job)
+    try:
+        state = services.adapter_merge_request(job=job, by=request.user)
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.info(request, "The merged model is ready." if state == "ready" else
+                      "Merging the adapter into the base model; the download appears here when ready.")
+    return redirect("job-detail", job_id=job.id)
+
+
+async def job_events(request, job_id):
+    """Loss points after Last-Event-ID (or ?after=), then live ones, then the final status
+    (a session or a Bearer API key)."""
+    user = await request_user(request)
+    if user is None:
+        raise Http404("sign in first")
+    job = await sync_to_async(selectors.job_get)(owner=user, job_id=job_id)
+    try:
+        after = int(request.headers.get("Last-Event-ID") or request.GET.get("after") or 0)
+    except ValueError:
+        after = 0
+    sent = {"step": after}
+
+    @sync_to_async
+    def replay():
+        fresh = FineTuneJob.objects.get(id=job.id)
+        items = [("metric", p.as_event(), p.step) for p in selectors.metric_points(job=fresh, after_step=after)]
+        items.append(("status", status_event(fresh), None))
+        return items
+
+    def on_message(kind, data):
+        if kind == "metric":
+            if data["step"] <= sent["step"]:
+                return [], False
+            sent["step"] = data["step"]
+            return [events.sse("metric", data, data["step"])], False
+        if kind == "status":
+            return [events.sse("status", data)], data["status"] in TERMINAL_STATUSES
+        return [events.sse(kind, data)], False
+
+    return events.event_stream(events.follow(job_channel(job.id), replay, on_message))

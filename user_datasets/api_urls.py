@@ -1,0 +1,10 @@
+from django.urls import path
+
+from user_datasets import apis
+
+urlpatterns = [
+    path("datasets/", apis.DatasetListApi.as_view(), name="api-datasets"),
+    path("datasets/map/", apis.DatasetMapApi.as_view(), name="api-dataset-map"),
+    path("datasets/<uuid:dataset_id>/", apis.DatasetDetailApi.as_view(), name="api-dataset"),
+    path("datasets/<uuid:dataset_id>/download/", apis.DatasetDownloadApi.as_view(), name="api-dataset-download"),
+]

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class UserDatasetsConfig(AppConfig):
+    """The users' datasets."""
+
+    name = "user_datasets"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,124 @@
+"""Dataset pages: the list with the upload form, the column-mapping step, the check page, rename,
+delete, download and the one-click demo dataset. Thin: forms validate, services write."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from base_models.selectors import base_model_find, base_model_list
+from common.responses import file_download
+from common.storage import media_path
+from user_datasets import selectors, services
+from user_datasets.forms import MappingForm, RenameForm, UploadForm
+from worker.config import ConfigError
+from worker.data import DatasetError
+
+
+def _dataset_page(request, *, form=None, mapping_form=None, problems=(), total=0, status=200):
+    return render(request, "user_datasets/dataset_list.html", {
+        "datasets": selectors.dataset_list(owner=request.user), "form": form or UploadForm(),
+        "mapping_form": mapping_form, "problems": problems, "problem_total": total}, status=status)
+
+
+@login_required
+def dataset_list(request):
+    if request.method != "POST":
+        return _dataset_page(request)
+    form = UploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _dataset_page(request, form=form, status=400)
+    try:
+        ds = services.dataset_create(owner=request.user, upload=form.cleaned_data["file"],
+                                     name=form.cleaned_data["name"],
+                                     drop_duplicates=form.cleaned_data["drop_duplicates"])
+    except DatasetError as exc:
+        return _dataset_page(request, form=form, problems=exc.messages(), total=exc.total, status=400)
+    except services.MappingNeeded as need:
+        mapping_form = MappingForm(columns=need.columns, initial={
+            "token": need.token, "filename": need.filename, "name": form.cleaned_data["name"],
+            "drop_duplicates": form.cleaned_data["drop_duplicates"]})
+        return _dataset_page(request, form=form, mapping_form=mapping_form, status=200)
+    messages.success(request, f"Uploaded {ds.name}: {ds.rows} examples ({ds.schema}, {ds.format}).")
+    return redirect("dataset-detail", dataset_id=ds.id)
+
+
+@login_required
+@require_POST
+def dataset_map(request):
+    """Second step of an upload whose columns matched no schema."""
+    columns = request.POST.getlist("columns")
+    form = MappingForm(request.POST, columns=columns)
+    if not form.is_valid():
+        return _dataset_page(request, mapping_form=form, status=400)
+    try:
+        ds = services.dataset_create_mapped(owner=request.user, token=form.cleaned_data["token"],
+                                            filename=form.cleaned_data["filename"], mapping=form.mapping(),
+                                            name=form.cleaned_data["name"],
+                                            drop_duplicates=form.cleaned_data["drop_duplicates"])
+    except ConfigError as exc:
+        form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        return _dataset_page(request, mapping_form=form, status=400)
+    except DatasetError as exc:
+        return _dataset_page(request, mapping_form=form, problems=exc.messages(), total=exc.total, status=400)
+    messages.success(request, f"Uploaded {ds.name}: {ds.rows} examples (mapped columns).")
+    return redirect("dataset-detail", dataset_id=ds.id)
+
+
+@login_required
+def dataset_detail(request, dataset_id):
+    """The check page: counts, schema, examples as the model will see them, token lengths."""
+    ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+    models = base_model_list()
+    chosen = base_model_find(request.GET.get("model")) or models.first()
+    try:
+        max_length = min(131072, max(16, int(request.GET.get("max_length", 256))))
+    except ValueError:
+        max_length = 256
+    report = selectors.dataset_token_report(dataset=ds, base_model=chosen, max_length=max_length) if chosen else None
+    return render(request, "user_datasets/dataset_detail.html", {
+        "ds": ds, "models": models, "chosen": chosen, "max_length": max_length, "report": report,
+        "histogram": report.histogram() if report else None, "rename_form": RenameForm(initial={"name": ds.name}),
+        "jobs": ds.jobs.all()[:20]})
+
+
+@login_required
+@require_POST
+def dataset_rename(request, dataset_id):
+    ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+    try:
+        services.dataset_rename(dataset=ds, name=request.POST.get("name", ""))
+    except ConfigError as exc:
+        messages.error(request, f"Name {exc.message}.")
+    return redirect("dataset-detail", dataset_id=ds.id)
+
+
+@login_required
+@require_POST
+def dataset_delete(request, dataset_id):
+    ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+    try:
+        services.dataset_delete(dataset=ds)
+    except services.DatasetInUse as exc:
+        messages.error(request, str(exc))
+        return redirect("dataset-detail", dataset_id=ds.id)
+    messages.success(request, f"Deleted {ds.name}.")
+    return redirect("dataset-list")
+
+
+@login_required
+def dataset_download(request, dataset_id):
+    ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+    return file_download(media_path(ds.file), filename=ds.original_name or f"dataset{Path(ds.file).suffix}")
+
+
+@login_required
+@require_POST
+def dataset_demo(request):
+    ds = services.dataset_create_demo(owner=request.user)
+    messages.success(request, f"Added the demo dataset ({ds.rows} examples). Now pick your settings.")
+    return redirect(f"{reverse('job-new')}?dataset={ds.id}")

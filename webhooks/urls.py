@@ -1,0 +1,8 @@
+from django.urls import path
+
+from webhooks import views
+
+urlpatterns = [
+    path("account/webhooks/", views.webhook_list, name="webhook-list"),
+    path("account/webhooks/<int:webhook_id>/delete/", views.webhook_remove, name="webhook-delete"),
+]
