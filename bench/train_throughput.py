@@ -49,11 +49,13 @@ def bench_config(steps: int):
 
 
 def run_engine(model_dir: str, steps: int) -> dict:
+    from worker.batching import MicroBatchStream
     from worker.config import TrainSpec
     from worker.data import read_normalized_jsonl, tokenize_examples
-    from worker.engine import MicroBatchStream, plan_steps, train
+    from worker.engine import train
     from worker.modeling import load_tokenizer
     from worker.reporting import MemoryReporter
+    from worker.schedule import plan_steps
 
     cfg = bench_config(steps)
 

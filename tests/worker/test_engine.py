@@ -5,7 +5,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from worker.config import TrainConfig, TrainSpec
-from worker.engine import epoch_batches, lr_multiplier, plan_steps, train
+from worker.engine import train
+from worker.schedule import epoch_batches, lr_multiplier, plan_steps
 from worker.modeling import build_peft_model, choose_device, load_base_model
 from worker.reporting import MemoryReporter
 

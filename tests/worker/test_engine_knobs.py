@@ -12,8 +12,10 @@ from transformers import AutoModelForCausalLM
 from tests.conftest import memorisable_conversations, write_jsonl
 from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.data import TokenizedExample, read_normalized_jsonl, tokenize_examples
-from worker.engine import (BestTracker, TrainingError, build_optimizer, collate, collate_packed, save_adapter,
-                           summed_token_loss, train)
+from worker.batching import collate, collate_packed
+from worker.early_stopping import BestTracker
+from worker.engine import TrainingError, build_optimizer, save_adapter, train
+from worker.loss import summed_token_loss
 from worker.estimate import estimate
 from worker.modeling import build_peft_model, choose_device, get_peft_config, load_base_model, load_tokenizer
 from worker.reporting import MemoryReporter
