@@ -51,7 +51,8 @@ def bench_config(steps: int):
 def run_engine(model_dir: str, steps: int) -> dict:
     from worker.batching import MicroBatchStream
     from worker.config import TrainSpec
-    from worker.data import read_normalized_jsonl, tokenize_examples
+    from worker.data.normalized import read_normalized_jsonl
+    from worker.data.tokenization import tokenize_examples
     from worker.engine import train
     from worker.modeling import load_tokenizer
     from worker.reporting import MemoryReporter
@@ -84,7 +85,8 @@ def run_engine(model_dir: str, steps: int) -> dict:
 def run_baseline(model_dir: str, steps: int) -> dict:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from worker.data import IGNORE_INDEX, read_normalized_jsonl, tokenize_examples
+    from worker.data.normalized import read_normalized_jsonl
+    from worker.data.tokenization import IGNORE_INDEX, tokenize_examples
     from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
 
     cfg = bench_config(steps)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.config import TrainConfig
-from worker.data import IGNORE_INDEX, TokenizedExample
+from worker.data.tokenization import IGNORE_INDEX, TokenizedExample
 from worker.schedule import epoch_batches
 
 

@@ -19,7 +19,8 @@ from worker.batching import MicroBatchStream, make_batch
 from worker.checkpoint import (atomic_dir, latest_checkpoint, load_adapter_weights, load_checkpoint,
                                prune_checkpoints, save_checkpoint)
 from worker.config import TrainConfig, TrainSpec
-from worker.data import TokenizedExample, read_normalized_jsonl, tokenize_examples
+from worker.data.normalized import read_normalized_jsonl
+from worker.data.tokenization import TokenizedExample, tokenize_examples
 from worker.early_stopping import BestTracker
 from worker.evaluation import evaluate_adapter
 from worker.loss import mean_token_loss, summed_token_loss

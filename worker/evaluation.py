@@ -10,7 +10,8 @@ import json
 import math
 from typing import Any
 
-from worker.data import Example, tokenize_examples
+from worker.data.examples import Example
+from worker.data.tokenization import tokenize_examples
 from worker.loss import mean_token_loss
 
 

@@ -3,7 +3,7 @@ the mean of it over a set of examples (the eval-loss pass)."""
 from __future__ import annotations
 
 from worker.batching import Batch, collate
-from worker.data import IGNORE_INDEX, TokenizedExample
+from worker.data.tokenization import IGNORE_INDEX, TokenizedExample
 
 
 def summed_token_loss(peft_model, batch: Batch):

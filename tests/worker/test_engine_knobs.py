@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import memorisable_conversations, write_jsonl
 from worker.config import ConfigError, TrainConfig, TrainSpec
-from worker.data import TokenizedExample, read_normalized_jsonl, tokenize_examples
+from worker.data.normalized import read_normalized_jsonl
+from worker.data.tokenization import TokenizedExample, tokenize_examples
 from worker.batching import collate, collate_packed
 from worker.early_stopping import BestTracker
 from worker.engine import TrainingError, build_optimizer, save_adapter, train
