@@ -84,45 +84,41 @@ def _check_turns(turns: Any, report: Report, *, name: str, role_key: str, conten
     if not turns:
         report(name, "is empty; a conversation needs at least one user and one assistant turn")
         return None
-    found = 0
-    messages: list[dict[str, str]] = []
-    allowed = ", ".join(role_map)
-
-    def bad(field_: str, message: str) -> None:
-        nonlocal found
-        found += 1
-        report(field_, message)
-
-    for i, msg in enumerate(turns):
-        where = f"{name}[{i}]"
-        if not isinstance(msg, dict):
-            bad(where, f"must be an object with {role_key} and {content_key}, got {type_name(msg)}")
-            continue
-        for key in (role_key, content_key):
-            if key not in msg:
-                bad(f"{where}.{key}", "is missing")
-        raw_role = msg.get(role_key)
-        role = role_map.get(raw_role) if isinstance(raw_role, str) else None
-        if role_key in msg and role is None:
-            bad(f"{where}.{role_key}", f"must be one of {allowed}, got {_show(raw_role)}")
-        content = msg.get(content_key)
-        if content_key in msg:
-            if not isinstance(content, str):
-                bad(f"{where}.{content_key}", f"must be a string, got {type_name(content)}")
-            elif not _is_unicode(content):
-                bad(f"{where}.{content_key}", _SURROGATE)
-            elif not content.strip():
-                bad(f"{where}.{content_key}", "is empty")
-        if role == "system" and i != 0:
-            bad(f"{where}.{role_key}", "a system message may only be the first message")
-        if role is not None and isinstance(content, str):
-            messages.append({"role": role, "content": content})
-    if found:
+    bad = ProblemCounter(report)
+    messages = [_check_turn(msg, i, f"{name}[{i}]", bad, role_key, content_key, role_map)
+                for i, msg in enumerate(turns)]
+    if bad.count:
         return None
     if not any(m["role"] == "assistant" for m in messages):
         report(name, f"has no assistant turn{assistant_hint}, so there is nothing to learn")
         return None
     return messages
+
+
+def _check_turn(msg: Any, i: int, where: str, bad: Report, role_key: str, content_key: str,
+                role_map: dict[str, str]) -> dict[str, str] | None:
+    """Turn `i` as a {role, content} message; every problem with it goes to `bad`."""
+    if not isinstance(msg, dict):
+        bad(where, f"must be an object with {role_key} and {content_key}, got {type_name(msg)}")
+        return None
+    for key in (role_key, content_key):
+        if key not in msg:
+            bad(f"{where}.{key}", "is missing")
+    raw_role = msg.get(role_key)
+    role = role_map.get(raw_role) if isinstance(raw_role, str) else None
+    if role_key in msg and role is None:
+        bad(f"{where}.{role_key}", f"must be one of {', '.join(role_map)}, got {_show(raw_role)}")
+    content = msg.get(content_key)
+    if content_key in msg:
+        if not isinstance(content, str):
+            bad(f"{where}.{content_key}", f"must be a string, got {type_name(content)}")
+        elif not _is_unicode(content):
+            bad(f"{where}.{content_key}", _SURROGATE)
+        elif not content.strip():
+            bad(f"{where}.{content_key}", "is empty")
+    if role == "system" and i != 0:
+        bad(f"{where}.{role_key}", "a system message may only be the first message")
+    return {"role": role, "content": content} if role is not None and isinstance(content, str) else None
 
 
 def _cell_json(value: Any, key: str, report: Report) -> tuple[bool, Any]:
