@@ -6,7 +6,7 @@ Both variants train the demo model (SmolLM2-135M-Instruct, converted from the bu
 folder is missing) on `worker/demo_data/demo_dataset.jsonl` for the same number of optimizer
 steps with the same LoRA config (TrainConfig defaults: rank 16, alpha 32, dropout 0.05, attention
 layers), batch size, max length, learning rate (linear schedule, no warmup), fp32 on CPU, and the
-same tokenization (`worker.data.tokenize_examples`: chat template, assistant-only labels).
+same tokenization (`worker.data.tokenization.tokenize_examples`: chat template, assistant-only labels).
 
 * baseline: `transformers.Trainer` on the PEFT model, `DataCollatorForSeq2Seq` padding each batch
   to its longest example, the default random sampler, the model's own loss (full-vocabulary logits).
