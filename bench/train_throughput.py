@@ -6,7 +6,7 @@ Both variants train the demo model (SmolLM2-135M-Instruct, converted from the bu
 folder is missing) on `worker/demo_data/demo_dataset.jsonl` for the same number of optimizer
 steps with the same LoRA config (TrainConfig defaults: rank 16, alpha 32, dropout 0.05, attention
 layers), batch size, max length, learning rate (linear schedule, no warmup), fp32 on CPU, and the
-same tokenization (`worker.data.tokenize_examples`: chat template, assistant-only labels).
+same tokenization (`worker.data.tokenization.tokenize_examples`: chat template, assistant-only labels).
 
 * baseline: `transformers.Trainer` on the PEFT model, `DataCollatorForSeq2Seq` padding each batch
   to its longest example, the default random sampler, the model's own loss (full-vocabulary logits).
@@ -49,11 +49,14 @@ def bench_config(steps: int):
 
 
 def run_engine(model_dir: str, steps: int) -> dict:
+    from worker.batching import MicroBatchStream
     from worker.config import TrainSpec
-    from worker.data import read_normalized_jsonl, tokenize_examples
-    from worker.engine import MicroBatchStream, plan_steps, train
+    from worker.data.normalized import read_normalized_jsonl
+    from worker.data.tokenization import tokenize_examples
+    from worker.engine import train
     from worker.modeling import load_tokenizer
     from worker.reporting import MemoryReporter
+    from worker.schedule import plan_steps
 
     cfg = bench_config(steps)
 
@@ -82,7 +85,8 @@ def run_engine(model_dir: str, steps: int) -> dict:
 def run_baseline(model_dir: str, steps: int) -> dict:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from worker.data import IGNORE_INDEX, read_normalized_jsonl, tokenize_examples
+    from worker.data.normalized import read_normalized_jsonl
+    from worker.data.tokenization import IGNORE_INDEX, tokenize_examples
     from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
 
     cfg = bench_config(steps)

@@ -10,7 +10,7 @@ import logging
 import sys
 
 from worker.config import ConfigError, TrainSpec
-from worker.data import DatasetError
+from worker.data.problems import DatasetError
 from worker.engine import TrainingError, train
 from worker.reporting import MemoryReporter
 

@@ -183,11 +183,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def config_fields() -> list[dataclasses.Field]:
-    """The dataclass fields, for forms and serializers that mirror them."""
-    return list(dataclasses.fields(TrainConfig))
-
-
 @dataclass(frozen=True)
 class GenerationConfig:
     """Sampling settings for one chat answer."""

@@ -153,8 +153,7 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike)
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
 
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
 
     started = time.monotonic()
     folder, filename = str(gguf_path.parent), gguf_path.name
@@ -166,54 +165,10 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike)
         logger.info("Converting %s -> %s", gguf_path, out_dir)
         config = AutoConfig.from_pretrained(folder, gguf_file=filename)
         _scrub_gguf_markers(config)
-
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-        if not tokenizer.chat_template:
-            tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
-        tokenizer.init_kwargs.pop("gguf_file", None)
-        # The GGUF path leaves model_max_length unset (1e30); SmolLM2's context is 8192.
-        tokenizer.model_max_length = int(getattr(config, "max_position_embeddings", 8192) or 8192)
-
-        # Dequantized weights: load the GGUF model once, keep only its state dict.
-        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
-        state_dict = {k: v.detach().to(torch.float32).contiguous() for k, v in gguf_model.state_dict().items()}
-        del gguf_model
-
-        # A clean, unquantized model built from the scrubbed config.
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        del state_dict
-        tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-        missing = [k for k in missing if k not in tied]
-        if missing or unexpected:
-            raise RuntimeError(
-                f"GGUF weights do not match the model built from its config: "
-                f"missing={missing[:10]} unexpected={list(unexpected)[:10]}"
-            )
-        model.tie_weights()
-        _scrub_gguf_markers(model.config)
-        model.eval()
-
-        model.save_pretrained(str(tmp_dir))  # transformers 5: always safetensors
-        tokenizer.save_pretrained(str(tmp_dir))
-        _scrub_tokenizer_config(tmp_dir)
-        for item in tmp_dir.iterdir():
-            if item.is_file():
-                os.chmod(item, 0o644)
-        if not is_complete_model_dir(tmp_dir):
-            raise RuntimeError(f"Conversion produced an incomplete folder: {sorted(os.listdir(tmp_dir))}")
-
-        # Move into place. An incomplete leftover out_dir (e.g. created by hand) is replaced;
-        # if another process finished first, keep its result.
-        if out_dir.exists() and not is_complete_model_dir(out_dir):
-            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-        try:
-            os.replace(tmp_dir, out_dir)
-        except OSError:
-            if is_complete_model_dir(out_dir):
-                shutil.rmtree(tmp_dir, ignore_errors=True)
-            else:
-                raise
+        tokenizer = _gguf_tokenizer(folder, filename, config)
+        model = _gguf_model(folder, filename, config)
+        _write_model_dir(model, tokenizer, tmp_dir)
+        _move_into_place(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -221,11 +176,67 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike)
     return out_dir
 
 
-def ensure_demo_model(out_dir: str | os.PathLike) -> Path:
-    """Locate the demo GGUF and convert it into ``out_dir`` (no-op if already done)."""
-    if is_complete_model_dir(out_dir):
-        return Path(out_dir).resolve()
-    return convert_gguf_to_hf(find_demo_gguf(), out_dir)
+def _gguf_tokenizer(folder: str, filename: str, config):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+    tokenizer.init_kwargs.pop("gguf_file", None)
+    # The GGUF path leaves model_max_length unset (1e30); SmolLM2's context is 8192.
+    tokenizer.model_max_length = int(getattr(config, "max_position_embeddings", 8192) or 8192)
+    return tokenizer
+
+
+def _gguf_model(folder: str, filename: str, config):
+    """A clean float32 model built from the scrubbed config, holding the GGUF's dequantized weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # Dequantized weights: load the GGUF model once, keep only its state dict.
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    state_dict = {k: v.detach().to(torch.float32).contiguous() for k, v in gguf_model.state_dict().items()}
+    del gguf_model
+
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    del state_dict
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"GGUF weights do not match the model built from its config: "
+            f"missing={missing[:10]} unexpected={list(unexpected)[:10]}"
+        )
+    model.tie_weights()
+    _scrub_gguf_markers(model.config)
+    model.eval()
+    return model
+
+
+def _write_model_dir(model, tokenizer, tmp_dir: Path) -> None:
+    model.save_pretrained(str(tmp_dir))  # transformers 5: always safetensors
+    tokenizer.save_pretrained(str(tmp_dir))
+    _scrub_tokenizer_config(tmp_dir)
+    for item in tmp_dir.iterdir():
+        if item.is_file():
+            os.chmod(item, 0o644)
+    if not is_complete_model_dir(tmp_dir):
+        raise RuntimeError(f"Conversion produced an incomplete folder: {sorted(os.listdir(tmp_dir))}")
+
+
+def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
+    # An incomplete leftover out_dir (e.g. created by hand) is replaced; if another process
+    # finished first, keep its result.
+    if out_dir.exists() and not is_complete_model_dir(out_dir):
+        shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
+    try:
+        os.replace(tmp_dir, out_dir)
+    except OSError:
+        if is_complete_model_dir(out_dir):
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        else:
+            raise
 
 
 def main(argv: list[str] | None = None) -> int:

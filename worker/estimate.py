@@ -31,11 +31,11 @@ not exact):
 from __future__ import annotations
 
 import dataclasses
-
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from worker.config import ConfigError, TrainConfig
+from worker.memory_advice import fitting_changes
+from worker.schedule import plan_steps
 
 MIB = 2 ** 20
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax/64 + fp32 absmax/16384
@@ -163,66 +163,6 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _advice(shape: _Shape, cfg: TrainConfig, device: str, limit: float, built_rank: int) -> list[str]:
-    """Changes that bring the estimate under `limit`, in the order of the engine's OOM advice."""
-    def total(c: TrainConfig) -> float:
-        return sum(_memory(shape, c, _trainable(shape, c, built_rank), device).values())
-
-    tips: list[str] = []
-    # 1. Smaller micro-batch, same effective batch.
-    b = cfg.batch_size
-    while b > 1:
-        b = max(1, b // 2)
-        c = replace(cfg, batch_size=b, grad_accum=cfg.grad_accum * math.ceil(cfg.batch_size / b))
-        if total(c) <= limit:
-            tips.append(f"batch_size {c.batch_size} with grad_accum {c.grad_accum} (same effective batch): "
-                        f"~{total(c):,.0f} MB")
-            break
-    # 2. Shorter sequences.
-    s = cfg.max_seq_length
-    while s > 16:
-        s = max(16, s // 2)
-        c = replace(cfg, max_seq_length=s)
-        if total(c) <= limit:
-            tips.append(f"max_seq_length {s} (longer examples are truncated): ~{total(c):,.0f} MB")
-            break
-    # 3. QLoRA, 4. gradient checkpointing, 5. lower rank.
-    if not cfg.qlora:
-        c = replace(cfg, qlora=True)
-        if total(c) <= limit:
-            tips.append(f"QLoRA (4-bit base): ~{total(c):,.0f} MB")
-    if not cfg.gradient_checkpointing:
-        c = replace(cfg, gradient_checkpointing=True)
-        if total(c) <= limit:
-            tips.append(f"gradient checkpointing (slower, ~30%): ~{total(c):,.0f} MB")
-    r = cfg.rank
-    while r > 1:
-        r = max(1, r // 2)
-        c = replace(cfg, rank=r, alpha=cfg.alpha * r / cfg.rank)
-        if total(c) <= limit:
-            tips.append(f"rank {r} (alpha {c.alpha:g}, same scale): ~{total(c):,.0f} MB")
-            break
-    if not tips:
-        # No single change is enough: combine them, in the same order, until the job fits.
-        c = replace(cfg, batch_size=1, grad_accum=cfg.grad_accum * cfg.batch_size)
-        steps = ["batch_size 1 with grad_accum %d" % c.grad_accum]
-        for change, label in ((dict(gradient_checkpointing=True), "gradient checkpointing"),
-                              (dict(qlora=True), "QLoRA")):
-            if total(c) <= limit:
-                break
-            if not getattr(c, next(iter(change))):
-                c = replace(c, **change)
-                steps.append(label)
-        while total(c) > limit and c.max_seq_length > 16:
-            c = replace(c, max_seq_length=max(16, c.max_seq_length // 2))
-        if c.max_seq_length != cfg.max_seq_length:
-            steps.append(f"max_seq_length {c.max_seq_length}")
-        verdict = "fits" if total(c) <= limit else "still does not fit"
-        tips.append(f"no single change is enough; {' + '.join(steps)}: ~{total(c):,.0f} MB ({verdict} in "
-                    f"{limit:,.0f} MB)")
-    return tips
-
-
 def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens: float, device: str = "cpu",
              tokens_per_s: float | None = None, memory_limit_mb: float | None = None) -> Estimate:
     """Estimate a job before it runs; reads the model's config only (never its weights).
@@ -231,8 +171,6 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
     example); `tokens_per_s`, when known (a measured rate on this machine, e.g. a previous job's
     `tokens_per_s` metric, which counts non-padding tokens), gives `seconds`.
     """
-    from worker.engine import plan_steps
-
     if n_examples < 1:
         raise ConfigError("n_examples", "the training set is empty")
     device = _resolve_device(device)
@@ -246,7 +184,8 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
         per_step = min(n_examples, cfg.batch_size * cfg.grad_accum) * min(float(mean_tokens), cfg.max_seq_length)
         seconds = steps * per_step / tokens_per_s
     fits = memory_limit_mb is None or memory <= memory_limit_mb
-    advice = [] if fits else _advice(shape, cfg, device, float(memory_limit_mb), cfg.rank)
+    advice = [] if fits else fitting_changes(
+        cfg, lambda c: sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device).values()), float(memory_limit_mb))
     return Estimate(
         trainable_params=trainable,
         total_params=shape.total_params,

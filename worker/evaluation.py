@@ -10,7 +10,9 @@ import json
 import math
 from typing import Any
 
-from worker.data import Example, tokenize_examples
+from worker.data.examples import Example
+from worker.data.tokenization import tokenize_examples
+from worker.loss import mean_token_loss
 
 
 def _as_json(text: str):
@@ -73,13 +75,11 @@ def generate_batch(model, tokenizer, conversations, max_new_tokens: int, device)
 def evaluate_adapter(model, tokenizer, examples: list[Example], *, max_seq_length: int, device,
                      max_prompts: int = 20, max_new_tokens: int = 96, batch_size: int = 8) -> dict[str, Any]:
     """Compare the adapted model with its own base (adapter disabled) on held-out examples."""
-    from worker.engine import evaluate
-
     model.eval()
     tokenized = tokenize_examples(tokenizer, examples, max_seq_length)
-    loss = {"adapter": evaluate(model, tokenized, batch_size, tokenizer.pad_token_id, device)}
+    loss = {"adapter": mean_token_loss(model, tokenized, batch_size, tokenizer.pad_token_id, device)}
     with model.disable_adapter():
-        loss["base"] = evaluate(model, tokenized, batch_size, tokenizer.pad_token_id, device)
+        loss["base"] = mean_token_loss(model, tokenized, batch_size, tokenizer.pad_token_id, device)
     prompts = held_out_prompts(examples, max_prompts)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):

@@ -5,6 +5,7 @@ get_quantization_config). Models are loaded from local folders only and never wi
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ def get_peft_config(cfg: TrainConfig, targets: list[str]):
 
 
 def load_tokenizer(path: str):
+    """The tokenizer of a local model folder, with a pad token; ConfigError when it has no chat template."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -95,6 +97,20 @@ def load_tokenizer(path: str):
     if not getattr(tok, "chat_template", None):
         raise ConfigError("base_model", f"the tokenizer in {path} has no chat template")
     return tok
+
+
+TOKENIZER_CACHE_SIZE = 8
+
+
+@functools.lru_cache(maxsize=TOKENIZER_CACHE_SIZE)
+def cached_tokenizer(path: str):
+    """`load_tokenizer(path)`, shared by the callers in one process; the least recently used is evicted.
+
+    For the web side, which renders token reports for a few base models again and again: loading a
+    tokenizer takes about a second, and an unbounded cache would grow with every model registered.
+    Callers must not modify the tokenizer they get.
+    """
+    return load_tokenizer(path)
 
 
 def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = None):

@@ -11,19 +11,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from worker.config import ConfigError
-from worker.data import (
-    FORMATS,
-    IGNORE_INDEX,
-    SCHEMAS,
-    ColumnMapping,
-    DatasetError,
-    Example,
-    SchemaUnknown,
-    load_dataset_file,
-    read_normalized_jsonl,
-    tokenize_examples,
-    write_normalized_jsonl,
-)
+from worker.data.examples import Example
+from worker.data.formats import FORMATS
+from worker.data.loading import load_dataset_file
+from worker.data.mapping import ColumnMapping
+from worker.data.normalized import read_normalized_jsonl, write_normalized_jsonl
+from worker.data.problems import DatasetError, SchemaUnknown
+from worker.data.schemas import SCHEMAS
+from worker.data.tokenization import IGNORE_INDEX, tokenize_examples
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "bad"
 

@@ -11,15 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.config import ConfigError
-from worker.data import (
-    ColumnMapping,
-    DatasetError,
-    LoadedDataset,
-    SchemaUnknown,
-    load_dataset_file,
-    read_normalized_jsonl,
-    write_normalized_jsonl,
-)
+from worker.data.loading import LoadedDataset, load_dataset_file
+from worker.data.mapping import ColumnMapping
+from worker.data.normalized import read_normalized_jsonl, write_normalized_jsonl
+from worker.data.problems import DatasetError, SchemaUnknown
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -5,9 +5,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from worker.config import TrainConfig, TrainSpec
-from worker.engine import epoch_batches, lr_multiplier, plan_steps, train
+from worker.engine import train
 from worker.modeling import build_peft_model, choose_device, load_base_model
 from worker.reporting import MemoryReporter
+from worker.schedule import epoch_batches, lr_multiplier, plan_steps
 
 FAST = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8, alpha=16)
 

@@ -10,14 +10,18 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import memorisable_conversations, write_jsonl
+from worker.batching import collate, collate_packed
 from worker.config import ConfigError, TrainConfig, TrainSpec
-from worker.data import TokenizedExample, read_normalized_jsonl, tokenize_examples
-from worker.engine import (BestTracker, TrainingError, build_optimizer, collate, collate_packed, save_adapter,
-                           summed_token_loss, train)
+from worker.data.normalized import read_normalized_jsonl
+from worker.data.tokenization import TokenizedExample, tokenize_examples
+from worker.early_stopping import BestTracker
+from worker.engine import TrainingError, build_optimizer, save_adapter, train
 from worker.estimate import estimate
+from worker.loss import summed_token_loss
 from worker.modeling import build_peft_model, choose_device, get_peft_config, load_base_model, load_tokenizer
 from worker.reporting import MemoryReporter
 from worker.targets import saveable_modules
+
 
 FAST = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8, alpha=16)
 CPU = choose_device("cpu")

@@ -6,10 +6,11 @@ import shutil
 import pytest
 
 from worker.config import TrainConfig, TrainSpec
-from worker.engine import plan_steps, train
+from worker.engine import train
 from worker.estimate import MIB, NF4_BYTES_PER_WEIGHT, estimate
 from worker.modeling import build_peft_model, choose_device, load_base_model
 from worker.reporting import MemoryReporter
+from worker.schedule import plan_steps
 
 VARIANTS = {"plain": {}, "rslora": {"use_rslora": True}, "dora": {"use_dora": True}}
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from worker.data import IGNORE_INDEX, Example, tokenize_example
+from worker.data.examples import Example
+from worker.data.tokenization import IGNORE_INDEX, tokenize_example
 
 
 @dataclass

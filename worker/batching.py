@@ -1,0 +1,84 @@
+"""Micro-batches for training and evaluation: which examples go together at each optimizer step
+(`MicroBatchStream`), and how they become tensors (`collate` padded, `collate_packed` in one row)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from worker.config import TrainConfig
+from worker.data.tokenization import IGNORE_INDEX, TokenizedExample
+from worker.schedule import epoch_batches
+
+
+class MicroBatchStream:
+    """Micro-batches in a fixed order across epochs, addressable by optimizer step."""
+
+    def __init__(self, examples: list[TokenizedExample], cfg: TrainConfig, per_epoch: int):
+        self.examples = examples
+        self.cfg = cfg
+        self.per_epoch = per_epoch
+        self.lengths = [len(e.input_ids) for e in examples]
+        self._cache: dict[int, list[list[int]]] = {}
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._cache:
+            self._cache = {epoch: epoch_batches(self.lengths, self.cfg.batch_size, self.cfg.seed, epoch)}
+        return self._cache[epoch]
+
+    def for_step(self, step: int) -> tuple[int, list[list[int]]]:
+        """(epoch, micro-batches) for optimizer step `step` (1-based)."""
+        epoch = (step - 1) // self.per_epoch
+        within = (step - 1) % self.per_epoch
+        batches = self._epoch(epoch)
+        acc = self.cfg.grad_accum
+        return epoch, batches[within * acc:(within + 1) * acc]
+
+
+@dataclass
+class Batch:
+    ids: Any
+    labels: Any
+    attention_mask: Any  # (rows, width) padding mask, or (1, 1, L, L) block-diagonal causal mask
+    position_ids: Any = None
+    tokens: int = 0  # real (non-padding) tokens
+
+
+def collate(examples: list[TokenizedExample], pad_id: int, device) -> Batch:
+    """Right-pad a micro-batch to its own longest example."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return Batch(ids.to(device), labels.to(device), mask.to(device), None, int(mask.sum()))
+
+
+def collate_packed(examples: list[TokenizedExample], device) -> Batch:
+    """All examples of a micro-batch in one row, no padding, each attending only to itself.
+
+    Position ids restart at every example and the attention mask is block-diagonal and causal:
+    position ids alone would let SDPA attend across examples. The first token of each example
+    gets no label, so no example is trained to predict the next example's first token.
+    """
+    import torch
+
+    ids = torch.tensor([t for e in examples for t in e.input_ids], dtype=torch.long)
+    labels = torch.tensor([IGNORE_INDEX if i == 0 else t for e in examples for i, t in enumerate(e.labels)],
+                          dtype=torch.long)
+    segment = torch.cat([torch.full((len(e.input_ids),), k) for k, e in enumerate(examples)])
+    positions = torch.cat([torch.arange(len(e.input_ids)) for e in examples])
+    n = ids.numel()
+    allowed = (segment[:, None] == segment[None, :]) & torch.ones(n, n, dtype=torch.bool).tril()
+    return Batch(ids[None].to(device), labels[None].to(device), allowed[None, None].to(device),
+                 positions[None].to(device), n)
+
+
+def make_batch(examples: list[TokenizedExample], pad_id: int, device, packing: bool) -> Batch:
+    """A training micro-batch: packed into one row when `packing`, else padded."""
+    return collate_packed(examples, device) if packing else collate(examples, pad_id, device)

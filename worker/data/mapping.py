@@ -1,0 +1,64 @@
+"""`ColumnMapping`: which columns of a file of unknown schema hold the text, or the prompt,
+response and system message."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from worker.config import ConfigError
+from worker.data.problems import type_name
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Which columns of a file hold what: a `text` column alone, or `prompt` + `response` (+ `system`)."""
+
+    text: str | None = None
+    prompt: str | None = None
+    response: str | None = None
+    system: str | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f.name, f"must be a column name, got {value!r}")
+        if self.text is not None:
+            for other in ("prompt", "response", "system"):
+                if getattr(self, other) is not None:
+                    raise ConfigError(other, "cannot be mapped together with a text column; map either text "
+                                             "alone, or prompt and response (system optional)")
+            return
+        if self.prompt is None and self.response is None:
+            raise ConfigError("prompt", "map a prompt and a response column, or a text column")
+        if self.prompt is None:
+            raise ConfigError("prompt", "is required together with response")
+        if self.response is None:
+            raise ConfigError("response", "is required together with prompt")
+        if self.response == self.prompt:
+            raise ConfigError("response", f"uses the same column as prompt ({self.prompt!r})")
+        if self.system is not None and self.system in (self.prompt, self.response):
+            other = "prompt" if self.system == self.prompt else "response"
+            raise ConfigError("system", f"uses the same column as {other} ({self.system!r})")
+
+    def to_dict(self) -> dict[str, str]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ColumnMapping":
+        """Build from JSON-like data; empty values mean "not mapped", unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise ConfigError("mapping", f"must be an object, got {type_name(data)}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in known:
+                raise ConfigError(str(key), f"is not a mapping field; allowed: {', '.join(known)}")
+        return cls(**{k: (v if v != "" else None) for k, v in data.items()})
+
+    def check_columns(self, columns: list[str]) -> None:
+        """ConfigError naming the mapping field whose column the file does not have."""
+        for name, column in self.to_dict().items():
+            if column not in columns:
+                raise ConfigError(name, f"column {column!r} is not in the file; its columns are: "
+                                        f"{', '.join(columns) or 'none'}")

@@ -1,0 +1,71 @@
+"""Normalised JSONL, what the web app stores and the engine trains on: one {"messages": [...]} or
+{"text": "..."} per line, written atomically and checked line by line when read."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from worker.data.examples import Example
+from worker.data.jsonl import BOM, parse_jsonl
+from worker.data.problems import DatasetError, Problem, type_name
+from worker.data.schemas import convert_record
+
+_UNICODE_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+_UNICODE_LINE_BREAKS_RE = re.compile("[\u2028\u2029\x85]")
+
+
+def _json_line(value: dict) -> str:
+    """UTF-8 JSON on one line; the Unicode line breaks that str.splitlines() honours are escaped too."""
+    text = json.dumps(value, ensure_ascii=False)
+    return _UNICODE_LINE_BREAKS_RE.sub(lambda m: _UNICODE_LINE_BREAKS[m.group()], text) + "\n"
+
+
+def write_normalized_jsonl(examples: list[Example], path: str | Path) -> None:
+    """One `Example.to_json()` per line; written to a temporary file, then moved into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            for ex in examples:
+                fh.write(_json_line(ex.to_json()))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_normalized_jsonl(path: str | Path) -> list[Example]:
+    """Read what `write_normalized_jsonl` wrote (lines of {"messages": [...]} or {"text": "..."}).
+
+    A plain chat JSONL file is a valid normalised file. Every line is checked; DatasetError otherwise.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if not raw.removeprefix(BOM).strip():
+        raise DatasetError(path.name, [Problem(1, "", "the file is empty")])
+    records, problems = parse_jsonl(raw)
+    examples: list[Example] = []
+    for rec in records:
+        def report(field_: str, message: str, line: int = rec.line) -> None:
+            problems.append(Problem(line, field_, message))
+
+        value = rec.value
+        if not isinstance(value, dict):
+            report("", f'must be a JSON object like {{"messages": [...]}}, got {type_name(value)}')
+            continue
+        schema = "text" if "messages" not in value and "text" in value else "messages"
+        example = convert_record(schema, value, report, text_cells=False)
+        if example is not None:
+            example.source = rec.line
+            examples.append(example)
+    if problems:
+        problems.sort(key=lambda p: p.line)
+        raise DatasetError(path.name, problems)
+    return examples

@@ -1,0 +1,251 @@
+"""The five record schemas (chat `messages`, ShareGPT `conversations`, `prompt`/`completion`,
+Alpaca, plain `text`) plus mapped columns: detecting which one a file uses, and checking and
+converting each record into an `Example`, every problem reported with its field."""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from worker.data.examples import ROLES, Example, Record
+from worker.data.mapping import ColumnMapping
+from worker.data.problems import type_name
+
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+SCHEMAS = ("messages", "sharegpt", "prompt_completion", "alpaca", "text")
+SCHEMA_KEYS: dict[str, tuple[str, ...]] = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "prompt_completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+    "text": ("text",),
+}
+SCHEMA_EXAMPLES = {
+    "messages": '{"messages": [...]}',
+    "sharegpt": '{"conversations": [...]}',
+    "prompt_completion": '{"prompt": "...", "completion": "..."}',
+    "alpaca": '{"instruction": "...", "input": "...", "output": "..."}',
+    "text": '{"text": "..."}',
+}
+_SURROGATE = "holds an invalid character (a lone UTF-16 surrogate escape such as \\ud800)"
+
+Report = Callable[..., None]  # (field, message) -> None, bound to one record's location
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_unicode(text: str) -> bool:
+    """False when the string holds lone surrogates (from \\ud800-style JSON escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _missing(record: dict, key: str, report: Report) -> None:
+    keys = ", ".join(sorted(map(str, record))) or "none"
+    report(key, f"is missing (keys found: {keys})")
+
+
+def _check_string(record: dict, key: str, report: Report, *, required: bool = True) -> str | None:
+    """The string at record[key], or None after reporting why not. Optional keys may be absent, null or blank."""
+    if key not in record:
+        if required:
+            _missing(record, key, report)
+        return None
+    value = record[key]
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        report(key, f"must be a string, got {type_name(value)}")
+        return None
+    if not _is_unicode(value):
+        report(key, _SURROGATE)
+        return None
+    if not value.strip():
+        if required:
+            report(key, "is empty")
+        return None
+    return value
+
+
+def _check_turns(turns: Any, report: Report, *, name: str, role_key: str, content_key: str,
+                 role_map: dict[str, str], assistant_hint: str = "") -> list[dict[str, str]] | None:
+    """Validate a list of chat turns; return them as {role, content} messages, or None after reporting."""
+    if not isinstance(turns, list):
+        report(name, f"must be a list of messages, got {type_name(turns)}")
+        return None
+    if not turns:
+        report(name, "is empty; a conversation needs at least one user and one assistant turn")
+        return None
+    bad = ProblemCounter(report)
+    messages = [_check_turn(msg, i, f"{name}[{i}]", bad, role_key, content_key, role_map)
+                for i, msg in enumerate(turns)]
+    if bad.count:
+        return None
+    if not any(m["role"] == "assistant" for m in messages):
+        report(name, f"has no assistant turn{assistant_hint}, so there is nothing to learn")
+        return None
+    return messages
+
+
+def _check_turn(msg: Any, i: int, where: str, bad: Report, role_key: str, content_key: str,
+                role_map: dict[str, str]) -> dict[str, str] | None:
+    """Turn `i` as a {role, content} message; every problem with it goes to `bad`."""
+    if not isinstance(msg, dict):
+        bad(where, f"must be an object with {role_key} and {content_key}, got {type_name(msg)}")
+        return None
+    for key in (role_key, content_key):
+        if key not in msg:
+            bad(f"{where}.{key}", "is missing")
+    raw_role = msg.get(role_key)
+    role = role_map.get(raw_role) if isinstance(raw_role, str) else None
+    if role_key in msg and role is None:
+        bad(f"{where}.{role_key}", f"must be one of {', '.join(role_map)}, got {_show(raw_role)}")
+    content = msg.get(content_key)
+    if content_key in msg:
+        if not isinstance(content, str):
+            bad(f"{where}.{content_key}", f"must be a string, got {type_name(content)}")
+        elif not _is_unicode(content):
+            bad(f"{where}.{content_key}", _SURROGATE)
+        elif not content.strip():
+            bad(f"{where}.{content_key}", "is empty")
+    if role == "system" and i != 0:
+        bad(f"{where}.{role_key}", "a system message may only be the first message")
+    return {"role": role, "content": content} if role is not None and isinstance(content, str) else None
+
+
+def _cell_json(value: Any, key: str, report: Report) -> tuple[bool, Any]:
+    """CSV cells are text: a messages/conversations cell must hold the list written as JSON."""
+    if not isinstance(value, str):
+        return True, value
+    try:
+        return True, json.loads(value)
+    except (ValueError, RecursionError) as exc:
+        detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
+        report(key, f"must be a list of messages written as JSON; the cell is not valid JSON ({detail})")
+        return False, None
+
+
+def _to_messages(system: str | None, user: str, assistant: str) -> list[dict[str, str]]:
+    out = [{"role": "system", "content": system}] if system else []
+    return out + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+class ProblemCounter:
+    """Wraps a reporter and counts what went through it: a converter gives up after any problem."""
+
+    def __init__(self, report: Report):
+        self.report, self.count = report, 0
+
+    def __call__(self, field_: str, message: str) -> None:
+        self.count += 1
+        self.report(field_, message)
+
+
+def _turns_cell(record: dict, key: str, report: Report, text_cells: bool) -> tuple[bool, Any]:
+    return _cell_json(record[key], key, report) if text_cells else (True, record[key])
+
+
+def _from_messages(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+    if "messages" not in record:
+        _missing(record, "messages", report)
+        return None
+    ok, value = _turns_cell(record, "messages", report, text_cells)
+    msgs = _check_turns(value, report, name="messages", role_key="role", content_key="content",
+                        role_map={r: r for r in ROLES}) if ok else None
+    return Example(0, messages=msgs) if msgs is not None else None
+
+
+def _from_sharegpt(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+    if "conversations" not in record:
+        _missing(record, "conversations", report)
+        return None
+    system = _check_string(record, "system", report, required=False)
+    ok, value = _turns_cell(record, "conversations", report, text_cells)
+    msgs = _check_turns(value, report, name="conversations", role_key="from", content_key="value",
+                        role_map=SHAREGPT_ROLES, assistant_hint=" (from gpt or assistant)") if ok else None
+    if msgs is None or report.count:
+        return None
+    if system and msgs[0]["role"] != "system":
+        msgs = [{"role": "system", "content": system}] + msgs
+    return Example(0, messages=msgs)
+
+
+def _from_prompt_completion(record: dict, report: ProblemCounter, text_cells: bool,
+                            mapping: ColumnMapping | None):
+    system = _check_string(record, "system", report, required=False)
+    prompt = _check_string(record, "prompt", report)
+    completion = _check_string(record, "completion", report)
+    if report.count:
+        return None
+    return Example(0, messages=_to_messages(system, prompt, completion))
+
+
+def _from_alpaca(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+    system = _check_string(record, "system", report, required=False)
+    instruction = _check_string(record, "instruction", report)
+    extra = _check_string(record, "input", report, required=False)
+    output = _check_string(record, "output", report)
+    if report.count:
+        return None
+    user = instruction + "\n\n" + extra if extra else instruction
+    return Example(0, messages=_to_messages(system, user, output))
+
+
+def _from_text(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+    text = _check_string(record, "text", report)
+    return Example(0, text=text) if text is not None else None
+
+
+def _from_mapped(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+    assert mapping is not None
+    if mapping.text is not None:
+        text = _check_string(record, mapping.text, report)
+        return Example(0, text=text) if text is not None else None
+    system = _check_string(record, mapping.system, report, required=False) if mapping.system else None
+    prompt = _check_string(record, mapping.prompt, report)
+    response = _check_string(record, mapping.response, report)
+    if report.count:
+        return None
+    return Example(0, messages=_to_messages(system, prompt, response))
+
+
+Converter = Callable[[dict, ProblemCounter, bool, "ColumnMapping | None"], "Example | None"]
+# Each schema's reader: (record, counting reporter, CSV text cells?, mapping) -> Example or None after reporting.
+CONVERTERS: dict[str, Converter] = {
+    "messages": _from_messages,
+    "sharegpt": _from_sharegpt,
+    "prompt_completion": _from_prompt_completion,
+    "alpaca": _from_alpaca,
+    "text": _from_text,
+    "mapped": _from_mapped,
+}
+
+
+def convert_record(schema: str, record: dict, report: Report, *, text_cells: bool,
+                   mapping: ColumnMapping | None = None) -> Example | None:
+    """One record as an Example of `schema` (source filled in by the caller), or None after reporting."""
+    converter = CONVERTERS.get(schema)
+    if converter is None:
+        raise ValueError(f"unknown schema {schema!r}")
+    return converter(record, ProblemCounter(report), text_cells, mapping)
+
+
+def detect_schema(records: list[Record]) -> str | None:
+    """The schema most records match (ties go to the earlier schema in SCHEMAS), or None."""
+    counts = {s: 0 for s in SCHEMAS}
+    for rec in records:
+        if isinstance(rec.value, dict):
+            for schema in SCHEMAS:
+                if all(k in rec.value for k in SCHEMA_KEYS[schema]):
+                    counts[schema] += 1
+                    break
+    best = max(SCHEMAS, key=lambda s: (counts[s], -SCHEMAS.index(s)))
+    return best if counts[best] else None

@@ -1,0 +1,125 @@
+"""Out-of-memory advice from one list of remedies in one order: the engine's OOM error message,
+the settings of the one-click retry after an OOM, and the estimator's changes that make a job fit."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from worker.config import TrainConfig
+
+OUT_OF_MEMORY = "out_of_memory"  # the `code` of the TrainingError raised when training runs out of memory
+
+MemoryOf = Callable[[TrainConfig], float]  # estimated MiB a configuration needs
+
+
+def grad_accum_for(cfg: TrainConfig, batch_size: int) -> int:
+    """Gradient accumulation that keeps at least the effective batch of `cfg` at a smaller batch size."""
+    return cfg.grad_accum * math.ceil(cfg.batch_size / batch_size)
+
+
+def _smaller_batch(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+    b = cfg.batch_size
+    while b > 1:
+        b = max(1, b // 2)
+        c = replace(cfg, batch_size=b, grad_accum=grad_accum_for(cfg, b))
+        if memory_of(c) <= limit:
+            return (f"batch_size {c.batch_size} with grad_accum {c.grad_accum} (same effective batch): "
+                    f"~{memory_of(c):,.0f} MB")
+    return None
+
+
+def _shorter_sequences(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+    s = cfg.max_seq_length
+    while s > 16:
+        s = max(16, s // 2)
+        c = replace(cfg, max_seq_length=s)
+        if memory_of(c) <= limit:
+            return f"max_seq_length {s} (longer examples are truncated): ~{memory_of(c):,.0f} MB"
+    return None
+
+
+def _qlora(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+    if cfg.qlora:
+        return None
+    c = replace(cfg, qlora=True)
+    return f"QLoRA (4-bit base): ~{memory_of(c):,.0f} MB" if memory_of(c) <= limit else None
+
+
+def _gradient_checkpointing(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+    if cfg.gradient_checkpointing:
+        return None
+    c = replace(cfg, gradient_checkpointing=True)
+    return f"gradient checkpointing (slower, ~30%): ~{memory_of(c):,.0f} MB" if memory_of(c) <= limit else None
+
+
+def _lower_rank(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+    r = cfg.rank
+    while r > 1:
+        r = max(1, r // 2)
+        c = replace(cfg, rank=r, alpha=cfg.alpha * r / cfg.rank)
+        if memory_of(c) <= limit:
+            return f"rank {r} (alpha {c.alpha:g}, same scale): ~{memory_of(c):,.0f} MB"
+    return None
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """One way to need less memory: how the OOM message words it, and the estimator's fitting change."""
+
+    advice: str
+    fitting_change: Callable[[TrainConfig, MemoryOf, float], str | None]
+
+
+# Cheapest in quality and speed first: the same order in the error message and the estimate.
+REMEDIES = (
+    Remedy("a smaller batch size with more gradient accumulation (same effective batch)", _smaller_batch),
+    Remedy("a shorter max sequence length", _shorter_sequences),
+    Remedy("QLoRA (4-bit base)", _qlora),
+    Remedy("gradient checkpointing", _gradient_checkpointing),
+    Remedy("a lower rank", _lower_rank),
+)
+
+ADVICE_OOM = ("Out of memory. Try, in this order: " + ", ".join(r.advice for r in REMEDIES[:-1])
+              + f", or {REMEDIES[-1].advice}.")
+
+
+def oom_suggestion(cfg: TrainConfig) -> dict[str, Any]:
+    """Settings that need less memory for the same effective batch: the one-click retry after an OOM."""
+    change: dict[str, Any] = {}
+    if cfg.batch_size > 1:
+        change["batch_size"] = max(1, cfg.batch_size // 2)
+        change["grad_accum"] = grad_accum_for(cfg, change["batch_size"])
+    elif cfg.max_seq_length > 128:
+        change["max_seq_length"] = max(128, cfg.max_seq_length // 2)
+    if not cfg.gradient_checkpointing:
+        change["gradient_checkpointing"] = True
+    if not change and not cfg.qlora:
+        change["qlora"] = True
+    return change
+
+
+def fitting_changes(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> list[str]:
+    """Changes that bring `memory_of(cfg)` under `limit` MiB, one per remedy, in the order of REMEDIES."""
+    tips = [tip for remedy in REMEDIES if (tip := remedy.fitting_change(cfg, memory_of, limit)) is not None]
+    return tips or [_combined_change(cfg, memory_of, limit)]
+
+
+def _combined_change(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str:
+    """No single change is enough: one batch per step, then checkpointing, QLoRA and shorter sequences until it fits."""
+    c = replace(cfg, batch_size=1, grad_accum=cfg.grad_accum * cfg.batch_size)
+    steps = ["batch_size 1 with grad_accum %d" % c.grad_accum]
+    for change, label in ((dict(gradient_checkpointing=True), "gradient checkpointing"),
+                          (dict(qlora=True), "QLoRA")):
+        if memory_of(c) <= limit:
+            break
+        if not getattr(c, next(iter(change))):
+            c = replace(c, **change)
+            steps.append(label)
+    while memory_of(c) > limit and c.max_seq_length > 16:
+        c = replace(c, max_seq_length=max(16, c.max_seq_length // 2))
+    if c.max_seq_length != cfg.max_seq_length:
+        steps.append(f"max_seq_length {c.max_seq_length}")
+    verdict = "fits" if memory_of(c) <= limit else "still does not fit"
+    return (f"no single change is enough; {' + '.join(steps)}: ~{memory_of(c):,.0f} MB ({verdict} in "
+            f"{limit:,.0f} MB)")
