@@ -14,7 +14,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from common.exceptions import ProductError
 from worker.config import ConfigError
-from worker.data import DatasetError
+from worker.data.problems import DatasetError
 
 REST_PREFIX = "/api/v1/"
 OPENAI_PREFIX = "/v1/"

@@ -23,7 +23,7 @@ from openai_compat.base import known_fields
 from openai_compat.errors import incorrect_key_error, method_not_allowed_error, missing_key_error
 from openai_compat.model_catalog import resolve_model
 from worker.config import ConfigError, GenerationConfig
-from worker.modeling import load_tokenizer
+from worker.modeling import cached_tokenizer
 
 
 CHAT_FIELDS = {"model": "a string", "messages": "an array", "stream": "a boolean", "temperature": "a decimal",
@@ -108,7 +108,7 @@ def _prepare_chat(request, raw_body: bytes) -> dict[str, Any]:
 def _usage(base: BaseModel, messages: list[dict], text: str) -> dict[str, int]:
     """Token counts with the base model's tokenizer (no model is loaded); zeros if it cannot be read."""
     try:
-        tok = load_tokenizer(base.path)
+        tok = cached_tokenizer(base.path)
         prompt = len(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
                                              return_dict=True)["input_ids"])
         completion = len(tok(text, add_special_tokens=False)["input_ids"])

@@ -12,7 +12,7 @@ from common.exceptions import ProductError
 from training.services import JobStateError
 from user_datasets.services import DatasetInUse, MappingNeeded
 from worker.config import ConfigError
-from worker.data import DatasetError
+from worker.data.problems import DatasetError
 
 
 def missing_key_error() -> OpenAIError:

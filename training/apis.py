@@ -31,6 +31,8 @@ class JobOutput(serializers.Serializer):
     total_steps = serializers.IntegerField()
     final_loss = serializers.FloatField(allow_null=True)
     error = serializers.CharField()
+    error_code = serializers.CharField(help_text="empty, or what kind of failure: out_of_memory, training_error, "
+                                                 "config_error, dataset_error, worker_lost, internal_error")
     attempts = serializers.IntegerField()
     created = serializers.DateTimeField()
     finished = serializers.DateTimeField(allow_null=True)
@@ -51,15 +53,19 @@ class JobPage(CursorPage):
     results = JobOutput(many=True)
 
 
-def _dataset_and_base(owner, values: dict):
-    """The request's `dataset` (the owner's) and `base_model`, or a 400 naming the unknown one."""
-    dataset = dataset_find(owner=owner, dataset_id=values["dataset"])
+def _job_inputs(request, serializer_class):
+    """A job (or estimate) request's validated values, its dataset (the owner's), base model and config;
+    a 400 naming the field for anything unknown or invalid."""
+    data = serializer_class(data=request.data)
+    data.is_valid(raise_exception=True)
+    values = data.validated_data
+    dataset = dataset_find(owner=request.user, dataset_id=values["dataset"])
     if dataset is None:
         raise ConfigError("dataset", "no such dataset")
     base = base_model_find(values["base_model"])
     if base is None:
         raise ConfigError("base_model", "no such base model")
-    return dataset, base
+    return values, dataset, base, TrainConfig.from_dict(values["config"])
 
 
 class JobListApi(APIView):
@@ -87,11 +93,7 @@ class JobListApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={201: JobOutput, **error_responses(400)})
     def post(self, request):
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
-        dataset, base = _dataset_and_base(request.user, v)
-        config = TrainConfig.from_dict(v["config"])
+        v, dataset, base, config = _job_inputs(request, self.InputSerializer)
         validation: dict = {"kind": v["validation"], "percent": v["validation_percent"], "seed": v["validation_seed"]}
         if v["validation"] == "dataset":
             other = dataset_find(owner=request.user, dataset_id=v.get("validation_dataset"))
@@ -234,11 +236,7 @@ class EstimateApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={200: EstimateOutput, **error_responses(400)})
     def post(self, request):
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
-        dataset, base = _dataset_and_base(request.user, v)
-        config = TrainConfig.from_dict(v["config"])
+        _, dataset, base, config = _job_inputs(request, self.InputSerializer)
         services.job_validate_config(base_model=base, config=config)
         est = services.job_estimate(owner=request.user, dataset=dataset, base_model=base, config=config)
         return Response(EstimateOutput(est).data)

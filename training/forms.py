@@ -28,6 +28,18 @@ PRESET_CHOICES = [("", "Custom (as set below)"),
 INIT_CHOICES = [("default", "Default (A random, B zero)"), ("gaussian", "Gaussian"),
                 ("pissa", "PiSSA (principal singular vectors; 16-bit base only)")]
 OPTIMIZER_CHOICES = [("adamw", "AdamW"), ("paged_adamw_8bit", "Paged 8-bit AdamW (CUDA only)")]
+# The form's sections, declared once: (legend, folded under "Advanced"?, fields in order).
+FIELDSETS = (
+    ("What to train", False, ("preset", "name", "base_model", "dataset")),
+    ("LoRA", False, ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora")),
+    ("Training", False, ("epochs", "learning_rate", "batch_size", "max_seq_length")),
+    ("Validation", False, ("validation", "validation_percent", "validation_seed", "validation_dataset")),
+    ("", True, ("grad_accum", "warmup_ratio", "lr_scheduler", "weight_decay", "seed", "bias", "use_rslora",
+                "use_dora", "gradient_checkpointing", "init_lora_weights", "modules_to_save", "optimizer",
+                "max_grad_norm", "packing")),
+    ("Evaluation and checkpoints", True, ("eval_every", "early_stopping_patience", "early_stopping_threshold",
+                                          "keep_best", "save_every")),
+)
 
 
 class JobForm(forms.Form):
@@ -91,6 +103,19 @@ class JobForm(forms.Form):
         self.owner = owner
         self.estimate = None
         self.presets = PRESETS
+
+    def _fieldsets(self, advanced: bool) -> list[tuple[str, list]]:
+        return [(legend, [self[name] for name in names]) for legend, folded, names in FIELDSETS if folded == advanced]
+
+    @property
+    def main_fieldsets(self) -> list[tuple[str, list]]:
+        """The sections always shown, each as (legend, bound fields)."""
+        return self._fieldsets(False)
+
+    @property
+    def advanced_fieldsets(self) -> list[tuple[str, list]]:
+        """The sections folded under "Advanced"."""
+        return self._fieldsets(True)
 
     def clean(self):
         data = super().clean()

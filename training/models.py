@@ -37,6 +37,8 @@ class FineTuneJob(models.Model):
     stop_requested = models.CharField(max_length=10, blank=True, help_text="cancel or pause, set by the web")
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=40, blank=True,
+                                  help_text="what kind of failure: out_of_memory, training_error, dataset_error, ...")
     worker = models.CharField(max_length=200, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     step = models.PositiveIntegerField(default=0)

@@ -24,7 +24,8 @@ from training.signals import job_finished
 from user_datasets.models import Dataset
 from user_datasets.selectors import dataset_examples, dataset_token_report
 from worker.config import ConfigError, TrainConfig
-from worker.data import file_sha256, write_normalized_jsonl
+from worker.data.loading import file_sha256
+from worker.data.normalized import write_normalized_jsonl
 from worker.estimate import estimate
 from worker.evaluation import summary_markdown
 from worker.export import build_adapter_zip, model_card
@@ -182,9 +183,9 @@ def job_event(*, job_id, kind: str, message: str) -> None:
     publish_job(job_id, "message", {"kind": kind, "message": message})
 
 
-def job_mark(*, job_id, status: str, error: str = "", **fields: Any) -> FineTuneJob:
-    """Record a worker-side status change and announce it."""
-    values = dict(status=status, error=error, stop_requested="", lease_until=None, **fields)
+def job_mark(*, job_id, status: str, error: str = "", error_code: str = "", **fields: Any) -> FineTuneJob:
+    """Record a worker-side status change and announce it (`error_code` says what kind of failure)."""
+    values = dict(status=status, error=error, error_code=error_code, stop_requested="", lease_until=None, **fields)
     if status in TERMINAL_STATUSES:
         values["finished"] = timezone.now()
     FineTuneJob.objects.filter(id=job_id).update(**values)

@@ -20,7 +20,7 @@ from training.live import publish_status
 from training.models import FineTuneJob, JobStatus
 from training.reporting import DbReporter
 from worker.config import ConfigError, TrainConfig, TrainSpec
-from worker.data import DatasetError
+from worker.data.problems import DatasetError
 from worker.engine import TrainingError, train
 from worker.export import merge_adapter, zip_folder
 
@@ -57,7 +57,7 @@ def job_run(job_id: str) -> str:
         return "skipped"
     job = FineTuneJob.objects.select_related("base_model", "dataset").get(id=job_id)
     if job.attempts > settings.JOB_MAX_ATTEMPTS:
-        services.job_mark(job_id=job.id, status=JobStatus.FAILED,
+        services.job_mark(job_id=job.id, status=JobStatus.FAILED, error_code="worker_lost",
                           error=f"gave up after {settings.JOB_MAX_ATTEMPTS} attempts (the worker kept dying)")
         return "failed"
     publish_status(job)
@@ -72,12 +72,16 @@ def job_run(job_id: str) -> str:
 
     try:
         result = train(build_train_spec(job), reporter, should_stop)
-    except (ConfigError, DatasetError, TrainingError) as exc:
-        services.job_mark(job_id=job.id, status=JobStatus.FAILED, error=str(exc))
+    except TrainingError as exc:
+        services.job_mark(job_id=job.id, status=JobStatus.FAILED, error=str(exc), error_code=exc.code)
+        return "failed"
+    except (ConfigError, DatasetError) as exc:
+        code = "config_error" if isinstance(exc, ConfigError) else "dataset_error"
+        services.job_mark(job_id=job.id, status=JobStatus.FAILED, error=str(exc), error_code=code)
         return "failed"
     except Exception as exc:  # an engine bug must still end the job with a readable reason
         log.exception("job %s crashed", job.id)
-        services.job_mark(job_id=job.id, status=JobStatus.FAILED,
+        services.job_mark(job_id=job.id, status=JobStatus.FAILED, error_code="internal_error",
                           error=f"training stopped by an internal error ({type(exc).__name__}: {exc})")
         return "failed"
     if result.status == "succeeded":

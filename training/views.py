@@ -20,7 +20,7 @@ from training.live import job_channel, status_event
 from training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
 from user_datasets.selectors import dataset_find
 from worker.config import ConfigError, TrainConfig
-from worker.engine import ADVICE_OOM, oom_suggestion
+from worker.memory_advice import OUT_OF_MEMORY, oom_suggestion
 
 RUN_COMPARE_KEYS = ["rank", "alpha", "dropout", "target_preset", "qlora", "epochs", "learning_rate", "batch_size",
                     "grad_accum", "max_seq_length", "use_rslora", "use_dora"]
@@ -117,7 +117,7 @@ def job_cancel(request, job_id):
 
 
 def _oom_suggestion(job: FineTuneJob) -> dict | None:
-    if job.status != JobStatus.FAILED or not job.error.startswith(ADVICE_OOM[:13]):
+    if job.status != JobStatus.FAILED or job.error_code != OUT_OF_MEMORY:
         return None
     return oom_suggestion(TrainConfig.from_dict(job.config)) or None
 

@@ -8,9 +8,9 @@ from base_models.models import BaseModel
 from common.ids import is_uuid
 from common.storage import media_path
 from user_datasets.models import Dataset
-from worker.data import read_normalized_jsonl
-from worker.data_report import token_report
-from worker.modeling import load_tokenizer
+from worker.data.normalized import read_normalized_jsonl
+from worker.data.report import token_report
+from worker.modeling import cached_tokenizer
 
 
 def dataset_list(*, owner) -> QuerySet[Dataset]:
@@ -33,16 +33,14 @@ def dataset_examples(*, dataset: Dataset) -> list:
 
 
 _report_cache: dict = {}
-_tokenizers: dict = {}
 
 
 def dataset_token_report(*, dataset: Dataset, base_model: BaseModel, max_length: int):
     """Token lengths and rendered samples of a dataset under a base model's tokenizer (cached)."""
     key = (dataset.id, dataset.sha256, base_model.id, max_length)
     if key not in _report_cache:
-        if base_model.path not in _tokenizers:
-            _tokenizers[base_model.path] = load_tokenizer(base_model.path)
         if len(_report_cache) > 32:
             _report_cache.clear()
-        _report_cache[key] = token_report(_tokenizers[base_model.path], dataset_examples(dataset=dataset), max_length)
+        _report_cache[key] = token_report(cached_tokenizer(base_model.path), dataset_examples(dataset=dataset),
+                                          max_length)
     return _report_cache[key]

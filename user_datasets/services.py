@@ -14,13 +14,16 @@ from common.storage import media_path, media_relative
 from user_datasets.models import Dataset
 from user_datasets.signals import dataset_deleting
 from worker.config import ConfigError
-from worker.data import ColumnMapping, DatasetError, Problem, SchemaUnknown, load_dataset_file, write_normalized_jsonl
+from worker.data.formats import format_for_filename
+from worker.data.loading import load_dataset_file
+from worker.data.mapping import ColumnMapping
+from worker.data.normalized import write_normalized_jsonl
+from worker.data.problems import DatasetError, Problem, SchemaUnknown
 
 log = logging.getLogger(__name__)
 
 DEMO_DATASET = Path(settings.BASE_DIR) / "worker" / "demo_data" / "demo_dataset.jsonl"
 DEMO_DATASET_NAME = "Demo: contact details to JSON"
-EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 PENDING_DIR = "datasets/pending"
 
 
@@ -42,13 +45,6 @@ class DatasetInUse(StateError):
     """A queued, running or paused job still reads this dataset."""
 
     field = "dataset"
-
-
-def _extension(filename: str) -> str:
-    suffix = Path(filename).suffix.lower()
-    if suffix not in EXTENSIONS:
-        raise DatasetError(filename, [Problem(0, "", "must be a .jsonl, .json, .csv or .parquet file")])
-    return suffix
 
 
 def _store_upload(upload, dest: Path, limit: int, filename: str) -> int:
@@ -102,7 +98,8 @@ def dataset_create(*, owner, upload, name: str = "", mapping: dict | None = None
     no schema matches: the file then waits, under an opaque token, for `dataset_create_mapped`.
     """
     filename = Path(getattr(upload, "name", "") or "upload.jsonl").name
-    suffix = _extension(filename)
+    format_for_filename(filename)  # refuses an extension the loader does not read, before storing a byte
+    suffix = Path(filename).suffix.lower()
     folder = media_path("datasets")
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{uuid.uuid4().hex}{suffix}"

@@ -16,7 +16,7 @@ from common.storage import media_path
 from user_datasets import selectors, services
 from user_datasets.forms import MappingForm, RenameForm, UploadForm
 from worker.config import ConfigError
-from worker.data import DatasetError
+from worker.data.problems import DatasetError
 
 
 def _dataset_page(request, *, form=None, mapping_form=None, problems=(), total=0, status=200):

@@ -26,9 +26,13 @@
     if (data.detail) { err.textContent = data.detail; return; }
     err.textContent = Object.entries(data).map(([field, msgs]) => `${field}: ${[].concat(msgs).join(" ")}`).join("; ");
   };
-  // A column's key: its letter in a blind round, else the model that answers in it ("base" or a job id).
-  const columnKey = (answer, blind) => (blind ? "ABC"[answer.position]
-                                              : (answer.model.kind === "base" ? "base" : answer.model.id));
+  // A column's key: its letter in a blind round, else who answers in it: "base", "adapter" (this page's
+  // job) or another job's id.
+  const columnKey = (answer, blind) => {
+    if (blind) return "ABC"[answer.position];
+    if (answer.model.kind === "base") return "base";
+    return answer.model.id === form.dataset.jobId ? "adapter" : answer.model.id;
+  };
   async function refreshWinRates() {
     const r = await fetch(form.dataset.winRatesUrl, { credentials: "same-origin" });
     if (r.ok) renderWinRates(await r.json());

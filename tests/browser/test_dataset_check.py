@@ -35,3 +35,16 @@ def test_check_page_histogram_and_highlighted_tokens(stack, page, tmp_path):
     colour = page.evaluate("getComputedStyle(document.querySelector('.sample .tok.trained')).backgroundColor")
     masked = page.evaluate("getComputedStyle(document.querySelector('.sample .tok.masked')).color")
     assert colour != "rgba(0, 0, 0, 0)" and masked != colour
+
+    # Delete asks first: dismissing the question keeps the dataset, accepting it deletes the dataset.
+    here = page.url
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#delete-dataset")
+    page.wait_for_timeout(500)
+    assert page.url == here
+    page.goto(here)  # a submitted delete would have made this a 404
+    assert page.inner_text("#ds-rows") == "7"
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete-dataset")
+    page.wait_for_url("**/datasets/")
+    assert "Deleted" in page.inner_text("main")

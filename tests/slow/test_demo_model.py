@@ -9,7 +9,7 @@ from django.core.management import call_command
 
 from base_models.models import BaseModel
 from worker.config import GenerationConfig, TrainConfig, TrainSpec
-from worker.data import read_chat_jsonl
+from worker.data.normalized import read_normalized_jsonl
 from worker.demo_model import is_complete_model_dir
 from worker.engine import train
 from worker.inference import ModelPool
@@ -43,8 +43,8 @@ def test_prepare_demo_model_registers_once(demo_dir, capsys):
 
 
 def test_demo_dataset_is_valid_and_large_enough():
-    train_rows = read_chat_jsonl(DEMO_DATA / "demo_dataset.jsonl")
-    eval_rows = read_chat_jsonl(DEMO_DATA / "demo_eval.jsonl")
+    train_rows = [ex.messages for ex in read_normalized_jsonl(DEMO_DATA / "demo_dataset.jsonl")]
+    eval_rows = [ex.messages for ex in read_normalized_jsonl(DEMO_DATA / "demo_eval.jsonl")]
     assert len(train_rows) >= 100 and len(eval_rows) >= 10
     for conv in train_rows:
         answer = json.loads(conv[-1]["content"])

@@ -79,3 +79,13 @@ def test_rest_config_takes_a_preset_with_overrides(user, base_model, dataset, dj
     unknown = api.post("/api/v1/jobs/", {"dataset": str(dataset.id), "base_model": str(base_model.id),
                                          "config": {"modules_to_save": ["wte"]}}, format="json")
     assert unknown.status_code == 400 and "modules_to_save" in unknown.content.decode()
+
+
+def test_the_job_form_sections_hold_every_field_once(user):
+    from training.forms import FIELDSETS, JobForm
+
+    form = JobForm(owner=user)
+    listed = [name for _, _, names in FIELDSETS for name in names]
+    assert sorted(listed) == sorted(form.fields) and len(listed) == len(set(listed))
+    shown = [f.name for _, fields in form.main_fieldsets + form.advanced_fieldsets for f in fields]
+    assert shown == listed and [legend for legend, _ in form.main_fieldsets][0] == "What to train"

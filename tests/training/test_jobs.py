@@ -35,6 +35,19 @@ def submit(client, data, django_capture_on_commit_callbacks):
     return response, delay
 
 
+
+def run_and_act_at_step(job, step: int, action, user) -> str:
+    """Train `job` in-process and call `action` (cancel, pause) right after `step` is logged; the run's end."""
+    real_log = train_tasks.DbReporter.log
+
+    def log_then_act(self, logged_step, metrics):
+        real_log(self, logged_step, metrics)
+        if logged_step == step:
+            action(job=FineTuneJob.objects.get(id=self.job_id), by=user)
+
+    with mock.patch.object(train_tasks.DbReporter, "log", log_then_act):
+        return train_tasks.job_run(str(job.id))
+
 def test_form_errors_show_beside_the_field(client_in, base_model, dataset, django_capture_on_commit_callbacks):
     response, delay = submit(client_in, form_data(base_model, dataset, rank=0), django_capture_on_commit_callbacks)
     assert response.status_code == 400
@@ -101,15 +114,7 @@ def test_cancel_a_queued_job_and_a_running_one(client_in, user, base_model, data
     with mock.patch("training.tasks.job_run.delay"):
         running = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**{
             k: v for k, v in FAST.items() if k != "target_modules"}))
-    real_log = train_tasks.DbReporter.log
-
-    def log_then_cancel(self, step, metrics):
-        real_log(self, step, metrics)
-        if step == 2:
-            job_services.job_cancel(job=FineTuneJob.objects.get(id=self.job_id), by=user)
-
-    with mock.patch.object(train_tasks.DbReporter, "log", log_then_cancel):
-        assert train_tasks.job_run(str(running.id)) == "cancelled"
+    assert run_and_act_at_step(running, 2, job_services.job_cancel, user) == "cancelled"
     running.refresh_from_db()
     assert running.status == JobStatus.CANCELLED and running.step == 2
     assert MetricPoint.objects.filter(job=running).count() == 2
@@ -173,15 +178,7 @@ def test_pause_resume_and_retry(client_in, user, base_model, dataset, django_cap
     cfg = TrainConfig(**{**{k: v for k, v in FAST.items() if k != "target_modules"}, "save_every": 100})
     with mock.patch("training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=cfg)
-    real_log = train_tasks.DbReporter.log
-
-    def log_then_pause(self, step, metrics):
-        real_log(self, step, metrics)
-        if step == 3:
-            job_services.job_pause(job=FineTuneJob.objects.get(id=self.job_id), by=user)
-
-    with mock.patch.object(train_tasks.DbReporter, "log", log_then_pause):
-        assert train_tasks.job_run(str(job.id)) == "paused"
+    assert run_and_act_at_step(job, 3, job_services.job_pause, user) == "paused"
     job.refresh_from_db()
     assert job.status == JobStatus.PAUSED and job.step == 3
     assert (job_output_dir(job) / "checkpoints/step-000003/adapter_model.safetensors").is_file()
@@ -240,6 +237,7 @@ def test_out_of_memory_fails_with_advice_and_a_one_click_retry(client_in, user, 
         assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()
     assert job.error.startswith("Out of memory. Try, in this order: a smaller batch size")
+    assert job.error_code == "out_of_memory"  # the page recognises it by this code, not by the message
     html = client_in.get(f"/jobs/{job.id}/").content.decode()
     assert 'id="retry-suggested"' in html and "batch_size = 4, grad_accum = 2, gradient_checkpointing = True" in html
     with mock.patch("training.tasks.job_run.delay"), django_capture_on_commit_callbacks(execute=True):
@@ -250,7 +248,7 @@ def test_out_of_memory_fails_with_advice_and_a_one_click_retry(client_in, user, 
 
 
 def test_oom_suggestion_keeps_the_effective_batch():
-    from worker.engine import oom_suggestion
+    from worker.memory_advice import oom_suggestion
 
     assert oom_suggestion(TrainConfig(batch_size=8, grad_accum=2)) == {
         "batch_size": 4, "grad_accum": 4, "gradient_checkpointing": True}

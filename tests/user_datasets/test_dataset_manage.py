@@ -15,7 +15,7 @@ from training.models import JobStatus
 from user_datasets.models import Dataset
 from tests.conftest import memorisable_conversations
 from worker.config import TrainConfig
-from worker.data import read_normalized_jsonl
+from worker.data.normalized import read_normalized_jsonl
 
 
 def csv_bytes(header, rows) -> bytes:

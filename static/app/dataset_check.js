@@ -1,0 +1,25 @@
+// Check page: the histogram of token lengths, bins past the max length in red, a dashed line at the limit.
+(function () {
+  const el = document.getElementById("histogram-data");
+  if (!el) return;
+  const canvas = document.getElementById("length-histogram");
+  const h = JSON.parse(el.textContent);
+  const maxLen = Number(canvas.dataset.maxLength);
+  const labels = h.counts.map((_, i) => `${h.edges[i]}–${h.edges[i + 1] - 1}`);
+  const limitBin = Math.min(h.counts.length - 1, Math.floor(maxLen / h.width));
+  new Chart(canvas, {
+    type: "bar",
+    data: { labels, datasets: [{ label: "examples", data: h.counts,
+      backgroundColor: h.counts.map((_, i) => i * h.width >= maxLen ? "#f04438" : "#6172f3") }] },
+    options: { animation: false, plugins: { legend: { display: false },
+      title: { display: true, text: `tokens per example (red: beyond max length ${maxLen}, in bin ${labels[limitBin]})` } },
+      scales: { x: { title: { display: true, text: "tokens" } }, y: { title: { display: true, text: "examples" } } } },
+    plugins: [{ id: "maxline", afterDraw(chart) {
+      const x = chart.scales.x, y = chart.scales.y, ctx = chart.ctx;
+      const px = x.getPixelForValue(limitBin) + (x.getPixelForValue(1) - x.getPixelForValue(0)) * ((maxLen % h.width) / h.width - 0.5);
+      ctx.save(); ctx.strokeStyle = "#b42318"; ctx.setLineDash([6, 4]); ctx.lineWidth = 2;
+      ctx.beginPath(); ctx.moveTo(px, y.top); ctx.lineTo(px, y.bottom); ctx.stroke(); ctx.restore();
+      canvas.dataset.maxLine = Math.round(px);
+    } }],
+  });
+})();
