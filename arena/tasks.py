@@ -3,10 +3,12 @@ one batched generate, streamed piece by piece through Redis. The loaded models l
 per process."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from arena.live import chat_stop_time, publish_chat
 from arena.models import ChatAnswer
@@ -112,3 +114,26 @@ def _answer_together(answer_ids: list[str]) -> list[str]:
         publish_chat(session.id, "done", {**meta, "text": text, "stopped": stopped})
         status[str(answer.id)] = "stopped" if stopped else "done"
     return [status[i] for i in answer_ids]
+
+
+@shared_task(name=queue.SWEEP_ANSWERS)
+def sweep_answers() -> dict[str, int]:
+    """Answers left behind: one streaming for longer than any answer takes (its worker died) fails with
+    a message the page shows; one still pending after a while (its message was lost) is sent again."""
+    now = timezone.now()
+    stuck = ChatAnswer.objects.filter(state=ChatAnswer.State.STREAMING,
+                                      created__lt=now - dt.timedelta(seconds=settings.CHAT_STUCK_SECONDS))
+    failed = 0
+    for answer in stuck.select_related("round__vote"):
+        if ChatAnswer.objects.filter(id=answer.id, state=ChatAnswer.State.STREAMING).update(
+                state=ChatAnswer.State.FAILED, error="the chat worker stopped while answering; ask again"):
+            publish_chat(answer.session_id, "error", {**answer_event_meta(answer),
+                                                      "error": "the chat worker stopped; ask again"})
+            failed += 1
+    pending = ChatAnswer.objects.filter(state=ChatAnswer.State.PENDING,
+                                        created__lt=now - dt.timedelta(seconds=settings.SWEEP_SECONDS))
+    resent = 0
+    for answer_id in pending.values_list("id", flat=True):
+        queue.send(queue.CHAT_ANSWER, str(answer_id))  # claiming by state makes a duplicate harmless
+        resent += 1
+    return {"failed": failed, "resent": resent}

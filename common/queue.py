@@ -12,6 +12,8 @@ MERGE_ADAPTER = "training.adapter_merge"
 CHAT_ANSWER = "arena.chat_answer"
 CHAT_ROUND = "arena.chat_round"
 WEBHOOK_DELIVER = "webhooks.deliver"
+SWEEP_JOBS = "training.sweep_jobs"
+SWEEP_ANSWERS = "arena.sweep_answers"
 
 
 def registered_task(task_name: str):

@@ -119,3 +119,17 @@ def page_api(user):
     client.cookies[settings.CSRF_COOKIE_NAME] = token
     client.credentials(HTTP_X_CSRFTOKEN=token)
     return client
+
+
+@pytest.fixture
+def real_redis(settings):
+    """The machine's Redis (database 15, emptied) for live events, stop flags and dispatch markers."""
+    import redis
+
+    from common import events
+
+    settings.REDIS_URL = "redis://127.0.0.1:6379/15"
+    events.redis_client.cache_clear()
+    events.redis_client().flushdb()
+    yield events.redis_client()
+    events.redis_client.cache_clear()

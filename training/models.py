@@ -35,12 +35,15 @@ class FineTuneJob(models.Model):
     config = models.JSONField(help_text="a worker.config.TrainConfig as a dict")
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
     stop_requested = models.CharField(max_length=10, blank=True, help_text="cancel or pause, set by the web")
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0, help_text="1 + the crashes; pauses and resumes do not count")
     error = models.TextField(blank=True)
     error_code = models.CharField(max_length=40, blank=True,
                                   help_text="what kind of failure: out_of_memory, training_error, dataset_error, ...")
     worker = models.CharField(max_length=200, blank=True)
-    lease_until = models.DateTimeField(null=True, blank=True)
+    claim = models.CharField(max_length=32, blank=True, db_index=True,
+                             help_text="the token of the worker run that owns the job; its writes are fenced by it")
+    lease_until = models.DateTimeField(null=True, blank=True, help_text="on the database's clock")
+    crashes = models.JSONField(default=list, blank=True, help_text="when a worker died holding the job (ISO times)")
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     final_loss = models.FloatField(null=True, blank=True)

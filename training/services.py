@@ -17,6 +17,7 @@ from common import queue
 from common.exceptions import StateError
 from common.storage import media_relative
 from training import selectors
+from training.dispatch import dispatch_on_commit
 from training.files import MERGE_MARKER, job_evaluation, job_output_dir, merged_status
 from training.live import publish_job, publish_status
 from training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
@@ -24,6 +25,7 @@ from training.signals import job_finished
 from user_datasets.models import Dataset
 from user_datasets.selectors import dataset_examples, dataset_token_report
 from worker.config import ConfigError, TrainConfig
+from worker.reporting import WorkLost
 from worker.data.loading import file_sha256
 from worker.data.normalized import write_normalized_jsonl
 from worker.estimate import estimate
@@ -101,7 +103,7 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
             shutil.rmtree(job_output_dir(job), ignore_errors=True)
             raise
         job.save(update_fields=["validation"])
-        queue.enqueue(queue.TRAIN_JOB, str(job.id))
+        dispatch_on_commit(job.id)
     return job
 
 
@@ -153,7 +155,7 @@ def job_resume(*, job: FineTuneJob, by) -> FineTuneJob:
                 status=JobStatus.QUEUED, stop_requested=""):
             job.refresh_from_db()
             raise JobStateError(f"a {job.status} job cannot be resumed; only a paused one")
-        queue.enqueue(queue.TRAIN_JOB, str(job.id))
+        dispatch_on_commit(job.id)
     job.refresh_from_db()
     transaction.on_commit(lambda: publish_status(job))
     return job
@@ -173,7 +175,7 @@ def job_retry(*, job: FineTuneJob, by, config: TrainConfig | None = None) -> Fin
             name=(f"{job.name} (retry)" if job.name else "")[:200], dataset_name=job.dataset_name,
             dataset_sha256=job.dataset_sha256, validation=job.validation)
         shutil.copytree(job_output_dir(job) / "data", job_output_dir(new) / "data")
-        queue.enqueue(queue.TRAIN_JOB, str(new.id))
+        dispatch_on_commit(new.id)
     return new
 
 
@@ -183,12 +185,19 @@ def job_event(*, job_id, kind: str, message: str) -> None:
     publish_job(job_id, "message", {"kind": kind, "message": message})
 
 
-def job_mark(*, job_id, status: str, error: str = "", error_code: str = "", **fields: Any) -> FineTuneJob:
-    """Record a worker-side status change and announce it (`error_code` says what kind of failure)."""
-    values = dict(status=status, error=error, error_code=error_code, stop_requested="", lease_until=None, **fields)
+def job_mark(*, job_id, status: str, error: str = "", error_code: str = "", claim: str | None = None,
+             **fields: Any) -> FineTuneJob:
+    """Record a worker-side status change and announce it (`error_code` says what kind of failure).
+    With `claim`, only the run holding that claim may write it (WorkLost otherwise); the claim ends."""
+    values = dict(status=status, error=error, error_code=error_code, stop_requested="", lease_until=None, claim="",
+                  **fields)
     if status in TERMINAL_STATUSES:
         values["finished"] = timezone.now()
-    FineTuneJob.objects.filter(id=job_id).update(**values)
+    rows = FineTuneJob.objects.filter(id=job_id)
+    if claim is not None:
+        rows = rows.filter(claim=claim, status=JobStatus.RUNNING)
+    if not rows.update(**values) and claim is not None:
+        raise WorkLost(f"job {job_id} is no longer claimed by this worker")
     job = FineTuneJob.objects.get(id=job_id)
     publish_status(job)
     if status in TERMINAL_STATUSES:

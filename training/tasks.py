@@ -2,19 +2,19 @@
 re-read rows, and claim work with filter(...).update(...) == 1."""
 from __future__ import annotations
 
-import datetime as dt
+import functools
 import logging
-import socket
+import threading
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 from django.conf import settings
-from django.db.models import F, Q
-from django.utils import timezone
 
 from common import queue
 from common.storage import media_path
 from training import services
+from training.claims import Claim, expired_running_jobs, record_crash
+from training.dispatch import dispatch_job, is_dispatched, mark_claimed
 from training.files import MERGE_MARKER, job_output_dir, merged_zip_path
 from training.live import publish_status
 from training.models import FineTuneJob, JobStatus
@@ -23,17 +23,10 @@ from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.data.problems import DatasetError
 from worker.engine import TrainingError, train
 from worker.export import merge_adapter, zip_folder
+from worker.reporting import WorkLost
 
 log = logging.getLogger(__name__)
-
-
-def _claim(job_id) -> bool:
-    """Take the job if it is queued, or running under an expired lease (its worker died)."""
-    now = timezone.now()
-    claimable = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, lease_until__lt=now)
-    return FineTuneJob.objects.filter(claimable, id=job_id).update(
-        status=JobStatus.RUNNING, worker=f"{socket.gethostname()}", attempts=F("attempts") + 1,
-        lease_until=now + dt.timedelta(seconds=settings.JOB_LEASE_SECONDS), started=now) == 1
+_shutting_down = threading.Event()  # set by a warm shutdown of this worker process
 
 
 def build_train_spec(job: FineTuneJob) -> TrainSpec:
@@ -51,48 +44,75 @@ def build_train_spec(job: FineTuneJob) -> TrainSpec:
 
 @shared_task(name=queue.TRAIN_JOB, acks_late=True, reject_on_worker_lost=True)
 def job_run(job_id: str) -> str:
-    """Train one job on this worker; cooperative stop via the job row's stop_requested flag."""
-    if not _claim(job_id):
+    """Train one job on this worker: claim it, keep the lease alive, fence every write by the claim.
+    Stops cooperatively through the job row's stop_requested flag, or when this worker shuts down."""
+    claim = Claim.take(job_id)
+    if claim is None:
         log.info("job %s not claimable (already taken or finished)", job_id)
         return "skipped"
+    mark_claimed(job_id)
     job = FineTuneJob.objects.select_related("base_model", "dataset").get(id=job_id)
-    if job.attempts > settings.JOB_MAX_ATTEMPTS:
-        services.job_mark(job_id=job.id, status=JobStatus.FAILED, error_code="worker_lost",
-                          error=f"gave up after {settings.JOB_MAX_ATTEMPTS} attempts (the worker kept dying)")
-        return "failed"
     publish_status(job)
     if settings.TRAIN_THREADS:
         import torch
 
         torch.set_num_threads(settings.TRAIN_THREADS)
-    reporter = DbReporter(job.id, settings.JOB_LEASE_SECONDS)
-
-    def should_stop():
-        return FineTuneJob.objects.filter(id=job.id).values_list("stop_requested", flat=True).first() or None
-
     try:
-        result = train(build_train_spec(job), reporter, should_stop)
+        with claim.heartbeat():
+            return _train_claimed(job, claim)
+    except WorkLost:
+        log.warning("job %s: another worker owns it now; this run wrote nothing more", job_id)
+        return "lost"
+
+
+def _should_stop(claim: Claim):
+    """The engine's stop check: the user's cancel or pause, a pause for this worker's shutdown, or
+    WorkLost when the claim is gone."""
+    def should_stop():
+        if claim.lost.is_set():
+            raise WorkLost(f"job {claim.job_id} is no longer claimed by this worker")
+        request = claim.rows().values_list("stop_requested", flat=True).first()
+        if request is None:
+            claim.check()  # raises WorkLost
+        return request or ("pause" if _shutting_down.is_set() else None)
+
+    return should_stop
+
+
+def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
+    mark = functools.partial(services.job_mark, job_id=job.id, claim=claim.token)
+    try:
+        result = train(build_train_spec(job), DbReporter(claim), _should_stop(claim))
     except TrainingError as exc:
-        services.job_mark(job_id=job.id, status=JobStatus.FAILED, error=str(exc), error_code=exc.code)
+        mark(status=JobStatus.FAILED, error=str(exc), error_code=exc.code)
         return "failed"
     except (ConfigError, DatasetError) as exc:
-        code = "config_error" if isinstance(exc, ConfigError) else "dataset_error"
-        services.job_mark(job_id=job.id, status=JobStatus.FAILED, error=str(exc), error_code=code)
+        mark(status=JobStatus.FAILED, error=str(exc),
+             error_code="config_error" if isinstance(exc, ConfigError) else "dataset_error")
         return "failed"
+    except WorkLost:
+        raise
     except Exception as exc:  # an engine bug must still end the job with a readable reason
         log.exception("job %s crashed", job.id)
-        services.job_mark(job_id=job.id, status=JobStatus.FAILED, error_code="internal_error",
-                          error=f"training stopped by an internal error ({type(exc).__name__}: {exc})")
+        mark(status=JobStatus.FAILED, error_code="internal_error",
+             error=f"training stopped by an internal error ({type(exc).__name__}: {exc})")
         return "failed"
     if result.status == "succeeded":
         job.refresh_from_db()
+        claim.check()
         services.adapter_create(job=job, result=result)
-        services.job_mark(job_id=job.id, status=JobStatus.SUCCEEDED, final_loss=result.final_loss,
-                          step=result.steps_done, total_steps=result.total_steps)
+        mark(status=JobStatus.SUCCEEDED, final_loss=result.final_loss, step=result.steps_done,
+             total_steps=result.total_steps)
+    elif result.status == "paused" and _shutting_down.is_set():
+        mark(status=JobStatus.QUEUED)
+        services.job_event(job_id=job.id, kind="pause", message=f"paused at step {result.steps_done} because the "
+                           "train worker is shutting down; it resumes from there when a train worker starts")
+        dispatch_job(job.id)
+        return "requeued"
     elif result.status == "paused":
-        services.job_mark(job_id=job.id, status=JobStatus.PAUSED)
+        mark(status=JobStatus.PAUSED)
     else:
-        services.job_mark(job_id=job.id, status=JobStatus.CANCELLED)
+        mark(status=JobStatus.CANCELLED)
     return result.status
 
 
@@ -115,22 +135,37 @@ def adapter_merge(job_id: str) -> str:
         (out / MERGE_MARKER).unlink(missing_ok=True)
 
 
-def requeue_orphaned_jobs() -> int:
-    """Queue again the jobs whose message is gone: queued ones (an in-memory broker restarted) and
-    running ones whose worker died (lease expired). Claiming makes duplicates harmless."""
-    now = timezone.now()
-    ids = list(FineTuneJob.objects.filter(
-        Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, lease_until__lt=now)).values_list("id", flat=True))
-    for job_id in ids:
-        queue.send(queue.TRAIN_JOB, str(job_id))
-    return len(ids)
+@shared_task(name=queue.SWEEP_JOBS)
+def sweep_jobs() -> dict[str, int]:
+    """Put stranded jobs back on track: a running job whose lease ran out (its worker died) counts a crash
+    and is queued again; a queued job whose message is gone is sent again. Safe to run anywhere, often."""
+    crashed = 0
+    for job_id in expired_running_jobs().values_list("id", flat=True):
+        if record_crash(job_id) is not None:
+            crashed += 1
+            job = FineTuneJob.objects.get(id=job_id)
+            publish_status(job)
+            services.job_event(job_id=job_id, kind="warning", message=f"the train worker stopped at step {job.step}; "
+                               + ("gave up" if job.status == JobStatus.FAILED else "the job is queued again"))
+    resent = 0
+    for job_id in FineTuneJob.objects.filter(status=JobStatus.QUEUED).values_list("id", flat=True):
+        if not is_dispatched(job_id):
+            dispatch_job(job_id)
+            resent += 1
+    if crashed or resent:
+        log.info("sweep: %d crashed job(s) requeued, %d lost message(s) resent", crashed, resent)
+    return {"crashed": crashed, "resent": resent}
 
 
 @worker_ready.connect
 def _on_worker_ready(sender, **kwargs):
-    """When a train worker starts, pick up what a crash or a broker restart left behind."""
+    """When a train worker starts, pick up what a crash or a broker restart left behind at once."""
     consuming = sender.app.amqp.queues.consume_from or {}
     if "train" in consuming:
-        count = requeue_orphaned_jobs()
-        if count:
-            log.info("requeued %d orphaned job(s)", count)
+        sweep_jobs()
+
+
+@worker_shutting_down.connect
+def _on_worker_shutting_down(sender=None, **kwargs):
+    """A warm shutdown (Ctrl-C of `make run`, SIGTERM): the running job pauses at a checkpoint."""
+    _shutting_down.set()

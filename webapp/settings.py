@@ -145,6 +145,16 @@ CELERY_TASK_ROUTES = {  # by the fixed task names of common.queue
     "arena.chat_round": {"queue": "infer"},
     # Webhook deliveries are short network calls: they share the light infer worker, never training's.
     "webhooks.deliver": {"queue": "infer"},
+    # The sweeps must run while the train worker is dead or busy, and never wait behind chat.
+    "training.sweep_jobs": {"queue": "background"},
+    "arena.sweep_answers": {"queue": "background"},
+}
+SWEEP_SECONDS = env_int("SWEEP_SECONDS", 30)  # how often Celery beat runs the sweeps
+# The sweeps put stranded work back on track (see training.claims and training.dispatch); one beat
+# process schedules them, whatever the number of workers, and they are safe to run twice.
+CELERY_BEAT_SCHEDULE = {
+    "sweep-jobs": {"task": "training.sweep_jobs", "schedule": SWEEP_SECONDS},
+    "sweep-answers": {"task": "arena.sweep_answers", "schedule": SWEEP_SECONDS},
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -155,7 +165,10 @@ TRAIN_DEVICE = env_str("TRAIN_DEVICE", "auto")
 TRAIN_THREADS = env_int("TRAIN_THREADS", 0)  # 0: torch's default
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 TRAIN_MEMORY_LIMIT_MB = env_int("TRAIN_MEMORY_LIMIT_MB", 0)  # 0: this machine's RAM (or the GPU's memory)
+# A job's lease on the database's clock, renewed by its worker's heartbeat every third of it; a killed
+# job resumes within the lease plus one sweep.
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120)
+CHAT_STUCK_SECONDS = env_int("CHAT_STUCK_SECONDS", 600)  # a streaming answer older than this lost its worker
 # The infer worker keeps bases loaded (least recently used evicted) within this many MB of weights,
 # adapters included; a model that cannot fit alone is refused with a clear error.
 INFER_MEMORY_BUDGET_MB = env_int("INFER_MEMORY_BUDGET_MB", 8192)

@@ -10,6 +10,10 @@ log = logging.getLogger(__name__)
 StopCheck = Callable[[], Optional[str]]
 
 
+class WorkLost(Exception):
+    """Another worker owns this job now: stop at once and write nothing more."""
+
+
 class Reporter(Protocol):
     def log(self, step: int, metrics: dict[str, Any]) -> None: ...
 

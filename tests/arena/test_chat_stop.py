@@ -14,14 +14,6 @@ from worker.config import GenerationConfig
 from worker.modeling import load_tokenizer
 
 
-@pytest.fixture
-def real_redis(settings):
-    settings.REDIS_URL = "redis://127.0.0.1:6379/15"
-    common_events.redis_client.cache_clear()
-    yield
-    common_events.redis_client.cache_clear()
-
-
 def ask(user, job, django_capture_on_commit_callbacks, tokens=40):
     with mock.patch("arena.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
         session, answers = chat_services.chat_ask(owner=user, job=job, prompt="colour 1",

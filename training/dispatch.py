@@ -1,0 +1,53 @@
+"""Handing jobs to the train queue so that none is ever stranded. Each send leaves a marker in Redis
+beside the message; a claim removes it. A queued job with no marker lost its message (Redis restarted
+without its data, or the send failed), and the sweep sends it again; a duplicate message is harmless,
+since only one run can claim the job."""
+from __future__ import annotations
+
+import logging
+
+import redis
+from django.db import transaction
+
+from common import queue
+from common.events import redis_client
+
+log = logging.getLogger(__name__)
+MARKER_TTL_SECONDS = 7 * 24 * 3600
+
+
+def _marker(job_id) -> str:
+    return f"train-dispatch:{job_id}"
+
+
+def dispatch_job(job_id) -> None:
+    """Send the job to the train queue now; on a broker error the sweep sends it later."""
+    try:
+        queue.send(queue.TRAIN_JOB, str(job_id))
+    except Exception as exc:  # noqa: BLE001 (kombu and redis raise many kinds; the sweep is the remedy)
+        log.warning("could not queue job %s now (%s); the sweep will", job_id, exc)
+        return
+    try:
+        redis_client().set(_marker(job_id), "1", ex=MARKER_TTL_SECONDS)
+    except redis.RedisError:
+        pass  # no marker: the sweep sends the job once more, which is harmless
+
+
+def dispatch_on_commit(job_id) -> None:
+    """Send the job once the current transaction commits."""
+    transaction.on_commit(lambda: dispatch_job(job_id))
+
+
+def is_dispatched(job_id) -> bool:
+    """Whether a message for the job should still be waiting in the broker (unknown counts as yes)."""
+    try:
+        return bool(redis_client().exists(_marker(job_id)))
+    except redis.RedisError:
+        return True  # the broker is down: sending now would fail anyway
+
+
+def mark_claimed(job_id) -> None:
+    try:
+        redis_client().delete(_marker(job_id))
+    except redis.RedisError:
+        pass
