@@ -11,11 +11,13 @@ import datetime as dt
 import logging
 import socket
 import threading
+import time
 import uuid
 from contextlib import contextmanager
+from typing import Callable, TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, QuerySet
 from django.db.models.functions import Coalesce, Greatest, Now
 
@@ -23,6 +25,22 @@ from training.models import FineTuneJob, JobStatus
 from worker.reporting import WorkLost
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def with_db_retry(write: Callable[[], T], *, seconds: float) -> T:
+    """Run `write`; if the database connection dropped, reconnect and try again for up to `seconds`
+    (inside an outer transaction nothing can be retried, so the error goes up at once)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if connection.in_atomic_block or time.monotonic() > deadline:
+                raise
+            log.warning("database unavailable (%s); retrying", exc)
+            connection.close()
+            time.sleep(0.5)
 
 
 def lease_from_now(seconds: int) -> ExpressionWrapper:
@@ -47,6 +65,10 @@ class Claim:
             lease_until=lease_from_now(lease_seconds), started=Coalesce(F("started"), Now()),
             attempts=Greatest(F("attempts"), 1))
         return cls(job_id, token, lease_seconds) if taken == 1 else None
+
+    def retry(self, write: Callable[[], T]) -> T:
+        """`write` through a dropped database connection, for up to half the lease."""
+        return with_db_retry(write, seconds=self.lease_seconds / 2)
 
     def rows(self) -> QuerySet[FineTuneJob]:
         """The job row, as long as this run still owns it."""

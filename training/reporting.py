@@ -22,6 +22,10 @@ class DbReporter:
         self.job_id = claim.job_id
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        point = self.claim.retry(lambda: self._write_point(step, metrics))
+        publish_job(self.job_id, "metric", point.as_event())
+
+    def _write_point(self, step: int, metrics: dict[str, Any]) -> MetricPoint:
         extra = {k: v for k, v in metrics.items() if k not in CORE_KEYS}
         with transaction.atomic():
             # The fence first: the row update holds the job until the point is written.
@@ -32,14 +36,17 @@ class DbReporter:
                               eval_loss=metrics.get("eval_loss"), lr=metrics.get("lr"),
                               tokens_per_s=metrics.get("tokens_per_s"), extra=extra),
             )
-        publish_job(self.job_id, "metric", point.as_event())
+        return point
 
     def event(self, kind: str, message: str) -> None:
-        with transaction.atomic():
-            self.claim.renew()
-            JobEvent.objects.create(job_id=self.job_id, kind=kind, message=message)
+        def write():
+            with transaction.atomic():
+                self.claim.renew()
+                JobEvent.objects.create(job_id=self.job_id, kind=kind, message=message)
+
+        self.claim.retry(write)
         publish_job(self.job_id, "message", {"kind": kind, "message": message})
 
     def guard(self) -> None:
         """Called by the engine before each file it writes for the job."""
-        self.claim.check()
+        self.claim.retry(self.claim.check)

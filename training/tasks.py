@@ -2,7 +2,6 @@
 re-read rows, and claim work with filter(...).update(...) == 1."""
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 
@@ -71,7 +70,7 @@ def _should_stop(claim: Claim):
     def should_stop():
         if claim.lost.is_set():
             raise WorkLost(f"job {claim.job_id} is no longer claimed by this worker")
-        request = claim.rows().values_list("stop_requested", flat=True).first()
+        request = claim.retry(lambda: claim.rows().values_list("stop_requested", flat=True).first())
         if request is None:
             claim.check()  # raises WorkLost
         return request or ("pause" if _shutting_down.is_set() else None)
@@ -80,7 +79,9 @@ def _should_stop(claim: Claim):
 
 
 def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
-    mark = functools.partial(services.job_mark, job_id=job.id, claim=claim.token)
+    def mark(**fields):
+        claim.retry(lambda: services.job_mark(job_id=job.id, claim=claim.token, **fields))
+
     try:
         result = train(build_train_spec(job), DbReporter(claim), _should_stop(claim))
     except TrainingError as exc:

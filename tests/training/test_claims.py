@@ -145,3 +145,26 @@ def test_the_heartbeat_keeps_a_slow_phase_alive_and_stops_when_the_claim_is_gone
         assert claim.lost.is_set()
     with pytest.raises(WorkLost):
         claim.check()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dropped_database_connection_is_retried_for_a_while_then_given_up():
+    from django.db import OperationalError, transaction
+
+    from training.claims import with_db_retry
+
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise OperationalError("server closed the connection unexpectedly")
+        return "written"
+
+    assert with_db_retry(flaky, seconds=5) == "written" and len(calls) == 3
+    with pytest.raises(OperationalError):
+        with_db_retry(lambda: (_ for _ in ()).throw(OperationalError("down")), seconds=0.6)
+    calls.clear()
+    with transaction.atomic(), pytest.raises(OperationalError):
+        with_db_retry(flaky, seconds=5)  # inside a transaction nothing can be retried
+    assert len(calls) == 1

@@ -1,0 +1,21 @@
+"""Failpoints do nothing unless named in the environment; named ones announce themselves and wait once."""
+import time
+
+from worker import failpoints
+
+
+def test_failpoints_are_off_by_default_and_fire_once_when_named(monkeypatch, tmp_path):
+    monkeypatch.delenv("LORA_STUDIO_FAILPOINTS", raising=False)
+    started = time.monotonic()
+    failpoints.failpoint("setup")
+    assert time.monotonic() - started < 0.05 and not (tmp_path / "setup").exists()
+    monkeypatch.setenv("LORA_STUDIO_FAILPOINTS", "setup=0.3,save=0")
+    monkeypatch.setenv("LORA_STUDIO_FAILPOINT_DIR", str(tmp_path))
+    monkeypatch.setattr(failpoints, "_fired", set())
+    started = time.monotonic()
+    failpoints.failpoint("setup")
+    assert time.monotonic() - started >= 0.3 and (tmp_path / "setup").read_text().isdigit()
+    started = time.monotonic()
+    failpoints.failpoint("setup")  # once per process: a resumed run is not held again
+    failpoints.failpoint("evaluate")  # not named
+    assert time.monotonic() - started < 0.05 and not (tmp_path / "evaluate").exists()
