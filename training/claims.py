@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import socket
 import threading
 import time
@@ -61,7 +62,7 @@ class Claim:
         lease_seconds = lease_seconds or settings.JOB_LEASE_SECONDS
         token = uuid.uuid4().hex
         taken = FineTuneJob.objects.filter(id=job_id, status=JobStatus.QUEUED).update(
-            status=JobStatus.RUNNING, claim=token, worker=socket.gethostname()[:200],
+            status=JobStatus.RUNNING, claim=token, worker=f"{socket.gethostname()}:{os.getpid()}"[:200],
             lease_until=lease_from_now(lease_seconds), started=Coalesce(F("started"), Now()),
             attempts=Greatest(F("attempts"), 1))
         return cls(job_id, token, lease_seconds) if taken == 1 else None

@@ -50,6 +50,15 @@ class Stack:
             # REDIS_URL stays unset: the product's default path.
             self.env["EMBEDDED_REDIS_PORT"] = str(free_port())
             self._spawn("redis", [str(BIN / "python"), "-m", "webapp.embedded_redis"])
+        elif self.redis == "ephemeral":
+            # An external Redis of its own that keeps nothing on disk: a restart loses every message.
+            from webapp.embedded_redis import redis_server_binary
+
+            port = free_port()
+            self.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+            (self.tmp / "redis-ephemeral").mkdir(exist_ok=True)
+            self._spawn("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", str(self.tmp / "redis-ephemeral")])
         else:
             self.env["REDIS_URL"] = REAL_REDIS_URL
         if self.database == "postgres":
@@ -65,6 +74,8 @@ class Stack:
                   "--without-mingle", "-l", "warning"]
         self._spawn("train", celery + ["-Q", "train", "-n", f"train-{self.port}@%h"])
         self._spawn("infer", celery + ["-Q", "infer", "-n", f"infer-{self.port}@%h"])
+        self._spawn("beat", [str(BIN / "celery"), "-A", "webapp", "beat", "-l", "warning",
+                             "-s", str(self.tmp / "var" / "celerybeat-schedule")])
         self._spawn("web", [str(BIN / "uvicorn"), "webapp.asgi:application", "--host", "127.0.0.1",
                             "--port", str(self.port), "--log-level", "warning", "--timeout-graceful-shutdown", "1"])
         self._wait_http()
@@ -81,6 +92,54 @@ class Stack:
                 proc.kill()
         if self.pg_name:
             self._pg(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+
+    def restart_all(self) -> None:
+        """Stop every process as Ctrl-C of `make run` does (SIGTERM, a warm shutdown), then start them all
+        again at once, each with its own command line."""
+        roles = []
+        for name, proc in self.procs:
+            if proc.poll() is None and name not in roles:
+                roles.append(name)
+        for name in roles:
+            self.process(name).terminate()
+        for name in roles:
+            try:
+                self.process(name).wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process(name).kill()
+        for name in roles:
+            self.respawn(name)
+        self._wait_http()
+
+    def spawn_like(self, role: str, name: str) -> subprocess.Popen:
+        """Another process with `role`'s command line (a second worker), named `name`."""
+        argv = [a.replace(f"{role}-{self.port}@", f"{name}-{self.port}@") for a in self.process(role).args]
+        self._spawn(name, argv)
+        return self.process(name)
+
+    def job_field(self, job_id: str, field: str):
+        """A job row's field, read straight from the database."""
+        import json
+
+        out = self.manage("shell", "-c", "import json; from training.models import FineTuneJob as J; "
+                          f"print(json.dumps(J.objects.values_list('{field}', flat=True).get(id='{job_id}')))")
+        return json.loads(out.strip().splitlines()[-1])
+
+    def job_events(self, job_id: str) -> list[dict]:
+        import json
+
+        out = self.manage("shell", "-c", "import json; from training.models import JobEvent as E; print(json.dumps("
+                          f"list(E.objects.filter(job_id='{job_id}').values('kind', 'message'))))")
+        return json.loads(out.strip().splitlines()[-1])
+
+    def drop_database_connections(self) -> int:
+        """Cut every connection to this stack's PostgreSQL database, as a network blip or a failover does."""
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+            rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                                "AND pid <> pg_backend_pid()", (self.pg_name,)).fetchall()
+        return len(rows)
 
     def logs(self) -> str:
         out = []

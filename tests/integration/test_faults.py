@@ -1,0 +1,200 @@
+"""Faults lose no work: a job survives a kill -9 of its worker at the worst moments (during setup,
+mid-step, during an evaluation, during the final save), a restart of Redis (with and without its data),
+the whole stack stopped and started within seconds, and a database connection dropped for a while.
+Every case restarts at once (never after waiting out the lease): the sweep finds the dead worker's job
+when its lease runs out. In every case the job succeeds with metric steps exactly 1..N, and its loss
+curve and adapter equal an uninterrupted run's."""
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import memorisable_conversations
+from tests.integration.stack import Stack
+from tests.integration.test_resume import Api
+
+pytestmark = pytest.mark.integration
+LEASE_S, SWEEP_S, HOLD_S = 3, 1, 6
+STEPS = 30
+CONFIG = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "learning_rate": 0.01,
+          "batch_size": 4, "max_seq_length": 128, "warmup_ratio": 0.0, "seed": 3, "max_steps": STEPS,
+          "save_every": 5, "eval_every": 10}
+
+
+class FaultStack(Stack):
+    """A stack with a short lease and sweep, whose train worker can be armed with failpoints."""
+
+    def arm(self, failpoints: str) -> None:
+        """Restart the train worker (now, at once) with these failpoints armed ("" for none)."""
+        self.env["LORA_STUDIO_FAILPOINTS"] = failpoints
+        if self.process("train").poll() is None:
+            self.kill("train")
+        self.respawn("train")
+
+    def wait_failpoint(self, name: str, limit_s: float = 120) -> None:
+        marker = Path(self.env["LORA_STUDIO_FAILPOINT_DIR"]) / name
+        deadline = time.monotonic() + limit_s
+        while not marker.exists():
+            assert time.monotonic() < deadline, f"the worker never reached {name}\n{self.logs()}"
+            time.sleep(0.05)
+        marker.unlink()
+
+
+def fault_stack(tmp: Path, model_dir: Path, **kw) -> FaultStack:
+    stack = FaultStack(tmp, model_dir=model_dir, **kw)
+    stack.env.update(JOB_LEASE_SECONDS=str(LEASE_S), SWEEP_SECONDS=str(SWEEP_S),
+                     LORA_STUDIO_FAILPOINT_DIR=str(tmp / "failpoints"))
+    return stack.start()
+
+
+@pytest.fixture(scope="module")
+def sqlite_stack(tmp_path_factory, tiny_llama):
+    stack = fault_stack(tmp_path_factory.mktemp("faults-sqlite"), tiny_llama, database="sqlite", redis="embedded")
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+class Run:
+    """One fault case: the shared dataset, the uninterrupted reference and the checks."""
+
+    reference: dict = {}
+
+    def __init__(self, stack: FaultStack):
+        self.stack, self.api = stack, Api(stack)
+        data = "".join(__import__("json").dumps({"messages": m}) + "\n" for m in memorisable_conversations(16))
+        self.dataset = self.api.post("/datasets/", files={"file": ("colours.jsonl", data.encode())},
+                                     data={"name": "colours"})["id"]
+        self.base = next(m["id"] for m in self.api.get("/base-models/").json() if m["name"] == "tiny-llama")
+
+    def submit(self) -> str:
+        return self.api.post("/jobs/", json={"name": "fault", "dataset": self.dataset, "base_model": self.base,
+                                             "config": CONFIG, "validation": "split", "validation_percent": 25,
+                                             "validation_seed": 1})["id"]
+
+    def wait_step(self, job_id: str, step: int) -> None:
+        deadline = time.monotonic() + 120
+        while not self.api.metrics_after(job_id, step - 1):
+            assert time.monotonic() < deadline, self.stack.logs()
+            time.sleep(0.05)
+
+    def check(self, job_id: str, *, reference: str | None = None) -> dict:
+        job = self.api.wait_done(self.stack, job_id)
+        assert job["step"] == job["total_steps"] == STEPS
+        points = self.api.metrics_after(job_id, 0)
+        assert [p["step"] for p in points] == list(range(1, STEPS + 1))  # no gap, no duplicate
+        if reference:
+            expected = {p["step"]: p["loss"] for p in self.api.metrics_after(reference, 0)}
+            for p in points:
+                assert p["loss"] == pytest.approx(expected[p["step"]], rel=1e-3), p
+            a, b = self.api.adapter(reference), self.api.adapter(job_id)
+            assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+        return job
+
+
+@pytest.fixture(scope="module")
+def run(sqlite_stack):
+    run = Run(sqlite_stack)
+    run.reference_id = run.submit()
+    job = run.check(run.reference_id)
+    assert job["attempts"] == 1
+    return run
+
+
+@pytest.mark.parametrize("moment", ["setup", "mid-step", "evaluate", "save"])
+def test_train_worker_killed_at_the_worst_moment(run, moment):
+    stack = run.stack
+    stack.arm("" if moment == "mid-step" else f"{moment}={HOLD_S}")
+    job_id = run.submit()
+    if moment == "mid-step":
+        run.wait_step(job_id, 13)
+    else:
+        stack.wait_failpoint(moment)
+    assert stack.kill("train") == -9
+    stack.env["LORA_STUDIO_FAILPOINTS"] = ""
+    stack.respawn("train")  # within a second, the dead worker's lease still running
+    job = run.check(job_id, reference=run.reference_id)
+    assert job["attempts"] == 2, job
+
+
+def test_embedded_redis_killed_mid_job_keeps_every_message(run):
+    stack = run.stack
+    first = run.submit()
+    second = run.submit()  # queued behind the first: its message waits in Redis
+    run.wait_step(first, 8)
+    assert stack.kill("redis") == -9
+    stack.respawn("redis")
+    run.check(first, reference=run.reference_id)
+    run.check(second, reference=run.reference_id)
+
+
+def test_the_whole_stack_stopped_and_started_within_seconds(run):
+    stack = run.stack
+    job_id = run.submit()
+    run.wait_step(job_id, 12)
+    stack.restart_all()  # SIGTERM to every process, as Ctrl-C of `make run` does, then start them again
+    job = run.check(job_id, reference=run.reference_id)
+    assert job["attempts"] == 1, "a shutdown is a pause, not a crash"
+    messages = [e["message"] for e in stack.job_events(job_id)]
+    assert any(m.startswith("paused at step") and "shutting down" in m for m in messages), messages
+    assert any(m.startswith("resumed from checkpoint") for m in messages), messages
+
+
+@pytest.fixture(scope="module")
+def pg_stack(tmp_path_factory, tiny_llama):
+    """PostgreSQL and a Redis that keeps nothing on disk (an external one configured without persistence)."""
+    stack = fault_stack(tmp_path_factory.mktemp("faults-pg"), tiny_llama, database="postgres", redis="ephemeral")
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_run(pg_stack):
+    run = Run(pg_stack)
+    run.reference_id = run.submit()
+    run.check(run.reference_id)
+    return run
+
+
+def test_a_redis_that_lost_everything_strands_nothing(pg_run):
+    """Queued messages, the running job's message and the live channels are gone: the sweep resends."""
+    stack = pg_run.stack
+    first, second = pg_run.submit(), pg_run.submit()
+    pg_run.wait_step(first, 8)
+    assert stack.kill("redis") == -9
+    stack.respawn("redis")  # empty: this Redis keeps nothing on disk
+    pg_run.check(first, reference=pg_run.reference_id)
+    pg_run.check(second, reference=pg_run.reference_id)
+
+
+def test_database_connections_dropped_for_seconds(pg_run):
+    stack = pg_run.stack
+    job_id = pg_run.submit()
+    pg_run.wait_step(job_id, 8)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # every connection of the product is cut, again and again
+        stack.drop_database_connections()
+        time.sleep(0.3)
+    pg_run.check(job_id, reference=pg_run.reference_id)
+
+
+def test_two_train_workers_and_a_lease_shorter_than_setup(pg_run):
+    """The heartbeat keeps the lease through a setup longer than it: exactly one worker trains."""
+    stack = pg_run.stack
+    stack.arm(f"setup={LEASE_S * 2}")
+    stack.spawn_like("train", "train2")
+    try:
+        job_id = pg_run.submit()
+        stack.wait_failpoint("setup")
+        stack.manage("shell", "-c", f"from common import queue; queue.send(queue.TRAIN_JOB, '{job_id}')")
+        job = pg_run.check(job_id, reference=pg_run.reference_id)
+        assert job["attempts"] == 1 and stack.job_field(job_id, "crashes") == []
+        # The run that claimed it trained it to the end: the other worker never took it over.
+        assert stack.job_field(job_id, "worker").endswith(f":{stack.process('train').pid}")
+    finally:
+        stack.kill("train2")
+        stack.env["LORA_STUDIO_FAILPOINTS"] = ""
