@@ -1,9 +1,9 @@
 """The training entry point: `train(spec, reporter, should_stop) -> TrainResult`.
 
 A recipe in named phases, like torchtune's: setup (seeds, device, tokenizer, data, model,
-optimizer), resume from the newest checkpoint, the loop (one optimizer step per iteration, the
-stop flag checked before each, evaluation and checkpoints between steps), save (adapter +
-tokenizer, atomically), then the end-of-job evaluation.
+optimizer), resume from the newest readable checkpoint, the loop (one optimizer step per
+iteration, the stop flag checked before each, evaluation and checkpoints between steps), save
+(adapter + tokenizer, atomically), then the end-of-job evaluation.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from worker.batching import MicroBatchStream, make_batch
-from worker.checkpoint import (atomic_dir, latest_checkpoint, load_adapter_weights, load_checkpoint,
-                               prune_checkpoints, save_checkpoint)
+from worker.checkpoint import (CheckpointUnreadable, atomic_dir, checkpoint_folders, discard_checkpoint,
+                               load_adapter_weights, load_checkpoint, prune_checkpoints, read_checkpoint,
+                               recover_leftovers, save_checkpoint, write_text_atomic)
 from worker.config import TrainConfig, TrainSpec
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.tokenization import TokenizedExample, tokenize_examples
@@ -132,9 +133,15 @@ class TrainingRun:
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self.device = choose_device(self.spec.device)
+        self.recover_output()
         self.setup_data()
         self.setup_model()
         self.setup_optimizer()
+
+    def recover_output(self) -> None:
+        """Put back or clear what a crash in the middle of an atomic write left in the output folders."""
+        recover_leftovers(self.out)
+        recover_leftovers(self.ckpt_root)
 
     def setup_data(self) -> None:
         """Tokenizer, tokenized train and eval examples, and the step plan."""
@@ -184,16 +191,34 @@ class TrainingRun:
     # --- resume and checkpoints -------------------------------------------------------------
 
     def resume(self) -> None:
-        """Continue from the newest complete checkpoint, if any: weights, optimizer, schedule, best eval."""
-        ckpt = latest_checkpoint(self.ckpt_root)
+        """Continue from the newest checkpoint that reads whole: weights, optimizer, schedule, best eval.
+
+        Unreadable checkpoints are reported and removed (else pruning could keep them over good ones).
+        """
+        ckpt, unreadable = None, []
+        for folder in checkpoint_folders(self.ckpt_root):
+            try:
+                ckpt = read_checkpoint(folder)
+                break
+            except CheckpointUnreadable as exc:
+                unreadable.append(folder)
+                self.reporter.event("warning", f"{exc}; it is removed and the checkpoint before it is tried")
+        if unreadable:
+            for folder in unreadable:
+                discard_checkpoint(folder)
+        names = ", ".join(folder.name for folder in unreadable)
         if ckpt is None:
+            if unreadable:
+                self.reporter.event("warning", f"no checkpoint could be read ({names}); starting from step 0")
             return
         load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
-        self.best.restore(ckpt.state.get("best", {}))
+        self.best.restore(ckpt.best)
         self.start_step = self.step = ckpt.step
-        self.reporter.event("resume", f"resumed from checkpoint at step {self.start_step}")
+        self.reporter.event("resume", f"resumed from checkpoint at step {self.start_step}"
+                                      + (f" ({names} unreadable)" if unreadable else ""))
 
     def checkpoint(self) -> None:
+        """Save the current step's checkpoint."""
         save_checkpoint(self.ckpt_root, step=self.step, model=self.model, optimizer=self.optimizer,
                         scheduler=self.scheduler, extra={"total_steps": self.total_steps, "best": self.best.state()})
 
@@ -307,7 +332,7 @@ class TrainingRun:
             self.reporter.event("evaluate", "comparing base and adapted model on the validation split")
             evaluation = evaluate_adapter(self.model, self.tokenizer, read_normalized_jsonl(spec.eval_dataset_path),
                                           max_seq_length=self.cfg.max_seq_length, device=self.device.device)
-            (self.out / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+            write_text_atomic(self.out / "evaluation.json", json.dumps(evaluation, indent=1))
 
     # --- results --------------------------------------------------------------------------------
 
