@@ -3,7 +3,8 @@
 A recipe in named phases, like torchtune's: setup (seeds, device, tokenizer, data, model,
 optimizer), resume from the newest readable checkpoint, the loop (one optimizer step per
 iteration, the stop flag checked before each, evaluation and checkpoints between steps), save
-(adapter + tokenizer, atomically), then the end-of-job evaluation.
+(adapter + tokenizer, atomically), then the end-of-job evaluation. Every write into the output
+folder comes right after the reporter's `guard()`, which raises WorkLost once the job is not ours.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from worker.evaluation import evaluate_adapter
 from worker.loss import mean_token_loss, summed_token_loss
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
-from worker.reporting import Reporter, StopCheck, never_stop
+from worker.reporting import Reporter, StopCheck, never_stop, write_guard
 from worker.schedule import eval_interval, lr_multiplier, plan_steps, warmup_steps
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,8 @@ class TrainingRun:
     def __init__(self, spec: TrainSpec, reporter: Reporter, should_stop: StopCheck):
         self.spec, self.cfg = spec, spec.config
         self.reporter, self.should_stop = reporter, should_stop
+        # Called right before every write into self.out: raises WorkLost once another worker owns the job.
+        self.guard = write_guard(reporter)
         self.started = time.monotonic()
         self.out = Path(spec.output_dir)
         self.ckpt_root = self.out / "checkpoints"
@@ -140,6 +143,7 @@ class TrainingRun:
 
     def recover_output(self) -> None:
         """Put back or clear what a crash in the middle of an atomic write left in the output folders."""
+        self.guard()
         recover_leftovers(self.out)
         recover_leftovers(self.ckpt_root)
 
@@ -176,6 +180,7 @@ class TrainingRun:
             # The adapter as initialised, before any step: needed to convert the result to plain LoRA.
             self.init_dir = self.out / "initial-adapter"
             if not (self.init_dir / "adapter_model.safetensors").is_file():
+                self.guard()
                 save_adapter(self.model, self.init_dir)
 
     def setup_optimizer(self) -> None:
@@ -204,6 +209,7 @@ class TrainingRun:
                 unreadable.append(folder)
                 self.reporter.event("warning", f"{exc}; it is removed and the checkpoint before it is tried")
         if unreadable:
+            self.guard()
             for folder in unreadable:
                 discard_checkpoint(folder)
         names = ", ".join(folder.name for folder in unreadable)
@@ -219,6 +225,7 @@ class TrainingRun:
 
     def checkpoint(self) -> None:
         """Save the current step's checkpoint."""
+        self.guard()
         save_checkpoint(self.ckpt_root, step=self.step, model=self.model, optimizer=self.optimizer,
                         scheduler=self.scheduler, extra={"total_steps": self.total_steps, "best": self.best.state()})
 
@@ -246,6 +253,7 @@ class TrainingRun:
                 return None
             if self.step % self.cfg.save_every == 0 and self.step < self.total_steps:
                 self.checkpoint()
+                self.guard()
                 prune_checkpoints(self.ckpt_root)
         return None
 
@@ -300,6 +308,7 @@ class TrainingRun:
         if self.best.update(self.step, metrics["eval_loss"]):
             metrics["best"] = True
             if self.cfg.keep_best:
+                self.guard()
                 save_adapter(self.model, self.best_dir)
 
     # --- save and the end-of-job evaluation ----------------------------------------------------
@@ -313,6 +322,7 @@ class TrainingRun:
             kept_step = best.best_step
             self.reporter.event("best", f"kept the adapter from step {kept_step} (lowest eval loss "
                                         f"{best.best_loss:.4f}), not the last step {self.step}")
+        self.guard()
         save_adapter(self.model, self.adapter_dir, tokenizer=self.tokenizer, init_dir=self.init_dir)
         self.reporter.event("saved", "adapter saved" + (" (PiSSA converted to plain LoRA for the original base)"
                                                         if self.init_dir else ""))
@@ -332,6 +342,7 @@ class TrainingRun:
             self.reporter.event("evaluate", "comparing base and adapted model on the validation split")
             evaluation = evaluate_adapter(self.model, self.tokenizer, read_normalized_jsonl(spec.eval_dataset_path),
                                           max_seq_length=self.cfg.max_seq_length, device=self.device.device)
+            self.guard()
             write_text_atomic(self.out / "evaluation.json", json.dumps(evaluation, indent=1))
 
     # --- results --------------------------------------------------------------------------------
