@@ -1,15 +1,18 @@
-"""Atomic training checkpoints in PEFT's own format plus a safetensors trainer state.
+"""Atomic, durable training checkpoints in PEFT's own format plus a safetensors trainer state.
 
 A checkpoint folder `step-000120/` holds `adapter_model.safetensors`, `adapter_config.json`,
 `optimizer.safetensors`, `rng.safetensors` and `trainer_state.json`. It is written to a
-temporary folder and renamed into place, so a folder with the final name is always complete.
-No pickle anywhere: tensors go through safetensors, the rest through JSON.
+temporary dot-folder, fsynced and renamed into place, so a folder with the final name is always
+complete, also after a power cut. No pickle anywhere: tensors go through safetensors, the rest
+through JSON.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
+import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -18,22 +21,107 @@ from pathlib import Path
 from typing import Any
 
 STATE_FILE = "trainer_state.json"
+SAFETENSORS_FILES = ("adapter_model.safetensors", "optimizer.safetensors", "rng.safetensors")
+# `.NAME.tmp-XXXX` is a folder being written; `.NAME.old-XXXX` the previous NAME while it is replaced.
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[A-Za-z0-9_]+$")
+
+
+class CheckpointUnreadable(Exception):
+    """A checkpoint folder misses a file, or holds a truncated or corrupt one."""
+
+    def __init__(self, folder: Path, reason: str):
+        super().__init__(f"checkpoint {Path(folder).name} is unreadable ({reason})")
+        self.folder = Path(folder)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under `folder`, then the folders themselves, to disk."""
+    for dirpath, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            _fsync(Path(dirpath) / name)
+        _fsync(Path(dirpath))
 
 
 @contextmanager
 def atomic_dir(final: Path):
-    """Yield a temp folder beside `final`; on success it is renamed onto `final`."""
+    """Yield a temp folder beside `final`; on success it is fsynced and renamed onto `final`.
+
+    Under the final name there is always the old complete folder or the new one (see recover_leftovers).
+    """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    parent = final.parent
+    if not parent.is_dir():
+        parent.mkdir(parents=True)
+        _fsync(parent.parent)  # else a power cut can forget the new folder with all it holds
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # rename() cannot replace a non-empty folder, so the old one moves aside first. A crash between
+    # the two renames leaves no `final`, only the aside copy: recover_leftovers puts it back.
+    aside = parent / f".{final.name}.old-{secrets.token_hex(4)}" if final.exists() else None
+    if aside is not None:
+        os.rename(final, aside)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync(parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file through a fsynced temp file and a rename: readers see the old or the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from a web app running as another user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+
+
+def recover_leftovers(parent: Path) -> None:
+    """Undo what a crash in `atomic_dir` or `write_text_atomic` left in `parent`: put back an old
+    folder whose replacement never arrived; remove every other temp or aside dot-entry."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    restored = False
+    for entry in sorted(parent.iterdir()):
+        match = _LEFTOVER.match(entry.name)
+        if match is None:
+            continue
+        if match["kind"] == "old" and entry.is_dir() and not (parent / match["name"]).exists():
+            os.rename(entry, parent / match["name"])
+            restored = True
+        elif entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if restored:
+        _fsync(parent)
 
 
 def _optimizer_tensors(optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -58,9 +146,17 @@ def _optimizer_state_dict(tensors: dict[str, Any], meta: dict[str, Any]) -> dict
 
 @dataclass
 class Checkpoint:
+    """A checkpoint read whole into memory by `read_checkpoint`, before any of it is loaded."""
+
     path: Path
     step: int
-    state: dict[str, Any]
+    state: dict[str, Any]  # trainer_state.json as written
+    adapter: dict[str, Any]
+    optimizer: dict[str, Any]  # a state dict for optimizer.load_state_dict, tensors on the CPU
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]  # torch (and CUDA) generator states
+    python_rng: tuple
+    best: dict[str, Any]  # the BestTracker state
 
 
 def save_checkpoint(root: Path, *, step: int, model, optimizer, scheduler, extra: dict[str, Any]) -> Path:
@@ -101,17 +197,34 @@ def _tupled(obj):
     return obj
 
 
-def latest_checkpoint(root: Path) -> Checkpoint | None:
-    """The newest complete checkpoint under root, or None."""
+def checkpoint_folders(root: Path) -> list[Path]:
+    """The checkpoint folders under root, newest first; temp and aside dot-folders are not among them."""
     root = Path(root)
     if not root.is_dir():
-        return None
-    for folder in sorted(root.glob("step-*"), reverse=True):
-        state_file = folder / STATE_FILE
-        if state_file.is_file() and (folder / "adapter_model.safetensors").is_file():
-            state = json.loads(state_file.read_text())
-            return Checkpoint(folder, int(state["step"]), state)
-    return None
+        return []
+    return sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
+
+
+def read_checkpoint(folder: Path) -> Checkpoint:
+    """Read a checkpoint whole, so a damaged one is found before anything is loaded from it.
+
+    Raises CheckpointUnreadable for a missing file, a truncated or corrupt safetensors file or bad JSON.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        adapter, optimizer, rng = (load_file(str(folder / name)) for name in SAFETENSORS_FILES)
+        if "torch" not in rng:
+            raise CheckpointUnreadable(folder, "rng.safetensors holds no torch generator state")
+        ckpt = Checkpoint(folder, int(state["step"]), state, adapter,
+                          _optimizer_state_dict(optimizer, state["optimizer"]), dict(state["scheduler"]), rng,
+                          _tupled(state["python_rng"]), dict(state.get("best", {})))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise CheckpointUnreadable(folder, f"{type(exc).__name__}: {exc}") from exc
+    return ckpt
 
 
 def load_adapter_weights(model, folder: Path) -> None:
@@ -123,26 +236,33 @@ def load_adapter_weights(model, folder: Path) -> None:
 
 
 def load_checkpoint(ckpt: Checkpoint, *, model, optimizer, scheduler) -> None:
-    """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint."""
+    """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint read by `read_checkpoint`."""
     import torch
-    from safetensors.torch import load_file
+    from peft import set_peft_model_state_dict
 
-    load_adapter_weights(model, ckpt.path)
+    set_peft_model_state_dict(model, ckpt.adapter)
     device = next(p for p in model.parameters() if p.requires_grad).device
-    tensors = {k: v.to(device) if not k.endswith(".step") else v for k, v in load_file(str(ckpt.path / "optimizer.safetensors")).items()}
-    optimizer.load_state_dict(_optimizer_state_dict(tensors, ckpt.state["optimizer"]))
-    scheduler.load_state_dict(ckpt.state["scheduler"])
-    rng = load_file(str(ckpt.path / "rng.safetensors"))
-    torch.set_rng_state(rng["torch"])
+    # The step counters stay on the CPU, as the optimizer keeps them.
+    moved = {idx: {k: v.to(device) if hasattr(v, "to") and k != "step" else v for k, v in st.items()}
+             for idx, st in ckpt.optimizer["state"].items()}
+    optimizer.load_state_dict({"state": moved, "param_groups": ckpt.optimizer["param_groups"]})
+    scheduler.load_state_dict(ckpt.scheduler)
+    torch.set_rng_state(ckpt.rng["torch"])
     if torch.cuda.is_available():
-        cuda_states = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+        cuda_states = [ckpt.rng[k] for k in sorted(ckpt.rng) if k.startswith("cuda")]
         if cuda_states:
             torch.cuda.set_rng_state_all(cuda_states)
-    random.setstate(_tupled(ckpt.state["python_rng"]))
+    random.setstate(ckpt.python_rng)
+
+
+def discard_checkpoint(folder: Path) -> None:
+    """Remove a checkpoint folder (an unreadable one, so that pruning never keeps it over a good one)."""
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def prune_checkpoints(root: Path, keep: int = 2) -> None:
-    """Keep the newest `keep` checkpoints; older ones only cost disk."""
-    folders = sorted(Path(root).glob("step-*"))
-    for folder in folders[:-keep]:
+    """Keep the newest `keep` checkpoints (the one before the newest is the fallback when the newest
+    is unreadable) and clear what interrupted writes left behind."""
+    recover_leftovers(root)
+    for folder in checkpoint_folders(root)[keep:]:
         shutil.rmtree(folder, ignore_errors=True)

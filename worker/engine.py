@@ -1,9 +1,10 @@
 """The training entry point: `train(spec, reporter, should_stop) -> TrainResult`.
 
 A recipe in named phases, like torchtune's: setup (seeds, device, tokenizer, data, model,
-optimizer), resume from the newest checkpoint, the loop (one optimizer step per iteration, the
-stop flag checked before each, evaluation and checkpoints between steps), save (adapter +
-tokenizer, atomically), then the end-of-job evaluation.
+optimizer), resume from the newest readable checkpoint, the loop (one optimizer step per
+iteration, the stop flag checked before each, evaluation and checkpoints between steps), save
+(adapter + tokenizer, atomically), then the end-of-job evaluation. Every write into the output
+folder comes right after the reporter's `guard()`, which raises WorkLost once the job is not ours.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from worker.batching import MicroBatchStream, make_batch
-from worker.checkpoint import (atomic_dir, latest_checkpoint, load_adapter_weights, load_checkpoint,
-                               prune_checkpoints, save_checkpoint)
+from worker.checkpoint import (CheckpointUnreadable, atomic_dir, checkpoint_folders, discard_checkpoint,
+                               load_adapter_weights, load_checkpoint, prune_checkpoints, read_checkpoint,
+                               recover_leftovers, save_checkpoint, write_text_atomic)
 from worker.config import TrainConfig, TrainSpec
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.tokenization import TokenizedExample, tokenize_examples
@@ -26,7 +28,7 @@ from worker.evaluation import evaluate_adapter
 from worker.loss import mean_token_loss, summed_token_loss
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
-from worker.reporting import Reporter, StopCheck, never_stop
+from worker.reporting import Reporter, StopCheck, never_stop, write_guard
 from worker.schedule import eval_interval, lr_multiplier, plan_steps, warmup_steps
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,8 @@ class TrainingRun:
     def __init__(self, spec: TrainSpec, reporter: Reporter, should_stop: StopCheck):
         self.spec, self.cfg = spec, spec.config
         self.reporter, self.should_stop = reporter, should_stop
+        # Called right before every write into self.out: raises WorkLost once another worker owns the job.
+        self.guard = write_guard(reporter)
         self.started = time.monotonic()
         self.out = Path(spec.output_dir)
         self.ckpt_root = self.out / "checkpoints"
@@ -132,9 +136,16 @@ class TrainingRun:
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self.device = choose_device(self.spec.device)
+        self.recover_output()
         self.setup_data()
         self.setup_model()
         self.setup_optimizer()
+
+    def recover_output(self) -> None:
+        """Put back or clear what a crash in the middle of an atomic write left in the output folders."""
+        self.guard()
+        recover_leftovers(self.out)
+        recover_leftovers(self.ckpt_root)
 
     def setup_data(self) -> None:
         """Tokenizer, tokenized train and eval examples, and the step plan."""
@@ -169,6 +180,7 @@ class TrainingRun:
             # The adapter as initialised, before any step: needed to convert the result to plain LoRA.
             self.init_dir = self.out / "initial-adapter"
             if not (self.init_dir / "adapter_model.safetensors").is_file():
+                self.guard()
                 save_adapter(self.model, self.init_dir)
 
     def setup_optimizer(self) -> None:
@@ -184,16 +196,36 @@ class TrainingRun:
     # --- resume and checkpoints -------------------------------------------------------------
 
     def resume(self) -> None:
-        """Continue from the newest complete checkpoint, if any: weights, optimizer, schedule, best eval."""
-        ckpt = latest_checkpoint(self.ckpt_root)
+        """Continue from the newest checkpoint that reads whole: weights, optimizer, schedule, best eval.
+
+        Unreadable checkpoints are reported and removed (else pruning could keep them over good ones).
+        """
+        ckpt, unreadable = None, []
+        for folder in checkpoint_folders(self.ckpt_root):
+            try:
+                ckpt = read_checkpoint(folder)
+                break
+            except CheckpointUnreadable as exc:
+                unreadable.append(folder)
+                self.reporter.event("warning", f"{exc}; it is removed and the checkpoint before it is tried")
+        if unreadable:
+            self.guard()
+            for folder in unreadable:
+                discard_checkpoint(folder)
+        names = ", ".join(folder.name for folder in unreadable)
         if ckpt is None:
+            if unreadable:
+                self.reporter.event("warning", f"no checkpoint could be read ({names}); starting from step 0")
             return
         load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
-        self.best.restore(ckpt.state.get("best", {}))
+        self.best.restore(ckpt.best)
         self.start_step = self.step = ckpt.step
-        self.reporter.event("resume", f"resumed from checkpoint at step {self.start_step}")
+        self.reporter.event("resume", f"resumed from checkpoint at step {self.start_step}"
+                                      + (f" ({names} unreadable)" if unreadable else ""))
 
     def checkpoint(self) -> None:
+        """Save the current step's checkpoint."""
+        self.guard()
         save_checkpoint(self.ckpt_root, step=self.step, model=self.model, optimizer=self.optimizer,
                         scheduler=self.scheduler, extra={"total_steps": self.total_steps, "best": self.best.state()})
 
@@ -221,6 +253,7 @@ class TrainingRun:
                 return None
             if self.step % self.cfg.save_every == 0 and self.step < self.total_steps:
                 self.checkpoint()
+                self.guard()
                 prune_checkpoints(self.ckpt_root)
         return None
 
@@ -275,6 +308,7 @@ class TrainingRun:
         if self.best.update(self.step, metrics["eval_loss"]):
             metrics["best"] = True
             if self.cfg.keep_best:
+                self.guard()
                 save_adapter(self.model, self.best_dir)
 
     # --- save and the end-of-job evaluation ----------------------------------------------------
@@ -288,6 +322,7 @@ class TrainingRun:
             kept_step = best.best_step
             self.reporter.event("best", f"kept the adapter from step {kept_step} (lowest eval loss "
                                         f"{best.best_loss:.4f}), not the last step {self.step}")
+        self.guard()
         save_adapter(self.model, self.adapter_dir, tokenizer=self.tokenizer, init_dir=self.init_dir)
         self.reporter.event("saved", "adapter saved" + (" (PiSSA converted to plain LoRA for the original base)"
                                                         if self.init_dir else ""))
@@ -307,7 +342,8 @@ class TrainingRun:
             self.reporter.event("evaluate", "comparing base and adapted model on the validation split")
             evaluation = evaluate_adapter(self.model, self.tokenizer, read_normalized_jsonl(spec.eval_dataset_path),
                                           max_seq_length=self.cfg.max_seq_length, device=self.device.device)
-            (self.out / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+            self.guard()
+            write_text_atomic(self.out / "evaluation.json", json.dumps(evaluation, indent=1))
 
     # --- results --------------------------------------------------------------------------------
 

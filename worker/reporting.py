@@ -15,9 +15,21 @@ class WorkLost(Exception):
 
 
 class Reporter(Protocol):
+    """Where metric points and events go. Optional: `guard() -> None`, raising WorkLost once the job
+    is no longer this worker's; the engine calls it right before every write to the output folder."""
+
     def log(self, step: int, metrics: dict[str, Any]) -> None: ...
 
     def event(self, kind: str, message: str) -> None: ...
+
+
+def write_guard(reporter: Reporter) -> Callable[[], None]:
+    """The reporter's `guard`, or a no-op for a reporter without one."""
+    return getattr(reporter, "guard", _always_ours)
+
+
+def _always_ours() -> None:
+    return None
 
 
 class MemoryReporter:
@@ -37,6 +49,9 @@ class MemoryReporter:
         self.events.append((kind, message))
         if self.echo:
             log.info("%s: %s", kind, message)
+
+    def guard(self) -> None:
+        """The work is always ours: nothing else claims it."""
 
     def losses(self) -> dict[int, float]:
         return {step: m["loss"] for step, m in self.points if "loss" in m}
