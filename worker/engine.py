@@ -28,6 +28,7 @@ from worker.evaluation import evaluate_adapter
 from worker.loss import mean_token_loss, summed_token_loss
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
+from worker.failpoints import failpoint
 from worker.reporting import Reporter, StopCheck, never_stop, write_guard
 from worker.schedule import eval_interval, lr_multiplier, plan_steps, warmup_steps
 
@@ -168,6 +169,7 @@ class TrainingRun:
         """The frozen base wrapped with LoRA; with PiSSA, the initial adapter is kept for the conversion."""
         cfg = self.cfg
         self.reporter.event("setup", "loading base model" + (" in 4-bit NF4 (QLoRA)" if cfg.qlora else ""))
+        failpoint("setup")
         self.model, self.targets = build_peft_model(load_base_model(self.spec.base_model_path, self.device, cfg), cfg)
         if not self.device.is_cuda:  # CUDA's fused dropout is already fast
             from worker.dropout import use_fast_dropout
@@ -303,6 +305,7 @@ class TrainingRun:
         """Eval loss every `eval_interval` steps and at the last; a new best is marked (and kept with keep_best)."""
         if not self.eval_examples or (self.step % self.every != 0 and self.step != self.total_steps):
             return
+        failpoint("evaluate")
         metrics["eval_loss"] = mean_token_loss(self.model, self.eval_examples, self.cfg.batch_size, self.pad_id,
                                                self.device.device)
         if self.best.update(self.step, metrics["eval_loss"]):
@@ -323,6 +326,7 @@ class TrainingRun:
             self.reporter.event("best", f"kept the adapter from step {kept_step} (lowest eval loss "
                                         f"{best.best_loss:.4f}), not the last step {self.step}")
         self.guard()
+        failpoint("save")
         save_adapter(self.model, self.adapter_dir, tokenizer=self.tokenizer, init_dir=self.init_dir)
         self.reporter.event("saved", "adapter saved" + (" (PiSSA converted to plain LoRA for the original base)"
                                                         if self.init_dir else ""))
