@@ -199,7 +199,8 @@ class Stack:
     def _wait_http(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for name, proc in self.procs:
+            for name in {role for role, _ in self.procs}:
+                proc = self.process(name)
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}\n{self.logs()}")
             try:
