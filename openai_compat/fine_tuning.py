@@ -155,7 +155,7 @@ class JobListApi(OpenAIView):
             param = {"validation_dataset": "validation_file", "dataset": "training_file"}.get(
                 exc.field, f"lora.{exc.field}")
             raise OpenAIError(f"{param}: {exc.message}", param=param) from None
-        return Response(job_object(owned_job(request.user, ftjob_id(job.id))))
+        return Response(job_object(job))  # as created: a worker may already have claimed it since
 
 
 class JobDetailApi(OpenAIView):
