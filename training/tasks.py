@@ -1,4 +1,4 @@
-"""Celery tasks of the train queue (and the merged export on the infer queue). They take ids,
+"""Celery tasks of the train queue (and the merged export and its sweep on the background queue). They take ids,
 re-read rows, and claim work with filter(...).update(...) == 1."""
 from __future__ import annotations
 

@@ -140,11 +140,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ROUTES = {  # by the fixed task names of common.queue
     "training.job_run": {"queue": "train"},
-    "training.adapter_merge": {"queue": "infer"},
+    # infer answers chat only, so nothing slow (a merge, a webhook endpoint that hangs) can hold a chat up.
     "arena.chat_answer": {"queue": "infer"},
     "arena.chat_round": {"queue": "infer"},
-    # Webhook deliveries are short network calls: they share the light infer worker, never training's.
-    "webhooks.deliver": {"queue": "infer"},
+    # background: merged exports, webhook deliveries and the sweeps that re-queue lost ones.
+    "training.adapter_merge": {"queue": "background"},
+    "training.sweep_merges": {"queue": "background"},
+    "webhooks.deliver": {"queue": "background"},
+    "webhooks.sweep": {"queue": "background"},
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -160,6 +163,12 @@ JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120)
 # adapters included; a model that cannot fit alone is refused with a clear error.
 INFER_MEMORY_BUDGET_MB = env_int("INFER_MEMORY_BUDGET_MB", 8192)
 INFER_MAX_ADAPTERS_PER_BASE = env_int("INFER_MAX_ADAPTERS_PER_BASE", 0)  # 0: only the budget limits them
+# A merged export loads the whole base unquantized: refused with a job event past this many MB.
+MERGE_MEMORY_BUDGET_MB = env_int("MERGE_MEMORY_BUDGET_MB", INFER_MEMORY_BUDGET_MB)
+# A pending merge whose marker has not been touched (queued or heartbeat) for this long is re-queued by the sweep.
+MERGE_STALE_SECONDS = env_int("MERGE_STALE_SECONDS", 600)
+# One webhook attempt (connect, send, read the answer) ends after this many seconds in all.
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 15)
 DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM2-135M-Instruct")))
 
 REST_FRAMEWORK = {

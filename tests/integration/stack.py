@@ -65,6 +65,7 @@ class Stack:
                   "--without-mingle", "-l", "warning"]
         self._spawn("train", celery + ["-Q", "train", "-n", f"train-{self.port}@%h"])
         self._spawn("infer", celery + ["-Q", "infer", "-n", f"infer-{self.port}@%h"])
+        self._spawn("background", celery + ["-Q", "background", "-n", f"background-{self.port}@%h"])
         self._spawn("web", [str(BIN / "uvicorn"), "webapp.asgi:application", "--host", "127.0.0.1",
                             "--port", str(self.port), "--log-level", "warning", "--timeout-graceful-shutdown", "1"])
         self._wait_http()
@@ -92,7 +93,7 @@ class Stack:
 
     # --- crashes ------------------------------------------------------------------------------
     def process(self, name: str) -> subprocess.Popen:
-        """The newest process started for a role (redis, train, infer, web)."""
+        """The newest process started for a role (redis, train, infer, background, web)."""
         for role, proc in reversed(self.procs):
             if role == name:
                 return proc
