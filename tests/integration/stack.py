@@ -41,6 +41,7 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
         env.update(LORA_STUDIO_VAR=str(self.tmp / "var"), MEDIA_ROOT=str(self.tmp / "var" / "media"),
                    OMP_NUM_THREADS="1", TRAIN_THREADS="1", PYTHONUNBUFFERED="1", JOB_LEASE_SECONDS="30",
+                   WEBHOOK_TIMEOUT_SECONDS="8",
                    DJANGO_SETTINGS_MODULE="webapp.settings", LOG_LEVEL="WARNING")
         self.env = env
 
@@ -150,6 +151,13 @@ class Stack:
             except (requests.ConnectionError, requests.Timeout):
                 time.sleep(0.3)
         raise RuntimeError(f"web server did not start\n{self.logs()}")
+
+    def api_key(self, username="alice") -> str:
+        """A new Bearer key for the user, made the way the keys page makes one."""
+        out = self.manage("shell", "-c", "from accounts.services import api_key_create; "
+                          "from django.contrib.auth import get_user_model as g; "
+                          f"print(api_key_create(owner=g().objects.get(username={username!r}), name='tests')[1])")
+        return out.strip().splitlines()[-1]
 
     def session(self, username="alice", password=None) -> requests.Session:
         s = requests.Session()
