@@ -52,11 +52,15 @@ def webhook_post(url: str, body: bytes, headers: dict[str, str], *, deadline_s: 
     Redirects are not followed (http.client never does): a 3xx could point the signed event elsewhere.
     """
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError as exc:  # e.g. a port past 65535, which URL validation lets through
+        raise DeliveryFailed(f"bad URL: {exc}") from None
     if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=deadline_s,
+        conn = http.client.HTTPSConnection(parts.hostname, port, timeout=deadline_s,
                                            context=ssl.create_default_context())
     else:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=deadline_s)
+        conn = http.client.HTTPConnection(parts.hostname, port, timeout=deadline_s)
     expired = threading.Event()
     connected: list[socket.socket] = []  # http.client drops conn.sock once a closing answer has begun
 

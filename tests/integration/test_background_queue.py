@@ -7,6 +7,8 @@ import time
 import pytest
 import requests
 
+from tests.local_http import local_http_server
+
 pytestmark = pytest.mark.integration
 DEADLINE_S = 8  # the stack's WEBHOOK_TIMEOUT_SECONDS
 
@@ -39,12 +41,8 @@ class Trickling(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def trickling_endpoint():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickling)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook"
-    server.shutdown()
-    server.server_close()
+    with local_http_server(Trickling) as url:
+        yield url + "/hook"
 
 
 def chat(stack, headers) -> float:

@@ -10,6 +10,8 @@ from unittest import mock
 import pytest
 from django.utils import timezone
 
+from tests.local_http import local_http_server
+
 from webhooks.models import MAX_ATTEMPTS, Webhook, WebhookDelivery
 from webhooks.services import webhook_create, webhook_ping
 from webhooks.tasks import (ANSWER_MAX_BYTES, SWEEP_GRACE_S, DeliveryFailed, webhook_backoff, webhook_deliver,
@@ -71,12 +73,8 @@ class SlowEndpoint(http.server.BaseHTTPRequestHandler):
 def slow_endpoint():
     SlowEndpoint.sent = []
     SlowEndpoint.closed = threading.Event()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowEndpoint)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook"
-    server.shutdown()
-    server.server_close()
+    with local_http_server(SlowEndpoint) as url:
+        yield url + "/hook"
 
 
 @pytest.fixture

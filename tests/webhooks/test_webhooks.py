@@ -18,6 +18,7 @@ from user_datasets.services import dataset_create
 from webhooks.services import webhook_create
 from webhooks.tasks import DeliveryFailed, webhook_deliver
 from tests.factories import chat_jsonl
+from tests.local_http import local_http_server
 from worker.config import ConfigError, TrainConfig
 
 
@@ -168,18 +169,13 @@ class Redirecting(http.server.BaseHTTPRequestHandler):
 
 def test_a_redirect_is_a_failure_not_followed(user, job, django_capture_on_commit_callbacks):
     Redirecting.paths = []
-    server = http.server.HTTPServer(("127.0.0.1", 0), Redirecting)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        hook = webhook_create(owner=user, url=f"http://127.0.0.1:{server.server_port}/hook")
+    with local_http_server(Redirecting) as url:
+        hook = webhook_create(owner=user, url=f"{url}/hook")
         with mock.patch("webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
             job_mark(job_id=job.id, status=JobStatus.CANCELLED)
         delivery = WebhookDelivery.objects.get(webhook=hook)
         with pytest.raises(DeliveryFailed):
             webhook_deliver(str(delivery.id))
-    finally:
-        server.shutdown()
-        server.server_close()
     assert Redirecting.paths == ["/hook"]
     delivery.refresh_from_db()
     assert delivery.status_code == 302 and not delivery.delivered and delivery.last_error == "HTTP 302"
