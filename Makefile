@@ -5,7 +5,7 @@ PY := .venv/bin/python
 PORT ?= 8000
 STAMP := .venv/.installed
 # The embedded Redis runs only when REDIS_URL is unset.
-PROCESSES := web train infer $(if $(REDIS_URL),,redis)
+PROCESSES := web train infer background beat $(if $(REDIS_URL),,redis)
 
 .PHONY: run test install browser demo-model vendor clean compose-check
 

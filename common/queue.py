@@ -12,6 +12,9 @@ MERGE_ADAPTER = "training.adapter_merge"
 CHAT_ANSWER = "arena.chat_answer"
 CHAT_ROUND = "arena.chat_round"
 WEBHOOK_DELIVER = "webhooks.deliver"
+# Periodic sweeps (scheduled by Celery beat) that re-queue work whose message was lost.
+SWEEP_MERGES = "training.sweep_merges"
+SWEEP_WEBHOOKS = "webhooks.sweep"
 SWEEP_JOBS = "training.sweep_jobs"
 SWEEP_ANSWERS = "arena.sweep_answers"
 

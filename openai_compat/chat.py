@@ -17,6 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from accounts.auth import InvalidApiKey, bearer_key, throttle_wait
 from arena.live import chat_channel
 from arena.services import chat_completion_create
+from base_models.models import BaseModel
 from common import events
 from common.errors import OpenAIError, openai_error_body, openai_error_response
 from openai_compat.base import known_fields

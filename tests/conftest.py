@@ -124,8 +124,6 @@ def page_api(user):
 @pytest.fixture
 def real_redis(settings):
     """The machine's Redis (database 15, emptied) for live events, stop flags and dispatch markers."""
-    import redis
-
     from common import events
 
     settings.REDIS_URL = "redis://127.0.0.1:6379/15"

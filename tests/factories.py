@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rest_framework.test import APIClient
 
 
 def memorisable_conversations(n: int = 8) -> list[list[dict]]:

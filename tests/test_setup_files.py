@@ -9,11 +9,39 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_procfile_runs_web_both_workers_and_embedded_redis():
+def test_procfile_runs_web_the_three_workers_beat_and_embedded_redis():
     roles = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
-    assert set(roles) == {"web", "train", "infer", "redis"}
-    assert "-Q train" in roles["train"] and "-Q infer" in roles["infer"]
+    assert set(roles) == {"web", "train", "infer", "background", "beat", "redis"}
+    for role in ("train", "infer", "background"):
+        # One queue per worker: a slow merge or webhook never waits on chat or training.
+        assert f"-Q {role} " in roles[role] and f"-n {role}@%h" in roles[role]
+    for role in ("train", "infer"):
+        assert "-c 1 --pool solo" in roles[role]  # one job, one chat batch at a time
+    assert "--pool threads" in roles["background"], "a long merge must not hold up the sweeps"
+    assert "celery -A webapp beat" in roles["beat"] and "celerybeat-schedule" in roles["beat"]
     assert "webapp.embedded_redis" in roles["redis"] and "$PORT" in roles["web"]
+
+
+def test_make_run_starts_every_procfile_role():
+    makefile = (ROOT / "Makefile").read_text()
+    listed = makefile.split("PROCESSES :=", 1)[1].split("$(", 1)[0].split()
+    assert listed == ["web", "train", "infer", "background", "beat"]
+
+
+def test_each_kind_of_work_has_its_own_queue():
+    from django.conf import settings
+
+    from common import queue
+
+    routes = {name: route["queue"] for name, route in settings.CELERY_TASK_ROUTES.items()}
+    assert routes[queue.TRAIN_JOB] == "train"
+    assert {name for name, q in routes.items() if q == "infer"} == {queue.CHAT_ANSWER, queue.CHAT_ROUND}
+    assert {name for name, q in routes.items() if q == "background"} == {
+        queue.MERGE_ADAPTER, queue.WEBHOOK_DELIVER, queue.SWEEP_MERGES, queue.SWEEP_WEBHOOKS, queue.SWEEP_JOBS,
+        queue.SWEEP_ANSWERS}
+    # Celery beat runs every sweep, on the background queue.
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert scheduled == {queue.SWEEP_JOBS, queue.SWEEP_ANSWERS, queue.SWEEP_MERGES, queue.SWEEP_WEBHOOKS}
 
 
 def test_ci_runs_make_test():
@@ -37,6 +65,10 @@ def test_docker_compose_config_is_valid(docker_with_compose):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
-    assert {"web", "worker-train", "worker-infer", "postgres", "redis"} <= set(config["services"])
+    assert {"web", "worker-train", "worker-infer", "worker-background", "beat", "postgres", "redis"} <= set(
+        config["services"])
+    for role in ("train", "infer", "background"):
+        command = config["services"][f"worker-{role}"]["command"]
+        assert f"-Q {role} " in (command if isinstance(command, str) else " ".join(command)), role
     env = config["services"]["worker-train"]["environment"]
     assert env["DATABASE_URL"].startswith("postgres://") and env["REDIS_URL"].startswith("redis://")

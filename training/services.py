@@ -18,7 +18,7 @@ from common.exceptions import StateError
 from common.storage import media_relative
 from training import selectors
 from training.dispatch import dispatch_on_commit
-from training.files import MERGE_MARKER, job_evaluation, job_output_dir, merged_status
+from training.files import job_evaluation, job_output_dir, merge_state_write, merged_status
 from training.live import publish_job, publish_status
 from training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
 from training.signals import job_finished
@@ -229,7 +229,8 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
 
 
 def adapter_merge_request(*, job: FineTuneJob, by) -> str:
-    """Queue a merged-model export (merge_and_unload on the infer worker); returns the status."""
+    """Queue a merged-model export (merge_and_unload on the background worker); returns the status.
+    The marker it writes counts the attempts; the memory check happens on the worker, before loading."""
     if job.owner_id != by.id:
         raise JobStateError("not your job")
     if not job.has_adapter:
@@ -237,6 +238,6 @@ def adapter_merge_request(*, job: FineTuneJob, by) -> str:
     current = merged_status(job)
     if current != "none":
         return current
-    (job_output_dir(job) / MERGE_MARKER).touch()
+    merge_state_write(job, attempts=0, running=False)
     queue.enqueue(queue.MERGE_ADAPTER, str(job.id))
     return "pending"

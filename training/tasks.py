@@ -1,8 +1,10 @@
-"""Celery tasks of the train queue (and the merged export on the infer queue). They take ids,
+"""Celery tasks of the train queue (and the merged export and its sweep on the background queue). They take ids,
 re-read rows, and claim work with filter(...).update(...) == 1."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 
 from celery import shared_task
@@ -14,7 +16,9 @@ from common.storage import media_path
 from training import services
 from training.claims import Claim, expired_running_jobs, record_crash
 from training.dispatch import dispatch_job, is_dispatched, mark_claimed
-from training.files import MERGE_MARKER, job_output_dir, merged_zip_path
+from training.files import (MERGE_MAX_ATTEMPTS, job_output_dir, merge_marker_age, merge_marker_path,
+                            merge_marker_remove, merge_state_read, merge_state_write, merged_status,
+                            merged_zip_path, stale_merge_job_ids)
 from training.live import publish_status
 from training.models import FineTuneJob, JobStatus
 from training.reporting import DbReporter
@@ -26,6 +30,7 @@ from worker.reporting import WorkLost
 
 log = logging.getLogger(__name__)
 _shutting_down = threading.Event()  # set by a warm shutdown of this worker process
+_one_merge_at_a_time = threading.Lock()
 
 
 def build_train_spec(job: FineTuneJob) -> TrainSpec:
@@ -117,23 +122,122 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
     return result.status
 
 
-@shared_task(name=queue.MERGE_ADAPTER, acks_late=True)
+MIB = 2 ** 20
+
+
+def merge_memory_need(job: FineTuneJob) -> int:
+    """Bytes a merge holds at once: the base's weights unquantized in the dtype the merge loads them
+    at (fp32 on CPU, bf16 on CUDA), plus the adapter's."""
+    from worker.inference import estimate_adapter_bytes, estimate_base_bytes
+    from worker.modeling import choose_device
+
+    return (estimate_base_bytes(job.base_model.path, choose_device("auto").dtype)
+            + estimate_adapter_bytes(str(media_path(job.adapter.folder))))
+
+
+@contextlib.contextmanager
+def _heartbeat(path, every_s: float):
+    """Touch `path` every `every_s` seconds while the block runs, so the sweep can tell a live merge
+    from one whose worker died."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(every_s):
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return
+
+    thread = threading.Thread(target=beat, name="merge-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _merge_give_up(job: FineTuneJob, message: str) -> None:
+    merge_marker_remove(job)
+    services.job_event(job_id=job.id, kind="error", message=message)
+
+
+@shared_task(name=queue.MERGE_ADAPTER, acks_late=True, reject_on_worker_lost=True)
 def adapter_merge(job_id: str) -> str:
-    """Write the merged model (base + B A) as safetensors and zip it for download."""
-    job = FineTuneJob.objects.select_related("base_model", "adapter").get(id=job_id)
+    """Write the merged model (base + B A) as safetensors and zip it for download.
+
+    The `merge.pending` marker counts attempts: one is counted as a merge starts, so a message
+    redelivered after its worker died (killed for memory, say) counts too, and the merge gives up
+    after MERGE_MAX_ATTEMPTS. A merge whose base cannot fit MERGE_MEMORY_BUDGET_MB is refused before
+    loading anything. Either way the job's log says why and the marker goes, so it can be asked again."""
+    job = FineTuneJob.objects.select_related("base_model", "adapter").filter(id=job_id).first()
+    if job is None:
+        return "skipped"
+    state = merge_state_read(job)
+    if merged_status(job) == "ready":
+        merge_marker_remove(job)
+        return "ready"
+    if state is None:  # nothing pending: already given up or refused, or never asked for
+        return "skipped"
+    if state["running"] and merge_marker_age(job) < settings.MERGE_STALE_SECONDS:
+        return "in progress"  # a duplicate message while another worker's merge is alive
+    if state["attempts"] >= MERGE_MAX_ATTEMPTS:
+        _merge_give_up(job, f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
+                            "(the worker stopped each time, perhaps out of memory)")
+        return "failed"
     out = job_output_dir(job)
     try:
-        folder = merge_adapter(job.base_model.path, media_path(job.adapter.folder), out / "merged")
-        zip_folder(folder, merged_zip_path(job))
+        need = merge_memory_need(job)
+        budget = settings.MERGE_MEMORY_BUDGET_MB * MIB
+        if need > budget:
+            _merge_give_up(job, f"merged export refused: it needs about {need / MIB:,.1f} MB (the base's weights "
+                                f"unquantized and the adapter), more than MERGE_MEMORY_BUDGET_MB "
+                                f"({settings.MERGE_MEMORY_BUDGET_MB:,} MB)")
+            return "refused"
+        merge_state_write(job, attempts=state["attempts"] + 1, running=True)
+        # The background worker runs tasks in threads: merges still go one at a time (memory budget).
+        with _one_merge_at_a_time, _heartbeat(merge_marker_path(job),
+                                              every_s=max(1.0, min(30.0, settings.MERGE_STALE_SECONDS / 4))):
+            folder = merge_adapter(job.base_model.path, media_path(job.adapter.folder), out / "merged")
+            zip_folder(folder, merged_zip_path(job))
+        merge_marker_remove(job)
         note = "merged model ready" + (" (QLoRA adapter merged into the 16-bit base)" if job.config.get("qlora") else "")
         services.job_event(job_id=job.id, kind="export", message=note)
         return "ready"
     except Exception as exc:
         log.exception("merge of job %s failed", job_id)
-        services.job_event(job_id=job.id, kind="error", message=f"merged export failed ({type(exc).__name__}: {exc})")
+        _merge_give_up(job, f"merged export failed ({type(exc).__name__}: {exc})")
         return "failed"
-    finally:
-        (out / MERGE_MARKER).unlink(missing_ok=True)
+
+
+@shared_task(name=queue.SWEEP_MERGES, acks_late=True)
+def merge_sweep() -> int:
+    """Queue again the merged exports whose marker went stale (message lost, or worker died mid-merge);
+    returns how many. A lost message counts as an attempt (a merge that died counted its own as it
+    started); past MERGE_MAX_ATTEMPTS the merge gives up. Rewriting the marker stamps it fresh, so a
+    second sweep at once finds nothing to do."""
+    count = 0
+    for job_id in stale_merge_job_ids(settings.MERGE_STALE_SECONDS):
+        job = FineTuneJob.objects.filter(id=job_id).first()
+        if job is None:  # deleting a job deletes its folder: a marker outliving it is being removed now
+            continue
+        state = merge_state_read(job)
+        if state is None:
+            continue
+        if merged_status(job) == "ready":  # done, and the worker stopped before it cleared the marker
+            merge_marker_remove(job)
+            continue
+        attempts = state["attempts"] + (0 if state["running"] else 1)
+        if attempts >= MERGE_MAX_ATTEMPTS:
+            _merge_give_up(job, f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
+                                "(its work was lost each time: the worker stopped or the queue lost it)")
+            continue
+        merge_state_write(job, attempts=attempts, running=False)
+        queue.send(queue.MERGE_ADAPTER, str(job.id))
+        count += 1
+    if count:
+        log.info("re-queued %d stale merged export(s)", count)
+    return count
 
 
 @shared_task(name=queue.SWEEP_JOBS)

@@ -140,21 +140,27 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ROUTES = {  # by the fixed task names of common.queue
     "training.job_run": {"queue": "train"},
-    "training.adapter_merge": {"queue": "infer"},
+    # infer answers chat only, so nothing slow (a merge, a webhook endpoint that hangs) can hold a chat up.
     "arena.chat_answer": {"queue": "infer"},
     "arena.chat_round": {"queue": "infer"},
-    # Webhook deliveries are short network calls: they share the light infer worker, never training's.
-    "webhooks.deliver": {"queue": "infer"},
+    # background: merged exports, webhook deliveries and the sweeps that re-queue lost ones.
+    "training.adapter_merge": {"queue": "background"},
+    "training.sweep_merges": {"queue": "background"},
+    "webhooks.deliver": {"queue": "background"},
+    "webhooks.sweep": {"queue": "background"},
     # The sweeps must run while the train worker is dead or busy, and never wait behind chat.
     "training.sweep_jobs": {"queue": "background"},
     "arena.sweep_answers": {"queue": "background"},
 }
 SWEEP_SECONDS = env_int("SWEEP_SECONDS", 30)  # how often Celery beat runs the sweeps
-# The sweeps put stranded work back on track (see training.claims and training.dispatch); one beat
-# process schedules them, whatever the number of workers, and they are safe to run twice.
+# The sweeps put stranded work back on track (see training.claims, training.dispatch, the merge and
+# webhook sweeps); one beat process schedules them, whatever the number of workers, and each is safe
+# to run twice.
 CELERY_BEAT_SCHEDULE = {
     "sweep-jobs": {"task": "training.sweep_jobs", "schedule": SWEEP_SECONDS},
     "sweep-answers": {"task": "arena.sweep_answers", "schedule": SWEEP_SECONDS},
+    "sweep-merges": {"task": "training.sweep_merges", "schedule": SWEEP_SECONDS},
+    "sweep-webhooks": {"task": "webhooks.sweep", "schedule": SWEEP_SECONDS},
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -173,6 +179,12 @@ CHAT_STUCK_SECONDS = env_int("CHAT_STUCK_SECONDS", 600)  # a streaming answer ol
 # adapters included; a model that cannot fit alone is refused with a clear error.
 INFER_MEMORY_BUDGET_MB = env_int("INFER_MEMORY_BUDGET_MB", 8192)
 INFER_MAX_ADAPTERS_PER_BASE = env_int("INFER_MAX_ADAPTERS_PER_BASE", 0)  # 0: only the budget limits them
+# A merged export loads the whole base unquantized: refused with a job event past this many MB.
+MERGE_MEMORY_BUDGET_MB = env_int("MERGE_MEMORY_BUDGET_MB", INFER_MEMORY_BUDGET_MB)
+# A pending merge whose marker has not been touched (queued or heartbeat) for this long is re-queued by the sweep.
+MERGE_STALE_SECONDS = env_int("MERGE_STALE_SECONDS", 600)
+# One webhook attempt (connect, send, read the answer) ends after this many seconds in all.
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 15)
 DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM2-135M-Instruct")))
 
 REST_FRAMEWORK = {

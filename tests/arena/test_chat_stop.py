@@ -2,7 +2,6 @@
 question is not affected. The flag goes through a real Redis; the infer task runs in-process."""
 from unittest import mock
 
-import pytest
 
 from arena import live as chat_live
 from arena import services as chat_services

@@ -41,6 +41,7 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
         env.update(LORA_STUDIO_VAR=str(self.tmp / "var"), MEDIA_ROOT=str(self.tmp / "var" / "media"),
                    OMP_NUM_THREADS="1", TRAIN_THREADS="1", PYTHONUNBUFFERED="1", JOB_LEASE_SECONDS="30",
+                   WEBHOOK_TIMEOUT_SECONDS="8",
                    DJANGO_SETTINGS_MODULE="webapp.settings", LOG_LEVEL="WARNING")
         self.env = env
 
@@ -74,6 +75,8 @@ class Stack:
                   "--without-mingle", "-l", "warning"]
         self._spawn("train", celery + ["-Q", "train", "-n", f"train-{self.port}@%h"])
         self._spawn("infer", celery + ["-Q", "infer", "-n", f"infer-{self.port}@%h"])
+        threads = [a for a in celery if a not in ("-c", "1", "--pool", "solo")] + ["-c", "4", "--pool", "threads"]
+        self._spawn("background", threads + ["-Q", "background", "-n", f"background-{self.port}@%h"])
         self._spawn("beat", [str(BIN / "celery"), "-A", "webapp", "beat", "-l", "warning",
                              "-s", str(self.tmp / "var" / "celerybeat-schedule")])
         self._spawn("web", [str(BIN / "uvicorn"), "webapp.asgi:application", "--host", "127.0.0.1",
@@ -151,7 +154,7 @@ class Stack:
 
     # --- crashes ------------------------------------------------------------------------------
     def process(self, name: str) -> subprocess.Popen:
-        """The newest process started for a role (redis, train, infer, web)."""
+        """The newest process started for a role (redis, train, infer, background, web)."""
         for role, proc in reversed(self.procs):
             if role == name:
                 return proc
@@ -209,6 +212,13 @@ class Stack:
             except (requests.ConnectionError, requests.Timeout):
                 time.sleep(0.3)
         raise RuntimeError(f"web server did not start\n{self.logs()}")
+
+    def api_key(self, username="alice") -> str:
+        """A new Bearer key for the user, made the way the keys page makes one."""
+        out = self.manage("shell", "-c", "from accounts.services import api_key_create; "
+                          "from django.contrib.auth import get_user_model as g; "
+                          f"print(api_key_create(owner=g().objects.get(username={username!r}), name='tests')[1])")
+        return out.strip().splitlines()[-1]
 
     def session(self, username="alice", password=None) -> requests.Session:
         s = requests.Session()

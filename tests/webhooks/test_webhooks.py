@@ -18,6 +18,7 @@ from user_datasets.services import dataset_create
 from webhooks.services import webhook_create
 from webhooks.tasks import DeliveryFailed, webhook_deliver
 from tests.factories import chat_jsonl
+from tests.local_http import local_http_server
 from worker.config import ConfigError, TrainConfig
 
 
@@ -147,18 +148,37 @@ def test_delivery_is_signed_and_retried_until_the_receiver_accepts_it(user, job,
     assert webhook_deliver(str(delivery.id)) == "skipped"  # a delivered event is never sent twice
 
 
+class Redirecting(http.server.BaseHTTPRequestHandler):
+    """Answers 302 to /hook, pointing at /elsewhere, and records every path asked for."""
+
+    paths: list[str] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.paths.append(self.path)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(302 if self.path == "/hook" else 200)
+        self.send_header("Location", "/elsewhere")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
 def test_a_redirect_is_a_failure_not_followed(user, job, django_capture_on_commit_callbacks):
-    hook = webhook_create(owner=user, url="https://example.com/hook")
-    with mock.patch("webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
-        job_mark(job_id=job.id, status=JobStatus.CANCELLED)
-    delivery = WebhookDelivery.objects.get(webhook=hook)
-    answer = mock.Mock(status_code=302)
-    with mock.patch("webhooks.tasks.requests.post", return_value=answer) as post:
+    Redirecting.paths = []
+    with local_http_server(Redirecting) as url:
+        hook = webhook_create(owner=user, url=f"{url}/hook")
+        with mock.patch("webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
+            job_mark(job_id=job.id, status=JobStatus.CANCELLED)
+        delivery = WebhookDelivery.objects.get(webhook=hook)
         with pytest.raises(DeliveryFailed):
             webhook_deliver(str(delivery.id))
-    assert post.call_args.kwargs["allow_redirects"] is False and post.call_args.kwargs["timeout"] == 10
+    assert Redirecting.paths == ["/hook"]
     delivery.refresh_from_db()
-    assert delivery.status_code == 302 and not delivery.delivered
+    assert delivery.status_code == 302 and not delivery.delivered and delivery.last_error == "HTTP 302"
 
 
 def test_gives_up_after_five_attempts(user, job, django_capture_on_commit_callbacks):
@@ -172,7 +192,10 @@ def test_gives_up_after_five_attempts(user, job, django_capture_on_commit_callba
     assert webhook_deliver(str(delivery.id)) == "failed"
     delivery.refresh_from_db()
     assert delivery.attempts == 5 and not delivery.delivered and delivery.status_code is None
-    assert "ConnectionError" in delivery.last_error
+    assert "ConnectionRefusedError" in delivery.last_error
+    assert webhook_deliver(str(delivery.id)) == "failed"  # a late duplicate message never makes a sixth attempt
+    delivery.refresh_from_db()
+    assert delivery.attempts == 5
 
 
 def test_cancelling_a_queued_job_also_sends_the_event(user, job, django_capture_on_commit_callbacks):

@@ -27,9 +27,10 @@ verify_webhook = readme_verifier()
 
 def send(delivery_id) -> tuple[dict, bytes]:
     """Run the delivery task with the HTTP call captured; returns the headers and body it sent."""
-    with mock.patch("webhooks.tasks.requests.post", return_value=mock.Mock(status_code=204)) as post:
+    with mock.patch("webhooks.tasks.webhook_post", return_value=204) as post:
         assert webhook_deliver(str(delivery_id)) == "delivered"
-    return post.call_args.kwargs["headers"], post.call_args.kwargs["data"]
+    _url, body, headers = post.call_args.args
+    return headers, body
 
 
 def test_create_list_detail_delete_and_the_secret_is_shown_once(api, user):

@@ -1,0 +1,88 @@
+"""Each kind of work has its own queue: a webhook endpoint that trickles its answer holds only the
+background worker, for at most WEBHOOK_TIMEOUT_SECONDS, while chat on the infer worker answers at once."""
+import http.server
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.local_http import local_http_server
+
+pytestmark = pytest.mark.integration
+DEADLINE_S = 8  # the stack's WEBHOOK_TIMEOUT_SECONDS
+
+
+class Trickling(http.server.BaseHTTPRequestHandler):
+    """Reads the event, then sends its status line a byte a second, until the sender hangs up."""
+
+    connected = threading.Event()
+    hung_up = threading.Event()
+    times: dict[str, float] = {}
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.times["connected"] = time.monotonic()
+        self.connected.set()
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\n" * 20:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.times["hung_up"] = time.monotonic()
+        self.hung_up.set()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def trickling_endpoint():
+    with local_http_server(Trickling) as url:
+        yield url + "/hook"
+
+
+def chat(stack, headers) -> float:
+    """Ask the base model through /v1/chat/completions (the infer worker); returns the seconds it took."""
+    started = time.monotonic()
+    r = requests.post(f"{stack.url}/v1/chat/completions", headers=headers, timeout=30,
+                      json={"model": "tiny-llama", "messages": [{"role": "user", "content": "colour 2"}],
+                            "max_tokens": 4})
+    assert r.status_code == 200, (r.text[:500], stack.logs())
+    assert r.json()["choices"][0]["message"]["role"] == "assistant"
+    return time.monotonic() - started
+
+
+# One configuration is enough: what is checked is which worker runs what, not the database or broker.
+@pytest.mark.parametrize("stack", [("sqlite", "embedded")], indirect=True, ids=["sqlite+embedded-redis"])
+def test_a_hanging_webhook_endpoint_never_holds_up_chat(stack, trickling_endpoint):
+    headers = {"Authorization": f"Bearer {stack.api_key()}"}
+    chat(stack, headers)  # the infer worker loads the base once, before the clock matters
+
+    r = requests.post(f"{stack.url}/api/v1/webhooks/", json={"url": trickling_endpoint}, headers=headers, timeout=30)
+    assert r.status_code == 201, r.text
+    hook = r.json()["id"]
+    r = requests.post(f"{stack.url}/api/v1/webhooks/{hook}/test/", headers=headers, timeout=30)
+    assert r.status_code == 202, r.text
+    assert Trickling.connected.wait(30), stack.logs()
+
+    # The delivery is stuck on the background worker; chat still answers at once.
+    took = chat(stack, headers)
+    assert not Trickling.hung_up.is_set(), "chat was answered only after the delivery ended"
+    assert took < DEADLINE_S / 2, took
+
+    # The attempt ends at its deadline, however slowly the endpoint trickles, and waits to be retried.
+    assert Trickling.hung_up.wait(DEADLINE_S + 10), stack.logs()
+    assert Trickling.times["hung_up"] - Trickling.times["connected"] < DEADLINE_S + 2
+    deadline = time.monotonic() + 15
+    while True:
+        (delivery,) = requests.get(f"{stack.url}/api/v1/webhooks/{hook}/deliveries/", headers=headers,
+                                   timeout=30).json()["results"]
+        if delivery["last_error"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert (delivery["status"], delivery["attempts"], delivery["response_code"], delivery["last_error"]) == (
+        "pending", 1, None, f"no complete answer within {DEADLINE_S} s"), stack.logs()

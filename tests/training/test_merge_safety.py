@@ -1,0 +1,189 @@
+"""Merged exports are safe: attempts are counted in the `merge.pending` marker (a redelivery after the
+worker died counts) and the merge gives up after three; a merge that cannot fit the memory budget is
+refused before loading; the sweep re-queues stale ones, idempotently."""
+import json
+import os
+import time
+from unittest import mock
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from common.storage import media_path, media_relative
+from training import services as job_services
+from training import tasks as train_tasks
+from training.files import MERGE_MAX_ATTEMPTS, merge_marker_path, merged_status, merged_zip_path
+from training.models import Adapter, FineTuneJob, JobStatus
+from worker.config import TrainConfig
+from worker.inference import estimate_base_bytes
+
+
+class WorkerDied(BaseException):
+    """Stands in for a SIGKILL mid-merge: nothing in the task gets to clean up."""
+
+
+@pytest.fixture
+def job(user, dataset, base_model):
+    """A succeeded job with a small (fake) adapter on disk: enough to request, estimate and sweep merges."""
+    with mock.patch("training.tasks.job_run.delay"):
+        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+    folder = media_path(f"jobs/{job.id}/adapter")
+    folder.mkdir(parents=True)
+    save_file({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)},
+              str(folder / "adapter_model.safetensors"))
+    Adapter.objects.create(job=job, folder=media_relative(folder), zip_file="x.zip", size_bytes=1, sha256="0" * 64)
+    FineTuneJob.objects.filter(id=job.id).update(status=JobStatus.SUCCEEDED)
+    return FineTuneJob.objects.get(id=job.id)
+
+
+def request_merge(api, job):
+    with mock.patch("training.tasks.adapter_merge.delay") as delay:
+        response = api.post(f"/api/v1/jobs/{job.id}/merged/")
+    assert response.status_code == 202 and response.json()["status"] == "pending"
+    return delay
+
+
+def marker(job) -> dict:
+    return json.loads(merge_marker_path(job).read_text())
+
+
+def age(job, seconds: float) -> None:
+    past = time.time() - seconds
+    os.utime(merge_marker_path(job), (past, past))
+
+
+def events(job, kind="error") -> list[str]:
+    return list(job.events.filter(kind=kind).values_list("message", flat=True))
+
+
+def test_a_merge_too_big_for_the_budget_is_refused_before_loading(api, job, settings):
+    need = train_tasks.merge_memory_need(job)
+    settings.MERGE_MEMORY_BUDGET_MB = need // 2 ** 20  # the tiny base needs 0.5 MB: a budget of 0 MB
+    request_merge(api, job)
+    with mock.patch("training.tasks.merge_adapter") as merge:
+        assert train_tasks.adapter_merge(str(job.id)) == "refused"
+    merge.assert_not_called()
+    (message,) = events(job)
+    assert message == (f"merged export refused: it needs about {need / 2 ** 20:.1f} MB (the base's weights unquantized "
+                       f"and the adapter), more than MERGE_MEMORY_BUDGET_MB ({settings.MERGE_MEMORY_BUDGET_MB} MB)")
+    assert merged_status(job) == "none" and not merge_marker_path(job).exists()  # it can be asked again
+    assert api.get(f"/api/v1/jobs/{job.id}/merged/").status_code == 404
+    # A redelivered message finds nothing pending and does nothing.
+    assert train_tasks.adapter_merge(str(job.id)) == "skipped"
+
+
+def test_the_memory_estimate_is_the_base_unquantized_plus_the_adapter(job, tiny_llama, settings):
+    need = train_tasks.merge_memory_need(job)
+    base = estimate_base_bytes(str(tiny_llama), torch.float32)
+    assert need == base + 8 * 64 * 4 and base > 0
+    settings.MERGE_MEMORY_BUDGET_MB = need // 2 ** 20 + 1  # just fits: the merge goes ahead
+    job_services.adapter_merge_request(job=job, by=job.owner)
+
+    def fake_merge(base_path, adapter_dir, out_dir):
+        out_dir.mkdir(parents=True)
+        (out_dir / "model.safetensors").write_bytes(b"weights")
+        return out_dir
+
+    with mock.patch("training.tasks.merge_adapter", side_effect=fake_merge):
+        assert train_tasks.adapter_merge(str(job.id)) == "ready"
+    assert merged_zip_path(job).is_file() and not merge_marker_path(job).exists()
+    assert events(job, "export") == ["merged model ready"]
+
+
+def test_a_merge_whose_worker_keeps_dying_gives_up_after_three_attempts(api, job, settings):
+    request_merge(api, job)
+    assert marker(job) == {"attempts": 0, "running": False}
+    seen = []
+
+    def dies(*args):
+        seen.append(marker(job))
+        raise WorkerDied
+
+    with mock.patch("training.tasks.merge_adapter", side_effect=dies) as merge:
+        for attempt in range(1, MERGE_MAX_ATTEMPTS + 1):
+            with pytest.raises(WorkerDied):
+                train_tasks.adapter_merge(str(job.id))
+            assert marker(job) == {"attempts": attempt, "running": True}
+            # Redelivered while the marker is fresh, the message cannot tell a live merge from a
+            # dead one: it leaves it (and counts nothing) until the heartbeat is stale.
+            assert train_tasks.adapter_merge(str(job.id)) == "in progress"
+            assert marker(job)["attempts"] == attempt
+            age(job, settings.MERGE_STALE_SECONDS + 1)  # the dead worker's heartbeat stopped
+        assert train_tasks.adapter_merge(str(job.id)) == "failed"
+    assert merge.call_count == MERGE_MAX_ATTEMPTS
+    assert seen == [{"attempts": n, "running": True} for n in range(1, MERGE_MAX_ATTEMPTS + 1)]
+    assert events(job) == [f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
+                           "(the worker stopped each time, perhaps out of memory)"]
+    assert merged_status(job) == "none"
+    # Asked again later, it starts over with fresh attempts.
+    request_merge(api, job)
+    assert marker(job) == {"attempts": 0, "running": False}
+
+
+def test_a_merge_that_fails_says_why_and_clears_the_marker(api, job):
+    request_merge(api, job)
+    with mock.patch("training.tasks.merge_adapter", side_effect=OSError("disk full")):
+        assert train_tasks.adapter_merge(str(job.id)) == "failed"
+    assert events(job) == ["merged export failed (OSError: disk full)"] and merged_status(job) == "none"
+
+
+def test_the_heartbeat_keeps_a_long_merge_fresh(api, job, settings):
+    settings.MERGE_STALE_SECONDS = 4  # heartbeat every second
+    request_merge(api, job)
+
+    def slow_merge(base_path, adapter_dir, out_dir):
+        age(job, 100)
+        time.sleep(1.6)
+        assert time.time() - merge_marker_path(job).stat().st_mtime < 1.5  # touched since
+        assert train_tasks.merge_sweep() == 0  # alive: the sweep leaves it alone
+        raise OSError("stop here")
+
+    with mock.patch("training.tasks.merge_adapter", side_effect=slow_merge):
+        assert train_tasks.adapter_merge(str(job.id)) == "failed"
+    assert events(job) == ["merged export failed (OSError: stop here)"]
+
+
+# --- the sweep ----------------------------------------------------------------------------------------
+
+def test_the_sweep_requeues_stale_merges_once_and_gives_up_after_three(api, job, settings):
+    stale = settings.MERGE_STALE_SECONDS + 1
+    request_merge(api, job)
+    with mock.patch("training.tasks.adapter_merge.delay") as delay:
+        assert train_tasks.merge_sweep() == 0  # freshly queued: its message is on its way
+        age(job, stale)  # ... but it was lost
+        assert train_tasks.merge_sweep() == 1
+        delay.assert_called_once_with(str(job.id))
+        assert marker(job) == {"attempts": 1, "running": False}  # the lost message counted
+        assert train_tasks.merge_sweep() == 0  # a second sweep at once does nothing
+        assert delay.call_count == 1
+
+        # A worker that died mid-merge counted its attempt when it started: the sweep adds none.
+        merge_marker_path(job).write_text(json.dumps({"attempts": 1, "running": True}))
+        age(job, stale)
+        assert train_tasks.merge_sweep() == 1 and marker(job) == {"attempts": 1, "running": False}
+
+        merge_marker_path(job).write_text(json.dumps({"attempts": 2, "running": True}))
+        age(job, stale)
+        assert train_tasks.merge_sweep() == 1
+        age(job, stale)  # lost once more: the third attempt
+        assert train_tasks.merge_sweep() == 0
+        assert delay.call_count == 3
+    assert not merge_marker_path(job).exists() and merged_status(job) == "none"
+    assert events(job) == [f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
+                           "(its work was lost each time: the worker stopped or the queue lost it)"]
+
+
+def test_the_sweep_clears_the_marker_of_a_finished_merge_and_ignores_old_empty_markers(api, job, settings):
+    request_merge(api, job)
+    merged_zip_path(job).write_bytes(b"zip")
+    age(job, settings.MERGE_STALE_SECONDS + 1)
+    with mock.patch("training.tasks.adapter_merge.delay") as delay:
+        assert train_tasks.merge_sweep() == 0
+        assert not merge_marker_path(job).exists() and merged_status(job) == "ready"
+        # A marker from before markers held JSON (an empty file) reads as queued, no attempt made.
+        merged_zip_path(job).unlink()
+        merge_marker_path(job).touch()
+        age(job, settings.MERGE_STALE_SECONDS + 1)
+        assert train_tasks.merge_sweep() == 1 and marker(job) == {"attempts": 1, "running": False}
+    assert delay.call_count == 1
