@@ -25,5 +25,6 @@ def failpoint(name: str) -> None:
     _fired.add(name)
     folder = Path(os.environ.get("LORA_STUDIO_FAILPOINT_DIR", "."))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(str(os.getpid()))
+    (folder / f".{name}").write_text(str(os.getpid()))
+    os.replace(folder / f".{name}", folder / name)  # a test sees the file only once it holds the pid
     time.sleep(seconds)

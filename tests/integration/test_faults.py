@@ -32,13 +32,16 @@ class FaultStack(Stack):
             self.kill("train")
         self.respawn("train")
 
-    def wait_failpoint(self, name: str, limit_s: float = 120) -> None:
+    def wait_failpoint(self, name: str, limit_s: float = 120) -> int:
+        """Wait until a worker holds at failpoint `name`; its pid."""
         marker = Path(self.env["LORA_STUDIO_FAILPOINT_DIR"]) / name
         deadline = time.monotonic() + limit_s
         while not marker.exists():
             assert time.monotonic() < deadline, f"the worker never reached {name}\n{self.logs()}"
             time.sleep(0.05)
+        pid = int(marker.read_text())
         marker.unlink()
+        return pid
 
 
 def fault_stack(tmp: Path, model_dir: Path, **kw) -> FaultStack:
@@ -189,12 +192,12 @@ def test_two_train_workers_and_a_lease_shorter_than_setup(pg_run):
     stack.spawn_like("train", "train2")
     try:
         job_id = pg_run.submit()
-        stack.wait_failpoint("setup")
+        holder = stack.wait_failpoint("setup")
         stack.manage("shell", "-c", f"from common import queue; queue.send(queue.TRAIN_JOB, '{job_id}')")
         job = pg_run.check(job_id, reference=pg_run.reference_id)
         assert job["attempts"] == 1 and stack.job_field(job_id, "crashes") == []
         # The run that claimed it trained it to the end: the other worker never took it over.
-        assert stack.job_field(job_id, "worker").endswith(f":{stack.process('train').pid}")
+        assert stack.job_field(job_id, "worker").endswith(f":{holder}")
     finally:
         stack.kill("train2")
         stack.env["LORA_STUDIO_FAILPOINTS"] = ""
