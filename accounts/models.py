@@ -22,3 +22,20 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name or 'key'} ({self.prefix}...)"
+
+
+class Quota(models.Model):
+    """One user's limits where they differ from the installation's defaults (settings QUOTA_*);
+    an empty field means the default. Set in the admin."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="quota")
+    active_jobs = models.PositiveIntegerField(null=True, blank=True, help_text="queued + running + paused jobs")
+    running_jobs = models.PositiveIntegerField(null=True, blank=True, help_text="jobs training at once")
+    compute_seconds_per_day = models.PositiveIntegerField(null=True, blank=True,
+                                                          help_text="training time per UTC day, in seconds")
+    storage_bytes = models.BigIntegerField(null=True, blank=True, help_text="datasets + adapters + merged exports")
+    api_keys = models.PositiveIntegerField(null=True, blank=True, help_text="live (unrevoked) API keys")
+    webhooks = models.PositiveIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"quota of {self.user}"

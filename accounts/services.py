@@ -6,6 +6,7 @@ import secrets
 
 from django.db import transaction
 
+from accounts.limits import check_limit
 from accounts.models import ApiKey
 from common.exceptions import ProductError
 
@@ -25,6 +26,7 @@ def api_key_hash(raw_key: str) -> str:
 
 def api_key_create(*, owner, name: str = "") -> tuple[ApiKey, str]:
     """A new key for owner; returns the row and the raw key, which is never stored."""
+    check_limit(owner, "api_keys", used=ApiKey.objects.filter(owner=owner, revoked=False).count())
     raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
         key = ApiKey.objects.create(owner=owner, name=name.strip()[:100], prefix=raw_key[:8],

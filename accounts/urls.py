@@ -7,6 +7,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(template_name="accounts/login.html"), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/signup/", views.signup, name="signup"),
+    path("account/usage/", views.usage, name="usage"),
     path("account/keys/", views.key_list, name="key-list"),
     path("account/keys/<int:key_id>/revoke/", views.key_revoke, name="key-revoke"),
 ]

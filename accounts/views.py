@@ -9,6 +9,7 @@ from django.views.decorators.http import require_POST
 
 from accounts import selectors
 from accounts.forms import SignupForm
+from accounts.limits import QuotaExceeded, usage_of
 from accounts.services import api_key_create, api_key_revoke
 
 
@@ -36,7 +37,11 @@ def key_list(request):
     if len(name) > 100:
         messages.error(request, "The name must be at most 100 characters.")
         return _keys_page(request, status=400)
-    _, raw = api_key_create(owner=request.user, name=name)
+    try:
+        _, raw = api_key_create(owner=request.user, name=name)
+    except QuotaExceeded as exc:
+        messages.error(request, exc.message)
+        return _keys_page(request, status=429)
     response = _keys_page(request, new_key=raw, status=201)
     response["Cache-Control"] = "no-store"
     return response
@@ -49,3 +54,9 @@ def key_revoke(request, key_id):
     api_key_revoke(key=key, by=request.user)
     messages.success(request, f"Revoked {key.name or 'the key'} ({key.prefix}...).")
     return redirect("key-list")
+
+
+@login_required
+def usage(request):
+    """The user's figures against their limits."""
+    return render(request, "accounts/usage.html", {"rows": usage_of(request.user)})

@@ -16,6 +16,8 @@ WEBHOOK_DELIVER = "webhooks.deliver"
 SWEEP_MERGES = "training.sweep_merges"
 SWEEP_WEBHOOKS = "webhooks.sweep"
 SWEEP_JOBS = "training.sweep_jobs"
+EXPIRE_FILES = "training.expire_files"
+EXPIRE_UPLOADS = "user_datasets.expire_uploads"
 SWEEP_ANSWERS = "arena.sweep_answers"
 
 

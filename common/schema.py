@@ -63,7 +63,9 @@ _REST_ERRORS = {
     409: OpenApiResponse(ErrorSerializer, description="the object is in a state that forbids this"),
     422: OpenApiResponse(OpenApiTypes.OBJECT, description="the columns need a mapping: `error` has field, "
                                                           "message, columns, upload_token and filename"),
-    429: OpenApiResponse(DetailErrorSerializer, description="too many requests for this API key"),
+    429: OpenApiResponse(OpenApiTypes.OBJECT, description="too many requests for this API key (`detail`), or a "
+                                                          "per-user limit reached (`error` with field `quota`, "
+                                                          "limit, used and allowed)"),
 }
 
 

@@ -7,6 +7,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
 from accounts.auth import api_key_from_header
+from accounts.limits import QuotaExceeded
 from common.errors import OpenAIError
 from common.exceptions import ProductError
 from training.services import JobStateError
@@ -47,6 +48,8 @@ def as_openai_error(exc, request=None) -> OpenAIError | None:
     if isinstance(exc, JobStateError):
         # OpenAI answers a request the job's state forbids (cancel a finished job) with a 400.
         return OpenAIError(str(exc), code="invalid_state", status=400)
+    if isinstance(exc, QuotaExceeded):
+        return OpenAIError(exc.message, param=exc.limit, code="quota_exceeded", status=429, type_="requests")
     if isinstance(exc, ProductError):
         return OpenAIError(exc.message, param=exc.field, status=exc.status)
     if isinstance(exc, Http404):

@@ -2,6 +2,7 @@
 input/output serializers over the training services."""
 from __future__ import annotations
 
+from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -207,6 +208,13 @@ class JobMergedApi(APIView):
     @extend_schema(responses={**ZIP_FILE, **error_responses(404)})
     def get(self, request, job_id):
         return merged_download(selectors.job_get(owner=request.user, job_id=job_id))
+
+    @extend_schema(responses={204: None, **error_responses(404, 409)})
+    def delete(self, request, job_id):
+        """Delete the merged model to free storage (it can be exported again from the adapter)."""
+        if not services.merged_export_delete(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user):
+            raise Http404("no merged model to delete")
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class EstimateOutput(serializers.Serializer):

@@ -14,14 +14,16 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from typing import Callable, TypeVar
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F, QuerySet
+from django.db.models import DateTimeField, ExpressionWrapper, F, Max, QuerySet
 from django.db.models.functions import Coalesce, Greatest, Now
 
+from accounts.limits import user_limits
 from training.models import FineTuneJob, JobStatus
 from worker.reporting import WorkLost
 
@@ -63,13 +65,22 @@ class Claim:
         token = uuid.uuid4().hex
         taken = FineTuneJob.objects.filter(id=job_id, status=JobStatus.QUEUED).update(
             status=JobStatus.RUNNING, claim=token, worker=f"{socket.gethostname()}:{os.getpid()}"[:200],
-            lease_until=lease_from_now(lease_seconds), started=Coalesce(F("started"), Now()),
+            lease_until=lease_from_now(lease_seconds), started=Coalesce(F("started"), Now()), run_started=Now(),
             attempts=Greatest(F("attempts"), 1))
         return cls(job_id, token, lease_seconds) if taken == 1 else None
 
     def retry(self, write: Callable[[], T]) -> T:
         """`write` through a dropped database connection, for up to half the lease."""
         return with_db_retry(write, seconds=self.lease_seconds / 2)
+
+    @classmethod
+    def take_fairest(cls, preferred_job_id=None) -> Claim | None:
+        """Claim the queued job whose turn it is (see `fair_order`); the message's own job wins a tie."""
+        for job_id in fair_order(preferred_job_id):
+            claim = cls.take(job_id)
+            if claim is not None:
+                return claim
+        return None
 
     def rows(self) -> QuerySet[FineTuneJob]:
         """The job row, as long as this run still owns it."""
@@ -113,6 +124,26 @@ class Claim:
         finally:
             done.set()
             thread.join(timeout=5)
+
+
+def fair_order(preferred_job_id=None) -> list:
+    """Queued jobs in the order they should start, fair across users: the owner with the fewest running
+    jobs first, then the one whose last run began longest ago (never first); an owner at their
+    running-jobs limit waits. Within one owner, the oldest first; the preferred job (the message's) only
+    breaks a tie of equal creation times."""
+    queued = list(FineTuneJob.objects.filter(status=JobStatus.QUEUED).select_related("owner")
+                  .order_by("created").only("id", "owner", "created"))
+    owners = {job.owner_id: job.owner for job in queued}
+    running = Counter(FineTuneJob.objects.filter(status=JobStatus.RUNNING, owner_id__in=owners)
+                      .values_list("owner_id", flat=True))
+    last_run = dict(FineTuneJob.objects.filter(owner_id__in=owners, run_started__isnull=False).values("owner_id")
+                    .annotate(last=Max("run_started")).values_list("owner_id", "last"))
+    allowed = {owner_id: user_limits(owner).running_jobs for owner_id, owner in owners.items()}
+    oldest = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    eligible = [job for job in queued if running[job.owner_id] < allowed[job.owner_id]]
+    eligible.sort(key=lambda job: (running[job.owner_id], last_run.get(job.owner_id) or oldest, job.created,
+                                   str(job.id) != str(preferred_job_id)))
+    return [job.id for job in eligible]
 
 
 def expired_running_jobs() -> QuerySet[FineTuneJob]:

@@ -43,6 +43,8 @@ class FineTuneJob(models.Model):
     claim = models.CharField(max_length=32, blank=True, db_index=True,
                              help_text="the token of the worker run that owns the job; its writes are fenced by it")
     lease_until = models.DateTimeField(null=True, blank=True, help_text="on the database's clock")
+    run_started = models.DateTimeField(null=True, blank=True, help_text="when the current (or last) run began")
+    run_seconds = models.FloatField(default=0, help_text="training time of every run so far")
     crashes = models.JSONField(default=list, blank=True, help_text="when a worker died holding the job (ISO times)")
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)

@@ -1,9 +1,13 @@
 """What training does when other domains signal (connected in TrainingConfig.ready)."""
 from __future__ import annotations
 
+from django.db.models import Sum
 from django.dispatch import receiver
 
-from training.models import TERMINAL_STATUSES
+from accounts.limits import usage_reported
+from training import selectors
+from training.files import merged_zip_path
+from training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobStatus
 from user_datasets.services import DatasetInUse
 from user_datasets.signals import dataset_deleting
 
@@ -15,3 +19,14 @@ def refuse_dataset_in_use(sender, dataset, **kwargs):
     if active:
         names = ", ".join(name or str(job_id)[:8] for name, job_id in active)
         raise DatasetInUse(f"{dataset.name} is used by unfinished job(s): {names}. Cancel them or wait until they end.")
+
+
+@receiver(usage_reported, dispatch_uid="training-usage")
+def report_usage(sender, user, **kwargs):
+    """The user's jobs and the files they keep: adapters and merged exports."""
+    adapters = Adapter.objects.filter(job__owner=user).aggregate(total=Sum("size_bytes"))["total"] or 0
+    merged = sum(merged_zip_path(job).stat().st_size for job in FineTuneJob.objects.filter(
+        owner=user, status=JobStatus.SUCCEEDED) if merged_zip_path(job).is_file())
+    return {"storage_bytes": adapters + merged, "active_jobs": selectors.active_job_count(owner=user),
+            "running_jobs": FineTuneJob.objects.filter(owner=user, status=JobStatus.RUNNING).count(),
+            "compute_seconds_per_day": int(selectors.compute_seconds_today(owner=user))}

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from django.db.models import Sum
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 
 from base_models.models import BaseModel
 from common.ids import is_uuid
 from training.models import Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
 
 
 def job_list(*, owner, status: str | None = None) -> QuerySet[FineTuneJob]:
@@ -40,6 +44,22 @@ def measured_tokens_per_s(*, owner, base_model: BaseModel, qlora: bool, limit: i
         job__owner=owner, job__base_model=base_model, job__status=JobStatus.SUCCEEDED, job__config__qlora=qlora,
         tokens_per_s__isnull=False).order_by("-id").values_list("tokens_per_s", flat=True)[:limit])
     return measured[len(measured) // 2] if measured else None
+
+
+def compute_seconds_today(*, owner) -> float:
+    """Training time of the owner's jobs that ran today (UTC), the running ones up to now."""
+    now = timezone.now()
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    ran = FineTuneJob.objects.filter(owner=owner, run_started__gte=day_start)
+    done = ran.exclude(status=JobStatus.RUNNING).aggregate(total=Sum("run_seconds"))["total"] or 0.0
+    live = sum(job.run_seconds + (now - job.run_started).total_seconds()
+               for job in ran.filter(status=JobStatus.RUNNING).only("run_seconds", "run_started"))
+    return done + live
+
+
+def active_job_count(*, owner) -> int:
+    """Jobs that hold a place: queued, running or paused."""
+    return FineTuneJob.objects.filter(owner=owner, status__in=ACTIVE_STATUSES).count()
 
 
 def adapter_list(*, owner) -> QuerySet[Adapter]:

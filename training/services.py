@@ -12,13 +12,14 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.limits import check_limit, storage_used
 from base_models.models import BaseModel
 from common import queue
 from common.exceptions import StateError
 from common.storage import media_relative
 from training import selectors
 from training.dispatch import dispatch_on_commit
-from training.files import job_evaluation, job_output_dir, merge_state_write, merged_status
+from training.files import job_evaluation, job_output_dir, merge_state_write, merged_status, merged_zip_path
 from training.live import publish_job, publish_status
 from training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
 from training.signals import job_finished
@@ -87,11 +88,20 @@ def job_estimate(*, owner, dataset: Dataset, base_model: BaseModel, config: Trai
                     device=settings.TRAIN_DEVICE, tokens_per_s=tokens_per_s, memory_limit_mb=limit)
 
 
+def job_check_quotas(*, owner, new_job: bool = True) -> None:
+    """QuotaExceeded if the owner may not start (or queue) more training now."""
+    if new_job:
+        check_limit(owner, "active_jobs", used=selectors.active_job_count(owner=owner))
+    check_limit(owner, "compute_seconds_per_day", used=int(selectors.compute_seconds_today(owner=owner)))
+    check_limit(owner, "storage_bytes", used=storage_used(owner), adding=0)
+
+
 def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig, name: str = "",
                validation: dict | None = None) -> FineTuneJob:
     """Save a queued job (with its data snapshot) and hand it to the train queue on commit."""
     if dataset.owner_id != owner.id:
         raise ConfigError("dataset", "unknown dataset")
+    job_check_quotas(owner=owner)
     job_validate_config(base_model=base_model, config=config)
     with transaction.atomic():
         job = FineTuneJob.objects.create(owner=owner, dataset=dataset, base_model=base_model,
@@ -150,6 +160,7 @@ def job_resume(*, job: FineTuneJob, by) -> FineTuneJob:
     """Queue a paused job again; the engine continues from its newest checkpoint."""
     if job.owner_id != by.id:
         raise JobStateError("not your job")
+    job_check_quotas(owner=by, new_job=False)
     with transaction.atomic():
         if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.PAUSED).update(
                 status=JobStatus.QUEUED, stop_requested=""):
@@ -169,6 +180,7 @@ def job_retry(*, job: FineTuneJob, by, config: TrainConfig | None = None) -> Fin
         raise JobStateError(f"a {job.status} job cannot be retried; only a failed or cancelled one")
     config = config or TrainConfig.from_dict(job.config)
     job_validate_config(base_model=job.base_model, config=config)
+    job_check_quotas(owner=by)
     with transaction.atomic():
         new = FineTuneJob.objects.create(
             owner=job.owner, dataset=job.dataset, base_model=job.base_model, config=config.to_dict(),
@@ -241,3 +253,18 @@ def adapter_merge_request(*, job: FineTuneJob, by) -> str:
     merge_state_write(job, attempts=0, running=False)
     queue.enqueue(queue.MERGE_ADAPTER, str(job.id))
     return "pending"
+
+
+def merged_export_delete(*, job: FineTuneJob, by) -> bool:
+    """Delete the job's merged model (zip and folder) to free storage; False if there was none."""
+    if job.owner_id != by.id:
+        raise JobStateError("not your job")
+    if merged_status(job) == "pending":
+        raise JobStateError("the merged model is still being made; delete it once it is ready")
+    zip_path = merged_zip_path(job)
+    existed = zip_path.is_file()
+    zip_path.unlink(missing_ok=True)
+    shutil.rmtree(job_output_dir(job) / "merged", ignore_errors=True)
+    if existed:
+        job_event(job_id=job.id, kind="export", message="merged model deleted")
+    return existed

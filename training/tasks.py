@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import threading
 
 from celery import shared_task
@@ -50,12 +51,13 @@ def build_train_spec(job: FineTuneJob) -> TrainSpec:
 def job_run(job_id: str) -> str:
     """Train one job on this worker: claim it, keep the lease alive, fence every write by the claim.
     Stops cooperatively through the job row's stop_requested flag, or when this worker shuts down."""
-    claim = Claim.take(job_id)
+    # Each message is a turn of the train queue: it starts whichever queued job is next in fairness.
+    claim = Claim.take_fairest(preferred_job_id=job_id)
     if claim is None:
-        log.info("job %s not claimable (already taken or finished)", job_id)
+        log.info("no job to start for the message of %s (taken, finished, or its owner is at a limit)", job_id)
         return "skipped"
-    mark_claimed(job_id)
-    job = FineTuneJob.objects.select_related("base_model", "dataset").get(id=job_id)
+    mark_claimed(claim.job_id)
+    job = FineTuneJob.objects.select_related("base_model", "dataset").get(id=claim.job_id)
     publish_status(job)
     if settings.TRAIN_THREADS:
         import torch
@@ -69,26 +71,46 @@ def job_run(job_id: str) -> str:
         return "lost"
 
 
-def _should_stop(claim: Claim):
-    """The engine's stop check: the user's cancel or pause, a pause for this worker's shutdown, or
-    WorkLost when the claim is gone."""
+class RunClock:
+    """How long this run (and the job's earlier runs) trained, against JOB_MAX_RUN_SECONDS."""
+
+    def __init__(self, earlier_seconds: float):
+        self.started, self.earlier = time.monotonic(), earlier_seconds
+        self.timed_out = False
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def over_limit(self) -> bool:
+        return self.earlier + self.elapsed() > settings.JOB_MAX_RUN_SECONDS
+
+
+def _should_stop(claim: Claim, clock: RunClock):
+    """The engine's stop check: the user's cancel or pause, the run-time limit, a pause for this
+    worker's shutdown, or WorkLost when the claim is gone."""
     def should_stop():
         if claim.lost.is_set():
             raise WorkLost(f"job {claim.job_id} is no longer claimed by this worker")
         request = claim.retry(lambda: claim.rows().values_list("stop_requested", flat=True).first())
         if request is None:
             claim.check()  # raises WorkLost
+        if not request and clock.over_limit():
+            clock.timed_out = True
+            return "cancel"
         return request or ("pause" if _shutting_down.is_set() else None)
 
     return should_stop
 
 
 def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
+    clock = RunClock(job.run_seconds)
+
     def mark(**fields):
-        claim.retry(lambda: services.job_mark(job_id=job.id, claim=claim.token, **fields))
+        run_seconds = job.run_seconds + clock.elapsed()
+        claim.retry(lambda: services.job_mark(job_id=job.id, claim=claim.token, run_seconds=run_seconds, **fields))
 
     try:
-        result = train(build_train_spec(job), DbReporter(claim), _should_stop(claim))
+        result = train(build_train_spec(job), DbReporter(claim), _should_stop(claim, clock))
     except TrainingError as exc:
         mark(status=JobStatus.FAILED, error=str(exc), error_code=exc.code)
         return "failed"
@@ -117,6 +139,12 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
         return "requeued"
     elif result.status == "paused":
         mark(status=JobStatus.PAUSED)
+    elif clock.timed_out:
+        limit = settings.JOB_MAX_RUN_SECONDS
+        mark(status=JobStatus.FAILED, error_code="time_limit",
+             error=f"stopped at step {result.steps_done}: a job may train for {limit:,} s in all "
+                   f"(setting JOB_MAX_RUN_SECONDS); its last checkpoint is kept, retry with fewer steps")
+        return "failed"
     else:
         mark(status=JobStatus.CANCELLED)
     return result.status
@@ -274,3 +302,16 @@ def _on_worker_ready(sender, **kwargs):
 def _on_worker_shutting_down(sender=None, **kwargs):
     """A warm shutdown (Ctrl-C of `make run`, SIGTERM): the running job pauses at a checkpoint."""
     _shutting_down.set()
+
+
+@shared_task(name=queue.EXPIRE_FILES)
+def expire_files() -> dict[str, int]:
+    """Delete merged models older than MERGED_EXPORT_DAYS (they can be made again from the adapter)."""
+    cutoff = time.time() - settings.MERGED_EXPORT_DAYS * 86400
+    deleted = 0
+    for job in FineTuneJob.objects.filter(status=JobStatus.SUCCEEDED).only("id", "owner_id"):
+        path = merged_zip_path(job)
+        if path.is_file() and path.stat().st_mtime < cutoff and merged_status(job) == "ready":
+            services.merged_export_delete(job=job, by=job.owner)
+            deleted += 1
+    return {"merged_exports": deleted}

@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.auth import request_user
+from accounts.limits import QuotaExceeded
 from common import events
 from common.ids import is_uuid
 from training import selectors, services
@@ -49,6 +50,9 @@ def job_new(request):
                                           name=form.cleaned_data["name"], validation=form.validation)
             except ConfigError as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            except QuotaExceeded as exc:
+                form.add_error(None, exc.message)
+                return render(request, "training/job_new.html", {"form": form}, status=429)
             else:
                 return redirect("job-detail", job_id=job.id)
         return render(request, "training/job_new.html", {"form": form}, status=400)
@@ -138,7 +142,7 @@ def job_action(request, job_id, action):
         kwargs["config"] = TrainConfig.from_dict({**job.config, **_oom_suggestion(job)})
     try:
         result = act(job=job, by=request.user, **kwargs)
-    except (services.JobStateError, ConfigError) as exc:
+    except (services.JobStateError, ConfigError, QuotaExceeded) as exc:
         messages.error(request, str(exc))
         return redirect("job-detail", job_id=job.id)
     messages.info(request, note)
@@ -156,6 +160,14 @@ def job_merged(request, job_id):
     job = selectors.job_get(owner=request.user, job_id=job_id)
     if request.method != "POST":
         return merged_download(job)
+    if request.POST.get("delete"):
+        try:
+            services.merged_export_delete(job=job, by=request.user)
+        except services.JobStateError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.info(request, "Deleted the merged model; the adapter stays.")
+        return redirect("job-detail", job_id=job.id)
     try:
         state = services.adapter_merge_request(job=job, by=request.user)
     except services.JobStateError as exc:

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.files import File
 from django.db import transaction
 
+from accounts.limits import check_limit, storage_used
 from common.exceptions import ProductError, StateError
 from common.storage import media_path, media_relative
 from user_datasets.models import Dataset
@@ -98,6 +99,7 @@ def dataset_create(*, owner, upload, name: str = "", mapping: dict | None = None
     no schema matches: the file then waits, under an opaque token, for `dataset_create_mapped`.
     """
     filename = Path(getattr(upload, "name", "") or "upload.jsonl").name
+    check_limit(owner, "storage_bytes", used=storage_used(owner), adding=getattr(upload, "size", 0) or 0)
     format_for_filename(filename)  # refuses an extension the loader does not read, before storing a byte
     suffix = Path(filename).suffix.lower()
     folder = media_path("datasets")

@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from accounts.limits import QuotaExceeded
 from base_models.selectors import base_model_find, base_model_list
 from common.responses import file_download
 from common.storage import media_path
@@ -38,6 +39,9 @@ def dataset_list(request):
                                      drop_duplicates=form.cleaned_data["drop_duplicates"])
     except DatasetError as exc:
         return _dataset_page(request, form=form, problems=exc.messages(), total=exc.total, status=400)
+    except QuotaExceeded as exc:
+        messages.error(request, exc.message)
+        return _dataset_page(request, form=form, status=429)
     except services.MappingNeeded as need:
         mapping_form = MappingForm(columns=need.columns, initial={
             "token": need.token, "filename": need.filename, "name": form.cleaned_data["name"],

@@ -151,6 +151,8 @@ CELERY_TASK_ROUTES = {  # by the fixed task names of common.queue
     # The sweeps must run while the train worker is dead or busy, and never wait behind chat.
     "training.sweep_jobs": {"queue": "background"},
     "arena.sweep_answers": {"queue": "background"},
+    "training.expire_files": {"queue": "background"},
+    "user_datasets.expire_uploads": {"queue": "background"},
 }
 SWEEP_SECONDS = env_int("SWEEP_SECONDS", 30)  # how often Celery beat runs the sweeps
 # The sweeps put stranded work back on track (see training.claims, training.dispatch, the merge and
@@ -161,10 +163,25 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-answers": {"task": "arena.sweep_answers", "schedule": SWEEP_SECONDS},
     "sweep-merges": {"task": "training.sweep_merges", "schedule": SWEEP_SECONDS},
     "sweep-webhooks": {"task": "webhooks.sweep", "schedule": SWEEP_SECONDS},
+    "expire-files": {"task": "training.expire_files", "schedule": 3600},
+    "expire-uploads": {"task": "user_datasets.expire_uploads", "schedule": 3600},
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+
+# Per-user limits (defaults; an administrator overrides them per user: admin > Quotas). Over a limit,
+# every interface answers 429 naming it. The train queue is fair: the next job to start belongs to the
+# user with the fewest running jobs who started one least recently.
+QUOTA_ACTIVE_JOBS = env_int("QUOTA_ACTIVE_JOBS", 20)  # queued + running + paused
+QUOTA_RUNNING_JOBS = env_int("QUOTA_RUNNING_JOBS", 1)  # training at once
+QUOTA_COMPUTE_SECONDS_PER_DAY = env_int("QUOTA_COMPUTE_SECONDS_PER_DAY", 12 * 3600)
+QUOTA_STORAGE_BYTES = env_int("QUOTA_STORAGE_BYTES", 20 * 1024**3)
+QUOTA_API_KEYS = env_int("QUOTA_API_KEYS", 20)
+QUOTA_WEBHOOKS = env_int("QUOTA_WEBHOOKS", 10)
+JOB_MAX_RUN_SECONDS = env_int("JOB_MAX_RUN_SECONDS", 24 * 3600)  # a job's training time, all its runs together
+UPLOAD_PENDING_HOURS = env_int("UPLOAD_PENDING_HOURS", 24)  # uploads waiting for a column mapping
+MERGED_EXPORT_DAYS = env_int("MERGED_EXPORT_DAYS", 7)  # merged models are deleted after this many days
 
 # Engine
 TRAIN_DEVICE = env_str("TRAIN_DEVICE", "auto")

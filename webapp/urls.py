@@ -8,6 +8,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from common import errors
 
 api_v1 = [
+    path("", include("accounts.api_urls")),
     path("", include("user_datasets.api_urls")),
     path("", include("base_models.api_urls")),
     path("", include("training.api_urls")),

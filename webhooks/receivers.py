@@ -3,10 +3,17 @@ from __future__ import annotations
 
 from django.dispatch import receiver
 
+from accounts.limits import usage_reported
 from training.signals import job_finished
+from webhooks.models import Webhook
 from webhooks.services import webhook_event_for_job
 
 
 @receiver(job_finished, dispatch_uid="webhooks-on-job-finished")
 def deliver_job_event(sender, job, **kwargs):
     webhook_event_for_job(job)
+
+
+@receiver(usage_reported, dispatch_uid="webhooks-usage")
+def report_usage(sender, user, **kwargs):
+    return {"webhooks": Webhook.objects.filter(owner=user).count()}

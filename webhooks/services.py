@@ -11,13 +11,13 @@ from django.core.validators import URLValidator
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.limits import check_limit
 from common import queue
 from common.ids import ftjob_id
 from training.models import TERMINAL_STATUSES, FineTuneJob
 from webhooks.models import Webhook, WebhookDelivery, webhook_secret_new
 from worker.config import ConfigError
 
-MAX_WEBHOOKS_PER_OWNER = 10
 EVENT_TYPES = {status.value: f"fine_tuning.job.{status.value}" for status in TERMINAL_STATUSES}
 PING_EVENT = "ping"
 
@@ -38,8 +38,7 @@ def webhook_create(*, owner, url: str) -> Webhook:
     """Register an endpoint; its signing secret is generated here and shown on the webhooks page."""
     url = webhook_url_validate(url)
     with transaction.atomic():
-        if Webhook.objects.filter(owner=owner).count() >= MAX_WEBHOOKS_PER_OWNER:
-            raise ConfigError("url", f"at most {MAX_WEBHOOKS_PER_OWNER} webhooks per account")
+        check_limit(owner, "webhooks", used=Webhook.objects.filter(owner=owner).count())
         return Webhook.objects.create(owner=owner, url=url)
 
 

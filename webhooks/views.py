@@ -6,6 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from accounts.limits import QuotaExceeded
 from webhooks import selectors
 from webhooks.services import webhook_create, webhook_delete
 from worker.config import ConfigError
@@ -33,6 +34,9 @@ def webhook_list(request):
     except ConfigError as exc:
         messages.error(request, f"The URL {exc.message}.")
         return _webhooks_page(request, url=url, status=400)
+    except QuotaExceeded as exc:
+        messages.error(request, exc.message)
+        return _webhooks_page(request, url=url, status=429)
     messages.success(request, f"Added {webhook.url}.")
     return redirect("webhook-list")
 

@@ -125,7 +125,7 @@ class Stack:
         import json
 
         out = self.manage("shell", "-c", "import json; from training.models import FineTuneJob as J; "
-                          f"print(json.dumps(J.objects.values_list('{field}', flat=True).get(id='{job_id}')))")
+                          f"print(json.dumps(J.objects.values_list('{field}', flat=True).get(id='{job_id}'), default=str))")
         return json.loads(out.strip().splitlines()[-1])
 
     def job_events(self, job_id: str) -> list[dict]:

@@ -76,11 +76,12 @@ def test_missing_wrongly_typed_and_unknown_fields_are_named(api, body, field):
     assert not Webhook.objects.exists()
 
 
-def test_at_most_ten_webhooks(api, user):
+def test_at_most_ten_webhooks_by_default(api, user):
     for i in range(10):
         webhook_create(owner=user, url=f"https://example.com/{i}")
     response = api.post("/api/v1/webhooks/", {"url": "https://example.com/11"}, format="json")
-    assert response.status_code == 400 and response.json()["error"]["field"] == "url"
+    assert response.status_code == 429 and response.json()["error"]["field"] == "quota"
+    assert response.json()["error"]["limit"] == "webhooks" and response.json()["error"]["allowed"] == 10
 
 
 def test_another_users_webhook_does_not_exist(api, api_bob, user):

@@ -1,0 +1,40 @@
+"""The train queue is fair with a real worker: Alice queues three jobs, then Bob queues one; Bob's job is
+the next to start after Alice's running one, before her other two."""
+import json
+import time
+
+import pytest
+
+from tests.conftest import memorisable_conversations
+from tests.integration.stack import running_stack
+from tests.integration.test_resume import Api
+
+pytestmark = pytest.mark.integration
+CONFIG = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_preset": "attention", "learning_rate": 0.01,
+          "batch_size": 4, "max_seq_length": 64, "warmup_ratio": 0.0, "seed": 1, "max_steps": 25}
+
+
+def test_one_worker_serves_users_in_turn(tmp_path, tiny_llama):
+    with running_stack(tmp_path, tiny_llama) as stack:
+        alice, bob = Api(stack), Api(stack)
+        bob.s = stack.session("bob")
+        data = "".join(json.dumps({"messages": m}) + "\n" for m in memorisable_conversations(8)).encode()
+
+        def submit(api, name):
+            ds = api.post("/datasets/", files={"file": ("c.jsonl", data)}, data={"name": name})["id"]
+            base = next(m["id"] for m in api.get("/base-models/").json() if m["name"] == "tiny-llama")
+            return api.post("/jobs/", json={"name": name, "dataset": ds, "base_model": base, "config": CONFIG,
+                                            "validation": "none"})["id"]
+
+        first = submit(alice, "a1")
+        deadline = time.monotonic() + 60
+        while alice.get(f"/jobs/{first}/").json()["status"] != "running":
+            assert time.monotonic() < deadline, stack.logs()
+            time.sleep(0.1)
+        later = [submit(alice, "a2"), submit(alice, "a3")]
+        bobs = submit(bob, "b1")
+        for api, job_id in [(alice, first), (alice, later[0]), (alice, later[1]), (bob, bobs)]:
+            api.wait_done(stack, job_id)
+        started = {job_id: stack.job_field(job_id, "started") for job_id in [first, *later, bobs]}
+        order = sorted(started, key=started.get)
+        assert order == [first, bobs, *later], order
