@@ -38,6 +38,7 @@ class ChatAnswerOutput(serializers.Serializer):
     text = serializers.CharField()
     state = serializers.CharField()
     stopped = serializers.BooleanField(help_text="ended early by a stop request; text is what came before")
+    note = serializers.CharField(help_text="what was left out to fit the model's context; empty if nothing")
     created = serializers.DateTimeField()
 
     @extend_schema_field(serializers.CharField(allow_null=True))

@@ -65,6 +65,8 @@ class ChatAnswer(models.Model):
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     stopped = models.BooleanField(default=False, help_text="ended early by the stop button; text is what came before")
     error = models.TextField(blank=True)
+    note = models.CharField(max_length=300, blank=True,
+                            help_text="what was left out to fit the model's context, if anything")
     messages = models.JSONField(null=True, blank=True,
                                 help_text="the full message history of an API completion (else built from the session)")
     created = models.DateTimeField(auto_now_add=True)

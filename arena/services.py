@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from arena.live import chat_stop_request, publish_chat
@@ -12,7 +13,7 @@ from arena.models import ChatAnswer, ChatRound, ChatSession, Vote
 from arena.selectors import answer_event_meta
 from base_models.models import BaseModel
 from common import queue
-from common.exceptions import StateError
+from common.exceptions import ProductError, StateError
 from training.models import FineTuneJob
 from training.selectors import job_find
 from training.services import JobStateError
@@ -21,6 +22,35 @@ from worker.config import ConfigError, GenerationConfig
 BASE_CONTESTANT = "base"
 MAX_CONTESTANTS = 3
 VOTE_CHOICES = ("left", "right", "tie", "both_bad")
+
+
+class ChatBusy(ProductError):
+    """The user has too many answers in flight; the shared chat worker serves everyone in turn."""
+
+    status = 429
+    field = "answers"
+
+
+def chat_check_bounds(*, owner, generation: GenerationConfig, new_answers: int,
+                      messages: list[dict] | None = None, prompt: str = "") -> None:
+    """Refuse a chat request past the installation's bounds, before anything is stored."""
+    if messages is not None and len(messages) > settings.CHAT_MAX_MESSAGES:
+        raise ConfigError("messages", f"at most {settings.CHAT_MAX_MESSAGES} messages per request "
+                                      f"(setting CHAT_MAX_MESSAGES), got {len(messages)}")
+    chars = sum(len(m["content"]) for m in messages or []) + len(prompt) + len(generation.system_prompt or "")
+    if chars > settings.CHAT_MAX_CHARS:
+        raise ConfigError("messages" if messages is not None else "prompt",
+                          f"at most {settings.CHAT_MAX_CHARS:,} characters per request (setting CHAT_MAX_CHARS), "
+                          f"got {chars:,}")
+    if generation.max_new_tokens > settings.CHAT_MAX_NEW_TOKENS:
+        raise ConfigError("max_new_tokens", f"must be at most {settings.CHAT_MAX_NEW_TOKENS} "
+                                            "(setting CHAT_MAX_NEW_TOKENS)")
+    in_flight = ChatAnswer.objects.filter(session__owner=owner, state__in=(
+        ChatAnswer.State.PENDING, ChatAnswer.State.STREAMING)).count()
+    if in_flight + new_answers > settings.CHAT_MAX_PENDING_PER_USER:
+        raise ChatBusy(f"{in_flight} of your answers are still being generated (at most "
+                       f"{settings.CHAT_MAX_PENDING_PER_USER} at once, setting CHAT_MAX_PENDING_PER_USER); "
+                       "wait for them or stop them")
 
 
 class ChatStateError(StateError):
@@ -85,6 +115,7 @@ def chat_ask(*, owner, job: FineTuneJob, prompt: str, generation: GenerationConf
     prompt = prompt.strip()
     if not prompt:
         raise ConfigError("prompt", "type a message first")
+    chat_check_bounds(owner=owner, generation=generation, new_answers=len(models), prompt=prompt)
     order = _blind_order(models) if blind else models
     with transaction.atomic():
         if session is None:

@@ -16,7 +16,8 @@ from arena.selectors import answer_event_meta, session_base_model
 from common import queue
 from common.storage import media_path
 from worker.config import GenerationConfig
-from worker.inference import ModelPool
+from worker.inference import ModelPool, fit_conversation
+from worker.modeling import cached_tokenizer, context_length
 
 log = logging.getLogger(__name__)
 _pool = None
@@ -95,7 +96,10 @@ def _answer_together(answer_ids: list[str]) -> list[str]:
         return stop is not None and stop >= asked_at
 
     gen = GenerationConfig(**answers[0].settings)
-    requests = [(_history(a), _answer_adapter(a)) for a in answers]
+    context = context_length(base_path)
+    fitted = [fit_conversation(cached_tokenizer(base_path), _history(a), gen, context) for a in answers]
+    requests = [(f.messages, _answer_adapter(a)) for f, a in zip(fitted, answers)]
+    notes = [f.note(context) for f in fitted]
     try:
         texts = model_pool().generate_many(
             base_path, requests, gen, should_stop=stop_asked,
@@ -109,9 +113,10 @@ def _answer_together(answer_ids: list[str]) -> list[str]:
         status.update({str(i): "failed" for i in claimed})
         return [status[i] for i in answer_ids]
     stopped = stop_asked()
-    for answer, meta, text in zip(answers, metas, map(_storable, texts)):
-        ChatAnswer.objects.filter(id=answer.id).update(state=ChatAnswer.State.DONE, text=text, stopped=stopped)
-        publish_chat(session.id, "done", {**meta, "text": text, "stopped": stopped})
+    for answer, meta, text, note in zip(answers, metas, map(_storable, texts), notes):
+        ChatAnswer.objects.filter(id=answer.id).update(state=ChatAnswer.State.DONE, text=text, stopped=stopped,
+                                                       note=note)
+        publish_chat(session.id, "done", {**meta, "text": text, "stopped": stopped, **({"note": note} if note else {})})
         status[str(answer.id)] = "stopped" if stopped else "done"
     return [status[i] for i in answer_ids]
 

@@ -16,7 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounts.auth import InvalidApiKey, bearer_key, throttle_wait
 from arena.live import chat_channel
-from arena.services import chat_completion_create
+from arena.services import ChatBusy, chat_check_bounds, chat_completion_create
 from base_models.models import BaseModel
 from common import events
 from common.errors import OpenAIError, openai_error_body, openai_error_response
@@ -101,8 +101,16 @@ def _prepare_chat(request, raw_body: bytes) -> dict[str, Any]:
     body = known_fields(body, CHAT_FIELDS)
     stream = body.get("stream") or False
     base, job = resolve_model(user, body.get("model"))
-    return {"user": user, "base": base, "job": job, "messages": _messages(body.get("messages")),
-            "generation": _generation(body), "stream": stream, "model": body["model"],
+    messages, generation = _messages(body.get("messages")), _generation(body)
+    try:
+        chat_check_bounds(owner=user, generation=generation, new_answers=1, messages=messages)
+    except ConfigError as exc:
+        param = {"max_new_tokens": "max_tokens"}.get(exc.field, exc.field)
+        raise OpenAIError(f"{param}: {exc.message}", param=param) from None
+    except ChatBusy as exc:
+        raise OpenAIError(exc.message, code="rate_limit_exceeded", status=429, type_="requests") from None
+    return {"user": user, "base": base, "job": job, "messages": messages, "generation": generation,
+            "stream": stream, "model": body["model"],
             "include_usage": bool((body.get("stream_options") or {}).get("include_usage"))}
 
 

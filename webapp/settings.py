@@ -191,6 +191,12 @@ TRAIN_MEMORY_LIMIT_MB = env_int("TRAIN_MEMORY_LIMIT_MB", 0)  # 0: this machine's
 # A job's lease on the database's clock, renewed by its worker's heartbeat every third of it; a killed
 # job resumes within the lease plus one sweep.
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120)
+# Chat is bounded: per request, and answers in flight per user (history beyond the model's context is
+# cut from the oldest end, with a note in the answer).
+CHAT_MAX_MESSAGES = env_int("CHAT_MAX_MESSAGES", 64)
+CHAT_MAX_CHARS = env_int("CHAT_MAX_CHARS", 32000)
+CHAT_MAX_NEW_TOKENS = env_int("CHAT_MAX_NEW_TOKENS", 1024)
+CHAT_MAX_PENDING_PER_USER = env_int("CHAT_MAX_PENDING_PER_USER", 6)
 CHAT_STUCK_SECONDS = env_int("CHAT_STUCK_SECONDS", 600)  # a streaming answer older than this lost its worker
 # The infer worker keeps bases loaded (least recently used evicted) within this many MB of weights,
 # adapters included; a model that cannot fit alone is refused with a clear error.

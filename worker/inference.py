@@ -390,3 +390,50 @@ def _stop_criteria(should_stop: Callable[[], bool]):
                               device=input_ids.device)
 
     return StoppingCriteriaList([StopWhenAsked()])
+
+
+@dataclass
+class FittedConversation:
+    """A conversation cut to fit the model's context, and what was left out."""
+
+    messages: list[dict[str, str]]
+    dropped_messages: int = 0
+    cut_chars: int = 0
+
+    def note(self, context: int) -> str:
+        """What the answer's reader is told, or "" when nothing was left out."""
+        parts = []
+        if self.dropped_messages:
+            parts.append(f"the {self.dropped_messages} oldest message(s) were left out")
+        if self.cut_chars:
+            parts.append(f"the start of the last message ({self.cut_chars:,} characters) was cut")
+        return (f"To fit the model's context of {context:,} tokens, " + " and ".join(parts) + ".") if parts else ""
+
+
+def fit_conversation(tok, messages: list[dict[str, str]], gen: GenerationConfig, context: int) -> FittedConversation:
+    """Drop the oldest turns (never the system prompt or the last message), then cut the last message
+    from the left, until the prompt leaves room for `gen.max_new_tokens` in `context` tokens."""
+    budget = max(16, context - gen.max_new_tokens)
+
+    def tokens(chat) -> int:
+        return len(tok(_prompt_text(tok, chat, gen), add_special_tokens=False)["input_ids"])
+
+    head = [m for m in messages[:1] if m["role"] == "system"]
+    body = messages[len(head):]
+    dropped = 0
+    while len(body) > 1 and tokens(head + body) > budget:
+        body = body[1:]
+        dropped += 1
+    if body and body[0]["role"] == "assistant" and len(body) > 1:  # a conversation resumes with the user
+        body, dropped = body[1:], dropped + 1
+    last, text = dict(body[-1]), body[-1]["content"]
+    if tokens(head + body[:-1] + [last]) > budget:
+        keep_lo, keep_hi = 0, len(text)  # the longest end of the message that fits (binary search)
+        while keep_lo < keep_hi:
+            mid = (keep_lo + keep_hi + 1) // 2
+            if tokens(head + body[:-1] + [{**last, "content": text[-mid:]}]) <= budget:
+                keep_lo = mid
+            else:
+                keep_hi = mid - 1
+        last["content"] = text[len(text) - keep_lo:]
+    return FittedConversation(head + body[:-1] + [last], dropped, len(text) - len(last["content"]))

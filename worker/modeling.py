@@ -181,3 +181,16 @@ def describe_model(path: str) -> dict:
         "has_chat_template": bool(tok.chat_template),
     }
 
+
+
+@functools.lru_cache(maxsize=16)
+def context_length(path: str) -> int:
+    """How many tokens the model at `path` attends to (prompt and answer together), from its config."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    for name in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048

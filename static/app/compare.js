@@ -152,6 +152,7 @@
         const m = JSON.parse(e.data); const box = byId[m.answer];
         box.textContent = m.text; box.classList.remove("pending");
         if (m.stopped) { box.classList.add("stopped"); box.append(el("span", "hint", " (stopped)")); }
+        if (m.note) box.after(el("div", "hint note", m.note));
         finish();
       });
       source.addEventListener("error", (e) => {
