@@ -70,4 +70,5 @@ async def chat_events(request, session_id):
             finished.add(data["answer"])
         return [events.sse(kind, data)], bool(wanted) and finished >= wanted
 
-    return events.event_stream(events.follow(chat_channel(session.id), replay, on_message))
+    return events.stream_refused(user) or events.event_stream(
+        events.follow(chat_channel(session.id), replay, on_message, user=user))

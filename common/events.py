@@ -7,15 +7,18 @@ late tab never misses a point and never sees one twice.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+from collections import Counter
 from functools import lru_cache
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 log = logging.getLogger(__name__)
 KEEPALIVE_SECONDS = 15
@@ -41,26 +44,54 @@ def sse(kind: str, data: dict[str, Any], event_id: int | str | None = None) -> s
     return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
+_pools: dict[int, aioredis.BlockingConnectionPool] = {}
+_open_streams: Counter = Counter()
+
+
+def _pool() -> aioredis.BlockingConnectionPool:
+    """One connection pool per event loop for every live stream of this process; when all its
+    connections are in use, a new stream waits a little for one rather than opening another."""
+    loop = asyncio.get_running_loop()
+    if id(loop) not in _pools:
+        _pools[id(loop)] = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=settings.SSE_MAX_CONNECTIONS, timeout=10)
+    return _pools[id(loop)]
+
+
+def stream_refused(user) -> HttpResponse | None:
+    """A 429 when the user already holds SSE_MAX_STREAMS_PER_USER live streams in this process."""
+    if _open_streams[user.id] >= settings.SSE_MAX_STREAMS_PER_USER:
+        return JsonResponse({"detail": f"too many live streams open ({settings.SSE_MAX_STREAMS_PER_USER} at most, "
+                                       "setting SSE_MAX_STREAMS_PER_USER); close another tab"}, status=429)
+    return None
+
+
 async def follow(channel: str, replay: Callable[[], Awaitable[list[tuple[str, dict, Any]]]],
-                 on_message: Callable[[str, dict], tuple[list[str], bool]]) -> AsyncIterator[str]:
-    """Subscribe, replay stored events, then follow live ones until on_message says stop.
+                 on_message: Callable[[str, dict], tuple[list[str], bool]], *, user=None) -> AsyncIterator[str]:
+    """Subscribe, replay stored events, then follow live ones until on_message says stop, or until the
+    stream has lived SSE_MAX_SECONDS (the browser then reconnects, with Last-Event-ID, and misses nothing).
 
     `replay()` returns (kind, data, id) triples and is awaited after subscribing.
     `on_message(kind, data)` returns (SSE chunks to send, finished?).
     """
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    client = aioredis.Redis(connection_pool=_pool())
     pubsub = client.pubsub()
+    deadline = time.monotonic() + settings.SSE_MAX_SECONDS
+    if user is not None:
+        _open_streams[user.id] += 1
     try:
         await pubsub.subscribe(channel)
         yield ": connected\n\n"
+        yield "retry: 1000\n\n"  # when the stream ends (its lifetime, a restart), come back within a second
         for kind, data, event_id in await replay():
             chunks, done = on_message(kind, data)
             for chunk in chunks:
                 yield chunk
             if done:
                 return
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=KEEPALIVE_SECONDS)
+        while time.monotonic() < deadline:
+            wait = min(KEEPALIVE_SECONDS, max(0.0, deadline - time.monotonic()))
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
             if message is None:
                 yield ": keepalive\n\n"
                 continue
@@ -71,6 +102,8 @@ async def follow(channel: str, replay: Callable[[], Awaitable[list[tuple[str, di
             if done:
                 return
     finally:
+        if user is not None:
+            _open_streams[user.id] -= 1
         await pubsub.aclose()
         await client.aclose()
 

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
+from rest_framework.exceptions import ParseError
 from rest_framework.pagination import CursorPagination
+from rest_framework.parsers import JSONParser
 
 
 class StrictInput(serializers.Serializer):
@@ -28,6 +30,16 @@ class StrictInput(serializers.Serializer):
         if unknown:
             raise serializers.ValidationError(unknown)
         return value
+
+
+class SafeJSONParser(JSONParser):
+    """JSON bodies, with nesting too deep for Python's parser a 400 like any malformed body (not a 500)."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - nested too deeply") from None
 
 
 class NewestFirstPagination(CursorPagination):

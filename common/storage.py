@@ -4,11 +4,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
 
 
 def media_path(relative: str) -> Path:
-    """The absolute path of a file stored as `relative` (to MEDIA_ROOT) in a row."""
-    return Path(settings.MEDIA_ROOT) / relative
+    """The absolute path of a file stored as `relative` (to MEDIA_ROOT) in a row; a stored path that
+    would lead outside MEDIA_ROOT (`..`, an absolute path, a link out) is refused."""
+    root = Path(settings.MEDIA_ROOT).resolve()
+    path = (root / relative).resolve()
+    if path != root and root not in path.parents:
+        raise SuspiciousFileOperation(f"stored path {relative!r} leaves the media folder")
+    return path
 
 
 def media_relative(path: Path | str) -> str:

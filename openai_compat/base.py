@@ -6,11 +6,11 @@ from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.parsers import JSONParser
 from rest_framework.views import APIView
 
 from common.errors import OpenAIError
 from common.ids import parse_public_id
+from common.rest import SafeJSONParser
 from common.schema import openai_error_responses
 from training.models import FineTuneJob
 from training.selectors import job_find
@@ -34,7 +34,7 @@ PAGE_PARAMS = [OpenApiParameter("after", str, required=False, description="the i
 class OpenAIView(APIView):
     """Bearer API keys (or a browser session), OpenAI-shaped errors."""
 
-    parser_classes = [JSONParser]
+    parser_classes = [SafeJSONParser]
 
     def get_exception_handler(self):
         return openai_exception_handler

@@ -96,7 +96,7 @@ def _prepare_chat(request, raw_body: bytes) -> dict[str, Any]:
     user = _authenticate(request)
     try:
         body = json.loads(raw_body or b"")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise OpenAIError("We could not parse the JSON body of your request.", code="invalid_json") from None
     body = known_fields(body, CHAT_FIELDS)
     stream = body.get("stream") or False

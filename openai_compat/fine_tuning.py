@@ -149,10 +149,13 @@ class JobListApi(OpenAIView):
             raise OpenAIError("suffix must be a string of at most 64 characters", param="suffix")
         config = job_config_from_request(body)
         try:
+            services.job_validate_config(base_model=base, config=config)
+            services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
             job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
                                       name=suffix, validation=validation)
         except ConfigError as exc:
-            param = {"validation_dataset": "validation_file", "dataset": "training_file"}.get(
+            param = {"validation_dataset": "validation_file", "dataset": "training_file",
+                     "config": "hyperparameters"}.get(
                 exc.field, f"lora.{exc.field}")
             raise OpenAIError(f"{param}: {exc.message}", param=param) from None
         return Response(job_object(job))  # as created: a worker may already have claimed it since

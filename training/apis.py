@@ -100,6 +100,8 @@ class JobListApi(APIView):
             if other is None:
                 raise ConfigError("validation_dataset", "no such dataset")
             validation["dataset"] = other
+        services.job_validate_config(base_model=base, config=config)
+        services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
         job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
                                   name=v.get("name", ""), validation=validation)
         return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)

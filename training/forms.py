@@ -4,7 +4,7 @@ from __future__ import annotations
 from django import forms
 
 from base_models.models import BaseModel
-from training.services import job_estimate, job_validate_config
+from training.services import job_check_fits, job_estimate, job_validate_config
 from user_datasets.models import Dataset
 from worker.config import BIAS_CHOICES, LR_SCHEDULERS, PRESETS, ConfigError, TrainConfig
 
@@ -132,11 +132,13 @@ class JobForm(forms.Form):
             self.config = None
         self.validation = self._validation(data)
         if self.config is not None and not self.errors:
-            self.estimate = job_estimate(owner=self.owner, dataset=data["dataset"], base_model=data["base_model"],
-                                         config=self.config)
-            if not self.estimate.fits:
-                self.add_error(None, "This job would not fit in memory (about "
-                                     f"{self.estimate.memory_mb:,.0f} MB needed). " + " ".join(self.estimate.advice))
+            try:
+                self.estimate = job_check_fits(owner=self.owner, dataset=data["dataset"],
+                                               base_model=data["base_model"], config=self.config)
+            except ConfigError as exc:
+                self.estimate = job_estimate(owner=self.owner, dataset=data["dataset"],
+                                             base_model=data["base_model"], config=self.config)
+                self.add_error(None, exc.message[0].upper() + exc.message[1:])
         return data
 
     def _validation(self, data) -> dict:

@@ -96,6 +96,15 @@ def job_check_quotas(*, owner, new_job: bool = True) -> None:
     check_limit(owner, "storage_bytes", used=storage_used(owner), adding=0)
 
 
+def job_check_fits(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig):
+    """The estimate, or ConfigError("config", ...) with the advice when the job cannot fit in memory."""
+    est = job_estimate(owner=owner, dataset=dataset, base_model=base_model, config=config)
+    if not est.fits:
+        raise ConfigError("config", f"this job would not fit in memory (about {est.memory_mb:,.0f} MB needed, "
+                                    f"{est.memory_limit_mb:,.0f} MB available). " + " ".join(est.advice))
+    return est
+
+
 def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig, name: str = "",
                validation: dict | None = None) -> FineTuneJob:
     """Save a queued job (with its data snapshot) and hand it to the train queue on commit."""

@@ -123,7 +123,8 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
     except Exception as exc:  # an engine bug must still end the job with a readable reason
         log.exception("job %s crashed", job.id)
         mark(status=JobStatus.FAILED, error_code="internal_error",
-             error=f"training stopped by an internal error ({type(exc).__name__}: {exc})")
+             error="training stopped by an internal error; the administrator can find it in the train "
+                   f"worker's log (job {job.id})")
         return "failed"
     if result.status == "succeeded":
         job.refresh_from_db()

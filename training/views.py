@@ -208,4 +208,5 @@ async def job_events(request, job_id):
             return [events.sse("status", data)], data["status"] in TERMINAL_STATUSES
         return [events.sse(kind, data)], False
 
-    return events.event_stream(events.follow(job_channel(job.id), replay, on_message))
+    return events.stream_refused(user) or events.event_stream(
+        events.follow(job_channel(job.id), replay, on_message, user=user))

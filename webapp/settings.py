@@ -217,6 +217,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["accounts.auth.ApiKeyRateThrottle"],
     "EXCEPTION_HANDLER": "common.errors.rest_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": ["common.rest.SafeJSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
 }
 
 # OpenAPI 3 at /api/schema/, Swagger UI at /api/docs/; the UI's assets come from the sidecar package (no CDN).
@@ -236,6 +238,11 @@ SPECTACULAR_SETTINGS = {
 # Requests per API key ("600/min", "10/s"); counted in the cache below (per process with LocMem).
 API_THROTTLE_RATE = env_str("API_THROTTLE_RATE", "600/min")
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "lora-studio"}}
+# Live streams (SSE): one Redis connection pool per web process, a cap per user, a maximum lifetime
+# after which the browser reconnects (with Last-Event-ID) and misses nothing.
+SSE_MAX_CONNECTIONS = env_int("SSE_MAX_CONNECTIONS", 200)
+SSE_MAX_STREAMS_PER_USER = env_int("SSE_MAX_STREAMS_PER_USER", 10)
+SSE_MAX_SECONDS = env_int("SSE_MAX_SECONDS", 900)
 # How long a non-streaming /v1/chat/completions call waits for the infer worker.
 CHAT_COMPLETION_TIMEOUT = env_int("CHAT_COMPLETION_TIMEOUT", 300)
 
