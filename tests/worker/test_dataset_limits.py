@@ -189,6 +189,13 @@ def test_child_out_of_memory_and_out_of_time_are_dataset_errors(bombs, tmp_path,
     assert str(info.value) == "many.jsonl: took longer than 0.2 s to read (limit DATASET_PARSE_SECONDS)"
 
 
+def test_child_limits_must_be_positive(chat_file, tmp_path):
+    for kwargs, field in [({"memory_mb": 0}, "memory_mb"), ({"seconds": 0}, "seconds"), ({"memory_mb": 1.5}, "memory_mb")]:
+        with pytest.raises(ConfigError) as info:
+            load_dataset_file_limited(chat_file, normalized_path=tmp_path / "n.jsonl", **kwargs)
+        assert info.value.field == field
+
+
 def test_bombs_module_writes_them_from_the_command_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tests.dataset_bombs", str(tmp_path)], capture_output=True,
                           check=True, cwd=Path(__file__).resolve().parents[2])

@@ -52,6 +52,10 @@ def load_dataset_file_limited(path: str | Path, filename: str | None = None, *, 
     SchemaUnknown with its columns, ConfigError), and DatasetError naming the limit when the child
     runs out of memory or time.
     """
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 1:
+        raise ConfigError("memory_mb", f"must be a positive integer, got {memory_mb!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ConfigError("seconds", f"must be a positive number, got {seconds!r}")
     path = Path(path)
     name = base_name(filename) if filename else path.name
     limits = limits or DataLimits()
