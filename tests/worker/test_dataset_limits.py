@@ -200,3 +200,13 @@ def test_bombs_module_writes_them_from_the_command_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tests.dataset_bombs", str(tmp_path)], capture_output=True,
                           check=True, cwd=Path(__file__).resolve().parents[2])
     assert set(json.loads(done.stdout)) == set(BOMBS)
+
+
+def test_parquet_value_repeated_by_dictionary_is_counted_per_row_before_it_is_copied(tmp_path):
+    f = tmp_path / "repeated.parquet"
+    indices = pa.array([0] * 3000, type=pa.int32())
+    big = pa.DictionaryArray.from_arrays(indices, pa.array(["q" * 1000]))
+    pq.write_table(pa.table({"prompt": big, "completion": pa.DictionaryArray.from_arrays(indices, pa.array(["a"]))}), f)
+    assert f.stat().st_size < 20_000  # 3,000,000 characters once read
+    assert refusal(f, DataLimits(max_total_chars=500_000)) == (
+        "repeated.parquet: row 1: has more than 500,000 characters of text (limit DATASET_MAX_TOTAL_CHARS)")
