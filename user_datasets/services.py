@@ -16,10 +16,9 @@ from user_datasets.models import Dataset
 from user_datasets.signals import dataset_deleting
 from worker.config import ConfigError
 from worker.data.formats import format_for_filename
-from worker.data.loading import load_dataset_file
-from worker.data.mapping import ColumnMapping
-from worker.data.normalized import write_normalized_jsonl
+from worker.data.limits import DataLimits
 from worker.data.problems import DatasetError, Problem, SchemaUnknown
+from worker.data.sandbox import LoadedSummary, load_dataset_file_limited
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +59,31 @@ def _store_upload(upload, dest: Path, limit: int, filename: str) -> int:
     return size
 
 
-def dataset_validate(*, path: Path, filename: str, mapping: dict | None = None, drop_duplicates: bool = False):
-    """Read and check a file with the engine's loader; raises DatasetError / SchemaUnknown / ConfigError."""
-    column_mapping = ColumnMapping.from_dict(mapping) if mapping else None
-    return load_dataset_file(path, filename, mapping=column_mapping, drop_duplicates=drop_duplicates)
+def dataset_limits() -> DataLimits:
+    """What one uploaded file may unpack into, from the DATASET_MAX_* settings."""
+    return DataLimits(max_rows=settings.DATASET_MAX_ROWS, max_field_chars=settings.DATASET_MAX_FIELD_CHARS,
+                      max_total_chars=settings.DATASET_MAX_TOTAL_CHARS, max_nesting=settings.DATASET_MAX_NESTING,
+                      max_columns=settings.DATASET_MAX_COLUMNS)
+
+
+def dataset_validate(*, path: Path, filename: str, normalized: Path, mapping: dict | None = None,
+                     drop_duplicates: bool = False) -> LoadedSummary:
+    """Read and check a file with the engine's loader in a child process limited in memory and time,
+    writing the normalised JSONL to `normalized`; raises DatasetError / SchemaUnknown / ConfigError."""
+    return load_dataset_file_limited(path, filename, normalized_path=normalized, limits=dataset_limits(),
+                                     memory_mb=settings.DATASET_PARSE_MEMORY_MB,
+                                     seconds=settings.DATASET_PARSE_SECONDS, mapping=mapping or None,
+                                     drop_duplicates=drop_duplicates)
 
 
 def _dataset_from_file(*, owner, tmp: Path, filename: str, name: str, size: int, mapping: dict | None,
                        drop_duplicates: bool) -> Dataset:
-    loaded = dataset_validate(path=tmp, filename=filename, mapping=mapping, drop_duplicates=drop_duplicates)
     file_id = uuid.uuid4().hex
     final = media_path(f"datasets/{file_id}{Path(tmp).suffix}")
     normalized = media_path(f"datasets/{file_id}.normalized.jsonl")
     try:
-        write_normalized_jsonl(loaded.examples, normalized)
+        loaded = dataset_validate(path=tmp, filename=filename, normalized=normalized, mapping=mapping,
+                                  drop_duplicates=drop_duplicates)
         tmp.replace(final)
         with transaction.atomic():
             return Dataset.objects.create(

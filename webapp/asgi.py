@@ -3,4 +3,11 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from django.conf import settings  # noqa: E402  (after the app is set up)
+
+from common.request_limit import RequestBodyLimit  # noqa: E402
+
+# Every request body is capped here, before Django reads it and before anyone is authenticated.
+application = RequestBodyLimit(django_application, max_bytes=lambda: settings.MAX_REQUEST_BYTES)

@@ -125,6 +125,17 @@ MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 
 # Uploads: streamed to disk past 2.5 MB, refused past the limit.
 DATASET_MAX_BYTES = env_int("DATASET_MAX_BYTES", 200 * 1024 * 1024)
+# Any request body: refused with 413 by webapp.asgi before Django reads it (and before authentication).
+MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", DATASET_MAX_BYTES + 1024 * 1024)
+# What one uploaded file may unpack into (worker.data.limits.DataLimits), checked while it is read
+# in a child process limited to DATASET_PARSE_MEMORY_MB of memory and DATASET_PARSE_SECONDS.
+DATASET_MAX_ROWS = env_int("DATASET_MAX_ROWS", 200_000)
+DATASET_MAX_FIELD_CHARS = env_int("DATASET_MAX_FIELD_CHARS", 1_000_000)
+DATASET_MAX_TOTAL_CHARS = env_int("DATASET_MAX_TOTAL_CHARS", 200_000_000)
+DATASET_MAX_NESTING = env_int("DATASET_MAX_NESTING", 64)
+DATASET_MAX_COLUMNS = env_int("DATASET_MAX_COLUMNS", 1_000)
+DATASET_PARSE_MEMORY_MB = env_int("DATASET_PARSE_MEMORY_MB", 2048)
+DATASET_PARSE_SECONDS = env_int("DATASET_PARSE_SECONDS", 120)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 

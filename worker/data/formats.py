@@ -18,6 +18,7 @@ from typing import Iterable
 
 from worker.data.examples import Record
 from worker.data.jsonl import BOM, json_error, parse_jsonl
+from worker.data.limits import DataLimits, LimitExceeded, json_too_deep, longest_string, over_limit
 from worker.data.problems import DatasetError, Problem, base_name, type_name
 
 FORMATS = ("jsonl", "json", "csv", "parquet")
@@ -51,28 +52,35 @@ class ParsedFile:
     unit: str = "line"  # "row" for Parquet
 
 
-def parse_file(path: Path, raw: bytes, name: str) -> ParsedFile:
-    """Detect the format (extension of `name` and content) and parse the records; DatasetError when unreadable."""
+def parse_file(path: Path, raw: bytes, name: str, limits: DataLimits | None = None) -> ParsedFile:
+    """Detect the format (extension of `name` and content) and parse the records; DatasetError when
+    unreadable or past one of `limits` (DataLimits() when None)."""
+    limits = limits or DataLimits()
     fmt = detect_format(raw, name)
-    if fmt == "parquet":
-        columns, records = parse_parquet(path, name)
-        return ParsedFile(fmt, records, [], columns, unit="row")
-    if fmt == "csv":
-        columns, header_line, records, problems = parse_csv(decode_text(raw, name))
-        return ParsedFile(fmt, records, problems, columns, header_line)
-    if fmt == "jsonl":
-        records, problems = parse_jsonl(raw)
-    else:
-        records, problems = parse_json_array(decode_text(raw, name))
-    return ParsedFile(fmt, records, problems, _columns_of(records))
+    try:
+        if fmt == "parquet":
+            columns, records = parse_parquet(path, name, limits)
+            return ParsedFile(fmt, records, [], columns, unit="row")
+        if fmt == "csv":
+            columns, header_line, records, problems = parse_csv(decode_text(raw, name), limits)
+            return ParsedFile(fmt, records, problems, columns, header_line)
+        if fmt == "jsonl":
+            records, problems = parse_jsonl(raw, limits)
+        else:
+            records, problems = parse_json_array(decode_text(raw, name), limits)
+        return ParsedFile(fmt, records, problems, _columns_of(records, limits))
+    except LimitExceeded as exc:
+        raise DatasetError(name, [exc.problem]) from None
 
 
-def _columns_of(records: list[Record]) -> list[str]:
+def _columns_of(records: list[Record], limits: DataLimits) -> list[str]:
     seen: dict[str, None] = {}
     for rec in records:
         if isinstance(rec.value, dict):
             for key in rec.value:
                 seen.setdefault(str(key), None)
+            if len(seen) > limits.max_columns:
+                raise over_limit(limits, "max_columns", "columns", line=rec.line)
     return list(seen)
 
 
@@ -167,16 +175,30 @@ def decode_text(raw: bytes, name: str) -> str:
     return text.removeprefix("\ufeff")
 
 
-def parse_json_array(text: str) -> tuple[list[Record], list[Problem]]:
-    """Items of a top-level JSON array with the line each starts on; a syntax error names line and column."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return [], [Problem(exc.lineno, "", json_error(exc))]
-    except (ValueError, RecursionError) as exc:
-        return [], [Problem(1, "", json_error(exc))]
+def parse_json_array(text: str, limits: DataLimits | None = None) -> tuple[list[Record], list[Problem]]:
+    """Items of a top-level JSON array with the line each starts on; a syntax error names line and column.
+
+    Items are decoded one at a time, so the row limit holds before the whole array is built; the
+    text's length and nesting are checked before any of it is parsed.
+    """
+    limits = limits or DataLimits()
+    if len(text) > limits.max_total_chars:
+        raise over_limit(limits, "max_total_chars", "characters of text")
+    deep = json_too_deep(text, limits.max_nesting)
+    if deep is not None:
+        raise over_limit(limits, "max_nesting", "levels of nesting", line=text.count("\n", 0, deep) + 1)
     first = len(text) - len(text.lstrip(" \t\n\r"))
     line = text.count("\n", 0, first) + 1
+    items = _json_array_items(text, first, limits) if text.startswith("[", first) else None
+    if items is None:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return [], [Problem(exc.lineno, "", json_error(exc))]
+        except (ValueError, RecursionError) as exc:
+            return [], [Problem(1, "", json_error(exc))]
+    else:
+        value = [item for _, item, _ in items]
     if not isinstance(value, list):
         hint = ""
         if isinstance(value, dict):
@@ -187,19 +209,44 @@ def parse_json_array(text: str) -> tuple[list[Record], list[Problem]]:
                                       f"got {type_name(value)}{hint}")]
     if not value:
         return [], [Problem(line, "", "the JSON array is empty; it holds no examples")]
-    # The text is valid JSON: walk it once more to learn where each item starts.
-    decoder = json.JSONDecoder()
-    pos = _JSON_WS.match(text, first + 1).end()
     records = []
     counted = first  # lines are counted incrementally: one pass over the text in all
-    for index, item in enumerate(value, start=1):
+    for index, (pos, item, end) in enumerate(items, start=1):
         line += text.count("\n", counted, pos)
         counted = pos
+        if end - pos > limits.max_field_chars:
+            long = longest_string(item, limits.max_field_chars)
+            if long is not None:
+                raise over_limit(limits, "max_field_chars", "characters", line=line, field=long[0])
         records.append(Record(line, item, item=index))
-        _, end = decoder.raw_decode(text, pos)
-        pos = _JSON_WS.match(text, end).end() + 1  # past the ',' (or the closing ']')
-        pos = _JSON_WS.match(text, pos).end()
     return records, []
+
+
+def _json_array_items(text: str, first: int, limits: DataLimits) -> list[tuple[int, object, int]] | None:
+    """(start, value, end) of each item of the array opening at `first`; None when the text is not
+    exactly one valid array (json.loads then names the error). LimitExceeded past max_rows items."""
+    decoder = json.JSONDecoder()
+    items: list[tuple[int, object, int]] = []
+    pos = _JSON_WS.match(text, first + 1).end()
+    try:
+        if text.startswith("]", pos):
+            pos += 1
+        else:
+            while True:
+                if len(items) >= limits.max_rows:
+                    raise over_limit(limits, "max_rows", "rows", line=text.count("\n", 0, pos) + 1)
+                item, end = decoder.raw_decode(text, pos)
+                items.append((pos, item, end))
+                pos = _JSON_WS.match(text, end).end()
+                if text.startswith("]", pos):
+                    pos += 1
+                    break
+                if not text.startswith(",", pos):
+                    return None
+                pos = _JSON_WS.match(text, pos + 1).end()
+    except (ValueError, RecursionError):
+        return None
+    return items if _JSON_WS.match(text, pos).end() == len(text) else None
 
 
 def _csv_lines(text: str) -> Iterable[str]:
@@ -218,8 +265,14 @@ def _raise_csv_field_limit() -> None:
             limit //= 2
 
 
-def parse_csv(text: str) -> tuple[list[str], int, list[Record], list[Problem]]:
-    """Columns, header line and rows, each row numbered by the line it starts on (header = line 1)."""
+def parse_csv(text: str, limits: DataLimits | None = None) -> tuple[list[str], int, list[Record], list[Problem]]:
+    """Columns, header line and rows, each row numbered by the line it starts on (header = line 1).
+
+    LimitExceeded for a text, a header, a row count or a cell past `limits`, at the line it starts on.
+    """
+    limits = limits or DataLimits()
+    if len(text) > limits.max_total_chars:
+        raise over_limit(limits, "max_total_chars", "characters of text")
     _raise_csv_field_limit()
     reader = csv.reader(_csv_lines(text), strict=True)
     header: list[str] | None = None
@@ -233,6 +286,8 @@ def parse_csv(text: str) -> tuple[list[str], int, list[Record], list[Problem]]:
             if all(not v.strip() for v in row):
                 continue  # blank lines, and the empty rows spreadsheets leave at the end
             if header is None:
+                if len(row) > limits.max_columns:
+                    raise over_limit(limits, "max_columns", "columns", line=start)
                 header, header_line = [v.strip() for v in row], start
                 seen: set[str] = set()
                 for name in header:
@@ -244,6 +299,11 @@ def parse_csv(text: str) -> tuple[list[str], int, list[Record], list[Problem]]:
             if len(row) < len(header) or any(v.strip() for v in extra):
                 problems.append(Problem(start, "", f"has {len(row)} values, but the header has {len(header)} columns"))
                 continue
+            if len(records) >= limits.max_rows:
+                raise over_limit(limits, "max_rows", "rows", line=start)
+            for column, value in zip(header, row):
+                if len(value) > limits.max_field_chars:
+                    raise over_limit(limits, "max_field_chars", "characters", line=start, field=column)
             records.append(Record(start, {k: v for k, v in zip(header, row) if k}))
     except csv.Error as exc:
         hint = "; a quoted value that starts here is never closed" if "unexpected end of data" in str(exc) else ""
@@ -254,18 +314,86 @@ def parse_csv(text: str) -> tuple[list[str], int, list[Record], list[Problem]]:
     return columns, header_line, records, problems
 
 
-def parse_parquet(path: Path, name: str) -> tuple[list[str], list[Record]]:
+def parse_parquet(path: Path, name: str, limits: DataLimits | None = None) -> tuple[list[str], list[Record]]:
+    """Columns and rows of a Parquet file; LimitExceeded from the metadata alone (rows, columns,
+    uncompressed bytes) before any row is read, then per batch of rows before it becomes Python objects."""
     import pyarrow.parquet as pq
 
+    limits = limits or DataLimits()
     try:
         pf = pq.ParquetFile(path)
+        meta = pf.metadata
         columns = [str(c) for c in pf.schema_arrow.names]
-        records: list[Record] = []
-        for batch in pf.iter_batches(batch_size=4096):
+        leaves = [pf.schema.column(i) for i in range(len(pf.schema))]
+    except Exception as exc:  # pyarrow raises several types for a corrupt file; all mean "unreadable"
+        raise DatasetError(name, [Problem(0, "", f"is not a readable Parquet file ({exc})", unit="")]) from None
+    if len(columns) > limits.max_columns:
+        raise over_limit(limits, "max_columns", "columns")
+    if meta.num_rows > limits.max_rows:
+        raise LimitExceeded(Problem(0, "", f"has {meta.num_rows:,} rows, more than the limit of "
+                                           f"{limits.max_rows:,} (limit DATASET_MAX_ROWS)", unit=""))
+    uncompressed = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if uncompressed > limits.max_total_chars:
+        raise LimitExceeded(Problem(0, "", f"unpacks to {uncompressed:,} bytes, more than the limit of "
+                                           f"{limits.max_total_chars:,} characters (limit DATASET_MAX_TOTAL_CHARS)",
+                                    unit=""))
+    # Strings stay dictionary-encoded while their lengths are checked: a value repeated in every
+    # row is then held once, not once per row.
+    text_leaves = [leaf.path for leaf in leaves if leaf.physical_type == "BYTE_ARRAY"]
+    records: list[Record] = []
+    total = 0
+    try:
+        pf = pq.ParquetFile(path, read_dictionary=text_leaves)
+        for batch in pf.iter_batches(batch_size=1024):
+            for column, array in zip(batch.schema.names, batch.columns):
+                chars = _arrow_chars(array)
+                total += int(chars.sum())
+                widest = int(chars.argmax()) if len(chars) else 0
+                if len(chars) and chars[widest] > limits.max_field_chars:
+                    raise over_limit(limits, "max_field_chars", "characters", line=len(records) + widest + 1,
+                                     field=str(column), unit="row")
+                if total > limits.max_total_chars:
+                    raise over_limit(limits, "max_total_chars", "characters of text", line=len(records) + 1,
+                                     unit="row")
             for row in batch.to_pylist():
                 records.append(Record(len(records) + 1, row))
+    except (LimitExceeded, MemoryError):
+        raise
     except Exception as exc:  # pyarrow raises several types for a corrupt file; all mean "unreadable"
+        if type(exc).__name__ == "ArrowMemoryError":
+            raise MemoryError(str(exc)) from None
         raise DatasetError(name, [Problem(0, "", f"is not a readable Parquet file ({exc})", unit="")]) from None
     if not records:
         raise DatasetError(name, [Problem(0, "", "the Parquet file has no rows", unit="")])
     return columns, records
+
+
+def _arrow_chars(array):
+    """The characters (bytes for binary) of each row of an Arrow array, nested values summed: a numpy array."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if isinstance(array, pa.ChunkedArray):
+        parts = [_arrow_chars(chunk) for chunk in array.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if pa.types.is_dictionary(kind):
+        sizes = _arrow_chars(array.dictionary)
+        indices = array.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return sizes[indices] if len(sizes) else np.zeros(len(array), dtype=np.int64)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return pc.utf8_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        return pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_struct(kind):
+        result = np.zeros(len(array), dtype=np.int64)
+        for child in array.flatten():
+            result += _arrow_chars(child)
+        return result
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
+        offsets = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+        inner = _arrow_chars(array.values)
+        running = np.concatenate([[0], np.cumsum(inner)])
+        return running[offsets[1:]] - running[offsets[:-1]]
+    return np.zeros(len(array), dtype=np.int64)  # numbers, booleans, dates: small whatever they hold

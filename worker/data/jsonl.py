@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+from typing import Iterator
+
 from worker.data.examples import Record
+from worker.data.limits import DataLimits, json_too_deep, longest_string, over_limit
 from worker.data.problems import Problem
 
 BOM = b"\xef\xbb\xbf"
@@ -19,11 +22,28 @@ def json_error(exc: Exception) -> str:
     return f"is not valid JSON: {exc}"
 
 
-def parse_jsonl(raw: bytes) -> tuple[list[Record], list[Problem]]:
-    """One record per non-blank line; a line that is not UTF-8 or not JSON becomes a problem."""
+def iter_lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
+    """(1-based number, bytes) of each line split at b"\\n", one at a time (no list of all lines)."""
+    start, number = 0, 0
+    while start <= len(raw):
+        end = raw.find(b"\n", start)
+        if end < 0:
+            end = len(raw)
+        number += 1
+        yield number, raw[start:end]
+        start = end + 1
+
+
+def parse_jsonl(raw: bytes, limits: DataLimits | None = None) -> tuple[list[Record], list[Problem]]:
+    """One record per non-blank line; a line that is not UTF-8 or not JSON becomes a problem.
+
+    With `limits`, raises LimitExceeded at the line that crosses one (rows, characters in all,
+    characters of one string, nesting) before that line is parsed where the text alone tells.
+    """
     records: list[Record] = []
     problems: list[Problem] = []
-    for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
+    rows = total = 0
+    for number, line_bytes in iter_lines(raw):
         if number == 1:
             line_bytes = line_bytes.removeprefix(BOM)
         if not line_bytes.strip():
@@ -33,8 +53,22 @@ def parse_jsonl(raw: bytes) -> tuple[list[Record], list[Problem]]:
         except UnicodeDecodeError as exc:
             problems.append(Problem(number, "", f"is not valid UTF-8 (byte {exc.start + 1})"))
             continue
+        if limits is not None:
+            rows, total = rows + 1, total + len(text)
+            if rows > limits.max_rows:
+                raise over_limit(limits, "max_rows", "rows", line=number)
+            if total > limits.max_total_chars:
+                raise over_limit(limits, "max_total_chars", "characters of text", line=number)
+            if json_too_deep(text, limits.max_nesting) is not None:
+                raise over_limit(limits, "max_nesting", "levels of nesting", line=number)
         try:
-            records.append(Record(number, json.loads(text)))
+            value = json.loads(text)
         except (ValueError, RecursionError) as exc:
             problems.append(Problem(number, "", json_error(exc)))
+            continue
+        if limits is not None and len(text) > limits.max_field_chars:
+            long = longest_string(value, limits.max_field_chars)
+            if long is not None:
+                raise over_limit(limits, "max_field_chars", "characters", line=number, field=long[0])
+        records.append(Record(number, value))
     return records, problems

@@ -11,6 +11,7 @@ from worker.config import ConfigError
 from worker.data.examples import ROLES, Example, Record
 from worker.data.formats import ParsedFile, parse_file
 from worker.data.jsonl import BOM
+from worker.data.limits import DataLimits
 from worker.data.mapping import ColumnMapping
 from worker.data.problems import DatasetError, Problem, SchemaUnknown, base_name, type_name
 from worker.data.schemas import SCHEMA_EXAMPLES, convert_record, detect_schema
@@ -35,13 +36,16 @@ class LoadedDataset:
 
 
 def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping: ColumnMapping | None = None,
-                      max_chars: int = DEFAULT_MAX_CHARS, drop_duplicates: bool = False) -> LoadedDataset:
+                      max_chars: int = DEFAULT_MAX_CHARS, drop_duplicates: bool = False,
+                      limits: DataLimits | None = None) -> LoadedDataset:
     """Read, validate and normalise a dataset file of any supported format and schema.
 
     `filename` (the user's name for the file; only its base name is used, in messages and to read
     the extension) defaults to the path's name. Raises DatasetError listing the problems by line
     (or row) and field, SchemaUnknown (a DatasetError carrying `.columns`) when the columns match
     no schema and no mapping is given, or ConfigError when `mapping` names a missing column.
+    `limits` (DataLimits() when None) caps what parsing may build; this runs in the caller's
+    process, so a server reads untrusted files through `sandbox.load_dataset_file_limited`.
     """
     path = Path(path)
     name = base_name(filename) if filename else path.name
@@ -55,7 +59,7 @@ def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping:
     sha256 = hashlib.sha256(raw).hexdigest()
     if not raw.removeprefix(BOM).strip():
         raise DatasetError(name, [Problem(1, "", "the file is empty")])
-    parsed = parse_file(path, raw, name)
+    parsed = parse_file(path, raw, name, limits)
     schema = _choose_schema(parsed, mapping, name)
     examples = _convert_records(parsed, schema, mapping, max_chars, name)
     kept, duplicates = _deduplicate(examples, drop_duplicates)
