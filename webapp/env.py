@@ -47,11 +47,10 @@ def env_port_ranges(name: str, default: str) -> list[tuple[int, int]]:
     """Ports and ranges, comma separated (`80,443,8000-8999`), as (low, high) pairs within 1-65535."""
     ranges = []
     for item in env_list(name, default.split(",")):
-        low, _, high = item.partition("-")
-        try:
-            pair = (int(low), int(high or low))
-        except ValueError:
-            raise ImproperlyConfigured(f"{name}: {item!r} is not a port or a range like 8000-8999") from None
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+        if match is None:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not a port or a range like 8000-8999")
+        pair = (int(match[1]), int(match[2] or match[1]))
         if not 1 <= pair[0] <= pair[1] <= 65535:
             raise ImproperlyConfigured(f"{name}: {item!r} is not within 1-65535 (low-high)")
         ranges.append(pair)
