@@ -107,7 +107,7 @@ SSRF = [
 
 
 @pytest.mark.parametrize("url, category", SSRF, ids=[u for u, _ in SSRF])
-def test_inside_targets_are_refused_before_any_socket_is_opened(url, category, settings, caplog):
+def test_inside_targets_are_refused_before_any_socket_is_opened(url, category, caplog):
     assert len(SSRF) >= 20
     with no_socket_opened(), pytest.raises(DeliveryFailed) as err:
         webhook_post(url, b"{}", {}, deadline_s=5, resolver=resolve)
