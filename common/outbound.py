@@ -23,7 +23,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -70,6 +70,8 @@ _REFUSED_NETWORKS: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = (
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 _GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+_ASCII_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7f))
 
 
 class OutboundError(Exception):
@@ -227,6 +229,8 @@ class Target:
 
 def url_target(url: str, policy: OutboundPolicy) -> Target:
     """The URL's target if its scheme and port are allowed, else OutboundRefused (nothing resolved yet)."""
+    if _CONTROL_OR_SPACE.search(url):  # http.client would refuse them half-way
+        raise OutboundRefused(REFUSED_URL, f"{url!r}: control characters or spaces")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -237,8 +241,15 @@ def url_target(url: str, policy: OutboundPolicy) -> Target:
     port = SCHEMES[parts.scheme] if port is None else port
     if not policy.port_allowed(port):
         raise OutboundRefused(REFUSED_PORT, f"{url!r}: port {port} not in {policy.ports_text()}")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Target(parts.scheme, host_normalise(parts.hostname), port, path)
+    host = host_normalise(parts.hostname)
+    if ip_literal(host) is None:
+        try:  # the name as DNS, SNI and the Host header spell it
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise OutboundRefused(REFUSED_URL, f"{url!r}: not a valid host name") from None
+    # http.client sends ASCII only: other characters of the path are percent-encoded.
+    path = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=_ASCII_PRINTABLE)
+    return Target(parts.scheme, host, port, path)
 
 
 def registration_refusal(url: str, policy: OutboundPolicy) -> OutboundRefused | None:

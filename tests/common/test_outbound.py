@@ -154,3 +154,13 @@ def test_the_system_resolver_is_used_when_none_is_given():
 ])
 def test_failures_become_categories(exc, category):
     assert failure_category(exc) == category
+
+
+def test_a_non_ascii_url_is_sent_as_ascii():
+    resolver = mock.Mock(return_value=["93.184.215.14"])
+    conn, path = outbound_connection("https://Bücher.example/ä?q=ü", timeout=5, policy=DEFAULT, resolver=resolver)
+    assert (conn.host, path) == ("xn--bcher-kva.example", "/%C3%A4?q=%C3%BC")
+    resolver.assert_called_once_with("xn--bcher-kva.example", 443)
+    for url in ("https://.é-/", "https://hooks.example.com/\x00", "https://hooks.example.com/a b"):
+        with pytest.raises(OutboundRefused, match="^refused: invalid URL$"):
+            outbound_connection(url, timeout=5, policy=DEFAULT, resolver=resolver)

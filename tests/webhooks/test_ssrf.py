@@ -102,6 +102,7 @@ SSRF = [
     ("https://hooks.example.com:22/", "refused: port not allowed"),  # public, but not a web port
     ("https://hooks.example.com:99999/", "refused: invalid URL"),
     ("ftp://hooks.example.com/", "refused: invalid URL"),
+    ("https://hooks.example.com/a b\r\nX-Injected: 1", "refused: invalid URL"),
     ("https://nowhere.example.com/", "could not resolve host"),
 ]
 
