@@ -44,7 +44,7 @@ def webhook_url_validate(url: str) -> str:
         reason = refused.category.removeprefix("refused: ")
         article = "an" if reason[0] in "aeiou" else "a"
         raise ConfigError("url", f"must point to the public internet, not to {article} {reason} "
-                                 "(an administrator can allow internal hosts with WEBHOOK_ALLOWED_HOSTS)")
+                                 "(an administrator can allow chosen internal hosts)")
     try:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError:
