@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from webapp.env import env_bool, env_int, env_list, env_str
+from webapp.env import env_bool, env_hosts, env_int, env_list, env_port_ranges, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("LORA_STUDIO_VAR", str(BASE_DIR / "var")))
@@ -219,6 +219,11 @@ MERGE_MEMORY_BUDGET_MB = env_int("MERGE_MEMORY_BUDGET_MB", INFER_MEMORY_BUDGET_M
 MERGE_STALE_SECONDS = env_int("MERGE_STALE_SECONDS", 600)
 # One webhook attempt (connect, send, read the answer) ends after this many seconds in all.
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 15)
+# Outbound requests (webhooks) go only to public internet addresses, on these ports (ranges allowed:
+# `80,443,8000-8999`); the port rule holds for allowed hosts too (common/outbound.py).
+WEBHOOK_ALLOWED_PORTS = env_port_ranges("WEBHOOK_ALLOWED_PORTS", "80,443,8080,8443")
+# Internal targets an admin lets webhooks reach anyway: host names, IP addresses or CIDRs.
+WEBHOOK_ALLOWED_HOSTS = env_hosts("WEBHOOK_ALLOWED_HOSTS", [])
 DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM2-135M-Instruct")))
 
 REST_FRAMEWORK = {

@@ -33,7 +33,11 @@ class DeliveryOutput(serializers.Serializer):
     attempts = serializers.IntegerField()
     response_code = serializers.IntegerField(source="status_code", allow_null=True,
                                              help_text="HTTP status of the last attempt; null if unreachable")
-    last_error = serializers.CharField()
+    last_error = serializers.CharField(help_text="why the last attempt failed, as a category (`HTTP 503`, "
+                                                 "`timeout: ...`, `connection refused`, `TLS error`, "
+                                                 "`could not resolve host`, "
+                                                 "`refused: private address`, `refused: port not allowed`...); "
+                                                 "empty once delivered")
     payload = serializers.JSONField(help_text="the signed body, as sent")
     created = serializers.DateTimeField()
     updated = serializers.DateTimeField()
@@ -48,7 +52,9 @@ class WebhookListApi(APIView):
 
     @extend_schema_serializer(component_name="WebhookCreate")
     class InputSerializer(StrictInput):
-        url = serializers.CharField(max_length=500, help_text="absolute http:// or https:// URL")
+        url = serializers.CharField(max_length=500, help_text="absolute http:// or https:// URL on an allowed port "
+                                                              "(80, 443, 8080, 8443 by default) that points to the "
+                                                              "public internet")
 
     @extend_schema(responses={200: WebhookOutput(many=True), **error_responses()},
                    operation_id="api_v1_webhooks_list")

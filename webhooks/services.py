@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from accounts.limits import check_limit
 from common import queue
+from common.outbound import REFUSED_PORT, REFUSED_URL, OutboundPolicy, registration_refusal
 from common.ids import ftjob_id
 from training.models import TERMINAL_STATUSES, FineTuneJob
 from webhooks.models import Webhook, WebhookDelivery, webhook_secret_new
@@ -23,19 +24,36 @@ PING_EVENT = "ping"
 
 
 def webhook_url_validate(url: str) -> str:
-    """The URL stripped, or ConfigError("url", ...) unless it is an absolute http(s) URL."""
+    """The URL stripped, or ConfigError("url", ...) unless it is an absolute http(s) URL on an allowed
+    port whose host is not an internal IP address (a host name is checked again at each delivery, as its
+    DNS can change: common.outbound)."""
     url = (url or "").strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError("url", "must be an absolute http:// or https:// URL") from None
+    if parts.scheme in ("http", "https") and (parts.username or parts.password):
+        raise ConfigError("url", "must not contain a user name or password")
+    policy = OutboundPolicy.from_settings()
+    refused = registration_refusal(url, policy) if parts.scheme in ("http", "https") and parts.netloc else None
+    if refused is not None and refused.category == REFUSED_PORT:
+        raise ConfigError("url", f"must use an allowed port ({policy.ports_text()})")
+    if refused is not None and refused.category == REFUSED_URL:  # a port past 65535, a broken host
+        raise ConfigError("url", "must be an absolute http:// or https:// URL")
+    if refused is not None:
+        reason = refused.category.removeprefix("refused: ")
+        article = "an" if reason[0] in "aeiou" else "a"
+        raise ConfigError("url", f"must point to the public internet, not to {article} {reason} "
+                                 "(an administrator can allow chosen internal hosts)")
     try:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError:
         raise ConfigError("url", "must be an absolute http:// or https:// URL") from None
-    if urlsplit(url).username or urlsplit(url).password:
-        raise ConfigError("url", "must not contain a user name or password")
     return url
 
 
 def webhook_create(*, owner, url: str) -> Webhook:
-    """Register an endpoint; its signing secret is generated here and shown on the webhooks page."""
+    """Register an endpoint; its signing secret is generated here (shown once, by the caller)."""
     url = webhook_url_validate(url)
     with transaction.atomic():
         check_limit(owner, "webhooks", used=Webhook.objects.filter(owner=owner).count())

@@ -8,10 +8,8 @@ import http.client
 import json
 import logging
 import socket
-import ssl
 import threading
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 from celery import shared_task
 from django.conf import settings
@@ -19,6 +17,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from common import queue
+from common.outbound import TIMEOUT, OutboundError, Resolver, failure_category, outbound_connection
 from webhooks.models import MAX_ATTEMPTS, WebhookDelivery
 from webhooks.signing import webhook_signature
 
@@ -30,7 +29,9 @@ SWEEP_GRACE_S = 300  # past its backoff, how long a delivery may sit untouched b
 
 
 class DeliveryFailed(Exception):
-    """The endpoint did not answer 2xx (status_code) or could not be reached (status_code None)."""
+    """The endpoint did not answer 2xx (status_code) or could not be reached (status_code None); the
+    message is a category a user may see ("HTTP 503", "timeout", "refused: port not allowed"), never
+    an exception's text."""
 
     def __init__(self, message: str, status_code: int | None = None):
         super().__init__(message)
@@ -42,25 +43,31 @@ def webhook_backoff(attempt: int) -> int:
     return BACKOFF_BASE_S * 2 ** (attempt - 1)
 
 
-def webhook_post(url: str, body: bytes, headers: dict[str, str], *, deadline_s: float) -> int:
+def webhook_post(url: str, body: bytes, headers: dict[str, str], *, deadline_s: float,
+                 resolver: Resolver | None = None) -> int:
     """POST `body` and read at most ANSWER_MAX_BYTES of the answer, all within `deadline_s` seconds;
-    returns the status code, raises DeliveryFailed when the endpoint cannot be reached or runs late.
+    returns the status code, raises DeliveryFailed (with a category a user may see, e.g. "timeout",
+    "refused: private address") when the endpoint may not or cannot be reached or runs late.
 
-    Socket timeouts bound each read, not the exchange: an endpoint that trickles a byte every few
-    seconds would hold the worker for ever. So a timer shuts the socket down at the deadline, in
+    The host is resolved and vetted first and the connection goes to a vetted address only
+    (common.outbound): no private, loopback or otherwise non-public target unless WEBHOOK_ALLOWED_HOSTS
+    says so. Socket timeouts bound each read, not the exchange: an endpoint that trickles a byte every
+    few seconds would hold the worker for ever. So a timer shuts the socket down at the deadline, in
     whatever stage the exchange is (connect, TLS handshake, sending, status line, headers, body).
     Redirects are not followed (http.client never does): a 3xx could point the signed event elsewhere.
     """
-    parts = urlsplit(url)
+    started = time.monotonic()
+    timed_out = f"{TIMEOUT}: no complete answer within {deadline_s:g} s"
     try:
-        port = parts.port
-    except ValueError as exc:  # e.g. a port past 65535, which URL validation lets through
-        raise DeliveryFailed(f"bad URL: {exc}") from None
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(parts.hostname, port, timeout=deadline_s,
-                                           context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, port, timeout=deadline_s)
+        conn, path = outbound_connection(url, timeout=deadline_s, resolver=resolver)
+    except OutboundError as exc:
+        log.warning("webhook to %s not sent: %s (%s)", url, exc.category, exc.detail)
+        raise DeliveryFailed(exc.category) from None
+    left_s = deadline_s - (time.monotonic() - started)  # a slow resolver counts against the deadline
+    if left_s <= 0:
+        log.warning("webhook to %s not sent: resolving took %.1f s", url, time.monotonic() - started)
+        raise DeliveryFailed(timed_out)
+    conn.timeout = left_s
     expired = threading.Event()
     connected: list[socket.socket] = []  # http.client drops conn.sock once a closing answer has begun
 
@@ -73,13 +80,13 @@ def webhook_post(url: str, body: bytes, headers: dict[str, str], *, deadline_s: 
             except OSError:
                 pass
 
-    timer = threading.Timer(deadline_s, hang_up)
+    timer = threading.Timer(left_s, hang_up)
     timer.daemon = True
     timer.start()
     try:
         conn.connect()
         connected.append(conn.sock)
-        conn.request("POST", urlunsplit(("", "", parts.path or "/", parts.query, "")), body=body, headers=headers)
+        conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
         read = 0
         while read < ANSWER_MAX_BYTES:
@@ -91,9 +98,9 @@ def webhook_post(url: str, body: bytes, headers: dict[str, str], *, deadline_s: 
             raise TimeoutError
         return response.status
     except (OSError, http.client.HTTPException) as exc:
-        if expired.is_set() or isinstance(exc, TimeoutError):
-            raise DeliveryFailed(f"no complete answer within {deadline_s:g} s") from None
-        raise DeliveryFailed(f"{type(exc).__name__}: {exc}"[:500]) from None
+        category = timed_out if expired.is_set() or isinstance(exc, TimeoutError) else failure_category(exc)
+        log.warning("webhook POST to %s failed: %s (%s: %s)", url, category, type(exc).__name__, exc)
+        raise DeliveryFailed(category) from None
     finally:
         timer.cancel()
         conn.close()

@@ -1,4 +1,7 @@
-"""The webhooks page: add and delete endpoints, show their signing secrets and recent deliveries."""
+"""The webhooks page: add and delete endpoints, rotate their signing secrets, see recent deliveries.
+
+A signing secret is shown once, in the answer that made it (adding a webhook, rotating its secret),
+like an API key; the page never shows it again."""
 from __future__ import annotations
 
 from django.contrib import messages
@@ -8,24 +11,26 @@ from django.views.decorators.http import require_POST
 
 from accounts.limits import QuotaExceeded
 from webhooks import selectors
-from webhooks.services import webhook_create, webhook_delete
+from webhooks.models import Webhook
+from webhooks.services import webhook_create, webhook_delete, webhook_secret_rotate
 from worker.config import ConfigError
 
 RECENT_DELIVERIES = 50
 
 
-def _webhooks_page(request, *, url: str = "", status: int = 200):
+def _webhooks_page(request, *, url: str = "", new_secret: Webhook | None = None, status: int = 200):
     response = render(request, "webhooks/webhooks.html", {
         "webhooks": selectors.webhook_list(owner=request.user),
         "deliveries": selectors.recent_deliveries(owner=request.user, limit=RECENT_DELIVERIES),
-        "url": url}, status=status)
-    response["Cache-Control"] = "no-store"  # the page shows signing secrets
+        "url": url, "new_secret": new_secret}, status=status)
+    if new_secret is not None:
+        response["Cache-Control"] = "no-store"  # the answer holds a signing secret
     return response
 
 
 @login_required
 def webhook_list(request):
-    """GET: the webhooks and recent deliveries. POST: add a webhook."""
+    """GET: the webhooks and recent deliveries. POST: add a webhook and show its secret, this once."""
     if request.method != "POST":
         return _webhooks_page(request)
     url = request.POST.get("url", "")
@@ -38,7 +43,16 @@ def webhook_list(request):
         messages.error(request, exc.message)
         return _webhooks_page(request, url=url, status=429)
     messages.success(request, f"Added {webhook.url}.")
-    return redirect("webhook-list")
+    return _webhooks_page(request, new_secret=webhook, status=201)
+
+
+@login_required
+@require_POST
+def webhook_rotate_secret(request, webhook_id):
+    """POST: replace the webhook's signing secret and show the new one, this once."""
+    webhook = webhook_secret_rotate(webhook=selectors.webhook_get(owner=request.user, webhook_id=webhook_id))
+    messages.success(request, f"New signing secret for {webhook.url}; the old one no longer signs.")
+    return _webhooks_page(request, new_secret=webhook)
 
 
 @login_required

@@ -42,6 +42,8 @@ class Stack:
         env.update(LORA_STUDIO_VAR=str(self.tmp / "var"), MEDIA_ROOT=str(self.tmp / "var" / "media"),
                    OMP_NUM_THREADS="1", TRAIN_THREADS="1", PYTHONUNBUFFERED="1", JOB_LEASE_SECONDS="30",
                    WEBHOOK_TIMEOUT_SECONDS="8",
+                   # The tests' webhook receivers listen on 127.0.0.1, a free port: allowed as an admin would.
+                   WEBHOOK_ALLOWED_HOSTS="127.0.0.1", WEBHOOK_ALLOWED_PORTS="1024-65535",
                    DJANGO_SETTINGS_MODULE="webapp.settings", LOG_LEVEL="WARNING")
         self.env = env
 

@@ -85,4 +85,4 @@ def test_a_hanging_webhook_endpoint_never_holds_up_chat(stack, trickling_endpoin
             break
         time.sleep(0.3)
     assert (delivery["status"], delivery["attempts"], delivery["response_code"], delivery["last_error"]) == (
-        "pending", 1, None, f"no complete answer within {DEADLINE_S} s"), stack.logs()
+        "pending", 1, None, f"timeout: no complete answer within {DEADLINE_S} s"), stack.logs()

@@ -70,7 +70,7 @@ class SlowEndpoint(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def slow_endpoint():
+def slow_endpoint(allow_local):
     SlowEndpoint.sent = []
     SlowEndpoint.closed = threading.Event()
     with local_http_server(SlowEndpoint) as url:
@@ -101,7 +101,7 @@ def test_a_trickling_endpoint_fails_the_attempt_at_the_deadline(user, slow_endpo
     assert retry.call_args.kwargs["countdown"] == webhook_backoff(1)  # the usual backoff: retried later
     delivery.refresh_from_db()
     assert (delivery.attempts, delivery.delivered, delivery.state) == (1, False, "pending")
-    assert delivery.last_error == f"no complete answer within {DEADLINE_S} s" and delivery.status_code is None
+    assert delivery.last_error == f"timeout: no complete answer within {DEADLINE_S} s" and delivery.status_code is None
     assert SlowEndpoint.closed.wait(5), "the endpoint's connection was hung up on"
     assert 0 < SlowEndpoint.sent[0] < (100 * 17 if mode == "status" else 1000)
 
