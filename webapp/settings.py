@@ -63,6 +63,9 @@ SECURE_SSL_REDIRECT = HTTPS
 SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 31_536_000) if HTTPS else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
 SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", False)
+# Preloading binds the whole domain to HTTPS in browsers for months: the domain owner's call (HSTS_PRELOAD=1),
+# so check --deploy does not ask for it.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
 # Only behind a proxy that sets X-Forwarded-Proto itself (and strips the client's): else a client could
 # claim HTTPS on a plain connection.
 TRUST_PROXY_SSL_HEADER = env_bool("TRUST_PROXY_SSL_HEADER", False)
