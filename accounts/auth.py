@@ -1,5 +1,6 @@
 """Bearer API-key authentication, written once: the REST and OpenAI-style APIs (through DRF), and the
-async views (live streams, chat completions) all use `bearer_key`; plus per-key throttling."""
+async views (live streams, chat completions) all use `bearer_key`; plus throttling per key and per
+signed-in browser user, counted in the shared cache (Redis) so a limit holds across processes."""
 from __future__ import annotations
 
 import datetime as dt
@@ -99,6 +100,21 @@ class ApiKeyRateThrottle(throttling.SimpleRateThrottle):
         if not isinstance(request.auth, ApiKey):
             return None
         return self.cache_format % {"scope": self.scope, "ident": request.auth.id}
+
+
+class SessionUserRateThrottle(throttling.SimpleRateThrottle):
+    """Requests per signed-in user without an API key (settings.SESSION_THROTTLE_RATE): the browser's
+    calls to /api/v1/, or a script driving a session cookie."""
+
+    scope = "session_user"
+
+    def get_rate(self):
+        return getattr(settings, "SESSION_THROTTLE_RATE", "1200/min")
+
+    def get_cache_key(self, request, view):
+        if isinstance(request.auth, ApiKey) or not request.user.is_authenticated:
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": request.user.pk}
 
 
 def throttle_wait(key: ApiKey) -> float | None:

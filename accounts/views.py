@@ -1,9 +1,13 @@
-"""Account pages: sign-up, and the API keys page (list, create, shown once, revoke)."""
+"""Account pages: sign-in (with django-axes' lockout), sign-up, and the API keys page (list, create,
+shown once, revoke)."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -13,11 +17,35 @@ from accounts.limits import QuotaExceeded, usage_of
 from accounts.services import api_key_create, api_key_revoke
 
 
+class LoginView(auth_views.LoginView):
+    template_name = "accounts/login.html"
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(allow_signup=settings.ALLOW_SIGNUP, **kwargs)
+
+
+def lockout_minutes() -> int:
+    """The lockout's length in whole minutes, for messages."""
+    return max(1, round(settings.AXES_COOLOFF_TIME.total_seconds() / 60))
+
+
+def login_locked_out(request, original_response=None, credentials=None):
+    """django-axes' answer once a username is locked out from this address: the sign-in page saying so."""
+    # Unbound: binding would check the credentials again, and the lockout is the only news.
+    form = AuthenticationForm(request, initial={"username": request.POST.get("username", "")})
+    return render(request, "accounts/login.html", {
+        "form": form, "allow_signup": settings.ALLOW_SIGNUP, "next": request.POST.get("next", ""),
+        "locked_out_minutes": lockout_minutes()}, status=settings.AXES_HTTP_RESPONSE_CODE)
+
+
 def signup(request):
+    """Create an account and sign in; a 404 where the server turned sign-up off (ALLOW_SIGNUP)."""
+    if not settings.ALLOW_SIGNUP:
+        return render(request, "accounts/signup.html", {"signup_closed": True}, status=404)
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
-        login(request, user)
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("dataset-list")
     return render(request, "accounts/signup.html", {"form": form})
 

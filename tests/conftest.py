@@ -42,6 +42,17 @@ def _media_root(request, tmp_path):
 
 # --- database fixtures shared by the app tests -------------------------------------------------
 
+@pytest.fixture(autouse=True, scope="session")
+def _local_cache():
+    """The product counts throttles in Redis (CACHE_URL); unit tests need no Redis server, so they count
+    in memory. tests/accounts/test_throttle_redis.py checks the shared Redis path."""
+    from django.test.utils import override_settings
+
+    with override_settings(CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                               "LOCATION": "lora-studio-tests"}}):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _fresh_throttle_counts(request):
     """Per-key request counts live in the cache: each test starts from zero."""

@@ -57,7 +57,7 @@ def docker_with_compose(tmp_path):
     plugins = tmp_path / "cli-plugins"
     plugins.mkdir()
     (plugins / "docker-compose").symlink_to(binary)
-    return {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
+    return {**os.environ, "DOCKER_CONFIG": str(tmp_path), "SECRET_KEY": "k" * 50}
 
 
 def test_docker_compose_config_is_valid(docker_with_compose):
@@ -72,3 +72,17 @@ def test_docker_compose_config_is_valid(docker_with_compose):
         assert f"-Q {role} " in (command if isinstance(command, str) else " ".join(command)), role
     env = config["services"]["worker-train"]["environment"]
     assert env["DATABASE_URL"].startswith("postgres://") and env["REDIS_URL"].startswith("redis://")
+
+
+def test_compose_refuses_to_start_without_a_secret_key(docker_with_compose):
+    env = {k: v for k, v in docker_with_compose.items() if k != "SECRET_KEY"}
+    done = subprocess.run(["docker", "compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0 and "SECRET_KEY" in done.stderr
+    assert "change-me" not in (ROOT / "docker-compose.yml").read_text()
+
+
+def test_the_container_runs_as_a_non_root_user():
+    lines = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
+    assert lines, "the Dockerfile sets no USER: the processes would run as root"
+    assert lines[-1][1] not in ("root", "0")

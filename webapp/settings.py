@@ -4,11 +4,16 @@ DATABASE_URL (e.g. postgres://user@host/db) and REDIS_URL switch to real servers
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
+from csp.constants import NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
 
+from common.private_files import private_file_create
 from webapp.env import env_bool, env_hosts, env_int, env_list, env_port_ranges, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -16,17 +21,32 @@ VAR_DIR = Path(env_str("LORA_STUDIO_VAR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
+# Keys copied from examples (docker-compose.yml used to default to the first one): refused, as is any
+# key too short to be random.
+PLACEHOLDER_SECRET_KEYS = {"change-me-in-production", "change-me", "changeme", "secret", "secret-key",
+                           "your-secret-key", "insecure"}
+SECRET_KEY_MIN_LENGTH = 32
+
+
 def _secret_key() -> str:
     key = os.environ.get("SECRET_KEY")
     if key:
+        if key.strip().lower() in PLACEHOLDER_SECRET_KEYS or key.startswith("django-insecure"):
+            raise ImproperlyConfigured("SECRET_KEY is a placeholder: set it to a long random value, e.g. "
+                                       "python -c 'import secrets; print(secrets.token_urlsafe(50))'")
+        if len(key) < SECRET_KEY_MIN_LENGTH:
+            raise ImproperlyConfigured(f"SECRET_KEY must be at least {SECRET_KEY_MIN_LENGTH} characters "
+                                       f"(got {len(key)}); 50 random ones satisfy check --deploy")
         return key
-    # A per-install key kept out of git, so a fresh clone never shares one.
+    # A per-install key kept out of git, so a fresh clone never shares one; readable by its owner only.
     path = VAR_DIR / "secret_key"
     if not path.exists():
         import secrets
 
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
+        try:
+            private_file_create(path, secrets.token_urlsafe(50))
+        except FileExistsError:
+            pass  # another process of this install wrote it first: use theirs
     return path.read_text().strip()
 
 
@@ -34,6 +54,43 @@ SECRET_KEY = _secret_key()
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Behind TLS (README "Security"). HTTPS=1: cookies only over HTTPS, HSTS, and http:// redirected to https://.
+# Off by default, so `make run` keeps working on http://127.0.0.1.
+HTTPS = env_bool("HTTPS", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 31_536_000) if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", False)
+# Preloading binds the whole domain to HTTPS in browsers for months: the domain owner's call (HSTS_PRELOAD=1),
+# so check --deploy does not ask for it.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# Only behind a proxy that sets X-Forwarded-Proto itself (and strips the client's): else a client could
+# claim HTTPS on a plain connection.
+TRUST_PROXY_SSL_HEADER = env_bool("TRUST_PROXY_SSL_HEADER", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUST_PROXY_SSL_HEADER else None
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy (django-csp): scripts and styles only from files on this server (no inline
+# ones, no eval), no framing, forms post only here. data: images are the icons in Swagger UI's CSS.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -45,6 +102,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "csp",
+    "axes",
     # Domain apps, lowest first: each may import only those above it in this list (see README "Layout").
     "legacy_schema",
     "accounts",
@@ -65,6 +124,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -100,9 +161,27 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Anyone who can reach the site may create an account; turn off on a server where an admin creates them
+# (python manage.py createsuperuser, or the admin site).
+ALLOW_SIGNUP = env_bool("ALLOW_SIGNUP", True)
+
+# Failed log-ins (django-axes): LOGIN_FAILURE_LIMIT failures for one username from one IP address lock
+# that pair out for LOGIN_LOCKOUT_MINUTES; a success resets the count. Counted in the database.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "accounts.views.login_locked_out"
+AXES_HTTP_RESPONSE_CODE = 429
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "job-list"
 LOGOUT_REDIRECT_URL = "login"
@@ -230,7 +309,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.auth.ApiKeyAuthentication",
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_THROTTLE_CLASSES": ["accounts.auth.ApiKeyRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.auth.ApiKeyRateThrottle", "accounts.auth.SessionUserRateThrottle"],
     "EXCEPTION_HANDLER": "common.errors.rest_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PARSER_CLASSES": ["common.rest.SafeJSONParser", "rest_framework.parsers.FormParser",
@@ -251,14 +330,27 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-# Requests per API key ("600/min", "10/s"); counted in the cache below (per process with LocMem).
+# Requests per API key ("600/min", "10/s") and per signed-in browser user on /api/v1/.
 API_THROTTLE_RATE = env_str("API_THROTTLE_RATE", "600/min")
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "lora-studio"}}
 # Live streams (SSE): one Redis connection pool per web process, a cap per user, a maximum lifetime
 # after which the browser reconnects (with Last-Event-ID) and misses nothing.
 SSE_MAX_CONNECTIONS = env_int("SSE_MAX_CONNECTIONS", 200)
 SSE_MAX_STREAMS_PER_USER = env_int("SSE_MAX_STREAMS_PER_USER", 10)
 SSE_MAX_SECONDS = env_int("SSE_MAX_SECONDS", 900)
+SESSION_THROTTLE_RATE = env_str("SESSION_THROTTLE_RATE", "1200/min")
+
+
+def _redis_db(url: str, db: int) -> str:
+    """url with its database number replaced."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+# The counts live in Redis, so a limit holds across web processes and machines. Its own database
+# (the broker's server, db 1): the cache may be flushed without touching queued tasks.
+CACHE_URL = env_str("CACHE_URL", _redis_db(REDIS_URL, 1))
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL,
+                      "KEY_PREFIX": "lora-studio"}}
 # How long a non-streaming /v1/chat/completions call waits for the infer worker.
 CHAT_COMPLETION_TIMEOUT = env_int("CHAT_COMPLETION_TIMEOUT", 300)
 

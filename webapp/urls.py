@@ -3,9 +3,10 @@ for the APIs."""
 from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
 from common import errors
+from common.schema import ApiDocsView
 
 api_v1 = [
     path("", include("accounts.api_urls")),
@@ -20,7 +21,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="job-list"), name="home"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include(api_v1)),
     re_path(r"^api/v1/(?P<rest>.*)$", errors.rest_unknown_path),  # JSON 404, not Django's page
     path("v1/", include("openai_compat.urls")),

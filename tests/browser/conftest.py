@@ -25,7 +25,9 @@ def browser():
 
 @pytest.fixture
 def page(browser, tmp_path):
-    context = browser.new_context(accept_downloads=True)
+    # wait_for_function evaluates its string in the page, which the site's Content-Security-Policy forbids
+    # ('unsafe-eval'); test_security_headers.py drives pages with the policy enforced.
+    context = browser.new_context(accept_downloads=True, bypass_csp=True)
     page = context.new_page()
     yield page
     context.close()

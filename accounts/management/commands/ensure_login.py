@@ -5,6 +5,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from common.private_files import private_file_create
+
 PASSWORD_FILE = settings.VAR_DIR / "demo_login.txt"
 
 
@@ -19,9 +21,12 @@ class Command(BaseCommand):
         if not User.objects.filter(username="demo").exists() and not User.objects.exists():
             password = secrets.token_urlsafe(9)
             User.objects.create_user("demo", password=password)
-            PASSWORD_FILE.write_text(password)
-            PASSWORD_FILE.chmod(0o600)
+            PASSWORD_FILE.unlink(missing_ok=True)  # left by an earlier database
+            private_file_create(PASSWORD_FILE, password)
         self.stdout.write(f"\n  LoRA Studio: {url}/")
         if PASSWORD_FILE.exists() and User.objects.filter(username="demo").exists():
             self.stdout.write(f"  Sign in as: demo / {PASSWORD_FILE.read_text().strip()}")
-        self.stdout.write(f"  New account: {url}/accounts/signup/\n")
+        if settings.ALLOW_SIGNUP:
+            self.stdout.write(f"  New account: {url}/accounts/signup/\n")
+        else:
+            self.stdout.write("  Sign-up is off (ALLOW_SIGNUP): create accounts with manage.py createsuperuser\n")
