@@ -45,10 +45,10 @@ def trickling_endpoint():
         yield url + "/hook"
 
 
-def chat(stack, headers) -> float:
+def chat(stack, headers, timeout: float = 30) -> float:
     """Ask the base model through /v1/chat/completions (the infer worker); returns the seconds it took."""
     started = time.monotonic()
-    r = requests.post(f"{stack.url}/v1/chat/completions", headers=headers, timeout=30,
+    r = requests.post(f"{stack.url}/v1/chat/completions", headers=headers, timeout=timeout,
                       json={"model": "tiny-llama", "messages": [{"role": "user", "content": "colour 2"}],
                             "max_tokens": 4})
     assert r.status_code == 200, (r.text[:500], stack.logs())
@@ -60,7 +60,7 @@ def chat(stack, headers) -> float:
 @pytest.mark.parametrize("stack", [("sqlite", "embedded")], indirect=True, ids=["sqlite+embedded-redis"])
 def test_a_hanging_webhook_endpoint_never_holds_up_chat(stack, trickling_endpoint):
     headers = {"Authorization": f"Bearer {stack.api_key()}"}
-    chat(stack, headers)  # the infer worker loads the base once, before the clock matters
+    chat(stack, headers, timeout=180)  # the infer worker loads the base once, before the clock matters
 
     r = requests.post(f"{stack.url}/api/v1/webhooks/", json={"url": trickling_endpoint}, headers=headers, timeout=30)
     assert r.status_code == 201, r.text

@@ -164,4 +164,4 @@ def test_pause_frees_the_worker_and_resume_continues(stack):
     steps = [d["step"] for e, d in seen if e == "metric"]
     assert steps == list(range(1, 61)), "every step exactly once across pause and resume"
     job = s.get(f"{stack.url}/api/v1/jobs/{job_id}/").json()
-    assert job["status"] == "succeeded" and job["attempts"] == 2
+    assert job["status"] == "succeeded" and job["attempts"] == 1  # a pause is not a crash

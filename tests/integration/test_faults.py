@@ -15,7 +15,8 @@ from tests.integration.stack import Stack
 from tests.integration.test_resume import Api
 
 pytestmark = pytest.mark.integration
-LEASE_S, SWEEP_S, HOLD_S = 3, 1, 6
+# A lease long enough for a heartbeat (every third of it) to get through on a busy 2-core machine.
+LEASE_S, SWEEP_S, HOLD_S = 6, 1, 8
 STEPS = 30
 CONFIG = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "learning_rate": 0.01,
           "batch_size": 4, "max_seq_length": 128, "warmup_ratio": 0.0, "seed": 3, "max_steps": STEPS,
