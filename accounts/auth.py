@@ -4,8 +4,10 @@ signed-in browser user, counted in the shared cache (Redis) so a limit holds acr
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import types
 
+import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
@@ -14,6 +16,7 @@ from rest_framework import authentication, exceptions, throttling
 from accounts.models import ApiKey
 from accounts.services import KEY_PREFIX, api_key_hash
 
+log = logging.getLogger(__name__)
 LAST_USED_EVERY = dt.timedelta(minutes=1)
 
 
@@ -88,7 +91,19 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return self.keyword
 
 
-class ApiKeyRateThrottle(throttling.SimpleRateThrottle):
+class FailOpenThrottle(throttling.SimpleRateThrottle):
+    """A rate throttle whose counts live in Redis: while Redis is unreachable (a restart), requests are
+    let through and logged rather than failing every API call with a 500."""
+
+    def allow_request(self, request, view):
+        try:
+            return super().allow_request(request, view)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("throttle counts unavailable (%s); letting the request through", exc)
+            return True
+
+
+class ApiKeyRateThrottle(FailOpenThrottle):
     """Requests per API key (settings.API_THROTTLE_RATE); session requests are not limited here."""
 
     scope = "api_key"
@@ -102,7 +117,7 @@ class ApiKeyRateThrottle(throttling.SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": request.auth.id}
 
 
-class SessionUserRateThrottle(throttling.SimpleRateThrottle):
+class SessionUserRateThrottle(FailOpenThrottle):
     """Requests per signed-in user without an API key (settings.SESSION_THROTTLE_RATE): the browser's
     calls to /api/v1/, or a script driving a session cookie."""
 

@@ -107,26 +107,14 @@ def job_detail(request, job_id):
         "adapter": getattr(job, "adapter", None) if succeeded else None})
 
 
-@login_required
-@require_POST
-def job_cancel(request, job_id):
-    job = selectors.job_get(owner=request.user, job_id=job_id)
-    try:
-        services.job_cancel(job=job, by=request.user)
-    except services.JobStateError as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.info(request, "Cancel requested: the job stops before its next step.")
-    return redirect("job-detail", job_id=job.id)
-
-
 def _oom_suggestion(job: FineTuneJob) -> dict | None:
     if job.status != JobStatus.FAILED or job.error_code != OUT_OF_MEMORY:
         return None
     return oom_suggestion(TrainConfig.from_dict(job.config)) or None
 
 
-JOB_ACTIONS = {"pause": (services.job_pause, "Pause requested: a checkpoint is saved before the next step."),
+JOB_ACTIONS = {"cancel": (services.job_cancel, "Cancel requested: the job stops before its next step."),
+               "pause": (services.job_pause, "Pause requested: a checkpoint is saved before the next step."),
                "resume": (services.job_resume, "Queued again: training continues from the last checkpoint."),
                "retry": (services.job_retry, "Started a new job with the same data and settings.")}
 
@@ -134,7 +122,7 @@ JOB_ACTIONS = {"pause": (services.job_pause, "Pause requested: a checkpoint is s
 @login_required
 @require_POST
 def job_action(request, job_id, action):
-    """Pause, resume or retry (as it was, or with the suggested lower-memory settings)."""
+    """Cancel, pause, resume or retry (as it was, or with the suggested lower-memory settings)."""
     job = selectors.job_get(owner=request.user, job_id=job_id)
     act, note = JOB_ACTIONS[action]
     kwargs = {}

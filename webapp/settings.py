@@ -10,6 +10,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
+from redis import exceptions as redis_exceptions
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
@@ -350,7 +353,11 @@ def _redis_db(url: str, db: int) -> str:
 # (the broker's server, db 1): the cache may be flushed without touching queued tasks.
 CACHE_URL = env_str("CACHE_URL", _redis_db(REDIS_URL, 1))
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL,
-                      "KEY_PREFIX": "lora-studio"}}
+                      "KEY_PREFIX": "lora-studio",
+                      # A connection broken by a Redis restart is opened again, not reported as an error.
+                      "OPTIONS": {"retry_on_error": [redis_exceptions.ConnectionError, redis_exceptions.TimeoutError],
+                                  "retry": Retry(ExponentialBackoff(cap=1.0), 3), "socket_connect_timeout": 2,
+                                  "socket_timeout": 5}}}
 # How long a non-streaming /v1/chat/completions call waits for the infer worker.
 CHAT_COMPLETION_TIMEOUT = env_int("CHAT_COMPLETION_TIMEOUT", 300)
 

@@ -123,15 +123,19 @@ def test_train_worker_killed_at_the_worst_moment(run, moment):
     assert job["attempts"] == 2, job
 
 
-def test_embedded_redis_killed_mid_job_keeps_every_message(run):
-    stack = run.stack
-    first = run.submit()
-    second = run.submit()  # queued behind the first: its message waits in Redis
+def kill_redis_mid_job(run: Run) -> None:
+    """Two jobs (the second queued behind the first, its message waiting in Redis); Redis is killed
+    while the first trains and started again at once; both must end as an uninterrupted run."""
+    first, second = run.submit(), run.submit()
     run.wait_step(first, 8)
-    assert stack.kill("redis") == -9
-    stack.respawn("redis")
+    assert run.stack.kill("redis") == -9
+    run.stack.respawn("redis")
     run.check(first, reference=run.reference_id)
     run.check(second, reference=run.reference_id)
+
+
+def test_embedded_redis_killed_mid_job_keeps_every_message(run):
+    kill_redis_mid_job(run)  # it reloads its append-only file
 
 
 def test_the_whole_stack_stopped_and_started_within_seconds(run):
@@ -166,13 +170,7 @@ def pg_run(pg_stack):
 
 def test_a_redis_that_lost_everything_strands_nothing(pg_run):
     """Queued messages, the running job's message and the live channels are gone: the sweep resends."""
-    stack = pg_run.stack
-    first, second = pg_run.submit(), pg_run.submit()
-    pg_run.wait_step(first, 8)
-    assert stack.kill("redis") == -9
-    stack.respawn("redis")  # empty: this Redis keeps nothing on disk
-    pg_run.check(first, reference=pg_run.reference_id)
-    pg_run.check(second, reference=pg_run.reference_id)
+    kill_redis_mid_job(pg_run)  # this Redis keeps nothing on disk: it comes back empty
 
 
 def test_database_connections_dropped_for_seconds(pg_run):
