@@ -38,7 +38,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="lora-chaos-"))
     stack = Stack(tmp, database="sqlite", redis="embedded", model_dir=build_tiny_model(tmp / "model", "llama"))
-    stack.env.update(JOB_LEASE_SECONDS="3", SWEEP_SECONDS="1")
+    stack.env.update(JOB_LEASE_SECONDS="6", SWEEP_SECONDS="1", SESSION_THROTTLE_RATE="100000/min")
     stack.start()
     jobs: list[str] = []
     kills: dict[str, int] = {}
@@ -51,7 +51,8 @@ def main() -> int:
         next_kill = time.monotonic() + rng.uniform(2, 8)
         while time.monotonic() < end:
             try:
-                unfinished = [j for j in jobs if api.get(f"/jobs/{j}/").json()["status"] in ("queued", "running")]
+                unfinished = [j for j in jobs[-args.in_flight * 2:]
+                              if api.get(f"/jobs/{j}/").json()["status"] in ("queued", "running")]
                 while len(unfinished) < args.in_flight:
                     unfinished.append(api.post("/jobs/", json={"name": "chaos", "dataset": dataset, "base_model": base,
                                                                "config": CONFIG, "validation": "none"})["id"])

@@ -1,19 +1,26 @@
 """Handing jobs to the train queue so that none is ever stranded. Each send leaves a marker in Redis
 beside the message; a claim removes it. A queued job with no marker lost its message (Redis restarted
 without its data, or the send failed), and the sweep sends it again; a duplicate message is harmless,
-since only one run can claim the job."""
+since only one run can claim the job. A marker lives a few leases: a message taken by a worker that
+died before claiming its job, or one that started another user's job in its turn (the queue is
+fair), leaves a marker with no message behind, and such a job is sent again once it expires."""
 from __future__ import annotations
 
 import logging
 
 import redis
+from django.conf import settings
 from django.db import transaction
 
 from common import queue
 from common.events import redis_client
 
 log = logging.getLogger(__name__)
-MARKER_TTL_SECONDS = 7 * 24 * 3600
+
+
+def marker_ttl_seconds() -> int:
+    """How long a sent message is trusted to be waiting: five leases (ten minutes by default)."""
+    return 5 * settings.JOB_LEASE_SECONDS
 
 
 def _marker(job_id) -> str:
@@ -28,7 +35,7 @@ def dispatch_job(job_id) -> None:
         log.warning("could not queue job %s now (%s); the sweep will", job_id, exc)
         return
     try:
-        redis_client().set(_marker(job_id), "1", ex=MARKER_TTL_SECONDS)
+        redis_client().set(_marker(job_id), "1", ex=marker_ttl_seconds())
     except redis.RedisError:
         pass  # no marker: the sweep sends the job once more, which is harmless
 

@@ -168,3 +168,14 @@ def test_a_dropped_database_connection_is_retried_for_a_while_then_given_up():
     with transaction.atomic(), pytest.raises(OperationalError):
         with_db_retry(flaky, seconds=5)  # inside a transaction nothing can be retried
     assert len(calls) == 1
+
+
+def test_a_marker_without_its_message_expires_and_the_job_is_sent_again(job, real_redis, settings):
+    """A worker took the message and died before claiming: the marker stays, but only for a few leases."""
+    settings.JOB_LEASE_SECONDS = 1
+    with mock.patch("training.tasks.job_run.delay") as delay:
+        assert train_tasks.sweep_jobs()["resent"] == 1  # the job_create message went to the mock
+        assert train_tasks.sweep_jobs()["resent"] == 0  # trusted while its marker lives
+        assert 0 < real_redis.ttl(f"train-dispatch:{job.id}") <= 5
+        time.sleep(5.2)
+        assert train_tasks.sweep_jobs()["resent"] == 1 and delay.call_count == 2
