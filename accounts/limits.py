@@ -61,17 +61,23 @@ def check_limit(user, limit: str, *, used: int, adding: int = 1) -> None:
         raise QuotaExceeded(limit, used=used, allowed=allowed)
 
 
+def reported_usage(user) -> dict[str, int]:
+    """Every figure the domains report for the user, summed by name (storage spans several)."""
+    used: dict[str, int] = {}
+    for _, figures in usage_reported.send(sender="accounts", user=user):
+        for name, value in figures.items():
+            used[name] = used.get(name, 0) + value
+    return used
+
+
 def storage_used(user) -> int:
     """Bytes the user keeps, summed over every domain that stores files for them."""
-    return sum(response.get("storage_bytes", 0) for _, response in usage_reported.send(sender="accounts", user=user))
+    return reported_usage(user).get("storage_bytes", 0)
 
 
 def usage_of(user) -> list[dict]:
     """Each limit with what the user uses of it, for the Usage page and API."""
-    used: dict[str, int] = {"api_keys": ApiKey.objects.filter(owner=user, revoked=False).count()}
-    for _, figures in usage_reported.send(sender="accounts", user=user):
-        for name, value in figures.items():
-            used[name] = used.get(name, 0) + value
+    used = {**reported_usage(user), "api_keys": ApiKey.objects.filter(owner=user, revoked=False).count()}
     limits = user_limits(user)
     return [{"limit": f.name, "label": LABELS[f.name], "used": used.get(f.name, 0),
              "allowed": getattr(limits, f.name)} for f in fields(Limits)]

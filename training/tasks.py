@@ -120,7 +120,7 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
         return "failed"
     except WorkLost:
         raise
-    except Exception as exc:  # an engine bug must still end the job with a readable reason
+    except Exception:  # an engine bug must still end the job with a readable reason
         log.exception("job %s crashed", job.id)
         mark(status=JobStatus.FAILED, error_code="internal_error",
              error="training stopped by an internal error; the administrator can find it in the train "
