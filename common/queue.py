@@ -18,6 +18,9 @@ SWEEP_WEBHOOKS = "webhooks.sweep"
 SWEEP_JOBS = "training.sweep_jobs"
 EXPIRE_FILES = "training.expire_files"
 EXPIRE_UPLOADS = "user_datasets.expire_uploads"
+CHECK_UPLOAD = "user_datasets.check_upload"
+TOKEN_PROFILE = "user_datasets.token_profile"
+SWEEP_DATASETS = "user_datasets.sweep"
 SWEEP_ANSWERS = "arena.sweep_answers"
 
 
@@ -34,6 +37,7 @@ def send(task_name: str, *args) -> None:
     registered_task(task_name).delay(*args)
 
 
-def enqueue(task_name: str, *args) -> None:
-    """Send a task once the current transaction commits (at once outside a transaction)."""
-    transaction.on_commit(lambda: send(task_name, *args))
+def enqueue(task_name: str, *args, robust: bool = False) -> None:
+    """Send a task once the current transaction commits (at once outside a transaction). `robust`: a
+    broker error is logged, not raised (for work a sweep sends again)."""
+    transaction.on_commit(lambda: send(task_name, *args), robust=robust)

@@ -35,3 +35,14 @@ def bearer_client(owner) -> APIClient:
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     client.raw_key = raw
     return client
+
+
+def count_tokens() -> int:
+    """Run the background worker's token counts that are waiting (unit tests have no worker); how many."""
+    from user_datasets.models import TokenProfile
+    from user_datasets.services import token_profile_compute
+
+    pending = list(TokenProfile.objects.filter(status=TokenProfile.Status.PENDING).values_list("id", flat=True))
+    for profile_id in pending:
+        token_profile_compute(profile_id=profile_id)
+    return len(pending)

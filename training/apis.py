@@ -232,6 +232,8 @@ class EstimateOutput(serializers.Serializer):
     advice = serializers.ListField(child=serializers.CharField())
     targets = serializers.ListField(child=serializers.CharField())
     memory_limit_mb = serializers.FloatField(allow_null=True)
+    lengths_known = serializers.BooleanField(help_text="false while the dataset's tokens are still being counted "
+                                                       "(lengths guessed from characters)")
 
 
 class EstimateApi(APIView):

@@ -2,6 +2,8 @@
 and schedule side effects on commit (the train queue, live events, the `job_finished` signal)."""
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import shutil
@@ -24,7 +26,8 @@ from training.live import publish_job, publish_status
 from training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
 from training.signals import job_finished
 from user_datasets.models import Dataset
-from user_datasets.selectors import dataset_examples, dataset_token_report
+from user_datasets.selectors import dataset_examples
+from user_datasets.services import dataset_token_report
 from worker.config import ConfigError, TrainConfig
 from worker.reporting import WorkLost
 from worker.data.loading import file_sha256
@@ -80,12 +83,17 @@ def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
 
 def job_estimate(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig):
     """Pre-flight: exact trainable parameters, adapter size, memory and time, before anything runs."""
-    report = dataset_token_report(dataset=dataset, base_model=base_model, max_length=config.max_seq_length)
-    lengths = [min(n, config.max_seq_length) for n in report.lengths] or [config.max_seq_length]
+    report, _ = dataset_token_report(dataset=dataset, model_path=base_model.path, max_length=config.max_seq_length)
+    if report is not None:
+        lengths = [min(n, config.max_seq_length) for n in report.lengths] or [config.max_seq_length]
+    else:  # still being counted in a worker: about 3 characters a token, plus the chat template
+        chars_per_row = (dataset.stats or {}).get("chars", 0) / max(1, dataset.rows)
+        lengths = [min(config.max_seq_length, int(chars_per_row / 3) + 32)]
     tokens_per_s = selectors.measured_tokens_per_s(owner=owner, base_model=base_model, qlora=config.qlora)
     limit = settings.TRAIN_MEMORY_LIMIT_MB or (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20
-    return estimate(base_model.path, config, n_examples=max(1, dataset.rows), mean_tokens=sum(lengths) / len(lengths),
-                    device=settings.TRAIN_DEVICE, tokens_per_s=tokens_per_s, memory_limit_mb=limit)
+    est = estimate(base_model.path, config, n_examples=max(1, dataset.rows), mean_tokens=sum(lengths) / len(lengths),
+                   device=settings.TRAIN_DEVICE, tokens_per_s=tokens_per_s, memory_limit_mb=limit)
+    return dataclasses.replace(est, lengths_known=report is not None)
 
 
 def job_check_quotas(*, owner, new_job: bool = True) -> None:

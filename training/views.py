@@ -80,7 +80,8 @@ def estimate_json(est) -> dict:
     return {"trainable_params": est.trainable_params, "total_params": est.total_params,
             "trainable_percent": est.trainable_percent, "adapter_mb": est.adapter_mb, "memory_mb": est.memory_mb,
             "breakdown": est.breakdown, "steps": est.steps, "seconds": est.seconds, "fits": est.fits,
-            "advice": est.advice, "targets": est.targets, "memory_limit_mb": est.memory_limit_mb}
+            "advice": est.advice, "targets": est.targets, "memory_limit_mb": est.memory_limit_mb,
+            "lengths_known": est.lengths_known}
 
 
 @login_required

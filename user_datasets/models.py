@@ -31,3 +31,66 @@ class Dataset(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class TokenProfile(models.Model):
+    """A dataset's token lengths and trained spans under one tokenizer (worker.data.report.TokenProfile),
+    computed once by a background task and stored as JSON; every max-length view and estimate reads it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        READY = "ready"
+        FAILED = "failed"
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="token_profiles")
+    tokenizer_key = models.CharField(max_length=64, help_text="worker.modeling.tokenizer_fingerprint of the model")
+    model_path = models.CharField(max_length=500, help_text="the base model folder whose tokenizer counts")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    done = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    file = models.CharField(max_length=300, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["dataset", "tokenizer_key"], name="one_profile_per_tokenizer")]
+
+
+class UploadCheck(models.Model):
+    """An uploaded file stored and waiting for (or under) its check in a background worker; on success
+    it becomes a Dataset. Small files are checked during the upload request and never get one."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        CHECKING = "checking"
+        READY = "ready"
+        FAILED = "failed"
+        NEEDS_MAPPING = "needs_mapping"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="upload_checks")
+    filename = models.CharField(max_length=255)
+    name = models.CharField(max_length=200, blank=True)
+    drop_duplicates = models.BooleanField(default=False)
+    mapping = models.JSONField(default=dict, blank=True)
+    file = models.CharField(max_length=300, help_text="the stored upload under MEDIA_ROOT while it waits")
+    size_bytes = models.BigIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    stage = models.CharField(max_length=100, blank=True)
+    rows = models.PositiveIntegerField(default=0)
+    problems = models.JSONField(default=list, blank=True)
+    problem_total = models.PositiveIntegerField(default=0)
+    columns = models.JSONField(default=list, blank=True)
+    dataset = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="checks started (a lost one is retried)")
+    started = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    @property
+    def done(self) -> bool:
+        return self.status in (self.Status.READY, self.Status.FAILED, self.Status.NEEDS_MAPPING)

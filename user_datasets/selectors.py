@@ -1,16 +1,17 @@
 """Reads of datasets. Every selector takes the owner, so a forgotten filter is hard to write."""
 from __future__ import annotations
 
+import json
+
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
-from base_models.models import BaseModel
 from common.ids import is_uuid
 from common.storage import media_path
-from user_datasets.models import Dataset
+from user_datasets.models import Dataset, TokenProfile, UploadCheck
 from worker.data.normalized import read_normalized_jsonl
-from worker.data.report import token_report
-from worker.modeling import cached_tokenizer
+from worker.data.report import TokenProfile as TokenCounts
+from worker.data.report import TokenReport
 
 
 def dataset_list(*, owner) -> QuerySet[Dataset]:
@@ -32,15 +33,31 @@ def dataset_examples(*, dataset: Dataset) -> list:
     return read_normalized_jsonl(media_path(dataset.normalized_file))
 
 
-_report_cache: dict = {}
+_profile_cache: dict = {}
 
 
-def dataset_token_report(*, dataset: Dataset, base_model: BaseModel, max_length: int):
-    """Token lengths and rendered samples of a dataset under a base model's tokenizer (cached)."""
-    key = (dataset.id, dataset.sha256, base_model.id, max_length)
-    if key not in _report_cache:
-        if len(_report_cache) > 32:
-            _report_cache.clear()
-        _report_cache[key] = token_report(cached_tokenizer(base_model.path), dataset_examples(dataset=dataset),
-                                          max_length)
-    return _report_cache[key]
+def token_report_of(*, profile: TokenProfile, max_length: int) -> TokenReport | None:
+    """The report for one max length from a ready token profile (None until it is ready): arithmetic
+    on the stored counts, no tokenizer. The parsed profile is kept for a few recent datasets."""
+    if profile.status != TokenProfile.Status.READY or not profile.file:
+        return None
+    key = (profile.id, profile.file)
+    if key not in _profile_cache:
+        if len(_profile_cache) >= 16:
+            _profile_cache.pop(next(iter(_profile_cache)))
+        _profile_cache[key] = TokenCounts.from_json(json.loads(media_path(profile.file).read_text()))
+    return _profile_cache[key].report(max_length)
+
+
+def upload_check_get(*, owner, check_id) -> UploadCheck:
+    return get_object_or_404(UploadCheck, owner=owner, id=check_id)
+
+
+def upload_check_json(check: UploadCheck) -> dict:
+    """The check's state, the same for the page's poll and the REST API."""
+    return {"id": str(check.id), "status": check.status, "stage": check.stage, "rows": check.rows,
+            "filename": check.filename, "size_bytes": check.size_bytes, "problems": check.problems,
+            "problem_total": check.problem_total, "columns": check.columns,
+            "upload_token": check.id.hex if check.status == UploadCheck.Status.NEEDS_MAPPING else None,
+            "dataset": str(check.dataset_id) if check.dataset_id else None,
+            "started": check.started.isoformat() if check.started else None, "created": check.created.isoformat()}

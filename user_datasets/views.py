@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -16,6 +17,7 @@ from common.responses import file_download
 from common.storage import media_path
 from user_datasets import selectors, services
 from user_datasets.forms import MappingForm, RenameForm, UploadForm
+from user_datasets.models import UploadCheck
 from worker.config import ConfigError
 from worker.data.problems import DatasetError
 
@@ -34,7 +36,7 @@ def dataset_list(request):
     if not form.is_valid():
         return _dataset_page(request, form=form, status=400)
     try:
-        ds = services.dataset_create(owner=request.user, upload=form.cleaned_data["file"],
+        ds = services.dataset_upload(owner=request.user, upload=form.cleaned_data["file"],
                                      name=form.cleaned_data["name"],
                                      drop_duplicates=form.cleaned_data["drop_duplicates"])
     except DatasetError as exc:
@@ -47,6 +49,8 @@ def dataset_list(request):
             "token": need.token, "filename": need.filename, "name": form.cleaned_data["name"],
             "drop_duplicates": form.cleaned_data["drop_duplicates"]})
         return _dataset_page(request, form=form, mapping_form=mapping_form, status=200)
+    if isinstance(ds, UploadCheck):
+        return redirect("upload-check", check_id=ds.id)
     messages.success(request, f"Uploaded {ds.name}: {ds.rows} examples ({ds.schema}, {ds.format}).")
     return redirect("dataset-detail", dataset_id=ds.id)
 
@@ -69,6 +73,8 @@ def dataset_map(request):
         return _dataset_page(request, mapping_form=form, status=400)
     except DatasetError as exc:
         return _dataset_page(request, mapping_form=form, problems=exc.messages(), total=exc.total, status=400)
+    if isinstance(ds, UploadCheck):
+        return redirect("upload-check", check_id=ds.id)
     messages.success(request, f"Uploaded {ds.name}: {ds.rows} examples (mapped columns).")
     return redirect("dataset-detail", dataset_id=ds.id)
 
@@ -83,9 +89,10 @@ def dataset_detail(request, dataset_id):
         max_length = min(131072, max(16, int(request.GET.get("max_length", 256))))
     except ValueError:
         max_length = 256
-    report = selectors.dataset_token_report(dataset=ds, base_model=chosen, max_length=max_length) if chosen else None
+    report, profile = (services.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
+                       if chosen else (None, None))
     return render(request, "user_datasets/dataset_detail.html", {
-        "ds": ds, "models": models, "chosen": chosen, "max_length": max_length, "report": report,
+        "ds": ds, "models": models, "chosen": chosen, "max_length": max_length, "report": report, "profile": profile,
         "histogram": report.histogram() if report else None, "rename_form": RenameForm(initial={"name": ds.name}),
         "jobs": ds.jobs.all()[:20]})
 
@@ -126,3 +133,36 @@ def dataset_demo(request):
     ds = services.dataset_create_demo(owner=request.user)
     messages.success(request, f"Added the demo dataset ({ds.rows} examples). Now pick your settings.")
     return redirect(f"{reverse('job-new')}?dataset={ds.id}")
+
+
+@login_required
+def dataset_tokens_status(request, dataset_id):
+    """How far the count of a dataset's tokens under a model's tokenizer is (the check page polls it)."""
+    ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+    chosen = base_model_find(request.GET.get("model")) or base_model_list().first()
+    if chosen is None:
+        return JsonResponse({"status": "none"})
+    profile = services.token_profile_request(dataset=ds, model_path=chosen.path)
+    return JsonResponse({"status": profile.status, "done": profile.done, "total": profile.total,
+                         "error": profile.error})
+
+
+@login_required
+def upload_check(request, check_id):
+    """A large upload's background check: its progress, then the dataset, the problems or the mapping step."""
+    check = selectors.upload_check_get(owner=request.user, check_id=check_id)
+    if check.status == UploadCheck.Status.READY and check.dataset_id:
+        messages.success(request, f"Checked {check.filename}: {check.rows} examples.")
+        return redirect("dataset-detail", dataset_id=check.dataset_id)
+    mapping_form = None
+    if check.status == UploadCheck.Status.NEEDS_MAPPING:
+        mapping_form = MappingForm(columns=check.columns, initial={
+            "token": check.id.hex, "filename": check.filename, "name": check.name,
+            "drop_duplicates": check.drop_duplicates})
+    return render(request, "user_datasets/upload_check.html", {"check": check, "mapping_form": mapping_form})
+
+
+@login_required
+def upload_check_status(request, check_id):
+    check = selectors.upload_check_get(owner=request.user, check_id=check_id)
+    return JsonResponse(selectors.upload_check_json(check))

@@ -218,6 +218,9 @@ DATASET_MAX_NESTING = env_int("DATASET_MAX_NESTING", 64)
 DATASET_MAX_COLUMNS = env_int("DATASET_MAX_COLUMNS", 1_000)
 DATASET_PARSE_MEMORY_MB = env_int("DATASET_PARSE_MEMORY_MB", 2048)
 DATASET_PARSE_SECONDS = env_int("DATASET_PARSE_SECONDS", 120)
+# Uploads up to this size are checked during the request (instant, located errors); larger ones are
+# stored and checked by the background worker while the page shows the check's progress.
+DATASET_CHECK_INLINE_BYTES = env_int("DATASET_CHECK_INLINE_BYTES", 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
@@ -246,6 +249,10 @@ CELERY_TASK_ROUTES = {  # by the fixed task names of common.queue
     "arena.sweep_answers": {"queue": "background"},
     "training.expire_files": {"queue": "background"},
     "user_datasets.expire_uploads": {"queue": "background"},
+    # Large uploads are checked, and token lengths counted, off the web process.
+    "user_datasets.check_upload": {"queue": "background"},
+    "user_datasets.token_profile": {"queue": "background"},
+    "user_datasets.sweep": {"queue": "background"},
 }
 SWEEP_SECONDS = env_int("SWEEP_SECONDS", 30)  # how often Celery beat runs the sweeps
 # The sweeps put stranded work back on track (see training.claims, training.dispatch, the merge and
@@ -256,6 +263,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-answers": {"task": "arena.sweep_answers", "schedule": SWEEP_SECONDS},
     "sweep-merges": {"task": "training.sweep_merges", "schedule": SWEEP_SECONDS},
     "sweep-webhooks": {"task": "webhooks.sweep", "schedule": SWEEP_SECONDS},
+    "sweep-datasets": {"task": "user_datasets.sweep", "schedule": SWEEP_SECONDS},
     "expire-files": {"task": "training.expire_files", "schedule": 3600},
     "expire-uploads": {"task": "user_datasets.expire_uploads", "schedule": 3600},
 }

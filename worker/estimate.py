@@ -56,6 +56,7 @@ class Estimate:
     advice: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     memory_limit_mb: float | None = None
+    lengths_known: bool = True  # False: the mean tokens per example is a guess from character counts
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ get_quantization_config). Models are loaded from local folders only and never wi
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from worker.config import ConfigError, TrainConfig
 from worker.targets import linear_module_suffixes, resolve_modules_to_save, resolve_targets, saveable_modules
@@ -111,6 +113,36 @@ def cached_tokenizer(path: str):
     Callers must not modify the tokenizer they get.
     """
     return load_tokenizer(path)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+
+
+def tokenizer_fingerprint(path: str) -> str:
+    """A short hash of the tokenizer files in a model folder (names, sizes and contents): two models
+    with the same tokenizer and chat template share it, so token counts are computed once for both."""
+    folder = Path(path)
+    stamp = []
+    for name in TOKENIZER_FILES:
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            continue
+        stamp.append((name, st.st_size, st.st_mtime_ns))
+    return _fingerprint(str(folder), tuple(stamp))
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(folder: str, stamp: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, _size, _mtime in stamp:
+        digest.update(name.encode() + b"\0")
+        with open(Path(folder) / name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
 
 
 def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = None):

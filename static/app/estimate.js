@@ -24,7 +24,8 @@
       `Adapter size: ${e.adapter_mb.toFixed(1)} MB`,
       `Memory: about ${fmt(Math.round(e.memory_mb))} MB` + (e.memory_limit_mb ? ` of ${fmt(Math.round(e.memory_limit_mb))} MB` : ""),
       `Steps: ${fmt(e.steps)}; time: ${duration(e.seconds)}`,
-    ].concat(e.fits ? [] : ["Does not fit: " + e.advice.join(" ")]);
+    ].concat(e.lengths_known === false ? ["Approximate: the dataset's tokens are still being counted, so lengths are guessed from its characters."] : [])
+     .concat(e.fits ? [] : ["Does not fit: " + e.advice.join(" ")]);
     for (const text of lines) { const p = document.createElement("p"); p.textContent = text; box.append(p); }
     box.dataset.trainable = e.trainable_params;
   });

@@ -14,6 +14,7 @@ from user_datasets import services as dataset_services
 from training.models import JobStatus
 from user_datasets.models import Dataset
 from tests.conftest import memorisable_conversations
+from tests.factories import count_tokens
 from worker.config import TrainConfig
 from worker.data.normalized import read_normalized_jsonl
 
@@ -102,6 +103,11 @@ def test_rename_delete_download(client_in, user, dataset, base_model, settings):
 
 
 def test_check_page_shows_histogram_and_trained_tokens(client_in, dataset, base_model):
+    # The page never tokenizes: it asks a background worker to count, once, and follows the count.
+    waiting = client_in.get(f"/datasets/{dataset.id}/?max_length=20").content.decode()
+    assert "Counting tokens: 0 of 8 examples" in waiting and 'data-poll-url="/datasets/' in waiting
+    assert 'id="histogram-data"' not in waiting
+    assert count_tokens() == 1
     response = client_in.get(f"/datasets/{dataset.id}/?max_length=20")
     assert response.status_code == 200
     html = response.content.decode()

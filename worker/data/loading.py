@@ -37,7 +37,7 @@ class LoadedDataset:
 
 def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping: ColumnMapping | None = None,
                       max_chars: int = DEFAULT_MAX_CHARS, drop_duplicates: bool = False,
-                      limits: DataLimits | None = None) -> LoadedDataset:
+                      limits: DataLimits | None = None, progress=None) -> LoadedDataset:
     """Read, validate and normalise a dataset file of any supported format and schema.
 
     `filename` (the user's name for the file; only its base name is used, in messages and to read
@@ -46,7 +46,9 @@ def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping:
     no schema and no mapping is given, or ConfigError when `mapping` names a missing column.
     `limits` (DataLimits() when None) caps what parsing may build; this runs in the caller's
     process, so a server reads untrusted files through `sandbox.load_dataset_file_limited`.
+    `progress(stage, rows)`, when given, is called as each stage starts.
     """
+    progress = progress or (lambda stage, rows: None)
     path = Path(path)
     name = base_name(filename) if filename else path.name
     if isinstance(mapping, dict):
@@ -59,9 +61,12 @@ def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping:
     sha256 = hashlib.sha256(raw).hexdigest()
     if not raw.removeprefix(BOM).strip():
         raise DatasetError(name, [Problem(1, "", "the file is empty")])
+    progress("reading the file", 0)
     parsed = parse_file(path, raw, name, limits)
+    progress("checking the rows", len(parsed.records))
     schema = _choose_schema(parsed, mapping, name)
     examples = _convert_records(parsed, schema, mapping, max_chars, name)
+    progress("looking for duplicates", len(examples))
     kept, duplicates = _deduplicate(examples, drop_duplicates)
     turns = {r: 0 for r in ROLES}
     for ex in kept:

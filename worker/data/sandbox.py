@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +47,12 @@ class LoadedSummary:
 
 def load_dataset_file_limited(path: str | Path, filename: str | None = None, *, normalized_path: str | Path,
                               limits: DataLimits | None = None, memory_mb: int = 2048, seconds: float = 60,
-                              mapping: dict | None = None, drop_duplicates: bool = False) -> LoadedSummary:
+                              mapping: dict | None = None, drop_duplicates: bool = False,
+                              on_progress=None) -> LoadedSummary:
     """`load_dataset_file` in a child process limited to `memory_mb` of address space and `seconds`.
+
+    `on_progress(stage, rows)` is called (in this process) about every half second while the stage
+    the child reports changes: a page can follow the check.
 
     Writes the normalised JSONL to `normalized_path`. Raises what the loader raises (DatasetError,
     SchemaUnknown with its columns, ConfigError), and DatasetError naming the limit when the child
@@ -62,17 +68,13 @@ def load_dataset_file_limited(path: str | Path, filename: str | None = None, *, 
     with tempfile.TemporaryDirectory(prefix="dataset-read-") as scratch:
         request = Path(scratch) / "request.json"
         answer = Path(scratch) / "answer.json"
+        progress = Path(scratch) / "progress.json"
         request.write_text(json.dumps({
             "path": str(path), "filename": name, "normalized_path": str(normalized_path), "answer": str(answer),
             "limits": dataclasses.asdict(limits), "mapping": mapping, "drop_duplicates": drop_duplicates,
-            "memory_mb": memory_mb,
+            "memory_mb": memory_mb, "progress": str(progress),
         }))
-        try:
-            done = subprocess.run([sys.executable, "-m", "worker.data.sandbox", str(request)], cwd=_PROJECT_ROOT,
-                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=seconds, check=False)
-        except subprocess.TimeoutExpired:  # run() has killed the child
-            raise DatasetError(name, [Problem(0, "", f"took longer than {seconds:g} s to read "
-                                                     "(limit DATASET_PARSE_SECONDS)", unit="")]) from None
+        done = _run_child(request, progress, seconds, on_progress, name)
         result = json.loads(answer.read_text()) if answer.exists() else None
     if result is None:
         stderr = done.stderr.decode("utf-8", "replace")[-2000:]
@@ -83,6 +85,54 @@ def load_dataset_file_limited(path: str | Path, filename: str | None = None, *, 
             raise _out_of_memory(name, memory_mb)
         raise RuntimeError(f"the dataset reader failed (exit {done.returncode}): {stderr}")
     return _from_answer(result, name, memory_mb)
+
+
+def _run_child(request: Path, progress: Path, seconds: float, on_progress, name: str) -> subprocess.CompletedProcess:
+    """Run the reader on `request`; kill it past `seconds`; relay its progress file while it runs."""
+    deadline = time.monotonic() + seconds
+    last = None
+    with subprocess.Popen([sys.executable, "-m", "worker.data.sandbox", str(request)], cwd=_PROJECT_ROOT,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as child:
+        stderr = _drain(child)
+        while True:
+            try:
+                child.wait(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    child.kill()
+                    child.wait()
+                    raise DatasetError(name, [Problem(0, "", f"took longer than {seconds:g} s to read "
+                                                             "(limit DATASET_PARSE_SECONDS)", unit="")]) from None
+            if on_progress is not None:
+                last = _relay(progress, last, on_progress)
+        stderr.join(timeout=5)
+    return subprocess.CompletedProcess(child.args, child.returncode, b"", b"".join(stderr.chunks))
+
+
+class _drain(threading.Thread):
+    """Read a child's stderr as it comes (a full pipe would block the child); keep the last 64 KB."""
+
+    def __init__(self, child: subprocess.Popen):
+        super().__init__(daemon=True)
+        self.pipe, self.chunks = child.stderr, []
+        self.start()
+
+    def run(self) -> None:
+        for chunk in iter(lambda: self.pipe.read(4096), b""):
+            self.chunks.append(chunk)
+            while sum(map(len, self.chunks)) > 65536 and len(self.chunks) > 1:
+                self.chunks.pop(0)
+
+
+def _relay(progress: Path, last, on_progress):
+    try:
+        state = json.loads(progress.read_text())
+    except (OSError, ValueError):
+        return last
+    if state != last:
+        on_progress(str(state.get("stage", ""))[:100], int(state.get("rows", 0)))
+    return state
 
 
 def _out_of_memory(name: str, memory_mb: int) -> DatasetError:
@@ -117,7 +167,8 @@ def _read(request: dict) -> dict:
         mapping = ColumnMapping.from_dict(request["mapping"]) if request["mapping"] else None
         loaded = load_dataset_file(request["path"], request["filename"], mapping=mapping,
                                    drop_duplicates=request["drop_duplicates"],
-                                   limits=DataLimits(**request["limits"]))
+                                   limits=DataLimits(**request["limits"]), progress=_progress_writer(request))
+        _progress_writer(request)("writing the examples", loaded.rows)
         write_normalized_jsonl(loaded.examples, request["normalized_path"])
     except MemoryError:
         return {"error": "memory"}
@@ -129,6 +180,18 @@ def _read(request: dict) -> dict:
         return {"error": "config", "field": exc.field, "message": exc.message}
     summary = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(loaded) if f.name != "examples"}
     return {"summary": {**summary, "normalized_path": request["normalized_path"]}}
+
+
+def _progress_writer(request: dict):
+    """progress(stage, rows) for the child: the file the parent relays (atomically replaced)."""
+    path = request.get("progress")
+
+    def write(stage: str, rows: int) -> None:
+        if path:
+            tmp = f"{path}.tmp"
+            Path(tmp).write_text(json.dumps({"stage": stage, "rows": rows}))
+            os.replace(tmp, path)
+    return write
 
 
 def _limit_memory(memory_mb: int) -> None:
