@@ -23,6 +23,8 @@ def test_check_page_histogram_and_highlighted_tokens(stack, page, tmp_path):
     assert page.inner_text("#ds-duplicates").startswith("1")
     assert "line 7 repeats line 1" in page.inner_text("#ds-duplicates")
 
+    # The tokens are counted once by the background worker; the page follows the count and shows it.
+    page.wait_for_selector("#check-form", timeout=60_000)
     page.fill("input[name=max_length]", "24")
     page.click("#check-form button[type=submit]")
     page.wait_for_function("Chart.getChart('length-histogram') !== undefined")
@@ -48,3 +50,21 @@ def test_check_page_histogram_and_highlighted_tokens(stack, page, tmp_path):
     page.click("#delete-dataset")
     page.wait_for_url("**/datasets/")
     assert "Deleted" in page.inner_text("main")
+
+
+def test_a_large_upload_page_follows_its_background_check_to_the_dataset(stack, page, tmp_path):
+    """Over the stack's 64 KB inline size the page shows the check's progress and moves on by itself."""
+    data = tmp_path / "large.jsonl"
+    rows = [{"prompt": f"question {i} " + "word " * 30, "completion": f"answer {i}"} for i in range(500)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sign_in(page, stack, "bob")
+    page.goto(stack.url + "/datasets/")
+    page.set_input_files("#id_file", str(data))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_url("**/datasets/checks/*/")
+    assert page.locator("#upload-check").get_attribute("data-poll-url").endswith("/status/")
+    page.wait_for_url("**/datasets/*-*-*-*-*/", timeout=60_000)  # the dataset's page, without a click
+    assert "/checks/" not in page.url
+    assert page.inner_text("#ds-rows") == "500"
+    page.wait_for_selector("#check-form", timeout=60_000)  # then its token count, also followed
+    assert int(page.get_attribute("#truncation", "data-truncated")) >= 0

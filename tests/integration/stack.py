@@ -41,7 +41,7 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
         env.update(LORA_STUDIO_VAR=str(self.tmp / "var"), MEDIA_ROOT=str(self.tmp / "var" / "media"),
                    OMP_NUM_THREADS="1", TRAIN_THREADS="1", PYTHONUNBUFFERED="1", JOB_LEASE_SECONDS="30",
-                   WEBHOOK_TIMEOUT_SECONDS="8",
+                   WEBHOOK_TIMEOUT_SECONDS="8", DATASET_CHECK_INLINE_BYTES="65536",
                    # The tests' webhook receivers listen on 127.0.0.1, a free port: allowed as an admin would.
                    WEBHOOK_ALLOWED_HOSTS="127.0.0.1", WEBHOOK_ALLOWED_PORTS="1024-65535",
                    DJANGO_SETTINGS_MODULE="webapp.settings", LOG_LEVEL="WARNING")

@@ -1,6 +1,7 @@
 """Each kind of work has its own queue: a webhook endpoint that trickles its answer holds only the
 background worker, for at most WEBHOOK_TIMEOUT_SECONDS, while chat on the infer worker answers at once."""
 import http.server
+import json
 import threading
 import time
 
@@ -86,3 +87,33 @@ def test_a_hanging_webhook_endpoint_never_holds_up_chat(stack, trickling_endpoin
         time.sleep(0.3)
     assert (delivery["status"], delivery["attempts"], delivery["response_code"], delivery["last_error"]) == (
         "pending", 1, None, f"timeout: no complete answer within {DEADLINE_S} s"), stack.logs()
+
+
+@pytest.mark.parametrize("stack", [("sqlite", "embedded")], indirect=True, ids=["sqlite+embedded-redis"])
+def test_a_large_upload_and_its_token_counts_are_done_by_the_background_worker(stack):
+    """Over DATASET_CHECK_INLINE_BYTES (64 KB in the stack) the request only stores the file; the real
+    background worker checks it, then counts its tokens once for the check page and the estimates."""
+    headers = {"Authorization": f"Bearer {stack.api_key()}"}
+    rows = [{"prompt": f"question {i} " + "word " * 20, "completion": f"answer {i}"} for i in range(600)]
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    assert len(body) > 65536
+    r = requests.post(f"{stack.url}/api/v1/datasets/", headers=headers, timeout=30,
+                      files={"file": ("big.jsonl", body)}, data={"name": "big"})
+    assert r.status_code == 202 and r.json()["status"] == "queued", r.text
+    check = wait_for(lambda: requests.get(stack.url + r.headers["Location"], headers=headers, timeout=30).json(),
+                     lambda c: c["status"] not in ("queued", "checking"), stack)
+    assert (check["status"], check["rows"]) == ("ready", 600), check
+    tokens_url = f"{stack.url}/api/v1/datasets/{check['dataset']}/tokens/?max_length=16"
+    tokens = wait_for(lambda: requests.get(tokens_url, headers=headers, timeout=30).json(),
+                      lambda t: t["status"] != "pending", stack)
+    assert tokens["status"] == "ready" and len(tokens["lengths"]) == 600 and tokens["truncated"] == 600, tokens
+
+
+def wait_for(fetch, done, stack, limit_s: float = 60):
+    deadline = time.monotonic() + limit_s
+    while True:
+        value = fetch()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, (value, stack.logs())
+        time.sleep(0.3)

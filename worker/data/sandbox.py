@@ -106,6 +106,8 @@ def _run_child(request: Path, progress: Path, seconds: float, on_progress, name:
                                                              "(limit DATASET_PARSE_SECONDS)", unit="")]) from None
             if on_progress is not None:
                 last = _relay(progress, last, on_progress)
+        if on_progress is not None:
+            _relay(progress, last, on_progress)  # the stage it ended in
         stderr.join(timeout=5)
     return subprocess.CompletedProcess(child.args, child.returncode, b"", b"".join(stderr.chunks))
 
