@@ -1,7 +1,7 @@
 """Routing by fit with real workers: two train workers declare their capacities (WORKER_CAPACITY), a small
 one and a big one. A job too big for the small one runs on the big one (and shows as its current job); a job
 too big for both waits, saying for what (ROUTING_NO_FIT=wait, the default); the Workers API lists both with
-their devices, memory and queues."""
+their devices, memory and queues, and a killed worker leaves the list within three heartbeats."""
 import json
 import time
 
@@ -75,3 +75,10 @@ def test_jobs_run_only_where_they_fit(tmp_path, tiny_llama):
         time.sleep(0.5)
         assert api.get(f"{url}/jobs/{waiting.json()['id']}/").json()["status"] == "queued"  # ...and does not start it
         assert queue["queued_jobs"] == 1 and queue["workers"] == 1
+
+        stack.kill("train-small")  # killed outright: its announcement expires within three heartbeats (6 s)
+        killed = time.monotonic()
+        while len(workers()["workers"]) > 1:
+            assert time.monotonic() - killed < 10, workers()
+            time.sleep(0.3)
+        assert [w["name"] for w in workers()["workers"]] == [listed["big"]["name"]]
