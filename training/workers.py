@@ -17,6 +17,7 @@ import redis
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutting_down
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 from common.events import redis_client
 from training.routing import DEFAULT_QUEUE, Capacity, class_queues, queues_for_memory
@@ -155,8 +156,8 @@ def _consume_fitting_classes(sender, instance, **kwargs):
         return
     capacity = own_capacity()
     for name in queues_for_memory(capacity.memory_mb):
-        if name not in queues.consume_from:
-            queues.select_add(name)
+        if name not in queues.consume_from:  # bound as `-Q` and the sender's router bind them
+            queues.select_add(Queue(name, Exchange(name), routing_key=name))
     _me.update(name=str(sender), queues=queues_for_memory(capacity.memory_mb), started=time.time())
     log.info("train worker %s: %s x%d, %.0f MB each; queues %s", sender, capacity.device, capacity.count,
              capacity.memory_mb, ", ".join(_me["queues"]))

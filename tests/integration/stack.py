@@ -36,7 +36,7 @@ class Stack:
         self.tmp = Path(tmp)
         # Train workers by name, each with its own extra environment (e.g. a declared WORKER_CAPACITY).
         self.train_workers = train_workers or {"train": {}}
-        self.envs: dict[str, dict] = {}
+        self.extra_envs: dict[str, dict] = {}  # per process name, over self.env (which tests may change)
         self.database, self.redis, self.model_dir = database, redis, model_dir
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.port = free_port()
@@ -183,7 +183,7 @@ class Stack:
         log = open(self.tmp / f"{name}.log", "a")
         log.write(f"\n--- respawned {name} ---\n")
         log.flush()
-        proc = subprocess.Popen(old.args, cwd=ROOT, env=self.envs.get(name, self.env), stdout=log,
+        proc = subprocess.Popen(old.args, cwd=ROOT, env={**self.env, **self.extra_envs.get(name, {})}, stdout=log,
                                 stderr=subprocess.STDOUT)
         self.procs.append((name, proc))
         return proc
@@ -198,9 +198,9 @@ class Stack:
 
     def _spawn(self, name: str, argv: list[str], extra_env: dict | None = None) -> None:
         log = open(self.tmp / f"{name}.log", "w")
-        self.envs[name] = {**self.env, **(extra_env or {})}
-        self.procs.append((name, subprocess.Popen(argv, cwd=ROOT, env=self.envs[name], stdout=log,
-                                                  stderr=subprocess.STDOUT)))
+        self.extra_envs[name] = extra_env or {}
+        self.procs.append((name, subprocess.Popen(argv, cwd=ROOT, env={**self.env, **self.extra_envs[name]},
+                                                  stdout=log, stderr=subprocess.STDOUT)))
 
     def _pg(self, sql: str) -> None:
         import psycopg

@@ -24,8 +24,8 @@ TOO_BIG_FOR_BOTH = {**BASE, "batch_size": 128, "max_seq_length": 512}
 
 
 def test_jobs_run_only_where_they_fit(tmp_path, tiny_llama):
-    with running_stack(tmp_path, tiny_llama, env={"ROUTING_MEMORY_CLASSES_GB": CLASSES, "WORKER_HEARTBEAT_SECONDS": "2"},
-                       train_workers={"train-small": SMALL, "train-big": BIG}) as stack:
+    env = {"ROUTING_MEMORY_CLASSES_GB": CLASSES, "WORKER_HEARTBEAT_SECONDS": "2"}
+    with running_stack(tmp_path, tiny_llama, env=env, train_workers={"train-small": SMALL, "train-big": BIG}) as stack:
         api = requests.Session()
         api.headers["Authorization"] = f"Bearer {stack.api_key()}"
         url = stack.url + "/api/v1"
