@@ -1,4 +1,4 @@
-// Workers page: refresh the workers and queue tables from /api/v1/workers/ every few seconds.
+// Workers page: the workers and queue tables follow /api/v1/workers/ (now, then every few seconds).
 (function () {
   const root = document.getElementById("workers-root");
   if (!root) return;
@@ -35,8 +35,9 @@
   async function refresh() {
     try {
       const r = await fetch(root.dataset.api, { credentials: "same-origin" });
-      if (r.ok) render(await r.json());
+      if (r.ok) { render(await r.json()); root.dataset.refreshed = String(Date.now()); }
     } catch (e) { /* the next refresh tries again */ }
   }
+  refresh();
   setInterval(refresh, 5000);
 })();
