@@ -22,7 +22,7 @@ from training.dispatch import dispatch_on_commit
 from training.files import job_evaluation, job_output_dir, merge_state_write, merged_status, merged_zip_path
 from training.live import publish_job, publish_status
 from training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
-from training.routing import Capacity, job_devices, waiting_for
+from training.routing import Capacity, job_devices
 from training.signals import job_finished
 from training.workers import live_capacities
 from user_datasets.models import Dataset

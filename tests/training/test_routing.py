@@ -1,7 +1,6 @@
 """Routing by fit: memory classes and their queues, worker announcements, claims that only take jobs that
 fit, and the refuse/wait setting through the form, REST and the OpenAI API. Real workers on declared
 capacities: tests/integration/test_routing.py."""
-import json
 from unittest import mock
 
 import pytest
