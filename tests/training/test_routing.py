@@ -274,3 +274,19 @@ def test_workers_api_shows_devices_memory_jobs_and_queue_depths(api, api_bob, us
     from rest_framework.test import APIClient
 
     assert APIClient().get("/api/v1/workers/").status_code in (401, 403)
+
+
+def test_the_routing_settings_are_checked(monkeypatch):
+    from webapp.env import env_choice, env_sizes_gb
+
+    monkeypatch.setenv("ROUTING_MEMORY_CLASSES_GB", "8, 16,24.5")
+    assert env_sizes_gb("ROUTING_MEMORY_CLASSES_GB", "1") == [8, 16, 24.5]
+    for bad in ("8,x", "16,8", "0,8"):
+        monkeypatch.setenv("ROUTING_MEMORY_CLASSES_GB", bad)
+        with pytest.raises(ImproperlyConfigured, match="ROUTING_MEMORY_CLASSES_GB"):
+            env_sizes_gb("ROUTING_MEMORY_CLASSES_GB", "1")
+    monkeypatch.setenv("ROUTING_NO_FIT", "Refuse")
+    assert env_choice("ROUTING_NO_FIT", "wait", ("wait", "refuse")) == "refuse"
+    monkeypatch.setenv("ROUTING_NO_FIT", "drop")
+    with pytest.raises(ImproperlyConfigured, match="ROUTING_NO_FIT must be one of wait, refuse"):
+        env_choice("ROUTING_NO_FIT", "wait", ("wait", "refuse"))
