@@ -150,9 +150,9 @@ class JobListApi(OpenAIView):
         config = job_config_from_request(body)
         try:
             services.job_validate_config(base_model=base, config=config)
-            services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
+            est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
             job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
-                                      name=suffix, validation=validation)
+                                      name=suffix, validation=validation, memory_mb=est.memory_mb)
         except ConfigError as exc:
             param = {"validation_dataset": "validation_file", "dataset": "training_file",
                      "config": "hyperparameters"}.get(

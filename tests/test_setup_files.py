@@ -33,7 +33,9 @@ def test_each_kind_of_work_has_its_own_queue():
 
     from common import queue
 
-    routes = {name: route["queue"] for name, route in settings.CELERY_TASK_ROUTES.items()}
+    router, by_name = settings.CELERY_TASK_ROUTES  # train jobs first by memory class (training.routing)
+    assert router == "training.routing.route_train_job"
+    routes = {name: route["queue"] for name, route in by_name.items()}
     assert routes[queue.TRAIN_JOB] == "train"
     assert {name for name, q in routes.items() if q == "infer"} == {queue.CHAT_ANSWER, queue.CHAT_ROUND}
     assert {name for name, q in routes.items() if q == "background"} == {

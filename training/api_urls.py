@@ -16,4 +16,5 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/merged/", apis.JobMergedApi.as_view(), name="api-job-merged"),
     path("adapters/", apis.AdapterListApi.as_view(), name="api-adapters"),
     path("estimate/", apis.EstimateApi.as_view(), name="api-estimate"),
+    path("workers/", apis.WorkersApi.as_view(), name="api-workers"),
 ]

@@ -14,6 +14,7 @@ from common.schema import error_responses
 from training import selectors, services
 from training.models import JobStatus
 from training.downloads import adapter_download, merged_download
+from training.workers import live_capacities
 from user_datasets.selectors import dataset_find
 from worker.config import ConfigError, TrainConfig
 
@@ -36,6 +37,17 @@ class JobOutput(serializers.Serializer):
     attempts = serializers.IntegerField()
     created = serializers.DateTimeField()
     finished = serializers.DateTimeField(allow_null=True)
+    waiting_for = serializers.SerializerMethodField(
+        help_text="for a queued job that fits no live train worker: what it waits for, e.g. "
+                  "'waiting for a worker with >= 20 GB'; else empty")
+
+    def get_waiting_for(self, job) -> str:
+        if job.status != JobStatus.QUEUED or not job.memory_mb:
+            return ""
+        root = self.root  # one read of the live workers for a whole page
+        if not hasattr(root, "_fleet"):
+            root._fleet = live_capacities()
+        return selectors.job_waiting_for(job=job, fleet=root._fleet)
 
 
 class MetricEventOutput(serializers.Serializer):
@@ -101,9 +113,9 @@ class JobListApi(APIView):
                 raise ConfigError("validation_dataset", "no such dataset")
             validation["dataset"] = other
         services.job_validate_config(base_model=base, config=config)
-        services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
+        est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
         job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
-                                  name=v.get("name", ""), validation=validation)
+                                  name=v.get("name", ""), validation=validation, memory_mb=est.memory_mb)
         return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
 
 
@@ -251,3 +263,43 @@ class EstimateApi(APIView):
         services.job_validate_config(base_model=base, config=config)
         est = services.job_estimate(owner=request.user, dataset=dataset, base_model=base, config=config)
         return Response(EstimateOutput(est).data)
+
+
+class WorkerJobOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+
+
+class WorkerOutput(serializers.Serializer):
+    name = serializers.CharField(help_text="the Celery worker's name")
+    host = serializers.CharField()
+    device = serializers.ChoiceField(choices=["cpu", "cuda"])
+    count = serializers.IntegerField(help_text="devices")
+    memory_mb = serializers.FloatField(help_text="memory of each device")
+    queues = serializers.ListField(child=serializers.CharField(), help_text="the memory-class queues it consumes")
+    busy = serializers.BooleanField(help_text="whether it is training a job now")
+    job = WorkerJobOutput(allow_null=True, help_text="the job it trains, only when it is yours")
+    started = serializers.FloatField(allow_null=True, help_text="Unix time it started")
+    seen = serializers.FloatField(allow_null=True, help_text="Unix time of its last announcement")
+
+
+class QueueOutput(serializers.Serializer):
+    name = serializers.CharField()
+    max_memory_gb = serializers.FloatField(allow_null=True, help_text="the most its jobs need; null: above every class")
+    messages = serializers.IntegerField(help_text="messages waiting in the broker (-1: unknown)")
+    queued_jobs = serializers.IntegerField(help_text="queued jobs of this class, all users")
+    workers = serializers.IntegerField(help_text="live workers that consume it")
+
+
+class WorkersApi(APIView):
+    """The live train workers, with their devices, memory and current job, and the queue depths."""
+
+    class OutputSerializer(serializers.Serializer):
+        workers = WorkerOutput(many=True)
+        queues = QueueOutput(many=True)
+        no_fit = serializers.ChoiceField(choices=["wait", "refuse"],
+                                         help_text="ROUTING_NO_FIT: what happens to a job no live worker fits")
+
+    @extend_schema(responses={200: OutputSerializer}, operation_id="api_v1_workers_list")
+    def get(self, request):
+        return Response(self.OutputSerializer(selectors.worker_list(viewer=request.user)).data)

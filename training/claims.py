@@ -25,6 +25,7 @@ from django.db.models.functions import Coalesce, Greatest, Now
 
 from accounts.limits import user_limits
 from training.models import FineTuneJob, JobStatus
+from training.routing import Capacity, job_devices
 from worker.reporting import WorkLost
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,10 @@ class Claim:
         return with_db_retry(write, seconds=self.lease_seconds / 2)
 
     @classmethod
-    def take_fairest(cls, preferred_job_id=None) -> Claim | None:
-        """Claim the queued job whose turn it is (see `fair_order`); the message's own job wins a tie."""
-        for job_id in fair_order(preferred_job_id):
+    def take_fairest(cls, preferred_job_id=None, *, capacity: Capacity | None = None) -> Claim | None:
+        """Claim the queued job whose turn it is (see `fair_order`) among those that fit `capacity`
+        (this worker's devices and memory); the message's own job wins a tie."""
+        for job_id in fair_order(preferred_job_id, capacity=capacity):
             claim = cls.take(job_id)
             if claim is not None:
                 return claim
@@ -126,13 +128,17 @@ class Claim:
             thread.join(timeout=5)
 
 
-def fair_order(preferred_job_id=None) -> list:
+def fair_order(preferred_job_id=None, *, capacity: Capacity | None = None) -> list:
     """Queued jobs in the order they should start, fair across users: the owner with the fewest running
     jobs first, then the one whose last run began longest ago (never first); an owner at their
     running-jobs limit waits. Within one owner, the oldest first; the preferred job (the message's) only
-    breaks a tie of equal creation times."""
-    queued = list(FineTuneJob.objects.filter(status=JobStatus.QUEUED).select_related("owner")
-                  .order_by("created").only("id", "owner", "created"))
+    breaks a tie of equal creation times. With `capacity`, only the jobs that fit it (training.routing)."""
+    queued = FineTuneJob.objects.filter(status=JobStatus.QUEUED).select_related("owner").order_by("created")
+    if capacity is not None:
+        fitting = queued.filter(memory_mb__lte=capacity.memory_mb).only("id", "owner", "created", "config")
+        queued = [job for job in fitting if job_devices(job.config) <= capacity.count]
+    else:
+        queued = list(queued.only("id", "owner", "created"))
     owners = {job.owner_id: job.owner for job in queued}
     running = Counter(FineTuneJob.objects.filter(status=JobStatus.RUNNING, owner_id__in=owners)
                       .values_list("owner_id", flat=True))

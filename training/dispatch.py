@@ -14,6 +14,8 @@ from django.db import transaction
 
 from common import queue
 from common.events import redis_client
+from training.models import FineTuneJob, JobStatus
+from training.routing import fits, job_devices
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +60,21 @@ def mark_claimed(job_id) -> None:
         redis_client().delete(_marker(job_id))
     except redis.RedisError:
         pass
+
+
+def hand_on(message_job_id, *, started_job_id, capacity) -> None:
+    """After a worker used the message of `message_job_id` for its turn: if it started another job, the
+    message's job (still queued) gets a message of its own again, since the other job's message may go to
+    a worker that cannot fit it; if it started nothing because the job does not fit this worker (a job of
+    its top memory class above its memory), the marker goes, so the sweep sends the job again for a worker
+    that fits it (once a sweep, not in a loop with this worker)."""
+    if started_job_id is not None and str(started_job_id) == str(message_job_id):
+        return
+    job = FineTuneJob.objects.filter(id=message_job_id, status=JobStatus.QUEUED).only("memory_mb", "config").first()
+    if job is None:
+        return
+    if started_job_id is not None:
+        dispatch_job(job.id)
+    elif not fits(capacity, need_mb=job.memory_mb, devices=job_devices(job.config)):
+        log.info("job %s does not fit this worker; the sweep sends it again", job.id)
+        mark_claimed(job.id)

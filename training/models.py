@@ -49,6 +49,8 @@ class FineTuneJob(models.Model):
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     final_loss = models.FloatField(null=True, blank=True)
+    memory_mb = models.FloatField(default=0, help_text="the pre-flight memory estimate per device (MB); "
+                                  "routes the job to train workers that fit it (0: unknown, any)")
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)

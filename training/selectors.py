@@ -1,6 +1,9 @@
 """Reads of jobs. Every selector of user data takes the owner, so a forgotten filter is hard to write."""
 from __future__ import annotations
 
+from collections import Counter
+
+from django.conf import settings
 from django.db.models import QuerySet
 from django.db.models import Sum
 from django.shortcuts import get_object_or_404
@@ -9,6 +12,8 @@ from django.utils import timezone
 from base_models.models import BaseModel
 from common.ids import is_uuid
 from training.models import Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
+from training.routing import Capacity, class_queues, job_devices, queue_for_need, waiting_for
+from training import workers as train_workers
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
 
@@ -69,3 +74,34 @@ def adapter_list(*, owner) -> QuerySet[Adapter]:
 def jobs_with_adapter(*, owner, base_model: BaseModel) -> QuerySet[FineTuneJob]:
     """The owner's succeeded jobs on `base_model` that have an adapter."""
     return job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(base_model=base_model, adapter__isnull=False)
+
+
+def job_waiting_for(*, job: FineTuneJob, fleet: list[tuple[str, Capacity]] | None = None) -> str:
+    """For a queued job that fits no live train worker, what it waits for ("waiting for a worker with >= 20 GB");
+    else "". `fleet` defaults to the live workers (training.workers)."""
+    if job.status != JobStatus.QUEUED or not job.memory_mb:
+        return ""
+    fleet = train_workers.live_capacities() if fleet is None else fleet
+    return waiting_for(need_mb=job.memory_mb, devices=job_devices(job.config),
+                       capacities=[capacity for _, capacity in fleet])
+
+
+def worker_list(*, viewer) -> dict:
+    """The live train workers (name, devices, memory, queues, whether busy; the job itself only when it is
+    the viewer's) and the depth of each memory-class queue: messages waiting and queued jobs."""
+    announced = train_workers.live_workers()
+    running = {w["job"] for w in announced if w.get("job")}
+    mine = {str(j.id): j for j in job_list(owner=viewer).filter(id__in=[i for i in running if is_uuid(i)])}
+    workers = []
+    for w in announced:
+        job = mine.get(w.get("job") or "")
+        workers.append({"name": w["name"], "host": w.get("host", ""), "device": w["device"], "count": w["count"],
+                        "memory_mb": w["memory_mb"], "queues": w.get("queues", []), "busy": bool(w.get("job")),
+                        "job": {"id": str(job.id), "name": job.name or job.short_id} if job else None,
+                        "started": w.get("started"), "seen": w.get("seen")})
+    needs = FineTuneJob.objects.filter(status=JobStatus.QUEUED).values_list("memory_mb", flat=True)
+    queued = Counter(queue_for_need(need) for need in needs)
+    depths = train_workers.queue_depths()
+    queues = [{"name": name, "max_memory_gb": size, "messages": depths[name], "queued_jobs": queued[name],
+               "workers": sum(name in w["queues"] for w in workers)} for name, size in class_queues()]
+    return {"workers": workers, "queues": queues, "no_fit": settings.ROUTING_NO_FIT}

@@ -24,7 +24,9 @@ from training.dispatch import dispatch_on_commit
 from training.files import job_evaluation, job_output_dir, merge_state_write, merged_status, merged_zip_path
 from training.live import publish_job, publish_status
 from training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
+from training.routing import Capacity, job_devices
 from training.signals import job_finished
+from training.workers import live_capacities
 from user_datasets.models import Dataset
 from user_datasets.selectors import dataset_examples
 from user_datasets.services import dataset_token_report
@@ -81,8 +83,18 @@ def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
     return {**record, "train_rows": len(train), "eval_rows": len(valid)}
 
 
-def job_estimate(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig):
-    """Pre-flight: exact trainable parameters, adapter size, memory and time, before anything runs."""
+def _fleet_limit(fleet: list[tuple[str, Capacity]], devices: int) -> tuple[str, float]:
+    """The live worker with the most memory among those with `devices` devices: (name, MB); ("", 0) if none."""
+    able = [(capacity.memory_mb, name) for name, capacity in fleet if capacity.count >= devices]
+    memory, name = max(able) if able else (0.0, "")
+    return name, memory
+
+
+def job_estimate(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig,
+                 fleet: list[tuple[str, Capacity]] | None = None):
+    """Pre-flight: exact trainable parameters, adapter size, memory and time, before anything runs. The memory
+    it must fit is the biggest live train worker's (`fleet`), or this machine's while none has announced."""
+    fleet = live_capacities() if fleet is None else fleet
     report, _ = dataset_token_report(dataset=dataset, model_path=base_model.path, max_length=config.max_seq_length)
     if report is not None:
         lengths = [min(n, config.max_seq_length) for n in report.lengths] or [config.max_seq_length]
@@ -90,9 +102,15 @@ def job_estimate(*, owner, dataset: Dataset, base_model: BaseModel, config: Trai
         chars_per_row = (dataset.stats or {}).get("chars", 0) / max(1, dataset.rows)
         lengths = [min(config.max_seq_length, int(chars_per_row / 3) + 32)]
     tokens_per_s = selectors.measured_tokens_per_s(owner=owner, base_model=base_model, qlora=config.qlora)
-    limit = settings.TRAIN_MEMORY_LIMIT_MB or (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20
+    device = settings.TRAIN_DEVICE
+    if fleet:
+        limit = _fleet_limit(fleet, job_devices(config.to_dict()))[1]
+        if device == "auto":  # the workers' devices, not the web server's: bf16 weights on GPUs, fp32 on CPUs
+            device = "cuda" if all(capacity.device == "cuda" for _, capacity in fleet) else "cpu"
+    else:
+        limit = settings.TRAIN_MEMORY_LIMIT_MB or (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20
     est = estimate(base_model.path, config, n_examples=max(1, dataset.rows), mean_tokens=sum(lengths) / len(lengths),
-                   device=settings.TRAIN_DEVICE, tokens_per_s=tokens_per_s, memory_limit_mb=limit)
+                   device=device, tokens_per_s=tokens_per_s, memory_limit_mb=limit)
     return dataclasses.replace(est, lengths_known=report is not None)
 
 
@@ -105,17 +123,33 @@ def job_check_quotas(*, owner, new_job: bool = True) -> None:
 
 
 def job_check_fits(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig):
-    """The estimate, or ConfigError("config", ...) with the advice when the job cannot fit in memory."""
-    est = job_estimate(owner=owner, dataset=dataset, base_model=base_model, config=config)
-    if not est.fits:
+    """The estimate, or ConfigError("config", ...) with the figures and the advice when the job fits no live
+    train worker and ROUTING_NO_FIT is refuse (with wait it is accepted and waits for one); while no worker
+    has announced, when it cannot fit this machine's memory (TRAIN_MEMORY_LIMIT_MB)."""
+    fleet = live_capacities()
+    est = job_estimate(owner=owner, dataset=dataset, base_model=base_model, config=config, fleet=fleet)
+    if est.fits:
+        return est
+    if not fleet:
         raise ConfigError("config", f"this job would not fit in memory (about {est.memory_mb:,.0f} MB needed, "
                                     f"{est.memory_limit_mb:,.0f} MB available). " + " ".join(est.advice))
-    return est
+    if settings.ROUTING_NO_FIT == "wait":
+        return est
+    devices = job_devices(config.to_dict())
+    name, memory = _fleet_limit(fleet, devices)
+    if not name:
+        most = max(capacity.count for _, capacity in fleet)
+        raise ConfigError("config", f"this job trains on {devices} devices and no live train worker has that many "
+                                    f"(at most {most}); it is refused (ROUTING_NO_FIT=refuse)")
+    raise ConfigError("config", f"this job needs about {est.memory_mb:,.0f} MB of memory per device and the "
+                                f"biggest live train worker ({name}) has {memory:,.0f} MB; it is refused "
+                                "(ROUTING_NO_FIT=refuse). " + " ".join(est.advice))
 
 
 def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig, name: str = "",
-               validation: dict | None = None) -> FineTuneJob:
-    """Save a queued job (with its data snapshot) and hand it to the train queue on commit."""
+               validation: dict | None = None, memory_mb: float = 0) -> FineTuneJob:
+    """Save a queued job (with its data snapshot) and hand it on commit to the train queue of its memory
+    class (`memory_mb`: the pre-flight estimate; 0 when unknown, which any worker takes)."""
     if dataset.owner_id != owner.id:
         raise ConfigError("dataset", "unknown dataset")
     job_check_quotas(owner=owner)
@@ -123,7 +157,7 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
     with transaction.atomic():
         job = FineTuneJob.objects.create(owner=owner, dataset=dataset, base_model=base_model,
                                          config=config.to_dict(), name=name[:200], dataset_name=dataset.name,
-                                         dataset_sha256=dataset.sha256)
+                                         dataset_sha256=dataset.sha256, memory_mb=memory_mb)
         try:
             job.validation = _job_data(job, dataset, validation or {"kind": "none"})
         except BaseException:
@@ -131,6 +165,10 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
             raise
         job.save(update_fields=["validation"])
         dispatch_on_commit(job.id)
+        waiting = selectors.job_waiting_for(job=job)
+        if waiting:
+            job_event(job_id=job.id, kind="waiting", message=f"{waiting}: no live train worker has enough memory "
+                                                             "now; it starts when one that fits it is running")
     return job
 
 
@@ -202,7 +240,8 @@ def job_retry(*, job: FineTuneJob, by, config: TrainConfig | None = None) -> Fin
         new = FineTuneJob.objects.create(
             owner=job.owner, dataset=job.dataset, base_model=job.base_model, config=config.to_dict(),
             name=(f"{job.name} (retry)" if job.name else "")[:200], dataset_name=job.dataset_name,
-            dataset_sha256=job.dataset_sha256, validation=job.validation)
+            dataset_sha256=job.dataset_sha256, validation=job.validation,
+            memory_mb=job.memory_mb)  # the first estimate: at most what lower-memory advice needs
         shutil.copytree(job_output_dir(job) / "data", job_output_dir(new) / "data")
         dispatch_on_commit(new.id)
     return new

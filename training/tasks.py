@@ -16,7 +16,8 @@ from common import queue
 from common.storage import media_path
 from training import services
 from training.claims import Claim, expired_running_jobs, record_crash
-from training.dispatch import dispatch_job, is_dispatched, mark_claimed
+from training import workers
+from training.dispatch import dispatch_job, hand_on, is_dispatched, mark_claimed
 from training.files import (MERGE_MAX_ATTEMPTS, job_output_dir, merge_marker_age, merge_marker_path,
                             merge_marker_remove, merge_state_read, merge_state_write, merged_status,
                             merged_zip_path, stale_merge_job_ids)
@@ -51,12 +52,24 @@ def build_train_spec(job: FineTuneJob) -> TrainSpec:
 def job_run(job_id: str) -> str:
     """Train one job on this worker: claim it, keep the lease alive, fence every write by the claim.
     Stops cooperatively through the job row's stop_requested flag, or when this worker shuts down."""
-    # Each message is a turn of the train queue: it starts whichever queued job is next in fairness.
-    claim = Claim.take_fairest(preferred_job_id=job_id)
+    # Each message is a turn of the train queue: it starts whichever queued job that fits this worker is next
+    # in fairness (training.routing).
+    capacity = workers.own_capacity()
+    claim = Claim.take_fairest(preferred_job_id=job_id, capacity=capacity)
+    hand_on(job_id, started_job_id=claim and claim.job_id, capacity=capacity)
     if claim is None:
-        log.info("no job to start for the message of %s (taken, finished, or its owner is at a limit)", job_id)
+        log.info("no job to start for the message of %s (taken, finished, too big for this worker, or its owner "
+                 "is at a limit)", job_id)
         return "skipped"
     mark_claimed(claim.job_id)
+    workers.set_current_job(claim.job_id)
+    try:
+        return _run_claimed(job_id, claim)
+    finally:
+        workers.set_current_job(None)
+
+
+def _run_claimed(job_id: str, claim: Claim) -> str:
     job = FineTuneJob.objects.select_related("base_model", "dataset").get(id=claim.job_id)
     publish_status(job)
     if settings.TRAIN_THREADS:

@@ -4,6 +4,7 @@ from training import views
 
 urlpatterns = [
     path("jobs/", views.job_list, name="job-list"),
+    path("workers/", views.worker_list, name="worker-list"),
     path("jobs/new/", views.job_new, name="job-new"),
     path("jobs/compare/", views.runs_compare, name="runs-compare"),
     path("jobs/estimate/", views.job_estimate, name="job-estimate"),

@@ -36,6 +36,12 @@ def job_list(request):
 
 
 @login_required
+def worker_list(request):
+    """The live train workers and the queue depths; the page's script refreshes them from /api/v1/workers/."""
+    return render(request, "training/workers.html", selectors.worker_list(viewer=request.user))
+
+
+@login_required
 def job_new(request):
     initial = {}
     wanted = dataset_find(owner=request.user, dataset_id=request.GET.get("dataset"))
@@ -47,7 +53,8 @@ def job_new(request):
             try:
                 job = services.job_create(owner=request.user, dataset=form.cleaned_data["dataset"],
                                           base_model=form.cleaned_data["base_model"], config=form.config,
-                                          name=form.cleaned_data["name"], validation=form.validation)
+                                          name=form.cleaned_data["name"], validation=form.validation,
+                                          memory_mb=form.estimate.memory_mb)
             except ConfigError as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)
             except QuotaExceeded as exc:
@@ -102,7 +109,7 @@ def job_detail(request, job_id):
     succeeded = job.status == JobStatus.SUCCEEDED
     return render(request, "training/job_detail.html", {
         "job": job, "config": job.config, "events": job.events.order_by("-id")[:20],
-        "suggestion": _oom_suggestion(job),
+        "suggestion": _oom_suggestion(job), "waiting": selectors.job_waiting_for(job=job),
         "merged": merged_status(job) if succeeded else None,
         "evaluation": job_evaluation(job) if succeeded else None,
         "adapter": getattr(job, "adapter", None) if succeeded else None})

@@ -17,7 +17,8 @@ from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from common.private_files import private_file_create
-from webapp.env import env_bool, env_hosts, env_int, env_list, env_port_ranges, env_str
+from webapp.env import (env_bool, env_choice, env_hosts, env_int, env_list, env_port_ranges, env_sizes_gb,
+                        env_str)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("LORA_STUDIO_VAR", str(BASE_DIR / "var")))
@@ -234,7 +235,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_TASK_ROUTES = {  # by the fixed task names of common.queue
+# A train job goes to the queue of its memory class (training.routing); the rest by the fixed task
+# names of common.queue.
+CELERY_TASK_ROUTES = ("training.routing.route_train_job", {
     "training.job_run": {"queue": "train"},
     # infer answers chat only, so nothing slow (a merge, a webhook endpoint that hangs) can hold a chat up.
     "arena.chat_answer": {"queue": "infer"},
@@ -253,7 +256,7 @@ CELERY_TASK_ROUTES = {  # by the fixed task names of common.queue
     "user_datasets.check_upload": {"queue": "background"},
     "user_datasets.token_profile": {"queue": "background"},
     "user_datasets.sweep": {"queue": "background"},
-}
+})
 SWEEP_SECONDS = env_int("SWEEP_SECONDS", 30)  # how often Celery beat runs the sweeps
 # The sweeps put stranded work back on track (see training.claims, training.dispatch, the merge and
 # webhook sweeps); one beat process schedules them, whatever the number of workers, and each is safe
@@ -289,6 +292,16 @@ TRAIN_DEVICE = env_str("TRAIN_DEVICE", "auto")
 TRAIN_THREADS = env_int("TRAIN_THREADS", 0)  # 0: torch's default
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 TRAIN_MEMORY_LIMIT_MB = env_int("TRAIN_MEMORY_LIMIT_MB", 0)  # 0: this machine's RAM (or the GPU's memory)
+# Routing by fit (training.routing, training.workers): each train worker announces its devices and memory
+# (detected, or WORKER_CAPACITY='{"device": "cpu", "count": 1, "memory_mb": 4000}'), renewed every
+# WORKER_HEARTBEAT_SECONDS and gone three beats after it stops. A job goes to the queue of its memory class:
+# `train` up to the first size, then `train.mem<GB>` per size and `train.memmax` above the last; a worker
+# consumes every class up to the one its memory falls in. A job that fits no live worker is refused at
+# submit (ROUTING_NO_FIT=refuse) or waits for one (wait); with no worker announced the web checks its own memory.
+ROUTING_MEMORY_CLASSES_GB = env_sizes_gb("ROUTING_MEMORY_CLASSES_GB", "8,16,24,32,48,80,96,141,192")
+ROUTING_NO_FIT = env_choice("ROUTING_NO_FIT", "wait", ("wait", "refuse"))
+WORKER_CAPACITY = env_str("WORKER_CAPACITY", "")
+WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 10)
 # A job's lease on the database's clock, renewed by its worker's heartbeat every third of it; a killed
 # job resumes within the lease plus one sweep.
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120)

@@ -1,5 +1,5 @@
 """The strict Content-Security-Policy breaks no page in Chromium: Swagger UI at /api/docs/ renders, a
-dataset's check and a job's live chart run, and no page logs a policy violation; repeated failed
+dataset's check, a job's live chart and the Workers tables run, and no page logs a policy violation; repeated failed
 sign-ins show the lockout message."""
 import json
 
@@ -45,6 +45,9 @@ def test_pages_and_swagger_ui_run_under_the_policy(stack, strict_page):
     for path in ("/datasets/", "/jobs/new/", "/account/keys/", "/account/webhooks/"):
         page.goto(stack.url + path)
         page.wait_for_load_state("networkidle")
+    page.goto(stack.url + "/workers/")  # its script redraws the tables from /api/v1/workers/
+    page.locator("#workers-root[data-refreshed]").wait_for(state="attached", timeout=20_000)
+    assert "1 × cpu" in page.inner_text("#workers-table") and "train.memmax" in page.inner_text("#queues-table")
     response = page.goto(stack.url + "/api/docs/")
     assert "script-src 'self'" in response.headers["content-security-policy"]  # enforced, not bypassed
     # A probe: Chromium refuses an inline script here, so a page that relied on one would show below.

@@ -31,21 +31,25 @@ def free_port() -> int:
 
 
 class Stack:
-    def __init__(self, tmp: Path, *, database: str, redis: str, model_dir: Path):
+    def __init__(self, tmp: Path, *, database: str, redis: str, model_dir: Path, env: dict | None = None,
+                 train_workers: dict[str, dict] | None = None):
         self.tmp = Path(tmp)
+        # Train workers by name, each with its own extra environment (e.g. a declared WORKER_CAPACITY).
+        self.train_workers = train_workers or {"train": {}}
+        self.extra_envs: dict[str, dict] = {}  # per process name, over self.env (which tests may change)
         self.database, self.redis, self.model_dir = database, redis, model_dir
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.pg_name: str | None = None
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-        env.update(LORA_STUDIO_VAR=str(self.tmp / "var"), MEDIA_ROOT=str(self.tmp / "var" / "media"),
-                   OMP_NUM_THREADS="1", TRAIN_THREADS="1", PYTHONUNBUFFERED="1", JOB_LEASE_SECONDS="30",
-                   WEBHOOK_TIMEOUT_SECONDS="8", DATASET_CHECK_INLINE_BYTES="65536",
-                   # The tests' webhook receivers listen on 127.0.0.1, a free port: allowed as an admin would.
-                   WEBHOOK_ALLOWED_HOSTS="127.0.0.1", WEBHOOK_ALLOWED_PORTS="1024-65535",
-                   DJANGO_SETTINGS_MODULE="webapp.settings", LOG_LEVEL="WARNING")
-        self.env = env
+        base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+        base.update(LORA_STUDIO_VAR=str(self.tmp / "var"), MEDIA_ROOT=str(self.tmp / "var" / "media"),
+                    OMP_NUM_THREADS="1", TRAIN_THREADS="1", PYTHONUNBUFFERED="1", JOB_LEASE_SECONDS="30",
+                    WEBHOOK_TIMEOUT_SECONDS="8", DATASET_CHECK_INLINE_BYTES="65536",
+                    # The tests' webhook receivers listen on 127.0.0.1, a free port: allowed as an admin would.
+                    WEBHOOK_ALLOWED_HOSTS="127.0.0.1", WEBHOOK_ALLOWED_PORTS="1024-65535",
+                    DJANGO_SETTINGS_MODULE="webapp.settings", LOG_LEVEL="WARNING")
+        self.env = {**base, **(env or {})}
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Stack":
@@ -75,7 +79,8 @@ class Stack:
                     "g().objects.create_user('bob', password='pw-bob-123')")
         celery = [str(BIN / "celery"), "-A", "webapp", "worker", "-c", "1", "--pool", "solo", "--without-gossip",
                   "--without-mingle", "-l", "warning"]
-        self._spawn("train", celery + ["-Q", "train", "-n", f"train-{self.port}@%h"])
+        for name, extra in self.train_workers.items():
+            self._spawn(name, celery + ["-Q", "train", "-n", f"{name}-{self.port}@%h"], extra)
         self._spawn("infer", celery + ["-Q", "infer", "-n", f"infer-{self.port}@%h"])
         threads = [a for a in celery if a not in ("-c", "1", "--pool", "solo")] + ["-c", "4", "--pool", "threads"]
         self._spawn("background", threads + ["-Q", "background", "-n", f"background-{self.port}@%h"])
@@ -178,7 +183,8 @@ class Stack:
         log = open(self.tmp / f"{name}.log", "a")
         log.write(f"\n--- respawned {name} ---\n")
         log.flush()
-        proc = subprocess.Popen(old.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(old.args, cwd=ROOT, env={**self.env, **self.extra_envs.get(name, {})}, stdout=log,
+                                stderr=subprocess.STDOUT)
         self.procs.append((name, proc))
         return proc
 
@@ -190,10 +196,11 @@ class Stack:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return done.stdout
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], extra_env: dict | None = None) -> None:
         log = open(self.tmp / f"{name}.log", "w")
-        self.procs.append((name, subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log,
-                                                  stderr=subprocess.STDOUT)))
+        self.extra_envs[name] = extra_env or {}
+        self.procs.append((name, subprocess.Popen(argv, cwd=ROOT, env={**self.env, **self.extra_envs[name]},
+                                                  stdout=log, stderr=subprocess.STDOUT)))
 
     def _pg(self, sql: str) -> None:
         import psycopg
@@ -233,9 +240,11 @@ class Stack:
 
 
 @contextmanager
-def running_stack(tmp: Path, model_dir: Path, *, database: str = "sqlite", redis: str = "embedded"):
-    """A started Stack, stopped (and its database dropped) on the way out."""
-    stack = Stack(tmp, database=database, redis=redis, model_dir=model_dir)
+def running_stack(tmp: Path, model_dir: Path, *, database: str = "sqlite", redis: str = "embedded",
+                  env: dict | None = None, train_workers: dict[str, dict] | None = None):
+    """A started Stack, stopped (and its database dropped) on the way out; `env` for every process,
+    `train_workers` to start these named train workers (each with its extra environment) instead of one."""
+    stack = Stack(tmp, database=database, redis=redis, model_dir=model_dir, env=env, train_workers=train_workers)
     try:
         yield stack.start()
     finally:

@@ -1,0 +1,84 @@
+"""Routing by fit with real workers: two train workers declare their capacities (WORKER_CAPACITY), a small
+one and a big one. A job too big for the small one runs on the big one (and shows as its current job); a job
+too big for both waits, saying for what (ROUTING_NO_FIT=wait, the default); the Workers API lists both with
+their devices, memory and queues, and a killed worker leaves the list within three heartbeats."""
+import json
+import time
+
+import pytest
+import requests
+
+from tests.conftest import memorisable_conversations
+from tests.integration.stack import running_stack
+
+pytestmark = pytest.mark.integration
+# Memory classes of 0.33 GB (338 MB, the `train` queue) and 4 GB; the tiny model's estimates (CPU) are about
+# 303 MB at batch 4 x 64 tokens, 382 MB at 32 x 256 and 949 MB at 128 x 512.
+CLASSES = "0.33,4"
+SMALL = {"WORKER_CAPACITY": json.dumps({"device": "cpu", "count": 1, "memory_mb": 330})}
+BIG = {"WORKER_CAPACITY": json.dumps({"device": "cpu", "count": 1, "memory_mb": 700})}
+BASE = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_preset": "attention", "learning_rate": 0.01,
+        "warmup_ratio": 0.0, "seed": 1, "max_steps": 3}
+TOO_BIG_FOR_SMALL = {**BASE, "batch_size": 32, "max_seq_length": 256}
+TOO_BIG_FOR_BOTH = {**BASE, "batch_size": 128, "max_seq_length": 512}
+
+
+def test_jobs_run_only_where_they_fit(tmp_path, tiny_llama):
+    env = {"ROUTING_MEMORY_CLASSES_GB": CLASSES, "WORKER_HEARTBEAT_SECONDS": "2"}
+    with running_stack(tmp_path, tiny_llama, env=env, train_workers={"train-small": SMALL, "train-big": BIG}) as stack:
+        api = requests.Session()
+        api.headers["Authorization"] = f"Bearer {stack.api_key()}"
+        url = stack.url + "/api/v1"
+
+        def workers():
+            r = api.get(url + "/workers/", timeout=30)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        deadline = time.monotonic() + 60
+        while len(workers()["workers"]) < 2:
+            assert time.monotonic() < deadline, stack.logs()
+            time.sleep(0.3)
+        listed = {w["name"].split("-")[1]: w for w in workers()["workers"]}
+        assert (listed["small"]["memory_mb"], listed["small"]["queues"]) == (330, ["train"])
+        assert (listed["big"]["memory_mb"], listed["big"]["queues"]) == (700, ["train", "train.mem4"])
+        assert listed["big"]["device"] == "cpu" and listed["big"]["count"] == 1
+
+        data = "".join(json.dumps({"messages": m}) + "\n" for m in memorisable_conversations(8)).encode()
+        dataset = api.post(url + "/datasets/", files={"file": ("c.jsonl", data)}, data={"name": "c"}).json()["id"]
+        base = next(m["id"] for m in api.get(url + "/base-models/").json() if m["name"] == "tiny-llama")
+
+        def submit(config, to=url):
+            return api.post(to + "/jobs/", json={"dataset": dataset, "base_model": base, "config": config,
+                                                 "validation": "none"}, timeout=60)
+
+        r = submit(TOO_BIG_FOR_SMALL)
+        assert r.status_code == 201 and r.json()["waiting_for"] == "", r.text
+        job = r.json()["id"]
+        seen_running_on = set()
+        deadline = time.monotonic() + 90
+        while (status := api.get(f"{url}/jobs/{job}/").json()["status"]) not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, stack.logs()
+            seen_running_on |= {w["name"] for w in workers()["workers"] if (w["job"] or {}).get("id") == job}
+            time.sleep(0.2)
+        assert status == "succeeded", stack.logs()
+        assert stack.job_field(job, "worker").endswith(f":{stack.process('train-big').pid}")
+        assert seen_running_on == {listed["big"]["name"]}
+
+        waiting = submit(TOO_BIG_FOR_BOTH)  # ROUTING_NO_FIT=wait, the default (refuse: tests/training/test_routing.py)
+        assert waiting.status_code == 201, waiting.text
+        assert waiting.json()["waiting_for"] == "waiting for a worker with >= 1 GB"
+        deadline = time.monotonic() + 30
+        while (queue := next(q for q in workers()["queues"] if q["name"] == "train.mem4"))["messages"]:
+            assert time.monotonic() < deadline, stack.logs()  # the idle big worker takes the message...
+            time.sleep(0.2)
+        time.sleep(0.5)
+        assert api.get(f"{url}/jobs/{waiting.json()['id']}/").json()["status"] == "queued"  # ...and does not start it
+        assert queue["queued_jobs"] == 1 and queue["workers"] == 1
+
+        stack.kill("train-small")  # killed outright: its announcement expires within three heartbeats (6 s)
+        killed = time.monotonic()
+        while len(workers()["workers"]) > 1:
+            assert time.monotonic() - killed < 10, workers()
+            time.sleep(0.3)
+        assert [w["name"] for w in workers()["workers"]] == [listed["big"]["name"]]
