@@ -6,7 +6,7 @@ from django.shortcuts import get_object_or_404
 
 from base_models.models import BaseModel
 from common.ids import is_uuid
-from common.storage import media_path
+from common import blobs
 from user_datasets.models import Dataset
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.report import token_report
@@ -29,7 +29,7 @@ def dataset_find(*, owner, dataset_id) -> Dataset | None:
 
 def dataset_examples(*, dataset: Dataset) -> list:
     """The dataset's examples as normalised when it was uploaded."""
-    return read_normalized_jsonl(media_path(dataset.normalized_file))
+    return read_normalized_jsonl(blobs.fetch(dataset.normalized_file))
 
 
 _report_cache: dict = {}
@@ -41,6 +41,6 @@ def dataset_token_report(*, dataset: Dataset, base_model: BaseModel, max_length:
     if key not in _report_cache:
         if len(_report_cache) > 32:
             _report_cache.clear()
-        _report_cache[key] = token_report(cached_tokenizer(base_model.path), dataset_examples(dataset=dataset),
+        _report_cache[key] = token_report(cached_tokenizer(base_model.local_path), dataset_examples(dataset=dataset),
                                           max_length)
     return _report_cache[key]

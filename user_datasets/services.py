@@ -10,6 +10,7 @@ from django.core.files import File
 from django.db import transaction
 
 from accounts.limits import check_limit, storage_used
+from common import blobs
 from common.exceptions import ProductError, StateError
 from common.storage import media_path, media_relative
 from user_datasets.models import Dataset
@@ -85,6 +86,8 @@ def _dataset_from_file(*, owner, tmp: Path, filename: str, name: str, size: int,
         loaded = dataset_validate(path=tmp, filename=filename, normalized=normalized, mapping=mapping,
                                   drop_duplicates=drop_duplicates)
         tmp.replace(final)
+        for path in (final, normalized):
+            blobs.publish(media_relative(path))
         with transaction.atomic():
             return Dataset.objects.create(
                 owner=owner, name=(name or filename)[:200], original_name=filename[:255],
@@ -96,8 +99,8 @@ def _dataset_from_file(*, owner, tmp: Path, filename: str, name: str, size: int,
                        "dropped_duplicates": loaded.dropped_duplicates},
             )
     except BaseException:
-        final.unlink(missing_ok=True)
-        normalized.unlink(missing_ok=True)
+        for path in (final, normalized):
+            blobs.delete(media_relative(path))
         raise
 
 
@@ -180,7 +183,9 @@ def dataset_rename(*, dataset: Dataset, name: str) -> Dataset:
 def dataset_delete(*, dataset: Dataset) -> None:
     """Delete the row and its files; refused (DatasetInUse) while another domain still needs it."""
     dataset_deleting.send(sender=Dataset, dataset=dataset)
-    files = [media_path(dataset.file)] + ([media_path(dataset.normalized_file)] if dataset.normalized_file else [])
+    files = [dataset.file] + ([dataset.normalized_file] if dataset.normalized_file else [])
+    for name in files:
+        media_path(name)  # a stored path that leaves the media folder is refused before anything is deleted
     with transaction.atomic():
         dataset.delete()
-        transaction.on_commit(lambda: [f.unlink(missing_ok=True) for f in files])
+        transaction.on_commit(lambda: [blobs.delete(name) for name in files])

@@ -1,0 +1,53 @@
+"""A real S3 endpoint for tests: moto's server on 127.0.0.1 (a free port), over HTTP like any store."""
+from __future__ import annotations
+
+import socket
+import uuid
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto():
+    """A started ThreadedMotoServer and its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server, f"http://127.0.0.1:{port}"
+
+
+def new_bucket(endpoint: str) -> str:
+    """A fresh, empty bucket on the endpoint; its name."""
+    import boto3
+
+    name = f"lora-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                 region_name=CREDENTIALS["AWS_DEFAULT_REGION"]).create_bucket(Bucket=name)
+    return name
+
+
+def store_env(endpoint: str, bucket: str, prefix: str = "studio") -> dict[str, str]:
+    """The environment a process needs to keep its files in the bucket."""
+    return {"STORAGE_URL": f"s3://{bucket}/{prefix}", "AWS_ENDPOINT_URL": endpoint, **CREDENTIALS}
+
+
+def upload_folder(endpoint: str, folder, url: str) -> None:
+    """Copy a local folder to s3://BUCKET/PREFIX (as an administrator would with `aws s3 cp --recursive`)."""
+    import boto3
+
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                          region_name=CREDENTIALS["AWS_DEFAULT_REGION"])
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
