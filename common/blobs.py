@@ -43,10 +43,15 @@ def _storage():
     return storages["files"]
 
 
-def _key(relative: str) -> str:
-    """The store key of a name under MEDIA_ROOT (checked by media_path first)."""
+def _name(relative: str) -> str:
+    """A name under MEDIA_ROOT as the store's backend takes it (checked by media_path first)."""
     media_path(relative)
-    return _storage()._normalize_name(PurePosixPath(relative).as_posix().strip("/"))
+    return PurePosixPath(relative).as_posix().strip("/")
+
+
+def _key(relative: str) -> str:
+    """The store key of a name under MEDIA_ROOT: the name under STORAGE_URL's prefix."""
+    return _storage()._normalize_name(_name(relative))
 
 
 def _objects(key: str):
@@ -137,14 +142,14 @@ def exists(relative: str) -> bool:
     if not enabled():
         return media_path(relative).exists()
     key = _key(relative)
-    return _storage().exists(relative) or any(True for _ in _storage().bucket.objects.filter(Prefix=key + "/").limit(1))
+    return _storage().exists(_name(relative)) or any(True for _ in _storage().bucket.objects.filter(Prefix=key + "/").limit(1))
 
 
 def is_file(relative: str) -> bool:
     """Whether a file (not a folder) is stored under `relative`."""
     if not enabled():
         return media_path(relative).is_file()
-    return _storage().exists(relative)
+    return _storage().exists(_name(relative))
 
 
 def size(relative: str) -> int | None:
@@ -155,7 +160,7 @@ def size(relative: str) -> int | None:
         except FileNotFoundError:
             return None
     try:
-        return _storage().size(relative)
+        return _storage().size(_name(relative))
     except FileNotFoundError:
         return None
 
@@ -257,7 +262,7 @@ def download_response(relative: str, *, filename: str, content_type: str | None 
             raise Http404("the file is no longer stored")
         params = {"ResponseContentDisposition": content_disposition_header(True, filename),
                   **({"ResponseContentType": content_type} if content_type else {})}
-        return HttpResponseRedirect(_storage().url(relative, parameters=params,
+        return HttpResponseRedirect(_storage().url(_name(relative), parameters=params,
                                                    expire=settings.STORAGE_SIGNED_URL_SECONDS))
     try:
         got = _storage().bucket.Object(_key(relative)).get()

@@ -28,6 +28,8 @@ def job_output_dir(job: FineTuneJob) -> Path:
 
 def job_evaluation(job: FineTuneJob) -> dict | None:
     """The end-of-job base-vs-adapted evaluation, if the job had a validation split."""
+    if not (job.validation or {}).get("eval_rows") and not job_output_dir(job).joinpath("evaluation.json").is_file():
+        return None  # no validation split, no evaluation: nothing to look for in the store
     path = blobs.fetch(job_files(job, "evaluation.json"))
     return json.loads(path.read_text()) if path.is_file() else None
 

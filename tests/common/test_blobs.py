@@ -95,7 +95,8 @@ def test_small_state_files_are_read_from_the_store(settings, object_store, tmp_p
 
 
 def test_names_that_leave_the_media_folder_are_refused(object_store):
-    for call in (blobs.publish, blobs.fetch, blobs.delete, blobs.exists, blobs.read_text):
+    for call in (blobs.publish, blobs.fetch, blobs.delete, blobs.exists, blobs.is_file, blobs.size, blobs.age,
+                 blobs.read_text, blobs.touch, blobs.mirror):
         with pytest.raises(SuspiciousFileOperation):
             call("../outside")
     with pytest.raises(SuspiciousFileOperation):
