@@ -68,12 +68,12 @@ def _upload(path: Path, key: str) -> None:
     _storage().bucket.upload_file(str(path), key)
 
 
-def _download(key: str, path: Path) -> None:
+def _download(key: str, path: Path, bucket=None) -> None:
     """Download to a temp name beside `path`, then rename: a local file is always whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.dl-{uuid.uuid4().hex[:8]}")
     try:
-        _storage().bucket.download_file(key, str(tmp))
+        (bucket or _storage().bucket).download_file(key, str(tmp))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -312,13 +312,7 @@ def model_local_path(path: str) -> str:
                 continue
             count += 1
             if not target.is_file() or target.stat().st_size != obj.size:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.dl-{uuid.uuid4().hex[:8]}")
-                try:
-                    bucket.download_file(obj.key, str(tmp))
-                    os.replace(tmp, target)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                _download(obj.key, target, bucket)
         if not count:
             raise FileNotFoundError(f"{path}: nothing is stored under this prefix")
         (folder / COMPLETE).write_text(path)

@@ -4,20 +4,12 @@ import json
 import shutil
 from pathlib import Path
 
-import boto3
 import pytest
 import requests
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 
 from common import blobs
-from tests.object_store import CREDENTIALS, upload_folder
-
-
-def keys(endpoint, bucket) -> list[str]:
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
-    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+from tests.object_store import s3_client, stored_keys, upload_folder
 
 
 def other_host(settings, tmp_path, name="host-2") -> Path:
@@ -41,7 +33,7 @@ def test_published_files_and_folders_reach_a_machine_with_an_empty_disk(settings
     write(root, "jobs/j1/data/.partial.tmp", b"half")  # work in progress is never published
     blobs.publish("datasets/a.jsonl")
     blobs.publish("jobs/j1/data")
-    assert keys(s3_endpoint, object_store) == ["studio/datasets/a.jsonl", "studio/jobs/j1/data/eval.jsonl",
+    assert stored_keys(s3_endpoint, object_store) == ["studio/datasets/a.jsonl", "studio/jobs/j1/data/eval.jsonl",
                                                "studio/jobs/j1/data/train.jsonl"]
 
     fresh = other_host(settings, tmp_path)
@@ -65,17 +57,17 @@ def test_mirror_follows_pruned_checkpoints(settings, object_store, s3_endpoint):
         write(root, f"jobs/j/checkpoints/step-0000{step}/adapter_model.safetensors", b"w" * step)
     write(root, "jobs/j/checkpoints/.step-000030.tmp-abcd/adapter_model.safetensors", b"half")
     blobs.mirror("jobs/j/checkpoints")
-    assert keys(s3_endpoint, object_store) == [f"studio/jobs/j/checkpoints/step-0000{s}/adapter_model.safetensors"
+    assert stored_keys(s3_endpoint, object_store) == [f"studio/jobs/j/checkpoints/step-0000{s}/adapter_model.safetensors"
                                                for s in (10, 20)]
     write(root, "jobs/j/checkpoints/step-000030/adapter_model.safetensors", b"w" * 30)
     blobs.delete("jobs/j/checkpoints/step-000010")  # pruned here, and (already) in the store
     write(root, "jobs/j/checkpoints/step-000010/adapter_model.safetensors", b"w")  # a stray local copy again
     shutil.rmtree(root / "jobs/j/checkpoints/step-000020")  # pruned by the engine: the mirror removes it
     blobs.mirror("jobs/j/checkpoints")
-    assert keys(s3_endpoint, object_store) == [f"studio/jobs/j/checkpoints/step-0000{s}/adapter_model.safetensors"
+    assert stored_keys(s3_endpoint, object_store) == [f"studio/jobs/j/checkpoints/step-0000{s}/adapter_model.safetensors"
                                                for s in (10, 30)]
     blobs.delete("jobs/j/checkpoints")
-    assert keys(s3_endpoint, object_store) == [] and not (root / "jobs/j/checkpoints").exists()
+    assert stored_keys(s3_endpoint, object_store) == [] and not (root / "jobs/j/checkpoints").exists()
 
 
 def test_small_state_files_are_read_from_the_store(settings, object_store, tmp_path):
@@ -145,10 +137,9 @@ def test_a_base_model_registered_from_the_store_is_cached_once_per_machine(setti
     # Once complete, the cached copy is used as it is: no listing, no download (the store could be away).
     blobs._models_ready.clear()
     before = (local / "model.safetensors").stat().st_mtime_ns
-    boto3.resource("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                   aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                   aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"]).Bucket(
-        object_store).objects.filter(Prefix="models/").delete()
+    client = s3_client(s3_endpoint)
+    for key in stored_keys(s3_endpoint, object_store, "models/"):
+        client.delete_object(Bucket=object_store, Key=key)
     assert model.local_path == str(local) and (local / "model.safetensors").stat().st_mtime_ns == before
     with pytest.raises(FileNotFoundError):
         blobs.model_local_path(f"s3://{object_store}/models/nothing-here")
@@ -204,9 +195,9 @@ def test_a_dataset_uploaded_on_one_machine_is_read_and_deleted_on_another(settin
     from user_datasets.services import dataset_create, dataset_delete
 
     ds = dataset_create(owner=user, upload=SimpleUploadedFile("c.jsonl", chat_jsonl()), name="c")
-    assert keys(s3_endpoint, object_store) == sorted([f"studio/{ds.file}", f"studio/{ds.normalized_file}"])
+    assert stored_keys(s3_endpoint, object_store) == sorted([f"studio/{ds.file}", f"studio/{ds.normalized_file}"])
     other_host(settings, tmp_path)
     assert len(dataset_examples(dataset=ds)) == ds.rows > 0
     with django_capture_on_commit_callbacks(execute=True):
         dataset_delete(dataset=ds)
-    assert keys(s3_endpoint, object_store) == []
+    assert stored_keys(s3_endpoint, object_store) == []

@@ -9,18 +9,22 @@ import time
 import zipfile
 from pathlib import Path
 
-import boto3
 import pytest
 
 from tests.integration.test_faults import SWEEP_S, FaultStack, Run
 from tests.integration.stack import csrf_of, read_sse
-from tests.object_store import CREDENTIALS, new_bucket, store_env, upload_folder
+from tests.object_store import new_bucket, store_env, stored_keys, upload_folder
 
 pytestmark = pytest.mark.integration
 HOSTS = ("train", "train2", "infer")
 # Longer than test_faults' lease: five processes and moto share 2 cores here, and a late heartbeat would
 # count as one more crash.
 LEASE_S = 12
+STEPS = 16
+# Evaluations at step 10 (where the first train host is held and killed) and at the end.
+CONFIG = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "learning_rate": 0.01,
+          "batch_size": 4, "max_seq_length": 128, "warmup_ratio": 0.0, "seed": 3, "max_steps": STEPS,
+          "save_every": 5, "eval_every": 10}
 
 
 def host_env(tmp: Path, host: str) -> dict[str, str]:
@@ -50,13 +54,6 @@ def hosts(tmp_path_factory, tiny_llama, s3_endpoint):
         stack.stop()
 
 
-def stored(endpoint: str, bucket: str, prefix: str) -> list[str]:
-    s3 = boto3.resource("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
-    return sorted(o.key for o in s3.Bucket(bucket).objects.filter(Prefix=prefix))
-
-
 def media(stack, host: str) -> Path:
     return Path(stack.env_for(host)["MEDIA_ROOT"])
 
@@ -65,19 +62,31 @@ def test_two_hosts_train_resume_download_and_chat_through_the_store(hosts, s3_en
     stack = hosts
     started = time.monotonic()
     run = Run(stack)  # the dataset, uploaded through the web host
-    job_id = run.submit()
-    assert stored(s3_endpoint, stack.bucket, f"studio/jobs/{job_id}/data/") == [
+    job_id = run.api.post("/jobs/", json={"name": "hosts", "dataset": run.dataset, "base_model": run.base,
+                                          "config": CONFIG, "validation": "split", "validation_percent": 25,
+                                          "validation_seed": 1})["id"]
+    assert stored_keys(s3_endpoint, stack.bucket, f"studio/jobs/{job_id}/data/") == [
         f"studio/jobs/{job_id}/data/eval.jsonl", f"studio/jobs/{job_id}/data/train.jsonl"]
 
+    # Once the first train host has the job, the second one boots (it would take the job otherwise).
+    deadline = time.monotonic() + 120
+    while run.api.get(f"/jobs/{job_id}/").json()["status"] != "running":
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.2)
+    stack.spawn_like("train", "train2")
+    phases = {"running": time.monotonic() - started}
     # The first train host dies after its first checkpoint reached the store.
     stack.wait_failpoint("evaluate")
-    ckpts = stored(s3_endpoint, stack.bucket, f"studio/jobs/{job_id}/checkpoints/")
+    ckpts = stored_keys(s3_endpoint, stack.bucket, f"studio/jobs/{job_id}/checkpoints/")
     assert ckpts and all("/step-000005/" in key for key in ckpts), ckpts
     assert stack.kill("train") == -9
-    # A second train host with an empty disk takes the job once the dead one's lease runs out.
-    stack.spawn_like("train", "train2")
-    job = run.check(job_id)
+    phases["killed"] = time.monotonic() - started
+    # The second train host, its disk empty, takes the job once the dead one's lease runs out.
+    job = run.api.wait_done(stack, job_id)
+    phases["resumed and done"] = time.monotonic() - started
     assert job["attempts"] == 2, (stack.job_events(job_id), stack.logs())
+    assert job["step"] == job["total_steps"] == STEPS
+    assert [p["step"] for p in run.api.metrics_after(job_id, 0)] == list(range(1, STEPS + 1))
     resumed = [e["message"] for e in stack.job_events(job_id) if e["kind"] == "resume"]
     assert resumed == ["resumed from checkpoint at step 5"], stack.job_events(job_id)
 
@@ -88,7 +97,7 @@ def test_two_hosts_train_resume_download_and_chat_through_the_store(hosts, s3_en
     assert (media(stack, "train2") / job_files / "adapter" / "adapter_model.safetensors").is_file()
     assert not (media(stack, "train2") / "datasets").exists()  # the job's snapshot is enough
     assert not (media(stack, "web") / job_files / "adapter").exists()
-    keys = stored(s3_endpoint, stack.bucket, f"studio/{job_files}/")
+    keys = stored_keys(s3_endpoint, stack.bucket, f"studio/{job_files}/")
     assert not [k for k in keys if "/checkpoints/" in k]
     assert f"studio/{job_files}/adapter/adapter_model.safetensors" in keys
     assert f"studio/{job_files}/evaluation.json" in keys
@@ -121,4 +130,5 @@ def test_two_hosts_train_resume_download_and_chat_through_the_store(hosts, s3_en
     assert (media(stack, "infer") / job_files / "adapter" / "adapter_model.safetensors").is_file()
     assert (Path(stack.env_for("infer")["LORA_STUDIO_VAR"]) / "model-cache" / stack.bucket / "models" /
             "tiny-llama" / ".complete").is_file()
-    print(f"two hosts: {time.monotonic() - started:.1f} s after the stack started")
+    phases["chat"] = time.monotonic() - started
+    print("two hosts, seconds after the stack started:", {k: round(v, 1) for k, v in phases.items()})
