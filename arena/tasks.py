@@ -13,8 +13,7 @@ from django.utils import timezone
 from arena.live import chat_stop_time, publish_chat
 from arena.models import ChatAnswer
 from arena.selectors import answer_event_meta, session_base_model
-from common import queue
-from common.storage import media_path
+from common import blobs, queue
 from worker.config import GenerationConfig
 from worker.inference import ModelPool, fit_conversation
 from worker.modeling import cached_tokenizer, context_length
@@ -69,7 +68,7 @@ def _answer_adapter(answer: ChatAnswer) -> tuple[str, str] | None:
     """(name, folder) of the adapter that gives this answer, None for the base. An adapter side
     without a job of its own is an API completion of the session's job."""
     job = answer.job or (answer.session.job if answer.side == ChatAnswer.Side.ADAPTER else None)
-    return None if job is None else (str(job.adapter.id), str(media_path(job.adapter.folder)))
+    return None if job is None else (str(job.adapter.id), str(blobs.fetch(job.adapter.folder)))
 
 
 def _answer_together(answer_ids: list[str]) -> list[str]:
@@ -85,7 +84,7 @@ def _answer_together(answer_ids: list[str]) -> list[str]:
         id__in=claimed)}
     answers = [by_id[str(i)] for i in claimed]
     session = answers[0].session
-    base_path = session_base_model(session).path
+    base_path = session_base_model(session).local_path
     metas = [answer_event_meta(a) for a in answers]
     for meta in metas:
         publish_chat(session.id, "start", meta)

@@ -4,9 +4,12 @@ import uuid
 
 from django.db import models
 
+from common.blobs import model_local_path
+
 
 class BaseModel(models.Model):
-    """A base language model available on local disk."""
+    """A base language model: a local folder, or a folder in the object store (s3://BUCKET/PREFIX) that
+    each machine downloads into its model cache on first use."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200, unique=True)
@@ -23,3 +26,8 @@ class BaseModel(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def local_path(self) -> str:
+        """The folder to load the model from on this machine (downloading a stored model once)."""
+        return model_local_path(self.path)

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from django.http import FileResponse, Http404
+from common import blobs
 
 
 def download_name(text: str, suffix: str) -> str:
@@ -12,10 +11,7 @@ def download_name(text: str, suffix: str) -> str:
     return (re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "download") + suffix
 
 
-def file_download(path: Path, *, filename: str, content_type: str | None = None) -> FileResponse:
-    """Stream a stored file as an attachment; a missing file is a 404, never a 500."""
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        raise Http404("the file is no longer stored") from None
-    return FileResponse(handle, as_attachment=True, filename=filename, content_type=content_type)
+def file_download(relative: str, *, filename: str, content_type: str | None = None):
+    """Stream a stored file (its name under MEDIA_ROOT, as rows keep it) as an attachment, from the local
+    folder or the object store; a missing file is a 404, never a 500."""
+    return blobs.download_response(relative, filename=filename, content_type=content_type)

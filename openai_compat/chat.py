@@ -117,7 +117,7 @@ def _prepare_chat(request, raw_body: bytes) -> dict[str, Any]:
 def _usage(base: BaseModel, messages: list[dict], text: str) -> dict[str, int]:
     """Token counts with the base model's tokenizer (no model is loaded); zeros if it cannot be read."""
     try:
-        tok = cached_tokenizer(base.path)
+        tok = cached_tokenizer(base.local_path)
         prompt = len(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
                                              return_dict=True)["input_ids"])
         completion = len(tok(text, add_special_tokens=False)["input_ids"])

@@ -13,7 +13,6 @@ from rest_framework.response import Response
 from common.errors import OpenAIError
 from common.ids import file_id
 from common.responses import file_download
-from common.storage import media_path
 from openai_compat.base import OpenAIView, openai_schema, owned_dataset, unix_time
 from user_datasets import selectors, services
 from user_datasets.models import Dataset
@@ -66,5 +65,5 @@ class FileContentApi(OpenAIView):
     @openai_schema("downloadFile", errors=(404,), response=OpenApiTypes.BINARY)
     def get(self, request, file_id):
         ds = owned_dataset(request.user, file_id, "file_id")
-        return file_download(media_path(ds.file), filename=ds.original_name or "dataset",
+        return file_download(ds.file, filename=ds.original_name or "dataset",
                              content_type="application/octet-stream")

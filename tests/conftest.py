@@ -142,3 +142,30 @@ def real_redis(settings):
     events.redis_client().flushdb()
     yield events.redis_client()
     events.redis_client.cache_clear()
+
+
+# --- object storage (moto's S3 server, a real HTTP endpoint) -----------------------------------
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from tests.object_store import start_moto
+
+    server, endpoint = start_moto()
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def object_store(settings, s3_endpoint, monkeypatch, tmp_path):
+    """STORAGE_URL on a fresh bucket of the moto server, as the product reads it; yields the bucket's name."""
+    from tests.object_store import new_bucket, store_env
+    from webapp.settings import _object_storage
+
+    bucket = new_bucket(s3_endpoint)
+    env = store_env(s3_endpoint, bucket)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings.STORAGE_URL = env["STORAGE_URL"]
+    settings.STORAGES = {**settings.STORAGES, "files": _object_storage(env["STORAGE_URL"])}
+    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
+    yield bucket

@@ -76,6 +76,11 @@ def test_docker_compose_config_is_valid(docker_with_compose):
         assert f"-Q {role} " in (command if isinstance(command, str) else " ".join(command)), role
     env = config["services"]["worker-train"]["environment"]
     assert env["DATABASE_URL"].startswith("postgres://") and env["REDIS_URL"].startswith("redis://")
+    # Files in the S3-compatible store (MinIO), made ready before any app container starts.
+    assert env["STORAGE_URL"].startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert {"minio", "minio-bucket"} <= set(config["services"])
+    assert config["services"]["worker-train"]["depends_on"]["minio-bucket"]["condition"] == \
+        "service_completed_successfully"
 
 
 def test_compose_refuses_to_start_without_a_secret_key(docker_with_compose):

@@ -4,8 +4,7 @@ from __future__ import annotations
 from django.http import Http404
 
 from common.responses import download_name, file_download
-from common.storage import media_path
-from training.files import merged_status, merged_zip_path
+from training.files import merged_status, merged_zip_name
 from training.models import FineTuneJob
 
 
@@ -13,7 +12,7 @@ def adapter_download(job: FineTuneJob):
     """The job's adapter zip, or a 404 when it has none (yet)."""
     if not job.has_adapter:
         raise Http404("this job has no adapter")
-    return file_download(media_path(job.adapter.zip_file), content_type="application/zip",
+    return file_download(job.adapter.zip_file, content_type="application/zip",
                          filename=download_name(job.name or f"lora-{job.short_id}", "-adapter.zip"))
 
 
@@ -21,5 +20,5 @@ def merged_download(job: FineTuneJob):
     """The job's merged-model zip, or a 404 until the export is ready."""
     if merged_status(job) != "ready":
         raise Http404("no merged model yet; POST to this address to make one")
-    return file_download(merged_zip_path(job), content_type="application/zip",
+    return file_download(merged_zip_name(job), content_type="application/zip",
                          filename=download_name(job.name or f"lora-{job.short_id}", "-merged.zip"))

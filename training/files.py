@@ -1,39 +1,52 @@
-"""Where a job's files live under MEDIA_ROOT: its data snapshot, checkpoints, adapter, evaluation
-and merged export."""
+"""Where a job's files live under MEDIA_ROOT (and, with STORAGE_URL, in the object store: common.blobs):
+its data snapshot, checkpoints, adapter, evaluation and merged export."""
 from __future__ import annotations
 
 import json
-import os
-import time
 import uuid
 from pathlib import Path
 
+from common import blobs
 from common.storage import media_path
 from training.models import FineTuneJob
 
 MERGE_MARKER = "merge.pending"
 MERGE_MAX_ATTEMPTS = 3
+# What the engine resumes from besides the data snapshot: its checkpoints and the adapters it keeps beside them.
+RESUME_ADAPTERS = ("best-adapter", "initial-adapter")
+RESUME_FOLDERS = ("data", "checkpoints") + RESUME_ADAPTERS
+
+
+def job_files(job: FineTuneJob, name: str = "") -> str:
+    """The stored name of the job's folder, or of `name` inside it (rows and common.blobs use these)."""
+    return f"jobs/{job.id}" + (f"/{name}" if name else "")
 
 
 def job_output_dir(job: FineTuneJob) -> Path:
-    return media_path(f"jobs/{job.id}")
+    return media_path(job_files(job))
 
 
 def job_evaluation(job: FineTuneJob) -> dict | None:
     """The end-of-job base-vs-adapted evaluation, if the job had a validation split."""
-    path = job_output_dir(job) / "evaluation.json"
+    if not (job.validation or {}).get("eval_rows") and not job_output_dir(job).joinpath("evaluation.json").is_file():
+        return None  # no validation split, no evaluation: nothing to look for in the store
+    path = blobs.fetch(job_files(job, "evaluation.json"))
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def merged_zip_name(job: FineTuneJob) -> str:
+    return job_files(job, f"merged-{job.short_id}.zip")
+
+
 def merged_zip_path(job: FineTuneJob) -> Path:
-    return job_output_dir(job) / f"merged-{job.short_id}.zip"
+    return media_path(merged_zip_name(job))
 
 
 def merged_status(job: FineTuneJob) -> str:
     """none, pending or ready."""
-    if merged_zip_path(job).is_file():
+    if blobs.is_file(merged_zip_name(job)):
         return "ready"
-    return "pending" if merge_marker_path(job).exists() else "none"
+    return "pending" if blobs.is_file(job_files(job, MERGE_MARKER)) else "none"
 
 
 # --- the pending merged export: `merge.pending` holds {"attempts": n, "running": bool} -------------
@@ -46,9 +59,8 @@ def merge_marker_path(job: FineTuneJob) -> Path:
 
 def merge_state_read(job: FineTuneJob) -> dict | None:
     """The pending merge's {"attempts", "running"}, or None when no merge is pending."""
-    try:
-        text = merge_marker_path(job).read_text()
-    except FileNotFoundError:
+    text = blobs.read_text(job_files(job, MERGE_MARKER))
+    if text is None:
         return None
     try:
         data = json.loads(text) if text.strip() else {}
@@ -59,34 +71,34 @@ def merge_state_read(job: FineTuneJob) -> dict | None:
 
 def merge_state_write(job: FineTuneJob, *, attempts: int, running: bool) -> None:
     """Write the marker atomically (a reader never sees half of it); this also stamps its mtime."""
-    path = merge_marker_path(job)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{MERGE_MARKER}.{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps({"attempts": attempts, "running": running}))
-    os.replace(tmp, path)
+    blobs.write_text(job_files(job, MERGE_MARKER), json.dumps({"attempts": attempts, "running": running}))
+
+
+def merge_marker_touch(job: FineTuneJob) -> None:
+    """The running merge's heartbeat; FileNotFoundError once the marker is gone."""
+    blobs.touch(job_files(job, MERGE_MARKER))
 
 
 def merge_marker_age(job: FineTuneJob) -> float | None:
     """Seconds since the marker was last written or touched; None without one."""
-    try:
-        return time.time() - merge_marker_path(job).stat().st_mtime
-    except FileNotFoundError:
-        return None
+    return blobs.age(job_files(job, MERGE_MARKER))
 
 
 def merge_marker_remove(job: FineTuneJob) -> None:
-    merge_marker_path(job).unlink(missing_ok=True)
+    blobs.delete(job_files(job, MERGE_MARKER))
 
 
 def stale_merge_job_ids(stale_s: float) -> list[str]:
     """Ids of the jobs whose merge marker nobody has touched for `stale_s` seconds (queued and lost,
     or running on a worker that died: a live merge touches its marker as a heartbeat)."""
-    now, ids = time.time(), []
-    for marker in sorted(media_path("jobs").glob(f"*/{MERGE_MARKER}")):
+    ids = []
+    for marker in blobs.find("jobs", MERGE_MARKER):
+        job_id = marker.split("/")[1]
         try:
-            uuid.UUID(marker.parent.name)
-            if now - marker.stat().st_mtime > stale_s:
-                ids.append(marker.parent.name)
-        except (ValueError, FileNotFoundError):
+            uuid.UUID(job_id)
+        except ValueError:
             continue
+        age = blobs.age(marker)
+        if age is not None and age > stale_s:
+            ids.append(job_id)
     return ids

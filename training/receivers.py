@@ -6,7 +6,8 @@ from django.dispatch import receiver
 
 from accounts.limits import usage_reported
 from training import selectors
-from training.files import merged_zip_path
+from common import blobs
+from training.files import merged_zip_name
 from training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobStatus
 from user_datasets.services import DatasetInUse
 from user_datasets.signals import dataset_deleting
@@ -25,8 +26,8 @@ def refuse_dataset_in_use(sender, dataset, **kwargs):
 def report_usage(sender, user, **kwargs):
     """The user's jobs and the files they keep: adapters and merged exports."""
     adapters = Adapter.objects.filter(job__owner=user).aggregate(total=Sum("size_bytes"))["total"] or 0
-    merged = sum(merged_zip_path(job).stat().st_size for job in FineTuneJob.objects.filter(
-        owner=user, status=JobStatus.SUCCEEDED) if merged_zip_path(job).is_file())
+    merged = sum(blobs.size(merged_zip_name(job)) or 0 for job in FineTuneJob.objects.filter(
+        owner=user, status=JobStatus.SUCCEEDED))
     return {"storage_bytes": adapters + merged, "active_jobs": selectors.active_job_count(owner=user),
             "running_jobs": FineTuneJob.objects.filter(owner=user, status=JobStatus.RUNNING).count(),
             "compute_seconds_per_day": int(selectors.compute_seconds_today(owner=user))}

@@ -2,11 +2,16 @@
 every write fenced by the run's claim on the job."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.db import transaction
 
+from common import blobs
+from common.storage import media_relative
+
 from training.claims import Claim
+from training.files import RESUME_ADAPTERS
 from training.live import publish_job
 from training.models import JobEvent, MetricPoint
 
@@ -50,3 +55,13 @@ class DbReporter:
     def guard(self) -> None:
         """Called by the engine before each file it writes for the job."""
         self.claim.retry(self.claim.check)
+
+    def checkpoint_saved(self, folder: Path) -> None:
+        """Copy the checkpoints to the object store (pruned ones leave it too), with the adapters a resumed
+        run needs besides (the best so far, PiSSA's initial one), so another worker can resume."""
+        self.guard()
+        out = Path(folder).parent.parent
+        blobs.mirror(media_relative(Path(folder).parent))
+        for name in RESUME_ADAPTERS:
+            if (out / name).is_dir():
+                blobs.publish(media_relative(out / name))

@@ -16,12 +16,13 @@ from django.utils import timezone
 
 from accounts.limits import check_limit, storage_used
 from base_models.models import BaseModel
-from common import queue
+from common import blobs, queue
 from common.exceptions import StateError
 from common.storage import media_relative
 from training import selectors
 from training.dispatch import dispatch_on_commit
-from training.files import job_evaluation, job_output_dir, merge_state_write, merged_status, merged_zip_path
+from training.files import (job_evaluation, job_files, job_output_dir, merge_state_write, merged_status,
+                            merged_zip_name)
 from training.live import publish_job, publish_status
 from training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
 from training.routing import Capacity, job_devices
@@ -52,7 +53,7 @@ def job_validate_config(*, base_model: BaseModel, config: TrainConfig) -> list[s
     """Check the config against the model itself; returns the resolved target modules."""
     targets = resolve_targets(base_model.linear_modules, config.target_preset, config.target_modules)
     if config.modules_to_save:
-        check_modules_to_save(base_model.path, config.modules_to_save)
+        check_modules_to_save(base_model.local_path, config.modules_to_save)
     return targets
 
 
@@ -80,6 +81,7 @@ def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
     write_normalized_jsonl(train, folder / "train.jsonl")
     if valid:
         write_normalized_jsonl(valid, folder / "eval.jsonl")
+    blobs.publish(job_files(job, "data"))
     return {**record, "train_rows": len(train), "eval_rows": len(valid)}
 
 
@@ -109,7 +111,7 @@ def job_estimate(*, owner, dataset: Dataset, base_model: BaseModel, config: Trai
             device = "cuda" if all(capacity.device == "cuda" for _, capacity in fleet) else "cpu"
     else:
         limit = settings.TRAIN_MEMORY_LIMIT_MB or (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20
-    est = estimate(base_model.path, config, n_examples=max(1, dataset.rows), mean_tokens=sum(lengths) / len(lengths),
+    est = estimate(base_model.local_path, config, n_examples=max(1, dataset.rows), mean_tokens=sum(lengths) / len(lengths),
                    device=device, tokens_per_s=tokens_per_s, memory_limit_mb=limit)
     return dataclasses.replace(est, lengths_known=report is not None)
 
@@ -161,7 +163,7 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
         try:
             job.validation = _job_data(job, dataset, validation or {"kind": "none"})
         except BaseException:
-            shutil.rmtree(job_output_dir(job), ignore_errors=True)
+            blobs.delete(job_files(job))
             raise
         job.save(update_fields=["validation"])
         dispatch_on_commit(job.id)
@@ -242,7 +244,8 @@ def job_retry(*, job: FineTuneJob, by, config: TrainConfig | None = None) -> Fin
             name=(f"{job.name} (retry)" if job.name else "")[:200], dataset_name=job.dataset_name,
             dataset_sha256=job.dataset_sha256, validation=job.validation,
             memory_mb=job.memory_mb)  # the first estimate: at most what lower-memory advice needs
-        shutil.copytree(job_output_dir(job) / "data", job_output_dir(new) / "data")
+        shutil.copytree(blobs.fetch(job_files(job, "data")), job_output_dir(new) / "data")
+        blobs.publish(job_files(new, "data"))
         dispatch_on_commit(new.id)
     return new
 
@@ -289,9 +292,12 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
     build_adapter_zip(result.adapter_dir, zip_path, card=card, config={**job.config, "validation": job.validation},
                       metrics=metrics, dataset_sha256=job.dataset_sha256, extra_files=extra)
     (Path(result.adapter_dir) / "README.md").write_text(card)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    folder, zip_name = media_relative(result.adapter_dir), media_relative(zip_path)
+    for name in (folder, zip_name) + ((job_files(job, "evaluation.json"),) if evaluation else ()):
+        blobs.publish(name)
+    blobs.delete(job_files(job, "checkpoints"))
     adapter, _ = Adapter.objects.update_or_create(
-        job=job, defaults=dict(folder=media_relative(result.adapter_dir), zip_file=media_relative(zip_path),
+        job=job, defaults=dict(folder=folder, zip_file=zip_name,
                                size_bytes=zip_path.stat().st_size, sha256=file_sha256(zip_path)))
     return adapter
 
@@ -317,9 +323,8 @@ def merged_export_delete(*, job: FineTuneJob, by) -> bool:
         raise JobStateError("not your job")
     if merged_status(job) == "pending":
         raise JobStateError("the merged model is still being made; delete it once it is ready")
-    zip_path = merged_zip_path(job)
-    existed = zip_path.is_file()
-    zip_path.unlink(missing_ok=True)
+    existed = blobs.is_file(merged_zip_name(job))
+    blobs.delete(merged_zip_name(job))
     shutil.rmtree(job_output_dir(job) / "merged", ignore_errors=True)
     if existed:
         job_event(job_id=job.id, kind="export", message="merged model deleted")

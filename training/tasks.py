@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import threading
 
@@ -12,15 +11,14 @@ from celery import shared_task
 from celery.signals import worker_ready, worker_shutting_down
 from django.conf import settings
 
-from common import queue
-from common.storage import media_path
+from common import blobs, queue
 from training import services
 from training.claims import Claim, expired_running_jobs, record_crash
 from training import workers
 from training.dispatch import dispatch_job, hand_on, is_dispatched, mark_claimed
-from training.files import (MERGE_MAX_ATTEMPTS, job_output_dir, merge_marker_age, merge_marker_path,
-                            merge_marker_remove, merge_state_read, merge_state_write, merged_status,
-                            merged_zip_path, stale_merge_job_ids)
+from training.files import (MERGE_MAX_ATTEMPTS, RESUME_FOLDERS, job_files, job_output_dir, merge_marker_age,
+                            merge_marker_remove, merge_marker_touch, merge_state_read, merge_state_write,
+                            merged_status, merged_zip_name, merged_zip_path, stale_merge_job_ids)
 from training.live import publish_status
 from training.models import FineTuneJob, JobStatus
 from training.reporting import DbReporter
@@ -36,10 +34,14 @@ _one_merge_at_a_time = threading.Lock()
 
 
 def build_train_spec(job: FineTuneJob) -> TrainSpec:
+    # On a machine that has not seen the job (or after a crash elsewhere), the store brings its data
+    # snapshot and the checkpoints it resumes from; the engine's checkpoints go back through DbReporter.
+    for name in RESUME_FOLDERS:
+        blobs.fetch(job_files(job, name))
     data = job_output_dir(job) / "data"
     eval_file = data / "eval.jsonl"
     return TrainSpec(
-        base_model_path=job.base_model.path,
+        base_model_path=job.base_model.local_path,
         dataset_path=str(data / "train.jsonl"),
         output_dir=str(job_output_dir(job)),
         config=TrainConfig.from_dict(job.config),
@@ -173,20 +175,20 @@ def merge_memory_need(job: FineTuneJob) -> int:
     from worker.inference import estimate_adapter_bytes, estimate_base_bytes
     from worker.modeling import choose_device
 
-    return (estimate_base_bytes(job.base_model.path, choose_device("auto").dtype)
-            + estimate_adapter_bytes(str(media_path(job.adapter.folder))))
+    return (estimate_base_bytes(job.base_model.local_path, choose_device("auto").dtype)
+            + estimate_adapter_bytes(str(blobs.fetch(job.adapter.folder))))
 
 
 @contextlib.contextmanager
-def _heartbeat(path, every_s: float):
-    """Touch `path` every `every_s` seconds while the block runs, so the sweep can tell a live merge
-    from one whose worker died."""
+def _heartbeat(touch, every_s: float):
+    """Call `touch` every `every_s` seconds while the block runs (until it raises FileNotFoundError), so
+    the sweep can tell a live merge from one whose worker died."""
     stop = threading.Event()
 
     def beat():
         while not stop.wait(every_s):
             try:
-                os.utime(path)
+                touch()
             except FileNotFoundError:
                 return
 
@@ -238,10 +240,11 @@ def adapter_merge(job_id: str) -> str:
             return "refused"
         merge_state_write(job, attempts=state["attempts"] + 1, running=True)
         # The background worker runs tasks in threads: merges still go one at a time (memory budget).
-        with _one_merge_at_a_time, _heartbeat(merge_marker_path(job),
+        with _one_merge_at_a_time, _heartbeat(lambda: merge_marker_touch(job),
                                               every_s=max(1.0, min(30.0, settings.MERGE_STALE_SECONDS / 4))):
-            folder = merge_adapter(job.base_model.path, media_path(job.adapter.folder), out / "merged")
+            folder = merge_adapter(job.base_model.local_path, blobs.fetch(job.adapter.folder), out / "merged")
             zip_folder(folder, merged_zip_path(job))
+            blobs.publish(merged_zip_name(job))
         merge_marker_remove(job)
         note = "merged model ready" + (" (QLoRA adapter merged into the 16-bit base)" if job.config.get("qlora") else "")
         services.job_event(job_id=job.id, kind="export", message=note)
@@ -324,8 +327,8 @@ def expire_files() -> dict[str, int]:
     cutoff = time.time() - settings.MERGED_EXPORT_DAYS * 86400
     deleted = 0
     for job in FineTuneJob.objects.filter(status=JobStatus.SUCCEEDED).only("id", "owner_id"):
-        path = merged_zip_path(job)
-        if path.is_file() and path.stat().st_mtime < cutoff and merged_status(job) == "ready":
+        age = blobs.age(merged_zip_name(job))
+        if age is not None and time.time() - age < cutoff and merged_status(job) == "ready":
             services.merged_export_delete(job=job, by=job.owner)
             deleted += 1
     return {"merged_exports": deleted}

@@ -12,7 +12,6 @@ from base_models.selectors import base_model_find, base_model_list
 from common.responses import file_download
 from common.rest import BINARY_FILE, StrictInput
 from common.schema import error_responses
-from common.storage import media_path
 from user_datasets import selectors, services
 from user_datasets.models import UploadCheck
 from worker.config import ConfigError
@@ -182,4 +181,4 @@ class DatasetDownloadApi(APIView):
     @extend_schema(responses={**BINARY_FILE, **error_responses(404)})
     def get(self, request, dataset_id):
         ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
-        return file_download(media_path(ds.file), filename=ds.original_name or "dataset")
+        return file_download(ds.file, filename=ds.original_name or "dataset")

@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
 from common.ids import is_uuid
-from common.storage import media_path
+from common import blobs
 from user_datasets.models import Dataset, TokenProfile, UploadCheck
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.report import TokenProfile as TokenCounts
@@ -30,7 +30,7 @@ def dataset_find(*, owner, dataset_id) -> Dataset | None:
 
 def dataset_examples(*, dataset: Dataset) -> list:
     """The dataset's examples as normalised when it was uploaded."""
-    return read_normalized_jsonl(media_path(dataset.normalized_file))
+    return read_normalized_jsonl(blobs.fetch(dataset.normalized_file))
 
 
 _profile_cache: dict = {}
@@ -45,7 +45,7 @@ def token_report_of(*, profile: TokenProfile, max_length: int) -> TokenReport | 
     if key not in _profile_cache:
         if len(_profile_cache) >= 16:
             _profile_cache.pop(next(iter(_profile_cache)))
-        _profile_cache[key] = TokenCounts.from_json(json.loads(media_path(profile.file).read_text()))
+        _profile_cache[key] = TokenCounts.from_json(json.loads(blobs.fetch(profile.file).read_text()))
     return _profile_cache[key].report(max_length)
 
 

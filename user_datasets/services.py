@@ -17,6 +17,7 @@ from django.utils import timezone
 from accounts.limits import check_limit, storage_used
 from base_models.selectors import base_model_list
 from common import queue
+from common import blobs
 from common.exceptions import ProductError, StateError
 from common.ids import is_uuid
 from common.storage import media_path, media_relative
@@ -98,6 +99,8 @@ def _dataset_from_file(*, owner, tmp: Path, filename: str, name: str, size: int,
         loaded = dataset_validate(path=tmp, filename=filename, normalized=normalized, mapping=mapping,
                                   drop_duplicates=drop_duplicates, on_progress=on_progress)
         tmp.replace(final)
+        for path in (final, normalized):
+            blobs.publish(media_relative(path))
         with transaction.atomic():
             dataset = Dataset.objects.create(
                 owner=owner, name=(name or filename)[:200], original_name=filename[:255],
@@ -111,8 +114,8 @@ def _dataset_from_file(*, owner, tmp: Path, filename: str, name: str, size: int,
             _count_tokens_for_default_model(dataset)
             return dataset
     except BaseException:
-        final.unlink(missing_ok=True)
-        normalized.unlink(missing_ok=True)
+        for path in (final, normalized):
+            blobs.delete(media_relative(path))
         raise
 
 
@@ -181,6 +184,7 @@ def dataset_upload(*, owner, upload, name: str = "", mapping: dict | None = None
         pending = _pending_path(owner, check.id.hex, tmp.suffix)
         tmp.replace(pending)
         check.file = media_relative(pending)
+        blobs.publish(check.file)  # the background worker may run on another machine
         with transaction.atomic():
             check.save()
             queue.enqueue(queue.CHECK_UPLOAD, str(check.id))
@@ -202,11 +206,9 @@ def dataset_create_mapped(*, owner, token: str, filename: str, mapping: dict, na
                           drop_duplicates: bool = False) -> Dataset | UploadCheck:
     """Finish an upload that needed a column mapping (see MappingNeeded and UploadCheck.NEEDS_MAPPING):
     checked now, or, for a file over DATASET_CHECK_INLINE_BYTES, by the background worker again."""
-    pending = _pending_file(owner, token)
-    size = pending.stat().st_size
     check = UploadCheck.objects.filter(owner=owner, id=token, status=UploadCheck.Status.NEEDS_MAPPING).first() \
         if is_uuid(token) else None
-    if check is not None and size > settings.DATASET_CHECK_INLINE_BYTES:
+    if check is not None and check.size_bytes > settings.DATASET_CHECK_INLINE_BYTES:
         ColumnMapping.from_dict(mapping).check_columns(check.columns)  # refused now, not after the queue
         with transaction.atomic():
             UploadCheck.objects.filter(id=check.id).update(
@@ -215,6 +217,8 @@ def dataset_create_mapped(*, owner, token: str, filename: str, mapping: dict, na
             queue.enqueue(queue.CHECK_UPLOAD, str(check.id))
         check.refresh_from_db()
         return check
+    pending = _pending_file(owner, token)
+    size = pending.stat().st_size
     tmp = pending.with_name(f".{uuid.uuid4().hex}{pending.suffix}")
     pending.replace(tmp)
     try:
@@ -249,11 +253,13 @@ def dataset_rename(*, dataset: Dataset, name: str) -> Dataset:
 def dataset_delete(*, dataset: Dataset) -> None:
     """Delete the row and its files; refused (DatasetInUse) while another domain still needs it."""
     dataset_deleting.send(sender=Dataset, dataset=dataset)
-    files = [media_path(dataset.file)] + ([media_path(dataset.normalized_file)] if dataset.normalized_file else [])
-    files += [media_path(f) for f in dataset.token_profiles.exclude(file="").values_list("file", flat=True)]
+    files = [dataset.file] + ([dataset.normalized_file] if dataset.normalized_file else [])
+    files += list(dataset.token_profiles.exclude(file="").values_list("file", flat=True))
+    for name in files:
+        media_path(name)  # a stored path that leaves the media folder is refused before anything is deleted
     with transaction.atomic():
         dataset.delete()
-        transaction.on_commit(lambda: [f.unlink(missing_ok=True) for f in files])
+        transaction.on_commit(lambda: [blobs.delete(name) for name in files])
 
 
 # --- the background check of a large upload --------------------------------------------------------
@@ -266,7 +272,7 @@ def upload_check_run(*, check_id) -> str:
     if not taken:
         return "skipped"
     check = UploadCheck.objects.select_related("owner").get(id=check_id)
-    path = media_path(check.file)
+    path = blobs.fetch(check.file)  # stored by the web host that took the upload
 
     def progress(stage: str, rows: int) -> None:
         UploadCheck.objects.filter(id=check.id, status=UploadCheck.Status.CHECKING).update(
@@ -287,23 +293,30 @@ def upload_check_run(*, check_id) -> str:
                                      drop_duplicates=check.drop_duplicates, on_progress=progress)
     except SchemaUnknown as exc:
         if check.mapping:
-            work.unlink(missing_ok=True)
+            _drop(work, check.file)
             return finish(UploadCheck.Status.FAILED, stage="", problems=exc.messages(), problem_total=exc.total)
-        work.replace(path)  # parked under the check's id: the mapping step finds it by that token
+        work.replace(path)  # parked under the check's id (and still in the store): the mapping step's token
         return finish(UploadCheck.Status.NEEDS_MAPPING, stage="", columns=list(exc.columns),
                       problems=[str(exc)], problem_total=1)
     except DatasetError as exc:
-        work.unlink(missing_ok=True)
+        _drop(work, check.file)
         return finish(UploadCheck.Status.FAILED, stage="", problems=exc.messages(), problem_total=exc.total)
     except ConfigError as exc:
-        work.unlink(missing_ok=True)
+        _drop(work, check.file)
         return finish(UploadCheck.Status.FAILED, stage="", problems=[f"{exc.field}: {exc.message}"], problem_total=1)
     except Exception:
         log.exception("upload check %s failed", check.id)
-        work.unlink(missing_ok=True)
+        _drop(work, check.file)
         return finish(UploadCheck.Status.FAILED, stage="", problem_total=1,
                       problems=[f"{check.filename}: the check failed unexpectedly; upload the file again"])
+    blobs.delete(check.file)  # the file now lives on as the dataset's
     return finish(UploadCheck.Status.READY, stage="", rows=dataset.rows, dataset=dataset)
+
+
+def _drop(work: Path, stored: str) -> None:
+    """Forget a refused upload: the local working copy and the stored one."""
+    work.unlink(missing_ok=True)
+    blobs.delete(stored)
 
 
 def upload_checks_resend(*, stale_seconds: float, max_attempts: int = 3) -> int:
@@ -342,7 +355,7 @@ def _count_tokens_for_default_model(dataset: Dataset) -> None:
 
 def token_profile_request(*, dataset: Dataset, model_path: str) -> TokenProfile:
     """The dataset's token profile under this model's tokenizer; a new one is queued for a worker."""
-    key = tokenizer_fingerprint(model_path)
+    key = tokenizer_fingerprint(blobs.model_local_path(model_path))
     profile = TokenProfile.objects.filter(dataset=dataset, tokenizer_key=key).first()
     if profile is not None:
         return profile
@@ -368,9 +381,9 @@ def token_profile_compute(*, profile_id: int) -> str:
         TokenProfile.objects.filter(id=profile.id).update(done=done, total=total, updated=timezone.now())
 
     try:
-        examples = read_normalized_jsonl(media_path(profile.dataset.normalized_file))
-        result = token_profile(cached_tokenizer(profile.model_path), examples, limit=TOKEN_PROFILE_LIMIT,
-                               progress=progress)
+        examples = read_normalized_jsonl(blobs.fetch(profile.dataset.normalized_file))
+        result = token_profile(cached_tokenizer(blobs.model_local_path(profile.model_path)), examples,
+                               limit=TOKEN_PROFILE_LIMIT, progress=progress)
     except (ValueError, OSError) as exc:
         log.warning("token profile %s failed: %s", profile.id, exc)
         message = str(exc) if isinstance(exc, ValueError) else "the dataset or the model's tokenizer could not be read"
@@ -382,6 +395,7 @@ def token_profile_compute(*, profile_id: int) -> str:
     tmp = final.with_name(f".{uuid.uuid4().hex}.json")
     tmp.write_text(json.dumps(result.to_json()))
     os.replace(tmp, final)
+    blobs.publish(relative)
     TokenProfile.objects.filter(id=profile.id).update(status=TokenProfile.Status.READY, file=relative,
                                                       done=len(result.lengths), total=len(result.lengths))
     return "ready"

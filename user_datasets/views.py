@@ -14,7 +14,6 @@ from django.views.decorators.http import require_POST
 from accounts.limits import QuotaExceeded
 from base_models.selectors import base_model_find, base_model_list
 from common.responses import file_download
-from common.storage import media_path
 from user_datasets import selectors, services
 from user_datasets.forms import MappingForm, RenameForm, UploadForm
 from user_datasets.models import UploadCheck
@@ -124,7 +123,7 @@ def dataset_delete(request, dataset_id):
 @login_required
 def dataset_download(request, dataset_id):
     ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
-    return file_download(media_path(ds.file), filename=ds.original_name or f"dataset{Path(ds.file).suffix}")
+    return file_download(ds.file, filename=ds.original_name or f"dataset{Path(ds.file).suffix}")
 
 
 @login_required

@@ -206,6 +206,36 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 
+
+# Object storage (README "Several machines"): STORAGE_URL=s3://BUCKET/PREFIX keeps every product file in an
+# S3-compatible store (common.blobs), MEDIA_ROOT then being this machine's cache. Endpoint and credentials come
+# from boto3's own variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION.
+def _object_storage(url: str) -> dict | None:
+    if not url:
+        return None
+    parts = urlsplit(url)
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    if parts.scheme != "s3" or not bucket or parts.query or parts.fragment:
+        raise ImproperlyConfigured(f"STORAGE_URL must look like s3://BUCKET/PREFIX (got {url!r})")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return {"BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {"bucket_name": bucket, "location": prefix, "file_overwrite": True, "default_acl": None,
+                        "endpoint_url": endpoint, "signature_version": "s3v4",
+                        # MinIO and most self-hosted stores serve buckets as paths, not subdomains.
+                        "addressing_style": "path" if endpoint else None,
+                        "region_name": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None}}
+
+
+STORAGE_URL = env_str("STORAGE_URL", "")
+if STORAGE_URL:
+    STORAGES["files"] = _object_storage(STORAGE_URL)
+# Downloads stream through the web server; with this on, they redirect to a signed URL of the store instead
+# (the store's endpoint must then be reachable from the users' browsers).
+STORAGE_DOWNLOAD_REDIRECT = env_bool("STORAGE_DOWNLOAD_REDIRECT", False)
+STORAGE_SIGNED_URL_SECONDS = env_int("STORAGE_SIGNED_URL_SECONDS", 300)
+# Where a machine keeps its copies of base models registered from the store (s3://...).
+MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "model-cache")))
+
 # Uploads: streamed to disk past 2.5 MB, refused past the limit.
 DATASET_MAX_BYTES = env_int("DATASET_MAX_BYTES", 200 * 1024 * 1024)
 # Any request body: refused with 413 by webapp.asgi before Django reads it (and before authentication).

@@ -29,7 +29,7 @@ from worker.loss import mean_token_loss, summed_token_loss
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
 from worker.failpoints import failpoint
-from worker.reporting import Reporter, StopCheck, never_stop, write_guard
+from worker.reporting import Reporter, StopCheck, checkpoint_hook, never_stop, write_guard
 from worker.schedule import eval_interval, lr_multiplier, plan_steps, warmup_steps
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ class TrainingRun:
         self.reporter, self.should_stop = reporter, should_stop
         # Called right before every write into self.out: raises WorkLost once another worker owns the job.
         self.guard = write_guard(reporter)
+        self.checkpoint_saved = checkpoint_hook(reporter)
         self.started = time.monotonic()
         self.out = Path(spec.output_dir)
         self.ckpt_root = self.out / "checkpoints"
@@ -228,8 +229,10 @@ class TrainingRun:
     def checkpoint(self) -> None:
         """Save the current step's checkpoint."""
         self.guard()
-        save_checkpoint(self.ckpt_root, step=self.step, model=self.model, optimizer=self.optimizer,
-                        scheduler=self.scheduler, extra={"total_steps": self.total_steps, "best": self.best.state()})
+        folder = save_checkpoint(self.ckpt_root, step=self.step, model=self.model, optimizer=self.optimizer,
+                                 scheduler=self.scheduler,
+                                 extra={"total_steps": self.total_steps, "best": self.best.state()})
+        self.checkpoint_saved(folder)
 
     # --- loop -------------------------------------------------------------------------------
 

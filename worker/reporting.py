@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,9 @@ class WorkLost(Exception):
 
 class Reporter(Protocol):
     """Where metric points and events go. Optional: `guard() -> None`, raising WorkLost once the job
-    is no longer this worker's; the engine calls it right before every write to the output folder."""
+    is no longer this worker's; the engine calls it right before every write to the output folder.
+    Optional: `checkpoint_saved(folder) -> None`, called after each checkpoint is written whole (the
+    web app copies it to the object store there)."""
 
     def log(self, step: int, metrics: dict[str, Any]) -> None: ...
 
@@ -29,6 +32,15 @@ def write_guard(reporter: Reporter) -> Callable[[], None]:
 
 
 def _always_ours() -> None:
+    return None
+
+
+def checkpoint_hook(reporter: Reporter) -> Callable[[Path], None]:
+    """The reporter's `checkpoint_saved`, or a no-op for a reporter without one."""
+    return getattr(reporter, "checkpoint_saved", _nothing_to_do)
+
+
+def _nothing_to_do(folder: Path) -> None:
     return None
 
 

@@ -50,6 +50,8 @@ class Stack:
                     WEBHOOK_ALLOWED_HOSTS="127.0.0.1", WEBHOOK_ALLOWED_PORTS="1024-65535",
                     DJANGO_SETTINGS_MODULE="webapp.settings", LOG_LEVEL="WARNING")
         self.env = {**base, **(env or {})}
+        # Per-role additions to env: a role "on another host" has its own LORA_STUDIO_VAR (test_object_storage).
+        self.role_env: dict[str, dict[str, str]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Stack":
@@ -183,8 +185,7 @@ class Stack:
         log = open(self.tmp / f"{name}.log", "a")
         log.write(f"\n--- respawned {name} ---\n")
         log.flush()
-        proc = subprocess.Popen(old.args, cwd=ROOT, env={**self.env, **self.extra_envs.get(name, {})}, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(old.args, cwd=ROOT, env=self.env_for(name), stdout=log, stderr=subprocess.STDOUT)
         self.procs.append((name, proc))
         return proc
 
@@ -196,11 +197,15 @@ class Stack:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return done.stdout
 
+    def env_for(self, name: str) -> dict[str, str]:
+        """The environment of a role's process: the stack's, with the role's and the process's own additions."""
+        return {**self.env, **self.role_env.get(name, {}), **self.extra_envs.get(name, {})}
+
     def _spawn(self, name: str, argv: list[str], extra_env: dict | None = None) -> None:
         log = open(self.tmp / f"{name}.log", "w")
         self.extra_envs[name] = extra_env or {}
-        self.procs.append((name, subprocess.Popen(argv, cwd=ROOT, env={**self.env, **self.extra_envs[name]},
-                                                  stdout=log, stderr=subprocess.STDOUT)))
+        self.procs.append((name, subprocess.Popen(argv, cwd=ROOT, env=self.env_for(name), stdout=log,
+                                                  stderr=subprocess.STDOUT)))
 
     def _pg(self, sql: str) -> None:
         import psycopg

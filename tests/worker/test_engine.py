@@ -149,3 +149,19 @@ def test_final_evaluation_compares_base_and_adapter(tiny_llama, chat_file, tmp_p
     assert answer_scores('{"a": 1}', ' {"a": 2}') == {"exact": False, "valid_json": True, "same_keys": True}
     assert answer_scores('{"a": 1}', "a is 1") == {"exact": False, "valid_json": False, "same_keys": False}
     assert answer_scores("yes", " yes ") == {"exact": True, "valid_json": None, "same_keys": None}
+
+
+def test_the_reporter_hears_of_each_checkpoint_once_it_is_whole(tiny_llama, chat_file, tmp_path):
+    """The hook the web app copies checkpoints to the object store from: called after each save, with the
+    folder as it will be read back."""
+    seen = []
+
+    class StoreReporter(MemoryReporter):
+        def checkpoint_saved(self, folder):
+            seen.append((folder.name, sorted(p.name for p in folder.iterdir())))
+
+    result = train(spec_for(tiny_llama, chat_file, tmp_path / "h", max_steps=7, save_every=3), StoreReporter())
+    assert result.status == "succeeded"
+    files = ["README.md", "adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors",
+             "rng.safetensors", "trainer_state.json"]
+    assert seen == [("step-000003", files), ("step-000006", files)]
