@@ -201,3 +201,35 @@ def test_a_dataset_uploaded_on_one_machine_is_read_and_deleted_on_another(settin
     with django_capture_on_commit_callbacks(execute=True):
         dataset_delete(dataset=ds)
     assert stored_keys(s3_endpoint, object_store) == []
+
+
+def test_a_large_upload_is_checked_and_counted_on_another_machine(settings, object_store, s3_endpoint, user,
+                                                                  base_model, tmp_path):
+    """The web host only stores a large upload; the background host, with an empty disk, checks it and
+    counts its tokens through the store; the web host then reads the counts without tokenizing."""
+    from unittest import mock
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from common import queue
+    from tests.factories import chat_jsonl
+    from user_datasets import selectors, services
+    from user_datasets.models import TokenProfile
+
+    settings.DATASET_CHECK_INLINE_BYTES = 10
+    web_root = settings.MEDIA_ROOT
+    with mock.patch.object(queue, "enqueue"):
+        check = services.dataset_upload(owner=user, upload=SimpleUploadedFile("c.jsonl", chat_jsonl()))
+        assert stored_keys(s3_endpoint, object_store) == [f"studio/{check.file}"]
+        other_host(settings, tmp_path)  # the background worker's machine
+        assert services.upload_check_run(check_id=check.id) == "ready"
+        check.refresh_from_db()
+        profile = TokenProfile.objects.get(dataset=check.dataset)
+        assert services.token_profile_compute(profile_id=profile.id) == "ready"
+    keys = stored_keys(s3_endpoint, object_store)
+    assert f"studio/{check.file}" not in keys, "the parked upload is gone once it became the dataset"
+    assert {f"studio/{check.dataset.file}", f"studio/{check.dataset.normalized_file}"} <= set(keys)
+    settings.MEDIA_ROOT = web_root  # back on the web host, which never saw the counts
+    profile.refresh_from_db()
+    report = selectors.token_report_of(profile=profile, max_length=16)
+    assert report is not None and len(report.lengths) == check.dataset.rows
