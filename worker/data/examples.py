@@ -8,23 +8,39 @@ from typing import Any
 ROLES = ("system", "user", "assistant")
 
 
+def _plain(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
 @dataclass
 class Example:
-    """One normalised training example: chat messages, or a text trained on every token."""
+    """One normalised training example: chat messages, or a text trained on every token, or a
+    preference pair: `messages` is then the prompt (the conversation up to the answer, ending with a
+    user turn) and `chosen` / `rejected` are the preferred and the other answer (assistant messages)."""
 
     source: int  # 1-based line (jsonl, json, csv) or row (parquet) in the original file
     messages: list[dict[str, str]] | None = None
     text: str | None = None
+    chosen: list[dict[str, str]] | None = None
+    rejected: list[dict[str, str]] | None = None
+
+    @property
+    def is_preference(self) -> bool:
+        return self.chosen is not None
 
     def to_json(self) -> dict:
+        if self.chosen is not None:
+            return {"messages": _plain(self.messages or []), "chosen": _plain(self.chosen),
+                    "rejected": _plain(self.rejected or [])}
         if self.messages is not None:
-            return {"messages": [{"role": m["role"], "content": m["content"]} for m in self.messages]}
+            return {"messages": _plain(self.messages)}
         return {"text": self.text}
 
     @property
     def chars(self) -> int:
-        if self.messages is not None:
-            return sum(len(m["content"]) for m in self.messages)
+        answers = (self.chosen or []) + (self.rejected or [])
+        if self.messages is not None or answers:
+            return sum(len(m["content"]) for m in (self.messages or []) + answers)
         return len(self.text or "")
 
 

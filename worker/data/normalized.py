@@ -60,6 +60,12 @@ def read_normalized_jsonl(path: str | Path) -> list[Example]:
         if not isinstance(value, dict):
             report("", f'must be a JSON object like {{"messages": [...]}}, got {type_name(value)}')
             continue
+        if "chosen" in value or "rejected" in value:
+            example = _preference(value, report)
+            if example is not None:
+                example.source = rec.line
+                examples.append(example)
+            continue
         schema = "text" if "messages" not in value and "text" in value else "messages"
         example = convert_record(schema, value, report, text_cells=False)
         if example is not None:
@@ -69,3 +75,26 @@ def read_normalized_jsonl(path: str | Path) -> list[Example]:
         problems.sort(key=lambda p: p.line)
         raise DatasetError(path.name, problems)
     return examples
+
+
+def _preference(value: dict, report) -> Example | None:
+    """A normalised preference line: {"messages": prompt, "chosen": [assistant...], "rejected": [...]}."""
+    def turns(key: str, roles: tuple[str, ...]) -> list[dict[str, str]] | None:
+        got = value.get(key)
+        if not isinstance(got, list) or not got:
+            report(key, f"must be a non-empty list of messages, got {type_name(got)}")
+            return None
+        for i, m in enumerate(got):
+            if not isinstance(m, dict) or m.get("role") not in roles or not isinstance(m.get("content"), str):
+                report(f"{key}[{i}]", f"must be a message with role {' or '.join(roles)} and a string content")
+                return None
+        return got
+
+    prompt = turns("messages", ("system", "user", "assistant"))
+    chosen, rejected = turns("chosen", ("assistant",)), turns("rejected", ("assistant",))
+    if prompt is None or chosen is None or rejected is None:
+        return None
+    if prompt[-1]["role"] != "user":
+        report("messages", "the prompt must end with a user message")
+        return None
+    return Example(source=0, messages=prompt, chosen=chosen, rejected=rejected)
