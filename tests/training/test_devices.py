@@ -2,8 +2,6 @@
 two-rank job run by the train task: rank 0's metrics and adapter land in the database like one device's."""
 from unittest import mock
 
-import pytest
-
 from tests.training.test_jobs import form_data, submit
 from training import services as job_services
 from training import tasks as train_tasks
