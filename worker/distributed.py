@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 300.0  # a collective waits this long for the other ranks (rank 0 saving a checkpoint, say)
 ERROR_GRACE_S = 3.0  # after one rank fails, how long the others get to say why before they are ended
 FD_ENV = "LORA_STUDIO_RANK_FD"
+SUPERVISOR_ENV = "LORA_STUDIO_SUPERVISOR_PID"
 
 
 def run_training(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop, *,
@@ -140,6 +141,7 @@ class Supervisor:
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: the ranks talk over loopback
+        env[SUPERVISOR_ENV] = str(os.getpid())
         hello = {"world": self.n, "port": port, "spec": self.spec.to_dict(), "timeout_s": self.timeout_s,
                  "threads": cpu_threads_per_rank(self.n, self.threads)}
         for rank in range(self.n):
@@ -295,14 +297,15 @@ class SilentReporter:
 
 
 def exit_with_supervisor() -> None:
-    """End this rank within a second of its supervisor's death (a kill -9 of the train worker)."""
-    parent = os.getppid()
+    """End this rank within a second of its supervisor's death (a kill -9 of the train worker), even one
+    that came before this process got here (then its parent is already someone else)."""
+    parent = int(os.environ.get(SUPERVISOR_ENV) or os.getppid())
 
     def watch():
         while True:
-            time.sleep(1.0)
             if os.getppid() != parent:
                 os._exit(3)
+            time.sleep(1.0)
 
     threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 

@@ -135,3 +135,34 @@ def test_devices_are_validated():
 def test_a_worker_refuses_more_devices_than_it_allows(tiny_llama, data, tmp_path):
     with pytest.raises(TrainingError, match="asks for 4 devices and this train worker allows 2"):
         run_training(spec(tiny_llama, data, tmp_path, 4), MemoryReporter(), max_devices=2)
+
+
+def test_a_rank_exits_when_its_supervisor_is_killed(tmp_path):
+    """kill -9 of the train worker leaves no rank behind (the job is then resumed as after any crash)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rank = ("import time; from worker.distributed import exit_with_supervisor; exit_with_supervisor(); "
+            "print('watching', flush=True); time.sleep(60)")
+    supervisor = ("import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', %r], "
+                  "start_new_session=True, env={**os.environ, 'LORA_STUDIO_SUPERVISOR_PID': str(os.getpid())}); "
+                  "print(p.pid, flush=True); time.sleep(60)" % rank)
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen([sys.executable, "-c", supervisor], stdout=subprocess.PIPE, text=True, cwd=root)
+    child = int(proc.stdout.readline())
+    assert proc.stdout.readline().strip() == "watching"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.1)
+    assert not _alive(child), "the rank outlived its supervisor"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
