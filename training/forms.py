@@ -20,7 +20,7 @@ CONFIG_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", 
                  "learning_rate", "batch_size", "grad_accum", "max_seq_length", "warmup_ratio", "lr_scheduler",
                  "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing",
                  "init_lora_weights", "modules_to_save", "optimizer", "packing", "max_grad_norm", "eval_every",
-                 "save_every", "early_stopping_patience", "early_stopping_threshold", "keep_best")
+                 "save_every", "early_stopping_patience", "early_stopping_threshold", "keep_best", "devices")
 PRESET_CHOICES = [("", "Custom (as set below)"),
                   ("quick", "Quick: rank 8 on attention, 1 epoch, lr 2e-3"),
                   ("balanced", "Balanced: rank 16 on attention, 2 epochs, lr 1e-3"),
@@ -36,7 +36,7 @@ FIELDSETS = (
     ("Validation", False, ("validation", "validation_percent", "validation_seed", "validation_dataset")),
     ("", True, ("grad_accum", "warmup_ratio", "lr_scheduler", "weight_decay", "seed", "bias", "use_rslora",
                 "use_dora", "gradient_checkpointing", "init_lora_weights", "modules_to_save", "optimizer",
-                "max_grad_norm", "packing")),
+                "max_grad_norm", "packing", "devices")),
     ("Evaluation and checkpoints", True, ("eval_every", "early_stopping_patience", "early_stopping_threshold",
                                           "keep_best", "save_every")),
 )
@@ -74,6 +74,9 @@ class JobForm(forms.Form):
                                                 "e.g. lm_head, embed_tokens (large)")
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES, required=False, initial=DEFAULTS.optimizer)
     packing = forms.BooleanField(required=False, label="Packing (no padding; examples kept apart by the mask)")
+    devices = forms.IntegerField(required=False, initial=DEFAULTS.devices, label="Devices",
+                                 help_text="train on this many GPUs (or CPU processes) at once; the batch is "
+                                           "split across them, so results match one device")
     max_grad_norm = forms.FloatField(required=False, initial=DEFAULTS.max_grad_norm, label="Gradient clipping (max norm, 0 = off)")
     eval_every = forms.IntegerField(required=False, initial=DEFAULTS.eval_every, label="Evaluate every N steps",
                                     help_text="0: about ten evaluations per run")

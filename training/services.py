@@ -52,6 +52,9 @@ class JobStateError(StateError):
 def job_validate_config(*, base_model: BaseModel, config: TrainConfig) -> list[str]:
     """Check the config against the model itself; returns the resolved target modules."""
     targets = resolve_targets(base_model.linear_modules, config.target_preset, config.target_modules)
+    if config.devices > settings.TRAIN_MAX_DEVICES:
+        raise ConfigError("devices", f"at most {settings.TRAIN_MAX_DEVICES} on this installation "
+                                     f"(setting TRAIN_MAX_DEVICES), got {config.devices}")
     if config.modules_to_save:
         check_modules_to_save(base_model.local_path, config.modules_to_save)
     return targets

@@ -24,7 +24,8 @@ from training.models import FineTuneJob, JobStatus
 from training.reporting import DbReporter
 from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.data.problems import DatasetError
-from worker.engine import TrainingError, train
+from worker.distributed import run_training
+from worker.engine import TrainingError
 from worker.export import merge_adapter, zip_folder
 from worker.reporting import WorkLost
 
@@ -125,7 +126,10 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
         claim.retry(lambda: services.job_mark(job_id=job.id, claim=claim.token, run_seconds=run_seconds, **fields))
 
     try:
-        result = train(build_train_spec(job), DbReporter(claim), _should_stop(claim, clock))
+        # devices > 1: this process supervises N rank processes and rank 0 reports here (worker.distributed)
+        result = run_training(build_train_spec(job), DbReporter(claim), _should_stop(claim, clock),
+                              max_devices=settings.TRAIN_MAX_DEVICES, threads=settings.TRAIN_THREADS,
+                              timeout_s=settings.TRAIN_DIST_TIMEOUT_SECONDS)
     except TrainingError as exc:
         mark(status=JobStatus.FAILED, error=str(exc), error_code=exc.code)
         return "failed"

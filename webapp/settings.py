@@ -320,6 +320,11 @@ MERGED_EXPORT_DAYS = env_int("MERGED_EXPORT_DAYS", 7)  # merged models are delet
 # Engine
 TRAIN_DEVICE = env_str("TRAIN_DEVICE", "auto")
 TRAIN_THREADS = env_int("TRAIN_THREADS", 0)  # 0: torch's default
+# A job may ask for this many devices (data-parallel processes: GPUs, or CPU processes sharing the cores);
+# a CUDA worker also refuses more than it has GPUs.
+TRAIN_MAX_DEVICES = env_int("TRAIN_MAX_DEVICES", 8)
+# How long a rank waits in a collective for the others (rank 0 saving a checkpoint, say) before the run fails.
+TRAIN_DIST_TIMEOUT_SECONDS = env_int("TRAIN_DIST_TIMEOUT_SECONDS", 300)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 TRAIN_MEMORY_LIMIT_MB = env_int("TRAIN_MEMORY_LIMIT_MB", 0)  # 0: this machine's RAM (or the GPU's memory)
 # Routing by fit (training.routing, training.workers): each train worker announces its devices and memory

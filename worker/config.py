@@ -16,6 +16,7 @@ LR_SCHEDULERS = ("linear", "cosine", "constant")
 BIAS_CHOICES = ("none", "lora_only", "all")
 INIT_CHOICES = ("default", "gaussian", "pissa")
 OPTIMIZERS = ("adamw", "paged_adamw_8bit")
+MAX_DEVICES = 64  # one machine's processes; what a worker really has is checked where the job is launched
 MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -85,6 +86,9 @@ class TrainConfig:
     seed: int = 42
     optimizer: str = "adamw"  # adamw | paged_adamw_8bit (bitsandbytes, CUDA only)
     packing: bool = False  # several examples per row, attention kept inside each (block-diagonal mask)
+    # Data parallel over this many processes (GPUs, or CPU processes sharing the cores): every micro-batch
+    # is split across them, so the global batch and the learning-rate plan stay those of one device.
+    devices: int = 1
     # Checkpoints and evaluation
     save_every: int = 50
     eval_every: int = 0  # 0: about ten evaluations per run (when there is a validation set)
@@ -124,6 +128,10 @@ class TrainConfig:
         _check_range("learning_rate", self.learning_rate, low=0, high=1, low_inclusive=False)
         _check_range("batch_size", self.batch_size, low=1, high=1024, integer=True)
         _check_range("grad_accum", self.grad_accum, low=1, high=1024, integer=True)
+        _check_range("devices", self.devices, low=1, high=MAX_DEVICES, integer=True)
+        if self.devices > self.batch_size:
+            raise ConfigError("devices", f"each device takes a share of every micro-batch, so devices can be at most "
+                                         f"the batch size ({self.batch_size}), got {self.devices}")
         _check_range("max_seq_length", self.max_seq_length, low=16, high=131072, integer=True)
         _check_range("warmup_ratio", self.warmup_ratio, low=0, high=0.5)
         if self.lr_scheduler not in LR_SCHEDULERS:

@@ -5,6 +5,11 @@ optimizer), resume from the newest readable checkpoint, the loop (one optimizer 
 iteration, the stop flag checked before each, evaluation and checkpoints between steps), save
 (adapter + tokenizer, atomically), then the end-of-job evaluation. Every write into the output
 folder comes right after the reporter's `guard()`, which raises WorkLost once the job is not ours.
+
+With a `RankGroup` (one job on several devices, launched by `worker.distributed`) every rank runs
+these phases on its shard of each micro-batch and the gradients are summed across ranks; rank 0
+alone checks the stop flag (and tells the others), reports, and writes checkpoints and the adapter.
+Without one (devices = 1) nothing of that runs.
 """
 from __future__ import annotations
 
@@ -25,10 +30,11 @@ from worker.data.normalized import read_normalized_jsonl
 from worker.data.tokenization import TokenizedExample, tokenize_examples
 from worker.early_stopping import BestTracker
 from worker.evaluation import evaluate_adapter
-from worker.loss import mean_token_loss, summed_token_loss
+from worker.loss import mean_token_loss, summed_eval_loss, summed_token_loss
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
 from worker.failpoints import failpoint
+from worker.ranks import RankGroup
 from worker.reporting import Reporter, StopCheck, checkpoint_hook, never_stop, write_guard
 from worker.schedule import eval_interval, lr_multiplier, plan_steps, warmup_steps
 
@@ -112,9 +118,11 @@ def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None =
 class TrainingRun:
     """One job's state across the phases; `train` calls them in order."""
 
-    def __init__(self, spec: TrainSpec, reporter: Reporter, should_stop: StopCheck):
+    def __init__(self, spec: TrainSpec, reporter: Reporter, should_stop: StopCheck, group: RankGroup | None = None):
         self.spec, self.cfg = spec, spec.config
         self.reporter, self.should_stop = reporter, should_stop
+        self.group = group
+        self.main = group is None or group.main  # the process that reports and writes files
         # Called right before every write into self.out: raises WorkLost once another worker owns the job.
         self.guard = write_guard(reporter)
         self.checkpoint_saved = checkpoint_hook(reporter)
@@ -128,6 +136,7 @@ class TrainingRun:
         self.start_step = self.step = 0
         self.loss_value: float | None = None
         self.stopped_early = False
+        self.eval_everywhere = False  # with ranks: evaluate even with an empty share (the others wait on it)
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -138,7 +147,8 @@ class TrainingRun:
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self.device = choose_device(self.spec.device)
-        self.recover_output()
+        if self.main:
+            self.recover_output()
         self.setup_data()
         self.setup_model()
         self.setup_optimizer()
@@ -164,6 +174,10 @@ class TrainingRun:
         if spec.eval_dataset_path:
             self.eval_examples = tokenize_examples(self.tokenizer, read_normalized_jsonl(spec.eval_dataset_path),
                                                    cfg.max_seq_length)
+            if self.group is not None:  # each rank evaluates a length-balanced share
+                by_length = sorted(self.eval_examples, key=lambda e: len(e.input_ids))
+                self.eval_examples = self.group.shard(by_length)
+                self.eval_everywhere = True
         self.every = eval_interval(cfg, self.total_steps)
 
     def setup_model(self) -> None:
@@ -182,7 +196,7 @@ class TrainingRun:
         if cfg.init_lora_weights == "pissa":
             # The adapter as initialised, before any step: needed to convert the result to plain LoRA.
             self.init_dir = self.out / "initial-adapter"
-            if not (self.init_dir / "adapter_model.safetensors").is_file():
+            if self.main and not (self.init_dir / "adapter_model.safetensors").is_file():
                 self.guard()
                 save_adapter(self.model, self.init_dir)
 
@@ -202,7 +216,28 @@ class TrainingRun:
         """Continue from the newest checkpoint that reads whole: weights, optimizer, schedule, best eval.
 
         Unreadable checkpoints are reported and removed (else pruning could keep them over good ones).
+        With several ranks, rank 0 picks the checkpoint and the others load that same one.
         """
+        if self.main:
+            self.resume_newest()
+        if self.group is not None:
+            self.resume_ranks()
+
+    def resume_ranks(self) -> None:
+        """Every rank at rank 0's step with rank 0's weights; dropout draws differ per rank."""
+        import torch
+
+        step = self.group.broadcast_int(self.start_step)
+        if not self.main and step:
+            ckpt = read_checkpoint(self.ckpt_root / f"step-{step:06d}")
+            load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+            self.best.restore(ckpt.best)
+            self.start_step = self.step = step
+        self.group.broadcast_params(self.params)
+        if not self.main:
+            torch.manual_seed(self.cfg.seed + 7919 * self.group.rank + step)
+
+    def resume_newest(self) -> None:
         ckpt, unreadable = None, []
         for folder in checkpoint_folders(self.ckpt_root):
             try:
@@ -227,7 +262,9 @@ class TrainingRun:
                                       + (f" ({names} unreadable)" if unreadable else ""))
 
     def checkpoint(self) -> None:
-        """Save the current step's checkpoint."""
+        """Save the current step's checkpoint (rank 0's: the ranks hold the same weights)."""
+        if not self.main:
+            return
         self.guard()
         folder = save_checkpoint(self.ckpt_root, step=self.step, model=self.model, optimizer=self.optimizer,
                                  scheduler=self.scheduler,
@@ -241,7 +278,9 @@ class TrainingRun:
         self.model.train()
         self.loop_started = time.monotonic()
         while self.step < self.total_steps:
-            request = self.should_stop()
+            request = self.should_stop() if self.main else None
+            if self.group is not None:
+                request = self.group.agree(request)
             if request in ("cancel", "pause"):
                 if request == "pause" and self.step > self.start_step:
                     self.checkpoint()
@@ -258,8 +297,9 @@ class TrainingRun:
                 return None
             if self.step % self.cfg.save_every == 0 and self.step < self.total_steps:
                 self.checkpoint()
-                self.guard()
-                prune_checkpoints(self.ckpt_root)
+                if self.main:
+                    self.guard()
+                    prune_checkpoints(self.ckpt_root)
         return None
 
     def train_step(self) -> dict[str, Any]:
@@ -272,6 +312,10 @@ class TrainingRun:
         n_label = sum(self.examples[i].trained_tokens for batch in micro for i in batch)
         step_loss, step_tokens = 0.0, 0
         for indices in micro:
+            if self.group is not None:
+                indices = self.group.shard(indices)
+                if not indices:
+                    continue
             batch = make_batch([self.examples[i] for i in indices], self.pad_id, self.device.device,
                                self.cfg.packing)
             loss_sum, _ = summed_token_loss(self.model, batch)
@@ -279,6 +323,9 @@ class TrainingRun:
             (loss_sum / max(1, n_label)).backward()
             step_loss += loss_sum.item()
             step_tokens += batch.tokens
+        if self.group is not None:
+            self.group.sum_grads(self.params)
+            step_loss, step_tokens = self.group.sum([step_loss, step_tokens])
         max_norm = self.cfg.max_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm) if max_norm else None
         lr = self.scheduler.get_last_lr()[0]
@@ -306,14 +353,19 @@ class TrainingRun:
 
     def evaluate(self, metrics: dict[str, Any]) -> None:
         """Eval loss every `eval_interval` steps and at the last; a new best is marked (and kept with keep_best)."""
-        if not self.eval_examples or (self.step % self.every != 0 and self.step != self.total_steps):
+        if not (self.eval_examples or self.eval_everywhere) or (self.step % self.every != 0 and self.step != self.total_steps):
             return
         failpoint("evaluate")
-        metrics["eval_loss"] = mean_token_loss(self.model, self.eval_examples, self.cfg.batch_size, self.pad_id,
-                                               self.device.device)
+        if self.group is None:
+            metrics["eval_loss"] = mean_token_loss(self.model, self.eval_examples, self.cfg.batch_size, self.pad_id,
+                                                   self.device.device)
+        else:
+            total, count = self.group.sum(summed_eval_loss(self.model, self.eval_examples, self.cfg.batch_size,
+                                                           self.pad_id, self.device.device))
+            metrics["eval_loss"] = total / max(1, count)
         if self.best.update(self.step, metrics["eval_loss"]):
             metrics["best"] = True
-            if self.cfg.keep_best:
+            if self.cfg.keep_best and self.main:
                 self.guard()
                 save_adapter(self.model, self.best_dir)
 
@@ -367,11 +419,16 @@ class TrainingRun:
                            self.model)
 
 
-def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop) -> TrainResult:
-    """Train a LoRA adapter as `spec` says; resumes from the newest checkpoint in output_dir."""
+def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop, *,
+          group: RankGroup | None = None) -> TrainResult:
+    """Train a LoRA adapter as `spec` says; resumes from the newest checkpoint in output_dir.
+
+    With `group`, this process is one rank of a data-parallel run (see `worker.distributed`); only
+    rank 0's result carries the saved adapter.
+    """
     import torch
 
-    run = TrainingRun(spec, reporter, should_stop)
+    run = TrainingRun(spec, reporter, should_stop, group)
     run.setup()
     run.resume()
     try:
@@ -380,6 +437,8 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
         raise TrainingError(ADVICE_OOM, code=OUT_OF_MEMORY) from exc
     if request is not None:
         return run.stopped(request)
+    if not run.main:
+        return TrainResult("succeeded", run.step, run.total_steps, run.loss_value)
     kept_step = run.save()
     run.final_evaluation()
     return run.succeeded(kept_step)

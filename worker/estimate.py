@@ -27,6 +27,10 @@ not exact):
 * ``logits``: the vocabulary projection for the micro-batch in fp32 and its gradient
   (``2 x 4 x b x s x V`` bytes); an upper bound, since the engine projects labelled positions only.
 * ``overhead``: the runtime itself (Python + torch on CPU, the CUDA context on a GPU).
+
+With ``cfg.devices`` = N the figures are per device: each rank holds the weights and a
+1/N share of every micro-batch (``ceil(batch_size / N)`` rows). On a CPU worker the N processes
+share the machine's memory, so every figure counts N times.
 """
 from __future__ import annotations
 
@@ -136,7 +140,7 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dic
                    + (shape.base_params - shape.quantizable_params) * compute_bytes)
     else:
         weights = shape.base_params * compute_bytes
-    tokens = cfg.batch_size * cfg.max_seq_length
+    tokens = -(-cfg.batch_size // cfg.devices) * cfg.max_seq_length  # one rank's share of a micro-batch
     per_layer = 6 * shape.hidden + 4 * shape.intermediate
     if cfg.gradient_checkpointing:
         values = tokens * (shape.layers * shape.hidden + per_layer)
@@ -145,12 +149,13 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dic
     if cfg.dropout > 0:
         kept_layers = 1 if cfg.gradient_checkpointing else shape.layers
         values += tokens * 2 * shape.adapted_inputs * kept_layers // shape.layers
+    processes = cfg.devices if device == "cpu" else 1  # CPU ranks share this machine's memory
     return {
-        "base_weights": weights / MIB,
-        "lora_training": trainable * TRAINING_BYTES_PER_PARAM[cfg.optimizer] / MIB,
-        "activations": values * compute_bytes / MIB,
-        "logits": tokens * shape.vocab * 4 * 2 / MIB,
-        "overhead": OVERHEAD_MB["cpu" if device == "cpu" else "cuda"],
+        "base_weights": processes * weights / MIB,
+        "lora_training": processes * trainable * TRAINING_BYTES_PER_PARAM[cfg.optimizer] / MIB,
+        "activations": processes * values * compute_bytes / MIB,
+        "logits": processes * tokens * shape.vocab * 4 * 2 / MIB,
+        "overhead": processes * OVERHEAD_MB["cpu" if device == "cpu" else "cuda"],
     }
 
 

@@ -32,6 +32,13 @@ def summed_token_loss(peft_model, batch: Batch):
 
 def mean_token_loss(model, examples: list[TokenizedExample], batch_size: int, pad_id: int, device) -> float:
     """Mean next-token loss over the trained tokens of `examples` (no dropout, no gradients)."""
+    total, count = summed_eval_loss(model, examples, batch_size, pad_id, device)
+    return total / max(1, count)
+
+
+def summed_eval_loss(model, examples: list[TokenizedExample], batch_size: int, pad_id: int,
+                     device) -> tuple[float, int]:
+    """(summed loss, trained tokens) over `examples`, no dropout, no gradients: ranks add theirs up."""
     import torch
 
     was_training = model.training
@@ -46,4 +53,4 @@ def mean_token_loss(model, examples: list[TokenizedExample], batch_size: int, pa
             count += n
     if was_training:
         model.train()
-    return total / max(1, count)
+    return total, count

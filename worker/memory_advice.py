@@ -20,8 +20,8 @@ def grad_accum_for(cfg: TrainConfig, batch_size: int) -> int:
 
 def _smaller_batch(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
     b = cfg.batch_size
-    while b > 1:
-        b = max(1, b // 2)
+    while b > cfg.devices:  # every device keeps at least one example of a micro-batch
+        b = max(cfg.devices, b // 2)
         c = replace(cfg, batch_size=b, grad_accum=grad_accum_for(cfg, b))
         if memory_of(c) <= limit:
             return (f"batch_size {c.batch_size} with grad_accum {c.grad_accum} (same effective batch): "
@@ -87,8 +87,8 @@ ADVICE_OOM = ("Out of memory. Try, in this order: " + ", ".join(r.advice for r i
 def oom_suggestion(cfg: TrainConfig) -> dict[str, Any]:
     """Settings that need less memory for the same effective batch: the one-click retry after an OOM."""
     change: dict[str, Any] = {}
-    if cfg.batch_size > 1:
-        change["batch_size"] = max(1, cfg.batch_size // 2)
+    if cfg.batch_size > cfg.devices:
+        change["batch_size"] = max(cfg.devices, cfg.batch_size // 2)
         change["grad_accum"] = grad_accum_for(cfg, change["batch_size"])
     elif cfg.max_seq_length > 128:
         change["max_seq_length"] = max(128, cfg.max_seq_length // 2)

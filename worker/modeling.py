@@ -155,7 +155,8 @@ def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = N
     kwargs = dict(dtype=device.dtype, trust_remote_code=False, low_cpu_mem_usage=True)
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": 0} if device.is_cuda else {"": "cpu"}
+        # this process's GPU: 0 alone, GPU r for rank r of a run on several devices (worker.distributed)
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if device.is_cuda else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if quant is None:
         model.to(device.device)

@@ -149,3 +149,20 @@ def test_dora_trains(tiny_llama, chat_file, tmp_path):
     assert losses[8] < 0.7 * losses[1], losses
     magnitudes = [n for n, p in result.model.named_parameters() if "lora_magnitude_vector" in n and p.requires_grad]
     assert magnitudes, "DoRA adds trainable magnitude vectors"
+
+
+def test_devices_split_the_micro_batch_and_cpu_ranks_share_memory(tiny_llama):
+    one = estimate(str(tiny_llama), TrainConfig(batch_size=8), n_examples=100, mean_tokens=50, device="cpu")
+    two = estimate(str(tiny_llama), TrainConfig(batch_size=8, devices=2), n_examples=100, mean_tokens=50, device="cpu")
+    half = estimate(str(tiny_llama), TrainConfig(batch_size=4), n_examples=100, mean_tokens=50, device="cpu")
+    # two CPU processes, each with the weights and half of every micro-batch, on one machine's memory
+    for key in one.breakdown:
+        assert two.breakdown[key] == pytest.approx(2 * half.breakdown[key]), key
+    assert two.steps == one.steps, "the global batch, so the plan, is the same"
+    advice = estimate(str(tiny_llama), TrainConfig(batch_size=8, devices=2), n_examples=100, mean_tokens=50,
+                      device="cpu", memory_limit_mb=two.memory_mb - 1).advice
+    assert not any("batch_size 1 " in line for line in advice), "never fewer examples than devices"
+    from worker.memory_advice import oom_suggestion
+
+    assert "batch_size" not in oom_suggestion(TrainConfig(batch_size=2, devices=2))
+    assert oom_suggestion(TrainConfig(batch_size=8, devices=2))["batch_size"] == 4

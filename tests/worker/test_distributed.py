@@ -1,0 +1,182 @@
+"""One job on two CPU processes (gloo): the same losses as one process with the same global batch, an
+adapter that answers like the one-process adapter, cancel and resume across ranks, and a dead rank
+that fails the run instead of hanging it.
+
+Tolerance: per-step train and eval losses within 1e-4 relative of the one-process run (dropout 0;
+the two runs differ only in float summation order: each rank pads its half of a micro-batch to its
+own longest example and the gradients are summed by an all-reduce). Each two-rank run costs a few
+seconds of process start-up (torch, transformers and peft imports in two new processes).
+"""
+import os
+from pathlib import Path
+import re
+import signal
+import time
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import memorisable_conversations, write_jsonl
+from worker.checkpoint import checkpoint_folders
+from worker.config import ConfigError, TrainConfig, TrainSpec
+from worker.distributed import Supervisor, run_training
+from worker.engine import TrainingError, train
+from worker.reporting import MemoryReporter
+
+CFG = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8, alpha=16,
+           dropout=0.0, max_steps=4, final_eval=False, save_every=1)
+REL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("ddp-data") / "chat.jsonl",
+                       [{"messages": m} for m in memorisable_conversations()])
+
+
+def spec(model, data, out, devices):
+    return TrainSpec(str(model), str(data), str(out), TrainConfig(**CFG, devices=devices),
+                     eval_dataset_path=str(data), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_llama, data, tmp_path_factory):
+    """The reference: the same job on one process (today's in-process path)."""
+    reporter = MemoryReporter()
+    result = train(spec(tiny_llama, data, tmp_path_factory.mktemp("one"), 1), reporter)
+    assert result.status == "succeeded"
+    return reporter, result
+
+
+def assert_same_losses(points, reference, steps):
+    ref = {s: m for s, m in reference.points}
+    got = {s: m for s, m in points}
+    assert sorted(got) == list(steps), "rank 0 alone reports, once per step"
+    for step in steps:
+        for key in ("loss", "eval_loss"):
+            assert got[step][key] == pytest.approx(ref[step][key], rel=REL), (step, key)
+        assert got[step]["lr"] == pytest.approx(ref[step]["lr"], rel=1e-9)
+
+
+IDS = [[1, 5, 9, 20, 33, 7, 11]]
+
+
+def logits(model_dir, adapter_dir):
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir)
+        return model.eval()(input_ids=ids).logits
+
+
+class CheckpointsHeard(MemoryReporter):
+    """A reporter that hears of each checkpoint (as the object-storage publisher does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.saved: list[str] = []
+
+    def checkpoint_saved(self, folder) -> None:
+        self.saved.append(str(folder))
+
+
+def test_two_ranks_train_like_one_cancel_stops_both_and_resume_continues(tiny_llama, data, one_process, tmp_path):
+    """Cancel after step 2 of a two-rank run, resume it on two ranks: every step's loss is the
+    one-process loss, and the adapter answers like the one-process adapter."""
+    reference, ref_result = one_process
+    out = tmp_path / "job"
+    first = CheckpointsHeard()
+    supervisor = Supervisor(spec(tiny_llama, data, out, 2), first,
+                            lambda: "cancel" if len(first.points) >= 2 else None, threads=0, timeout_s=60)
+    result = supervisor.run()
+    assert result.status == "cancelled" and result.steps_done == 2
+    assert [p.returncode for p in supervisor.procs] == [0, 0], "both ranks stopped on their own"
+    assert [f.name for f in checkpoint_folders(out / "checkpoints")][0] == "step-000002"
+    assert [Path(f).name for f in first.saved] == ["step-000001", "step-000002"], \
+        "each of rank 0's saves reaches the worker's reporter (which publishes it to the store)"
+    assert not (out / "adapter").exists()
+    assert_same_losses(first.points, reference, range(1, 3))
+
+    again = MemoryReporter()
+    result = run_training(spec(tiny_llama, data, out, 2), again)
+    assert result.status == "succeeded" and result.steps_done == 4
+    assert result.trainable_params == ref_result.trainable_params
+    assert ("resume", "resumed from checkpoint at step 2") in again.events
+    assert_same_losses(again.points, reference, range(3, 5))
+    assert [k for k, _ in again.events].count("saved") == 1
+    expected = logits(tiny_llama, ref_result.adapter_dir)
+    got = logits(tiny_llama, result.adapter_dir)
+    assert torch.allclose(got, expected, rtol=REL, atol=1e-5)
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama)(input_ids=torch.tensor(IDS))
+    assert not torch.allclose(got, base.logits, atol=1e-3), "the adapter changed the model"
+
+
+class KillRankOne(MemoryReporter):
+    """Kills rank 1 when rank 0 reports its first event (both ranks have joined the group by then)."""
+
+    supervisor = None
+    killed_at = None
+
+    def event(self, kind, message):
+        super().event(kind, message)
+        if self.killed_at is None:
+            os.kill(self.supervisor.procs[1].pid, signal.SIGKILL)
+            self.killed_at = time.monotonic()
+
+
+def test_a_dead_rank_fails_the_run_without_a_hang(tiny_llama, data, tmp_path):
+    reporter = KillRankOne()
+    supervisor = Supervisor(spec(tiny_llama, data, tmp_path / "dead", 2), reporter, lambda: None, threads=0,
+                            timeout_s=60)
+    reporter.supervisor = supervisor
+    with pytest.raises(TrainingError, match="training process 1 of 2 stopped unexpectedly"):
+        supervisor.run()
+    assert time.monotonic() - reporter.killed_at < 15
+    assert all(p.poll() is not None for p in supervisor.procs), "no rank is left running"
+
+
+def test_devices_are_validated():
+    assert TrainConfig().devices == 1
+    for bad, words in ((0, "must be in [1, 64]"), (2.0, "must be an integer"), (True, "must be an integer"),
+                       (65, "must be in [1, 64]"), (9, "at most the batch size (8)")):
+        with pytest.raises(ConfigError, match=re.escape(words)) as info:
+            TrainConfig(devices=bad)
+        assert info.value.field == "devices"
+
+
+def test_a_worker_refuses_more_devices_than_it_allows(tiny_llama, data, tmp_path):
+    with pytest.raises(TrainingError, match="asks for 4 devices and this train worker allows 2"):
+        run_training(spec(tiny_llama, data, tmp_path, 4), MemoryReporter(), max_devices=2)
+
+
+def test_a_rank_exits_when_its_supervisor_is_killed(tmp_path):
+    """kill -9 of the train worker leaves no rank behind (the job is then resumed as after any crash)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rank = ("import time; from worker.distributed import exit_with_supervisor; exit_with_supervisor(); "
+            "print('watching', flush=True); time.sleep(60)")
+    supervisor = ("import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', %r], "
+                  "start_new_session=True, env={**os.environ, 'LORA_STUDIO_SUPERVISOR_PID': str(os.getpid())}); "
+                  "print(p.pid, flush=True); time.sleep(60)" % rank)
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen([sys.executable, "-c", supervisor], stdout=subprocess.PIPE, text=True, cwd=root)
+    child = int(proc.stdout.readline())
+    assert proc.stdout.readline().strip() == "watching"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.1)
+    assert not _alive(child), "the rank outlived its supervisor"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
