@@ -69,8 +69,8 @@ def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping:
     progress("looking for duplicates", len(examples))
     kept, duplicates = _deduplicate(examples, drop_duplicates)
     turns = {r: 0 for r in ROLES}
-    for ex in kept:
-        for m in ex.messages or ():
+    for ex in kept:  # a pair counts its prompt's turns and both answers' turns
+        for m in (ex.messages or []) + (ex.chosen or []) + (ex.rejected or []):
             turns[m["role"]] += 1
     return LoadedDataset(examples=kept, format=parsed.format, schema=schema, columns=parsed.columns, rows=len(kept),
                          duplicates=duplicates, dropped_duplicates=len(examples) - len(kept), sha256=sha256,
