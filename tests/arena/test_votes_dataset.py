@@ -60,6 +60,8 @@ def test_left_and_right_votes_become_pairs_and_the_rest_is_counted(page_api, use
     assert body["url"] == f"/datasets/{dataset.id}/"
     assert dataset.schema == "preference" and dataset.stats["rounds"] == body["rounds"]
     assert dataset.stats["source"] == "compare_votes" and dataset.stats["votes_used"] == 3
+    # The link back to the rounds is part of the dataset over REST too.
+    assert page_api.get(f"/api/v1/datasets/{dataset.id}/").json()["stats"]["rounds"] == body["rounds"]
     assert [ex.to_json() for ex in dataset_examples(dataset=dataset)] == [
         pair([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
              "Red.", "Seven."),

@@ -8,6 +8,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests.factories import count_tokens
 from user_datasets import services
+from user_datasets.models import Dataset
+from user_datasets.selectors import dataset_examples
 
 PAIRS = [{"prompt": [{"role": "user", "content": f"Name colour {i}."}], "chosen": f"Colour {i} is red.",
           "rejected": "I do not know any colours at all, sorry, " * (i + 1)} for i in range(4)]
@@ -47,3 +49,19 @@ def test_a_chat_dataset_report_has_no_rejected_side(api, base_model, dataset):
     count_tokens()
     body = api.get(f"/api/v1/datasets/{dataset.id}/tokens/?base_model={base_model.id}").json()
     assert body["status"] == "ready" and body["rejected_lengths"] is None and body["lengths"]
+
+
+def test_unknown_columns_are_mapped_to_pairs_on_the_page(client_in, user):
+    rows = [{"ask": f"Name colour {i}.", "good": f"Colour {i}.", "bad": "No idea."} for i in range(3)]
+    upload = SimpleUploadedFile("odd.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    html = client_in.post("/datasets/", {"file": upload}).content.decode()
+    assert 'name="chosen"' in html and 'name="rejected"' in html
+    token = html.split('name="token" value="')[1].split('"')[0]
+    response = client_in.post("/datasets/map/", {"token": token, "filename": "odd.jsonl", "columns": ["ask", "good", "bad"],
+                                                "prompt": "ask", "chosen": "good", "rejected": "bad"})
+    assert response.status_code == 302
+    ds = Dataset.objects.get(owner=user)
+    assert (ds.schema, ds.rows, ds.mapping) == ("preference", 3, {"prompt": "ask", "chosen": "good", "rejected": "bad"})
+    assert dataset_examples(dataset=ds)[0].to_json() == {
+        "messages": [{"role": "user", "content": "Name colour 0."}],
+        "chosen": [{"role": "assistant", "content": "Colour 0."}], "rejected": [{"role": "assistant", "content": "No idea."}]}

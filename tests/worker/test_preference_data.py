@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
+from worker.config import ConfigError
 from worker.data.loading import load_dataset_file
+from worker.data.mapping import ColumnMapping
 from worker.data.normalized import read_normalized_jsonl, write_normalized_jsonl
 from worker.data.problems import DatasetError
 from worker.data.report import TokenProfile, token_profile
@@ -82,6 +84,32 @@ def test_pairs_in_csv_and_parquet(tmp_path):
     pq.write_table(pa.table({"prompt": ["Name a colour.", "Name a shape."], "chosen": ["Red.", "A circle."],
                              "rejected": ["Seven.", None]}), table)
     assert problems(table) == ["pairs.parquet, row 2: rejected must be a string or a list of messages, got null"]
+
+
+def test_columns_mapped_to_prompt_chosen_and_rejected(tmp_path):
+    for kwargs, field in [({"prompt": "q", "chosen": "a"}, "rejected"), ({"prompt": "q", "rejected": "b"}, "chosen"),
+                          ({"chosen": "a", "rejected": "b"}, "prompt"),
+                          ({"prompt": "q", "response": "r", "chosen": "a", "rejected": "b"}, "response"),
+                          ({"prompt": "q", "chosen": "a", "rejected": "a"}, "rejected"),
+                          ({"prompt": "q", "chosen": "a", "rejected": "b", "system": "q"}, "system"),
+                          ({"text": "t", "chosen": "a"}, "chosen")]:
+        with pytest.raises(ConfigError) as err:
+            ColumnMapping(**kwargs)
+        assert err.value.field == field, kwargs
+    path = tmp_path / "odd.jsonl"
+    rows = [{"q": "Name a colour.", "good": "Red.", "bad": "Seven.", "persona": "Be brief."},
+            {"q": "Name a shape.", "good": "A circle.", "bad": "A circle.", "persona": None}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mapping = ColumnMapping(prompt="q", chosen="good", rejected="bad", system="persona")
+    with pytest.raises(DatasetError) as err:
+        load_dataset_file(path, mapping=mapping)
+    assert err.value.messages() == [
+        "odd.jsonl, line 2: bad is the same as good: chosen and rejected are identical, so there is nothing to prefer"]
+    path.write_text(json.dumps(rows[0]) + "\n")
+    loaded = load_dataset_file(path, mapping=mapping)
+    assert loaded.schema == "preference"
+    assert [ex.to_json() for ex in loaded.examples] == [
+        {**PAIR, "messages": [{"role": "system", "content": "Be brief."}, USER]}]
 
 
 def test_bad_pairs_name_file_line_and_field():

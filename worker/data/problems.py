@@ -55,7 +55,7 @@ class SchemaUnknown(DatasetError):
                    "preference (prompt, chosen, rejected; or input, preferred_output, non_preferred_output), "
                    "messages (messages), sharegpt (conversations), prompt_completion (prompt, completion), "
                    "alpaca (instruction, output, optional input), text (text); "
-                   "map the columns to prompt and response (or text) instead")
+                   "map the columns to prompt and response (or text, or prompt, chosen and rejected) instead")
         super().__init__(filename, [Problem(line, "", message, unit=unit)])
 
 

@@ -216,6 +216,18 @@ def _from_mapped(record: dict, report: ProblemCounter, text_cells: bool, mapping
         return Example(0, text=text) if text is not None else None
     system = _check_string(record, mapping.system, report, required=False) if mapping.system else None
     prompt = _check_string(record, mapping.prompt, report)
+    if mapping.is_preference:
+        chosen = _check_string(record, mapping.chosen, report)
+        rejected = _check_string(record, mapping.rejected, report)
+        if report.count:
+            return None
+        if chosen == rejected:
+            report(mapping.rejected, f"is the same as {mapping.chosen}: chosen and rejected are identical, "
+                                     "so there is nothing to prefer")
+            return None
+        return Example(0, messages=_to_messages(system, prompt, chosen)[:-1],
+                       chosen=[{"role": "assistant", "content": chosen}],
+                       rejected=[{"role": "assistant", "content": rejected}])
     response = _check_string(record, mapping.response, report)
     if report.count:
         return None
