@@ -80,19 +80,28 @@ def _check_string(record: dict, key: str, report: Report, *, required: bool = Tr
     return value
 
 
-def _check_turns(turns: Any, report: Report, *, name: str, role_key: str, content_key: str,
-                 role_map: dict[str, str], assistant_hint: str = "") -> list[dict[str, str]] | None:
-    """Validate a list of chat turns; return them as {role, content} messages, or None after reporting."""
+def _turn_list(turns: Any, report: Report, *, name: str, role_key: str, content_key: str,
+               role_map: dict[str, str], expected: str, empty: str) -> list[dict[str, str]] | None:
+    """A non-empty list of turns as {role, content} messages, or None after reporting every bad turn."""
     if not isinstance(turns, list):
-        report(name, f"must be a list of messages, got {type_name(turns)}")
+        report(name, f"must be {expected}, got {type_name(turns)}")
         return None
     if not turns:
-        report(name, "is empty; a conversation needs at least one user and one assistant turn")
+        report(name, empty)
         return None
     bad = ProblemCounter(report)
     messages = [_check_turn(msg, i, f"{name}[{i}]", bad, role_key, content_key, role_map)
                 for i, msg in enumerate(turns)]
-    if bad.count:
+    return None if bad.count else messages
+
+
+def _check_turns(turns: Any, report: Report, *, name: str, role_key: str, content_key: str,
+                 role_map: dict[str, str], assistant_hint: str = "") -> list[dict[str, str]] | None:
+    """Validate a list of chat turns; return them as {role, content} messages, or None after reporting."""
+    messages = _turn_list(turns, report, name=name, role_key=role_key, content_key=content_key, role_map=role_map,
+                          expected="a list of messages",
+                          empty="is empty; a conversation needs at least one user and one assistant turn")
+    if messages is None:
         return None
     if not any(m["role"] == "assistant" for m in messages):
         report(name, f"has no assistant turn{assistant_hint}, so there is nothing to learn")
@@ -241,15 +250,8 @@ _ASSISTANT_ONLY = {"assistant": "assistant"}
 
 def _message_list(value: Any, name: str, report: Report, roles: dict[str, str]) -> list[dict[str, str]] | None:
     """A non-empty list of {role, content} messages with roles from `roles`, or None after reporting."""
-    if not isinstance(value, list):
-        report(name, f"must be a string or a list of messages, got {type_name(value)}")
-        return None
-    if not value:
-        report(name, "is empty")
-        return None
-    bad = ProblemCounter(report)
-    messages = [_check_turn(m, i, f"{name}[{i}]", bad, "role", "content", roles) for i, m in enumerate(value)]
-    return None if bad.count else messages
+    return _turn_list(value, report, name=name, role_key="role", content_key="content", role_map=roles,
+                      expected="a string or a list of messages", empty="is empty")
 
 
 def _pair_cell(record: dict, key: str, text_cells: bool) -> Any:
