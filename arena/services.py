@@ -7,6 +7,7 @@ import uuid
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
 
 from arena.live import chat_stop_request, publish_chat
 from arena.models import ChatAnswer, ChatRound, ChatSession, Vote
@@ -236,7 +237,8 @@ def vote_pairs(*, owner, base_model: BaseModel | None = None) -> tuple[list[Exam
     """The owner's left/right votes as preference pairs, oldest first: (examples, the round id of each,
     how many votes were left out by reason, see LEFT_OUT_REASONS). The prompt is the conversation the
     preferred answer was given (its history, the system prompt, the round's prompt)."""
-    votes = Vote.objects.filter(owner=owner).select_related("round__session").order_by("created")
+    answers_of_round = Prefetch("round__answers", queryset=ChatAnswer.objects.select_related("round", "session"))
+    votes = Vote.objects.filter(owner=owner).prefetch_related(answers_of_round).order_by("created")
     if base_model is not None:
         votes = votes.filter(base_model=base_model)
     examples: list[Example] = []
@@ -246,7 +248,7 @@ def vote_pairs(*, owner, base_model: BaseModel | None = None) -> tuple[list[Exam
         if vote.result in (Vote.Result.TIE, Vote.Result.BOTH_BAD):
             left_out[vote.result] += 1
             continue
-        answers = {a.job_id: a for a in vote.round.answers.select_related("round", "session")}
+        answers = {a.job_id: a for a in vote.round.answers.all()}
         winner_job = vote.first_job_id if vote.result == Vote.Result.FIRST else vote.second_job_id
         loser_job = vote.second_job_id if vote.result == Vote.Result.FIRST else vote.first_job_id
         chosen, rejected = answers[winner_job], answers[loser_job]
