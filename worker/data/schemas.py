@@ -298,50 +298,60 @@ def _implicit_prompt(chosen: Any, rejected: Any):
     return chosen[:shared], chosen[shared:], rejected[shared:]
 
 
+def _openai_parts(record: dict, report: ProblemCounter, text_cells: bool):
+    """OpenAI's DPO line: (prompt, preferred, non-preferred) as found, or None after reporting."""
+    source = record["input"]
+    if text_cells and isinstance(source, str):
+        ok, source = _cell_json(source, "input", report)
+        if not ok:
+            return None
+    if not isinstance(source, dict) or "messages" not in source:
+        report("input", f'must be an object like {{"messages": [...]}}, got {type_name(source)}')
+        return None
+    if isinstance(source["messages"], str):
+        report("input.messages", "must be a list of messages, got str")
+        return None
+    answers = [_pair_cell(record, k, text_cells) for k in ("preferred_output", "non_preferred_output")]
+    for name, value in zip(("preferred_output", "non_preferred_output"), answers):
+        if isinstance(value, str):
+            report(name, "must be a list of assistant messages, got str")
+    return source["messages"], answers[0], answers[1]
+
+
+def _trl_parts(record: dict, report: ProblemCounter, text_cells: bool):
+    """TRL's preference line: (prompt field name, prompt, chosen, rejected) as found, or None after reporting.
+    Without a `prompt`, the prompt is `messages` (the normalised line) or the turns chosen and rejected share."""
+    chosen, rejected = (_pair_cell(record, k, text_cells) for k in ("chosen", "rejected"))
+    for key in ("prompt", "messages"):
+        if key in record:
+            return key, _pair_cell(record, key, text_cells), chosen, rejected
+    split = _implicit_prompt(chosen, rejected)
+    if split is None:
+        _missing(record, "prompt", report)
+        return None
+    return ("prompt", *split)
+
+
 def _from_preference(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
     openai = any(k in record for k in ("input", "preferred_output", "non_preferred_output"))
-    names = ("input.messages", "preferred_output", "non_preferred_output") if openai else ("prompt", "chosen", "rejected")
-    for key in (("input",) if openai else ()) + names[1:]:
+    required = ("input", "preferred_output", "non_preferred_output") if openai else ("chosen", "rejected")
+    for key in required:
         if key not in record:
             _missing(record, key, report)
     if report.count:
         return None
-    system = None
+    system = None if openai else _check_string(record, "system", report, required=False)
     if openai:
-        source = _pair_cell(record, "input", text_cells)
-        if isinstance(source, str) and text_cells:
-            ok, source = _cell_json(source, "input", report)
-            if not ok:
-                return None
-        if not isinstance(source, dict) or "messages" not in source:
-            report("input", f'must be an object like {{"messages": [...]}}, got {type_name(source)}')
-            return None
-        raw_prompt = source["messages"]
-        if isinstance(raw_prompt, str):
-            report("input.messages", "must be a list of messages, got str")
-            return None
-        raw_chosen, raw_rejected = (_pair_cell(record, k, text_cells) for k in names[1:])
+        names, parts = ("input.messages", "preferred_output", "non_preferred_output"), _openai_parts(
+            record, report, text_cells)
     else:
-        system = _check_string(record, "system", report, required=False)
-        raw_chosen, raw_rejected = (_pair_cell(record, k, text_cells) for k in names[1:])
-        if "prompt" in record:
-            raw_prompt = _pair_cell(record, "prompt", text_cells)
-        elif "messages" in record:  # the normalised line itself: {"messages": prompt, "chosen", "rejected"}
-            names = ("messages", "chosen", "rejected")
-            raw_prompt = _pair_cell(record, "messages", text_cells)
-        else:
-            split = _implicit_prompt(raw_chosen, raw_rejected)
-            if split is None:
-                _missing(record, "prompt", report)
-                return None
-            raw_prompt, raw_chosen, raw_rejected = split
-    if openai:
-        for name, value in zip(names[1:], (raw_chosen, raw_rejected)):
-            if isinstance(value, str):
-                report(name, "must be a list of assistant messages, got str")
-    prompt = _prompt_part(raw_prompt, names[0], report)
-    chosen = _answer_part(raw_chosen, names[1], report)
-    rejected = _answer_part(raw_rejected, names[2], report)
+        found = _trl_parts(record, report, text_cells)
+        names, parts = ((found[0], "chosen", "rejected"), found[1:]) if found else (None, None)
+    if parts is None:
+        return None
+    prompt = _prompt_part(parts[0], names[0], report)
+    chosen = _answer_part(parts[1], names[1], report)
+    rejected = _answer_part(parts[2], names[2], report)
     if report.count or prompt is None or chosen is None or rejected is None:
         return None
     if chosen == rejected:
@@ -350,7 +360,6 @@ def _from_preference(record: dict, report: ProblemCounter, text_cells: bool, map
     if system and prompt[0]["role"] != "system":
         prompt = [{"role": "system", "content": system}] + prompt
     return Example(0, messages=prompt, chosen=chosen, rejected=rejected)
-
 
 Converter = Callable[[dict, ProblemCounter, bool, "ColumnMapping | None"], "Example | None"]
 # Each schema's reader: (record, counting reporter, CSV text cells?, mapping) -> Example or None after reporting.
