@@ -9,4 +9,5 @@ urlpatterns = [
     path("chats/<uuid:session_id>/stop/", apis.ChatStopApi.as_view(), name="api-chat-stop"),
     path("chat-rounds/<uuid:round_id>/vote/", apis.ChatRoundVoteApi.as_view(), name="api-chat-round-vote"),
     path("win-rates/", apis.WinRateApi.as_view(), name="api-win-rates"),
+    path("votes/dataset/", apis.VotesDatasetApi.as_view(), name="api-votes-dataset"),
 ]

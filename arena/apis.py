@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
@@ -195,3 +196,44 @@ class WinRateApi(APIView):
                 raise ConfigError("base_model", "no such base model")
         return Response(self.OutputSerializer(selectors.vote_win_rates(owner=request.user, base_model=base),
                                               many=True).data)
+
+
+class VotesDatasetApi(APIView):
+    """POST: make a preference dataset from your compare votes. Each round voted left or right becomes
+    a pair (the prompt with its history; chosen: the preferred answer; rejected: the other); ties,
+    "both bad", empty and identical answers are left out and counted. `base_model` narrows it to the
+    votes on one base. 422 when no vote makes a pair. The dataset's stats list the rounds it came from."""
+
+    @extend_schema_serializer(component_name="VotesDatasetCreate")
+    class InputSerializer(StrictInput):
+        name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        base_model = serializers.UUIDField(required=False, help_text="only votes on this base model")
+
+    @extend_schema_serializer(component_name="VotesDataset")
+    class OutputSerializer(serializers.Serializer):
+        dataset = serializers.UUIDField()
+        name = serializers.CharField()
+        rows = serializers.IntegerField(help_text="preference pairs in the dataset")
+        used = serializers.IntegerField(help_text="votes that became pairs")
+        left_out = serializers.DictField(child=serializers.IntegerField(),
+                                         help_text="votes left out, by reason: tie, both_bad, empty_answer, "
+                                                   "identical_answers, too_long")
+        left_out_reasons = serializers.DictField(child=serializers.CharField())
+        rounds = serializers.ListField(child=serializers.UUIDField(), help_text="the round of each pair, in order")
+        url = serializers.CharField(help_text="the dataset's check page")
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, **error_responses(400, 422)})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        base = None
+        if "base_model" in data.validated_data:
+            base = base_model_find(str(data.validated_data["base_model"]))
+            if base is None:
+                raise ConfigError("base_model", "no such base model")
+        dataset, summary = services.votes_dataset_create(owner=request.user, name=data.validated_data.get("name", ""),
+                                                         base_model=base)
+        out = {"dataset": dataset.id, "name": dataset.name, "rows": dataset.rows, **summary,
+               "left_out_reasons": {k: services.LEFT_OUT_REASONS[k] for k in summary["left_out"]},
+               "rounds": dataset.stats["rounds"], "url": reverse("dataset-detail", args=[dataset.id])}
+        return Response(self.OutputSerializer(out).data, status=status.HTTP_201_CREATED)

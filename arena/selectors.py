@@ -1,7 +1,7 @@
 """Reads of chats, rounds and votes. Every selector of user data takes the owner."""
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.shortcuts import get_object_or_404
 
 from arena.models import ChatAnswer, ChatRound, ChatSession, Vote
@@ -22,6 +22,22 @@ def session_base_model(session: ChatSession) -> BaseModel:
 def chat_answers(*, session: ChatSession) -> QuerySet[ChatAnswer]:
     return ChatAnswer.objects.filter(session=session).select_related(
         "round__vote", "job", "session__job__base_model", "session__base_model").order_by("created", "position", "side")
+
+
+def answer_history(answer: ChatAnswer) -> list[dict[str, str]]:
+    """The conversation a model was given for this answer, ending with its user prompt (no system prompt)."""
+    if answer.messages:  # an API completion carries its whole conversation
+        return list(answer.messages)
+    if answer.round is not None and answer.round.blind:  # each blind round stands alone: its columns mix models
+        return [{"role": "user", "content": answer.prompt}]
+    # Each model continues its own conversation in the session.
+    earlier = ChatAnswer.objects.filter(session=answer.session, job=answer.job, side=answer.side,
+                                        state=ChatAnswer.State.DONE, created__lt=answer.created).exclude(
+        round__blind=True).order_by("created")
+    messages: list[dict[str, str]] = []
+    for turn in earlier:
+        messages += [{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": turn.text}]
+    return messages + [{"role": "user", "content": answer.prompt}]
 
 
 def chat_round_get(*, owner, round_id) -> ChatRound:
@@ -57,6 +73,17 @@ def chat_round_slots(*, chat_round: ChatRound) -> list[dict]:
     answers = chat_round.answers.select_related("job", "round__vote").order_by("position")
     return [{"answer": str(a.id), "position": a.position, "state": a.state,
              "model": None if answer_hidden(a) else model_identity(job=a.job, base_model=base)} for a in answers]
+
+
+def vote_counts(*, owner, base_model: BaseModel | None = None) -> dict[str, int]:
+    """How many of the owner's votes have each result (first, second, tie, both_bad), every result present."""
+    votes = Vote.objects.filter(owner=owner)
+    if base_model is not None:
+        votes = votes.filter(base_model=base_model)
+    counts = {r: 0 for r in Vote.Result.values}
+    for row in votes.values("result").annotate(n=Count("id")):
+        counts[row["result"]] = row["n"]
+    return counts
 
 
 def vote_win_rates(*, owner, base_model: BaseModel | None = None) -> list[dict]:

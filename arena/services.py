@@ -7,17 +7,22 @@ import uuid
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
 
 from arena.live import chat_stop_request, publish_chat
 from arena.models import ChatAnswer, ChatRound, ChatSession, Vote
-from arena.selectors import answer_event_meta
+from arena.selectors import answer_event_meta, answer_history
 from base_models.models import BaseModel
 from common import queue
 from common.exceptions import ProductError, StateError
 from training.models import FineTuneJob
 from training.selectors import job_find
 from training.services import JobStateError
+from user_datasets.models import Dataset
+from user_datasets.services import dataset_create_from_examples
 from worker.config import ConfigError, GenerationConfig
+from worker.data.examples import Example
+from worker.data.loading import DEFAULT_MAX_CHARS
 
 BASE_CONTESTANT = "base"
 MAX_CONTESTANTS = 3
@@ -196,3 +201,108 @@ def chat_completion_create(*, owner, base: BaseModel, job: FineTuneJob | None, m
             prompt=messages[-1]["content"], messages=messages, settings=generation.__dict__)
         queue.enqueue(queue.CHAT_ANSWER, str(answer.id))
     return answer
+
+
+# --- votes become data ------------------------------------------------------------------------------
+
+class NoUsableVotes(ProductError):
+    """None of the owner's votes can become a preference pair (no votes, or only ties and both bad)."""
+
+    status = 422
+    field = "votes"
+
+
+LEFT_OUT_REASONS = {
+    "tie": "a tie prefers neither answer",
+    "both_bad": "both answers were bad",
+    "empty_answer": "an answer was empty (stopped before its first word)",
+    "identical_answers": "both answers were the same text",
+    "too_long": f"the pair is longer than {DEFAULT_MAX_CHARS:,} characters",
+}
+
+
+def _without_empty_turns(history: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The history without earlier exchanges whose answer was empty (a stop before the first word)."""
+    kept: list[dict[str, str]] = []
+    for message in history:
+        if message["role"] == "assistant" and not message["content"].strip():
+            if kept and kept[-1]["role"] == "user":
+                kept.pop()
+            continue
+        kept.append(message)
+    return kept
+
+
+def vote_pairs(*, owner, base_model: BaseModel | None = None) -> tuple[list[Example], list[str], dict[str, int]]:
+    """The owner's left/right votes as preference pairs, oldest first: (examples, the round id of each,
+    how many votes were left out by reason, see LEFT_OUT_REASONS). The prompt is the conversation the
+    preferred answer was given (its history, the system prompt, the round's prompt)."""
+    answers_of_round = Prefetch("round__answers", queryset=ChatAnswer.objects.select_related("round", "session"))
+    votes = Vote.objects.filter(owner=owner).prefetch_related(answers_of_round).order_by("created")
+    if base_model is not None:
+        votes = votes.filter(base_model=base_model)
+    examples: list[Example] = []
+    rounds: list[str] = []
+    left_out = {reason: 0 for reason in LEFT_OUT_REASONS}
+    for vote in votes:
+        if vote.result in (Vote.Result.TIE, Vote.Result.BOTH_BAD):
+            left_out[vote.result] += 1
+            continue
+        answers = {a.job_id: a for a in vote.round.answers.all()}
+        winner_job = vote.first_job_id if vote.result == Vote.Result.FIRST else vote.second_job_id
+        loser_job = vote.second_job_id if vote.result == Vote.Result.FIRST else vote.first_job_id
+        chosen, rejected = answers[winner_job], answers[loser_job]
+        if not chosen.text.strip() or not rejected.text.strip():
+            left_out["empty_answer"] += 1
+            continue
+        if chosen.text == rejected.text:
+            left_out["identical_answers"] += 1
+            continue
+        prompt = _without_empty_turns(answer_history(chosen))
+        system = (chosen.settings or {}).get("system_prompt") or ""
+        if system.strip() and prompt[0]["role"] != "system":
+            prompt = [{"role": "system", "content": system}] + prompt
+        example = Example(source=len(examples) + 1, messages=prompt,
+                          chosen=[{"role": "assistant", "content": chosen.text}],
+                          rejected=[{"role": "assistant", "content": rejected.text}])
+        if example.chars > DEFAULT_MAX_CHARS:
+            left_out["too_long"] += 1
+            continue
+        examples.append(example)
+        rounds.append(str(vote.round_id))
+    return examples, rounds, left_out
+
+
+def votes_summary_text(summary: dict) -> str:
+    """"3 votes became pairs; 2 left out (1 tie, 1 both bad)", for pages and messages."""
+    used = summary["used"]
+    text = f"{used} vote{'s' if used != 1 else ''} became preference pairs"
+    left_out = summary["left_out"]
+    if left_out:
+        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in left_out.items())
+        text += f"; {sum(left_out.values())} left out ({parts})"
+    return text + "."
+
+
+def votes_dataset_create(*, owner, name: str = "", base_model: BaseModel | None = None) -> tuple[Dataset, dict]:
+    """A preference dataset from the owner's compare votes (only theirs; on one base model if given):
+    each left/right vote is a pair, chosen the preferred answer. The dataset's stats keep the rounds it
+    came from (`rounds`, in line order) and what was left out. Returns (dataset, {"used", "left_out"});
+    NoUsableVotes when no vote makes a pair."""
+    name = name.strip()
+    if len(name) > 200:
+        raise ConfigError("name", "must be at most 200 characters")
+    examples, rounds, left_out = vote_pairs(owner=owner, base_model=base_model)
+    counted = {k: v for k, v in left_out.items() if v}
+    if not examples:
+        why = "; ".join(f"{n} left out because {LEFT_OUT_REASONS[k]}" for k, n in counted.items())
+        raise NoUsableVotes("no vote can become a preference pair: vote left or right on a two-model round "
+                            f"first{f' ({why})' if why else ' (you have no votes yet)'}")
+    summary = {"used": len(examples), "left_out": counted}
+    default = f"Preferences from {len(examples)} compare vote{'s' if len(examples) != 1 else ''}"
+    dataset = dataset_create_from_examples(
+        owner=owner, examples=examples, name=name or default, filename="compare-votes.jsonl",
+        extra_stats={"source": "compare_votes", "rounds": rounds, "votes_used": len(examples),
+                     "votes_left_out": counted,
+                     "base_model": str(base_model.id) if base_model is not None else None})
+    return dataset, summary

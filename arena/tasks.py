@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from arena.live import chat_stop_time, publish_chat
 from arena.models import ChatAnswer
-from arena.selectors import answer_event_meta, session_base_model
+from arena.selectors import answer_event_meta, answer_history, session_base_model
 from common import blobs, queue
 from worker.config import GenerationConfig
 from worker.inference import ModelPool, fit_conversation
@@ -29,21 +29,6 @@ def model_pool():
         _pool = ModelPool(memory_budget_mb=settings.INFER_MEMORY_BUDGET_MB, device=settings.TRAIN_DEVICE,
                           max_adapters_per_base=settings.INFER_MAX_ADAPTERS_PER_BASE)
     return _pool
-
-
-def _history(answer: ChatAnswer) -> list[dict[str, str]]:
-    if answer.messages:  # an API completion carries its whole conversation
-        return list(answer.messages)
-    if answer.round is not None and answer.round.blind:  # each blind round stands alone: its columns mix models
-        return [{"role": "user", "content": answer.prompt}]
-    # Each model continues its own conversation in the session.
-    earlier = ChatAnswer.objects.filter(session=answer.session, job=answer.job, side=answer.side,
-                                        state=ChatAnswer.State.DONE, created__lt=answer.created).exclude(
-        round__blind=True).order_by("created")
-    messages: list[dict[str, str]] = []
-    for turn in earlier:
-        messages += [{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": turn.text}]
-    return messages + [{"role": "user", "content": answer.prompt}]
 
 
 @shared_task(name=queue.CHAT_ANSWER, acks_late=True)
@@ -96,7 +81,7 @@ def _answer_together(answer_ids: list[str]) -> list[str]:
 
     gen = GenerationConfig(**answers[0].settings)
     context = context_length(base_path)
-    fitted = [fit_conversation(cached_tokenizer(base_path), _history(a), gen, context) for a in answers]
+    fitted = [fit_conversation(cached_tokenizer(base_path), answer_history(a), gen, context) for a in answers]
     requests = [(f.messages, _answer_adapter(a)) for f, a in zip(fitted, answers)]
     notes = [f.note(context) for f in fitted]
     try:

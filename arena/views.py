@@ -3,9 +3,11 @@ live stream of a chat's answers. The page's script talks to /api/v1/ like any cl
 from __future__ import annotations
 
 from asgiref.sync import sync_to_async
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
 from accounts.auth import request_user
 from arena import selectors, services
@@ -13,10 +15,12 @@ from arena.live import chat_channel
 from arena.models import ChatAnswer
 from arena.win_rate import CAPTION
 from common import events
+from common.exceptions import ProductError
 from common.ids import is_uuid
 from training.models import FineTuneJob
 from training.selectors import job_get, jobs_with_adapter
-from worker.config import GenerationConfig
+from worker.config import ConfigError, GenerationConfig
+from worker.data.problems import DatasetError
 
 
 @login_required
@@ -31,7 +35,24 @@ def job_compare(request, job_id):
     return render(request, "arena/compare.html", {
         "job": job, "defaults": GenerationConfig(), "candidates": candidates,
         "max_contestants": services.MAX_CONTESTANTS, "win_rate_caption": CAPTION,
-        "win_rates": selectors.vote_win_rates(owner=request.user, base_model=job.base_model)})
+        "win_rates": selectors.vote_win_rates(owner=request.user, base_model=job.base_model),
+        "vote_counts": selectors.vote_counts(owner=request.user, base_model=job.base_model)})
+
+
+@login_required
+@require_POST
+def votes_dataset(request, job_id):
+    """The compare page's "Make a preference dataset from my votes" (on this job's base model), without
+    script; the page's script posts to /api/v1/votes/dataset/ instead and stays on the page."""
+    job = job_get(owner=request.user, job_id=job_id)
+    try:
+        dataset, summary = services.votes_dataset_create(owner=request.user, name=request.POST.get("name", ""),
+                                                         base_model=job.base_model)
+    except (ProductError, ConfigError, DatasetError) as exc:
+        messages.error(request, getattr(exc, "message", str(exc)))
+        return redirect("job-compare", job_id=job.id)
+    messages.success(request, f"Made {dataset.name}: {services.votes_summary_text(summary)}")
+    return redirect("dataset-detail", dataset_id=dataset.id)
 
 
 def _candidate(job: FineTuneJob | None, base_model, *, checked: bool) -> dict:

@@ -123,7 +123,11 @@ class TokenReportOutput(serializers.Serializer):
     error = serializers.CharField(allow_blank=True)
     max_length = serializers.IntegerField()
     lengths = serializers.ListField(child=serializers.IntegerField(), allow_null=True,
-                                    help_text="every counted example's full token length (null until ready)")
+                                    help_text="every counted example's full token length (null until ready); "
+                                              "for preference pairs, prompt + chosen")
+    rejected_lengths = serializers.ListField(child=serializers.IntegerField(), allow_null=True,
+                                             help_text="preference pairs only: prompt + rejected, parallel to "
+                                                       "lengths (null otherwise)")
     truncated = serializers.IntegerField(allow_null=True)
     trained_tokens = serializers.IntegerField(allow_null=True)
 
@@ -151,6 +155,7 @@ class DatasetTokensApi(APIView):
         return Response(TokenReportOutput({
             "status": profile.status, "done": profile.done, "total": profile.total, "error": profile.error,
             "max_length": max_length, "lengths": report.lengths if report else None,
+            "rejected_lengths": report.rejected_lengths if report else None,
             "truncated": report.truncated if report else None,
             "trained_tokens": report.trained_tokens if report else None}).data)
 

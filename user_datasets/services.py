@@ -25,9 +25,11 @@ from user_datasets import selectors
 from user_datasets.models import Dataset, TokenProfile, UploadCheck
 from user_datasets.signals import dataset_deleting
 from worker.config import ConfigError
+from worker.data.examples import Example
 from worker.data.formats import format_for_filename
 from worker.data.limits import DataLimits
 from worker.data.mapping import ColumnMapping
+from worker.data.normalized import write_normalized_jsonl
 from worker.data.problems import DatasetError, Problem, SchemaUnknown
 from worker.data.report import token_profile
 from worker.data.sandbox import LoadedSummary, load_dataset_file_limited
@@ -91,7 +93,7 @@ def dataset_validate(*, path: Path, filename: str, normalized: Path, mapping: di
 
 
 def _dataset_from_file(*, owner, tmp: Path, filename: str, name: str, size: int, mapping: dict | None,
-                       drop_duplicates: bool, on_progress=None) -> Dataset:
+                       drop_duplicates: bool, on_progress=None, extra_stats: dict | None = None) -> Dataset:
     file_id = uuid.uuid4().hex
     final = media_path(f"datasets/{file_id}{Path(tmp).suffix}")
     normalized = media_path(f"datasets/{file_id}.normalized.jsonl")
@@ -109,7 +111,7 @@ def _dataset_from_file(*, owner, tmp: Path, filename: str, name: str, size: int,
                 size_bytes=size, sha256=loaded.sha256,
                 stats={"turns": loaded.turns, "chars": loaded.chars, "columns": loaded.columns,
                        "duplicates": loaded.duplicates[:100], "duplicate_count": len(loaded.duplicates),
-                       "dropped_duplicates": loaded.dropped_duplicates},
+                       "dropped_duplicates": loaded.dropped_duplicates, **(extra_stats or {})},
             )
             _count_tokens_for_default_model(dataset)
             return dataset
@@ -228,6 +230,24 @@ def dataset_create_mapped(*, owner, token: str, filename: str, mapping: dict, na
         if tmp.exists():
             tmp.replace(pending)  # keep it for another try with a better mapping
         raise
+
+
+def dataset_create_from_examples(*, owner, examples: list[Example], name: str, filename: str,
+                                 extra_stats: dict | None = None) -> Dataset:
+    """A dataset the product makes (from compare votes, say) rather than one uploaded: the examples are
+    written as normalised JSONL, which is then checked and stored exactly as an upload of that file.
+    `extra_stats` (where the examples came from) is kept in the dataset's stats."""
+    folder = media_path("datasets")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{uuid.uuid4().hex}.jsonl"
+    try:
+        write_normalized_jsonl(examples, tmp)
+        size = tmp.stat().st_size
+        check_limit(owner, "storage_bytes", used=storage_used(owner), adding=size)
+        return _dataset_from_file(owner=owner, tmp=tmp, filename=filename, name=name, size=size, mapping=None,
+                                  drop_duplicates=False, extra_stats=extra_stats)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def dataset_create_demo(*, owner) -> Dataset:

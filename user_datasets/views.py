@@ -90,10 +90,24 @@ def dataset_detail(request, dataset_id):
         max_length = 256
     report, profile = (services.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
                        if chosen else (None, None))
+    histogram = report.histogram() if report else None
     return render(request, "user_datasets/dataset_detail.html", {
         "ds": ds, "models": models, "chosen": chosen, "max_length": max_length, "report": report, "profile": profile,
-        "histogram": report.histogram() if report else None, "rename_form": RenameForm(initial={"name": ds.name}),
-        "jobs": ds.jobs.all()[:20]})
+        "histogram": histogram, "histogram_rows": _histogram_rows(histogram),
+        "rename_form": RenameForm(initial={"name": ds.name}), "jobs": ds.jobs.all()[:20]})
+
+
+def _histogram_rows(histogram: dict | None) -> list[tuple]:
+    """The chart's non-empty bins as table rows: (from tokens, examples or chosen[, rejected])."""
+    if not histogram:
+        return []
+    rejected = histogram.get("rejected_counts")
+    rows = []
+    for i, n in enumerate(histogram["counts"]):
+        row = (histogram["edges"][i], n) + ((rejected[i],) if rejected is not None else ())
+        if any(row[1:]):
+            rows.append(row)
+    return rows
 
 
 @login_required

@@ -97,6 +97,8 @@
       voteResult.textContent = `Your vote: ${verdict}. Left was ${names[0]}, right was ${names[1]}.`;
       voteResult.classList.remove("hidden"); voteBar.classList.add("hidden");
       openRound = null;
+      const counter = document.querySelector(`#vote-counts [data-count=${choice === "left" || choice === "right" ? "usable" : choice}]`);
+      if (counter) counter.textContent = String(Number(counter.textContent) + 1);
       await refreshWinRates();
     } catch (e) { err.textContent = "Could not reach the server: " + e; }
   });
@@ -161,5 +163,30 @@
         box.textContent = "(" + m.error + ")"; box.classList.remove("pending"); failed = true; finish();
       });
     } catch (e) { err.textContent = "Could not reach the server: " + e; button.disabled = false; }
+  });
+
+  // "Make a preference dataset from my votes": the same REST call as any client; the page stays as it is.
+  const votesForm = document.getElementById("votes-dataset-form");
+  if (votesForm) votesForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const result = document.getElementById("votes-dataset-result");
+    const button = votesForm.querySelector("button");
+    button.disabled = true; result.textContent = "Making the dataset…"; result.className = "";
+    try {
+      const body = { base_model: votesForm.dataset.baseModel };
+      const name = votesForm.querySelector("[name=name]").value.trim();
+      if (name) body.name = name;
+      const r = await post(votesForm.dataset.apiUrl, body);
+      const data = await r.json();
+      if (!r.ok) {
+        result.className = "errors";
+        result.textContent = data.error ? data.error.message : Object.values(data).flat().join(" ");
+        return;
+      }
+      const parts = Object.entries(data.left_out).map(([k, n]) => `${n} ${k.replace(/_/g, " ")}`);
+      result.textContent = `${data.used} vote${data.used === 1 ? "" : "s"} became preference pairs` +
+        (parts.length ? `; left out: ${parts.join(", ")}. ` : ". ");
+      const link = el("a", "", `Open ${data.name}`); link.href = data.url; result.append(link);
+    } finally { button.disabled = false; }
   });
 })();

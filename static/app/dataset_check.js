@@ -1,4 +1,5 @@
 // Check page: the histogram of token lengths, bins past the max length in red, a dashed line at the limit.
+// For preference pairs the chosen side (prompt + chosen) and the rejected side are two bar series.
 (function () {
   const el = document.getElementById("histogram-data");
   if (!el) return;
@@ -7,13 +8,17 @@
   const maxLen = Number(canvas.dataset.maxLength);
   const labels = h.counts.map((_, i) => `${h.edges[i]}–${h.edges[i + 1] - 1}`);
   const limitBin = Math.min(h.counts.length - 1, Math.floor(maxLen / h.width));
+  const pairs = Array.isArray(h.rejected_counts);
+  const colours = (colour) => h.counts.map((_, i) => i * h.width >= maxLen ? "#f04438" : colour);
   new Chart(canvas, {
     type: "bar",
-    data: { labels, datasets: [{ label: "examples", data: h.counts,
-      backgroundColor: h.counts.map((_, i) => i * h.width >= maxLen ? "#f04438" : "#6172f3") }] },
-    options: { animation: false, plugins: { legend: { display: false },
-      title: { display: true, text: `tokens per example (red: beyond max length ${maxLen}, in bin ${labels[limitBin]})` } },
-      scales: { x: { title: { display: true, text: "tokens" } }, y: { title: { display: true, text: "examples" } } } },
+    data: { labels, datasets: pairs ? [
+      { label: "prompt + chosen", data: h.counts, backgroundColor: colours("#6172f3") },
+      { label: "prompt + rejected", data: h.rejected_counts, backgroundColor: colours("#f79009"), borderColor: "#b54708",
+        borderWidth: 1 }] : [{ label: "examples", data: h.counts, backgroundColor: colours("#6172f3") }] },
+    options: { animation: false, plugins: { legend: { display: pairs },
+      title: { display: true, text: `tokens per ${pairs ? "side of a pair" : "example"} (red: beyond max length ${maxLen}, in bin ${labels[limitBin]})` } },
+      scales: { x: { title: { display: true, text: "tokens" } }, y: { title: { display: true, text: pairs ? "pairs" : "examples" } } } },
     plugins: [{ id: "maxline", afterDraw(chart) {
       const x = chart.scales.x, y = chart.scales.y, ctx = chart.ctx;
       const px = x.getPixelForValue(limitBin) + (x.getPixelForValue(1) - x.getPixelForValue(0)) * ((maxLen % h.width) / h.width - 0.5);

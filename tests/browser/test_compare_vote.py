@@ -61,6 +61,7 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page):
     left = reveals[0].removeprefix("— ")
     assert result.startswith(f"Your vote: {left} (left) is better. Left was {left}")
     assert page.is_hidden("#vote-bar")
+    blind_texts = page.evaluate("[...document.querySelectorAll('#columns .answer')].map(a => a.textContent)")
 
     # The win-rate table counts the vote for the model that was on the left, without a reload.
     cells = page.locator("#win-rates tbody tr").first.locator("td").all_inner_texts()
@@ -85,3 +86,24 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page):
     assert page.is_hidden("#stop")
     stopped = page.locator("#columns .answer").all_inner_texts()
     assert all(text.endswith("(stopped)") for text in stopped), stopped
+
+    # The vote becomes data: a preference dataset from the page, which stays as it is.
+    assert page.inner_text("#vote-counts [data-count=usable]") == "1"
+    page.click("#make-votes-dataset")
+    page.wait_for_function("!document.querySelector('#make-votes-dataset').disabled"
+                           " && !document.querySelector('#votes-dataset-result').textContent.startsWith('Making')")
+    made = page.inner_text("#votes-dataset-result")
+    # A barely trained adapter may say what the base says (or nothing): then there is nothing to prefer.
+    if blind_texts[0] == blind_texts[1] or not all(t.strip() for t in blind_texts):
+        assert "same text" in made or "was empty" in made, (made, blind_texts)
+        return
+    assert made.startswith("1 vote became preference pairs."), made
+    page.click("#votes-dataset-result a")
+    page.wait_for_url("**/datasets/*/")
+    assert page.inner_text("#ds-rows") == "1" and "1 compare vote" in page.inner_text("#ds-source")
+    page.wait_for_selector("#check-form", timeout=60_000)  # the background worker counts both sides
+    assert page.locator(".sample.chosen .tok.trained").count() >= 1
+    assert page.locator(".sample.rejected .tok.masked").first.inner_text().count("colour 1") == 1
+    page.wait_for_function("Chart.getChart('length-histogram') !== undefined")
+    assert page.evaluate("Chart.getChart('length-histogram').data.datasets.map(d => d.label)") == [
+        "prompt + chosen", "prompt + rejected"]

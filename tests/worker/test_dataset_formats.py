@@ -45,7 +45,7 @@ def csv_text(header, rows) -> str:
 
 def test_public_constants():
     assert FORMATS == ("jsonl", "json", "csv", "parquet")
-    assert SCHEMAS == ("messages", "sharegpt", "prompt_completion", "alpaca", "text")
+    assert SCHEMAS == ("preference", "messages", "sharegpt", "prompt_completion", "alpaca", "text")
 
 
 # --- the corpus of bad files ---------------------------------------------------------------------

@@ -25,7 +25,7 @@ class LoadedDataset:
 
     examples: list[Example]
     format: str
-    schema: str  # one of SCHEMAS, or "mapped"
+    schema: str  # one of SCHEMAS, or "mapped" (columns mapped by the user; "preference" when mapped to pairs)
     columns: list[str]
     rows: int  # examples kept
     duplicates: list[tuple[int, int]]  # (line of the duplicate, line of its first occurrence)
@@ -66,11 +66,13 @@ def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping:
     progress("checking the rows", len(parsed.records))
     schema = _choose_schema(parsed, mapping, name)
     examples = _convert_records(parsed, schema, mapping, max_chars, name)
+    if mapping is not None and mapping.is_preference:
+        schema = "preference"  # every pair reads alike, however its columns were named
     progress("looking for duplicates", len(examples))
     kept, duplicates = _deduplicate(examples, drop_duplicates)
     turns = {r: 0 for r in ROLES}
-    for ex in kept:
-        for m in ex.messages or ():
+    for ex in kept:  # a pair counts its prompt's turns and both answers' turns
+        for m in (ex.messages or []) + (ex.chosen or []) + (ex.rejected or []):
             turns[m["role"]] += 1
     return LoadedDataset(examples=kept, format=parsed.format, schema=schema, columns=parsed.columns, rows=len(kept),
                          duplicates=duplicates, dropped_duplicates=len(examples) - len(kept), sha256=sha256,

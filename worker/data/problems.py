@@ -52,9 +52,10 @@ class SchemaUnknown(DatasetError):
         self.columns = list(columns)
         shown = ", ".join(self.columns[:30]) + (f" and {len(self.columns) - 30} more" if len(self.columns) > 30 else "")
         message = (f"the columns found ({shown}) match no known schema; expected one of: "
+                   "preference (prompt, chosen, rejected; or input, preferred_output, non_preferred_output), "
                    "messages (messages), sharegpt (conversations), prompt_completion (prompt, completion), "
                    "alpaca (instruction, output, optional input), text (text); "
-                   "map the columns to prompt and response (or text) instead")
+                   "map the columns to prompt and response (or text, or prompt, chosen and rejected) instead")
         super().__init__(filename, [Problem(line, "", message, unit=unit)])
 
 

@@ -1,11 +1,12 @@
 """What the dataset check page shows: token lengths against the max length, and examples split
-into trained and masked pieces as the engine will see them."""
+into trained and masked pieces as the engine will see them. A preference pair is counted twice,
+prompt + chosen and prompt + rejected, with the answer tokens trained on both sides."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from worker.data.examples import Example
-from worker.data.tokenization import IGNORE_INDEX, tokenize_example
+from worker.data.tokenization import IGNORE_INDEX, tokenize_conversation, tokenize_example
 
 
 @dataclass
@@ -15,15 +16,35 @@ class TokenReport:
     truncated: int
     trained_tokens: int
     samples: list[list[tuple[str, bool]]] = field(default_factory=list)  # (text, trained?) pieces
+    # Preference pairs only (else None): prompt + rejected, parallel to `lengths` / `samples` (prompt + chosen).
+    rejected_lengths: list[int] | None = None
+    rejected_samples: list[list[tuple[str, bool]]] | None = None
+
+    @property
+    def is_preference(self) -> bool:
+        return self.rejected_lengths is not None
 
     def histogram(self, bins: int = 30) -> dict:
-        """Equal-width bins over 0..max(longest, max_length), for a bar chart."""
-        top = max([self.max_length, *self.lengths]) if self.lengths else self.max_length
+        """Equal-width bins over 0..max(longest, max_length), for a bar chart; for pairs the same bins
+        also count the rejected side (`rejected_counts`)."""
+        both = self.lengths + (self.rejected_lengths or [])
+        top = max([self.max_length, *both]) if both else self.max_length
         width = max(1, -(-top // bins))
-        counts = [0] * bins
-        for n in self.lengths:
-            counts[min(bins - 1, n // width)] += 1
-        return {"edges": [i * width for i in range(bins + 1)], "counts": counts, "width": width}
+
+        def count(lengths: list[int]) -> list[int]:
+            counts = [0] * bins
+            for n in lengths:
+                counts[min(bins - 1, n // width)] += 1
+            return counts
+
+        out = {"edges": [i * width for i in range(bins + 1)], "counts": count(self.lengths), "width": width}
+        if self.rejected_lengths is not None:
+            out["rejected_counts"] = count(self.rejected_lengths)
+        return out
+
+    def sample_pairs(self) -> list[tuple[list[tuple[str, bool]], list[tuple[str, bool]]]]:
+        """(chosen, rejected) renders side by side, for pairs."""
+        return list(zip(self.samples, self.rejected_samples or []))
 
 
 def pieces(tokenizer, input_ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
@@ -47,27 +68,57 @@ def pieces(tokenizer, input_ids: list[int], labels: list[int]) -> list[tuple[str
 class TokenProfile:
     """Every example's full token length and trained spans under one tokenizer, counted once: the
     report for any max length is arithmetic on it (no tokenizer needed), so it can be computed in a
-    worker and stored, and every view and estimate reads it."""
+    worker and stored, and every view and estimate reads it. For preference pairs `lengths` / `spans`
+    / `samples` are prompt + chosen and the `rejected_*` lists, parallel to them, prompt + rejected
+    (None for other datasets, and in profiles stored before pairs existed)."""
 
     lengths: list[int]
     spans: list[list[int]]  # per example, trained positions as flat [start, end, start, end, ...]
     samples: list[list[tuple[str, bool]]] = field(default_factory=list)
+    rejected_lengths: list[int] | None = None
+    rejected_spans: list[list[int]] | None = None
+    rejected_samples: list[list[tuple[str, bool]]] | None = None
 
     def report(self, max_length: int) -> TokenReport:
+        """Trained tokens are the answer tokens kept at this max length, on both sides of a pair."""
         trained = 0
-        for flat in self.spans:
+        for flat in self.spans + (self.rejected_spans or []):
             for start, end in zip(flat[::2], flat[1::2]):
                 trained += max(0, min(end, max_length) - start)
         truncated = sum(1 for n in self.lengths if n > max_length)
-        return TokenReport(self.lengths, max_length, truncated, trained, self.samples)
+        if self.rejected_lengths is not None:  # a pair is truncated when either side is
+            truncated = sum(1 for a, b in zip(self.lengths, self.rejected_lengths) if max(a, b) > max_length)
+        return TokenReport(self.lengths, max_length, truncated, trained, self.samples,
+                           rejected_lengths=self.rejected_lengths, rejected_samples=self.rejected_samples)
 
     def to_json(self) -> dict:
-        return {"lengths": self.lengths, "spans": self.spans, "samples": [[[t, b] for t, b in s] for s in self.samples]}
+        out = {"lengths": self.lengths, "spans": self.spans, "samples": _samples_json(self.samples)}
+        if self.rejected_lengths is not None:
+            out.update(rejected_lengths=self.rejected_lengths, rejected_spans=self.rejected_spans or [],
+                       rejected_samples=_samples_json(self.rejected_samples or []))
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> "TokenProfile":
-        return cls(lengths=[int(n) for n in data["lengths"]], spans=[[int(i) for i in s] for s in data["spans"]],
-                   samples=[[(str(t), bool(b)) for t, b in s] for s in data.get("samples", [])])
+        """Read `to_json`'s output; a profile without the rejected keys (older, or not pairs) has them None."""
+        rejected = data.get("rejected_lengths")
+        return cls(lengths=[int(n) for n in data["lengths"]], spans=_spans_of(data["spans"]),
+                   samples=_samples_of(data.get("samples", [])),
+                   rejected_lengths=None if rejected is None else [int(n) for n in rejected],
+                   rejected_spans=None if rejected is None else _spans_of(data.get("rejected_spans", [])),
+                   rejected_samples=None if rejected is None else _samples_of(data.get("rejected_samples", [])))
+
+
+def _samples_json(samples: list[list[tuple[str, bool]]]) -> list:
+    return [[[t, b] for t, b in s] for s in samples]
+
+
+def _samples_of(data: list) -> list[list[tuple[str, bool]]]:
+    return [[(str(t), bool(b)) for t, b in s] for s in data]
+
+
+def _spans_of(data: list) -> list[list[int]]:
+    return [[int(i) for i in s] for s in data]
 
 
 def trained_spans(labels: list[int]) -> list[int]:
@@ -85,18 +136,53 @@ def trained_spans(labels: list[int]) -> list[int]:
 
 def token_profile(tokenizer, examples: list[Example], samples: int = 3, limit: int = 5000,
                   progress=None) -> TokenProfile:
-    """Tokenize up to `limit` examples once, untruncated; `progress(done, total)` every 100 examples."""
+    """Tokenize up to `limit` examples once, untruncated; `progress(done, total)` every 100 examples.
+    Pairs are tokenized as prompt + chosen and prompt + rejected, only the answers trained."""
     chosen = examples[:limit]
+    pairs = any(ex.is_preference for ex in chosen)
     lengths, spans, shown = [], [], []
+    rejected_lengths, rejected_spans, rejected_shown = [], [], []
     for i, ex in enumerate(chosen):
-        full = tokenize_example(tokenizer, ex, 10**9)
+        if pairs:
+            prompt = ex.messages or []
+            full = tokenize_conversation(tokenizer, prompt + (ex.chosen or []), 10**9)
+            other = tokenize_conversation(tokenizer, prompt + (ex.rejected or []), 10**9)
+            rejected_lengths.append(len(other.input_ids))
+            rejected_spans.append(_answer_spans(prompt, other))
+            if i < samples:
+                rejected_shown.append(pieces(tokenizer, other.input_ids, _answer_labels(prompt, other)))
+        else:
+            full = tokenize_example(tokenizer, ex, 10**9)
+        labels = _answer_labels(ex.messages or [], full) if pairs else full.labels
         lengths.append(len(full.input_ids))
-        spans.append(trained_spans(full.labels))
+        spans.append(trained_spans(labels))
         if i < samples:
-            shown.append(pieces(tokenizer, full.input_ids, full.labels))
+            shown.append(pieces(tokenizer, full.input_ids, labels))
         if progress is not None and (i + 1) % 100 == 0:
             progress(i + 1, len(chosen))
-    return TokenProfile(lengths, spans, shown)
+    if not pairs:
+        return TokenProfile(lengths, spans, shown)
+    return TokenProfile(lengths, spans, shown, rejected_lengths, rejected_spans, rejected_shown)
+
+
+def _answer_labels(prompt: list[dict[str, str]], tokenized) -> list[int]:
+    """Labels of the answer only: assistant turns inside the prompt (its history) are not trained in a pair."""
+    history = sum(1 for m in prompt if m["role"] == "assistant")
+    if not history:
+        return tokenized.labels
+    labels, runs = list(tokenized.labels), 0
+    for i, lab in enumerate(labels):
+        if lab == IGNORE_INDEX:
+            continue
+        if i == 0 or tokenized.labels[i - 1] == IGNORE_INDEX:
+            runs += 1
+        if runs <= history:
+            labels[i] = IGNORE_INDEX
+    return labels
+
+
+def _answer_spans(prompt, tokenized) -> list[int]:
+    return trained_spans(_answer_labels(prompt, tokenized))
 
 
 def token_report(tokenizer, examples: list[Example], max_length: int, samples: int = 3,

@@ -1,6 +1,6 @@
-"""The five record schemas (chat `messages`, ShareGPT `conversations`, `prompt`/`completion`,
-Alpaca, plain `text`) plus mapped columns: detecting which one a file uses, and checking and
-converting each record into an `Example`, every problem reported with its field."""
+"""The record schemas (preference pairs, chat `messages`, ShareGPT `conversations`,
+`prompt`/`completion`, Alpaca, plain `text`) plus mapped columns: detecting which one a file uses,
+and checking and converting each record into an `Example`, every problem reported with its field."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,12 @@ from worker.data.mapping import ColumnMapping
 from worker.data.problems import type_name
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-SCHEMAS = ("messages", "sharegpt", "prompt_completion", "alpaca", "text")
+SCHEMAS = ("preference", "messages", "sharegpt", "prompt_completion", "alpaca", "text")
+# A record matches a schema when it holds all of its keys; a preference record any of its own
+# (so a pair missing `rejected` is reported as such, not as an unknown schema).
+PREFERENCE_KEYS = ("chosen", "rejected", "preferred_output", "non_preferred_output")
 SCHEMA_KEYS: dict[str, tuple[str, ...]] = {
+    "preference": PREFERENCE_KEYS,
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "prompt_completion": ("prompt", "completion"),
@@ -20,6 +24,7 @@ SCHEMA_KEYS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
 }
 SCHEMA_EXAMPLES = {
+    "preference": '{"prompt": "...", "chosen": "...", "rejected": "..."}',
     "messages": '{"messages": [...]}',
     "sharegpt": '{"conversations": [...]}',
     "prompt_completion": '{"prompt": "...", "completion": "..."}',
@@ -75,19 +80,28 @@ def _check_string(record: dict, key: str, report: Report, *, required: bool = Tr
     return value
 
 
-def _check_turns(turns: Any, report: Report, *, name: str, role_key: str, content_key: str,
-                 role_map: dict[str, str], assistant_hint: str = "") -> list[dict[str, str]] | None:
-    """Validate a list of chat turns; return them as {role, content} messages, or None after reporting."""
+def _turn_list(turns: Any, report: Report, *, name: str, role_key: str, content_key: str,
+               role_map: dict[str, str], expected: str, empty: str) -> list[dict[str, str]] | None:
+    """A non-empty list of turns as {role, content} messages, or None after reporting every bad turn."""
     if not isinstance(turns, list):
-        report(name, f"must be a list of messages, got {type_name(turns)}")
+        report(name, f"must be {expected}, got {type_name(turns)}")
         return None
     if not turns:
-        report(name, "is empty; a conversation needs at least one user and one assistant turn")
+        report(name, empty)
         return None
     bad = ProblemCounter(report)
     messages = [_check_turn(msg, i, f"{name}[{i}]", bad, role_key, content_key, role_map)
                 for i, msg in enumerate(turns)]
-    if bad.count:
+    return None if bad.count else messages
+
+
+def _check_turns(turns: Any, report: Report, *, name: str, role_key: str, content_key: str,
+                 role_map: dict[str, str], assistant_hint: str = "") -> list[dict[str, str]] | None:
+    """Validate a list of chat turns; return them as {role, content} messages, or None after reporting."""
+    messages = _turn_list(turns, report, name=name, role_key=role_key, content_key=content_key, role_map=role_map,
+                          expected="a list of messages",
+                          empty="is empty; a conversation needs at least one user and one assistant turn")
+    if messages is None:
         return None
     if not any(m["role"] == "assistant" for m in messages):
         report(name, f"has no assistant turn{assistant_hint}, so there is nothing to learn")
@@ -211,15 +225,146 @@ def _from_mapped(record: dict, report: ProblemCounter, text_cells: bool, mapping
         return Example(0, text=text) if text is not None else None
     system = _check_string(record, mapping.system, report, required=False) if mapping.system else None
     prompt = _check_string(record, mapping.prompt, report)
+    if mapping.is_preference:
+        chosen = _check_string(record, mapping.chosen, report)
+        rejected = _check_string(record, mapping.rejected, report)
+        if report.count:
+            return None
+        if chosen == rejected:
+            report(mapping.rejected, f"is the same as {mapping.chosen}: chosen and rejected are identical, "
+                                     "so there is nothing to prefer")
+            return None
+        return Example(0, messages=_to_messages(system, prompt, chosen)[:-1],
+                       chosen=[{"role": "assistant", "content": chosen}],
+                       rejected=[{"role": "assistant", "content": rejected}])
     response = _check_string(record, mapping.response, report)
     if report.count:
         return None
     return Example(0, messages=_to_messages(system, prompt, response))
 
 
+# --- preference pairs: TRL's prompt / chosen / rejected and OpenAI's DPO format -------------------
+
+_ASSISTANT_ONLY = {"assistant": "assistant"}
+
+
+def _message_list(value: Any, name: str, report: Report, roles: dict[str, str]) -> list[dict[str, str]] | None:
+    """A non-empty list of {role, content} messages with roles from `roles`, or None after reporting."""
+    return _turn_list(value, report, name=name, role_key="role", content_key="content", role_map=roles,
+                      expected="a string or a list of messages", empty="is empty")
+
+
+def _pair_cell(record: dict, key: str, text_cells: bool) -> Any:
+    """A CSV cell holding a list of messages written as JSON is read as that list; other text stays text."""
+    value = record[key]
+    if text_cells and isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            return value
+        return parsed if isinstance(parsed, list) else value
+    return value
+
+
+def _prompt_part(value: Any, name: str, report: Report) -> list[dict[str, str]] | None:
+    """The prompt as messages: a string is one user turn; a list must end with a user turn."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}] if _check_string({name: value}, name, report) else None
+    messages = _message_list(value, name, report, {r: r for r in ROLES})
+    if messages is not None and messages[-1]["role"] != "user":
+        report(name, f"must end with a user turn (the answers follow it), ends with {messages[-1]['role']}")
+        return None
+    return messages
+
+
+def _answer_part(value: Any, name: str, report: Report) -> list[dict[str, str]] | None:
+    """An answer as assistant messages: a string is one assistant turn, else a list of assistant messages."""
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}] if _check_string({name: value}, name, report) else None
+    return _message_list(value, name, report, _ASSISTANT_ONLY)
+
+
+def _implicit_prompt(chosen: Any, rejected: Any):
+    """TRL's implicit-prompt shape: chosen and rejected are whole conversations sharing the prompt."""
+    if not (isinstance(chosen, list) and isinstance(rejected, list)):
+        return None
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared and not (isinstance(chosen[shared - 1], dict) and chosen[shared - 1].get("role") == "user"):
+        shared -= 1
+    if not shared:
+        return None
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _openai_parts(record: dict, report: ProblemCounter, text_cells: bool):
+    """OpenAI's DPO line: (prompt, preferred, non-preferred) as found, or None after reporting."""
+    source = record["input"]
+    if text_cells and isinstance(source, str):
+        ok, source = _cell_json(source, "input", report)
+        if not ok:
+            return None
+    if not isinstance(source, dict) or "messages" not in source:
+        report("input", f'must be an object like {{"messages": [...]}}, got {type_name(source)}')
+        return None
+    if isinstance(source["messages"], str):
+        report("input.messages", "must be a list of messages, got str")
+        return None
+    answers = [_pair_cell(record, k, text_cells) for k in ("preferred_output", "non_preferred_output")]
+    for name, value in zip(("preferred_output", "non_preferred_output"), answers):
+        if isinstance(value, str):
+            report(name, "must be a list of assistant messages, got str")
+    return source["messages"], answers[0], answers[1]
+
+
+def _trl_parts(record: dict, report: ProblemCounter, text_cells: bool):
+    """TRL's preference line: (prompt field name, prompt, chosen, rejected) as found, or None after reporting.
+    Without a `prompt`, the prompt is `messages` (the normalised line) or the turns chosen and rejected share."""
+    chosen, rejected = (_pair_cell(record, k, text_cells) for k in ("chosen", "rejected"))
+    for key in ("prompt", "messages"):
+        if key in record:
+            return key, _pair_cell(record, key, text_cells), chosen, rejected
+    split = _implicit_prompt(chosen, rejected)
+    if split is None:
+        _missing(record, "prompt", report)
+        return None
+    return ("prompt", *split)
+
+
+def _from_preference(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+    openai = any(k in record for k in ("input", "preferred_output", "non_preferred_output"))
+    required = ("input", "preferred_output", "non_preferred_output") if openai else ("chosen", "rejected")
+    for key in required:
+        if key not in record:
+            _missing(record, key, report)
+    if report.count:
+        return None
+    system = None if openai else _check_string(record, "system", report, required=False)
+    if openai:
+        names, parts = ("input.messages", "preferred_output", "non_preferred_output"), _openai_parts(
+            record, report, text_cells)
+    else:
+        found = _trl_parts(record, report, text_cells)
+        names, parts = ((found[0], "chosen", "rejected"), found[1:]) if found else (None, None)
+    if parts is None:
+        return None
+    prompt = _prompt_part(parts[0], names[0], report)
+    chosen = _answer_part(parts[1], names[1], report)
+    rejected = _answer_part(parts[2], names[2], report)
+    if report.count or prompt is None or chosen is None or rejected is None:
+        return None
+    if chosen == rejected:
+        report(names[2], f"is the same as {names[1]}: chosen and rejected are identical, so there is nothing to prefer")
+        return None
+    if system and prompt[0]["role"] != "system":
+        prompt = [{"role": "system", "content": system}] + prompt
+    return Example(0, messages=prompt, chosen=chosen, rejected=rejected)
+
 Converter = Callable[[dict, ProblemCounter, bool, "ColumnMapping | None"], "Example | None"]
 # Each schema's reader: (record, counting reporter, CSV text cells?, mapping) -> Example or None after reporting.
 CONVERTERS: dict[str, Converter] = {
+    "preference": _from_preference,
     "messages": _from_messages,
     "sharegpt": _from_sharegpt,
     "prompt_completion": _from_prompt_completion,
@@ -244,8 +389,13 @@ def detect_schema(records: list[Record]) -> str | None:
     for rec in records:
         if isinstance(rec.value, dict):
             for schema in SCHEMAS:
-                if all(k in rec.value for k in SCHEMA_KEYS[schema]):
+                if _matches(schema, rec.value):
                     counts[schema] += 1
                     break
     best = max(SCHEMAS, key=lambda s: (counts[s], -SCHEMAS.index(s)))
     return best if counts[best] else None
+
+
+def _matches(schema: str, record: dict) -> bool:
+    keys = SCHEMA_KEYS[schema]
+    return any(k in record for k in keys) if schema == "preference" else all(k in record for k in keys)
