@@ -16,6 +16,8 @@ LR_SCHEDULERS = ("linear", "cosine", "constant")
 BIAS_CHOICES = ("none", "lora_only", "all")
 INIT_CHOICES = ("default", "gaussian", "pissa")
 OPTIMIZERS = ("adamw", "paged_adamw_8bit")
+METHODS = ("supervised", "dpo", "orpo")  # supervised: next-token loss; dpo / orpo: preference pairs
+PREFERENCE_METHODS = ("dpo", "orpo")
 MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -57,6 +59,12 @@ def _module_names(name: str, modules: Any) -> tuple[str, ...]:
 class TrainConfig:
     """Every hyperparameter of one LoRA / QLoRA fine-tuning job."""
 
+    # What is optimised: supervised (examples), dpo or orpo (preference pairs)
+    method: str = "supervised"
+    # DPO: beta, the strength of the pull toward the reference (the base with the adapter off); higher keeps the
+    # adapted model closer to it. ORPO: the weight of the odds-ratio term next to the SFT loss (TRL's `beta`, the
+    # paper's lambda). TRL's default 0.1 for both.
+    beta: float = 0.1
     # LoRA
     rank: int = 16
     alpha: float = 32
@@ -94,6 +102,12 @@ class TrainConfig:
     keep_best: bool = True  # the exported adapter is the one with the lowest eval loss
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError("method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _check_range("beta", self.beta, low=0, high=100, low_inclusive=False)
+        if self.is_preference and self.packing:
+            raise ConfigError("packing", f"is not available with {self.method}: each pair keeps its chosen and "
+                                         "rejected answers in their own rows; turn packing off")
         _check_range("rank", self.rank, low=1, high=1024, integer=True)
         _check_range("alpha", self.alpha, low=0, high=4096, low_inclusive=False)
         _check_range("dropout", self.dropout, low=0, high=0.9)
@@ -136,6 +150,11 @@ class TrainConfig:
         _check_range("eval_every", self.eval_every, low=0, high=10_000_000, integer=True)
         _check_range("early_stopping_patience", self.early_stopping_patience, low=0, high=1000, integer=True)
         _check_range("early_stopping_threshold", self.early_stopping_threshold, low=0, high=100)
+
+    @property
+    def is_preference(self) -> bool:
+        """True for the methods that train on preference pairs (chosen vs rejected answers)."""
+        return self.method in PREFERENCE_METHODS
 
     @property
     def scaling(self) -> float:
