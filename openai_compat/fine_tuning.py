@@ -38,6 +38,14 @@ def _hyperparameters(config: dict) -> dict[str, Any]:
             "learning_rate_multiplier": round(config.get("learning_rate", DEFAULT_LR) / DEFAULT_LR, 6)}
 
 
+def _method_object(config: dict, hyper: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `method`: supervised, or dpo with beta (and orpo, this product's extension, the same way)."""
+    kind = config.get("method", "supervised")
+    if kind == "supervised":
+        return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+    return {"type": kind, kind: {"hyperparameters": {**hyper, "beta": config.get("beta")}}}
+
+
 def job_object(job: FineTuneJob) -> dict[str, Any]:
     config = job.config or {}
     hyper = _hyperparameters(config)
@@ -50,7 +58,7 @@ def job_object(job: FineTuneJob) -> dict[str, Any]:
         "validation_file": file_id(validation["dataset"]) if validation.get("kind") == "dataset" else None,
         "training_file": file_id(job.dataset_id) if job.dataset_id else None,
         "hyperparameters": hyper,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "method": _method_object(config, hyper),
         "trained_tokens": None,
         "error": ({"code": "training_failed", "message": job.error, "param": None}
                   if job.status == JobStatus.FAILED else None),
@@ -64,19 +72,20 @@ JOB_FIELDS = {"model": "a string", "training_file": "a string", "validation_file
               "seed": "an integer", "hyperparameters": "an object", "method": "an object", "lora": "an object",
               "integrations": "an array", "metadata": "an object"}
 HYPER_FIELDS = {"n_epochs", "batch_size", "learning_rate_multiplier"}
+METHOD_TYPES = ("supervised", "dpo", "orpo")  # orpo: this product's extension, shaped like dpo
 
 
-def _hyper_to_config(hyper: Any, param: str) -> dict[str, Any]:
+def _hyper_to_config(hyper: Any, param: str, allowed: set[str] = HYPER_FIELDS) -> dict[str, Any]:
     if hyper is None:
         return {}
     if not isinstance(hyper, dict):
         raise OpenAIError(f"{param} must be an object", param=param)
-    unknown = set(hyper) - HYPER_FIELDS
+    unknown = set(hyper) - allowed
     if unknown:
         raise OpenAIError(f"Unknown parameter: '{param}.{sorted(unknown)[0]}'", param=f"{param}.{sorted(unknown)[0]}",
                        code="unknown_parameter")
     out: dict[str, Any] = {}
-    names = {"n_epochs": "epochs", "batch_size": "batch_size"}
+    names = {"n_epochs": "epochs", "batch_size": "batch_size", "beta": "beta"}
     for key, value in hyper.items():
         if value == "auto" or value is None:
             continue
@@ -95,12 +104,18 @@ def job_config_from_request(body: dict) -> TrainConfig:
     values = _hyper_to_config(body.get("hyperparameters"), "hyperparameters")
     method = body.get("method")
     if method is not None:
-        if not isinstance(method, dict) or method.get("type", "supervised") != "supervised":
-            raise OpenAIError("Only method.type 'supervised' is supported", param="method.type")
-        supervised = method.get("supervised") or {}
-        if not isinstance(supervised, dict):
-            raise OpenAIError("method.supervised must be an object", param="method.supervised")
-        values.update(_hyper_to_config(supervised.get("hyperparameters"), "method.supervised.hyperparameters"))
+        if not isinstance(method, dict):
+            raise OpenAIError("method must be an object", param="method")
+        kind = method.get("type", "supervised")
+        if kind not in METHOD_TYPES:
+            raise OpenAIError(f"method.type must be one of {', '.join(METHOD_TYPES)}, got {kind!r}",
+                              param="method.type")
+        options = method.get(kind) or {}
+        if not isinstance(options, dict):
+            raise OpenAIError(f"method.{kind} must be an object", param=f"method.{kind}")
+        allowed = HYPER_FIELDS | ({"beta"} if kind != "supervised" else set())
+        values.update(_hyper_to_config(options.get("hyperparameters"), f"method.{kind}.hyperparameters", allowed))
+        values["method"] = kind
     lora = body.get("lora") or {}
     if not isinstance(lora, dict):
         raise OpenAIError("lora must be an object", param="lora")
@@ -114,8 +129,10 @@ def job_config_from_request(body: dict) -> TrainConfig:
     try:
         return TrainConfig.from_dict(values)
     except ConfigError as exc:
+        kind = values.get("method", "dpo")
         param = {"epochs": "hyperparameters.n_epochs", "learning_rate": "hyperparameters.learning_rate_multiplier",
-                 "batch_size": "hyperparameters.batch_size", "seed": "seed"}.get(exc.field, f"lora.{exc.field}")
+                 "batch_size": "hyperparameters.batch_size", "seed": "seed", "method": "method.type",
+                 "beta": f"method.{kind}.hyperparameters.beta"}.get(exc.field, f"lora.{exc.field}")
         raise OpenAIError(f"{param}: {exc.message}", param=param) from None
     except TypeError as exc:
         raise OpenAIError(str(exc), param="lora") from None
@@ -155,7 +172,7 @@ class JobListApi(OpenAIView):
                                       name=suffix, validation=validation, memory_mb=est.memory_mb)
         except ConfigError as exc:
             param = {"validation_dataset": "validation_file", "dataset": "training_file",
-                     "config": "hyperparameters"}.get(
+                     "config": "hyperparameters", "method": "method.type"}.get(
                 exc.field, f"lora.{exc.field}")
             raise OpenAIError(f"{param}: {exc.message}", param=param) from None
         return Response(job_object(job))  # as created: a worker may already have claimed it since

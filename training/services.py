@@ -34,7 +34,7 @@ from user_datasets.services import dataset_token_report
 from worker.config import ConfigError, TrainConfig
 from worker.reporting import WorkLost
 from worker.data.loading import file_sha256
-from worker.data.normalized import write_normalized_jsonl
+from worker.data.normalized import holds_preference_pairs, write_normalized_jsonl
 from worker.estimate import estimate
 from worker.evaluation import summary_markdown
 from worker.export import build_adapter_zip, model_card
@@ -57,6 +57,19 @@ def job_validate_config(*, base_model: BaseModel, config: TrainConfig) -> list[s
     return targets
 
 
+def job_check_method(*, dataset: Dataset, config: TrainConfig, field: str = "method") -> None:
+    """ConfigError naming `field` unless the dataset is of the method's kind: preference pairs for DPO / ORPO,
+    examples with answers (or texts) for supervised tuning."""
+    pairs = bool(dataset.normalized_file) and holds_preference_pairs(blobs.fetch(dataset.normalized_file))
+    if config.is_preference and not pairs:
+        raise ConfigError(field, f"{config.method} trains on preference pairs (prompt, chosen, rejected) and the "
+                                 f"dataset '{dataset.name}' holds plain examples; pick a preference dataset or "
+                                 "method supervised")
+    if pairs and not config.is_preference:
+        raise ConfigError(field, f"the dataset '{dataset.name}' holds preference pairs; train it with method dpo "
+                                 "or orpo, or pick a dataset of examples for supervised tuning")
+
+
 def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
     """Snapshot the training examples (and the validation split) into the job's folder, so the
     same split serves eval loss and evaluation, and deleting the dataset later changes nothing."""
@@ -70,6 +83,7 @@ def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
         other: Dataset = validation["dataset"]
         if other.owner_id != dataset.owner_id:
             raise ConfigError("validation_dataset", "unknown dataset")
+        job_check_method(dataset=other, config=TrainConfig.from_dict(job.config), field="validation_dataset")
         train, valid = examples, dataset_examples(dataset=other)
         record = {"kind": "dataset", "dataset": str(other.id), "dataset_name": other.name}
     elif kind == "none":
@@ -128,6 +142,7 @@ def job_check_fits(*, owner, dataset: Dataset, base_model: BaseModel, config: Tr
     """The estimate, or ConfigError("config", ...) with the figures and the advice when the job fits no live
     train worker and ROUTING_NO_FIT is refuse (with wait it is accepted and waits for one); while no worker
     has announced, when it cannot fit this machine's memory (TRAIN_MEMORY_LIMIT_MB)."""
+    job_check_method(dataset=dataset, config=config)
     fleet = live_capacities()
     est = job_estimate(owner=owner, dataset=dataset, base_model=base_model, config=config, fleet=fleet)
     if est.fits:
@@ -156,6 +171,7 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
         raise ConfigError("dataset", "unknown dataset")
     job_check_quotas(owner=owner)
     job_validate_config(base_model=base_model, config=config)
+    job_check_method(dataset=dataset, config=config)
     with transaction.atomic():
         job = FineTuneJob.objects.create(owner=owner, dataset=dataset, base_model=base_model,
                                          config=config.to_dict(), name=name[:200], dataset_name=dataset.name,

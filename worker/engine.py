@@ -25,6 +25,7 @@ from worker.data.examples import Example
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.tokenization import TokenizedExample, TokenizedPair, tokenize_examples, tokenize_pairs
 from worker.early_stopping import BestTracker
+from worker.estimate import work_per_token
 from worker.evaluation import evaluate_adapter, evaluate_preferences
 from worker.loss import mean_token_loss, preference_eval, preference_loss, summed_token_loss
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
@@ -312,9 +313,10 @@ class TrainingRun:
         self.loss_value = step_loss / max(1, n_label)
         return step_tokens
 
-    def preference_backward(self, micro: list[list[int]]) -> tuple[int, dict[str, float]]:
+    def preference_backward(self, micro: list[list[int]]) -> tuple[float, dict[str, float]]:
         """Gradients of the DPO / ORPO loss over the step's micro-batches; returns the tokens seen (both
-        sides, and the reference pass for DPO) and the step's reward margin and accuracy."""
+        sides, DPO's reference pass counted as worker.estimate.work_per_token says) and the step's reward
+        margin and accuracy."""
         import torch
 
         cfg = self.cfg
@@ -327,7 +329,7 @@ class TrainingRun:
             loss = part.total(pairs, chosen_tokens)  # normalised over the whole accumulated step
             loss.backward()
             step_loss += loss.item()
-            step_tokens += batch.tokens * (2 if cfg.method == "dpo" else 1)
+            step_tokens += batch.tokens * work_per_token(cfg)
             margins.append(part.chosen_rewards - part.rejected_rewards)
         margin = torch.cat(margins)
         self.loss_value = step_loss
