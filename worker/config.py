@@ -129,6 +129,9 @@ class TrainConfig:
         if self.init_lora_weights not in INIT_CHOICES:
             raise ConfigError("init_lora_weights",
                               f"must be one of {', '.join(INIT_CHOICES)}, got {self.init_lora_weights!r}")
+        if self.init_lora_weights == "pissa" and self.method == "dpo":
+            raise ConfigError("init_lora_weights", "PiSSA rewrites the base weights and DPO's reference is the base "
+                                                   "with the adapter off; use the default init (or ORPO)")
         if self.init_lora_weights == "pissa" and self.qlora:
             raise ConfigError("init_lora_weights", "PiSSA rewrites the base weights and needs the 16-bit base; "
                                                    "turn QLoRA off or use the default init")

@@ -162,8 +162,70 @@ def test_method_and_dataset_must_agree(tiny_llama, tmp_path, chat_file):
 
 
 @pytest.mark.parametrize("values, field", [({"method": "ppo"}, "method"), ({"beta": 0}, "beta"),
-                                           ({"method": "dpo", "packing": True}, "packing")])
+                                           ({"method": "dpo", "packing": True}, "packing"),
+                                           ({"method": "dpo", "init_lora_weights": "pissa"}, "init_lora_weights")])
 def test_config_refuses(values, field):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_dict(values)
     assert err.value.field == field
+
+
+def test_dpo_killed_mid_run_resumes_to_the_same_losses(tiny_llama, tmp_path):
+    """kill -9 during the step-5 evaluation (checkpoints at steps 2 and 4); the rerun resumes from step 4 and
+    steps 5-8 match an uninterrupted run exactly (dropout on, so the RNG state must come back too)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_normalized_jsonl(colour_pairs(8, 1), tmp_path / "train.jsonl")
+    write_normalized_jsonl(colour_pairs(2, 2), tmp_path / "eval.jsonl")
+    cfg = TrainConfig(method="dpo", batch_size=2, learning_rate=1e-2, warmup_ratio=0.0, epochs=2, rank=4, alpha=8,
+                      target_preset="all_linear", dropout=0.1, save_every=2, eval_every=5, final_eval=False)
+
+    def spec(out):
+        return TrainSpec(str(tiny_llama), str(tmp_path / "train.jsonl"), str(out), cfg,
+                         eval_dataset_path=str(tmp_path / "eval.jsonl"), device="cpu")
+
+    (tmp_path / "spec.json").write_text(json.dumps(spec(tmp_path / "killed").to_dict()))
+    env = {**os.environ, "LORA_STUDIO_FAILPOINTS": "evaluate=60", "LORA_STUDIO_FAILPOINT_DIR": str(tmp_path / "fp")}
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "train", str(tmp_path / "spec.json")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "fp/evaluate").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached its evaluation"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(p.name for p in (tmp_path / "killed/checkpoints").iterdir()) == ["step-000002", "step-000004"]
+
+    straight, resumed = MemoryReporter(), MemoryReporter()
+    assert train(spec(tmp_path / "straight"), straight).steps_done == 8
+    result = train(spec(tmp_path / "killed"), resumed)
+    assert result.status == "succeeded" and result.steps_done == 8
+    assert ("resume", "resumed from checkpoint at step 4") in resumed.events
+    expected = {s: m for s, m in straight.points if s > 4}
+    got = dict(resumed.points)
+    assert sorted(got) == list(range(5, 9))
+    for step, metrics in expected.items():
+        for key in ("loss", "reward_margin", "reward_accuracy"):
+            assert got[step][key] == metrics[key], (step, key)
+
+
+def test_estimate_counts_both_sides_and_the_reference_pass(tiny_llama):
+    from worker.estimate import estimate
+
+    def run(**cfg):
+        return estimate(str(tiny_llama), TrainConfig(**cfg), n_examples=32, mean_tokens=50, tokens_per_s=1000.0)
+
+    sft, orpo, dpo = run(), run(method="orpo"), run(method="dpo")
+    assert orpo.seconds == pytest.approx(2 * sft.seconds)  # two sequences per pair
+    assert dpo.seconds == pytest.approx(2 * (1 + 1 / 3) * sft.seconds)  # plus the forward-only reference pass
+    assert orpo.breakdown["activations"] == pytest.approx(2 * sft.breakdown["activations"])
+    assert "reference_pass" in dpo.breakdown and "reference_pass" not in orpo.breakdown
+    assert dpo.memory_mb > orpo.memory_mb > sft.memory_mb
+    assert dpo.trainable_params == sft.trainable_params
