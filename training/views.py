@@ -23,8 +23,8 @@ from user_datasets.selectors import dataset_find
 from worker.config import PREFERENCE_METHODS, ConfigError, TrainConfig
 from worker.memory_advice import OUT_OF_MEMORY, oom_suggestion
 
-RUN_COMPARE_KEYS = ["method", "beta", "rank", "alpha", "dropout", "target_preset", "qlora", "epochs", "learning_rate", "batch_size",
-                    "grad_accum", "max_seq_length", "use_rslora", "use_dora"]
+RUN_COMPARE_KEYS = ["method", "beta", "rank", "alpha", "dropout", "target_preset", "qlora", "epochs", "learning_rate",
+                    "batch_size", "grad_accum", "max_seq_length", "use_rslora", "use_dora"]
 
 
 @login_required

@@ -333,7 +333,8 @@ class TrainingRun:
             margins.append(part.chosen_rewards - part.rejected_rewards)
         margin = torch.cat(margins)
         self.loss_value = step_loss
-        return step_tokens, {"reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).float().mean().item()}
+        return step_tokens, {"reward_margin": margin.mean().item(),
+                             "reward_accuracy": (margin > 0).float().mean().item()}
 
     def step_metrics(self, epoch: int, lr: float, grad_norm, tokens_per_s: float) -> dict[str, Any]:
         elapsed = time.monotonic() - self.loop_started

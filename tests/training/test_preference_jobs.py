@@ -80,7 +80,8 @@ def test_openai_dpo_method(api, user, base_model, dataset, pairs_dataset):
             (dataset, {"type": "dpo"}, "method.type"),
             (pairs_dataset, {"type": "supervised"}, "method.type"),
             (pairs_dataset, {"type": "rlhf"}, "method.type"),
-            (pairs_dataset, {"type": "dpo", "dpo": {"hyperparameters": {"beta": -1}}}, "method.dpo.hyperparameters.beta"),
+            (pairs_dataset, {"type": "dpo", "dpo": {"hyperparameters": {"beta": -1}}},
+             "method.dpo.hyperparameters.beta"),
             (pairs_dataset, {"type": "orpo", "orpo": {"hyperparameters": {"gamma": 1}}},
              "method.orpo.hyperparameters.gamma")):
         error = create(data, method)
