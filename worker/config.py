@@ -19,6 +19,7 @@ OPTIMIZERS = ("adamw", "paged_adamw_8bit")
 METHODS = ("supervised", "dpo", "orpo")  # supervised: next-token loss; dpo / orpo: preference pairs
 PREFERENCE_METHODS = ("dpo", "orpo")
 MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,9 @@ class TrainConfig:
     # adapted model closer to it. ORPO: the weight of the odds-ratio term next to the SFT loss (TRL's `beta`, the
     # paper's lambda). TRL's default 0.1 for both.
     beta: float = 0.1
+    # The id of a previous job of the same user whose adapter this one starts from (its LoRA settings are taken
+    # over); for DPO that adapter is also the reference ("DPO on top of job X"). Empty: a fresh adapter on the base.
+    start_from: str = ""
     # LoRA
     rank: int = 16
     alpha: float = 32
@@ -105,6 +109,8 @@ class TrainConfig:
         if self.method not in METHODS:
             raise ConfigError("method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
         _check_range("beta", self.beta, low=0, high=100, low_inclusive=False)
+        if not isinstance(self.start_from, str) or (self.start_from and not UUID_RE.match(self.start_from)):
+            raise ConfigError("start_from", f"must be a job id or empty, got {self.start_from!r}")
         if self.is_preference and self.packing:
             raise ConfigError("packing", f"is not available with {self.method}: each pair keeps its chosen and "
                                          "rejected answers in their own rows; turn packing off")
@@ -129,6 +135,9 @@ class TrainConfig:
         if self.init_lora_weights not in INIT_CHOICES:
             raise ConfigError("init_lora_weights",
                               f"must be one of {', '.join(INIT_CHOICES)}, got {self.init_lora_weights!r}")
+        if self.init_lora_weights == "pissa" and self.start_from:
+            raise ConfigError("init_lora_weights", "PiSSA initialises a new adapter; a job that starts from another "
+                                                   "job's adapter uses the default init")
         if self.init_lora_weights == "pissa" and self.method == "dpo":
             raise ConfigError("init_lora_weights", "PiSSA rewrites the base weights and DPO's reference is the base "
                                                    "with the adapter off; use the default init (or ORPO)")
@@ -234,6 +243,7 @@ class TrainSpec:
     config: TrainConfig = field(default_factory=TrainConfig)
     eval_dataset_path: str | None = None
     device: str = "auto"  # auto | cpu | cuda
+    start_adapter_dir: str | None = None  # the adapter of config.start_from: the start and DPO's reference
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "config": self.config.to_dict()}

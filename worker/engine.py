@@ -27,7 +27,7 @@ from worker.data.tokenization import TokenizedExample, TokenizedPair, tokenize_e
 from worker.early_stopping import BestTracker
 from worker.estimate import work_per_token
 from worker.evaluation import evaluate_adapter, evaluate_preferences
-from worker.loss import mean_token_loss, preference_eval, preference_loss, summed_token_loss
+from worker.loss import mean_token_loss, pair_logps, preference_eval, preference_loss, rows_of, summed_token_loss
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
 from worker.failpoints import failpoint
@@ -130,6 +130,7 @@ class TrainingRun:
         self.start_step = self.step = 0
         self.loss_value: float | None = None
         self.stopped_early = False
+        self.reference: dict[str, Any] = {}  # DPO on top of a previous adapter: its log-probs, "train" / "eval"
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -191,6 +192,8 @@ class TrainingRun:
             from worker.dropout import use_fast_dropout
 
             use_fast_dropout(self.model)
+        if self.spec.start_adapter_dir:
+            self.start_from_adapter(Path(self.spec.start_adapter_dir))
         self.trainable, self.total_params = self.model.get_nb_trainable_parameters()
         self.reporter.event("setup", f"LoRA on {', '.join(self.targets)}: {self.trainable:,} trainable of "
                                      f"{self.total_params:,} parameters")
@@ -200,6 +203,25 @@ class TrainingRun:
             if not (self.init_dir / "adapter_model.safetensors").is_file():
                 self.guard()
                 save_adapter(self.model, self.init_dir)
+
+    def start_from_adapter(self, folder: Path) -> None:
+        """Load a previous job's adapter as the starting weights; for DPO, take the reference log-probs of every
+        pair from it now, before training moves it (as TRL's precompute_ref_logps), so no copy is kept."""
+        cfg = self.cfg
+        try:
+            saved = json.loads((folder / "adapter_config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise TrainingError(f"the adapter to start from cannot be read ({exc})") from exc
+        if saved.get("r") != cfg.rank or set(saved.get("target_modules") or []) != set(self.targets):
+            raise TrainingError(f"the adapter to start from has rank {saved.get('r')} on "
+                                f"{sorted(saved.get('target_modules') or [])}; this job needs rank {cfg.rank} on "
+                                f"{sorted(self.targets)}")
+        load_adapter_weights(self.model, folder)
+        self.reporter.event("setup", f"starting from the adapter of job {cfg.start_from}"
+                                     + (" (also DPO's reference)" if cfg.method == "dpo" else ""))
+        if cfg.method == "dpo":
+            for name, pairs in (("train", self.examples), ("eval", self.eval_examples)):
+                self.reference[name] = pair_logps(self.model, pairs, cfg.batch_size, self.pad_id, self.device.device)
 
     def setup_optimizer(self) -> None:
         """The optimizer over the trainable parameters and the warmup + decay schedule."""
@@ -325,7 +347,8 @@ class TrainingRun:
         step_loss, step_tokens, margins = 0.0, 0, []
         for indices in micro:
             batch = make_batch([self.examples[i] for i in indices], self.pad_id, self.device.device, False)
-            part = preference_loss(self.model, batch, cfg.method, cfg.beta)
+            reference = rows_of(self.reference.get("train"), indices)
+            part = preference_loss(self.model, batch, cfg.method, cfg.beta, reference)
             loss = part.total(pairs, chosen_tokens)  # normalised over the whole accumulated step
             loss.backward()
             step_loss += loss.item()
@@ -359,7 +382,7 @@ class TrainingRun:
         failpoint("evaluate")
         if self.cfg.is_preference:
             scores = preference_eval(self.model, self.eval_examples, self.cfg.batch_size, self.pad_id,
-                                     self.device.device, self.cfg.method, self.cfg.beta)
+                                     self.device.device, self.cfg.method, self.cfg.beta, self.reference.get("eval"))
             metrics.update({f"eval_{key}": value for key, value in scores.items()})
         else:
             metrics["eval_loss"] = mean_token_loss(self.model, self.eval_examples, self.cfg.batch_size, self.pad_id,
@@ -403,7 +426,7 @@ class TrainingRun:
             held_out = read_normalized_jsonl(spec.eval_dataset_path)
             if self.cfg.is_preference:
                 evaluation = evaluate_preferences(self.model, self.tokenizer, held_out, cfg=self.cfg,
-                                                  device=self.device.device)
+                                                  device=self.device.device, ref_table=self.reference.get("eval"))
             else:
                 evaluation = evaluate_adapter(self.model, self.tokenizer, held_out,
                                               max_seq_length=self.cfg.max_seq_length, device=self.device.device)

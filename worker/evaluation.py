@@ -11,11 +11,10 @@ import json
 import math
 from typing import Any
 
-from worker.batching import collate_pairs
 from worker.config import TrainConfig
 from worker.data.examples import Example
-from worker.data.tokenization import TokenizedPair, tokenize_examples, tokenize_pairs
-from worker.loss import mean_token_loss, preference_eval, sequence_logps
+from worker.data.tokenization import tokenize_examples, tokenize_pairs
+from worker.loss import mean_token_loss, pair_logps, preference_eval
 
 
 def _as_json(text: str):
@@ -103,42 +102,33 @@ def evaluate_adapter(model, tokenizer, examples: list[Example], *, max_seq_lengt
     }
 
 
-def pair_log_likelihoods(model, pairs: list[TokenizedPair], batch_size: int, pad_id: int,
-                         device) -> list[tuple[float, float]]:
-    """Per pair, the mean log-probability per answer token of the chosen and of the rejected answer."""
-    import torch
-
-    out: list[tuple[float, float]] = []
-    with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            logps, counts = sequence_logps(model, collate_pairs(chunk, pad_id, device))
-            mean = (logps / counts.clamp(min=1)).tolist()
-            out.extend(zip(mean[:len(chunk)], mean[len(chunk):]))
-    return out
-
-
 def evaluate_preferences(model, tokenizer, examples: list[Example], *, cfg: TrainConfig, device,
-                         max_rows: int = 20, batch_size: int = 8) -> dict[str, Any]:
+                         max_rows: int = 20, batch_size: int = 8, ref_table=None) -> dict[str, Any]:
     """Base vs adapted on held-out preference pairs.
 
     `accuracy`: the share of pairs where the model finds the chosen answer more likely than the
     rejected one (mean log-probability per answer token, so answer length does not decide), the
     figure that means the same for the base and the adapted model. `loss`, `reward_margin` and
-    `reward_accuracy` are the training objective's own (for DPO the base is its reference: margin 0).
+    `reward_accuracy` are the training objective's own (for DPO on the base, the base is its reference:
+    margin 0); `ref_table`: the reference log-probs of the pairs when the reference is a previous adapter.
     """
     model.eval()
     pad_id = tokenizer.pad_token_id
     pairs = tokenize_pairs(tokenizer, examples, cfg.max_seq_length)
     kept = [e for e in examples if e.is_preference]
-    scores = {"adapter": pair_log_likelihoods(model, pairs, batch_size, pad_id, device)}
-    objective = {"adapter": preference_eval(model, pairs, batch_size, pad_id, device, cfg.method, cfg.beta)}
+    def likelihoods():
+        return [tuple(row) for row in pair_logps(model, pairs, batch_size, pad_id, device, mean=True).tolist()]
+
+    def objective_now():
+        return preference_eval(model, pairs, batch_size, pad_id, device, cfg.method, cfg.beta, ref_table)
+
+    scores, objective = {"adapter": likelihoods()}, {"adapter": objective_now()}
     with model.disable_adapter():
-        scores["base"] = pair_log_likelihoods(model, pairs, batch_size, pad_id, device)
-        if cfg.method == "orpo":
-            objective["base"] = preference_eval(model, pairs, batch_size, pad_id, device, cfg.method, cfg.beta)
-    if cfg.method == "dpo":  # the base is DPO's reference: every log-ratio is 0 (and a nested disable_adapter
-        # would switch the adapter back on when it ends)
+        scores["base"] = likelihoods()
+        if cfg.method == "orpo" or ref_table is not None:
+            objective["base"] = objective_now()
+    if "base" not in objective:  # DPO on the base: the base is the reference, every log-ratio is 0 (and a
+        # nested disable_adapter would switch the adapter back on when it ends)
         objective["base"] = {"loss": math.log(2), "reward_margin": 0.0, "reward_accuracy": 0.0}
     n = max(1, len(pairs))
     rows = []

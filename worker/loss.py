@@ -94,14 +94,16 @@ class PreferenceLoss:
         return self.pair_sum / max(1, pairs) + self.nll_sum / max(1, chosen_tokens)
 
 
-def preference_loss(peft_model, batch: Batch, method: str, beta: float) -> PreferenceLoss:
+def preference_loss(peft_model, batch: Batch, method: str, beta: float, ref_logps=None) -> PreferenceLoss:
     """DPO or ORPO on a batch of pairs (chosen rows first, then rejected rows; see collate_pairs).
 
     DPO (Rafailov et al. 2023, TRL's `sigmoid` loss): the reference is the same model with the
     adapter disabled, so no second copy is held; its log-probs are computed without gradients.
     Rewards are beta times the log-ratio to the reference. ORPO (Hong et al. 2024): no reference;
     the NLL of the chosen answer plus beta times the odds-ratio term on length-averaged log-probs;
-    rewards are beta times those averages (as TRL logs them).
+    rewards are beta times those averages (as TRL logs them). `ref_logps` (one per row, computed
+    beforehand, as TRL's precompute_ref_logps) replaces the reference pass: DPO on top of a
+    previous adapter, whose log-probs were taken before training moved it.
     """
     import torch
     import torch.nn.functional as F
@@ -109,8 +111,9 @@ def preference_loss(peft_model, batch: Batch, method: str, beta: float) -> Prefe
     logps, counts = sequence_logps(peft_model, batch)
     n = batch.ids.shape[0] // 2
     if method == "dpo":
-        with torch.no_grad(), peft_model.disable_adapter():
-            ref_logps, _ = sequence_logps(peft_model, batch)
+        if ref_logps is None:
+            with torch.no_grad(), peft_model.disable_adapter():
+                ref_logps, _ = sequence_logps(peft_model, batch)
         chosen_ratio, rejected_ratio = logps[:n] - ref_logps[:n], logps[n:] - ref_logps[n:]
         losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
         return PreferenceLoss(losses.sum(), logps.new_zeros(()), beta * chosen_ratio.detach(),
@@ -124,9 +127,39 @@ def preference_loss(peft_model, batch: Batch, method: str, beta: float) -> Prefe
     raise ValueError(f"unknown preference method {method!r}")
 
 
+def rows_of(table, indices: list[int]):
+    """A pair table's (n, 2) log-probs for a micro-batch, in collate_pairs' row order (chosen, then rejected)."""
+    import torch
+
+    if table is None:
+        return None
+    return torch.cat([table[indices, 0], table[indices, 1]])
+
+
+def pair_logps(model, pairs: list[TokenizedPair], batch_size: int, pad_id: int, device, mean: bool = False):
+    """An (n, 2) table of each pair's chosen and rejected log-probabilities (summed over the answer tokens,
+    or per token with `mean`), computed without dropout or gradients."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            logps, counts = sequence_logps(model, collate_pairs(chunk, pad_id, device))
+            if mean:
+                logps = logps / counts.clamp(min=1)
+            rows.append(torch.stack([logps[:len(chunk)], logps[len(chunk):]], dim=1))
+    if was_training:
+        model.train()
+    return torch.cat(rows) if rows else torch.zeros((0, 2))
+
+
 def preference_eval(model, pairs: list[TokenizedPair], batch_size: int, pad_id: int, device, method: str,
-                    beta: float) -> dict[str, float]:
-    """Loss, reward margin and reward accuracy over held-out pairs (no dropout, no gradients)."""
+                    beta: float, ref_table=None) -> dict[str, float]:
+    """Loss, reward margin and reward accuracy over held-out pairs (no dropout, no gradients); `ref_table`:
+    precomputed reference log-probs (pair_logps) when the reference is not the base."""
     import torch
 
     was_training = model.training
@@ -136,8 +169,10 @@ def preference_eval(model, pairs: list[TokenizedPair], batch_size: int, pad_id: 
     correct = chosen_tokens = 0
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            chunk = [pairs[i] for i in order[start:start + batch_size]]
-            part = preference_loss(model, collate_pairs(chunk, pad_id, device), method, beta)
+            indices = order[start:start + batch_size]
+            chunk = [pairs[i] for i in indices]
+            part = preference_loss(model, collate_pairs(chunk, pad_id, device), method, beta,
+                                   rows_of(ref_table, indices))
             pair_sum += part.pair_sum.item()
             nll_sum += part.nll_sum.item()
             margins = part.chosen_rewards - part.rejected_rewards

@@ -229,3 +229,36 @@ def test_estimate_counts_both_sides_and_the_reference_pass(tiny_llama):
     assert "reference_pass" in dpo.breakdown and "reference_pass" not in orpo.breakdown
     assert dpo.memory_mb > orpo.memory_mb > sft.memory_mb
     assert dpo.trainable_params == sft.trainable_params
+
+
+def test_dpo_on_top_of_a_supervised_adapter(tiny_llama, tmp_path, chat_file):
+    """The start and the reference are the earlier adapter, not the base: at the first step policy and
+    reference agree (loss log 2, margin 0), while the base scores differently against that reference."""
+    from safetensors.torch import load_file
+
+    from tests.worker.test_engine import spec_for
+
+    sft = train(spec_for(tiny_llama, chat_file, tmp_path / "sft", epochs=1, dropout=0.0), MemoryReporter())
+    write_normalized_jsonl(colour_pairs(16, 1), tmp_path / "train.jsonl")
+    write_normalized_jsonl(colour_pairs(8, 2), tmp_path / "eval.jsonl")
+    job_x = "0" * 32
+    cfg = TrainConfig(method="dpo", start_from=job_x, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, epochs=1,
+                      rank=8, alpha=16, target_preset="all_linear", dropout=0.0)
+    reporter = MemoryReporter()
+    result = train(TrainSpec(str(tiny_llama), str(tmp_path / "train.jsonl"), str(tmp_path / "dpo"), cfg,
+                             eval_dataset_path=str(tmp_path / "eval.jsonl"), device="cpu",
+                             start_adapter_dir=sft.adapter_dir), reporter)
+    first = dict(reporter.points)[1]
+    assert abs(first["loss"] - 0.693147) < 1e-5 and first["reward_margin"] == 0.0
+    assert ("setup", f"starting from the adapter of job {job_x} (also DPO's reference)") in reporter.events
+    evaluation = json.loads((tmp_path / "dpo/evaluation.json").read_text())
+    assert evaluation["loss"]["base"] != pytest.approx(0.693147, abs=1e-4)  # measured against the SFT adapter
+    assert evaluation["reward_margin"]["adapter"] > 0  # and DPO moved on from it
+    before = load_file(f"{sft.adapter_dir}/adapter_model.safetensors")
+    after = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+    wrong = TrainConfig(method="dpo", start_from=job_x, rank=4, target_preset="all_linear")
+    with pytest.raises(TrainingError, match="has rank 8"):
+        train(TrainSpec(str(tiny_llama), str(tmp_path / "train.jsonl"), str(tmp_path / "bad"), wrong,
+                        device="cpu", start_adapter_dir=sft.adapter_dir), MemoryReporter())
