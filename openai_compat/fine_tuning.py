@@ -2,18 +2,21 @@
 `lora` extra onto a TrainConfig), list, retrieve, cancel / pause / resume, events and checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from rest_framework.response import Response
 
+from base_models.models import BaseModel
 from base_models.selectors import base_model_list
 from common.errors import OpenAIError
 from common.ids import file_id, ftjob_id
 from openai_compat.base import (PAGE_PARAMS, OpenAIView, known_fields, openai_schema, owned_dataset, owned_job, page,
                                 page_params, unix_time)
 from training import selectors, services
+from training.selectors import job_list
 from training.models import FineTuneJob, JobStatus
 from worker.config import ConfigError, TrainConfig
 
@@ -66,6 +69,25 @@ def job_object(job: FineTuneJob) -> dict[str, Any]:
         "suffix": job.name or None, "user_provided_suffix": job.name or None,
         "lora": {k: config.get(k) for k in LORA_FIELDS},
     }
+
+
+def resolve_model(owner, name: str) -> tuple[BaseModel, FineTuneJob | None]:
+    """A base model name or one of the owner's `ft:` ids -> (base model, job or None)."""
+    if not isinstance(name, str) or not name:
+        raise OpenAIError("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    if name.startswith("ft:"):
+        short = name.rsplit(":", 1)[-1]
+        if re.fullmatch(r"[0-9a-f]{8}", short):
+            for job in job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(
+                    id__startswith=short).select_related("owner", "adapter"):
+                if fine_tuned_model(job) == name and hasattr(job, "adapter"):
+                    return job.base_model, job
+    else:
+        base = base_model_list().filter(name=name).first()
+        if base is not None:
+            return base, None
+    raise OpenAIError(f"The model '{name}' does not exist or you do not have access to it.", param="model",
+                   code="model_not_found", status=404)
 
 
 JOB_FIELDS = {"model": "a string", "training_file": "a string", "validation_file": "a string", "suffix": "a string",
@@ -152,10 +174,8 @@ class JobListApi(OpenAIView):
             if not body.get(required):
                 raise OpenAIError(f"Missing required parameter: '{required}'.", param=required,
                                code="missing_required_parameter")
-        base = base_model_list().filter(name=body["model"]).first()
-        if base is None:
-            raise OpenAIError(f"The model '{body['model']}' does not exist or is not a base model you can fine-tune",
-                           param="model", code="model_not_found", status=404)
+        # A fine-tuned `ft:` model: the new job starts from that job's adapter (for DPO, its reference too).
+        base, start = resolve_model(request.user, body["model"])
         dataset = owned_dataset(request.user, body["training_file"], "training_file")
         validation: dict[str, Any] = {"kind": "none"}
         if body.get("validation_file"):
@@ -165,7 +185,10 @@ class JobListApi(OpenAIView):
         if not isinstance(suffix, str) or len(suffix) > 64:
             raise OpenAIError("suffix must be a string of at most 64 characters", param="suffix")
         config = job_config_from_request(body)
+        if start is not None:
+            config = dataclasses.replace(config, start_from=str(start.id))
         try:
+            config = services.job_start_config(owner=request.user, base_model=base, config=config)
             services.job_validate_config(base_model=base, config=config)
             est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
             job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,

@@ -57,6 +57,32 @@ def job_validate_config(*, base_model: BaseModel, config: TrainConfig) -> list[s
     return targets
 
 
+# The settings that fix an adapter's shape: a job that starts from another job's adapter takes them over.
+ADAPTER_SHAPE_FIELDS = ("rank", "alpha", "target_preset", "target_modules", "use_rslora", "use_dora", "bias",
+                        "modules_to_save")
+
+
+def job_start_config(*, owner, base_model: BaseModel, config: TrainConfig) -> TrainConfig:
+    """`config` with the adapter settings of the job it starts from (`start_from`, "DPO on top of job X"):
+    the owner's succeeded job on the same base model. ConfigError("start_from", ...) otherwise."""
+    if not config.start_from:
+        return config
+    start = selectors.job_find(owner=owner, job_id=config.start_from)
+    if start is None:
+        raise ConfigError("start_from", "no such job")
+    if not start.has_adapter:
+        raise ConfigError("start_from", f"job {start.short_id} is {start.status} and has no adapter to start from; "
+                                        "pick a succeeded job")
+    if start.base_model_id != base_model.id:
+        raise ConfigError("start_from", f"job {start.short_id} trained {start.base_model.name}, not "
+                                        f"{base_model.name}; pick a job on the same base model")
+    if start.config.get("init_lora_weights") == "pissa":
+        raise ConfigError("start_from", f"job {start.short_id} used PiSSA, whose adapter is converted for the "
+                                        "original base; pick a job with the default init")
+    shape = {k: start.config[k] for k in ADAPTER_SHAPE_FIELDS if k in start.config}
+    return dataclasses.replace(config, start_from=str(start.id), **shape)
+
+
 def job_check_method(*, dataset: Dataset, config: TrainConfig, field: str = "method") -> None:
     """ConfigError naming `field` unless the dataset is of the method's kind: preference pairs for DPO / ORPO,
     examples with answers (or texts) for supervised tuning."""
@@ -170,6 +196,7 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
     if dataset.owner_id != owner.id:
         raise ConfigError("dataset", "unknown dataset")
     job_check_quotas(owner=owner)
+    config = job_start_config(owner=owner, base_model=base_model, config=config)
     job_validate_config(base_model=base_model, config=config)
     job_check_method(dataset=dataset, config=config)
     with transaction.atomic():

@@ -89,7 +89,7 @@ def test_openai_dpo_method(api, user, base_model, dataset, pairs_dataset):
     assert FineTuneJob.objects.count() == 1
 
 
-def test_dpo_job_trains_logs_rewards_evaluates_and_packages(rest, client_in, user, base_model, pairs_dataset):
+def test_dpo_job_trains_logs_rewards_evaluates_and_packages(rest, api, client_in, user, base_model, pairs_dataset):
     response = rest_create(rest, pairs_dataset, base_model, {"method": "dpo", "beta": 0.1, **FAST},
                            validation="split", validation_percent=20)
     assert response.status_code == 201, response.json()
@@ -110,3 +110,33 @@ def test_dpo_job_trains_logs_rewards_evaluates_and_packages(rest, client_in, use
     evaluation = json.loads(zf.read("evaluation.json"))
     assert evaluation["kind"] == "preference" and evaluation["examples"] == 8
     assert json.loads(zf.read("training_config.json"))["method"] == "dpo"
+
+    # DPO on top of that job: its adapter is the start and the reference; its adapter settings are taken over.
+    api_key_client = api
+    other = rest_create(rest, pairs_dataset, base_model, {"method": "dpo", "start_from": "nope"})
+    assert other.status_code == 400 and other.json()["error"]["field"] == "start_from"
+    unknown = rest_create(rest, pairs_dataset, base_model, {"method": "dpo", "start_from": str(uuid.uuid4())})
+    assert unknown.status_code == 400 and unknown.json()["error"] == {"field": "start_from", "message": "no such job"}
+    on_top = rest_create(rest, pairs_dataset, base_model, {"method": "dpo", **FAST, "rank": 4, "epochs": 1,
+                                                           "start_from": str(job.id)}, validation="split")
+    assert on_top.status_code == 201, on_top.json()
+    assert on_top.json()["config"]["rank"] == 8 and on_top.json()["config"]["start_from"] == str(job.id)
+    second = FineTuneJob.objects.get(id=on_top.json()["id"])
+    assert train_tasks.job_run(str(second.id)) == "succeeded"
+    first = MetricPoint.objects.get(job=second, step=1).as_event()
+    assert abs(first["loss"] - 0.693147) < 1e-5 and first["reward_margin"] == 0.0  # policy == reference at start
+    assert second.events.filter(message__contains=f"starting from the adapter of job {job.id}").exists()
+
+    # The OpenAI API: fine-tuning a fine-tuned model (`ft:...`) starts from its adapter the same way.
+    from openai_compat.fine_tuning import fine_tuned_model
+
+    job.refresh_from_db()
+    with mock.patch("training.tasks.job_run.delay"):
+        response = api_key_client.post("/v1/fine_tuning/jobs", {
+            "model": fine_tuned_model(job), "training_file": f"file-{pairs_dataset.id.hex}",
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}}, format="json")
+    assert response.status_code == 200, response.content
+    assert FineTuneJob.objects.get(id=uuid.UUID(response.json()["id"][6:])).config["start_from"] == str(job.id)
+    queued = response.json()["id"][6:]
+    not_done = rest_create(rest, pairs_dataset, base_model, {"method": "dpo", "start_from": queued})
+    assert not_done.status_code == 400 and "has no adapter" in not_done.json()["error"]["message"]
