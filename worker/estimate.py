@@ -31,7 +31,9 @@ not exact):
   rejected), so activations and logits double. DPO adds the reference pass (the same model with
   the adapter off, without gradients): while it runs the policy's activations are held, so it
   adds one layer's values and its logits (``reference_pass``); in time it costs about a third of
-  a forward + backward pass over the same tokens (`work_per_token`).
+  a forward + backward pass over the same tokens (`work_per_token`). DPO on top of a previous
+  adapter (`start_from`) takes the reference log-probs once before training instead: one forward
+  pass over every pair, and no extra memory while training.
 """
 from __future__ import annotations
 
@@ -137,7 +139,7 @@ def sequences_per_example(cfg: TrainConfig) -> int:
 def work_per_token(cfg: TrainConfig) -> float:
     """Training work per sequence token, in units of one forward + backward: DPO adds the reference pass.
     The engine's tokens_per_s counts tokens times this, so rates of all methods compare."""
-    return 1 + REFERENCE_PASS_COST if cfg.method == "dpo" else 1.0
+    return 1 + REFERENCE_PASS_COST if cfg.method == "dpo" and not cfg.start_from else 1.0
 
 
 # fp32 weight + gradient + two AdamW moments; the 8-bit optimizer keeps each moment in one byte.
@@ -171,7 +173,7 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dic
         "logits": tokens * shape.vocab * 4 * 2 / MIB,
         "overhead": OVERHEAD_MB["cpu" if device == "cpu" else "cuda"],
     }
-    if cfg.method == "dpo":
+    if cfg.method == "dpo" and not cfg.start_from:
         breakdown["reference_pass"] = (tokens * per_layer * compute_bytes + tokens * shape.vocab * 4) / MIB
     return breakdown
 
@@ -207,6 +209,8 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
         per_step = (min(n_examples, cfg.batch_size * cfg.grad_accum) * min(float(mean_tokens), cfg.max_seq_length)
                     * sequences_per_example(cfg) * work_per_token(cfg))
         seconds = steps * per_step / tokens_per_s
+        if cfg.method == "dpo" and cfg.start_from:  # the reference log-probs, taken once before training
+            seconds += n_examples * 2 * min(float(mean_tokens), cfg.max_seq_length) * REFERENCE_PASS_COST / tokens_per_s
     fits = memory_limit_mb is None or memory <= memory_limit_mb
     advice = [] if fits else fitting_changes(
         cfg, lambda c: sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device).values()), float(memory_limit_mb))

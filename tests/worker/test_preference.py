@@ -229,6 +229,9 @@ def test_estimate_counts_both_sides_and_the_reference_pass(tiny_llama):
     assert "reference_pass" in dpo.breakdown and "reference_pass" not in orpo.breakdown
     assert dpo.memory_mb > orpo.memory_mb > sft.memory_mb
     assert dpo.trainable_params == sft.trainable_params
+    on_top = run(method="dpo", start_from="0" * 32)  # reference log-probs once, before training
+    assert on_top.seconds == pytest.approx(orpo.seconds + 32 * 2 * 50 / 3 / 1000.0)
+    assert "reference_pass" not in on_top.breakdown
 
 
 def test_dpo_on_top_of_a_supervised_adapter(tiny_llama, tmp_path, chat_file):
