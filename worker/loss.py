@@ -9,8 +9,8 @@ from worker.batching import Batch, collate, collate_pairs
 from worker.data.tokenization import IGNORE_INDEX, TokenizedExample, TokenizedPair
 
 
-def _labelled_logits(peft_model, batch: Batch):
-    """(logits at labelled positions, their targets, the row of each), with the LM head run only there.
+def _labelled_logits(peft_model, batch: Batch, with_rows: bool = False):
+    """(logits at labelled positions, their targets, the row of each or None), with the LM head run only there.
 
     For chat data most positions are prompt, and the vocabulary projection is the largest matmul in a
     small model.
@@ -27,7 +27,7 @@ def _labelled_logits(peft_model, batch: Batch):
         logits = peft_model(**inputs).logits[:, :-1][keep]
     else:
         logits = head(backbone(**inputs).last_hidden_state[:, :-1][keep])
-    return logits, targets[keep], keep.nonzero()[:, 0]
+    return logits, targets[keep], keep.nonzero()[:, 0] if with_rows else None
 
 
 def summed_token_loss(peft_model, batch: Batch):
@@ -64,7 +64,7 @@ def sequence_logps(peft_model, batch: Batch):
     """Per row: the summed log-probability of its labelled (answer) tokens, and how many there are."""
     import torch
 
-    logits, targets, rows = _labelled_logits(peft_model, batch)
+    logits, targets, rows = _labelled_logits(peft_model, batch, with_rows=True)
     token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]
     n_rows = batch.ids.shape[0]
     summed = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
