@@ -22,7 +22,7 @@ from common import events
 from common.errors import OpenAIError, openai_error_body, openai_error_response
 from openai_compat.base import known_fields
 from openai_compat.errors import incorrect_key_error, method_not_allowed_error, missing_key_error
-from openai_compat.model_catalog import resolve_model
+from openai_compat.fine_tuning import resolve_model
 from worker.config import ConfigError, GenerationConfig
 from worker.modeling import cached_tokenizer
 

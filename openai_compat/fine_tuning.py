@@ -2,18 +2,21 @@
 `lora` extra onto a TrainConfig), list, retrieve, cancel / pause / resume, events and checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from rest_framework.response import Response
 
+from base_models.models import BaseModel
 from base_models.selectors import base_model_list
 from common.errors import OpenAIError
 from common.ids import file_id, ftjob_id
 from openai_compat.base import (PAGE_PARAMS, OpenAIView, known_fields, openai_schema, owned_dataset, owned_job, page,
                                 page_params, unix_time)
 from training import selectors, services
+from training.selectors import job_list
 from training.models import FineTuneJob, JobStatus
 from worker.config import ConfigError, TrainConfig
 
@@ -38,6 +41,14 @@ def _hyperparameters(config: dict) -> dict[str, Any]:
             "learning_rate_multiplier": round(config.get("learning_rate", DEFAULT_LR) / DEFAULT_LR, 6)}
 
 
+def _method_object(config: dict, hyper: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `method`: supervised, or dpo with beta (and orpo, this product's extension, the same way)."""
+    kind = config.get("method", "supervised")
+    if kind == "supervised":
+        return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+    return {"type": kind, kind: {"hyperparameters": {**hyper, "beta": config.get("beta")}}}
+
+
 def job_object(job: FineTuneJob) -> dict[str, Any]:
     config = job.config or {}
     hyper = _hyperparameters(config)
@@ -50,7 +61,7 @@ def job_object(job: FineTuneJob) -> dict[str, Any]:
         "validation_file": file_id(validation["dataset"]) if validation.get("kind") == "dataset" else None,
         "training_file": file_id(job.dataset_id) if job.dataset_id else None,
         "hyperparameters": hyper,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "method": _method_object(config, hyper),
         "trained_tokens": None,
         "error": ({"code": "training_failed", "message": job.error, "param": None}
                   if job.status == JobStatus.FAILED else None),
@@ -60,23 +71,43 @@ def job_object(job: FineTuneJob) -> dict[str, Any]:
     }
 
 
+def resolve_model(owner, name: str) -> tuple[BaseModel, FineTuneJob | None]:
+    """A base model name or one of the owner's `ft:` ids -> (base model, job or None)."""
+    if not isinstance(name, str) or not name:
+        raise OpenAIError("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    if name.startswith("ft:"):
+        short = name.rsplit(":", 1)[-1]
+        if re.fullmatch(r"[0-9a-f]{8}", short):
+            for job in job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(
+                    id__startswith=short).select_related("owner", "adapter"):
+                if fine_tuned_model(job) == name and hasattr(job, "adapter"):
+                    return job.base_model, job
+    else:
+        base = base_model_list().filter(name=name).first()
+        if base is not None:
+            return base, None
+    raise OpenAIError(f"The model '{name}' does not exist or you do not have access to it.", param="model",
+                   code="model_not_found", status=404)
+
+
 JOB_FIELDS = {"model": "a string", "training_file": "a string", "validation_file": "a string", "suffix": "a string",
               "seed": "an integer", "hyperparameters": "an object", "method": "an object", "lora": "an object",
               "integrations": "an array", "metadata": "an object"}
 HYPER_FIELDS = {"n_epochs", "batch_size", "learning_rate_multiplier"}
+METHOD_TYPES = ("supervised", "dpo", "orpo")  # orpo: this product's extension, shaped like dpo
 
 
-def _hyper_to_config(hyper: Any, param: str) -> dict[str, Any]:
+def _hyper_to_config(hyper: Any, param: str, allowed: set[str] = HYPER_FIELDS) -> dict[str, Any]:
     if hyper is None:
         return {}
     if not isinstance(hyper, dict):
         raise OpenAIError(f"{param} must be an object", param=param)
-    unknown = set(hyper) - HYPER_FIELDS
+    unknown = set(hyper) - allowed
     if unknown:
         raise OpenAIError(f"Unknown parameter: '{param}.{sorted(unknown)[0]}'", param=f"{param}.{sorted(unknown)[0]}",
                        code="unknown_parameter")
     out: dict[str, Any] = {}
-    names = {"n_epochs": "epochs", "batch_size": "batch_size"}
+    names = {"n_epochs": "epochs", "batch_size": "batch_size", "beta": "beta"}
     for key, value in hyper.items():
         if value == "auto" or value is None:
             continue
@@ -95,12 +126,18 @@ def job_config_from_request(body: dict) -> TrainConfig:
     values = _hyper_to_config(body.get("hyperparameters"), "hyperparameters")
     method = body.get("method")
     if method is not None:
-        if not isinstance(method, dict) or method.get("type", "supervised") != "supervised":
-            raise OpenAIError("Only method.type 'supervised' is supported", param="method.type")
-        supervised = method.get("supervised") or {}
-        if not isinstance(supervised, dict):
-            raise OpenAIError("method.supervised must be an object", param="method.supervised")
-        values.update(_hyper_to_config(supervised.get("hyperparameters"), "method.supervised.hyperparameters"))
+        if not isinstance(method, dict):
+            raise OpenAIError("method must be an object", param="method")
+        kind = method.get("type", "supervised")
+        if kind not in METHOD_TYPES:
+            raise OpenAIError(f"method.type must be one of {', '.join(METHOD_TYPES)}, got {kind!r}",
+                              param="method.type")
+        options = method.get(kind) or {}
+        if not isinstance(options, dict):
+            raise OpenAIError(f"method.{kind} must be an object", param=f"method.{kind}")
+        allowed = HYPER_FIELDS | ({"beta"} if kind != "supervised" else set())
+        values.update(_hyper_to_config(options.get("hyperparameters"), f"method.{kind}.hyperparameters", allowed))
+        values["method"] = kind
     lora = body.get("lora") or {}
     if not isinstance(lora, dict):
         raise OpenAIError("lora must be an object", param="lora")
@@ -114,8 +151,10 @@ def job_config_from_request(body: dict) -> TrainConfig:
     try:
         return TrainConfig.from_dict(values)
     except ConfigError as exc:
+        kind = values.get("method", "dpo")
         param = {"epochs": "hyperparameters.n_epochs", "learning_rate": "hyperparameters.learning_rate_multiplier",
-                 "batch_size": "hyperparameters.batch_size", "seed": "seed"}.get(exc.field, f"lora.{exc.field}")
+                 "batch_size": "hyperparameters.batch_size", "seed": "seed", "method": "method.type",
+                 "beta": f"method.{kind}.hyperparameters.beta"}.get(exc.field, f"lora.{exc.field}")
         raise OpenAIError(f"{param}: {exc.message}", param=param) from None
     except TypeError as exc:
         raise OpenAIError(str(exc), param="lora") from None
@@ -135,10 +174,8 @@ class JobListApi(OpenAIView):
             if not body.get(required):
                 raise OpenAIError(f"Missing required parameter: '{required}'.", param=required,
                                code="missing_required_parameter")
-        base = base_model_list().filter(name=body["model"]).first()
-        if base is None:
-            raise OpenAIError(f"The model '{body['model']}' does not exist or is not a base model you can fine-tune",
-                           param="model", code="model_not_found", status=404)
+        # A fine-tuned `ft:` model: the new job starts from that job's adapter (for DPO, its reference too).
+        base, start = resolve_model(request.user, body["model"])
         dataset = owned_dataset(request.user, body["training_file"], "training_file")
         validation: dict[str, Any] = {"kind": "none"}
         if body.get("validation_file"):
@@ -148,14 +185,17 @@ class JobListApi(OpenAIView):
         if not isinstance(suffix, str) or len(suffix) > 64:
             raise OpenAIError("suffix must be a string of at most 64 characters", param="suffix")
         config = job_config_from_request(body)
+        if start is not None:
+            config = dataclasses.replace(config, start_from=str(start.id))
         try:
+            config = services.job_start_config(owner=request.user, base_model=base, config=config)
             services.job_validate_config(base_model=base, config=config)
             est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
             job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
                                       name=suffix, validation=validation, memory_mb=est.memory_mb)
         except ConfigError as exc:
             param = {"validation_dataset": "validation_file", "dataset": "training_file",
-                     "config": "hyperparameters"}.get(
+                     "config": "hyperparameters", "method": "method.type"}.get(
                 exc.field, f"lora.{exc.field}")
             raise OpenAIError(f"{param}: {exc.message}", param=param) from None
         return Response(job_object(job))  # as created: a worker may already have claimed it since

@@ -77,7 +77,9 @@ def _job_inputs(request, serializer_class):
     base = base_model_find(values["base_model"])
     if base is None:
         raise ConfigError("base_model", "no such base model")
-    return values, dataset, base, TrainConfig.from_dict(values["config"])
+    config = services.job_start_config(owner=request.user, base_model=base,
+                                       config=TrainConfig.from_dict(values["config"]))
+    return values, dataset, base, config
 
 
 class JobListApi(APIView):

@@ -4,7 +4,9 @@ from __future__ import annotations
 from django import forms
 
 from base_models.models import BaseModel
-from training.services import job_check_fits, job_estimate, job_validate_config
+from training.models import JobStatus
+from training.selectors import job_list
+from training.services import job_check_fits, job_check_method, job_estimate, job_start_config, job_validate_config
 from user_datasets.models import Dataset
 from worker.config import BIAS_CHOICES, LR_SCHEDULERS, PRESETS, ConfigError, TrainConfig
 
@@ -15,8 +17,11 @@ TARGET_CHOICES = [
     ("all_linear", "All linear layers"),
     ("custom", "Custom list"),
 ]
+METHOD_CHOICES = [("supervised", "Supervised (examples with answers)"),
+                  ("dpo", "DPO (preference pairs; reference = the base)"),
+                  ("orpo", "ORPO (preference pairs; no reference model)")]
 VALIDATION_CHOICES = [("split", "Split off part of the dataset"), ("dataset", "Another dataset"), ("none", "None")]
-CONFIG_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "epochs",
+CONFIG_FIELDS = ("method", "beta", "start_from", "rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "epochs",
                  "learning_rate", "batch_size", "grad_accum", "max_seq_length", "warmup_ratio", "lr_scheduler",
                  "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing",
                  "init_lora_weights", "modules_to_save", "optimizer", "packing", "max_grad_norm", "eval_every",
@@ -30,7 +35,7 @@ INIT_CHOICES = [("default", "Default (A random, B zero)"), ("gaussian", "Gaussia
 OPTIMIZER_CHOICES = [("adamw", "AdamW"), ("paged_adamw_8bit", "Paged 8-bit AdamW (CUDA only)")]
 # The form's sections, declared once: (legend, folded under "Advanced"?, fields in order).
 FIELDSETS = (
-    ("What to train", False, ("preset", "name", "base_model", "dataset")),
+    ("What to train", False, ("preset", "name", "base_model", "dataset", "method", "beta", "start_from")),
     ("LoRA", False, ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora")),
     ("Training", False, ("epochs", "learning_rate", "batch_size", "max_seq_length")),
     ("Validation", False, ("validation", "validation_percent", "validation_seed", "validation_dataset")),
@@ -48,6 +53,16 @@ class JobForm(forms.Form):
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), empty_label=None)
     preset = forms.ChoiceField(choices=PRESET_CHOICES, required=False, initial="balanced",
                                help_text="fills the fields below; change any of them afterwards")
+    method = forms.ChoiceField(choices=METHOD_CHOICES, required=False, initial=DEFAULTS.method,
+                               help_text="DPO and ORPO train on a dataset of preference pairs (prompt, chosen, "
+                                         "rejected)")
+    beta = forms.FloatField(required=False, initial=DEFAULTS.beta, label="Beta (DPO) / lambda (ORPO)",
+                            help_text="DPO: how strongly the model is held near the base (higher = closer); "
+                                      "ORPO: the weight of the preference term. 0.1 is usual")
+    start_from = forms.ChoiceField(required=False, label="Start from",
+                                   help_text="a previous job's adapter to continue from (its rank and layers are "
+                                             "kept); for DPO it is also the reference, e.g. DPO on top of an "
+                                             "SFT job")
     rank = forms.IntegerField(initial=DEFAULTS.rank, help_text="LoRA rank r; 8-16 is usual")
     alpha = forms.FloatField(initial=DEFAULTS.alpha, help_text="scale is alpha / r; 2 x rank is usual")
     dropout = forms.FloatField(initial=DEFAULTS.dropout)
@@ -101,6 +116,10 @@ class JobForm(forms.Form):
         self.fields["base_model"].queryset = BaseModel.objects.all()
         self.fields["dataset"].queryset = Dataset.objects.filter(owner=owner)
         self.fields["validation_dataset"].queryset = Dataset.objects.filter(owner=owner)
+        done = job_list(owner=owner, status=JobStatus.SUCCEEDED).select_related("base_model")
+        self.fields["start_from"].choices = [("", "Nothing: a new adapter on the base model")] + [
+            (str(j.id), f"{j.name or j.short_id} ({j.config.get('method', 'supervised')} on {j.base_model.name})")
+            for j in done]
         self.config: TrainConfig | None = None
         self.validation: dict = {"kind": "none"}
         self.owner = owner
@@ -127,13 +146,19 @@ class JobForm(forms.Form):
         # A left-empty optional field keeps its default.
         values = {k: data[k] for k in CONFIG_FIELDS if k in data and data[k] not in (None, "")}
         try:
-            self.config = TrainConfig.from_dict(values)
+            self.config = job_start_config(owner=self.owner, base_model=data["base_model"],
+                                           config=TrainConfig.from_dict(values))
             job_validate_config(base_model=data["base_model"], config=self.config)
         except ConfigError as exc:
             field = exc.field if exc.field in self.fields else None
             self.add_error(field, exc.message)
             self.config = None
         self.validation = self._validation(data)
+        if self.config is not None and data.get("dataset") is not None:
+            try:
+                job_check_method(dataset=data["dataset"], config=self.config)
+            except ConfigError as exc:
+                self.add_error("method", exc.message)
         if self.config is not None and not self.errors:
             try:
                 self.estimate = job_check_fits(owner=self.owner, dataset=data["dataset"],

@@ -34,7 +34,7 @@ from user_datasets.services import dataset_token_report
 from worker.config import ConfigError, TrainConfig
 from worker.reporting import WorkLost
 from worker.data.loading import file_sha256
-from worker.data.normalized import write_normalized_jsonl
+from worker.data.normalized import holds_preference_pairs, write_normalized_jsonl
 from worker.estimate import estimate
 from worker.evaluation import summary_markdown
 from worker.export import build_adapter_zip, model_card
@@ -60,6 +60,45 @@ def job_validate_config(*, base_model: BaseModel, config: TrainConfig) -> list[s
     return targets
 
 
+# The settings that fix an adapter's shape: a job that starts from another job's adapter takes them over.
+ADAPTER_SHAPE_FIELDS = ("rank", "alpha", "target_preset", "target_modules", "use_rslora", "use_dora", "bias",
+                        "modules_to_save")
+
+
+def job_start_config(*, owner, base_model: BaseModel, config: TrainConfig) -> TrainConfig:
+    """`config` with the adapter settings of the job it starts from (`start_from`, "DPO on top of job X"):
+    the owner's succeeded job on the same base model. ConfigError("start_from", ...) otherwise."""
+    if not config.start_from:
+        return config
+    start = selectors.job_find(owner=owner, job_id=config.start_from)
+    if start is None:
+        raise ConfigError("start_from", "no such job")
+    if not start.has_adapter:
+        raise ConfigError("start_from", f"job {start.short_id} is {start.status} and has no adapter to start from; "
+                                        "pick a succeeded job")
+    if start.base_model_id != base_model.id:
+        raise ConfigError("start_from", f"job {start.short_id} trained {start.base_model.name}, not "
+                                        f"{base_model.name}; pick a job on the same base model")
+    if start.config.get("init_lora_weights") == "pissa":
+        raise ConfigError("start_from", f"job {start.short_id} used PiSSA, whose adapter is converted for the "
+                                        "original base; pick a job with the default init")
+    shape = {k: start.config[k] for k in ADAPTER_SHAPE_FIELDS if k in start.config}
+    return dataclasses.replace(config, start_from=str(start.id), **shape)
+
+
+def job_check_method(*, dataset: Dataset, config: TrainConfig, field: str = "method") -> None:
+    """ConfigError naming `field` unless the dataset is of the method's kind: preference pairs for DPO / ORPO,
+    examples with answers (or texts) for supervised tuning."""
+    pairs = bool(dataset.normalized_file) and holds_preference_pairs(blobs.fetch(dataset.normalized_file))
+    if config.is_preference and not pairs:
+        raise ConfigError(field, f"{config.method} trains on preference pairs (prompt, chosen, rejected) and the "
+                                 f"dataset '{dataset.name}' holds plain examples; pick a preference dataset or "
+                                 "method supervised")
+    if pairs and not config.is_preference:
+        raise ConfigError(field, f"the dataset '{dataset.name}' holds preference pairs; train it with method dpo "
+                                 "or orpo, or pick a dataset of examples for supervised tuning")
+
+
 def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
     """Snapshot the training examples (and the validation split) into the job's folder, so the
     same split serves eval loss and evaluation, and deleting the dataset later changes nothing."""
@@ -73,6 +112,7 @@ def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
         other: Dataset = validation["dataset"]
         if other.owner_id != dataset.owner_id:
             raise ConfigError("validation_dataset", "unknown dataset")
+        job_check_method(dataset=other, config=TrainConfig.from_dict(job.config), field="validation_dataset")
         train, valid = examples, dataset_examples(dataset=other)
         record = {"kind": "dataset", "dataset": str(other.id), "dataset_name": other.name}
     elif kind == "none":
@@ -131,6 +171,7 @@ def job_check_fits(*, owner, dataset: Dataset, base_model: BaseModel, config: Tr
     """The estimate, or ConfigError("config", ...) with the figures and the advice when the job fits no live
     train worker and ROUTING_NO_FIT is refuse (with wait it is accepted and waits for one); while no worker
     has announced, when it cannot fit this machine's memory (TRAIN_MEMORY_LIMIT_MB)."""
+    job_check_method(dataset=dataset, config=config)
     fleet = live_capacities()
     est = job_estimate(owner=owner, dataset=dataset, base_model=base_model, config=config, fleet=fleet)
     if est.fits:
@@ -158,7 +199,9 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
     if dataset.owner_id != owner.id:
         raise ConfigError("dataset", "unknown dataset")
     job_check_quotas(owner=owner)
+    config = job_start_config(owner=owner, base_model=base_model, config=config)
     job_validate_config(base_model=base_model, config=config)
+    job_check_method(dataset=dataset, config=config)
     with transaction.atomic():
         job = FineTuneJob.objects.create(owner=owner, dataset=dataset, base_model=base_model,
                                          config=config.to_dict(), name=name[:200], dataset_name=dataset.name,

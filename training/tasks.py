@@ -41,13 +41,21 @@ def build_train_spec(job: FineTuneJob) -> TrainSpec:
         blobs.fetch(job_files(job, name))
     data = job_output_dir(job) / "data"
     eval_file = data / "eval.jsonl"
+    config = TrainConfig.from_dict(job.config)
+    start_dir = None
+    if config.start_from:  # DPO on top of job X: X's adapter, from the store when this machine lacks it
+        start = FineTuneJob.objects.filter(id=config.start_from, owner_id=job.owner_id).first()
+        if start is None or not start.has_adapter:
+            raise ConfigError("start_from", "the job this one starts from, or its adapter, has been deleted")
+        start_dir = str(blobs.fetch(start.adapter.folder))
     return TrainSpec(
         base_model_path=job.base_model.local_path,
         dataset_path=str(data / "train.jsonl"),
         output_dir=str(job_output_dir(job)),
-        config=TrainConfig.from_dict(job.config),
+        config=config,
         eval_dataset_path=str(eval_file) if eval_file.exists() else None,
         device=settings.TRAIN_DEVICE,
+        start_adapter_dir=start_dir,
     )
 
 

@@ -20,11 +20,11 @@ from training.forms import JobForm
 from training.live import job_channel, status_event
 from training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
 from user_datasets.selectors import dataset_find
-from worker.config import ConfigError, TrainConfig
+from worker.config import PREFERENCE_METHODS, ConfigError, TrainConfig
 from worker.memory_advice import OUT_OF_MEMORY, oom_suggestion
 
-RUN_COMPARE_KEYS = ["rank", "alpha", "dropout", "target_preset", "qlora", "epochs", "learning_rate", "batch_size",
-                    "grad_accum", "max_seq_length", "use_rslora", "use_dora"]
+RUN_COMPARE_KEYS = ["method", "beta", "rank", "alpha", "dropout", "target_preset", "qlora", "epochs", "learning_rate",
+                    "batch_size", "grad_accum", "max_seq_length", "use_rslora", "use_dora"]
 
 
 @login_required
@@ -109,6 +109,7 @@ def job_detail(request, job_id):
     succeeded = job.status == JobStatus.SUCCEEDED
     return render(request, "training/job_detail.html", {
         "job": job, "config": job.config, "events": job.events.order_by("-id")[:20],
+        "preference": job.config.get("method", "supervised") in PREFERENCE_METHODS,
         "suggestion": _oom_suggestion(job), "waiting": selectors.job_waiting_for(job=job),
         "merged": merged_status(job) if succeeded else None,
         "evaluation": job_evaluation(job) if succeeded else None,

@@ -6,18 +6,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.config import TrainConfig
-from worker.data.tokenization import IGNORE_INDEX, TokenizedExample
+from worker.data.tokenization import IGNORE_INDEX, TokenizedExample, TokenizedPair
 from worker.schedule import epoch_batches
 
 
 class MicroBatchStream:
     """Micro-batches in a fixed order across epochs, addressable by optimizer step."""
 
-    def __init__(self, examples: list[TokenizedExample], cfg: TrainConfig, per_epoch: int):
+    def __init__(self, examples: list[TokenizedExample] | list[TokenizedPair], cfg: TrainConfig, per_epoch: int):
         self.examples = examples
         self.cfg = cfg
         self.per_epoch = per_epoch
-        self.lengths = [len(e.input_ids) for e in examples]
+        self.lengths = [e.length for e in examples]
         self._cache: dict[int, list[list[int]]] = {}
 
     def _epoch(self, epoch: int) -> list[list[int]]:
@@ -79,6 +79,15 @@ def collate_packed(examples: list[TokenizedExample], device) -> Batch:
                  positions[None].to(device), n)
 
 
-def make_batch(examples: list[TokenizedExample], pad_id: int, device, packing: bool) -> Batch:
-    """A training micro-batch: packed into one row when `packing`, else padded."""
+def collate_pairs(pairs: list[TokenizedPair], pad_id: int, device) -> Batch:
+    """Preference pairs padded together: the chosen sides in the first half of the rows, the rejected
+    sides in the second half (as TRL's DataCollatorForPreference), so one forward pass serves both."""
+    return collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
+
+
+def make_batch(examples: list[TokenizedExample] | list[TokenizedPair], pad_id: int, device, packing: bool) -> Batch:
+    """A training micro-batch: preference pairs as chosen rows then rejected rows; examples packed into one
+    row when `packing`, else padded."""
+    if examples and isinstance(examples[0], TokenizedPair):
+        return collate_pairs(examples, pad_id, device)
     return collate_packed(examples, device) if packing else collate(examples, pad_id, device)

@@ -17,7 +17,10 @@ BIAS_CHOICES = ("none", "lora_only", "all")
 INIT_CHOICES = ("default", "gaussian", "pissa")
 OPTIMIZERS = ("adamw", "paged_adamw_8bit")
 MAX_DEVICES = 64  # one machine's processes; what a worker really has is checked where the job is launched
+METHODS = ("supervised", "dpo", "orpo")  # supervised: next-token loss; dpo / orpo: preference pairs
+PREFERENCE_METHODS = ("dpo", "orpo")
 MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 
 class ConfigError(ValueError):
@@ -58,6 +61,15 @@ def _module_names(name: str, modules: Any) -> tuple[str, ...]:
 class TrainConfig:
     """Every hyperparameter of one LoRA / QLoRA fine-tuning job."""
 
+    # What is optimised: supervised (examples), dpo or orpo (preference pairs)
+    method: str = "supervised"
+    # DPO: beta, the strength of the pull toward the reference (the base with the adapter off); higher keeps the
+    # adapted model closer to it. ORPO: the weight of the odds-ratio term next to the SFT loss (TRL's `beta`, the
+    # paper's lambda). TRL's default 0.1 for both.
+    beta: float = 0.1
+    # The id of a previous job of the same user whose adapter this one starts from (its LoRA settings are taken
+    # over); for DPO that adapter is also the reference ("DPO on top of job X"). Empty: a fresh adapter on the base.
+    start_from: str = ""
     # LoRA
     rank: int = 16
     alpha: float = 32
@@ -98,6 +110,14 @@ class TrainConfig:
     keep_best: bool = True  # the exported adapter is the one with the lowest eval loss
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError("method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _check_range("beta", self.beta, low=0, high=100, low_inclusive=False)
+        if not isinstance(self.start_from, str) or (self.start_from and not UUID_RE.match(self.start_from)):
+            raise ConfigError("start_from", f"must be a job id or empty, got {self.start_from!r}")
+        if self.is_preference and self.packing:
+            raise ConfigError("packing", f"is not available with {self.method}: each pair keeps its chosen and "
+                                         "rejected answers in their own rows; turn packing off")
         _check_range("rank", self.rank, low=1, high=1024, integer=True)
         _check_range("alpha", self.alpha, low=0, high=4096, low_inclusive=False)
         _check_range("dropout", self.dropout, low=0, high=0.9)
@@ -119,6 +139,12 @@ class TrainConfig:
         if self.init_lora_weights not in INIT_CHOICES:
             raise ConfigError("init_lora_weights",
                               f"must be one of {', '.join(INIT_CHOICES)}, got {self.init_lora_weights!r}")
+        if self.init_lora_weights == "pissa" and self.start_from:
+            raise ConfigError("init_lora_weights", "PiSSA initialises a new adapter; a job that starts from another "
+                                                   "job's adapter uses the default init")
+        if self.init_lora_weights == "pissa" and self.method == "dpo":
+            raise ConfigError("init_lora_weights", "PiSSA rewrites the base weights and DPO's reference is the base "
+                                                   "with the adapter off; use the default init (or ORPO)")
         if self.init_lora_weights == "pissa" and self.qlora:
             raise ConfigError("init_lora_weights", "PiSSA rewrites the base weights and needs the 16-bit base; "
                                                    "turn QLoRA off or use the default init")
@@ -129,6 +155,9 @@ class TrainConfig:
         _check_range("batch_size", self.batch_size, low=1, high=1024, integer=True)
         _check_range("grad_accum", self.grad_accum, low=1, high=1024, integer=True)
         _check_range("devices", self.devices, low=1, high=MAX_DEVICES, integer=True)
+        if self.devices > 1 and self.is_preference:
+            raise ConfigError("devices", f"{self.method} trains on one device for now (its pairs and reference pass "
+                                         "are not split across processes yet); set devices to 1")
         if self.devices > self.batch_size:
             raise ConfigError("devices", f"each device takes a share of every micro-batch, so devices can be at most "
                                          f"the batch size ({self.batch_size}), got {self.devices}")
@@ -144,6 +173,11 @@ class TrainConfig:
         _check_range("eval_every", self.eval_every, low=0, high=10_000_000, integer=True)
         _check_range("early_stopping_patience", self.early_stopping_patience, low=0, high=1000, integer=True)
         _check_range("early_stopping_threshold", self.early_stopping_threshold, low=0, high=100)
+
+    @property
+    def is_preference(self) -> bool:
+        """True for the methods that train on preference pairs (chosen vs rejected answers)."""
+        return self.method in PREFERENCE_METHODS
 
     @property
     def scaling(self) -> float:
@@ -220,6 +254,7 @@ class TrainSpec:
     config: TrainConfig = field(default_factory=TrainConfig)
     eval_dataset_path: str | None = None
     device: str = "auto"  # auto | cpu | cuda
+    start_adapter_dir: str | None = None  # the adapter of config.start_from: the start and DPO's reference
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "config": self.config.to_dict()}

@@ -26,11 +26,14 @@ from worker.checkpoint import (CheckpointUnreadable, atomic_dir, checkpoint_fold
                                load_adapter_weights, load_checkpoint, prune_checkpoints, read_checkpoint,
                                recover_leftovers, save_checkpoint, write_text_atomic)
 from worker.config import TrainConfig, TrainSpec
+from worker.data.examples import Example
 from worker.data.normalized import read_normalized_jsonl
-from worker.data.tokenization import TokenizedExample, tokenize_examples
+from worker.data.tokenization import TokenizedExample, TokenizedPair, tokenize_examples, tokenize_pairs
 from worker.early_stopping import BestTracker
-from worker.evaluation import evaluate_adapter
-from worker.loss import mean_token_loss, summed_eval_loss, summed_token_loss
+from worker.estimate import work_per_token
+from worker.evaluation import evaluate_adapter, evaluate_preferences
+from worker.loss import (mean_token_loss, pair_logps, preference_eval, preference_loss, rows_of, summed_eval_loss,
+                         summed_token_loss)
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
 from worker.failpoints import failpoint
@@ -137,6 +140,7 @@ class TrainingRun:
         self.loss_value: float | None = None
         self.stopped_early = False
         self.eval_everywhere = False  # with ranks: evaluate even with an empty share (the others wait on it)
+        self.reference: dict[str, Any] = {}  # DPO on top of a previous adapter: its log-probs, "train" / "eval"
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -160,25 +164,38 @@ class TrainingRun:
         recover_leftovers(self.ckpt_root)
 
     def setup_data(self) -> None:
-        """Tokenizer, tokenized train and eval examples, and the step plan."""
+        """Tokenizer, tokenized train and eval examples (or preference pairs), and the step plan."""
         spec, cfg = self.spec, self.cfg
         self.reporter.event("setup", f"loading tokenizer and data on {self.device.device}")
         self.tokenizer = load_tokenizer(spec.base_model_path)
         self.pad_id = self.tokenizer.pad_token_id
-        self.examples = tokenize_examples(self.tokenizer, read_normalized_jsonl(spec.dataset_path), cfg.max_seq_length)
+        self.examples = self.tokenize(read_normalized_jsonl(spec.dataset_path))
         if not self.examples:
             raise TrainingError("no example has an assistant token left after truncation; raise max_seq_length")
         self.per_epoch, self.total_steps = plan_steps(len(self.examples), cfg)
         self.stream = MicroBatchStream(self.examples, cfg, self.per_epoch)
-        self.eval_examples: list[TokenizedExample] = []
+        self.eval_examples: list[TokenizedExample] | list[TokenizedPair] = []
         if spec.eval_dataset_path:
-            self.eval_examples = tokenize_examples(self.tokenizer, read_normalized_jsonl(spec.eval_dataset_path),
-                                                   cfg.max_seq_length)
+            self.eval_examples = self.tokenize(read_normalized_jsonl(spec.eval_dataset_path))
             if self.group is not None:  # each rank evaluates a length-balanced share
                 by_length = sorted(self.eval_examples, key=lambda e: len(e.input_ids))
                 self.eval_examples = self.group.shard(by_length)
                 self.eval_everywhere = True
         self.every = eval_interval(cfg, self.total_steps)
+
+    def tokenize(self, examples: list[Example]) -> list[TokenizedExample] | list[TokenizedPair]:
+        """Examples for supervised tuning, pairs for DPO / ORPO; a dataset of the other kind is refused."""
+        cfg = self.cfg
+        pairs = sum(1 for e in examples if e.is_preference)
+        if cfg.is_preference and pairs < len(examples):
+            raise TrainingError(f"method {cfg.method} trains on preference pairs (prompt, chosen, rejected) and "
+                                f"{len(examples) - pairs} of the {len(examples)} examples are not pairs")
+        if not cfg.is_preference and pairs:
+            raise TrainingError(f"the dataset holds {pairs} preference pairs; supervised tuning needs examples "
+                                "with answers: pick method dpo or orpo")
+        if cfg.is_preference:
+            return tokenize_pairs(self.tokenizer, examples, cfg.max_seq_length)
+        return tokenize_examples(self.tokenizer, examples, cfg.max_seq_length)
 
     def setup_model(self) -> None:
         """The frozen base wrapped with LoRA; with PiSSA, the initial adapter is kept for the conversion."""
@@ -190,6 +207,8 @@ class TrainingRun:
             from worker.dropout import use_fast_dropout
 
             use_fast_dropout(self.model)
+        if self.spec.start_adapter_dir:
+            self.start_from_adapter(Path(self.spec.start_adapter_dir))
         self.trainable, self.total_params = self.model.get_nb_trainable_parameters()
         self.reporter.event("setup", f"LoRA on {', '.join(self.targets)}: {self.trainable:,} trainable of "
                                      f"{self.total_params:,} parameters")
@@ -199,6 +218,25 @@ class TrainingRun:
             if self.main and not (self.init_dir / "adapter_model.safetensors").is_file():
                 self.guard()
                 save_adapter(self.model, self.init_dir)
+
+    def start_from_adapter(self, folder: Path) -> None:
+        """Load a previous job's adapter as the starting weights; for DPO, take the reference log-probs of every
+        pair from it now, before training moves it (as TRL's precompute_ref_logps), so no copy is kept."""
+        cfg = self.cfg
+        try:
+            saved = json.loads((folder / "adapter_config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise TrainingError(f"the adapter to start from cannot be read ({exc})") from exc
+        if saved.get("r") != cfg.rank or set(saved.get("target_modules") or []) != set(self.targets):
+            raise TrainingError(f"the adapter to start from has rank {saved.get('r')} on "
+                                f"{sorted(saved.get('target_modules') or [])}; this job needs rank {cfg.rank} on "
+                                f"{sorted(self.targets)}")
+        load_adapter_weights(self.model, folder)
+        self.reporter.event("setup", f"starting from the adapter of job {cfg.start_from}"
+                                     + (" (also DPO's reference)" if cfg.method == "dpo" else ""))
+        if cfg.method == "dpo":
+            for name, pairs in (("train", self.examples), ("eval", self.eval_examples)):
+                self.reference[name] = pair_logps(self.model, pairs, cfg.batch_size, self.pad_id, self.device.device)
 
     def setup_optimizer(self) -> None:
         """The optimizer over the trainable parameters and the warmup + decay schedule."""
@@ -309,6 +347,24 @@ class TrainingRun:
         self.step += 1
         t0 = time.monotonic()
         epoch, micro = self.stream.for_step(self.step)
+        if self.cfg.is_preference:
+            step_tokens, extra = self.preference_backward(micro)
+        else:
+            step_tokens, extra = self.supervised_backward(micro), {}
+        if self.group is not None:
+            self.group.sum_grads(self.params)  # the ranks' shares of the step add up to one device's
+        max_norm = self.cfg.max_grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm) if max_norm else None
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self.step_metrics(epoch, lr, grad_norm, step_tokens / max(1e-9, time.monotonic() - t0))
+        metrics.update(extra)
+        return metrics
+
+    def supervised_backward(self, micro: list[list[int]]) -> int:
+        """Gradients of the next-token loss over the step's micro-batches; returns the tokens seen."""
         n_label = sum(self.examples[i].trained_tokens for batch in micro for i in batch)
         step_loss, step_tokens = 0.0, 0
         for indices in micro:
@@ -324,16 +380,33 @@ class TrainingRun:
             step_loss += loss_sum.item()
             step_tokens += batch.tokens
         if self.group is not None:
-            self.group.sum_grads(self.params)
             step_loss, step_tokens = self.group.sum([step_loss, step_tokens])
-        max_norm = self.cfg.max_grad_norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm) if max_norm else None
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.loss_value = step_loss / max(1, n_label)
-        return self.step_metrics(epoch, lr, grad_norm, step_tokens / max(1e-9, time.monotonic() - t0))
+        return step_tokens
+
+    def preference_backward(self, micro: list[list[int]]) -> tuple[float, dict[str, float]]:
+        """Gradients of the DPO / ORPO loss over the step's micro-batches; returns the tokens seen (both
+        sides, DPO's reference pass counted as worker.estimate.work_per_token says) and the step's reward
+        margin and accuracy."""
+        import torch
+
+        cfg = self.cfg
+        pairs = sum(len(batch) for batch in micro)
+        chosen_tokens = sum(self.examples[i].chosen.trained_tokens for batch in micro for i in batch)
+        step_loss, step_tokens, margins = 0.0, 0, []
+        for indices in micro:
+            batch = make_batch([self.examples[i] for i in indices], self.pad_id, self.device.device, False)
+            reference = rows_of(self.reference.get("train"), indices)
+            part = preference_loss(self.model, batch, cfg.method, cfg.beta, reference)
+            loss = part.total(pairs, chosen_tokens)  # normalised over the whole accumulated step
+            loss.backward()
+            step_loss += loss.item()
+            step_tokens += batch.tokens * work_per_token(cfg)
+            margins.append(part.chosen_rewards - part.rejected_rewards)
+        margin = torch.cat(margins)
+        self.loss_value = step_loss
+        return step_tokens, {"reward_margin": margin.mean().item(),
+                             "reward_accuracy": (margin > 0).float().mean().item()}
 
     def step_metrics(self, epoch: int, lr: float, grad_norm, tokens_per_s: float) -> dict[str, Any]:
         elapsed = time.monotonic() - self.loop_started
@@ -356,7 +429,11 @@ class TrainingRun:
         if not (self.eval_examples or self.eval_everywhere) or (self.step % self.every != 0 and self.step != self.total_steps):
             return
         failpoint("evaluate")
-        if self.group is None:
+        if self.cfg.is_preference:
+            scores = preference_eval(self.model, self.eval_examples, self.cfg.batch_size, self.pad_id,
+                                     self.device.device, self.cfg.method, self.cfg.beta, self.reference.get("eval"))
+            metrics.update({f"eval_{key}": value for key, value in scores.items()})
+        elif self.group is None:
             metrics["eval_loss"] = mean_token_loss(self.model, self.eval_examples, self.cfg.batch_size, self.pad_id,
                                                    self.device.device)
         else:
@@ -399,8 +476,13 @@ class TrainingRun:
         self.model.eval()
         if spec.eval_dataset_path and self.cfg.final_eval:
             self.reporter.event("evaluate", "comparing base and adapted model on the validation split")
-            evaluation = evaluate_adapter(self.model, self.tokenizer, read_normalized_jsonl(spec.eval_dataset_path),
-                                          max_seq_length=self.cfg.max_seq_length, device=self.device.device)
+            held_out = read_normalized_jsonl(spec.eval_dataset_path)
+            if self.cfg.is_preference:
+                evaluation = evaluate_preferences(self.model, self.tokenizer, held_out, cfg=self.cfg,
+                                                  device=self.device.device, ref_table=self.reference.get("eval"))
+            else:
+                evaluation = evaluate_adapter(self.model, self.tokenizer, held_out,
+                                              max_seq_length=self.cfg.max_seq_length, device=self.device.device)
             self.guard()
             write_text_atomic(self.out / "evaluation.json", json.dumps(evaluation, indent=1))
 

@@ -31,6 +31,14 @@ not exact):
 With ``cfg.devices`` = N the figures are per device: each rank holds the weights and a
 1/N share of every micro-batch (``ceil(batch_size / N)`` rows). On a CPU worker the N processes
 share the machine's memory, so every figure counts N times.
+
+* DPO / ORPO: a micro-batch of pairs is ``2 x batch_size`` sequences (prompt + chosen, prompt +
+  rejected), so activations and logits double. DPO adds the reference pass (the same model with
+  the adapter off, without gradients): while it runs the policy's activations are held, so it
+  adds one layer's values and its logits (``reference_pass``); in time it costs about a third of
+  a forward + backward pass over the same tokens (`work_per_token`). DPO on top of a previous
+  adapter (`start_from`) takes the reference log-probs once before training instead: one forward
+  pass over every pair, and no extra memory while training.
 """
 from __future__ import annotations
 
@@ -125,6 +133,20 @@ def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
     return shape, targets
 
 
+REFERENCE_PASS_COST = 1 / 3  # a forward pass without gradients: about a third of forward + backward
+
+
+def sequences_per_example(cfg: TrainConfig) -> int:
+    """How many sequences one example becomes: two for a preference pair (chosen and rejected)."""
+    return 2 if cfg.is_preference else 1
+
+
+def work_per_token(cfg: TrainConfig) -> float:
+    """Training work per sequence token, in units of one forward + backward: DPO adds the reference pass.
+    The engine's tokens_per_s counts tokens times this, so rates of all methods compare."""
+    return 1 + REFERENCE_PASS_COST if cfg.method == "dpo" and not cfg.start_from else 1.0
+
+
 # fp32 weight + gradient + two AdamW moments; the 8-bit optimizer keeps each moment in one byte.
 TRAINING_BYTES_PER_PARAM = {"adamw": 16, "paged_adamw_8bit": 10}
 
@@ -140,7 +162,7 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dic
                    + (shape.base_params - shape.quantizable_params) * compute_bytes)
     else:
         weights = shape.base_params * compute_bytes
-    tokens = -(-cfg.batch_size // cfg.devices) * cfg.max_seq_length  # one rank's share of a micro-batch
+    tokens = -(-cfg.batch_size // cfg.devices) * cfg.max_seq_length * sequences_per_example(cfg)  # one rank's share
     per_layer = 6 * shape.hidden + 4 * shape.intermediate
     if cfg.gradient_checkpointing:
         values = tokens * (shape.layers * shape.hidden + per_layer)
@@ -150,13 +172,16 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dic
         kept_layers = 1 if cfg.gradient_checkpointing else shape.layers
         values += tokens * 2 * shape.adapted_inputs * kept_layers // shape.layers
     processes = cfg.devices if device == "cpu" else 1  # CPU ranks share this machine's memory
-    return {
+    breakdown = {
         "base_weights": processes * weights / MIB,
         "lora_training": processes * trainable * TRAINING_BYTES_PER_PARAM[cfg.optimizer] / MIB,
         "activations": processes * values * compute_bytes / MIB,
         "logits": processes * tokens * shape.vocab * 4 * 2 / MIB,
         "overhead": processes * OVERHEAD_MB["cpu" if device == "cpu" else "cuda"],
     }
+    if cfg.method == "dpo" and not cfg.start_from:
+        breakdown["reference_pass"] = processes * (tokens * per_layer * compute_bytes + tokens * shape.vocab * 4) / MIB
+    return breakdown
 
 
 def _resolve_device(device: str) -> str:
@@ -174,7 +199,7 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
     """Estimate a job before it runs; reads the model's config only (never its weights).
 
     `n_examples` and `mean_tokens` describe the tokenized training set (mean tokens per
-    example); `tokens_per_s`, when known (a measured rate on this machine, e.g. a previous job's
+    example; per side of a pair for DPO / ORPO); `tokens_per_s`, when known (a measured rate on this machine, e.g. a previous job's
     `tokens_per_s` metric, which counts non-padding tokens), gives `seconds`.
     """
     if n_examples < 1:
@@ -187,8 +212,11 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
     _, steps = plan_steps(n_examples, cfg)
     seconds = None
     if tokens_per_s:
-        per_step = min(n_examples, cfg.batch_size * cfg.grad_accum) * min(float(mean_tokens), cfg.max_seq_length)
+        per_step = (min(n_examples, cfg.batch_size * cfg.grad_accum) * min(float(mean_tokens), cfg.max_seq_length)
+                    * sequences_per_example(cfg) * work_per_token(cfg))
         seconds = steps * per_step / tokens_per_s
+        if cfg.method == "dpo" and cfg.start_from:  # the reference log-probs, taken once before training
+            seconds += n_examples * 2 * min(float(mean_tokens), cfg.max_seq_length) * REFERENCE_PASS_COST / tokens_per_s
     fits = memory_limit_mb is None or memory <= memory_limit_mb
     advice = [] if fits else fitting_changes(
         cfg, lambda c: sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device).values()), float(memory_limit_mb))

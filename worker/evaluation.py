@@ -1,8 +1,9 @@
 """Automatic evaluation at the end of a job: base vs adapted on the held-out split.
 
 Loss and perplexity of both, then greedy answers to held-out prompts next to the reference, with
-exact-match and (for JSON references) valid-JSON and same-keys rates. The base side is the same
-loaded model under `disable_adapter()`, so no second copy of the base is needed.
+exact-match and (for JSON references) valid-JSON and same-keys rates. For DPO / ORPO jobs, the
+preference accuracy of both on held-out pairs instead. The base side is the same loaded model under
+`disable_adapter()`, so no second copy of the base is needed.
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import json
 import math
 from typing import Any
 
+from worker.config import TrainConfig
 from worker.data.examples import Example
-from worker.data.tokenization import tokenize_examples
-from worker.loss import mean_token_loss
+from worker.data.tokenization import tokenize_examples, tokenize_pairs
+from worker.loss import mean_token_loss, pair_logps, preference_eval
 
 
 def _as_json(text: str):
@@ -100,10 +102,66 @@ def evaluate_adapter(model, tokenizer, examples: list[Example], *, max_seq_lengt
     }
 
 
+def evaluate_preferences(model, tokenizer, examples: list[Example], *, cfg: TrainConfig, device,
+                         max_rows: int = 20, batch_size: int = 8, ref_table=None) -> dict[str, Any]:
+    """Base vs adapted on held-out preference pairs.
+
+    `accuracy`: the share of pairs where the model finds the chosen answer more likely than the
+    rejected one (mean log-probability per answer token, so answer length does not decide), the
+    figure that means the same for the base and the adapted model. `loss`, `reward_margin` and
+    `reward_accuracy` are the training objective's own (for DPO on the base, the base is its reference:
+    margin 0); `ref_table`: the reference log-probs of the pairs when the reference is a previous adapter.
+    """
+    model.eval()
+    pad_id = tokenizer.pad_token_id
+    pairs = tokenize_pairs(tokenizer, examples, cfg.max_seq_length)
+    kept = [e for e in examples if e.is_preference]
+    def likelihoods():
+        return [tuple(row) for row in pair_logps(model, pairs, batch_size, pad_id, device, mean=True).tolist()]
+
+    def objective_now():
+        return preference_eval(model, pairs, batch_size, pad_id, device, cfg.method, cfg.beta, ref_table)
+
+    scores, objective = {"adapter": likelihoods()}, {"adapter": objective_now()}
+    with model.disable_adapter():
+        scores["base"] = likelihoods()
+        if cfg.method == "orpo" or ref_table is not None:
+            objective["base"] = objective_now()
+    if "base" not in objective:  # DPO on the base: the base is the reference, every log-ratio is 0 (and a
+        # nested disable_adapter would switch the adapter back on when it ends)
+        objective["base"] = {"loss": math.log(2), "reward_margin": 0.0, "reward_accuracy": 0.0}
+    n = max(1, len(pairs))
+    rows = []
+    if len(pairs) == len(kept):  # rows line up with their examples (no pair was dropped by truncation)
+        for ex, base, adapted in list(zip(kept, scores["base"], scores["adapter"]))[:max_rows]:
+            rows.append({"prompt": ex.messages[-1]["content"], "chosen": ex.chosen[-1]["content"],
+                         "rejected": (ex.rejected or [{"content": ""}])[-1]["content"],
+                         "base_prefers_chosen": base[0] > base[1], "adapter_prefers_chosen": adapted[0] > adapted[1]})
+    return {
+        "kind": "preference",
+        "method": cfg.method,
+        "examples": len(pairs),
+        "accuracy": {side: sum(c > r for c, r in got) / n for side, got in scores.items()},
+        "margin": {side: sum(c - r for c, r in got) / n for side, got in scores.items()},
+        "loss": {side: got["loss"] for side, got in objective.items()},
+        "reward_margin": {side: got["reward_margin"] for side, got in objective.items()},
+        "reward_accuracy": {side: got["reward_accuracy"] for side, got in objective.items()},
+        "rows": rows,
+    }
+
+
 def summary_markdown(evaluation: dict[str, Any]) -> str:
     """A short table for the model card."""
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.0f} %"
+
+    if evaluation.get("kind") == "preference":
+        acc, loss = evaluation["accuracy"], evaluation["loss"]
+        return "\n".join([
+            "| | base | adapted |", "| --- | --- | --- |",
+            f"| preference accuracy ({evaluation['examples']} held-out pairs) | {pct(acc['base'])} | "
+            f"{pct(acc['adapter'])} |",
+            f"| {evaluation['method'].upper()} validation loss | {loss['base']:.4f} | {loss['adapter']:.4f} |"])
 
     lines = ["| | base | adapted |", "| --- | --- | --- |",
              f"| validation loss | {evaluation['loss']['base']:.4f} | {evaluation['loss']['adapter']:.4f} |",

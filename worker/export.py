@@ -15,12 +15,12 @@ library_name: peft
 base_model: {base_model}
 tags:
 - lora
-- lora-studio
+- lora-studio{method_tags}
 ---
 
 # {title}
 
-A LoRA adapter for **{base_model}**, trained with LoRA Studio{qlora}.
+A LoRA adapter for **{base_model}**, trained with LoRA Studio{qlora} by {method}.
 
 ## Training
 
@@ -28,7 +28,7 @@ A LoRA adapter for **{base_model}**, trained with LoRA Studio{qlora}.
 | --- | --- |
 {table}
 
-- Training examples: {rows}
+- Training {unit}: {rows}
 - Dataset sha256: `{dataset_sha256}`
 - Optimizer steps: {steps}
 - Final training loss: {final_loss}
@@ -53,11 +53,22 @@ To fold the adapter into the base weights for export: `model = model.merge_and_u
 """
 
 
+METHOD_NAMES = {"supervised": "supervised fine-tuning (next-token loss on the answers)",
+                "dpo": "DPO (direct preference optimization, the base model as reference)",
+                "orpo": "ORPO (odds-ratio preference optimization, no reference model)"}
+
+
 def model_card(*, title: str, base_model: str, config: dict[str, Any], rows: int, dataset_sha256: str,
                steps: int, final_loss: float | None, targets: list[str], evaluation_md: str = "") -> str:
     table = "\n".join(f"| {k} | {v} |" for k, v in config.items())
     evaluation = f"\n## Evaluation on the validation split\n\n{evaluation_md}\n" if evaluation_md else ""
+    kind = config.get("method", "supervised")
+    method = METHOD_NAMES.get(kind, kind)
+    if kind in ("dpo", "orpo"):
+        method += f" (beta {config.get('beta')})"
     return MODEL_CARD.format(
+        method=method, method_tags=f"\n- {kind}" if kind != "supervised" else "",
+        unit="preference pairs" if kind in ("dpo", "orpo") else "examples",
         title=title, base_model=base_model, table=table, rows=rows, dataset_sha256=dataset_sha256,
         steps=steps, final_loss="n/a" if final_loss is None else f"{final_loss:.4f}",
         targets=", ".join(targets) or "n/a", evaluation=evaluation, qlora=" as QLoRA (4-bit NF4 base)" if config.get("qlora") else "",

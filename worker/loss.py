@@ -1,19 +1,20 @@
-"""The loss: summed next-token cross-entropy over labelled positions (the training objective) and
-the mean of it over a set of examples (the eval-loss pass)."""
+"""The losses: summed next-token cross-entropy over labelled positions (the supervised objective) and
+the mean of it over a set of examples (the eval-loss pass); DPO and ORPO on preference pairs."""
 from __future__ import annotations
 
-from worker.batching import Batch, collate
-from worker.data.tokenization import IGNORE_INDEX, TokenizedExample
+from dataclasses import dataclass
+from typing import Any
+
+from worker.batching import Batch, collate, collate_pairs
+from worker.data.tokenization import IGNORE_INDEX, TokenizedExample, TokenizedPair
 
 
-def summed_token_loss(peft_model, batch: Batch):
-    """Sum of next-token cross-entropy over labelled positions, with logits computed only there.
+def _labelled_logits(peft_model, batch: Batch, with_rows: bool = False):
+    """(logits at labelled positions, their targets, the row of each or None), with the LM head run only there.
 
-    The LM head runs on the hidden states of labelled positions alone: for chat data most
-    positions are prompt, and the vocabulary projection is the largest matmul in a small model.
+    For chat data most positions are prompt, and the vocabulary projection is the largest matmul in a
+    small model.
     """
-    import torch.nn.functional as F
-
     causal = peft_model.get_base_model()
     backbone = getattr(causal, causal.base_model_prefix, None)
     head = causal.get_output_embeddings()
@@ -25,9 +26,16 @@ def summed_token_loss(peft_model, batch: Batch):
     if backbone is None or head is None or getattr(causal.config, "final_logit_softcapping", None):
         logits = peft_model(**inputs).logits[:, :-1][keep]
     else:
-        hidden = backbone(**inputs).last_hidden_state
-        logits = head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
+        logits = head(backbone(**inputs).last_hidden_state[:, :-1][keep])
+    return logits, targets[keep], keep.nonzero()[:, 0] if with_rows else None
+
+
+def summed_token_loss(peft_model, batch: Batch):
+    """Sum of next-token cross-entropy over labelled positions, with logits computed only there."""
+    import torch.nn.functional as F
+
+    logits, targets, _ = _labelled_logits(peft_model, batch)
+    return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
 
 
 def mean_token_loss(model, examples: list[TokenizedExample], batch_size: int, pad_id: int, device) -> float:
@@ -54,3 +62,132 @@ def summed_eval_loss(model, examples: list[TokenizedExample], batch_size: int, p
     if was_training:
         model.train()
     return total, count
+
+
+# --- preference losses (DPO, ORPO) -----------------------------------------------------------------
+
+
+def sequence_logps(peft_model, batch: Batch):
+    """Per row: the summed log-probability of its labelled (answer) tokens, and how many there are."""
+    import torch
+
+    logits, targets, rows = _labelled_logits(peft_model, batch, with_rows=True)
+    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]
+    n_rows = batch.ids.shape[0]
+    summed = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+    counts = torch.bincount(rows, minlength=n_rows)
+    return summed, counts
+
+
+def _log1mexp(x):
+    """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2 (as TRL's ORPO)."""
+    import torch
+
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+@dataclass
+class PreferenceLoss:
+    """One micro-batch of pairs: the parts of the step's loss, summed (the caller divides by the step's
+    pairs and chosen tokens), and the per-pair rewards for the margin and accuracy metrics."""
+
+    pair_sum: Any  # DPO: sum of -log sigmoid(beta * margin); ORPO: sum of -beta * log sigmoid(log odds ratio)
+    nll_sum: Any  # ORPO: the summed NLL of the chosen answer tokens; 0 for DPO
+    chosen_rewards: Any  # detached, one per pair
+    rejected_rewards: Any
+
+    def total(self, pairs: int, chosen_tokens: int):
+        """The loss as TRL defines it for a step of `pairs` pairs with `chosen_tokens` chosen answer tokens."""
+        return self.pair_sum / max(1, pairs) + self.nll_sum / max(1, chosen_tokens)
+
+
+def preference_loss(peft_model, batch: Batch, method: str, beta: float, ref_logps=None) -> PreferenceLoss:
+    """DPO or ORPO on a batch of pairs (chosen rows first, then rejected rows; see collate_pairs).
+
+    DPO (Rafailov et al. 2023, TRL's `sigmoid` loss): the reference is the same model with the
+    adapter disabled, so no second copy is held; its log-probs are computed without gradients.
+    Rewards are beta times the log-ratio to the reference. ORPO (Hong et al. 2024): no reference;
+    the NLL of the chosen answer plus beta times the odds-ratio term on length-averaged log-probs;
+    rewards are beta times those averages (as TRL logs them). `ref_logps` (one per row, computed
+    beforehand, as TRL's precompute_ref_logps) replaces the reference pass: DPO on top of a
+    previous adapter, whose log-probs were taken before training moved it.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    logps, counts = sequence_logps(peft_model, batch)
+    n = batch.ids.shape[0] // 2
+    if method == "dpo":
+        if ref_logps is None:
+            with torch.no_grad(), peft_model.disable_adapter():
+                ref_logps, _ = sequence_logps(peft_model, batch)
+        chosen_ratio, rejected_ratio = logps[:n] - ref_logps[:n], logps[n:] - ref_logps[n:]
+        losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+        return PreferenceLoss(losses.sum(), logps.new_zeros(()), beta * chosen_ratio.detach(),
+                              beta * rejected_ratio.detach())
+    if method == "orpo":
+        mean_logps = logps / counts.clamp(min=1)
+        chosen, rejected = mean_logps[:n], mean_logps[n:]
+        log_odds = (chosen - rejected) - (_log1mexp(chosen) - _log1mexp(rejected))
+        return PreferenceLoss(-beta * F.logsigmoid(log_odds).sum(), -logps[:n].sum(), beta * chosen.detach(),
+                              beta * rejected.detach())
+    raise ValueError(f"unknown preference method {method!r}")
+
+
+def rows_of(table, indices: list[int]):
+    """A pair table's (n, 2) log-probs for a micro-batch, in collate_pairs' row order (chosen, then rejected)."""
+    import torch
+
+    if table is None:
+        return None
+    return torch.cat([table[indices, 0], table[indices, 1]])
+
+
+def pair_logps(model, pairs: list[TokenizedPair], batch_size: int, pad_id: int, device, mean: bool = False):
+    """An (n, 2) table of each pair's chosen and rejected log-probabilities (summed over the answer tokens,
+    or per token with `mean`), computed without dropout or gradients."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            logps, counts = sequence_logps(model, collate_pairs(chunk, pad_id, device))
+            if mean:
+                logps = logps / counts.clamp(min=1)
+            rows.append(torch.stack([logps[:len(chunk)], logps[len(chunk):]], dim=1))
+    if was_training:
+        model.train()
+    return torch.cat(rows) if rows else torch.zeros((0, 2))
+
+
+def preference_eval(model, pairs: list[TokenizedPair], batch_size: int, pad_id: int, device, method: str,
+                    beta: float, ref_table=None) -> dict[str, float]:
+    """Loss, reward margin and reward accuracy over held-out pairs (no dropout, no gradients); `ref_table`:
+    precomputed reference log-probs (pair_logps) when the reference is not the base."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
+    pair_sum = nll_sum = margin_sum = 0.0
+    correct = chosen_tokens = 0
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            indices = order[start:start + batch_size]
+            chunk = [pairs[i] for i in indices]
+            part = preference_loss(model, collate_pairs(chunk, pad_id, device), method, beta,
+                                   rows_of(ref_table, indices))
+            pair_sum += part.pair_sum.item()
+            nll_sum += part.nll_sum.item()
+            margins = part.chosen_rewards - part.rejected_rewards
+            margin_sum += margins.sum().item()
+            correct += int((margins > 0).sum())
+            chosen_tokens += sum(p.chosen.trained_tokens for p in chunk)
+    if was_training:
+        model.train()
+    n = max(1, len(pairs))
+    return {"loss": pair_sum / n + nll_sum / max(1, chosen_tokens), "reward_margin": margin_sum / n,
+            "reward_accuracy": correct / n}

@@ -15,6 +15,30 @@
     options: { animation: false, parsing: false, responsive: true,
       scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "loss" } } } },
   });
+  // Preference jobs (DPO, ORPO): reward margin (left axis) and accuracy (right axis), train and validation.
+  const rewardCanvas = $("reward-chart");
+  const rewards = rewardCanvas && new Chart(rewardCanvas, {
+    type: "line",
+    data: { datasets: [
+      { label: "train margin", key: "reward_margin", yAxisID: "y", data: [], borderColor: "#4f46e5", pointRadius: 0, borderWidth: 2 },
+      { label: "eval margin", key: "eval_reward_margin", yAxisID: "y", data: [], borderColor: "#f79009", pointRadius: 3, borderWidth: 2 },
+      { label: "train accuracy", key: "reward_accuracy", yAxisID: "acc", data: [], borderColor: "#12b76a", pointRadius: 0, borderWidth: 1, borderDash: [4, 3] },
+      { label: "eval accuracy", key: "eval_reward_accuracy", yAxisID: "acc", data: [], borderColor: "#b42318", pointRadius: 3, borderWidth: 1, borderDash: [4, 3] },
+    ] },
+    options: { animation: false, parsing: false, responsive: true,
+      scales: { x: { type: "linear", title: { display: true, text: "step" } },
+                y: { title: { display: true, text: "reward margin" } },
+                acc: { position: "right", min: 0, max: 1, title: { display: true, text: "accuracy" }, grid: { drawOnChartArea: false } } } },
+  });
+  function onRewards(p) {
+    if (!rewards) return;
+    for (const d of rewards.data.datasets) {
+      if (p[d.key] != null) { d.data.push({ x: p.step, y: p[d.key] }); d.data.sort((a, b) => a.x - b.x); }
+    }
+    if (p.reward_margin != null) $("stat-margin").textContent = p.reward_margin.toFixed(3);
+    if (p.reward_accuracy != null) $("stat-accuracy").textContent = p.reward_accuracy.toFixed(2);
+    rewards.update("none");
+  }
   const seen = new Set();
   const renderedStatus = root.dataset.status;
   function fmtEta(s) {
@@ -48,6 +72,7 @@
       $("stat-best").dataset.step = best[0].x;
     }
     chart.update("none");
+    onRewards(p);
     const c = $("points-count"); c.dataset.count = seen.size; c.textContent = `${seen.size} points`;
   }
   const source = new EventSource(root.dataset.eventsUrl);

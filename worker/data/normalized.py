@@ -98,3 +98,17 @@ def _preference(value: dict, report) -> Example | None:
         report("messages", "the prompt must end with a user message")
         return None
     return Example(source=0, messages=prompt, chosen=chosen, rejected=rejected)
+
+
+def holds_preference_pairs(path: str | Path) -> bool:
+    """Whether a normalised file holds preference pairs, from its first line (a file holds one kind)."""
+    with open(path, "rb") as fh:
+        for raw in fh:
+            line = raw.removeprefix(BOM).strip()
+            if line:
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    return False
+                return isinstance(value, dict) and "chosen" in value
+    return False

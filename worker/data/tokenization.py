@@ -1,5 +1,6 @@
 """Tokenization for training: a conversation through the tokenizer's own chat template with the loss
-on assistant tokens only, or a text trained on every token."""
+on assistant tokens only, a text trained on every token, or a preference pair as two conversations
+(prompt + chosen, prompt + rejected) with the loss on the answer tokens only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,13 +22,36 @@ class TokenizedExample:
     def trained_tokens(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE_INDEX)
 
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """A preference pair: prompt + chosen and prompt + rejected, labels on each answer only."""
+
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+
+    @property
+    def trained_tokens(self) -> int:
+        return self.chosen.trained_tokens + self.rejected.trained_tokens
+
+    @property
+    def length(self) -> int:
+        """The longer side, which sets the pair's padded width."""
+        return max(self.chosen.length, self.rejected.length)
+
 
 def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def tokenize_conversation(tokenizer, messages: list[dict[str, str]], max_length: int) -> TokenizedExample:
-    """Render through the chat template; labels cover the assistant turns only.
+def tokenize_conversation(tokenizer, messages: list[dict[str, str]], max_length: int,
+                          train_from: int = 0) -> TokenizedExample:
+    """Render through the chat template; labels cover the assistant turns only (those at index
+    `train_from` or later: a preference pair trains its answer, not the assistant turns of its prompt).
 
     Spans are found on the rendered text (prefix renders of the conversation), then mapped to
     tokens with the tokenizer's offsets, which works for any template that renders a prefix of
@@ -36,7 +60,7 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, str]], max_length:
     full = _render(tokenizer, messages, add_generation_prompt=False)
     spans: list[tuple[int, int]] = []
     for i, msg in enumerate(messages):
-        if msg["role"] != "assistant":
+        if msg["role"] != "assistant" or i < train_from:
             continue
         start_text = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
         end_text = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
@@ -81,4 +105,24 @@ def tokenize_examples(tokenizer, examples: Iterable[Example], max_length: int) -
         ex = tokenize_example(tokenizer, example, max_length)
         if ex.trained_tokens:
             out.append(ex)
+    return out
+
+
+def tokenize_pair(tokenizer, example: Example, max_length: int) -> TokenizedPair:
+    """Prompt + chosen and prompt + rejected through the chat template; labels on the answer tokens only."""
+    if not example.is_preference or not example.messages:
+        raise ValueError(f"example from line {example.source} is not a preference pair")
+    start = len(example.messages)
+    return TokenizedPair(
+        tokenize_conversation(tokenizer, example.messages + example.chosen, max_length, train_from=start),
+        tokenize_conversation(tokenizer, example.messages + (example.rejected or []), max_length, train_from=start))
+
+
+def tokenize_pairs(tokenizer, examples: Iterable[Example], max_length: int) -> list[TokenizedPair]:
+    """Tokenize every preference pair; drop pairs where either answer lost all its tokens to truncation."""
+    out = []
+    for example in examples:
+        pair = tokenize_pair(tokenizer, example, max_length)
+        if pair.chosen.trained_tokens and pair.rejected.trained_tokens:
+            out.append(pair)
     return out
