@@ -136,7 +136,7 @@ def fair_order(preferred_job_id=None, *, capacity: Capacity | None = None) -> li
     queued = FineTuneJob.objects.filter(status=JobStatus.QUEUED).select_related("owner").order_by("created")
     if capacity is not None:
         fitting = queued.filter(memory_mb__lte=capacity.memory_mb).only("id", "owner", "created", "config")
-        queued = [job for job in fitting if job_devices(job.config) <= capacity.count]
+        queued = [job for job in fitting if job_devices(job.config) <= capacity.max_devices]
     else:
         queued = list(queued.only("id", "owner", "created"))
     owners = {job.owner_id: job.owner for job in queued}

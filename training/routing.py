@@ -30,6 +30,12 @@ class Capacity:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def max_devices(self) -> int:
+        """The most `devices` a job may use here: a GPU worker's GPUs; on a CPU worker N processes share
+        its cores (and its memory, which the estimate counts N times), up to TRAIN_MAX_DEVICES."""
+        return self.count if self.device == "cuda" else max(self.count, settings.TRAIN_MAX_DEVICES)
+
 
 def class_queues() -> list[tuple[str, float | None]]:
     """Every class queue with the most memory (GB) its jobs need, smallest first (None: above them all)."""
@@ -60,7 +66,7 @@ def job_devices(config: dict) -> int:
 
 def fits(capacity: Capacity, *, need_mb: float, devices: int = 1) -> bool:
     """Whether a job needing `need_mb` per device on `devices` devices fits this worker."""
-    return need_mb <= capacity.memory_mb and devices <= capacity.count
+    return need_mb <= capacity.memory_mb and devices <= capacity.max_devices
 
 
 def gb(mb: float) -> str:

@@ -130,7 +130,7 @@ def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
 
 def _fleet_limit(fleet: list[tuple[str, Capacity]], devices: int) -> tuple[str, float]:
     """The live worker with the most memory among those with `devices` devices: (name, MB); ("", 0) if none."""
-    able = [(capacity.memory_mb, name) for name, capacity in fleet if capacity.count >= devices]
+    able = [(capacity.memory_mb, name) for name, capacity in fleet if capacity.max_devices >= devices]
     memory, name = max(able) if able else (0.0, "")
     return name, memory
 
@@ -184,7 +184,7 @@ def job_check_fits(*, owner, dataset: Dataset, base_model: BaseModel, config: Tr
     devices = job_devices(config.to_dict())
     name, memory = _fleet_limit(fleet, devices)
     if not name:
-        most = max(capacity.count for _, capacity in fleet)
+        most = max(capacity.max_devices for _, capacity in fleet)
         raise ConfigError("config", f"this job trains on {devices} devices and no live train worker has that many "
                                     f"(at most {most}); it is refused (ROUTING_NO_FIT=refuse)")
     raise ConfigError("config", f"this job needs about {est.memory_mb:,.0f} MB of memory per device and the "

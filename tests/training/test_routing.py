@@ -138,7 +138,9 @@ def test_a_worker_claims_only_jobs_that_fit_it(small_and_big):
     assert fair_order() == [big.id, small.id]
     assert fair_order(capacity=Capacity(device="cpu", count=1, memory_mb=2000)) == [small.id]
     FineTuneJob.objects.filter(id=small.id).update(config={**small.config, "devices": 2})
-    assert fair_order(capacity=Capacity(device="cpu", count=1, memory_mb=8000)) == [big.id]
+    # A GPU worker has as many devices as GPUs; on a CPU worker, ranks are processes sharing its cores.
+    assert fair_order(capacity=Capacity(device="cuda", count=1, memory_mb=8000)) == [big.id]
+    assert fair_order(capacity=Capacity(device="cpu", count=1, memory_mb=8000)) == [big.id, small.id]
     claim = Claim.take_fairest(preferred_job_id=big.id, capacity=Capacity(device="cuda", count=2, memory_mb=2000))
     assert claim.job_id == small.id
 
