@@ -135,7 +135,7 @@ class JobListApi(OpenAIView):
             if not body.get(required):
                 raise OpenAIError(f"Missing required parameter: '{required}'.", param=required,
                                code="missing_required_parameter")
-        base = base_model_list().filter(name=body["model"]).first()
+        base = base_model_list(owner=request.user).filter(name=body["model"]).first()
         if base is None:
             raise OpenAIError(f"The model '{body['model']}' does not exist or is not a base model you can fine-tune",
                            param="model", code="model_not_found", status=404)
