@@ -3,7 +3,6 @@ USER_MODELS on, every user adds models private to them. A model from the Hub or 
 by a background worker: poll its detail for `status` and `bytes_done` / `bytes_total`."""
 from __future__ import annotations
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -43,6 +42,7 @@ class JobRef(serializers.Serializer):
     status = serializers.CharField()
 
 
+@extend_schema_serializer(component_name="BaseModelDetail")
 class BaseModelDetailOutput(BaseModelOutput):
     jobs = serializers.SerializerMethodField(help_text="your fine-tuning jobs on this model")
     jobs_total = serializers.SerializerMethodField(help_text="every user's jobs on this model (deletion is "
@@ -116,7 +116,7 @@ class BaseModelDetailApi(APIView):
         model = selectors.base_model_get(owner=request.user, model_id=model_id)
         return Response(BaseModelDetailOutput(model, context={"owner": request.user}).data)
 
-    @extend_schema(responses={204: OpenApiTypes.NONE, **error_responses(403, 404, 409)})
+    @extend_schema(responses={204: None, **error_responses(403, 404, 409)})
     def delete(self, request, model_id):
         model = selectors.base_model_get(owner=request.user, model_id=model_id)
         services.base_model_delete(by=request.user, model=model)
