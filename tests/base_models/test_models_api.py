@@ -113,27 +113,35 @@ def test_a_shared_model_is_deleted_by_staff_only(api, base_model):
     assert response.status_code == 403 and BaseModel.objects.filter(id=base_model.id).exists()
 
 
-def test_a_gguf_upload_is_converted_by_a_worker(settings, api, user, tiny_llama, models_dir, monkeypatch):
-    """The upload path end to end, with the converter standing in (the real one is tested with a GGUF
-    written from the tiny model in test_gguf.py)."""
+def test_a_gguf_upload_is_converted_by_a_worker_into_the_same_model(settings, api, user, tiny_llama, models_dir,
+                                                                    tmp_path):
+    """A GGUF written from the tiny model (tiny_gguf.py) goes through the upload and the worker's conversion and
+    comes back as a safetensors folder with the same logits, tokenizer and chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.base_models.tiny_gguf import write_tiny_gguf
+
     settings.USER_MODELS = True
-    seen = {}
-
-    def convert(gguf, out):
-        seen["gguf"] = gguf.read_bytes()
-        shutil.copytree(tiny_llama, out)
-        return out
-
-    monkeypatch.setattr("worker.demo_model.convert_gguf_to_hf", convert)
-    upload = SimpleUploadedFile("tiny.Q4.gguf", b"GGUF" + b"\0" * 60)
-    response = api.post("/api/v1/base-models/", {"source": "gguf", "file": upload}, format="multipart")
+    gguf = write_tiny_gguf(tiny_llama, tmp_path / "tiny.F32.gguf")
+    with open(gguf, "rb") as f:
+        response = api.post("/api/v1/base-models/", {"source": "gguf", "file": f}, format="multipart")
     assert response.status_code == 202, response.content
     model = BaseModel.objects.get(id=response.json()["id"])
-    assert (model.name, model.source, model.owner, model.status) == ("tiny.Q4", ModelSource.GGUF, user, "queued")
-    services.base_model_convert_gguf(model_id=model.id)
+    assert (model.name, model.source, model.owner, model.status) == ("tiny.F32", ModelSource.GGUF, user, "queued")
+    services.base_model_convert_gguf(model_id=model.id)  # the background task's body
     model.refresh_from_db()
-    assert model.status == ModelStatus.READY and model.context_length == 512 and model.has_chat_template
-    assert seen["gguf"].startswith(b"GGUF") and not (services.model_folder(model) / "upload.gguf").exists()
+    assert model.status == ModelStatus.READY, model.error
+    assert (model.architecture, model.context_length, model.has_chat_template) == ("LlamaForCausalLM", 512, True)
+    assert not (services.model_folder(model) / "upload.gguf").exists()
+    ids = torch.tensor([[1, 5, 9, 30, 77, 2]])
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(tiny_llama)(ids).logits
+        got = AutoModelForCausalLM.from_pretrained(model.local_path)(ids).logits
+    assert torch.allclose(want, got, atol=1e-6)
+    text = "The quick brown fox, hello world"
+    assert AutoTokenizer.from_pretrained(model.local_path)(text).input_ids == \
+        AutoTokenizer.from_pretrained(tiny_llama)(text).input_ids
 
 
 def test_a_gguf_that_cannot_be_converted_fails_with_the_reason(settings, api, models_dir):
