@@ -20,12 +20,13 @@ def folder_files(folder: Path) -> dict[str, bytes]:
 
 
 def hub_handler(repos: dict[str, dict[str, bytes]], *, drop_once: set[str] = frozenset()):
-    """A request handler class serving `repos`; `.log` records (path, Range, Authorization) of each request."""
-    dropped: set[str] = set()
+    """A request handler class serving `repos`; `.log` records (path, Range, Authorization) of each request,
+    `.dropped` the files already cut off (clear both to start over)."""
     lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         log: list[tuple[str, str, str]] = []
+        dropped: set[str] = set()
         protocol_version = "HTTP/1.1"
 
         def log_message(self, *args):
@@ -71,8 +72,8 @@ def hub_handler(repos: dict[str, dict[str, bytes]], *, drop_once: set[str] = fro
                 if start >= len(data):
                     return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
             with lock:
-                drop = name in drop_once and name not in dropped
-                dropped.add(name) if drop else None
+                drop = name in drop_once and name not in Handler.dropped
+                Handler.dropped.add(name) if drop else None
             self.send_response(206 if ranged else 200)
             self.send_header("Content-Length", str(len(data) - start))
             if ranged:

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def staff(django_user_model):
-    return django_user_model.objects.create_user("root", password="pw-root-123", is_staff=True)
+    return django_user_model.objects.create_user("root", is_staff=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def hub_repos(tiny_llama):
     tiny = folder_files(tiny_llama)
     config = json.loads(tiny["config.json"])
@@ -28,19 +28,24 @@ def hub_repos(tiny_llama):
     return {"org/tiny": tiny, "org/remote-code": remote, "org/pickled": pickled}
 
 
-@pytest.fixture
-def hub(settings, tmp_path, hub_repos):
-    """The stand-in Hub, allowed by the admin's list (it listens on 127.0.0.1)."""
+@pytest.fixture(scope="module")
+def hub_server(hub_repos):
     handler = hub_handler(hub_repos, drop_once={"model.safetensors"})
-    handler.log = []
     with local_http_server(handler) as url:
-        settings.HF_ENDPOINT = url
-        settings.OFFLINE = False
-        settings.HUB_ALLOWED_HOSTS = ["127.0.0.1"]
-        settings.HUB_ALLOWED_PORTS = [(1, 65535)]
-        settings.BASE_MODELS_DIR = tmp_path / "models"
         handler.url = url
         yield handler
+
+
+@pytest.fixture
+def hub(settings, tmp_path, hub_server):
+    """The stand-in Hub, allowed by the admin's list (it listens on 127.0.0.1), with a fresh request log."""
+    hub_server.log, hub_server.dropped = [], set()
+    settings.HF_ENDPOINT = hub_server.url
+    settings.OFFLINE = False
+    settings.HUB_ALLOWED_HOSTS = ["127.0.0.1"]
+    settings.HUB_ALLOWED_PORTS = [(1, 65535)]
+    settings.BASE_MODELS_DIR = tmp_path / "models"
+    return hub_server
 
 
 def _download(staff, hub_id, **kw) -> BaseModel:

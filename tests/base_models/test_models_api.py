@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def staff(django_user_model):
-    return django_user_model.objects.create_user("root", password="pw-root-123", is_staff=True)
+    return django_user_model.objects.create_user("root", is_staff=True)
 
 
 @pytest.fixture
