@@ -73,6 +73,21 @@ def test_download_resumes_a_dropped_connection_and_describes_the_model(staff, hu
     assert not list(services.model_folder(model).glob("*.part"))
 
 
+def test_a_download_whose_worker_died_resumes_its_partial_file(staff, hub, tiny_llama):
+    """A redelivered task (the worker was killed mid-file) continues from the bytes already on disk."""
+    model = services.base_model_add_from_hub(by=staff, hub_id="org/tiny")
+    weights = (tiny_llama / "model.safetensors").read_bytes()
+    folder = services.model_folder(model)
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors.part").write_bytes(weights[:1000])
+    BaseModel.objects.filter(id=model.id).update(status=ModelStatus.DOWNLOADING)
+    services.base_model_download(model_id=model.id)
+    model.refresh_from_db()
+    assert model.status == ModelStatus.READY, model.error
+    assert [r for p, r, _ in hub.log if p.endswith("model.safetensors")][0] == "bytes=1000-"
+    assert (folder / "model.safetensors").read_bytes() == weights
+
+
 def test_a_model_that_needs_remote_code_is_refused_before_any_weight(staff, hub):
     model = _download(staff, "org/remote-code")
     assert model.status == ModelStatus.FAILED

@@ -68,6 +68,11 @@ def test_a_folder_with_remote_code_is_refused(api_staff, tiny_llama, tmp_path):
     response = api_staff.post("/api/v1/base-models/", {"source": "folder", "name": "c", "path": str(folder)},
                               format="json")
     assert response.status_code == 400 and "remote code" in response.json()["error"]["message"]
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="remote code"):
+        call_command("register_model", "c", str(folder))
+    assert not BaseModel.objects.exists()
 
 
 def test_private_models_are_their_owners_only(settings, user, other_user, api, api_bob, models_dir):
