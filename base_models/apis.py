@@ -11,7 +11,6 @@ from rest_framework.views import APIView
 
 from base_models import selectors, services
 from base_models.models import ModelSource
-from common.exceptions import ProductError
 from common.rest import SafeJSONParser, StrictInput
 from common.schema import error_responses
 
@@ -91,18 +90,9 @@ class BaseModelListApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        source = v["source"]
-        if source == ModelSource.HUB:
-            if not v.get("hub_id"):
-                raise ProductError("give the model's Hugging Face id", field="hub_id")
-            model = services.base_model_add_from_hub(by=request.user, hub_id=v["hub_id"],
-                                                     revision=v.get("revision", ""), token=v.get("token", ""),
-                                                     name=v.get("name", ""))
-        elif source == ModelSource.FOLDER:
-            model = services.base_model_add_from_folder(by=request.user, name=v.get("name", ""),
-                                                        path=v.get("path", ""))
-        else:
-            model = services.base_model_add_from_gguf(by=request.user, upload=v.get("file"), name=v.get("name", ""))
+        model = services.base_model_add(by=request.user, source=v["source"], name=v.get("name", ""),
+                                        hub_id=v.get("hub_id", ""), revision=v.get("revision", ""),
+                                        token=v.get("token", ""), path=v.get("path", ""), upload=v.get("file"))
         code = status.HTTP_201_CREATED if model.status == "ready" else status.HTTP_202_ACCEPTED
         return Response(BaseModelOutput(model).data, status=code)
 

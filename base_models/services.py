@@ -318,6 +318,20 @@ def base_model_convert_gguf(*, model_id) -> None:
         status=ModelStatus.READY, error="")
 
 
+def base_model_add(*, by, source: str, name: str = "", hub_id: str = "", revision: str = "", token: str = "",
+                   path: str = "", upload=None) -> BaseModel:
+    """Add a model from one of the three sources (the page and the API both come here)."""
+    if source == ModelSource.HUB:
+        if not (hub_id or "").strip():
+            raise ProductError("give the model's Hugging Face id", field="hub_id")
+        return base_model_add_from_hub(by=by, hub_id=hub_id, revision=revision, token=token, name=name)
+    if source == ModelSource.FOLDER:
+        return base_model_add_from_folder(by=by, name=name, path=path)
+    if source == ModelSource.GGUF:
+        return base_model_add_from_gguf(by=by, upload=upload, name=name)
+    raise ProductError("choose a source: hub, folder or gguf", field="source")
+
+
 # -- delete ------------------------------------------------------------------------------------------
 
 def base_model_delete(*, by, model: BaseModel) -> None:

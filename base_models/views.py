@@ -37,18 +37,10 @@ def model_list(request):
     post = request.POST
     source = post.get("source", "")
     try:
-        if source == "hub":
-            model = services.base_model_add_from_hub(by=request.user, hub_id=post.get("hub_id", ""),
-                                                     revision=post.get("revision", ""), token=post.get("token", ""),
-                                                     name=post.get("name", ""))
-        elif source == "folder":
-            model = services.base_model_add_from_folder(by=request.user, name=post.get("name", ""),
-                                                        path=post.get("path", ""))
-        elif source == "gguf":
-            model = services.base_model_add_from_gguf(by=request.user, upload=request.FILES.get("file"),
-                                                      name=post.get("name", ""))
-        else:
-            raise ProductError("choose a source: hub, folder or gguf", field="source")
+        model = services.base_model_add(by=request.user, source=source, name=post.get("name", ""),
+                                        hub_id=post.get("hub_id", ""), revision=post.get("revision", ""),
+                                        token=post.get("token", ""), path=post.get("path", ""),
+                                        upload=request.FILES.get("file"))
     except ProductError as exc:
         kept = {k: post.get(k, "") for k in ("name", "hub_id", "revision", "path")}
         return _page(request, form={"source": source, "field": exc.field, "error": exc.message, **kept},

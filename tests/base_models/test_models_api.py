@@ -190,3 +190,11 @@ def test_the_models_page_shows_progress_of_a_download(client_in, user, settings,
     html = client_in.get("/models/").content.decode()
     assert f'data-model-poll="/api/v1/base-models/{model.id}/"' in html and 'value="250"' in html
     assert "<script>" not in html  # CSP: scripts are static files only
+
+
+def test_the_page_refuses_a_user_who_may_not_add_and_says_why(client_in, settings):
+    settings.USER_MODELS = False
+    assert "Upload and convert" not in client_in.get("/models/").content.decode()  # no forms to offer
+    response = client_in.post("/models/", {"source": "hub", "hub_id": "org/tiny"})
+    assert response.status_code == 403 and "USER_MODELS=1" in response.content.decode()
+    assert not BaseModel.objects.exists()
