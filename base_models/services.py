@@ -12,13 +12,15 @@ from typing import Callable
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 
 from base_models.hub import HubClient, HubError, check_repo_id, check_revision, files_to_fetch, remote_code_refusal
 from base_models.models import BaseModel, ModelSource, ModelStatus
-from common import queue
+from common import blobs, queue
 from common.blobs import is_store_url, model_local_path
 from common.exceptions import ProductError, StateError
 from common.outbound import OutboundPolicy
+from common.storage import media_path
 from worker.modeling import context_length, describe_model
 
 log = logging.getLogger(__name__)
@@ -97,9 +99,30 @@ def _create(**fields) -> BaseModel:
                            field="name") from None
 
 
+def model_relative(model: BaseModel) -> str:
+    """The media name of a model this product downloads or converts."""
+    return f"base-models/{model.id}"
+
+
 def model_folder(model: BaseModel) -> Path:
-    """Where a downloaded or converted model lives on the shared model disk."""
-    return Path(settings.BASE_MODELS_DIR) / str(model.id)
+    """Where a downloaded or converted model is made (under MEDIA_ROOT, on the background worker's disk)."""
+    return media_path(model_relative(model))
+
+
+def _finish(model: BaseModel, relative: str, **fields) -> None:
+    """Describe the finished folder and mark the model ready. With an object store the folder is published
+    and registered by its store URL, so a train or chat worker on another machine fetches it on first use."""
+    folder = media_path(relative)
+    info = describe_model(str(folder))
+    ctx = context_length(str(folder))
+    path = str(folder)
+    if blobs.enabled():
+        blobs.publish(relative)
+        path = blobs.store_url(relative)
+    BaseModel.objects.filter(id=model.id).update(
+        path=path, architecture=info["architecture"], parameters=info["parameters"],
+        linear_modules=info["linear_modules"], has_chat_template=info["has_chat_template"], context_length=ctx,
+        status=ModelStatus.READY, error="", **fields)
 
 
 # -- a local folder --------------------------------------------------------------------------------
@@ -251,19 +274,12 @@ def base_model_download(*, model_id) -> None:
         for file in wanted:
             client.download(model.hub_id, sha, file, folder, progress)
         progress.save()
-        info = describe_model(str(folder))
-        ctx = context_length(str(folder))
+        _finish(model, model_relative(model), hub_token="")
     except ProductError as exc:
         _fail(model, exc.message, folder)
-        return
     except (OSError, ValueError) as exc:
         log.exception("download of %s failed", model.hub_id)
         _fail(model, f"the downloaded model cannot be read: {type(exc).__name__}: {exc}"[:500], folder)
-        return
-    BaseModel.objects.filter(id=model.id).update(
-        path=str(folder), architecture=info["architecture"], parameters=info["parameters"],
-        linear_modules=info["linear_modules"], has_chat_template=info["has_chat_template"], context_length=ctx,
-        status=ModelStatus.READY, error="", hub_token="", hub_revision=model.hub_revision)
 
 
 # -- a GGUF upload -----------------------------------------------------------------------------------
@@ -305,17 +321,11 @@ def base_model_convert_gguf(*, model_id) -> None:
     gguf, out = folder / "upload.gguf", folder / "model"
     try:
         convert_gguf_to_hf(gguf, out)
-        info = describe_model(str(out))
-        ctx = context_length(str(out))
+        gguf.unlink(missing_ok=True)
+        _finish(model, f"{model_relative(model)}/model")
     except Exception as exc:  # a GGUF the converter cannot read: any error of gguf/transformers
         log.exception("GGUF conversion of %s failed", model_id)
         _fail(model, f"the GGUF file cannot be converted: {type(exc).__name__}: {exc}"[:500], folder)
-        return
-    gguf.unlink(missing_ok=True)
-    BaseModel.objects.filter(id=model.id).update(
-        path=str(out), architecture=info["architecture"], parameters=info["parameters"],
-        linear_modules=info["linear_modules"], has_chat_template=info["has_chat_template"], context_length=ctx,
-        status=ModelStatus.READY, error="")
 
 
 def base_model_add(*, by, source: str, name: str = "", hub_id: str = "", revision: str = "", token: str = "",
@@ -346,7 +356,9 @@ def base_model_delete(*, by, model: BaseModel) -> None:
     if jobs:
         raise StateError(f"{model.name} is used by {jobs} fine-tuning job{'s' if jobs != 1 else ''}; "
                          f"delete those jobs first", field="base_model")
-    folder = model_folder(model)
-    model.delete()
+    try:
+        model.delete()
+    except ProtectedError:  # a job was made on it just now
+        raise StateError(f"{model.name} is used by a fine-tuning job; delete it first", field="base_model") from None
     if model.source != ModelSource.FOLDER:
-        shutil.rmtree(folder, ignore_errors=True)
+        blobs.delete(model_relative(model))

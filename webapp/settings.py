@@ -362,10 +362,9 @@ WEBHOOK_ALLOWED_PORTS = env_port_ranges("WEBHOOK_ALLOWED_PORTS", "80,443,8080,84
 WEBHOOK_ALLOWED_HOSTS = env_hosts("WEBHOOK_ALLOWED_HOSTS", [])
 DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM2-135M-Instruct")))
 # Base models (base_models): staff add shared ones on the Models page; USER_MODELS=1 lets every user add
-# models private to them. Downloads and GGUF conversions land in BASE_MODELS_DIR, a disk the web process
-# and the background workers share.
+# models private to them. Downloads and GGUF conversions are made under MEDIA_ROOT/base-models/ (and
+# published to the object store when STORAGE_URL is set, so workers on other machines fetch them).
 USER_MODELS = env_bool("USER_MODELS", False)
-BASE_MODELS_DIR = Path(env_str("BASE_MODELS_DIR", str(VAR_DIR / "models" / "added")))
 # The Hugging Face Hub (or a mirror speaking its file API). OFFLINE=1 refuses Hub downloads with a clear
 # message (`make run` sets it: the demo machine has no internet). Hub requests go through common.outbound:
 # public addresses only, on HUB_ALLOWED_PORTS, plus the internal hosts an admin lists in HUB_ALLOWED_HOSTS

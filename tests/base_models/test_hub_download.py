@@ -2,6 +2,8 @@
 tiny model: a download that resumes after a dropped connection, and the refusals (remote code, pickle-only
 weights, too large, an inside address without the admin's allow-list, OFFLINE)."""
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +46,6 @@ def hub(settings, tmp_path, hub_server):
     settings.OFFLINE = False
     settings.HUB_ALLOWED_HOSTS = ["127.0.0.1"]
     settings.HUB_ALLOWED_PORTS = [(1, 65535)]
-    settings.BASE_MODELS_DIR = tmp_path / "models"
     return hub_server
 
 
@@ -138,3 +139,16 @@ def test_a_bad_hub_id_is_a_400_naming_it(settings, api, hub_id):
     settings.USER_MODELS, settings.OFFLINE = True, False
     response = api.post("/api/v1/base-models/", {"source": "hub", "hub_id": hub_id}, format="json")
     assert response.status_code == 400 and "hub_id" in json.dumps(response.json())
+
+
+def test_with_an_object_store_the_model_is_published_for_other_machines(staff, hub, object_store, tiny_llama):
+    model = _download(staff, "org/tiny")
+    assert model.status == ModelStatus.READY, model.error
+    assert model.path.startswith(f"s3://{object_store}/") and model.path.endswith(f"base-models/{model.id}")
+    shutil.rmtree(services.model_folder(model))  # another machine: nothing of it on this disk
+    local = Path(model.local_path)  # fetched from the store into the model cache
+    assert (local / "model.safetensors").read_bytes() == (tiny_llama / "model.safetensors").read_bytes()
+    services.base_model_delete(by=staff, model=model)
+    from common import blobs
+
+    assert not blobs.exists(f"base-models/{model.id}")

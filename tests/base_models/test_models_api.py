@@ -22,12 +22,6 @@ def api_staff(staff):
     return bearer_client(staff)
 
 
-@pytest.fixture
-def models_dir(settings, tmp_path):
-    settings.BASE_MODELS_DIR = tmp_path / "models"
-    return settings.BASE_MODELS_DIR
-
-
 def test_staff_register_a_folder_and_it_shows_what_a_job_needs(api_staff, tiny_llama, api):
     response = api_staff.post("/api/v1/base-models/", {"source": "folder", "name": "tiny", "path": str(tiny_llama)},
                               format="json")
@@ -75,7 +69,7 @@ def test_a_folder_with_remote_code_is_refused(api_staff, tiny_llama, tmp_path):
     assert not BaseModel.objects.exists()
 
 
-def test_private_models_are_their_owners_only(settings, user, other_user, api, api_bob, models_dir):
+def test_private_models_are_their_owners_only(settings, user, other_user, api, api_bob):
     settings.USER_MODELS, settings.OFFLINE = True, False
     response = api.post("/api/v1/base-models/", {"source": "hub", "hub_id": "org/tiny", "token": "hf_x"},
                         format="json")
@@ -118,7 +112,7 @@ def test_a_shared_model_is_deleted_by_staff_only(api, base_model):
     assert response.status_code == 403 and BaseModel.objects.filter(id=base_model.id).exists()
 
 
-def test_a_gguf_upload_is_converted_by_a_worker_into_the_same_model(settings, api, user, tiny_llama, models_dir,
+def test_a_gguf_upload_is_converted_by_a_worker_into_the_same_model(settings, api, user, tiny_llama,
                                                                     tmp_path):
     """A GGUF written from the tiny model (tiny_gguf.py) goes through the upload and the worker's conversion and
     comes back as a safetensors folder with the same logits, tokenizer and chat template."""
@@ -149,7 +143,7 @@ def test_a_gguf_upload_is_converted_by_a_worker_into_the_same_model(settings, ap
         AutoTokenizer.from_pretrained(tiny_llama)(text).input_ids
 
 
-def test_a_gguf_that_cannot_be_converted_fails_with_the_reason(settings, api, models_dir):
+def test_a_gguf_that_cannot_be_converted_fails_with_the_reason(settings, api):
     settings.USER_MODELS = True
     upload = SimpleUploadedFile("broken.gguf", b"GGUF" + b"\xff" * 60)
     model_id = api.post("/api/v1/base-models/", {"source": "gguf", "file": upload}, format="multipart").json()["id"]
@@ -159,7 +153,7 @@ def test_a_gguf_that_cannot_be_converted_fails_with_the_reason(settings, api, mo
 
 
 @pytest.mark.parametrize("content,message", [(b"PK\x03\x04zip", "not a GGUF file"), (b"GGUF" + b"\0" * 2000, "limit")])
-def test_a_bad_gguf_upload_is_a_400_naming_the_file(settings, api, models_dir, content, message):
+def test_a_bad_gguf_upload_is_a_400_naming_the_file(settings, api, content, message):
     settings.USER_MODELS, settings.GGUF_MAX_BYTES = True, 1000
     response = api.post("/api/v1/base-models/", {"source": "gguf", "file": SimpleUploadedFile("m.gguf", content)},
                         format="multipart")
@@ -183,7 +177,7 @@ def test_the_models_page_lists_models_and_lets_staff_register_a_folder(client, s
     assert bad.status_code == 400 and "config.json" in bad.content.decode()
 
 
-def test_the_models_page_shows_progress_of_a_download(client_in, user, settings, models_dir):
+def test_the_models_page_shows_progress_of_a_download(client_in, user, settings):
     settings.USER_MODELS = True
     model = BaseModel.objects.create(name="org/big", path="", owner=user, source=ModelSource.HUB,
                                      status=ModelStatus.DOWNLOADING, bytes_total=1000, bytes_done=250)
