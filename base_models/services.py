@@ -305,6 +305,7 @@ def base_model_add_from_gguf(*, by, upload, name: str = "") -> BaseModel:
     with open(folder / "upload.gguf", "wb") as out:
         for chunk in upload.chunks():
             out.write(chunk)
+    blobs.publish(f"{model_relative(model)}/upload.gguf")  # the converting worker may be on another machine
     queue.enqueue(queue.GGUF_CONVERT, str(model.id))
     return model
 
@@ -317,11 +318,10 @@ def base_model_convert_gguf(*, model_id) -> None:
     model = _claim(model_id, waiting=ModelStatus.QUEUED, working=ModelStatus.CONVERTING)
     if model is None:
         return
-    folder = model_folder(model)
-    gguf, out = folder / "upload.gguf", folder / "model"
+    folder, upload = model_folder(model), f"{model_relative(model)}/upload.gguf"
     try:
-        convert_gguf_to_hf(gguf, out)
-        gguf.unlink(missing_ok=True)
+        convert_gguf_to_hf(blobs.fetch(upload), folder / "model")
+        blobs.delete(upload)
         _finish(model, f"{model_relative(model)}/model")
     except Exception as exc:  # a GGUF the converter cannot read: any error of gguf/transformers
         log.exception("GGUF conversion of %s failed", model_id)
