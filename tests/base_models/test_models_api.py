@@ -175,6 +175,7 @@ def test_the_models_page_lists_models_and_lets_staff_register_a_folder(client, s
     assert "tiny-page" in html and "512 tokens" in html
     bad = client.post("/models/", {"source": "folder", "name": "again", "path": "/nowhere"})
     assert bad.status_code == 400 and "config.json" in bad.content.decode()
+    assert 'name="path" maxlength="500" required autofocus aria-invalid="true"' in bad.content.decode()
 
 
 def test_the_models_page_shows_progress_of_a_download(client_in, user, settings):
