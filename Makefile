@@ -14,7 +14,7 @@ run: install
 	@$(PY) manage.py prepare_demo_model
 	@$(PY) manage.py ensure_login --url http://127.0.0.1:$(PORT)
 	@echo "  Starting: $(PROCESSES). Press Ctrl-C to stop them all."
-	@exec .venv/bin/honcho -f Procfile start -p $(PORT) $(PROCESSES)
+	@OFFLINE=$${OFFLINE:-1} exec .venv/bin/honcho -f Procfile start -p $(PORT) $(PROCESSES)
 
 test: install browser
 	$(PY) -m pytest

@@ -191,7 +191,7 @@ class WinRateApi(APIView):
         if wanted is not None:
             if not is_uuid(wanted):
                 raise ConfigError("base_model", "must be a base model id")
-            base = base_model_find(wanted)
+            base = base_model_find(wanted, owner=request.user)
             if base is None:
                 raise ConfigError("base_model", "no such base model")
         return Response(self.OutputSerializer(selectors.vote_win_rates(owner=request.user, base_model=base),
@@ -228,7 +228,7 @@ class VotesDatasetApi(APIView):
         data.is_valid(raise_exception=True)
         base = None
         if "base_model" in data.validated_data:
-            base = base_model_find(str(data.validated_data["base_model"]))
+            base = base_model_find(str(data.validated_data["base_model"]), owner=request.user)
             if base is None:
                 raise ConfigError("base_model", "no such base model")
         dataset, summary = services.votes_dataset_create(owner=request.user, name=data.validated_data.get("name", ""),

@@ -279,6 +279,12 @@ _models_ready: set[str] = set()
 _models_lock = threading.Lock()
 
 
+def store_url(relative: str) -> str:
+    """s3://BUCKET/KEY of the name `relative` in the store (a published base model folder is registered by it,
+    so every machine finds it through `model_local_path`)."""
+    return f"s3://{_storage().bucket_name}/{_key(relative)}"
+
+
 def is_store_url(path: str) -> bool:
     return str(path).startswith("s3://")
 

@@ -12,6 +12,8 @@ MERGE_ADAPTER = "training.adapter_merge"
 CHAT_ANSWER = "arena.chat_answer"
 CHAT_ROUND = "arena.chat_round"
 WEBHOOK_DELIVER = "webhooks.deliver"
+HUB_DOWNLOAD = "base_models.hub_download"
+GGUF_CONVERT = "base_models.gguf_convert"
 # Periodic sweeps (scheduled by Celery beat) that re-queue work whose message was lost.
 SWEEP_MERGES = "training.sweep_merges"
 SWEEP_WEBHOOKS = "webhooks.sweep"

@@ -83,7 +83,7 @@ def resolve_model(owner, name: str) -> tuple[BaseModel, FineTuneJob | None]:
                 if fine_tuned_model(job) == name and hasattr(job, "adapter"):
                     return job.base_model, job
     else:
-        base = base_model_list().filter(name=name).first()
+        base = base_model_list(owner=owner).filter(name=name).first()
         if base is not None:
             return base, None
     raise OpenAIError(f"The model '{name}' does not exist or you do not have access to it.", param="model",

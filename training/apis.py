@@ -74,7 +74,7 @@ def _job_inputs(request, serializer_class):
     dataset = dataset_find(owner=request.user, dataset_id=values["dataset"])
     if dataset is None:
         raise ConfigError("dataset", "no such dataset")
-    base = base_model_find(values["base_model"])
+    base = base_model_find(values["base_model"], owner=request.user)
     if base is None:
         raise ConfigError("base_model", "no such base model")
     config = services.job_start_config(owner=request.user, base_model=base,

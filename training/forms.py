@@ -4,6 +4,7 @@ from __future__ import annotations
 from django import forms
 
 from base_models.models import BaseModel
+from base_models.selectors import base_model_list
 from training.models import JobStatus
 from training.selectors import job_list
 from training.services import job_check_fits, job_check_method, job_estimate, job_start_config, job_validate_config
@@ -113,7 +114,7 @@ class JobForm(forms.Form):
 
     def __init__(self, *args, owner, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["base_model"].queryset = BaseModel.objects.all()
+        self.fields["base_model"].queryset = base_model_list(owner=owner)
         self.fields["dataset"].queryset = Dataset.objects.filter(owner=owner)
         self.fields["validation_dataset"].queryset = Dataset.objects.filter(owner=owner)
         done = job_list(owner=owner, status=JobStatus.SUCCEEDED).select_related("base_model")

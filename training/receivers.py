@@ -5,6 +5,7 @@ from django.db.models import Sum
 from django.dispatch import receiver
 
 from accounts.limits import usage_reported
+from base_models.services import register_worker_memory_probe
 from training import selectors
 from common import blobs
 from training.files import merged_zip_name
@@ -31,3 +32,13 @@ def report_usage(sender, user, **kwargs):
     return {"storage_bytes": adapters + merged, "active_jobs": selectors.active_job_count(owner=user),
             "running_jobs": FineTuneJob.objects.filter(owner=user, status=JobStatus.RUNNING).count(),
             "compute_seconds_per_day": int(selectors.compute_seconds_today(owner=user))}
+
+
+def _largest_train_worker_mb() -> float | None:
+    """The memory of the largest live train worker, for the Hub download's size check (base_models)."""
+    from training.workers import live_capacities
+
+    return max((capacity.memory_mb for _, capacity in live_capacities()), default=None)
+
+
+register_worker_memory_probe(_largest_train_worker_mb)

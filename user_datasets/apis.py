@@ -147,7 +147,8 @@ class DatasetTokensApi(APIView):
         query = self.QuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         chosen_id = query.validated_data.get("base_model")
-        chosen = base_model_find(chosen_id) if chosen_id else base_model_list().first()
+        chosen = (base_model_find(chosen_id, owner=request.user) if chosen_id
+                  else base_model_list(owner=request.user).first())
         if chosen is None:
             raise ConfigError("base_model", "unknown base model" if chosen_id else "no base model is registered yet")
         max_length = query.validated_data["max_length"]

@@ -365,7 +365,7 @@ def upload_checks_resend(*, stale_seconds: float, max_attempts: int = 3) -> int:
 def _count_tokens_for_default_model(dataset: Dataset) -> None:
     """Start counting a new dataset's tokens with the first base model's tokenizer (the check page's
     and the job form's default), so that they are usually ready when first looked at."""
-    first = base_model_list().first()
+    first = base_model_list(owner=dataset.owner).first()
     if first is not None:
         try:
             token_profile_request(dataset=dataset, model_path=first.path)

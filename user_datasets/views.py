@@ -82,8 +82,8 @@ def dataset_map(request):
 def dataset_detail(request, dataset_id):
     """The check page: counts, schema, examples as the model will see them, token lengths."""
     ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
-    models = base_model_list()
-    chosen = base_model_find(request.GET.get("model")) or models.first()
+    models = base_model_list(owner=request.user)
+    chosen = base_model_find(request.GET.get("model"), owner=request.user) or models.first()
     try:
         max_length = min(131072, max(16, int(request.GET.get("max_length", 256))))
     except ValueError:
@@ -152,7 +152,8 @@ def dataset_demo(request):
 def dataset_tokens_status(request, dataset_id):
     """How far the count of a dataset's tokens under a model's tokenizer is (the check page polls it)."""
     ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
-    chosen = base_model_find(request.GET.get("model")) or base_model_list().first()
+    chosen = (base_model_find(request.GET.get("model"), owner=request.user)
+              or base_model_list(owner=request.user).first())
     if chosen is None:
         return JsonResponse({"status": "none"})
     profile = services.token_profile_request(dataset=ds, model_path=chosen.path)

@@ -286,6 +286,9 @@ CELERY_TASK_ROUTES = ("training.routing.route_train_job", {
     "user_datasets.check_upload": {"queue": "background"},
     "user_datasets.token_profile": {"queue": "background"},
     "user_datasets.sweep": {"queue": "background"},
+    # Base models from the Hub or a GGUF upload are made off the web process.
+    "base_models.hub_download": {"queue": "background"},
+    "base_models.gguf_convert": {"queue": "background"},
 })
 SWEEP_SECONDS = env_int("SWEEP_SECONDS", 30)  # how often Celery beat runs the sweeps
 # The sweeps put stranded work back on track (see training.claims, training.dispatch, the merge and
@@ -363,6 +366,21 @@ WEBHOOK_ALLOWED_PORTS = env_port_ranges("WEBHOOK_ALLOWED_PORTS", "80,443,8080,84
 # Internal targets an admin lets webhooks reach anyway: host names, IP addresses or CIDRs.
 WEBHOOK_ALLOWED_HOSTS = env_hosts("WEBHOOK_ALLOWED_HOSTS", [])
 DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM2-135M-Instruct")))
+# Base models (base_models): staff add shared ones on the Models page; USER_MODELS=1 lets every user add
+# models private to them. Downloads and GGUF conversions are made under MEDIA_ROOT/base-models/ (and
+# published to the object store when STORAGE_URL is set, so workers on other machines fetch them).
+USER_MODELS = env_bool("USER_MODELS", False)
+# The Hugging Face Hub (or a mirror speaking its file API). OFFLINE=1 refuses Hub downloads with a clear
+# message (`make run` sets it: the demo machine has no internet). Hub requests go through common.outbound:
+# public addresses only, on HUB_ALLOWED_PORTS, plus the internal hosts an admin lists in HUB_ALLOWED_HOSTS
+# (a mirror inside the network).
+HF_ENDPOINT = env_str("HF_ENDPOINT", "https://huggingface.co")
+OFFLINE = env_bool("OFFLINE", False)
+HUB_ALLOWED_PORTS = env_port_ranges("HUB_ALLOWED_PORTS", "80,443")
+HUB_ALLOWED_HOSTS = env_hosts("HUB_ALLOWED_HOSTS", [])
+HUB_TIMEOUT_SECONDS = env_int("HUB_TIMEOUT_SECONDS", 30)
+# A GGUF upload is refused past this size (a larger one also needs MAX_REQUEST_BYTES raised).
+GGUF_MAX_BYTES = env_int("GGUF_MAX_BYTES", DATASET_MAX_BYTES)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.auth.ApiKeyAuthentication",

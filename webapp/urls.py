@@ -28,6 +28,7 @@ urlpatterns = [
     re_path(r"^v1/(?P<rest>.*)$", errors.openai_unknown_path),  # OpenAI's unknown_url 404
     path("", include("accounts.urls")),
     path("", include("user_datasets.urls")),
+    path("", include("base_models.urls")),
     path("", include("training.urls")),
     path("", include("arena.urls")),
     path("", include("webhooks.urls")),

@@ -64,3 +64,40 @@ def test_openai_client_fine_tunes_and_chats(stack):
 
     base = client.chat.completions.create(model="tiny-llama", messages=messages, temperature=0, max_tokens=16)
     assert base.choices[0].message.content != text
+
+
+def test_openai_client_drives_a_dpo_job(stack):
+    """OpenAI's DPO shape end to end: a preference file in OpenAI's format, `method: dpo` with beta, the
+    reward metrics in the job's events, and the adapted model answering."""
+    from openai import OpenAI
+
+    key = stack.manage("create_api_key", "alice").strip().splitlines()[-1]
+    client = OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0, timeout=120)
+    colours = ["red", "green", "blue", "amber"]
+    rows = [{"input": {"messages": [{"role": "user", "content": f"colour {i}"}]},
+             "preferred_output": [{"role": "assistant", "content": json.dumps({"answer": colours[i % 4]})}],
+             "non_preferred_output": [{"role": "assistant", "content": f"I think it is colour number {i}."}]}
+            for i in range(8)]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    f = client.files.create(file=("pairs.jsonl", io.BytesIO(data)), purpose="fine-tune")
+    assert f.status == "processed"
+
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=f.id, suffix="prefs", seed=3,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 2, "batch_size": 4,
+                                                              "learning_rate_multiplier": 10}}},
+        extra_body={"lora": {"rank": 8, "alpha": 16, "dropout": 0, "target_preset": "all_linear"}})
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.5
+    deadline = time.monotonic() + 300
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(1)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", (job.error, stack.logs())
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+    assert [m["step"] for m in metrics] == [4, 3, 2, 1]
+    assert metrics[-1]["train_loss"] == pytest.approx(0.6931, abs=1e-3)  # log 2: the adapter starts as the base
+    assert metrics[0]["train_loss"] < 0.5, metrics  # the chosen answers pulled ahead of the rejected ones
+    answer = client.chat.completions.create(model=job.fine_tuned_model, temperature=0, max_tokens=8,
+                                            messages=[{"role": "user", "content": "colour 1"}])
+    assert answer.choices[0].message.content

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from base_models.services import base_model_register
 from common.blobs import is_store_url
+from common.exceptions import ProductError
 from worker.config import ConfigError
 
 
@@ -24,5 +25,7 @@ class Command(BaseCommand):
             model = base_model_register(name=name, path=folder)
         except (ConfigError, OSError, ValueError) as exc:
             raise CommandError(str(exc)) from None
+        except ProductError as exc:  # a config that needs remote code
+            raise CommandError(exc.message) from None
         self.stdout.write(self.style.SUCCESS(f"registered {model.name}: {model.architecture}, "
                                              f"{model.parameters:,} parameters"))
