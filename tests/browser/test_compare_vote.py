@@ -107,3 +107,18 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page):
     page.wait_for_function("Chart.getChart('length-histogram') !== undefined")
     assert page.evaluate("Chart.getChart('length-histogram').data.datasets.map(d => d.label)") == [
         "prompt + chosen", "prompt + rejected"]
+
+    # ... which trains a DPO job through the form (the method and the data agree), then is compared.
+    page.click("text=Train on this")
+    page.wait_for_url("**/jobs/new/**")
+    page.select_option("#id_method", "dpo")
+    page.select_option("#id_validation", "none")
+    page.click("#submit-job")
+    page.wait_for_url("**/jobs/*-*-*-*-*/")
+    page.wait_for_function("['succeeded', 'failed'].includes(document.querySelector('#job-status').textContent.trim())",
+                           timeout=180_000)
+    assert page.inner_text("#job-status").strip() == "succeeded", stack.logs()
+    dpo_job = page.url.rstrip("/").split("/")[-1]
+    page.goto(f"{stack.url}/jobs/{dpo_job}/compare/")
+    ask(page, "colour 1")
+    page.wait_for_function(ALL_DONE, arg=2, timeout=120_000)
