@@ -11,6 +11,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
+# Under pytest-xdist each worker process keeps to its own Redis databases (gw0: 15, 14, 0; gw1: 13, 12, 1).
+XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+
 torch.set_num_threads(1)
 
 
@@ -137,7 +140,7 @@ def real_redis(settings):
     """The machine's Redis (database 15, emptied) for live events, stop flags and dispatch markers."""
     from common import events
 
-    settings.REDIS_URL = "redis://127.0.0.1:6379/15"
+    settings.REDIS_URL = f"redis://127.0.0.1:6379/{15 - 2 * XDIST_INDEX}"
     events.redis_client.cache_clear()
     events.redis_client().flushdb()
     yield events.redis_client()
