@@ -17,6 +17,17 @@ def stack(tmp_path_factory, tiny_llama):
         yield s
 
 
+def wait_succeeded(client, job, stack, limit_s: float = 300):
+    """Poll the job through the client until it ends; it must have succeeded."""
+    deadline = time.monotonic() + limit_s
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(1)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", (job.error, stack.logs())
+    return job
+
+
 def test_openai_client_fine_tunes_and_chats(stack):
     from openai import OpenAI
 
@@ -33,12 +44,7 @@ def test_openai_client_fine_tunes_and_chats(stack):
         extra_body={"lora": {"rank": 8, "alpha": 16, "dropout": 0, "target_preset": "all_linear"}})
     assert job.status == "queued" and job.fine_tuned_model is None
 
-    deadline = time.monotonic() + 300
-    while job.status not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, stack.logs()
-        time.sleep(1)
-        job = client.fine_tuning.jobs.retrieve(job.id)
-    assert job.status == "succeeded", (job.error, stack.logs())
+    job = wait_succeeded(client, job, stack)
     assert job.fine_tuned_model.startswith("ft:tiny-llama:colours:") and job.finished_at >= job.created_at
 
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
@@ -88,12 +94,7 @@ def test_openai_client_drives_a_dpo_job(stack):
                                                               "learning_rate_multiplier": 10}}},
         extra_body={"lora": {"rank": 8, "alpha": 16, "dropout": 0, "target_preset": "all_linear"}})
     assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.5
-    deadline = time.monotonic() + 300
-    while job.status not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, stack.logs()
-        time.sleep(1)
-        job = client.fine_tuning.jobs.retrieve(job.id)
-    assert job.status == "succeeded", (job.error, stack.logs())
+    job = wait_succeeded(client, job, stack)
     metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
     assert [m["step"] for m in metrics] == [4, 3, 2, 1]
     assert metrics[-1]["train_loss"] == pytest.approx(0.6931, abs=1e-3)  # log 2: the adapter starts as the base
