@@ -172,3 +172,20 @@ def object_store(settings, s3_endpoint, monkeypatch, tmp_path):
     settings.STORAGES = {**settings.STORAGES, "files": _object_storage(env["STORAGE_URL"])}
     settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
     yield bucket
+
+
+# --- order: the longest modules first ------------------------------------------------------------
+# `make test` runs on two pytest-xdist workers, each taking whole modules (--dist loadscope) in the
+# order collected; starting the modules that take minutes first keeps both workers busy to the end.
+LONGEST_FIRST = ("tests/integration/test_faults.py", "tests/integration/test_object_storage.py",
+                 "tests/integration/test_routing.py", "tests/integration/test_fair_queue.py",
+                 "tests/integration/test_end_to_end.py", "tests/browser/", "tests/openai_compat/test_openai_end_to_end.py",
+                 "tests/integration/", "tests/worker/test_distributed.py", "tests/slow/")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if path.startswith(prefix)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: each module's tests stay together and in their order

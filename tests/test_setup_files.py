@@ -41,7 +41,7 @@ def test_each_kind_of_work_has_its_own_queue():
     assert {name for name, q in routes.items() if q == "background"} == {
         queue.MERGE_ADAPTER, queue.WEBHOOK_DELIVER, queue.SWEEP_MERGES, queue.SWEEP_WEBHOOKS, queue.SWEEP_JOBS,
         queue.SWEEP_ANSWERS, queue.EXPIRE_FILES, queue.EXPIRE_UPLOADS, queue.CHECK_UPLOAD, queue.TOKEN_PROFILE,
-        queue.SWEEP_DATASETS}
+        queue.SWEEP_DATASETS, queue.HUB_DOWNLOAD, queue.GGUF_CONVERT}
     # Celery beat runs every sweep and expiry, on the background queue.
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert scheduled == {queue.SWEEP_JOBS, queue.SWEEP_ANSWERS, queue.SWEEP_MERGES, queue.SWEEP_WEBHOOKS,

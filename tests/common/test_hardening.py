@@ -32,7 +32,7 @@ def test_an_engine_bug_is_reported_without_its_text(user, base_model, dataset):
     with mock.patch("training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model,
                                       config=TrainConfig(max_steps=2))
-    with mock.patch("training.tasks.train", side_effect=TypeError("/srv/secret/path/model.py line 3")):
+    with mock.patch("training.tasks.run_training", side_effect=TypeError("/srv/secret/path/model.py line 3")):
         assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()
     assert job.error_code == "internal_error" and "/srv/secret" not in job.error and "log" in job.error
