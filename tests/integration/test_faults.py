@@ -17,7 +17,7 @@ from tests.integration.test_resume import Api
 pytestmark = pytest.mark.integration
 # A lease long enough for a heartbeat (every third of it) to get through on a busy 2-core machine.
 LEASE_S, SWEEP_S, HOLD_S = 6, 1, 8
-STEPS = 30
+STEPS = 20  # checkpoints every 5 steps, evaluations at 10 and 20: every fault has a moment to strike
 CONFIG = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "learning_rate": 0.01,
           "batch_size": 4, "max_seq_length": 128, "warmup_ratio": 0.0, "seed": 3, "max_steps": STEPS,
           "save_every": 5, "eval_every": 10}
