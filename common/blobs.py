@@ -289,10 +289,13 @@ def is_store_url(path: str) -> bool:
     return str(path).startswith("s3://")
 
 
-def model_local_path(path: str) -> str:
+def model_local_path(path: str, *, only: tuple[str, ...] = ()) -> str:
     """A base model's local folder: `path` itself, or for s3://BUCKET/PREFIX the machine's cached copy
     under MODEL_CACHE_DIR, downloaded on first use (a file at a time, each renamed into place, and a
-    `.complete` marker last, so an interrupted download resumes with what is missing)."""
+    `.complete` marker last, so an interrupted download resumes with what is missing).
+
+    `only`: just these top-level files (a tokenizer's, for the web side), not the weights; a later full
+    call fetches the rest."""
     if not is_store_url(path):
         return str(path)
     bucket_name, _, prefix = str(path)[len("s3://"):].partition("/")
@@ -305,9 +308,10 @@ def model_local_path(path: str) -> str:
     folder = (root / bucket_name / prefix).resolve()
     if root not in folder.parents:
         raise SuspiciousFileOperation(f"{path} leaves the model cache")
+    ready_key = f"{folder}|{','.join(only)}" if only else str(folder)
     with _models_lock:
-        if str(folder) in _models_ready or (folder / COMPLETE).is_file():
-            _models_ready.add(str(folder))
+        if ready_key in _models_ready or str(folder) in _models_ready or (folder / COMPLETE).is_file():
+            _models_ready.add(ready_key)
             return str(folder)
         bucket = _storage().connection.Bucket(bucket_name)
         count = 0
@@ -317,10 +321,13 @@ def model_local_path(path: str) -> str:
             if not name or obj.key.endswith("/") or folder not in target.parents:
                 continue
             count += 1
+            if only and name not in only:
+                continue
             if not target.is_file() or target.stat().st_size != obj.size:
                 _download(obj.key, target, bucket)
         if not count:
             raise FileNotFoundError(f"{path}: nothing is stored under this prefix")
-        (folder / COMPLETE).write_text(path)
-        _models_ready.add(str(folder))
+        if not only:
+            (folder / COMPLETE).write_text(path)
+        _models_ready.add(ready_key)
     return str(folder)

@@ -33,7 +33,7 @@ from worker.data.normalized import write_normalized_jsonl
 from worker.data.problems import DatasetError, Problem, SchemaUnknown
 from worker.data.report import token_profile
 from worker.data.sandbox import LoadedSummary, load_dataset_file_limited
-from worker.modeling import cached_tokenizer, tokenizer_fingerprint
+from worker.modeling import TOKENIZER_FILES, cached_tokenizer, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +374,9 @@ def _count_tokens_for_default_model(dataset: Dataset) -> None:
 
 
 def token_profile_request(*, dataset: Dataset, model_path: str) -> TokenProfile:
-    """The dataset's token profile under this model's tokenizer; a new one is queued for a worker."""
-    key = tokenizer_fingerprint(blobs.model_local_path(model_path))
+    """The dataset's token profile under this model's tokenizer; a new one is queued for a worker. For a
+    model in object storage only its tokenizer files come to this (web) machine, never the weights."""
+    key = tokenizer_fingerprint(blobs.model_local_path(model_path, only=TOKENIZER_FILES))
     profile = TokenProfile.objects.filter(dataset=dataset, tokenizer_key=key).first()
     if profile is not None:
         return profile
@@ -402,7 +403,8 @@ def token_profile_compute(*, profile_id: int) -> str:
 
     try:
         examples = read_normalized_jsonl(blobs.fetch(profile.dataset.normalized_file))
-        result = token_profile(cached_tokenizer(blobs.model_local_path(profile.model_path)), examples,
+        result = token_profile(cached_tokenizer(blobs.model_local_path(profile.model_path, only=TOKENIZER_FILES)),
+                               examples,
                                limit=TOKEN_PROFILE_LIMIT, progress=progress)
     except (ValueError, OSError) as exc:
         log.warning("token profile %s failed: %s", profile.id, exc)

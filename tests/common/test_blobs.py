@@ -233,3 +233,19 @@ def test_a_large_upload_is_checked_and_counted_on_another_machine(settings, obje
     profile.refresh_from_db()
     report = selectors.token_report_of(profile=profile, max_length=16)
     assert report is not None and len(report.lengths) == check.dataset.rows
+
+
+def test_the_web_side_fetches_only_a_stored_models_tokenizer_not_its_weights(settings, object_store, s3_endpoint,
+                                                                            tiny_llama):
+    from worker.modeling import TOKENIZER_FILES, tokenizer_fingerprint
+
+    url = f"s3://{object_store}/models/tok-only"
+    upload_folder(s3_endpoint, tiny_llama, url)
+    local = Path(blobs.model_local_path(url, only=TOKENIZER_FILES))
+    fetched = sorted(p.name for p in local.iterdir())
+    assert fetched and set(fetched) <= set(TOKENIZER_FILES)
+    assert not (local / "model.safetensors").exists() and not (local / blobs.COMPLETE).exists()
+    assert tokenizer_fingerprint(str(local)) == tokenizer_fingerprint(str(tiny_llama))
+    # A later full call (a worker loading the model) fetches the rest into the same folder.
+    assert blobs.model_local_path(url) == str(local)
+    assert (local / "model.safetensors").is_file() and (local / blobs.COMPLETE).is_file()
