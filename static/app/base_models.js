@@ -1,5 +1,6 @@
 // The Models page: a model being downloaded or converted shows its progress, read every second from
-// its /api/v1/base-models/<id>/ detail; the page reloads once the work has ended (ready or failed).
+// its /api/v1/base-models/<id>/ detail (LoraStudio.poll, from poll.js); the page reloads once the work
+// has ended (ready or failed).
 (function () {
   const WORKING = ["queued", "downloading", "converting"];
   const mb = (n) => (n / 1048576).toLocaleString(undefined, { maximumFractionDigits: 1 }) + " MB";
@@ -7,14 +8,7 @@
     const bar = el.querySelector("progress");
     const status = el.querySelector("[data-model-status]");
     const text = el.querySelector("[data-model-text]");
-    async function tick() {
-      let data;
-      try {
-        const r = await fetch(el.dataset.modelPoll, { credentials: "same-origin", headers: { Accept: "application/json" } });
-        if (!r.ok) throw new Error(String(r.status));
-        data = await r.json();
-      } catch (err) { setTimeout(tick, 3000); return; }
-      if (!WORKING.includes(data.status)) { window.location.reload(); return; }
+    const tick = window.LoraStudio.poll(el.dataset.modelPoll, (data) => WORKING.includes(data.status), (data) => {
       status.textContent = data.status;
       if (data.status === "downloading" && data.bytes_total) {
         bar.max = data.bytes_total;
@@ -26,8 +20,7 @@
       } else {
         text.textContent = "Waiting for a worker…";
       }
-      setTimeout(tick, 1000);
-    }
+    });
     tick();
   }
 })();

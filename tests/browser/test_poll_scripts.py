@@ -1,0 +1,51 @@
+"""The pages' shared poll loop (static/app/poll.js) and the Models page's use of it (base_models.js), run in
+Chromium against a stand-in API served by Playwright's router: progress is drawn from each answer, a failed read
+is retried, and the page reloads once the work has ended."""
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+STATIC = Path(__file__).resolve().parents[2] / "static" / "app"
+ORIGIN = "http://studio.test"
+MODELS_PAGE = f"""<!doctype html><html><body>
+<div class="model-progress" data-model-poll="/api/v1/base-models/7/">
+  <span data-model-status>queued</span><progress max="100"></progress><span data-model-text></span>
+</div>
+<script src="/static/app/poll.js"></script><script src="/static/app/base_models.js"></script>
+</body></html>"""
+
+
+def test_the_models_page_follows_a_download_and_reloads_when_it_ends(page):
+    answers = [{"status": "queued"}, None,  # None: the API fails once; the loop retries
+               {"status": "downloading", "bytes_done": 1048576, "bytes_total": 4194304},
+               {"status": "converting"}, {"status": "ready"}]
+    loads = []
+
+    def serve(route):
+        url = route.request.url
+        if url.endswith(".js"):
+            route.fulfill(body=(STATIC / url.rsplit("/", 1)[1]).read_text(), content_type="text/javascript")
+        elif "/api/v1/base-models/7/" in url:
+            answer = answers.pop(0) if len(answers) > 1 else answers[0]
+            if answer is None:
+                route.fulfill(status=502, body="")
+            else:
+                route.fulfill(body=json.dumps(answer), content_type="application/json")
+        else:
+            loads.append(url)
+            route.fulfill(body=MODELS_PAGE, content_type="text/html")
+
+    page.route(f"{ORIGIN}/**", serve)
+    page.goto(f"{ORIGIN}/models/")
+    page.locator("[data-model-text]", has_text="1 MB of 4 MB").wait_for(timeout=10_000)
+    assert page.inner_text("[data-model-status]") == "downloading"
+    assert page.locator("progress").evaluate("p => [p.value, p.max]") == [1048576, 4194304]
+    page.locator("[data-model-text]", has_text="Converting the GGUF file").wait_for(timeout=10_000)
+    deadline_ms = 10_000
+    while len(loads) < 2 and deadline_ms > 0:
+        page.wait_for_timeout(200)
+        deadline_ms -= 200
+    assert len(loads) >= 2, "the page reloads once the download has ended"
