@@ -1,6 +1,7 @@
 """Reads of datasets. Every selector takes the owner, so a forgotten filter is hard to write."""
 from __future__ import annotations
 
+import functools
 import json
 
 from django.db.models import QuerySet
@@ -33,20 +34,18 @@ def dataset_examples(*, dataset: Dataset) -> list:
     return read_normalized_jsonl(blobs.fetch(dataset.normalized_file))
 
 
-_profile_cache: dict = {}
-
-
 def token_report_of(*, profile: TokenProfile, max_length: int) -> TokenReport | None:
     """The report for one max length from a ready token profile (None until it is ready): arithmetic
     on the stored counts, no tokenizer. The parsed profile is kept for a few recent datasets."""
     if profile.status != TokenProfile.Status.READY or not profile.file:
         return None
-    key = (profile.id, profile.file)
-    if key not in _profile_cache:
-        if len(_profile_cache) >= 16:
-            _profile_cache.pop(next(iter(_profile_cache)))
-        _profile_cache[key] = TokenCounts.from_json(json.loads(blobs.fetch(profile.file).read_text()))
-    return _profile_cache[key].report(max_length)
+    return _token_counts(profile.id, profile.file).report(max_length)
+
+
+@functools.lru_cache(maxsize=16)
+def _token_counts(profile_id: int, file: str) -> TokenCounts:
+    """A ready profile's counts, parsed once (they never change once it is ready)."""
+    return TokenCounts.from_json(json.loads(blobs.fetch(file).read_text()))
 
 
 def upload_check_get(*, owner, check_id) -> UploadCheck:
