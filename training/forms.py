@@ -140,20 +140,28 @@ class JobForm(forms.Form):
         """The sections folded under "Advanced"."""
         return self._fieldsets(True)
 
+    @property
+    def advanced_has_errors(self) -> bool:
+        """True when a field folded under "Advanced" is wrong: the section then comes back open."""
+        return any(name in self.errors for _legend, folded, names in FIELDSETS if folded for name in names)
+
     def clean(self):
+        """Every problem at once: the fields' own, every TrainConfig rule broken (each beside its field),
+        the validation set's and the dataset's; the estimate only for a form with none."""
         data = super().clean()
-        if self.errors:
-            return data
-        # A left-empty optional field keeps its default.
-        values = {k: data[k] for k in CONFIG_FIELDS if k in data and data[k] not in (None, "")}
-        try:
-            self.config = job_start_config(owner=self.owner, base_model=data["base_model"],
-                                           config=TrainConfig.from_dict(values))
-            job_validate_config(base_model=data["base_model"], config=self.config)
-        except ConfigError as exc:
-            field = exc.field if exc.field in self.fields else None
-            self.add_error(field, exc.message)
-            self.config = None
+        # A left-empty optional field keeps its default; a field that is already wrong is left to its message.
+        values = {k: data[k] for k in CONFIG_FIELDS
+                  if k in data and data[k] not in (None, "") and k not in self.errors}
+        for exc in TrainConfig.problems(values):
+            self._add_config_error(exc)
+        if not self.errors and data.get("base_model") is not None:
+            try:
+                self.config = job_start_config(owner=self.owner, base_model=data["base_model"],
+                                               config=TrainConfig.from_dict(values))
+                job_validate_config(base_model=data["base_model"], config=self.config)
+            except ConfigError as exc:
+                self._add_config_error(exc)
+                self.config = None
         self.validation = self._validation(data)
         if self.config is not None and data.get("dataset") is not None:
             try:
@@ -169,6 +177,15 @@ class JobForm(forms.Form):
                                              base_model=data["base_model"], config=self.config)
                 self.add_error(None, exc.message[0].upper() + exc.message[1:])
         return data
+
+    def _add_config_error(self, exc: ConfigError) -> None:
+        """The message beside its field, or at the top naming the field in words when the form has none."""
+        if exc.field in self.fields:
+            if exc.field not in self.errors:
+                self.add_error(exc.field, exc.message[0].upper() + exc.message[1:])
+        else:
+            self.add_error(None, f"{exc.field.replace('_', ' ').capitalize()} {exc.message}")
+        self.config = None
 
     def _validation(self, data) -> dict:
         kind = data.get("validation")

@@ -34,15 +34,16 @@ class ConfigError(ValueError):
 
 def _check_range(name: str, value: Any, *, low: float, high: float, integer: bool = False,
                  low_inclusive: bool = True) -> None:
-    kind = "an integer" if integer else "a number"
+    kind = "a whole number" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise ConfigError(name, f"must be {kind}, got {value!r}")
+        raise ConfigError(name, f"must be {kind} (you gave {value!r})")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number, got {value!r}")
+        raise ConfigError(name, f"must be a finite number (you gave {value!r})")
     too_low = value < low if low_inclusive else value <= low
     if too_low or value > high:
-        lo = "[" if low_inclusive else "("
-        raise ConfigError(name, f"must be in {lo}{low:g}, {high:g}], got {value!r}")
+        if low_inclusive:
+            raise ConfigError(name, f"must be between {low:g} and {high:g} (you gave {value!r})")
+        raise ConfigError(name, f"must be more than {low:g} and at most {high:g} (you gave {value!r})")
 
 
 def _module_names(name: str, modules: Any) -> tuple[str, ...]:
@@ -209,6 +210,23 @@ class TrainConfig:
             if key not in known:
                 raise ConfigError(str(key), f"unknown field; allowed: {', '.join(sorted(known))}")
         return cls(**data)
+
+    @classmethod
+    def problems(cls, data: dict[str, Any]) -> list[ConfigError]:
+        """Every problem of `data` at once, where `from_dict` stops at the first: each field found wrong is
+        put back to its default and the rest is checked again (so a form shows all its errors together)."""
+        found: list[ConfigError] = []
+        data = dict(data) if isinstance(data, dict) else data
+        for _ in range(len(dataclasses.fields(cls)) + 2):
+            try:
+                cls.from_dict(data)
+                return found
+            except ConfigError as exc:
+                found.append(exc)
+                if not isinstance(data, dict) or exc.field not in data:
+                    return found  # a rule between fields broken by a default: nothing more to take back
+                data.pop(exc.field)
+        return found
 
 
 # Starting points; every value can still be changed. Alpha is 2 x rank throughout (the usual guidance).

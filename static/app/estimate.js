@@ -12,7 +12,8 @@
     const data = await r.json();
     box.replaceChildren();
     if (!data.estimate) {
-      const errs = Object.entries(data.errors).map(([f, e]) => `${f === "__all__" ? "" : f + ": "}${e.map((x) => x.message).join(" ")}`);
+      const label = (f) => { const l = document.querySelector(`label[for="id_${f}"]`); return l ? l.textContent : f; };
+      const errs = Object.entries(data.errors).map(([f, e]) => `${f === "__all__" ? "" : label(f) + ": "}${e.map((x) => x.message).join(" ")}`);
       box.textContent = "Fix the form first: " + errs.join("; ");
       box.classList.add("errors");
       return;
@@ -59,4 +60,45 @@
     if (!input) continue;
     for (const kind of ["input", "change"]) input.addEventListener(kind, () => { if (!filling) select.value = ""; });
   }
+})();
+
+// Errors: a field that came back wrong is marked for screen readers, its folded section is opened and the
+// first one gets the focus. Fields that do not apply to the choices made are hidden (custom modules only for
+// a custom list, the validation dataset only when validating on another dataset, beta only for DPO / ORPO).
+(function () {
+  const form = document.getElementById("job-form");
+  if (!form) return;
+  const wrong = [...form.querySelectorAll(".field.has-error")];
+  for (const field of wrong) {
+    const input = field.querySelector("input, select, textarea");
+    const message = field.querySelector(".field-error");
+    if (!input) continue;
+    input.setAttribute("aria-invalid", "true");
+    if (message) { message.id = `${input.id}-error`; input.setAttribute("aria-describedby", message.id); }
+    const section = field.closest("details");
+    if (section) section.open = true;
+  }
+  const first = wrong.length && wrong[0].querySelector("input, select, textarea");
+  if (first) first.focus();
+
+  const RULES = [
+    ["target_modules", "target_preset", (v) => v === "custom"],
+    ["validation_percent", "validation", (v) => v === "split"],
+    ["validation_seed", "validation", (v) => v === "split"],
+    ["validation_dataset", "validation", (v) => v === "dataset"],
+    ["beta", "method", (v) => v === "dpo" || v === "orpo"],
+  ];
+  function apply() {
+    for (const [name, by, shown] of RULES) {
+      const field = document.getElementById("field-" + name);
+      const control = document.getElementById("id_" + by);
+      if (!field || !control) continue;
+      field.hidden = !shown(control.value) && !field.classList.contains("has-error");
+    }
+  }
+  for (const by of new Set(RULES.map((r) => r[1]))) {
+    const control = document.getElementById("id_" + by);
+    if (control) control.addEventListener("change", apply);
+  }
+  apply();
 })();

@@ -20,8 +20,8 @@ def test_rest_takes_devices_and_names_the_field_when_refused(api, base_model, da
     response = rest_job(api, dataset, base_model, devices=2)
     assert response.status_code == 201, response.content
     assert response.json()["config"]["devices"] == 2 and FineTuneJob.objects.get().config["devices"] == 2
-    for bad, words in ((3, "at most 2 on this installation (setting TRAIN_MAX_DEVICES)"), (0, "must be in [1, 64]"),
-                       ("two", "must be an integer"), (8, "at most the batch size (4)")):
+    for bad, words in ((3, "at most 2 on this installation (setting TRAIN_MAX_DEVICES)"), (0, "must be between 1 and 64"),
+                       ("two", "must be a whole number"), (8, "at most the batch size (4)")):
         response = rest_job(api, dataset, base_model, devices=bad)
         assert response.status_code == 400, (bad, response.content)
         error = response.json()["error"]

@@ -55,7 +55,7 @@ def test_form_errors_show_beside_the_field(client_in, base_model, dataset, djang
     field = html[html.index('id="field-rank"'):]
     field = field[:field.index("</div>\n</div>") if "</div>\n</div>" in field else 600]
     assert "has-error" in html[html.index('id="field-rank"') - 40:html.index('id="field-rank"')]
-    assert "must be in [1, 1024], got 0" in field
+    assert "Must be between 1 and 1024 (you gave 0)" in field
     assert FineTuneJob.objects.count() == 0 and not delay.called
 
 

@@ -17,14 +17,14 @@ def test_defaults_are_the_documented_ones():
 
 
 @pytest.mark.parametrize("field,value,fragment", [
-    ("rank", 0, "rank: must be in [1, 1024], got 0"),
-    ("rank", 2.5, "rank: must be an integer"),
-    ("alpha", 0, "alpha: must be in (0"),
-    ("dropout", 0.95, "dropout: must be in [0, 0.9]"),
+    ("rank", 0, "rank: must be between 1 and 1024 (you gave 0)"),
+    ("rank", 2.5, "rank: must be a whole number"),
+    ("alpha", 0, "alpha: must be more than 0 and at most 4096 (you gave 0)"),
+    ("dropout", 0.95, "dropout: must be between 0 and 0.9"),
     ("learning_rate", float("nan"), "learning_rate: must be a finite number"),
     ("target_preset", "everything", "target_preset: must be one of attention, mlp, all_linear, custom"),
     ("qlora", "yes", "qlora: must be true or false"),
-    ("batch_size", True, "batch_size: must be an integer"),
+    ("batch_size", True, "batch_size: must be a whole number"),
     ("lr_scheduler", "step", "lr_scheduler: must be one of linear, cosine, constant"),
 ])
 def test_bad_values_name_the_field(field, value, fragment):
@@ -79,3 +79,13 @@ def test_custom_list_is_checked_against_the_model():
     assert err.value.field == "target_modules"
     assert "'query' is not a Linear layer of this model" in err.value.message
     assert "q_proj" in err.value.message and "down_proj" in err.value.message
+
+
+def test_problems_lists_every_broken_field_at_once():
+    found = TrainConfig.problems({"rank": 0, "dropout": 2.0, "batch_size": 2, "devices": 4, "seed": 7,
+                                  "bias": "some", "colour": "red"})
+    assert [e.field for e in found] == ["colour", "rank", "dropout", "bias", "devices"]
+    assert "must be between 0 and 0.9 (you gave 2.0)" in found[2].message
+    assert TrainConfig.problems({"rank": 8, "alpha": 16}) == []
+    # A rule between two fields, broken only through a default, is reported once and the listing stops.
+    assert [e.field for e in TrainConfig.problems({"target_preset": "custom"})] == ["target_modules"]
