@@ -77,11 +77,20 @@
   }
   const source = new EventSource(root.dataset.eventsUrl);
   source.addEventListener("metric", (e) => onMetric(JSON.parse(e.data)));
+  // What the job does once the steps are over, shown where the ETA was.
+  const FINISHING = { evaluate: "evaluating…", best: "saving…", saved: "saving…" };
   source.addEventListener("message", (e) => {
     const m = JSON.parse(e.data); const li = document.createElement("li");
     li.innerHTML = "<b></b> "; li.firstChild.textContent = m.kind; li.append(m.message);
     $("job-log").prepend(li);
+    if (FINISHING[m.kind] && !TERMINAL.includes(root.dataset.status)) $("stat-eta").textContent = FINISHING[m.kind];
   });
+  // The end of the job (evaluation, downloads) and a merged export in progress are drawn in place.
+  const refresh = (ids) => window.LoraStudio.refreshParts(ids).then(followMerge, () => setTimeout(() => refresh(ids), 2000));
+  function followMerge() {
+    if ($("merge-pending")) setTimeout(() => refresh(["job-actions"]), 2000);
+  }
+  followMerge();
   source.addEventListener("status", (e) => {
     const s = JSON.parse(e.data);
     setStatus(s.status);
@@ -89,11 +98,13 @@
     if (s.error) { $("job-error").textContent = s.error; $("job-error").classList.remove("hidden"); }
     if (TERMINAL.includes(s.status) || s.status === "paused") {
       source.close();
-      document.querySelectorAll(".live-only").forEach((f) => f.remove());
+      // A paused job can still be cancelled; an ended one has nothing left to stop.
+      document.querySelectorAll(TERMINAL.includes(s.status) ? ".live-only, .running-only" : ".running-only")
+        .forEach((f) => f.remove());
       // Failed, cancelled or paused: reload once so the page offers Retry / Resume.
       if (s.status !== "succeeded" && s.status !== renderedStatus) { setTimeout(() => location.reload(), 300); }
       $("stat-eta").textContent = "–";
-      if (s.status === "succeeded") { $("download-zip").classList.remove("hidden"); $("compare-link").classList.remove("hidden"); }
+      if (s.status === "succeeded" && renderedStatus !== "succeeded") refresh(["job-actions", "evaluation-slot"]);
     }
   });
 })();

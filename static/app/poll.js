@@ -21,6 +21,20 @@
     return tick;
   };
 
+  // Redraw parts of this page from the server: the elements with these ids are replaced by the same ones
+  // of a fresh copy of the page (an element the fresh copy lacks is left as it is). Resolves to that copy.
+  LoraStudio.refreshParts = async function (ids) {
+    const r = await fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+    if (!r.ok) throw new Error(String(r.status));
+    const fresh = new DOMParser().parseFromString(await r.text(), "text/html");
+    for (const id of ids) {
+      const now = document.getElementById(id);
+      const next = fresh.getElementById(id);
+      if (now && next) now.replaceWith(document.importNode(next, true));
+    }
+    return fresh;
+  };
+
   for (const el of document.querySelectorAll("[data-poll-url]")) {
     const waiting = (el.dataset.pollWhile || "").split(" ");
     const text = el.querySelector("[data-poll-text]");

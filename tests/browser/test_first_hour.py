@@ -69,3 +69,67 @@ def test_the_job_form_shows_every_error_at_once_beside_its_field(stack, page, da
     page.fill("#id_warmup_ratio", "0.1")
     page.click("#submit-job")
     page.wait_for_url("**/jobs/*/")
+
+
+def start_job(stack, api, dataset, **config) -> str:
+    base = next(m["id"] for m in api.get(stack.url + "/api/v1/base-models/").json() if m["name"] == "tiny-llama")
+    response = api.post(stack.url + "/api/v1/jobs/", json={
+        "dataset": dataset, "base_model": base, "validation": "split", "validation_percent": 25,
+        "config": {"rank": 8, "max_seq_length": 128, "batch_size": 2, **config}})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def mark_page(page) -> None:
+    """A mark that a reload would wipe out."""
+    page.evaluate("window.notReloaded = true")
+
+
+def still_marked(page) -> bool:
+    return page.evaluate("window.notReloaded === true")
+
+
+def test_the_job_page_fills_in_the_end_of_the_job_and_the_merged_export_without_a_reload(stack, page, api, dataset):
+    job = start_job(stack, api, dataset, max_steps=8)
+    sign_in(page, stack, "alice")
+    page.goto(f"{stack.url}/jobs/{job}/")
+    mark_page(page)
+    assert page.locator("#evaluation").count() == 0 and not page.locator("#download-zip").is_visible()
+    page.locator("#job-status", has_text="succeeded").wait_for(timeout=120_000)
+    page.locator("#evaluation").wait_for(timeout=10_000)
+    assert "Evaluation: base vs adapted" in page.inner_text("#evaluation")
+    assert page.locator("#download-zip").is_visible() and page.locator("#merge-job").is_visible()
+    assert still_marked(page)
+    page.click("#merge-job")  # a form post: the page comes back with the export pending
+    page.locator("#merge-pending").wait_for()
+    mark_page(page)
+    page.locator("#download-merged").wait_for(timeout=60_000)
+    assert still_marked(page) and page.locator("#merge-pending").count() == 0
+
+
+def test_a_paused_job_can_be_cancelled_after_a_confirmation(stack, page, api, dataset):
+    job = start_job(stack, api, dataset, max_steps=400)
+    assert api.post(f"{stack.url}/api/v1/jobs/{job}/pause/").status_code in (200, 202)
+    for _ in range(600):
+        if api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"] == "paused":
+            break
+        page.wait_for_timeout(100)
+    sign_in(page, stack, "alice")
+    page.goto(f"{stack.url}/jobs/{job}/")
+    page.wait_for_timeout(1500)  # the live stream has replayed the paused status by now
+    assert page.locator("#cancel-job").is_visible() and page.locator("#resume-job").is_visible()
+    questions = []
+
+    def answer(dialog, accept):
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda d: answer(d, False))
+    page.click("#cancel-job")
+    page.wait_for_timeout(500)
+    assert questions and questions[0].startswith("Cancel this job?")
+    assert api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"] == "paused", "dismissed: nothing happens"
+    page.once("dialog", lambda d: answer(d, True))
+    page.click("#cancel-job")
+    page.locator("#job-status", has_text="cancelled").wait_for(timeout=10_000)
+    assert api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"] == "cancelled"
