@@ -126,6 +126,12 @@ class JobDetailApi(APIView):
     def get(self, request, job_id):
         return Response(JobOutput(selectors.job_get(owner=request.user, job_id=job_id)).data)
 
+    @extend_schema(responses={204: None, **error_responses(404, 409)})
+    def delete(self, request, job_id):
+        """Delete an ended (or paused) job with its adapter, checkpoints, exports, chats and votes."""
+        services.job_delete(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
 
 class JobActionApi(APIView):
     """POST with no body: one state change of a job (the subclass names the service)."""

@@ -26,7 +26,8 @@ CONFIG_FIELDS = ("method", "beta", "start_from", "rank", "alpha", "dropout", "ta
                  "learning_rate", "batch_size", "grad_accum", "max_seq_length", "warmup_ratio", "lr_scheduler",
                  "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing",
                  "init_lora_weights", "modules_to_save", "optimizer", "packing", "max_grad_norm", "eval_every",
-                 "save_every", "early_stopping_patience", "early_stopping_threshold", "keep_best", "devices")
+                 "save_every", "early_stopping_patience", "early_stopping_threshold", "keep_best", "devices",
+                 "max_steps", "final_eval")
 PRESET_CHOICES = [("", "Custom (as set below)"),
                   ("quick", "Quick: rank 8 on attention, 1 epoch, lr 2e-3"),
                   ("balanced", "Balanced: rank 16 on attention, 2 epochs, lr 1e-3"),
@@ -42,10 +43,28 @@ FIELDSETS = (
     ("Validation", False, ("validation", "validation_percent", "validation_seed", "validation_dataset")),
     ("", True, ("grad_accum", "warmup_ratio", "lr_scheduler", "weight_decay", "seed", "bias", "use_rslora",
                 "use_dora", "gradient_checkpointing", "init_lora_weights", "modules_to_save", "optimizer",
-                "max_grad_norm", "packing", "devices")),
+                "max_grad_norm", "packing", "devices", "max_steps")),
     ("Evaluation and checkpoints", True, ("eval_every", "early_stopping_patience", "early_stopping_threshold",
-                                          "keep_best", "save_every")),
+                                          "keep_best", "final_eval", "save_every")),
 )
+
+
+def clone_initial(job) -> dict:
+    """The form's values for a new job made from `job`: its data, settings and validation (a "copy" name)."""
+    config = TrainConfig.from_dict(job.config)
+    initial = {name: getattr(config, name) for name in CONFIG_FIELDS}
+    for name in ("target_modules", "modules_to_save"):
+        initial[name] = ", ".join(initial[name])
+    validation = job.validation or {}
+    initial.update(preset="", name=f"{job.name or job.short_id} (copy)"[:200], base_model=job.base_model,
+                   validation=validation.get("kind", "none"))
+    if job.dataset is not None:
+        initial["dataset"] = job.dataset
+    if validation.get("kind") == "split":
+        initial.update(validation_percent=validation.get("percent"), validation_seed=validation.get("seed"))
+    elif validation.get("kind") == "dataset":
+        initial["validation_dataset"] = validation.get("dataset")
+    return initial
 
 
 class JobForm(forms.Form):
@@ -106,6 +125,10 @@ class JobForm(forms.Form):
                                                 help_text="how much lower an eval loss must be to count")
     keep_best = forms.BooleanField(required=False, initial=DEFAULTS.keep_best, label="Keep the best checkpoint",
                                    help_text="export the adapter with the lowest eval loss, not the last one")
+    max_steps = forms.IntegerField(required=False, initial=DEFAULTS.max_steps, label="Max steps",
+                                   help_text="stop after this many optimizer steps; 0 = run the epochs above")
+    final_eval = forms.BooleanField(required=False, initial=DEFAULTS.final_eval, label="Compare base and adapted at the end",
+                                    help_text="generate the held-out answers of both and score them")
     validation = forms.ChoiceField(choices=VALIDATION_CHOICES, initial="split", label="Validation set")
     validation_percent = forms.FloatField(initial=10, required=False, label="Validation %")
     validation_seed = forms.IntegerField(initial=42, required=False, label="Split seed")

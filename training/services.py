@@ -31,7 +31,7 @@ from training.workers import live_capacities
 from user_datasets.models import Dataset
 from user_datasets.selectors import dataset_examples
 from user_datasets.services import dataset_token_report
-from worker.config import ConfigError, TrainConfig
+from worker.config import ConfigError, TrainConfig, preset_of
 from worker.reporting import WorkLost
 from worker.data.loading import file_sha256
 from worker.data.normalized import holds_preference_pairs, write_normalized_jsonl
@@ -202,6 +202,7 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
     config = job_start_config(owner=owner, base_model=base_model, config=config)
     job_validate_config(base_model=base_model, config=config)
     job_check_method(dataset=dataset, config=config)
+    name = name.strip() or job_default_name(dataset_name=dataset.name, config=config, when=timezone.now())
     with transaction.atomic():
         job = FineTuneJob.objects.create(owner=owner, dataset=dataset, base_model=base_model,
                                          config=config.to_dict(), name=name[:200], dataset_name=dataset.name,
@@ -218,6 +219,33 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
             job_event(job_id=job.id, kind="waiting", message=f"{waiting}: no live train worker has enough memory "
                                                              "now; it starts when one that fits it is running")
     return job
+
+
+def job_default_name(*, dataset_name: str, config: TrainConfig, when) -> str:
+    """A readable name for a job the user did not name: its dataset, preset (and method) and a short date."""
+    kind = preset_of(config) + ("" if config.method == "supervised" else f" {config.method.upper()}")
+    return f"{Path(dataset_name).stem or dataset_name} · {kind} · {timezone.localtime(when):%b %-d %H:%M}"
+
+
+def job_delete(*, job: FineTuneJob, by) -> None:
+    """Delete an ended (or paused) job with its files: adapter, checkpoints, exports, data snapshot, chats
+    and votes. A job still queued or running is cancelled first; one another live job starts from is kept."""
+    if job.owner_id != by.id:
+        raise JobStateError("not your job")
+    deletable = [*TERMINAL_STATUSES, JobStatus.PAUSED]
+    if job.status not in deletable:
+        raise JobStateError(f"a {job.status} job cannot be deleted; cancel it first")
+    users = (FineTuneJob.objects.filter(owner=by, config__start_from=str(job.id))
+             .exclude(status__in=TERMINAL_STATUSES).exclude(id=job.id))
+    if users.exists():
+        raise JobStateError(f"job {users.first().name or users.first().short_id} starts from this job's adapter; "
+                            "delete it (or let it end) first")
+    folder = job_files(job)
+    with transaction.atomic():
+        if not FineTuneJob.objects.filter(id=job.id, status__in=deletable).delete()[0]:
+            job.refresh_from_db()
+            raise JobStateError(f"a {job.status} job cannot be deleted; cancel it first")
+        transaction.on_commit(lambda: blobs.delete(folder))
 
 
 def _announce_end(job: FineTuneJob) -> None:

@@ -14,6 +14,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/pause/", views.job_action, {"action": "pause"}, name="job-pause"),
     path("jobs/<uuid:job_id>/resume/", views.job_action, {"action": "resume"}, name="job-resume"),
     path("jobs/<uuid:job_id>/retry/", views.job_action, {"action": "retry"}, name="job-retry"),
+    path("jobs/<uuid:job_id>/delete/", views.job_delete, name="job-delete"),
     path("jobs/<uuid:job_id>/download/", views.job_download, name="job-download"),
     path("jobs/<uuid:job_id>/merged/", views.job_merged, name="job-merged"),
 ]

@@ -16,7 +16,7 @@ from common.ids import is_uuid
 from training import selectors, services
 from training.downloads import adapter_download, merged_download
 from training.files import job_evaluation, merged_status
-from training.forms import JobForm
+from training.forms import JobForm, clone_initial
 from training.live import job_channel, status_event
 from training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
 from user_datasets.selectors import dataset_find
@@ -43,7 +43,11 @@ def worker_list(request):
 
 @login_required
 def job_new(request):
+    """The job form; ?dataset=ID picks the dataset, ?from=JOB fills every field from that job ("New job from this")."""
     initial = {}
+    source = selectors.job_find(owner=request.user, job_id=request.GET.get("from"))
+    if source is not None:
+        initial = clone_initial(source)
     wanted = dataset_find(owner=request.user, dataset_id=request.GET.get("dataset"))
     if wanted is not None:
         initial["dataset"] = wanted
@@ -126,6 +130,20 @@ JOB_ACTIONS = {"cancel": (services.job_cancel, "Cancel requested: the job stops 
                "pause": (services.job_pause, "Pause requested: a checkpoint is saved before the next step."),
                "resume": (services.job_resume, "Queued again: training continues from the last checkpoint."),
                "retry": (services.job_retry, "Started a new job with the same data and settings.")}
+
+
+@login_required
+@require_POST
+def job_delete(request, job_id):
+    """Delete an ended job and its files (the page asks first)."""
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    try:
+        services.job_delete(job=job, by=request.user)
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+        return redirect("job-detail", job_id=job.id)
+    messages.info(request, f"Deleted the job {job.name or job.short_id} and its files.")
+    return redirect("job-list")
 
 
 @login_required

@@ -243,6 +243,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def preset_of(config: TrainConfig) -> str:
+    """The name of the preset whose every value `config` has, or "custom"."""
+    for name, values in PRESETS.items():
+        if all(getattr(config, key) == value for key, value in values.items()):
+            return name
+    return "custom"
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """Sampling settings for one chat answer."""

@@ -133,3 +133,59 @@ def test_a_paused_job_can_be_cancelled_after_a_confirmation(stack, page, api, da
     page.click("#cancel-job")
     page.locator("#job-status", has_text="cancelled").wait_for(timeout=10_000)
     assert api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"] == "cancelled"
+
+
+def wait_status(stack, api, job, wanted, page, timeout_s=120):
+    for _ in range(timeout_s * 5):
+        status = api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"]
+        if status in wanted:
+            return status
+        page.wait_for_timeout(200)
+    raise AssertionError(f"job {job} is still {status}")
+
+
+def test_new_job_from_this_fills_every_field_and_delete_asks_first(stack, page, api, dataset):
+    from training.forms import CONFIG_FIELDS
+
+    job = start_job(stack, api, dataset, max_steps=2, alpha=8, dropout=0.1, target_preset="custom",
+                    target_modules=["q_proj", "v_proj"], learning_rate=0.002, grad_accum=2, warmup_ratio=0.1,
+                    lr_scheduler="cosine", seed=7, bias="lora_only", use_rslora=True, max_grad_norm=0.5,
+                    eval_every=3, save_every=5, keep_best=False)
+    detail = api.get(f"{stack.url}/api/v1/jobs/{job}/").json()
+    assert detail["name"].startswith("colours · custom · "), "a readable default name"
+    wait_status(stack, api, job, ("succeeded",), page)
+    sign_in(page, stack, "alice")
+    page.goto(f"{stack.url}/jobs/{job}/")
+    assert page.inner_text("h1") == detail["name"]
+    page.click("#clone-job")
+    page.wait_for_url("**/jobs/new/?from=*")
+    config = detail["config"]
+    for name in CONFIG_FIELDS:
+        control = page.locator(f"#id_{name}")
+        if control.get_attribute("type") == "checkbox":
+            assert control.is_checked() == config[name], name
+        elif isinstance(config[name], list):
+            assert control.input_value() == ", ".join(config[name]), name
+        elif isinstance(config[name], (int, float)) and not isinstance(config[name], bool):
+            assert float(control.input_value()) == config[name], name
+        else:
+            assert control.input_value() == str(config[name]), name
+    assert page.input_value("#id_name") == detail["name"] + " (copy)"
+    assert page.input_value("#id_validation") == "split" and page.input_value("#id_validation_percent") == "25.0"
+    page.click("#submit-job")
+    page.wait_for_url("**/jobs/*/")
+    copy = page.url.rstrip("/").rsplit("/", 1)[1]
+    assert copy != job and api.get(f"{stack.url}/api/v1/jobs/{copy}/").json()["config"] == config
+
+    # Deleting asks first; dismissed, nothing happens.
+    page.goto(f"{stack.url}/jobs/{job}/")
+    page.once("dialog", lambda d: d.dismiss())
+    page.click("#delete-job")
+    page.wait_for_timeout(300)
+    assert api.get(f"{stack.url}/api/v1/jobs/{job}/").status_code == 200
+    page.once("dialog", lambda d: d.accept())
+    page.click("#delete-job")
+    page.wait_for_url("**/jobs/")
+    assert "Deleted the job" in page.inner_text("main")
+    assert api.get(f"{stack.url}/api/v1/jobs/{job}/").status_code == 404
+    api.post(f"{stack.url}/api/v1/jobs/{copy}/cancel/")
