@@ -56,11 +56,19 @@ def _keys_page(request, *, new_key: str | None = None, status: int = 200):
         "base_url": request.build_absolute_uri("/v1")}, status=status)
 
 
+NEW_KEY_SESSION = "new_api_key"
+
+
 @login_required
 def key_list(request):
     """GET: the keys. POST: create one and show it, this one time only."""
     if request.method != "POST":
-        return _keys_page(request)
+        # The key made by the POST just before (post/redirect/get: reloading the page makes no second key).
+        new_key = request.session.pop(NEW_KEY_SESSION, None)
+        response = _keys_page(request, new_key=new_key)
+        if new_key:
+            response["Cache-Control"] = "no-store"
+        return response
     name = request.POST.get("name", "").strip()
     if len(name) > 100:
         messages.error(request, "The name must be at most 100 characters.")
@@ -70,9 +78,8 @@ def key_list(request):
     except QuotaExceeded as exc:
         messages.error(request, exc.message)
         return _keys_page(request, status=429)
-    response = _keys_page(request, new_key=raw, status=201)
-    response["Cache-Control"] = "no-store"
-    return response
+    request.session[NEW_KEY_SESSION] = raw  # server-side, until the page after the redirect shows it once
+    return redirect("key-list")
 
 
 @login_required

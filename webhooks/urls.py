@@ -7,4 +7,5 @@ urlpatterns = [
     path("account/webhooks/<int:webhook_id>/rotate-secret/", views.webhook_rotate_secret,
          name="webhook-rotate-secret"),
     path("account/webhooks/<int:webhook_id>/delete/", views.webhook_remove, name="webhook-delete"),
+    path("account/webhooks/<int:webhook_id>/test/", views.webhook_test, name="webhook-test"),
 ]

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 from accounts.limits import QuotaExceeded
 from webhooks import selectors
 from webhooks.models import Webhook
-from webhooks.services import webhook_create, webhook_delete, webhook_secret_rotate
+from webhooks.services import webhook_create, webhook_delete, webhook_ping, webhook_secret_rotate
 from worker.config import ConfigError
 
 RECENT_DELIVERIES = 50
@@ -61,4 +61,18 @@ def webhook_remove(request, webhook_id):
     webhook = selectors.webhook_get(owner=request.user, webhook_id=webhook_id)
     webhook_delete(webhook=webhook, by=request.user)
     messages.success(request, f"Deleted {webhook.url}.")
+    return redirect("webhook-list")
+
+
+@login_required
+@require_POST
+def webhook_test(request, webhook_id):
+    """POST: send a signed `ping` event to the endpoint; its delivery shows under Recent deliveries."""
+    webhook = selectors.webhook_get(owner=request.user, webhook_id=webhook_id)
+    try:
+        webhook_ping(webhook=webhook)
+    except ConfigError as exc:
+        messages.error(request, f"The webhook {exc.message}.")
+    else:
+        messages.success(request, f"Sent a test event to {webhook.url}; its delivery shows below within seconds.")
     return redirect("webhook-list")

@@ -89,13 +89,16 @@ def test_keys_page_shows_a_new_key_once_and_revokes(client, user, other_user):
     client.force_login(user)
     assert client.get("/account/keys/").status_code == 200
     response = client.post("/account/keys/", {"name": "ci"})
-    assert response.status_code == 201
+    assert response.status_code == 302 and response["Location"] == "/account/keys/"
     key = ApiKey.objects.get(owner=user)
-    html = response.content.decode()
+    shown = client.get("/account/keys/")
+    assert shown["Cache-Control"] == "no-store"
+    html = shown.content.decode()
     raw = html.split('id="new-key-value">')[1].split("<")[0]
     assert raw.startswith(key.prefix) and key.hashed == hashlib.sha256(raw.encode()).hexdigest()
     listing = client.get("/account/keys/").content.decode()
     assert raw not in listing and f"{key.prefix}..." in listing and "ci" in listing
+    assert ApiKey.objects.filter(owner=user).count() == 1, "reloading the page that showed the key makes no other"
     assert 'href="/account/keys/"' in listing  # the nav link
     # Another user's key cannot be revoked (404), one's own can.
     _, _ = api_key_create(owner=other_user)

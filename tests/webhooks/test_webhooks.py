@@ -212,3 +212,17 @@ def test_cancelling_a_queued_job_also_sends_the_event(user, job, django_capture_
             job_cancel(job=job, by=user)
     delivery = WebhookDelivery.objects.get()
     assert delivery.event == "fine_tuning.job.cancelled" and delay.call_count == 1
+
+
+def test_the_page_sends_a_test_event_to_ones_own_webhook_only(client, user, other_user):
+    mine = webhook_create(owner=user, url="https://mine.example/hook")
+    theirs = webhook_create(owner=other_user, url="https://theirs.example/hook")
+    client.force_login(user)
+    assert f'action="/account/webhooks/{mine.id}/test/"' in client.get("/account/webhooks/").content.decode()
+    with mock.patch("common.queue.enqueue") as enqueue:
+        response = client.post(f"/account/webhooks/{mine.id}/test/", follow=True)
+        assert client.post(f"/account/webhooks/{theirs.id}/test/").status_code == 404
+    assert "Sent a test event to https://mine.example/hook" in response.content.decode()
+    delivery = WebhookDelivery.objects.get(webhook=mine)
+    assert delivery.event == "ping" and enqueue.call_count == 1
+    assert not WebhookDelivery.objects.filter(webhook=theirs).exists()
