@@ -36,8 +36,8 @@ def data(tmp_path_factory):
                        [{"messages": m} for m in memorisable_conversations()])
 
 
-def spec(model, data, out, devices):
-    return TrainSpec(str(model), str(data), str(out), TrainConfig(**CFG, devices=devices),
+def spec(model, data, out, devices, **extra):
+    return TrainSpec(str(model), str(data), str(out), TrainConfig(**{**CFG, **extra}, devices=devices),
                      eval_dataset_path=str(data), device="cpu")
 
 
@@ -111,6 +111,54 @@ def test_two_ranks_train_like_one_cancel_stops_both_and_resume_continues(tiny_ll
     with torch.no_grad():
         base = AutoModelForCausalLM.from_pretrained(tiny_llama)(input_ids=torch.tensor(IDS))
     assert not torch.allclose(got, base.logits, atol=1e-3), "the adapter changed the model"
+
+
+FSDP_SHARE = re.compile(r"FSDP: each of 2 ranks holds about 1/2 of the frozen base \(([\d.]+) MB\): "
+                        r"rank 0 ([\d.]+) MB, rank 1 ([\d.]+) MB")
+
+
+def test_fsdp_shards_the_base_trains_like_one_device_and_resumes(tiny_llama, data, one_process, tmp_path):
+    """sharding=fsdp on two ranks: each holds about half of the frozen base (as the run reports it), every
+    step's train and eval loss is the one-process loss (same tolerance as plain data parallel: only the
+    summation order differs), a cancel after step 2 leaves a checkpoint that a second FSDP run resumes on the
+    same curve, and the adapter (gathered whole from the shards) answers like the one-process adapter."""
+    reference, ref_result = one_process
+    out = tmp_path / "fsdp"
+    first = CheckpointsHeard()
+    result = Supervisor(spec(tiny_llama, data, out, 2, sharding="fsdp"), first,
+                        lambda: "cancel" if len(first.points) >= 2 else None, threads=0, timeout_s=60).run()
+    assert result.status == "cancelled" and result.steps_done == 2
+    shares = [FSDP_SHARE.search(message) for kind, message in first.events if kind == "setup"]
+    whole, rank0, rank1 = (float(x) for x in next(m for m in shares if m).groups())
+    assert whole > 0 and rank0 + rank1 == pytest.approx(whole, rel=1e-3)
+    for held in (rank0, rank1):
+        assert held == pytest.approx(whole / 2, rel=0.02), "each rank stores half of the base"
+    assert_same_losses(first.points, reference, range(1, 3))
+    assert [f.name for f in checkpoint_folders(out / "checkpoints")][0] == "step-000002"
+
+    again = MemoryReporter()
+    result = run_training(spec(tiny_llama, data, out, 2, sharding="fsdp"), again)
+    assert result.status == "succeeded" and result.steps_done == 4
+    assert ("resume", "resumed from checkpoint at step 2") in again.events
+    assert_same_losses(again.points, reference, range(3, 5))
+    expected = logits(tiny_llama, ref_result.adapter_dir)
+    assert torch.allclose(logits(tiny_llama, result.adapter_dir), expected, rtol=REL, atol=1e-5)
+
+
+def test_fsdp_is_validated():
+    assert TrainConfig().sharding == "none"
+    cases = ((dict(sharding="zero3"), "must be one of none, fsdp"),
+             (dict(sharding="fsdp"), "needs at least 2"),
+             (dict(sharding="fsdp", devices=2, qlora=True), "not available with QLoRA"),
+             (dict(sharding="fsdp", devices=2, init_lora_weights="pissa"), "not available with PiSSA"))
+    for values, words in cases:
+        with pytest.raises(ConfigError, match=re.escape(words)) as info:
+            TrainConfig(**values)
+        assert info.value.field == "sharding"
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(sharding="fsdp", devices=2, method="dpo")
+    assert info.value.field == "devices", "DPO runs on one device, sharded or not"
+    assert TrainConfig(sharding="fsdp", devices=2).sharding == "fsdp"
 
 
 class KillRankOne(MemoryReporter):
