@@ -50,11 +50,13 @@ def shard_model(peft_model, device) -> BaseShare:
     causal = peft_model.get_base_model()
     total = sum(p.numel() * p.element_size() for p in peft_model.parameters() if not p.requires_grad)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    for layer in decoder_layers(causal):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(causal, mesh=mesh)
-    # Sum, not average, over ranks: the loss is already normalised by the tokens of the whole global step.
-    causal.set_gradient_divide_factor(1.0)
+    units = decoder_layers(causal) + [causal]
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    for unit in units:  # each unit reduces its own gradients
+        # Sum, not average, over ranks: the loss is already normalised by the tokens of the whole global step.
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no pre-multiplied sum
     local = sum(local_of(p).numel() * p.element_size() for p in peft_model.parameters() if not p.requires_grad)
     return BaseShare(local, total)
 

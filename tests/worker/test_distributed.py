@@ -55,7 +55,7 @@ def assert_same_losses(points, reference, steps):
     got = {s: m for s, m in points}
     assert sorted(got) == list(steps), "rank 0 alone reports, once per step"
     for step in steps:
-        for key in ("loss", "eval_loss"):
+        for key in ("loss", "eval_loss", "grad_norm"):  # Adam hides a wrong gradient scale from the losses
             assert got[step][key] == pytest.approx(ref[step][key], rel=REL), (step, key)
         assert got[step]["lr"] == pytest.approx(ref[step]["lr"], rel=1e-9)
 
