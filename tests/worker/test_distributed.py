@@ -145,6 +145,30 @@ def test_fsdp_shards_the_base_trains_like_one_device_and_resumes(tiny_llama, dat
     assert torch.allclose(logits(tiny_llama, result.adapter_dir), expected, rtol=REL, atol=1e-5)
 
 
+def test_fsdp_with_an_empty_share_and_uneven_eval_shares_matches_one_device(tiny_llama, tmp_path):
+    """Five examples, micro-batches of 4 and 1 (two per step): rank 1 has no example in the second, and its
+    eval share is one batch to rank 0's two. FSDP needs every rank in every forward, so it runs stand-ins
+    that must not count: losses and gradient norms match one device, and so does the end-of-job evaluation
+    (run by both ranks on the sharded model, written by rank 0)."""
+    import json
+
+    small = write_jsonl(tmp_path / "five.jsonl", [{"messages": m} for m in memorisable_conversations()[:5]])
+    extra = dict(grad_accum=2, max_steps=2, final_eval=True, save_every=100)
+
+    def job(out, devices, **more):
+        return TrainSpec(str(tiny_llama), str(small), str(out), TrainConfig(**{**CFG, **extra, **more}, devices=devices),
+                         eval_dataset_path=str(small), device="cpu")
+
+    one = MemoryReporter()
+    train(job(tmp_path / "one", 1), one)
+    two = MemoryReporter()
+    result = run_training(job(tmp_path / "two", 2, sharding="fsdp"), two)
+    assert result.status == "succeeded"
+    assert_same_losses(two.points, one, range(1, 3))
+    evaluation = json.loads((tmp_path / "two" / "evaluation.json").read_text())
+    assert evaluation == json.loads((tmp_path / "one" / "evaluation.json").read_text())
+
+
 def test_fsdp_is_validated():
     assert TrainConfig().sharding == "none"
     cases = ((dict(sharding="zero3"), "must be one of none, fsdp"),
