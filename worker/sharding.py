@@ -19,9 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SHARDING_CHOICES = ("none", "fsdp")
-
-
 @dataclass(frozen=True)
 class BaseShare:
     """How much of the frozen base this rank stores after sharding, and the whole base's size (bytes)."""
@@ -35,9 +32,10 @@ def decoder_layers(causal) -> list:
     names = set(getattr(causal, "_no_split_modules", None) or ())
     layers = [m for m in causal.modules() if type(m).__name__ in names]
     if not layers:
-        from worker.engine import TrainingError
+        from worker.config import ConfigError
 
-        raise TrainingError(f"FSDP cannot find the decoder layers of {type(causal).__name__}; set sharding to none")
+        raise ConfigError("sharding", f"FSDP cannot find the decoder layers of {type(causal).__name__}; "
+                                      "set sharding to none")
     return layers
 
 
