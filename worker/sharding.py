@@ -39,6 +39,22 @@ def decoder_layers(causal) -> list:
     return layers
 
 
+def check_trained_dtypes(units: list) -> None:
+    """ConfigError when one unit trains weights of several dtypes: FSDP reduce-scatters a unit's gradients as one
+    tensor. On a GPU PEFT keeps LoRA weights in fp32 while trained biases keep the base's bf16."""
+    from worker.config import ConfigError
+
+    owned: set[int] = set()
+    for unit in units:  # the layers first, the root last: the root's own weights are those no layer holds
+        params = [p for p in unit.parameters() if id(p) not in owned]
+        owned.update(id(p) for p in params)
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in params if p.requires_grad})
+        if len(dtypes) > 1:
+            raise ConfigError("sharding", f"fsdp needs one dtype for the trained weights of each layer and "
+                                          f"{type(unit).__name__} trains {' and '.join(dtypes)} ones (trained "
+                                          "biases keep the base's dtype); set bias to none or sharding to none")
+
+
 def shard_model(peft_model, device) -> BaseShare:
     """Shard `peft_model` in place across the process group (each decoder layer, then the root) on `device`."""
     import torch.distributed as dist
@@ -49,6 +65,7 @@ def shard_model(peft_model, device) -> BaseShare:
     total = sum(p.numel() * p.element_size() for p in peft_model.parameters() if not p.requires_grad)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     units = decoder_layers(causal) + [causal]
+    check_trained_dtypes(units)
     for unit in units:
         fully_shard(unit, mesh=mesh)
     for unit in units:  # each unit reduces its own gradients
