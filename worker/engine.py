@@ -237,9 +237,8 @@ class TrainingRun:
 
         self.group.broadcast_params([p for p in self.model.parameters() if p.requires_grad])
         share = shard_model(self.model, self.group.device)
-        held = self.group.sum([share.local_bytes if r == self.group.rank else 0 for r in range(self.group.world)])
-        self.base_share_bytes = held  # each rank's stored bytes of the frozen base, by rank
         n = self.group.world
+        held = self.group.sum([share.local_bytes if r == self.group.rank else 0 for r in range(n)])  # by rank
         self.reporter.event("setup", f"FSDP: each of {n} ranks holds about 1/{n} of the frozen base "
                                      f"({share.total_bytes / 2**20:.3f} MB): "
                                      + ", ".join(f"rank {r} {b / 2**20:.3f} MB" for r, b in enumerate(held)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+
 @dataclass(frozen=True)
 class BaseShare:
     """How much of the frozen base this rank stores after sharding, and the whole base's size (bytes)."""
