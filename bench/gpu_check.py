@@ -14,7 +14,9 @@ Checks (each prints one line of figures and PASS / FAIL / SKIP):
 3. Paged 8-bit AdamW with a checkpoint round trip: pause at step 3 (checkpoint), resume to step 6;
    the resumed losses must match an uninterrupted run within 2 % (bf16 kernels are not bit-exact).
 4. DDP on 2 GPUs (when there are 2): devices=2 against devices=1 on the same job: tokens/s ratio and
-   the largest relative loss difference.
+   the largest relative loss difference. Then FSDP (devices=2, sharding=fsdp) on the same job: the same
+   figures, each rank's share of the base as the run reports it, and rank 0's peak GPU memory against
+   DDP's (FSDP must need less).
 5. The chat worker's batched generation (`ModelPool.generate_many`, base + adapter rows in one
    `generate`): new tokens/s for 8 rows.
 
@@ -197,6 +199,28 @@ def check_ddp(model: Path, work: Path, steps: int) -> None:
         say(name, "PASS" if result.status == "succeeded" and diff < 0.02 else "FAIL",
             tokens_per_s_1=steady_tokens_per_s(one), tokens_per_s_2=steady_tokens_per_s(two), speedup=ratio,
             max_rel_loss_diff=diff)
+    except Exception as exc:  # noqa: BLE001
+        say(name, "FAIL", error=f"{type(exc).__name__}: {exc}")
+        return
+    check_fsdp(model, work, one, two, cfg)
+
+
+def peak_mb(reporter) -> float:
+    """Rank 0's peak memory as the engine measured it (GPU memory on CUDA)."""
+    return max(m["memory_mb"] for _, m in reporter.points)
+
+
+def check_fsdp(model: Path, work: Path, one, ddp, cfg: dict) -> None:
+    name = "FSDP on 2 GPUs (devices=2, sharding=fsdp vs 1 and vs DDP)"
+    try:
+        result, fsdp, _ = run(spec(model, work / "fsdp2", devices=2, sharding="fsdp", **cfg))
+        ref, got = one.losses(), fsdp.losses()
+        diff = max(abs(got[s] - ref[s]) / abs(ref[s]) for s in ref)
+        share = next((m for k, m in fsdp.events if m.startswith("FSDP:")), "")
+        smaller = DEVICE == "cpu" or peak_mb(fsdp) < peak_mb(ddp)
+        say(name, "PASS" if result.status == "succeeded" and diff < 0.02 and smaller else "FAIL",
+            tokens_per_s_fsdp=steady_tokens_per_s(fsdp), vs_ddp=steady_tokens_per_s(fsdp) / steady_tokens_per_s(ddp),
+            peak_mb_fsdp=peak_mb(fsdp), peak_mb_ddp=peak_mb(ddp), max_rel_loss_diff=diff, share=share)
     except Exception as exc:  # noqa: BLE001
         say(name, "FAIL", error=f"{type(exc).__name__}: {exc}")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every CUDA path of LoRA Studio on this machine, with figures (see bench/gpu_check.py for what and how):
 # LoRA bf16 and QLoRA NF4 on a ~0.46B model (tokens/s, peak GPU memory, MFU), paged 8-bit AdamW with a
-# checkpoint round trip, DDP on 2 GPUs when there are 2, and the chat worker's batched generation.
+# checkpoint round trip, DDP and FSDP on 2 GPUs when there are 2, and the chat worker's batched generation.
 #
 #   bench/gpu_check.sh                          # builds a random-weight ~0.46B Llama, offline
 #   GPU_CHECK_MODEL=/models/Qwen2.5-0.5B-Instruct bench/gpu_check.sh   # or a local model folder

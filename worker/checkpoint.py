@@ -124,8 +124,7 @@ def recover_leftovers(parent: Path) -> None:
         _fsync(parent)
 
 
-def _optimizer_tensors(optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
-    sd = optimizer.state_dict()
+def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     tensors, scalars = {}, {}
     for idx, st in sd["state"].items():
         for key, value in st.items():
@@ -159,15 +158,20 @@ class Checkpoint:
     best: dict[str, Any]  # the BestTracker state
 
 
-def save_checkpoint(root: Path, *, step: int, model, optimizer, scheduler, extra: dict[str, Any]) -> Path:
-    """Write the adapter, optimizer, scheduler and RNG state for `step` atomically."""
+def save_checkpoint(root: Path, *, step: int, model, optimizer, scheduler, extra: dict[str, Any],
+                    adapter_state: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
+    """Write the adapter, optimizer, scheduler and RNG state for `step` atomically.
+
+    `adapter_state` / `optimizer_state`: the model's and optimizer's state dicts to write instead of theirs (a
+    sharded run passes them gathered whole, see worker.sharding), so the files are those of one device.
+    """
     import torch
     from safetensors.torch import save_file
 
     final = Path(root) / f"step-{step:06d}"
     with atomic_dir(final) as tmp:
-        model.save_pretrained(tmp)
-        tensors, meta = _optimizer_tensors(optimizer)
+        model.save_pretrained(tmp, state_dict=adapter_state)
+        tensors, meta = _optimizer_tensors(optimizer_state or optimizer.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -229,22 +233,37 @@ def read_checkpoint(folder: Path) -> Checkpoint:
 
 def load_adapter_weights(model, folder: Path) -> None:
     """Put the adapter weights saved in `folder` (safetensors) into the PEFT model."""
-    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(Path(folder) / "adapter_model.safetensors")))
+    load_adapter_state(model, load_file(str(Path(folder) / "adapter_model.safetensors")))
+
+
+def load_adapter_state(model, state: dict[str, Any]) -> None:
+    """Put saved adapter weights into the PEFT model; a sharded model (worker.sharding) takes its chunks."""
+    from peft import set_peft_model_state_dict
+
+    from worker.sharding import is_sharded, load_full_adapter
+
+    if is_sharded(model):
+        load_full_adapter(model, state)
+    else:
+        set_peft_model_state_dict(model, state)
 
 
 def load_checkpoint(ckpt: Checkpoint, *, model, optimizer, scheduler) -> None:
     """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint read by `read_checkpoint`."""
     import torch
-    from peft import set_peft_model_state_dict
 
-    set_peft_model_state_dict(model, ckpt.adapter)
-    device = next(p for p in model.parameters() if p.requires_grad).device
-    # The step counters stay on the CPU, as the optimizer keeps them.
-    moved = {idx: {k: v.to(device) if hasattr(v, "to") and k != "step" else v for k, v in st.items()}
-             for idx, st in ckpt.optimizer["state"].items()}
+    from worker.sharding import is_sharded, shard_optimizer_state
+
+    load_adapter_state(model, ckpt.adapter)
+    if is_sharded(model):
+        moved = shard_optimizer_state(ckpt.optimizer["state"], [p for g in optimizer.param_groups for p in g["params"]])
+    else:
+        device = next(p for p in model.parameters() if p.requires_grad).device
+        # The step counters stay on the CPU, as the optimizer keeps them.
+        moved = {idx: {k: v.to(device) if hasattr(v, "to") and k != "step" else v for k, v in st.items()}
+                 for idx, st in ckpt.optimizer["state"].items()}
     optimizer.load_state_dict({"state": moved, "param_groups": ckpt.optimizer["param_groups"]})
     scheduler.load_state_dict(ckpt.scheduler)
     torch.set_rng_state(ckpt.rng["torch"])

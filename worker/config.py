@@ -16,6 +16,7 @@ LR_SCHEDULERS = ("linear", "cosine", "constant")
 BIAS_CHOICES = ("none", "lora_only", "all")
 INIT_CHOICES = ("default", "gaussian", "pissa")
 OPTIMIZERS = ("adamw", "paged_adamw_8bit")
+SHARDING = ("none", "fsdp")  # none: every device holds the whole base; fsdp: the base is sharded across them
 MAX_DEVICES = 64  # one machine's processes; what a worker really has is checked where the job is launched
 METHODS = ("supervised", "dpo", "orpo")  # supervised: next-token loss; dpo / orpo: preference pairs
 PREFERENCE_METHODS = ("dpo", "orpo")
@@ -102,6 +103,10 @@ class TrainConfig:
     # Data parallel over this many processes (GPUs, or CPU processes sharing the cores): every micro-batch
     # is split across them, so the global batch and the learning-rate plan stay those of one device.
     devices: int = 1
+    # With devices > 1: "fsdp" shards the frozen base (and the adapter and its optimizer state) across the
+    # devices with PyTorch FSDP, so each holds 1/devices of it and a model too large for one device can train;
+    # "none" gives every device a whole copy (plain data parallel). The same losses either way.
+    sharding: str = "none"
     # Checkpoints and evaluation
     save_every: int = 50
     eval_every: int = 0  # 0: about ten evaluations per run (when there is a validation set)
@@ -159,6 +164,19 @@ class TrainConfig:
         if self.devices > 1 and self.is_preference:
             raise ConfigError("devices", f"{self.method} trains on one device for now (its pairs and reference pass "
                                          "are not split across processes yet); set devices to 1")
+        if self.sharding not in SHARDING:
+            raise ConfigError("sharding", f"must be one of {', '.join(SHARDING)}, got {self.sharding!r}")
+        if self.sharding == "fsdp":
+            if self.devices < 2:
+                raise ConfigError("sharding", "fsdp shards the model across devices and needs at least 2; "
+                                              f"set devices to 2 or more, or sharding to none (devices is {self.devices})")
+            if self.qlora:
+                raise ConfigError("sharding", "fsdp is not available with QLoRA (4-bit bitsandbytes weights are not "
+                                              "sharded here); turn QLoRA off or set sharding to none")
+            if self.init_lora_weights == "pissa":
+                raise ConfigError("sharding", "fsdp is not available with PiSSA (it rewrites the base and converts "
+                                              "the adapter against whole weights); use the default init or set "
+                                              "sharding to none")
         if self.devices > self.batch_size:
             raise ConfigError("devices", f"each device takes a share of every micro-batch, so devices can be at most "
                                          f"the batch size ({self.batch_size}), got {self.devices}")

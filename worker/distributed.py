@@ -1,4 +1,5 @@
-"""One job on several devices: the engine on N processes with torch.distributed (data parallel).
+"""One job on several devices: the engine on N processes with torch.distributed (data parallel; with
+`sharding = "fsdp"` the model is also sharded across them, see `worker.sharding`).
 
 `run_training(spec, reporter, should_stop)` is the launcher the train worker calls. With
 `devices = 1` it is `engine.train` in this process, unchanged. With N > 1 this process becomes a

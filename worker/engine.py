@@ -9,7 +9,10 @@ folder comes right after the reporter's `guard()`, which raises WorkLost once th
 With a `RankGroup` (one job on several devices, launched by `worker.distributed`) every rank runs
 these phases on its shard of each micro-batch and the gradients are summed across ranks; rank 0
 alone checks the stop flag (and tells the others), reports, and writes checkpoints and the adapter.
-Without one (devices = 1) nothing of that runs.
+Without one (devices = 1) nothing of that runs. With `sharding = "fsdp"` the ranks also shard the model
+(`worker.sharding`): FSDP sums the gradients, every rank runs every forward (a stand-in batch when its share
+is empty, as FSDP gathers weights inside each forward) and takes part in each save (the weights are gathered
+whole for rank 0 to write) and in the end-of-job evaluation.
 """
 from __future__ import annotations
 
@@ -102,8 +105,9 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None = None) -> None:
-    """Write the adapter (and the tokenizer, if given) atomically.
+def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None = None, state_dict=None) -> None:
+    """Write the adapter (and the tokenizer, if given) atomically; `state_dict`: the weights to write instead of
+    the model's (a sharded model's, gathered whole).
 
     With `init_dir` (PiSSA), the adapter is converted against the initial one: PiSSA trains on a
     residual base (W minus its principal components), and the conversion gives a rank-2r LoRA
@@ -113,7 +117,7 @@ def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None =
         if init_dir is not None:
             model.save_pretrained(tmp, path_initial_model_for_weight_conversion=str(init_dir))
         else:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
@@ -126,6 +130,8 @@ class TrainingRun:
         self.reporter, self.should_stop = reporter, should_stop
         self.group = group
         self.main = group is None or group.main  # the process that reports and writes files
+        # FSDP: the model is sharded across the ranks, so they run every forward and every save together.
+        self.sharded = group is not None and self.cfg.sharding == "fsdp"
         # Called right before every write into self.out: raises WorkLost once another worker owns the job.
         self.guard = write_guard(reporter)
         self.checkpoint_saved = checkpoint_hook(reporter)
@@ -140,6 +146,7 @@ class TrainingRun:
         self.loss_value: float | None = None
         self.stopped_early = False
         self.eval_everywhere = False  # with ranks: evaluate even with an empty share (the others wait on it)
+        self.eval_fill: dict[str, Any] = {}  # FSDP: summed_eval_loss's stand-in batches, so all ranks run alike
         self.reference: dict[str, Any] = {}  # DPO on top of a previous adapter: its log-probs, "train" / "eval"
 
     # --- setup ----------------------------------------------------------------------------
@@ -179,6 +186,9 @@ class TrainingRun:
             self.eval_examples = self.tokenize(read_normalized_jsonl(spec.eval_dataset_path))
             if self.group is not None:  # each rank evaluates a length-balanced share
                 by_length = sorted(self.eval_examples, key=lambda e: len(e.input_ids))
+                if self.sharded and by_length:  # as many eval forwards on every rank as on rank 0 (the most)
+                    most = len(by_length[::self.group.world])
+                    self.eval_fill = {"min_batches": -(-most // cfg.batch_size), "filler": by_length[0]}
                 self.eval_examples = self.group.shard(by_length)
                 self.eval_everywhere = True
         self.every = eval_interval(cfg, self.total_steps)
@@ -212,12 +222,26 @@ class TrainingRun:
         self.trainable, self.total_params = self.model.get_nb_trainable_parameters()
         self.reporter.event("setup", f"LoRA on {', '.join(self.targets)}: {self.trainable:,} trainable of "
                                      f"{self.total_params:,} parameters")
+        if self.sharded:
+            self.shard()
         if cfg.init_lora_weights == "pissa":
             # The adapter as initialised, before any step: needed to convert the result to plain LoRA.
             self.init_dir = self.out / "initial-adapter"
             if self.main and not (self.init_dir / "adapter_model.safetensors").is_file():
                 self.guard()
                 save_adapter(self.model, self.init_dir)
+
+    def shard(self) -> None:
+        """FSDP over the ranks, from rank 0's initial adapter; reports each rank's share of the frozen base."""
+        from worker.sharding import shard_model
+
+        self.group.broadcast_params([p for p in self.model.parameters() if p.requires_grad])
+        share = shard_model(self.model, self.group.device)
+        n = self.group.world
+        held = self.group.sum([share.local_bytes if r == self.group.rank else 0 for r in range(n)])  # by rank
+        self.reporter.event("setup", f"FSDP: each of {n} ranks holds about 1/{n} of the frozen base "
+                                     f"({share.total_bytes / 2**20:.3f} MB): "
+                                     + ", ".join(f"rank {r} {b / 2**20:.3f} MB" for r, b in enumerate(held)))
 
     def start_from_adapter(self, folder: Path) -> None:
         """Load a previous job's adapter as the starting weights; for DPO, take the reference log-probs of every
@@ -271,7 +295,8 @@ class TrainingRun:
             load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
             self.best.restore(ckpt.best)
             self.start_step = self.step = step
-        self.group.broadcast_params(self.params)
+        if not self.sharded:  # a sharded model's chunks were loaded from the same full checkpoint
+            self.group.broadcast_params(self.params)
         if not self.main:
             torch.manual_seed(self.cfg.seed + 7919 * self.group.rank + step)
 
@@ -300,13 +325,20 @@ class TrainingRun:
                                       + (f" ({names} unreadable)" if unreadable else ""))
 
     def checkpoint(self) -> None:
-        """Save the current step's checkpoint (rank 0's: the ranks hold the same weights)."""
+        """Save the current step's checkpoint (rank 0's: the ranks hold the same weights; sharded, every rank
+        gives its shards of the adapter and the optimizer state, gathered whole for rank 0 to write)."""
+        gathered: dict[str, Any] = {}
+        if self.sharded:
+            from worker.sharding import full_adapter_state, full_optimizer_state
+
+            gathered = {"adapter_state": full_adapter_state(self.model),
+                        "optimizer_state": full_optimizer_state(self.optimizer)}
         if not self.main:
             return
         self.guard()
         folder = save_checkpoint(self.ckpt_root, step=self.step, model=self.model, optimizer=self.optimizer,
                                  scheduler=self.scheduler,
-                                 extra={"total_steps": self.total_steps, "best": self.best.state()})
+                                 extra={"total_steps": self.total_steps, "best": self.best.state()}, **gathered)
         self.checkpoint_saved(folder)
 
     # --- loop -------------------------------------------------------------------------------
@@ -351,10 +383,14 @@ class TrainingRun:
             step_tokens, extra = self.preference_backward(micro)
         else:
             step_tokens, extra = self.supervised_backward(micro), {}
-        if self.group is not None:
+        if self.group is not None and not self.sharded:  # FSDP sums the gradients itself
             self.group.sum_grads(self.params)  # the ranks' shares of the step add up to one device's
         max_norm = self.cfg.max_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm) if max_norm else None
+        if grad_norm is not None and self.sharded:
+            from worker.sharding import full_of
+
+            grad_norm = full_of(grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -368,17 +404,22 @@ class TrainingRun:
         n_label = sum(self.examples[i].trained_tokens for batch in micro for i in batch)
         step_loss, step_tokens = 0.0, 0
         for indices in micro:
+            weight = 1.0
             if self.group is not None:
-                indices = self.group.shard(indices)
-                if not indices:
+                share = self.group.shard(indices)
+                if not share and not self.sharded:
                     continue
+                # FSDP: a rank with no example still runs the forward and backward (their collectives), on a
+                # stand-in example whose loss counts for nothing.
+                indices, weight = (share, 1.0) if share else (indices[:1], 0.0)
             batch = make_batch([self.examples[i] for i in indices], self.pad_id, self.device.device,
                                self.cfg.packing)
             loss_sum, _ = summed_token_loss(self.model, batch)
+            loss_sum = loss_sum * weight
             # Normalise by the trained tokens of the whole accumulated step, not per micro-batch.
             (loss_sum / max(1, n_label)).backward()
             step_loss += loss_sum.item()
-            step_tokens += batch.tokens
+            step_tokens += int(batch.tokens * weight)
         if self.group is not None:
             step_loss, step_tokens = self.group.sum([step_loss, step_tokens])
         self.loss_value = step_loss / max(1, n_label)
@@ -438,13 +479,23 @@ class TrainingRun:
                                                    self.device.device)
         else:
             total, count = self.group.sum(summed_eval_loss(self.model, self.eval_examples, self.cfg.batch_size,
-                                                           self.pad_id, self.device.device))
+                                                           self.pad_id, self.device.device, **self.eval_fill))
             metrics["eval_loss"] = total / max(1, count)
         if self.best.update(self.step, metrics["eval_loss"]):
             metrics["best"] = True
-            if self.cfg.keep_best and self.main:
-                self.guard()
-                save_adapter(self.model, self.best_dir)
+            if self.cfg.keep_best:
+                self.write_adapter(self.best_dir)
+
+    def write_adapter(self, folder: Path, *, tokenizer=None, init_dir: Path | None = None) -> None:
+        """Rank 0 writes the adapter; sharded, every rank first gives its shards (gathered whole)."""
+        state = None
+        if self.sharded:
+            from worker.sharding import full_adapter_state
+
+            state = full_adapter_state(self.model)
+        if self.main:
+            self.guard()
+            save_adapter(self.model, folder, tokenizer=tokenizer, init_dir=init_dir, state_dict=state)
 
     # --- save and the end-of-job evaluation ----------------------------------------------------
 
@@ -452,20 +503,26 @@ class TrainingRun:
         """Write the final adapter and tokenizer (the best step's adapter with keep_best); returns its step."""
         best = self.best
         kept_step = self.step
-        if self.cfg.keep_best and best.best_step is not None and best.best_step != self.step and self.best_dir.is_dir():
+        use_best = (self.cfg.keep_best and best.best_step is not None and best.best_step != self.step
+                    and self.best_dir.is_dir())
+        if self.sharded:  # rank 0's answer: the others may look before its last write of best_dir is done
+            use_best = bool(self.group.broadcast_int(int(use_best)))
+        if use_best:
             load_adapter_weights(self.model, self.best_dir)
             kept_step = best.best_step
             self.reporter.event("best", f"kept the adapter from step {kept_step} (lowest eval loss "
                                         f"{best.best_loss:.4f}), not the last step {self.step}")
-        self.guard()
-        failpoint("save")
-        save_adapter(self.model, self.adapter_dir, tokenizer=self.tokenizer, init_dir=self.init_dir)
+        if self.main:
+            self.guard()
+            failpoint("save")
+        self.write_adapter(self.adapter_dir, tokenizer=self.tokenizer, init_dir=self.init_dir)
         self.reporter.event("saved", "adapter saved" + (" (PiSSA converted to plain LoRA for the original base)"
                                                         if self.init_dir else ""))
         return kept_step
 
     def final_evaluation(self) -> None:
-        """Base vs adapted on the validation split, written to evaluation.json (when asked for)."""
+        """Base vs adapted on the validation split, written to evaluation.json (when asked for). Sharded, every
+        rank runs the same evaluation (the same forwards, so FSDP's gathers match) and rank 0 writes it."""
         spec = self.spec
         if self.init_dir is not None:
             # PiSSA rewrote the base in memory; evaluate what users get: the original base + the converted adapter.
@@ -483,8 +540,9 @@ class TrainingRun:
             else:
                 evaluation = evaluate_adapter(self.model, self.tokenizer, held_out,
                                               max_seq_length=self.cfg.max_seq_length, device=self.device.device)
-            self.guard()
-            write_text_atomic(self.out / "evaluation.json", json.dumps(evaluation, indent=1))
+            if self.main:
+                self.guard()
+                write_text_atomic(self.out / "evaluation.json", json.dumps(evaluation, indent=1))
 
     # --- results --------------------------------------------------------------------------------
 
@@ -519,8 +577,10 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
         raise TrainingError(ADVICE_OOM, code=OUT_OF_MEMORY) from exc
     if request is not None:
         return run.stopped(request)
-    if not run.main:
+    if not run.main and not run.sharded:
         return TrainResult("succeeded", run.step, run.total_steps, run.loss_value)
     kept_step = run.save()
     run.final_evaluation()
+    if not run.main:
+        return TrainResult("succeeded", run.step, run.total_steps, run.loss_value)
     return run.succeeded(kept_step)

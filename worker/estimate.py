@@ -32,6 +32,12 @@ With ``cfg.devices`` = N the figures are per device: each rank holds the weights
 1/N share of every micro-batch (``ceil(batch_size / N)`` rows). On a CPU worker the N processes
 share the machine's memory, so every figure counts N times.
 
+* ``sharding = "fsdp"`` (worker.sharding): on a GPU each rank keeps 1/N of the base, plus what FSDP gathers
+  whole while it computes: the root unit (embeddings, final norm, LM head: not freed between forward and
+  backward) and two decoder layers (the one running and the one prefetched), of which it held 1/N already.
+  The adapter, its gradients and AdamW's moments are sharded too (1/N each). On a CPU worker every rank
+  reads the whole base before sharding it, so the weights' peak stays N whole copies.
+
 * DPO / ORPO: a micro-batch of pairs is ``2 x batch_size`` sequences (prompt + chosen, prompt +
   rejected), so activations and logits double. DPO adds the reference pass (the same model with
   the adapter off, without gradients): while it runs the policy's activations are held, so it
@@ -85,6 +91,8 @@ class _Shape:
     intermediate: int
     layers: int
     vocab: int
+    layer_params: int = 0  # the largest decoder layer's base parameters (one FSDP unit)
+    root_params: int = 0  # the base parameters outside the decoder layers (FSDP's root unit)
 
 
 def _config_sizes(config) -> tuple[int, int, int, int]:
@@ -114,6 +122,8 @@ def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
                 quantizable += module.weight.numel()
         targets = resolve_targets(linear_module_suffixes(model), cfg.target_preset, cfg.target_modules)
         resolve_modules_to_save(saveable_modules(model), cfg.modules_to_save)
+        blocks = [m for m in model.modules() if type(m).__name__ in set(getattr(model, "_no_split_modules", None) or ())]
+        block_sizes = [sum(p.numel() for p in m.parameters()) for m in blocks] or [0]
         for p in model.parameters():
             p.requires_grad_(False)
         # The init changes values, not shapes; PiSSA's SVD cannot run on meta tensors.
@@ -129,7 +139,8 @@ def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
     shape = _Shape(total_params=int(total), base_params=int(base_params), quantizable_params=int(quantizable),
                    lora_ab_params=int(lora_ab), other_trainable=int(trainable - lora_ab),
                    adapted_inputs=adapted_inputs,
-                   hidden=hidden, intermediate=inter, layers=layers, vocab=vocab)
+                   hidden=hidden, intermediate=inter, layers=layers, vocab=vocab,
+                   layer_params=max(block_sizes), root_params=int(base_params - sum(block_sizes)))
     return shape, targets
 
 
@@ -172,9 +183,13 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dic
         kept_layers = 1 if cfg.gradient_checkpointing else shape.layers
         values += tokens * 2 * shape.adapted_inputs * kept_layers // shape.layers
     processes = cfg.devices if device == "cpu" else 1  # CPU ranks share this machine's memory
+    shards = cfg.devices if cfg.sharding == "fsdp" and cfg.devices > 1 else 1
+    if shards > 1 and device != "cpu":
+        gathered = (shape.root_params + 2 * shape.layer_params) * compute_bytes
+        weights = weights / shards + gathered * (shards - 1) / shards
     breakdown = {
         "base_weights": processes * weights / MIB,
-        "lora_training": processes * trainable * TRAINING_BYTES_PER_PARAM[cfg.optimizer] / MIB,
+        "lora_training": processes * trainable * TRAINING_BYTES_PER_PARAM[cfg.optimizer] / shards / MIB,
         "activations": processes * values * compute_bytes / MIB,
         "logits": processes * tokens * shape.vocab * 4 * 2 / MIB,
         "overhead": processes * OVERHEAD_MB["cpu" if device == "cpu" else "cuda"],

@@ -23,11 +23,21 @@ def _labelled_logits(peft_model, batch: Batch, with_rows: bool = False):
     inputs = {"input_ids": batch.ids, "attention_mask": batch.attention_mask}
     if batch.position_ids is not None:
         inputs["position_ids"] = batch.position_ids
-    if backbone is None or head is None or getattr(causal.config, "final_logit_softcapping", None):
+    # A model sharded with FSDP gathers its root weights (embeddings, LM head) in the root's forward only.
+    if backbone is None or head is None or getattr(causal.config, "final_logit_softcapping", None) or sharded(causal):
         logits = peft_model(**inputs).logits[:, :-1][keep]
     else:
         logits = head(backbone(**inputs).last_hidden_state[:, :-1][keep])
     return logits, targets[keep], keep.nonzero()[:, 0] if with_rows else None
+
+
+def sharded(module) -> bool:
+    """True for a model sharded by worker.sharding (FSDP2); without torch.distributed, never."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(module, FSDPModule)
 
 
 def summed_token_loss(peft_model, batch: Batch):
@@ -45,8 +55,12 @@ def mean_token_loss(model, examples: list[TokenizedExample], batch_size: int, pa
 
 
 def summed_eval_loss(model, examples: list[TokenizedExample], batch_size: int, pad_id: int,
-                     device) -> tuple[float, int]:
-    """(summed loss, trained tokens) over `examples`, no dropout, no gradients: ranks add theirs up."""
+                     device, *, min_batches: int = 0, filler: TokenizedExample | None = None) -> tuple[float, int]:
+    """(summed loss, trained tokens) over `examples`, no dropout, no gradients: ranks add theirs up.
+
+    `min_batches`: run at least this many forwards, the missing ones on `filler` and not counted (FSDP ranks
+    must all run the same forwards).
+    """
     import torch
 
     was_training = model.training
@@ -59,6 +73,8 @@ def summed_eval_loss(model, examples: list[TokenizedExample], batch_size: int, p
             loss_sum, n = summed_token_loss(model, collate(batch, pad_id, device))
             total += loss_sum.item()
             count += n
+        for _ in range(min_batches - -(-len(order) // batch_size)):
+            summed_token_loss(model, collate([filler], pad_id, device))
     if was_training:
         model.train()
     return total, count

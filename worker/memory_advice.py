@@ -39,8 +39,17 @@ def _shorter_sequences(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> s
     return None
 
 
+def _fsdp(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+    """Several devices, each with a whole base: shard it (no change to the results)."""
+    if cfg.devices < 2 or cfg.sharding == "fsdp" or cfg.qlora or cfg.init_lora_weights == "pissa":
+        return None
+    c = replace(cfg, sharding="fsdp")
+    return (f"sharding fsdp (the base split across the {cfg.devices} devices): ~{memory_of(c):,.0f} MB"
+            if memory_of(c) <= limit else None)
+
+
 def _qlora(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
-    if cfg.qlora:
+    if cfg.qlora or cfg.sharding == "fsdp":  # 4-bit weights are not sharded
         return None
     c = replace(cfg, qlora=True)
     return f"QLoRA (4-bit base): ~{memory_of(c):,.0f} MB" if memory_of(c) <= limit else None
@@ -94,26 +103,29 @@ def oom_suggestion(cfg: TrainConfig) -> dict[str, Any]:
         change["max_seq_length"] = max(128, cfg.max_seq_length // 2)
     if not cfg.gradient_checkpointing:
         change["gradient_checkpointing"] = True
-    if not change and not cfg.qlora:
+    if not change and not cfg.qlora and cfg.sharding != "fsdp":
         change["qlora"] = True
     return change
 
 
 def fitting_changes(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> list[str]:
     """Changes that bring `memory_of(cfg)` under `limit` MiB, one per remedy, in the order of REMEDIES."""
-    tips = [tip for remedy in REMEDIES if (tip := remedy.fitting_change(cfg, memory_of, limit)) is not None]
+    # Sharding first: it changes no result. Not in REMEDIES, whose words every out-of-memory error carries.
+    tips = [tip for change in (_fsdp, *(r.fitting_change for r in REMEDIES))
+            if (tip := change(cfg, memory_of, limit)) is not None]
     return tips or [_combined_change(cfg, memory_of, limit)]
 
 
 def _combined_change(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str:
-    """No single change is enough: one batch per step, then checkpointing, QLoRA and shorter sequences until it fits."""
-    c = replace(cfg, batch_size=1, grad_accum=cfg.grad_accum * cfg.batch_size)
-    steps = ["batch_size 1 with grad_accum %d" % c.grad_accum]
+    """No single change is enough: the smallest micro-batch (one example per device), then checkpointing, QLoRA
+    and shorter sequences until it fits."""
+    c = replace(cfg, batch_size=cfg.devices, grad_accum=grad_accum_for(cfg, cfg.devices))
+    steps = ["batch_size %d with grad_accum %d" % (c.batch_size, c.grad_accum)]
     for change, label in ((dict(gradient_checkpointing=True), "gradient checkpointing"),
                           (dict(qlora=True), "QLoRA")):
         if memory_of(c) <= limit:
             break
-        if not getattr(c, next(iter(change))):
+        if not getattr(c, next(iter(change))) and not (label == "QLoRA" and c.sharding == "fsdp"):
             c = replace(c, **change)
             steps.append(label)
     while memory_of(c) > limit and c.max_seq_length > 16:

@@ -158,7 +158,8 @@ def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = N
         # this process's GPU: 0 alone, GPU r for rank r of a run on several devices (worker.distributed)
         kwargs["device_map"] = {"": torch.cuda.current_device()} if device.is_cuda else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if quant is None:
+    # FSDP (worker.sharding) moves each rank's shard to its GPU: the whole base never sits on one device.
+    if quant is None and not (cfg is not None and cfg.sharding == "fsdp" and cfg.devices > 1):
         model.to(device.device)
     model.config.use_cache = False
     for p in model.parameters():

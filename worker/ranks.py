@@ -7,6 +7,7 @@ separately (only on labelled positions), which bypasses the wrapper's forward ho
 loss is normalised by the trained tokens of the whole global batch, so gradients must be summed,
 not averaged; and a rank may get no example of a short micro-batch. LoRA gradients are small, so
 one flattened all-reduce per optimizer step (no overlap with the backward pass) costs little.
+With `sharding = "fsdp"` FSDP reduces the gradients instead (`worker.sharding`), with the same sum.
 """
 from __future__ import annotations
 

@@ -62,3 +62,41 @@ def test_the_train_task_runs_a_job_on_two_ranks(user, base_model, dataset, setti
     assert list(MetricPoint.objects.filter(job=job).order_by("step").values_list("step", flat=True)) == [1, 2, 3]
     assert Adapter.objects.filter(job=job).exists()
     assert job.events.filter(kind="saved").count() == 1
+
+
+def test_sharding_through_rest_openai_and_the_form_and_on_the_job_page(api, client_in, base_model, dataset, settings,
+                                                                         django_capture_on_commit_callbacks):
+    """`sharding` travels as `devices` does: REST config, the OpenAI `lora` extras, the form's Advanced
+    section; refusals name the field; the job page lists it with the other settings."""
+    settings.TRAIN_MAX_DEVICES = 2
+    response = rest_job(api, dataset, base_model, devices=2, sharding="fsdp")
+    assert response.status_code == 201, response.content
+    assert response.json()["config"]["sharding"] == "fsdp"
+    for bad, words in ((dict(sharding="zero3"), "must be one of none, fsdp"),
+                       (dict(sharding="fsdp"), "needs at least 2"),
+                       (dict(sharding="fsdp", devices=2, qlora=True), "not available with QLoRA")):
+        response = rest_job(api, dataset, base_model, **bad)
+        assert response.status_code == 400, (bad, response.content)
+        error = response.json()["error"]
+        assert error["field"] == "sharding" and words in error["message"], error
+
+    payload = {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}",
+               "hyperparameters": {"batch_size": 4}, "lora": {"devices": 2, "sharding": "fsdp"}}
+    with mock.patch("training.tasks.job_run.delay"):
+        created = api.post("/v1/fine_tuning/jobs", payload, format="json")
+        refused = api.post("/v1/fine_tuning/jobs", {**payload, "lora": {"sharding": "fsdp"}}, format="json")
+    assert created.status_code == 200, created.content
+    assert created.json()["lora"]["sharding"] == "fsdp"
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "lora.sharding"
+
+    response, _ = submit(client_in, form_data(base_model, dataset, sharding="fsdp"), django_capture_on_commit_callbacks)
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "needs at least 2" in html[html.index('id="field-sharding"'):][:1500]
+    response, _ = submit(client_in, form_data(base_model, dataset, devices=2, sharding="fsdp"),
+                         django_capture_on_commit_callbacks)
+    assert response.status_code == 302
+    job = FineTuneJob.objects.order_by("created").last()
+    assert job.config["sharding"] == "fsdp"
+    page = client_in.get(f"/jobs/{job.id}/").content.decode()
+    assert "<th>sharding</th><td>fsdp</td>" in page

@@ -36,8 +36,8 @@ def data(tmp_path_factory):
                        [{"messages": m} for m in memorisable_conversations()])
 
 
-def spec(model, data, out, devices):
-    return TrainSpec(str(model), str(data), str(out), TrainConfig(**CFG, devices=devices),
+def spec(model, data, out, devices, **extra):
+    return TrainSpec(str(model), str(data), str(out), TrainConfig(**{**CFG, **extra}, devices=devices),
                      eval_dataset_path=str(data), device="cpu")
 
 
@@ -55,7 +55,7 @@ def assert_same_losses(points, reference, steps):
     got = {s: m for s, m in points}
     assert sorted(got) == list(steps), "rank 0 alone reports, once per step"
     for step in steps:
-        for key in ("loss", "eval_loss"):
+        for key in ("loss", "eval_loss", "grad_norm"):  # Adam hides a wrong gradient scale from the losses
             assert got[step][key] == pytest.approx(ref[step][key], rel=REL), (step, key)
         assert got[step]["lr"] == pytest.approx(ref[step]["lr"], rel=1e-9)
 
@@ -111,6 +111,71 @@ def test_two_ranks_train_like_one_cancel_stops_both_and_resume_continues(tiny_ll
     with torch.no_grad():
         base = AutoModelForCausalLM.from_pretrained(tiny_llama)(input_ids=torch.tensor(IDS))
     assert not torch.allclose(got, base.logits, atol=1e-3), "the adapter changed the model"
+
+
+FSDP_SHARE = re.compile(r"FSDP: each of 2 ranks holds about 1/2 of the frozen base \(([\d.]+) MB\): "
+                        r"rank 0 ([\d.]+) MB, rank 1 ([\d.]+) MB")
+
+
+def test_fsdp_shards_the_base_trains_like_one_device_and_resumes(tiny_llama, tmp_path):
+    """sharding=fsdp on two ranks: each holds about half of the frozen base (as the run reports it); every
+    step's train loss, eval loss and gradient norm is the one-device one (same tolerance as plain data
+    parallel: only the summation order differs); a cancel after step 1 leaves a checkpoint (adapter and
+    optimizer state gathered whole) that a second FSDP run resumes on the same curve; the adapter answers
+    like the one-device adapter and the end-of-job evaluation (both ranks on the sharded model, rank 0
+    writes) is the same.
+
+    Five examples in micro-batches of 4 and 1 (two per step): rank 1 has no example in the second, and its
+    eval share is one batch to rank 0's two. FSDP needs every rank in every forward, so both run stand-ins
+    that must not count."""
+    import json
+
+    five = write_jsonl(tmp_path / "five.jsonl", [{"messages": m} for m in memorisable_conversations()[:5]])
+
+    def job(out, devices, **more):
+        cfg = TrainConfig(**{**CFG, "grad_accum": 2, "max_steps": 3, "final_eval": True, **more}, devices=devices)
+        return TrainSpec(str(tiny_llama), str(five), str(tmp_path / out), cfg, eval_dataset_path=str(five),
+                         device="cpu")
+
+    reference = MemoryReporter()
+    ref_result = train(job("one", 1), reference)
+    first = MemoryReporter()
+    result = Supervisor(job("fsdp", 2, sharding="fsdp"), first, lambda: "cancel" if first.points else None,
+                        threads=0, timeout_s=60).run()
+    assert result.status == "cancelled" and result.steps_done == 1
+    shares = [FSDP_SHARE.search(message) for kind, message in first.events if kind == "setup"]
+    whole, rank0, rank1 = (float(x) for x in next(m for m in shares if m).groups())
+    assert whole > 0 and rank0 + rank1 == pytest.approx(whole, rel=1e-3)
+    for held in (rank0, rank1):
+        assert held == pytest.approx(whole / 2, rel=0.02), "each rank stores half of the base"
+    assert_same_losses(first.points, reference, range(1, 2))
+    assert [f.name for f in checkpoint_folders(tmp_path / "fsdp" / "checkpoints")] == ["step-000001"]
+
+    again = MemoryReporter()
+    result = run_training(job("fsdp", 2, sharding="fsdp"), again)
+    assert result.status == "succeeded" and result.steps_done == 3
+    assert ("resume", "resumed from checkpoint at step 1") in again.events
+    assert_same_losses(again.points, reference, range(2, 4))
+    expected = logits(tiny_llama, ref_result.adapter_dir)
+    assert torch.allclose(logits(tiny_llama, result.adapter_dir), expected, rtol=REL, atol=1e-5)
+    evaluation = json.loads((tmp_path / "fsdp" / "evaluation.json").read_text())
+    assert evaluation == json.loads((tmp_path / "one" / "evaluation.json").read_text())
+
+
+def test_fsdp_is_validated():
+    assert TrainConfig().sharding == "none"
+    cases = ((dict(sharding="zero3"), "must be one of none, fsdp"),
+             (dict(sharding="fsdp"), "needs at least 2"),
+             (dict(sharding="fsdp", devices=2, qlora=True), "not available with QLoRA"),
+             (dict(sharding="fsdp", devices=2, init_lora_weights="pissa"), "not available with PiSSA"))
+    for values, words in cases:
+        with pytest.raises(ConfigError, match=re.escape(words)) as info:
+            TrainConfig(**values)
+        assert info.value.field == "sharding"
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(sharding="fsdp", devices=2, method="dpo")
+    assert info.value.field == "devices", "DPO runs on one device, sharded or not"
+    assert TrainConfig(sharding="fsdp", devices=2).sharding == "fsdp"
 
 
 class KillRankOne(MemoryReporter):

@@ -166,3 +166,32 @@ def test_devices_split_the_micro_batch_and_cpu_ranks_share_memory(tiny_llama):
 
     assert "batch_size" not in oom_suggestion(TrainConfig(batch_size=2, devices=2))
     assert oom_suggestion(TrainConfig(batch_size=8, devices=2))["batch_size"] == 4
+
+
+def test_fsdp_shards_the_base_per_gpu_but_not_the_cpu_load_peak(tiny_llama, tmp_path):
+    """sharding=fsdp on 4 GPUs: each holds a quarter of the base plus what FSDP gathers (the root unit and
+    two decoder layers), and a quarter of the adapter's training state; on a CPU worker every rank reads the
+    whole base first, so its weights' peak is unchanged. A 16-layer shape, where sharding pays off."""
+    import json
+    import shutil
+
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    config = json.loads((tiny_llama / "config.json").read_text())
+    (deep / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 16}))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (tiny_llama / name).exists():
+            shutil.copy(tiny_llama / name, deep / name)
+
+    def est(device, **cfg):
+        return estimate(str(deep), TrainConfig(batch_size=8, devices=4, **cfg), n_examples=100, mean_tokens=50,
+                        device=device)
+
+    whole, sharded = est("cuda"), est("cuda", sharding="fsdp")
+    assert sharded.breakdown["base_weights"] < whole.breakdown["base_weights"] / 2
+    assert sharded.breakdown["base_weights"] > whole.breakdown["base_weights"] / 4, "gathered units count too"
+    assert sharded.breakdown["lora_training"] == pytest.approx(whole.breakdown["lora_training"] / 4)
+    assert sharded.breakdown["activations"] == whole.breakdown["activations"], "the micro-batch split is the same"
+    assert sharded.memory_mb < whole.memory_mb
+    on_cpu, on_cpu_sharded = est("cpu"), est("cpu", sharding="fsdp")
+    assert on_cpu_sharded.breakdown["base_weights"] == on_cpu.breakdown["base_weights"]

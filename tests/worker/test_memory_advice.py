@@ -56,3 +56,22 @@ def test_out_of_memory_in_training_raises_the_advice_with_its_code(tiny_llama, t
             pytest.raises(TrainingError) as err:
         train(spec, MemoryReporter())
     assert err.value.code == OUT_OF_MEMORY and str(err.value) == ADVICE_OOM
+
+
+def test_fsdp_is_advised_first_for_several_devices_and_qlora_never_with_it():
+    """A job on several devices that does not fit is told to shard the base (no change to its results); a
+    sharded job is never told to add QLoRA (refused with FSDP), neither by the estimate nor the OOM retry."""
+    def memory_of(c):  # sharding a quarter, QLoRA a half, checkpointing a tenth off
+        return 1000 * (0.25 if c.sharding == "fsdp" else 1) * (0.5 if c.qlora else 1) * (
+            0.9 if c.gradient_checkpointing else 1)
+
+    whole = TrainConfig(batch_size=8, devices=4)
+    tips = fitting_changes(whole, memory_of, 600)
+    assert tips[0].startswith("sharding fsdp (the base split across the 4 devices): ~250 MB"), tips
+    assert any(t.startswith("QLoRA") for t in tips)
+    sharded = TrainConfig(batch_size=8, devices=4, sharding="fsdp", gradient_checkpointing=True)
+    tips = fitting_changes(sharded, memory_of, 100)
+    assert not any("QLoRA" in t or "sharding" in t for t in tips), tips
+    assert "qlora" not in oom_suggestion(TrainConfig(batch_size=4, devices=4, max_seq_length=128, sharding="fsdp",
+                                                     gradient_checkpointing=True))
+    assert fitting_changes(TrainConfig(), memory_of, 600)[0].startswith("QLoRA"), "one device: nothing to shard"

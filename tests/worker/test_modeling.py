@@ -44,3 +44,29 @@ def test_a_failed_load_is_not_cached(monkeypatch):
     with pytest.raises(OSError):
         modeling.cached_tokenizer("models/missing")
     assert modeling.cached_tokenizer.cache_info().currsize == 0
+
+
+def test_fsdp_refuses_a_layer_that_trains_two_dtypes(tiny_llama):
+    """FSDP reduce-scatters a unit's gradients as one tensor: a layer training fp32 LoRA next to a bf16 weight
+    (a trained bias on a bf16 GPU base) is refused before sharding, naming the setting; one dtype is fine."""
+    import pytest
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from worker.config import ConfigError, TrainConfig
+    from worker.modeling import build_peft_model
+    from worker.sharding import check_trained_dtypes, decoder_layers
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    model, _ = build_peft_model(base, TrainConfig(target_preset="attention"))
+    causal = model.get_base_model()
+    units = decoder_layers(causal) + [causal]
+    check_trained_dtypes(units)
+    norm = units[1].input_layernorm.weight
+    norm.data = norm.data.to(torch.bfloat16)
+    norm.requires_grad_(True)
+    with pytest.raises(ConfigError, match="trains bfloat16 and float32 ones") as info:
+        check_trained_dtypes(units)
+    assert info.value.field == "sharding"
