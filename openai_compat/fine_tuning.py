@@ -192,7 +192,7 @@ class JobListApi(OpenAIView):
             services.job_validate_config(base_model=base, config=config)
             est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
             job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
-                                      name=suffix, validation=validation, memory_mb=est.memory_mb)
+                                      name=suffix, validation=validation, memory_mb=est.memory_mb, default_name=False)
         except ConfigError as exc:
             param = {"validation_dataset": "validation_file", "dataset": "training_file",
                      "config": "hyperparameters", "method": "method.type"}.get(

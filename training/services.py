@@ -193,16 +193,19 @@ def job_check_fits(*, owner, dataset: Dataset, base_model: BaseModel, config: Tr
 
 
 def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig, name: str = "",
-               validation: dict | None = None, memory_mb: float = 0) -> FineTuneJob:
+               validation: dict | None = None, memory_mb: float = 0, default_name: bool = True) -> FineTuneJob:
     """Save a queued job (with its data snapshot) and hand it on commit to the train queue of its memory
-    class (`memory_mb`: the pre-flight estimate; 0 when unknown, which any worker takes)."""
+    class (`memory_mb`: the pre-flight estimate; 0 when unknown, which any worker takes). A job without a
+    name gets `job_default_name` unless `default_name` is off (the OpenAI API, where the name is the suffix)."""
     if dataset.owner_id != owner.id:
         raise ConfigError("dataset", "unknown dataset")
     job_check_quotas(owner=owner)
     config = job_start_config(owner=owner, base_model=base_model, config=config)
     job_validate_config(base_model=base_model, config=config)
     job_check_method(dataset=dataset, config=config)
-    name = name.strip() or job_default_name(dataset_name=dataset.name, config=config, when=timezone.now())
+    name = name.strip()
+    if not name and default_name:
+        name = job_default_name(dataset_name=dataset.name, config=config, when=timezone.now())
     with transaction.atomic():
         job = FineTuneJob.objects.create(owner=owner, dataset=dataset, base_model=base_model,
                                          config=config.to_dict(), name=name[:200], dataset_name=dataset.name,

@@ -64,7 +64,7 @@
 
 // Errors: a field that came back wrong is marked for screen readers, its folded section is opened and the
 // first one gets the focus. Fields that do not apply to the choices made are hidden (custom modules only for
-// a custom list, the validation dataset only when validating on another dataset, beta only for DPO / ORPO).
+// a custom list, the validation dataset only when validating on another dataset, beta only for DPO / ORPO, sharding only on several devices).
 (function () {
   const form = document.getElementById("job-form");
   if (!form) return;
@@ -87,6 +87,7 @@
     ["validation_seed", "validation", (v) => v === "split"],
     ["validation_dataset", "validation", (v) => v === "dataset"],
     ["beta", "method", (v) => v === "dpo" || v === "orpo"],
+    ["sharding", "devices", (v) => Number(v) > 1],
   ];
   function apply() {
     for (const [name, by, shown] of RULES) {
