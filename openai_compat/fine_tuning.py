@@ -16,6 +16,7 @@ from common.ids import file_id, ftjob_id
 from openai_compat.base import (PAGE_PARAMS, OpenAIView, known_fields, openai_schema, owned_dataset, owned_job, page,
                                 page_params, unix_time)
 from training import selectors, services
+from training.selectors import job_api_model as fine_tuned_model
 from training.selectors import job_list
 from training.models import FineTuneJob, JobStatus
 from worker.config import ConfigError, TrainConfig
@@ -23,17 +24,6 @@ from worker.config import ConfigError, TrainConfig
 DEFAULT_LR = TrainConfig().learning_rate
 LORA_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "use_rslora", "use_dora",
                "bias", "init_lora_weights", "modules_to_save", "devices", "sharding")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40]
-
-
-def fine_tuned_model(job: FineTuneJob) -> str | None:
-    """`ft:<base>:<suffix or user>:<job short id>` once the job has succeeded."""
-    if job.status != JobStatus.SUCCEEDED:
-        return None
-    return f"ft:{job.base_model.name}:{_slug(job.name) or _slug(job.owner.username) or 'user'}:{job.short_id}"
 
 
 def _hyperparameters(config: dict) -> dict[str, Any]:

@@ -234,3 +234,24 @@ class JobForm(forms.Form):
                 self.add_error("validation_dataset", "must differ from the training dataset (or use a split)")
             return {"kind": "dataset", "dataset": data.get("validation_dataset")}
         return {"kind": "none"}
+
+
+def setting_rows(config: dict) -> list[tuple[str, str, object]]:
+    """A job's settings for people: (field name, the form's label, value shown), in the form's order, then any
+    setting the form does not show."""
+    fields = JobForm.base_fields
+    order = [name for _legend, _folded, names in FIELDSETS for name in names if name in config]
+    order += [name for name in config if name not in order]
+    rows = []
+    for name in order:
+        field = fields.get(name)
+        label = str(field.label) if field is not None and field.label else name.replace("_", " ").capitalize()
+        value = config[name]
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif isinstance(value, (list, tuple)):
+            value = ", ".join(value) or "–"
+        elif value == "":
+            value = "–"
+        rows.append((name, label, value))
+    return rows

@@ -1,6 +1,8 @@
 """Reads of jobs. Every selector of user data takes the owner, so a forgotten filter is hard to write."""
 from __future__ import annotations
 
+import re
+
 from collections import Counter
 
 from django.conf import settings
@@ -105,3 +107,15 @@ def worker_list(*, viewer) -> dict:
     queues = [{"name": name, "max_memory_gb": size, "messages": depths[name], "queued_jobs": queued[name],
                "workers": sum(name in w["queues"] for w in workers)} for name, size in class_queues()]
     return {"workers": workers, "queues": queues, "no_fit": settings.ROUTING_NO_FIT}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40]
+
+
+def job_api_model(job: FineTuneJob) -> str | None:
+    """The model id that chats with the job's adapter over the OpenAI-compatible API,
+    `ft:<base>:<name or user>:<job short id>`, once the job has succeeded."""
+    if job.status != JobStatus.SUCCEEDED:
+        return None
+    return f"ft:{job.base_model.name}:{_slug(job.name) or _slug(job.owner.username) or 'user'}:{job.short_id}"

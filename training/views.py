@@ -2,6 +2,8 @@
 several runs side by side, and the job's actions and downloads. Thin: forms validate, services write."""
 from __future__ import annotations
 
+import json
+
 from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -16,16 +18,12 @@ from common.ids import is_uuid
 from training import selectors, services
 from training.downloads import adapter_download, merged_download
 from training.files import job_evaluation, merged_status
-from training.forms import JobForm, clone_initial
+from training.forms import JobForm, clone_initial, setting_rows
 from training.live import job_channel, status_event
 from training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
 from user_datasets.selectors import dataset_find
 from worker.config import PREFERENCE_METHODS, ConfigError, TrainConfig
 from worker.memory_advice import OUT_OF_MEMORY, oom_suggestion
-
-RUN_COMPARE_KEYS = ["method", "beta", "rank", "alpha", "dropout", "target_preset", "qlora", "epochs", "learning_rate",
-                    "batch_size", "grad_accum", "max_seq_length", "use_rslora", "use_dora"]
-
 
 @login_required
 def job_list(request):
@@ -76,7 +74,10 @@ def runs_compare(request):
     ids = [i for i in request.GET.getlist("job") if is_uuid(i)][:8]
     jobs = list(selectors.job_list(owner=request.user).filter(id__in=ids))
     curves = {str(j.id): [[p.step, p.train_loss, p.eval_loss] for p in selectors.metric_points(job=j)] for j in jobs}
-    rows = [(k, [j.config.get(k) for j in jobs]) for k in RUN_COMPARE_KEYS]
+    keys = [name for name, _label, _value in setting_rows({k: None for j in jobs for k in j.config})]
+    labels = {name: label for name, label, _value in setting_rows({k: None for k in keys})}
+    rows = [(labels[k], [j.config.get(k) for j in jobs]) for k in keys]
+    rows = [(label, values, len({json.dumps(v, sort_keys=True) for v in values}) > 1) for label, values in rows]
     evaluations = [job_evaluation(j) for j in jobs]
     finals = [{"loss": j.final_loss,
                "eval_loss": next((p[2] for p in reversed(curves[str(j.id)]) if p[2] is not None), None),
@@ -112,7 +113,9 @@ def job_detail(request, job_id):
     job = selectors.job_get(owner=request.user, job_id=job_id)
     succeeded = job.status == JobStatus.SUCCEEDED
     return render(request, "training/job_detail.html", {
-        "job": job, "config": job.config, "events": job.events.order_by("-id")[:20],
+        "job": job, "config": job.config, "settings": setting_rows(job.config),
+        "events": reversed(job.events.order_by("-id")[:50]), "api_model": selectors.job_api_model(job),
+        "api_base": request.build_absolute_uri("/v1"),
         "preference": job.config.get("method", "supervised") in PREFERENCE_METHODS,
         "suggestion": _oom_suggestion(job), "waiting": selectors.job_waiting_for(job=job),
         "merged": merged_status(job) if succeeded else None,

@@ -2,6 +2,7 @@
 for the APIs."""
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.templatetags.static import static
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
@@ -19,6 +20,7 @@ api_v1 = [
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="job-list"), name="home"),
+    path("favicon.ico", RedirectView.as_view(url=static("app/favicon.svg"), permanent=True)),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),

@@ -16,7 +16,7 @@
       { label: "prompt + chosen", data: h.counts, backgroundColor: colours("#6172f3") },
       { label: "prompt + rejected", data: h.rejected_counts, backgroundColor: colours("#f79009"), borderColor: "#b54708",
         borderWidth: 1 }] : [{ label: "examples", data: h.counts, backgroundColor: colours("#6172f3") }] },
-    options: { animation: false, plugins: { legend: { display: pairs },
+    options: { animation: false, aspectRatio: window.matchMedia("(max-width: 700px)").matches ? 1.3 : 2.6, plugins: { legend: { display: pairs },
       title: { display: true, text: `tokens per ${pairs ? "side of a pair" : "example"} (red: beyond max length ${maxLen}, in bin ${labels[limitBin]})` } },
       scales: { x: { title: { display: true, text: "tokens" } }, y: { title: { display: true, text: pairs ? "pairs" : "examples" } } } },
     plugins: [{ id: "maxline", afterDraw(chart) {

@@ -4,6 +4,7 @@
   if (!root) return;
   const TERMINAL = ["succeeded", "failed", "cancelled"];
   const $ = (id) => document.getElementById(id);
+  const CHART_RATIO = window.matchMedia("(max-width: 700px)").matches ? 1.3 : 2.6;  // a phone keeps a readable height
   const chart = new Chart($("loss-chart"), {
     type: "line",
     data: { datasets: [
@@ -12,7 +13,7 @@
       { label: "best checkpoint", data: [], borderColor: "#12b76a", backgroundColor: "#12b76a", pointRadius: 7,
         pointStyle: "star", showLine: false },
     ] },
-    options: { animation: false, parsing: false, responsive: true,
+    options: { animation: false, parsing: false, responsive: true, aspectRatio: CHART_RATIO,
       scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "loss" } } } },
   });
   // Preference jobs (DPO, ORPO): reward margin (left axis) and accuracy (right axis), train and validation.
@@ -25,7 +26,7 @@
       { label: "train accuracy", key: "reward_accuracy", yAxisID: "acc", data: [], borderColor: "#12b76a", pointRadius: 0, borderWidth: 1, borderDash: [4, 3] },
       { label: "eval accuracy", key: "eval_reward_accuracy", yAxisID: "acc", data: [], borderColor: "#b42318", pointRadius: 3, borderWidth: 1, borderDash: [4, 3] },
     ] },
-    options: { animation: false, parsing: false, responsive: true,
+    options: { animation: false, parsing: false, responsive: true, aspectRatio: CHART_RATIO,
       scales: { x: { type: "linear", title: { display: true, text: "step" } },
                 y: { title: { display: true, text: "reward margin" } },
                 acc: { position: "right", min: 0, max: 1, title: { display: true, text: "accuracy" }, grid: { drawOnChartArea: false } } } },
@@ -81,8 +82,11 @@
   const FINISHING = { evaluate: "evaluating…", best: "saving…", saved: "saving…" };
   source.addEventListener("message", (e) => {
     const m = JSON.parse(e.data); const li = document.createElement("li");
-    li.innerHTML = "<b></b> "; li.firstChild.textContent = m.kind; li.append(m.message);
-    $("job-log").prepend(li);
+    const time = document.createElement("time"); const now = new Date();
+    time.dateTime = now.toISOString(); time.textContent = now.toTimeString().slice(0, 8);
+    const kind = document.createElement("b"); kind.textContent = m.kind;
+    li.append(time, " ", kind, " ", m.message);
+    $("job-log").append(li);  // oldest first, as the page draws it
     if (FINISHING[m.kind] && !TERMINAL.includes(root.dataset.status)) $("stat-eta").textContent = FINISHING[m.kind];
   });
   // The end of the job (evaluation, downloads) and a merged export in progress are drawn in place.

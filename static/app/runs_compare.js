@@ -12,6 +12,6 @@
                                    borderDash: [6, 4], pointRadius: 2, borderWidth: 2 });
   });
   new Chart(document.getElementById("runs-chart"), { type: "line", data: { datasets },
-    options: { animation: false, parsing: false, scales: { x: { type: "linear", title: { display: true, text: "step" } },
+    options: { animation: false, parsing: false, aspectRatio: window.matchMedia("(max-width: 700px)").matches ? 1.3 : 2.6, scales: { x: { type: "linear", title: { display: true, text: "step" } },
                                                              y: { title: { display: true, text: "loss" } } } } });
 })();

@@ -189,3 +189,63 @@ def test_new_job_from_this_fills_every_field_and_delete_asks_first(stack, page, 
     assert "Deleted the job" in page.inner_text("main")
     assert api.get(f"{stack.url}/api/v1/jobs/{job}/").status_code == 404
     api.post(f"{stack.url}/api/v1/jobs/{copy}/cancel/")
+
+
+def no_sideways_scroll(page) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def too_wide(page) -> list[str]:
+    """The outermost elements that reach past the window's right edge (for the failure message)."""
+    return page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1
+                     && !(e.parentElement && e.parentElement.getBoundingClientRect().right > window.innerWidth + 1))
+        .slice(0, 5).map(e => `${e.tagName}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}px`)""")
+
+
+def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, dataset):
+    first = start_job(stack, api, dataset, max_steps=2)
+    second = start_job(stack, api, dataset, max_steps=2, rank=4, alpha=8)
+    for job in (first, second):
+        for _ in range(600):
+            if api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"] in ("succeeded", "failed"):
+                break
+            __import__("time").sleep(0.2)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, bypass_csp=True)
+    page = context.new_page()
+    # Signed out: what the product is, a way to an account and back, a styled 404 with a way back, a favicon.
+    page.goto(stack.url + "/accounts/login/")
+    assert "Fine-tune a language model on your own data" in page.inner_text("main") and no_sideways_scroll(page)
+    page.click("main >> text=Create one")
+    page.click("main >> text=Sign in")
+    page.wait_for_url("**/accounts/login/")
+    assert page.request.get(stack.url + "/favicon.ico").headers["content-type"].startswith("image/svg")
+    response = page.goto(stack.url + "/no/such/page/")
+    assert response.status == 404 and "Page not found" in page.inner_text("h1")
+    sign_in(page, stack, "alice")
+    nav = page.inner_text("header nav")
+    assert "Compare runs" in nav and "API docs" in nav
+    pages = ["/datasets/", f"/datasets/{dataset}/", "/models/", "/jobs/new/", "/jobs/", f"/jobs/{first}/",
+             f"/jobs/compare/?job={first}&job={second}", f"/jobs/{first}/compare/", "/workers/", "/account/usage/",
+             "/account/keys/", "/account/webhooks/", "/no/such/page/"]
+    for path in pages:
+        page.goto(stack.url + path)
+        page.wait_for_load_state("networkidle")
+        assert no_sideways_scroll(page), f"{path} scrolls sideways at 390 px: {too_wide(page)}"
+    page.goto(f"{stack.url}/jobs/{first}/")
+    assert page.locator("#loss-chart").bounding_box()["height"] >= 200, "the chart keeps a readable height"
+    # The job page: the API model id with code, settings in words, the log oldest first with times.
+    model = page.inner_text("#api-model")
+    assert model.startswith("ft:tiny-llama:") and model in page.text_content("#api-snippet")
+    settings = page.inner_text(".grid2 .kv")
+    assert "Gradient accumulation" in settings and "grad_accum" not in settings
+    times = page.locator("#job-log time").evaluate_all("ts => ts.map(t => t.dateTime)")
+    assert len(times) >= 2 and times == sorted(times)
+    page.goto(f"{stack.url}/jobs/compare/?job={first}&job={second}")
+    differing = page.locator("#runs-table tr.differs th").all_inner_texts()
+    assert any(t.startswith("LoRA rank") or t.startswith("Rank") for t in differing), differing
+    assert not any(t.startswith("Learning rate") for t in differing)
+    # A skip link leads keyboard users past the top bar.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip-link"
+    context.close()

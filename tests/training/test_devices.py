@@ -99,4 +99,4 @@ def test_sharding_through_rest_openai_and_the_form_and_on_the_job_page(api, clie
     job = FineTuneJob.objects.order_by("created").last()
     assert job.config["sharding"] == "fsdp"
     page = client_in.get(f"/jobs/{job.id}/").content.decode()
-    assert "<th>sharding</th><td>fsdp</td>" in page
+    assert '<th title="sharding">Sharding (with several devices)</th><td>fsdp</td>' in page
