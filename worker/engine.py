@@ -502,6 +502,7 @@ class TrainingRun:
         self.model.eval()
         if spec.eval_dataset_path and self.cfg.final_eval:
             self.reporter.event("evaluate", "comparing base and adapted model on the validation split")
+            started = time.monotonic()
             held_out = read_normalized_jsonl(spec.eval_dataset_path)
             if self.cfg.is_preference:
                 evaluation = evaluate_preferences(self.model, self.tokenizer, held_out, cfg=self.cfg,
@@ -511,6 +512,8 @@ class TrainingRun:
                                               max_seq_length=self.cfg.max_seq_length, device=self.device.device)
             self.guard()
             write_text_atomic(self.out / "evaluation.json", json.dumps(evaluation, indent=1))
+            self.reporter.event("evaluate", evaluation_cost(time.monotonic() - started,
+                                                            time.monotonic() - self.started))
 
     # --- results --------------------------------------------------------------------------------
 
@@ -525,6 +528,12 @@ class TrainingRun:
                            self.targets, self.trainable, self.total_params, time.monotonic() - self.started,
                            kept_step if best.best_step is not None else None, best.best_loss, self.stopped_early,
                            self.model)
+
+
+def evaluation_cost(seconds: float, run_seconds: float) -> str:
+    """The end-of-job evaluation's time and its share of the run, for the job's log."""
+    share = 100 * seconds / run_seconds if run_seconds > 0 else 100.0
+    return f"evaluation took {seconds:.1f} s, {share:.0f}% of the job"
 
 
 def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop, *,
