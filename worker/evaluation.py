@@ -5,7 +5,7 @@ exact-match and (for JSON references) valid-JSON and same-keys rates. For DPO / 
 preference accuracy of both on held-out pairs instead. The base side is the same loaded model with
 the adapter off, so no second copy of the base is needed; the answers of both sides come from one
 batched `generate` per chunk of prompts (PEFT's mixed-adapter batch, "__base__" rows skip the
-adapter), so the evaluation costs little next to the training.
+adapter; two batched calls where that mix would not be exact), so it costs little next to training.
 """
 from __future__ import annotations
 
@@ -82,15 +82,24 @@ def generate_batch(model, tokenizer, conversations, max_new_tokens: int, device,
 
 
 def can_mix_adapters(model) -> bool:
-    """Whether one generate call can run rows through the adapter and rows through the base alone:
-    PEFT mixes adapters in a batch, except DoRA ones."""
+    """Whether one generate call can run rows through the adapter and rows through the base alone, with the
+    answers each row would get alone: PEFT mixes adapters in a batch (not DoRA ones), and only at fp32 is
+    the mix exact. With a 16-bit base, PEFT rounds a mixed batch's LoRA output to 16 bits before adding it
+    where a plain forward adds at fp32 then rounds once, and greedy answers can part (seen on CUDA in bf16)."""
+    import torch
+
     config = getattr(model, "peft_config", None)
-    return bool(config) and not any(getattr(c, "use_dora", False) for c in config.values())
+    if not config or any(getattr(c, "use_dora", False) for c in config.values()):
+        return False
+    base_config = model.get_base_model().config
+    dtype = getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None)
+    return dtype in (torch.float32, "float32")
 
 
 def generate_both(model, tokenizer, conversations, max_new_tokens: int, device) -> tuple[list[str], list[str]]:
     """(adapted, base) greedy answers: each prompt twice in ONE batched generate, once through the adapter and
-    once with it off (as the chat worker's comparisons do); two calls where PEFT cannot mix (DoRA)."""
+    once with it off (as the chat worker's comparisons do); two batched calls where the mix would not be
+    exact (DoRA, a 16-bit base)."""
     n = len(conversations)
     if can_mix_adapters(model):
         names = [model.active_adapter] * n + [BASE_ADAPTER] * n

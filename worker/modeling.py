@@ -241,10 +241,23 @@ def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = N
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if quant is None:
         model.to(device.device)
+    else:
+        upcast_unquantized(model)
     model.config.use_cache = False
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def upcast_unquantized(model) -> None:
+    """The 16-bit weights a 4-bit base keeps as they are (norms, embeddings) in fp32, as PEFT's
+    prepare_model_for_kbit_training would cast them: done at load, the base is the same before and
+    after a job, so the train worker can keep it for the next one (worker.warm)."""
+    import torch
+
+    for param in model.parameters():
+        if param.dtype in (torch.float16, torch.bfloat16) and type(param).__name__ != "Params4bit":
+            param.data = param.data.to(torch.float32)
 
 
 def build_peft_model(model, cfg: TrainConfig):

@@ -8,7 +8,8 @@ stale.
 
 A job borrows a base with `acquire` and gives it back with `release`. PEFT changes the base in place
 (`get_peft_model` swaps Linear layers for LoRA ones, gradient checkpointing and an input hook are
-switched on, QLoRA's preparation may upcast 16-bit weights), so `release` undoes that (`unload()`
+switched on; QLoRA's upcast of 16-bit norms is done at load, see `worker.modeling.upcast_unquantized`),
+so `release` undoes that (`unload()`
 puts the original layers back, without merging) and then checks the base against the layout recorded
 when it was loaded: every parameter and buffer's name, dtype, shape and storage, and every module's
 class. A base that does not match exactly (a job failed half-way through wrapping, PiSSA rewrote the
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from worker.config import TrainConfig
+from worker.inference import estimate_base_bytes, module_bytes
 from worker.modeling import DeviceChoice, get_quantization_config, load_base_model
 
 log = logging.getLogger(__name__)
@@ -55,16 +57,6 @@ def layout(model) -> tuple:
                     for name, t in list(model.named_parameters()) + list(model.named_buffers()))
     modules = tuple((name, type(m).__name__) for name, m in model.named_modules())
     return tensors, modules
-
-
-def model_bytes(model) -> int:
-    """Bytes of the parameters and buffers (shared tensors once)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
 
 
 def restore_base(model):
@@ -138,11 +130,9 @@ class WarmBases:
         if entry is not None:
             return entry.model, True
         if self._kept:  # the new base and the kept ones together within the budget: make room first
-            from worker.inference import estimate_base_bytes
-
             self._evict_until(self.budget_bytes - estimate_base_bytes(key[0], device.dtype))
         model = load_base_model(path, device, cfg)
-        entry = WarmBase(key, model, layout(model), model_bytes(model))
+        entry = WarmBase(key, model, layout(model), module_bytes(model))
         with self._lock:
             self.loads += 1
             self._lent[id(model)] = entry
