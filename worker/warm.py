@@ -13,7 +13,8 @@ so `release` undoes that (`unload()`
 puts the original layers back, without merging) and then checks the base against the layout recorded
 when it was loaded: every parameter and buffer's name, dtype, shape and storage, and every module's
 class. A base that does not match exactly (a job failed half-way through wrapping, PiSSA rewrote the
-weights, an upcast replaced a tensor) is dropped, never kept: the next job then loads it fresh.
+weights, `modules_to_save` left a module's weight on other storage) is dropped, never kept: the next
+job then loads it fresh.
 Frozen weights are never written to by training (the optimizer holds only LoRA parameters), so the
 same storage means the same values; `tests/worker/test_warm.py` checks the values bit for bit.
 """

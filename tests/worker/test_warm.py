@@ -44,7 +44,8 @@ def assert_pristine(model, model_dir):
 def test_second_job_starts_warm_from_the_true_base_and_trains_as_a_cold_one(tiny_llama, chat_file, tmp_path):
     warm = WarmBases(budget_mb=512)
     first = MemoryReporter()
-    train(spec_for(tiny_llama, chat_file, tmp_path / "a", gradient_checkpointing=True), first, warm=warm)
+    train(spec_for(tiny_llama, chat_file, tmp_path / "a", gradient_checkpointing=True, use_dora=True), first,
+          warm=warm)
     assert setup_events(first) == ["loading base model"]
     assert_pristine(kept_model(warm), tiny_llama)
 
@@ -119,11 +120,15 @@ def test_a_changed_model_folder_is_loaded_again(tiny_llama, chat_file, tmp_path)
     assert_pristine(kept_model(warm), model_dir)  # the new weights replaced the stale base (budget: one)
 
 
-def test_pissa_base_is_not_kept(tiny_llama, chat_file, tmp_path):
+@pytest.mark.parametrize("changes", [dict(init_lora_weights="pissa"), dict(modules_to_save=("lm_head",))])
+def test_a_base_the_job_rewrote_is_not_kept(changes, tiny_llama, chat_file, tmp_path):
+    """PiSSA rewrites the base's weights; modules_to_save leaves lm_head on other storage: never served again."""
     warm = WarmBases(budget_mb=512)
-    train(spec_for(tiny_llama, chat_file, tmp_path / "p", init_lora_weights="pissa", epochs=1), MemoryReporter(),
-          warm=warm)
+    train(spec_for(tiny_llama, chat_file, tmp_path / "p", epochs=1, **changes), MemoryReporter(), warm=warm)
     assert warm.stats()["kept"] == 0 and warm.stats()["dropped"] == 1
+    reporter = MemoryReporter()
+    train(spec_for(tiny_llama, chat_file, tmp_path / "next", epochs=1), reporter, warm=warm)
+    assert setup_events(reporter) == ["loading base model"]
 
 
 def test_budget_keeps_the_most_recent_bases(tiny_llama, tiny_gpt2, chat_file, tmp_path):
