@@ -137,7 +137,7 @@ def test_budget_keeps_the_most_recent_bases(tiny_llama, tiny_gpt2, chat_file, tm
     model, warm_start = none.acquire(str(tiny_llama), device)
     assert not warm_start and none.release(model) is False
 
-    llama, hit = WarmBases(budget_mb=512).acquire(str(tiny_llama), device)
+    llama, _ = WarmBases(budget_mb=512).acquire(str(tiny_llama), device)
     one_mb = llama.num_parameters() * 4 / 2**20
     warm = WarmBases(budget_mb=one_mb * 1.5)  # room for one tiny model, not two
     for path in (tiny_llama, tiny_gpt2, tiny_gpt2):
