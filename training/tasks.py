@@ -28,10 +28,22 @@ from worker.distributed import run_training
 from worker.engine import TrainingError
 from worker.export import merge_adapter, zip_folder
 from worker.reporting import WorkLost
+from worker.warm import WarmBases
 
 log = logging.getLogger(__name__)
 _shutting_down = threading.Event()  # set by a warm shutdown of this worker process
 _one_merge_at_a_time = threading.Lock()
+_warm_bases: WarmBases | None = None
+
+
+def warm_bases() -> WarmBases | None:
+    """The base models this train worker keeps loaded between jobs (TRAIN_WARM_MODELS_MB; 0: none)."""
+    global _warm_bases
+    if settings.TRAIN_WARM_MODELS_MB <= 0:
+        return None
+    if _warm_bases is None or _warm_bases.budget_bytes != settings.TRAIN_WARM_MODELS_MB * 2 ** 20:
+        _warm_bases = WarmBases(settings.TRAIN_WARM_MODELS_MB)
+    return _warm_bases
 
 
 def build_train_spec(job: FineTuneJob) -> TrainSpec:
@@ -137,7 +149,7 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
         # devices > 1: this process supervises N rank processes and rank 0 reports here (worker.distributed)
         result = run_training(build_train_spec(job), DbReporter(claim), _should_stop(claim, clock),
                               max_devices=settings.TRAIN_MAX_DEVICES, threads=settings.TRAIN_THREADS,
-                              timeout_s=settings.TRAIN_DIST_TIMEOUT_SECONDS)
+                              timeout_s=settings.TRAIN_DIST_TIMEOUT_SECONDS, warm=warm_bases())
     except TrainingError as exc:
         mark(status=JobStatus.FAILED, error=str(exc), error_code=exc.code)
         return "failed"

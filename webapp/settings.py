@@ -329,6 +329,9 @@ TRAIN_MAX_DEVICES = env_int("TRAIN_MAX_DEVICES", 8)
 # How long a rank waits in a collective for the others (rank 0 saving a checkpoint, say) before the run fails.
 TRAIN_DIST_TIMEOUT_SECONDS = env_int("TRAIN_DIST_TIMEOUT_SECONDS", 300)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
+# Memory a train worker may keep base models loaded in between jobs (worker.warm): a job on a kept base starts
+# training without loading it again. 0 keeps none.
+TRAIN_WARM_MODELS_MB = env_int("TRAIN_WARM_MODELS_MB", 4096)
 TRAIN_MEMORY_LIMIT_MB = env_int("TRAIN_MEMORY_LIMIT_MB", 0)  # 0: this machine's RAM (or the GPU's memory)
 # Routing by fit (training.routing, training.workers): each train worker announces its devices and memory
 # (detected, or WORKER_CAPACITY='{"device": "cpu", "count": 1, "memory_mb": 4000}'), renewed every

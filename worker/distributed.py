@@ -36,6 +36,7 @@ from typing import Any
 from worker.config import ConfigError, TrainSpec
 from worker.data.problems import DatasetError
 from worker.engine import TrainingError, TrainResult, train
+from worker.warm import WarmBases
 from worker.reporting import Reporter, StopCheck, WorkLost, checkpoint_hook, never_stop
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,15 @@ SUPERVISOR_ENV = "LORA_STUDIO_SUPERVISOR_PID"
 
 
 def run_training(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop, *,
-                 max_devices: int = 0, threads: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S) -> TrainResult:
-    """Train on `spec.config.devices` processes; `max_devices` (0: no cap) is what this worker allows."""
+                 max_devices: int = 0, threads: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 warm: WarmBases | None = None) -> TrainResult:
+    """Train on `spec.config.devices` processes; `max_devices` (0: no cap) is what this worker allows.
+
+    `warm` (bases kept loaded between jobs) serves one-device runs only: rank processes load their own.
+    """
     n = spec.config.devices
     if n == 1:
-        return train(spec, reporter, should_stop)
+        return train(spec, reporter, should_stop, warm=warm)
     check_devices(spec, n, max_devices)
     return Supervisor(spec, reporter, should_stop, threads=threads, timeout_s=timeout_s).run()
 

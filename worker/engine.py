@@ -41,6 +41,7 @@ from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
 from worker.failpoints import failpoint
 from worker.ranks import RankGroup
+from worker.warm import WarmBases
 from worker.reporting import Reporter, StopCheck, checkpoint_hook, never_stop, write_guard
 from worker.schedule import eval_interval, lr_multiplier, plan_steps, warmup_steps
 
@@ -125,8 +126,11 @@ def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None =
 class TrainingRun:
     """One job's state across the phases; `train` calls them in order."""
 
-    def __init__(self, spec: TrainSpec, reporter: Reporter, should_stop: StopCheck, group: RankGroup | None = None):
+    def __init__(self, spec: TrainSpec, reporter: Reporter, should_stop: StopCheck, group: RankGroup | None = None,
+                 warm: WarmBases | None = None):
         self.spec, self.cfg = spec, spec.config
+        self.warm = warm  # bases kept loaded between jobs (the train worker's), or None: load, then let go
+        self.base = self.wrapped = None  # the base as loaded (or borrowed from warm), and PEFT's model on it
         self.reporter, self.should_stop = reporter, should_stop
         self.group = group
         self.main = group is None or group.main  # the process that reports and writes files
@@ -210,9 +214,9 @@ class TrainingRun:
     def setup_model(self) -> None:
         """The frozen base wrapped with LoRA; with PiSSA, the initial adapter is kept for the conversion."""
         cfg = self.cfg
-        self.reporter.event("setup", "loading base model" + (" in 4-bit NF4 (QLoRA)" if cfg.qlora else ""))
-        failpoint("setup")
-        self.model, self.targets = build_peft_model(load_base_model(self.spec.base_model_path, self.device, cfg), cfg)
+        self.base = self.load_base()
+        self.model, self.targets = build_peft_model(self.base, cfg)
+        self.wrapped = self.model
         if not self.device.is_cuda:  # CUDA's fused dropout is already fast
             from worker.dropout import use_fast_dropout
 
@@ -242,6 +246,28 @@ class TrainingRun:
         self.reporter.event("setup", f"FSDP: each of {n} ranks holds about 1/{n} of the frozen base "
                                      f"({share.total_bytes / 2**20:.3f} MB): "
                                      + ", ".join(f"rank {r} {b / 2**20:.3f} MB" for r, b in enumerate(held)))
+
+    def load_base(self):
+        """The frozen base: the one kept loaded from an earlier job on it (warm start), else loaded now."""
+        def announce(warm: bool) -> None:
+            if warm:
+                self.reporter.event("setup", "base model already loaded (warm start)")
+            else:
+                self.reporter.event("setup", "loading base model" + (" in 4-bit NF4 (QLoRA)" if self.cfg.qlora else ""))
+            failpoint("setup")
+
+        if self.warm is None:
+            announce(False)
+            return load_base_model(self.spec.base_model_path, self.device, self.cfg)
+        return self.warm.acquire(self.spec.base_model_path, self.device, self.cfg, announce=announce)[0]
+
+    def release_base(self) -> bool:
+        """Give the base back to `warm` with PEFT's changes undone (PiSSA rewrote its weights: dropped);
+        True when it is kept for the next job."""
+        if self.warm is None or self.base is None:
+            return False
+        model, self.base, self.wrapped = self.wrapped or self.base, None, None
+        return self.warm.release(model, reusable=self.cfg.init_lora_weights != "pissa")
 
     def start_from_adapter(self, folder: Path) -> None:
         """Load a previous job's adapter as the starting weights; for DPO, take the reference log-probs of every
@@ -533,6 +559,7 @@ class TrainingRun:
         self.model.eval()
         if spec.eval_dataset_path and self.cfg.final_eval:
             self.reporter.event("evaluate", "comparing base and adapted model on the validation split")
+            started = time.monotonic()
             held_out = read_normalized_jsonl(spec.eval_dataset_path)
             if self.cfg.is_preference:
                 evaluation = evaluate_preferences(self.model, self.tokenizer, held_out, cfg=self.cfg,
@@ -543,6 +570,8 @@ class TrainingRun:
             if self.main:
                 self.guard()
                 write_text_atomic(self.out / "evaluation.json", json.dumps(evaluation, indent=1))
+                self.reporter.event("evaluate", evaluation_cost(time.monotonic() - started,
+                                                                time.monotonic() - self.started))
 
     # --- results --------------------------------------------------------------------------------
 
@@ -559,16 +588,34 @@ class TrainingRun:
                            self.model)
 
 
+def evaluation_cost(seconds: float, run_seconds: float) -> str:
+    """The end-of-job evaluation's time and its share of the run, for the job's log."""
+    share = 100 * seconds / run_seconds if run_seconds > 0 else 100.0
+    return f"evaluation took {seconds:.1f} s, {share:.0f}% of the job"
+
+
 def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop, *,
-          group: RankGroup | None = None) -> TrainResult:
+          group: RankGroup | None = None, warm: WarmBases | None = None) -> TrainResult:
     """Train a LoRA adapter as `spec` says; resumes from the newest checkpoint in output_dir.
 
     With `group`, this process is one rank of a data-parallel run (see `worker.distributed`); only
-    rank 0's result carries the saved adapter.
+    rank 0's result carries the saved adapter. With `warm`, the base is borrowed from (and given back
+    to) the bases kept loaded between jobs, so the result carries no model.
     """
+    run = TrainingRun(spec, reporter, should_stop, group, warm)
+    try:
+        result = run_phases(run)
+    finally:
+        if run.release_base():  # the base went back to `warm`, stripped of this job's LoRA layers
+            run.model = None
+    if warm is not None:
+        result.model = None
+    return result
+
+
+def run_phases(run: TrainingRun) -> TrainResult:
     import torch
 
-    run = TrainingRun(spec, reporter, should_stop, group)
     run.setup()
     run.resume()
     try:

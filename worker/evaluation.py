@@ -2,8 +2,10 @@
 
 Loss and perplexity of both, then greedy answers to held-out prompts next to the reference, with
 exact-match and (for JSON references) valid-JSON and same-keys rates. For DPO / ORPO jobs, the
-preference accuracy of both on held-out pairs instead. The base side is the same loaded model under
-`disable_adapter()`, so no second copy of the base is needed.
+preference accuracy of both on held-out pairs instead. The base side is the same loaded model with
+the adapter off, so no second copy of the base is needed; the answers of both sides come from one
+batched `generate` per chunk of prompts (PEFT's mixed-adapter batch, "__base__" rows skip the
+adapter; two batched calls where that mix would not be exact), so it costs little next to training.
 """
 from __future__ import annotations
 
@@ -57,21 +59,56 @@ def held_out_prompts(examples: list[Example], limit: int) -> list[tuple[list[dic
     return out
 
 
-def generate_batch(model, tokenizer, conversations, max_new_tokens: int, device) -> list[str]:
-    """Greedy answers for several conversations at once (left padding)."""
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+
+
+def generate_batch(model, tokenizer, conversations, max_new_tokens: int, device,
+                   adapter_names: list[str] | None = None) -> list[str]:
+    """Greedy answers for several conversations at once (left padding); `adapter_names` picks, row by row,
+    the adapter each answer goes through (PEFT's mixed-adapter batch)."""
     import torch
 
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    finally:
-        tokenizer.padding_side = side
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                    add_special_tokens=False).to(device)
+    extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
     with torch.inference_mode():
+        # use_cache: training turned the key/value cache off in the config; without it every new token
+        # would run the whole sequence again.
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                             top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                             top_k=None, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, **extra)
     return [tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True) for row in out]
+
+
+def can_mix_adapters(model) -> bool:
+    """Whether one generate call can run rows through the adapter and rows through the base alone, with the
+    answers each row would get alone: PEFT mixes adapters in a batch (not DoRA ones), and only at fp32 is
+    the mix exact. With a 16-bit base, PEFT rounds a mixed batch's LoRA output to 16 bits before adding it
+    where a plain forward adds at fp32 then rounds once, and greedy answers can part (seen on CUDA in bf16)."""
+    import torch
+
+    config = getattr(model, "peft_config", None)
+    if not config or any(getattr(c, "use_dora", False) for c in config.values()):
+        return False
+    base_config = model.get_base_model().config
+    dtype = getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None)
+    return dtype in (torch.float32, "float32")
+
+
+def generate_both(model, tokenizer, conversations, max_new_tokens: int, device) -> tuple[list[str], list[str]]:
+    """(adapted, base) greedy answers: each prompt twice in ONE batched generate, once through the adapter and
+    once with it off (as the chat worker's comparisons do); two batched calls where the mix would not be
+    exact (DoRA, a 16-bit base)."""
+    n = len(conversations)
+    if can_mix_adapters(model):
+        names = [model.active_adapter] * n + [BASE_ADAPTER] * n
+        answers = generate_batch(model, tokenizer, list(conversations) * 2, max_new_tokens, device, names)
+        return answers[:n], answers[n:]
+    adapted = generate_batch(model, tokenizer, conversations, max_new_tokens, device)
+    with model.disable_adapter():
+        base = generate_batch(model, tokenizer, conversations, max_new_tokens, device)
+    return adapted, base
 
 
 def evaluate_adapter(model, tokenizer, examples: list[Example], *, max_seq_length: int, device,
@@ -86,10 +123,7 @@ def evaluate_adapter(model, tokenizer, examples: list[Example], *, max_seq_lengt
     rows: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        convs = [c for c, _ in chunk]
-        adapted = generate_batch(model, tokenizer, convs, max_new_tokens, device)
-        with model.disable_adapter():
-            base = generate_batch(model, tokenizer, convs, max_new_tokens, device)
+        adapted, base = generate_both(model, tokenizer, [c for c, _ in chunk], max_new_tokens, device)
         for (conv, ref), b, a in zip(chunk, base, adapted):
             rows.append({"prompt": conv[-1]["content"] if conv else "", "reference": ref, "base": b, "adapter": a,
                          "base_scores": answer_scores(ref, b), "adapter_scores": answer_scores(ref, a)})

@@ -145,8 +145,83 @@ def _fingerprint(folder: str, stamp: tuple) -> str:
     return digest.hexdigest()[:32]
 
 
+def safetensors_files(path: str) -> list[Path]:
+    """The weight files of a local model folder (one file or the shards its index names); [] when it has none."""
+    folder = Path(path)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+class _LazyWeights(dict):
+    """name -> a safetensors slice read on demand; from_pretrained deep-copies its arguments, and these
+    slices hold open files, so the copy is the dict itself."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _load_quantized(path: str, files: list[Path], **kwargs):
+    """from_pretrained straight into 4-bit, each weight read with pread() as it is quantized.
+
+    Transformers maps the safetensors files into memory, and every page of the full-precision weights it
+    touches while quantizing counts in the process's resident memory until the files are closed: the
+    whole checkpoint at full precision, on top of the 4-bit model. Read with pread(), a weight is an
+    ordinary tensor freed once quantized, so the peak is the 4-bit model plus one full-precision weight.
+    """
+    import contextlib
+
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    with contextlib.ExitStack() as stack:
+        weights = _LazyWeights()
+        for file in files:
+            handle = stack.enter_context(safe_open(str(file), framework="pt", device="cpu", backend="pread"))
+            weights.update((name, handle.get_slice(name)) for name in handle.keys())
+        model = model_class.from_pretrained(None, config=config, state_dict=weights, **kwargs)
+    model.name_or_path = model.config.name_or_path = path  # PEFT writes it into adapter_config.json
+    if (Path(path) / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return model
+
+
+MALLOC_MMAP_THRESHOLD = 128 * 1024  # glibc's initial value, which its dynamic threshold later raises
+
+
+@functools.cache
+def keep_large_buffers_off_the_heap() -> bool:
+    """Pin glibc's mmap threshold (and trim threshold) at 128 KiB for this process; False where not glibc.
+
+    QLoRA on CPU dequantizes every 4-bit weight to a full-precision temporary in each forward and
+    backward. glibc raises its mmap threshold to the size of each freed mmapped block, so those
+    temporaries soon come from the heap instead, where they fragment it: on the demo model about 300 MB
+    of the peak resident memory was freed heap that could not be returned. With the threshold pinned,
+    every large buffer is its own mapping, given back to the system when freed.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries: nothing to pin
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)) and bool(mallopt(m_trim_threshold,
+                                                                                MALLOC_MMAP_THRESHOLD))
+
+
 def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = None):
-    """The frozen base, in 4-bit NF4 when cfg.qlora, else at the device's dtype."""
+    """The frozen base, in 4-bit NF4 when cfg.qlora (never held at full precision), else at the device's dtype."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -157,14 +232,33 @@ def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = N
         kwargs["quantization_config"] = quant
         # this process's GPU: 0 alone, GPU r for rank r of a run on several devices (worker.distributed)
         kwargs["device_map"] = {"": torch.cuda.current_device()} if device.is_cuda else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    # FSDP (worker.sharding) moves each rank's shard to its GPU: the whole base never sits on one device.
-    if quant is None and not (cfg is not None and cfg.sharding == "fsdp" and cfg.devices > 1):
+    if quant is not None and not device.is_cuda:
+        keep_large_buffers_off_the_heap()
+    files = safetensors_files(path) if quant is not None else []
+    if files:
+        model = _load_quantized(path, files, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quant is not None:
+        upcast_unquantized(model)
+    elif not (cfg is not None and cfg.sharding == "fsdp" and cfg.devices > 1):
+        # FSDP (worker.sharding) moves each rank's shard to its GPU: the whole base never sits on one device.
         model.to(device.device)
     model.config.use_cache = False
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def upcast_unquantized(model) -> None:
+    """The 16-bit weights a 4-bit base keeps as they are (norms, embeddings) in fp32, as PEFT's
+    prepare_model_for_kbit_training would cast them: done at load, the base is the same before and
+    after a job, so the train worker can keep it for the next one (worker.warm)."""
+    import torch
+
+    for param in model.parameters():
+        if param.dtype in (torch.float16, torch.bfloat16) and type(param).__name__ != "Params4bit":
+            param.data = param.data.to(torch.float32)
 
 
 def build_peft_model(model, cfg: TrainConfig):
