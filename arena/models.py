@@ -69,6 +69,8 @@ class ChatAnswer(models.Model):
                             help_text="what was left out to fit the model's context, if anything")
     messages = models.JSONField(null=True, blank=True,
                                 help_text="the full message history of an API completion (else built from the session)")
+    stats = models.JSONField(default=dict, blank=True,
+                             help_text="tokens generated, first_token_ms and total_ms, timed by the infer worker")
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

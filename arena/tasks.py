@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from time import monotonic
 
 from celery import shared_task
 from django.conf import settings
@@ -49,6 +50,15 @@ def _storable(text: str) -> str:
     return text.replace("\x00", "")
 
 
+def answer_stats(tokenizer, text: str, *, started: float, first_at: float | None, last_at: float) -> dict:
+    """An answer's length in tokens and its latency in milliseconds: to the first piece of text (None when
+    it said nothing) and to its last. The length is the answer re-encoded by the base's tokenizer, which the
+    pool's generate does not report; it matches the generated tokens but for rare re-merges."""
+    tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+    return {"tokens": tokens, "first_token_ms": None if first_at is None else round(1000 * (first_at - started)),
+            "total_ms": round(1000 * (last_at - started))}
+
+
 def _answer_adapter(answer: ChatAnswer) -> tuple[str, str] | None:
     """(name, folder) of the adapter that gives this answer, None for the base. An adapter side
     without a job of its own is an API completion of the session's job."""
@@ -84,10 +94,21 @@ def _answer_together(answer_ids: list[str]) -> list[str]:
     fitted = [fit_conversation(cached_tokenizer(base_path), answer_history(a), gen, context) for a in answers]
     requests = [(f.messages, _answer_adapter(a)) for f, a in zip(fitted, answers)]
     notes = [f.note(context) for f in fitted]
+    # Latency as the worker sees it, from taking up the round (model loading included, queue wait not):
+    # when each row's first and last pieces of text came.
+    started = monotonic()
+    first_at: list[float | None] = [None] * len(answers)
+    last_at: list[float | None] = [None] * len(answers)
+
+    def on_text(row: int, piece: str) -> None:
+        now = monotonic()
+        if first_at[row] is None:
+            first_at[row] = now
+        last_at[row] = now
+        publish_chat(session.id, "token", {**metas[row], "text": _storable(piece)})
+
     try:
-        texts = model_pool().generate_many(
-            base_path, requests, gen, should_stop=stop_asked,
-            on_text=lambda row, piece: publish_chat(session.id, "token", {**metas[row], "text": _storable(piece)}))
+        texts = model_pool().generate_many(base_path, requests, gen, should_stop=stop_asked, on_text=on_text)
     except Exception as exc:
         log.exception("chat answers %s failed", claimed)
         ChatAnswer.objects.filter(id__in=claimed).update(state=ChatAnswer.State.FAILED,
@@ -96,11 +117,15 @@ def _answer_together(answer_ids: list[str]) -> list[str]:
             publish_chat(session.id, "error", {**meta, "error": "generation failed; see the worker log"})
         status.update({str(i): "failed" for i in claimed})
         return [status[i] for i in answer_ids]
+    ended = monotonic()
     stopped = stop_asked()
-    for answer, meta, text, note in zip(answers, metas, map(_storable, texts), notes):
+    tokenizer = cached_tokenizer(base_path)
+    for row, (answer, meta, text, note) in enumerate(zip(answers, metas, map(_storable, texts), notes)):
+        stats = answer_stats(tokenizer, text, started=started, first_at=first_at[row], last_at=last_at[row] or ended)
         ChatAnswer.objects.filter(id=answer.id).update(state=ChatAnswer.State.DONE, text=text, stopped=stopped,
-                                                       note=note)
-        publish_chat(session.id, "done", {**meta, "text": text, "stopped": stopped, **({"note": note} if note else {})})
+                                                       note=note, stats=stats)
+        publish_chat(session.id, "done", {**meta, "text": text, "stopped": stopped, **stats,
+                                          **({"note": note} if note else {})})
         status[str(answer.id)] = "stopped" if stopped else "done"
     return [status[i] for i in answer_ids]
 

@@ -77,7 +77,7 @@ async def chat_events(request, session_id):
         answers = ChatAnswer.objects.filter(session=session).select_related("round__vote")
         for a in answers.filter(id__in=wanted) if wanted else answers:
             if a.state == ChatAnswer.State.DONE:
-                items.append(("done", {**selectors.answer_event_meta(a), "text": a.text}, None))
+                items.append(("done", {**selectors.answer_event_meta(a), "text": a.text, **a.stats}, None))
             elif a.state == ChatAnswer.State.FAILED:
                 items.append(("error", {**selectors.answer_event_meta(a), "error": "generation failed"}, None))
         return items

@@ -1,5 +1,7 @@
 // Compare page: one prompt to two or three models at once; answers stream in as server-sent events.
-// Blind A/B: the server shuffles two models and names them only in its answer to the vote.
+// Blind A/B: the server shuffles two models anew each round and names them only in its answer to that round's
+// vote; a new blind round takes the earlier rounds' names off the screen, so a name seen in column A last round
+// does not pass for this round's A.
 // It speaks the REST API (/api/v1/) like any client, signed in by the session cookie plus CSRF.
 (function () {
   const form = document.getElementById("compare-form");
@@ -10,6 +12,8 @@
   const voteResult = document.getElementById("vote-result");
   const err = document.getElementById("compare-error");
   const stopButton = document.getElementById("stop");
+  const voteHint = document.getElementById("vote-hint");
+  const promptBox = document.getElementById("prompt");
   let session = null;        // a new selection of models (or of blind mode) starts a new session
   let columnKeys = [];       // the answer keys the columns were built for, left to right
   let openRound = null;      // {id, turns: {position: turn element}} of the round awaiting a vote
@@ -33,6 +37,12 @@
     if (answer.model.kind === "base") return "base";
     return answer.model.id === form.dataset.jobId ? "adapter" : answer.model.id;
   };
+  // "first token 0.4 s · total 1.9 s · 12 tokens", as the infer worker timed the answer.
+  const answerStats = (m) => {
+    const secs = (ms) => (ms / 1000).toFixed(ms < 10000 ? 2 : 1) + " s";
+    return [m.first_token_ms === null ? "no text" : `first token ${secs(m.first_token_ms)}`,
+            `total ${secs(m.total_ms)}`, `${m.tokens} token${m.tokens === 1 ? "" : "s"}`].join(" · ");
+  };
   async function refreshWinRates() {
     const r = await fetch(form.dataset.winRatesUrl, { credentials: "same-origin" });
     if (r.ok) renderWinRates(await r.json());
@@ -40,9 +50,34 @@
 
   function reset() {
     session = null; columnKeys = []; openRound = null; columns.replaceChildren();
-    voteBar.classList.add("hidden"); voteResult.classList.add("hidden");
+    voteBar.classList.add("hidden"); voteResult.classList.add("hidden"); voteResult.textContent = "";
   }
-  form.querySelectorAll("[name=contestant], #blind").forEach((box) => box.addEventListener("change", reset));
+  // Why no vote bar: a vote compares exactly two models (and a blind round is always two).
+  function showVoteHint() {
+    const ticked = form.querySelectorAll("[name=contestant]:checked").length;
+    const blind = document.getElementById("blind").checked;
+    let hint = "";
+    if (ticked > 2) hint = blind ? "A blind round compares two models; untick one." : "Votes compare two models; untick one to vote.";
+    else if (ticked < 2) hint = "Tick two models to compare and vote.";
+    voteHint.textContent = hint; voteHint.classList.toggle("hidden", !hint);
+  }
+  // A new selection of models (or of blind mode) starts a new comparison: ask before clearing answers on screen.
+  form.querySelectorAll("[name=contestant], #blind").forEach((box) => box.addEventListener("change", () => {
+    if (columns.querySelector(".turn") && !window.confirm(
+        "Changing the models or blind mode starts a new comparison and clears the answers on screen. Continue?")) {
+      box.checked = !box.checked;  // keep the conversation as it was
+      return;
+    }
+    reset(); showVoteHint();
+  }));
+  showVoteHint();
+
+  // Enter sends (Shift+Enter is a new line); Ctrl/Cmd+Enter sends too. Not while an input method composes.
+  promptBox.addEventListener("keydown", (ev) => {
+    if (ev.key !== "Enter" || ev.isComposing || (ev.shiftKey && !ev.ctrlKey && !ev.metaKey)) return;
+    ev.preventDefault();
+    if (!document.getElementById("ask").disabled) form.requestSubmit();
+  });
 
   function buildColumns(keys, answers, blind) {
     columns.replaceChildren(); columnKeys = keys;
@@ -59,9 +94,22 @@
   function addTurn(key, prompt) {
     const turn = el("div", "turn");
     const answer = el("div", "answer pending");
+    // Screen readers announce each answer once it is complete (busy while it streams).
+    answer.setAttribute("aria-live", "polite"); answer.setAttribute("aria-busy", "true");
     turn.append(el("div", "who", "You: " + prompt), answer, el("div", "reveal hint"));
     document.getElementById("side-" + key).append(turn);
     return turn;
+  }
+
+  // The API states a pair's rate for its first model, the base where there is one; a user asks how the adapter
+  // does, so a row is turned round to the adapter's side (against another adapter: this page's job's side).
+  // (Wilson intervals are symmetric: the other side's interval is 1 − high to 1 − low.)
+  function adapterFirst(r) {
+    const flip = r.model.kind === "base" ? r.opponent.kind !== "base"
+      : r.opponent.kind !== "base" && r.opponent.id === form.dataset.jobId;
+    if (!flip) return r;
+    return { ...r, model: r.opponent, opponent: r.model, wins: r.losses, losses: r.wins,
+             win_rate: 1 - r.win_rate, ci_low: 1 - r.ci_high, ci_high: 1 - r.ci_low };
   }
 
   function renderWinRates(rows) {
@@ -72,10 +120,11 @@
       return;
     }
     const pct = (x) => (100 * x).toFixed(0) + "%";
-    for (const r of rows) {
+    for (const r of rows.map(adapterFirst)) {
       const tr = el("tr");
       for (const cell of [r.model.name, r.opponent.name, r.wins, r.losses, r.ties, r.both_bad, r.n,
-                          `${pct(r.win_rate)} (${pct(r.ci_low)}–${pct(r.ci_high)})`]) tr.append(el("td", null, String(cell)));
+                          `${r.model.name} wins ${pct(r.win_rate)} against ${r.opponent.name}; ` +
+                          `95% CI ${pct(r.ci_low)}–${pct(r.ci_high)}`]) tr.append(el("td", null, String(cell)));
       body.append(tr);
     }
   }
@@ -122,7 +171,8 @@
                    system_prompt: form.system_prompt.value };
     if (session) body.session = session;
     const button = document.getElementById("ask"); button.disabled = true;
-    voteBar.classList.add("hidden"); voteResult.classList.add("hidden"); openRound = null;
+    voteBar.classList.add("hidden"); voteResult.classList.add("hidden"); voteResult.textContent = ""; openRound = null;
+    if (blind) columns.querySelectorAll(".reveal").forEach((r) => { r.textContent = ""; });
     try {
       const r = await post(form.dataset.askUrl, body);
       const data = await r.json();
@@ -152,7 +202,8 @@
       source.addEventListener("token", (e) => { const m = JSON.parse(e.data); byId[m.answer].textContent += m.text; });
       source.addEventListener("done", (e) => {
         const m = JSON.parse(e.data); const box = byId[m.answer];
-        box.textContent = m.text; box.classList.remove("pending");
+        box.textContent = m.text; box.classList.remove("pending"); box.setAttribute("aria-busy", "false");
+        if (m.total_ms !== undefined) box.after(el("div", "hint answer-stats", answerStats(m)));
         if (m.stopped) { box.classList.add("stopped"); box.append(el("span", "hint", " (stopped)")); }
         if (m.note) box.after(el("div", "hint note", m.note));
         finish();
@@ -160,7 +211,8 @@
       source.addEventListener("error", (e) => {
         if (!e.data) return;  // connection-level errors carry no data; EventSource retries
         const m = JSON.parse(e.data); const box = byId[m.answer];
-        box.textContent = "(" + m.error + ")"; box.classList.remove("pending"); failed = true; finish();
+        box.textContent = "(" + m.error + ")"; box.classList.remove("pending"); box.setAttribute("aria-busy", "false");
+        failed = true; finish();
       });
     } catch (e) { err.textContent = "Could not reach the server: " + e; button.disabled = false; }
   });

@@ -1,5 +1,7 @@
 """Three models side by side, then a blind A/B round: the vote names the models and updates the win-rate
 table without a reload — in Chromium, against the real web server and infer worker."""
+import re
+
 import pytest
 
 from tests.browser.pages import sign_in
@@ -23,13 +25,20 @@ def finished_jobs(stack, count: int) -> list[str]:
     return ids
 
 
+@pytest.fixture(scope="module")
+def two_jobs(stack) -> list[str]:
+    """Two succeeded jobs of alice's, trained once for the module's tests."""
+    return finished_jobs(stack, 2)
+
+
 def ask(page, prompt: str) -> None:
     page.fill("#prompt", prompt)
     page.click("#ask")
 
 
-def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page):
-    first, second = finished_jobs(stack, 2)
+def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page, two_jobs):
+    first, second = two_jobs
+    page.on("dialog", lambda dialog: dialog.accept())  # a new selection of models asks before clearing the answers
     sign_in(page, stack, "alice")
     page.goto(f"{stack.url}/jobs/{first}/compare/")
     page.click("summary")
@@ -63,11 +72,13 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page):
     assert page.is_hidden("#vote-bar")
     blind_texts = page.evaluate("[...document.querySelectorAll('#columns .answer')].map(a => a.textContent)")
 
-    # The win-rate table counts the vote for the model that was on the left, without a reload.
+    # The win-rate table counts the vote for the model that was on the left, without a reload, and states
+    # the adapter's rate against the base (the API gives the base's).
     cells = page.locator("#win-rates tbody tr").first.locator("td").all_inner_texts()
-    assert cells[0] == "tiny-llama (base)" and cells[6] == "1"
-    assert cells[2:4] == (["1", "0"] if "(base)" in left else ["0", "1"])
-    assert "(" in cells[7] and "%" in cells[7]
+    assert cells[:2] == [f"e2e ({first[:8]})", "tiny-llama (base)"] and cells[6] == "1"
+    assert cells[2:4] == (["0", "1"] if "(base)" in left else ["1", "0"])
+    rate = "0%" if "(base)" in left else "100%"
+    assert cells[7].startswith(f"e2e ({first[:8]}) wins {rate} against tiny-llama (base); 95% CI "), cells[7]
     page.screenshot(path=str(stack.tmp / "compare-vote.png"), full_page=True)
 
     page.reload()  # the stored vote is in the table on a fresh page too
@@ -122,3 +133,56 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page):
     page.goto(f"{stack.url}/jobs/{dpo_job}/compare/")
     ask(page, "colour 1")
     page.wait_for_function(ALL_DONE, arg=2, timeout=120_000)
+
+
+def test_compare_keys_stats_and_blind_rounds_keep_names_hidden(stack, page, two_jobs):
+    """Enter and Ctrl+Enter send, Shift+Enter is a new line; each answer shows its latency and length in a live
+    region; a new selection of models asks first; three models say why there is no vote; a blind round's names
+    come only with its own vote and leave the screen when the next blind round starts."""
+    first, second = two_jobs
+    dialogs = []
+    page.on("dialog", lambda d: dialogs.append(d.message) or (d.dismiss() if len(dialogs) == 1 else d.accept()))
+    sign_in(page, stack, "alice")
+    page.goto(f"{stack.url}/jobs/{first}/compare/")
+    page.click("summary")
+    page.fill("[name=max_new_tokens]", "4")
+
+    page.fill("#prompt", "colour 1")
+    page.press("#prompt", "Shift+Enter")
+    assert page.input_value("#prompt") == "colour 1\n" and page.locator("#columns .answer").count() == 0
+    page.press("#prompt", "Enter")
+    page.wait_for_function(ALL_DONE, arg=2, timeout=120_000)
+    assert page.locator("#columns .answer[aria-live=polite][aria-busy=false]").count() == 2
+    stats = page.locator("#columns .answer-stats").all_inner_texts()
+    assert len(stats) == 2 and all(re.fullmatch(r"(first token \d+\.\d+ s|no text) · total \d+\.\d+ s · \d+ tokens?", t)
+                                   for t in stats), stats
+    page.fill("#prompt", "colour 2")
+    page.press("#prompt", "Control+Enter")
+    page.wait_for_function(ALL_DONE, arg=4, timeout=120_000)
+
+    # Ticking a third model asks first: declined, the box and the conversation stay; accepted, a new comparison.
+    page.click(f"#contestants input[value='{second}']")
+    assert len(dialogs) == 1 and "clears the answers" in dialogs[0]
+    assert not page.is_checked(f"#contestants input[value='{second}']")
+    assert page.locator("#columns .answer").count() == 4
+    page.click(f"#contestants input[value='{second}']")
+    assert len(dialogs) == 2 and page.locator("#columns .answer").count() == 0
+    assert page.inner_text("#vote-hint") == "Votes compare two models; untick one to vote."
+    page.uncheck(f"#contestants input[value='{second}']")
+    assert page.is_hidden("#vote-hint")
+
+    # Blind: round 1's vote names round 1; asking round 2 takes those names off the screen.
+    page.check("#blind")
+    ask(page, "colour 1")
+    page.wait_for_function(ALL_DONE, arg=2, timeout=120_000)
+    page.click("#vote-bar [data-choice=tie]")
+    page.wait_for_selector("#vote-result:not(.hidden)")
+    assert "(base)" in page.inner_text("#columns")
+    ask(page, "colour 3")
+    page.wait_for_function(ALL_DONE, arg=4, timeout=120_000)
+    assert "(base)" not in page.inner_text("#columns") and "e2e" not in page.inner_text("#columns")
+    assert "(base)" not in page.text_content("#vote-result")
+    page.click("#vote-bar [data-choice=tie]")
+    page.wait_for_selector("#vote-result:not(.hidden)")
+    reveals = page.locator("#columns .reveal").all_inner_texts()
+    assert [bool(r) for r in reveals] == [False, True, False, True], reveals  # each column: round 1, round 2
