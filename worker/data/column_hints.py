@@ -26,7 +26,10 @@ def header_words(name: str) -> list[str]:
 
 def _roles_named(column: str) -> set[str]:
     words = set(header_words(column))
-    return {role for role, vocabulary in ROLE_WORDS.items() if words & vocabulary}
+    roles = {role for role, vocabulary in ROLE_WORDS.items() if words & vocabulary}
+    if "system" in words:  # "system prompt" / "system_message" is the system turn, not the user's
+        roles.discard("prompt")
+    return roles
 
 
 def guess_mapping(columns: Iterable[str]) -> dict[str, str]:
