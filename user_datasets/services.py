@@ -216,6 +216,7 @@ def dataset_create_mapped(*, owner, token: str, filename: str, mapping: dict, na
                           drop_duplicates: bool = False) -> Dataset | UploadCheck:
     """Finish an upload that needed a column mapping (see MappingNeeded and UploadCheck.NEEDS_MAPPING):
     checked now, or, for a file over DATASET_CHECK_INLINE_BYTES, by the background worker again."""
+    ColumnMapping.from_dict(mapping)  # an empty or inconsistent mapping names its field before the file is read
     check = UploadCheck.objects.filter(owner=owner, id=token, status=UploadCheck.Status.NEEDS_MAPPING).first() \
         if is_uuid(token) else None
     if check is not None and check.size_bytes > settings.DATASET_CHECK_INLINE_BYTES:

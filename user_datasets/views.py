@@ -86,7 +86,8 @@ def dataset_map(request):
                                             name=form.cleaned_data["name"],
                                             drop_duplicates=form.cleaned_data["drop_duplicates"])
     except ConfigError as exc:
-        form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        visible = exc.field in form.fields and not form.fields[exc.field].widget.is_hidden
+        form.add_error(exc.field if visible else None, exc.message)  # an expired token shows above the form
         return _dataset_page(request, mapping_form=form, status=400)
     except DatasetError as exc:
         return _dataset_page(request, mapping_form=form, problems=exc.messages(), total=exc.total, status=400)

@@ -64,6 +64,19 @@ def test_the_api_answers_the_guess_and_the_samples_with_its_422(api):
     err = response.json()["error"]
     assert err["suggested_mapping"] == {"prompt": "Customer Question", "response": "Agent Answer"}
     assert err["column_samples"]["Ticket"] == ["T1", "T2", "T3"]
+    body = {"upload_token": err["upload_token"], "filename": "support.csv", "mapping": {}}
+    empty = api.post("/api/v1/datasets/map/", body, format="json")
+    assert empty.status_code == 400 and empty.json()["error"]["field"] == "prompt"
+    expired = api.post("/api/v1/datasets/map/", {**body, "upload_token": "0" * 32, "mapping": err["suggested_mapping"]},
+                       format="json")
+    assert expired.status_code == 400 and expired.json()["error"]["field"] == "token"
+
+
+def test_an_expired_upload_is_said_above_the_mapping_form(client_in):
+    post = {"token": "0" * 32, "filename": "support.csv", "columns": ["q", "a"], "prompt": "q", "response": "a"}
+    response = client_in.post("/datasets/map/", post)
+    assert response.status_code == 400
+    assert re.search(r'<div class="errors" role="alert">.*?unknown or expired upload', response.content.decode(), re.S)
 
 
 def test_a_refused_upload_names_its_file_and_keeps_the_name(client_in):
