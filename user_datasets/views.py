@@ -115,6 +115,7 @@ def dataset_detail(request, dataset_id):
         "ds": ds, "models": models, "chosen": chosen, "max_length": max_length, "report": report, "profile": profile,
         "histogram": histogram, "histogram_rows": _histogram_rows(histogram),
         "examples": _examples_page(request, report), "duplicates_left": duplicates,
+        "made_from": selectors.dataset_find(owner=request.user, dataset_id=ds.stats.get("deduplicated_from")),
         "deduplicated_copy": selectors.dataset_deduplicated_copy(owner=request.user, dataset=ds) if duplicates else None,
         "rename_form": RenameForm(initial={"name": ds.name}), "jobs": ds.jobs.all()[:20]})
 

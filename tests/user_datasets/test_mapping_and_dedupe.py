@@ -138,6 +138,9 @@ def test_the_page_offers_the_drop_and_links_the_copy(client_in, other_user, user
     assert response.status_code == 302 and response.url == f"/datasets/{copy.id}/"
     html = client_in.get(f"/datasets/{ds.id}/").content.decode()
     assert 'id="drop-duplicates"' not in html and f'href="/datasets/{copy.id}/" id="deduplicated-copy"' in html
+    html = client_in.get(f"/datasets/{copy.id}/").content.decode()
+    assert f'<a href="/datasets/{ds.id}/">colours</a>, without its 3 duplicates' in html
+    assert 'id="drop-duplicates"' not in html
 
 
 def test_rendered_examples_are_paged(client_in, other_user, user, base_model):
