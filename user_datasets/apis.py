@@ -41,6 +41,10 @@ class UploadCheckOutput(serializers.Serializer):
     problems = serializers.ListField(child=serializers.CharField())
     problem_total = serializers.IntegerField()
     columns = serializers.ListField(child=serializers.CharField())
+    column_samples = serializers.DictField(child=serializers.ListField(child=serializers.CharField()),
+                                           help_text="a few short values of each column (needs_mapping)")
+    suggested_mapping = serializers.DictField(child=serializers.CharField(),
+                                              help_text="roles guessed from the column names (needs_mapping)")
     upload_token = serializers.CharField(allow_null=True, help_text="for POST .../datasets/map/ when needs_mapping")
     dataset = serializers.UUIDField(allow_null=True, help_text="the new dataset once ready")
     started = serializers.DateTimeField(allow_null=True)
@@ -181,6 +185,18 @@ class DatasetDetailApi(APIView):
     def delete(self, request, dataset_id):
         services.dataset_delete(dataset=selectors.dataset_get(owner=request.user, dataset_id=dataset_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class DatasetDeduplicateApi(APIView):
+    """POST: a new dataset "<name> (deduplicated)" with each repeated example kept once; the original is
+    unchanged. 201 with the new dataset, 200 with the copy made before, 409 when there are no duplicates."""
+
+    @extend_schema(request=None, responses={200: DatasetOutput, 201: DatasetOutput, **error_responses(404, 409)})
+    def post(self, request, dataset_id):
+        ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+        made_before = selectors.dataset_deduplicated_copy(owner=request.user, dataset=ds) is not None
+        copy = services.dataset_deduplicate(dataset=ds)
+        return Response(DatasetOutput(copy).data, status=status.HTTP_200_OK if made_before else status.HTTP_201_CREATED)
 
 
 class DatasetDownloadApi(APIView):

@@ -1,7 +1,13 @@
 """Dataset forms: upload, the column mapping of an unknown schema, rename."""
 from __future__ import annotations
 
+import json
+
 from django import forms
+
+from worker.config import ConfigError
+from worker.data.column_hints import guess_mapping
+from worker.data.mapping import ColumnMapping
 
 
 class UploadForm(forms.Form):
@@ -28,14 +34,42 @@ class MappingForm(forms.Form):
                                                      "(with a prompt column, instead of a response)")
     rejected = forms.ChoiceField(required=False, label="and the rejected answer column")
 
-    def __init__(self, *args, columns: list[str], **kwargs):
+    NOTHING_MAPPED = ("pick the column that holds the prompts (and the one with the answers), "
+                      "or a plain text column")
+
+    def __init__(self, *args, columns: list[str], samples: dict[str, list[str]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         choices = [("", "—")] + [(c, c) for c in columns]
         for name in self.ROLES:
             self.fields[name].choices = choices
+        self.columns = list(columns)
+        self.samples = {c: (samples or {}).get(c, []) for c in self.columns}
+        if not self.is_bound:  # pre-filled from the headers; the user can change every guess
+            for role, column in guess_mapping(self.columns).items():
+                self.initial.setdefault(role, column)
+
+    def clean(self):
+        cleaned = super().clean()
+        mapping = self.mapping()
+        if not mapping:  # nothing picked: say so beside the first select, before the file is read again
+            self.add_error("prompt", self.NOTHING_MAPPED)
+            return cleaned
+        try:
+            ColumnMapping.from_dict(mapping)
+        except ConfigError as exc:
+            self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+        return cleaned
 
     def mapping(self) -> dict:
         return {k: self.cleaned_data[k] for k in self.ROLES if self.cleaned_data.get(k)}
+
+    @property
+    def samples_json(self) -> str:
+        return json.dumps(self.samples)
+
+    def role_samples(self) -> list[tuple]:
+        """(bound field, its column's sample values) per role, for the template."""
+        return [(self[role], self.samples.get(self[role].value() or "", [])) for role in self.ROLES]
 
 
 class RenameForm(forms.Form):

@@ -82,6 +82,8 @@ class UploadCheck(models.Model):
     problems = models.JSONField(default=list, blank=True)
     problem_total = models.PositiveIntegerField(default=0)
     columns = models.JSONField(default=list, blank=True)
+    column_samples = models.JSONField(default=dict, blank=True,
+                                      help_text="a few short values per column, shown on the mapping step")
     dataset = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     attempts = models.PositiveSmallIntegerField(default=0, help_text="checks started (a lost one is retried)")
     started = models.DateTimeField(null=True, blank=True)

@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404
 from common.ids import is_uuid
 from common import blobs
 from user_datasets.models import Dataset, TokenProfile, UploadCheck
+from worker.data.column_hints import guess_mapping
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.report import TokenProfile as TokenCounts
 from worker.data.report import TokenReport
@@ -27,6 +28,11 @@ def dataset_get(*, owner, dataset_id) -> Dataset:
 def dataset_find(*, owner, dataset_id) -> Dataset | None:
     """The owner's dataset, or None (also for a value that is not an id)."""
     return dataset_list(owner=owner).filter(id=dataset_id).first() if is_uuid(dataset_id) else None
+
+
+def dataset_deduplicated_copy(*, owner, dataset: Dataset) -> Dataset | None:
+    """The owner's dataset made from `dataset` by dropping its duplicates, if one exists."""
+    return dataset_list(owner=owner).filter(stats__deduplicated_from=str(dataset.id)).first()
 
 
 def dataset_examples(*, dataset: Dataset) -> list:
@@ -57,6 +63,7 @@ def upload_check_json(check: UploadCheck) -> dict:
     return {"id": str(check.id), "status": check.status, "stage": check.stage, "rows": check.rows,
             "filename": check.filename, "size_bytes": check.size_bytes, "problems": check.problems,
             "problem_total": check.problem_total, "columns": check.columns,
+            "column_samples": check.column_samples or {}, "suggested_mapping": guess_mapping(check.columns),
             "upload_token": check.id.hex if check.status == UploadCheck.Status.NEEDS_MAPPING else None,
             "dataset": str(check.dataset_id) if check.dataset_id else None,
             "started": check.started.isoformat() if check.started else None, "created": check.created.isoformat()}

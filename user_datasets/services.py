@@ -25,9 +25,11 @@ from user_datasets import selectors
 from user_datasets.models import Dataset, TokenProfile, UploadCheck
 from user_datasets.signals import dataset_deleting
 from worker.config import ConfigError
+from worker.data.column_hints import guess_mapping
 from worker.data.examples import Example
 from worker.data.formats import format_for_filename
 from worker.data.limits import DataLimits
+from worker.data.loading import deduplicate_examples
 from worker.data.mapping import ColumnMapping
 from worker.data.normalized import write_normalized_jsonl
 from worker.data.problems import DatasetError, Problem, SchemaUnknown
@@ -41,6 +43,7 @@ DEMO_DATASET = Path(settings.BASE_DIR) / "worker" / "demo_data" / "demo_dataset.
 DEMO_DATASET_NAME = "Demo: contact details to JSON"
 PENDING_DIR = "datasets/pending"
 TOKEN_PROFILE_LIMIT = 5000  # examples counted for the check page and the estimate
+TOKEN_PROFILE_SAMPLES = 50  # examples rendered token by token for the check page's pages of examples
 
 
 class MappingNeeded(ProductError):
@@ -49,12 +52,16 @@ class MappingNeeded(ProductError):
     status = 422
     field = "mapping"
 
-    def __init__(self, *, token: str, filename: str, columns: list[str], message: str):
+    def __init__(self, *, token: str, filename: str, columns: list[str], message: str,
+                 samples: dict[str, list[str]] | None = None):
         super().__init__(message)
         self.token, self.filename, self.columns = token, filename, columns
+        self.samples = samples or {}
+        self.suggested = guess_mapping(columns)
 
     def body(self) -> dict:
-        return {**super().body(), "columns": self.columns, "upload_token": self.token, "filename": self.filename}
+        return {**super().body(), "columns": self.columns, "upload_token": self.token, "filename": self.filename,
+                "column_samples": self.samples, "suggested_mapping": self.suggested}
 
 
 class DatasetInUse(StateError):
@@ -153,7 +160,8 @@ def _check_now(*, owner, tmp: Path, filename: str, name: str, size: int, mapping
             raise
         token = uuid.uuid4().hex
         tmp.replace(_pending_path(owner, token, tmp.suffix))
-        raise MappingNeeded(token=token, filename=filename, columns=list(exc.columns), message=str(exc)) from None
+        raise MappingNeeded(token=token, filename=filename, columns=list(exc.columns), message=str(exc),
+                            samples=exc.samples) from None
 
 
 def dataset_create(*, owner, upload, name: str = "", mapping: dict | None = None,
@@ -208,6 +216,7 @@ def dataset_create_mapped(*, owner, token: str, filename: str, mapping: dict, na
                           drop_duplicates: bool = False) -> Dataset | UploadCheck:
     """Finish an upload that needed a column mapping (see MappingNeeded and UploadCheck.NEEDS_MAPPING):
     checked now, or, for a file over DATASET_CHECK_INLINE_BYTES, by the background worker again."""
+    ColumnMapping.from_dict(mapping)  # an empty or inconsistent mapping names its field before the file is read
     check = UploadCheck.objects.filter(owner=owner, id=token, status=UploadCheck.Status.NEEDS_MAPPING).first() \
         if is_uuid(token) else None
     if check is not None and check.size_bytes > settings.DATASET_CHECK_INLINE_BYTES:
@@ -248,6 +257,34 @@ def dataset_create_from_examples(*, owner, examples: list[Example], name: str, f
                                   drop_duplicates=False, extra_stats=extra_stats)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+DEDUPLICATED_SUFFIX = " (deduplicated)"
+
+
+class NoDuplicates(StateError):
+    """The dataset holds no repeated example, so there is nothing to drop."""
+
+    field = "dataset"
+
+
+def dataset_deduplicate(*, dataset: Dataset) -> Dataset:
+    """A new dataset "<name> (deduplicated)" holding each example of `dataset` once (its first occurrence).
+    The original stays as it is, since jobs and evaluations refer to it; asking again returns the copy
+    already made. NoDuplicates when there is nothing to drop."""
+    existing = selectors.dataset_deduplicated_copy(owner=dataset.owner, dataset=dataset)
+    if existing is not None:
+        return existing
+    kept, duplicates = deduplicate_examples(selectors.dataset_examples(dataset=dataset), drop=True)
+    if not duplicates:
+        raise NoDuplicates(f"{dataset.name} has no duplicated examples to drop")
+    stem = Path(dataset.original_name or "dataset").stem
+    return dataset_create_from_examples(
+        owner=dataset.owner, examples=kept,
+        name=dataset.name[:200 - len(DEDUPLICATED_SUFFIX)] + DEDUPLICATED_SUFFIX,
+        filename=f"{stem}.deduplicated.jsonl",
+        extra_stats={"source": "deduplicated", "deduplicated_from": str(dataset.id),
+                     "dropped_duplicates": len(duplicates)})
 
 
 def dataset_create_demo(*, owner) -> Dataset:
@@ -317,7 +354,7 @@ def upload_check_run(*, check_id) -> str:
             return finish(UploadCheck.Status.FAILED, stage="", problems=exc.messages(), problem_total=exc.total)
         work.replace(path)  # parked under the check's id (and still in the store): the mapping step's token
         return finish(UploadCheck.Status.NEEDS_MAPPING, stage="", columns=list(exc.columns),
-                      problems=[str(exc)], problem_total=1)
+                      column_samples=exc.samples, problems=[str(exc)], problem_total=1)
     except DatasetError as exc:
         _drop(work, check.file)
         return finish(UploadCheck.Status.FAILED, stage="", problems=exc.messages(), problem_total=exc.total)
@@ -404,7 +441,7 @@ def token_profile_compute(*, profile_id: int) -> str:
     try:
         examples = read_normalized_jsonl(blobs.fetch(profile.dataset.normalized_file))
         result = token_profile(cached_tokenizer(blobs.model_local_path(profile.model_path, only=TOKENIZER_FILES)),
-                               examples,
+                               examples, samples=TOKEN_PROFILE_SAMPLES,
                                limit=TOKEN_PROFILE_LIMIT, progress=progress)
     except (ValueError, OSError) as exc:
         log.warning("token profile %s failed: %s", profile.id, exc)

@@ -68,3 +68,31 @@ def test_a_large_upload_page_follows_its_background_check_to_the_dataset(stack, 
     assert page.inner_text("#ds-rows") == "500"
     page.wait_for_selector("#check-form", timeout=60_000)  # then its token count, also followed
     assert int(page.get_attribute("#truncation", "data-truncated")) >= 0
+
+
+def test_mapping_is_pre_filled_with_samples_and_duplicates_drop_in_one_click(stack, page, tmp_path):
+    """Obvious headers are mapped already, with values beside the selects; the page then drops duplicates."""
+    data = tmp_path / "support.csv"
+    data.write_text("Customer Question,Agent Answer,Ticket\nWhere is my parcel?,On its way.,T1\n"
+                    "Can I pay later?,Yes.,T2\nWhere is my parcel?,On its way.,T1\n")
+    sign_in(page, stack, "bob")
+    page.goto(stack.url + "/datasets/")
+    page.set_input_files("#id_file", str(data))
+    page.fill("#upload-form input[name=name]", "Support")
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_selector("#mapping-form")
+    assert page.input_value("#mapping-form select[name=prompt]") == "Customer Question"
+    assert page.input_value("#mapping-form select[name=response]") == "Agent Answer"
+    assert page.input_value("#mapping-form select[name=system]") == ""
+    assert "Where is my parcel?" in page.inner_text("#field-prompt .column-samples")
+    page.select_option("#mapping-form select[name=system]", "Ticket")  # the script shows the picked column's values
+    assert page.inner_text("#field-system .column-samples") == "e.g. “T1” · “T2” · “T1”"
+    page.select_option("#mapping-form select[name=system]", "")
+    page.click("#save-mapping")
+    page.wait_for_url("**/datasets/*-*-*-*-*/")
+    assert page.inner_text("#ds-rows") == "3"
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#drop-duplicates")
+    page.wait_for_selector("#ds-deduplicated-from")
+    assert page.inner_text("h1") == "Support (deduplicated)" and page.inner_text("#ds-rows") == "2"

@@ -189,8 +189,11 @@ def test_a_large_upload_with_unknown_columns_asks_for_a_mapping_then_checks_agai
     assert services.upload_check_run(check_id=check_id) == "needs_mapping"
     check = api.get(f"/api/v1/datasets/checks/{check_id}/").json()
     assert check["columns"] == ["Customer Question", "Agent Answer"] and check["upload_token"]
+    assert check["suggested_mapping"] == {"prompt": "Customer Question", "response": "Agent Answer"}
+    assert check["column_samples"] == {"Customer Question": ["q0", "q1", "q2"], "Agent Answer": ["a0", "a1", "a2"]}
     page = client_in.get(f"/datasets/checks/{check_id}/").content.decode()
     assert 'id="mapping-form"' in page and "Customer Question" in page
+    assert '<option value="Agent Answer" selected>' in page and "e.g. “q0” · “q1” · “q2”" in page
 
     wrong = api.post("/api/v1/datasets/map/", {"upload_token": check["upload_token"], "filename": "cs.jsonl",
                                                "mapping": {"prompt": "Question", "response": "Agent Answer"}},

@@ -31,7 +31,8 @@ def test_bad_upload_names_the_line_and_stores_nothing(client_in, settings):
     response = upload(client_in, f"{good}\n{good}\n{bad}\n{{oops\n".encode())
     assert response.status_code == 400
     page = response.content.decode()
-    assert "The file was not stored: 2 problems found" in page
+    assert "data.jsonl was not stored: 2 problems found" in page
+    assert "Choose <b>data.jsonl</b> again after fixing it" in page
     assert "data.jsonl, line 3: messages[1].role must be one of system, user, assistant, got &quot;bot&quot;" in page
     assert "data.jsonl, line 4: is not valid JSON" in page
     assert Dataset.objects.count() == 0 and stored_files(settings) == []

@@ -24,7 +24,7 @@ def test_the_check_page_shows_pairs_side_by_side_and_both_histograms(client_in, 
     html = response.content.decode()
     assert "Preference pairs" in html and "the chosen and the rejected answers" in html
     pairs = re.findall(r'<pre class="sample (chosen|rejected)">(.*?)</pre>', html, re.S)
-    assert [side for side, _ in pairs] == ["chosen", "rejected"] * 3  # the first three pairs
+    assert [side for side, _ in pairs] == ["chosen", "rejected"] * 4  # every pair: up to 10 a page
     trained = [re.findall(r'<span class="tok trained">(.*?)</span>', body, re.S) for _, body in pairs]
     assert "".join(trained[0]).startswith("Colour 0 is red.")
     assert "".join(trained[1]).startswith("I do not know any colours")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.config import ConfigError
+from worker.data.column_hints import column_samples
 from worker.data.examples import ROLES, Example, Record
 from worker.data.formats import ParsedFile, parse_file
 from worker.data.jsonl import BOM
@@ -69,7 +70,7 @@ def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping:
     if mapping is not None and mapping.is_preference:
         schema = "preference"  # every pair reads alike, however its columns were named
     progress("looking for duplicates", len(examples))
-    kept, duplicates = _deduplicate(examples, drop_duplicates)
+    kept, duplicates = deduplicate_examples(examples, drop_duplicates)
     turns = {r: 0 for r in ROLES}
     for ex in kept:  # a pair counts its prompt's turns and both answers' turns
         for m in (ex.messages or []) + (ex.chosen or []) + (ex.rejected or []):
@@ -91,11 +92,12 @@ def _choose_schema(parsed: ParsedFile, mapping: ColumnMapping | None, name: str)
     if detected is None:
         if parsed.problems:
             raise DatasetError(name, parsed.problems)
+        samples = column_samples((r.value for r in parsed.records), parsed.columns)
         if parsed.columns and parsed.format == "parquet":
-            raise SchemaUnknown(name, parsed.columns, 0, "")
+            raise SchemaUnknown(name, parsed.columns, 0, "", samples=samples)
         if parsed.columns:
             first = parsed.header_line or next(r.line for r in parsed.records if isinstance(r.value, dict))
-            raise SchemaUnknown(name, parsed.columns, first)
+            raise SchemaUnknown(name, parsed.columns, first, samples=samples)
     return detected or "messages"  # no columns at all: report against the default schema
 
 
@@ -128,8 +130,9 @@ def _convert_records(parsed: ParsedFile, schema: str, mapping: ColumnMapping | N
     return examples
 
 
-def _deduplicate(examples: list[Example], drop: bool) -> tuple[list[Example], list[tuple[int, int]]]:
-    """(examples kept, (line of each duplicate, line of its first occurrence)); duplicates kept unless `drop`."""
+def deduplicate_examples(examples: list[Example], drop: bool) -> tuple[list[Example], list[tuple[int, int]]]:
+    """(examples kept, (line of each duplicate, line of its first occurrence)); duplicates kept unless `drop`.
+    Two examples are duplicates when their normalised JSON is identical."""
     duplicates: list[tuple[int, int]] = []
     first_seen: dict[bytes, int] = {}
     kept: list[Example] = []

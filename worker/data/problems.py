@@ -48,8 +48,10 @@ class DatasetError(ValueError):
 class SchemaUnknown(DatasetError):
     """The records' columns match no known schema; `columns` lets the user map them to roles."""
 
-    def __init__(self, filename: str, columns: list[str], line: int = 1, unit: str = "line"):
+    def __init__(self, filename: str, columns: list[str], line: int = 1, unit: str = "line",
+                 samples: dict[str, list[str]] | None = None):
         self.columns = list(columns)
+        self.samples = samples or {}  # a few short values per column, shown beside the mapping selects
         shown = ", ".join(self.columns[:30]) + (f" and {len(self.columns) - 30} more" if len(self.columns) > 30 else "")
         message = (f"the columns found ({shown}) match no known schema; expected one of: "
                    "preference (prompt, chosen, rejected; or input, preferred_output, non_preferred_output), "

@@ -152,7 +152,8 @@ def _from_answer(result: dict, name: str, memory_mb: int) -> LoadedSummary:
         problems = [Problem(**p) for p in result["problems"]]
         if result.get("columns") is not None:
             first = problems[0]
-            raise SchemaUnknown(result["filename"], result["columns"], first.line, first.unit)
+            raise SchemaUnknown(result["filename"], result["columns"], first.line, first.unit,
+                                samples=result.get("samples"))
         raise DatasetError(result["filename"], problems, result["total"])
     summary = result["summary"]
     summary["duplicates"] = [tuple(d) for d in summary["duplicates"]]
@@ -177,7 +178,8 @@ def _read(request: dict) -> dict:
     except DatasetError as exc:
         return {"error": "dataset", "filename": exc.filename, "total": exc.total,
                 "problems": [dataclasses.asdict(p) for p in exc.problems],
-                "columns": exc.columns if isinstance(exc, SchemaUnknown) else None}
+                "columns": exc.columns if isinstance(exc, SchemaUnknown) else None,
+                "samples": exc.samples if isinstance(exc, SchemaUnknown) else None}
     except ConfigError as exc:
         return {"error": "config", "field": exc.field, "message": exc.message}
     summary = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(loaded) if f.name != "examples"}
