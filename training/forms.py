@@ -26,13 +26,17 @@ CONFIG_FIELDS = ("method", "beta", "start_from", "rank", "alpha", "dropout", "ta
                  "learning_rate", "batch_size", "grad_accum", "max_seq_length", "warmup_ratio", "lr_scheduler",
                  "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing",
                  "init_lora_weights", "modules_to_save", "optimizer", "packing", "max_grad_norm", "eval_every",
-                 "save_every", "early_stopping_patience", "early_stopping_threshold", "keep_best", "devices")
+                 "save_every", "early_stopping_patience", "early_stopping_threshold", "keep_best", "devices",
+                 "precision")
 PRESET_CHOICES = [("", "Custom (as set below)"),
                   ("quick", "Quick: rank 8 on attention, 1 epoch, lr 2e-3"),
                   ("balanced", "Balanced: rank 16 on attention, 2 epochs, lr 1e-3"),
                   ("quality", "Quality: rank 16 on all linear layers, 3 epochs, lr 5e-4 cosine")]
 INIT_CHOICES = [("default", "Default (A random, B zero)"), ("gaussian", "Gaussian"),
                 ("pissa", "PiSSA (principal singular vectors; 16-bit base only)")]
+PRECISION_CHOICES = [("auto", "Auto: bf16 where the device computes it natively, else fp32"),
+                     ("fp32", "fp32 (full precision, twice the base's memory)"), ("bf16", "bf16"),
+                     ("fp16", "fp16 (CUDA only)")]
 OPTIMIZER_CHOICES = [("adamw", "AdamW"), ("paged_adamw_8bit", "Paged 8-bit AdamW (CUDA only)")]
 # The form's sections, declared once: (legend, folded under "Advanced"?, fields in order).
 FIELDSETS = (
@@ -42,7 +46,7 @@ FIELDSETS = (
     ("Validation", False, ("validation", "validation_percent", "validation_seed", "validation_dataset")),
     ("", True, ("grad_accum", "warmup_ratio", "lr_scheduler", "weight_decay", "seed", "bias", "use_rslora",
                 "use_dora", "gradient_checkpointing", "init_lora_weights", "modules_to_save", "optimizer",
-                "max_grad_norm", "packing", "devices")),
+                "max_grad_norm", "packing", "devices", "precision")),
     ("Evaluation and checkpoints", True, ("eval_every", "early_stopping_patience", "early_stopping_threshold",
                                           "keep_best", "save_every")),
 )
@@ -93,6 +97,10 @@ class JobForm(forms.Form):
     devices = forms.IntegerField(required=False, initial=DEFAULTS.devices, label="Devices",
                                  help_text="train on this many GPUs (or CPU processes) at once; the batch is "
                                            "split across them, so results match one device")
+    precision = forms.ChoiceField(choices=PRECISION_CHOICES, required=False, initial=DEFAULTS.precision,
+                                  label="Base precision",
+                                  help_text="the dtype the frozen base is stored and computed in; LoRA weights and "
+                                            "the optimizer stay fp32")
     max_grad_norm = forms.FloatField(required=False, initial=DEFAULTS.max_grad_norm, label="Gradient clipping (max norm, 0 = off)")
     eval_every = forms.IntegerField(required=False, initial=DEFAULTS.eval_every, label="Evaluate every N steps",
                                     help_text="0: about ten evaluations per run")

@@ -38,7 +38,7 @@ from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.modeling import build_peft_model, load_base_model, load_tokenizer, train_device
 from worker.failpoints import failpoint
 from worker.ranks import RankGroup
-from worker.reporting import Reporter, StopCheck, checkpoint_hook, never_stop, write_guard
+from worker.reporting import Reporter, StopCheck, checkpoint_hook, never_stop, precision_hook, write_guard
 from worker.schedule import eval_interval, lr_multiplier, plan_steps, warmup_steps
 
 log = logging.getLogger(__name__)
@@ -204,9 +204,8 @@ class TrainingRun:
         self.reporter.event("setup", "loading base model" + (" in 4-bit NF4 (QLoRA)" if cfg.qlora else "")
                             + f"; precision {self.device.precision}: the frozen base computes in "
                               f"{self.device.precision}, LoRA weights and optimizer state are fp32")
-        report_precision = getattr(self.reporter, "precision", None)  # optional: the web app records it on the job
-        if report_precision is not None and self.main:
-            report_precision(self.device.precision)
+        if self.main:
+            precision_hook(self.reporter)(self.device.precision)
         failpoint("setup")
         self.model, self.targets = build_peft_model(load_base_model(self.spec.base_model_path, self.device, cfg), cfg)
         if not self.device.is_cuda:  # CUDA's fused dropout is already fast
