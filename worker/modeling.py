@@ -54,6 +54,7 @@ def dtype_name(dtype) -> str:
 # CPU flags of a native bf16 dot product (x86: AVX-512 BF16, AMX; Arm: the BF16 extension). Without one,
 # torch emulates bf16 matmuls and they are slower than fp32.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+CPUINFO = "/proc/cpuinfo"
 
 
 CPU_BF16_ENV = "LORA_STUDIO_CPU_BF16"  # "0" / "1" overrides the detection (tests pin it; an operator may too)
@@ -71,7 +72,7 @@ def cpu_has_native_bf16() -> bool:
 @functools.lru_cache(maxsize=1)
 def _cpu_flags_bf16() -> bool:
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
                 if key.strip() in ("flags", "Features"):
