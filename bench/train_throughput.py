@@ -1,16 +1,21 @@
 """Training throughput: `worker.engine.train` against a plain HF `Trainer` + PEFT baseline.
 
     .venv/bin/python bench/train_throughput.py [--steps 20] [--threads 2] [--rounds 3] [--model DIR]
+                                               [--data demo|short|both]
 
-Both variants train the demo model (SmolLM2-135M-Instruct, converted from the bundled GGUF if the
-folder is missing) on `worker/demo_data/demo_dataset.jsonl` for the same number of optimizer
-steps with the same LoRA config (TrainConfig defaults: rank 16, alpha 32, dropout 0.05, attention
-layers), batch size, max length, learning rate (linear schedule, no warmup), fp32 on CPU, and the
-same tokenization (`worker.data.tokenization.tokenize_examples`: chat template, assistant-only labels).
+Every variant trains the demo model (SmolLM2-135M-Instruct, converted from the bundled GGUF if the
+folder is missing) for the same number of optimizer steps with the same LoRA config (TrainConfig
+defaults: rank 16, alpha 32, dropout 0.05, attention layers), batch size, max length, learning rate
+(linear schedule, no warmup) and tokenization (`worker.data.tokenization.tokenize_examples`: chat
+template, assistant-only labels), on two datasets: `worker/demo_data/demo_dataset.jsonl` (demo) and
+400 generated short examples of about 55 tokens with one-line answers (short, `bench/short_data.py`).
 
-* baseline: `transformers.Trainer` on the PEFT model, `DataCollatorForSeq2Seq` padding each batch
-  to its longest example, the default random sampler, the model's own loss (full-vocabulary logits).
-* engine: `worker.engine.train` (length-grouped batches, logits only at labelled positions).
+* baseline: `transformers.Trainer` on the PEFT model in fp32 (its default), `DataCollatorForSeq2Seq`
+  padding each batch to its longest example, the default random sampler, the model's own loss
+  (full-vocabulary logits).
+* engine: `worker.engine.train` with its defaults (precision auto: a bf16 frozen base on a CPU with
+  native bf16, LoRA weights and AdamW in fp32; length-grouped batches, logits only at labelled positions).
+* engine-fp32: the same with precision fp32, so the engine's own lever and the precision lever show apart.
 
 Each variant runs in its own child process (this script re-invoked with `--variant`), so its peak
 RSS is its own: `resource.getrusage(RUSAGE_SELF).ru_maxrss` read in the child at the end (the
@@ -34,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "var" / "models" / "SmolLM2-135M-Instruct"
 DATA = ROOT / "worker" / "demo_data" / "demo_dataset.jsonl"
+VARIANTS = ("baseline", "engine", "engine-fp32")
 
 
 def maxrss_mb() -> float:
@@ -42,13 +48,14 @@ def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def bench_config(steps: int):
+def bench_config(steps: int, precision: str = "auto"):
     from worker.config import TrainConfig
 
-    return TrainConfig(max_steps=steps, warmup_ratio=0.0, lr_scheduler="linear", save_every=10_000_000, seed=42)
+    return TrainConfig(max_steps=steps, warmup_ratio=0.0, lr_scheduler="linear", save_every=10_000_000, seed=42,
+                       precision=precision)
 
 
-def run_engine(model_dir: str, steps: int) -> dict:
+def run_engine(model_dir: str, steps: int, data: Path, precision: str) -> dict:
     from worker.batching import MicroBatchStream
     from worker.config import TrainSpec
     from worker.data.normalized import read_normalized_jsonl
@@ -58,7 +65,7 @@ def run_engine(model_dir: str, steps: int) -> dict:
     from worker.reporting import MemoryReporter
     from worker.schedule import plan_steps
 
-    cfg = bench_config(steps)
+    cfg = bench_config(steps, precision)
 
     class TimedReporter(MemoryReporter):
         def __init__(self):
@@ -71,29 +78,30 @@ def run_engine(model_dir: str, steps: int) -> dict:
 
     reporter = TimedReporter()
     with tempfile.TemporaryDirectory() as out:
-        result = train(TrainSpec(model_dir, str(DATA), out, cfg, device="cpu"), reporter)
+        result = train(TrainSpec(model_dir, str(data), out, cfg, device="cpu"), reporter)
     # The engine's batches are a pure function of (seed, epoch): recount their real tokens.
-    examples = tokenize_examples(load_tokenizer(model_dir), read_normalized_jsonl(DATA), cfg.max_seq_length)
+    examples = tokenize_examples(load_tokenizer(model_dir), read_normalized_jsonl(data), cfg.max_seq_length)
     per_epoch, total = plan_steps(len(examples), cfg)
     stream = MicroBatchStream(examples, cfg, per_epoch)
     tokens = {s: sum(len(examples[i].input_ids) for b in stream.for_step(s)[1] for i in b) for s in range(1, total + 1)}
     return {"tokens": sum(tokens[s] for s in range(2, steps + 1)),
             "seconds": reporter.times[steps] - reporter.times[1],
-            "mean_loss": sum(reporter.losses().values()) / steps, "trainable": result.trainable_params}
+            "mean_loss": sum(reporter.losses().values()) / steps, "trainable": result.trainable_params,
+            "precision": result.precision}
 
 
-def run_baseline(model_dir: str, steps: int) -> dict:
+def run_baseline(model_dir: str, steps: int, data: Path) -> dict:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     from worker.data.normalized import read_normalized_jsonl
     from worker.data.tokenization import IGNORE_INDEX, tokenize_examples
     from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
 
-    cfg = bench_config(steps)
+    cfg = bench_config(steps, "fp32")
     tok = load_tokenizer(model_dir)
-    examples = tokenize_examples(tok, read_normalized_jsonl(DATA), cfg.max_seq_length)
+    examples = tokenize_examples(tok, read_normalized_jsonl(data), cfg.max_seq_length)
     rows = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)} for e in examples]
-    model, _ = build_peft_model(load_base_model(model_dir, choose_device("cpu"), cfg), cfg)
+    model, _ = build_peft_model(load_base_model(model_dir, choose_device("cpu", "fp32"), cfg), cfg)
     trainable = model.get_nb_trainable_parameters()[0]
 
     counted: list[int] = []
@@ -129,10 +137,10 @@ def run_baseline(model_dir: str, steps: int) -> dict:
                 callbacks=[clock]).train()
     assert len(clock.times) == steps and len(counted) >= steps, (len(clock.times), len(counted))
     return {"tokens": sum(counted[1:steps]), "seconds": clock.times[-1] - clock.times[0],
-            "mean_loss": clock.loss, "trainable": trainable}
+            "mean_loss": clock.loss, "trainable": trainable, "precision": "fp32"}
 
 
-def child(variant: str, model_dir: str, steps: int, threads: int | None) -> None:
+def child(variant: str, model_dir: str, steps: int, threads: int | None, data: Path) -> None:
     import torch
 
     if threads:
@@ -144,7 +152,10 @@ def child(variant: str, model_dir: str, steps: int, threads: int | None) -> None
 
     quiet_transformers()
     rss_imports = maxrss_mb()
-    result = (run_engine if variant == "engine" else run_baseline)(model_dir, steps)
+    if variant == "baseline":
+        result = run_baseline(model_dir, steps, data)
+    else:
+        result = run_engine(model_dir, steps, data, "fp32" if variant == "engine-fp32" else "auto")
     result.update(variant=variant, rss_after_imports_mb=rss_imports, peak_rss_mb=maxrss_mb(),
                   threads=torch.get_num_threads(), tokens_per_s=result["tokens"] / result["seconds"])
     print("RESULT " + json.dumps(result), flush=True)
@@ -159,21 +170,68 @@ def ensure_model(model_dir: Path) -> Path:
     return model_dir
 
 
+def run_variant(variant: str, model_dir: Path, data: Path, a, env: dict) -> dict | None:
+    cmd = [sys.executable, __file__, "--variant", variant, "--model", str(model_dir), "--steps", str(a.steps),
+           "--data-file", str(data)]
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if done.returncode or line is None:
+        print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
+        return None
+    result = json.loads(line[7:])
+    result["wall_s"] = time.monotonic() - started
+    result["load"] = (load_before, os.getloadavg()[0])
+    return result
+
+
+def report(name: str, data: Path, rounds: list[dict], a, model_dir: Path) -> None:
+    """The table of one dataset's runs and each engine variant's median ratios to the baseline."""
+    threads = rounds[0]["engine"]["threads"]
+    print(f"\n== {name}: model {model_dir.name}, data {data.name}, {a.steps} steps, torch threads {threads}, "
+          f"{a.rounds} round(s), batch/max_len/lr from TrainConfig defaults")
+    print(f"{'round':<6}{'variant':<13}{'precision':>10}{'tokens/s':>10}{'tokens':>9}{'seconds':>9}{'peak RSS MB':>13}"
+          f"{'growth MB':>11}{'mean loss':>11}{'wall s':>8}  1-min load before/after")
+    for n, results in enumerate(rounds, 1):
+        for v, r in results.items():
+            growth = r["peak_rss_mb"] - r["rss_after_imports_mb"]
+            print(f"{n:<6}{v:<13}{r['precision']:>10}{r['tokens_per_s']:>10.1f}{r['tokens']:>9}{r['seconds']:>9.1f}"
+                  f"{r['peak_rss_mb']:>13.0f}{growth:>11.0f}{r['mean_loss']:>11.4f}{r['wall_s']:>8.0f}  "
+                  f"{r['load'][0]:.2f}/{r['load'][1]:.2f}")
+    for variant, targets in (("engine", " (target >= 2.0x tokens/s, <= 0.7x peak RSS)"), ("engine-fp32", "")):
+        speed = [r[variant]["tokens_per_s"] / r["baseline"]["tokens_per_s"] for r in rounds]
+        memory = [r[variant]["peak_rss_mb"] / r["baseline"]["peak_rss_mb"] for r in rounds]
+        growth = [(r[variant]["peak_rss_mb"] - r[variant]["rss_after_imports_mb"])
+                  / (r["baseline"]["peak_rss_mb"] - r["baseline"]["rss_after_imports_mb"]) for r in rounds]
+        print(f"{name} {variant}/baseline: {statistics.median(speed):.2f}x tokens/s (rounds "
+              f"{', '.join(f'{x:.2f}' for x in speed)}), {statistics.median(memory):.2f}x peak RSS "
+              f"(growth {statistics.median(growth):.2f}x){targets if variant == 'engine' else ''}")
+    lever = [r["engine"]["tokens_per_s"] / r["engine-fp32"]["tokens_per_s"] for r in rounds]
+    print(f"{name} engine/engine-fp32 (the precision lever alone): {statistics.median(lever):.2f}x tokens/s")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads per variant (default: torch's)")
     p.add_argument("--model", default=str(DEFAULT_MODEL))
     p.add_argument("--rounds", type=int, default=3,
-                   help="baseline/engine pairs, order alternating; the median ratio is reported")
-    p.add_argument("--variant", choices=["engine", "baseline"], help=argparse.SUPPRESS)
+                   help="rounds of the three variants, order rotating; the median ratio is reported")
+    p.add_argument("--data", choices=["demo", "short", "both"], default="both")
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--data-file", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.steps < 2:
         p.error("--steps must be at least 2 (step 1 is warm-up)")
     sys.path.insert(0, str(ROOT))
     if a.variant:
-        child(a.variant, a.model, a.steps, a.threads)
+        child(a.variant, a.model, a.steps, a.threads, Path(a.data_file))
         return 0
+
+    from bench.short_data import write_short_data
 
     model_dir = ensure_model(Path(a.model))
     if os.getloadavg()[0] > 1.5:
@@ -181,49 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
     if a.threads:
         env["OMP_NUM_THREADS"] = str(a.threads)
-    rounds = []
-    for round_no in range(a.rounds):
-        # Alternate the order each round, so a drift in the machine's load hits both variants alike.
-        order = ("baseline", "engine") if round_no % 2 == 0 else ("engine", "baseline")
-        results = {}
-        for variant in order:
-            cmd = [sys.executable, __file__, "--variant", variant, "--model", str(model_dir), "--steps", str(a.steps)]
-            if a.threads:
-                cmd += ["--threads", str(a.threads)]
-            load_before = os.getloadavg()[0]
-            started = time.monotonic()
-            done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-            line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if done.returncode or line is None:
-                print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
-                return 1
-            results[variant] = json.loads(line[7:])
-            results[variant]["wall_s"] = time.monotonic() - started
-            results[variant]["load"] = (load_before, os.getloadavg()[0])
-        rounds.append(results)
-
-    threads = rounds[0]["engine"]["threads"]
-    print(f"model {model_dir.name}, data {DATA.name}, {a.steps} steps, torch threads {threads}, "
-          f"{a.rounds} round(s), batch/max_len/lr from TrainConfig defaults")
-    print(f"{'round':<6}{'variant':<10}{'tokens/s':>10}{'tokens':>9}{'seconds':>9}{'peak RSS MB':>13}"
-          f"{'growth MB':>11}{'mean loss':>11}{'wall s':>8}  1-min load before/after")
-    speed, memory, growth_ratio = [], [], []
-    for n, results in enumerate(rounds, 1):
-        for v, r in results.items():
-            growth = r["peak_rss_mb"] - r["rss_after_imports_mb"]
-            print(f"{n:<6}{v:<10}{r['tokens_per_s']:>10.1f}{r['tokens']:>9}{r['seconds']:>9.1f}"
-                  f"{r['peak_rss_mb']:>13.0f}{growth:>11.0f}{r['mean_loss']:>11.4f}{r['wall_s']:>8.0f}  "
-                  f"{r['load'][0]:.2f}/{r['load'][1]:.2f}")
-        e, b = results["engine"], results["baseline"]
-        speed.append(e["tokens_per_s"] / b["tokens_per_s"])
-        memory.append(e["peak_rss_mb"] / b["peak_rss_mb"])
-        growth_ratio.append((e["peak_rss_mb"] - e["rss_after_imports_mb"])
-                            / (b["peak_rss_mb"] - b["rss_after_imports_mb"]))
-    per_round = ", ".join(f"{x:.2f}" for x in speed)
-    print(f"engine/baseline tokens/s: {statistics.median(speed):.2f}x median of rounds ({per_round}) "
-          f"(target >= 1.3x)")
-    print(f"engine/baseline peak RSS: {statistics.median(memory):.2f}x median "
-          f"(growth {statistics.median(growth_ratio):.2f}x) (target <= 1.0x)")
+    with tempfile.TemporaryDirectory() as tmp:
+        datasets = {"demo": DATA, "short": write_short_data(Path(tmp) / "short.jsonl")}
+        for name in (["demo", "short"] if a.data == "both" else [a.data]):
+            rounds = []
+            for round_no in range(a.rounds):
+                # Rotate the order each round, so a drift in the machine's load hits every variant alike.
+                order = VARIANTS[round_no % 3:] + VARIANTS[:round_no % 3]
+                results = {}
+                for variant in order:
+                    result = run_variant(variant, model_dir, datasets[name], a, env)
+                    if result is None:
+                        return 1
+                    results[variant] = result
+                rounds.append(results)
+            report(name, datasets[name], rounds, a, model_dir)
     return 0
 
 

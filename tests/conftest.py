@@ -9,6 +9,9 @@ from tests.tiny_model import build_tiny_model
 # Tiny models gain nothing from threads, and two busy processes on 2 cores thrash with them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests run as on a CPU without native bf16 (precision auto -> fp32), whatever CPU runs them, so their
+# numbers do not depend on the machine; the precision tests turn it on (worker.modeling.CPU_BF16_ENV).
+os.environ["LORA_STUDIO_CPU_BF16"] = "0"
 import torch  # noqa: E402
 
 # Under pytest-xdist each worker process keeps to its own Redis databases (gw0: 15, 14, 0; gw1: 13, 12, 1).

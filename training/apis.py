@@ -31,6 +31,8 @@ class JobOutput(serializers.Serializer):
     step = serializers.IntegerField()
     total_steps = serializers.IntegerField()
     final_loss = serializers.FloatField(allow_null=True)
+    precision = serializers.CharField(help_text="the dtype the frozen base trained in (fp32, bf16, fp16), as the "
+                                                "train worker resolved config.precision; empty before a run starts")
     error = serializers.CharField()
     error_code = serializers.CharField(help_text="empty, or what kind of failure: out_of_memory, training_error, "
                                                  "config_error, dataset_error, worker_lost, internal_error")

@@ -27,7 +27,7 @@ CONFIG_FIELDS = ("method", "beta", "start_from", "rank", "alpha", "dropout", "ta
                  "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing",
                  "init_lora_weights", "modules_to_save", "optimizer", "packing", "max_grad_norm", "eval_every",
                  "save_every", "early_stopping_patience", "early_stopping_threshold", "keep_best", "devices",
-                 "sharding", "max_steps", "final_eval")
+                 "sharding", "precision", "max_steps", "final_eval")
 PRESET_CHOICES = [("", "Custom (as set below)"),
                   ("quick", "Quick: rank 8 on attention, 1 epoch, lr 2e-3"),
                   ("balanced", "Balanced: rank 16 on attention, 2 epochs, lr 1e-3"),
@@ -36,6 +36,9 @@ INIT_CHOICES = [("default", "Default (A random, B zero)"), ("gaussian", "Gaussia
                 ("pissa", "PiSSA (principal singular vectors; 16-bit base only)")]
 SHARDING_CHOICES = [("none", "None: each device holds the whole base (data parallel)"),
                     ("fsdp", "FSDP: the base is split across the devices (for a model too large for one)")]
+PRECISION_CHOICES = [("auto", "Auto: bf16 where the device computes it natively, else fp32"),
+                     ("fp32", "fp32 (full precision, twice the base's memory)"), ("bf16", "bf16"),
+                     ("fp16", "fp16 (CUDA only)")]
 OPTIMIZER_CHOICES = [("adamw", "AdamW"), ("paged_adamw_8bit", "Paged 8-bit AdamW (CUDA only)")]
 # The form's sections, declared once: (legend, folded under "Advanced"?, fields in order).
 FIELDSETS = (
@@ -45,7 +48,7 @@ FIELDSETS = (
     ("Validation", False, ("validation", "validation_percent", "validation_seed", "validation_dataset")),
     ("", True, ("grad_accum", "warmup_ratio", "lr_scheduler", "weight_decay", "seed", "bias", "use_rslora",
                 "use_dora", "gradient_checkpointing", "init_lora_weights", "modules_to_save", "optimizer",
-                "max_grad_norm", "packing", "devices", "sharding", "max_steps")),
+                "max_grad_norm", "packing", "devices", "sharding", "precision", "max_steps")),
     ("Evaluation and checkpoints", True, ("eval_every", "early_stopping_patience", "early_stopping_threshold",
                                           "keep_best", "final_eval", "save_every")),
 )
@@ -118,6 +121,10 @@ class JobForm(forms.Form):
                                  label="Sharding (with several devices)",
                                  help_text="FSDP stores 1/N of the frozen base on each of N devices; same results, "
                                            "more communication. Not with QLoRA or PiSSA")
+    precision = forms.ChoiceField(choices=PRECISION_CHOICES, required=False, initial=DEFAULTS.precision,
+                                  label="Base precision",
+                                  help_text="the dtype the frozen base is stored and computed in; LoRA weights and "
+                                            "the optimizer stay fp32")
     max_grad_norm = forms.FloatField(required=False, initial=DEFAULTS.max_grad_norm, label="Gradient clipping (max norm, 0 = off)")
     eval_every = forms.IntegerField(required=False, initial=DEFAULTS.eval_every, label="Evaluate every N steps",
                                     help_text="0: about ten evaluations per run")

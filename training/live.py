@@ -17,7 +17,8 @@ def publish_job(job_id, kind: str, data: dict[str, Any]) -> None:
 
 def status_event(job: FineTuneJob) -> dict[str, Any]:
     """What the status event says (also replayed to a page that connects late)."""
-    return {"status": job.status, "error": job.error, "step": job.step, "total_steps": job.total_steps}
+    return {"status": job.status, "error": job.error, "step": job.step, "total_steps": job.total_steps,
+            "precision": job.precision}
 
 
 def publish_status(job: FineTuneJob) -> None:

@@ -49,6 +49,8 @@ class FineTuneJob(models.Model):
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     final_loss = models.FloatField(null=True, blank=True)
+    precision = models.CharField(max_length=8, blank=True, help_text="the dtype the frozen base trained in (fp32, bf16, "
+                                 "fp16): config precision as the train worker resolved it; empty until a run starts")
     memory_mb = models.FloatField(default=0, help_text="the pre-flight memory estimate per device (MB); "
                                   "routes the job to train workers that fit it (0: unknown, any)")
     created = models.DateTimeField(auto_now_add=True)

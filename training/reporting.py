@@ -12,8 +12,8 @@ from common.storage import media_relative
 
 from training.claims import Claim
 from training.files import RESUME_ADAPTERS
-from training.live import publish_job
-from training.models import JobEvent, MetricPoint
+from training.live import publish_job, publish_status
+from training.models import FineTuneJob, JobEvent, MetricPoint
 
 CORE_KEYS = {"loss", "eval_loss", "lr", "epoch", "tokens_per_s"}
 
@@ -51,6 +51,11 @@ class DbReporter:
 
         self.claim.retry(write)
         publish_job(self.job_id, "message", {"kind": kind, "message": message})
+
+    def precision(self, name: str) -> None:
+        """Record the frozen base's dtype this run trains in (the engine resolves config precision auto)."""
+        self.claim.retry(lambda: self.claim.renew(precision=name))
+        publish_status(FineTuneJob.objects.get(id=self.job_id))
 
     def guard(self) -> None:
         """Called by the engine before each file it writes for the job."""

@@ -363,7 +363,8 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
     card = model_card(title=title, base_model=job.base_model.name, config=job.config,
                       rows=job.validation.get("train_rows", 0), dataset_sha256=job.dataset_sha256,
                       steps=result.steps_done, final_loss=result.final_loss, targets=result.targets,
-                      evaluation_md=summary_markdown(evaluation) if evaluation else "")
+                      evaluation_md=summary_markdown(evaluation) if evaluation else "",
+                      precision=getattr(result, "precision", "") or job.precision)
     extra = {"evaluation.json": (out / "evaluation.json").read_text()} if evaluation else {}
     zip_path = out / f"adapter-{job.short_id}.zip"
     build_adapter_zip(result.adapter_dir, zip_path, card=card, config={**job.config, "validation": job.validation},

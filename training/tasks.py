@@ -170,7 +170,7 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
         claim.check()
         services.adapter_create(job=job, result=result)
         mark(status=JobStatus.SUCCEEDED, final_loss=result.final_loss, step=result.steps_done,
-             total_steps=result.total_steps)
+             total_steps=result.total_steps, **({"precision": result.precision} if result.precision else {}))
     elif result.status == "paused" and _shutting_down.is_set():
         mark(status=JobStatus.QUEUED)
         services.job_event(job_id=job.id, kind="pause", message=f"paused at step {result.steps_done} because the "
@@ -195,11 +195,11 @@ MIB = 2 ** 20
 
 def merge_memory_need(job: FineTuneJob) -> int:
     """Bytes a merge holds at once: the base's weights unquantized in the dtype the merge loads them
-    at (fp32 on CPU, bf16 on CUDA), plus the adapter's."""
+    at (the base's own, worker.export.merge_adapter), plus the adapter's."""
     from worker.inference import estimate_adapter_bytes, estimate_base_bytes
-    from worker.modeling import choose_device
+    from worker.modeling import original_dtype
 
-    return (estimate_base_bytes(job.base_model.local_path, choose_device("auto").dtype)
+    return (estimate_base_bytes(job.base_model.local_path, original_dtype(job.base_model.local_path))
             + estimate_adapter_bytes(str(blobs.fetch(job.adapter.folder))))
 
 

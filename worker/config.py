@@ -17,6 +17,7 @@ BIAS_CHOICES = ("none", "lora_only", "all")
 INIT_CHOICES = ("default", "gaussian", "pissa")
 OPTIMIZERS = ("adamw", "paged_adamw_8bit")
 SHARDING = ("none", "fsdp")  # none: every device holds the whole base; fsdp: the base is sharded across them
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # the frozen base's dtype; LoRA weights and optimizer stay fp32
 MAX_DEVICES = 64  # one machine's processes; what a worker really has is checked where the job is launched
 METHODS = ("supervised", "dpo", "orpo")  # supervised: next-token loss; dpo / orpo: preference pairs
 PREFERENCE_METHODS = ("dpo", "orpo")
@@ -107,6 +108,9 @@ class TrainConfig:
     # devices with PyTorch FSDP, so each holds 1/devices of it and a model too large for one device can train;
     # "none" gives every device a whole copy (plain data parallel). The same losses either way.
     sharding: str = "none"
+    # The dtype the frozen base is stored and computed in (LoRA weights and optimizer state stay fp32): auto is
+    # bf16 on CUDA devices that support it and on CPUs with native bf16, fp32 elsewhere (worker.modeling).
+    precision: str = "auto"
     # Checkpoints and evaluation
     save_every: int = 50
     eval_every: int = 0  # 0: about ten evaluations per run (when there is a validation set)
@@ -161,6 +165,11 @@ class TrainConfig:
         _check_range("batch_size", self.batch_size, low=1, high=1024, integer=True)
         _check_range("grad_accum", self.grad_accum, low=1, high=1024, integer=True)
         _check_range("devices", self.devices, low=1, high=MAX_DEVICES, integer=True)
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision in ("bf16", "fp16") and self.bias != "none":
+            raise ConfigError("precision", f"trained biases live inside the base's layers, so they would be trained in "
+                                           f"{self.precision}; set bias to none or precision to fp32 or auto")
         if self.devices > 1 and self.is_preference:
             raise ConfigError("devices", f"{self.method} trains on one device for now (its pairs and reference pass "
                                          "are not split across processes yet); set devices to 1")

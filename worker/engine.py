@@ -38,11 +38,11 @@ from worker.evaluation import evaluate_adapter, evaluate_preferences
 from worker.loss import (mean_token_loss, pair_logps, preference_eval, preference_loss, rows_of, summed_eval_loss,
                          summed_token_loss)
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
-from worker.modeling import build_peft_model, choose_device, load_base_model, load_tokenizer
+from worker.modeling import build_peft_model, load_base_model, load_tokenizer, train_device
 from worker.failpoints import failpoint
 from worker.ranks import RankGroup
+from worker.reporting import Reporter, StopCheck, checkpoint_hook, never_stop, precision_hook, write_guard
 from worker.warm import WarmBases
-from worker.reporting import Reporter, StopCheck, checkpoint_hook, never_stop, write_guard
 from worker.schedule import eval_interval, lr_multiplier, plan_steps, warmup_steps
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class TrainResult:
     best_eval_loss: float | None = None
     stopped_early: bool = False
     model: Any = field(default=None, repr=False)  # the trained PEFT model, for evaluation right away
+    precision: str = ""  # the frozen base's dtype: fp32, bf16 or fp16
 
 
 def build_optimizer(params, cfg: TrainConfig, device):
@@ -161,7 +162,7 @@ class TrainingRun:
 
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
-        self.device = choose_device(self.spec.device)
+        self.device = train_device(self.spec.device, self.cfg)
         if self.main:
             self.recover_output()
         self.setup_data()
@@ -214,6 +215,10 @@ class TrainingRun:
     def setup_model(self) -> None:
         """The frozen base wrapped with LoRA; with PiSSA, the initial adapter is kept for the conversion."""
         cfg = self.cfg
+        self.reporter.event("setup", f"precision {self.device.precision}: the frozen base computes in "
+                                     f"{self.device.precision}, LoRA weights and optimizer state are fp32")
+        if self.main:
+            precision_hook(self.reporter)(self.device.precision)
         self.base = self.load_base()
         self.model, self.targets = build_peft_model(self.base, cfg)
         self.wrapped = self.model
@@ -347,6 +352,10 @@ class TrainingRun:
         load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         self.best.restore(ckpt.best)
         self.start_step = self.step = ckpt.step
+        saved = ckpt.state.get("precision")
+        if saved and saved != self.device.precision:  # e.g. auto on a worker without native bf16
+            self.reporter.event("warning", f"the checkpoint was trained with a {saved} base and this run's is "
+                                           f"{self.device.precision}; the loss curve may shift slightly")
         self.reporter.event("resume", f"resumed from checkpoint at step {self.start_step}"
                                       + (f" ({names} unreadable)" if unreadable else ""))
 
@@ -364,7 +373,8 @@ class TrainingRun:
         self.guard()
         folder = save_checkpoint(self.ckpt_root, step=self.step, model=self.model, optimizer=self.optimizer,
                                  scheduler=self.scheduler,
-                                 extra={"total_steps": self.total_steps, "best": self.best.state()}, **gathered)
+                                 extra={"total_steps": self.total_steps, "best": self.best.state(),
+                                        "precision": self.device.precision}, **gathered)
         self.checkpoint_saved(folder)
 
     # --- loop -------------------------------------------------------------------------------
@@ -578,14 +588,14 @@ class TrainingRun:
     def stopped(self, request: str) -> TrainResult:
         return TrainResult("cancelled" if request == "cancel" else "paused", self.step, self.total_steps,
                            self.loss_value, None, self.targets, self.trainable, self.total_params,
-                           time.monotonic() - self.started)
+                           time.monotonic() - self.started, precision=self.device.precision)
 
     def succeeded(self, kept_step: int) -> TrainResult:
         best = self.best
         return TrainResult("succeeded", self.step, self.total_steps, self.loss_value, str(self.adapter_dir),
                            self.targets, self.trainable, self.total_params, time.monotonic() - self.started,
                            kept_step if best.best_step is not None else None, best.best_loss, self.stopped_early,
-                           self.model)
+                           self.model, self.device.precision)
 
 
 def evaluation_cost(seconds: float, run_seconds: float) -> str:

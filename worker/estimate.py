@@ -7,7 +7,8 @@ is arithmetic.
 Memory model (MiB = 2**20 bytes; all figures are rough and meant to be within tens of percent,
 not exact):
 
-* ``base_weights``: every base parameter at the compute dtype (fp32 on CPU, bf16 on CUDA).
+* ``base_weights``: every base parameter at the compute dtype (`cfg.precision`: bf16 / fp16 count 2 bytes,
+  fp32 4; auto counts 2 on CUDA and 4 on a CPU, whose native bf16 is known only on the train worker).
   With ``cfg.qlora`` the Linear / Conv1D layers that bitsandbytes quantises (all of them but the
   output head, as `worker.modeling.load_base_model` does) are NF4: 0.5 byte per weight plus the
   double-quantised constants (one 8-bit absmax per block of 64 weights and one fp32 absmax per
@@ -166,13 +167,21 @@ def _trainable(shape: _Shape, cfg: TrainConfig, built_rank: int) -> int:
     return round(shape.lora_ab_params * cfg.rank / built_rank) + shape.other_trainable
 
 
+def compute_bytes(cfg: TrainConfig, device: str) -> int:
+    """Bytes per base weight and activation value: 2 for bf16 / fp16, 4 for fp32. Auto on a CPU counts fp32,
+    the upper bound: whether the train worker's CPU multiplies bf16 natively is decided there."""
+    if cfg.precision == "fp32" or (cfg.precision == "auto" and device == "cpu"):
+        return 4
+    return 2
+
+
 def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dict[str, float]:
-    compute_bytes = 4 if device == "cpu" else 2
+    width = compute_bytes(cfg, device)
     if cfg.qlora:
         weights = (shape.quantizable_params * NF4_BYTES_PER_WEIGHT
-                   + (shape.base_params - shape.quantizable_params) * compute_bytes)
+                   + (shape.base_params - shape.quantizable_params) * width)
     else:
-        weights = shape.base_params * compute_bytes
+        weights = shape.base_params * width
     tokens = -(-cfg.batch_size // cfg.devices) * cfg.max_seq_length * sequences_per_example(cfg)  # one rank's share
     per_layer = 6 * shape.hidden + 4 * shape.intermediate
     if cfg.gradient_checkpointing:
@@ -185,17 +194,17 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dic
     processes = cfg.devices if device == "cpu" else 1  # CPU ranks share this machine's memory
     shards = cfg.devices if cfg.sharding == "fsdp" and cfg.devices > 1 else 1
     if shards > 1 and device != "cpu":
-        gathered = (shape.root_params + 2 * shape.layer_params) * compute_bytes
+        gathered = (shape.root_params + 2 * shape.layer_params) * width
         weights = weights / shards + gathered * (shards - 1) / shards
     breakdown = {
         "base_weights": processes * weights / MIB,
         "lora_training": processes * trainable * TRAINING_BYTES_PER_PARAM[cfg.optimizer] / shards / MIB,
-        "activations": processes * values * compute_bytes / MIB,
+        "activations": processes * values * width / MIB,
         "logits": processes * tokens * shape.vocab * 4 * 2 / MIB,
         "overhead": processes * OVERHEAD_MB["cpu" if device == "cpu" else "cuda"],
     }
     if cfg.method == "dpo" and not cfg.start_from:
-        breakdown["reference_pass"] = processes * (tokens * per_layer * compute_bytes + tokens * shape.vocab * 4) / MIB
+        breakdown["reference_pass"] = processes * (tokens * per_layer * width + tokens * shape.vocab * 4) / MIB
     return breakdown
 
 

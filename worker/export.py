@@ -31,6 +31,7 @@ A LoRA adapter for **{base_model}**, trained with LoRA Studio{qlora} by {method}
 - Training {unit}: {rows}
 - Dataset sha256: `{dataset_sha256}`
 - Optimizer steps: {steps}
+- Precision: {precision}
 - Final training loss: {final_loss}
 - Target modules: {targets}
 {evaluation}
@@ -59,7 +60,9 @@ METHOD_NAMES = {"supervised": "supervised fine-tuning (next-token loss on the an
 
 
 def model_card(*, title: str, base_model: str, config: dict[str, Any], rows: int, dataset_sha256: str,
-               steps: int, final_loss: float | None, targets: list[str], evaluation_md: str = "") -> str:
+               steps: int, final_loss: float | None, targets: list[str], evaluation_md: str = "",
+               precision: str = "") -> str:
+    """The adapter's README: settings, data, the run's precision (the frozen base's dtype), evaluation, usage."""
     table = "\n".join(f"| {k} | {v} |" for k, v in config.items())
     evaluation = f"\n## Evaluation on the validation split\n\n{evaluation_md}\n" if evaluation_md else ""
     kind = config.get("method", "supervised")
@@ -71,7 +74,10 @@ def model_card(*, title: str, base_model: str, config: dict[str, Any], rows: int
         unit="preference pairs" if kind in ("dpo", "orpo") else "examples",
         title=title, base_model=base_model, table=table, rows=rows, dataset_sha256=dataset_sha256,
         steps=steps, final_loss="n/a" if final_loss is None else f"{final_loss:.4f}",
-        targets=", ".join(targets) or "n/a", evaluation=evaluation, qlora=" as QLoRA (4-bit NF4 base)" if config.get("qlora") else "",
+        targets=", ".join(targets) or "n/a", evaluation=evaluation,
+        precision=(f"{precision} (the frozen base computes in {precision}; LoRA weights and optimizer state are "
+                   "fp32)" if precision else "n/a"),
+        qlora=" as QLoRA (4-bit NF4 base)" if config.get("qlora") else "",
     )
 
 
@@ -114,16 +120,18 @@ def build_adapter_zip(adapter_dir: str | Path, zip_path: str | Path, *, card: st
 def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """Fold B A into W with `merge_and_unload` and save a plain safetensors model with its tokenizer.
 
-    The base is loaded unquantized (fp32 on CPU, bf16 on CUDA): a QLoRA adapter is merged into the
-    16-bit base, not into 4-bit weights, which could not hold the sum exactly.
+    The base is loaded unquantized at the dtype it was saved in (its config's dtype; fp32 when it does not
+    say), whatever precision the job trained at, so the merged model is the base's own dtype: a QLoRA adapter
+    is merged into the 16-bit base, not into 4-bit weights, and an fp32 base is not rounded to bf16.
     """
     from peft import PeftModel
 
     from worker.checkpoint import atomic_dir
-    from worker.modeling import choose_device, load_base_model, load_tokenizer
+    from worker.modeling import DeviceChoice, choose_device, load_base_model, load_tokenizer, original_dtype
 
-    device = choose_device("auto")
+    device = DeviceChoice(choose_device("auto").device, original_dtype(base_path))
     base = load_base_model(base_path, device)
+    # PEFT upcasts the adapter to fp32; merge_and_unload adds B A at fp32 and rounds into W's dtype once.
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.config.use_cache = True
     out_dir = Path(out_dir)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.config import ConfigError, TrainConfig
+from worker.config import PRECISIONS, ConfigError, TrainConfig
 from worker.targets import linear_module_suffixes, resolve_modules_to_save, resolve_targets, saveable_modules
 
 log = logging.getLogger(__name__)
@@ -33,26 +33,104 @@ def quiet_transformers() -> None:
 @dataclass(frozen=True)
 class DeviceChoice:
     device: str  # "cpu" | "cuda"
-    dtype: "object"  # torch dtype for the frozen weights and compute
+    dtype: "object"  # torch dtype of the frozen base (stored and computed in it); LoRA weights stay fp32
 
     @property
     def is_cuda(self) -> bool:
         return self.device == "cuda"
 
+    @property
+    def precision(self) -> str:
+        """The dtype as TrainConfig.precision names it: fp32, bf16 or fp16."""
+        return dtype_name(self.dtype)
 
-def choose_device(requested: str = "auto") -> DeviceChoice:
-    """CUDA with bf16 (fp16 on old GPUs) when present, else CPU with fp32."""
+
+def dtype_name(dtype) -> str:
+    import torch
+
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+# CPU flags of a native bf16 dot product (x86: AVX-512 BF16, AMX; Arm: the BF16 extension). Without one,
+# torch emulates bf16 matmuls and they are slower than fp32.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+CPUINFO = "/proc/cpuinfo"
+
+
+CPU_BF16_ENV = "LORA_STUDIO_CPU_BF16"  # "0" / "1" overrides the detection (tests pin it; an operator may too)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively: /proc/cpuinfo's flags (False where unknown), unless
+    LORA_STUDIO_CPU_BF16 says 0 or 1."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _cpu_flags_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags_bf16() -> bool:
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return any(flag in NATIVE_BF16_FLAGS for flag in value.split())
+    except OSError:
+        pass
+    return False
+
+
+def choose_device(requested: str = "auto", precision: str = "auto") -> DeviceChoice:
+    """The device (CUDA when present, else CPU) and the frozen base's dtype.
+
+    `precision` auto: bf16 on CUDA devices that support it (fp16 on older ones) and on CPUs with
+    native bf16, fp32 elsewhere. fp16 is for CUDA only (CPU fp16 matmuls are emulated and slow).
+    """
     import torch
 
     if requested not in ("auto", "cpu", "cuda"):
         raise ConfigError("device", f"must be auto, cpu or cuda, got {requested!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     use_cuda = torch.cuda.is_available() and requested in ("auto", "cuda")
     if requested == "cuda" and not use_cuda:
         raise ConfigError("device", "cuda was requested but no CUDA device is available")
+    device = "cuda" if use_cuda else "cpu"
+    if precision == "fp32":
+        return DeviceChoice(device, torch.float32)
     if use_cuda:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return DeviceChoice("cuda", dtype)
-    return DeviceChoice("cpu", torch.float32)
+        bf16 = torch.cuda.is_bf16_supported()
+        if precision == "bf16" and not bf16:
+            raise ConfigError("precision", "this GPU has no bf16 support; pick fp16, fp32 or auto")
+        if precision == "fp16":
+            return DeviceChoice(device, torch.float16)
+        return DeviceChoice(device, torch.bfloat16 if bf16 else torch.float16)
+    if precision == "fp16":
+        raise ConfigError("precision", "fp16 needs a CUDA GPU (a CPU emulates it slowly); pick bf16, fp32 or auto")
+    if precision == "bf16" or cpu_has_native_bf16():
+        return DeviceChoice(device, torch.bfloat16)
+    return DeviceChoice(device, torch.float32)
+
+
+def train_device(requested: str, cfg: TrainConfig) -> DeviceChoice:
+    """The device and base dtype of a training job: auto keeps fp32 when trained biases (inside the base's
+    layers, so at its dtype) are asked for, as the optimizer must update them in fp32."""
+    precision = "fp32" if cfg.precision == "auto" and cfg.bias != "none" else cfg.precision
+    return choose_device(requested, precision)
+
+
+def original_dtype(path: str):
+    """The dtype the base at `path` was saved in (its config's dtype), fp32 when the config does not say."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
 def get_quantization_config(cfg: TrainConfig, device: DeviceChoice):
@@ -272,7 +350,56 @@ def build_peft_model(model, cfg: TrainConfig):
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    return get_peft_model(model, get_peft_config(cfg, targets)), targets
+    peft_model = get_peft_model(model, get_peft_config(cfg, targets))  # autocast_adapter_dtype: LoRA in fp32
+    upcast_modules_to_save(peft_model)
+    return peft_model, targets
+
+
+def _cast_floats(value, dtype):
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast_floats(v, dtype) for v in value)
+    return value
+
+
+def upcast_modules_to_save(peft_model) -> None:
+    """Train `modules_to_save` copies in fp32 over a 16-bit base, as PEFT does for LoRA weights.
+
+    PEFT copies such a module at the base's dtype, so AdamW would update bf16 weights (updates below
+    bf16's resolution are lost). The copy is upcast; hooks feed it fp32 inputs and hand its output back
+    at the dtype of its input (the base's dtype for an embedding, whose input is ids).
+    """
+    import torch
+    from peft.utils.other import ModulesToSaveWrapper
+
+    base_dtype = next((p.dtype for p in peft_model.get_base_model().parameters()
+                       if p.is_floating_point() and not p.requires_grad), torch.float32)
+    if base_dtype == torch.float32:
+        return
+    for wrapper in peft_model.modules():
+        if not isinstance(wrapper, ModulesToSaveWrapper):
+            continue
+        for module in wrapper.modules_to_save.values():
+            if all(p.dtype == torch.float32 for p in module.parameters()):
+                continue
+            module.float()
+            module.register_forward_pre_hook(_upcast_inputs, with_kwargs=True)
+            module.register_forward_hook(functools.partial(_restore_output, default=base_dtype), with_kwargs=True)
+
+
+def _upcast_inputs(module, args, kwargs):
+    import torch
+
+    module._lora_studio_in_dtype = next((a.dtype for a in args if hasattr(a, "is_floating_point")
+                                         and a.is_floating_point()), None)
+    return _cast_floats(args, torch.float32), {k: _cast_floats(v, torch.float32) for k, v in kwargs.items()}
+
+
+def _restore_output(module, args, kwargs, output, *, default):
+    return _cast_floats(output, getattr(module, "_lora_studio_in_dtype", None) or default)
 
 
 def meta_model(path: str, dtype=None):

@@ -19,7 +19,8 @@ class Reporter(Protocol):
     """Where metric points and events go. Optional: `guard() -> None`, raising WorkLost once the job
     is no longer this worker's; the engine calls it right before every write to the output folder.
     Optional: `checkpoint_saved(folder) -> None`, called after each checkpoint is written whole (the
-    web app copies it to the object store there)."""
+    web app copies it to the object store there). Optional: `precision(name) -> None`, told once the
+    frozen base's dtype is chosen (fp32, bf16 or fp16)."""
 
     def log(self, step: int, metrics: dict[str, Any]) -> None: ...
 
@@ -41,6 +42,15 @@ def checkpoint_hook(reporter: Reporter) -> Callable[[Path], None]:
 
 
 def _nothing_to_do(folder: Path) -> None:
+    return None
+
+
+def precision_hook(reporter: Reporter) -> Callable[[str], None]:
+    """The reporter's `precision(name)` (the web app records the base's dtype on the job), or a no-op."""
+    return getattr(reporter, "precision", _not_recorded)
+
+
+def _not_recorded(name: str) -> None:
     return None
 
 

@@ -99,6 +99,7 @@
     const s = JSON.parse(e.data);
     setStatus(s.status);
     if (s.total_steps) $("stat-total").textContent = s.total_steps;
+    if (s.precision) $("stat-precision").textContent = s.precision;
     if (s.error) { $("job-error").textContent = s.error; $("job-error").classList.remove("hidden"); }
     if (TERMINAL.includes(s.status) || s.status === "paused") {
       source.close();

@@ -75,7 +75,7 @@ def test_create_job_maps_hyperparameters_and_lora(api, user, base_model, dataset
     response, _ = create_job(api, dataset, suffix="colours", seed=7,
                              hyperparameters={"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 10},
                              lora={"rank": 8, "alpha": 16, "dropout": 0, "target_preset": "all_linear",
-                                   "use_rslora": True})
+                                   "use_rslora": True, "precision": "fp32"})
     assert response.status_code == 200, response.content
     job = response.json()
     db_job = FineTuneJob.objects.get(owner=user)
@@ -90,6 +90,7 @@ def test_create_job_maps_hyperparameters_and_lora(api, user, base_model, dataset
     assert (c["epochs"], c["batch_size"], c["rank"], c["alpha"], c["target_preset"], c["use_rslora"], c["seed"]) == \
         (3, 2, 8, 16, "all_linear", True, 7)
     assert c["learning_rate"] == pytest.approx(0.01) and db_job.name == "colours"
+    assert c["precision"] == "fp32" and job["lora"]["precision"] == "fp32"
     assert db_job.validation["kind"] == "none"
 
 
@@ -119,6 +120,7 @@ def test_create_job_is_queued_on_commit(api, base_model, dataset, django_capture
     ({"lora": {"target_preset": "everything"}}, 400, "lora.target_preset"),
     ({"lora": {"target_preset": "custom", "target_modules": ["nope"]}}, 400, "lora.target_modules"),
     ({"lora": {"colour": 1}}, 400, "lora.colour"),
+    ({"lora": {"precision": "fp8"}}, 400, "lora.precision"),
     ({"hyperparameters": {"n_epochs": 0}}, 400, "hyperparameters.n_epochs"),
     ({"hyperparameters": {"learning_rate_multiplier": -1}}, 400, "hyperparameters.learning_rate_multiplier"),
     ({"hyperparameters": {"warmup": 1}}, 400, "hyperparameters.warmup"),

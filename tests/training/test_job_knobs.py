@@ -89,3 +89,41 @@ def test_the_job_form_sections_hold_every_field_once(user):
     assert sorted(listed) == sorted(form.fields) and len(listed) == len(set(listed))
     shown = [f.name for _, fields in form.main_fieldsets + form.advanced_fieldsets for f in fields]
     assert shown == listed and [legend for legend, _ in form.main_fieldsets][0] == "What to train"
+
+
+def test_precision_through_the_form_rest_and_the_run(client_in, user, base_model, dataset, monkeypatch,
+                                                     django_capture_on_commit_callbacks):
+    """The setting travels to the config; the run records the precision it resolved (auto -> bf16 on a CPU with
+    native bf16) on the job, which the job page, the API and the model card show."""
+    import io
+    import zipfile
+
+    from training import tasks as train_tasks
+    from worker.modeling import CPU_BF16_ENV
+
+    html = client_in.get("/jobs/new/").content.decode()
+    assert 'name="precision"' in html and '<option value="auto" selected>' in html
+    response, _ = submit(client_in, form_data(base_model, dataset, precision="fp64"), django_capture_on_commit_callbacks)
+    assert response.status_code == 400 and not FineTuneJob.objects.exists()
+    assert "fp64 is not one of the available choices" in response.content.decode()
+    response, _ = submit(client_in, form_data(base_model, dataset, epochs=1), django_capture_on_commit_callbacks)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    job = FineTuneJob.objects.get()
+    assert job.config["precision"] == "auto" and job.precision == ""
+
+    api = APIClient()
+    api.force_authenticate(user)
+    bad = api.post("/api/v1/jobs/", {"dataset": str(dataset.id), "base_model": str(base_model.id),
+                                     "config": {"precision": "int8"}}, format="json")
+    assert bad.status_code == 400 and "precision" in bad.content.decode()
+
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    assert train_tasks.job_run(str(job.id)) == "succeeded"
+    job.refresh_from_db()
+    assert job.precision == "bf16"
+    assert api.get(f"/api/v1/jobs/{job.id}/").json()["precision"] == "bf16"
+    page = client_in.get(f"/jobs/{job.id}/").content.decode()
+    assert '<span id="stat-precision"' in page and "precision bf16" in page
+    assert page.split('id="stat-precision"')[1].split("</span>")[0].endswith(">bf16")
+    zf = zipfile.ZipFile(io.BytesIO(b"".join(client_in.get(f"/jobs/{job.id}/download/").streaming_content)))
+    assert "- Precision: bf16 (the frozen base computes in bf16" in zf.read("README.md").decode()
