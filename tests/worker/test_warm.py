@@ -152,12 +152,8 @@ def test_budget_keeps_the_most_recent_bases(tiny_llama, tiny_gpt2, chat_file, tm
 def test_a_16_bit_qlora_base_is_kept_too(tiny_llama, chat_file, tmp_path, monkeypatch):
     """On CUDA the QLoRA base computes in bf16; PEFT's preparation would upcast its norms to fp32 during the job
     (a changed base, never kept), so the load does it: the same base comes back and trains the same."""
-    import worker.engine as engine
-    from worker.modeling import DeviceChoice
-
-    monkeypatch.setattr(engine, "choose_device", lambda requested="auto": DeviceChoice("cpu", torch.bfloat16))
     warm = WarmBases(budget_mb=512)
-    cfg = dict(qlora=True, epochs=1)
+    cfg = dict(qlora=True, epochs=1, precision="bf16")
     train(spec_for(tiny_llama, chat_file, tmp_path / "q1", **cfg), MemoryReporter(), warm=warm)
     again, cold = MemoryReporter(), MemoryReporter()
     train(spec_for(tiny_llama, chat_file, tmp_path / "q2", **cfg), again, warm=warm)
