@@ -124,6 +124,18 @@ def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None =
             tokenizer.save_pretrained(tmp)
 
 
+STOP_POLL_S = 1.0  # outside the loop (tokenizing, loading, evaluating) the stop flag is read at most this often
+TOKENIZE_CHUNK = 256  # examples tokenized between two looks at the stop flag
+
+
+class StopRequested(Exception):
+    """A cancel or pause that arrived during setup or the end-of-job evaluation: the run ends there."""
+
+    def __init__(self, request: str):
+        super().__init__(request)
+        self.request = request
+
+
 class TrainingRun:
     """One job's state across the phases; `train` calls them in order."""
 
@@ -153,6 +165,24 @@ class TrainingRun:
         self.eval_everywhere = False  # with ranks: evaluate even with an empty share (the others wait on it)
         self.eval_fill: dict[str, Any] = {}  # FSDP: summed_eval_loss's stand-in batches, so all ranks run alike
         self.reference: dict[str, Any] = {}  # DPO on top of a previous adapter: its log-probs, "train" / "eval"
+        self.targets: list[str] = []
+        self.trainable = self.total_params = self.total_steps = 0
+        self.device = None
+        self.last_poll = 0.0
+
+    def poll_stop(self) -> None:
+        """Raise StopRequested when a cancel or pause is asked for, looking at most once every STOP_POLL_S: for
+        long work outside the loop, so a cancel during tokenizing, loading or evaluating acts within seconds.
+        Several ranks agree on stopping only in the loop (one rank alone must not leave a collective)."""
+        if self.group is not None:
+            return
+        now = time.monotonic()
+        if now - self.last_poll < STOP_POLL_S:
+            return
+        self.last_poll = now
+        request = self.should_stop()
+        if request in ("cancel", "pause"):
+            raise StopRequested(request)
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -208,9 +238,12 @@ class TrainingRun:
         if not cfg.is_preference and pairs:
             raise TrainingError(f"the dataset holds {pairs} preference pairs; supervised tuning needs examples "
                                 "with answers: pick method dpo or orpo")
-        if cfg.is_preference:
-            return tokenize_pairs(self.tokenizer, examples, cfg.max_seq_length)
-        return tokenize_examples(self.tokenizer, examples, cfg.max_seq_length)
+        tokenize = tokenize_pairs if cfg.is_preference else tokenize_examples
+        out: list = []
+        for start in range(0, len(examples), TOKENIZE_CHUNK):
+            self.poll_stop()
+            out.extend(tokenize(self.tokenizer, examples[start:start + TOKENIZE_CHUNK], cfg.max_seq_length))
+        return out
 
     def setup_model(self) -> None:
         """The frozen base wrapped with LoRA; with PiSSA, the initial adapter is kept for the conversion."""
@@ -219,9 +252,11 @@ class TrainingRun:
                                      f"{self.device.precision}, LoRA weights and optimizer state are fp32")
         if self.main:
             precision_hook(self.reporter)(self.device.precision)
+        self.poll_stop()
         self.base = self.load_base()
         self.model, self.targets = build_peft_model(self.base, cfg)
         self.wrapped = self.model
+        self.poll_stop()
         if not self.device.is_cuda:  # CUDA's fused dropout is already fast
             from worker.dropout import use_fast_dropout
 
@@ -576,7 +611,8 @@ class TrainingRun:
                                                   device=self.device.device, ref_table=self.reference.get("eval"))
             else:
                 evaluation = evaluate_adapter(self.model, self.tokenizer, held_out,
-                                              max_seq_length=self.cfg.max_seq_length, device=self.device.device)
+                                              max_seq_length=self.cfg.max_seq_length, device=self.device.device,
+                                              between_batches=self.poll_stop)
             if self.main:
                 self.guard()
                 write_text_atomic(self.out / "evaluation.json", json.dumps(evaluation, indent=1))
@@ -588,7 +624,8 @@ class TrainingRun:
     def stopped(self, request: str) -> TrainResult:
         return TrainResult("cancelled" if request == "cancel" else "paused", self.step, self.total_steps,
                            self.loss_value, None, self.targets, self.trainable, self.total_params,
-                           time.monotonic() - self.started, precision=self.device.precision)
+                           time.monotonic() - self.started,
+                           precision=self.device.precision if self.device is not None else "")
 
     def succeeded(self, kept_step: int) -> TrainResult:
         best = self.best
@@ -626,7 +663,11 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
 def run_phases(run: TrainingRun) -> TrainResult:
     import torch
 
-    run.setup()
+    try:
+        run.setup()
+    except StopRequested as stop:
+        run.reporter.event(stop.request, "stopped during setup, before step 1")
+        return run.stopped(stop.request)
     run.resume()
     try:
         request = run.loop()
@@ -637,7 +678,11 @@ def run_phases(run: TrainingRun) -> TrainResult:
     if not run.main and not run.sharded:
         return TrainResult("succeeded", run.step, run.total_steps, run.loss_value)
     kept_step = run.save()
-    run.final_evaluation()
+    try:
+        run.final_evaluation()
+    except StopRequested as stop:
+        run.reporter.event(stop.request, "stopped during the end-of-job evaluation; the adapter is saved")
+        return run.stopped(stop.request)
     if not run.main:
         return TrainResult("succeeded", run.step, run.total_steps, run.loss_value)
     return run.succeeded(kept_step)

@@ -112,8 +112,10 @@ def generate_both(model, tokenizer, conversations, max_new_tokens: int, device) 
 
 
 def evaluate_adapter(model, tokenizer, examples: list[Example], *, max_seq_length: int, device,
-                     max_prompts: int = 20, max_new_tokens: int = 96, batch_size: int = 8) -> dict[str, Any]:
-    """Compare the adapted model with its own base (adapter disabled) on held-out examples."""
+                     max_prompts: int = 20, max_new_tokens: int = 96, batch_size: int = 8,
+                     between_batches=None) -> dict[str, Any]:
+    """Compare the adapted model with its own base (adapter disabled) on held-out examples.
+    `between_batches()` is called before each generation batch (the engine's stop check, which may raise)."""
     model.eval()
     tokenized = tokenize_examples(tokenizer, examples, max_seq_length)
     loss = {"adapter": mean_token_loss(model, tokenized, batch_size, tokenizer.pad_token_id, device)}
@@ -122,6 +124,8 @@ def evaluate_adapter(model, tokenizer, examples: list[Example], *, max_seq_lengt
     prompts = held_out_prompts(examples, max_prompts)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
+        if between_batches is not None:
+            between_batches()
         chunk = prompts[start:start + batch_size]
         adapted, base = generate_both(model, tokenizer, [c for c, _ in chunk], max_new_tokens, device)
         for (conv, ref), b, a in zip(chunk, base, adapted):
