@@ -38,6 +38,7 @@ class MappingForm(forms.Form):
                       "or a plain text column")
 
     def __init__(self, *args, columns: list[str], samples: dict[str, list[str]] | None = None, **kwargs):
+        kwargs.setdefault("auto_id", "map_%s")  # it shares the page with the upload form: ids stay unique
         super().__init__(*args, **kwargs)
         choices = [("", "—")] + [(c, c) for c in columns]
         for name in self.ROLES:

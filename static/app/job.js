@@ -50,6 +50,20 @@
   function setStatus(st) {
     const el = $("job-status"); el.textContent = st; el.className = "status " + st; root.dataset.status = st;
   }
+  // The chart's points as a table too (for screen readers and copying), in step order.
+  const tableBody = document.querySelector("#loss-table tbody");
+  function addTableRow(p) {
+    if (!tableBody || (p.loss == null && p.eval_loss == null)) return;
+    const row = document.createElement("tr");
+    row.dataset.step = p.step;
+    for (const v of [p.step, p.loss, p.eval_loss]) {
+      const cell = document.createElement("td");
+      cell.textContent = v == null ? "–" : (Number.isInteger(v) ? String(v) : v.toFixed(4));
+      row.append(cell);
+    }
+    const after = [...tableBody.rows].find((r) => Number(r.dataset.step) > p.step);
+    tableBody.insertBefore(row, after || null);
+  }
   function onMetric(p) {
     if (seen.has(p.step)) return;
     seen.add(p.step);
@@ -73,6 +87,7 @@
       $("stat-best").dataset.step = best[0].x;
     }
     chart.update("none");
+    addTableRow(p);
     onRewards(p);
     const c = $("points-count"); c.dataset.count = seen.size; c.textContent = `${seen.size} points`;
   }

@@ -195,6 +195,24 @@ def no_sideways_scroll(page) -> bool:
     return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
 
 
+def duplicate_ids(page) -> list[str]:
+    return page.evaluate("""() => { const ids = [...document.querySelectorAll('[id]')].map(e => e.id);
+        return [...new Set(ids.filter((id, i) => ids.indexOf(id) !== i))]; }""")
+
+
+def contrast(page, selector: str) -> float:
+    """WCAG contrast ratio of the element's text against the first opaque background behind it."""
+    return page.evaluate("""(selector) => {
+        const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
+        const lum = ([r, g, b]) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+                                     return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+        const el = document.querySelector(selector);
+        let bg = el, back = [255, 255, 255];
+        while (bg) { const c = rgb(getComputedStyle(bg).backgroundColor); if (c.length < 4 || c[3] > 0) { back = c.slice(0, 3); break; } bg = bg.parentElement; }
+        const [a, b] = [lum(rgb(getComputedStyle(el).color).slice(0, 3)), lum(back)].sort((x, y) => y - x);
+        return (a + 0.05) / (b + 0.05); }""", selector)
+
+
 def too_wide(page) -> list[str]:
     """The outermost elements that reach past the window's right edge (for the failure message)."""
     return page.evaluate("""() => [...document.querySelectorAll('body *')]
@@ -232,8 +250,16 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
         page.goto(stack.url + path)
         page.wait_for_load_state("networkidle")
         assert no_sideways_scroll(page), f"{path} scrolls sideways at 390 px: {too_wide(page)}"
+        assert duplicate_ids(page) == [], f"{path} repeats element ids"
     page.goto(f"{stack.url}/jobs/{first}/")
     assert page.locator("#loss-chart").bounding_box()["height"] >= 200, "the chart keeps a readable height"
+    # The chart also as a table, and status changes announced.
+    page.wait_for_function("document.querySelectorAll('#loss-table tbody tr').length === "
+                           "Chart.getChart('loss-chart').data.datasets[0].data.length && "
+                           "document.querySelectorAll('#loss-table tbody tr').length > 0")
+    assert page.get_attribute("#job-status", "aria-live") == "polite"
+    page.goto(stack.url + "/account/keys/")
+    assert contrast(page, "#keys-table button.link") >= 4.5
     # The job page: the API model id with code, settings in words, the log oldest first with times.
     model = page.inner_text("#api-model")
     assert model.startswith("ft:tiny-llama:") and model in page.text_content("#api-snippet")
