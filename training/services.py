@@ -150,7 +150,7 @@ def job_estimate(*, owner, dataset: Dataset, base_model: BaseModel, config: Trai
     device = settings.TRAIN_DEVICE
     if fleet:
         limit = _fleet_limit(fleet, job_devices(config.to_dict()))[1]
-        if device == "auto":  # the workers' devices, not the web server's: bf16 weights on GPUs, fp32 on CPUs
+        if device == "auto":  # the workers' devices, not the web server's (auto precision counts fp32 on CPUs)
             device = "cuda" if all(capacity.device == "cuda" for _, capacity in fleet) else "cpu"
     else:
         limit = settings.TRAIN_MEMORY_LIMIT_MB or (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20

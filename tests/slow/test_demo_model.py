@@ -77,7 +77,8 @@ def test_demo_model_trains_and_answers(demo_dir, tmp_path):
 
 def test_bf16_auto_reaches_the_fp32_exact_match_on_the_demo_task(demo_dir, tmp_path, monkeypatch):
     """Quality holds: precision auto on a CPU with native bf16 (a bf16 frozen base, fp32 LoRA and AdamW) answers
-    the held-out demo prompts exactly as often as fp32 does, give or take one prompt of the ten."""
+    the held-out demo prompts exactly as often as fp32 does, give or take one prompt of the ten (measured on
+    this VM: 9 of 10 both; 12 steps gave 7 and 7, too close to the floor of 5 to be a steady check)."""
     from worker.evaluation import answer_scores, generate_batch, held_out_prompts
     from worker.modeling import CPU_BF16_ENV, load_tokenizer
 
