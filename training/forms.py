@@ -115,7 +115,7 @@ class JobForm(forms.Form):
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES, required=False, initial=DEFAULTS.optimizer)
     packing = forms.BooleanField(required=False, label="Packing (no padding; examples kept apart by the mask)")
     liger = forms.BooleanField(required=False, label="Liger kernels (CUDA)",
-                               help_text="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear "
+                               help_text="Liger's fused Triton kernels (RMSNorm, SwiGLU, fused linear "
                                          "cross-entropy): less memory, often faster; GPU workers only")
     devices = forms.IntegerField(required=False, initial=DEFAULTS.devices, label="Devices",
                                  help_text="train on this many GPUs (or CPU processes) at once; the batch is "

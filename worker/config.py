@@ -101,7 +101,7 @@ class TrainConfig:
     seed: int = 42
     optimizer: str = "adamw"  # adamw | paged_adamw_8bit (bitsandbytes, CUDA only)
     packing: bool = False  # several examples per row, attention kept inside each (block-diagonal mask)
-    # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy): CUDA only, and the
+    # Liger's Triton kernels (RMSNorm, SwiGLU, fused linear cross-entropy): CUDA only, and the
     # liger-kernel package on the GPU workers (requirements-gpu.txt); worker.kernels refuses otherwise.
     liger: bool = False
     # Data parallel over this many processes (GPUs, or CPU processes sharing the cores): every micro-batch

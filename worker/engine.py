@@ -239,8 +239,8 @@ class TrainingRun:
         self.trainable, self.total_params = self.model.get_nb_trainable_parameters()
         self.setup_mfu()
         if cfg.liger:
-            self.reporter.event("setup", "Liger kernels: RMSNorm, RoPE and SwiGLU where the architecture has "
-                                         "them, and the fused linear cross-entropy")
+            self.reporter.event("setup", "Liger kernels: RMSNorm and SwiGLU where the architecture has them, "
+                                         "and the fused linear cross-entropy")
         if self.padding_free:
             self.reporter.event("setup", "packing without padding: flash-attention's variable-length kernels")
         self.reporter.event("setup", f"LoRA on {', '.join(self.targets)}: {self.trainable:,} trainable of "

@@ -3,9 +3,10 @@ kernels for padding-free packing. Both are extras of the GPU workers (requiremen
 CPU install, so everything here imports them lazily and says plainly what is missing.
 
 Liger is applied to the base before PEFT wraps it (its RMSNorm / SwiGLU modules are patched in place and
-LoRA's layers wrap the patched projections). Its fused linear cross-entropy is not patched into the model's
-forward: the engine computes its own loss from the hidden states at labelled positions (worker.loss), so the
-fused head + loss is called there directly, on the model marked by `mark_fused_loss`.
+LoRA's layers wrap the projections the patched MLP calls); RoPE stays transformers' (see apply_liger).
+Liger's fused linear cross-entropy is not patched into the model's forward: the engine computes its own loss
+from the hidden states at labelled positions (worker.loss), so the fused head + loss is called there, on a
+model `apply_liger` marked.
 """
 from __future__ import annotations
 
@@ -49,18 +50,32 @@ def attn_implementation(cfg, device) -> str | None:
 
 
 def apply_liger(model) -> list[str]:
-    """Patch Liger's RMSNorm, RoPE and SwiGLU into `model` (the base, before PEFT); returns what was applied.
-    Mark the model so worker.loss uses Liger's fused linear cross-entropy. Unsupported architectures get
-    only the fused loss (it needs nothing of the model but its LM head)."""
+    """Patch Liger's RMSNorm and SwiGLU into this `model` instance (the base, before PEFT); returns what was
+    applied. Mark the model so worker.loss uses Liger's fused linear cross-entropy (it needs nothing of the
+    model but its LM head, so every architecture gets it).
+
+    Liger's apply functions also replace module-level names of the architecture (its RMSNorm and MLP classes,
+    its rotary function), which would change every model of that kind the worker loads later, liger or not:
+    those names are put back, so only this instance is patched. RoPE is therefore left out: Liger patches it
+    only module-wide.
+    """
+    import sys
+
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
     applied = []
-    model_type = getattr(model.config, "model_type", None)
-    if model_type in MODEL_TYPE_TO_APPLY_LIGER_FN:
-        _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                        fused_linear_cross_entropy=False)
-        applied = ["rms_norm", "rope", "swiglu"]
+    if getattr(model.config, "model_type", None) in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        module = sys.modules[type(model).__module__]
+        before = dict(vars(module))
+        try:
+            _apply_liger_kernel_to_instance(model=model, rope=False, rms_norm=True, swiglu=True,
+                                            cross_entropy=False, fused_linear_cross_entropy=False)
+        finally:
+            for name, value in before.items():
+                if vars(module).get(name) is not value:
+                    setattr(module, name, value)
+        applied = ["rms_norm", "swiglu"]
     setattr(model, FUSED_LOSS_FLAG, True)
     return applied + ["fused_linear_cross_entropy"]
 

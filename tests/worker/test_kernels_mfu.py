@@ -200,3 +200,32 @@ def test_the_engine_logs_mfu_when_the_peak_is_known(tiny_llama, chat_file, tmp_p
     assert seen["flops"] > 0
     for _, m in reporter.points:
         assert m["mfu"] == pytest.approx(seen["flops"] * m["tokens_per_s"] / 1e12)
+
+
+def test_apply_liger_patches_the_instance_only_and_marks_the_fused_loss(tiny_llama, monkeypatch):
+    """Liger's apply functions also swap the architecture's module-level classes; those are put back so a
+    plain job loaded later in the same worker is not changed. A stand-in liger_kernel (no Triton here)."""
+    import sys
+    import types
+
+    from transformers.models.llama import modeling_llama
+
+    original_norm, patched = modeling_llama.LlamaRMSNorm, []
+
+    def fake_apply(model, **kwargs):
+        assert kwargs["rope"] is False and kwargs["fused_linear_cross_entropy"] is False
+        modeling_llama.LlamaRMSNorm = object  # what Liger's apply_liger_kernel_to_llama does module-wide
+        patched.append(model)
+
+    liger = types.ModuleType("liger_kernel")
+    transformers_mod = types.ModuleType("liger_kernel.transformers")
+    transformers_mod._apply_liger_kernel_to_instance = fake_apply
+    monkey = types.ModuleType("liger_kernel.transformers.monkey_patch")
+    monkey.MODEL_TYPE_TO_APPLY_LIGER_FN = {"llama": fake_apply}
+    for name, mod in (("liger_kernel", liger), ("liger_kernel.transformers", transformers_mod),
+                      ("liger_kernel.transformers.monkey_patch", monkey)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert kernels.apply_liger(model) == ["rms_norm", "swiglu", "fused_linear_cross_entropy"]
+    assert patched == [model] and kernels.uses_fused_loss(model)
+    assert modeling_llama.LlamaRMSNorm is original_norm
