@@ -1,6 +1,6 @@
 """Every CUDA path of the product on one machine, with figures; run by `bench/gpu_check.sh`.
 
-    .venv/bin/python bench/gpu_check.py [--model DIR] [--steps 30] [--out DIR]
+    .venv/bin/python bench/gpu_check.py [--model DIR] [--steps 12] [--out DIR]
 
 Offline: with no `--model` (or GPU_CHECK_MODEL) it builds a ~0.46B-parameter Llama (hidden 1024,
 24 layers, MLP 4096, 16 heads / 8 KV heads, untied 49k vocabulary) with random weights, with the
@@ -9,8 +9,11 @@ small tokenizer. Random weights are fine here: the checks are about speed, memor
 path runs, not about what the model says.
 
 Checks (each prints one line of figures and PASS / FAIL / SKIP):
-1. LoRA bf16 (all linear layers, rank 16): tokens/s, peak GPU memory, MFU.
-2. QLoRA NF4 (same): tokens/s, peak GPU memory, MFU.
+1-2. LoRA bf16 and QLoRA NF4 (all linear layers, rank 16), each plain, with packing, with Liger kernels
+   (`liger`) and with both: tokens/s, peak GPU memory and MFU per run, then one table of the eight. Packing
+   uses flash-attention's variable-length kernels where flash_attn is installed (padding-free), else SDPA
+   with the block-diagonal mask (the row says which). Liger runs print "skipped: liger_kernel not installed"
+   where it is not.
 3. Paged 8-bit AdamW with a checkpoint round trip: pause at step 3 (checkpoint), resume to step 6;
    the resumed losses must match an uninterrupted run within 2 % (bf16 kernels are not bit-exact).
 4. DDP on 2 GPUs (when there are 2): devices=2 against devices=1 on the same job: tokens/s ratio and
@@ -20,10 +23,11 @@ Checks (each prints one line of figures and PASS / FAIL / SKIP):
 5. The chat worker's batched generation (`ModelPool.generate_many`, base + adapter rows in one
    `generate`): new tokens/s for 8 rows.
 
-tokens/s is the median of the engine's per-step `tokens_per_s` after the first 3 steps (non-padding
-tokens). MFU = 4 x base parameters x tokens/s / the GPU's peak dense bf16 FLOP/s: a frozen base costs
-about 2N FLOPs per token forward and 2N backward (no weight gradients), LoRA adds little. The peak
-comes from GPU_PEAK_TFLOPS or a small table of known GPUs; unknown GPUs print no MFU.
+tokens/s is the median of the engine's per-step `tokens_per_s` over the last 8 steps (non-padding tokens;
+12 steps per run by default, so compilation and warm-up stay out). MFU is the median of the engine's own
+per-step `mfu` (worker.mfu: 4 x frozen base + 6 x trainable parameters + 12 x layers x hidden x length FLOPs
+per token, over the GPU's dense peak for the base's dtype from worker.mfu's table; GPU_PEAK_TFLOPS overrides
+the peak). Unknown GPUs print no MFU.
 """
 from __future__ import annotations
 
@@ -41,9 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT / "worker" / "demo_data" / "demo_dataset.jsonl"
 DEMO_MODEL = ROOT / "var" / "models" / "SmolLM2-135M-Instruct"
-# Dense bf16 tensor-core peaks (TFLOP/s) by a substring of torch.cuda.get_device_name().
-PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,
-               "L4": 121.0, "A10G": 125.0, "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
+TIMED_STEPS = 8  # tokens/s and MFU: the median over this many last steps of a run
 results: list[dict] = []
 DEVICE = "cuda"  # "cpu" with --dry-run-cpu: the script's own smoke test on a machine without a GPU
 
@@ -119,24 +121,29 @@ def run(spec_, should_stop=None, reporter=None):
     return result, reporter, torch.cuda.max_memory_allocated() / 2**20
 
 
+def timed_points(reporter) -> list[dict]:
+    """The metrics of the last TIMED_STEPS steps (all of them in a shorter run)."""
+    return [m for _, m in reporter.points[-TIMED_STEPS:]]
+
+
 def steady_tokens_per_s(reporter) -> float:
-    rates = [m["tokens_per_s"] for step, m in reporter.points if step > 3] or \
-            [m["tokens_per_s"] for _, m in reporter.points]
-    return statistics.median(rates)
+    return statistics.median(m["tokens_per_s"] for m in timed_points(reporter))
 
 
-def peak_flops() -> float | None:
-    import torch
+def steady_mfu(reporter) -> float | None:
+    """The engine's MFU over the timed steps (GPU_PEAK_TFLOPS, when set, replaces the table's peak)."""
+    from worker.mfu import device_peak_flops
 
-    if DEVICE == "cpu":
+    values = [m["mfu"] for m in timed_points(reporter) if m.get("mfu") is not None]
+    if not values:
         return None
+    value = statistics.median(values)
     if os.environ.get("GPU_PEAK_TFLOPS"):
-        return float(os.environ["GPU_PEAK_TFLOPS"]) * 1e12
-    name = torch.cuda.get_device_name(0)
-    for key, tflops in PEAK_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12
-    return None
+        import torch
+
+        table = device_peak_flops(torch.cuda.get_device_name(), "bf16")
+        value = value * table / (float(os.environ["GPU_PEAK_TFLOPS"]) * 1e12)
+    return value
 
 
 def base_params(model: Path) -> int:
@@ -145,19 +152,70 @@ def base_params(model: Path) -> int:
     return sum(p.numel() for p in meta_model(str(model))[1].parameters())
 
 
+def has_package(name: str) -> bool:
+    from worker.kernels import has_package as found
+
+    return found(name)
+
+
 def check_training(name: str, model: Path, work: Path, steps: int, n_params: int, **cfg) -> Path | None:
     try:
-        result, reporter, peak_mb = run(spec(model, work / name, max_steps=steps, **cfg))
-        tps = steady_tokens_per_s(reporter)
-        peak = peak_flops()
-        figures = {"tokens_per_s": tps, "peak_gpu_mb": peak_mb, "final_loss": result.final_loss}
-        if peak:
-            figures["mfu_pct"] = 100 * 4 * n_params * tps / peak
+        result, reporter, peak_mb = run(spec(model, work / name.replace(" ", "-"), max_steps=steps, **cfg))
+        figures = {"tokens_per_s": steady_tokens_per_s(reporter), "peak_gpu_mb": peak_mb,
+                   "final_loss": result.final_loss}
+        mfu = steady_mfu(reporter)
+        if mfu is not None:
+            figures["mfu_pct"] = 100 * mfu
         say(name, "PASS" if result.status == "succeeded" else "FAIL", **figures)
         return Path(result.adapter_dir) if result.adapter_dir else None
     except Exception as exc:  # noqa: BLE001 - report and go on to the next check
         say(name, "FAIL", error=f"{type(exc).__name__}: {exc}")
         return None
+
+
+def packing_path() -> str:
+    return "flash-attn varlen" if DEVICE == "cuda" and has_package("flash_attn") else "SDPA block mask"
+
+
+def check_kernel_matrix(model: Path, work: Path, steps: int, n_params: int) -> Path | None:
+    """LoRA bf16 and QLoRA, each plain / packing / Liger / both; returns the plain LoRA run's adapter.
+    The Liger runs go last: nothing of Liger stays patched after a run (worker.kernels), but a failure there
+    must not cost the others."""
+    adapter = None
+    rows = []
+    for liger in (False, True):
+        for qlora in (False, True):
+            for packing in (False, True):
+                name = ("QLoRA NF4" if qlora else "LoRA bf16") + (f" + packing ({packing_path()})" if packing else "") \
+                       + (" + Liger" if liger else "")
+                rows.append(name)
+                if liger and DEVICE == "cpu":
+                    say(name, "SKIP", reason="skipped: Liger kernels need CUDA (dry run on the CPU)")
+                    continue
+                if liger and not has_package("liger_kernel"):
+                    say(name, "SKIP", reason="skipped: liger_kernel not installed")
+                    continue
+                if qlora and DEVICE == "cuda" and not has_package("bitsandbytes"):
+                    say(name, "SKIP", reason="skipped: bitsandbytes not installed")
+                    continue
+                got = check_training(name, model, work, steps, n_params, qlora=qlora, packing=packing, liger=liger)
+                if not (liger or qlora or packing):
+                    adapter = got
+    print_table(rows)
+    return adapter
+
+
+def print_table(names: list[str]) -> None:
+    by_name = {r["check"]: r for r in results}
+    print(f"\n{'run':<48} {'status':<6} {'tokens/s':>10} {'peak GPU MB':>12} {'MFU %':>7}  note", flush=True)
+    for name in names:
+        r = by_name.get(name, {})
+        tps, mem, mfu = r.get("tokens_per_s"), r.get("peak_gpu_mb"), r.get("mfu_pct")
+        note = r.get("reason") or r.get("error") or ""
+        print(f"{name:<48} {r.get('status', '?'):<6} {'' if tps is None else f'{tps:,.0f}':>10} "
+              f"{'' if mem is None else f'{mem:,.0f}':>12} {'–' if mfu is None else f'{mfu:.1f}':>7}  {note}",
+              flush=True)
+    print(flush=True)
 
 
 def check_paged_adamw_round_trip(model: Path, work: Path) -> None:
@@ -256,7 +314,7 @@ def check_batched_generation(model: Path, adapter: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=os.environ.get("GPU_CHECK_MODEL", ""))
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=12, help="steps per training run (the last 8 are timed)")
     p.add_argument("--out", default=os.environ.get("GPU_CHECK_OUT", ""), help="write results.json here")
     p.add_argument("--dry-run-cpu", action="store_true", help="the same checks on the CPU with --model (a smoke "
                                                                 "test of this script; no figure means anything)")
@@ -284,8 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         n_params = base_params(model)
         print(f"model {model} ({n_params / 1e9:.2f}B parameters), ready after {time.monotonic() - started:.0f} s",
               flush=True)
-        adapter = check_training("LoRA bf16", model, work, args.steps, n_params)
-        check_training("QLoRA NF4", model, work, args.steps, n_params, qlora=True)
+        adapter = check_kernel_matrix(model, work, args.steps, n_params)
         check_paged_adamw_round_trip(model, work)
         check_ddp(model, work, min(args.steps, 20))
         check_batched_generation(model, adapter)

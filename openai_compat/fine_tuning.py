@@ -23,7 +23,7 @@ from worker.config import ConfigError, TrainConfig
 
 DEFAULT_LR = TrainConfig().learning_rate
 LORA_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "use_rslora", "use_dora",
-               "bias", "init_lora_weights", "modules_to_save", "devices", "sharding", "precision")
+               "bias", "init_lora_weights", "modules_to_save", "devices", "sharding", "precision", "liger")
 
 
 def _hyperparameters(config: dict) -> dict[str, Any]:

@@ -112,3 +112,15 @@ def test_the_container_runs_as_a_non_root_user():
     lines = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
     assert lines, "the Dockerfile sets no USER: the processes would run as root"
     assert lines[-1][1] not in ("root", "0")
+
+
+def test_gpu_only_kernels_stay_out_of_the_cpu_install():
+    """liger-kernel (it pulls triton) is pinned for the GPU image only: the Dockerfile installs
+    requirements-gpu.txt only when GPU_EXTRAS names it, as compose's worker-train-gpu does."""
+    gpu = (ROOT / "requirements-gpu.txt").read_text().split()
+    assert "liger-kernel==0.8.5" in gpu
+    assert "liger" not in (ROOT / "requirements.txt").read_text()
+    docker = (ROOT / "Dockerfile").read_text()
+    assert 'ARG GPU_EXTRAS=""' in docker and 'if [ -n "$GPU_EXTRAS" ]; then pip install' in docker
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert compose.count("GPU_EXTRAS: requirements-gpu.txt") == 1

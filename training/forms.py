@@ -27,7 +27,7 @@ CONFIG_FIELDS = ("method", "beta", "start_from", "rank", "alpha", "dropout", "ta
                  "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing",
                  "init_lora_weights", "modules_to_save", "optimizer", "packing", "max_grad_norm", "eval_every",
                  "save_every", "early_stopping_patience", "early_stopping_threshold", "keep_best", "devices",
-                 "sharding", "precision", "max_steps", "final_eval")
+                 "sharding", "precision", "max_steps", "final_eval", "liger")
 PRESET_CHOICES = [("", "Custom (as set below)"),
                   ("quick", "Quick: rank 8 on attention, 1 epoch, lr 2e-3"),
                   ("balanced", "Balanced: rank 16 on attention, 2 epochs, lr 1e-3"),
@@ -48,7 +48,7 @@ FIELDSETS = (
     ("Validation", False, ("validation", "validation_percent", "validation_seed", "validation_dataset")),
     ("", True, ("grad_accum", "warmup_ratio", "lr_scheduler", "weight_decay", "seed", "bias", "use_rslora",
                 "use_dora", "gradient_checkpointing", "init_lora_weights", "modules_to_save", "optimizer",
-                "max_grad_norm", "packing", "devices", "sharding", "precision", "max_steps")),
+                "max_grad_norm", "packing", "liger", "devices", "sharding", "precision", "max_steps")),
     ("Evaluation and checkpoints", True, ("eval_every", "early_stopping_patience", "early_stopping_threshold",
                                           "keep_best", "final_eval", "save_every")),
 )
@@ -114,6 +114,9 @@ class JobForm(forms.Form):
                                                 "e.g. lm_head, embed_tokens (large)")
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES, required=False, initial=DEFAULTS.optimizer)
     packing = forms.BooleanField(required=False, label="Packing (no padding; examples kept apart by the mask)")
+    liger = forms.BooleanField(required=False, label="Liger kernels (CUDA)",
+                               help_text="Liger's fused Triton kernels (RMSNorm, SwiGLU, fused linear "
+                                         "cross-entropy): less memory, often faster; GPU workers only")
     devices = forms.IntegerField(required=False, initial=DEFAULTS.devices, label="Devices",
                                  help_text="train on this many GPUs (or CPU processes) at once; the batch is "
                                            "split across them, so results match one device")

@@ -38,7 +38,7 @@ class MicroBatchStream:
 class Batch:
     ids: Any
     labels: Any
-    attention_mask: Any  # (rows, width) padding mask, or (1, 1, L, L) block-diagonal causal mask
+    attention_mask: Any  # (rows, width) padding mask, (1, 1, L, L) block-diagonal causal mask, or None (varlen)
     position_ids: Any = None
     tokens: int = 0  # real (non-padding) tokens
 
@@ -59,12 +59,16 @@ def collate(examples: list[TokenizedExample], pad_id: int, device) -> Batch:
     return Batch(ids.to(device), labels.to(device), mask.to(device), None, int(mask.sum()))
 
 
-def collate_packed(examples: list[TokenizedExample], device) -> Batch:
+def collate_packed(examples: list[TokenizedExample], device, padding_free: bool = False) -> Batch:
     """All examples of a micro-batch in one row, no padding, each attending only to itself.
 
     Position ids restart at every example and the attention mask is block-diagonal and causal:
     position ids alone would let SDPA attend across examples. The first token of each example
     gets no label, so no example is trained to predict the next example's first token.
+
+    `padding_free` (flash-attention loaded, worker.kernels): no mask at all. transformers' flash-attention
+    path reads the example boundaries off the restarting position ids and runs the variable-length kernel
+    (as DataCollatorWithFlattening), so no L x L mask is built.
     """
     import torch
 
@@ -74,6 +78,8 @@ def collate_packed(examples: list[TokenizedExample], device) -> Batch:
     segment = torch.cat([torch.full((len(e.input_ids),), k) for k, e in enumerate(examples)])
     positions = torch.cat([torch.arange(len(e.input_ids)) for e in examples])
     n = ids.numel()
+    if padding_free:
+        return Batch(ids[None].to(device), labels[None].to(device), None, positions[None].to(device), n)
     allowed = (segment[:, None] == segment[None, :]) & torch.ones(n, n, dtype=torch.bool).tril()
     return Batch(ids[None].to(device), labels[None].to(device), allowed[None, None].to(device),
                  positions[None].to(device), n)
@@ -85,9 +91,12 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int, device) -> Batch:
     return collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
 
 
-def make_batch(examples: list[TokenizedExample] | list[TokenizedPair], pad_id: int, device, packing: bool) -> Batch:
+def make_batch(examples: list[TokenizedExample] | list[TokenizedPair], pad_id: int, device, packing: bool, *,
+               padding_free: bool = False) -> Batch:
     """A training micro-batch: preference pairs as chosen rows then rejected rows; examples packed into one
-    row when `packing`, else padded."""
+    row when `packing` (without a mask when `padding_free`), else padded."""
     if examples and isinstance(examples[0], TokenizedPair):
         return collate_pairs(examples, pad_id, device)
-    return collate_packed(examples, device) if packing else collate(examples, pad_id, device)
+    if packing:
+        return collate_packed(examples, device, padding_free)
+    return collate(examples, pad_id, device)

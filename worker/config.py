@@ -101,6 +101,9 @@ class TrainConfig:
     seed: int = 42
     optimizer: str = "adamw"  # adamw | paged_adamw_8bit (bitsandbytes, CUDA only)
     packing: bool = False  # several examples per row, attention kept inside each (block-diagonal mask)
+    # Liger's Triton kernels (RMSNorm, SwiGLU, fused linear cross-entropy): CUDA only, and the
+    # liger-kernel package on the GPU workers (requirements-gpu.txt); worker.kernels refuses otherwise.
+    liger: bool = False
     # Data parallel over this many processes (GPUs, or CPU processes sharing the cores): every micro-batch
     # is split across them, so the global batch and the learning-rate plan stay those of one device.
     devices: int = 1
@@ -141,7 +144,7 @@ class TrainConfig:
         if self.target_preset != "custom" and modules:
             raise ConfigError("target_modules", "only allowed when target layers is 'custom'")
         for name in ("use_rslora", "use_dora", "qlora", "gradient_checkpointing", "final_eval", "packing",
-                     "keep_best"):
+                     "keep_best", "liger"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.bias not in BIAS_CHOICES:

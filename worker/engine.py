@@ -37,7 +37,9 @@ from worker.estimate import work_per_token
 from worker.evaluation import evaluate_adapter, evaluate_preferences
 from worker.loss import (mean_token_loss, pair_logps, preference_eval, preference_loss, rows_of, summed_eval_loss,
                          summed_token_loss)
+from worker.kernels import liger_problem, padding_free
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
+from worker.mfu import mfu as model_flops_utilisation
 from worker.modeling import build_peft_model, load_base_model, load_tokenizer, train_device
 from worker.failpoints import failpoint
 from worker.ranks import RankGroup
@@ -164,6 +166,8 @@ class TrainingRun:
         self.stopped_early = False
         self.eval_everywhere = False  # with ranks: evaluate even with an empty share (the others wait on it)
         self.eval_fill: dict[str, Any] = {}  # FSDP: summed_eval_loss's stand-in batches, so all ranks run alike
+        self.padding_free = False  # packed rows to flash-attention's varlen kernels (worker.kernels)
+        self.flops_per_token, self.peak_flops = 0.0, None  # for the MFU metric (setup_mfu)
         self.reference: dict[str, Any] = {}  # DPO on top of a previous adapter: its log-probs, "train" / "eval"
         self.targets: list[str] = []
         self.trainable = self.total_params = self.total_steps = 0
@@ -193,6 +197,10 @@ class TrainingRun:
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self.device = train_device(self.spec.device, self.cfg)
+        problem = liger_problem(self.cfg, self.device)
+        if problem:
+            raise TrainingError(problem)
+        self.padding_free = padding_free(self.cfg, self.device)
         if self.main:
             self.recover_output()
         self.setup_data()
@@ -264,6 +272,12 @@ class TrainingRun:
         if self.spec.start_adapter_dir:
             self.start_from_adapter(Path(self.spec.start_adapter_dir))
         self.trainable, self.total_params = self.model.get_nb_trainable_parameters()
+        self.setup_mfu()
+        if cfg.liger:
+            self.reporter.event("setup", "Liger kernels: RMSNorm and SwiGLU where the architecture has them, "
+                                         "and the fused linear cross-entropy")
+        if self.padding_free:
+            self.reporter.event("setup", "packing without padding: flash-attention's variable-length kernels")
         self.reporter.event("setup", f"LoRA on {', '.join(self.targets)}: {self.trainable:,} trainable of "
                                      f"{self.total_params:,} parameters")
         if self.sharded:
@@ -274,6 +288,22 @@ class TrainingRun:
             if self.main and not (self.init_dir / "adapter_model.safetensors").is_file():
                 self.guard()
                 save_adapter(self.model, self.init_dir)
+
+    def setup_mfu(self) -> None:
+        """FLOPs per trained token (worker.mfu's convention) and the device's peak: MFU is logged when known."""
+        from worker.mfu import device_peak_flops, flops_per_token_of
+
+        lengths = [e.length for e in self.examples] or [self.cfg.max_seq_length]
+        self.flops_per_token = flops_per_token_of(self.model, self.trainable, self.total_params,
+                                                  sum(lengths) / len(lengths))
+        self.peak_flops = None
+        if self.device.is_cuda:
+            import torch
+
+            name = torch.cuda.get_device_name()  # this process's GPU (each rank has set its own)
+            self.peak_flops = device_peak_flops(name, self.device.precision)
+            if self.peak_flops and self.group is not None:
+                self.peak_flops *= self.group.world  # tokens/s is summed over the ranks
 
     def shard(self) -> None:
         """FSDP over the ranks, from rank 0's initial adapter; reports each rank's share of the frozen base."""
@@ -484,7 +514,7 @@ class TrainingRun:
                 # stand-in example whose loss counts for nothing.
                 indices, weight = (share, 1.0) if share else (indices[:1], 0.0)
             batch = make_batch([self.examples[i] for i in indices], self.pad_id, self.device.device,
-                               self.cfg.packing)
+                               self.cfg.packing, padding_free=self.padding_free)
             loss_sum, _ = summed_token_loss(self.model, batch)
             loss_sum = loss_sum * weight
             # Normalise by the trained tokens of the whole accumulated step, not per micro-batch.
@@ -533,6 +563,9 @@ class TrainingRun:
         }
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
+        mfu = model_flops_utilisation(self.flops_per_token, tokens_per_s, self.peak_flops)
+        if mfu is not None:
+            metrics["mfu"] = mfu
         metrics["memory_mb"] = peak_memory_mb(self.device)
         return metrics
 

@@ -40,10 +40,39 @@ def sharded(module) -> bool:
     return isinstance(module, FSDPModule)
 
 
+def _fused_head(peft_model):
+    """The LM head when the model asks for Liger's fused linear cross-entropy (worker.kernels) and it can
+    take it: a plain Linear head (not one LoRA wraps or saves), a backbone, no logit soft-capping, no FSDP."""
+    import torch
+
+    from worker.kernels import uses_fused_loss
+
+    causal = peft_model.get_base_model()
+    head = causal.get_output_embeddings()
+    if not uses_fused_loss(causal) or type(head) is not torch.nn.Linear or sharded(causal):
+        return None
+    if getattr(causal, causal.base_model_prefix, None) is None or getattr(causal.config, "final_logit_softcapping", None):
+        return None
+    return head
+
+
 def summed_token_loss(peft_model, batch: Batch):
-    """Sum of next-token cross-entropy over labelled positions, with logits computed only there."""
+    """Sum of next-token cross-entropy over labelled positions, with logits computed only there (or never
+    materialised, with Liger's fused linear cross-entropy)."""
     import torch.nn.functional as F
 
+    head = _fused_head(peft_model)
+    if head is not None:
+        from worker.kernels import fused_linear_cross_entropy_sum
+
+        causal = peft_model.get_base_model()
+        targets = batch.labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        inputs = {"input_ids": batch.ids, "attention_mask": batch.attention_mask}
+        if batch.position_ids is not None:
+            inputs["position_ids"] = batch.position_ids
+        hidden = getattr(causal, causal.base_model_prefix)(**inputs).last_hidden_state[:, :-1][keep]
+        return fused_linear_cross_entropy_sum(head, hidden, targets[keep]), int(keep.sum())
     logits, targets, _ = _labelled_logits(peft_model, batch)
     return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
 

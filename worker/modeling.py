@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.config import PRECISIONS, ConfigError, TrainConfig
+from worker.kernels import apply_liger, attn_implementation
 from worker.targets import linear_module_suffixes, resolve_modules_to_save, resolve_targets, saveable_modules
 
 log = logging.getLogger(__name__)
@@ -306,6 +307,9 @@ def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = N
     quiet_transformers()
     quant = get_quantization_config(cfg, device) if cfg else None
     kwargs = dict(dtype=device.dtype, trust_remote_code=False, low_cpu_mem_usage=True)
+    attention = attn_implementation(cfg, device)
+    if attention:
+        kwargs["attn_implementation"] = attention
     if quant is not None:
         kwargs["quantization_config"] = quant
         # this process's GPU: 0 alone, GPU r for rank r of a run on several devices (worker.distributed)
@@ -325,6 +329,8 @@ def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = N
     model.config.use_cache = False
     for p in model.parameters():
         p.requires_grad_(False)
+    if cfg is not None and cfg.liger:
+        apply_liger(model)  # before PEFT wraps it (worker.kernels); the engine checked it can
     return model
 
 

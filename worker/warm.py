@@ -30,6 +30,7 @@ from typing import Callable
 
 from worker.config import TrainConfig
 from worker.inference import estimate_base_bytes, module_bytes
+from worker.kernels import attn_implementation
 from worker.modeling import DeviceChoice, get_quantization_config, load_base_model
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,15 @@ def folder_fingerprint(path: str) -> tuple:
 
 
 def base_key(path: str, device: DeviceChoice, cfg: TrainConfig | None) -> tuple:
-    """What decides the loaded base: folder and its files, dtype, device and quantization."""
+    """What decides the loaded base: folder and its files, dtype, device, quantization and kernels."""
     resolved = str(Path(path).resolve())
     quant = get_quantization_config(cfg, device) if cfg is not None else None
     quant_key = None if quant is None else (quant.bnb_4bit_quant_type, quant.bnb_4bit_use_double_quant,
                                             str(quant.bnb_4bit_compute_dtype))
-    return resolved, folder_fingerprint(resolved), str(device.dtype), device.device, quant_key
+    # Liger patches the base's modules and flash-attention is chosen at load: a base loaded either way is
+    # kept apart from a plain one.
+    kernels = (bool(cfg and cfg.liger), attn_implementation(cfg, device))
+    return resolved, folder_fingerprint(resolved), str(device.dtype), device.device, quant_key, kernels
 
 
 def layout(model) -> tuple:

@@ -74,6 +74,7 @@
     if (p.total_steps) $("stat-total").textContent = p.total_steps;
     if (p.loss != null) $("stat-loss").textContent = p.loss.toFixed(4);
     if (p.tokens_per_s != null) $("stat-tps").textContent = Math.round(p.tokens_per_s);
+    if (p.mfu != null) $("stat-mfu").textContent = `${(p.mfu * 100).toFixed(1)} %`;
     $("stat-eta").textContent = fmtEta(p.eta_s);
     if (p.epoch != null) $("stat-epoch").textContent = p.epoch.toFixed(2);
     if (p.lr != null) $("stat-lr").textContent = p.lr.toExponential(2);
