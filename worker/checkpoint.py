@@ -132,7 +132,20 @@ def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
                 tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{idx}.{key}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": plain(sd["param_groups"]), "scalars": plain(scalars)}
+
+
+def plain(obj):
+    """`obj` as JSON can hold it: a hyperparameter kept as a tensor (a tensor learning rate, bitsandbytes' 8-bit
+    optimizers) becomes its number (or list), tuples become lists."""
+    if hasattr(obj, "detach"):
+        value = obj.detach().cpu()
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(obj, dict):
+        return {key: plain(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(value) for value in obj]
+    return obj
 
 
 def _optimizer_state_dict(tensors: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +194,7 @@ def save_checkpoint(root: Path, *, step: int, model, optimizer, scheduler, extra
         state = {
             "step": step,
             "optimizer": meta,
-            "scheduler": scheduler.state_dict(),
+            "scheduler": plain(scheduler.state_dict()),
             "python_rng": _jsonable(random.getstate()),
             **extra,
         }

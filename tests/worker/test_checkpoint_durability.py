@@ -146,3 +146,30 @@ def test_checkpoint_folders_and_prune_ignore_and_clear_dot_folders(tmp_path):
                                                            "step-000002"]
     prune_checkpoints(root)
     assert sorted(p.name for p in root.iterdir()) == ["step-000008", "step-000012"]
+
+
+def test_an_optimizer_that_keeps_hyperparameters_as_tensors_checkpoints_and_resumes(tiny_llama, tmp_path):
+    """bitsandbytes' 8-bit optimizers (and torch's tensor learning rates) keep tensors in param_groups: the
+    checkpoint's JSON holds their numbers and the resumed optimizer steps on as before."""
+    import torch
+
+    from worker.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+    from worker.config import TrainConfig
+    from worker.modeling import build_peft_model, choose_device, load_base_model
+
+    cfg = TrainConfig(rank=4, alpha=8)
+    model, _ = build_peft_model(load_base_model(str(tiny_llama), choose_device("cpu", "fp32"), cfg), cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=torch.tensor(1e-3), betas=(torch.tensor(0.9), torch.tensor(0.99)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    scheduler.step()
+    folder = save_checkpoint(tmp_path / "ckpts", step=1, model=model, optimizer=optimizer, scheduler=scheduler,
+                             extra={"total_steps": 2})
+    ckpt = read_checkpoint(folder)
+    assert ckpt.optimizer["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    fresh = torch.optim.AdamW(params, lr=1e-3)
+    load_checkpoint(ckpt, model=model, optimizer=fresh, scheduler=torch.optim.lr_scheduler.LambdaLR(fresh, lambda s: 1.0))
+    assert float(fresh.state_dict()["state"][0]["step"]) == 1
+    assert tuple(fresh.param_groups[0]["betas"]) == pytest.approx((0.9, 0.99))
