@@ -132,7 +132,22 @@ def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
                 tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{idx}.{key}"] = value
-    return tensors, {"param_groups": plain(sd["param_groups"]), "scalars": plain(scalars)}
+    groups = []
+    for i, group in enumerate(sd["param_groups"]):
+        kept = {}
+        for key, value in group.items():
+            if hasattr(value, "detach"):  # a hyperparameter the optimizer keeps as a tensor: it goes back as one
+                name = f"{GROUP_PREFIX}{i}.{key}"
+                tensors[name] = value.detach().cpu().contiguous()
+                kept[key] = {TENSOR_REF: name}
+            else:
+                kept[key] = plain(value)
+        groups.append(kept)
+    return tensors, {"param_groups": groups, "scalars": plain(scalars)}
+
+
+GROUP_PREFIX = "group"  # optimizer.safetensors: "group<i>.<key>" is a param group's tensor, "<i>.<key>" a state's
+TENSOR_REF = "__tensor__"
 
 
 def plain(obj):
@@ -149,11 +164,14 @@ def plain(obj):
 
 
 def _optimizer_state_dict(tensors: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    tensors = dict(tensors)
+    groups = [{key: tensors.pop(value[TENSOR_REF]) if isinstance(value, dict) and TENSOR_REF in value else value
+               for key, value in group.items()} for group in meta["param_groups"]]
     state: dict[int, dict[str, Any]] = {}
     for name, value in list(tensors.items()) + list(meta["scalars"].items()):
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+    return {"state": state, "param_groups": groups}
 
 
 @dataclass

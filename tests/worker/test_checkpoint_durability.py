@@ -168,7 +168,8 @@ def test_an_optimizer_that_keeps_hyperparameters_as_tensors_checkpoints_and_resu
     folder = save_checkpoint(tmp_path / "ckpts", step=1, model=model, optimizer=optimizer, scheduler=scheduler,
                              extra={"total_steps": 2})
     ckpt = read_checkpoint(folder)
-    assert ckpt.optimizer["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    lr = ckpt.optimizer["param_groups"][0]["lr"]
+    assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(1e-3), "a tensor comes back as a tensor"
     fresh = torch.optim.AdamW(params, lr=1e-3)
     load_checkpoint(ckpt, model=model, optimizer=fresh, scheduler=torch.optim.lr_scheduler.LambdaLR(fresh, lambda s: 1.0))
     assert float(fresh.state_dict()["state"][0]["step"]) == 1
