@@ -124,21 +124,39 @@ def recover_leftovers(parent: Path) -> None:
         _fsync(parent)
 
 
+def _cpu_tensor(value):
+    """A copy on the CPU; bitsandbytes' paged state tensors (in CUDA unified memory) may not offer `detach`."""
+    try:
+        value = value.detach()
+    except (AttributeError, RuntimeError):
+        pass
+    return value.cpu().clone().contiguous()
+
+
 def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch
+
     tensors, scalars = {}, {}
+
+    def put(name: str, value) -> None:
+        if isinstance(value, torch.Tensor) or hasattr(value, "detach"):
+            tensors[name] = _cpu_tensor(value)
+        elif isinstance(value, dict):  # bitsandbytes 0.50 nests its 8-bit state: "<i>.<key>/<inner key>"
+            for inner, item in value.items():
+                put(f"{name}{NEST}{inner}", item)
+        else:
+            scalars[name] = value
+
     for idx, st in sd["state"].items():
         for key, value in st.items():
-            if hasattr(value, "detach"):
-                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}.{key}"] = value
+            put(f"{idx}.{key}", value)
     groups = []
     for i, group in enumerate(sd["param_groups"]):
         kept = {}
         for key, value in group.items():
-            if hasattr(value, "detach"):  # a hyperparameter the optimizer keeps as a tensor: it goes back as one
+            if isinstance(value, torch.Tensor) or hasattr(value, "detach"):  # goes back as a tensor, as it was
                 name = f"{GROUP_PREFIX}{i}.{key}"
-                tensors[name] = value.detach().cpu().contiguous()
+                tensors[name] = _cpu_tensor(value)
                 kept[key] = {TENSOR_REF: name}
             else:
                 kept[key] = plain(value)
@@ -148,6 +166,7 @@ def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
 GROUP_PREFIX = "group"  # optimizer.safetensors: "group<i>.<key>" is a param group's tensor, "<i>.<key>" a state's
 TENSOR_REF = "__tensor__"
+NEST = "/"
 
 
 def plain(obj):
@@ -170,7 +189,11 @@ def _optimizer_state_dict(tensors: dict[str, Any], meta: dict[str, Any]) -> dict
     state: dict[int, dict[str, Any]] = {}
     for name, value in list(tensors.items()) + list(meta["scalars"].items()):
         idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
+        place = state.setdefault(int(idx), {})
+        *outer, key = key.split(NEST)
+        for part in outer:
+            place = place.setdefault(part, {})
+        place[key] = value
     return {"state": state, "param_groups": groups}
 
 

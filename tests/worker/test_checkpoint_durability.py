@@ -174,3 +174,27 @@ def test_an_optimizer_that_keeps_hyperparameters_as_tensors_checkpoints_and_resu
     load_checkpoint(ckpt, model=model, optimizer=fresh, scheduler=torch.optim.lr_scheduler.LambdaLR(fresh, lambda s: 1.0))
     assert float(fresh.state_dict()["state"][0]["step"]) == 1
     assert tuple(fresh.param_groups[0]["betas"]) == pytest.approx((0.9, 0.99))
+
+
+def test_a_nested_optimizer_state_round_trips(tiny_llama, tmp_path):
+    """bitsandbytes 0.50 keeps each parameter's 8-bit state in a nested dict ("__bnb_optimizer_quant_state__":
+    state1, qmap1, absmax1 ... as tensors): it comes back nested, tensors as tensors."""
+    import torch
+
+    from worker.checkpoint import read_checkpoint, save_checkpoint
+    from worker.config import TrainConfig
+    from worker.modeling import build_peft_model, choose_device, load_base_model
+
+    cfg = TrainConfig(rank=4, alpha=8)
+    model, _ = build_peft_model(load_base_model(str(tiny_llama), choose_device("cpu", "fp32"), cfg), cfg)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    inner = {"state1": torch.arange(6, dtype=torch.uint8), "qmap1": torch.linspace(-1, 1, 4), "blocksize": 256}
+    state = {"state": {0: {"step": 3, "__bnb_optimizer_quant_state__": inner}},
+             "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}]}
+    folder = save_checkpoint(tmp_path / "ckpts", step=3, model=model, optimizer=optimizer, scheduler=scheduler,
+                             extra={}, optimizer_state=state)
+    back = read_checkpoint(folder).optimizer["state"][0]
+    assert back["step"] == 3 and back["__bnb_optimizer_quant_state__"]["blocksize"] == 256
+    assert torch.equal(back["__bnb_optimizer_quant_state__"]["state1"], inner["state1"])
+    assert torch.equal(back["__bnb_optimizer_quant_state__"]["qmap1"], inner["qmap1"])
