@@ -53,12 +53,17 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from worker.config import ConfigError, TrainConfig
-from worker.memory_advice import fitting_changes
+from worker.memory_advice import fitting_tips
 from worker.schedule import plan_steps
 
 MIB = 2 ** 20
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax/64 + fp32 absmax/16384
 OVERHEAD_MB = {"cpu": 300.0, "cuda": 500.0}
+# The labelled logits at the compute dtype, then in fp32: the upcast copy, the log-softmax and its gradient.
+LOGIT_FP32_COPIES = 3
+# On a CPU loading leaves part of the file's pages resident (safetensors maps the file): measured share of the
+# weights' bytes on top of the weights themselves.
+LOAD_PEAK_FRACTION = 0.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,12 @@ class Estimate:
     targets: list[str] = field(default_factory=list)
     memory_limit_mb: float | None = None
     lengths_known: bool = True  # False: the mean tokens per example is a guess from character counts
+    # The advice again, each with the settings it changes ({"text", "changes"}): what the form's Apply sets.
+    advice_changes: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. examples the max length cuts (training.services)
+    # Where `seconds` comes from: "measured" (this model's finished jobs), "calibrated" (this machine's
+    # measured speed and the work per token), or None when it is unknown.
+    seconds_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,21 +179,40 @@ def _trainable(shape: _Shape, cfg: TrainConfig, built_rank: int) -> int:
 
 
 def compute_bytes(cfg: TrainConfig, device: str) -> int:
-    """Bytes per base weight and activation value: 2 for bf16 / fp16, 4 for fp32. Auto on a CPU counts fp32,
-    the upper bound: whether the train worker's CPU multiplies bf16 natively is decided there."""
-    if cfg.precision == "fp32" or (cfg.precision == "auto" and device == "cpu"):
+    """Bytes per base weight and activation value: 2 for bf16 / fp16, 4 for fp32. Auto on a CPU is bf16 when
+    this CPU multiplies bf16 natively (as `worker.modeling.choose_device` decides on the train worker, which
+    is this machine or one like it), else fp32."""
+    if cfg.precision == "fp32":
         return 4
+    if cfg.precision == "auto" and device == "cpu":
+        from worker.modeling import cpu_has_native_bf16
+
+        return 2 if cpu_has_native_bf16() else 4
     return 2
 
 
-def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dict[str, float]:
+@dataclass(frozen=True)
+class DataShape:
+    """What the memory needs from the training set, when its token profile is known: the longest example (a
+    micro-batch is padded to its own longest, not to max_seq_length) and the mean labelled tokens per example
+    (the engine runs the LM head on labelled positions only). None: the worst case, max_seq_length."""
+
+    longest: int | None = None
+    labelled: float | None = None
+
+
+def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str,
+            data: DataShape = DataShape()) -> dict[str, float]:
     width = compute_bytes(cfg, device)
     if cfg.qlora:
         weights = (shape.quantizable_params * NF4_BYTES_PER_WEIGHT
                    + (shape.base_params - shape.quantizable_params) * width)
     else:
         weights = shape.base_params * width
-    tokens = -(-cfg.batch_size // cfg.devices) * cfg.max_seq_length * sequences_per_example(cfg)  # one rank's share
+    rows = -(-cfg.batch_size // cfg.devices) * sequences_per_example(cfg)  # one rank's share of a micro-batch
+    length = min(cfg.max_seq_length, data.longest or cfg.max_seq_length)
+    tokens = rows * length
+    labelled = rows * min(length, data.labelled if data.labelled is not None else length)
     per_layer = 6 * shape.hidden + 4 * shape.intermediate
     if cfg.gradient_checkpointing:
         values = tokens * (shape.layers * shape.hidden + per_layer)
@@ -200,8 +230,9 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dic
         "base_weights": processes * weights / MIB,
         "lora_training": processes * trainable * TRAINING_BYTES_PER_PARAM[cfg.optimizer] / shards / MIB,
         "activations": processes * values * width / MIB,
-        "logits": processes * tokens * shape.vocab * 4 * 2 / MIB,
-        "overhead": processes * OVERHEAD_MB["cpu" if device == "cpu" else "cuda"],
+        "logits": processes * labelled * shape.vocab * (width + LOGIT_FP32_COPIES * 4) / MIB,
+        "overhead": processes * (OVERHEAD_MB["cpu" if device == "cpu" else "cuda"]
+                                 + (LOAD_PEAK_FRACTION * weights / MIB if device == "cpu" else 0)),
     }
     if cfg.method == "dpo" and not cfg.start_from:
         breakdown["reference_pass"] = processes * (tokens * per_layer * width + tokens * shape.vocab * 4) / MIB
@@ -219,22 +250,32 @@ def _resolve_device(device: str) -> str:
 
 
 def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens: float, device: str = "cpu",
-             tokens_per_s: float | None = None, memory_limit_mb: float | None = None) -> Estimate:
+             tokens_per_s: float | None = None, memory_limit_mb: float | None = None,
+             flops_per_s: float | None = None, data: DataShape = DataShape()) -> Estimate:
     """Estimate a job before it runs; reads the model's config only (never its weights).
 
     `n_examples` and `mean_tokens` describe the tokenized training set (mean tokens per
     example; per side of a pair for DPO / ORPO); `tokens_per_s`, when known (a measured rate on this machine, e.g. a previous job's
-    `tokens_per_s` metric, which counts non-padding tokens), gives `seconds`.
+    `tokens_per_s` metric, which counts non-padding tokens), gives `seconds`. Without it, `flops_per_s` (this
+    machine's measured matmul rate, `worker.speed.matmul_flops`) does, through the work per token
+    (`seconds_source` says which).
     """
     if n_examples < 1:
         raise ConfigError("n_examples", "the training set is empty")
     device = _resolve_device(device)
     shape, targets = _meta_shape(model_path, cfg)
     trainable = _trainable(shape, cfg, cfg.rank)
-    breakdown = _memory(shape, cfg, trainable, device)
+    breakdown = _memory(shape, cfg, trainable, device, data)
     memory = sum(breakdown.values())
     _, steps = plan_steps(n_examples, cfg)
     seconds = None
+    source = "measured" if tokens_per_s else None
+    if not tokens_per_s and flops_per_s:
+        from worker.speed import calibrated_tokens_per_s
+
+        tokens_per_s = calibrated_tokens_per_s(flops_per_s, shape.base_params, qlora=cfg.qlora,
+                                               gradient_checkpointing=cfg.gradient_checkpointing)
+        source = "calibrated"
     if tokens_per_s:
         per_step = (min(n_examples, cfg.batch_size * cfg.grad_accum) * min(float(mean_tokens), cfg.max_seq_length)
                     * sequences_per_example(cfg) * work_per_token(cfg))
@@ -242,8 +283,8 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
         if cfg.method == "dpo" and cfg.start_from:  # the reference log-probs, taken once before training
             seconds += n_examples * 2 * min(float(mean_tokens), cfg.max_seq_length) * REFERENCE_PASS_COST / tokens_per_s
     fits = memory_limit_mb is None or memory <= memory_limit_mb
-    advice = [] if fits else fitting_changes(
-        cfg, lambda c: sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device).values()), float(memory_limit_mb))
+    tips = [] if fits else fitting_tips(
+        cfg, lambda c: sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device, data).values()), float(memory_limit_mb))
     return Estimate(
         trainable_params=trainable,
         total_params=shape.total_params,
@@ -253,8 +294,10 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
         breakdown=breakdown,
         steps=steps,
         seconds=seconds,
+        seconds_source=source,
         fits=fits,
-        advice=advice,
+        advice=[tip.text for tip in tips],
+        advice_changes=[tip.to_json() for tip in tips],
         targets=targets,
         memory_limit_mb=memory_limit_mb,
     )
