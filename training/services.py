@@ -191,8 +191,9 @@ def machine_speed(*, device: str, config: TrainConfig) -> float | None:
         here = choose_device("auto").device
     except ConfigError:
         pass
-    if device != here:
+    if device not in ("auto", here):
         return None
+    device = here
     return matmul_flops(device, compute_bytes(config, device), Path(settings.VAR_DIR) / SPEED_CACHE)
 
 
