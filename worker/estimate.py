@@ -8,7 +8,7 @@ Memory model (MiB = 2**20 bytes; all figures are rough and meant to be within te
 not exact):
 
 * ``base_weights``: every base parameter at the compute dtype (`cfg.precision`: bf16 / fp16 count 2 bytes,
-  fp32 4; auto counts 2 on CUDA and 4 on a CPU, whose native bf16 is known only on the train worker).
+  fp32 4; auto counts 2 on CUDA and on a CPU with native bf16, else 4).
   With ``cfg.qlora`` the Linear / Conv1D layers that bitsandbytes quantises (all of them but the
   output head, as `worker.modeling.load_base_model` does) are NF4: 0.5 byte per weight plus the
   double-quantised constants (one 8-bit absmax per block of 64 weights and one fp32 absmax per
@@ -25,9 +25,16 @@ not exact):
   Values are at the compute dtype. With LoRA dropout > 0, each adapted layer also keeps its
   dropped-out input and the mask: 2 values per input feature of every adapted module (measured
   on SmolLM2-135M: without this term dropout 0.05 would be underestimated by a third).
-* ``logits``: the vocabulary projection for the micro-batch in fp32 and its gradient
-  (``2 x 4 x b x s x V`` bytes); an upper bound, since the engine projects labelled positions only.
-* ``overhead``: the runtime itself (Python + torch on CPU, the CUDA context on a GPU).
+* ``logits``: the vocabulary projection at the labelled positions only (the engine runs the LM head
+  there): at the compute dtype, then three fp32 values (the upcast, the log-softmax, its gradient) per
+  labelled token and vocabulary entry.
+* ``overhead``: the runtime itself (Python + torch + transformers on CPU, measured ~400 MB; the CUDA context
+  on a GPU), plus on a CPU what converting the checkpoint while loading leaves resident (CONVERT_RESIDUE).
+
+Token counts: a micro-batch is padded to its own longest example, so when the training set's token profile is
+known (`DataShape`) its longest example and mean labelled tokens per example are used; without it, the worst
+case (every example max_seq_length tokens, every token labelled). Calibrated on SmolLM2-135M on a CPU
+(tests/slow/test_estimate_calibration.py: LoRA bf16, LoRA fp32 and QLoRA within 25 % of the measured peak).
 
 With ``cfg.devices`` = N the figures are per device: each rank holds the weights and a
 1/N share of every micro-batch (``ceil(batch_size / N)`` rows). On a CPU worker the N processes
@@ -58,12 +65,16 @@ from worker.schedule import plan_steps
 
 MIB = 2 ** 20
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax/64 + fp32 absmax/16384
-OVERHEAD_MB = {"cpu": 300.0, "cuda": 500.0}
+# The runtime: torch, transformers, peft and bitsandbytes imported on a CPU measure ~400 MB resident.
+OVERHEAD_MB = {"cpu": 400.0, "cuda": 500.0}
 # The labelled logits at the compute dtype, then in fp32: the upcast copy, the log-softmax and its gradient.
 LOGIT_FP32_COPIES = 3
-# On a CPU loading leaves part of the file's pages resident (safetensors maps the file): measured share of the
-# weights' bytes on top of the weights themselves.
-LOAD_PEAK_FRACTION = 0.0
+# On a CPU, weights converted while loading (an fp32 file into bf16, or into 4-bit for QLoRA) leave this share
+# of the file's bytes resident for good (safetensors maps the file; the allocator keeps the freed fp32
+# copies). Measured on SmolLM2-135M (fp32 file): bf16 and QLoRA peaks 300-330 MB above the rest of the
+# model, fp32 (no conversion) within 80 MB of it.
+CONVERT_RESIDUE = 0.6
+STORED_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,7 @@ class _Shape:
     vocab: int
     layer_params: int = 0  # the largest decoder layer's base parameters (one FSDP unit)
     root_params: int = 0  # the base parameters outside the decoder layers (FSDP's root unit)
+    stored_bytes: int = 4  # bytes per weight in the checkpoint (config.json's dtype; fp32 when it says none)
 
 
 def _config_sizes(config) -> tuple[int, int, int, int]:
@@ -114,6 +126,11 @@ def _config_sizes(config) -> tuple[int, int, int, int]:
     vocab = int(text.vocab_size)
     inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
     return hidden, int(inter), layers, vocab
+
+
+def _stored_bytes(config) -> int:
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return STORED_BYTES.get(str(dtype).replace("torch.", ""), 4)
 
 
 def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
@@ -152,7 +169,8 @@ def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
                    lora_ab_params=int(lora_ab), other_trainable=int(trainable - lora_ab),
                    adapted_inputs=adapted_inputs,
                    hidden=hidden, intermediate=inter, layers=layers, vocab=vocab,
-                   layer_params=max(block_sizes), root_params=int(base_params - sum(block_sizes)))
+                   layer_params=max(block_sizes), root_params=int(base_params - sum(block_sizes)),
+                   stored_bytes=_stored_bytes(config))
     return shape, targets
 
 
@@ -231,12 +249,18 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str,
         "lora_training": processes * trainable * TRAINING_BYTES_PER_PARAM[cfg.optimizer] / shards / MIB,
         "activations": processes * values * width / MIB,
         "logits": processes * labelled * shape.vocab * (width + LOGIT_FP32_COPIES * 4) / MIB,
-        "overhead": processes * (OVERHEAD_MB["cpu" if device == "cpu" else "cuda"]
-                                 + (LOAD_PEAK_FRACTION * weights / MIB if device == "cpu" else 0)),
+        "overhead": processes * (OVERHEAD_MB["cpu" if device == "cpu" else "cuda"] + _load_residue(shape, cfg, device)),
     }
     if cfg.method == "dpo" and not cfg.start_from:
         breakdown["reference_pass"] = processes * (tokens * per_layer * width + tokens * shape.vocab * 4) / MIB
     return breakdown
+
+
+def _load_residue(shape: _Shape, cfg: TrainConfig, device: str) -> float:
+    """MiB a CPU keeps from converting the checkpoint while loading (CONVERT_RESIDUE); none without conversion."""
+    if device != "cpu" or not (cfg.qlora or shape.stored_bytes != compute_bytes(cfg, device)):
+        return 0.0
+    return CONVERT_RESIDUE * shape.base_params * shape.stored_bytes / MIB
 
 
 def _resolve_device(device: str) -> str:

@@ -7,7 +7,7 @@ import pytest
 
 from worker.config import TrainConfig, TrainSpec
 from worker.engine import train
-from worker.estimate import MIB, NF4_BYTES_PER_WEIGHT, estimate
+from worker.estimate import MIB, NF4_BYTES_PER_WEIGHT, OVERHEAD_MB, DataShape, estimate
 from worker.modeling import build_peft_model, choose_device, load_base_model
 from worker.reporting import MemoryReporter
 from worker.schedule import plan_steps
@@ -64,7 +64,17 @@ def test_memory_breakdown_follows_the_documented_formula(tiny_llama):
     assert b["lora_training"] == pytest.approx(est.trainable_params * 16 / MIB)  # p + grad + 2 AdamW, fp32
     tokens = 4 * 32
     assert b["activations"] == pytest.approx(tokens * 2 * (6 * 64 + 4 * 128) * 4 / MIB)
-    assert b["logits"] == pytest.approx(tokens * est_vocab(tiny_llama) * 4 * 2 / MIB)
+    # Every position labelled (no token profile): fp32 logits + upcast, log-softmax and gradient.
+    assert b["logits"] == pytest.approx(tokens * est_vocab(tiny_llama) * (4 + 3 * 4) / MIB)
+    assert b["overhead"] == OVERHEAD_MB["cpu"]  # fp32 file, fp32 compute: no conversion left resident
+
+    # With the token profile: micro-batches padded to the longest example, the head on labelled tokens only.
+    known = estimate(str(tiny_llama), cfg, n_examples=10, mean_tokens=20, data=DataShape(longest=16, labelled=5))
+    assert known.breakdown["activations"] == pytest.approx(b["activations"] / 2)
+    assert known.breakdown["logits"] == pytest.approx(4 * 5 * est_vocab(tiny_llama) * 16 / MIB)
+    # Converting the fp32 file to 4-bit while loading leaves part of it resident on a CPU.
+    q = estimate(str(tiny_llama), TrainConfig(**shape, dropout=0.0, qlora=True), n_examples=10, mean_tokens=20)
+    assert q.breakdown["overhead"] > OVERHEAD_MB["cpu"]
 
     # LoRA dropout keeps the dropped-out input and its mask of q, k, v, o (64 features each) per layer.
     dropped = estimate(str(tiny_llama), TrainConfig(**shape, dropout=0.1), n_examples=10, mean_tokens=20)
