@@ -137,6 +137,21 @@ def test_advice_when_it_does_not_fit(tiny_llama):
     hopeless = estimate(str(tiny_llama), cfg, n_examples=500, mean_tokens=300, memory_limit_mb=1)
     assert not hopeless.fits and len(hopeless.advice) == 1
     assert hopeless.advice[0].startswith("no single change is enough") and "still does not fit" in hopeless.advice[0]
+    assert hopeless.advice_changes[0]["changes"]["batch_size"] == 1
+
+
+def test_each_advice_carries_the_settings_that_make_it_fit(tiny_llama):
+    """The form's Apply button sets `changes`: applied, each one must give a job that fits."""
+    cfg = TrainConfig(batch_size=64, max_seq_length=1024)
+    small = estimate(str(tiny_llama), replace_cfg(cfg, batch_size=8, grad_accum=8), n_examples=500, mean_tokens=300)
+    tight = estimate(str(tiny_llama), cfg, n_examples=500, mean_tokens=300, memory_limit_mb=small.memory_mb + 1)
+    assert [a["text"] for a in tight.advice_changes] == tight.advice and len(tight.advice) >= 2
+    assert tight.advice_changes[0]["changes"] == {"batch_size": 8, "grad_accum": 8}
+    for item in tight.advice_changes:
+        assert item["changes"], item
+        applied = estimate(str(tiny_llama), replace_cfg(cfg, **item["changes"]), n_examples=500, mean_tokens=300,
+                           memory_limit_mb=tight.memory_limit_mb)
+        assert applied.fits, item
 
 
 def test_rslora_scaling_is_alpha_over_sqrt_rank(tiny_llama):
