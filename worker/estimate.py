@@ -297,7 +297,7 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
     if not tokens_per_s and flops_per_s:
         from worker.speed import calibrated_tokens_per_s
 
-        tokens_per_s = calibrated_tokens_per_s(flops_per_s, shape.base_params, qlora=cfg.qlora,
+        tokens_per_s = calibrated_tokens_per_s(flops_per_s, shape.base_params, qlora=cfg.qlora, device=device,
                                                gradient_checkpointing=cfg.gradient_checkpointing)
         source = "calibrated"
     if tokens_per_s:

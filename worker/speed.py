@@ -18,11 +18,14 @@ import time
 from pathlib import Path
 
 SIZE = 512  # square matrices: big enough for the kernels' full speed, small enough to time in ~0.1 s
-REPEATS = 5
-# Measured: SmolLM2-135M, batch 8 x 256 tokens, bf16 on a 2-core AVX-512 BF16 CPU: 1.9k tokens/s training
-# where the matmuls of this file ran at X GFLOP/s (see tests/slow/test_estimate_calibration.py).
-TRAIN_EFFICIENCY = 0.35
-QLORA_SLOWDOWN = 1.6  # the 4-bit weights are dequantized before every product
+REPEATS = 10  # the best of them: other processes on the machine slow some down
+# The share of the bare matmul rate a training step reaches. CPU, measured: SmolLM2-135M, demo dataset, batch 8,
+# bf16 on a 2-core AVX-512 BF16 machine: ~90 tokens/s once warm where these matmuls ran at up to 360 GFLOP/s
+# (small matmuls, norms, attention and Python between them). CUDA: a guess, not yet measured.
+TRAIN_EFFICIENCY = {"cpu": 0.15, "cuda": 0.35}
+# The 4-bit weights are dequantized before every product: on that CPU three demo steps took 333 s with QLoRA and
+# 72 s in bf16 (loading included). On a GPU the dequantizing kernels cost far less.
+QLORA_SLOWDOWN = {"cpu": 3.0, "cuda": 1.3}
 _memo: dict[str, float] = {}
 
 
@@ -72,7 +75,10 @@ def work_flops_per_token(base_params: int, *, gradient_checkpointing: bool) -> f
     return (6 if gradient_checkpointing else 4) * base_params
 
 
-def calibrated_tokens_per_s(flops: float, base_params: int, *, gradient_checkpointing: bool, qlora: bool) -> float:
+def calibrated_tokens_per_s(flops: float, base_params: int, *, gradient_checkpointing: bool, qlora: bool,
+                            device: str = "cpu") -> float:
     """Training tokens per second this machine should reach, from its measured matmul rate."""
-    rate = flops * TRAIN_EFFICIENCY / work_flops_per_token(base_params, gradient_checkpointing=gradient_checkpointing)
-    return rate / QLORA_SLOWDOWN if qlora else rate
+    kind = "cpu" if device == "cpu" else "cuda"
+    rate = flops * TRAIN_EFFICIENCY[kind] / work_flops_per_token(base_params,
+                                                                 gradient_checkpointing=gradient_checkpointing)
+    return rate / QLORA_SLOWDOWN[kind] if qlora else rate

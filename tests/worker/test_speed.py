@@ -44,5 +44,8 @@ def test_the_first_estimate_has_a_calibrated_time_and_a_measured_rate_wins(tiny_
     ckpt = estimate(str(tiny_llama), TrainConfig(batch_size=4, grad_accum=2, epochs=1, gradient_checkpointing=True),
                     n_examples=16, mean_tokens=20, flops_per_s=1e9)
     assert ckpt.seconds == pytest.approx(1.5 * slow.seconds)  # the recomputed forward pass
+    qlora = estimate(str(tiny_llama), TrainConfig(batch_size=4, grad_accum=2, epochs=1, qlora=True),
+                     n_examples=16, mean_tokens=20, flops_per_s=1e9)
+    assert qlora.seconds == pytest.approx(speed.QLORA_SLOWDOWN["cpu"] * slow.seconds)  # dequantizing
     measured = estimate(str(tiny_llama), cfg, n_examples=16, mean_tokens=20, flops_per_s=1e9, tokens_per_s=80.0)
     assert measured.seconds_source == "measured" and measured.seconds == pytest.approx(measured.steps * 8 * 20 / 80)
