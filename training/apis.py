@@ -256,6 +256,14 @@ class EstimateOutput(serializers.Serializer):
     memory_limit_mb = serializers.FloatField(allow_null=True)
     lengths_known = serializers.BooleanField(help_text="false while the dataset's tokens are still being counted "
                                                        "(lengths guessed from characters)")
+    advice_changes = serializers.ListField(
+        child=serializers.DictField(), help_text="the advice again, each as {text, changes}: the config fields "
+                                                 "and values that apply it")
+    warnings = serializers.ListField(child=serializers.CharField(),
+                                     help_text="e.g. how many examples max_seq_length cuts")
+    seconds_source = serializers.ChoiceField(choices=["measured", "calibrated"], allow_null=True,
+                                             help_text="measured: this model's finished jobs; calibrated: this "
+                                                       "machine's measured speed; null: unknown")
 
 
 class EstimateApi(APIView):

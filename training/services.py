@@ -35,8 +35,10 @@ from worker.config import ConfigError, TrainConfig, preset_of
 from worker.reporting import WorkLost
 from worker.data.loading import file_sha256
 from worker.data.normalized import holds_preference_pairs, write_normalized_jsonl
-from worker.estimate import estimate
+from worker.data.report import truncation_warnings
+from worker.estimate import DataShape, compute_bytes, estimate
 from worker.evaluation import summary_markdown
+from worker.memory_advice import advice_sentence
 from worker.export import build_adapter_zip, model_card
 from worker.modeling import check_modules_to_save
 from worker.splits import split_examples
@@ -155,8 +157,44 @@ def job_estimate(*, owner, dataset: Dataset, base_model: BaseModel, config: Trai
     else:
         limit = settings.TRAIN_MEMORY_LIMIT_MB or (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20
     est = estimate(base_model.local_path, config, n_examples=max(1, dataset.rows), mean_tokens=sum(lengths) / len(lengths),
-                   device=device, tokens_per_s=tokens_per_s, memory_limit_mb=limit)
-    return dataclasses.replace(est, lengths_known=report is not None)
+                   device=device, tokens_per_s=tokens_per_s, memory_limit_mb=limit,
+                   flops_per_s=None if tokens_per_s else machine_speed(device=device, config=config),
+                   data=_data_shape(report))
+    if report is not None:
+        warnings = truncation_warnings(report)
+    else:
+        warnings = [f"The token lengths are still being counted: whether max_seq_length {config.max_seq_length} "
+                    "cuts examples is not known yet."]
+    return dataclasses.replace(est, lengths_known=report is not None, warnings=warnings)
+
+
+def _data_shape(report) -> DataShape:
+    """The longest sequence and the mean labelled tokens per sequence at this max length, from the token report."""
+    if report is None or not report.lengths:
+        return DataShape()
+    sequences = len(report.lengths) + len(report.rejected_lengths or [])
+    return DataShape(longest=max(report.lengths + (report.rejected_lengths or [])),
+                     labelled=report.trained_tokens / sequences)
+
+
+SPEED_CACHE = "speed_calibration.json"  # under VAR_DIR: this machine's measured matmul rates
+
+
+def machine_speed(*, device: str, config: TrainConfig) -> float | None:
+    """This machine's matmul rate in the job's dtype (worker.speed, measured once and cached), when the train
+    device is this machine's kind: the web server has no GPU to measure for CUDA workers."""
+    from worker.modeling import choose_device
+    from worker.speed import matmul_flops
+
+    here = "cpu"
+    try:
+        here = choose_device("auto").device
+    except ConfigError:
+        pass
+    if device not in ("auto", here):
+        return None
+    device = here
+    return matmul_flops(device, compute_bytes(config, device), Path(settings.VAR_DIR) / SPEED_CACHE)
 
 
 def job_check_quotas(*, owner, new_job: bool = True) -> None:
@@ -178,7 +216,7 @@ def job_check_fits(*, owner, dataset: Dataset, base_model: BaseModel, config: Tr
         return est
     if not fleet:
         raise ConfigError("config", f"this job would not fit in memory (about {est.memory_mb:,.0f} MB needed, "
-                                    f"{est.memory_limit_mb:,.0f} MB available). " + " ".join(est.advice))
+                                    f"{est.memory_limit_mb:,.0f} MB available). " + advice_sentence(est.advice))
     if settings.ROUTING_NO_FIT == "wait":
         return est
     devices = job_devices(config.to_dict())
@@ -189,7 +227,7 @@ def job_check_fits(*, owner, dataset: Dataset, base_model: BaseModel, config: Tr
                                     f"(at most {most}); it is refused (ROUTING_NO_FIT=refuse)")
     raise ConfigError("config", f"this job needs about {est.memory_mb:,.0f} MB of memory per device and the "
                                 f"biggest live train worker ({name}) has {memory:,.0f} MB; it is refused "
-                                "(ROUTING_NO_FIT=refuse). " + " ".join(est.advice))
+                                "(ROUTING_NO_FIT=refuse). " + advice_sentence(est.advice))
 
 
 def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig, name: str = "",

@@ -93,7 +93,8 @@ def estimate_json(est) -> dict:
             "trainable_percent": est.trainable_percent, "adapter_mb": est.adapter_mb, "memory_mb": est.memory_mb,
             "breakdown": est.breakdown, "steps": est.steps, "seconds": est.seconds, "fits": est.fits,
             "advice": est.advice, "targets": est.targets, "memory_limit_mb": est.memory_limit_mb,
-            "lengths_known": est.lengths_known}
+            "lengths_known": est.lengths_known, "advice_changes": est.advice_changes, "warnings": est.warnings,
+            "seconds_source": est.seconds_source}
 
 
 @login_required

@@ -8,7 +8,7 @@ Memory model (MiB = 2**20 bytes; all figures are rough and meant to be within te
 not exact):
 
 * ``base_weights``: every base parameter at the compute dtype (`cfg.precision`: bf16 / fp16 count 2 bytes,
-  fp32 4; auto counts 2 on CUDA and 4 on a CPU, whose native bf16 is known only on the train worker).
+  fp32 4; auto counts 2 on CUDA and on a CPU with native bf16, else 4).
   With ``cfg.qlora`` the Linear / Conv1D layers that bitsandbytes quantises (all of them but the
   output head, as `worker.modeling.load_base_model` does) are NF4: 0.5 byte per weight plus the
   double-quantised constants (one 8-bit absmax per block of 64 weights and one fp32 absmax per
@@ -25,9 +25,16 @@ not exact):
   Values are at the compute dtype. With LoRA dropout > 0, each adapted layer also keeps its
   dropped-out input and the mask: 2 values per input feature of every adapted module (measured
   on SmolLM2-135M: without this term dropout 0.05 would be underestimated by a third).
-* ``logits``: the vocabulary projection for the micro-batch in fp32 and its gradient
-  (``2 x 4 x b x s x V`` bytes); an upper bound, since the engine projects labelled positions only.
-* ``overhead``: the runtime itself (Python + torch on CPU, the CUDA context on a GPU).
+* ``logits``: the vocabulary projection at the labelled positions only (the engine runs the LM head
+  there): at the compute dtype, then three fp32 values (the upcast, the log-softmax, its gradient) per
+  labelled token and vocabulary entry.
+* ``overhead``: the runtime itself (Python + torch + transformers on CPU, measured ~400 MB; the CUDA context
+  on a GPU), plus on a CPU what converting the checkpoint while loading leaves resident (CONVERT_RESIDUE).
+
+Token counts: a micro-batch is padded to its own longest example, so when the training set's token profile is
+known (`DataShape`) its longest example and mean labelled tokens per example are used; without it, the worst
+case (every example max_seq_length tokens, every token labelled). Calibrated on SmolLM2-135M on a CPU
+(tests/slow/test_estimate_calibration.py: LoRA bf16, LoRA fp32 and QLoRA within 25 % of the measured peak).
 
 With ``cfg.devices`` = N the figures are per device: each rank holds the weights and a
 1/N share of every micro-batch (``ceil(batch_size / N)`` rows). On a CPU worker the N processes
@@ -53,12 +60,21 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from worker.config import ConfigError, TrainConfig
-from worker.memory_advice import fitting_changes
+from worker.memory_advice import fitting_tips
 from worker.schedule import plan_steps
 
 MIB = 2 ** 20
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax/64 + fp32 absmax/16384
-OVERHEAD_MB = {"cpu": 300.0, "cuda": 500.0}
+# The runtime: torch, transformers, peft and bitsandbytes imported on a CPU measure ~400 MB resident.
+OVERHEAD_MB = {"cpu": 400.0, "cuda": 500.0}
+# The labelled logits at the compute dtype, then in fp32: the upcast copy, the log-softmax and its gradient.
+LOGIT_FP32_COPIES = 3
+# On a CPU, weights converted while loading (an fp32 file into bf16, or into 4-bit for QLoRA) leave this share
+# of the file's bytes resident for good (safetensors maps the file; the allocator keeps the freed fp32
+# copies). Measured on SmolLM2-135M (fp32 file): bf16 and QLoRA peaks 300-330 MB above the rest of the
+# model, fp32 (no conversion) within 80 MB of it.
+CONVERT_RESIDUE = 0.6
+STORED_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,12 @@ class Estimate:
     targets: list[str] = field(default_factory=list)
     memory_limit_mb: float | None = None
     lengths_known: bool = True  # False: the mean tokens per example is a guess from character counts
+    # The advice again, each with the settings it changes ({"text", "changes"}): what the form's Apply sets.
+    advice_changes: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. examples the max length cuts (training.services)
+    # Where `seconds` comes from: "measured" (this model's finished jobs), "calibrated" (this machine's
+    # measured speed and the work per token), or None when it is unknown.
+    seconds_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,7 @@ class _Shape:
     vocab: int
     layer_params: int = 0  # the largest decoder layer's base parameters (one FSDP unit)
     root_params: int = 0  # the base parameters outside the decoder layers (FSDP's root unit)
+    stored_bytes: int = 4  # bytes per weight in the checkpoint (config.json's dtype; fp32 when it says none)
 
 
 def _config_sizes(config) -> tuple[int, int, int, int]:
@@ -103,6 +126,11 @@ def _config_sizes(config) -> tuple[int, int, int, int]:
     vocab = int(text.vocab_size)
     inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
     return hidden, int(inter), layers, vocab
+
+
+def _stored_bytes(config) -> int:
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return STORED_BYTES.get(str(dtype).replace("torch.", ""), 4)
 
 
 def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
@@ -141,7 +169,8 @@ def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
                    lora_ab_params=int(lora_ab), other_trainable=int(trainable - lora_ab),
                    adapted_inputs=adapted_inputs,
                    hidden=hidden, intermediate=inter, layers=layers, vocab=vocab,
-                   layer_params=max(block_sizes), root_params=int(base_params - sum(block_sizes)))
+                   layer_params=max(block_sizes), root_params=int(base_params - sum(block_sizes)),
+                   stored_bytes=_stored_bytes(config))
     return shape, targets
 
 
@@ -168,21 +197,40 @@ def _trainable(shape: _Shape, cfg: TrainConfig, built_rank: int) -> int:
 
 
 def compute_bytes(cfg: TrainConfig, device: str) -> int:
-    """Bytes per base weight and activation value: 2 for bf16 / fp16, 4 for fp32. Auto on a CPU counts fp32,
-    the upper bound: whether the train worker's CPU multiplies bf16 natively is decided there."""
-    if cfg.precision == "fp32" or (cfg.precision == "auto" and device == "cpu"):
+    """Bytes per base weight and activation value: 2 for bf16 / fp16, 4 for fp32. Auto on a CPU is bf16 when
+    this CPU multiplies bf16 natively (as `worker.modeling.choose_device` decides on the train worker, which
+    is this machine or one like it), else fp32."""
+    if cfg.precision == "fp32":
         return 4
+    if cfg.precision == "auto" and device == "cpu":
+        from worker.modeling import cpu_has_native_bf16
+
+        return 2 if cpu_has_native_bf16() else 4
     return 2
 
 
-def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dict[str, float]:
+@dataclass(frozen=True)
+class DataShape:
+    """What the memory needs from the training set, when its token profile is known: the longest example (a
+    micro-batch is padded to its own longest, not to max_seq_length) and the mean labelled tokens per example
+    (the engine runs the LM head on labelled positions only). None: the worst case, max_seq_length."""
+
+    longest: int | None = None
+    labelled: float | None = None
+
+
+def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str,
+            data: DataShape = DataShape()) -> dict[str, float]:
     width = compute_bytes(cfg, device)
     if cfg.qlora:
         weights = (shape.quantizable_params * NF4_BYTES_PER_WEIGHT
                    + (shape.base_params - shape.quantizable_params) * width)
     else:
         weights = shape.base_params * width
-    tokens = -(-cfg.batch_size // cfg.devices) * cfg.max_seq_length * sequences_per_example(cfg)  # one rank's share
+    rows = -(-cfg.batch_size // cfg.devices) * sequences_per_example(cfg)  # one rank's share of a micro-batch
+    length = min(cfg.max_seq_length, data.longest or cfg.max_seq_length)
+    tokens = rows * length
+    labelled = rows * min(length, data.labelled if data.labelled is not None else length)
     per_layer = 6 * shape.hidden + 4 * shape.intermediate
     if cfg.gradient_checkpointing:
         values = tokens * (shape.layers * shape.hidden + per_layer)
@@ -200,12 +248,19 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str) -> dic
         "base_weights": processes * weights / MIB,
         "lora_training": processes * trainable * TRAINING_BYTES_PER_PARAM[cfg.optimizer] / shards / MIB,
         "activations": processes * values * width / MIB,
-        "logits": processes * tokens * shape.vocab * 4 * 2 / MIB,
-        "overhead": processes * OVERHEAD_MB["cpu" if device == "cpu" else "cuda"],
+        "logits": processes * labelled * shape.vocab * (width + LOGIT_FP32_COPIES * 4) / MIB,
+        "overhead": processes * (OVERHEAD_MB["cpu" if device == "cpu" else "cuda"] + _load_residue(shape, cfg, device)),
     }
     if cfg.method == "dpo" and not cfg.start_from:
         breakdown["reference_pass"] = processes * (tokens * per_layer * width + tokens * shape.vocab * 4) / MIB
     return breakdown
+
+
+def _load_residue(shape: _Shape, cfg: TrainConfig, device: str) -> float:
+    """MiB a CPU keeps from converting the checkpoint while loading (CONVERT_RESIDUE); none without conversion."""
+    if device != "cpu" or not (cfg.qlora or shape.stored_bytes != compute_bytes(cfg, device)):
+        return 0.0
+    return CONVERT_RESIDUE * shape.base_params * shape.stored_bytes / MIB
 
 
 def _resolve_device(device: str) -> str:
@@ -219,22 +274,32 @@ def _resolve_device(device: str) -> str:
 
 
 def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens: float, device: str = "cpu",
-             tokens_per_s: float | None = None, memory_limit_mb: float | None = None) -> Estimate:
+             tokens_per_s: float | None = None, memory_limit_mb: float | None = None,
+             flops_per_s: float | None = None, data: DataShape = DataShape()) -> Estimate:
     """Estimate a job before it runs; reads the model's config only (never its weights).
 
     `n_examples` and `mean_tokens` describe the tokenized training set (mean tokens per
     example; per side of a pair for DPO / ORPO); `tokens_per_s`, when known (a measured rate on this machine, e.g. a previous job's
-    `tokens_per_s` metric, which counts non-padding tokens), gives `seconds`.
+    `tokens_per_s` metric, which counts non-padding tokens), gives `seconds`. Without it, `flops_per_s` (this
+    machine's measured matmul rate, `worker.speed.matmul_flops`) does, through the work per token
+    (`seconds_source` says which).
     """
     if n_examples < 1:
         raise ConfigError("n_examples", "the training set is empty")
     device = _resolve_device(device)
     shape, targets = _meta_shape(model_path, cfg)
     trainable = _trainable(shape, cfg, cfg.rank)
-    breakdown = _memory(shape, cfg, trainable, device)
+    breakdown = _memory(shape, cfg, trainable, device, data)
     memory = sum(breakdown.values())
     _, steps = plan_steps(n_examples, cfg)
     seconds = None
+    source = "measured" if tokens_per_s else None
+    if not tokens_per_s and flops_per_s:
+        from worker.speed import calibrated_tokens_per_s
+
+        tokens_per_s = calibrated_tokens_per_s(flops_per_s, shape.base_params, qlora=cfg.qlora, device=device,
+                                               gradient_checkpointing=cfg.gradient_checkpointing)
+        source = "calibrated"
     if tokens_per_s:
         per_step = (min(n_examples, cfg.batch_size * cfg.grad_accum) * min(float(mean_tokens), cfg.max_seq_length)
                     * sequences_per_example(cfg) * work_per_token(cfg))
@@ -242,8 +307,8 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
         if cfg.method == "dpo" and cfg.start_from:  # the reference log-probs, taken once before training
             seconds += n_examples * 2 * min(float(mean_tokens), cfg.max_seq_length) * REFERENCE_PASS_COST / tokens_per_s
     fits = memory_limit_mb is None or memory <= memory_limit_mb
-    advice = [] if fits else fitting_changes(
-        cfg, lambda c: sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device).values()), float(memory_limit_mb))
+    tips = [] if fits else fitting_tips(
+        cfg, lambda c: sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device, data).values()), float(memory_limit_mb))
     return Estimate(
         trainable_params=trainable,
         total_params=shape.total_params,
@@ -253,8 +318,10 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
         breakdown=breakdown,
         steps=steps,
         seconds=seconds,
+        seconds_source=source,
         fits=fits,
-        advice=advice,
+        advice=[tip.text for tip in tips],
+        advice_changes=[tip.to_json() for tip in tips],
         targets=targets,
         memory_limit_mb=memory_limit_mb,
     )

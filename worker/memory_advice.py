@@ -13,62 +13,82 @@ OUT_OF_MEMORY = "out_of_memory"  # the `code` of the TrainingError raised when t
 MemoryOf = Callable[[TrainConfig], float]  # estimated MiB a configuration needs
 
 
+@dataclass(frozen=True)
+class Tip:
+    """One fitting change: its words and the settings it changes (what the form's Apply button sets)."""
+
+    text: str
+    changes: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "changes": dict(self.changes)}
+
+
+def _tip(text: str, base: TrainConfig, changed: TrainConfig) -> Tip:
+    return Tip(text, {k: getattr(changed, k) for k in _FIELDS if getattr(changed, k) != getattr(base, k)})
+
+
+_FIELDS = ("batch_size", "grad_accum", "max_seq_length", "qlora", "gradient_checkpointing", "rank", "alpha",
+           "sharding")
+
+
 def grad_accum_for(cfg: TrainConfig, batch_size: int) -> int:
     """Gradient accumulation that keeps at least the effective batch of `cfg` at a smaller batch size."""
     return cfg.grad_accum * math.ceil(cfg.batch_size / batch_size)
 
 
-def _smaller_batch(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+def _smaller_batch(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip | None:
     b = cfg.batch_size
     while b > cfg.devices:  # every device keeps at least one example of a micro-batch
         b = max(cfg.devices, b // 2)
         c = replace(cfg, batch_size=b, grad_accum=grad_accum_for(cfg, b))
         if memory_of(c) <= limit:
-            return (f"batch_size {c.batch_size} with grad_accum {c.grad_accum} (same effective batch): "
-                    f"~{memory_of(c):,.0f} MB")
+            return _tip(f"batch_size {c.batch_size} with grad_accum {c.grad_accum} (same effective batch): "
+                        f"~{memory_of(c):,.0f} MB", cfg, c)
     return None
 
 
-def _shorter_sequences(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+def _shorter_sequences(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip | None:
     s = cfg.max_seq_length
     while s > 16:
         s = max(16, s // 2)
         c = replace(cfg, max_seq_length=s)
         if memory_of(c) <= limit:
-            return f"max_seq_length {s} (longer examples are truncated): ~{memory_of(c):,.0f} MB"
+            return _tip(f"max_seq_length {s} (longer examples are truncated): ~{memory_of(c):,.0f} MB", cfg, c)
     return None
 
 
-def _fsdp(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+def _fsdp(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip | None:
     """Several devices, each with a whole base: shard it (no change to the results)."""
     if cfg.devices < 2 or cfg.sharding == "fsdp" or cfg.qlora or cfg.init_lora_weights == "pissa":
         return None
     c = replace(cfg, sharding="fsdp")
-    return (f"sharding fsdp (the base split across the {cfg.devices} devices): ~{memory_of(c):,.0f} MB"
+    return (_tip(f"sharding fsdp (the base split across the {cfg.devices} devices): ~{memory_of(c):,.0f} MB", cfg, c)
             if memory_of(c) <= limit else None)
 
 
-def _qlora(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+def _qlora(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip | None:
     if cfg.qlora or cfg.sharding == "fsdp":  # 4-bit weights are not sharded
         return None
     c = replace(cfg, qlora=True)
-    return f"QLoRA (4-bit base): ~{memory_of(c):,.0f} MB" if memory_of(c) <= limit else None
+    return _tip(f"QLoRA (4-bit base): ~{memory_of(c):,.0f} MB", cfg, c) if memory_of(c) <= limit else None
 
 
-def _gradient_checkpointing(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+def _gradient_checkpointing(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip | None:
     if cfg.gradient_checkpointing:
         return None
     c = replace(cfg, gradient_checkpointing=True)
-    return f"gradient checkpointing (slower, ~30%): ~{memory_of(c):,.0f} MB" if memory_of(c) <= limit else None
+    return (_tip(f"gradient checkpointing (slower, ~30%): ~{memory_of(c):,.0f} MB", cfg, c)
+            if memory_of(c) <= limit else None)
 
 
-def _lower_rank(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str | None:
+def _lower_rank(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip | None:
     r = cfg.rank
     while r > 1:
         r = max(1, r // 2)
         c = replace(cfg, rank=r, alpha=cfg.alpha * r / cfg.rank)
         if memory_of(c) <= limit:
-            return f"rank {r} (alpha {c.alpha:g}, same scale): ~{memory_of(c):,.0f} MB"
+            return _tip(f"rank {r} (alpha {c.alpha:g}, same scale): ~{memory_of(c):,.0f} MB", cfg, c)
     return None
 
 
@@ -77,7 +97,7 @@ class Remedy:
     """One way to need less memory: how the OOM message words it, and the estimator's fitting change."""
 
     advice: str
-    fitting_change: Callable[[TrainConfig, MemoryOf, float], str | None]
+    fitting_change: Callable[[TrainConfig, MemoryOf, float], Tip | None]
 
 
 # Cheapest in quality and speed first: the same order in the error message and the estimate.
@@ -108,15 +128,30 @@ def oom_suggestion(cfg: TrainConfig) -> dict[str, Any]:
     return change
 
 
-def fitting_changes(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> list[str]:
-    """Changes that bring `memory_of(cfg)` under `limit` MiB, one per remedy, in the order of REMEDIES."""
+def fitting_tips(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> list[Tip]:
+    """Changes that bring `memory_of(cfg)` under `limit` MiB, one per remedy, in the order of REMEDIES, each
+    with the settings it changes."""
     # Sharding first: it changes no result. Not in REMEDIES, whose words every out-of-memory error carries.
     tips = [tip for change in (_fsdp, *(r.fitting_change for r in REMEDIES))
             if (tip := change(cfg, memory_of, limit)) is not None]
     return tips or [_combined_change(cfg, memory_of, limit)]
 
 
-def _combined_change(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str:
+def fitting_changes(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> list[str]:
+    """`fitting_tips`' words only."""
+    return [tip.text for tip in fitting_tips(cfg, memory_of, limit)]
+
+
+def advice_sentence(advice: list[str]) -> str:
+    """Fitting changes as one readable sentence for an error message: each a separate alternative."""
+    if not advice:
+        return ""
+    if len(advice) == 1:
+        return f"Try: {advice[0]}."
+    return "Try one of these: " + "; ".join(f"({i}) {a}" for i, a in enumerate(advice, 1)) + "."
+
+
+def _combined_change(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip:
     """No single change is enough: the smallest micro-batch (one example per device), then checkpointing, QLoRA
     and shorter sequences until it fits."""
     c = replace(cfg, batch_size=cfg.devices, grad_accum=grad_accum_for(cfg, cfg.devices))
@@ -133,5 +168,5 @@ def _combined_change(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> str
     if c.max_seq_length != cfg.max_seq_length:
         steps.append(f"max_seq_length {c.max_seq_length}")
     verdict = "fits" if memory_of(c) <= limit else "still does not fit"
-    return (f"no single change is enough; {' + '.join(steps)}: ~{memory_of(c):,.0f} MB ({verdict} in "
-            f"{limit:,.0f} MB)")
+    return _tip(f"no single change is enough; {' + '.join(steps)}: ~{memory_of(c):,.0f} MB ({verdict} in "
+                f"{limit:,.0f} MB)", cfg, c)

@@ -4,9 +4,21 @@
   if (!button) return;
   const box = document.getElementById("estimate");
   const fmt = (n) => Number(n).toLocaleString();
-  function duration(s) { if (s == null) return "unknown until a first job on this model has run"; s = Math.round(s);
-    return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`; }
-  button.addEventListener("click", async () => {
+  function duration(s, source) {
+    if (s == null) return "unknown until a first job on this model has run";
+    s = Math.round(s);
+    const t = s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
+    return source === "calibrated" ? `about ${t} (calibrated from this machine's measured speed; refined after a first job)` : t;
+  }
+  function setField(field, value) {
+    const input = document.getElementById("id_" + field);
+    if (!input) return;
+    if (input.type === "checkbox") input.checked = Boolean(value);
+    else input.value = String(value);
+    input.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+  function para(text, cls) { const p = document.createElement("p"); p.textContent = text; if (cls) p.className = cls; return p; }
+  async function run() {
     box.textContent = "Estimating…";
     const r = await fetch(button.dataset.url, { method: "POST", body: new FormData(button.form), credentials: "same-origin" });
     const data = await r.json();
@@ -24,12 +36,33 @@
       `Trainable parameters: ${fmt(e.trainable_params)} of ${fmt(e.total_params)} (${e.trainable_percent.toFixed(3)} %)`,
       `Adapter size: ${e.adapter_mb.toFixed(1)} MB`,
       `Memory: about ${fmt(Math.round(e.memory_mb))} MB` + (e.memory_limit_mb ? ` of ${fmt(Math.round(e.memory_limit_mb))} MB` : ""),
-      `Steps: ${fmt(e.steps)}; time: ${duration(e.seconds)}`,
-    ].concat(e.lengths_known === false ? ["Approximate: the dataset's tokens are still being counted, so lengths are guessed from its characters."] : [])
-     .concat(e.fits ? [] : ["Does not fit: " + e.advice.join(" ")]);
-    for (const text of lines) { const p = document.createElement("p"); p.textContent = text; box.append(p); }
+      `Steps: ${fmt(e.steps)}; time: ${duration(e.seconds, e.seconds_source)}`,
+    ].concat(e.lengths_known === false ? ["Approximate: the dataset's tokens are still being counted, so lengths are guessed from its characters."] : []);
+    for (const text of lines) box.append(para(text));
+    for (const text of e.warnings || []) box.append(para("Warning: " + text, "estimate-warning"));
+    if (!e.fits) {
+      box.append(para("Does not fit. Each of these changes would make it fit:"));
+      const list = document.createElement("ul");
+      list.className = "estimate-advice";
+      const items = e.advice_changes || e.advice.map((text) => ({ text, changes: {} }));
+      for (const item of items) {
+        const li = document.createElement("li");
+        li.append(item.text + ". ");
+        if (Object.keys(item.changes || {}).length) {
+          const apply = document.createElement("button");
+          apply.type = "button";
+          apply.className = "apply-advice";
+          apply.textContent = "Apply";
+          apply.addEventListener("click", () => { for (const [f, v] of Object.entries(item.changes)) setField(f, v); run(); });
+          li.append(apply);
+        }
+        list.append(li);
+      }
+      box.append(list);
+    }
     box.dataset.trainable = e.trainable_params;
-  });
+  }
+  button.addEventListener("click", run);
 })();
 
 // Presets: choosing Quick / Balanced / Quality fills the fields it defines; editing a field after

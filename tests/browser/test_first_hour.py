@@ -1,6 +1,7 @@
 """A new user's first hour, in Chromium: the job form shows every error at once, beside its field, in plain words,
 with the folded section that holds one opened; fields that do not apply stay out of the way."""
 import json
+import re
 
 import pytest
 import requests
@@ -275,3 +276,16 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.className") == "skip-link"
     context.close()
+
+
+def test_the_estimate_warns_when_the_max_length_cuts_examples_and_shows_a_time_before_any_job(stack, page, dataset):
+    sign_in(page, stack, "alice")
+    page.goto(f"{stack.url}/jobs/new/?dataset={dataset}")
+    page.fill("#id_max_seq_length", "16")
+    page.click("#estimate-job")
+    page.wait_for_selector("#estimate .estimate-warning")
+    warning = page.inner_text("#estimate .estimate-warning")
+    assert "longer than 16 tokens and will be cut" in warning or "still being counted" in warning, warning
+    text = page.inner_text("#estimate")
+    # Calibrated from this machine's speed, or measured once a job of this module ran on the model: a number.
+    assert re.search(r"time: (about )?\d+ (s|min)", text) and "unknown" not in text, text

@@ -312,6 +312,11 @@ def test_estimate_before_submit_and_refusal_when_it_cannot_fit(client_in, user, 
     settings.TRAIN_MEMORY_LIMIT_MB = 0.01
     response = client_in.post("/jobs/new/", data)
     assert response.status_code == 400 and "This job would not fit in memory" in response.content.decode()
+    assert "Try" in response.content.decode()  # the advice as its own sentence, not run into the figures
     assert FineTuneJob.objects.count() == 0
+    tight = client_in.post("/jobs/estimate/", data).json()["estimate"]
+    assert not tight["fits"] and [a["text"] for a in tight["advice_changes"]] == tight["advice"]
+    assert all(isinstance(a["changes"], dict) and a["changes"] for a in tight["advice_changes"])
+    assert "warnings" in tight and tight["seconds_source"] in ("measured", "calibrated", None)
     bad = client_in.post("/jobs/estimate/", {**data, "rank": 0})
     assert bad.status_code == 400 and "rank" in bad.json()["errors"]

@@ -50,6 +50,8 @@ def test_one_count_answers_every_max_length_exactly_as_truncating_would(tiny_lla
         report = again.report(max_length)
         assert report.trained_tokens == sum(c.trained_tokens for c in cut), max_length
         assert report.truncated == sum(1 for n in report.lengths if n > max_length)
+        whole = [tokenize_example(tokenizer, ex, 10**9) for ex in examples]
+        assert report.emptied == sum(1 for c, w in zip(cut, whole) if w.trained_tokens and not c.trained_tokens)
         assert report.lengths == [len(tokenize_example(tokenizer, ex, 10**9).input_ids) for ex in examples]
     assert again.samples == counts.samples and any(trained for _, trained in counts.samples[0])
 
@@ -230,3 +232,24 @@ def test_a_check_lost_with_its_worker_is_retried_then_given_up(user, settings, s
     assert services.upload_checks_resend(stale_seconds=60) == 0
     check.refresh_from_db()
     assert check.status == "failed" and "interrupted 3 times" in check.problems[0]
+
+
+def test_the_estimate_warns_when_the_max_length_cuts_examples_and_times_the_first_job(api, user, base_model, sent,
+                                                                                       monkeypatch):
+    import worker.speed
+
+    monkeypatch.setattr(worker.speed, "matmul_flops", lambda device, width, cache_file=None: 1e10)
+    ds = services.dataset_create(owner=user, upload=SimpleUploadedFile(
+        "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(4))))
+    body = {"dataset": str(ds.id), "base_model": str(base_model.id), "config": {"max_seq_length": 16}}
+    first = api.post("/api/v1/estimate/", body, format="json").json()
+    assert "still being counted" in first["warnings"][0]
+    # No job has run on this model: the time comes from this machine's (here: stubbed) speed.
+    assert first["seconds"] > 0 and first["seconds_source"] == "calibrated"
+    count_tokens()
+    cut = api.post("/api/v1/estimate/", body, format="json").json()
+    lengths = api.get(f"/api/v1/datasets/{ds.id}/tokens/?max_length=16&base_model={base_model.id}").json()["lengths"]
+    longer = sum(1 for n in lengths if n > 16)
+    assert longer and cut["warnings"][0] == f"{longer} of 4 examples are longer than 16 tokens and will be cut."
+    roomy = api.post("/api/v1/estimate/", {**body, "config": {"max_seq_length": max(lengths)}}, format="json").json()
+    assert roomy["warnings"] == []

@@ -7,7 +7,7 @@ import pytest
 
 from worker.config import TrainConfig, TrainSpec
 from worker.engine import train
-from worker.estimate import MIB, NF4_BYTES_PER_WEIGHT, estimate
+from worker.estimate import MIB, NF4_BYTES_PER_WEIGHT, OVERHEAD_MB, DataShape, estimate
 from worker.modeling import build_peft_model, choose_device, load_base_model
 from worker.reporting import MemoryReporter
 from worker.schedule import plan_steps
@@ -64,7 +64,17 @@ def test_memory_breakdown_follows_the_documented_formula(tiny_llama):
     assert b["lora_training"] == pytest.approx(est.trainable_params * 16 / MIB)  # p + grad + 2 AdamW, fp32
     tokens = 4 * 32
     assert b["activations"] == pytest.approx(tokens * 2 * (6 * 64 + 4 * 128) * 4 / MIB)
-    assert b["logits"] == pytest.approx(tokens * est_vocab(tiny_llama) * 4 * 2 / MIB)
+    # Every position labelled (no token profile): fp32 logits + upcast, log-softmax and gradient.
+    assert b["logits"] == pytest.approx(tokens * est_vocab(tiny_llama) * (4 + 3 * 4) / MIB)
+    assert b["overhead"] == OVERHEAD_MB["cpu"]  # fp32 file, fp32 compute: no conversion left resident
+
+    # With the token profile: micro-batches padded to the longest example, the head on labelled tokens only.
+    known = estimate(str(tiny_llama), cfg, n_examples=10, mean_tokens=20, data=DataShape(longest=16, labelled=5))
+    assert known.breakdown["activations"] == pytest.approx(b["activations"] / 2)
+    assert known.breakdown["logits"] == pytest.approx(4 * 5 * est_vocab(tiny_llama) * 16 / MIB)
+    # Converting the fp32 file to 4-bit while loading leaves part of it resident on a CPU.
+    q = estimate(str(tiny_llama), TrainConfig(**shape, dropout=0.0, qlora=True), n_examples=10, mean_tokens=20)
+    assert q.breakdown["overhead"] > OVERHEAD_MB["cpu"]
 
     # LoRA dropout keeps the dropped-out input and its mask of q, k, v, o (64 features each) per layer.
     dropped = estimate(str(tiny_llama), TrainConfig(**shape, dropout=0.1), n_examples=10, mean_tokens=20)
@@ -127,6 +137,21 @@ def test_advice_when_it_does_not_fit(tiny_llama):
     hopeless = estimate(str(tiny_llama), cfg, n_examples=500, mean_tokens=300, memory_limit_mb=1)
     assert not hopeless.fits and len(hopeless.advice) == 1
     assert hopeless.advice[0].startswith("no single change is enough") and "still does not fit" in hopeless.advice[0]
+    assert hopeless.advice_changes[0]["changes"]["batch_size"] == 1
+
+
+def test_each_advice_carries_the_settings_that_make_it_fit(tiny_llama):
+    """The form's Apply button sets `changes`: applied, each one must give a job that fits."""
+    cfg = TrainConfig(batch_size=64, max_seq_length=1024)
+    small = estimate(str(tiny_llama), replace_cfg(cfg, batch_size=8, grad_accum=8), n_examples=500, mean_tokens=300)
+    tight = estimate(str(tiny_llama), cfg, n_examples=500, mean_tokens=300, memory_limit_mb=small.memory_mb + 1)
+    assert [a["text"] for a in tight.advice_changes] == tight.advice and len(tight.advice) >= 2
+    assert tight.advice_changes[0]["changes"] == {"batch_size": 8, "grad_accum": 8}
+    for item in tight.advice_changes:
+        assert item["changes"], item
+        applied = estimate(str(tiny_llama), replace_cfg(cfg, **item["changes"]), n_examples=500, mean_tokens=300,
+                           memory_limit_mb=tight.memory_limit_mb)
+        assert applied.fits, item
 
 
 def test_rslora_scaling_is_alpha_over_sqrt_rank(tiny_llama):

@@ -75,3 +75,14 @@ def test_fsdp_is_advised_first_for_several_devices_and_qlora_never_with_it():
     assert "qlora" not in oom_suggestion(TrainConfig(batch_size=4, devices=4, max_seq_length=128, sharding="fsdp",
                                                      gradient_checkpointing=True))
     assert fitting_changes(TrainConfig(), memory_of, 600)[0].startswith("QLoRA"), "one device: nothing to shard"
+
+
+def test_advice_in_an_error_message_reads_as_separate_alternatives():
+    from worker.memory_advice import advice_sentence
+
+    two = advice_sentence(["max_seq_length 16 (longer examples are truncated): ~900 MB",
+                           "batch_size 1 with grad_accum 512 (same effective batch): ~800 MB"])
+    assert two == ("Try one of these: (1) max_seq_length 16 (longer examples are truncated): ~900 MB; "
+                   "(2) batch_size 1 with grad_accum 512 (same effective batch): ~800 MB.")
+    assert advice_sentence(["QLoRA (4-bit base): ~1 MB"]) == "Try: QLoRA (4-bit base): ~1 MB."
+    assert advice_sentence([]) == ""

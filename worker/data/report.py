@@ -19,6 +19,7 @@ class TokenReport:
     # Preference pairs only (else None): prompt + rejected, parallel to `lengths` / `samples` (prompt + chosen).
     rejected_lengths: list[int] | None = None
     rejected_samples: list[list[tuple[str, bool]]] | None = None
+    emptied: int = 0  # examples (pairs) with trained tokens of which this max length keeps none
 
     @property
     def is_preference(self) -> bool:
@@ -45,6 +46,19 @@ class TokenReport:
     def sample_pairs(self) -> list[tuple[list[tuple[str, bool]], list[tuple[str, bool]]]]:
         """(chosen, rejected) renders side by side, for pairs."""
         return list(zip(self.samples, self.rejected_samples or []))
+
+
+def truncation_warnings(report: TokenReport) -> list[str]:
+    """What the max length cuts, in words: the examples longer than it, and those left with no trained token."""
+    if not report.truncated:
+        return []
+    n = len(report.lengths)
+    noun = "pairs" if report.is_preference else "examples"
+    out = [f"{report.truncated} of {n} {noun} are longer than {report.max_length} tokens and will be cut."]
+    if report.emptied:
+        out.append(f"{report.emptied} of {n} {noun} would keep no trained token at this max length "
+                   f"(they teach nothing); raise max_seq_length.")
+    return out
 
 
 def pieces(tokenizer, input_ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
@@ -88,8 +102,11 @@ class TokenProfile:
         truncated = sum(1 for n in self.lengths if n > max_length)
         if self.rejected_lengths is not None:  # a pair is truncated when either side is
             truncated = sum(1 for a, b in zip(self.lengths, self.rejected_lengths) if max(a, b) > max_length)
+        sides = [self.spans] + ([self.rejected_spans] if self.rejected_spans is not None else [])
+        emptied = sum(1 for flats in zip(*sides) if any(flat and flat[0] >= max_length for flat in flats))
         return TokenReport(self.lengths, max_length, truncated, trained, self.samples,
-                           rejected_lengths=self.rejected_lengths, rejected_samples=self.rejected_samples)
+                           rejected_lengths=self.rejected_lengths, rejected_samples=self.rejected_samples,
+                           emptied=emptied)
 
     def to_json(self) -> dict:
         out = {"lengths": self.lengths, "spans": self.spans, "samples": _samples_json(self.samples)}
