@@ -7,7 +7,7 @@ from collections import Counter
 
 from django.conf import settings
 from django.db.models import QuerySet
-from django.db.models import Sum
+from django.db.models import Count, Max, Min, Sum
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -51,6 +51,20 @@ def measured_tokens_per_s(*, owner, base_model: BaseModel, qlora: bool, limit: i
         job__owner=owner, job__base_model=base_model, job__status=JobStatus.SUCCEEDED, job__config__qlora=qlora,
         tokens_per_s__isnull=False).order_by("-id").values_list("tokens_per_s", flat=True)[:limit])
     return measured[len(measured) // 2] if measured else None
+
+
+def measured_overhead_seconds(*, owner, base_model: BaseModel, limit: int = 20) -> float | None:
+    """The median time the owner's finished jobs on this base spent outside their steps (loading, tokenizing,
+    saving, the end-of-job evaluation): the run's time less the span of its steps. None before any such job."""
+    gaps = []
+    for job in (job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(base_model=base_model, run_seconds__gt=0)
+                .order_by("-finished")[:limit]):
+        span = MetricPoint.objects.filter(job=job).aggregate(first=Min("created"), last=Max("created"), n=Count("id"))
+        if span["n"] < 2:
+            continue
+        stepping = (span["last"] - span["first"]).total_seconds() * span["n"] / (span["n"] - 1)
+        gaps.append(max(0.0, job.run_seconds - stepping))
+    return sorted(gaps)[len(gaps) // 2] if gaps else None
 
 
 def compute_seconds_today(*, owner) -> float:

@@ -165,7 +165,11 @@ def job_estimate(*, owner, dataset: Dataset, base_model: BaseModel, config: Trai
     else:
         warnings = [f"The token lengths are still being counted: whether max_seq_length {config.max_seq_length} "
                     "cuts examples is not known yet."]
-    return dataclasses.replace(est, lengths_known=report is not None, warnings=warnings)
+    seconds = est.seconds
+    if seconds is not None and est.seconds_source == "measured":
+        # The steps' own speed leaves out loading, tokenizing and the end-of-job evaluation: add what they took.
+        seconds += selectors.measured_overhead_seconds(owner=owner, base_model=base_model) or 0.0
+    return dataclasses.replace(est, lengths_known=report is not None, warnings=warnings, seconds=seconds)
 
 
 def _data_shape(report) -> DataShape:
