@@ -10,16 +10,6 @@
   const limitBin = Math.min(h.counts.length - 1, Math.floor(maxLen / h.width));
   const pairs = Array.isArray(h.rejected_counts);
   const colours = (colour) => h.counts.map((_, i) => i * h.width >= maxLen ? "#f04438" : colour);
-  // The same counts as a table (for screen readers and copying).
-  const table = document.getElementById("length-table");
-  if (table) {
-    const body = table.tBodies[0];
-    h.counts.forEach((count, i) => {
-      const row = body.insertRow();
-      for (const v of [labels[i], count].concat(pairs ? [h.rejected_counts[i]] : [])) row.insertCell().textContent = String(v);
-      if (i * h.width >= maxLen) row.className = "beyond";
-    });
-  }
   new Chart(canvas, {
     type: "bar",
     data: { labels, datasets: pairs ? [
