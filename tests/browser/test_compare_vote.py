@@ -74,6 +74,7 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page, two_jobs):
 
     # The win-rate table counts the vote for the model that was on the left, without a reload, and states
     # the adapter's rate against the base (the API gives the base's).
+    page.locator("#win-rates tbody td", has_text=f"e2e ({first[:8]})").first.wait_for()  # drawn after the vote
     cells = page.locator("#win-rates tbody tr").first.locator("td").all_inner_texts()
     assert cells[:2] == [f"e2e ({first[:8]})", "tiny-llama (base)"] and cells[6] == "1"
     assert cells[2:4] == (["0", "1"] if "(base)" in left else ["1", "0"])
@@ -82,6 +83,7 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page, two_jobs):
     page.screenshot(path=str(stack.tmp / "compare-vote.png"), full_page=True)
 
     page.reload()  # the stored vote is in the table on a fresh page too
+    page.locator("#win-rates tbody td", has_text=f"e2e ({first[:8]})").first.wait_for()
     assert page.locator("#win-rates tbody tr").first.locator("td").all_inner_texts() == cells
 
     # Stop: a long answer ends early and keeps what it had said; the queued one never starts.
