@@ -16,19 +16,34 @@ def _labelled_logits(peft_model, batch: Batch, with_rows: bool = False):
     small model.
     """
     causal = peft_model.get_base_model()
-    backbone = getattr(causal, causal.base_model_prefix, None)
-    head = causal.get_output_embeddings()
+    inputs, targets, keep = _inputs_and_targets(batch)
+    parts = _backbone_and_head(causal)
+    if parts is None:
+        logits = peft_model(**inputs).logits[:, :-1][keep]
+    else:
+        backbone, head = parts
+        logits = head(backbone(**inputs).last_hidden_state[:, :-1][keep])
+    return logits, targets[keep], keep.nonzero()[:, 0] if with_rows else None
+
+
+def _inputs_and_targets(batch: Batch):
+    """(the model's inputs, the next-token targets, the mask of the labelled ones)."""
     targets = batch.labels[:, 1:]
-    keep = targets != IGNORE_INDEX
     inputs = {"input_ids": batch.ids, "attention_mask": batch.attention_mask}
     if batch.position_ids is not None:
         inputs["position_ids"] = batch.position_ids
-    # A model sharded with FSDP gathers its root weights (embeddings, LM head) in the root's forward only.
+    return inputs, targets, targets != IGNORE_INDEX
+
+
+def _backbone_and_head(causal):
+    """(backbone, LM head) when the head can run apart from the backbone, on the labelled positions only; None
+    when it cannot: logit soft-capping, or a model sharded with FSDP (it gathers its root weights, embeddings
+    and LM head, in the root's forward only)."""
+    backbone = getattr(causal, causal.base_model_prefix, None)
+    head = causal.get_output_embeddings()
     if backbone is None or head is None or getattr(causal.config, "final_logit_softcapping", None) or sharded(causal):
-        logits = peft_model(**inputs).logits[:, :-1][keep]
-    else:
-        logits = head(backbone(**inputs).last_hidden_state[:, :-1][keep])
-    return logits, targets[keep], keep.nonzero()[:, 0] if with_rows else None
+        return None
+    return backbone, head
 
 
 def sharded(module) -> bool:
@@ -40,38 +55,23 @@ def sharded(module) -> bool:
     return isinstance(module, FSDPModule)
 
 
-def _fused_head(peft_model):
-    """The LM head when the model asks for Liger's fused linear cross-entropy (worker.kernels) and it can
-    take it: a plain Linear head (not one LoRA wraps or saves), a backbone, no logit soft-capping, no FSDP."""
+def summed_token_loss(peft_model, batch: Batch):
+    """Sum of next-token cross-entropy over labelled positions, with logits computed only there (or never
+    materialised, with Liger's fused linear cross-entropy when the model asks for it (worker.kernels) and its
+    head is a plain Linear, not one LoRA wraps or saves)."""
     import torch
+    import torch.nn.functional as F
 
     from worker.kernels import uses_fused_loss
 
     causal = peft_model.get_base_model()
-    head = causal.get_output_embeddings()
-    if not uses_fused_loss(causal) or type(head) is not torch.nn.Linear or sharded(causal):
-        return None
-    if getattr(causal, causal.base_model_prefix, None) is None or getattr(causal.config, "final_logit_softcapping", None):
-        return None
-    return head
-
-
-def summed_token_loss(peft_model, batch: Batch):
-    """Sum of next-token cross-entropy over labelled positions, with logits computed only there (or never
-    materialised, with Liger's fused linear cross-entropy)."""
-    import torch.nn.functional as F
-
-    head = _fused_head(peft_model)
-    if head is not None:
+    parts = _backbone_and_head(causal) if uses_fused_loss(causal) else None
+    if parts is not None and type(parts[1]) is torch.nn.Linear:
         from worker.kernels import fused_linear_cross_entropy_sum
 
-        causal = peft_model.get_base_model()
-        targets = batch.labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        inputs = {"input_ids": batch.ids, "attention_mask": batch.attention_mask}
-        if batch.position_ids is not None:
-            inputs["position_ids"] = batch.position_ids
-        hidden = getattr(causal, causal.base_model_prefix)(**inputs).last_hidden_state[:, :-1][keep]
+        backbone, head = parts
+        inputs, targets, keep = _inputs_and_targets(batch)
+        hidden = backbone(**inputs).last_hidden_state[:, :-1][keep]
         return fused_linear_cross_entropy_sum(head, hidden, targets[keep]), int(keep.sum())
     logits, targets, _ = _labelled_logits(peft_model, batch)
     return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
