@@ -56,14 +56,10 @@ def measured_tokens_per_s(*, owner, base_model: BaseModel, qlora: bool, limit: i
 def measured_overhead_seconds(*, owner, base_model: BaseModel, limit: int = 20) -> float | None:
     """The median time the owner's finished jobs on this base spent outside their steps (loading, tokenizing,
     saving, the end-of-job evaluation): the run's time less the span of its steps. None before any such job."""
-    gaps = []
-    for job in (job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(base_model=base_model, run_seconds__gt=0)
-                .order_by("-finished")[:limit]):
-        span = MetricPoint.objects.filter(job=job).aggregate(first=Min("created"), last=Max("created"), n=Count("id"))
-        if span["n"] < 2:
-            continue
-        stepping = (span["last"] - span["first"]).total_seconds() * span["n"] / (span["n"] - 1)
-        gaps.append(max(0.0, job.run_seconds - stepping))
+    jobs = (job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(base_model=base_model, run_seconds__gt=0)
+            .annotate(first=Min("metrics__created"), last=Max("metrics__created"), n=Count("metrics"))
+            .filter(n__gte=2).order_by("-finished")[:limit])
+    gaps = [max(0.0, job.run_seconds - (job.last - job.first).total_seconds() * job.n / (job.n - 1)) for job in jobs]
     return sorted(gaps)[len(gaps) // 2] if gaps else None
 
 

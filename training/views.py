@@ -74,10 +74,10 @@ def runs_compare(request):
     ids = [i for i in request.GET.getlist("job") if is_uuid(i)][:8]
     jobs = list(selectors.job_list(owner=request.user).filter(id__in=ids))
     curves = {str(j.id): [[p.step, p.train_loss, p.eval_loss] for p in selectors.metric_points(job=j)] for j in jobs}
-    keys = [name for name, _label, _value in setting_rows({k: None for j in jobs for k in j.config})]
-    labels = {name: label for name, label, _value in setting_rows({k: None for k in keys})}
-    rows = [(labels[k], [j.config.get(k) for j in jobs]) for k in keys]
-    rows = [(label, values, len({json.dumps(v, sort_keys=True) for v in values}) > 1) for label, values in rows]
+    rows = []
+    for name, label, _value in setting_rows({k: None for j in jobs for k in j.config}):
+        values = [j.config.get(name) for j in jobs]
+        rows.append((label, values, len({json.dumps(v, sort_keys=True) for v in values}) > 1))
     evaluations = [job_evaluation(j) for j in jobs]
     finals = [{"loss": j.final_loss,
                "eval_loss": next((p[2] for p in reversed(curves[str(j.id)]) if p[2] is not None), None),

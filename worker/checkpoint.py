@@ -124,23 +124,12 @@ def recover_leftovers(parent: Path) -> None:
         _fsync(parent)
 
 
-def _cpu_tensor(value):
-    """A copy on the CPU; bitsandbytes' paged state tensors (in CUDA unified memory) may not offer `detach`."""
-    try:
-        value = value.detach()
-    except (AttributeError, RuntimeError):
-        pass
-    return value.cpu().clone().contiguous()
-
-
 def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    import torch
-
     tensors, scalars = {}, {}
 
     def put(name: str, value) -> None:
-        if isinstance(value, torch.Tensor) or hasattr(value, "detach"):
-            tensors[name] = _cpu_tensor(value)
+        if hasattr(value, "detach"):
+            tensors[name] = value.detach().cpu().contiguous()
         elif isinstance(value, dict):  # bitsandbytes 0.50 nests its 8-bit state: "<i>.<key>/<inner key>"
             for inner, item in value.items():
                 put(f"{name}{NEST}{inner}", item)
@@ -154,9 +143,9 @@ def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     for i, group in enumerate(sd["param_groups"]):
         kept = {}
         for key, value in group.items():
-            if isinstance(value, torch.Tensor) or hasattr(value, "detach"):  # goes back as a tensor, as it was
+            if hasattr(value, "detach"):  # goes back as a tensor, as it was
                 name = f"{GROUP_PREFIX}{i}.{key}"
-                tensors[name] = _cpu_tensor(value)
+                tensors[name] = value.detach().cpu().contiguous()
                 kept[key] = {TENSOR_REF: name}
             else:
                 kept[key] = plain(value)
