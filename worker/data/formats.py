@@ -326,6 +326,8 @@ def parse_parquet(path: Path, name: str, limits: DataLimits | None = None) -> tu
         columns = [str(c) for c in pf.schema_arrow.names]
         leaves = [pf.schema.column(i) for i in range(len(pf.schema))]
     except Exception as exc:  # pyarrow raises several types for a corrupt file; all mean "unreadable"
+        if _out_of_memory(exc):
+            raise MemoryError(str(exc)) from None
         raise DatasetError(name, [Problem(0, "", f"is not a readable Parquet file ({exc})", unit="")]) from None
     if len(columns) > limits.max_columns:
         raise over_limit(limits, "max_columns", "columns")
@@ -360,7 +362,7 @@ def parse_parquet(path: Path, name: str, limits: DataLimits | None = None) -> tu
     except (LimitExceeded, MemoryError):
         raise
     except Exception as exc:  # pyarrow raises several types for a corrupt file; all mean "unreadable"
-        if type(exc).__name__ == "ArrowMemoryError":
+        if _out_of_memory(exc):
             raise MemoryError(str(exc)) from None
         raise DatasetError(name, [Problem(0, "", f"is not a readable Parquet file ({exc})", unit="")]) from None
     if not records:
@@ -397,3 +399,9 @@ def _arrow_chars(array):
         running = np.concatenate([[0], np.cumsum(inner)])
         return running[offsets[1:]] - running[offsets[:-1]]
     return np.zeros(len(array), dtype=np.int64)  # numbers, booleans, dates: small whatever they hold
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """pyarrow's ways of running out of memory: an allocation, or (under the reading sandbox's address-space
+    limit) a worker thread it could not start."""
+    return type(exc).__name__ == "ArrowMemoryError" or "Failed to launch worker thread" in str(exc)
