@@ -27,6 +27,7 @@ def test_core_loop_in_the_browser(stack, page, tmp_path):
     page.click("#upload-form button[type=submit]")
     page.get_by_text("Uploaded colours.jsonl: 8 examples").wait_for()
     page.click("text=Train on this")
+    page.wait_for_url("**/jobs/new/**")  # waits for "load": the form's scripts have run before a preset is chosen
 
     # Presets fill the form; touching a field afterwards makes it a custom configuration.
     assert page.input_value("#id_preset") == "balanced"
