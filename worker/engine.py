@@ -269,6 +269,9 @@ class TrainingRun:
             from worker.dropout import use_fast_dropout
 
             use_fast_dropout(self.model)
+        from worker.lora16 import compute_lora_in_bf16
+
+        compute_lora_in_bf16(self.model)  # a bf16 base: the LoRA branches compute in bf16 too, weights stay fp32
         if self.spec.start_adapter_dir:
             self.start_from_adapter(Path(self.spec.start_adapter_dir))
         self.trainable, self.total_params = self.model.get_nb_trainable_parameters()

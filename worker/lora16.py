@@ -1,0 +1,47 @@
+"""LoRA branches computed in the frozen base's bf16, against fp32 master weights.
+
+PEFT keeps the LoRA weights in fp32 (its adapter upcasting) and, in every LoRA layer, casts the layer's
+input to fp32, runs dropout and both small matmuls in fp32, adds the fp32 product to the base's bf16
+output and casts the sum back: three full-size activation casts per target and layer, forward and
+backward, and the dropped input saved for backward in fp32. On the demo model that is most of what a bf16
+base still spends outside its matmuls.
+
+Here the branch runs as mixed precision does on a GPU (torch.autocast): the small A and B are cast to
+bf16 once per call (their gradients flow back through the cast to the fp32 weights, which AdamW updates),
+and the activations never leave bf16. Only plain LoRA layers over a bf16 base are switched (not DoRA or
+other variants, not QLoRA's 4-bit layers, not fp16, whose gradients could underflow without loss scaling);
+a disabled, merged or mixed-adapter call takes PEFT's own path.
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+
+def _forward(self, x, *args, **kwargs):
+    if (self.disable_adapters or self.merged or x.dtype != torch.bfloat16 or kwargs.get("adapter_names") is not None
+            or any(name in self.lora_variant for name in self.active_adapters)):
+        return type(self).forward(self, x, *args, **kwargs)
+    result = self.base_layer(x, *args, **kwargs)
+    for name in self.active_adapters:
+        if name not in self.lora_A:
+            continue
+        a, b = self.lora_A[name], self.lora_B[name]
+        bias = None if b.bias is None else b.bias.to(x.dtype)
+        low = F.linear(self.lora_dropout[name](x), a.weight.to(x.dtype))
+        result = result + F.linear(low, b.weight.to(x.dtype), bias) * self.scaling[name]
+    return result
+
+
+def compute_lora_in_bf16(model) -> int:
+    """Switch the plain LoRA linear layers of `model` to the bf16 branch above; returns how many."""
+    from peft.tuners.lora.layer import Linear
+
+    switched = 0
+    for module in model.modules():
+        if type(module) is Linear and module.base_layer.weight.dtype == torch.bfloat16 and not module.lora_variant:
+            module.forward = types.MethodType(_forward, module)
+            switched += 1
+    return switched
