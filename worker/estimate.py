@@ -69,10 +69,10 @@ NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absm
 OVERHEAD_MB = {"cpu": 400.0, "cuda": 500.0}
 # The labelled logits at the compute dtype, then in fp32: the upcast copy, the log-softmax and its gradient.
 LOGIT_FP32_COPIES = 3
-# On a CPU, weights converted while loading (an fp32 file into bf16, or into 4-bit for QLoRA) leave this share
-# of the file's bytes resident for good (safetensors maps the file; the allocator keeps the freed fp32
-# copies). Measured on SmolLM2-135M (fp32 file): bf16 and QLoRA peaks 300-330 MB above the rest of the
-# model, fp32 (no conversion) within 80 MB of it.
+# On a CPU, weights converted while loading (an fp32 file into bf16) leave this share of the file's bytes
+# resident for good (safetensors maps the file; the allocator keeps the freed fp32 copies). Measured on
+# SmolLM2-135M (fp32 file): bf16 peaks 300-330 MB above the rest of the model, fp32 (no conversion) within
+# 80 MB of it. QLoRA reads the file with pread() instead of mapping it and keeps none of it.
 CONVERT_RESIDUE = 0.6
 STORED_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
@@ -257,8 +257,9 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str,
 
 
 def _load_residue(shape: _Shape, cfg: TrainConfig, device: str) -> float:
-    """MiB a CPU keeps from converting the checkpoint while loading (CONVERT_RESIDUE); none without conversion."""
-    if device != "cpu" or not (cfg.qlora or shape.stored_bytes != compute_bytes(cfg, device)):
+    """MiB a CPU keeps from converting the checkpoint while loading (CONVERT_RESIDUE); none without conversion,
+    and none for QLoRA, which reads each weight with pread() and frees it once quantized (worker.modeling)."""
+    if device != "cpu" or cfg.qlora or shape.stored_bytes == compute_bytes(cfg, device):
         return 0.0
     return CONVERT_RESIDUE * shape.base_params * shape.stored_bytes / MIB
 

@@ -88,7 +88,6 @@ def fused_linear_cross_entropy_sum(head, hidden, targets):
     """Summed cross-entropy of `head(hidden)` against `targets` without materialising the logits (Liger)."""
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-    # The kernel multiplies in the weight's dtype: a QLoRA base keeps its head in fp32 (upcast_unquantized)
-    # while the hidden states may be bf16.
+    # The kernel multiplies in the head weight's dtype: the hidden states are given to it in that dtype.
     hidden = hidden.to(head.weight.dtype).contiguous()
     return LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets, getattr(head, "bias", None))

@@ -321,9 +321,10 @@ def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = N
         model = _load_quantized(path, files, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if quant is not None:
-        upcast_unquantized(model)
-    elif not (cfg is not None and cfg.sharding == "fsdp" and cfg.devices > 1):
+    # A 4-bit base keeps its other weights (norms, embeddings, the head) at the compute dtype, as it was loaded:
+    # not upcast to fp32 as PEFT's prepare_model_for_kbit_training would, so QLoRA's activations are 16-bit as
+    # 16-bit LoRA's are (worker.lora16), and a job leaves the base as it found it (worker.warm keeps it).
+    if quant is None and not (cfg is not None and cfg.sharding == "fsdp" and cfg.devices > 1):
         # FSDP (worker.sharding) moves each rank's shard to its GPU: the whole base never sits on one device.
         model.to(device.device)
     model.config.use_cache = False
@@ -334,26 +335,13 @@ def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = N
     return model
 
 
-def upcast_unquantized(model) -> None:
-    """The 16-bit weights a 4-bit base keeps as they are (norms, embeddings) in fp32, as PEFT's
-    prepare_model_for_kbit_training would cast them: done at load, the base is the same before and
-    after a job, so the train worker can keep it for the next one (worker.warm)."""
-    import torch
-
-    for param in model.parameters():
-        if param.dtype in (torch.float16, torch.bfloat16) and type(param).__name__ != "Params4bit":
-            param.data = param.data.to(torch.float32)
-
-
 def build_peft_model(model, cfg: TrainConfig):
     """Wrap the frozen base with LoRA adapters on the configured targets."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
     targets = resolve_targets(linear_module_suffixes(model), cfg.target_preset, cfg.target_modules)
     resolve_modules_to_save(saveable_modules(model), cfg.modules_to_save)
-    if cfg.qlora:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     peft_model = get_peft_model(model, get_peft_config(cfg, targets))  # autocast_adapter_dtype: LoRA in fp32

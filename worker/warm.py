@@ -8,7 +8,7 @@ stale.
 
 A job borrows a base with `acquire` and gives it back with `release`. PEFT changes the base in place
 (`get_peft_model` swaps Linear layers for LoRA ones, gradient checkpointing and an input hook are
-switched on; QLoRA's upcast of 16-bit norms is done at load, see `worker.modeling.upcast_unquantized`),
+switched on; a QLoRA base keeps its 16-bit norms as loaded, see `worker.modeling.load_base_model`),
 so `release` undoes that (`unload()`
 puts the original layers back, without merging) and then checks the base against the layout recorded
 when it was loaded: every parameter and buffer's name, dtype, shape and storage, and every module's

@@ -74,3 +74,25 @@ def test_the_engine_switches_them_on_a_bf16_base(tiny_llama, chat_file, tmp_path
                           MemoryReporter())
     assert result.status == "succeeded"
     assert switched == [8]  # 2 layers x q, k, v, o
+
+
+def test_qlora_computes_in_bf16_with_a_16_bit_base_around_its_4_bit_layers(tiny_llama):
+    """QLoRA's non-quantized weights stay at the compute dtype (no fp32 upcast), so its hidden states and the
+    LoRA branches are bf16 as 16-bit LoRA's are, and it trains."""
+    from worker.modeling import train_device
+
+    cfg = TrainConfig(qlora=True, precision="bf16", dropout=0.0, target_preset="all_linear")
+    base = load_base_model(str(tiny_llama), train_device("cpu", cfg), cfg)
+    assert {p.dtype for n, p in base.named_parameters() if "norm" in n or "embed" in n} == {torch.bfloat16}
+    model, _ = build_peft_model(base, cfg)
+    assert compute_lora_in_bf16(model) == 14
+    seen = []
+    model.get_base_model().model.layers[0].self_attn.q_proj.register_forward_hook(
+        lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+    ids = torch.randint(3, 200, (2, 10))
+    loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, :-1].flatten(0, 1).float(),
+                                             ids[:, 1:].flatten())
+    loss.backward()
+    assert seen == [(torch.bfloat16, torch.bfloat16)]
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]  # B starts at zero: A's grads are 0
+    assert len(grads) == 14 and all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
