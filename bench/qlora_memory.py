@@ -4,9 +4,10 @@ Each variant trains a short job (`worker.engine.train`, demo model and data, che
 fresh child process, which reports its peak RSS (model loading included) as the kernel's high-water
 mark of its own memory, VmHWM in /proc/self/status. Not getrusage's ru_maxrss: Linux carries the
 parent's high-water mark across fork and exec into it, so a child of a big process (a test run that
-built a model, say) would report at least the parent's size. Variants: `lora-fp32`, `lora-bf16` (16-bit LoRA: the base at
-bf16; the child sets the dtype itself, as a job has no precision setting in this branch yet) and
-`qlora` (the base in 4-bit NF4, fp32 compute). Prints each peak and the QLoRA / 16-bit ratio.
+built a model, say) would report at least the parent's size. Variants, each through the job's `precision`
+setting (explicit, so the figures do not depend on what `auto` picks on this CPU): `lora-fp32`, `lora-bf16`
+(16-bit LoRA: the base stored in bf16) and `qlora` (the base in 4-bit NF4 computing in bf16). Prints each
+peak and the QLoRA / 16-bit ratio.
 
     python bench/qlora_memory.py [--steps 2] [--model var/models/SmolLM2-135M-Instruct]
 """
@@ -23,27 +24,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "var" / "models" / "SmolLM2-135M-Instruct"
 DATA = ROOT / "worker" / "demo_data" / "demo_dataset.jsonl"
-VARIANTS = {"lora-fp32": ("float32", False), "lora-bf16": ("bfloat16", False), "qlora": ("float32", True)}
+VARIANTS = {"lora-fp32": ("fp32", False), "lora-bf16": ("bf16", False), "qlora": ("bf16", True)}
 
 
 def child(model_dir: str, data: str, variant: str, steps: int, batch_size: int) -> None:
-    """Train one short job in this process at the variant's dtype and quantization."""
+    """Train one short job in this process at the variant's precision and quantization."""
     import torch
 
     import worker.engine as engine
     from worker.config import TrainConfig, TrainSpec
-    from worker.modeling import DeviceChoice
     from worker.reporting import MemoryReporter
 
     torch.set_num_threads(1)
-    dtype_name, qlora = VARIANTS[variant]
-    device = DeviceChoice("cpu", getattr(torch, dtype_name))
-    engine.choose_device = lambda requested="auto": device  # the dtype a precision setting would choose
-    cfg = TrainConfig(qlora=qlora, max_steps=steps, batch_size=batch_size, save_every=10_000_000,
-                      warmup_ratio=0.0, final_eval=False)
+    precision, qlora = VARIANTS[variant]
+    cfg = TrainConfig(qlora=qlora, precision=precision, max_steps=steps, batch_size=batch_size,
+                      save_every=10_000_000, warmup_ratio=0.0, final_eval=False)
     with tempfile.TemporaryDirectory() as out:
         result = engine.train(TrainSpec(model_dir, data, out, cfg, device="cpu"), MemoryReporter())
     assert result.status == "succeeded", result
+    assert result.precision == precision, (variant, result.precision)
     print(f"PEAK_KB {own_peak_kb()}", flush=True)
 
 

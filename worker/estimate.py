@@ -29,7 +29,8 @@ not exact):
   there): at the compute dtype, then three fp32 values (the upcast, the log-softmax, its gradient) per
   labelled token and vocabulary entry.
 * ``overhead``: the runtime itself (Python + torch + transformers on CPU, measured ~400 MB; the CUDA context
-  on a GPU), plus on a CPU what converting the checkpoint while loading leaves resident (CONVERT_RESIDUE).
+  on a GPU). Converting the checkpoint while loading (fp32 file into bf16 or 4-bit) leaves nothing resident:
+  each stored weight is read with pread() and freed once converted (worker.modeling.load_base_model).
 
 Token counts: a micro-batch is padded to its own longest example, so when the training set's token profile is
 known (`DataShape`) its longest example and mean labelled tokens per example are used; without it, the worst
@@ -69,12 +70,6 @@ NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absm
 OVERHEAD_MB = {"cpu": 400.0, "cuda": 500.0}
 # The labelled logits at the compute dtype, then in fp32: the upcast copy, the log-softmax and its gradient.
 LOGIT_FP32_COPIES = 3
-# On a CPU, weights converted while loading (an fp32 file into bf16) leave this share of the file's bytes
-# resident for good (safetensors maps the file; the allocator keeps the freed fp32 copies). Measured on
-# SmolLM2-135M (fp32 file): bf16 peaks 300-330 MB above the rest of the model, fp32 (no conversion) within
-# 80 MB of it. QLoRA reads the file with pread() instead of mapping it and keeps none of it.
-CONVERT_RESIDUE = 0.6
-STORED_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -116,7 +111,6 @@ class _Shape:
     vocab: int
     layer_params: int = 0  # the largest decoder layer's base parameters (one FSDP unit)
     root_params: int = 0  # the base parameters outside the decoder layers (FSDP's root unit)
-    stored_bytes: int = 4  # bytes per weight in the checkpoint (config.json's dtype; fp32 when it says none)
 
 
 def _config_sizes(config) -> tuple[int, int, int, int]:
@@ -126,11 +120,6 @@ def _config_sizes(config) -> tuple[int, int, int, int]:
     vocab = int(text.vocab_size)
     inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
     return hidden, int(inter), layers, vocab
-
-
-def _stored_bytes(config) -> int:
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    return STORED_BYTES.get(str(dtype).replace("torch.", ""), 4)
 
 
 def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
@@ -169,8 +158,7 @@ def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
                    lora_ab_params=int(lora_ab), other_trainable=int(trainable - lora_ab),
                    adapted_inputs=adapted_inputs,
                    hidden=hidden, intermediate=inter, layers=layers, vocab=vocab,
-                   layer_params=max(block_sizes), root_params=int(base_params - sum(block_sizes)),
-                   stored_bytes=_stored_bytes(config))
+                   layer_params=max(block_sizes), root_params=int(base_params - sum(block_sizes)))
     return shape, targets
 
 
@@ -249,19 +237,11 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str,
         "lora_training": processes * trainable * TRAINING_BYTES_PER_PARAM[cfg.optimizer] / shards / MIB,
         "activations": processes * values * width / MIB,
         "logits": processes * labelled * shape.vocab * (width + LOGIT_FP32_COPIES * 4) / MIB,
-        "overhead": processes * (OVERHEAD_MB["cpu" if device == "cpu" else "cuda"] + _load_residue(shape, cfg, device)),
+        "overhead": processes * OVERHEAD_MB["cpu" if device == "cpu" else "cuda"],
     }
     if cfg.method == "dpo" and not cfg.start_from:
         breakdown["reference_pass"] = processes * (tokens * per_layer * width + tokens * shape.vocab * 4) / MIB
     return breakdown
-
-
-def _load_residue(shape: _Shape, cfg: TrainConfig, device: str) -> float:
-    """MiB a CPU keeps from converting the checkpoint while loading (CONVERT_RESIDUE); none without conversion,
-    and none for QLoRA, which reads each weight with pread() and frees it once quantized (worker.modeling)."""
-    if device != "cpu" or cfg.qlora or shape.stored_bytes == compute_bytes(cfg, device):
-        return 0.0
-    return CONVERT_RESIDUE * shape.base_params * shape.stored_bytes / MIB
 
 
 def _resolve_device(device: str) -> str:

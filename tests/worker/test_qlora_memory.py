@@ -33,8 +33,10 @@ def test_qlora_job_peaks_below_a_16_bit_lora_job(tmp_path, chat_file):
     assert safetensors_files(str(model_dir)) == [model_dir / "model.safetensors"]
     qlora = job_peak_rss_mb(str(model_dir), "qlora", steps=1, batch_size=2, data=str(chat_file))
     bf16 = job_peak_rss_mb(str(model_dir), "lora-bf16", steps=1, batch_size=2, data=str(chat_file))
-    # 4-bit weights are ~40 MB here against 155 MB at bf16 (converted from the 310 MB fp32 file)
+    fp32 = job_peak_rss_mb(str(model_dir), "lora-fp32", steps=1, batch_size=2, data=str(chat_file))
+    # 4-bit weights are ~40 MB here against 155 MB at bf16 (converted from the 310 MB fp32 file) and 310 MB at fp32
     assert qlora < bf16 - 100, (qlora, bf16)
+    assert bf16 < fp32 - 100, ("the 16-bit run must really hold a bf16 base", bf16, fp32)
 
 
 def test_the_heap_threshold_is_pinned_on_linux():
