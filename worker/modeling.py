@@ -323,9 +323,12 @@ def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = N
         model = _load_read(path, files, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    # A 4-bit base keeps its other weights (norms, embeddings, the head) at the compute dtype, as it was loaded:
-    # not upcast to fp32 as PEFT's prepare_model_for_kbit_training would, so QLoRA's activations are 16-bit as
-    # 16-bit LoRA's are (worker.lora16), and a job leaves the base as it found it (worker.warm keeps it).
+    # A 4-bit base computing in bf16 keeps its other weights (norms, embeddings, the head) in bf16, as loaded,
+    # not upcast to fp32 as PEFT's prepare_model_for_kbit_training would: QLoRA's activations are then 16-bit
+    # as 16-bit LoRA's are (worker.lora16). In fp16 (older GPUs, no loss scaling) they are upcast here, at load,
+    # as PEFT would, for fp16's narrow range. Either way a job leaves the base as it found it (worker.warm).
+    if quant is not None and device.dtype == torch.float16:
+        upcast_unquantized(model)
     if quant is None and not (cfg is not None and cfg.sharding == "fsdp" and cfg.devices > 1):
         # FSDP (worker.sharding) moves each rank's shard to its GPU: the whole base never sits on one device.
         model.to(device.device)
@@ -335,6 +338,15 @@ def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = N
     if cfg is not None and cfg.liger:
         apply_liger(model)  # before PEFT wraps it (worker.kernels); the engine checked it can
     return model
+
+
+def upcast_unquantized(model) -> None:
+    """The 16-bit weights a 4-bit base keeps as they are (norms, embeddings) in fp32."""
+    import torch
+
+    for param in model.parameters():
+        if param.dtype in (torch.float16, torch.bfloat16) and type(param).__name__ != "Params4bit":
+            param.data = param.data.to(torch.float32)
 
 
 def build_peft_model(model, cfg: TrainConfig):

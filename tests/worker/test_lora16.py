@@ -96,3 +96,13 @@ def test_qlora_computes_in_bf16_with_a_16_bit_base_around_its_4_bit_layers(tiny_
     assert seen == [(torch.bfloat16, torch.bfloat16)]
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]  # B starts at zero: A's grads are 0
     assert len(grads) == 14 and all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
+
+
+def test_an_fp16_qlora_base_upcasts_its_norms_for_fp16s_range(tiny_llama):
+    """fp16 (older GPUs, no loss scaling): the 4-bit base's other weights go to fp32 at load, as PEFT would."""
+    from worker.modeling import DeviceChoice
+
+    base = load_base_model(str(tiny_llama), DeviceChoice("cpu", torch.float16), TrainConfig(qlora=True))
+    others = {p.dtype for n, p in base.named_parameters() if "norm" in n or "embed" in n}
+    assert others == {torch.float32}
+    assert any(type(p).__name__ == "Params4bit" for p in base.parameters())
