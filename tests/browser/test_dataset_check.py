@@ -81,6 +81,7 @@ def test_mapping_is_pre_filled_with_samples_and_duplicates_drop_in_one_click(sta
     page.fill("#upload-form input[name=name]", "Support")
     page.click("#upload-form button[type=submit]")
     page.wait_for_selector("#mapping-form")
+    page.wait_for_load_state("load")  # the mapping script has run before a column is picked
     assert page.input_value("#mapping-form select[name=prompt]") == "Customer Question"
     assert page.input_value("#mapping-form select[name=response]") == "Agent Answer"
     assert page.input_value("#mapping-form select[name=system]") == ""
