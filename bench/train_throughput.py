@@ -16,6 +16,8 @@ template, assistant-only labels), on two datasets: `worker/demo_data/demo_datase
 * engine: `worker.engine.train` with its defaults (precision auto: a bf16 frozen base on a CPU with
   native bf16, LoRA weights and AdamW in fp32; length-grouped batches, logits only at labelled positions).
 * engine-fp32: the same with precision fp32, so the engine's own lever and the precision lever show apart.
+* engine-peft-lora: the engine's defaults with PEFT's own (fp32) LoRA branches over the bf16 base, i.e.
+  worker/lora16.py off, so that lever shows apart too.
 
 Each variant runs in its own child process (this script re-invoked with `--variant`), so its peak
 RSS is its own: `resource.getrusage(RUSAGE_SELF).ru_maxrss` read in the child at the end (the
@@ -39,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "var" / "models" / "SmolLM2-135M-Instruct"
 DATA = ROOT / "worker" / "demo_data" / "demo_dataset.jsonl"
-VARIANTS = ("baseline", "engine", "engine-fp32")
+VARIANTS = ("baseline", "engine", "engine-fp32", "engine-peft-lora")
 
 
 def maxrss_mb() -> float:
@@ -154,6 +156,11 @@ def child(variant: str, model_dir: str, steps: int, threads: int | None, data: P
     rss_imports = maxrss_mb()
     if variant == "baseline":
         result = run_baseline(model_dir, steps, data)
+    elif variant == "engine-peft-lora":  # the bf16 base with PEFT's own fp32 LoRA branches (worker/lora16.py off)
+        import worker.lora16
+
+        worker.lora16.compute_lora_in_bf16 = lambda model: 0
+        result = run_engine(model_dir, steps, data, "auto")
     else:
         result = run_engine(model_dir, steps, data, "fp32" if variant == "engine-fp32" else "auto")
     result.update(variant=variant, rss_after_imports_mb=rss_imports, peak_rss_mb=maxrss_mb(),
@@ -193,12 +200,12 @@ def report(name: str, data: Path, rounds: list[dict], a, model_dir: Path) -> Non
     threads = rounds[0]["engine"]["threads"]
     print(f"\n== {name}: model {model_dir.name}, data {data.name}, {a.steps} steps, torch threads {threads}, "
           f"{a.rounds} round(s), batch/max_len/lr from TrainConfig defaults")
-    print(f"{'round':<6}{'variant':<13}{'precision':>10}{'tokens/s':>10}{'tokens':>9}{'seconds':>9}{'peak RSS MB':>13}"
+    print(f"{'round':<6}{'variant':<18}{'precision':>10}{'tokens/s':>10}{'tokens':>9}{'seconds':>9}{'peak RSS MB':>13}"
           f"{'growth MB':>11}{'mean loss':>11}{'wall s':>8}  1-min load before/after")
     for n, results in enumerate(rounds, 1):
         for v, r in results.items():
             growth = r["peak_rss_mb"] - r["rss_after_imports_mb"]
-            print(f"{n:<6}{v:<13}{r['precision']:>10}{r['tokens_per_s']:>10.1f}{r['tokens']:>9}{r['seconds']:>9.1f}"
+            print(f"{n:<6}{v:<18}{r['precision']:>10}{r['tokens_per_s']:>10.1f}{r['tokens']:>9}{r['seconds']:>9.1f}"
                   f"{r['peak_rss_mb']:>13.0f}{growth:>11.0f}{r['mean_loss']:>11.4f}{r['wall_s']:>8.0f}  "
                   f"{r['load'][0]:.2f}/{r['load'][1]:.2f}")
     for variant, targets in (("engine", " (target >= 2.0x tokens/s, <= 0.7x peak RSS)"), ("engine-fp32", "")):
@@ -209,8 +216,11 @@ def report(name: str, data: Path, rounds: list[dict], a, model_dir: Path) -> Non
         print(f"{name} {variant}/baseline: {statistics.median(speed):.2f}x tokens/s (rounds "
               f"{', '.join(f'{x:.2f}' for x in speed)}), {statistics.median(memory):.2f}x peak RSS "
               f"(growth {statistics.median(growth):.2f}x){targets if variant == 'engine' else ''}")
-    lever = [r["engine"]["tokens_per_s"] / r["engine-fp32"]["tokens_per_s"] for r in rounds]
-    print(f"{name} engine/engine-fp32 (the precision lever alone): {statistics.median(lever):.2f}x tokens/s")
+    for other, lever in (("engine-fp32", "the precision lever"), ("engine-peft-lora", "the bf16 LoRA branches")):
+        speed = [r["engine"]["tokens_per_s"] / r[other]["tokens_per_s"] for r in rounds]
+        memory = [r["engine"]["peak_rss_mb"] / r[other]["peak_rss_mb"] for r in rounds]
+        print(f"{name} engine/{other} ({lever} alone): {statistics.median(speed):.2f}x tokens/s "
+              f"(rounds {', '.join(f'{x:.2f}' for x in speed)}), {statistics.median(memory):.2f}x peak RSS")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads per variant (default: torch's)")
     p.add_argument("--model", default=str(DEFAULT_MODEL))
     p.add_argument("--rounds", type=int, default=3,
-                   help="rounds of the three variants, order rotating; the median ratio is reported")
+                   help="rounds of the variants, order rotating; the median ratio is reported")
     p.add_argument("--data", choices=["demo", "short", "both"], default="both")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
@@ -245,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             rounds = []
             for round_no in range(a.rounds):
                 # Rotate the order each round, so a drift in the machine's load hits every variant alike.
-                order = VARIANTS[round_no % 3:] + VARIANTS[:round_no % 3]
+                shift = round_no % len(VARIANTS)
+                order = VARIANTS[shift:] + VARIANTS[:shift]
                 results = {}
                 for variant in order:
                     result = run_variant(variant, model_dir, datasets[name], a, env)
