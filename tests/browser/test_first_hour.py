@@ -291,3 +291,30 @@ def test_the_estimate_warns_when_the_max_length_cuts_examples_and_shows_a_time_b
     text = page.inner_text("#estimate")
     # Calibrated from this machine's speed, or measured once a job of this module ran on the model: a number.
     assert re.search(r"time: (about )?\d+ (s|min)", text) and "unknown" not in text, text
+
+
+def test_advice_applies_with_one_click_and_the_new_estimate_fits(stack, page, api):
+    """A job far too big for the worker: the estimate lists changes that would make it fit, each with an Apply
+    button; one click sets that change's fields on the form and estimates again, and then it fits."""
+    long_turn = " ".join(f"word{i}" for i in range(6000))  # thousands of tokens per example
+    data = "".join(json.dumps({"messages": [{"role": "user", "content": long_turn},
+                                            {"role": "assistant", "content": f"ok {i}"}]}) + "\n" for i in range(4))
+    long_set = api.post(stack.url + "/api/v1/datasets/", files={"file": ("long.jsonl", data.encode())}).json()["id"]
+    sign_in(page, stack, "alice")
+    page.goto(f"{stack.url}/jobs/new/?dataset={long_set}")
+    page.fill("#id_max_seq_length", "65536")
+    page.fill("#id_batch_size", "1024")
+    page.click("#estimate-job")
+    page.wait_for_selector("#estimate .estimate-advice .apply-advice")
+    assert "Does not fit" in page.inner_text("#estimate")
+    fields = ("batch_size", "grad_accum", "max_seq_length", "gradient_checkpointing", "qlora", "rank")
+    before = {f: page.input_value(f"#id_{f}") if f not in ("gradient_checkpointing", "qlora")
+              else page.is_checked(f"#id_{f}") for f in fields}
+    page.locator("#estimate .estimate-advice .apply-advice").first.click()
+    page.wait_for_function("""() => { const t = document.getElementById('estimate').textContent;
+                                      return t.includes('Memory: about') && !t.includes('Estimating'); }""")
+    after = {f: page.input_value(f"#id_{f}") if f not in ("gradient_checkpointing", "qlora")
+             else page.is_checked(f"#id_{f}") for f in fields}
+    assert after != before, "Apply changed no field"
+    text = page.inner_text("#estimate")
+    assert "Does not fit" not in text, text
