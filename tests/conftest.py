@@ -94,7 +94,7 @@ def client_in(client, user):
 
 @pytest.fixture
 def base_model(db, tiny_llama):
-    from base_models.services import base_model_register
+    from jobs.base_models.services import base_model_register
 
     return base_model_register(name="tiny-llama", path=tiny_llama)
 
@@ -117,7 +117,7 @@ def api_bob(other_user):
 def dataset(user):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from user_datasets.services import dataset_create
+    from jobs.datasets.services import dataset_create
 
     return dataset_create(owner=user, upload=SimpleUploadedFile("colours.jsonl", chat_jsonl()), name="colours.jsonl")
 
@@ -141,7 +141,7 @@ def page_api(user):
 @pytest.fixture
 def real_redis(settings):
     """The machine's Redis (database 15, emptied) for live events, stop flags and dispatch markers."""
-    from common import events
+    from jobs.common import events
 
     settings.REDIS_URL = f"redis://127.0.0.1:6379/{15 - 2 * XDIST_INDEX}"
     events.redis_client.cache_clear()

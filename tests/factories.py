@@ -28,7 +28,7 @@ def bearer_client(owner) -> APIClient:
     """An API client that sends a fresh API key of `owner` (and enforces CSRF, which keys do not need)."""
     from rest_framework.test import APIClient
 
-    from accounts.services import api_key_create
+    from jobs.accounts.services import api_key_create
 
     _, raw = api_key_create(owner=owner, name="test")
     client = APIClient(enforce_csrf_checks=True)
@@ -39,8 +39,8 @@ def bearer_client(owner) -> APIClient:
 
 def count_tokens() -> int:
     """Run the background worker's token counts that are waiting (unit tests have no worker); how many."""
-    from user_datasets.models import TokenProfile
-    from user_datasets.services import token_profile_compute
+    from jobs.datasets.models import TokenProfile
+    from jobs.datasets.services import token_profile_compute
 
     pending = list(TokenProfile.objects.filter(status=TokenProfile.Status.PENDING).values_list("id", flat=True))
     for profile_id in pending:

@@ -31,10 +31,10 @@ def test_make_run_starts_every_procfile_role():
 def test_each_kind_of_work_has_its_own_queue():
     from django.conf import settings
 
-    from common import queue
+    from jobs.common import queue
 
-    router, by_name = settings.CELERY_TASK_ROUTES  # train jobs first by memory class (training.routing)
-    assert router == "training.routing.route_train_job"
+    router, by_name = settings.CELERY_TASK_ROUTES  # train jobs first by memory class (jobs.training.routing)
+    assert router == "jobs.training.routing.route_train_job"
     routes = {name: route["queue"] for name, route in by_name.items()}
     assert routes[queue.TRAIN_JOB] == "train"
     assert {name for name, q in routes.items() if q == "infer"} == {queue.CHAT_ANSWER, queue.CHAT_ROUND}

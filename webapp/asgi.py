@@ -7,7 +7,7 @@ django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (after the app is set up)
 
-from common.request_limit import RequestBodyLimit  # noqa: E402
+from jobs.common.request_limit import RequestBodyLimit  # noqa: E402
 
 # Every request body is capped here, before Django reads it and before anyone is authenticated.
 application = RequestBodyLimit(django_application, max_bytes=lambda: settings.MAX_REQUEST_BYTES)

@@ -16,7 +16,7 @@ from redis.retry import Retry
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
-from common.private_files import private_file_create
+from jobs.common.private_files import private_file_create
 from webapp.env import (env_bool, env_choice, env_hosts, env_int, env_list, env_port_ranges, env_sizes_gb,
                         env_str)
 
@@ -109,14 +109,14 @@ INSTALLED_APPS = [
     "csp",
     "axes",
     # Domain apps, lowest first: each may import only those above it in this list (see README "Layout").
-    "legacy_schema",
-    "accounts",
-    "base_models",
-    "user_datasets",
-    "training",
-    "arena",
-    "webhooks",
-    "openai_compat",
+    "jobs.legacy_schema",
+    "jobs.accounts",
+    "jobs.base_models",
+    "jobs.datasets",
+    "jobs.training",
+    "jobs.arena",
+    "jobs.webhooks",
+    "jobs.openai_compat",
 ]
 
 MIDDLEWARE = [
@@ -184,7 +184,7 @@ AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = dt.timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "accounts.views.login_locked_out"
+AXES_LOCKOUT_CALLABLE = "jobs.accounts.views.login_locked_out"
 AXES_HTTP_RESPONSE_CODE = 429
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "job-list"
@@ -208,7 +208,7 @@ MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 
 
 # Object storage (README "Several machines"): STORAGE_URL=s3://BUCKET/PREFIX keeps every product file in an
-# S3-compatible store (common.blobs), MEDIA_ROOT then being this machine's cache. Endpoint and credentials come
+# S3-compatible store (jobs.common.blobs), MEDIA_ROOT then being this machine's cache. Endpoint and credentials come
 # from boto3's own variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION.
 def _object_storage(url: str) -> dict | None:
     if not url:
@@ -265,9 +265,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
-# A train job goes to the queue of its memory class (training.routing); the rest by the fixed task
-# names of common.queue.
-CELERY_TASK_ROUTES = ("training.routing.route_train_job", {
+# A train job goes to the queue of its memory class (jobs.training.routing); the rest by the fixed task
+# names of jobs.common.queue.
+CELERY_TASK_ROUTES = ("jobs.training.routing.route_train_job", {
     "training.job_run": {"queue": "train"},
     # infer answers chat only, so nothing slow (a merge, a webhook endpoint that hangs) can hold a chat up.
     "arena.chat_answer": {"queue": "infer"},
@@ -291,7 +291,7 @@ CELERY_TASK_ROUTES = ("training.routing.route_train_job", {
     "base_models.gguf_convert": {"queue": "background"},
 })
 SWEEP_SECONDS = env_int("SWEEP_SECONDS", 30)  # how often Celery beat runs the sweeps
-# The sweeps put stranded work back on track (see training.claims, training.dispatch, the merge and
+# The sweeps put stranded work back on track (see jobs.training.claims, jobs.training.dispatch, the merge and
 # webhook sweeps); one beat process schedules them, whatever the number of workers, and each is safe
 # to run twice.
 CELERY_BEAT_SCHEDULE = {
@@ -333,7 +333,7 @@ JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 # training without loading it again. 0 keeps none.
 TRAIN_WARM_MODELS_MB = env_int("TRAIN_WARM_MODELS_MB", 4096)
 TRAIN_MEMORY_LIMIT_MB = env_int("TRAIN_MEMORY_LIMIT_MB", 0)  # 0: this machine's RAM (or the GPU's memory)
-# Routing by fit (training.routing, training.workers): each train worker announces its devices and memory
+# Routing by fit (jobs.training.routing, jobs.training.workers): each train worker announces its devices and memory
 # (detected, or WORKER_CAPACITY='{"device": "cpu", "count": 1, "memory_mb": 4000}'), renewed every
 # WORKER_HEARTBEAT_SECONDS and gone three beats after it stops. A job goes to the queue of its memory class:
 # `train` up to the first size, then `train.mem<GB>` per size and `train.memmax` above the last; a worker
@@ -374,7 +374,7 @@ DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM
 # published to the object store when STORAGE_URL is set, so workers on other machines fetch them).
 USER_MODELS = env_bool("USER_MODELS", False)
 # The Hugging Face Hub (or a mirror speaking its file API). OFFLINE=1 refuses Hub downloads with a clear
-# message (`make run` sets it: the demo machine has no internet). Hub requests go through common.outbound:
+# message (`make run` sets it: the demo machine has no internet). Hub requests go through jobs.common.outbound:
 # public addresses only, on HUB_ALLOWED_PORTS, plus the internal hosts an admin lists in HUB_ALLOWED_HOSTS
 # (a mirror inside the network).
 HF_ENDPOINT = env_str("HF_ENDPOINT", "https://huggingface.co")
@@ -386,13 +386,13 @@ HUB_TIMEOUT_SECONDS = env_int("HUB_TIMEOUT_SECONDS", 30)
 GGUF_MAX_BYTES = env_int("GGUF_MAX_BYTES", DATASET_MAX_BYTES)
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.auth.ApiKeyAuthentication",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["jobs.accounts.auth.ApiKeyAuthentication",
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_THROTTLE_CLASSES": ["accounts.auth.ApiKeyRateThrottle", "accounts.auth.SessionUserRateThrottle"],
-    "EXCEPTION_HANDLER": "common.errors.rest_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["jobs.accounts.auth.ApiKeyRateThrottle", "jobs.accounts.auth.SessionUserRateThrottle"],
+    "EXCEPTION_HANDLER": "jobs.common.errors.rest_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PARSER_CLASSES": ["common.rest.SafeJSONParser", "rest_framework.parsers.FormParser",
+    "DEFAULT_PARSER_CLASSES": ["jobs.common.rest.SafeJSONParser", "rest_framework.parsers.FormParser",
                                "rest_framework.parsers.MultiPartParser"],
 }
 

@@ -6,16 +6,16 @@ from django.templatetags.static import static
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
-from common import errors
-from common.schema import ApiDocsView
+from jobs.common import errors
+from jobs.common.schema import ApiDocsView
 
 api_v1 = [
-    path("", include("accounts.api_urls")),
-    path("", include("user_datasets.api_urls")),
-    path("", include("base_models.api_urls")),
-    path("", include("training.api_urls")),
-    path("", include("arena.api_urls")),
-    path("", include("webhooks.api_urls")),
+    path("", include("jobs.accounts.api_urls")),
+    path("", include("jobs.datasets.api_urls")),
+    path("", include("jobs.base_models.api_urls")),
+    path("", include("jobs.training.api_urls")),
+    path("", include("jobs.arena.api_urls")),
+    path("", include("jobs.webhooks.api_urls")),
 ]
 
 urlpatterns = [
@@ -26,14 +26,14 @@ urlpatterns = [
     path("api/docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include(api_v1)),
     re_path(r"^api/v1/(?P<rest>.*)$", errors.rest_unknown_path),  # JSON 404, not Django's page
-    path("v1/", include("openai_compat.urls")),
+    path("v1/", include("jobs.openai_compat.urls")),
     re_path(r"^v1/(?P<rest>.*)$", errors.openai_unknown_path),  # OpenAI's unknown_url 404
-    path("", include("accounts.urls")),
-    path("", include("user_datasets.urls")),
-    path("", include("base_models.urls")),
-    path("", include("training.urls")),
-    path("", include("arena.urls")),
-    path("", include("webhooks.urls")),
+    path("", include("jobs.accounts.urls")),
+    path("", include("jobs.datasets.urls")),
+    path("", include("jobs.base_models.urls")),
+    path("", include("jobs.training.urls")),
+    path("", include("jobs.arena.urls")),
+    path("", include("jobs.webhooks.urls")),
 ]
 
 # Requests to the APIs get JSON errors; other pages keep Django's.

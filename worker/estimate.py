@@ -89,7 +89,7 @@ class Estimate:
     lengths_known: bool = True  # False: the mean tokens per example is a guess from character counts
     # The advice again, each with the settings it changes ({"text", "changes"}): what the form's Apply sets.
     advice_changes: list[dict] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # e.g. examples the max length cuts (training.services)
+    warnings: list[str] = field(default_factory=list)  # e.g. examples the max length cuts (jobs.training.services)
     # Where `seconds` comes from: "measured" (this model's finished jobs), "calibrated" (this machine's
     # measured speed and the work per token), or None when it is unknown.
     seconds_source: str | None = None

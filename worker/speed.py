@@ -8,7 +8,7 @@ forward and a backward pass through the frozen base are about 4 x its parameters
 (the weights get no gradient), checkpointing adds a forward pass, and `TRAIN_EFFICIENCY` is the share of
 the bare matmul rate a real training step reaches (Python, norms, attention, the optimizer; measured on
 SmolLM2-135M on a CPU). Once this model's jobs have finished, their measured rate is preferred (the caller's
-choice: `training.selectors.measured_tokens_per_s`).
+choice: `jobs.training.selectors.measured_tokens_per_s`).
 """
 from __future__ import annotations
 

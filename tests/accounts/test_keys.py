@@ -7,8 +7,8 @@ from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.models import ApiKey
-from accounts.services import api_key_create, api_key_revoke
+from jobs.accounts.models import ApiKey
+from jobs.accounts.services import api_key_create, api_key_revoke
 
 
 def test_command_prints_the_key_last_and_stores_only_its_hash(user):

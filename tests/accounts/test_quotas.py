@@ -9,20 +9,20 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
-from accounts.limits import QuotaExceeded, usage_of
-from accounts.models import Quota
-from accounts.services import api_key_create
-from common.storage import media_path
+from jobs.accounts.limits import QuotaExceeded, usage_of
+from jobs.accounts.models import Quota
+from jobs.accounts.services import api_key_create
+from jobs.common.storage import media_path
 from tests.factories import bearer_client, chat_jsonl
 from tests.training.test_jobs import form_data
-from training import services as job_services
-from training import tasks as train_tasks
-from training.claims import fair_order
-from training.files import job_output_dir, merged_zip_path
-from training.models import FineTuneJob, JobStatus
-from user_datasets import tasks as dataset_tasks
-from user_datasets.services import PENDING_DIR, dataset_create
-from webhooks.services import webhook_create
+from jobs.training import services as job_services
+from jobs.training import tasks as train_tasks
+from jobs.training.claims import fair_order
+from jobs.training.files import job_output_dir, merged_zip_path
+from jobs.training.models import FineTuneJob, JobStatus
+from jobs.datasets import tasks as dataset_tasks
+from jobs.datasets.services import PENDING_DIR, dataset_create
+from jobs.webhooks.services import webhook_create
 from worker.config import TrainConfig
 
 FAST = dict(rank=4, alpha=8, dropout=0.0, target_preset="attention", learning_rate=0.01, batch_size=4,
@@ -40,7 +40,7 @@ def test_the_active_jobs_limit_answers_429_in_every_interface(settings, user, ba
     queued_job(user, base_model, dataset)
     queued_job(user, base_model, dataset, status=JobStatus.PAUSED)
     body = {"dataset": str(dataset.id), "base_model": str(base_model.id), **JOB_BODY}
-    with mock.patch("training.tasks.job_run.delay") as delay:
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay:
         rest = api.post("/api/v1/jobs/", body, format="json")
         openai = api.post("/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}"},
                           format="json")
@@ -52,7 +52,7 @@ def test_the_active_jobs_limit_answers_429_in_every_interface(settings, user, ba
     assert page.status_code == 429 and "limit reached" in page.content.decode()
     assert FineTuneJob.objects.count() == 2 and not delay.called
     Quota.objects.create(user=user, active_jobs=3)  # an administrator raises it for this user only
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         assert api.post("/api/v1/jobs/", body, format="json").status_code == 201
 
 
@@ -107,7 +107,7 @@ def test_the_train_queue_is_fair_across_users(user, other_user, base_model):
 
 def test_a_job_stops_at_the_maximum_run_time(settings, user, base_model, dataset):
     settings.JOB_MAX_RUN_SECONDS = 0
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
     assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()

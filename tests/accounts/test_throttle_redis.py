@@ -20,8 +20,8 @@ import sys, django
 django.setup()
 from django.conf import settings
 assert settings.CACHES["default"]["BACKEND"].endswith("RedisCache"), settings.CACHES
-from accounts.auth import throttle_wait
-from accounts.models import ApiKey
+from jobs.accounts.auth import throttle_wait
+from jobs.accounts.models import ApiKey
 key = ApiKey(id=int(sys.argv[1]))
 print(" ".join("allowed" if throttle_wait(key) is None else "refused" for _ in range(int(sys.argv[2]))))
 """

@@ -2,9 +2,9 @@
 has and how long its first piece and its whole text took, timed by the infer worker."""
 from unittest import mock
 
-from arena import tasks as chat_tasks
-from arena.models import ChatAnswer
-from common import events as common_events
+from jobs.arena import tasks as chat_tasks
+from jobs.arena.models import ChatAnswer
+from jobs.common import events as common_events
 from tests.arena.test_chat_stop import ask
 from tests.arena.test_compare_votes import finished_job
 from worker.modeling import load_tokenizer

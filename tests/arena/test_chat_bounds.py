@@ -5,10 +5,10 @@ from unittest import mock
 
 import pytest
 
-from arena import tasks as chat_tasks
-from arena.models import ChatAnswer
-from arena.services import chat_completion_create
-from common import events as common_events
+from jobs.arena import tasks as chat_tasks
+from jobs.arena.models import ChatAnswer
+from jobs.arena.services import chat_completion_create
+from jobs.common import events as common_events
 from tests.arena.test_compare_votes import finished_job
 from worker.config import GenerationConfig
 from worker.inference import fit_conversation
@@ -72,7 +72,7 @@ def test_requests_past_the_bounds_are_refused_and_nothing_is_stored(settings, us
     assert not ChatAnswer.objects.exists()
 
     settings.CHAT_MAX_PENDING_PER_USER = 3
-    with mock.patch("arena.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.arena.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
         one = page_api.post(url, {"prompt": "one", "max_new_tokens": 16}, format="json")
         assert one.status_code == 201, one.json()  # two answers in flight
         busy = page_api.post(url, {"prompt": "two", "max_new_tokens": 16}, format="json")
@@ -89,7 +89,7 @@ def test_requests_past_the_bounds_are_refused_and_nothing_is_stored(settings, us
 @pytest.mark.parametrize("n", [1])
 def test_bounds_leave_ordinary_requests_alone(n, user, base_model, page_api, django_capture_on_commit_callbacks):
     job = finished_job(user, base_model, "colours")
-    with mock.patch("arena.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.arena.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = page_api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "colour 1", "max_new_tokens": 1024},
                                  format="json")
     assert response.status_code == 201 and delay.call_count == n

@@ -3,18 +3,18 @@ question is not affected. The flag goes through a real Redis; the infer task run
 from unittest import mock
 
 
-from arena import live as chat_live
-from arena import services as chat_services
-from arena import tasks as chat_tasks
-from common import events as common_events
-from arena.models import ChatAnswer
+from jobs.arena import live as chat_live
+from jobs.arena import services as chat_services
+from jobs.arena import tasks as chat_tasks
+from jobs.common import events as common_events
+from jobs.arena.models import ChatAnswer
 from tests.arena.test_compare_votes import finished_job
 from worker.config import GenerationConfig
 from worker.modeling import load_tokenizer
 
 
 def ask(user, job, django_capture_on_commit_callbacks, tokens=40):
-    with mock.patch("arena.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.arena.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
         session, answers = chat_services.chat_ask(owner=user, job=job, prompt="colour 1",
                                              generation=GenerationConfig(max_new_tokens=tokens))
     return session, {("base" if a.job_id is None else "adapter"): a for a in answers}
@@ -42,7 +42,7 @@ def test_stop_ends_a_streaming_answer_and_skips_queued_ones(real_redis, user, ba
     assert chat_tasks.chat_answer(str(queued.id)) == "skipped"
 
     # A question asked after the stop is answered in full.
-    with mock.patch("arena.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.arena.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
         _, later = chat_services.chat_ask(owner=user, job=job, prompt="colour 1", session=session2,
                                      generation=GenerationConfig(max_new_tokens=40))
     base_later = next(a for a in later if a.job_id is None)

@@ -5,12 +5,12 @@ from unittest import mock
 import pytest
 from rest_framework.test import APIClient
 
-from arena import selectors as chat_selectors
-from arena import services as chat_services
-from arena import tasks as chat_tasks
-from common import events as common_events
-from arena.models import ChatAnswer, Vote
-from training.models import Adapter, FineTuneJob, JobStatus
+from jobs.arena import selectors as chat_selectors
+from jobs.arena import services as chat_services
+from jobs.arena import tasks as chat_tasks
+from jobs.common import events as common_events
+from jobs.arena.models import ChatAnswer, Vote
+from jobs.training.models import Adapter, FineTuneJob, JobStatus
 from worker.config import TrainConfig
 
 
@@ -34,7 +34,7 @@ def job2(user, base_model):
 
 
 def ask(client, job, django_capture_on_commit_callbacks, **body):
-    with mock.patch("arena.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.arena.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = client.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "colour 1", "max_new_tokens": 4, **body},
                                format="json")
     return response, delay
@@ -177,7 +177,7 @@ def test_tie_and_both_bad_count_half_for_each_side(page_api, job, job2, choice, 
 
 def test_bad_input_is_a_4xx_naming_the_field(page_api, user, other_user, base_model, job, job2,
                                               django_capture_on_commit_callbacks):
-    from base_models.services import base_model_register
+    from jobs.base_models.services import base_model_register
 
     other_base = base_model_register(name="tiny-llama-2", path=base_model.path)
     cases = [({"contestants": ["base"]}, "contestants", "at least 2"),
@@ -230,7 +230,7 @@ def test_rest_blind_round_vote_and_win_rates(user, job, base_model, django_captu
     api = APIClient()
     api.force_authenticate(user)
     with mock.patch.object(chat_services, "_blind_order", side_effect=lambda models: list(models)[::-1]), \
-            mock.patch("arena.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
+            mock.patch("jobs.arena.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
         response = api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "hi", "blind": True,
                                                              "contestants": ["base", str(job.id)]}, format="json")
     assert response.status_code == 201, response.json()
@@ -266,7 +266,7 @@ def test_rest_blind_round_vote_and_win_rates(user, job, base_model, django_captu
 
 def test_compare_page_offers_finished_adapters_on_the_same_base_and_the_table(client_in, user, job, job2,
                                                                               base_model):
-    from base_models.services import base_model_register
+    from jobs.base_models.services import base_model_register
 
     finished_job(user, base_model_register(name="tiny-llama-2", path=base_model.path), "elsewhere")
     FineTuneJob.objects.create(owner=user, base_model=base_model, config=TrainConfig().to_dict(), name="running",

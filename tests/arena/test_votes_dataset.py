@@ -5,11 +5,11 @@ and only ever the owner's own votes."""
 import pytest
 from rest_framework.test import APIClient
 
-from arena import services as chat_services
-from arena.models import ChatAnswer, ChatRound, ChatSession
+from jobs.arena import services as chat_services
+from jobs.arena.models import ChatAnswer, ChatRound, ChatSession
 from tests.arena.test_compare_votes import finished_job
-from user_datasets.models import Dataset
-from user_datasets.selectors import dataset_examples
+from jobs.datasets.models import Dataset
+from jobs.datasets.selectors import dataset_examples
 
 URL = "/api/v1/votes/dataset/"
 

@@ -1,7 +1,7 @@
 """Win rates and Wilson intervals against hand-computed values (no database)."""
 import pytest
 
-from arena.win_rate import PairRecord, win_rate_table, wilson_interval
+from jobs.arena.win_rate import PairRecord, win_rate_table, wilson_interval
 
 
 @pytest.mark.parametrize(("successes", "n", "low", "high"), [

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from base_models import services
-from base_models.models import BaseModel, ModelStatus
+from jobs.base_models import services
+from jobs.base_models.models import BaseModel, ModelStatus
 from tests.base_models.hub_server import folder_files, hub_handler
 from tests.local_http import local_http_server
 
@@ -149,6 +149,6 @@ def test_with_an_object_store_the_model_is_published_for_other_machines(staff, h
     local = Path(model.local_path)  # fetched from the store into the model cache
     assert (local / "model.safetensors").read_bytes() == (tiny_llama / "model.safetensors").read_bytes()
     services.base_model_delete(by=staff, model=model)
-    from common import blobs
+    from jobs.common import blobs
 
     assert not blobs.exists(f"base-models/{model.id}")

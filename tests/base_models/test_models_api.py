@@ -5,8 +5,8 @@ import shutil
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from base_models import selectors, services
-from base_models.models import BaseModel, ModelSource, ModelStatus
+from jobs.base_models import selectors, services
+from jobs.base_models.models import BaseModel, ModelSource, ModelStatus
 from tests.factories import bearer_client
 
 pytestmark = pytest.mark.django_db
@@ -92,7 +92,7 @@ def test_private_models_are_their_owners_only(settings, user, other_user, api, a
 
 
 def test_a_model_in_use_cannot_be_deleted(api_staff, staff, user, dataset, base_model):
-    from training.models import FineTuneJob
+    from jobs.training.models import FineTuneJob
     from worker.config import TrainConfig
 
     job = FineTuneJob.objects.create(owner=user, dataset=dataset, base_model=base_model,

@@ -146,7 +146,7 @@ def wait_status(stack, api, job, wanted, page, timeout_s=120):
 
 
 def test_new_job_from_this_fills_every_field_and_delete_asks_first(stack, page, api, dataset):
-    from training.forms import CONFIG_FIELDS
+    from jobs.training.forms import CONFIG_FIELDS
 
     job = start_job(stack, api, dataset, max_steps=2, alpha=8, dropout=0.1, target_preset="custom",
                     target_modules=["q_proj", "v_proj"], learning_rate=0.002, grad_accum=2, warmup_ratio=0.1,

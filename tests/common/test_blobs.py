@@ -1,4 +1,4 @@
-"""common.blobs against a real S3 endpoint (moto's server over HTTP): what one machine publishes, a machine
+"""jobs.common.blobs against a real S3 endpoint (moto's server over HTTP): what one machine publishes, a machine
 with an empty MEDIA_ROOT fetches; state reads come from the store; without STORAGE_URL nothing changes."""
 import json
 import shutil
@@ -8,7 +8,7 @@ import pytest
 import requests
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 
-from common import blobs
+from jobs.common import blobs
 from tests.object_store import s3_client, stored_keys, upload_folder
 
 
@@ -124,7 +124,7 @@ def test_downloads_stream_from_the_store_or_redirect_to_a_signed_url(settings, o
 @pytest.mark.django_db
 def test_a_base_model_registered_from_the_store_is_cached_once_per_machine(settings, object_store, s3_endpoint,
                                                                            tiny_llama, tmp_path):
-    from base_models.services import base_model_register
+    from jobs.base_models.services import base_model_register
 
     url = f"s3://{object_store}/models/tiny-llama"
     upload_folder(s3_endpoint, tiny_llama, url)
@@ -151,7 +151,7 @@ def test_a_base_model_registered_from_the_store_is_cached_once_per_machine(setti
 def test_register_model_command_takes_a_store_prefix(settings, object_store, s3_endpoint, tiny_llama):
     from django.core.management import call_command
 
-    from base_models.models import BaseModel
+    from jobs.base_models.models import BaseModel
 
     url = f"s3://{object_store}/models/llama-cmd"
     upload_folder(s3_endpoint, tiny_llama, url)
@@ -191,8 +191,8 @@ def test_a_dataset_uploaded_on_one_machine_is_read_and_deleted_on_another(settin
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from tests.factories import chat_jsonl
-    from user_datasets.selectors import dataset_examples
-    from user_datasets.services import dataset_create, dataset_delete
+    from jobs.datasets.selectors import dataset_examples
+    from jobs.datasets.services import dataset_create, dataset_delete
 
     ds = dataset_create(owner=user, upload=SimpleUploadedFile("c.jsonl", chat_jsonl()), name="c")
     assert stored_keys(s3_endpoint, object_store) == sorted([f"studio/{ds.file}", f"studio/{ds.normalized_file}"])
@@ -211,10 +211,10 @@ def test_a_large_upload_is_checked_and_counted_on_another_machine(settings, obje
 
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from common import queue
+    from jobs.common import queue
     from tests.factories import chat_jsonl
-    from user_datasets import selectors, services
-    from user_datasets.models import TokenProfile
+    from jobs.datasets import selectors, services
+    from jobs.datasets.models import TokenProfile
 
     settings.DATASET_CHECK_INLINE_BYTES = 10
     web_root = settings.MEDIA_ROOT

@@ -5,9 +5,9 @@ from unittest import mock
 import pytest
 from django.core.exceptions import SuspiciousFileOperation
 
-from common.storage import media_path
-from training import tasks as train_tasks
-from training.models import FineTuneJob
+from jobs.common.storage import media_path
+from jobs.training import tasks as train_tasks
+from jobs.training.models import FineTuneJob
 
 
 def test_stored_paths_cannot_leave_the_media_root(settings, tmp_path):
@@ -26,13 +26,13 @@ def test_deeply_nested_json_is_a_400_everywhere(api, base_model):
 
 
 def test_an_engine_bug_is_reported_without_its_text(user, base_model, dataset):
-    from training import services as job_services
+    from jobs.training import services as job_services
     from worker.config import TrainConfig
 
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model,
                                       config=TrainConfig(max_steps=2))
-    with mock.patch("training.tasks.run_training", side_effect=TypeError("/srv/secret/path/model.py line 3")):
+    with mock.patch("jobs.training.tasks.run_training", side_effect=TypeError("/srv/secret/path/model.py line 3")):
         assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()
     assert job.error_code == "internal_error" and "/srv/secret" not in job.error and "log" in job.error
@@ -41,7 +41,7 @@ def test_an_engine_bug_is_reported_without_its_text(user, base_model, dataset):
 def test_rest_and_openai_job_creation_refuse_a_job_that_cannot_fit(settings, api, base_model, dataset):
     settings.TRAIN_MEMORY_LIMIT_MB = 1
     body = {"dataset": str(dataset.id), "base_model": str(base_model.id), "validation": "none"}
-    with mock.patch("training.tasks.job_run.delay") as delay:
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay:
         rest = api.post("/api/v1/jobs/", body, format="json")
         openai = api.post("/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}"},
                           format="json")

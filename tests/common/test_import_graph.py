@@ -8,9 +8,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Lowest first: a package may import itself and those before it in this list, never one after it.
-LAYERS = ["worker", "common", "accounts", "base_models", "user_datasets", "training", "arena", "webhooks",
-          "openai_compat", "webapp"]
-PACKAGES = LAYERS + ["legacy_schema"]
+LAYERS = ["worker", "jobs.common", "jobs.accounts", "jobs.base_models", "jobs.datasets", "jobs.training",
+          "jobs.arena", "jobs.webhooks", "jobs.openai_compat", "webapp"]
+PACKAGES = ["worker", "jobs", "webapp"]
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -21,7 +21,7 @@ def module_name(path: Path, root: Path) -> str:
 def import_graph(root: Path, packages: list[str]) -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
     """Module -> the project modules it imports (anywhere in the file), and (module, name) pairs of
     private names imported from another module."""
-    files = {module_name(p, root): p for pkg in packages for p in (root / pkg).rglob("*.py")}
+    files = {module_name(p, root): p for pkg in packages for p in (root / pkg.replace(".", "/")).rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in files}
     private: list[tuple[str, str]] = []
     for name, path in files.items():
@@ -90,15 +90,30 @@ def test_no_import_cycles_anywhere():
     assert cycles(graph) == []
 
 
+def room(module: str) -> str:
+    """The layer a module belongs to: `jobs.<app>` for the web side's apps, else its top package."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "jobs" and len(parts) > 1 else parts[0]
+
+
+def test_the_top_level_is_the_design_cards():
+    """Wiring, the web side, the engine: no Django app or shared helper sits at the top level."""
+    packages = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists())
+    assert packages == ["jobs", "tests", "webapp", "worker"]
+    apps = sorted(p.parent.name for p in (ROOT / "jobs").glob("*/apps.py"))
+    assert apps == ["accounts", "arena", "base_models", "datasets", "legacy_schema", "openai_compat", "training",
+                    "webhooks"]
+
+
 def test_apps_import_only_the_rooms_below_them():
     graph, _ = import_graph(ROOT, PACKAGES)
     layer = {pkg: i for i, pkg in enumerate(LAYERS)}
     upward = [(module, target) for module, targets in graph.items() for target in targets
-              if module.split(".")[0] in layer and target.split(".")[0] in layer
-              and layer[target.split(".")[0]] > layer[module.split(".")[0]]]
+              if room(module) in layer and room(target) in layer and layer[room(target)] > layer[room(module)]]
     assert upward == []
-    assert not [(m, t) for m, t in ((m, t) for m, ts in graph.items() for t in ts) if t.startswith("openai_compat")
-                and not m.startswith(("openai_compat", "webapp"))], "nothing imports openai_compat"
+    assert not [(m, t) for m, t in ((m, t) for m, ts in graph.items() for t in ts)
+                if t.startswith("jobs.openai_compat") and not m.startswith(("jobs.openai_compat", "webapp"))], \
+        "nothing imports openai_compat"
 
 
 def test_the_engine_never_imports_django():

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from common import events
+from jobs.common import events
 
 
 def collect(gen, limit=50):

@@ -1,4 +1,4 @@
-"""common.outbound: which addresses are public, how odd IPv4 spellings read, the allow-list, and a
+"""jobs.common.outbound: which addresses are public, how odd IPv4 spellings read, the allow-list, and a
 connection that goes to the vetted address only. Nothing here opens a socket to an inside address."""
 import ipaddress
 import socket
@@ -7,8 +7,8 @@ from unittest import mock
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from common import outbound
-from common.outbound import (REFUSED_LINK_LOCAL, REFUSED_LOOPBACK, REFUSED_MULTICAST, REFUSED_PORT, REFUSED_PRIVATE,
+from jobs.common import outbound
+from jobs.common.outbound import (REFUSED_LINK_LOCAL, REFUSED_LOOPBACK, REFUSED_MULTICAST, REFUSED_PORT, REFUSED_PRIVATE,
                              REFUSED_RESERVED, REFUSED_UNSPECIFIED, OutboundPolicy, OutboundRefused, address_refusal,
                              failure_category, ip_literal, ipv4_literal, outbound_connection, registration_refusal)
 from webapp.env import env_hosts, env_port_ranges

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from common.request_limit import RequestBodyLimit
+from jobs.common.request_limit import RequestBodyLimit
 
 
 def run(app, *, headers=(), chunks=(b"",), path="/api/v1/datasets/"):

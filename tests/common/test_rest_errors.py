@@ -5,7 +5,7 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
-from webhooks.services import webhook_create
+from jobs.webhooks.services import webhook_create
 
 ZERO = str(uuid.UUID(int=0))
 
@@ -124,7 +124,7 @@ def test_a_server_error_is_json_without_a_traceback(api):
     from unittest import mock
 
     api.raise_request_exception = False
-    with mock.patch("base_models.selectors.base_model_list", side_effect=RuntimeError("boom")):
+    with mock.patch("jobs.base_models.selectors.base_model_list", side_effect=RuntimeError("boom")):
         response = api.get("/api/v1/base-models/")
     body = assert_rest_error(response, 500)
     assert "boom" not in body["detail"]

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from training.services import job_create
-from user_datasets.services import dataset_create
-from accounts.services import api_key_create
-from webhooks.services import webhook_create
+from jobs.training.services import job_create
+from jobs.datasets.services import dataset_create
+from jobs.accounts.services import api_key_create
+from jobs.webhooks.services import webhook_create
 from tests.factories import chat_jsonl
 from webapp.wsgi import application
 from worker.config import TrainConfig
@@ -52,7 +52,7 @@ def api_v1_operations() -> list[tuple[str, str]]:
 @pytest.fixture(autouse=True)
 def _no_training():
     # A generated job creation must not reach a broker or start training.
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         yield
 
 

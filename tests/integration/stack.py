@@ -135,14 +135,14 @@ class Stack:
         """A job row's field, read straight from the database."""
         import json
 
-        out = self.manage("shell", "-c", "import json; from training.models import FineTuneJob as J; "
+        out = self.manage("shell", "-c", "import json; from jobs.training.models import FineTuneJob as J; "
                           f"print(json.dumps(J.objects.values_list('{field}', flat=True).get(id='{job_id}'), default=str))")
         return json.loads(out.strip().splitlines()[-1])
 
     def job_events(self, job_id: str) -> list[dict]:
         import json
 
-        out = self.manage("shell", "-c", "import json; from training.models import JobEvent as E; print(json.dumps("
+        out = self.manage("shell", "-c", "import json; from jobs.training.models import JobEvent as E; print(json.dumps("
                           f"list(E.objects.filter(job_id='{job_id}').values('kind', 'message'))))")
         return json.loads(out.strip().splitlines()[-1])
 
@@ -231,7 +231,7 @@ class Stack:
 
     def api_key(self, username="alice") -> str:
         """A new Bearer key for the user, made the way the keys page makes one."""
-        out = self.manage("shell", "-c", "from accounts.services import api_key_create; "
+        out = self.manage("shell", "-c", "from jobs.accounts.services import api_key_create; "
                           "from django.contrib.auth import get_user_model as g; "
                           f"print(api_key_create(owner=g().objects.get(username={username!r}), name='tests')[1])")
         return out.strip().splitlines()[-1]

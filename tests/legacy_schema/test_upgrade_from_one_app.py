@@ -87,9 +87,9 @@ def test_the_one_app_schema_upgrades_with_every_row_file_and_key(settings, tmp_p
 
     migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
 
-    from arena.models import ChatAnswer, ChatSession, Vote
-    from training.models import FineTuneJob
-    from webhooks.models import Webhook
+    from jobs.arena.models import ChatAnswer, ChatSession, Vote
+    from jobs.training.models import FineTuneJob
+    from jobs.webhooks.models import Webhook
 
     job = FineTuneJob.objects.get(id=old["job"])
     assert (job.status, job.final_loss, job.dataset_id, job.error_code) == ("succeeded", 0.25, old["dataset"], "")

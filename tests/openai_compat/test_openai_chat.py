@@ -7,10 +7,10 @@ from unittest import mock
 import pytest
 from asgiref.sync import sync_to_async
 
-from arena import tasks as chat_tasks
-from common import events as common_events
-from arena.models import ChatAnswer, ChatSession
-from training.models import FineTuneJob
+from jobs.arena import tasks as chat_tasks
+from jobs.common import events as common_events
+from jobs.arena.models import ChatAnswer, ChatSession
+from jobs.training.models import FineTuneJob
 from tests.openai_compat.test_openai_files_jobs import assert_error, create_job, succeed
 
 PIECES = ['{"answer', '": "', 'blue"}']
@@ -36,7 +36,7 @@ def fake_worker(monkeypatch):
             if done:
                 return
 
-    monkeypatch.setattr("common.events.follow", follow)
+    monkeypatch.setattr("jobs.common.events.follow", follow)
     return seen
 
 
@@ -118,13 +118,13 @@ def test_another_users_fine_tuned_model_is_unknown(api, api_bob, base_model, dat
 
 def test_completion_is_handed_to_the_infer_queue_on_commit(api, base_model, django_capture_on_commit_callbacks,
                                                             fake_worker):
-    with mock.patch("arena.tasks.chat_answer.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.arena.tasks.chat_answer.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         post(api, {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]})
     delay.assert_called_once_with(str(fake_worker["answer"].id))
 
 
 def test_the_task_answers_a_base_only_session_with_the_full_history(user, base_model, monkeypatch):
-    from arena.services import chat_completion_create
+    from jobs.arena.services import chat_completion_create
     from worker.config import GenerationConfig
 
     messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},

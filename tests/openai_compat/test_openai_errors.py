@@ -10,9 +10,9 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from base_models.models import BaseModel
-from training.models import FineTuneJob, JobStatus
-from accounts.services import api_key_create
+from jobs.base_models.models import BaseModel
+from jobs.training.models import FineTuneJob, JobStatus
+from jobs.accounts.services import api_key_create
 from worker.config import TrainConfig
 
 ZERO_FILE = "file-" + "0" * 32
@@ -210,7 +210,7 @@ def test_a_server_error_is_openai_shaped_json(api, settings):
 
     settings.DEBUG_PROPAGATE_EXCEPTIONS = False
     api.raise_request_exception = False
-    with mock.patch("openai_compat.model_catalog._model_objects", side_effect=RuntimeError("boom")):
+    with mock.patch("jobs.openai_compat.model_catalog._model_objects", side_effect=RuntimeError("boom")):
         response = api.get("/v1/models")
     error = assert_openai_error(response, 500, type_="server_error")
     assert "boom" not in error["message"]
@@ -239,7 +239,7 @@ def openai_client(live_server):
 def test_the_openai_client_raises_its_own_exception_classes(openai_client, user, other_user, settings):
     import openai
 
-    from user_datasets.services import dataset_create
+    from jobs.datasets.services import dataset_create
     from tests.factories import chat_jsonl
 
     ds = dataset_create(owner=user, upload=SimpleUploadedFile("colours.jsonl", chat_jsonl()), name="colours")

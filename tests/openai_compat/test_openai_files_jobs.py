@@ -4,7 +4,7 @@ from unittest import mock
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from training.models import Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
+from jobs.training.models import Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
 from tests.factories import chat_jsonl
 
 
@@ -66,7 +66,7 @@ def test_another_users_file_does_not_exist(api_bob, dataset):
 
 def create_job(api, dataset, **body):
     payload = {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}", **body}
-    with mock.patch("training.tasks.job_run.delay") as delay:
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay:
         response = api.post("/v1/fine_tuning/jobs", payload, format="json")
     return response, delay
 
@@ -106,7 +106,7 @@ def test_create_job_with_method_form_and_validation_file(api, user, base_model, 
 
 
 def test_create_job_is_queued_on_commit(api, base_model, dataset, django_capture_on_commit_callbacks):
-    with mock.patch("training.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = api.post("/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}"},
                             format="json")
     assert response.status_code == 200

@@ -7,7 +7,7 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
-from base_models.models import BaseModel
+from jobs.base_models.models import BaseModel
 from worker.config import GenerationConfig, TrainConfig, TrainSpec
 from worker.data.normalized import read_normalized_jsonl
 from worker.demo_model import is_complete_model_dir

@@ -7,12 +7,12 @@ from unittest import mock
 import pytest
 from django.utils import timezone
 
-from training import services as job_services
-from training import tasks as train_tasks
-from training.claims import Claim, expired_running_jobs, record_crash
-from training.dispatch import is_dispatched
-from training.models import FineTuneJob, JobEvent, JobStatus, MetricPoint
-from training.reporting import DbReporter
+from jobs.training import services as job_services
+from jobs.training import tasks as train_tasks
+from jobs.training.claims import Claim, expired_running_jobs, record_crash
+from jobs.training.dispatch import is_dispatched
+from jobs.training.models import FineTuneJob, JobEvent, JobStatus, MetricPoint
+from jobs.training.reporting import DbReporter
 from worker.config import TrainConfig
 from worker.reporting import WorkLost
 
@@ -22,7 +22,7 @@ FAST = dict(rank=4, alpha=8, dropout=0.0, target_preset="attention", learning_ra
 
 @pytest.fixture
 def job(user, base_model, dataset):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         return job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
 
 
@@ -86,7 +86,7 @@ def test_pausing_and_resuming_five_times_still_succeeds(job, user):
 
         with mock.patch.object(DbReporter, "log", pause_soon):
             assert train_tasks.job_run(str(job.id)) == "paused"
-        with mock.patch("training.tasks.job_run.delay"):
+        with mock.patch("jobs.training.tasks.job_run.delay"):
             job_services.job_resume(job=FineTuneJob.objects.get(id=job.id), by=user)
     assert train_tasks.job_run(str(job.id)) == "succeeded"
     job.refresh_from_db()
@@ -101,7 +101,7 @@ def test_a_worker_shutting_down_pauses_its_job_and_the_next_worker_resumes_it(jo
             train_tasks._on_worker_shutting_down()
 
     try:
-        with mock.patch.object(DbReporter, "log", shut_down_at_step_3), mock.patch("training.tasks.job_run.delay"):
+        with mock.patch.object(DbReporter, "log", shut_down_at_step_3), mock.patch("jobs.training.tasks.job_run.delay"):
             assert train_tasks.job_run(str(job.id)) == "requeued"
     finally:
         train_tasks._shutting_down.clear()
@@ -118,7 +118,7 @@ def test_the_sweep_requeues_a_dead_workers_job_and_resends_lost_messages(job, re
     other = FineTuneJob.objects.create(owner=job.owner, base_model=job.base_model, config=job.config,
                                        status=JobStatus.QUEUED)
     Claim.take(job.id)
-    with mock.patch("training.tasks.job_run.delay") as delay:
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay:
         assert train_tasks.sweep_jobs() == {"crashed": 0, "resent": 1}  # `other` never had a message
         assert [c.args for c in delay.call_args_list] == [(str(other.id),)]
         assert is_dispatched(other.id) and train_tasks.sweep_jobs() == {"crashed": 0, "resent": 0}
@@ -128,13 +128,13 @@ def test_the_sweep_requeues_a_dead_workers_job_and_resends_lost_messages(job, re
     assert job.status == JobStatus.QUEUED and len(job.crashes) == 1 and job.attempts == 2
     assert job.events.filter(kind="warning", message__startswith="the train worker stopped").exists()
     real_redis.flushdb()  # Redis lost everything: every queued job is sent again
-    with mock.patch("training.tasks.job_run.delay") as delay:
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay:
         assert train_tasks.sweep_jobs()["resent"] == 2
 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_heartbeat_keeps_a_slow_phase_alive_and_stops_when_the_claim_is_gone(user, base_model, dataset):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
     claim = Claim.take(job.id, lease_seconds=1)
     with claim.heartbeat():
@@ -151,7 +151,7 @@ def test_the_heartbeat_keeps_a_slow_phase_alive_and_stops_when_the_claim_is_gone
 def test_a_dropped_database_connection_is_retried_for_a_while_then_given_up():
     from django.db import OperationalError, transaction
 
-    from training.claims import with_db_retry
+    from jobs.training.claims import with_db_retry
 
     calls = []
 
@@ -173,7 +173,7 @@ def test_a_dropped_database_connection_is_retried_for_a_while_then_given_up():
 def test_a_marker_without_its_message_expires_and_the_job_is_sent_again(job, real_redis, settings):
     """A worker took the message and died before claiming: the marker stays, but only for a few leases."""
     settings.JOB_LEASE_SECONDS = 1
-    with mock.patch("training.tasks.job_run.delay") as delay:
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay:
         assert train_tasks.sweep_jobs()["resent"] == 1  # the job_create message went to the mock
         assert train_tasks.sweep_jobs()["resent"] == 0  # trusted while its marker lives
         assert 0 < real_redis.ttl(f"train-dispatch:{job.id}") <= 5

@@ -3,11 +3,11 @@ import re
 
 import pytest
 
-from arena.models import ChatSession
-from training import services
-from training.files import job_output_dir
-from training.forms import CONFIG_FIELDS, clone_initial
-from training.models import FineTuneJob, JobStatus
+from jobs.arena.models import ChatSession
+from jobs.training import services
+from jobs.training.files import job_output_dir
+from jobs.training.forms import CONFIG_FIELDS, clone_initial
+from jobs.training.models import FineTuneJob, JobStatus
 from worker.config import PRESETS, TrainConfig, preset_of
 
 pytestmark = pytest.mark.django_db

@@ -3,14 +3,14 @@ two-rank job run by the train task: rank 0's metrics and adapter land in the dat
 from unittest import mock
 
 from tests.training.test_jobs import form_data, submit
-from training import services as job_services
-from training import tasks as train_tasks
-from training.models import Adapter, FineTuneJob, JobStatus, MetricPoint
+from jobs.training import services as job_services
+from jobs.training import tasks as train_tasks
+from jobs.training.models import Adapter, FineTuneJob, JobStatus, MetricPoint
 from worker.config import TrainConfig
 
 
 def rest_job(api, dataset, base_model, **config):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         return api.post("/api/v1/jobs/", {"dataset": str(dataset.id), "base_model": str(base_model.id),
                                           "config": {"batch_size": 4, **config}}, format="json")
 
@@ -34,7 +34,7 @@ def test_openai_lora_extra_and_the_form_take_devices(api, client_in, base_model,
     settings.TRAIN_MAX_DEVICES = 2
     payload = {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}",
                "hyperparameters": {"batch_size": 4}, "lora": {"devices": 2}}
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         created = api.post("/v1/fine_tuning/jobs", payload, format="json")
         refused = api.post("/v1/fine_tuning/jobs", {**payload, "lora": {"devices": 5}}, format="json")
     assert created.status_code == 200, created.content
@@ -54,7 +54,7 @@ def test_the_train_task_runs_a_job_on_two_ranks(user, base_model, dataset, setti
     """The supervisor in the task's process serves rank 0's reporter (DbReporter, fenced by the claim)."""
     config = TrainConfig(rank=8, alpha=16, dropout=0.0, target_preset="all_linear", max_steps=3, learning_rate=0.01,
                          batch_size=4, warmup_ratio=0.0, final_eval=False, devices=2)
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=config)
     assert train_tasks.job_run(str(job.id)) == "succeeded"
     job.refresh_from_db()
@@ -82,7 +82,7 @@ def test_sharding_through_rest_openai_and_the_form_and_on_the_job_page(api, clie
 
     payload = {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}",
                "hyperparameters": {"batch_size": 4}, "lora": {"devices": 2, "sharding": "fsdp"}}
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         created = api.post("/v1/fine_tuning/jobs", payload, format="json")
         refused = api.post("/v1/fine_tuning/jobs", {**payload, "lora": {"sharding": "fsdp"}}, format="json")
     assert created.status_code == 200, created.content

@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from training import selectors, services
-from training.models import FineTuneJob, JobStatus, MetricPoint
+from jobs.training import selectors, services
+from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
 from worker.config import TrainConfig
 
 pytestmark = pytest.mark.django_db

@@ -5,8 +5,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from user_datasets import services as dataset_services
-from training.models import FineTuneJob
+from jobs.datasets import services as dataset_services
+from jobs.training.models import FineTuneJob
 from tests.training.test_jobs import form_data, submit
 from worker.config import PRESETS
 
@@ -66,7 +66,7 @@ def test_form_offers_presets_with_their_values(client_in, base_model, dataset):
 def test_rest_config_takes_a_preset_with_overrides(user, base_model, dataset, django_capture_on_commit_callbacks):
     api = APIClient()
     api.force_authenticate(user)
-    with mock.patch("training.tasks.job_run.delay"), django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.training.tasks.job_run.delay"), django_capture_on_commit_callbacks(execute=True):
         response = api.post("/api/v1/jobs/", {"dataset": str(dataset.id), "base_model": str(base_model.id),
                                               "config": {"preset": "quality", "epochs": 1}}, format="json")
     assert response.status_code == 201, response.json()
@@ -82,7 +82,7 @@ def test_rest_config_takes_a_preset_with_overrides(user, base_model, dataset, dj
 
 
 def test_the_job_form_sections_hold_every_field_once(user):
-    from training.forms import FIELDSETS, JobForm
+    from jobs.training.forms import FIELDSETS, JobForm
 
     form = JobForm(owner=user)
     listed = [name for _, _, names in FIELDSETS for name in names]
@@ -98,7 +98,7 @@ def test_precision_through_the_form_rest_and_the_run(client_in, user, base_model
     import io
     import zipfile
 
-    from training import tasks as train_tasks
+    from jobs.training import tasks as train_tasks
     from worker.modeling import CPU_BF16_ENV
 
     html = client_in.get("/jobs/new/").content.decode()

@@ -6,12 +6,12 @@ from unittest import mock
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from arena import tasks as chat_tasks
-from training import services as job_services
-from training import tasks as train_tasks
-from training.files import job_output_dir
-from user_datasets import services as dataset_services
-from training.models import FineTuneJob, JobStatus, MetricPoint
+from jobs.arena import tasks as chat_tasks
+from jobs.training import services as job_services
+from jobs.training import tasks as train_tasks
+from jobs.training.files import job_output_dir
+from jobs.datasets import services as dataset_services
+from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
 from worker.config import TrainConfig
 
 FAST = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "epochs": 4,
@@ -30,7 +30,7 @@ def form_data(base_model, dataset, **over):
 
 
 def submit(client, data, django_capture_on_commit_callbacks):
-    with mock.patch("training.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = client.post("/jobs/new/", data)
     return response, delay
 
@@ -103,7 +103,7 @@ def test_job_lifecycle_trains_and_packages_the_adapter(client_in, user, base_mod
 
 
 def test_cancel_a_queued_job_and_a_running_one(client_in, user, base_model, dataset):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         queued = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**{
             k: v for k, v in FAST.items() if k != "target_modules"}))
     assert client_in.post(f"/jobs/{queued.id}/cancel/").status_code == 302
@@ -111,7 +111,7 @@ def test_cancel_a_queued_job_and_a_running_one(client_in, user, base_model, data
     assert queued.status == JobStatus.CANCELLED
     assert train_tasks.job_run(str(queued.id)) == "skipped"
 
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         running = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**{
             k: v for k, v in FAST.items() if k != "target_modules"}))
     assert run_and_act_at_step(running, 2, job_services.job_cancel, user) == "cancelled"
@@ -123,7 +123,7 @@ def test_cancel_a_queued_job_and_a_running_one(client_in, user, base_model, data
 
 
 def test_other_users_get_404(client, other_user, user, base_model, dataset):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
     client.force_login(other_user)
     for url in (f"/jobs/{job.id}/", f"/jobs/{job.id}/download/", f"/jobs/{job.id}/compare/",
@@ -135,7 +135,7 @@ def test_other_users_get_404(client, other_user, user, base_model, dataset):
 
 
 def test_engine_failure_is_a_readable_error(user, base_model, dataset, settings):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
     (job_output_dir(job) / "data/train.jsonl").write_text("not json\n")
     assert train_tasks.job_run(str(job.id)) == "failed"
@@ -146,7 +146,7 @@ def test_engine_failure_is_a_readable_error(user, base_model, dataset, settings)
 
 def test_compare_ask_validates_and_queues_both_sides(page_api, user, base_model, dataset,
                                                      django_capture_on_commit_callbacks):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(
             **{**{k: v for k, v in FAST.items() if k != "target_modules"}, "epochs": 1}))
     url = f"/api/v1/jobs/{job.id}/chat/"  # as the compare page's script calls it
@@ -157,7 +157,7 @@ def test_compare_ask_validates_and_queues_both_sides(page_api, user, base_model,
     assert response.status_code == 400 and "max_new_tokens" in response.json()
     response = page_api.post(url, {"prompt": "  "}, format="json")
     assert response.status_code == 400 and "prompt" in response.json()
-    with mock.patch("arena.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.arena.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = page_api.post(url, {"prompt": "colour 1", "max_new_tokens": 8}, format="json")
     assert response.status_code == 201
     answers = {a["side"]: a["id"] for a in response.json()["answers"]}
@@ -167,7 +167,7 @@ def test_compare_ask_validates_and_queues_both_sides(page_api, user, base_model,
     # Run the infer task in-process: both sides answer, the adapter through PEFT.
     assert chat_tasks.chat_round(delay.call_args.args[0]) == ["done", "done"]
     assert chat_tasks.chat_round(delay.call_args.args[0]) == ["skipped", "skipped"], "a redelivered task does nothing"
-    from arena.models import ChatAnswer
+    from jobs.arena.models import ChatAnswer
 
     done = {a.side: a for a in ChatAnswer.objects.all()}
     assert done["base"].state == done["adapter"].state == "done"
@@ -176,7 +176,7 @@ def test_compare_ask_validates_and_queues_both_sides(page_api, user, base_model,
 
 def test_pause_resume_and_retry(client_in, user, base_model, dataset, django_capture_on_commit_callbacks):
     cfg = TrainConfig(**{**{k: v for k, v in FAST.items() if k != "target_modules"}, "save_every": 100})
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=cfg)
     assert run_and_act_at_step(job, 3, job_services.job_pause, user) == "paused"
     job.refresh_from_db()
@@ -185,7 +185,7 @@ def test_pause_resume_and_retry(client_in, user, base_model, dataset, django_cap
     with pytest.raises(job_services.JobStateError, match="cannot be paused"):
         job_services.job_pause(job=job, by=user)
 
-    with mock.patch("training.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         assert client_in.post(f"/jobs/{job.id}/resume/").status_code == 302
     delay.assert_called_once_with(str(job.id))
     assert train_tasks.job_run(str(job.id)) == "succeeded"
@@ -194,10 +194,10 @@ def test_pause_resume_and_retry(client_in, user, base_model, dataset, django_cap
     assert list(MetricPoint.objects.filter(job=job).values_list("step", flat=True)) == list(range(1, 9))
     assert job.events.filter(kind="resume", message__contains="step 3").exists()
 
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         other = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=cfg)
     job_services.job_cancel(job=other, by=user)
-    with mock.patch("training.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = client_in.post(f"/jobs/{other.id}/retry/")
     retried = FineTuneJob.objects.exclude(id__in=[job.id, other.id]).get()
     assert response["Location"] == f"/jobs/{retried.id}/"
@@ -213,7 +213,7 @@ def test_job_actions_over_the_apis(user, base_model, dataset):
 
     api = APIClient()
     api.force_authenticate(user)
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
         assert api.post(f"/api/v1/jobs/{job.id}/pause/").json()["status"] == "paused"
         assert api.post(f"/api/v1/jobs/{job.id}/pause/").status_code == 409
@@ -231,7 +231,7 @@ def test_job_actions_over_the_apis(user, base_model, dataset):
 
 def test_out_of_memory_fails_with_advice_and_a_one_click_retry(client_in, user, base_model, dataset,
                                                               django_capture_on_commit_callbacks):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(batch_size=8))
     with mock.patch("worker.engine.summed_token_loss", side_effect=MemoryError):
         assert train_tasks.job_run(str(job.id)) == "failed"
@@ -240,7 +240,7 @@ def test_out_of_memory_fails_with_advice_and_a_one_click_retry(client_in, user, 
     assert job.error_code == "out_of_memory"  # the page recognises it by this code, not by the message
     html = client_in.get(f"/jobs/{job.id}/").content.decode()
     assert 'id="retry-suggested"' in html and "batch_size = 4, grad_accum = 2, gradient_checkpointing = True" in html
-    with mock.patch("training.tasks.job_run.delay"), django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.training.tasks.job_run.delay"), django_capture_on_commit_callbacks(execute=True):
         client_in.post(f"/jobs/{job.id}/retry/", {"suggested": "1"})
     retried = FineTuneJob.objects.exclude(id=job.id).get()
     assert (retried.config["batch_size"], retried.config["grad_accum"], retried.config["gradient_checkpointing"]) == \
@@ -259,7 +259,7 @@ def test_oom_suggestion_keeps_the_effective_batch():
 
 def test_evaluation_shows_on_the_job_page_and_in_the_zip(client_in, user, base_model, dataset):
     cfg = TrainConfig(**{**{k: v for k, v in FAST.items() if k != "target_modules"}, "epochs": 6})
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=cfg,
                                   validation={"kind": "split", "percent": 25, "seed": 3})
     assert train_tasks.job_run(str(job.id)) == "succeeded"
@@ -275,7 +275,7 @@ def test_evaluation_shows_on_the_job_page_and_in_the_zip(client_in, user, base_m
 
 
 def test_compare_runs_overlays_curves_of_your_own_jobs(client_in, user, other_user, base_model, dataset):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         a = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=8),
                                 name="r8")
         b = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=16),

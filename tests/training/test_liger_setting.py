@@ -4,7 +4,7 @@ from unittest import mock
 
 from tests.training.test_devices import rest_job
 from tests.training.test_jobs import form_data, submit
-from training.models import FineTuneJob, MetricPoint
+from jobs.training.models import FineTuneJob, MetricPoint
 
 
 def test_liger_through_rest_openai_and_the_form(api, client_in, base_model, dataset,
@@ -18,7 +18,7 @@ def test_liger_through_rest_openai_and_the_form(api, client_in, base_model, data
 
     payload = {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}",
                "hyperparameters": {"batch_size": 4}, "lora": {"liger": True}}
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         created = api.post("/v1/fine_tuning/jobs", payload, format="json")
         bad = api.post("/v1/fine_tuning/jobs", {**payload, "lora": {"liger": "yes"}}, format="json")
     assert created.status_code == 200, created.content

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from common.storage import media_path, media_relative
-from training import services as job_services
-from training import tasks as train_tasks
-from training.files import MERGE_MAX_ATTEMPTS, merge_marker_path, merged_status, merged_zip_path
-from training.models import Adapter, FineTuneJob, JobStatus
+from jobs.common.storage import media_path, media_relative
+from jobs.training import services as job_services
+from jobs.training import tasks as train_tasks
+from jobs.training.files import MERGE_MAX_ATTEMPTS, merge_marker_path, merged_status, merged_zip_path
+from jobs.training.models import Adapter, FineTuneJob, JobStatus
 from worker.config import TrainConfig
 from worker.inference import estimate_base_bytes
 
@@ -26,7 +26,7 @@ class WorkerDied(BaseException):
 @pytest.fixture
 def job(user, dataset, base_model):
     """A succeeded job with a small (fake) adapter on disk: enough to request, estimate and sweep merges."""
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
     folder = media_path(f"jobs/{job.id}/adapter")
     folder.mkdir(parents=True)
@@ -38,7 +38,7 @@ def job(user, dataset, base_model):
 
 
 def request_merge(api, job):
-    with mock.patch("training.tasks.adapter_merge.delay") as delay:
+    with mock.patch("jobs.training.tasks.adapter_merge.delay") as delay:
         response = api.post(f"/api/v1/jobs/{job.id}/merged/")
     assert response.status_code == 202 and response.json()["status"] == "pending"
     return delay
@@ -61,7 +61,7 @@ def test_a_merge_too_big_for_the_budget_is_refused_before_loading(api, job, sett
     need = train_tasks.merge_memory_need(job)
     settings.MERGE_MEMORY_BUDGET_MB = need // 2 ** 20  # the tiny base needs 0.5 MB: a budget of 0 MB
     request_merge(api, job)
-    with mock.patch("training.tasks.merge_adapter") as merge:
+    with mock.patch("jobs.training.tasks.merge_adapter") as merge:
         assert train_tasks.adapter_merge(str(job.id)) == "refused"
     merge.assert_not_called()
     (message,) = events(job)
@@ -85,7 +85,7 @@ def test_the_memory_estimate_is_the_base_unquantized_plus_the_adapter(job, tiny_
         (out_dir / "model.safetensors").write_bytes(b"weights")
         return out_dir
 
-    with mock.patch("training.tasks.merge_adapter", side_effect=fake_merge):
+    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=fake_merge):
         assert train_tasks.adapter_merge(str(job.id)) == "ready"
     assert merged_zip_path(job).is_file() and not merge_marker_path(job).exists()
     assert events(job, "export") == ["merged model ready"]
@@ -100,7 +100,7 @@ def test_a_merge_whose_worker_keeps_dying_gives_up_after_three_attempts(api, job
         seen.append(marker(job))
         raise WorkerDied
 
-    with mock.patch("training.tasks.merge_adapter", side_effect=dies) as merge:
+    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=dies) as merge:
         for attempt in range(1, MERGE_MAX_ATTEMPTS + 1):
             with pytest.raises(WorkerDied):
                 train_tasks.adapter_merge(str(job.id))
@@ -123,7 +123,7 @@ def test_a_merge_whose_worker_keeps_dying_gives_up_after_three_attempts(api, job
 
 def test_a_merge_that_fails_says_why_and_clears_the_marker(api, job):
     request_merge(api, job)
-    with mock.patch("training.tasks.merge_adapter", side_effect=OSError("disk full")):
+    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=OSError("disk full")):
         assert train_tasks.adapter_merge(str(job.id)) == "failed"
     assert events(job) == ["merged export failed (OSError: disk full)"] and merged_status(job) == "none"
 
@@ -139,7 +139,7 @@ def test_the_heartbeat_keeps_a_long_merge_fresh(api, job, settings):
         assert train_tasks.merge_sweep() == 0  # alive: the sweep leaves it alone
         raise OSError("stop here")
 
-    with mock.patch("training.tasks.merge_adapter", side_effect=slow_merge):
+    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=slow_merge):
         assert train_tasks.adapter_merge(str(job.id)) == "failed"
     assert events(job) == ["merged export failed (OSError: stop here)"]
 
@@ -149,7 +149,7 @@ def test_the_heartbeat_keeps_a_long_merge_fresh(api, job, settings):
 def test_the_sweep_requeues_stale_merges_once_and_gives_up_after_three(api, job, settings):
     stale = settings.MERGE_STALE_SECONDS + 1
     request_merge(api, job)
-    with mock.patch("training.tasks.adapter_merge.delay") as delay:
+    with mock.patch("jobs.training.tasks.adapter_merge.delay") as delay:
         assert train_tasks.merge_sweep() == 0  # freshly queued: its message is on its way
         age(job, stale)  # ... but it was lost
         assert train_tasks.merge_sweep() == 1
@@ -178,7 +178,7 @@ def test_the_sweep_clears_the_marker_of_a_finished_merge_and_ignores_old_empty_m
     request_merge(api, job)
     merged_zip_path(job).write_bytes(b"zip")
     age(job, settings.MERGE_STALE_SECONDS + 1)
-    with mock.patch("training.tasks.adapter_merge.delay") as delay:
+    with mock.patch("jobs.training.tasks.adapter_merge.delay") as delay:
         assert train_tasks.merge_sweep() == 0
         assert not merge_marker_path(job).exists() and merged_status(job) == "ready"
         # A marker from before markers held JSON (an empty file) reads as queued, no attempt made.

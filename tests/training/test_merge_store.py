@@ -6,11 +6,11 @@ from unittest import mock
 
 import pytest
 
-from common import blobs
+from jobs.common import blobs
 from tests.training.test_merge_safety import job  # noqa: F401 (the fixture)
 from tests.training.test_merge_safety import request_merge
-from training import tasks as train_tasks
-from training.files import merge_state_read, merged_status, merged_zip_name, stale_merge_job_ids
+from jobs.training import tasks as train_tasks
+from jobs.training.files import merge_state_read, merged_status, merged_zip_name, stale_merge_job_ids
 
 
 def switch_host(settings, tmp_path, name: str) -> None:
@@ -38,7 +38,7 @@ def test_a_merge_is_asked_made_and_served_by_different_hosts(stored_job, api, se
         (out_dir / "model.safetensors").write_bytes(b"weights")
         return out_dir
 
-    with mock.patch("training.tasks.merge_adapter", side_effect=fake_merge):
+    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=fake_merge):
         assert train_tasks.adapter_merge(str(job.id)) == "ready"
 
     switch_host(settings, tmp_path, "web-2")

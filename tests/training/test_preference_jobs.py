@@ -9,11 +9,11 @@ from unittest import mock
 import pytest
 from rest_framework.test import APIClient
 
-from common.storage import media_path, media_relative
+from jobs.common.storage import media_path, media_relative
 from tests.worker.test_preference import colour_pairs
-from training import tasks as train_tasks
-from training.models import FineTuneJob, JobStatus, MetricPoint
-from user_datasets.models import Dataset
+from jobs.training import tasks as train_tasks
+from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
+from jobs.datasets.models import Dataset
 from worker.data.normalized import write_normalized_jsonl
 
 FAST = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "epochs": 2, "learning_rate": 0.02,
@@ -38,7 +38,7 @@ def rest(user):
 
 
 def rest_create(api, dataset, base_model, config, **extra):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         return api.post("/api/v1/jobs/", {"dataset": str(dataset.id), "base_model": str(base_model.id),
                                           "config": config, **extra}, format="json")
 
@@ -66,7 +66,7 @@ def test_the_method_must_suit_the_dataset(rest, client_in, base_model, dataset, 
 
 def test_openai_dpo_method(api, user, base_model, dataset, pairs_dataset):
     def create(data, method):
-        with mock.patch("training.tasks.job_run.delay"):
+        with mock.patch("jobs.training.tasks.job_run.delay"):
             return api.post("/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": f"file-{data.id.hex}",
                                                      "method": method}, format="json")
 
@@ -128,10 +128,10 @@ def test_dpo_job_trains_logs_rewards_evaluates_and_packages(rest, api, client_in
     assert second.events.filter(message__contains=f"starting from the adapter of job {job.id}").exists()
 
     # The OpenAI API: fine-tuning a fine-tuned model (`ft:...`) starts from its adapter the same way.
-    from openai_compat.fine_tuning import fine_tuned_model
+    from jobs.openai_compat.fine_tuning import fine_tuned_model
 
     job.refresh_from_db()
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         response = api_key_client.post("/v1/fine_tuning/jobs", {
             "model": fine_tuned_model(job), "training_file": f"file-{pairs_dataset.id.hex}",
             "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}}, format="json")

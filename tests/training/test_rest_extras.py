@@ -5,12 +5,12 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from arena import tasks as chat_tasks
-from common.storage import media_path
-from training import services as job_services
-from training import tasks as train_tasks
-from user_datasets import services as dataset_services
-from accounts.services import api_key_create
+from jobs.arena import tasks as chat_tasks
+from jobs.common.storage import media_path
+from jobs.training import services as job_services
+from jobs.training import tasks as train_tasks
+from jobs.datasets import services as dataset_services
+from jobs.accounts.services import api_key_create
 from worker.config import TrainConfig
 
 FAST = TrainConfig(rank=8, alpha=16, dropout=0.0, target_preset="all_linear", epochs=3, learning_rate=0.01,
@@ -30,7 +30,7 @@ def api(user):
 
 
 def test_job_list_is_cursor_paginated(api, user, dataset, base_model):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         ids = [str(job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST).id)
                for _ in range(5)]
     first = api.get("/api/v1/jobs/?page_size=2").json()
@@ -42,14 +42,14 @@ def test_job_list_is_cursor_paginated(api, user, dataset, base_model):
 
 
 def test_adapters_list_and_rest_chat(api, user, other_user, dataset, base_model, django_capture_on_commit_callbacks):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST)
     assert api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "hi"}, format="json").status_code == 409
     train_tasks.job_run(str(job.id))
     adapters = api.get("/api/v1/adapters/").json()
     assert [a["job"] for a in adapters] == [str(job.id)] and adapters[0]["base_model"] == "tiny-llama"
 
-    with mock.patch("arena.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.arena.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "colour 1", "max_new_tokens": 8}, format="json")
     assert response.status_code == 201 and delay.call_count == 1
     body = response.json()
@@ -67,7 +67,7 @@ def test_adapters_list_and_rest_chat(api, user, other_user, dataset, base_model,
 
 @pytest.mark.django_db(transaction=True)
 def test_job_events_stream_accepts_an_api_key(user, other_user, dataset, base_model, client):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST)
     job_services.job_cancel(job=job, by=user)
     _, key = api_key_create(owner=user, name="ci")
@@ -87,12 +87,12 @@ def test_merged_export_equals_the_adapted_model(api, user, dataset, base_model, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST)
     assert api.post(f"/api/v1/jobs/{job.id}/merged/").status_code == 409
     train_tasks.job_run(str(job.id))
     assert api.get(f"/api/v1/jobs/{job.id}/merged/").status_code == 404
-    with mock.patch("training.tasks.adapter_merge.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.training.tasks.adapter_merge.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = api.post(f"/api/v1/jobs/{job.id}/merged/")
     assert response.status_code == 202 and response.json() == {"status": "pending", "download": None}
     delay.assert_called_once_with(str(job.id))

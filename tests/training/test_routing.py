@@ -6,13 +6,13 @@ from unittest import mock
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from training import services as job_services
-from training import tasks as train_tasks
-from training import workers
-from training.claims import Claim, fair_order
-from training.dispatch import hand_on, is_dispatched
-from training.models import FineTuneJob, JobEvent, JobStatus
-from training.routing import Capacity, fits, queue_for_need, queues_for_memory, route_train_job, waiting_for
+from jobs.training import services as job_services
+from jobs.training import tasks as train_tasks
+from jobs.training import workers
+from jobs.training.claims import Claim, fair_order
+from jobs.training.dispatch import hand_on, is_dispatched
+from jobs.training.models import FineTuneJob, JobEvent, JobStatus
+from jobs.training.routing import Capacity, fits, queue_for_need, queues_for_memory, route_train_job, waiting_for
 from worker.config import TrainConfig
 
 GB = 1024
@@ -32,7 +32,7 @@ def announced(*workers_: tuple[str, float, str | None]):
 
 
 def fleet(*workers_):
-    return mock.patch("training.workers.live_workers", return_value=announced(*workers_))
+    return mock.patch("jobs.training.workers.live_workers", return_value=announced(*workers_))
 
 
 # --- classes and queues --------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def test_fit_counts_memory_per_device_and_devices():
 def test_the_celery_router_sends_a_train_job_to_its_class(user, base_model, dataset):
     from celery import current_app
 
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(),
                                       memory_mb=20_000)
     route = current_app.amqp.router.route({}, "training.job_run", args=(str(job.id),))
@@ -124,7 +124,7 @@ def test_a_worker_announces_itself_with_a_ttl_and_its_job(as_worker):
 
 @pytest.fixture
 def small_and_big(user, base_model, dataset):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         small = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
                                         memory_mb=1000)
         big = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
@@ -148,9 +148,9 @@ def test_a_worker_claims_only_jobs_that_fit_it(small_and_big):
 def test_a_message_for_a_job_too_big_for_this_worker_goes_back_to_the_sweep(small_and_big, real_redis, settings):
     small, big = small_and_big
     FineTuneJob.objects.filter(id=small.id).update(status=JobStatus.CANCELLED)
-    from training.dispatch import dispatch_job
+    from jobs.training.dispatch import dispatch_job
 
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         dispatch_job(big.id)
     assert is_dispatched(big.id)
     settings.WORKER_CAPACITY = '{"device": "cpu", "count": 1, "memory_mb": 2000}'
@@ -161,7 +161,7 @@ def test_a_message_for_a_job_too_big_for_this_worker_goes_back_to_the_sweep(smal
 
 def test_a_turn_used_for_another_job_sends_the_messages_job_again(small_and_big, real_redis):
     small, big = small_and_big
-    with mock.patch("training.tasks.job_run.delay") as delay:
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay:
         hand_on(big.id, started_job_id=small.id, capacity=Capacity(device="cpu", count=1, memory_mb=2000))
         delay.assert_called_once_with(str(big.id))
         hand_on(small.id, started_job_id=small.id, capacity=Capacity(device="cpu", count=1, memory_mb=2000))
@@ -172,13 +172,13 @@ def test_a_turn_used_for_another_job_sends_the_messages_job_again(small_and_big,
 # --- submit: refuse or wait, on the form, REST and the OpenAI API ------------------------------------------
 
 def rest_submit(api, base_model, dataset):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         return api.post("/api/v1/jobs/", {"dataset": str(dataset.id), "base_model": str(base_model.id),
                                           "config": TINY, "validation": "none"}, format="json")
 
 
 def openai_submit(api, dataset):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         return api.post("/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}",
                                                  "lora": {"rank": 4, "alpha": 8}}, format="json")
 
@@ -187,7 +187,7 @@ def form_submit(client, base_model, dataset):
     data = {"name": "j", "base_model": base_model.id, "dataset": dataset.id, **TINY, "epochs": 1, "learning_rate": 0.01,
             "grad_accum": 1, "warmup_ratio": 0, "lr_scheduler": "linear", "weight_decay": 0, "seed": 1,
             "bias": "none", "validation": "none"}
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         return client.post("/jobs/new/", data)
 
 
@@ -254,7 +254,7 @@ def test_the_estimate_uses_the_workers_device_and_memory(user, base_model, datas
 
 def test_workers_api_shows_devices_memory_jobs_and_queue_depths(api, api_bob, user, client_in, base_model, dataset,
                                                                  real_redis):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         mine = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
                                        name="mine", memory_mb=20_000)
     real_redis.rpush("train.mem24", "m1", "m2")

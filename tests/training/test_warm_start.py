@@ -4,10 +4,10 @@ from unittest import mock
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from training import services as job_services
-from training import tasks as train_tasks
-from training.models import JobEvent, JobStatus
-from user_datasets import services as dataset_services
+from jobs.training import services as job_services
+from jobs.training import tasks as train_tasks
+from jobs.training.models import JobEvent, JobStatus
+from jobs.datasets import services as dataset_services
 from worker.config import TrainConfig
 
 FAST = {"rank": 4, "alpha": 8, "target_preset": "attention", "epochs": 1, "batch_size": 4, "seed": 1}
@@ -24,7 +24,7 @@ def dataset(user, chat_file):
 
 
 def run_job(user, base_model, dataset):
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
     assert train_tasks.job_run(str(job.id)) == "succeeded"
     job.refresh_from_db()

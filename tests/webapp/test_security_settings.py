@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.private_files import private_file_create
+from jobs.common.private_files import private_file_create
 
 ROOT = Path(__file__).resolve().parents[2]
 # README "Security" -> "Deployment behind TLS".
@@ -99,7 +99,7 @@ def test_the_demo_password_file_is_private(db, tmp_path, monkeypatch):
 
     from django.core.management import call_command
 
-    from accounts.management.commands import ensure_login
+    from jobs.accounts.management.commands import ensure_login
 
     monkeypatch.setattr(ensure_login, "PASSWORD_FILE", tmp_path / "demo_login.txt")
     (tmp_path / "demo_login.txt").write_text("stale")  # from an earlier database

@@ -12,9 +12,9 @@ from django.utils import timezone
 
 from tests.local_http import local_http_server
 
-from webhooks.models import MAX_ATTEMPTS, Webhook, WebhookDelivery
-from webhooks.services import webhook_create, webhook_ping
-from webhooks.tasks import (ANSWER_MAX_BYTES, SWEEP_GRACE_S, DeliveryFailed, webhook_backoff, webhook_deliver,
+from jobs.webhooks.models import MAX_ATTEMPTS, Webhook, WebhookDelivery
+from jobs.webhooks.services import webhook_create, webhook_ping
+from jobs.webhooks.tasks import (ANSWER_MAX_BYTES, SWEEP_GRACE_S, DeliveryFailed, webhook_backoff, webhook_deliver,
                             webhook_sweep)
 
 DEADLINE_S = 2
@@ -83,7 +83,7 @@ def short_deadline(settings):
 
 
 def ping(user, url) -> WebhookDelivery:
-    with mock.patch("webhooks.tasks.webhook_deliver.delay"):
+    with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay"):
         return webhook_ping(webhook=webhook_create(owner=user, url=url))
 
 
@@ -150,7 +150,7 @@ def test_the_sweep_requeues_only_deliveries_whose_message_was_lost(user, setting
     delivery_at(hook, attempts=MAX_ATTEMPTS, age_s=10 * late)  # given up
     inactive = Webhook.objects.create(owner=user, url="https://example.com/off", active=False)
     delivery_at(inactive, age_s=10 * late)
-    with mock.patch("webhooks.tasks.webhook_deliver.delay") as delay:
+    with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay") as delay:
         assert webhook_sweep() == 2
         assert sorted(c.args[0] for c in delay.call_args_list) == sorted([str(lost_first.id), str(lost_retry.id)])
         # A second sweep at once sends nothing again: the first one stamped what it re-queued.
@@ -161,8 +161,8 @@ def test_the_sweep_requeues_only_deliveries_whose_message_was_lost(user, setting
 def test_a_swept_delivery_is_sent_with_the_retry_count_kept(user):
     hook = webhook_create(owner=user, url="https://example.com/hook")
     delivery = delivery_at(hook, attempts=3, age_s=webhook_backoff(3) + SWEEP_GRACE_S + 60)
-    with mock.patch("webhooks.tasks.webhook_deliver.delay", side_effect=lambda i: webhook_deliver(i)):
-        with mock.patch("webhooks.tasks.webhook_post", return_value=200):
+    with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay", side_effect=lambda i: webhook_deliver(i)):
+        with mock.patch("jobs.webhooks.tasks.webhook_post", return_value=200):
             assert webhook_sweep() == 1
     delivery.refresh_from_db()
     assert (delivery.attempts, delivery.delivered, delivery.state) == (4, True, "delivered")

@@ -15,10 +15,10 @@ from unittest import mock
 
 import pytest
 
-from common import outbound
+from jobs.common import outbound
 from tests.local_http import local_http_server
-from webhooks.models import Webhook, WebhookDelivery
-from webhooks.tasks import DeliveryFailed, webhook_deliver, webhook_post
+from jobs.webhooks.models import Webhook, WebhookDelivery
+from jobs.webhooks.tasks import DeliveryFailed, webhook_deliver, webhook_post
 
 PUBLIC = "93.184.215.14"
 NAMES = {
@@ -284,7 +284,7 @@ def test_a_name_is_registered_and_checked_at_delivery(api, user, django_capture_
     created = api.post("/api/v1/webhooks/", {"url": "https://mixed.example.com/hook"}, format="json")
     assert created.status_code == 201
     hook = Webhook.objects.get(id=created.json()["id"])
-    with mock.patch("webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
         delivery_id = api.post(f"/api/v1/webhooks/{hook.id}/test/").json()["id"]
     with no_socket_opened(), mock.patch.object(outbound, "system_resolve", side_effect=resolve), \
             pytest.raises(DeliveryFailed):

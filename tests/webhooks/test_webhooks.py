@@ -11,12 +11,12 @@ from unittest import mock
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from training.models import JobStatus
-from webhooks.models import WebhookDelivery
-from training.services import job_create, job_mark
-from user_datasets.services import dataset_create
-from webhooks.services import webhook_create
-from webhooks.tasks import DeliveryFailed, webhook_deliver
+from jobs.training.models import JobStatus
+from jobs.webhooks.models import WebhookDelivery
+from jobs.training.services import job_create, job_mark
+from jobs.datasets.services import dataset_create
+from jobs.webhooks.services import webhook_create
+from jobs.webhooks.tasks import DeliveryFailed, webhook_deliver
 from tests.factories import chat_jsonl
 from tests.local_http import local_http_server
 from worker.config import ConfigError, TrainConfig
@@ -60,7 +60,7 @@ def signature_ok(secret: str, headers: dict, body: bytes) -> bool:
 @pytest.fixture
 def job(user, base_model):
     ds = dataset_create(owner=user, upload=SimpleUploadedFile("colours.jsonl", chat_jsonl()), name="colours")
-    with mock.patch("training.tasks.job_run.delay"):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
         return job_create(owner=user, dataset=ds, base_model=base_model, config=TrainConfig())
 
 
@@ -110,7 +110,7 @@ def test_a_job_ending_queues_one_delivery_per_active_webhook(user, other_user, j
     inactive.active = False
     inactive.save()
     webhook_create(owner=other_user, url="https://bob.example/hook")
-    with mock.patch("webhooks.tasks.webhook_deliver.delay") as delay:
+    with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay") as delay:
         with django_capture_on_commit_callbacks(execute=True):
             job_mark(job_id=job.id, status=JobStatus.RUNNING)
         assert not delay.called and not WebhookDelivery.objects.exists()
@@ -128,7 +128,7 @@ def test_a_job_ending_queues_one_delivery_per_active_webhook(user, other_user, j
 def test_delivery_is_signed_and_retried_until_the_receiver_accepts_it(user, job, receiver, django_capture_on_commit_callbacks):
     url, received = receiver
     hook = webhook_create(owner=user, url=url)
-    with mock.patch("webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
         job_mark(job_id=job.id, status=JobStatus.SUCCEEDED, final_loss=0.5)
     delivery = WebhookDelivery.objects.get()
     # Called directly, Celery's self.retry re-raises the failure instead of scheduling the retry.
@@ -176,7 +176,7 @@ def test_a_redirect_is_a_failure_not_followed(user, job, allow_local, django_cap
     Redirecting.paths = []
     with local_http_server(Redirecting) as url:
         hook = webhook_create(owner=user, url=f"{url}/hook")
-        with mock.patch("webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
+        with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
             job_mark(job_id=job.id, status=JobStatus.CANCELLED)
         delivery = WebhookDelivery.objects.get(webhook=hook)
         with pytest.raises(DeliveryFailed):
@@ -188,7 +188,7 @@ def test_a_redirect_is_a_failure_not_followed(user, job, allow_local, django_cap
 
 def test_gives_up_after_five_attempts(user, job, allow_local, django_capture_on_commit_callbacks):
     webhook_create(owner=user, url="http://127.0.0.1:9/unreachable")
-    with mock.patch("webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
+    with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
         job_mark(job_id=job.id, status=JobStatus.FAILED, error="x")
     delivery = WebhookDelivery.objects.get()
     for _ in range(4):
@@ -204,10 +204,10 @@ def test_gives_up_after_five_attempts(user, job, allow_local, django_capture_on_
 
 
 def test_cancelling_a_queued_job_also_sends_the_event(user, job, django_capture_on_commit_callbacks):
-    from training.services import job_cancel
+    from jobs.training.services import job_cancel
 
     webhook_create(owner=user, url="https://a.example/hook")
-    with mock.patch("webhooks.tasks.webhook_deliver.delay") as delay:
+    with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay") as delay:
         with django_capture_on_commit_callbacks(execute=True):
             job_cancel(job=job, by=user)
     delivery = WebhookDelivery.objects.get()
@@ -219,7 +219,7 @@ def test_the_page_sends_a_test_event_to_ones_own_webhook_only(client, user, othe
     theirs = webhook_create(owner=other_user, url="https://theirs.example/hook")
     client.force_login(user)
     assert f'action="/account/webhooks/{mine.id}/test/"' in client.get("/account/webhooks/").content.decode()
-    with mock.patch("common.queue.enqueue") as enqueue:
+    with mock.patch("jobs.common.queue.enqueue") as enqueue:
         response = client.post(f"/account/webhooks/{mine.id}/test/", follow=True)
         assert client.post(f"/account/webhooks/{theirs.id}/test/").status_code == 404
     assert "Sent a test event to https://mine.example/hook" in response.content.decode()

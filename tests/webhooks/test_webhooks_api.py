@@ -8,9 +8,9 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from webhooks.models import Webhook, WebhookDelivery
-from webhooks.services import webhook_create
-from webhooks.tasks import MAX_ATTEMPTS, webhook_deliver
+from jobs.webhooks.models import Webhook, WebhookDelivery
+from jobs.webhooks.services import webhook_create
+from jobs.webhooks.tasks import MAX_ATTEMPTS, webhook_deliver
 
 
 def readme_verifier():
@@ -27,7 +27,7 @@ verify_webhook = readme_verifier()
 
 def send(delivery_id) -> tuple[dict, bytes]:
     """Run the delivery task with the HTTP call captured; returns the headers and body it sent."""
-    with mock.patch("webhooks.tasks.webhook_post", return_value=204) as post:
+    with mock.patch("jobs.webhooks.tasks.webhook_post", return_value=204) as post:
         assert webhook_deliver(str(delivery_id)) == "delivered"
     _url, body, headers = post.call_args.args
     return headers, body
@@ -97,7 +97,7 @@ def test_another_users_webhook_does_not_exist(api, api_bob, user):
 
 def test_test_ping_is_queued_on_commit_signed_and_listed(api, user, django_capture_on_commit_callbacks):
     hook = webhook_create(owner=user, url="https://example.com/hook")
-    with mock.patch("webhooks.tasks.webhook_deliver.delay") as delay, \
+    with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay") as delay, \
             django_capture_on_commit_callbacks(execute=True):
         response = api.post(f"/api/v1/webhooks/{hook.id}/test/")
     assert response.status_code == 202, response.content
@@ -139,7 +139,7 @@ def test_rotating_the_secret_returns_the_new_one_and_signs_with_it(api, user):
     assert response.status_code == 200
     new = response.json()["secret"]
     assert new.startswith("whsec_") and new != old and Webhook.objects.get(id=hook.id).secret == new
-    with mock.patch("webhooks.tasks.webhook_deliver.delay"):
+    with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay"):
         delivery_id = api.post(f"/api/v1/webhooks/{hook.id}/test/").json()["id"]
     headers, body = send(delivery_id)
     verify_webhook(new, headers, body)

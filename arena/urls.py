@@ -1,9 +1,0 @@
-from django.urls import path
-
-from arena import views
-
-urlpatterns = [
-    path("jobs/<uuid:job_id>/compare/", views.job_compare, name="job-compare"),
-    path("jobs/<uuid:job_id>/compare/votes-dataset/", views.votes_dataset, name="votes-dataset"),
-    path("chats/<uuid:session_id>/events/", views.chat_events, name="chat-events"),
-]

@@ -1,8 +1,0 @@
-from django.apps import AppConfig
-
-
-class BaseModelsConfig(AppConfig):
-    """The base-model catalogue."""
-
-    name = "base_models"
-    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,239 @@
+"""REST API for chat and compare: ask a round, read a session's answers, vote, stop, win rates.
+The compare page's script uses these endpoints too (session auth + CSRF)."""
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_serializer
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs.arena import selectors, services
+from jobs.base_models.selectors import base_model_find
+from jobs.common.ids import is_uuid
+from jobs.common.rest import StrictInput
+from jobs.common.schema import error_responses
+from jobs.training.selectors import job_get
+from worker.config import ConfigError, GenerationConfig
+
+
+class ModelIdentityOutput(serializers.Serializer):
+    """Who answered: the base model alone, or a job's adapter (id is the base model's or the job's)."""
+
+    kind = serializers.ChoiceField(choices=["base", "adapter"])
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+
+
+class ChatAnswerOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    side = serializers.SerializerMethodField(help_text="base or adapter; null while its blind round awaits a vote")
+    model = serializers.SerializerMethodField(help_text="the model that answered; null while its blind round "
+                                                        "awaits a vote")
+    round = serializers.UUIDField(source="round_id", allow_null=True)
+    position = serializers.IntegerField(help_text="column in its round, 0 = left")
+    prompt = serializers.CharField()
+    text = serializers.CharField()
+    state = serializers.CharField()
+    stopped = serializers.BooleanField(help_text="ended early by a stop request; text is what came before")
+    note = serializers.CharField(help_text="what was left out to fit the model's context; empty if nothing")
+    created = serializers.DateTimeField()
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_side(self, answer) -> str | None:
+        return None if selectors.answer_hidden(answer) else answer.side
+
+    @extend_schema_field(ModelIdentityOutput(allow_null=True))
+    def get_model(self, answer) -> dict | None:
+        if selectors.answer_hidden(answer):
+            return None
+        return selectors.model_identity(job=answer.job, base_model=selectors.session_base_model(answer.session))
+
+
+class ChatAskOutput(serializers.Serializer):
+    session = serializers.UUIDField()
+    round = serializers.UUIDField()
+    blind = serializers.BooleanField()
+    answers = ChatAnswerOutput(many=True, help_text="in screen order, left to right")
+
+
+class JobChatApi(APIView):
+    """POST a prompt for two or three models on the job's base (default: the base and the adapted model;
+    `contestants` picks "base" and/or succeeded job ids; `blind` shuffles two models and hides them until
+    the round's vote), answered by the infer worker; GET the session's answers.
+    Live tokens: /chats/<session>/events/."""
+
+    @extend_schema_serializer(component_name="ChatAsk")
+    class InputSerializer(StrictInput):
+        prompt = serializers.CharField(max_length=20000)
+        session = serializers.UUIDField(required=False)
+        max_new_tokens = serializers.IntegerField(required=False, min_value=1, max_value=4096)
+        temperature = serializers.FloatField(required=False, min_value=0, max_value=5)
+        top_p = serializers.FloatField(required=False, min_value=0.01, max_value=1)
+        seed = serializers.IntegerField(required=False, min_value=0)
+        system_prompt = serializers.CharField(required=False, allow_blank=True, max_length=20000)
+        contestants = serializers.ListField(child=serializers.CharField(max_length=36), required=False,
+                                            min_length=2, max_length=services.MAX_CONTESTANTS,
+                                            help_text='"base" and/or ids of your succeeded jobs on the same base')
+        blind = serializers.BooleanField(required=False, default=False)
+
+    @extend_schema(request=InputSerializer, responses={201: ChatAskOutput, **error_responses(400, 404, 409)})
+    def post(self, request, job_id):
+        job = job_get(owner=request.user, job_id=job_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = dict(data.validated_data)
+        session = selectors.chat_session_get(owner=request.user, session_id=v.pop("session")) if "session" in v else None
+        if session is not None and session.job_id != job.id:
+            raise ConfigError("session", "that chat belongs to another job")
+        prompt, contestants, blind = v.pop("prompt"), v.pop("contestants", None), v.pop("blind")
+        session, answers = services.chat_ask(owner=request.user, job=job, prompt=prompt,
+                                             generation=GenerationConfig(**v), session=session,
+                                             contestants=contestants, blind=blind)
+        return Response(ChatAskOutput({"session": session.id, "round": answers[0].round_id, "blind": blind,
+                                       "answers": answers}).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(parameters=[OpenApiParameter("session", str, required=True)],
+                   responses={200: ChatAnswerOutput(many=True), **error_responses(404)})
+    def get(self, request, job_id):
+        job = job_get(owner=request.user, job_id=job_id)
+        session_id = request.query_params.get("session", "")
+        try:
+            session = selectors.chat_session_get(owner=request.user, session_id=session_id)
+        except (ValueError, DjangoValidationError):
+            raise ConfigError("session", "must be a chat session id") from None
+        if session.job_id != job.id:
+            raise Http404("no such chat for this job")
+        return Response(ChatAnswerOutput(selectors.chat_answers(session=session), many=True).data)
+
+
+class ChatSlotOutput(serializers.Serializer):
+    answer = serializers.UUIDField()
+    position = serializers.IntegerField(help_text="column in its round, 0 = left")
+    state = serializers.CharField()
+    model = ModelIdentityOutput(allow_null=True, help_text="null while its blind round awaits a vote")
+
+
+class ChatRoundVoteApi(APIView):
+    """POST the owner's verdict on a finished two-model round, once: left, right, tie or both_bad.
+    The vote is stored against the two models, not the screen sides; the answer names them."""
+
+    @extend_schema_serializer(component_name="VoteCreate")
+    class InputSerializer(StrictInput):
+        choice = serializers.ChoiceField(choices=services.VOTE_CHOICES)
+
+    @extend_schema_serializer(component_name="Vote")
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.UUIDField()
+        round = serializers.UUIDField(source="round_id")
+        result = serializers.ChoiceField(choices=["first", "second", "tie", "both_bad"],
+                                         help_text="first: first_model was better; second: second_model was")
+        first_model = ModelIdentityOutput()
+        second_model = ModelIdentityOutput()
+        blind = serializers.BooleanField()
+        created = serializers.DateTimeField()
+        slots = ChatSlotOutput(many=True, help_text="the round's answers left to right, now named")
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, **error_responses(400, 404, 409)})
+    def post(self, request, round_id):
+        chat_round = selectors.chat_round_get(owner=request.user, round_id=round_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        vote = services.chat_vote(owner=request.user, chat_round=chat_round, choice=data.validated_data["choice"])
+        out = {"id": vote.id, "round_id": vote.round_id, "result": vote.result, "blind": vote.blind,
+               "created": vote.created, "slots": selectors.chat_round_slots(chat_round=chat_round),
+               "first_model": selectors.model_identity(job=vote.first_job, base_model=vote.base_model),
+               "second_model": selectors.model_identity(job=vote.second_job, base_model=vote.base_model)}
+        return Response(self.OutputSerializer(out).data, status=status.HTTP_201_CREATED)
+
+
+class ChatStopApi(APIView):
+    """The stop button: the chat's unfinished answers end at their next token (their text so far is
+    kept, marked `stopped`); queued ones never start. Answers asked later are not affected."""
+
+    @extend_schema_serializer(component_name="ChatStop")
+    class OutputSerializer(serializers.Serializer):
+        unfinished = serializers.IntegerField(help_text="answers that were still queued or streaming")
+
+    @extend_schema(request=None, responses={200: OutputSerializer, **error_responses(404)})
+    def post(self, request, session_id):
+        session = selectors.chat_session_get(owner=request.user, session_id=session_id)
+        unfinished = services.chat_stop(owner=request.user, session=session)
+        return Response(self.OutputSerializer({"unfinished": unfinished}).data)
+
+
+class WinRateApi(APIView):
+    """The owner's votes, one row per pair of models: the model's wins, losses, ties and both-bad against
+    its opponent, and its win rate = (wins + ½ × (ties + both bad)) / n with a 95% Wilson score interval."""
+
+    @extend_schema_serializer(component_name="WinRate")
+    class OutputSerializer(serializers.Serializer):
+        model = ModelIdentityOutput()
+        opponent = ModelIdentityOutput()
+        wins = serializers.IntegerField()
+        losses = serializers.IntegerField()
+        ties = serializers.IntegerField()
+        both_bad = serializers.IntegerField()
+        n = serializers.IntegerField()
+        win_rate = serializers.FloatField()
+        ci_low = serializers.FloatField()
+        ci_high = serializers.FloatField()
+
+    @extend_schema(parameters=[OpenApiParameter("base_model", OpenApiTypes.UUID, required=False,
+                                                description="only pairs on this base model")],
+                   responses={200: OutputSerializer(many=True), **error_responses(400)})
+    def get(self, request):
+        base = None
+        wanted = request.query_params.get("base_model")
+        if wanted is not None:
+            if not is_uuid(wanted):
+                raise ConfigError("base_model", "must be a base model id")
+            base = base_model_find(wanted, owner=request.user)
+            if base is None:
+                raise ConfigError("base_model", "no such base model")
+        return Response(self.OutputSerializer(selectors.vote_win_rates(owner=request.user, base_model=base),
+                                              many=True).data)
+
+
+class VotesDatasetApi(APIView):
+    """POST: make a preference dataset from your compare votes. Each round voted left or right becomes
+    a pair (the prompt with its history; chosen: the preferred answer; rejected: the other); ties,
+    "both bad", empty and identical answers are left out and counted. `base_model` narrows it to the
+    votes on one base. 422 when no vote makes a pair. The dataset's stats list the rounds it came from."""
+
+    @extend_schema_serializer(component_name="VotesDatasetCreate")
+    class InputSerializer(StrictInput):
+        name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        base_model = serializers.UUIDField(required=False, help_text="only votes on this base model")
+
+    @extend_schema_serializer(component_name="VotesDataset")
+    class OutputSerializer(serializers.Serializer):
+        dataset = serializers.UUIDField()
+        name = serializers.CharField()
+        rows = serializers.IntegerField(help_text="preference pairs in the dataset")
+        used = serializers.IntegerField(help_text="votes that became pairs")
+        left_out = serializers.DictField(child=serializers.IntegerField(),
+                                         help_text="votes left out, by reason: tie, both_bad, empty_answer, "
+                                                   "identical_answers, too_long")
+        left_out_reasons = serializers.DictField(child=serializers.CharField())
+        rounds = serializers.ListField(child=serializers.UUIDField(), help_text="the round of each pair, in order")
+        url = serializers.CharField(help_text="the dataset's check page")
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, **error_responses(400, 422)})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        base = None
+        if "base_model" in data.validated_data:
+            base = base_model_find(str(data.validated_data["base_model"]), owner=request.user)
+            if base is None:
+                raise ConfigError("base_model", "no such base model")
+        dataset, summary = services.votes_dataset_create(owner=request.user, name=data.validated_data.get("name", ""),
+                                                         base_model=base)
+        out = {"dataset": dataset.id, "name": dataset.name, "rows": dataset.rows, **summary,
+               "left_out_reasons": {k: services.LEFT_OUT_REASONS[k] for k in summary["left_out"]},
+               "rounds": dataset.stats["rounds"], "url": reverse("dataset-detail", args=[dataset.id])}
+        return Response(self.OutputSerializer(out).data, status=status.HTTP_201_CREATED)

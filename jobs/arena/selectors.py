@@ -1,0 +1,108 @@
+"""Reads of chats, rounds and votes. Every selector of user data takes the owner."""
+from __future__ import annotations
+
+from django.db.models import Count, QuerySet
+from django.shortcuts import get_object_or_404
+
+from jobs.arena.models import ChatAnswer, ChatRound, ChatSession, Vote
+from jobs.arena.win_rate import win_rate_table
+from jobs.base_models.models import BaseModel
+from jobs.training.models import FineTuneJob
+
+
+def chat_session_get(*, owner, session_id) -> ChatSession:
+    return get_object_or_404(ChatSession.objects.select_related("job"), owner=owner, id=session_id)
+
+
+def session_base_model(session: ChatSession) -> BaseModel:
+    """The base every model of the session runs on (its job's, or an API completion's base alone)."""
+    return session.job.base_model if session.job_id else session.base_model
+
+
+def chat_answers(*, session: ChatSession) -> QuerySet[ChatAnswer]:
+    return ChatAnswer.objects.filter(session=session).select_related(
+        "round__vote", "job", "session__job__base_model", "session__base_model").order_by("created", "position", "side")
+
+
+def answer_history(answer: ChatAnswer) -> list[dict[str, str]]:
+    """The conversation a model was given for this answer, ending with its user prompt (no system prompt)."""
+    if answer.messages:  # an API completion carries its whole conversation
+        return list(answer.messages)
+    if answer.round is not None and answer.round.blind:  # each blind round stands alone: its columns mix models
+        return [{"role": "user", "content": answer.prompt}]
+    # Each model continues its own conversation in the session.
+    earlier = ChatAnswer.objects.filter(session=answer.session, job=answer.job, side=answer.side,
+                                        state=ChatAnswer.State.DONE, created__lt=answer.created).exclude(
+        round__blind=True).order_by("created")
+    messages: list[dict[str, str]] = []
+    for turn in earlier:
+        messages += [{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": turn.text}]
+    return messages + [{"role": "user", "content": answer.prompt}]
+
+
+def chat_round_get(*, owner, round_id) -> ChatRound:
+    """The owner's comparison round, or Http404."""
+    return get_object_or_404(ChatRound.objects.select_related("session__job__base_model", "session__base_model"),
+                             session__owner=owner, id=round_id)
+
+
+def model_identity(*, job: FineTuneJob | None, base_model: BaseModel) -> dict:
+    """Who answered: the base model alone (job None) or a job's adapter, as kind, id and a display name."""
+    if job is None:
+        return {"kind": "base", "id": str(base_model.id), "name": f"{base_model.name} (base)"}
+    return {"kind": "adapter", "id": str(job.id), "name": f"{job.name} ({job.short_id})" if job.name else
+            f"job {job.short_id}"}
+
+
+def answer_hidden(answer: ChatAnswer) -> bool:
+    """A blind round's answers keep their model secret until the round has a vote."""
+    return answer.round is not None and answer.round.blind and not hasattr(answer.round, "vote")
+
+
+def answer_event_meta(answer: ChatAnswer) -> dict:
+    """What live chat events say about an answer: its id and column, and its side unless hidden."""
+    meta = {"answer": str(answer.id), "position": answer.position}
+    if not answer_hidden(answer):
+        meta["side"] = answer.side
+    return meta
+
+
+def chat_round_slots(*, chat_round: ChatRound) -> list[dict]:
+    """The round's answers left to right, each with its model, or None while the round is blind."""
+    base = session_base_model(chat_round.session)
+    answers = chat_round.answers.select_related("job", "round__vote").order_by("position")
+    return [{"answer": str(a.id), "position": a.position, "state": a.state,
+             "model": None if answer_hidden(a) else model_identity(job=a.job, base_model=base)} for a in answers]
+
+
+def vote_counts(*, owner, base_model: BaseModel | None = None) -> dict[str, int]:
+    """How many of the owner's votes have each result (first, second, tie, both_bad), every result present."""
+    votes = Vote.objects.filter(owner=owner)
+    if base_model is not None:
+        votes = votes.filter(base_model=base_model)
+    counts = {r: 0 for r in Vote.Result.values}
+    for row in votes.values("result").annotate(n=Count("id")):
+        counts[row["result"]] = row["n"]
+    return counts
+
+
+def vote_win_rates(*, owner, base_model: BaseModel | None = None) -> list[dict]:
+    """The owner's votes as one row per pair of models (see jobs.arena.win_rate for the counting)."""
+    votes = Vote.objects.filter(owner=owner).select_related("base_model", "first_job", "second_job").order_by("created")
+    if base_model is not None:
+        votes = votes.filter(base_model=base_model)
+    identities: dict[str, dict] = {}
+
+    def key(job, base) -> str:
+        identity = model_identity(job=job, base_model=base)
+        identities.setdefault(identity["id"], identity)
+        return identity["id"]
+
+    table = win_rate_table((key(v.first_job, v.base_model), key(v.second_job, v.base_model), v.result) for v in votes)
+    rows = []
+    for record in table:
+        low, high = record.interval
+        rows.append({"model": identities[record.first], "opponent": identities[record.second], "wins": record.wins,
+                     "losses": record.losses, "ties": record.ties, "both_bad": record.both_bad, "n": record.n,
+                     "win_rate": record.win_rate, "ci_low": low, "ci_high": high})
+    return rows

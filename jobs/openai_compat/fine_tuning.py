@@ -1,0 +1,255 @@
+"""OpenAI's fine-tuning jobs API over the training services: create (OpenAI hyperparameters and the
+`lora` extra onto a TrainConfig), list, retrieve, cancel / pause / resume, events and checkpoints."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from rest_framework.response import Response
+
+from jobs.base_models.models import BaseModel
+from jobs.base_models.selectors import base_model_list
+from jobs.common.errors import OpenAIError
+from jobs.common.ids import file_id, ftjob_id
+from jobs.openai_compat.base import (PAGE_PARAMS, OpenAIView, known_fields, openai_schema, owned_dataset, owned_job, page,
+                                page_params, unix_time)
+from jobs.training import selectors, services
+from jobs.training.selectors import job_api_model as fine_tuned_model
+from jobs.training.selectors import job_list
+from jobs.training.models import FineTuneJob, JobStatus
+from worker.config import ConfigError, TrainConfig
+
+DEFAULT_LR = TrainConfig().learning_rate
+LORA_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "use_rslora", "use_dora",
+               "bias", "init_lora_weights", "modules_to_save", "devices", "sharding", "precision", "liger")
+
+
+def _hyperparameters(config: dict) -> dict[str, Any]:
+    return {"n_epochs": config.get("epochs"), "batch_size": config.get("batch_size"),
+            "learning_rate_multiplier": round(config.get("learning_rate", DEFAULT_LR) / DEFAULT_LR, 6)}
+
+
+def _method_object(config: dict, hyper: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `method`: supervised, or dpo with beta (and orpo, this product's extension, the same way)."""
+    kind = config.get("method", "supervised")
+    if kind == "supervised":
+        return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+    return {"type": kind, kind: {"hyperparameters": {**hyper, "beta": config.get("beta")}}}
+
+
+def job_object(job: FineTuneJob) -> dict[str, Any]:
+    config = job.config or {}
+    hyper = _hyperparameters(config)
+    validation = job.validation or {}
+    return {
+        "id": ftjob_id(job.id), "object": "fine_tuning.job", "model": job.base_model.name,
+        "created_at": unix_time(job.created), "finished_at": unix_time(job.finished),
+        "fine_tuned_model": fine_tuned_model(job), "organization_id": f"user-{job.owner_id}",
+        "result_files": [], "status": job.status,
+        "validation_file": file_id(validation["dataset"]) if validation.get("kind") == "dataset" else None,
+        "training_file": file_id(job.dataset_id) if job.dataset_id else None,
+        "hyperparameters": hyper,
+        "method": _method_object(config, hyper),
+        "trained_tokens": None,
+        "error": ({"code": "training_failed", "message": job.error, "param": None}
+                  if job.status == JobStatus.FAILED else None),
+        "seed": config.get("seed"), "estimated_finish": None, "integrations": [], "metadata": None,
+        "suffix": job.name or None, "user_provided_suffix": job.name or None,
+        "lora": {k: config.get(k) for k in LORA_FIELDS},
+    }
+
+
+def resolve_model(owner, name: str) -> tuple[BaseModel, FineTuneJob | None]:
+    """A base model name or one of the owner's `ft:` ids -> (base model, job or None)."""
+    if not isinstance(name, str) or not name:
+        raise OpenAIError("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    if name.startswith("ft:"):
+        short = name.rsplit(":", 1)[-1]
+        if re.fullmatch(r"[0-9a-f]{8}", short):
+            for job in job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(
+                    id__startswith=short).select_related("owner", "adapter"):
+                if fine_tuned_model(job) == name and hasattr(job, "adapter"):
+                    return job.base_model, job
+    else:
+        base = base_model_list(owner=owner).filter(name=name).first()
+        if base is not None:
+            return base, None
+    raise OpenAIError(f"The model '{name}' does not exist or you do not have access to it.", param="model",
+                   code="model_not_found", status=404)
+
+
+JOB_FIELDS = {"model": "a string", "training_file": "a string", "validation_file": "a string", "suffix": "a string",
+              "seed": "an integer", "hyperparameters": "an object", "method": "an object", "lora": "an object",
+              "integrations": "an array", "metadata": "an object"}
+HYPER_FIELDS = {"n_epochs", "batch_size", "learning_rate_multiplier"}
+METHOD_TYPES = ("supervised", "dpo", "orpo")  # orpo: this product's extension, shaped like dpo
+
+
+def _hyper_to_config(hyper: Any, param: str, allowed: set[str] = HYPER_FIELDS) -> dict[str, Any]:
+    if hyper is None:
+        return {}
+    if not isinstance(hyper, dict):
+        raise OpenAIError(f"{param} must be an object", param=param)
+    unknown = set(hyper) - allowed
+    if unknown:
+        raise OpenAIError(f"Unknown parameter: '{param}.{sorted(unknown)[0]}'", param=f"{param}.{sorted(unknown)[0]}",
+                       code="unknown_parameter")
+    out: dict[str, Any] = {}
+    names = {"n_epochs": "epochs", "batch_size": "batch_size", "beta": "beta"}
+    for key, value in hyper.items():
+        if value == "auto" or value is None:
+            continue
+        if key == "learning_rate_multiplier":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise OpenAIError(f"{param}.learning_rate_multiplier must be a positive number or 'auto'",
+                               param=f"{param}.learning_rate_multiplier")
+            out["learning_rate"] = float(value) * DEFAULT_LR
+        else:
+            out[names[key]] = value
+    return out
+
+
+def job_config_from_request(body: dict) -> TrainConfig:
+    """Map OpenAI hyperparameters (either form) and the `lora` extra onto a validated TrainConfig."""
+    values = _hyper_to_config(body.get("hyperparameters"), "hyperparameters")
+    method = body.get("method")
+    if method is not None:
+        if not isinstance(method, dict):
+            raise OpenAIError("method must be an object", param="method")
+        kind = method.get("type", "supervised")
+        if kind not in METHOD_TYPES:
+            raise OpenAIError(f"method.type must be one of {', '.join(METHOD_TYPES)}, got {kind!r}",
+                              param="method.type")
+        options = method.get(kind) or {}
+        if not isinstance(options, dict):
+            raise OpenAIError(f"method.{kind} must be an object", param=f"method.{kind}")
+        allowed = HYPER_FIELDS | ({"beta"} if kind != "supervised" else set())
+        values.update(_hyper_to_config(options.get("hyperparameters"), f"method.{kind}.hyperparameters", allowed))
+        values["method"] = kind
+    lora = body.get("lora") or {}
+    if not isinstance(lora, dict):
+        raise OpenAIError("lora must be an object", param="lora")
+    unknown = set(lora) - set(LORA_FIELDS)
+    if unknown:
+        raise OpenAIError(f"Unknown parameter: 'lora.{sorted(unknown)[0]}'; allowed: {', '.join(LORA_FIELDS)}",
+                       param=f"lora.{sorted(unknown)[0]}", code="unknown_parameter")
+    values.update(lora)
+    if body.get("seed") is not None:
+        values["seed"] = body["seed"]
+    try:
+        return TrainConfig.from_dict(values)
+    except ConfigError as exc:
+        kind = values.get("method", "dpo")
+        param = {"epochs": "hyperparameters.n_epochs", "learning_rate": "hyperparameters.learning_rate_multiplier",
+                 "batch_size": "hyperparameters.batch_size", "seed": "seed", "method": "method.type",
+                 "beta": f"method.{kind}.hyperparameters.beta"}.get(exc.field, f"lora.{exc.field}")
+        raise OpenAIError(f"{param}: {exc.message}", param=param) from None
+    except TypeError as exc:
+        raise OpenAIError(str(exc), param="lora") from None
+
+
+class JobListApi(OpenAIView):
+    @openai_schema("listPaginatedFineTuningJobs", errors=(400, 404), parameters=PAGE_PARAMS)
+    def get(self, request):
+        after, limit = page_params(request)
+        jobs = [job_object(j) for j in selectors.job_list(owner=request.user).select_related("owner")]
+        return Response(page(jobs, after, limit))
+
+    @openai_schema("createFineTuningJob", errors=(400, 404), request=OpenApiTypes.OBJECT)
+    def post(self, request):
+        body = known_fields(request.data, JOB_FIELDS)
+        for required in ("model", "training_file"):
+            if not body.get(required):
+                raise OpenAIError(f"Missing required parameter: '{required}'.", param=required,
+                               code="missing_required_parameter")
+        # A fine-tuned `ft:` model: the new job starts from that job's adapter (for DPO, its reference too).
+        base, start = resolve_model(request.user, body["model"])
+        dataset = owned_dataset(request.user, body["training_file"], "training_file")
+        validation: dict[str, Any] = {"kind": "none"}
+        if body.get("validation_file"):
+            validation = {"kind": "dataset",
+                          "dataset": owned_dataset(request.user, body["validation_file"], "validation_file")}
+        suffix = body.get("suffix") or ""
+        if not isinstance(suffix, str) or len(suffix) > 64:
+            raise OpenAIError("suffix must be a string of at most 64 characters", param="suffix")
+        config = job_config_from_request(body)
+        if start is not None:
+            config = dataclasses.replace(config, start_from=str(start.id))
+        try:
+            config = services.job_start_config(owner=request.user, base_model=base, config=config)
+            services.job_validate_config(base_model=base, config=config)
+            est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
+            job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
+                                      name=suffix, validation=validation, memory_mb=est.memory_mb, default_name=False)
+        except ConfigError as exc:
+            param = {"validation_dataset": "validation_file", "dataset": "training_file",
+                     "config": "hyperparameters", "method": "method.type"}.get(
+                exc.field, f"lora.{exc.field}")
+            raise OpenAIError(f"{param}: {exc.message}", param=param) from None
+        return Response(job_object(job))  # as created: a worker may already have claimed it since
+
+
+class JobDetailApi(OpenAIView):
+    @openai_schema("retrieveFineTuningJob", errors=(404,))
+    def get(self, request, job_id):
+        return Response(job_object(owned_job(request.user, job_id)))
+
+
+def _job_action_view(service, operation_id: str) -> type[OpenAIView]:
+    """POST: one state change of a job through `service`; answers the job as it is afterwards."""
+
+    class JobActionApi(OpenAIView):
+        @openai_schema(operation_id, errors=(400, 404))
+        def post(self, request, job_id):
+            service(job=owned_job(request.user, job_id), by=request.user)
+            return Response(job_object(owned_job(request.user, job_id)))
+
+    JobActionApi.__name__ = JobActionApi.__qualname__ = f"{operation_id[0].upper()}{operation_id[1:]}Api"
+    return JobActionApi
+
+
+JobCancelApi = _job_action_view(services.job_cancel, "cancelFineTuningJob")
+JobPauseApi = _job_action_view(services.job_pause, "pauseFineTuningJob")
+JobResumeApi = _job_action_view(services.job_resume, "resumeFineTuningJob")
+
+
+def _event_level(kind: str) -> str:
+    return "error" if kind in ("error", "failed") else "warn" if kind in ("warning", "warn") else "info"
+
+
+def job_event_list(job: FineTuneJob) -> list[dict[str, Any]]:
+    """Messages and one metrics event per step, newest first (as OpenAI lists them)."""
+    items = [{"id": f"ftevent-m{e.id}", "object": "fine_tuning.job.event", "created_at": unix_time(e.created),
+              "level": _event_level(e.kind), "message": e.message, "data": {"kind": e.kind}, "type": "message",
+              "_order": (e.created, 1, e.id)}
+             for e in selectors.job_events(job=job)]
+    for p in selectors.metric_points(job=job):
+        data = {"step": p.step, "total_steps": p.extra.get("total_steps", job.total_steps)}
+        if p.train_loss is not None:
+            data["train_loss"] = p.train_loss
+        if p.eval_loss is not None:
+            data["valid_loss"] = p.eval_loss
+        items.append({"id": f"ftevent-s{p.step}", "object": "fine_tuning.job.event", "created_at": unix_time(p.created),
+                      "level": "info", "message": f"Step {p.step}/{data['total_steps']}: training loss="
+                      f"{p.train_loss if p.train_loss is not None else 'n/a'}", "data": data, "type": "metrics",
+                      "_order": (p.created, 0, p.step)})
+    items.sort(key=lambda item: item.pop("_order"), reverse=True)
+    return items
+
+
+class JobEventsApi(OpenAIView):
+    @openai_schema("listFineTuningEvents", errors=(400, 404), parameters=PAGE_PARAMS)
+    def get(self, request, job_id):
+        after, limit = page_params(request)
+        return Response(page(job_event_list(owned_job(request.user, job_id)), after, limit))
+
+
+class JobCheckpointsApi(OpenAIView):
+    @openai_schema("listFineTuningJobCheckpoints", errors=(400, 404), parameters=PAGE_PARAMS)
+    def get(self, request, job_id):
+        owned_job(request.user, job_id)
+        page_params(request, 10)
+        # Intermediate checkpoints are removed once a job ends; only the final adapter is kept.
+        return Response({"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False})

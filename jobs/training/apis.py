@@ -1,0 +1,323 @@
+"""REST API for jobs: create, list, watch, act on, download and estimate; thin DRF views with nested
+input/output serializers over the training services."""
+from __future__ import annotations
+
+from django.http import Http404
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs.base_models.selectors import base_model_find
+from jobs.common.rest import CURSOR_PARAMS, ZIP_FILE, CursorPage, NewestFirstPagination, StrictInput
+from jobs.common.schema import error_responses
+from jobs.training import selectors, services
+from jobs.training.models import JobStatus
+from jobs.training.downloads import adapter_download, merged_download
+from jobs.training.workers import live_capacities
+from jobs.datasets.selectors import dataset_find
+from worker.config import ConfigError, TrainConfig
+
+
+class JobOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    status = serializers.CharField()
+    dataset = serializers.UUIDField(source="dataset_id", allow_null=True)
+    dataset_name = serializers.CharField()
+    validation = serializers.JSONField()
+    base_model = serializers.UUIDField(source="base_model_id")
+    config = serializers.JSONField()
+    step = serializers.IntegerField()
+    total_steps = serializers.IntegerField()
+    final_loss = serializers.FloatField(allow_null=True)
+    precision = serializers.CharField(help_text="the dtype the frozen base trained in (fp32, bf16, fp16), as the "
+                                                "train worker resolved config.precision; empty before a run starts")
+    error = serializers.CharField()
+    error_code = serializers.CharField(help_text="empty, or what kind of failure: out_of_memory, training_error, "
+                                                 "config_error, dataset_error, worker_lost, internal_error")
+    attempts = serializers.IntegerField()
+    created = serializers.DateTimeField()
+    finished = serializers.DateTimeField(allow_null=True)
+    waiting_for = serializers.SerializerMethodField(
+        help_text="for a queued job that fits no live train worker: what it waits for, e.g. "
+                  "'waiting for a worker with >= 20 GB'; else empty")
+
+    def get_waiting_for(self, job) -> str:
+        if job.status != JobStatus.QUEUED or not job.memory_mb:
+            return ""
+        root = self.root  # one read of the live workers for a whole page
+        if not hasattr(root, "_fleet"):
+            root._fleet = live_capacities()
+        return selectors.job_waiting_for(job=job, fleet=root._fleet)
+
+
+class MetricEventOutput(serializers.Serializer):
+    """One training step's metrics; extra engine metrics may appear as further keys."""
+
+    step = serializers.IntegerField()
+    epoch = serializers.FloatField()
+    loss = serializers.FloatField(allow_null=True)
+    eval_loss = serializers.FloatField(allow_null=True)
+    lr = serializers.FloatField(allow_null=True)
+    tokens_per_s = serializers.FloatField(allow_null=True)
+
+
+class JobPage(CursorPage):
+    results = JobOutput(many=True)
+
+
+def _job_inputs(request, serializer_class):
+    """A job (or estimate) request's validated values, its dataset (the owner's), base model and config;
+    a 400 naming the field for anything unknown or invalid."""
+    data = serializer_class(data=request.data)
+    data.is_valid(raise_exception=True)
+    values = data.validated_data
+    dataset = dataset_find(owner=request.user, dataset_id=values["dataset"])
+    if dataset is None:
+        raise ConfigError("dataset", "no such dataset")
+    base = base_model_find(values["base_model"], owner=request.user)
+    if base is None:
+        raise ConfigError("base_model", "no such base model")
+    config = services.job_start_config(owner=request.user, base_model=base,
+                                       config=TrainConfig.from_dict(values["config"]))
+    return values, dataset, base, config
+
+
+class JobListApi(APIView):
+    @extend_schema_serializer(component_name="JobCreate")
+    class InputSerializer(StrictInput):
+        name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        dataset = serializers.UUIDField()
+        base_model = serializers.UUIDField()
+        config = serializers.DictField(required=False, default=dict)
+        validation = serializers.ChoiceField(choices=["none", "split", "dataset"], required=False, default="split")
+        validation_percent = serializers.FloatField(required=False, default=10, min_value=0.1, max_value=90)
+        validation_seed = serializers.IntegerField(required=False, default=42, min_value=0)
+        validation_dataset = serializers.UUIDField(required=False)
+
+    @extend_schema(parameters=[OpenApiParameter("status", enum=JobStatus.values, required=False,
+                                                description="only jobs in this status"), *CURSOR_PARAMS],
+                   responses={200: JobPage, **error_responses(400)}, operation_id="api_v1_jobs_list")
+    def get(self, request):
+        wanted = request.query_params.get("status")
+        if wanted and wanted not in JobStatus.values:
+            raise ConfigError("status", f"must be one of {', '.join(JobStatus.values)}")
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(selectors.job_list(owner=request.user, status=wanted), request, view=self)
+        return paginator.get_paginated_response(JobOutput(page, many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: JobOutput, **error_responses(400)})
+    def post(self, request):
+        v, dataset, base, config = _job_inputs(request, self.InputSerializer)
+        validation: dict = {"kind": v["validation"], "percent": v["validation_percent"], "seed": v["validation_seed"]}
+        if v["validation"] == "dataset":
+            other = dataset_find(owner=request.user, dataset_id=v.get("validation_dataset"))
+            if other is None:
+                raise ConfigError("validation_dataset", "no such dataset")
+            validation["dataset"] = other
+        services.job_validate_config(base_model=base, config=config)
+        est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
+        job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
+                                  name=v.get("name", ""), validation=validation, memory_mb=est.memory_mb)
+        return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses={200: JobOutput, **error_responses(404)})
+    def get(self, request, job_id):
+        return Response(JobOutput(selectors.job_get(owner=request.user, job_id=job_id)).data)
+
+    @extend_schema(responses={204: None, **error_responses(404, 409)})
+    def delete(self, request, job_id):
+        """Delete an ended (or paused) job with its adapter, checkpoints, exports, chats and votes."""
+        services.job_delete(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class JobActionApi(APIView):
+    """POST with no body: one state change of a job (the subclass names the service)."""
+
+    @extend_schema(request=None, responses={200: JobOutput, **error_responses(404, 409)})
+    def post(self, request, job_id):
+        job = self.service(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user)
+        return Response(JobOutput(job).data)
+
+
+class JobCancelApi(JobActionApi):
+    service = staticmethod(services.job_cancel)
+
+
+class JobPauseApi(JobActionApi):
+    service = staticmethod(services.job_pause)
+
+
+class JobResumeApi(JobActionApi):
+    service = staticmethod(services.job_resume)
+
+
+class JobRetryApi(APIView):
+    """A new job from a failed or cancelled one; optional `config` overrides (e.g. the OOM advice)."""
+
+    @extend_schema_serializer(component_name="JobRetry")
+    class InputSerializer(StrictInput):
+        config = serializers.DictField(required=False)
+
+    @extend_schema(request=InputSerializer, responses={201: JobOutput, **error_responses(400, 404, 409)})
+    def post(self, request, job_id):
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        overrides = data.validated_data.get("config")
+        config = TrainConfig.from_dict({**job.config, **overrides}) if overrides else None
+        new = services.job_retry(job=job, by=request.user, config=config)
+        return Response(JobOutput(new).data, status=status.HTTP_201_CREATED)
+
+
+class JobMetricsApi(APIView):
+    @extend_schema(parameters=[OpenApiParameter("after", int, required=False,
+                                                description="only steps after this one (default 0)")],
+                   responses={200: MetricEventOutput(many=True), **error_responses(400, 404)})
+    def get(self, request, job_id):
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        try:
+            after = int(request.query_params.get("after", 0))
+        except ValueError:
+            raise ConfigError("after", "must be an integer step") from None
+        return Response([p.as_event() for p in selectors.metric_points(job=job, after_step=after)])
+
+
+class JobAdapterApi(APIView):
+    @extend_schema(responses={**ZIP_FILE, **error_responses(404)})
+    def get(self, request, job_id):
+        return adapter_download(selectors.job_get(owner=request.user, job_id=job_id))
+
+
+class AdapterOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    job = serializers.UUIDField(source="job_id")
+    job_name = serializers.CharField(source="job.name")
+    base_model = serializers.CharField(source="job.base_model.name")
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    created = serializers.DateTimeField()
+    download = serializers.SerializerMethodField()
+
+    def get_download(self, adapter) -> str:
+        return f"/api/v1/jobs/{adapter.job_id}/adapter/"
+
+
+class AdapterListApi(APIView):
+    @extend_schema(responses={200: AdapterOutput(many=True)})
+    def get(self, request):
+        return Response(AdapterOutput(selectors.adapter_list(owner=request.user), many=True).data)
+
+
+class JobMergedApi(APIView):
+    """POST: start the merged-model export (202 pending, 200 ready). GET: the zip once ready."""
+
+    class StatusSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=["pending", "ready"])
+        download = serializers.CharField(allow_null=True)
+
+    def _status(self, job, state):
+        return {"status": state, "download": f"/api/v1/jobs/{job.id}/merged/" if state == "ready" else None}
+
+    @extend_schema(request=None, responses={200: StatusSerializer, 202: StatusSerializer, **error_responses(404, 409)})
+    def post(self, request, job_id):
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        state = services.adapter_merge_request(job=job, by=request.user)
+        return Response(self._status(job, state), status=200 if state == "ready" else 202)
+
+    @extend_schema(responses={**ZIP_FILE, **error_responses(404)})
+    def get(self, request, job_id):
+        return merged_download(selectors.job_get(owner=request.user, job_id=job_id))
+
+    @extend_schema(responses={204: None, **error_responses(404, 409)})
+    def delete(self, request, job_id):
+        """Delete the merged model to free storage (it can be exported again from the adapter)."""
+        if not services.merged_export_delete(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user):
+            raise Http404("no merged model to delete")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class EstimateOutput(serializers.Serializer):
+    trainable_params = serializers.IntegerField()
+    total_params = serializers.IntegerField()
+    trainable_percent = serializers.FloatField()
+    adapter_mb = serializers.FloatField()
+    memory_mb = serializers.FloatField()
+    breakdown = serializers.DictField(child=serializers.FloatField())
+    steps = serializers.IntegerField()
+    seconds = serializers.FloatField(allow_null=True)
+    fits = serializers.BooleanField()
+    advice = serializers.ListField(child=serializers.CharField())
+    targets = serializers.ListField(child=serializers.CharField())
+    memory_limit_mb = serializers.FloatField(allow_null=True)
+    lengths_known = serializers.BooleanField(help_text="false while the dataset's tokens are still being counted "
+                                                       "(lengths guessed from characters)")
+    advice_changes = serializers.ListField(
+        child=serializers.DictField(), help_text="the advice again, each as {text, changes}: the config fields "
+                                                 "and values that apply it")
+    warnings = serializers.ListField(child=serializers.CharField(),
+                                     help_text="e.g. how many examples max_seq_length cuts")
+    seconds_source = serializers.ChoiceField(choices=["measured", "calibrated"], allow_null=True,
+                                             help_text="measured: this model's finished jobs; calibrated: this "
+                                                       "machine's measured speed; null: unknown")
+
+
+class EstimateApi(APIView):
+    """Pre-flight estimate of a job (same body as creating one), without creating it."""
+
+    @extend_schema_serializer(component_name="EstimateRequest")
+    class InputSerializer(StrictInput):
+        dataset = serializers.UUIDField()
+        base_model = serializers.UUIDField()
+        config = serializers.DictField(required=False, default=dict)
+
+    @extend_schema(request=InputSerializer, responses={200: EstimateOutput, **error_responses(400)})
+    def post(self, request):
+        _, dataset, base, config = _job_inputs(request, self.InputSerializer)
+        services.job_validate_config(base_model=base, config=config)
+        est = services.job_estimate(owner=request.user, dataset=dataset, base_model=base, config=config)
+        return Response(EstimateOutput(est).data)
+
+
+class WorkerJobOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+
+
+class WorkerOutput(serializers.Serializer):
+    name = serializers.CharField(help_text="the Celery worker's name")
+    host = serializers.CharField()
+    device = serializers.ChoiceField(choices=["cpu", "cuda"])
+    count = serializers.IntegerField(help_text="devices")
+    memory_mb = serializers.FloatField(help_text="memory of each device")
+    queues = serializers.ListField(child=serializers.CharField(), help_text="the memory-class queues it consumes")
+    busy = serializers.BooleanField(help_text="whether it is training a job now")
+    job = WorkerJobOutput(allow_null=True, help_text="the job it trains, only when it is yours")
+    started = serializers.FloatField(allow_null=True, help_text="Unix time it started")
+    seen = serializers.FloatField(allow_null=True, help_text="Unix time of its last announcement")
+
+
+class QueueOutput(serializers.Serializer):
+    name = serializers.CharField()
+    max_memory_gb = serializers.FloatField(allow_null=True, help_text="the most its jobs need; null: above every class")
+    messages = serializers.IntegerField(help_text="messages waiting in the broker (-1: unknown)")
+    queued_jobs = serializers.IntegerField(help_text="queued jobs of this class, all users")
+    workers = serializers.IntegerField(help_text="live workers that consume it")
+
+
+class WorkersApi(APIView):
+    """The live train workers, with their devices, memory and current job, and the queue depths."""
+
+    class OutputSerializer(serializers.Serializer):
+        workers = WorkerOutput(many=True)
+        queues = QueueOutput(many=True)
+        no_fit = serializers.ChoiceField(choices=["wait", "refuse"],
+                                         help_text="ROUTING_NO_FIT: what happens to a job no live worker fits")
+
+    @extend_schema(responses={200: OutputSerializer}, operation_id="api_v1_workers_list")
+    def get(self, request):
+        return Response(self.OutputSerializer(selectors.worker_list(viewer=request.user)).data)

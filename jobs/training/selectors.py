@@ -1,0 +1,131 @@
+"""Reads of jobs. Every selector of user data takes the owner, so a forgotten filter is hard to write."""
+from __future__ import annotations
+
+import re
+
+from collections import Counter
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.db.models import Count, Max, Min, Sum
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+
+from jobs.base_models.models import BaseModel
+from jobs.common.ids import is_uuid
+from jobs.training.models import Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
+from jobs.training.routing import Capacity, class_queues, job_devices, queue_for_need, waiting_for
+from jobs.training import workers as train_workers
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+
+
+def job_list(*, owner, status: str | None = None) -> QuerySet[FineTuneJob]:
+    qs = FineTuneJob.objects.filter(owner=owner).select_related("dataset", "base_model")
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def job_get(*, owner, job_id) -> FineTuneJob:
+    """The owner's job, or Http404 (another user's job does not exist for you)."""
+    return get_object_or_404(job_list(owner=owner), id=job_id)
+
+
+def job_find(*, owner, job_id) -> FineTuneJob | None:
+    """The owner's job, or None (also for a value that is not an id)."""
+    return job_list(owner=owner).filter(id=job_id).first() if is_uuid(job_id) else None
+
+
+def job_events(*, job: FineTuneJob) -> QuerySet[JobEvent]:
+    return JobEvent.objects.filter(job=job)
+
+
+def metric_points(*, job: FineTuneJob, after_step: int = 0) -> QuerySet[MetricPoint]:
+    return MetricPoint.objects.filter(job=job, step__gt=after_step).order_by("step")
+
+
+def measured_tokens_per_s(*, owner, base_model: BaseModel, qlora: bool, limit: int = 50) -> float | None:
+    """The median training speed the owner's finished jobs on this base reached, or None."""
+    measured = sorted(MetricPoint.objects.filter(
+        job__owner=owner, job__base_model=base_model, job__status=JobStatus.SUCCEEDED, job__config__qlora=qlora,
+        tokens_per_s__isnull=False).order_by("-id").values_list("tokens_per_s", flat=True)[:limit])
+    return measured[len(measured) // 2] if measured else None
+
+
+def measured_overhead_seconds(*, owner, base_model: BaseModel, limit: int = 20) -> float | None:
+    """The median time the owner's finished jobs on this base spent outside their steps (loading, tokenizing,
+    saving, the end-of-job evaluation): the run's time less the span of its steps. None before any such job."""
+    jobs = (job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(base_model=base_model, run_seconds__gt=0)
+            .annotate(first=Min("metrics__created"), last=Max("metrics__created"), n=Count("metrics"))
+            .filter(n__gte=2).order_by("-finished")[:limit])
+    gaps = [max(0.0, job.run_seconds - (job.last - job.first).total_seconds() * job.n / (job.n - 1)) for job in jobs]
+    return sorted(gaps)[len(gaps) // 2] if gaps else None
+
+
+def compute_seconds_today(*, owner) -> float:
+    """Training time of the owner's jobs that ran today (UTC), the running ones up to now."""
+    now = timezone.now()
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    ran = FineTuneJob.objects.filter(owner=owner, run_started__gte=day_start)
+    done = ran.exclude(status=JobStatus.RUNNING).aggregate(total=Sum("run_seconds"))["total"] or 0.0
+    live = sum(job.run_seconds + (now - job.run_started).total_seconds()
+               for job in ran.filter(status=JobStatus.RUNNING).only("run_seconds", "run_started"))
+    return done + live
+
+
+def active_job_count(*, owner) -> int:
+    """Jobs that hold a place: queued, running or paused."""
+    return FineTuneJob.objects.filter(owner=owner, status__in=ACTIVE_STATUSES).count()
+
+
+def adapter_list(*, owner) -> QuerySet[Adapter]:
+    return Adapter.objects.filter(job__owner=owner).select_related("job__base_model").order_by("-created")
+
+
+def jobs_with_adapter(*, owner, base_model: BaseModel) -> QuerySet[FineTuneJob]:
+    """The owner's succeeded jobs on `base_model` that have an adapter."""
+    return job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(base_model=base_model, adapter__isnull=False)
+
+
+def job_waiting_for(*, job: FineTuneJob, fleet: list[tuple[str, Capacity]] | None = None) -> str:
+    """For a queued job that fits no live train worker, what it waits for ("waiting for a worker with >= 20 GB");
+    else "". `fleet` defaults to the live workers (jobs.training.workers)."""
+    if job.status != JobStatus.QUEUED or not job.memory_mb:
+        return ""
+    fleet = train_workers.live_capacities() if fleet is None else fleet
+    return waiting_for(need_mb=job.memory_mb, devices=job_devices(job.config),
+                       capacities=[capacity for _, capacity in fleet])
+
+
+def worker_list(*, viewer) -> dict:
+    """The live train workers (name, devices, memory, queues, whether busy; the job itself only when it is
+    the viewer's) and the depth of each memory-class queue: messages waiting and queued jobs."""
+    announced = train_workers.live_workers()
+    running = {w["job"] for w in announced if w.get("job")}
+    mine = {str(j.id): j for j in job_list(owner=viewer).filter(id__in=[i for i in running if is_uuid(i)])}
+    workers = []
+    for w in announced:
+        job = mine.get(w.get("job") or "")
+        workers.append({"name": w["name"], "host": w.get("host", ""), "device": w["device"], "count": w["count"],
+                        "memory_mb": w["memory_mb"], "queues": w.get("queues", []), "busy": bool(w.get("job")),
+                        "job": {"id": str(job.id), "name": job.name or job.short_id} if job else None,
+                        "started": w.get("started"), "seen": w.get("seen")})
+    needs = FineTuneJob.objects.filter(status=JobStatus.QUEUED).values_list("memory_mb", flat=True)
+    queued = Counter(queue_for_need(need) for need in needs)
+    depths = train_workers.queue_depths()
+    queues = [{"name": name, "max_memory_gb": size, "messages": depths[name], "queued_jobs": queued[name],
+               "workers": sum(name in w["queues"] for w in workers)} for name, size in class_queues()]
+    return {"workers": workers, "queues": queues, "no_fit": settings.ROUTING_NO_FIT}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40]
+
+
+def job_api_model(job: FineTuneJob) -> str | None:
+    """The model id that chats with the job's adapter over the OpenAI-compatible API,
+    `ft:<base>:<name or user>:<job short id>`, once the job has succeeded."""
+    if job.status != JobStatus.SUCCEEDED:
+        return None
+    return f"ft:{job.base_model.name}:{_slug(job.name) or _slug(job.owner.username) or 'user'}:{job.short_id}"

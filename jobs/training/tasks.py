@@ -1,0 +1,358 @@
+"""Celery tasks of the train queue (and the merged export and its sweep on the background queue). They take ids,
+re-read rows, and claim work with filter(...).update(...) == 1."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import threading
+
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutting_down
+from django.conf import settings
+
+from jobs.common import blobs, queue
+from jobs.training import services
+from jobs.training.claims import Claim, expired_running_jobs, record_crash
+from jobs.training import workers
+from jobs.training.dispatch import dispatch_job, hand_on, is_dispatched, mark_claimed
+from jobs.training.files import (MERGE_MAX_ATTEMPTS, RESUME_FOLDERS, job_files, job_output_dir, merge_marker_age,
+                            merge_marker_remove, merge_marker_touch, merge_state_read, merge_state_write,
+                            merged_status, merged_zip_name, merged_zip_path, stale_merge_job_ids)
+from jobs.training.live import publish_status
+from jobs.training.models import FineTuneJob, JobStatus
+from jobs.training.reporting import DbReporter
+from worker.config import ConfigError, TrainConfig, TrainSpec
+from worker.data.problems import DatasetError
+from worker.distributed import run_training
+from worker.engine import TrainingError
+from worker.export import merge_adapter, zip_folder
+from worker.reporting import WorkLost
+from worker.warm import WarmBases
+
+log = logging.getLogger(__name__)
+_shutting_down = threading.Event()  # set by a warm shutdown of this worker process
+_one_merge_at_a_time = threading.Lock()
+_warm_bases: WarmBases | None = None
+
+
+def warm_bases() -> WarmBases | None:
+    """The base models this train worker keeps loaded between jobs (TRAIN_WARM_MODELS_MB; 0: none)."""
+    global _warm_bases
+    if settings.TRAIN_WARM_MODELS_MB <= 0:
+        return None
+    if _warm_bases is None or _warm_bases.budget_bytes != settings.TRAIN_WARM_MODELS_MB * 2 ** 20:
+        _warm_bases = WarmBases(settings.TRAIN_WARM_MODELS_MB)
+    return _warm_bases
+
+
+def build_train_spec(job: FineTuneJob) -> TrainSpec:
+    # On a machine that has not seen the job (or after a crash elsewhere), the store brings its data
+    # snapshot and the checkpoints it resumes from; the engine's checkpoints go back through DbReporter.
+    for name in RESUME_FOLDERS:
+        blobs.fetch(job_files(job, name))
+    data = job_output_dir(job) / "data"
+    eval_file = data / "eval.jsonl"
+    config = TrainConfig.from_dict(job.config)
+    start_dir = None
+    if config.start_from:  # DPO on top of job X: X's adapter, from the store when this machine lacks it
+        start = FineTuneJob.objects.filter(id=config.start_from, owner_id=job.owner_id).first()
+        if start is None or not start.has_adapter:
+            raise ConfigError("start_from", "the job this one starts from, or its adapter, has been deleted")
+        start_dir = str(blobs.fetch(start.adapter.folder))
+    return TrainSpec(
+        base_model_path=job.base_model.local_path,
+        dataset_path=str(data / "train.jsonl"),
+        output_dir=str(job_output_dir(job)),
+        config=config,
+        eval_dataset_path=str(eval_file) if eval_file.exists() else None,
+        device=settings.TRAIN_DEVICE,
+        start_adapter_dir=start_dir,
+    )
+
+
+@shared_task(name=queue.TRAIN_JOB, acks_late=True, reject_on_worker_lost=True)
+def job_run(job_id: str) -> str:
+    """Train one job on this worker: claim it, keep the lease alive, fence every write by the claim.
+    Stops cooperatively through the job row's stop_requested flag, or when this worker shuts down."""
+    # Each message is a turn of the train queue: it starts whichever queued job that fits this worker is next
+    # in fairness (jobs.training.routing).
+    capacity = workers.own_capacity()
+    claim = Claim.take_fairest(preferred_job_id=job_id, capacity=capacity)
+    hand_on(job_id, started_job_id=claim and claim.job_id, capacity=capacity)
+    if claim is None:
+        log.info("no job to start for the message of %s (taken, finished, too big for this worker, or its owner "
+                 "is at a limit)", job_id)
+        return "skipped"
+    mark_claimed(claim.job_id)
+    workers.set_current_job(claim.job_id)
+    try:
+        return _run_claimed(job_id, claim)
+    finally:
+        workers.set_current_job(None)
+
+
+def _run_claimed(job_id: str, claim: Claim) -> str:
+    job = FineTuneJob.objects.select_related("base_model", "dataset").get(id=claim.job_id)
+    publish_status(job)
+    if settings.TRAIN_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.TRAIN_THREADS)
+    try:
+        with claim.heartbeat():
+            return _train_claimed(job, claim)
+    except WorkLost:
+        log.warning("job %s: another worker owns it now; this run wrote nothing more", job_id)
+        return "lost"
+
+
+class RunClock:
+    """How long this run (and the job's earlier runs) trained, against JOB_MAX_RUN_SECONDS."""
+
+    def __init__(self, earlier_seconds: float):
+        self.started, self.earlier = time.monotonic(), earlier_seconds
+        self.timed_out = False
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def over_limit(self) -> bool:
+        return self.earlier + self.elapsed() > settings.JOB_MAX_RUN_SECONDS
+
+
+def _should_stop(claim: Claim, clock: RunClock):
+    """The engine's stop check: the user's cancel or pause, the run-time limit, a pause for this
+    worker's shutdown, or WorkLost when the claim is gone."""
+    def should_stop():
+        if claim.lost.is_set():
+            raise WorkLost(f"job {claim.job_id} is no longer claimed by this worker")
+        request = claim.retry(lambda: claim.rows().values_list("stop_requested", flat=True).first())
+        if request is None:
+            claim.check()  # raises WorkLost
+        if not request and clock.over_limit():
+            clock.timed_out = True
+            return "cancel"
+        return request or ("pause" if _shutting_down.is_set() else None)
+
+    return should_stop
+
+
+def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
+    clock = RunClock(job.run_seconds)
+
+    def mark(**fields):
+        run_seconds = job.run_seconds + clock.elapsed()
+        claim.retry(lambda: services.job_mark(job_id=job.id, claim=claim.token, run_seconds=run_seconds, **fields))
+
+    try:
+        # devices > 1: this process supervises N rank processes and rank 0 reports here (worker.distributed)
+        result = run_training(build_train_spec(job), DbReporter(claim), _should_stop(claim, clock),
+                              max_devices=settings.TRAIN_MAX_DEVICES, threads=settings.TRAIN_THREADS,
+                              timeout_s=settings.TRAIN_DIST_TIMEOUT_SECONDS, warm=warm_bases())
+    except TrainingError as exc:
+        mark(status=JobStatus.FAILED, error=str(exc), error_code=exc.code)
+        return "failed"
+    except (ConfigError, DatasetError) as exc:
+        mark(status=JobStatus.FAILED, error=str(exc),
+             error_code="config_error" if isinstance(exc, ConfigError) else "dataset_error")
+        return "failed"
+    except WorkLost:
+        raise
+    except Exception:  # an engine bug must still end the job with a readable reason
+        log.exception("job %s crashed", job.id)
+        mark(status=JobStatus.FAILED, error_code="internal_error",
+             error="training stopped by an internal error; the administrator can find it in the train "
+                   f"worker's log (job {job.id})")
+        return "failed"
+    if result.status == "succeeded":
+        job.refresh_from_db()
+        claim.check()
+        services.adapter_create(job=job, result=result)
+        mark(status=JobStatus.SUCCEEDED, final_loss=result.final_loss, step=result.steps_done,
+             total_steps=result.total_steps, **({"precision": result.precision} if result.precision else {}))
+    elif result.status == "paused" and _shutting_down.is_set():
+        mark(status=JobStatus.QUEUED)
+        services.job_event(job_id=job.id, kind="pause", message=f"paused at step {result.steps_done} because the "
+                           "train worker is shutting down; it resumes from there when a train worker starts")
+        dispatch_job(job.id)
+        return "requeued"
+    elif result.status == "paused":
+        mark(status=JobStatus.PAUSED)
+    elif clock.timed_out:
+        limit = settings.JOB_MAX_RUN_SECONDS
+        mark(status=JobStatus.FAILED, error_code="time_limit",
+             error=f"stopped at step {result.steps_done}: a job may train for {limit:,} s in all "
+                   f"(setting JOB_MAX_RUN_SECONDS); its last checkpoint is kept, retry with fewer steps")
+        return "failed"
+    else:
+        mark(status=JobStatus.CANCELLED)
+    return result.status
+
+
+MIB = 2 ** 20
+
+
+def merge_memory_need(job: FineTuneJob) -> int:
+    """Bytes a merge holds at once: the base's weights unquantized in the dtype the merge loads them
+    at (the base's own, worker.export.merge_adapter), plus the adapter's."""
+    from worker.inference import estimate_adapter_bytes, estimate_base_bytes
+    from worker.modeling import original_dtype
+
+    return (estimate_base_bytes(job.base_model.local_path, original_dtype(job.base_model.local_path))
+            + estimate_adapter_bytes(str(blobs.fetch(job.adapter.folder))))
+
+
+@contextlib.contextmanager
+def _heartbeat(touch, every_s: float):
+    """Call `touch` every `every_s` seconds while the block runs (until it raises FileNotFoundError), so
+    the sweep can tell a live merge from one whose worker died."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(every_s):
+            try:
+                touch()
+            except FileNotFoundError:
+                return
+
+    thread = threading.Thread(target=beat, name="merge-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _merge_give_up(job: FineTuneJob, message: str) -> None:
+    merge_marker_remove(job)
+    services.job_event(job_id=job.id, kind="error", message=message)
+
+
+@shared_task(name=queue.MERGE_ADAPTER, acks_late=True, reject_on_worker_lost=True)
+def adapter_merge(job_id: str) -> str:
+    """Write the merged model (base + B A) as safetensors and zip it for download.
+
+    The `merge.pending` marker counts attempts: one is counted as a merge starts, so a message
+    redelivered after its worker died (killed for memory, say) counts too, and the merge gives up
+    after MERGE_MAX_ATTEMPTS. A merge whose base cannot fit MERGE_MEMORY_BUDGET_MB is refused before
+    loading anything. Either way the job's log says why and the marker goes, so it can be asked again."""
+    job = FineTuneJob.objects.select_related("base_model", "adapter").filter(id=job_id).first()
+    if job is None:
+        return "skipped"
+    state = merge_state_read(job)
+    if merged_status(job) == "ready":
+        merge_marker_remove(job)
+        return "ready"
+    if state is None:  # nothing pending: already given up or refused, or never asked for
+        return "skipped"
+    if state["running"] and merge_marker_age(job) < settings.MERGE_STALE_SECONDS:
+        return "in progress"  # a duplicate message while another worker's merge is alive
+    if state["attempts"] >= MERGE_MAX_ATTEMPTS:
+        _merge_give_up(job, f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
+                            "(the worker stopped each time, perhaps out of memory)")
+        return "failed"
+    out = job_output_dir(job)
+    try:
+        need = merge_memory_need(job)
+        budget = settings.MERGE_MEMORY_BUDGET_MB * MIB
+        if need > budget:
+            _merge_give_up(job, f"merged export refused: it needs about {need / MIB:,.1f} MB (the base's weights "
+                                f"unquantized and the adapter), more than MERGE_MEMORY_BUDGET_MB "
+                                f"({settings.MERGE_MEMORY_BUDGET_MB:,} MB)")
+            return "refused"
+        merge_state_write(job, attempts=state["attempts"] + 1, running=True)
+        # The background worker runs tasks in threads: merges still go one at a time (memory budget).
+        with _one_merge_at_a_time, _heartbeat(lambda: merge_marker_touch(job),
+                                              every_s=max(1.0, min(30.0, settings.MERGE_STALE_SECONDS / 4))):
+            folder = merge_adapter(job.base_model.local_path, blobs.fetch(job.adapter.folder), out / "merged")
+            zip_folder(folder, merged_zip_path(job))
+            blobs.publish(merged_zip_name(job))
+        merge_marker_remove(job)
+        note = "merged model ready" + (" (QLoRA adapter merged into the 16-bit base)" if job.config.get("qlora") else "")
+        services.job_event(job_id=job.id, kind="export", message=note)
+        return "ready"
+    except Exception as exc:
+        log.exception("merge of job %s failed", job_id)
+        _merge_give_up(job, f"merged export failed ({type(exc).__name__}: {exc})")
+        return "failed"
+
+
+@shared_task(name=queue.SWEEP_MERGES, acks_late=True)
+def merge_sweep() -> int:
+    """Queue again the merged exports whose marker went stale (message lost, or worker died mid-merge);
+    returns how many. A lost message counts as an attempt (a merge that died counted its own as it
+    started); past MERGE_MAX_ATTEMPTS the merge gives up. Rewriting the marker stamps it fresh, so a
+    second sweep at once finds nothing to do."""
+    count = 0
+    for job_id in stale_merge_job_ids(settings.MERGE_STALE_SECONDS):
+        job = FineTuneJob.objects.filter(id=job_id).first()
+        if job is None:  # deleting a job deletes its folder: a marker outliving it is being removed now
+            continue
+        state = merge_state_read(job)
+        if state is None:
+            continue
+        if merged_status(job) == "ready":  # done, and the worker stopped before it cleared the marker
+            merge_marker_remove(job)
+            continue
+        attempts = state["attempts"] + (0 if state["running"] else 1)
+        if attempts >= MERGE_MAX_ATTEMPTS:
+            _merge_give_up(job, f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
+                                "(its work was lost each time: the worker stopped or the queue lost it)")
+            continue
+        merge_state_write(job, attempts=attempts, running=False)
+        queue.send(queue.MERGE_ADAPTER, str(job.id))
+        count += 1
+    if count:
+        log.info("re-queued %d stale merged export(s)", count)
+    return count
+
+
+@shared_task(name=queue.SWEEP_JOBS)
+def sweep_jobs() -> dict[str, int]:
+    """Put stranded jobs back on track: a running job whose lease ran out (its worker died) counts a crash
+    and is queued again; a queued job whose message is gone is sent again. Safe to run anywhere, often."""
+    crashed = 0
+    for job_id in expired_running_jobs().values_list("id", flat=True):
+        if record_crash(job_id) is not None:
+            crashed += 1
+            job = FineTuneJob.objects.get(id=job_id)
+            publish_status(job)
+            services.job_event(job_id=job_id, kind="warning", message=f"the train worker stopped at step {job.step}; "
+                               + ("gave up" if job.status == JobStatus.FAILED else "the job is queued again"))
+    resent = 0
+    for job_id in FineTuneJob.objects.filter(status=JobStatus.QUEUED).values_list("id", flat=True):
+        if not is_dispatched(job_id):
+            dispatch_job(job_id)
+            resent += 1
+    if crashed or resent:
+        log.info("sweep: %d crashed job(s) requeued, %d lost message(s) resent", crashed, resent)
+    return {"crashed": crashed, "resent": resent}
+
+
+@worker_ready.connect
+def _on_worker_ready(sender, **kwargs):
+    """When a train worker starts, pick up what a crash or a broker restart left behind at once."""
+    consuming = sender.app.amqp.queues.consume_from or {}
+    if "train" in consuming:
+        sweep_jobs()
+
+
+@worker_shutting_down.connect
+def _on_worker_shutting_down(sender=None, **kwargs):
+    """A warm shutdown (Ctrl-C of `make run`, SIGTERM): the running job pauses at a checkpoint."""
+    _shutting_down.set()
+
+
+@shared_task(name=queue.EXPIRE_FILES)
+def expire_files() -> dict[str, int]:
+    """Delete merged models older than MERGED_EXPORT_DAYS (they can be made again from the adapter)."""
+    cutoff = time.time() - settings.MERGED_EXPORT_DAYS * 86400
+    deleted = 0
+    for job in FineTuneJob.objects.filter(status=JobStatus.SUCCEEDED).only("id", "owner_id"):
+        age = blobs.age(merged_zip_name(job))
+        if age is not None and time.time() - age < cutoff and merged_status(job) == "ready":
+            services.merged_export_delete(job=job, by=job.owner)
+            deleted += 1
+    return {"merged_exports": deleted}

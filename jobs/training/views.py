@@ -1,0 +1,231 @@
+"""Job pages: the list, the form (with its live estimate), a job's page with its live stream,
+several runs side by side, and the job's actions and downloads. Thin: forms validate, services write."""
+from __future__ import annotations
+
+import json
+
+from asgiref.sync import sync_to_async
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from jobs.accounts.auth import request_user
+from jobs.accounts.limits import QuotaExceeded
+from jobs.common import events
+from jobs.common.ids import is_uuid
+from jobs.training import selectors, services
+from jobs.training.downloads import adapter_download, merged_download
+from jobs.training.files import job_evaluation, merged_status
+from jobs.training.forms import JobForm, clone_initial, setting_rows
+from jobs.training.live import job_channel, status_event
+from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
+from jobs.datasets.selectors import dataset_find
+from worker.config import PREFERENCE_METHODS, ConfigError, TrainConfig
+from worker.memory_advice import OUT_OF_MEMORY, oom_suggestion
+
+@login_required
+def job_list(request):
+    status = request.GET.get("status") or None
+    return render(request, "training/job_list.html", {
+        "jobs": selectors.job_list(owner=request.user, status=status), "status": status,
+        "statuses": JobStatus.values})
+
+
+@login_required
+def worker_list(request):
+    """The live train workers and the queue depths; the page's script refreshes them from /api/v1/workers/."""
+    return render(request, "training/workers.html", selectors.worker_list(viewer=request.user))
+
+
+@login_required
+def job_new(request):
+    """The job form; ?dataset=ID picks the dataset, ?from=JOB fills every field from that job ("New job from this")."""
+    initial = {}
+    source = selectors.job_find(owner=request.user, job_id=request.GET.get("from"))
+    if source is not None:
+        initial = clone_initial(source)
+    wanted = dataset_find(owner=request.user, dataset_id=request.GET.get("dataset"))
+    if wanted is not None:
+        initial["dataset"] = wanted
+    form = JobForm(request.POST or None, owner=request.user, initial=initial)
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                job = services.job_create(owner=request.user, dataset=form.cleaned_data["dataset"],
+                                          base_model=form.cleaned_data["base_model"], config=form.config,
+                                          name=form.cleaned_data["name"], validation=form.validation,
+                                          memory_mb=form.estimate.memory_mb)
+            except ConfigError as exc:
+                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            except QuotaExceeded as exc:
+                form.add_error(None, exc.message)
+                return render(request, "training/job_new.html", {"form": form}, status=429)
+            else:
+                return redirect("job-detail", job_id=job.id)
+        return render(request, "training/job_new.html", {"form": form}, status=400)
+    return render(request, "training/job_new.html", {"form": form})
+
+
+@login_required
+def runs_compare(request):
+    """Several jobs' loss curves in one chart, with their settings and final metrics side by side."""
+    ids = [i for i in request.GET.getlist("job") if is_uuid(i)][:8]
+    jobs = list(selectors.job_list(owner=request.user).filter(id__in=ids))
+    curves = {str(j.id): [[p.step, p.train_loss, p.eval_loss] for p in selectors.metric_points(job=j)] for j in jobs}
+    rows = []
+    for name, label, _value in setting_rows({k: None for j in jobs for k in j.config}):
+        values = [j.config.get(name) for j in jobs]
+        rows.append((label, values, len({json.dumps(v, sort_keys=True) for v in values}) > 1))
+    evaluations = [job_evaluation(j) for j in jobs]
+    finals = [{"loss": j.final_loss,
+               "eval_loss": next((p[2] for p in reversed(curves[str(j.id)]) if p[2] is not None), None),
+               "adapter_exact": (e or {}).get("rates", {}).get("adapter", {}).get("exact")}
+              for j, e in zip(jobs, evaluations)]
+    return render(request, "training/runs_compare.html", {
+        "jobs": jobs, "rows": rows, "finals": finals,
+        "series": [{"id": str(j.id), "label": j.name or j.short_id, "points": curves[str(j.id)]} for j in jobs]})
+
+
+def estimate_json(est) -> dict:
+    return {"trainable_params": est.trainable_params, "total_params": est.total_params,
+            "trainable_percent": est.trainable_percent, "adapter_mb": est.adapter_mb, "memory_mb": est.memory_mb,
+            "breakdown": est.breakdown, "steps": est.steps, "seconds": est.seconds, "fits": est.fits,
+            "advice": est.advice, "targets": est.targets, "memory_limit_mb": est.memory_limit_mb,
+            "lengths_known": est.lengths_known, "advice_changes": est.advice_changes, "warnings": est.warnings,
+            "seconds_source": est.seconds_source}
+
+
+@login_required
+@require_POST
+def job_estimate(request):
+    """The job form's pre-flight estimate, from the same form and validation (JSON)."""
+    form = JobForm(request.POST, owner=request.user)
+    valid = form.is_valid()
+    if form.estimate is not None:
+        return JsonResponse({"estimate": estimate_json(form.estimate), "errors": form.errors.get_json_data()},
+                            status=200 if valid else 400)
+    return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
+
+
+@login_required
+def job_detail(request, job_id):
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    succeeded = job.status == JobStatus.SUCCEEDED
+    return render(request, "training/job_detail.html", {
+        "job": job, "config": job.config, "settings": setting_rows(job.config),
+        "events": reversed(job.events.order_by("-id")[:50]), "api_model": selectors.job_api_model(job),
+        "api_base": request.build_absolute_uri("/v1"),
+        "preference": job.config.get("method", "supervised") in PREFERENCE_METHODS,
+        "suggestion": _oom_suggestion(job), "waiting": selectors.job_waiting_for(job=job),
+        "merged": merged_status(job) if succeeded else None,
+        "evaluation": job_evaluation(job) if succeeded else None,
+        "adapter": getattr(job, "adapter", None) if succeeded else None})
+
+
+def _oom_suggestion(job: FineTuneJob) -> dict | None:
+    if job.status != JobStatus.FAILED or job.error_code != OUT_OF_MEMORY:
+        return None
+    return oom_suggestion(TrainConfig.from_dict(job.config)) or None
+
+
+JOB_ACTIONS = {"cancel": (services.job_cancel, "Cancel requested: the job stops before its next step."),
+               "pause": (services.job_pause, "Pause requested: a checkpoint is saved before the next step."),
+               "resume": (services.job_resume, "Queued again: training continues from the last checkpoint."),
+               "retry": (services.job_retry, "Started a new job with the same data and settings.")}
+
+
+@login_required
+@require_POST
+def job_delete(request, job_id):
+    """Delete an ended job and its files (the page asks first)."""
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    try:
+        services.job_delete(job=job, by=request.user)
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+        return redirect("job-detail", job_id=job.id)
+    messages.info(request, f"Deleted the job {job.name or job.short_id} and its files.")
+    return redirect("job-list")
+
+
+@login_required
+@require_POST
+def job_action(request, job_id, action):
+    """Cancel, pause, resume or retry (as it was, or with the suggested lower-memory settings)."""
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    act, note = JOB_ACTIONS[action]
+    kwargs = {}
+    if action == "retry" and request.POST.get("suggested") and _oom_suggestion(job):
+        kwargs["config"] = TrainConfig.from_dict({**job.config, **_oom_suggestion(job)})
+    try:
+        result = act(job=job, by=request.user, **kwargs)
+    except (services.JobStateError, ConfigError, QuotaExceeded) as exc:
+        messages.error(request, str(exc))
+        return redirect("job-detail", job_id=job.id)
+    messages.info(request, note)
+    return redirect("job-detail", job_id=result.id)
+
+
+@login_required
+def job_download(request, job_id):
+    return adapter_download(selectors.job_get(owner=request.user, job_id=job_id))
+
+
+@login_required
+def job_merged(request, job_id):
+    """POST: start the merged export. GET: download it once ready."""
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    if request.method != "POST":
+        return merged_download(job)
+    if request.POST.get("delete"):
+        try:
+            services.merged_export_delete(job=job, by=request.user)
+        except services.JobStateError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.info(request, "Deleted the merged model; the adapter stays.")
+        return redirect("job-detail", job_id=job.id)
+    try:
+        state = services.adapter_merge_request(job=job, by=request.user)
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.info(request, "The merged model is ready." if state == "ready" else
+                      "Merging the adapter into the base model; the download appears here when ready.")
+    return redirect("job-detail", job_id=job.id)
+
+
+async def job_events(request, job_id):
+    """Loss points after Last-Event-ID (or ?after=), then live ones, then the final status
+    (a session or a Bearer API key)."""
+    user = await request_user(request)
+    if user is None:
+        raise Http404("sign in first")
+    job = await sync_to_async(selectors.job_get)(owner=user, job_id=job_id)
+    try:
+        after = int(request.headers.get("Last-Event-ID") or request.GET.get("after") or 0)
+    except ValueError:
+        after = 0
+    sent = {"step": after}
+
+    @sync_to_async
+    def replay():
+        fresh = FineTuneJob.objects.get(id=job.id)
+        items = [("metric", p.as_event(), p.step) for p in selectors.metric_points(job=fresh, after_step=after)]
+        items.append(("status", status_event(fresh), None))
+        return items
+
+    def on_message(kind, data):
+        if kind == "metric":
+            if data["step"] <= sent["step"]:
+                return [], False
+            sent["step"] = data["step"]
+            return [events.sse("metric", data, data["step"])], False
+        if kind == "status":
+            return [events.sse("status", data)], data["status"] in TERMINAL_STATUSES
+        return [events.sse(kind, data)], False
+
+    return events.stream_refused(user) or events.event_stream(
+        events.follow(job_channel(job.id), replay, on_message, user=user))

@@ -1,8 +1,0 @@
-from django.apps import AppConfig
-
-
-class LegacySchemaConfig(AppConfig):
-    """Keeps the label `jobs`, so existing databases' migration records still match."""
-
-    name = "legacy_schema"
-    label = "jobs"

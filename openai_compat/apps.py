@@ -1,7 +1,0 @@
-from django.apps import AppConfig
-
-
-class OpenAICompatConfig(AppConfig):
-    """The OpenAI-compatible API (no models)."""
-
-    name = "openai_compat"

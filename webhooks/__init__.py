@@ -1,3 +1,0 @@
-"""Webhooks: endpoints an owner registers to hear when their jobs end, signed deliveries with
-retries, their page and REST API. Learns of job ends from `training.signals.job_finished`;
-imports `common` and `training` (to describe a job), and nothing imports it but the wiring."""
