@@ -16,6 +16,8 @@ import torch  # noqa: E402
 
 # Under pytest-xdist each worker process keeps to its own Redis databases (gw0: 15, 14, 0; gw1: 13, 12, 1).
 XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+# The real Redis the tests use (another port keeps two test runs on one machine apart).
+TEST_REDIS = os.environ.get("TEST_REDIS_HOSTPORT", "127.0.0.1:6379")
 
 torch.set_num_threads(1)
 
@@ -143,7 +145,7 @@ def real_redis(settings):
     """The machine's Redis (database 15, emptied) for live events, stop flags and dispatch markers."""
     from jobs.common import events
 
-    settings.REDIS_URL = f"redis://127.0.0.1:6379/{15 - 2 * XDIST_INDEX}"
+    settings.REDIS_URL = f"redis://{TEST_REDIS}/{15 - 2 * XDIST_INDEX}"
     events.redis_client.cache_clear()
     events.redis_client().flushdb()
     yield events.redis_client()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import XDIST_INDEX
+from tests.conftest import TEST_REDIS, XDIST_INDEX
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = os.environ.get("TEST_THROTTLE_REDIS_URL", f"redis://127.0.0.1:6379/{14 - 2 * XDIST_INDEX}")
+REDIS_URL = os.environ.get("TEST_THROTTLE_REDIS_URL", f"redis://{TEST_REDIS}/{14 - 2 * XDIST_INDEX}")
 
 # One process: Django with the product's settings (Redis cache at CACHE_URL), asking the API-key throttle
 # `n` times for key `key_id` (an unsaved row: the throttle needs only its id); prints allowed/refused.

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import XDIST_INDEX
+from tests.conftest import TEST_REDIS, XDIST_INDEX
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
-REAL_REDIS_URL = os.environ.get("TEST_REDIS_URL", f"redis://127.0.0.1:6379/{XDIST_INDEX}")
+REAL_REDIS_URL = os.environ.get("TEST_REDIS_URL", f"redis://{TEST_REDIS}/{XDIST_INDEX}")
 
 
 def free_port() -> int:
