@@ -1,4 +1,5 @@
 """Datasets: uploads (limits, format and schema detection, column mapping, line-numbered errors),
 the check page, rename and delete. Imports `common`, `base_models` and `worker`.
 
-Named `user_datasets`, not `datasets`, so that it never shadows Hugging Face's `datasets` package."""
+Its app label stays `user_datasets` (the tables and migrations of existing installations); as
+`jobs.datasets` it never shadows Hugging Face's top-level `datasets` package."""
