@@ -15,9 +15,9 @@ from jobs.training.merges import merged_status, merges_stale
 from jobs.training.models import MergedExport
 
 
-def merge_state_read(job):
+def merge_state_read(of):
     """The pending export's attempts and whether a run holds it; None when none is pending."""
-    row = MergedExport.objects.filter(job=job, status__in=["queued", "running"]).first()
+    row = MergedExport.objects.filter(job=of, status__in=["queued", "running"]).first()
     return row and {"attempts": row.attempts, "running": row.status == "running"}
 
 
