@@ -360,12 +360,6 @@ def write_text(name: str, text: str) -> None:
         path.write_text(text)
 
 
-def write_bytes(name: str, data: bytes) -> None:
-    """A small file, written whole and published."""
-    with writing(name) as path:
-        path.write_bytes(data)
-
-
 def mirror(name: str) -> None:
     """For a folder the engine keeps changing in place (checkpoints, pruned as it goes): make the store hold
     what the local folder holds now."""
