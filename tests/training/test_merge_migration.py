@@ -2,6 +2,8 @@
 `merge.pending` marker (JSON, or empty from older releases) a queued row with its attempts whose lease has run
 out (the sweep sends it at once); the markers go."""
 import json
+import os
+import time
 
 import pytest
 from django.db import connection
@@ -32,7 +34,10 @@ def test_merge_markers_and_zips_become_rows(settings, tmp_path):
     folder = lambda job: settings.MEDIA_ROOT / "jobs" / str(job.id)  # noqa: E731
     for job in jobs.values():
         folder(job).mkdir(parents=True)
-    (folder(jobs["ready"]) / f"merged-{str(jobs['ready'].id)[:8]}.zip").write_bytes(b"PK-12345")
+    made = folder(jobs["ready"]) / f"merged-{str(jobs['ready'].id)[:8]}.zip"
+    made.write_bytes(b"PK-12345")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(made, (two_days_ago, two_days_ago))
     (folder(jobs["queued"]) / "merge.pending").write_text(json.dumps({"attempts": 2, "running": False}))
     (folder(jobs["old-empty"]) / "merge.pending").write_text("")
     (folder(jobs["running"]) / "merge.pending").write_text(json.dumps({"attempts": 1, "running": True}))
@@ -47,6 +52,7 @@ def test_merge_markers_and_zips_become_rows(settings, tmp_path):
 
     rows = {row.job.name: row for row in MergedExport.objects.select_related("job")}
     assert (rows["ready"].status, rows["ready"].size_bytes) == ("ready", 8)
+    assert abs(rows["ready"].finished.timestamp() - two_days_ago) < 60  # it expires counting from when it was made
     assert (rows["queued"].status, rows["queued"].attempts) == ("queued", 2)
     assert (rows["old-empty"].status, rows["old-empty"].attempts) == ("queued", 0)
     assert (rows["running"].status, rows["running"].attempts) == ("queued", 1)
