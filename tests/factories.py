@@ -40,7 +40,7 @@ def bearer_client(owner) -> APIClient:
 def count_tokens() -> int:
     """Run the background worker's token counts that are waiting (unit tests have no worker); how many."""
     from jobs.datasets.models import TokenProfile
-    from jobs.datasets.services import token_profile_compute
+    from jobs.datasets.token_profiles import token_profile_compute
 
     pending = list(TokenProfile.objects.filter(status=TokenProfile.Status.PENDING).values_list("id", flat=True))
     for profile_id in pending:

@@ -110,15 +110,13 @@ def model_folder(model: BaseModel) -> Path:
 
 
 def _finish(model: BaseModel, relative: str, **fields) -> None:
-    """Describe the finished folder and mark the model ready. With an object store the folder is published
-    and registered by its store URL, so a train or chat worker on another machine fetches it on first use."""
+    """Describe the finished folder (written and published through blobs.writing) and mark the model ready. With
+    an object store it is registered by its store URL, so a train or chat worker on another machine fetches it on
+    first use."""
     folder = media_path(relative)
     info = describe_model(str(folder))
     ctx = context_length(str(folder))
-    path = str(folder)
-    if blobs.enabled():
-        blobs.publish(relative)
-        path = blobs.store_url(relative)
+    path = blobs.store_url(relative) if blobs.enabled() else str(folder)
     BaseModel.objects.filter(id=model.id).update(
         path=path, architecture=info["architecture"], parameters=info["parameters"],
         linear_modules=info["linear_modules"], has_chat_template=info["has_chat_template"], context_length=ctx,
@@ -271,8 +269,9 @@ def base_model_download(*, model_id) -> None:
             raise HubError(refusal)
         BaseModel.objects.filter(id=model.id).update(bytes_total=total)
         progress = _Progress(model.id)
-        for file in wanted:
-            client.download(model.hub_id, sha, file, folder, progress)
+        with blobs.writing(model_relative(model), in_place=True):  # in place: a redelivery resumes the download
+            for file in wanted:
+                client.download(model.hub_id, sha, file, folder, progress)
         progress.save()
         _finish(model, model_relative(model), hub_token="")
     except ProductError as exc:
@@ -300,12 +299,10 @@ def base_model_add_from_gguf(*, by, upload, name: str = "") -> BaseModel:
     default_name = Path(upload.name or "model.gguf").stem
     model = _create(name=_check_name(name or default_name), path="", owner=owner, source=ModelSource.GGUF,
                     status=ModelStatus.QUEUED, bytes_total=upload.size)
-    folder = model_folder(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "upload.gguf", "wb") as out:
-        for chunk in upload.chunks():
-            out.write(chunk)
-    blobs.publish(f"{model_relative(model)}/upload.gguf")  # the converting worker may be on another machine
+    with blobs.writing(f"{model_relative(model)}/upload.gguf") as path:  # the converting worker may be elsewhere
+        with open(path, "wb") as out:
+            for chunk in upload.chunks():
+                out.write(chunk)
     queue.enqueue(queue.GGUF_CONVERT, str(model.id))
     return model
 
@@ -320,7 +317,8 @@ def base_model_convert_gguf(*, model_id) -> None:
         return
     folder, upload = model_folder(model), f"{model_relative(model)}/upload.gguf"
     try:
-        convert_gguf_to_hf(blobs.fetch(upload), folder / "model")
+        with blobs.writing(f"{model_relative(model)}/model", in_place=True) as out:  # the converter is atomic
+            convert_gguf_to_hf(blobs.fetch(upload), out)
         blobs.delete(upload)
         _finish(model, f"{model_relative(model)}/model")
     except Exception as exc:  # a GGUF the converter cannot read: any error of gguf/transformers

@@ -12,7 +12,8 @@ from jobs.base_models.selectors import base_model_find, base_model_list
 from jobs.common.responses import file_download
 from jobs.common.rest import BINARY_FILE, StrictInput
 from jobs.common.schema import error_responses
-from jobs.datasets import selectors, services
+from jobs.datasets import mapping as mapping_step
+from jobs.datasets import selectors, services, token_profiles, uploads
 from jobs.datasets.models import UploadCheck
 from worker.config import ConfigError
 
@@ -85,7 +86,7 @@ class DatasetListApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        return _created(services.dataset_upload(owner=request.user, upload=v["file"], name=v.get("name", ""),
+        return _created(uploads.dataset_upload(owner=request.user, upload=v["file"], name=v.get("name", ""),
                                                 mapping=v.get("mapping") or None, drop_duplicates=v["drop_duplicates"]))
 
 
@@ -106,7 +107,7 @@ class DatasetMapApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        return _created(services.dataset_create_mapped(owner=request.user, token=v["upload_token"],
+        return _created(mapping_step.dataset_create_mapped(owner=request.user, token=v["upload_token"],
                                                        filename=v["filename"], mapping=v["mapping"],
                                                        name=v.get("name", ""), drop_duplicates=v["drop_duplicates"]))
 
@@ -156,7 +157,7 @@ class DatasetTokensApi(APIView):
         if chosen is None:
             raise ConfigError("base_model", "unknown base model" if chosen_id else "no base model is registered yet")
         max_length = query.validated_data["max_length"]
-        report, profile = services.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
+        report, profile = token_profiles.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
         return Response(TokenReportOutput({
             "status": profile.status, "done": profile.done, "total": profile.total, "error": profile.error,
             "max_length": max_length, "lengths": report.lengths if report else None,

@@ -58,8 +58,9 @@ class TokenProfile(models.Model):
 
 
 class UploadCheck(models.Model):
-    """An uploaded file stored and waiting for (or under) its check in a background worker; on success
-    it becomes a Dataset. Small files are checked during the upload request and never get one."""
+    """An uploaded file stored under an opaque name and waiting for (or under) its check in a background
+    worker, or for its column mapping (small and large uploads alike: the row's id is the upload token); on
+    success it becomes a Dataset. A small file whose schema is known is checked during the request, without one."""
 
     class Status(models.TextChoices):
         QUEUED = "queued"

@@ -15,7 +15,8 @@ from django.views.decorators.http import require_POST
 from jobs.accounts.limits import QuotaExceeded
 from jobs.base_models.selectors import base_model_find, base_model_list
 from jobs.common.responses import file_download
-from jobs.datasets import selectors, services
+from jobs.datasets import mapping as mapping_step
+from jobs.datasets import selectors, services, token_profiles, uploads
 from jobs.datasets.forms import MappingForm, RenameForm, UploadForm
 from jobs.datasets.models import UploadCheck
 from worker.config import ConfigError
@@ -40,7 +41,7 @@ def dataset_list(request):
     if not form.is_valid():
         return _dataset_page(request, form=form, status=400)
     try:
-        ds = services.dataset_upload(owner=request.user, upload=form.cleaned_data["file"],
+        ds = uploads.dataset_upload(owner=request.user, upload=form.cleaned_data["file"],
                                      name=form.cleaned_data["name"],
                                      drop_duplicates=form.cleaned_data["drop_duplicates"])
     except DatasetError as exc:
@@ -49,7 +50,7 @@ def dataset_list(request):
     except QuotaExceeded as exc:
         messages.error(request, exc.message)
         return _dataset_page(request, form=form, status=429)
-    except services.MappingNeeded as need:
+    except mapping_step.MappingNeeded as need:
         mapping_form = MappingForm(columns=need.columns, samples=need.samples, initial={
             "token": need.token, "filename": need.filename, "name": form.cleaned_data["name"],
             "drop_duplicates": form.cleaned_data["drop_duplicates"]})
@@ -81,7 +82,7 @@ def dataset_map(request):
     if not form.is_valid():
         return _dataset_page(request, mapping_form=form, status=400)
     try:
-        ds = services.dataset_create_mapped(owner=request.user, token=form.cleaned_data["token"],
+        ds = mapping_step.dataset_create_mapped(owner=request.user, token=form.cleaned_data["token"],
                                             filename=form.cleaned_data["filename"], mapping=form.mapping(),
                                             name=form.cleaned_data["name"],
                                             drop_duplicates=form.cleaned_data["drop_duplicates"])
@@ -107,7 +108,7 @@ def dataset_detail(request, dataset_id):
         max_length = min(131072, max(16, int(request.GET.get("max_length", 256))))
     except ValueError:
         max_length = 256
-    report, profile = (services.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
+    report, profile = (token_profiles.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
                        if chosen else (None, None))
     histogram = report.histogram() if report else None
     duplicates = ds.stats.get("duplicate_count", 0) if not ds.stats.get("dropped_duplicates") else 0
@@ -224,7 +225,7 @@ def dataset_tokens_status(request, dataset_id):
               or base_model_list(owner=request.user).first())
     if chosen is None:
         return JsonResponse({"status": "none"})
-    profile = services.token_profile_request(dataset=ds, model_path=chosen.path)
+    profile = token_profiles.token_profile_request(dataset=ds, model_path=chosen.path)
     return JsonResponse({"status": profile.status, "done": profile.done, "total": profile.total,
                          "error": profile.error})
 

@@ -11,7 +11,8 @@ from jobs.accounts.limits import QuotaExceeded
 from jobs.common.errors import OpenAIError
 from jobs.common.exceptions import ProductError
 from jobs.training.services import JobStateError
-from jobs.datasets.services import DatasetInUse, MappingNeeded
+from jobs.datasets.mapping import MappingNeeded
+from jobs.datasets.services import DatasetInUse
 from worker.config import ConfigError
 from worker.data.problems import DatasetError
 

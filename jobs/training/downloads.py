@@ -4,7 +4,8 @@ from __future__ import annotations
 from django.http import Http404
 
 from jobs.common.responses import download_name, file_download
-from jobs.training.files import merged_status, merged_zip_name
+from jobs.training.files import merged_zip_name
+from jobs.training.merges import merged_status
 from jobs.training.models import FineTuneJob
 
 

@@ -123,3 +123,31 @@ class Adapter(models.Model):
 
     class Meta:
         db_table = "jobs_adapter"
+
+
+class MergedExport(models.Model):
+    """A job's merged model (base + adapter as one safetensors folder, zipped), made on the background worker.
+    The row is the work's state: a merge claims it with a token and a lease on the database's clock and renews
+    the lease while it runs; the sweep re-queues a row whose lease ran out. `size_bytes` feeds the quota."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        READY = "ready"
+        FAILED = "failed"
+
+    job = models.OneToOneField(FineTuneJob, on_delete=models.CASCADE, related_name="merged_export")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="merges started, and messages lost")
+    claim = models.CharField(max_length=32, blank=True, help_text="the token of the merge run that holds it")
+    lease_until = models.DateTimeField(null=True, blank=True,
+                                       help_text="on the database's clock: queued, when its message counts as lost; "
+                                                 "running, when its worker counts as dead")
+    size_bytes = models.BigIntegerField(default=0, help_text="the zip's size once ready")
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"merged export of {self.job_id} ({self.status})"

@@ -7,9 +7,7 @@ from django.dispatch import receiver
 from jobs.accounts.limits import usage_reported
 from jobs.base_models.services import register_worker_memory_probe
 from jobs.training import selectors
-from jobs.common import blobs
-from jobs.training.files import merged_zip_name
-from jobs.training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobStatus
+from jobs.training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobStatus, MergedExport
 from jobs.datasets.services import DatasetInUse
 from jobs.datasets.signals import dataset_deleting
 
@@ -25,10 +23,11 @@ def refuse_dataset_in_use(sender, dataset, **kwargs):
 
 @receiver(usage_reported, dispatch_uid="training-usage")
 def report_usage(sender, user, **kwargs):
-    """The user's jobs and the files they keep: adapters and merged exports."""
+    """The user's jobs and the files they keep: adapters and merged exports, as their rows record them
+    (no call to the store)."""
     adapters = Adapter.objects.filter(job__owner=user).aggregate(total=Sum("size_bytes"))["total"] or 0
-    merged = sum(blobs.size(merged_zip_name(job)) or 0 for job in FineTuneJob.objects.filter(
-        owner=user, status=JobStatus.SUCCEEDED))
+    merged = MergedExport.objects.filter(job__owner=user, status=MergedExport.Status.READY).aggregate(
+        total=Sum("size_bytes"))["total"] or 0
     return {"storage_bytes": adapters + merged, "active_jobs": selectors.active_job_count(owner=user),
             "running_jobs": FineTuneJob.objects.filter(owner=user, status=JobStatus.RUNNING).count(),
             "compute_seconds_per_day": int(selectors.compute_seconds_today(owner=user))}

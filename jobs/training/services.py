@@ -21,8 +21,8 @@ from jobs.common.exceptions import StateError
 from jobs.common.storage import media_relative
 from jobs.training import selectors
 from jobs.training.dispatch import dispatch_on_commit
-from jobs.training.files import (job_evaluation, job_files, job_output_dir, merge_state_write, merged_status,
-                            merged_zip_name)
+from jobs.training.files import job_evaluation, job_files, job_output_dir, merged_zip_name
+from jobs.training.merges import merge_queue, merged_export_forget, merged_status
 from jobs.training.live import publish_job, publish_status
 from jobs.training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
 from jobs.training.routing import Capacity, job_devices
@@ -30,7 +30,7 @@ from jobs.training.signals import job_finished
 from jobs.training.workers import live_capacities
 from jobs.datasets.models import Dataset
 from jobs.datasets.selectors import dataset_examples
-from jobs.datasets.services import dataset_token_report
+from jobs.datasets.token_profiles import dataset_token_report
 from worker.config import ConfigError, TrainConfig, preset_of
 from worker.reporting import WorkLost
 from worker.data.loading import file_sha256
@@ -121,12 +121,11 @@ def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
         train, valid, record = examples, [], {"kind": "none"}
     else:
         raise ConfigError("validation", "must be none, split or dataset")
-    folder = job_output_dir(job) / "data"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_normalized_jsonl(train, folder / "train.jsonl")
-    if valid:
-        write_normalized_jsonl(valid, folder / "eval.jsonl")
-    blobs.publish(job_files(job, "data"))
+    with blobs.writing(job_files(job, "data")) as folder:
+        folder.mkdir()
+        write_normalized_jsonl(train, folder / "train.jsonl")
+        if valid:
+            write_normalized_jsonl(valid, folder / "eval.jsonl")
     return {**record, "train_rows": len(train), "eval_rows": len(valid)}
 
 
@@ -363,8 +362,8 @@ def job_retry(*, job: FineTuneJob, by, config: TrainConfig | None = None) -> Fin
             name=(f"{job.name} (retry)" if job.name else "")[:200], dataset_name=job.dataset_name,
             dataset_sha256=job.dataset_sha256, validation=job.validation,
             memory_mb=job.memory_mb)  # the first estimate: at most what lower-memory advice needs
-        shutil.copytree(blobs.fetch(job_files(job, "data")), job_output_dir(new) / "data")
-        blobs.publish(job_files(new, "data"))
+        with blobs.writing(job_files(new, "data")) as folder:
+            shutil.copytree(blobs.fetch(job_files(job, "data")), folder)
         dispatch_on_commit(new.id)
     return new
 
@@ -409,12 +408,15 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
                       precision=getattr(result, "precision", "") or job.precision)
     extra = {"evaluation.json": (out / "evaluation.json").read_text()} if evaluation else {}
     zip_path = out / f"adapter-{job.short_id}.zip"
-    build_adapter_zip(result.adapter_dir, zip_path, card=card, config={**job.config, "validation": job.validation},
-                      metrics=metrics, dataset_sha256=job.dataset_sha256, extra_files=extra)
-    (Path(result.adapter_dir) / "README.md").write_text(card)
     folder, zip_name = media_relative(result.adapter_dir), media_relative(zip_path)
-    for name in (folder, zip_name) + ((job_files(job, "evaluation.json"),) if evaluation else ()):
-        blobs.publish(name)
+    with blobs.writing(zip_name) as tmp_zip:
+        build_adapter_zip(result.adapter_dir, tmp_zip, card=card, config={**job.config, "validation": job.validation},
+                          metrics=metrics, dataset_sha256=job.dataset_sha256, extra_files=extra)
+    with blobs.writing(folder, in_place=True) as adapter_dir:  # the engine wrote the adapter there
+        (adapter_dir / "README.md").write_text(card)
+    if evaluation:
+        with blobs.writing(job_files(job, "evaluation.json"), in_place=True):
+            pass  # written by the engine; leaving the block publishes it
     blobs.delete(job_files(job, "checkpoints"))
     adapter, _ = Adapter.objects.update_or_create(
         job=job, defaults=dict(folder=folder, zip_file=zip_name,
@@ -424,26 +426,25 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
 
 def adapter_merge_request(*, job: FineTuneJob, by) -> str:
     """Queue a merged-model export (merge_and_unload on the background worker); returns the status.
-    The marker it writes counts the attempts; the memory check happens on the worker, before loading."""
+    Its MergedExport row counts the attempts; the memory check happens on the worker, before loading."""
     if job.owner_id != by.id:
         raise JobStateError("not your job")
     if not job.has_adapter:
         raise JobStateError("only a succeeded job has an adapter to merge")
-    current = merged_status(job)
-    if current != "none":
-        return current
-    merge_state_write(job, attempts=0, running=False)
-    queue.enqueue(queue.MERGE_ADAPTER, str(job.id))
+    with transaction.atomic():
+        if not merge_queue(job):
+            return merged_status(job)
+        queue.enqueue(queue.MERGE_ADAPTER, str(job.id))
     return "pending"
 
 
 def merged_export_delete(*, job: FineTuneJob, by) -> bool:
-    """Delete the job's merged model (zip and folder) to free storage; False if there was none."""
+    """Delete the job's merged model (zip, folder and row) to free storage; False if there was none."""
     if job.owner_id != by.id:
         raise JobStateError("not your job")
     if merged_status(job) == "pending":
         raise JobStateError("the merged model is still being made; delete it once it is ready")
-    existed = blobs.is_file(merged_zip_name(job))
+    existed = merged_export_forget(job)
     blobs.delete(merged_zip_name(job))
     shutil.rmtree(job_output_dir(job) / "merged", ignore_errors=True)
     if existed:

@@ -3,6 +3,7 @@ re-read rows, and claim work with filter(...).update(...) == 1."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import time
 import threading
@@ -10,17 +11,18 @@ import threading
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutting_down
 from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
 
 from jobs.common import blobs, queue
 from jobs.training import services
 from jobs.training.claims import Claim, expired_running_jobs, record_crash
 from jobs.training import workers
 from jobs.training.dispatch import dispatch_job, hand_on, is_dispatched, mark_claimed
-from jobs.training.files import (MERGE_MAX_ATTEMPTS, RESUME_FOLDERS, job_files, job_output_dir, merge_marker_age,
-                            merge_marker_remove, merge_marker_touch, merge_state_read, merge_state_write,
-                            merged_status, merged_zip_name, merged_zip_path, stale_merge_job_ids)
+from jobs.training import merges
+from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir, merged_zip_name
 from jobs.training.live import publish_status
-from jobs.training.models import FineTuneJob, JobStatus
+from jobs.training.models import FineTuneJob, JobStatus, MergedExport
 from jobs.training.reporting import DbReporter
 from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.data.problems import DatasetError
@@ -204,17 +206,22 @@ def merge_memory_need(job: FineTuneJob) -> int:
 
 
 @contextlib.contextmanager
-def _heartbeat(touch, every_s: float):
-    """Call `touch` every `every_s` seconds while the block runs (until it raises FileNotFoundError), so
-    the sweep can tell a live merge from one whose worker died."""
+def _heartbeat(renew, every_s: float):
+    """Call `renew` every `every_s` seconds while the block runs (until it returns False: the claim is gone),
+    so the sweep can tell a live merge from one whose worker died."""
     stop = threading.Event()
 
     def beat():
-        while not stop.wait(every_s):
-            try:
-                touch()
-            except FileNotFoundError:
-                return
+        try:
+            while not stop.wait(every_s):
+                try:
+                    if not renew():
+                        return
+                except Exception:  # a database hiccup: try again at the next beat, the lease has slack
+                    log.warning("merged export: lease renewal failed", exc_info=True)
+                    close_old_connections()
+        finally:
+            connection.close()
 
     thread = threading.Thread(target=beat, name="merge-heartbeat", daemon=True)
     thread.start()
@@ -225,85 +232,79 @@ def _heartbeat(touch, every_s: float):
         thread.join()
 
 
-def _merge_give_up(job: FineTuneJob, message: str) -> None:
-    merge_marker_remove(job)
-    services.job_event(job_id=job.id, kind="error", message=message)
+def _merge_give_up(job: FineTuneJob, message: str, *, token: str | None = None) -> None:
+    if merges.merge_fail(job, message, token=token):
+        services.job_event(job_id=job.id, kind="error", message=message)
 
 
 @shared_task(name=queue.MERGE_ADAPTER, acks_late=True, reject_on_worker_lost=True)
 def adapter_merge(job_id: str) -> str:
     """Write the merged model (base + B A) as safetensors and zip it for download.
 
-    The `merge.pending` marker counts attempts: one is counted as a merge starts, so a message
-    redelivered after its worker died (killed for memory, say) counts too, and the merge gives up
-    after MERGE_MAX_ATTEMPTS. A merge whose base cannot fit MERGE_MEMORY_BUDGET_MB is refused before
-    loading anything. Either way the job's log says why and the marker goes, so it can be asked again."""
+    The job's MergedExport row counts attempts: one is counted as a merge claims it, so a message redelivered
+    after its worker died (killed for memory, say) counts too, and the merge gives up after MERGE_MAX_ATTEMPTS.
+    A merge whose base cannot fit MERGE_MEMORY_BUDGET_MB is refused before loading anything. Either way the
+    job's log says why and the row is marked failed, so it can be asked again."""
     job = FineTuneJob.objects.select_related("base_model", "adapter").filter(id=job_id).first()
-    if job is None:
-        return "skipped"
-    state = merge_state_read(job)
-    if merged_status(job) == "ready":
-        merge_marker_remove(job)
+    row = job and merges.merged_export_of(job)
+    if row is None or row.status == MergedExport.Status.FAILED:
+        return "skipped"  # nothing pending: already given up or refused, or never asked for
+    if row.status == MergedExport.Status.READY:
         return "ready"
-    if state is None:  # nothing pending: already given up or refused, or never asked for
-        return "skipped"
-    if state["running"] and merge_marker_age(job) < settings.MERGE_STALE_SECONDS:
+    if merges.merge_running_alive(job):
         return "in progress"  # a duplicate message while another worker's merge is alive
-    if state["attempts"] >= MERGE_MAX_ATTEMPTS:
-        _merge_give_up(job, f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
+    if row.attempts >= merges.MERGE_MAX_ATTEMPTS:
+        _merge_give_up(job, f"merged export gave up after {merges.MERGE_MAX_ATTEMPTS} attempts "
                             "(the worker stopped each time, perhaps out of memory)")
         return "failed"
-    out = job_output_dir(job)
+    token = None
     try:
-        need = merge_memory_need(job)
-        budget = settings.MERGE_MEMORY_BUDGET_MB * MIB
+        need, budget = merge_memory_need(job), settings.MERGE_MEMORY_BUDGET_MB * MIB
         if need > budget:
             _merge_give_up(job, f"merged export refused: it needs about {need / MIB:,.1f} MB (the base's weights "
                                 f"unquantized and the adapter), more than MERGE_MEMORY_BUDGET_MB "
                                 f"({settings.MERGE_MEMORY_BUDGET_MB:,} MB)")
             return "refused"
-        merge_state_write(job, attempts=state["attempts"] + 1, running=True)
-        # The background worker runs tasks in threads: merges still go one at a time (memory budget).
-        with _one_merge_at_a_time, _heartbeat(lambda: merge_marker_touch(job),
-                                              every_s=max(1.0, min(30.0, settings.MERGE_STALE_SECONDS / 4))):
-            folder = merge_adapter(job.base_model.local_path, blobs.fetch(job.adapter.folder), out / "merged")
-            zip_folder(folder, merged_zip_path(job))
-            blobs.publish(merged_zip_name(job))
-        merge_marker_remove(job)
-        note = "merged model ready" + (" (QLoRA adapter merged into the 16-bit base)" if job.config.get("qlora") else "")
-        services.job_event(job_id=job.id, kind="export", message=note)
-        return "ready"
+        token = merges.merge_claim(job)
+        if token is None:
+            return "in progress"  # another worker claimed it a moment ago
+        return _merge_claimed(job, token)
     except Exception as exc:
         log.exception("merge of job %s failed", job_id)
-        _merge_give_up(job, f"merged export failed ({type(exc).__name__}: {exc})")
+        _merge_give_up(job, f"merged export failed ({type(exc).__name__}: {exc})", token=token)
         return "failed"
+
+
+def _merge_claimed(job: FineTuneJob, token: str) -> str:
+    every_s = max(1.0, min(30.0, settings.MERGE_STALE_SECONDS / 4))
+    # The background worker runs tasks in threads: merges still go one at a time (memory budget).
+    with _one_merge_at_a_time, _heartbeat(lambda: merges.merge_renew(job, token), every_s=every_s):
+        folder = merge_adapter(job.base_model.local_path, blobs.fetch(job.adapter.folder), job_output_dir(job) / "merged")
+        with blobs.writing(merged_zip_name(job)) as zip_path:
+            zip_folder(folder, zip_path)
+            size = zip_path.stat().st_size
+    if not merges.merge_finish(job, token, size_bytes=size):
+        return "lost"  # another run took the export over; it records the end
+    note = "merged model ready" + (" (QLoRA adapter merged into the 16-bit base)" if job.config.get("qlora") else "")
+    services.job_event(job_id=job.id, kind="export", message=note)
+    return "ready"
 
 
 @shared_task(name=queue.SWEEP_MERGES, acks_late=True)
 def merge_sweep() -> int:
-    """Queue again the merged exports whose marker went stale (message lost, or worker died mid-merge);
-    returns how many. A lost message counts as an attempt (a merge that died counted its own as it
-    started); past MERGE_MAX_ATTEMPTS the merge gives up. Rewriting the marker stamps it fresh, so a
-    second sweep at once finds nothing to do."""
+    """Queue again the merged exports whose lease ran out (message lost, or worker died mid-merge); returns how
+    many. A lost message counts as an attempt (a merge that died counted its own as it claimed the row); past
+    MERGE_MAX_ATTEMPTS the export gives up. Re-queueing renews the lease, so a second sweep at once does nothing."""
     count = 0
-    for job_id in stale_merge_job_ids(settings.MERGE_STALE_SECONDS):
-        job = FineTuneJob.objects.filter(id=job_id).first()
-        if job is None:  # deleting a job deletes its folder: a marker outliving it is being removed now
+    for row in merges.merges_stale():
+        attempts = row.attempts + (0 if row.status == MergedExport.Status.RUNNING else 1)
+        if attempts >= merges.MERGE_MAX_ATTEMPTS:
+            _merge_give_up(row.job, f"merged export gave up after {merges.MERGE_MAX_ATTEMPTS} attempts "
+                                    "(its work was lost each time: the worker stopped or the queue lost it)")
             continue
-        state = merge_state_read(job)
-        if state is None:
-            continue
-        if merged_status(job) == "ready":  # done, and the worker stopped before it cleared the marker
-            merge_marker_remove(job)
-            continue
-        attempts = state["attempts"] + (0 if state["running"] else 1)
-        if attempts >= MERGE_MAX_ATTEMPTS:
-            _merge_give_up(job, f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
-                                "(its work was lost each time: the worker stopped or the queue lost it)")
-            continue
-        merge_state_write(job, attempts=attempts, running=False)
-        queue.send(queue.MERGE_ADAPTER, str(job.id))
-        count += 1
+        if merges.merge_requeue(row, attempts):
+            queue.send(queue.MERGE_ADAPTER, str(row.job_id))
+            count += 1
     if count:
         log.info("re-queued %d stale merged export(s)", count)
     return count
@@ -348,11 +349,9 @@ def _on_worker_shutting_down(sender=None, **kwargs):
 @shared_task(name=queue.EXPIRE_FILES)
 def expire_files() -> dict[str, int]:
     """Delete merged models older than MERGED_EXPORT_DAYS (they can be made again from the adapter)."""
-    cutoff = time.time() - settings.MERGED_EXPORT_DAYS * 86400
+    cutoff = timezone.now() - dt.timedelta(days=settings.MERGED_EXPORT_DAYS)
     deleted = 0
-    for job in FineTuneJob.objects.filter(status=JobStatus.SUCCEEDED).only("id", "owner_id"):
-        age = blobs.age(merged_zip_name(job))
-        if age is not None and time.time() - age < cutoff and merged_status(job) == "ready":
-            services.merged_export_delete(job=job, by=job.owner)
-            deleted += 1
+    for row in MergedExport.objects.filter(status=MergedExport.Status.READY, finished__lt=cutoff).select_related("job"):
+        services.merged_export_delete(job=row.job, by=row.job.owner)
+        deleted += 1
     return {"merged_exports": deleted}

@@ -17,7 +17,8 @@ from jobs.common import events
 from jobs.common.ids import is_uuid
 from jobs.training import selectors, services
 from jobs.training.downloads import adapter_download, merged_download
-from jobs.training.files import job_evaluation, merged_status
+from jobs.training.files import job_evaluation
+from jobs.training.merges import merged_status
 from jobs.training.forms import JobForm, clone_initial, setting_rows
 from jobs.training.live import job_channel, status_event
 from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus

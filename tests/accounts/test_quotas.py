@@ -1,6 +1,7 @@
 """Per-user limits: defaults from settings, overrides in the admin, a 429 naming the limit through the
 form, REST and the OpenAI API; the usage page; the fair order of the train queue; the run-time limit;
 merged exports deleted on request and after a while; stale pending uploads removed."""
+import datetime as dt
 import os
 import time
 from unittest import mock
@@ -9,7 +10,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
-from jobs.accounts.limits import QuotaExceeded, usage_of
+from jobs.accounts.limits import QuotaExceeded, storage_used, usage_of
 from jobs.accounts.models import Quota
 from jobs.accounts.services import api_key_create
 from jobs.common.storage import media_path
@@ -19,9 +20,10 @@ from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training.claims import fair_order
 from jobs.training.files import job_output_dir, merged_zip_path
-from jobs.training.models import FineTuneJob, JobStatus
+from jobs.training.models import FineTuneJob, JobStatus, MergedExport
 from jobs.datasets import tasks as dataset_tasks
-from jobs.datasets.services import PENDING_DIR, dataset_create
+from jobs.datasets.mapping import PENDING_DIR
+from jobs.datasets.services import dataset_create
 from jobs.webhooks.services import webhook_create
 from worker.config import TrainConfig
 
@@ -120,13 +122,20 @@ def test_merged_exports_are_deleted_on_request_and_expire(settings, user, base_m
     zip_path = merged_zip_path(job)
     zip_path.parent.mkdir(parents=True)
     zip_path.write_bytes(b"PK")
+    MergedExport.objects.create(job=job, status="ready", size_bytes=2, finished=timezone.now())
+    with mock.patch("jobs.common.blobs.Store.size", side_effect=AssertionError("a store call per job")), \
+            mock.patch("jobs.common.blobs.LocalStore.size", side_effect=AssertionError("a store call per job")):
+        assert storage_used(user) == 2  # the row's size, from the database
     assert api.delete(f"/api/v1/jobs/{job.id}/merged/").status_code == 204 and not zip_path.exists()
     assert api.delete(f"/api/v1/jobs/{job.id}/merged/").status_code == 404
+    assert storage_used(user) == 0
     zip_path.write_bytes(b"PK")
+    MergedExport.objects.create(job=job, status="ready", size_bytes=2, finished=timezone.now())
     assert train_tasks.expire_files() == {"merged_exports": 0}  # fresh
-    old = time.time() - (settings.MERGED_EXPORT_DAYS + 1) * 86400
-    os.utime(zip_path, (old, old))
+    old = timezone.now() - dt.timedelta(days=settings.MERGED_EXPORT_DAYS + 1)
+    MergedExport.objects.filter(job=job).update(finished=old)
     assert train_tasks.expire_files() == {"merged_exports": 1} and not zip_path.exists()
+    assert not MergedExport.objects.filter(job=job).exists()
     assert job_output_dir(job).is_dir()
 
 

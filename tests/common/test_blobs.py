@@ -25,14 +25,20 @@ def write(root: Path, relative: str, data: bytes = b"x") -> Path:
     return path
 
 
+def publish(relative: str) -> None:
+    """Publish what is already written locally under `relative` (the in-place form of blobs.writing)."""
+    with blobs.writing(relative, in_place=True):
+        pass
+
+
 def test_published_files_and_folders_reach_a_machine_with_an_empty_disk(settings, object_store, s3_endpoint, tmp_path):
     root = Path(settings.MEDIA_ROOT)
     write(root, "datasets/a.jsonl", b'{"x": 1}\n')
     write(root, "jobs/j1/data/train.jsonl", b"train")
     write(root, "jobs/j1/data/eval.jsonl", b"eval")
     write(root, "jobs/j1/data/.partial.tmp", b"half")  # work in progress is never published
-    blobs.publish("datasets/a.jsonl")
-    blobs.publish("jobs/j1/data")
+    publish("datasets/a.jsonl")
+    publish("jobs/j1/data")
     assert stored_keys(s3_endpoint, object_store) == ["studio/datasets/a.jsonl", "studio/jobs/j1/data/eval.jsonl",
                                                "studio/jobs/j1/data/train.jsonl"]
 
@@ -74,7 +80,7 @@ def test_small_state_files_are_read_from_the_store(settings, object_store, tmp_p
     blobs.write_text("jobs/j/merge.pending", json.dumps({"attempts": 1}))
     blobs.write_text("jobs/k/merge.pending", "{}")
     write(Path(settings.MEDIA_ROOT), "jobs/k/other.txt")
-    blobs.publish("jobs/k/other.txt")
+    publish("jobs/k/other.txt")
     other_host(settings, tmp_path)
     assert json.loads(blobs.read_text("jobs/j/merge.pending")) == {"attempts": 1}
     assert blobs.find("jobs", "merge.pending") == ["jobs/j/merge.pending", "jobs/k/merge.pending"]
@@ -87,7 +93,7 @@ def test_small_state_files_are_read_from_the_store(settings, object_store, tmp_p
 
 
 def test_names_that_leave_the_media_folder_are_refused(object_store):
-    for call in (blobs.publish, blobs.fetch, blobs.delete, blobs.exists, blobs.is_file, blobs.size, blobs.age,
+    for call in (publish, blobs.fetch, blobs.delete, blobs.exists, blobs.is_file, blobs.size, blobs.age,
                  blobs.read_text, blobs.touch, blobs.mirror):
         with pytest.raises(SuspiciousFileOperation):
             call("../outside")
@@ -100,7 +106,7 @@ def test_downloads_stream_from_the_store_or_redirect_to_a_signed_url(settings, o
     from django.http import Http404
 
     write(Path(settings.MEDIA_ROOT), "jobs/j/adapter.zip", b"PK-zip-bytes")
-    blobs.publish("jobs/j/adapter.zip")
+    publish("jobs/j/adapter.zip")
     other_host(settings, tmp_path)
     response = blobs.download_response("jobs/j/adapter.zip", filename="my-adapter.zip", content_type="application/zip")
     assert response.status_code == 200 and response["Content-Length"] == "12"
@@ -163,7 +169,7 @@ def test_without_storage_url_everything_stays_local(settings, tmp_path):
     settings.STORAGE_URL = ""
     root = Path(settings.MEDIA_ROOT)
     path = write(root, "jobs/j/adapter.zip", b"local")
-    blobs.publish("jobs/j/adapter.zip")
+    publish("jobs/j/adapter.zip")
     assert blobs.fetch("jobs/j/adapter.zip") == path.resolve()
     assert blobs.is_file("jobs/j/adapter.zip") and blobs.size("jobs/j/adapter.zip") == 5
     assert blobs.find("jobs", "adapter.zip") == ["jobs/j/adapter.zip"]
@@ -213,19 +219,19 @@ def test_a_large_upload_is_checked_and_counted_on_another_machine(settings, obje
 
     from jobs.common import queue
     from tests.factories import chat_jsonl
-    from jobs.datasets import selectors, services
+    from jobs.datasets import selectors, token_profiles, uploads
     from jobs.datasets.models import TokenProfile
 
     settings.DATASET_CHECK_INLINE_BYTES = 10
     web_root = settings.MEDIA_ROOT
     with mock.patch.object(queue, "enqueue"):
-        check = services.dataset_upload(owner=user, upload=SimpleUploadedFile("c.jsonl", chat_jsonl()))
+        check = uploads.dataset_upload(owner=user, upload=SimpleUploadedFile("c.jsonl", chat_jsonl()))
         assert stored_keys(s3_endpoint, object_store) == [f"studio/{check.file}"]
         other_host(settings, tmp_path)  # the background worker's machine
-        assert services.upload_check_run(check_id=check.id) == "ready"
+        assert uploads.upload_check_run(check_id=check.id) == "ready"
         check.refresh_from_db()
         profile = TokenProfile.objects.get(dataset=check.dataset)
-        assert services.token_profile_compute(profile_id=profile.id) == "ready"
+        assert token_profiles.token_profile_compute(profile_id=profile.id) == "ready"
     keys = stored_keys(s3_endpoint, object_store)
     assert f"studio/{check.file}" not in keys, "the parked upload is gone once it became the dataset"
     assert {f"studio/{check.dataset.file}", f"studio/{check.dataset.normalized_file}"} <= set(keys)
@@ -249,3 +255,91 @@ def test_the_web_side_fetches_only_a_stored_models_tokenizer_not_its_weights(set
     # A later full call (a worker loading the model) fetches the rest into the same folder.
     assert blobs.model_local_path(url) == str(local)
     assert (local / "model.safetensors").is_file() and (local / blobs.COMPLETE).is_file()
+
+
+# --- blobs.writing: the one way to write --------------------------------------------------------------
+
+class Boom(Exception):
+    pass
+
+
+def test_a_file_written_through_writing_reaches_a_machine_with_an_empty_disk(settings, object_store, s3_endpoint,
+                                                                              tmp_path):
+    with blobs.writing("jobs/w/adapter.zip") as path:
+        assert not (Path(settings.MEDIA_ROOT) / "jobs/w/adapter.zip").exists()  # nobody sees half of it
+        path.write_bytes(b"zip")
+    with blobs.writing("jobs/w/data") as folder:
+        folder.mkdir()
+        (folder / "train.jsonl").write_bytes(b"train")
+    assert stored_keys(s3_endpoint, object_store) == ["studio/jobs/w/adapter.zip", "studio/jobs/w/data/train.jsonl"]
+    other_host(settings, tmp_path)
+    assert blobs.fetch("jobs/w/adapter.zip").read_bytes() == b"zip"
+    assert (blobs.fetch("jobs/w/data") / "train.jsonl").read_bytes() == b"train"
+    assert blobs.size("jobs/w/adapter.zip") == 3
+
+
+def test_an_exception_inside_writing_publishes_nothing_and_leaves_nothing(settings, object_store, s3_endpoint):
+    root = Path(settings.MEDIA_ROOT)
+    with pytest.raises(Boom):
+        with blobs.writing("jobs/w/adapter.zip") as path:
+            path.write_bytes(b"half")
+            raise Boom
+    with pytest.raises(Boom):
+        with blobs.writing("jobs/w/data") as folder:
+            folder.mkdir()
+            (folder / "train.jsonl").write_bytes(b"half")
+            raise Boom
+    assert stored_keys(s3_endpoint, object_store) == []
+    assert not blobs.exists("jobs/w/adapter.zip") and not blobs.exists("jobs/w/data")
+    assert list((root / "jobs/w").iterdir()) == []  # no partial output, not even a hidden one
+
+
+def test_writing_in_place_publishes_the_engines_output_and_removes_only_what_it_made(settings, object_store,
+                                                                                     s3_endpoint):
+    root = Path(settings.MEDIA_ROOT)
+    write(root, "jobs/e/adapter/adapter_model.safetensors", b"w")  # written in place by the engine
+    with blobs.writing("jobs/e/adapter", in_place=True) as folder:
+        assert folder == (root / "jobs/e/adapter").resolve()
+        (folder / "README.md").write_text("card")
+    assert stored_keys(s3_endpoint, object_store) == ["studio/jobs/e/adapter/README.md",
+                                                      "studio/jobs/e/adapter/adapter_model.safetensors"]
+    with pytest.raises(Boom):
+        with blobs.writing("jobs/e/adapter", in_place=True):
+            raise Boom
+    assert (root / "jobs/e/adapter/adapter_model.safetensors").is_file()  # it was there before: kept
+    with pytest.raises(Boom):
+        with blobs.writing("jobs/e/new", in_place=True) as folder:
+            folder.mkdir()
+            raise Boom
+    assert not (root / "jobs/e/new").exists() and not blobs.exists("jobs/e/new")
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_writing_replaces_whole_and_an_empty_block_is_an_error(settings, tmp_path, request, stored):
+    if stored:
+        request.getfixturevalue("object_store")
+    else:
+        settings.STORAGE_URL = ""
+    with blobs.writing("jobs/r/data") as folder:
+        folder.mkdir()
+        (folder / "old.jsonl").write_bytes(b"old")
+    with blobs.writing("jobs/r/data") as folder:
+        folder.mkdir()
+        (folder / "new.jsonl").write_bytes(b"new")
+        assert (Path(settings.MEDIA_ROOT) / "jobs/r/data/old.jsonl").is_file()  # the old one until the block ends
+    assert sorted(p.name for p in (Path(settings.MEDIA_ROOT) / "jobs/r/data").iterdir()) == ["new.jsonl"]
+    with pytest.raises(FileNotFoundError, match="nothing was written"):
+        with blobs.writing("jobs/r/nothing"):
+            pass
+    assert not blobs.exists("jobs/r/nothing")
+    with pytest.raises(SuspiciousFileOperation):
+        with blobs.writing("../outside"):
+            pass
+
+
+def test_the_store_is_chosen_once_from_settings(settings, request):
+    settings.STORAGE_URL = ""
+    assert isinstance(blobs.store(), blobs.LocalStore) and blobs.store() is blobs.store() and not blobs.enabled()
+    request.getfixturevalue("object_store")
+    assert isinstance(blobs.store(), blobs.S3Store) and blobs.store() is blobs.store() and blobs.enabled()
+    assert not hasattr(blobs, "publish"), "no caller publishes by hand: writing does"

@@ -15,6 +15,8 @@ from jobs.common import queue
 from tests.conftest import memorisable_conversations
 from tests.factories import count_tokens
 from jobs.datasets import services
+from jobs.datasets import token_profiles
+from jobs.datasets import uploads
 from jobs.datasets.models import Dataset, TokenProfile, UploadCheck
 from worker.data.examples import Example
 from worker.data.report import TokenProfile as TokenCounts
@@ -56,8 +58,42 @@ def test_one_count_answers_every_max_length_exactly_as_truncating_would(tiny_lla
     assert again.samples == counts.samples and any(trained for _, trained in counts.samples[0])
 
 
+@pytest.fixture
+def count_later(settings):
+    """Datasets over DATASET_CHECK_INLINE_BYTES: still checked during dataset_create, their tokens counted later."""
+    settings.DATASET_CHECK_INLINE_BYTES = 10
+
+
+def test_right_after_a_small_upload_the_estimate_knows_the_lengths(api, client_in, user, base_model, sent):
+    """A dataset small enough to check during the upload has its token profile by the time the upload answers
+    (the estimate once said 3,694 MB for a job that then peaked at 1,915 MB while the count ran behind)."""
+    data = jsonl({"messages": m} for m in memorisable_conversations(4))
+    uploaded = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("c.jsonl", data)}, format="multipart")
+    assert uploaded.status_code == 201, uploaded.content
+    ds_id = uploaded.json()["id"]
+    assert TokenProfile.objects.get(dataset_id=ds_id).status == "ready" and sent == [], "counted, nothing queued"
+    body = {"dataset": ds_id, "base_model": str(base_model.id), "config": {"max_seq_length": 64}}
+    assert api.post("/api/v1/estimate/", body, format="json").json()["lengths_known"] is True
+    # The demo dataset ("Use the demo dataset", then "Estimate" at once) too.
+    demo = client_in.post("/datasets/demo/")
+    assert demo.status_code == 302
+    demo_ds = Dataset.objects.get(owner=user, name=services.DEMO_DATASET_NAME)
+    body = {"dataset": str(demo_ds.id), "base_model": str(base_model.id)}
+    assert api.post("/api/v1/estimate/", body, format="json").json()["lengths_known"] is True
+    assert sent == []
+
+
+def test_a_count_that_fails_during_the_upload_is_left_to_the_worker(api, user, base_model, sent):
+    with mock.patch.object(token_profiles, "token_profile", side_effect=RuntimeError("tokenizer crashed")):
+        uploaded = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile(
+            "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(2)))}, format="multipart")
+    assert uploaded.status_code == 201, uploaded.content  # the upload itself still succeeds
+    profile = TokenProfile.objects.get(dataset_id=uploaded.json()["id"])
+    assert profile.status == "pending" and sent == [(queue.TOKEN_PROFILE, profile.id)]
+
+
 def test_a_new_dataset_is_counted_by_a_worker_once_and_every_view_reads_that(client_in, api, user, base_model,
-                                                                            sent):
+                                                                            sent, count_later):
     ds = services.dataset_create(owner=user, upload=SimpleUploadedFile(
         "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(8))))
     profile = TokenProfile.objects.get(dataset=ds)
@@ -87,14 +123,14 @@ def test_models_with_the_same_tokenizer_share_one_count(user, base_model, tiny_l
     assert tokenizer_fingerprint(str(twin)) == tokenizer_fingerprint(str(tiny_llama))
     ds = services.dataset_create(owner=user, upload=SimpleUploadedFile(
         "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(3))))
-    first = services.token_profile_request(dataset=ds, model_path=base_model.path)
-    assert services.token_profile_request(dataset=ds, model_path=twin_model.path).id == first.id
+    first = token_profiles.token_profile_request(dataset=ds, model_path=base_model.path)
+    assert token_profiles.token_profile_request(dataset=ds, model_path=twin_model.path).id == first.id
     config = twin / "tokenizer_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 12345}))
-    assert services.token_profile_request(dataset=ds, model_path=twin_model.path).id != first.id
+    assert token_profiles.token_profile_request(dataset=ds, model_path=twin_model.path).id != first.id
 
 
-def test_the_estimate_before_the_count_is_marked_approximate_over_rest(api, user, base_model, sent):
+def test_the_estimate_before_the_count_is_marked_approximate_over_rest(api, user, base_model, sent, count_later):
     ds = services.dataset_create(owner=user, upload=SimpleUploadedFile(
         "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(4))))
     body = {"dataset": str(ds.id), "base_model": str(base_model.id), "config": {"max_seq_length": 64}}
@@ -117,18 +153,19 @@ def test_token_counts_are_the_owners_only(api_bob, client, other_user, dataset, 
     assert client.get(f"/datasets/{dataset.id}/tokens/").status_code == 404
 
 
-def test_a_lost_count_is_sent_again_by_the_sweep_and_a_failed_one_says_why(client_in, user, base_model, sent):
+def test_a_lost_count_is_sent_again_by_the_sweep_and_a_failed_one_says_why(client_in, user, base_model, sent,
+                                                                            count_later):
     ds = services.dataset_create(owner=user, upload=SimpleUploadedFile(
         "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(2))))
     profile = TokenProfile.objects.get(dataset=ds)
-    assert services.token_profiles_resend(stale_seconds=60) == 0, "a fresh one is not lost"
+    assert token_profiles.token_profiles_resend(stale_seconds=60) == 0, "a fresh one is not lost"
     TokenProfile.objects.filter(id=profile.id).update(updated=timezone.now() - timedelta(minutes=5))
-    assert services.token_profiles_resend(stale_seconds=60) == 1
+    assert token_profiles.token_profiles_resend(stale_seconds=60) == 1
     assert sent[-1] == (queue.TOKEN_PROFILE, profile.id)
 
-    with mock.patch.object(services, "token_profile", side_effect=ValueError(
+    with mock.patch.object(token_profiles, "token_profile", side_effect=ValueError(
             "the chat template does not render conversation prefixes as text prefixes")):
-        assert services.token_profile_compute(profile_id=profile.id) == "failed"
+        assert token_profiles.token_profile_compute(profile_id=profile.id) == "failed"
     html = client_in.get(f"/datasets/{ds.id}/").content.decode()
     assert "could not be counted with tiny-llama's tokenizer: the chat template does not render" in html
 
@@ -155,8 +192,8 @@ def test_a_large_upload_on_the_page_is_checked_in_the_background(client_in, user
     page = client_in.get(response.url).content.decode()
     assert "Waiting for a worker" in page and f'data-poll-url="/datasets/checks/{check.id}/status/"' in page
 
-    assert services.upload_check_run(check_id=check.id) == "ready"
-    assert services.upload_check_run(check_id=check.id) == "skipped", "a second message changes nothing"
+    assert uploads.upload_check_run(check_id=check.id) == "ready"
+    assert uploads.upload_check_run(check_id=check.id) == "skipped", "a second message changes nothing"
     status = client_in.get(f"/datasets/checks/{check.id}/status/").json()
     ds = Dataset.objects.get(owner=user)
     assert (status["status"], status["rows"], status["dataset"]) == ("ready", 5, str(ds.id))
@@ -173,7 +210,7 @@ def test_a_bad_large_upload_fails_its_check_with_located_problems_and_leaves_not
     response = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("bad.jsonl", data)}, format="multipart")
     assert response.status_code == 202 and response["Location"] == f"/api/v1/datasets/checks/{response.json()['id']}/"
     assert response.json()["status"] == "queued"
-    assert services.upload_check_run(check_id=response.json()["id"]) == "failed"
+    assert uploads.upload_check_run(check_id=response.json()["id"]) == "failed"
     check = api.get(response["Location"]).json()
     assert check["status"] == "failed" and check["problem_total"] == 2
     assert check["problems"][0].startswith("bad.jsonl, line 2") and "completion" in check["problems"][0]
@@ -188,7 +225,7 @@ def test_a_large_upload_with_unknown_columns_asks_for_a_mapping_then_checks_agai
     data = jsonl({"Customer Question": f"q{i}", "Agent Answer": f"a{i}"} for i in range(4))
     check_id = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("cs.jsonl", data)},
                         format="multipart").json()["id"]
-    assert services.upload_check_run(check_id=check_id) == "needs_mapping"
+    assert uploads.upload_check_run(check_id=check_id) == "needs_mapping"
     check = api.get(f"/api/v1/datasets/checks/{check_id}/").json()
     assert check["columns"] == ["Customer Question", "Agent Answer"] and check["upload_token"]
     assert check["suggested_mapping"] == {"prompt": "Customer Question", "response": "Agent Answer"}
@@ -205,7 +242,7 @@ def test_a_large_upload_with_unknown_columns_asks_for_a_mapping_then_checks_agai
                                                "mapping": {"prompt": "Customer Question",
                                                            "response": "Agent Answer"}}, format="json")
     assert again.status_code == 202 and again.json()["status"] == "queued"
-    assert services.upload_check_run(check_id=check_id) == "ready"
+    assert uploads.upload_check_run(check_id=check_id) == "ready"
     ds = Dataset.objects.get(owner=user)
     assert (ds.rows, ds.schema, ds.mapping["prompt"]) == (4, "mapped", "Customer Question")
 
@@ -219,23 +256,23 @@ def test_upload_checks_are_the_owners_only(api, api_bob, settings, sent):
 
 def test_a_check_lost_with_its_worker_is_retried_then_given_up(user, settings, sent):
     settings.DATASET_CHECK_INLINE_BYTES = 10
-    check = services.dataset_upload(owner=user, upload=SimpleUploadedFile("d.jsonl", b'{"text": "hello"}\n'))
+    check = uploads.dataset_upload(owner=user, upload=SimpleUploadedFile("d.jsonl", b'{"text": "hello"}\n'))
     # The worker took it and died (status checking, never advanced).
     UploadCheck.objects.filter(id=check.id).update(status="checking", attempts=1)
-    assert services.upload_checks_resend(stale_seconds=60) == 0, "a running check is not lost yet"
+    assert uploads.upload_checks_resend(stale_seconds=60) == 0, "a running check is not lost yet"
     UploadCheck.objects.filter(id=check.id).update(updated=timezone.now() - timedelta(minutes=5))
-    assert services.upload_checks_resend(stale_seconds=60) == 1
+    assert uploads.upload_checks_resend(stale_seconds=60) == 1
     check.refresh_from_db()
     assert check.status == "queued" and sent[-1] == (queue.CHECK_UPLOAD, str(check.id))
     UploadCheck.objects.filter(id=check.id).update(status="checking", attempts=3,
                                                    updated=timezone.now() - timedelta(minutes=5))
-    assert services.upload_checks_resend(stale_seconds=60) == 0
+    assert uploads.upload_checks_resend(stale_seconds=60) == 0
     check.refresh_from_db()
     assert check.status == "failed" and "interrupted 3 times" in check.problems[0]
 
 
 def test_the_estimate_warns_when_the_max_length_cuts_examples_and_times_the_first_job(api, user, base_model, sent,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, count_later):
     import worker.speed
 
     monkeypatch.setattr(worker.speed, "matmul_flops", lambda device, width, cache_file=None: 1e10)

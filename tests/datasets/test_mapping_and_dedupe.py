@@ -160,3 +160,84 @@ def test_rendered_examples_are_paged(client_in, other_user, user, base_model):
     assert "Page 3 of 3" in client_in.get(f"/datasets/{ds.id}/?page=99").content.decode()
     assert "Page 1 of 3" in client_in.get(f"/datasets/{ds.id}/?page=x").content.decode()
     assert _client_of(other_user).get(f"/datasets/{ds.id}/?page=2").status_code == 404
+
+
+# --- an upload waiting for its mapping is always an UploadCheck row -----------------------------------
+
+def test_a_small_upload_waiting_for_its_mapping_is_a_check_row_under_an_opaque_name(api, user, other_user, settings):
+    from jobs.common.storage import media_path
+    from jobs.datasets.models import UploadCheck
+
+    response = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("support.csv", SUPPORT_CSV)},
+                        format="multipart")
+    assert response.status_code == 422
+    token = response.json()["error"]["upload_token"]
+    check = UploadCheck.objects.get(owner=user)
+    assert check.id.hex == token and check.status == "needs_mapping" and check.size_bytes == len(SUPPORT_CSV)
+    assert check.columns == ["Customer Question", "Agent Answer", "Ticket"]
+    assert not check.file.split("/")[-1].startswith(f"{user.id}-") and token not in check.file, "an opaque name"
+    assert media_path(check.file).read_bytes() == SUPPORT_CSV
+    assert not list(media_path("datasets/pending").glob(f"{user.id}-*")), "no {owner}-{token} parking file"
+    # The check's own page and REST view show it as waiting for the mapping, like a large upload's.
+    assert api.get(f"/api/v1/datasets/checks/{check.id}/").json()["upload_token"] == token
+
+    # Another user's token is unknown to you.
+    from jobs.datasets.mapping import dataset_create_mapped
+    from worker.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        dataset_create_mapped(owner=other_user, token=token, filename="support.csv",
+                              mapping={"prompt": "Customer Question", "response": "Agent Answer"})
+    # A mapping naming a column the file lacks is refused before the file is read; the file keeps waiting.
+    bad = api.post("/api/v1/datasets/map/", {"upload_token": token, "filename": "support.csv",
+                                             "mapping": {"prompt": "Question", "response": "Agent Answer"}},
+                   format="json")
+    assert bad.status_code == 400 and UploadCheck.objects.get(id=check.id).status == "needs_mapping"
+    done = api.post("/api/v1/datasets/map/", {"upload_token": token, "filename": "support.csv",
+                                              "mapping": {"prompt": "Customer Question", "response": "Agent Answer"}},
+                    format="json")
+    assert done.status_code == 201, done.content
+    check.refresh_from_db()
+    assert check.status == "ready" and str(check.dataset_id) == done.json()["id"]
+    assert not media_path(check.file).exists(), "the parked file moved into place"
+    again = api.post("/api/v1/datasets/map/", {"upload_token": token, "filename": "support.csv",
+                                               "mapping": {"prompt": "Customer Question", "response": "Agent Answer"}},
+                     format="json")
+    assert again.status_code == 400 and again.json()["error"]["field"] == "token"
+
+
+def test_an_upload_parked_by_the_older_release_still_finishes(api, user, settings):
+    """Before the upgrade a small upload waited as `datasets/pending/{owner}-{token}.csv`; its token still works,
+    once, and the file then waits under an opaque name as an UploadCheck."""
+    from jobs.common.storage import media_path
+    from jobs.datasets.models import UploadCheck
+
+    old = media_path(f"datasets/pending/{user.id}-{'a' * 32}.csv")
+    old.parent.mkdir(parents=True)
+    old.write_bytes(SUPPORT_CSV)
+    done = api.post("/api/v1/datasets/map/", {"upload_token": "a" * 32, "filename": "support.csv",
+                                              "mapping": {"prompt": "Customer Question", "response": "Agent Answer"}},
+                    format="json")
+    assert done.status_code == 201, done.content
+    assert Dataset.objects.get(id=done.json()["id"]).rows == 3 and not old.exists()
+    assert UploadCheck.objects.get(owner=user).status == "ready"
+
+
+def test_waiting_uploads_expire_with_their_stored_file(user, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.common.storage import media_path
+    from jobs.datasets import tasks as dataset_tasks
+    from jobs.datasets.mapping import MappingNeeded
+    from jobs.datasets.models import UploadCheck
+
+    with pytest.raises(MappingNeeded):
+        services.dataset_create(owner=user, upload=SimpleUploadedFile("support.csv", SUPPORT_CSV))
+    check = UploadCheck.objects.get(owner=user)
+    assert dataset_tasks.expire_uploads() == 0 and media_path(check.file).is_file()  # fresh
+    UploadCheck.objects.filter(id=check.id).update(
+        updated=timezone.now() - timedelta(hours=settings.UPLOAD_PENDING_HOURS + 1))
+    assert dataset_tasks.expire_uploads() == 1
+    assert not UploadCheck.objects.exists() and not media_path(check.file).exists()

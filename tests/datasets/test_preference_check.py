@@ -15,7 +15,8 @@ PAIRS = [{"prompt": [{"role": "user", "content": f"Name colour {i}."}], "chosen"
           "rejected": "I do not know any colours at all, sorry, " * (i + 1)} for i in range(4)]
 
 
-def test_the_check_page_shows_pairs_side_by_side_and_both_histograms(client_in, api, user, base_model):
+def test_the_check_page_shows_pairs_side_by_side_and_both_histograms(client_in, api, user, base_model, settings):
+    settings.DATASET_CHECK_INLINE_BYTES = 10  # its tokens counted by the (here: inline) worker, not the upload
     upload = SimpleUploadedFile("prefs.jsonl", "".join(json.dumps(p) + "\n" for p in PAIRS).encode())
     ds = services.dataset_create(owner=user, upload=upload)
     assert (ds.schema, ds.rows, ds.stats["turns"]) == ("preference", 4, {"system": 0, "user": 4, "assistant": 8})

@@ -15,7 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests.dataset_bombs import BOMBS
 from jobs.datasets.models import Dataset
-from jobs.datasets.services import upload_check_run
+from jobs.datasets.uploads import upload_check_run
 
 # How much the test process (the web side) may grow while all the bombs are uploaded and refused.
 # Measured: about 16 MB (the test client's multipart bodies); reading the same files in this process,

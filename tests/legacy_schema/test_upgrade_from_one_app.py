@@ -57,6 +57,8 @@ def fill_like_the_one_app_release(apps, media, tiny_llama) -> dict:
         zf.writestr("adapter_config.json", '{"r": 8}')
     model("Adapter").objects.create(job=job, folder=f"jobs/{job.id}/adapter", zip_file=f"jobs/{job.id}/adapter.zip",
                                     size_bytes=adapter_zip.stat().st_size, sha256="0" * 64)
+    merged_zip = media / "jobs" / str(job.id) / f"merged-{str(job.id)[:8]}.zip"  # that release's merged export
+    merged_zip.write_bytes(b"PK-merged")
     session = model("ChatSession").objects.create(owner=alice, job=job)
     chat_round = model("ChatRound").objects.create(session=session, blind=True)
     for position, answer_job in enumerate((None, job)):
@@ -109,6 +111,11 @@ def test_the_one_app_schema_upgrades_with_every_row_file_and_key(settings, tmp_p
     adapter = api.get(f"/api/v1/jobs/{job.id}/adapter/")
     assert adapter.status_code == 200 and b"".join(adapter.streaming_content) == old["adapter_zip"]
     assert zipfile.ZipFile(io.BytesIO(old["adapter_zip"])).read("adapter_config.json") == b'{"r": 8}'
+    # The merged export made before the upgrade is still ready, served, and counted in the storage used.
+    assert api.post(f"/api/v1/jobs/{job.id}/merged/").json()["status"] == "ready"
+    merged = api.get(f"/api/v1/jobs/{job.id}/merged/")
+    assert merged.status_code == 200 and b"".join(merged.streaming_content) == b"PK-merged"
+    assert job.merged_export.size_bytes == len(b"PK-merged")
     assert [p["step"] for p in api.get(f"/api/v1/jobs/{job.id}/metrics/").json()] == [2, 4]
     listed = api.get(f"/api/v1/jobs/{job.id}/chat/?session={old['session']}").json()
     assert [a["text"] for a in listed] == ["answer 0", "answer 1"]

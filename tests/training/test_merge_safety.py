@@ -1,8 +1,8 @@
-"""Merged exports are safe: attempts are counted in the `merge.pending` marker (a redelivery after the
+"""Merged exports are safe: attempts are counted in the job's MergedExport row (a redelivery after the
 worker died counts) and the merge gives up after three; a merge that cannot fit the memory budget is
 refused before loading; the sweep re-queues stale ones, idempotently."""
-import json
-import os
+import datetime as dt
+import threading
 import time
 from unittest import mock
 
@@ -13,8 +13,11 @@ from safetensors.torch import save_file
 from jobs.common.storage import media_path, media_relative
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
-from jobs.training.files import MERGE_MAX_ATTEMPTS, merge_marker_path, merged_status, merged_zip_path
-from jobs.training.models import Adapter, FineTuneJob, JobStatus
+from django.utils import timezone
+
+from jobs.training.files import merged_zip_path
+from jobs.training.merges import MERGE_MAX_ATTEMPTS, merge_claim, merged_status
+from jobs.training.models import Adapter, FineTuneJob, JobStatus, MergedExport
 from worker.config import TrainConfig
 from worker.inference import estimate_base_bytes
 
@@ -45,12 +48,26 @@ def request_merge(api, job):
 
 
 def marker(job) -> dict:
-    return json.loads(merge_marker_path(job).read_text())
+    """The export's attempts and whether a run holds it, as its row records them."""
+    row = MergedExport.objects.get(job=job)
+    return {"attempts": row.attempts, "running": row.status == MergedExport.Status.RUNNING}
 
 
-def age(job, seconds: float) -> None:
-    past = time.time() - seconds
-    os.utime(merge_marker_path(job), (past, past))
+def pending(job) -> bool:
+    """A merge is queued or running (the old `merge.pending` marker)."""
+    return MergedExport.objects.filter(job=job, status__in=["queued", "running"]).exists()
+
+
+def age(job, seconds: float, *, settings=None) -> None:
+    """Make the row's lease as if its last renewal (or queueing) was `seconds` ago."""
+    from django.conf import settings as live
+
+    lease = timezone.now() + dt.timedelta(seconds=live.MERGE_STALE_SECONDS - seconds)
+    MergedExport.objects.filter(job=job).update(lease_until=lease)
+
+
+def set_marker(job, *, attempts: int, running: bool) -> None:
+    MergedExport.objects.filter(job=job).update(attempts=attempts, status="running" if running else "queued")
 
 
 def events(job, kind="error") -> list[str]:
@@ -67,7 +84,7 @@ def test_a_merge_too_big_for_the_budget_is_refused_before_loading(api, job, sett
     (message,) = events(job)
     assert message == (f"merged export refused: it needs about {need / 2 ** 20:.1f} MB (the base's weights unquantized "
                        f"and the adapter), more than MERGE_MEMORY_BUDGET_MB ({settings.MERGE_MEMORY_BUDGET_MB} MB)")
-    assert merged_status(job) == "none" and not merge_marker_path(job).exists()  # it can be asked again
+    assert merged_status(job) == "none" and not pending(job)  # it can be asked again
     assert api.get(f"/api/v1/jobs/{job.id}/merged/").status_code == 404
     # A redelivered message finds nothing pending and does nothing.
     assert train_tasks.adapter_merge(str(job.id)) == "skipped"
@@ -87,7 +104,7 @@ def test_the_memory_estimate_is_the_base_unquantized_plus_the_adapter(job, tiny_
 
     with mock.patch("jobs.training.tasks.merge_adapter", side_effect=fake_merge):
         assert train_tasks.adapter_merge(str(job.id)) == "ready"
-    assert merged_zip_path(job).is_file() and not merge_marker_path(job).exists()
+    assert merged_zip_path(job).is_file() and not pending(job)
     assert events(job, "export") == ["merged model ready"]
 
 
@@ -128,6 +145,7 @@ def test_a_merge_that_fails_says_why_and_clears_the_marker(api, job):
     assert events(job) == ["merged export failed (OSError: disk full)"] and merged_status(job) == "none"
 
 
+@pytest.mark.django_db(transaction=True)
 def test_the_heartbeat_keeps_a_long_merge_fresh(api, job, settings):
     settings.MERGE_STALE_SECONDS = 4  # heartbeat every second
     request_merge(api, job)
@@ -135,7 +153,8 @@ def test_the_heartbeat_keeps_a_long_merge_fresh(api, job, settings):
     def slow_merge(base_path, adapter_dir, out_dir):
         age(job, 100)
         time.sleep(1.6)
-        assert time.time() - merge_marker_path(job).stat().st_mtime < 1.5  # touched since
+        lease = MergedExport.objects.get(job=job).lease_until
+        assert lease > timezone.now() + dt.timedelta(seconds=settings.MERGE_STALE_SECONDS - 1.5)  # renewed since
         assert train_tasks.merge_sweep() == 0  # alive: the sweep leaves it alone
         raise OSError("stop here")
 
@@ -159,31 +178,75 @@ def test_the_sweep_requeues_stale_merges_once_and_gives_up_after_three(api, job,
         assert delay.call_count == 1
 
         # A worker that died mid-merge counted its attempt when it started: the sweep adds none.
-        merge_marker_path(job).write_text(json.dumps({"attempts": 1, "running": True}))
+        set_marker(job, attempts=1, running=True)
         age(job, stale)
         assert train_tasks.merge_sweep() == 1 and marker(job) == {"attempts": 1, "running": False}
 
-        merge_marker_path(job).write_text(json.dumps({"attempts": 2, "running": True}))
+        set_marker(job, attempts=2, running=True)
         age(job, stale)
         assert train_tasks.merge_sweep() == 1
         age(job, stale)  # lost once more: the third attempt
         assert train_tasks.merge_sweep() == 0
         assert delay.call_count == 3
-    assert not merge_marker_path(job).exists() and merged_status(job) == "none"
+    assert not pending(job) and merged_status(job) == "none"
     assert events(job) == [f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
                            "(its work was lost each time: the worker stopped or the queue lost it)"]
 
 
-def test_the_sweep_clears_the_marker_of_a_finished_merge_and_ignores_old_empty_markers(api, job, settings):
+def test_the_sweep_leaves_a_finished_merge_alone(api, job, settings):
     request_merge(api, job)
+    token = merge_claim(job)
     merged_zip_path(job).write_bytes(b"zip")
+    from jobs.training.merges import merge_finish
+
+    assert merge_finish(job, token, size_bytes=3)
     age(job, settings.MERGE_STALE_SECONDS + 1)
     with mock.patch("jobs.training.tasks.adapter_merge.delay") as delay:
         assert train_tasks.merge_sweep() == 0
-        assert not merge_marker_path(job).exists() and merged_status(job) == "ready"
-        # A marker from before markers held JSON (an empty file) reads as queued, no attempt made.
-        merged_zip_path(job).unlink()
-        merge_marker_path(job).touch()
-        age(job, settings.MERGE_STALE_SECONDS + 1)
-        assert train_tasks.merge_sweep() == 1 and marker(job) == {"attempts": 1, "running": False}
-    assert delay.call_count == 1
+        assert not pending(job) and merged_status(job) == "ready"
+        assert MergedExport.objects.get(job=job).size_bytes == 3
+    assert delay.call_count == 0
+
+
+def test_two_merge_workers_cannot_both_claim_the_export(api, job):
+    request_merge(api, job)
+    assert merge_claim(job) is not None
+    assert merge_claim(job) is None  # held, its lease alive: the second run gets nothing
+    assert marker(job) == {"attempts": 1, "running": True}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_merge_workers_at_the_same_moment_get_one_claim(job):
+    with mock.patch("jobs.training.tasks.adapter_merge.delay"):
+        job_services.adapter_merge_request(job=job, by=job.owner)
+    start, tokens = threading.Barrier(4), []
+
+    def claim():
+        from django.db import connection
+
+        start.wait()
+        try:
+            tokens.append(merge_claim(job))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len([t for t in tokens if t]) == 1 and marker(job) == {"attempts": 1, "running": True}
+
+
+def test_a_merge_whose_claim_was_taken_over_records_nothing(api, job, settings):
+    request_merge(api, job)
+
+    def taken_over(base_path, adapter_dir, out_dir):
+        MergedExport.objects.filter(job=job).update(claim="another-run")  # the sweep gave it to another worker
+        out_dir.mkdir(parents=True)
+        (out_dir / "model.safetensors").write_bytes(b"weights")
+        return out_dir
+
+    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=taken_over):
+        assert train_tasks.adapter_merge(str(job.id)) == "lost"
+    assert merged_status(job) == "pending" and events(job, "export") == []

@@ -1,6 +1,6 @@
 """A merged export across machines sharing only the object store (moto's S3 server): asked for on the web
-host, made on a background host with an empty disk, downloaded and deleted on the web host; the merge
-marker and its staleness live in the store."""
+host, made on a background host with an empty disk, downloaded and deleted on the web host; the export's
+state lives in the database, its zip in the store."""
 from pathlib import Path
 from unittest import mock
 
@@ -8,9 +8,22 @@ import pytest
 
 from jobs.common import blobs
 from tests.training.test_merge_safety import job  # noqa: F401 (the fixture)
-from tests.training.test_merge_safety import request_merge
+from tests.training.test_merge_safety import age, request_merge
 from jobs.training import tasks as train_tasks
-from jobs.training.files import merge_state_read, merged_status, merged_zip_name, stale_merge_job_ids
+from jobs.training.files import merged_zip_name
+from jobs.training.merges import merged_status, merges_stale
+from jobs.training.models import MergedExport
+
+
+def merge_state_read(of):
+    """The pending export's attempts and whether a run holds it; None when none is pending."""
+    row = MergedExport.objects.filter(job=of, status__in=["queued", "running"]).first()
+    return row and {"attempts": row.attempts, "running": row.status == "running"}
+
+
+def stale_merge_job_ids() -> list[str]:
+    """Jobs whose pending export's lease ran out (the sweep's view)."""
+    return [str(row.job_id) for row in merges_stale()]
 
 
 def switch_host(settings, tmp_path, name: str) -> None:
@@ -19,7 +32,8 @@ def switch_host(settings, tmp_path, name: str) -> None:
 
 @pytest.fixture
 def stored_job(object_store, job, settings):  # noqa: F811
-    blobs.publish(job.adapter.folder)  # as the train host did at the end of the job
+    with blobs.writing(job.adapter.folder, in_place=True):
+        pass  # published, as the train host did at the end of the job
     return job
 
 
@@ -30,7 +44,9 @@ def test_a_merge_is_asked_made_and_served_by_different_hosts(stored_job, api, se
 
     switch_host(settings, tmp_path, "background")
     assert merged_status(job) == "pending" and merge_state_read(job) == {"attempts": 0, "running": False}
-    assert stale_merge_job_ids(0.0) == [str(job.id)] and stale_merge_job_ids(3600) == []
+    assert stale_merge_job_ids() == []  # its message is on its way
+    age(job, settings.MERGE_STALE_SECONDS + 1)
+    assert stale_merge_job_ids() == [str(job.id)]
 
     def fake_merge(base_path, adapter_dir, out_dir):
         assert (Path(adapter_dir) / "adapter_model.safetensors").is_file()  # fetched from the store
@@ -42,7 +58,7 @@ def test_a_merge_is_asked_made_and_served_by_different_hosts(stored_job, api, se
         assert train_tasks.adapter_merge(str(job.id)) == "ready"
 
     switch_host(settings, tmp_path, "web-2")
-    assert merged_status(job) == "ready" and merge_state_read(job) is None and stale_merge_job_ids(0.0) == []
+    assert merged_status(job) == "ready" and merge_state_read(job) is None and stale_merge_job_ids() == []
     response = api.get(f"/api/v1/jobs/{job.id}/merged/")
     assert response.status_code == 200 and response["Content-Type"] == "application/zip"
     assert b"".join(response.streaming_content)[:2] == b"PK"
