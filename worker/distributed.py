@@ -35,7 +35,8 @@ from typing import Any
 
 from worker.config import ConfigError, TrainSpec
 from worker.data.problems import DatasetError
-from worker.engine import TrainingError, TrainResult, train
+from worker.engine import TrainResult, train
+from worker.errors import TrainingError
 from worker.warm import WarmBases
 from worker.reporting import Reporter, StopCheck, WorkLost, checkpoint_hook, never_stop
 

@@ -33,6 +33,7 @@ from worker.data.examples import Example
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.tokenization import TokenizedExample, TokenizedPair, tokenize_examples, tokenize_pairs
 from worker.early_stopping import BestTracker
+from worker.errors import TrainingError
 from worker.estimate import work_per_token
 from worker.evaluation import evaluate_adapter, evaluate_preferences
 from worker.loss import (mean_token_loss, pair_logps, preference_eval, preference_loss, rows_of, summed_eval_loss,
@@ -48,23 +49,6 @@ from worker.warm import WarmBases
 from worker.schedule import eval_interval, lr_multiplier, plan_steps, warmup_steps
 
 log = logging.getLogger(__name__)
-
-TRAINING_ERROR = "training_error"  # the default TrainingError code
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message is plain advice for the user.
-
-    `code` names the kind of failure for programs: `worker.memory_advice.OUT_OF_MEMORY`, or TRAINING_ERROR.
-    """
-
-    def __init__(self, message: str, code: str = TRAINING_ERROR):
-        super().__init__(message)
-        self.code = code
-
-    def __reduce__(self):
-        return type(self), (self.args[0], self.code)
-
 
 @dataclass
 class TrainResult:

@@ -22,7 +22,8 @@ from tests.conftest import memorisable_conversations, write_jsonl
 from worker.checkpoint import checkpoint_folders
 from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.distributed import Supervisor, run_training
-from worker.engine import TrainingError, train
+from worker.engine import train
+from worker.errors import TrainingError
 from worker.reporting import MemoryReporter
 
 CFG = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8, alpha=16,
