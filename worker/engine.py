@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from worker.batching import MicroBatchStream, make_batch
-from worker.checkpoint import (CheckpointUnreadable, atomic_dir, checkpoint_folders, discard_checkpoint,
-                               load_adapter_weights, load_checkpoint, prune_checkpoints, read_checkpoint,
-                               recover_leftovers, save_checkpoint, write_text_atomic)
+from worker.checkpoint import (CheckpointUnreadable, checkpoint_folders, discard_checkpoint, load_adapter_weights,
+                               load_checkpoint, prune_checkpoints, read_checkpoint, recover_leftovers, save_adapter,
+                               save_checkpoint, write_text_atomic)
 from worker.config import TrainConfig, TrainSpec
 from worker.data.examples import Example
 from worker.data.normalized import read_normalized_jsonl
@@ -36,7 +36,7 @@ from worker.early_stopping import BestTracker
 from worker.errors import TrainingError
 from worker.estimate import work_per_token
 from worker.evaluation import evaluate_adapter, evaluate_preferences
-from worker.loss import (mean_token_loss, pair_logps, preference_eval, preference_loss, rows_of, summed_eval_loss,
+from worker.loss import (mean_token_loss, pair_logps, preference_eval, preference_step, summed_eval_loss,
                          summed_token_loss)
 from worker.kernels import liger_problem, padding_free
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
@@ -91,23 +91,6 @@ def peak_memory_mb(device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None = None, state_dict=None) -> None:
-    """Write the adapter (and the tokenizer, if given) atomically; `state_dict`: the weights to write instead of
-    the model's (a sharded model's, gathered whole).
-
-    With `init_dir` (PiSSA), the adapter is converted against the initial one: PiSSA trains on a
-    residual base (W minus its principal components), and the conversion gives a rank-2r LoRA
-    that applies to the original, unmodified base.
-    """
-    with atomic_dir(folder) as tmp:
-        if init_dir is not None:
-            model.save_pretrained(tmp, path_initial_model_for_weight_conversion=str(init_dir))
-        else:
-            model.save_pretrained(tmp, state_dict=state_dict)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
 
 
 STOP_POLL_S = 1.0  # outside the loop (tokenizing, loading, evaluating) the stop flag is read at most this often
@@ -514,28 +497,14 @@ class TrainingRun:
         return step_tokens
 
     def preference_backward(self, micro: list[list[int]]) -> tuple[float, dict[str, float]]:
-        """Gradients of the DPO / ORPO loss over the step's micro-batches; returns the tokens seen (both
-        sides, DPO's reference pass counted as worker.estimate.work_per_token says) and the step's reward
-        margin and accuracy."""
-        import torch
-
+        """Gradients of the DPO / ORPO loss over the step's micro-batches; returns the tokens seen (both sides,
+        DPO's reference pass counted as worker.estimate.work_per_token says) and the step's reward margin and
+        accuracy. One device only (worker.config refuses devices > 1 for pairs)."""
         cfg = self.cfg
-        pairs = sum(len(batch) for batch in micro)
-        chosen_tokens = sum(self.examples[i].chosen.trained_tokens for batch in micro for i in batch)
-        step_loss, step_tokens, margins = 0.0, 0, []
-        for indices in micro:
-            batch = make_batch([self.examples[i] for i in indices], self.pad_id, self.device.device, False)
-            reference = rows_of(self.reference.get("train"), indices)
-            part = preference_loss(self.model, batch, cfg.method, cfg.beta, reference)
-            loss = part.total(pairs, chosen_tokens)  # normalised over the whole accumulated step
-            loss.backward()
-            step_loss += loss.item()
-            step_tokens += batch.tokens * work_per_token(cfg)
-            margins.append(part.chosen_rewards - part.rejected_rewards)
-        margin = torch.cat(margins)
-        self.loss_value = step_loss
-        return step_tokens, {"reward_margin": margin.mean().item(),
-                             "reward_accuracy": (margin > 0).float().mean().item()}
+        self.loss_value, tokens, rewards = preference_step(self.model, self.examples, micro, self.pad_id,
+                                                           self.device.device, cfg.method, cfg.beta,
+                                                           self.reference.get("train"))
+        return tokens * work_per_token(cfg), rewards
 
     def step_metrics(self, epoch: int, lr: float, grad_norm, tokens_per_s: float) -> dict[str, Any]:
         elapsed = time.monotonic() - self.loop_started

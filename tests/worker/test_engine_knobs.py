@@ -11,11 +11,12 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import memorisable_conversations, write_jsonl
 from worker.batching import collate, collate_packed
+from worker.checkpoint import save_adapter
 from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.tokenization import TokenizedExample, tokenize_examples
 from worker.early_stopping import BestTracker
-from worker.engine import build_optimizer, save_adapter, train
+from worker.engine import build_optimizer, train
 from worker.errors import TrainingError
 from worker.estimate import estimate
 from worker.loss import summed_token_loss
