@@ -35,8 +35,9 @@ from typing import Any
 
 from worker.config import ConfigError, TrainSpec
 from worker.data.problems import DatasetError
-from worker.engine import TrainResult, train
+from worker.engine import train
 from worker.errors import TrainingError
+from worker.run_state import TrainResult
 from worker.warm import WarmBases
 from worker.reporting import Reporter, StopCheck, WorkLost, checkpoint_hook, never_stop
 

@@ -16,12 +16,13 @@ from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.tokenization import TokenizedExample, tokenize_examples
 from worker.early_stopping import BestTracker
-from worker.engine import build_optimizer, train
+from worker.engine import train
 from worker.errors import TrainingError
 from worker.estimate import estimate
 from worker.loss import summed_token_loss
 from worker.modeling import build_peft_model, choose_device, get_peft_config, load_base_model, load_tokenizer
 from worker.reporting import MemoryReporter
+from worker.run_state import build_optimizer
 from worker.targets import saveable_modules
 
 
