@@ -203,6 +203,43 @@ def test_a_dead_rank_fails_the_run_without_a_hang(tiny_llama, data, tmp_path):
     assert all(p.poll() is not None for p in supervisor.procs), "no rank is left running"
 
 
+class SlowToEnd:
+    """A rank process that has left its main function (its socket is closed) but not yet exited."""
+
+    def wait(self, timeout=None):
+        import subprocess
+
+        raise subprocess.TimeoutExpired("rank", timeout)
+
+
+def test_a_rank_done_before_rank_0s_result_may_take_long_to_exit(tiny_llama, data, tmp_path):
+    """Rank 1 finishes (says done, closes its socket) while rank 0 still writes the adapter, and its teardown
+    outlasts the exit-code wait (a loaded machine): the run still succeeds with rank 0's result."""
+    import socket
+    import threading
+    from multiprocessing.connection import Connection
+
+    from worker.distributed import send
+
+    supervisor = Supervisor(spec(tiny_llama, data, tmp_path, 2), MemoryReporter(), lambda: None, threads=0,
+                            timeout_s=10)
+    ends = [socket.socketpair() for _ in range(2)]
+    supervisor.conns = [Connection(ours.detach()) for ours, _ in ends]
+    supervisor.procs = [SlowToEnd(), SlowToEnd()]
+    rank0, rank1 = (Connection(theirs.detach()) for _, theirs in ends)
+    send(rank1, {"op": "done"})
+    rank1.close()
+
+    def rank_0_ends_later():
+        time.sleep(0.5)
+        send(rank0, {"op": "result", "result": {"status": "succeeded", "steps_done": 4, "total_steps": 4}})
+        rank0.close()
+
+    threading.Thread(target=rank_0_ends_later).start()
+    result = supervisor.serve()
+    assert (result.status, result.steps_done) == ("succeeded", 4)
+
+
 def test_devices_are_validated():
     assert TrainConfig().devices == 1
     for bad, words in ((0, "must be between 1 and 64"), (2.0, "must be a whole number"), (True, "must be a whole number"),
