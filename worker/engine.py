@@ -138,7 +138,7 @@ class TrainingRun:
             raise TrainingError(problem)
         self.padding_free = padding_free(self.cfg, self.device)
         self.write(self.recover_output)
-        self.data = self.setup_data()
+        self.setup_data()
         self.setup_model()
         self.opt = build_optimization(self.model, self.cfg, self.device, self.total_steps)
 
@@ -147,7 +147,7 @@ class TrainingRun:
         recover_leftovers(self.folders.out)
         recover_leftovers(self.folders.checkpoints)
 
-    def setup_data(self) -> RunData:
+    def setup_data(self) -> None:
         """Tokenizer, tokenized train and eval examples (or preference pairs), and the step plan."""
         spec, cfg = self.spec, self.cfg
         self.reporter.event("setup", f"loading tokenizer and data on {self.device.device}")
@@ -156,13 +156,13 @@ class TrainingRun:
         if not examples:
             raise TrainingError("no example has an assistant token left after truncation; raise max_seq_length")
         per_epoch, total_steps = plan_steps(len(examples), cfg)
-        evals = EvalShare()
+        # Kept before the eval set is tokenized, so a stop during it reports the planned steps.
+        self.data = RunData(tokenizer=tokenizer, examples=examples, stream=MicroBatchStream(examples, cfg, per_epoch),
+                            per_epoch=per_epoch, total_steps=total_steps,
+                            eval_every=eval_interval(cfg, total_steps), eval=EvalShare())
         if spec.eval_dataset_path:  # each rank evaluates its share
-            evals = self.devices.eval_share(self.tokenize(tokenizer, read_normalized_jsonl(spec.eval_dataset_path)),
-                                            cfg.batch_size)
-        return RunData(tokenizer=tokenizer, examples=examples, stream=MicroBatchStream(examples, cfg, per_epoch),
-                       per_epoch=per_epoch, total_steps=total_steps, eval_every=eval_interval(cfg, total_steps),
-                       eval=evals)
+            self.data.eval = self.devices.eval_share(
+                self.tokenize(tokenizer, read_normalized_jsonl(spec.eval_dataset_path)), cfg.batch_size)
 
     def tokenize(self, tokenizer, examples: list[Example]) -> list[TokenizedExample] | list[TokenizedPair]:
         """Examples for supervised tuning, pairs for DPO / ORPO; a dataset of the other kind is refused."""
