@@ -274,6 +274,23 @@ def read_checkpoint(folder: Path) -> Checkpoint:
     return ckpt
 
 
+def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None = None, state_dict=None) -> None:
+    """Write the adapter (and the tokenizer, if given) atomically; `state_dict`: the weights to write instead of
+    the model's (a sharded model's, gathered whole).
+
+    With `init_dir` (PiSSA), the adapter is converted against the initial one: PiSSA trains on a
+    residual base (W minus its principal components), and the conversion gives a rank-2r LoRA
+    that applies to the original, unmodified base.
+    """
+    with atomic_dir(folder) as tmp:
+        if init_dir is not None:
+            model.save_pretrained(tmp, path_initial_model_for_weight_conversion=str(init_dir))
+        else:
+            model.save_pretrained(tmp, state_dict=state_dict)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+
 def load_adapter_weights(model, folder: Path) -> None:
     """Put the adapter weights saved in `folder` (safetensors) into the PEFT model."""
     from safetensors.torch import load_file

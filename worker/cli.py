@@ -11,7 +11,8 @@ import sys
 
 from worker.config import ConfigError, TrainSpec
 from worker.data.problems import DatasetError
-from worker.engine import TrainingError, train
+from worker.engine import train
+from worker.errors import TrainingError
 from worker.reporting import MemoryReporter
 
 

@@ -35,7 +35,9 @@ from typing import Any
 
 from worker.config import ConfigError, TrainSpec
 from worker.data.problems import DatasetError
-from worker.engine import TrainingError, TrainResult, train
+from worker.engine import train
+from worker.errors import TrainingError
+from worker.run_state import TrainResult
 from worker.warm import WarmBases
 from worker.reporting import Reporter, StopCheck, WorkLost, checkpoint_hook, never_stop
 
@@ -165,6 +167,7 @@ class Supervisor:
         """Answer rank 0 until it sends its result and every rank has ended; any rank's failure before
         the result ends the run."""
         live = {conn: rank for rank, conn in enumerate(self.conns)}
+        finished: set[int] = set()  # ranks that said "done": their socket closes before their process has ended
         result: TrainResult | None = None
         deadline = None
         while live:
@@ -177,8 +180,8 @@ class Supervisor:
                     message = receive(conn)
                 except (EOFError, OSError):
                     del live[conn]
-                    code = self.exit_code(rank)
-                    if code != 0 and result is None:
+                    code = self.exit_code(rank)  # (waits a little: ranks end on their own, not by end_all)
+                    if code != 0 and result is None and rank not in finished:
                         raise self.failure(rank, None)
                     continue
                 op = message.get("op")
@@ -190,7 +193,9 @@ class Supervisor:
                     if result is None:
                         raise self.failure(rank, message)
                     log.warning("rank %s failed after the run's result: %s", rank, message.get("message"))
-                elif op != "done":
+                elif op == "done":
+                    finished.add(rank)
+                else:
                     send(conn, {"value": self.answer(message)})
         if result is None:
             raise TrainingError("the training processes ended without a result")

@@ -6,13 +6,9 @@ iteration, the stop flag checked before each, evaluation and checkpoints between
 (adapter + tokenizer, atomically), then the end-of-job evaluation. Every write into the output
 folder comes right after the reporter's `guard()`, which raises WorkLost once the job is not ours.
 
-With a `RankGroup` (one job on several devices, launched by `worker.distributed`) every rank runs
-these phases on its shard of each micro-batch and the gradients are summed across ranks; rank 0
-alone checks the stop flag (and tells the others), reports, and writes checkpoints and the adapter.
-Without one (devices = 1) nothing of that runs. With `sharding = "fsdp"` the ranks also shard the model
-(`worker.sharding`): FSDP sums the gradients, every rank runs every forward (a stand-in batch when its share
-is empty, as FSDP gathers weights inside each forward) and takes part in each save (the weights are gathered
-whole for rank 0 to write) and in the end-of-job evaluation.
+The recipe reads as if it ran on one device. Where one job on several devices differs (which share of a batch
+this rank trains on, summing gradients and losses across ranks, agreeing on stop, gathering the adapter to
+save, which rank writes) it asks its device strategy (`worker.devices`): single device, data parallel or FSDP.
 """
 from __future__ import annotations
 
@@ -20,23 +16,23 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from worker.batching import MicroBatchStream, make_batch
-from worker.checkpoint import (CheckpointUnreadable, atomic_dir, checkpoint_folders, discard_checkpoint,
+from worker.checkpoint import (Checkpoint, CheckpointUnreadable, checkpoint_folders, discard_checkpoint,
                                load_adapter_weights, load_checkpoint, prune_checkpoints, read_checkpoint,
-                               recover_leftovers, save_checkpoint, write_text_atomic)
-from worker.config import TrainConfig, TrainSpec
+                               recover_leftovers, save_adapter, save_checkpoint, write_text_atomic)
+from worker.config import TrainSpec
 from worker.data.examples import Example
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.tokenization import TokenizedExample, TokenizedPair, tokenize_examples, tokenize_pairs
+from worker.devices import EvalShare, SingleDevice, device_strategy
 from worker.early_stopping import BestTracker
+from worker.errors import TrainingError
 from worker.estimate import work_per_token
 from worker.evaluation import evaluate_adapter, evaluate_preferences
-from worker.loss import (mean_token_loss, pair_logps, preference_eval, preference_loss, rows_of, summed_eval_loss,
-                         summed_token_loss)
+from worker.loss import pair_logps, preference_eval, preference_step, summed_eval_loss, summed_token_loss
 from worker.kernels import liger_problem, padding_free
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.mfu import mfu as model_flops_utilisation
@@ -44,58 +40,11 @@ from worker.modeling import build_peft_model, load_base_model, load_tokenizer, t
 from worker.failpoints import failpoint
 from worker.ranks import RankGroup
 from worker.reporting import Reporter, StopCheck, checkpoint_hook, never_stop, precision_hook, write_guard
+from worker.run_state import Folders, Optimization, RunData, TrainResult, build_optimization
 from worker.warm import WarmBases
-from worker.schedule import eval_interval, lr_multiplier, plan_steps, warmup_steps
+from worker.schedule import eval_interval, plan_steps
 
 log = logging.getLogger(__name__)
-
-TRAINING_ERROR = "training_error"  # the default TrainingError code
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message is plain advice for the user.
-
-    `code` names the kind of failure for programs: `worker.memory_advice.OUT_OF_MEMORY`, or TRAINING_ERROR.
-    """
-
-    def __init__(self, message: str, code: str = TRAINING_ERROR):
-        super().__init__(message)
-        self.code = code
-
-    def __reduce__(self):
-        return type(self), (self.args[0], self.code)
-
-
-@dataclass
-class TrainResult:
-    status: str  # succeeded | cancelled | paused
-    steps_done: int
-    total_steps: int
-    final_loss: float | None = None
-    adapter_dir: str | None = None
-    targets: list[str] = field(default_factory=list)
-    trainable_params: int = 0
-    total_params: int = 0
-    seconds: float = 0.0
-    best_step: int | None = None  # the step whose adapter was kept (lowest eval loss), when keep_best
-    best_eval_loss: float | None = None
-    stopped_early: bool = False
-    model: Any = field(default=None, repr=False)  # the trained PEFT model, for evaluation right away
-    precision: str = ""  # the frozen base's dtype: fp32, bf16 or fp16
-
-
-def build_optimizer(params, cfg: TrainConfig, device):
-    """AdamW, or bitsandbytes' paged 8-bit AdamW on CUDA (a quarter of the optimizer memory)."""
-    import torch
-
-    if cfg.optimizer == "paged_adamw_8bit":
-        if not device.is_cuda:
-            raise TrainingError("The paged 8-bit AdamW optimizer needs a CUDA GPU and this worker has none; "
-                                "retry with optimizer adamw.")
-        import bitsandbytes as bnb
-
-        return bnb.optim.PagedAdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
 def peak_memory_mb(device) -> float:
@@ -107,23 +56,6 @@ def peak_memory_mb(device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None = None, state_dict=None) -> None:
-    """Write the adapter (and the tokenizer, if given) atomically; `state_dict`: the weights to write instead of
-    the model's (a sharded model's, gathered whole).
-
-    With `init_dir` (PiSSA), the adapter is converted against the initial one: PiSSA trains on a
-    residual base (W minus its principal components), and the conversion gives a rank-2r LoRA
-    that applies to the original, unmodified base.
-    """
-    with atomic_dir(folder) as tmp:
-        if init_dir is not None:
-            model.save_pretrained(tmp, path_initial_model_for_weight_conversion=str(init_dir))
-        else:
-            model.save_pretrained(tmp, state_dict=state_dict)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
 
 
 STOP_POLL_S = 1.0  # outside the loop (tokenizing, loading, evaluating) the stop flag is read at most this often
@@ -141,44 +73,42 @@ class StopRequested(Exception):
 class TrainingRun:
     """One job's state across the phases; `train` calls them in order."""
 
-    def __init__(self, spec: TrainSpec, reporter: Reporter, should_stop: StopCheck, group: RankGroup | None = None,
-                 warm: WarmBases | None = None):
+    def __init__(self, spec: TrainSpec, reporter: Reporter, should_stop: StopCheck,
+                 devices: SingleDevice | None = None, warm: WarmBases | None = None):
         self.spec, self.cfg = spec, spec.config
+        self.devices = devices or SingleDevice()  # where the device modes differ (worker.devices)
         self.warm = warm  # bases kept loaded between jobs (the train worker's), or None: load, then let go
-        self.base = self.wrapped = None  # the base as loaded (or borrowed from warm), and PEFT's model on it
         self.reporter, self.should_stop = reporter, should_stop
-        self.group = group
-        self.main = group is None or group.main  # the process that reports and writes files
-        # FSDP: the model is sharded across the ranks, so they run every forward and every save together.
-        self.sharded = group is not None and self.cfg.sharding == "fsdp"
-        # Called right before every write into self.out: raises WorkLost once another worker owns the job.
+        # Called right before every write into the output folder: raises WorkLost once another worker owns the job.
         self.guard = write_guard(reporter)
         self.checkpoint_saved = checkpoint_hook(reporter)
-        self.started = time.monotonic()
-        self.out = Path(spec.output_dir)
-        self.ckpt_root = self.out / "checkpoints"
-        self.best_dir = self.out / "best-adapter"
-        self.adapter_dir = self.out / "adapter"
-        self.init_dir: Path | None = None
+        self.started, self.last_poll = time.monotonic(), 0.0
+        self.folders = Folders(Path(spec.output_dir))
+        self.device = None  # worker.modeling.TrainDevice, once set up
+        self.padding_free = False  # packed rows to flash-attention's varlen kernels (worker.kernels)
+        self.data: RunData | None = None
+        self.opt: Optimization | None = None
+        self.base = self.wrapped = self.model = None  # the base as loaded (or borrowed from warm), PEFT's model on it
+        self.init_dir: Path | None = None  # PiSSA: the initial adapter, for the conversion to plain LoRA
+        self.reference: dict[str, Any] = {}  # DPO on top of a previous adapter: its log-probs, "train" / "eval"
+        self.targets: list[str] = []
+        self.trainable = self.total_params = 0
+        self.flops_per_token, self.peak_flops = 0.0, None  # for the MFU metric (setup_mfu)
         self.best = BestTracker(self.cfg.early_stopping_patience, self.cfg.early_stopping_threshold)
         self.start_step = self.step = 0
         self.loss_value: float | None = None
         self.stopped_early = False
-        self.eval_everywhere = False  # with ranks: evaluate even with an empty share (the others wait on it)
-        self.eval_fill: dict[str, Any] = {}  # FSDP: summed_eval_loss's stand-in batches, so all ranks run alike
-        self.padding_free = False  # packed rows to flash-attention's varlen kernels (worker.kernels)
-        self.flops_per_token, self.peak_flops = 0.0, None  # for the MFU metric (setup_mfu)
-        self.reference: dict[str, Any] = {}  # DPO on top of a previous adapter: its log-probs, "train" / "eval"
-        self.targets: list[str] = []
-        self.trainable = self.total_params = self.total_steps = 0
-        self.device = None
-        self.last_poll = 0.0
+        self.loop_started = 0.0
+
+    @property
+    def total_steps(self) -> int:
+        return self.data.total_steps if self.data is not None else 0
 
     def poll_stop(self) -> None:
         """Raise StopRequested when a cancel or pause is asked for, looking at most once every STOP_POLL_S: for
         long work outside the loop, so a cancel during tokenizing, loading or evaluating acts within seconds.
         Several ranks agree on stopping only in the loop (one rank alone must not leave a collective)."""
-        if self.group is not None:
+        if not self.devices.polls_stop:
             return
         now = time.monotonic()
         if now - self.last_poll < STOP_POLL_S:
@@ -187,6 +117,12 @@ class TrainingRun:
         request = self.should_stop()
         if request in ("cancel", "pause"):
             raise StopRequested(request)
+
+    def write(self, action, *args, **kwargs) -> None:
+        """Run a write into the output folder on the rank that writes, right after the guard."""
+        if self.devices.writes:
+            self.guard()
+            action(*args, **kwargs)
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -201,42 +137,34 @@ class TrainingRun:
         if problem:
             raise TrainingError(problem)
         self.padding_free = padding_free(self.cfg, self.device)
-        if self.main:
-            self.recover_output()
+        self.write(self.recover_output)
         self.setup_data()
         self.setup_model()
-        self.setup_optimizer()
+        self.opt = build_optimization(self.model, self.cfg, self.device, self.total_steps)
 
     def recover_output(self) -> None:
         """Put back or clear what a crash in the middle of an atomic write left in the output folders."""
-        self.guard()
-        recover_leftovers(self.out)
-        recover_leftovers(self.ckpt_root)
+        recover_leftovers(self.folders.out)
+        recover_leftovers(self.folders.checkpoints)
 
     def setup_data(self) -> None:
         """Tokenizer, tokenized train and eval examples (or preference pairs), and the step plan."""
         spec, cfg = self.spec, self.cfg
         self.reporter.event("setup", f"loading tokenizer and data on {self.device.device}")
-        self.tokenizer = load_tokenizer(spec.base_model_path)
-        self.pad_id = self.tokenizer.pad_token_id
-        self.examples = self.tokenize(read_normalized_jsonl(spec.dataset_path))
-        if not self.examples:
+        tokenizer = load_tokenizer(spec.base_model_path)
+        examples = self.tokenize(tokenizer, read_normalized_jsonl(spec.dataset_path))
+        if not examples:
             raise TrainingError("no example has an assistant token left after truncation; raise max_seq_length")
-        self.per_epoch, self.total_steps = plan_steps(len(self.examples), cfg)
-        self.stream = MicroBatchStream(self.examples, cfg, self.per_epoch)
-        self.eval_examples: list[TokenizedExample] | list[TokenizedPair] = []
-        if spec.eval_dataset_path:
-            self.eval_examples = self.tokenize(read_normalized_jsonl(spec.eval_dataset_path))
-            if self.group is not None:  # each rank evaluates a length-balanced share
-                by_length = sorted(self.eval_examples, key=lambda e: len(e.input_ids))
-                if self.sharded and by_length:  # as many eval forwards on every rank as on rank 0 (the most)
-                    most = len(by_length[::self.group.world])
-                    self.eval_fill = {"min_batches": -(-most // cfg.batch_size), "filler": by_length[0]}
-                self.eval_examples = self.group.shard(by_length)
-                self.eval_everywhere = True
-        self.every = eval_interval(cfg, self.total_steps)
+        per_epoch, total_steps = plan_steps(len(examples), cfg)
+        # Kept before the eval set is tokenized, so a stop during it reports the planned steps.
+        self.data = RunData(tokenizer=tokenizer, examples=examples, stream=MicroBatchStream(examples, cfg, per_epoch),
+                            per_epoch=per_epoch, total_steps=total_steps,
+                            eval_every=eval_interval(cfg, total_steps), eval=EvalShare())
+        if spec.eval_dataset_path:  # each rank evaluates its share
+            self.data.eval = self.devices.eval_share(
+                self.tokenize(tokenizer, read_normalized_jsonl(spec.eval_dataset_path)), cfg.batch_size)
 
-    def tokenize(self, examples: list[Example]) -> list[TokenizedExample] | list[TokenizedPair]:
+    def tokenize(self, tokenizer, examples: list[Example]) -> list[TokenizedExample] | list[TokenizedPair]:
         """Examples for supervised tuning, pairs for DPO / ORPO; a dataset of the other kind is refused."""
         cfg = self.cfg
         pairs = sum(1 for e in examples if e.is_preference)
@@ -250,7 +178,7 @@ class TrainingRun:
         out: list = []
         for start in range(0, len(examples), TOKENIZE_CHUNK):
             self.poll_stop()
-            out.extend(tokenize(self.tokenizer, examples[start:start + TOKENIZE_CHUNK], cfg.max_seq_length))
+            out.extend(tokenize(tokenizer, examples[start:start + TOKENIZE_CHUNK], cfg.max_seq_length))
         return out
 
     def setup_model(self) -> None:
@@ -258,7 +186,7 @@ class TrainingRun:
         cfg = self.cfg
         self.reporter.event("setup", f"precision {self.device.precision}: the frozen base computes in "
                                      f"{self.device.precision}, LoRA weights and optimizer state are fp32")
-        if self.main:
+        if self.devices.writes:
             precision_hook(self.reporter)(self.device.precision)
         self.poll_stop()
         self.base = self.load_base()
@@ -283,20 +211,18 @@ class TrainingRun:
             self.reporter.event("setup", "packing without padding: flash-attention's variable-length kernels")
         self.reporter.event("setup", f"LoRA on {', '.join(self.targets)}: {self.trainable:,} trainable of "
                                      f"{self.total_params:,} parameters")
-        if self.sharded:
-            self.shard()
+        self.devices.prepare(self.model, self.reporter)
         if cfg.init_lora_weights == "pissa":
             # The adapter as initialised, before any step: needed to convert the result to plain LoRA.
-            self.init_dir = self.out / "initial-adapter"
-            if self.main and not (self.init_dir / "adapter_model.safetensors").is_file():
-                self.guard()
-                save_adapter(self.model, self.init_dir)
+            self.init_dir = self.folders.initial
+            if not (self.init_dir / "adapter_model.safetensors").is_file():
+                self.write(save_adapter, self.model, self.init_dir)
 
     def setup_mfu(self) -> None:
         """FLOPs per trained token (worker.mfu's convention) and the device's peak: MFU is logged when known."""
         from worker.mfu import device_peak_flops, flops_per_token_of
 
-        lengths = [e.length for e in self.examples] or [self.cfg.max_seq_length]
+        lengths = [e.length for e in self.data.examples] or [self.cfg.max_seq_length]
         self.flops_per_token = flops_per_token_of(self.model, self.trainable, self.total_params,
                                                   sum(lengths) / len(lengths))
         self.peak_flops = None
@@ -305,20 +231,8 @@ class TrainingRun:
 
             name = torch.cuda.get_device_name()  # this process's GPU (each rank has set its own)
             self.peak_flops = device_peak_flops(name, self.device.precision)
-            if self.peak_flops and self.group is not None:
-                self.peak_flops *= self.group.world  # tokens/s is summed over the ranks
-
-    def shard(self) -> None:
-        """FSDP over the ranks, from rank 0's initial adapter; reports each rank's share of the frozen base."""
-        from worker.sharding import shard_model
-
-        self.group.broadcast_params([p for p in self.model.parameters() if p.requires_grad])
-        share = shard_model(self.model, self.group.device)
-        n = self.group.world
-        held = self.group.sum([share.local_bytes if r == self.group.rank else 0 for r in range(n)])  # by rank
-        self.reporter.event("setup", f"FSDP: each of {n} ranks holds about 1/{n} of the frozen base "
-                                     f"({share.total_bytes / 2**20:.3f} MB): "
-                                     + ", ".join(f"rank {r} {b / 2**20:.3f} MB" for r, b in enumerate(held)))
+            if self.peak_flops:
+                self.peak_flops *= self.devices.world  # tokens/s is summed over the ranks
 
     def load_base(self):
         """The frozen base: the one kept loaded from an earlier job on it (warm start), else loaded now."""
@@ -358,18 +272,9 @@ class TrainingRun:
         self.reporter.event("setup", f"starting from the adapter of job {cfg.start_from}"
                                      + (" (also DPO's reference)" if cfg.method == "dpo" else ""))
         if cfg.method == "dpo":
-            for name, pairs in (("train", self.examples), ("eval", self.eval_examples)):
-                self.reference[name] = pair_logps(self.model, pairs, cfg.batch_size, self.pad_id, self.device.device)
-
-    def setup_optimizer(self) -> None:
-        """The optimizer over the trainable parameters and the warmup + decay schedule."""
-        import torch
-
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.params, self.cfg, self.device)
-        total, warmup, kind = self.total_steps, warmup_steps(self.cfg, self.total_steps), self.cfg.lr_scheduler
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lambda s: lr_multiplier(s, total, warmup, kind))
+            for name, pairs in (("train", self.data.examples), ("eval", self.data.eval.examples)):
+                self.reference[name] = pair_logps(self.model, pairs, cfg.batch_size, self.data.pad_id,
+                                                  self.device.device)
 
     # --- resume and checkpoints -------------------------------------------------------------
 
@@ -377,31 +282,27 @@ class TrainingRun:
         """Continue from the newest checkpoint that reads whole: weights, optimizer, schedule, best eval.
 
         Unreadable checkpoints are reported and removed (else pruning could keep them over good ones).
-        With several ranks, rank 0 picks the checkpoint and the others load that same one.
+        With several ranks, rank 0 picks the checkpoint and the others load that same one; dropout draws
+        differ per rank.
         """
-        if self.main:
+        if self.devices.writes:
             self.resume_newest()
-        if self.group is not None:
-            self.resume_ranks()
+        step = self.devices.from_main(self.start_step)
+        if step != self.start_step:  # a rank that does not write: rank 0's checkpoint
+            self.load(read_checkpoint(self.folders.checkpoints / f"step-{step:06d}"))
+        self.devices.sync_weights(self.opt.params)
+        self.devices.reseed(self.cfg.seed, step)
 
-    def resume_ranks(self) -> None:
-        """Every rank at rank 0's step with rank 0's weights; dropout draws differ per rank."""
-        import torch
-
-        step = self.group.broadcast_int(self.start_step)
-        if not self.main and step:
-            ckpt = read_checkpoint(self.ckpt_root / f"step-{step:06d}")
-            load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
-            self.best.restore(ckpt.best)
-            self.start_step = self.step = step
-        if not self.sharded:  # a sharded model's chunks were loaded from the same full checkpoint
-            self.group.broadcast_params(self.params)
-        if not self.main:
-            torch.manual_seed(self.cfg.seed + 7919 * self.group.rank + step)
+    def load(self, ckpt: Checkpoint) -> None:
+        """Weights, optimizer, schedule and best eval loss from `ckpt`; the run goes on after its step."""
+        opt = self.opt
+        load_checkpoint(ckpt, model=self.model, optimizer=opt.optimizer, scheduler=opt.scheduler)
+        self.best.restore(ckpt.best)
+        self.start_step = self.step = ckpt.step
 
     def resume_newest(self) -> None:
         ckpt, unreadable = None, []
-        for folder in checkpoint_folders(self.ckpt_root):
+        for folder in checkpoint_folders(self.folders.checkpoints):
             try:
                 ckpt = read_checkpoint(folder)
                 break
@@ -417,9 +318,7 @@ class TrainingRun:
             if unreadable:
                 self.reporter.event("warning", f"no checkpoint could be read ({names}); starting from step 0")
             return
-        load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
-        self.best.restore(ckpt.best)
-        self.start_step = self.step = ckpt.step
+        self.load(ckpt)
         saved = ckpt.state.get("precision")
         if saved and saved != self.device.precision:  # e.g. auto on a worker without native bf16
             self.reporter.event("warning", f"the checkpoint was trained with a {saved} base and this run's is "
@@ -430,17 +329,12 @@ class TrainingRun:
     def checkpoint(self) -> None:
         """Save the current step's checkpoint (rank 0's: the ranks hold the same weights; sharded, every rank
         gives its shards of the adapter and the optimizer state, gathered whole for rank 0 to write)."""
-        gathered: dict[str, Any] = {}
-        if self.sharded:
-            from worker.sharding import full_adapter_state, full_optimizer_state
-
-            gathered = {"adapter_state": full_adapter_state(self.model),
-                        "optimizer_state": full_optimizer_state(self.optimizer)}
-        if not self.main:
+        gathered = self.devices.checkpoint_state(self.model, self.opt.optimizer)
+        if not self.devices.writes:
             return
         self.guard()
-        folder = save_checkpoint(self.ckpt_root, step=self.step, model=self.model, optimizer=self.optimizer,
-                                 scheduler=self.scheduler,
+        folder = save_checkpoint(self.folders.checkpoints, step=self.step, model=self.model,
+                                 optimizer=self.opt.optimizer, scheduler=self.opt.scheduler,
                                  extra={"total_steps": self.total_steps, "best": self.best.state(),
                                         "precision": self.device.precision}, **gathered)
         self.checkpoint_saved(folder)
@@ -452,9 +346,7 @@ class TrainingRun:
         self.model.train()
         self.loop_started = time.monotonic()
         while self.step < self.total_steps:
-            request = self.should_stop() if self.main else None
-            if self.group is not None:
-                request = self.group.agree(request)
+            request = self.devices.agree_stop(self.should_stop)
             if request in ("cancel", "pause"):
                 if request == "pause" and self.step > self.start_step:
                     self.checkpoint()
@@ -471,52 +363,41 @@ class TrainingRun:
                 return None
             if self.step % self.cfg.save_every == 0 and self.step < self.total_steps:
                 self.checkpoint()
-                if self.main:
-                    self.guard()
-                    prune_checkpoints(self.ckpt_root)
+                self.write(prune_checkpoints, self.folders.checkpoints)
         return None
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over its accumulated micro-batches; returns the step's metrics."""
-        import torch
-
         self.step += 1
         t0 = time.monotonic()
-        epoch, micro = self.stream.for_step(self.step)
+        epoch, micro = self.data.stream.for_step(self.step)
         if self.cfg.is_preference:
             step_tokens, extra = self.preference_backward(micro)
         else:
             step_tokens, extra = self.supervised_backward(micro), {}
-        if self.group is not None and not self.sharded:  # FSDP sums the gradients itself
-            self.group.sum_grads(self.params)  # the ranks' shares of the step add up to one device's
-        max_norm = self.cfg.max_grad_norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm) if max_norm else None
-        if grad_norm is not None and self.sharded:
-            from worker.sharding import full_of
-
-            grad_norm = full_of(grad_norm)
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        opt = self.opt
+        self.devices.reduce_grads(opt.params)
+        grad_norm = self.devices.clip_grad_norm(opt.params, self.cfg.max_grad_norm)
+        lr = opt.scheduler.get_last_lr()[0]
+        opt.optimizer.step()
+        opt.scheduler.step()
+        opt.optimizer.zero_grad(set_to_none=True)
         metrics = self.step_metrics(epoch, lr, grad_norm, step_tokens / max(1e-9, time.monotonic() - t0))
         metrics.update(extra)
         return metrics
 
     def supervised_backward(self, micro: list[list[int]]) -> int:
-        """Gradients of the next-token loss over the step's micro-batches; returns the tokens seen."""
-        n_label = sum(self.examples[i].trained_tokens for batch in micro for i in batch)
+        """Gradients of the next-token loss over the step's micro-batches (this rank's share of each); returns
+        the tokens seen."""
+        examples = self.data.examples
+        n_label = sum(examples[i].trained_tokens for batch in micro for i in batch)
         step_loss, step_tokens = 0.0, 0
         for indices in micro:
-            weight = 1.0
-            if self.group is not None:
-                share = self.group.shard(indices)
-                if not share and not self.sharded:
-                    continue
-                # FSDP: a rank with no example still runs the forward and backward (their collectives), on a
-                # stand-in example whose loss counts for nothing.
-                indices, weight = (share, 1.0) if share else (indices[:1], 0.0)
-            batch = make_batch([self.examples[i] for i in indices], self.pad_id, self.device.device,
+            share = self.devices.share(indices)
+            if share is None:
+                continue
+            indices, weight = share
+            batch = make_batch([examples[i] for i in indices], self.data.pad_id, self.device.device,
                                self.cfg.packing, padding_free=self.padding_free)
             loss_sum, _ = summed_token_loss(self.model, batch)
             loss_sum = loss_sum * weight
@@ -524,42 +405,28 @@ class TrainingRun:
             (loss_sum / max(1, n_label)).backward()
             step_loss += loss_sum.item()
             step_tokens += int(batch.tokens * weight)
-        if self.group is not None:
-            step_loss, step_tokens = self.group.sum([step_loss, step_tokens])
+        step_loss, step_tokens = self.devices.sum([step_loss, step_tokens])
         self.loss_value = step_loss / max(1, n_label)
         return step_tokens
 
     def preference_backward(self, micro: list[list[int]]) -> tuple[float, dict[str, float]]:
-        """Gradients of the DPO / ORPO loss over the step's micro-batches; returns the tokens seen (both
-        sides, DPO's reference pass counted as worker.estimate.work_per_token says) and the step's reward
-        margin and accuracy."""
-        import torch
-
+        """Gradients of the DPO / ORPO loss over the step's micro-batches; returns the tokens seen (both sides,
+        DPO's reference pass counted as worker.estimate.work_per_token says) and the step's reward margin and
+        accuracy. One device only (worker.config refuses devices > 1 for pairs)."""
         cfg = self.cfg
-        pairs = sum(len(batch) for batch in micro)
-        chosen_tokens = sum(self.examples[i].chosen.trained_tokens for batch in micro for i in batch)
-        step_loss, step_tokens, margins = 0.0, 0, []
-        for indices in micro:
-            batch = make_batch([self.examples[i] for i in indices], self.pad_id, self.device.device, False)
-            reference = rows_of(self.reference.get("train"), indices)
-            part = preference_loss(self.model, batch, cfg.method, cfg.beta, reference)
-            loss = part.total(pairs, chosen_tokens)  # normalised over the whole accumulated step
-            loss.backward()
-            step_loss += loss.item()
-            step_tokens += batch.tokens * work_per_token(cfg)
-            margins.append(part.chosen_rewards - part.rejected_rewards)
-        margin = torch.cat(margins)
-        self.loss_value = step_loss
-        return step_tokens, {"reward_margin": margin.mean().item(),
-                             "reward_accuracy": (margin > 0).float().mean().item()}
+        self.loss_value, tokens, rewards = preference_step(self.model, self.data.examples, micro, self.data.pad_id,
+                                                           self.device.device, cfg.method, cfg.beta,
+                                                           self.reference.get("train"))
+        return tokens * work_per_token(cfg), rewards
 
     def step_metrics(self, epoch: int, lr: float, grad_norm, tokens_per_s: float) -> dict[str, Any]:
         elapsed = time.monotonic() - self.loop_started
         done_here = self.step - self.start_step
+        per_epoch = self.data.per_epoch
         metrics: dict[str, Any] = {
             "loss": self.loss_value,
             "lr": lr,
-            "epoch": epoch + ((self.step - 1) % self.per_epoch + 1) / self.per_epoch,
+            "epoch": epoch + ((self.step - 1) % per_epoch + 1) / per_epoch,
             "total_steps": self.total_steps,
             "tokens_per_s": tokens_per_s,
             "eta_s": elapsed / done_here * (self.total_steps - self.step),
@@ -574,55 +441,46 @@ class TrainingRun:
 
     def evaluate(self, metrics: dict[str, Any]) -> None:
         """Eval loss every `eval_interval` steps and at the last; a new best is marked (and kept with keep_best)."""
-        if not (self.eval_examples or self.eval_everywhere) or (self.step % self.every != 0 and self.step != self.total_steps):
+        data, cfg = self.data, self.cfg
+        if not data.eval.runs or (self.step % data.eval_every != 0 and self.step != self.total_steps):
             return
         failpoint("evaluate")
-        if self.cfg.is_preference:
-            scores = preference_eval(self.model, self.eval_examples, self.cfg.batch_size, self.pad_id,
-                                     self.device.device, self.cfg.method, self.cfg.beta, self.reference.get("eval"))
+        if cfg.is_preference:
+            scores = preference_eval(self.model, data.eval.examples, cfg.batch_size, data.pad_id,
+                                     self.device.device, cfg.method, cfg.beta, self.reference.get("eval"))
             metrics.update({f"eval_{key}": value for key, value in scores.items()})
-        elif self.group is None:
-            metrics["eval_loss"] = mean_token_loss(self.model, self.eval_examples, self.cfg.batch_size, self.pad_id,
-                                                   self.device.device)
         else:
-            total, count = self.group.sum(summed_eval_loss(self.model, self.eval_examples, self.cfg.batch_size,
-                                                           self.pad_id, self.device.device, **self.eval_fill))
+            total, count = self.devices.sum(summed_eval_loss(self.model, data.eval.examples, cfg.batch_size,
+                                                             data.pad_id, self.device.device, **data.eval.fill))
             metrics["eval_loss"] = total / max(1, count)
         if self.best.update(self.step, metrics["eval_loss"]):
             metrics["best"] = True
-            if self.cfg.keep_best:
-                self.write_adapter(self.best_dir)
+            if cfg.keep_best:
+                self.write_adapter(self.folders.best)
 
     def write_adapter(self, folder: Path, *, tokenizer=None, init_dir: Path | None = None) -> None:
         """Rank 0 writes the adapter; sharded, every rank first gives its shards (gathered whole)."""
-        state = None
-        if self.sharded:
-            from worker.sharding import full_adapter_state
-
-            state = full_adapter_state(self.model)
-        if self.main:
-            self.guard()
-            save_adapter(self.model, folder, tokenizer=tokenizer, init_dir=init_dir, state_dict=state)
+        state = self.devices.adapter_state(self.model)
+        self.write(save_adapter, self.model, folder, tokenizer=tokenizer, init_dir=init_dir, state_dict=state)
 
     # --- save and the end-of-job evaluation ----------------------------------------------------
 
     def save(self) -> int:
         """Write the final adapter and tokenizer (the best step's adapter with keep_best); returns its step."""
-        best = self.best
+        best, best_dir = self.best, self.folders.best
         kept_step = self.step
         use_best = (self.cfg.keep_best and best.best_step is not None and best.best_step != self.step
-                    and self.best_dir.is_dir())
-        if self.sharded:  # rank 0's answer: the others may look before its last write of best_dir is done
-            use_best = bool(self.group.broadcast_int(int(use_best)))
-        if use_best:
-            load_adapter_weights(self.model, self.best_dir)
+                    and best_dir.is_dir())
+        # Rank 0's answer: the others may look before its last write of best_dir is done.
+        if self.devices.agree_on_save(use_best):
+            load_adapter_weights(self.model, best_dir)
             kept_step = best.best_step
             self.reporter.event("best", f"kept the adapter from step {kept_step} (lowest eval loss "
                                         f"{best.best_loss:.4f}), not the last step {self.step}")
-        if self.main:
+        if self.devices.writes:
             self.guard()
             failpoint("save")
-        self.write_adapter(self.adapter_dir, tokenizer=self.tokenizer, init_dir=self.init_dir)
+        self.write_adapter(self.folders.adapter, tokenizer=self.data.tokenizer, init_dir=self.init_dir)
         self.reporter.event("saved", "adapter saved" + (" (PiSSA converted to plain LoRA for the original base)"
                                                         if self.init_dir else ""))
         return kept_step
@@ -630,45 +488,54 @@ class TrainingRun:
     def final_evaluation(self) -> None:
         """Base vs adapted on the validation split, written to evaluation.json (when asked for). Sharded, every
         rank runs the same evaluation (the same forwards, so FSDP's gathers match) and rank 0 writes it."""
-        spec = self.spec
+        spec, cfg = self.spec, self.cfg
         if self.init_dir is not None:
             # PiSSA rewrote the base in memory; evaluate what users get: the original base + the converted adapter.
             from peft import PeftModel
 
             self.model = PeftModel.from_pretrained(load_base_model(spec.base_model_path, self.device),
-                                                   str(self.adapter_dir))
+                                                   str(self.folders.adapter))
         self.model.eval()
-        if spec.eval_dataset_path and self.cfg.final_eval:
-            self.reporter.event("evaluate", "comparing base and adapted model on the validation split")
-            started = time.monotonic()
-            held_out = read_normalized_jsonl(spec.eval_dataset_path)
-            if self.cfg.is_preference:
-                evaluation = evaluate_preferences(self.model, self.tokenizer, held_out, cfg=self.cfg,
-                                                  device=self.device.device, ref_table=self.reference.get("eval"))
-            else:
-                evaluation = evaluate_adapter(self.model, self.tokenizer, held_out,
-                                              max_seq_length=self.cfg.max_seq_length, device=self.device.device,
-                                              between_batches=self.poll_stop)
-            if self.main:
-                self.guard()
-                write_text_atomic(self.out / "evaluation.json", json.dumps(evaluation, indent=1))
-                self.reporter.event("evaluate", evaluation_cost(time.monotonic() - started,
-                                                                time.monotonic() - self.started))
+        if not (spec.eval_dataset_path and cfg.final_eval):
+            return
+        self.reporter.event("evaluate", "comparing base and adapted model on the validation split")
+        started = time.monotonic()
+        held_out = read_normalized_jsonl(spec.eval_dataset_path)
+        if cfg.is_preference:
+            evaluation = evaluate_preferences(self.model, self.data.tokenizer, held_out, cfg=cfg,
+                                              device=self.device.device, ref_table=self.reference.get("eval"))
+        else:
+            evaluation = evaluate_adapter(self.model, self.data.tokenizer, held_out,
+                                          max_seq_length=cfg.max_seq_length, device=self.device.device,
+                                          between_batches=self.poll_stop)
+        if self.devices.writes:
+            self.guard()
+            write_text_atomic(self.folders.out / "evaluation.json", json.dumps(evaluation, indent=1))
+            self.reporter.event("evaluate", evaluation_cost(time.monotonic() - started,
+                                                            time.monotonic() - self.started))
 
     # --- results --------------------------------------------------------------------------------
 
     def stopped(self, request: str) -> TrainResult:
-        return TrainResult("cancelled" if request == "cancel" else "paused", self.step, self.total_steps,
-                           self.loss_value, None, self.targets, self.trainable, self.total_params,
-                           time.monotonic() - self.started,
+        return TrainResult(status="cancelled" if request == "cancel" else "paused", steps_done=self.step,
+                           total_steps=self.total_steps, final_loss=self.loss_value, targets=self.targets,
+                           trainable_params=self.trainable, total_params=self.total_params,
+                           seconds=time.monotonic() - self.started,
                            precision=self.device.precision if self.device is not None else "")
 
     def succeeded(self, kept_step: int) -> TrainResult:
+        """The run's result; on a rank that does not write, only how far it went."""
+        if not self.devices.writes:
+            return TrainResult(status="succeeded", steps_done=self.step, total_steps=self.total_steps,
+                               final_loss=self.loss_value)
         best = self.best
-        return TrainResult("succeeded", self.step, self.total_steps, self.loss_value, str(self.adapter_dir),
-                           self.targets, self.trainable, self.total_params, time.monotonic() - self.started,
-                           kept_step if best.best_step is not None else None, best.best_loss, self.stopped_early,
-                           self.model, self.device.precision)
+        return TrainResult(status="succeeded", steps_done=self.step, total_steps=self.total_steps,
+                           final_loss=self.loss_value, adapter_dir=str(self.folders.adapter), targets=self.targets,
+                           trainable_params=self.trainable, total_params=self.total_params,
+                           seconds=time.monotonic() - self.started,
+                           best_step=kept_step if best.best_step is not None else None,
+                           best_eval_loss=best.best_loss, stopped_early=self.stopped_early, model=self.model,
+                           precision=self.device.precision)
 
 
 def evaluation_cost(seconds: float, run_seconds: float) -> str:
@@ -681,11 +548,11 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
           group: RankGroup | None = None, warm: WarmBases | None = None) -> TrainResult:
     """Train a LoRA adapter as `spec` says; resumes from the newest checkpoint in output_dir.
 
-    With `group`, this process is one rank of a data-parallel run (see `worker.distributed`); only
-    rank 0's result carries the saved adapter. With `warm`, the base is borrowed from (and given back
-    to) the bases kept loaded between jobs, so the result carries no model.
+    With `group`, this process is one rank of a run on several devices (see `worker.distributed` and
+    `worker.devices`); only rank 0's result carries the saved adapter. With `warm`, the base is borrowed from
+    (and given back to) the bases kept loaded between jobs, so the result carries no model.
     """
-    run = TrainingRun(spec, reporter, should_stop, group, warm)
+    run = TrainingRun(spec, reporter, should_stop, device_strategy(group, spec.config.sharding), warm)
     try:
         result = run_phases(run)
     finally:
@@ -697,6 +564,7 @@ def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_st
 
 
 def run_phases(run: TrainingRun) -> TrainResult:
+    """Setup, resume, the loop, save and the end-of-job evaluation; a stop request ends the run where it comes."""
     import torch
 
     try:
@@ -711,14 +579,12 @@ def run_phases(run: TrainingRun) -> TrainResult:
         raise TrainingError(ADVICE_OOM, code=OUT_OF_MEMORY) from exc
     if request is not None:
         return run.stopped(request)
-    if not run.main and not run.sharded:
-        return TrainResult("succeeded", run.step, run.total_steps, run.loss_value)
+    if not run.devices.saves:  # data parallel: rank 0 saves and evaluates alone
+        return run.succeeded(run.step)
     kept_step = run.save()
     try:
         run.final_evaluation()
     except StopRequested as stop:
         run.reporter.event(stop.request, "stopped during the end-of-job evaluation; the adapter is saved")
         return run.stopped(stop.request)
-    if not run.main:
-        return TrainResult("succeeded", run.step, run.total_steps, run.loss_value)
     return run.succeeded(kept_step)

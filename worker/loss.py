@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from worker.batching import Batch, collate, collate_pairs
+from worker.batching import Batch, collate, collate_pairs, make_batch
 from worker.data.tokenization import IGNORE_INDEX, TokenizedExample, TokenizedPair
 
 
@@ -177,6 +177,29 @@ def preference_loss(peft_model, batch: Batch, method: str, beta: float, ref_logp
         return PreferenceLoss(-beta * F.logsigmoid(log_odds).sum(), -logps[:n].sum(), beta * chosen.detach(),
                               beta * rejected.detach())
     raise ValueError(f"unknown preference method {method!r}")
+
+
+def preference_step(model, pairs: list[TokenizedPair], micro: list[list[int]], pad_id: int, device, method: str,
+                    beta: float, ref_table=None) -> tuple[float, int, dict[str, float]]:
+    """Gradients of the DPO / ORPO loss over one optimizer step's micro-batches (of indices into `pairs`),
+    normalised over the whole step; returns the step's loss, its real tokens (both sides) and its reward
+    margin and accuracy. `ref_table`: the pairs' reference log-probs, when taken before training."""
+    import torch
+
+    n_pairs = sum(len(batch) for batch in micro)
+    chosen_tokens = sum(pairs[i].chosen.trained_tokens for batch in micro for i in batch)
+    step_loss, tokens, margins = 0.0, 0, []
+    for indices in micro:
+        batch = make_batch([pairs[i] for i in indices], pad_id, device, False)
+        part = preference_loss(model, batch, method, beta, rows_of(ref_table, indices))
+        loss = part.total(n_pairs, chosen_tokens)
+        loss.backward()
+        step_loss += loss.item()
+        tokens += batch.tokens
+        margins.append(part.chosen_rewards - part.rejected_rewards)
+    margin = torch.cat(margins)
+    return step_loss, tokens, {"reward_margin": margin.mean().item(),
+                               "reward_accuracy": (margin > 0).float().mean().item()}
 
 
 def rows_of(table, indices: list[int]):

@@ -7,8 +7,8 @@ unit is all-gathered just before its forward and backward and freed after. FSDP 
 with a divide factor of 1, so they are summed as `RankGroup.sum_grads` sums them for plain data parallel: the
 engine's loss (a rank's summed token loss over the trained tokens of the whole global step) keeps its meaning.
 
-FSDP runs collectives inside every forward, so all ranks must run the same number of forwards; the engine gives
-a rank with no example in a micro-batch (or a short eval share) a stand-in batch whose loss is not counted.
+FSDP runs collectives inside every forward, so all ranks must run the same number of forwards; `worker.devices.Fsdp`
+gives a rank with no example in a micro-batch (or a short eval share) a stand-in batch whose loss is not counted.
 
 Files stay in the one-device format: rank 0 writes a full adapter and full optimizer state gathered from the
 shards (`full_tensor()` is a collective, so every rank takes part in each save), and loading puts each rank's

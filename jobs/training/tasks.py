@@ -27,7 +27,7 @@ from jobs.training.reporting import DbReporter
 from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.data.problems import DatasetError
 from worker.distributed import run_training
-from worker.engine import TrainingError
+from worker.errors import TrainingError
 from worker.export import merge_adapter, zip_folder
 from worker.reporting import WorkLost
 from worker.warm import WarmBases

@@ -22,7 +22,8 @@ from tests.conftest import memorisable_conversations, write_jsonl
 from worker.checkpoint import checkpoint_folders
 from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.distributed import Supervisor, run_training
-from worker.engine import TrainingError, train
+from worker.engine import train
+from worker.errors import TrainingError
 from worker.reporting import MemoryReporter
 
 CFG = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8, alpha=16,
@@ -200,6 +201,43 @@ def test_a_dead_rank_fails_the_run_without_a_hang(tiny_llama, data, tmp_path):
         supervisor.run()
     assert time.monotonic() - reporter.killed_at < 15
     assert all(p.poll() is not None for p in supervisor.procs), "no rank is left running"
+
+
+class SlowToEnd:
+    """A rank process that has left its main function (its socket is closed) but not yet exited."""
+
+    def wait(self, timeout=None):
+        import subprocess
+
+        raise subprocess.TimeoutExpired("rank", timeout)
+
+
+def test_a_rank_done_before_rank_0s_result_may_take_long_to_exit(tiny_llama, data, tmp_path):
+    """Rank 1 finishes (says done, closes its socket) while rank 0 still writes the adapter, and its teardown
+    outlasts the exit-code wait (a loaded machine): the run still succeeds with rank 0's result."""
+    import socket
+    import threading
+    from multiprocessing.connection import Connection
+
+    from worker.distributed import send
+
+    supervisor = Supervisor(spec(tiny_llama, data, tmp_path, 2), MemoryReporter(), lambda: None, threads=0,
+                            timeout_s=10)
+    ends = [socket.socketpair() for _ in range(2)]
+    supervisor.conns = [Connection(ours.detach()) for ours, _ in ends]
+    supervisor.procs = [SlowToEnd(), SlowToEnd()]
+    rank0, rank1 = (Connection(theirs.detach()) for _, theirs in ends)
+    send(rank1, {"op": "done"})
+    rank1.close()
+
+    def rank_0_ends_later():
+        time.sleep(0.5)
+        send(rank0, {"op": "result", "result": {"status": "succeeded", "steps_done": 4, "total_steps": 4}})
+        rank0.close()
+
+    threading.Thread(target=rank_0_ends_later).start()
+    result = supervisor.serve()
+    assert (result.status, result.steps_done) == ("succeeded", 4)
 
 
 def test_devices_are_validated():

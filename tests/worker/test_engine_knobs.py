@@ -11,15 +11,18 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import memorisable_conversations, write_jsonl
 from worker.batching import collate, collate_packed
+from worker.checkpoint import save_adapter
 from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.tokenization import TokenizedExample, tokenize_examples
 from worker.early_stopping import BestTracker
-from worker.engine import TrainingError, build_optimizer, save_adapter, train
+from worker.engine import train
+from worker.errors import TrainingError
 from worker.estimate import estimate
 from worker.loss import summed_token_loss
 from worker.modeling import build_peft_model, choose_device, get_peft_config, load_base_model, load_tokenizer
 from worker.reporting import MemoryReporter
+from worker.run_state import build_optimizer
 from worker.targets import saveable_modules
 
 

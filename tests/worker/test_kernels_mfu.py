@@ -10,7 +10,8 @@ from worker import kernels
 from worker.batching import collate_packed, make_batch
 from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.data.tokenization import IGNORE_INDEX, TokenizedExample
-from worker.engine import TrainingError, TrainingRun, train
+from worker.engine import TrainingRun, train
+from worker.errors import TrainingError
 from worker.loss import summed_token_loss
 from worker.mfu import device_peak_flops, flops_per_token_of, mfu, model_flops_per_token
 from worker.modeling import DeviceChoice, build_peft_model, load_base_model

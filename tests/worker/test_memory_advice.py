@@ -7,7 +7,8 @@ import pytest
 
 from tests.conftest import memorisable_conversations, write_jsonl
 from worker.config import TrainConfig, TrainSpec
-from worker.engine import TRAINING_ERROR, TrainingError, train
+from worker.engine import train
+from worker.errors import TRAINING_ERROR, TrainingError
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY, REMEDIES, fitting_changes, oom_suggestion
 from worker.reporting import MemoryReporter
 

@@ -12,7 +12,8 @@ from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.data.examples import Example
 from worker.data.normalized import write_normalized_jsonl
 from worker.data.tokenization import IGNORE_INDEX, tokenize_pairs
-from worker.engine import TrainingError, train
+from worker.engine import train
+from worker.errors import TrainingError
 from worker.loss import preference_loss
 from worker.modeling import choose_device, load_base_model, load_tokenizer
 from worker.reporting import MemoryReporter
