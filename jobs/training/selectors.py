@@ -117,6 +117,8 @@ def job_wait_reason(*, job: FineTuneJob, live: list[dict] | None = None, order: 
         return no_fit
     order = [str(i) for i in (fair_order() if order is None else order)]
     if str(job.id) not in order:
+        if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.QUEUED).exists():
+            return ""  # claimed since it was read: nothing to wait for
         allowed = user_limits(job.owner).running_jobs
         return f"waits for one of your running jobs to end (you may train {allowed} at a time)"
     place = _ordinal(order.index(str(job.id)) + 1)
