@@ -96,6 +96,9 @@ def job_run(job_id: str | None = None) -> str:
         finally:
             workers.set_current_job(None)
         first = first or result
+        if FineTuneJob.objects.filter(status=JobStatus.QUEUED).exists():
+            # The job's end may free its owner's turn for a job that fits another (idle) worker better.
+            workers.wake_train_workers()
     if first is None:
         log.info("no queued job fits this train worker now (or their owners are at a limit); idle until woken")
     return first or "skipped"
@@ -184,8 +187,7 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
         mark(status=JobStatus.QUEUED)
         services.job_event(job_id=job.id, kind="pause", message=f"paused at step {result.steps_done} because the "
                            "train worker is shutting down; it resumes from there when a train worker starts")
-        workers.wake_train_workers()
-        return "requeued"
+        return "requeued"  # job_run wakes the other workers
     elif result.status == "paused":
         mark(status=JobStatus.PAUSED)
     elif clock.timed_out:
