@@ -142,7 +142,7 @@ def page_api(user):
 
 @pytest.fixture
 def real_redis(settings):
-    """The machine's Redis (database 15, emptied) for live events, stop flags and dispatch markers."""
+    """The machine's Redis (database 15, emptied) for live events, stop flags and worker announcements."""
     from jobs.common import events
 
     settings.REDIS_URL = f"redis://{TEST_REDIS}/{15 - 2 * XDIST_INDEX}"

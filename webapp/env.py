@@ -78,18 +78,3 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
-
-
-def env_sizes_gb(name: str, default: str) -> list[float]:
-    """Increasing sizes in GB, comma separated (`8,16,24,48`; decimals allowed)."""
-    sizes = []
-    for item in env_list(name, default.split(",")):
-        try:
-            size = float(item)
-        except ValueError:
-            raise ImproperlyConfigured(f"{name}: {item!r} is not a number of GB") from None
-        if size <= 0 or (sizes and size <= sizes[-1]):
-            raise ImproperlyConfigured(f"{name}: sizes must be positive and increasing, got {item!r} after "
-                                       f"{sizes[-1] if sizes else 'nothing'}")
-        sizes.append(size)
-    return sizes

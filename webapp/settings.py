@@ -17,8 +17,7 @@ from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from jobs.common.private_files import private_file_create
-from webapp.env import (env_bool, env_choice, env_hosts, env_int, env_list, env_port_ranges, env_sizes_gb,
-                        env_str)
+from webapp.env import (env_bool, env_choice, env_hosts, env_int, env_list, env_port_ranges, env_str)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("LORA_STUDIO_VAR", str(BASE_DIR / "var")))
@@ -265,9 +264,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
-# A train job goes to the queue of its memory class (jobs.training.routing); the rest by the fixed task
-# names of jobs.common.queue.
-CELERY_TASK_ROUTES = ("jobs.training.routing.route_train_job", {
+# Queues by the fixed task names of jobs.common.queue. The database is the train queue: `train` carries only
+# wake-ups, which any free train worker takes to claim the fairest job that fits it (jobs.training.tasks).
+CELERY_TASK_ROUTES = {
     "training.job_run": {"queue": "train"},
     # infer answers chat only, so nothing slow (a merge, a webhook endpoint that hangs) can hold a chat up.
     "arena.chat_answer": {"queue": "infer"},
@@ -289,10 +288,10 @@ CELERY_TASK_ROUTES = ("jobs.training.routing.route_train_job", {
     # Base models from the Hub or a GGUF upload are made off the web process.
     "base_models.hub_download": {"queue": "background"},
     "base_models.gguf_convert": {"queue": "background"},
-})
+}
 SWEEP_SECONDS = env_int("SWEEP_SECONDS", 30)  # how often Celery beat runs the sweeps
-# The sweeps put stranded work back on track (see jobs.training.claims, jobs.training.dispatch, the merge and
-# webhook sweeps); one beat process schedules them, whatever the number of workers, and each is safe
+# The sweeps put stranded work back on track (see jobs.training.claims, the train workers' wake-ups, the merge
+# and webhook sweeps); one beat process schedules them, whatever the number of workers, and each is safe
 # to run twice.
 CELERY_BEAT_SCHEDULE = {
     "sweep-jobs": {"task": "training.sweep_jobs", "schedule": SWEEP_SECONDS},
@@ -333,13 +332,11 @@ JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 # training without loading it again. 0 keeps none.
 TRAIN_WARM_MODELS_MB = env_int("TRAIN_WARM_MODELS_MB", 4096)
 TRAIN_MEMORY_LIMIT_MB = env_int("TRAIN_MEMORY_LIMIT_MB", 0)  # 0: this machine's RAM (or the GPU's memory)
-# Routing by fit (jobs.training.routing, jobs.training.workers): each train worker announces its devices and memory
-# (detected, or WORKER_CAPACITY='{"device": "cpu", "count": 1, "memory_mb": 4000}'), renewed every
-# WORKER_HEARTBEAT_SECONDS and gone three beats after it stops. A job goes to the queue of its memory class:
-# `train` up to the first size, then `train.mem<GB>` per size and `train.memmax` above the last; a worker
-# consumes every class up to the one its memory falls in. A job that fits no live worker is refused at
-# submit (ROUTING_NO_FIT=refuse) or waits for one (wait); with no worker announced the web checks its own memory.
-ROUTING_MEMORY_CLASSES_GB = env_sizes_gb("ROUTING_MEMORY_CLASSES_GB", "8,16,24,32,48,80,96,141,192")
+# Fit by memory (jobs.training.routing, jobs.training.workers): a free train worker claims only a job that fits
+# its devices and memory (detected, or WORKER_CAPACITY='{"device": "cpu", "count": 1, "memory_mb": 4000}'). Each
+# announces them for the Workers page and the reasons jobs wait, renewed every WORKER_HEARTBEAT_SECONDS and gone
+# three beats after it stops. A job that fits no live worker is refused at submit (ROUTING_NO_FIT=refuse) or
+# waits for one (wait); with no worker announced the web checks its own memory.
 ROUTING_NO_FIT = env_choice("ROUTING_NO_FIT", "wait", ("wait", "refuse"))
 WORKER_CAPACITY = env_str("WORKER_CAPACITY", "")
 WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 10)

@@ -14,7 +14,8 @@ from jobs.common.schema import error_responses
 from jobs.training import selectors, services
 from jobs.training.models import JobStatus
 from jobs.training.downloads import adapter_download, merged_download
-from jobs.training.workers import live_capacities
+from jobs.training.claims import fair_order
+from jobs.training import workers as train_workers
 from jobs.datasets.selectors import dataset_find
 from worker.config import ConfigError, TrainConfig
 
@@ -39,17 +40,33 @@ class JobOutput(serializers.Serializer):
     attempts = serializers.IntegerField()
     created = serializers.DateTimeField()
     finished = serializers.DateTimeField(allow_null=True)
+    waiting_reason = serializers.SerializerMethodField(
+        help_text="for a queued job, why it has not started, in one sentence: '3rd in the fair queue', "
+                  "'waits for a worker with 24 GB; the live ones have 16 GB', a running-jobs limit, or no "
+                  "train worker running; else empty")
     waiting_for = serializers.SerializerMethodField(
-        help_text="for a queued job that fits no live train worker: what it waits for, e.g. "
-                  "'waiting for a worker with >= 20 GB'; else empty")
+        help_text="for a queued job that fits no live train worker: what it waits for (the same sentence as "
+                  "waiting_reason then); else empty")
+
+    def _live(self) -> list[dict]:
+        root = self.root  # one read of the live workers for a whole page
+        if not hasattr(root, "_live_workers"):
+            root._live_workers = train_workers.live_workers()
+        return root._live_workers
+
+    def get_waiting_reason(self, job) -> str:
+        if job.status != JobStatus.QUEUED:
+            return ""
+        root = self.root
+        if not hasattr(root, "_fair_order"):
+            root._fair_order = fair_order()
+        return selectors.job_wait_reason(job=job, live=self._live(), order=root._fair_order)
 
     def get_waiting_for(self, job) -> str:
         if job.status != JobStatus.QUEUED or not job.memory_mb:
             return ""
-        root = self.root  # one read of the live workers for a whole page
-        if not hasattr(root, "_fleet"):
-            root._fleet = live_capacities()
-        return selectors.job_waiting_for(job=job, fleet=root._fleet)
+        return selectors.job_waiting_for(job=job, fleet=[(w["name"], train_workers.capacity_of(w))
+                                                                for w in self._live()])
 
 
 class MetricEventOutput(serializers.Serializer):
@@ -294,27 +311,26 @@ class WorkerOutput(serializers.Serializer):
     device = serializers.ChoiceField(choices=["cpu", "cuda"])
     count = serializers.IntegerField(help_text="devices")
     memory_mb = serializers.FloatField(help_text="memory of each device")
-    queues = serializers.ListField(child=serializers.CharField(), help_text="the memory-class queues it consumes")
     busy = serializers.BooleanField(help_text="whether it is training a job now")
     job = WorkerJobOutput(allow_null=True, help_text="the job it trains, only when it is yours")
     started = serializers.FloatField(allow_null=True, help_text="Unix time it started")
     seen = serializers.FloatField(allow_null=True, help_text="Unix time of its last announcement")
 
 
-class QueueOutput(serializers.Serializer):
+class WaitingJobOutput(serializers.Serializer):
+    id = serializers.UUIDField()
     name = serializers.CharField()
-    max_memory_gb = serializers.FloatField(allow_null=True, help_text="the most its jobs need; null: above every class")
-    messages = serializers.IntegerField(help_text="messages waiting in the broker (-1: unknown)")
-    queued_jobs = serializers.IntegerField(help_text="queued jobs of this class, all users")
-    workers = serializers.IntegerField(help_text="live workers that consume it")
+    reason = serializers.CharField(help_text="why it has not started (the job's waiting_reason)")
 
 
 class WorkersApi(APIView):
-    """The live train workers, with their devices, memory and current job, and the queue depths."""
+    """The live train workers, with their devices, memory and current job; the queued jobs, and why each of
+    yours waits."""
 
     class OutputSerializer(serializers.Serializer):
         workers = WorkerOutput(many=True)
-        queues = QueueOutput(many=True)
+        queued_jobs = serializers.IntegerField(help_text="queued jobs of all users (the train queue's length)")
+        waiting = WaitingJobOutput(many=True, help_text="your queued jobs, oldest first")
         no_fit = serializers.ChoiceField(choices=["wait", "refuse"],
                                          help_text="ROUTING_NO_FIT: what happens to a job no live worker fits")
 

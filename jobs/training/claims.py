@@ -77,7 +77,7 @@ class Claim:
     @classmethod
     def take_fairest(cls, preferred_job_id=None, *, capacity: Capacity | None = None) -> Claim | None:
         """Claim the queued job whose turn it is (see `fair_order`) among those that fit `capacity`
-        (this worker's devices and memory); the message's own job wins a tie."""
+        (this worker's devices and memory); `preferred_job_id` wins a tie of equal creation times."""
         for job_id in fair_order(preferred_job_id, capacity=capacity):
             claim = cls.take(job_id)
             if claim is not None:
@@ -131,8 +131,9 @@ class Claim:
 def fair_order(preferred_job_id=None, *, capacity: Capacity | None = None) -> list:
     """Queued jobs in the order they should start, fair across users: the owner with the fewest running
     jobs first, then the one whose last run began longest ago (never first); an owner at their
-    running-jobs limit waits. Within one owner, the oldest first; the preferred job (the message's) only
-    breaks a tie of equal creation times. With `capacity`, only the jobs that fit it (jobs.training.routing)."""
+    running-jobs limit waits. Within one owner, the oldest first; the preferred job only
+    breaks a tie of equal creation times. With `capacity`, only the jobs that fit it (jobs.training.routing):
+    this order is the train queue, which a free train worker takes from (jobs.training.tasks.job_run)."""
     queued = FineTuneJob.objects.filter(status=JobStatus.QUEUED).select_related("owner").order_by("created")
     if capacity is not None:
         fitting = queued.filter(memory_mb__lte=capacity.memory_mb).only("id", "owner", "created", "config")

@@ -1,12 +1,6 @@
-"""Routing train jobs to the workers that fit them, by memory class.
-
-The sizes of ROUTING_MEMORY_CLASSES_GB (say 8, 16, 24) cut memory into classes, one queue each: a job
-whose pre-flight estimate needs up to 8 GB goes to `train` (the queue `make run` has always used), up
-to 16 GB to `train.mem16`, up to 24 GB to `train.mem24`, and above the last size to `train.memmax`.
-A worker consumes every class up to the one its own memory falls in: a 20 GB worker takes `train`,
-`train.mem16` and `train.mem24`. So every worker that fits a job consumes its queue; the only jobs a
-worker may be handed that it cannot fit are those of its own (top) class above its memory, and the
-claim skips them (`fits`): a worker only ever starts a job that fits it."""
+"""Fit by memory: what a train worker has (`Capacity`) and whether a job fits it. A free train worker
+claims only the fairest queued job that fits it (jobs.training.claims.fair_order); there is one train
+queue, the jobs table, and nothing routes a job to a worker."""
 from __future__ import annotations
 
 import math
@@ -14,8 +8,6 @@ from dataclasses import asdict, dataclass
 
 from django.conf import settings
 
-DEFAULT_QUEUE = "train"
-OVERFLOW_QUEUE = "train.memmax"
 MB_PER_GB = 1024
 
 
@@ -37,28 +29,6 @@ class Capacity:
         return self.count if self.device == "cuda" else max(self.count, settings.TRAIN_MAX_DEVICES)
 
 
-def class_queues() -> list[tuple[str, float | None]]:
-    """Every class queue with the most memory (GB) its jobs need, smallest first (None: above them all)."""
-    sizes = settings.ROUTING_MEMORY_CLASSES_GB
-    return ([(DEFAULT_QUEUE, sizes[0])] + [(f"train.mem{size:g}", size) for size in sizes[1:]]
-            + [(OVERFLOW_QUEUE, None)])
-
-
-def queue_for_need(need_mb: float) -> str:
-    """The queue of a job that needs `need_mb` of memory."""
-    for name, size in class_queues():
-        if size is None or need_mb <= size * MB_PER_GB:
-            return name
-    raise AssertionError("the overflow class takes any size")
-
-
-def queues_for_memory(memory_mb: float) -> list[str]:
-    """The queues a worker with `memory_mb` consumes: every class up to the one its memory falls in."""
-    own = queue_for_need(memory_mb)
-    names = [name for name, _ in class_queues()]
-    return names[:names.index(own) + 1]
-
-
 def job_devices(config: dict) -> int:
     """How many devices a job trains on (1 unless its config asks for more)."""
     return int(config.get("devices") or 1)
@@ -75,21 +45,14 @@ def gb(mb: float) -> str:
 
 
 def waiting_for(*, need_mb: float, devices: int, capacities: list[Capacity]) -> str:
-    """Why a queued job cannot start on any live worker ("" when one fits it, or none has announced)."""
+    """Why a queued job cannot start on any live worker, with the need and what the live ones have
+    ("waits for a worker with 24 GB; the live ones have 16 GB"); "" when one fits it or none is live."""
     if not capacities or any(fits(c, need_mb=need_mb, devices=devices) for c in capacities):
         return ""
-    what = f"waiting for a worker with >= {gb(need_mb)}"
-    return what + (f" and {devices} devices" if devices > 1 else "")
-
-
-def route_train_job(name, args, kwargs, options, task=None, **kw):
-    """Celery router: a train job's message goes to the queue of the job's memory class."""
-    if name != "training.job_run" or not args:
-        return None
-    from jobs.common.ids import is_uuid
-    from jobs.training.models import FineTuneJob
-
-    if not is_uuid(args[0]):
-        return None
-    need = FineTuneJob.objects.filter(id=args[0]).values_list("memory_mb", flat=True).first()
-    return {"queue": queue_for_need(need or 0)}
+    need = f"{devices} devices of {gb(need_mb)}" if devices > 1 else gb(need_mb)
+    have = sorted({(c.memory_mb, c.max_devices) for c in capacities}, reverse=True)
+    if devices > 1:
+        live = ", ".join(f"{count} × {gb(memory)}" for memory, count in have)
+    else:
+        live = ", ".join(dict.fromkeys(gb(memory) for memory, _ in have))
+    return f"waits for a worker with {need}; the live ones have {live}"

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import re
 
-from collections import Counter
-
 from django.conf import settings
 from django.db.models import QuerySet
 from django.db.models import Count, Max, Min, Sum
@@ -14,7 +12,9 @@ from django.utils import timezone
 from jobs.base_models.models import BaseModel
 from jobs.common.ids import is_uuid
 from jobs.training.models import Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
-from jobs.training.routing import Capacity, class_queues, job_devices, queue_for_need, waiting_for
+from jobs.accounts.limits import user_limits
+from jobs.training.claims import fair_order
+from jobs.training.routing import Capacity, fits, job_devices, waiting_for
 from jobs.training import workers as train_workers
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
@@ -89,8 +89,8 @@ def jobs_with_adapter(*, owner, base_model: BaseModel) -> QuerySet[FineTuneJob]:
 
 
 def job_waiting_for(*, job: FineTuneJob, fleet: list[tuple[str, Capacity]] | None = None) -> str:
-    """For a queued job that fits no live train worker, what it waits for ("waiting for a worker with >= 20 GB");
-    else "". `fleet` defaults to the live workers (jobs.training.workers)."""
+    """For a queued job that fits no live train worker, what it waits for ("waits for a worker with 24 GB;
+    the live ones have 16 GB"); else "". `fleet` defaults to the live workers (jobs.training.workers)."""
     if job.status != JobStatus.QUEUED or not job.memory_mb:
         return ""
     fleet = train_workers.live_capacities() if fleet is None else fleet
@@ -98,9 +98,39 @@ def job_waiting_for(*, job: FineTuneJob, fleet: list[tuple[str, Capacity]] | Non
                        capacities=[capacity for _, capacity in fleet])
 
 
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def job_wait_reason(*, job: FineTuneJob, live: list[dict] | None = None, order: list | None = None) -> str:
+    """Why a queued job has not started, in one sentence ("" unless it is queued): no train worker is
+    running, none that is running fits it, its owner is at their running-jobs limit, or its place in the
+    fair queue. `live` (the workers' announcements) and `order` (fair_order()) may be read once for a page."""
+    if job.status != JobStatus.QUEUED:
+        return ""
+    live = train_workers.live_workers() if live is None else live
+    if not live:
+        return "waits for a train worker: none is running; it starts when one does"
+    fleet = [(w["name"], train_workers.capacity_of(w)) for w in live]
+    no_fit = job_waiting_for(job=job, fleet=fleet)
+    if no_fit:
+        return no_fit
+    order = [str(i) for i in (fair_order() if order is None else order)]
+    if str(job.id) not in order:
+        if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.QUEUED).exists():
+            return ""  # claimed since it was read: nothing to wait for
+        allowed = user_limits(job.owner).running_jobs
+        return f"waits for one of your running jobs to end (you may train {allowed} at a time)"
+    place = _ordinal(order.index(str(job.id)) + 1)
+    devices = job_devices(job.config)
+    idle = [w for w in live if not w.get("job")
+            and fits(train_workers.capacity_of(w), need_mb=job.memory_mb, devices=devices)]
+    return f"{place} in the fair queue" + ("" if idle else "; every train worker that fits it is busy")
+
+
 def worker_list(*, viewer) -> dict:
-    """The live train workers (name, devices, memory, queues, whether busy; the job itself only when it is
-    the viewer's) and the depth of each memory-class queue: messages waiting and queued jobs."""
+    """The live train workers (name, devices, memory, whether busy; the job itself only when it is the
+    viewer's), the number of queued jobs, and why each of the viewer's queued jobs waits."""
     announced = train_workers.live_workers()
     running = {w["job"] for w in announced if w.get("job")}
     mine = {str(j.id): j for j in job_list(owner=viewer).filter(id__in=[i for i in running if is_uuid(i)])}
@@ -108,15 +138,15 @@ def worker_list(*, viewer) -> dict:
     for w in announced:
         job = mine.get(w.get("job") or "")
         workers.append({"name": w["name"], "host": w.get("host", ""), "device": w["device"], "count": w["count"],
-                        "memory_mb": w["memory_mb"], "queues": w.get("queues", []), "busy": bool(w.get("job")),
+                        "memory_mb": w["memory_mb"], "busy": bool(w.get("job")),
                         "job": {"id": str(job.id), "name": job.name or job.short_id} if job else None,
                         "started": w.get("started"), "seen": w.get("seen")})
-    needs = FineTuneJob.objects.filter(status=JobStatus.QUEUED).values_list("memory_mb", flat=True)
-    queued = Counter(queue_for_need(need) for need in needs)
-    depths = train_workers.queue_depths()
-    queues = [{"name": name, "max_memory_gb": size, "messages": depths[name], "queued_jobs": queued[name],
-               "workers": sum(name in w["queues"] for w in workers)} for name, size in class_queues()]
-    return {"workers": workers, "queues": queues, "no_fit": settings.ROUTING_NO_FIT}
+    order = fair_order()
+    waiting = [{"id": str(job.id), "name": job.name or job.short_id,
+                "reason": job_wait_reason(job=job, live=announced, order=order)}
+               for job in job_list(owner=viewer, status=JobStatus.QUEUED).order_by("created")]
+    return {"workers": workers, "queued_jobs": FineTuneJob.objects.filter(status=JobStatus.QUEUED).count(),
+            "waiting": waiting, "no_fit": settings.ROUTING_NO_FIT}
 
 
 def _slug(text: str) -> str:

@@ -20,14 +20,13 @@ from jobs.common import blobs, queue
 from jobs.common.exceptions import StateError
 from jobs.common.storage import media_relative
 from jobs.training import selectors
-from jobs.training.dispatch import dispatch_on_commit
 from jobs.training.files import job_evaluation, job_files, job_output_dir, merged_zip_name
 from jobs.training.merges import merge_queue, merged_export_forget, merged_status
 from jobs.training.live import publish_job, publish_status
 from jobs.training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
 from jobs.training.routing import Capacity, job_devices
 from jobs.training.signals import job_finished
-from jobs.training.workers import live_capacities
+from jobs.training.workers import live_capacities, wake_train_workers
 from jobs.datasets.models import Dataset
 from jobs.datasets.selectors import dataset_examples
 from jobs.datasets.token_profiles import dataset_token_report
@@ -257,7 +256,7 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
             blobs.delete(job_files(job))
             raise
         job.save(update_fields=["validation"])
-        dispatch_on_commit(job.id)
+        wake_train_workers()
         waiting = selectors.job_waiting_for(job=job)
         if waiting:
             job_event(job_id=job.id, kind="waiting", message=f"{waiting}: no live train worker has enough memory "
@@ -341,7 +340,7 @@ def job_resume(*, job: FineTuneJob, by) -> FineTuneJob:
                 status=JobStatus.QUEUED, stop_requested=""):
             job.refresh_from_db()
             raise JobStateError(f"a {job.status} job cannot be resumed; only a paused one")
-        dispatch_on_commit(job.id)
+        wake_train_workers()
     job.refresh_from_db()
     transaction.on_commit(lambda: publish_status(job))
     return job
@@ -364,7 +363,7 @@ def job_retry(*, job: FineTuneJob, by, config: TrainConfig | None = None) -> Fin
             memory_mb=job.memory_mb)  # the first estimate: at most what lower-memory advice needs
         with blobs.writing(job_files(new, "data")) as folder:
             shutil.copytree(blobs.fetch(job_files(job, "data")), folder)
-        dispatch_on_commit(new.id)
+        wake_train_workers()
     return new
 
 

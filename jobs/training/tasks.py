@@ -1,5 +1,11 @@
 """Celery tasks of the train queue (and the merged export and its sweep on the background queue). They take ids,
-re-read rows, and claim work with filter(...).update(...) == 1."""
+re-read rows, and claim work with filter(...).update(...) == 1.
+
+The jobs table is the train queue. A message on the `train` queue is only a wake-up: the worker that takes
+it claims the fairest queued job that fits its own capacity (Claim.take_fairest), trains it, and claims
+again until none fits; then it idles until the next wake-up. Services wake the workers when a job becomes
+runnable (jobs.training.workers.wake_train_workers), a worker wakes itself when it starts, and the sweep
+wakes them every SWEEP_SECONDS, so a lost message delays a job by one sweep and strands none."""
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +24,6 @@ from jobs.common import blobs, queue
 from jobs.training import services
 from jobs.training.claims import Claim, expired_running_jobs, record_crash
 from jobs.training import workers
-from jobs.training.dispatch import dispatch_job, hand_on, is_dispatched, mark_claimed
 from jobs.training import merges
 from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir, merged_zip_name
 from jobs.training.live import publish_status
@@ -74,27 +79,34 @@ def build_train_spec(job: FineTuneJob) -> TrainSpec:
 
 
 @shared_task(name=queue.TRAIN_JOB, acks_late=True, reject_on_worker_lost=True)
-def job_run(job_id: str) -> str:
-    """Train one job on this worker: claim it, keep the lease alive, fence every write by the claim.
-    Stops cooperatively through the job row's stop_requested flag, or when this worker shuts down."""
-    # Each message is a turn of the train queue: it starts whichever queued job that fits this worker is next
-    # in fairness (jobs.training.routing).
+def job_run(job_id: str | None = None) -> str:
+    """A wake-up of this train worker: claim the fairest queued job that fits it and train it, then the next,
+    until none fits (or this worker shuts down). `job_id` only breaks a tie of equal creation times; no job
+    needs a message of its own. Returns how the first run ended, or "skipped" when none was claimed.
+    Each run keeps its lease alive and fences every write by its claim; it stops cooperatively through the
+    job row's stop_requested flag, or when this worker shuts down."""
+    first = None
     capacity = workers.own_capacity()
-    claim = Claim.take_fairest(preferred_job_id=job_id, capacity=capacity)
-    hand_on(job_id, started_job_id=claim and claim.job_id, capacity=capacity)
-    if claim is None:
-        log.info("no job to start for the message of %s (taken, finished, too big for this worker, or its owner "
-                 "is at a limit)", job_id)
-        return "skipped"
-    mark_claimed(claim.job_id)
-    workers.set_current_job(claim.job_id)
-    try:
-        return _run_claimed(job_id, claim)
-    finally:
-        workers.set_current_job(None)
+    while not _shutting_down.is_set():
+        claim = Claim.take_fairest(preferred_job_id=job_id, capacity=capacity)
+        if claim is None:
+            break
+        job_id = None
+        workers.set_current_job(claim.job_id)
+        try:
+            result = _run_claimed(claim)
+        finally:
+            workers.set_current_job(None)
+        first = first or result
+        if FineTuneJob.objects.filter(status=JobStatus.QUEUED).exists():
+            # The job's end may free its owner's turn for a job that fits another (idle) worker better.
+            workers.wake_train_workers()
+    if first is None:
+        log.info("no queued job fits this train worker now (or their owners are at a limit); idle until woken")
+    return first or "skipped"
 
 
-def _run_claimed(job_id: str, claim: Claim) -> str:
+def _run_claimed(claim: Claim) -> str:
     job = FineTuneJob.objects.select_related("base_model", "dataset").get(id=claim.job_id)
     publish_status(job)
     if settings.TRAIN_THREADS:
@@ -105,7 +117,7 @@ def _run_claimed(job_id: str, claim: Claim) -> str:
         with claim.heartbeat():
             return _train_claimed(job, claim)
     except WorkLost:
-        log.warning("job %s: another worker owns it now; this run wrote nothing more", job_id)
+        log.warning("job %s: another worker owns it now; this run wrote nothing more", claim.job_id)
         return "lost"
 
 
@@ -177,8 +189,7 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
         mark(status=JobStatus.QUEUED)
         services.job_event(job_id=job.id, kind="pause", message=f"paused at step {result.steps_done} because the "
                            "train worker is shutting down; it resumes from there when a train worker starts")
-        dispatch_job(job.id)
-        return "requeued"
+        return "requeued"  # job_run wakes the other workers
     elif result.status == "paused":
         mark(status=JobStatus.PAUSED)
     elif clock.timed_out:
@@ -313,7 +324,8 @@ def merge_sweep() -> int:
 @shared_task(name=queue.SWEEP_JOBS)
 def sweep_jobs() -> dict[str, int]:
     """Put stranded jobs back on track: a running job whose lease ran out (its worker died) counts a crash
-    and is queued again; a queued job whose message is gone is sent again. Safe to run anywhere, often."""
+    and is queued again; while jobs are queued, the idle train workers are woken (a lost wake-up costs one
+    sweep). Safe to run anywhere, often."""
     crashed = 0
     for job_id in expired_running_jobs().values_list("id", flat=True):
         if record_crash(job_id) is not None:
@@ -322,21 +334,19 @@ def sweep_jobs() -> dict[str, int]:
             publish_status(job)
             services.job_event(job_id=job_id, kind="warning", message=f"the train worker stopped at step {job.step}; "
                                + ("gave up" if job.status == JobStatus.FAILED else "the job is queued again"))
-    resent = 0
-    for job_id in FineTuneJob.objects.filter(status=JobStatus.QUEUED).values_list("id", flat=True):
-        if not is_dispatched(job_id):
-            dispatch_job(job_id)
-            resent += 1
-    if crashed or resent:
-        log.info("sweep: %d crashed job(s) requeued, %d lost message(s) resent", crashed, resent)
-    return {"crashed": crashed, "resent": resent}
+    queued = FineTuneJob.objects.filter(status=JobStatus.QUEUED).count()
+    if queued:
+        workers.wake_train_workers()
+    if crashed:
+        log.info("sweep: %d crashed job(s) queued again", crashed)
+    return {"crashed": crashed, "queued": queued}
 
 
 @worker_ready.connect
 def _on_worker_ready(sender, **kwargs):
-    """When a train worker starts, pick up what a crash or a broker restart left behind at once."""
-    consuming = sender.app.amqp.queues.consume_from or {}
-    if "train" in consuming:
+    """When a train worker starts, pick up what a crash left behind and look for a job at once (the sweep
+    wakes the workers while jobs are queued; a wake-up waiting in the queue is this worker's too)."""
+    if workers.is_train_worker(sender.app):
         sweep_jobs()
 
 

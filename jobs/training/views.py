@@ -36,7 +36,8 @@ def job_list(request):
 
 @login_required
 def worker_list(request):
-    """The live train workers and the queue depths; the page's script refreshes them from /api/v1/workers/."""
+    """The live train workers and the train queue (why each of the viewer's jobs waits); the page's script
+    refreshes them from /api/v1/workers/."""
     return render(request, "training/workers.html", selectors.worker_list(viewer=request.user))
 
 
@@ -119,7 +120,7 @@ def job_detail(request, job_id):
         "events": reversed(job.events.order_by("-id")[:50]), "api_model": selectors.job_api_model(job),
         "api_base": request.build_absolute_uri("/v1"),
         "preference": job.config.get("method", "supervised") in PREFERENCE_METHODS,
-        "suggestion": _oom_suggestion(job), "waiting": selectors.job_waiting_for(job=job),
+        "suggestion": _oom_suggestion(job), "waiting": selectors.job_wait_reason(job=job),
         "merged": merged_status(job) if succeeded else None,
         "evaluation": job_evaluation(job) if succeeded else None,
         "adapter": getattr(job, "adapter", None) if succeeded else None})

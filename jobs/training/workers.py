@@ -1,8 +1,9 @@
 """The live train workers. Each announces, when it starts, what it has (device kind, count, memory per
 device) and the job it is running, in a Redis key it renews every WORKER_HEARTBEAT_SECONDS and that
 expires three beats after its last renewal: a worker killed outright disappears within that time, one
-that shuts down cleanly at once. The worker also adds the queues of the memory classes it fits
-(`jobs.training.routing`) to the `-Q train` it was started with, so Procfile and compose need no change."""
+that shuts down cleanly at once. The announcements feed the Workers page and the reason a queued job
+waits; no job needs one to start: a free worker claims from the database (jobs.training.tasks.job_run), and
+`wake_train_workers` tells the idle ones to look."""
 from __future__ import annotations
 
 import json
@@ -17,16 +18,18 @@ import redis
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutting_down
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from kombu import Exchange, Queue
+from django.db import transaction
 
+from jobs.common import queue
 from jobs.common.events import redis_client
-from jobs.training.routing import DEFAULT_QUEUE, Capacity, class_queues, queues_for_memory
+from jobs.training.routing import Capacity
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "train-worker:"
+TRAIN_QUEUE = "train"  # the one queue of train workers: it carries wake-ups, never a job
 MIB = 2 ** 20
 # This process's announcement once it is a train worker (name set); the current job changes as it runs.
-_me: dict = {"name": None, "queues": [], "job": None, "started": None}
+_me: dict = {"name": None, "job": None, "started": None}
 _beating = threading.Event()
 
 
@@ -83,7 +86,7 @@ def announce() -> None:
     if _me["name"] is None or not _beating.is_set():
         return
     record = {"name": _me["name"], "host": socket.gethostname(), "pid": os.getpid(), **own_capacity().as_dict(),
-              "queues": _me["queues"], "job": _me["job"], "started": _me["started"], "seen": time.time()}
+              "job": _me["job"], "started": _me["started"], "seen": time.time()}
     try:
         redis_client().set(_key(), json.dumps(record), ex=3 * settings.WORKER_HEARTBEAT_SECONDS)
     except redis.RedisError as exc:
@@ -133,13 +136,25 @@ def live_capacities() -> list[tuple[str, Capacity]]:
     return [(w["name"], capacity_of(w)) for w in live_workers()]
 
 
-def queue_depths() -> dict[str, int]:
-    """Messages waiting in each class queue (-1 when Redis cannot be read)."""
+def _wake_now() -> None:
     try:
-        client = redis_client()
-        return {name: int(client.llen(name)) for name, _ in class_queues()}
+        waiting = int(redis_client().llen(TRAIN_QUEUE))
+        wanted = max(1, len(live_workers()))
     except redis.RedisError:
-        return {name: -1 for name, _ in class_queues()}
+        waiting, wanted = 0, 1
+    # An idle worker takes a wake-up at once, so one still waiting means every worker is busy, and each
+    # looks for the next job when its own ends: top the queue up to one wake-up per live worker, no more.
+    try:
+        for _ in range(max(0, wanted - waiting)):
+            queue.send(queue.TRAIN_JOB)
+    except Exception as exc:  # noqa: BLE001 (kombu and redis raise many kinds; the next sweep wakes them)
+        log.warning("could not wake the train workers now (%s); the next sweep will", exc)
+
+
+def wake_train_workers() -> None:
+    """Tell the idle train workers there may be a job for them, once the current transaction commits.
+    Losing the wake-up only delays the start until the next sweep (SWEEP_SECONDS) wakes them again."""
+    transaction.on_commit(_wake_now)
 
 
 def _beat() -> None:
@@ -148,19 +163,18 @@ def _beat() -> None:
         time.sleep(settings.WORKER_HEARTBEAT_SECONDS)
 
 
+def is_train_worker(app) -> bool:
+    """Whether this Celery worker consumes the train queue."""
+    return TRAIN_QUEUE in (app.amqp.queues.consume_from or {})
+
+
 @celeryd_after_setup.connect
-def _consume_fitting_classes(sender, instance, **kwargs):
-    """A worker started on the `train` queue also takes every memory class it fits."""
-    queues = instance.app.amqp.queues
-    if DEFAULT_QUEUE not in queues.consume_from:
+def _name_train_worker(sender, instance, **kwargs):
+    if not is_train_worker(instance.app):
         return
     capacity = own_capacity()
-    for name in queues_for_memory(capacity.memory_mb):
-        if name not in queues.consume_from:  # bound as `-Q` and the sender's router bind them
-            queues.select_add(Queue(name, Exchange(name), routing_key=name))
-    _me.update(name=str(sender), queues=queues_for_memory(capacity.memory_mb), started=time.time())
-    log.info("train worker %s: %s x%d, %.0f MB each; queues %s", sender, capacity.device, capacity.count,
-             capacity.memory_mb, ", ".join(_me["queues"]))
+    _me.update(name=str(sender), started=time.time())
+    log.info("train worker %s: %s x%d, %.0f MB each", sender, capacity.device, capacity.count, capacity.memory_mb)
 
 
 @worker_ready.connect

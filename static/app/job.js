@@ -49,6 +49,8 @@
   }
   function setStatus(st) {
     const el = $("job-status"); el.textContent = st; el.className = "status " + st; root.dataset.status = st;
+    const waiting = $("job-waiting");
+    if (waiting && st !== "queued") waiting.hidden = true;  // the reason a queued job waits, now past
   }
   // The chart's points as a table too (for screen readers and copying), in step order.
   const tableBody = document.querySelector("#loss-table tbody");

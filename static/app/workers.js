@@ -1,4 +1,4 @@
-// Workers page: the workers and queue tables follow /api/v1/workers/ (now, then every few seconds).
+// Workers page: the workers and the train queue follow /api/v1/workers/ (now, then every few seconds).
 (function () {
   const root = document.getElementById("workers-root");
   if (!root) return;
@@ -16,20 +16,25 @@
     for (const w of data.workers) {
       const row = workers.insertRow();
       cell(row, w.name); cell(row, `${w.count} × ${w.device}`); cell(row, `${Math.round(w.memory_mb)} MB`);
-      cell(row, w.queues.join(", "));
       if (w.job) cell(row, w.job.name, `/jobs/${w.job.id}/`); else cell(row, w.busy ? "busy" : "idle");
     }
     if (!data.workers.length) {
       const row = workers.insertRow(); row.className = "empty";
-      const td = row.insertCell(); td.colSpan = 5;
+      const td = row.insertCell(); td.colSpan = 4;
       td.textContent = "No train worker has announced itself: jobs are queued and start when one does.";
     }
-    const queues = document.querySelector("#queues-table tbody");
-    queues.replaceChildren();
-    for (const q of data.queues) {
-      const row = queues.insertRow();
-      cell(row, q.name); cell(row, q.max_memory_gb ? `${q.max_memory_gb} GB` : "more");
-      cell(row, String(q.queued_jobs)); cell(row, String(q.messages)); cell(row, String(q.workers));
+    const n = data.queued_jobs;
+    document.getElementById("queued-jobs").textContent =
+      `${n} job${n === 1 ? "" : "s"} queued (all users). A free worker takes the fairest queued job that fits its memory.`;
+    const waiting = document.querySelector("#waiting-table tbody");
+    waiting.replaceChildren();
+    for (const j of data.waiting) {
+      const row = waiting.insertRow();
+      cell(row, j.name, `/jobs/${j.id}/`); cell(row, j.reason);
+    }
+    if (!data.waiting.length) {
+      const row = waiting.insertRow(); row.className = "empty";
+      const td = row.insertCell(); td.colSpan = 2; td.textContent = "None of your jobs is queued.";
     }
   }
   async function refresh() {

@@ -1,6 +1,6 @@
-"""Routing by fit: memory classes and their queues, worker announcements, claims that only take jobs that
-fit, and the refuse/wait setting through the form, REST and the OpenAI API. Real workers on declared
-capacities: tests/integration/test_routing.py."""
+"""Fit by memory: worker announcements, claims that only take jobs that fit, wake-ups that carry no job, why a
+queued job waits, and the refuse/wait setting through the form, REST and the OpenAI API. Real workers on
+declared capacities: tests/integration/test_routing.py."""
 from unittest import mock
 
 import pytest
@@ -9,25 +9,20 @@ from django.core.exceptions import ImproperlyConfigured
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training import workers
+from jobs.training import selectors
 from jobs.training.claims import Claim, fair_order
-from jobs.training.dispatch import hand_on, is_dispatched
 from jobs.training.models import FineTuneJob, JobEvent, JobStatus
-from jobs.training.routing import Capacity, fits, queue_for_need, queues_for_memory, route_train_job, waiting_for
+from jobs.training.routing import Capacity, fits, waiting_for
 from worker.config import TrainConfig
 
 GB = 1024
 TINY = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_preset": "attention", "batch_size": 2, "max_seq_length": 64}
 
 
-@pytest.fixture(autouse=True)
-def _classes(settings):
-    settings.ROUTING_MEMORY_CLASSES_GB = [8, 16, 24]
-
-
 def announced(*workers_: tuple[str, float, str | None]):
     """Stand-ins for live workers' announcements: (name, memory MB, current job id)."""
     return [{"name": name, "host": "h", "pid": i, "device": "cpu", "count": 1, "memory_mb": memory,
-             "queues": queues_for_memory(memory), "job": job, "started": 1.0, "seen": 2.0}
+             "job": job, "started": 1.0, "seen": 2.0}
             for i, (name, memory, job) in enumerate(workers_)]
 
 
@@ -35,28 +30,7 @@ def fleet(*workers_):
     return mock.patch("jobs.training.workers.live_workers", return_value=announced(*workers_))
 
 
-# --- classes and queues --------------------------------------------------------------------------
-
-def test_a_job_goes_to_the_smallest_class_that_holds_it():
-    assert queue_for_need(0) == queue_for_need(8 * GB) == "train"
-    assert queue_for_need(8 * GB + 1) == "train.mem16"
-    assert queue_for_need(24 * GB) == "train.mem24"
-    assert queue_for_need(24 * GB + 1) == "train.memmax"
-
-
-def test_a_worker_consumes_every_class_up_to_its_own():
-    assert queues_for_memory(4000) == ["train"]
-    assert queues_for_memory(20 * GB) == ["train", "train.mem16", "train.mem24"]
-    assert queues_for_memory(300 * GB) == ["train", "train.mem16", "train.mem24", "train.memmax"]
-
-
-def test_every_worker_that_fits_a_job_consumes_its_queue():
-    sizes = [1, 4000, 8 * GB, 8 * GB + 1, 12_000, 16 * GB, 20_000, 24 * GB, 30_000, 100_000]
-    for need in sizes:
-        for memory in sizes:
-            if need <= memory:
-                assert queue_for_need(need) in queues_for_memory(memory), (need, memory)
-
+# --- fit ------------------------------------------------------------------------------------------
 
 def test_fit_counts_memory_per_device_and_devices():
     gpu = Capacity(device="cuda", count=2, memory_mb=24 * GB)
@@ -64,19 +38,11 @@ def test_fit_counts_memory_per_device_and_devices():
     assert not fits(gpu, need_mb=25 * GB)
     assert waiting_for(need_mb=20 * GB, devices=1, capacities=[]) == ""  # nobody announced: just queued
     assert waiting_for(need_mb=20 * GB, devices=1, capacities=[gpu]) == ""
-    assert waiting_for(need_mb=30_000, devices=1, capacities=[gpu]) == "waiting for a worker with >= 29.3 GB"
-
-
-def test_the_celery_router_sends_a_train_job_to_its_class(user, base_model, dataset):
-    from celery import current_app
-
-    with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(),
-                                      memory_mb=20_000)
-    route = current_app.amqp.router.route({}, "training.job_run", args=(str(job.id),))
-    assert route["queue"].name == "train.mem24"
-    assert current_app.amqp.router.route({}, "training.job_run", args=("gone",))["queue"].name == "train"
-    assert route_train_job("arena.chat_answer", (1,), {}, {}) is None
+    small = Capacity(device="cuda", count=1, memory_mb=16 * GB)
+    assert (waiting_for(need_mb=30_000, devices=1, capacities=[gpu, small, small])
+            == "waits for a worker with 29.3 GB; the live ones have 24 GB, 16 GB")
+    assert (waiting_for(need_mb=20 * GB, devices=4, capacities=[gpu])
+            == "waits for a worker with 4 devices of 20 GB; the live ones have 2 × 24 GB")
 
 
 # --- what a worker announces ------------------------------------------------------------------------
@@ -99,7 +65,7 @@ def as_worker(real_redis, settings):
     """This process announcing itself as a train worker (as the Celery signals set it up)."""
     settings.WORKER_CAPACITY = '{"device": "cpu", "count": 1, "memory_mb": 4000}'
     settings.WORKER_HEARTBEAT_SECONDS = 2
-    with mock.patch.dict(workers._me, name="train-test@host", queues=["train"], job=None, started=1.0):
+    with mock.patch.dict(workers._me, name="train-test@host", job=None, started=1.0):
         workers._beating.set()
         yield real_redis
         workers.withdraw()
@@ -145,28 +111,58 @@ def test_a_worker_claims_only_jobs_that_fit_it(small_and_big):
     assert claim.job_id == small.id
 
 
-def test_a_message_for_a_job_too_big_for_this_worker_goes_back_to_the_sweep(small_and_big, real_redis, settings):
+def test_a_wake_up_starts_nothing_on_a_worker_too_small_and_the_job_runs_where_it_fits(small_and_big, settings):
+    """Rewritten from "a message for a job too big goes back to the sweep" (Redis dispatch markers, removed): what
+    it guarded is that a worker never starts a job it cannot fit and that the job is not stranded."""
     small, big = small_and_big
     FineTuneJob.objects.filter(id=small.id).update(status=JobStatus.CANCELLED)
-    from jobs.training.dispatch import dispatch_job
-
-    with mock.patch("jobs.training.tasks.job_run.delay"):
-        dispatch_job(big.id)
-    assert is_dispatched(big.id)
     settings.WORKER_CAPACITY = '{"device": "cpu", "count": 1, "memory_mb": 2000}'
-    assert train_tasks.job_run(str(big.id)) == "skipped"
+    assert train_tasks.job_run() == "skipped"
     big.refresh_from_db()
-    assert big.status == JobStatus.QUEUED and not is_dispatched(big.id)  # the next sweep sends it again
+    assert big.status == JobStatus.QUEUED and big.attempts == 0
+    settings.WORKER_CAPACITY = '{"device": "cpu", "count": 1, "memory_mb": 8000}'
+    with mock.patch("jobs.training.tasks._run_claimed", return_value="succeeded") as run:
+        assert train_tasks.job_run() == "succeeded"
+    assert [c.args[0].job_id for c in run.call_args_list] == [big.id]
 
 
-def test_a_turn_used_for_another_job_sends_the_messages_job_again(small_and_big, real_redis):
+def test_a_free_worker_takes_the_fairest_job_that_fits_then_the_next_until_none_fits(small_and_big, settings):
+    """Rewritten from "a turn used for another job sends the message's job again" (hand_on, removed): a wake-up
+    names no job; the worker claims every job that fits it, fairest first, and leaves the rest queued."""
     small, big = small_and_big
+    third = FineTuneJob.objects.create(owner=small.owner, base_model=small.base_model, config=small.config,
+                                       status=JobStatus.QUEUED, memory_mb=1500)
+    settings.WORKER_CAPACITY = '{"device": "cpu", "count": 1, "memory_mb": 2000}'
+    started = []
+
+    def run(claim):
+        started.append(claim.job_id)
+        FineTuneJob.objects.filter(id=claim.job_id).update(status=JobStatus.SUCCEEDED)
+        return "succeeded"
+
+    with mock.patch("jobs.training.tasks._run_claimed", side_effect=run):
+        assert train_tasks.job_run(str(third.id)) == "succeeded"
+    assert started == [small.id, third.id]  # oldest first: the id given only breaks a tie
+    big.refresh_from_db()
+    assert big.status == JobStatus.QUEUED
+
+
+def test_waking_the_workers_sends_one_wake_up_per_live_worker_on_commit(db, real_redis,
+                                                                      django_capture_on_commit_callbacks):
     with mock.patch("jobs.training.tasks.job_run.delay") as delay:
-        hand_on(big.id, started_job_id=small.id, capacity=Capacity(device="cpu", count=1, memory_mb=2000))
-        delay.assert_called_once_with(str(big.id))
-        hand_on(small.id, started_job_id=small.id, capacity=Capacity(device="cpu", count=1, memory_mb=2000))
-        assert delay.call_count == 1
-    assert is_dispatched(big.id)
+        with fleet(("a@h", 4000, None), ("b@h", 4000, "x"), ("c@h", 4000, None)):
+            with django_capture_on_commit_callbacks(execute=True):
+                workers.wake_train_workers()
+                assert delay.call_count == 0  # nothing before the commit
+            assert delay.call_count == 3 and delay.call_args.args == ()  # a wake-up names no job
+            real_redis.rpush("train", "w1", "w2")  # two still waiting: every idle worker has one already
+            with django_capture_on_commit_callbacks(execute=True):
+                workers.wake_train_workers()
+            assert delay.call_count == 4
+        real_redis.delete("train")
+        with django_capture_on_commit_callbacks(execute=True):  # none announced: one, for whoever starts
+            workers.wake_train_workers()
+        assert delay.call_count == 5
 
 
 # --- submit: refuse or wait, on the form, REST and the OpenAI API ------------------------------------------
@@ -215,19 +211,23 @@ def test_accepted_and_waiting_visibly_when_set_to_wait(settings, api, client_in,
         assert rest.status_code == 201, rest.content
         job = FineTuneJob.objects.get(id=rest.json()["id"])
         assert job.memory_mb > 100 and job.status == JobStatus.QUEUED
-        assert rest.json()["waiting_for"].startswith("waiting for a worker with >= 0.")
-        assert api.get(f"/api/v1/jobs/{job.id}/").json()["waiting_for"] == rest.json()["waiting_for"]
+        need = rest.json()["waiting_for"]
+        assert need.startswith("waits for a worker with 0.") and need.endswith("; the live ones have 0.1 GB"), need
+        assert rest.json()["waiting_reason"] == need  # the one sentence: here, the memory it waits for
+        detail = api.get(f"/api/v1/jobs/{job.id}/").json()
+        assert detail["waiting_for"] == detail["waiting_reason"] == need
         page = client_in.get(f"/jobs/{job.id}/").content.decode()
-        assert 'id="job-waiting"' in page and "waiting for a worker with &gt;= 0." in page
-        assert JobEvent.objects.get(job=job, kind="waiting").message.startswith("waiting for a worker with >= 0.")
+        assert 'id="job-waiting"' in page and need in page
+        assert JobEvent.objects.get(job=job, kind="waiting").message.startswith(need)
         openai = openai_submit(api, dataset)
         assert openai.status_code == 200, openai.content
         events = api.get(f"/v1/fine_tuning/jobs/{openai.json()['id']}/events").json()["data"]
-        assert any(e["message"].startswith("waiting for a worker with >=") for e in events)
+        assert any(e["message"].startswith("waits for a worker with ") for e in events)
         assert form_submit(client_in, base_model, dataset).status_code == 302
     assert FineTuneJob.objects.count() == 3
-    with fleet(("big@c", 100_000, None)):  # a big enough worker arrives: nothing to wait for
-        assert api.get(f"/api/v1/jobs/{job.id}/").json()["waiting_for"] == ""
+    with fleet(("big@c", 100_000, None)):  # a big enough worker arrives: nothing to wait for but its turn
+        detail = api.get(f"/api/v1/jobs/{job.id}/").json()
+        assert detail["waiting_for"] == "" and detail["waiting_reason"] == "1st in the fair queue"
 
 
 def test_a_job_that_fits_a_live_worker_is_just_queued(settings, api, base_model, dataset):
@@ -252,12 +252,14 @@ def test_the_estimate_uses_the_workers_device_and_memory(user, base_model, datas
 
 # --- the Workers page and API ----------------------------------------------------------------------------
 
-def test_workers_api_shows_devices_memory_jobs_and_queue_depths(api, api_bob, user, client_in, base_model, dataset,
-                                                                 real_redis):
+def test_workers_api_shows_devices_memory_jobs_and_why_your_jobs_wait(api, api_bob, user, client_in, base_model,
+                                                                       dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         mine = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
                                        name="mine", memory_mb=20_000)
-    real_redis.rpush("train.mem24", "m1", "m2")
+        after = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
+                                        name="after", memory_mb=1000)
+    FineTuneJob.objects.filter(id=mine.id).update(status=JobStatus.RUNNING)
     with fleet(("big@a", 30_000, str(mine.id)), ("small@b", 4000, None)):
         data = api.get("/api/v1/workers/").json()
         bobs = api_bob.get("/api/v1/workers/").json()
@@ -265,28 +267,49 @@ def test_workers_api_shows_devices_memory_jobs_and_queue_depths(api, api_bob, us
     big, small = data["workers"]
     assert (big["name"], big["device"], big["count"], big["memory_mb"]) == ("big@a", "cpu", 1, 30_000)
     assert big["busy"] and big["job"] == {"id": str(mine.id), "name": "mine"}
-    assert big["queues"] == ["train", "train.mem16", "train.mem24", "train.memmax"]
-    assert not small["busy"] and small["job"] is None and small["queues"] == ["train"]
+    assert not small["busy"] and small["job"] is None
     assert bobs["workers"][0]["busy"] and bobs["workers"][0]["job"] is None  # someone else's job: only "busy"
-    queues = {q["name"]: q for q in data["queues"]}
-    assert queues["train.mem24"]["messages"] == 2 and queues["train.mem24"]["queued_jobs"] == 1
-    assert queues["train"]["workers"] == 2 and queues["train.mem16"]["workers"] == 1
+    reason = "waits for one of your running jobs to end (you may train 1 at a time)"
+    assert data["queued_jobs"] == 1 and data["waiting"] == [{"id": str(after.id), "name": "after", "reason": reason}]
+    assert bobs["queued_jobs"] == 1 and bobs["waiting"] == []  # another user's jobs count, unnamed
     assert data["no_fit"] == "wait"
     assert "big@a" in page and "small@b" in page and ">mine</a>" in page and 'href="/workers/"' in page
+    assert ">after</a>" in page and reason in page
     from rest_framework.test import APIClient
 
     assert APIClient().get("/api/v1/workers/").status_code in (401, 403)
 
 
-def test_the_routing_settings_are_checked(monkeypatch):
-    from webapp.env import env_choice, env_sizes_gb
+# --- why a queued job waits: one sentence from one place ----------------------------------------------------
 
-    monkeypatch.setenv("ROUTING_MEMORY_CLASSES_GB", "8, 16,24.5")
-    assert env_sizes_gb("ROUTING_MEMORY_CLASSES_GB", "1") == [8, 16, 24.5]
-    for bad in ("8,x", "16,8", "0,8"):
-        monkeypatch.setenv("ROUTING_MEMORY_CLASSES_GB", bad)
-        with pytest.raises(ImproperlyConfigured, match="ROUTING_MEMORY_CLASSES_GB"):
-            env_sizes_gb("ROUTING_MEMORY_CLASSES_GB", "1")
+def test_why_a_queued_job_waits(user, other_user, base_model, dataset):
+    with mock.patch("jobs.training.tasks.job_run.delay"):
+        first, second = (job_services.job_create(owner=user, dataset=dataset, base_model=base_model,
+                                                 config=TrainConfig(**TINY), memory_mb=3000) for _ in range(2))
+    bobs = FineTuneJob.objects.create(owner=other_user, base_model=base_model, config=first.config, memory_mb=3000)
+
+    def reason(job, *workers_):
+        job.refresh_from_db()
+        return selectors.job_wait_reason(job=job, live=announced(*workers_))
+
+    assert reason(first) == "waits for a train worker: none is running; it starts when one does"
+    assert reason(first, ("s@a", 2 * GB, None)) == "waits for a worker with 3 GB; the live ones have 2 GB"
+    assert reason(first, ("b@a", 4 * GB, None)) == "1st in the fair queue"
+    assert reason(second, ("b@a", 4 * GB, None)) == "2nd in the fair queue"  # nobody has run: the oldest first
+    assert reason(bobs, ("b@a", 4 * GB, None)) == "3rd in the fair queue"
+    assert reason(first, ("b@a", 4 * GB, "x"), ("s@a", 2 * GB, None)) == (
+        "1st in the fair queue; every train worker that fits it is busy")
+    Claim.take(first.id)
+    assert reason(second, ("b@a", 4 * GB, str(first.id))) == (
+        "waits for one of your running jobs to end (you may train 1 at a time)")
+    assert reason(bobs, ("b@a", 4 * GB, str(first.id))) == (
+        "1st in the fair queue; every train worker that fits it is busy")
+    assert reason(first, ("b@a", 4 * GB, None)) == ""  # running: nothing to wait for
+
+
+def test_the_routing_settings_are_checked(monkeypatch):
+    from webapp.env import env_choice
+
     monkeypatch.setenv("ROUTING_NO_FIT", "Refuse")
     assert env_choice("ROUTING_NO_FIT", "wait", ("wait", "refuse")) == "refuse"
     monkeypatch.setenv("ROUTING_NO_FIT", "drop")
