@@ -71,9 +71,17 @@ def setting(default: Any, *, label: str, help: str, group: str = "advanced", min
 
 
 def setting_metadata(cls: type | None = None) -> dict[str, Mapping[str, Any]]:
-    """Each setting of `cls` (TrainConfig by default), in declaration order -> its metadata and `default`."""
+    """Each setting of `cls` (TrainConfig by default), in declaration order -> its metadata, `default` and
+    `type` (bool, int, float, str or list)."""
     cls = cls or TrainConfig
-    return {f.name: MappingProxyType({**f.metadata, "default": f.default}) for f in dataclasses.fields(cls)}
+    return {f.name: MappingProxyType({**f.metadata, "default": f.default, "type": _value_type(f)})
+            for f in dataclasses.fields(cls)}
+
+
+def _value_type(f: dataclasses.Field) -> str:
+    """The kind of value a field holds, from its annotation: bool, int, float, str or list."""
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return "list" if annotation.startswith("tuple") else annotation
 
 
 def limits_text(meta: Mapping[str, Any]) -> str:
@@ -114,17 +122,17 @@ def _module_names(name: str, modules: Any) -> tuple[str, ...]:
 
 def _checked(f: dataclasses.Field, value: Any) -> Any:
     """`value` checked against field `f`'s metadata (its type, choices or range); the value, normalised."""
-    meta, name, default = f.metadata, f.name, f.default
+    meta, name, kind = f.metadata, f.name, _value_type(f)
     if meta.get("choices") is not None:
         if not isinstance(value, str) or value not in meta["choices"]:
             raise ConfigError(name, f"must be {limits_text(meta)}, got {value!r}")
-    elif isinstance(default, bool):
+    elif kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(name, f"must be true or false, got {value!r}")
-    elif isinstance(default, (int, float)):
-        _check_range(name, value, low=meta["min"], high=meta["max"], integer=isinstance(default, int),
+    elif kind in ("int", "float"):
+        _check_range(name, value, low=meta["min"], high=meta["max"], integer=kind == "int",
                      low_inclusive=not meta["min_exclusive"])
-    elif isinstance(default, tuple):
+    elif kind == "list":
         return _module_names(name, value)
     elif meta.get("job_id"):
         if not isinstance(value, str) or (value and not UUID_RE.match(value)):
