@@ -2,8 +2,11 @@
 input/output serializers over the training services."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from django.http import Http404
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,7 +19,50 @@ from jobs.training.models import JobStatus
 from jobs.training.downloads import adapter_download, merged_download
 from jobs.training.workers import live_capacities
 from jobs.datasets.selectors import dataset_find
-from worker.config import ConfigError, TrainConfig
+from worker.config import PRESETS, ConfigError, TrainConfig, setting_metadata
+
+_JSON_TYPES = {"bool": "boolean", "int": "integer", "float": "number", "str": "string"}
+
+
+def setting_schema(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema of one TrainConfig setting, from its metadata: title, description, default, limits."""
+    schema: dict[str, Any] = {"title": meta["label"], "description": meta["help"], "default": meta["default"]}
+    if meta["type"] == "list":
+        schema.update(type="array", items={"type": "string"}, default=list(meta["default"]))
+    else:
+        schema["type"] = _JSON_TYPES[meta["type"]]
+    if meta["choices"] is not None:
+        schema["enum"] = list(meta["choices"])
+    if meta["min"] is not None:
+        schema["minimum"] = meta["min"]
+        if meta["min_exclusive"]:
+            schema["exclusiveMinimum"] = True
+    if meta["max"] is not None:
+        schema["maximum"] = meta["max"]
+    return schema
+
+
+class TrainConfigSerializer(serializers.Serializer):
+    """A job's settings; each one left out keeps its default. `preset` fills the values it defines first."""
+
+
+class TrainConfigSchema(OpenApiSerializerExtension):
+    """Describes `config` from TrainConfig's field metadata, the one source of each setting's help and limits."""
+
+    target_class = TrainConfigSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        properties = {"preset": {"type": "string", "enum": list(PRESETS),
+                                 "description": "quick, balanced or quality: fills the values it defines; settings "
+                                                "given next to it win"}}
+        properties.update({name: setting_schema(meta) for name, meta in setting_metadata(TrainConfig).items()})
+        return {"type": "object", "description": TrainConfigSerializer.__doc__, "properties": properties,
+                "additionalProperties": False}
+
+
+@extend_schema_field(TrainConfigSerializer)
+class TrainConfigField(serializers.DictField):
+    """`config`: a JSON object that TrainConfig checks (so an error names the setting and its limits)."""
 
 
 class JobOutput(serializers.Serializer):
@@ -90,7 +136,7 @@ class JobListApi(APIView):
         name = serializers.CharField(required=False, allow_blank=True, max_length=200)
         dataset = serializers.UUIDField()
         base_model = serializers.UUIDField()
-        config = serializers.DictField(required=False, default=dict)
+        config = TrainConfigField(required=False, default=dict)
         validation = serializers.ChoiceField(choices=["none", "split", "dataset"], required=False, default="split")
         validation_percent = serializers.FloatField(required=False, default=10, min_value=0.1, max_value=90)
         validation_seed = serializers.IntegerField(required=False, default=42, min_value=0)
@@ -161,7 +207,7 @@ class JobRetryApi(APIView):
 
     @extend_schema_serializer(component_name="JobRetry")
     class InputSerializer(StrictInput):
-        config = serializers.DictField(required=False)
+        config = TrainConfigField(required=False)
 
     @extend_schema(request=InputSerializer, responses={201: JobOutput, **error_responses(400, 404, 409)})
     def post(self, request, job_id):
@@ -273,7 +319,7 @@ class EstimateApi(APIView):
     class InputSerializer(StrictInput):
         dataset = serializers.UUIDField()
         base_model = serializers.UUIDField()
-        config = serializers.DictField(required=False, default=dict)
+        config = TrainConfigField(required=False, default=dict)
 
     @extend_schema(request=InputSerializer, responses={200: EstimateOutput, **error_responses(400)})
     def post(self, request):
