@@ -14,7 +14,7 @@ from jobs.common.rest import BINARY_FILE, StrictInput
 from jobs.common.schema import error_responses
 from jobs.datasets import selectors, services
 from jobs.datasets.models import UploadCheck
-from worker.config import ConfigError
+from worker.errors import InputError
 
 
 class DatasetOutput(serializers.Serializer):
@@ -154,7 +154,7 @@ class DatasetTokensApi(APIView):
         chosen = (base_model_find(chosen_id, owner=request.user) if chosen_id
                   else base_model_list(owner=request.user).first())
         if chosen is None:
-            raise ConfigError("base_model", "unknown base model" if chosen_id else "no base model is registered yet")
+            raise InputError("base_model", "unknown base model" if chosen_id else "no base model is registered yet")
         max_length = query.validated_data["max_length"]
         report, profile = services.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
         return Response(TokenReportOutput({

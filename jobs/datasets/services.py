@@ -24,7 +24,7 @@ from jobs.common.storage import media_path, media_relative
 from jobs.datasets import selectors
 from jobs.datasets.models import Dataset, TokenProfile, UploadCheck
 from jobs.datasets.signals import dataset_deleting
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.column_hints import guess_mapping
 from worker.data.examples import Example
 from worker.data.formats import format_for_filename
@@ -92,7 +92,7 @@ def dataset_limits() -> DataLimits:
 def dataset_validate(*, path: Path, filename: str, normalized: Path, mapping: dict | None = None,
                      drop_duplicates: bool = False, on_progress=None) -> LoadedSummary:
     """Read and check a file with the engine's loader in a child process limited in memory and time,
-    writing the normalised JSONL to `normalized`; raises DatasetError / SchemaUnknown / ConfigError."""
+    writing the normalised JSONL to `normalized`; raises DatasetError / SchemaUnknown / InputError."""
     return load_dataset_file_limited(path, filename, normalized_path=normalized, limits=dataset_limits(),
                                      memory_mb=settings.DATASET_PARSE_MEMORY_MB,
                                      seconds=settings.DATASET_PARSE_SECONDS, mapping=mapping or None,
@@ -205,10 +205,10 @@ def dataset_upload(*, owner, upload, name: str = "", mapping: dict | None = None
 
 def _pending_file(owner, token: str) -> Path:
     if not token.isalnum():
-        raise ConfigError("token", "unknown upload; upload the file again")
+        raise InputError("token", "unknown upload; upload the file again")
     matches = list(media_path(PENDING_DIR).glob(f"{owner.id}-{token}.*"))
     if not matches:
-        raise ConfigError("token", "unknown or expired upload; upload the file again")
+        raise InputError("token", "unknown or expired upload; upload the file again")
     return matches[0]
 
 
@@ -299,9 +299,9 @@ def dataset_create_demo(*, owner) -> Dataset:
 def dataset_rename(*, dataset: Dataset, name: str) -> Dataset:
     name = name.strip()
     if not name:
-        raise ConfigError("name", "must not be empty")
+        raise InputError("name", "must not be empty")
     if len(name) > 200:
-        raise ConfigError("name", "must be at most 200 characters")
+        raise InputError("name", "must be at most 200 characters")
     dataset.name = name
     dataset.save(update_fields=["name"])
     return dataset
@@ -358,7 +358,7 @@ def upload_check_run(*, check_id) -> str:
     except DatasetError as exc:
         _drop(work, check.file)
         return finish(UploadCheck.Status.FAILED, stage="", problems=exc.messages(), problem_total=exc.total)
-    except ConfigError as exc:
+    except InputError as exc:
         _drop(work, check.file)
         return finish(UploadCheck.Status.FAILED, stage="", problems=[f"{exc.field}: {exc.message}"], problem_total=1)
     except Exception:

@@ -20,6 +20,7 @@ from jobs.training.selectors import job_api_model as fine_tuned_model
 from jobs.training.selectors import job_list
 from jobs.training.models import FineTuneJob, JobStatus
 from worker.config import ConfigError, TrainConfig, setting_metadata
+from worker.errors import InputError
 
 DEFAULT_LR = TrainConfig().learning_rate
 # Where each setting sits in OpenAI's request, from TrainConfig's metadata: a hyperparameter, `seed`, the method's
@@ -190,7 +191,7 @@ class JobListApi(OpenAIView):
             est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
             job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
                                       name=suffix, validation=validation, memory_mb=est.memory_mb, default_name=False)
-        except ConfigError as exc:
+        except InputError as exc:
             param = {"validation_dataset": "validation_file", "dataset": "training_file",
                      "config": "hyperparameters"}.get(exc.field) or openai_param(exc.field, config.method)
             raise OpenAIError(f"{param}: {exc.message}", param=param) from None

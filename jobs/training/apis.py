@@ -19,7 +19,8 @@ from jobs.training.models import JobStatus
 from jobs.training.downloads import adapter_download, merged_download
 from jobs.training.workers import live_capacities
 from jobs.datasets.selectors import dataset_find
-from worker.config import PRESETS, ConfigError, TrainConfig, setting_metadata
+from worker.config import PRESETS, TrainConfig, setting_metadata
+from worker.errors import InputError
 
 _JSON_TYPES = {"bool": "boolean", "int": "integer", "float": "number", "str": "string"}
 
@@ -121,10 +122,10 @@ def _job_inputs(request, serializer_class):
     values = data.validated_data
     dataset = dataset_find(owner=request.user, dataset_id=values["dataset"])
     if dataset is None:
-        raise ConfigError("dataset", "no such dataset")
+        raise InputError("dataset", "no such dataset")
     base = base_model_find(values["base_model"], owner=request.user)
     if base is None:
-        raise ConfigError("base_model", "no such base model")
+        raise InputError("base_model", "no such base model")
     config = services.job_start_config(owner=request.user, base_model=base,
                                        config=TrainConfig.from_dict(values["config"]))
     return values, dataset, base, config
@@ -148,7 +149,7 @@ class JobListApi(APIView):
     def get(self, request):
         wanted = request.query_params.get("status")
         if wanted and wanted not in JobStatus.values:
-            raise ConfigError("status", f"must be one of {', '.join(JobStatus.values)}")
+            raise InputError("status", f"must be one of {', '.join(JobStatus.values)}")
         paginator = NewestFirstPagination()
         page = paginator.paginate_queryset(selectors.job_list(owner=request.user, status=wanted), request, view=self)
         return paginator.get_paginated_response(JobOutput(page, many=True).data)
@@ -160,7 +161,7 @@ class JobListApi(APIView):
         if v["validation"] == "dataset":
             other = dataset_find(owner=request.user, dataset_id=v.get("validation_dataset"))
             if other is None:
-                raise ConfigError("validation_dataset", "no such dataset")
+                raise InputError("validation_dataset", "no such dataset")
             validation["dataset"] = other
         services.job_validate_config(base_model=base, config=config)
         est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
@@ -229,7 +230,7 @@ class JobMetricsApi(APIView):
         try:
             after = int(request.query_params.get("after", 0))
         except ValueError:
-            raise ConfigError("after", "must be an integer step") from None
+            raise InputError("after", "must be an integer step") from None
         return Response([p.as_event() for p in selectors.metric_points(job=job, after_step=after)])
 
 

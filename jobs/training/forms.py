@@ -9,7 +9,8 @@ from jobs.training.models import JobStatus
 from jobs.training.selectors import job_list
 from jobs.training.services import job_check_fits, job_check_method, job_estimate, job_start_config, job_validate_config
 from jobs.datasets.models import Dataset
-from worker.config import PRESETS, ConfigError, TrainConfig, setting_metadata
+from worker.config import PRESETS, TrainConfig, setting_metadata
+from worker.errors import InputError
 
 SETTINGS = setting_metadata()  # each TrainConfig setting's label, help, limits and choices
 CONFIG_FIELDS = tuple(SETTINGS)
@@ -144,26 +145,26 @@ class JobForm(forms.Form):
                 self.config = job_start_config(owner=self.owner, base_model=data["base_model"],
                                                config=TrainConfig.from_dict(values))
                 job_validate_config(base_model=data["base_model"], config=self.config)
-            except ConfigError as exc:
+            except InputError as exc:
                 self._add_config_error(exc)
                 self.config = None
         self.validation = self._validation(data)
         if self.config is not None and data.get("dataset") is not None:
             try:
                 job_check_method(dataset=data["dataset"], config=self.config)
-            except ConfigError as exc:
+            except InputError as exc:
                 self.add_error("method", exc.message)
         if self.config is not None and not self.errors:
             try:
                 self.estimate = job_check_fits(owner=self.owner, dataset=data["dataset"],
                                                base_model=data["base_model"], config=self.config)
-            except ConfigError as exc:
+            except InputError as exc:
                 self.estimate = job_estimate(owner=self.owner, dataset=data["dataset"],
                                              base_model=data["base_model"], config=self.config)
                 self.add_error(None, exc.message[0].upper() + exc.message[1:])
         return data
 
-    def _add_config_error(self, exc: ConfigError) -> None:
+    def _add_config_error(self, exc: InputError) -> None:
         """The message beside its field, or at the top naming the field in words when the form has none."""
         if exc.field in self.fields:
             if exc.field not in self.errors:
