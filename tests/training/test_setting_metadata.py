@@ -67,3 +67,12 @@ def test_a_missing_start_from_job_is_an_input_error_not_a_setting_error(user, ba
         job_start_config(owner=user, base_model=base_model, config=TrainConfig(start_from=str(uuid.uuid4())))
     assert not isinstance(err.value, ConfigError) and (err.value.field, err.value.message) == ("start_from",
                                                                                              "no such job")
+
+
+def test_the_form_folds_exactly_the_advanced_settings():
+    from jobs.training.forms import FIELDSETS
+
+    for _legend, folded, names in FIELDSETS:
+        for name in names:
+            if name in SETTINGS:
+                assert SETTINGS[name]["group"] == ("advanced" if folded else "basic"), name
