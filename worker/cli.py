@@ -9,7 +9,8 @@ import json
 import logging
 import sys
 
-from worker.config import ConfigError, TrainSpec
+from worker.config import TrainSpec
+from worker.errors import InputError
 from worker.data.problems import DatasetError
 from worker.engine import train
 from worker.errors import TrainingError
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.spec, encoding="utf-8") as fh:
             spec = TrainSpec.from_dict(json.load(fh))
         result = train(spec, MemoryReporter(echo=True))
-    except (ConfigError, DatasetError, TrainingError, OSError, json.JSONDecodeError) as exc:
+    except (InputError, DatasetError, TrainingError, OSError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result.__dict__, indent=2))

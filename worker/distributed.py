@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.config import ConfigError, TrainSpec
+from worker.errors import InputError
 from worker.data.problems import DatasetError
 from worker.engine import train
 from worker.errors import TrainingError
@@ -99,7 +100,7 @@ def error_message(exc: BaseException) -> dict[str, Any]:
     message: dict[str, Any] = {"op": "error", "type": type(exc).__name__, "message": str(exc)}
     if isinstance(exc, TrainingError):
         message["code"] = exc.code
-    elif isinstance(exc, ConfigError):
+    elif isinstance(exc, InputError):
         message.update(field=exc.field, message=exc.message)
     return message
 
@@ -108,14 +109,14 @@ def error_from(message: dict[str, Any], rank: int) -> BaseException:
     kind, text = message.get("type"), message.get("message", "")
     if kind == "TrainingError":
         return TrainingError(text, message.get("code") or "training_error")
-    if kind == "ConfigError":
-        return ConfigError(message.get("field") or "config", text)
+    if kind in ("ConfigError", "InputError"):
+        return (ConfigError if kind == "ConfigError" else InputError)(message.get("field") or "config", text)
     if kind == "DatasetError":
         return TrainingError(text)  # its problems list does not travel; the text says where
     return RuntimeError(f"training process {rank} failed: {kind}: {text}")
 
 
-KNOWN_ERRORS = (TrainingError, ConfigError)
+KNOWN_ERRORS = (TrainingError, InputError)
 
 
 # --- the supervisor (the train worker's process) ------------------------------------------------------
@@ -364,7 +365,7 @@ def rank_main() -> int:
         dist.destroy_process_group()
         return 0
     except BaseException as exc:  # noqa: BLE001 - every way out is reported to the supervisor
-        if not isinstance(exc, (TrainingError, ConfigError, DatasetError, WorkLost)):
+        if not isinstance(exc, (TrainingError, InputError, DatasetError, WorkLost)):
             log.exception("rank %s failed", rank)
         try:
             send(conn, error_message(exc))

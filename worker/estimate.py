@@ -60,7 +60,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from worker.config import ConfigError, TrainConfig
+from worker.config import TrainConfig
+from worker.errors import InputError
 from worker.memory_advice import fitting_tips
 from worker.schedule import plan_steps
 
@@ -246,7 +247,7 @@ def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str,
 
 def _resolve_device(device: str) -> str:
     if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError("device", f"must be auto, cpu or cuda, got {device!r}")
+        raise InputError("device", f"must be auto, cpu or cuda, got {device!r}")
     if device == "auto":
         from worker.modeling import choose_device
 
@@ -266,7 +267,7 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
     (`seconds_source` says which).
     """
     if n_examples < 1:
-        raise ConfigError("n_examples", "the training set is empty")
+        raise InputError("n_examples", "the training set is empty")
     device = _resolve_device(device)
     shape, targets = _meta_shape(model_path, cfg)
     trainable = _trainable(shape, cfg, cfg.rank)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.config import PRECISIONS, ConfigError, TrainConfig
+from worker.errors import InputError
 from worker.kernels import apply_liger, attn_implementation
 from worker.targets import linear_module_suffixes, resolve_modules_to_save, resolve_targets, saveable_modules
 
@@ -92,12 +93,12 @@ def choose_device(requested: str = "auto", precision: str = "auto") -> DeviceCho
     import torch
 
     if requested not in ("auto", "cpu", "cuda"):
-        raise ConfigError("device", f"must be auto, cpu or cuda, got {requested!r}")
+        raise InputError("device", f"must be auto, cpu or cuda, got {requested!r}")
     if precision not in PRECISIONS:
         raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     use_cuda = torch.cuda.is_available() and requested in ("auto", "cuda")
     if requested == "cuda" and not use_cuda:
-        raise ConfigError("device", "cuda was requested but no CUDA device is available")
+        raise InputError("device", "cuda was requested but no CUDA device is available")
     device = "cuda" if use_cuda else "cpu"
     if precision == "fp32":
         return DeviceChoice(device, torch.float32)
@@ -169,14 +170,14 @@ def get_peft_config(cfg: TrainConfig, targets: list[str]):
 
 
 def load_tokenizer(path: str):
-    """The tokenizer of a local model folder, with a pad token; ConfigError when it has no chat template."""
+    """The tokenizer of a local model folder, with a pad token; InputError when it has no chat template."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
-        raise ConfigError("base_model", f"the tokenizer in {path} has no chat template")
+        raise InputError("base_model", f"the tokenizer in {path} has no chat template")
     return tok
 
 

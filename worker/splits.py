@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from typing import Sequence, TypeVar
 
-from worker.config import ConfigError
+from worker.errors import InputError
 
 T = TypeVar("T")
 
@@ -12,9 +12,9 @@ T = TypeVar("T")
 def split_examples(examples: Sequence[T], percent: float, seed: int) -> tuple[list[T], list[T]]:
     """(train, validation): `percent` of the examples, at least one, picked with `seed`."""
     if not 0 < percent < 100:
-        raise ConfigError("validation_percent", f"must be between 0 and 100, got {percent!r}")
+        raise InputError("validation_percent", f"must be between 0 and 100, got {percent!r}")
     if len(examples) < 2:
-        raise ConfigError("validation_percent", "a dataset needs at least 2 examples to split off a validation set")
+        raise InputError("validation_percent", "a dataset needs at least 2 examples to split off a validation set")
     n_eval = min(len(examples) - 1, max(1, round(len(examples) * percent / 100)))
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)

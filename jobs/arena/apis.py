@@ -17,7 +17,8 @@ from jobs.common.ids import is_uuid
 from jobs.common.rest import StrictInput
 from jobs.common.schema import error_responses
 from jobs.training.selectors import job_get
-from worker.config import ConfigError, GenerationConfig
+from worker.config import GenerationConfig
+from worker.errors import InputError
 
 
 class ModelIdentityOutput(serializers.Serializer):
@@ -88,7 +89,7 @@ class JobChatApi(APIView):
         v = dict(data.validated_data)
         session = selectors.chat_session_get(owner=request.user, session_id=v.pop("session")) if "session" in v else None
         if session is not None and session.job_id != job.id:
-            raise ConfigError("session", "that chat belongs to another job")
+            raise InputError("session", "that chat belongs to another job")
         prompt, contestants, blind = v.pop("prompt"), v.pop("contestants", None), v.pop("blind")
         session, answers = services.chat_ask(owner=request.user, job=job, prompt=prompt,
                                              generation=GenerationConfig(**v), session=session,
@@ -104,7 +105,7 @@ class JobChatApi(APIView):
         try:
             session = selectors.chat_session_get(owner=request.user, session_id=session_id)
         except (ValueError, DjangoValidationError):
-            raise ConfigError("session", "must be a chat session id") from None
+            raise InputError("session", "must be a chat session id") from None
         if session.job_id != job.id:
             raise Http404("no such chat for this job")
         return Response(ChatAnswerOutput(selectors.chat_answers(session=session), many=True).data)
@@ -190,10 +191,10 @@ class WinRateApi(APIView):
         wanted = request.query_params.get("base_model")
         if wanted is not None:
             if not is_uuid(wanted):
-                raise ConfigError("base_model", "must be a base model id")
+                raise InputError("base_model", "must be a base model id")
             base = base_model_find(wanted, owner=request.user)
             if base is None:
-                raise ConfigError("base_model", "no such base model")
+                raise InputError("base_model", "no such base model")
         return Response(self.OutputSerializer(selectors.vote_win_rates(owner=request.user, base_model=base),
                                               many=True).data)
 
@@ -230,7 +231,7 @@ class VotesDatasetApi(APIView):
         if "base_model" in data.validated_data:
             base = base_model_find(str(data.validated_data["base_model"]), owner=request.user)
             if base is None:
-                raise ConfigError("base_model", "no such base model")
+                raise InputError("base_model", "no such base model")
         dataset, summary = services.votes_dataset_create(owner=request.user, name=data.validated_data.get("name", ""),
                                                          base_model=base)
         out = {"dataset": dataset.id, "name": dataset.name, "rows": dataset.rows, **summary,

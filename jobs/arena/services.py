@@ -21,6 +21,7 @@ from jobs.training.services import JobStateError
 from jobs.datasets.models import Dataset
 from jobs.datasets.services import dataset_create_from_examples
 from worker.config import ConfigError, GenerationConfig
+from worker.errors import InputError
 from worker.data.examples import Example
 from worker.data.loading import DEFAULT_MAX_CHARS
 
@@ -40,13 +41,13 @@ def chat_check_bounds(*, owner, generation: GenerationConfig, new_answers: int,
                       messages: list[dict] | None = None, prompt: str = "") -> None:
     """Refuse a chat request past the installation's bounds, before anything is stored."""
     if messages is not None and len(messages) > settings.CHAT_MAX_MESSAGES:
-        raise ConfigError("messages", f"at most {settings.CHAT_MAX_MESSAGES} messages per request "
-                                      f"(setting CHAT_MAX_MESSAGES), got {len(messages)}")
+        raise InputError("messages", f"at most {settings.CHAT_MAX_MESSAGES} messages per request "
+                                     f"(setting CHAT_MAX_MESSAGES), got {len(messages)}")
     chars = sum(len(m["content"]) for m in messages or []) + len(prompt) + len(generation.system_prompt or "")
     if chars > settings.CHAT_MAX_CHARS:
-        raise ConfigError("messages" if messages is not None else "prompt",
-                          f"at most {settings.CHAT_MAX_CHARS:,} characters per request (setting CHAT_MAX_CHARS), "
-                          f"got {chars:,}")
+        raise InputError("messages" if messages is not None else "prompt",
+                         f"at most {settings.CHAT_MAX_CHARS:,} characters per request (setting CHAT_MAX_CHARS), "
+                         f"got {chars:,}")
     if generation.max_new_tokens > settings.CHAT_MAX_NEW_TOKENS:
         raise ConfigError("max_new_tokens", f"must be at most {settings.CHAT_MAX_NEW_TOKENS} "
                                             "(setting CHAT_MAX_NEW_TOKENS)")
@@ -71,11 +72,11 @@ def _chat_contestants(*, owner, job: FineTuneJob, keys: list[str] | None) -> lis
     if keys is None:
         return [None, job]
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise ConfigError("contestants", "must be a list of model keys: \"base\" or a job id")
+        raise InputError("contestants", "must be a list of model keys: \"base\" or a job id")
     if not 2 <= len(keys) <= MAX_CONTESTANTS:
-        raise ConfigError("contestants", f"pick 2 or {MAX_CONTESTANTS} models, got {len(keys)}")
+        raise InputError("contestants", f"pick 2 or {MAX_CONTESTANTS} models, got {len(keys)}")
     if len(set(keys)) != len(keys):
-        raise ConfigError("contestants", "each model may appear only once")
+        raise InputError("contestants", "each model may appear only once")
     models: list[FineTuneJob | None] = []
     for key in keys:
         if key == BASE_CONTESTANT:
@@ -83,12 +84,12 @@ def _chat_contestants(*, owner, job: FineTuneJob, keys: list[str] | None) -> lis
             continue
         other = job_find(owner=owner, job_id=key)
         if other is None:
-            raise ConfigError("contestants", f"unknown model {key!r}: use \"base\" or the id of one of your jobs")
+            raise InputError("contestants", f"unknown model {key!r}: use \"base\" or the id of one of your jobs")
         if not other.has_adapter:
-            raise ConfigError("contestants", f"job {other} has no adapter ({other.status}); pick a succeeded job")
+            raise InputError("contestants", f"job {other} has no adapter ({other.status}); pick a succeeded job")
         if other.base_model_id != job.base_model_id:
-            raise ConfigError("contestants", f"job {other} is trained on {other.base_model.name}, not on "
-                                             f"{job.base_model.name}: side by side models share one base model")
+            raise InputError("contestants", f"job {other} is trained on {other.base_model.name}, not on "
+                                            f"{job.base_model.name}: side by side models share one base model")
         models.append(other)
     return models
 
@@ -116,10 +117,10 @@ def chat_ask(*, owner, job: FineTuneJob, prompt: str, generation: GenerationConf
         raise JobStateError("the job has no adapter yet; compare once it has succeeded")
     models = _chat_contestants(owner=owner, job=job, keys=contestants)
     if blind and len(models) != 2:
-        raise ConfigError("blind", f"a blind round compares exactly two models, got {len(models)}")
+        raise InputError("blind", f"a blind round compares exactly two models, got {len(models)}")
     prompt = prompt.strip()
     if not prompt:
-        raise ConfigError("prompt", "type a message first")
+        raise InputError("prompt", "type a message first")
     chat_check_bounds(owner=owner, generation=generation, new_answers=len(models), prompt=prompt)
     order = _blind_order(models) if blind else models
     with transaction.atomic():
@@ -146,13 +147,13 @@ def chat_vote(*, owner, chat_round: ChatRound, choice: str) -> Vote:
     if chat_round.session.owner_id != owner.id:
         raise ChatStateError("round", "not your chat")
     if choice not in VOTE_CHOICES:
-        raise ConfigError("choice", f"must be one of {', '.join(VOTE_CHOICES)}")
+        raise InputError("choice", f"must be one of {', '.join(VOTE_CHOICES)}")
     with transaction.atomic():
         locked = ChatRound.objects.select_for_update().select_related("session__job", "session__base_model").get(
             id=chat_round.id)
         answers = list(locked.answers.order_by("position"))
         if len(answers) != 2:
-            raise ConfigError("round", f"a vote compares exactly two answers; this round has {len(answers)}")
+            raise InputError("round", f"a vote compares exactly two answers; this round has {len(answers)}")
         if Vote.objects.filter(round=locked).exists():
             raise ChatStateError("round", "this round already has a vote")
         if any(a.state != ChatAnswer.State.DONE for a in answers):
@@ -291,7 +292,7 @@ def votes_dataset_create(*, owner, name: str = "", base_model: BaseModel | None 
     NoUsableVotes when no vote makes a pair."""
     name = name.strip()
     if len(name) > 200:
-        raise ConfigError("name", "must be at most 200 characters")
+        raise InputError("name", "must be at most 200 characters")
     examples, rounds, left_out = vote_pairs(owner=owner, base_model=base_model)
     counted = {k: v for k, v in left_out.items() if v}
     if not examples:

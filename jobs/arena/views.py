@@ -19,7 +19,8 @@ from jobs.common.exceptions import ProductError
 from jobs.common.ids import is_uuid
 from jobs.training.models import FineTuneJob
 from jobs.training.selectors import job_get, jobs_with_adapter
-from worker.config import ConfigError, GenerationConfig
+from worker.config import GenerationConfig
+from worker.errors import InputError
 from worker.data.problems import DatasetError
 
 
@@ -48,7 +49,7 @@ def votes_dataset(request, job_id):
     try:
         dataset, summary = services.votes_dataset_create(owner=request.user, name=request.POST.get("name", ""),
                                                          base_model=job.base_model)
-    except (ProductError, ConfigError, DatasetError) as exc:
+    except (ProductError, InputError, DatasetError) as exc:
         messages.error(request, getattr(exc, "message", str(exc)))
         return redirect("job-compare", job_id=job.id)
     messages.success(request, f"Made {dataset.name}: {services.votes_summary_text(summary)}")

@@ -12,23 +12,17 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from jobs.common.exceptions import ProductError
-from worker.config import ConfigError
-from worker.data.problems import DatasetError
+from worker.errors import StudioError
 
 REST_PREFIX = "/api/v1/"
 OPENAI_PREFIX = "/v1/"
 
 
 def rest_exception_handler(exc, context):
-    """Product errors become 4xx JSON naming the field (or file and line); never a 500 page."""
-    if isinstance(exc, ProductError):
+    """The product's errors (worker.errors.StudioError) become 4xx JSON naming the field (or file and line);
+    never a 500 page."""
+    if isinstance(exc, StudioError):
         return Response({"error": exc.body()}, status=exc.status)
-    if isinstance(exc, ConfigError):
-        return Response({"error": {"field": exc.field, "message": exc.message}}, status=400)
-    if isinstance(exc, DatasetError):
-        return Response({"error": {"field": "file", "message": str(exc), "problems": exc.messages(),
-                                   "total": exc.total}}, status=400)
     return drf_exception_handler(exc, context)
 
 

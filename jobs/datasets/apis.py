@@ -15,7 +15,7 @@ from jobs.common.schema import error_responses
 from jobs.datasets import mapping as mapping_step
 from jobs.datasets import selectors, services, token_profiles, uploads
 from jobs.datasets.models import UploadCheck
-from worker.config import ConfigError
+from worker.errors import InputError
 
 
 class DatasetOutput(serializers.Serializer):
@@ -155,7 +155,7 @@ class DatasetTokensApi(APIView):
         chosen = (base_model_find(chosen_id, owner=request.user) if chosen_id
                   else base_model_list(owner=request.user).first())
         if chosen is None:
-            raise ConfigError("base_model", "unknown base model" if chosen_id else "no base model is registered yet")
+            raise InputError("base_model", "unknown base model" if chosen_id else "no base model is registered yet")
         max_length = query.validated_data["max_length"]
         report, profile = token_profiles.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
         return Response(TokenReportOutput({

@@ -5,7 +5,7 @@ import json
 
 from django import forms
 
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.column_hints import guess_mapping
 from worker.data.mapping import ColumnMapping
 
@@ -57,7 +57,7 @@ class MappingForm(forms.Form):
             return cleaned
         try:
             ColumnMapping.from_dict(mapping)
-        except ConfigError as exc:
+        except InputError as exc:
             self.add_error(exc.field if exc.field in self.fields else None, exc.message)
         return cleaned
 

@@ -31,7 +31,7 @@ def dataset_limits() -> DataLimits:
 def dataset_validate(*, path: Path, filename: str, normalized: Path, mapping: dict | None = None,
                      drop_duplicates: bool = False, on_progress=None) -> LoadedSummary:
     """Read and check a file with the engine's loader in a child process limited in memory and time,
-    writing the normalised JSONL to `normalized`; raises DatasetError / SchemaUnknown / ConfigError."""
+    writing the normalised JSONL to `normalized`; raises DatasetError / SchemaUnknown / InputError."""
     return load_dataset_file_limited(path, filename, normalized_path=normalized, limits=dataset_limits(),
                                      memory_mb=settings.DATASET_PARSE_MEMORY_MB,
                                      seconds=settings.DATASET_PARSE_SECONDS, mapping=mapping or None,

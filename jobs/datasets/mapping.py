@@ -19,7 +19,7 @@ from jobs.common.ids import is_uuid
 from jobs.common.storage import media_path
 from jobs.datasets.intake import dataset_store, hidden_local_file
 from jobs.datasets.models import Dataset, UploadCheck
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.column_hints import guess_mapping
 from worker.data.mapping import ColumnMapping
 from worker.data.problems import SchemaUnknown
@@ -98,7 +98,7 @@ def _waiting_check(owner, token: str) -> UploadCheck:
         if is_uuid(token) else None
     check = check or _adopt_legacy(owner, token)
     if check is None:
-        raise ConfigError("token", "unknown or expired upload; upload the file again")
+        raise InputError("token", "unknown or expired upload; upload the file again")
     return check
 
 
@@ -126,12 +126,12 @@ def _check_mapped_now(check: UploadCheck, *, filename: str, mapping: dict, name:
     """The inline check of a small mapped upload; on a refusal the file keeps waiting for a better mapping."""
     if not UploadCheck.objects.filter(id=check.id, status=UploadCheck.Status.NEEDS_MAPPING).update(
             status=UploadCheck.Status.CHECKING):
-        raise ConfigError("token", "this upload is being checked already")
+        raise InputError("token", "this upload is being checked already")
     work = hidden_local_file(Path(check.file).suffix)
     try:
         parked = blobs.fetch(check.file)
         if not parked.is_file():
-            raise ConfigError("token", "the upload has expired; upload the file again")
+            raise InputError("token", "the upload has expired; upload the file again")
         os.replace(parked, work)
         dataset = dataset_store(owner=check.owner, source=work, filename=filename, name=name,
                                 size=check.size_bytes, mapping=mapping, drop_duplicates=drop_duplicates)

@@ -18,7 +18,7 @@ from jobs.datasets.intake import dataset_store, hidden_local_file, upload_receiv
 from jobs.datasets.mapping import dataset_check_now
 from jobs.datasets.models import Dataset
 from jobs.datasets.signals import dataset_deleting
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.examples import Example
 from worker.data.loading import deduplicate_examples
 from worker.data.normalized import write_normalized_jsonl
@@ -105,9 +105,9 @@ def dataset_create_demo(*, owner) -> Dataset:
 def dataset_rename(*, dataset: Dataset, name: str) -> Dataset:
     name = name.strip()
     if not name:
-        raise ConfigError("name", "must not be empty")
+        raise InputError("name", "must not be empty")
     if len(name) > 200:
-        raise ConfigError("name", "must be at most 200 characters")
+        raise InputError("name", "must be at most 200 characters")
     dataset.name = name
     dataset.save(update_fields=["name"])
     return dataset

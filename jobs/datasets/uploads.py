@@ -18,7 +18,7 @@ from jobs.datasets.intake import dataset_store, upload_receive
 from jobs.common.storage import media_path, media_relative
 from jobs.datasets.mapping import PENDING_DIR, dataset_check_now, parked_name
 from jobs.datasets.models import Dataset, UploadCheck
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.problems import DatasetError, SchemaUnknown
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def upload_check_run(*, check_id) -> str:
                        column_samples=exc.samples, problems=[str(exc)], problem_total=1)
     except DatasetError as exc:
         return _refused(check, work, exc.messages(), exc.total)
-    except ConfigError as exc:
+    except InputError as exc:
         return _refused(check, work, [f"{exc.field}: {exc.message}"], 1)
     except Exception:
         log.exception("upload check %s failed", check.id)

@@ -19,7 +19,7 @@ from jobs.datasets import mapping as mapping_step
 from jobs.datasets import selectors, services, token_profiles, uploads
 from jobs.datasets.forms import MappingForm, RenameForm, UploadForm
 from jobs.datasets.models import UploadCheck
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.column_hints import SAMPLE_CHARS
 from worker.data.problems import DatasetError
 
@@ -86,7 +86,7 @@ def dataset_map(request):
                                             filename=form.cleaned_data["filename"], mapping=form.mapping(),
                                             name=form.cleaned_data["name"],
                                             drop_duplicates=form.cleaned_data["drop_duplicates"])
-    except ConfigError as exc:
+    except InputError as exc:
         visible = exc.field in form.fields and not form.fields[exc.field].widget.is_hidden
         form.add_error(exc.field if visible else None, exc.message)  # an expired token shows above the form
         return _dataset_page(request, mapping_form=form, status=400)
@@ -167,7 +167,7 @@ def dataset_rename(request, dataset_id):
     ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
     try:
         services.dataset_rename(dataset=ds, name=request.POST.get("name", ""))
-    except ConfigError as exc:
+    except InputError as exc:
         messages.error(request, f"Name {exc.message}.")
     return redirect("dataset-detail", dataset_id=ds.id)
 

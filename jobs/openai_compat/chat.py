@@ -24,6 +24,7 @@ from jobs.openai_compat.base import known_fields
 from jobs.openai_compat.errors import incorrect_key_error, method_not_allowed_error, missing_key_error
 from jobs.openai_compat.fine_tuning import resolve_model
 from worker.config import ConfigError, GenerationConfig
+from worker.errors import InputError
 from worker.modeling import cached_tokenizer
 
 
@@ -104,7 +105,7 @@ def _prepare_chat(request, raw_body: bytes) -> dict[str, Any]:
     messages, generation = _messages(body.get("messages")), _generation(body)
     try:
         chat_check_bounds(owner=user, generation=generation, new_answers=1, messages=messages)
-    except ConfigError as exc:
+    except InputError as exc:
         param = {"max_new_tokens": "max_tokens"}.get(exc.field, exc.field)
         raise OpenAIError(f"{param}: {exc.message}", param=param) from None
     except ChatBusy as exc:

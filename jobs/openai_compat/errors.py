@@ -13,8 +13,8 @@ from jobs.common.exceptions import ProductError
 from jobs.training.services import JobStateError
 from jobs.datasets.mapping import MappingNeeded
 from jobs.datasets.services import DatasetInUse
-from worker.config import ConfigError
 from worker.data.problems import DatasetError
+from worker.errors import InputError
 
 
 def missing_key_error() -> OpenAIError:
@@ -37,7 +37,7 @@ def as_openai_error(exc, request=None) -> OpenAIError | None:
     """Product and DRF exceptions as OpenAI errors (None: not one we know)."""
     if isinstance(exc, OpenAIError):
         return exc
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, InputError):
         return OpenAIError(exc.message if exc.field in exc.message else f"{exc.field}: {exc.message}", param=exc.field)
     if isinstance(exc, DatasetError):
         return OpenAIError(str(exc), param="file", code="invalid_file")

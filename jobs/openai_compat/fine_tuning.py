@@ -19,11 +19,23 @@ from jobs.training import selectors, services
 from jobs.training.selectors import job_api_model as fine_tuned_model
 from jobs.training.selectors import job_list
 from jobs.training.models import FineTuneJob, JobStatus
-from worker.config import ConfigError, TrainConfig
+from worker.config import ConfigError, TrainConfig, setting_metadata
+from worker.errors import InputError
 
 DEFAULT_LR = TrainConfig().learning_rate
-LORA_FIELDS = ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "use_rslora", "use_dora",
-               "bias", "init_lora_weights", "modules_to_save", "devices", "sharding", "precision", "liger")
+# Where each setting sits in OpenAI's request, from TrainConfig's metadata: a hyperparameter, `seed`, the method's
+# type or beta, or the `lora` extra (this product's settings OpenAI has no name for).
+OPENAI_PARAMS = {name: meta["openai"] for name, meta in setting_metadata(TrainConfig).items() if meta["openai"]}
+LORA_FIELDS = tuple(name for name, where in OPENAI_PARAMS.items() if where == "lora")
+# OpenAI's hyperparameter name -> the setting (learning_rate_multiplier is scaled, see _hyper_to_config).
+HYPER_SETTINGS = {where.rsplit(".", 1)[1]: name for name, where in OPENAI_PARAMS.items()
+                  if where.startswith(("hyperparameters.", "method.{method}.hyperparameters."))}
+
+
+def openai_param(field: str, method: str) -> str:
+    """The OpenAI request parameter a TrainConfig setting comes from, as an error's `param` names it."""
+    where = OPENAI_PARAMS.get(field, "lora")
+    return f"lora.{field}" if where == "lora" else where.replace("{method}", method)
 
 
 def _hyperparameters(config: dict) -> dict[str, Any]:
@@ -83,7 +95,7 @@ def resolve_model(owner, name: str) -> tuple[BaseModel, FineTuneJob | None]:
 JOB_FIELDS = {"model": "a string", "training_file": "a string", "validation_file": "a string", "suffix": "a string",
               "seed": "an integer", "hyperparameters": "an object", "method": "an object", "lora": "an object",
               "integrations": "an array", "metadata": "an object"}
-HYPER_FIELDS = {"n_epochs", "batch_size", "learning_rate_multiplier"}
+HYPER_FIELDS = {key for key, name in HYPER_SETTINGS.items() if OPENAI_PARAMS[name].startswith("hyperparameters.")}
 METHOD_TYPES = ("supervised", "dpo", "orpo")  # orpo: this product's extension, shaped like dpo
 
 
@@ -97,7 +109,6 @@ def _hyper_to_config(hyper: Any, param: str, allowed: set[str] = HYPER_FIELDS) -
         raise OpenAIError(f"Unknown parameter: '{param}.{sorted(unknown)[0]}'", param=f"{param}.{sorted(unknown)[0]}",
                        code="unknown_parameter")
     out: dict[str, Any] = {}
-    names = {"n_epochs": "epochs", "batch_size": "batch_size", "beta": "beta"}
     for key, value in hyper.items():
         if value == "auto" or value is None:
             continue
@@ -107,7 +118,7 @@ def _hyper_to_config(hyper: Any, param: str, allowed: set[str] = HYPER_FIELDS) -
                                param=f"{param}.learning_rate_multiplier")
             out["learning_rate"] = float(value) * DEFAULT_LR
         else:
-            out[names[key]] = value
+            out[HYPER_SETTINGS[key]] = value
     return out
 
 
@@ -141,10 +152,7 @@ def job_config_from_request(body: dict) -> TrainConfig:
     try:
         return TrainConfig.from_dict(values)
     except ConfigError as exc:
-        kind = values.get("method", "dpo")
-        param = {"epochs": "hyperparameters.n_epochs", "learning_rate": "hyperparameters.learning_rate_multiplier",
-                 "batch_size": "hyperparameters.batch_size", "seed": "seed", "method": "method.type",
-                 "beta": f"method.{kind}.hyperparameters.beta"}.get(exc.field, f"lora.{exc.field}")
+        param = openai_param(exc.field, values.get("method", "dpo"))
         raise OpenAIError(f"{param}: {exc.message}", param=param) from None
     except TypeError as exc:
         raise OpenAIError(str(exc), param="lora") from None
@@ -183,10 +191,9 @@ class JobListApi(OpenAIView):
             est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
             job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
                                       name=suffix, validation=validation, memory_mb=est.memory_mb, default_name=False)
-        except ConfigError as exc:
+        except InputError as exc:
             param = {"validation_dataset": "validation_file", "dataset": "training_file",
-                     "config": "hyperparameters", "method": "method.type"}.get(
-                exc.field, f"lora.{exc.field}")
+                     "config": "hyperparameters"}.get(exc.field) or openai_param(exc.field, config.method)
             raise OpenAIError(f"{param}: {exc.message}", param=param) from None
         return Response(job_object(job))  # as created: a worker may already have claimed it since
 

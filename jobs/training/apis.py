@@ -2,8 +2,11 @@
 input/output serializers over the training services."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from django.http import Http404
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,7 +20,51 @@ from jobs.training.downloads import adapter_download, merged_download
 from jobs.training.claims import fair_order
 from jobs.training import workers as train_workers
 from jobs.datasets.selectors import dataset_find
-from worker.config import ConfigError, TrainConfig
+from worker.config import PRESETS, TrainConfig, setting_metadata
+from worker.errors import InputError
+
+_JSON_TYPES = {"bool": "boolean", "int": "integer", "float": "number", "str": "string"}
+
+
+def setting_schema(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema of one TrainConfig setting, from its metadata: title, description, default, limits."""
+    schema: dict[str, Any] = {"title": meta["label"], "description": meta["help"], "default": meta["default"]}
+    if meta["type"] == "list":
+        schema.update(type="array", items={"type": "string"}, default=list(meta["default"]))
+    else:
+        schema["type"] = _JSON_TYPES[meta["type"]]
+    if meta["choices"] is not None:
+        schema["enum"] = list(meta["choices"])
+    if meta["min"] is not None:
+        schema["minimum"] = meta["min"]
+        if meta["min_exclusive"]:
+            schema["exclusiveMinimum"] = True
+    if meta["max"] is not None:
+        schema["maximum"] = meta["max"]
+    return schema
+
+
+class TrainConfigSerializer(serializers.Serializer):
+    """A job's settings; each one left out keeps its default. `preset` fills the values it defines first."""
+
+
+class TrainConfigSchema(OpenApiSerializerExtension):
+    """Describes `config` from TrainConfig's field metadata, the one source of each setting's help and limits."""
+
+    target_class = TrainConfigSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        properties = {"preset": {"type": "string", "enum": list(PRESETS),
+                                 "description": "quick, balanced or quality: fills the values it defines; settings "
+                                                "given next to it win"}}
+        properties.update({name: setting_schema(meta) for name, meta in setting_metadata(TrainConfig).items()})
+        return {"type": "object", "description": TrainConfigSerializer.__doc__, "properties": properties,
+                "additionalProperties": False}
+
+
+@extend_schema_field(TrainConfigSerializer)
+class TrainConfigField(serializers.DictField):
+    """`config`: a JSON object that TrainConfig checks (so an error names the setting and its limits)."""
 
 
 class JobOutput(serializers.Serializer):
@@ -92,10 +139,10 @@ def _job_inputs(request, serializer_class):
     values = data.validated_data
     dataset = dataset_find(owner=request.user, dataset_id=values["dataset"])
     if dataset is None:
-        raise ConfigError("dataset", "no such dataset")
+        raise InputError("dataset", "no such dataset")
     base = base_model_find(values["base_model"], owner=request.user)
     if base is None:
-        raise ConfigError("base_model", "no such base model")
+        raise InputError("base_model", "no such base model")
     config = services.job_start_config(owner=request.user, base_model=base,
                                        config=TrainConfig.from_dict(values["config"]))
     return values, dataset, base, config
@@ -107,7 +154,7 @@ class JobListApi(APIView):
         name = serializers.CharField(required=False, allow_blank=True, max_length=200)
         dataset = serializers.UUIDField()
         base_model = serializers.UUIDField()
-        config = serializers.DictField(required=False, default=dict)
+        config = TrainConfigField(required=False, default=dict)
         validation = serializers.ChoiceField(choices=["none", "split", "dataset"], required=False, default="split")
         validation_percent = serializers.FloatField(required=False, default=10, min_value=0.1, max_value=90)
         validation_seed = serializers.IntegerField(required=False, default=42, min_value=0)
@@ -119,7 +166,7 @@ class JobListApi(APIView):
     def get(self, request):
         wanted = request.query_params.get("status")
         if wanted and wanted not in JobStatus.values:
-            raise ConfigError("status", f"must be one of {', '.join(JobStatus.values)}")
+            raise InputError("status", f"must be one of {', '.join(JobStatus.values)}")
         paginator = NewestFirstPagination()
         page = paginator.paginate_queryset(selectors.job_list(owner=request.user, status=wanted), request, view=self)
         return paginator.get_paginated_response(JobOutput(page, many=True).data)
@@ -131,7 +178,7 @@ class JobListApi(APIView):
         if v["validation"] == "dataset":
             other = dataset_find(owner=request.user, dataset_id=v.get("validation_dataset"))
             if other is None:
-                raise ConfigError("validation_dataset", "no such dataset")
+                raise InputError("validation_dataset", "no such dataset")
             validation["dataset"] = other
         services.job_validate_config(base_model=base, config=config)
         est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
@@ -178,7 +225,7 @@ class JobRetryApi(APIView):
 
     @extend_schema_serializer(component_name="JobRetry")
     class InputSerializer(StrictInput):
-        config = serializers.DictField(required=False)
+        config = TrainConfigField(required=False)
 
     @extend_schema(request=InputSerializer, responses={201: JobOutput, **error_responses(400, 404, 409)})
     def post(self, request, job_id):
@@ -200,7 +247,7 @@ class JobMetricsApi(APIView):
         try:
             after = int(request.query_params.get("after", 0))
         except ValueError:
-            raise ConfigError("after", "must be an integer step") from None
+            raise InputError("after", "must be an integer step") from None
         return Response([p.as_event() for p in selectors.metric_points(job=job, after_step=after)])
 
 
@@ -290,7 +337,7 @@ class EstimateApi(APIView):
     class InputSerializer(StrictInput):
         dataset = serializers.UUIDField()
         base_model = serializers.UUIDField()
-        config = serializers.DictField(required=False, default=dict)
+        config = TrainConfigField(required=False, default=dict)
 
     @extend_schema(request=InputSerializer, responses={200: EstimateOutput, **error_responses(400)})
     def post(self, request):

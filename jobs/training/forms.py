@@ -9,37 +9,20 @@ from jobs.training.models import JobStatus
 from jobs.training.selectors import job_list
 from jobs.training.services import job_check_fits, job_check_method, job_estimate, job_start_config, job_validate_config
 from jobs.datasets.models import Dataset
-from worker.config import BIAS_CHOICES, LR_SCHEDULERS, PRESETS, ConfigError, TrainConfig
+from worker.config import PRESETS, TrainConfig, setting_metadata
+from worker.errors import InputError
 
-DEFAULTS = TrainConfig()
-TARGET_CHOICES = [
-    ("attention", "Attention (q, k, v, o projections)"),
-    ("mlp", "MLP (feed-forward projections)"),
-    ("all_linear", "All linear layers"),
-    ("custom", "Custom list"),
-]
-METHOD_CHOICES = [("supervised", "Supervised (examples with answers)"),
-                  ("dpo", "DPO (preference pairs; reference = the base)"),
-                  ("orpo", "ORPO (preference pairs; no reference model)")]
+SETTINGS = setting_metadata()  # each TrainConfig setting's label, help, limits and choices
+CONFIG_FIELDS = tuple(SETTINGS)
+# The settings the form asks for; any other left empty keeps its default.
+REQUIRED_SETTINGS = frozenset({"rank", "alpha", "dropout", "target_preset", "epochs", "learning_rate", "batch_size",
+                               "grad_accum", "max_seq_length", "warmup_ratio", "lr_scheduler", "weight_decay", "seed",
+                               "bias"})
 VALIDATION_CHOICES = [("split", "Split off part of the dataset"), ("dataset", "Another dataset"), ("none", "None")]
-CONFIG_FIELDS = ("method", "beta", "start_from", "rank", "alpha", "dropout", "target_preset", "target_modules", "qlora", "epochs",
-                 "learning_rate", "batch_size", "grad_accum", "max_seq_length", "warmup_ratio", "lr_scheduler",
-                 "weight_decay", "seed", "use_rslora", "use_dora", "bias", "gradient_checkpointing",
-                 "init_lora_weights", "modules_to_save", "optimizer", "packing", "max_grad_norm", "eval_every",
-                 "save_every", "early_stopping_patience", "early_stopping_threshold", "keep_best", "devices",
-                 "sharding", "precision", "max_steps", "final_eval", "liger")
 PRESET_CHOICES = [("", "Custom (as set below)"),
                   ("quick", "Quick: rank 8 on attention, 1 epoch, lr 2e-3"),
                   ("balanced", "Balanced: rank 16 on attention, 2 epochs, lr 1e-3"),
                   ("quality", "Quality: rank 16 on all linear layers, 3 epochs, lr 5e-4 cosine")]
-INIT_CHOICES = [("default", "Default (A random, B zero)"), ("gaussian", "Gaussian"),
-                ("pissa", "PiSSA (principal singular vectors; 16-bit base only)")]
-SHARDING_CHOICES = [("none", "None: each device holds the whole base (data parallel)"),
-                    ("fsdp", "FSDP: the base is split across the devices (for a model too large for one)")]
-PRECISION_CHOICES = [("auto", "Auto: bf16 where the device computes it natively, else fp32"),
-                     ("fp32", "fp32 (full precision, twice the base's memory)"), ("bf16", "bf16"),
-                     ("fp16", "fp16 (CUDA only)")]
-OPTIMIZER_CHOICES = [("adamw", "AdamW"), ("paged_adamw_8bit", "Paged 8-bit AdamW (CUDA only)")]
 # The form's sections, declared once: (legend, folded under "Advanced"?, fields in order).
 FIELDSETS = (
     ("What to train", False, ("preset", "name", "base_model", "dataset", "method", "beta", "start_from")),
@@ -72,79 +55,43 @@ def clone_initial(job) -> dict:
     return initial
 
 
+def setting_field(name: str) -> forms.Field:
+    """The form field of TrainConfig setting `name`, made from its metadata: label, help, choices, default and
+    limits. The limits are the inputs' min / max only, so a value out of range gets TrainConfig's message."""
+    meta = SETTINGS[name]
+    default = meta["default"]
+    common = {"label": meta["label"], "help_text": meta["help"], "required": name in REQUIRED_SETTINGS}
+    if meta["choices"] is not None:
+        return forms.ChoiceField(choices=list(meta["choices"].items()), initial=default, **common)
+    if meta["type"] == "bool":
+        return forms.BooleanField(initial=default, **{**common, "required": False})
+    if meta["type"] in ("int", "float"):
+        field = (forms.IntegerField if meta["type"] == "int" else forms.FloatField)(initial=default, **common)
+        field.widget.attrs.update({"min": str(meta["min"]), "max": str(meta["max"])})
+        return field
+    if meta["job_id"]:
+        return forms.ChoiceField(**common)  # the owner's succeeded jobs, set per form
+    return forms.CharField(**common)  # a comma-separated list of module names
+
+
+def _with_settings(form_class: type[forms.Form]) -> type[forms.Form]:
+    """Adds a field per TrainConfig setting and orders all the fields as FIELDSETS lays them out."""
+    fields = {**form_class.base_fields, **{name: setting_field(name) for name in CONFIG_FIELDS}}
+    order = [name for _legend, _folded, names in FIELDSETS for name in names]
+    if sorted(order) != sorted(fields):
+        raise TypeError(f"FIELDSETS must list every field of {form_class.__name__} once")
+    form_class.base_fields = form_class.declared_fields = {name: fields[name] for name in order}
+    return form_class
+
+
+@_with_settings
 class JobForm(forms.Form):
     name = forms.CharField(max_length=200, required=False)
     base_model = forms.ModelChoiceField(queryset=BaseModel.objects.none(), empty_label=None)
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), empty_label=None)
     preset = forms.ChoiceField(choices=PRESET_CHOICES, required=False, initial="balanced",
                                help_text="fills the fields below; change any of them afterwards")
-    method = forms.ChoiceField(choices=METHOD_CHOICES, required=False, initial=DEFAULTS.method,
-                               help_text="DPO and ORPO train on a dataset of preference pairs (prompt, chosen, "
-                                         "rejected)")
-    beta = forms.FloatField(required=False, initial=DEFAULTS.beta, label="Beta (DPO) / lambda (ORPO)",
-                            help_text="DPO: how strongly the model is held near the base (higher = closer); "
-                                      "ORPO: the weight of the preference term. 0.1 is usual")
-    start_from = forms.ChoiceField(required=False, label="Start from",
-                                   help_text="a previous job's adapter to continue from (its rank and layers are "
-                                             "kept); for DPO it is also the reference, e.g. DPO on top of an "
-                                             "SFT job")
-    rank = forms.IntegerField(initial=DEFAULTS.rank, help_text="LoRA rank r; 8-16 is usual")
-    alpha = forms.FloatField(initial=DEFAULTS.alpha, help_text="scale is alpha / r; 2 x rank is usual")
-    dropout = forms.FloatField(initial=DEFAULTS.dropout)
-    target_preset = forms.ChoiceField(choices=TARGET_CHOICES, initial=DEFAULTS.target_preset, label="Target layers")
-    target_modules = forms.CharField(required=False, label="Custom modules",
-                                     help_text="comma-separated, e.g. q_proj, v_proj (only for Custom list)")
-    qlora = forms.BooleanField(required=False, initial=DEFAULTS.qlora, label="QLoRA (4-bit NF4 base)")
-    epochs = forms.FloatField(initial=DEFAULTS.epochs)
-    learning_rate = forms.FloatField(initial=DEFAULTS.learning_rate)
-    batch_size = forms.IntegerField(initial=DEFAULTS.batch_size)
-    grad_accum = forms.IntegerField(initial=DEFAULTS.grad_accum, label="Gradient accumulation")
-    max_seq_length = forms.IntegerField(initial=DEFAULTS.max_seq_length, label="Max sequence length")
-    warmup_ratio = forms.FloatField(initial=DEFAULTS.warmup_ratio)
-    lr_scheduler = forms.ChoiceField(choices=[(s, s) for s in LR_SCHEDULERS], initial=DEFAULTS.lr_scheduler)
-    weight_decay = forms.FloatField(initial=DEFAULTS.weight_decay)
-    seed = forms.IntegerField(initial=DEFAULTS.seed)
-    use_rslora = forms.BooleanField(required=False, label="rsLoRA (alpha / sqrt(r))")
-    use_dora = forms.BooleanField(required=False, label="DoRA")
-    bias = forms.ChoiceField(choices=[(b, b) for b in BIAS_CHOICES], initial=DEFAULTS.bias)
-    gradient_checkpointing = forms.BooleanField(required=False)
-    init_lora_weights = forms.ChoiceField(choices=INIT_CHOICES, required=False, initial=DEFAULTS.init_lora_weights, label="LoRA init")
-    modules_to_save = forms.CharField(required=False, label="Also train in full",
-                                      help_text="comma-separated whole modules saved with the adapter, "
-                                                "e.g. lm_head, embed_tokens (large)")
-    optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES, required=False, initial=DEFAULTS.optimizer)
-    packing = forms.BooleanField(required=False, label="Packing (no padding; examples kept apart by the mask)")
-    liger = forms.BooleanField(required=False, label="Liger kernels (CUDA)",
-                               help_text="Liger's fused Triton kernels (RMSNorm, SwiGLU, fused linear "
-                                         "cross-entropy): less memory, often faster; GPU workers only")
-    devices = forms.IntegerField(required=False, initial=DEFAULTS.devices, label="Devices",
-                                 help_text="train on this many GPUs (or CPU processes) at once; the batch is "
-                                           "split across them, so results match one device")
-    sharding = forms.ChoiceField(choices=SHARDING_CHOICES, required=False, initial=DEFAULTS.sharding,
-                                 label="Sharding (with several devices)",
-                                 help_text="FSDP stores 1/N of the frozen base on each of N devices; same results, "
-                                           "more communication. Not with QLoRA or PiSSA")
-    precision = forms.ChoiceField(choices=PRECISION_CHOICES, required=False, initial=DEFAULTS.precision,
-                                  label="Base precision",
-                                  help_text="the dtype the frozen base is stored and computed in; LoRA weights and "
-                                            "the optimizer stay fp32")
-    max_grad_norm = forms.FloatField(required=False, initial=DEFAULTS.max_grad_norm, label="Gradient clipping (max norm, 0 = off)")
-    eval_every = forms.IntegerField(required=False, initial=DEFAULTS.eval_every, label="Evaluate every N steps",
-                                    help_text="0: about ten evaluations per run")
-    save_every = forms.IntegerField(required=False, initial=DEFAULTS.save_every, label="Checkpoint every N steps")
-    early_stopping_patience = forms.IntegerField(required=False, initial=DEFAULTS.early_stopping_patience,
-                                                 label="Early stopping patience",
-                                                 help_text="stop after this many evaluations without a better "
-                                                           "eval loss; 0 = off")
-    early_stopping_threshold = forms.FloatField(required=False, initial=DEFAULTS.early_stopping_threshold,
-                                                label="Early stopping threshold",
-                                                help_text="how much lower an eval loss must be to count")
-    keep_best = forms.BooleanField(required=False, initial=DEFAULTS.keep_best, label="Keep the best checkpoint",
-                                   help_text="export the adapter with the lowest eval loss, not the last one")
-    max_steps = forms.IntegerField(required=False, initial=DEFAULTS.max_steps, label="Max steps",
-                                   help_text="stop after this many optimizer steps; 0 = run the epochs above")
-    final_eval = forms.BooleanField(required=False, initial=DEFAULTS.final_eval, label="Compare base and adapted at the end",
-                                    help_text="generate the held-out answers of both and score them")
+    # One field per TrainConfig setting is added from its metadata by `_with_settings` below.
     validation = forms.ChoiceField(choices=VALIDATION_CHOICES, initial="split", label="Validation set")
     validation_percent = forms.FloatField(initial=10, required=False, label="Validation %")
     validation_seed = forms.IntegerField(initial=42, required=False, label="Split seed")
@@ -198,26 +145,26 @@ class JobForm(forms.Form):
                 self.config = job_start_config(owner=self.owner, base_model=data["base_model"],
                                                config=TrainConfig.from_dict(values))
                 job_validate_config(base_model=data["base_model"], config=self.config)
-            except ConfigError as exc:
+            except InputError as exc:
                 self._add_config_error(exc)
                 self.config = None
         self.validation = self._validation(data)
         if self.config is not None and data.get("dataset") is not None:
             try:
                 job_check_method(dataset=data["dataset"], config=self.config)
-            except ConfigError as exc:
+            except InputError as exc:
                 self.add_error("method", exc.message)
         if self.config is not None and not self.errors:
             try:
                 self.estimate = job_check_fits(owner=self.owner, dataset=data["dataset"],
                                                base_model=data["base_model"], config=self.config)
-            except ConfigError as exc:
+            except InputError as exc:
                 self.estimate = job_estimate(owner=self.owner, dataset=data["dataset"],
                                              base_model=data["base_model"], config=self.config)
                 self.add_error(None, exc.message[0].upper() + exc.message[1:])
         return data
 
-    def _add_config_error(self, exc: ConfigError) -> None:
+    def _add_config_error(self, exc: InputError) -> None:
         """The message beside its field, or at the top naming the field in words when the form has none."""
         if exc.field in self.fields:
             if exc.field not in self.errors:

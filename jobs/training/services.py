@@ -31,6 +31,7 @@ from jobs.datasets.models import Dataset
 from jobs.datasets.selectors import dataset_examples
 from jobs.datasets.token_profiles import dataset_token_report
 from worker.config import ConfigError, TrainConfig, preset_of
+from worker.errors import InputError
 from worker.reporting import WorkLost
 from worker.data.loading import file_sha256
 from worker.data.normalized import holds_preference_pairs, write_normalized_jsonl
@@ -68,36 +69,36 @@ ADAPTER_SHAPE_FIELDS = ("rank", "alpha", "target_preset", "target_modules", "use
 
 def job_start_config(*, owner, base_model: BaseModel, config: TrainConfig) -> TrainConfig:
     """`config` with the adapter settings of the job it starts from (`start_from`, "DPO on top of job X"):
-    the owner's succeeded job on the same base model. ConfigError("start_from", ...) otherwise."""
+    the owner's succeeded job on the same base model. InputError("start_from", ...) otherwise."""
     if not config.start_from:
         return config
     start = selectors.job_find(owner=owner, job_id=config.start_from)
     if start is None:
-        raise ConfigError("start_from", "no such job")
+        raise InputError("start_from", "no such job")
     if not start.has_adapter:
-        raise ConfigError("start_from", f"job {start.short_id} is {start.status} and has no adapter to start from; "
-                                        "pick a succeeded job")
+        raise InputError("start_from", f"job {start.short_id} is {start.status} and has no adapter to start from; "
+                                       "pick a succeeded job")
     if start.base_model_id != base_model.id:
-        raise ConfigError("start_from", f"job {start.short_id} trained {start.base_model.name}, not "
-                                        f"{base_model.name}; pick a job on the same base model")
+        raise InputError("start_from", f"job {start.short_id} trained {start.base_model.name}, not "
+                                       f"{base_model.name}; pick a job on the same base model")
     if start.config.get("init_lora_weights") == "pissa":
-        raise ConfigError("start_from", f"job {start.short_id} used PiSSA, whose adapter is converted for the "
-                                        "original base; pick a job with the default init")
+        raise InputError("start_from", f"job {start.short_id} used PiSSA, whose adapter is converted for the "
+                                       "original base; pick a job with the default init")
     shape = {k: start.config[k] for k in ADAPTER_SHAPE_FIELDS if k in start.config}
     return dataclasses.replace(config, start_from=str(start.id), **shape)
 
 
 def job_check_method(*, dataset: Dataset, config: TrainConfig, field: str = "method") -> None:
-    """ConfigError naming `field` unless the dataset is of the method's kind: preference pairs for DPO / ORPO,
+    """InputError naming `field` unless the dataset is of the method's kind: preference pairs for DPO / ORPO,
     examples with answers (or texts) for supervised tuning."""
     pairs = bool(dataset.normalized_file) and holds_preference_pairs(blobs.fetch(dataset.normalized_file))
     if config.is_preference and not pairs:
-        raise ConfigError(field, f"{config.method} trains on preference pairs (prompt, chosen, rejected) and the "
-                                 f"dataset '{dataset.name}' holds plain examples; pick a preference dataset or "
-                                 "method supervised")
+        raise InputError(field, f"{config.method} trains on preference pairs (prompt, chosen, rejected) and the "
+                                f"dataset '{dataset.name}' holds plain examples; pick a preference dataset or "
+                                "method supervised")
     if pairs and not config.is_preference:
-        raise ConfigError(field, f"the dataset '{dataset.name}' holds preference pairs; train it with method dpo "
-                                 "or orpo, or pick a dataset of examples for supervised tuning")
+        raise InputError(field, f"the dataset '{dataset.name}' holds preference pairs; train it with method dpo "
+                                "or orpo, or pick a dataset of examples for supervised tuning")
 
 
 def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
@@ -112,14 +113,14 @@ def _job_data(job: FineTuneJob, dataset: Dataset, validation: dict) -> dict:
     elif kind == "dataset":
         other: Dataset = validation["dataset"]
         if other.owner_id != dataset.owner_id:
-            raise ConfigError("validation_dataset", "unknown dataset")
+            raise InputError("validation_dataset", "unknown dataset")
         job_check_method(dataset=other, config=TrainConfig.from_dict(job.config), field="validation_dataset")
         train, valid = examples, dataset_examples(dataset=other)
         record = {"kind": "dataset", "dataset": str(other.id), "dataset_name": other.name}
     elif kind == "none":
         train, valid, record = examples, [], {"kind": "none"}
     else:
-        raise ConfigError("validation", "must be none, split or dataset")
+        raise InputError("validation", "must be none, split or dataset")
     with blobs.writing(job_files(job, "data")) as folder:
         folder.mkdir()
         write_normalized_jsonl(train, folder / "train.jsonl")
@@ -191,7 +192,7 @@ def machine_speed(*, device: str, config: TrainConfig) -> float | None:
     here = "cpu"
     try:
         here = choose_device("auto").device
-    except ConfigError:
+    except InputError:
         pass
     if device not in ("auto", here):
         return None
@@ -208,7 +209,7 @@ def job_check_quotas(*, owner, new_job: bool = True) -> None:
 
 
 def job_check_fits(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig):
-    """The estimate, or ConfigError("config", ...) with the figures and the advice when the job fits no live
+    """The estimate, or InputError("config", ...) with the figures and the advice when the job fits no live
     train worker and ROUTING_NO_FIT is refuse (with wait it is accepted and waits for one); while no worker
     has announced, when it cannot fit this machine's memory (TRAIN_MEMORY_LIMIT_MB)."""
     job_check_method(dataset=dataset, config=config)
@@ -217,19 +218,19 @@ def job_check_fits(*, owner, dataset: Dataset, base_model: BaseModel, config: Tr
     if est.fits:
         return est
     if not fleet:
-        raise ConfigError("config", f"this job would not fit in memory (about {est.memory_mb:,.0f} MB needed, "
-                                    f"{est.memory_limit_mb:,.0f} MB available). " + advice_sentence(est.advice))
+        raise InputError("config", f"this job would not fit in memory (about {est.memory_mb:,.0f} MB needed, "
+                                   f"{est.memory_limit_mb:,.0f} MB available). " + advice_sentence(est.advice))
     if settings.ROUTING_NO_FIT == "wait":
         return est
     devices = job_devices(config.to_dict())
     name, memory = _fleet_limit(fleet, devices)
     if not name:
         most = max(capacity.max_devices for _, capacity in fleet)
-        raise ConfigError("config", f"this job trains on {devices} devices and no live train worker has that many "
-                                    f"(at most {most}); it is refused (ROUTING_NO_FIT=refuse)")
-    raise ConfigError("config", f"this job needs about {est.memory_mb:,.0f} MB of memory per device and the "
-                                f"biggest live train worker ({name}) has {memory:,.0f} MB; it is refused "
-                                "(ROUTING_NO_FIT=refuse). " + advice_sentence(est.advice))
+        raise InputError("config", f"this job trains on {devices} devices and no live train worker has that many "
+                                   f"(at most {most}); it is refused (ROUTING_NO_FIT=refuse)")
+    raise InputError("config", f"this job needs about {est.memory_mb:,.0f} MB of memory per device and the "
+                               f"biggest live train worker ({name}) has {memory:,.0f} MB; it is refused "
+                               "(ROUTING_NO_FIT=refuse). " + advice_sentence(est.advice))
 
 
 def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainConfig, name: str = "",
@@ -238,7 +239,7 @@ def job_create(*, owner, dataset: Dataset, base_model: BaseModel, config: TrainC
     class (`memory_mb`: the pre-flight estimate; 0 when unknown, which any worker takes). A job without a
     name gets `job_default_name` unless `default_name` is off (the OpenAI API, where the name is the suffix)."""
     if dataset.owner_id != owner.id:
-        raise ConfigError("dataset", "unknown dataset")
+        raise InputError("dataset", "unknown dataset")
     job_check_quotas(owner=owner)
     config = job_start_config(owner=owner, base_model=base_model, config=config)
     job_validate_config(base_model=base_model, config=config)

@@ -29,7 +29,8 @@ from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir, merge
 from jobs.training.live import publish_status
 from jobs.training.models import FineTuneJob, JobStatus, MergedExport
 from jobs.training.reporting import DbReporter
-from worker.config import ConfigError, TrainConfig, TrainSpec
+from worker.config import TrainConfig, TrainSpec
+from worker.errors import InputError
 from worker.data.problems import DatasetError
 from worker.distributed import run_training
 from worker.errors import TrainingError
@@ -65,7 +66,7 @@ def build_train_spec(job: FineTuneJob) -> TrainSpec:
     if config.start_from:  # DPO on top of job X: X's adapter, from the store when this machine lacks it
         start = FineTuneJob.objects.filter(id=config.start_from, owner_id=job.owner_id).first()
         if start is None or not start.has_adapter:
-            raise ConfigError("start_from", "the job this one starts from, or its adapter, has been deleted")
+            raise InputError("start_from", "the job this one starts from, or its adapter, has been deleted")
         start_dir = str(blobs.fetch(start.adapter.folder))
     return TrainSpec(
         base_model_path=job.base_model.local_path,
@@ -167,9 +168,9 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
     except TrainingError as exc:
         mark(status=JobStatus.FAILED, error=str(exc), error_code=exc.code)
         return "failed"
-    except (ConfigError, DatasetError) as exc:
+    except (InputError, DatasetError) as exc:
         mark(status=JobStatus.FAILED, error=str(exc),
-             error_code="config_error" if isinstance(exc, ConfigError) else "dataset_error")
+             error_code="config_error" if isinstance(exc, InputError) else "dataset_error")
         return "failed"
     except WorkLost:
         raise

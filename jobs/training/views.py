@@ -23,7 +23,8 @@ from jobs.training.forms import JobForm, clone_initial, setting_rows
 from jobs.training.live import job_channel, status_event
 from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
 from jobs.datasets.selectors import dataset_find
-from worker.config import PREFERENCE_METHODS, ConfigError, TrainConfig
+from worker.config import PREFERENCE_METHODS, TrainConfig
+from worker.errors import InputError
 from worker.memory_advice import OUT_OF_MEMORY, oom_suggestion
 
 @login_required
@@ -59,7 +60,7 @@ def job_new(request):
                                           base_model=form.cleaned_data["base_model"], config=form.config,
                                           name=form.cleaned_data["name"], validation=form.validation,
                                           memory_mb=form.estimate.memory_mb)
-            except ConfigError as exc:
+            except InputError as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)
             except QuotaExceeded as exc:
                 form.add_error(None, exc.message)
@@ -163,7 +164,7 @@ def job_action(request, job_id, action):
         kwargs["config"] = TrainConfig.from_dict({**job.config, **_oom_suggestion(job)})
     try:
         result = act(job=job, by=request.user, **kwargs)
-    except (services.JobStateError, ConfigError, QuotaExceeded) as exc:
+    except (services.JobStateError, InputError, QuotaExceeded) as exc:
         messages.error(request, str(exc))
         return redirect("job-detail", job_id=job.id)
     messages.info(request, note)

@@ -17,38 +17,38 @@ from jobs.common.outbound import REFUSED_PORT, REFUSED_URL, OutboundPolicy, regi
 from jobs.common.ids import ftjob_id
 from jobs.training.models import TERMINAL_STATUSES, FineTuneJob
 from jobs.webhooks.models import Webhook, WebhookDelivery, webhook_secret_new
-from worker.config import ConfigError
+from worker.errors import InputError
 
 EVENT_TYPES = {status.value: f"fine_tuning.job.{status.value}" for status in TERMINAL_STATUSES}
 PING_EVENT = "ping"
 
 
 def webhook_url_validate(url: str) -> str:
-    """The URL stripped, or ConfigError("url", ...) unless it is an absolute http(s) URL on an allowed
+    """The URL stripped, or InputError("url", ...) unless it is an absolute http(s) URL on an allowed
     port whose host is not an internal IP address (a host name is checked again at each delivery, as its
     DNS can change: jobs.common.outbound)."""
     url = (url or "").strip()
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unclosed IPv6 bracket
-        raise ConfigError("url", "must be an absolute http:// or https:// URL") from None
+        raise InputError("url", "must be an absolute http:// or https:// URL") from None
     if parts.scheme in ("http", "https") and (parts.username or parts.password):
-        raise ConfigError("url", "must not contain a user name or password")
+        raise InputError("url", "must not contain a user name or password")
     policy = OutboundPolicy.from_settings()
     refused = registration_refusal(url, policy) if parts.scheme in ("http", "https") and parts.netloc else None
     if refused is not None and refused.category == REFUSED_PORT:
-        raise ConfigError("url", f"must use an allowed port ({policy.ports_text()})")
+        raise InputError("url", f"must use an allowed port ({policy.ports_text()})")
     if refused is not None and refused.category == REFUSED_URL:  # a port past 65535, a broken host
-        raise ConfigError("url", "must be an absolute http:// or https:// URL")
+        raise InputError("url", "must be an absolute http:// or https:// URL")
     if refused is not None:
         reason = refused.category.removeprefix("refused: ")
         article = "an" if reason[0] in "aeiou" else "a"
-        raise ConfigError("url", f"must point to the public internet, not to {article} {reason} "
-                                 "(an administrator can allow chosen internal hosts)")
+        raise InputError("url", f"must point to the public internet, not to {article} {reason} "
+                                "(an administrator can allow chosen internal hosts)")
     try:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError:
-        raise ConfigError("url", "must be an absolute http:// or https:// URL") from None
+        raise InputError("url", "must be an absolute http:// or https:// URL") from None
     return url
 
 
@@ -63,7 +63,7 @@ def webhook_create(*, owner, url: str) -> Webhook:
 def webhook_delete(*, webhook: Webhook, by) -> None:
     """Remove an endpoint and its delivery history (the caller looked it up by owner)."""
     if webhook.owner_id != by.id:
-        raise ConfigError("webhook", "not your webhook")
+        raise InputError("webhook", "not your webhook")
     webhook.delete()
 
 
@@ -106,7 +106,7 @@ def webhook_ping(*, webhook: Webhook) -> WebhookDelivery:
     """Queue a signed `ping` event to the endpoint (sent on commit, retried like any event), so an owner
     can check their receiver and its signature check before a job ends."""
     if not webhook.active:
-        raise ConfigError("webhook", "is inactive, so nothing is sent to it")
+        raise InputError("webhook", "is inactive, so nothing is sent to it")
     with transaction.atomic():
         delivery = _delivery_create(webhook=webhook, event=PING_EVENT,
                                     data={"webhook": webhook.id, "url": webhook.url})

@@ -13,7 +13,7 @@ from jobs.accounts.limits import QuotaExceeded
 from jobs.webhooks import selectors
 from jobs.webhooks.models import Webhook
 from jobs.webhooks.services import webhook_create, webhook_delete, webhook_ping, webhook_secret_rotate
-from worker.config import ConfigError
+from worker.errors import InputError
 
 RECENT_DELIVERIES = 50
 
@@ -36,7 +36,7 @@ def webhook_list(request):
     url = request.POST.get("url", "")
     try:
         webhook = webhook_create(owner=request.user, url=url)
-    except ConfigError as exc:
+    except InputError as exc:
         messages.error(request, f"The URL {exc.message}.")
         return _webhooks_page(request, url=url, status=400)
     except QuotaExceeded as exc:
@@ -71,7 +71,7 @@ def webhook_test(request, webhook_id):
     webhook = selectors.webhook_get(owner=request.user, webhook_id=webhook_id)
     try:
         webhook_ping(webhook=webhook)
-    except ConfigError as exc:
+    except InputError as exc:
         messages.error(request, f"The webhook {exc.message}.")
     else:
         messages.success(request, f"Sent a test event to {webhook.url}; its delivery shows below within seconds.")

@@ -19,7 +19,8 @@ from jobs.webhooks.services import webhook_create
 from jobs.webhooks.tasks import DeliveryFailed, webhook_deliver
 from tests.factories import chat_jsonl
 from tests.local_http import local_http_server
-from worker.config import ConfigError, TrainConfig
+from worker.config import TrainConfig
+from worker.errors import InputError
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
@@ -67,7 +68,7 @@ def job(user, base_model):
 @pytest.mark.parametrize("url", ["", "example.com/hook", "ftp://example.com/x", "javascript:alert(1)",
                                  "http://user:pw@example.com/x", "http:///nohost"])
 def test_only_absolute_http_urls_are_accepted(user, url):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(InputError) as err:
         webhook_create(owner=user, url=url)
     assert err.value.field == "url"
 

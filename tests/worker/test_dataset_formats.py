@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.examples import Example
 from worker.data.formats import FORMATS
 from worker.data.loading import load_dataset_file
@@ -315,18 +315,18 @@ def test_column_mapping_validation():
     for kwargs, fld in [({}, "prompt"), ({"prompt": "q"}, "response"), ({"response": "a"}, "prompt"),
                         ({"text": "t", "prompt": "q"}, "prompt"), ({"prompt": "q", "response": "q"}, "response"),
                         ({"prompt": "q", "response": "a", "system": "a"}, "system"), ({"text": 3}, "text")]:
-        with pytest.raises(ConfigError) as err:
+        with pytest.raises(InputError) as err:
             ColumnMapping(**kwargs)
         assert err.value.field == fld, kwargs
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(InputError) as err:
         ColumnMapping.from_dict({"prompt": "q", "answer": "a"})
     assert err.value.field == "answer"
-    with pytest.raises(ConfigError):
+    with pytest.raises(InputError):
         ColumnMapping.from_dict(["prompt"])
 
 
 def test_a_mapping_naming_a_missing_column(tmp_path):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(InputError) as err:
         load_dataset_file(BAD / "unknown_columns.csv", mapping=ColumnMapping(prompt="question", response="answer"))
     assert err.value.field == "response"
     assert err.value.message == "column 'answer' is not in the file; its columns are: question, reply"

@@ -1,5 +1,5 @@
 """Whatever bytes arrive, under whatever name, the loader returns a dataset or refuses it with a
-DatasetError / SchemaUnknown / ConfigError: never another exception."""
+DatasetError / SchemaUnknown / InputError: never another exception."""
 import io
 import json
 import tempfile
@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.loading import LoadedDataset, load_dataset_file
 from worker.data.mapping import ColumnMapping
 from worker.data.normalized import read_normalized_jsonl, write_normalized_jsonl
@@ -65,7 +65,7 @@ def check(data: bytes, suffix: str, mapping=None, **kwargs):
             for problem in exc.problems:
                 str(problem)
             return None
-        except ConfigError as exc:
+        except InputError as exc:
             assert mapping is not None and exc.field in ("text", "prompt", "response", "system")
             return None
         assert isinstance(loaded, LoadedDataset) and loaded.rows == len(loaded.examples) > 0

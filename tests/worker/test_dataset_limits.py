@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.dataset_bombs import BOMBS, write_bombs
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.limits import DataLimits, json_too_deep
 from worker.data.loading import load_dataset_file
 from worker.data.problems import DatasetError, SchemaUnknown
@@ -30,7 +30,7 @@ def refusal(path: Path, limits: DataLimits, name: str | None = None) -> str:
 def test_limits_are_positive_integers():
     assert DataLimits().max_rows == 200_000
     for bad in (0, -1, 1.5, True, "10"):
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(InputError) as info:
             DataLimits(max_nesting=bad)
         assert info.value.field == "max_nesting"
 
@@ -163,7 +163,7 @@ def test_child_keeps_located_errors_schema_unknown_and_config_errors(tmp_path):
     with pytest.raises(SchemaUnknown) as unknown:
         load_dataset_file_limited(odd, "odd.csv", normalized_path=tmp_path / "n.jsonl")
     assert unknown.value.columns == ["question", "reply"] and "line 1" in str(unknown.value)
-    with pytest.raises(ConfigError) as config:
+    with pytest.raises(InputError) as config:
         load_dataset_file_limited(odd, "odd.csv", normalized_path=tmp_path / "n.jsonl",
                                   mapping={"prompt": "nope", "response": "reply"})
     assert config.value.field == "prompt" and "column 'nope' is not in the file" in config.value.message
@@ -191,7 +191,7 @@ def test_child_out_of_memory_and_out_of_time_are_dataset_errors(bombs, tmp_path,
 
 def test_child_limits_must_be_positive(chat_file, tmp_path):
     for kwargs, field in [({"memory_mb": 0}, "memory_mb"), ({"seconds": 0}, "seconds"), ({"memory_mb": 1.5}, "memory_mb")]:
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(InputError) as info:
             load_dataset_file_limited(chat_file, normalized_path=tmp_path / "n.jsonl", **kwargs)
         assert info.value.field == field
 

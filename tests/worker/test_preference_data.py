@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.loading import load_dataset_file
 from worker.data.mapping import ColumnMapping
 from worker.data.normalized import read_normalized_jsonl, write_normalized_jsonl
@@ -93,7 +93,7 @@ def test_columns_mapped_to_prompt_chosen_and_rejected(tmp_path):
                           ({"prompt": "q", "chosen": "a", "rejected": "a"}, "rejected"),
                           ({"prompt": "q", "chosen": "a", "rejected": "b", "system": "q"}, "system"),
                           ({"text": "t", "chosen": "a"}, "chosen")]:
-        with pytest.raises(ConfigError) as err:
+        with pytest.raises(InputError) as err:
             ColumnMapping(**kwargs)
         assert err.value.field == field, kwargs
     path = tmp_path / "odd.jsonl"

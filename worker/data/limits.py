@@ -9,7 +9,7 @@ import itertools
 import re
 from dataclasses import dataclass, fields
 
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.problems import Problem
 
 # The setting (environment variable) of the web app behind each limit, shown in refusals.
@@ -36,7 +36,7 @@ class DataLimits:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f.name, f"must be a positive integer, got {value!r}")
+                raise InputError(f.name, f"must be a positive integer, got {value!r}")
 
 
 class LimitExceeded(Exception):

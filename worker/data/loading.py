@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.column_hints import column_samples
 from worker.data.examples import ROLES, Example, Record
 from worker.data.formats import ParsedFile, parse_file
@@ -44,7 +44,7 @@ def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping:
     `filename` (the user's name for the file; only its base name is used, in messages and to read
     the extension) defaults to the path's name. Raises DatasetError listing the problems by line
     (or row) and field, SchemaUnknown (a DatasetError carrying `.columns`) when the columns match
-    no schema and no mapping is given, or ConfigError when `mapping` names a missing column.
+    no schema and no mapping is given, or InputError when `mapping` names a missing column.
     `limits` (DataLimits() when None) caps what parsing may build; this runs in the caller's
     process, so a server reads untrusted files through `sandbox.load_dataset_file_limited`.
     `progress(stage, rows)`, when given, is called as each stage starts.
@@ -55,9 +55,9 @@ def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping:
     if isinstance(mapping, dict):
         mapping = ColumnMapping.from_dict(mapping)
     if mapping is not None and not isinstance(mapping, ColumnMapping):
-        raise ConfigError("mapping", f"must be a ColumnMapping, got {type_name(mapping)}")
+        raise InputError("mapping", f"must be a ColumnMapping, got {type_name(mapping)}")
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
-        raise ConfigError("max_chars", f"must be a positive integer, got {max_chars!r}")
+        raise InputError("max_chars", f"must be a positive integer, got {max_chars!r}")
     raw = path.read_bytes()
     sha256 = hashlib.sha256(raw).hexdigest()
     if not raw.removeprefix(BOM).strip():

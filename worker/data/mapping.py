@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.problems import type_name
 
 
@@ -26,28 +26,28 @@ class ColumnMapping:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is not None and (not isinstance(value, str) or not value):
-                raise ConfigError(f.name, f"must be a column name, got {value!r}")
+                raise InputError(f.name, f"must be a column name, got {value!r}")
         if self.text is not None:
             for other in ("prompt", "response", "system", "chosen", "rejected"):
                 if getattr(self, other) is not None:
-                    raise ConfigError(other, "cannot be mapped together with a text column; map either text "
-                                             "alone, or prompt and response (system optional)")
+                    raise InputError(other, "cannot be mapped together with a text column; map either text "
+                                            "alone, or prompt and response (system optional)")
             return
         if self.chosen is not None or self.rejected is not None:
             self._check_pair()
             return
         if self.prompt is None and self.response is None:
-            raise ConfigError("prompt", "map a prompt and a response column, or a text column, or prompt, "
-                                        "chosen and rejected columns (preference pairs)")
+            raise InputError("prompt", "map a prompt and a response column, or a text column, or prompt, "
+                                       "chosen and rejected columns (preference pairs)")
         if self.prompt is None:
-            raise ConfigError("prompt", "is required together with response")
+            raise InputError("prompt", "is required together with response")
         if self.response is None:
-            raise ConfigError("response", "is required together with prompt")
+            raise InputError("response", "is required together with prompt")
         if self.response == self.prompt:
-            raise ConfigError("response", f"uses the same column as prompt ({self.prompt!r})")
+            raise InputError("response", f"uses the same column as prompt ({self.prompt!r})")
         if self.system is not None and self.system in (self.prompt, self.response):
             other = "prompt" if self.system == self.prompt else "response"
-            raise ConfigError("system", f"uses the same column as {other} ({self.system!r})")
+            raise InputError("system", f"uses the same column as {other} ({self.system!r})")
 
     @property
     def is_preference(self) -> bool:
@@ -56,18 +56,18 @@ class ColumnMapping:
     def _check_pair(self) -> None:
         """prompt, chosen and rejected (system optional), each its own column; no response column."""
         if self.response is not None:
-            raise ConfigError("response", "map either a response column, or chosen and rejected columns "
-                                          "(preference pairs), not both")
+            raise InputError("response", "map either a response column, or chosen and rejected columns "
+                                         "(preference pairs), not both")
         for name in ("prompt", "chosen", "rejected"):
             if getattr(self, name) is None:
-                raise ConfigError(name, "is required for preference pairs (prompt, chosen and rejected)")
+                raise InputError(name, "is required for preference pairs (prompt, chosen and rejected)")
         seen: dict[str, str] = {}
         for name in ("prompt", "chosen", "rejected", "system"):
             column = getattr(self, name)
             if column is None:
                 continue
             if column in seen:
-                raise ConfigError(name, f"uses the same column as {seen[column]} ({column!r})")
+                raise InputError(name, f"uses the same column as {seen[column]} ({column!r})")
             seen[column] = name
 
     def to_dict(self) -> dict[str, str]:
@@ -77,16 +77,16 @@ class ColumnMapping:
     def from_dict(cls, data: dict[str, Any]) -> "ColumnMapping":
         """Build from JSON-like data; empty values mean "not mapped", unknown keys are an error."""
         if not isinstance(data, dict):
-            raise ConfigError("mapping", f"must be an object, got {type_name(data)}")
+            raise InputError("mapping", f"must be an object, got {type_name(data)}")
         known = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in known:
-                raise ConfigError(str(key), f"is not a mapping field; allowed: {', '.join(known)}")
+                raise InputError(str(key), f"is not a mapping field; allowed: {', '.join(known)}")
         return cls(**{k: (v if v != "" else None) for k, v in data.items()})
 
     def check_columns(self, columns: list[str]) -> None:
-        """ConfigError naming the mapping field whose column the file does not have."""
+        """InputError naming the mapping field whose column the file does not have."""
         for name, column in self.to_dict().items():
             if column not in columns:
-                raise ConfigError(name, f"column {column!r} is not in the file; its columns are: "
-                                        f"{', '.join(columns) or 'none'}")
+                raise InputError(name, f"column {column!r} is not in the file; its columns are: "
+                                       f"{', '.join(columns) or 'none'}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from worker.errors import StudioError
+
 MAX_PROBLEMS_SHOWN = 20
 
 
@@ -30,8 +32,10 @@ class Problem:
         return f"{where}: {body}" if where else body
 
 
-class DatasetError(ValueError):
+class DatasetError(StudioError, ValueError):
     """The file cannot be used; `problems` says where and why (first ones first)."""
+
+    field = "file"
 
     def __init__(self, filename: str, problems: list[Problem], total: int | None = None):
         self.filename = filename
@@ -43,6 +47,10 @@ class DatasetError(ValueError):
 
     def messages(self) -> list[str]:
         return [f"{self.filename}, {p}" for p in self.problems]
+
+    def body(self) -> dict[str, Any]:
+        """The error as the REST API answers it: the message, each problem, and how many there are."""
+        return {"field": "file", "message": str(self), "problems": self.messages(), "total": self.total}
 
 
 class SchemaUnknown(DatasetError):

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.config import ConfigError
+from worker.errors import InputError
 from worker.data.limits import DataLimits
 from worker.data.problems import DatasetError, Problem, SchemaUnknown, base_name
 
@@ -55,13 +55,13 @@ def load_dataset_file_limited(path: str | Path, filename: str | None = None, *, 
     the child reports changes: a page can follow the check.
 
     Writes the normalised JSONL to `normalized_path`. Raises what the loader raises (DatasetError,
-    SchemaUnknown with its columns, ConfigError), and DatasetError naming the limit when the child
+    SchemaUnknown with its columns, InputError), and DatasetError naming the limit when the child
     runs out of memory or time.
     """
     if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 1:
-        raise ConfigError("memory_mb", f"must be a positive integer, got {memory_mb!r}")
+        raise InputError("memory_mb", f"must be a positive integer, got {memory_mb!r}")
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-        raise ConfigError("seconds", f"must be a positive number, got {seconds!r}")
+        raise InputError("seconds", f"must be a positive number, got {seconds!r}")
     path = Path(path)
     name = base_name(filename) if filename else path.name
     limits = limits or DataLimits()
@@ -147,7 +147,7 @@ def _from_answer(result: dict, name: str, memory_mb: int) -> LoadedSummary:
     if error == "memory":
         raise _out_of_memory(name, memory_mb)
     if error == "config":
-        raise ConfigError(result["field"], result["message"])
+        raise InputError(result["field"], result["message"])
     if error == "dataset":
         problems = [Problem(**p) for p in result["problems"]]
         if result.get("columns") is not None:
@@ -180,7 +180,7 @@ def _read(request: dict) -> dict:
                 "problems": [dataclasses.asdict(p) for p in exc.problems],
                 "columns": exc.columns if isinstance(exc, SchemaUnknown) else None,
                 "samples": exc.samples if isinstance(exc, SchemaUnknown) else None}
-    except ConfigError as exc:
+    except InputError as exc:
         return {"error": "config", "field": exc.field, "message": exc.message}
     summary = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(loaded) if f.name != "examples"}
     return {"summary": {**summary, "normalized_path": request["normalized_path"]}}

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from jobs.base_models.services import base_model_register
 from jobs.common.blobs import is_store_url
 from jobs.common.exceptions import ProductError
-from worker.config import ConfigError
+from worker.errors import InputError
 
 
 class Command(BaseCommand):
@@ -23,7 +23,7 @@ class Command(BaseCommand):
             raise CommandError(f"{folder} has no config.json; give a Hugging Face model folder")
         try:
             model = base_model_register(name=name, path=folder)
-        except (ConfigError, OSError, ValueError) as exc:
+        except (InputError, OSError, ValueError) as exc:
             raise CommandError(str(exc)) from None
         except ProductError as exc:  # a config that needs remote code
             raise CommandError(exc.message) from None
