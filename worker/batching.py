@@ -43,7 +43,8 @@ class MicroBatchStream:
 class Batch:
     ids: torch.Tensor
     labels: torch.Tensor
-    attention_mask: torch.Tensor | None  # (rows, width) padding mask, (1, 1, L, L) block-diagonal causal mask, or None (varlen)
+    # (rows, width) padding mask, (1, 1, L, L) block-diagonal causal mask, or None (varlen)
+    attention_mask: torch.Tensor | None
     position_ids: torch.Tensor | None = None
     tokens: int = 0  # real (non-padding) tokens
 

@@ -335,7 +335,8 @@ def _prompt_text(tok: Any, messages: list[dict[str, str]], gen: GenerationConfig
 
 
 def _generate_kwargs(tok: Any, gen: GenerationConfig, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    kwargs: dict[str, Any] = dict(max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
+                                  eos_token_id=tok.eos_token_id)
     if gen.temperature > 0:
         kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
     else:
@@ -421,7 +422,8 @@ class FittedConversation:
         return (f"To fit the model's context of {context:,} tokens, " + " and ".join(parts) + ".") if parts else ""
 
 
-def fit_conversation(tok: Any, messages: list[dict[str, str]], gen: GenerationConfig, context: int) -> FittedConversation:
+def fit_conversation(tok: Any, messages: list[dict[str, str]], gen: GenerationConfig,
+                     context: int) -> FittedConversation:
     """Drop the oldest turns (never the system prompt or the last message), then cut the last message
     from the left, until the prompt leaves room for `gen.max_new_tokens` in `context` tokens."""
     budget = max(16, context - gen.max_new_tokens)

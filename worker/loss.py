@@ -89,7 +89,8 @@ def mean_token_loss(model: Any, examples: list[TokenizedExample], batch_size: in
 
 
 def summed_eval_loss(model: Any, examples: list[TokenizedExample], batch_size: int, pad_id: int,
-                     device: Device, *, min_batches: int = 0, filler: TokenizedExample | None = None) -> tuple[float, int]:
+                     device: Device, *, min_batches: int = 0,
+                     filler: TokenizedExample | None = None) -> tuple[float, int]:
     """(summed loss, trained tokens) over `examples`, no dropout, no gradients: ranks add theirs up.
 
     `min_batches`: run at least this many forwards, the missing ones on `filler` and not counted (FSDP ranks

@@ -155,7 +155,8 @@ def get_quantization_config(cfg: TrainConfig, device: DeviceChoice) -> BitsAndBy
     )
 
 
-INIT_LORA_WEIGHTS: dict[str, bool | Literal["gaussian", "pissa"]] = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}
+INIT_LORA_WEIGHTS: dict[str, bool | Literal["gaussian", "pissa"]] = {
+    "default": True, "gaussian": "gaussian", "pissa": "pissa"}
 
 
 LoraBias = Literal["none", "all", "lora_only"]

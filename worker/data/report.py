@@ -40,7 +40,8 @@ class TokenReport:
                 counts[min(bins - 1, n // width)] += 1
             return counts
 
-        out: dict[str, Any] = {"edges": [i * width for i in range(bins + 1)], "counts": count(self.lengths), "width": width}
+        out: dict[str, Any] = {"edges": [i * width for i in range(bins + 1)], "counts": count(self.lengths),
+                               "width": width}
         if self.rejected_lengths is not None:
             out["rejected_counts"] = count(self.rejected_lengths)
         return out
