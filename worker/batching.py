@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Union, cast
 
 from worker.config import TrainConfig
 from worker.data.tokenization import IGNORE_INDEX, TokenizedExample, TokenizedPair
 from worker.schedule import epoch_batches
+
+if TYPE_CHECKING:
+    import torch
+
+Device = Union["torch.device", str]  # where a batch's tensors go: a torch.device or its name ("cpu", "cuda:0")
 
 
 class MicroBatchStream:
@@ -36,14 +41,15 @@ class MicroBatchStream:
 
 @dataclass
 class Batch:
-    ids: Any
-    labels: Any
-    attention_mask: Any  # (rows, width) padding mask, (1, 1, L, L) block-diagonal causal mask, or None (varlen)
-    position_ids: Any = None
+    ids: torch.Tensor
+    labels: torch.Tensor
+    # (rows, width) padding mask, (1, 1, L, L) block-diagonal causal mask, or None (varlen)
+    attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor | None = None
     tokens: int = 0  # real (non-padding) tokens
 
 
-def collate(examples: list[TokenizedExample], pad_id: int, device) -> Batch:
+def collate(examples: list[TokenizedExample], pad_id: int, device: Device) -> Batch:
     """Right-pad a micro-batch to its own longest example."""
     import torch
 
@@ -59,7 +65,7 @@ def collate(examples: list[TokenizedExample], pad_id: int, device) -> Batch:
     return Batch(ids.to(device), labels.to(device), mask.to(device), None, int(mask.sum()))
 
 
-def collate_packed(examples: list[TokenizedExample], device, padding_free: bool = False) -> Batch:
+def collate_packed(examples: list[TokenizedExample], device: Device, padding_free: bool = False) -> Batch:
     """All examples of a micro-batch in one row, no padding, each attending only to itself.
 
     Position ids restart at every example and the attention mask is block-diagonal and causal:
@@ -85,18 +91,19 @@ def collate_packed(examples: list[TokenizedExample], device, padding_free: bool 
                  positions[None].to(device), n)
 
 
-def collate_pairs(pairs: list[TokenizedPair], pad_id: int, device) -> Batch:
+def collate_pairs(pairs: list[TokenizedPair], pad_id: int, device: Device) -> Batch:
     """Preference pairs padded together: the chosen sides in the first half of the rows, the rejected
     sides in the second half (as TRL's DataCollatorForPreference), so one forward pass serves both."""
     return collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
 
 
-def make_batch(examples: list[TokenizedExample] | list[TokenizedPair], pad_id: int, device, packing: bool, *,
+def make_batch(examples: list[TokenizedExample] | list[TokenizedPair], pad_id: int, device: Device, packing: bool, *,
                padding_free: bool = False) -> Batch:
     """A training micro-batch: preference pairs as chosen rows then rejected rows; examples packed into one
     row when `packing` (without a mask when `padding_free`), else padded."""
     if examples and isinstance(examples[0], TokenizedPair):
         return collate_pairs(examples, pad_id, device)
+    singles = cast("list[TokenizedExample]", examples)  # a micro-batch is all pairs or all examples
     if packing:
-        return collate_packed(examples, device, padding_free)
-    return collate(examples, pad_id, device)
+        return collate_packed(singles, device, padding_free)
+    return collate(singles, pad_id, device)

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def find_demo_gguf() -> Path:
     )
 
 
-def is_complete_model_dir(path: str | os.PathLike) -> bool:
+def is_complete_model_dir(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` holds a finished conversion (config, weights and tokenizer files)."""
     path = Path(path)
     if not path.is_dir():
@@ -86,7 +87,7 @@ def is_complete_model_dir(path: str | os.PathLike) -> bool:
                for name in _MODEL_FILES + _TOKENIZER_FILES)
 
 
-def _scrub_gguf_markers(config) -> None:
+def _scrub_gguf_markers(config: Any) -> None:
     """Remove everything that makes transformers treat a config as a (GGUF-)quantized model."""
     # ``_model_name_or_path`` is the GGUF's general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2").
     for attr in ("quantization_config", "gguf_file", "_pre_quantization_dtype", "_model_name_or_path"):
@@ -134,7 +135,7 @@ def _remove_stale_tmp_dirs(out_dir: Path, max_age_s: float = 3600.0) -> None:
             pass
 
 
-def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def convert_gguf_to_hf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Convert a (quantized) GGUF into a plain float32 Hugging Face model folder.
 
     * Idempotent: returns at once if ``out_dir`` already holds a complete model.
@@ -176,7 +177,7 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike)
     return out_dir
 
 
-def _gguf_tokenizer(folder: str, filename: str, config):
+def _gguf_tokenizer(folder: str, filename: str, config: Any) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
@@ -188,7 +189,7 @@ def _gguf_tokenizer(folder: str, filename: str, config):
     return tokenizer
 
 
-def _gguf_model(folder: str, filename: str, config):
+def _gguf_model(folder: str, filename: str, config: Any) -> Any:
     """A clean float32 model built from the scrubbed config, holding the GGUF's dequantized weights."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -198,7 +199,7 @@ def _gguf_model(folder: str, filename: str, config):
     state_dict = {k: v.detach().to(torch.float32).contiguous() for k, v in gguf_model.state_dict().items()}
     del gguf_model
 
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     del state_dict
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
@@ -214,7 +215,7 @@ def _gguf_model(folder: str, filename: str, config):
     return model
 
 
-def _write_model_dir(model, tokenizer, tmp_dir: Path) -> None:
+def _write_model_dir(model: Any, tokenizer: Any, tmp_dir: Path) -> None:
     model.save_pretrained(str(tmp_dir))  # transformers 5: always safetensors
     tokenizer.save_pretrained(str(tmp_dir))
     _scrub_tokenizer_config(tmp_dir)

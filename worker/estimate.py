@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from worker.config import TrainConfig
 from worker.errors import InputError
@@ -89,7 +90,7 @@ class Estimate:
     memory_limit_mb: float | None = None
     lengths_known: bool = True  # False: the mean tokens per example is a guess from character counts
     # The advice again, each with the settings it changes ({"text", "changes"}): what the form's Apply sets.
-    advice_changes: list[dict] = field(default_factory=list)
+    advice_changes: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. examples the max length cuts (jobs.training.services)
     # Where `seconds` comes from: "measured" (this model's finished jobs), "calibrated" (this machine's
     # measured speed and the work per token), or None when it is unknown.
@@ -114,7 +115,7 @@ class _Shape:
     root_params: int = 0  # the base parameters outside the decoder layers (FSDP's root unit)
 
 
-def _config_sizes(config) -> tuple[int, int, int, int]:
+def _config_sizes(config: Any) -> tuple[int, int, int, int]:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = int(getattr(text, "hidden_size", None) or getattr(text, "n_embd"))
     layers = int(getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer"))
@@ -151,7 +152,8 @@ def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
     trainable, total = peft_model.get_nb_trainable_parameters()
     from peft.tuners.lora import LoraLayer
 
-    adapted_inputs = sum(int(m.in_features) for m in peft_model.modules() if isinstance(m, LoraLayer))
+    # PEFT types in_features as int | None (None: a layer it cannot size); every layer adapted here is sized
+    adapted_inputs = sum(int(cast(int, m.in_features)) for m in peft_model.modules() if isinstance(m, LoraLayer))
     lora_ab = sum(p.numel() for n, p in peft_model.named_parameters()
                   if p.requires_grad and (".lora_A." in n or ".lora_B." in n))
     hidden, inter, layers, vocab = _config_sizes(config)
@@ -289,7 +291,7 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
         if cfg.method == "dpo" and cfg.start_from:  # the reference log-probs, taken once before training
             seconds += n_examples * 2 * min(float(mean_tokens), cfg.max_seq_length) * REFERENCE_PASS_COST / tokens_per_s
     fits = memory_limit_mb is None or memory <= memory_limit_mb
-    tips = [] if fits else fitting_tips(
+    tips = [] if fits or memory_limit_mb is None else fitting_tips(
         cfg, lambda c: sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device, data).values()), float(memory_limit_mb))
     return Estimate(
         trainable_params=trainable,

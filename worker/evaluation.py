@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from worker.batching import Device
 from worker.config import TrainConfig
 from worker.data.examples import Example
 from worker.data.tokenization import tokenize_examples, tokenize_pairs
 from worker.loss import mean_token_loss, pair_logps, preference_eval
 
+if TYPE_CHECKING:
+    import torch
 
-def _as_json(text: str):
+
+def _as_json(text: str) -> Any:
     try:
         return json.loads(text.strip())
     except (ValueError, TypeError):
@@ -48,7 +53,7 @@ def rates(rows: list[dict[str, Any]], side: str) -> dict[str, float | None]:
 
 def held_out_prompts(examples: list[Example], limit: int) -> list[tuple[list[dict[str, str]], str]]:
     """(conversation up to the last assistant turn, that turn's reference answer)."""
-    out = []
+    out: list[tuple[list[dict[str, str]], str]] = []
     for ex in examples:
         msgs = ex.messages or []
         last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
@@ -62,7 +67,10 @@ def held_out_prompts(examples: list[Example], limit: int) -> list[tuple[list[dic
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 
 
-def generate_batch(model, tokenizer, conversations, max_new_tokens: int, device,
+Conversation = list[dict[str, str]]
+
+
+def generate_batch(model: Any, tokenizer: Any, conversations: list[Conversation], max_new_tokens: int, device: Device,
                    adapter_names: list[str] | None = None) -> list[str]:
     """Greedy answers for several conversations at once (left padding); `adapter_names` picks, row by row,
     the adapter each answer goes through (PEFT's mixed-adapter batch)."""
@@ -81,7 +89,7 @@ def generate_batch(model, tokenizer, conversations, max_new_tokens: int, device,
     return [tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True) for row in out]
 
 
-def can_mix_adapters(model) -> bool:
+def can_mix_adapters(model: Any) -> bool:
     """Whether one generate call can run rows through the adapter and rows through the base alone, with the
     answers each row would get alone: PEFT mixes adapters in a batch (not DoRA ones), and only at fp32 is
     the mix exact. With a 16-bit base, PEFT rounds a mixed batch's LoRA output to 16 bits before adding it
@@ -96,7 +104,8 @@ def can_mix_adapters(model) -> bool:
     return dtype in (torch.float32, "float32")
 
 
-def generate_both(model, tokenizer, conversations, max_new_tokens: int, device) -> tuple[list[str], list[str]]:
+def generate_both(model: Any, tokenizer: Any, conversations: list[Conversation], max_new_tokens: int,
+                  device: Device) -> tuple[list[str], list[str]]:
     """(adapted, base) greedy answers: each prompt twice in ONE batched generate, once through the adapter and
     once with it off (as the chat worker's comparisons do); two batched calls where the mix would not be
     exact (DoRA, a 16-bit base)."""
@@ -111,9 +120,9 @@ def generate_both(model, tokenizer, conversations, max_new_tokens: int, device) 
     return adapted, base
 
 
-def evaluate_adapter(model, tokenizer, examples: list[Example], *, max_seq_length: int, device,
+def evaluate_adapter(model: Any, tokenizer: Any, examples: list[Example], *, max_seq_length: int, device: Device,
                      max_prompts: int = 20, max_new_tokens: int = 96, batch_size: int = 8,
-                     between_batches=None) -> dict[str, Any]:
+                     between_batches: Callable[[], object] | None = None) -> dict[str, Any]:
     """Compare the adapted model with its own base (adapter disabled) on held-out examples.
     `between_batches()` is called before each generation batch (the engine's stop check, which may raise)."""
     model.eval()
@@ -140,8 +149,9 @@ def evaluate_adapter(model, tokenizer, examples: list[Example], *, max_seq_lengt
     }
 
 
-def evaluate_preferences(model, tokenizer, examples: list[Example], *, cfg: TrainConfig, device,
-                         max_rows: int = 20, batch_size: int = 8, ref_table=None) -> dict[str, Any]:
+def evaluate_preferences(model: Any, tokenizer: Any, examples: list[Example], *, cfg: TrainConfig, device: Device,
+                         max_rows: int = 20, batch_size: int = 8,
+                         ref_table: torch.Tensor | None = None) -> dict[str, Any]:
     """Base vs adapted on held-out preference pairs.
 
     `accuracy`: the share of pairs where the model finds the chosen answer more likely than the
@@ -154,13 +164,14 @@ def evaluate_preferences(model, tokenizer, examples: list[Example], *, cfg: Trai
     pad_id = tokenizer.pad_token_id
     pairs = tokenize_pairs(tokenizer, examples, cfg.max_seq_length)
     kept = [e for e in examples if e.is_preference]
-    def likelihoods():
+    def likelihoods() -> list[tuple[float, ...]]:
         return [tuple(row) for row in pair_logps(model, pairs, batch_size, pad_id, device, mean=True).tolist()]
 
-    def objective_now():
+    def objective_now() -> dict[str, float]:
         return preference_eval(model, pairs, batch_size, pad_id, device, cfg.method, cfg.beta, ref_table)
 
-    scores, objective = {"adapter": likelihoods()}, {"adapter": objective_now()}
+    scores: dict[str, list[tuple[float, ...]]] = {"adapter": likelihoods()}
+    objective: dict[str, dict[str, float]] = {"adapter": objective_now()}
     with model.disable_adapter():
         scores["base"] = likelihoods()
         if cfg.method == "orpo" or ref_table is not None:
@@ -169,9 +180,10 @@ def evaluate_preferences(model, tokenizer, examples: list[Example], *, cfg: Trai
         # nested disable_adapter would switch the adapter back on when it ends)
         objective["base"] = {"loss": math.log(2), "reward_margin": 0.0, "reward_accuracy": 0.0}
     n = max(1, len(pairs))
-    rows = []
+    rows: list[dict[str, Any]] = []
     if len(pairs) == len(kept):  # rows line up with their examples (no pair was dropped by truncation)
         for ex, base, adapted in list(zip(kept, scores["base"], scores["adapter"]))[:max_rows]:
+            assert ex.messages is not None and ex.chosen is not None  # a preference pair has both
             rows.append({"prompt": ex.messages[-1]["content"], "chosen": ex.chosen[-1]["content"],
                          "rejected": (ex.rejected or [{"content": ""}])[-1]["content"],
                          "base_prefers_chosen": base[0] > base[1], "adapter_prefers_chosen": adapted[0] > adapted[1]})
@@ -190,7 +202,7 @@ def evaluate_preferences(model, tokenizer, examples: list[Example], *, cfg: Trai
 
 def summary_markdown(evaluation: dict[str, Any]) -> str:
     """A short table for the model card."""
-    def pct(v):
+    def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{100 * v:.0f} %"
 
     if evaluation.get("kind") == "preference":

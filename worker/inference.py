@@ -15,6 +15,8 @@ from running out of memory, so going over it silently would defeat it.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import json
 import logging
@@ -24,10 +26,14 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from worker.config import GenerationConfig
 from worker.modeling import choose_device, load_base_model, load_tokenizer, meta_model
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import StoppingCriteriaList
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,7 @@ class MemoryBudgetError(RuntimeError):
     """A model or adapter cannot fit in the inference memory budget, even alone."""
 
 
-def module_bytes(module) -> int:
+def module_bytes(module: torch.nn.Module) -> int:
     """Bytes held by a module's parameters and buffers (shared tensors counted once)."""
     seen: set[int] = set()
     total = 0
@@ -56,7 +62,7 @@ def module_bytes(module) -> int:
     return total
 
 
-def estimate_base_bytes(model_path: str, dtype) -> int:
+def estimate_base_bytes(model_path: str, dtype: torch.dtype | None) -> int:
     """Bytes the base at `model_path` will take once loaded at `dtype` (built on the meta device)."""
     return module_bytes(meta_model(model_path, dtype)[1])
 
@@ -91,8 +97,8 @@ class LoadedAdapter:
 @dataclass
 class LoadedBase:
     path: str
-    model: object  # a transformers model, or a PeftModel while adapters are loaded
-    tokenizer: object
+    model: Any  # a transformers model, or a PeftModel while adapters are loaded
+    tokenizer: Any
     bytes: int = 0  # the base's own parameters and buffers
     adapters: "OrderedDict[str, LoadedAdapter]" = field(default_factory=OrderedDict)  # least recently used first
 
@@ -123,7 +129,7 @@ class ModelPool:
     def accounted_bytes(self) -> int:
         return sum(b.total_bytes for b in self._bases.values())
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Loaded bases (least recently used first) with their adapters, accounted memory and load counts."""
         with self._lock:
             return {
@@ -178,6 +184,7 @@ class ModelPool:
             if not spare:
                 what = f"base model {keep.path} with adapter {protect}" if keep is not None else "the new model"
                 raise self._too_big(what, self.accounted_bytes + need)
+            assert keep is not None  # spare is empty without it
             self._delete_adapter(keep, spare[0])
 
     def _evict_base(self, loaded: LoadedBase) -> None:
@@ -231,11 +238,10 @@ class ModelPool:
             self._make_room(0, keep=loaded, protect=adapter_name)  # the estimate may have been low
         loaded.model.set_adapter(adapter_name)
 
-    def _select(self, base_path: str, adapter: Optional[tuple[str, str]]):
+    def _select(self, base_path: str, adapter: Optional[tuple[str, str]]
+                ) -> tuple[LoadedBase, contextlib.AbstractContextManager[Any]]:
         """The loaded base with `adapter` (name, folder) active, and the context to answer in:
         `disable_adapter()` for a base answer while adapters are loaded."""
-        import contextlib
-
         loaded = self.base(base_path)
         if adapter is not None:
             self._activate(loaded, *adapter)
@@ -261,7 +267,8 @@ class ModelPool:
             torch.manual_seed(gen.seed)
             with ctx, torch.inference_mode():
                 out = loaded.model.generate(**enc, streamer=streamer, **_generate_kwargs(tok, gen, should_stop))
-            return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            answer: str = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            return answer
 
     def generate_many(self, base_path: str, requests: list[tuple[list[dict[str, str]], Optional[tuple[str, str]]]],
                       gen: GenerationConfig, on_text: Callable[[int, str], None] | None = None,
@@ -277,14 +284,14 @@ class ModelPool:
 
         with self._lock:
             loaded = self.base(base_path)
-            names = []
+            names: list[str] = []
             for _, adapter in requests:
                 if adapter is not None:
                     self._activate(loaded, *adapter)
                 names.append(adapter[0] if adapter is not None else "__base__")
             if not self._can_mix(loaded, names):
                 return [self.generate(base_path, messages, gen, adapter,
-                                      (lambda piece, i=i: on_text(i, piece)) if on_text else None, should_stop)
+                                      functools.partial(on_text, i) if on_text else None, should_stop)
                         for i, (messages, adapter) in enumerate(requests)]
             tok = loaded.tokenizer
             enc = tok([_prompt_text(tok, messages, gen) for messages, _ in requests], return_tensors="pt",
@@ -306,26 +313,30 @@ class ModelPool:
             return False
         return not any(getattr(loaded.model.peft_config[n], "use_dora", False) for n in wanted)
 
-    def logits(self, base_path: str, input_ids, adapter: Optional[tuple[str, str]] = None):
+    def logits(self, base_path: str, input_ids: torch.Tensor,
+               adapter: Optional[tuple[str, str]] = None) -> torch.Tensor:
         """Next-token logits for input_ids from the base or an adapter (used by tests and eval)."""
         import torch
 
         with self._lock:
             loaded, ctx = self._select(base_path, adapter)
             with ctx, torch.inference_mode():
-                return loaded.model(input_ids=input_ids.to(self.device.device)).logits.float().cpu()
+                logits: torch.Tensor = loaded.model(input_ids=input_ids.to(self.device.device)).logits.float().cpu()
+                return logits
 
 
-def _prompt_text(tok, messages: list[dict[str, str]], gen: GenerationConfig) -> str:
+def _prompt_text(tok: Any, messages: list[dict[str, str]], gen: GenerationConfig) -> str:
     """The conversation through the model's chat template, with the system prompt first if one is set."""
     chat = list(messages)
     if gen.system_prompt and not (chat and chat[0]["role"] == "system"):
         chat = [{"role": "system", "content": gen.system_prompt}] + chat
-    return tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    text: str = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return text
 
 
-def _generate_kwargs(tok, gen: GenerationConfig, should_stop: Callable[[], bool] | None) -> dict:
-    kwargs = dict(max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+def _generate_kwargs(tok: Any, gen: GenerationConfig, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
+                                  eos_token_id=tok.eos_token_id)
     if gen.temperature > 0:
         kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
     else:
@@ -342,7 +353,7 @@ class _BatchStreamer:
     (a trailing U+FFFD means a multi-byte character is not finished yet). A row ends at EOS.
     """
 
-    def __init__(self, tokenizer, rows: int, on_text: Callable[[int, str], None]):
+    def __init__(self, tokenizer: Any, rows: int, on_text: Callable[[int, str], None]) -> None:
         self.tokenizer = tokenizer
         self.on_text = on_text
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
@@ -352,7 +363,7 @@ class _BatchStreamer:
         eos = tokenizer.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos])
 
-    def put(self, value) -> None:
+    def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # generate first hands over the prompt
             self.prompt_seen = True
             return
@@ -379,15 +390,16 @@ class _BatchStreamer:
             self.on_text(row, piece)
 
 
-def _stop_criteria(should_stop: Callable[[], bool]):
+def _stop_criteria(should_stop: Callable[[], bool]) -> StoppingCriteriaList:
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class StopWhenAsked(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
+        def __call__(self, input_ids: torch.LongTensor, scores: Any,
+                     **kwargs: Any) -> torch.BoolTensor:
             import torch
 
-            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool,
-                              device=input_ids.device)
+            done = torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
+            return cast("torch.BoolTensor", done)
 
     return StoppingCriteriaList([StopWhenAsked()])
 
@@ -402,7 +414,7 @@ class FittedConversation:
 
     def note(self, context: int) -> str:
         """What the answer's reader is told, or "" when nothing was left out."""
-        parts = []
+        parts: list[str] = []
         if self.dropped_messages:
             parts.append(f"the {self.dropped_messages} oldest message(s) were left out")
         if self.cut_chars:
@@ -410,12 +422,13 @@ class FittedConversation:
         return (f"To fit the model's context of {context:,} tokens, " + " and ".join(parts) + ".") if parts else ""
 
 
-def fit_conversation(tok, messages: list[dict[str, str]], gen: GenerationConfig, context: int) -> FittedConversation:
+def fit_conversation(tok: Any, messages: list[dict[str, str]], gen: GenerationConfig,
+                     context: int) -> FittedConversation:
     """Drop the oldest turns (never the system prompt or the last message), then cut the last message
     from the left, until the prompt leaves room for `gen.max_new_tokens` in `context` tokens."""
     budget = max(16, context - gen.max_new_tokens)
 
-    def tokens(chat) -> int:
+    def tokens(chat: list[dict[str, str]]) -> int:
         return len(tok(_prompt_text(tok, chat, gen), add_special_tokens=False)["input_ids"])
 
     head = [m for m in messages[:1] if m["role"] == "system"]

@@ -11,6 +11,13 @@ model `apply_liger` marked.
 from __future__ import annotations
 
 import importlib.util
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from worker.config import TrainConfig
+    from worker.modeling import DeviceChoice
 
 LIGER_NEEDS_CUDA = "Liger kernels need a CUDA GPU and this worker has none; turn the liger setting off"
 LIGER_MISSING = ("Liger kernels are not installed on this worker: install liger-kernel on the GPU workers "
@@ -26,7 +33,7 @@ def has_package(name: str) -> bool:
         return False
 
 
-def liger_problem(cfg, device) -> str | None:
+def liger_problem(cfg: TrainConfig, device: DeviceChoice) -> str | None:
     """Why this run cannot use Liger (a message for the user), or None when it can or does not ask."""
     if not getattr(cfg, "liger", False):
         return None
@@ -37,19 +44,19 @@ def liger_problem(cfg, device) -> str | None:
     return None
 
 
-def padding_free(cfg, device) -> bool:
+def padding_free(cfg: TrainConfig, device: DeviceChoice) -> bool:
     """Packed rows go to flash-attention's variable-length kernels (no mask, position ids restart per
     example) when packing is on, on CUDA, with flash_attn installed; else SDPA with the block mask."""
     return bool(getattr(cfg, "packing", False)) and device.is_cuda and has_package("flash_attn")
 
 
-def attn_implementation(cfg, device) -> str | None:
+def attn_implementation(cfg: TrainConfig | None, device: DeviceChoice) -> str | None:
     """The attention kernel to load the base with: flash_attention_2 for padding-free packing, else the
     transformers default (SDPA)."""
     return "flash_attention_2" if cfg is not None and padding_free(cfg, device) else None
 
 
-def apply_liger(model) -> list[str]:
+def apply_liger(model: Any) -> list[str]:
     """Patch Liger's RMSNorm and SwiGLU into this `model` instance (the base, before PEFT); returns what was
     applied. Mark the model so worker.loss uses Liger's fused linear cross-entropy (it needs nothing of the
     model but its LM head, so every architecture gets it).
@@ -64,7 +71,7 @@ def apply_liger(model) -> list[str]:
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
-    applied = []
+    applied: list[str] = []
     if getattr(model.config, "model_type", None) in MODEL_TYPE_TO_APPLY_LIGER_FN:
         module = sys.modules[type(model).__module__]
         before = dict(vars(module))
@@ -80,14 +87,16 @@ def apply_liger(model) -> list[str]:
     return applied + ["fused_linear_cross_entropy"]
 
 
-def uses_fused_loss(causal) -> bool:
+def uses_fused_loss(causal: object) -> bool:
     return bool(getattr(causal, FUSED_LOSS_FLAG, False))
 
 
-def fused_linear_cross_entropy_sum(head, hidden, targets):
+def fused_linear_cross_entropy_sum(head: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of `head(hidden)` against `targets` without materialising the logits (Liger)."""
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     # The kernel multiplies in the head weight's dtype: the hidden states are given to it in that dtype.
     hidden = hidden.to(head.weight.dtype).contiguous()
-    return LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets, getattr(head, "bias", None))
+    loss: torch.Tensor = LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets,
+                                                                           getattr(head, "bias", None))
+    return loss

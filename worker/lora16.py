@@ -16,16 +16,18 @@ PEFT's own path too.
 from __future__ import annotations
 
 import types
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 
-def _forward(self, x, *args, **kwargs):
+def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     if (self.disable_adapters or self.merged or x.dtype != torch.bfloat16 or kwargs.get("adapter_names") is not None
             or any(name in self.lora_variant for name in self.active_adapters)):
-        return type(self).forward(self, x, *args, **kwargs)
-    result = self.base_layer(x, *args, **kwargs)
+        plain: torch.Tensor = type(self).forward(self, x, *args, **kwargs)
+        return plain
+    result: torch.Tensor = self.base_layer(x, *args, **kwargs)
     for name in self.active_adapters:
         if name not in self.lora_A:
             continue
@@ -47,12 +49,13 @@ def _lora_linear_classes() -> tuple[type, ...]:
     return (Linear, Linear4bit)
 
 
-def _base_dtype(layer):
+def _base_dtype(layer: Any) -> torch.dtype:
     """The dtype a base layer computes in: its weight's, or a 4-bit layer's compute dtype."""
-    return getattr(layer, "compute_dtype", None) or layer.weight.dtype
+    dtype: torch.dtype = getattr(layer, "compute_dtype", None) or layer.weight.dtype
+    return dtype
 
 
-def compute_lora_in_bf16(model) -> int:
+def compute_lora_in_bf16(model: torch.nn.Module) -> int:
     """Switch the plain LoRA linear layers over a bf16 base (16-bit or 4-bit computing in bf16) of `model` to
     the bf16 branch above; returns how many."""
     classes = _lora_linear_classes()

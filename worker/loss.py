@@ -3,13 +3,17 @@ the mean of it over a set of examples (the eval-loss pass); DPO and ORPO on pref
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from worker.batching import Batch, collate, collate_pairs, make_batch
+from worker.batching import Batch, Device, collate, collate_pairs, make_batch
 from worker.data.tokenization import IGNORE_INDEX, TokenizedExample, TokenizedPair
 
+if TYPE_CHECKING:
+    import torch
 
-def _labelled_logits(peft_model, batch: Batch, with_rows: bool = False):
+
+def _labelled_logits(peft_model: Any, batch: Batch, with_rows: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(logits at labelled positions, their targets, the row of each or None), with the LM head run only there.
 
     For chat data most positions are prompt, and the vocabulary projection is the largest matmul in a
@@ -19,23 +23,23 @@ def _labelled_logits(peft_model, batch: Batch, with_rows: bool = False):
     inputs, targets, keep = _inputs_and_targets(batch)
     parts = _backbone_and_head(causal)
     if parts is None:
-        logits = peft_model(**inputs).logits[:, :-1][keep]
+        logits: torch.Tensor = peft_model(**inputs).logits[:, :-1][keep]
     else:
         backbone, head = parts
         logits = head(backbone(**inputs).last_hidden_state[:, :-1][keep])
     return logits, targets[keep], keep.nonzero()[:, 0] if with_rows else None
 
 
-def _inputs_and_targets(batch: Batch):
+def _inputs_and_targets(batch: Batch) -> tuple[dict[str, torch.Tensor | None], torch.Tensor, torch.Tensor]:
     """(the model's inputs, the next-token targets, the mask of the labelled ones)."""
     targets = batch.labels[:, 1:]
-    inputs = {"input_ids": batch.ids, "attention_mask": batch.attention_mask}
+    inputs: dict[str, torch.Tensor | None] = {"input_ids": batch.ids, "attention_mask": batch.attention_mask}
     if batch.position_ids is not None:
         inputs["position_ids"] = batch.position_ids
     return inputs, targets, targets != IGNORE_INDEX
 
 
-def _backbone_and_head(causal):
+def _backbone_and_head(causal: Any) -> tuple[Any, Any] | None:
     """(backbone, LM head) when the head can run apart from the backbone, on the labelled positions only; None
     when it cannot: logit soft-capping, or a model sharded with FSDP (it gathers its root weights, embeddings
     and LM head, in the root's forward only)."""
@@ -46,7 +50,7 @@ def _backbone_and_head(causal):
     return backbone, head
 
 
-def sharded(module) -> bool:
+def sharded(module: object) -> bool:
     """True for a model sharded by worker.sharding (FSDP2); without torch.distributed, never."""
     try:
         from torch.distributed.fsdp import FSDPModule
@@ -55,7 +59,7 @@ def sharded(module) -> bool:
     return isinstance(module, FSDPModule)
 
 
-def summed_token_loss(peft_model, batch: Batch):
+def summed_token_loss(peft_model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over labelled positions, with logits computed only there (or never
     materialised, with Liger's fused linear cross-entropy when the model asks for it (worker.kernels) and its
     head is a plain Linear, not one LoRA wraps or saves)."""
@@ -77,14 +81,16 @@ def summed_token_loss(peft_model, batch: Batch):
     return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
 
 
-def mean_token_loss(model, examples: list[TokenizedExample], batch_size: int, pad_id: int, device) -> float:
+def mean_token_loss(model: Any, examples: list[TokenizedExample], batch_size: int, pad_id: int,
+                    device: Device) -> float:
     """Mean next-token loss over the trained tokens of `examples` (no dropout, no gradients)."""
     total, count = summed_eval_loss(model, examples, batch_size, pad_id, device)
     return total / max(1, count)
 
 
-def summed_eval_loss(model, examples: list[TokenizedExample], batch_size: int, pad_id: int,
-                     device, *, min_batches: int = 0, filler: TokenizedExample | None = None) -> tuple[float, int]:
+def summed_eval_loss(model: Any, examples: list[TokenizedExample], batch_size: int, pad_id: int,
+                     device: Device, *, min_batches: int = 0,
+                     filler: TokenizedExample | None = None) -> tuple[float, int]:
     """(summed loss, trained tokens) over `examples`, no dropout, no gradients: ranks add theirs up.
 
     `min_batches`: run at least this many forwards, the missing ones on `filler` and not counted (FSDP ranks
@@ -103,6 +109,8 @@ def summed_eval_loss(model, examples: list[TokenizedExample], batch_size: int, p
             total += loss_sum.item()
             count += n
         for _ in range(min_batches - -(-len(order) // batch_size)):
+            if filler is None:
+                raise ValueError("min_batches beyond the examples' own batches needs a filler example")
             summed_token_loss(model, collate([filler], pad_id, device))
     if was_training:
         model.train()
@@ -112,11 +120,12 @@ def summed_eval_loss(model, examples: list[TokenizedExample], batch_size: int, p
 # --- preference losses (DPO, ORPO) -----------------------------------------------------------------
 
 
-def sequence_logps(peft_model, batch: Batch):
+def sequence_logps(peft_model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed log-probability of its labelled (answer) tokens, and how many there are."""
     import torch
 
     logits, targets, rows = _labelled_logits(peft_model, batch, with_rows=True)
+    assert rows is not None  # asked for with_rows
     token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]
     n_rows = batch.ids.shape[0]
     summed = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
@@ -124,7 +133,7 @@ def sequence_logps(peft_model, batch: Batch):
     return summed, counts
 
 
-def _log1mexp(x):
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2 (as TRL's ORPO)."""
     import torch
 
@@ -136,17 +145,18 @@ class PreferenceLoss:
     """One micro-batch of pairs: the parts of the step's loss, summed (the caller divides by the step's
     pairs and chosen tokens), and the per-pair rewards for the margin and accuracy metrics."""
 
-    pair_sum: Any  # DPO: sum of -log sigmoid(beta * margin); ORPO: sum of -beta * log sigmoid(log odds ratio)
-    nll_sum: Any  # ORPO: the summed NLL of the chosen answer tokens; 0 for DPO
-    chosen_rewards: Any  # detached, one per pair
-    rejected_rewards: Any
+    pair_sum: torch.Tensor  # DPO: sum of -log sigmoid(beta * margin); ORPO: sum of -beta * log sigmoid(log odds ratio)
+    nll_sum: torch.Tensor  # ORPO: the summed NLL of the chosen answer tokens; 0 for DPO
+    chosen_rewards: torch.Tensor  # detached, one per pair
+    rejected_rewards: torch.Tensor
 
-    def total(self, pairs: int, chosen_tokens: int):
+    def total(self, pairs: int, chosen_tokens: int) -> torch.Tensor:
         """The loss as TRL defines it for a step of `pairs` pairs with `chosen_tokens` chosen answer tokens."""
         return self.pair_sum / max(1, pairs) + self.nll_sum / max(1, chosen_tokens)
 
 
-def preference_loss(peft_model, batch: Batch, method: str, beta: float, ref_logps=None) -> PreferenceLoss:
+def preference_loss(peft_model: Any, batch: Batch, method: str, beta: float,
+                    ref_logps: torch.Tensor | None = None) -> PreferenceLoss:
     """DPO or ORPO on a batch of pairs (chosen rows first, then rejected rows; see collate_pairs).
 
     DPO (Rafailov et al. 2023, TRL's `sigmoid` loss): the reference is the same model with the
@@ -179,8 +189,9 @@ def preference_loss(peft_model, batch: Batch, method: str, beta: float, ref_logp
     raise ValueError(f"unknown preference method {method!r}")
 
 
-def preference_step(model, pairs: list[TokenizedPair], micro: list[list[int]], pad_id: int, device, method: str,
-                    beta: float, ref_table=None) -> tuple[float, int, dict[str, float]]:
+def preference_step(model: Any, pairs: list[TokenizedPair], micro: list[list[int]], pad_id: int, device: Device,
+                    method: str, beta: float, ref_table: torch.Tensor | None = None
+                    ) -> tuple[float, int, dict[str, float]]:
     """Gradients of the DPO / ORPO loss over one optimizer step's micro-batches (of indices into `pairs`),
     normalised over the whole step; returns the step's loss, its real tokens (both sides) and its reward
     margin and accuracy. `ref_table`: the pairs' reference log-probs, when taken before training."""
@@ -202,7 +213,7 @@ def preference_step(model, pairs: list[TokenizedPair], micro: list[list[int]], p
                                "reward_accuracy": (margin > 0).float().mean().item()}
 
 
-def rows_of(table, indices: list[int]):
+def rows_of(table: torch.Tensor | None, indices: list[int]) -> torch.Tensor | None:
     """A pair table's (n, 2) log-probs for a micro-batch, in collate_pairs' row order (chosen, then rejected)."""
     import torch
 
@@ -211,14 +222,15 @@ def rows_of(table, indices: list[int]):
     return torch.cat([table[indices, 0], table[indices, 1]])
 
 
-def pair_logps(model, pairs: list[TokenizedPair], batch_size: int, pad_id: int, device, mean: bool = False):
+def pair_logps(model: Any, pairs: list[TokenizedPair], batch_size: int, pad_id: int, device: Device,
+               mean: bool = False) -> torch.Tensor:
     """An (n, 2) table of each pair's chosen and rejected log-probabilities (summed over the answer tokens,
     or per token with `mean`), computed without dropout or gradients."""
     import torch
 
     was_training = model.training
     model.eval()
-    rows = []
+    rows: list[torch.Tensor] = []
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
@@ -231,8 +243,8 @@ def pair_logps(model, pairs: list[TokenizedPair], batch_size: int, pad_id: int, 
     return torch.cat(rows) if rows else torch.zeros((0, 2))
 
 
-def preference_eval(model, pairs: list[TokenizedPair], batch_size: int, pad_id: int, device, method: str,
-                    beta: float, ref_table=None) -> dict[str, float]:
+def preference_eval(model: Any, pairs: list[TokenizedPair], batch_size: int, pad_id: int, device: Device,
+                    method: str, beta: float, ref_table: torch.Tensor | None = None) -> dict[str, float]:
     """Loss, reward margin and reward accuracy over held-out pairs (no dropout, no gradients); `ref_table`:
     precomputed reference log-probs (pair_logps) when the reference is not the base."""
     import torch

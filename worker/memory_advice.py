@@ -156,8 +156,9 @@ def _combined_change(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip
     and shorter sequences until it fits."""
     c = replace(cfg, batch_size=cfg.devices, grad_accum=grad_accum_for(cfg, cfg.devices))
     steps = ["batch_size %d with grad_accum %d" % (c.batch_size, c.grad_accum)]
-    for change, label in ((dict(gradient_checkpointing=True), "gradient checkpointing"),
-                          (dict(qlora=True), "QLoRA")):
+    changes: tuple[tuple[dict[str, Any], str], ...] = ((dict(gradient_checkpointing=True), "gradient checkpointing"),
+                                                       (dict(qlora=True), "QLoRA"))
+    for change, label in changes:
         if memory_of(c) <= limit:
             break
         if not getattr(c, next(iter(change))) and not (label == "QLoRA" and c.sharding == "fsdp"):

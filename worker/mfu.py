@@ -18,6 +18,8 @@ prompt tokens; the figure stays the standard one so it compares with other train
 """
 from __future__ import annotations
 
+from typing import Any
+
 # Dense (no sparsity) peak tensor FLOP/s by a substring of torch.cuda.get_device_name(), most specific
 # first; (bf16/fp16, fp32). The fp32 figure is TF32 tensor-core where the GPU has it (torch's fp32 matmuls
 # use plain fp32 unless allow_tf32 is set, so an fp32 MFU is optimistic-side low there). Vendor datasheets.
@@ -79,7 +81,7 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> floa
     return flops_per_token * tokens_per_s / peak
 
 
-def flops_per_token_of(model, trainable: int, total: int, seq_len: float, frozen_base: bool = True) -> float:
+def flops_per_token_of(model: Any, trainable: int, total: int, seq_len: float, frozen_base: bool = True) -> float:
     """model_flops_per_token read off a transformers model (a PEFT wrapper or the base)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config

@@ -10,12 +10,19 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from worker.config import PRECISIONS, ConfigError, TrainConfig
 from worker.errors import InputError
 from worker.kernels import apply_liger, attn_implementation
 from worker.targets import linear_module_suffixes, resolve_modules_to_save, resolve_targets, saveable_modules
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +35,14 @@ def quiet_transformers() -> None:
     """No progress bars or advisory warnings in worker logs."""
     import transformers
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
 class DeviceChoice:
     device: str  # "cpu" | "cuda"
-    dtype: "object"  # torch dtype of the frozen base (stored and computed in it); LoRA weights stay fp32
+    dtype: torch.dtype  # torch dtype of the frozen base (stored and computed in it); LoRA weights stay fp32
 
     @property
     def is_cuda(self) -> bool:
@@ -47,7 +54,7 @@ class DeviceChoice:
         return dtype_name(self.dtype)
 
 
-def dtype_name(dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     import torch
 
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
@@ -123,7 +130,7 @@ def train_device(requested: str, cfg: TrainConfig) -> DeviceChoice:
     return choose_device(requested, precision)
 
 
-def original_dtype(path: str):
+def original_dtype(path: str) -> torch.dtype:
     """The dtype the base at `path` was saved in (its config's dtype), fp32 when the config does not say."""
     import torch
     from transformers import AutoConfig
@@ -135,13 +142,13 @@ def original_dtype(path: str):
     return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
-def get_quantization_config(cfg: TrainConfig, device: DeviceChoice):
+def get_quantization_config(cfg: TrainConfig, device: DeviceChoice) -> BitsAndBytesConfig | None:
     """NF4 with double quantization for QLoRA, None otherwise."""
     if not cfg.qlora:
         return None
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
@@ -149,18 +156,22 @@ def get_quantization_config(cfg: TrainConfig, device: DeviceChoice):
     )
 
 
-INIT_LORA_WEIGHTS = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}
+INIT_LORA_WEIGHTS: dict[str, bool | Literal["gaussian", "pissa"]] = {
+    "default": True, "gaussian": "gaussian", "pissa": "pissa"}
 
 
-def get_peft_config(cfg: TrainConfig, targets: list[str]):
+LoraBias = Literal["none", "all", "lora_only"]
+
+
+def get_peft_config(cfg: TrainConfig, targets: list[str]) -> LoraConfig:
     from peft import LoraConfig
 
     return LoraConfig(
         r=cfg.rank,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # PEFT annotates int; a float scales the same
         lora_dropout=cfg.dropout,
         target_modules=targets,
-        bias=cfg.bias,
+        bias=cast(LoraBias, cfg.bias),  # TrainConfig checked it
         use_rslora=cfg.use_rslora,
         use_dora=cfg.use_dora,
         init_lora_weights=INIT_LORA_WEIGHTS[cfg.init_lora_weights],
@@ -169,7 +180,7 @@ def get_peft_config(cfg: TrainConfig, targets: list[str]):
     )
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str) -> Any:
     """The tokenizer of a local model folder, with a pad token; InputError when it has no chat template."""
     from transformers import AutoTokenizer
 
@@ -185,7 +196,7 @@ TOKENIZER_CACHE_SIZE = 8
 
 
 @functools.lru_cache(maxsize=TOKENIZER_CACHE_SIZE)
-def cached_tokenizer(path: str):
+def cached_tokenizer(path: str) -> Any:
     """`load_tokenizer(path)`, shared by the callers in one process; the least recently used is evicted.
 
     For the web side, which renders token reports for a few base models again and again: loading a
@@ -203,7 +214,7 @@ def tokenizer_fingerprint(path: str) -> str:
     """A short hash of the tokenizer files in a model folder (names, sizes and contents): two models
     with the same tokenizer and chat template share it, so token counts are computed once for both."""
     folder = Path(path)
-    stamp = []
+    stamp: list[tuple[str, int, int]] = []
     for name in TOKENIZER_FILES:
         try:
             st = (folder / name).stat()
@@ -214,7 +225,7 @@ def tokenizer_fingerprint(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _fingerprint(folder: str, stamp: tuple) -> str:
+def _fingerprint(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
     for name, _size, _mtime in stamp:
         digest.update(name.encode() + b"\0")
@@ -237,15 +248,15 @@ def safetensors_files(path: str) -> list[Path]:
     return [single] if single.is_file() else []
 
 
-class _LazyWeights(dict):
+class _LazyWeights(dict[str, Any]):
     """name -> a safetensors slice read on demand; from_pretrained deep-copies its arguments, and these
     slices hold open files, so the copy is the dict itself."""
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: dict[int, Any]) -> _LazyWeights:
         return self
 
 
-def _load_read(path: str, files: list[Path], **kwargs):
+def _load_read(path: str, files: list[Path], **kwargs: Any) -> Any:
     """from_pretrained with each weight read with pread() as it is converted (to 4-bit, or to another dtype).
 
     Transformers maps the safetensors files into memory, and every page of the stored weights it touches
@@ -260,7 +271,7 @@ def _load_read(path: str, files: list[Path], **kwargs):
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    model_class: Any = AutoModelForCausalLM._model_mapping[type(config)]
     with contextlib.ExitStack() as stack:
         weights = _LazyWeights()
         for file in files:
@@ -301,14 +312,14 @@ def keep_large_buffers_off_the_heap() -> bool:
                                                                                 MALLOC_MMAP_THRESHOLD))
 
 
-def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = None):
+def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = None) -> Any:
     """The frozen base, in 4-bit NF4 when cfg.qlora (never held at full precision), else at the device's dtype."""
     import torch
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     quant = get_quantization_config(cfg, device) if cfg else None
-    kwargs = dict(dtype=device.dtype, trust_remote_code=False, low_cpu_mem_usage=True)
+    kwargs: dict[str, Any] = dict(dtype=device.dtype, trust_remote_code=False, low_cpu_mem_usage=True)
     attention = attn_implementation(cfg, device)
     if attention:
         kwargs["attn_implementation"] = attention
@@ -341,7 +352,7 @@ def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = N
     return model
 
 
-def upcast_unquantized(model) -> None:
+def upcast_unquantized(model: Any) -> None:
     """The 16-bit weights a 4-bit base keeps as they are (norms, embeddings) in fp32."""
     import torch
 
@@ -350,7 +361,7 @@ def upcast_unquantized(model) -> None:
             param.data = param.data.to(torch.float32)
 
 
-def build_peft_model(model, cfg: TrainConfig):
+def build_peft_model(model: Any, cfg: TrainConfig) -> tuple[Any, list[str]]:
     """Wrap the frozen base with LoRA adapters on the configured targets."""
     from peft import get_peft_model
 
@@ -364,7 +375,7 @@ def build_peft_model(model, cfg: TrainConfig):
     return peft_model, targets
 
 
-def _cast_floats(value, dtype):
+def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
     import torch
 
     if isinstance(value, torch.Tensor) and value.is_floating_point():
@@ -374,7 +385,7 @@ def _cast_floats(value, dtype):
     return value
 
 
-def upcast_modules_to_save(peft_model) -> None:
+def upcast_modules_to_save(peft_model: Any) -> None:
     """Train `modules_to_save` copies in fp32 over a 16-bit base, as PEFT does for LoRA weights.
 
     PEFT copies such a module at the base's dtype, so AdamW would update bf16 weights (updates below
@@ -399,7 +410,8 @@ def upcast_modules_to_save(peft_model) -> None:
             module.register_forward_hook(functools.partial(_restore_output, default=base_dtype), with_kwargs=True)
 
 
-def _upcast_inputs(module, args, kwargs):
+def _upcast_inputs(module: Any, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     import torch
 
     module._lora_studio_in_dtype = next((a.dtype for a in args if hasattr(a, "is_floating_point")
@@ -407,11 +419,12 @@ def _upcast_inputs(module, args, kwargs):
     return _cast_floats(args, torch.float32), {k: _cast_floats(v, torch.float32) for k, v in kwargs.items()}
 
 
-def _restore_output(module, args, kwargs, output, *, default):
+def _restore_output(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, *,
+                    default: torch.dtype) -> Any:
     return _cast_floats(output, getattr(module, "_lora_studio_in_dtype", None) or default)
 
 
-def meta_model(path: str, dtype=None):
+def meta_model(path: str, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     """(config, model) of a local model folder built on the meta device: every shape, no weights read."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -420,16 +433,17 @@ def meta_model(path: str, dtype=None):
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False, **kwargs)
+        model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+            config, trust_remote_code=False, **kwargs)
     return config, model
 
 
-def check_modules_to_save(path: str, names) -> list[str]:
+def check_modules_to_save(path: str, names: Iterable[str] | None) -> list[str]:
     """The validated `modules_to_save` for the model at `path` (ConfigError names an unknown one)."""
     return resolve_modules_to_save(saveable_modules(meta_model(path)[1]), names) if names else []
 
 
-def describe_model(path: str) -> dict:
+def describe_model(path: str) -> dict[str, Any]:
     """Architecture, parameter count, Linear layers and chat template of a local model folder.
 
     Built on the meta device, so no weights are read.

@@ -6,9 +6,12 @@ torch import at load time, so the web process can validate a custom list cheaply
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from worker.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 ATTENTION_PARENTS = ("attn", "attention", "self_attn", "self_attention", "mixer")
 MLP_PARENTS = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "experts")
@@ -31,7 +34,7 @@ def classify(suffix: str) -> str:
     return "other"
 
 
-def linear_module_suffixes(model) -> list[str]:
+def linear_module_suffixes(model: torch.nn.Module) -> list[str]:
     """Distinct `parent.leaf` suffixes of the model's Linear / Conv1D layers, output head excluded."""
     import torch
     from transformers.pytorch_utils import Conv1D
@@ -74,7 +77,7 @@ def resolve_targets(available: Iterable[str], preset: str, custom: Iterable[str]
     return chosen
 
 
-def saveable_modules(model) -> list[str]:
+def saveable_modules(model: torch.nn.Module) -> list[str]:
     """Leaf names of whole modules outside the repeated blocks that hold weights (embeddings, norms, head).
 
     These are what `modules_to_save` can name: trained in full and stored with the adapter,

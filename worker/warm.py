@@ -26,7 +26,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from worker.config import TrainConfig
 from worker.inference import estimate_base_bytes, module_bytes
@@ -37,14 +37,20 @@ log = logging.getLogger(__name__)
 
 MIB = 2 ** 20
 
+Fingerprint = tuple[tuple[str, int, int], ...]  # (name, size, mtime_ns) of each file
+# (folder, its fingerprint, dtype, device, quantization, kernels): what decides the loaded base
+BaseKey = tuple[str, Fingerprint, str, str, "tuple[str, bool, str] | None", "tuple[bool, str | None]"]
+# ((name, class, dtype, shape, data_ptr) of every tensor, (name, class) of every module)
+Layout = tuple[tuple[tuple[str, str, str, tuple[int, ...], int], ...], tuple[tuple[str, str], ...]]
 
-def folder_fingerprint(path: str) -> tuple:
+
+def folder_fingerprint(path: str) -> Fingerprint:
     """(name, size, mtime_ns) of every file in a model folder: any rewrite or new file changes it."""
     folder = Path(path)
     return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
 
 
-def base_key(path: str, device: DeviceChoice, cfg: TrainConfig | None) -> tuple:
+def base_key(path: str, device: DeviceChoice, cfg: TrainConfig | None) -> BaseKey:
     """What decides the loaded base: folder and its files, dtype, device, quantization and kernels."""
     resolved = str(Path(path).resolve())
     quant = get_quantization_config(cfg, device) if cfg is not None else None
@@ -56,7 +62,7 @@ def base_key(path: str, device: DeviceChoice, cfg: TrainConfig | None) -> tuple:
     return resolved, folder_fingerprint(resolved), str(device.dtype), device.device, quant_key, kernels
 
 
-def layout(model) -> tuple:
+def layout(model: Any) -> Layout:
     """The base's structure and storage: (name, class, dtype, shape, data_ptr) of every tensor, every module class."""
     tensors = tuple((name, type(t).__name__, str(t.dtype), tuple(t.shape), t.data_ptr())
                     for name, t in list(model.named_parameters()) + list(model.named_buffers()))
@@ -64,7 +70,7 @@ def layout(model) -> tuple:
     return tensors, modules
 
 
-def restore_base(model):
+def restore_base(model: Any) -> Any:
     """The plain base under a (possibly partly) PEFT-wrapped model: LoRA layers removed without merging,
     gradient checkpointing and the input-grad hook off, every weight frozen, eval mode."""
     from peft import PeftModel
@@ -86,9 +92,9 @@ def restore_base(model):
 
 @dataclass
 class WarmBase:
-    key: tuple
-    model: object
-    layout: tuple
+    key: BaseKey
+    model: Any  # None once dropped
+    layout: Layout
     bytes: int
     in_use: bool = field(default=False)
 
@@ -96,11 +102,11 @@ class WarmBase:
 class WarmBases:
     """Frozen bases kept between jobs within `budget_mb` (0 keeps none); thread-safe."""
 
-    def __init__(self, budget_mb: float):
+    def __init__(self, budget_mb: float) -> None:
         if budget_mb < 0:
             raise ValueError(f"budget_mb must be >= 0 (0: keep none), got {budget_mb}")
         self.budget_bytes = int(budget_mb * MIB)
-        self._kept: "OrderedDict[tuple, WarmBase]" = OrderedDict()  # least recently used first
+        self._kept: OrderedDict[BaseKey, WarmBase] = OrderedDict()  # least recently used first
         self._lent: dict[int, WarmBase] = {}  # id(model) -> the entry it was lent from, or a new one
         self._lock = threading.Lock()
         self.loads = self.hits = self.dropped = 0
@@ -109,13 +115,13 @@ class WarmBases:
     def kept_bytes(self) -> int:
         return sum(e.bytes for e in self._kept.values())
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"budget_mb": round(self.budget_bytes / MIB, 1), "kept_mb": round(self.kept_bytes / MIB, 1),
                     "kept": len(self._kept), "loads": self.loads, "hits": self.hits, "dropped": self.dropped}
 
     def acquire(self, path: str, device: DeviceChoice, cfg: TrainConfig | None = None,
-                announce: Callable[[bool], None] | None = None) -> tuple[object, bool]:
+                announce: Callable[[bool], None] | None = None) -> tuple[Any, bool]:
         """(base model, warm): the kept base for this key (warm=True), else a freshly loaded one.
 
         `announce(warm)` is called before any loading, so the job's log says which it is while it waits.
@@ -143,7 +149,7 @@ class WarmBases:
             self._lent[id(model)] = entry
         return model, False
 
-    def release(self, model, *, reusable: bool = True) -> bool:
+    def release(self, model: Any, *, reusable: bool = True) -> bool:
         """Take back a lent base (or the PEFT model wrapping it); returns True when it is kept for the next job.
 
         `reusable=False` drops it (the job rewrote the base's weights, as PiSSA does).

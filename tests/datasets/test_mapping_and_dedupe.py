@@ -183,9 +183,9 @@ def test_a_small_upload_waiting_for_its_mapping_is_a_check_row_under_an_opaque_n
 
     # Another user's token is unknown to you.
     from jobs.datasets.mapping import dataset_create_mapped
-    from worker.config import ConfigError
+    from worker.errors import InputError
 
-    with pytest.raises(ConfigError):
+    with pytest.raises(InputError):
         dataset_create_mapped(owner=other_user, token=token, filename="support.csv",
                               mapping={"prompt": "Customer Question", "response": "Agent Answer"})
     # A mapping naming a column the file lacks is refused before the file is read; the file keeps waiting.

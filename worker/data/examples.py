@@ -28,7 +28,7 @@ class Example:
     def is_preference(self) -> bool:
         return self.chosen is not None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         if self.chosen is not None:
             return {"messages": _plain(self.messages or []), "chosen": _plain(self.chosen),
                     "rejected": _plain(self.rejected or [])}

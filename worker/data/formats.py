@@ -14,12 +14,16 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from worker.data.examples import Record
 from worker.data.jsonl import BOM, json_error, parse_jsonl
 from worker.data.limits import DataLimits, LimitExceeded, json_too_deep, longest_string, over_limit
 from worker.data.problems import DatasetError, Problem, base_name, type_name
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 FORMATS = ("jsonl", "json", "csv", "parquet")
 FORMAT_NAMES = {"jsonl": "JSON Lines", "json": "JSON", "csv": "CSV", "parquet": "Parquet"}
@@ -27,6 +31,13 @@ FORMAT_NAMES = {"jsonl": "JSON Lines", "json": "JSON", "csv": "CSV", "parquet": 
 EXTENSIONS: dict[str, str] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
                               ".parquet": "parquet", ".pq": "parquet"}
 _JSON_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    """The position after the JSON whitespace at `pos` (the pattern matches the empty string too)."""
+    match = _JSON_WS.match(text, pos)
+    assert match is not None
+    return match.end()
 
 
 def format_for_filename(filename: str) -> str:
@@ -209,6 +220,7 @@ def parse_json_array(text: str, limits: DataLimits | None = None) -> tuple[list[
                                       f"got {type_name(value)}{hint}")]
     if not value:
         return [], [Problem(line, "", "the JSON array is empty; it holds no examples")]
+    assert items is not None  # json.loads accepts exactly the arrays _json_array_items reads
     records = []
     counted = first  # lines are counted incrementally: one pass over the text in all
     for index, (pos, item, end) in enumerate(items, start=1):
@@ -227,7 +239,7 @@ def _json_array_items(text: str, first: int, limits: DataLimits) -> list[tuple[i
     exactly one valid array (json.loads then names the error). LimitExceeded past max_rows items."""
     decoder = json.JSONDecoder()
     items: list[tuple[int, object, int]] = []
-    pos = _JSON_WS.match(text, first + 1).end()
+    pos = _skip_ws(text, first + 1)
     try:
         if text.startswith("]", pos):
             pos += 1
@@ -237,16 +249,16 @@ def _json_array_items(text: str, first: int, limits: DataLimits) -> list[tuple[i
                     raise over_limit(limits, "max_rows", "rows", line=text.count("\n", 0, pos) + 1)
                 item, end = decoder.raw_decode(text, pos)
                 items.append((pos, item, end))
-                pos = _JSON_WS.match(text, end).end()
+                pos = _skip_ws(text, end)
                 if text.startswith("]", pos):
                     pos += 1
                     break
                 if not text.startswith(",", pos):
                     return None
-                pos = _JSON_WS.match(text, pos + 1).end()
+                pos = _skip_ws(text, pos + 1)
     except (ValueError, RecursionError):
         return None
-    return items if _JSON_WS.match(text, pos).end() == len(text) else None
+    return items if _skip_ws(text, pos) == len(text) else None
 
 
 def _csv_lines(text: str) -> Iterable[str]:
@@ -370,7 +382,7 @@ def parse_parquet(path: Path, name: str, limits: DataLimits | None = None) -> tu
     return columns, records
 
 
-def _arrow_chars(array):
+def _arrow_chars(array: Any) -> NDArray[np.int64]:
     """The characters (bytes for binary) of each row of an Arrow array, nested values summed: a numpy array."""
     import numpy as np
     import pyarrow as pa
@@ -382,22 +394,25 @@ def _arrow_chars(array):
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     if pa.types.is_dictionary(kind):
         sizes = _arrow_chars(array.dictionary)
-        indices = array.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        indices: NDArray[np.int64] = array.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         return sizes[indices] if len(sizes) else np.zeros(len(array), dtype=np.int64)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
-        return pc.utf8_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        lengths: NDArray[np.int64] = pc.utf8_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return lengths
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
-        return pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        lengths = pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return lengths
     if pa.types.is_struct(kind):
         result = np.zeros(len(array), dtype=np.int64)
         for child in array.flatten():
             result += _arrow_chars(child)
         return result
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
-        offsets = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+        offsets: NDArray[np.int64] = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
         inner = _arrow_chars(array.values)
         running = np.concatenate([[0], np.cumsum(inner)])
-        return running[offsets[1:]] - running[offsets[:-1]]
+        per_row: NDArray[np.int64] = running[offsets[1:]] - running[offsets[:-1]]
+        return per_row
     return np.zeros(len(array), dtype=np.int64)  # numbers, booleans, dates: small whatever they hold
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,8 @@ class LoadedDataset:
 
 def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping: ColumnMapping | None = None,
                       max_chars: int = DEFAULT_MAX_CHARS, drop_duplicates: bool = False,
-                      limits: DataLimits | None = None, progress=None) -> LoadedDataset:
+                      limits: DataLimits | None = None,
+                      progress: Callable[[str, int], object] | None = None) -> LoadedDataset:
     """Read, validate and normalise a dataset file of any supported format and schema.
 
     `filename` (the user's name for the file; only its base name is used, in messages and to read

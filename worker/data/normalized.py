@@ -7,17 +7,18 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from worker.data.examples import Example
 from worker.data.jsonl import BOM, parse_jsonl
 from worker.data.problems import DatasetError, Problem, type_name
-from worker.data.schemas import convert_record
+from worker.data.schemas import Report, convert_record
 
 _UNICODE_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
 _UNICODE_LINE_BREAKS_RE = re.compile("[\u2028\u2029\x85]")
 
 
-def _json_line(value: dict) -> str:
+def _json_line(value: dict[str, Any]) -> str:
     """UTF-8 JSON on one line; the Unicode line breaks that str.splitlines() honours are escaped too."""
     text = json.dumps(value, ensure_ascii=False)
     return _UNICODE_LINE_BREAKS_RE.sub(lambda m: _UNICODE_LINE_BREAKS[m.group()], text) + "\n"
@@ -77,7 +78,7 @@ def read_normalized_jsonl(path: str | Path) -> list[Example]:
     return examples
 
 
-def _preference(value: dict, report) -> Example | None:
+def _preference(value: dict[str, Any], report: Report) -> Example | None:
     """A normalised preference line: {"messages": prompt, "chosen": [assistant...], "rejected": [...]}."""
     def turns(key: str, roles: tuple[str, ...]) -> list[dict[str, str]] | None:
         got = value.get(key)

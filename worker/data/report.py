@@ -3,10 +3,12 @@ into trained and masked pieces as the engine will see them. A preference pair is
 prompt + chosen and prompt + rejected, with the answer tokens trained on both sides."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from worker.data.examples import Example
-from worker.data.tokenization import IGNORE_INDEX, tokenize_conversation, tokenize_example
+from worker.data.tokenization import IGNORE_INDEX, TokenizedExample, tokenize_conversation, tokenize_example
 
 
 @dataclass
@@ -25,7 +27,7 @@ class TokenReport:
     def is_preference(self) -> bool:
         return self.rejected_lengths is not None
 
-    def histogram(self, bins: int = 30) -> dict:
+    def histogram(self, bins: int = 30) -> dict[str, Any]:
         """Equal-width bins over 0..max(longest, max_length), for a bar chart; for pairs the same bins
         also count the rejected side (`rejected_counts`)."""
         both = self.lengths + (self.rejected_lengths or [])
@@ -38,7 +40,8 @@ class TokenReport:
                 counts[min(bins - 1, n // width)] += 1
             return counts
 
-        out = {"edges": [i * width for i in range(bins + 1)], "counts": count(self.lengths), "width": width}
+        out: dict[str, Any] = {"edges": [i * width for i in range(bins + 1)], "counts": count(self.lengths),
+                               "width": width}
         if self.rejected_lengths is not None:
             out["rejected_counts"] = count(self.rejected_lengths)
         return out
@@ -61,7 +64,7 @@ def truncation_warnings(report: TokenReport) -> list[str]:
     return out
 
 
-def pieces(tokenizer, input_ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
+def pieces(tokenizer: Any, input_ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
     """Consecutive tokens with the same trained/masked state, decoded together."""
     out: list[tuple[str, bool]] = []
     run: list[int] = []
@@ -108,15 +111,15 @@ class TokenProfile:
                            rejected_lengths=self.rejected_lengths, rejected_samples=self.rejected_samples,
                            emptied=emptied)
 
-    def to_json(self) -> dict:
-        out = {"lengths": self.lengths, "spans": self.spans, "samples": _samples_json(self.samples)}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"lengths": self.lengths, "spans": self.spans, "samples": _samples_json(self.samples)}
         if self.rejected_lengths is not None:
             out.update(rejected_lengths=self.rejected_lengths, rejected_spans=self.rejected_spans or [],
                        rejected_samples=_samples_json(self.rejected_samples or []))
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> "TokenProfile":
+    def from_json(cls, data: dict[str, Any]) -> "TokenProfile":
         """Read `to_json`'s output; a profile without the rejected keys (older, or not pairs) has them None."""
         rejected = data.get("rejected_lengths")
         return cls(lengths=[int(n) for n in data["lengths"]], spans=_spans_of(data["spans"]),
@@ -126,15 +129,15 @@ class TokenProfile:
                    rejected_samples=None if rejected is None else _samples_of(data.get("rejected_samples", [])))
 
 
-def _samples_json(samples: list[list[tuple[str, bool]]]) -> list:
+def _samples_json(samples: list[list[tuple[str, bool]]]) -> list[list[list[str | bool]]]:
     return [[[t, b] for t, b in s] for s in samples]
 
 
-def _samples_of(data: list) -> list[list[tuple[str, bool]]]:
+def _samples_of(data: list[Any]) -> list[list[tuple[str, bool]]]:
     return [[(str(t), bool(b)) for t, b in s] for s in data]
 
 
-def _spans_of(data: list) -> list[list[int]]:
+def _spans_of(data: list[Any]) -> list[list[int]]:
     return [[int(i) for i in s] for s in data]
 
 
@@ -151,14 +154,18 @@ def trained_spans(labels: list[int]) -> list[int]:
     return flat
 
 
-def token_profile(tokenizer, examples: list[Example], samples: int = 3, limit: int = 5000,
-                  progress=None) -> TokenProfile:
+def token_profile(tokenizer: Any, examples: list[Example], samples: int = 3, limit: int = 5000,
+                  progress: Callable[[int, int], object] | None = None) -> TokenProfile:
     """Tokenize up to `limit` examples once, untruncated; `progress(done, total)` every 100 examples.
     Pairs are tokenized as prompt + chosen and prompt + rejected, only the answers trained."""
     chosen = examples[:limit]
     pairs = any(ex.is_preference for ex in chosen)
-    lengths, spans, shown = [], [], []
-    rejected_lengths, rejected_spans, rejected_shown = [], [], []
+    lengths: list[int] = []
+    spans: list[list[int]] = []
+    shown: list[list[tuple[str, bool]]] = []
+    rejected_lengths: list[int] = []
+    rejected_spans: list[list[int]] = []
+    rejected_shown: list[list[tuple[str, bool]]] = []
     for i, ex in enumerate(chosen):
         if pairs:
             prompt = ex.messages or []
@@ -182,7 +189,7 @@ def token_profile(tokenizer, examples: list[Example], samples: int = 3, limit: i
     return TokenProfile(lengths, spans, shown, rejected_lengths, rejected_spans, rejected_shown)
 
 
-def _answer_labels(prompt: list[dict[str, str]], tokenized) -> list[int]:
+def _answer_labels(prompt: list[dict[str, str]], tokenized: TokenizedExample) -> list[int]:
     """Labels of the answer only: assistant turns inside the prompt (its history) are not trained in a pair."""
     history = sum(1 for m in prompt if m["role"] == "assistant")
     if not history:
@@ -198,11 +205,11 @@ def _answer_labels(prompt: list[dict[str, str]], tokenized) -> list[int]:
     return labels
 
 
-def _answer_spans(prompt, tokenized) -> list[int]:
+def _answer_spans(prompt: list[dict[str, str]], tokenized: TokenizedExample) -> list[int]:
     return trained_spans(_answer_labels(prompt, tokenized))
 
 
-def token_report(tokenizer, examples: list[Example], max_length: int, samples: int = 3,
+def token_report(tokenizer: Any, examples: list[Example], max_length: int, samples: int = 3,
                  limit: int = 5000) -> TokenReport:
     """Token lengths of up to `limit` examples (untruncated) and the first `samples` rendered."""
     return token_profile(tokenizer, examples, samples, limit).report(max_length)

@@ -17,14 +17,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from worker.errors import InputError
 from worker.data.limits import DataLimits
 from worker.data.problems import DatasetError, Problem, SchemaUnknown, base_name
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int], object]  # on_progress(stage, rows)
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where `python -m worker.data.sandbox` resolves
 
@@ -47,8 +51,8 @@ class LoadedSummary:
 
 def load_dataset_file_limited(path: str | Path, filename: str | None = None, *, normalized_path: str | Path,
                               limits: DataLimits | None = None, memory_mb: int = 2048, seconds: float = 60,
-                              mapping: dict | None = None, drop_duplicates: bool = False,
-                              on_progress=None) -> LoadedSummary:
+                              mapping: dict[str, Any] | None = None, drop_duplicates: bool = False,
+                              on_progress: Progress | None = None) -> LoadedSummary:
     """`load_dataset_file` in a child process limited to `memory_mb` of address space and `seconds`.
 
     `on_progress(stage, rows)` is called (in this process) about every half second while the stage
@@ -87,10 +91,11 @@ def load_dataset_file_limited(path: str | Path, filename: str | None = None, *, 
     return _from_answer(result, name, memory_mb)
 
 
-def _run_child(request: Path, progress: Path, seconds: float, on_progress, name: str) -> subprocess.CompletedProcess:
+def _run_child(request: Path, progress: Path, seconds: float, on_progress: Progress | None,
+               name: str) -> subprocess.CompletedProcess[bytes]:
     """Run the reader on `request`; kill it past `seconds`; relay its progress file while it runs."""
     deadline = time.monotonic() + seconds
-    last = None
+    last: Any = None
     with subprocess.Popen([sys.executable, "-m", "worker.data.sandbox", str(request)], cwd=_PROJECT_ROOT,
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as child:
         stderr = _drain(child)
@@ -115,19 +120,22 @@ def _run_child(request: Path, progress: Path, seconds: float, on_progress, name:
 class _drain(threading.Thread):
     """Read a child's stderr as it comes (a full pipe would block the child); keep the last 64 KB."""
 
-    def __init__(self, child: subprocess.Popen):
+    def __init__(self, child: subprocess.Popen[bytes]) -> None:
         super().__init__(daemon=True)
-        self.pipe, self.chunks = child.stderr, []
+        self.pipe = child.stderr
+        self.chunks: list[bytes] = []
         self.start()
 
     def run(self) -> None:
-        for chunk in iter(lambda: self.pipe.read(4096), b""):
+        pipe = self.pipe
+        assert pipe is not None  # the child is started with stderr=PIPE
+        for chunk in iter(lambda: pipe.read(4096), b""):
             self.chunks.append(chunk)
             while sum(map(len, self.chunks)) > 65536 and len(self.chunks) > 1:
                 self.chunks.pop(0)
 
 
-def _relay(progress: Path, last, on_progress):
+def _relay(progress: Path, last: Any, on_progress: Progress) -> Any:
     try:
         state = json.loads(progress.read_text())
     except (OSError, ValueError):
@@ -142,7 +150,7 @@ def _out_of_memory(name: str, memory_mb: int) -> DatasetError:
                                               "(limit DATASET_PARSE_MEMORY_MB)", unit="")])
 
 
-def _from_answer(result: dict, name: str, memory_mb: int) -> LoadedSummary:
+def _from_answer(result: dict[str, Any], name: str, memory_mb: int) -> LoadedSummary:
     error = result.get("error")
     if error == "memory":
         raise _out_of_memory(name, memory_mb)
@@ -160,7 +168,7 @@ def _from_answer(result: dict, name: str, memory_mb: int) -> LoadedSummary:
     return LoadedSummary(normalized_path=Path(summary.pop("normalized_path")), **summary)
 
 
-def _read(request: dict) -> dict:
+def _read(request: dict[str, Any]) -> dict[str, Any]:
     """The child's work: load, write the normalised JSONL, answer with the summary or the error."""
     from worker.data.loading import load_dataset_file
     from worker.data.mapping import ColumnMapping
@@ -186,7 +194,7 @@ def _read(request: dict) -> dict:
     return {"summary": {**summary, "normalized_path": request["normalized_path"]}}
 
 
-def _progress_writer(request: dict):
+def _progress_writer(request: dict[str, Any]) -> Callable[[str, int], None]:
     """progress(stage, rows) for the child: the file the parent relays (atomically replaced)."""
     path = request.get("progress")
 

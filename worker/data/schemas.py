@@ -34,6 +34,7 @@ SCHEMA_EXAMPLES = {
 _SURROGATE = "holds an invalid character (a lone UTF-16 surrogate escape such as \\ud800)"
 
 Report = Callable[..., None]  # (field, message) -> None, bound to one record's location
+JsonObject = dict[str, Any]  # one record as parsed from JSON / a CSV or Parquet row
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -53,12 +54,12 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def _missing(record: dict, key: str, report: Report) -> None:
+def _missing(record: JsonObject, key: str, report: Report) -> None:
     keys = ", ".join(sorted(map(str, record))) or "none"
     report(key, f"is missing (keys found: {keys})")
 
 
-def _check_string(record: dict, key: str, report: Report, *, required: bool = True) -> str | None:
+def _check_string(record: JsonObject, key: str, report: Report, *, required: bool = True) -> str | None:
     """The string at record[key], or None after reporting why not. Optional keys may be absent, null or blank."""
     if key not in record:
         if required:
@@ -92,7 +93,8 @@ def _turn_list(turns: Any, report: Report, *, name: str, role_key: str, content_
     bad = ProblemCounter(report)
     messages = [_check_turn(msg, i, f"{name}[{i}]", bad, role_key, content_key, role_map)
                 for i, msg in enumerate(turns)]
-    return None if bad.count else messages
+    # a turn is None only after it was reported, so with no problems every turn is a message
+    return None if bad.count else [m for m in messages if m is not None]
 
 
 def _check_turns(turns: Any, report: Report, *, name: str, role_key: str, content_key: str,
@@ -163,11 +165,12 @@ class ProblemCounter:
         self.report(field_, message)
 
 
-def _turns_cell(record: dict, key: str, report: Report, text_cells: bool) -> tuple[bool, Any]:
+def _turns_cell(record: JsonObject, key: str, report: Report, text_cells: bool) -> tuple[bool, Any]:
     return _cell_json(record[key], key, report) if text_cells else (True, record[key])
 
 
-def _from_messages(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+def _from_messages(record: JsonObject, report: ProblemCounter, text_cells: bool,
+                   mapping: ColumnMapping | None) -> Example | None:
     if "messages" not in record:
         _missing(record, "messages", report)
         return None
@@ -177,7 +180,8 @@ def _from_messages(record: dict, report: ProblemCounter, text_cells: bool, mappi
     return Example(0, messages=msgs) if msgs is not None else None
 
 
-def _from_sharegpt(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+def _from_sharegpt(record: JsonObject, report: ProblemCounter, text_cells: bool,
+                   mapping: ColumnMapping | None) -> Example | None:
     if "conversations" not in record:
         _missing(record, "conversations", report)
         return None
@@ -192,43 +196,48 @@ def _from_sharegpt(record: dict, report: ProblemCounter, text_cells: bool, mappi
     return Example(0, messages=msgs)
 
 
-def _from_prompt_completion(record: dict, report: ProblemCounter, text_cells: bool,
-                            mapping: ColumnMapping | None):
+def _from_prompt_completion(record: JsonObject, report: ProblemCounter, text_cells: bool,
+                            mapping: ColumnMapping | None) -> Example | None:
     system = _check_string(record, "system", report, required=False)
     prompt = _check_string(record, "prompt", report)
     completion = _check_string(record, "completion", report)
-    if report.count:
+    if report.count or prompt is None or completion is None:
         return None
     return Example(0, messages=_to_messages(system, prompt, completion))
 
 
-def _from_alpaca(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+def _from_alpaca(record: JsonObject, report: ProblemCounter, text_cells: bool,
+                 mapping: ColumnMapping | None) -> Example | None:
     system = _check_string(record, "system", report, required=False)
     instruction = _check_string(record, "instruction", report)
     extra = _check_string(record, "input", report, required=False)
     output = _check_string(record, "output", report)
-    if report.count:
+    if report.count or instruction is None or output is None:
         return None
     user = instruction + "\n\n" + extra if extra else instruction
     return Example(0, messages=_to_messages(system, user, output))
 
 
-def _from_text(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+def _from_text(record: JsonObject, report: ProblemCounter, text_cells: bool,
+               mapping: ColumnMapping | None) -> Example | None:
     text = _check_string(record, "text", report)
     return Example(0, text=text) if text is not None else None
 
 
-def _from_mapped(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+def _from_mapped(record: JsonObject, report: ProblemCounter, text_cells: bool,
+                 mapping: ColumnMapping | None) -> Example | None:
     assert mapping is not None
     if mapping.text is not None:
         text = _check_string(record, mapping.text, report)
         return Example(0, text=text) if text is not None else None
     system = _check_string(record, mapping.system, report, required=False) if mapping.system else None
+    assert mapping.prompt is not None  # ColumnMapping checks: prompt with response, or chosen and rejected
     prompt = _check_string(record, mapping.prompt, report)
     if mapping.is_preference:
+        assert mapping.chosen is not None and mapping.rejected is not None
         chosen = _check_string(record, mapping.chosen, report)
         rejected = _check_string(record, mapping.rejected, report)
-        if report.count:
+        if report.count or prompt is None or chosen is None or rejected is None:
             return None
         if chosen == rejected:
             report(mapping.rejected, f"is the same as {mapping.chosen}: chosen and rejected are identical, "
@@ -237,8 +246,9 @@ def _from_mapped(record: dict, report: ProblemCounter, text_cells: bool, mapping
         return Example(0, messages=_to_messages(system, prompt, chosen)[:-1],
                        chosen=[{"role": "assistant", "content": chosen}],
                        rejected=[{"role": "assistant", "content": rejected}])
+    assert mapping.response is not None
     response = _check_string(record, mapping.response, report)
-    if report.count:
+    if report.count or prompt is None or response is None:
         return None
     return Example(0, messages=_to_messages(system, prompt, response))
 
@@ -254,7 +264,7 @@ def _message_list(value: Any, name: str, report: Report, roles: dict[str, str]) 
                       expected="a string or a list of messages", empty="is empty")
 
 
-def _pair_cell(record: dict, key: str, text_cells: bool) -> Any:
+def _pair_cell(record: JsonObject, key: str, text_cells: bool) -> Any:
     """A CSV cell holding a list of messages written as JSON is read as that list; other text stays text."""
     value = record[key]
     if text_cells and isinstance(value, str) and value.lstrip().startswith("["):
@@ -284,7 +294,7 @@ def _answer_part(value: Any, name: str, report: Report) -> list[dict[str, str]] 
     return _message_list(value, name, report, _ASSISTANT_ONLY)
 
 
-def _implicit_prompt(chosen: Any, rejected: Any):
+def _implicit_prompt(chosen: Any, rejected: Any) -> tuple[list[Any], list[Any], list[Any]] | None:
     """TRL's implicit-prompt shape: chosen and rejected are whole conversations sharing the prompt."""
     if not (isinstance(chosen, list) and isinstance(rejected, list)):
         return None
@@ -298,7 +308,7 @@ def _implicit_prompt(chosen: Any, rejected: Any):
     return chosen[:shared], chosen[shared:], rejected[shared:]
 
 
-def _openai_parts(record: dict, report: ProblemCounter, text_cells: bool):
+def _openai_parts(record: JsonObject, report: ProblemCounter, text_cells: bool) -> tuple[Any, Any, Any] | None:
     """OpenAI's DPO line: (prompt, preferred, non-preferred) as found, or None after reporting."""
     source = record["input"]
     if text_cells and isinstance(source, str):
@@ -318,7 +328,7 @@ def _openai_parts(record: dict, report: ProblemCounter, text_cells: bool):
     return source["messages"], answers[0], answers[1]
 
 
-def _trl_parts(record: dict, report: ProblemCounter, text_cells: bool):
+def _trl_parts(record: JsonObject, report: ProblemCounter, text_cells: bool) -> tuple[str, Any, Any, Any] | None:
     """TRL's preference line: (prompt field name, prompt, chosen, rejected) as found, or None after reporting.
     Without a `prompt`, the prompt is `messages` (the normalised line) or the turns chosen and rejected share."""
     chosen, rejected = (_pair_cell(record, k, text_cells) for k in ("chosen", "rejected"))
@@ -332,7 +342,8 @@ def _trl_parts(record: dict, report: ProblemCounter, text_cells: bool):
     return ("prompt", *split)
 
 
-def _from_preference(record: dict, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None):
+def _from_preference(record: JsonObject, report: ProblemCounter, text_cells: bool,
+                     mapping: ColumnMapping | None) -> Example | None:
     openai = any(k in record for k in ("input", "preferred_output", "non_preferred_output"))
     required = ("input", "preferred_output", "non_preferred_output") if openai else ("chosen", "rejected")
     for key in required:
@@ -341,12 +352,16 @@ def _from_preference(record: dict, report: ProblemCounter, text_cells: bool, map
     if report.count:
         return None
     system = None if openai else _check_string(record, "system", report, required=False)
+    names: tuple[str, str, str]
+    parts: tuple[Any, Any, Any] | None
     if openai:
         names, parts = ("input.messages", "preferred_output", "non_preferred_output"), _openai_parts(
             record, report, text_cells)
     else:
         found = _trl_parts(record, report, text_cells)
-        names, parts = ((found[0], "chosen", "rejected"), found[1:]) if found else (None, None)
+        if found is None:
+            return None
+        names, parts = (found[0], "chosen", "rejected"), found[1:]
     if parts is None:
         return None
     prompt = _prompt_part(parts[0], names[0], report)
@@ -361,7 +376,7 @@ def _from_preference(record: dict, report: ProblemCounter, text_cells: bool, map
         prompt = [{"role": "system", "content": system}] + prompt
     return Example(0, messages=prompt, chosen=chosen, rejected=rejected)
 
-Converter = Callable[[dict, ProblemCounter, bool, "ColumnMapping | None"], "Example | None"]
+Converter = Callable[[JsonObject, ProblemCounter, bool, "ColumnMapping | None"], "Example | None"]
 # Each schema's reader: (record, counting reporter, CSV text cells?, mapping) -> Example or None after reporting.
 CONVERTERS: dict[str, Converter] = {
     "preference": _from_preference,
@@ -374,7 +389,7 @@ CONVERTERS: dict[str, Converter] = {
 }
 
 
-def convert_record(schema: str, record: dict, report: Report, *, text_cells: bool,
+def convert_record(schema: str, record: JsonObject, report: Report, *, text_cells: bool,
                    mapping: ColumnMapping | None = None) -> Example | None:
     """One record as an Example of `schema` (source filled in by the caller), or None after reporting."""
     converter = CONVERTERS.get(schema)
@@ -396,6 +411,6 @@ def detect_schema(records: list[Record]) -> str | None:
     return best if counts[best] else None
 
 
-def _matches(schema: str, record: dict) -> bool:
+def _matches(schema: str, record: JsonObject) -> bool:
     keys = SCHEMA_KEYS[schema]
     return any(k in record for k in keys) if schema == "preference" else all(k in record for k in keys)

@@ -4,7 +4,7 @@ on assistant tokens only, a text trained on every token, or a preference pair as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from worker.data.examples import Example
 
@@ -44,11 +44,12 @@ class TokenizedPair:
         return max(self.chosen.length, self.rejected.length)
 
 
-def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return text
 
 
-def tokenize_conversation(tokenizer, messages: list[dict[str, str]], max_length: int,
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
                           train_from: int = 0) -> TokenizedExample:
     """Render through the chat template; labels cover the assistant turns only (those at index
     `train_from` or later: a preference pair trains its answer, not the assistant turns of its prompt).
@@ -79,7 +80,7 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, str]], max_length:
     return TokenizedExample(ids, labels)
 
 
-def tokenize_text(tokenizer, text: str, max_length: int) -> TokenizedExample:
+def tokenize_text(tokenizer: Any, text: str, max_length: int) -> TokenizedExample:
     """Continued pre-training: the text (with the tokenizer's own special tokens) plus EOS, all trained."""
     ids: list[int] = list(tokenizer(text, add_special_tokens=True)["input_ids"])
     eos = tokenizer.eos_token_id
@@ -89,7 +90,7 @@ def tokenize_text(tokenizer, text: str, max_length: int) -> TokenizedExample:
     return TokenizedExample(ids, list(ids))
 
 
-def tokenize_example(tokenizer, example: Example, max_length: int) -> TokenizedExample:
+def tokenize_example(tokenizer: Any, example: Example, max_length: int) -> TokenizedExample:
     """Messages: chat template, assistant tokens trained. Text: every token trained, EOS at the end."""
     if example.messages is not None:
         return tokenize_conversation(tokenizer, example.messages, max_length)
@@ -98,7 +99,7 @@ def tokenize_example(tokenizer, example: Example, max_length: int) -> TokenizedE
     raise ValueError(f"example from line {example.source} has neither messages nor text")
 
 
-def tokenize_examples(tokenizer, examples: Iterable[Example], max_length: int) -> list[TokenizedExample]:
+def tokenize_examples(tokenizer: Any, examples: Iterable[Example], max_length: int) -> list[TokenizedExample]:
     """Tokenize every example; drop ones left with no trained token after truncation."""
     out = []
     for example in examples:
@@ -108,17 +109,17 @@ def tokenize_examples(tokenizer, examples: Iterable[Example], max_length: int) -
     return out
 
 
-def tokenize_pair(tokenizer, example: Example, max_length: int) -> TokenizedPair:
+def tokenize_pair(tokenizer: Any, example: Example, max_length: int) -> TokenizedPair:
     """Prompt + chosen and prompt + rejected through the chat template; labels on the answer tokens only."""
     if not example.is_preference or not example.messages:
         raise ValueError(f"example from line {example.source} is not a preference pair")
     start = len(example.messages)
     return TokenizedPair(
-        tokenize_conversation(tokenizer, example.messages + example.chosen, max_length, train_from=start),
+        tokenize_conversation(tokenizer, example.messages + (example.chosen or []), max_length, train_from=start),
         tokenize_conversation(tokenizer, example.messages + (example.rejected or []), max_length, train_from=start))
 
 
-def tokenize_pairs(tokenizer, examples: Iterable[Example], max_length: int) -> list[TokenizedPair]:
+def tokenize_pairs(tokenizer: Any, examples: Iterable[Example], max_length: int) -> list[TokenizedPair]:
     """Tokenize every preference pair; drop pairs where either answer lost all its tokens to truncation."""
     out = []
     for example in examples:

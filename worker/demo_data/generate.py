@@ -23,7 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
+
+ChatRow = dict[str, list[dict[str, str]]]  # one {"messages": [...]} line
 
 SEED = 20250101
 N_TRAIN = 160
@@ -123,7 +126,8 @@ def _answer(name: str, city: str, year: int, month: int, day: int) -> str:
     )
 
 
-def make_example(rng: random.Random, first_names, last_names, cities, templates) -> dict:
+def make_example(rng: random.Random, first_names: Sequence[str], last_names: Sequence[str], cities: Sequence[str],
+                 templates: Sequence[str]) -> ChatRow:
     name = f"{rng.choice(first_names)} {rng.choice(last_names)}"
     city = rng.choice(cities)
     year, month = rng.choice(YEARS), rng.randint(1, 12)
@@ -141,9 +145,10 @@ def make_example(rng: random.Random, first_names, last_names, cities, templates)
     }
 
 
-def generate(n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = SEED) -> tuple[list[dict], list[dict]]:
+def generate(n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = SEED) -> tuple[list[ChatRow], list[ChatRow]]:
     rng = random.Random(seed)
-    train, seen = [], set()
+    train: list[ChatRow] = []
+    seen: set[str] = set()
     while len(train) < n_train:
         ex = make_example(rng, FIRST_NAMES, LAST_NAMES, CITIES, TEMPLATES)
         key = ex["messages"][0]["content"]
@@ -152,7 +157,7 @@ def generate(n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = SEED) -> 
             train.append(ex)
 
     eval_rng = random.Random(seed + 1)
-    evals = []
+    evals: list[ChatRow] = []
     for i in range(n_eval):
         # Every example has at least one held-out element; half also use a held-out template.
         first = EVAL_FIRST_NAMES if i % 2 == 0 else FIRST_NAMES
@@ -163,7 +168,7 @@ def generate(n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = SEED) -> 
     return train, evals
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[ChatRow]) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
