@@ -11,13 +11,19 @@ model `apply_liger` marked.
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
 
     from worker.config import TrainConfig
-    from worker.modeling import DeviceChoice
+
+
+class DeviceChoice(Protocol):
+    """What these checks read of `worker.modeling.DeviceChoice` (named here so the two modules stay one-way)."""
+
+    @property
+    def is_cuda(self) -> bool: ...
 
 LIGER_NEEDS_CUDA = "Liger kernels need a CUDA GPU and this worker has none; turn the liger setting off"
 LIGER_MISSING = ("Liger kernels are not installed on this worker: install liger-kernel on the GPU workers "
