@@ -1,6 +1,7 @@
 """Routing by fit: memory classes and their queues, worker announcements, claims that only take jobs that
 fit, and the refuse/wait setting through the form, REST and the OpenAI API. Real workers on declared
 capacities: tests/integration/test_routing.py."""
+import dataclasses
 from unittest import mock
 
 import pytest
@@ -12,6 +13,7 @@ from jobs.training import workers
 from jobs.training.claims import Claim, fair_order
 from jobs.training.dispatch import hand_on, is_dispatched
 from jobs.training.models import FineTuneJob, JobEvent, JobStatus
+from jobs.training.plan import job_plan
 from jobs.training.routing import Capacity, fits, queue_for_need, queues_for_memory, route_train_job, waiting_for
 from worker.config import TrainConfig
 
@@ -29,6 +31,13 @@ def announced(*workers_: tuple[str, float, str | None]):
     return [{"name": name, "host": "h", "pid": i, "device": "cpu", "count": 1, "memory_mb": memory,
              "queues": queues_for_memory(memory), "job": job, "started": 1.0, "seen": 2.0}
             for i, (name, memory, job) in enumerate(workers_)]
+
+
+def create_job(user, base_model, dataset, config, *, memory_mb, name=""):
+    """A job planned and created as every caller does, with its memory need set to `memory_mb` (its class)."""
+    plan = job_plan(owner=user, dataset=dataset, base_model=base_model, config=config)
+    plan = dataclasses.replace(plan, estimate=dataclasses.replace(plan.estimate, memory_mb=memory_mb))
+    return job_services.job_create(plan=plan, name=name)
 
 
 def fleet(*workers_):
@@ -71,8 +80,7 @@ def test_the_celery_router_sends_a_train_job_to_its_class(user, base_model, data
     from celery import current_app
 
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(),
-                                      memory_mb=20_000)
+        job = create_job(user, base_model, dataset, TrainConfig(), memory_mb=20_000)
     route = current_app.amqp.router.route({}, "training.job_run", args=(str(job.id),))
     assert route["queue"].name == "train.mem24"
     assert current_app.amqp.router.route({}, "training.job_run", args=("gone",))["queue"].name == "train"
@@ -125,10 +133,8 @@ def test_a_worker_announces_itself_with_a_ttl_and_its_job(as_worker):
 @pytest.fixture
 def small_and_big(user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        small = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                                        memory_mb=1000)
-        big = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                                      memory_mb=5000)
+        small = create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=1000)
+        big = create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=5000)
     return small, big
 
 
@@ -241,12 +247,12 @@ def test_a_job_that_fits_a_live_worker_is_just_queued(settings, api, base_model,
 def test_the_estimate_uses_the_workers_device_and_memory(user, base_model, dataset, settings):
     settings.TRAIN_DEVICE = "auto"
     gpus = [("gpu@a", Capacity(device="cuda", count=1, memory_mb=24 * GB))]
-    est = job_services.job_estimate(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                                    fleet=gpus)
+    est = job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
+                   fleet=gpus, refuse=False).estimate
     assert est.memory_limit_mb == 24 * GB and est.breakdown["overhead"] == 500  # CUDA's context, bf16
     cpus = [("cpu@b", Capacity(device="cpu", count=1, memory_mb=4000))]
-    est = job_services.job_estimate(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                                    fleet=gpus + cpus)
+    est = job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
+                   fleet=gpus + cpus, refuse=False).estimate
     assert est.memory_limit_mb == 24 * GB and est.breakdown["overhead"] == 400  # the CPU runtime, fp32: nothing converted
 
 
@@ -255,8 +261,7 @@ def test_the_estimate_uses_the_workers_device_and_memory(user, base_model, datas
 def test_workers_api_shows_devices_memory_jobs_and_queue_depths(api, api_bob, user, client_in, base_model, dataset,
                                                                  real_redis):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        mine = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                                       name="mine", memory_mb=20_000)
+        mine = create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=20_000, name="mine")
     real_redis.rpush("train.mem24", "m1", "m2")
     with fleet(("big@a", 30_000, str(mine.id)), ("small@b", 4000, None)):
         data = api.get("/api/v1/workers/").json()
