@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 
-from jobs.accounts.limits import check_limit, storage_used
+from jobs.accounts.limits import check_limit, reported_usage
 from jobs.base_models.models import BaseModel, ModelStatus
 from jobs.common import blobs
 from jobs.datasets.models import Dataset
@@ -319,8 +319,10 @@ def machine_speed(*, device: str, config: TrainConfig) -> float | None:
 
 
 def job_check_quotas(*, owner, new_job: bool = True) -> None:
-    """QuotaExceeded if the owner may not start (or queue) more training now."""
+    """QuotaExceeded if the owner may not start (or queue) more training now. The figures come from one pass
+    over what the domains report (training counts its active jobs and today's compute there)."""
+    used = reported_usage(owner)
     if new_job:
-        check_limit(owner, "active_jobs", used=selectors.active_job_count(owner=owner))
-    check_limit(owner, "compute_seconds_per_day", used=int(selectors.compute_seconds_today(owner=owner)))
-    check_limit(owner, "storage_bytes", used=storage_used(owner), adding=0)
+        check_limit(owner, "active_jobs", used=used.get("active_jobs", 0))
+    check_limit(owner, "compute_seconds_per_day", used=used.get("compute_seconds_per_day", 0))
+    check_limit(owner, "storage_bytes", used=used.get("storage_bytes", 0), adding=0)
