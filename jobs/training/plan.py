@@ -271,8 +271,8 @@ def job_estimate(*, owner, dataset: Dataset | None, base_model: BaseModel, confi
     elif dataset is None:
         warnings = ["The job's dataset was deleted: the estimate takes every example as max_seq_length tokens."]
     else:
-        warnings = [f"The token lengths are still being counted: whether max_seq_length {config.max_seq_length} "
-                    "cuts examples is not known yet."]
+        warnings = [(f"The token lengths are still being counted: whether max_seq_length {config.max_seq_length} "
+                     "cuts examples is not known yet.")]
     seconds = est.seconds
     if seconds is not None and est.seconds_source == "measured":
         # The steps' own speed leaves out loading, tokenizing and the end-of-job evaluation: add what they took.

@@ -98,7 +98,9 @@ def test_the_same_bad_input_gets_the_same_error_from_every_caller(case, settings
 
 
 def test_the_estimate_endpoints_answer_the_plans_estimate(settings, api, client_in, user, base_model, dataset):
-    roundtrip = lambda data: json.loads(json.dumps(data))  # noqa: E731
+    def roundtrip(data):
+        return json.loads(json.dumps(data))
+
     for limit in (0, 0.01):  # fits this machine; fits nowhere (shown with advice, not refused)
         settings.TRAIN_MEMORY_LIMIT_MB = limit
         plan = job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=4),
@@ -127,9 +129,9 @@ def test_files_are_written_before_the_row_and_a_failed_insert_leaves_none(settin
         published.append(name)
 
     with mock.patch("jobs.common.blobs.publish", side_effect=publish), \
-            mock.patch.object(FineTuneJob, "save", side_effect=DatabaseError("insert failed")):
-        with pytest.raises(DatabaseError):
-            job_services.job_create(plan=plan)
+            mock.patch.object(FineTuneJob, "save", side_effect=DatabaseError("insert failed")), \
+            pytest.raises(DatabaseError):
+        job_services.job_create(plan=plan)
     assert len(published) == 1 and published[0].endswith("/data")
     jobs_folder = Path(settings.MEDIA_ROOT) / "jobs"
     assert not jobs_folder.exists() or not any(jobs_folder.iterdir()), "the written files are swept"
@@ -141,8 +143,8 @@ def test_files_are_written_before_the_row_and_a_failed_insert_leaves_none(settin
 
 
 def test_planning_loads_no_model_tokenizer_or_dataset_per_request(api, base_model, dataset):
-    from worker import modeling
     from jobs.datasets import selectors as dataset_selectors
+    from worker import modeling
 
     shape = {"rank": 4, "target_preset": "all_linear", "modules_to_save": ["lm_head"]}
     with mock.patch("jobs.training.tasks.job_run.delay"):
