@@ -8,7 +8,7 @@ from jobs.base_models.selectors import base_model_list
 from jobs.training.models import JobStatus
 from jobs.training.selectors import job_list
 from jobs.accounts.limits import QuotaExceeded
-from jobs.training.plan import JobPlan, JobRefused, job_plan
+from jobs.training.plan import JobPlan, JobRefused, job_plan, validation_problems
 from jobs.datasets.models import Dataset
 from worker.config import BIAS_CHOICES, LR_SCHEDULERS, PRESETS, ConfigError, TrainConfig
 
@@ -187,13 +187,19 @@ class JobForm(forms.Form):
         return any(name in self.errors for _legend, folded, names in FIELDSETS if folded for name in names)
 
     def clean(self):
-        """Every TrainConfig rule broken, each beside its field and all at once; then, with none, the job's plan
-        (`job_plan`, the rules of every caller): its first error beside its field, or the plan and estimate."""
+        """Every TrainConfig and validation-set rule broken, each beside its field and all at once; then, with
+        none, the job's plan (`job_plan`, the rules of every caller): its error beside its field, or the plan
+        and its estimate."""
         data = super().clean()
         # A left-empty optional field keeps its default; a field that is already wrong is left to its message.
         values = {k: data[k] for k in CONFIG_FIELDS
                   if k in data and data[k] not in (None, "") and k not in self.errors}
         for exc in TrainConfig.problems(values):
+            self._add_config_error(exc)
+        # The validation set's problems too, all at once (the plan's own rules); then the plan checks the rest.
+        for exc in validation_problems(owner=self.owner, dataset=data.get("dataset"), config=None,
+                                       kind=data.get("validation"), percent=data.get("validation_percent"),
+                                       seed=data.get("validation_seed"), other=data.get("validation_dataset")):
             self._add_config_error(exc)
         if self.errors or data.get("base_model") is None or data.get("dataset") is None:
             return data

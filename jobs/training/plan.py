@@ -192,26 +192,44 @@ def _validation_record(*, owner, dataset: Dataset, config: TrainConfig, kind: st
                        other: Dataset | None) -> dict:
     """The validation set as the job's row keeps it, its rules checked (row counts only, no file read)."""
     kind = kind or ("dataset" if other is not None else "none")
-    if kind not in VALIDATION_KINDS:
-        raise ConfigError("validation", f"must be one of {', '.join(VALIDATION_KINDS)}, got {kind!r}")
+    problems = validation_problems(owner=owner, dataset=dataset, config=config, kind=kind, percent=percent,
+                                   seed=seed, other=other)
+    if problems:
+        raise problems[0]
     if kind == "split":
-        if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 < percent < 100:
-            raise ConfigError("validation_percent", "must be between 0 and 100")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError("validation_seed", "must be a whole number, 0 or more")
-        if dataset.rows < 2:
-            raise ConfigError("validation_percent", "the dataset has too few examples to split")
         return {"kind": "split", "percent": percent, "seed": seed}
     if kind == "dataset":
-        if other is None:
-            raise ConfigError("validation_dataset", "pick the dataset to validate on")
-        if other.owner_id != owner.id:
-            raise ConfigError("validation_dataset", "no such dataset")
-        if other.id == dataset.id:
-            raise ConfigError("validation_dataset", "must differ from the training dataset (or use a split)")
-        job_check_method(dataset=other, config=config, field="validation_dataset")
         return {"kind": "dataset", "dataset": str(other.id), "dataset_name": other.name}
     return {"kind": "none"}
+
+
+def validation_problems(*, owner, dataset: Dataset | None, config: TrainConfig | None, kind: str | None,
+                        percent: Any, seed: Any, other: Dataset | None) -> list[ConfigError]:
+    """Every rule of the validation set it breaks, all at once (the form shows them together); the plan raises
+    the first. Without `config` (itself still wrong) the validation dataset's kind is not checked."""
+    if kind not in VALIDATION_KINDS:
+        return [ConfigError("validation", f"must be one of {', '.join(VALIDATION_KINDS)}, got {kind!r}")]
+    found = []
+    if kind == "split":
+        if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 < percent < 100:
+            found.append(ConfigError("validation_percent", "must be between 0 and 100"))
+        elif dataset is not None and dataset.rows < 2:
+            found.append(ConfigError("validation_percent", "the dataset has too few examples to split"))
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            found.append(ConfigError("validation_seed", "must be a whole number, 0 or more"))
+    elif kind == "dataset":
+        if other is None:
+            found.append(ConfigError("validation_dataset", "pick the dataset to validate on"))
+        elif other.owner_id != owner.id:
+            found.append(ConfigError("validation_dataset", "no such dataset"))
+        elif dataset is not None and other.id == dataset.id:
+            found.append(ConfigError("validation_dataset", "must differ from the training dataset (or use a split)"))
+        elif config is not None:
+            try:
+                job_check_method(dataset=other, config=config, field="validation_dataset")
+            except ConfigError as exc:
+                found.append(exc)
+    return found
 
 
 def _fleet_limit(fleet: list[tuple[str, Capacity]], devices: int) -> tuple[str, float]:

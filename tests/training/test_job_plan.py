@@ -184,3 +184,11 @@ def test_a_retry_is_planned_and_copies_the_snapshot_even_once_its_dataset_is_gon
     assert again.validation == job.validation and again.memory_mb > 0
     assert (job_output_dir(again) / "data/train.jsonl").read_text() == \
         (job_output_dir(job) / "data/train.jsonl").read_text()
+
+
+def test_the_form_shows_every_setting_and_validation_problem_at_once(client_in, base_model, dataset):
+    response = client_in.post("/jobs/new/", form_values(base_model, dataset, validation="split",
+                                                        validation_percent=150, validation_seed=-1, rank=0))
+    errors = response.context["form"].errors
+    assert response.status_code == 400 and {"rank", "validation_percent", "validation_seed"} <= set(errors)
+    assert errors["validation_percent"] == ["Must be between 0 and 100"]
