@@ -58,6 +58,8 @@ share the machine's memory, so every figure counts N times.
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -124,7 +126,35 @@ def _config_sizes(config: Any) -> tuple[int, int, int, int]:
     return hidden, int(inter), layers, vocab
 
 
+# The settings that change the PEFT model's parameter counts; the others (alpha, dropout, rsLoRA, the init)
+# change values or the formula only, so one built shape serves them all.
+SHAPE_FIELDS = ("rank", "target_preset", "target_modules", "modules_to_save", "bias", "use_dora")
+SHAPE_CACHE_SIZE = 64
+_shapes: OrderedDict = OrderedDict()  # (path, stamp, shape settings) -> (_Shape, targets), least recent first
+_shapes_lock = threading.Lock()
+
+
 def _meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
+    """The model's shape under the adapter settings: built on the meta device once per model folder (path and
+    config.json stamp) and shape settings, then kept, since building it takes tens of milliseconds."""
+    from worker.modeling import config_stamp
+
+    key = (str(model_path), config_stamp(model_path), *(getattr(cfg, name) for name in SHAPE_FIELDS))
+    with _shapes_lock:
+        found = _shapes.get(key)
+        if found is not None:
+            _shapes.move_to_end(key)
+    if found is None:
+        shape, targets = _build_meta_shape(model_path, cfg)
+        found = (shape, tuple(targets))
+        with _shapes_lock:
+            _shapes[key] = found
+            while len(_shapes) > SHAPE_CACHE_SIZE:
+                _shapes.popitem(last=False)
+    return found[0], list(found[1])
+
+
+def _build_meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[str]]:
     import torch
     from peft import get_peft_model
     from transformers.pytorch_utils import Conv1D

@@ -19,6 +19,7 @@ from jobs.training import selectors, services
 from jobs.training.selectors import job_api_model as fine_tuned_model
 from jobs.training.selectors import job_list
 from jobs.training.models import FineTuneJob, JobStatus
+from jobs.training.plan import job_plan
 from worker.config import ConfigError, TrainConfig, setting_metadata
 from worker.errors import InputError
 
@@ -122,6 +123,14 @@ def _hyper_to_config(hyper: Any, param: str, allowed: set[str] = HYPER_FIELDS) -
     return out
 
 
+def config_error(exc: InputError, method: str) -> OpenAIError:
+    """An InputError (TrainConfig's or the job plan's) as OpenAI's error, `param` the request parameter it
+    names: the field's message as every other caller gets it."""
+    param = {"config": "hyperparameters", "dataset": "training_file", "validation_dataset": "validation_file",
+             "base_model": "model", "start_from": "model"}.get(exc.field) or openai_param(exc.field, method)
+    return OpenAIError(f"{param}: {exc.message}", param=param)
+
+
 def job_config_from_request(body: dict) -> TrainConfig:
     """Map OpenAI hyperparameters (either form) and the `lora` extra onto a validated TrainConfig."""
     values = _hyper_to_config(body.get("hyperparameters"), "hyperparameters")
@@ -152,8 +161,7 @@ def job_config_from_request(body: dict) -> TrainConfig:
     try:
         return TrainConfig.from_dict(values)
     except ConfigError as exc:
-        param = openai_param(exc.field, values.get("method", "dpo"))
-        raise OpenAIError(f"{param}: {exc.message}", param=param) from None
+        raise config_error(exc, values.get("method", "dpo")) from None
     except TypeError as exc:
         raise OpenAIError(str(exc), param="lora") from None
 
@@ -175,10 +183,9 @@ class JobListApi(OpenAIView):
         # A fine-tuned `ft:` model: the new job starts from that job's adapter (for DPO, its reference too).
         base, start = resolve_model(request.user, body["model"])
         dataset = owned_dataset(request.user, body["training_file"], "training_file")
-        validation: dict[str, Any] = {"kind": "none"}
+        other = None
         if body.get("validation_file"):
-            validation = {"kind": "dataset",
-                          "dataset": owned_dataset(request.user, body["validation_file"], "validation_file")}
+            other = owned_dataset(request.user, body["validation_file"], "validation_file")
         suffix = body.get("suffix") or ""
         if not isinstance(suffix, str) or len(suffix) > 64:
             raise OpenAIError("suffix must be a string of at most 64 characters", param="suffix")
@@ -186,15 +193,11 @@ class JobListApi(OpenAIView):
         if start is not None:
             config = dataclasses.replace(config, start_from=str(start.id))
         try:
-            config = services.job_start_config(owner=request.user, base_model=base, config=config)
-            services.job_validate_config(base_model=base, config=config)
-            est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
-            job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
-                                      name=suffix, validation=validation, memory_mb=est.memory_mb, default_name=False)
+            plan = job_plan(owner=request.user, dataset=dataset, base_model=base, config=config,
+                            validation_dataset=other)
         except InputError as exc:
-            param = {"validation_dataset": "validation_file", "dataset": "training_file",
-                     "config": "hyperparameters"}.get(exc.field) or openai_param(exc.field, config.method)
-            raise OpenAIError(f"{param}: {exc.message}", param=param) from None
+            raise config_error(exc, config.method) from None
+        job = services.job_create(plan=plan, name=suffix, default_name=False)
         return Response(job_object(job))  # as created: a worker may already have claimed it since
 
 

@@ -16,6 +16,7 @@ from jobs.common.rest import CURSOR_PARAMS, ZIP_FILE, CursorPage, NewestFirstPag
 from jobs.common.schema import error_responses
 from jobs.training import selectors, services
 from jobs.training.models import JobStatus
+from jobs.training.plan import JobPlan, job_plan
 from jobs.training.downloads import adapter_download, merged_download
 from jobs.training.claims import fair_order
 from jobs.training import workers as train_workers
@@ -131,9 +132,21 @@ class JobPage(CursorPage):
     results = JobOutput(many=True)
 
 
-def _job_inputs(request, serializer_class):
-    """A job (or estimate) request's validated values, its dataset (the owner's), base model and config;
-    a 400 naming the field for anything unknown or invalid."""
+class PlanInput(StrictInput):
+    """What a job is planned from: the estimate's body, and the job's less its name."""
+
+    dataset = serializers.UUIDField()
+    base_model = serializers.UUIDField()
+    config = TrainConfigField(required=False, default=dict)
+    validation = serializers.ChoiceField(choices=["none", "split", "dataset"], required=False, default="split")
+    validation_percent = serializers.FloatField(required=False, default=10, min_value=0.1, max_value=90)
+    validation_seed = serializers.IntegerField(required=False, default=42, min_value=0)
+    validation_dataset = serializers.UUIDField(required=False)
+
+
+def _job_plan(request, serializer_class, *, refuse: bool) -> tuple[dict, JobPlan]:
+    """A job (or estimate) request's validated values and its plan; a 400 naming the field for anything unknown
+    or invalid (the plan's rules are those of every caller)."""
     data = serializer_class(data=request.data)
     data.is_valid(raise_exception=True)
     values = data.validated_data
@@ -143,22 +156,21 @@ def _job_inputs(request, serializer_class):
     base = base_model_find(values["base_model"], owner=request.user)
     if base is None:
         raise InputError("base_model", "no such base model")
-    config = services.job_start_config(owner=request.user, base_model=base,
-                                       config=TrainConfig.from_dict(values["config"]))
-    return values, dataset, base, config
+    other = None
+    if values.get("validation_dataset") is not None:
+        other = dataset_find(owner=request.user, dataset_id=values["validation_dataset"])
+        if other is None:
+            raise InputError("validation_dataset", "no such dataset")
+    plan = job_plan(owner=request.user, dataset=dataset, base_model=base, config=TrainConfig.from_dict(values["config"]),
+                    validation=values["validation"], validation_percent=values["validation_percent"],
+                    validation_seed=values["validation_seed"], validation_dataset=other, refuse=refuse)
+    return values, plan
 
 
 class JobListApi(APIView):
     @extend_schema_serializer(component_name="JobCreate")
-    class InputSerializer(StrictInput):
+    class InputSerializer(PlanInput):
         name = serializers.CharField(required=False, allow_blank=True, max_length=200)
-        dataset = serializers.UUIDField()
-        base_model = serializers.UUIDField()
-        config = TrainConfigField(required=False, default=dict)
-        validation = serializers.ChoiceField(choices=["none", "split", "dataset"], required=False, default="split")
-        validation_percent = serializers.FloatField(required=False, default=10, min_value=0.1, max_value=90)
-        validation_seed = serializers.IntegerField(required=False, default=42, min_value=0)
-        validation_dataset = serializers.UUIDField(required=False)
 
     @extend_schema(parameters=[OpenApiParameter("status", enum=JobStatus.values, required=False,
                                                 description="only jobs in this status"), *CURSOR_PARAMS],
@@ -173,17 +185,8 @@ class JobListApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={201: JobOutput, **error_responses(400)})
     def post(self, request):
-        v, dataset, base, config = _job_inputs(request, self.InputSerializer)
-        validation: dict = {"kind": v["validation"], "percent": v["validation_percent"], "seed": v["validation_seed"]}
-        if v["validation"] == "dataset":
-            other = dataset_find(owner=request.user, dataset_id=v.get("validation_dataset"))
-            if other is None:
-                raise InputError("validation_dataset", "no such dataset")
-            validation["dataset"] = other
-        services.job_validate_config(base_model=base, config=config)
-        est = services.job_check_fits(owner=request.user, dataset=dataset, base_model=base, config=config)
-        job = services.job_create(owner=request.user, dataset=dataset, base_model=base, config=config,
-                                  name=v.get("name", ""), validation=validation, memory_mb=est.memory_mb)
+        values, plan = _job_plan(request, self.InputSerializer, refuse=True)
+        job = services.job_create(plan=plan, name=values.get("name", ""))
         return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
 
 
@@ -334,17 +337,14 @@ class EstimateApi(APIView):
     """Pre-flight estimate of a job (same body as creating one), without creating it."""
 
     @extend_schema_serializer(component_name="EstimateRequest")
-    class InputSerializer(StrictInput):
-        dataset = serializers.UUIDField()
-        base_model = serializers.UUIDField()
-        config = TrainConfigField(required=False, default=dict)
+    class InputSerializer(PlanInput):
+        pass
 
     @extend_schema(request=InputSerializer, responses={200: EstimateOutput, **error_responses(400)})
     def post(self, request):
-        _, dataset, base, config = _job_inputs(request, self.InputSerializer)
-        services.job_validate_config(base_model=base, config=config)
-        est = services.job_estimate(owner=request.user, dataset=dataset, base_model=base, config=config)
-        return Response(EstimateOutput(est).data)
+        """The job's plan without the refusal: `fits` false (with advice) rather than a 400 when it fits nowhere."""
+        _, plan = _job_plan(request, self.InputSerializer, refuse=False)
+        return Response(EstimateOutput(plan.estimate).data)
 
 
 class WorkerJobOutput(serializers.Serializer):

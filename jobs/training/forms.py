@@ -7,7 +7,8 @@ from jobs.base_models.models import BaseModel
 from jobs.base_models.selectors import base_model_list
 from jobs.training.models import JobStatus
 from jobs.training.selectors import job_list
-from jobs.training.services import job_check_fits, job_check_method, job_estimate, job_start_config, job_validate_config
+from jobs.accounts.limits import QuotaExceeded
+from jobs.training.plan import JobPlan, JobRefused, job_plan, validation_problems
 from jobs.datasets.models import Dataset
 from worker.config import PRESETS, TrainConfig, setting_metadata
 from worker.errors import InputError
@@ -98,7 +99,7 @@ class JobForm(forms.Form):
     validation_dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), required=False,
                                                 label="Validation dataset")
 
-    def __init__(self, *args, owner, **kwargs):
+    def __init__(self, *args, owner, refuse: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["base_model"].queryset = base_model_list(owner=owner)
         self.fields["dataset"].queryset = Dataset.objects.filter(owner=owner)
@@ -107,10 +108,11 @@ class JobForm(forms.Form):
         self.fields["start_from"].choices = [("", "Nothing: a new adapter on the base model")] + [
             (str(j.id), f"{j.name or j.short_id} ({j.config.get('method', 'supervised')} on {j.base_model.name})")
             for j in done]
-        self.config: TrainConfig | None = None
-        self.validation: dict = {"kind": "none"}
         self.owner = owner
+        self.refuse = refuse  # off for the estimate: a job that fits nowhere is shown, not refused
+        self.plan: JobPlan | None = None
         self.estimate = None
+        self.quota_exceeded = False
         self.presets = PRESETS
 
     def _fieldsets(self, advanced: bool) -> list[tuple[str, list]]:
@@ -132,36 +134,38 @@ class JobForm(forms.Form):
         return any(name in self.errors for _legend, folded, names in FIELDSETS if folded for name in names)
 
     def clean(self):
-        """Every problem at once: the fields' own, every TrainConfig rule broken (each beside its field),
-        the validation set's and the dataset's; the estimate only for a form with none."""
+        """Every TrainConfig and validation-set rule broken, each beside its field and all at once; then, with
+        none, the job's plan (`job_plan`, the rules of every caller): its error beside its field, or the plan
+        and its estimate."""
         data = super().clean()
         # A left-empty optional field keeps its default; a field that is already wrong is left to its message.
         values = {k: data[k] for k in CONFIG_FIELDS
                   if k in data and data[k] not in (None, "") and k not in self.errors}
         for exc in TrainConfig.problems(values):
             self._add_config_error(exc)
-        if not self.errors and data.get("base_model") is not None:
-            try:
-                self.config = job_start_config(owner=self.owner, base_model=data["base_model"],
-                                               config=TrainConfig.from_dict(values))
-                job_validate_config(base_model=data["base_model"], config=self.config)
-            except InputError as exc:
-                self._add_config_error(exc)
-                self.config = None
-        self.validation = self._validation(data)
-        if self.config is not None and data.get("dataset") is not None:
-            try:
-                job_check_method(dataset=data["dataset"], config=self.config)
-            except InputError as exc:
-                self.add_error("method", exc.message)
-        if self.config is not None and not self.errors:
-            try:
-                self.estimate = job_check_fits(owner=self.owner, dataset=data["dataset"],
-                                               base_model=data["base_model"], config=self.config)
-            except InputError as exc:
-                self.estimate = job_estimate(owner=self.owner, dataset=data["dataset"],
-                                             base_model=data["base_model"], config=self.config)
-                self.add_error(None, exc.message[0].upper() + exc.message[1:])
+        # The validation set's problems too, all at once (the plan's own rules); then the plan checks the rest.
+        for exc in validation_problems(owner=self.owner, dataset=data.get("dataset"), config=None,
+                                       kind=data.get("validation"), percent=data.get("validation_percent"),
+                                       seed=data.get("validation_seed"), other=data.get("validation_dataset")):
+            self._add_config_error(exc)
+        if self.errors or data.get("base_model") is None or data.get("dataset") is None:
+            return data
+        try:
+            self.plan = job_plan(owner=self.owner, dataset=data["dataset"], base_model=data["base_model"],
+                                 config=TrainConfig.from_dict(values), validation=data.get("validation"),
+                                 validation_percent=data.get("validation_percent"),
+                                 validation_seed=data.get("validation_seed"),
+                                 validation_dataset=data.get("validation_dataset"), refuse=self.refuse)
+        except JobRefused as exc:
+            self.estimate = exc.plan.estimate  # shown with its advice beside the refusal
+            self.add_error(None, exc.message[0].upper() + exc.message[1:])
+        except InputError as exc:
+            self._add_config_error(exc)
+        except QuotaExceeded as exc:
+            self.quota_exceeded = True
+            self.add_error(None, exc.message)
+        else:
+            self.estimate = self.plan.estimate
         return data
 
     def _add_config_error(self, exc: InputError) -> None:
@@ -171,26 +175,6 @@ class JobForm(forms.Form):
                 self.add_error(exc.field, exc.message[0].upper() + exc.message[1:])
         else:
             self.add_error(None, f"{exc.field.replace('_', ' ').capitalize()} {exc.message}")
-        self.config = None
-
-    def _validation(self, data) -> dict:
-        kind = data.get("validation")
-        if kind == "split":
-            percent, seed = data.get("validation_percent"), data.get("validation_seed")
-            if percent is None or not 0 < percent < 100:
-                self.add_error("validation_percent", "must be between 0 and 100")
-            elif data.get("dataset") is not None and data["dataset"].rows < 2:
-                self.add_error("validation_percent", "the dataset has too few examples to split")
-            if seed is None or seed < 0:
-                self.add_error("validation_seed", "must be a whole number, 0 or more")
-            return {"kind": "split", "percent": percent, "seed": seed}
-        if kind == "dataset":
-            if data.get("validation_dataset") is None:
-                self.add_error("validation_dataset", "pick the dataset to validate on")
-            elif data.get("dataset") is not None and data["validation_dataset"].id == data["dataset"].id:
-                self.add_error("validation_dataset", "must differ from the training dataset (or use a split)")
-            return {"kind": "dataset", "dataset": data.get("validation_dataset")}
-        return {"kind": "none"}
 
 
 def setting_rows(config: dict) -> list[tuple[str, str, object]]:

@@ -54,20 +54,10 @@ def job_new(request):
         initial["dataset"] = wanted
     form = JobForm(request.POST or None, owner=request.user, initial=initial)
     if request.method == "POST":
-        if form.is_valid():
-            try:
-                job = services.job_create(owner=request.user, dataset=form.cleaned_data["dataset"],
-                                          base_model=form.cleaned_data["base_model"], config=form.config,
-                                          name=form.cleaned_data["name"], validation=form.validation,
-                                          memory_mb=form.estimate.memory_mb)
-            except InputError as exc:
-                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
-            except QuotaExceeded as exc:
-                form.add_error(None, exc.message)
-                return render(request, "training/job_new.html", {"form": form}, status=429)
-            else:
-                return redirect("job-detail", job_id=job.id)
-        return render(request, "training/job_new.html", {"form": form}, status=400)
+        if form.is_valid():  # the job's plan, every rule checked
+            job = services.job_create(plan=form.plan, name=form.cleaned_data["name"])
+            return redirect("job-detail", job_id=job.id)
+        return render(request, "training/job_new.html", {"form": form}, status=429 if form.quota_exceeded else 400)
     return render(request, "training/job_new.html", {"form": form})
 
 
@@ -103,8 +93,8 @@ def estimate_json(est) -> dict:
 @login_required
 @require_POST
 def job_estimate(request):
-    """The job form's pre-flight estimate, from the same form and validation (JSON)."""
-    form = JobForm(request.POST, owner=request.user)
+    """The job form's pre-flight estimate (JSON): the same form and plan, without the refusal."""
+    form = JobForm(request.POST, owner=request.user, refuse=False)
     valid = form.is_valid()
     if form.estimate is not None:
         return JsonResponse({"estimate": estimate_json(form.estimate), "errors": form.errors.get_json_data()},

@@ -17,6 +17,7 @@ from jobs.common.storage import media_path
 from tests.factories import bearer_client, chat_jsonl
 from tests.training.test_jobs import form_data
 from jobs.training import services as job_services
+from jobs.training.plan import job_plan
 from jobs.training import tasks as train_tasks
 from jobs.training.claims import fair_order
 from jobs.training.files import job_output_dir, merged_zip_path
@@ -110,7 +111,8 @@ def test_the_train_queue_is_fair_across_users(user, other_user, base_model):
 def test_a_job_stops_at_the_maximum_run_time(settings, user, base_model, dataset):
     settings.JOB_MAX_RUN_SECONDS = 0
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST)))
     assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and job.error_code == "time_limit" and job.run_seconds > 0

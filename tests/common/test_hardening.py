@@ -27,11 +27,12 @@ def test_deeply_nested_json_is_a_400_everywhere(api, base_model):
 
 def test_an_engine_bug_is_reported_without_its_text(user, base_model, dataset):
     from jobs.training import services as job_services
+    from jobs.training.plan import job_plan
     from worker.config import TrainConfig
 
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model,
-                                      config=TrainConfig(max_steps=2))
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(max_steps=2)))
     with mock.patch("jobs.training.tasks.run_training", side_effect=TypeError("/srv/secret/path/model.py line 3")):
         assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()

@@ -16,6 +16,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from jobs.training.services import job_create
+from jobs.training.plan import job_plan
 from jobs.datasets.services import dataset_create
 from jobs.accounts.services import api_key_create
 from jobs.webhooks.services import webhook_create
@@ -31,7 +32,7 @@ EXAMPLES = settings(max_examples=25, deadline=None, derandomize=True, database=N
 def owned(user, base_model):
     """Real ids of the test user's objects, so generated requests reach past the 404 of a random id."""
     ds = dataset_create(owner=user, upload=SimpleUploadedFile("colours.jsonl", chat_jsonl()), name="colours")
-    job = job_create(owner=user, dataset=ds, base_model=base_model, config=TrainConfig())
+    job = job_create(plan=job_plan(owner=user, dataset=ds, base_model=base_model, config=TrainConfig()))
     hook = webhook_create(owner=user, url="https://example.com/hook")
     return {"dataset_id": str(ds.id), "job_id": str(job.id), "dataset": str(ds.id),
             "base_model": str(base_model.id), "webhook_id": hook.id}

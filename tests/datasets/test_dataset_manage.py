@@ -12,6 +12,7 @@ from jobs.training import services as job_services
 from jobs.training.files import job_output_dir
 from jobs.datasets import services as dataset_services
 from jobs.training.models import JobStatus
+from jobs.training.plan import job_plan
 from jobs.datasets.models import Dataset
 from tests.conftest import memorisable_conversations
 from tests.factories import count_tokens
@@ -86,7 +87,8 @@ def test_rename_delete_download(client_in, user, dataset, base_model, settings):
     assert b"".join(response.streaming_content).startswith(b'{"messages"')
 
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig()))
     response = client_in.post(f"/datasets/{dataset.id}/delete/", follow=True)
     assert "is used by unfinished job(s)" in response.content.decode()
     assert Dataset.objects.filter(id=dataset.id).exists()
@@ -120,8 +122,9 @@ def test_check_page_shows_histogram_and_trained_tokens(client_in, dataset, base_
 
 def test_validation_split_is_stored_with_the_job(user, dataset, base_model, settings):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(),
-                                  validation={"kind": "split", "percent": 25, "seed": 7})
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(),
+                          validation="split", validation_percent=25, validation_seed=7))
     assert job.validation == {"kind": "split", "percent": 25, "seed": 7, "train_rows": 6, "eval_rows": 2}
     folder = job_output_dir(job) / "data"
     train = [e.to_json() for e in read_normalized_jsonl(folder / "train.jsonl")]
@@ -130,8 +133,9 @@ def test_validation_split_is_stored_with_the_job(user, dataset, base_model, sett
     everything = [{"messages": m} for m in memorisable_conversations()]
     assert sorted(map(json.dumps, train + valid)) == sorted(map(json.dumps, everything))
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        again = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(),
-                                    validation={"kind": "split", "percent": 25, "seed": 7})
+        again = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(),
+                          validation="split", validation_percent=25, validation_seed=7))
     again_valid = [e.to_json() for e in read_normalized_jsonl(job_output_dir(again) / "data/eval.jsonl")]
     assert again_valid == valid, "same seed, same split"
 

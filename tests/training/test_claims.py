@@ -10,6 +10,7 @@ from django.utils import timezone
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training.claims import Claim, expired_running_jobs, record_crash
+from jobs.training.plan import job_plan
 from jobs.training.models import FineTuneJob, JobEvent, JobStatus, MetricPoint
 from jobs.training.reporting import DbReporter
 from worker.config import TrainConfig
@@ -22,7 +23,8 @@ FAST = dict(rank=4, alpha=8, dropout=0.0, target_preset="attention", learning_ra
 @pytest.fixture
 def job(user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        return job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
+        return job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST)))
 
 
 def expire(job):
@@ -137,7 +139,8 @@ def test_the_sweep_requeues_a_dead_workers_job_and_wakes_the_workers(job, real_r
 @pytest.mark.django_db(transaction=True)
 def test_the_heartbeat_keeps_a_slow_phase_alive_and_stops_when_the_claim_is_gone(user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST)))
     claim = Claim.take(job.id, lease_seconds=1)
     with claim.heartbeat():
         time.sleep(2.5)  # a setup or an evaluation longer than the lease

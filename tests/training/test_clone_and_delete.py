@@ -8,15 +8,17 @@ from jobs.training import services
 from jobs.training.files import job_output_dir
 from jobs.training.forms import CONFIG_FIELDS, clone_initial
 from jobs.training.models import FineTuneJob, JobStatus
+from jobs.training.plan import job_plan
 from worker.config import PRESETS, TrainConfig, preset_of
 
 pytestmark = pytest.mark.django_db
 
 
 def make_job(user, base_model, dataset, name="", **config):
-    return services.job_create(owner=user, dataset=dataset, base_model=base_model, name=name,
-                               config=TrainConfig.from_dict({"max_seq_length": 128, **config}),
-                               validation={"kind": "split", "percent": 25, "seed": 3})
+    return services.job_create(plan=job_plan(owner=user, dataset=dataset, base_model=base_model,
+                                             config=TrainConfig.from_dict({"max_seq_length": 128, **config}),
+                                             validation="split", validation_percent=25, validation_seed=3),
+                               name=name)
 
 
 def test_a_job_without_a_name_gets_its_dataset_preset_and_date(user, base_model, dataset):

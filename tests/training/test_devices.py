@@ -6,6 +6,7 @@ from tests.training.test_jobs import form_data, submit
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training.models import Adapter, FineTuneJob, JobStatus, MetricPoint
+from jobs.training.plan import job_plan
 from worker.config import TrainConfig
 
 
@@ -55,7 +56,7 @@ def test_the_train_task_runs_a_job_on_two_ranks(user, base_model, dataset, setti
     config = TrainConfig(rank=8, alpha=16, dropout=0.0, target_preset="all_linear", max_steps=3, learning_rate=0.01,
                          batch_size=4, warmup_ratio=0.0, final_eval=False, devices=2)
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=config)
+        job = job_services.job_create(plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=config))
     assert train_tasks.job_run(str(job.id)) == "succeeded"
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED and job.step == 3

@@ -5,8 +5,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs.training import selectors, services
+from jobs.training import selectors
 from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
+from jobs.training.plan import job_plan
 from worker.config import TrainConfig
 
 pytestmark = pytest.mark.django_db
@@ -29,8 +30,9 @@ def test_a_jobs_time_outside_its_steps_is_measured_and_added(user, other_user, b
     assert selectors.measured_overhead_seconds(owner=user, base_model=base_model) == pytest.approx(65)
     assert selectors.measured_overhead_seconds(owner=other_user, base_model=base_model) is None, "owners only"
     config = TrainConfig(max_steps=4)
-    est = services.job_estimate(owner=user, dataset=dataset, base_model=base_model, config=config, fleet=[])
+    est = job_plan(owner=user, dataset=dataset, base_model=base_model, config=config, fleet=[], refuse=False).estimate
     assert est.seconds_source == "measured"
     monkeypatch.setattr(selectors, "measured_overhead_seconds", lambda **kwargs: None)
-    steps_only = services.job_estimate(owner=user, dataset=dataset, base_model=base_model, config=config, fleet=[])
+    steps_only = job_plan(owner=user, dataset=dataset, base_model=base_model, config=config, fleet=[],
+                          refuse=False).estimate
     assert est.seconds - steps_only.seconds == pytest.approx(65)

@@ -12,6 +12,7 @@ from jobs.training import tasks as train_tasks
 from jobs.training.files import job_output_dir
 from jobs.datasets import services as dataset_services
 from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
+from jobs.training.plan import job_plan
 from worker.config import TrainConfig
 
 FAST = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "epochs": 4,
@@ -104,16 +105,18 @@ def test_job_lifecycle_trains_and_packages_the_adapter(client_in, user, base_mod
 
 def test_cancel_a_queued_job_and_a_running_one(client_in, user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        queued = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**{
-            k: v for k, v in FAST.items() if k != "target_modules"}))
+        queued = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**{
+                k: v for k, v in FAST.items() if k != "target_modules"})))
     assert client_in.post(f"/jobs/{queued.id}/cancel/").status_code == 302
     queued.refresh_from_db()
     assert queued.status == JobStatus.CANCELLED
     assert train_tasks.job_run(str(queued.id)) == "skipped"
 
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        running = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**{
-            k: v for k, v in FAST.items() if k != "target_modules"}))
+        running = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**{
+                k: v for k, v in FAST.items() if k != "target_modules"})))
     assert run_and_act_at_step(running, 2, job_services.job_cancel, user) == "cancelled"
     running.refresh_from_db()
     assert running.status == JobStatus.CANCELLED and running.step == 2
@@ -124,7 +127,8 @@ def test_cancel_a_queued_job_and_a_running_one(client_in, user, base_model, data
 
 def test_other_users_get_404(client, other_user, user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig()))
     client.force_login(other_user)
     for url in (f"/jobs/{job.id}/", f"/jobs/{job.id}/download/", f"/jobs/{job.id}/compare/",
                 f"/jobs/{job.id}/events/"):
@@ -136,7 +140,8 @@ def test_other_users_get_404(client, other_user, user, base_model, dataset):
 
 def test_engine_failure_is_a_readable_error(user, base_model, dataset, settings):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig()))
     (job_output_dir(job) / "data/train.jsonl").write_text("not json\n")
     assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()
@@ -147,8 +152,9 @@ def test_engine_failure_is_a_readable_error(user, base_model, dataset, settings)
 def test_compare_ask_validates_and_queues_both_sides(page_api, user, base_model, dataset,
                                                      django_capture_on_commit_callbacks):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(
-            **{**{k: v for k, v in FAST.items() if k != "target_modules"}, "epochs": 1}))
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(
+                **{**{k: v for k, v in FAST.items() if k != "target_modules"}, "epochs": 1})))
     url = f"/api/v1/jobs/{job.id}/chat/"  # as the compare page's script calls it
     response = page_api.post(url, {"prompt": "hi"}, format="json")
     assert response.status_code == 409 and "has no adapter yet" in response.json()["error"]["message"]
@@ -177,7 +183,7 @@ def test_compare_ask_validates_and_queues_both_sides(page_api, user, base_model,
 def test_pause_resume_and_retry(client_in, user, base_model, dataset, django_capture_on_commit_callbacks):
     cfg = TrainConfig(**{**{k: v for k, v in FAST.items() if k != "target_modules"}, "save_every": 100})
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=cfg)
+        job = job_services.job_create(plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=cfg))
     assert run_and_act_at_step(job, 3, job_services.job_pause, user) == "paused"
     job.refresh_from_db()
     assert job.status == JobStatus.PAUSED and job.step == 3
@@ -195,7 +201,7 @@ def test_pause_resume_and_retry(client_in, user, base_model, dataset, django_cap
     assert job.events.filter(kind="resume", message__contains="step 3").exists()
 
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        other = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=cfg)
+        other = job_services.job_create(plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=cfg))
     job_services.job_cancel(job=other, by=user)
     with mock.patch("jobs.training.tasks.job_run.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = client_in.post(f"/jobs/{other.id}/retry/")
@@ -204,7 +210,7 @@ def test_pause_resume_and_retry(client_in, user, base_model, dataset, django_cap
     assert retried.config == other.config and retried.validation == other.validation
     assert (job_output_dir(retried) / "data/train.jsonl").read_text() == \
         (job_output_dir(other) / "data/train.jsonl").read_text()
-    delay.assert_called_once_with(str(retried.id))
+    delay.assert_called_once_with()  # a wake-up names no job
     assert client_in.post(f"/jobs/{job.id}/retry/", follow=True).content.decode().count("cannot be retried") == 1
 
 
@@ -214,7 +220,8 @@ def test_job_actions_over_the_apis(user, base_model, dataset):
     api = APIClient()
     api.force_authenticate(user)
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig()))
         assert api.post(f"/api/v1/jobs/{job.id}/pause/").json()["status"] == "paused"
         assert api.post(f"/api/v1/jobs/{job.id}/pause/").status_code == 409
         assert api.post(f"/v1/fine_tuning/jobs/ftjob-{job.id.hex}/resume").json()["status"] == "queued"
@@ -232,7 +239,8 @@ def test_job_actions_over_the_apis(user, base_model, dataset):
 def test_out_of_memory_fails_with_advice_and_a_one_click_retry(client_in, user, base_model, dataset,
                                                               django_capture_on_commit_callbacks):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(batch_size=8))
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(batch_size=8)))
     with mock.patch("worker.engine.summed_token_loss", side_effect=MemoryError):
         assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()
@@ -260,8 +268,9 @@ def test_oom_suggestion_keeps_the_effective_batch():
 def test_evaluation_shows_on_the_job_page_and_in_the_zip(client_in, user, base_model, dataset):
     cfg = TrainConfig(**{**{k: v for k, v in FAST.items() if k != "target_modules"}, "epochs": 6})
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=cfg,
-                                  validation={"kind": "split", "percent": 25, "seed": 3})
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=cfg, validation="split",
+                          validation_percent=25, validation_seed=3))
     assert train_tasks.job_run(str(job.id)) == "succeeded"
     assert MetricPoint.objects.filter(job=job, eval_loss__isnull=False).exists()
     html = client_in.get(f"/jobs/{job.id}/").content.decode()
@@ -276,10 +285,12 @@ def test_evaluation_shows_on_the_job_page_and_in_the_zip(client_in, user, base_m
 
 def test_compare_runs_overlays_curves_of_your_own_jobs(client_in, user, other_user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        a = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=8),
-                                name="r8")
-        b = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=16),
-                                name="r16")
+        a = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=8)),
+            name="r8")
+        b = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=16)),
+            name="r16")
     MetricPoint.objects.create(job=a, step=1, train_loss=2.0)
     MetricPoint.objects.create(job=a, step=2, train_loss=1.5, eval_loss=1.7)
     MetricPoint.objects.create(job=b, step=1, train_loss=2.2)

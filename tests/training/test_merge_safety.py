@@ -18,6 +18,7 @@ from django.utils import timezone
 from jobs.training.files import merged_zip_path
 from jobs.training.merges import MERGE_MAX_ATTEMPTS, merge_claim, merged_status
 from jobs.training.models import Adapter, FineTuneJob, JobStatus, MergedExport
+from jobs.training.plan import job_plan
 from worker.config import TrainConfig
 from worker.inference import estimate_base_bytes
 
@@ -30,7 +31,8 @@ class WorkerDied(BaseException):
 def job(user, dataset, base_model):
     """A succeeded job with a small (fake) adapter on disk: enough to request, estimate and sweep merges."""
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig()))
     folder = media_path(f"jobs/{job.id}/adapter")
     folder.mkdir(parents=True)
     save_file({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)},

@@ -9,6 +9,7 @@ from jobs.arena import tasks as chat_tasks
 from jobs.common.storage import media_path
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
+from jobs.training.plan import job_plan
 from jobs.datasets import services as dataset_services
 from jobs.accounts.services import api_key_create
 from worker.config import TrainConfig
@@ -31,7 +32,8 @@ def api(user):
 
 def test_job_list_is_cursor_paginated(api, user, dataset, base_model):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        ids = [str(job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST).id)
+        ids = [str(job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=FAST)).id)
                for _ in range(5)]
     first = api.get("/api/v1/jobs/?page_size=2").json()
     assert len(first["results"]) == 2 and first["previous"] is None and first["next"]
@@ -43,7 +45,7 @@ def test_job_list_is_cursor_paginated(api, user, dataset, base_model):
 
 def test_adapters_list_and_rest_chat(api, user, other_user, dataset, base_model, django_capture_on_commit_callbacks):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST)
+        job = job_services.job_create(plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=FAST))
     assert api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "hi"}, format="json").status_code == 409
     train_tasks.job_run(str(job.id))
     adapters = api.get("/api/v1/adapters/").json()
@@ -68,7 +70,7 @@ def test_adapters_list_and_rest_chat(api, user, other_user, dataset, base_model,
 @pytest.mark.django_db(transaction=True)
 def test_job_events_stream_accepts_an_api_key(user, other_user, dataset, base_model, client):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST)
+        job = job_services.job_create(plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=FAST))
     job_services.job_cancel(job=job, by=user)
     _, key = api_key_create(owner=user, name="ci")
     _, other_key = api_key_create(owner=other_user, name="ci")
@@ -88,7 +90,7 @@ def test_merged_export_equals_the_adapted_model(api, user, dataset, base_model, 
     from transformers import AutoModelForCausalLM
 
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=FAST)
+        job = job_services.job_create(plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=FAST))
     assert api.post(f"/api/v1/jobs/{job.id}/merged/").status_code == 409
     train_tasks.job_run(str(job.id))
     assert api.get(f"/api/v1/jobs/{job.id}/merged/").status_code == 404

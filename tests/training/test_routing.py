@@ -1,6 +1,7 @@
 """Fit by memory: worker announcements, claims that only take jobs that fit, wake-ups that carry no job, why a
 queued job waits, and the refuse/wait setting through the form, REST and the OpenAI API. Real workers on
 declared capacities: tests/integration/test_routing.py."""
+import dataclasses
 from unittest import mock
 
 import pytest
@@ -12,6 +13,7 @@ from jobs.training import workers
 from jobs.training import selectors
 from jobs.training.claims import Claim, fair_order
 from jobs.training.models import FineTuneJob, JobEvent, JobStatus
+from jobs.training.plan import job_plan
 from jobs.training.routing import Capacity, fits, waiting_for
 from worker.config import TrainConfig
 
@@ -24,6 +26,13 @@ def announced(*workers_: tuple[str, float, str | None]):
     return [{"name": name, "host": "h", "pid": i, "device": "cpu", "count": 1, "memory_mb": memory,
              "job": job, "started": 1.0, "seen": 2.0}
             for i, (name, memory, job) in enumerate(workers_)]
+
+
+def create_job(user, base_model, dataset, config, *, memory_mb, name=""):
+    """A job planned and created as every caller does, with its memory need set to `memory_mb` (its class)."""
+    plan = job_plan(owner=user, dataset=dataset, base_model=base_model, config=config)
+    plan = dataclasses.replace(plan, estimate=dataclasses.replace(plan.estimate, memory_mb=memory_mb))
+    return job_services.job_create(plan=plan, name=name)
 
 
 def fleet(*workers_):
@@ -91,10 +100,8 @@ def test_a_worker_announces_itself_with_a_ttl_and_its_job(as_worker):
 @pytest.fixture
 def small_and_big(user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        small = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                                        memory_mb=1000)
-        big = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                                      memory_mb=5000)
+        small = create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=1000)
+        big = create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=5000)
     return small, big
 
 
@@ -241,12 +248,12 @@ def test_a_job_that_fits_a_live_worker_is_just_queued(settings, api, base_model,
 def test_the_estimate_uses_the_workers_device_and_memory(user, base_model, dataset, settings):
     settings.TRAIN_DEVICE = "auto"
     gpus = [("gpu@a", Capacity(device="cuda", count=1, memory_mb=24 * GB))]
-    est = job_services.job_estimate(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                                    fleet=gpus)
+    est = job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
+                   fleet=gpus, refuse=False).estimate
     assert est.memory_limit_mb == 24 * GB and est.breakdown["overhead"] == 500  # CUDA's context, bf16
     cpus = [("cpu@b", Capacity(device="cpu", count=1, memory_mb=4000))]
-    est = job_services.job_estimate(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                                    fleet=gpus + cpus)
+    est = job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
+                   fleet=gpus + cpus, refuse=False).estimate
     assert est.memory_limit_mb == 24 * GB and est.breakdown["overhead"] == 400  # the CPU runtime, fp32: nothing converted
 
 
@@ -255,10 +262,8 @@ def test_the_estimate_uses_the_workers_device_and_memory(user, base_model, datas
 def test_workers_api_shows_devices_memory_jobs_and_why_your_jobs_wait(api, api_bob, user, client_in, base_model,
                                                                        dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        mine = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                                       name="mine", memory_mb=20_000)
-        after = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                                        name="after", memory_mb=1000)
+        mine = create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=20_000, name="mine")
+        after = create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=1000, name="after")
     FineTuneJob.objects.filter(id=mine.id).update(status=JobStatus.RUNNING)
     with fleet(("big@a", 30_000, str(mine.id)), ("small@b", 4000, None)):
         data = api.get("/api/v1/workers/").json()

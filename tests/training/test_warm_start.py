@@ -7,6 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training.models import JobEvent, JobStatus
+from jobs.training.plan import job_plan
 from jobs.datasets import services as dataset_services
 from worker.config import TrainConfig
 
@@ -25,7 +26,8 @@ def dataset(user, chat_file):
 
 def run_job(user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
+        job = job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST)))
     assert train_tasks.job_run(str(job.id)) == "succeeded"
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED

@@ -14,6 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from jobs.training.models import JobStatus
 from jobs.webhooks.models import WebhookDelivery
 from jobs.training.services import job_create, job_mark
+from jobs.training.plan import job_plan
 from jobs.datasets.services import dataset_create
 from jobs.webhooks.services import webhook_create
 from jobs.webhooks.tasks import DeliveryFailed, webhook_deliver
@@ -62,7 +63,7 @@ def signature_ok(secret: str, headers: dict, body: bytes) -> bool:
 def job(user, base_model):
     ds = dataset_create(owner=user, upload=SimpleUploadedFile("colours.jsonl", chat_jsonl()), name="colours")
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        return job_create(owner=user, dataset=ds, base_model=base_model, config=TrainConfig())
+        return job_create(plan=job_plan(owner=user, dataset=ds, base_model=base_model, config=TrainConfig()))
 
 
 @pytest.mark.parametrize("url", ["", "example.com/hook", "ftp://example.com/x", "javascript:alert(1)",
