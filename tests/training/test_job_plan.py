@@ -9,6 +9,7 @@ import pytest
 from django.db import DatabaseError, connection
 
 from jobs.datasets.models import Dataset
+from jobs.common import blobs
 from jobs.training import services as job_services
 from jobs.training.apis import EstimateOutput
 from jobs.training.files import job_output_dir
@@ -124,12 +125,12 @@ def test_files_are_written_before_the_row_and_a_failed_insert_leaves_none(settin
     depth = len(connection.atomic_blocks)  # the test's own transaction
     published = []
 
-    def publish(name):
+    def publish(store, name):
         assert len(connection.atomic_blocks) == depth, "published to the store inside a transaction"
         assert not FineTuneJob.objects.exists(), "the files come first, then the row"
         published.append(name)
 
-    with mock.patch("jobs.common.blobs.publish", side_effect=publish), \
+    with mock.patch.object(blobs.LocalStore, "publish", autospec=True, side_effect=publish), \
             mock.patch.object(FineTuneJob, "save", side_effect=DatabaseError("insert failed")), \
             pytest.raises(DatabaseError):
         job_services.job_create(plan=plan)
@@ -138,7 +139,7 @@ def test_files_are_written_before_the_row_and_a_failed_insert_leaves_none(settin
     assert not jobs_folder.exists() or not any(jobs_folder.iterdir()), "the written files are swept"
     assert not FineTuneJob.objects.exists()
 
-    with mock.patch("jobs.training.tasks.job_run.delay"), mock.patch("jobs.common.blobs.publish", side_effect=publish):
+    with mock.patch("jobs.training.tasks.job_run.delay"), mock.patch.object(blobs.LocalStore, "publish", autospec=True, side_effect=publish):
         job = job_services.job_create(plan=plan)
     assert (job_output_dir(job) / "data/eval.jsonl").is_file() and job.validation["eval_rows"] == 1
 

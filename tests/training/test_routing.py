@@ -289,8 +289,7 @@ def test_workers_api_shows_devices_memory_jobs_and_why_your_jobs_wait(api, api_b
 
 def test_why_a_queued_job_waits(user, other_user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        first, second = (job_services.job_create(owner=user, dataset=dataset, base_model=base_model,
-                                                 config=TrainConfig(**TINY), memory_mb=3000) for _ in range(2))
+        first, second = (create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=3000) for _ in range(2))
     bobs = FineTuneJob.objects.create(owner=other_user, base_model=base_model, config=first.config, memory_mb=3000)
 
     def reason(job, *workers_):

@@ -60,7 +60,7 @@ def test_a_missing_start_from_job_is_an_input_error_not_a_setting_error(user, ba
 
     import pytest
 
-    from jobs.training.services import job_start_config
+    from jobs.training.plan import job_start_config
     from worker.config import TrainConfig
 
     with pytest.raises(InputError) as err:
