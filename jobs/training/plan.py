@@ -62,7 +62,7 @@ class JobPlan:
 
     @property
     def memory_mb(self) -> float:
-        """The memory the job needs per device: its train queue's memory class."""
+        """The memory the job needs per device: a train worker claims it only when it has this much."""
         return self.estimate.memory_mb
 
     @property
