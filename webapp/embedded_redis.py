@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 
 def redis_server_binary() -> str:
@@ -25,7 +26,7 @@ def server_argv(port: int, workdir: Path) -> list[str]:
             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(workdir), "--protected-mode", "yes"]
 
 
-def main() -> None:
+def main() -> NoReturn:
     port = int(os.environ.get("EMBEDDED_REDIS_PORT", "6390"))
     workdir = Path(os.environ.get("LORA_STUDIO_VAR", "var")) / "redis"
     workdir.mkdir(parents=True, exist_ok=True)

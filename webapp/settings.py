@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
@@ -198,7 +199,7 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise serves through the finders; an absent root only warns
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
@@ -209,7 +210,7 @@ MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 # Object storage (README "Several machines"): STORAGE_URL=s3://BUCKET/PREFIX keeps every product file in an
 # S3-compatible store (jobs.common.blobs), MEDIA_ROOT then being this machine's cache. Endpoint and credentials come
 # from boto3's own variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION.
-def _object_storage(url: str) -> dict | None:
+def _object_storage(url: str) -> dict[str, Any] | None:
     if not url:
         return None
     parts = urlsplit(url)
@@ -226,8 +227,9 @@ def _object_storage(url: str) -> dict | None:
 
 
 STORAGE_URL = env_str("STORAGE_URL", "")
-if STORAGE_URL:
-    STORAGES["files"] = _object_storage(STORAGE_URL)
+_files_storage = _object_storage(STORAGE_URL)  # None without STORAGE_URL
+if _files_storage is not None:
+    STORAGES["files"] = _files_storage
 # Downloads stream through the web server; with this on, they redirect to a signed URL of the store instead
 # (the store's endpoint must then be reachable from the users' browsers).
 STORAGE_DOWNLOAD_REDIRECT = env_bool("STORAGE_DOWNLOAD_REDIRECT", False)

@@ -18,7 +18,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 STATE_FILE = "trainer_state.json"
 SAFETENSORS_FILES = ("adapter_model.safetensors", "optimizer.safetensors", "rng.safetensors")
@@ -51,7 +51,7 @@ def fsync_tree(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(final: Path):
+def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp folder beside `final`; on success it is fsynced and renamed onto `final`.
 
     Under the final name there is always the old complete folder or the new one (see recover_leftovers).
@@ -125,9 +125,10 @@ def recover_leftovers(parent: Path) -> None:
 
 
 def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    tensors, scalars = {}, {}
+    tensors: dict[str, Any] = {}
+    scalars: dict[str, Any] = {}
 
-    def put(name: str, value) -> None:
+    def put(name: str, value: Any) -> None:
         if hasattr(value, "detach"):
             tensors[name] = value.detach().cpu().contiguous()
         elif isinstance(value, dict):  # bitsandbytes 0.50 nests its 8-bit state: "<i>.<key>/<inner key>"
@@ -141,7 +142,7 @@ def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
             put(f"{idx}.{key}", value)
     groups = []
     for i, group in enumerate(sd["param_groups"]):
-        kept = {}
+        kept: dict[str, Any] = {}
         for key, value in group.items():
             if hasattr(value, "detach"):  # goes back as a tensor, as it was
                 name = f"{GROUP_PREFIX}{i}.{key}"
@@ -158,7 +159,7 @@ TENSOR_REF = "__tensor__"
 NEST = "/"
 
 
-def plain(obj):
+def plain(obj: Any) -> Any:
     """`obj` as JSON can hold it: a hyperparameter kept as a tensor (a tensor learning rate, bitsandbytes' 8-bit
     optimizers) becomes its number (or list), tuples become lists."""
     if hasattr(obj, "detach"):
@@ -197,11 +198,11 @@ class Checkpoint:
     optimizer: dict[str, Any]  # a state dict for optimizer.load_state_dict, tensors on the CPU
     scheduler: dict[str, Any]
     rng: dict[str, Any]  # torch (and CUDA) generator states
-    python_rng: tuple
+    python_rng: tuple[Any, ...]
     best: dict[str, Any]  # the BestTracker state
 
 
-def save_checkpoint(root: Path, *, step: int, model, optimizer, scheduler, extra: dict[str, Any],
+def save_checkpoint(root: Path, *, step: int, model: Any, optimizer: Any, scheduler: Any, extra: dict[str, Any],
                     adapter_state: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
     """Write the adapter, optimizer, scheduler and RNG state for `step` atomically.
 
@@ -232,13 +233,13 @@ def save_checkpoint(root: Path, *, step: int, model, optimizer, scheduler, extra
     return final
 
 
-def _jsonable(obj):
+def _jsonable(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return [_jsonable(x) for x in obj]
     return obj
 
 
-def _tupled(obj):
+def _tupled(obj: Any) -> Any:
     if isinstance(obj, list):
         return tuple(_tupled(x) for x in obj)
     return obj
@@ -274,7 +275,8 @@ def read_checkpoint(folder: Path) -> Checkpoint:
     return ckpt
 
 
-def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None = None, state_dict=None) -> None:
+def save_adapter(model: Any, folder: Path, *, tokenizer: Any = None, init_dir: Path | None = None,
+                 state_dict: dict[str, Any] | None = None) -> None:
     """Write the adapter (and the tokenizer, if given) atomically; `state_dict`: the weights to write instead of
     the model's (a sharded model's, gathered whole).
 
@@ -291,14 +293,14 @@ def save_adapter(model, folder: Path, *, tokenizer=None, init_dir: Path | None =
             tokenizer.save_pretrained(tmp)
 
 
-def load_adapter_weights(model, folder: Path) -> None:
+def load_adapter_weights(model: Any, folder: Path) -> None:
     """Put the adapter weights saved in `folder` (safetensors) into the PEFT model."""
     from safetensors.torch import load_file
 
     load_adapter_state(model, load_file(str(Path(folder) / "adapter_model.safetensors")))
 
 
-def load_adapter_state(model, state: dict[str, Any]) -> None:
+def load_adapter_state(model: Any, state: dict[str, Any]) -> None:
     """Put saved adapter weights into the PEFT model; a sharded model (worker.sharding) takes its chunks."""
     from peft import set_peft_model_state_dict
 
@@ -310,7 +312,7 @@ def load_adapter_state(model, state: dict[str, Any]) -> None:
         set_peft_model_state_dict(model, state)
 
 
-def load_checkpoint(ckpt: Checkpoint, *, model, optimizer, scheduler) -> None:
+def load_checkpoint(ckpt: Checkpoint, *, model: Any, optimizer: Any, scheduler: Any) -> None:
     """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint read by `read_checkpoint`."""
     import torch
 

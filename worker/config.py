@@ -78,7 +78,7 @@ def setting_metadata(cls: type | None = None) -> dict[str, Mapping[str, Any]]:
             for f in dataclasses.fields(cls)}
 
 
-def _value_type(f: dataclasses.Field) -> str:
+def _value_type(f: dataclasses.Field[Any]) -> str:
     """The kind of value a field holds, from its annotation: bool, int, float, str or list."""
     annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     return "list" if annotation.startswith("tuple") else annotation
@@ -120,7 +120,7 @@ def _module_names(name: str, modules: Any) -> tuple[str, ...]:
     return tuple(modules)
 
 
-def _checked(f: dataclasses.Field, value: Any) -> Any:
+def _checked(f: dataclasses.Field[Any], value: Any) -> Any:
     """`value` checked against field `f`'s metadata (its type, choices or range); the value, normalised."""
     meta, name, kind = f.metadata, f.name, _value_type(f)
     if meta.get("choices") is not None:

@@ -21,9 +21,13 @@ leave during setup or evaluation on its own).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from worker.ranks import RankGroup
+
+if TYPE_CHECKING:
+    from worker.reporting import Reporter
+
 
 RANK_SEED_STRIDE = 7919  # rank r > 0 draws dropout from seed + stride * r + step: the ranks' draws differ
 
@@ -32,7 +36,7 @@ RANK_SEED_STRIDE = 7919  # rank r > 0 draws dropout from seed + stride * r + ste
 class EvalShare:
     """The eval examples this rank evaluates, and how."""
 
-    examples: list = field(default_factory=list)
+    examples: list[Any] = field(default_factory=list)
     fill: dict[str, Any] = field(default_factory=dict)  # summed_eval_loss's stand-ins: as many forwards as rank 0
     everywhere: bool = False  # evaluate even with an empty share (the other ranks wait on its collectives)
 
@@ -53,17 +57,17 @@ class SingleDevice:
         """The examples of a micro-batch this rank trains on and the weight of their loss; None: none here."""
         return indices, 1.0
 
-    def eval_share(self, examples: list, batch_size: int) -> EvalShare:
+    def eval_share(self, examples: list[Any], batch_size: int) -> EvalShare:
         return EvalShare(list(examples))
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sums over the ranks."""
         return list(values)
 
-    def reduce_grads(self, params: list) -> None:
+    def reduce_grads(self, params: list[Any]) -> None:
         """Make every rank's gradients those of the whole step."""
 
-    def clip_grad_norm(self, params: list, max_norm: float):
+    def clip_grad_norm(self, params: list[Any], max_norm: float) -> Any:
         """Clip the gradients to `max_norm` (0: no clipping); returns the total norm before clipping, or None."""
         import torch
 
@@ -81,20 +85,20 @@ class SingleDevice:
         """Rank 0's `value` on every rank that saves."""
         return value
 
-    def prepare(self, model, reporter) -> None:
+    def prepare(self, model: Any, reporter: Reporter) -> None:
         """Spread the freshly built model over the devices (sharding)."""
 
-    def sync_weights(self, params: list) -> None:
+    def sync_weights(self, params: list[Any]) -> None:
         """After resuming: rank 0's trainable weights on every rank."""
 
     def reseed(self, seed: int, step: int) -> None:
         """After resuming: this rank's own random draws (dropout)."""
 
-    def adapter_state(self, model) -> Optional[dict[str, Any]]:
+    def adapter_state(self, model: Any) -> Optional[dict[str, Any]]:
         """The adapter's weights to save instead of the model's own (gathered whole), or None: the model's."""
         return None
 
-    def checkpoint_state(self, model, optimizer) -> dict[str, Any]:
+    def checkpoint_state(self, model: Any, optimizer: Any) -> dict[str, Any]:
         """`save_checkpoint`'s adapter and optimizer state gathered whole, or {}: the model's and optimizer's."""
         return {}
 
@@ -114,13 +118,13 @@ class DataParallel(SingleDevice):
         share = self.group.shard(indices)
         return (share, 1.0) if share else None
 
-    def eval_share(self, examples: list, batch_size: int) -> EvalShare:
+    def eval_share(self, examples: list[Any], batch_size: int) -> EvalShare:
         return EvalShare(self.group.shard(by_length(examples)), everywhere=True)
 
     def sum(self, values: Sequence[float]) -> list[float]:
         return self.group.sum(values)
 
-    def reduce_grads(self, params: list) -> None:
+    def reduce_grads(self, params: list[Any]) -> None:
         self.group.sum_grads(params)  # the ranks' shares of the step add up to one device's
 
     def agree_stop(self, should_stop: Callable[[], Optional[str]]) -> Optional[str]:
@@ -130,7 +134,7 @@ class DataParallel(SingleDevice):
     def from_main(self, value: int) -> int:
         return self.group.broadcast_int(value)
 
-    def sync_weights(self, params: list) -> None:
+    def sync_weights(self, params: list[Any]) -> None:
         self.group.broadcast_params(params)
 
     def reseed(self, seed: int, step: int) -> None:
@@ -153,7 +157,7 @@ class Fsdp(DataParallel):
         share = self.group.shard(indices)
         return (share, 1.0) if share else (indices[:1], 0.0)
 
-    def eval_share(self, examples: list, batch_size: int) -> EvalShare:
+    def eval_share(self, examples: list[Any], batch_size: int) -> EvalShare:
         ordered = by_length(examples)
         fill: dict[str, Any] = {}
         if ordered:  # as many eval forwards on every rank as on rank 0 (the most)
@@ -161,10 +165,10 @@ class Fsdp(DataParallel):
             fill = {"min_batches": -(-most // batch_size), "filler": ordered[0]}
         return EvalShare(self.group.shard(ordered), fill, everywhere=True)
 
-    def reduce_grads(self, params: list) -> None:
+    def reduce_grads(self, params: list[Any]) -> None:
         """FSDP reduce-scatters the gradients in the backward pass, summed (`worker.sharding.shard_model`)."""
 
-    def clip_grad_norm(self, params: list, max_norm: float):
+    def clip_grad_norm(self, params: list[Any], max_norm: float) -> Any:
         from worker.sharding import full_of
 
         norm = super().clip_grad_norm(params, max_norm)
@@ -173,7 +177,7 @@ class Fsdp(DataParallel):
     def agree_on_save(self, value: bool) -> bool:
         return bool(self.group.broadcast_int(int(value)))
 
-    def prepare(self, model, reporter) -> None:
+    def prepare(self, model: Any, reporter: Reporter) -> None:
         """FSDP over the ranks, from rank 0's initial adapter; reports each rank's share of the frozen base."""
         from worker.sharding import shard_model
 
@@ -186,21 +190,21 @@ class Fsdp(DataParallel):
                                 f"({share.total_bytes / 2**20:.3f} MB): "
                                 + ", ".join(f"rank {r} {b / 2**20:.3f} MB" for r, b in enumerate(held)))
 
-    def sync_weights(self, params: list) -> None:
+    def sync_weights(self, params: list[Any]) -> None:
         """Nothing to send: each rank loaded its chunks from the same full checkpoint."""
 
-    def adapter_state(self, model) -> Optional[dict[str, Any]]:
+    def adapter_state(self, model: Any) -> Optional[dict[str, Any]]:
         from worker.sharding import full_adapter_state
 
         return full_adapter_state(model)
 
-    def checkpoint_state(self, model, optimizer) -> dict[str, Any]:
+    def checkpoint_state(self, model: Any, optimizer: Any) -> dict[str, Any]:
         from worker.sharding import full_adapter_state, full_optimizer_state
 
         return {"adapter_state": full_adapter_state(model), "optimizer_state": full_optimizer_state(optimizer)}
 
 
-def by_length(examples: list) -> list:
+def by_length(examples: list[Any]) -> list[Any]:
     """Examples shortest first, so that striding over them shares the work out evenly."""
     return sorted(examples, key=lambda e: len(e.input_ids))
 

@@ -31,7 +31,7 @@ import time
 from dataclasses import fields
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from worker.config import ConfigError, TrainSpec
 from worker.errors import InputError
@@ -92,7 +92,8 @@ def send(conn: Connection, message: dict[str, Any]) -> None:
 
 
 def receive(conn: Connection) -> dict[str, Any]:
-    return json.loads(conn.recv_bytes())
+    message: dict[str, Any] = json.loads(conn.recv_bytes())
+    return message
 
 
 def error_message(exc: BaseException) -> dict[str, Any]:
@@ -128,7 +129,7 @@ class Supervisor:
         self.spec, self.reporter, self.should_stop = spec, reporter, should_stop
         self.n = spec.config.devices
         self.threads, self.timeout_s = threads, timeout_s
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.conns: list[Connection] = []
 
     def run(self) -> TrainResult:
@@ -136,8 +137,9 @@ class Supervisor:
 
         import torch.distributed as dist
 
-        store = dist.TCPStore("127.0.0.1", 0, self.n + 1, True, timeout=datetime.timedelta(seconds=self.timeout_s),
-                              wait_for_workers=False)
+        store = dist.TCPStore(
+            "127.0.0.1", 0, self.n + 1, True, timeout=datetime.timedelta(seconds=self.timeout_s),
+            wait_for_workers=False)
         try:
             self.start(store.port)
             return self.serve()
@@ -175,7 +177,7 @@ class Supervisor:
             if deadline is not None and time.monotonic() > deadline:
                 log.warning("ranks %s did not end after the result; they are stopped", sorted(live.values()))
                 break
-            for conn in wait(list(live), timeout=1.0):
+            for conn in cast("list[Connection]", wait(list(live), timeout=1.0)):
                 rank = live[conn]
                 try:
                     message = receive(conn)
@@ -232,7 +234,7 @@ class Supervisor:
         deadline = time.monotonic() + ERROR_GRACE_S
         pending = [c for r, c in enumerate(self.conns) if r != first_rank]
         while pending and time.monotonic() < deadline:
-            for conn in wait(pending, timeout=max(0.0, deadline - time.monotonic())):
+            for conn in cast("list[Connection]", wait(pending, timeout=max(0.0, deadline - time.monotonic()))):
                 rank = self.conns.index(conn)
                 try:
                     message = receive(conn)
@@ -247,9 +249,9 @@ class Supervisor:
         for exc in errors:
             if isinstance(exc, KNOWN_ERRORS):
                 return exc
-        for rank, message in reports.items():
+        for rank, report in reports.items():
             code = self.exit_code(rank, within_s=1.0)
-            if message is None and code != 0:
+            if report is None and code != 0:
                 return TrainingError(f"training process {rank} of {self.n} stopped unexpectedly (exit code {code}), "
                                      "so the run was stopped on every device; its last checkpoint is kept")
         return errors[0] if errors else TrainingError("a training process stopped unexpectedly")
@@ -293,8 +295,9 @@ class RemoteReporter:
     def guard(self) -> None:
         self.call({"op": "guard"})
 
-    def should_stop(self):
-        return self.call({"op": "stop"})
+    def should_stop(self) -> str | None:
+        request: str | None = self.call({"op": "stop"})
+        return request
 
     def checkpoint_saved(self, folder: Path) -> None:
         self.call({"op": "checkpoint", "folder": str(folder)})
@@ -318,7 +321,7 @@ def exit_with_supervisor() -> None:
     that came before this process got here (then its parent is already someone else)."""
     parent = int(os.environ.get(SUPERVISOR_ENV) or os.getppid())
 
-    def watch():
+    def watch() -> None:
         while True:
             if os.getppid() != parent:
                 os._exit(3)
@@ -350,7 +353,8 @@ def rank_main() -> int:
         else:
             torch.set_num_threads(hello["threads"])
         timeout = datetime.timedelta(seconds=hello["timeout_s"])
-        store = dist.TCPStore("127.0.0.1", hello["port"], world + 1, False, timeout=timeout)
+        store = dist.TCPStore(
+            "127.0.0.1", hello["port"], world + 1, False, timeout=timeout)
         dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=world,
                                 timeout=timeout)
         group = RankGroup(rank, world, torch.device("cuda", rank) if cuda else torch.device("cpu"))

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, cast
 
 from worker.batching import MicroBatchStream, make_batch
 from worker.checkpoint import (Checkpoint, CheckpointUnreadable, checkpoint_folders, discard_checkpoint,
@@ -36,7 +36,7 @@ from worker.loss import pair_logps, preference_eval, preference_step, summed_eva
 from worker.kernels import liger_problem, padding_free
 from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.mfu import mfu as model_flops_utilisation
-from worker.modeling import build_peft_model, load_base_model, load_tokenizer, train_device
+from worker.modeling import DeviceChoice, build_peft_model, load_base_model, load_tokenizer, train_device
 from worker.failpoints import failpoint
 from worker.ranks import RankGroup
 from worker.reporting import Reporter, StopCheck, checkpoint_hook, never_stop, precision_hook, write_guard
@@ -47,7 +47,7 @@ from worker.schedule import eval_interval, plan_steps
 log = logging.getLogger(__name__)
 
 
-def peak_memory_mb(device) -> float:
+def peak_memory_mb(device: DeviceChoice) -> float:
     """Peak GPU memory allocated on CUDA, else the process's peak resident memory."""
     import torch
 
@@ -84,16 +84,20 @@ class TrainingRun:
         self.checkpoint_saved = checkpoint_hook(reporter)
         self.started, self.last_poll = time.monotonic(), 0.0
         self.folders = Folders(Path(spec.output_dir))
-        self.device = None  # worker.modeling.TrainDevice, once set up
+        self.device: DeviceChoice | None = None  # worker.modeling.train_device, once set up
         self.padding_free = False  # packed rows to flash-attention's varlen kernels (worker.kernels)
         self.data: RunData | None = None
         self.opt: Optimization | None = None
-        self.base = self.wrapped = self.model = None  # the base as loaded (or borrowed from warm), PEFT's model on it
+        # The base as loaded (or borrowed from warm), PEFT's model on it (torch / PEFT modules: Any here).
+        self.base: Any = None
+        self.wrapped: Any = None
+        self.model: Any = None
         self.init_dir: Path | None = None  # PiSSA: the initial adapter, for the conversion to plain LoRA
         self.reference: dict[str, Any] = {}  # DPO on top of a previous adapter: its log-probs, "train" / "eval"
         self.targets: list[str] = []
         self.trainable = self.total_params = 0
-        self.flops_per_token, self.peak_flops = 0.0, None  # for the MFU metric (setup_mfu)
+        self.flops_per_token = 0.0  # for the MFU metric (setup_mfu)
+        self.peak_flops: float | None = None
         self.best = BestTracker(self.cfg.early_stopping_patience, self.cfg.early_stopping_threshold)
         self.start_step = self.step = 0
         self.loss_value: float | None = None
@@ -103,6 +107,27 @@ class TrainingRun:
     @property
     def total_steps(self) -> int:
         return self.data.total_steps if self.data is not None else 0
+
+    @property
+    def train_dev(self) -> DeviceChoice:
+        """The device and base dtype, once `setup` has chosen them."""
+        if self.device is None:
+            raise RuntimeError("the device is chosen in setup")
+        return self.device
+
+    @property
+    def run_data(self) -> RunData:
+        """The tokenizer, data and step plan, once `setup_data` has run."""
+        if self.data is None:
+            raise RuntimeError("the data is set up in setup_data")
+        return self.data
+
+    @property
+    def optim(self) -> Optimization:
+        """The parameters, optimizer and schedule, once `setup` has built them."""
+        if self.opt is None:
+            raise RuntimeError("the optimizer is built in setup")
+        return self.opt
 
     def poll_stop(self) -> None:
         """Raise StopRequested when a cancel or pause is asked for, looking at most once every STOP_POLL_S: for
@@ -118,7 +143,7 @@ class TrainingRun:
         if request in ("cancel", "pause"):
             raise StopRequested(request)
 
-    def write(self, action, *args, **kwargs) -> None:
+    def write(self, action: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         """Run a write into the output folder on the rank that writes, right after the guard."""
         if self.devices.writes:
             self.guard()
@@ -132,15 +157,15 @@ class TrainingRun:
 
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
-        self.device = train_device(self.spec.device, self.cfg)
-        problem = liger_problem(self.cfg, self.device)
+        self.device = device = train_device(self.spec.device, self.cfg)
+        problem = liger_problem(self.cfg, device)
         if problem:
             raise TrainingError(problem)
-        self.padding_free = padding_free(self.cfg, self.device)
+        self.padding_free = padding_free(self.cfg, device)
         self.write(self.recover_output)
         self.setup_data()
         self.setup_model()
-        self.opt = build_optimization(self.model, self.cfg, self.device, self.total_steps)
+        self.opt = build_optimization(self.model, self.cfg, device, self.total_steps)
 
     def recover_output(self) -> None:
         """Put back or clear what a crash in the middle of an atomic write left in the output folders."""
@@ -150,21 +175,22 @@ class TrainingRun:
     def setup_data(self) -> None:
         """Tokenizer, tokenized train and eval examples (or preference pairs), and the step plan."""
         spec, cfg = self.spec, self.cfg
-        self.reporter.event("setup", f"loading tokenizer and data on {self.device.device}")
+        self.reporter.event("setup", f"loading tokenizer and data on {self.train_dev.device}")
         tokenizer = load_tokenizer(spec.base_model_path)
         examples = self.tokenize(tokenizer, read_normalized_jsonl(spec.dataset_path))
         if not examples:
             raise TrainingError("no example has an assistant token left after truncation; raise max_seq_length")
         per_epoch, total_steps = plan_steps(len(examples), cfg)
         # Kept before the eval set is tokenized, so a stop during it reports the planned steps.
-        self.data = RunData(tokenizer=tokenizer, examples=examples, stream=MicroBatchStream(examples, cfg, per_epoch),
-                            per_epoch=per_epoch, total_steps=total_steps,
-                            eval_every=eval_interval(cfg, total_steps), eval=EvalShare())
+        self.data = data = RunData(tokenizer=tokenizer, examples=examples,
+                                   stream=MicroBatchStream(examples, cfg, per_epoch),
+                                   per_epoch=per_epoch, total_steps=total_steps,
+                                   eval_every=eval_interval(cfg, total_steps), eval=EvalShare())
         if spec.eval_dataset_path:  # each rank evaluates its share
-            self.data.eval = self.devices.eval_share(
+            data.eval = self.devices.eval_share(
                 self.tokenize(tokenizer, read_normalized_jsonl(spec.eval_dataset_path)), cfg.batch_size)
 
-    def tokenize(self, tokenizer, examples: list[Example]) -> list[TokenizedExample] | list[TokenizedPair]:
+    def tokenize(self, tokenizer: Any, examples: list[Example]) -> list[TokenizedExample] | list[TokenizedPair]:
         """Examples for supervised tuning, pairs for DPO / ORPO; a dataset of the other kind is refused."""
         cfg = self.cfg
         pairs = sum(1 for e in examples if e.is_preference)
@@ -175,7 +201,7 @@ class TrainingRun:
             raise TrainingError(f"the dataset holds {pairs} preference pairs; supervised tuning needs examples "
                                 "with answers: pick method dpo or orpo")
         tokenize = tokenize_pairs if cfg.is_preference else tokenize_examples
-        out: list = []
+        out: list[Any] = []
         for start in range(0, len(examples), TOKENIZE_CHUNK):
             self.poll_stop()
             out.extend(tokenize(tokenizer, examples[start:start + TOKENIZE_CHUNK], cfg.max_seq_length))
@@ -184,16 +210,16 @@ class TrainingRun:
     def setup_model(self) -> None:
         """The frozen base wrapped with LoRA; with PiSSA, the initial adapter is kept for the conversion."""
         cfg = self.cfg
-        self.reporter.event("setup", f"precision {self.device.precision}: the frozen base computes in "
-                                     f"{self.device.precision}, LoRA weights and optimizer state are fp32")
+        self.reporter.event("setup", f"precision {self.train_dev.precision}: the frozen base computes in "
+                                     f"{self.train_dev.precision}, LoRA weights and optimizer state are fp32")
         if self.devices.writes:
-            precision_hook(self.reporter)(self.device.precision)
+            precision_hook(self.reporter)(self.train_dev.precision)
         self.poll_stop()
         self.base = self.load_base()
         self.model, self.targets = build_peft_model(self.base, cfg)
         self.wrapped = self.model
         self.poll_stop()
-        if not self.device.is_cuda:  # CUDA's fused dropout is already fast
+        if not self.train_dev.is_cuda:  # CUDA's fused dropout is already fast
             from worker.dropout import use_fast_dropout
 
             use_fast_dropout(self.model)
@@ -222,19 +248,18 @@ class TrainingRun:
         """FLOPs per trained token (worker.mfu's convention) and the device's peak: MFU is logged when known."""
         from worker.mfu import device_peak_flops, flops_per_token_of
 
-        lengths = [e.length for e in self.data.examples] or [self.cfg.max_seq_length]
+        lengths = [e.length for e in self.run_data.examples] or [self.cfg.max_seq_length]
         self.flops_per_token = flops_per_token_of(self.model, self.trainable, self.total_params,
                                                   sum(lengths) / len(lengths))
         self.peak_flops = None
-        if self.device.is_cuda:
+        if self.train_dev.is_cuda:
             import torch
 
             name = torch.cuda.get_device_name()  # this process's GPU (each rank has set its own)
-            self.peak_flops = device_peak_flops(name, self.device.precision)
-            if self.peak_flops:
-                self.peak_flops *= self.devices.world  # tokens/s is summed over the ranks
+            peak = device_peak_flops(name, self.train_dev.precision)
+            self.peak_flops = peak * self.devices.world if peak else peak  # tokens/s is summed over the ranks
 
-    def load_base(self):
+    def load_base(self) -> Any:
         """The frozen base: the one kept loaded from an earlier job on it (warm start), else loaded now."""
         def announce(warm: bool) -> None:
             if warm:
@@ -245,8 +270,8 @@ class TrainingRun:
 
         if self.warm is None:
             announce(False)
-            return load_base_model(self.spec.base_model_path, self.device, self.cfg)
-        return self.warm.acquire(self.spec.base_model_path, self.device, self.cfg, announce=announce)[0]
+            return load_base_model(self.spec.base_model_path, self.train_dev, self.cfg)
+        return self.warm.acquire(self.spec.base_model_path, self.train_dev, self.cfg, announce=announce)[0]
 
     def release_base(self) -> bool:
         """Give the base back to `warm` with PEFT's changes undone (PiSSA rewrote its weights: dropped);
@@ -272,9 +297,9 @@ class TrainingRun:
         self.reporter.event("setup", f"starting from the adapter of job {cfg.start_from}"
                                      + (" (also DPO's reference)" if cfg.method == "dpo" else ""))
         if cfg.method == "dpo":
-            for name, pairs in (("train", self.data.examples), ("eval", self.data.eval.examples)):
-                self.reference[name] = pair_logps(self.model, pairs, cfg.batch_size, self.data.pad_id,
-                                                  self.device.device)
+            for name, pairs in (("train", self.run_data.examples), ("eval", self.run_data.eval.examples)):
+                self.reference[name] = pair_logps(self.model, cast(list[TokenizedPair], pairs), cfg.batch_size,
+                                                  self.run_data.pad_id, self.train_dev.device)
 
     # --- resume and checkpoints -------------------------------------------------------------
 
@@ -290,12 +315,12 @@ class TrainingRun:
         step = self.devices.from_main(self.start_step)
         if step != self.start_step:  # a rank that does not write: rank 0's checkpoint
             self.load(read_checkpoint(self.folders.checkpoints / f"step-{step:06d}"))
-        self.devices.sync_weights(self.opt.params)
+        self.devices.sync_weights(self.optim.params)
         self.devices.reseed(self.cfg.seed, step)
 
     def load(self, ckpt: Checkpoint) -> None:
         """Weights, optimizer, schedule and best eval loss from `ckpt`; the run goes on after its step."""
-        opt = self.opt
+        opt = self.optim
         load_checkpoint(ckpt, model=self.model, optimizer=opt.optimizer, scheduler=opt.scheduler)
         self.best.restore(ckpt.best)
         self.start_step = self.step = ckpt.step
@@ -320,23 +345,23 @@ class TrainingRun:
             return
         self.load(ckpt)
         saved = ckpt.state.get("precision")
-        if saved and saved != self.device.precision:  # e.g. auto on a worker without native bf16
+        if saved and saved != self.train_dev.precision:  # e.g. auto on a worker without native bf16
             self.reporter.event("warning", f"the checkpoint was trained with a {saved} base and this run's is "
-                                           f"{self.device.precision}; the loss curve may shift slightly")
+                                           f"{self.train_dev.precision}; the loss curve may shift slightly")
         self.reporter.event("resume", f"resumed from checkpoint at step {self.start_step}"
                                       + (f" ({names} unreadable)" if unreadable else ""))
 
     def checkpoint(self) -> None:
         """Save the current step's checkpoint (rank 0's: the ranks hold the same weights; sharded, every rank
         gives its shards of the adapter and the optimizer state, gathered whole for rank 0 to write)."""
-        gathered = self.devices.checkpoint_state(self.model, self.opt.optimizer)
+        gathered = self.devices.checkpoint_state(self.model, self.optim.optimizer)
         if not self.devices.writes:
             return
         self.guard()
         folder = save_checkpoint(self.folders.checkpoints, step=self.step, model=self.model,
-                                 optimizer=self.opt.optimizer, scheduler=self.opt.scheduler,
+                                 optimizer=self.optim.optimizer, scheduler=self.optim.scheduler,
                                  extra={"total_steps": self.total_steps, "best": self.best.state(),
-                                        "precision": self.device.precision}, **gathered)
+                                        "precision": self.train_dev.precision}, **gathered)
         self.checkpoint_saved(folder)
 
     # --- loop -------------------------------------------------------------------------------
@@ -370,12 +395,12 @@ class TrainingRun:
         """One optimizer step over its accumulated micro-batches; returns the step's metrics."""
         self.step += 1
         t0 = time.monotonic()
-        epoch, micro = self.data.stream.for_step(self.step)
+        epoch, micro = self.run_data.stream.for_step(self.step)
         if self.cfg.is_preference:
             step_tokens, extra = self.preference_backward(micro)
         else:
             step_tokens, extra = self.supervised_backward(micro), {}
-        opt = self.opt
+        opt = self.optim
         self.devices.reduce_grads(opt.params)
         grad_norm = self.devices.clip_grad_norm(opt.params, self.cfg.max_grad_norm)
         lr = opt.scheduler.get_last_lr()[0]
@@ -386,23 +411,24 @@ class TrainingRun:
         metrics.update(extra)
         return metrics
 
-    def supervised_backward(self, micro: list[list[int]]) -> int:
+    def supervised_backward(self, micro: list[list[int]]) -> float:
         """Gradients of the next-token loss over the step's micro-batches (this rank's share of each); returns
         the tokens seen."""
-        examples = self.data.examples
+        examples = cast(list[TokenizedExample], self.run_data.examples)
         n_label = sum(examples[i].trained_tokens for batch in micro for i in batch)
-        step_loss, step_tokens = 0.0, 0
+        step_loss = 0.0
+        step_tokens: float = 0  # an int on one device; the sum over ranks may be a float
         for indices in micro:
             share = self.devices.share(indices)
             if share is None:
                 continue
             indices, weight = share
-            batch = make_batch([examples[i] for i in indices], self.data.pad_id, self.device.device,
+            batch = make_batch([examples[i] for i in indices], self.run_data.pad_id, self.train_dev.device,
                                self.cfg.packing, padding_free=self.padding_free)
             loss_sum, _ = summed_token_loss(self.model, batch)
             loss_sum = loss_sum * weight
             # Normalise by the trained tokens of the whole accumulated step, not per micro-batch.
-            (loss_sum / max(1, n_label)).backward()
+            (loss_sum / max(1, n_label)).backward()  # type: ignore[no-untyped-call]
             step_loss += loss_sum.item()
             step_tokens += int(batch.tokens * weight)
         step_loss, step_tokens = self.devices.sum([step_loss, step_tokens])
@@ -414,15 +440,16 @@ class TrainingRun:
         DPO's reference pass counted as worker.estimate.work_per_token says) and the step's reward margin and
         accuracy. One device only (worker.config refuses devices > 1 for pairs)."""
         cfg = self.cfg
-        self.loss_value, tokens, rewards = preference_step(self.model, self.data.examples, micro, self.data.pad_id,
-                                                           self.device.device, cfg.method, cfg.beta,
+        pairs = cast(list[TokenizedPair], self.run_data.examples)
+        self.loss_value, tokens, rewards = preference_step(self.model, pairs, micro, self.run_data.pad_id,
+                                                           self.train_dev.device, cfg.method, cfg.beta,
                                                            self.reference.get("train"))
         return tokens * work_per_token(cfg), rewards
 
-    def step_metrics(self, epoch: int, lr: float, grad_norm, tokens_per_s: float) -> dict[str, Any]:
+    def step_metrics(self, epoch: int, lr: float, grad_norm: Any, tokens_per_s: float) -> dict[str, Any]:
         elapsed = time.monotonic() - self.loop_started
         done_here = self.step - self.start_step
-        per_epoch = self.data.per_epoch
+        per_epoch = self.run_data.per_epoch
         metrics: dict[str, Any] = {
             "loss": self.loss_value,
             "lr": lr,
@@ -436,39 +463,39 @@ class TrainingRun:
         mfu = model_flops_utilisation(self.flops_per_token, tokens_per_s, self.peak_flops)
         if mfu is not None:
             metrics["mfu"] = mfu
-        metrics["memory_mb"] = peak_memory_mb(self.device)
+        metrics["memory_mb"] = peak_memory_mb(self.train_dev)
         return metrics
 
     def evaluate(self, metrics: dict[str, Any]) -> None:
         """Eval loss every `eval_interval` steps and at the last; a new best is marked (and kept with keep_best)."""
-        data, cfg = self.data, self.cfg
+        data, cfg = self.run_data, self.cfg
         if not data.eval.runs or (self.step % data.eval_every != 0 and self.step != self.total_steps):
             return
         failpoint("evaluate")
         if cfg.is_preference:
             scores = preference_eval(self.model, data.eval.examples, cfg.batch_size, data.pad_id,
-                                     self.device.device, cfg.method, cfg.beta, self.reference.get("eval"))
+                                     self.train_dev.device, cfg.method, cfg.beta, self.reference.get("eval"))
             metrics.update({f"eval_{key}": value for key, value in scores.items()})
         else:
             total, count = self.devices.sum(summed_eval_loss(self.model, data.eval.examples, cfg.batch_size,
-                                                             data.pad_id, self.device.device, **data.eval.fill))
+                                                             data.pad_id, self.train_dev.device, **data.eval.fill))
             metrics["eval_loss"] = total / max(1, count)
         if self.best.update(self.step, metrics["eval_loss"]):
             metrics["best"] = True
             if cfg.keep_best:
                 self.write_adapter(self.folders.best)
 
-    def write_adapter(self, folder: Path, *, tokenizer=None, init_dir: Path | None = None) -> None:
+    def write_adapter(self, folder: Path, *, tokenizer: Any = None, init_dir: Path | None = None) -> None:
         """Rank 0 writes the adapter; sharded, every rank first gives its shards (gathered whole)."""
         state = self.devices.adapter_state(self.model)
         self.write(save_adapter, self.model, folder, tokenizer=tokenizer, init_dir=init_dir, state_dict=state)
 
     # --- save and the end-of-job evaluation ----------------------------------------------------
 
-    def save(self) -> int:
+    def save(self) -> int | None:
         """Write the final adapter and tokenizer (the best step's adapter with keep_best); returns its step."""
         best, best_dir = self.best, self.folders.best
-        kept_step = self.step
+        kept_step: int | None = self.step
         use_best = (self.cfg.keep_best and best.best_step is not None and best.best_step != self.step
                     and best_dir.is_dir())
         # Rank 0's answer: the others may look before its last write of best_dir is done.
@@ -480,7 +507,7 @@ class TrainingRun:
         if self.devices.writes:
             self.guard()
             failpoint("save")
-        self.write_adapter(self.folders.adapter, tokenizer=self.data.tokenizer, init_dir=self.init_dir)
+        self.write_adapter(self.folders.adapter, tokenizer=self.run_data.tokenizer, init_dir=self.init_dir)
         self.reporter.event("saved", "adapter saved" + (" (PiSSA converted to plain LoRA for the original base)"
                                                         if self.init_dir else ""))
         return kept_step
@@ -493,7 +520,7 @@ class TrainingRun:
             # PiSSA rewrote the base in memory; evaluate what users get: the original base + the converted adapter.
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(load_base_model(spec.base_model_path, self.device),
+            self.model = PeftModel.from_pretrained(load_base_model(spec.base_model_path, self.train_dev),
                                                    str(self.folders.adapter))
         self.model.eval()
         if not (spec.eval_dataset_path and cfg.final_eval):
@@ -502,11 +529,11 @@ class TrainingRun:
         started = time.monotonic()
         held_out = read_normalized_jsonl(spec.eval_dataset_path)
         if cfg.is_preference:
-            evaluation = evaluate_preferences(self.model, self.data.tokenizer, held_out, cfg=cfg,
-                                              device=self.device.device, ref_table=self.reference.get("eval"))
+            evaluation = evaluate_preferences(self.model, self.run_data.tokenizer, held_out, cfg=cfg,
+                                              device=self.train_dev.device, ref_table=self.reference.get("eval"))
         else:
-            evaluation = evaluate_adapter(self.model, self.data.tokenizer, held_out,
-                                          max_seq_length=cfg.max_seq_length, device=self.device.device,
+            evaluation = evaluate_adapter(self.model, self.run_data.tokenizer, held_out,
+                                          max_seq_length=cfg.max_seq_length, device=self.train_dev.device,
                                           between_batches=self.poll_stop)
         if self.devices.writes:
             self.guard()
@@ -521,9 +548,9 @@ class TrainingRun:
                            total_steps=self.total_steps, final_loss=self.loss_value, targets=self.targets,
                            trainable_params=self.trainable, total_params=self.total_params,
                            seconds=time.monotonic() - self.started,
-                           precision=self.device.precision if self.device is not None else "")
+                           precision=self.train_dev.precision if self.device is not None else "")
 
-    def succeeded(self, kept_step: int) -> TrainResult:
+    def succeeded(self, kept_step: int | None) -> TrainResult:
         """The run's result; on a rank that does not write, only how far it went."""
         if not self.devices.writes:
             return TrainResult(status="succeeded", steps_done=self.step, total_steps=self.total_steps,
@@ -535,7 +562,7 @@ class TrainingRun:
                            seconds=time.monotonic() - self.started,
                            best_step=kept_step if best.best_step is not None else None,
                            best_eval_loss=best.best_loss, stopped_early=self.stopped_early, model=self.model,
-                           precision=self.device.precision)
+                           precision=self.train_dev.precision)
 
 
 def evaluation_cost(seconds: float, run_seconds: float) -> str:

@@ -40,7 +40,7 @@ class InputError(StudioError, ValueError):
         self.field = field
         self.message = message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
         return type(self), (self.field, self.message)
 
 
@@ -62,5 +62,5 @@ class TrainingError(RuntimeError):
         super().__init__(message)
         self.code = code
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[TrainingError], tuple[Any, str]]:
         return type(self), (self.args[0], self.code)

@@ -130,7 +130,8 @@ def _config_sizes(config: Any) -> tuple[int, int, int, int]:
 # change values or the formula only, so one built shape serves them all.
 SHAPE_FIELDS = ("rank", "target_preset", "target_modules", "modules_to_save", "bias", "use_dora")
 SHAPE_CACHE_SIZE = 64
-_shapes: OrderedDict = OrderedDict()  # (path, stamp, shape settings) -> (_Shape, targets), least recent first
+# (path, stamp, shape settings) -> (_Shape, targets), least recent first
+_shapes: OrderedDict[tuple[Any, ...], tuple[_Shape, tuple[str, ...]]] = OrderedDict()
 _shapes_lock = threading.Lock()
 
 

@@ -204,7 +204,7 @@ def preference_step(model: Any, pairs: list[TokenizedPair], micro: list[list[int
         batch = make_batch([pairs[i] for i in indices], pad_id, device, False)
         part = preference_loss(model, batch, method, beta, rows_of(ref_table, indices))
         loss = part.total(n_pairs, chosen_tokens)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         step_loss += loss.item()
         tokens += batch.tokens
         margins.append(part.chosen_rewards - part.rejected_rewards)

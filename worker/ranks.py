@@ -11,7 +11,9 @@ With `sharding = "fsdp"` FSDP reduces the gradients instead (`worker.sharding`),
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
 
 STOP_CODES = (None, "cancel", "pause")
 
@@ -28,7 +30,7 @@ class RankGroup:
         """Rank 0 reports, checks the stop flag and writes every file."""
         return self.rank == 0
 
-    def shard(self, items: Sequence) -> list:
+    def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's share: items rank, rank + world, ... (a length-sorted batch splits evenly)."""
         return list(items[self.rank::self.world])
 
@@ -59,20 +61,20 @@ class RankGroup:
         dist.broadcast(tensor, 0)
         return int(tensor.item())
 
-    def broadcast_params(self, params) -> None:
+    def broadcast_params(self, params: Iterable[Any]) -> None:
         """Rank 0's trainable weights everywhere (as DDP does when it wraps a model)."""
         import torch.distributed as dist
 
         for p in params:
             dist.broadcast(p.data, 0)
 
-    def sum_grads(self, params) -> None:
+    def sum_grads(self, params: Iterable[Any]) -> None:
         """Sum the gradients over ranks, one flattened all-reduce per dtype; a rank with no
         example this step contributes zeros."""
         import torch
         import torch.distributed as dist
 
-        by_dtype: dict[Any, list] = {}
+        by_dtype: dict[Any, list[Any]] = {}
         for p in params:
             by_dtype.setdefault(p.dtype, []).append(p)
         for group in by_dtype.values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.batching import MicroBatchStream
 from worker.config import TrainConfig
@@ -12,6 +12,9 @@ from worker.data.tokenization import TokenizedExample, TokenizedPair
 from worker.devices import EvalShare
 from worker.errors import TrainingError
 from worker.schedule import lr_multiplier, warmup_steps
+
+if TYPE_CHECKING:
+    from worker.modeling import DeviceChoice
 
 
 @dataclass
@@ -29,19 +32,20 @@ class RunData:
 
     @property
     def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id
+        pad_id: int = self.tokenizer.pad_token_id
+        return pad_id
 
 
 @dataclass
 class Optimization:
     """The trained parameters, the optimizer over them and the learning-rate schedule."""
 
-    params: list
+    params: list[Any]
     optimizer: Any
     scheduler: Any
 
 
-def build_optimizer(params, cfg: TrainConfig, device):
+def build_optimizer(params: list[Any], cfg: TrainConfig, device: DeviceChoice) -> Any:
     """AdamW, or bitsandbytes' paged 8-bit AdamW on CUDA (a quarter of the optimizer memory)."""
     import torch
 
@@ -51,11 +55,12 @@ def build_optimizer(params, cfg: TrainConfig, device):
                                 "retry with optimizer adamw.")
         import bitsandbytes as bnb
 
-        return bnb.optim.PagedAdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return bnb.optim.PagedAdamW8bit(  # type: ignore[no-untyped-call]
+            params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def build_optimization(model, cfg: TrainConfig, device, total_steps: int) -> Optimization:
+def build_optimization(model: Any, cfg: TrainConfig, device: DeviceChoice, total_steps: int) -> Optimization:
     """The optimizer over the model's trainable parameters and the warmup + decay schedule."""
     import torch
 

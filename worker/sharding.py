@@ -28,7 +28,7 @@ class BaseShare:
     total_bytes: int
 
 
-def decoder_layers(causal) -> list:
+def decoder_layers(causal: Any) -> list[Any]:
     """The repeated transformer blocks of a causal LM (the FSDP units), by HF's `_no_split_modules` names."""
     names = set(getattr(causal, "_no_split_modules", None) or ())
     layers = [m for m in causal.modules() if type(m).__name__ in names]
@@ -40,7 +40,7 @@ def decoder_layers(causal) -> list:
     return layers
 
 
-def check_trained_dtypes(units: list) -> None:
+def check_trained_dtypes(units: list[Any]) -> None:
     """ConfigError when one unit trains weights of several dtypes: FSDP reduce-scatters a unit's gradients as one
     tensor. On a GPU PEFT keeps LoRA weights in fp32 while trained biases keep the base's bf16."""
     from worker.config import ConfigError
@@ -56,7 +56,7 @@ def check_trained_dtypes(units: list) -> None:
                                           "biases keep the base's dtype); set bias to none or sharding to none")
 
 
-def shard_model(peft_model, device) -> BaseShare:
+def shard_model(peft_model: Any, device: Any) -> BaseShare:
     """Shard `peft_model` in place across the process group (each decoder layer, then the root) on `device`."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -77,7 +77,7 @@ def shard_model(peft_model, device) -> BaseShare:
     return BaseShare(local, total)
 
 
-def is_sharded(model) -> bool:
+def is_sharded(model: Any) -> bool:
     """True when `model` (a PEFT model or the causal LM under it) was sharded by `shard_model`."""
     from torch.distributed.fsdp import FSDPModule
 
@@ -85,24 +85,24 @@ def is_sharded(model) -> bool:
     return isinstance(causal, FSDPModule)
 
 
-def is_dtensor(value) -> bool:
+def is_dtensor(value: Any) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(value, DTensor)
 
 
-def local_of(tensor):
+def local_of(tensor: Any) -> Any:
     """This rank's shard of a DTensor; a plain tensor as it is."""
     return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
-def full_of(tensor):
+def full_of(tensor: Any) -> Any:
     """The whole tensor on the CPU, gathered from every rank's shard (a collective: all ranks call it in step)."""
     full = tensor.full_tensor() if is_dtensor(tensor) else tensor
     return full.detach().cpu().contiguous()
 
 
-def like(full, param):
+def like(full: Any, param: Any) -> Any:
     """`full` (on every rank) as a tensor shaped like `param`: this rank's chunk of it as a DTensor when `param`
     is one (no communication: every rank holds the same full tensor)."""
     from torch.distributed.tensor import distribute_tensor
@@ -113,17 +113,17 @@ def like(full, param):
                              src_data_rank=None)
 
 
-def trainable_named(model) -> list[tuple[str, Any]]:
+def trainable_named(model: Any) -> list[tuple[str, Any]]:
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
 
-def full_adapter_state(model) -> dict[str, Any]:
+def full_adapter_state(model: Any) -> dict[str, Any]:
     """The trainable weights gathered whole, under the model's own names (what `save_pretrained(state_dict=)`
     takes); every rank must call it, in step."""
     return {name: full_of(p) for name, p in trainable_named(model)}
 
 
-def adapter_key_map(model) -> dict[str, str]:
+def adapter_key_map(model: Any) -> dict[str, str]:
     """Saved adapter key (as in adapter_model.safetensors) -> the model's parameter name, as PEFT renames them."""
     import torch
     from peft import get_peft_model_state_dict
@@ -134,7 +134,7 @@ def adapter_key_map(model) -> dict[str, str]:
     return {key: named[int(marker)][0] for key, marker in saved.items()}
 
 
-def load_full_adapter(model, state: dict[str, Any]) -> None:
+def load_full_adapter(model: Any, state: dict[str, Any]) -> None:
     """Put a full adapter (saved keys, as `load_file` reads them) into a sharded model: each rank takes its chunks."""
     import torch
 
@@ -149,7 +149,7 @@ def load_full_adapter(model, state: dict[str, Any]) -> None:
             local_of(param).copy_(local_of(like(tensor.to(param.dtype), param)))
 
 
-def full_optimizer_state(optimizer) -> dict[str, Any]:
+def full_optimizer_state(optimizer: Any) -> dict[str, Any]:
     """`optimizer.state_dict()` with every sharded state tensor gathered whole (a collective, in a fixed order)."""
     sd = optimizer.state_dict()
     state = {idx: {key: full_of(value) if is_dtensor(value) else value for key, value in sorted(st.items())}
@@ -157,7 +157,7 @@ def full_optimizer_state(optimizer) -> dict[str, Any]:
     return {"state": state, "param_groups": sd["param_groups"]}
 
 
-def shard_optimizer_state(state: dict[int, dict[str, Any]], params: list) -> dict[int, dict[str, Any]]:
+def shard_optimizer_state(state: dict[int, dict[str, Any]], params: list[Any]) -> dict[int, dict[str, Any]]:
     """Full optimizer state (per parameter index) as each sharded parameter's share; `step` stays as it is."""
     return {idx: {key: like(value, params[idx]) if key != "step" and hasattr(value, "to") else value
                   for key, value in st.items()}

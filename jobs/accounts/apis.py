@@ -16,7 +16,7 @@ class UsageApi(APIView):
     @extend_schema_serializer(component_name="Usage")
     class OutputSerializer(serializers.Serializer):
         limit = serializers.CharField()
-        label = serializers.CharField()
+        label = serializers.CharField()  # type: ignore[assignment]  # a field named like Field.label (stubs)
         used = serializers.IntegerField()
         allowed = serializers.IntegerField()
 

@@ -4,6 +4,7 @@ figures that span domains (storage) are gathered through the `usage_reported` si
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import cast
 
 from django.conf import settings
 from django.dispatch import Signal
@@ -65,7 +66,7 @@ def reported_usage(user) -> dict[str, int]:
     """Every figure the domains report for the user, summed by name (storage spans several)."""
     used: dict[str, int] = {}
     for _, figures in usage_reported.send(sender="accounts", user=user):
-        for name, value in figures.items():
+        for name, value in cast("dict[str, int]", figures).items():
             used[name] = used.get(name, 0) + value
     return used
 

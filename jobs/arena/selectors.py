@@ -1,6 +1,8 @@
 """Reads of chats, rounds and votes. Every selector of user data takes the owner."""
 from __future__ import annotations
 
+from typing import Hashable
+
 from django.db.models import Count, QuerySet
 from django.shortcuts import get_object_or_404
 
@@ -16,7 +18,9 @@ def chat_session_get(*, owner, session_id) -> ChatSession:
 
 def session_base_model(session: ChatSession) -> BaseModel:
     """The base every model of the session runs on (its job's, or an API completion's base alone)."""
-    return session.job.base_model if session.job_id else session.base_model
+    base = session.job.base_model if session.job is not None else session.base_model
+    assert base is not None, "a chat session has a job or a base model"
+    return base
 
 
 def chat_answers(*, session: ChatSession) -> QuerySet[ChatAnswer]:
@@ -91,7 +95,7 @@ def vote_win_rates(*, owner, base_model: BaseModel | None = None) -> list[dict]:
     votes = Vote.objects.filter(owner=owner).select_related("base_model", "first_job", "second_job").order_by("created")
     if base_model is not None:
         votes = votes.filter(base_model=base_model)
-    identities: dict[str, dict] = {}
+    identities: dict[Hashable, dict] = {}
 
     def key(job, base) -> str:
         identity = model_identity(job=job, base_model=base)

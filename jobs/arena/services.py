@@ -165,11 +165,14 @@ def chat_vote(*, owner, chat_round: ChatRound, choice: str) -> Vote:
         else:
             result = Vote.Result.FIRST if {"left": left, "right": right}[choice] is first else Vote.Result.SECOND
         session = locked.session
+        base_model_id = session.job.base_model_id if session.job is not None else session.base_model_id
+        assert second.job_id is not None, "the base alone sorts first: the second model is a job's"
+        assert base_model_id is not None, "a chat session has a job or a base model"
         try:
             with transaction.atomic():
                 return Vote.objects.create(
                     owner=owner, round=locked, first_job_id=first.job_id, second_job_id=second.job_id,
-                    base_model_id=session.job.base_model_id if session.job_id else session.base_model_id,
+                    base_model_id=base_model_id,
                     result=result, blind=locked.blind)
         except IntegrityError:  # a concurrent vote won the race for this round
             raise ChatStateError("round", "this round already has a vote") from None

@@ -3,6 +3,8 @@ USER_MODELS on, every user adds models private to them. A model from the Hub or 
 by a background worker: poll its detail for `status` and `bytes_done` / `bytes_total`."""
 from __future__ import annotations
 
+from typing import cast
+
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -24,7 +26,8 @@ class BaseModelOutput(serializers.Serializer):
     linear_modules = serializers.ListField(child=serializers.CharField())
     context_length = serializers.IntegerField(help_text="tokens the model attends to (0 until it is ready)")
     has_chat_template = serializers.BooleanField()
-    source = serializers.ChoiceField(choices=ModelSource.choices, help_text="folder, hub or gguf")
+    source = serializers.ChoiceField(  # type: ignore[assignment]  # a field named like Field.source (stubs)
+        choices=ModelSource.choices, help_text="folder, hub or gguf")
     shared = serializers.BooleanField(help_text="true: visible to every user; false: private to you")
     status = serializers.CharField(help_text="queued, downloading, converting, ready or failed")
     error = serializers.CharField(help_text="why it failed, in plain words; empty otherwise")
@@ -48,7 +51,9 @@ class BaseModelDetailOutput(BaseModelOutput):
                                                              "refused while there are any)")
 
     def get_jobs(self, model) -> list[dict]:
-        return JobRef(selectors.jobs_using(owner=self.context["owner"], model=model)[:100], many=True).data
+        # many=True makes a ListSerializer, whose data is a list (the stubs type JobRef(...).data as a dict)
+        return cast("list[dict]", JobRef(selectors.jobs_using(owner=self.context["owner"], model=model)[:100],
+                                         many=True).data)
 
     def get_jobs_total(self, model) -> int:
         return model.jobs.count()
@@ -63,7 +68,7 @@ class BaseModelListApi(APIView):
 
     @extend_schema_serializer(component_name="BaseModelCreate")
     class InputSerializer(StrictInput):
-        source = serializers.ChoiceField(choices=ModelSource.choices)
+        source = serializers.ChoiceField(choices=ModelSource.choices)  # type: ignore[assignment]  # see above
         name = serializers.CharField(max_length=200, required=False, allow_blank=True,
                                      help_text="unique; defaults to the Hub id or the GGUF file's name")
         hub_id = serializers.CharField(max_length=200, required=False, allow_blank=True,

@@ -273,7 +273,7 @@ def registration_refusal(url: str, policy: OutboundPolicy) -> OutboundRefused | 
 def system_resolve(host: str, port: int) -> list[str]:
     """The host's addresses from the system resolver, as IP strings."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))  # (address, port, ...): the address is a str
 
 
 def vetted_addresses(target: Target, policy: OutboundPolicy, resolver: Resolver | None = None) -> list[str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from django import forms
 
@@ -42,7 +43,7 @@ class MappingForm(forms.Form):
         super().__init__(*args, **kwargs)
         choices = [("", "—")] + [(c, c) for c in columns]
         for name in self.ROLES:
-            self.fields[name].choices = choices
+            cast(forms.ChoiceField, self.fields[name]).choices = choices
         self.columns = list(columns)
         self.samples = {c: (samples or {}).get(c, []) for c in self.columns}
         if not self.is_bound:  # pre-filled from the headers; the user can change every guess

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -110,6 +111,7 @@ def dataset_create_mapped(*, owner, token: str, filename: str, mapping: dict, na
     check = _waiting_check(owner, token)
     if check.columns:
         ColumnMapping.from_dict(mapping).check_columns(check.columns)  # refused now, not after reading the file
+    fields: dict[str, Any]
     fields = dict(mapping=mapping, name=(name or check.name)[:200], drop_duplicates=drop_duplicates, attempts=0,
                   stage="", problems=[], problem_total=0)
     if check.size_bytes > settings.DATASET_CHECK_INLINE_BYTES:

@@ -122,4 +122,9 @@ def dataset_delete(*, dataset: Dataset) -> None:
         media_path(name)  # a stored path that leaves the media folder is refused before anything is deleted
     with transaction.atomic():
         dataset.delete()
-        transaction.on_commit(lambda: [blobs.delete(name) for name in files])
+
+        def delete_files() -> None:
+            for name in files:
+                blobs.delete(name)
+
+        transaction.on_commit(delete_files)

@@ -61,8 +61,9 @@ def as_openai_error(exc, request=None) -> OpenAIError | None:
         raw = api_key_from_header(request.headers.get("Authorization", "")) if request is not None else None
         return incorrect_key_error(raw or "")
     if isinstance(exc, drf_exceptions.Throttled):
-        return OpenAIError(f"Rate limit reached; retry in {exc.wait or 1:.0f}s.", code="rate_limit_exceeded",
-                        status=429, type_="requests")
+        wait = exc.wait  # type: ignore[attr-defined]  # Throttled sets it in __init__; the stubs lack it
+        return OpenAIError(f"Rate limit reached; retry in {wait or 1:.0f}s.", code="rate_limit_exceeded",
+                           status=429, type_="requests")
     if isinstance(exc, drf_exceptions.ParseError):
         return OpenAIError(f"We could not parse the JSON body of your request. ({exc.detail})", code="invalid_json")
     if isinstance(exc, drf_exceptions.UnsupportedMediaType):

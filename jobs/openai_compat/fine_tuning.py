@@ -74,7 +74,7 @@ def job_object(job: FineTuneJob) -> dict[str, Any]:
     }
 
 
-def resolve_model(owner, name: str) -> tuple[BaseModel, FineTuneJob | None]:
+def resolve_model(owner, name: object) -> tuple[BaseModel, FineTuneJob | None]:
     """A base model name or one of the owner's `ft:` ids -> (base model, job or None)."""
     if not isinstance(name, str) or not name:
         raise OpenAIError("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
@@ -231,6 +231,7 @@ def _event_level(kind: str) -> str:
 
 def job_event_list(job: FineTuneJob) -> list[dict[str, Any]]:
     """Messages and one metrics event per step, newest first (as OpenAI lists them)."""
+    items: list[dict[str, Any]]
     items = [{"id": f"ftevent-m{e.id}", "object": "fine_tuning.job.event", "created_at": unix_time(e.created),
               "level": _event_level(e.kind), "message": e.message, "data": {"kind": e.kind}, "type": "message",
               "_order": (e.created, 1, e.id)}

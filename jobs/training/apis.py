@@ -97,7 +97,7 @@ class JobOutput(serializers.Serializer):
                   "waiting_reason then); else empty")
 
     def _live(self) -> list[dict]:
-        root = self.root  # one read of the live workers for a whole page
+        root: Any = self.root  # one read of the live workers for a whole page, kept on the root serializer
         if not hasattr(root, "_live_workers"):
             root._live_workers = train_workers.live_workers()
         return root._live_workers
@@ -105,7 +105,7 @@ class JobOutput(serializers.Serializer):
     def get_waiting_reason(self, job) -> str:
         if job.status != JobStatus.QUEUED:
             return ""
-        root = self.root
+        root: Any = self.root
         if not hasattr(root, "_fair_order"):
             root._fair_order = fair_order()
         return selectors.job_wait_reason(job=job, live=self._live(), order=root._fair_order)

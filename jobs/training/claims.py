@@ -134,12 +134,13 @@ def fair_order(preferred_job_id=None, *, capacity: Capacity | None = None) -> li
     running-jobs limit waits. Within one owner, the oldest first; the preferred job only
     breaks a tie of equal creation times. With `capacity`, only the jobs that fit it (jobs.training.routing):
     this order is the train queue, which a free train worker takes from (jobs.training.tasks.job_run)."""
-    queued = FineTuneJob.objects.filter(status=JobStatus.QUEUED).select_related("owner").order_by("created")
+    waiting = FineTuneJob.objects.filter(status=JobStatus.QUEUED).select_related("owner").order_by("created")
+    queued: list[FineTuneJob]
     if capacity is not None:
-        fitting = queued.filter(memory_mb__lte=capacity.memory_mb).only("id", "owner", "created", "config")
+        fitting = waiting.filter(memory_mb__lte=capacity.memory_mb).only("id", "owner", "created", "config")
         queued = [job for job in fitting if job_devices(job.config) <= capacity.max_devices]
     else:
-        queued = list(queued.only("id", "owner", "created"))
+        queued = list(waiting.only("id", "owner", "created"))
     owners = {job.owner_id: job.owner for job in queued}
     running = Counter(FineTuneJob.objects.filter(status=JobStatus.RUNNING, owner_id__in=owners)
                       .values_list("owner_id", flat=True))

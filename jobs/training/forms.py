@@ -1,6 +1,8 @@
 """The job form. Its validation defers to worker.config.TrainConfig, the single source of truth."""
 from __future__ import annotations
 
+from typing import cast
+
 from django import forms
 
 from jobs.base_models.models import BaseModel
@@ -101,11 +103,12 @@ class JobForm(forms.Form):
 
     def __init__(self, *args, owner, refuse: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["base_model"].queryset = base_model_list(owner=owner)
-        self.fields["dataset"].queryset = Dataset.objects.filter(owner=owner)
-        self.fields["validation_dataset"].queryset = Dataset.objects.filter(owner=owner)
+        cast(forms.ModelChoiceField, self.fields["base_model"]).queryset = base_model_list(owner=owner)
+        cast(forms.ModelChoiceField, self.fields["dataset"]).queryset = Dataset.objects.filter(owner=owner)
+        cast(forms.ModelChoiceField, self.fields["validation_dataset"]).queryset = Dataset.objects.filter(owner=owner)
         done = job_list(owner=owner, status=JobStatus.SUCCEEDED).select_related("base_model")
-        self.fields["start_from"].choices = [("", "Nothing: a new adapter on the base model")] + [
+        start_from = cast(forms.ChoiceField, self.fields["start_from"])
+        start_from.choices = [("", "Nothing: a new adapter on the base model")] + [
             (str(j.id), f"{j.name or j.short_id} ({j.config.get('method', 'supervised')} on {j.base_model.name})")
             for j in done]
         self.owner = owner

@@ -67,11 +67,17 @@ class JobPlan:
 
     @property
     def dataset_name(self) -> str:
-        return self.snapshot_of.dataset_name if self.snapshot_of is not None else self.dataset.name
+        if self.snapshot_of is not None:
+            return self.snapshot_of.dataset_name
+        assert self.dataset is not None, "a plan without a dataset copies a snapshot"
+        return self.dataset.name
 
     @property
     def dataset_sha256(self) -> str:
-        return self.snapshot_of.dataset_sha256 if self.snapshot_of is not None else self.dataset.sha256
+        if self.snapshot_of is not None:
+            return self.snapshot_of.dataset_sha256
+        assert self.dataset is not None, "a plan without a dataset copies a snapshot"
+        return self.dataset.sha256
 
 
 class JobRefused(InputError):
@@ -200,6 +206,7 @@ def _validation_record(*, owner, dataset: Dataset, config: TrainConfig, kind: st
     if kind == "split":
         return {"kind": "split", "percent": percent, "seed": seed}
     if kind == "dataset":
+        assert other is not None, "validation_problems refuses kind dataset without one"
         return {"kind": "dataset", "dataset": str(other.id), "dataset_name": other.name}
     return {"kind": "none"}
 

@@ -47,9 +47,10 @@ def metric_points(*, job: FineTuneJob, after_step: int = 0) -> QuerySet[MetricPo
 
 def measured_tokens_per_s(*, owner, base_model: BaseModel, qlora: bool, limit: int = 50) -> float | None:
     """The median training speed the owner's finished jobs on this base reached, or None."""
-    measured = sorted(MetricPoint.objects.filter(
+    measured = sorted(speed for speed in MetricPoint.objects.filter(
         job__owner=owner, job__base_model=base_model, job__status=JobStatus.SUCCEEDED, job__config__qlora=qlora,
-        tokens_per_s__isnull=False).order_by("-id").values_list("tokens_per_s", flat=True)[:limit])
+        tokens_per_s__isnull=False).order_by("-id").values_list("tokens_per_s", flat=True)[:limit]
+        if speed is not None)  # (none is: the filter's tokens_per_s__isnull=False)
     return measured[len(measured) // 2] if measured else None
 
 
@@ -70,7 +71,8 @@ def compute_seconds_today(*, owner) -> float:
     ran = FineTuneJob.objects.filter(owner=owner, run_started__gte=day_start)
     done = ran.exclude(status=JobStatus.RUNNING).aggregate(total=Sum("run_seconds"))["total"] or 0.0
     live = sum(job.run_seconds + (now - job.run_started).total_seconds()
-               for job in ran.filter(status=JobStatus.RUNNING).only("run_seconds", "run_started"))
+               for job in ran.filter(status=JobStatus.RUNNING).only("run_seconds", "run_started")
+               if job.run_started is not None)  # (every one: the filter's run_started__gte)
     return done + live
 
 

@@ -81,10 +81,12 @@ def _job_files_write(job: FineTuneJob, plan: JobPlan) -> dict:
 
 def _snapshot_examples(plan: JobPlan) -> tuple[list, list]:
     """(training, validation) examples of a planned job, from its datasets as normalised at upload."""
+    assert plan.dataset is not None, "a plan without a dataset copies a snapshot instead"
     examples = dataset_examples(dataset=plan.dataset)
     if plan.validation["kind"] == "split":
         return split_examples(examples, plan.validation["percent"], plan.validation["seed"])
     if plan.validation["kind"] == "dataset":
+        assert plan.validation_dataset is not None, "the plan's kind dataset names one"
         return examples, dataset_examples(dataset=plan.validation_dataset)
     return examples, []
 
@@ -105,8 +107,9 @@ def job_delete(*, job: FineTuneJob, by) -> None:
         raise JobStateError(f"a {job.status} job cannot be deleted; cancel it first")
     users = (FineTuneJob.objects.filter(owner=by, config__start_from=str(job.id))
              .exclude(status__in=TERMINAL_STATUSES).exclude(id=job.id))
-    if users.exists():
-        raise JobStateError(f"job {users.first().name or users.first().short_id} starts from this job's adapter; "
+    follower = users.first()
+    if follower is not None:
+        raise JobStateError(f"job {follower.name or follower.short_id} starts from this job's adapter; "
                             "delete it (or let it end) first")
     folder = job_files(job)
     with transaction.atomic():

@@ -259,7 +259,7 @@ def adapter_merge(job_id: str) -> str:
     job's log says why and the row is marked failed, so it can be asked again."""
     job = FineTuneJob.objects.select_related("base_model", "adapter").filter(id=job_id).first()
     row = job and merges.merged_export_of(job)
-    if row is None or row.status == MergedExport.Status.FAILED:
+    if job is None or row is None or row.status == MergedExport.Status.FAILED:
         return "skipped"  # nothing pending: already given up or refused, or never asked for
     if row.status == MergedExport.Status.READY:
         return "ready"
