@@ -65,6 +65,9 @@ def test_an_exception_of_check_ends_the_wait_at_once():
     with pytest.raises(RuntimeError, match="web exited with 1"):
         wait_until(failing, timeout=5, interval=0.001)
     assert len(check.calls) == 1
+    with pytest.raises(RuntimeError, match="web exited with 1"):  # ignoring others does not ignore it
+        wait_until(failing, timeout=5, interval=0.001, ignore=(ConnectionError,))
+    assert len(check.calls) == 2
 
 
 def test_ignored_exceptions_count_as_not_yet_and_the_last_one_is_reported():
