@@ -8,6 +8,7 @@ import requests
 
 from tests.browser.pages import sign_in
 from tests.conftest import memorisable_conversations
+from tests.waiting import page_sleep, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -111,10 +112,7 @@ def test_the_job_page_fills_in_the_end_of_the_job_and_the_merged_export_without_
 def test_a_paused_job_can_be_cancelled_after_a_confirmation(stack, page, api, dataset):
     job = start_job(stack, api, dataset, max_steps=400)
     assert api.post(f"{stack.url}/api/v1/jobs/{job}/pause/").status_code in (200, 202)
-    for _ in range(600):
-        if api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"] == "paused":
-            break
-        page.wait_for_timeout(100)
+    wait_status(stack, api, job, ("paused",), page, timeout_s=60, interval=0.1)
     sign_in(page, stack, "alice")
     page.goto(f"{stack.url}/jobs/{job}/")
     page.wait_for_timeout(1500)  # the live stream has replayed the paused status by now
@@ -136,13 +134,11 @@ def test_a_paused_job_can_be_cancelled_after_a_confirmation(stack, page, api, da
     assert api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"] == "cancelled"
 
 
-def wait_status(stack, api, job, wanted, page, timeout_s=120):
-    for _ in range(timeout_s * 5):
-        status = api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"]
-        if status in wanted:
-            return status
-        page.wait_for_timeout(200)
-    raise AssertionError(f"job {job} is still {status}")
+def wait_status(stack, api, job, wanted, page, timeout_s=120, interval=0.2):
+    """Wait (the page handling its events meanwhile) until the job's status is one of `wanted`; that status."""
+    return wait_until(lambda: api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"],
+                      until=lambda status: status in wanted, timeout=timeout_s, interval=interval,
+                      what=f"job {job} to be {' or '.join(wanted)}", on_timeout=stack.logs, sleep=page_sleep(page))
 
 
 def test_new_job_from_this_fills_every_field_and_delete_asks_first(stack, page, api, dataset):
@@ -226,11 +222,9 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
     first = start_job(stack, api, dataset, max_steps=2)
     second = start_job(stack, api, dataset, max_steps=2, rank=4, alpha=8)
     for job in (first, second):
-        for _ in range(600):
-            detail = api.get(f"{stack.url}/api/v1/jobs/{job}/").json()
-            if detail["status"] in ("succeeded", "failed"):
-                break
-            __import__("time").sleep(0.2)
+        detail = wait_until(lambda: api.get(f"{stack.url}/api/v1/jobs/{job}/").json(),  # noqa: B023 (called at once)
+                            until=lambda d: d["status"] in ("succeeded", "failed"), timeout=120, interval=0.2,
+                            what=f"job {job} to end", on_timeout=stack.logs)
         assert detail["status"] == "succeeded", detail
     context = browser.new_context(viewport={"width": 390, "height": 844}, bypass_csp=True)
     page = context.new_page()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import page_sleep, wait_until
+
 pytestmark = pytest.mark.browser
 
 STATIC = Path(__file__).resolve().parents[2] / "static" / "app"
@@ -44,8 +46,5 @@ def test_the_models_page_follows_a_download_and_reloads_when_it_ends(page):
     assert page.inner_text("[data-model-status]") == "downloading"
     assert page.locator("progress").evaluate("p => [p.value, p.max]") == [1048576, 4194304]
     page.locator("[data-model-text]", has_text="Converting the GGUF file").wait_for(timeout=10_000)
-    deadline_ms = 10_000
-    while len(loads) < 2 and deadline_ms > 0:
-        page.wait_for_timeout(200)
-        deadline_ms -= 200
+    wait_until(lambda: len(loads) >= 2, timeout=10, interval=0.2, what="the page to reload", sleep=page_sleep(page))
     assert len(loads) >= 2, "the page reloads once the download has ended"

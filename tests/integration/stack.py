@@ -19,6 +19,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import TEST_REDIS, XDIST_INDEX
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -216,18 +217,16 @@ class Stack:
             conn.execute(sql)
 
     def _wait_http(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             for name in {role for role, _ in self.procs}:
                 proc = self.process(name)
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}\n{self.logs()}")
-            try:
-                requests.get(self.url + "/accounts/login/", timeout=10)
-                return
-            except (requests.ConnectionError, requests.Timeout):
-                time.sleep(0.3)
-        raise RuntimeError(f"web server did not start\n{self.logs()}")
+            requests.get(self.url + "/accounts/login/", timeout=10)
+            return True
+
+        wait_until(answers, timeout=timeout, interval=0.3, what="the web server to start", on_timeout=self.logs,
+                   ignore=(requests.ConnectionError, requests.Timeout))
 
     def api_key(self, username="alice") -> str:
         """A new Bearer key for the user, made the way the keys page makes one."""
@@ -266,6 +265,7 @@ def read_sse(response, until, limit_s: float = 240):
     """Yield (event, data) pairs from a streaming response (or its iter_lines) until `until(event, data)`."""
     import json
 
+    # Not a wait for wait_until: a limit on reading a stream whose own lines drive the loop.
     deadline = time.monotonic() + limit_s
     event, data = None, []
     lines = response.iter_lines(decode_unicode=True) if hasattr(response, "iter_lines") else response

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from tests.local_http import local_http_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 8  # the stack's WEBHOOK_TIMEOUT_SECONDS
@@ -78,13 +79,14 @@ def test_a_hanging_webhook_endpoint_never_holds_up_chat(stack, trickling_endpoin
     # The attempt ends at its deadline, however slowly the endpoint trickles, and waits to be retried.
     assert Trickling.hung_up.wait(DEADLINE_S + 10), stack.logs()
     assert Trickling.times["hung_up"] - Trickling.times["connected"] < DEADLINE_S + 2
-    deadline = time.monotonic() + 15
-    while True:
+
+    def delivery_of_hook() -> dict:
         (delivery,) = requests.get(f"{stack.url}/api/v1/webhooks/{hook}/deliveries/", headers=headers,
                                    timeout=30).json()["results"]
-        if delivery["last_error"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+        return delivery
+
+    delivery = wait_until(delivery_of_hook, until=lambda d: d["last_error"], timeout=15, interval=0.3,
+                          what="the delivery's attempt to fail", on_timeout=stack.logs)
     assert (delivery["status"], delivery["attempts"], delivery["response_code"], delivery["last_error"]) == (
         "pending", 1, None, f"timeout: no complete answer within {DEADLINE_S} s"), stack.logs()
 
@@ -100,20 +102,12 @@ def test_a_large_upload_and_its_token_counts_are_done_by_the_background_worker(s
     r = requests.post(f"{stack.url}/api/v1/datasets/", headers=headers, timeout=30,
                       files={"file": ("big.jsonl", body)}, data={"name": "big"})
     assert r.status_code == 202 and r.json()["status"] == "queued", r.text
-    check = wait_for(lambda: requests.get(stack.url + r.headers["Location"], headers=headers, timeout=30).json(),
-                     lambda c: c["status"] not in ("queued", "checking"), stack)
+    check = wait_until(lambda: requests.get(stack.url + r.headers["Location"], headers=headers, timeout=30).json(),
+                       until=lambda c: c["status"] not in ("queued", "checking"), timeout=60, interval=0.3,
+                       what="the dataset check to end", on_timeout=stack.logs)
     assert (check["status"], check["rows"]) == ("ready", 600), check
     tokens_url = f"{stack.url}/api/v1/datasets/{check['dataset']}/tokens/?max_length=16"
-    tokens = wait_for(lambda: requests.get(tokens_url, headers=headers, timeout=30).json(),
-                      lambda t: t["status"] != "pending", stack)
+    tokens = wait_until(lambda: requests.get(tokens_url, headers=headers, timeout=30).json(),
+                        until=lambda t: t["status"] != "pending", timeout=60, interval=0.3,
+                        what="the token counts", on_timeout=stack.logs)
     assert tokens["status"] == "ready" and len(tokens["lengths"]) == 600 and tokens["truncated"] == 600, tokens
-
-
-def wait_for(fetch, done, stack, limit_s: float = 60):
-    deadline = time.monotonic() + limit_s
-    while True:
-        value = fetch()
-        if done(value):
-            return value
-        assert time.monotonic() < deadline, (value, stack.logs())
-        time.sleep(0.3)

@@ -1,13 +1,13 @@
 """The train queue is fair with a real worker: Alice queues three jobs, then Bob queues one; Bob's job is
 the next to start after Alice's running one, before her other two."""
 import json
-import time
 
 import pytest
 
 from tests.conftest import memorisable_conversations
 from tests.integration.stack import running_stack
 from tests.integration.test_resume import Api
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 CONFIG = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_preset": "attention", "learning_rate": 0.01,
@@ -27,10 +27,8 @@ def test_one_worker_serves_users_in_turn(tmp_path, tiny_llama):
                                             "validation": "none"})["id"]
 
         first = submit(alice, "a1")
-        deadline = time.monotonic() + 60
-        while alice.get(f"/jobs/{first}/").json()["status"] != "running":
-            assert time.monotonic() < deadline, stack.logs()
-            time.sleep(0.1)
+        wait_until(lambda: alice.get(f"/jobs/{first}/").json()["status"], until=lambda status: status == "running",
+                   timeout=60, interval=0.1, what=f"job {first} to run", on_timeout=stack.logs)
         later = [submit(alice, "a2"), submit(alice, "a3")]
         bobs = submit(bob, "b1")
         for api, job_id in [(alice, first), (alice, later[0]), (alice, later[1]), (bob, bobs)]:

@@ -13,6 +13,7 @@ import torch
 from tests.conftest import memorisable_conversations
 from tests.integration.stack import Stack
 from tests.integration.test_resume import Api
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 # A lease long enough for a heartbeat (every third of it) to get through on a busy 2-core machine.
@@ -36,10 +37,8 @@ class FaultStack(Stack):
     def wait_failpoint(self, name: str, limit_s: float = 120) -> int:
         """Wait until a worker holds at failpoint `name`; its pid."""
         marker = Path(self.env["LORA_STUDIO_FAILPOINT_DIR"]) / name
-        deadline = time.monotonic() + limit_s
-        while not marker.exists():
-            assert time.monotonic() < deadline, f"the worker never reached {name}\n{self.logs()}"
-            time.sleep(0.05)
+        wait_until(marker.exists, timeout=limit_s, interval=0.05, what=f"the worker to reach {name}",
+                   on_timeout=self.logs)
         pid = int(marker.read_text())
         marker.unlink()
         return pid
@@ -79,10 +78,8 @@ class Run:
                                              "validation_seed": 1})["id"]
 
     def wait_step(self, job_id: str, step: int) -> None:
-        deadline = time.monotonic() + 120
-        while not self.api.metrics_after(job_id, step - 1):
-            assert time.monotonic() < deadline, self.stack.logs()
-            time.sleep(0.05)
+        wait_until(lambda: self.api.metrics_after(job_id, step - 1), timeout=120, interval=0.05,
+                   what=f"job {job_id} to report step {step}", on_timeout=self.stack.logs)
 
     def check(self, job_id: str, *, reference: str | None = None) -> dict:
         job = self.api.wait_done(self.stack, job_id)
@@ -177,8 +174,9 @@ def test_database_connections_dropped_for_seconds(pg_run):
     stack = pg_run.stack
     job_id = pg_run.submit()
     pg_run.wait_step(job_id, 8)
+    # Not a wait (so not wait_until): for a fixed 3 s, every connection of the product is cut, again and again.
     deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:  # every connection of the product is cut, again and again
+    while time.monotonic() < deadline:
         stack.drop_database_connections()
         time.sleep(0.3)
     pg_run.check(job_id, reference=pg_run.reference_id)

@@ -14,6 +14,7 @@ import pytest
 from tests.integration.test_faults import SWEEP_S, FaultStack, Run
 from tests.integration.stack import csrf_of, read_sse
 from tests.object_store import new_bucket, store_env, stored_keys, upload_folder
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 HOSTS = ("train", "train2", "infer")
@@ -69,10 +70,8 @@ def test_two_hosts_train_resume_download_and_chat_through_the_store(hosts, s3_en
         f"studio/jobs/{job_id}/data/eval.jsonl", f"studio/jobs/{job_id}/data/train.jsonl"]
 
     # Once the first train host has the job, the second one boots (it would take the job otherwise).
-    deadline = time.monotonic() + 120
-    while run.api.get(f"/jobs/{job_id}/").json()["status"] != "running":
-        assert time.monotonic() < deadline, stack.logs()
-        time.sleep(0.2)
+    wait_until(lambda: run.api.get(f"/jobs/{job_id}/").json()["status"], until=lambda status: status == "running",
+               timeout=120, interval=0.2, what=f"job {job_id} to run", on_timeout=stack.logs)
     stack.spawn_like("train", "train2")
     phases = {"running": time.monotonic() - started}
     # The first train host dies after its first checkpoint reached the store.

@@ -11,6 +11,7 @@ from safetensors.torch import load
 
 from tests.conftest import memorisable_conversations
 from tests.integration.stack import Stack
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 LEASE_S = 3
@@ -55,14 +56,12 @@ class Api:
         return self.get(f"/jobs/{job_id}/metrics/", params={"after": after}).json()
 
     def wait_done(self, stack, job_id, limit_s=240) -> dict:
-        deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline:
-            job = self.get(f"/jobs/{job_id}/").json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                assert job["status"] == "succeeded", (job, stack.logs())
-                return job
-            time.sleep(0.5)
-        raise TimeoutError(f"job {job_id} did not finish\n{stack.logs()}")
+        """Wait until the job ends; it must have succeeded."""
+        job = wait_until(lambda: self.get(f"/jobs/{job_id}/").json(),
+                         until=lambda j: j["status"] in ("succeeded", "failed", "cancelled"),
+                         timeout=limit_s, interval=0.5, what=f"job {job_id} to finish", on_timeout=stack.logs)
+        assert job["status"] == "succeeded", (job, stack.logs())
+        return job
 
     def adapter(self, job_id) -> dict[str, torch.Tensor]:
         r = self.get(f"/jobs/{job_id}/adapter/")
@@ -87,14 +86,17 @@ def test_sigkilled_train_worker_resumes_from_its_checkpoint(crash_stack):
 
     # The same job again; SIGKILL the train worker once step 30 is reported.
     job_id = api.submit(dataset_id, base_id)
-    last, deadline = 0, time.monotonic() + 180
-    while last < 30:
-        assert time.monotonic() < deadline, stack.logs()
+    last = 0
+
+    def last_step() -> int:
+        nonlocal last
         points = api.metrics_after(job_id, last)
         if points:
             last = max(p["step"] for p in points)
-        else:
-            time.sleep(0.05)
+        return last
+
+    wait_until(last_step, until=lambda step: step >= 30, timeout=180, interval=0.05,
+               what=f"job {job_id} to report step 30", on_timeout=stack.logs)
     code = stack.kill("train")
     assert code == -9
     at_kill = api.get(f"/jobs/{job_id}/").json()

@@ -11,6 +11,7 @@ import requests
 
 from tests.conftest import memorisable_conversations
 from tests.integration.stack import running_stack
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 # On examples longer than 512 tokens the tiny model's estimates (CPU) are about 403 MB at batch 4 x 64 tokens,
@@ -35,10 +36,8 @@ def test_jobs_run_only_where_they_fit(tmp_path, tiny_llama):
             assert r.status_code == 200, r.text
             return r.json()
 
-        deadline = time.monotonic() + 60
-        while len(workers()["workers"]) < 2:
-            assert time.monotonic() < deadline, stack.logs()
-            time.sleep(0.3)
+        wait_until(workers, until=lambda listing: len(listing["workers"]) >= 2, timeout=60, interval=0.3,
+                   what="both train workers to announce themselves", on_timeout=stack.logs)
         listed = {w["name"].split("-")[1]: w for w in workers()["workers"]}
         assert (listed["small"]["memory_mb"], listed["big"]["memory_mb"]) == (450, 800)
         assert listed["big"]["device"] == "cpu" and listed["big"]["count"] == 1
@@ -58,11 +57,15 @@ def test_jobs_run_only_where_they_fit(tmp_path, tiny_llama):
         assert r.status_code == 201 and r.json()["waiting_for"] == "", r.text
         job = r.json()["id"]
         seen_running_on = set()
-        deadline = time.monotonic() + 90
-        while (status := api.get(f"{url}/jobs/{job}/").json()["status"]) not in ("succeeded", "failed"):
-            assert time.monotonic() < deadline, stack.logs()
-            seen_running_on |= {w["name"] for w in workers()["workers"] if (w["job"] or {}).get("id") == job}
-            time.sleep(0.2)
+
+        def status_noting_its_worker() -> str:
+            status = api.get(f"{url}/jobs/{job}/").json()["status"]
+            if status not in ("succeeded", "failed"):
+                seen_running_on.update(w["name"] for w in workers()["workers"] if (w["job"] or {}).get("id") == job)
+            return status
+
+        status = wait_until(status_noting_its_worker, until=lambda status: status in ("succeeded", "failed"),
+                            timeout=90, interval=0.2, what=f"job {job} to end", on_timeout=stack.logs)
         assert status == "succeeded", stack.logs()
         assert stack.job_field(job, "worker").endswith(f":{stack.process('train-big').pid}")
         assert seen_running_on == {listed["big"]["name"]}
@@ -82,8 +85,6 @@ def test_jobs_run_only_where_they_fit(tmp_path, tiny_llama):
         assert listing["waiting"] == [{"id": waiting.json()["id"], "name": detail["name"], "reason": need}]
 
         stack.kill("train-small")  # killed outright: its announcement expires within three heartbeats (6 s)
-        killed = time.monotonic()
-        while len(workers()["workers"]) > 1:
-            assert time.monotonic() - killed < 10, workers()
-            time.sleep(0.3)
+        wait_until(workers, until=lambda listing: len(listing["workers"]) <= 1, timeout=10, interval=0.3,
+                   what="the killed worker to leave the list")
         assert [w["name"] for w in workers()["workers"]] == [listed["big"]["name"]]

@@ -1,12 +1,12 @@
 """The official `openai` client against a live stack: upload, fine-tune, list events and models, chat."""
 import io
 import json
-import time
 
 import pytest
 
 from tests.conftest import memorisable_conversations
 from tests.integration.stack import running_stack
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -19,11 +19,9 @@ def stack(tmp_path_factory, tiny_llama):
 
 def wait_succeeded(client, job, stack, limit_s: float = 300):
     """Poll the job through the client until it ends; it must have succeeded."""
-    deadline = time.monotonic() + limit_s
-    while job.status not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, stack.logs()
-        time.sleep(1)
-        job = client.fine_tuning.jobs.retrieve(job.id)
+    job = wait_until(lambda: client.fine_tuning.jobs.retrieve(job.id),
+                     until=lambda j: j.status in ("succeeded", "failed", "cancelled"), timeout=limit_s, interval=1,
+                     what=f"fine-tuning job {job.id} to end", on_timeout=stack.logs)
     assert job.status == "succeeded", (job.error, stack.logs())
     return job
 

@@ -10,20 +10,20 @@ import pytest
 import redis
 
 from tests.integration.stack import free_port
+from tests.waiting import wait_until
 
 
 def start(var, port) -> subprocess.Popen:
     env = {**os.environ, "LORA_STUDIO_VAR": str(var), "EMBEDDED_REDIS_PORT": str(port)}
     proc = subprocess.Popen([sys.executable, "-m", "webapp.embedded_redis"], env=env, stdout=subprocess.DEVNULL)
     client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return proc
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("embedded redis did not start")
+    try:
+        wait_until(client.ping, timeout=5, interval=0.05, what="the embedded redis to answer a ping",
+                   ignore=(redis.ConnectionError,))
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])

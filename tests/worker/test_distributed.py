@@ -19,6 +19,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import memorisable_conversations, write_jsonl
+from tests.waiting import wait_until
 from worker.checkpoint import checkpoint_folders
 from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.distributed import Supervisor, run_training
@@ -271,9 +272,7 @@ def test_a_rank_exits_when_its_supervisor_is_killed(tmp_path):
     assert proc.stdout.readline().strip() == "watching"
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(child):
-        time.sleep(0.1)
+    wait_until(lambda: not _alive(child), timeout=10, interval=0.1, what="the rank to exit with its supervisor")
     assert not _alive(child), "the rank outlived its supervisor"
 
 

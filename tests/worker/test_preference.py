@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests.waiting import wait_until
 from worker.batching import collate_pairs
 from worker.config import ConfigError, TrainConfig, TrainSpec
 from worker.data.examples import Example
@@ -178,7 +179,6 @@ def test_dpo_killed_mid_run_resumes_to_the_same_losses(tiny_llama, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     write_normalized_jsonl(colour_pairs(8, 1), tmp_path / "train.jsonl")
     write_normalized_jsonl(colour_pairs(2, 2), tmp_path / "eval.jsonl")
@@ -194,10 +194,12 @@ def test_dpo_killed_mid_run_resumes_to_the_same_losses(tiny_llama, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "train", str(tmp_path / "spec.json")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "fp/evaluate").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached its evaluation"
-            time.sleep(0.1)
+
+        def at_its_evaluation() -> bool:
+            assert proc.poll() is None, "the run never reached its evaluation"
+            return (tmp_path / "fp/evaluate").exists()
+
+        wait_until(at_its_evaluation, timeout=120, interval=0.1, what="the run to reach its evaluation")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
