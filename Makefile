@@ -16,7 +16,11 @@ run: install
 	@echo "  Starting: $(PROCESSES). Press Ctrl-C to stop them all."
 	@OFFLINE=$${OFFLINE:-1} exec .venv/bin/honcho -f Procfile start -p $(PORT) $(PROCESSES)
 
+# Lint, layout and types first (seconds, about a minute for mypy's first run), then the whole suite.
 test: install browser
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 install: $(STAMP)

@@ -6,6 +6,7 @@ jobs finished and how many metric steps were lost or duplicated (target: all fin
 
 It uses the tiny random Llama the tests build (no download) and the tests' process launcher.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,19 @@ from tests.integration.test_resume import Api  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
 
 VICTIMS = ["train", "train", "background", "beat", "redis", "infer", "web"]  # training is hit most
-CONFIG = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "learning_rate": 0.01,
-          "batch_size": 4, "max_seq_length": 128, "warmup_ratio": 0.0, "seed": 3, "max_steps": 40, "save_every": 5}
+CONFIG = {
+    "rank": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "target_preset": "all_linear",
+    "learning_rate": 0.01,
+    "batch_size": 4,
+    "max_seq_length": 128,
+    "warmup_ratio": 0.0,
+    "seed": 3,
+    "max_steps": 40,
+    "save_every": 5,
+}
 
 
 def main() -> int:
@@ -51,11 +63,24 @@ def main() -> int:
         next_kill = time.monotonic() + rng.uniform(2, 8)
         while time.monotonic() < end:
             try:
-                unfinished = [j for j in jobs[-args.in_flight * 2:]
-                              if api.get(f"/jobs/{j}/").json()["status"] in ("queued", "running")]
+                unfinished = [
+                    j
+                    for j in jobs[-args.in_flight * 2 :]
+                    if api.get(f"/jobs/{j}/").json()["status"] in ("queued", "running")
+                ]
                 while len(unfinished) < args.in_flight:
-                    unfinished.append(api.post("/jobs/", json={"name": "chaos", "dataset": dataset, "base_model": base,
-                                                               "config": CONFIG, "validation": "none"})["id"])
+                    unfinished.append(
+                        api.post(
+                            "/jobs/",
+                            json={
+                                "name": "chaos",
+                                "dataset": dataset,
+                                "base_model": base,
+                                "config": CONFIG,
+                                "validation": "none",
+                            },
+                        )["id"]
+                    )
                     jobs.append(unfinished[-1])
             except Exception as exc:  # noqa: BLE001 (the web server or Redis may be down this second)
                 print(f"  (api unavailable: {type(exc).__name__})", flush=True)

@@ -29,6 +29,7 @@ per-step `mfu` (worker.mfu: 4 x frozen base + 6 x trainable parameters + 12 x la
 per token, over the GPU's dense peak for the base's dtype from worker.mfu's table; GPU_PEAK_TFLOPS overrides
 the peak). Unknown GPUs print no MFU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,10 +82,19 @@ def build_model(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer_into(folder)
     tok = AutoTokenizer.from_pretrained(folder)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                         num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=2048,
-                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
@@ -97,8 +107,17 @@ def build_model(folder: Path) -> Path:
 def spec(model: Path, out: Path, **cfg):
     from worker.config import TrainConfig, TrainSpec
 
-    base = dict(target_preset="all_linear", rank=16, alpha=32, batch_size=16, max_seq_length=256, warmup_ratio=0.0,
-                save_every=10_000_000, final_eval=False, seed=42)
+    base = dict(
+        target_preset="all_linear",
+        rank=16,
+        alpha=32,
+        batch_size=16,
+        max_seq_length=256,
+        warmup_ratio=0.0,
+        save_every=10_000_000,
+        final_eval=False,
+        seed=42,
+    )
     if DEVICE == "cpu" and cfg.get("optimizer") == "paged_adamw_8bit":
         cfg["optimizer"] = "adamw"  # bitsandbytes' paged optimizer is CUDA only
     return TrainSpec(str(model), str(DATA), str(out), TrainConfig(**{**base, **cfg}), device=DEVICE)
@@ -161,8 +180,11 @@ def has_package(name: str) -> bool:
 def check_training(name: str, model: Path, work: Path, steps: int, n_params: int, **cfg) -> Path | None:
     try:
         result, reporter, peak_mb = run(spec(model, work / name.replace(" ", "-"), max_steps=steps, **cfg))
-        figures = {"tokens_per_s": steady_tokens_per_s(reporter), "peak_gpu_mb": peak_mb,
-                   "final_loss": result.final_loss}
+        figures = {
+            "tokens_per_s": steady_tokens_per_s(reporter),
+            "peak_gpu_mb": peak_mb,
+            "final_loss": result.final_loss,
+        }
         mfu = steady_mfu(reporter)
         if mfu is not None:
             figures["mfu_pct"] = 100 * mfu
@@ -186,8 +208,11 @@ def check_kernel_matrix(model: Path, work: Path, steps: int, n_params: int) -> P
     for liger in (False, True):
         for qlora in (False, True):
             for packing in (False, True):
-                name = ("QLoRA NF4" if qlora else "LoRA bf16") + (f" + packing ({packing_path()})" if packing else "") \
-                       + (" + Liger" if liger else "")
+                name = (
+                    ("QLoRA NF4" if qlora else "LoRA bf16")
+                    + (f" + packing ({packing_path()})" if packing else "")
+                    + (" + Liger" if liger else "")
+                )
                 rows.append(name)
                 if liger and DEVICE == "cpu":
                     say(name, "SKIP", reason="skipped: Liger kernels need CUDA (dry run on the CPU)")
@@ -212,9 +237,11 @@ def print_table(names: list[str]) -> None:
         r = by_name.get(name, {})
         tps, mem, mfu = r.get("tokens_per_s"), r.get("peak_gpu_mb"), r.get("mfu_pct")
         note = r.get("reason") or r.get("error") or ""
-        print(f"{name:<48} {r.get('status', '?'):<6} {'' if tps is None else f'{tps:,.0f}':>10} "
-              f"{'' if mem is None else f'{mem:,.0f}':>12} {'–' if mfu is None else f'{mfu:.1f}':>7}  {note}",
-              flush=True)
+        print(
+            f"{name:<48} {r.get('status', '?'):<6} {'' if tps is None else f'{tps:,.0f}':>10} "
+            f"{'' if mem is None else f'{mem:,.0f}':>12} {'–' if mfu is None else f'{mfu:.1f}':>7}  {note}",
+            flush=True,
+        )
     print(flush=True)
 
 
@@ -232,10 +259,16 @@ def check_paged_adamw_round_trip(model: Path, work: Path) -> None:
         resumed_result, resumed, _ = run(spec(model, out, **cfg))
         ref = straight.losses()
         diffs = [abs(loss - ref[step]) / abs(ref[step]) for step, loss in resumed.losses().items()]
-        ok = (first.status == "paused" and ckpt_ok and resumed_result.status == "succeeded"
-              and sorted(resumed.losses()) == [4, 5, 6] and max(diffs) < 0.02)
-        say(name, "PASS" if ok else "FAIL", paused_at=first.steps_done, checkpoint=ckpt_ok,
-            max_rel_loss_diff=max(diffs))
+        ok = (
+            first.status == "paused"
+            and ckpt_ok
+            and resumed_result.status == "succeeded"
+            and sorted(resumed.losses()) == [4, 5, 6]
+            and max(diffs) < 0.02
+        )
+        say(
+            name, "PASS" if ok else "FAIL", paused_at=first.steps_done, checkpoint=ckpt_ok, max_rel_loss_diff=max(diffs)
+        )
     except Exception as exc:  # noqa: BLE001
         say(name, "FAIL", error=f"{type(exc).__name__}: {exc}")
 
@@ -254,9 +287,14 @@ def check_ddp(model: Path, work: Path, steps: int) -> None:
         ref, got = one.losses(), two.losses()
         diff = max(abs(got[s] - ref[s]) / abs(ref[s]) for s in ref)
         ratio = steady_tokens_per_s(two) / steady_tokens_per_s(one)
-        say(name, "PASS" if result.status == "succeeded" and diff < 0.02 else "FAIL",
-            tokens_per_s_1=steady_tokens_per_s(one), tokens_per_s_2=steady_tokens_per_s(two), speedup=ratio,
-            max_rel_loss_diff=diff)
+        say(
+            name,
+            "PASS" if result.status == "succeeded" and diff < 0.02 else "FAIL",
+            tokens_per_s_1=steady_tokens_per_s(one),
+            tokens_per_s_2=steady_tokens_per_s(two),
+            speedup=ratio,
+            max_rel_loss_diff=diff,
+        )
     except Exception as exc:  # noqa: BLE001
         say(name, "FAIL", error=f"{type(exc).__name__}: {exc}")
         return
@@ -276,9 +314,16 @@ def check_fsdp(model: Path, work: Path, one, ddp, cfg: dict) -> None:
         diff = max(abs(got[s] - ref[s]) / abs(ref[s]) for s in ref)
         share = next((m for k, m in fsdp.events if m.startswith("FSDP:")), "")
         smaller = DEVICE == "cpu" or peak_mb(fsdp) < peak_mb(ddp)
-        say(name, "PASS" if result.status == "succeeded" and diff < 0.02 and smaller else "FAIL",
-            tokens_per_s_fsdp=steady_tokens_per_s(fsdp), vs_ddp=steady_tokens_per_s(fsdp) / steady_tokens_per_s(ddp),
-            peak_mb_fsdp=peak_mb(fsdp), peak_mb_ddp=peak_mb(ddp), max_rel_loss_diff=diff, share=share)
+        say(
+            name,
+            "PASS" if result.status == "succeeded" and diff < 0.02 and smaller else "FAIL",
+            tokens_per_s_fsdp=steady_tokens_per_s(fsdp),
+            vs_ddp=steady_tokens_per_s(fsdp) / steady_tokens_per_s(ddp),
+            peak_mb_fsdp=peak_mb(fsdp),
+            peak_mb_ddp=peak_mb(ddp),
+            max_rel_loss_diff=diff,
+            share=share,
+        )
     except Exception as exc:  # noqa: BLE001
         say(name, "FAIL", error=f"{type(exc).__name__}: {exc}")
 
@@ -292,8 +337,13 @@ def check_batched_generation(model: Path, adapter: Path | None) -> None:
     name = "chat worker batched generation (8 rows)"
     try:
         pool = ModelPool(memory_budget_mb=40_000, device=DEVICE)
-        rows = [([{"role": "user", "content": f"Message {i}: move the meeting to Oct {i + 1} in Berlin."}],
-                 ("adapter", str(adapter)) if adapter and i % 2 else None) for i in range(8)]
+        rows = [
+            (
+                [{"role": "user", "content": f"Message {i}: move the meeting to Oct {i + 1} in Berlin."}],
+                ("adapter", str(adapter)) if adapter and i % 2 else None,
+            )
+            for i in range(8)
+        ]
         gen = GenerationConfig(max_new_tokens=64)
         pool.generate_many(str(model), rows[:2], GenerationConfig(max_new_tokens=4))  # load and warm up
         if DEVICE == "cuda":
@@ -305,8 +355,13 @@ def check_batched_generation(model: Path, adapter: Path | None) -> None:
         seconds = time.monotonic() - started
         tok = pool.base(str(model)).tokenizer
         new_tokens = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers)
-        say(name, "PASS" if len(answers) == 8 else "FAIL", new_tokens_per_s=new_tokens / seconds,
-            seconds=seconds, adapter_rows=4 if adapter else 0)
+        say(
+            name,
+            "PASS" if len(answers) == 8 else "FAIL",
+            new_tokens_per_s=new_tokens / seconds,
+            seconds=seconds,
+            adapter_rows=4 if adapter else 0,
+        )
     except Exception as exc:  # noqa: BLE001
         say(name, "FAIL", error=f"{type(exc).__name__}: {exc}")
 
@@ -316,8 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=os.environ.get("GPU_CHECK_MODEL", ""))
     p.add_argument("--steps", type=int, default=12, help="steps per training run (the last 8 are timed)")
     p.add_argument("--out", default=os.environ.get("GPU_CHECK_OUT", ""), help="write results.json here")
-    p.add_argument("--dry-run-cpu", action="store_true", help="the same checks on the CPU with --model (a smoke "
-                                                                "test of this script; no figure means anything)")
+    p.add_argument(
+        "--dry-run-cpu",
+        action="store_true",
+        help="the same checks on the CPU with --model (a smoke test of this script; no figure means anything)",
+    )
     args = p.parse_args(argv)
     import logging
 
@@ -333,15 +391,19 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no CUDA device here; nothing to check.")
         return 0
     else:
-        print(f"gpu_check: {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}",
-              flush=True)
+        print(
+            f"gpu_check: {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}",
+            flush=True,
+        )
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     try:
         started = time.monotonic()
         model = Path(args.model) if args.model else build_model(work / "model")
         n_params = base_params(model)
-        print(f"model {model} ({n_params / 1e9:.2f}B parameters), ready after {time.monotonic() - started:.0f} s",
-              flush=True)
+        print(
+            f"model {model} ({n_params / 1e9:.2f}B parameters), ready after {time.monotonic() - started:.0f} s",
+            flush=True,
+        )
         adapter = check_kernel_matrix(model, work, args.steps, n_params)
         check_paged_adamw_round_trip(model, work)
         check_ddp(model, work, min(args.steps, 20))

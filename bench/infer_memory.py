@@ -15,6 +15,7 @@ the parent.
 "N separate bases" is not loaded: it is N x the measured single base (accounted and RSS growth),
 which is what a pool that loaded a base per adapter would hold at the least.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,20 +43,29 @@ def rss_mb() -> tuple[float, float]:
 
 def measure(model_dir: str, adapter_dirs: list[str], budget_mb: int) -> dict:
     """Load the base, then the adapters one by one, recording memory after each; check the logits."""
-    import torch
-
     import peft  # noqa: F401  (imports counted before the "after imports" figure)
+    import torch
     import transformers  # noqa: F401
+
     from worker.inference import MIB, ModelPool
 
     torch.set_num_threads(1)  # loading is memory traffic; one forward pass per stage needs no threads
-    stages = [{"stage": "after imports", "accounted_mb": 0.0, "seconds": 0.0, **dict(zip(("rss_mb", "peak_mb"), rss_mb()))}]
+    stages = [
+        {"stage": "after imports", "accounted_mb": 0.0, "seconds": 0.0, **dict(zip(("rss_mb", "peak_mb"), rss_mb()))}
+    ]
     pool = ModelPool(memory_budget_mb=budget_mb, device="cpu")
 
     def record(stage: str, started: float) -> None:
         current, peak = rss_mb()
-        stages.append({"stage": stage, "accounted_mb": pool.accounted_bytes / MIB, "rss_mb": current,
-                       "peak_mb": peak, "seconds": time.perf_counter() - started})
+        stages.append(
+            {
+                "stage": stage,
+                "accounted_mb": pool.accounted_bytes / MIB,
+                "rss_mb": current,
+                "peak_mb": peak,
+                "seconds": time.perf_counter() - started,
+            }
+        )
 
     started = time.perf_counter()
     ids = pool.base(model_dir).tokenizer("Which city is the capital of France?", return_tensors="pt").input_ids
@@ -72,7 +82,7 @@ def measure(model_dir: str, adapter_dirs: list[str], budget_mb: int) -> dict:
         assert torch.allclose(pool.logits(model_dir, ids, adapter=(f"a{i}", folder)), adapter_logits[i - 1], atol=1e-4)
     assert torch.allclose(pool.logits(model_dir, ids), base_logits, atol=1e-4)
     every = [base_logits] + adapter_logits
-    assert not any(torch.allclose(x, y, atol=1e-3) for i, x in enumerate(every) for y in every[i + 1:])
+    assert not any(torch.allclose(x, y, atol=1e-3) for i, x in enumerate(every) for y in every[i + 1 :])
     stats = pool.stats()
     assert stats["base_loads"] == 1 and stats["adapter_loads"] == len(adapter_dirs), stats
     return {"stages": stages, "stats": stats}
@@ -81,8 +91,10 @@ def measure(model_dir: str, adapter_dirs: list[str], budget_mb: int) -> dict:
 def make_adapters(model_dir: Path, out: Path, n: int, rank: int) -> list[str]:
     from tests.tiny_model import build_random_adapter
 
-    return [build_random_adapter(model_dir, out / f"a{i}", seed=100 + i, rank=rank, target_modules=TARGETS)
-            for i in range(1, n + 1)]
+    return [
+        build_random_adapter(model_dir, out / f"a{i}", seed=100 + i, rank=rank, target_modules=TARGETS)
+        for i in range(1, n + 1)
+    ]
 
 
 def report(result: dict, n: int) -> None:
@@ -90,21 +102,31 @@ def report(result: dict, n: int) -> None:
     imports, base, one, many = rows[0], rows[1], rows[2], rows[-1]
     print(f"{'stage':<18}{'accounted MB':>13}{'RSS MB':>9}{'RSS growth MB':>15}{'peak RSS MB':>13}{'load s':>8}")
     for r in rows:
-        print(f"{r['stage']:<18}{r['accounted_mb']:>13.1f}{r['rss_mb']:>9.0f}{r['rss_mb'] - imports['rss_mb']:>15.0f}"
-              f"{r['peak_mb']:>13.0f}{r['seconds']:>8.2f}")
+        print(
+            f"{r['stage']:<18}{r['accounted_mb']:>13.1f}{r['rss_mb']:>9.0f}{r['rss_mb'] - imports['rss_mb']:>15.0f}"
+            f"{r['peak_mb']:>13.0f}{r['seconds']:>8.2f}"
+        )
     base_acc, base_rss = base["accounted_mb"], base["rss_mb"] - imports["rss_mb"]
-    print(f"{n} separate bases (estimated, {n} x the base; not loaded): accounted {n * base_acc:.0f} MB, "
-          f"RSS growth {n * base_rss:.0f} MB")
+    print(
+        f"{n} separate bases (estimated, {n} x the base; not loaded): accounted {n * base_acc:.0f} MB, "
+        f"RSS growth {n * base_rss:.0f} MB"
+    )
     for label, r in (("+1 adapter", one), (f"+{n} adapters", many)):
         acc, rss = r["accounted_mb"] - base_acc, r["rss_mb"] - base["rss_mb"]
-        print(f"{label}: accounted +{acc:.1f} MB = {100 * acc / base_acc:.1f}% of one base; "
-              f"RSS +{rss:.0f} MB = {100 * rss / base_rss:.1f}% of the base's RSS growth")
-    print(f"base + {n} adapters vs {n} bases: accounted {many['accounted_mb']:.0f} vs {n * base_acc:.0f} MB "
-          f"({many['accounted_mb'] / (n * base_acc):.2f}x); RSS growth {many['rss_mb'] - imports['rss_mb']:.0f} vs "
-          f"{n * base_rss:.0f} MB ({(many['rss_mb'] - imports['rss_mb']) / (n * base_rss):.2f}x)")
+        print(
+            f"{label}: accounted +{acc:.1f} MB = {100 * acc / base_acc:.1f}% of one base; "
+            f"RSS +{rss:.0f} MB = {100 * rss / base_rss:.1f}% of the base's RSS growth"
+        )
+    print(
+        f"base + {n} adapters vs {n} bases: accounted {many['accounted_mb']:.0f} vs {n * base_acc:.0f} MB "
+        f"({many['accounted_mb'] / (n * base_acc):.2f}x); RSS growth {many['rss_mb'] - imports['rss_mb']:.0f} vs "
+        f"{n * base_rss:.0f} MB ({(many['rss_mb'] - imports['rss_mb']) / (n * base_rss):.2f}x)"
+    )
     s = result["stats"]
-    print(f"pool: base_loads {s['base_loads']}, adapter_loads {s['adapter_loads']}, evictions {s['evictions']}, "
-          f"adapter sizes MB {sorted(set(s['bases'][0]['adapters'].values()))}")
+    print(
+        f"pool: base_loads {s['base_loads']}, adapter_loads {s['adapter_loads']}, evictions {s['evictions']}, "
+        f"adapter sizes MB {sorted(set(s['bases'][0]['adapters'].values()))}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,15 +154,27 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     with tempfile.TemporaryDirectory() as tmp:
         adapters = make_adapters(model_dir, Path(tmp), a.adapters, a.rank)
-        cmd = [sys.executable, __file__, "--model", str(model_dir), "--budget-mb", str(a.budget_mb),
-               "--adapters", str(a.adapters), "--measure", *adapters]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--model",
+            str(model_dir),
+            "--budget-mb",
+            str(a.budget_mb),
+            "--adapters",
+            str(a.adapters),
+            "--measure",
+            *adapters,
+        ]
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((row for row in done.stdout.splitlines() if row.startswith("RESULT ")), None)
     if done.returncode or line is None:
         print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
         return 1
-    print(f"model {model_dir.name} (fp32, CPU), {a.adapters} random LoRA adapters rank {a.rank} on "
-          f"{'/'.join(TARGETS)}, budget {a.budget_mb} MB")
+    print(
+        f"model {model_dir.name} (fp32, CPU), {a.adapters} random LoRA adapters rank {a.rank} on "
+        f"{'/'.join(TARGETS)}, budget {a.budget_mb} MB"
+    )
     report(json.loads(line[7:]), a.adapters)
     return 0
 

@@ -6,6 +6,7 @@ Prints one JSON line: {"peak_mb": VmHWM in MiB, "seconds": ...}. The slow test o
 (tests/slow/test_estimate_calibration.py) runs it once per configuration: a fresh process, so the
 high-water mark is this job's alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,15 @@ def main(argv: list[str]) -> None:
     reporter = MemoryReporter()
     train(TrainSpec(model_dir, data, out, cfg, device="cpu"), reporter)
     rates = [m["tokens_per_s"] for _, m in reporter.points if m.get("tokens_per_s")]
-    print(json.dumps({"peak_mb": peak_rss_mb(), "seconds": time.monotonic() - started,
-                      "tokens_per_s": rates[-1] if rates else None}))
+    print(
+        json.dumps(
+            {
+                "peak_mb": peak_rss_mb(),
+                "seconds": time.monotonic() - started,
+                "tokens_per_s": rates[-1] if rates else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

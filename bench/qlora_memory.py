@@ -11,6 +11,7 @@ peak and the QLoRA / 16-bit ratio.
 
     python bench/qlora_memory.py [--steps 2] [--model var/models/SmolLM2-135M-Instruct]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,15 @@ def child(model_dir: str, data: str, variant: str, steps: int, batch_size: int) 
 
     torch.set_num_threads(1)
     precision, qlora = VARIANTS[variant]
-    cfg = TrainConfig(qlora=qlora, precision=precision, max_steps=steps, batch_size=batch_size,
-                      save_every=10_000_000, warmup_ratio=0.0, final_eval=False)
+    cfg = TrainConfig(
+        qlora=qlora,
+        precision=precision,
+        max_steps=steps,
+        batch_size=batch_size,
+        save_every=10_000_000,
+        warmup_ratio=0.0,
+        final_eval=False,
+    )
     with tempfile.TemporaryDirectory() as out:
         result = engine.train(TrainSpec(model_dir, data, out, cfg, device="cpu"), MemoryReporter())
     assert result.status == "succeeded", result
@@ -54,14 +62,27 @@ def own_peak_kb() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def job_peak_rss_mb(model_dir: str, variant: str, *, steps: int = 2, batch_size: int = 4,
-                    data: str = str(DATA)) -> float:
+def job_peak_rss_mb(
+    model_dir: str, variant: str, *, steps: int = 2, batch_size: int = 4, data: str = str(DATA)
+) -> float:
     """Peak RSS (MB) of a fresh process that trains a `variant` job on `model_dir`."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, __file__, "--child", variant, "--model", str(model_dir), "--data", data,
-           "--steps", str(steps), "--batch-size", str(batch_size)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--model",
+        str(model_dir),
+        "--data",
+        data,
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch_size),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     peak = next((line.split()[1] for line in done.stdout.splitlines() if line.startswith("PEAK_KB ")), None)
     if done.returncode or peak is None:
@@ -88,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     for variant in VARIANTS:
         peaks[variant] = job_peak_rss_mb(model_dir, variant, steps=a.steps, batch_size=a.batch_size, data=a.data)
         print(f"{variant:10s} peak RSS {peaks[variant]:7.0f} MB", flush=True)
-    print(f"QLoRA / 16-bit LoRA (bf16) peak RSS: {peaks['qlora'] / peaks['lora-bf16']:.2f}; "
-          f"QLoRA / fp32 LoRA: {peaks['qlora'] / peaks['lora-fp32']:.2f}")
+    print(
+        f"QLoRA / 16-bit LoRA (bf16) peak RSS: {peaks['qlora'] / peaks['lora-bf16']:.2f}; "
+        f"QLoRA / fp32 LoRA: {peaks['qlora'] / peaks['lora-fp32']:.2f}"
+    )
     print("RESULT " + json.dumps(peaks))
     return 0
 

@@ -20,6 +20,7 @@ On a 2-core CPU machine little or no gain is expected from either (the processes
 the figures prove the paths run. `bench/gpu_check.sh` measures DDP on 2 GPUs where there are 2.
 The 1-min load average is printed before each part so a contended run shows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,15 @@ def ensure_model(model_dir: Path) -> Path:
 def job_spec(model: Path, out: Path, *, steps: int, devices: int = 1):
     from worker.config import TrainConfig, TrainSpec
 
-    config = TrainConfig(max_steps=steps, devices=devices, dropout=0.0, warmup_ratio=0.0, save_every=10_000_000,
-                         final_eval=False, seed=42)
+    config = TrainConfig(
+        max_steps=steps,
+        devices=devices,
+        dropout=0.0,
+        warmup_ratio=0.0,
+        save_every=10_000_000,
+        final_eval=False,
+        seed=42,
+    )
     return TrainSpec(str(model), str(DATA), str(out), config, device="cpu")
 
 
@@ -68,8 +76,12 @@ def one_job(model: Path, devices: int, steps: int, threads: int) -> dict:
         run_training(job_spec(model, Path(out), steps=steps, devices=devices), reporter, threads=threads)
         wall = time.monotonic() - started
     rates = [m["tokens_per_s"] for step, m in reporter.points if step > 1]
-    return {"devices": devices, "tokens_per_s": statistics.median(rates), "wall_s": wall,
-            "final_loss": reporter.points[-1][1]["loss"]}
+    return {
+        "devices": devices,
+        "tokens_per_s": statistics.median(rates),
+        "wall_s": wall,
+        "final_loss": reporter.points[-1][1]["loss"],
+    }
 
 
 def worker(model: Path, jobs: list[str], steps: int, threads: int) -> None:
@@ -91,9 +103,24 @@ def jobs_per_hour(model: Path, workers: int, jobs: int, steps: int, threads: int
         per_worker = max(1, threads // workers)
         env = {**os.environ, "OMP_NUM_THREADS": str(per_worker)}
         started = time.monotonic()
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--model", str(model), "--job-steps",
-                                   str(steps), "--threads", str(per_worker), *share], env=env)
-                 for share in shares]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    "--model",
+                    str(model),
+                    "--job-steps",
+                    str(steps),
+                    "--threads",
+                    str(per_worker),
+                    *share,
+                ],
+                env=env,
+            )
+            for share in shares
+        ]
         codes = [p.wait() for p in procs]
         wall = time.monotonic() - started
     if any(codes):
@@ -127,20 +154,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n1. one job, {args.steps} steps, batch 8 (1-min load {load():.2f})", flush=True)
     runs = [one_job(model, devices, args.steps, args.threads) for devices in (1, 2)]
     for r in runs:
-        print(f"   devices={r['devices']}: {r['tokens_per_s']:7.1f} tokens/s  wall {r['wall_s']:6.1f} s  "
-              f"final loss {r['final_loss']:.4f}", flush=True)
+        print(
+            f"   devices={r['devices']}: {r['tokens_per_s']:7.1f} tokens/s  wall {r['wall_s']:6.1f} s  "
+            f"final loss {r['final_loss']:.4f}",
+            flush=True,
+        )
     ratio = runs[1]["tokens_per_s"] / runs[0]["tokens_per_s"]
     print(f"   2 processes / 1 process: {ratio:.2f}x tokens/s", flush=True)
 
     print(f"\n2. a queue of {args.jobs} jobs of {args.job_steps} steps (1-min load {load():.2f})", flush=True)
     queues = [jobs_per_hour(model, w, args.jobs, args.job_steps, args.threads) for w in (1, 2)]
     for q in queues:
-        print(f"   workers={q['workers']}: {q['jobs_per_hour']:7.1f} jobs/hour  wall {q['wall_s']:6.1f} s",
-              flush=True)
+        print(f"   workers={q['workers']}: {q['jobs_per_hour']:7.1f} jobs/hour  wall {q['wall_s']:6.1f} s", flush=True)
     scale = queues[1]["jobs_per_hour"] / queues[0]["jobs_per_hour"]
     print(f"   2 workers / 1 worker: {scale:.2f}x jobs/hour", flush=True)
-    print(json.dumps({"one_job": runs, "tokens_per_s_ratio": ratio, "queue": queues, "jobs_per_hour_ratio": scale,
-                      "load_at_end": load()}))
+    print(
+        json.dumps(
+            {
+                "one_job": runs,
+                "tokens_per_s_ratio": ratio,
+                "queue": queues,
+                "jobs_per_hour_ratio": scale,
+                "load_at_end": load(),
+            }
+        )
+    )
     return 0
 
 

@@ -3,6 +3,7 @@ one-line answers), generated from a seed so every run trains on the same rows.
 
     .venv/bin/python bench/short_data.py OUT.jsonl [--rows 400] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,28 @@ import json
 import random
 from pathlib import Path
 
-WORDS = ("garden", "window", "planet", "river", "basket", "silver", "candle", "forest", "button", "marble",
-         "pepper", "rocket", "violin", "ladder", "castle", "harbor", "meadow", "lantern", "pillow", "saddle")
+WORDS = (
+    "garden",
+    "window",
+    "planet",
+    "river",
+    "basket",
+    "silver",
+    "candle",
+    "forest",
+    "button",
+    "marble",
+    "pepper",
+    "rocket",
+    "violin",
+    "ladder",
+    "castle",
+    "harbor",
+    "meadow",
+    "lantern",
+    "pillow",
+    "saddle",
+)
 
 
 def short_examples(rows: int = 400, seed: int = 0) -> list[dict]:

@@ -9,6 +9,7 @@ train queue and eager mode is off, so every job stays queued: nothing trains; th
 `--warmup` requests (not counted) go first, as a running server has served some before. `--profile`
 prints cProfile's top functions over the measured requests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,23 @@ def free_port() -> int:
 def start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
     """A private redis-server (no persistence) on a free port; waits until it answers."""
     port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(folder)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
@@ -48,12 +63,20 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
 
 def configure(folder: Path, redis_port: int) -> None:
     """The installation's settings through the environment, as the product reads them; then Django."""
-    os.environ.update({
-        "DJANGO_SETTINGS_MODULE": "webapp.settings", "LORA_STUDIO_VAR": str(folder / "var"),
-        "MEDIA_ROOT": str(folder / "media"), "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "CELERY_TASK_ALWAYS_EAGER": "false",
-        "SECRET_KEY": "bench-only-" + "x" * 40, "QUOTA_ACTIVE_JOBS": "1000", "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false"})
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "webapp.settings",
+            "LORA_STUDIO_VAR": str(folder / "var"),
+            "MEDIA_ROOT": str(folder / "media"),
+            "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "CELERY_TASK_ALWAYS_EAGER": "false",
+            "SECRET_KEY": "bench-only-" + "x" * 40,
+            "QUOTA_ACTIVE_JOBS": "1000",
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
     sys.path.insert(0, str(ROOT))
     import django
 
@@ -75,16 +98,20 @@ def fixtures(folder: Path):
 
     user = get_user_model().objects.create_user("bench", password="pw-bench-123")
     base = base_model_register(name="tiny-llama", path=build_tiny_model(folder / "tiny-llama", "llama"))
-    dataset = dataset_create(owner=user, upload=SimpleUploadedFile("colours.jsonl", chat_jsonl()),
-                             name="colours.jsonl")
+    dataset = dataset_create(owner=user, upload=SimpleUploadedFile("colours.jsonl", chat_jsonl()), name="colours.jsonl")
     dataset_token_report(dataset=dataset, model_path=base.path, max_length=512)  # as after an upload
     return bearer_client(user), dataset, base
 
 
 def submit(client, dataset, base, i: int) -> float:
     """One job submission; its wall time in ms (a non-201 answer stops the bench)."""
-    body = {"name": f"bench {i}", "dataset": str(dataset.id), "base_model": str(base.id),
-            "config": {"rank": 8, "epochs": 1, "max_seq_length": 256}, "validation": "split"}
+    body = {
+        "name": f"bench {i}",
+        "dataset": str(dataset.id),
+        "base_model": str(base.id),
+        "config": {"rank": 8, "epochs": 1, "max_seq_length": 256},
+        "validation": "split",
+    }
     start = time.perf_counter()
     response = client.post("/api/v1/jobs/", body, format="json")
     elapsed = (time.perf_counter() - start) * 1000
@@ -126,15 +153,19 @@ def main() -> None:
             import pstats
 
             profiler.disable()
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(int(os.environ.get("BENCH_PROFILE_LINES", "40")))
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(
+                int(os.environ.get("BENCH_PROFILE_LINES", "40"))
+            )
         from jobs.training.models import FineTuneJob, JobStatus
 
         statuses = set(FineTuneJob.objects.values_list("status", flat=True))
         if statuses != {JobStatus.QUEUED}:
             raise SystemExit(f"jobs left the queue (something trained them): {statuses}")
-        print(f"{a.jobs} job submissions over REST: p50 {percentile(times, 50):.1f} ms, "
-              f"p95 {percentile(times, 95):.1f} ms, max {max(times):.1f} ms "
-              f"(after {a.warmup} warm-up; every job still queued)")
+        print(
+            f"{a.jobs} job submissions over REST: p50 {percentile(times, 50):.1f} ms, "
+            f"p95 {percentile(times, 95):.1f} ms, max {max(times):.1f} ms "
+            f"(after {a.warmup} warm-up; every job still queued)"
+        )
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)

@@ -26,6 +26,7 @@ difference is the growth caused by the variant (model, optimizer, activations). 
 non-padding tokens (what the engine's `tokens_per_s` metric counts) from the end of step 1 to the
 end of the last step, so the first, warm-up step is left out of both.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def maxrss_mb() -> float:
 def bench_config(steps: int, precision: str = "auto"):
     from worker.config import TrainConfig
 
-    return TrainConfig(max_steps=steps, warmup_ratio=0.0, lr_scheduler="linear", save_every=10_000_000, seed=42,
-                       precision=precision)
+    return TrainConfig(
+        max_steps=steps, warmup_ratio=0.0, lr_scheduler="linear", save_every=10_000_000, seed=42, precision=precision
+    )
 
 
 def run_engine(model_dir: str, steps: int, data: Path, precision: str) -> dict:
@@ -86,10 +88,13 @@ def run_engine(model_dir: str, steps: int, data: Path, precision: str) -> dict:
     per_epoch, total = plan_steps(len(examples), cfg)
     stream = MicroBatchStream(examples, cfg, per_epoch)
     tokens = {s: sum(len(examples[i].input_ids) for b in stream.for_step(s)[1] for i in b) for s in range(1, total + 1)}
-    return {"tokens": sum(tokens[s] for s in range(2, steps + 1)),
-            "seconds": reporter.times[steps] - reporter.times[1],
-            "mean_loss": sum(reporter.losses().values()) / steps, "trainable": result.trainable_params,
-            "precision": result.precision}
+    return {
+        "tokens": sum(tokens[s] for s in range(2, steps + 1)),
+        "seconds": reporter.times[steps] - reporter.times[1],
+        "mean_loss": sum(reporter.losses().values()) / steps,
+        "trainable": result.trainable_params,
+        "precision": result.precision,
+    }
 
 
 def run_baseline(model_dir: str, steps: int, data: Path) -> dict:
@@ -128,18 +133,38 @@ def run_baseline(model_dir: str, steps: int, data: Path) -> dict:
     clock = Clock()
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.learning_rate, max_steps=steps, lr_scheduler_type="linear", warmup_steps=0,
-            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim="adamw_torch",
-            use_cpu=True, bf16=False, fp16=False, seed=cfg.seed, report_to="none", save_strategy="no",
-            logging_strategy="steps", logging_steps=steps, disable_tqdm=True, dataloader_num_workers=0,
-            dataloader_pin_memory=False, remove_unused_columns=False,
+            output_dir=out,
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.learning_rate,
+            max_steps=steps,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            optim="adamw_torch",
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            seed=cfg.seed,
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="steps",
+            logging_steps=steps,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+            remove_unused_columns=False,
         )
-        Trainer(model=model, args=args, train_dataset=rows, data_collator=collator,
-                callbacks=[clock]).train()
+        Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[clock]).train()
     assert len(clock.times) == steps and len(counted) >= steps, (len(clock.times), len(counted))
-    return {"tokens": sum(counted[1:steps]), "seconds": clock.times[-1] - clock.times[0],
-            "mean_loss": clock.loss, "trainable": trainable, "precision": "fp32"}
+    return {
+        "tokens": sum(counted[1:steps]),
+        "seconds": clock.times[-1] - clock.times[0],
+        "mean_loss": clock.loss,
+        "trainable": trainable,
+        "precision": "fp32",
+    }
 
 
 def child(variant: str, model_dir: str, steps: int, threads: int | None, data: Path) -> None:
@@ -147,10 +172,10 @@ def child(variant: str, model_dir: str, steps: int, threads: int | None, data: P
 
     if threads:
         torch.set_num_threads(threads)
-    from worker.modeling import quiet_transformers
-
     import peft  # noqa: F401  (imports counted before the "after imports" figure)
     import transformers  # noqa: F401
+
+    from worker.modeling import quiet_transformers
 
     quiet_transformers()
     rss_imports = maxrss_mb()
@@ -163,8 +188,13 @@ def child(variant: str, model_dir: str, steps: int, threads: int | None, data: P
         result = run_engine(model_dir, steps, data, "auto")
     else:
         result = run_engine(model_dir, steps, data, "fp32" if variant == "engine-fp32" else "auto")
-    result.update(variant=variant, rss_after_imports_mb=rss_imports, peak_rss_mb=maxrss_mb(),
-                  threads=torch.get_num_threads(), tokens_per_s=result["tokens"] / result["seconds"])
+    result.update(
+        variant=variant,
+        rss_after_imports_mb=rss_imports,
+        peak_rss_mb=maxrss_mb(),
+        threads=torch.get_num_threads(),
+        tokens_per_s=result["tokens"] / result["seconds"],
+    )
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -178,14 +208,24 @@ def ensure_model(model_dir: Path) -> Path:
 
 
 def run_variant(variant: str, model_dir: Path, data: Path, a, env: dict) -> dict | None:
-    cmd = [sys.executable, __file__, "--variant", variant, "--model", str(model_dir), "--steps", str(a.steps),
-           "--data-file", str(data)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--variant",
+        variant,
+        "--model",
+        str(model_dir),
+        "--steps",
+        str(a.steps),
+        "--data-file",
+        str(data),
+    ]
     if a.threads:
         cmd += ["--threads", str(a.threads)]
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((row for row in done.stdout.splitlines() if row.startswith("RESULT ")), None)
     if done.returncode or line is None:
         print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
         return None
@@ -198,29 +238,42 @@ def run_variant(variant: str, model_dir: Path, data: Path, a, env: dict) -> dict
 def report(name: str, data: Path, rounds: list[dict], a, model_dir: Path) -> None:
     """The table of one dataset's runs and each engine variant's median ratios to the baseline."""
     threads = rounds[0]["engine"]["threads"]
-    print(f"\n== {name}: model {model_dir.name}, data {data.name}, {a.steps} steps, torch threads {threads}, "
-          f"{a.rounds} round(s), batch/max_len/lr from TrainConfig defaults")
-    print(f"{'round':<6}{'variant':<18}{'precision':>10}{'tokens/s':>10}{'tokens':>9}{'seconds':>9}{'peak RSS MB':>13}"
-          f"{'growth MB':>11}{'mean loss':>11}{'wall s':>8}  1-min load before/after")
+    print(
+        f"\n== {name}: model {model_dir.name}, data {data.name}, {a.steps} steps, torch threads {threads}, "
+        f"{a.rounds} round(s), batch/max_len/lr from TrainConfig defaults"
+    )
+    print(
+        f"{'round':<6}{'variant':<18}{'precision':>10}{'tokens/s':>10}{'tokens':>9}{'seconds':>9}{'peak RSS MB':>13}"
+        f"{'growth MB':>11}{'mean loss':>11}{'wall s':>8}  1-min load before/after"
+    )
     for n, results in enumerate(rounds, 1):
         for v, r in results.items():
             growth = r["peak_rss_mb"] - r["rss_after_imports_mb"]
-            print(f"{n:<6}{v:<18}{r['precision']:>10}{r['tokens_per_s']:>10.1f}{r['tokens']:>9}{r['seconds']:>9.1f}"
-                  f"{r['peak_rss_mb']:>13.0f}{growth:>11.0f}{r['mean_loss']:>11.4f}{r['wall_s']:>8.0f}  "
-                  f"{r['load'][0]:.2f}/{r['load'][1]:.2f}")
+            print(
+                f"{n:<6}{v:<18}{r['precision']:>10}{r['tokens_per_s']:>10.1f}{r['tokens']:>9}{r['seconds']:>9.1f}"
+                f"{r['peak_rss_mb']:>13.0f}{growth:>11.0f}{r['mean_loss']:>11.4f}{r['wall_s']:>8.0f}  "
+                f"{r['load'][0]:.2f}/{r['load'][1]:.2f}"
+            )
     for variant, targets in (("engine", " (target >= 2.0x tokens/s, <= 0.7x peak RSS)"), ("engine-fp32", "")):
         speed = [r[variant]["tokens_per_s"] / r["baseline"]["tokens_per_s"] for r in rounds]
         memory = [r[variant]["peak_rss_mb"] / r["baseline"]["peak_rss_mb"] for r in rounds]
-        growth = [(r[variant]["peak_rss_mb"] - r[variant]["rss_after_imports_mb"])
-                  / (r["baseline"]["peak_rss_mb"] - r["baseline"]["rss_after_imports_mb"]) for r in rounds]
-        print(f"{name} {variant}/baseline: {statistics.median(speed):.2f}x tokens/s (rounds "
-              f"{', '.join(f'{x:.2f}' for x in speed)}), {statistics.median(memory):.2f}x peak RSS "
-              f"(growth {statistics.median(growth):.2f}x){targets if variant == 'engine' else ''}")
+        growth = [
+            (r[variant]["peak_rss_mb"] - r[variant]["rss_after_imports_mb"])
+            / (r["baseline"]["peak_rss_mb"] - r["baseline"]["rss_after_imports_mb"])
+            for r in rounds
+        ]
+        print(
+            f"{name} {variant}/baseline: {statistics.median(speed):.2f}x tokens/s (rounds "
+            f"{', '.join(f'{x:.2f}' for x in speed)}), {statistics.median(memory):.2f}x peak RSS "
+            f"(growth {statistics.median(growth):.2f}x){targets if variant == 'engine' else ''}"
+        )
     for other, lever in (("engine-fp32", "the precision lever"), ("engine-peft-lora", "the bf16 LoRA branches")):
         speed = [r["engine"]["tokens_per_s"] / r[other]["tokens_per_s"] for r in rounds]
         memory = [r["engine"]["peak_rss_mb"] / r[other]["peak_rss_mb"] for r in rounds]
-        print(f"{name} engine/{other} ({lever} alone): {statistics.median(speed):.2f}x tokens/s "
-              f"(rounds {', '.join(f'{x:.2f}' for x in speed)}), {statistics.median(memory):.2f}x peak RSS")
+        print(
+            f"{name} engine/{other} ({lever} alone): {statistics.median(speed):.2f}x tokens/s "
+            f"(rounds {', '.join(f'{x:.2f}' for x in speed)}), {statistics.median(memory):.2f}x peak RSS"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads per variant (default: torch's)")
     p.add_argument("--model", default=str(DEFAULT_MODEL))
-    p.add_argument("--rounds", type=int, default=3,
-                   help="rounds of the variants, order rotating; the median ratio is reported")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the variants, order rotating; the median ratio is reported"
+    )
     p.add_argument("--data", choices=["demo", "short", "both"], default="both")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
@@ -251,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         env["OMP_NUM_THREADS"] = str(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
         datasets = {"demo": DATA, "short": write_short_data(Path(tmp) / "short.jsonl")}
-        for name in (["demo", "short"] if a.data == "both" else [a.data]):
+        for name in ["demo", "short"] if a.data == "both" else [a.data]:
             rounds = []
             for round_no in range(a.rounds):
                 # Rotate the order each round, so a drift in the machine's load hits every variant alike.

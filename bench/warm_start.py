@@ -10,6 +10,7 @@ round, so it is the cheapest cold load there is: the ratio is a floor. Prints th
 
     python bench/warm_start.py [--rounds 3] [--model var/models/SmolLM2-135M-Instruct]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,14 +79,23 @@ def main(argv: list[str] | None = None) -> int:
         assert not c["warm"] and w["warm"], (c, w)
         cold.append(c)
         warm.append(w)
-        print(f"round {round_no + 1}: cold {c['first_step_s']:.2f} s (setup {c['setup_s']:.2f} s), "
-              f"warm {w['first_step_s']:.2f} s (setup {w['setup_s']:.2f} s)", flush=True)
-    med = {name: {key: statistics.median(r[key] for r in runs) for key in ("setup_s", "first_step_s")}
-           for name, runs in (("cold", cold), ("warm", warm))}
-    print(f"submitted -> first step: cold {med['cold']['first_step_s']:.2f} s, warm {med['warm']['first_step_s']:.2f} s, "
-          f"ratio {med['cold']['first_step_s'] / med['warm']['first_step_s']:.2f}x")
-    print(f"setup (tokenizer, data, base, LoRA): cold {med['cold']['setup_s']:.2f} s, warm {med['warm']['setup_s']:.2f} s, "
-          f"ratio {med['cold']['setup_s'] / med['warm']['setup_s']:.2f}x")
+        print(
+            f"round {round_no + 1}: cold {c['first_step_s']:.2f} s (setup {c['setup_s']:.2f} s), "
+            f"warm {w['first_step_s']:.2f} s (setup {w['setup_s']:.2f} s)",
+            flush=True,
+        )
+    med = {
+        name: {key: statistics.median(r[key] for r in runs) for key in ("setup_s", "first_step_s")}
+        for name, runs in (("cold", cold), ("warm", warm))
+    }
+    print(
+        f"submitted -> first step: cold {med['cold']['first_step_s']:.2f} s, warm {med['warm']['first_step_s']:.2f} s, "
+        f"ratio {med['cold']['first_step_s'] / med['warm']['first_step_s']:.2f}x"
+    )
+    print(
+        f"setup (tokenizer, data, base, LoRA): cold {med['cold']['setup_s']:.2f} s, warm {med['warm']['setup_s']:.2f} s, "
+        f"ratio {med['cold']['setup_s'] / med['warm']['setup_s']:.2f}x"
+    )
     return 0
 
 

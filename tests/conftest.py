@@ -50,14 +50,18 @@ def _media_root(request, tmp_path):
 
 # --- database fixtures shared by the app tests -------------------------------------------------
 
+
 @pytest.fixture(autouse=True, scope="session")
 def _local_cache():
     """The product counts throttles in Redis (CACHE_URL); unit tests need no Redis server, so they count
     in memory. tests/accounts/test_throttle_redis.py checks the shared Redis path."""
     from django.test.utils import override_settings
 
-    with override_settings(CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-                                               "LOCATION": "lora-studio-tests"}}):
+    with override_settings(
+        CACHES={
+            "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "lora-studio-tests"}
+        }
+    ):
         yield
 
 
@@ -154,6 +158,7 @@ def real_redis(settings):
 
 # --- object storage (moto's S3 server, a real HTTP endpoint) -----------------------------------
 
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     from tests.object_store import start_moto
@@ -182,10 +187,18 @@ def object_store(settings, s3_endpoint, monkeypatch, tmp_path):
 # --- order: the longest modules first ------------------------------------------------------------
 # `make test` runs on two pytest-xdist workers, each taking whole modules (--dist loadscope) in the
 # order collected; starting the modules that take minutes first keeps both workers busy to the end.
-LONGEST_FIRST = ("tests/integration/test_faults.py", "tests/integration/test_object_storage.py",
-                 "tests/integration/test_routing.py", "tests/integration/test_fair_queue.py",
-                 "tests/integration/test_end_to_end.py", "tests/browser/", "tests/openai_compat/test_openai_end_to_end.py",
-                 "tests/integration/", "tests/worker/test_distributed.py", "tests/slow/")
+LONGEST_FIRST = (
+    "tests/integration/test_faults.py",
+    "tests/integration/test_object_storage.py",
+    "tests/integration/test_routing.py",
+    "tests/integration/test_fair_queue.py",
+    "tests/integration/test_end_to_end.py",
+    "tests/browser/",
+    "tests/openai_compat/test_openai_end_to_end.py",
+    "tests/integration/",
+    "tests/worker/test_distributed.py",
+    "tests/slow/",
+)
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -1,6 +1,7 @@
 """Dataset "bombs": small files that unpack into far more than they weigh, written by the tests
 (never committed). `python -m tests.dataset_bombs DIR` writes them all, so a test can make them in
 another process and measure its own memory without the cost of building them."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ def write_rows_parquet(path: Path, rows: int = 2_000_000) -> None:
 
     prompt = pa.DictionaryArray.from_arrays(pa.array([0] * rows, type=pa.int32()), pa.array(["Hi"]))
     completion = pa.DictionaryArray.from_arrays(pa.array([0] * rows, type=pa.int32()), pa.array(["Hello!"]))
-    pq.write_table(pa.table({"prompt": prompt, "completion": completion}), path, compression="zstd",
-                   row_group_size=rows)
+    pq.write_table(
+        pa.table({"prompt": prompt, "completion": completion}), path, compression="zstd", row_group_size=rows
+    )
 
 
 def write_huge_string_parquet(path: Path, chars: int = 50_000_000) -> None:

@@ -1,4 +1,5 @@
 """Small builders the tests share: example conversations, JSONL files, API clients with a key."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,13 @@ if TYPE_CHECKING:
 
 
 def memorisable_conversations(n: int = 8) -> list[list[dict]]:
-    return [[{"role": "user", "content": f"colour {i}"},
-             {"role": "assistant", "content": f'{{"answer": "{["red", "green", "blue"][i % 3]}"}}'}]
-            for i in range(n)]
+    return [
+        [
+            {"role": "user", "content": f"colour {i}"},
+            {"role": "assistant", "content": f'{{"answer": "{["red", "green", "blue"][i % 3]}"}}'},
+        ]
+        for i in range(n)
+    ]
 
 
 def write_jsonl(path: Path, records) -> Path:

@@ -1,10 +1,11 @@
 """A local HTTP endpoint for tests that need a real one (webhook receivers): 127.0.0.1 only."""
+
 from __future__ import annotations
 
 import http.server
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 @contextmanager

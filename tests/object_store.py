@@ -1,11 +1,15 @@
 """A real S3 endpoint for tests: moto's server on 127.0.0.1 (a free port), over HTTP like any store."""
+
 from __future__ import annotations
 
 import socket
 import uuid
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -31,9 +35,13 @@ def s3_client(endpoint: str):
     """A boto3 S3 client of the endpoint, as an administrator's tools would use it."""
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                        region_name=CREDENTIALS["AWS_DEFAULT_REGION"])
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+    )
 
 
 def stored_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
@@ -56,7 +64,7 @@ def store_env(endpoint: str, bucket: str, prefix: str = "studio") -> dict[str, s
 
 def upload_folder(endpoint: str, folder, url: str) -> None:
     """Copy a local folder to s3://BUCKET/PREFIX (as an administrator would with `aws s3 cp --recursive`)."""
-    bucket, _, prefix = url[len("s3://"):].partition("/")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
     client = s3_client(endpoint)
     for path in sorted(folder.rglob("*")):
         if path.is_file():

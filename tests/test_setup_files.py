@@ -1,4 +1,5 @@
 """The set-up files describe the same processes `make run` starts, and they are valid."""
+
 import os
 import subprocess
 from pathlib import Path
@@ -38,13 +39,31 @@ def test_each_kind_of_work_has_its_own_queue():
     assert routes[queue.TRAIN_JOB] == "train"
     assert {name for name, q in routes.items() if q == "infer"} == {queue.CHAT_ANSWER, queue.CHAT_ROUND}
     assert {name for name, q in routes.items() if q == "background"} == {
-        queue.MERGE_ADAPTER, queue.WEBHOOK_DELIVER, queue.SWEEP_MERGES, queue.SWEEP_WEBHOOKS, queue.SWEEP_JOBS,
-        queue.SWEEP_ANSWERS, queue.EXPIRE_FILES, queue.EXPIRE_UPLOADS, queue.CHECK_UPLOAD, queue.TOKEN_PROFILE,
-        queue.SWEEP_DATASETS, queue.HUB_DOWNLOAD, queue.GGUF_CONVERT}
+        queue.MERGE_ADAPTER,
+        queue.WEBHOOK_DELIVER,
+        queue.SWEEP_MERGES,
+        queue.SWEEP_WEBHOOKS,
+        queue.SWEEP_JOBS,
+        queue.SWEEP_ANSWERS,
+        queue.EXPIRE_FILES,
+        queue.EXPIRE_UPLOADS,
+        queue.CHECK_UPLOAD,
+        queue.TOKEN_PROFILE,
+        queue.SWEEP_DATASETS,
+        queue.HUB_DOWNLOAD,
+        queue.GGUF_CONVERT,
+    }
     # Celery beat runs every sweep and expiry, on the background queue.
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert scheduled == {queue.SWEEP_JOBS, queue.SWEEP_ANSWERS, queue.SWEEP_MERGES, queue.SWEEP_WEBHOOKS,
-                         queue.EXPIRE_FILES, queue.EXPIRE_UPLOADS, queue.SWEEP_DATASETS}
+    assert scheduled == {
+        queue.SWEEP_JOBS,
+        queue.SWEEP_ANSWERS,
+        queue.SWEEP_MERGES,
+        queue.SWEEP_WEBHOOKS,
+        queue.EXPIRE_FILES,
+        queue.EXPIRE_UPLOADS,
+        queue.SWEEP_DATASETS,
+    }
 
 
 def test_ci_runs_make_test():
@@ -64,12 +83,14 @@ def docker_with_compose(tmp_path):
 
 
 def test_docker_compose_config_is_valid(docker_with_compose):
-    done = subprocess.run(["docker", "compose", "config"], cwd=ROOT, env=docker_with_compose,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["docker", "compose", "config"], cwd=ROOT, env=docker_with_compose, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     assert {"web", "worker-train", "worker-infer", "worker-background", "beat", "postgres", "redis"} <= set(
-        config["services"])
+        config["services"]
+    )
     for role in ("train", "infer", "background"):
         command = config["services"][f"worker-{role}"]["command"]
         assert f"-Q {role} " in (command if isinstance(command, str) else " ".join(command)), role
@@ -78,16 +99,33 @@ def test_docker_compose_config_is_valid(docker_with_compose):
     # Files in the S3-compatible store (MinIO), made ready before any app container starts.
     assert env["STORAGE_URL"].startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     assert {"minio", "minio-bucket"} <= set(config["services"])
-    assert config["services"]["worker-train"]["depends_on"]["minio-bucket"]["condition"] == \
-        "service_completed_successfully"
+    assert (
+        config["services"]["worker-train"]["depends_on"]["minio-bucket"]["condition"]
+        == "service_completed_successfully"
+    )
 
 
 def test_compose_has_a_gpu_train_worker_behind_a_profile(docker_with_compose):
-    plain = yaml.safe_load(subprocess.run(["docker", "compose", "config"], cwd=ROOT, env=docker_with_compose,
-                                          capture_output=True, text=True, timeout=60, check=True).stdout)
+    plain = yaml.safe_load(
+        subprocess.run(
+            ["docker", "compose", "config"],
+            cwd=ROOT,
+            env=docker_with_compose,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
     assert "worker-train-gpu" not in plain["services"], "a CPU-only host starts no GPU service"
-    done = subprocess.run(["docker", "compose", "--profile", "gpu", "config"], cwd=ROOT, env=docker_with_compose,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["docker", "compose", "--profile", "gpu", "config"],
+        cwd=ROOT,
+        env=docker_with_compose,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     gpu = yaml.safe_load(done.stdout)["services"]["worker-train-gpu"]
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
@@ -101,8 +139,9 @@ def test_compose_has_a_gpu_train_worker_behind_a_profile(docker_with_compose):
 
 def test_compose_refuses_to_start_without_a_secret_key(docker_with_compose):
     env = {k: v for k, v in docker_with_compose.items() if k != "SECRET_KEY"}
-    done = subprocess.run(["docker", "compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        ["docker", "compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode != 0 and "SECRET_KEY" in done.stderr
     assert "change-me" not in (ROOT / "docker-compose.yml").read_text()
 
@@ -123,3 +162,17 @@ def test_gpu_only_kernels_stay_out_of_the_cpu_install():
     assert 'ARG GPU_EXTRAS=""' in docker and 'if [ -n "$GPU_EXTRAS" ]; then pip install' in docker
     compose = (ROOT / "docker-compose.yml").read_text()
     assert compose.count("GPU_EXTRAS: requirements-gpu.txt") == 1
+
+
+def test_make_test_lints_formats_and_type_checks_before_the_suite():
+    """CI runs `make test`: ruff (lint and layout) and mypy (strict on worker/) must pass before pytest runs,
+    with their versions pinned and their configuration in the repo."""
+    recipe = (ROOT / "Makefile").read_text().split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    steps = [line.strip() for line in recipe.splitlines()[1:] if line.startswith("\t")]
+    assert steps == ["$(PY) -m ruff check .", "$(PY) -m ruff format --check .", "$(PY) -m mypy", "$(PY) -m pytest"]
+    pins = (ROOT / "requirements-dev.txt").read_text()
+    assert "ruff==" in pins and "mypy==" in pins and "django-stubs==" in pins
+    config = (ROOT / "pyproject.toml").read_text()
+    assert (
+        "[tool.ruff.lint]" in config and 'module = ["worker.*"]' in config and "disallow_untyped_defs = true" in config
+    )

@@ -1,5 +1,6 @@
 """wait_until, the tests' one way to wait: it returns what was awaited, fails with what it saw, and lets
 errors through unless told to ignore them."""
+
 import pytest
 
 from tests.waiting import wait_until
@@ -32,8 +33,15 @@ def test_until_decides_when_the_value_is_done_and_the_value_is_returned():
 def test_a_timeout_fails_with_what_the_time_the_last_value_and_the_diagnostic():
     slept = []
     with pytest.raises(AssertionError) as failure:
-        wait_until(lambda: {"status": "queued"}, until=lambda v: v["status"] == "running", timeout=0.1, interval=0.02,
-                   what="job 7 to run", on_timeout=lambda: "train.log: worker crashed", sleep=slept.append)
+        wait_until(
+            lambda: {"status": "queued"},
+            until=lambda v: v["status"] == "running",
+            timeout=0.1,
+            interval=0.02,
+            what="job 7 to run",
+            on_timeout=lambda: "train.log: worker crashed",
+            sleep=slept.append,
+        )
     message = str(failure.value)
     assert "waiting for job 7 to run" in message and "limit 0.1 s" in message and "timed out after" in message
     assert "{'status': 'queued'}" in message and message.endswith("\ntrain.log: worker crashed")
@@ -84,8 +92,11 @@ def test_ignored_exceptions_count_as_not_yet_and_the_last_one_is_reported():
     def never():
         raise ConnectionError("connection refused")
 
-    with pytest.raises(AssertionError, match=r"waiting for the server to answer; last seen: the error "
-                                             r"ConnectionError\('connection refused'\)"):
+    with pytest.raises(
+        AssertionError,
+        match=r"waiting for the server to answer; last seen: the error "
+        r"ConnectionError\('connection refused'\)",
+    ):
         wait_until(never, timeout=0.05, interval=0.01, what="the server to answer", ignore=(ConnectionError,))
 
 

@@ -1,4 +1,5 @@
 """Tiny random causal LMs and a locally trained tokenizer, so tests never touch a model hub."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,15 +57,29 @@ def build_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
     vocab = len(tok)
     if arch == "llama":
         config = LlamaConfig(
-            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            tie_word_embeddings=False, initializer_range=0.3,
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=False,
+            initializer_range=0.3,
         )
     elif arch == "gpt2":
         config = GPT2Config(
-            vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=512,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=vocab,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=512,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
             initializer_range=0.3,
         )
     else:
@@ -75,8 +90,9 @@ def build_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
     return out_dir
 
 
-def build_random_adapter(model_dir: Path, out_dir: Path, seed: int, rank: int = 4,
-                         target_modules: tuple[str, ...] = ("q_proj", "v_proj")) -> str:
+def build_random_adapter(
+    model_dir: Path, out_dir: Path, seed: int, rank: int = 4, target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+) -> str:
     """Save a LoRA adapter with random A and B (B non-zero, so it changes the logits) for model_dir."""
     import torch
     from peft import LoraConfig, get_peft_model

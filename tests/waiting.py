@@ -8,6 +8,7 @@ with an AssertionError that says what was awaited, for how long, the last value 
 `on_timeout()` returns (a stack's logs, say). An exception from `check` ends the wait at once, unless
 its class is in `ignore` (a connection refused while a server starts): then it counts as "not yet".
 """
+
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -15,9 +16,17 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def wait_until(check: Callable[[], T], *, timeout: float, interval: float = 0.2, what: str = "the condition",
-               until: Callable[[T], Any] | None = None, on_timeout: Callable[[], Any] | None = None,
-               ignore: tuple[type[BaseException], ...] = (), sleep: Callable[[float], Any] = time.sleep) -> T:
+def wait_until(
+    check: Callable[[], T],
+    *,
+    timeout: float,
+    interval: float = 0.2,
+    what: str = "the condition",
+    until: Callable[[T], Any] | None = None,
+    on_timeout: Callable[[], Any] | None = None,
+    ignore: tuple[type[BaseException], ...] = (),
+    sleep: Callable[[float], Any] = time.sleep,
+) -> T:
     """Call `check()` every `interval` seconds until it returns a truthy value (or, given `until`, a value
     for which `until(value)` is truthy), and return that value; fail after `timeout` seconds.
 

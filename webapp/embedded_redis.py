@@ -4,6 +4,7 @@
 Redis install. It keeps its data in an append-only file under var/redis (fsynced every second and on
 shutdown), so stopping and starting `make run` loses no queued message.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,23 @@ def redis_server_binary() -> str:
 
 
 def server_argv(port: int, workdir: Path) -> list[str]:
-    return [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(workdir), "--protected-mode", "yes"]
+    return [
+        redis_server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--dir",
+        str(workdir),
+        "--protected-mode",
+        "yes",
+    ]
 
 
 def main() -> NoReturn:

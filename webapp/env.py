@@ -1,4 +1,5 @@
 """Typed readers for environment variables; a bad value names the variable."""
+
 from __future__ import annotations
 
 import ipaddress

@@ -2,6 +2,7 @@
 
 DATABASE_URL (e.g. postgres://user@host/db) and REDIS_URL switch to real servers.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -11,14 +12,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
+from csp.constants import NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
 from redis import exceptions as redis_exceptions
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from csp.constants import NONE, SELF
-from django.core.exceptions import ImproperlyConfigured
 
 from jobs.common.private_files import private_file_create
-from webapp.env import (env_bool, env_choice, env_hosts, env_int, env_list, env_port_ranges, env_str)
+from webapp.env import env_bool, env_choice, env_hosts, env_int, env_list, env_port_ranges, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("LORA_STUDIO_VAR", str(BASE_DIR / "var")))
@@ -27,8 +28,15 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 # Keys copied from examples (docker-compose.yml used to default to the first one): refused, as is any
 # key too short to be random.
-PLACEHOLDER_SECRET_KEYS = {"change-me-in-production", "change-me", "changeme", "secret", "secret-key",
-                           "your-secret-key", "insecure"}
+PLACEHOLDER_SECRET_KEYS = {
+    "change-me-in-production",
+    "change-me",
+    "changeme",
+    "secret",
+    "secret-key",
+    "your-secret-key",
+    "insecure",
+}
 SECRET_KEY_MIN_LENGTH = 32
 
 
@@ -36,11 +44,15 @@ def _secret_key() -> str:
     key = os.environ.get("SECRET_KEY")
     if key:
         if key.strip().lower() in PLACEHOLDER_SECRET_KEYS or key.startswith("django-insecure"):
-            raise ImproperlyConfigured("SECRET_KEY is a placeholder: set it to a long random value, e.g. "
-                                       "python -c 'import secrets; print(secrets.token_urlsafe(50))'")
+            raise ImproperlyConfigured(
+                "SECRET_KEY is a placeholder: set it to a long random value, e.g. "
+                "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+            )
         if len(key) < SECRET_KEY_MIN_LENGTH:
-            raise ImproperlyConfigured(f"SECRET_KEY must be at least {SECRET_KEY_MIN_LENGTH} characters "
-                                       f"(got {len(key)}); 50 random ones satisfy check --deploy")
+            raise ImproperlyConfigured(
+                f"SECRET_KEY must be at least {SECRET_KEY_MIN_LENGTH} characters "
+                f"(got {len(key)}); 50 random ones satisfy check --deploy"
+            )
         return key
     # A per-install key kept out of git, so a fresh clone never shares one; readable by its owner only.
     path = VAR_DIR / "secret_key"
@@ -93,7 +105,7 @@ CONTENT_SECURITY_POLICY = {
         "base-uri": [NONE],
         "form-action": [SELF],
         "frame-ancestors": [NONE],
-    },
+    }
 }
 
 INSTALLED_APPS = [
@@ -143,17 +155,15 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-            ],
+            ]
         },
-    },
+    }
 ]
 WSGI_APPLICATION = "webapp.wsgi.application"
 ASGI_APPLICATION = "webapp.asgi.application"
 
 _sqlite_path = VAR_DIR / "db.sqlite3"
-DATABASES = {
-    "default": dj_database_url.parse(env_str("DATABASE_URL", f"sqlite:///{_sqlite_path}"), conn_max_age=0)
-}
+DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL", f"sqlite:///{_sqlite_path}"), conn_max_age=0)}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Web and two workers write to one file: WAL, immediate transactions and a busy timeout.
     DATABASES["default"]["OPTIONS"] = {
@@ -161,7 +171,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")} if env_bool("SQLITE_TEST_FILE", False) else {}
+    DATABASES["default"]["TEST"] = (
+        {"NAME": str(VAR_DIR / "test-db.sqlite3")} if env_bool("SQLITE_TEST_FILE", False) else {}
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -176,10 +188,7 @@ ALLOW_SIGNUP = env_bool("ALLOW_SIGNUP", True)
 
 # Failed log-ins (django-axes): LOGIN_FAILURE_LIMIT failures for one username from one IP address lock
 # that pair out for LOGIN_LOCKOUT_MINUTES; a success resets the count. Counted in the database.
-AUTHENTICATION_BACKENDS = [
-    "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
-]
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = dt.timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
@@ -218,12 +227,20 @@ def _object_storage(url: str) -> dict[str, Any] | None:
     if parts.scheme != "s3" or not bucket or parts.query or parts.fragment:
         raise ImproperlyConfigured(f"STORAGE_URL must look like s3://BUCKET/PREFIX (got {url!r})")
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    return {"BACKEND": "storages.backends.s3.S3Storage",
-            "OPTIONS": {"bucket_name": bucket, "location": prefix, "file_overwrite": True, "default_acl": None,
-                        "endpoint_url": endpoint, "signature_version": "s3v4",
-                        # MinIO and most self-hosted stores serve buckets as paths, not subdomains.
-                        "addressing_style": "path" if endpoint else None,
-                        "region_name": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None}}
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "location": prefix,
+            "file_overwrite": True,
+            "default_acl": None,
+            "endpoint_url": endpoint,
+            "signature_version": "s3v4",
+            # MinIO and most self-hosted stores serve buckets as paths, not subdomains.
+            "addressing_style": "path" if endpoint else None,
+            "region_name": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None,
+        },
+    }
 
 
 STORAGE_URL = env_str("STORAGE_URL", "")
@@ -385,21 +402,26 @@ HUB_TIMEOUT_SECONDS = env_int("HUB_TIMEOUT_SECONDS", 30)
 GGUF_MAX_BYTES = env_int("GGUF_MAX_BYTES", DATASET_MAX_BYTES)
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["jobs.accounts.auth.ApiKeyAuthentication",
-                                       "rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "jobs.accounts.auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["jobs.accounts.auth.ApiKeyRateThrottle", "jobs.accounts.auth.SessionUserRateThrottle"],
     "EXCEPTION_HANDLER": "jobs.common.errors.rest_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PARSER_CLASSES": ["jobs.common.rest.SafeJSONParser", "rest_framework.parsers.FormParser",
-                               "rest_framework.parsers.MultiPartParser"],
+    "DEFAULT_PARSER_CLASSES": [
+        "jobs.common.rest.SafeJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 
 # OpenAPI 3 at /api/schema/, Swagger UI at /api/docs/; the UI's assets come from the sidecar package (no CDN).
 SPECTACULAR_SETTINGS = {
     "TITLE": "LoRA Studio API",
     "DESCRIPTION": "Datasets, LoRA fine-tuning jobs and adapters (/api/v1/), and the OpenAI-compatible API "
-                   "(/v1/). Authenticate with `Authorization: Bearer ls-...` (a personal API key) or a session.",
+    "(/v1/). Authenticate with `Authorization: Bearer ls-...` (a personal API key) or a session.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
@@ -428,12 +450,20 @@ def _redis_db(url: str, db: int) -> str:
 # The counts live in Redis, so a limit holds across web processes and machines. Its own database
 # (the broker's server, db 1): the cache may be flushed without touching queued tasks.
 CACHE_URL = env_str("CACHE_URL", _redis_db(REDIS_URL, 1))
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL,
-                      "KEY_PREFIX": "lora-studio",
-                      # A connection broken by a Redis restart is opened again, not reported as an error.
-                      "OPTIONS": {"retry_on_error": [redis_exceptions.ConnectionError, redis_exceptions.TimeoutError],
-                                  "retry": Retry(ExponentialBackoff(cap=1.0), 3), "socket_connect_timeout": 2,
-                                  "socket_timeout": 5}}}
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_URL,
+        "KEY_PREFIX": "lora-studio",
+        # A connection broken by a Redis restart is opened again, not reported as an error.
+        "OPTIONS": {
+            "retry_on_error": [redis_exceptions.ConnectionError, redis_exceptions.TimeoutError],
+            "retry": Retry(ExponentialBackoff(cap=1.0), 3),
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+        },
+    }
+}
 # How long a non-streaming /v1/chat/completions call waits for the infer worker.
 CHAT_COMPLETION_TIMEOUT = env_int("CHAT_COMPLETION_TIMEOUT", 300)
 

@@ -1,8 +1,9 @@
 """Root URLs: each app's pages, its /api/v1/ routes, the OpenAI-compatible /v1/, and JSON errors
 for the APIs."""
+
 from django.contrib import admin
-from django.urls import include, path, re_path
 from django.templatetags.static import static
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 

@@ -1,5 +1,6 @@
 """Micro-batches for training and evaluation: which examples go together at each optimizer step
 (`MicroBatchStream`), and how they become tensors (`collate` padded, `collate_packed` in one row)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ class MicroBatchStream:
         within = (step - 1) % self.per_epoch
         batches = self._epoch(epoch)
         acc = self.cfg.grad_accum
-        return epoch, batches[within * acc:(within + 1) * acc]
+        return epoch, batches[within * acc : (within + 1) * acc]
 
 
 @dataclass
@@ -79,16 +80,18 @@ def collate_packed(examples: list[TokenizedExample], device: Device, padding_fre
     import torch
 
     ids = torch.tensor([t for e in examples for t in e.input_ids], dtype=torch.long)
-    labels = torch.tensor([IGNORE_INDEX if i == 0 else t for e in examples for i, t in enumerate(e.labels)],
-                          dtype=torch.long)
+    labels = torch.tensor(
+        [IGNORE_INDEX if i == 0 else t for e in examples for i, t in enumerate(e.labels)], dtype=torch.long
+    )
     segment = torch.cat([torch.full((len(e.input_ids),), k) for k, e in enumerate(examples)])
     positions = torch.cat([torch.arange(len(e.input_ids)) for e in examples])
     n = ids.numel()
     if padding_free:
         return Batch(ids[None].to(device), labels[None].to(device), None, positions[None].to(device), n)
     allowed = (segment[:, None] == segment[None, :]) & torch.ones(n, n, dtype=torch.bool).tril()
-    return Batch(ids[None].to(device), labels[None].to(device), allowed[None, None].to(device),
-                 positions[None].to(device), n)
+    return Batch(
+        ids[None].to(device), labels[None].to(device), allowed[None, None].to(device), positions[None].to(device), n
+    )
 
 
 def collate_pairs(pairs: list[TokenizedPair], pad_id: int, device: Device) -> Batch:
@@ -97,8 +100,14 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int, device: Device) -> Ba
     return collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
 
 
-def make_batch(examples: list[TokenizedExample] | list[TokenizedPair], pad_id: int, device: Device, packing: bool, *,
-               padding_free: bool = False) -> Batch:
+def make_batch(
+    examples: list[TokenizedExample] | list[TokenizedPair],
+    pad_id: int,
+    device: Device,
+    packing: bool,
+    *,
+    padding_free: bool = False,
+) -> Batch:
     """A training micro-batch: preference pairs as chosen rows then rejected rows; examples packed into one
     row when `packing` (without a mask when `padding_free`), else padded."""
     if examples and isinstance(examples[0], TokenizedPair):

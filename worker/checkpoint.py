@@ -6,6 +6,7 @@ temporary dot-folder, fsynced and renamed into place, so a folder with the final
 complete, also after a power cut. No pickle anywhere: tensors go through safetensors, the rest
 through JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,11 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 STATE_FILE = "trainer_state.json"
 SAFETENSORS_FILES = ("adapter_model.safetensors", "optimizer.safetensors", "rng.safetensors")
@@ -174,8 +176,13 @@ def plain(obj: Any) -> Any:
 
 def _optimizer_state_dict(tensors: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     tensors = dict(tensors)
-    groups = [{key: tensors.pop(value[TENSOR_REF]) if isinstance(value, dict) and TENSOR_REF in value else value
-               for key, value in group.items()} for group in meta["param_groups"]]
+    groups = [
+        {
+            key: tensors.pop(value[TENSOR_REF]) if isinstance(value, dict) and TENSOR_REF in value else value
+            for key, value in group.items()
+        }
+        for group in meta["param_groups"]
+    ]
     state: dict[int, dict[str, Any]] = {}
     for name, value in list(tensors.items()) + list(meta["scalars"].items()):
         idx, key = name.split(".", 1)
@@ -202,8 +209,17 @@ class Checkpoint:
     best: dict[str, Any]  # the BestTracker state
 
 
-def save_checkpoint(root: Path, *, step: int, model: Any, optimizer: Any, scheduler: Any, extra: dict[str, Any],
-                    adapter_state: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    root: Path,
+    *,
+    step: int,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    extra: dict[str, Any],
+    adapter_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+) -> Path:
     """Write the adapter, optimizer, scheduler and RNG state for `step` atomically.
 
     `adapter_state` / `optimizer_state`: the model's and optimizer's state dicts to write instead of theirs (a
@@ -267,16 +283,30 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         adapter, optimizer, rng = (load_file(str(folder / name)) for name in SAFETENSORS_FILES)
         if "torch" not in rng:
             raise CheckpointUnreadable(folder, "rng.safetensors holds no torch generator state")
-        ckpt = Checkpoint(folder, int(state["step"]), state, adapter,
-                          _optimizer_state_dict(optimizer, state["optimizer"]), dict(state["scheduler"]), rng,
-                          _tupled(state["python_rng"]), dict(state.get("best", {})))
+        ckpt = Checkpoint(
+            folder,
+            int(state["step"]),
+            state,
+            adapter,
+            _optimizer_state_dict(optimizer, state["optimizer"]),
+            dict(state["scheduler"]),
+            rng,
+            _tupled(state["python_rng"]),
+            dict(state.get("best", {})),
+        )
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise CheckpointUnreadable(folder, f"{type(exc).__name__}: {exc}") from exc
     return ckpt
 
 
-def save_adapter(model: Any, folder: Path, *, tokenizer: Any = None, init_dir: Path | None = None,
-                 state_dict: dict[str, Any] | None = None) -> None:
+def save_adapter(
+    model: Any,
+    folder: Path,
+    *,
+    tokenizer: Any = None,
+    init_dir: Path | None = None,
+    state_dict: dict[str, Any] | None = None,
+) -> None:
     """Write the adapter (and the tokenizer, if given) atomically; `state_dict`: the weights to write instead of
     the model's (a sharded model's, gathered whole).
 
@@ -324,8 +354,10 @@ def load_checkpoint(ckpt: Checkpoint, *, model: Any, optimizer: Any, scheduler: 
     else:
         device = next(p for p in model.parameters() if p.requires_grad).device
         # The step counters stay on the CPU, as the optimizer keeps them.
-        moved = {idx: {k: v.to(device) if hasattr(v, "to") and k != "step" else v for k, v in st.items()}
-                 for idx, st in ckpt.optimizer["state"].items()}
+        moved = {
+            idx: {k: v.to(device) if hasattr(v, "to") and k != "step" else v for k, v in st.items()}
+            for idx, st in ckpt.optimizer["state"].items()
+        }
     optimizer.load_state_dict({"state": moved, "param_groups": ckpt.optimizer["param_groups"]})
     scheduler.load_state_dict(ckpt.scheduler)
     torch.set_rng_state(ckpt.rng["torch"])

@@ -1,7 +1,8 @@
 """Command line for the engine, with no database or web server.
 
-    python -m worker.cli train spec.json
+python -m worker.cli train spec.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,9 @@ import logging
 import sys
 
 from worker.config import TrainSpec
-from worker.errors import InputError
 from worker.data.problems import DatasetError
 from worker.engine import train
-from worker.errors import TrainingError
+from worker.errors import InputError, TrainingError
 from worker.reporting import MemoryReporter
 
 

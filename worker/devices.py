@@ -18,10 +18,12 @@ What a strategy answers: `share` / `eval_share` (the slice of a batch this rank 
 reports and writes files), `saves` (it takes part in the final save and evaluation) and `polls_stop` (it may
 leave during setup or evaluation on its own).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from worker.ranks import RankGroup
 
@@ -53,7 +55,7 @@ class SingleDevice:
     saves = True  # runs the final save and the end-of-job evaluation
     polls_stop = True  # may stop during setup or the end-of-job evaluation (no other rank waits on it)
 
-    def share(self, indices: list[int]) -> Optional[tuple[list[int], float]]:
+    def share(self, indices: list[int]) -> tuple[list[int], float] | None:
         """The examples of a micro-batch this rank trains on and the weight of their loss; None: none here."""
         return indices, 1.0
 
@@ -73,7 +75,7 @@ class SingleDevice:
 
         return torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm else None
 
-    def agree_stop(self, should_stop: Callable[[], Optional[str]]) -> Optional[str]:
+    def agree_stop(self, should_stop: Callable[[], str | None]) -> str | None:
         """The stop request (None, "cancel" or "pause") every rank acts on before the next step."""
         return should_stop()
 
@@ -94,7 +96,7 @@ class SingleDevice:
     def reseed(self, seed: int, step: int) -> None:
         """After resuming: this rank's own random draws (dropout)."""
 
-    def adapter_state(self, model: Any) -> Optional[dict[str, Any]]:
+    def adapter_state(self, model: Any) -> dict[str, Any] | None:
         """The adapter's weights to save instead of the model's own (gathered whole), or None: the model's."""
         return None
 
@@ -114,7 +116,7 @@ class DataParallel(SingleDevice):
         self.writes = group.main
         self.saves = group.main  # the others hold the same weights: rank 0 saves and evaluates alone
 
-    def share(self, indices: list[int]) -> Optional[tuple[list[int], float]]:
+    def share(self, indices: list[int]) -> tuple[list[int], float] | None:
         share = self.group.shard(indices)
         return (share, 1.0) if share else None
 
@@ -127,7 +129,7 @@ class DataParallel(SingleDevice):
     def reduce_grads(self, params: list[Any]) -> None:
         self.group.sum_grads(params)  # the ranks' shares of the step add up to one device's
 
-    def agree_stop(self, should_stop: Callable[[], Optional[str]]) -> Optional[str]:
+    def agree_stop(self, should_stop: Callable[[], str | None]) -> str | None:
         # Rank 0 alone is answered by the worker's stop flag (worker.distributed); it tells the others.
         return self.group.agree(should_stop() if self.group.main else None)
 
@@ -151,7 +153,7 @@ class Fsdp(DataParallel):
         super().__init__(group)
         self.saves = True  # gathering the weights to write is a collective: every rank takes part
 
-    def share(self, indices: list[int]) -> Optional[tuple[list[int], float]]:
+    def share(self, indices: list[int]) -> tuple[list[int], float] | None:
         # A rank with no example still runs the forward and backward (their collectives), on a stand-in example
         # whose loss counts for nothing.
         share = self.group.shard(indices)
@@ -161,7 +163,7 @@ class Fsdp(DataParallel):
         ordered = by_length(examples)
         fill: dict[str, Any] = {}
         if ordered:  # as many eval forwards on every rank as on rank 0 (the most)
-            most = len(ordered[::self.group.world])
+            most = len(ordered[:: self.group.world])
             fill = {"min_batches": -(-most // batch_size), "filler": ordered[0]}
         return EvalShare(self.group.shard(ordered), fill, everywhere=True)
 
@@ -186,14 +188,17 @@ class Fsdp(DataParallel):
         share = shard_model(model, group.device)
         n = group.world
         held = group.sum([share.local_bytes if r == group.rank else 0 for r in range(n)])  # by rank
-        reporter.event("setup", f"FSDP: each of {n} ranks holds about 1/{n} of the frozen base "
-                                f"({share.total_bytes / 2**20:.3f} MB): "
-                                + ", ".join(f"rank {r} {b / 2**20:.3f} MB" for r, b in enumerate(held)))
+        reporter.event(
+            "setup",
+            f"FSDP: each of {n} ranks holds about 1/{n} of the frozen base "
+            f"({share.total_bytes / 2**20:.3f} MB): "
+            + ", ".join(f"rank {r} {b / 2**20:.3f} MB" for r, b in enumerate(held)),
+        )
 
     def sync_weights(self, params: list[Any]) -> None:
         """Nothing to send: each rank loaded its chunks from the same full checkpoint."""
 
-    def adapter_state(self, model: Any) -> Optional[dict[str, Any]]:
+    def adapter_state(self, model: Any) -> dict[str, Any] | None:
         from worker.sharding import full_adapter_state
 
         return full_adapter_state(model)

@@ -18,6 +18,7 @@ collectives time out after `timeout_s`; a rank whose supervisor dies exits withi
 run in their own session, so a Ctrl-C meant for the worker reaches only the supervisor, which
 pauses the job through rank 0 as with one device.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,13 +35,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from worker.config import ConfigError, TrainSpec
-from worker.errors import InputError
 from worker.data.problems import DatasetError
 from worker.engine import train
-from worker.errors import TrainingError
+from worker.errors import InputError, TrainingError
+from worker.reporting import Reporter, StopCheck, WorkLost, checkpoint_hook, never_stop
 from worker.run_state import TrainResult
 from worker.warm import WarmBases
-from worker.reporting import Reporter, StopCheck, WorkLost, checkpoint_hook, never_stop
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,16 @@ FD_ENV = "LORA_STUDIO_RANK_FD"
 SUPERVISOR_ENV = "LORA_STUDIO_SUPERVISOR_PID"
 
 
-def run_training(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop, *,
-                 max_devices: int = 0, threads: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 warm: WarmBases | None = None) -> TrainResult:
+def run_training(
+    spec: TrainSpec,
+    reporter: Reporter,
+    should_stop: StopCheck = never_stop,
+    *,
+    max_devices: int = 0,
+    threads: int = 0,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    warm: WarmBases | None = None,
+) -> TrainResult:
     """Train on `spec.config.devices` processes; `max_devices` (0: no cap) is what this worker allows.
 
     `warm` (bases kept loaded between jobs) serves one-device runs only: rank processes load their own.
@@ -69,15 +76,18 @@ def check_devices(spec: TrainSpec, n: int, max_devices: int) -> None:
     from worker.modeling import choose_device
 
     if max_devices and n > max_devices:
-        raise TrainingError(f"this job asks for {n} devices and this train worker allows {max_devices} "
-                            "(setting TRAIN_MAX_DEVICES); retry with fewer devices")
+        raise TrainingError(
+            f"this job asks for {n} devices and this train worker allows {max_devices} "
+            "(setting TRAIN_MAX_DEVICES); retry with fewer devices"
+        )
     if choose_device(spec.device).is_cuda:
         import torch
 
         have = torch.cuda.device_count()
         if n > have:
-            raise TrainingError(f"this job asks for {n} GPUs and this train worker has {have}; "
-                                "retry with fewer devices")
+            raise TrainingError(
+                f"this job asks for {n} GPUs and this train worker has {have}; retry with fewer devices"
+            )
 
 
 def cpu_threads_per_rank(n: int, threads: int = 0) -> int:
@@ -86,6 +96,7 @@ def cpu_threads_per_rank(n: int, threads: int = 0) -> int:
 
 
 # --- messages over a socket pair: one JSON object per message (never pickle) -------------------------
+
 
 def send(conn: Connection, message: dict[str, Any]) -> None:
     conn.send_bytes(json.dumps(message).encode())
@@ -122,6 +133,7 @@ KNOWN_ERRORS = (TrainingError, InputError)
 
 # --- the supervisor (the train worker's process) ------------------------------------------------------
 
+
 class Supervisor:
     """Starts the ranks, answers rank 0's reporter and stop-check calls, and ends every rank on the way out."""
 
@@ -138,8 +150,8 @@ class Supervisor:
         import torch.distributed as dist
 
         store = dist.TCPStore(
-            "127.0.0.1", 0, self.n + 1, True, timeout=datetime.timedelta(seconds=self.timeout_s),
-            wait_for_workers=False)
+            "127.0.0.1", 0, self.n + 1, True, timeout=datetime.timedelta(seconds=self.timeout_s), wait_for_workers=False
+        )
         try:
             self.start(store.port)
             return self.serve()
@@ -153,13 +165,23 @@ class Supervisor:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: the ranks talk over loopback
         env[SUPERVISOR_ENV] = str(os.getpid())
-        hello = {"world": self.n, "port": port, "spec": self.spec.to_dict(), "timeout_s": self.timeout_s,
-                 "threads": cpu_threads_per_rank(self.n, self.threads)}
+        hello = {
+            "world": self.n,
+            "port": port,
+            "spec": self.spec.to_dict(),
+            "timeout_s": self.timeout_s,
+            "threads": cpu_threads_per_rank(self.n, self.threads),
+        }
         for rank in range(self.n):
             ours, theirs = socket.socketpair()
             env[FD_ENV] = str(theirs.fileno())
-            proc = subprocess.Popen([sys.executable, "-m", "worker.distributed"], env=env, cwd=root,
-                                    pass_fds=(theirs.fileno(),), start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "worker.distributed"],
+                env=env,
+                cwd=root,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
             theirs.close()
             conn = Connection(ours.detach())
             self.procs.append(proc)
@@ -185,12 +207,17 @@ class Supervisor:
                     del live[conn]
                     code = self.exit_code(rank)  # (waits a little: ranks end on their own, not by end_all)
                     if code != 0 and result is None and rank not in finished:
-                        raise self.failure(rank, None)
+                        raise self.failure(rank, None) from None
                     continue
                 op = message.get("op")
                 if op == "result":
-                    result = TrainResult(**{f.name: message["result"][f.name] for f in fields(TrainResult)
-                                            if f.name in message["result"]})
+                    result = TrainResult(
+                        **{
+                            f.name: message["result"][f.name]
+                            for f in fields(TrainResult)
+                            if f.name in message["result"]
+                        }
+                    )
                     deadline = time.monotonic() + self.timeout_s
                 elif op == "error":
                     if result is None:
@@ -252,8 +279,10 @@ class Supervisor:
         for rank, report in reports.items():
             code = self.exit_code(rank, within_s=1.0)
             if report is None and code != 0:
-                return TrainingError(f"training process {rank} of {self.n} stopped unexpectedly (exit code {code}), "
-                                     "so the run was stopped on every device; its last checkpoint is kept")
+                return TrainingError(
+                    f"training process {rank} of {self.n} stopped unexpectedly (exit code {code}), "
+                    "so the run was stopped on every device; its last checkpoint is kept"
+                )
         return errors[0] if errors else TrainingError("a training process stopped unexpectedly")
 
     def end_all(self) -> None:
@@ -273,6 +302,7 @@ class Supervisor:
 
 
 # --- a rank process --------------------------------------------------------------------------------
+
 
 class RemoteReporter:
     """Rank 0's reporter: every call is answered by the supervisor's reporter."""
@@ -353,10 +383,8 @@ def rank_main() -> int:
         else:
             torch.set_num_threads(hello["threads"])
         timeout = datetime.timedelta(seconds=hello["timeout_s"])
-        store = dist.TCPStore(
-            "127.0.0.1", hello["port"], world + 1, False, timeout=timeout)
-        dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=world,
-                                timeout=timeout)
+        store = dist.TCPStore("127.0.0.1", hello["port"], world + 1, False, timeout=timeout)
+        dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=world, timeout=timeout)
         group = RankGroup(rank, world, torch.device("cuda", rank) if cuda else torch.device("cpu"))
         if rank == 0:
             reporter = RemoteReporter(conn)

@@ -7,6 +7,7 @@ rounded to 1/65536 (0.05 -> 0.0500031) and the scale is exactly 1 / (1 - that), 
 stays unbiased. Draws come from torch's seeded generator: runs repeat, and a checkpoint's RNG
 state restores them. Only the bool mask is kept for backward, as `nn.Dropout` does.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,7 +24,7 @@ class _MaskedScale(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        keep, = ctx.saved_tensors
+        (keep,) = ctx.saved_tensors
         return torch.where(keep, grad, 0.0).mul_(ctx.scale), None, None
 
 

@@ -1,5 +1,6 @@
 """The best evaluation so far and early stopping on the eval loss, saved in checkpoints so a
 resumed job keeps counting where it stopped."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

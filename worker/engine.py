@@ -10,124 +10,60 @@ The recipe reads as if it ran on one device. Where one job on several devices di
 this rank trains on, summing gradients and losses across ranks, agreeing on stop, gathering the adapter to
 save, which rank writes) it asks its device strategy (`worker.devices`): single device, data parallel or FSDP.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 from worker.batching import MicroBatchStream, make_batch
-from worker.checkpoint import (Checkpoint, CheckpointUnreadable, checkpoint_folders, discard_checkpoint,
-                               load_adapter_weights, load_checkpoint, prune_checkpoints, read_checkpoint,
-                               recover_leftovers, save_adapter, save_checkpoint, write_text_atomic)
+from worker.checkpoint import (
+    Checkpoint,
+    CheckpointUnreadable,
+    checkpoint_folders,
+    discard_checkpoint,
+    load_adapter_weights,
+    load_checkpoint,
+    prune_checkpoints,
+    read_checkpoint,
+    recover_leftovers,
+    save_adapter,
+    save_checkpoint,
+    write_text_atomic,
+)
 from worker.config import TrainSpec
 from worker.data.examples import Example
 from worker.data.normalized import read_normalized_jsonl
 from worker.data.tokenization import TokenizedExample, TokenizedPair, tokenize_examples, tokenize_pairs
-from worker.devices import EvalShare, SingleDevice, device_strategy
-from worker.early_stopping import BestTracker
+from worker.devices import EvalShare, device_strategy
 from worker.errors import TrainingError
 from worker.estimate import work_per_token
 from worker.evaluation import evaluate_adapter, evaluate_preferences
-from worker.loss import pair_logps, preference_eval, preference_step, summed_eval_loss, summed_token_loss
-from worker.kernels import liger_problem, padding_free
-from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
-from worker.mfu import mfu as model_flops_utilisation
-from worker.modeling import DeviceChoice, build_peft_model, load_base_model, load_tokenizer, train_device
 from worker.failpoints import failpoint
+from worker.kernels import liger_problem, padding_free
+from worker.loss import pair_logps, preference_eval, preference_step, summed_eval_loss, summed_token_loss
+from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
+from worker.modeling import build_peft_model, load_base_model, load_tokenizer, train_device
 from worker.ranks import RankGroup
-from worker.reporting import Reporter, StopCheck, checkpoint_hook, never_stop, precision_hook, write_guard
-from worker.run_state import Folders, Optimization, RunData, TrainResult, build_optimization
-from worker.warm import WarmBases
+from worker.reporting import Reporter, StopCheck, never_stop, precision_hook
+from worker.run_state import RunData, RunState, StopRequested, TrainResult, build_optimization, evaluation_cost
 from worker.schedule import eval_interval, plan_steps
+from worker.warm import WarmBases
 
 log = logging.getLogger(__name__)
-
-
-def peak_memory_mb(device: DeviceChoice) -> float:
-    """Peak GPU memory allocated on CUDA, else the process's peak resident memory."""
-    import torch
-
-    if device.is_cuda:
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 STOP_POLL_S = 1.0  # outside the loop (tokenizing, loading, evaluating) the stop flag is read at most this often
 TOKENIZE_CHUNK = 256  # examples tokenized between two looks at the stop flag
 
 
-class StopRequested(Exception):
-    """A cancel or pause that arrived during setup or the end-of-job evaluation: the run ends there."""
-
-    def __init__(self, request: str):
-        super().__init__(request)
-        self.request = request
-
-
-class TrainingRun:
-    """One job's state across the phases; `train` calls them in order."""
-
-    def __init__(self, spec: TrainSpec, reporter: Reporter, should_stop: StopCheck,
-                 devices: SingleDevice | None = None, warm: WarmBases | None = None):
-        self.spec, self.cfg = spec, spec.config
-        self.devices = devices or SingleDevice()  # where the device modes differ (worker.devices)
-        self.warm = warm  # bases kept loaded between jobs (the train worker's), or None: load, then let go
-        self.reporter, self.should_stop = reporter, should_stop
-        # Called right before every write into the output folder: raises WorkLost once another worker owns the job.
-        self.guard = write_guard(reporter)
-        self.checkpoint_saved = checkpoint_hook(reporter)
-        self.started, self.last_poll = time.monotonic(), 0.0
-        self.folders = Folders(Path(spec.output_dir))
-        self.device: DeviceChoice | None = None  # worker.modeling.train_device, once set up
-        self.padding_free = False  # packed rows to flash-attention's varlen kernels (worker.kernels)
-        self.data: RunData | None = None
-        self.opt: Optimization | None = None
-        # The base as loaded (or borrowed from warm), PEFT's model on it (torch / PEFT modules: Any here).
-        self.base: Any = None
-        self.wrapped: Any = None
-        self.model: Any = None
-        self.init_dir: Path | None = None  # PiSSA: the initial adapter, for the conversion to plain LoRA
-        self.reference: dict[str, Any] = {}  # DPO on top of a previous adapter: its log-probs, "train" / "eval"
-        self.targets: list[str] = []
-        self.trainable = self.total_params = 0
-        self.flops_per_token = 0.0  # for the MFU metric (setup_mfu)
-        self.peak_flops: float | None = None
-        self.best = BestTracker(self.cfg.early_stopping_patience, self.cfg.early_stopping_threshold)
-        self.start_step = self.step = 0
-        self.loss_value: float | None = None
-        self.stopped_early = False
-        self.loop_started = 0.0
-
-    @property
-    def total_steps(self) -> int:
-        return self.data.total_steps if self.data is not None else 0
-
-    @property
-    def train_dev(self) -> DeviceChoice:
-        """The device and base dtype, once `setup` has chosen them."""
-        if self.device is None:
-            raise RuntimeError("the device is chosen in setup")
-        return self.device
-
-    @property
-    def run_data(self) -> RunData:
-        """The tokenizer, data and step plan, once `setup_data` has run."""
-        if self.data is None:
-            raise RuntimeError("the data is set up in setup_data")
-        return self.data
-
-    @property
-    def optim(self) -> Optimization:
-        """The parameters, optimizer and schedule, once `setup` has built them."""
-        if self.opt is None:
-            raise RuntimeError("the optimizer is built in setup")
-        return self.opt
+class TrainingRun(RunState):
+    """One job's phases over its state (`worker.run_state.RunState`); `train` calls them in order."""
 
     def poll_stop(self) -> None:
         """Raise StopRequested when a cancel or pause is asked for, looking at most once every STOP_POLL_S: for
@@ -182,36 +118,49 @@ class TrainingRun:
             raise TrainingError("no example has an assistant token left after truncation; raise max_seq_length")
         per_epoch, total_steps = plan_steps(len(examples), cfg)
         # Kept before the eval set is tokenized, so a stop during it reports the planned steps.
-        self.data = data = RunData(tokenizer=tokenizer, examples=examples,
-                                   stream=MicroBatchStream(examples, cfg, per_epoch),
-                                   per_epoch=per_epoch, total_steps=total_steps,
-                                   eval_every=eval_interval(cfg, total_steps), eval=EvalShare())
+        self.data = data = RunData(
+            tokenizer=tokenizer,
+            examples=examples,
+            stream=MicroBatchStream(examples, cfg, per_epoch),
+            per_epoch=per_epoch,
+            total_steps=total_steps,
+            eval_every=eval_interval(cfg, total_steps),
+            eval=EvalShare(),
+        )
         if spec.eval_dataset_path:  # each rank evaluates its share
             data.eval = self.devices.eval_share(
-                self.tokenize(tokenizer, read_normalized_jsonl(spec.eval_dataset_path)), cfg.batch_size)
+                self.tokenize(tokenizer, read_normalized_jsonl(spec.eval_dataset_path)), cfg.batch_size
+            )
 
     def tokenize(self, tokenizer: Any, examples: list[Example]) -> list[TokenizedExample] | list[TokenizedPair]:
         """Examples for supervised tuning, pairs for DPO / ORPO; a dataset of the other kind is refused."""
         cfg = self.cfg
         pairs = sum(1 for e in examples if e.is_preference)
         if cfg.is_preference and pairs < len(examples):
-            raise TrainingError(f"method {cfg.method} trains on preference pairs (prompt, chosen, rejected) and "
-                                f"{len(examples) - pairs} of the {len(examples)} examples are not pairs")
+            raise TrainingError(
+                f"method {cfg.method} trains on preference pairs (prompt, chosen, rejected) and "
+                f"{len(examples) - pairs} of the {len(examples)} examples are not pairs"
+            )
         if not cfg.is_preference and pairs:
-            raise TrainingError(f"the dataset holds {pairs} preference pairs; supervised tuning needs examples "
-                                "with answers: pick method dpo or orpo")
+            raise TrainingError(
+                f"the dataset holds {pairs} preference pairs; supervised tuning needs examples "
+                "with answers: pick method dpo or orpo"
+            )
         tokenize = tokenize_pairs if cfg.is_preference else tokenize_examples
         out: list[Any] = []
         for start in range(0, len(examples), TOKENIZE_CHUNK):
             self.poll_stop()
-            out.extend(tokenize(tokenizer, examples[start:start + TOKENIZE_CHUNK], cfg.max_seq_length))
+            out.extend(tokenize(tokenizer, examples[start : start + TOKENIZE_CHUNK], cfg.max_seq_length))
         return out
 
     def setup_model(self) -> None:
         """The frozen base wrapped with LoRA; with PiSSA, the initial adapter is kept for the conversion."""
         cfg = self.cfg
-        self.reporter.event("setup", f"precision {self.train_dev.precision}: the frozen base computes in "
-                                     f"{self.train_dev.precision}, LoRA weights and optimizer state are fp32")
+        self.reporter.event(
+            "setup",
+            f"precision {self.train_dev.precision}: the frozen base computes in "
+            f"{self.train_dev.precision}, LoRA weights and optimizer state are fp32",
+        )
         if self.devices.writes:
             precision_hook(self.reporter)(self.train_dev.precision)
         self.poll_stop()
@@ -231,12 +180,16 @@ class TrainingRun:
         self.trainable, self.total_params = self.model.get_nb_trainable_parameters()
         self.setup_mfu()
         if cfg.liger:
-            self.reporter.event("setup", "Liger kernels: RMSNorm and SwiGLU where the architecture has them, "
-                                         "and the fused linear cross-entropy")
+            self.reporter.event(
+                "setup",
+                "Liger kernels: RMSNorm and SwiGLU where the architecture has them, and the fused linear cross-entropy",
+            )
         if self.padding_free:
             self.reporter.event("setup", "packing without padding: flash-attention's variable-length kernels")
-        self.reporter.event("setup", f"LoRA on {', '.join(self.targets)}: {self.trainable:,} trainable of "
-                                     f"{self.total_params:,} parameters")
+        self.reporter.event(
+            "setup",
+            f"LoRA on {', '.join(self.targets)}: {self.trainable:,} trainable of {self.total_params:,} parameters",
+        )
         self.devices.prepare(self.model, self.reporter)
         if cfg.init_lora_weights == "pissa":
             # The adapter as initialised, before any step: needed to convert the result to plain LoRA.
@@ -249,8 +202,9 @@ class TrainingRun:
         from worker.mfu import device_peak_flops, flops_per_token_of
 
         lengths = [e.length for e in self.run_data.examples] or [self.cfg.max_seq_length]
-        self.flops_per_token = flops_per_token_of(self.model, self.trainable, self.total_params,
-                                                  sum(lengths) / len(lengths))
+        self.flops_per_token = flops_per_token_of(
+            self.model, self.trainable, self.total_params, sum(lengths) / len(lengths)
+        )
         self.peak_flops = None
         if self.train_dev.is_cuda:
             import torch
@@ -261,6 +215,7 @@ class TrainingRun:
 
     def load_base(self) -> Any:
         """The frozen base: the one kept loaded from an earlier job on it (warm start), else loaded now."""
+
         def announce(warm: bool) -> None:
             if warm:
                 self.reporter.event("setup", "base model already loaded (warm start)")
@@ -290,16 +245,26 @@ class TrainingRun:
         except (OSError, ValueError) as exc:
             raise TrainingError(f"the adapter to start from cannot be read ({exc})") from exc
         if saved.get("r") != cfg.rank or set(saved.get("target_modules") or []) != set(self.targets):
-            raise TrainingError(f"the adapter to start from has rank {saved.get('r')} on "
-                                f"{sorted(saved.get('target_modules') or [])}; this job needs rank {cfg.rank} on "
-                                f"{sorted(self.targets)}")
+            raise TrainingError(
+                f"the adapter to start from has rank {saved.get('r')} on "
+                f"{sorted(saved.get('target_modules') or [])}; this job needs rank {cfg.rank} on "
+                f"{sorted(self.targets)}"
+            )
         load_adapter_weights(self.model, folder)
-        self.reporter.event("setup", f"starting from the adapter of job {cfg.start_from}"
-                                     + (" (also DPO's reference)" if cfg.method == "dpo" else ""))
+        self.reporter.event(
+            "setup",
+            f"starting from the adapter of job {cfg.start_from}"
+            + (" (also DPO's reference)" if cfg.method == "dpo" else ""),
+        )
         if cfg.method == "dpo":
             for name, pairs in (("train", self.run_data.examples), ("eval", self.run_data.eval.examples)):
-                self.reference[name] = pair_logps(self.model, cast(list[TokenizedPair], pairs), cfg.batch_size,
-                                                  self.run_data.pad_id, self.train_dev.device)
+                self.reference[name] = pair_logps(
+                    self.model,
+                    cast(list[TokenizedPair], pairs),
+                    cfg.batch_size,
+                    self.run_data.pad_id,
+                    self.train_dev.device,
+                )
 
     # --- resume and checkpoints -------------------------------------------------------------
 
@@ -346,10 +311,15 @@ class TrainingRun:
         self.load(ckpt)
         saved = ckpt.state.get("precision")
         if saved and saved != self.train_dev.precision:  # e.g. auto on a worker without native bf16
-            self.reporter.event("warning", f"the checkpoint was trained with a {saved} base and this run's is "
-                                           f"{self.train_dev.precision}; the loss curve may shift slightly")
-        self.reporter.event("resume", f"resumed from checkpoint at step {self.start_step}"
-                                      + (f" ({names} unreadable)" if unreadable else ""))
+            self.reporter.event(
+                "warning",
+                f"the checkpoint was trained with a {saved} base and this run's is "
+                f"{self.train_dev.precision}; the loss curve may shift slightly",
+            )
+        self.reporter.event(
+            "resume",
+            f"resumed from checkpoint at step {self.start_step}" + (f" ({names} unreadable)" if unreadable else ""),
+        )
 
     def checkpoint(self) -> None:
         """Save the current step's checkpoint (rank 0's: the ranks hold the same weights; sharded, every rank
@@ -358,10 +328,15 @@ class TrainingRun:
         if not self.devices.writes:
             return
         self.guard()
-        folder = save_checkpoint(self.folders.checkpoints, step=self.step, model=self.model,
-                                 optimizer=self.optim.optimizer, scheduler=self.optim.scheduler,
-                                 extra={"total_steps": self.total_steps, "best": self.best.state(),
-                                        "precision": self.train_dev.precision}, **gathered)
+        folder = save_checkpoint(
+            self.folders.checkpoints,
+            step=self.step,
+            model=self.model,
+            optimizer=self.optim.optimizer,
+            scheduler=self.optim.scheduler,
+            extra={"total_steps": self.total_steps, "best": self.best.state(), "precision": self.train_dev.precision},
+            **gathered,
+        )
         self.checkpoint_saved(folder)
 
     # --- loop -------------------------------------------------------------------------------
@@ -381,9 +356,12 @@ class TrainingRun:
             self.evaluate(metrics)
             self.reporter.log(self.step, metrics)
             if self.best.should_stop and self.step < self.total_steps:
-                self.reporter.event("early_stop", f"stopped at step {self.step}: no eval-loss improvement in "
-                                                  f"{self.best.bad_evals} evaluations (best "
-                                                  f"{self.best.best_loss:.4f} at step {self.best.best_step})")
+                self.reporter.event(
+                    "early_stop",
+                    f"stopped at step {self.step}: no eval-loss improvement in "
+                    f"{self.best.bad_evals} evaluations (best "
+                    f"{self.best.best_loss:.4f} at step {self.best.best_step})",
+                )
                 self.stopped_early = True
                 return None
             if self.step % self.cfg.save_every == 0 and self.step < self.total_steps:
@@ -423,8 +401,13 @@ class TrainingRun:
             if share is None:
                 continue
             indices, weight = share
-            batch = make_batch([examples[i] for i in indices], self.run_data.pad_id, self.train_dev.device,
-                               self.cfg.packing, padding_free=self.padding_free)
+            batch = make_batch(
+                [examples[i] for i in indices],
+                self.run_data.pad_id,
+                self.train_dev.device,
+                self.cfg.packing,
+                padding_free=self.padding_free,
+            )
             loss_sum, _ = summed_token_loss(self.model, batch)
             loss_sum = loss_sum * weight
             # Normalise by the trained tokens of the whole accumulated step, not per micro-batch.
@@ -441,30 +424,17 @@ class TrainingRun:
         accuracy. One device only (worker.config refuses devices > 1 for pairs)."""
         cfg = self.cfg
         pairs = cast(list[TokenizedPair], self.run_data.examples)
-        self.loss_value, tokens, rewards = preference_step(self.model, pairs, micro, self.run_data.pad_id,
-                                                           self.train_dev.device, cfg.method, cfg.beta,
-                                                           self.reference.get("train"))
+        self.loss_value, tokens, rewards = preference_step(
+            self.model,
+            pairs,
+            micro,
+            self.run_data.pad_id,
+            self.train_dev.device,
+            cfg.method,
+            cfg.beta,
+            self.reference.get("train"),
+        )
         return tokens * work_per_token(cfg), rewards
-
-    def step_metrics(self, epoch: int, lr: float, grad_norm: Any, tokens_per_s: float) -> dict[str, Any]:
-        elapsed = time.monotonic() - self.loop_started
-        done_here = self.step - self.start_step
-        per_epoch = self.run_data.per_epoch
-        metrics: dict[str, Any] = {
-            "loss": self.loss_value,
-            "lr": lr,
-            "epoch": epoch + ((self.step - 1) % per_epoch + 1) / per_epoch,
-            "total_steps": self.total_steps,
-            "tokens_per_s": tokens_per_s,
-            "eta_s": elapsed / done_here * (self.total_steps - self.step),
-        }
-        if grad_norm is not None:
-            metrics["grad_norm"] = float(grad_norm)
-        mfu = model_flops_utilisation(self.flops_per_token, tokens_per_s, self.peak_flops)
-        if mfu is not None:
-            metrics["mfu"] = mfu
-        metrics["memory_mb"] = peak_memory_mb(self.train_dev)
-        return metrics
 
     def evaluate(self, metrics: dict[str, Any]) -> None:
         """Eval loss every `eval_interval` steps and at the last; a new best is marked (and kept with keep_best)."""
@@ -473,12 +443,23 @@ class TrainingRun:
             return
         failpoint("evaluate")
         if cfg.is_preference:
-            scores = preference_eval(self.model, data.eval.examples, cfg.batch_size, data.pad_id,
-                                     self.train_dev.device, cfg.method, cfg.beta, self.reference.get("eval"))
+            scores = preference_eval(
+                self.model,
+                data.eval.examples,
+                cfg.batch_size,
+                data.pad_id,
+                self.train_dev.device,
+                cfg.method,
+                cfg.beta,
+                self.reference.get("eval"),
+            )
             metrics.update({f"eval_{key}": value for key, value in scores.items()})
         else:
-            total, count = self.devices.sum(summed_eval_loss(self.model, data.eval.examples, cfg.batch_size,
-                                                             data.pad_id, self.train_dev.device, **data.eval.fill))
+            total, count = self.devices.sum(
+                summed_eval_loss(
+                    self.model, data.eval.examples, cfg.batch_size, data.pad_id, self.train_dev.device, **data.eval.fill
+                )
+            )
             metrics["eval_loss"] = total / max(1, count)
         if self.best.update(self.step, metrics["eval_loss"]):
             metrics["best"] = True
@@ -496,20 +477,26 @@ class TrainingRun:
         """Write the final adapter and tokenizer (the best step's adapter with keep_best); returns its step."""
         best, best_dir = self.best, self.folders.best
         kept_step: int | None = self.step
-        use_best = (self.cfg.keep_best and best.best_step is not None and best.best_step != self.step
-                    and best_dir.is_dir())
+        use_best = (
+            self.cfg.keep_best and best.best_step is not None and best.best_step != self.step and best_dir.is_dir()
+        )
         # Rank 0's answer: the others may look before its last write of best_dir is done.
         if self.devices.agree_on_save(use_best):
             load_adapter_weights(self.model, best_dir)
             kept_step = best.best_step
-            self.reporter.event("best", f"kept the adapter from step {kept_step} (lowest eval loss "
-                                        f"{best.best_loss:.4f}), not the last step {self.step}")
+            self.reporter.event(
+                "best",
+                f"kept the adapter from step {kept_step} (lowest eval loss "
+                f"{best.best_loss:.4f}), not the last step {self.step}",
+            )
         if self.devices.writes:
             self.guard()
             failpoint("save")
         self.write_adapter(self.folders.adapter, tokenizer=self.run_data.tokenizer, init_dir=self.init_dir)
-        self.reporter.event("saved", "adapter saved" + (" (PiSSA converted to plain LoRA for the original base)"
-                                                        if self.init_dir else ""))
+        self.reporter.event(
+            "saved",
+            "adapter saved" + (" (PiSSA converted to plain LoRA for the original base)" if self.init_dir else ""),
+        )
         return kept_step
 
     def final_evaluation(self) -> None:
@@ -520,8 +507,9 @@ class TrainingRun:
             # PiSSA rewrote the base in memory; evaluate what users get: the original base + the converted adapter.
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(load_base_model(spec.base_model_path, self.train_dev),
-                                                   str(self.folders.adapter))
+            self.model = PeftModel.from_pretrained(
+                load_base_model(spec.base_model_path, self.train_dev), str(self.folders.adapter)
+            )
         self.model.eval()
         if not (spec.eval_dataset_path and cfg.final_eval):
             return
@@ -529,50 +517,39 @@ class TrainingRun:
         started = time.monotonic()
         held_out = read_normalized_jsonl(spec.eval_dataset_path)
         if cfg.is_preference:
-            evaluation = evaluate_preferences(self.model, self.run_data.tokenizer, held_out, cfg=cfg,
-                                              device=self.train_dev.device, ref_table=self.reference.get("eval"))
+            evaluation = evaluate_preferences(
+                self.model,
+                self.run_data.tokenizer,
+                held_out,
+                cfg=cfg,
+                device=self.train_dev.device,
+                ref_table=self.reference.get("eval"),
+            )
         else:
-            evaluation = evaluate_adapter(self.model, self.run_data.tokenizer, held_out,
-                                          max_seq_length=cfg.max_seq_length, device=self.train_dev.device,
-                                          between_batches=self.poll_stop)
+            evaluation = evaluate_adapter(
+                self.model,
+                self.run_data.tokenizer,
+                held_out,
+                max_seq_length=cfg.max_seq_length,
+                device=self.train_dev.device,
+                between_batches=self.poll_stop,
+            )
         if self.devices.writes:
             self.guard()
             write_text_atomic(self.folders.out / "evaluation.json", json.dumps(evaluation, indent=1))
-            self.reporter.event("evaluate", evaluation_cost(time.monotonic() - started,
-                                                            time.monotonic() - self.started))
-
-    # --- results --------------------------------------------------------------------------------
-
-    def stopped(self, request: str) -> TrainResult:
-        return TrainResult(status="cancelled" if request == "cancel" else "paused", steps_done=self.step,
-                           total_steps=self.total_steps, final_loss=self.loss_value, targets=self.targets,
-                           trainable_params=self.trainable, total_params=self.total_params,
-                           seconds=time.monotonic() - self.started,
-                           precision=self.train_dev.precision if self.device is not None else "")
-
-    def succeeded(self, kept_step: int | None) -> TrainResult:
-        """The run's result; on a rank that does not write, only how far it went."""
-        if not self.devices.writes:
-            return TrainResult(status="succeeded", steps_done=self.step, total_steps=self.total_steps,
-                               final_loss=self.loss_value)
-        best = self.best
-        return TrainResult(status="succeeded", steps_done=self.step, total_steps=self.total_steps,
-                           final_loss=self.loss_value, adapter_dir=str(self.folders.adapter), targets=self.targets,
-                           trainable_params=self.trainable, total_params=self.total_params,
-                           seconds=time.monotonic() - self.started,
-                           best_step=kept_step if best.best_step is not None else None,
-                           best_eval_loss=best.best_loss, stopped_early=self.stopped_early, model=self.model,
-                           precision=self.train_dev.precision)
+            self.reporter.event(
+                "evaluate", evaluation_cost(time.monotonic() - started, time.monotonic() - self.started)
+            )
 
 
-def evaluation_cost(seconds: float, run_seconds: float) -> str:
-    """The end-of-job evaluation's time and its share of the run, for the job's log."""
-    share = 100 * seconds / run_seconds if run_seconds > 0 else 100.0
-    return f"evaluation took {seconds:.1f} s, {share:.0f}% of the job"
-
-
-def train(spec: TrainSpec, reporter: Reporter, should_stop: StopCheck = never_stop, *,
-          group: RankGroup | None = None, warm: WarmBases | None = None) -> TrainResult:
+def train(
+    spec: TrainSpec,
+    reporter: Reporter,
+    should_stop: StopCheck = never_stop,
+    *,
+    group: RankGroup | None = None,
+    warm: WarmBases | None = None,
+) -> TrainResult:
     """Train a LoRA adapter as `spec` says; resumes from the newest checkpoint in output_dir.
 
     With `group`, this process is one rank of a run on several devices (see `worker.distributed` and

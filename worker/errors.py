@@ -10,6 +10,7 @@
 
 `status` is the HTTP status the APIs answer with; the engine only carries it.
 """
+
 from __future__ import annotations
 
 from typing import Any

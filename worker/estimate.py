@@ -55,6 +55,7 @@ share the machine's memory, so every figure counts N times.
   adapter (`start_from`) takes the reference log-probs once before training instead: one forward
   pass over every pair, and no extra memory while training.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,7 +69,7 @@ from worker.errors import InputError
 from worker.memory_advice import fitting_tips
 from worker.schedule import plan_steps
 
-MIB = 2 ** 20
+MIB = 2**20
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax/64 + fp32 absmax/16384
 # The runtime: torch, transformers, peft and bitsandbytes imported on a CPU measure ~400 MB resident.
 OVERHEAD_MB = {"cpu": 400.0, "cuda": 500.0}
@@ -119,8 +120,8 @@ class _Shape:
 
 def _config_sizes(config: Any) -> tuple[int, int, int, int]:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = int(getattr(text, "hidden_size", None) or getattr(text, "n_embd"))
-    layers = int(getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer"))
+    hidden = int(getattr(text, "hidden_size", None) or text.n_embd)
+    layers = int(getattr(text, "num_hidden_layers", None) or text.n_layer)
     vocab = int(text.vocab_size)
     inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
     return hidden, int(inter), layers, vocab
@@ -161,8 +162,13 @@ def _build_meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[s
     from transformers.pytorch_utils import Conv1D
 
     from worker.modeling import get_peft_config, meta_model
-    from worker.targets import (OUTPUT_LAYERS, linear_module_suffixes, resolve_modules_to_save, resolve_targets,
-                                saveable_modules)
+    from worker.targets import (
+        OUTPUT_LAYERS,
+        linear_module_suffixes,
+        resolve_modules_to_save,
+        resolve_targets,
+        saveable_modules,
+    )
 
     config, model = meta_model(model_path)
     with torch.device("meta"):  # the LoRA layers too
@@ -173,7 +179,9 @@ def _build_meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[s
                 quantizable += module.weight.numel()
         targets = resolve_targets(linear_module_suffixes(model), cfg.target_preset, cfg.target_modules)
         resolve_modules_to_save(saveable_modules(model), cfg.modules_to_save)
-        blocks = [m for m in model.modules() if type(m).__name__ in set(getattr(model, "_no_split_modules", None) or ())]
+        blocks = [
+            m for m in model.modules() if type(m).__name__ in set(getattr(model, "_no_split_modules", None) or ())
+        ]
         block_sizes = [sum(p.numel() for p in m.parameters()) for m in blocks] or [0]
         for p in model.parameters():
             p.requires_grad_(False)
@@ -185,14 +193,24 @@ def _build_meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[s
 
     # PEFT types in_features as int | None (None: a layer it cannot size); every layer adapted here is sized
     adapted_inputs = sum(int(cast(int, m.in_features)) for m in peft_model.modules() if isinstance(m, LoraLayer))
-    lora_ab = sum(p.numel() for n, p in peft_model.named_parameters()
-                  if p.requires_grad and (".lora_A." in n or ".lora_B." in n))
+    lora_ab = sum(
+        p.numel() for n, p in peft_model.named_parameters() if p.requires_grad and (".lora_A." in n or ".lora_B." in n)
+    )
     hidden, inter, layers, vocab = _config_sizes(config)
-    shape = _Shape(total_params=int(total), base_params=int(base_params), quantizable_params=int(quantizable),
-                   lora_ab_params=int(lora_ab), other_trainable=int(trainable - lora_ab),
-                   adapted_inputs=adapted_inputs,
-                   hidden=hidden, intermediate=inter, layers=layers, vocab=vocab,
-                   layer_params=max(block_sizes), root_params=int(base_params - sum(block_sizes)))
+    shape = _Shape(
+        total_params=int(total),
+        base_params=int(base_params),
+        quantizable_params=int(quantizable),
+        lora_ab_params=int(lora_ab),
+        other_trainable=int(trainable - lora_ab),
+        adapted_inputs=adapted_inputs,
+        hidden=hidden,
+        intermediate=inter,
+        layers=layers,
+        vocab=vocab,
+        layer_params=max(block_sizes),
+        root_params=int(base_params - sum(block_sizes)),
+    )
     return shape, targets
 
 
@@ -241,12 +259,14 @@ class DataShape:
     labelled: float | None = None
 
 
-def _memory(shape: _Shape, cfg: TrainConfig, trainable: int, device: str,
-            data: DataShape = DataShape()) -> dict[str, float]:
+def _memory(
+    shape: _Shape, cfg: TrainConfig, trainable: int, device: str, data: DataShape = DataShape()
+) -> dict[str, float]:
     width = compute_bytes(cfg, device)
     if cfg.qlora:
-        weights = (shape.quantizable_params * NF4_BYTES_PER_WEIGHT
-                   + (shape.base_params - shape.quantizable_params) * width)
+        weights = (
+            shape.quantizable_params * NF4_BYTES_PER_WEIGHT + (shape.base_params - shape.quantizable_params) * width
+        )
     else:
         weights = shape.base_params * width
     rows = -(-cfg.batch_size // cfg.devices) * sequences_per_example(cfg)  # one rank's share of a micro-batch
@@ -288,9 +308,18 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens: float, device: str = "cpu",
-             tokens_per_s: float | None = None, memory_limit_mb: float | None = None,
-             flops_per_s: float | None = None, data: DataShape = DataShape()) -> Estimate:
+def estimate(
+    model_path: str,
+    cfg: TrainConfig,
+    *,
+    n_examples: int,
+    mean_tokens: float,
+    device: str = "cpu",
+    tokens_per_s: float | None = None,
+    memory_limit_mb: float | None = None,
+    flops_per_s: float | None = None,
+    data: DataShape = DataShape(),
+) -> Estimate:
     """Estimate a job before it runs; reads the model's config only (never its weights).
 
     `n_examples` and `mean_tokens` describe the tokenized training set (mean tokens per
@@ -312,18 +341,34 @@ def estimate(model_path: str, cfg: TrainConfig, *, n_examples: int, mean_tokens:
     if not tokens_per_s and flops_per_s:
         from worker.speed import calibrated_tokens_per_s
 
-        tokens_per_s = calibrated_tokens_per_s(flops_per_s, shape.base_params, qlora=cfg.qlora, device=device,
-                                               gradient_checkpointing=cfg.gradient_checkpointing)
+        tokens_per_s = calibrated_tokens_per_s(
+            flops_per_s,
+            shape.base_params,
+            qlora=cfg.qlora,
+            device=device,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+        )
         source = "calibrated"
     if tokens_per_s:
-        per_step = (min(n_examples, cfg.batch_size * cfg.grad_accum) * min(float(mean_tokens), cfg.max_seq_length)
-                    * sequences_per_example(cfg) * work_per_token(cfg))
+        per_step = (
+            min(n_examples, cfg.batch_size * cfg.grad_accum)
+            * min(float(mean_tokens), cfg.max_seq_length)
+            * sequences_per_example(cfg)
+            * work_per_token(cfg)
+        )
         seconds = steps * per_step / tokens_per_s
         if cfg.method == "dpo" and cfg.start_from:  # the reference log-probs, taken once before training
             seconds += n_examples * 2 * min(float(mean_tokens), cfg.max_seq_length) * REFERENCE_PASS_COST / tokens_per_s
     fits = memory_limit_mb is None or memory <= memory_limit_mb
-    tips = [] if fits or memory_limit_mb is None else fitting_tips(
-        cfg, lambda c: sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device, data).values()), float(memory_limit_mb))
+    tips = (
+        []
+        if fits or memory_limit_mb is None
+        else fitting_tips(
+            cfg,
+            lambda c: sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device, data).values()),
+            float(memory_limit_mb),
+        )
+    )
     return Estimate(
         trainable_params=trainable,
         total_params=shape.total_params,

@@ -7,6 +7,7 @@ the adapter off, so no second copy of the base is needed; the answers of both si
 batched `generate` per chunk of prompts (PEFT's mixed-adapter batch, "__base__" rows skip the
 adapter; two batched calls where that mix would not be exact), so it costs little next to training.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,11 @@ def _as_json(text: str) -> Any:
 
 def answer_scores(reference: str, answer: str) -> dict[str, bool | None]:
     """exact (whitespace-trimmed), and for a JSON-object reference: valid_json and same_keys."""
-    scores: dict[str, bool | None] = {"exact": answer.strip() == reference.strip(), "valid_json": None,
-                                      "same_keys": None}
+    scores: dict[str, bool | None] = {
+        "exact": answer.strip() == reference.strip(),
+        "valid_json": None,
+        "same_keys": None,
+    }
     ref = _as_json(reference)
     if isinstance(ref, dict):
         got = _as_json(answer)
@@ -70,23 +74,37 @@ BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter bat
 Conversation = list[dict[str, str]]
 
 
-def generate_batch(model: Any, tokenizer: Any, conversations: list[Conversation], max_new_tokens: int, device: Device,
-                   adapter_names: list[str] | None = None) -> list[str]:
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[Conversation],
+    max_new_tokens: int,
+    device: Device,
+    adapter_names: list[str] | None = None,
+) -> list[str]:
     """Greedy answers for several conversations at once (left padding); `adapter_names` picks, row by row,
     the adapter each answer goes through (PEFT's mixed-adapter batch)."""
     import torch
 
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
-                    add_special_tokens=False).to(device)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
     extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
     with torch.inference_mode():
         # use_cache: training turned the key/value cache off in the config; without it every new token
         # would run the whole sequence again.
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                             top_k=None, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **extra)
-    return [tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True) for row in out]
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **extra,
+        )
+    return [tokenizer.decode(row[enc["input_ids"].shape[1] :], skip_special_tokens=True) for row in out]
 
 
 def can_mix_adapters(model: Any) -> bool:
@@ -104,8 +122,9 @@ def can_mix_adapters(model: Any) -> bool:
     return dtype in (torch.float32, "float32")
 
 
-def generate_both(model: Any, tokenizer: Any, conversations: list[Conversation], max_new_tokens: int,
-                  device: Device) -> tuple[list[str], list[str]]:
+def generate_both(
+    model: Any, tokenizer: Any, conversations: list[Conversation], max_new_tokens: int, device: Device
+) -> tuple[list[str], list[str]]:
     """(adapted, base) greedy answers: each prompt twice in ONE batched generate, once through the adapter and
     once with it off (as the chat worker's comparisons do); two batched calls where the mix would not be
     exact (DoRA, a 16-bit base)."""
@@ -120,9 +139,18 @@ def generate_both(model: Any, tokenizer: Any, conversations: list[Conversation],
     return adapted, base
 
 
-def evaluate_adapter(model: Any, tokenizer: Any, examples: list[Example], *, max_seq_length: int, device: Device,
-                     max_prompts: int = 20, max_new_tokens: int = 96, batch_size: int = 8,
-                     between_batches: Callable[[], object] | None = None) -> dict[str, Any]:
+def evaluate_adapter(
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    *,
+    max_seq_length: int,
+    device: Device,
+    max_prompts: int = 20,
+    max_new_tokens: int = 96,
+    batch_size: int = 8,
+    between_batches: Callable[[], object] | None = None,
+) -> dict[str, Any]:
     """Compare the adapted model with its own base (adapter disabled) on held-out examples.
     `between_batches()` is called before each generation batch (the engine's stop check, which may raise)."""
     model.eval()
@@ -135,11 +163,19 @@ def evaluate_adapter(model: Any, tokenizer: Any, examples: list[Example], *, max
     for start in range(0, len(prompts), batch_size):
         if between_batches is not None:
             between_batches()
-        chunk = prompts[start:start + batch_size]
+        chunk = prompts[start : start + batch_size]
         adapted, base = generate_both(model, tokenizer, [c for c, _ in chunk], max_new_tokens, device)
         for (conv, ref), b, a in zip(chunk, base, adapted):
-            rows.append({"prompt": conv[-1]["content"] if conv else "", "reference": ref, "base": b, "adapter": a,
-                         "base_scores": answer_scores(ref, b), "adapter_scores": answer_scores(ref, a)})
+            rows.append(
+                {
+                    "prompt": conv[-1]["content"] if conv else "",
+                    "reference": ref,
+                    "base": b,
+                    "adapter": a,
+                    "base_scores": answer_scores(ref, b),
+                    "adapter_scores": answer_scores(ref, a),
+                }
+            )
     return {
         "examples": len(tokenized),
         "loss": loss,
@@ -149,9 +185,17 @@ def evaluate_adapter(model: Any, tokenizer: Any, examples: list[Example], *, max
     }
 
 
-def evaluate_preferences(model: Any, tokenizer: Any, examples: list[Example], *, cfg: TrainConfig, device: Device,
-                         max_rows: int = 20, batch_size: int = 8,
-                         ref_table: torch.Tensor | None = None) -> dict[str, Any]:
+def evaluate_preferences(
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    *,
+    cfg: TrainConfig,
+    device: Device,
+    max_rows: int = 20,
+    batch_size: int = 8,
+    ref_table: torch.Tensor | None = None,
+) -> dict[str, Any]:
     """Base vs adapted on held-out preference pairs.
 
     `accuracy`: the share of pairs where the model finds the chosen answer more likely than the
@@ -164,6 +208,7 @@ def evaluate_preferences(model: Any, tokenizer: Any, examples: list[Example], *,
     pad_id = tokenizer.pad_token_id
     pairs = tokenize_pairs(tokenizer, examples, cfg.max_seq_length)
     kept = [e for e in examples if e.is_preference]
+
     def likelihoods() -> list[tuple[float, ...]]:
         return [tuple(row) for row in pair_logps(model, pairs, batch_size, pad_id, device, mean=True).tolist()]
 
@@ -184,9 +229,15 @@ def evaluate_preferences(model: Any, tokenizer: Any, examples: list[Example], *,
     if len(pairs) == len(kept):  # rows line up with their examples (no pair was dropped by truncation)
         for ex, base, adapted in list(zip(kept, scores["base"], scores["adapter"]))[:max_rows]:
             assert ex.messages is not None and ex.chosen is not None  # a preference pair has both
-            rows.append({"prompt": ex.messages[-1]["content"], "chosen": ex.chosen[-1]["content"],
-                         "rejected": (ex.rejected or [{"content": ""}])[-1]["content"],
-                         "base_prefers_chosen": base[0] > base[1], "adapter_prefers_chosen": adapted[0] > adapted[1]})
+            rows.append(
+                {
+                    "prompt": ex.messages[-1]["content"],
+                    "chosen": ex.chosen[-1]["content"],
+                    "rejected": (ex.rejected or [{"content": ""}])[-1]["content"],
+                    "base_prefers_chosen": base[0] > base[1],
+                    "adapter_prefers_chosen": adapted[0] > adapted[1],
+                }
+            )
     return {
         "kind": "preference",
         "method": cfg.method,
@@ -202,20 +253,28 @@ def evaluate_preferences(model: Any, tokenizer: Any, examples: list[Example], *,
 
 def summary_markdown(evaluation: dict[str, Any]) -> str:
     """A short table for the model card."""
+
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{100 * v:.0f} %"
 
     if evaluation.get("kind") == "preference":
         acc, loss = evaluation["accuracy"], evaluation["loss"]
-        return "\n".join([
-            "| | base | adapted |", "| --- | --- | --- |",
-            f"| preference accuracy ({evaluation['examples']} held-out pairs) | {pct(acc['base'])} | "
-            f"{pct(acc['adapter'])} |",
-            f"| {evaluation['method'].upper()} validation loss | {loss['base']:.4f} | {loss['adapter']:.4f} |"])
+        return "\n".join(
+            [
+                "| | base | adapted |",
+                "| --- | --- | --- |",
+                f"| preference accuracy ({evaluation['examples']} held-out pairs) | {pct(acc['base'])} | "
+                f"{pct(acc['adapter'])} |",
+                f"| {evaluation['method'].upper()} validation loss | {loss['base']:.4f} | {loss['adapter']:.4f} |",
+            ]
+        )
 
-    lines = ["| | base | adapted |", "| --- | --- | --- |",
-             f"| validation loss | {evaluation['loss']['base']:.4f} | {evaluation['loss']['adapter']:.4f} |",
-             f"| perplexity | {evaluation['perplexity']['base']:.2f} | {evaluation['perplexity']['adapter']:.2f} |"]
+    lines = [
+        "| | base | adapted |",
+        "| --- | --- | --- |",
+        f"| validation loss | {evaluation['loss']['base']:.4f} | {evaluation['loss']['adapter']:.4f} |",
+        f"| perplexity | {evaluation['perplexity']['base']:.2f} | {evaluation['perplexity']['adapter']:.2f} |",
+    ]
     for key, label in (("exact", "exact match"), ("valid_json", "valid JSON"), ("same_keys", "same JSON keys")):
         b, a = evaluation["rates"]["base"][key], evaluation["rates"]["adapter"][key]
         if b is not None or a is not None:

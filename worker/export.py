@@ -1,4 +1,5 @@
 """The adapter zip: PEFT files, tokenizer, training config, metrics, dataset hash, model card."""
+
 from __future__ import annotations
 
 import csv
@@ -54,14 +55,26 @@ To fold the adapter into the base weights for export: `model = model.merge_and_u
 """
 
 
-METHOD_NAMES = {"supervised": "supervised fine-tuning (next-token loss on the answers)",
-                "dpo": "DPO (direct preference optimization, the base model as reference)",
-                "orpo": "ORPO (odds-ratio preference optimization, no reference model)"}
+METHOD_NAMES = {
+    "supervised": "supervised fine-tuning (next-token loss on the answers)",
+    "dpo": "DPO (direct preference optimization, the base model as reference)",
+    "orpo": "ORPO (odds-ratio preference optimization, no reference model)",
+}
 
 
-def model_card(*, title: str, base_model: str, config: dict[str, Any], rows: int, dataset_sha256: str,
-               steps: int, final_loss: float | None, targets: list[str], evaluation_md: str = "",
-               precision: str = "") -> str:
+def model_card(
+    *,
+    title: str,
+    base_model: str,
+    config: dict[str, Any],
+    rows: int,
+    dataset_sha256: str,
+    steps: int,
+    final_loss: float | None,
+    targets: list[str],
+    evaluation_md: str = "",
+    precision: str = "",
+) -> str:
     """The adapter's README: settings, data, the run's precision (the frozen base's dtype), evaluation, usage."""
     table = "\n".join(f"| {k} | {v} |" for k, v in config.items())
     evaluation = f"\n## Evaluation on the validation split\n\n{evaluation_md}\n" if evaluation_md else ""
@@ -70,13 +83,23 @@ def model_card(*, title: str, base_model: str, config: dict[str, Any], rows: int
     if kind in ("dpo", "orpo"):
         method += f" (beta {config.get('beta')})"
     return MODEL_CARD.format(
-        method=method, method_tags=f"\n- {kind}" if kind != "supervised" else "",
+        method=method,
+        method_tags=f"\n- {kind}" if kind != "supervised" else "",
         unit="preference pairs" if kind in ("dpo", "orpo") else "examples",
-        title=title, base_model=base_model, table=table, rows=rows, dataset_sha256=dataset_sha256,
-        steps=steps, final_loss="n/a" if final_loss is None else f"{final_loss:.4f}",
-        targets=", ".join(targets) or "n/a", evaluation=evaluation,
-        precision=(f"{precision} (the frozen base computes in {precision}; LoRA weights and optimizer state are "
-                   "fp32)" if precision else "n/a"),
+        title=title,
+        base_model=base_model,
+        table=table,
+        rows=rows,
+        dataset_sha256=dataset_sha256,
+        steps=steps,
+        final_loss="n/a" if final_loss is None else f"{final_loss:.4f}",
+        targets=", ".join(targets) or "n/a",
+        evaluation=evaluation,
+        precision=(
+            f"{precision} (the frozen base computes in {precision}; LoRA weights and optimizer state are fp32)"
+            if precision
+            else "n/a"
+        ),
         qlora=" as QLoRA (4-bit NF4 base)" if config.get("qlora") else "",
     )
 
@@ -90,9 +113,16 @@ def metrics_csv(points: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def build_adapter_zip(adapter_dir: str | Path, zip_path: str | Path, *, card: str, config: dict[str, Any],
-                      metrics: list[dict[str, Any]], dataset_sha256: str,
-                      extra_files: dict[str, str] | None = None) -> Path:
+def build_adapter_zip(
+    adapter_dir: str | Path,
+    zip_path: str | Path,
+    *,
+    card: str,
+    config: dict[str, Any],
+    metrics: list[dict[str, Any]],
+    dataset_sha256: str,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Write the zip atomically (temp file, then rename)."""
     adapter_dir, zip_path = Path(adapter_dir), Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 at exactly that moment. Off unless LORA_STUDIO_FAILPOINTS names them, e.g. "setup=4,save=4": the run
 then writes <LORA_STUDIO_FAILPOINT_DIR>/<name> (so the test knows where the worker is) and sleeps that
 many seconds. Each fires once per process."""
+
 from __future__ import annotations
 
 import os

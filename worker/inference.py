@@ -13,6 +13,7 @@ in use is never evicted. A base, or a base with one adapter, that cannot fit in 
 is refused with `MemoryBudgetError` rather than loaded: the budget exists to keep the worker
 from running out of memory, so going over it silently would defeat it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,9 +25,10 @@ import struct
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from worker.config import GenerationConfig
 from worker.modeling import choose_device, load_base_model, load_tokenizer, meta_model
@@ -38,12 +40,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TokenCallback = Callable[[str], None]
-MIB = 2 ** 20
+MIB = 2**20
 DEFAULT_MEMORY_BUDGET_MB = 8192
 ADAPTER_FILE = "adapter_model.safetensors"
 # Bytes per element of safetensors dtypes; floating ones are the ones PEFT upcasts to fp32.
-_SAFETENSORS_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                      "BOOL": 1}
+_SAFETENSORS_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 _SAFETENSORS_FLOATS = {"F64", "F32", "F16", "BF16"}
 
 
@@ -100,7 +112,7 @@ class LoadedBase:
     model: Any  # a transformers model, or a PeftModel while adapters are loaded
     tokenizer: Any
     bytes: int = 0  # the base's own parameters and buffers
-    adapters: "OrderedDict[str, LoadedAdapter]" = field(default_factory=OrderedDict)  # least recently used first
+    adapters: OrderedDict[str, LoadedAdapter] = field(default_factory=OrderedDict)  # least recently used first
 
     @property
     def total_bytes(self) -> int:
@@ -110,8 +122,9 @@ class LoadedBase:
 class ModelPool:
     """Loaded base models with their adapters within a memory budget; thread-safe, one generation at a time."""
 
-    def __init__(self, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, device: str = "auto",
-                 max_adapters_per_base: int = 0):
+    def __init__(
+        self, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, device: str = "auto", max_adapters_per_base: int = 0
+    ):
         if memory_budget_mb <= 0:
             raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
         if max_adapters_per_base < 0:
@@ -119,7 +132,7 @@ class ModelPool:
         self.budget_bytes = int(memory_budget_mb * MIB)
         self.max_adapters_per_base = max_adapters_per_base
         self.device = choose_device(device)
-        self._bases: "OrderedDict[str, LoadedBase]" = OrderedDict()  # least recently used first
+        self._bases: OrderedDict[str, LoadedBase] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
         self.base_loads = 0
         self.adapter_loads = 0
@@ -138,9 +151,14 @@ class ModelPool:
                 "base_loads": self.base_loads,
                 "adapter_loads": self.adapter_loads,
                 "evictions": self.evictions,
-                "bases": [{"path": b.path, "mb": round(_mb(b.bytes), 1),
-                           "adapters": {name: round(_mb(a.bytes), 2) for name, a in b.adapters.items()}}
-                          for b in self._bases.values()],
+                "bases": [
+                    {
+                        "path": b.path,
+                        "mb": round(_mb(b.bytes), 1),
+                        "adapters": {name: round(_mb(a.bytes), 2) for name, a in b.adapters.items()},
+                    }
+                    for b in self._bases.values()
+                ],
             }
 
     def base(self, path: str) -> LoadedBase:
@@ -163,15 +181,21 @@ class ModelPool:
                 raise self._too_big(f"base model {key}", loaded.bytes)
             self._bases[key] = loaded
             self._make_room(0, keep=loaded)  # the estimate may have been low
-            log.info("loaded base model %s (%.0f MB; pool %.0f of %.0f MB)", key, _mb(loaded.bytes),
-                     _mb(self.accounted_bytes), _mb(self.budget_bytes))
+            log.info(
+                "loaded base model %s (%.0f MB; pool %.0f of %.0f MB)",
+                key,
+                _mb(loaded.bytes),
+                _mb(self.accounted_bytes),
+                _mb(self.budget_bytes),
+            )
             return loaded
 
     def _too_big(self, what: str, n_bytes: int) -> MemoryBudgetError:
         return MemoryBudgetError(
             f"{what} needs about {_mb(n_bytes):.0f} MB, more than the whole inference memory budget of "
             f"{_mb(self.budget_bytes):.0f} MB (memory_budget_mb, INFER_MEMORY_BUDGET_MB in the app); "
-            f"raise the budget or use a smaller model")
+            f"raise the budget or use a smaller model"
+        )
 
     def _make_room(self, need: int, keep: LoadedBase | None = None, protect: str | None = None) -> None:
         """Evict LRU bases other than `keep`, then `keep`'s LRU adapters (not `protect`), until `need` fits."""
@@ -192,8 +216,12 @@ class ModelPool:
         loaded.model = None
         loaded.adapters.clear()
         self.evictions += 1
-        log.info("evicted base model %s (%.0f MB) to stay within %.0f MB", loaded.path, _mb(loaded.bytes),
-                 _mb(self.budget_bytes))
+        log.info(
+            "evicted base model %s (%.0f MB) to stay within %.0f MB",
+            loaded.path,
+            _mb(loaded.bytes),
+            _mb(self.budget_bytes),
+        )
         self._release_memory()
 
     def _delete_adapter(self, loaded: LoadedBase, name: str) -> None:
@@ -229,8 +257,9 @@ class ModelPool:
             self._make_room(need, keep=loaded)
             before = module_bytes(loaded.model)
             if not loaded.adapters:
-                loaded.model = PeftModel.from_pretrained(loaded.model, adapter_dir, adapter_name=adapter_name,
-                                                         is_trainable=False)
+                loaded.model = PeftModel.from_pretrained(
+                    loaded.model, adapter_dir, adapter_name=adapter_name, is_trainable=False
+                )
             else:
                 loaded.model.load_adapter(adapter_dir, adapter_name=adapter_name, is_trainable=False)
             self.adapter_loads += 1
@@ -238,8 +267,9 @@ class ModelPool:
             self._make_room(0, keep=loaded, protect=adapter_name)  # the estimate may have been low
         loaded.model.set_adapter(adapter_name)
 
-    def _select(self, base_path: str, adapter: Optional[tuple[str, str]]
-                ) -> tuple[LoadedBase, contextlib.AbstractContextManager[Any]]:
+    def _select(
+        self, base_path: str, adapter: tuple[str, str] | None
+    ) -> tuple[LoadedBase, contextlib.AbstractContextManager[Any]]:
         """The loaded base with `adapter` (name, folder) active, and the context to answer in:
         `disable_adapter()` for a base answer while adapters are loaded."""
         loaded = self.base(base_path)
@@ -248,9 +278,15 @@ class ModelPool:
             return loaded, contextlib.nullcontext()
         return loaded, loaded.model.disable_adapter() if loaded.adapters else contextlib.nullcontext()
 
-    def generate(self, base_path: str, messages: list[dict[str, str]], gen: GenerationConfig,
-                 adapter: Optional[tuple[str, str]] = None, on_text: TokenCallback | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> str:
+    def generate(
+        self,
+        base_path: str,
+        messages: list[dict[str, str]],
+        gen: GenerationConfig,
+        adapter: tuple[str, str] | None = None,
+        on_text: TokenCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> str:
         """Answer `messages` with the base (adapter=None) or with adapter (name, folder).
 
         `should_stop` is asked after every new token; once it says True, generation ends there and
@@ -261,18 +297,24 @@ class ModelPool:
         with self._lock:
             loaded, ctx = self._select(base_path, adapter)
             tok = loaded.tokenizer
-            enc = tok(_prompt_text(tok, messages, gen), return_tensors="pt",
-                      add_special_tokens=False).to(self.device.device)
+            enc = tok(_prompt_text(tok, messages, gen), return_tensors="pt", add_special_tokens=False).to(
+                self.device.device
+            )
             streamer = _BatchStreamer(tok, 1, lambda row, piece: on_text(piece)) if on_text else None
             torch.manual_seed(gen.seed)
             with ctx, torch.inference_mode():
                 out = loaded.model.generate(**enc, streamer=streamer, **_generate_kwargs(tok, gen, should_stop))
-            answer: str = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            answer: str = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             return answer
 
-    def generate_many(self, base_path: str, requests: list[tuple[list[dict[str, str]], Optional[tuple[str, str]]]],
-                      gen: GenerationConfig, on_text: Callable[[int, str], None] | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> list[str]:
+    def generate_many(
+        self,
+        base_path: str,
+        requests: list[tuple[list[dict[str, str]], tuple[str, str] | None]],
+        gen: GenerationConfig,
+        on_text: Callable[[int, str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[str]:
         """Answer several (messages, adapter) requests on one base in ONE batched generate call.
 
         Each row of the batch runs through its own adapter (PEFT mixed-adapter batches; "__base__"
@@ -290,12 +332,25 @@ class ModelPool:
                     self._activate(loaded, *adapter)
                 names.append(adapter[0] if adapter is not None else "__base__")
             if not self._can_mix(loaded, names):
-                return [self.generate(base_path, messages, gen, adapter,
-                                      functools.partial(on_text, i) if on_text else None, should_stop)
-                        for i, (messages, adapter) in enumerate(requests)]
+                return [
+                    self.generate(
+                        base_path,
+                        messages,
+                        gen,
+                        adapter,
+                        functools.partial(on_text, i) if on_text else None,
+                        should_stop,
+                    )
+                    for i, (messages, adapter) in enumerate(requests)
+                ]
             tok = loaded.tokenizer
-            enc = tok([_prompt_text(tok, messages, gen) for messages, _ in requests], return_tensors="pt",
-                      padding=True, padding_side="left", add_special_tokens=False).to(self.device.device)
+            enc = tok(
+                [_prompt_text(tok, messages, gen) for messages, _ in requests],
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                add_special_tokens=False,
+            ).to(self.device.device)
             kwargs = _generate_kwargs(tok, gen, should_stop)
             if loaded.adapters:
                 kwargs["adapter_names"] = names
@@ -313,8 +368,7 @@ class ModelPool:
             return False
         return not any(getattr(loaded.model.peft_config[n], "use_dora", False) for n in wanted)
 
-    def logits(self, base_path: str, input_ids: torch.Tensor,
-               adapter: Optional[tuple[str, str]] = None) -> torch.Tensor:
+    def logits(self, base_path: str, input_ids: torch.Tensor, adapter: tuple[str, str] | None = None) -> torch.Tensor:
         """Next-token logits for input_ids from the base or an adapter (used by tests and eval)."""
         import torch
 
@@ -335,8 +389,9 @@ def _prompt_text(tok: Any, messages: list[dict[str, str]], gen: GenerationConfig
 
 
 def _generate_kwargs(tok: Any, gen: GenerationConfig, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
-                                  eos_token_id=tok.eos_token_id)
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+    )
     if gen.temperature > 0:
         kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
     else:
@@ -384,7 +439,7 @@ class _BatchStreamer:
         text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
         if not final and text.endswith("\ufffd"):
             return
-        piece = text[self.sent[row]:]
+        piece = text[self.sent[row] :]
         if piece:
             self.sent[row] = len(text)
             self.on_text(row, piece)
@@ -394,8 +449,7 @@ def _stop_criteria(should_stop: Callable[[], bool]) -> StoppingCriteriaList:
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class StopWhenAsked(StoppingCriteria):
-        def __call__(self, input_ids: torch.LongTensor, scores: Any,
-                     **kwargs: Any) -> torch.BoolTensor:
+        def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
             import torch
 
             done = torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
@@ -422,8 +476,9 @@ class FittedConversation:
         return (f"To fit the model's context of {context:,} tokens, " + " and ".join(parts) + ".") if parts else ""
 
 
-def fit_conversation(tok: Any, messages: list[dict[str, str]], gen: GenerationConfig,
-                     context: int) -> FittedConversation:
+def fit_conversation(
+    tok: Any, messages: list[dict[str, str]], gen: GenerationConfig, context: int
+) -> FittedConversation:
     """Drop the oldest turns (never the system prompt or the last message), then cut the last message
     from the left, until the prompt leaves room for `gen.max_new_tokens` in `context` tokens."""
     budget = max(16, context - gen.max_new_tokens)
@@ -432,7 +487,7 @@ def fit_conversation(tok: Any, messages: list[dict[str, str]], gen: GenerationCo
         return len(tok(_prompt_text(tok, chat, gen), add_special_tokens=False)["input_ids"])
 
     head = [m for m in messages[:1] if m["role"] == "system"]
-    body = messages[len(head):]
+    body = messages[len(head) :]
     dropped = 0
     while len(body) > 1 and tokens(head + body) > budget:
         body = body[1:]
@@ -448,5 +503,5 @@ def fit_conversation(tok: Any, messages: list[dict[str, str]], gen: GenerationCo
                 keep_lo = mid
             else:
                 keep_hi = mid - 1
-        last["content"] = text[len(text) - keep_lo:]
+        last["content"] = text[len(text) - keep_lo :]
     return FittedConversation(head + body[:-1] + [last], dropped, len(text) - len(last["content"]))

@@ -8,6 +8,7 @@ Liger's fused linear cross-entropy is not patched into the model's forward: the 
 from the hidden states at labelled positions (worker.loss), so the fused head + loss is called there, on a
 model `apply_liger` marked.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,9 +26,12 @@ class DeviceChoice(Protocol):
     @property
     def is_cuda(self) -> bool: ...
 
+
 LIGER_NEEDS_CUDA = "Liger kernels need a CUDA GPU and this worker has none; turn the liger setting off"
-LIGER_MISSING = ("Liger kernels are not installed on this worker: install liger-kernel on the GPU workers "
-                 "(requirements-gpu.txt), or turn the liger setting off")
+LIGER_MISSING = (
+    "Liger kernels are not installed on this worker: install liger-kernel on the GPU workers "
+    "(requirements-gpu.txt), or turn the liger setting off"
+)
 FUSED_LOSS_FLAG = "_lora_studio_fused_loss"
 
 
@@ -82,8 +86,14 @@ def apply_liger(model: Any) -> list[str]:
         module = sys.modules[type(model).__module__]
         before = dict(vars(module))
         try:
-            _apply_liger_kernel_to_instance(model=model, rope=False, rms_norm=True, swiglu=True,
-                                            cross_entropy=False, fused_linear_cross_entropy=False)
+            _apply_liger_kernel_to_instance(
+                model=model,
+                rope=False,
+                rms_norm=True,
+                swiglu=True,
+                cross_entropy=False,
+                fused_linear_cross_entropy=False,
+            )
         finally:
             for name, value in before.items():
                 if vars(module).get(name) is not value:
@@ -103,6 +113,7 @@ def fused_linear_cross_entropy_sum(head: Any, hidden: torch.Tensor, targets: tor
 
     # The kernel multiplies in the head weight's dtype: the hidden states are given to it in that dtype.
     hidden = hidden.to(head.weight.dtype).contiguous()
-    loss: torch.Tensor = LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets,
-                                                                           getattr(head, "bias", None))
+    loss: torch.Tensor = LigerFusedLinearCrossEntropyLoss(reduction="sum")(
+        head.weight, hidden, targets, getattr(head, "bias", None)
+    )
     return loss

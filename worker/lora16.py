@@ -13,6 +13,7 @@ base, or QLoRA's 4-bit one with a bf16 compute dtype. DoRA and other variants ke
 fp16, whose gradients could underflow without loss scaling; a disabled, merged or mixed-adapter call takes
 PEFT's own path too.
 """
+
 from __future__ import annotations
 
 import types
@@ -23,8 +24,13 @@ import torch.nn.functional as F
 
 
 def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    if (self.disable_adapters or self.merged or x.dtype != torch.bfloat16 or kwargs.get("adapter_names") is not None
-            or any(name in self.lora_variant for name in self.active_adapters)):
+    if (
+        self.disable_adapters
+        or self.merged
+        or x.dtype != torch.bfloat16
+        or kwargs.get("adapter_names") is not None
+        or any(name in self.lora_variant for name in self.active_adapters)
+    ):
         plain: torch.Tensor = type(self).forward(self, x, *args, **kwargs)
         return plain
     result: torch.Tensor = self.base_layer(x, *args, **kwargs)

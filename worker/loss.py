@@ -1,5 +1,6 @@
 """The losses: summed next-token cross-entropy over labelled positions (the supervised objective) and
 the mean of it over a set of examples (the eval-loss pass); DPO and ORPO on preference pairs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ if TYPE_CHECKING:
     import torch
 
 
-def _labelled_logits(peft_model: Any, batch: Batch, with_rows: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _labelled_logits(
+    peft_model: Any, batch: Batch, with_rows: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(logits at labelled positions, their targets, the row of each or None), with the LM head run only there.
 
     For chat data most positions are prompt, and the vocabulary projection is the largest matmul in a
@@ -81,16 +83,24 @@ def summed_token_loss(peft_model: Any, batch: Batch) -> tuple[torch.Tensor, int]
     return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
 
 
-def mean_token_loss(model: Any, examples: list[TokenizedExample], batch_size: int, pad_id: int,
-                    device: Device) -> float:
+def mean_token_loss(
+    model: Any, examples: list[TokenizedExample], batch_size: int, pad_id: int, device: Device
+) -> float:
     """Mean next-token loss over the trained tokens of `examples` (no dropout, no gradients)."""
     total, count = summed_eval_loss(model, examples, batch_size, pad_id, device)
     return total / max(1, count)
 
 
-def summed_eval_loss(model: Any, examples: list[TokenizedExample], batch_size: int, pad_id: int,
-                     device: Device, *, min_batches: int = 0,
-                     filler: TokenizedExample | None = None) -> tuple[float, int]:
+def summed_eval_loss(
+    model: Any,
+    examples: list[TokenizedExample],
+    batch_size: int,
+    pad_id: int,
+    device: Device,
+    *,
+    min_batches: int = 0,
+    filler: TokenizedExample | None = None,
+) -> tuple[float, int]:
     """(summed loss, trained tokens) over `examples`, no dropout, no gradients: ranks add theirs up.
 
     `min_batches`: run at least this many forwards, the missing ones on `filler` and not counted (FSDP ranks
@@ -104,7 +114,7 @@ def summed_eval_loss(model: Any, examples: list[TokenizedExample], batch_size: i
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            batch = [examples[i] for i in order[start:start + batch_size]]
+            batch = [examples[i] for i in order[start : start + batch_size]]
             loss_sum, n = summed_token_loss(model, collate(batch, pad_id, device))
             total += loss_sum.item()
             count += n
@@ -155,8 +165,9 @@ class PreferenceLoss:
         return self.pair_sum / max(1, pairs) + self.nll_sum / max(1, chosen_tokens)
 
 
-def preference_loss(peft_model: Any, batch: Batch, method: str, beta: float,
-                    ref_logps: torch.Tensor | None = None) -> PreferenceLoss:
+def preference_loss(
+    peft_model: Any, batch: Batch, method: str, beta: float, ref_logps: torch.Tensor | None = None
+) -> PreferenceLoss:
     """DPO or ORPO on a batch of pairs (chosen rows first, then rejected rows; see collate_pairs).
 
     DPO (Rafailov et al. 2023, TRL's `sigmoid` loss): the reference is the same model with the
@@ -178,20 +189,29 @@ def preference_loss(peft_model: Any, batch: Batch, method: str, beta: float,
                 ref_logps, _ = sequence_logps(peft_model, batch)
         chosen_ratio, rejected_ratio = logps[:n] - ref_logps[:n], logps[n:] - ref_logps[n:]
         losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
-        return PreferenceLoss(losses.sum(), logps.new_zeros(()), beta * chosen_ratio.detach(),
-                              beta * rejected_ratio.detach())
+        return PreferenceLoss(
+            losses.sum(), logps.new_zeros(()), beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+        )
     if method == "orpo":
         mean_logps = logps / counts.clamp(min=1)
         chosen, rejected = mean_logps[:n], mean_logps[n:]
         log_odds = (chosen - rejected) - (_log1mexp(chosen) - _log1mexp(rejected))
-        return PreferenceLoss(-beta * F.logsigmoid(log_odds).sum(), -logps[:n].sum(), beta * chosen.detach(),
-                              beta * rejected.detach())
+        return PreferenceLoss(
+            -beta * F.logsigmoid(log_odds).sum(), -logps[:n].sum(), beta * chosen.detach(), beta * rejected.detach()
+        )
     raise ValueError(f"unknown preference method {method!r}")
 
 
-def preference_step(model: Any, pairs: list[TokenizedPair], micro: list[list[int]], pad_id: int, device: Device,
-                    method: str, beta: float, ref_table: torch.Tensor | None = None
-                    ) -> tuple[float, int, dict[str, float]]:
+def preference_step(
+    model: Any,
+    pairs: list[TokenizedPair],
+    micro: list[list[int]],
+    pad_id: int,
+    device: Device,
+    method: str,
+    beta: float,
+    ref_table: torch.Tensor | None = None,
+) -> tuple[float, int, dict[str, float]]:
     """Gradients of the DPO / ORPO loss over one optimizer step's micro-batches (of indices into `pairs`),
     normalised over the whole step; returns the step's loss, its real tokens (both sides) and its reward
     margin and accuracy. `ref_table`: the pairs' reference log-probs, when taken before training."""
@@ -209,8 +229,11 @@ def preference_step(model: Any, pairs: list[TokenizedPair], micro: list[list[int
         tokens += batch.tokens
         margins.append(part.chosen_rewards - part.rejected_rewards)
     margin = torch.cat(margins)
-    return step_loss, tokens, {"reward_margin": margin.mean().item(),
-                               "reward_accuracy": (margin > 0).float().mean().item()}
+    return (
+        step_loss,
+        tokens,
+        {"reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).float().mean().item()},
+    )
 
 
 def rows_of(table: torch.Tensor | None, indices: list[int]) -> torch.Tensor | None:
@@ -222,8 +245,9 @@ def rows_of(table: torch.Tensor | None, indices: list[int]) -> torch.Tensor | No
     return torch.cat([table[indices, 0], table[indices, 1]])
 
 
-def pair_logps(model: Any, pairs: list[TokenizedPair], batch_size: int, pad_id: int, device: Device,
-               mean: bool = False) -> torch.Tensor:
+def pair_logps(
+    model: Any, pairs: list[TokenizedPair], batch_size: int, pad_id: int, device: Device, mean: bool = False
+) -> torch.Tensor:
     """An (n, 2) table of each pair's chosen and rejected log-probabilities (summed over the answer tokens,
     or per token with `mean`), computed without dropout or gradients."""
     import torch
@@ -233,18 +257,26 @@ def pair_logps(model: Any, pairs: list[TokenizedPair], batch_size: int, pad_id: 
     rows: list[torch.Tensor] = []
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
+            chunk = pairs[start : start + batch_size]
             logps, counts = sequence_logps(model, collate_pairs(chunk, pad_id, device))
             if mean:
                 logps = logps / counts.clamp(min=1)
-            rows.append(torch.stack([logps[:len(chunk)], logps[len(chunk):]], dim=1))
+            rows.append(torch.stack([logps[: len(chunk)], logps[len(chunk) :]], dim=1))
     if was_training:
         model.train()
     return torch.cat(rows) if rows else torch.zeros((0, 2))
 
 
-def preference_eval(model: Any, pairs: list[TokenizedPair], batch_size: int, pad_id: int, device: Device,
-                    method: str, beta: float, ref_table: torch.Tensor | None = None) -> dict[str, float]:
+def preference_eval(
+    model: Any,
+    pairs: list[TokenizedPair],
+    batch_size: int,
+    pad_id: int,
+    device: Device,
+    method: str,
+    beta: float,
+    ref_table: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Loss, reward margin and reward accuracy over held-out pairs (no dropout, no gradients); `ref_table`:
     precomputed reference log-probs (pair_logps) when the reference is not the base."""
     import torch
@@ -256,10 +288,11 @@ def preference_eval(model: Any, pairs: list[TokenizedPair], batch_size: int, pad
     correct = chosen_tokens = 0
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            indices = order[start:start + batch_size]
+            indices = order[start : start + batch_size]
             chunk = [pairs[i] for i in indices]
-            part = preference_loss(model, collate_pairs(chunk, pad_id, device), method, beta,
-                                   rows_of(ref_table, indices))
+            part = preference_loss(
+                model, collate_pairs(chunk, pad_id, device), method, beta, rows_of(ref_table, indices)
+            )
             pair_sum += part.pair_sum.item()
             nll_sum += part.nll_sum.item()
             margins = part.chosen_rewards - part.rejected_rewards
@@ -269,5 +302,8 @@ def preference_eval(model: Any, pairs: list[TokenizedPair], batch_size: int, pad
     if was_training:
         model.train()
     n = max(1, len(pairs))
-    return {"loss": pair_sum / n + nll_sum / max(1, chosen_tokens), "reward_margin": margin_sum / n,
-            "reward_accuracy": correct / n}
+    return {
+        "loss": pair_sum / n + nll_sum / max(1, chosen_tokens),
+        "reward_margin": margin_sum / n,
+        "reward_accuracy": correct / n,
+    }

@@ -1,10 +1,12 @@
 """Out-of-memory advice from one list of remedies in one order: the engine's OOM error message,
 the settings of the one-click retry after an OOM, and the estimator's changes that make a job fit."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from worker.config import TrainConfig
 
@@ -28,8 +30,7 @@ def _tip(text: str, base: TrainConfig, changed: TrainConfig) -> Tip:
     return Tip(text, {k: getattr(changed, k) for k in _FIELDS if getattr(changed, k) != getattr(base, k)})
 
 
-_FIELDS = ("batch_size", "grad_accum", "max_seq_length", "qlora", "gradient_checkpointing", "rank", "alpha",
-           "sharding")
+_FIELDS = ("batch_size", "grad_accum", "max_seq_length", "qlora", "gradient_checkpointing", "rank", "alpha", "sharding")
 
 
 def grad_accum_for(cfg: TrainConfig, batch_size: int) -> int:
@@ -43,8 +44,12 @@ def _smaller_batch(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip |
         b = max(cfg.devices, b // 2)
         c = replace(cfg, batch_size=b, grad_accum=grad_accum_for(cfg, b))
         if memory_of(c) <= limit:
-            return _tip(f"batch_size {c.batch_size} with grad_accum {c.grad_accum} (same effective batch): "
-                        f"~{memory_of(c):,.0f} MB", cfg, c)
+            return _tip(
+                f"batch_size {c.batch_size} with grad_accum {c.grad_accum} (same effective batch): "
+                f"~{memory_of(c):,.0f} MB",
+                cfg,
+                c,
+            )
     return None
 
 
@@ -63,8 +68,11 @@ def _fsdp(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip | None:
     if cfg.devices < 2 or cfg.sharding == "fsdp" or cfg.qlora or cfg.init_lora_weights == "pissa":
         return None
     c = replace(cfg, sharding="fsdp")
-    return (_tip(f"sharding fsdp (the base split across the {cfg.devices} devices): ~{memory_of(c):,.0f} MB", cfg, c)
-            if memory_of(c) <= limit else None)
+    return (
+        _tip(f"sharding fsdp (the base split across the {cfg.devices} devices): ~{memory_of(c):,.0f} MB", cfg, c)
+        if memory_of(c) <= limit
+        else None
+    )
 
 
 def _qlora(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip | None:
@@ -78,8 +86,11 @@ def _gradient_checkpointing(cfg: TrainConfig, memory_of: MemoryOf, limit: float)
     if cfg.gradient_checkpointing:
         return None
     c = replace(cfg, gradient_checkpointing=True)
-    return (_tip(f"gradient checkpointing (slower, ~30%): ~{memory_of(c):,.0f} MB", cfg, c)
-            if memory_of(c) <= limit else None)
+    return (
+        _tip(f"gradient checkpointing (slower, ~30%): ~{memory_of(c):,.0f} MB", cfg, c)
+        if memory_of(c) <= limit
+        else None
+    )
 
 
 def _lower_rank(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip | None:
@@ -109,8 +120,9 @@ REMEDIES = (
     Remedy("a lower rank", _lower_rank),
 )
 
-ADVICE_OOM = ("Out of memory. Try, in this order: " + ", ".join(r.advice for r in REMEDIES[:-1])
-              + f", or {REMEDIES[-1].advice}.")
+ADVICE_OOM = (
+    "Out of memory. Try, in this order: " + ", ".join(r.advice for r in REMEDIES[:-1]) + f", or {REMEDIES[-1].advice}."
+)
 
 
 def oom_suggestion(cfg: TrainConfig) -> dict[str, Any]:
@@ -132,8 +144,11 @@ def fitting_tips(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> list[Ti
     """Changes that bring `memory_of(cfg)` under `limit` MiB, one per remedy, in the order of REMEDIES, each
     with the settings it changes."""
     # Sharding first: it changes no result. Not in REMEDIES, whose words every out-of-memory error carries.
-    tips = [tip for change in (_fsdp, *(r.fitting_change for r in REMEDIES))
-            if (tip := change(cfg, memory_of, limit)) is not None]
+    tips = [
+        tip
+        for change in (_fsdp, *(r.fitting_change for r in REMEDIES))
+        if (tip := change(cfg, memory_of, limit)) is not None
+    ]
     return tips or [_combined_change(cfg, memory_of, limit)]
 
 
@@ -155,9 +170,11 @@ def _combined_change(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip
     """No single change is enough: the smallest micro-batch (one example per device), then checkpointing, QLoRA
     and shorter sequences until it fits."""
     c = replace(cfg, batch_size=cfg.devices, grad_accum=grad_accum_for(cfg, cfg.devices))
-    steps = ["batch_size %d with grad_accum %d" % (c.batch_size, c.grad_accum)]
-    changes: tuple[tuple[dict[str, Any], str], ...] = ((dict(gradient_checkpointing=True), "gradient checkpointing"),
-                                                       (dict(qlora=True), "QLoRA"))
+    steps = [f"batch_size {c.batch_size} with grad_accum {c.grad_accum}"]
+    changes: tuple[tuple[dict[str, Any], str], ...] = (
+        (dict(gradient_checkpointing=True), "gradient checkpointing"),
+        (dict(qlora=True), "QLoRA"),
+    )
     for change, label in changes:
         if memory_of(c) <= limit:
             break
@@ -169,5 +186,8 @@ def _combined_change(cfg: TrainConfig, memory_of: MemoryOf, limit: float) -> Tip
     if c.max_seq_length != cfg.max_seq_length:
         steps.append(f"max_seq_length {c.max_seq_length}")
     verdict = "fits" if memory_of(c) <= limit else "still does not fit"
-    return _tip(f"no single change is enough; {' + '.join(steps)}: ~{memory_of(c):,.0f} MB ({verdict} in "
-                f"{limit:,.0f} MB)", cfg, c)
+    return _tip(
+        f"no single change is enough; {' + '.join(steps)}: ~{memory_of(c):,.0f} MB ({verdict} in {limit:,.0f} MB)",
+        cfg,
+        c,
+    )

@@ -16,6 +16,7 @@ unless tied to the LM head. Recomputation (gradient checkpointing) is not counte
 The engine runs the LM head only at labelled positions, so it does less work than this count says for the
 prompt tokens; the figure stays the standard one so it compares with other trainers.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -43,16 +44,30 @@ HALF = ("bf16", "fp16", "bfloat16", "float16")
 SINGLE = ("fp32", "float32")
 
 
-def model_flops_per_token(*, params: int, trainable: int, layers: int, hidden: int, seq_len: float,
-                          embedding_params: int = 0, frozen_base: bool = True) -> float:
+def model_flops_per_token(
+    *,
+    params: int,
+    trainable: int,
+    layers: int,
+    hidden: int,
+    seq_len: float,
+    embedding_params: int = 0,
+    frozen_base: bool = True,
+) -> float:
     """Training FLOPs per token: 4 (frozen) or 6 (trained) x base matmul weights + 6 x trainable + attention.
 
     params: all parameters of the model, adapters included; trainable: those that train (the adapters);
     embedding_params: the input embedding table when it is not tied to the LM head (left out, a lookup);
     seq_len: the context a token attends over (the mean example length for a run).
     """
-    for name, value in (("params", params), ("trainable", trainable), ("layers", layers), ("hidden", hidden),
-                        ("seq_len", seq_len), ("embedding_params", embedding_params)):
+    for name, value in (
+        ("params", params),
+        ("trainable", trainable),
+        ("layers", layers),
+        ("hidden", hidden),
+        ("seq_len", seq_len),
+        ("embedding_params", embedding_params),
+    ):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
     base = max(0, params - trainable - embedding_params)
@@ -92,5 +107,12 @@ def flops_per_token_of(model: Any, trainable: int, total: int, seq_len: float, f
     inputs, outputs = base.get_input_embeddings(), base.get_output_embeddings()
     if inputs is not None and (outputs is None or outputs.weight is not inputs.weight):
         embedding = inputs.weight.numel()
-    return model_flops_per_token(params=total, trainable=trainable, layers=layers, hidden=hidden, seq_len=seq_len,
-                                 embedding_params=embedding, frozen_base=frozen_base)
+    return model_flops_per_token(
+        params=total,
+        trainable=trainable,
+        layers=layers,
+        hidden=hidden,
+        seq_len=seq_len,
+        embedding_params=embedding,
+        frozen_base=frozen_base,
+    )

@@ -3,14 +3,15 @@
 All PEFT and bitsandbytes details live here (like TRL's get_peft_config /
 get_quantization_config). Models are loaded from local folders only and never with remote code.
 """
+
 from __future__ import annotations
 
 import functools
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -157,7 +158,10 @@ def get_quantization_config(cfg: TrainConfig, device: DeviceChoice) -> BitsAndBy
 
 
 INIT_LORA_WEIGHTS: dict[str, bool | Literal["gaussian", "pissa"]] = {
-    "default": True, "gaussian": "gaussian", "pissa": "pissa"}
+    "default": True,
+    "gaussian": "gaussian",
+    "pissa": "pissa",
+}
 
 
 LoraBias = Literal["none", "all", "lora_only"]
@@ -206,8 +210,17 @@ def cached_tokenizer(path: str) -> Any:
     return load_tokenizer(path)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 def tokenizer_fingerprint(path: str) -> str:
@@ -308,8 +321,9 @@ def keep_large_buffers_off_the_heap() -> bool:
     except (OSError, AttributeError):  # musl and other C libraries: nothing to pin
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)) and bool(mallopt(m_trim_threshold,
-                                                                                MALLOC_MMAP_THRESHOLD))
+    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)) and bool(
+        mallopt(m_trim_threshold, MALLOC_MMAP_THRESHOLD)
+    )
 
 
 def load_base_model(path: str, device: DeviceChoice, cfg: TrainConfig | None = None) -> Any:
@@ -395,8 +409,10 @@ def upcast_modules_to_save(peft_model: Any) -> None:
     import torch
     from peft.utils.other import ModulesToSaveWrapper
 
-    base_dtype = next((p.dtype for p in peft_model.get_base_model().parameters()
-                       if p.is_floating_point() and not p.requires_grad), torch.float32)
+    base_dtype = next(
+        (p.dtype for p in peft_model.get_base_model().parameters() if p.is_floating_point() and not p.requires_grad),
+        torch.float32,
+    )
     if base_dtype == torch.float32:
         return
     for wrapper in peft_model.modules():
@@ -410,17 +426,18 @@ def upcast_modules_to_save(peft_model: Any) -> None:
             module.register_forward_hook(functools.partial(_restore_output, default=base_dtype), with_kwargs=True)
 
 
-def _upcast_inputs(module: Any, args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _upcast_inputs(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     import torch
 
-    module._lora_studio_in_dtype = next((a.dtype for a in args if hasattr(a, "is_floating_point")
-                                         and a.is_floating_point()), None)
+    module._lora_studio_in_dtype = next(
+        (a.dtype for a in args if hasattr(a, "is_floating_point") and a.is_floating_point()), None
+    )
     return _cast_floats(args, torch.float32), {k: _cast_floats(v, torch.float32) for k, v in kwargs.items()}
 
 
-def _restore_output(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, *,
-                    default: torch.dtype) -> Any:
+def _restore_output(
+    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, *, default: torch.dtype
+) -> Any:
     return _cast_floats(output, getattr(module, "_lora_studio_in_dtype", None) or default)
 
 
@@ -434,7 +451,8 @@ def meta_model(path: str, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     kwargs = {"dtype": dtype} if dtype is not None else {}
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
-            config, trust_remote_code=False, **kwargs)
+            config, trust_remote_code=False, **kwargs
+        )
     return config, model
 
 
@@ -474,7 +492,6 @@ def describe_model(path: str) -> dict[str, Any]:
         "saveable_modules": saveable_modules(model),
         "has_chat_template": bool(tok.chat_template),
     }
-
 
 
 @functools.lru_cache(maxsize=16)

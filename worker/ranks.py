@@ -9,9 +9,11 @@ not averaged; and a rank may get no example of a short micro-batch. LoRA gradien
 one flattened all-reduce per optimizer step (no overlap with the backward pass) costs little.
 With `sharding = "fsdp"` FSDP reduces the gradients instead (`worker.sharding`), with the same sum.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -32,7 +34,7 @@ class RankGroup:
 
     def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's share: items rank, rank + world, ... (a length-sorted batch splits evenly)."""
-        return list(items[self.rank::self.world])
+        return list(items[self.rank :: self.world])
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sums over all ranks (float64, so token counts stay exact)."""
@@ -43,7 +45,7 @@ class RankGroup:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
-    def agree(self, request: Optional[str]) -> Optional[str]:
+    def agree(self, request: str | None) -> str | None:
         """Rank 0's stop request, on every rank, so all stop before the same step."""
         import torch
         import torch.distributed as dist
@@ -83,5 +85,5 @@ class RankGroup:
             offset = 0
             for p in group:
                 n = p.numel()
-                p.grad = flat[offset:offset + n].view_as(p)
+                p.grad = flat[offset : offset + n].view_as(p)
                 offset += n

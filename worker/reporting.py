@@ -1,14 +1,16 @@
 """The reporting protocol between the engine and whoever runs it."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
 # should_stop() returns None to go on, or "cancel" / "pause".
-StopCheck = Callable[[], Optional[str]]
+StopCheck = Callable[[], str | None]
 
 
 class WorkLost(Exception):
@@ -79,5 +81,5 @@ class MemoryReporter:
         return {step: m["loss"] for step, m in self.points if "loss" in m}
 
 
-def never_stop() -> Optional[str]:
+def never_stop() -> str | None:
     return None

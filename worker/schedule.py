@@ -1,5 +1,6 @@
 """The training plan as pure functions: optimizer steps per epoch, the learning-rate factor at
 each step, the order of micro-batches in each epoch, and how often to evaluate."""
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,7 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     window = batch_size * 50
     batches: list[list[int]] = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda i: -lengths[i])
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches

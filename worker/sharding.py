@@ -14,6 +14,7 @@ Files stay in the one-device format: rank 0 writes a full adapter and full optim
 shards (`full_tensor()` is a collective, so every rank takes part in each save), and loading puts each rank's
 chunk of the full tensors back into its shards (no collective: every rank reads the same files).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,9 @@ def decoder_layers(causal: Any) -> list[Any]:
     if not layers:
         from worker.config import ConfigError
 
-        raise ConfigError("sharding", f"FSDP cannot find the decoder layers of {type(causal).__name__}; "
-                                      "set sharding to none")
+        raise ConfigError(
+            "sharding", f"FSDP cannot find the decoder layers of {type(causal).__name__}; set sharding to none"
+        )
     return layers
 
 
@@ -51,9 +53,12 @@ def check_trained_dtypes(units: list[Any]) -> None:
         owned.update(id(p) for p in params)
         dtypes = sorted({str(p.dtype).replace("torch.", "") for p in params if p.requires_grad})
         if len(dtypes) > 1:
-            raise ConfigError("sharding", f"fsdp needs one dtype for the trained weights of each layer and "
-                                          f"{type(unit).__name__} trains {' and '.join(dtypes)} ones (trained "
-                                          "biases keep the base's dtype); set bias to none or sharding to none")
+            raise ConfigError(
+                "sharding",
+                f"fsdp needs one dtype for the trained weights of each layer and "
+                f"{type(unit).__name__} trains {' and '.join(dtypes)} ones (trained "
+                "biases keep the base's dtype); set bias to none or sharding to none",
+            )
 
 
 def shard_model(peft_model: Any, device: Any) -> BaseShare:
@@ -109,8 +114,9 @@ def like(full: Any, param: Any) -> Any:
 
     if not is_dtensor(param):
         return full.to(param.device)
-    return distribute_tensor(full.to(param.device_mesh.device_type), param.device_mesh, param.placements,
-                             src_data_rank=None)
+    return distribute_tensor(
+        full.to(param.device_mesh.device_type), param.device_mesh, param.placements, src_data_rank=None
+    )
 
 
 def trainable_named(model: Any) -> list[tuple[str, Any]]:
@@ -152,13 +158,19 @@ def load_full_adapter(model: Any, state: dict[str, Any]) -> None:
 def full_optimizer_state(optimizer: Any) -> dict[str, Any]:
     """`optimizer.state_dict()` with every sharded state tensor gathered whole (a collective, in a fixed order)."""
     sd = optimizer.state_dict()
-    state = {idx: {key: full_of(value) if is_dtensor(value) else value for key, value in sorted(st.items())}
-             for idx, st in sorted(sd["state"].items())}
+    state = {
+        idx: {key: full_of(value) if is_dtensor(value) else value for key, value in sorted(st.items())}
+        for idx, st in sorted(sd["state"].items())
+    }
     return {"state": state, "param_groups": sd["param_groups"]}
 
 
 def shard_optimizer_state(state: dict[int, dict[str, Any]], params: list[Any]) -> dict[int, dict[str, Any]]:
     """Full optimizer state (per parameter index) as each sharded parameter's share; `step` stays as it is."""
-    return {idx: {key: like(value, params[idx]) if key != "step" and hasattr(value, "to") else value
-                  for key, value in st.items()}
-            for idx, st in state.items()}
+    return {
+        idx: {
+            key: like(value, params[idx]) if key != "step" and hasattr(value, "to") else value
+            for key, value in st.items()
+        }
+        for idx, st in state.items()
+    }

@@ -10,6 +10,7 @@ the bare matmul rate a real training step reaches (Python, norms, attention, the
 SmolLM2-135M on a CPU). Once this model's jobs have finished, their measured rate is preferred (the caller's
 choice: `jobs.training.selectors.measured_tokens_per_s`).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ def _measure(device: str, width: int) -> float:
         started = time.perf_counter()
         (a @ b).sum().item()  # .item() waits for a GPU
         best = min(best, time.perf_counter() - started)
-    return 2 * SIZE ** 3 / max(best, 1e-9)
+    return 2 * SIZE**3 / max(best, 1e-9)
 
 
 def matmul_flops(device: str, width: int, cache_file: Path | None = None) -> float:
@@ -75,10 +76,14 @@ def work_flops_per_token(base_params: int, *, gradient_checkpointing: bool) -> f
     return (6 if gradient_checkpointing else 4) * base_params
 
 
-def calibrated_tokens_per_s(flops: float, base_params: int, *, gradient_checkpointing: bool, qlora: bool,
-                            device: str = "cpu") -> float:
+def calibrated_tokens_per_s(
+    flops: float, base_params: int, *, gradient_checkpointing: bool, qlora: bool, device: str = "cpu"
+) -> float:
     """Training tokens per second this machine should reach, from its measured matmul rate."""
     kind = "cpu" if device == "cpu" else "cuda"
-    rate = flops * TRAIN_EFFICIENCY[kind] / work_flops_per_token(base_params,
-                                                                 gradient_checkpointing=gradient_checkpointing)
+    rate = (
+        flops
+        * TRAIN_EFFICIENCY[kind]
+        / work_flops_per_token(base_params, gradient_checkpointing=gradient_checkpointing)
+    )
     return rate / QLORA_SLOWDOWN[kind] if qlora else rate

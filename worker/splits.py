@@ -1,8 +1,10 @@
 """Validation splits: a pure function of the examples, the percentage and the seed."""
+
 from __future__ import annotations
 
 import random
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 from worker.errors import InputError
 

@@ -4,9 +4,11 @@ Targets are given to PEFT as `parent.leaf` suffixes (`self_attn.q_proj`, `mlp.c_
 is unambiguous where one leaf name serves two blocks (GPT-2's `c_proj`). This module has no
 torch import at load time, so the web process can validate a custom list cheaply.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from worker.config import ConfigError
 
@@ -61,8 +63,7 @@ def resolve_targets(available: Iterable[str], preset: str, custom: Iterable[str]
             if not matches:
                 leaves = sorted({s.split(".")[-1] for s in available})
                 raise ConfigError(
-                    "target_modules",
-                    f"{name!r} is not a Linear layer of this model; valid names: {', '.join(leaves)}",
+                    "target_modules", f"{name!r} is not a Linear layer of this model; valid names: {', '.join(leaves)}"
                 )
             chosen.extend(m for m in matches if m not in chosen)
         return chosen
@@ -73,7 +74,9 @@ def resolve_targets(available: Iterable[str], preset: str, custom: Iterable[str]
     else:
         raise ConfigError("target_preset", f"unknown preset {preset!r}")
     if not chosen:
-        raise ConfigError("target_preset", f"this model has no {preset} Linear layers; pick another preset or a custom list")
+        raise ConfigError(
+            "target_preset", f"this model has no {preset} Linear layers; pick another preset or a custom list"
+        )
     return chosen
 
 
@@ -101,8 +104,10 @@ def resolve_modules_to_save(available: Iterable[str], names: Iterable[str]) -> l
     chosen: list[str] = []
     for name in names:
         if name not in available:
-            raise ConfigError("modules_to_save", f"{name!r} is not a module this model can train in full; "
-                                                 f"valid names: {', '.join(available)}")
+            raise ConfigError(
+                "modules_to_save",
+                f"{name!r} is not a module this model can train in full; valid names: {', '.join(available)}",
+            )
         if name not in chosen:
             chosen.append(name)
     return chosen

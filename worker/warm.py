@@ -18,15 +18,17 @@ job then loads it fresh.
 Frozen weights are never written to by training (the optimizer holds only LoRA parameters), so the
 same storage means the same values; `tests/worker/test_warm.py` checks the values bit for bit.
 """
+
 from __future__ import annotations
 
 import gc
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from worker.config import TrainConfig
 from worker.inference import estimate_base_bytes, module_bytes
@@ -35,7 +37,7 @@ from worker.modeling import DeviceChoice, get_quantization_config, load_base_mod
 
 log = logging.getLogger(__name__)
 
-MIB = 2 ** 20
+MIB = 2**20
 
 Fingerprint = tuple[tuple[str, int, int], ...]  # (name, size, mtime_ns) of each file
 # (folder, its fingerprint, dtype, device, quantization, kernels): what decides the loaded base
@@ -54,8 +56,11 @@ def base_key(path: str, device: DeviceChoice, cfg: TrainConfig | None) -> BaseKe
     """What decides the loaded base: folder and its files, dtype, device, quantization and kernels."""
     resolved = str(Path(path).resolve())
     quant = get_quantization_config(cfg, device) if cfg is not None else None
-    quant_key = None if quant is None else (quant.bnb_4bit_quant_type, quant.bnb_4bit_use_double_quant,
-                                            str(quant.bnb_4bit_compute_dtype))
+    quant_key = (
+        None
+        if quant is None
+        else (quant.bnb_4bit_quant_type, quant.bnb_4bit_use_double_quant, str(quant.bnb_4bit_compute_dtype))
+    )
     # Liger patches the base's modules and flash-attention is chosen at load: a base loaded either way is
     # kept apart from a plain one.
     kernels = (bool(cfg and cfg.liger), attn_implementation(cfg, device))
@@ -64,8 +69,10 @@ def base_key(path: str, device: DeviceChoice, cfg: TrainConfig | None) -> BaseKe
 
 def layout(model: Any) -> Layout:
     """The base's structure and storage: (name, class, dtype, shape, data_ptr) of every tensor, every module class."""
-    tensors = tuple((name, type(t).__name__, str(t.dtype), tuple(t.shape), t.data_ptr())
-                    for name, t in list(model.named_parameters()) + list(model.named_buffers()))
+    tensors = tuple(
+        (name, type(t).__name__, str(t.dtype), tuple(t.shape), t.data_ptr())
+        for name, t in list(model.named_parameters()) + list(model.named_buffers())
+    )
     modules = tuple((name, type(m).__name__) for name, m in model.named_modules())
     return tensors, modules
 
@@ -117,11 +124,22 @@ class WarmBases:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"budget_mb": round(self.budget_bytes / MIB, 1), "kept_mb": round(self.kept_bytes / MIB, 1),
-                    "kept": len(self._kept), "loads": self.loads, "hits": self.hits, "dropped": self.dropped}
+            return {
+                "budget_mb": round(self.budget_bytes / MIB, 1),
+                "kept_mb": round(self.kept_bytes / MIB, 1),
+                "kept": len(self._kept),
+                "loads": self.loads,
+                "hits": self.hits,
+                "dropped": self.dropped,
+            }
 
-    def acquire(self, path: str, device: DeviceChoice, cfg: TrainConfig | None = None,
-                announce: Callable[[bool], None] | None = None) -> tuple[Any, bool]:
+    def acquire(
+        self,
+        path: str,
+        device: DeviceChoice,
+        cfg: TrainConfig | None = None,
+        announce: Callable[[bool], None] | None = None,
+    ) -> tuple[Any, bool]:
         """(base model, warm): the kept base for this key (warm=True), else a freshly loaded one.
 
         `announce(warm)` is called before any loading, so the job's log says which it is while it waits.

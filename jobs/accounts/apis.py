@@ -1,4 +1,5 @@
 """REST API for accounts: the user's usage against their limits."""
+
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema, extend_schema_serializer

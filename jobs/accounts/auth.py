@@ -1,6 +1,7 @@
 """Bearer API-key authentication, written once: the REST and OpenAI-style APIs (through DRF), and the
 async views (live streams, chat completions) all use `bearer_key`; plus throttling per key and per
 signed-in browser user, counted in the shared cache (Redis) so a limit holds across processes."""
+
 from __future__ import annotations
 
 import datetime as dt

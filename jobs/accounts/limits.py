@@ -1,6 +1,7 @@
 """Per-user limits: the installation's defaults (settings QUOTA_*), overridden per user in the admin,
 and the error every interface turns into a 429 naming the limit. Each domain counts its own usage;
 figures that span domains (storage) are gathered through the `usage_reported` signal."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -15,9 +16,14 @@ from jobs.common.exceptions import ProductError
 # sender=<app label>, user=<User>; receivers return {"storage_bytes": int, ...} for their domain.
 usage_reported = Signal()
 
-LABELS = {"active_jobs": "queued, running and paused jobs", "running_jobs": "jobs training at once",
-          "compute_seconds_per_day": "training time per day (seconds)", "storage_bytes": "storage (bytes)",
-          "api_keys": "API keys", "webhooks": "webhooks"}
+LABELS = {
+    "active_jobs": "queued, running and paused jobs",
+    "running_jobs": "jobs training at once",
+    "compute_seconds_per_day": "training time per day (seconds)",
+    "storage_bytes": "storage (bytes)",
+    "api_keys": "API keys",
+    "webhooks": "webhooks",
+}
 
 
 class QuotaExceeded(ProductError):
@@ -27,8 +33,10 @@ class QuotaExceeded(ProductError):
     field = "quota"
 
     def __init__(self, limit: str, *, used: int, allowed: int):
-        super().__init__(f"limit reached: {LABELS[limit]} — {used:,} used of {allowed:,} allowed "
-                         f"(setting QUOTA_{limit.upper()}; an administrator can raise it for you)")
+        super().__init__(
+            f"limit reached: {LABELS[limit]} — {used:,} used of {allowed:,} allowed "
+            f"(setting QUOTA_{limit.upper()}; an administrator can raise it for you)"
+        )
         self.limit, self.used, self.allowed = limit, used, allowed
 
     def body(self) -> dict:
@@ -80,5 +88,7 @@ def usage_of(user) -> list[dict]:
     """Each limit with what the user uses of it, for the Usage page and API."""
     used = {**reported_usage(user), "api_keys": ApiKey.objects.filter(owner=user, revoked=False).count()}
     limits = user_limits(user)
-    return [{"limit": f.name, "label": LABELS[f.name], "used": used.get(f.name, 0),
-             "allowed": getattr(limits, f.name)} for f in fields(Limits)]
+    return [
+        {"limit": f.name, "label": LABELS[f.name], "used": used.get(f.name, 0), "allowed": getattr(limits, f.name)}
+        for f in fields(Limits)
+    ]

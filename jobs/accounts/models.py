@@ -1,4 +1,5 @@
 """A user's personal API keys (the users themselves are Django's auth users)."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -31,8 +32,9 @@ class Quota(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="quota")
     active_jobs = models.PositiveIntegerField(null=True, blank=True, help_text="queued + running + paused jobs")
     running_jobs = models.PositiveIntegerField(null=True, blank=True, help_text="jobs training at once")
-    compute_seconds_per_day = models.PositiveIntegerField(null=True, blank=True,
-                                                          help_text="training time per UTC day, in seconds")
+    compute_seconds_per_day = models.PositiveIntegerField(
+        null=True, blank=True, help_text="training time per UTC day, in seconds"
+    )
     storage_bytes = models.BigIntegerField(null=True, blank=True, help_text="datasets + adapters + merged exports")
     api_keys = models.PositiveIntegerField(null=True, blank=True, help_text="live (unrevoked) API keys")
     webhooks = models.PositiveIntegerField(null=True, blank=True)

@@ -1,4 +1,5 @@
 """Reads for accounts; each takes the owner."""
+
 from __future__ import annotations
 
 from django.db.models import QuerySet

@@ -1,4 +1,5 @@
 """Writes for accounts: personal API keys."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,9 @@ def api_key_create(*, owner, name: str = "") -> tuple[ApiKey, str]:
     check_limit(owner, "api_keys", used=ApiKey.objects.filter(owner=owner, revoked=False).count())
     raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
-        key = ApiKey.objects.create(owner=owner, name=name.strip()[:100], prefix=raw_key[:8],
-                                    hashed=api_key_hash(raw_key))
+        key = ApiKey.objects.create(
+            owner=owner, name=name.strip()[:100], prefix=raw_key[:8], hashed=api_key_hash(raw_key)
+        )
     return key, raw_key
 
 

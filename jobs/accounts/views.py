@@ -1,5 +1,6 @@
 """Account pages: sign-in (with django-axes' lockout), sign-up, and the API keys page (list, create,
 shown once, revoke)."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -33,9 +34,17 @@ def login_locked_out(request, original_response=None, credentials=None):
     """django-axes' answer once a username is locked out from this address: the sign-in page saying so."""
     # Unbound: binding would check the credentials again, and the lockout is the only news.
     form = AuthenticationForm(request, initial={"username": request.POST.get("username", "")})
-    return render(request, "accounts/login.html", {
-        "form": form, "allow_signup": settings.ALLOW_SIGNUP, "next": request.POST.get("next", ""),
-        "locked_out_minutes": lockout_minutes()}, status=settings.AXES_HTTP_RESPONSE_CODE)
+    return render(
+        request,
+        "accounts/login.html",
+        {
+            "form": form,
+            "allow_signup": settings.ALLOW_SIGNUP,
+            "next": request.POST.get("next", ""),
+            "locked_out_minutes": lockout_minutes(),
+        },
+        status=settings.AXES_HTTP_RESPONSE_CODE,
+    )
 
 
 def signup(request):
@@ -51,9 +60,16 @@ def signup(request):
 
 
 def _keys_page(request, *, new_key: str | None = None, status: int = 200):
-    return render(request, "accounts/keys.html", {
-        "keys": selectors.api_key_list(owner=request.user), "new_key": new_key,
-        "base_url": request.build_absolute_uri("/v1")}, status=status)
+    return render(
+        request,
+        "accounts/keys.html",
+        {
+            "keys": selectors.api_key_list(owner=request.user),
+            "new_key": new_key,
+            "base_url": request.build_absolute_uri("/v1"),
+        },
+        status=status,
+    )
 
 
 NEW_KEY_SESSION = "new_api_key"

@@ -1,5 +1,6 @@
 """REST API for chat and compare: ask a round, read a session's answers, vote, stop, win rates.
 The compare page's script uses these endpoints too (session auth + CSRF)."""
+
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -32,8 +33,9 @@ class ModelIdentityOutput(serializers.Serializer):
 class ChatAnswerOutput(serializers.Serializer):
     id = serializers.UUIDField()
     side = serializers.SerializerMethodField(help_text="base or adapter; null while its blind round awaits a vote")
-    model = serializers.SerializerMethodField(help_text="the model that answered; null while its blind round "
-                                                        "awaits a vote")
+    model = serializers.SerializerMethodField(
+        help_text="the model that answered; null while its blind round awaits a vote"
+    )
     round = serializers.UUIDField(source="round_id", allow_null=True)
     position = serializers.IntegerField(help_text="column in its round, 0 = left")
     prompt = serializers.CharField()
@@ -76,9 +78,13 @@ class JobChatApi(APIView):
         top_p = serializers.FloatField(required=False, min_value=0.01, max_value=1)
         seed = serializers.IntegerField(required=False, min_value=0)
         system_prompt = serializers.CharField(required=False, allow_blank=True, max_length=20000)
-        contestants = serializers.ListField(child=serializers.CharField(max_length=36), required=False,
-                                            min_length=2, max_length=services.MAX_CONTESTANTS,
-                                            help_text='"base" and/or ids of your succeeded jobs on the same base')
+        contestants = serializers.ListField(
+            child=serializers.CharField(max_length=36),
+            required=False,
+            min_length=2,
+            max_length=services.MAX_CONTESTANTS,
+            help_text='"base" and/or ids of your succeeded jobs on the same base',
+        )
         blind = serializers.BooleanField(required=False, default=False)
 
     @extend_schema(request=InputSerializer, responses={201: ChatAskOutput, **error_responses(400, 404, 409)})
@@ -87,18 +93,32 @@ class JobChatApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = dict(data.validated_data)
-        session = selectors.chat_session_get(owner=request.user, session_id=v.pop("session")) if "session" in v else None
+        session = (
+            selectors.chat_session_get(owner=request.user, session_id=v.pop("session")) if "session" in v else None
+        )
         if session is not None and session.job_id != job.id:
             raise InputError("session", "that chat belongs to another job")
         prompt, contestants, blind = v.pop("prompt"), v.pop("contestants", None), v.pop("blind")
-        session, answers = services.chat_ask(owner=request.user, job=job, prompt=prompt,
-                                             generation=GenerationConfig(**v), session=session,
-                                             contestants=contestants, blind=blind)
-        return Response(ChatAskOutput({"session": session.id, "round": answers[0].round_id, "blind": blind,
-                                       "answers": answers}).data, status=status.HTTP_201_CREATED)
+        session, answers = services.chat_ask(
+            owner=request.user,
+            job=job,
+            prompt=prompt,
+            generation=GenerationConfig(**v),
+            session=session,
+            contestants=contestants,
+            blind=blind,
+        )
+        return Response(
+            ChatAskOutput(
+                {"session": session.id, "round": answers[0].round_id, "blind": blind, "answers": answers}
+            ).data,
+            status=status.HTTP_201_CREATED,
+        )
 
-    @extend_schema(parameters=[OpenApiParameter("session", str, required=True)],
-                   responses={200: ChatAnswerOutput(many=True), **error_responses(404)})
+    @extend_schema(
+        parameters=[OpenApiParameter("session", str, required=True)],
+        responses={200: ChatAnswerOutput(many=True), **error_responses(404)},
+    )
     def get(self, request, job_id):
         job = job_get(owner=request.user, job_id=job_id)
         session_id = request.query_params.get("session", "")
@@ -130,8 +150,10 @@ class ChatRoundVoteApi(APIView):
     class OutputSerializer(serializers.Serializer):
         id = serializers.UUIDField()
         round = serializers.UUIDField(source="round_id")
-        result = serializers.ChoiceField(choices=["first", "second", "tie", "both_bad"],
-                                         help_text="first: first_model was better; second: second_model was")
+        result = serializers.ChoiceField(
+            choices=["first", "second", "tie", "both_bad"],
+            help_text="first: first_model was better; second: second_model was",
+        )
         first_model = ModelIdentityOutput()
         second_model = ModelIdentityOutput()
         blind = serializers.BooleanField()
@@ -144,10 +166,16 @@ class ChatRoundVoteApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         vote = services.chat_vote(owner=request.user, chat_round=chat_round, choice=data.validated_data["choice"])
-        out = {"id": vote.id, "round_id": vote.round_id, "result": vote.result, "blind": vote.blind,
-               "created": vote.created, "slots": selectors.chat_round_slots(chat_round=chat_round),
-               "first_model": selectors.model_identity(job=vote.first_job, base_model=vote.base_model),
-               "second_model": selectors.model_identity(job=vote.second_job, base_model=vote.base_model)}
+        out = {
+            "id": vote.id,
+            "round_id": vote.round_id,
+            "result": vote.result,
+            "blind": vote.blind,
+            "created": vote.created,
+            "slots": selectors.chat_round_slots(chat_round=chat_round),
+            "first_model": selectors.model_identity(job=vote.first_job, base_model=vote.base_model),
+            "second_model": selectors.model_identity(job=vote.second_job, base_model=vote.base_model),
+        }
         return Response(self.OutputSerializer(out).data, status=status.HTTP_201_CREATED)
 
 
@@ -183,9 +211,14 @@ class WinRateApi(APIView):
         ci_low = serializers.FloatField()
         ci_high = serializers.FloatField()
 
-    @extend_schema(parameters=[OpenApiParameter("base_model", OpenApiTypes.UUID, required=False,
-                                                description="only pairs on this base model")],
-                   responses={200: OutputSerializer(many=True), **error_responses(400)})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "base_model", OpenApiTypes.UUID, required=False, description="only pairs on this base model"
+            )
+        ],
+        responses={200: OutputSerializer(many=True), **error_responses(400)},
+    )
     def get(self, request):
         base = None
         wanted = request.query_params.get("base_model")
@@ -195,8 +228,9 @@ class WinRateApi(APIView):
             base = base_model_find(wanted, owner=request.user)
             if base is None:
                 raise InputError("base_model", "no such base model")
-        return Response(self.OutputSerializer(selectors.vote_win_rates(owner=request.user, base_model=base),
-                                              many=True).data)
+        return Response(
+            self.OutputSerializer(selectors.vote_win_rates(owner=request.user, base_model=base), many=True).data
+        )
 
 
 class VotesDatasetApi(APIView):
@@ -216,9 +250,10 @@ class VotesDatasetApi(APIView):
         name = serializers.CharField()
         rows = serializers.IntegerField(help_text="preference pairs in the dataset")
         used = serializers.IntegerField(help_text="votes that became pairs")
-        left_out = serializers.DictField(child=serializers.IntegerField(),
-                                         help_text="votes left out, by reason: tie, both_bad, empty_answer, "
-                                                   "identical_answers, too_long")
+        left_out = serializers.DictField(
+            child=serializers.IntegerField(),
+            help_text="votes left out, by reason: tie, both_bad, empty_answer, identical_answers, too_long",
+        )
         left_out_reasons = serializers.DictField(child=serializers.CharField())
         rounds = serializers.ListField(child=serializers.UUIDField(), help_text="the round of each pair, in order")
         url = serializers.CharField(help_text="the dataset's check page")
@@ -232,9 +267,16 @@ class VotesDatasetApi(APIView):
             base = base_model_find(str(data.validated_data["base_model"]), owner=request.user)
             if base is None:
                 raise InputError("base_model", "no such base model")
-        dataset, summary = services.votes_dataset_create(owner=request.user, name=data.validated_data.get("name", ""),
-                                                         base_model=base)
-        out = {"dataset": dataset.id, "name": dataset.name, "rows": dataset.rows, **summary,
-               "left_out_reasons": {k: services.LEFT_OUT_REASONS[k] for k in summary["left_out"]},
-               "rounds": dataset.stats["rounds"], "url": reverse("dataset-detail", args=[dataset.id])}
+        dataset, summary = services.votes_dataset_create(
+            owner=request.user, name=data.validated_data.get("name", ""), base_model=base
+        )
+        out = {
+            "dataset": dataset.id,
+            "name": dataset.name,
+            "rows": dataset.rows,
+            **summary,
+            "left_out_reasons": {k: services.LEFT_OUT_REASONS[k] for k in summary["left_out"]},
+            "rounds": dataset.stats["rounds"],
+            "url": reverse("dataset-detail", args=[dataset.id]),
+        }
         return Response(self.OutputSerializer(out).data, status=status.HTTP_201_CREATED)

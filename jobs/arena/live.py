@@ -1,5 +1,6 @@
 """A chat's live channel on Redis (answer pieces as they are generated) and its stop flag, which
 the infer worker reads between tokens."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Comparisons: sessions, rounds (one prompt to every model at once), answers and votes."""
+
 from __future__ import annotations
 
 import uuid
@@ -17,8 +18,14 @@ class ChatSession(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chats")
     job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, null=True, blank=True, related_name="chats")
-    base_model = models.ForeignKey(BaseModel, on_delete=models.CASCADE, null=True, blank=True, related_name="chats",
-                                   help_text="for API completions of a base model alone (no job)")
+    base_model = models.ForeignKey(
+        BaseModel,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="chats",
+        help_text="for API completions of a base model alone (no job)",
+    )
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -54,10 +61,22 @@ class ChatAnswer(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="answers")
     side = models.CharField(max_length=10, choices=Side.choices, help_text="base when job is empty, else adapter")
-    job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, null=True, blank=True, related_name="chat_answers",
-                            help_text="the job whose adapter answered; empty: the base model alone")
-    round = models.ForeignKey(ChatRound, on_delete=models.CASCADE, null=True, blank=True, related_name="answers",
-                              help_text="the comparison round (none for an API completion)")
+    job = models.ForeignKey(
+        FineTuneJob,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="chat_answers",
+        help_text="the job whose adapter answered; empty: the base model alone",
+    )
+    round = models.ForeignKey(
+        ChatRound,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="answers",
+        help_text="the comparison round (none for an API completion)",
+    )
     position = models.PositiveSmallIntegerField(default=0, help_text="screen column in its round, 0 = left")
     prompt = models.TextField()
     settings = models.JSONField(default=dict)
@@ -65,12 +84,15 @@ class ChatAnswer(models.Model):
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     stopped = models.BooleanField(default=False, help_text="ended early by the stop button; text is what came before")
     error = models.TextField(blank=True)
-    note = models.CharField(max_length=300, blank=True,
-                            help_text="what was left out to fit the model's context, if anything")
-    messages = models.JSONField(null=True, blank=True,
-                                help_text="the full message history of an API completion (else built from the session)")
-    stats = models.JSONField(default=dict, blank=True,
-                             help_text="tokens generated, first_token_ms and total_ms, timed by the infer worker")
+    note = models.CharField(
+        max_length=300, blank=True, help_text="what was left out to fit the model's context, if anything"
+    )
+    messages = models.JSONField(
+        null=True, blank=True, help_text="the full message history of an API completion (else built from the session)"
+    )
+    stats = models.JSONField(
+        default=dict, blank=True, help_text="tokens generated, first_token_ms and total_ms, timed by the infer worker"
+    )
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -91,11 +113,18 @@ class Vote(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="votes")
-    round = models.OneToOneField(ChatRound, on_delete=models.CASCADE, related_name="vote",
-                                 help_text="one vote per round")
+    round = models.OneToOneField(
+        ChatRound, on_delete=models.CASCADE, related_name="vote", help_text="one vote per round"
+    )
     base_model = models.ForeignKey(BaseModel, on_delete=models.CASCADE, related_name="votes")
-    first_job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, null=True, blank=True,
-                                  related_name="votes_as_first", help_text="empty: the base model alone")
+    first_job = models.ForeignKey(
+        FineTuneJob,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="votes_as_first",
+        help_text="empty: the base model alone",
+    )
     second_job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, related_name="votes_as_second")
     result = models.CharField(max_length=10, choices=Result.choices)
     blind = models.BooleanField(default=False)

@@ -1,7 +1,8 @@
 """Reads of chats, rounds and votes. Every selector of user data takes the owner."""
+
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
 from django.db.models import Count, QuerySet
 from django.shortcuts import get_object_or_404
@@ -24,8 +25,11 @@ def session_base_model(session: ChatSession) -> BaseModel:
 
 
 def chat_answers(*, session: ChatSession) -> QuerySet[ChatAnswer]:
-    return ChatAnswer.objects.filter(session=session).select_related(
-        "round__vote", "job", "session__job__base_model", "session__base_model").order_by("created", "position", "side")
+    return (
+        ChatAnswer.objects.filter(session=session)
+        .select_related("round__vote", "job", "session__job__base_model", "session__base_model")
+        .order_by("created", "position", "side")
+    )
 
 
 def answer_history(answer: ChatAnswer) -> list[dict[str, str]]:
@@ -35,9 +39,17 @@ def answer_history(answer: ChatAnswer) -> list[dict[str, str]]:
     if answer.round is not None and answer.round.blind:  # each blind round stands alone: its columns mix models
         return [{"role": "user", "content": answer.prompt}]
     # Each model continues its own conversation in the session.
-    earlier = ChatAnswer.objects.filter(session=answer.session, job=answer.job, side=answer.side,
-                                        state=ChatAnswer.State.DONE, created__lt=answer.created).exclude(
-        round__blind=True).order_by("created")
+    earlier = (
+        ChatAnswer.objects.filter(
+            session=answer.session,
+            job=answer.job,
+            side=answer.side,
+            state=ChatAnswer.State.DONE,
+            created__lt=answer.created,
+        )
+        .exclude(round__blind=True)
+        .order_by("created")
+    )
     messages: list[dict[str, str]] = []
     for turn in earlier:
         messages += [{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": turn.text}]
@@ -46,16 +58,22 @@ def answer_history(answer: ChatAnswer) -> list[dict[str, str]]:
 
 def chat_round_get(*, owner, round_id) -> ChatRound:
     """The owner's comparison round, or Http404."""
-    return get_object_or_404(ChatRound.objects.select_related("session__job__base_model", "session__base_model"),
-                             session__owner=owner, id=round_id)
+    return get_object_or_404(
+        ChatRound.objects.select_related("session__job__base_model", "session__base_model"),
+        session__owner=owner,
+        id=round_id,
+    )
 
 
 def model_identity(*, job: FineTuneJob | None, base_model: BaseModel) -> dict:
     """Who answered: the base model alone (job None) or a job's adapter, as kind, id and a display name."""
     if job is None:
         return {"kind": "base", "id": str(base_model.id), "name": f"{base_model.name} (base)"}
-    return {"kind": "adapter", "id": str(job.id), "name": f"{job.name} ({job.short_id})" if job.name else
-            f"job {job.short_id}"}
+    return {
+        "kind": "adapter",
+        "id": str(job.id),
+        "name": f"{job.name} ({job.short_id})" if job.name else f"job {job.short_id}",
+    }
 
 
 def answer_hidden(answer: ChatAnswer) -> bool:
@@ -75,8 +93,15 @@ def chat_round_slots(*, chat_round: ChatRound) -> list[dict]:
     """The round's answers left to right, each with its model, or None while the round is blind."""
     base = session_base_model(chat_round.session)
     answers = chat_round.answers.select_related("job", "round__vote").order_by("position")
-    return [{"answer": str(a.id), "position": a.position, "state": a.state,
-             "model": None if answer_hidden(a) else model_identity(job=a.job, base_model=base)} for a in answers]
+    return [
+        {
+            "answer": str(a.id),
+            "position": a.position,
+            "state": a.state,
+            "model": None if answer_hidden(a) else model_identity(job=a.job, base_model=base),
+        }
+        for a in answers
+    ]
 
 
 def vote_counts(*, owner, base_model: BaseModel | None = None) -> dict[str, int]:
@@ -106,7 +131,18 @@ def vote_win_rates(*, owner, base_model: BaseModel | None = None) -> list[dict]:
     rows = []
     for record in table:
         low, high = record.interval
-        rows.append({"model": identities[record.first], "opponent": identities[record.second], "wins": record.wins,
-                     "losses": record.losses, "ties": record.ties, "both_bad": record.both_bad, "n": record.n,
-                     "win_rate": record.win_rate, "ci_low": low, "ci_high": high})
+        rows.append(
+            {
+                "model": identities[record.first],
+                "opponent": identities[record.second],
+                "wins": record.wins,
+                "losses": record.losses,
+                "ties": record.ties,
+                "both_bad": record.both_bad,
+                "n": record.n,
+                "win_rate": record.win_rate,
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
     return rows

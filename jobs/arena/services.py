@@ -1,5 +1,6 @@
 """Writes for chat and compare: ask (one round to two or three models), vote, stop, and API
 completions. Generation itself runs on the infer queue (jobs.arena.tasks)."""
+
 from __future__ import annotations
 
 import random
@@ -15,15 +16,15 @@ from jobs.arena.selectors import answer_event_meta, answer_history
 from jobs.base_models.models import BaseModel
 from jobs.common import queue
 from jobs.common.exceptions import ProductError, StateError
+from jobs.datasets.models import Dataset
+from jobs.datasets.services import dataset_create_from_examples
 from jobs.training.models import FineTuneJob
 from jobs.training.selectors import job_find
 from jobs.training.services import JobStateError
-from jobs.datasets.models import Dataset
-from jobs.datasets.services import dataset_create_from_examples
 from worker.config import ConfigError, GenerationConfig
-from worker.errors import InputError
 from worker.data.examples import Example
 from worker.data.loading import DEFAULT_MAX_CHARS
+from worker.errors import InputError
 
 BASE_CONTESTANT = "base"
 MAX_CONTESTANTS = 3
@@ -37,26 +38,35 @@ class ChatBusy(ProductError):
     field = "answers"
 
 
-def chat_check_bounds(*, owner, generation: GenerationConfig, new_answers: int,
-                      messages: list[dict] | None = None, prompt: str = "") -> None:
+def chat_check_bounds(
+    *, owner, generation: GenerationConfig, new_answers: int, messages: list[dict] | None = None, prompt: str = ""
+) -> None:
     """Refuse a chat request past the installation's bounds, before anything is stored."""
     if messages is not None and len(messages) > settings.CHAT_MAX_MESSAGES:
-        raise InputError("messages", f"at most {settings.CHAT_MAX_MESSAGES} messages per request "
-                                     f"(setting CHAT_MAX_MESSAGES), got {len(messages)}")
+        raise InputError(
+            "messages",
+            f"at most {settings.CHAT_MAX_MESSAGES} messages per request "
+            f"(setting CHAT_MAX_MESSAGES), got {len(messages)}",
+        )
     chars = sum(len(m["content"]) for m in messages or []) + len(prompt) + len(generation.system_prompt or "")
     if chars > settings.CHAT_MAX_CHARS:
-        raise InputError("messages" if messages is not None else "prompt",
-                         f"at most {settings.CHAT_MAX_CHARS:,} characters per request (setting CHAT_MAX_CHARS), "
-                         f"got {chars:,}")
+        raise InputError(
+            "messages" if messages is not None else "prompt",
+            f"at most {settings.CHAT_MAX_CHARS:,} characters per request (setting CHAT_MAX_CHARS), got {chars:,}",
+        )
     if generation.max_new_tokens > settings.CHAT_MAX_NEW_TOKENS:
-        raise ConfigError("max_new_tokens", f"must be at most {settings.CHAT_MAX_NEW_TOKENS} "
-                                            "(setting CHAT_MAX_NEW_TOKENS)")
-    in_flight = ChatAnswer.objects.filter(session__owner=owner, state__in=(
-        ChatAnswer.State.PENDING, ChatAnswer.State.STREAMING)).count()
+        raise ConfigError(
+            "max_new_tokens", f"must be at most {settings.CHAT_MAX_NEW_TOKENS} (setting CHAT_MAX_NEW_TOKENS)"
+        )
+    in_flight = ChatAnswer.objects.filter(
+        session__owner=owner, state__in=(ChatAnswer.State.PENDING, ChatAnswer.State.STREAMING)
+    ).count()
     if in_flight + new_answers > settings.CHAT_MAX_PENDING_PER_USER:
-        raise ChatBusy(f"{in_flight} of your answers are still being generated (at most "
-                       f"{settings.CHAT_MAX_PENDING_PER_USER} at once, setting CHAT_MAX_PENDING_PER_USER); "
-                       "wait for them or stop them")
+        raise ChatBusy(
+            f"{in_flight} of your answers are still being generated (at most "
+            f"{settings.CHAT_MAX_PENDING_PER_USER} at once, setting CHAT_MAX_PENDING_PER_USER); "
+            "wait for them or stop them"
+        )
 
 
 class ChatStateError(StateError):
@@ -72,7 +82,7 @@ def _chat_contestants(*, owner, job: FineTuneJob, keys: list[str] | None) -> lis
     if keys is None:
         return [None, job]
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise InputError("contestants", "must be a list of model keys: \"base\" or a job id")
+        raise InputError("contestants", 'must be a list of model keys: "base" or a job id')
     if not 2 <= len(keys) <= MAX_CONTESTANTS:
         raise InputError("contestants", f"pick 2 or {MAX_CONTESTANTS} models, got {len(keys)}")
     if len(set(keys)) != len(keys):
@@ -84,12 +94,15 @@ def _chat_contestants(*, owner, job: FineTuneJob, keys: list[str] | None) -> lis
             continue
         other = job_find(owner=owner, job_id=key)
         if other is None:
-            raise InputError("contestants", f"unknown model {key!r}: use \"base\" or the id of one of your jobs")
+            raise InputError("contestants", f'unknown model {key!r}: use "base" or the id of one of your jobs')
         if not other.has_adapter:
             raise InputError("contestants", f"job {other} has no adapter ({other.status}); pick a succeeded job")
         if other.base_model_id != job.base_model_id:
-            raise InputError("contestants", f"job {other} is trained on {other.base_model.name}, not on "
-                                            f"{job.base_model.name}: side by side models share one base model")
+            raise InputError(
+                "contestants",
+                f"job {other} is trained on {other.base_model.name}, not on "
+                f"{job.base_model.name}: side by side models share one base model",
+            )
         models.append(other)
     return models
 
@@ -104,9 +117,16 @@ def _blind_order(models: list) -> list:
     return order
 
 
-def chat_ask(*, owner, job: FineTuneJob, prompt: str, generation: GenerationConfig,
-             session: ChatSession | None = None, contestants: list[str] | None = None,
-             blind: bool = False) -> tuple[ChatSession, list[ChatAnswer]]:
+def chat_ask(
+    *,
+    owner,
+    job: FineTuneJob,
+    prompt: str,
+    generation: GenerationConfig,
+    session: ChatSession | None = None,
+    contestants: list[str] | None = None,
+    blind: bool = False,
+) -> tuple[ChatSession, list[ChatAnswer]]:
     """Send one prompt at once to two or three models on the job's base, one ChatRound: "base" (the
     base alone) and/or the owner's succeeded jobs by id; default the base and this job. A blind round
     (two models) shuffles the screen order server-side and carries no history. Answers (in screen
@@ -127,10 +147,18 @@ def chat_ask(*, owner, job: FineTuneJob, prompt: str, generation: GenerationConf
         if session is None:
             session = ChatSession.objects.create(owner=owner, job=job)
         chat_round = ChatRound.objects.create(session=session, blind=blind)
-        answers = [ChatAnswer.objects.create(session=session, round=chat_round, job=model, position=position,
-                                             side=ChatAnswer.Side.BASE if model is None else ChatAnswer.Side.ADAPTER,
-                                             prompt=prompt, settings=generation.__dict__)
-                   for position, model in enumerate(order)]
+        answers = [
+            ChatAnswer.objects.create(
+                session=session,
+                round=chat_round,
+                job=model,
+                position=position,
+                side=ChatAnswer.Side.BASE if model is None else ChatAnswer.Side.ADAPTER,
+                prompt=prompt,
+                settings=generation.__dict__,
+            )
+            for position, model in enumerate(order)
+        ]
         # One task for the round: the infer worker answers every column in one batched generate.
         queue.enqueue(queue.CHAT_ROUND, [str(a.id) for a in answers])
     return session, answers
@@ -149,8 +177,11 @@ def chat_vote(*, owner, chat_round: ChatRound, choice: str) -> Vote:
     if choice not in VOTE_CHOICES:
         raise InputError("choice", f"must be one of {', '.join(VOTE_CHOICES)}")
     with transaction.atomic():
-        locked = ChatRound.objects.select_for_update().select_related("session__job", "session__base_model").get(
-            id=chat_round.id)
+        locked = (
+            ChatRound.objects.select_for_update()
+            .select_related("session__job", "session__base_model")
+            .get(id=chat_round.id)
+        )
         answers = list(locked.answers.order_by("position"))
         if len(answers) != 2:
             raise InputError("round", f"a vote compares exactly two answers; this round has {len(answers)}")
@@ -171,9 +202,14 @@ def chat_vote(*, owner, chat_round: ChatRound, choice: str) -> Vote:
         try:
             with transaction.atomic():
                 return Vote.objects.create(
-                    owner=owner, round=locked, first_job_id=first.job_id, second_job_id=second.job_id,
+                    owner=owner,
+                    round=locked,
+                    first_job_id=first.job_id,
+                    second_job_id=second.job_id,
                     base_model_id=base_model_id,
-                    result=result, blind=locked.blind)
+                    result=result,
+                    blind=locked.blind,
+                )
         except IntegrityError:  # a concurrent vote won the race for this round
             raise ChatStateError("round", "this round already has a vote") from None
 
@@ -190,24 +226,38 @@ def chat_stop(*, owner, session: ChatSession) -> int:
     for answer in unfinished:
         # A queued answer is finished here, empty; its task finds it no longer pending and skips it.
         if ChatAnswer.objects.filter(id=answer.id, state=ChatAnswer.State.PENDING).update(
-                state=ChatAnswer.State.DONE, stopped=True):
+            state=ChatAnswer.State.DONE, stopped=True
+        ):
             publish_chat(session.id, "done", {**answer_event_meta(answer), "text": "", "stopped": True})
     return len(unfinished)
 
 
-def chat_completion_create(*, owner, base: BaseModel, job: FineTuneJob | None, messages: list[dict],
-                           generation: GenerationConfig, session_id: uuid.UUID | None = None) -> ChatAnswer:
+def chat_completion_create(
+    *,
+    owner,
+    base: BaseModel,
+    job: FineTuneJob | None,
+    messages: list[dict],
+    generation: GenerationConfig,
+    session_id: uuid.UUID | None = None,
+) -> ChatAnswer:
     """Record one API completion (its whole conversation) and hand it to the infer queue on commit."""
     with transaction.atomic():
         session = ChatSession.objects.create(id=session_id or uuid.uuid4(), owner=owner, job=job, base_model=base)
         answer = ChatAnswer.objects.create(
-            session=session, side=ChatAnswer.Side.ADAPTER if job else ChatAnswer.Side.BASE, job=job,
-            prompt=messages[-1]["content"], messages=messages, settings=generation.__dict__)
+            session=session,
+            side=ChatAnswer.Side.ADAPTER if job else ChatAnswer.Side.BASE,
+            job=job,
+            prompt=messages[-1]["content"],
+            messages=messages,
+            settings=generation.__dict__,
+        )
         queue.enqueue(queue.CHAT_ANSWER, str(answer.id))
     return answer
 
 
 # --- votes become data ------------------------------------------------------------------------------
+
 
 class NoUsableVotes(ProductError):
     """None of the owner's votes can become a preference pair (no votes, or only ties and both bad)."""
@@ -266,9 +316,12 @@ def vote_pairs(*, owner, base_model: BaseModel | None = None) -> tuple[list[Exam
         system = (chosen.settings or {}).get("system_prompt") or ""
         if system.strip() and prompt[0]["role"] != "system":
             prompt = [{"role": "system", "content": system}] + prompt
-        example = Example(source=len(examples) + 1, messages=prompt,
-                          chosen=[{"role": "assistant", "content": chosen.text}],
-                          rejected=[{"role": "assistant", "content": rejected.text}])
+        example = Example(
+            source=len(examples) + 1,
+            messages=prompt,
+            chosen=[{"role": "assistant", "content": chosen.text}],
+            rejected=[{"role": "assistant", "content": rejected.text}],
+        )
         if example.chars > DEFAULT_MAX_CHARS:
             left_out["too_long"] += 1
             continue
@@ -278,7 +331,7 @@ def vote_pairs(*, owner, base_model: BaseModel | None = None) -> tuple[list[Exam
 
 
 def votes_summary_text(summary: dict) -> str:
-    """"3 votes became pairs; 2 left out (1 tie, 1 both bad)", for pages and messages."""
+    """ "3 votes became pairs; 2 left out (1 tie, 1 both bad)", for pages and messages."""
     used = summary["used"]
     text = f"{used} vote{'s' if used != 1 else ''} became preference pairs"
     left_out = summary["left_out"]
@@ -300,13 +353,23 @@ def votes_dataset_create(*, owner, name: str = "", base_model: BaseModel | None 
     counted = {k: v for k, v in left_out.items() if v}
     if not examples:
         why = "; ".join(f"{n} left out because {LEFT_OUT_REASONS[k]}" for k, n in counted.items())
-        raise NoUsableVotes("no vote can become a preference pair: vote left or right on a two-model round "
-                            f"first{f' ({why})' if why else ' (you have no votes yet)'}")
+        raise NoUsableVotes(
+            "no vote can become a preference pair: vote left or right on a two-model round "
+            f"first{f' ({why})' if why else ' (you have no votes yet)'}"
+        )
     summary = {"used": len(examples), "left_out": counted}
     default = f"Preferences from {len(examples)} compare vote{'s' if len(examples) != 1 else ''}"
     dataset = dataset_create_from_examples(
-        owner=owner, examples=examples, name=name or default, filename="compare-votes.jsonl",
-        extra_stats={"source": "compare_votes", "rounds": rounds, "votes_used": len(examples),
-                     "votes_left_out": counted,
-                     "base_model": str(base_model.id) if base_model is not None else None})
+        owner=owner,
+        examples=examples,
+        name=name or default,
+        filename="compare-votes.jsonl",
+        extra_stats={
+            "source": "compare_votes",
+            "rounds": rounds,
+            "votes_used": len(examples),
+            "votes_left_out": counted,
+            "base_model": str(base_model.id) if base_model is not None else None,
+        },
+    )
     return dataset, summary

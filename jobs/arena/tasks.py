@@ -1,6 +1,7 @@
 """Celery tasks of the infer queue for chat: one answer, or every answer of a comparison round in
 one batched generate, streamed piece by piece through Redis. The loaded models live in one pool
 per process."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,8 +28,11 @@ def model_pool():
     """The infer worker's loaded models, kept for the life of the process."""
     global _pool
     if _pool is None:
-        _pool = ModelPool(memory_budget_mb=settings.INFER_MEMORY_BUDGET_MB, device=settings.TRAIN_DEVICE,
-                          max_adapters_per_base=settings.INFER_MAX_ADAPTERS_PER_BASE)
+        _pool = ModelPool(
+            memory_budget_mb=settings.INFER_MEMORY_BUDGET_MB,
+            device=settings.TRAIN_DEVICE,
+            max_adapters_per_base=settings.INFER_MAX_ADAPTERS_PER_BASE,
+        )
     return _pool
 
 
@@ -55,8 +59,11 @@ def answer_stats(tokenizer, text: str, *, started: float, first_at: float | None
     it said nothing) and to its last. The length is the answer re-encoded by the base's tokenizer, which the
     pool's generate does not report; it matches the generated tokens but for rare re-merges."""
     tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-    return {"tokens": tokens, "first_token_ms": None if first_at is None else round(1000 * (first_at - started)),
-            "total_ms": round(1000 * (last_at - started))}
+    return {
+        "tokens": tokens,
+        "first_token_ms": None if first_at is None else round(1000 * (first_at - started)),
+        "total_ms": round(1000 * (last_at - started)),
+    }
 
 
 def _answer_adapter(answer: ChatAnswer) -> tuple[str, str] | None:
@@ -69,14 +76,20 @@ def _answer_adapter(answer: ChatAnswer) -> tuple[str, str] | None:
 def _answer_together(answer_ids: list[str]) -> list[str]:
     """Claim the pending answers among `answer_ids` (one session, one base), generate them together
     and stream each piece to the session's channel; returns a status per id."""
-    claimed = [i for i in answer_ids if ChatAnswer.objects.filter(
-        id=i, state=ChatAnswer.State.PENDING).update(state=ChatAnswer.State.STREAMING)]
+    claimed = [
+        i
+        for i in answer_ids
+        if ChatAnswer.objects.filter(id=i, state=ChatAnswer.State.PENDING).update(state=ChatAnswer.State.STREAMING)
+    ]
     status = {i: "skipped" for i in answer_ids}
     if not claimed:
         return [status[i] for i in answer_ids]
-    by_id = {str(a.id): a for a in ChatAnswer.objects.select_related(
-        "session__job__base_model", "session__job__adapter", "session__base_model", "job__adapter", "round").filter(
-        id__in=claimed)}
+    by_id = {
+        str(a.id): a
+        for a in ChatAnswer.objects.select_related(
+            "session__job__base_model", "session__job__adapter", "session__base_model", "job__adapter", "round"
+        ).filter(id__in=claimed)
+    }
     answers = [by_id[str(i)] for i in claimed]
     session = answers[0].session
     base_path = session_base_model(session).local_path
@@ -111,8 +124,9 @@ def _answer_together(answer_ids: list[str]) -> list[str]:
         texts = model_pool().generate_many(base_path, requests, gen, should_stop=stop_asked, on_text=on_text)
     except Exception as exc:
         log.exception("chat answers %s failed", claimed)
-        ChatAnswer.objects.filter(id__in=claimed).update(state=ChatAnswer.State.FAILED,
-                                                         error=f"{type(exc).__name__}: {exc}")
+        ChatAnswer.objects.filter(id__in=claimed).update(
+            state=ChatAnswer.State.FAILED, error=f"{type(exc).__name__}: {exc}"
+        )
         for meta in metas:
             publish_chat(session.id, "error", {**meta, "error": "generation failed; see the worker log"})
         status.update({str(i): "failed" for i in claimed})
@@ -122,10 +136,12 @@ def _answer_together(answer_ids: list[str]) -> list[str]:
     tokenizer = cached_tokenizer(base_path)
     for row, (answer, meta, text, note) in enumerate(zip(answers, metas, map(_storable, texts), notes)):
         stats = answer_stats(tokenizer, text, started=started, first_at=first_at[row], last_at=last_at[row] or ended)
-        ChatAnswer.objects.filter(id=answer.id).update(state=ChatAnswer.State.DONE, text=text, stopped=stopped,
-                                                       note=note, stats=stats)
-        publish_chat(session.id, "done", {**meta, "text": text, "stopped": stopped, **stats,
-                                          **({"note": note} if note else {})})
+        ChatAnswer.objects.filter(id=answer.id).update(
+            state=ChatAnswer.State.DONE, text=text, stopped=stopped, note=note, stats=stats
+        )
+        publish_chat(
+            session.id, "done", {**meta, "text": text, "stopped": stopped, **stats, **({"note": note} if note else {})}
+        )
         status[str(answer.id)] = "stopped" if stopped else "done"
     return [status[i] for i in answer_ids]
 
@@ -135,17 +151,21 @@ def sweep_answers() -> dict[str, int]:
     """Answers left behind: one streaming for longer than any answer takes (its worker died) fails with
     a message the page shows; one still pending after a while (its message was lost) is sent again."""
     now = timezone.now()
-    stuck = ChatAnswer.objects.filter(state=ChatAnswer.State.STREAMING,
-                                      created__lt=now - dt.timedelta(seconds=settings.CHAT_STUCK_SECONDS))
+    stuck = ChatAnswer.objects.filter(
+        state=ChatAnswer.State.STREAMING, created__lt=now - dt.timedelta(seconds=settings.CHAT_STUCK_SECONDS)
+    )
     failed = 0
     for answer in stuck.select_related("round__vote"):
         if ChatAnswer.objects.filter(id=answer.id, state=ChatAnswer.State.STREAMING).update(
-                state=ChatAnswer.State.FAILED, error="the chat worker stopped while answering; ask again"):
-            publish_chat(answer.session_id, "error", {**answer_event_meta(answer),
-                                                      "error": "the chat worker stopped; ask again"})
+            state=ChatAnswer.State.FAILED, error="the chat worker stopped while answering; ask again"
+        ):
+            publish_chat(
+                answer.session_id, "error", {**answer_event_meta(answer), "error": "the chat worker stopped; ask again"}
+            )
             failed += 1
-    pending = ChatAnswer.objects.filter(state=ChatAnswer.State.PENDING,
-                                        created__lt=now - dt.timedelta(seconds=settings.SWEEP_SECONDS))
+    pending = ChatAnswer.objects.filter(
+        state=ChatAnswer.State.PENDING, created__lt=now - dt.timedelta(seconds=settings.SWEEP_SECONDS)
+    )
     resent = 0
     for answer_id in pending.values_list("id", flat=True):
         queue.send(queue.CHAT_ANSWER, str(answer_id))  # claiming by state makes a duplicate harmless

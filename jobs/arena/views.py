@@ -1,5 +1,6 @@
 """The compare page (two or three models side by side, blind A/B votes, the win-rate table) and the
 live stream of a chat's answers. The page's script talks to /api/v1/ like any client."""
+
 from __future__ import annotations
 
 from asgiref.sync import sync_to_async
@@ -20,8 +21,8 @@ from jobs.common.ids import is_uuid
 from jobs.training.models import FineTuneJob
 from jobs.training.selectors import job_get, jobs_with_adapter
 from worker.config import GenerationConfig
-from worker.errors import InputError
 from worker.data.problems import DatasetError
+from worker.errors import InputError
 
 
 @login_required
@@ -33,11 +34,19 @@ def job_compare(request, job_id):
     if job.has_adapter:
         candidates.append(_candidate(job, job.base_model, checked=True))
     candidates += [_candidate(other, job.base_model, checked=False) for other in others]
-    return render(request, "arena/compare.html", {
-        "job": job, "defaults": GenerationConfig(), "candidates": candidates,
-        "max_contestants": services.MAX_CONTESTANTS, "win_rate_caption": CAPTION,
-        "win_rates": selectors.vote_win_rates(owner=request.user, base_model=job.base_model),
-        "vote_counts": selectors.vote_counts(owner=request.user, base_model=job.base_model)})
+    return render(
+        request,
+        "arena/compare.html",
+        {
+            "job": job,
+            "defaults": GenerationConfig(),
+            "candidates": candidates,
+            "max_contestants": services.MAX_CONTESTANTS,
+            "win_rate_caption": CAPTION,
+            "win_rates": selectors.vote_win_rates(owner=request.user, base_model=job.base_model),
+            "vote_counts": selectors.vote_counts(owner=request.user, base_model=job.base_model),
+        },
+    )
 
 
 @login_required
@@ -47,8 +56,9 @@ def votes_dataset(request, job_id):
     script; the page's script posts to /api/v1/votes/dataset/ instead and stays on the page."""
     job = job_get(owner=request.user, job_id=job_id)
     try:
-        dataset, summary = services.votes_dataset_create(owner=request.user, name=request.POST.get("name", ""),
-                                                         base_model=job.base_model)
+        dataset, summary = services.votes_dataset_create(
+            owner=request.user, name=request.POST.get("name", ""), base_model=job.base_model
+        )
     except (ProductError, InputError, DatasetError) as exc:
         messages.error(request, getattr(exc, "message", str(exc)))
         return redirect("job-compare", job_id=job.id)
@@ -58,8 +68,11 @@ def votes_dataset(request, job_id):
 
 def _candidate(job: FineTuneJob | None, base_model, *, checked: bool) -> dict:
     """A model the compare page offers: "base" or a job id as its key, with its display name."""
-    return {"key": str(job.id) if job else services.BASE_CONTESTANT, "checked": checked,
-            "name": selectors.model_identity(job=job, base_model=base_model)["name"]}
+    return {
+        "key": str(job.id) if job else services.BASE_CONTESTANT,
+        "checked": checked,
+        "name": selectors.model_identity(job=job, base_model=base_model)["name"],
+    }
 
 
 async def chat_events(request, session_id):
@@ -93,4 +106,5 @@ async def chat_events(request, session_id):
         return [events.sse(kind, data)], bool(wanted) and finished >= wanted
 
     return events.stream_refused(user) or events.event_stream(
-        events.follow(chat_channel(session.id), replay, on_message, user=user))
+        events.follow(chat_channel(session.id), replay, on_message, user=user)
+    )

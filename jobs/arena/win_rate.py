@@ -4,18 +4,21 @@ A pair's win rate is that of its first model: (wins + half of ties and of both-b
 counts every vote on the pair. Ties and both-bad votes both say "neither is better", so each counts
 as half a win for each side; this keeps n the number of votes cast.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Hashable, Iterable
 
 Z_95 = 1.959963984540054  # the two-sided 95% quantile of the standard normal
 RESULTS = ("first", "second", "tie", "both_bad")
 # The compare page states each pair from the adapter's side (against another adapter: the page's job's side).
-CAPTION = ("Each row is from the first model's side: an adapter against the base, or this page's adapter against "
-           "another. Its win rate = (wins + ½ × (ties + both bad)) / n, with a 95% Wilson score interval; ties and "
-           "both-bad votes count as half a win for each side.")
+CAPTION = (
+    "Each row is from the first model's side: an adapter against the base, or this page's adapter against "
+    "another. Its win rate = (wins + ½ × (ties + both bad)) / n, with a 95% Wilson score interval; ties and "
+    "both-bad votes count as half a win for each side."
+)
 
 
 def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:

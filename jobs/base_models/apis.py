@@ -1,6 +1,7 @@
 """REST API: the base models a job can train on (/api/v1/base-models/). Staff add shared models; with
 USER_MODELS on, every user adds models private to them. A model from the Hub or a GGUF upload is prepared
 by a background worker: poll its detail for `status` and `bytes_done` / `bytes_total`."""
+
 from __future__ import annotations
 
 from typing import cast
@@ -27,7 +28,8 @@ class BaseModelOutput(serializers.Serializer):
     context_length = serializers.IntegerField(help_text="tokens the model attends to (0 until it is ready)")
     has_chat_template = serializers.BooleanField()
     source = serializers.ChoiceField(  # type: ignore[assignment]  # a field named like Field.source (stubs)
-        choices=ModelSource.choices, help_text="folder, hub or gguf")
+        choices=ModelSource.choices, help_text="folder, hub or gguf"
+    )
     shared = serializers.BooleanField(help_text="true: visible to every user; false: private to you")
     status = serializers.CharField(help_text="queued, downloading, converting, ready or failed")
     error = serializers.CharField(help_text="why it failed, in plain words; empty otherwise")
@@ -47,13 +49,15 @@ class JobRef(serializers.Serializer):
 @extend_schema_serializer(component_name="BaseModelDetail")
 class BaseModelDetailOutput(BaseModelOutput):
     jobs = serializers.SerializerMethodField(help_text="your fine-tuning jobs on this model")
-    jobs_total = serializers.SerializerMethodField(help_text="every user's jobs on this model (deletion is "
-                                                             "refused while there are any)")
+    jobs_total = serializers.SerializerMethodField(
+        help_text="every user's jobs on this model (deletion is refused while there are any)"
+    )
 
     def get_jobs(self, model) -> list[dict]:
         # many=True makes a ListSerializer, whose data is a list (the stubs type JobRef(...).data as a dict)
-        return cast("list[dict]", JobRef(selectors.jobs_using(owner=self.context["owner"], model=model)[:100],
-                                         many=True).data)
+        return cast(
+            "list[dict]", JobRef(selectors.jobs_using(owner=self.context["owner"], model=model)[:100], many=True).data
+        )
 
     def get_jobs_total(self, model) -> int:
         return model.jobs.count()
@@ -69,35 +73,64 @@ class BaseModelListApi(APIView):
     @extend_schema_serializer(component_name="BaseModelCreate")
     class InputSerializer(StrictInput):
         source = serializers.ChoiceField(choices=ModelSource.choices)  # type: ignore[assignment]  # see above
-        name = serializers.CharField(max_length=200, required=False, allow_blank=True,
-                                     help_text="unique; defaults to the Hub id or the GGUF file's name")
-        hub_id = serializers.CharField(max_length=200, required=False, allow_blank=True,
-                                       help_text="source hub: e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
-        revision = serializers.CharField(max_length=200, required=False, allow_blank=True,
-                                         help_text="source hub: branch, tag or commit (default main)")
-        token = serializers.CharField(max_length=500, required=False, allow_blank=True, write_only=True,
-                                      help_text="source hub: a Hub token for gated or private models; "
-                                                "kept only until the download ends")
-        path = serializers.CharField(max_length=500, required=False, allow_blank=True,
-                                     help_text="source folder (staff): absolute path of a model folder, "
-                                               "or s3://BUCKET/PREFIX")
+        name = serializers.CharField(
+            max_length=200,
+            required=False,
+            allow_blank=True,
+            help_text="unique; defaults to the Hub id or the GGUF file's name",
+        )
+        hub_id = serializers.CharField(
+            max_length=200,
+            required=False,
+            allow_blank=True,
+            help_text="source hub: e.g. HuggingFaceTB/SmolLM2-135M-Instruct",
+        )
+        revision = serializers.CharField(
+            max_length=200,
+            required=False,
+            allow_blank=True,
+            help_text="source hub: branch, tag or commit (default main)",
+        )
+        token = serializers.CharField(
+            max_length=500,
+            required=False,
+            allow_blank=True,
+            write_only=True,
+            help_text="source hub: a Hub token for gated or private models; kept only until the download ends",
+        )
+        path = serializers.CharField(
+            max_length=500,
+            required=False,
+            allow_blank=True,
+            help_text="source folder (staff): absolute path of a model folder, or s3://BUCKET/PREFIX",
+        )
         file = serializers.FileField(required=False, help_text="source gguf: the .gguf file")
 
-    @extend_schema(responses={200: BaseModelOutput(many=True), **error_responses()},
-                   operation_id="api_v1_base_models_list")
+    @extend_schema(
+        responses={200: BaseModelOutput(many=True), **error_responses()}, operation_id="api_v1_base_models_list"
+    )
     def get(self, request):
         models = selectors.base_model_list(owner=request.user, ready_only=False)
         return Response(BaseModelOutput(models, many=True).data)
 
-    @extend_schema(request={"application/json": InputSerializer, "multipart/form-data": InputSerializer},
-                   responses={201: BaseModelOutput, 202: BaseModelOutput, **error_responses(400, 403)})
+    @extend_schema(
+        request={"application/json": InputSerializer, "multipart/form-data": InputSerializer},
+        responses={201: BaseModelOutput, 202: BaseModelOutput, **error_responses(400, 403)},
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        model = services.base_model_add(by=request.user, source=v["source"], name=v.get("name", ""),
-                                        hub_id=v.get("hub_id", ""), revision=v.get("revision", ""),
-                                        token=v.get("token", ""), path=v.get("path", ""), upload=v.get("file"))
+        model = services.base_model_add(
+            by=request.user,
+            source=v["source"],
+            name=v.get("name", ""),
+            hub_id=v.get("hub_id", ""),
+            revision=v.get("revision", ""),
+            token=v.get("token", ""),
+            path=v.get("path", ""),
+            upload=v.get("file"),
+        )
         code = status.HTTP_201_CREATED if model.status == "ready" else status.HTTP_202_ACCEPTED
         return Response(BaseModelOutput(model).data, status=code)
 

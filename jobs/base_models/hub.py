@@ -10,15 +10,16 @@ unless an administrator allowed it (HUB_ALLOWED_HOSTS). A download is resumable:
 Only safetensors weights and plain tokenizer/config files are fetched: pickle-based weights
 (`.bin`, `.pt`, ...) are never downloaded, and a repository whose config needs code of its own
 (`auto_map`, an architecture transformers does not ship) is refused before any weight is fetched."""
+
 from __future__ import annotations
 
 import http.client
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit
 
 from jobs.common.exceptions import ProductError
@@ -30,9 +31,20 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._
 REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 # Files are taken from the repository's top folder only, with plain names (no path can be built from them).
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
-CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
-                "tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                "chat_template.jinja", "chat_template.json", "model.safetensors.index.json")
+CONFIG_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "model.safetensors.index.json",
+)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MAX_REDIRECTS = 5
 MAX_JSON_BYTES = 4 * 1024 * 1024
@@ -72,8 +84,10 @@ def files_to_fetch(files: list[RepoFile]) -> list[RepoFile]:
     if not weights:
         pickled = sorted(f.name for f in files if f.name.endswith(PICKLE_SUFFIXES))
         found = f" (it has {', '.join(pickled[:3])})" if pickled else ""
-        raise HubError(f"the repository has no safetensors weights{found}: only safetensors models are "
-                       f"downloaded, pickle-based weights (.bin, .pt) are never loaded")
+        raise HubError(
+            f"the repository has no safetensors weights{found}: only safetensors models are "
+            f"downloaded, pickle-based weights (.bin, .pt) are never loaded"
+        )
     if "config.json" not in {f.name for f in top}:
         raise HubError("the repository has no config.json: not a transformers model")
     return weights + [f for f in top if f.name in CONFIG_FILES]
@@ -84,8 +98,10 @@ def remote_code_refusal(config: dict, *, where: str = "config.json") -> str | No
     if not isinstance(config, dict):
         return f"{where} is not a JSON object"
     if config.get("auto_map"):
-        return (f"the model needs remote code ({where} has auto_map: "
-                f"{', '.join(sorted(map(str, config['auto_map'])))[:200]}); code from a repository is never run")
+        return (
+            f"the model needs remote code ({where} has auto_map: "
+            f"{', '.join(sorted(map(str, config['auto_map'])))[:200]}); code from a repository is never run"
+        )
     if where != "config.json":
         return None
     import transformers
@@ -93,12 +109,16 @@ def remote_code_refusal(config: dict, *, where: str = "config.json") -> str | No
 
     model_type = config.get("model_type")
     if model_type not in CONFIG_MAPPING_NAMES:
-        return (f"the model needs remote code: model_type {model_type!r} is not built into transformers, "
-                f"and code from a repository is never run")
+        return (
+            f"the model needs remote code: model_type {model_type!r} is not built into transformers, "
+            f"and code from a repository is never run"
+        )
     for arch in config.get("architectures") or []:
         if not isinstance(arch, str) or not hasattr(transformers, arch):
-            return (f"the model needs remote code: architecture {arch!r} is not built into transformers, "
-                    f"and code from a repository is never run")
+            return (
+                f"the model needs remote code: architecture {arch!r} is not built into transformers, "
+                f"and code from a repository is never run"
+            )
     return None
 
 
@@ -133,8 +153,10 @@ class HubClient:
 
     def _refusal(self, status: int, what: str) -> HubError:
         if status == 401 or status == 403:
-            return HubError(f"{what}: access denied (HTTP {status}); a gated or private model needs a token "
-                            f"that may read it", field="token")
+            return HubError(
+                f"{what}: access denied (HTTP {status}); a gated or private model needs a token that may read it",
+                field="token",
+            )
         if status == 404:
             return HubError(f"{what}: not found on the Hub (HTTP 404); check the id and the revision")
         return HubError(f"{what}: the Hub answered HTTP {status}")
@@ -180,8 +202,14 @@ class HubClient:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def download(self, repo_id: str, revision: str, file: RepoFile, folder: Path,
-                 on_bytes: Callable[[int], None] = lambda n: None) -> Path:
+    def download(
+        self,
+        repo_id: str,
+        revision: str,
+        file: RepoFile,
+        folder: Path,
+        on_bytes: Callable[[int], None] = lambda n: None,
+    ) -> Path:
         """Fetch one file into `folder`, resuming `<name>.part` with a Range request after an interruption
         (within this call, and across calls: a restarted worker continues the same file)."""
         dest, part = folder / file.name, folder / f"{file.name}.part"

@@ -36,8 +36,14 @@ class BaseModel(models.Model):
     linear_modules = models.JSONField(default=list)
     has_chat_template = models.BooleanField(default=False)
     created = models.DateTimeField(auto_now_add=True)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
-                              related_name="base_models", help_text="empty: shared with every user")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="base_models",
+        help_text="empty: shared with every user",
+    )
     source = models.CharField(max_length=10, choices=ModelSource.choices, default=ModelSource.FOLDER)
     status = models.CharField(max_length=12, choices=ModelStatus.choices, default=ModelStatus.READY)
     error = models.TextField(blank=True)

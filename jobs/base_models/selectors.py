@@ -1,5 +1,6 @@
 """Reads of the catalogue. Shared models (no owner) are visible to every user; a private model only to its
 owner. Without an owner a selector sees the shared models only, so a forgotten owner hides, never leaks."""
+
 from __future__ import annotations
 
 from django.db.models import Q, QuerySet

@@ -1,5 +1,6 @@
 """Writes for the base-model catalogue: register a folder, download from the Hub, convert a GGUF upload,
 delete. Staff add shared models; with USER_MODELS on, every user may add models private to them."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -26,7 +27,7 @@ from worker.modeling import context_length, describe_model
 log = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 PROGRESS_EVERY_S = 0.5
-GB = 1024 ** 3
+GB = 1024**3
 
 
 class NotAllowed(ProductError):
@@ -44,10 +45,18 @@ def base_model_register(*, name: str, path: str | Path, owner=None, source: str 
     info = describe_model(local)
     model, _ = BaseModel.objects.update_or_create(
         name=name,
-        defaults=dict(path=str(path), architecture=info["architecture"], parameters=info["parameters"],
-                      linear_modules=info["linear_modules"], has_chat_template=info["has_chat_template"],
-                      context_length=context_length(local), owner=owner, source=source,
-                      status=ModelStatus.READY, error=""),
+        defaults=dict(
+            path=str(path),
+            architecture=info["architecture"],
+            parameters=info["parameters"],
+            linear_modules=info["linear_modules"],
+            has_chat_template=info["has_chat_template"],
+            context_length=context_length(local),
+            owner=owner,
+            source=source,
+            status=ModelStatus.READY,
+            error="",
+        ),
     )
     return model
 
@@ -68,6 +77,7 @@ def _folder_remote_code_refusal(folder: Path) -> str | None:
 
 # -- who may add what ----------------------------------------------------------------------------
 
+
 def can_add_models(user) -> bool:
     """Staff always; every signed-in user when USER_MODELS is on (their models are private to them)."""
     return bool(user.is_staff or settings.USER_MODELS)
@@ -76,8 +86,9 @@ def can_add_models(user) -> bool:
 def _owner_for(user):
     """Staff add shared models; other users private ones."""
     if not can_add_models(user):
-        raise NotAllowed("only staff add base models here (an administrator can let every user add "
-                         "private ones with USER_MODELS=1)")
+        raise NotAllowed(
+            "only staff add base models here (an administrator can let every user add private ones with USER_MODELS=1)"
+        )
     return None if user.is_staff else user
 
 
@@ -95,8 +106,9 @@ def _create(**fields) -> BaseModel:
         with transaction.atomic():
             return BaseModel.objects.create(**fields)
     except IntegrityError:
-        raise ProductError(f"a base model named {fields['name']!r} already exists; choose another name",
-                           field="name") from None
+        raise ProductError(
+            f"a base model named {fields['name']!r} already exists; choose another name", field="name"
+        ) from None
 
 
 def model_relative(model: BaseModel) -> str:
@@ -118,12 +130,20 @@ def _finish(model: BaseModel, relative: str, **fields) -> None:
     ctx = context_length(str(folder))
     path = blobs.store_url(relative) if blobs.enabled() else str(folder)
     BaseModel.objects.filter(id=model.id).update(
-        path=path, architecture=info["architecture"], parameters=info["parameters"],
-        linear_modules=info["linear_modules"], has_chat_template=info["has_chat_template"], context_length=ctx,
-        status=ModelStatus.READY, error="", **fields)
+        path=path,
+        architecture=info["architecture"],
+        parameters=info["parameters"],
+        linear_modules=info["linear_modules"],
+        has_chat_template=info["has_chat_template"],
+        context_length=ctx,
+        status=ModelStatus.READY,
+        error="",
+        **fields,
+    )
 
 
 # -- a local folder --------------------------------------------------------------------------------
+
 
 def base_model_add_from_folder(*, by, name: str, path: str) -> BaseModel:
     """Staff only (a path on the server): register a model folder, or an s3:// prefix, as a shared model."""
@@ -136,12 +156,14 @@ def base_model_add_from_folder(*, by, name: str, path: str) -> BaseModel:
     else:
         folder = Path(path)
         if not folder.is_absolute() or not (folder / "config.json").is_file():
-            raise ProductError(f"{path!r} is not an absolute path to a Hugging Face model folder with a "
-                               f"config.json", field="path")
+            raise ProductError(
+                f"{path!r} is not an absolute path to a Hugging Face model folder with a config.json", field="path"
+            )
         folder = folder.resolve()
         if not any(folder.glob("*.safetensors")):
-            raise ProductError(f"{folder} has no .safetensors weights (pickle-based weights are never loaded)",
-                               field="path")
+            raise ProductError(
+                f"{folder} has no .safetensors weights (pickle-based weights are never loaded)", field="path"
+            )
     try:
         return base_model_register(name=name, path=folder)
     except ProductError:
@@ -152,6 +174,7 @@ def base_model_add_from_folder(*, by, name: str, path: str) -> BaseModel:
 
 # -- the Hugging Face Hub --------------------------------------------------------------------------
 
+
 def hub_policy() -> OutboundPolicy:
     """Hub downloads go to the public internet only, plus the hosts an administrator allows."""
     return OutboundPolicy.build(ports=settings.HUB_ALLOWED_PORTS, hosts=settings.HUB_ALLOWED_HOSTS)
@@ -161,14 +184,25 @@ def base_model_add_from_hub(*, by, hub_id: str, revision: str = "", token: str =
     """Record a model to download from the Hub and queue the download (background worker)."""
     owner = _owner_for(by)
     if settings.OFFLINE:
-        raise ProductError("this server is offline (OFFLINE=1) and cannot download from the Hugging Face Hub; "
-                           "register a local folder or upload a GGUF file instead", field="hub_id")
+        raise ProductError(
+            "this server is offline (OFFLINE=1) and cannot download from the Hugging Face Hub; "
+            "register a local folder or upload a GGUF file instead",
+            field="hub_id",
+        )
     hub_id = check_repo_id((hub_id or "").strip())
     revision = check_revision((revision or "").strip() or "main")
     if len(token or "") > 500:
         raise ProductError("the token is too long", field="token")
-    model = _create(name=_check_name(name or hub_id), path="", owner=owner, source=ModelSource.HUB,
-                    status=ModelStatus.QUEUED, hub_id=hub_id, hub_revision=revision, hub_token=(token or "").strip())
+    model = _create(
+        name=_check_name(name or hub_id),
+        path="",
+        owner=owner,
+        source=ModelSource.HUB,
+        status=ModelStatus.QUEUED,
+        hub_id=hub_id,
+        hub_revision=revision,
+        hub_token=(token or "").strip(),
+    )
     queue.enqueue(queue.HUB_DOWNLOAD, str(model.id))
     return model
 
@@ -194,7 +228,7 @@ def largest_worker_memory_mb() -> float:
             found = None
         if found:
             return float(found)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 20
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
 
 
 def size_refusal(*, weights_bytes: int, total_bytes: int, folder: Path) -> str | None:
@@ -202,12 +236,16 @@ def size_refusal(*, weights_bytes: int, total_bytes: int, folder: Path) -> str |
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if total_bytes > free:
-        return (f"the model needs {total_bytes / GB:.2f} GB of disk and only {free / GB:.2f} GB are free "
-                f"where base models are kept")
+        return (
+            f"the model needs {total_bytes / GB:.2f} GB of disk and only {free / GB:.2f} GB are free "
+            f"where base models are kept"
+        )
     memory_mb = largest_worker_memory_mb()
-    if weights_bytes / 2 ** 20 > memory_mb:
-        return (f"the model's weights ({weights_bytes / GB:.2f} GB) do not fit the largest train worker's "
-                f"memory ({memory_mb / 1024:.2f} GB)")
+    if weights_bytes / 2**20 > memory_mb:
+        return (
+            f"the model's weights ({weights_bytes / GB:.2f} GB) do not fit the largest train worker's "
+            f"memory ({memory_mb / 1024:.2f} GB)"
+        )
     return None
 
 
@@ -251,15 +289,17 @@ def base_model_download(*, model_id) -> None:
     if settings.OFFLINE:
         _fail(model, "this server is offline (OFFLINE=1) and cannot download from the Hugging Face Hub", folder)
         return
-    client = HubClient(settings.HF_ENDPOINT, token=model.hub_token, policy=hub_policy(),
-                       timeout=settings.HUB_TIMEOUT_SECONDS)
+    client = HubClient(
+        settings.HF_ENDPOINT, token=model.hub_token, policy=hub_policy(), timeout=settings.HUB_TIMEOUT_SECONDS
+    )
     try:
         sha, listed = client.repo_files(model.hub_id, model.hub_revision)
         wanted = files_to_fetch(listed)
         refusal = remote_code_refusal(client.file_json(model.hub_id, sha, "config.json"))
         if not refusal and any(f.name == "tokenizer_config.json" for f in wanted):
-            refusal = remote_code_refusal(client.file_json(model.hub_id, sha, "tokenizer_config.json"),
-                                          where="tokenizer_config.json")
+            refusal = remote_code_refusal(
+                client.file_json(model.hub_id, sha, "tokenizer_config.json"), where="tokenizer_config.json"
+            )
         if refusal:
             raise HubError(refusal)
         weights = sum(f.size for f in wanted if f.name.endswith(".safetensors"))
@@ -283,6 +323,7 @@ def base_model_download(*, model_id) -> None:
 
 # -- a GGUF upload -----------------------------------------------------------------------------------
 
+
 def base_model_add_from_gguf(*, by, upload, name: str = "") -> BaseModel:
     """Store an uploaded GGUF file (size-capped, magic checked) and queue its conversion into a
     safetensors folder (background worker)."""
@@ -290,15 +331,24 @@ def base_model_add_from_gguf(*, by, upload, name: str = "") -> BaseModel:
     if upload is None:
         raise ProductError("upload a .gguf file", field="file")
     if upload.size > settings.GGUF_MAX_BYTES:
-        raise ProductError(f"the file is {upload.size / GB:.2f} GB; the limit is "
-                           f"{settings.GGUF_MAX_BYTES / GB:.2f} GB (GGUF_MAX_BYTES)", field="file")
+        raise ProductError(
+            f"the file is {upload.size / GB:.2f} GB; the limit is "
+            f"{settings.GGUF_MAX_BYTES / GB:.2f} GB (GGUF_MAX_BYTES)",
+            field="file",
+        )
     head = upload.read(4)
     upload.seek(0)
     if head != GGUF_MAGIC:
         raise ProductError("not a GGUF file (it does not start with the GGUF signature)", field="file")
     default_name = Path(upload.name or "model.gguf").stem
-    model = _create(name=_check_name(name or default_name), path="", owner=owner, source=ModelSource.GGUF,
-                    status=ModelStatus.QUEUED, bytes_total=upload.size)
+    model = _create(
+        name=_check_name(name or default_name),
+        path="",
+        owner=owner,
+        source=ModelSource.GGUF,
+        status=ModelStatus.QUEUED,
+        bytes_total=upload.size,
+    )
     with blobs.writing(f"{model_relative(model)}/upload.gguf") as path:  # the converting worker may be elsewhere
         with open(path, "wb") as out:
             for chunk in upload.chunks():
@@ -326,8 +376,17 @@ def base_model_convert_gguf(*, model_id) -> None:
         _fail(model, f"the GGUF file cannot be converted: {type(exc).__name__}: {exc}"[:500], folder)
 
 
-def base_model_add(*, by, source: str, name: str = "", hub_id: str = "", revision: str = "", token: str = "",
-                   path: str = "", upload=None) -> BaseModel:
+def base_model_add(
+    *,
+    by,
+    source: str,
+    name: str = "",
+    hub_id: str = "",
+    revision: str = "",
+    token: str = "",
+    path: str = "",
+    upload=None,
+) -> BaseModel:
     """Add a model from one of the three sources (the page and the API both come here)."""
     if source == ModelSource.HUB:
         if not (hub_id or "").strip():
@@ -342,18 +401,22 @@ def base_model_add(*, by, source: str, name: str = "", hub_id: str = "", revisio
 
 # -- delete ------------------------------------------------------------------------------------------
 
+
 def base_model_delete(*, by, model: BaseModel) -> None:
     """Delete a model and the folder this product made for it; refused while a job uses it, and for a shared
     model unless `by` is staff. (`model` comes from an owner-filtered selector.)"""
     if model.shared and not by.is_staff:
         raise NotAllowed("only staff delete a shared base model", field="id")
     if model.status in (ModelStatus.QUEUED, ModelStatus.DOWNLOADING, ModelStatus.CONVERTING):
-        raise StateError(f"{model.name} is still being prepared ({model.status}); delete it once it has "
-                         f"finished or failed")
+        raise StateError(
+            f"{model.name} is still being prepared ({model.status}); delete it once it has finished or failed"
+        )
     jobs = model.jobs.count()
     if jobs:
-        raise StateError(f"{model.name} is used by {jobs} fine-tuning job{'s' if jobs != 1 else ''}; "
-                         f"delete those jobs first", field="base_model")
+        raise StateError(
+            f"{model.name} is used by {jobs} fine-tuning job{'s' if jobs != 1 else ''}; delete those jobs first",
+            field="base_model",
+        )
     try:
         model.delete()
     except ProtectedError:  # a job was made on it just now

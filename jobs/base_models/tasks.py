@@ -1,6 +1,7 @@
 """Celery tasks of the background queue: download a base model from the Hub, convert an uploaded GGUF.
 Both take the model's id and re-read the row; a task redelivered after its worker died continues the
 work (a download resumes its partial files)."""
+
 from __future__ import annotations
 
 from celery import shared_task

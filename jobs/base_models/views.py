@@ -2,6 +2,7 @@
 chat template and the jobs on them; staff (and every user when USER_MODELS is on) add models from the
 Hugging Face Hub or a GGUF upload, staff also from a folder on the server. Progress of a download or a
 conversion is followed by static/app/base_models.js through the model's /api/v1/ detail."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -19,14 +20,28 @@ WORKING = ("queued", "downloading", "converting")
 def _page(request, *, form: dict | None = None, status: int = 200):
     rows = []
     for model in selectors.base_model_list(owner=request.user, ready_only=False).select_related("owner"):
-        rows.append({"model": model, "working": model.status in WORKING,
-                     "jobs": list(selectors.jobs_using(owner=request.user, model=model)[:20]),
-                     "jobs_total": model.jobs.count(),
-                     "can_delete": request.user.is_staff if model.shared else True})
-    return render(request, "base_models/models.html", {
-        "rows": rows, "form": form or {}, "can_add": services.can_add_models(request.user),
-        "offline": settings.OFFLINE, "hf_endpoint": settings.HF_ENDPOINT,
-        "gguf_max_mb": settings.GGUF_MAX_BYTES // 2 ** 20}, status=status)
+        rows.append(
+            {
+                "model": model,
+                "working": model.status in WORKING,
+                "jobs": list(selectors.jobs_using(owner=request.user, model=model)[:20]),
+                "jobs_total": model.jobs.count(),
+                "can_delete": request.user.is_staff if model.shared else True,
+            }
+        )
+    return render(
+        request,
+        "base_models/models.html",
+        {
+            "rows": rows,
+            "form": form or {},
+            "can_add": services.can_add_models(request.user),
+            "offline": settings.OFFLINE,
+            "hf_endpoint": settings.HF_ENDPOINT,
+            "gguf_max_mb": settings.GGUF_MAX_BYTES // 2**20,
+        },
+        status=status,
+    )
 
 
 @login_required
@@ -37,16 +52,27 @@ def model_list(request):
     post = request.POST
     source = post.get("source", "")
     try:
-        model = services.base_model_add(by=request.user, source=source, name=post.get("name", ""),
-                                        hub_id=post.get("hub_id", ""), revision=post.get("revision", ""),
-                                        token=post.get("token", ""), path=post.get("path", ""),
-                                        upload=request.FILES.get("file"))
+        model = services.base_model_add(
+            by=request.user,
+            source=source,
+            name=post.get("name", ""),
+            hub_id=post.get("hub_id", ""),
+            revision=post.get("revision", ""),
+            token=post.get("token", ""),
+            path=post.get("path", ""),
+            upload=request.FILES.get("file"),
+        )
     except ProductError as exc:
         kept = {k: post.get(k, "") for k in ("name", "hub_id", "revision", "path")}
-        return _page(request, form={"source": source, "field": exc.field, "error": exc.message, **kept},
-                     status=exc.status)
-    messages.success(request, f"Added {model.name}." if model.status == "ready"
-                     else f"{model.name} is being prepared by a worker; this page shows its progress.")
+        return _page(
+            request, form={"source": source, "field": exc.field, "error": exc.message, **kept}, status=exc.status
+        )
+    messages.success(
+        request,
+        f"Added {model.name}."
+        if model.status == "ready"
+        else f"{model.name} is being prepared by a worker; this page shows its progress.",
+    )
     return redirect("model-list")
 
 

@@ -11,6 +11,7 @@ relative strings rows keep; `media_path` refuses one that would leave the media 
 Content under a name is written once (datasets, data snapshots, checkpoints, adapters, zips), so a local copy,
 once there, is never stale.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -19,9 +20,9 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
@@ -184,15 +185,16 @@ class S3Store(Store):
 
     def _objects(self, key: str):
         """The objects named `key` itself or under the folder `key/`."""
-        return [o for o in self.storage().bucket.objects.filter(Prefix=key)
-                if o.key == key or o.key.startswith(key + "/")]
+        return [
+            o for o in self.storage().bucket.objects.filter(Prefix=key) if o.key == key or o.key.startswith(key + "/")
+        ]
 
     def _upload(self, path: Path, key: str) -> None:
         self.storage().bucket.upload_file(str(path), key)
 
     def _delete_keys(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
-            objects = [{"Key": key} for key in keys[start:start + 1000]]
+            objects = [{"Key": key} for key in keys[start : start + 1000]]
             self.storage().bucket.delete_objects(Delete={"Objects": objects, "Quiet": True})
 
     def publish(self, name: str) -> None:
@@ -206,7 +208,7 @@ class S3Store(Store):
     def mirror(self, name: str) -> None:
         path, key = media_path(name), self.key(name)
         local = _local_files(path) if path.is_dir() else {}
-        remote = {o.key[len(key) + 1:]: o.size for o in self._objects(key) if o.key != key}
+        remote = {o.key[len(key) + 1 :]: o.size for o in self._objects(key) if o.key != key}
         for rel, file in local.items():
             if remote.get(rel) != file.stat().st_size:
                 self._upload(file, f"{key}/{rel}")
@@ -221,7 +223,7 @@ class S3Store(Store):
             if obj.key == key:
                 target = path
             else:
-                rel = obj.key[len(key) + 1:]
+                rel = obj.key[len(key) + 1 :]
                 if _hidden(PurePosixPath(rel).parts):
                     continue
                 target = media_path(f"{name}/{rel}")
@@ -232,7 +234,8 @@ class S3Store(Store):
     def exists(self, name: str) -> bool:
         key = self.key(name)
         return self.storage().exists(self._name(name)) or any(
-            True for _ in self.storage().bucket.objects.filter(Prefix=key + "/").limit(1))
+            True for _ in self.storage().bucket.objects.filter(Prefix=key + "/").limit(1)
+        )
 
     def is_file(self, name: str) -> bool:
         return self.storage().exists(self._name(name))
@@ -250,7 +253,7 @@ class S3Store(Store):
             modified = self.storage().bucket.Object(self.key(name)).last_modified
         except ClientError:
             return None
-        return (dt.datetime.now(dt.timezone.utc) - modified).total_seconds()
+        return (dt.datetime.now(dt.UTC) - modified).total_seconds()
 
     def read_text(self, name: str) -> str | None:
         from botocore.exceptions import ClientError
@@ -274,7 +277,7 @@ class S3Store(Store):
         key = self.key(folder)
         found = []
         for obj in self.storage().bucket.objects.filter(Prefix=key + "/"):
-            parts = obj.key[len(key) + 1:].split("/")
+            parts = obj.key[len(key) + 1 :].split("/")
             if len(parts) == 2 and parts[1] == name:
                 found.append(f"{folder}/{parts[0]}/{name}")
         return sorted(found)
@@ -285,10 +288,13 @@ class S3Store(Store):
         if settings.STORAGE_DOWNLOAD_REDIRECT:
             if not self.is_file(name):
                 raise Http404("the file is no longer stored")
-            params = {"ResponseContentDisposition": content_disposition_header(True, filename),
-                      **({"ResponseContentType": content_type} if content_type else {})}
-            return HttpResponseRedirect(self.storage().url(self._name(name), parameters=params,
-                                                           expire=settings.STORAGE_SIGNED_URL_SECONDS))
+            params = {
+                "ResponseContentDisposition": content_disposition_header(True, filename),
+                **({"ResponseContentType": content_type} if content_type else {}),
+            }
+            return HttpResponseRedirect(
+                self.storage().url(self._name(name), parameters=params, expire=settings.STORAGE_SIGNED_URL_SECONDS)
+            )
         try:
             got = self.storage().bucket.Object(self.key(name)).get()
         except ClientError:
@@ -323,6 +329,7 @@ def enabled() -> bool:
 
 
 # --- writing: the one way ----------------------------------------------------------------------------
+
 
 @contextmanager
 def writing(name: str, *, in_place: bool = False) -> Iterator[Path]:
@@ -367,6 +374,7 @@ def mirror(name: str) -> None:
 
 
 # --- reading -----------------------------------------------------------------------------------------
+
 
 def fetch(name: str) -> Path:
     """The local path of the file or folder `name`, downloading what this machine lacks (the local path,
@@ -457,7 +465,7 @@ def model_local_path(path: str, *, only: tuple[str, ...] = ()) -> str:
     call fetches the rest."""
     if not is_store_url(path):
         return str(path)
-    bucket_name, _, prefix = str(path)[len("s3://"):].partition("/")
+    bucket_name, _, prefix = str(path)[len("s3://") :].partition("/")
     prefix = prefix.strip("/")
     if not bucket_name or not prefix:
         raise ValueError(f"{path}: give a store folder as s3://BUCKET/PREFIX")
@@ -475,7 +483,7 @@ def model_local_path(path: str, *, only: tuple[str, ...] = ()) -> str:
         bucket = S3Store.storage().connection.Bucket(bucket_name)
         count = 0
         for obj in bucket.objects.filter(Prefix=prefix + "/"):
-            name = obj.key[len(prefix) + 1:]
+            name = obj.key[len(prefix) + 1 :]
             target = (folder / name).resolve()
             if not name or obj.key.endswith("/") or folder not in target.parents:
                 continue

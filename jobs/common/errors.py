@@ -1,6 +1,7 @@
 """How errors reach a client: the REST API's exception handler (product errors as 4xx naming the
 field), OpenAI-shaped error bodies, and JSON answers for unknown API paths and Django's
 400/403/404/500 handlers."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,8 +30,15 @@ def rest_exception_handler(exc, context):
 class OpenAIError(Exception):
     """An error in OpenAI's shape: message, param, code, type and the HTTP status."""
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400,
-                 type_: str = "invalid_request_error"):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int = 400,
+        type_: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.message, self.param, self.code, self.status, self.type = message, param, code, status, type_
 
@@ -52,12 +60,20 @@ def openai_error_response(err: OpenAIError) -> JsonResponse:
 
 def unknown_url_error(request) -> OpenAIError:
     """OpenAI's answer to a path it does not serve."""
-    return OpenAIError(f"Unknown request URL: {request.method} {request.path}. Please check the URL for typos, or "
-                       f"see the API docs at /api/docs/.", code="unknown_url", status=404)
+    return OpenAIError(
+        f"Unknown request URL: {request.method} {request.path}. Please check the URL for typos, or "
+        f"see the API docs at /api/docs/.",
+        code="unknown_url",
+        status=404,
+    )
 
 
-_MESSAGES = {400: "Bad request", 403: "You do not have permission to perform this action.", 404: "Not found.",
-             500: "The server had an error while processing your request."}
+_MESSAGES = {
+    400: "Bad request",
+    403: "You do not have permission to perform this action.",
+    404: "Not found.",
+    500: "The server had an error while processing your request.",
+}
 
 
 def _with_slash(path: str) -> str | None:

@@ -5,6 +5,7 @@ so an open dashboard holds no thread. Each stream first subscribes, then replays
 database already has, then follows the channel, skipping anything already sent: a reload or a
 late tab never misses a point and never sees one twice.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +13,9 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -54,20 +56,31 @@ def _pool() -> aioredis.BlockingConnectionPool:
     loop = asyncio.get_running_loop()
     if id(loop) not in _pools:
         _pools[id(loop)] = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL, max_connections=settings.SSE_MAX_CONNECTIONS, timeout=10)
+            settings.REDIS_URL, max_connections=settings.SSE_MAX_CONNECTIONS, timeout=10
+        )
     return _pools[id(loop)]
 
 
 def stream_refused(user) -> HttpResponse | None:
     """A 429 when the user already holds SSE_MAX_STREAMS_PER_USER live streams in this process."""
     if _open_streams[user.id] >= settings.SSE_MAX_STREAMS_PER_USER:
-        return JsonResponse({"detail": f"too many live streams open ({settings.SSE_MAX_STREAMS_PER_USER} at most, "
-                                       "setting SSE_MAX_STREAMS_PER_USER); close another tab"}, status=429)
+        return JsonResponse(
+            {
+                "detail": f"too many live streams open ({settings.SSE_MAX_STREAMS_PER_USER} at most, "
+                "setting SSE_MAX_STREAMS_PER_USER); close another tab"
+            },
+            status=429,
+        )
     return None
 
 
-async def follow(channel: str, replay: Callable[[], Awaitable[list[tuple[str, dict, Any]]]],
-                 on_message: Callable[[str, dict], tuple[list[str], bool]], *, user=None) -> AsyncIterator[str]:
+async def follow(
+    channel: str,
+    replay: Callable[[], Awaitable[list[tuple[str, dict, Any]]]],
+    on_message: Callable[[str, dict], tuple[list[str], bool]],
+    *,
+    user=None,
+) -> AsyncIterator[str]:
     """Subscribe, replay stored events, then follow live ones until on_message says stop, or until the
     stream has lived SSE_MAX_SECONDS (the browser then reconnects, with Last-Event-ID, and misses nothing).
 
@@ -83,7 +96,7 @@ async def follow(channel: str, replay: Callable[[], Awaitable[list[tuple[str, di
         await pubsub.subscribe(channel)
         yield ": connected\n\n"
         yield "retry: 1000\n\n"  # when the stream ends (its lifetime, a restart), come back within a second
-        for kind, data, event_id in await replay():
+        for kind, data, _event_id in await replay():
             chunks, done = on_message(kind, data)
             for chunk in chunks:
                 yield chunk

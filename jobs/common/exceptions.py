@@ -1,6 +1,7 @@
 """The exceptions every app raises for a request it refuses; each HTTP layer turns them into a 4xx.
 A leaf module (no Django REST framework import), so any module may raise them. They join the engine's
 errors under worker.errors.StudioError, the one tree of the product's errors."""
+
 from __future__ import annotations
 
 from worker.errors import StudioError

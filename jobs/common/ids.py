@@ -1,5 +1,6 @@
 """Public ids: the uuid primary keys as the OpenAI-style API and webhooks show them
 (`file-<hex>`, `ftjob-<hex>`), and a check for uuid-looking query values."""
+
 from __future__ import annotations
 
 import uuid
@@ -18,7 +19,7 @@ def parse_public_id(value, prefix: str) -> uuid.UUID | None:
     if not isinstance(value, str) or not value.startswith(prefix):
         return None
     try:
-        return uuid.UUID(hex=value[len(prefix):])
+        return uuid.UUID(hex=value[len(prefix) :])
     except ValueError:
         return None
 

@@ -13,6 +13,7 @@ connection helper (`outbound_connection`). Failures carry a short category for u
 An administrator lets chosen internal targets through with WEBHOOK_ALLOWED_HOSTS (names or CIDRs);
 WEBHOOK_ALLOWED_PORTS limits the ports for every target, allowed ones included.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -21,8 +22,8 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 from urllib.parse import quote, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -58,20 +59,45 @@ def _networks(*cidrs: str) -> tuple[IPNetwork, ...]:
 _REFUSED_NETWORKS: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = (
     (REFUSED_UNSPECIFIED, _networks("0.0.0.0/8", "::/128")),
     (REFUSED_LOOPBACK, _networks("127.0.0.0/8", "::1/128")),
-    (REFUSED_PRIVATE, _networks("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",  # CGNAT
-                                "fc00::/7", "fec0::/10", "64:ff9b:1::/48")),  # unique/site-local, local NAT64
+    (
+        REFUSED_PRIVATE,
+        _networks(
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",  # CGNAT
+            "fc00::/7",
+            "fec0::/10",
+            "64:ff9b:1::/48",
+        ),
+    ),  # unique/site-local, local NAT64
     (REFUSED_LINK_LOCAL, _networks("169.254.0.0/16", "fe80::/10")),
     (REFUSED_MULTICAST, _networks("224.0.0.0/4", "ff00::/8")),
-    (REFUSED_RESERVED, _networks(
-        "192.0.0.0/24", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",  # protocol assignments, documentation
-        "198.18.0.0/15", "192.88.99.0/24", "240.0.0.0/4",  # benchmarking, 6to4 relays, reserved + broadcast
-        "::/8", "100::/64", "2001::/23", "2001:db8::/32", "2002::/16", "3fff::/20", "5f00::/16")),
+    (
+        REFUSED_RESERVED,
+        _networks(
+            "192.0.0.0/24",
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+            "203.0.113.0/24",  # protocol assignments, documentation
+            "198.18.0.0/15",
+            "192.88.99.0/24",
+            "240.0.0.0/4",  # benchmarking, 6to4 relays, reserved + broadcast
+            "::/8",
+            "100::/64",
+            "2001::/23",
+            "2001:db8::/32",
+            "2002::/16",
+            "3fff::/20",
+            "5f00::/16",
+        ),
+    ),
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 _GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
-_ASCII_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7f))
+_ASCII_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
 
 
 class OutboundError(Exception):
@@ -96,7 +122,7 @@ class OutboundPolicy:
     allowed_networks: tuple[IPNetwork, ...] = ()
 
     @classmethod
-    def build(cls, *, ports: Iterable[int | tuple[int, int]], hosts: Iterable[str]) -> "OutboundPolicy":
+    def build(cls, *, ports: Iterable[int | tuple[int, int]], hosts: Iterable[str]) -> OutboundPolicy:
         """From the settings' shapes: ports as numbers or (low, high) ranges; hosts as names, IPs or CIDRs."""
         ranges = tuple((p, p) if isinstance(p, int) else (int(p[0]), int(p[1])) for p in ports)
         names, networks = set(), []
@@ -109,7 +135,7 @@ class OutboundPolicy:
         return cls(allowed_ports=ranges, allowed_names=frozenset(names), allowed_networks=tuple(networks))
 
     @classmethod
-    def from_settings(cls) -> "OutboundPolicy":
+    def from_settings(cls) -> OutboundPolicy:
         """The policy of WEBHOOK_ALLOWED_PORTS and WEBHOOK_ALLOWED_HOSTS."""
         from django.conf import settings
 
@@ -334,8 +360,9 @@ class PinnedHTTPSConnection(_PinnedMixin, http.client.HTTPSConnection):
         self._create_connection = self._connect_vetted
 
 
-def outbound_connection(url: str, *, timeout: float, policy: OutboundPolicy | None = None,
-                        resolver: Resolver | None = None) -> tuple[http.client.HTTPConnection, str]:
+def outbound_connection(
+    url: str, *, timeout: float, policy: OutboundPolicy | None = None, resolver: Resolver | None = None
+) -> tuple[http.client.HTTPConnection, str]:
     """A not yet connected HTTP(S) connection pinned to the URL's vetted addresses, and the request
     path; OutboundRefused / OutboundError before any socket is opened when the URL may not be reached."""
     policy = policy or OutboundPolicy.from_settings()

@@ -1,4 +1,5 @@
 """Files only their owner may read (a secret key, a password), private from the first byte."""
+
 from __future__ import annotations
 
 import os

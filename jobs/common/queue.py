@@ -2,6 +2,7 @@
 
 Services never import `tasks` modules (tasks import services), so the arrows run one way; the
 names below are the contract with the `tasks` modules that register them."""
+
 from __future__ import annotations
 
 from celery import current_app

@@ -1,10 +1,11 @@
 """An ASGI middleware that caps the size of every request body before Django (or authentication)
 sees it: a declared Content-Length over the limit is answered 413 without reading a byte, and a
 body that streams past the limit (chunked, or longer than it declared) stops being read there."""
+
 from __future__ import annotations
 
 import json
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 Message = dict
 Receive = Callable[[], Awaitable[Message]]
@@ -70,9 +71,26 @@ async def _refuse(send: Send, limit: int) -> None:
     shown = f"{limit / (1024 * 1024):.0f} MB" if limit >= 1024 * 1024 else f"{limit:,} bytes"
     message = f"the request body is larger than the limit of {shown} (MAX_REQUEST_BYTES)"
     # One body that both the REST API's and the OpenAI-compatible API's clients understand.
-    body = json.dumps({"error": {"field": "request", "message": message, "type": "invalid_request_error",
-                                 "param": None, "code": "request_too_large"}}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    body = json.dumps(
+        {
+            "error": {
+                "field": "request",
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "request_too_large",
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

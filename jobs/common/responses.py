@@ -1,4 +1,5 @@
 """File downloads: one helper for every page and API that hands out a stored file."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """Pieces every REST API view shares: strict input serializers, newest-first cursor pages and the
 schema of a binary download."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -51,8 +52,10 @@ class NewestFirstPagination(CursorPagination):
     max_page_size = 100
 
 
-CURSOR_PARAMS = [OpenApiParameter("cursor", str, required=False, description="from `next`"),
-                 OpenApiParameter("page_size", int, required=False, description="1-100, default 20")]
+CURSOR_PARAMS = [
+    OpenApiParameter("cursor", str, required=False, description="from `next`"),
+    OpenApiParameter("page_size", int, required=False, description="1-100, default 20"),
+]
 
 
 class CursorPage(serializers.Serializer):

@@ -1,5 +1,6 @@
 """OpenAPI (drf-spectacular) pieces shared by the REST and OpenAI-style views: error bodies, the
 Bearer API-key security scheme, and `error_responses(...)` for `@extend_schema(responses=...)`."""
+
 from __future__ import annotations
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
@@ -28,9 +29,11 @@ class FieldErrorsSchema(OpenApiSerializerExtension):
     target_class = FieldErrorsSerializer
 
     def map_serializer(self, auto_schema, direction):
-        return {"type": "object", "description": FieldErrorsSerializer.__doc__,
-                "additionalProperties": {"oneOf": [{"type": "array", "items": {"type": "string"}},
-                                                   {"type": "object"}]}}
+        return {
+            "type": "object",
+            "description": FieldErrorsSerializer.__doc__,
+            "additionalProperties": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]},
+        }
 
 
 class DetailErrorSerializer(serializers.Serializer):
@@ -53,20 +56,27 @@ class OpenAIErrorSerializer(serializers.Serializer):
 
 
 BAD_REQUEST = PolymorphicProxySerializer(
-    component_name="BadRequest", serializers=[ErrorSerializer, FieldErrorsSerializer], resource_type_field_name=None)
+    component_name="BadRequest", serializers=[ErrorSerializer, FieldErrorsSerializer], resource_type_field_name=None
+)
 
 _REST_ERRORS = {
-    400: OpenApiResponse(BAD_REQUEST, description="invalid input: a product error naming the field, or DRF's "
-                                                  "per-field messages"),
+    400: OpenApiResponse(
+        BAD_REQUEST, description="invalid input: a product error naming the field, or DRF's per-field messages"
+    ),
     401: OpenApiResponse(DetailErrorSerializer, description="missing, wrong or revoked credentials"),
     403: OpenApiResponse(DetailErrorSerializer, description="not allowed (e.g. a session request without CSRF)"),
     404: OpenApiResponse(DetailErrorSerializer, description="no such object for this user"),
     409: OpenApiResponse(ErrorSerializer, description="the object is in a state that forbids this"),
-    422: OpenApiResponse(OpenApiTypes.OBJECT, description="the columns need a mapping: `error` has field, "
-                                                          "message, columns, upload_token and filename"),
-    429: OpenApiResponse(OpenApiTypes.OBJECT, description="too many requests for this API key (`detail`), or a "
-                                                          "per-user limit reached (`error` with field `quota`, "
-                                                          "limit, used and allowed)"),
+    422: OpenApiResponse(
+        OpenApiTypes.OBJECT,
+        description="the columns need a mapping: `error` has field, message, columns, upload_token and filename",
+    ),
+    429: OpenApiResponse(
+        OpenApiTypes.OBJECT,
+        description="too many requests for this API key (`detail`), or a "
+        "per-user limit reached (`error` with field `quota`, "
+        "limit, used and allowed)",
+    ),
 }
 
 
@@ -85,8 +95,12 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     name = "apiKey"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer", "bearerFormat": "ls-... personal API key",
-                "description": "A personal API key (Account > API keys) as `Authorization: Bearer ls-...`."}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "ls-... personal API key",
+            "description": "A personal API key (Account > API keys) as `Authorization: Bearer ls-...`.",
+        }
 
 
 class ApiDocsView(SpectacularSwaggerView):

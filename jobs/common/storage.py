@@ -1,4 +1,5 @@
 """Where product files live: paths under MEDIA_ROOT, stored in rows as relative strings."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,6 +9,7 @@ urlpatterns = [
     path("datasets/checks/<uuid:check_id>/", apis.UploadCheckApi.as_view(), name="api-upload-check"),
     path("datasets/<uuid:dataset_id>/tokens/", apis.DatasetTokensApi.as_view(), name="api-dataset-tokens"),
     path("datasets/<uuid:dataset_id>/download/", apis.DatasetDownloadApi.as_view(), name="api-dataset-download"),
-    path("datasets/<uuid:dataset_id>/deduplicate/", apis.DatasetDeduplicateApi.as_view(),
-         name="api-dataset-deduplicate"),
+    path(
+        "datasets/<uuid:dataset_id>/deduplicate/", apis.DatasetDeduplicateApi.as_view(), name="api-dataset-deduplicate"
+    ),
 ]

@@ -1,4 +1,5 @@
 """REST API for datasets: thin DRF views with nested input serializers over the dataset services."""
+
 from __future__ import annotations
 
 from django.urls import reverse
@@ -42,10 +43,13 @@ class UploadCheckOutput(serializers.Serializer):
     problems = serializers.ListField(child=serializers.CharField())
     problem_total = serializers.IntegerField()
     columns = serializers.ListField(child=serializers.CharField())
-    column_samples = serializers.DictField(child=serializers.ListField(child=serializers.CharField()),
-                                           help_text="a few short values of each column (needs_mapping)")
-    suggested_mapping = serializers.DictField(child=serializers.CharField(),
-                                              help_text="roles guessed from the column names (needs_mapping)")
+    column_samples = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="a few short values of each column (needs_mapping)",
+    )
+    suggested_mapping = serializers.DictField(
+        child=serializers.CharField(), help_text="roles guessed from the column names (needs_mapping)"
+    )
     upload_token = serializers.CharField(allow_null=True, help_text="for POST .../datasets/map/ when needs_mapping")
     dataset = serializers.UUIDField(allow_null=True, help_text="the new dataset once ready")
     started = serializers.DateTimeField(allow_null=True)
@@ -56,8 +60,11 @@ def _created(result) -> Response:
     """201 with the dataset, or 202 with the background check of a large upload (poll its address)."""
     if isinstance(result, UploadCheck):
         body = UploadCheckOutput(selectors.upload_check_json(result)).data
-        return Response(body, status=status.HTTP_202_ACCEPTED,
-                        headers={"Location": reverse("api-upload-check", kwargs={"check_id": result.id})})
+        return Response(
+            body,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": reverse("api-upload-check", kwargs={"check_id": result.id})},
+        )
     return Response(DatasetOutput(result).data, status=status.HTTP_201_CREATED)
 
 
@@ -80,14 +87,23 @@ class DatasetListApi(APIView):
     def get(self, request):
         return Response(DatasetOutput(selectors.dataset_list(owner=request.user), many=True).data)
 
-    @extend_schema(request=InputSerializer, responses={201: DatasetOutput, 202: UploadCheckOutput,
-                                                       **error_responses(400, 409, 422)})
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: DatasetOutput, 202: UploadCheckOutput, **error_responses(400, 409, 422)},
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        return _created(uploads.dataset_upload(owner=request.user, upload=v["file"], name=v.get("name", ""),
-                                                mapping=v.get("mapping") or None, drop_duplicates=v["drop_duplicates"]))
+        return _created(
+            uploads.dataset_upload(
+                owner=request.user,
+                upload=v["file"],
+                name=v.get("name", ""),
+                mapping=v.get("mapping") or None,
+                drop_duplicates=v["drop_duplicates"],
+            )
+        )
 
 
 class DatasetMapApi(APIView):
@@ -101,15 +117,24 @@ class DatasetMapApi(APIView):
         name = serializers.CharField(required=False, allow_blank=True, max_length=200)
         drop_duplicates = serializers.BooleanField(required=False, default=False)
 
-    @extend_schema(request=InputSerializer, responses={201: DatasetOutput, 202: UploadCheckOutput,
-                                                       **error_responses(400, 404, 409, 422)})
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: DatasetOutput, 202: UploadCheckOutput, **error_responses(400, 404, 409, 422)},
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        return _created(mapping_step.dataset_create_mapped(owner=request.user, token=v["upload_token"],
-                                                       filename=v["filename"], mapping=v["mapping"],
-                                                       name=v.get("name", ""), drop_duplicates=v["drop_duplicates"]))
+        return _created(
+            mapping_step.dataset_create_mapped(
+                owner=request.user,
+                token=v["upload_token"],
+                filename=v["filename"],
+                mapping=v["mapping"],
+                name=v.get("name", ""),
+                drop_duplicates=v["drop_duplicates"],
+            )
+        )
 
 
 class UploadCheckApi(APIView):
@@ -117,8 +142,11 @@ class UploadCheckApi(APIView):
 
     @extend_schema(responses={200: UploadCheckOutput, **error_responses(404)})
     def get(self, request, check_id):
-        return Response(UploadCheckOutput(selectors.upload_check_json(
-            selectors.upload_check_get(owner=request.user, check_id=check_id))).data)
+        return Response(
+            UploadCheckOutput(
+                selectors.upload_check_json(selectors.upload_check_get(owner=request.user, check_id=check_id))
+            ).data
+        )
 
 
 class TokenReportOutput(serializers.Serializer):
@@ -127,12 +155,16 @@ class TokenReportOutput(serializers.Serializer):
     total = serializers.IntegerField()
     error = serializers.CharField(allow_blank=True)
     max_length = serializers.IntegerField()
-    lengths = serializers.ListField(child=serializers.IntegerField(), allow_null=True,
-                                    help_text="every counted example's full token length (null until ready); "
-                                              "for preference pairs, prompt + chosen")
-    rejected_lengths = serializers.ListField(child=serializers.IntegerField(), allow_null=True,
-                                             help_text="preference pairs only: prompt + rejected, parallel to "
-                                                       "lengths (null otherwise)")
+    lengths = serializers.ListField(
+        child=serializers.IntegerField(),
+        allow_null=True,
+        help_text="every counted example's full token length (null until ready); for preference pairs, prompt + chosen",
+    )
+    rejected_lengths = serializers.ListField(
+        child=serializers.IntegerField(),
+        allow_null=True,
+        help_text="preference pairs only: prompt + rejected, parallel to lengths (null otherwise)",
+    )
     truncated = serializers.IntegerField(allow_null=True)
     trained_tokens = serializers.IntegerField(allow_null=True)
 
@@ -152,18 +184,28 @@ class DatasetTokensApi(APIView):
         query = self.QuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         chosen_id = query.validated_data.get("base_model")
-        chosen = (base_model_find(chosen_id, owner=request.user) if chosen_id
-                  else base_model_list(owner=request.user).first())
+        chosen = (
+            base_model_find(chosen_id, owner=request.user) if chosen_id else base_model_list(owner=request.user).first()
+        )
         if chosen is None:
             raise InputError("base_model", "unknown base model" if chosen_id else "no base model is registered yet")
         max_length = query.validated_data["max_length"]
         report, profile = token_profiles.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
-        return Response(TokenReportOutput({
-            "status": profile.status, "done": profile.done, "total": profile.total, "error": profile.error,
-            "max_length": max_length, "lengths": report.lengths if report else None,
-            "rejected_lengths": report.rejected_lengths if report else None,
-            "truncated": report.truncated if report else None,
-            "trained_tokens": report.trained_tokens if report else None}).data)
+        return Response(
+            TokenReportOutput(
+                {
+                    "status": profile.status,
+                    "done": profile.done,
+                    "total": profile.total,
+                    "error": profile.error,
+                    "max_length": max_length,
+                    "lengths": report.lengths if report else None,
+                    "rejected_lengths": report.rejected_lengths if report else None,
+                    "truncated": report.truncated if report else None,
+                    "trained_tokens": report.trained_tokens if report else None,
+                }
+            ).data
+        )
 
 
 class DatasetDetailApi(APIView):

@@ -1,4 +1,5 @@
 """Dataset forms: upload, the column mapping of an unknown schema, rename."""
+
 from __future__ import annotations
 
 import json
@@ -6,14 +7,16 @@ from typing import cast
 
 from django import forms
 
-from worker.errors import InputError
 from worker.data.column_hints import guess_mapping
 from worker.data.mapping import ColumnMapping
+from worker.errors import InputError
 
 
 class UploadForm(forms.Form):
-    file = forms.FileField(help_text="JSONL, JSON, CSV or Parquet: chat messages, ShareGPT, prompt/completion, "
-                                     "Alpaca, plain text or preference pairs (prompt, chosen, rejected)")
+    file = forms.FileField(
+        help_text="JSONL, JSON, CSV or Parquet: chat messages, ShareGPT, prompt/completion, "
+        "Alpaca, plain text or preference pairs (prompt, chosen, rejected)"
+    )
     name = forms.CharField(max_length=200, required=False)
     drop_duplicates = forms.BooleanField(required=False, label="Drop duplicated examples")
 
@@ -31,12 +34,13 @@ class MappingForm(forms.Form):
     response = forms.ChoiceField(required=False, label="Assistant / response column")
     system = forms.ChoiceField(required=False, label="System column (optional)")
     text = forms.ChoiceField(required=False, label="Or: a plain text column (continued pre-training)")
-    chosen = forms.ChoiceField(required=False, label="Or for preference pairs: the chosen answer column "
-                                                     "(with a prompt column, instead of a response)")
+    chosen = forms.ChoiceField(
+        required=False,
+        label="Or for preference pairs: the chosen answer column (with a prompt column, instead of a response)",
+    )
     rejected = forms.ChoiceField(required=False, label="and the rejected answer column")
 
-    NOTHING_MAPPED = ("pick the column that holds the prompts (and the one with the answers), "
-                      "or a plain text column")
+    NOTHING_MAPPED = "pick the column that holds the prompts (and the one with the answers), or a plain text column"
 
     def __init__(self, *args, columns: list[str], samples: dict[str, list[str]] | None = None, **kwargs):
         kwargs.setdefault("auto_id", "map_%s")  # it shares the page with the upload form: ids stay unique

@@ -1,6 +1,7 @@
 """How a file becomes a Dataset: received under a hidden name (size-capped, after the quota and the extension are
 checked), checked with the engine's loader in a capped child process, and stored under an opaque id with its
 normalised examples beside it. The uploads, the mapping step and the product's own datasets all come through here."""
+
 from __future__ import annotations
 
 import os
@@ -23,24 +24,52 @@ from worker.data.sandbox import LoadedSummary, load_dataset_file_limited
 
 def dataset_limits() -> DataLimits:
     """What one uploaded file may unpack into, from the DATASET_MAX_* settings."""
-    return DataLimits(max_rows=settings.DATASET_MAX_ROWS, max_field_chars=settings.DATASET_MAX_FIELD_CHARS,
-                      max_total_chars=settings.DATASET_MAX_TOTAL_CHARS, max_nesting=settings.DATASET_MAX_NESTING,
-                      max_columns=settings.DATASET_MAX_COLUMNS)
+    return DataLimits(
+        max_rows=settings.DATASET_MAX_ROWS,
+        max_field_chars=settings.DATASET_MAX_FIELD_CHARS,
+        max_total_chars=settings.DATASET_MAX_TOTAL_CHARS,
+        max_nesting=settings.DATASET_MAX_NESTING,
+        max_columns=settings.DATASET_MAX_COLUMNS,
+    )
 
 
-def dataset_validate(*, path: Path, filename: str, normalized: Path, mapping: dict | None = None,
-                     drop_duplicates: bool = False, on_progress=None) -> LoadedSummary:
+def dataset_validate(
+    *,
+    path: Path,
+    filename: str,
+    normalized: Path,
+    mapping: dict | None = None,
+    drop_duplicates: bool = False,
+    on_progress=None,
+) -> LoadedSummary:
     """Read and check a file with the engine's loader in a child process limited in memory and time,
     writing the normalised JSONL to `normalized`; raises DatasetError / SchemaUnknown / InputError."""
-    return load_dataset_file_limited(path, filename, normalized_path=normalized, limits=dataset_limits(),
-                                     memory_mb=settings.DATASET_PARSE_MEMORY_MB,
-                                     seconds=settings.DATASET_PARSE_SECONDS, mapping=mapping or None,
-                                     drop_duplicates=drop_duplicates, on_progress=on_progress)
+    return load_dataset_file_limited(
+        path,
+        filename,
+        normalized_path=normalized,
+        limits=dataset_limits(),
+        memory_mb=settings.DATASET_PARSE_MEMORY_MB,
+        seconds=settings.DATASET_PARSE_SECONDS,
+        mapping=mapping or None,
+        drop_duplicates=drop_duplicates,
+        on_progress=on_progress,
+    )
 
 
-def dataset_store(*, owner, source: Path, filename: str, name: str, size: int, mapping: dict | None = None,
-                  drop_duplicates: bool = False, on_progress=None, extra_stats: dict | None = None,
-                  tokens_now: bool | None = None) -> Dataset:
+def dataset_store(
+    *,
+    owner,
+    source: Path,
+    filename: str,
+    name: str,
+    size: int,
+    mapping: dict | None = None,
+    drop_duplicates: bool = False,
+    on_progress=None,
+    extra_stats: dict | None = None,
+    tokens_now: bool | None = None,
+) -> Dataset:
     """Check the local file `source` and store it (it is moved into place) as a new Dataset. Its tokens are
     counted with the default model's tokenizer during the call for a file up to DATASET_CHECK_INLINE_BYTES
     (or `tokens_now`), else by a background worker. Raises what dataset_validate raises; nothing stays stored."""
@@ -48,17 +77,38 @@ def dataset_store(*, owner, source: Path, filename: str, name: str, size: int, m
     original, normalized_name = f"datasets/{file_id}{Path(source).suffix}", f"datasets/{file_id}.normalized.jsonl"
     try:
         with blobs.writing(normalized_name) as normalized, blobs.writing(original) as final:
-            loaded = dataset_validate(path=source, filename=filename, normalized=normalized, mapping=mapping,
-                                      drop_duplicates=drop_duplicates, on_progress=on_progress)
+            loaded = dataset_validate(
+                path=source,
+                filename=filename,
+                normalized=normalized,
+                mapping=mapping,
+                drop_duplicates=drop_duplicates,
+                on_progress=on_progress,
+            )
             os.replace(source, final)
         with transaction.atomic():
             dataset = Dataset.objects.create(
-                owner=owner, name=(name or filename)[:200], original_name=filename[:255], file=original,
-                normalized_file=normalized_name, format=loaded.format, schema=loaded.schema, mapping=mapping or {},
-                rows=loaded.rows, size_bytes=size, sha256=loaded.sha256,
-                stats={"turns": loaded.turns, "chars": loaded.chars, "columns": loaded.columns,
-                       "duplicates": loaded.duplicates[:100], "duplicate_count": len(loaded.duplicates),
-                       "dropped_duplicates": loaded.dropped_duplicates, **(extra_stats or {})})
+                owner=owner,
+                name=(name or filename)[:200],
+                original_name=filename[:255],
+                file=original,
+                normalized_file=normalized_name,
+                format=loaded.format,
+                schema=loaded.schema,
+                mapping=mapping or {},
+                rows=loaded.rows,
+                size_bytes=size,
+                sha256=loaded.sha256,
+                stats={
+                    "turns": loaded.turns,
+                    "chars": loaded.chars,
+                    "columns": loaded.columns,
+                    "duplicates": loaded.duplicates[:100],
+                    "duplicate_count": len(loaded.duplicates),
+                    "dropped_duplicates": loaded.dropped_duplicates,
+                    **(extra_stats or {}),
+                },
+            )
     except BaseException:
         for stored in (original, normalized_name):
             blobs.delete(stored)
@@ -75,7 +125,9 @@ def _stream_to(upload, dest: Path, limit: int, filename: str) -> int:
         for chunk in upload.chunks():
             size += len(chunk)
             if size > limit:
-                raise DatasetError(filename, [Problem(0, "", f"is larger than the limit of {limit // (1024 * 1024)} MB")])
+                raise DatasetError(
+                    filename, [Problem(0, "", f"is larger than the limit of {limit // (1024 * 1024)} MB")]
+                )
             out.write(chunk)
     return size
 

@@ -14,8 +14,9 @@ class Dataset(models.Model):
     name = models.CharField(max_length=200)
     original_name = models.CharField(max_length=255, blank=True, help_text="the uploaded file's name, for display")
     file = models.CharField(max_length=300, help_text="the original file under MEDIA_ROOT, named by an opaque id")
-    normalized_file = models.CharField(max_length=300, blank=True,
-                                       help_text="the examples as normalised JSONL (messages or text per line)")
+    normalized_file = models.CharField(
+        max_length=300, blank=True, help_text="the examples as normalised JSONL (messages or text per line)"
+    )
     format = models.CharField(max_length=20)
     schema = models.CharField(max_length=30)
     mapping = models.JSONField(default=dict, blank=True, help_text="column mapping when no schema matched")
@@ -83,8 +84,9 @@ class UploadCheck(models.Model):
     problems = models.JSONField(default=list, blank=True)
     problem_total = models.PositiveIntegerField(default=0)
     columns = models.JSONField(default=list, blank=True)
-    column_samples = models.JSONField(default=dict, blank=True,
-                                      help_text="a few short values per column, shown on the mapping step")
+    column_samples = models.JSONField(
+        default=dict, blank=True, help_text="a few short values per column, shown on the mapping step"
+    )
     dataset = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     attempts = models.PositiveSmallIntegerField(default=0, help_text="checks started (a lost one is retried)")
     started = models.DateTimeField(null=True, blank=True)

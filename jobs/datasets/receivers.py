@@ -1,4 +1,5 @@
 """What datasets report to other domains (connected in UserDatasetsConfig.ready)."""
+
 from __future__ import annotations
 
 from django.db.models import Sum

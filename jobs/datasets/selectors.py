@@ -1,4 +1,5 @@
 """Reads of datasets. Every selector takes the owner, so a forgotten filter is hard to write."""
+
 from __future__ import annotations
 
 import functools
@@ -7,8 +8,8 @@ import json
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
-from jobs.common.ids import is_uuid
 from jobs.common import blobs
+from jobs.common.ids import is_uuid
 from jobs.datasets.models import Dataset, TokenProfile, UploadCheck
 from worker.data.column_hints import guess_mapping
 from worker.data.normalized import read_normalized_jsonl
@@ -60,10 +61,20 @@ def upload_check_get(*, owner, check_id) -> UploadCheck:
 
 def upload_check_json(check: UploadCheck) -> dict:
     """The check's state, the same for the page's poll and the REST API."""
-    return {"id": str(check.id), "status": check.status, "stage": check.stage, "rows": check.rows,
-            "filename": check.filename, "size_bytes": check.size_bytes, "problems": check.problems,
-            "problem_total": check.problem_total, "columns": check.columns,
-            "column_samples": check.column_samples or {}, "suggested_mapping": guess_mapping(check.columns),
-            "upload_token": check.id.hex if check.status == UploadCheck.Status.NEEDS_MAPPING else None,
-            "dataset": str(check.dataset_id) if check.dataset_id else None,
-            "started": check.started.isoformat() if check.started else None, "created": check.created.isoformat()}
+    return {
+        "id": str(check.id),
+        "status": check.status,
+        "stage": check.stage,
+        "rows": check.rows,
+        "filename": check.filename,
+        "size_bytes": check.size_bytes,
+        "problems": check.problems,
+        "problem_total": check.problem_total,
+        "columns": check.columns,
+        "column_samples": check.column_samples or {},
+        "suggested_mapping": guess_mapping(check.columns),
+        "upload_token": check.id.hex if check.status == UploadCheck.Status.NEEDS_MAPPING else None,
+        "dataset": str(check.dataset_id) if check.dataset_id else None,
+        "started": check.started.isoformat() if check.started else None,
+        "created": check.created.isoformat(),
+    }

@@ -1,6 +1,7 @@
 """Writes for datasets: keyword-only functions that validate every row before anything is stored. Uploads
 and their background checks live in `uploads`, the column-mapping step in `mapping`, token counts in
 `token_profiles`; how a file becomes a Dataset in `intake`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,10 +19,10 @@ from jobs.datasets.intake import dataset_store, hidden_local_file, upload_receiv
 from jobs.datasets.mapping import dataset_check_now
 from jobs.datasets.models import Dataset
 from jobs.datasets.signals import dataset_deleting
-from worker.errors import InputError
 from worker.data.examples import Example
 from worker.data.loading import deduplicate_examples
 from worker.data.normalized import write_normalized_jsonl
+from worker.errors import InputError
 
 DEMO_DATASET = Path(settings.BASE_DIR) / "worker" / "demo_data" / "demo_dataset.jsonl"
 DEMO_DATASET_NAME = "Demo: contact details to JSON"
@@ -40,8 +41,15 @@ class NoDuplicates(StateError):
     field = "dataset"
 
 
-def dataset_create(*, owner, upload, name: str = "", mapping: dict | None = None,
-                   drop_duplicates: bool = False, tokens_now: bool | None = None) -> Dataset:
+def dataset_create(
+    *,
+    owner,
+    upload,
+    name: str = "",
+    mapping: dict | None = None,
+    drop_duplicates: bool = False,
+    tokens_now: bool | None = None,
+) -> Dataset:
     """Store an uploaded dataset under an opaque id after validating every row, during the call.
 
     Raises DatasetError (problems with line and field; nothing is stored), or MappingNeeded when
@@ -50,14 +58,23 @@ def dataset_create(*, owner, upload, name: str = "", mapping: dict | None = None
     """
     tmp, filename, size = upload_receive(owner, upload)
     try:
-        return dataset_check_now(owner=owner, source=tmp, filename=filename, name=name, size=size, mapping=mapping,
-                                 drop_duplicates=drop_duplicates, tokens_now=tokens_now)
+        return dataset_check_now(
+            owner=owner,
+            source=tmp,
+            filename=filename,
+            name=name,
+            size=size,
+            mapping=mapping,
+            drop_duplicates=drop_duplicates,
+            tokens_now=tokens_now,
+        )
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def dataset_create_from_examples(*, owner, examples: list[Example], name: str, filename: str,
-                                 extra_stats: dict | None = None) -> Dataset:
+def dataset_create_from_examples(
+    *, owner, examples: list[Example], name: str, filename: str, extra_stats: dict | None = None
+) -> Dataset:
     """A dataset the product makes (from compare votes, say) rather than one uploaded: the examples are
     written as normalised JSONL, which is then checked and stored exactly as an upload of that file.
     `extra_stats` (where the examples came from) is kept in the dataset's stats."""
@@ -66,8 +83,7 @@ def dataset_create_from_examples(*, owner, examples: list[Example], name: str, f
         write_normalized_jsonl(examples, tmp)
         size = tmp.stat().st_size
         check_limit(owner, "storage_bytes", used=storage_used(owner), adding=size)
-        return dataset_store(owner=owner, source=tmp, filename=filename, name=name, size=size,
-                             extra_stats=extra_stats)
+        return dataset_store(owner=owner, source=tmp, filename=filename, name=name, size=size, extra_stats=extra_stats)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -84,11 +100,16 @@ def dataset_deduplicate(*, dataset: Dataset) -> Dataset:
         raise NoDuplicates(f"{dataset.name} has no duplicated examples to drop")
     stem = Path(dataset.original_name or "dataset").stem
     return dataset_create_from_examples(
-        owner=dataset.owner, examples=kept,
-        name=dataset.name[:200 - len(DEDUPLICATED_SUFFIX)] + DEDUPLICATED_SUFFIX,
+        owner=dataset.owner,
+        examples=kept,
+        name=dataset.name[: 200 - len(DEDUPLICATED_SUFFIX)] + DEDUPLICATED_SUFFIX,
         filename=f"{stem}.deduplicated.jsonl",
-        extra_stats={"source": "deduplicated", "deduplicated_from": str(dataset.id),
-                     "dropped_duplicates": len(duplicates)})
+        extra_stats={
+            "source": "deduplicated",
+            "deduplicated_from": str(dataset.id),
+            "dropped_duplicates": len(duplicates),
+        },
+    )
 
 
 def dataset_create_demo(*, owner) -> Dataset:
@@ -98,8 +119,9 @@ def dataset_create_demo(*, owner) -> Dataset:
     if existing:
         return existing
     with open(DEMO_DATASET, "rb") as fh:
-        return dataset_create(owner=owner, upload=File(fh, name=DEMO_DATASET.name), name=DEMO_DATASET_NAME,
-                              tokens_now=True)
+        return dataset_create(
+            owner=owner, upload=File(fh, name=DEMO_DATASET.name), name=DEMO_DATASET_NAME, tokens_now=True
+        )
 
 
 def dataset_rename(*, dataset: Dataset, name: str) -> Dataset:

@@ -1,4 +1,5 @@
 """Celery tasks of the datasets domain (background queue)."""
+
 from __future__ import annotations
 
 from celery import shared_task
@@ -31,5 +32,7 @@ def token_profile(profile_id: int) -> str:
 def sweep() -> dict:
     """Send again the checks and token counts whose message or worker was lost."""
     stale = settings.DATASET_PARSE_SECONDS + 2 * settings.SWEEP_SECONDS
-    return {"checks": uploads.upload_checks_resend(stale_seconds=stale),
-            "token_profiles": token_profiles.token_profiles_resend(stale_seconds=stale)}
+    return {
+        "checks": uploads.upload_checks_resend(stale_seconds=stale),
+        "token_profiles": token_profiles.token_profiles_resend(stale_seconds=stale),
+    }

@@ -1,6 +1,7 @@
 """Token counts: once per (dataset, tokenizer), stored as JSON and read by every max-length view and estimate.
 A small dataset's are counted during its upload with the default model's tokenizer (so the first estimate
 knows its lengths); the rest in a background worker."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ def token_profile_request(*, dataset: Dataset, model_path: str, now: bool = Fals
         return profile
     try:
         with transaction.atomic():
-            profile = TokenProfile.objects.create(dataset=dataset, tokenizer_key=key, model_path=model_path,
-                                                  total=min(dataset.rows, TOKEN_PROFILE_LIMIT))
+            profile = TokenProfile.objects.create(
+                dataset=dataset, tokenizer_key=key, model_path=model_path, total=min(dataset.rows, TOKEN_PROFILE_LIMIT)
+            )
     except IntegrityError:  # another request made it a moment ago
         return TokenProfile.objects.get(dataset=dataset, tokenizer_key=key)
     if now:
@@ -72,9 +74,13 @@ def token_profile_compute(*, profile_id: int) -> str:
 
     try:
         examples = read_normalized_jsonl(blobs.fetch(profile.dataset.normalized_file))
-        result = token_profile(cached_tokenizer(blobs.model_local_path(profile.model_path, only=TOKENIZER_FILES)),
-                               examples, samples=TOKEN_PROFILE_SAMPLES,
-                               limit=TOKEN_PROFILE_LIMIT, progress=progress)
+        result = token_profile(
+            cached_tokenizer(blobs.model_local_path(profile.model_path, only=TOKENIZER_FILES)),
+            examples,
+            samples=TOKEN_PROFILE_SAMPLES,
+            limit=TOKEN_PROFILE_LIMIT,
+            progress=progress,
+        )
     except (ValueError, OSError) as exc:
         log.warning("token profile %s failed: %s", profile.id, exc)
         message = str(exc) if isinstance(exc, ValueError) else "the dataset or the model's tokenizer could not be read"
@@ -82,16 +88,18 @@ def token_profile_compute(*, profile_id: int) -> str:
         return "failed"
     relative = f"datasets/tokens/{profile.dataset_id}-{profile.tokenizer_key}.json"
     blobs.write_text(relative, json.dumps(result.to_json()))
-    TokenProfile.objects.filter(id=profile.id).update(status=TokenProfile.Status.READY, file=relative,
-                                                      done=len(result.lengths), total=len(result.lengths))
+    TokenProfile.objects.filter(id=profile.id).update(
+        status=TokenProfile.Status.READY, file=relative, done=len(result.lengths), total=len(result.lengths)
+    )
     return "ready"
 
 
 def token_profiles_resend(*, stale_seconds: float) -> int:
     """Re-queue pending profiles nobody has advanced for `stale_seconds` (a lost message or worker)."""
     cutoff = timezone.now() - timedelta(seconds=stale_seconds)
-    stale = list(TokenProfile.objects.filter(status=TokenProfile.Status.PENDING, updated__lt=cutoff)
-                 .values_list("id", flat=True))
+    stale = list(
+        TokenProfile.objects.filter(status=TokenProfile.Status.PENDING, updated__lt=cutoff).values_list("id", flat=True)
+    )
     for profile_id in stale:
         TokenProfile.objects.filter(id=profile_id).update(updated=timezone.now())
         queue.enqueue(queue.TOKEN_PROFILE, profile_id, robust=True)

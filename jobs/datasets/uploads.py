@@ -1,5 +1,6 @@
 """Uploads through the pages and the REST API: a file up to DATASET_CHECK_INLINE_BYTES is checked during the
 request; a larger one is stored under an opaque name as an `UploadCheck` and checked by a background worker."""
+
 from __future__ import annotations
 
 import logging
@@ -14,27 +15,42 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs.common import blobs, queue
-from jobs.datasets.intake import dataset_store, upload_receive
 from jobs.common.storage import media_path, media_relative
+from jobs.datasets.intake import dataset_store, upload_receive
 from jobs.datasets.mapping import PENDING_DIR, dataset_check_now, parked_name
 from jobs.datasets.models import Dataset, UploadCheck
-from worker.errors import InputError
 from worker.data.problems import DatasetError, SchemaUnknown
+from worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-def dataset_upload(*, owner, upload, name: str = "", mapping: dict | None = None,
-                   drop_duplicates: bool = False) -> Dataset | UploadCheck:
+def dataset_upload(
+    *, owner, upload, name: str = "", mapping: dict | None = None, drop_duplicates: bool = False
+) -> Dataset | UploadCheck:
     """The upload pages' entry: a small file is checked during the request (as `dataset_create`); a larger one
     is only stored here and checked by a background worker, whose progress the returned UploadCheck shows."""
     tmp, filename, size = upload_receive(owner, upload)
     try:
         if size <= settings.DATASET_CHECK_INLINE_BYTES:
-            return dataset_check_now(owner=owner, source=tmp, filename=filename, name=name, size=size,
-                                     mapping=mapping, drop_duplicates=drop_duplicates)
-        check = UploadCheck(owner=owner, filename=filename[:255], name=name[:200], mapping=mapping or {},
-                            drop_duplicates=drop_duplicates, size_bytes=size, file=parked_name(tmp.suffix))
+            return dataset_check_now(
+                owner=owner,
+                source=tmp,
+                filename=filename,
+                name=name,
+                size=size,
+                mapping=mapping,
+                drop_duplicates=drop_duplicates,
+            )
+        check = UploadCheck(
+            owner=owner,
+            filename=filename[:255],
+            name=name[:200],
+            mapping=mapping or {},
+            drop_duplicates=drop_duplicates,
+            size_bytes=size,
+            file=parked_name(tmp.suffix),
+        )
         with blobs.writing(check.file) as path:  # the background worker may run on another machine
             os.replace(tmp, path)
         with transaction.atomic():
@@ -61,7 +77,8 @@ def upload_check_run(*, check_id) -> str:
     """Check a stored upload (the background task's body): it becomes a Dataset, or the check records
     the located problems, or the columns to map. A check another run already took is skipped."""
     taken = UploadCheck.objects.filter(id=check_id, status=UploadCheck.Status.QUEUED).update(
-        status=UploadCheck.Status.CHECKING, started=timezone.now(), stage="starting", attempts=F("attempts") + 1)
+        status=UploadCheck.Status.CHECKING, started=timezone.now(), stage="starting", attempts=F("attempts") + 1
+    )
     if not taken:
         return "skipped"
     check = UploadCheck.objects.select_related("owner").get(id=check_id)
@@ -69,23 +86,43 @@ def upload_check_run(*, check_id) -> str:
 
     def progress(stage: str, rows: int) -> None:
         UploadCheck.objects.filter(id=check.id, status=UploadCheck.Status.CHECKING).update(
-            stage=stage, rows=rows, updated=timezone.now())
+            stage=stage, rows=rows, updated=timezone.now()
+        )
 
     if not path.is_file():
-        return _finish(check, UploadCheck.Status.FAILED, stage="", problems=[
-            f"{check.filename}: the stored upload has expired; upload the file again"], problem_total=1)
+        return _finish(
+            check,
+            UploadCheck.Status.FAILED,
+            stage="",
+            problems=[f"{check.filename}: the stored upload has expired; upload the file again"],
+            problem_total=1,
+        )
     work = path.with_name(f".{uuid.uuid4().hex}{path.suffix}")
     os.replace(path, work)  # dataset_store moves its input into place on success
     try:
-        dataset = dataset_store(owner=check.owner, source=work, filename=check.filename, name=check.name,
-                                size=check.size_bytes, mapping=check.mapping or None,
-                                drop_duplicates=check.drop_duplicates, on_progress=progress)
+        dataset = dataset_store(
+            owner=check.owner,
+            source=work,
+            filename=check.filename,
+            name=check.name,
+            size=check.size_bytes,
+            mapping=check.mapping or None,
+            drop_duplicates=check.drop_duplicates,
+            on_progress=progress,
+        )
     except SchemaUnknown as exc:
         if check.mapping:
             return _refused(check, work, exc.messages(), exc.total)
         os.replace(work, path)  # parked under its opaque name (and still in the store): the mapping step's token
-        return _finish(check, UploadCheck.Status.NEEDS_MAPPING, stage="", columns=list(exc.columns),
-                       column_samples=exc.samples, problems=[str(exc)], problem_total=1)
+        return _finish(
+            check,
+            UploadCheck.Status.NEEDS_MAPPING,
+            stage="",
+            columns=list(exc.columns),
+            column_samples=exc.samples,
+            problems=[str(exc)],
+            problem_total=1,
+        )
     except DatasetError as exc:
         return _refused(check, work, exc.messages(), exc.total)
     except InputError as exc:
@@ -101,18 +138,25 @@ def upload_checks_resend(*, stale_seconds: float, max_attempts: int = 3) -> int:
     """Re-queue checks whose run was lost (its worker died) or whose message was; how many. A check
     that was lost `max_attempts` times fails instead of crashing workers for ever."""
     cutoff = timezone.now() - timedelta(seconds=stale_seconds)
-    lost = UploadCheck.objects.filter(status__in=[UploadCheck.Status.QUEUED, UploadCheck.Status.CHECKING],
-                                      updated__lt=cutoff)
+    lost = UploadCheck.objects.filter(
+        status__in=[UploadCheck.Status.QUEUED, UploadCheck.Status.CHECKING], updated__lt=cutoff
+    )
     sent = 0
     for check in lost:
         if check.attempts >= max_attempts:
             UploadCheck.objects.filter(id=check.id, updated=check.updated).update(
-                status=UploadCheck.Status.FAILED, stage="", problem_total=1,
-                problems=[f"{check.filename}: the check was interrupted {check.attempts} times; "
-                          "the file may be too large for this server"])
+                status=UploadCheck.Status.FAILED,
+                stage="",
+                problem_total=1,
+                problems=[
+                    f"{check.filename}: the check was interrupted {check.attempts} times; "
+                    "the file may be too large for this server"
+                ],
+            )
             continue
         if UploadCheck.objects.filter(id=check.id, updated=check.updated).update(
-                status=UploadCheck.Status.QUEUED, updated=timezone.now()):
+            status=UploadCheck.Status.QUEUED, updated=timezone.now()
+        ):
             queue.enqueue(queue.CHECK_UPLOAD, str(check.id), robust=True)
             sent += 1
     return sent
@@ -139,7 +183,9 @@ def _expire_unclaimed_files(cutoff: float) -> int:
     if not folder.is_dir():
         return 0
     named = set(UploadCheck.objects.exclude(file="").values_list("file", flat=True))
-    stale = [p for p in folder.iterdir() if p.is_file() and p.stat().st_mtime < cutoff and media_relative(p) not in named]
+    stale = [
+        p for p in folder.iterdir() if p.is_file() and p.stat().st_mtime < cutoff and media_relative(p) not in named
+    ]
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)

@@ -1,5 +1,6 @@
 """Dataset pages: the list with the upload form, the column-mapping step, the check page, rename,
 delete, download and the one-click demo dataset. Thin: forms validate, services write."""
+
 from __future__ import annotations
 
 import json
@@ -19,18 +20,27 @@ from jobs.datasets import mapping as mapping_step
 from jobs.datasets import selectors, services, token_profiles, uploads
 from jobs.datasets.forms import MappingForm, RenameForm, UploadForm
 from jobs.datasets.models import UploadCheck
-from worker.errors import InputError
 from worker.data.column_hints import SAMPLE_CHARS
 from worker.data.problems import DatasetError
+from worker.errors import InputError
 
 
 def _dataset_page(request, *, form=None, mapping_form=None, problems=(), total=0, failed_file="", status=200):
     """The list with the upload form; after a refused upload, its problems under the file's name (a browser
     cannot re-fill a file input, so the page says which file to choose again; the other fields stay)."""
-    return render(request, "user_datasets/dataset_list.html", {
-        "datasets": selectors.dataset_list(owner=request.user), "form": form or UploadForm(),
-        "mapping_form": mapping_form, "problems": problems, "problem_total": total, "failed_file": failed_file},
-        status=status)
+    return render(
+        request,
+        "user_datasets/dataset_list.html",
+        {
+            "datasets": selectors.dataset_list(owner=request.user),
+            "form": form or UploadForm(),
+            "mapping_form": mapping_form,
+            "problems": problems,
+            "problem_total": total,
+            "failed_file": failed_file,
+        },
+        status=status,
+    )
 
 
 @login_required
@@ -41,19 +51,30 @@ def dataset_list(request):
     if not form.is_valid():
         return _dataset_page(request, form=form, status=400)
     try:
-        ds = uploads.dataset_upload(owner=request.user, upload=form.cleaned_data["file"],
-                                     name=form.cleaned_data["name"],
-                                     drop_duplicates=form.cleaned_data["drop_duplicates"])
+        ds = uploads.dataset_upload(
+            owner=request.user,
+            upload=form.cleaned_data["file"],
+            name=form.cleaned_data["name"],
+            drop_duplicates=form.cleaned_data["drop_duplicates"],
+        )
     except DatasetError as exc:
-        return _dataset_page(request, form=form, problems=exc.messages(), total=exc.total,
-                             failed_file=exc.filename, status=400)
+        return _dataset_page(
+            request, form=form, problems=exc.messages(), total=exc.total, failed_file=exc.filename, status=400
+        )
     except QuotaExceeded as exc:
         messages.error(request, exc.message)
         return _dataset_page(request, form=form, status=429)
     except mapping_step.MappingNeeded as need:
-        mapping_form = MappingForm(columns=need.columns, samples=need.samples, initial={
-            "token": need.token, "filename": need.filename, "name": form.cleaned_data["name"],
-            "drop_duplicates": form.cleaned_data["drop_duplicates"]})
+        mapping_form = MappingForm(
+            columns=need.columns,
+            samples=need.samples,
+            initial={
+                "token": need.token,
+                "filename": need.filename,
+                "name": form.cleaned_data["name"],
+                "drop_duplicates": form.cleaned_data["drop_duplicates"],
+            },
+        )
         return _dataset_page(request, form=form, mapping_form=mapping_form, status=200)
     if isinstance(ds, UploadCheck):
         return redirect("upload-check", check_id=ds.id)
@@ -69,8 +90,7 @@ def _posted_samples(request, columns: list[str]) -> dict[str, list[str]]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {c: [str(v)[:SAMPLE_CHARS] for v in data.get(c, [])[:3]] for c in columns
-            if isinstance(data.get(c), list)}
+    return {c: [str(v)[:SAMPLE_CHARS] for v in data.get(c, [])[:3]] for c in columns if isinstance(data.get(c), list)}
 
 
 @login_required
@@ -82,10 +102,14 @@ def dataset_map(request):
     if not form.is_valid():
         return _dataset_page(request, mapping_form=form, status=400)
     try:
-        ds = mapping_step.dataset_create_mapped(owner=request.user, token=form.cleaned_data["token"],
-                                            filename=form.cleaned_data["filename"], mapping=form.mapping(),
-                                            name=form.cleaned_data["name"],
-                                            drop_duplicates=form.cleaned_data["drop_duplicates"])
+        ds = mapping_step.dataset_create_mapped(
+            owner=request.user,
+            token=form.cleaned_data["token"],
+            filename=form.cleaned_data["filename"],
+            mapping=form.mapping(),
+            name=form.cleaned_data["name"],
+            drop_duplicates=form.cleaned_data["drop_duplicates"],
+        )
     except InputError as exc:
         visible = exc.field in form.fields and not form.fields[exc.field].widget.is_hidden
         form.add_error(exc.field if visible else None, exc.message)  # an expired token shows above the form
@@ -108,17 +132,35 @@ def dataset_detail(request, dataset_id):
         max_length = min(131072, max(16, int(request.GET.get("max_length", 256))))
     except ValueError:
         max_length = 256
-    report, profile = (token_profiles.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
-                       if chosen else (None, None))
+    report, profile = (
+        token_profiles.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
+        if chosen
+        else (None, None)
+    )
     histogram = report.histogram() if report else None
     duplicates = ds.stats.get("duplicate_count", 0) if not ds.stats.get("dropped_duplicates") else 0
-    return render(request, "user_datasets/dataset_detail.html", {
-        "ds": ds, "models": models, "chosen": chosen, "max_length": max_length, "report": report, "profile": profile,
-        "histogram": histogram, "histogram_rows": _histogram_rows(histogram),
-        "examples": _examples_page(request, report), "duplicates_left": duplicates,
-        "made_from": selectors.dataset_find(owner=request.user, dataset_id=ds.stats.get("deduplicated_from")),
-        "deduplicated_copy": selectors.dataset_deduplicated_copy(owner=request.user, dataset=ds) if duplicates else None,
-        "rename_form": RenameForm(initial={"name": ds.name}), "jobs": ds.jobs.all()[:20]})
+    return render(
+        request,
+        "user_datasets/dataset_detail.html",
+        {
+            "ds": ds,
+            "models": models,
+            "chosen": chosen,
+            "max_length": max_length,
+            "report": report,
+            "profile": profile,
+            "histogram": histogram,
+            "histogram_rows": _histogram_rows(histogram),
+            "examples": _examples_page(request, report),
+            "duplicates_left": duplicates,
+            "made_from": selectors.dataset_find(owner=request.user, dataset_id=ds.stats.get("deduplicated_from")),
+            "deduplicated_copy": selectors.dataset_deduplicated_copy(owner=request.user, dataset=ds)
+            if duplicates
+            else None,
+            "rename_form": RenameForm(initial={"name": ds.name}),
+            "jobs": ds.jobs.all()[:20],
+        },
+    )
 
 
 EXAMPLES_PER_PAGE = 10
@@ -144,8 +186,15 @@ def _examples_page(request, report) -> dict | None:
         query["page"] = str(n)
         return f"?{query.urlencode()}#examples"
 
-    return {"items": items[start:start + EXAMPLES_PER_PAGE], "first": start + 1, "number": number, "pages": pages,
-            "total": len(items), "previous": link(number - 1), "next": link(number + 1)}
+    return {
+        "items": items[start : start + EXAMPLES_PER_PAGE],
+        "first": start + 1,
+        "number": number,
+        "pages": pages,
+        "total": len(items),
+        "previous": link(number - 1),
+        "next": link(number + 1),
+    }
 
 
 def _histogram_rows(histogram: dict | None) -> list[tuple]:
@@ -198,8 +247,11 @@ def dataset_deduplicate(request, dataset_id):
     except DatasetError as exc:
         messages.error(request, str(exc))
         return redirect("dataset-detail", dataset_id=ds.id)
-    messages.success(request, f"Made {copy.name}: {copy.rows} examples, "
-                              f"{copy.stats.get('dropped_duplicates', 0)} duplicates dropped. {ds.name} is unchanged.")
+    messages.success(
+        request,
+        f"Made {copy.name}: {copy.rows} examples, "
+        f"{copy.stats.get('dropped_duplicates', 0)} duplicates dropped. {ds.name} is unchanged.",
+    )
     return redirect("dataset-detail", dataset_id=copy.id)
 
 
@@ -221,13 +273,15 @@ def dataset_demo(request):
 def dataset_tokens_status(request, dataset_id):
     """How far the count of a dataset's tokens under a model's tokenizer is (the check page polls it)."""
     ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
-    chosen = (base_model_find(request.GET.get("model"), owner=request.user)
-              or base_model_list(owner=request.user).first())
+    chosen = (
+        base_model_find(request.GET.get("model"), owner=request.user) or base_model_list(owner=request.user).first()
+    )
     if chosen is None:
         return JsonResponse({"status": "none"})
     profile = token_profiles.token_profile_request(dataset=ds, model_path=chosen.path)
-    return JsonResponse({"status": profile.status, "done": profile.done, "total": profile.total,
-                         "error": profile.error})
+    return JsonResponse(
+        {"status": profile.status, "done": profile.done, "total": profile.total, "error": profile.error}
+    )
 
 
 @login_required
@@ -239,9 +293,16 @@ def upload_check(request, check_id):
         return redirect("dataset-detail", dataset_id=check.dataset_id)
     mapping_form = None
     if check.status == UploadCheck.Status.NEEDS_MAPPING:
-        mapping_form = MappingForm(columns=check.columns, samples=check.column_samples, initial={
-            "token": check.id.hex, "filename": check.filename, "name": check.name,
-            "drop_duplicates": check.drop_duplicates})
+        mapping_form = MappingForm(
+            columns=check.columns,
+            samples=check.column_samples,
+            initial={
+                "token": check.id.hex,
+                "filename": check.filename,
+                "name": check.name,
+                "drop_duplicates": check.drop_duplicates,
+            },
+        )
     return render(request, "user_datasets/upload_check.html", {"check": check, "mapping_form": mapping_form})
 
 

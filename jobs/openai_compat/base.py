@@ -1,5 +1,6 @@
 """What every /v1/ view shares: the base view (Bearer keys or a session, OpenAI-shaped errors), its
 schema decorator, list pages, request-body type checks, and the owner's files and jobs by public id."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,23 +13,29 @@ from jobs.common.errors import OpenAIError
 from jobs.common.ids import parse_public_id
 from jobs.common.rest import SafeJSONParser
 from jobs.common.schema import openai_error_responses
-from jobs.training.models import FineTuneJob
-from jobs.training.selectors import job_find
-from jobs.openai_compat.errors import openai_exception_handler
 from jobs.datasets.models import Dataset
 from jobs.datasets.selectors import dataset_find
+from jobs.openai_compat.errors import openai_exception_handler
+from jobs.training.models import FineTuneJob
+from jobs.training.selectors import job_find
 
 
 def openai_schema(operation_id: str, *, errors=(), request=None, response=OpenApiTypes.OBJECT, parameters=()):
     """`extend_schema` for a /v1/ route: OpenAI's operation id, a free-form object (OpenAI's shape) and
     OpenAI-style errors."""
-    return extend_schema(operation_id=operation_id, tags=["openai"], request=request, parameters=list(parameters),
-                         responses={200: response, **openai_error_responses(*errors)})
+    return extend_schema(
+        operation_id=operation_id,
+        tags=["openai"],
+        request=request,
+        parameters=list(parameters),
+        responses={200: response, **openai_error_responses(*errors)},
+    )
 
 
-PAGE_PARAMS = [OpenApiParameter("after", str, required=False, description="the id of the last item of the "
-                                                                          "previous page"),
-               OpenApiParameter("limit", int, required=False, description="1 to 100")]
+PAGE_PARAMS = [
+    OpenApiParameter("after", str, required=False, description="the id of the last item of the previous page"),
+    OpenApiParameter("limit", int, required=False, description="1 to 100"),
+]
 
 
 class OpenAIView(APIView):
@@ -58,18 +65,29 @@ def owned_job(owner, value: str) -> FineTuneJob:
     pk = parse_public_id(value, "ftjob-")
     job = job_find(owner=owner, job_id=pk) if pk else None
     if job is None:
-        raise OpenAIError(f"No such fine-tuning job: {value}", param="fine_tuning_job_id", code="not_found",
-                       status=404)
+        raise OpenAIError(f"No such fine-tuning job: {value}", param="fine_tuning_job_id", code="not_found", status=404)
     return job
 
 
-JSON_TYPES: dict[str, tuple[type, ...]] = {"a string": (str,), "an integer": (int,), "a decimal": (int, float),
-                                           "a boolean": (bool,), "an object": (dict,), "an array": (list,)}
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "a string": (str,),
+    "an integer": (int,),
+    "a decimal": (int, float),
+    "a boolean": (bool,),
+    "an object": (dict,),
+    "an array": (list,),
+}
 
 
 def json_type(value: Any) -> str:
-    for name, kinds in (("a boolean", (bool,)), ("an integer", (int,)), ("a decimal", (float,)),
-                        ("a string", (str,)), ("an array", (list,)), ("an object", (dict,))):
+    for name, kinds in (
+        ("a boolean", (bool,)),
+        ("an integer", (int,)),
+        ("a decimal", (float,)),
+        ("a string", (str,)),
+        ("an array", (list,)),
+        ("an object", (dict,)),
+    ):
         if isinstance(value, kinds):
             return name
     return "null"
@@ -79,18 +97,24 @@ def known_fields(body: Any, fields: dict[str, str]) -> dict:
     """The body as a dict, checked against `fields` (name -> expected JSON type, a key of JSON_TYPES): an
     unknown parameter or one of the wrong type is a 400 naming it, as OpenAI answers. null means absent."""
     if not isinstance(body, dict):
-        raise OpenAIError(f"Invalid type for the request body: expected an object, but got {json_type(body)} "
-                       f"instead.", code="invalid_type")
+        raise OpenAIError(
+            f"Invalid type for the request body: expected an object, but got {json_type(body)} instead.",
+            code="invalid_type",
+        )
     unknown = sorted(set(body) - set(fields))
     if unknown:
         raise OpenAIError(f"Unknown parameter: '{unknown[0]}'.", param=unknown[0], code="unknown_parameter")
     for name, expected in fields.items():
         value = body.get(name)
         is_number = expected in ("an integer", "a decimal")
-        if value is not None and (not isinstance(value, JSON_TYPES[expected])
-                                  or (is_number and isinstance(value, bool))):
-            raise OpenAIError(f"Invalid type for '{name}': expected {expected}, but got {json_type(value)} instead.",
-                           param=name, code="invalid_type")
+        if value is not None and (
+            not isinstance(value, JSON_TYPES[expected]) or (is_number and isinstance(value, bool))
+        ):
+            raise OpenAIError(
+                f"Invalid type for '{name}': expected {expected}, but got {json_type(value)} instead.",
+                param=name,
+                code="invalid_type",
+            )
     return body
 
 
@@ -112,5 +136,5 @@ def page(items: list[dict], after: str | None, limit: int) -> dict:
         if after not in ids:
             raise OpenAIError(f"No such item for after: {after}", param="after", status=404)
         start = ids.index(after) + 1
-    chunk = items[start:start + limit]
+    chunk = items[start : start + limit]
     return {"object": "list", "data": chunk, "has_more": start + limit < len(items)}

@@ -1,5 +1,6 @@
 """OpenAI's chat completions (/v1/chat/completions): answered by the infer worker through the arena
 services, streamed as chunks or returned whole."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,31 +28,49 @@ from worker.config import ConfigError, GenerationConfig
 from worker.errors import InputError
 from worker.modeling import cached_tokenizer
 
-
-CHAT_FIELDS = {"model": "a string", "messages": "an array", "stream": "a boolean", "temperature": "a decimal",
-               "top_p": "a decimal", "max_tokens": "an integer", "max_completion_tokens": "an integer",
-               "seed": "an integer", "n": "an integer", "stream_options": "an object", "user": "a string",
-               "store": "a boolean", "metadata": "an object"}
+CHAT_FIELDS = {
+    "model": "a string",
+    "messages": "an array",
+    "stream": "a boolean",
+    "temperature": "a decimal",
+    "top_p": "a decimal",
+    "max_tokens": "an integer",
+    "max_completion_tokens": "an integer",
+    "seed": "an integer",
+    "n": "an integer",
+    "stream_options": "an object",
+    "user": "a string",
+    "store": "a boolean",
+    "metadata": "an object",
+}
 ROLES = {"system", "developer", "user", "assistant"}
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
     if value is None:
-        raise OpenAIError("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+        raise OpenAIError(
+            "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
+        )
     if not value:
-        raise OpenAIError("Invalid 'messages': empty array. Expected an array with minimum length 1.",
-                       param="messages", code="empty_array")
+        raise OpenAIError(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+            param="messages",
+            code="empty_array",
+        )
     out = []
     for i, message in enumerate(value):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise OpenAIError(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
-                           param=f"messages[{i}].role")
+            raise OpenAIError(
+                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}", param=f"messages[{i}].role"
+            )
         content = message.get("content")
         if isinstance(content, list):  # content parts: only text is supported
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise OpenAIError(f"messages[{i}].content: only text parts are supported",
-                               param=f"messages[{i}].content")
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
+                raise OpenAIError(
+                    f"messages[{i}].content: only text parts are supported", param=f"messages[{i}].content"
+                )
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise OpenAIError(f"messages[{i}].content must be a string", param=f"messages[{i}].content")
@@ -64,8 +83,13 @@ def _messages(value: Any) -> list[dict[str, str]]:
 
 def _generation(body: dict) -> GenerationConfig:
     values: dict[str, Any] = {}
-    for name, target in (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
-                         ("max_tokens", "max_new_tokens"), ("max_completion_tokens", "max_new_tokens")):
+    for name, target in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("seed", "seed"),
+        ("max_tokens", "max_new_tokens"),
+        ("max_completion_tokens", "max_new_tokens"),
+    ):
         if body.get(name) is not None:
             values[target] = body[name]
     if body.get("n") not in (None, 1):
@@ -87,8 +111,9 @@ def _authenticate(request):
         raise missing_key_error()
     wait = throttle_wait(key)
     if wait is not None:
-        raise OpenAIError(f"Rate limit reached; retry in {wait:.0f}s.", code="rate_limit_exceeded", status=429,
-                          type_="requests")
+        raise OpenAIError(
+            f"Rate limit reached; retry in {wait:.0f}s.", code="rate_limit_exceeded", status=429, type_="requests"
+        )
     return key.owner
 
 
@@ -110,17 +135,25 @@ def _prepare_chat(request, raw_body: bytes) -> dict[str, Any]:
         raise OpenAIError(f"{param}: {exc.message}", param=param) from None
     except ChatBusy as exc:
         raise OpenAIError(exc.message, code="rate_limit_exceeded", status=429, type_="requests") from None
-    return {"user": user, "base": base, "job": job, "messages": messages, "generation": generation,
-            "stream": stream, "model": body["model"],
-            "include_usage": bool((body.get("stream_options") or {}).get("include_usage"))}
+    return {
+        "user": user,
+        "base": base,
+        "job": job,
+        "messages": messages,
+        "generation": generation,
+        "stream": stream,
+        "model": body["model"],
+        "include_usage": bool((body.get("stream_options") or {}).get("include_usage")),
+    }
 
 
 def _usage(base: BaseModel, messages: list[dict], text: str) -> dict[str, int]:
     """Token counts with the base model's tokenizer (no model is loaded); zeros if it cannot be read."""
     try:
         tok = cached_tokenizer(base.local_path)
-        prompt = len(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
-                                             return_dict=True)["input_ids"])
+        prompt = len(
+            tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+        )
         completion = len(tok(text, add_special_tokens=False)["input_ids"])
     except Exception:  # usage is informative; never fail a finished completion over it
         prompt = completion = 0
@@ -134,9 +167,14 @@ async def _answer_events(prepared: dict, holder: dict):
 
     @sync_to_async
     def replay():
-        answer = chat_completion_create(owner=prepared["user"], base=prepared["base"], job=prepared["job"],
-                                        messages=prepared["messages"], generation=prepared["generation"],
-                                        session_id=prepared["session_id"])
+        answer = chat_completion_create(
+            owner=prepared["user"],
+            base=prepared["base"],
+            job=prepared["job"],
+            messages=prepared["messages"],
+            generation=prepared["generation"],
+            session_id=prepared["session_id"],
+        )
         holder["answer"] = str(answer.id)
         return []
 
@@ -189,25 +227,50 @@ async def chat_completions(request):
                     elif kind == "error":
                         failure = value
     except TimeoutError:
-        return openai_error_response(OpenAIError(f"The model did not answer within {timeout}s", code="timeout", status=504,
-                                        type_="server_error"))
+        return openai_error_response(
+            OpenAIError(f"The model did not answer within {timeout}s", code="timeout", status=504, type_="server_error")
+        )
     if failure is not None:
-        return openai_error_response(OpenAIError(f"Generation failed: {failure}", code="generation_failed", status=500,
-                                        type_="server_error"))
+        return openai_error_response(
+            OpenAIError(f"Generation failed: {failure}", code="generation_failed", status=500, type_="server_error")
+        )
     usage = await sync_to_async(_usage)(prepared["base"], prepared["messages"], text)
-    return JsonResponse({
-        "id": completion_id, "object": "chat.completion", "created": created, "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                     "logprobs": None, "finish_reason": "stop"}],
-        "usage": usage})
-
-
-def _chunk(completion_id: str, created: int, model: str, delta: dict, finish_reason: str | None = None,
-           usage: dict | None = None) -> str:
-    body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+    return JsonResponse(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
             "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": usage,
+        }
+    )
+
+
+def _chunk(
+    completion_id: str,
+    created: int,
+    model: str,
+    delta: dict,
+    finish_reason: str | None = None,
+    usage: dict | None = None,
+) -> str:
+    body = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
     if usage is not None:
         body["usage"] = usage
     return f"data: {json.dumps(body)}\n\n"
@@ -227,12 +290,18 @@ def _stream_response(prepared, holder, completion_id, created, model, timeout):
                         elif kind == "done":
                             # The final text is the record: send whatever the live pieces missed.
                             if value.startswith(sent) and len(value) > len(sent):
-                                yield _chunk(completion_id, created, model, {"content": value[len(sent):]})
+                                yield _chunk(completion_id, created, model, {"content": value[len(sent) :]})
                             yield _chunk(completion_id, created, model, {}, "stop")
                             if prepared["include_usage"]:
                                 usage = await sync_to_async(_usage)(prepared["base"], prepared["messages"], value)
-                                body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                        "model": model, "choices": [], "usage": usage}
+                                body = {
+                                    "id": completion_id,
+                                    "object": "chat.completion.chunk",
+                                    "created": created,
+                                    "model": model,
+                                    "choices": [],
+                                    "usage": usage,
+                                }
                                 yield f"data: {json.dumps(body)}\n\n"
                         elif kind == "error":
                             yield f"data: {json.dumps(openai_error_body(f'Generation failed: {value}', type_='server_error'))}\n\n"

@@ -1,5 +1,6 @@
 """OpenAI-shaped errors for /v1/: the product's and DRF's exceptions mapped onto OpenAI's codes and
 messages, and the API-key errors OpenAI's clients know (the error body itself: jobs.common.errors)."""
+
 from __future__ import annotations
 
 from django.http import Http404
@@ -10,22 +11,29 @@ from jobs.accounts.auth import api_key_from_header
 from jobs.accounts.limits import QuotaExceeded
 from jobs.common.errors import OpenAIError
 from jobs.common.exceptions import ProductError
-from jobs.training.services import JobStateError
 from jobs.datasets.mapping import MappingNeeded
 from jobs.datasets.services import DatasetInUse
+from jobs.training.services import JobStateError
 from worker.data.problems import DatasetError
 from worker.errors import InputError
 
 
 def missing_key_error() -> OpenAIError:
-    return OpenAIError("You didn't provide an API key. Send it in an Authorization header using Bearer auth "
-                    "(Authorization: Bearer ls-...); create one at /account/keys/.", code="invalid_api_key", status=401)
+    return OpenAIError(
+        "You didn't provide an API key. Send it in an Authorization header using Bearer auth "
+        "(Authorization: Bearer ls-...); create one at /account/keys/.",
+        code="invalid_api_key",
+        status=401,
+    )
 
 
 def incorrect_key_error(raw_key: str) -> OpenAIError:
     shown = f"{raw_key[:5]}...{raw_key[-4:]}" if len(raw_key) > 12 else "***"
-    return OpenAIError(f"Incorrect API key provided: {shown}. Keys are listed at /account/keys/ (a revoked key no "
-                    f"longer works).", code="invalid_api_key", status=401)
+    return OpenAIError(
+        f"Incorrect API key provided: {shown}. Keys are listed at /account/keys/ (a revoked key no longer works).",
+        code="invalid_api_key",
+        status=401,
+    )
 
 
 def method_not_allowed_error(request) -> OpenAIError:
@@ -42,8 +50,12 @@ def as_openai_error(exc, request=None) -> OpenAIError | None:
     if isinstance(exc, DatasetError):
         return OpenAIError(str(exc), param="file", code="invalid_file")
     if isinstance(exc, MappingNeeded):
-        return OpenAIError(f"{exc}; the columns found are {', '.join(exc.columns)}. Upload a file in the chat "
-                        f"(messages) or prompt/completion format.", param="file", code="invalid_file")
+        return OpenAIError(
+            f"{exc}; the columns found are {', '.join(exc.columns)}. Upload a file in the chat "
+            f"(messages) or prompt/completion format.",
+            param="file",
+            code="invalid_file",
+        )
     if isinstance(exc, DatasetInUse):
         return OpenAIError(str(exc), param="file_id", code="file_in_use", status=409)
     if isinstance(exc, JobStateError):
@@ -62,8 +74,9 @@ def as_openai_error(exc, request=None) -> OpenAIError | None:
         return incorrect_key_error(raw or "")
     if isinstance(exc, drf_exceptions.Throttled):
         wait = exc.wait  # type: ignore[attr-defined]  # Throttled sets it in __init__; the stubs lack it
-        return OpenAIError(f"Rate limit reached; retry in {wait or 1:.0f}s.", code="rate_limit_exceeded",
-                           status=429, type_="requests")
+        return OpenAIError(
+            f"Rate limit reached; retry in {wait or 1:.0f}s.", code="rate_limit_exceeded", status=429, type_="requests"
+        )
     if isinstance(exc, drf_exceptions.ParseError):
         return OpenAIError(f"We could not parse the JSON body of your request. ({exc.detail})", code="invalid_json")
     if isinstance(exc, drf_exceptions.UnsupportedMediaType):

@@ -1,4 +1,5 @@
 """OpenAI's Files API over the owner's datasets (`file-<hex>` ids, purpose fine-tune)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,15 +14,23 @@ from rest_framework.response import Response
 from jobs.common.errors import OpenAIError
 from jobs.common.ids import file_id
 from jobs.common.responses import file_download
-from jobs.openai_compat.base import OpenAIView, openai_schema, owned_dataset, unix_time
 from jobs.datasets import selectors, services
 from jobs.datasets.models import Dataset
+from jobs.openai_compat.base import OpenAIView, openai_schema, owned_dataset, unix_time
 
 
 def file_object(ds: Dataset) -> dict[str, Any]:
-    return {"id": file_id(ds.id), "object": "file", "bytes": ds.size_bytes, "created_at": unix_time(ds.created),
-            "filename": ds.original_name or ds.name, "purpose": "fine-tune", "status": "processed",
-            "status_details": None, "expires_at": None}
+    return {
+        "id": file_id(ds.id),
+        "object": "file",
+        "bytes": ds.size_bytes,
+        "created_at": unix_time(ds.created),
+        "filename": ds.original_name or ds.name,
+        "purpose": "fine-tune",
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
 
 
 class FileListApi(OpenAIView):
@@ -32,12 +41,20 @@ class FileListApi(OpenAIView):
     @openai_schema("listFiles", parameters=[OpenApiParameter("purpose", str, required=False)])
     def get(self, request):
         purpose = request.query_params.get("purpose")
-        data = [] if purpose and purpose != "fine-tune" else [file_object(d) for d in
-                                                              selectors.dataset_list(owner=request.user)]
+        data = (
+            []
+            if purpose and purpose != "fine-tune"
+            else [file_object(d) for d in selectors.dataset_list(owner=request.user)]
+        )
         return Response({"object": "list", "data": data, "has_more": False})
 
-    @openai_schema("createFile", errors=(400, 409), request=inline_serializer(
-        "FileUpload", {"file": serializers.FileField(), "purpose": serializers.ChoiceField(["fine-tune"])}))
+    @openai_schema(
+        "createFile",
+        errors=(400, 409),
+        request=inline_serializer(
+            "FileUpload", {"file": serializers.FileField(), "purpose": serializers.ChoiceField(["fine-tune"])}
+        ),
+    )
     def post(self, request):
         upload = request.FILES.get("file")
         if upload is None:
@@ -65,5 +82,4 @@ class FileContentApi(OpenAIView):
     @openai_schema("downloadFile", errors=(404,), response=OpenApiTypes.BINARY)
     def get(self, request, file_id):
         ds = owned_dataset(request.user, file_id, "file_id")
-        return file_download(ds.file, filename=ds.original_name or "dataset",
-                             content_type="application/octet-stream")
+        return file_download(ds.file, filename=ds.original_name or "dataset", content_type="application/octet-stream")

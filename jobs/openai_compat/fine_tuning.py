@@ -1,5 +1,6 @@
 """OpenAI's fine-tuning jobs API over the training services: create (OpenAI hyperparameters and the
 `lora` extra onto a TrainConfig), list, retrieve, cancel / pause / resume, events and checkpoints."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,13 +14,22 @@ from jobs.base_models.models import BaseModel
 from jobs.base_models.selectors import base_model_list
 from jobs.common.errors import OpenAIError
 from jobs.common.ids import file_id, ftjob_id
-from jobs.openai_compat.base import (PAGE_PARAMS, OpenAIView, known_fields, openai_schema, owned_dataset, owned_job, page,
-                                page_params, unix_time)
+from jobs.openai_compat.base import (
+    PAGE_PARAMS,
+    OpenAIView,
+    known_fields,
+    openai_schema,
+    owned_dataset,
+    owned_job,
+    page,
+    page_params,
+    unix_time,
+)
 from jobs.training import selectors, services
-from jobs.training.selectors import job_api_model as fine_tuned_model
-from jobs.training.selectors import job_list
 from jobs.training.models import FineTuneJob, JobStatus
 from jobs.training.plan import job_plan
+from jobs.training.selectors import job_api_model as fine_tuned_model
+from jobs.training.selectors import job_list
 from worker.config import ConfigError, TrainConfig, setting_metadata
 from worker.errors import InputError
 
@@ -29,8 +39,11 @@ DEFAULT_LR = TrainConfig().learning_rate
 OPENAI_PARAMS = {name: meta["openai"] for name, meta in setting_metadata(TrainConfig).items() if meta["openai"]}
 LORA_FIELDS = tuple(name for name, where in OPENAI_PARAMS.items() if where == "lora")
 # OpenAI's hyperparameter name -> the setting (learning_rate_multiplier is scaled, see _hyper_to_config).
-HYPER_SETTINGS = {where.rsplit(".", 1)[1]: name for name, where in OPENAI_PARAMS.items()
-                  if where.startswith(("hyperparameters.", "method.{method}.hyperparameters."))}
+HYPER_SETTINGS = {
+    where.rsplit(".", 1)[1]: name
+    for name, where in OPENAI_PARAMS.items()
+    if where.startswith(("hyperparameters.", "method.{method}.hyperparameters."))
+}
 
 
 def openai_param(field: str, method: str) -> str:
@@ -40,8 +53,11 @@ def openai_param(field: str, method: str) -> str:
 
 
 def _hyperparameters(config: dict) -> dict[str, Any]:
-    return {"n_epochs": config.get("epochs"), "batch_size": config.get("batch_size"),
-            "learning_rate_multiplier": round(config.get("learning_rate", DEFAULT_LR) / DEFAULT_LR, 6)}
+    return {
+        "n_epochs": config.get("epochs"),
+        "batch_size": config.get("batch_size"),
+        "learning_rate_multiplier": round(config.get("learning_rate", DEFAULT_LR) / DEFAULT_LR, 6),
+    }
 
 
 def _method_object(config: dict, hyper: dict[str, Any]) -> dict[str, Any]:
@@ -57,19 +73,29 @@ def job_object(job: FineTuneJob) -> dict[str, Any]:
     hyper = _hyperparameters(config)
     validation = job.validation or {}
     return {
-        "id": ftjob_id(job.id), "object": "fine_tuning.job", "model": job.base_model.name,
-        "created_at": unix_time(job.created), "finished_at": unix_time(job.finished),
-        "fine_tuned_model": fine_tuned_model(job), "organization_id": f"user-{job.owner_id}",
-        "result_files": [], "status": job.status,
+        "id": ftjob_id(job.id),
+        "object": "fine_tuning.job",
+        "model": job.base_model.name,
+        "created_at": unix_time(job.created),
+        "finished_at": unix_time(job.finished),
+        "fine_tuned_model": fine_tuned_model(job),
+        "organization_id": f"user-{job.owner_id}",
+        "result_files": [],
+        "status": job.status,
         "validation_file": file_id(validation["dataset"]) if validation.get("kind") == "dataset" else None,
         "training_file": file_id(job.dataset_id) if job.dataset_id else None,
         "hyperparameters": hyper,
         "method": _method_object(config, hyper),
         "trained_tokens": None,
-        "error": ({"code": "training_failed", "message": job.error, "param": None}
-                  if job.status == JobStatus.FAILED else None),
-        "seed": config.get("seed"), "estimated_finish": None, "integrations": [], "metadata": None,
-        "suffix": job.name or None, "user_provided_suffix": job.name or None,
+        "error": (
+            {"code": "training_failed", "message": job.error, "param": None} if job.status == JobStatus.FAILED else None
+        ),
+        "seed": config.get("seed"),
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": None,
+        "suffix": job.name or None,
+        "user_provided_suffix": job.name or None,
         "lora": {k: config.get(k) for k in LORA_FIELDS},
     }
 
@@ -81,21 +107,37 @@ def resolve_model(owner, name: object) -> tuple[BaseModel, FineTuneJob | None]:
     if name.startswith("ft:"):
         short = name.rsplit(":", 1)[-1]
         if re.fullmatch(r"[0-9a-f]{8}", short):
-            for job in job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(
-                    id__startswith=short).select_related("owner", "adapter"):
+            for job in (
+                job_list(owner=owner, status=JobStatus.SUCCEEDED)
+                .filter(id__startswith=short)
+                .select_related("owner", "adapter")
+            ):
                 if fine_tuned_model(job) == name and hasattr(job, "adapter"):
                     return job.base_model, job
     else:
         base = base_model_list(owner=owner).filter(name=name).first()
         if base is not None:
             return base, None
-    raise OpenAIError(f"The model '{name}' does not exist or you do not have access to it.", param="model",
-                   code="model_not_found", status=404)
+    raise OpenAIError(
+        f"The model '{name}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+        status=404,
+    )
 
 
-JOB_FIELDS = {"model": "a string", "training_file": "a string", "validation_file": "a string", "suffix": "a string",
-              "seed": "an integer", "hyperparameters": "an object", "method": "an object", "lora": "an object",
-              "integrations": "an array", "metadata": "an object"}
+JOB_FIELDS = {
+    "model": "a string",
+    "training_file": "a string",
+    "validation_file": "a string",
+    "suffix": "a string",
+    "seed": "an integer",
+    "hyperparameters": "an object",
+    "method": "an object",
+    "lora": "an object",
+    "integrations": "an array",
+    "metadata": "an object",
+}
 HYPER_FIELDS = {key for key, name in HYPER_SETTINGS.items() if OPENAI_PARAMS[name].startswith("hyperparameters.")}
 METHOD_TYPES = ("supervised", "dpo", "orpo")  # orpo: this product's extension, shaped like dpo
 
@@ -107,16 +149,21 @@ def _hyper_to_config(hyper: Any, param: str, allowed: set[str] = HYPER_FIELDS) -
         raise OpenAIError(f"{param} must be an object", param=param)
     unknown = set(hyper) - allowed
     if unknown:
-        raise OpenAIError(f"Unknown parameter: '{param}.{sorted(unknown)[0]}'", param=f"{param}.{sorted(unknown)[0]}",
-                       code="unknown_parameter")
+        raise OpenAIError(
+            f"Unknown parameter: '{param}.{sorted(unknown)[0]}'",
+            param=f"{param}.{sorted(unknown)[0]}",
+            code="unknown_parameter",
+        )
     out: dict[str, Any] = {}
     for key, value in hyper.items():
         if value == "auto" or value is None:
             continue
         if key == "learning_rate_multiplier":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise OpenAIError(f"{param}.learning_rate_multiplier must be a positive number or 'auto'",
-                               param=f"{param}.learning_rate_multiplier")
+                raise OpenAIError(
+                    f"{param}.learning_rate_multiplier must be a positive number or 'auto'",
+                    param=f"{param}.learning_rate_multiplier",
+                )
             out["learning_rate"] = float(value) * DEFAULT_LR
         else:
             out[HYPER_SETTINGS[key]] = value
@@ -126,8 +173,13 @@ def _hyper_to_config(hyper: Any, param: str, allowed: set[str] = HYPER_FIELDS) -
 def config_error(exc: InputError, method: str) -> OpenAIError:
     """An InputError (TrainConfig's or the job plan's) as OpenAI's error, `param` the request parameter it
     names: the field's message as every other caller gets it."""
-    param = {"config": "hyperparameters", "dataset": "training_file", "validation_dataset": "validation_file",
-             "base_model": "model", "start_from": "model"}.get(exc.field) or openai_param(exc.field, method)
+    param = {
+        "config": "hyperparameters",
+        "dataset": "training_file",
+        "validation_dataset": "validation_file",
+        "base_model": "model",
+        "start_from": "model",
+    }.get(exc.field) or openai_param(exc.field, method)
     return OpenAIError(f"{param}: {exc.message}", param=param)
 
 
@@ -140,8 +192,9 @@ def job_config_from_request(body: dict) -> TrainConfig:
             raise OpenAIError("method must be an object", param="method")
         kind = method.get("type", "supervised")
         if kind not in METHOD_TYPES:
-            raise OpenAIError(f"method.type must be one of {', '.join(METHOD_TYPES)}, got {kind!r}",
-                              param="method.type")
+            raise OpenAIError(
+                f"method.type must be one of {', '.join(METHOD_TYPES)}, got {kind!r}", param="method.type"
+            )
         options = method.get(kind) or {}
         if not isinstance(options, dict):
             raise OpenAIError(f"method.{kind} must be an object", param=f"method.{kind}")
@@ -153,8 +206,11 @@ def job_config_from_request(body: dict) -> TrainConfig:
         raise OpenAIError("lora must be an object", param="lora")
     unknown = set(lora) - set(LORA_FIELDS)
     if unknown:
-        raise OpenAIError(f"Unknown parameter: 'lora.{sorted(unknown)[0]}'; allowed: {', '.join(LORA_FIELDS)}",
-                       param=f"lora.{sorted(unknown)[0]}", code="unknown_parameter")
+        raise OpenAIError(
+            f"Unknown parameter: 'lora.{sorted(unknown)[0]}'; allowed: {', '.join(LORA_FIELDS)}",
+            param=f"lora.{sorted(unknown)[0]}",
+            code="unknown_parameter",
+        )
     values.update(lora)
     if body.get("seed") is not None:
         values["seed"] = body["seed"]
@@ -178,8 +234,9 @@ class JobListApi(OpenAIView):
         body = known_fields(request.data, JOB_FIELDS)
         for required in ("model", "training_file"):
             if not body.get(required):
-                raise OpenAIError(f"Missing required parameter: '{required}'.", param=required,
-                               code="missing_required_parameter")
+                raise OpenAIError(
+                    f"Missing required parameter: '{required}'.", param=required, code="missing_required_parameter"
+                )
         # A fine-tuned `ft:` model: the new job starts from that job's adapter (for DPO, its reference too).
         base, start = resolve_model(request.user, body["model"])
         dataset = owned_dataset(request.user, body["training_file"], "training_file")
@@ -193,8 +250,9 @@ class JobListApi(OpenAIView):
         if start is not None:
             config = dataclasses.replace(config, start_from=str(start.id))
         try:
-            plan = job_plan(owner=request.user, dataset=dataset, base_model=base, config=config,
-                            validation_dataset=other)
+            plan = job_plan(
+                owner=request.user, dataset=dataset, base_model=base, config=config, validation_dataset=other
+            )
         except InputError as exc:
             raise config_error(exc, config.method) from None
         job = services.job_create(plan=plan, name=suffix, default_name=False)
@@ -232,20 +290,38 @@ def _event_level(kind: str) -> str:
 def job_event_list(job: FineTuneJob) -> list[dict[str, Any]]:
     """Messages and one metrics event per step, newest first (as OpenAI lists them)."""
     items: list[dict[str, Any]]
-    items = [{"id": f"ftevent-m{e.id}", "object": "fine_tuning.job.event", "created_at": unix_time(e.created),
-              "level": _event_level(e.kind), "message": e.message, "data": {"kind": e.kind}, "type": "message",
-              "_order": (e.created, 1, e.id)}
-             for e in selectors.job_events(job=job)]
+    items = [
+        {
+            "id": f"ftevent-m{e.id}",
+            "object": "fine_tuning.job.event",
+            "created_at": unix_time(e.created),
+            "level": _event_level(e.kind),
+            "message": e.message,
+            "data": {"kind": e.kind},
+            "type": "message",
+            "_order": (e.created, 1, e.id),
+        }
+        for e in selectors.job_events(job=job)
+    ]
     for p in selectors.metric_points(job=job):
         data = {"step": p.step, "total_steps": p.extra.get("total_steps", job.total_steps)}
         if p.train_loss is not None:
             data["train_loss"] = p.train_loss
         if p.eval_loss is not None:
             data["valid_loss"] = p.eval_loss
-        items.append({"id": f"ftevent-s{p.step}", "object": "fine_tuning.job.event", "created_at": unix_time(p.created),
-                      "level": "info", "message": f"Step {p.step}/{data['total_steps']}: training loss="
-                      f"{p.train_loss if p.train_loss is not None else 'n/a'}", "data": data, "type": "metrics",
-                      "_order": (p.created, 0, p.step)})
+        items.append(
+            {
+                "id": f"ftevent-s{p.step}",
+                "object": "fine_tuning.job.event",
+                "created_at": unix_time(p.created),
+                "level": "info",
+                "message": f"Step {p.step}/{data['total_steps']}: training loss="
+                f"{p.train_loss if p.train_loss is not None else 'n/a'}",
+                "data": data,
+                "type": "metrics",
+                "_order": (p.created, 0, p.step),
+            }
+        )
     items.sort(key=lambda item: item.pop("_order"), reverse=True)
     return items
 

@@ -1,4 +1,5 @@
 """OpenAI's models API: the base models and the owner's fine-tuned ones (`ft:` ids)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,11 +17,21 @@ OWNED_BY = "lora-studio"
 
 
 def _model_objects(owner) -> list[dict[str, Any]]:
-    data = [{"id": b.name, "object": "model", "created": unix_time(b.created), "owned_by": OWNED_BY}
-            for b in base_model_list(owner=owner)]
+    data = [
+        {"id": b.name, "object": "model", "created": unix_time(b.created), "owned_by": OWNED_BY}
+        for b in base_model_list(owner=owner)
+    ]
     for job in job_list(owner=owner, status=JobStatus.SUCCEEDED).select_related("owner"):
-        data.append({"id": fine_tuned_model(job), "object": "model", "created": unix_time(job.finished or job.created),
-                     "owned_by": f"user-{owner.id}", "root": job.base_model.name, "parent": job.base_model.name})
+        data.append(
+            {
+                "id": fine_tuned_model(job),
+                "object": "model",
+                "created": unix_time(job.finished or job.created),
+                "owned_by": f"user-{owner.id}",
+                "root": job.base_model.name,
+                "parent": job.base_model.name,
+            }
+        )
     return data
 
 

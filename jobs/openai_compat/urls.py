@@ -1,4 +1,5 @@
 """OpenAI-compatible routes, mounted at /v1/."""
+
 from django.urls import path
 
 from jobs.openai_compat import chat, files, fine_tuning, model_catalog
@@ -13,7 +14,11 @@ urlpatterns = [
     path("fine_tuning/jobs/<str:job_id>/pause", fine_tuning.JobPauseApi.as_view(), name="openai-job-pause"),
     path("fine_tuning/jobs/<str:job_id>/resume", fine_tuning.JobResumeApi.as_view(), name="openai-job-resume"),
     path("fine_tuning/jobs/<str:job_id>/events", fine_tuning.JobEventsApi.as_view(), name="openai-job-events"),
-    path("fine_tuning/jobs/<str:job_id>/checkpoints", fine_tuning.JobCheckpointsApi.as_view(), name="openai-job-checkpoints"),
+    path(
+        "fine_tuning/jobs/<str:job_id>/checkpoints",
+        fine_tuning.JobCheckpointsApi.as_view(),
+        name="openai-job-checkpoints",
+    ),
     path("models", model_catalog.ModelListApi.as_view(), name="openai-models"),
     path("models/<path:model>", model_catalog.ModelDetailApi.as_view(), name="openai-model"),
     path("chat/completions", chat.chat_completions, name="openai-chat-completions"),

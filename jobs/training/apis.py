@@ -1,8 +1,10 @@
 """REST API for jobs: create, list, watch, act on, download and estimate; thin DRF views with nested
 input/output serializers over the training services."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from django.http import Http404
 from drf_spectacular.extensions import OpenApiSerializerExtension
@@ -14,13 +16,13 @@ from rest_framework.views import APIView
 from jobs.base_models.selectors import base_model_find
 from jobs.common.rest import CURSOR_PARAMS, ZIP_FILE, CursorPage, NewestFirstPagination, StrictInput
 from jobs.common.schema import error_responses
+from jobs.datasets.selectors import dataset_find
 from jobs.training import selectors, services
+from jobs.training import workers as train_workers
+from jobs.training.claims import fair_order
+from jobs.training.downloads import adapter_download, merged_download
 from jobs.training.models import JobStatus
 from jobs.training.plan import JobPlan, job_plan
-from jobs.training.downloads import adapter_download, merged_download
-from jobs.training.claims import fair_order
-from jobs.training import workers as train_workers
-from jobs.datasets.selectors import dataset_find
 from worker.config import PRESETS, TrainConfig, setting_metadata
 from worker.errors import InputError
 
@@ -55,12 +57,20 @@ class TrainConfigSchema(OpenApiSerializerExtension):
     target_class = TrainConfigSerializer
 
     def map_serializer(self, auto_schema, direction):
-        properties = {"preset": {"type": "string", "enum": list(PRESETS),
-                                 "description": "quick, balanced or quality: fills the values it defines; settings "
-                                                "given next to it win"}}
+        properties = {
+            "preset": {
+                "type": "string",
+                "enum": list(PRESETS),
+                "description": "quick, balanced or quality: fills the values it defines; settings given next to it win",
+            }
+        }
         properties.update({name: setting_schema(meta) for name, meta in setting_metadata(TrainConfig).items()})
-        return {"type": "object", "description": TrainConfigSerializer.__doc__, "properties": properties,
-                "additionalProperties": False}
+        return {
+            "type": "object",
+            "description": TrainConfigSerializer.__doc__,
+            "properties": properties,
+            "additionalProperties": False,
+        }
 
 
 @extend_schema_field(TrainConfigSerializer)
@@ -80,21 +90,27 @@ class JobOutput(serializers.Serializer):
     step = serializers.IntegerField()
     total_steps = serializers.IntegerField()
     final_loss = serializers.FloatField(allow_null=True)
-    precision = serializers.CharField(help_text="the dtype the frozen base trained in (fp32, bf16, fp16), as the "
-                                                "train worker resolved config.precision; empty before a run starts")
+    precision = serializers.CharField(
+        help_text="the dtype the frozen base trained in (fp32, bf16, fp16), as the "
+        "train worker resolved config.precision; empty before a run starts"
+    )
     error = serializers.CharField()
-    error_code = serializers.CharField(help_text="empty, or what kind of failure: out_of_memory, training_error, "
-                                                 "config_error, dataset_error, worker_lost, internal_error")
+    error_code = serializers.CharField(
+        help_text="empty, or what kind of failure: out_of_memory, training_error, "
+        "config_error, dataset_error, worker_lost, internal_error"
+    )
     attempts = serializers.IntegerField()
     created = serializers.DateTimeField()
     finished = serializers.DateTimeField(allow_null=True)
     waiting_reason = serializers.SerializerMethodField(
         help_text="for a queued job, why it has not started, in one sentence: '3rd in the fair queue', "
-                  "'waits for a worker with 24 GB; the live ones have 16 GB', a running-jobs limit, or no "
-                  "train worker running; else empty")
+        "'waits for a worker with 24 GB; the live ones have 16 GB', a running-jobs limit, or no "
+        "train worker running; else empty"
+    )
     waiting_for = serializers.SerializerMethodField(
         help_text="for a queued job that fits no live train worker: what it waits for (the same sentence as "
-                  "waiting_reason then); else empty")
+        "waiting_reason then); else empty"
+    )
 
     def _live(self) -> list[dict]:
         root: Any = self.root  # one read of the live workers for a whole page, kept on the root serializer
@@ -113,8 +129,9 @@ class JobOutput(serializers.Serializer):
     def get_waiting_for(self, job) -> str:
         if job.status != JobStatus.QUEUED or not job.memory_mb:
             return ""
-        return selectors.job_waiting_for(job=job, fleet=[(w["name"], train_workers.capacity_of(w))
-                                                                for w in self._live()])
+        return selectors.job_waiting_for(
+            job=job, fleet=[(w["name"], train_workers.capacity_of(w)) for w in self._live()]
+        )
 
 
 class MetricEventOutput(serializers.Serializer):
@@ -161,9 +178,17 @@ def _job_plan(request, serializer_class, *, refuse: bool) -> tuple[dict, JobPlan
         other = dataset_find(owner=request.user, dataset_id=values["validation_dataset"])
         if other is None:
             raise InputError("validation_dataset", "no such dataset")
-    plan = job_plan(owner=request.user, dataset=dataset, base_model=base, config=TrainConfig.from_dict(values["config"]),
-                    validation=values["validation"], validation_percent=values["validation_percent"],
-                    validation_seed=values["validation_seed"], validation_dataset=other, refuse=refuse)
+    plan = job_plan(
+        owner=request.user,
+        dataset=dataset,
+        base_model=base,
+        config=TrainConfig.from_dict(values["config"]),
+        validation=values["validation"],
+        validation_percent=values["validation_percent"],
+        validation_seed=values["validation_seed"],
+        validation_dataset=other,
+        refuse=refuse,
+    )
     return values, plan
 
 
@@ -172,9 +197,14 @@ class JobListApi(APIView):
     class InputSerializer(PlanInput):
         name = serializers.CharField(required=False, allow_blank=True, max_length=200)
 
-    @extend_schema(parameters=[OpenApiParameter("status", enum=JobStatus.values, required=False,
-                                                description="only jobs in this status"), *CURSOR_PARAMS],
-                   responses={200: JobPage, **error_responses(400)}, operation_id="api_v1_jobs_list")
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", enum=JobStatus.values, required=False, description="only jobs in this status"),
+            *CURSOR_PARAMS,
+        ],
+        responses={200: JobPage, **error_responses(400)},
+        operation_id="api_v1_jobs_list",
+    )
     def get(self, request):
         wanted = request.query_params.get("status")
         if wanted and wanted not in JobStatus.values:
@@ -242,9 +272,12 @@ class JobRetryApi(APIView):
 
 
 class JobMetricsApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("after", int, required=False,
-                                                description="only steps after this one (default 0)")],
-                   responses={200: MetricEventOutput(many=True), **error_responses(400, 404)})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", int, required=False, description="only steps after this one (default 0)")
+        ],
+        responses={200: MetricEventOutput(many=True), **error_responses(400, 404)},
+    )
     def get(self, request, job_id):
         job = selectors.job_get(owner=request.user, job_id=job_id)
         try:
@@ -321,16 +354,21 @@ class EstimateOutput(serializers.Serializer):
     advice = serializers.ListField(child=serializers.CharField())
     targets = serializers.ListField(child=serializers.CharField())
     memory_limit_mb = serializers.FloatField(allow_null=True)
-    lengths_known = serializers.BooleanField(help_text="false while the dataset's tokens are still being counted "
-                                                       "(lengths guessed from characters)")
+    lengths_known = serializers.BooleanField(
+        help_text="false while the dataset's tokens are still being counted (lengths guessed from characters)"
+    )
     advice_changes = serializers.ListField(
-        child=serializers.DictField(), help_text="the advice again, each as {text, changes}: the config fields "
-                                                 "and values that apply it")
-    warnings = serializers.ListField(child=serializers.CharField(),
-                                     help_text="e.g. how many examples max_seq_length cuts")
-    seconds_source = serializers.ChoiceField(choices=["measured", "calibrated"], allow_null=True,
-                                             help_text="measured: this model's finished jobs; calibrated: this "
-                                                       "machine's measured speed; null: unknown")
+        child=serializers.DictField(),
+        help_text="the advice again, each as {text, changes}: the config fields and values that apply it",
+    )
+    warnings = serializers.ListField(
+        child=serializers.CharField(), help_text="e.g. how many examples max_seq_length cuts"
+    )
+    seconds_source = serializers.ChoiceField(
+        choices=["measured", "calibrated"],
+        allow_null=True,
+        help_text="measured: this model's finished jobs; calibrated: this machine's measured speed; null: unknown",
+    )
 
 
 class EstimateApi(APIView):
@@ -378,8 +416,9 @@ class WorkersApi(APIView):
         workers = WorkerOutput(many=True)
         queued_jobs = serializers.IntegerField(help_text="queued jobs of all users (the train queue's length)")
         waiting = WaitingJobOutput(many=True, help_text="your queued jobs, oldest first")
-        no_fit = serializers.ChoiceField(choices=["wait", "refuse"],
-                                         help_text="ROUTING_NO_FIT: what happens to a job no live worker fits")
+        no_fit = serializers.ChoiceField(
+            choices=["wait", "refuse"], help_text="ROUTING_NO_FIT: what happens to a job no live worker fits"
+        )
 
     @extend_schema(responses={200: OutputSerializer}, operation_id="api_v1_workers_list")
     def get(self, request):

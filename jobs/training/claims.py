@@ -5,6 +5,7 @@ and a run that finds its claim gone stops at once (`WorkLost`) without touching 
 
 A lease runs out only when its worker died: the sweep (`record_crash`) then counts a crash and queues
 the job again, so attempts count crashes, never pauses or resumes."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,8 +16,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
@@ -65,9 +67,14 @@ class Claim:
         lease_seconds = lease_seconds or settings.JOB_LEASE_SECONDS
         token = uuid.uuid4().hex
         taken = FineTuneJob.objects.filter(id=job_id, status=JobStatus.QUEUED).update(
-            status=JobStatus.RUNNING, claim=token, worker=f"{socket.gethostname()}:{os.getpid()}"[:200],
-            lease_until=lease_from_now(lease_seconds), started=Coalesce(F("started"), Now()), run_started=Now(),
-            attempts=Greatest(F("attempts"), 1))
+            status=JobStatus.RUNNING,
+            claim=token,
+            worker=f"{socket.gethostname()}:{os.getpid()}"[:200],
+            lease_until=lease_from_now(lease_seconds),
+            started=Coalesce(F("started"), Now()),
+            run_started=Now(),
+            attempts=Greatest(F("attempts"), 1),
+        )
         return cls(job_id, token, lease_seconds) if taken == 1 else None
 
     def retry(self, write: Callable[[], T]) -> T:
@@ -142,15 +149,26 @@ def fair_order(preferred_job_id=None, *, capacity: Capacity | None = None) -> li
     else:
         queued = list(waiting.only("id", "owner", "created"))
     owners = {job.owner_id: job.owner for job in queued}
-    running = Counter(FineTuneJob.objects.filter(status=JobStatus.RUNNING, owner_id__in=owners)
-                      .values_list("owner_id", flat=True))
-    last_run = dict(FineTuneJob.objects.filter(owner_id__in=owners, run_started__isnull=False).values("owner_id")
-                    .annotate(last=Max("run_started")).values_list("owner_id", "last"))
+    running = Counter(
+        FineTuneJob.objects.filter(status=JobStatus.RUNNING, owner_id__in=owners).values_list("owner_id", flat=True)
+    )
+    last_run = dict(
+        FineTuneJob.objects.filter(owner_id__in=owners, run_started__isnull=False)
+        .values("owner_id")
+        .annotate(last=Max("run_started"))
+        .values_list("owner_id", "last")
+    )
     allowed = {owner_id: user_limits(owner).running_jobs for owner_id, owner in owners.items()}
-    oldest = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
     eligible = [job for job in queued if running[job.owner_id] < allowed[job.owner_id]]
-    eligible.sort(key=lambda job: (running[job.owner_id], last_run.get(job.owner_id) or oldest, job.created,
-                                   str(job.id) != str(preferred_job_id)))
+    eligible.sort(
+        key=lambda job: (
+            running[job.owner_id],
+            last_run.get(job.owner_id) or oldest,
+            job.created,
+            str(job.id) != str(preferred_job_id),
+        )
+    )
     return [job.id for job in eligible]
 
 
@@ -166,14 +184,21 @@ def record_crash(job_id) -> str | None:
         job = expired_running_jobs().select_for_update().filter(id=job_id).first()
         if job is None:
             return None
-        crashes = [*job.crashes, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")]
+        crashes = [*job.crashes, dt.datetime.now(dt.UTC).isoformat(timespec="seconds")]
         if len(crashes) >= settings.JOB_MAX_ATTEMPTS:
             when = ", ".join(c.replace("T", " ").replace("+00:00", " UTC") for c in crashes)
             FineTuneJob.objects.filter(id=job.id).update(
-                status=JobStatus.FAILED, claim="", lease_until=None, crashes=crashes, attempts=F("attempts") + 1,
-                error_code="worker_lost", finished=Now(),
-                error=f"gave up after {len(crashes)} crashes of the train worker (at {when})")
+                status=JobStatus.FAILED,
+                claim="",
+                lease_until=None,
+                crashes=crashes,
+                attempts=F("attempts") + 1,
+                error_code="worker_lost",
+                finished=Now(),
+                error=f"gave up after {len(crashes)} crashes of the train worker (at {when})",
+            )
             return JobStatus.FAILED
-        FineTuneJob.objects.filter(id=job.id).update(status=JobStatus.QUEUED, claim="", lease_until=None,
-                                                     crashes=crashes, attempts=F("attempts") + 1)
+        FineTuneJob.objects.filter(id=job.id).update(
+            status=JobStatus.QUEUED, claim="", lease_until=None, crashes=crashes, attempts=F("attempts") + 1
+        )
         return JobStatus.QUEUED

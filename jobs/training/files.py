@@ -1,5 +1,6 @@
 """Where a job's files live under MEDIA_ROOT (and, with STORAGE_URL, in the object store: jobs.common.blobs):
 its data snapshot, checkpoints, adapter, evaluation and merged export (whose state is a MergedExport row)."""
+
 from __future__ import annotations
 
 import json

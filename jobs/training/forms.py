@@ -1,42 +1,85 @@
 """The job form. Its validation defers to worker.config.TrainConfig, the single source of truth."""
+
 from __future__ import annotations
 
 from typing import cast
 
 from django import forms
 
+from jobs.accounts.limits import QuotaExceeded
 from jobs.base_models.models import BaseModel
 from jobs.base_models.selectors import base_model_list
-from jobs.training.models import JobStatus
-from jobs.training.selectors import job_list
-from jobs.accounts.limits import QuotaExceeded
-from jobs.training.plan import JobPlan, JobRefused, job_plan, validation_problems
 from jobs.datasets.models import Dataset
+from jobs.training.models import JobStatus
+from jobs.training.plan import JobPlan, JobRefused, job_plan, validation_problems
+from jobs.training.selectors import job_list
 from worker.config import PRESETS, TrainConfig, setting_metadata
 from worker.errors import InputError
 
 SETTINGS = setting_metadata()  # each TrainConfig setting's label, help, limits and choices
 CONFIG_FIELDS = tuple(SETTINGS)
 # The settings the form asks for; any other left empty keeps its default.
-REQUIRED_SETTINGS = frozenset({"rank", "alpha", "dropout", "target_preset", "epochs", "learning_rate", "batch_size",
-                               "grad_accum", "max_seq_length", "warmup_ratio", "lr_scheduler", "weight_decay", "seed",
-                               "bias"})
+REQUIRED_SETTINGS = frozenset(
+    {
+        "rank",
+        "alpha",
+        "dropout",
+        "target_preset",
+        "epochs",
+        "learning_rate",
+        "batch_size",
+        "grad_accum",
+        "max_seq_length",
+        "warmup_ratio",
+        "lr_scheduler",
+        "weight_decay",
+        "seed",
+        "bias",
+    }
+)
 VALIDATION_CHOICES = [("split", "Split off part of the dataset"), ("dataset", "Another dataset"), ("none", "None")]
-PRESET_CHOICES = [("", "Custom (as set below)"),
-                  ("quick", "Quick: rank 8 on attention, 1 epoch, lr 2e-3"),
-                  ("balanced", "Balanced: rank 16 on attention, 2 epochs, lr 1e-3"),
-                  ("quality", "Quality: rank 16 on all linear layers, 3 epochs, lr 5e-4 cosine")]
+PRESET_CHOICES = [
+    ("", "Custom (as set below)"),
+    ("quick", "Quick: rank 8 on attention, 1 epoch, lr 2e-3"),
+    ("balanced", "Balanced: rank 16 on attention, 2 epochs, lr 1e-3"),
+    ("quality", "Quality: rank 16 on all linear layers, 3 epochs, lr 5e-4 cosine"),
+]
 # The form's sections, declared once: (legend, folded under "Advanced"?, fields in order).
 FIELDSETS = (
     ("What to train", False, ("preset", "name", "base_model", "dataset", "method", "beta", "start_from")),
     ("LoRA", False, ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora")),
     ("Training", False, ("epochs", "learning_rate", "batch_size", "max_seq_length")),
     ("Validation", False, ("validation", "validation_percent", "validation_seed", "validation_dataset")),
-    ("", True, ("grad_accum", "warmup_ratio", "lr_scheduler", "weight_decay", "seed", "bias", "use_rslora",
-                "use_dora", "gradient_checkpointing", "init_lora_weights", "modules_to_save", "optimizer",
-                "max_grad_norm", "packing", "liger", "devices", "sharding", "precision", "max_steps")),
-    ("Evaluation and checkpoints", True, ("eval_every", "early_stopping_patience", "early_stopping_threshold",
-                                          "keep_best", "final_eval", "save_every")),
+    (
+        "",
+        True,
+        (
+            "grad_accum",
+            "warmup_ratio",
+            "lr_scheduler",
+            "weight_decay",
+            "seed",
+            "bias",
+            "use_rslora",
+            "use_dora",
+            "gradient_checkpointing",
+            "init_lora_weights",
+            "modules_to_save",
+            "optimizer",
+            "max_grad_norm",
+            "packing",
+            "liger",
+            "devices",
+            "sharding",
+            "precision",
+            "max_steps",
+        ),
+    ),
+    (
+        "Evaluation and checkpoints",
+        True,
+        ("eval_every", "early_stopping_patience", "early_stopping_threshold", "keep_best", "final_eval", "save_every"),
+    ),
 )
 
 
@@ -47,8 +90,12 @@ def clone_initial(job) -> dict:
     for name in ("target_modules", "modules_to_save"):
         initial[name] = ", ".join(initial[name])
     validation = job.validation or {}
-    initial.update(preset="", name=f"{job.name or job.short_id} (copy)"[:200], base_model=job.base_model,
-                   validation=validation.get("kind", "none"))
+    initial.update(
+        preset="",
+        name=f"{job.name or job.short_id} (copy)"[:200],
+        base_model=job.base_model,
+        validation=validation.get("kind", "none"),
+    )
     if job.dataset is not None:
         initial["dataset"] = job.dataset
     if validation.get("kind") == "split":
@@ -92,14 +139,19 @@ class JobForm(forms.Form):
     name = forms.CharField(max_length=200, required=False)
     base_model = forms.ModelChoiceField(queryset=BaseModel.objects.none(), empty_label=None)
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), empty_label=None)
-    preset = forms.ChoiceField(choices=PRESET_CHOICES, required=False, initial="balanced",
-                               help_text="fills the fields below; change any of them afterwards")
+    preset = forms.ChoiceField(
+        choices=PRESET_CHOICES,
+        required=False,
+        initial="balanced",
+        help_text="fills the fields below; change any of them afterwards",
+    )
     # One field per TrainConfig setting is added from its metadata by `_with_settings` below.
     validation = forms.ChoiceField(choices=VALIDATION_CHOICES, initial="split", label="Validation set")
     validation_percent = forms.FloatField(initial=10, required=False, label="Validation %")
     validation_seed = forms.IntegerField(initial=42, required=False, label="Split seed")
-    validation_dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), required=False,
-                                                label="Validation dataset")
+    validation_dataset = forms.ModelChoiceField(
+        queryset=Dataset.objects.none(), required=False, label="Validation dataset"
+    )
 
     def __init__(self, *args, owner, refuse: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -110,7 +162,8 @@ class JobForm(forms.Form):
         start_from = cast(forms.ChoiceField, self.fields["start_from"])
         start_from.choices = [("", "Nothing: a new adapter on the base model")] + [
             (str(j.id), f"{j.name or j.short_id} ({j.config.get('method', 'supervised')} on {j.base_model.name})")
-            for j in done]
+            for j in done
+        ]
         self.owner = owner
         self.refuse = refuse  # off for the estimate: a job that fits nowhere is shown, not refused
         self.plan: JobPlan | None = None
@@ -142,23 +195,34 @@ class JobForm(forms.Form):
         and its estimate."""
         data = super().clean()
         # A left-empty optional field keeps its default; a field that is already wrong is left to its message.
-        values = {k: data[k] for k in CONFIG_FIELDS
-                  if k in data and data[k] not in (None, "") and k not in self.errors}
+        values = {k: data[k] for k in CONFIG_FIELDS if k in data and data[k] not in (None, "") and k not in self.errors}
         for exc in TrainConfig.problems(values):
             self._add_config_error(exc)
         # The validation set's problems too, all at once (the plan's own rules); then the plan checks the rest.
-        for exc in validation_problems(owner=self.owner, dataset=data.get("dataset"), config=None,
-                                       kind=data.get("validation"), percent=data.get("validation_percent"),
-                                       seed=data.get("validation_seed"), other=data.get("validation_dataset")):
+        for exc in validation_problems(
+            owner=self.owner,
+            dataset=data.get("dataset"),
+            config=None,
+            kind=data.get("validation"),
+            percent=data.get("validation_percent"),
+            seed=data.get("validation_seed"),
+            other=data.get("validation_dataset"),
+        ):
             self._add_config_error(exc)
         if self.errors or data.get("base_model") is None or data.get("dataset") is None:
             return data
         try:
-            self.plan = job_plan(owner=self.owner, dataset=data["dataset"], base_model=data["base_model"],
-                                 config=TrainConfig.from_dict(values), validation=data.get("validation"),
-                                 validation_percent=data.get("validation_percent"),
-                                 validation_seed=data.get("validation_seed"),
-                                 validation_dataset=data.get("validation_dataset"), refuse=self.refuse)
+            self.plan = job_plan(
+                owner=self.owner,
+                dataset=data["dataset"],
+                base_model=data["base_model"],
+                config=TrainConfig.from_dict(values),
+                validation=data.get("validation"),
+                validation_percent=data.get("validation_percent"),
+                validation_seed=data.get("validation_seed"),
+                validation_dataset=data.get("validation_dataset"),
+                refuse=self.refuse,
+            )
         except JobRefused as exc:
             self.estimate = exc.plan.estimate  # shown with its advice beside the refusal
             self.add_error(None, exc.message[0].upper() + exc.message[1:])

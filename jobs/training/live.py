@@ -1,4 +1,5 @@
 """A job's live channel on Redis: metric points, messages and status changes for the job page."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,8 +18,13 @@ def publish_job(job_id, kind: str, data: dict[str, Any]) -> None:
 
 def status_event(job: FineTuneJob) -> dict[str, Any]:
     """What the status event says (also replayed to a page that connects late)."""
-    return {"status": job.status, "error": job.error, "step": job.step, "total_steps": job.total_steps,
-            "precision": job.precision}
+    return {
+        "status": job.status,
+        "error": job.error,
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "precision": job.precision,
+    }
 
 
 def publish_status(job: FineTuneJob) -> None:

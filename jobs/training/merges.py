@@ -2,6 +2,7 @@
 run takes the row with a fresh token and a lease on the database's clock, renews the lease while it works, and
 writes its end only while it still holds the token. A lease that ran out means the message was lost (queued) or
 the worker died (running): the sweep queues it again, counting an attempt, and gives up after MERGE_MAX_ATTEMPTS."""
+
 from __future__ import annotations
 
 import uuid
@@ -33,8 +34,15 @@ def merged_status(job: FineTuneJob) -> str:
 def merge_queue(job: FineTuneJob) -> bool:
     """Queue a fresh export (attempts from zero) unless one is pending or ready; whether it was queued. The lease
     is the time its message has to arrive before the sweep counts it lost."""
-    fresh = dict(status=Status.QUEUED, attempts=0, claim="", error="", size_bytes=0, finished=None,
-                 lease_until=lease_from_now(settings.MERGE_STALE_SECONDS))
+    fresh = dict(
+        status=Status.QUEUED,
+        attempts=0,
+        claim="",
+        error="",
+        size_bytes=0,
+        finished=None,
+        lease_until=lease_from_now(settings.MERGE_STALE_SECONDS),
+    )
     with transaction.atomic():
         row, created = MergedExport.objects.get_or_create(job_id=job.id, defaults={"status": Status.QUEUED})
         if created or row.status == Status.FAILED:
@@ -53,21 +61,32 @@ def merge_claim(job: FineTuneJob) -> str | None:
     token = uuid.uuid4().hex
     takeable = Q(status=Status.QUEUED) | Q(status=Status.RUNNING, lease_until__lt=Now())
     taken = MergedExport.objects.filter(takeable, job_id=job.id, attempts__lt=MERGE_MAX_ATTEMPTS).update(
-        status=Status.RUNNING, claim=token, attempts=F("attempts") + 1,
-        lease_until=lease_from_now(settings.MERGE_STALE_SECONDS))
+        status=Status.RUNNING,
+        claim=token,
+        attempts=F("attempts") + 1,
+        lease_until=lease_from_now(settings.MERGE_STALE_SECONDS),
+    )
     return token if taken == 1 else None
 
 
 def merge_renew(job: FineTuneJob, token: str) -> bool:
     """Push the running merge's lease on; False once its claim is gone."""
-    return MergedExport.objects.filter(job_id=job.id, claim=token, status=Status.RUNNING).update(
-        lease_until=lease_from_now(settings.MERGE_STALE_SECONDS)) == 1
+    return (
+        MergedExport.objects.filter(job_id=job.id, claim=token, status=Status.RUNNING).update(
+            lease_until=lease_from_now(settings.MERGE_STALE_SECONDS)
+        )
+        == 1
+    )
 
 
 def merge_finish(job: FineTuneJob, token: str, *, size_bytes: int) -> bool:
     """The zip is stored: the export is ready (only for the run that holds the claim)."""
-    return MergedExport.objects.filter(job_id=job.id, claim=token, status=Status.RUNNING).update(
-        status=Status.READY, size_bytes=size_bytes, claim="", lease_until=None, error="", finished=Now()) == 1
+    return (
+        MergedExport.objects.filter(job_id=job.id, claim=token, status=Status.RUNNING).update(
+            status=Status.READY, size_bytes=size_bytes, claim="", lease_until=None, error="", finished=Now()
+        )
+        == 1
+    )
 
 
 def merge_fail(job: FineTuneJob, message: str, *, token: str | None = None) -> bool:
@@ -85,9 +104,14 @@ def merges_stale() -> list[MergedExport]:
 
 def merge_requeue(row: MergedExport, attempts: int) -> bool:
     """Queue a stale export again with `attempts` and a fresh lease, unless someone changed it meanwhile."""
-    return MergedExport.objects.filter(id=row.id, status=row.status, attempts=row.attempts,
-                                       lease_until=row.lease_until).update(
-        status=Status.QUEUED, attempts=attempts, claim="", lease_until=lease_from_now(settings.MERGE_STALE_SECONDS)) == 1
+    return (
+        MergedExport.objects.filter(
+            id=row.id, status=row.status, attempts=row.attempts, lease_until=row.lease_until
+        ).update(
+            status=Status.QUEUED, attempts=attempts, claim="", lease_until=lease_from_now(settings.MERGE_STALE_SECONDS)
+        )
+        == 1
+    )
 
 
 def merged_export_forget(job: FineTuneJob) -> bool:

@@ -1,4 +1,5 @@
 """Jobs and what they produce. Primary keys of user-facing rows are random UUIDs (opaque)."""
+
 from __future__ import annotations
 
 import uuid
@@ -29,19 +30,25 @@ class FineTuneJob(models.Model):
     dataset = models.ForeignKey(Dataset, on_delete=models.SET_NULL, null=True, related_name="jobs")
     dataset_name = models.CharField(max_length=200, blank=True, help_text="kept if the dataset is deleted later")
     dataset_sha256 = models.CharField(max_length=64, blank=True)
-    validation = models.JSONField(default=dict, blank=True,
-                                  help_text="how the validation split was made: kind, percent, seed, rows")
+    validation = models.JSONField(
+        default=dict, blank=True, help_text="how the validation split was made: kind, percent, seed, rows"
+    )
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="jobs")
     config = models.JSONField(help_text="a worker.config.TrainConfig as a dict")
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
     stop_requested = models.CharField(max_length=10, blank=True, help_text="cancel or pause, set by the web")
     attempts = models.PositiveIntegerField(default=0, help_text="1 + the crashes; pauses and resumes do not count")
     error = models.TextField(blank=True)
-    error_code = models.CharField(max_length=40, blank=True,
-                                  help_text="what kind of failure: out_of_memory, training_error, dataset_error, ...")
+    error_code = models.CharField(
+        max_length=40, blank=True, help_text="what kind of failure: out_of_memory, training_error, dataset_error, ..."
+    )
     worker = models.CharField(max_length=200, blank=True)
-    claim = models.CharField(max_length=32, blank=True, db_index=True,
-                             help_text="the token of the worker run that owns the job; its writes are fenced by it")
+    claim = models.CharField(
+        max_length=32,
+        blank=True,
+        db_index=True,
+        help_text="the token of the worker run that owns the job; its writes are fenced by it",
+    )
     lease_until = models.DateTimeField(null=True, blank=True, help_text="on the database's clock")
     run_started = models.DateTimeField(null=True, blank=True, help_text="when the current (or last) run began")
     run_seconds = models.FloatField(default=0, help_text="training time of every run so far")
@@ -49,10 +56,17 @@ class FineTuneJob(models.Model):
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     final_loss = models.FloatField(null=True, blank=True)
-    precision = models.CharField(max_length=8, blank=True, help_text="the dtype the frozen base trained in (fp32, bf16, "
-                                 "fp16): config precision as the train worker resolved it; empty until a run starts")
-    memory_mb = models.FloatField(default=0, help_text="the pre-flight memory estimate per device (MB); "
-                                  "routes the job to train workers that fit it (0: unknown, any)")
+    precision = models.CharField(
+        max_length=8,
+        blank=True,
+        help_text="the dtype the frozen base trained in (fp32, bf16, "
+        "fp16): config precision as the train worker resolved it; empty until a run starts",
+    )
+    memory_mb = models.FloatField(
+        default=0,
+        help_text="the pre-flight memory estimate per device (MB); "
+        "routes the job to train workers that fit it (0: unknown, any)",
+    )
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
@@ -95,8 +109,15 @@ class MetricPoint(models.Model):
         constraints = [models.UniqueConstraint(fields=["job", "step"], name="unique_metric_step")]
 
     def as_event(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "loss": self.train_loss, "eval_loss": self.eval_loss,
-                "lr": self.lr, "tokens_per_s": self.tokens_per_s, **self.extra}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": self.train_loss,
+            "eval_loss": self.eval_loss,
+            "lr": self.lr,
+            "tokens_per_s": self.tokens_per_s,
+            **self.extra,
+        }
 
 
 class JobEvent(models.Model):
@@ -140,9 +161,12 @@ class MergedExport(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0, help_text="merges started, and messages lost")
     claim = models.CharField(max_length=32, blank=True, help_text="the token of the merge run that holds it")
-    lease_until = models.DateTimeField(null=True, blank=True,
-                                       help_text="on the database's clock: queued, when its message counts as lost; "
-                                                 "running, when its worker counts as dead")
+    lease_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="on the database's clock: queued, when its message counts as lost; "
+        "running, when its worker counts as dead",
+    )
     size_bytes = models.BigIntegerField(default=0, help_text="the zip's size once ready")
     error = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)

@@ -7,6 +7,7 @@ REST, the OpenAI API and retry then call `services.job_create(plan=...)`; the es
 Per request the plan reads no weights and no whole dataset: the model's shape is built once per folder
 (worker.estimate), the method is read from a dataset's first line, lengths come from the stored token
 profile and row counts from the dataset's row."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,8 @@ from jobs.training.routing import Capacity, job_devices, waiting_for
 from jobs.training.workers import live_capacities
 from worker.config import ConfigError, TrainConfig
 from worker.data.normalized import holds_preference_pairs
-from worker.errors import InputError
 from worker.data.report import truncation_warnings
+from worker.errors import InputError
 from worker.estimate import DataShape, Estimate, compute_bytes, estimate
 from worker.memory_advice import advice_sentence
 from worker.modeling import check_modules_to_save
@@ -38,8 +39,16 @@ from worker.targets import resolve_targets
 
 VALIDATION_KINDS = ("none", "split", "dataset")
 # The settings that fix an adapter's shape: a job that starts from another job's adapter takes them over.
-ADAPTER_SHAPE_FIELDS = ("rank", "alpha", "target_preset", "target_modules", "use_rslora", "use_dora", "bias",
-                        "modules_to_save")
+ADAPTER_SHAPE_FIELDS = (
+    "rank",
+    "alpha",
+    "target_preset",
+    "target_modules",
+    "use_rslora",
+    "use_dora",
+    "bias",
+    "modules_to_save",
+)
 SPEED_CACHE = "speed_calibration.json"  # under VAR_DIR: this machine's measured matmul rates
 
 
@@ -89,10 +98,20 @@ class JobRefused(InputError):
         self.plan = plan
 
 
-def job_plan(*, owner, dataset: Dataset | None, base_model: BaseModel, config: TrainConfig,
-             validation: str | None = None, validation_percent: Any = 10.0, validation_seed: Any = 42,
-             validation_dataset: Dataset | None = None, snapshot_of: FineTuneJob | None = None,
-             refuse: bool = True, fleet: list[tuple[str, Capacity]] | None = None) -> JobPlan:
+def job_plan(
+    *,
+    owner,
+    dataset: Dataset | None,
+    base_model: BaseModel,
+    config: TrainConfig,
+    validation: str | None = None,
+    validation_percent: Any = 10.0,
+    validation_seed: Any = 42,
+    validation_dataset: Dataset | None = None,
+    snapshot_of: FineTuneJob | None = None,
+    refuse: bool = True,
+    fleet: list[tuple[str, Capacity]] | None = None,
+) -> JobPlan:
     """Every check of a new job, once: InputError naming the field for anything wrong. With `refuse`, also
     JobRefused when it fits nowhere now and QuotaExceeded past a limit; without (the estimate), `refusal` says
     why it would be refused. `validation` is none, split or dataset (default: dataset when
@@ -105,24 +124,42 @@ def job_plan(*, owner, dataset: Dataset | None, base_model: BaseModel, config: T
         if dataset is None:
             raise InputError("dataset", "pick the dataset to train on")
         job_check_method(dataset=dataset, config=config)
-        record = _validation_record(owner=owner, dataset=dataset, config=config, kind=validation,
-                                    percent=validation_percent, seed=validation_seed, other=validation_dataset)
+        record = _validation_record(
+            owner=owner,
+            dataset=dataset,
+            config=config,
+            kind=validation,
+            percent=validation_percent,
+            seed=validation_seed,
+            other=validation_dataset,
+        )
         validation_dataset = validation_dataset if record["kind"] == "dataset" else None
     else:
         _check_snapshot_method(snapshot_of, config)
-        record = {k: v for k, v in (snapshot_of.validation or {"kind": "none"}).items()
-                  if k not in ("train_rows", "eval_rows")}
+        record = {
+            k: v
+            for k, v in (snapshot_of.validation or {"kind": "none"}).items()
+            if k not in ("train_rows", "eval_rows")
+        }
         validation_dataset = None
     fleet = live_capacities() if fleet is None else fleet
     rows = (snapshot_of.validation or {}).get("train_rows", 0) if snapshot_of is not None else 0
     est = job_estimate(owner=owner, dataset=dataset, base_model=base_model, config=config, fleet=fleet, rows=rows)
     devices = job_devices(config.to_dict())
-    plan = JobPlan(owner=owner, dataset=dataset, base_model=base_model, config=config, targets=tuple(targets),
-                   validation=record, validation_dataset=validation_dataset, estimate=est,
-                   warnings=tuple(est.warnings), refusal=_fit_refusal(est, devices, fleet),
-                   waiting_for=waiting_for(need_mb=est.memory_mb, devices=devices,
-                                           capacities=[capacity for _, capacity in fleet]),
-                   snapshot_of=snapshot_of)
+    plan = JobPlan(
+        owner=owner,
+        dataset=dataset,
+        base_model=base_model,
+        config=config,
+        targets=tuple(targets),
+        validation=record,
+        validation_dataset=validation_dataset,
+        estimate=est,
+        warnings=tuple(est.warnings),
+        refusal=_fit_refusal(est, devices, fleet),
+        waiting_for=waiting_for(need_mb=est.memory_mb, devices=devices, capacities=[capacity for _, capacity in fleet]),
+        snapshot_of=snapshot_of,
+    )
     if refuse:
         if plan.refusal:
             raise JobRefused(plan.refusal, plan)
@@ -144,8 +181,11 @@ def _check_config(base_model: BaseModel, config: TrainConfig) -> list[str]:
     """Check the config against the model and this installation; returns the resolved target modules."""
     targets = resolve_targets(base_model.linear_modules, config.target_preset, config.target_modules)
     if config.devices > settings.TRAIN_MAX_DEVICES:
-        raise ConfigError("devices", f"at most {settings.TRAIN_MAX_DEVICES} on this installation "
-                                     f"(setting TRAIN_MAX_DEVICES), got {config.devices}")
+        raise ConfigError(
+            "devices",
+            f"at most {settings.TRAIN_MAX_DEVICES} on this installation "
+            f"(setting TRAIN_MAX_DEVICES), got {config.devices}",
+        )
     if config.modules_to_save:
         check_modules_to_save(base_model.local_path, config.modules_to_save)  # cached per model folder
     return targets
@@ -160,14 +200,22 @@ def job_start_config(*, owner, base_model: BaseModel, config: TrainConfig) -> Tr
     if start is None:
         raise InputError("start_from", "no such job")
     if not start.has_adapter:
-        raise InputError("start_from", f"job {start.short_id} is {start.status} and has no adapter to start from; "
-                                        "pick a succeeded job")
+        raise InputError(
+            "start_from",
+            f"job {start.short_id} is {start.status} and has no adapter to start from; pick a succeeded job",
+        )
     if start.base_model_id != base_model.id:
-        raise InputError("start_from", f"job {start.short_id} trained {start.base_model.name}, not "
-                                        f"{base_model.name}; pick a job on the same base model")
+        raise InputError(
+            "start_from",
+            f"job {start.short_id} trained {start.base_model.name}, not "
+            f"{base_model.name}; pick a job on the same base model",
+        )
     if start.config.get("init_lora_weights") == "pissa":
-        raise InputError("start_from", f"job {start.short_id} used PiSSA, whose adapter is converted for the "
-                                        "original base; pick a job with the default init")
+        raise InputError(
+            "start_from",
+            f"job {start.short_id} used PiSSA, whose adapter is converted for the "
+            "original base; pick a job with the default init",
+        )
     shape = {k: start.config[k] for k in ADAPTER_SHAPE_FIELDS if k in start.config}
     return dataclasses.replace(config, start_from=str(start.id), **shape)
 
@@ -187,20 +235,28 @@ def _check_snapshot_method(job: FineTuneJob, config: TrainConfig) -> None:
 
 def _method_matches(pairs: bool, name: str, config: TrainConfig, field: str) -> None:
     if config.is_preference and not pairs:
-        raise InputError(field, f"{config.method} trains on preference pairs (prompt, chosen, rejected) and the "
-                                 f"dataset '{name}' holds plain examples; pick a preference dataset or "
-                                 "method supervised")
+        raise InputError(
+            field,
+            f"{config.method} trains on preference pairs (prompt, chosen, rejected) and the "
+            f"dataset '{name}' holds plain examples; pick a preference dataset or "
+            "method supervised",
+        )
     if pairs and not config.is_preference:
-        raise InputError(field, f"the dataset '{name}' holds preference pairs; train it with method dpo "
-                                 "or orpo, or pick a dataset of examples for supervised tuning")
+        raise InputError(
+            field,
+            f"the dataset '{name}' holds preference pairs; train it with method dpo "
+            "or orpo, or pick a dataset of examples for supervised tuning",
+        )
 
 
-def _validation_record(*, owner, dataset: Dataset, config: TrainConfig, kind: str | None, percent: Any, seed: Any,
-                       other: Dataset | None) -> dict:
+def _validation_record(
+    *, owner, dataset: Dataset, config: TrainConfig, kind: str | None, percent: Any, seed: Any, other: Dataset | None
+) -> dict:
     """The validation set as the job's row keeps it, its rules checked (row counts only, no file read)."""
     kind = kind or ("dataset" if other is not None else "none")
-    problems = validation_problems(owner=owner, dataset=dataset, config=config, kind=kind, percent=percent,
-                                   seed=seed, other=other)
+    problems = validation_problems(
+        owner=owner, dataset=dataset, config=config, kind=kind, percent=percent, seed=seed, other=other
+    )
     if problems:
         raise problems[0]
     if kind == "split":
@@ -211,8 +267,16 @@ def _validation_record(*, owner, dataset: Dataset, config: TrainConfig, kind: st
     return {"kind": "none"}
 
 
-def validation_problems(*, owner, dataset: Dataset | None, config: TrainConfig | None, kind: str | None,
-                        percent: Any, seed: Any, other: Dataset | None) -> list[InputError]:
+def validation_problems(
+    *,
+    owner,
+    dataset: Dataset | None,
+    config: TrainConfig | None,
+    kind: str | None,
+    percent: Any,
+    seed: Any,
+    other: Dataset | None,
+) -> list[InputError]:
     """Every rule of the validation set it breaks, all at once (the form shows them together); the plan raises
     the first. Without `config` (itself still wrong) the validation dataset's kind is not checked."""
     if kind not in VALIDATION_KINDS:
@@ -254,30 +318,42 @@ def _fit_refusal(est: Estimate, devices: int, fleet: list[tuple[str, Capacity]])
     if est.fits:
         return ""
     if not fleet:
-        return (f"this job would not fit in memory (about {est.memory_mb:,.0f} MB needed, "
-                f"{est.memory_limit_mb:,.0f} MB available). " + advice_sentence(est.advice))
+        return (
+            f"this job would not fit in memory (about {est.memory_mb:,.0f} MB needed, "
+            f"{est.memory_limit_mb:,.0f} MB available). " + advice_sentence(est.advice)
+        )
     if settings.ROUTING_NO_FIT == "wait":
         return ""
     name, memory = _fleet_limit(fleet, devices)
     if not name:
         most = max(capacity.max_devices for _, capacity in fleet)
-        return (f"this job trains on {devices} devices and no live train worker has that many "
-                f"(at most {most}); it is refused (ROUTING_NO_FIT=refuse)")
-    return (f"this job needs about {est.memory_mb:,.0f} MB of memory per device and the "
-            f"biggest live train worker ({name}) has {memory:,.0f} MB; it is refused "
-            "(ROUTING_NO_FIT=refuse). " + advice_sentence(est.advice))
+        return (
+            f"this job trains on {devices} devices and no live train worker has that many "
+            f"(at most {most}); it is refused (ROUTING_NO_FIT=refuse)"
+        )
+    return (
+        f"this job needs about {est.memory_mb:,.0f} MB of memory per device and the "
+        f"biggest live train worker ({name}) has {memory:,.0f} MB; it is refused "
+        "(ROUTING_NO_FIT=refuse). " + advice_sentence(est.advice)
+    )
 
 
-def job_estimate(*, owner, dataset: Dataset | None, base_model: BaseModel, config: TrainConfig,
-                 fleet: list[tuple[str, Capacity]] | None = None, rows: int = 0) -> Estimate:
+def job_estimate(
+    *,
+    owner,
+    dataset: Dataset | None,
+    base_model: BaseModel,
+    config: TrainConfig,
+    fleet: list[tuple[str, Capacity]] | None = None,
+    rows: int = 0,
+) -> Estimate:
     """Pre-flight (the plan's estimate): exact trainable parameters, adapter size, memory and time. The memory it
     must fit is the biggest live train worker's (`fleet`), or this machine's while none has announced. Lengths
     come from the dataset's stored token profile; `rows` counts a retry's snapshot whose dataset is gone."""
     fleet = live_capacities() if fleet is None else fleet
     report = None
     if dataset is not None:
-        report, _ = dataset_token_report(dataset=dataset, model_path=base_model.path,
-                                         max_length=config.max_seq_length)
+        report, _ = dataset_token_report(dataset=dataset, model_path=base_model.path, max_length=config.max_seq_length)
         rows = dataset.rows
     if report is not None:
         lengths = [min(n, config.max_seq_length) for n in report.lengths] or [config.max_seq_length]
@@ -288,17 +364,28 @@ def job_estimate(*, owner, dataset: Dataset | None, base_model: BaseModel, confi
         lengths = [config.max_seq_length]
     tokens_per_s = selectors.measured_tokens_per_s(owner=owner, base_model=base_model, qlora=config.qlora)
     device, limit = _estimate_device(config, fleet)
-    est = estimate(base_model.local_path, config, n_examples=max(1, rows), mean_tokens=sum(lengths) / len(lengths),
-                   device=device, tokens_per_s=tokens_per_s, memory_limit_mb=limit,
-                   flops_per_s=None if tokens_per_s else machine_speed(device=device, config=config),
-                   data=_data_shape(report))
+    est = estimate(
+        base_model.local_path,
+        config,
+        n_examples=max(1, rows),
+        mean_tokens=sum(lengths) / len(lengths),
+        device=device,
+        tokens_per_s=tokens_per_s,
+        memory_limit_mb=limit,
+        flops_per_s=None if tokens_per_s else machine_speed(device=device, config=config),
+        data=_data_shape(report),
+    )
     if report is not None:
         warnings = truncation_warnings(report)
     elif dataset is None:
         warnings = ["The job's dataset was deleted: the estimate takes every example as max_seq_length tokens."]
     else:
-        warnings = [(f"The token lengths are still being counted: whether max_seq_length {config.max_seq_length} "
-                     "cuts examples is not known yet.")]
+        warnings = [
+            (
+                f"The token lengths are still being counted: whether max_seq_length {config.max_seq_length} "
+                "cuts examples is not known yet."
+            )
+        ]
     seconds = est.seconds
     if seconds is not None and est.seconds_source == "measured":
         # The steps' own speed leaves out loading, tokenizing and the end-of-job evaluation: add what they took.
@@ -323,8 +410,9 @@ def _data_shape(report) -> DataShape:
     if report is None or not report.lengths:
         return DataShape()
     sequences = len(report.lengths) + len(report.rejected_lengths or [])
-    return DataShape(longest=max(report.lengths + (report.rejected_lengths or [])),
-                     labelled=report.trained_tokens / sequences)
+    return DataShape(
+        longest=max(report.lengths + (report.rejected_lengths or [])), labelled=report.trained_tokens / sequences
+    )
 
 
 def machine_speed(*, device: str, config: TrainConfig) -> float | None:

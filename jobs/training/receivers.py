@@ -1,4 +1,5 @@
 """What training does when other domains signal (connected in TrainingConfig.ready)."""
+
 from __future__ import annotations
 
 from django.db.models import Sum
@@ -6,10 +7,10 @@ from django.dispatch import receiver
 
 from jobs.accounts.limits import usage_reported
 from jobs.base_models.services import register_worker_memory_probe
-from jobs.training import selectors
-from jobs.training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobStatus, MergedExport
 from jobs.datasets.services import DatasetInUse
 from jobs.datasets.signals import dataset_deleting
+from jobs.training import selectors
+from jobs.training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobStatus, MergedExport
 
 
 @receiver(dataset_deleting, dispatch_uid="training-refuses-dataset-in-use")
@@ -26,11 +27,18 @@ def report_usage(sender, user, **kwargs):
     """The user's jobs and the files they keep: adapters and merged exports, as their rows record them
     (no call to the store)."""
     adapters = Adapter.objects.filter(job__owner=user).aggregate(total=Sum("size_bytes"))["total"] or 0
-    merged = MergedExport.objects.filter(job__owner=user, status=MergedExport.Status.READY).aggregate(
-        total=Sum("size_bytes"))["total"] or 0
-    return {"storage_bytes": adapters + merged, "active_jobs": selectors.active_job_count(owner=user),
-            "running_jobs": FineTuneJob.objects.filter(owner=user, status=JobStatus.RUNNING).count(),
-            "compute_seconds_per_day": int(selectors.compute_seconds_today(owner=user))}
+    merged = (
+        MergedExport.objects.filter(job__owner=user, status=MergedExport.Status.READY).aggregate(
+            total=Sum("size_bytes")
+        )["total"]
+        or 0
+    )
+    return {
+        "storage_bytes": adapters + merged,
+        "active_jobs": selectors.active_job_count(owner=user),
+        "running_jobs": FineTuneJob.objects.filter(owner=user, status=JobStatus.RUNNING).count(),
+        "compute_seconds_per_day": int(selectors.compute_seconds_today(owner=user)),
+    }
 
 
 def _largest_train_worker_mb() -> float | None:

@@ -1,5 +1,6 @@
 """The engine's Reporter for the web app: metric points and events to the database and to Redis,
 every write fenced by the run's claim on the job."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,6 @@ from django.db import transaction
 
 from jobs.common import blobs
 from jobs.common.storage import media_relative
-
 from jobs.training.claims import Claim
 from jobs.training.files import RESUME_ADAPTERS
 from jobs.training.live import publish_job, publish_status
@@ -36,10 +36,16 @@ class DbReporter:
             # The fence first: the row update holds the job until the point is written.
             self.claim.renew(step=step, total_steps=metrics.get("total_steps", 0))
             point, _ = MetricPoint.objects.update_or_create(
-                job_id=self.job_id, step=step,
-                defaults=dict(epoch=metrics.get("epoch", 0), train_loss=metrics.get("loss"),
-                              eval_loss=metrics.get("eval_loss"), lr=metrics.get("lr"),
-                              tokens_per_s=metrics.get("tokens_per_s"), extra=extra),
+                job_id=self.job_id,
+                step=step,
+                defaults=dict(
+                    epoch=metrics.get("epoch", 0),
+                    train_loss=metrics.get("loss"),
+                    eval_loss=metrics.get("eval_loss"),
+                    lr=metrics.get("lr"),
+                    tokens_per_s=metrics.get("tokens_per_s"),
+                    extra=extra,
+                ),
             )
         return point
 

@@ -1,6 +1,7 @@
 """Fit by memory: what a train worker has (`Capacity`) and whether a job fits it. A free train worker
 claims only the fairest queued job that fits it (jobs.training.claims.fair_order); there is one train
 queue, the jobs table, and nothing routes a job to a worker."""
+
 from __future__ import annotations
 
 import math

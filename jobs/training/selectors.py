@@ -1,21 +1,21 @@
 """Reads of jobs. Every selector of user data takes the owner, so a forgotten filter is hard to write."""
+
 from __future__ import annotations
 
 import re
 
 from django.conf import settings
-from django.db.models import QuerySet
-from django.db.models import Count, Max, Min, Sum
+from django.db.models import Count, Max, Min, QuerySet, Sum
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
+from jobs.accounts.limits import user_limits
 from jobs.base_models.models import BaseModel
 from jobs.common.ids import is_uuid
-from jobs.training.models import Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
-from jobs.accounts.limits import user_limits
-from jobs.training.claims import fair_order
-from jobs.training.routing import Capacity, fits, job_devices, waiting_for
 from jobs.training import workers as train_workers
+from jobs.training.claims import fair_order
+from jobs.training.models import Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
+from jobs.training.routing import Capacity, fits, job_devices, waiting_for
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
 
@@ -47,19 +47,32 @@ def metric_points(*, job: FineTuneJob, after_step: int = 0) -> QuerySet[MetricPo
 
 def measured_tokens_per_s(*, owner, base_model: BaseModel, qlora: bool, limit: int = 50) -> float | None:
     """The median training speed the owner's finished jobs on this base reached, or None."""
-    measured = sorted(speed for speed in MetricPoint.objects.filter(
-        job__owner=owner, job__base_model=base_model, job__status=JobStatus.SUCCEEDED, job__config__qlora=qlora,
-        tokens_per_s__isnull=False).order_by("-id").values_list("tokens_per_s", flat=True)[:limit]
-        if speed is not None)  # (none is: the filter's tokens_per_s__isnull=False)
+    measured = sorted(
+        speed
+        for speed in MetricPoint.objects.filter(
+            job__owner=owner,
+            job__base_model=base_model,
+            job__status=JobStatus.SUCCEEDED,
+            job__config__qlora=qlora,
+            tokens_per_s__isnull=False,
+        )
+        .order_by("-id")
+        .values_list("tokens_per_s", flat=True)[:limit]
+        if speed is not None
+    )  # (none is: the filter's tokens_per_s__isnull=False)
     return measured[len(measured) // 2] if measured else None
 
 
 def measured_overhead_seconds(*, owner, base_model: BaseModel, limit: int = 20) -> float | None:
     """The median time the owner's finished jobs on this base spent outside their steps (loading, tokenizing,
     saving, the end-of-job evaluation): the run's time less the span of its steps. None before any such job."""
-    jobs = (job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(base_model=base_model, run_seconds__gt=0)
-            .annotate(first=Min("metrics__created"), last=Max("metrics__created"), n=Count("metrics"))
-            .filter(n__gte=2).order_by("-finished")[:limit])
+    jobs = (
+        job_list(owner=owner, status=JobStatus.SUCCEEDED)
+        .filter(base_model=base_model, run_seconds__gt=0)
+        .annotate(first=Min("metrics__created"), last=Max("metrics__created"), n=Count("metrics"))
+        .filter(n__gte=2)
+        .order_by("-finished")[:limit]
+    )
     gaps = [max(0.0, job.run_seconds - (job.last - job.first).total_seconds() * job.n / (job.n - 1)) for job in jobs]
     return sorted(gaps)[len(gaps) // 2] if gaps else None
 
@@ -70,9 +83,11 @@ def compute_seconds_today(*, owner) -> float:
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     ran = FineTuneJob.objects.filter(owner=owner, run_started__gte=day_start)
     done = ran.exclude(status=JobStatus.RUNNING).aggregate(total=Sum("run_seconds"))["total"] or 0.0
-    live = sum(job.run_seconds + (now - job.run_started).total_seconds()
-               for job in ran.filter(status=JobStatus.RUNNING).only("run_seconds", "run_started")
-               if job.run_started is not None)  # (every one: the filter's run_started__gte)
+    live = sum(
+        job.run_seconds + (now - job.run_started).total_seconds()
+        for job in ran.filter(status=JobStatus.RUNNING).only("run_seconds", "run_started")
+        if job.run_started is not None
+    )  # (every one: the filter's run_started__gte)
     return done + live
 
 
@@ -96,8 +111,9 @@ def job_waiting_for(*, job: FineTuneJob, fleet: list[tuple[str, Capacity]] | Non
     if job.status != JobStatus.QUEUED or not job.memory_mb:
         return ""
     fleet = train_workers.live_capacities() if fleet is None else fleet
-    return waiting_for(need_mb=job.memory_mb, devices=job_devices(job.config),
-                       capacities=[capacity for _, capacity in fleet])
+    return waiting_for(
+        need_mb=job.memory_mb, devices=job_devices(job.config), capacities=[capacity for _, capacity in fleet]
+    )
 
 
 def _ordinal(n: int) -> str:
@@ -125,8 +141,11 @@ def job_wait_reason(*, job: FineTuneJob, live: list[dict] | None = None, order: 
         return f"waits for one of your running jobs to end (you may train {allowed} at a time)"
     place = _ordinal(order.index(str(job.id)) + 1)
     devices = job_devices(job.config)
-    idle = [w for w in live if not w.get("job")
-            and fits(train_workers.capacity_of(w), need_mb=job.memory_mb, devices=devices)]
+    idle = [
+        w
+        for w in live
+        if not w.get("job") and fits(train_workers.capacity_of(w), need_mb=job.memory_mb, devices=devices)
+    ]
     return f"{place} in the fair queue" + ("" if idle else "; every train worker that fits it is busy")
 
 
@@ -139,16 +158,34 @@ def worker_list(*, viewer) -> dict:
     workers = []
     for w in announced:
         job = mine.get(w.get("job") or "")
-        workers.append({"name": w["name"], "host": w.get("host", ""), "device": w["device"], "count": w["count"],
-                        "memory_mb": w["memory_mb"], "busy": bool(w.get("job")),
-                        "job": {"id": str(job.id), "name": job.name or job.short_id} if job else None,
-                        "started": w.get("started"), "seen": w.get("seen")})
+        workers.append(
+            {
+                "name": w["name"],
+                "host": w.get("host", ""),
+                "device": w["device"],
+                "count": w["count"],
+                "memory_mb": w["memory_mb"],
+                "busy": bool(w.get("job")),
+                "job": {"id": str(job.id), "name": job.name or job.short_id} if job else None,
+                "started": w.get("started"),
+                "seen": w.get("seen"),
+            }
+        )
     order = fair_order()
-    waiting = [{"id": str(job.id), "name": job.name or job.short_id,
-                "reason": job_wait_reason(job=job, live=announced, order=order)}
-               for job in job_list(owner=viewer, status=JobStatus.QUEUED).order_by("created")]
-    return {"workers": workers, "queued_jobs": FineTuneJob.objects.filter(status=JobStatus.QUEUED).count(),
-            "waiting": waiting, "no_fit": settings.ROUTING_NO_FIT}
+    waiting = [
+        {
+            "id": str(job.id),
+            "name": job.name or job.short_id,
+            "reason": job_wait_reason(job=job, live=announced, order=order),
+        }
+        for job in job_list(owner=viewer, status=JobStatus.QUEUED).order_by("created")
+    ]
+    return {
+        "workers": workers,
+        "queued_jobs": FineTuneJob.objects.filter(status=JobStatus.QUEUED).count(),
+        "waiting": waiting,
+        "no_fit": settings.ROUTING_NO_FIT,
+    }
 
 
 def _slug(text: str) -> str:

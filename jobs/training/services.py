@@ -1,5 +1,6 @@
 """Writes for jobs: keyword-only `<entity>_<action>` functions that validate, write in a transaction
 and schedule side effects on commit (the train queue, live events, the `job_finished` signal)."""
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,8 @@ from jobs.common.exceptions import StateError
 from jobs.common.storage import media_relative
 from jobs.datasets.selectors import dataset_examples
 from jobs.training.files import job_evaluation, job_files, job_output_dir, merged_zip_name
-from jobs.training.merges import merge_queue, merged_export_forget, merged_status
 from jobs.training.live import publish_job, publish_status
+from jobs.training.merges import merge_queue, merged_export_forget, merged_status
 from jobs.training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
 from jobs.training.plan import JobPlan, job_check_quotas, job_plan
 from jobs.training.signals import job_finished
@@ -44,17 +45,27 @@ def job_create(*, plan: JobPlan, name: str = "", default_name: bool = True) -> F
     name = name.strip()
     if not name and default_name:
         name = job_default_name(dataset_name=plan.dataset_name, config=plan.config, when=timezone.now())
-    job = FineTuneJob(owner=plan.owner, dataset=plan.dataset, base_model=plan.base_model, config=plan.config.to_dict(),
-                      name=name[:200], dataset_name=plan.dataset_name, dataset_sha256=plan.dataset_sha256,
-                      memory_mb=plan.memory_mb)
+    job = FineTuneJob(
+        owner=plan.owner,
+        dataset=plan.dataset,
+        base_model=plan.base_model,
+        config=plan.config.to_dict(),
+        name=name[:200],
+        dataset_name=plan.dataset_name,
+        dataset_sha256=plan.dataset_sha256,
+        memory_mb=plan.memory_mb,
+    )
     try:
         job.validation = _job_files_write(job, plan)
         with transaction.atomic():
             job.save(force_insert=True)
             wake_train_workers()
             if plan.waiting_for:
-                job_event(job_id=job.id, kind="waiting", message=f"{plan.waiting_for}; it starts when a worker "
-                                                                 "that fits it is running")
+                job_event(
+                    job_id=job.id,
+                    kind="waiting",
+                    message=f"{plan.waiting_for}; it starts when a worker that fits it is running",
+                )
     except BaseException:
         blobs.delete(job_files(job))
         raise
@@ -105,12 +116,16 @@ def job_delete(*, job: FineTuneJob, by) -> None:
     deletable = [*TERMINAL_STATUSES, JobStatus.PAUSED]
     if job.status not in deletable:
         raise JobStateError(f"a {job.status} job cannot be deleted; cancel it first")
-    users = (FineTuneJob.objects.filter(owner=by, config__start_from=str(job.id))
-             .exclude(status__in=TERMINAL_STATUSES).exclude(id=job.id))
+    users = (
+        FineTuneJob.objects.filter(owner=by, config__start_from=str(job.id))
+        .exclude(status__in=TERMINAL_STATUSES)
+        .exclude(id=job.id)
+    )
     follower = users.first()
     if follower is not None:
-        raise JobStateError(f"job {follower.name or follower.short_id} starts from this job's adapter; "
-                            "delete it (or let it end) first")
+        raise JobStateError(
+            f"job {follower.name or follower.short_id} starts from this job's adapter; delete it (or let it end) first"
+        )
     folder = job_files(job)
     with transaction.atomic():
         if not FineTuneJob.objects.filter(id=job.id, status__in=deletable).delete()[0]:
@@ -124,15 +139,17 @@ def _announce_end(job: FineTuneJob) -> None:
     transaction.on_commit(lambda: job_finished.send(sender=FineTuneJob, job=job))
 
 
-def _stop(*, job: FineTuneJob, by, request: str, at_once_from: list[str], at_once_to: str, verb: str,
-          **at_once_fields) -> FineTuneJob:
+def _stop(
+    *, job: FineTuneJob, by, request: str, at_once_from: list[str], at_once_to: str, verb: str, **at_once_fields
+) -> FineTuneJob:
     """A job not yet on a worker changes status at once; a running one gets the cooperative flag,
     which the engine reads before its next step."""
     if job.owner_id != by.id:
         raise JobStateError("not your job")
     with transaction.atomic():
         if not FineTuneJob.objects.filter(id=job.id, status__in=at_once_from).update(
-                status=at_once_to, stop_requested=request, **at_once_fields):
+            status=at_once_to, stop_requested=request, **at_once_fields
+        ):
             if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.RUNNING).update(stop_requested=request):
                 job.refresh_from_db()
                 raise JobStateError(f"a {job.status} job cannot be {verb}")
@@ -148,14 +165,22 @@ def _stop(*, job: FineTuneJob, by, request: str, at_once_from: list[str], at_onc
 
 def job_cancel(*, job: FineTuneJob, by) -> FineTuneJob:
     """Cancel: a queued or paused job at once, a running one before its next step."""
-    return _stop(job=job, by=by, request="cancel", at_once_from=[JobStatus.QUEUED, JobStatus.PAUSED],
-                 at_once_to=JobStatus.CANCELLED, verb="cancelled", finished=timezone.now())
+    return _stop(
+        job=job,
+        by=by,
+        request="cancel",
+        at_once_from=[JobStatus.QUEUED, JobStatus.PAUSED],
+        at_once_to=JobStatus.CANCELLED,
+        verb="cancelled",
+        finished=timezone.now(),
+    )
 
 
 def job_pause(*, job: FineTuneJob, by) -> FineTuneJob:
     """Pause: a queued job at once; a running one saves a checkpoint before its next step and frees the worker."""
-    return _stop(job=job, by=by, request="pause", at_once_from=[JobStatus.QUEUED], at_once_to=JobStatus.PAUSED,
-                 verb="paused")
+    return _stop(
+        job=job, by=by, request="pause", at_once_from=[JobStatus.QUEUED], at_once_to=JobStatus.PAUSED, verb="paused"
+    )
 
 
 def job_resume(*, job: FineTuneJob, by) -> FineTuneJob:
@@ -165,7 +190,8 @@ def job_resume(*, job: FineTuneJob, by) -> FineTuneJob:
     job_check_quotas(owner=by, new_job=False)
     with transaction.atomic():
         if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.PAUSED).update(
-                status=JobStatus.QUEUED, stop_requested=""):
+            status=JobStatus.QUEUED, stop_requested=""
+        ):
             job.refresh_from_db()
             raise JobStateError(f"a {job.status} job cannot be resumed; only a paused one")
         wake_train_workers()
@@ -181,8 +207,13 @@ def job_retry(*, job: FineTuneJob, by, config: TrainConfig | None = None) -> Fin
         raise JobStateError("not your job")
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise JobStateError(f"a {job.status} job cannot be retried; only a failed or cancelled one")
-    plan = job_plan(owner=by, dataset=job.dataset, base_model=job.base_model,
-                    config=config or TrainConfig.from_dict(job.config), snapshot_of=job)
+    plan = job_plan(
+        owner=by,
+        dataset=job.dataset,
+        base_model=job.base_model,
+        config=config or TrainConfig.from_dict(job.config),
+        snapshot_of=job,
+    )
     return job_create(plan=plan, name=f"{job.name} (retry)" if job.name else "", default_name=False)
 
 
@@ -192,12 +223,14 @@ def job_event(*, job_id, kind: str, message: str) -> None:
     publish_job(job_id, "message", {"kind": kind, "message": message})
 
 
-def job_mark(*, job_id, status: str, error: str = "", error_code: str = "", claim: str | None = None,
-             **fields: Any) -> FineTuneJob:
+def job_mark(
+    *, job_id, status: str, error: str = "", error_code: str = "", claim: str | None = None, **fields: Any
+) -> FineTuneJob:
     """Record a worker-side status change and announce it (`error_code` says what kind of failure).
     With `claim`, only the run holding that claim may write it (WorkLost otherwise); the claim ends."""
-    values = dict(status=status, error=error, error_code=error_code, stop_requested="", lease_until=None, claim="",
-                  **fields)
+    values = dict(
+        status=status, error=error, error_code=error_code, stop_requested="", lease_until=None, claim="", **fields
+    )
     if status in TERMINAL_STATUSES:
         values["finished"] = timezone.now()
     rows = FineTuneJob.objects.filter(id=job_id)
@@ -215,21 +248,37 @@ def job_mark(*, job_id, status: str, error: str = "", error_code: str = "", clai
 def adapter_create(*, job: FineTuneJob, result) -> Adapter:
     """Package the trained adapter: zip with tokenizer, config, metrics, dataset hash, model card."""
     out = job_output_dir(job)
-    metrics = [{"step": p.step, **{k: v for k, v in p.as_event().items() if v is not None}}
-               for p in MetricPoint.objects.filter(job=job).order_by("step")]
+    metrics = [
+        {"step": p.step, **{k: v for k, v in p.as_event().items() if v is not None}}
+        for p in MetricPoint.objects.filter(job=job).order_by("step")
+    ]
     title = job.name or f"LoRA adapter {job.short_id}"
     evaluation = job_evaluation(job)
-    card = model_card(title=title, base_model=job.base_model.name, config=job.config,
-                      rows=job.validation.get("train_rows", 0), dataset_sha256=job.dataset_sha256,
-                      steps=result.steps_done, final_loss=result.final_loss, targets=result.targets,
-                      evaluation_md=summary_markdown(evaluation) if evaluation else "",
-                      precision=getattr(result, "precision", "") or job.precision)
+    card = model_card(
+        title=title,
+        base_model=job.base_model.name,
+        config=job.config,
+        rows=job.validation.get("train_rows", 0),
+        dataset_sha256=job.dataset_sha256,
+        steps=result.steps_done,
+        final_loss=result.final_loss,
+        targets=result.targets,
+        evaluation_md=summary_markdown(evaluation) if evaluation else "",
+        precision=getattr(result, "precision", "") or job.precision,
+    )
     extra = {"evaluation.json": (out / "evaluation.json").read_text()} if evaluation else {}
     zip_path = out / f"adapter-{job.short_id}.zip"
     folder, zip_name = media_relative(result.adapter_dir), media_relative(zip_path)
     with blobs.writing(zip_name) as tmp_zip:
-        build_adapter_zip(result.adapter_dir, tmp_zip, card=card, config={**job.config, "validation": job.validation},
-                          metrics=metrics, dataset_sha256=job.dataset_sha256, extra_files=extra)
+        build_adapter_zip(
+            result.adapter_dir,
+            tmp_zip,
+            card=card,
+            config={**job.config, "validation": job.validation},
+            metrics=metrics,
+            dataset_sha256=job.dataset_sha256,
+            extra_files=extra,
+        )
     with blobs.writing(folder, in_place=True) as adapter_dir:  # the engine wrote the adapter there
         (adapter_dir / "README.md").write_text(card)
     if evaluation:
@@ -237,8 +286,11 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
             pass  # written by the engine; leaving the block publishes it
     blobs.delete(job_files(job, "checkpoints"))
     adapter, _ = Adapter.objects.update_or_create(
-        job=job, defaults=dict(folder=folder, zip_file=zip_name,
-                               size_bytes=zip_path.stat().st_size, sha256=file_sha256(zip_path)))
+        job=job,
+        defaults=dict(
+            folder=folder, zip_file=zip_name, size_bytes=zip_path.stat().st_size, sha256=file_sha256(zip_path)
+        ),
+    )
     return adapter
 
 

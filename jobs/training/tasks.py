@@ -6,13 +6,14 @@ it claims the fairest queued job that fits its own capacity (Claim.take_fairest)
 again until none fits; then it idles until the next wake-up. Services wake the workers when a job becomes
 runnable (jobs.training.workers.wake_train_workers), a worker wakes itself when it starts, and the sweep
 wakes them every SWEEP_SECONDS, so a lost message delays a job by one sweep and strands none."""
+
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import logging
-import time
 import threading
+import time
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutting_down
@@ -21,19 +22,16 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from jobs.common import blobs, queue
-from jobs.training import services
+from jobs.training import merges, services, workers
 from jobs.training.claims import Claim, expired_running_jobs, record_crash
-from jobs.training import workers
-from jobs.training import merges
 from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir, merged_zip_name
 from jobs.training.live import publish_status
 from jobs.training.models import FineTuneJob, JobStatus, MergedExport
 from jobs.training.reporting import DbReporter
 from worker.config import TrainConfig, TrainSpec
-from worker.errors import InputError
 from worker.data.problems import DatasetError
 from worker.distributed import run_training
-from worker.errors import TrainingError
+from worker.errors import InputError, TrainingError
 from worker.export import merge_adapter, zip_folder
 from worker.reporting import WorkLost
 from worker.warm import WarmBases
@@ -49,7 +47,7 @@ def warm_bases() -> WarmBases | None:
     global _warm_bases
     if settings.TRAIN_WARM_MODELS_MB <= 0:
         return None
-    if _warm_bases is None or _warm_bases.budget_bytes != settings.TRAIN_WARM_MODELS_MB * 2 ** 20:
+    if _warm_bases is None or _warm_bases.budget_bytes != settings.TRAIN_WARM_MODELS_MB * 2**20:
         _warm_bases = WarmBases(settings.TRAIN_WARM_MODELS_MB)
     return _warm_bases
 
@@ -139,6 +137,7 @@ class RunClock:
 def _should_stop(claim: Claim, clock: RunClock):
     """The engine's stop check: the user's cancel or pause, the run-time limit, a pause for this
     worker's shutdown, or WorkLost when the claim is gone."""
+
     def should_stop():
         if claim.lost.is_set():
             raise WorkLost(f"job {claim.job_id} is no longer claimed by this worker")
@@ -162,49 +161,73 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
 
     try:
         # devices > 1: this process supervises N rank processes and rank 0 reports here (worker.distributed)
-        result = run_training(build_train_spec(job), DbReporter(claim), _should_stop(claim, clock),
-                              max_devices=settings.TRAIN_MAX_DEVICES, threads=settings.TRAIN_THREADS,
-                              timeout_s=settings.TRAIN_DIST_TIMEOUT_SECONDS, warm=warm_bases())
+        result = run_training(
+            build_train_spec(job),
+            DbReporter(claim),
+            _should_stop(claim, clock),
+            max_devices=settings.TRAIN_MAX_DEVICES,
+            threads=settings.TRAIN_THREADS,
+            timeout_s=settings.TRAIN_DIST_TIMEOUT_SECONDS,
+            warm=warm_bases(),
+        )
     except TrainingError as exc:
         mark(status=JobStatus.FAILED, error=str(exc), error_code=exc.code)
         return "failed"
     except (InputError, DatasetError) as exc:
-        mark(status=JobStatus.FAILED, error=str(exc),
-             error_code="config_error" if isinstance(exc, InputError) else "dataset_error")
+        mark(
+            status=JobStatus.FAILED,
+            error=str(exc),
+            error_code="config_error" if isinstance(exc, InputError) else "dataset_error",
+        )
         return "failed"
     except WorkLost:
         raise
     except Exception:  # an engine bug must still end the job with a readable reason
         log.exception("job %s crashed", job.id)
-        mark(status=JobStatus.FAILED, error_code="internal_error",
-             error="training stopped by an internal error; the administrator can find it in the train "
-                   f"worker's log (job {job.id})")
+        mark(
+            status=JobStatus.FAILED,
+            error_code="internal_error",
+            error="training stopped by an internal error; the administrator can find it in the train "
+            f"worker's log (job {job.id})",
+        )
         return "failed"
     if result.status == "succeeded":
         job.refresh_from_db()
         claim.check()
         services.adapter_create(job=job, result=result)
-        mark(status=JobStatus.SUCCEEDED, final_loss=result.final_loss, step=result.steps_done,
-             total_steps=result.total_steps, **({"precision": result.precision} if result.precision else {}))
+        mark(
+            status=JobStatus.SUCCEEDED,
+            final_loss=result.final_loss,
+            step=result.steps_done,
+            total_steps=result.total_steps,
+            **({"precision": result.precision} if result.precision else {}),
+        )
     elif result.status == "paused" and _shutting_down.is_set():
         mark(status=JobStatus.QUEUED)
-        services.job_event(job_id=job.id, kind="pause", message=f"paused at step {result.steps_done} because the "
-                           "train worker is shutting down; it resumes from there when a train worker starts")
+        services.job_event(
+            job_id=job.id,
+            kind="pause",
+            message=f"paused at step {result.steps_done} because the "
+            "train worker is shutting down; it resumes from there when a train worker starts",
+        )
         return "requeued"  # job_run wakes the other workers
     elif result.status == "paused":
         mark(status=JobStatus.PAUSED)
     elif clock.timed_out:
         limit = settings.JOB_MAX_RUN_SECONDS
-        mark(status=JobStatus.FAILED, error_code="time_limit",
-             error=f"stopped at step {result.steps_done}: a job may train for {limit:,} s in all "
-                   f"(setting JOB_MAX_RUN_SECONDS); its last checkpoint is kept, retry with fewer steps")
+        mark(
+            status=JobStatus.FAILED,
+            error_code="time_limit",
+            error=f"stopped at step {result.steps_done}: a job may train for {limit:,} s in all "
+            f"(setting JOB_MAX_RUN_SECONDS); its last checkpoint is kept, retry with fewer steps",
+        )
         return "failed"
     else:
         mark(status=JobStatus.CANCELLED)
     return result.status
 
 
-MIB = 2 ** 20
+MIB = 2**20
 
 
 def merge_memory_need(job: FineTuneJob) -> int:
@@ -213,8 +236,9 @@ def merge_memory_need(job: FineTuneJob) -> int:
     from worker.inference import estimate_adapter_bytes, estimate_base_bytes
     from worker.modeling import original_dtype
 
-    return (estimate_base_bytes(job.base_model.local_path, original_dtype(job.base_model.local_path))
-            + estimate_adapter_bytes(str(blobs.fetch(job.adapter.folder))))
+    return estimate_base_bytes(
+        job.base_model.local_path, original_dtype(job.base_model.local_path)
+    ) + estimate_adapter_bytes(str(blobs.fetch(job.adapter.folder)))
 
 
 @contextlib.contextmanager
@@ -266,16 +290,22 @@ def adapter_merge(job_id: str) -> str:
     if merges.merge_running_alive(job):
         return "in progress"  # a duplicate message while another worker's merge is alive
     if row.attempts >= merges.MERGE_MAX_ATTEMPTS:
-        _merge_give_up(job, f"merged export gave up after {merges.MERGE_MAX_ATTEMPTS} attempts "
-                            "(the worker stopped each time, perhaps out of memory)")
+        _merge_give_up(
+            job,
+            f"merged export gave up after {merges.MERGE_MAX_ATTEMPTS} attempts "
+            "(the worker stopped each time, perhaps out of memory)",
+        )
         return "failed"
     token = None
     try:
         need, budget = merge_memory_need(job), settings.MERGE_MEMORY_BUDGET_MB * MIB
         if need > budget:
-            _merge_give_up(job, f"merged export refused: it needs about {need / MIB:,.1f} MB (the base's weights "
-                                f"unquantized and the adapter), more than MERGE_MEMORY_BUDGET_MB "
-                                f"({settings.MERGE_MEMORY_BUDGET_MB:,} MB)")
+            _merge_give_up(
+                job,
+                f"merged export refused: it needs about {need / MIB:,.1f} MB (the base's weights "
+                f"unquantized and the adapter), more than MERGE_MEMORY_BUDGET_MB "
+                f"({settings.MERGE_MEMORY_BUDGET_MB:,} MB)",
+            )
             return "refused"
         token = merges.merge_claim(job)
         if token is None:
@@ -291,7 +321,9 @@ def _merge_claimed(job: FineTuneJob, token: str) -> str:
     every_s = max(1.0, min(30.0, settings.MERGE_STALE_SECONDS / 4))
     # The background worker runs tasks in threads: merges still go one at a time (memory budget).
     with _one_merge_at_a_time, _heartbeat(lambda: merges.merge_renew(job, token), every_s=every_s):
-        folder = merge_adapter(job.base_model.local_path, blobs.fetch(job.adapter.folder), job_output_dir(job) / "merged")
+        folder = merge_adapter(
+            job.base_model.local_path, blobs.fetch(job.adapter.folder), job_output_dir(job) / "merged"
+        )
         with blobs.writing(merged_zip_name(job)) as zip_path:
             zip_folder(folder, zip_path)
             size = zip_path.stat().st_size
@@ -311,8 +343,11 @@ def merge_sweep() -> int:
     for row in merges.merges_stale():
         attempts = row.attempts + (0 if row.status == MergedExport.Status.RUNNING else 1)
         if attempts >= merges.MERGE_MAX_ATTEMPTS:
-            _merge_give_up(row.job, f"merged export gave up after {merges.MERGE_MAX_ATTEMPTS} attempts "
-                                    "(its work was lost each time: the worker stopped or the queue lost it)")
+            _merge_give_up(
+                row.job,
+                f"merged export gave up after {merges.MERGE_MAX_ATTEMPTS} attempts "
+                "(its work was lost each time: the worker stopped or the queue lost it)",
+            )
             continue
         if merges.merge_requeue(row, attempts):
             queue.send(queue.MERGE_ADAPTER, str(row.job_id))
@@ -333,8 +368,12 @@ def sweep_jobs() -> dict[str, int]:
             crashed += 1
             job = FineTuneJob.objects.get(id=job_id)
             publish_status(job)
-            services.job_event(job_id=job_id, kind="warning", message=f"the train worker stopped at step {job.step}; "
-                               + ("gave up" if job.status == JobStatus.FAILED else "the job is queued again"))
+            services.job_event(
+                job_id=job_id,
+                kind="warning",
+                message=f"the train worker stopped at step {job.step}; "
+                + ("gave up" if job.status == JobStatus.FAILED else "the job is queued again"),
+            )
     queued = FineTuneJob.objects.filter(status=JobStatus.QUEUED).count()
     if queued:
         workers.wake_train_workers()

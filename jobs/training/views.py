@@ -1,5 +1,6 @@
 """Job pages: the list, the form (with its live estimate), a job's page with its live stream,
 several runs side by side, and the job's actions and downloads. Thin: forms validate, services write."""
+
 from __future__ import annotations
 
 import json
@@ -15,24 +16,27 @@ from jobs.accounts.auth import request_user
 from jobs.accounts.limits import QuotaExceeded
 from jobs.common import events
 from jobs.common.ids import is_uuid
+from jobs.datasets.selectors import dataset_find
 from jobs.training import selectors, services
 from jobs.training.downloads import adapter_download, merged_download
 from jobs.training.files import job_evaluation
-from jobs.training.merges import merged_status
 from jobs.training.forms import JobForm, clone_initial, setting_rows
 from jobs.training.live import job_channel, status_event
+from jobs.training.merges import merged_status
 from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
-from jobs.datasets.selectors import dataset_find
 from worker.config import PREFERENCE_METHODS, TrainConfig
 from worker.errors import InputError
 from worker.memory_advice import OUT_OF_MEMORY, oom_suggestion
 
+
 @login_required
 def job_list(request):
     status = request.GET.get("status") or None
-    return render(request, "training/job_list.html", {
-        "jobs": selectors.job_list(owner=request.user, status=status), "status": status,
-        "statuses": JobStatus.values})
+    return render(
+        request,
+        "training/job_list.html",
+        {"jobs": selectors.job_list(owner=request.user, status=status), "status": status, "statuses": JobStatus.values},
+    )
 
 
 @login_required
@@ -72,22 +76,45 @@ def runs_compare(request):
         values = [j.config.get(name) for j in jobs]
         rows.append((label, values, len({json.dumps(v, sort_keys=True) for v in values}) > 1))
     evaluations = [job_evaluation(j) for j in jobs]
-    finals = [{"loss": j.final_loss,
-               "eval_loss": next((p[2] for p in reversed(curves[str(j.id)]) if p[2] is not None), None),
-               "adapter_exact": (e or {}).get("rates", {}).get("adapter", {}).get("exact")}
-              for j, e in zip(jobs, evaluations)]
-    return render(request, "training/runs_compare.html", {
-        "jobs": jobs, "rows": rows, "finals": finals,
-        "series": [{"id": str(j.id), "label": j.name or j.short_id, "points": curves[str(j.id)]} for j in jobs]})
+    finals = [
+        {
+            "loss": j.final_loss,
+            "eval_loss": next((p[2] for p in reversed(curves[str(j.id)]) if p[2] is not None), None),
+            "adapter_exact": (e or {}).get("rates", {}).get("adapter", {}).get("exact"),
+        }
+        for j, e in zip(jobs, evaluations)
+    ]
+    return render(
+        request,
+        "training/runs_compare.html",
+        {
+            "jobs": jobs,
+            "rows": rows,
+            "finals": finals,
+            "series": [{"id": str(j.id), "label": j.name or j.short_id, "points": curves[str(j.id)]} for j in jobs],
+        },
+    )
 
 
 def estimate_json(est) -> dict:
-    return {"trainable_params": est.trainable_params, "total_params": est.total_params,
-            "trainable_percent": est.trainable_percent, "adapter_mb": est.adapter_mb, "memory_mb": est.memory_mb,
-            "breakdown": est.breakdown, "steps": est.steps, "seconds": est.seconds, "fits": est.fits,
-            "advice": est.advice, "targets": est.targets, "memory_limit_mb": est.memory_limit_mb,
-            "lengths_known": est.lengths_known, "advice_changes": est.advice_changes, "warnings": est.warnings,
-            "seconds_source": est.seconds_source}
+    return {
+        "trainable_params": est.trainable_params,
+        "total_params": est.total_params,
+        "trainable_percent": est.trainable_percent,
+        "adapter_mb": est.adapter_mb,
+        "memory_mb": est.memory_mb,
+        "breakdown": est.breakdown,
+        "steps": est.steps,
+        "seconds": est.seconds,
+        "fits": est.fits,
+        "advice": est.advice,
+        "targets": est.targets,
+        "memory_limit_mb": est.memory_limit_mb,
+        "lengths_known": est.lengths_known,
+        "advice_changes": est.advice_changes,
+        "warnings": est.warnings,
+        "seconds_source": est.seconds_source,
+    }
 
 
 @login_required
@@ -97,8 +124,10 @@ def job_estimate(request):
     form = JobForm(request.POST, owner=request.user, refuse=False)
     valid = form.is_valid()
     if form.estimate is not None:
-        return JsonResponse({"estimate": estimate_json(form.estimate), "errors": form.errors.get_json_data()},
-                            status=200 if valid else 400)
+        return JsonResponse(
+            {"estimate": estimate_json(form.estimate), "errors": form.errors.get_json_data()},
+            status=200 if valid else 400,
+        )
     return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
 
 
@@ -106,15 +135,24 @@ def job_estimate(request):
 def job_detail(request, job_id):
     job = selectors.job_get(owner=request.user, job_id=job_id)
     succeeded = job.status == JobStatus.SUCCEEDED
-    return render(request, "training/job_detail.html", {
-        "job": job, "config": job.config, "settings": setting_rows(job.config),
-        "events": reversed(job.events.order_by("-id")[:50]), "api_model": selectors.job_api_model(job),
-        "api_base": request.build_absolute_uri("/v1"),
-        "preference": job.config.get("method", "supervised") in PREFERENCE_METHODS,
-        "suggestion": _oom_suggestion(job), "waiting": selectors.job_wait_reason(job=job),
-        "merged": merged_status(job) if succeeded else None,
-        "evaluation": job_evaluation(job) if succeeded else None,
-        "adapter": getattr(job, "adapter", None) if succeeded else None})
+    return render(
+        request,
+        "training/job_detail.html",
+        {
+            "job": job,
+            "config": job.config,
+            "settings": setting_rows(job.config),
+            "events": reversed(job.events.order_by("-id")[:50]),
+            "api_model": selectors.job_api_model(job),
+            "api_base": request.build_absolute_uri("/v1"),
+            "preference": job.config.get("method", "supervised") in PREFERENCE_METHODS,
+            "suggestion": _oom_suggestion(job),
+            "waiting": selectors.job_wait_reason(job=job),
+            "merged": merged_status(job) if succeeded else None,
+            "evaluation": job_evaluation(job) if succeeded else None,
+            "adapter": getattr(job, "adapter", None) if succeeded else None,
+        },
+    )
 
 
 def _oom_suggestion(job: FineTuneJob) -> dict | None:
@@ -123,10 +161,12 @@ def _oom_suggestion(job: FineTuneJob) -> dict | None:
     return oom_suggestion(TrainConfig.from_dict(job.config)) or None
 
 
-JOB_ACTIONS = {"cancel": (services.job_cancel, "Cancel requested: the job stops before its next step."),
-               "pause": (services.job_pause, "Pause requested: a checkpoint is saved before the next step."),
-               "resume": (services.job_resume, "Queued again: training continues from the last checkpoint."),
-               "retry": (services.job_retry, "Started a new job with the same data and settings.")}
+JOB_ACTIONS = {
+    "cancel": (services.job_cancel, "Cancel requested: the job stops before its next step."),
+    "pause": (services.job_pause, "Pause requested: a checkpoint is saved before the next step."),
+    "resume": (services.job_resume, "Queued again: training continues from the last checkpoint."),
+    "retry": (services.job_retry, "Started a new job with the same data and settings."),
+}
 
 
 @login_required
@@ -185,8 +225,12 @@ def job_merged(request, job_id):
     except services.JobStateError as exc:
         messages.error(request, str(exc))
     else:
-        messages.info(request, "The merged model is ready." if state == "ready" else
-                      "Merging the adapter into the base model; the download appears here when ready.")
+        messages.info(
+            request,
+            "The merged model is ready."
+            if state == "ready"
+            else "Merging the adapter into the base model; the download appears here when ready.",
+        )
     return redirect("job-detail", job_id=job.id)
 
 
@@ -221,4 +265,5 @@ async def job_events(request, job_id):
         return [events.sse(kind, data)], False
 
     return events.stream_refused(user) or events.event_stream(
-        events.follow(job_channel(job.id), replay, on_message, user=user))
+        events.follow(job_channel(job.id), replay, on_message, user=user)
+    )

@@ -4,6 +4,7 @@ expires three beats after its last renewal: a worker killed outright disappears 
 that shuts down cleanly at once. The announcements feed the Workers page and the reason a queued job
 waits; no job needs one to start: a free worker claims from the database (jobs.training.tasks.job_run), and
 `wake_train_workers` tells the idle ones to look."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ from jobs.training.routing import Capacity
 log = logging.getLogger(__name__)
 KEY_PREFIX = "train-worker:"
 TRAIN_QUEUE = "train"  # the one queue of train workers: it carries wake-ups, never a job
-MIB = 2 ** 20
+MIB = 2**20
 # This process's announcement once it is a train worker (name set); the current job changes as it runs.
 _me: dict = {"name": None, "job": None, "started": None}
 _beating = threading.Event()
@@ -38,8 +39,9 @@ def parse_capacity(raw: str) -> Capacity:
     try:
         data = json.loads(raw)
     except ValueError:
-        raise ImproperlyConfigured(f"WORKER_CAPACITY must be JSON such as "
-                                   f'{{"device": "cpu", "count": 1, "memory_mb": 4000}}, got {raw!r}') from None
+        raise ImproperlyConfigured(
+            f'WORKER_CAPACITY must be JSON such as {{"device": "cpu", "count": 1, "memory_mb": 4000}}, got {raw!r}'
+        ) from None
     if not isinstance(data, dict) or set(data) - {"device", "count", "memory_mb"}:
         raise ImproperlyConfigured("WORKER_CAPACITY: an object with device, count and memory_mb only")
     device, count, memory = data.get("device", "cpu"), data.get("count", 1), data.get("memory_mb")
@@ -62,8 +64,7 @@ def _hardware() -> Capacity:
             count = torch.cuda.device_count()
             memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(count))
             return Capacity(device="cuda", count=count, memory_mb=memory / MIB)
-    return Capacity(device="cpu", count=1,
-                    memory_mb=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MIB)
+    return Capacity(device="cpu", count=1, memory_mb=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MIB)
 
 
 def own_capacity() -> Capacity:
@@ -85,8 +86,15 @@ def announce() -> None:
     """Write (or renew) this worker's announcement; best effort, the next beat tries again."""
     if _me["name"] is None or not _beating.is_set():
         return
-    record = {"name": _me["name"], "host": socket.gethostname(), "pid": os.getpid(), **own_capacity().as_dict(),
-              "job": _me["job"], "started": _me["started"], "seen": time.time()}
+    record = {
+        "name": _me["name"],
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        **own_capacity().as_dict(),
+        "job": _me["job"],
+        "started": _me["started"],
+        "seen": time.time(),
+    }
     try:
         redis_client().set(_key(), json.dumps(record), ex=3 * settings.WORKER_HEARTBEAT_SECONDS)
     except redis.RedisError as exc:

@@ -1,6 +1,7 @@
 """REST API for webhooks (/api/v1/webhooks/): thin DRF views over jobs.webhooks.services.
 
 A webhook's signing secret is returned only when it is made: on creation and on rotation."""
+
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
@@ -28,16 +29,20 @@ class WebhookSecretOutput(WebhookOutput):
 class DeliveryOutput(serializers.Serializer):
     id = serializers.UUIDField()
     event = serializers.CharField(help_text="`ping` or `fine_tuning.job.<status>`")
-    status = serializers.CharField(source="state", help_text="delivered, pending (queued or waiting to retry) or "
-                                                             "failed (gave up)")
+    status = serializers.CharField(
+        source="state", help_text="delivered, pending (queued or waiting to retry) or failed (gave up)"
+    )
     attempts = serializers.IntegerField()
-    response_code = serializers.IntegerField(source="status_code", allow_null=True,
-                                             help_text="HTTP status of the last attempt; null if unreachable")
-    last_error = serializers.CharField(help_text="why the last attempt failed, as a category (`HTTP 503`, "
-                                                 "`timeout: ...`, `connection refused`, `TLS error`, "
-                                                 "`could not resolve host`, "
-                                                 "`refused: private address`, `refused: port not allowed`...); "
-                                                 "empty once delivered")
+    response_code = serializers.IntegerField(
+        source="status_code", allow_null=True, help_text="HTTP status of the last attempt; null if unreachable"
+    )
+    last_error = serializers.CharField(
+        help_text="why the last attempt failed, as a category (`HTTP 503`, "
+        "`timeout: ...`, `connection refused`, `TLS error`, "
+        "`could not resolve host`, "
+        "`refused: private address`, `refused: port not allowed`...); "
+        "empty once delivered"
+    )
     payload = serializers.JSONField(help_text="the signed body, as sent")
     created = serializers.DateTimeField()
     updated = serializers.DateTimeField()
@@ -52,12 +57,14 @@ class WebhookListApi(APIView):
 
     @extend_schema_serializer(component_name="WebhookCreate")
     class InputSerializer(StrictInput):
-        url = serializers.CharField(max_length=500, help_text="absolute http:// or https:// URL on an allowed port "
-                                                              "(80, 443, 8080, 8443 by default) that points to the "
-                                                              "public internet")
+        url = serializers.CharField(
+            max_length=500,
+            help_text="absolute http:// or https:// URL on an allowed port "
+            "(80, 443, 8080, 8443 by default) that points to the "
+            "public internet",
+        )
 
-    @extend_schema(responses={200: WebhookOutput(many=True), **error_responses()},
-                   operation_id="api_v1_webhooks_list")
+    @extend_schema(responses={200: WebhookOutput(many=True), **error_responses()}, operation_id="api_v1_webhooks_list")
     def get(self, request):
         return Response(WebhookOutput(selectors.webhook_list(owner=request.user), many=True).data)
 
@@ -83,8 +90,11 @@ class WebhookDetailApi(APIView):
 class WebhookDeliveryListApi(APIView):
     """GET: the webhook's deliveries, newest first, cursor-paginated."""
 
-    @extend_schema(parameters=CURSOR_PARAMS, responses={200: DeliveryPage, **error_responses(404)},
-                   operation_id="api_v1_webhooks_deliveries_list")
+    @extend_schema(
+        parameters=CURSOR_PARAMS,
+        responses={200: DeliveryPage, **error_responses(404)},
+        operation_id="api_v1_webhooks_deliveries_list",
+    )
     def get(self, request, webhook_id):
         webhook = selectors.webhook_get(owner=request.user, webhook_id=webhook_id)
         paginator = NewestFirstPagination()

@@ -1,4 +1,5 @@
 """Webhook endpoints and the deliveries sent to them."""
+
 from __future__ import annotations
 
 import base64

@@ -1,4 +1,5 @@
 """Webhooks hear of job ends through training's signal (connected in WebhooksConfig.ready)."""
+
 from __future__ import annotations
 
 from django.dispatch import receiver

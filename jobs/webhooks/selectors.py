@@ -1,4 +1,5 @@
 """Reads of webhooks; each takes the owner (deliveries through their owner's webhook)."""
+
 from __future__ import annotations
 
 from django.db.models import QuerySet

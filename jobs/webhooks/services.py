@@ -1,5 +1,6 @@
 """Writes for webhooks (Standard Webhooks style): keyword-only functions that validate, write in a
 transaction and queue the network calls on commit (jobs.webhooks.tasks.webhook_deliver)."""
+
 from __future__ import annotations
 
 import uuid
@@ -13,8 +14,8 @@ from django.utils import timezone
 
 from jobs.accounts.limits import check_limit
 from jobs.common import queue
-from jobs.common.outbound import REFUSED_PORT, REFUSED_URL, OutboundPolicy, registration_refusal
 from jobs.common.ids import ftjob_id
+from jobs.common.outbound import REFUSED_PORT, REFUSED_URL, OutboundPolicy, registration_refusal
 from jobs.training.models import TERMINAL_STATUSES, FineTuneJob
 from jobs.webhooks.models import Webhook, WebhookDelivery, webhook_secret_new
 from worker.errors import InputError
@@ -43,8 +44,11 @@ def webhook_url_validate(url: str) -> str:
     if refused is not None:
         reason = refused.category.removeprefix("refused: ")
         article = "an" if reason[0] in "aeiou" else "a"
-        raise InputError("url", f"must point to the public internet, not to {article} {reason} "
-                                "(an administrator can allow chosen internal hosts)")
+        raise InputError(
+            "url",
+            f"must point to the public internet, not to {article} {reason} "
+            "(an administrator can allow chosen internal hosts)",
+        )
     try:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError:
@@ -78,16 +82,28 @@ def webhook_secret_rotate(*, webhook: Webhook) -> Webhook:
 def _delivery_create(*, webhook: Webhook, event: str, data: dict[str, Any]) -> WebhookDelivery:
     """One delivery of one event (OpenAI's event envelope, `data` inside); the caller queues it on commit."""
     delivery_id = uuid.uuid4()
-    payload = {"id": f"msg_{delivery_id.hex}", "object": "event", "type": event,
-               "created_at": int(timezone.now().timestamp()), "data": data}
+    payload = {
+        "id": f"msg_{delivery_id.hex}",
+        "object": "event",
+        "type": event,
+        "created_at": int(timezone.now().timestamp()),
+        "data": data,
+    }
     return WebhookDelivery.objects.create(id=delivery_id, webhook=webhook, event=event, payload=payload)
 
 
 def webhook_job_data(job: FineTuneJob) -> dict[str, Any]:
     """The `data` of a job event: the job's id (as /v1/ shows it), status and outcome."""
-    return {"id": ftjob_id(job.id), "status": job.status, "name": job.name, "error": job.error or None,
-            "final_loss": job.final_loss, "step": job.step, "total_steps": job.total_steps,
-            "finished_at": int(job.finished.timestamp()) if job.finished else None}
+    return {
+        "id": ftjob_id(job.id),
+        "status": job.status,
+        "name": job.name,
+        "error": job.error or None,
+        "final_loss": job.final_loss,
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "finished_at": int(job.finished.timestamp()) if job.finished else None,
+    }
 
 
 def webhook_event_for_job(job: FineTuneJob) -> list[WebhookDelivery]:
@@ -95,8 +111,10 @@ def webhook_event_for_job(job: FineTuneJob) -> list[WebhookDelivery]:
     if job.status not in EVENT_TYPES:
         return []
     with transaction.atomic():
-        deliveries = [_delivery_create(webhook=webhook, event=EVENT_TYPES[job.status], data=webhook_job_data(job))
-                      for webhook in Webhook.objects.filter(owner_id=job.owner_id, active=True)]
+        deliveries = [
+            _delivery_create(webhook=webhook, event=EVENT_TYPES[job.status], data=webhook_job_data(job))
+            for webhook in Webhook.objects.filter(owner_id=job.owner_id, active=True)
+        ]
         for delivery in deliveries:
             queue.enqueue(queue.WEBHOOK_DELIVER, str(delivery.id))
     return deliveries
@@ -108,7 +126,6 @@ def webhook_ping(*, webhook: Webhook) -> WebhookDelivery:
     if not webhook.active:
         raise InputError("webhook", "is inactive, so nothing is sent to it")
     with transaction.atomic():
-        delivery = _delivery_create(webhook=webhook, event=PING_EVENT,
-                                    data={"webhook": webhook.id, "url": webhook.url})
+        delivery = _delivery_create(webhook=webhook, event=PING_EVENT, data={"webhook": webhook.id, "url": webhook.url})
         queue.enqueue(queue.WEBHOOK_DELIVER, str(delivery.id))
     return delivery

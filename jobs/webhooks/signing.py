@@ -1,4 +1,5 @@
 """Standard Webhooks signatures, so their verifier libraries accept our deliveries."""
+
 from __future__ import annotations
 
 import base64

@@ -1,6 +1,7 @@
 """Celery tasks of the background queue for webhooks: send one delivery (signed, retried with
 exponential backoff, each attempt bounded in time and in what it reads), and the sweep that
 re-queues deliveries whose message was lost."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -43,8 +44,9 @@ def webhook_backoff(attempt: int) -> int:
     return BACKOFF_BASE_S * 2 ** (attempt - 1)
 
 
-def webhook_post(url: str, body: bytes, headers: dict[str, str], *, deadline_s: float,
-                 resolver: Resolver | None = None) -> int:
+def webhook_post(
+    url: str, body: bytes, headers: dict[str, str], *, deadline_s: float, resolver: Resolver | None = None
+) -> int:
     """POST `body` and read at most ANSWER_MAX_BYTES of the answer, all within `deadline_s` seconds;
     returns the status code, raises DeliveryFailed (with a category a user may see, e.g. "timeout",
     "refused: private address") when the endpoint may not or cannot be reached or runs late.
@@ -110,9 +112,13 @@ def webhook_send(delivery: WebhookDelivery) -> int:
     """POST the delivery once; returns the status code, raises DeliveryFailed unless 2xx."""
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
     msg_id, timestamp = delivery.payload["id"], int(time.time())
-    headers = {"Content-Type": "application/json", "User-Agent": "LoRA-Studio-Webhooks/1",
-               "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-               "webhook-signature": webhook_signature(delivery.webhook.secret, msg_id, timestamp, body)}
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "LoRA-Studio-Webhooks/1",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": webhook_signature(delivery.webhook.secret, msg_id, timestamp, body),
+    }
     code = webhook_post(delivery.webhook.url, body, headers, deadline_s=settings.WEBHOOK_TIMEOUT_SECONDS)
     if not 200 <= code < 300:
         raise DeliveryFailed(f"HTTP {code}", code)
@@ -130,20 +136,23 @@ def webhook_deliver(self, delivery_id: str) -> str:
     # Counting the attempt is the claim: a message sent twice (the sweep, a redelivery) never makes a sixth.
     # `updated` is auto_now, which QuerySet.update() leaves alone: it is set by hand, as the sweep reads it.
     if not WebhookDelivery.objects.filter(id=delivery.id, attempts__lt=MAX_ATTEMPTS).update(
-            attempts=F("attempts") + 1, updated=timezone.now()):
+        attempts=F("attempts") + 1, updated=timezone.now()
+    ):
         return "failed"
     delivery.refresh_from_db(fields=["attempts"])
     try:
         code = webhook_send(delivery)
     except DeliveryFailed as exc:
-        WebhookDelivery.objects.filter(id=delivery.id).update(last_error=str(exc), status_code=exc.status_code,
-                                                              updated=timezone.now())
+        WebhookDelivery.objects.filter(id=delivery.id).update(
+            last_error=str(exc), status_code=exc.status_code, updated=timezone.now()
+        )
         if delivery.attempts >= MAX_ATTEMPTS:
             log.warning("webhook delivery %s gave up after %d attempts: %s", delivery.id, delivery.attempts, exc)
             return "failed"
-        raise self.retry(countdown=webhook_backoff(delivery.attempts), exc=exc)
-    WebhookDelivery.objects.filter(id=delivery.id).update(delivered=True, status_code=code, last_error="",
-                                                          updated=timezone.now())
+        raise self.retry(countdown=webhook_backoff(delivery.attempts), exc=exc) from exc
+    WebhookDelivery.objects.filter(id=delivery.id).update(
+        delivered=True, status_code=code, last_error="", updated=timezone.now()
+    )
     return "delivered"
 
 

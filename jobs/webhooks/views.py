@@ -2,6 +2,7 @@
 
 A signing secret is shown once, in the answer that made it (adding a webhook, rotating its secret),
 like an API key; the page never shows it again."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -19,10 +20,17 @@ RECENT_DELIVERIES = 50
 
 
 def _webhooks_page(request, *, url: str = "", new_secret: Webhook | None = None, status: int = 200):
-    response = render(request, "webhooks/webhooks.html", {
-        "webhooks": selectors.webhook_list(owner=request.user),
-        "deliveries": selectors.recent_deliveries(owner=request.user, limit=RECENT_DELIVERIES),
-        "url": url, "new_secret": new_secret}, status=status)
+    response = render(
+        request,
+        "webhooks/webhooks.html",
+        {
+            "webhooks": selectors.webhook_list(owner=request.user),
+            "deliveries": selectors.recent_deliveries(owner=request.user, limit=RECENT_DELIVERIES),
+            "url": url,
+            "new_secret": new_secret,
+        },
+        status=status,
+    )
     if new_secret is not None:
         response["Cache-Control"] = "no-store"  # the answer holds a signing secret
     return response

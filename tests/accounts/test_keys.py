@@ -1,4 +1,5 @@
 """Personal API keys: the command, Bearer authentication, revocation, throttling and the keys page."""
+
 import datetime as dt
 import hashlib
 from io import StringIO

@@ -1,5 +1,6 @@
 """Sign-in and sign-up on a shared server: lockout of repeated failures (django-axes), ALLOW_SIGNUP,
 Django's full password validators, and the per-user throttle of session requests to /api/v1/."""
+
 import datetime as dt
 
 import pytest
@@ -60,8 +61,9 @@ def test_each_test_starts_without_failures(user, client):
 def test_signup_is_on_by_default_and_linked_from_the_login_page(client, db):
     assert "/accounts/signup/" in client.get("/accounts/login/").content.decode()
     assert client.get("/accounts/signup/").status_code == 200
-    response = client.post("/accounts/signup/", {"username": "dora", "password1": "violet-harbour-72",
-                                                 "password2": "violet-harbour-72"})
+    response = client.post(
+        "/accounts/signup/", {"username": "dora", "password1": "violet-harbour-72", "password2": "violet-harbour-72"}
+    )
     assert response.status_code == 302 and get_user_model().objects.filter(username="dora").exists()
 
 
@@ -71,20 +73,25 @@ def test_without_allow_signup_the_page_and_link_are_gone_and_posts_are_refused(c
     assert "/accounts/signup/" not in login_page and "created by its administrator" in login_page
     page = client.get("/accounts/signup/")
     assert page.status_code == 404 and "Sign-up is turned off" in page.content.decode()
-    response = client.post("/accounts/signup/", {"username": "dora", "password1": "violet-harbour-72",
-                                                 "password2": "violet-harbour-72"})
+    response = client.post(
+        "/accounts/signup/", {"username": "dora", "password1": "violet-harbour-72", "password2": "violet-harbour-72"}
+    )
     assert response.status_code == 404 and not get_user_model().objects.filter(username="dora").exists()
 
 
-@pytest.mark.parametrize("password, message", [
-    ("short1!", "too short"),
-    ("password123", "too common"),
-    ("80418529304", "entirely numeric"),
-    ("dora.explorer", "too similar to the username"),
-])
+@pytest.mark.parametrize(
+    "password, message",
+    [
+        ("short1!", "too short"),
+        ("password123", "too common"),
+        ("80418529304", "entirely numeric"),
+        ("dora.explorer", "too similar to the username"),
+    ],
+)
 def test_signup_applies_all_of_djangos_password_validators(client, db, password, message):
-    response = client.post("/accounts/signup/", {"username": "dora.explorer", "password1": password,
-                                                 "password2": password})
+    response = client.post(
+        "/accounts/signup/", {"username": "dora.explorer", "password1": password, "password2": password}
+    )
     assert response.status_code == 200 and message in response.content.decode()
     assert not get_user_model().objects.filter(username="dora.explorer").exists()
 

@@ -1,6 +1,7 @@
 """Per-user limits: defaults from settings, overrides in the admin, a 429 naming the limit through the
 form, REST and the OpenAI API; the usage page; the fair order of the train queue; the run-time limit;
 merged exports deleted on request and after a while; stale pending uploads removed."""
+
 import datetime as dt
 import os
 import time
@@ -14,28 +15,40 @@ from jobs.accounts.limits import QuotaExceeded, storage_used, usage_of
 from jobs.accounts.models import Quota
 from jobs.accounts.services import api_key_create
 from jobs.common.storage import media_path
-from tests.factories import bearer_client, chat_jsonl
-from tests.training.test_jobs import form_data
+from jobs.datasets import tasks as dataset_tasks
+from jobs.datasets.mapping import PENDING_DIR
+from jobs.datasets.services import dataset_create
 from jobs.training import services as job_services
-from jobs.training.plan import job_plan
 from jobs.training import tasks as train_tasks
 from jobs.training.claims import fair_order
 from jobs.training.files import job_output_dir, merged_zip_path
 from jobs.training.models import FineTuneJob, JobStatus, MergedExport
-from jobs.datasets import tasks as dataset_tasks
-from jobs.datasets.mapping import PENDING_DIR
-from jobs.datasets.services import dataset_create
+from jobs.training.plan import job_plan
 from jobs.webhooks.services import webhook_create
+from tests.factories import bearer_client, chat_jsonl
+from tests.training.test_jobs import form_data
 from worker.config import TrainConfig
 
-FAST = dict(rank=4, alpha=8, dropout=0.0, target_preset="attention", learning_rate=0.01, batch_size=4,
-            max_seq_length=64, warmup_ratio=0.0, seed=1, max_steps=6, save_every=2)
+FAST = dict(
+    rank=4,
+    alpha=8,
+    dropout=0.0,
+    target_preset="attention",
+    learning_rate=0.01,
+    batch_size=4,
+    max_seq_length=64,
+    warmup_ratio=0.0,
+    seed=1,
+    max_steps=6,
+    save_every=2,
+)
 JOB_BODY = {"config": FAST, "validation": "none"}
 
 
 def queued_job(owner, base_model, dataset=None, **fields) -> FineTuneJob:
-    return FineTuneJob.objects.create(owner=owner, base_model=base_model, dataset=dataset,
-                                      config=TrainConfig(**FAST).to_dict(), **fields)
+    return FineTuneJob.objects.create(
+        owner=owner, base_model=base_model, dataset=dataset, config=TrainConfig(**FAST).to_dict(), **fields
+    )
 
 
 def test_the_active_jobs_limit_answers_429_in_every_interface(settings, user, base_model, dataset, api, client_in):
@@ -45,8 +58,9 @@ def test_the_active_jobs_limit_answers_429_in_every_interface(settings, user, ba
     body = {"dataset": str(dataset.id), "base_model": str(base_model.id), **JOB_BODY}
     with mock.patch("jobs.training.tasks.job_run.delay") as delay:
         rest = api.post("/api/v1/jobs/", body, format="json")
-        openai = api.post("/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}"},
-                          format="json")
+        openai = api.post(
+            "/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}"}, format="json"
+        )
         page = client_in.post("/jobs/new/", form_data(base_model, dataset))
     assert rest.status_code == 429 and rest.json()["error"]["field"] == "quota"
     assert rest.json()["error"]["limit"] == "active_jobs" and rest.json()["error"]["allowed"] == 2
@@ -112,7 +126,8 @@ def test_a_job_stops_at_the_maximum_run_time(settings, user, base_model, dataset
     settings.JOB_MAX_RUN_SECONDS = 0
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST)))
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
+        )
     assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and job.error_code == "time_limit" and job.run_seconds > 0
@@ -125,8 +140,10 @@ def test_merged_exports_are_deleted_on_request_and_expire(settings, user, base_m
     zip_path.parent.mkdir(parents=True)
     zip_path.write_bytes(b"PK")
     MergedExport.objects.create(job=job, status="ready", size_bytes=2, finished=timezone.now())
-    with mock.patch("jobs.common.blobs.Store.size", side_effect=AssertionError("a store call per job")), \
-            mock.patch("jobs.common.blobs.LocalStore.size", side_effect=AssertionError("a store call per job")):
+    with (
+        mock.patch("jobs.common.blobs.Store.size", side_effect=AssertionError("a store call per job")),
+        mock.patch("jobs.common.blobs.LocalStore.size", side_effect=AssertionError("a store call per job")),
+    ):
         assert storage_used(user) == 2  # the row's size, from the database
     assert api.delete(f"/api/v1/jobs/{job.id}/merged/").status_code == 204 and not zip_path.exists()
     assert api.delete(f"/api/v1/jobs/{job.id}/merged/").status_code == 404

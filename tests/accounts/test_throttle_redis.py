@@ -1,5 +1,6 @@
 """API throttles hold across processes: two separate processes, each with its own Django, share one
 count through the real Redis (127.0.0.1:6379, db 14) the product's default cache points at."""
+
 import os
 import subprocess
 import sys
@@ -28,10 +29,17 @@ print(" ".join("allowed" if throttle_wait(key) is None else "refused" for _ in r
 
 
 def ask_in_a_new_process(key_id: int, n: int, tmp_path) -> list[str]:
-    env = {**os.environ, "CACHE_URL": REDIS_URL, "API_THROTTLE_RATE": "3/min", "DJANGO_SETTINGS_MODULE": "webapp.settings",
-           "LORA_STUDIO_VAR": str(tmp_path / "var"), "LOG_LEVEL": "WARNING"}
-    done = subprocess.run([sys.executable, "-c", ASK, str(key_id), str(n)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    env = {
+        **os.environ,
+        "CACHE_URL": REDIS_URL,
+        "API_THROTTLE_RATE": "3/min",
+        "DJANGO_SETTINGS_MODULE": "webapp.settings",
+        "LORA_STUDIO_VAR": str(tmp_path / "var"),
+        "LOG_LEVEL": "WARNING",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", ASK, str(key_id), str(n)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.split()
 
@@ -64,11 +72,17 @@ def test_the_api_key_throttle_holds_across_two_processes(redis_db14, tmp_path):
 
 def test_the_default_cache_is_redis_in_its_own_database(tmp_path):
     """Without CACHE_URL the cache is the broker's Redis server, db 1: flushing it never drops queued tasks."""
-    code = ("import django; django.setup(); from django.conf import settings; "
-            "print(settings.CELERY_BROKER_URL, settings.CACHES['default']['LOCATION'])")
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(settings.CELERY_BROKER_URL, settings.CACHES['default']['LOCATION'])"
+    )
     env = {k: v for k, v in os.environ.items() if k != "CACHE_URL"}
-    env.update(REDIS_URL="redis://redis.internal:6379/0", DJANGO_SETTINGS_MODULE="webapp.settings",
-               LORA_STUDIO_VAR=str(tmp_path / "var"), LOG_LEVEL="WARNING")
+    env.update(
+        REDIS_URL="redis://redis.internal:6379/0",
+        DJANGO_SETTINGS_MODULE="webapp.settings",
+        LORA_STUDIO_VAR=str(tmp_path / "var"),
+        LOG_LEVEL="WARNING",
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["redis://redis.internal:6379/0", "redis://redis.internal:6379/1"]

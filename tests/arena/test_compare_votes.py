@@ -1,5 +1,6 @@
 """Side by side of two or three models, blind A/B votes stored against the models, win rates: through the
 REST API, with an API key and as the compare page's script calls it (session cookie plus CSRF token)."""
+
 from unittest import mock
 
 import pytest
@@ -8,18 +9,20 @@ from rest_framework.test import APIClient
 from jobs.arena import selectors as chat_selectors
 from jobs.arena import services as chat_services
 from jobs.arena import tasks as chat_tasks
-from jobs.common import events as common_events
 from jobs.arena.models import ChatAnswer, Vote
+from jobs.common import events as common_events
 from jobs.training.models import Adapter, FineTuneJob, JobStatus
 from worker.config import TrainConfig
 
 
 def finished_job(owner, base_model, name: str) -> FineTuneJob:
     """A succeeded job with an adapter row (no training: the infer worker is mocked here)."""
-    job = FineTuneJob.objects.create(owner=owner, base_model=base_model, config=TrainConfig().to_dict(), name=name,
-                                     status=JobStatus.SUCCEEDED)
-    Adapter.objects.create(job=job, folder=f"jobs/{job.id}/adapter", zip_file=f"jobs/{job.id}/a.zip", size_bytes=1,
-                           sha256="0" * 64)
+    job = FineTuneJob.objects.create(
+        owner=owner, base_model=base_model, config=TrainConfig().to_dict(), name=name, status=JobStatus.SUCCEEDED
+    )
+    Adapter.objects.create(
+        job=job, folder=f"jobs/{job.id}/adapter", zip_file=f"jobs/{job.id}/a.zip", size_bytes=1, sha256="0" * 64
+    )
     return job
 
 
@@ -35,20 +38,23 @@ def job2(user, base_model):
 
 def ask(client, job, django_capture_on_commit_callbacks, **body):
     with mock.patch("jobs.arena.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
-        response = client.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "colour 1", "max_new_tokens": 4, **body},
-                               format="json")
+        response = client.post(
+            f"/api/v1/jobs/{job.id}/chat/", {"prompt": "colour 1", "max_new_tokens": 4, **body}, format="json"
+        )
     return response, delay
 
 
 def columns(body: dict, job) -> dict[str, str]:
     """The round's answer ids by column as the compare page keys them: A, B in a blind round, else "base",
     "adapter" (the page's job) or the other job's id."""
+
     def key(answer):
         if body["blind"]:
             return "ABC"[answer["position"]]
         if answer["model"]["kind"] == "base":
             return "base"
         return "adapter" if answer["model"]["id"] == str(job.id) else answer["model"]["id"]
+
     return {key(a): a["id"] for a in body["answers"]}
 
 
@@ -67,7 +73,7 @@ def answer_all(answer_ids, texts=None):
     routed = {}
 
     def generate_many(path, requests, gen, on_text=None, should_stop=None):
-        (history, adapter), = requests
+        ((history, adapter),) = requests
         routed[current] = adapter
         return [texts[current] if texts else f"text of {adapter[0] if adapter else 'base'}"]
 
@@ -82,15 +88,20 @@ def vote(client, round_id, choice):
     return client.post(f"/api/v1/chat-rounds/{round_id}/vote/", {"choice": choice}, format="json")
 
 
-def test_three_models_answer_side_by_side_each_through_its_own_adapter(page_api, job, job2,
-                                                                      django_capture_on_commit_callbacks):
-    response, delay = ask(page_api, job, django_capture_on_commit_callbacks,
-                          contestants=["base", str(job.id), str(job2.id)])
+def test_three_models_answer_side_by_side_each_through_its_own_adapter(
+    page_api, job, job2, django_capture_on_commit_callbacks
+):
+    response, delay = ask(
+        page_api, job, django_capture_on_commit_callbacks, contestants=["base", str(job.id), str(job2.id)]
+    )
     assert response.status_code == 201, response.json()
     body = response.json()
     assert columns(body, job).keys() == {"base", "adapter", str(job2.id)} and delay.call_count == 1
-    assert [a["model"]["name"] for a in body["answers"]] == ["tiny-llama (base)", f"colours ({job.short_id})",
-                                                           f"shapes ({job2.short_id})"]
+    assert [a["model"]["name"] for a in body["answers"]] == [
+        "tiny-llama (base)",
+        f"colours ({job.short_id})",
+        f"shapes ({job2.short_id})",
+    ]
     stored = {a.position: a for a in ChatAnswer.objects.filter(round_id=body["round"])}
     assert [(a.job, a.side) for a in stored.values()] == [(None, "base"), (job, "adapter"), (job2, "adapter")]
     # One infer task for the round, answers in screen order, each routed to the adapter it is stored against.
@@ -104,33 +115,51 @@ def test_three_models_answer_side_by_side_each_through_its_own_adapter(page_api,
     assert response.status_code == 400 and response.json()["error"]["field"] == "round"
 
 
-def test_each_model_continues_its_own_conversation_and_blind_rounds_stand_alone(page_api, job, job2,
-                                                                                django_capture_on_commit_callbacks):
+def test_each_model_continues_its_own_conversation_and_blind_rounds_stand_alone(
+    page_api, job, job2, django_capture_on_commit_callbacks
+):
     pair = [str(job.id), str(job2.id)]
     first, _ = ask(page_api, job, django_capture_on_commit_callbacks, contestants=pair)
     ids = columns(first.json(), job)
     answer_all(list(ids.values()), texts={ids["adapter"]: "one", ids[str(job2.id)]: "two"})
-    second, _ = ask(page_api, job, django_capture_on_commit_callbacks, contestants=pair,
-                    session=first.json()["session"], prompt="again")
+    second, _ = ask(
+        page_api,
+        job,
+        django_capture_on_commit_callbacks,
+        contestants=pair,
+        session=first.json()["session"],
+        prompt="again",
+    )
     ids2 = columns(second.json(), job)
     _, pool = answer_all([ids2["adapter"]], texts={ids2["adapter"]: "x"})
-    assert pool.generate_many.call_args.args[1][0][0] == [{"role": "user", "content": "colour 1"},
-                                               {"role": "assistant", "content": "one"},
-                                               {"role": "user", "content": "again"}]
-    blind, _ = ask(page_api, job, django_capture_on_commit_callbacks, contestants=pair, blind=True,
-                   session=first.json()["session"], prompt="blind one")
+    assert pool.generate_many.call_args.args[1][0][0] == [
+        {"role": "user", "content": "colour 1"},
+        {"role": "assistant", "content": "one"},
+        {"role": "user", "content": "again"},
+    ]
+    blind, _ = ask(
+        page_api,
+        job,
+        django_capture_on_commit_callbacks,
+        contestants=pair,
+        blind=True,
+        session=first.json()["session"],
+        prompt="blind one",
+    )
     answer_id = columns(blind.json(), job)["A"]
     _, pool = answer_all([answer_id], texts={answer_id: "x"})
     assert pool.generate_many.call_args.args[1][0][0] == [{"role": "user", "content": "blind one"}]
 
 
 @pytest.mark.parametrize("order", ["as given", "reversed"])
-def test_blind_vote_is_stored_against_the_models_whatever_the_screen_order(page_api, user, job, order,
-                                                                           django_capture_on_commit_callbacks):
+def test_blind_vote_is_stored_against_the_models_whatever_the_screen_order(
+    page_api, user, job, order, django_capture_on_commit_callbacks
+):
     shuffle = (lambda models: list(models)) if order == "as given" else (lambda models: list(models)[::-1])
     with mock.patch.object(chat_services, "_blind_order", side_effect=shuffle):
-        response, _ = ask(page_api, job, django_capture_on_commit_callbacks, contestants=["base", str(job.id)],
-                          blind=True)
+        response, _ = ask(
+            page_api, job, django_capture_on_commit_callbacks, contestants=["base", str(job.id)], blind=True
+        )
     assert response.status_code == 201
     body = response.json()
     # Nothing in the answer (keys, slots, event metadata) tells which model is where.
@@ -175,24 +204,33 @@ def test_tie_and_both_bad_count_half_for_each_side(page_api, job, job2, choice, 
     assert (row["model"]["id"], row["opponent"]["id"]) == (str(first.id), str(second.id))
 
 
-def test_bad_input_is_a_4xx_naming_the_field(page_api, user, other_user, base_model, job, job2,
-                                              django_capture_on_commit_callbacks):
+def test_bad_input_is_a_4xx_naming_the_field(
+    page_api, user, other_user, base_model, job, job2, django_capture_on_commit_callbacks
+):
     from jobs.base_models.services import base_model_register
 
     other_base = base_model_register(name="tiny-llama-2", path=base_model.path)
-    cases = [({"contestants": ["base"]}, "contestants", "at least 2"),
-             ({"contestants": ["base", str(job.id), str(job2.id), "base"]}, "contestants", "no more than 3"),
-             ({"contestants": ["base", "base"]}, "contestants", "only once"),
-             ({"contestants": "base"}, "contestants", "Expected a list"),
-             ({"contestants": ["base", "nope"]}, "contestants", "unknown model"),
-             ({"contestants": ["base", str(finished_job(other_user, base_model, "bob's").id)]}, "contestants",
-              "unknown model"),
-             ({"contestants": ["base", str(finished_job(user, other_base, "elsewhere").id)]}, "contestants",
-              "share one base model"),
-             ({"contestants": ["base", str(job.id), str(job2.id)], "blind": True}, "blind", "exactly two"),
-             ({"blind": "perhaps"}, "blind", "valid boolean"),
-             ({"prompt": "   "}, "prompt", "blank"),
-             ({"session": "nope"}, "session", "valid UUID")]
+    cases = [
+        ({"contestants": ["base"]}, "contestants", "at least 2"),
+        ({"contestants": ["base", str(job.id), str(job2.id), "base"]}, "contestants", "no more than 3"),
+        ({"contestants": ["base", "base"]}, "contestants", "only once"),
+        ({"contestants": "base"}, "contestants", "Expected a list"),
+        ({"contestants": ["base", "nope"]}, "contestants", "unknown model"),
+        (
+            {"contestants": ["base", str(finished_job(other_user, base_model, "bob's").id)]},
+            "contestants",
+            "unknown model",
+        ),
+        (
+            {"contestants": ["base", str(finished_job(user, other_base, "elsewhere").id)]},
+            "contestants",
+            "share one base model",
+        ),
+        ({"contestants": ["base", str(job.id), str(job2.id)], "blind": True}, "blind", "exactly two"),
+        ({"blind": "perhaps"}, "blind", "valid boolean"),
+        ({"prompt": "   "}, "prompt", "blank"),
+        ({"session": "nope"}, "session", "valid UUID"),
+    ]
     for body, field, message in cases:
         response, delay = ask(page_api, job, django_capture_on_commit_callbacks, **body)
         assert response.status_code == 400, body
@@ -210,8 +248,9 @@ def test_bad_input_is_a_4xx_naming_the_field(page_api, user, other_user, base_mo
     assert Vote.objects.count() == 0
 
 
-def test_another_users_round_and_votes_do_not_exist_for_you(client, page_api, user, other_user, job,
-                                                            django_capture_on_commit_callbacks):
+def test_another_users_round_and_votes_do_not_exist_for_you(
+    client, page_api, user, other_user, job, django_capture_on_commit_callbacks
+):
     response, _ = ask(page_api, job, django_capture_on_commit_callbacks, blind=True)
     round_id = response.json()["round"]
     answer_all(list(columns(response.json(), job).values()))
@@ -229,14 +268,22 @@ def test_another_users_round_and_votes_do_not_exist_for_you(client, page_api, us
 def test_rest_blind_round_vote_and_win_rates(user, job, base_model, django_capture_on_commit_callbacks):
     api = APIClient()
     api.force_authenticate(user)
-    with mock.patch.object(chat_services, "_blind_order", side_effect=lambda models: list(models)[::-1]), \
-            mock.patch("jobs.arena.tasks.chat_round.delay"), django_capture_on_commit_callbacks(execute=True):
-        response = api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "hi", "blind": True,
-                                                             "contestants": ["base", str(job.id)]}, format="json")
+    with (
+        mock.patch.object(chat_services, "_blind_order", side_effect=lambda models: list(models)[::-1]),
+        mock.patch("jobs.arena.tasks.chat_round.delay"),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        response = api.post(
+            f"/api/v1/jobs/{job.id}/chat/",
+            {"prompt": "hi", "blind": True, "contestants": ["base", str(job.id)]},
+            format="json",
+        )
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["blind"] is True and [(a["position"], a["model"], a["side"]) for a in body["answers"]] == [
-        (0, None, None), (1, None, None)]
+        (0, None, None),
+        (1, None, None),
+    ]
     answer_all([a["id"] for a in body["answers"]])
     listed = api.get(f"/api/v1/jobs/{job.id}/chat/?session={body['session']}").json()
     assert [a["model"] for a in listed] == [None, None]
@@ -264,17 +311,20 @@ def test_rest_blind_round_vote_and_win_rates(user, job, base_model, django_captu
         assert response.status_code == 400 and response.json()["error"]["field"] == "base_model"
 
 
-def test_compare_page_offers_finished_adapters_on_the_same_base_and_the_table(client_in, user, job, job2,
-                                                                              base_model):
+def test_compare_page_offers_finished_adapters_on_the_same_base_and_the_table(client_in, user, job, job2, base_model):
     from jobs.base_models.services import base_model_register
 
     finished_job(user, base_model_register(name="tiny-llama-2", path=base_model.path), "elsewhere")
-    FineTuneJob.objects.create(owner=user, base_model=base_model, config=TrainConfig().to_dict(), name="running",
-                               status=JobStatus.RUNNING)
+    FineTuneJob.objects.create(
+        owner=user, base_model=base_model, config=TrainConfig().to_dict(), name="running", status=JobStatus.RUNNING
+    )
     response = client_in.get(f"/jobs/{job.id}/compare/")
     assert response.status_code == 200
     assert [(c["key"], c["checked"]) for c in response.context["candidates"]] == [
-        ("base", True), (str(job.id), True), (str(job2.id), False)]
+        ("base", True),
+        (str(job.id), True),
+        (str(job2.id), False),
+    ]
     html = response.content.decode()
     assert 'id="win-rates"' in html and "Wilson" in html and 'id="win-rates-data"' in html
     # The page's script is pointed at the REST API, not at a private one.

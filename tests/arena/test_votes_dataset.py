@@ -2,14 +2,15 @@
 history, chosen = the preferred answer), ties and "both bad" are left out and counted, the dataset
 links back to its rounds; through REST (as the compare page's script calls it), the page's form,
 and only ever the owner's own votes."""
+
 import pytest
 from rest_framework.test import APIClient
 
 from jobs.arena import services as chat_services
 from jobs.arena.models import ChatAnswer, ChatRound, ChatSession
-from tests.arena.test_compare_votes import finished_job
 from jobs.datasets.models import Dataset
 from jobs.datasets.selectors import dataset_examples
+from tests.arena.test_compare_votes import finished_job
 
 URL = "/api/v1/votes/dataset/"
 
@@ -24,27 +25,41 @@ def voted_round(owner, job, *, prompt, left, right, choice, session=None, blind=
     session = session or ChatSession.objects.create(owner=owner, job=job)
     chat_round = ChatRound.objects.create(session=session, blind=blind)
     for position, (model, text) in enumerate(((None, left), (job, right))):
-        ChatAnswer.objects.create(session=session, round=chat_round, job=model, position=position, prompt=prompt,
-                                  side="base" if model is None else "adapter", text=text,
-                                  state=ChatAnswer.State.DONE, settings={"system_prompt": system})
+        ChatAnswer.objects.create(
+            session=session,
+            round=chat_round,
+            job=model,
+            position=position,
+            prompt=prompt,
+            side="base" if model is None else "adapter",
+            text=text,
+            state=ChatAnswer.State.DONE,
+            settings={"system_prompt": system},
+        )
     chat_services.chat_vote(owner=owner, chat_round=chat_round, choice=choice)
     return chat_round
 
 
 def pair(prompt, chosen, rejected):
-    return {"messages": prompt, "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}]}
+    return {
+        "messages": prompt,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
 
 
 def test_left_and_right_votes_become_pairs_and_the_rest_is_counted(page_api, user, job, base_model):
-    first = voted_round(user, job, prompt="Name a colour.", left="Seven.", right="Red.", choice="right",
-                        system="Be brief.")
+    first = voted_round(
+        user, job, prompt="Name a colour.", left="Seven.", right="Red.", choice="right", system="Be brief."
+    )
     session = ChatSession.objects.create(owner=user, job=job)
     # An open (not blind) conversation: the second round's prompt carries the preferred model's history.
-    second = voted_round(user, job, prompt="Name a shape.", left="A circle.", right="Blue.", choice="left",
-                         session=session, blind=False)
-    third = voted_round(user, job, prompt="And another?", left="A square.", right="Green.", choice="left",
-                        session=session, blind=False)
+    second = voted_round(
+        user, job, prompt="Name a shape.", left="A circle.", right="Blue.", choice="left", session=session, blind=False
+    )
+    third = voted_round(
+        user, job, prompt="And another?", left="A square.", right="Green.", choice="left", session=session, blind=False
+    )
     voted_round(user, job, prompt="tie", left="a", right="b", choice="tie")
     voted_round(user, job, prompt="bad", left="a", right="b", choice="both_bad")
     voted_round(user, job, prompt="same", left="x", right="x", choice="left")
@@ -63,11 +78,21 @@ def test_left_and_right_votes_become_pairs_and_the_rest_is_counted(page_api, use
     # The link back to the rounds is part of the dataset over REST too.
     assert page_api.get(f"/api/v1/datasets/{dataset.id}/").json()["stats"]["rounds"] == body["rounds"]
     assert [ex.to_json() for ex in dataset_examples(dataset=dataset)] == [
-        pair([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
-             "Red.", "Seven."),
+        pair(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
+            "Red.",
+            "Seven.",
+        ),
         pair([{"role": "user", "content": "Name a shape."}], "A circle.", "Blue."),
-        pair([{"role": "user", "content": "Name a shape."}, {"role": "assistant", "content": "A circle."},
-              {"role": "user", "content": "And another?"}], "A square.", "Green."),
+        pair(
+            [
+                {"role": "user", "content": "Name a shape."},
+                {"role": "assistant", "content": "A circle."},
+                {"role": "user", "content": "And another?"},
+            ],
+            "A square.",
+            "Green.",
+        ),
     ]
 
 
@@ -81,9 +106,12 @@ def test_no_usable_vote_is_a_422_saying_why(page_api, user, job):
     assert response.status_code == 422
     message = response.json()["error"]["message"]
     assert "1 left out because a tie prefers neither answer" in message and "both answers were bad" in message
-    for bad, field in (({"base_model": "nope"}, "base_model"), ({"name": "x" * 201}, "name"),
-                       ({"base_model": "00000000-0000-0000-0000-000000000000"}, "base_model"),
-                       ({"colour": 1}, "colour")):
+    for bad, field in (
+        ({"base_model": "nope"}, "base_model"),
+        ({"name": "x" * 201}, "name"),
+        ({"base_model": "00000000-0000-0000-0000-000000000000"}, "base_model"),
+        ({"colour": 1}, "colour"),
+    ):
         response = page_api.post(URL, bad, format="json")
         assert response.status_code == 400, bad
         assert field in str(response.json()), (bad, response.json())

@@ -4,6 +4,7 @@ the downloader uses, for repositories given as {repo id: {file name: bytes}}.
 - GET /api/models/{id}/revision/{rev}?blobs=true -> {"sha", "siblings": [{"rfilename", "size"}]}
 - GET /{id}/resolve/{rev}/{file} -> the file (safetensors redirected to /cdn/..., as the Hub sends large
   files to its CDN), with HTTP Range support; a file named in `drop_once` is cut off half-way, once."""
+
 from __future__ import annotations
 
 import http.server
@@ -47,8 +48,13 @@ def hub_handler(repos: dict[str, dict[str, bytes]], *, drop_once: set[str] = fro
                 repo = repos.get(listing.group(1))
                 if repo is None:
                     return self._send(404, b'{"error": "Repository not found"}')
-                body = json.dumps({"id": listing.group(1), "sha": SHA,
-                                   "siblings": [{"rfilename": n, "size": len(b)} for n, b in repo.items()]})
+                body = json.dumps(
+                    {
+                        "id": listing.group(1),
+                        "sha": SHA,
+                        "siblings": [{"rfilename": n, "size": len(b)} for n, b in repo.items()],
+                    }
+                )
                 return self._send(200, body.encode(), {"Content-Type": "application/json"})
             resolve = re.fullmatch(r"/(.+)/resolve/([^/]+)/([^/]+)", self.path)
             if resolve:
@@ -80,7 +86,7 @@ def hub_handler(repos: dict[str, dict[str, bytes]], *, drop_once: set[str] = fro
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.end_headers()
             if drop:  # the connection breaks half-way through the body
-                self.wfile.write(data[start:start + (len(data) - start) // 2])
+                self.wfile.write(data[start : start + (len(data) - start) // 2])
                 self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(2)

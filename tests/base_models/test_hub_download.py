@@ -1,6 +1,7 @@
 """Base models from the Hugging Face Hub, against a local stand-in that serves the Hub's file API for the
 tiny model: a download that resumes after a dropped connection, and the refusals (remote code, pickle-only
 weights, too large, an inside address without the admin's allow-list, OFFLINE)."""
+
 import json
 import shutil
 from pathlib import Path
@@ -24,8 +25,15 @@ def staff(django_user_model):
 def hub_repos(tiny_llama):
     tiny = folder_files(tiny_llama)
     config = json.loads(tiny["config.json"])
-    remote = dict(tiny, **{"config.json": json.dumps(dict(config, auto_map={
-        "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})).encode(), "modeling_custom.py": b"import os\n"})
+    remote = dict(
+        tiny,
+        **{
+            "config.json": json.dumps(
+                dict(config, auto_map={"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
+            ).encode(),
+            "modeling_custom.py": b"import os\n",
+        },
+    )
     pickled = {"config.json": tiny["config.json"], "pytorch_model.bin": b"\x80\x04pickle", "README.md": b"hi"}
     return {"org/tiny": tiny, "org/remote-code": remote, "org/pickled": pickled}
 

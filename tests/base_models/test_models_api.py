@@ -1,5 +1,6 @@
 """The base-model catalogue over REST and on the Models page: who may add what, private models seen by their
 owner only, the folder and GGUF sources, what each model shows, and deletion refused while a job uses it."""
+
 import shutil
 
 import pytest
@@ -23,20 +24,27 @@ def api_staff(staff):
 
 
 def test_staff_register_a_folder_and_it_shows_what_a_job_needs(api_staff, tiny_llama, api):
-    response = api_staff.post("/api/v1/base-models/", {"source": "folder", "name": "tiny", "path": str(tiny_llama)},
-                              format="json")
+    response = api_staff.post(
+        "/api/v1/base-models/", {"source": "folder", "name": "tiny", "path": str(tiny_llama)}, format="json"
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     assert (body["status"], body["shared"], body["source"], body["context_length"], body["has_chat_template"]) == (
-        "ready", True, "folder", 512, True)
+        "ready",
+        True,
+        "folder",
+        512,
+        True,
+    )
     assert body["parameters"] > 0
     assert [m["name"] for m in api.get("/api/v1/base-models/").json()] == ["tiny"]  # shared: every user sees it
 
 
 def test_only_staff_register_a_server_folder(settings, api, tiny_llama):
     settings.USER_MODELS = True
-    response = api.post("/api/v1/base-models/", {"source": "folder", "name": "x", "path": str(tiny_llama)},
-                        format="json")
+    response = api.post(
+        "/api/v1/base-models/", {"source": "folder", "name": "x", "path": str(tiny_llama)}, format="json"
+    )
     assert response.status_code == 403 and response.json()["error"]["field"] == "path"
 
 
@@ -59,8 +67,9 @@ def test_a_folder_with_remote_code_is_refused(api_staff, tiny_llama, tmp_path):
     folder = shutil.copytree(tiny_llama, tmp_path / "custom")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(dict(config, auto_map={"AutoModel": "x.Y"})))
-    response = api_staff.post("/api/v1/base-models/", {"source": "folder", "name": "c", "path": str(folder)},
-                              format="json")
+    response = api_staff.post(
+        "/api/v1/base-models/", {"source": "folder", "name": "c", "path": str(folder)}, format="json"
+    )
     assert response.status_code == 400 and "remote code" in response.json()["error"]["message"]
     from django.core.management import CommandError, call_command
 
@@ -71,8 +80,7 @@ def test_a_folder_with_remote_code_is_refused(api_staff, tiny_llama, tmp_path):
 
 def test_private_models_are_their_owners_only(settings, user, other_user, api, api_bob):
     settings.USER_MODELS, settings.OFFLINE = True, False
-    response = api.post("/api/v1/base-models/", {"source": "hub", "hub_id": "org/tiny", "token": "hf_x"},
-                        format="json")
+    response = api.post("/api/v1/base-models/", {"source": "hub", "hub_id": "org/tiny", "token": "hf_x"}, format="json")
     assert response.status_code == 202, response.content
     body = response.json()
     assert (body["status"], body["shared"], body["name"]) == ("queued", False, "org/tiny")
@@ -95,8 +103,9 @@ def test_a_model_in_use_cannot_be_deleted(api_staff, staff, user, dataset, base_
     from jobs.training.models import FineTuneJob
     from worker.config import TrainConfig
 
-    job = FineTuneJob.objects.create(owner=user, dataset=dataset, base_model=base_model,
-                                     config=TrainConfig().to_dict(), name="colours-run")
+    job = FineTuneJob.objects.create(
+        owner=user, dataset=dataset, base_model=base_model, config=TrainConfig().to_dict(), name="colours-run"
+    )
     response = api_staff.delete(f"/api/v1/base-models/{base_model.id}/")
     assert response.status_code == 409
     assert "used by 1 fine-tuning job" in response.json()["error"]["message"]
@@ -112,8 +121,7 @@ def test_a_shared_model_is_deleted_by_staff_only(api, base_model):
     assert response.status_code == 403 and BaseModel.objects.filter(id=base_model.id).exists()
 
 
-def test_a_gguf_upload_is_converted_by_a_worker_into_the_same_model(settings, api, user, tiny_llama,
-                                                                    tmp_path):
+def test_a_gguf_upload_is_converted_by_a_worker_into_the_same_model(settings, api, user, tiny_llama, tmp_path):
     """A GGUF written from the tiny model (tiny_gguf.py) goes through the upload and the worker's conversion and
     comes back as a safetensors folder with the same logits, tokenizer and chat template."""
     import torch
@@ -139,8 +147,10 @@ def test_a_gguf_upload_is_converted_by_a_worker_into_the_same_model(settings, ap
         got = AutoModelForCausalLM.from_pretrained(model.local_path)(ids).logits
     assert torch.allclose(want, got, atol=1e-6)
     text = "The quick brown fox, hello world"
-    assert AutoTokenizer.from_pretrained(model.local_path)(text).input_ids == \
-        AutoTokenizer.from_pretrained(tiny_llama)(text).input_ids
+    assert (
+        AutoTokenizer.from_pretrained(model.local_path)(text).input_ids
+        == AutoTokenizer.from_pretrained(tiny_llama)(text).input_ids
+    )
 
 
 def test_a_gguf_that_cannot_be_converted_fails_with_the_reason(settings, api):
@@ -155,8 +165,9 @@ def test_a_gguf_that_cannot_be_converted_fails_with_the_reason(settings, api):
 @pytest.mark.parametrize("content,message", [(b"PK\x03\x04zip", "not a GGUF file"), (b"GGUF" + b"\0" * 2000, "limit")])
 def test_a_bad_gguf_upload_is_a_400_naming_the_file(settings, api, content, message):
     settings.USER_MODELS, settings.GGUF_MAX_BYTES = True, 1000
-    response = api.post("/api/v1/base-models/", {"source": "gguf", "file": SimpleUploadedFile("m.gguf", content)},
-                        format="multipart")
+    response = api.post(
+        "/api/v1/base-models/", {"source": "gguf", "file": SimpleUploadedFile("m.gguf", content)}, format="multipart"
+    )
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "file" and message in response.json()["error"]["message"]
     assert not BaseModel.objects.exists()
@@ -180,8 +191,15 @@ def test_the_models_page_lists_models_and_lets_staff_register_a_folder(client, s
 
 def test_the_models_page_shows_progress_of_a_download(client_in, user, settings):
     settings.USER_MODELS = True
-    model = BaseModel.objects.create(name="org/big", path="", owner=user, source=ModelSource.HUB,
-                                     status=ModelStatus.DOWNLOADING, bytes_total=1000, bytes_done=250)
+    model = BaseModel.objects.create(
+        name="org/big",
+        path="",
+        owner=user,
+        source=ModelSource.HUB,
+        status=ModelStatus.DOWNLOADING,
+        bytes_total=1000,
+        bytes_done=250,
+    )
     html = client_in.get("/models/").content.decode()
     assert f'data-model-poll="/api/v1/base-models/{model.id}/"' in html and 'value="250"' in html
     assert "<script>" not in html  # CSP: scripts are static files only

@@ -1,6 +1,7 @@
 """Write the tiny Llama of tests/tiny_model.py as a GGUF file (float32 tensors, its byte-level BPE tokenizer and
 chat template), the way llama.cpp's convert_hf_to_gguf.py lays one out, so a GGUF upload is tested end to end
 in a second instead of with the 100 MB demo file."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,9 @@ from pathlib import Path
 def _permute(weight, n_head: int, n_head_kv: int):
     """llama.cpp's row order for q_proj / k_proj (transformers reverses it when it reads a GGUF)."""
     heads = n_head_kv if n_head_kv != n_head else n_head
-    return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def write_tiny_gguf(model_dir: Path, out: Path) -> Path:
@@ -47,12 +49,22 @@ def write_tiny_gguf(model_dir: Path, out: Path) -> Path:
     writer.add_pad_token_id(config["pad_token_id"])
     writer.add_chat_template((model_dir / "chat_template.jinja").read_text())
 
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    per_layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-                 "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-                 "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-                 "mlp.down_proj": "ffn_down"}
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    per_layer = {
+        "input_layernorm": "attn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for name, tensor in load_file(str(model_dir / "model.safetensors")).items():
         if name in names:
             target = names[name]

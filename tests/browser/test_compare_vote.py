@@ -1,5 +1,6 @@
 """Three models side by side, then a blind A/B round: the vote names the models and updates the win-rate
 table without a reload — in Chromium, against the real web server and infer worker."""
+
 import re
 
 import pytest
@@ -9,8 +10,10 @@ from tests.integration.stack import read_sse
 from tests.integration.test_end_to_end import upload_and_submit
 
 pytestmark = pytest.mark.browser
-ALL_DONE = ("n => document.querySelectorAll('#columns .answer').length === n && "
-            "document.querySelectorAll('#columns .answer.pending').length === 0")
+ALL_DONE = (
+    "n => document.querySelectorAll('#columns .answer').length === n && "
+    "document.querySelectorAll('#columns .answer.pending').length === 0"
+)
 
 
 def finished_jobs(stack, count: int) -> list[str]:
@@ -19,8 +22,13 @@ def finished_jobs(stack, count: int) -> list[str]:
     ids = [upload_and_submit(stack, s, epochs="1", seed=str(i)) for i in range(count)]
     for job_id in ids:
         with s.get(f"{stack.url}/jobs/{job_id}/events/", stream=True, timeout=60) as r:
-            statuses = [d["status"] for e, d in read_sse(r, lambda e, d: e == "status" and d["status"] in (
-                "succeeded", "failed", "cancelled"), limit_s=180) if e == "status"]
+            statuses = [
+                d["status"]
+                for e, d in read_sse(
+                    r, lambda e, d: e == "status" and d["status"] in ("succeeded", "failed", "cancelled"), limit_s=180
+                )
+                if e == "status"
+            ]
         assert statuses[-1] == "succeeded", stack.logs()
     return ids
 
@@ -91,8 +99,9 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page, two_jobs):
     page.click("summary")
     page.fill("[name=max_new_tokens]", "400")
     ask(page, "colour 3")
-    page.wait_for_function("[...document.querySelectorAll('#columns .answer')].some(a => a.textContent.length > 0)",
-                           timeout=60_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#columns .answer')].some(a => a.textContent.length > 0)", timeout=60_000
+    )
     page.click("#stop")
     page.wait_for_function(ALL_DONE, arg=2, timeout=60_000)
     assert page.locator("#columns .answer.stopped").count() == 2
@@ -103,8 +112,10 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page, two_jobs):
     # The vote becomes data: a preference dataset from the page, which stays as it is.
     assert page.inner_text("#vote-counts [data-count=usable]") == "1"
     page.click("#make-votes-dataset")
-    page.wait_for_function("!document.querySelector('#make-votes-dataset').disabled"
-                           " && !document.querySelector('#votes-dataset-result').textContent.startsWith('Making')")
+    page.wait_for_function(
+        "!document.querySelector('#make-votes-dataset').disabled"
+        " && !document.querySelector('#votes-dataset-result').textContent.startsWith('Making')"
+    )
     made = page.inner_text("#votes-dataset-result")
     # A barely trained adapter may say what the base says (or nothing): then there is nothing to prefer.
     if blind_texts[0] == blind_texts[1] or not all(t.strip() for t in blind_texts):
@@ -119,7 +130,9 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page, two_jobs):
     assert page.locator(".sample.rejected .tok.masked").first.inner_text().count("colour 1") == 1
     page.wait_for_function("Chart.getChart('length-histogram') !== undefined")
     assert page.evaluate("Chart.getChart('length-histogram').data.datasets.map(d => d.label)") == [
-        "prompt + chosen", "prompt + rejected"]
+        "prompt + chosen",
+        "prompt + rejected",
+    ]
 
     # ... which trains a DPO job through the form (the method and the data agree), then is compared.
     page.click("text=Train on this")
@@ -128,8 +141,9 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page, two_jobs):
     page.select_option("#id_validation", "none")
     page.click("#submit-job")
     page.wait_for_url("**/jobs/*-*-*-*-*/")
-    page.wait_for_function("['succeeded', 'failed'].includes(document.querySelector('#job-status').textContent.trim())",
-                           timeout=180_000)
+    page.wait_for_function(
+        "['succeeded', 'failed'].includes(document.querySelector('#job-status').textContent.trim())", timeout=180_000
+    )
     assert page.inner_text("#job-status").strip() == "succeeded", stack.logs()
     dpo_job = page.url.rstrip("/").split("/")[-1]
     page.goto(f"{stack.url}/jobs/{dpo_job}/compare/")
@@ -156,8 +170,9 @@ def test_compare_keys_stats_and_blind_rounds_keep_names_hidden(stack, page, two_
     page.wait_for_function(ALL_DONE, arg=2, timeout=120_000)
     assert page.locator("#columns .answer[aria-live=polite][aria-busy=false]").count() == 2
     stats = page.locator("#columns .answer-stats").all_inner_texts()
-    assert len(stats) == 2 and all(re.fullmatch(r"(first token \d+\.\d+ s|no text) · total \d+\.\d+ s · \d+ tokens?", t)
-                                   for t in stats), stats
+    assert len(stats) == 2 and all(
+        re.fullmatch(r"(first token \d+\.\d+ s|no text) · total \d+\.\d+ s · \d+ tokens?", t) for t in stats
+    ), stats
     page.fill("#prompt", "colour 2")
     page.press("#prompt", "Control+Enter")
     page.wait_for_function(ALL_DONE, arg=4, timeout=120_000)

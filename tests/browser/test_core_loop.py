@@ -1,11 +1,11 @@
 """Log in, upload, submit, watch the chart receive points, download the zip, compare — in Chromium."""
+
 import json
 import zipfile
 
 import pytest
 
 from tests.browser.pages import sign_in
-
 from tests.conftest import memorisable_conversations
 
 pytestmark = pytest.mark.browser
@@ -73,8 +73,11 @@ def test_core_loop_in_the_browser(stack, page, tmp_path):
     page.click("#compare-link")
     page.fill("#prompt", "colour 2")
     page.click("#ask")
-    page.wait_for_function("document.querySelectorAll('.answer.pending').length === 0 && "
-                           "document.querySelectorAll('.answer').length === 2", timeout=120_000)
+    page.wait_for_function(
+        "document.querySelectorAll('.answer.pending').length === 0 && "
+        "document.querySelectorAll('.answer').length === 2",
+        timeout=120_000,
+    )
     assert '"blue"' in page.inner_text("#side-adapter .answer")
     assert page.inner_text("#side-base .answer") != page.inner_text("#side-adapter .answer")
     page.screenshot(path=str(stack.tmp / "compare.png"), full_page=True)

@@ -1,10 +1,10 @@
 """The dataset check page renders a real histogram and the highlighted example in Chromium."""
+
 import json
 
 import pytest
 
 from tests.browser.pages import sign_in
-
 from tests.conftest import memorisable_conversations
 
 pytestmark = pytest.mark.browser
@@ -73,8 +73,10 @@ def test_a_large_upload_page_follows_its_background_check_to_the_dataset(stack, 
 def test_mapping_is_pre_filled_with_samples_and_duplicates_drop_in_one_click(stack, page, tmp_path):
     """Obvious headers are mapped already, with values beside the selects; the page then drops duplicates."""
     data = tmp_path / "support.csv"
-    data.write_text("Customer Question,Agent Answer,Ticket\nWhere is my parcel?,On its way.,T1\n"
-                    "Can I pay later?,Yes.,T2\nWhere is my parcel?,On its way.,T1\n")
+    data.write_text(
+        "Customer Question,Agent Answer,Ticket\nWhere is my parcel?,On its way.,T1\n"
+        "Can I pay later?,Yes.,T2\nWhere is my parcel?,On its way.,T1\n"
+    )
     sign_in(page, stack, "bob")
     page.goto(stack.url + "/datasets/")
     page.set_input_files("#id_file", str(data))

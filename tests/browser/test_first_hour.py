@@ -1,5 +1,6 @@
 """A new user's first hour, in Chromium: the job form shows every error at once, beside its field, in plain words,
 with the folded section that holds one opened; fields that do not apply stay out of the way."""
+
 import json
 import re
 
@@ -75,9 +76,16 @@ def test_the_job_form_shows_every_error_at_once_beside_its_field(stack, page, da
 
 def start_job(stack, api, dataset, **config) -> str:
     base = next(m["id"] for m in api.get(stack.url + "/api/v1/base-models/").json() if m["name"] == "tiny-llama")
-    response = api.post(stack.url + "/api/v1/jobs/", json={
-        "dataset": dataset, "base_model": base, "validation": "split", "validation_percent": 25,
-        "config": {"rank": 8, "max_seq_length": 128, "batch_size": 2, **config}})
+    response = api.post(
+        stack.url + "/api/v1/jobs/",
+        json={
+            "dataset": dataset,
+            "base_model": base,
+            "validation": "split",
+            "validation_percent": 25,
+            "config": {"rank": 8, "max_seq_length": 128, "batch_size": 2, **config},
+        },
+    )
     assert response.status_code == 201, response.text
     return response.json()["id"]
 
@@ -136,18 +144,41 @@ def test_a_paused_job_can_be_cancelled_after_a_confirmation(stack, page, api, da
 
 def wait_status(stack, api, job, wanted, page, timeout_s=120, interval=0.2):
     """Wait (the page handling its events meanwhile) until the job's status is one of `wanted`; that status."""
-    return wait_until(lambda: api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"],
-                      until=lambda status: status in wanted, timeout=timeout_s, interval=interval,
-                      what=f"job {job} to be {' or '.join(wanted)}", on_timeout=stack.logs, sleep=page_sleep(page))
+    return wait_until(
+        lambda: api.get(f"{stack.url}/api/v1/jobs/{job}/").json()["status"],
+        until=lambda status: status in wanted,
+        timeout=timeout_s,
+        interval=interval,
+        what=f"job {job} to be {' or '.join(wanted)}",
+        on_timeout=stack.logs,
+        sleep=page_sleep(page),
+    )
 
 
 def test_new_job_from_this_fills_every_field_and_delete_asks_first(stack, page, api, dataset):
     from jobs.training.forms import CONFIG_FIELDS
 
-    job = start_job(stack, api, dataset, max_steps=2, alpha=8, dropout=0.1, target_preset="custom",
-                    target_modules=["q_proj", "v_proj"], learning_rate=0.002, grad_accum=2, warmup_ratio=0.1,
-                    lr_scheduler="cosine", seed=7, bias="lora_only", use_rslora=True, max_grad_norm=0.5,
-                    eval_every=3, save_every=5, keep_best=False)
+    job = start_job(
+        stack,
+        api,
+        dataset,
+        max_steps=2,
+        alpha=8,
+        dropout=0.1,
+        target_preset="custom",
+        target_modules=["q_proj", "v_proj"],
+        learning_rate=0.002,
+        grad_accum=2,
+        warmup_ratio=0.1,
+        lr_scheduler="cosine",
+        seed=7,
+        bias="lora_only",
+        use_rslora=True,
+        max_grad_norm=0.5,
+        eval_every=3,
+        save_every=5,
+        keep_best=False,
+    )
     detail = api.get(f"{stack.url}/api/v1/jobs/{job}/").json()
     assert detail["name"].startswith("colours · custom · "), "a readable default name"
     wait_status(stack, api, job, ("succeeded",), page)
@@ -199,7 +230,8 @@ def duplicate_ids(page) -> list[str]:
 
 def contrast(page, selector: str) -> float:
     """WCAG contrast ratio of the element's text against the first opaque background behind it."""
-    return page.evaluate("""(selector) => {
+    return page.evaluate(
+        """(selector) => {
         const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
         const lum = ([r, g, b]) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
                                      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
@@ -207,7 +239,9 @@ def contrast(page, selector: str) -> float:
         let bg = el, back = [255, 255, 255];
         while (bg) { const c = rgb(getComputedStyle(bg).backgroundColor); if (c.length < 4 || c[3] > 0) { back = c.slice(0, 3); break; } bg = bg.parentElement; }
         const [a, b] = [lum(rgb(getComputedStyle(el).color).slice(0, 3)), lum(back)].sort((x, y) => y - x);
-        return (a + 0.05) / (b + 0.05); }""", selector)
+        return (a + 0.05) / (b + 0.05); }""",
+        selector,
+    )
 
 
 def too_wide(page) -> list[str]:
@@ -222,9 +256,14 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
     first = start_job(stack, api, dataset, max_steps=2)
     second = start_job(stack, api, dataset, max_steps=2, rank=4, alpha=8)
     for job in (first, second):
-        detail = wait_until(lambda: api.get(f"{stack.url}/api/v1/jobs/{job}/").json(),  # noqa: B023 (called at once)
-                            until=lambda d: d["status"] in ("succeeded", "failed"), timeout=120, interval=0.2,
-                            what=f"job {job} to end", on_timeout=stack.logs)
+        detail = wait_until(
+            lambda: api.get(f"{stack.url}/api/v1/jobs/{job}/").json(),  # noqa: B023 (called at once)
+            until=lambda d: d["status"] in ("succeeded", "failed"),
+            timeout=120,
+            interval=0.2,
+            what=f"job {job} to end",
+            on_timeout=stack.logs,
+        )
         assert detail["status"] == "succeeded", detail
     context = browser.new_context(viewport={"width": 390, "height": 844}, bypass_csp=True)
     page = context.new_page()
@@ -240,9 +279,21 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
     sign_in(page, stack, "alice")
     nav = page.inner_text("header nav")
     assert "Compare runs" in nav and "API docs" in nav
-    pages = ["/datasets/", f"/datasets/{dataset}/", "/models/", "/jobs/new/", "/jobs/", f"/jobs/{first}/",
-             f"/jobs/compare/?job={first}&job={second}", f"/jobs/{first}/compare/", "/workers/", "/account/usage/",
-             "/account/keys/", "/account/webhooks/", "/no/such/page/"]
+    pages = [
+        "/datasets/",
+        f"/datasets/{dataset}/",
+        "/models/",
+        "/jobs/new/",
+        "/jobs/",
+        f"/jobs/{first}/",
+        f"/jobs/compare/?job={first}&job={second}",
+        f"/jobs/{first}/compare/",
+        "/workers/",
+        "/account/usage/",
+        "/account/keys/",
+        "/account/webhooks/",
+        "/no/such/page/",
+    ]
     for path in pages:
         page.goto(stack.url + path)
         page.wait_for_load_state("networkidle")
@@ -251,9 +302,11 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
     page.goto(f"{stack.url}/jobs/{first}/")
     assert page.locator("#loss-chart").bounding_box()["height"] >= 200, "the chart keeps a readable height"
     # The chart also as a table, and status changes announced.
-    page.wait_for_function("document.querySelectorAll('#loss-table tbody tr').length === "
-                           "Chart.getChart('loss-chart').data.datasets[0].data.length && "
-                           "document.querySelectorAll('#loss-table tbody tr').length > 0")
+    page.wait_for_function(
+        "document.querySelectorAll('#loss-table tbody tr').length === "
+        "Chart.getChart('loss-chart').data.datasets[0].data.length && "
+        "document.querySelectorAll('#loss-table tbody tr').length > 0"
+    )
     assert page.get_attribute("#job-status", "aria-live") == "polite"
     # The job page: the API model id with code, settings in words, the log oldest first with times.
     model = page.inner_text("#api-model")
@@ -291,8 +344,11 @@ def test_advice_applies_with_one_click_and_the_new_estimate_fits(stack, page, ap
     """A job far too big for the worker: the estimate lists changes that would make it fit, each with an Apply
     button; one click sets that change's fields on the form and estimates again, and then it fits."""
     long_turn = " ".join(f"word{i}" for i in range(6000))  # thousands of tokens per example
-    data = "".join(json.dumps({"messages": [{"role": "user", "content": long_turn},
-                                            {"role": "assistant", "content": f"ok {i}"}]}) + "\n" for i in range(4))
+    data = "".join(
+        json.dumps({"messages": [{"role": "user", "content": long_turn}, {"role": "assistant", "content": f"ok {i}"}]})
+        + "\n"
+        for i in range(4)
+    )
     long_set = api.post(stack.url + "/api/v1/datasets/", files={"file": ("long.jsonl", data.encode())}).json()["id"]
     sign_in(page, stack, "alice")
     page.goto(f"{stack.url}/jobs/new/?dataset={long_set}")
@@ -302,13 +358,17 @@ def test_advice_applies_with_one_click_and_the_new_estimate_fits(stack, page, ap
     page.wait_for_selector("#estimate .estimate-advice .apply-advice")
     assert "Does not fit" in page.inner_text("#estimate")
     fields = ("batch_size", "grad_accum", "max_seq_length", "gradient_checkpointing", "qlora", "rank")
-    before = {f: page.input_value(f"#id_{f}") if f not in ("gradient_checkpointing", "qlora")
-              else page.is_checked(f"#id_{f}") for f in fields}
+    before = {
+        f: page.input_value(f"#id_{f}") if f not in ("gradient_checkpointing", "qlora") else page.is_checked(f"#id_{f}")
+        for f in fields
+    }
     page.locator("#estimate .estimate-advice .apply-advice").first.click()
     page.wait_for_function("""() => { const t = document.getElementById('estimate').textContent;
                                       return t.includes('Memory: about') && !t.includes('Estimating'); }""")
-    after = {f: page.input_value(f"#id_{f}") if f not in ("gradient_checkpointing", "qlora")
-             else page.is_checked(f"#id_{f}") for f in fields}
+    after = {
+        f: page.input_value(f"#id_{f}") if f not in ("gradient_checkpointing", "qlora") else page.is_checked(f"#id_{f}")
+        for f in fields
+    }
     assert after != before, "Apply changed no field"
     text = page.inner_text("#estimate")
     assert "Does not fit" not in text, text

@@ -1,6 +1,7 @@
 """The pages' shared poll loop (static/app/poll.js) and the Models page's use of it (base_models.js), run in
 Chromium against a stand-in API served by Playwright's router: progress is drawn from each answer, a failed read
 is retried, and the page reloads once the work has ended."""
+
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.browser
 
 STATIC = Path(__file__).resolve().parents[2] / "static" / "app"
 ORIGIN = "http://studio.test"
-MODELS_PAGE = f"""<!doctype html><html><body>
+MODELS_PAGE = """<!doctype html><html><body>
 <div class="model-progress" data-model-poll="/api/v1/base-models/7/">
   <span data-model-status>queued</span><progress max="100"></progress><span data-model-text></span>
 </div>
@@ -21,9 +22,13 @@ MODELS_PAGE = f"""<!doctype html><html><body>
 
 
 def test_the_models_page_follows_a_download_and_reloads_when_it_ends(page):
-    answers = [{"status": "queued"}, None,  # None: the API fails once; the loop retries
-               {"status": "downloading", "bytes_done": 1048576, "bytes_total": 4194304},
-               {"status": "converting"}, {"status": "ready"}]
+    answers = [
+        {"status": "queued"},
+        None,  # None: the API fails once; the loop retries
+        {"status": "downloading", "bytes_done": 1048576, "bytes_total": 4194304},
+        {"status": "converting"},
+        {"status": "ready"},
+    ]
     loads = []
 
     def serve(route):

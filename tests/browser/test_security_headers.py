@@ -1,6 +1,7 @@
 """The strict Content-Security-Policy breaks no page in Chromium: Swagger UI at /api/docs/ renders, a
 dataset's check, a job's live chart and the Workers tables run, and no page logs a policy violation; repeated failed
 sign-ins show the lockout message."""
+
 import json
 
 import pytest
@@ -34,8 +35,10 @@ def test_pages_and_swagger_ui_run_under_the_policy(stack, strict_page):
     data = "".join(json.dumps({"messages": m}) + "\n" for m in memorisable_conversations())
     dataset = api.post(stack.url + "/api/v1/datasets/", files={"file": ("colours.jsonl", data.encode())}).json()["id"]
     base = next(m["id"] for m in api.get(stack.url + "/api/v1/base-models/").json() if m["name"] == "tiny-llama")
-    job = api.post(stack.url + "/api/v1/jobs/", json={"dataset": dataset, "base_model": base,
-                                                       "config": {"rank": 8, "max_steps": 6, "max_seq_length": 128}}).json()["id"]
+    job = api.post(
+        stack.url + "/api/v1/jobs/",
+        json={"dataset": dataset, "base_model": base, "config": {"rank": 8, "max_steps": 6, "max_seq_length": 128}},
+    ).json()["id"]
     sign_in(page, stack, "alice")
     page.goto(f"{stack.url}/datasets/{dataset}/")
     page.locator("#length-histogram").wait_for()

@@ -1,5 +1,6 @@
 """jobs.common.blobs against a real S3 endpoint (moto's server over HTTP): what one machine publishes, a machine
 with an empty MEDIA_ROOT fetches; state reads come from the store; without STORAGE_URL nothing changes."""
+
 import json
 import shutil
 from pathlib import Path
@@ -39,8 +40,11 @@ def test_published_files_and_folders_reach_a_machine_with_an_empty_disk(settings
     write(root, "jobs/j1/data/.partial.tmp", b"half")  # work in progress is never published
     publish("datasets/a.jsonl")
     publish("jobs/j1/data")
-    assert stored_keys(s3_endpoint, object_store) == ["studio/datasets/a.jsonl", "studio/jobs/j1/data/eval.jsonl",
-                                               "studio/jobs/j1/data/train.jsonl"]
+    assert stored_keys(s3_endpoint, object_store) == [
+        "studio/datasets/a.jsonl",
+        "studio/jobs/j1/data/eval.jsonl",
+        "studio/jobs/j1/data/train.jsonl",
+    ]
 
     fresh = other_host(settings, tmp_path)
     assert not fresh.exists()
@@ -63,15 +67,17 @@ def test_mirror_follows_pruned_checkpoints(settings, object_store, s3_endpoint):
         write(root, f"jobs/j/checkpoints/step-0000{step}/adapter_model.safetensors", b"w" * step)
     write(root, "jobs/j/checkpoints/.step-000030.tmp-abcd/adapter_model.safetensors", b"half")
     blobs.mirror("jobs/j/checkpoints")
-    assert stored_keys(s3_endpoint, object_store) == [f"studio/jobs/j/checkpoints/step-0000{s}/adapter_model.safetensors"
-                                               for s in (10, 20)]
+    assert stored_keys(s3_endpoint, object_store) == [
+        f"studio/jobs/j/checkpoints/step-0000{s}/adapter_model.safetensors" for s in (10, 20)
+    ]
     write(root, "jobs/j/checkpoints/step-000030/adapter_model.safetensors", b"w" * 30)
     blobs.delete("jobs/j/checkpoints/step-000010")  # pruned here, and (already) in the store
     write(root, "jobs/j/checkpoints/step-000010/adapter_model.safetensors", b"w")  # a stray local copy again
     shutil.rmtree(root / "jobs/j/checkpoints/step-000020")  # pruned by the engine: the mirror removes it
     blobs.mirror("jobs/j/checkpoints")
-    assert stored_keys(s3_endpoint, object_store) == [f"studio/jobs/j/checkpoints/step-0000{s}/adapter_model.safetensors"
-                                               for s in (10, 30)]
+    assert stored_keys(s3_endpoint, object_store) == [
+        f"studio/jobs/j/checkpoints/step-0000{s}/adapter_model.safetensors" for s in (10, 30)
+    ]
     blobs.delete("jobs/j/checkpoints")
     assert stored_keys(s3_endpoint, object_store) == [] and not (root / "jobs/j/checkpoints").exists()
 
@@ -93,8 +99,18 @@ def test_small_state_files_are_read_from_the_store(settings, object_store, tmp_p
 
 
 def test_names_that_leave_the_media_folder_are_refused(object_store):
-    for call in (publish, blobs.fetch, blobs.delete, blobs.exists, blobs.is_file, blobs.size, blobs.age,
-                 blobs.read_text, blobs.touch, blobs.mirror):
+    for call in (
+        publish,
+        blobs.fetch,
+        blobs.delete,
+        blobs.exists,
+        blobs.is_file,
+        blobs.size,
+        blobs.age,
+        blobs.read_text,
+        blobs.touch,
+        blobs.mirror,
+    ):
         with pytest.raises(SuspiciousFileOperation):
             call("../outside")
     with pytest.raises(SuspiciousFileOperation):
@@ -128,8 +144,9 @@ def test_downloads_stream_from_the_store_or_redirect_to_a_signed_url(settings, o
 
 
 @pytest.mark.django_db
-def test_a_base_model_registered_from_the_store_is_cached_once_per_machine(settings, object_store, s3_endpoint,
-                                                                           tiny_llama, tmp_path):
+def test_a_base_model_registered_from_the_store_is_cached_once_per_machine(
+    settings, object_store, s3_endpoint, tiny_llama, tmp_path
+):
     from jobs.base_models.services import base_model_register
 
     url = f"s3://{object_store}/models/tiny-llama"
@@ -138,8 +155,9 @@ def test_a_base_model_registered_from_the_store_is_cached_once_per_machine(setti
     assert model.path == url and model.architecture and model.parameters > 0
     local = Path(model.local_path)
     assert local.is_relative_to(settings.MODEL_CACHE_DIR) and (local / "config.json").is_file()
-    assert sorted(p.name for p in local.iterdir() if p.name != blobs.COMPLETE) == \
-        sorted(p.name for p in tiny_llama.iterdir())
+    assert sorted(p.name for p in local.iterdir() if p.name != blobs.COMPLETE) == sorted(
+        p.name for p in tiny_llama.iterdir()
+    )
     # Once complete, the cached copy is used as it is: no listing, no download (the store could be away).
     blobs._models_ready.clear()
     before = (local / "model.safetensors").stat().st_mtime_ns
@@ -191,14 +209,14 @@ def test_a_storage_url_that_is_not_s3_bucket_prefix_is_refused(url):
 
 
 @pytest.mark.django_db
-def test_a_dataset_uploaded_on_one_machine_is_read_and_deleted_on_another(settings, object_store, s3_endpoint,
-                                                                          user, tmp_path,
-                                                                          django_capture_on_commit_callbacks):
+def test_a_dataset_uploaded_on_one_machine_is_read_and_deleted_on_another(
+    settings, object_store, s3_endpoint, user, tmp_path, django_capture_on_commit_callbacks
+):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from tests.factories import chat_jsonl
     from jobs.datasets.selectors import dataset_examples
     from jobs.datasets.services import dataset_create, dataset_delete
+    from tests.factories import chat_jsonl
 
     ds = dataset_create(owner=user, upload=SimpleUploadedFile("c.jsonl", chat_jsonl()), name="c")
     assert stored_keys(s3_endpoint, object_store) == sorted([f"studio/{ds.file}", f"studio/{ds.normalized_file}"])
@@ -209,8 +227,9 @@ def test_a_dataset_uploaded_on_one_machine_is_read_and_deleted_on_another(settin
     assert stored_keys(s3_endpoint, object_store) == []
 
 
-def test_a_large_upload_is_checked_and_counted_on_another_machine(settings, object_store, s3_endpoint, user,
-                                                                  base_model, tmp_path):
+def test_a_large_upload_is_checked_and_counted_on_another_machine(
+    settings, object_store, s3_endpoint, user, base_model, tmp_path
+):
     """The web host only stores a large upload; the background host, with an empty disk, checks it and
     counts its tokens through the store; the web host then reads the counts without tokenizing."""
     from unittest import mock
@@ -218,9 +237,9 @@ def test_a_large_upload_is_checked_and_counted_on_another_machine(settings, obje
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from jobs.common import queue
-    from tests.factories import chat_jsonl
     from jobs.datasets import selectors, token_profiles, uploads
     from jobs.datasets.models import TokenProfile
+    from tests.factories import chat_jsonl
 
     settings.DATASET_CHECK_INLINE_BYTES = 10
     web_root = settings.MEDIA_ROOT
@@ -241,8 +260,9 @@ def test_a_large_upload_is_checked_and_counted_on_another_machine(settings, obje
     assert report is not None and len(report.lengths) == check.dataset.rows
 
 
-def test_the_web_side_fetches_only_a_stored_models_tokenizer_not_its_weights(settings, object_store, s3_endpoint,
-                                                                            tiny_llama):
+def test_the_web_side_fetches_only_a_stored_models_tokenizer_not_its_weights(
+    settings, object_store, s3_endpoint, tiny_llama
+):
     from worker.modeling import TOKENIZER_FILES, tokenizer_fingerprint
 
     url = f"s3://{object_store}/models/tok-only"
@@ -259,12 +279,14 @@ def test_the_web_side_fetches_only_a_stored_models_tokenizer_not_its_weights(set
 
 # --- blobs.writing: the one way to write --------------------------------------------------------------
 
+
 class Boom(Exception):
     pass
 
 
-def test_a_file_written_through_writing_reaches_a_machine_with_an_empty_disk(settings, object_store, s3_endpoint,
-                                                                              tmp_path):
+def test_a_file_written_through_writing_reaches_a_machine_with_an_empty_disk(
+    settings, object_store, s3_endpoint, tmp_path
+):
     with blobs.writing("jobs/w/adapter.zip") as path:
         assert not (Path(settings.MEDIA_ROOT) / "jobs/w/adapter.zip").exists()  # nobody sees half of it
         path.write_bytes(b"zip")
@@ -294,15 +316,18 @@ def test_an_exception_inside_writing_publishes_nothing_and_leaves_nothing(settin
     assert list((root / "jobs/w").iterdir()) == []  # no partial output, not even a hidden one
 
 
-def test_writing_in_place_publishes_the_engines_output_and_removes_only_what_it_made(settings, object_store,
-                                                                                     s3_endpoint):
+def test_writing_in_place_publishes_the_engines_output_and_removes_only_what_it_made(
+    settings, object_store, s3_endpoint
+):
     root = Path(settings.MEDIA_ROOT)
     write(root, "jobs/e/adapter/adapter_model.safetensors", b"w")  # written in place by the engine
     with blobs.writing("jobs/e/adapter", in_place=True) as folder:
         assert folder == (root / "jobs/e/adapter").resolve()
         (folder / "README.md").write_text("card")
-    assert stored_keys(s3_endpoint, object_store) == ["studio/jobs/e/adapter/README.md",
-                                                      "studio/jobs/e/adapter/adapter_model.safetensors"]
+    assert stored_keys(s3_endpoint, object_store) == [
+        "studio/jobs/e/adapter/README.md",
+        "studio/jobs/e/adapter/adapter_model.safetensors",
+    ]
     with pytest.raises(Boom):
         with blobs.writing("jobs/e/adapter", in_place=True):
             raise Boom

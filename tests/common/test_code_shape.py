@@ -1,5 +1,6 @@
 """The product's code stays readable: no module over 600 lines and no function over 80, outside
 migrations and tests (the limits the architecture issue set; `../shared/tools/shape.py` reports the same)."""
+
 from __future__ import annotations
 
 import ast
@@ -29,8 +30,9 @@ def long_functions(path: Path, limit: int) -> list[str]:
 def test_no_module_is_over_600_lines():
     files = product_files()
     assert len(files) > 100  # the whole product was read
-    too_long = [f"{p.relative_to(ROOT)} ({n} lines)" for p in files
-                if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES]
+    too_long = [
+        f"{p.relative_to(ROOT)} ({n} lines)" for p in files if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES
+    ]
     assert too_long == []
 
 

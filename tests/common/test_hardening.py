@@ -1,5 +1,6 @@
 """Small hardening: stored paths stay under the media root, deeply nested JSON is a 400, an engine bug's
 text never reaches the user, and every job creation checks that the job fits in memory."""
+
 from unittest import mock
 
 import pytest
@@ -32,7 +33,8 @@ def test_an_engine_bug_is_reported_without_its_text(user, base_model, dataset):
 
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(max_steps=2)))
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(max_steps=2))
+        )
     with mock.patch("jobs.training.tasks.run_training", side_effect=TypeError("/srv/secret/path/model.py line 3")):
         assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()
@@ -44,8 +46,9 @@ def test_rest_and_openai_job_creation_refuse_a_job_that_cannot_fit(settings, api
     body = {"dataset": str(dataset.id), "base_model": str(base_model.id), "validation": "none"}
     with mock.patch("jobs.training.tasks.job_run.delay") as delay:
         rest = api.post("/api/v1/jobs/", body, format="json")
-        openai = api.post("/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}"},
-                          format="json")
+        openai = api.post(
+            "/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}"}, format="json"
+        )
     assert rest.status_code == 400 and rest.json()["error"]["field"] == "config"
     assert "would not fit in memory" in rest.json()["error"]["message"]
     assert openai.status_code == 400 and openai.json()["error"]["param"] == "hyperparameters"

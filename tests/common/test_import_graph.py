@@ -1,6 +1,7 @@
 """The imports of the product's code run one way: no cycles between modules (imports inside functions
 count), apps import only the rooms below them (README "Layout"), the engine never imports Django, and no
 private name is imported from another module."""
+
 from __future__ import annotations
 
 import ast
@@ -8,8 +9,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Lowest first: a package may import itself and those before it in this list, never one after it.
-LAYERS = ["worker", "jobs.common", "jobs.accounts", "jobs.base_models", "jobs.datasets", "jobs.training",
-          "jobs.arena", "jobs.webhooks", "jobs.openai_compat", "webapp"]
+LAYERS = [
+    "worker",
+    "jobs.common",
+    "jobs.accounts",
+    "jobs.base_models",
+    "jobs.datasets",
+    "jobs.training",
+    "jobs.arena",
+    "jobs.webhooks",
+    "jobs.openai_compat",
+    "webapp",
+]
 PACKAGES = ["worker", "jobs", "webapp"]
 
 
@@ -32,7 +43,9 @@ def import_graph(root: Path, packages: list[str]) -> tuple[dict[str, set[str]], 
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                    )
                 targets = [base]
                 for alias in node.names:
                     if f"{base}.{alias.name}" in files:
@@ -101,26 +114,45 @@ def test_the_top_level_is_the_design_cards():
     packages = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists())
     assert packages == ["jobs", "tests", "webapp", "worker"]
     apps = sorted(p.parent.name for p in (ROOT / "jobs").glob("*/apps.py"))
-    assert apps == ["accounts", "arena", "base_models", "datasets", "legacy_schema", "openai_compat", "training",
-                    "webhooks"]
+    assert apps == [
+        "accounts",
+        "arena",
+        "base_models",
+        "datasets",
+        "legacy_schema",
+        "openai_compat",
+        "training",
+        "webhooks",
+    ]
 
 
 def test_apps_import_only_the_rooms_below_them():
     graph, _ = import_graph(ROOT, PACKAGES)
     layer = {pkg: i for i, pkg in enumerate(LAYERS)}
-    upward = [(module, target) for module, targets in graph.items() for target in targets
-              if room(module) in layer and room(target) in layer and layer[room(target)] > layer[room(module)]]
+    upward = [
+        (module, target)
+        for module, targets in graph.items()
+        for target in targets
+        if room(module) in layer and room(target) in layer and layer[room(target)] > layer[room(module)]
+    ]
     assert upward == []
-    assert not [(m, t) for m, t in ((m, t) for m, ts in graph.items() for t in ts)
-                if t.startswith("jobs.openai_compat") and not m.startswith(("jobs.openai_compat", "webapp"))], \
-        "nothing imports openai_compat"
+    assert not [
+        (m, t)
+        for m, t in ((m, t) for m, ts in graph.items() for t in ts)
+        if t.startswith("jobs.openai_compat") and not m.startswith(("jobs.openai_compat", "webapp"))
+    ], "nothing imports openai_compat"
 
 
 def test_the_engine_never_imports_django():
     for path in (ROOT / "worker").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not [n for n in names if n.split(".")[0] in ("django", "rest_framework", "celery")], path
 
 

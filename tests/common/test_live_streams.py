@@ -1,5 +1,6 @@
 """Live streams share one Redis connection pool, are capped per user, and end after their lifetime
 (the browser reconnects with Last-Event-ID and misses nothing). Against the machine's real Redis."""
+
 import asyncio
 import json
 import time
@@ -18,6 +19,7 @@ def collect(gen, limit=50):
                 break
         await gen.aclose()
         return out
+
     return asyncio.run(run())
 
 

@@ -1,5 +1,6 @@
 """jobs.common.outbound: which addresses are public, how odd IPv4 spellings read, the allow-list, and a
 connection that goes to the vetted address only. Nothing here opens a socket to an inside address."""
+
 import ipaddress
 import socket
 from unittest import mock
@@ -8,58 +9,129 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from jobs.common import outbound
-from jobs.common.outbound import (REFUSED_LINK_LOCAL, REFUSED_LOOPBACK, REFUSED_MULTICAST, REFUSED_PORT, REFUSED_PRIVATE,
-                             REFUSED_RESERVED, REFUSED_UNSPECIFIED, OutboundPolicy, OutboundRefused, address_refusal,
-                             failure_category, ip_literal, ipv4_literal, outbound_connection, registration_refusal)
+from jobs.common.outbound import (
+    REFUSED_LINK_LOCAL,
+    REFUSED_LOOPBACK,
+    REFUSED_MULTICAST,
+    REFUSED_PORT,
+    REFUSED_PRIVATE,
+    REFUSED_RESERVED,
+    REFUSED_UNSPECIFIED,
+    OutboundPolicy,
+    OutboundRefused,
+    address_refusal,
+    failure_category,
+    ip_literal,
+    ipv4_literal,
+    outbound_connection,
+    registration_refusal,
+)
 from webapp.env import env_hosts, env_port_ranges
 
 DEFAULT = OutboundPolicy()
 
 
-@pytest.mark.parametrize("address, category", [
-    ("127.0.0.1", REFUSED_LOOPBACK), ("127.255.1.2", REFUSED_LOOPBACK), ("::1", REFUSED_LOOPBACK),
-    ("10.0.0.5", REFUSED_PRIVATE), ("172.16.0.1", REFUSED_PRIVATE), ("172.31.255.254", REFUSED_PRIVATE),
-    ("192.168.1.1", REFUSED_PRIVATE), ("100.64.0.1", REFUSED_PRIVATE), ("fd12:3456::1", REFUSED_PRIVATE),
-    ("fc00::1", REFUSED_PRIVATE), ("64:ff9b:1::a00:1", REFUSED_PRIVATE),
-    ("169.254.169.254", REFUSED_LINK_LOCAL), ("fe80::1", REFUSED_LINK_LOCAL), ("fe80::1%eth0", REFUSED_LINK_LOCAL),
-    ("224.0.0.1", REFUSED_MULTICAST), ("239.255.255.250", REFUSED_MULTICAST), ("ff02::1", REFUSED_MULTICAST),
-    ("0.0.0.0", REFUSED_UNSPECIFIED), ("0.1.2.3", REFUSED_UNSPECIFIED), ("::", REFUSED_UNSPECIFIED),
-    ("255.255.255.255", REFUSED_RESERVED), ("240.0.0.1", REFUSED_RESERVED), ("192.0.2.1", REFUSED_RESERVED),
-    ("198.51.100.7", REFUSED_RESERVED), ("203.0.113.9", REFUSED_RESERVED), ("198.18.0.1", REFUSED_RESERVED),
-    ("192.0.0.8", REFUSED_RESERVED), ("192.88.99.1", REFUSED_RESERVED), ("2001:db8::1", REFUSED_RESERVED),
-    ("3fff::1", REFUSED_RESERVED), ("100::1", REFUSED_RESERVED), ("2001::1", REFUSED_RESERVED),
-    # IPv6 spellings of IPv4 addresses are judged by the IPv4 address inside.
-    ("::ffff:127.0.0.1", REFUSED_LOOPBACK), ("::ffff:a9fe:a9fe", REFUSED_LINK_LOCAL),
-    ("::ffff:10.0.0.1", REFUSED_PRIVATE), ("::127.0.0.1", REFUSED_LOOPBACK), ("::10.0.0.1", REFUSED_PRIVATE),
-    ("2002:7f00:1::", REFUSED_LOOPBACK), ("2002:a9fe:a9fe::1", REFUSED_LINK_LOCAL),
-    ("64:ff9b::127.0.0.1", REFUSED_LOOPBACK), ("64:ff9b::a9fe:a9fe", REFUSED_LINK_LOCAL),
-    # deprecated forms of public addresses: refused too, nobody needs them for a webhook
-    ("::8.8.8.8", REFUSED_RESERVED), ("2002:808:808::1", REFUSED_RESERVED), ("5f00::1", REFUSED_RESERVED),
-])
+@pytest.mark.parametrize(
+    "address, category",
+    [
+        ("127.0.0.1", REFUSED_LOOPBACK),
+        ("127.255.1.2", REFUSED_LOOPBACK),
+        ("::1", REFUSED_LOOPBACK),
+        ("10.0.0.5", REFUSED_PRIVATE),
+        ("172.16.0.1", REFUSED_PRIVATE),
+        ("172.31.255.254", REFUSED_PRIVATE),
+        ("192.168.1.1", REFUSED_PRIVATE),
+        ("100.64.0.1", REFUSED_PRIVATE),
+        ("fd12:3456::1", REFUSED_PRIVATE),
+        ("fc00::1", REFUSED_PRIVATE),
+        ("64:ff9b:1::a00:1", REFUSED_PRIVATE),
+        ("169.254.169.254", REFUSED_LINK_LOCAL),
+        ("fe80::1", REFUSED_LINK_LOCAL),
+        ("fe80::1%eth0", REFUSED_LINK_LOCAL),
+        ("224.0.0.1", REFUSED_MULTICAST),
+        ("239.255.255.250", REFUSED_MULTICAST),
+        ("ff02::1", REFUSED_MULTICAST),
+        ("0.0.0.0", REFUSED_UNSPECIFIED),
+        ("0.1.2.3", REFUSED_UNSPECIFIED),
+        ("::", REFUSED_UNSPECIFIED),
+        ("255.255.255.255", REFUSED_RESERVED),
+        ("240.0.0.1", REFUSED_RESERVED),
+        ("192.0.2.1", REFUSED_RESERVED),
+        ("198.51.100.7", REFUSED_RESERVED),
+        ("203.0.113.9", REFUSED_RESERVED),
+        ("198.18.0.1", REFUSED_RESERVED),
+        ("192.0.0.8", REFUSED_RESERVED),
+        ("192.88.99.1", REFUSED_RESERVED),
+        ("2001:db8::1", REFUSED_RESERVED),
+        ("3fff::1", REFUSED_RESERVED),
+        ("100::1", REFUSED_RESERVED),
+        ("2001::1", REFUSED_RESERVED),
+        # IPv6 spellings of IPv4 addresses are judged by the IPv4 address inside.
+        ("::ffff:127.0.0.1", REFUSED_LOOPBACK),
+        ("::ffff:a9fe:a9fe", REFUSED_LINK_LOCAL),
+        ("::ffff:10.0.0.1", REFUSED_PRIVATE),
+        ("::127.0.0.1", REFUSED_LOOPBACK),
+        ("::10.0.0.1", REFUSED_PRIVATE),
+        ("2002:7f00:1::", REFUSED_LOOPBACK),
+        ("2002:a9fe:a9fe::1", REFUSED_LINK_LOCAL),
+        ("64:ff9b::127.0.0.1", REFUSED_LOOPBACK),
+        ("64:ff9b::a9fe:a9fe", REFUSED_LINK_LOCAL),
+        # deprecated forms of public addresses: refused too, nobody needs them for a webhook
+        ("::8.8.8.8", REFUSED_RESERVED),
+        ("2002:808:808::1", REFUSED_RESERVED),
+        ("5f00::1", REFUSED_RESERVED),
+    ],
+)
 def test_non_public_addresses_are_refused_with_their_category(address, category):
     assert address_refusal(ipaddress.ip_address(address)) == category
 
 
-@pytest.mark.parametrize("address", ["93.184.215.14", "8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1",
-                                     "2606:4700:4700::1111", "2a00:1450:4001::200e", "::ffff:8.8.8.8",
-                                     "64:ff9b::808:808"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "93.184.215.14",
+        "8.8.8.8",
+        "1.1.1.1",
+        "172.32.0.1",
+        "100.128.0.1",
+        "2606:4700:4700::1111",
+        "2a00:1450:4001::200e",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",
+    ],
+)
 def test_public_addresses_pass(address):
     assert address_refusal(ipaddress.ip_address(address)) is None
 
 
-@pytest.mark.parametrize("spelling, address", [
-    ("127.0.0.1", "127.0.0.1"), ("2130706433", "127.0.0.1"), ("0x7f.1", "127.0.0.1"), ("017700000001", "127.0.0.1"),
-    ("127.1", "127.0.0.1"), ("0x7f000001", "127.0.0.1"), ("0177.0.0.1", "127.0.0.1"), ("127.0.1", "127.0.0.1"),
-    ("0X7F.0.0.0x1", "127.0.0.1"), ("0", "0.0.0.0"), ("10.1", "10.0.0.1"), ("169.254.43518", "169.254.169.254"),
-    ("0xa9fea9fe", "169.254.169.254"), ("127.0.0.1.", "127.0.0.1"), ("00000000000000177.0.0.1", "127.0.0.1"),
-])
+@pytest.mark.parametrize(
+    "spelling, address",
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("017700000001", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("127.0.1", "127.0.0.1"),
+        ("0X7F.0.0.0x1", "127.0.0.1"),
+        ("0", "0.0.0.0"),
+        ("10.1", "10.0.0.1"),
+        ("169.254.43518", "169.254.169.254"),
+        ("0xa9fea9fe", "169.254.169.254"),
+        ("127.0.0.1.", "127.0.0.1"),
+        ("00000000000000177.0.0.1", "127.0.0.1"),
+    ],
+)
 def test_odd_ipv4_spellings_read_as_inet_aton_reads_them(spelling, address):
     assert ipv4_literal(spelling) == ipaddress.IPv4Address(address)
     assert socket.inet_aton(spelling.rstrip(".")) == ipaddress.IPv4Address(address).packed
 
 
-@pytest.mark.parametrize("name", ["example.com", "1.2.3.4.5", "256.1.1.1", "1.16777216", "08.1.1.1", "0x.1g",
-                                  "127..1", "", "1e3", "-1"])
+@pytest.mark.parametrize(
+    "name", ["example.com", "1.2.3.4.5", "256.1.1.1", "1.16777216", "08.1.1.1", "0x.1g", "127..1", "", "1e3", "-1"]
+)
 def test_names_are_not_ipv4_literals(name):
     assert ipv4_literal(name) is None
 
@@ -77,8 +149,7 @@ def test_the_allow_list_takes_names_addresses_and_networks():
     assert policy.address_allowed(ipaddress.ip_address("::ffff:10.9.8.7"))  # the same address, mapped
     assert policy.address_allowed(ipaddress.ip_address("::1"))
     assert not policy.address_allowed(ipaddress.ip_address("192.168.0.1"))
-    assert [policy.port_allowed(p) for p in (80, 443, 8000, 8500, 8999, 9000)] == [True, False, True, True, True,
-                                                                                    False]
+    assert [policy.port_allowed(p) for p in (80, 443, 8000, 8500, 8999, 9000)] == [True, False, True, True, True, False]
     assert policy.ports_text() == "80, 8000-8999"
     assert registration_refusal("http://hooks.internal:8080/x", policy) is None
     assert registration_refusal("http://10.1.2.3:80/x", policy) is None
@@ -99,8 +170,12 @@ def test_settings_helpers_name_the_variable(monkeypatch):
     monkeypatch.setenv("WEBHOOK_ALLOWED_PORTS", "80, 443,8000-8999")
     assert env_port_ranges("WEBHOOK_ALLOWED_PORTS", "80") == [(80, 80), (443, 443), (8000, 8999)]
     monkeypatch.delenv("WEBHOOK_ALLOWED_PORTS")
-    assert env_port_ranges("WEBHOOK_ALLOWED_PORTS", "80,443,8080,8443") == [(80, 80), (443, 443), (8080, 8080),
-                                                                            (8443, 8443)]
+    assert env_port_ranges("WEBHOOK_ALLOWED_PORTS", "80,443,8080,8443") == [
+        (80, 80),
+        (443, 443),
+        (8080, 8080),
+        (8443, 8443),
+    ]
     for bad in ("http", "0", "70000", "9000-8000", "80-"):
         monkeypatch.setenv("WEBHOOK_ALLOWED_PORTS", bad)
         with pytest.raises(ImproperlyConfigured, match="WEBHOOK_ALLOWED_PORTS"):
@@ -118,13 +193,17 @@ def test_the_connection_goes_to_the_vetted_address_with_the_host_name_kept():
     conn, path = outbound_connection("https://Hooks.Example.com/in?a=1", timeout=5, policy=DEFAULT, resolver=resolver)
     resolver.assert_called_once_with("hooks.example.com", 443)
     assert (conn.host, conn.port, path) == ("hooks.example.com", 443, "/in?a=1")  # Host header, SNI, cert check
-    with mock.patch("socket.create_connection", side_effect=ConnectionRefusedError("nope")) as connect, \
-            mock.patch("socket.getaddrinfo", side_effect=AssertionError("looked up again")):
+    with (
+        mock.patch("socket.create_connection", side_effect=ConnectionRefusedError("nope")) as connect,
+        mock.patch("socket.getaddrinfo", side_effect=AssertionError("looked up again")),
+    ):
         with pytest.raises(ConnectionRefusedError) as err:
             conn.connect()
     # Each vetted address in turn, never the name.
-    assert [c.args[0] for c in connect.call_args_list] == [("93.184.215.14", 443),
-                                                          ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", 443)]
+    assert [c.args[0] for c in connect.call_args_list] == [
+        ("93.184.215.14", 443),
+        ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", 443),
+    ]
     assert failure_category(err.value) == "connection refused"
 
 
@@ -145,13 +224,20 @@ def test_the_system_resolver_is_used_when_none_is_given():
     assert getaddrinfo.call_args.args[:2] == ("hooks.example.com", 443)
 
 
-@pytest.mark.parametrize("exc, category", [
-    (TimeoutError(), "timeout"), (socket.timeout(), "timeout"), (ConnectionRefusedError(), "connection refused"),
-    (ConnectionResetError(), "connection reset"), (outbound.ssl.SSLCertVerificationError(), "TLS error"),
-    (outbound.ssl.SSLError(), "TLS error"), (socket.gaierror(), "could not resolve host"),
-    (outbound.http.client.BadStatusLine("x"), "invalid HTTP answer"), (OSError(101, "unreachable"),
-                                                                        "connection failed"),
-])
+@pytest.mark.parametrize(
+    "exc, category",
+    [
+        (TimeoutError(), "timeout"),
+        (TimeoutError(), "timeout"),
+        (ConnectionRefusedError(), "connection refused"),
+        (ConnectionResetError(), "connection reset"),
+        (outbound.ssl.SSLCertVerificationError(), "TLS error"),
+        (outbound.ssl.SSLError(), "TLS error"),
+        (socket.gaierror(), "could not resolve host"),
+        (outbound.http.client.BadStatusLine("x"), "invalid HTTP answer"),
+        (OSError(101, "unreachable"), "connection failed"),
+    ],
+)
 def test_failures_become_categories(exc, category):
     assert failure_category(exc) == category
 

@@ -1,5 +1,6 @@
 """The request body limit in front of Django (common/request_limit.py, wired in webapp/asgi.py):
 called as ASGI with a fake scope, receive and send, around a stub app and around the real one."""
+
 import asyncio
 import json
 
@@ -23,9 +24,20 @@ def run(app, *, headers=(), chunks=(b"",), path="/api/v1/datasets/"):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"testserver"), *headers], "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
     asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))
     return sent, pulled
 
@@ -56,17 +68,22 @@ def status_and_body(sent):
 
 def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read():
     app = EchoApp()
-    sent, pulled = run(RequestBodyLimit(app, max_bytes=lambda: 100), headers=[(b"content-length", b"101")],
-                       chunks=[b"x" * 101])
+    sent, pulled = run(
+        RequestBodyLimit(app, max_bytes=lambda: 100), headers=[(b"content-length", b"101")], chunks=[b"x" * 101]
+    )
     status, body = status_and_body(sent)
     assert status == 413 and pulled == 0 and app.calls == 0
     assert json.loads(body)["error"]["message"] == (
-        "the request body is larger than the limit of 100 bytes (MAX_REQUEST_BYTES)")
+        "the request body is larger than the limit of 100 bytes (MAX_REQUEST_BYTES)"
+    )
 
 
 def test_a_body_at_the_limit_reaches_the_app():
-    sent, _ = run(RequestBodyLimit(EchoApp(), max_bytes=lambda: 100), headers=[(b"content-length", b"100")],
-                  chunks=[b"x" * 60, b"x" * 40])
+    sent, _ = run(
+        RequestBodyLimit(EchoApp(), max_bytes=lambda: 100),
+        headers=[(b"content-length", b"100")],
+        chunks=[b"x" * 60, b"x" * 40],
+    )
     assert status_and_body(sent) == (200, b"100")
 
 
@@ -81,8 +98,11 @@ def test_a_chunked_body_stops_being_read_past_the_limit():
 
 
 def test_a_body_longer_than_it_declared_is_cut_too():
-    sent, pulled = run(RequestBodyLimit(EchoApp(), max_bytes=lambda: 100), headers=[(b"content-length", b"50")],
-                       chunks=[b"x" * 60, b"x" * 60, b"x" * 60])
+    sent, pulled = run(
+        RequestBodyLimit(EchoApp(), max_bytes=lambda: 100),
+        headers=[(b"content-length", b"50")],
+        chunks=[b"x" * 60, b"x" * 60, b"x" * 60],
+    )
     assert sent[0]["status"] == 413 and pulled == 2
 
 
@@ -91,11 +111,15 @@ def test_the_real_application_refuses_before_authentication(settings):
     from webapp.asgi import application
 
     settings.MAX_REQUEST_BYTES = 1000
-    big, _ = run(application, headers=[(b"content-length", b"5000"), (b"content-type", b"application/json")],
-                 chunks=[b"{" + b" " * 4998 + b"}"])
+    big, _ = run(
+        application,
+        headers=[(b"content-length", b"5000"), (b"content-type", b"application/json")],
+        chunks=[b"{" + b" " * 4998 + b"}"],
+    )
     assert big[0]["status"] == 413
-    small, _ = run(application, headers=[(b"content-length", b"2"), (b"content-type", b"application/json")],
-                   chunks=[b"{}"])
+    small, _ = run(
+        application, headers=[(b"content-length", b"2"), (b"content-type", b"application/json")], chunks=[b"{}"]
+    )
     assert small[0]["status"] in (401, 403)  # Django answered: nobody is signed in
 
 

@@ -1,5 +1,6 @@
 """/api/v1/ errors: bad JSON, unknown fields, wrong types, unknown ids and unknown paths are JSON 4xx that
 name the offending field (never a 500, an HTML page or a traceback)."""
+
 import uuid
 
 import pytest
@@ -51,13 +52,23 @@ BAD_REQUESTS = [
     ("post", "/api/v1/datasets/", lambda i: jsonb({"name": "x"}), 415, None),
     # unknown fields
     ("post", "/api/v1/jobs/", lambda i: jsonb(job_body(i, colour="red")), 400, "colour"),
-    ("post", "/api/v1/jobs/", lambda i: jsonb({"dataset_id": i["dataset"], "base_model": i["base_model"]}), 400,
-     "dataset_id"),
+    (
+        "post",
+        "/api/v1/jobs/",
+        lambda i: jsonb({"dataset_id": i["dataset"], "base_model": i["base_model"]}),
+        400,
+        "dataset_id",
+    ),
     ("post", "/api/v1/jobs/", lambda i: jsonb(job_body(i, config={"rnk": 8})), 400, "rnk"),
     ("post", "/api/v1/estimate/", lambda i: jsonb(job_body(i, name="x")), 400, "name"),
     ("patch", "/api/v1/datasets/{dataset}/", lambda i: jsonb({"name": "x", "owner": 2}), 400, "owner"),
-    ("post", "/api/v1/datasets/map/", lambda i: jsonb({"upload_token": "t", "filename": "f", "mapping": {},
-                                                        "colour": 1}), 400, "colour"),
+    (
+        "post",
+        "/api/v1/datasets/map/",
+        lambda i: jsonb({"upload_token": "t", "filename": "f", "mapping": {}, "colour": 1}),
+        400,
+        "colour",
+    ),
     ("post", "/api/v1/webhooks/", lambda i: jsonb({"url": "https://example.com", "active": False}), 400, "active"),
     # wrong types and values
     ("post", "/api/v1/jobs/", lambda i: jsonb({"dataset": 5, "base_model": i["base_model"]}), 400, "dataset"),
@@ -72,10 +83,14 @@ BAD_REQUESTS = [
     # unknown ids (in the body they are a 400 naming the field; in the path a 404)
     ("post", "/api/v1/jobs/", lambda i: jsonb({"dataset": ZERO, "base_model": i["base_model"]}), 400, "dataset"),
     ("post", "/api/v1/jobs/", lambda i: jsonb({"dataset": i["dataset"], "base_model": ZERO}), 400, "base_model"),
-    ("post", "/api/v1/jobs/", lambda i: jsonb(job_body(i, validation="dataset", validation_dataset=ZERO)), 400,
-     "validation_dataset"),
-    ("post", "/api/v1/estimate/", lambda i: jsonb({"dataset": ZERO, "base_model": i["base_model"]}), 400,
-     "dataset"),
+    (
+        "post",
+        "/api/v1/jobs/",
+        lambda i: jsonb(job_body(i, validation="dataset", validation_dataset=ZERO)),
+        400,
+        "validation_dataset",
+    ),
+    ("post", "/api/v1/estimate/", lambda i: jsonb({"dataset": ZERO, "base_model": i["base_model"]}), 400, "dataset"),
     ("get", f"/api/v1/jobs/{ZERO}/", lambda i: {}, 404, "detail"),
     ("post", f"/api/v1/jobs/{ZERO}/cancel/", lambda i: {}, 404, "detail"),
     ("get", f"/api/v1/datasets/{ZERO}/", lambda i: {}, 404, "detail"),
@@ -96,8 +111,11 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "kwargs", "status", "field"), BAD_REQUESTS,
-                         ids=[f"{m} {p} -> {s} {f}" for m, p, _, s, f in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "field"),
+    BAD_REQUESTS,
+    ids=[f"{m} {p} -> {s} {f}" for m, p, _, s, f in BAD_REQUESTS],
+)
 def test_bad_requests_get_json_4xx_naming_the_field(api, ids, method, path, kwargs, status, field):
     response = getattr(api, method)(path.format(**ids), **kwargs(ids))
     assert_rest_error(response, status, field)

@@ -1,4 +1,5 @@
 """The OpenAPI schema and its Swagger UI: who may read them, and that the schema is complete and valid."""
+
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
@@ -31,9 +32,11 @@ def test_every_rest_route_is_described_with_its_errors(user):
     drf_routes = [p for group in api_v1 for p in group.url_patterns if hasattr(p.callback, "cls")]
     assert len([p for p in paths if p.startswith("/api/v1/")]) == len(drf_routes)
     assert paths["/api/v1/jobs/"]["post"]["responses"]["400"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/BadRequest"}
+        "$ref": "#/components/schemas/BadRequest"
+    }
     assert paths["/api/v1/jobs/{job_id}/cancel/"]["post"]["responses"]["409"]["content"]["application/json"][
-        "schema"] == {"$ref": "#/components/schemas/Error"}
+        "schema"
+    ] == {"$ref": "#/components/schemas/Error"}
     webhook = paths["/api/v1/webhooks/{webhook_id}/test/"]["post"]["responses"]
     assert {"202", "400", "401", "403", "404", "429"} <= set(webhook)
     assert "400" in paths["/api/v1/webhooks/"]["post"]["responses"]

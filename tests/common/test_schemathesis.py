@@ -3,6 +3,7 @@ every /api/v1/ operation and checks that none is answered with a 5xx.
 
 One plain test per operation drives schemathesis's Hypothesis strategies: the schemathesis pytest
 plugin's lazy `from_fixture` loader does not run under pytest 9 (it reads `Function._nodeid`)."""
+
 import zlib
 from unittest import mock
 
@@ -15,17 +16,18 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from jobs.training.services import job_create
-from jobs.training.plan import job_plan
-from jobs.datasets.services import dataset_create
 from jobs.accounts.services import api_key_create
+from jobs.datasets.services import dataset_create
+from jobs.training.plan import job_plan
+from jobs.training.services import job_create
 from jobs.webhooks.services import webhook_create
 from tests.factories import chat_jsonl
 from webapp.wsgi import application
 from worker.config import TrainConfig
 
-EXAMPLES = settings(max_examples=25, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=list(HealthCheck))
+EXAMPLES = settings(
+    max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 
 
 @pytest.fixture
@@ -34,8 +36,13 @@ def owned(user, base_model):
     ds = dataset_create(owner=user, upload=SimpleUploadedFile("colours.jsonl", chat_jsonl()), name="colours")
     job = job_create(plan=job_plan(owner=user, dataset=ds, base_model=base_model, config=TrainConfig()))
     hook = webhook_create(owner=user, url="https://example.com/hook")
-    return {"dataset_id": str(ds.id), "job_id": str(job.id), "dataset": str(ds.id),
-            "base_model": str(base_model.id), "webhook_id": hook.id}
+    return {
+        "dataset_id": str(ds.id),
+        "job_id": str(job.id),
+        "dataset": str(ds.id),
+        "base_model": str(base_model.id),
+        "webhook_id": hook.id,
+    }
 
 
 @pytest.fixture
@@ -46,8 +53,13 @@ def api_key(user):
 def api_v1_operations() -> list[tuple[str, str]]:
     """(method, path) of every /api/v1/ operation, from the same generator that serves /api/schema/."""
     paths = SchemaGenerator().get_schema(request=None, public=True)["paths"]
-    return [(method.upper(), path) for path, ops in paths.items() if path.startswith("/api/v1/")
-            for method in ops if method in ("get", "post", "put", "patch", "delete")]
+    return [
+        (method.upper(), path)
+        for path, ops in paths.items()
+        if path.startswith("/api/v1/")
+        for method in ops
+        if method in ("get", "post", "put", "patch", "delete")
+    ]
 
 
 @pytest.fixture(autouse=True)

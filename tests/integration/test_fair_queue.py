@@ -1,5 +1,6 @@
 """The train queue is fair with a real worker: Alice queues three jobs, then Bob queues one; Bob's job is
 the next to start after Alice's running one, before her other two."""
+
 import json
 
 import pytest
@@ -10,8 +11,18 @@ from tests.integration.test_resume import Api
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-CONFIG = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_preset": "attention", "learning_rate": 0.01,
-          "batch_size": 4, "max_seq_length": 64, "warmup_ratio": 0.0, "seed": 1, "max_steps": 25}
+CONFIG = {
+    "rank": 4,
+    "alpha": 8,
+    "dropout": 0.0,
+    "target_preset": "attention",
+    "learning_rate": 0.01,
+    "batch_size": 4,
+    "max_seq_length": 64,
+    "warmup_ratio": 0.0,
+    "seed": 1,
+    "max_steps": 25,
+}
 
 
 def test_one_worker_serves_users_in_turn(tmp_path, tiny_llama):
@@ -23,12 +34,19 @@ def test_one_worker_serves_users_in_turn(tmp_path, tiny_llama):
         def submit(api, name):
             ds = api.post("/datasets/", files={"file": ("c.jsonl", data)}, data={"name": name})["id"]
             base = next(m["id"] for m in api.get("/base-models/").json() if m["name"] == "tiny-llama")
-            return api.post("/jobs/", json={"name": name, "dataset": ds, "base_model": base, "config": CONFIG,
-                                            "validation": "none"})["id"]
+            return api.post(
+                "/jobs/", json={"name": name, "dataset": ds, "base_model": base, "config": CONFIG, "validation": "none"}
+            )["id"]
 
         first = submit(alice, "a1")
-        wait_until(lambda: alice.get(f"/jobs/{first}/").json()["status"], until=lambda status: status == "running",
-                   timeout=60, interval=0.1, what=f"job {first} to run", on_timeout=stack.logs)
+        wait_until(
+            lambda: alice.get(f"/jobs/{first}/").json()["status"],
+            until=lambda status: status == "running",
+            timeout=60,
+            interval=0.1,
+            what=f"job {first} to run",
+            on_timeout=stack.logs,
+        )
         later = [submit(alice, "a2"), submit(alice, "a3")]
         bobs = submit(bob, "b1")
         for api, job_id in [(alice, first), (alice, later[0]), (alice, later[1]), (bob, bobs)]:

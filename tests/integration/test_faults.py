@@ -4,6 +4,7 @@ the whole stack stopped and started within seconds, and a database connection dr
 Every case restarts at once (never after waiting out the lease): the sweep finds the dead worker's job
 when its lease runs out. In every case the job succeeds with metric steps exactly 1..N, and its loss
 curve and adapter equal an uninterrupted run's."""
+
 import time
 from pathlib import Path
 
@@ -19,9 +20,20 @@ pytestmark = pytest.mark.integration
 # A lease long enough for a heartbeat (every third of it) to get through on a busy 2-core machine.
 LEASE_S, SWEEP_S, HOLD_S = 6, 1, 8
 STEPS = 20  # checkpoints every 5 steps, evaluations at 10 and 20: every fault has a moment to strike
-CONFIG = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "learning_rate": 0.01,
-          "batch_size": 4, "max_seq_length": 128, "warmup_ratio": 0.0, "seed": 3, "max_steps": STEPS,
-          "save_every": 5, "eval_every": 10}
+CONFIG = {
+    "rank": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "target_preset": "all_linear",
+    "learning_rate": 0.01,
+    "batch_size": 4,
+    "max_seq_length": 128,
+    "warmup_ratio": 0.0,
+    "seed": 3,
+    "max_steps": STEPS,
+    "save_every": 5,
+    "eval_every": 10,
+}
 
 
 class FaultStack(Stack):
@@ -37,8 +49,9 @@ class FaultStack(Stack):
     def wait_failpoint(self, name: str, limit_s: float = 120) -> int:
         """Wait until a worker holds at failpoint `name`; its pid."""
         marker = Path(self.env["LORA_STUDIO_FAILPOINT_DIR"]) / name
-        wait_until(marker.exists, timeout=limit_s, interval=0.05, what=f"the worker to reach {name}",
-                   on_timeout=self.logs)
+        wait_until(
+            marker.exists, timeout=limit_s, interval=0.05, what=f"the worker to reach {name}", on_timeout=self.logs
+        )
         pid = int(marker.read_text())
         marker.unlink()
         return pid
@@ -46,8 +59,9 @@ class FaultStack(Stack):
 
 def fault_stack(tmp: Path, model_dir: Path, **kw) -> FaultStack:
     stack = FaultStack(tmp, model_dir=model_dir, **kw)
-    stack.env.update(JOB_LEASE_SECONDS=str(LEASE_S), SWEEP_SECONDS=str(SWEEP_S),
-                     LORA_STUDIO_FAILPOINT_DIR=str(tmp / "failpoints"))
+    stack.env.update(
+        JOB_LEASE_SECONDS=str(LEASE_S), SWEEP_SECONDS=str(SWEEP_S), LORA_STUDIO_FAILPOINT_DIR=str(tmp / "failpoints")
+    )
     return stack.start()
 
 
@@ -68,18 +82,33 @@ class Run:
     def __init__(self, stack: FaultStack):
         self.stack, self.api = stack, Api(stack)
         data = "".join(__import__("json").dumps({"messages": m}) + "\n" for m in memorisable_conversations(16))
-        self.dataset = self.api.post("/datasets/", files={"file": ("colours.jsonl", data.encode())},
-                                     data={"name": "colours"})["id"]
+        self.dataset = self.api.post(
+            "/datasets/", files={"file": ("colours.jsonl", data.encode())}, data={"name": "colours"}
+        )["id"]
         self.base = next(m["id"] for m in self.api.get("/base-models/").json() if m["name"] == "tiny-llama")
 
     def submit(self) -> str:
-        return self.api.post("/jobs/", json={"name": "fault", "dataset": self.dataset, "base_model": self.base,
-                                             "config": CONFIG, "validation": "split", "validation_percent": 25,
-                                             "validation_seed": 1})["id"]
+        return self.api.post(
+            "/jobs/",
+            json={
+                "name": "fault",
+                "dataset": self.dataset,
+                "base_model": self.base,
+                "config": CONFIG,
+                "validation": "split",
+                "validation_percent": 25,
+                "validation_seed": 1,
+            },
+        )["id"]
 
     def wait_step(self, job_id: str, step: int) -> None:
-        wait_until(lambda: self.api.metrics_after(job_id, step - 1), timeout=120, interval=0.05,
-                   what=f"job {job_id} to report step {step}", on_timeout=self.stack.logs)
+        wait_until(
+            lambda: self.api.metrics_after(job_id, step - 1),
+            timeout=120,
+            interval=0.05,
+            what=f"job {job_id} to report step {step}",
+            on_timeout=self.stack.logs,
+        )
 
     def check(self, job_id: str, *, reference: str | None = None) -> dict:
         job = self.api.wait_done(self.stack, job_id)

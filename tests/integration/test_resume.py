@@ -1,5 +1,6 @@
 """A train worker SIGKILLed mid-job: after its lease expires, a new worker picks the job up from the
 newest checkpoint (worker_ready -> requeue_orphaned_jobs) and the run ends as if nothing happened."""
+
 import io
 import json
 import time
@@ -15,8 +16,19 @@ from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 LEASE_S = 3
-CONFIG = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "learning_rate": 0.01,
-          "batch_size": 4, "max_seq_length": 128, "warmup_ratio": 0.0, "seed": 3, "max_steps": 60, "save_every": 10}
+CONFIG = {
+    "rank": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "target_preset": "all_linear",
+    "learning_rate": 0.01,
+    "batch_size": 4,
+    "max_seq_length": 128,
+    "warmup_ratio": 0.0,
+    "seed": 3,
+    "max_steps": 60,
+    "save_every": 10,
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +61,30 @@ class Api:
         return r.json()
 
     def submit(self, dataset_id, base_id) -> str:
-        return self.post("/jobs/", json={"name": "resume", "dataset": dataset_id, "base_model": base_id,
-                                         "config": CONFIG, "validation": "none"})["id"]
+        return self.post(
+            "/jobs/",
+            json={
+                "name": "resume",
+                "dataset": dataset_id,
+                "base_model": base_id,
+                "config": CONFIG,
+                "validation": "none",
+            },
+        )["id"]
 
     def metrics_after(self, job_id, after):
         return self.get(f"/jobs/{job_id}/metrics/", params={"after": after}).json()
 
     def wait_done(self, stack, job_id, limit_s=240) -> dict:
         """Wait until the job ends; it must have succeeded."""
-        job = wait_until(lambda: self.get(f"/jobs/{job_id}/").json(),
-                         until=lambda j: j["status"] in ("succeeded", "failed", "cancelled"),
-                         timeout=limit_s, interval=0.5, what=f"job {job_id} to finish", on_timeout=stack.logs)
+        job = wait_until(
+            lambda: self.get(f"/jobs/{job_id}/").json(),
+            until=lambda j: j["status"] in ("succeeded", "failed", "cancelled"),
+            timeout=limit_s,
+            interval=0.5,
+            what=f"job {job_id} to finish",
+            on_timeout=stack.logs,
+        )
         assert job["status"] == "succeeded", (job, stack.logs())
         return job
 
@@ -74,7 +99,9 @@ def test_sigkilled_train_worker_resumes_from_its_checkpoint(crash_stack):
     stack = crash_stack
     api = Api(stack)
     data = "".join(json.dumps({"messages": m}) + "\n" for m in memorisable_conversations(16))
-    dataset_id = api.post("/datasets/", files={"file": ("colours.jsonl", data.encode())}, data={"name": "colours"})["id"]
+    dataset_id = api.post("/datasets/", files={"file": ("colours.jsonl", data.encode())}, data={"name": "colours"})[
+        "id"
+    ]
     base_id = next(m["id"] for m in api.get("/base-models/").json() if m["name"] == "tiny-llama")
 
     # The reference: the same job, straight through.
@@ -95,13 +122,20 @@ def test_sigkilled_train_worker_resumes_from_its_checkpoint(crash_stack):
             last = max(p["step"] for p in points)
         return last
 
-    wait_until(last_step, until=lambda step: step >= 30, timeout=180, interval=0.05,
-               what=f"job {job_id} to report step 30", on_timeout=stack.logs)
+    wait_until(
+        last_step,
+        until=lambda step: step >= 30,
+        timeout=180,
+        interval=0.05,
+        what=f"job {job_id} to report step 30",
+        on_timeout=stack.logs,
+    )
     code = stack.kill("train")
     assert code == -9
     at_kill = api.get(f"/jobs/{job_id}/").json()
-    assert at_kill["status"] == "running" and 30 <= at_kill["step"] < 60, \
+    assert at_kill["status"] == "running" and 30 <= at_kill["step"] < 60, (
         f"the worker must die mid-run (at step {at_kill['step']}); the run is too fast for this machine"
+    )
 
     # The dead worker's lease runs out; a new worker's worker_ready requeues the job.
     time.sleep(LEASE_S + 1.5)

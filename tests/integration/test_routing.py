@@ -3,6 +3,7 @@ one and a big one. A job too big for the small one runs on the big one (and show
 too big for both waits, saying for what (ROUTING_NO_FIT=wait, the default), and neither idle worker starts it
 however often they are woken; the Workers API lists both with their devices and memory, and a killed worker
 leaves the list within three heartbeats."""
+
 import json
 import time
 
@@ -18,8 +19,16 @@ pytestmark = pytest.mark.integration
 # 488 MB at 32 x 256 and 1103 MB at 128 x 512.
 SMALL = {"WORKER_CAPACITY": json.dumps({"device": "cpu", "count": 1, "memory_mb": 450})}
 BIG = {"WORKER_CAPACITY": json.dumps({"device": "cpu", "count": 1, "memory_mb": 800})}
-BASE = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_preset": "attention", "learning_rate": 0.01,
-        "warmup_ratio": 0.0, "seed": 1, "max_steps": 3}
+BASE = {
+    "rank": 4,
+    "alpha": 8,
+    "dropout": 0.0,
+    "target_preset": "attention",
+    "learning_rate": 0.01,
+    "warmup_ratio": 0.0,
+    "seed": 1,
+    "max_steps": 3,
+}
 TOO_BIG_FOR_SMALL = {**BASE, "batch_size": 32, "max_seq_length": 256}
 TOO_BIG_FOR_BOTH = {**BASE, "batch_size": 128, "max_seq_length": 512}
 
@@ -36,22 +45,33 @@ def test_jobs_run_only_where_they_fit(tmp_path, tiny_llama):
             assert r.status_code == 200, r.text
             return r.json()
 
-        wait_until(workers, until=lambda listing: len(listing["workers"]) >= 2, timeout=60, interval=0.3,
-                   what="both train workers to announce themselves", on_timeout=stack.logs)
+        wait_until(
+            workers,
+            until=lambda listing: len(listing["workers"]) >= 2,
+            timeout=60,
+            interval=0.3,
+            what="both train workers to announce themselves",
+            on_timeout=stack.logs,
+        )
         listed = {w["name"].split("-")[1]: w for w in workers()["workers"]}
         assert (listed["small"]["memory_mb"], listed["big"]["memory_mb"]) == (450, 800)
         assert listed["big"]["device"] == "cpu" and listed["big"]["count"] == 1
 
         # Long examples: the estimate pads each micro-batch to its longest example, so max_seq_length counts.
-        long = [[m[0], {"role": "assistant", "content": m[1]["content"] + " and more" * 400}]
-                for m in memorisable_conversations(8)]
+        long = [
+            [m[0], {"role": "assistant", "content": m[1]["content"] + " and more" * 400}]
+            for m in memorisable_conversations(8)
+        ]
         data = "".join(json.dumps({"messages": m}) + "\n" for m in long).encode()
         dataset = api.post(url + "/datasets/", files={"file": ("c.jsonl", data)}, data={"name": "c"}).json()["id"]
         base = next(m["id"] for m in api.get(url + "/base-models/").json() if m["name"] == "tiny-llama")
 
         def submit(config, to=url):
-            return api.post(to + "/jobs/", json={"dataset": dataset, "base_model": base, "config": config,
-                                                 "validation": "none"}, timeout=60)
+            return api.post(
+                to + "/jobs/",
+                json={"dataset": dataset, "base_model": base, "config": config, "validation": "none"},
+                timeout=60,
+            )
 
         r = submit(TOO_BIG_FOR_SMALL)
         assert r.status_code == 201 and r.json()["waiting_for"] == "", r.text
@@ -64,8 +84,14 @@ def test_jobs_run_only_where_they_fit(tmp_path, tiny_llama):
                 seen_running_on.update(w["name"] for w in workers()["workers"] if (w["job"] or {}).get("id") == job)
             return status
 
-        status = wait_until(status_noting_its_worker, until=lambda status: status in ("succeeded", "failed"),
-                            timeout=90, interval=0.2, what=f"job {job} to end", on_timeout=stack.logs)
+        status = wait_until(
+            status_noting_its_worker,
+            until=lambda status: status in ("succeeded", "failed"),
+            timeout=90,
+            interval=0.2,
+            what=f"job {job} to end",
+            on_timeout=stack.logs,
+        )
         assert status == "succeeded", stack.logs()
         assert stack.job_field(job, "worker").endswith(f":{stack.process('train-big').pid}")
         assert seen_running_on == {listed["big"]["name"]}
@@ -73,7 +99,9 @@ def test_jobs_run_only_where_they_fit(tmp_path, tiny_llama):
         waiting = submit(TOO_BIG_FOR_BOTH)  # ROUTING_NO_FIT=wait, the default (refuse: tests/training/test_routing.py)
         assert waiting.status_code == 201, waiting.text
         need = waiting.json()["waiting_for"]
-        assert need.startswith("waits for a worker with ") and need.endswith("; the live ones have 0.8 GB, 0.5 GB"), need
+        assert need.startswith("waits for a worker with ") and need.endswith("; the live ones have 0.8 GB, 0.5 GB"), (
+            need
+        )
         assert float(need.split(" with ")[1].split()[0]) * 1024 > 800, "more than the biggest worker has"
         assert waiting.json()["waiting_reason"] == need
         time.sleep(3)  # both workers idle, woken by the create and by every sweep (1 s)...
@@ -85,6 +113,11 @@ def test_jobs_run_only_where_they_fit(tmp_path, tiny_llama):
         assert listing["waiting"] == [{"id": waiting.json()["id"], "name": detail["name"], "reason": need}]
 
         stack.kill("train-small")  # killed outright: its announcement expires within three heartbeats (6 s)
-        wait_until(workers, until=lambda listing: len(listing["workers"]) <= 1, timeout=10, interval=0.3,
-                   what="the killed worker to leave the list")
+        wait_until(
+            workers,
+            until=lambda listing: len(listing["workers"]) <= 1,
+            timeout=10,
+            interval=0.3,
+            what="the killed worker to leave the list",
+        )
         assert [w["name"] for w in workers()["workers"]] == [listed["big"]["name"]]

@@ -1,6 +1,7 @@
 """An installation made when every model lived in the one `jobs` app upgrades to the apps by domain
 with nothing lost: the database is taken back to that schema (jobs 0005), filled the way that
 release wrote rows and files, migrated forward, and every row, file and key is used again."""
+
 import hashlib
 import io
 import json
@@ -33,21 +34,44 @@ def fill_like_the_one_app_release(apps, media, tiny_llama) -> dict:
     """Rows as the one-app release wrote them (its historical models), and the files they name."""
     model = lambda name: apps.get_model("jobs", name)  # noqa: E731
     alice = apps.get_model("auth", "User").objects.create(username="alice", password="!")
-    base = model("BaseModel").objects.create(name="tiny-llama", path=str(tiny_llama), architecture="LlamaForCausalLM",
-                                             parameters=1000, linear_modules=["q_proj", "v_proj"],
-                                             has_chat_template=True)
+    base = model("BaseModel").objects.create(
+        name="tiny-llama",
+        path=str(tiny_llama),
+        architecture="LlamaForCausalLM",
+        parameters=1000,
+        linear_modules=["q_proj", "v_proj"],
+        has_chat_template=True,
+    )
     source = media / "datasets" / "abc.jsonl"
     source.parent.mkdir(parents=True)
     source.write_text("".join(json.dumps({"messages": m}) + "\n" for m in memorisable_conversations()))
     loaded = load_dataset_file(source)
     write_normalized_jsonl(loaded.examples, media / "datasets" / "abc.normalized.jsonl")
     dataset = model("Dataset").objects.create(
-        owner=alice, name="colours", original_name="colours.jsonl", file="datasets/abc.jsonl",
-        normalized_file="datasets/abc.normalized.jsonl", format="jsonl", schema="messages", rows=loaded.rows,
-        size_bytes=source.stat().st_size, sha256=loaded.sha256, stats={})
+        owner=alice,
+        name="colours",
+        original_name="colours.jsonl",
+        file="datasets/abc.jsonl",
+        normalized_file="datasets/abc.normalized.jsonl",
+        format="jsonl",
+        schema="messages",
+        rows=loaded.rows,
+        size_bytes=source.stat().st_size,
+        sha256=loaded.sha256,
+        stats={},
+    )
     job = model("FineTuneJob").objects.create(
-        owner=alice, dataset=dataset, dataset_name="colours", base_model=base, name="colours run",
-        config={"rank": 8, "qlora": False}, status="succeeded", step=4, total_steps=4, final_loss=0.25)
+        owner=alice,
+        dataset=dataset,
+        dataset_name="colours",
+        base_model=base,
+        name="colours run",
+        config={"rank": 8, "qlora": False},
+        status="succeeded",
+        step=4,
+        total_steps=4,
+        final_loss=0.25,
+    )
     for step, loss in ((2, 0.9), (4, 0.25)):
         model("MetricPoint").objects.create(job=job, step=step, train_loss=loss, lr=1e-3)
     model("JobEvent").objects.create(job=job, kind="setup", message="loaded the base model")
@@ -55,28 +79,56 @@ def fill_like_the_one_app_release(apps, media, tiny_llama) -> dict:
     adapter_zip.parent.mkdir(parents=True)
     with zipfile.ZipFile(adapter_zip, "w") as zf:
         zf.writestr("adapter_config.json", '{"r": 8}')
-    model("Adapter").objects.create(job=job, folder=f"jobs/{job.id}/adapter", zip_file=f"jobs/{job.id}/adapter.zip",
-                                    size_bytes=adapter_zip.stat().st_size, sha256="0" * 64)
+    model("Adapter").objects.create(
+        job=job,
+        folder=f"jobs/{job.id}/adapter",
+        zip_file=f"jobs/{job.id}/adapter.zip",
+        size_bytes=adapter_zip.stat().st_size,
+        sha256="0" * 64,
+    )
     merged_zip = media / "jobs" / str(job.id) / f"merged-{str(job.id)[:8]}.zip"  # that release's merged export
     merged_zip.write_bytes(b"PK-merged")
     session = model("ChatSession").objects.create(owner=alice, job=job)
     chat_round = model("ChatRound").objects.create(session=session, blind=True)
     for position, answer_job in enumerate((None, job)):
-        model("ChatAnswer").objects.create(session=session, round=chat_round, job=answer_job, position=position,
-                                           side="base" if answer_job is None else "adapter", prompt="colour 1",
-                                           text=f"answer {position}", state="done")
-    model("Vote").objects.create(owner=alice, round=chat_round, base_model=base, first_job=None, second_job=job,
-                                 result="second", blind=True)
-    model("ApiKey").objects.create(owner=alice, name="laptop", prefix=OLD_KEY[:8],
-                                   hashed=hashlib.sha256(OLD_KEY.encode()).hexdigest())
+        model("ChatAnswer").objects.create(
+            session=session,
+            round=chat_round,
+            job=answer_job,
+            position=position,
+            side="base" if answer_job is None else "adapter",
+            prompt="colour 1",
+            text=f"answer {position}",
+            state="done",
+        )
+    model("Vote").objects.create(
+        owner=alice, round=chat_round, base_model=base, first_job=None, second_job=job, result="second", blind=True
+    )
+    model("ApiKey").objects.create(
+        owner=alice, name="laptop", prefix=OLD_KEY[:8], hashed=hashlib.sha256(OLD_KEY.encode()).hexdigest()
+    )
     webhook = model("Webhook").objects.create(owner=alice, url="https://example.com/hook", secret="whsec_old")
-    model("WebhookDelivery").objects.create(webhook=webhook, event="fine_tuning.job.succeeded",
-                                            payload={"id": "msg_1"}, delivered=True, status_code=200, attempts=1)
+    model("WebhookDelivery").objects.create(
+        webhook=webhook,
+        event="fine_tuning.job.succeeded",
+        payload={"id": "msg_1"},
+        delivered=True,
+        status_code=200,
+        attempts=1,
+    )
     content_type = apps.get_model("contenttypes", "ContentType")
     job_type, _ = content_type.objects.get_or_create(app_label="jobs", model="finetunejob")
-    return {"alice": alice.id, "dataset": dataset.id, "job": job.id, "session": session.id, "round": chat_round.id,
-            "webhook": webhook.id, "job_type": job_type.id, "adapter_zip": adapter_zip.read_bytes(),
-            "source": source.read_bytes()}
+    return {
+        "alice": alice.id,
+        "dataset": dataset.id,
+        "job": job.id,
+        "session": session.id,
+        "round": chat_round.id,
+        "webhook": webhook.id,
+        "job_type": job_type.id,
+        "adapter_zip": adapter_zip.read_bytes(),
+        "source": source.read_bytes(),
+    }
 
 
 @pytest.mark.django_db(transaction=True)
@@ -84,8 +136,9 @@ def test_the_one_app_schema_upgrades_with_every_row_file_and_key(settings, tmp_p
     settings.MEDIA_ROOT = tmp_path / "media"
     executor = migrate([ONE_APP_SCHEMA] + [(app, None) for app in DOMAIN_APPS])
     django_own = [node for node in executor.loader.graph.leaf_nodes() if node[0] not in DOMAIN_APPS + ["jobs"]]
-    old = fill_like_the_one_app_release(executor.loader.project_state([ONE_APP_SCHEMA, *django_own]).apps,
-                                        settings.MEDIA_ROOT, tiny_llama)
+    old = fill_like_the_one_app_release(
+        executor.loader.project_state([ONE_APP_SCHEMA, *django_own]).apps, settings.MEDIA_ROOT, tiny_llama
+    )
 
     migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
 

@@ -1,6 +1,7 @@
 """/v1/chat/completions: validation, the answer handed to the infer worker, whole and streamed replies.
 
 The worker side is simulated by a fake `common_events.follow` that plays the infer worker's Redis events."""
+
 import json
 from unittest import mock
 
@@ -8,8 +9,8 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from jobs.arena import tasks as chat_tasks
-from jobs.common import events as common_events
 from jobs.arena.models import ChatAnswer, ChatSession
+from jobs.common import events as common_events
 from jobs.training.models import FineTuneJob
 from tests.openai_compat.test_openai_files_jobs import assert_error, create_job, succeed
 
@@ -54,7 +55,9 @@ def test_non_streaming_answer_from_a_base_model(api, user, base_model, fake_work
     assert choice["message"] == {"role": "assistant", "content": '{"answer": "blue"}', "refusal": None}
     assert choice["finish_reason"] == "stop" and choice["index"] == 0
     usage = body["usage"]
-    assert usage["completion_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert (
+        usage["completion_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    )
     answer = fake_worker["answer"]
     session = answer.session
     assert fake_worker["channel"] == f"chat:{session.id}"
@@ -67,13 +70,20 @@ def test_streaming_answer_from_a_fine_tuned_model(api, base_model, dataset, fake
     create_job(api, dataset, suffix="c")
     job = succeed(FineTuneJob.objects.get())
     model = f"ft:tiny-llama:c:{job.short_id}"
-    response = post(api, {"model": model, "messages": [{"role": "user", "content": [{"type": "text", "text": "colour 2"}]}],
-                          "stream": True, "stream_options": {"include_usage": True}})
+    response = post(
+        api,
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "colour 2"}]}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert response.status_code == 200 and response["Content-Type"].startswith("text/event-stream")
     raw = b"".join(response).decode()
     lines = [line for line in raw.split("\n\n") if line]
     assert lines[-1] == "data: [DONE]"
-    chunks = [json.loads(line[len("data: "):]) for line in lines[:-1]]
+    chunks = [json.loads(line[len("data: ") :]) for line in lines[:-1]]
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == model for c in chunks)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
@@ -84,20 +94,27 @@ def test_streaming_answer_from_a_fine_tuned_model(api, base_model, dataset, fake
     assert answer.side == "adapter" and answer.session.job_id == job.id
 
 
-@pytest.mark.parametrize("body, status, param", [
-    ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
-    ({"model": "ft:tiny-llama:alice:deadbeef", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
-    ({"model": "tiny-llama", "messages": []}, 400, "messages"),
-    ({"model": "tiny-llama", "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),
-    ({"model": "tiny-llama", "messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content"),
-    ({"model": "tiny-llama", "messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages"),
-    ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400, "temperature"),
-    ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
-    ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
-    ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "tools": []}, 400, "tools"),
-    ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream"),
-])
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+        ({"model": "ft:tiny-llama:alice:deadbeef", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
+        ({"model": "tiny-llama", "messages": []}, 400, "messages"),
+        ({"model": "tiny-llama", "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content"),
+        ({"model": "tiny-llama", "messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages"),
+        (
+            {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "temperature": 9},
+            400,
+            "temperature",
+        ),
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "tools": []}, 400, "tools"),
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream"),
+    ],
+)
 def test_completion_errors(api, base_model, body, status, param):
     assert_error(post(api, body), status, param=param)
     assert not ChatSession.objects.exists()
@@ -112,12 +129,15 @@ def test_bad_json_and_method(api, base_model):
 def test_another_users_fine_tuned_model_is_unknown(api, api_bob, base_model, dataset):
     create_job(api, dataset, suffix="c")
     job = succeed(FineTuneJob.objects.get())
-    response = post(api_bob, {"model": f"ft:tiny-llama:c:{job.short_id}", "messages": [{"role": "user", "content": "x"}]})
+    response = post(
+        api_bob, {"model": f"ft:tiny-llama:c:{job.short_id}", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert_error(response, 404, param="model", code="model_not_found")
 
 
-def test_completion_is_handed_to_the_infer_queue_on_commit(api, base_model, django_capture_on_commit_callbacks,
-                                                            fake_worker):
+def test_completion_is_handed_to_the_infer_queue_on_commit(
+    api, base_model, django_capture_on_commit_callbacks, fake_worker
+):
     with mock.patch("jobs.arena.tasks.chat_answer.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         post(api, {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]})
     delay.assert_called_once_with(str(fake_worker["answer"].id))
@@ -127,17 +147,21 @@ def test_the_task_answers_a_base_only_session_with_the_full_history(user, base_m
     from jobs.arena.services import chat_completion_create
     from worker.config import GenerationConfig
 
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                {"role": "user", "content": "c"}]
-    answer = chat_completion_create(owner=user, base=base_model, job=None, messages=messages,
-                                    generation=GenerationConfig(max_new_tokens=4))
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    answer = chat_completion_create(
+        owner=user, base=base_model, job=None, messages=messages, generation=GenerationConfig(max_new_tokens=4)
+    )
     pool = mock.Mock()
     pool.generate_many.side_effect = lambda path, requests, gen, on_text, should_stop: on_text(0, "ok") or ["ok"]
     monkeypatch.setattr(chat_tasks, "model_pool", lambda: pool)
     published = []
     monkeypatch.setattr(common_events, "publish", lambda channel, kind, data: published.append((channel, kind, data)))
     assert chat_tasks.chat_answer(str(answer.id)) == "done"
-    path, requests, gen, = pool.generate_many.call_args.args
+    (path, requests, gen) = pool.generate_many.call_args.args
     assert path == base_model.path and requests == [(messages, None)] and gen.max_new_tokens == 4
     assert [k for _, k, _ in published] == ["start", "token", "done"]
     assert all(c == f"chat:{answer.session_id}" for c, _, _ in published)

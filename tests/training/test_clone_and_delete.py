@@ -1,4 +1,5 @@
 """New job from an old one, deleting jobs, and the readable default name."""
+
 import re
 
 import pytest
@@ -15,10 +16,18 @@ pytestmark = pytest.mark.django_db
 
 
 def make_job(user, base_model, dataset, name="", **config):
-    return services.job_create(plan=job_plan(owner=user, dataset=dataset, base_model=base_model,
-                                             config=TrainConfig.from_dict({"max_seq_length": 128, **config}),
-                                             validation="split", validation_percent=25, validation_seed=3),
-                               name=name)
+    return services.job_create(
+        plan=job_plan(
+            owner=user,
+            dataset=dataset,
+            base_model=base_model,
+            config=TrainConfig.from_dict({"max_seq_length": 128, **config}),
+            validation="split",
+            validation_percent=25,
+            validation_seed=3,
+        ),
+        name=name,
+    )
 
 
 def test_a_job_without_a_name_gets_its_dataset_preset_and_date(user, base_model, dataset):
@@ -36,10 +45,25 @@ def test_preset_of_names_the_preset_a_config_still_is():
 
 
 def test_clone_fills_every_setting_from_the_job(user, base_model, dataset):
-    config = {"rank": 4, "alpha": 8, "dropout": 0.1, "target_preset": "custom", "target_modules": ["q_proj", "v_proj"],
-              "learning_rate": 0.002, "batch_size": 2, "grad_accum": 2, "warmup_ratio": 0.1, "lr_scheduler": "cosine",
-              "seed": 7, "bias": "lora_only", "use_rslora": True, "max_grad_norm": 0.5, "eval_every": 3,
-              "save_every": 5, "keep_best": False}
+    config = {
+        "rank": 4,
+        "alpha": 8,
+        "dropout": 0.1,
+        "target_preset": "custom",
+        "target_modules": ["q_proj", "v_proj"],
+        "learning_rate": 0.002,
+        "batch_size": 2,
+        "grad_accum": 2,
+        "warmup_ratio": 0.1,
+        "lr_scheduler": "cosine",
+        "seed": 7,
+        "bias": "lora_only",
+        "use_rslora": True,
+        "max_grad_norm": 0.5,
+        "eval_every": 3,
+        "save_every": 5,
+        "keep_best": False,
+    }
     job = make_job(user, base_model, dataset, name="first", **config)
     initial = clone_initial(job)
     saved = TrainConfig.from_dict(job.config)
@@ -62,8 +86,9 @@ def test_the_new_job_page_from_a_foreign_job_is_an_empty_form(client_in, other_u
     assert page.status_code == 200 and "(copy)" not in page.content.decode()
 
 
-def test_delete_removes_an_ended_job_its_files_and_chats(api, api_bob, user, base_model, dataset,
-                                                         django_capture_on_commit_callbacks):
+def test_delete_removes_an_ended_job_its_files_and_chats(
+    api, api_bob, user, base_model, dataset, django_capture_on_commit_callbacks
+):
     job = make_job(user, base_model, dataset, name="old")
     out = job_output_dir(job)
     assert out.is_dir()
@@ -81,8 +106,13 @@ def test_delete_removes_an_ended_job_its_files_and_chats(api, api_bob, user, bas
 def test_a_job_another_live_job_starts_from_is_kept(api, user, base_model, dataset):
     first = make_job(user, base_model, dataset, name="sft")
     FineTuneJob.objects.filter(id=first.id).update(status=JobStatus.SUCCEEDED)
-    FineTuneJob.objects.create(owner=user, dataset=dataset, base_model=base_model, name="dpo on top",
-                               config={**TrainConfig().to_dict(), "start_from": str(first.id)})
+    FineTuneJob.objects.create(
+        owner=user,
+        dataset=dataset,
+        base_model=base_model,
+        name="dpo on top",
+        config={**TrainConfig().to_dict(), "start_from": str(first.id)},
+    )
     response = api.delete(f"/api/v1/jobs/{first.id}/")
     assert response.status_code == 409 and "dpo on top" in response.text
     assert FineTuneJob.objects.filter(id=first.id).exists()

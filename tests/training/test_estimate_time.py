@@ -1,5 +1,6 @@
 """The estimated time after a first job counts what the job spent outside its steps (loading, tokenizing, the
 end-of-job evaluation), not the steps alone."""
+
 from datetime import timedelta
 
 import pytest
@@ -14,8 +15,15 @@ pytestmark = pytest.mark.django_db
 
 
 def finished_job(user, base_model, dataset, *, run_seconds, step_times):
-    job = FineTuneJob.objects.create(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig().to_dict(),
-                                     status=JobStatus.SUCCEEDED, run_seconds=run_seconds, finished=timezone.now())
+    job = FineTuneJob.objects.create(
+        owner=user,
+        dataset=dataset,
+        base_model=base_model,
+        config=TrainConfig().to_dict(),
+        status=JobStatus.SUCCEEDED,
+        run_seconds=run_seconds,
+        finished=timezone.now(),
+    )
     start = timezone.now() - timedelta(hours=1)
     for step, at in enumerate(step_times, start=1):
         point = MetricPoint.objects.create(job=job, step=step, train_loss=1.0, tokens_per_s=100.0)
@@ -33,6 +41,7 @@ def test_a_jobs_time_outside_its_steps_is_measured_and_added(user, other_user, b
     est = job_plan(owner=user, dataset=dataset, base_model=base_model, config=config, fleet=[], refuse=False).estimate
     assert est.seconds_source == "measured"
     monkeypatch.setattr(selectors, "measured_overhead_seconds", lambda **kwargs: None)
-    steps_only = job_plan(owner=user, dataset=dataset, base_model=base_model, config=config, fleet=[],
-                          refuse=False).estimate
+    steps_only = job_plan(
+        owner=user, dataset=dataset, base_model=base_model, config=config, fleet=[], refuse=False
+    ).estimate
     assert est.seconds - steps_only.seconds == pytest.approx(65)

@@ -1,6 +1,7 @@
 """One plan per job: every caller (the form, REST, the OpenAI API, retry) plans a job with `job_plan` and creates
 it with `job_create`, so the same bad input gets the same error everywhere; the estimate is the plan's; files are
 written before the row and swept when the insert fails; planning reads no model and no dataset per request."""
+
 import json
 from pathlib import Path
 from unittest import mock
@@ -8,8 +9,8 @@ from unittest import mock
 import pytest
 from django.db import DatabaseError, connection
 
-from jobs.datasets.models import Dataset
 from jobs.common import blobs
+from jobs.datasets.models import Dataset
 from jobs.training import services as job_services
 from jobs.training.apis import EstimateOutput
 from jobs.training.files import job_output_dir
@@ -34,8 +35,13 @@ def form_values(base_model, dataset, config=None, **extra) -> dict:
 
 
 def rest_body(base_model, dataset, config=None, **extra) -> dict:
-    return {"dataset": str(dataset.id), "base_model": str(base_model.id), "config": config or {},
-            "validation": "none", **extra}
+    return {
+        "dataset": str(dataset.id),
+        "base_model": str(base_model.id),
+        "config": config or {},
+        "validation": "none",
+        **extra,
+    }
 
 
 def openai_body(dataset, config=None, **extra) -> dict:
@@ -50,18 +56,50 @@ def openai_body(dataset, config=None, **extra) -> dict:
 
 
 CASES = [
-    dict(id="the validation dataset is the training one", same_validation=True, field="validation_dataset",
-         param="validation_file", message="must differ from the training dataset (or use a split)"),
-    dict(id="dpo on plain examples", config={"method": "dpo"}, field="method", param="method.type",
-         message="dpo trains on preference pairs"),
-    dict(id="an unknown custom module", config={"target_preset": "custom", "target_modules": ["wq"]},
-         field="target_modules", param="lora.target_modules", message=""),
-    dict(id="more devices than this installation has", config={"devices": 2}, settings={"TRAIN_MAX_DEVICES": 1},
-         field="devices", param="lora.devices", message="at most 1 on this installation"),
-    dict(id="a job that fits nowhere", settings={"TRAIN_MEMORY_LIMIT_MB": 0.01}, field="config",
-         param="hyperparameters", message="this job would not fit in memory"),
-    dict(id="over the active jobs quota", settings={"QUOTA_ACTIVE_JOBS": 0}, field="quota", param="active_jobs",
-         message="limit reached: queued, running and paused jobs", status=429),
+    dict(
+        id="the validation dataset is the training one",
+        same_validation=True,
+        field="validation_dataset",
+        param="validation_file",
+        message="must differ from the training dataset (or use a split)",
+    ),
+    dict(
+        id="dpo on plain examples",
+        config={"method": "dpo"},
+        field="method",
+        param="method.type",
+        message="dpo trains on preference pairs",
+    ),
+    dict(
+        id="an unknown custom module",
+        config={"target_preset": "custom", "target_modules": ["wq"]},
+        field="target_modules",
+        param="lora.target_modules",
+        message="",
+    ),
+    dict(
+        id="more devices than this installation has",
+        config={"devices": 2},
+        settings={"TRAIN_MAX_DEVICES": 1},
+        field="devices",
+        param="lora.devices",
+        message="at most 1 on this installation",
+    ),
+    dict(
+        id="a job that fits nowhere",
+        settings={"TRAIN_MEMORY_LIMIT_MB": 0.01},
+        field="config",
+        param="hyperparameters",
+        message="this job would not fit in memory",
+    ),
+    dict(
+        id="over the active jobs quota",
+        settings={"QUOTA_ACTIVE_JOBS": 0},
+        field="quota",
+        param="active_jobs",
+        message="limit reached: queued, running and paused jobs",
+        status=429,
+    ),
 ]
 
 
@@ -73,10 +111,16 @@ def test_the_same_bad_input_gets_the_same_error_from_every_caller(case, settings
     same = {"validation": "dataset", "validation_dataset": dataset.id} if case.get("same_validation") else {}
     with mock.patch("jobs.training.tasks.job_run.delay") as delay:
         form = client_in.post("/jobs/new/", form_values(base_model, dataset, config, **same))
-        rest = api.post("/api/v1/jobs/", rest_body(base_model, dataset, config, **{
-            k: str(v) for k, v in same.items()}), format="json")
-        openai = api.post("/v1/fine_tuning/jobs", openai_body(dataset, config, **(
-            {"validation_file": f"file-{dataset.id.hex}"} if same else {})), format="json")
+        rest = api.post(
+            "/api/v1/jobs/",
+            rest_body(base_model, dataset, config, **{k: str(v) for k, v in same.items()}),
+            format="json",
+        )
+        openai = api.post(
+            "/v1/fine_tuning/jobs",
+            openai_body(dataset, config, **({"validation_file": f"file-{dataset.id.hex}"} if same else {})),
+            format="json",
+        )
     assert (form.status_code, rest.status_code, openai.status_code) == (status, status, status)
     assert not FineTuneJob.objects.exists() and not delay.called
 
@@ -91,8 +135,11 @@ def test_the_same_bad_input_gets_the_same_error_from_every_caller(case, settings
     assert shaped["message"] in (f"{case['param']}: {message}", message), shaped
 
     if status == 400 and case["field"] != "config":  # the estimate is the plan without the refusal: same errors
-        estimate = api.post("/api/v1/estimate/", rest_body(base_model, dataset, config, **{
-            k: str(v) for k, v in same.items()}), format="json")
+        estimate = api.post(
+            "/api/v1/estimate/",
+            rest_body(base_model, dataset, config, **{k: str(v) for k, v in same.items()}),
+            format="json",
+        )
         assert estimate.status_code == 400 and estimate.json()["error"] == error
         form_estimate = client_in.post("/jobs/estimate/", form_values(base_model, dataset, config, **same))
         assert form_estimate.status_code == 400
@@ -105,8 +152,7 @@ def test_the_estimate_endpoints_answer_the_plans_estimate(settings, api, client_
 
     for limit in (0, 0.01):  # fits this machine; fits nowhere (shown with advice, not refused)
         settings.TRAIN_MEMORY_LIMIT_MB = limit
-        plan = job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=4),
-                        refuse=False)
+        plan = job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=4), refuse=False)
         assert plan.estimate.fits == (limit == 0) and bool(plan.refusal) == (limit != 0)
         rest = api.post("/api/v1/estimate/", rest_body(base_model, dataset, {"rank": 4}), format="json")
         assert rest.status_code == 200 and rest.json() == roundtrip(EstimateOutput(plan.estimate).data)
@@ -130,16 +176,21 @@ def test_files_are_written_before_the_row_and_a_failed_insert_leaves_none(settin
         assert not FineTuneJob.objects.exists(), "the files come first, then the row"
         published.append(name)
 
-    with mock.patch.object(blobs.LocalStore, "publish", autospec=True, side_effect=publish), \
-            mock.patch.object(FineTuneJob, "save", side_effect=DatabaseError("insert failed")), \
-            pytest.raises(DatabaseError):
+    with (
+        mock.patch.object(blobs.LocalStore, "publish", autospec=True, side_effect=publish),
+        mock.patch.object(FineTuneJob, "save", side_effect=DatabaseError("insert failed")),
+        pytest.raises(DatabaseError),
+    ):
         job_services.job_create(plan=plan)
     assert len(published) == 1 and published[0].endswith("/data")
     jobs_folder = Path(settings.MEDIA_ROOT) / "jobs"
     assert not jobs_folder.exists() or not any(jobs_folder.iterdir()), "the written files are swept"
     assert not FineTuneJob.objects.exists()
 
-    with mock.patch("jobs.training.tasks.job_run.delay"), mock.patch.object(blobs.LocalStore, "publish", autospec=True, side_effect=publish):
+    with (
+        mock.patch("jobs.training.tasks.job_run.delay"),
+        mock.patch.object(blobs.LocalStore, "publish", autospec=True, side_effect=publish),
+    ):
         job = job_services.job_create(plan=plan)
     assert (job_output_dir(job) / "data/eval.jsonl").is_file() and job.validation["eval_rows"] == 1
 
@@ -151,11 +202,14 @@ def test_planning_loads_no_model_tokenizer_or_dataset_per_request(api, base_mode
     shape = {"rank": 4, "target_preset": "all_linear", "modules_to_save": ["lm_head"]}
     with mock.patch("jobs.training.tasks.job_run.delay"):
         assert api.post("/api/v1/jobs/", rest_body(base_model, dataset, shape), format="json").status_code == 201
-    with mock.patch.object(modeling, "meta_model", wraps=modeling.meta_model) as meta, \
-            mock.patch("transformers.AutoConfig.from_pretrained") as config_reads, \
-            mock.patch("transformers.AutoTokenizer.from_pretrained") as tokenizer_loads, \
-            mock.patch.object(dataset_selectors, "read_normalized_jsonl",
-                              wraps=dataset_selectors.read_normalized_jsonl) as dataset_reads:
+    with (
+        mock.patch.object(modeling, "meta_model", wraps=modeling.meta_model) as meta,
+        mock.patch("transformers.AutoConfig.from_pretrained") as config_reads,
+        mock.patch("transformers.AutoTokenizer.from_pretrained") as tokenizer_loads,
+        mock.patch.object(
+            dataset_selectors, "read_normalized_jsonl", wraps=dataset_selectors.read_normalized_jsonl
+        ) as dataset_reads,
+    ):
         for epochs in (1, 2, 3):  # settings that change no shape: the model's is built once, then kept
             body = rest_body(base_model, dataset, {**shape, "epochs": epochs, "learning_rate": 0.001 * epochs})
             estimate = api.post("/api/v1/estimate/", body, format="json")
@@ -171,9 +225,18 @@ def test_planning_loads_no_model_tokenizer_or_dataset_per_request(api, base_mode
 
 def test_a_retry_is_planned_and_copies_the_snapshot_even_once_its_dataset_is_gone(user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        job = job_services.job_create(plan=job_plan(owner=user, dataset=dataset, base_model=base_model,
-                                                    config=TrainConfig(), validation="split",
-                                                    validation_percent=25, validation_seed=3), name="first")
+        job = job_services.job_create(
+            plan=job_plan(
+                owner=user,
+                dataset=dataset,
+                base_model=base_model,
+                config=TrainConfig(),
+                validation="split",
+                validation_percent=25,
+                validation_seed=3,
+            ),
+            name="first",
+        )
     job_services.job_cancel(job=job, by=user)
     Dataset.objects.filter(id=dataset.id).delete()
     job.refresh_from_db()
@@ -184,13 +247,16 @@ def test_a_retry_is_planned_and_copies_the_snapshot_even_once_its_dataset_is_gon
         again = job_services.job_retry(job=job, by=user)
     assert (again.name, again.dataset, again.dataset_name) == ("first (retry)", None, job.dataset_name)
     assert again.validation == job.validation and again.memory_mb > 0
-    assert (job_output_dir(again) / "data/train.jsonl").read_text() == \
-        (job_output_dir(job) / "data/train.jsonl").read_text()
+    assert (job_output_dir(again) / "data/train.jsonl").read_text() == (
+        job_output_dir(job) / "data/train.jsonl"
+    ).read_text()
 
 
 def test_the_form_shows_every_setting_and_validation_problem_at_once(client_in, base_model, dataset):
-    response = client_in.post("/jobs/new/", form_values(base_model, dataset, validation="split",
-                                                        validation_percent=150, validation_seed=-1, rank=0))
+    response = client_in.post(
+        "/jobs/new/",
+        form_values(base_model, dataset, validation="split", validation_percent=150, validation_seed=-1, rank=0),
+    )
     errors = response.context["form"].errors
     assert response.status_code == 400 and {"rank", "validation_percent", "validation_seed"} <= set(errors)
     assert errors["validation_percent"] == ["Must be between 0 and 100"]

@@ -7,17 +7,31 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from jobs.arena import tasks as chat_tasks
+from jobs.datasets import services as dataset_services
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training.files import job_output_dir
-from jobs.datasets import services as dataset_services
 from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
 from jobs.training.plan import job_plan
 from worker.config import TrainConfig
 
-FAST = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "epochs": 4,
-        "learning_rate": 0.01, "batch_size": 4, "grad_accum": 1, "max_seq_length": 128, "warmup_ratio": 0,
-        "lr_scheduler": "linear", "weight_decay": 0, "seed": 1, "bias": "none", "target_modules": ""}
+FAST = {
+    "rank": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "target_preset": "all_linear",
+    "epochs": 4,
+    "learning_rate": 0.01,
+    "batch_size": 4,
+    "grad_accum": 1,
+    "max_seq_length": 128,
+    "warmup_ratio": 0,
+    "lr_scheduler": "linear",
+    "weight_decay": 0,
+    "seed": 1,
+    "bias": "none",
+    "target_modules": "",
+}
 FORM_ONLY = {"validation": "none", "validation_percent": 10, "validation_seed": 42}
 
 
@@ -36,7 +50,6 @@ def submit(client, data, django_capture_on_commit_callbacks):
     return response, delay
 
 
-
 def run_and_act_at_step(job, step: int, action, user) -> str:
     """Train `job` in-process and call `action` (cancel, pause) right after `step` is logged; the run's end."""
     real_log = train_tasks.DbReporter.log
@@ -49,20 +62,26 @@ def run_and_act_at_step(job, step: int, action, user) -> str:
     with mock.patch.object(train_tasks.DbReporter, "log", log_then_act):
         return train_tasks.job_run(str(job.id))
 
+
 def test_form_errors_show_beside_the_field(client_in, base_model, dataset, django_capture_on_commit_callbacks):
     response, delay = submit(client_in, form_data(base_model, dataset, rank=0), django_capture_on_commit_callbacks)
     assert response.status_code == 400
     html = response.content.decode()
-    field = html[html.index('id="field-rank"'):]
-    field = field[:field.index("</div>\n</div>") if "</div>\n</div>" in field else 600]
-    assert "has-error" in html[html.index('id="field-rank"') - 40:html.index('id="field-rank"')]
+    field = html[html.index('id="field-rank"') :]
+    field = field[: field.index("</div>\n</div>") if "</div>\n</div>" in field else 600]
+    assert "has-error" in html[html.index('id="field-rank"') - 40 : html.index('id="field-rank"')]
     assert "Must be between 1 and 1024 (you gave 0)" in field
     assert FineTuneJob.objects.count() == 0 and not delay.called
 
 
-def test_custom_targets_are_checked_against_the_model(client_in, base_model, dataset, django_capture_on_commit_callbacks):
-    response, _ = submit(client_in, form_data(base_model, dataset, target_preset="custom", target_modules="q_proj, wq"),
-                         django_capture_on_commit_callbacks)
+def test_custom_targets_are_checked_against_the_model(
+    client_in, base_model, dataset, django_capture_on_commit_callbacks
+):
+    response, _ = submit(
+        client_in,
+        form_data(base_model, dataset, target_preset="custom", target_modules="q_proj, wq"),
+        django_capture_on_commit_callbacks,
+    )
     assert response.status_code == 400
     assert "&#x27;wq&#x27; is not a Linear layer of this model; valid names:" in response.content.decode()
 
@@ -73,8 +92,9 @@ def test_form_defaults_are_rank16_alpha32_attention(client_in, base_model, datas
     assert '<option value="attention" selected>' in html
 
 
-def test_job_lifecycle_trains_and_packages_the_adapter(client_in, user, base_model, dataset,
-                                                       django_capture_on_commit_callbacks):
+def test_job_lifecycle_trains_and_packages_the_adapter(
+    client_in, user, base_model, dataset, django_capture_on_commit_callbacks
+):
     response, delay = submit(client_in, form_data(base_model, dataset), django_capture_on_commit_callbacks)
     job = FineTuneJob.objects.get(owner=user)
     assert response.status_code == 302 and response["Location"] == f"/jobs/{job.id}/"
@@ -93,8 +113,17 @@ def test_job_lifecycle_trains_and_packages_the_adapter(client_in, user, base_mod
     assert response["Content-Disposition"].startswith('attachment; filename="my-job-adapter.zip"')
     zf = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
     names = set(zf.namelist())
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
-            "training_config.json", "metrics.csv", "metrics.json", "dataset.sha256", "README.md"} <= names
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "training_config.json",
+        "metrics.csv",
+        "metrics.json",
+        "dataset.sha256",
+        "README.md",
+    } <= names
     assert zf.read("dataset.sha256").decode().strip() == dataset.sha256
     assert json.loads(zf.read("training_config.json"))["rank"] == 8
     assert len(json.loads(zf.read("metrics.json"))) == 8
@@ -106,8 +135,13 @@ def test_job_lifecycle_trains_and_packages_the_adapter(client_in, user, base_mod
 def test_cancel_a_queued_job_and_a_running_one(client_in, user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         queued = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**{
-                k: v for k, v in FAST.items() if k != "target_modules"})))
+            plan=job_plan(
+                owner=user,
+                dataset=dataset,
+                base_model=base_model,
+                config=TrainConfig(**{k: v for k, v in FAST.items() if k != "target_modules"}),
+            )
+        )
     assert client_in.post(f"/jobs/{queued.id}/cancel/").status_code == 302
     queued.refresh_from_db()
     assert queued.status == JobStatus.CANCELLED
@@ -115,8 +149,13 @@ def test_cancel_a_queued_job_and_a_running_one(client_in, user, base_model, data
 
     with mock.patch("jobs.training.tasks.job_run.delay"):
         running = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**{
-                k: v for k, v in FAST.items() if k != "target_modules"})))
+            plan=job_plan(
+                owner=user,
+                dataset=dataset,
+                base_model=base_model,
+                config=TrainConfig(**{k: v for k, v in FAST.items() if k != "target_modules"}),
+            )
+        )
     assert run_and_act_at_step(running, 2, job_services.job_cancel, user) == "cancelled"
     running.refresh_from_db()
     assert running.status == JobStatus.CANCELLED and running.step == 2
@@ -128,10 +167,10 @@ def test_cancel_a_queued_job_and_a_running_one(client_in, user, base_model, data
 def test_other_users_get_404(client, other_user, user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig()))
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+        )
     client.force_login(other_user)
-    for url in (f"/jobs/{job.id}/", f"/jobs/{job.id}/download/", f"/jobs/{job.id}/compare/",
-                f"/jobs/{job.id}/events/"):
+    for url in (f"/jobs/{job.id}/", f"/jobs/{job.id}/download/", f"/jobs/{job.id}/compare/", f"/jobs/{job.id}/events/"):
         assert client.get(url).status_code == 404, url
     assert client.post(f"/jobs/{job.id}/cancel/").status_code == 404
     html = client.get("/jobs/new/").content.decode()
@@ -141,7 +180,8 @@ def test_other_users_get_404(client, other_user, user, base_model, dataset):
 def test_engine_failure_is_a_readable_error(user, base_model, dataset, settings):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig()))
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+        )
     (job_output_dir(job) / "data/train.jsonl").write_text("not json\n")
     assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()
@@ -149,12 +189,18 @@ def test_engine_failure_is_a_readable_error(user, base_model, dataset, settings)
     assert job.error.startswith("train.jsonl: line 1: is not valid JSON"), job.error
 
 
-def test_compare_ask_validates_and_queues_both_sides(page_api, user, base_model, dataset,
-                                                     django_capture_on_commit_callbacks):
+def test_compare_ask_validates_and_queues_both_sides(
+    page_api, user, base_model, dataset, django_capture_on_commit_callbacks
+):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(
-                **{**{k: v for k, v in FAST.items() if k != "target_modules"}, "epochs": 1})))
+            plan=job_plan(
+                owner=user,
+                dataset=dataset,
+                base_model=base_model,
+                config=TrainConfig(**{**{k: v for k, v in FAST.items() if k != "target_modules"}, "epochs": 1}),
+            )
+        )
     url = f"/api/v1/jobs/{job.id}/chat/"  # as the compare page's script calls it
     response = page_api.post(url, {"prompt": "hi"}, format="json")
     assert response.status_code == 409 and "has no adapter yet" in response.json()["error"]["message"]
@@ -208,8 +254,9 @@ def test_pause_resume_and_retry(client_in, user, base_model, dataset, django_cap
     retried = FineTuneJob.objects.exclude(id__in=[job.id, other.id]).get()
     assert response["Location"] == f"/jobs/{retried.id}/"
     assert retried.config == other.config and retried.validation == other.validation
-    assert (job_output_dir(retried) / "data/train.jsonl").read_text() == \
-        (job_output_dir(other) / "data/train.jsonl").read_text()
+    assert (job_output_dir(retried) / "data/train.jsonl").read_text() == (
+        job_output_dir(other) / "data/train.jsonl"
+    ).read_text()
     delay.assert_called_once_with()  # a wake-up names no job
     assert client_in.post(f"/jobs/{job.id}/retry/", follow=True).content.decode().count("cannot be retried") == 1
 
@@ -221,7 +268,8 @@ def test_job_actions_over_the_apis(user, base_model, dataset):
     api.force_authenticate(user)
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig()))
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+        )
         assert api.post(f"/api/v1/jobs/{job.id}/pause/").json()["status"] == "paused"
         assert api.post(f"/api/v1/jobs/{job.id}/pause/").status_code == 409
         assert api.post(f"/v1/fine_tuning/jobs/ftjob-{job.id.hex}/resume").json()["status"] == "queued"
@@ -229,18 +277,22 @@ def test_job_actions_over_the_apis(user, base_model, dataset):
         assert api.post(f"/api/v1/jobs/{job.id}/resume/").json()["status"] == "queued"
         assert api.post(f"/api/v1/jobs/{job.id}/retry/").status_code == 409
         api.post(f"/api/v1/jobs/{job.id}/cancel/")
-        response = api.post(f"/api/v1/jobs/{job.id}/retry/", {"config": {"batch_size": 2, "grad_accum": 4}}, format="json")
+        response = api.post(
+            f"/api/v1/jobs/{job.id}/retry/", {"config": {"batch_size": 2, "grad_accum": 4}}, format="json"
+        )
         assert response.status_code == 201
         assert response.json()["config"]["batch_size"] == 2 and response.json()["config"]["grad_accum"] == 4
         response = api.post(f"/api/v1/jobs/{job.id}/retry/", {"config": {"rank": -1}}, format="json")
         assert response.status_code == 400 and response.json()["error"]["field"] == "rank"
 
 
-def test_out_of_memory_fails_with_advice_and_a_one_click_retry(client_in, user, base_model, dataset,
-                                                              django_capture_on_commit_callbacks):
+def test_out_of_memory_fails_with_advice_and_a_one_click_retry(
+    client_in, user, base_model, dataset, django_capture_on_commit_callbacks
+):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(batch_size=8)))
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(batch_size=8))
+        )
     with mock.patch("worker.engine.summed_token_loss", side_effect=MemoryError):
         assert train_tasks.job_run(str(job.id)) == "failed"
     job.refresh_from_db()
@@ -251,17 +303,24 @@ def test_out_of_memory_fails_with_advice_and_a_one_click_retry(client_in, user, 
     with mock.patch("jobs.training.tasks.job_run.delay"), django_capture_on_commit_callbacks(execute=True):
         client_in.post(f"/jobs/{job.id}/retry/", {"suggested": "1"})
     retried = FineTuneJob.objects.exclude(id=job.id).get()
-    assert (retried.config["batch_size"], retried.config["grad_accum"], retried.config["gradient_checkpointing"]) == \
-        (4, 2, True)
+    assert (retried.config["batch_size"], retried.config["grad_accum"], retried.config["gradient_checkpointing"]) == (
+        4,
+        2,
+        True,
+    )
 
 
 def test_oom_suggestion_keeps_the_effective_batch():
     from worker.memory_advice import oom_suggestion
 
     assert oom_suggestion(TrainConfig(batch_size=8, grad_accum=2)) == {
-        "batch_size": 4, "grad_accum": 4, "gradient_checkpointing": True}
+        "batch_size": 4,
+        "grad_accum": 4,
+        "gradient_checkpointing": True,
+    }
     assert oom_suggestion(TrainConfig(batch_size=1, max_seq_length=1024, gradient_checkpointing=True)) == {
-        "max_seq_length": 512}
+        "max_seq_length": 512
+    }
     assert oom_suggestion(TrainConfig(batch_size=1, max_seq_length=128, gradient_checkpointing=True)) == {"qlora": True}
 
 
@@ -269,8 +328,16 @@ def test_evaluation_shows_on_the_job_page_and_in_the_zip(client_in, user, base_m
     cfg = TrainConfig(**{**{k: v for k, v in FAST.items() if k != "target_modules"}, "epochs": 6})
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=cfg, validation="split",
-                          validation_percent=25, validation_seed=3))
+            plan=job_plan(
+                owner=user,
+                dataset=dataset,
+                base_model=base_model,
+                config=cfg,
+                validation="split",
+                validation_percent=25,
+                validation_seed=3,
+            )
+        )
     assert train_tasks.job_run(str(job.id)) == "succeeded"
     assert MetricPoint.objects.filter(job=job, eval_loss__isnull=False).exists()
     html = client_in.get(f"/jobs/{job.id}/").content.decode()
@@ -286,11 +353,11 @@ def test_evaluation_shows_on_the_job_page_and_in_the_zip(client_in, user, base_m
 def test_compare_runs_overlays_curves_of_your_own_jobs(client_in, user, other_user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         a = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=8)),
-            name="r8")
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=8)), name="r8"
+        )
         b = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=16)),
-            name="r16")
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(rank=16)), name="r16"
+        )
     MetricPoint.objects.create(job=a, step=1, train_loss=2.0)
     MetricPoint.objects.create(job=a, step=2, train_loss=1.5, eval_loss=1.7)
     MetricPoint.objects.create(job=b, step=1, train_loss=2.2)
@@ -314,9 +381,10 @@ def test_estimate_before_submit_and_refusal_when_it_cannot_fit(client_in, user, 
     response = client_in.post("/jobs/estimate/", data)
     assert response.status_code == 200
     est = response.json()["estimate"]
-    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model.path),
-                          get_peft_config(TrainConfig(rank=8, alpha=16, target_preset="all_linear"),
-                                          base_model.linear_modules))
+    peft = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_model.path),
+        get_peft_config(TrainConfig(rank=8, alpha=16, target_preset="all_linear"), base_model.linear_modules),
+    )
     assert est["trainable_params"] == peft.get_nb_trainable_parameters()[0]
     assert est["fits"] and est["steps"] == 8
 

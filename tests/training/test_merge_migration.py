@@ -1,6 +1,7 @@
 """Upgrading to MergedExport rows keeps every merged export: a stored zip becomes a ready row with its size, a
 `merge.pending` marker (JSON, or empty from older releases) a queued row with its attempts whose lease has run
 out (the sweep sends it at once); the markers go."""
+
 import json
 import os
 import time
@@ -30,7 +31,8 @@ def test_merge_markers_and_zips_become_rows(settings, tmp_path):
     jobs = {}
     for name in ("ready", "queued", "old-empty", "running", "none"):
         jobs[name] = apps.get_model("training", "FineTuneJob").objects.create(
-            owner=owner, base_model=base, config={}, status="succeeded", name=name)
+            owner=owner, base_model=base, config={}, status="succeeded", name=name
+        )
     folder = lambda job: settings.MEDIA_ROOT / "jobs" / str(job.id)  # noqa: E731
     for job in jobs.values():
         folder(job).mkdir(parents=True)
@@ -59,8 +61,13 @@ def test_merge_markers_and_zips_become_rows(settings, tmp_path):
     assert "none" not in rows
     assert not list(settings.MEDIA_ROOT.glob("jobs/*/merge.pending"))
     status = {name: merged_status(FineTuneJob.objects.get(id=job.id)) for name, job in jobs.items()}
-    assert status == {"ready": "ready", "queued": "pending", "old-empty": "pending", "running": "pending",
-                      "none": "none"}
+    assert status == {
+        "ready": "ready",
+        "queued": "pending",
+        "old-empty": "pending",
+        "running": "pending",
+        "none": "none",
+    }
     with mock.patch("jobs.training.tasks.adapter_merge.delay") as delay:
         assert train_tasks.merge_sweep() == 2  # their messages count as lost: sent again (the third gives up)
     assert delay.call_count == 2 and MergedExport.objects.get(job_id=jobs["queued"].id).status == "failed"

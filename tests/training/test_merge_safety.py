@@ -1,6 +1,7 @@
 """Merged exports are safe: attempts are counted in the job's MergedExport row (a redelivery after the
 worker died counts) and the merge gives up after three; a merge that cannot fit the memory budget is
 refused before loading; the sweep re-queues stale ones, idempotently."""
+
 import datetime as dt
 import threading
 import time
@@ -8,13 +9,12 @@ from unittest import mock
 
 import pytest
 import torch
+from django.utils import timezone
 from safetensors.torch import save_file
 
 from jobs.common.storage import media_path, media_relative
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
-from django.utils import timezone
-
 from jobs.training.files import merged_zip_path
 from jobs.training.merges import MERGE_MAX_ATTEMPTS, merge_claim, merged_status
 from jobs.training.models import Adapter, FineTuneJob, JobStatus, MergedExport
@@ -32,11 +32,14 @@ def job(user, dataset, base_model):
     """A succeeded job with a small (fake) adapter on disk: enough to request, estimate and sweep merges."""
     with mock.patch("jobs.training.tasks.job_run.delay"):
         job = job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig()))
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig())
+        )
     folder = media_path(f"jobs/{job.id}/adapter")
     folder.mkdir(parents=True)
-    save_file({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)},
-              str(folder / "adapter_model.safetensors"))
+    save_file(
+        {"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)},
+        str(folder / "adapter_model.safetensors"),
+    )
     Adapter.objects.create(job=job, folder=media_relative(folder), zip_file="x.zip", size_bytes=1, sha256="0" * 64)
     FineTuneJob.objects.filter(id=job.id).update(status=JobStatus.SUCCEEDED)
     return FineTuneJob.objects.get(id=job.id)
@@ -78,14 +81,16 @@ def events(job, kind="error") -> list[str]:
 
 def test_a_merge_too_big_for_the_budget_is_refused_before_loading(api, job, settings):
     need = train_tasks.merge_memory_need(job)
-    settings.MERGE_MEMORY_BUDGET_MB = need // 2 ** 20  # the tiny base needs 0.5 MB: a budget of 0 MB
+    settings.MERGE_MEMORY_BUDGET_MB = need // 2**20  # the tiny base needs 0.5 MB: a budget of 0 MB
     request_merge(api, job)
     with mock.patch("jobs.training.tasks.merge_adapter") as merge:
         assert train_tasks.adapter_merge(str(job.id)) == "refused"
     merge.assert_not_called()
     (message,) = events(job)
-    assert message == (f"merged export refused: it needs about {need / 2 ** 20:.1f} MB (the base's weights unquantized "
-                       f"and the adapter), more than MERGE_MEMORY_BUDGET_MB ({settings.MERGE_MEMORY_BUDGET_MB} MB)")
+    assert message == (
+        f"merged export refused: it needs about {need / 2**20:.1f} MB (the base's weights unquantized "
+        f"and the adapter), more than MERGE_MEMORY_BUDGET_MB ({settings.MERGE_MEMORY_BUDGET_MB} MB)"
+    )
     assert merged_status(job) == "none" and not pending(job)  # it can be asked again
     assert api.get(f"/api/v1/jobs/{job.id}/merged/").status_code == 404
     # A redelivered message finds nothing pending and does nothing.
@@ -96,7 +101,7 @@ def test_the_memory_estimate_is_the_base_unquantized_plus_the_adapter(job, tiny_
     need = train_tasks.merge_memory_need(job)
     base = estimate_base_bytes(str(tiny_llama), torch.float32)
     assert need == base + 8 * 64 * 4 and base > 0
-    settings.MERGE_MEMORY_BUDGET_MB = need // 2 ** 20 + 1  # just fits: the merge goes ahead
+    settings.MERGE_MEMORY_BUDGET_MB = need // 2**20 + 1  # just fits: the merge goes ahead
     job_services.adapter_merge_request(job=job, by=job.owner)
 
     def fake_merge(base_path, adapter_dir, out_dir):
@@ -132,8 +137,10 @@ def test_a_merge_whose_worker_keeps_dying_gives_up_after_three_attempts(api, job
         assert train_tasks.adapter_merge(str(job.id)) == "failed"
     assert merge.call_count == MERGE_MAX_ATTEMPTS
     assert seen == [{"attempts": n, "running": True} for n in range(1, MERGE_MAX_ATTEMPTS + 1)]
-    assert events(job) == [f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
-                           "(the worker stopped each time, perhaps out of memory)"]
+    assert events(job) == [
+        f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
+        "(the worker stopped each time, perhaps out of memory)"
+    ]
     assert merged_status(job) == "none"
     # Asked again later, it starts over with fresh attempts.
     request_merge(api, job)
@@ -167,6 +174,7 @@ def test_the_heartbeat_keeps_a_long_merge_fresh(api, job, settings):
 
 # --- the sweep ----------------------------------------------------------------------------------------
 
+
 def test_the_sweep_requeues_stale_merges_once_and_gives_up_after_three(api, job, settings):
     stale = settings.MERGE_STALE_SECONDS + 1
     request_merge(api, job)
@@ -191,8 +199,10 @@ def test_the_sweep_requeues_stale_merges_once_and_gives_up_after_three(api, job,
         assert train_tasks.merge_sweep() == 0
         assert delay.call_count == 3
     assert not pending(job) and merged_status(job) == "none"
-    assert events(job) == [f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
-                           "(its work was lost each time: the worker stopped or the queue lost it)"]
+    assert events(job) == [
+        f"merged export gave up after {MERGE_MAX_ATTEMPTS} attempts "
+        "(its work was lost each time: the worker stopped or the queue lost it)"
+    ]
 
 
 def test_the_sweep_leaves_a_finished_merge_alone(api, job, settings):

@@ -1,18 +1,22 @@
 """A merged export across machines sharing only the object store (moto's S3 server): asked for on the web
 host, made on a background host with an empty disk, downloaded and deleted on the web host; the export's
 state lives in the database, its zip in the store."""
+
 from pathlib import Path
 from unittest import mock
 
 import pytest
 
 from jobs.common import blobs
-from tests.training.test_merge_safety import job  # noqa: F401 (the fixture)
-from tests.training.test_merge_safety import age, request_merge
 from jobs.training import tasks as train_tasks
 from jobs.training.files import merged_zip_name
 from jobs.training.merges import merged_status, merges_stale
 from jobs.training.models import MergedExport
+from tests.training.test_merge_safety import (
+    age,
+    job,  # noqa: F401 (the fixture)
+    request_merge,
+)
 
 
 def merge_state_read(of):
@@ -38,7 +42,7 @@ def stored_job(object_store, job, settings):  # noqa: F811
 
 
 def test_a_merge_is_asked_made_and_served_by_different_hosts(stored_job, api, settings, tmp_path):
-    job = stored_job
+    job = stored_job  # noqa: F811 (the fixture of the same name is imported for stored_job)
     request_merge(api, job)
     assert merge_state_read(job) == {"attempts": 0, "running": False}
 

@@ -1,5 +1,6 @@
 """DPO / ORPO jobs through the form, REST and the OpenAI API: the method must suit the dataset (a 4xx naming
 the field), and a DPO job trains, logs reward metrics, evaluates preferences and packages its adapter."""
+
 import io
 import json
 import uuid
@@ -10,14 +11,24 @@ import pytest
 from rest_framework.test import APIClient
 
 from jobs.common.storage import media_path, media_relative
-from tests.worker.test_preference import colour_pairs
+from jobs.datasets.models import Dataset
 from jobs.training import tasks as train_tasks
 from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
-from jobs.datasets.models import Dataset
+from tests.worker.test_preference import colour_pairs
 from worker.data.normalized import write_normalized_jsonl
 
-FAST = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_preset": "all_linear", "epochs": 2, "learning_rate": 0.02,
-        "batch_size": 8, "max_seq_length": 64, "warmup_ratio": 0, "seed": 1}
+FAST = {
+    "rank": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "target_preset": "all_linear",
+    "epochs": 2,
+    "learning_rate": 0.02,
+    "batch_size": 8,
+    "max_seq_length": 64,
+    "warmup_ratio": 0,
+    "seed": 1,
+}
 
 
 @pytest.fixture
@@ -25,9 +36,18 @@ def pairs_dataset(user):
     """A preference dataset as the upload path leaves one: its pairs in a normalised JSONL file."""
     path = media_path(f"datasets/{uuid.uuid4().hex}.normalized.jsonl")
     write_normalized_jsonl(colour_pairs(40, 1), path)
-    return Dataset.objects.create(owner=user, name="colour pairs", file=media_relative(path),
-                                  normalized_file=media_relative(path), format="jsonl", schema="preference", rows=40,
-                                  size_bytes=path.stat().st_size, sha256="0" * 64, stats={"chars": 40 * 30})
+    return Dataset.objects.create(
+        owner=user,
+        name="colour pairs",
+        file=media_relative(path),
+        normalized_file=media_relative(path),
+        format="jsonl",
+        schema="preference",
+        rows=40,
+        size_bytes=path.stat().st_size,
+        sha256="0" * 64,
+        stats={"chars": 40 * 30},
+    )
 
 
 @pytest.fixture
@@ -39,25 +59,42 @@ def rest(user):
 
 def rest_create(api, dataset, base_model, config, **extra):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        return api.post("/api/v1/jobs/", {"dataset": str(dataset.id), "base_model": str(base_model.id),
-                                          "config": config, **extra}, format="json")
+        return api.post(
+            "/api/v1/jobs/",
+            {"dataset": str(dataset.id), "base_model": str(base_model.id), "config": config, **extra},
+            format="json",
+        )
 
 
 def test_the_method_must_suit_the_dataset(rest, client_in, base_model, dataset, pairs_dataset):
-    for data, config, field in ((dataset, {"method": "dpo"}, "method"), (pairs_dataset, {}, "method"),
-                                (pairs_dataset, {"method": "orpo", "beta": 0}, "beta"),
-                                (pairs_dataset, {"method": "dpo", "packing": True}, "packing")):
+    for data, config, field in (
+        (dataset, {"method": "dpo"}, "method"),
+        (pairs_dataset, {}, "method"),
+        (pairs_dataset, {"method": "orpo", "beta": 0}, "beta"),
+        (pairs_dataset, {"method": "dpo", "packing": True}, "packing"),
+    ):
         response = rest_create(rest, data, base_model, config)
         assert response.status_code == 400 and response.json()["error"]["field"] == field, response.json()
-    wrong_validation = rest_create(rest, pairs_dataset, base_model, {"method": "dpo"}, validation="dataset",
-                                   validation_dataset=str(dataset.id))
+    wrong_validation = rest_create(
+        rest, pairs_dataset, base_model, {"method": "dpo"}, validation="dataset", validation_dataset=str(dataset.id)
+    )
     assert wrong_validation.status_code == 400
     assert wrong_validation.json()["error"]["field"] == "validation_dataset"
     assert not FineTuneJob.objects.exists()
 
-    form = {"name": "x", "base_model": base_model.id, "dataset": dataset.id, "method": "orpo", "beta": 0.1,
-            "validation": "none", **FAST, "lr_scheduler": "linear", "grad_accum": 1, "weight_decay": 0,
-            "bias": "none"}
+    form = {
+        "name": "x",
+        "base_model": base_model.id,
+        "dataset": dataset.id,
+        "method": "orpo",
+        "beta": 0.1,
+        "validation": "none",
+        **FAST,
+        "lr_scheduler": "linear",
+        "grad_accum": 1,
+        "weight_decay": 0,
+        "bias": "none",
+    }
     response = client_in.post("/jobs/new/", form)
     assert response.status_code == 400
     assert "method" in response.context["form"].errors
@@ -67,31 +104,45 @@ def test_the_method_must_suit_the_dataset(rest, client_in, base_model, dataset, 
 def test_openai_dpo_method(api, user, base_model, dataset, pairs_dataset):
     def create(data, method):
         with mock.patch("jobs.training.tasks.job_run.delay"):
-            return api.post("/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": f"file-{data.id.hex}",
-                                                     "method": method}, format="json")
+            return api.post(
+                "/v1/fine_tuning/jobs",
+                {"model": "tiny-llama", "training_file": f"file-{data.id.hex}", "method": method},
+                format="json",
+            )
 
     response = create(pairs_dataset, {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.3, "n_epochs": 1}}})
     assert response.status_code == 200, response.content
-    assert response.json()["method"] == {"type": "dpo", "dpo": {"hyperparameters": {
-        "beta": 0.3, "n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 1.0}}}
+    assert response.json()["method"] == {
+        "type": "dpo",
+        "dpo": {"hyperparameters": {"beta": 0.3, "n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 1.0}},
+    }
     config = FineTuneJob.objects.get(owner=user).config
     assert (config["method"], config["beta"], config["epochs"]) == ("dpo", 0.3, 1)
     for data, method, param in (
-            (dataset, {"type": "dpo"}, "method.type"),
-            (pairs_dataset, {"type": "supervised"}, "method.type"),
-            (pairs_dataset, {"type": "rlhf"}, "method.type"),
-            (pairs_dataset, {"type": "dpo", "dpo": {"hyperparameters": {"beta": -1}}},
-             "method.dpo.hyperparameters.beta"),
-            (pairs_dataset, {"type": "orpo", "orpo": {"hyperparameters": {"gamma": 1}}},
-             "method.orpo.hyperparameters.gamma")):
+        (dataset, {"type": "dpo"}, "method.type"),
+        (pairs_dataset, {"type": "supervised"}, "method.type"),
+        (pairs_dataset, {"type": "rlhf"}, "method.type"),
+        (pairs_dataset, {"type": "dpo", "dpo": {"hyperparameters": {"beta": -1}}}, "method.dpo.hyperparameters.beta"),
+        (
+            pairs_dataset,
+            {"type": "orpo", "orpo": {"hyperparameters": {"gamma": 1}}},
+            "method.orpo.hyperparameters.gamma",
+        ),
+    ):
         error = create(data, method)
         assert error.status_code == 400 and error.json()["error"]["param"] == param, error.json()
     assert FineTuneJob.objects.count() == 1
 
 
 def test_dpo_job_trains_logs_rewards_evaluates_and_packages(rest, api, client_in, user, base_model, pairs_dataset):
-    response = rest_create(rest, pairs_dataset, base_model, {"method": "dpo", "beta": 0.1, **FAST},
-                           validation="split", validation_percent=20)
+    response = rest_create(
+        rest,
+        pairs_dataset,
+        base_model,
+        {"method": "dpo", "beta": 0.1, **FAST},
+        validation="split",
+        validation_percent=20,
+    )
     assert response.status_code == 201, response.json()
     job = FineTuneJob.objects.get(owner=user)
     assert train_tasks.job_run(str(job.id)) == "succeeded"
@@ -117,8 +168,13 @@ def test_dpo_job_trains_logs_rewards_evaluates_and_packages(rest, api, client_in
     assert other.status_code == 400 and other.json()["error"]["field"] == "start_from"
     unknown = rest_create(rest, pairs_dataset, base_model, {"method": "dpo", "start_from": str(uuid.uuid4())})
     assert unknown.status_code == 400 and unknown.json()["error"] == {"field": "start_from", "message": "no such job"}
-    on_top = rest_create(rest, pairs_dataset, base_model, {"method": "dpo", **FAST, "rank": 4, "epochs": 1,
-                                                           "start_from": str(job.id)}, validation="split")
+    on_top = rest_create(
+        rest,
+        pairs_dataset,
+        base_model,
+        {"method": "dpo", **FAST, "rank": 4, "epochs": 1, "start_from": str(job.id)},
+        validation="split",
+    )
     assert on_top.status_code == 201, on_top.json()
     assert on_top.json()["config"]["rank"] == 8 and on_top.json()["config"]["start_from"] == str(job.id)
     second = FineTuneJob.objects.get(id=on_top.json()["id"])
@@ -132,9 +188,15 @@ def test_dpo_job_trains_logs_rewards_evaluates_and_packages(rest, api, client_in
 
     job.refresh_from_db()
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        response = api_key_client.post("/v1/fine_tuning/jobs", {
-            "model": fine_tuned_model(job), "training_file": f"file-{pairs_dataset.id.hex}",
-            "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}}, format="json")
+        response = api_key_client.post(
+            "/v1/fine_tuning/jobs",
+            {
+                "model": fine_tuned_model(job),
+                "training_file": f"file-{pairs_dataset.id.hex}",
+                "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}},
+            },
+            format="json",
+        )
     assert response.status_code == 200, response.content
     assert FineTuneJob.objects.get(id=uuid.UUID(response.json()["id"][6:])).config["start_from"] == str(job.id)
     queued = response.json()["id"][6:]

@@ -1,21 +1,30 @@
 """Cursor pagination, the adapters list, REST chat and job events with an API key."""
+
 from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
+from jobs.accounts.services import api_key_create
 from jobs.arena import tasks as chat_tasks
 from jobs.common.storage import media_path
+from jobs.datasets import services as dataset_services
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training.plan import job_plan
-from jobs.datasets import services as dataset_services
-from jobs.accounts.services import api_key_create
 from worker.config import TrainConfig
 
-FAST = TrainConfig(rank=8, alpha=16, dropout=0.0, target_preset="all_linear", epochs=3, learning_rate=0.01,
-                   batch_size=4, warmup_ratio=0.0)
+FAST = TrainConfig(
+    rank=8,
+    alpha=16,
+    dropout=0.0,
+    target_preset="all_linear",
+    epochs=3,
+    learning_rate=0.01,
+    batch_size=4,
+    warmup_ratio=0.0,
+)
 
 
 @pytest.fixture
@@ -32,9 +41,14 @@ def api(user):
 
 def test_job_list_is_cursor_paginated(api, user, dataset, base_model):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        ids = [str(job_services.job_create(
-            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=FAST)).id)
-               for _ in range(5)]
+        ids = [
+            str(
+                job_services.job_create(
+                    plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=FAST)
+                ).id
+            )
+            for _ in range(5)
+        ]
     first = api.get("/api/v1/jobs/?page_size=2").json()
     assert len(first["results"]) == 2 and first["previous"] is None and first["next"]
     second = api.get(first["next"]).json()
@@ -58,7 +72,9 @@ def test_adapters_list_and_rest_chat(api, user, other_user, dataset, base_model,
     assert chat_tasks.chat_round([a["id"] for a in body["answers"]]) == ["done", "done"]
     answers = api.get(f"/api/v1/jobs/{job.id}/chat/?session={body['session']}").json()
     assert {a["side"]: a["state"] for a in answers} == {"base": "done", "adapter": "done"}
-    assert api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "x", "max_new_tokens": 0}, format="json").status_code == 400
+    assert (
+        api.post(f"/api/v1/jobs/{job.id}/chat/", {"prompt": "x", "max_new_tokens": 0}, format="json").status_code == 400
+    )
 
     other = APIClient()
     other.force_authenticate(other_user)
@@ -80,8 +96,9 @@ def test_job_events_stream_accepts_an_api_key(user, other_user, dataset, base_mo
     assert client.get(f"/api/v1/jobs/{job.id}/events/", HTTP_AUTHORIZATION="Bearer ls-wrong").status_code == 404
 
 
-def test_merged_export_equals_the_adapted_model(api, user, dataset, base_model, tiny_llama, tmp_path,
-                                                 django_capture_on_commit_callbacks):
+def test_merged_export_equals_the_adapted_model(
+    api, user, dataset, base_model, tiny_llama, tmp_path, django_capture_on_commit_callbacks
+):
     import io
     import zipfile
 
@@ -94,7 +111,10 @@ def test_merged_export_equals_the_adapted_model(api, user, dataset, base_model, 
     assert api.post(f"/api/v1/jobs/{job.id}/merged/").status_code == 409
     train_tasks.job_run(str(job.id))
     assert api.get(f"/api/v1/jobs/{job.id}/merged/").status_code == 404
-    with mock.patch("jobs.training.tasks.adapter_merge.delay") as delay, django_capture_on_commit_callbacks(execute=True):
+    with (
+        mock.patch("jobs.training.tasks.adapter_merge.delay") as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
         response = api.post(f"/api/v1/jobs/{job.id}/merged/")
     assert response.status_code == 202 and response.json() == {"status": "pending", "download": None}
     delay.assert_called_once_with(str(job.id))
@@ -110,7 +130,8 @@ def test_merged_export_equals_the_adapted_model(api, user, dataset, base_model, 
     with torch.no_grad():
         merged = AutoModelForCausalLM.from_pretrained(folder)(input_ids=ids).logits
         adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter_dir)(
-            input_ids=ids).logits
+            input_ids=ids
+        ).logits
     assert torch.allclose(merged, adapted, atol=1e-4)
     assert job.events.filter(kind="export", message="merged model ready").exists()
 
@@ -121,6 +142,7 @@ def test_estimate_over_the_api(api, dataset, base_model):
     assert est["steps"] == 4 and est["trainable_params"] > 0 and est["targets"][0] == "self_attn.q_proj"
     bad = api.post("/api/v1/estimate/", {**body, "config": {"rank": 0}}, format="json")
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "rank"
-    bad = api.post("/api/v1/estimate/", {**body, "config": {"target_preset": "custom", "target_modules": ["wq"]}},
-                   format="json")
+    bad = api.post(
+        "/api/v1/estimate/", {**body, "config": {"target_preset": "custom", "target_modules": ["wq"]}}, format="json"
+    )
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "target_modules"

@@ -1,16 +1,16 @@
 """Fit by memory: worker announcements, claims that only take jobs that fit, wake-ups that carry no job, why a
 queued job waits, and the refuse/wait setting through the form, REST and the OpenAI API. Real workers on
 declared capacities: tests/integration/test_routing.py."""
+
 import dataclasses
 from unittest import mock
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from jobs.training import selectors, workers
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
-from jobs.training import workers
-from jobs.training import selectors
 from jobs.training.claims import Claim, fair_order
 from jobs.training.models import FineTuneJob, JobEvent, JobStatus
 from jobs.training.plan import job_plan
@@ -23,9 +23,20 @@ TINY = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_preset": "attention", "ba
 
 def announced(*workers_: tuple[str, float, str | None]):
     """Stand-ins for live workers' announcements: (name, memory MB, current job id)."""
-    return [{"name": name, "host": "h", "pid": i, "device": "cpu", "count": 1, "memory_mb": memory,
-             "job": job, "started": 1.0, "seen": 2.0}
-            for i, (name, memory, job) in enumerate(workers_)]
+    return [
+        {
+            "name": name,
+            "host": "h",
+            "pid": i,
+            "device": "cpu",
+            "count": 1,
+            "memory_mb": memory,
+            "job": job,
+            "started": 1.0,
+            "seen": 2.0,
+        }
+        for i, (name, memory, job) in enumerate(workers_)
+    ]
 
 
 def create_job(user, base_model, dataset, config, *, memory_mb, name=""):
@@ -41,6 +52,7 @@ def fleet(*workers_):
 
 # --- fit ------------------------------------------------------------------------------------------
 
+
 def test_fit_counts_memory_per_device_and_devices():
     gpu = Capacity(device="cuda", count=2, memory_mb=24 * GB)
     assert fits(gpu, need_mb=20 * GB, devices=2) and not fits(gpu, need_mb=20 * GB, devices=4)
@@ -48,13 +60,18 @@ def test_fit_counts_memory_per_device_and_devices():
     assert waiting_for(need_mb=20 * GB, devices=1, capacities=[]) == ""  # nobody announced: just queued
     assert waiting_for(need_mb=20 * GB, devices=1, capacities=[gpu]) == ""
     small = Capacity(device="cuda", count=1, memory_mb=16 * GB)
-    assert (waiting_for(need_mb=30_000, devices=1, capacities=[gpu, small, small])
-            == "waits for a worker with 29.3 GB; the live ones have 24 GB, 16 GB")
-    assert (waiting_for(need_mb=20 * GB, devices=4, capacities=[gpu])
-            == "waits for a worker with 4 devices of 20 GB; the live ones have 2 × 24 GB")
+    assert (
+        waiting_for(need_mb=30_000, devices=1, capacities=[gpu, small, small])
+        == "waits for a worker with 29.3 GB; the live ones have 24 GB, 16 GB"
+    )
+    assert (
+        waiting_for(need_mb=20 * GB, devices=4, capacities=[gpu])
+        == "waits for a worker with 4 devices of 20 GB; the live ones have 2 × 24 GB"
+    )
 
 
 # --- what a worker announces ------------------------------------------------------------------------
+
 
 def test_declared_capacity_overrides_detection_and_is_checked(settings):
     settings.WORKER_CAPACITY = '{"device": "cuda", "count": 2, "memory_mb": 81920}'
@@ -62,9 +79,13 @@ def test_declared_capacity_overrides_detection_and_is_checked(settings):
     settings.WORKER_CAPACITY = ""
     settings.TRAIN_MEMORY_LIMIT_MB = 3000
     assert workers.own_capacity().memory_mb == 3000.0
-    for raw, field in [("{", "JSON"), ('{"device": "tpu", "memory_mb": 1}', "device"),
-                       ('{"count": 0, "memory_mb": 1}', "count"), ('{"memory_mb": -5}', "memory_mb"),
-                       ('{"memory_mb": 1, "colour": 1}', "only")]:
+    for raw, field in [
+        ("{", "JSON"),
+        ('{"device": "tpu", "memory_mb": 1}', "device"),
+        ('{"count": 0, "memory_mb": 1}', "count"),
+        ('{"memory_mb": -5}', "memory_mb"),
+        ('{"memory_mb": 1, "colour": 1}', "only"),
+    ]:
         with pytest.raises(ImproperlyConfigured, match=field):
             workers.parse_capacity(raw)
 
@@ -83,8 +104,13 @@ def as_worker(real_redis, settings):
 def test_a_worker_announces_itself_with_a_ttl_and_its_job(as_worker):
     workers.announce()
     [me] = workers.live_workers()
-    assert (me["name"], me["device"], me["count"], me["memory_mb"], me["job"]) == ("train-test@host", "cpu", 1,
-                                                                                  4000.0, None)
+    assert (me["name"], me["device"], me["count"], me["memory_mb"], me["job"]) == (
+        "train-test@host",
+        "cpu",
+        1,
+        4000.0,
+        None,
+    )
     key = next(as_worker.scan_iter(match="train-worker:*"))
     assert 0 < as_worker.ttl(key) <= 6  # three heartbeats: a killed worker is gone within them
     workers.set_current_job("0" * 32)
@@ -96,6 +122,7 @@ def test_a_worker_announces_itself_with_a_ttl_and_its_job(as_worker):
 
 
 # --- claims take only jobs that fit ------------------------------------------------------------------
+
 
 @pytest.fixture
 def small_and_big(user, base_model, dataset):
@@ -137,8 +164,9 @@ def test_a_free_worker_takes_the_fairest_job_that_fits_then_the_next_until_none_
     """Rewritten from "a turn used for another job sends the message's job again" (hand_on, removed): a wake-up
     names no job; the worker claims every job that fits it, fairest first, and leaves the rest queued."""
     small, big = small_and_big
-    third = FineTuneJob.objects.create(owner=small.owner, base_model=small.base_model, config=small.config,
-                                       status=JobStatus.QUEUED, memory_mb=1500)
+    third = FineTuneJob.objects.create(
+        owner=small.owner, base_model=small.base_model, config=small.config, status=JobStatus.QUEUED, memory_mb=1500
+    )
     settings.WORKER_CAPACITY = '{"device": "cpu", "count": 1, "memory_mb": 2000}'
     started = []
 
@@ -154,8 +182,9 @@ def test_a_free_worker_takes_the_fairest_job_that_fits_then_the_next_until_none_
     assert big.status == JobStatus.QUEUED
 
 
-def test_waking_the_workers_sends_one_wake_up_per_live_worker_on_commit(db, real_redis,
-                                                                      django_capture_on_commit_callbacks):
+def test_waking_the_workers_sends_one_wake_up_per_live_worker_on_commit(
+    db, real_redis, django_capture_on_commit_callbacks
+):
     with mock.patch("jobs.training.tasks.job_run.delay") as delay:
         with fleet(("a@h", 4000, None), ("b@h", 4000, "x"), ("c@h", 4000, None)):
             with django_capture_on_commit_callbacks(execute=True):
@@ -174,22 +203,41 @@ def test_waking_the_workers_sends_one_wake_up_per_live_worker_on_commit(db, real
 
 # --- submit: refuse or wait, on the form, REST and the OpenAI API ------------------------------------------
 
+
 def rest_submit(api, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        return api.post("/api/v1/jobs/", {"dataset": str(dataset.id), "base_model": str(base_model.id),
-                                          "config": TINY, "validation": "none"}, format="json")
+        return api.post(
+            "/api/v1/jobs/",
+            {"dataset": str(dataset.id), "base_model": str(base_model.id), "config": TINY, "validation": "none"},
+            format="json",
+        )
 
 
 def openai_submit(api, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
-        return api.post("/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}",
-                                                 "lora": {"rank": 4, "alpha": 8}}, format="json")
+        return api.post(
+            "/v1/fine_tuning/jobs",
+            {"model": "tiny-llama", "training_file": f"file-{dataset.id.hex}", "lora": {"rank": 4, "alpha": 8}},
+            format="json",
+        )
 
 
 def form_submit(client, base_model, dataset):
-    data = {"name": "j", "base_model": base_model.id, "dataset": dataset.id, **TINY, "epochs": 1, "learning_rate": 0.01,
-            "grad_accum": 1, "warmup_ratio": 0, "lr_scheduler": "linear", "weight_decay": 0, "seed": 1,
-            "bias": "none", "validation": "none"}
+    data = {
+        "name": "j",
+        "base_model": base_model.id,
+        "dataset": dataset.id,
+        **TINY,
+        "epochs": 1,
+        "learning_rate": 0.01,
+        "grad_accum": 1,
+        "warmup_ratio": 0,
+        "lr_scheduler": "linear",
+        "weight_decay": 0,
+        "seed": 1,
+        "bias": "none",
+        "validation": "none",
+    }
     with mock.patch("jobs.training.tasks.job_run.delay"):
         return client.post("/jobs/new/", data)
 
@@ -248,19 +296,25 @@ def test_a_job_that_fits_a_live_worker_is_just_queued(settings, api, base_model,
 def test_the_estimate_uses_the_workers_device_and_memory(user, base_model, dataset, settings):
     settings.TRAIN_DEVICE = "auto"
     gpus = [("gpu@a", Capacity(device="cuda", count=1, memory_mb=24 * GB))]
-    est = job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                   fleet=gpus, refuse=False).estimate
+    est = job_plan(
+        owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY), fleet=gpus, refuse=False
+    ).estimate
     assert est.memory_limit_mb == 24 * GB and est.breakdown["overhead"] == 500  # CUDA's context, bf16
     cpus = [("cpu@b", Capacity(device="cpu", count=1, memory_mb=4000))]
-    est = job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY),
-                   fleet=gpus + cpus, refuse=False).estimate
-    assert est.memory_limit_mb == 24 * GB and est.breakdown["overhead"] == 400  # the CPU runtime, fp32: nothing converted
+    est = job_plan(
+        owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**TINY), fleet=gpus + cpus, refuse=False
+    ).estimate
+    assert (
+        est.memory_limit_mb == 24 * GB and est.breakdown["overhead"] == 400
+    )  # the CPU runtime, fp32: nothing converted
 
 
 # --- the Workers page and API ----------------------------------------------------------------------------
 
-def test_workers_api_shows_devices_memory_jobs_and_why_your_jobs_wait(api, api_bob, user, client_in, base_model,
-                                                                       dataset):
+
+def test_workers_api_shows_devices_memory_jobs_and_why_your_jobs_wait(
+    api, api_bob, user, client_in, base_model, dataset
+):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         mine = create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=20_000, name="mine")
         after = create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=1000, name="after")
@@ -287,6 +341,7 @@ def test_workers_api_shows_devices_memory_jobs_and_why_your_jobs_wait(api, api_b
 
 # --- why a queued job waits: one sentence from one place ----------------------------------------------------
 
+
 def test_why_a_queued_job_waits(user, other_user, base_model, dataset):
     with mock.patch("jobs.training.tasks.job_run.delay"):
         first, second = (create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=3000) for _ in range(2))
@@ -302,12 +357,15 @@ def test_why_a_queued_job_waits(user, other_user, base_model, dataset):
     assert reason(second, ("b@a", 4 * GB, None)) == "2nd in the fair queue"  # nobody has run: the oldest first
     assert reason(bobs, ("b@a", 4 * GB, None)) == "3rd in the fair queue"
     assert reason(first, ("b@a", 4 * GB, "x"), ("s@a", 2 * GB, None)) == (
-        "1st in the fair queue; every train worker that fits it is busy")
+        "1st in the fair queue; every train worker that fits it is busy"
+    )
     Claim.take(first.id)
     assert reason(second, ("b@a", 4 * GB, str(first.id))) == (
-        "waits for one of your running jobs to end (you may train 1 at a time)")
+        "waits for one of your running jobs to end (you may train 1 at a time)"
+    )
     assert reason(bobs, ("b@a", 4 * GB, str(first.id))) == (
-        "1st in the fair queue; every train worker that fits it is busy")
+        "1st in the fair queue; every train worker that fits it is busy"
+    )
     assert reason(first, ("b@a", 4 * GB, None)) == ""  # running: nothing to wait for
 
 

@@ -1,5 +1,6 @@
 """The form, the REST API's OpenAPI schema and the OpenAI layer take each setting's label, help and limits
 from TrainConfig's field metadata."""
+
 from django import forms
 
 from jobs.openai_compat import fine_tuning
@@ -65,8 +66,10 @@ def test_a_missing_start_from_job_is_an_input_error_not_a_setting_error(user, ba
 
     with pytest.raises(InputError) as err:
         job_start_config(owner=user, base_model=base_model, config=TrainConfig(start_from=str(uuid.uuid4())))
-    assert not isinstance(err.value, ConfigError) and (err.value.field, err.value.message) == ("start_from",
-                                                                                             "no such job")
+    assert not isinstance(err.value, ConfigError) and (err.value.field, err.value.message) == (
+        "start_from",
+        "no such job",
+    )
 
 
 def test_the_form_folds_exactly_the_advanced_settings():

@@ -1,5 +1,6 @@
 """The embedded Redis keeps its data in var/redis: a queued message survives a stop and start of
 `make run` (SIGTERM) and even a kill -9 a moment after it was written."""
+
 import os
 import signal
 import subprocess
@@ -18,8 +19,13 @@ def start(var, port) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "webapp.embedded_redis"], env=env, stdout=subprocess.DEVNULL)
     client = redis.Redis(port=port)
     try:
-        wait_until(client.ping, timeout=5, interval=0.05, what="the embedded redis to answer a ping",
-                   ignore=(redis.ConnectionError,))
+        wait_until(
+            client.ping,
+            timeout=5,
+            interval=0.05,
+            what="the embedded redis to answer a ping",
+            ignore=(redis.ConnectionError,),
+        )
     except AssertionError:
         proc.kill()
         raise

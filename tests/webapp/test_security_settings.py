@@ -1,6 +1,7 @@
 """Deployment settings read from the environment: plain HTTP by default (`make run`), HTTPS=1 for TLS,
 the proxy header only when trusted, no placeholder SECRET_KEY, `check --deploy` clean with the documented
 production settings, a strict Content-Security-Policy, and private files 0600 from the start."""
+
 import json
 import os
 import re
@@ -15,11 +16,25 @@ from jobs.common.private_files import private_file_create
 
 ROOT = Path(__file__).resolve().parents[2]
 # README "Security" -> "Deployment behind TLS".
-PRODUCTION = {"DEBUG": "0", "HTTPS": "1", "TRUST_PROXY_SSL_HEADER": "1", "ALLOWED_HOSTS": "studio.example.com",
-              "SECRET_KEY": "9Zr4kQe7Lx2Vb8Nw1Tc6Hy3Mp0Gs5Fd-Ju_Ka7Wq4Er1Ty8Ui2Op6As3Df9Gh",
-              "CSRF_TRUSTED_ORIGINS": "https://studio.example.com", "ALLOW_SIGNUP": "0"}
-DEPLOY_NAMES = ["SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS",
-                "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_PROXY_SSL_HEADER", "DEBUG", "ALLOW_SIGNUP"]
+PRODUCTION = {
+    "DEBUG": "0",
+    "HTTPS": "1",
+    "TRUST_PROXY_SSL_HEADER": "1",
+    "ALLOWED_HOSTS": "studio.example.com",
+    "SECRET_KEY": "9Zr4kQe7Lx2Vb8Nw1Tc6Hy3Mp0Gs5Fd-Ju_Ka7Wq4Er1Ty8Ui2Op6As3Df9Gh",
+    "CSRF_TRUSTED_ORIGINS": "https://studio.example.com",
+    "ALLOW_SIGNUP": "0",
+}
+DEPLOY_NAMES = [
+    "SESSION_COOKIE_SECURE",
+    "CSRF_COOKIE_SECURE",
+    "SECURE_SSL_REDIRECT",
+    "SECURE_HSTS_SECONDS",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "SECURE_PROXY_SSL_HEADER",
+    "DEBUG",
+    "ALLOW_SIGNUP",
+]
 
 
 def django_process(tmp_path, env: dict, code: str) -> subprocess.CompletedProcess:
@@ -27,13 +42,16 @@ def django_process(tmp_path, env: dict, code: str) -> subprocess.CompletedProces
     names = set(PRODUCTION) | {"TRUST_PROXY_SSL_HEADER", "HSTS_SECONDS", "CACHE_URL"}
     base = {k: v for k, v in os.environ.items() if k not in names}
     base.update(DJANGO_SETTINGS_MODULE="webapp.settings", LORA_STUDIO_VAR=str(tmp_path / "var"), LOG_LEVEL="WARNING")
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**base, **env}, capture_output=True,
-                          text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=180
+    )
 
 
 def deploy_settings(tmp_path, env: dict) -> dict:
-    code = ("import django, json; django.setup(); from django.conf import settings as s; "
-            f"print(json.dumps({{n: getattr(s, n) for n in {DEPLOY_NAMES!r}}}))")
+    code = (
+        "import django, json; django.setup(); from django.conf import settings as s; "
+        f"print(json.dumps({{n: getattr(s, n) for n in {DEPLOY_NAMES!r}}}))"
+    )
     done = django_process(tmp_path, env, code)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -55,8 +73,10 @@ def test_https_turns_on_secure_cookies_hsts_and_the_redirect(tmp_path):
 
 
 def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path):
-    code = ("import django; django.setup(); from django.core.management import call_command; "
-            "call_command('check', '--deploy', '--fail-level', 'WARNING')")
+    code = (
+        "import django; django.setup(); from django.core.management import call_command; "
+        "call_command('check', '--deploy', '--fail-level', 'WARNING')"
+    )
     done = django_process(tmp_path, PRODUCTION, code)
     assert done.returncode == 0, done.stderr
     assert "WARNING" not in done.stderr and "no issues" in done.stdout + done.stderr
@@ -80,7 +100,9 @@ def test_the_generated_secret_key_file_is_private_even_with_umask_0(tmp_path):
 def test_private_files_are_created_0600_and_never_overwritten(tmp_path, monkeypatch):
     modes = []
     real_open = os.open
-    monkeypatch.setattr(os, "open", lambda path, flags, mode=0o777: modes.append((flags, mode)) or real_open(path, flags, mode))
+    monkeypatch.setattr(
+        os, "open", lambda path, flags, mode=0o777: modes.append((flags, mode)) or real_open(path, flags, mode)
+    )
     old = os.umask(0)
     try:
         private_file_create(tmp_path / "secret", "s3cret")
@@ -116,6 +138,7 @@ def test_the_demo_password_file_is_private(db, tmp_path, monkeypatch):
 
 # --- in-process: headers ----------------------------------------------------------------------
 
+
 def csp_directives(response) -> dict[str, list[str]]:
     header = response.headers["Content-Security-Policy"]
     return {d.split()[0]: d.split()[1:] for d in header.split(";") if d.strip()}
@@ -145,7 +168,9 @@ def test_swagger_ui_renders_under_the_policy_from_files_only(client_in):
 def test_templates_have_no_inline_styles():
     for path in (ROOT / "templates").rglob("*.html"):
         html = path.read_text()
-        assert "<style" not in html and not re.search(r"\sstyle=", html), f"{path}: move the style to static/app/app.css"
+        assert "<style" not in html and not re.search(r"\sstyle=", html), (
+            f"{path}: move the style to static/app/app.css"
+        )
 
 
 def test_https_redirects_and_sends_hsts(client, db, settings):

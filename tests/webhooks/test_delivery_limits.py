@@ -1,5 +1,6 @@
 """A webhook attempt is bounded: a total deadline however slowly the endpoint trickles its answer,
 at most ANSWER_MAX_BYTES of the answer read; and the sweep re-queues deliveries whose message was lost."""
+
 import datetime as dt
 import http.client
 import http.server
@@ -10,12 +11,17 @@ from unittest import mock
 import pytest
 from django.utils import timezone
 
-from tests.local_http import local_http_server
-
 from jobs.webhooks.models import MAX_ATTEMPTS, Webhook, WebhookDelivery
 from jobs.webhooks.services import webhook_create, webhook_ping
-from jobs.webhooks.tasks import (ANSWER_MAX_BYTES, SWEEP_GRACE_S, DeliveryFailed, webhook_backoff, webhook_deliver,
-                            webhook_sweep)
+from jobs.webhooks.tasks import (
+    ANSWER_MAX_BYTES,
+    SWEEP_GRACE_S,
+    DeliveryFailed,
+    webhook_backoff,
+    webhook_deliver,
+    webhook_sweep,
+)
+from tests.local_http import local_http_server
 
 DEADLINE_S = 2
 SLACK_S = 1.0
@@ -131,9 +137,11 @@ def test_an_endless_answer_is_read_up_to_the_cap_only(user, slow_endpoint, setti
 
 # --- the sweep -------------------------------------------------------------------------------------
 
+
 def delivery_at(hook, *, attempts=0, age_s: float, **fields) -> WebhookDelivery:
-    delivery = WebhookDelivery.objects.create(webhook=hook, event="ping", payload={"id": "msg_x"}, attempts=attempts,
-                                              **fields)
+    delivery = WebhookDelivery.objects.create(
+        webhook=hook, event="ping", payload={"id": "msg_x"}, attempts=attempts, **fields
+    )
     # `updated` is auto_now on save(); update() sets the age the sweep reads.
     WebhookDelivery.objects.filter(id=delivery.id).update(updated=timezone.now() - dt.timedelta(seconds=age_s))
     return delivery

@@ -4,6 +4,7 @@ rebinding), registration refuses what it can, and users see a category, never ex
 
 No test here contacts an inside address: names go through a test resolver, and the only real connections
 go to a local receiver on 127.0.0.1 that the admin allow-list lets through."""
+
 import http.server
 import shutil
 import socket
@@ -16,9 +17,9 @@ from unittest import mock
 import pytest
 
 from jobs.common import outbound
-from tests.local_http import local_http_server
 from jobs.webhooks.models import Webhook, WebhookDelivery
 from jobs.webhooks.tasks import DeliveryFailed, webhook_deliver, webhook_post
+from tests.local_http import local_http_server
 
 PUBLIC = "93.184.215.14"
 NAMES = {
@@ -46,9 +47,11 @@ def resolve(host: str, port: int) -> list[str]:
 def no_socket_opened():
     """Fail the test if anything connects or looks a name up through the system."""
     boom = AssertionError("a socket was opened")
-    with mock.patch("socket.create_connection", side_effect=boom) as create, \
-            mock.patch.object(socket.socket, "connect", side_effect=boom) as connect, \
-            mock.patch("socket.getaddrinfo", side_effect=AssertionError("the system resolver was asked")):
+    with (
+        mock.patch("socket.create_connection", side_effect=boom) as create,
+        mock.patch.object(socket.socket, "connect", side_effect=boom) as connect,
+        mock.patch("socket.getaddrinfo", side_effect=AssertionError("the system resolver was asked")),
+    ):
         yield
     create.assert_not_called()
     connect.assert_not_called()
@@ -132,8 +135,10 @@ def test_dns_rebinding_connects_to_the_address_that_was_checked():
     goes to the vetted address, and the name is never looked up a second time."""
     answers = iter([[PUBLIC], ["127.0.0.1"], ["169.254.169.254"]])
     resolver = mock.Mock(side_effect=lambda host, port: next(answers))
-    with mock.patch("socket.create_connection", side_effect=TimeoutError("timed out")) as connect, \
-            mock.patch("socket.getaddrinfo", side_effect=AssertionError("the system resolver was asked")):
+    with (
+        mock.patch("socket.create_connection", side_effect=TimeoutError("timed out")) as connect,
+        mock.patch("socket.getaddrinfo", side_effect=AssertionError("the system resolver was asked")),
+    ):
         with pytest.raises(DeliveryFailed) as err:
             webhook_post("http://rebind.example.com:8080/hook", b"{}", {}, deadline_s=5, resolver=resolver)
     assert str(err.value) == "timeout: no complete answer within 5 s"
@@ -165,8 +170,13 @@ def test_a_pinned_delivery_reaches_an_allowed_receiver_with_its_host_name(settin
     with local_http_server(HostEcho) as base:
         port = int(base.rsplit(":", 1)[1])
         resolver = mock.Mock(return_value=["127.0.0.1"])
-        status = webhook_post(f"http://hooks.example.com:{port}/in?x=1", b"{}", {"Content-Type": "application/json"},
-                              deadline_s=5, resolver=resolver)
+        status = webhook_post(
+            f"http://hooks.example.com:{port}/in?x=1",
+            b"{}",
+            {"Content-Type": "application/json"},
+            deadline_s=5,
+            resolver=resolver,
+        )
         assert status == 204 and HostEcho.seen == [(f"hooks.example.com:{port}", "/in?x=1")]
         # Without the allow-list the same name is refused, since it resolves to a loopback address.
         settings.WEBHOOK_ALLOWED_HOSTS = []
@@ -183,17 +193,37 @@ def test_a_pinned_delivery_reaches_an_allowed_receiver_with_its_host_name(settin
 
 # --- TLS: SNI and the certificate are checked against the URL's host name, not the address ----------
 
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A self-signed certificate for hooks.example.com (openssl's command line makes it)."""
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command")
     folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "1", "-subj", "/CN=hooks.example.com",
-                    "-addext", "subjectAltName=DNS:hooks.example.com",
-                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=hooks.example.com",
+            "-addext",
+            "subjectAltName=DNS:hooks.example.com",
+            "-keyout",
+            str(folder / "key.pem"),
+            "-out",
+            str(folder / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return folder / "cert.pem", folder / "key.pem"
 
 
@@ -228,8 +258,10 @@ def test_tls_uses_the_host_name_for_sni_and_the_certificate_check(settings, cert
             webhook_post(f"https://hooks.example.com:{port}/a", b"{}", {}, deadline_s=5, resolver=to_localhost)
         with mock.patch.object(outbound.ssl, "create_default_context", return_value=trusting):
             # Trusted, and the name matches although the socket goes to 127.0.0.1.
-            assert webhook_post(f"https://hooks.example.com:{port}/b", b"{}", {}, deadline_s=5,
-                                resolver=to_localhost) == 204
+            assert (
+                webhook_post(f"https://hooks.example.com:{port}/b", b"{}", {}, deadline_s=5, resolver=to_localhost)
+                == 204
+            )
         trusting = ssl.create_default_context(cafile=str(cert))
         with mock.patch.object(outbound.ssl, "create_default_context", return_value=trusting):
             # Trusted, but issued to another name than the URL's: refused.
@@ -242,13 +274,20 @@ def test_tls_uses_the_host_name_for_sni_and_the_certificate_check(settings, cert
 # --- registration ---------------------------------------------------------------------------------
 
 REFUSED_AT_REGISTRATION = [
-    ("http://127.0.0.1/", "loopback address"), ("http://127.0.0.1:6390/", "allowed port"),
-    ("http://169.254.169.254/latest/meta-data/", "link-local address"), ("http://[::1]:8000/", "allowed port"),
-    ("http://10.0.0.5:2375/", "allowed port"), ("http://10.0.0.5/", "private address"),
-    ("http://2130706433/", "loopback address"), ("http://0x7f.1/", "loopback address"),
-    ("http://017700000001/", "loopback address"), ("http://127.1/", "loopback address"),
-    ("http://localhost/", "loopback address"), ("https://[::ffff:10.0.0.1]/", "private address"),
-    ("http://0.0.0.0/", "unspecified address"), ("https://example.com:22/", "allowed port"),
+    ("http://127.0.0.1/", "loopback address"),
+    ("http://127.0.0.1:6390/", "allowed port"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local address"),
+    ("http://[::1]:8000/", "allowed port"),
+    ("http://10.0.0.5:2375/", "allowed port"),
+    ("http://10.0.0.5/", "private address"),
+    ("http://2130706433/", "loopback address"),
+    ("http://0x7f.1/", "loopback address"),
+    ("http://017700000001/", "loopback address"),
+    ("http://127.1/", "loopback address"),
+    ("http://localhost/", "loopback address"),
+    ("https://[::ffff:10.0.0.1]/", "private address"),
+    ("http://0.0.0.0/", "unspecified address"),
+    ("https://example.com:22/", "allowed port"),
     ("https://example.com:99999/", "absolute http"),
 ]
 
@@ -286,12 +325,19 @@ def test_a_name_is_registered_and_checked_at_delivery(api, user, django_capture_
     hook = Webhook.objects.get(id=created.json()["id"])
     with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
         delivery_id = api.post(f"/api/v1/webhooks/{hook.id}/test/").json()["id"]
-    with no_socket_opened(), mock.patch.object(outbound, "system_resolve", side_effect=resolve), \
-            pytest.raises(DeliveryFailed):
+    with (
+        no_socket_opened(),
+        mock.patch.object(outbound, "system_resolve", side_effect=resolve),
+        pytest.raises(DeliveryFailed),
+    ):
         webhook_deliver(delivery_id)
     (shown,) = api.get(f"/api/v1/webhooks/{hook.id}/deliveries/").json()["results"]
     assert (shown["status"], shown["attempts"], shown["response_code"], shown["last_error"]) == (
-        "pending", 1, None, "refused: private address")
+        "pending",
+        1,
+        None,
+        "refused: private address",
+    )
 
     old = Webhook.objects.create(owner=user, url="http://127.0.0.1:6390/")  # registered before the checks
     delivery = WebhookDelivery.objects.create(webhook=old, event="ping", payload={"id": "msg_x"})
@@ -305,8 +351,9 @@ def test_a_name_is_registered_and_checked_at_delivery(api, user, django_capture_
 
 def test_the_page_shows_categories_and_rotates_the_secret_once(client_in, user):
     hook = Webhook.objects.create(owner=user, url="https://hooks.example.com/x")
-    WebhookDelivery.objects.create(webhook=hook, event="ping", payload={"id": "msg_x"}, attempts=1,
-                                   last_error="refused: private address")
+    WebhookDelivery.objects.create(
+        webhook=hook, event="ping", payload={"id": "msg_x"}, attempts=1, last_error="refused: private address"
+    )
     page = client_in.get("/account/webhooks/")
     text = page.content.decode()
     assert "refused: private address" in text and hook.secret not in text

@@ -1,5 +1,6 @@
 """Webhooks: URL validation, ownership, one delivery per webhook when a job ends, and a signed delivery
 that is retried after a failure against a real local HTTP receiver."""
+
 import base64
 import hashlib
 import hmac
@@ -11,11 +12,11 @@ from unittest import mock
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from jobs.training.models import JobStatus
-from jobs.webhooks.models import WebhookDelivery
-from jobs.training.services import job_create, job_mark
-from jobs.training.plan import job_plan
 from jobs.datasets.services import dataset_create
+from jobs.training.models import JobStatus
+from jobs.training.plan import job_plan
+from jobs.training.services import job_create, job_mark
+from jobs.webhooks.models import WebhookDelivery
 from jobs.webhooks.services import webhook_create
 from jobs.webhooks.tasks import DeliveryFailed, webhook_deliver
 from tests.factories import chat_jsonl
@@ -66,8 +67,17 @@ def job(user, base_model):
         return job_create(plan=job_plan(owner=user, dataset=ds, base_model=base_model, config=TrainConfig()))
 
 
-@pytest.mark.parametrize("url", ["", "example.com/hook", "ftp://example.com/x", "javascript:alert(1)",
-                                 "http://user:pw@example.com/x", "http:///nohost"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "example.com/hook",
+        "ftp://example.com/x",
+        "javascript:alert(1)",
+        "http://user:pw@example.com/x",
+        "http:///nohost",
+    ],
+)
 def test_only_absolute_http_urls_are_accepted(user, url):
     with pytest.raises(InputError) as err:
         webhook_create(owner=user, url=url)
@@ -104,8 +114,9 @@ def test_page_adds_shows_and_deletes_only_your_own(client, user, other_user):
 
 
 @pytest.mark.parametrize("status", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED])
-def test_a_job_ending_queues_one_delivery_per_active_webhook(user, other_user, job, status,
-                                                            django_capture_on_commit_callbacks):
+def test_a_job_ending_queues_one_delivery_per_active_webhook(
+    user, other_user, job, status, django_capture_on_commit_callbacks
+):
     webhook_create(owner=user, url="https://a.example/hook")
     webhook_create(owner=user, url="https://b.example/hook")
     inactive = webhook_create(owner=user, url="https://c.example/hook")
@@ -127,7 +138,9 @@ def test_a_job_ending_queues_one_delivery_per_active_webhook(user, other_user, j
     assert payload["id"].startswith("msg_") and isinstance(payload["created_at"], int)
 
 
-def test_delivery_is_signed_and_retried_until_the_receiver_accepts_it(user, job, receiver, django_capture_on_commit_callbacks):
+def test_delivery_is_signed_and_retried_until_the_receiver_accepts_it(
+    user, job, receiver, django_capture_on_commit_callbacks
+):
     url, received = receiver
     hook = webhook_create(owner=user, url=url)
     with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay"), django_capture_on_commit_callbacks(execute=True):
@@ -139,8 +152,12 @@ def test_delivery_is_signed_and_retried_until_the_receiver_accepts_it(user, job,
             webhook_deliver(str(delivery.id))
     assert retry.call_args.kwargs["countdown"] > 0
     delivery.refresh_from_db()
-    assert (delivery.attempts, delivery.delivered, delivery.status_code, delivery.last_error) == (1, False, 500,
-                                                                                                  "HTTP 500")
+    assert (delivery.attempts, delivery.delivered, delivery.status_code, delivery.last_error) == (
+        1,
+        False,
+        500,
+        "HTTP 500",
+    )
     assert webhook_deliver(str(delivery.id)) == "delivered"
     delivery.refresh_from_db()
     assert (delivery.attempts, delivery.delivered, delivery.status_code, delivery.last_error) == (2, True, 200, "")

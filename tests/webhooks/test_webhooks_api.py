@@ -1,5 +1,6 @@
 """REST endpoints for webhooks: create / list / detail / delete, deliveries, a signed test ping and secret
 rotation; owner-only, CSRF-checked for sessions, and errors naming the field."""
+
 import base64
 from pathlib import Path
 from unittest import mock
@@ -38,8 +39,13 @@ def test_create_list_detail_delete_and_the_secret_is_shown_once(api, user):
     assert response.status_code == 201, response.content
     created = response.json()
     hook = Webhook.objects.get(owner=user)
-    assert created == {"id": hook.id, "url": "https://example.com/hook", "active": True,
-                       "created": created["created"], "secret": hook.secret}
+    assert created == {
+        "id": hook.id,
+        "url": "https://example.com/hook",
+        "active": True,
+        "created": created["created"],
+        "secret": hook.secret,
+    }
     listing = api.get("/api/v1/webhooks/").json()
     assert [w["id"] for w in listing] == [hook.id] and "secret" not in listing[0]
     detail = api.get(f"/api/v1/webhooks/{hook.id}/").json()
@@ -49,12 +55,15 @@ def test_create_list_detail_delete_and_the_secret_is_shown_once(api, user):
     assert api.get(f"/api/v1/webhooks/{hook.id}/").status_code == 404
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"url": "ftp://example.com/x"}, "url"),
-    ({"url": "example.com/hook"}, "url"),
-    ({"url": "javascript:alert(1)"}, "url"),
-    ({"url": "http://user:pw@example.com/x"}, "url"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"url": "ftp://example.com/x"}, "url"),
+        ({"url": "example.com/hook"}, "url"),
+        ({"url": "javascript:alert(1)"}, "url"),
+        ({"url": "http://user:pw@example.com/x"}, "url"),
+    ],
+)
 def test_a_bad_url_is_a_400_naming_the_field(api, body, field):
     response = api.post("/api/v1/webhooks/", body, format="json")
     assert response.status_code == 400 and response.json()["error"]["field"] == field, response.content
@@ -62,14 +71,17 @@ def test_a_bad_url_is_a_400_naming_the_field(api, body, field):
     assert not Webhook.objects.exists()
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "url"),
-    ({"url": ""}, "url"),
-    ({"url": ["https://example.com"]}, "url"),
-    ({"url": None}, "url"),
-    ({"url": "https://example.com/hook", "secret": "mine"}, "secret"),
-    ({"URL": "https://example.com/hook"}, "URL"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "url"),
+        ({"url": ""}, "url"),
+        ({"url": ["https://example.com"]}, "url"),
+        ({"url": None}, "url"),
+        ({"url": "https://example.com/hook", "secret": "mine"}, "secret"),
+        ({"URL": "https://example.com/hook"}, "URL"),
+    ],
+)
 def test_missing_wrongly_typed_and_unknown_fields_are_named(api, body, field):
     response = api.post("/api/v1/webhooks/", body, format="json")
     assert response.status_code == 400 and field in response.json(), response.content
@@ -86,8 +98,13 @@ def test_at_most_ten_webhooks_by_default(api, user):
 
 def test_another_users_webhook_does_not_exist(api, api_bob, user):
     hook = webhook_create(owner=user, url="https://example.com/hook")
-    for method, path in [("get", ""), ("delete", ""), ("get", "deliveries/"), ("post", "test/"),
-                         ("post", "rotate-secret/")]:
+    for method, path in [
+        ("get", ""),
+        ("delete", ""),
+        ("get", "deliveries/"),
+        ("post", "test/"),
+        ("post", "rotate-secret/"),
+    ]:
         response = getattr(api_bob, method)(f"/api/v1/webhooks/{hook.id}/{path}")
         assert response.status_code == 404 and response.json() == {"detail": "No Webhook matches the given query."}
     assert api_bob.get("/api/v1/webhooks/").json() == []
@@ -97,8 +114,10 @@ def test_another_users_webhook_does_not_exist(api, api_bob, user):
 
 def test_test_ping_is_queued_on_commit_signed_and_listed(api, user, django_capture_on_commit_callbacks):
     hook = webhook_create(owner=user, url="https://example.com/hook")
-    with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay") as delay, \
-            django_capture_on_commit_callbacks(execute=True):
+    with (
+        mock.patch("jobs.webhooks.tasks.webhook_deliver.delay") as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
         response = api.post(f"/api/v1/webhooks/{hook.id}/test/")
     assert response.status_code == 202, response.content
     queued = response.json()
@@ -114,19 +133,27 @@ def test_test_ping_is_queued_on_commit_signed_and_listed(api, user, django_captu
 
     (delivery,) = api.get(f"/api/v1/webhooks/{hook.id}/deliveries/").json()["results"]
     assert (delivery["id"], delivery["status"], delivery["attempts"], delivery["response_code"]) == (
-        queued["id"], "delivered", 1, 204)
+        queued["id"],
+        "delivered",
+        1,
+        204,
+    )
     assert delivery["payload"] == event
 
 
 def test_deliveries_show_status_attempts_and_response_code_newest_first(api, user):
     hook = webhook_create(owner=user, url="https://example.com/hook")
-    for fields in ({"delivered": True, "attempts": 1, "status_code": 200},
-                   {"attempts": 2, "status_code": 500, "last_error": "HTTP 500"},
-                   {"attempts": MAX_ATTEMPTS, "last_error": "ConnectionError: refused"}):
+    for fields in (
+        {"delivered": True, "attempts": 1, "status_code": 200},
+        {"attempts": 2, "status_code": 500, "last_error": "HTTP 500"},
+        {"attempts": MAX_ATTEMPTS, "last_error": "ConnectionError: refused"},
+    ):
         WebhookDelivery.objects.create(webhook=hook, event="ping", payload={"id": "msg_x"}, **fields)
     page = api.get(f"/api/v1/webhooks/{hook.id}/deliveries/?page_size=2").json()
     assert [(d["status"], d["attempts"], d["response_code"]) for d in page["results"]] == [
-        ("failed", MAX_ATTEMPTS, None), ("pending", 2, 500)]
+        ("failed", MAX_ATTEMPTS, None),
+        ("pending", 2, 500),
+    ]
     assert page["results"][1]["last_error"] == "HTTP 500" and page["next"]
     rest = api.get(page["next"]).json()
     assert [(d["status"], d["response_code"]) for d in rest["results"]] == [("delivered", 200)] and not rest["next"]
@@ -159,18 +186,19 @@ def test_session_writes_need_the_csrf_token(user):
     client.force_login(user)
     hook = webhook_create(owner=user, url="https://example.com/hook")
     assert client.get("/api/v1/webhooks/").status_code == 200
-    refused = [client.post("/api/v1/webhooks/", {"url": "https://example.com/2"}, format="json"),
-               client.delete(f"/api/v1/webhooks/{hook.id}/"),
-               client.post(f"/api/v1/webhooks/{hook.id}/test/"),
-               client.post(f"/api/v1/webhooks/{hook.id}/rotate-secret/")]
+    refused = [
+        client.post("/api/v1/webhooks/", {"url": "https://example.com/2"}, format="json"),
+        client.delete(f"/api/v1/webhooks/{hook.id}/"),
+        client.post(f"/api/v1/webhooks/{hook.id}/test/"),
+        client.post(f"/api/v1/webhooks/{hook.id}/rotate-secret/"),
+    ]
     for response in refused:
         assert response.status_code == 403 and "CSRF" in response.json()["detail"]
     assert Webhook.objects.get().secret == hook.secret and not WebhookDelivery.objects.exists()
 
     token = "a" * 32
     client.cookies[settings.CSRF_COOKIE_NAME] = token
-    response = client.post("/api/v1/webhooks/", {"url": "https://example.com/2"}, format="json",
-                           HTTP_X_CSRFTOKEN=token)
+    response = client.post("/api/v1/webhooks/", {"url": "https://example.com/2"}, format="json", HTTP_X_CSRFTOKEN=token)
     assert response.status_code == 201
     assert client.delete(f"/api/v1/webhooks/{hook.id}/", HTTP_X_CSRFTOKEN=token).status_code == 204
 

@@ -1,4 +1,5 @@
 """atomic_dir under faults: an exception, a crash (os._exit) at each rename, and what it fsyncs."""
+
 import os
 import subprocess
 import sys
@@ -7,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.checkpoint import (atomic_dir, checkpoint_folders, prune_checkpoints, recover_leftovers,
-                               write_text_atomic)
+from worker.checkpoint import atomic_dir, checkpoint_folders, prune_checkpoints, recover_leftovers, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,8 +98,9 @@ CRASH = textwrap.dedent("""
 
 @pytest.mark.parametrize("crash_at, survivor", [("block", OLD), ("rename1", OLD), ("rename2", NEW)])
 def test_a_crash_at_any_point_leaves_the_old_or_the_new_folder(final, crash_at, survivor):
-    proc = subprocess.run([sys.executable, "-c", CRASH, str(final), crash_at], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH, str(final), crash_at], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 3, proc.stderr
     assert dot_entries(final.parent), "the crash left its temp or aside folder"
     if crash_at == "rename1":
@@ -142,8 +143,7 @@ def test_checkpoint_folders_and_prune_ignore_and_clear_dot_folders(tmp_path):
     (root / ".step-000010.tmp-abc123").mkdir()  # a save cut short
     (root / ".step-000008.old-0f0f0f0f").mkdir()  # a replacement that finished, all but the cleanup
     (root / ".step-000012.old-1a2b3c4d").mkdir()  # a replacement cut short between the renames
-    assert [p.name for p in checkpoint_folders(root)] == ["step-000008", "step-000006", "step-000004",
-                                                           "step-000002"]
+    assert [p.name for p in checkpoint_folders(root)] == ["step-000008", "step-000006", "step-000004", "step-000002"]
     prune_checkpoints(root)
     assert sorted(p.name for p in root.iterdir()) == ["step-000008", "step-000012"]
 
@@ -165,13 +165,16 @@ def test_an_optimizer_that_keeps_hyperparameters_as_tensors_checkpoints_and_resu
     sum(p.sum() for p in params).backward()
     optimizer.step()
     scheduler.step()
-    folder = save_checkpoint(tmp_path / "ckpts", step=1, model=model, optimizer=optimizer, scheduler=scheduler,
-                             extra={"total_steps": 2})
+    folder = save_checkpoint(
+        tmp_path / "ckpts", step=1, model=model, optimizer=optimizer, scheduler=scheduler, extra={"total_steps": 2}
+    )
     ckpt = read_checkpoint(folder)
     lr = ckpt.optimizer["param_groups"][0]["lr"]
     assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(1e-3), "a tensor comes back as a tensor"
     fresh = torch.optim.AdamW(params, lr=1e-3)
-    load_checkpoint(ckpt, model=model, optimizer=fresh, scheduler=torch.optim.lr_scheduler.LambdaLR(fresh, lambda s: 1.0))
+    load_checkpoint(
+        ckpt, model=model, optimizer=fresh, scheduler=torch.optim.lr_scheduler.LambdaLR(fresh, lambda s: 1.0)
+    )
     assert float(fresh.state_dict()["state"][0]["step"]) == 1
     assert tuple(fresh.param_groups[0]["betas"]) == pytest.approx((0.9, 0.99))
 
@@ -190,10 +193,19 @@ def test_a_nested_optimizer_state_round_trips(tiny_llama, tmp_path):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     inner = {"state1": torch.arange(6, dtype=torch.uint8), "qmap1": torch.linspace(-1, 1, 4), "blocksize": 256}
-    state = {"state": {0: {"step": 3, "__bnb_optimizer_quant_state__": inner}},
-             "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}]}
-    folder = save_checkpoint(tmp_path / "ckpts", step=3, model=model, optimizer=optimizer, scheduler=scheduler,
-                             extra={}, optimizer_state=state)
+    state = {
+        "state": {0: {"step": 3, "__bnb_optimizer_quant_state__": inner}},
+        "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}],
+    }
+    folder = save_checkpoint(
+        tmp_path / "ckpts",
+        step=3,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        extra={},
+        optimizer_state=state,
+    )
     back = read_checkpoint(folder).optimizer["state"][0]
     assert back["step"] == 3 and back["__bnb_optimizer_quant_state__"]["blocksize"] == 256
     assert torch.equal(back["__bnb_optimizer_quant_state__"]["state1"], inner["state1"])

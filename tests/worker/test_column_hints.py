@@ -1,5 +1,6 @@
 """The mapping step's hints: roles guessed from header names (never a column twice, never when unsure)
 and a few short sample values per column, carried by SchemaUnknown from the loader."""
+
 import pytest
 
 from worker.data.column_hints import column_samples, guess_mapping, header_words
@@ -7,16 +8,21 @@ from worker.data.loading import load_dataset_file
 from worker.data.problems import SchemaUnknown
 
 
-@pytest.mark.parametrize("columns, expected", [
-    (["Customer Question", "Agent Answer"], {"prompt": "Customer Question", "response": "Agent Answer"}),
-    (["user_query", "bot_reply", "ticket_id"], {"prompt": "user_query", "response": "bot_reply"}),
-    (["UserMessage", "AssistantMessage"], {"prompt": "UserMessage", "response": "AssistantMessage"}),
-    (["QUESTIONS", "answers", "Context"], {"prompt": "QUESTIONS", "response": "answers", "system": "Context"}),
-    (["instruction", "target", "System Prompt"],
-     {"prompt": "instruction", "response": "target", "system": "System Prompt"}),
-    (["input", "user_input", "completion"], {"prompt": "input", "response": "completion"}),
-    (["id", "title", "body"], {}),
-])
+@pytest.mark.parametrize(
+    "columns, expected",
+    [
+        (["Customer Question", "Agent Answer"], {"prompt": "Customer Question", "response": "Agent Answer"}),
+        (["user_query", "bot_reply", "ticket_id"], {"prompt": "user_query", "response": "bot_reply"}),
+        (["UserMessage", "AssistantMessage"], {"prompt": "UserMessage", "response": "AssistantMessage"}),
+        (["QUESTIONS", "answers", "Context"], {"prompt": "QUESTIONS", "response": "answers", "system": "Context"}),
+        (
+            ["instruction", "target", "System Prompt"],
+            {"prompt": "instruction", "response": "target", "system": "System Prompt"},
+        ),
+        (["input", "user_input", "completion"], {"prompt": "input", "response": "completion"}),
+        (["id", "title", "body"], {}),
+    ],
+)
 def test_roles_are_guessed_from_header_words(columns, expected):
     assert guess_mapping(columns) == expected
 
@@ -49,5 +55,7 @@ def test_schema_unknown_carries_sample_values(tmp_path):
     with pytest.raises(SchemaUnknown) as info:
         load_dataset_file(path)
     assert info.value.columns == ["Customer Question", "Agent Answer"]
-    assert info.value.samples == {"Customer Question": ["Where is my parcel?", "Can I pay later?"],
-                                  "Agent Answer": ["On its way.", "Yes."]}
+    assert info.value.samples == {
+        "Customer Question": ["Where is my parcel?", "Can I pay later?"],
+        "Agent Answer": ["On its way.", "Yes."],
+    }

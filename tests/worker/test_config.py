@@ -5,8 +5,15 @@ import pytest
 from worker.config import ConfigError, GenerationConfig, TrainConfig, TrainSpec
 from worker.targets import classify, resolve_targets
 
-LLAMA = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+LLAMA = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+]
 GPT2 = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
 
 
@@ -16,17 +23,20 @@ def test_defaults_are_the_documented_ones():
     assert cfg.scaling == 2.0
 
 
-@pytest.mark.parametrize("field,value,fragment", [
-    ("rank", 0, "rank: must be between 1 and 1024 (you gave 0)"),
-    ("rank", 2.5, "rank: must be a whole number"),
-    ("alpha", 0, "alpha: must be more than 0 and at most 4096 (you gave 0)"),
-    ("dropout", 0.95, "dropout: must be between 0 and 0.9"),
-    ("learning_rate", float("nan"), "learning_rate: must be a finite number"),
-    ("target_preset", "everything", "target_preset: must be one of attention, mlp, all_linear, custom"),
-    ("qlora", "yes", "qlora: must be true or false"),
-    ("batch_size", True, "batch_size: must be a whole number"),
-    ("lr_scheduler", "step", "lr_scheduler: must be one of linear, cosine, constant"),
-])
+@pytest.mark.parametrize(
+    "field,value,fragment",
+    [
+        ("rank", 0, "rank: must be between 1 and 1024 (you gave 0)"),
+        ("rank", 2.5, "rank: must be a whole number"),
+        ("alpha", 0, "alpha: must be more than 0 and at most 4096 (you gave 0)"),
+        ("dropout", 0.95, "dropout: must be between 0 and 0.9"),
+        ("learning_rate", float("nan"), "learning_rate: must be a finite number"),
+        ("target_preset", "everything", "target_preset: must be one of attention, mlp, all_linear, custom"),
+        ("qlora", "yes", "qlora: must be true or false"),
+        ("batch_size", True, "batch_size: must be a whole number"),
+        ("lr_scheduler", "step", "lr_scheduler: must be one of linear, cosine, constant"),
+    ],
+)
 def test_bad_values_name_the_field(field, value, fragment):
     with pytest.raises(ConfigError) as err:
         TrainConfig(**{field: value})
@@ -82,8 +92,9 @@ def test_custom_list_is_checked_against_the_model():
 
 
 def test_problems_lists_every_broken_field_at_once():
-    found = TrainConfig.problems({"rank": 0, "dropout": 2.0, "batch_size": 2, "devices": 4, "seed": 7,
-                                  "bias": "some", "colour": "red"})
+    found = TrainConfig.problems(
+        {"rank": 0, "dropout": 2.0, "batch_size": 2, "devices": 4, "seed": 7, "bias": "some", "colour": "red"}
+    )
     assert [e.field for e in found] == ["colour", "rank", "dropout", "bias", "devices"]
     assert "must be between 0 and 0.9 (you gave 2.0)" in found[2].message
     assert TrainConfig.problems({"rank": 8, "alpha": 16}) == []

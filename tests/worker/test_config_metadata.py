@@ -1,5 +1,6 @@
 """TrainConfig's field metadata is the one source of each setting's label, help and limits: every field has
 them, and the validation reads them (a limit changed there changes what is refused)."""
+
 import dataclasses
 
 import pytest
@@ -57,7 +58,9 @@ def test_settings_keep_their_order_and_defaults():
     meta = setting_metadata()
     assert list(meta) == [f.name for f in dataclasses.fields(TrainConfig)]
     assert {name: m["default"] for name, m in meta.items()} == TrainConfig().to_dict() | {
-        "target_modules": (), "modules_to_save": ()}
+        "target_modules": (),
+        "modules_to_save": (),
+    }
 
 
 def test_one_error_tree():

@@ -31,8 +31,9 @@ def test_each_problem_names_line_and_field(tmp_path):
     bad_role = {"messages": [{"role": "user", "content": "x"}, {"role": "bot", "content": "y"}]}
     no_assistant = {"messages": [{"role": "user", "content": "x"}]}
     wrong_type = {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}]}
-    path = write_jsonl(tmp_path / "bad.jsonl", [GOOD, '{"messages": [', bad_role, no_assistant, wrong_type,
-                                                 {"txt": "x"}, "[1, 2]"])
+    path = write_jsonl(
+        tmp_path / "bad.jsonl", [GOOD, '{"messages": [', bad_role, no_assistant, wrong_type, {"txt": "x"}, "[1, 2]"]
+    )
     assert problems_of(path) == [
         "line 2: is not valid JSON: Expecting value at column 15",
         'line 3: messages[1].role must be one of system, user, assistant, got "bot"',
@@ -60,11 +61,15 @@ def test_error_shows_first_twenty_and_the_total(tmp_path):
 
 def test_labels_cover_assistant_turns_only(tiny_llama):
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"},
-                {"role": "assistant", "content": "yes"}, {"role": "user", "content": "what"},
-                {"role": "assistant", "content": "no"}]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello world"},
+        {"role": "assistant", "content": "yes"},
+        {"role": "user", "content": "what"},
+        {"role": "assistant", "content": "no"},
+    ]
     ex = tokenize_conversation(tok, messages, 512)
-    trained = tok.decode([i for i, l in zip(ex.input_ids, ex.labels) if l != IGNORE_INDEX])
+    trained = tok.decode([i for i, label in zip(ex.input_ids, ex.labels) if label != IGNORE_INDEX])
     assert trained == "yes<|im_end|>\nno<|im_end|>\n"
     assert tok.decode(ex.input_ids) == tok.apply_chat_template(messages, tokenize=False)
     # Truncation keeps ids and labels aligned.

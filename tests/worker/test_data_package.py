@@ -1,5 +1,6 @@
 """The data package's boundaries: training never loads the CSV / Parquet readers, and one list of
 accepted file extensions."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_training_does_not_import_the_file_format_readers():
-    code = ("import sys, worker.engine, worker.cli; "
-            "print(sorted(m for m in ('worker.data.formats', 'worker.data.loading', 'csv', 'pyarrow') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, worker.engine, worker.cli; "
+        "print(sorted(m for m in ('worker.data.formats', 'worker.data.loading', 'csv', 'pyarrow') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -25,8 +28,17 @@ def test_every_extension_names_a_known_format():
     assert all(ext.startswith(".") and ext == ext.lower() for ext in EXTENSIONS)
 
 
-@pytest.mark.parametrize("name, fmt", [("a.jsonl", "jsonl"), ("a.NDJSON", "jsonl"), ("dir/a.json", "json"),
-                                       ("a.csv", "csv"), ("a.parquet", "parquet"), ("a.pq", "parquet")])
+@pytest.mark.parametrize(
+    "name, fmt",
+    [
+        ("a.jsonl", "jsonl"),
+        ("a.NDJSON", "jsonl"),
+        ("dir/a.json", "json"),
+        ("a.csv", "csv"),
+        ("a.parquet", "parquet"),
+        ("a.pq", "parquet"),
+    ],
+)
 def test_format_for_filename(name, fmt):
     assert format_for_filename(name) == fmt
 

@@ -1,5 +1,6 @@
 """Every format and schema the loader reads, the problems it reports (file, line or row, field),
 and that all of them become the same training examples."""
+
 import csv
 import io
 import json
@@ -10,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from worker.errors import InputError
 from worker.data.examples import Example
 from worker.data.formats import FORMATS
 from worker.data.loading import load_dataset_file
@@ -19,6 +19,7 @@ from worker.data.normalized import read_normalized_jsonl, write_normalized_jsonl
 from worker.data.problems import DatasetError, SchemaUnknown
 from worker.data.schemas import SCHEMAS
 from worker.data.tokenization import IGNORE_INDEX, tokenize_examples
+from worker.errors import InputError
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "bad"
 
@@ -50,19 +51,23 @@ def test_public_constants():
 
 # --- the corpus of bad files ---------------------------------------------------------------------
 
+
 def test_a_json_syntax_error_names_its_line_and_column():
     assert problems(BAD / "broken_line.jsonl") == [
-        "broken_line.jsonl, line 3: is not valid JSON: Expecting ',' delimiter at column 71"]
+        "broken_line.jsonl, line 3: is not valid JSON: Expecting ',' delimiter at column 71"
+    ]
 
 
 def test_a_json_array_syntax_error_names_line_and_column():
     assert problems(BAD / "broken_array.json") == [
-        "broken_array.json, line 4: is not valid JSON: Expecting ',' delimiter at column 3"]
+        "broken_array.json, line 4: is not valid JSON: Expecting ',' delimiter at column 3"
+    ]
 
 
 def test_wrong_role():
     assert problems(BAD / "wrong_role.jsonl") == [
-        'wrong_role.jsonl, line 3: messages[1].role must be one of system, user, assistant, got "bot"']
+        'wrong_role.jsonl, line 3: messages[1].role must be one of system, user, assistant, got "bot"'
+    ]
 
 
 def test_missing_keys():
@@ -81,12 +86,14 @@ def test_wrong_types():
 
 def test_null_content():
     assert problems(BAD / "null_content.jsonl") == [
-        "null_content.jsonl, line 2: messages[1].content must be a string, got null"]
+        "null_content.jsonl, line 2: messages[1].content must be a string, got null"
+    ]
 
 
 def test_a_conversation_without_an_assistant_turn():
     assert problems(BAD / "no_assistant.jsonl") == [
-        "no_assistant.jsonl, line 2: messages has no assistant turn, so there is nothing to learn"]
+        "no_assistant.jsonl, line 2: messages has no assistant turn, so there is nothing to learn"
+    ]
 
 
 @pytest.mark.parametrize("name", ["empty.jsonl", "blank_lines.jsonl"])
@@ -110,7 +117,8 @@ def test_invalid_utf8_names_line_and_byte():
 
 def test_binary_junk_is_refused_clearly():
     assert problems(BAD / "binary_junk.jsonl") == [
-        "binary_junk.jsonl, line 1: the file is binary, not JSON Lines text (a NUL byte at byte 79)"]
+        "binary_junk.jsonl, line 1: the file is binary, not JSON Lines text (a NUL byte at byte 79)"
+    ]
     # The same bytes under any name: a clear DatasetError, never a crash.
     data = (BAD / "binary_junk.jsonl").read_bytes()
     for name in ("junk.json", "junk.csv", "junk.parquet", "junk.txt"):
@@ -122,7 +130,8 @@ def test_binary_junk_is_refused_clearly():
 def test_utf16_and_text_named_parquet():
     assert problems(BAD / "utf16.jsonl") == ["utf16.jsonl, line 1: the file is UTF-16 text; save it as UTF-8"]
     assert problems(BAD / "not_parquet.parquet") == [
-        "not_parquet.parquet, is not a Parquet file (a Parquet file starts with PAR1)"]
+        "not_parquet.parquet, is not a Parquet file (a Parquet file starts with PAR1)"
+    ]
 
 
 def test_unknown_columns_raise_schema_unknown_with_the_columns():
@@ -132,8 +141,13 @@ def test_unknown_columns_raise_schema_unknown_with_the_columns():
     assert err.value.columns == ["question", "reply"]
     message = str(err.value)
     assert message.startswith("unknown_columns.csv: line 1: the columns found (question, reply) match no known schema")
-    for expected in ("messages (messages)", "sharegpt (conversations)", "prompt_completion (prompt, completion)",
-                     "alpaca (instruction, output, optional input)", "text (text)"):
+    for expected in (
+        "messages (messages)",
+        "sharegpt (conversations)",
+        "prompt_completion (prompt, completion)",
+        "alpaca (instruction, output, optional input)",
+        "text (text)",
+    ):
         assert expected in message
 
 
@@ -143,7 +157,8 @@ def test_the_filename_is_only_used_as_a_base_name():
     assert err.value.filename == "passwd.jsonl"
     assert str(err.value).startswith("passwd.jsonl: line 3: messages[1].role")
     assert err.value.messages() == [
-        'passwd.jsonl, line 3: messages[1].role must be one of system, user, assistant, got "bot"']
+        'passwd.jsonl, line 3: messages[1].role must be one of system, user, assistant, got "bot"'
+    ]
     with pytest.raises(DatasetError) as err:
         load_dataset_file(BAD / "wrong_role.jsonl", filename="..\\..\\secret\\x.jsonl")
     assert err.value.filename == "x.jsonl"
@@ -151,7 +166,8 @@ def test_the_filename_is_only_used_as_a_base_name():
 
 def test_over_the_character_limit():
     assert problems(BAD / "too_long.jsonl", max_chars=1000) == [
-        "too_long.jsonl, line 2: the example has 1,200 characters, over the limit of 1,000"]
+        "too_long.jsonl, line 2: the example has 1,200 characters, over the limit of 1,000"
+    ]
     assert load_dataset_file(BAD / "too_long.jsonl").rows == 2  # default limit: 200,000
 
 
@@ -159,12 +175,14 @@ def test_default_limit_is_200000_characters(tmp_path):
     long = {"messages": [{"role": "user", "content": "x" * 150_000}, {"role": "assistant", "content": "y" * 100_000}]}
     (tmp_path / "long.jsonl").write_text(json.dumps(long) + "\n")
     assert problems(tmp_path / "long.jsonl") == [
-        "long.jsonl, line 1: the example has 250,000 characters, over the limit of 200,000"]
+        "long.jsonl, line 1: the example has 250,000 characters, over the limit of 200,000"
+    ]
 
 
 def test_sharegpt_with_a_bad_from():
     assert problems(BAD / "bad_from.jsonl") == [
-        'bad_from.jsonl, line 5: conversations[2].from must be one of system, human, user, gpt, assistant, got "robot"']
+        'bad_from.jsonl, line 5: conversations[2].from must be one of system, human, user, gpt, assistant, got "robot"'
+    ]
 
 
 def test_alpaca_with_an_empty_output():
@@ -180,8 +198,9 @@ def test_json_array_items_are_located_by_line_and_item():
 
 def test_json_must_be_a_top_level_array():
     assert problems(BAD / "object_not_array.json") == [
-        'object_not_array.json, line 1: must be a JSON array of objects like [{...}, {...}], got object '
-        '(the examples must be the array itself, not under "data"; or save them as JSON Lines)']
+        "object_not_array.json, line 1: must be a JSON array of objects like [{...}, {...}], got object "
+        '(the examples must be the array itself, not under "data"; or save them as JSON Lines)'
+    ]
 
 
 def test_csv_rows_are_numbered_by_file_line():
@@ -201,7 +220,8 @@ def test_a_multi_line_csv_row_is_located_where_it_starts(tmp_path):
 def test_csv_unclosed_quote_names_the_line_it_opens_on(tmp_path):
     (tmp_path / "q.csv").write_text('prompt,completion\nhello,world\n"never closed,x\nmore\n')
     assert problems(tmp_path / "q.csv") == [
-        "q.csv, line 3: is not valid CSV: unexpected end of data; a quoted value that starts here is never closed"]
+        "q.csv, line 3: is not valid CSV: unexpected end of data; a quoted value that starts here is never closed"
+    ]
 
 
 def test_parquet_wrong_types_and_nulls_name_the_row(tmp_path):
@@ -215,17 +235,27 @@ def test_parquet_wrong_types_and_nulls_name_the_row(tmp_path):
 
 
 def test_parquet_alpaca_with_an_empty_output(tmp_path):
-    path = write_parquet(tmp_path / "alpaca.parquet", {
-        "instruction": ["a", "b", "c"], "input": [None, "", "x"], "output": ["1", "2", " "]})
+    path = write_parquet(
+        tmp_path / "alpaca.parquet",
+        {"instruction": ["a", "b", "c"], "input": [None, "", "x"], "output": ["1", "2", " "]},
+    )
     assert problems(path) == ["alpaca.parquet, row 3: output is empty"]
 
 
 def test_parquet_messages_with_a_bad_role(tmp_path):
     turns = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-    path = write_parquet(tmp_path / "chat.parquet", {"messages": pa.array([
-        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
-        [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}],
-    ], turns)})
+    path = write_parquet(
+        tmp_path / "chat.parquet",
+        {
+            "messages": pa.array(
+                [
+                    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                    [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}],
+                ],
+                turns,
+            )
+        },
+    )
     assert problems(path) == ['chat.parquet, row 2: messages[1].role must be one of system, user, assistant, got "bot"']
 
 
@@ -250,10 +280,12 @@ def test_the_first_twenty_problems_and_the_total(tmp_path):
 def test_a_lone_surrogate_escape_is_refused(tmp_path):
     (tmp_path / "s.jsonl").write_text('{"text": "bad \\ud800 char"}\n')
     assert problems(tmp_path / "s.jsonl") == [
-        "s.jsonl, line 1: text holds an invalid character (a lone UTF-16 surrogate escape such as \\ud800)"]
+        "s.jsonl, line 1: text holds an invalid character (a lone UTF-16 surrogate escape such as \\ud800)"
+    ]
 
 
 # --- format detection ----------------------------------------------------------------------------
+
 
 def test_format_comes_from_extension_and_content(tmp_path):
     line = json.dumps({"prompt": "p", "completion": "c"})
@@ -271,17 +303,31 @@ def test_format_comes_from_extension_and_content(tmp_path):
 
 # --- schemas -------------------------------------------------------------------------------------
 
+
 def test_each_schema_is_detected_and_normalised(tmp_path):
     cases = {
-        "messages": {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-                                  {"role": "assistant", "content": "A"}]},
-        "sharegpt": {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "U"},
-                                       {"from": "gpt", "value": "A"}]},
+        "messages": {
+            "messages": [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "U"},
+                {"role": "assistant", "content": "A"},
+            ]
+        },
+        "sharegpt": {
+            "conversations": [
+                {"from": "system", "value": "S"},
+                {"from": "human", "value": "U"},
+                {"from": "gpt", "value": "A"},
+            ]
+        },
         "prompt_completion": {"prompt": "U", "completion": "A", "system": "S"},
         "alpaca": {"instruction": "U", "input": "", "output": "A", "system": "S"},
     }
-    expected = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-                {"role": "assistant", "content": "A"}]
+    expected = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U"},
+        {"role": "assistant", "content": "A"},
+    ]
     for schema, record in cases.items():
         path = tmp_path / f"{schema}.jsonl"
         path.write_text(json.dumps(record) + "\n")
@@ -297,24 +343,36 @@ def test_each_schema_is_detected_and_normalised(tmp_path):
 def test_alpaca_joins_instruction_and_input(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"instruction": "Translate", "input": "bonjour", "output": "hello"}]))
     [ex] = load_dataset_file(tmp_path / "a.json").examples
-    assert ex.messages == [{"role": "user", "content": "Translate\n\nbonjour"}, {"role": "assistant", "content": "hello"}]
+    assert ex.messages == [
+        {"role": "user", "content": "Translate\n\nbonjour"},
+        {"role": "assistant", "content": "hello"},
+    ]
 
 
 def test_the_schema_most_records_match_wins(tmp_path):
     good = {"prompt": "p", "completion": "c"}
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in [good, good, {"text": "t"}, good]) + "\n")
-    assert problems(tmp_path / "m.jsonl") == ["m.jsonl, line 3: prompt is missing (keys found: text)",
-                                              "m.jsonl, line 3: completion is missing (keys found: text)"]
+    assert problems(tmp_path / "m.jsonl") == [
+        "m.jsonl, line 3: prompt is missing (keys found: text)",
+        "m.jsonl, line 3: completion is missing (keys found: text)",
+    ]
 
 
 # --- column mapping ------------------------------------------------------------------------------
 
+
 def test_column_mapping_validation():
     assert ColumnMapping(prompt="q", response="a").to_dict() == {"prompt": "q", "response": "a"}
     assert ColumnMapping.from_dict({"text": "body", "prompt": ""}) == ColumnMapping(text="body")
-    for kwargs, fld in [({}, "prompt"), ({"prompt": "q"}, "response"), ({"response": "a"}, "prompt"),
-                        ({"text": "t", "prompt": "q"}, "prompt"), ({"prompt": "q", "response": "q"}, "response"),
-                        ({"prompt": "q", "response": "a", "system": "a"}, "system"), ({"text": 3}, "text")]:
+    for kwargs, fld in [
+        ({}, "prompt"),
+        ({"prompt": "q"}, "response"),
+        ({"response": "a"}, "prompt"),
+        ({"text": "t", "prompt": "q"}, "prompt"),
+        ({"prompt": "q", "response": "q"}, "response"),
+        ({"prompt": "q", "response": "a", "system": "a"}, "system"),
+        ({"text": 3}, "text"),
+    ]:
         with pytest.raises(InputError) as err:
             ColumnMapping(**kwargs)
         assert err.value.field == fld, kwargs
@@ -336,13 +394,18 @@ def test_mapped_rows_and_their_problems(tmp_path):
     loaded = load_dataset_file(BAD / "unknown_columns.csv", mapping=ColumnMapping(prompt="question", response="reply"))
     assert loaded.schema == "mapped" and loaded.rows == 2 and loaded.columns == ["question", "reply"]
     assert loaded.examples[1].source == 3
-    assert loaded.examples[1].messages == [{"role": "user", "content": "and 3+3?"}, {"role": "assistant", "content": "6"}]
+    assert loaded.examples[1].messages == [
+        {"role": "user", "content": "and 3+3?"},
+        {"role": "assistant", "content": "6"},
+    ]
     (tmp_path / "body.jsonl").write_text('{"body": "some text"}\n{"body": 12}\n')
     assert problems(tmp_path / "body.jsonl", mapping=ColumnMapping(text="body")) == [
-        "body.jsonl, line 2: body must be a string, got int"]
+        "body.jsonl, line 2: body must be a string, got int"
+    ]
 
 
 # --- duplicates ----------------------------------------------------------------------------------
+
 
 def test_duplicates_are_reported_and_can_be_dropped(tmp_path):
     a = {"prompt": "same", "completion": "answer"}
@@ -366,9 +429,12 @@ def test_duplicates_compare_normalised_content(tmp_path):
 
 # --- normalised JSONL ----------------------------------------------------------------------------
 
+
 def test_normalized_jsonl_round_trip(tmp_path):
-    examples = [Example(4, messages=[{"role": "user", "content": "é\u2028x"}, {"role": "assistant", "content": "y\n"}]),
-                Example(9, text="plain\x85text")]
+    examples = [
+        Example(4, messages=[{"role": "user", "content": "é\u2028x"}, {"role": "assistant", "content": "y\n"}]),
+        Example(9, text="plain\x85text"),
+    ]
     out = tmp_path / "sub" / "n.jsonl"
     write_normalized_jsonl(examples, out)
     lines = out.read_text(encoding="utf-8").splitlines()  # one line per example, whoever splits them
@@ -383,8 +449,10 @@ def test_normalized_jsonl_is_validated(tmp_path):
     (tmp_path / "n.jsonl").write_text('{"text": ""}\n{"other": 1}\n')
     with pytest.raises(DatasetError) as err:
         read_normalized_jsonl(tmp_path / "n.jsonl")
-    assert err.value.messages() == ["n.jsonl, line 1: text is empty",
-                                    "n.jsonl, line 2: messages is missing (keys found: other)"]
+    assert err.value.messages() == [
+        "n.jsonl, line 1: text is empty",
+        "n.jsonl, line 2: messages is missing (keys found: other)",
+    ]
 
 
 # --- the same conversations in every format give the same training examples ----------------------
@@ -393,7 +461,7 @@ CONVERSATIONS = [
     (None, "hello world", "yes"),
     ("be brief", "what is the answer", '{"answer": "red"}'),
     (None, "Extract the city\n\nAda lives in Paris", "Paris"),
-    ("reply please", "0 1 2 3", "4, 5, \"6\""),
+    ("reply please", "0 1 2 3", '4, 5, "6"'),
 ]
 
 
@@ -409,27 +477,49 @@ def test_every_format_and_schema_trains_the_same(tmp_path, tiny_llama):
     files["messages.jsonl"].write_text("".join(json.dumps({"messages": _messages(*c)}) + "\n" for c in CONVERSATIONS))
     sharegpt_from = {"system": "system", "user": "human", "assistant": "gpt"}
     files["sharegpt.json"] = tmp_path / "sharegpt.json"
-    files["sharegpt.json"].write_text(json.dumps(
-        [{"conversations": [{"from": sharegpt_from[m["role"]], "value": m["content"]} for m in _messages(*c)]}
-         for c in CONVERSATIONS], indent=2))
+    files["sharegpt.json"].write_text(
+        json.dumps(
+            [
+                {"conversations": [{"from": sharegpt_from[m["role"]], "value": m["content"]} for m in _messages(*c)]}
+                for c in CONVERSATIONS
+            ],
+            indent=2,
+        )
+    )
     files["pc.csv"] = tmp_path / "pc.csv"
-    files["pc.csv"].write_text(csv_text(["system", "prompt", "completion"], [(s or "", u, a) for s, u, a in CONVERSATIONS]))
-    instruction, inputs = zip(*[(u.split("\n\n")[0], u.split("\n\n")[1] if "\n\n" in u else None)
-                                for _, u, _ in CONVERSATIONS])
-    files["alpaca.parquet"] = write_parquet(tmp_path / "alpaca.parquet", {
-        "instruction": list(instruction), "input": list(inputs),
-        "output": [a for *_, a in CONVERSATIONS], "system": [s for s, *_ in CONVERSATIONS]})
+    files["pc.csv"].write_text(
+        csv_text(["system", "prompt", "completion"], [(s or "", u, a) for s, u, a in CONVERSATIONS])
+    )
+    instruction, inputs = zip(
+        *[(u.split("\n\n")[0], u.split("\n\n")[1] if "\n\n" in u else None) for _, u, _ in CONVERSATIONS]
+    )
+    files["alpaca.parquet"] = write_parquet(
+        tmp_path / "alpaca.parquet",
+        {
+            "instruction": list(instruction),
+            "input": list(inputs),
+            "output": [a for *_, a in CONVERSATIONS],
+            "system": [s for s, *_ in CONVERSATIONS],
+        },
+    )
     files["mapped.csv"] = tmp_path / "mapped.csv"
-    files["mapped.csv"].write_text(csv_text(["id", "question", "answer", "persona"],
-                                            [(i, u, a, s or "") for i, (s, u, a) in enumerate(CONVERSATIONS)]))
+    files["mapped.csv"].write_text(
+        csv_text(
+            ["id", "question", "answer", "persona"], [(i, u, a, s or "") for i, (s, u, a) in enumerate(CONVERSATIONS)]
+        )
+    )
     mapping = ColumnMapping(prompt="question", response="answer", system="persona")
 
-    loaded = {name: load_dataset_file(path, mapping=mapping if name == "mapped.csv" else None)
-              for name, path in files.items()}
+    loaded = {
+        name: load_dataset_file(path, mapping=mapping if name == "mapped.csv" else None) for name, path in files.items()
+    }
     assert {n: (d.format, d.schema) for n, d in loaded.items()} == {
-        "messages.jsonl": ("jsonl", "messages"), "sharegpt.json": ("json", "sharegpt"),
-        "pc.csv": ("csv", "prompt_completion"), "alpaca.parquet": ("parquet", "alpaca"),
-        "mapped.csv": ("csv", "mapped")}
+        "messages.jsonl": ("jsonl", "messages"),
+        "sharegpt.json": ("json", "sharegpt"),
+        "pc.csv": ("csv", "prompt_completion"),
+        "alpaca.parquet": ("parquet", "alpaca"),
+        "mapped.csv": ("csv", "mapped"),
+    }
     expected = [{"messages": _messages(*c)} for c in CONVERSATIONS]
     for name, data in loaded.items():
         assert [e.to_json() for e in data.examples] == expected, name
@@ -443,7 +533,9 @@ def test_every_format_and_schema_trains_the_same(tmp_path, tiny_llama):
         assert [(e.input_ids, e.labels) for e in got] == [(e.input_ids, e.labels) for e in reference], name
     # The labels are the assistant turns only.
     first = reference[0]
-    assert tok.decode([i for i, l in zip(first.input_ids, first.labels) if l != IGNORE_INDEX]) == "yes<|im_end|>\n"
+    assert (
+        tok.decode([i for i, label in zip(first.input_ids, first.labels) if label != IGNORE_INDEX]) == "yes<|im_end|>\n"
+    )
 
 
 def test_a_text_file_trains_every_token(tmp_path, tiny_llama):

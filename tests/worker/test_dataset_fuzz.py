@@ -1,5 +1,6 @@
 """Whatever bytes arrive, under whatever name, the loader returns a dataset or refuses it with a
 DatasetError / SchemaUnknown / InputError: never another exception."""
+
 import io
 import json
 import tempfile
@@ -10,22 +11,44 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.errors import InputError
 from worker.data.loading import LoadedDataset, load_dataset_file
 from worker.data.mapping import ColumnMapping
 from worker.data.normalized import read_normalized_jsonl, write_normalized_jsonl
 from worker.data.problems import DatasetError, SchemaUnknown
+from worker.errors import InputError
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Keys from the known schemas come up often, so that random records get deep into validation.
-KEYS = st.sampled_from(["messages", "role", "content", "conversations", "from", "value", "prompt", "completion",
-                        "instruction", "input", "output", "system", "text"]) | st.text(max_size=8)
-SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
-           | st.sampled_from(["user", "assistant", "system", "human", "gpt", "", " "]) | st.text(max_size=20))
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5),
-                    max_leaves=20)
+KEYS = st.sampled_from(
+    [
+        "messages",
+        "role",
+        "content",
+        "conversations",
+        "from",
+        "value",
+        "prompt",
+        "completion",
+        "instruction",
+        "input",
+        "output",
+        "system",
+        "text",
+    ]
+) | st.text(max_size=8)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True)
+    | st.sampled_from(["user", "assistant", "system", "human", "gpt", "", " "])
+    | st.text(max_size=20)
+)
+JSON = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5), max_leaves=20
+)
 # Records shaped like each schema, mostly valid, so that loading succeeds often enough to matter.
 TEXTISH = st.text(min_size=1, max_size=12) | st.text(min_size=1, max_size=12) | SCALARS
 
@@ -37,16 +60,25 @@ def _turns(role_key, content_key, roles):
 
 SHAPED = st.one_of(
     st.fixed_dictionaries({"messages": _turns("role", "content", ["user", "assistant", "assistant", "system", "bot"])}),
-    st.fixed_dictionaries({"conversations": _turns("from", "value", ["human", "gpt", "gpt", "system", "robot"])},
-                          optional={"system": TEXTISH}),
+    st.fixed_dictionaries(
+        {"conversations": _turns("from", "value", ["human", "gpt", "gpt", "system", "robot"])},
+        optional={"system": TEXTISH},
+    ),
     st.fixed_dictionaries({"prompt": TEXTISH, "completion": TEXTISH}, optional={"system": TEXTISH}),
     st.fixed_dictionaries({"instruction": TEXTISH, "output": TEXTISH}, optional={"input": TEXTISH, "system": TEXTISH}),
     st.fixed_dictionaries({"text": TEXTISH}),
 )
 RECORDS = st.lists(SHAPED | SHAPED | st.dictionaries(KEYS, JSON, max_size=5) | JSON, max_size=6)
-MAPPINGS = st.none() | st.builds(ColumnMapping, text=KEYS.filter(bool)) | st.builds(
-    ColumnMapping, prompt=st.just("prompt"), response=st.sampled_from(["completion", "output", "x"]),
-    system=st.none() | st.just("system"))
+MAPPINGS = (
+    st.none()
+    | st.builds(ColumnMapping, text=KEYS.filter(bool))
+    | st.builds(
+        ColumnMapping,
+        prompt=st.just("prompt"),
+        response=st.sampled_from(["completion", "output", "x"]),
+        system=st.none() | st.just("system"),
+    )
+)
 
 
 def check(data: bytes, suffix: str, mapping=None, **kwargs):
@@ -106,10 +138,14 @@ def test_random_records_as_a_json_array(records, suffix, indent, mapping):
 
 
 @FAST
-@given(header=st.lists(KEYS, min_size=1, max_size=4),
-       rows=st.lists(st.lists(st.text(max_size=12) | st.sampled_from(["", "[]", '[{"role": "user"}]']), max_size=5),
-                     max_size=5),
-       suffix=st.sampled_from([".csv", ".txt"]), mapping=MAPPINGS)
+@given(
+    header=st.lists(KEYS, min_size=1, max_size=4),
+    rows=st.lists(
+        st.lists(st.text(max_size=12) | st.sampled_from(["", "[]", '[{"role": "user"}]']), max_size=5), max_size=5
+    ),
+    suffix=st.sampled_from([".csv", ".txt"]),
+    mapping=MAPPINGS,
+)
 def test_random_csv(header, rows, suffix, mapping):
     import csv
 
@@ -121,9 +157,14 @@ def test_random_csv(header, rows, suffix, mapping):
 
 
 @settings(max_examples=60, deadline=None)
-@given(records=st.lists(SHAPED | st.dictionaries(KEYS, st.none() | st.integers() | st.text(max_size=10), min_size=1,
-                                                 max_size=4), min_size=1, max_size=5),
-       mapping=MAPPINGS)
+@given(
+    records=st.lists(
+        SHAPED | st.dictionaries(KEYS, st.none() | st.integers() | st.text(max_size=10), min_size=1, max_size=4),
+        min_size=1,
+        max_size=5,
+    ),
+    mapping=MAPPINGS,
+)
 def test_random_parquet(records, mapping):
     sink = io.BytesIO()
     try:
@@ -144,8 +185,9 @@ def test_valid_random_looking_files_load():
 
 # --- valid data loads, and loads the same, in every format ----------------------------------------
 
-GOOD_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("\n\t"),
-                    min_size=1, max_size=12).filter(str.strip)
+GOOD_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("\n\t"), min_size=1, max_size=12
+).filter(str.strip)
 OPTIONAL_TEXT = st.none() | GOOD_TEXT
 
 
@@ -168,8 +210,9 @@ VALID = {
     "messages": conversations().map(lambda m: {"messages": m}),
     "sharegpt": conversations().map(_sharegpt),
     "prompt_completion": st.fixed_dictionaries({"prompt": GOOD_TEXT, "completion": GOOD_TEXT, "system": OPTIONAL_TEXT}),
-    "alpaca": st.fixed_dictionaries({"instruction": GOOD_TEXT, "input": OPTIONAL_TEXT, "output": GOOD_TEXT,
-                                     "system": OPTIONAL_TEXT}),
+    "alpaca": st.fixed_dictionaries(
+        {"instruction": GOOD_TEXT, "input": OPTIONAL_TEXT, "output": GOOD_TEXT, "system": OPTIONAL_TEXT}
+    ),
     "text": st.fixed_dictionaries({"text": GOOD_TEXT}),
 }
 
@@ -185,8 +228,13 @@ def reference(schema, record):
         return {"text": record["text"]}
     user = record.get("prompt") or (record["instruction"] + (f"\n\n{record['input']}" if record["input"] else ""))
     system = [{"role": "system", "content": record["system"]}] if record["system"] else []
-    return {"messages": system + [{"role": "user", "content": user},
-                                  {"role": "assistant", "content": record.get("completion") or record.get("output")}]}
+    return {
+        "messages": system
+        + [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": record.get("completion") or record.get("output")},
+        ]
+    }
 
 
 @st.composite
@@ -201,8 +249,10 @@ def test_valid_records_load_the_same_in_every_format(case):
     import csv
 
     schema, records = case
-    files = {".jsonl": "".join(json.dumps(r) + "\n" for r in records).encode(),
-             ".json": json.dumps(records, indent=1).encode()}
+    files = {
+        ".jsonl": "".join(json.dumps(r) + "\n" for r in records).encode(),
+        ".json": json.dumps(records, indent=1).encode(),
+    }
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(records), sink)
     files[".parquet"] = sink.getvalue()

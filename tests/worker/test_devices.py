@@ -3,6 +3,7 @@ on a rank that does not write (it trains its share and sums gradients, and write
 
 The real collectives (two CPU ranks over gloo, losses matching one device) are in test_distributed.py.
 """
+
 import pytest
 import torch
 
@@ -11,8 +12,16 @@ from worker.devices import DataParallel, EvalShare, Fsdp, SingleDevice, device_s
 from worker.engine import train
 from worker.reporting import MemoryReporter
 
-CFG = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="attention", rank=4, alpha=8,
-           dropout=0.0, final_eval=False)
+CFG = dict(
+    batch_size=4,
+    learning_rate=1e-2,
+    warmup_ratio=0.0,
+    target_preset="attention",
+    rank=4,
+    alpha=8,
+    dropout=0.0,
+    final_eval=False,
+)
 
 
 class StandInGroup:
@@ -30,7 +39,7 @@ class StandInGroup:
         return self.rank == 0
 
     def shard(self, items):
-        return list(items[self.rank::self.world])
+        return list(items[self.rank :: self.world])
 
     def sum(self, values):
         self.calls.append("sum")
@@ -88,8 +97,9 @@ def test_data_parallel_shares_the_batch_sums_the_gradients_and_rank_0_writes():
     assert ranks.from_main(3) == 3 and group.calls[-1] == "broadcast_int"
     ranks.sync_weights([])
     assert group.calls == ["sum_grads", "sum", "broadcast_int", "broadcast_params"]
-    assert ranks.agree_on_save(True) is True and len(group.calls) == 4, \
+    assert ranks.agree_on_save(True) is True and len(group.calls) == 4, (
         "rank 0 saves alone: no collective the others would have to join"
+    )
 
 
 def test_the_stop_request_is_rank_0s_on_every_rank():
@@ -135,24 +145,35 @@ def test_eval_shares_are_length_balanced_and_fsdp_pads_to_rank_0s_forwards():
 
 
 def spec(tiny_llama, chat_file, out, **extra):
-    return TrainSpec(str(tiny_llama), str(chat_file), str(out), TrainConfig(**{**CFG, **extra}),
-                     eval_dataset_path=str(chat_file), device="cpu")
+    return TrainSpec(
+        str(tiny_llama),
+        str(chat_file),
+        str(out),
+        TrainConfig(**{**CFG, **extra}),
+        eval_dataset_path=str(chat_file),
+        device="cpu",
+    )
 
 
 def test_a_rank_that_does_not_write_trains_its_share_and_writes_nothing(tiny_llama, chat_file, tmp_path):
     group = StandInGroup(1, 2)
-    result = train(spec(tiny_llama, chat_file, tmp_path / "out", max_steps=3, save_every=1, keep_best=True,
-                        eval_every=1), MemoryReporter(), group=group)
+    result = train(
+        spec(tiny_llama, chat_file, tmp_path / "out", max_steps=3, save_every=1, keep_best=True, eval_every=1),
+        MemoryReporter(),
+        group=group,
+    )
     assert result.status == "succeeded" and result.steps_done == 3 and result.adapter_dir is None
     assert group.calls.count("sum_grads") == 3, "the gradients are summed across ranks at every step"
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), \
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), (
         "no checkpoint, adapter or evaluation from a rank that does not write"
+    )
 
 
 def test_rank_0_writes_the_checkpoints_and_the_adapter(tiny_llama, chat_file, tmp_path):
     group = StandInGroup(0, 2)
-    result = train(spec(tiny_llama, chat_file, tmp_path / "out", max_steps=2, save_every=1), MemoryReporter(),
-                   group=group)
+    result = train(
+        spec(tiny_llama, chat_file, tmp_path / "out", max_steps=2, save_every=1), MemoryReporter(), group=group
+    )
     assert result.status == "succeeded" and result.adapter_dir == str(tmp_path / "out" / "adapter")
     assert group.calls.count("sum_grads") == 2
     assert (tmp_path / "out" / "checkpoints" / "step-000001").is_dir()
@@ -162,8 +183,13 @@ def test_rank_0_writes_the_checkpoints_and_the_adapter(tiny_llama, chat_file, tm
 @pytest.mark.parametrize("request_", ["pause", "cancel"])
 def test_a_stop_agreed_from_rank_0_stops_a_follower_without_a_write(tiny_llama, chat_file, tmp_path, request_):
     group = StandInGroup(1, 2, stop_at=(2, request_))
-    result = train(spec(tiny_llama, chat_file, tmp_path / "out", max_steps=4, save_every=50), MemoryReporter(),
-                   lambda: pytest.fail("a rank other than 0 never reads the stop flag"), group=group)
+    result = train(
+        spec(tiny_llama, chat_file, tmp_path / "out", max_steps=4, save_every=50),
+        MemoryReporter(),
+        lambda: pytest.fail("a rank other than 0 never reads the stop flag"),
+        group=group,
+    )
     assert result.status == ("paused" if request_ == "pause" else "cancelled") and result.steps_done == 2
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), \
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), (
         "rank 0 writes the pause's checkpoint"
+    )

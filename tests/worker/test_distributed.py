@@ -7,11 +7,12 @@ the two runs differ only in float summation order: each rank pads its half of a 
 own longest example and the gradients are summed by an all-reduce). Each two-rank run costs a few
 seconds of process start-up (torch, transformers and peft imports in two new processes).
 """
+
 import os
-from pathlib import Path
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,20 +28,37 @@ from worker.engine import train
 from worker.errors import TrainingError
 from worker.reporting import MemoryReporter
 
-CFG = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8, alpha=16,
-           dropout=0.0, max_steps=4, final_eval=False, save_every=1)
+CFG = dict(
+    batch_size=4,
+    learning_rate=1e-2,
+    warmup_ratio=0.0,
+    target_preset="all_linear",
+    rank=8,
+    alpha=16,
+    dropout=0.0,
+    max_steps=4,
+    final_eval=False,
+    save_every=1,
+)
 REL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_jsonl(tmp_path_factory.mktemp("ddp-data") / "chat.jsonl",
-                       [{"messages": m} for m in memorisable_conversations()])
+    return write_jsonl(
+        tmp_path_factory.mktemp("ddp-data") / "chat.jsonl", [{"messages": m} for m in memorisable_conversations()]
+    )
 
 
 def spec(model, data, out, devices, **extra):
-    return TrainSpec(str(model), str(data), str(out), TrainConfig(**{**CFG, **extra}, devices=devices),
-                     eval_dataset_path=str(data), device="cpu")
+    return TrainSpec(
+        str(model),
+        str(data),
+        str(out),
+        TrainConfig(**{**CFG, **extra}, devices=devices),
+        eval_dataset_path=str(data),
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +107,20 @@ def test_two_ranks_train_like_one_cancel_stops_both_and_resume_continues(tiny_ll
     reference, ref_result = one_process
     out = tmp_path / "job"
     first = CheckpointsHeard()
-    supervisor = Supervisor(spec(tiny_llama, data, out, 2), first,
-                            lambda: "cancel" if len(first.points) >= 2 else None, threads=0, timeout_s=60)
+    supervisor = Supervisor(
+        spec(tiny_llama, data, out, 2),
+        first,
+        lambda: "cancel" if len(first.points) >= 2 else None,
+        threads=0,
+        timeout_s=60,
+    )
     result = supervisor.run()
     assert result.status == "cancelled" and result.steps_done == 2
     assert [p.returncode for p in supervisor.procs] == [0, 0], "both ranks stopped on their own"
     assert [f.name for f in checkpoint_folders(out / "checkpoints")][0] == "step-000002"
-    assert [Path(f).name for f in first.saved] == ["step-000001", "step-000002"], \
+    assert [Path(f).name for f in first.saved] == ["step-000001", "step-000002"], (
         "each of rank 0's saves reaches the worker's reporter (which publishes it to the store)"
+    )
     assert not (out / "adapter").exists()
     assert_same_losses(first.points, reference, range(1, 3))
 
@@ -115,8 +139,10 @@ def test_two_ranks_train_like_one_cancel_stops_both_and_resume_continues(tiny_ll
     assert not torch.allclose(got, base.logits, atol=1e-3), "the adapter changed the model"
 
 
-FSDP_SHARE = re.compile(r"FSDP: each of 2 ranks holds about 1/2 of the frozen base \(([\d.]+) MB\): "
-                        r"rank 0 ([\d.]+) MB, rank 1 ([\d.]+) MB")
+FSDP_SHARE = re.compile(
+    r"FSDP: each of 2 ranks holds about 1/2 of the frozen base \(([\d.]+) MB\): "
+    r"rank 0 ([\d.]+) MB, rank 1 ([\d.]+) MB"
+)
 
 
 def test_fsdp_shards_the_base_trains_like_one_device_and_resumes(tiny_llama, tmp_path):
@@ -136,14 +162,16 @@ def test_fsdp_shards_the_base_trains_like_one_device_and_resumes(tiny_llama, tmp
 
     def job(out, devices, **more):
         cfg = TrainConfig(**{**CFG, "grad_accum": 2, "max_steps": 3, "final_eval": True, **more}, devices=devices)
-        return TrainSpec(str(tiny_llama), str(five), str(tmp_path / out), cfg, eval_dataset_path=str(five),
-                         device="cpu")
+        return TrainSpec(
+            str(tiny_llama), str(five), str(tmp_path / out), cfg, eval_dataset_path=str(five), device="cpu"
+        )
 
     reference = MemoryReporter()
     ref_result = train(job("one", 1), reference)
     first = MemoryReporter()
-    result = Supervisor(job("fsdp", 2, sharding="fsdp"), first, lambda: "cancel" if first.points else None,
-                        threads=0, timeout_s=60).run()
+    result = Supervisor(
+        job("fsdp", 2, sharding="fsdp"), first, lambda: "cancel" if first.points else None, threads=0, timeout_s=60
+    ).run()
     assert result.status == "cancelled" and result.steps_done == 1
     shares = [FSDP_SHARE.search(message) for kind, message in first.events if kind == "setup"]
     whole, rank0, rank1 = (float(x) for x in next(m for m in shares if m).groups())
@@ -166,10 +194,12 @@ def test_fsdp_shards_the_base_trains_like_one_device_and_resumes(tiny_llama, tmp
 
 def test_fsdp_is_validated():
     assert TrainConfig().sharding == "none"
-    cases = ((dict(sharding="zero3"), "must be one of none, fsdp"),
-             (dict(sharding="fsdp"), "needs at least 2"),
-             (dict(sharding="fsdp", devices=2, qlora=True), "not available with QLoRA"),
-             (dict(sharding="fsdp", devices=2, init_lora_weights="pissa"), "not available with PiSSA"))
+    cases = (
+        (dict(sharding="zero3"), "must be one of none, fsdp"),
+        (dict(sharding="fsdp"), "needs at least 2"),
+        (dict(sharding="fsdp", devices=2, qlora=True), "not available with QLoRA"),
+        (dict(sharding="fsdp", devices=2, init_lora_weights="pissa"), "not available with PiSSA"),
+    )
     for values, words in cases:
         with pytest.raises(ConfigError, match=re.escape(words)) as info:
             TrainConfig(**values)
@@ -195,8 +225,9 @@ class KillRankOne(MemoryReporter):
 
 def test_a_dead_rank_fails_the_run_without_a_hang(tiny_llama, data, tmp_path):
     reporter = KillRankOne()
-    supervisor = Supervisor(spec(tiny_llama, data, tmp_path / "dead", 2), reporter, lambda: None, threads=0,
-                            timeout_s=60)
+    supervisor = Supervisor(
+        spec(tiny_llama, data, tmp_path / "dead", 2), reporter, lambda: None, threads=0, timeout_s=60
+    )
     reporter.supervisor = supervisor
     with pytest.raises(TrainingError, match="training process 1 of 2 stopped unexpectedly"):
         supervisor.run()
@@ -222,8 +253,9 @@ def test_a_rank_done_before_rank_0s_result_may_take_long_to_exit(tiny_llama, dat
 
     from worker.distributed import send
 
-    supervisor = Supervisor(spec(tiny_llama, data, tmp_path, 2), MemoryReporter(), lambda: None, threads=0,
-                            timeout_s=10)
+    supervisor = Supervisor(
+        spec(tiny_llama, data, tmp_path, 2), MemoryReporter(), lambda: None, threads=0, timeout_s=10
+    )
     ends = [socket.socketpair() for _ in range(2)]
     supervisor.conns = [Connection(ours.detach()) for ours, _ in ends]
     supervisor.procs = [SlowToEnd(), SlowToEnd()]
@@ -243,8 +275,13 @@ def test_a_rank_done_before_rank_0s_result_may_take_long_to_exit(tiny_llama, dat
 
 def test_devices_are_validated():
     assert TrainConfig().devices == 1
-    for bad, words in ((0, "must be between 1 and 64"), (2.0, "must be a whole number"), (True, "must be a whole number"),
-                       (65, "must be between 1 and 64"), (9, "at most the batch size (8)")):
+    for bad, words in (
+        (0, "must be between 1 and 64"),
+        (2.0, "must be a whole number"),
+        (True, "must be a whole number"),
+        (65, "must be between 1 and 64"),
+        (9, "at most the batch size (8)"),
+    ):
         with pytest.raises(ConfigError, match=re.escape(words)) as info:
             TrainConfig(devices=bad)
         assert info.value.field == "devices"
@@ -261,11 +298,15 @@ def test_a_rank_exits_when_its_supervisor_is_killed(tmp_path):
     import sys
     from pathlib import Path
 
-    rank = ("import time; from worker.distributed import exit_with_supervisor; exit_with_supervisor(); "
-            "print('watching', flush=True); time.sleep(60)")
-    supervisor = ("import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', %r], "
-                  "start_new_session=True, env={**os.environ, 'LORA_STUDIO_SUPERVISOR_PID': str(os.getpid())}); "
-                  "print(p.pid, flush=True); time.sleep(60)" % rank)
+    rank = (
+        "import time; from worker.distributed import exit_with_supervisor; exit_with_supervisor(); "
+        "print('watching', flush=True); time.sleep(60)"
+    )
+    supervisor = (
+        f"import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {rank!r}], "
+        "start_new_session=True, env={**os.environ, 'LORA_STUDIO_SUPERVISOR_PID': str(os.getpid())}); "
+        "print(p.pid, flush=True); time.sleep(60)"
+    )
     root = str(Path(__file__).resolve().parents[2])
     proc = subprocess.Popen([sys.executable, "-c", supervisor], stdout=subprocess.PIPE, text=True, cwd=root)
     child = int(proc.stdout.readline())

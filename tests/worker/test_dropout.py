@@ -1,4 +1,5 @@
 """FastDropout: the same statistics and gradients as inverted dropout, seeded, swapped into LoRA."""
+
 import pytest
 import torch
 
@@ -42,8 +43,9 @@ def test_same_seed_same_mask():
 
 
 def test_swapped_into_every_lora_dropout(tiny_llama):
-    model, _ = build_peft_model(load_base_model(str(tiny_llama), choose_device("cpu")),
-                                TrainConfig(dropout=0.05, target_preset="all_linear"))
+    model, _ = build_peft_model(
+        load_base_model(str(tiny_llama), choose_device("cpu")), TrainConfig(dropout=0.05, target_preset="all_linear")
+    )
     lora_layers = [m for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)]
     assert use_fast_dropout(model) == len(lora_layers) == 14  # 2 layers x 7 Linear targets
     assert all(isinstance(m.lora_dropout["default"], FastDropout) for m in lora_layers)

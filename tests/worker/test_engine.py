@@ -1,4 +1,5 @@
 """Engine tests on tiny random models built in the test (no downloads)."""
+
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -72,8 +73,11 @@ def test_gpt2_style_model_trains_attention(tiny_gpt2, chat_file, tmp_path):
 
 def test_cancel_stops_before_the_next_step(tiny_llama, chat_file, tmp_path):
     reporter = MemoryReporter()
-    result = train(spec_for(tiny_llama, chat_file, tmp_path / "c", epochs=10), reporter,
-                   lambda: "cancel" if len(reporter.points) >= 3 else None)
+    result = train(
+        spec_for(tiny_llama, chat_file, tmp_path / "c", epochs=10),
+        reporter,
+        lambda: "cancel" if len(reporter.points) >= 3 else None,
+    )
     assert result.status == "cancelled" and result.steps_done == 3
     assert [s for s, _ in reporter.points] == [1, 2, 3]
     assert not (tmp_path / "c/adapter").exists()
@@ -84,8 +88,11 @@ def test_pause_then_resume_continues_the_same_curve(tiny_llama, chat_file, tmp_p
     train(spec_for(tiny_llama, chat_file, tmp_path / "a", epochs=6, dropout=0.1), straight)
 
     first = MemoryReporter()
-    paused = train(spec_for(tiny_llama, chat_file, tmp_path / "b", epochs=6, dropout=0.1), first,
-                   lambda: "pause" if len(first.points) >= 5 else None)
+    paused = train(
+        spec_for(tiny_llama, chat_file, tmp_path / "b", epochs=6, dropout=0.1),
+        first,
+        lambda: "pause" if len(first.points) >= 5 else None,
+    )
     assert paused.status == "paused" and paused.steps_done == 5
     assert (tmp_path / "b/checkpoints/step-000005/optimizer.safetensors").is_file()
     second = MemoryReporter()
@@ -120,9 +127,14 @@ def test_eval_loss_is_reported_on_the_validation_set(tiny_llama, chat_file, tmp_
 
     valid = write_jsonl(tmp_path / "valid.jsonl", [{"messages": m} for m in memorisable_conversations(4)])
     reporter = MemoryReporter()
-    spec = TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "e"),
-                     TrainConfig(**{**FAST, "epochs": 5, "eval_every": 3}), eval_dataset_path=str(valid),
-                     device="cpu")
+    spec = TrainSpec(
+        str(tiny_llama),
+        str(chat_file),
+        str(tmp_path / "e"),
+        TrainConfig(**{**FAST, "epochs": 5, "eval_every": 3}),
+        eval_dataset_path=str(valid),
+        device="cpu",
+    )
     train(spec, reporter)
     evals = {step: m["eval_loss"] for step, m in reporter.points if "eval_loss" in m}
     assert sorted(evals) == [3, 6, 9, 10], "every 3 steps and at the end"
@@ -134,9 +146,14 @@ def test_final_evaluation_compares_base_and_adapter(tiny_llama, chat_file, tmp_p
 
     from worker.evaluation import answer_scores, summary_markdown
 
-    spec = TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "f"),
-                     TrainConfig(**{**FAST, "epochs": 12, "dropout": 0.0}), eval_dataset_path=str(chat_file),
-                     device="cpu")
+    spec = TrainSpec(
+        str(tiny_llama),
+        str(chat_file),
+        str(tmp_path / "f"),
+        TrainConfig(**{**FAST, "epochs": 12, "dropout": 0.0}),
+        eval_dataset_path=str(chat_file),
+        device="cpu",
+    )
     train(spec, MemoryReporter())
     evaluation = json.loads((tmp_path / "f/evaluation.json").read_text())
     assert evaluation["examples"] == 8 and len(evaluation["rows"]) == 8
@@ -162,6 +179,12 @@ def test_the_reporter_hears_of_each_checkpoint_once_it_is_whole(tiny_llama, chat
 
     result = train(spec_for(tiny_llama, chat_file, tmp_path / "h", max_steps=7, save_every=3), StoreReporter())
     assert result.status == "succeeded"
-    files = ["README.md", "adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors",
-             "rng.safetensors", "trainer_state.json"]
+    files = [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "trainer_state.json",
+    ]
     assert seen == [("step-000003", files), ("step-000006", files)]

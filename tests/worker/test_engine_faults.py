@@ -1,4 +1,5 @@
 """Faults lose no work: resume falls back past unreadable checkpoints, and a lost claim stops all writes."""
+
 import json
 import shutil
 from pathlib import Path
@@ -14,21 +15,38 @@ from worker.config import TrainConfig, TrainSpec
 from worker.engine import train
 from worker.reporting import MemoryReporter, WorkLost
 
-FAST = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8, alpha=16,
-            epochs=6, dropout=0.1, save_every=2)  # 12 steps, a checkpoint every 2
+FAST = dict(
+    batch_size=4,
+    learning_rate=1e-2,
+    warmup_ratio=0.0,
+    target_preset="all_linear",
+    rank=8,
+    alpha=16,
+    epochs=6,
+    dropout=0.1,
+    save_every=2,
+)  # 12 steps, a checkpoint every 2
 
 
 def spec_for(model_dir, data, out, valid=None, **cfg):
-    return TrainSpec(str(model_dir), str(data), str(out), TrainConfig(**{**FAST, **cfg}),
-                     eval_dataset_path=str(valid) if valid else None, device="cpu")
+    return TrainSpec(
+        str(model_dir),
+        str(data),
+        str(out),
+        TrainConfig(**{**FAST, **cfg}),
+        eval_dataset_path=str(valid) if valid else None,
+        device="cpu",
+    )
 
 
 def listing(folder: Path) -> dict[str, tuple]:
     """Every entry under folder with its size and mtime: any write shows up as a difference."""
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +57,9 @@ def runs(tiny_llama, tmp_path_factory):
     straight = MemoryReporter()
     train(spec_for(tiny_llama, data, base / "straight"), straight)
     first = MemoryReporter()
-    result = train(spec_for(tiny_llama, data, base / "paused"), first, lambda: "pause" if len(first.points) >= 6 else None)
+    result = train(
+        spec_for(tiny_llama, data, base / "paused"), first, lambda: "pause" if len(first.points) >= 6 else None
+    )
     assert result.status == "paused" and result.steps_done == 6
     assert sorted(p.name for p in (base / "paused/checkpoints").iterdir()) == ["step-000004", "step-000006"]
     return {"data": data, "straight": straight, "straight_out": base / "straight", "paused": base / "paused"}
@@ -56,13 +76,17 @@ def truncate(path: Path) -> None:
         fh.truncate(path.stat().st_size // 2)
 
 
-@pytest.mark.parametrize("damage", [
-    lambda f: truncate(f / "adapter_model.safetensors"),
-    lambda f: (f / "optimizer.safetensors").write_bytes(b""),
-    lambda f: (f / "rng.safetensors").unlink(),
-    lambda f: (f / "trainer_state.json").write_text('{"step": 6, "optim'),
-    lambda f: (f / "trainer_state.json").write_text('{"step": 6}'),
-], ids=["truncated", "empty", "missing", "bad-json", "missing-key"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda f: truncate(f / "adapter_model.safetensors"),
+        lambda f: (f / "optimizer.safetensors").write_bytes(b""),
+        lambda f: (f / "rng.safetensors").unlink(),
+        lambda f: (f / "trainer_state.json").write_text('{"step": 6, "optim'),
+        lambda f: (f / "trainer_state.json").write_text('{"step": 6}'),
+    ],
+    ids=["truncated", "empty", "missing", "bad-json", "missing-key"],
+)
 def test_a_damaged_checkpoint_is_unreadable(runs, tmp_path, damage):
     folder = paused_copy(runs, tmp_path) / "checkpoints/step-000006"
     assert read_checkpoint(folder).step == 6
@@ -99,8 +123,10 @@ def test_resume_starts_over_when_no_checkpoint_reads(tiny_llama, runs, tmp_path)
     result = train(spec_for(tiny_llama, runs["data"], out), reporter)
 
     assert result.status == "succeeded" and result.steps_done == 12
-    assert ("warning", "no checkpoint could be read (step-000006, step-000004); starting from step 0") \
-        in reporter.events
+    assert (
+        "warning",
+        "no checkpoint could be read (step-000006, step-000004); starting from step 0",
+    ) in reporter.events
     assert "resume" not in [k for k, _ in reporter.events]
     expected = runs["straight"].losses()
     assert sorted(reporter.losses()) == list(range(1, 13))
@@ -141,10 +167,19 @@ class FencedReporter(MemoryReporter):
         return None
 
 
-@pytest.mark.parametrize("when", [
-    dict(guard_call=2), dict(guard_call=4), dict(guard_call=7),
-    dict(log_step=4), dict(stop_call=7), dict(event_kind="best"), dict(event_kind="saved"),
-], ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
+@pytest.mark.parametrize(
+    "when",
+    [
+        dict(guard_call=2),
+        dict(guard_call=4),
+        dict(guard_call=7),
+        dict(log_step=4),
+        dict(stop_call=7),
+        dict(event_kind="best"),
+        dict(event_kind="saved"),
+    ],
+    ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()),
+)
 def test_work_lost_propagates_and_nothing_is_written_after(tiny_llama, runs, tmp_path, when):
     valid = write_jsonl(tmp_path / "valid.jsonl", [{"messages": m} for m in memorisable_conversations(3)])
     out = tmp_path / "out"
@@ -170,10 +205,17 @@ def test_the_guard_comes_right_before_every_write(tiny_llama, runs, tmp_path, mo
         def write(*args, **kwargs):
             trail.append(name)
             return real(*args, **kwargs)
+
         monkeypatch.setattr(engine, name, write)
 
-    for name in ("save_checkpoint", "save_adapter", "prune_checkpoints", "recover_leftovers",
-                 "discard_checkpoint", "write_text_atomic"):
+    for name in (
+        "save_checkpoint",
+        "save_adapter",
+        "prune_checkpoints",
+        "recover_leftovers",
+        "discard_checkpoint",
+        "write_text_atomic",
+    ):
         traced(name)
 
     class Tracing(MemoryReporter):
@@ -192,23 +234,34 @@ def test_the_guard_comes_right_before_every_write(tiny_llama, runs, tmp_path, mo
     out = paused_copy(runs, tmp_path)
     truncate(out / "checkpoints/step-000006/adapter_model.safetensors")  # a discard, too
     reporter = Tracing()
-    result = train(spec_for(tiny_llama, runs["data"], out, valid, eval_every=3, init_lora_weights="pissa",
-                            learning_rate=3e-3), reporter)
+    result = train(
+        spec_for(tiny_llama, runs["data"], out, valid, eval_every=3, init_lora_weights="pissa", learning_rate=3e-3),
+        reporter,
+    )
     assert result.status == "succeeded"
     writes = [i for i, entry in enumerate(trail) if entry not in ("guard", "log", "event")]
-    assert {trail[i] for i in writes} == {"save_checkpoint", "save_adapter", "prune_checkpoints",
-                                          "recover_leftovers", "discard_checkpoint", "write_text_atomic"}
+    assert {trail[i] for i in writes} == {
+        "save_checkpoint",
+        "save_adapter",
+        "prune_checkpoints",
+        "recover_leftovers",
+        "discard_checkpoint",
+        "write_text_atomic",
+    }
     for i in writes:
         before = [entry for entry in trail[:i] if entry in ("guard", "log", "event")]
-        assert before[-1] == "guard", (trail[i], trail[max(0, i - 4):i + 1])
+        assert before[-1] == "guard", (trail[i], trail[max(0, i - 4) : i + 1])
     assert json.loads((out / "evaluation.json").read_text())["examples"] == 3
 
 
 def test_a_pause_still_saves_a_checkpoint_behind_the_guard(tiny_llama, runs, tmp_path):
     out = tmp_path / "out"
     reporter = FencedReporter(out)
-    result = train(spec_for(tiny_llama, runs["data"], out, save_every=50), reporter,
-                   lambda: "pause" if len(reporter.points) >= 3 else None)
+    result = train(
+        spec_for(tiny_llama, runs["data"], out, save_every=50),
+        reporter,
+        lambda: "pause" if len(reporter.points) >= 3 else None,
+    )
     assert result.status == "paused" and result.steps_done == 3
     assert read_checkpoint(out / "checkpoints/step-000003").step == 3
     assert reporter.guards == 2, "one when setting up, one for the pause checkpoint"

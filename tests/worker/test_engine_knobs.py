@@ -1,5 +1,6 @@
 """Engine knobs beyond the core loop: packing, init, modules_to_save, optimizer, early stopping,
 keeping the best adapter, determinism and progress metrics. Tiny random Llama and GPT-2 models."""
+
 import dataclasses
 import json
 
@@ -25,14 +26,19 @@ from worker.reporting import MemoryReporter
 from worker.run_state import build_optimizer
 from worker.targets import saveable_modules
 
-
 FAST = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8, alpha=16)
 CPU = choose_device("cpu")
 
 
 def spec_for(model_dir, data, out, valid=None, **cfg):
-    return TrainSpec(str(model_dir), str(data), str(out), TrainConfig(**{**FAST, **cfg}),
-                     eval_dataset_path=str(valid) if valid else None, device="cpu")
+    return TrainSpec(
+        str(model_dir),
+        str(data),
+        str(out),
+        TrainConfig(**{**FAST, **cfg}),
+        eval_dataset_path=str(valid) if valid else None,
+        device="cpu",
+    )
 
 
 def _examples(model_dir, chat_file) -> list[TokenizedExample]:
@@ -50,8 +56,9 @@ def test_packed_logits_equal_separate_ones(arch, request):
     batch = collate_packed(examples, "cpu")
     assert batch.ids.shape == (1, sum(lengths)) and batch.tokens == sum(lengths)
     with torch.no_grad():
-        packed = model(input_ids=batch.ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids).logits[0]
+        packed = model(
+            input_ids=batch.ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits[0]
         separate = torch.cat([model(input_ids=torch.tensor([e.input_ids])).logits[0] for e in examples])
         leaky = model(input_ids=batch.ids, position_ids=batch.position_ids).logits[0]
     assert torch.allclose(packed, separate, atol=1e-4), (packed - separate).abs().max()
@@ -73,8 +80,9 @@ def test_training_with_packing_follows_the_padded_curve(tiny_llama, chat_file, t
     curves = {}
     for packing in (False, True):
         reporter = MemoryReporter()
-        train(spec_for(tiny_llama, chat_file, tmp_path / str(packing), epochs=3, dropout=0.0, packing=packing),
-              reporter)
+        train(
+            spec_for(tiny_llama, chat_file, tmp_path / str(packing), epochs=3, dropout=0.0, packing=packing), reporter
+        )
         curves[packing] = reporter.losses()
     assert curves[True].keys() == curves[False].keys()
     for step in curves[True]:
@@ -111,8 +119,9 @@ def test_pissa_adapter_is_converted_to_plain_lora_for_the_original_base(tiny_lla
     model, _ = build_peft_model(load_base_model(str(tiny_llama), CPU), cfg)
     model.eval()
     with torch.no_grad():
-        assert torch.allclose(model(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-4), \
+        assert torch.allclose(model(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-4), (
             "PiSSA starts from the base model's function"
+        )
         model.save_pretrained(tmp_path / "init")
         for name, p in model.named_parameters():
             if "lora_" in name:
@@ -129,8 +138,12 @@ def test_pissa_adapter_is_converted_to_plain_lora_for_the_original_base(tiny_lla
 def test_pissa_job_trains_and_evaluates_against_the_real_base(tiny_llama, chat_file, tmp_path):
     valid = write_jsonl(tmp_path / "valid.jsonl", [{"messages": m} for m in memorisable_conversations(3)])
     reporter = MemoryReporter()
-    result = train(spec_for(tiny_llama, chat_file, tmp_path / "pissa", valid, epochs=4, init_lora_weights="pissa",
-                            learning_rate=3e-3), reporter)
+    result = train(
+        spec_for(
+            tiny_llama, chat_file, tmp_path / "pissa", valid, epochs=4, init_lora_weights="pissa", learning_rate=3e-3
+        ),
+        reporter,
+    )
     assert result.status == "succeeded" and reporter.losses()[8] < reporter.losses()[1]
     assert ("saved", "adapter saved (PiSSA converted to plain LoRA for the original base)") in reporter.events
     # The "base" side of the evaluation is the real base, not PiSSA's residual one: same loss as
@@ -165,8 +178,9 @@ def test_modules_to_save_are_trained_saved_and_counted_by_the_estimate(arch, hea
     result = train(spec_for(model_dir, chat_file, tmp_path / "m", epochs=1, modules_to_save=[head]), reporter)
     saved = load_file(str(tmp_path / "m/adapter/adapter_model.safetensors"))
     assert any(head in key and "lora_" not in key for key in saved), sorted(saved)
-    est = estimate(str(model_dir), TrainConfig(**{**FAST, "modules_to_save": (head,)}), n_examples=8,
-                   mean_tokens=20, device="cpu")
+    est = estimate(
+        str(model_dir), TrainConfig(**{**FAST, "modules_to_save": (head,)}), n_examples=8, mean_tokens=20, device="cpu"
+    )
     assert est.trainable_params == result.trainable_params
 
 
@@ -189,8 +203,9 @@ def test_paged_8bit_optimizer_needs_cuda():
 
 def test_paged_8bit_optimizer_needs_less_memory_in_the_estimate(tiny_llama):
     plain = estimate(str(tiny_llama), TrainConfig(), n_examples=8, mean_tokens=20, device="cuda")
-    paged = estimate(str(tiny_llama), TrainConfig(optimizer="paged_adamw_8bit"), n_examples=8, mean_tokens=20,
-                     device="cuda")
+    paged = estimate(
+        str(tiny_llama), TrainConfig(optimizer="paged_adamw_8bit"), n_examples=8, mean_tokens=20, device="cuda"
+    )
     assert paged.breakdown["lora_training"] == pytest.approx(plain.breakdown["lora_training"] * 10 / 16)
 
 
@@ -212,8 +227,19 @@ def test_early_stopping_keeps_the_best_adapter(tiny_llama, chat_file, tmp_path):
     valid = write_jsonl(tmp_path / "valid.jsonl", [{"messages": m} for m in memorisable_conversations(3)])
     reporter = MemoryReporter()
     # A threshold no later evaluation can beat: the first is the best, and two more end the run.
-    result = train(spec_for(tiny_llama, chat_file, tmp_path / "es", valid, epochs=10, eval_every=1,
-                            early_stopping_patience=2, early_stopping_threshold=50.0), reporter)
+    result = train(
+        spec_for(
+            tiny_llama,
+            chat_file,
+            tmp_path / "es",
+            valid,
+            epochs=10,
+            eval_every=1,
+            early_stopping_patience=2,
+            early_stopping_threshold=50.0,
+        ),
+        reporter,
+    )
     assert result.status == "succeeded" and result.stopped_early
     assert result.steps_done == 3 and result.best_step == 1
     assert [s for s, _ in reporter.points] == [1, 2, 3]
@@ -228,8 +254,20 @@ def test_early_stopping_keeps_the_best_adapter(tiny_llama, chat_file, tmp_path):
 def test_keep_best_off_exports_the_last_step(tiny_llama, chat_file, tmp_path):
     valid = write_jsonl(tmp_path / "valid.jsonl", [{"messages": m} for m in memorisable_conversations(3)])
     reporter = MemoryReporter()
-    result = train(spec_for(tiny_llama, chat_file, tmp_path / "last", valid, epochs=10, eval_every=1,
-                            early_stopping_patience=2, early_stopping_threshold=50.0, keep_best=False), reporter)
+    result = train(
+        spec_for(
+            tiny_llama,
+            chat_file,
+            tmp_path / "last",
+            valid,
+            epochs=10,
+            eval_every=1,
+            early_stopping_patience=2,
+            early_stopping_threshold=50.0,
+            keep_best=False,
+        ),
+        reporter,
+    )
     assert result.steps_done == 3 and "best" not in [k for k, _ in reporter.events]
     assert not (tmp_path / "last/best-adapter").exists()
 
@@ -241,6 +279,5 @@ def test_estimate_handles_pissa_on_meta(tiny_llama):
     from worker.targets import linear_module_suffixes, resolve_targets
 
     targets = resolve_targets(linear_module_suffixes(model), cfg.target_preset, ())
-    peft_model = get_peft_model(model, get_peft_config(dataclasses.replace(cfg, init_lora_weights="default"),
-                                                       targets))
+    peft_model = get_peft_model(model, get_peft_config(dataclasses.replace(cfg, init_lora_weights="default"), targets))
     assert est.trainable_params == peft_model.get_nb_trainable_parameters()[0]

@@ -1,4 +1,5 @@
 """Pre-flight estimate: counts equal PEFT's own on the real model; memory arithmetic; rsLoRA; DoRA."""
+
 import json
 import math
 import shutil
@@ -75,16 +76,16 @@ def test_memory_breakdown_follows_the_documented_formula(tiny_llama):
     # Converting the fp32 file to bf16 or 4-bit while loading leaves nothing resident (each weight read with
     # pread() and freed once converted): the overhead is the runtime alone.
     for converted in (dict(precision="bf16"), dict(qlora=True)):
-        other = estimate(str(tiny_llama), TrainConfig(**shape, dropout=0.0, **converted), n_examples=10,
-                         mean_tokens=20)
+        other = estimate(str(tiny_llama), TrainConfig(**shape, dropout=0.0, **converted), n_examples=10, mean_tokens=20)
         assert other.breakdown["overhead"] == OVERHEAD_MB["cpu"]
 
     # LoRA dropout keeps the dropped-out input and its mask of q, k, v, o (64 features each) per layer.
     dropped = estimate(str(tiny_llama), TrainConfig(**shape, dropout=0.1), n_examples=10, mean_tokens=20)
     assert dropped.breakdown["activations"] - b["activations"] == pytest.approx(tokens * 2 * (2 * 4 * 64) * 4 / MIB)
 
-    ckpt = estimate(str(tiny_llama), TrainConfig(**shape, dropout=0.0, gradient_checkpointing=True),
-                    n_examples=10, mean_tokens=20)
+    ckpt = estimate(
+        str(tiny_llama), TrainConfig(**shape, dropout=0.0, gradient_checkpointing=True), n_examples=10, mean_tokens=20
+    )
     assert ckpt.breakdown["activations"] == pytest.approx(tokens * (2 * 64 + 6 * 64 + 4 * 128) * 4 / MIB)
     assert ckpt.breakdown["activations"] < b["activations"]
 
@@ -116,8 +117,9 @@ def test_steps_seconds_and_fits(tiny_llama):
     assert est.seconds is None and est.fits and est.advice == []
     timed = estimate(str(tiny_llama), cfg, n_examples=50, mean_tokens=100, tokens_per_s=400)
     assert timed.seconds == pytest.approx(21 * 8 * 100 / 400)
-    capped = estimate(str(tiny_llama), replace_cfg(cfg, max_seq_length=64), n_examples=50, mean_tokens=100,
-                      tokens_per_s=400)
+    capped = estimate(
+        str(tiny_llama), replace_cfg(cfg, max_seq_length=64), n_examples=50, mean_tokens=100, tokens_per_s=400
+    )
     assert capped.seconds == pytest.approx(21 * 8 * 64 / 400), "examples are truncated to max_seq_length"
 
     roomy = estimate(str(tiny_llama), cfg, n_examples=50, mean_tokens=100, memory_limit_mb=est.memory_mb + 1)
@@ -152,8 +154,13 @@ def test_each_advice_carries_the_settings_that_make_it_fit(tiny_llama):
     assert tight.advice_changes[0]["changes"] == {"batch_size": 8, "grad_accum": 8}
     for item in tight.advice_changes:
         assert item["changes"], item
-        applied = estimate(str(tiny_llama), replace_cfg(cfg, **item["changes"]), n_examples=500, mean_tokens=300,
-                           memory_limit_mb=tight.memory_limit_mb)
+        applied = estimate(
+            str(tiny_llama),
+            replace_cfg(cfg, **item["changes"]),
+            n_examples=500,
+            mean_tokens=300,
+            memory_limit_mb=tight.memory_limit_mb,
+        )
         assert applied.fits, item
 
 
@@ -169,8 +176,9 @@ def test_rslora_scaling_is_alpha_over_sqrt_rank(tiny_llama):
 
 def test_dora_trains(tiny_llama, chat_file, tmp_path):
     reporter = MemoryReporter()
-    cfg = TrainConfig(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, rank=8, alpha=16, use_dora=True,
-                      max_steps=8, dropout=0.0)
+    cfg = TrainConfig(
+        batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, rank=8, alpha=16, use_dora=True, max_steps=8, dropout=0.0
+    )
     result = train(TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "dora"), cfg, device="cpu"), reporter)
     losses = reporter.losses()
     assert result.status == "succeeded" and sorted(losses) == list(range(1, 9))
@@ -187,8 +195,14 @@ def test_devices_split_the_micro_batch_and_cpu_ranks_share_memory(tiny_llama):
     for key in one.breakdown:
         assert two.breakdown[key] == pytest.approx(2 * half.breakdown[key]), key
     assert two.steps == one.steps, "the global batch, so the plan, is the same"
-    advice = estimate(str(tiny_llama), TrainConfig(batch_size=8, devices=2), n_examples=100, mean_tokens=50,
-                      device="cpu", memory_limit_mb=two.memory_mb - 1).advice
+    advice = estimate(
+        str(tiny_llama),
+        TrainConfig(batch_size=8, devices=2),
+        n_examples=100,
+        mean_tokens=50,
+        device="cpu",
+        memory_limit_mb=two.memory_mb - 1,
+    ).advice
     assert not any("batch_size 1 " in line for line in advice), "never fewer examples than devices"
     from worker.memory_advice import oom_suggestion
 
@@ -212,8 +226,9 @@ def test_fsdp_shards_the_base_per_gpu_but_not_the_cpu_load_peak(tiny_llama, tmp_
             shutil.copy(tiny_llama / name, deep / name)
 
     def est(device, **cfg):
-        return estimate(str(deep), TrainConfig(batch_size=8, devices=4, **cfg), n_examples=100, mean_tokens=50,
-                        device=device)
+        return estimate(
+            str(deep), TrainConfig(batch_size=8, devices=4, **cfg), n_examples=100, mean_tokens=50, device=device
+        )
 
     whole, sharded = est("cuda"), est("cuda", sharding="fsdp")
     assert sharded.breakdown["base_weights"] < whole.breakdown["base_weights"] / 2

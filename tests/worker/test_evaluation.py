@@ -1,4 +1,5 @@
 """The end-of-job evaluation answers for base and adapter in one batched generate, as one-by-one greedy would."""
+
 import re
 
 import pytest
@@ -10,8 +11,10 @@ from worker.evaluation import can_mix_adapters, generate_both
 from worker.modeling import DeviceChoice, build_peft_model, load_base_model, load_tokenizer
 from worker.reporting import MemoryReporter
 
-PROMPTS = [[{"role": "user", "content": text}] for text in
-           ("colour 2", "hello there, how are you today?", "x", "name three fruits please", "2+2")]
+PROMPTS = [
+    [{"role": "user", "content": text}]
+    for text in ("colour 2", "hello there, how are you today?", "x", "name three fruits please", "2+2")
+]
 NEW_TOKENS = 10
 
 
@@ -34,9 +37,17 @@ def one_by_one(model, tok, conversations):
         text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
         enc = tok(text, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False, temperature=None, top_p=None,
-                                 top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        answers.append(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+            out = model.generate(
+                **enc,
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        answers.append(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
     return answers
 
 
@@ -66,9 +77,14 @@ def test_batched_answers_equal_one_by_one_greedy(tiny_llama, kind):
 
 def test_the_job_log_says_what_the_evaluation_cost(tiny_llama, chat_file, tmp_path):
     reporter = MemoryReporter()
-    spec = TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "e"),
-                     TrainConfig(batch_size=4, epochs=1, target_preset="all_linear"), eval_dataset_path=str(chat_file),
-                     device="cpu")
+    spec = TrainSpec(
+        str(tiny_llama),
+        str(chat_file),
+        str(tmp_path / "e"),
+        TrainConfig(batch_size=4, epochs=1, target_preset="all_linear"),
+        eval_dataset_path=str(chat_file),
+        device="cpu",
+    )
     train(spec, reporter)
     (message,) = [m for kind, m in reporter.events if kind == "evaluate" and m.startswith("evaluation took")]
     seconds, share = re.fullmatch(r"evaluation took ([\d.]+) s, (\d+)% of the job", message).groups()

@@ -1,4 +1,5 @@
 """Failpoints do nothing unless named in the environment; named ones announce themselves and wait once."""
+
 import time
 
 from worker import failpoints

@@ -1,4 +1,5 @@
 """One loaded base serves the base answer and several adapters (PEFT load_adapter / set_adapter)."""
+
 import pytest
 import torch
 from peft import PeftModel
@@ -8,16 +9,30 @@ from transformers import AutoModelForCausalLM
 from tests.tiny_model import build_random_adapter, build_tiny_model
 from worker.config import GenerationConfig, TrainConfig, TrainSpec
 from worker.engine import train
-from worker.inference import (MIB, MemoryBudgetError, ModelPool, estimate_adapter_bytes, estimate_base_bytes,
-                              module_bytes)
+from worker.inference import (
+    MIB,
+    MemoryBudgetError,
+    ModelPool,
+    estimate_adapter_bytes,
+    estimate_base_bytes,
+    module_bytes,
+)
 from worker.reporting import MemoryReporter
 
 IDS = torch.tensor([[1, 5, 9, 20, 33, 7, 11]])
 
 
 def trained_adapter(tiny_llama, data, out, seed):
-    cfg = TrainConfig(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8,
-                      alpha=16, epochs=12, seed=seed)
+    cfg = TrainConfig(
+        batch_size=4,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        target_preset="all_linear",
+        rank=8,
+        alpha=16,
+        epochs=12,
+        seed=seed,
+    )
     return train(TrainSpec(str(tiny_llama), str(data), str(out), cfg, device="cpu"), MemoryReporter()).adapter_dir
 
 
@@ -26,8 +41,12 @@ def test_base_and_two_adapters_on_one_loaded_base(tiny_llama, chat_file, tmp_pat
     second = trained_adapter(tiny_llama, chat_file, tmp_path / "b", seed=2)
     with torch.no_grad():
         plain = AutoModelForCausalLM.from_pretrained(tiny_llama)(input_ids=IDS).logits
-        own_first = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), first)(input_ids=IDS).logits
-        own_second = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), second)(input_ids=IDS).logits
+        own_first = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), first)(
+            input_ids=IDS
+        ).logits
+        own_second = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), second)(
+            input_ids=IDS
+        ).logits
 
     pool = ModelPool(device="cpu")
     path = str(tiny_llama)
@@ -43,8 +62,9 @@ def test_base_and_two_adapters_on_one_loaded_base(tiny_llama, chat_file, tmp_pat
 
     messages = [{"role": "user", "content": "colour 2"}]
     pieces = []
-    text = pool.generate(path, messages, GenerationConfig(max_new_tokens=16), adapter=("first", first),
-                         on_text=pieces.append)
+    text = pool.generate(
+        path, messages, GenerationConfig(max_new_tokens=16), adapter=("first", first), on_text=pieces.append
+    )
     assert '"blue"' in text and "".join(pieces).strip() == text.strip() and len(pieces) >= 2
     assert pool.base_loads == 1
 
@@ -53,8 +73,9 @@ def test_base_and_two_adapters_on_one_loaded_base(tiny_llama, chat_file, tmp_pat
 def random_adapters(tiny_llama, tmp_path_factory):
     """Three random LoRA adapters on tiny_llama, of different sizes (ranks 4, 8, 4)."""
     root = tmp_path_factory.mktemp("adapters")
-    return [build_random_adapter(tiny_llama, root / f"a{i}", seed=10 + i, rank=rank)
-            for i, rank in enumerate((4, 8, 4))]
+    return [
+        build_random_adapter(tiny_llama, root / f"a{i}", seed=10 + i, rank=rank) for i, rank in enumerate((4, 8, 4))
+    ]
 
 
 def own_logits(model_dir, adapter_dir=None):
@@ -197,11 +218,19 @@ def test_one_batched_generate_answers_base_and_adapters_at_once(tiny_llama, rand
     path = str(tiny_llama)
     pool = ModelPool(device="cpu")
     gen = GenerationConfig(max_new_tokens=12)
-    requests = [([{"role": "user", "content": "colour 1"}], None),
-                ([{"role": "user", "content": "colour 1"}], ("a0", random_adapters[0])),
-                # a longer history on the third row: the batch is left-padded
-                ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                  {"role": "user", "content": "colour 2"}], ("a1", random_adapters[1]))]
+    requests = [
+        ([{"role": "user", "content": "colour 1"}], None),
+        ([{"role": "user", "content": "colour 1"}], ("a0", random_adapters[0])),
+        # a longer history on the third row: the batch is left-padded
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "colour 2"},
+            ],
+            ("a1", random_adapters[1]),
+        ),
+    ]
     one_by_one = [pool.generate(path, messages, gen, adapter) for messages, adapter in requests]
     assert len(set(one_by_one)) == 3, "the base and the two adapters answer differently"
 
@@ -233,8 +262,10 @@ def test_batched_generate_falls_back_for_dora_adapters(tiny_llama, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     dora = tmp_path / "dora"
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_llama),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True),
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -242,8 +273,10 @@ def test_batched_generate_falls_back_for_dora_adapters(tiny_llama, tmp_path):
     model.save_pretrained(dora)
     pool = ModelPool(device="cpu")
     gen = GenerationConfig(max_new_tokens=8)
-    requests = [([{"role": "user", "content": "colour 1"}], None),
-                ([{"role": "user", "content": "colour 1"}], ("dora", str(dora)))]
+    requests = [
+        ([{"role": "user", "content": "colour 1"}], None),
+        ([{"role": "user", "content": "colour 1"}], ("dora", str(dora))),
+    ]
     expected = [pool.generate(str(tiny_llama), m, gen, a) for m, a in requests]
     rows: list[int] = []
     assert pool.generate_many(str(tiny_llama), requests, gen, on_text=lambda row, piece: rows.append(row)) == expected

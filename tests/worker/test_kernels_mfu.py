@@ -1,5 +1,6 @@
 """CUDA-path plumbing testable on the CPU: the liger setting (validation, refusal without CUDA or without the
 package, the fused-loss path with a stand-in kernel), padding-free packed batches, and the MFU arithmetic."""
+
 import dataclasses
 
 import pytest
@@ -20,17 +21,27 @@ from worker.warm import base_key
 
 CPU = DeviceChoice("cpu", torch.float32)
 CUDA = DeviceChoice("cuda", torch.bfloat16)
-FAST = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8, alpha=16,
-            max_steps=2, final_eval=False)
+FAST = dict(
+    batch_size=4,
+    learning_rate=1e-2,
+    warmup_ratio=0.0,
+    target_preset="all_linear",
+    rank=8,
+    alpha=16,
+    max_steps=2,
+    final_eval=False,
+)
 
 
 def _examples(lengths):
     torch.manual_seed(3)
-    return [TokenizedExample(input_ids=torch.randint(3, 300, (n,)).tolist(), labels=list(range(1, n + 1)))
-            for n in lengths]
+    return [
+        TokenizedExample(input_ids=torch.randint(3, 300, (n,)).tolist(), labels=list(range(1, n + 1))) for n in lengths
+    ]
 
 
 # --- the liger setting ------------------------------------------------------------------------------------
+
 
 def test_liger_is_a_validated_boolean():
     assert TrainConfig().liger is False
@@ -88,6 +99,7 @@ def test_warm_bases_with_and_without_kernels_are_kept_apart(tiny_llama):
 
 # --- padding-free packing -----------------------------------------------------------------------------------
 
+
 def test_padding_free_only_with_packing_cuda_and_flash_attn(monkeypatch):
     monkeypatch.setattr(kernels, "has_package", lambda name: name == "flash_attn")
     assert kernels.padding_free(TrainConfig(packing=True), CUDA)
@@ -128,13 +140,15 @@ def test_restarting_positions_mark_the_example_boundaries_flash_attention_reads(
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     masked = collate_packed(_examples(lengths), "cpu")
     with torch.no_grad():
-        packed = model(input_ids=masked.ids, attention_mask=masked.attention_mask,
-                       position_ids=masked.position_ids).logits[0]
+        packed = model(
+            input_ids=masked.ids, attention_mask=masked.attention_mask, position_ids=masked.position_ids
+        ).logits[0]
         alone = [model(input_ids=batch.ids[:, a:b]).logits[0] for a, b in zip(cu_seqlens, cu_seqlens[1:])]
     assert torch.allclose(packed, torch.cat(alone), atol=1e-4)
 
 
 # --- MFU ------------------------------------------------------------------------------------------------
+
 
 def test_model_flops_per_token_follows_the_documented_convention():
     args = dict(params=1_000_000, trainable=10_000, layers=4, hidden=64, seq_len=128)
@@ -223,8 +237,11 @@ def test_apply_liger_patches_the_instance_only_and_marks_the_fused_loss(tiny_lla
     transformers_mod._apply_liger_kernel_to_instance = fake_apply
     monkey = types.ModuleType("liger_kernel.transformers.monkey_patch")
     monkey.MODEL_TYPE_TO_APPLY_LIGER_FN = {"llama": fake_apply}
-    for name, mod in (("liger_kernel", liger), ("liger_kernel.transformers", transformers_mod),
-                      ("liger_kernel.transformers.monkey_patch", monkey)):
+    for name, mod in (
+        ("liger_kernel", liger),
+        ("liger_kernel.transformers", transformers_mod),
+        ("liger_kernel.transformers.monkey_patch", monkey),
+    ):
         monkeypatch.setitem(sys.modules, name, mod)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     assert kernels.apply_liger(model) == ["rms_norm", "swiglu", "fused_linear_cross_entropy"]

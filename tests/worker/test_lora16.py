@@ -1,5 +1,6 @@
 """LoRA branches in bf16 over a bf16 base: PEFT's results within bf16 rounding, fp32 weights and gradients,
 PEFT's own path for a disabled adapter, DoRA, an fp32 base and the 4-bit layers."""
+
 import pytest
 import torch
 
@@ -65,13 +66,15 @@ def test_the_engine_switches_them_on_a_bf16_base(tiny_llama, chat_file, tmp_path
 
     def spy(run):
         real(run)
-        switched.append(sum(m.forward.__func__.__module__ == "worker.lora16" for m in run.model.modules()
-                            if "forward" in vars(m)))
+        switched.append(
+            sum(m.forward.__func__.__module__ == "worker.lora16" for m in run.model.modules() if "forward" in vars(m))
+        )
 
     monkeypatch.setattr(engine.TrainingRun, "setup_model", spy)
     cfg = TrainConfig(precision="bf16", max_steps=2, batch_size=2, final_eval=False, target_preset="attention")
-    result = engine.train(TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "out"), cfg, device="cpu"),
-                          MemoryReporter())
+    result = engine.train(
+        TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "out"), cfg, device="cpu"), MemoryReporter()
+    )
     assert result.status == "succeeded"
     assert switched == [8]  # 2 layers x q, k, v, o
 
@@ -88,10 +91,12 @@ def test_qlora_computes_in_bf16_with_a_16_bit_base_around_its_4_bit_layers(tiny_
     assert compute_lora_in_bf16(model) == 14
     seen = []
     model.get_base_model().model.layers[0].self_attn.q_proj.register_forward_hook(
-        lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+        lambda module, args, out: seen.append((args[0].dtype, out.dtype))
+    )
     ids = torch.randint(3, 200, (2, 10))
-    loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, :-1].flatten(0, 1).float(),
-                                             ids[:, 1:].flatten())
+    loss = torch.nn.functional.cross_entropy(
+        model(input_ids=ids).logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()
+    )
     loss.backward()
     assert seen == [(torch.bfloat16, torch.bfloat16)]
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]  # B starts at zero: A's grads are 0

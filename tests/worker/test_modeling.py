@@ -1,4 +1,5 @@
 """The web side's bounded tokenizer cache."""
+
 import pytest
 
 from worker import modeling

@@ -1,5 +1,6 @@
 """Precision: the frozen base in bf16 where the CPU multiplies it natively, LoRA weights, modules_to_save and
 the optimizer state in fp32; checkpoints, resume, merge and the chat worker follow."""
+
 import json
 
 import pytest
@@ -32,8 +33,11 @@ def spec_for(model_dir, data, out, **cfg):
 
 def test_cpu_bf16_is_detected_from_the_cpu_flags(monkeypatch, tmp_path):
     monkeypatch.delenv(CPU_BF16_ENV)
-    for flags, native in (("fpu sse avx512f avx512bw", False), ("fpu avx512f avx512_bf16 avx512_fp16", True),
-                          ("fpu amx_tile amx_bf16", True)):
+    for flags, native in (
+        ("fpu sse avx512f avx512bw", False),
+        ("fpu avx512f avx512_bf16 avx512_fp16", True),
+        ("fpu amx_tile amx_bf16", True),
+    ):
         cpuinfo = tmp_path / "cpuinfo"
         cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\n")
         monkeypatch.setattr(modeling, "CPUINFO", str(cpuinfo))
@@ -66,23 +70,28 @@ def test_precision_choices_on_a_cpu(monkeypatch):
 def test_precision_is_validated_with_the_config():
     assert TrainConfig().precision == "auto"
     assert TrainConfig.from_dict({"precision": "bf16"}).precision == "bf16"
-    for bad, field in (({"precision": "fp64"}, "precision"), ({"precision": 16}, "precision"),
-                       ({"precision": "bf16", "bias": "all"}, "precision")):
+    for bad, field in (
+        ({"precision": "fp64"}, "precision"),
+        ({"precision": 16}, "precision"),
+        ({"precision": "bf16", "bias": "all"}, "precision"),
+    ):
         with pytest.raises(ConfigError) as err:
             TrainConfig.from_dict(bad)
         assert err.value.field == field
 
 
-def test_bf16_base_trains_fp32_lora_and_optimizer_and_tracks_the_fp32_curve(tiny_llama, chat_file, tmp_path,
-                                                                            native_bf16):
+def test_bf16_base_trains_fp32_lora_and_optimizer_and_tracks_the_fp32_curve(
+    tiny_llama, chat_file, tmp_path, native_bf16
+):
     """The tolerance: every step's bf16 loss within 8 % of fp32's (+ 0.02), the mean gap under 3 %."""
     runs = {}
     for precision in ("fp32", "auto"):
         reporter = MemoryReporter()
         recorded = []
         reporter.precision = recorded.append
-        result = train(spec_for(tiny_llama, chat_file, tmp_path / precision, epochs=6, precision=precision,
-                                save_every=5), reporter)
+        result = train(
+            spec_for(tiny_llama, chat_file, tmp_path / precision, epochs=6, precision=precision, save_every=5), reporter
+        )
         runs[precision] = (result, reporter, recorded)
     result, reporter, recorded = runs["auto"]
     assert result.precision == "bf16" and recorded == ["bf16"] and runs["fp32"][2] == ["fp32"]
@@ -132,8 +141,11 @@ def test_bf16_pause_and_resume_continue_the_same_curve(tiny_llama, chat_file, tm
     straight = MemoryReporter()
     train(spec_for(tiny_llama, chat_file, tmp_path / "a", epochs=4, dropout=0.1), straight)
     first = MemoryReporter()
-    paused = train(spec_for(tiny_llama, chat_file, tmp_path / "b", epochs=4, dropout=0.1), first,
-                   lambda: "pause" if len(first.points) >= 3 else None)
+    paused = train(
+        spec_for(tiny_llama, chat_file, tmp_path / "b", epochs=4, dropout=0.1),
+        first,
+        lambda: "pause" if len(first.points) >= 3 else None,
+    )
     assert paused.status == "paused" and paused.precision == "bf16"
     second = MemoryReporter()
     resumed = train(spec_for(tiny_llama, chat_file, tmp_path / "b", epochs=4, dropout=0.1), second)
@@ -147,8 +159,11 @@ def test_bf16_pause_and_resume_continue_the_same_curve(tiny_llama, chat_file, tm
 def test_resume_under_another_precision_says_so(tiny_llama, chat_file, tmp_path, monkeypatch):
     monkeypatch.setenv(CPU_BF16_ENV, "1")
     first = MemoryReporter()
-    train(spec_for(tiny_llama, chat_file, tmp_path / "b", epochs=3), first,
-          lambda: "pause" if len(first.points) >= 2 else None)
+    train(
+        spec_for(tiny_llama, chat_file, tmp_path / "b", epochs=3),
+        first,
+        lambda: "pause" if len(first.points) >= 2 else None,
+    )
     monkeypatch.setenv(CPU_BF16_ENV, "0")  # the job moved to a worker without native bf16
     second = MemoryReporter()
     assert train(spec_for(tiny_llama, chat_file, tmp_path / "b", epochs=3), second).precision == "fp32"
@@ -164,8 +179,9 @@ def test_merge_of_a_bf16_run_is_saved_in_the_bases_own_dtype(tiny_llama, chat_fi
     ids = torch.tensor([[1, 5, 9, 20, 33]])
     with torch.no_grad():
         merged = AutoModelForCausalLM.from_pretrained(merged_dir)(input_ids=ids).logits
-        exact = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama),
-                                          result.adapter_dir)(input_ids=ids).logits
+        exact = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), result.adapter_dir)(
+            input_ids=ids
+        ).logits
     assert torch.allclose(merged, exact, atol=1e-4), "the merge must not round the fp32 base to bf16"
 
 

@@ -1,5 +1,6 @@
 """DPO and ORPO: the product's losses and gradients against TRL's (the oracle), and a tiny model that
 learns synthetic preferences."""
+
 import json
 import random
 from types import SimpleNamespace
@@ -24,15 +25,28 @@ BETA = 0.25
 
 def _pairs() -> list[Example]:
     """Three pairs; the second has history with an assistant turn that must not be trained."""
+
     def msg(role, content):
         return {"role": role, "content": content}
 
     return [
-        Example(1, [msg("user", "what colour is the sky")], chosen=[msg("assistant", "blue")],
-                rejected=[msg("assistant", "green, red and yellow")]),
-        Example(2, [msg("system", "reply in JSON"), msg("user", "hello"), msg("assistant", '{"name": "Ada"}'),
-                    msg("user", "the city please")],
-                chosen=[msg("assistant", '{"city": "Paris"}')], rejected=[msg("assistant", "no")]),
+        Example(
+            1,
+            [msg("user", "what colour is the sky")],
+            chosen=[msg("assistant", "blue")],
+            rejected=[msg("assistant", "green, red and yellow")],
+        ),
+        Example(
+            2,
+            [
+                msg("system", "reply in JSON"),
+                msg("user", "hello"),
+                msg("assistant", '{"name": "Ada"}'),
+                msg("user", "the city please"),
+            ],
+            chosen=[msg("assistant", '{"city": "Paris"}')],
+            rejected=[msg("assistant", "no")],
+        ),
         Example(3, [msg("user", "0 1 2 3")], chosen=[msg("assistant", "4 5 6")], rejected=[msg("assistant", "9 9")]),
     ]
 
@@ -76,12 +90,23 @@ def test_dpo_and_orpo_losses_and_gradients_match_trl(tiny_llama, tmp_path):
     # DPO: TRL's own trainer (its tokenization, collator, reference = adapter disabled, sigmoid loss). TRL adds
     # the adapter itself, so its reference is the bare base as ours is (given an adapter, it would copy it).
     rows = [{"prompt": e.messages, "chosen": e.chosen, "rejected": e.rejected} for e in examples]
-    trainer = DPOTrainer(model=load_base_model(str(tiny_llama), choose_device("cpu"), TrainConfig()),
-                         processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
-                         peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"),
-                         args=DPOConfig(output_dir=str(tmp_path / "trl"), beta=BETA, report_to=[], use_cpu=True,
-                                        gradient_checkpointing=False, bf16=False, max_length=None,
-                                        per_device_train_batch_size=3, dataset_num_proc=None))
+    trainer = DPOTrainer(
+        model=load_base_model(str(tiny_llama), choose_device("cpu"), TrainConfig()),
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(rows),
+        peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"),
+        args=DPOConfig(
+            output_dir=str(tmp_path / "trl"),
+            beta=BETA,
+            report_to=[],
+            use_cpu=True,
+            gradient_checkpointing=False,
+            bf16=False,
+            max_length=None,
+            per_device_train_batch_size=3,
+            dataset_num_proc=None,
+        ),
+    )
     model = trainer.model
     _randomise_lora_b(model)
     ours = _ours(model, pairs, "dpo")
@@ -90,8 +115,9 @@ def test_dpo_and_orpo_losses_and_gradients_match_trl(tiny_llama, tmp_path):
         for side, answer in ((pair.chosen, row["chosen_ids"]), (pair.rejected, row["rejected_ids"])):
             assert side.input_ids == row["prompt_ids"] + answer
             assert [t != IGNORE_INDEX for t in side.labels] == [False] * len(row["prompt_ids"]) + [True] * len(answer)
-    inputs = trainer.data_collator([{k: row[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
-                                    for row in tokenized])
+    inputs = trainer.data_collator(
+        [{k: row[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for row in tokenized]
+    )
     model.zero_grad()
     trl_loss = trainer.compute_loss(model, inputs)
     trl_loss.backward()
@@ -125,20 +151,45 @@ def colour_pairs(n: int, seed: int) -> list[Example]:
     for i in range(n):
         right, wrong = rng.sample(COLOURS, 2)
         a, b = rng.sample(FILLER, 2)
-        out.append(Example(i + 1, [{"role": "user", "content": f"{a} {right} {b}"}],
-                           chosen=[{"role": "assistant", "content": right}],
-                           rejected=[{"role": "assistant", "content": wrong}]))
+        out.append(
+            Example(
+                i + 1,
+                [{"role": "user", "content": f"{a} {right} {b}"}],
+                chosen=[{"role": "assistant", "content": right}],
+                rejected=[{"role": "assistant", "content": wrong}],
+            )
+        )
     return out
 
 
 def test_dpo_learns_synthetic_preferences(tiny_llama, tmp_path):
     write_normalized_jsonl(colour_pairs(48, 1), tmp_path / "train.jsonl")
     write_normalized_jsonl(colour_pairs(24, 2), tmp_path / "eval.jsonl")
-    cfg = TrainConfig(method="dpo", beta=0.1, batch_size=8, learning_rate=2e-2, warmup_ratio=0.0, epochs=3,
-                      target_preset="all_linear", rank=8, alpha=16, dropout=0.0, eval_every=6)
+    cfg = TrainConfig(
+        method="dpo",
+        beta=0.1,
+        batch_size=8,
+        learning_rate=2e-2,
+        warmup_ratio=0.0,
+        epochs=3,
+        target_preset="all_linear",
+        rank=8,
+        alpha=16,
+        dropout=0.0,
+        eval_every=6,
+    )
     reporter = MemoryReporter()
-    result = train(TrainSpec(str(tiny_llama), str(tmp_path / "train.jsonl"), str(tmp_path / "out"), cfg,
-                             eval_dataset_path=str(tmp_path / "eval.jsonl"), device="cpu"), reporter)
+    result = train(
+        TrainSpec(
+            str(tiny_llama),
+            str(tmp_path / "train.jsonl"),
+            str(tmp_path / "out"),
+            cfg,
+            eval_dataset_path=str(tmp_path / "eval.jsonl"),
+            device="cpu",
+        ),
+        reporter,
+    )
     assert result.status == "succeeded" and result.steps_done == 18
     points = dict(reporter.points)
     assert {"loss", "reward_margin", "reward_accuracy"} <= points[1].keys()
@@ -156,16 +207,26 @@ def test_dpo_learns_synthetic_preferences(tiny_llama, tmp_path):
 def test_method_and_dataset_must_agree(tiny_llama, tmp_path, chat_file):
     write_normalized_jsonl(colour_pairs(4, 1), tmp_path / "pairs.jsonl")
     with pytest.raises(TrainingError, match="supervised tuning needs examples"):
-        train(TrainSpec(str(tiny_llama), str(tmp_path / "pairs.jsonl"), str(tmp_path / "a"), TrainConfig(),
-                        device="cpu"), MemoryReporter())
+        train(
+            TrainSpec(str(tiny_llama), str(tmp_path / "pairs.jsonl"), str(tmp_path / "a"), TrainConfig(), device="cpu"),
+            MemoryReporter(),
+        )
     with pytest.raises(TrainingError, match="method orpo trains on preference pairs"):
-        train(TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "b"), TrainConfig(method="orpo"),
-                        device="cpu"), MemoryReporter())
+        train(
+            TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "b"), TrainConfig(method="orpo"), device="cpu"),
+            MemoryReporter(),
+        )
 
 
-@pytest.mark.parametrize("values, field", [({"method": "ppo"}, "method"), ({"beta": 0}, "beta"),
-                                           ({"method": "dpo", "packing": True}, "packing"),
-                                           ({"method": "dpo", "init_lora_weights": "pissa"}, "init_lora_weights")])
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"method": "ppo"}, "method"),
+        ({"beta": 0}, "beta"),
+        ({"method": "dpo", "packing": True}, "packing"),
+        ({"method": "dpo", "init_lora_weights": "pissa"}, "init_lora_weights"),
+    ],
+)
 def test_config_refuses(values, field):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_dict(values)
@@ -182,17 +243,39 @@ def test_dpo_killed_mid_run_resumes_to_the_same_losses(tiny_llama, tmp_path):
 
     write_normalized_jsonl(colour_pairs(8, 1), tmp_path / "train.jsonl")
     write_normalized_jsonl(colour_pairs(2, 2), tmp_path / "eval.jsonl")
-    cfg = TrainConfig(method="dpo", batch_size=2, learning_rate=1e-2, warmup_ratio=0.0, epochs=2, rank=4, alpha=8,
-                      target_preset="all_linear", dropout=0.1, save_every=2, eval_every=5, final_eval=False)
+    cfg = TrainConfig(
+        method="dpo",
+        batch_size=2,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        epochs=2,
+        rank=4,
+        alpha=8,
+        target_preset="all_linear",
+        dropout=0.1,
+        save_every=2,
+        eval_every=5,
+        final_eval=False,
+    )
 
     def spec(out):
-        return TrainSpec(str(tiny_llama), str(tmp_path / "train.jsonl"), str(out), cfg,
-                         eval_dataset_path=str(tmp_path / "eval.jsonl"), device="cpu")
+        return TrainSpec(
+            str(tiny_llama),
+            str(tmp_path / "train.jsonl"),
+            str(out),
+            cfg,
+            eval_dataset_path=str(tmp_path / "eval.jsonl"),
+            device="cpu",
+        )
 
     (tmp_path / "spec.json").write_text(json.dumps(spec(tmp_path / "killed").to_dict()))
     env = {**os.environ, "LORA_STUDIO_FAILPOINTS": "evaluate=60", "LORA_STUDIO_FAILPOINT_DIR": str(tmp_path / "fp")}
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "train", str(tmp_path / "spec.json")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "train", str(tmp_path / "spec.json")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
 
         def at_its_evaluation() -> bool:
@@ -248,12 +331,31 @@ def test_dpo_on_top_of_a_supervised_adapter(tiny_llama, tmp_path, chat_file):
     write_normalized_jsonl(colour_pairs(16, 1), tmp_path / "train.jsonl")
     write_normalized_jsonl(colour_pairs(8, 2), tmp_path / "eval.jsonl")
     job_x = "0" * 32
-    cfg = TrainConfig(method="dpo", start_from=job_x, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, epochs=1,
-                      rank=8, alpha=16, target_preset="all_linear", dropout=0.0)
+    cfg = TrainConfig(
+        method="dpo",
+        start_from=job_x,
+        batch_size=4,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        epochs=1,
+        rank=8,
+        alpha=16,
+        target_preset="all_linear",
+        dropout=0.0,
+    )
     reporter = MemoryReporter()
-    result = train(TrainSpec(str(tiny_llama), str(tmp_path / "train.jsonl"), str(tmp_path / "dpo"), cfg,
-                             eval_dataset_path=str(tmp_path / "eval.jsonl"), device="cpu",
-                             start_adapter_dir=sft.adapter_dir), reporter)
+    result = train(
+        TrainSpec(
+            str(tiny_llama),
+            str(tmp_path / "train.jsonl"),
+            str(tmp_path / "dpo"),
+            cfg,
+            eval_dataset_path=str(tmp_path / "eval.jsonl"),
+            device="cpu",
+            start_adapter_dir=sft.adapter_dir,
+        ),
+        reporter,
+    )
     first = dict(reporter.points)[1]
     assert abs(first["loss"] - 0.693147) < 1e-5 and first["reward_margin"] == 0.0
     assert ("setup", f"starting from the adapter of job {job_x} (also DPO's reference)") in reporter.events
@@ -266,5 +368,14 @@ def test_dpo_on_top_of_a_supervised_adapter(tiny_llama, tmp_path, chat_file):
 
     wrong = TrainConfig(method="dpo", start_from=job_x, rank=4, target_preset="all_linear")
     with pytest.raises(TrainingError, match="has rank 8"):
-        train(TrainSpec(str(tiny_llama), str(tmp_path / "train.jsonl"), str(tmp_path / "bad"), wrong,
-                        device="cpu", start_adapter_dir=sft.adapter_dir), MemoryReporter())
+        train(
+            TrainSpec(
+                str(tiny_llama),
+                str(tmp_path / "train.jsonl"),
+                str(tmp_path / "bad"),
+                wrong,
+                device="cpu",
+                start_adapter_dir=sft.adapter_dir,
+            ),
+            MemoryReporter(),
+        )

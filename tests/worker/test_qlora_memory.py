@@ -1,4 +1,5 @@
 """QLoRA saves memory on the CPU too: a QLoRA job's peak RSS stays below a 16-bit LoRA job's on the same model."""
+
 import sys
 from pathlib import Path
 
@@ -19,9 +20,18 @@ def build_mid_model(out_dir: Path) -> Path:
     from tests.tiny_model import build_tokenizer
 
     tok = build_tokenizer(out_dir)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=2816, num_hidden_layers=6,
-                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(out_dir)
     return out_dir

@@ -1,4 +1,5 @@
 """This machine's measured speed: once per process and cached in a file; it times the first estimate."""
+
 import json
 
 import pytest
@@ -41,11 +42,21 @@ def test_the_first_estimate_has_a_calibrated_time_and_a_measured_rate_wins(tiny_
     base = slow.total_params - slow.trainable_params
     per_s = speed.calibrated_tokens_per_s(1e9, base, gradient_checkpointing=False, qlora=False)
     assert slow.seconds == pytest.approx(slow.steps * 8 * 20 / per_s)
-    ckpt = estimate(str(tiny_llama), TrainConfig(batch_size=4, grad_accum=2, epochs=1, gradient_checkpointing=True),
-                    n_examples=16, mean_tokens=20, flops_per_s=1e9)
+    ckpt = estimate(
+        str(tiny_llama),
+        TrainConfig(batch_size=4, grad_accum=2, epochs=1, gradient_checkpointing=True),
+        n_examples=16,
+        mean_tokens=20,
+        flops_per_s=1e9,
+    )
     assert ckpt.seconds == pytest.approx(1.5 * slow.seconds)  # the recomputed forward pass
-    qlora = estimate(str(tiny_llama), TrainConfig(batch_size=4, grad_accum=2, epochs=1, qlora=True),
-                     n_examples=16, mean_tokens=20, flops_per_s=1e9)
+    qlora = estimate(
+        str(tiny_llama),
+        TrainConfig(batch_size=4, grad_accum=2, epochs=1, qlora=True),
+        n_examples=16,
+        mean_tokens=20,
+        flops_per_s=1e9,
+    )
     assert qlora.seconds == pytest.approx(speed.QLORA_SLOWDOWN["cpu"] * slow.seconds)  # dequantizing
     measured = estimate(str(tiny_llama), cfg, n_examples=16, mean_tokens=20, flops_per_s=1e9, tokens_per_s=80.0)
     assert measured.seconds_source == "measured" and measured.seconds == pytest.approx(measured.steps * 8 * 20 / 80)

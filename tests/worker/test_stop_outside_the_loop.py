@@ -1,5 +1,6 @@
 """A cancel or pause asked for while the job is not stepping (tokenizing a large dataset, loading the model, the
 end-of-job evaluation) takes effect within seconds, not after that work is done."""
+
 import json
 import time
 
@@ -52,8 +53,14 @@ def test_a_stop_during_tokenizing_acts_within_two_seconds(tiny_llama, big_data, 
 def test_a_cancel_during_the_end_of_job_evaluation_stops_it(tiny_llama, chat_file, tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "STOP_POLL_S", 0.0)
     reporter = FlagAt("comparing base and adapted model", "cancel")
-    spec = TrainSpec(str(tiny_llama), str(chat_file), str(tmp_path / "out"), TrainConfig(**FAST, max_steps=2),
-                     eval_dataset_path=str(chat_file), device="cpu")
+    spec = TrainSpec(
+        str(tiny_llama),
+        str(chat_file),
+        str(tmp_path / "out"),
+        TrainConfig(**FAST, max_steps=2),
+        eval_dataset_path=str(chat_file),
+        device="cpu",
+    )
     result = train(spec, reporter, reporter.should_stop)
     assert result.status == "cancelled" and result.steps_done == 2
     assert ("cancel", "stopped during the end-of-job evaluation; the adapter is saved") in reporter.events

@@ -1,4 +1,5 @@
 """Warm starts: a base kept loaded between jobs comes back exactly as loaded, and a second job on it trains as a cold one."""
+
 import shutil
 
 import pytest
@@ -11,8 +12,7 @@ from worker.modeling import choose_device
 from worker.reporting import MemoryReporter
 from worker.warm import WarmBases
 
-FAST = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8, alpha=16,
-            epochs=2)
+FAST = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, target_preset="all_linear", rank=8, alpha=16, epochs=2)
 WARM = "base model already loaded (warm start)"
 
 
@@ -44,8 +44,7 @@ def assert_pristine(model, model_dir):
 def test_second_job_starts_warm_from_the_true_base_and_trains_as_a_cold_one(tiny_llama, chat_file, tmp_path):
     warm = WarmBases(budget_mb=512)
     first = MemoryReporter()
-    train(spec_for(tiny_llama, chat_file, tmp_path / "a", gradient_checkpointing=True, use_dora=True), first,
-          warm=warm)
+    train(spec_for(tiny_llama, chat_file, tmp_path / "a", gradient_checkpointing=True, use_dora=True), first, warm=warm)
     assert setup_events(first) == ["loading base model"]
     assert_pristine(kept_model(warm), tiny_llama)
 
@@ -79,8 +78,12 @@ def test_base_comes_back_pristine_when_a_job_stops_midway(ending, tiny_llama, ch
             train(spec_for(tiny_llama, chat_file, out, dropout=0.1), FailingReporter(), warm=warm)
     else:
         reporter = MemoryReporter()
-        result = train(spec_for(tiny_llama, chat_file, out, save_every=1), reporter,
-                       lambda: ending if len(reporter.points) >= 2 else None, warm=warm)
+        result = train(
+            spec_for(tiny_llama, chat_file, out, save_every=1),
+            reporter,
+            lambda: ending if len(reporter.points) >= 2 else None,
+            warm=warm,
+        )
         assert result.status == ("cancelled" if ending == "cancel" else "paused")
     assert_pristine(kept_model(warm), tiny_llama)
     again = MemoryReporter()

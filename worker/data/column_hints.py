@@ -1,10 +1,12 @@
 """Hints for the column-mapping step of a file whose schema is unknown: `guess_mapping` pre-fills the
 roles from the header names ("Customer Question" -> prompt, "Agent Answer" -> response), and
 `column_samples` gives a few short values per column so the user can see what each one holds."""
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # Header words that name a role. A guess is only made when exactly one column names a role and that
 # column names no other role: a wrong pre-fill is worse than an empty select.
@@ -57,8 +59,9 @@ def _short(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def column_samples(rows: Iterable[Any], columns: list[str], per_column: int = 3,
-                   max_chars: int = SAMPLE_CHARS) -> dict[str, list[str]]:
+def column_samples(
+    rows: Iterable[Any], columns: list[str], per_column: int = 3, max_chars: int = SAMPLE_CHARS
+) -> dict[str, list[str]]:
     """Up to `per_column` non-empty values of each column from the first rows, each cut to `max_chars`
     (whitespace folded), for display beside the mapping selects. Rows that are not objects are skipped."""
     samples: dict[str, list[str]] = {c: [] for c in columns}

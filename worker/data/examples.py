@@ -1,5 +1,6 @@
 """The records read from a file (`Record`, with where each starts) and the normalised training
 `Example` every schema is turned into."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,11 @@ class Example:
 
     def to_json(self) -> dict[str, Any]:
         if self.chosen is not None:
-            return {"messages": _plain(self.messages or []), "chosen": _plain(self.chosen),
-                    "rejected": _plain(self.rejected or [])}
+            return {
+                "messages": _plain(self.messages or []),
+                "chosen": _plain(self.chosen),
+                "rejected": _plain(self.rejected or []),
+            }
         if self.messages is not None:
             return {"messages": _plain(self.messages)}
         return {"text": self.text}

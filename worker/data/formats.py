@@ -6,15 +6,17 @@ line; a JSON array is parsed by `json` too (its errors carry line and column, wh
 pyarrow/`datasets` JSON readers do not give); CSV by the standard `csv` module (the only reader
 here that knows the line a record starts on once quoted values hold newlines); Parquet by pyarrow.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from worker.data.examples import Record
 from worker.data.jsonl import BOM, json_error, parse_jsonl
@@ -28,8 +30,14 @@ if TYPE_CHECKING:
 FORMATS = ("jsonl", "json", "csv", "parquet")
 FORMAT_NAMES = {"jsonl": "JSON Lines", "json": "JSON", "csv": "CSV", "parquet": "Parquet"}
 # Every accepted file extension and the format it stands for: the upload form and the loader agree on it.
-EXTENSIONS: dict[str, str] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
-                              ".parquet": "parquet", ".pq": "parquet"}
+EXTENSIONS: dict[str, str] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 
 
@@ -113,8 +121,9 @@ def _binary_problem(raw: bytes, fmt: str | None) -> Problem | None:
     head = raw[:8192].decode("utf-8", errors="replace")
     bad = sum(1 for ch in head if ch == "\ufffd" or (ord(ch) < 32 and ch not in "\t\n\r\f\v") or ord(ch) == 127)
     if head and bad > max(4, 0.3 * len(head)):
-        return Problem(1, "", f"the file is binary, not {expected} ({bad} of its first {len(head)} characters "
-                              "are not text)")
+        return Problem(
+            1, "", f"the file is binary, not {expected} ({bad} of its first {len(head)} characters are not text)"
+        )
     return None
 
 
@@ -216,8 +225,9 @@ def parse_json_array(text: str, limits: DataLimits | None = None) -> tuple[list[
             lists = [k for k, v in value.items() if isinstance(v, list)]
             if len(lists) == 1 and len(value) <= 3:
                 hint = f' (the examples must be the array itself, not under "{lists[0]}"; or save them as JSON Lines)'
-        return [], [Problem(line, "", f"must be a JSON array of objects like [{{...}}, {{...}}], "
-                                      f"got {type_name(value)}{hint}")]
+        return [], [
+            Problem(line, "", f"must be a JSON array of objects like [{{...}}, {{...}}], got {type_name(value)}{hint}")
+        ]
     if not value:
         return [], [Problem(line, "", "the JSON array is empty; it holds no examples")]
     assert items is not None  # json.loads accepts exactly the arrays _json_array_items reads
@@ -307,7 +317,7 @@ def parse_csv(text: str, limits: DataLimits | None = None) -> tuple[list[str], i
                         return [], start, [], [Problem(start, "", f"the header names the column {name!r} twice")]
                     seen.add(name)
                 continue
-            extra = row[len(header):]
+            extra = row[len(header) :]
             if len(row) < len(header) or any(v.strip() for v in extra):
                 problems.append(Problem(start, "", f"has {len(row)} values, but the header has {len(header)} columns"))
                 continue
@@ -344,13 +354,25 @@ def parse_parquet(path: Path, name: str, limits: DataLimits | None = None) -> tu
     if len(columns) > limits.max_columns:
         raise over_limit(limits, "max_columns", "columns")
     if meta.num_rows > limits.max_rows:
-        raise LimitExceeded(Problem(0, "", f"has {meta.num_rows:,} rows, more than the limit of "
-                                           f"{limits.max_rows:,} (limit DATASET_MAX_ROWS)", unit=""))
+        raise LimitExceeded(
+            Problem(
+                0,
+                "",
+                f"has {meta.num_rows:,} rows, more than the limit of {limits.max_rows:,} (limit DATASET_MAX_ROWS)",
+                unit="",
+            )
+        )
     uncompressed = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     if uncompressed > limits.max_total_chars:
-        raise LimitExceeded(Problem(0, "", f"unpacks to {uncompressed:,} bytes, more than the limit of "
-                                           f"{limits.max_total_chars:,} characters (limit DATASET_MAX_TOTAL_CHARS)",
-                                    unit=""))
+        raise LimitExceeded(
+            Problem(
+                0,
+                "",
+                f"unpacks to {uncompressed:,} bytes, more than the limit of "
+                f"{limits.max_total_chars:,} characters (limit DATASET_MAX_TOTAL_CHARS)",
+                unit="",
+            )
+        )
     # Strings stay dictionary-encoded while their lengths are checked: a value repeated in every
     # row is then held once, not once per row.
     text_leaves = [leaf.path for leaf in leaves if leaf.physical_type == "BYTE_ARRAY"]
@@ -364,11 +386,16 @@ def parse_parquet(path: Path, name: str, limits: DataLimits | None = None) -> tu
                 total += int(chars.sum())
                 widest = int(chars.argmax()) if len(chars) else 0
                 if len(chars) and chars[widest] > limits.max_field_chars:
-                    raise over_limit(limits, "max_field_chars", "characters", line=len(records) + widest + 1,
-                                     field=str(column), unit="row")
+                    raise over_limit(
+                        limits,
+                        "max_field_chars",
+                        "characters",
+                        line=len(records) + widest + 1,
+                        field=str(column),
+                        unit="row",
+                    )
                 if total > limits.max_total_chars:
-                    raise over_limit(limits, "max_total_chars", "characters of text", line=len(records) + 1,
-                                     unit="row")
+                    raise over_limit(limits, "max_total_chars", "characters of text", line=len(records) + 1, unit="row")
             for row in batch.to_pylist():
                 records.append(Record(len(records) + 1, row))
     except (LimitExceeded, MemoryError):

@@ -1,10 +1,10 @@
 """JSON Lines parsing with a line number on every record and problem, shared by the dataset loader
 and the normalised reader (the standard `json` module only, so a syntax error names its line)."""
+
 from __future__ import annotations
 
 import json
-
-from typing import Iterator
+from collections.abc import Iterator
 
 from worker.data.examples import Record
 from worker.data.limits import DataLimits, json_too_deep, longest_string, over_limit

@@ -3,14 +3,15 @@ and JSON nesting. The readers check them before (Parquet metadata, JSON text) an
 row) they build Python objects, so a small file that unpacks into millions of rows or one huge
 string is refused instead of exhausting memory. The web app passes its settings; the names of
 those settings appear in the messages so an operator knows which one to raise."""
+
 from __future__ import annotations
 
 import itertools
 import re
 from dataclasses import dataclass, fields
 
-from worker.errors import InputError
 from worker.data.problems import Problem
+from worker.errors import InputError
 
 # The setting (environment variable) of the web app behind each limit, shown in refusals.
 SETTING_NAMES = {
@@ -47,8 +48,9 @@ class LimitExceeded(Exception):
         self.problem = problem
 
 
-def over_limit(limits: DataLimits, name: str, what: str, *, line: int = 0, field: str = "",
-               unit: str = "line") -> LimitExceeded:
+def over_limit(
+    limits: DataLimits, name: str, what: str, *, line: int = 0, field: str = "", unit: str = "line"
+) -> LimitExceeded:
     """The error for `what` ("rows", "characters"...) past the limit `name` (a DataLimits field)."""
     limit = getattr(limits, name)
     message = f"has more than {limit:,} {what} (limit {SETTING_NAMES[name]})"

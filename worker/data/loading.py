@@ -1,5 +1,6 @@
 """Loading a dataset file of any format and schema: `load_dataset_file` reads, validates and
 normalises it into Examples and the figures the dataset page shows."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.errors import InputError
 from worker.data.column_hints import column_samples
 from worker.data.examples import ROLES, Example, Record
 from worker.data.formats import ParsedFile, parse_file
@@ -17,6 +17,7 @@ from worker.data.limits import DataLimits
 from worker.data.mapping import ColumnMapping
 from worker.data.problems import DatasetError, Problem, SchemaUnknown, base_name, type_name
 from worker.data.schemas import SCHEMA_EXAMPLES, convert_record, detect_schema
+from worker.errors import InputError
 
 DEFAULT_MAX_CHARS = 200_000
 
@@ -37,10 +38,16 @@ class LoadedDataset:
     chars: int
 
 
-def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping: ColumnMapping | None = None,
-                      max_chars: int = DEFAULT_MAX_CHARS, drop_duplicates: bool = False,
-                      limits: DataLimits | None = None,
-                      progress: Callable[[str, int], object] | None = None) -> LoadedDataset:
+def load_dataset_file(
+    path: str | Path,
+    filename: str | None = None,
+    *,
+    mapping: ColumnMapping | None = None,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    drop_duplicates: bool = False,
+    limits: DataLimits | None = None,
+    progress: Callable[[str, int], object] | None = None,
+) -> LoadedDataset:
     """Read, validate and normalise a dataset file of any supported format and schema.
 
     `filename` (the user's name for the file; only its base name is used, in messages and to read
@@ -77,13 +84,22 @@ def load_dataset_file(path: str | Path, filename: str | None = None, *, mapping:
     for ex in kept:  # a pair counts its prompt's turns and both answers' turns
         for m in (ex.messages or []) + (ex.chosen or []) + (ex.rejected or []):
             turns[m["role"]] += 1
-    return LoadedDataset(examples=kept, format=parsed.format, schema=schema, columns=parsed.columns, rows=len(kept),
-                         duplicates=duplicates, dropped_duplicates=len(examples) - len(kept), sha256=sha256,
-                         turns=turns, chars=sum(ex.chars for ex in kept))
+    return LoadedDataset(
+        examples=kept,
+        format=parsed.format,
+        schema=schema,
+        columns=parsed.columns,
+        rows=len(kept),
+        duplicates=duplicates,
+        dropped_duplicates=len(examples) - len(kept),
+        sha256=sha256,
+        turns=turns,
+        chars=sum(ex.chars for ex in kept),
+    )
 
 
 def _choose_schema(parsed: ParsedFile, mapping: ColumnMapping | None, name: str) -> str:
-    """"mapped" with a mapping, else the schema most records match; SchemaUnknown when none does."""
+    """ "mapped" with a mapping, else the schema most records match; SchemaUnknown when none does."""
     if mapping is not None:
         if parsed.columns:
             mapping.check_columns(parsed.columns)
@@ -103,12 +119,14 @@ def _choose_schema(parsed: ParsedFile, mapping: ColumnMapping | None, name: str)
     return detected or "messages"  # no columns at all: report against the default schema
 
 
-def _convert_records(parsed: ParsedFile, schema: str, mapping: ColumnMapping | None, max_chars: int,
-                     name: str) -> list[Example]:
+def _convert_records(
+    parsed: ParsedFile, schema: str, mapping: ColumnMapping | None, max_chars: int, name: str
+) -> list[Example]:
     """Every record checked and converted; DatasetError with all the problems, sorted by position."""
     problems = parsed.problems
     examples: list[Example] = []
     for rec in parsed.records:
+
         def report(field_: str, message: str, rec: Record = rec) -> None:
             problems.append(Problem(rec.line, field_, message, unit=parsed.unit, item=rec.item))
 

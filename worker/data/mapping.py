@@ -1,13 +1,14 @@
 """`ColumnMapping`: which columns of a file of unknown schema hold the text, or the prompt,
 response and system message, or (for preference pairs) the prompt, chosen and rejected answers."""
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from worker.errors import InputError
 from worker.data.problems import type_name
+from worker.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -30,15 +31,21 @@ class ColumnMapping:
         if self.text is not None:
             for other in ("prompt", "response", "system", "chosen", "rejected"):
                 if getattr(self, other) is not None:
-                    raise InputError(other, "cannot be mapped together with a text column; map either text "
-                                            "alone, or prompt and response (system optional)")
+                    raise InputError(
+                        other,
+                        "cannot be mapped together with a text column; map either text "
+                        "alone, or prompt and response (system optional)",
+                    )
             return
         if self.chosen is not None or self.rejected is not None:
             self._check_pair()
             return
         if self.prompt is None and self.response is None:
-            raise InputError("prompt", "map a prompt and a response column, or a text column, or prompt, "
-                                       "chosen and rejected columns (preference pairs)")
+            raise InputError(
+                "prompt",
+                "map a prompt and a response column, or a text column, or prompt, "
+                "chosen and rejected columns (preference pairs)",
+            )
         if self.prompt is None:
             raise InputError("prompt", "is required together with response")
         if self.response is None:
@@ -56,8 +63,9 @@ class ColumnMapping:
     def _check_pair(self) -> None:
         """prompt, chosen and rejected (system optional), each its own column; no response column."""
         if self.response is not None:
-            raise InputError("response", "map either a response column, or chosen and rejected columns "
-                                         "(preference pairs), not both")
+            raise InputError(
+                "response", "map either a response column, or chosen and rejected columns (preference pairs), not both"
+            )
         for name in ("prompt", "chosen", "rejected"):
             if getattr(self, name) is None:
                 raise InputError(name, "is required for preference pairs (prompt, chosen and rejected)")
@@ -74,7 +82,7 @@ class ColumnMapping:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ColumnMapping":
+    def from_dict(cls, data: dict[str, Any]) -> ColumnMapping:
         """Build from JSON-like data; empty values mean "not mapped", unknown keys are an error."""
         if not isinstance(data, dict):
             raise InputError("mapping", f"must be an object, got {type_name(data)}")
@@ -88,5 +96,6 @@ class ColumnMapping:
         """InputError naming the mapping field whose column the file does not have."""
         for name, column in self.to_dict().items():
             if column not in columns:
-                raise InputError(name, f"column {column!r} is not in the file; its columns are: "
-                                       f"{', '.join(columns) or 'none'}")
+                raise InputError(
+                    name, f"column {column!r} is not in the file; its columns are: {', '.join(columns) or 'none'}"
+                )

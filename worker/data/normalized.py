@@ -1,5 +1,6 @@
 """Normalised JSONL, what the web app stores and the engine trains on: one {"messages": [...]} or
 {"text": "..."} per line, written atomically and checked line by line when read."""
+
 from __future__ import annotations
 
 import json
@@ -54,6 +55,7 @@ def read_normalized_jsonl(path: str | Path) -> list[Example]:
     records, problems = parse_jsonl(raw)
     examples: list[Example] = []
     for rec in records:
+
         def report(field_: str, message: str, line: int = rec.line) -> None:
             problems.append(Problem(line, field_, message))
 
@@ -80,6 +82,7 @@ def read_normalized_jsonl(path: str | Path) -> list[Example]:
 
 def _preference(value: dict[str, Any], report: Report) -> Example | None:
     """A normalised preference line: {"messages": prompt, "chosen": [assistant...], "rejected": [...]}."""
+
     def turns(key: str, roles: tuple[str, ...]) -> list[dict[str, str]] | None:
         got = value.get(key)
         if not isinstance(got, list) or not got:

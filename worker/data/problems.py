@@ -1,5 +1,6 @@
 """What is wrong with a dataset file: `Problem` (located by line or row and field) and the errors
 that carry them (`DatasetError`, `SchemaUnknown`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,16 +57,24 @@ class DatasetError(StudioError, ValueError):
 class SchemaUnknown(DatasetError):
     """The records' columns match no known schema; `columns` lets the user map them to roles."""
 
-    def __init__(self, filename: str, columns: list[str], line: int = 1, unit: str = "line",
-                 samples: dict[str, list[str]] | None = None):
+    def __init__(
+        self,
+        filename: str,
+        columns: list[str],
+        line: int = 1,
+        unit: str = "line",
+        samples: dict[str, list[str]] | None = None,
+    ):
         self.columns = list(columns)
         self.samples = samples or {}  # a few short values per column, shown beside the mapping selects
         shown = ", ".join(self.columns[:30]) + (f" and {len(self.columns) - 30} more" if len(self.columns) > 30 else "")
-        message = (f"the columns found ({shown}) match no known schema; expected one of: "
-                   "preference (prompt, chosen, rejected; or input, preferred_output, non_preferred_output), "
-                   "messages (messages), sharegpt (conversations), prompt_completion (prompt, completion), "
-                   "alpaca (instruction, output, optional input), text (text); "
-                   "map the columns to prompt and response (or text, or prompt, chosen and rejected) instead")
+        message = (
+            f"the columns found ({shown}) match no known schema; expected one of: "
+            "preference (prompt, chosen, rejected; or input, preferred_output, non_preferred_output), "
+            "messages (messages), sharegpt (conversations), prompt_completion (prompt, completion), "
+            "alpaca (instruction, output, optional input), text (text); "
+            "map the columns to prompt and response (or text, or prompt, chosen and rejected) instead"
+        )
         super().__init__(filename, [Problem(line, "", message, unit=unit)])
 
 

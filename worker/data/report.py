@@ -1,6 +1,7 @@
 """What the dataset check page shows: token lengths against the max length, and examples split
 into trained and masked pieces as the engine will see them. A preference pair is counted twice,
 prompt + chosen and prompt + rejected, with the answer tokens trained on both sides."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -40,8 +41,11 @@ class TokenReport:
                 counts[min(bins - 1, n // width)] += 1
             return counts
 
-        out: dict[str, Any] = {"edges": [i * width for i in range(bins + 1)], "counts": count(self.lengths),
-                               "width": width}
+        out: dict[str, Any] = {
+            "edges": [i * width for i in range(bins + 1)],
+            "counts": count(self.lengths),
+            "width": width,
+        }
         if self.rejected_lengths is not None:
             out["rejected_counts"] = count(self.rejected_lengths)
         return out
@@ -59,8 +63,10 @@ def truncation_warnings(report: TokenReport) -> list[str]:
     noun = "pairs" if report.is_preference else "examples"
     out = [f"{report.truncated} of {n} {noun} are longer than {report.max_length} tokens and will be cut."]
     if report.emptied:
-        out.append(f"{report.emptied} of {n} {noun} would keep no trained token at this max length "
-                   f"(they teach nothing); raise max_seq_length.")
+        out.append(
+            f"{report.emptied} of {n} {noun} would keep no trained token at this max length "
+            f"(they teach nothing); raise max_seq_length."
+        )
     return out
 
 
@@ -107,26 +113,39 @@ class TokenProfile:
             truncated = sum(1 for a, b in zip(self.lengths, self.rejected_lengths) if max(a, b) > max_length)
         sides = [self.spans] + ([self.rejected_spans] if self.rejected_spans is not None else [])
         emptied = sum(1 for flats in zip(*sides) if any(flat and flat[0] >= max_length for flat in flats))
-        return TokenReport(self.lengths, max_length, truncated, trained, self.samples,
-                           rejected_lengths=self.rejected_lengths, rejected_samples=self.rejected_samples,
-                           emptied=emptied)
+        return TokenReport(
+            self.lengths,
+            max_length,
+            truncated,
+            trained,
+            self.samples,
+            rejected_lengths=self.rejected_lengths,
+            rejected_samples=self.rejected_samples,
+            emptied=emptied,
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"lengths": self.lengths, "spans": self.spans, "samples": _samples_json(self.samples)}
         if self.rejected_lengths is not None:
-            out.update(rejected_lengths=self.rejected_lengths, rejected_spans=self.rejected_spans or [],
-                       rejected_samples=_samples_json(self.rejected_samples or []))
+            out.update(
+                rejected_lengths=self.rejected_lengths,
+                rejected_spans=self.rejected_spans or [],
+                rejected_samples=_samples_json(self.rejected_samples or []),
+            )
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TokenProfile":
+    def from_json(cls, data: dict[str, Any]) -> TokenProfile:
         """Read `to_json`'s output; a profile without the rejected keys (older, or not pairs) has them None."""
         rejected = data.get("rejected_lengths")
-        return cls(lengths=[int(n) for n in data["lengths"]], spans=_spans_of(data["spans"]),
-                   samples=_samples_of(data.get("samples", [])),
-                   rejected_lengths=None if rejected is None else [int(n) for n in rejected],
-                   rejected_spans=None if rejected is None else _spans_of(data.get("rejected_spans", [])),
-                   rejected_samples=None if rejected is None else _samples_of(data.get("rejected_samples", [])))
+        return cls(
+            lengths=[int(n) for n in data["lengths"]],
+            spans=_spans_of(data["spans"]),
+            samples=_samples_of(data.get("samples", [])),
+            rejected_lengths=None if rejected is None else [int(n) for n in rejected],
+            rejected_spans=None if rejected is None else _spans_of(data.get("rejected_spans", [])),
+            rejected_samples=None if rejected is None else _samples_of(data.get("rejected_samples", [])),
+        )
 
 
 def _samples_json(samples: list[list[tuple[str, bool]]]) -> list[list[list[str | bool]]]:
@@ -154,8 +173,13 @@ def trained_spans(labels: list[int]) -> list[int]:
     return flat
 
 
-def token_profile(tokenizer: Any, examples: list[Example], samples: int = 3, limit: int = 5000,
-                  progress: Callable[[int, int], object] | None = None) -> TokenProfile:
+def token_profile(
+    tokenizer: Any,
+    examples: list[Example],
+    samples: int = 3,
+    limit: int = 5000,
+    progress: Callable[[int, int], object] | None = None,
+) -> TokenProfile:
     """Tokenize up to `limit` examples once, untruncated; `progress(done, total)` every 100 examples.
     Pairs are tokenized as prompt + chosen and prompt + rejected, only the answers trained."""
     chosen = examples[:limit]
@@ -209,7 +233,8 @@ def _answer_spans(prompt: list[dict[str, str]], tokenized: TokenizedExample) -> 
     return trained_spans(_answer_labels(prompt, tokenized))
 
 
-def token_report(tokenizer: Any, examples: list[Example], max_length: int, samples: int = 3,
-                 limit: int = 5000) -> TokenReport:
+def token_report(
+    tokenizer: Any, examples: list[Example], max_length: int, samples: int = 3, limit: int = 5000
+) -> TokenReport:
     """Token lengths of up to `limit` examples (untruncated) and the first `samples` rendered."""
     return token_profile(tokenizer, examples, samples, limit).report(max_length)

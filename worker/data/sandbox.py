@@ -6,6 +6,7 @@ writes the normalised JSONL itself and answers with a small JSON summary (or the
 caller never holds the rows: a file that unpacks into more than the limits kill the child, not
 the web process. Nothing crosses the process boundary but JSON.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.errors import InputError
 from worker.data.limits import DataLimits
 from worker.data.problems import DatasetError, Problem, SchemaUnknown, base_name
+from worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,18 @@ class LoadedSummary:
     chars: int
 
 
-def load_dataset_file_limited(path: str | Path, filename: str | None = None, *, normalized_path: str | Path,
-                              limits: DataLimits | None = None, memory_mb: int = 2048, seconds: float = 60,
-                              mapping: dict[str, Any] | None = None, drop_duplicates: bool = False,
-                              on_progress: Progress | None = None) -> LoadedSummary:
+def load_dataset_file_limited(
+    path: str | Path,
+    filename: str | None = None,
+    *,
+    normalized_path: str | Path,
+    limits: DataLimits | None = None,
+    memory_mb: int = 2048,
+    seconds: float = 60,
+    mapping: dict[str, Any] | None = None,
+    drop_duplicates: bool = False,
+    on_progress: Progress | None = None,
+) -> LoadedSummary:
     """`load_dataset_file` in a child process limited to `memory_mb` of address space and `seconds`.
 
     `on_progress(stage, rows)` is called (in this process) about every half second while the stage
@@ -73,11 +82,21 @@ def load_dataset_file_limited(path: str | Path, filename: str | None = None, *, 
         request = Path(scratch) / "request.json"
         answer = Path(scratch) / "answer.json"
         progress = Path(scratch) / "progress.json"
-        request.write_text(json.dumps({
-            "path": str(path), "filename": name, "normalized_path": str(normalized_path), "answer": str(answer),
-            "limits": dataclasses.asdict(limits), "mapping": mapping, "drop_duplicates": drop_duplicates,
-            "memory_mb": memory_mb, "progress": str(progress),
-        }))
+        request.write_text(
+            json.dumps(
+                {
+                    "path": str(path),
+                    "filename": name,
+                    "normalized_path": str(normalized_path),
+                    "answer": str(answer),
+                    "limits": dataclasses.asdict(limits),
+                    "mapping": mapping,
+                    "drop_duplicates": drop_duplicates,
+                    "memory_mb": memory_mb,
+                    "progress": str(progress),
+                }
+            )
+        )
         done = _run_child(request, progress, seconds, on_progress, name)
         result = json.loads(answer.read_text()) if answer.exists() else None
     if result is None:
@@ -91,13 +110,19 @@ def load_dataset_file_limited(path: str | Path, filename: str | None = None, *, 
     return _from_answer(result, name, memory_mb)
 
 
-def _run_child(request: Path, progress: Path, seconds: float, on_progress: Progress | None,
-               name: str) -> subprocess.CompletedProcess[bytes]:
+def _run_child(
+    request: Path, progress: Path, seconds: float, on_progress: Progress | None, name: str
+) -> subprocess.CompletedProcess[bytes]:
     """Run the reader on `request`; kill it past `seconds`; relay its progress file while it runs."""
     deadline = time.monotonic() + seconds
     last: Any = None
-    with subprocess.Popen([sys.executable, "-m", "worker.data.sandbox", str(request)], cwd=_PROJECT_ROOT,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as child:
+    with subprocess.Popen(
+        [sys.executable, "-m", "worker.data.sandbox", str(request)],
+        cwd=_PROJECT_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    ) as child:
         stderr = _drain(child)
         while True:
             try:
@@ -107,8 +132,14 @@ def _run_child(request: Path, progress: Path, seconds: float, on_progress: Progr
                 if time.monotonic() >= deadline:
                     child.kill()
                     child.wait()
-                    raise DatasetError(name, [Problem(0, "", f"took longer than {seconds:g} s to read "
-                                                             "(limit DATASET_PARSE_SECONDS)", unit="")]) from None
+                    raise DatasetError(
+                        name,
+                        [
+                            Problem(
+                                0, "", f"took longer than {seconds:g} s to read (limit DATASET_PARSE_SECONDS)", unit=""
+                            )
+                        ],
+                    ) from None
             if on_progress is not None:
                 last = _relay(progress, last, on_progress)
         if on_progress is not None:
@@ -146,8 +177,9 @@ def _relay(progress: Path, last: Any, on_progress: Progress) -> Any:
 
 
 def _out_of_memory(name: str, memory_mb: int) -> DatasetError:
-    return DatasetError(name, [Problem(0, "", f"needs more than {memory_mb:,} MB to read "
-                                              "(limit DATASET_PARSE_MEMORY_MB)", unit="")])
+    return DatasetError(
+        name, [Problem(0, "", f"needs more than {memory_mb:,} MB to read (limit DATASET_PARSE_MEMORY_MB)", unit="")]
+    )
 
 
 def _from_answer(result: dict[str, Any], name: str, memory_mb: int) -> LoadedSummary:
@@ -160,8 +192,9 @@ def _from_answer(result: dict[str, Any], name: str, memory_mb: int) -> LoadedSum
         problems = [Problem(**p) for p in result["problems"]]
         if result.get("columns") is not None:
             first = problems[0]
-            raise SchemaUnknown(result["filename"], result["columns"], first.line, first.unit,
-                                samples=result.get("samples"))
+            raise SchemaUnknown(
+                result["filename"], result["columns"], first.line, first.unit, samples=result.get("samples")
+            )
         raise DatasetError(result["filename"], problems, result["total"])
     summary = result["summary"]
     summary["duplicates"] = [tuple(d) for d in summary["duplicates"]]
@@ -176,18 +209,27 @@ def _read(request: dict[str, Any]) -> dict[str, Any]:
 
     try:
         mapping = ColumnMapping.from_dict(request["mapping"]) if request["mapping"] else None
-        loaded = load_dataset_file(request["path"], request["filename"], mapping=mapping,
-                                   drop_duplicates=request["drop_duplicates"],
-                                   limits=DataLimits(**request["limits"]), progress=_progress_writer(request))
+        loaded = load_dataset_file(
+            request["path"],
+            request["filename"],
+            mapping=mapping,
+            drop_duplicates=request["drop_duplicates"],
+            limits=DataLimits(**request["limits"]),
+            progress=_progress_writer(request),
+        )
         _progress_writer(request)("writing the examples", loaded.rows)
         write_normalized_jsonl(loaded.examples, request["normalized_path"])
     except MemoryError:
         return {"error": "memory"}
     except DatasetError as exc:
-        return {"error": "dataset", "filename": exc.filename, "total": exc.total,
-                "problems": [dataclasses.asdict(p) for p in exc.problems],
-                "columns": exc.columns if isinstance(exc, SchemaUnknown) else None,
-                "samples": exc.samples if isinstance(exc, SchemaUnknown) else None}
+        return {
+            "error": "dataset",
+            "filename": exc.filename,
+            "total": exc.total,
+            "problems": [dataclasses.asdict(p) for p in exc.problems],
+            "columns": exc.columns if isinstance(exc, SchemaUnknown) else None,
+            "samples": exc.samples if isinstance(exc, SchemaUnknown) else None,
+        }
     except InputError as exc:
         return {"error": "config", "field": exc.field, "message": exc.message}
     summary = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(loaded) if f.name != "examples"}
@@ -203,6 +245,7 @@ def _progress_writer(request: dict[str, Any]) -> Callable[[str, int], None]:
             tmp = f"{path}.tmp"
             Path(tmp).write_text(json.dumps({"stage": stage, "rows": rows}))
             os.replace(tmp, path)
+
     return write
 
 

@@ -1,10 +1,12 @@
 """The record schemas (preference pairs, chat `messages`, ShareGPT `conversations`,
 `prompt`/`completion`, Alpaca, plain `text`) plus mapped columns: detecting which one a file uses,
 and checking and converting each record into an `Example`, every problem reported with its field."""
+
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from worker.data.examples import ROLES, Example, Record
 from worker.data.mapping import ColumnMapping
@@ -81,8 +83,17 @@ def _check_string(record: JsonObject, key: str, report: Report, *, required: boo
     return value
 
 
-def _turn_list(turns: Any, report: Report, *, name: str, role_key: str, content_key: str,
-               role_map: dict[str, str], expected: str, empty: str) -> list[dict[str, str]] | None:
+def _turn_list(
+    turns: Any,
+    report: Report,
+    *,
+    name: str,
+    role_key: str,
+    content_key: str,
+    role_map: dict[str, str],
+    expected: str,
+    empty: str,
+) -> list[dict[str, str]] | None:
     """A non-empty list of turns as {role, content} messages, or None after reporting every bad turn."""
     if not isinstance(turns, list):
         report(name, f"must be {expected}, got {type_name(turns)}")
@@ -91,18 +102,34 @@ def _turn_list(turns: Any, report: Report, *, name: str, role_key: str, content_
         report(name, empty)
         return None
     bad = ProblemCounter(report)
-    messages = [_check_turn(msg, i, f"{name}[{i}]", bad, role_key, content_key, role_map)
-                for i, msg in enumerate(turns)]
+    messages = [
+        _check_turn(msg, i, f"{name}[{i}]", bad, role_key, content_key, role_map) for i, msg in enumerate(turns)
+    ]
     # a turn is None only after it was reported, so with no problems every turn is a message
     return None if bad.count else [m for m in messages if m is not None]
 
 
-def _check_turns(turns: Any, report: Report, *, name: str, role_key: str, content_key: str,
-                 role_map: dict[str, str], assistant_hint: str = "") -> list[dict[str, str]] | None:
+def _check_turns(
+    turns: Any,
+    report: Report,
+    *,
+    name: str,
+    role_key: str,
+    content_key: str,
+    role_map: dict[str, str],
+    assistant_hint: str = "",
+) -> list[dict[str, str]] | None:
     """Validate a list of chat turns; return them as {role, content} messages, or None after reporting."""
-    messages = _turn_list(turns, report, name=name, role_key=role_key, content_key=content_key, role_map=role_map,
-                          expected="a list of messages",
-                          empty="is empty; a conversation needs at least one user and one assistant turn")
+    messages = _turn_list(
+        turns,
+        report,
+        name=name,
+        role_key=role_key,
+        content_key=content_key,
+        role_map=role_map,
+        expected="a list of messages",
+        empty="is empty; a conversation needs at least one user and one assistant turn",
+    )
     if messages is None:
         return None
     if not any(m["role"] == "assistant" for m in messages):
@@ -111,8 +138,9 @@ def _check_turns(turns: Any, report: Report, *, name: str, role_key: str, conten
     return messages
 
 
-def _check_turn(msg: Any, i: int, where: str, bad: Report, role_key: str, content_key: str,
-                role_map: dict[str, str]) -> dict[str, str] | None:
+def _check_turn(
+    msg: Any, i: int, where: str, bad: Report, role_key: str, content_key: str, role_map: dict[str, str]
+) -> dict[str, str] | None:
     """Turn `i` as a {role, content} message; every problem with it goes to `bad`."""
     if not isinstance(msg, dict):
         bad(where, f"must be an object with {role_key} and {content_key}, got {type_name(msg)}")
@@ -169,26 +197,44 @@ def _turns_cell(record: JsonObject, key: str, report: Report, text_cells: bool) 
     return _cell_json(record[key], key, report) if text_cells else (True, record[key])
 
 
-def _from_messages(record: JsonObject, report: ProblemCounter, text_cells: bool,
-                   mapping: ColumnMapping | None) -> Example | None:
+def _from_messages(
+    record: JsonObject, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None
+) -> Example | None:
     if "messages" not in record:
         _missing(record, "messages", report)
         return None
     ok, value = _turns_cell(record, "messages", report, text_cells)
-    msgs = _check_turns(value, report, name="messages", role_key="role", content_key="content",
-                        role_map={r: r for r in ROLES}) if ok else None
+    msgs = (
+        _check_turns(
+            value, report, name="messages", role_key="role", content_key="content", role_map={r: r for r in ROLES}
+        )
+        if ok
+        else None
+    )
     return Example(0, messages=msgs) if msgs is not None else None
 
 
-def _from_sharegpt(record: JsonObject, report: ProblemCounter, text_cells: bool,
-                   mapping: ColumnMapping | None) -> Example | None:
+def _from_sharegpt(
+    record: JsonObject, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None
+) -> Example | None:
     if "conversations" not in record:
         _missing(record, "conversations", report)
         return None
     system = _check_string(record, "system", report, required=False)
     ok, value = _turns_cell(record, "conversations", report, text_cells)
-    msgs = _check_turns(value, report, name="conversations", role_key="from", content_key="value",
-                        role_map=SHAREGPT_ROLES, assistant_hint=" (from gpt or assistant)") if ok else None
+    msgs = (
+        _check_turns(
+            value,
+            report,
+            name="conversations",
+            role_key="from",
+            content_key="value",
+            role_map=SHAREGPT_ROLES,
+            assistant_hint=" (from gpt or assistant)",
+        )
+        if ok
+        else None
+    )
     if msgs is None or report.count:
         return None
     if system and msgs[0]["role"] != "system":
@@ -196,8 +242,9 @@ def _from_sharegpt(record: JsonObject, report: ProblemCounter, text_cells: bool,
     return Example(0, messages=msgs)
 
 
-def _from_prompt_completion(record: JsonObject, report: ProblemCounter, text_cells: bool,
-                            mapping: ColumnMapping | None) -> Example | None:
+def _from_prompt_completion(
+    record: JsonObject, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None
+) -> Example | None:
     system = _check_string(record, "system", report, required=False)
     prompt = _check_string(record, "prompt", report)
     completion = _check_string(record, "completion", report)
@@ -206,8 +253,9 @@ def _from_prompt_completion(record: JsonObject, report: ProblemCounter, text_cel
     return Example(0, messages=_to_messages(system, prompt, completion))
 
 
-def _from_alpaca(record: JsonObject, report: ProblemCounter, text_cells: bool,
-                 mapping: ColumnMapping | None) -> Example | None:
+def _from_alpaca(
+    record: JsonObject, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None
+) -> Example | None:
     system = _check_string(record, "system", report, required=False)
     instruction = _check_string(record, "instruction", report)
     extra = _check_string(record, "input", report, required=False)
@@ -218,14 +266,16 @@ def _from_alpaca(record: JsonObject, report: ProblemCounter, text_cells: bool,
     return Example(0, messages=_to_messages(system, user, output))
 
 
-def _from_text(record: JsonObject, report: ProblemCounter, text_cells: bool,
-               mapping: ColumnMapping | None) -> Example | None:
+def _from_text(
+    record: JsonObject, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None
+) -> Example | None:
     text = _check_string(record, "text", report)
     return Example(0, text=text) if text is not None else None
 
 
-def _from_mapped(record: JsonObject, report: ProblemCounter, text_cells: bool,
-                 mapping: ColumnMapping | None) -> Example | None:
+def _from_mapped(
+    record: JsonObject, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None
+) -> Example | None:
     assert mapping is not None
     if mapping.text is not None:
         text = _check_string(record, mapping.text, report)
@@ -240,12 +290,17 @@ def _from_mapped(record: JsonObject, report: ProblemCounter, text_cells: bool,
         if report.count or prompt is None or chosen is None or rejected is None:
             return None
         if chosen == rejected:
-            report(mapping.rejected, f"is the same as {mapping.chosen}: chosen and rejected are identical, "
-                                     "so there is nothing to prefer")
+            report(
+                mapping.rejected,
+                f"is the same as {mapping.chosen}: chosen and rejected are identical, so there is nothing to prefer",
+            )
             return None
-        return Example(0, messages=_to_messages(system, prompt, chosen)[:-1],
-                       chosen=[{"role": "assistant", "content": chosen}],
-                       rejected=[{"role": "assistant", "content": rejected}])
+        return Example(
+            0,
+            messages=_to_messages(system, prompt, chosen)[:-1],
+            chosen=[{"role": "assistant", "content": chosen}],
+            rejected=[{"role": "assistant", "content": rejected}],
+        )
     assert mapping.response is not None
     response = _check_string(record, mapping.response, report)
     if report.count or prompt is None or response is None:
@@ -260,8 +315,16 @@ _ASSISTANT_ONLY = {"assistant": "assistant"}
 
 def _message_list(value: Any, name: str, report: Report, roles: dict[str, str]) -> list[dict[str, str]] | None:
     """A non-empty list of {role, content} messages with roles from `roles`, or None after reporting."""
-    return _turn_list(value, report, name=name, role_key="role", content_key="content", role_map=roles,
-                      expected="a string or a list of messages", empty="is empty")
+    return _turn_list(
+        value,
+        report,
+        name=name,
+        role_key="role",
+        content_key="content",
+        role_map=roles,
+        expected="a string or a list of messages",
+        empty="is empty",
+    )
 
 
 def _pair_cell(record: JsonObject, key: str, text_cells: bool) -> Any:
@@ -342,8 +405,9 @@ def _trl_parts(record: JsonObject, report: ProblemCounter, text_cells: bool) -> 
     return ("prompt", *split)
 
 
-def _from_preference(record: JsonObject, report: ProblemCounter, text_cells: bool,
-                     mapping: ColumnMapping | None) -> Example | None:
+def _from_preference(
+    record: JsonObject, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None
+) -> Example | None:
     openai = any(k in record for k in ("input", "preferred_output", "non_preferred_output"))
     required = ("input", "preferred_output", "non_preferred_output") if openai else ("chosen", "rejected")
     for key in required:
@@ -355,8 +419,10 @@ def _from_preference(record: JsonObject, report: ProblemCounter, text_cells: boo
     names: tuple[str, str, str]
     parts: tuple[Any, Any, Any] | None
     if openai:
-        names, parts = ("input.messages", "preferred_output", "non_preferred_output"), _openai_parts(
-            record, report, text_cells)
+        names, parts = (
+            ("input.messages", "preferred_output", "non_preferred_output"),
+            _openai_parts(record, report, text_cells),
+        )
     else:
         found = _trl_parts(record, report, text_cells)
         if found is None:
@@ -376,6 +442,7 @@ def _from_preference(record: JsonObject, report: ProblemCounter, text_cells: boo
         prompt = [{"role": "system", "content": system}] + prompt
     return Example(0, messages=prompt, chosen=chosen, rejected=rejected)
 
+
 Converter = Callable[[JsonObject, ProblemCounter, bool, "ColumnMapping | None"], "Example | None"]
 # Each schema's reader: (record, counting reporter, CSV text cells?, mapping) -> Example or None after reporting.
 CONVERTERS: dict[str, Converter] = {
@@ -389,8 +456,9 @@ CONVERTERS: dict[str, Converter] = {
 }
 
 
-def convert_record(schema: str, record: JsonObject, report: Report, *, text_cells: bool,
-                   mapping: ColumnMapping | None = None) -> Example | None:
+def convert_record(
+    schema: str, record: JsonObject, report: Report, *, text_cells: bool, mapping: ColumnMapping | None = None
+) -> Example | None:
     """One record as an Example of `schema` (source filled in by the caller), or None after reporting."""
     converter = CONVERTERS.get(schema)
     if converter is None:

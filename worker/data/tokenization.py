@@ -1,10 +1,12 @@
 """Tokenization for training: a conversation through the tokenizer's own chat template with the loss
 on assistant tokens only, a text trained on every token, or a preference pair as two conversations
 (prompt + chosen, prompt + rejected) with the loss on the answer tokens only."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from worker.data.examples import Example
 
@@ -49,8 +51,9 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_promp
     return text
 
 
-def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
-                          train_from: int = 0) -> TokenizedExample:
+def tokenize_conversation(
+    tokenizer: Any, messages: list[dict[str, str]], max_length: int, train_from: int = 0
+) -> TokenizedExample:
     """Render through the chat template; labels cover the assistant turns only (those at index
     `train_from` or later: a preference pair trains its answer, not the assistant turns of its prompt).
 
@@ -116,7 +119,8 @@ def tokenize_pair(tokenizer: Any, example: Example, max_length: int) -> Tokenize
     start = len(example.messages)
     return TokenizedPair(
         tokenize_conversation(tokenizer, example.messages + (example.chosen or []), max_length, train_from=start),
-        tokenize_conversation(tokenizer, example.messages + (example.rejected or []), max_length, train_from=start))
+        tokenize_conversation(tokenizer, example.messages + (example.rejected or []), max_length, train_from=start),
+    )
 
 
 def tokenize_pairs(tokenizer: Any, examples: Iterable[Example], max_length: int) -> list[TokenizedPair]:

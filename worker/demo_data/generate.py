@@ -37,32 +37,156 @@ TRAIN_FILE = HERE / "demo_dataset.jsonl"
 EVAL_FILE = HERE / "demo_eval.jsonl"
 
 FIRST_NAMES = [
-    "Anna", "Ben", "Carlos", "Dana", "Elif", "Farah", "George", "Hana", "Ivan", "Julia",
-    "Kofi", "Laura", "Mateo", "Nina", "Omar", "Paula", "Quentin", "Rosa", "Sam", "Tara",
-    "Umar", "Vera", "Wei", "Yuki", "Zoe", "Liam", "Maya", "Noah", "Olga", "Pedro",
-    "Ravi", "Sofia", "Tomas", "Amara", "Erik", "Ingrid", "Jamal", "Keiko", "Lucia", "Marek",
+    "Anna",
+    "Ben",
+    "Carlos",
+    "Dana",
+    "Elif",
+    "Farah",
+    "George",
+    "Hana",
+    "Ivan",
+    "Julia",
+    "Kofi",
+    "Laura",
+    "Mateo",
+    "Nina",
+    "Omar",
+    "Paula",
+    "Quentin",
+    "Rosa",
+    "Sam",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Wei",
+    "Yuki",
+    "Zoe",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olga",
+    "Pedro",
+    "Ravi",
+    "Sofia",
+    "Tomas",
+    "Amara",
+    "Erik",
+    "Ingrid",
+    "Jamal",
+    "Keiko",
+    "Lucia",
+    "Marek",
 ]
 LAST_NAMES = [
-    "Adams", "Berg", "Costa", "Diaz", "Eriksen", "Fischer", "Garcia", "Haddad", "Ito", "Jensen",
-    "Kowalski", "Lopez", "Moreau", "Nakamura", "Okafor", "Patel", "Quinn", "Rossi", "Schmidt", "Tanaka",
-    "Usman", "Varga", "Walsh", "Young", "Zhang", "Novak", "Silva", "Kim", "Murphy", "Hansen",
+    "Adams",
+    "Berg",
+    "Costa",
+    "Diaz",
+    "Eriksen",
+    "Fischer",
+    "Garcia",
+    "Haddad",
+    "Ito",
+    "Jensen",
+    "Kowalski",
+    "Lopez",
+    "Moreau",
+    "Nakamura",
+    "Okafor",
+    "Patel",
+    "Quinn",
+    "Rossi",
+    "Schmidt",
+    "Tanaka",
+    "Usman",
+    "Varga",
+    "Walsh",
+    "Young",
+    "Zhang",
+    "Novak",
+    "Silva",
+    "Kim",
+    "Murphy",
+    "Hansen",
 ]
 CITIES = [
-    "Lisbon", "Berlin", "Madrid", "Paris", "Rome", "Vienna", "Prague", "Oslo", "Dublin", "Athens",
-    "Warsaw", "Budapest", "Amsterdam", "Brussels", "Zurich", "Helsinki", "Stockholm", "Copenhagen",
-    "Edinburgh", "Munich", "Milan", "Barcelona", "Toronto", "Chicago", "Boston", "Seattle", "Denver",
-    "Austin", "Sydney", "Melbourne", "Tokyo", "Osaka", "Seoul", "Singapore", "Mumbai", "Nairobi",
-    "Cairo", "Lagos", "Lima", "Bogota", "Santiago", "Montreal", "Vancouver", "Hamburg", "Lyon",
+    "Lisbon",
+    "Berlin",
+    "Madrid",
+    "Paris",
+    "Rome",
+    "Vienna",
+    "Prague",
+    "Oslo",
+    "Dublin",
+    "Athens",
+    "Warsaw",
+    "Budapest",
+    "Amsterdam",
+    "Brussels",
+    "Zurich",
+    "Helsinki",
+    "Stockholm",
+    "Copenhagen",
+    "Edinburgh",
+    "Munich",
+    "Milan",
+    "Barcelona",
+    "Toronto",
+    "Chicago",
+    "Boston",
+    "Seattle",
+    "Denver",
+    "Austin",
+    "Sydney",
+    "Melbourne",
+    "Tokyo",
+    "Osaka",
+    "Seoul",
+    "Singapore",
+    "Mumbai",
+    "Nairobi",
+    "Cairo",
+    "Lagos",
+    "Lima",
+    "Bogota",
+    "Santiago",
+    "Montreal",
+    "Vancouver",
+    "Hamburg",
+    "Lyon",
 ]
 # Held out: only ever used in the evaluation file.
 EVAL_FIRST_NAMES = ["Aisha", "Bruno", "Chloe", "Dmitri", "Emma", "Felix", "Grace", "Hugo", "Isla", "Jonas"]
 EVAL_LAST_NAMES = ["Andersson", "Becker", "Castillo", "Dubois", "Evans", "Ferreira", "Gruber", "Holm"]
-EVAL_CITIES = ["Porto", "Krakow", "Geneva", "Valencia", "Florence", "Bergen", "Kyoto", "Auckland", "Cape Town", "Tallinn"]
+EVAL_CITIES = [
+    "Porto",
+    "Krakow",
+    "Geneva",
+    "Valencia",
+    "Florence",
+    "Bergen",
+    "Kyoto",
+    "Auckland",
+    "Cape Town",
+    "Tallinn",
+]
 EVAL_CITIES = [c for c in EVAL_CITIES if c not in CITIES]
 
 MONTHS = [
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ]
 DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
 YEARS = [2024, 2025, 2026]
@@ -75,12 +199,12 @@ def _ordinal(day: int) -> str:
 
 # Ways of writing a date in the message; the answer is always YYYY-MM-DD.
 DATE_FORMATS = [
-    lambda y, m, d: f"{MONTHS[m - 1]} {d}, {y}",          # March 7, 2025
-    lambda y, m, d: f"{d} {MONTHS[m - 1]} {y}",           # 7 March 2025
+    lambda y, m, d: f"{MONTHS[m - 1]} {d}, {y}",  # March 7, 2025
+    lambda y, m, d: f"{d} {MONTHS[m - 1]} {y}",  # 7 March 2025
     lambda y, m, d: f"{MONTHS[m - 1]} {_ordinal(d)}, {y}",  # March 7th, 2025
     lambda y, m, d: f"the {_ordinal(d)} of {MONTHS[m - 1]} {y}",  # the 7th of March 2025
-    lambda y, m, d: f"{MONTHS[m - 1][:3]} {d} {y}",       # Mar 7 2025
-    lambda y, m, d: f"{y}-{m:02d}-{d:02d}",               # 2025-03-07
+    lambda y, m, d: f"{MONTHS[m - 1][:3]} {d} {y}",  # Mar 7 2025
+    lambda y, m, d: f"{y}-{m:02d}-{d:02d}",  # 2025-03-07
 ]
 
 # {name}, {city}, {date}; "on {date}" is written by the template where needed.
@@ -121,13 +245,17 @@ EVAL_TEMPLATES = [
 
 def _answer(name: str, city: str, year: int, month: int, day: int) -> str:
     return json.dumps(
-        {"name": name, "city": city, "date": f"{year}-{month:02d}-{day:02d}"},
-        ensure_ascii=False, separators=(",", ":"),
+        {"name": name, "city": city, "date": f"{year}-{month:02d}-{day:02d}"}, ensure_ascii=False, separators=(",", ":")
     )
 
 
-def make_example(rng: random.Random, first_names: Sequence[str], last_names: Sequence[str], cities: Sequence[str],
-                 templates: Sequence[str]) -> ChatRow:
+def make_example(
+    rng: random.Random,
+    first_names: Sequence[str],
+    last_names: Sequence[str],
+    cities: Sequence[str],
+    templates: Sequence[str],
+) -> ChatRow:
     name = f"{rng.choice(first_names)} {rng.choice(last_names)}"
     city = rng.choice(cities)
     year, month = rng.choice(YEARS), rng.randint(1, 12)

@@ -6,24 +6,36 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('accounts', '0001_initial'),
-        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
-    ]
+    dependencies = [("accounts", "0001_initial"), migrations.swappable_dependency(settings.AUTH_USER_MODEL)]
 
     operations = [
         migrations.CreateModel(
-            name='Quota',
+            name="Quota",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('active_jobs', models.PositiveIntegerField(blank=True, help_text='queued + running + paused jobs', null=True)),
-                ('running_jobs', models.PositiveIntegerField(blank=True, help_text='jobs training at once', null=True)),
-                ('compute_seconds_per_day', models.PositiveIntegerField(blank=True, help_text='training time per UTC day, in seconds', null=True)),
-                ('storage_bytes', models.BigIntegerField(blank=True, help_text='datasets + adapters + merged exports', null=True)),
-                ('api_keys', models.PositiveIntegerField(blank=True, help_text='live (unrevoked) API keys', null=True)),
-                ('webhooks', models.PositiveIntegerField(blank=True, null=True)),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='quota', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "active_jobs",
+                    models.PositiveIntegerField(blank=True, help_text="queued + running + paused jobs", null=True),
+                ),
+                ("running_jobs", models.PositiveIntegerField(blank=True, help_text="jobs training at once", null=True)),
+                (
+                    "compute_seconds_per_day",
+                    models.PositiveIntegerField(
+                        blank=True, help_text="training time per UTC day, in seconds", null=True
+                    ),
+                ),
+                (
+                    "storage_bytes",
+                    models.BigIntegerField(blank=True, help_text="datasets + adapters + merged exports", null=True),
+                ),
+                ("api_keys", models.PositiveIntegerField(blank=True, help_text="live (unrevoked) API keys", null=True)),
+                ("webhooks", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="quota", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
-        ),
+        )
     ]

@@ -4,15 +4,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('arena', '0002_chatanswer_note'),
-    ]
+    dependencies = [("arena", "0002_chatanswer_note")]
 
     operations = [
         migrations.AddField(
-            model_name='chatanswer',
-            name='stats',
-            field=models.JSONField(blank=True, default=dict, help_text='tokens generated, first_token_ms and total_ms, timed by the infer worker'),
-        ),
+            model_name="chatanswer",
+            name="stats",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                help_text="tokens generated, first_token_ms and total_ms, timed by the infer worker",
+            ),
+        )
     ]

@@ -5,34 +5,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-        ("jobs", "0005_chatanswer_stopped"),
-    ]
+    dependencies = [("jobs", "0005_chatanswer_stopped")]
 
     operations = [
         migrations.SeparateDatabaseAndState(
             database_operations=[],
             state_operations=[
                 migrations.CreateModel(
-                    name='BaseModel',
+                    name="BaseModel",
                     fields=[
-                        ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                        ('name', models.CharField(max_length=200, unique=True)),
-                        ('path', models.CharField(max_length=500)),
-                        ('architecture', models.CharField(blank=True, max_length=100)),
-                        ('parameters', models.BigIntegerField(default=0)),
-                        ('linear_modules', models.JSONField(default=list)),
-                        ('has_chat_template', models.BooleanField(default=False)),
-                        ('created', models.DateTimeField(auto_now_add=True)),
+                        ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                        ("name", models.CharField(max_length=200, unique=True)),
+                        ("path", models.CharField(max_length=500)),
+                        ("architecture", models.CharField(blank=True, max_length=100)),
+                        ("parameters", models.BigIntegerField(default=0)),
+                        ("linear_modules", models.JSONField(default=list)),
+                        ("has_chat_template", models.BooleanField(default=False)),
+                        ("created", models.DateTimeField(auto_now_add=True)),
                     ],
-                    options={
-                        'db_table': 'jobs_basemodel',
-                        'ordering': ['name'],
-                    },
-                ),
+                    options={"db_table": "jobs_basemodel", "ordering": ["name"]},
+                )
             ],
-        ),
+        )
     ]

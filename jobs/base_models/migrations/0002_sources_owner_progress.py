@@ -24,62 +24,55 @@ def fill_context_length(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('base_models', '0001_initial'),
-        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
-    ]
+    dependencies = [("base_models", "0001_initial"), migrations.swappable_dependency(settings.AUTH_USER_MODEL)]
 
     operations = [
+        migrations.AddField(model_name="basemodel", name="bytes_done", field=models.BigIntegerField(default=0)),
+        migrations.AddField(model_name="basemodel", name="bytes_total", field=models.BigIntegerField(default=0)),
+        migrations.AddField(model_name="basemodel", name="context_length", field=models.IntegerField(default=0)),
+        migrations.AddField(model_name="basemodel", name="error", field=models.TextField(blank=True)),
+        migrations.AddField(model_name="basemodel", name="hub_id", field=models.CharField(blank=True, max_length=200)),
         migrations.AddField(
-            model_name='basemodel',
-            name='bytes_done',
-            field=models.BigIntegerField(default=0),
+            model_name="basemodel", name="hub_revision", field=models.CharField(blank=True, max_length=200)
         ),
         migrations.AddField(
-            model_name='basemodel',
-            name='bytes_total',
-            field=models.BigIntegerField(default=0),
+            model_name="basemodel", name="hub_token", field=models.CharField(blank=True, max_length=500)
         ),
         migrations.AddField(
-            model_name='basemodel',
-            name='context_length',
-            field=models.IntegerField(default=0),
+            model_name="basemodel",
+            name="owner",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="empty: shared with every user",
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="base_models",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='basemodel',
-            name='error',
-            field=models.TextField(blank=True),
+            model_name="basemodel",
+            name="source",
+            field=models.CharField(
+                choices=[("folder", "local folder"), ("hub", "Hugging Face Hub"), ("gguf", "GGUF upload")],
+                default="folder",
+                max_length=10,
+            ),
         ),
         migrations.AddField(
-            model_name='basemodel',
-            name='hub_id',
-            field=models.CharField(blank=True, max_length=200),
-        ),
-        migrations.AddField(
-            model_name='basemodel',
-            name='hub_revision',
-            field=models.CharField(blank=True, max_length=200),
-        ),
-        migrations.AddField(
-            model_name='basemodel',
-            name='hub_token',
-            field=models.CharField(blank=True, max_length=500),
-        ),
-        migrations.AddField(
-            model_name='basemodel',
-            name='owner',
-            field=models.ForeignKey(blank=True, help_text='empty: shared with every user', null=True, on_delete=django.db.models.deletion.CASCADE, related_name='base_models', to=settings.AUTH_USER_MODEL),
-        ),
-        migrations.AddField(
-            model_name='basemodel',
-            name='source',
-            field=models.CharField(choices=[('folder', 'local folder'), ('hub', 'Hugging Face Hub'), ('gguf', 'GGUF upload')], default='folder', max_length=10),
-        ),
-        migrations.AddField(
-            model_name='basemodel',
-            name='status',
-            field=models.CharField(choices=[('queued', 'Queued'), ('downloading', 'Downloading'), ('converting', 'Converting'), ('ready', 'Ready'), ('failed', 'Failed')], default='ready', max_length=12),
+            model_name="basemodel",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("queued", "Queued"),
+                    ("downloading", "Downloading"),
+                    ("converting", "Converting"),
+                    ("ready", "Ready"),
+                    ("failed", "Failed"),
+                ],
+                default="ready",
+                max_length=12,
+            ),
         ),
         migrations.RunPython(fill_context_length, migrations.RunPython.noop),
     ]

@@ -7,57 +7,108 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('user_datasets', '0001_initial'),
-        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
-    ]
+    dependencies = [("user_datasets", "0001_initial"), migrations.swappable_dependency(settings.AUTH_USER_MODEL)]
 
     operations = [
         migrations.CreateModel(
-            name='UploadCheck',
+            name="UploadCheck",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('filename', models.CharField(max_length=255)),
-                ('name', models.CharField(blank=True, max_length=200)),
-                ('drop_duplicates', models.BooleanField(default=False)),
-                ('mapping', models.JSONField(blank=True, default=dict)),
-                ('file', models.CharField(help_text='the stored upload under MEDIA_ROOT while it waits', max_length=300)),
-                ('size_bytes', models.BigIntegerField()),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('checking', 'Checking'), ('ready', 'Ready'), ('failed', 'Failed'), ('needs_mapping', 'Needs Mapping')], default='queued', max_length=16)),
-                ('stage', models.CharField(blank=True, max_length=100)),
-                ('rows', models.PositiveIntegerField(default=0)),
-                ('problems', models.JSONField(blank=True, default=list)),
-                ('problem_total', models.PositiveIntegerField(default=0)),
-                ('columns', models.JSONField(blank=True, default=list)),
-                ('attempts', models.PositiveSmallIntegerField(default=0, help_text='checks started (a lost one is retried)')),
-                ('started', models.DateTimeField(blank=True, null=True)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('updated', models.DateTimeField(auto_now=True)),
-                ('dataset', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='user_datasets.dataset')),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='upload_checks', to=settings.AUTH_USER_MODEL)),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("filename", models.CharField(max_length=255)),
+                ("name", models.CharField(blank=True, max_length=200)),
+                ("drop_duplicates", models.BooleanField(default=False)),
+                ("mapping", models.JSONField(blank=True, default=dict)),
+                (
+                    "file",
+                    models.CharField(help_text="the stored upload under MEDIA_ROOT while it waits", max_length=300),
+                ),
+                ("size_bytes", models.BigIntegerField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("checking", "Checking"),
+                            ("ready", "Ready"),
+                            ("failed", "Failed"),
+                            ("needs_mapping", "Needs Mapping"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                    ),
+                ),
+                ("stage", models.CharField(blank=True, max_length=100)),
+                ("rows", models.PositiveIntegerField(default=0)),
+                ("problems", models.JSONField(blank=True, default=list)),
+                ("problem_total", models.PositiveIntegerField(default=0)),
+                ("columns", models.JSONField(blank=True, default=list)),
+                (
+                    "attempts",
+                    models.PositiveSmallIntegerField(default=0, help_text="checks started (a lost one is retried)"),
+                ),
+                ("started", models.DateTimeField(blank=True, null=True)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("updated", models.DateTimeField(auto_now=True)),
+                (
+                    "dataset",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="user_datasets.dataset",
+                    ),
+                ),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="upload_checks",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
-            options={
-                'ordering': ['-created'],
-            },
+            options={"ordering": ["-created"]},
         ),
         migrations.CreateModel(
-            name='TokenProfile',
+            name="TokenProfile",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('tokenizer_key', models.CharField(help_text='worker.modeling.tokenizer_fingerprint of the model', max_length=64)),
-                ('model_path', models.CharField(help_text='the base model folder whose tokenizer counts', max_length=500)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('ready', 'Ready'), ('failed', 'Failed')], default='pending', max_length=10)),
-                ('done', models.PositiveIntegerField(default=0)),
-                ('total', models.PositiveIntegerField(default=0)),
-                ('file', models.CharField(blank=True, max_length=300)),
-                ('error', models.CharField(blank=True, max_length=500)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('updated', models.DateTimeField(auto_now=True)),
-                ('dataset', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='token_profiles', to='user_datasets.dataset')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "tokenizer_key",
+                    models.CharField(help_text="worker.modeling.tokenizer_fingerprint of the model", max_length=64),
+                ),
+                (
+                    "model_path",
+                    models.CharField(help_text="the base model folder whose tokenizer counts", max_length=500),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("pending", "Pending"), ("ready", "Ready"), ("failed", "Failed")],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("done", models.PositiveIntegerField(default=0)),
+                ("total", models.PositiveIntegerField(default=0)),
+                ("file", models.CharField(blank=True, max_length=300)),
+                ("error", models.CharField(blank=True, max_length=500)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("updated", models.DateTimeField(auto_now=True)),
+                (
+                    "dataset",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="token_profiles",
+                        to="user_datasets.dataset",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('dataset', 'tokenizer_key'), name='one_profile_per_tokenizer')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("dataset", "tokenizer_key"), name="one_profile_per_tokenizer")
+                ]
             },
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('user_datasets', '0002_token_profiles_and_upload_checks'),
-    ]
+    dependencies = [("user_datasets", "0002_token_profiles_and_upload_checks")]
 
     operations = [
         migrations.AddField(
-            model_name='uploadcheck',
-            name='column_samples',
-            field=models.JSONField(blank=True, default=dict, help_text='a few short values per column, shown on the mapping step'),
-        ),
+            model_name="uploadcheck",
+            name="column_samples",
+            field=models.JSONField(
+                blank=True, default=dict, help_text="a few short values per column, shown on the mapping step"
+            ),
+        )
     ]

@@ -7,156 +7,248 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
-    ]
+    dependencies = [migrations.swappable_dependency(settings.AUTH_USER_MODEL)]
 
     operations = [
         migrations.CreateModel(
-            name='BaseModel',
+            name="BaseModel",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('name', models.CharField(max_length=200, unique=True)),
-                ('path', models.CharField(max_length=500)),
-                ('architecture', models.CharField(blank=True, max_length=100)),
-                ('parameters', models.BigIntegerField(default=0)),
-                ('linear_modules', models.JSONField(default=list)),
-                ('has_chat_template', models.BooleanField(default=False)),
-                ('created', models.DateTimeField(auto_now_add=True)),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("name", models.CharField(max_length=200, unique=True)),
+                ("path", models.CharField(max_length=500)),
+                ("architecture", models.CharField(blank=True, max_length=100)),
+                ("parameters", models.BigIntegerField(default=0)),
+                ("linear_modules", models.JSONField(default=list)),
+                ("has_chat_template", models.BooleanField(default=False)),
+                ("created", models.DateTimeField(auto_now_add=True)),
             ],
-            options={
-                'ordering': ['name'],
-            },
+            options={"ordering": ["name"]},
         ),
         migrations.CreateModel(
-            name='ChatSession',
+            name="ChatSession",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='chats', to=settings.AUTH_USER_MODEL)),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="chats", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
-            options={
-                'ordering': ['-created'],
-            },
+            options={"ordering": ["-created"]},
         ),
         migrations.CreateModel(
-            name='ChatAnswer',
+            name="ChatAnswer",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('side', models.CharField(choices=[('base', 'Base'), ('adapter', 'Adapter')], max_length=10)),
-                ('prompt', models.TextField()),
-                ('settings', models.JSONField(default=dict)),
-                ('text', models.TextField(blank=True)),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('streaming', 'Streaming'), ('done', 'Done'), ('failed', 'Failed')], default='pending', max_length=10)),
-                ('error', models.TextField(blank=True)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='answers', to='jobs.chatsession')),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("side", models.CharField(choices=[("base", "Base"), ("adapter", "Adapter")], max_length=10)),
+                ("prompt", models.TextField()),
+                ("settings", models.JSONField(default=dict)),
+                ("text", models.TextField(blank=True)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("streaming", "Streaming"),
+                            ("done", "Done"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("error", models.TextField(blank=True)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="answers", to="jobs.chatsession"
+                    ),
+                ),
             ],
-            options={
-                'ordering': ['created', 'side'],
-            },
+            options={"ordering": ["created", "side"]},
         ),
         migrations.CreateModel(
-            name='Dataset',
+            name="Dataset",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('name', models.CharField(max_length=200)),
-                ('original_name', models.CharField(blank=True, help_text="the uploaded file's name, for display", max_length=255)),
-                ('file', models.CharField(help_text='the original file under MEDIA_ROOT, named by an opaque id', max_length=300)),
-                ('normalized_file', models.CharField(blank=True, help_text='the examples as normalised JSONL (messages or text per line)', max_length=300)),
-                ('format', models.CharField(max_length=20)),
-                ('schema', models.CharField(max_length=30)),
-                ('mapping', models.JSONField(blank=True, default=dict, help_text='column mapping when no schema matched')),
-                ('rows', models.PositiveIntegerField()),
-                ('size_bytes', models.BigIntegerField()),
-                ('sha256', models.CharField(max_length=64)),
-                ('stats', models.JSONField(default=dict)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='datasets', to=settings.AUTH_USER_MODEL)),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("name", models.CharField(max_length=200)),
+                (
+                    "original_name",
+                    models.CharField(blank=True, help_text="the uploaded file's name, for display", max_length=255),
+                ),
+                (
+                    "file",
+                    models.CharField(
+                        help_text="the original file under MEDIA_ROOT, named by an opaque id", max_length=300
+                    ),
+                ),
+                (
+                    "normalized_file",
+                    models.CharField(
+                        blank=True,
+                        help_text="the examples as normalised JSONL (messages or text per line)",
+                        max_length=300,
+                    ),
+                ),
+                ("format", models.CharField(max_length=20)),
+                ("schema", models.CharField(max_length=30)),
+                (
+                    "mapping",
+                    models.JSONField(blank=True, default=dict, help_text="column mapping when no schema matched"),
+                ),
+                ("rows", models.PositiveIntegerField()),
+                ("size_bytes", models.BigIntegerField()),
+                ("sha256", models.CharField(max_length=64)),
+                ("stats", models.JSONField(default=dict)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="datasets",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
-            options={
-                'ordering': ['-created'],
-            },
+            options={"ordering": ["-created"]},
         ),
         migrations.CreateModel(
-            name='FineTuneJob',
+            name="FineTuneJob",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('name', models.CharField(blank=True, max_length=200)),
-                ('dataset_name', models.CharField(blank=True, help_text='kept if the dataset is deleted later', max_length=200)),
-                ('dataset_sha256', models.CharField(blank=True, max_length=64)),
-                ('validation', models.JSONField(blank=True, default=dict, help_text='how the validation split was made: kind, percent, seed, rows')),
-                ('config', models.JSONField(help_text='a worker.config.TrainConfig as a dict')),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('paused', 'Paused'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], db_index=True, default='queued', max_length=20)),
-                ('stop_requested', models.CharField(blank=True, help_text='cancel or pause, set by the web', max_length=10)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('error', models.TextField(blank=True)),
-                ('worker', models.CharField(blank=True, max_length=200)),
-                ('lease_until', models.DateTimeField(blank=True, null=True)),
-                ('step', models.PositiveIntegerField(default=0)),
-                ('total_steps', models.PositiveIntegerField(default=0)),
-                ('final_loss', models.FloatField(blank=True, null=True)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('started', models.DateTimeField(blank=True, null=True)),
-                ('finished', models.DateTimeField(blank=True, null=True)),
-                ('base_model', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='jobs.basemodel')),
-                ('dataset', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='jobs', to='jobs.dataset')),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to=settings.AUTH_USER_MODEL)),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("name", models.CharField(blank=True, max_length=200)),
+                (
+                    "dataset_name",
+                    models.CharField(blank=True, help_text="kept if the dataset is deleted later", max_length=200),
+                ),
+                ("dataset_sha256", models.CharField(blank=True, max_length=64)),
+                (
+                    "validation",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text="how the validation split was made: kind, percent, seed, rows",
+                    ),
+                ),
+                ("config", models.JSONField(help_text="a worker.config.TrainConfig as a dict")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("paused", "Paused"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        db_index=True,
+                        default="queued",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "stop_requested",
+                    models.CharField(blank=True, help_text="cancel or pause, set by the web", max_length=10),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("error", models.TextField(blank=True)),
+                ("worker", models.CharField(blank=True, max_length=200)),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
+                ("step", models.PositiveIntegerField(default=0)),
+                ("total_steps", models.PositiveIntegerField(default=0)),
+                ("final_loss", models.FloatField(blank=True, null=True)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("started", models.DateTimeField(blank=True, null=True)),
+                ("finished", models.DateTimeField(blank=True, null=True)),
+                (
+                    "base_model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="jobs", to="jobs.basemodel"
+                    ),
+                ),
+                (
+                    "dataset",
+                    models.ForeignKey(
+                        null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="jobs", to="jobs.dataset"
+                    ),
+                ),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="jobs", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
-            options={
-                'ordering': ['-created'],
-            },
+            options={"ordering": ["-created"]},
         ),
         migrations.AddField(
-            model_name='chatsession',
-            name='job',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='chats', to='jobs.finetunejob'),
+            model_name="chatsession",
+            name="job",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="chats", to="jobs.finetunejob"
+            ),
         ),
         migrations.CreateModel(
-            name='Adapter',
+            name="Adapter",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('folder', models.CharField(help_text='adapter folder under MEDIA_ROOT', max_length=300)),
-                ('zip_file', models.CharField(help_text='zip under MEDIA_ROOT', max_length=300)),
-                ('size_bytes', models.BigIntegerField()),
-                ('sha256', models.CharField(max_length=64)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('job', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='adapter', to='jobs.finetunejob')),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("folder", models.CharField(help_text="adapter folder under MEDIA_ROOT", max_length=300)),
+                ("zip_file", models.CharField(help_text="zip under MEDIA_ROOT", max_length=300)),
+                ("size_bytes", models.BigIntegerField()),
+                ("sha256", models.CharField(max_length=64)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "job",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="adapter", to="jobs.finetunejob"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='JobEvent',
+            name="JobEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(max_length=30)),
-                ('message', models.TextField()),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='jobs.finetunejob')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("kind", models.CharField(max_length=30)),
+                ("message", models.TextField()),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="events", to="jobs.finetunejob"
+                    ),
+                ),
+            ],
+            options={"ordering": ["id"]},
+        ),
+        migrations.CreateModel(
+            name="MetricPoint",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("step", models.PositiveIntegerField()),
+                ("epoch", models.FloatField(default=0)),
+                ("train_loss", models.FloatField(null=True)),
+                ("eval_loss", models.FloatField(null=True)),
+                ("lr", models.FloatField(null=True)),
+                ("tokens_per_s", models.FloatField(null=True)),
+                ("extra", models.JSONField(default=dict)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="metrics", to="jobs.finetunejob"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-            },
-        ),
-        migrations.CreateModel(
-            name='MetricPoint',
-            fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('step', models.PositiveIntegerField()),
-                ('epoch', models.FloatField(default=0)),
-                ('train_loss', models.FloatField(null=True)),
-                ('eval_loss', models.FloatField(null=True)),
-                ('lr', models.FloatField(null=True)),
-                ('tokens_per_s', models.FloatField(null=True)),
-                ('extra', models.JSONField(default=dict)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='metrics', to='jobs.finetunejob')),
-            ],
-            options={
-                'ordering': ['step'],
-                'constraints': [models.UniqueConstraint(fields=('job', 'step'), name='unique_metric_step')],
+                "ordering": ["step"],
+                "constraints": [models.UniqueConstraint(fields=("job", "step"), name="unique_metric_step")],
             },
         ),
     ]

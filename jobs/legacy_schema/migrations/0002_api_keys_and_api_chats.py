@@ -6,42 +6,60 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('jobs', '0001_initial'),
-        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
-    ]
+    dependencies = [("jobs", "0001_initial"), migrations.swappable_dependency(settings.AUTH_USER_MODEL)]
 
     operations = [
         migrations.AddField(
-            model_name='chatanswer',
-            name='messages',
-            field=models.JSONField(blank=True, help_text='the full message history of an API completion (else built from the session)', null=True),
+            model_name="chatanswer",
+            name="messages",
+            field=models.JSONField(
+                blank=True,
+                help_text="the full message history of an API completion (else built from the session)",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='chatsession',
-            name='base_model',
-            field=models.ForeignKey(blank=True, help_text='for API completions of a base model alone (no job)', null=True, on_delete=django.db.models.deletion.CASCADE, related_name='chats', to='jobs.basemodel'),
+            model_name="chatsession",
+            name="base_model",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="for API completions of a base model alone (no job)",
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="chats",
+                to="jobs.basemodel",
+            ),
         ),
         migrations.AlterField(
-            model_name='chatsession',
-            name='job',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='chats', to='jobs.finetunejob'),
+            model_name="chatsession",
+            name="job",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="chats",
+                to="jobs.finetunejob",
+            ),
         ),
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(blank=True, max_length=100)),
-                ('prefix', models.CharField(help_text="the key's first 8 characters, to recognise it", max_length=8)),
-                ('hashed', models.CharField(help_text='sha256 hex of the full key', max_length=64, unique=True)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('last_used', models.DateTimeField(blank=True, null=True)),
-                ('revoked', models.BooleanField(default=False)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_keys', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(blank=True, max_length=100)),
+                ("prefix", models.CharField(help_text="the key's first 8 characters, to recognise it", max_length=8)),
+                ("hashed", models.CharField(help_text="sha256 hex of the full key", max_length=64, unique=True)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("last_used", models.DateTimeField(blank=True, null=True)),
+                ("revoked", models.BooleanField(default=False)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_keys",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
-            options={
-                'ordering': ['-created'],
-            },
+            options={"ordering": ["-created"]},
         ),
     ]

@@ -12,65 +12,127 @@ def answers_name_their_model(apps, schema_editor):
     ChatAnswer = apps.get_model("jobs", "ChatAnswer")
     ChatSession = apps.get_model("jobs", "ChatSession")
     ChatAnswer.objects.filter(side="adapter", job__isnull=True, session__job__isnull=False).update(
-        job=Subquery(ChatSession.objects.filter(id=OuterRef("session_id")).values("job_id")[:1]))
+        job=Subquery(ChatSession.objects.filter(id=OuterRef("session_id")).values("job_id")[:1])
+    )
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('jobs', '0003_webhook_webhookdelivery'),
-        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
-    ]
+    dependencies = [("jobs", "0003_webhook_webhookdelivery"), migrations.swappable_dependency(settings.AUTH_USER_MODEL)]
 
     operations = [
         migrations.AddField(
-            model_name='chatanswer',
-            name='job',
-            field=models.ForeignKey(blank=True, help_text='the job whose adapter answered; empty: the base model alone', null=True, on_delete=django.db.models.deletion.CASCADE, related_name='chat_answers', to='jobs.finetunejob'),
+            model_name="chatanswer",
+            name="job",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="the job whose adapter answered; empty: the base model alone",
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="chat_answers",
+                to="jobs.finetunejob",
+            ),
         ),
         migrations.AddField(
-            model_name='chatanswer',
-            name='position',
-            field=models.PositiveSmallIntegerField(default=0, help_text='screen column in its round, 0 = left'),
+            model_name="chatanswer",
+            name="position",
+            field=models.PositiveSmallIntegerField(default=0, help_text="screen column in its round, 0 = left"),
         ),
         migrations.AlterField(
-            model_name='chatanswer',
-            name='side',
-            field=models.CharField(choices=[('base', 'Base'), ('adapter', 'Adapter')], help_text='base when job is empty, else adapter', max_length=10),
+            model_name="chatanswer",
+            name="side",
+            field=models.CharField(
+                choices=[("base", "Base"), ("adapter", "Adapter")],
+                help_text="base when job is empty, else adapter",
+                max_length=10,
+            ),
         ),
         migrations.CreateModel(
-            name='ChatRound',
+            name="ChatRound",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('blind', models.BooleanField(default=False)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='rounds', to='jobs.chatsession')),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("blind", models.BooleanField(default=False)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="rounds", to="jobs.chatsession"
+                    ),
+                ),
             ],
-            options={
-                'ordering': ['created'],
-            },
+            options={"ordering": ["created"]},
         ),
         migrations.AddField(
-            model_name='chatanswer',
-            name='round',
-            field=models.ForeignKey(blank=True, help_text='the comparison round (none for an API completion)', null=True, on_delete=django.db.models.deletion.CASCADE, related_name='answers', to='jobs.chatround'),
+            model_name="chatanswer",
+            name="round",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="the comparison round (none for an API completion)",
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="answers",
+                to="jobs.chatround",
+            ),
         ),
         migrations.CreateModel(
-            name='Vote',
+            name="Vote",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('result', models.CharField(choices=[('first', 'first model better'), ('second', 'second model better'), ('tie', 'Tie'), ('both_bad', 'both bad')], max_length=10)),
-                ('blind', models.BooleanField(default=False)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('base_model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='votes', to='jobs.basemodel')),
-                ('first_job', models.ForeignKey(blank=True, help_text='empty: the base model alone', null=True, on_delete=django.db.models.deletion.CASCADE, related_name='votes_as_first', to='jobs.finetunejob')),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='votes', to=settings.AUTH_USER_MODEL)),
-                ('round', models.OneToOneField(help_text='one vote per round', on_delete=django.db.models.deletion.CASCADE, related_name='vote', to='jobs.chatround')),
-                ('second_job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='votes_as_second', to='jobs.finetunejob')),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                (
+                    "result",
+                    models.CharField(
+                        choices=[
+                            ("first", "first model better"),
+                            ("second", "second model better"),
+                            ("tie", "Tie"),
+                            ("both_bad", "both bad"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("blind", models.BooleanField(default=False)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "base_model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="votes", to="jobs.basemodel"
+                    ),
+                ),
+                (
+                    "first_job",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="empty: the base model alone",
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="votes_as_first",
+                        to="jobs.finetunejob",
+                    ),
+                ),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="votes", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "round",
+                    models.OneToOneField(
+                        help_text="one vote per round",
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="vote",
+                        to="jobs.chatround",
+                    ),
+                ),
+                (
+                    "second_job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="votes_as_second",
+                        to="jobs.finetunejob",
+                    ),
+                ),
             ],
-            options={
-                'ordering': ['-created'],
-            },
+            options={"ordering": ["-created"]},
         ),
         migrations.RunPython(answers_name_their_model, migrations.RunPython.noop),
     ]

@@ -5,14 +5,36 @@ permissions and admin history) move to the new app labels."""
 from django.db import migrations
 
 NEW_LABELS = {
-    "apikey": "accounts", "basemodel": "base_models", "dataset": "user_datasets",
-    "finetunejob": "training", "metricpoint": "training", "jobevent": "training", "adapter": "training",
-    "chatsession": "arena", "chatround": "arena", "chatanswer": "arena", "vote": "arena",
-    "webhook": "webhooks", "webhookdelivery": "webhooks",
+    "apikey": "accounts",
+    "basemodel": "base_models",
+    "dataset": "user_datasets",
+    "finetunejob": "training",
+    "metricpoint": "training",
+    "jobevent": "training",
+    "adapter": "training",
+    "chatsession": "arena",
+    "chatround": "arena",
+    "chatanswer": "arena",
+    "vote": "arena",
+    "webhook": "webhooks",
+    "webhookdelivery": "webhooks",
 }
 # Models that others point to leave last.
-ORDER = ["Vote", "ChatAnswer", "ChatRound", "ChatSession", "WebhookDelivery", "Webhook", "ApiKey", "Adapter",
-         "JobEvent", "MetricPoint", "FineTuneJob", "Dataset", "BaseModel"]
+ORDER = [
+    "Vote",
+    "ChatAnswer",
+    "ChatRound",
+    "ChatSession",
+    "WebhookDelivery",
+    "Webhook",
+    "ApiKey",
+    "Adapter",
+    "JobEvent",
+    "MetricPoint",
+    "FineTuneJob",
+    "Dataset",
+    "BaseModel",
+]
 
 
 def move_content_types(apps, schema_editor):
@@ -30,7 +52,6 @@ def restore_content_types(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("jobs", "0005_chatanswer_stopped"),
         ("contenttypes", "0002_remove_content_type_name"),
@@ -44,8 +65,7 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.SeparateDatabaseAndState(
-            database_operations=[],
-            state_operations=[migrations.DeleteModel(name=name) for name in ORDER],
+            database_operations=[], state_operations=[migrations.DeleteModel(name=name) for name in ORDER]
         ),
         migrations.RunPython(move_content_types, restore_content_types),
     ]

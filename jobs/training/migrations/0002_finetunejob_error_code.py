@@ -13,16 +13,17 @@ def code_old_oom_failures(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('training', '0001_initial'),
-    ]
+    dependencies = [("training", "0001_initial")]
 
     operations = [
         migrations.AddField(
-            model_name='finetunejob',
-            name='error_code',
-            field=models.CharField(blank=True, help_text='what kind of failure: out_of_memory, training_error, dataset_error, ...', max_length=40),
+            model_name="finetunejob",
+            name="error_code",
+            field=models.CharField(
+                blank=True,
+                help_text="what kind of failure: out_of_memory, training_error, dataset_error, ...",
+                max_length=40,
+            ),
         ),
         migrations.RunPython(code_old_oom_failures, migrations.RunPython.noop),
     ]

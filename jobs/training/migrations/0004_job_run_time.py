@@ -4,20 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('training', '0003_job_claims_and_crashes'),
-    ]
+    dependencies = [("training", "0003_job_claims_and_crashes")]
 
     operations = [
         migrations.AddField(
-            model_name='finetunejob',
-            name='run_seconds',
-            field=models.FloatField(default=0, help_text='training time of every run so far'),
+            model_name="finetunejob",
+            name="run_seconds",
+            field=models.FloatField(default=0, help_text="training time of every run so far"),
         ),
         migrations.AddField(
-            model_name='finetunejob',
-            name='run_started',
-            field=models.DateTimeField(blank=True, help_text='when the current (or last) run began', null=True),
+            model_name="finetunejob",
+            name="run_started",
+            field=models.DateTimeField(blank=True, help_text="when the current (or last) run began", null=True),
         ),
     ]

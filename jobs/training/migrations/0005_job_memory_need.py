@@ -4,15 +4,15 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('training', '0004_job_run_time'),
-    ]
+    dependencies = [("training", "0004_job_run_time")]
 
     operations = [
         migrations.AddField(
-            model_name='finetunejob',
-            name='memory_mb',
-            field=models.FloatField(default=0, help_text='the pre-flight memory estimate per device (MB); routes the job to train workers that fit it (0: unknown, any)'),
-        ),
+            model_name="finetunejob",
+            name="memory_mb",
+            field=models.FloatField(
+                default=0,
+                help_text="the pre-flight memory estimate per device (MB); routes the job to train workers that fit it (0: unknown, any)",
+            ),
+        )
     ]

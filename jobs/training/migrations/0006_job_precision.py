@@ -4,15 +4,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('training', '0005_job_memory_need'),
-    ]
+    dependencies = [("training", "0005_job_memory_need")]
 
     operations = [
         migrations.AddField(
-            model_name='finetunejob',
-            name='precision',
-            field=models.CharField(blank=True, help_text='the dtype the frozen base trained in (fp32, bf16, fp16): config precision as the train worker resolved it; empty until a run starts', max_length=8),
-        ),
+            model_name="finetunejob",
+            name="precision",
+            field=models.CharField(
+                blank=True,
+                help_text="the dtype the frozen base trained in (fp32, bf16, fp16): config precision as the train worker resolved it; empty until a run starts",
+                max_length=8,
+            ),
+        )
     ]

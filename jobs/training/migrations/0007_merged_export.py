@@ -5,26 +5,56 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('training', '0006_job_precision'),
-    ]
+    dependencies = [("training", "0006_job_precision")]
 
     operations = [
         migrations.CreateModel(
-            name='MergedExport',
+            name="MergedExport",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('ready', 'Ready'), ('failed', 'Failed')], db_index=True, default='queued', max_length=10)),
-                ('attempts', models.PositiveSmallIntegerField(default=0, help_text='merges started, and messages lost')),
-                ('claim', models.CharField(blank=True, help_text='the token of the merge run that holds it', max_length=32)),
-                ('lease_until', models.DateTimeField(blank=True, help_text="on the database's clock: queued, when its message counts as lost; running, when its worker counts as dead", null=True)),
-                ('size_bytes', models.BigIntegerField(default=0, help_text="the zip's size once ready")),
-                ('error', models.TextField(blank=True)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('updated', models.DateTimeField(auto_now=True)),
-                ('finished', models.DateTimeField(blank=True, null=True)),
-                ('job', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='merged_export', to='training.finetunejob')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("ready", "Ready"),
+                            ("failed", "Failed"),
+                        ],
+                        db_index=True,
+                        default="queued",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "attempts",
+                    models.PositiveSmallIntegerField(default=0, help_text="merges started, and messages lost"),
+                ),
+                (
+                    "claim",
+                    models.CharField(blank=True, help_text="the token of the merge run that holds it", max_length=32),
+                ),
+                (
+                    "lease_until",
+                    models.DateTimeField(
+                        blank=True,
+                        help_text="on the database's clock: queued, when its message counts as lost; running, when its worker counts as dead",
+                        null=True,
+                    ),
+                ),
+                ("size_bytes", models.BigIntegerField(default=0, help_text="the zip's size once ready")),
+                ("error", models.TextField(blank=True)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("updated", models.DateTimeField(auto_now=True)),
+                ("finished", models.DateTimeField(blank=True, null=True)),
+                (
+                    "job",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="merged_export",
+                        to="training.finetunejob",
+                    ),
+                ),
             ],
-        ),
+        )
     ]

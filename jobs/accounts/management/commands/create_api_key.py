@@ -1,4 +1,5 @@
 """Create an API key for a user; the last line of output is the key (shown only this once)."""
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 

