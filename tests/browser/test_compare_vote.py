@@ -97,7 +97,7 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page, two_jobs):
     # Stop: a long answer ends early and keeps what it had said; the queued one never starts.
     page.uncheck("#blind")
     page.click("summary")
-    page.fill("[name=max_new_tokens]", "400")
+    page.fill("[name=max_new_tokens]", "1024")  # CHAT_MAX_NEW_TOKENS: on an idle CPU 400 could end before the click
     ask(page, "colour 3")
     page.wait_for_function(
         "[...document.querySelectorAll('#columns .answer')].some(a => a.textContent.length > 0)", timeout=60_000
