@@ -92,7 +92,8 @@ def fixtures(folder: Path):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from jobs.base_models.services import base_model_register
-    from jobs.datasets.services import dataset_create, dataset_token_report
+    from jobs.datasets.services import dataset_create
+    from jobs.datasets.token_profiles import dataset_token_report
     from tests.factories import bearer_client, chat_jsonl
     from tests.tiny_model import build_tiny_model
 

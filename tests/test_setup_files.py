@@ -176,3 +176,22 @@ def test_make_test_lints_formats_and_type_checks_before_the_suite():
     assert (
         "[tool.ruff.lint]" in config and 'module = ["worker.*"]' in config and "disallow_untyped_defs = true" in config
     )
+
+
+def test_every_name_a_bench_script_imports_from_the_product_exists():
+    """The benchmarks run outside the suite; a moved or renamed function must not break them silently."""
+    import ast
+    import importlib
+
+    missing = []
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module):
+                continue
+            if node.module.split(".")[0] not in ("jobs", "worker", "webapp", "tests"):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                    missing.append(f"{path.name}: {node.module}.{alias.name}")
+    assert missing == []
