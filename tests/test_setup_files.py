@@ -192,6 +192,7 @@ def test_every_name_a_bench_script_imports_from_the_product_exists():
                 continue
             module = importlib.import_module(node.module)
             for alias in node.names:
-                if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                submodule = hasattr(module, "__path__") and importlib.util.find_spec(f"{node.module}.{alias.name}")
+                if not hasattr(module, alias.name) and not submodule:
                     missing.append(f"{path.name}: {node.module}.{alias.name}")
     assert missing == []
