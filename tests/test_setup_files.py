@@ -79,7 +79,17 @@ def docker_with_compose(tmp_path):
     plugins = tmp_path / "cli-plugins"
     plugins.mkdir()
     (plugins / "docker-compose").symlink_to(binary)
-    return {**os.environ, "DOCKER_CONFIG": str(tmp_path), "SECRET_KEY": "k" * 50}
+    return {**os.environ, "DOCKER_CONFIG": str(tmp_path), **COMPOSE_SECRETS}
+
+
+# The secrets docker-compose.yml requires (.env.example), each a value found nowhere else in the file.
+COMPOSE_SECRETS = {
+    "SECRET_KEY": "k" * 50,
+    "POSTGRES_PASSWORD": "pg-secret-4711",
+    "REDIS_PASSWORD": "redis-secret-4712",
+    "MINIO_ROOT_USER": "minio-user-4713",
+    "MINIO_ROOT_PASSWORD": "minio-secret-4714",
+}
 
 
 def test_docker_compose_config_is_valid(docker_with_compose):

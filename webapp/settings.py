@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -279,6 +280,10 @@ REDIS_URL = env_str("REDIS_URL", f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0")
 EMBEDDED_REDIS = "REDIS_URL" not in os.environ
 
 CELERY_BROKER_URL = REDIS_URL
+# rediss:// (Redis over TLS, README "Keep the servers off public networks"): the broker checks the server's
+# certificate as redis-py does, where kombu alone would accept any (ssl_cert_reqs=none in the URL opts out).
+if urlsplit(REDIS_URL).scheme == "rediss" and "ssl_cert_reqs" not in urlsplit(REDIS_URL).query:
+    CELERY_BROKER_USE_SSL = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

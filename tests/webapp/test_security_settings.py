@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.core.management.base import CommandError
 
 from jobs.common.private_files import private_file_create
 
@@ -134,6 +135,39 @@ def test_the_demo_password_file_is_private(db, tmp_path, monkeypatch):
     path = tmp_path / "demo_login.txt"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text() != "stale" and f"demo / {path.read_text()}" in out.getvalue()
+
+
+def test_compose_demo_login_takes_the_admins_password_and_never_prints_it(db, tmp_path, monkeypatch):
+    """docker-compose.yml runs `ensure_login --password-env DEMO_PASSWORD`: no password in its logs."""
+    from io import StringIO
+
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from jobs.accounts.management.commands import ensure_login
+
+    monkeypatch.setattr(ensure_login, "PASSWORD_FILE", tmp_path / "demo_login.txt")
+    (tmp_path / "demo_login.txt").write_text("from-make-run")  # a file left in the volume is not printed
+    User = get_user_model()
+
+    monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+    out = StringIO()
+    call_command("ensure_login", "--password-env", "DEMO_PASSWORD", stdout=out)
+    assert not User.objects.exists(), "no password set: no demo login"
+    assert "from-make-run" not in out.getvalue() and "Sign in as" not in out.getvalue()
+
+    monkeypatch.setenv("DEMO_PASSWORD", "short")
+    with pytest.raises(CommandError, match="DEMO_PASSWORD"):
+        call_command("ensure_login", "--password-env", "DEMO_PASSWORD", stdout=StringIO())
+    assert not User.objects.exists()
+
+    monkeypatch.setenv("DEMO_PASSWORD", "Admins-own-Pa55phrase")
+    out = StringIO()
+    call_command("ensure_login", "--password-env", "DEMO_PASSWORD", stdout=out)
+    assert User.objects.get(username="demo").check_password("Admins-own-Pa55phrase")
+    assert "Admins-own-Pa55phrase" not in out.getvalue() and "from-make-run" not in out.getvalue()
+    assert "demo (the password in DEMO_PASSWORD)" in out.getvalue()
+    assert (tmp_path / "demo_login.txt").read_text() == "from-make-run", "nothing written"
 
 
 # --- in-process: headers ----------------------------------------------------------------------
