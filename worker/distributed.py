@@ -134,7 +134,10 @@ def rendezvous_host() -> str:
 
 def interface_of(host: str) -> str | None:
     """The network interface that holds `host` ("lo" for loopback), None when none is found."""
-    address = ipaddress.ip_address(socket.gethostbyname(host))
+    try:
+        address = ipaddress.ip_address(socket.gethostbyname(host))
+    except OSError:
+        return None
     if address.is_loopback:
         return "lo"
     import fcntl
@@ -318,7 +321,13 @@ class Supervisor:
 
         import torch.distributed as dist
 
-        sock = listen_socket(self.host)
+        try:
+            sock = listen_socket(self.host)
+        except OSError as exc:
+            raise TrainingError(
+                f"this train worker cannot listen on {self.host} for the job's rendezvous ({exc}); "
+                f"check the setting {HOST_ENV} (an IPv4 address or host name of this machine)"
+            ) from exc
         self.port = sock.getsockname()[1]
         store = dist.TCPStore(
             self.host,

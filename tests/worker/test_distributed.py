@@ -454,3 +454,9 @@ def test_the_rendezvous_host_and_interfaces_follow_the_setting(monkeypatch):
     assert rendezvous_host() == "127.0.0.1" and interface_of("127.0.0.1") == "lo"
     monkeypatch.setenv("LORA_STUDIO_RENDEZVOUS_HOST", "127.0.0.2")
     assert rendezvous_host() == "127.0.0.2"
+
+
+def test_a_rendezvous_host_this_machine_lacks_fails_the_run_clearly(tiny_llama, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_STUDIO_RENDEZVOUS_HOST", "192.0.2.1")  # TEST-NET-1: no interface holds it
+    with pytest.raises(TrainingError, match="cannot listen on 192.0.2.1 .*LORA_STUDIO_RENDEZVOUS_HOST"):
+        run_training(spec(tiny_llama, data, tmp_path, 2), MemoryReporter())
