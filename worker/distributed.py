@@ -9,8 +9,28 @@ spec over its own socket pair, as JSON). Rank 0 sends every reporter call and st
 and waits for the answer, so the real reporter (the database, the live chart) and the stop flag
 stay with the caller, as with one device, and a WorkLost or a cancel reaches the run the same way.
 
-The ranks meet at a TCPStore this process opens on a free port of 127.0.0.1 (one machine; gloo on
-CPU, nccl on CUDA with rank r on GPU r). On a CPU worker the N processes share its cores.
+The ranks meet at a TCPStore this process opens on a free port (one machine; gloo on CPU, nccl on
+CUDA with rank r on GPU r). On a CPU worker the N processes share its cores.
+
+The rendezvous is closed to anyone but the job:
+
+* It listens on 127.0.0.1 only (or on the address `LORA_STUDIO_RENDEZVOUS_HOST` names): this process
+  binds the socket itself and hands it to the store (whose own server would bind every interface).
+  Gloo, NCCL and TensorPipe are told the interface that holds that address (`lo` by default) through
+  `GLOO_SOCKET_IFNAME`, `NCCL_SOCKET_IFNAME` and `TP_SOCKET_IFNAME`, unless the admin set them.
+* A per-job secret (`secrets.token_hex(32)`) goes to each rank in its environment (never argv, which
+  `ps` shows), and every store operation of the job goes through `SealedStore`: key names are an
+  HMAC of the name under the secret, values are encrypted (an HMAC-SHA256 keystream, random nonce)
+  and authenticated (HMAC-SHA256 over key, nonce and ciphertext; encrypt-then-MAC). A process
+  without the secret that connects to the store sees only opaque names and sealed bytes: it can
+  read none of the rendezvous data (gloo addresses, the NCCL unique id), and an entry it writes is
+  refused by the ranks rather than followed, so it cannot join the group or redirect a rank. The
+  launcher seals an `auth` entry before it starts the ranks, and a rank refuses to join a store that
+  does not hold it (a wrong port, a squatter, a wrong secret).
+* Left: a local process can still delete or flood store keys (the run then fails or times out, it is
+  not joined), and the collectives' own connections are unauthenticated (gloo and NCCL have none);
+  on loopback only processes of this machine can reach them, and they cannot learn their addresses
+  from the store.
 
 No hang: a rank that dies closes its socket, and the supervisor then ends all ranks and fails the
 run with what they said (the first known error, else which rank stopped and its exit code);
@@ -21,9 +41,13 @@ pauses the job through rank 0 as with one device.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -48,6 +72,11 @@ DEFAULT_TIMEOUT_S = 300.0  # a collective waits this long for the other ranks (r
 ERROR_GRACE_S = 3.0  # after one rank fails, how long the others get to say why before they are ended
 FD_ENV = "LORA_STUDIO_RANK_FD"
 SUPERVISOR_ENV = "LORA_STUDIO_SUPERVISOR_PID"
+SECRET_ENV = "LORA_STUDIO_RENDEZVOUS_SECRET"  # the job's secret, in each rank's environment only
+HOST_ENV = "LORA_STUDIO_RENDEZVOUS_HOST"  # the address the rendezvous listens on (default loopback)
+IFNAME_ENVS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME")
+AUTH_KEY = "auth"
+AUTH_VALUE = b"lora-studio rendezvous"
 
 
 def run_training(
@@ -93,6 +122,146 @@ def check_devices(spec: TrainSpec, n: int, max_devices: int) -> None:
 def cpu_threads_per_rank(n: int, threads: int = 0) -> int:
     """Torch threads for each of n CPU ranks: the worker's threads (or cores) shared out, at least 1."""
     return max(1, (threads or os.cpu_count() or 1) // n)
+
+
+# --- the rendezvous: bound to one interface, sealed with the job's secret -----------------------------
+
+
+def rendezvous_host() -> str:
+    """The address the store listens on and the ranks connect to: 127.0.0.1 unless the setting names one."""
+    return os.environ.get(HOST_ENV, "").strip() or "127.0.0.1"
+
+
+def interface_of(host: str) -> str | None:
+    """The network interface that holds `host` ("lo" for loopback), None when none is found."""
+    try:
+        address = ipaddress.ip_address(socket.gethostbyname(host))
+    except OSError:
+        return None
+    if address.is_loopback:
+        return "lo"
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+            except OSError:
+                continue
+            if socket.inet_ntoa(packed[20:24]) == str(address):
+                return name
+    return None
+
+
+def listen_socket(host: str) -> socket.socket:
+    """A socket listening on a free port of `host` only (the store's own server would bind every interface)."""
+    address = socket.gethostbyname(host)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, 0))
+    sock.listen(128)
+    return sock
+
+
+class RendezvousRefused(TrainingError):
+    """The store is not this job's, or holds an entry not sealed with its secret."""
+
+
+def _derive(secret: str, purpose: bytes) -> bytes:
+    return hmac.new(bytes.fromhex(secret), purpose, hashlib.sha256).digest()
+
+
+class SealedStore:
+    """A torch.distributed store over another whose key names are HMACs under the job's secret and whose
+    values are encrypted and authenticated with it (see the module docstring). Counters (`add`) stay
+    plain numbers under hashed names: a store cannot add to a sealed value.
+
+    Built on `dist.Store` lazily (torch is imported only where a rank runs); `SealedStore.over(inner,
+    secret)` returns one."""
+
+    @staticmethod
+    def over(inner: Any, secret: str) -> Any:
+        import torch.distributed as dist
+
+        class Sealed(dist.Store):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = inner
+                self.name_key = _derive(secret, b"name")
+                self.enc_key = _derive(secret, b"enc")
+                self.mac_key = _derive(secret, b"mac")
+
+            def name(self, key: str) -> str:
+                return "job/" + hmac.new(self.name_key, key.encode(), hashlib.sha256).hexdigest()
+
+            def stream(self, nonce: bytes, size: int) -> bytes:
+                blocks = (size + 31) // 32
+                out = b"".join(
+                    hmac.new(self.enc_key, nonce + i.to_bytes(8, "big"), hashlib.sha256).digest() for i in range(blocks)
+                )
+                return out[:size]
+
+            def seal(self, key: str, value: bytes) -> bytes:
+                nonce = secrets.token_bytes(16)
+                body = bytes(a ^ b for a, b in zip(value, self.stream(nonce, len(value)), strict=True))
+                tag = hmac.new(self.mac_key, key.encode() + b"\0" + nonce + body, hashlib.sha256).digest()
+                return nonce + body + tag
+
+            def unseal(self, key: str, sealed: bytes) -> bytes:
+                nonce, body, tag = sealed[:16], sealed[16:-32], sealed[-32:]
+                want = hmac.new(self.mac_key, key.encode() + b"\0" + nonce + body, hashlib.sha256).digest()
+                if len(sealed) < 48 or not hmac.compare_digest(tag, want):
+                    raise RendezvousRefused(
+                        f"the rendezvous store holds an entry for {key!r} not sealed with this job's secret; "
+                        "another process wrote it, so the run is stopped"
+                    )
+                return bytes(a ^ b for a, b in zip(body, self.stream(nonce, len(body)), strict=True))
+
+            def set(self, key: str, value: Any) -> None:
+                data = value.encode() if isinstance(value, str) else bytes(value)
+                self.inner.set(self.name(key), self.seal(key, data))
+
+            def get(self, key: str) -> bytes:
+                return self.unseal(key, bytes(self.inner.get(self.name(key))))
+
+            def add(self, key: str, amount: int) -> int:
+                return int(self.inner.add(self.name(key), amount))
+
+            def check(self, keys: list[str]) -> bool:
+                return bool(self.inner.check([self.name(k) for k in keys]))
+
+            def wait(self, keys: list[str], timeout: Any = None) -> None:
+                names = [self.name(k) for k in keys]
+                if timeout is None:
+                    self.inner.wait(names)
+                else:
+                    self.inner.wait(names, timeout)
+
+            def delete_key(self, key: str) -> bool:
+                return bool(self.inner.delete_key(self.name(key)))
+
+            def num_keys(self) -> int:
+                return int(self.inner.num_keys())
+
+            def set_timeout(self, timeout: Any) -> None:
+                self.inner.set_timeout(timeout)
+
+        return Sealed()
+
+
+def join_store(host: str, port: int, secret: str, timeout_s: float) -> Any:
+    """A rank's view of the job's store: RendezvousRefused unless the store holds the launcher's `auth`
+    entry sealed with `secret`."""
+    import datetime
+
+    import torch.distributed as dist
+
+    client = dist.TCPStore(host, port, None, False, timeout=datetime.timedelta(seconds=timeout_s))
+    store = SealedStore.over(client, secret)
+    if not store.check([AUTH_KEY]) or store.get(AUTH_KEY) != AUTH_VALUE:
+        raise RendezvousRefused(f"the rendezvous at {host}:{port} is not this job's (no entry sealed with its secret)")
+    return store
 
 
 # --- messages over a socket pair: one JSON object per message (never pickle) -------------------------
@@ -143,17 +312,35 @@ class Supervisor:
         self.threads, self.timeout_s = threads, timeout_s
         self.procs: list[subprocess.Popen[bytes]] = []
         self.conns: list[Connection] = []
+        self.host = rendezvous_host()
+        self.port = 0  # the store's, once it listens
+        self.secret = secrets.token_hex(32)  # the job's: each rank gets it in its environment
 
     def run(self) -> TrainResult:
         import datetime
 
         import torch.distributed as dist
 
+        try:
+            sock = listen_socket(self.host)
+        except OSError as exc:
+            raise TrainingError(
+                f"this train worker cannot listen on {self.host} for the job's rendezvous ({exc}); "
+                f"check the setting {HOST_ENV} (an IPv4 address or host name of this machine)"
+            ) from exc
+        self.port = sock.getsockname()[1]
         store = dist.TCPStore(
-            "127.0.0.1", 0, self.n + 1, True, timeout=datetime.timedelta(seconds=self.timeout_s), wait_for_workers=False
+            self.host,
+            self.port,
+            None,
+            True,
+            timeout=datetime.timedelta(seconds=self.timeout_s),
+            wait_for_workers=False,
+            master_listen_fd=sock.detach(),
         )
         try:
-            self.start(store.port)
+            SealedStore.over(store, self.secret).set(AUTH_KEY, AUTH_VALUE)
+            self.start(self.port)
             return self.serve()
         finally:
             self.end_all()
@@ -163,10 +350,15 @@ class Supervisor:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: the ranks talk over loopback
+        interface = interface_of(self.host)  # the collectives bind where the store listens (lo by default)
+        for name in IFNAME_ENVS:
+            if interface and not env.get(name):
+                env[name] = interface
         env[SUPERVISOR_ENV] = str(os.getpid())
+        env[SECRET_ENV] = self.secret
         hello = {
             "world": self.n,
+            "host": self.host,
             "port": port,
             "spec": self.spec.to_dict(),
             "timeout_s": self.timeout_s,
@@ -364,6 +556,7 @@ def rank_main() -> int:
     """One rank: join the group, run the engine on this rank's shard, tell the supervisor how it ended."""
     exit_with_supervisor()
     conn = Connection(int(os.environ.pop(FD_ENV)))
+    secret = os.environ.pop(SECRET_ENV, "")
     hello = receive(conn)
     rank, world = hello["rank"], hello["world"]
     logging.basicConfig(level=logging.WARNING, format=f"rank {rank}: %(levelname)s %(name)s: %(message)s")
@@ -383,7 +576,7 @@ def rank_main() -> int:
         else:
             torch.set_num_threads(hello["threads"])
         timeout = datetime.timedelta(seconds=hello["timeout_s"])
-        store = dist.TCPStore("127.0.0.1", hello["port"], world + 1, False, timeout=timeout)
+        store = join_store(hello["host"], hello["port"], secret, hello["timeout_s"])
         dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=world, timeout=timeout)
         group = RankGroup(rank, world, torch.device("cuda", rank) if cuda else torch.device("cpu"))
         if rank == 0:

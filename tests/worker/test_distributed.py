@@ -323,3 +323,140 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def listening_addresses(pids):
+    """(ip, port) of every listening TCP socket the processes `pids` hold (psutil when installed, else /proc)."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    found = []
+    if psutil is not None:
+        for pid in pids:
+            try:
+                conns = psutil.Process(pid).net_connections(kind="inet")
+            except psutil.NoSuchProcess:
+                continue
+            found += [(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+        return found
+    import ipaddress
+
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                hexip, hexport = cols[1].split(":")
+                raw = bytes.fromhex(hexip)
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, size, 4))
+                found.append((str(ipaddress.ip_address(raw)), int(hexport, 16)))
+    return found
+
+
+class LooksAtTheRendezvous(MemoryReporter):
+    """At rank 0's first metric point (both ranks have joined and run a step): the listening sockets of
+    the supervisor and its ranks, and what a process without the job's secret gets from the store."""
+
+    supervisor = None
+    listening = None
+    outsider = None
+
+    def log(self, step, metrics):
+        super().log(step, metrics)
+        if self.listening is None:
+            pids = [os.getpid()] + [p.pid for p in self.supervisor.procs]
+            self.listening = listening_addresses(pids)
+            try:
+                self.outsider = self.look_as_outsider()
+            except Exception as exc:  # noqa: BLE001 - the test reports it after the listening check
+                self.outsider = exc
+
+    def look_as_outsider(self):
+        import datetime
+
+        import torch.distributed as dist
+
+        from worker.distributed import RendezvousRefused, SealedStore, join_store
+
+        seen = {}
+        host, port = self.supervisor.host, self.supervisor.port
+        try:
+            join_store(host, port, "ab" * 32, 5)
+            seen["joined"] = True
+        except RendezvousRefused:
+            seen["joined"] = False
+        plain = dist.TCPStore(host, port, None, False, timeout=datetime.timedelta(seconds=5))
+        keys = plain.list_keys()
+        seen["keys"] = keys
+        seen["values"] = {k: bytes(plain.get(k)) for k in keys}
+        wrong = SealedStore.over(plain, "cd" * 32)
+        right = SealedStore.over(plain, self.supervisor.secret)
+        seen["wrong_reads"] = []
+        for key in ("auth", "0//cpu//0/0", "0//cpu//0/1"):
+            try:
+                seen["wrong_reads"].append(wrong.check([key]) and wrong.get(key))
+            except RendezvousRefused:
+                seen["wrong_reads"].append("refused")
+        seen["right_auth"] = right.get("auth")
+        plain.set(right.name("forged"), b"x" * 80)  # an outsider's write under a name it guessed
+        try:
+            right.get("forged")
+            seen["forged"] = "accepted"
+        except RendezvousRefused:
+            seen["forged"] = "refused"
+        return seen
+
+
+def test_the_rendezvous_listens_on_loopback_only_and_needs_the_jobs_secret(tiny_llama, data, tmp_path):
+    """While a two-rank job runs, every socket its processes listen on is a loopback one (the store and
+    gloo's), and a process without the job's secret cannot join: a rank's join refuses the store, the
+    store's names are opaque and its values sealed, and an entry forged without the secret is refused."""
+    import ipaddress
+
+    reporter = LooksAtTheRendezvous()
+    supervisor = Supervisor(
+        spec(tiny_llama, data, tmp_path / "job", 2, max_steps=1), reporter, lambda: None, threads=0, timeout_s=60
+    )
+    reporter.supervisor = supervisor
+    result = supervisor.run()
+    assert result.status == "succeeded"
+    assert reporter.listening is not None
+    for ip, port in reporter.listening:
+        assert ipaddress.ip_address(ip).is_loopback, f"{ip}:{port} listens beyond loopback"
+    assert supervisor.port in [port for _, port in reporter.listening], "the store was seen listening"
+    assert len(reporter.listening) >= 2, "the store and the ranks' gloo listeners"
+
+    seen = reporter.outsider
+    assert isinstance(seen, dict), seen
+    assert seen["joined"] is False, "a rank with another secret is refused"
+    assert seen["keys"] and all(re.fullmatch(r"job/[0-9a-f]{64}", k) for k in seen["keys"]), seen["keys"]
+    for value in seen["values"].values():
+        assert b"lora-studio" not in value and b"127.0.0.1" not in value
+    assert seen["wrong_reads"] == [False, False, False], "another secret finds none of the job's entries"
+    assert seen["right_auth"] == b"lora-studio rendezvous"
+    assert seen["forged"] == "refused"
+    assert "LORA_STUDIO_RENDEZVOUS_SECRET" not in os.environ
+
+
+def test_the_rendezvous_host_and_interfaces_follow_the_setting(monkeypatch):
+    from worker.distributed import interface_of, rendezvous_host
+
+    monkeypatch.delenv("LORA_STUDIO_RENDEZVOUS_HOST", raising=False)
+    assert rendezvous_host() == "127.0.0.1" and interface_of("127.0.0.1") == "lo"
+    monkeypatch.setenv("LORA_STUDIO_RENDEZVOUS_HOST", "127.0.0.2")
+    assert rendezvous_host() == "127.0.0.2"
+
+
+def test_a_rendezvous_host_this_machine_lacks_fails_the_run_clearly(tiny_llama, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_STUDIO_RENDEZVOUS_HOST", "192.0.2.1")  # TEST-NET-1: no interface holds it
+    with pytest.raises(TrainingError, match="cannot listen on 192.0.2.1 .*LORA_STUDIO_RENDEZVOUS_HOST"):
+        run_training(spec(tiny_llama, data, tmp_path, 2), MemoryReporter())
