@@ -385,7 +385,7 @@ class LooksAtTheRendezvous(MemoryReporter):
 
         import torch.distributed as dist
 
-        from worker.distributed import RendezvousRefused, SealedStore, join_store
+        from worker.rendezvous import RendezvousRefused, SealedStore, join_store
 
         seen = {}
         host, port = self.supervisor.host, self.supervisor.port
@@ -448,7 +448,7 @@ def test_the_rendezvous_listens_on_loopback_only_and_needs_the_jobs_secret(tiny_
 
 
 def test_the_rendezvous_host_and_interfaces_follow_the_setting(monkeypatch):
-    from worker.distributed import interface_of, rendezvous_host
+    from worker.rendezvous import interface_of, rendezvous_host
 
     monkeypatch.delenv("LORA_STUDIO_RENDEZVOUS_HOST", raising=False)
     assert rendezvous_host() == "127.0.0.1" and interface_of("127.0.0.1") == "lo"
