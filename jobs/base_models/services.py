@@ -19,6 +19,7 @@ from jobs.base_models.hub import HubClient, HubError, check_repo_id, check_revis
 from jobs.base_models.models import BaseModel, ModelSource, ModelStatus
 from jobs.common import blobs, queue
 from jobs.common.blobs import is_store_url, model_local_path
+from jobs.common.errors import failure_category
 from jobs.common.exceptions import ProductError, StateError
 from jobs.common.outbound import OutboundPolicy
 from jobs.common.storage import media_path
@@ -169,7 +170,8 @@ def base_model_add_from_folder(*, by, name: str, path: str) -> BaseModel:
     except ProductError:
         raise
     except (OSError, ValueError) as exc:
-        raise ProductError(f"{path}: {exc}", field="path") from None
+        log.warning("registering the model folder %s failed", path, exc_info=True)
+        raise ProductError(f"{path} cannot be registered: {failure_category(exc)}", field="path") from None
 
 
 # -- the Hugging Face Hub --------------------------------------------------------------------------
@@ -318,7 +320,7 @@ def base_model_download(*, model_id) -> None:
         _fail(model, exc.message, folder)
     except (OSError, ValueError) as exc:
         log.exception("download of %s failed", model.hub_id)
-        _fail(model, f"the downloaded model cannot be read: {type(exc).__name__}: {exc}"[:500], folder)
+        _fail(model, f"the downloaded model cannot be read: {failure_category(exc)}", folder)
 
 
 # -- a GGUF upload -----------------------------------------------------------------------------------
@@ -373,7 +375,7 @@ def base_model_convert_gguf(*, model_id) -> None:
         _finish(model, f"{model_relative(model)}/model")
     except Exception as exc:  # a GGUF the converter cannot read: any error of gguf/transformers
         log.exception("GGUF conversion of %s failed", model_id)
-        _fail(model, f"the GGUF file cannot be converted: {type(exc).__name__}: {exc}"[:500], folder)
+        _fail(model, f"the GGUF file cannot be converted: {failure_category(exc)}", folder)
 
 
 def base_model_add(

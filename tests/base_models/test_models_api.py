@@ -2,6 +2,7 @@
 owner only, the folder and GGUF sources, what each model shows, and deletion refused while a job uses it."""
 
 import shutil
+from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -160,6 +161,21 @@ def test_a_gguf_that_cannot_be_converted_fails_with_the_reason(settings, api):
     services.base_model_convert_gguf(model_id=model_id)
     model = BaseModel.objects.get(id=model_id)
     assert model.status == ModelStatus.FAILED and "cannot be converted" in model.error
+
+
+def test_a_failed_conversion_shows_a_plain_reason_not_the_exception_text(settings, api, caplog):
+    settings.USER_MODELS = True
+    upload = SimpleUploadedFile("broken.gguf", b"GGUF" + b"\xff" * 60)
+    model_id = api.post("/api/v1/base-models/", {"source": "gguf", "file": upload}, format="multipart").json()["id"]
+    leak = ValueError("tensor blk.0 at /srv/lora-studio/media/models/secret-7b/upload.gguf")
+    with mock.patch("worker.demo_model.convert_gguf_to_hf", side_effect=leak):
+        services.base_model_convert_gguf(model_id=model_id)
+    model = BaseModel.objects.get(id=model_id)
+    assert model.status == ModelStatus.FAILED
+    assert model.error == "the GGUF file cannot be converted: its contents are not in a form this product can read"
+    shown = api.get(f"/api/v1/base-models/{model_id}/").content.decode()
+    assert "/srv/lora-studio" not in shown and "ValueError" not in shown
+    assert "/srv/lora-studio" in caplog.text  # the details stay in the server's log
 
 
 @pytest.mark.parametrize("content,message", [(b"PK\x03\x04zip", "not a GGUF file"), (b"GGUF" + b"\0" * 2000, "limit")])
