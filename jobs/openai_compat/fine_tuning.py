@@ -11,7 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from rest_framework.response import Response
 
 from jobs.base_models.models import BaseModel
-from jobs.base_models.selectors import base_model_list
+from jobs.base_models.selectors import base_model_named
 from jobs.common.errors import OpenAIError
 from jobs.common.ids import file_id, ftjob_id
 from jobs.openai_compat.base import (
@@ -127,7 +127,7 @@ def resolve_model(owner, name: object) -> tuple[BaseModel, FineTuneJob | None]:
                 if fine_tuned_model(job) == name and hasattr(job, "adapter"):
                     return job.base_model, job
     else:
-        base = base_model_list(owner=owner).filter(name=name).first()
+        base = base_model_named(owner=owner, name=name)
         if base is not None:
             return base, None
     raise OpenAIError(
