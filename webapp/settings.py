@@ -259,6 +259,8 @@ MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "model-cache")))
 DATASET_MAX_BYTES = env_int("DATASET_MAX_BYTES", 200 * 1024 * 1024)
 # Any request body: refused with 413 by webapp.asgi before Django reads it (and before authentication).
 MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", DATASET_MAX_BYTES + 1024 * 1024)
+# The same for a request without a session cookie or API key (the sign-in form needs a few KB).
+MAX_ANONYMOUS_REQUEST_BYTES = env_int("MAX_ANONYMOUS_REQUEST_BYTES", 64 * 1024)
 # What one uploaded file may unpack into (worker.data.limits.DataLimits), checked while it is read
 # in a child process limited to DATASET_PARSE_MEMORY_MB of memory and DATASET_PARSE_SECONDS.
 DATASET_MAX_ROWS = env_int("DATASET_MAX_ROWS", 200_000)

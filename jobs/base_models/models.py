@@ -29,7 +29,7 @@ class BaseModel(models.Model):
     background worker and are usable once `status` is ready."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, help_text="unique among its owner's models (or among the shared ones)")
     path = models.CharField(max_length=500)
     architecture = models.CharField(max_length=100, blank=True)
     parameters = models.BigIntegerField(default=0)
@@ -58,6 +58,14 @@ class BaseModel(models.Model):
     class Meta:
         db_table = "jobs_basemodel"  # the table of the single app this project once had (see legacy_schema)
         ordering = ["name"]
+        # Unique per owner, not across users: a global rule would tell one user another's private names and
+        # let them take a name first. Shared models (no owner) are unique among themselves.
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="base_model_name_unique_per_owner"),
+            models.UniqueConstraint(
+                fields=["name"], condition=models.Q(owner__isnull=True), name="base_model_name_unique_shared"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

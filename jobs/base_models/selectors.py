@@ -3,7 +3,7 @@ owner. Without an owner a selector sees the shared models only, so a forgotten o
 
 from __future__ import annotations
 
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.http import Http404
 
 from jobs.base_models.models import BaseModel, ModelStatus
@@ -15,6 +15,11 @@ def base_model_list(*, owner=None, ready_only: bool = True) -> QuerySet[BaseMode
     visible = Q(owner__isnull=True) if owner is None else Q(owner__isnull=True) | Q(owner=owner)
     qs = BaseModel.objects.filter(visible)
     return qs.filter(status=ModelStatus.READY) if ready_only else qs
+
+
+def base_model_named(*, owner, name: str) -> BaseModel | None:
+    """The ready model called `name` that `owner` may use: their own before a shared one of the same name."""
+    return base_model_list(owner=owner).filter(name=name).order_by(F("owner").asc(nulls_last=True)).first()
 
 
 def base_model_find(model_id, *, owner=None) -> BaseModel | None:

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import ProtectedError
+from django.db.models import ProtectedError, Q
 
 from jobs.base_models.hub import HubClient, HubError, check_repo_id, check_revision, files_to_fetch, remote_code_refusal
 from jobs.base_models.models import BaseModel, ModelSource, ModelStatus
 from jobs.common import blobs, queue
 from jobs.common.blobs import is_store_url, model_local_path
+from jobs.common.errors import failure_category
 from jobs.common.exceptions import ProductError, StateError
 from jobs.common.outbound import OutboundPolicy
 from jobs.common.storage import media_path
@@ -45,6 +46,7 @@ def base_model_register(*, name: str, path: str | Path, owner=None, source: str 
     info = describe_model(local)
     model, _ = BaseModel.objects.update_or_create(
         name=name,
+        owner=owner,
         defaults=dict(
             path=str(path),
             architecture=info["architecture"],
@@ -52,7 +54,6 @@ def base_model_register(*, name: str, path: str | Path, owner=None, source: str 
             linear_modules=info["linear_modules"],
             has_chat_template=info["has_chat_template"],
             context_length=context_length(local),
-            owner=owner,
             source=source,
             status=ModelStatus.READY,
             error="",
@@ -92,11 +93,14 @@ def _owner_for(user):
     return None if user.is_staff else user
 
 
-def _check_name(name: str) -> str:
+def _check_name(name: str, *, owner) -> str:
+    """A free name for a model of `owner` (None: shared). Only names the owner can see are taken: their own
+    and the shared ones; another user's private names are not (nor revealed)."""
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise ProductError("give a name of 1 to 200 characters", field="name")
-    if BaseModel.objects.filter(name=name).exists():
+    taken = Q(owner__isnull=True) if owner is None else Q(owner__isnull=True) | Q(owner=owner)
+    if BaseModel.objects.filter(taken, name=name).exists():
         raise ProductError(f"a base model named {name!r} already exists; choose another name", field="name")
     return name
 
@@ -149,7 +153,7 @@ def base_model_add_from_folder(*, by, name: str, path: str) -> BaseModel:
     """Staff only (a path on the server): register a model folder, or an s3:// prefix, as a shared model."""
     if not by.is_staff:
         raise NotAllowed("only staff register a folder on the server", field="path")
-    name = _check_name(name)
+    name = _check_name(name, owner=None)
     path = (path or "").strip()
     if is_store_url(path):
         folder: str | Path = path.rstrip("/")
@@ -169,7 +173,8 @@ def base_model_add_from_folder(*, by, name: str, path: str) -> BaseModel:
     except ProductError:
         raise
     except (OSError, ValueError) as exc:
-        raise ProductError(f"{path}: {exc}", field="path") from None
+        log.warning("registering the model folder %s failed", path, exc_info=True)
+        raise ProductError(f"{path} cannot be registered: {failure_category(exc)}", field="path") from None
 
 
 # -- the Hugging Face Hub --------------------------------------------------------------------------
@@ -194,7 +199,7 @@ def base_model_add_from_hub(*, by, hub_id: str, revision: str = "", token: str =
     if len(token or "") > 500:
         raise ProductError("the token is too long", field="token")
     model = _create(
-        name=_check_name(name or hub_id),
+        name=_check_name(name or hub_id, owner=owner),
         path="",
         owner=owner,
         source=ModelSource.HUB,
@@ -318,7 +323,7 @@ def base_model_download(*, model_id) -> None:
         _fail(model, exc.message, folder)
     except (OSError, ValueError) as exc:
         log.exception("download of %s failed", model.hub_id)
-        _fail(model, f"the downloaded model cannot be read: {type(exc).__name__}: {exc}"[:500], folder)
+        _fail(model, f"the downloaded model cannot be read: {failure_category(exc)}", folder)
 
 
 # -- a GGUF upload -----------------------------------------------------------------------------------
@@ -342,7 +347,7 @@ def base_model_add_from_gguf(*, by, upload, name: str = "") -> BaseModel:
         raise ProductError("not a GGUF file (it does not start with the GGUF signature)", field="file")
     default_name = Path(upload.name or "model.gguf").stem
     model = _create(
-        name=_check_name(name or default_name),
+        name=_check_name(name or default_name, owner=owner),
         path="",
         owner=owner,
         source=ModelSource.GGUF,
@@ -373,7 +378,7 @@ def base_model_convert_gguf(*, model_id) -> None:
         _finish(model, f"{model_relative(model)}/model")
     except Exception as exc:  # a GGUF the converter cannot read: any error of gguf/transformers
         log.exception("GGUF conversion of %s failed", model_id)
-        _fail(model, f"the GGUF file cannot be converted: {type(exc).__name__}: {exc}"[:500], folder)
+        _fail(model, f"the GGUF file cannot be converted: {failure_category(exc)}", folder)
 
 
 def base_model_add(

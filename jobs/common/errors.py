@@ -19,6 +19,18 @@ REST_PREFIX = "/api/v1/"
 OPENAI_PREFIX = "/v1/"
 
 
+def failure_category(exc: BaseException) -> str:
+    """A plain reason for an unexpected failure that users may read: the kind of problem, never the exception's
+    text (it can hold server paths, addresses or library internals); log the details beside it."""
+    if isinstance(exc, MemoryError):
+        return "the server ran out of memory"
+    if isinstance(exc, OSError):
+        return "a file could not be read or written on the server"
+    if isinstance(exc, (ValueError, KeyError, TypeError)):
+        return "its contents are not in a form this product can read"
+    return "an unexpected error on the server (the details are in the server's log)"
+
+
 def rest_exception_handler(exc, context):
     """The product's errors (worker.errors.StudioError) become 4xx JSON naming the field (or file and line);
     never a 500 page."""

@@ -82,10 +82,16 @@ def dataset_list(request):
     return redirect("dataset-detail", dataset_id=ds.id)
 
 
+class SamplesTooDeep(Exception):
+    """The posted column samples nest deeper than Python's JSON parser goes (never what the page sends)."""
+
+
 def _posted_samples(request, columns: list[str]) -> dict[str, list[str]]:
     """The sample values the mapping form carried (display only), so a refused mapping still shows them."""
     try:
         data = json.loads(request.POST.get("column_samples") or "{}")
+    except RecursionError:
+        raise SamplesTooDeep from None
     except ValueError:
         return {}
     if not isinstance(data, dict):
@@ -98,7 +104,14 @@ def _posted_samples(request, columns: list[str]) -> dict[str, list[str]]:
 def dataset_map(request):
     """Second step of an upload whose columns matched no schema."""
     columns = request.POST.getlist("columns")
-    form = MappingForm(request.POST, columns=columns, samples=_posted_samples(request, columns))
+    try:
+        samples = _posted_samples(request, columns)
+    except SamplesTooDeep:
+        form = MappingForm(request.POST, columns=columns)
+        form.is_valid()
+        form.add_error(None, "The column samples are nested too deeply to read; upload the file again.")
+        return _dataset_page(request, mapping_form=form, status=400)
+    form = MappingForm(request.POST, columns=columns, samples=samples)
     if not form.is_valid():
         return _dataset_page(request, mapping_form=form, status=400)
     try:

@@ -11,7 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from rest_framework.response import Response
 
 from jobs.base_models.models import BaseModel
-from jobs.base_models.selectors import base_model_list
+from jobs.base_models.selectors import base_model_named
 from jobs.common.errors import OpenAIError
 from jobs.common.ids import file_id, ftjob_id
 from jobs.openai_compat.base import (
@@ -68,6 +68,18 @@ def _method_object(config: dict, hyper: dict[str, Any]) -> dict[str, Any]:
     return {"type": kind, kind: {"hyperparameters": {**hyper, "beta": config.get("beta")}}}
 
 
+# A running job asked to stop still runs until the worker sees the flag (within about 2 s); OpenAI's clients
+# expect the requested state at once, so the OpenAI view shows it. The REST API and the pages keep the real one.
+_REQUESTED_STATUS = {"cancel": JobStatus.CANCELLED, "pause": JobStatus.PAUSED}
+
+
+def openai_status(job: FineTuneJob) -> str:
+    """The job's status as OpenAI names it: a running job with a stop request shows the state it is going to."""
+    if job.status == JobStatus.RUNNING and job.stop_requested in _REQUESTED_STATUS:
+        return _REQUESTED_STATUS[job.stop_requested]
+    return job.status
+
+
 def job_object(job: FineTuneJob) -> dict[str, Any]:
     config = job.config or {}
     hyper = _hyperparameters(config)
@@ -81,7 +93,7 @@ def job_object(job: FineTuneJob) -> dict[str, Any]:
         "fine_tuned_model": fine_tuned_model(job),
         "organization_id": f"user-{job.owner_id}",
         "result_files": [],
-        "status": job.status,
+        "status": openai_status(job),
         "validation_file": file_id(validation["dataset"]) if validation.get("kind") == "dataset" else None,
         "training_file": file_id(job.dataset_id) if job.dataset_id else None,
         "hyperparameters": hyper,
@@ -115,7 +127,7 @@ def resolve_model(owner, name: object) -> tuple[BaseModel, FineTuneJob | None]:
                 if fine_tuned_model(job) == name and hasattr(job, "adapter"):
                     return job.base_model, job
     else:
-        base = base_model_list(owner=owner).filter(name=name).first()
+        base = base_model_named(owner=owner, name=name)
         if base is not None:
             return base, None
     raise OpenAIError(

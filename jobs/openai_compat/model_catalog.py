@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import F
 from rest_framework.response import Response
 
 from jobs.base_models.selectors import base_model_list
@@ -17,9 +18,11 @@ OWNED_BY = "lora-studio"
 
 
 def _model_objects(owner) -> list[dict[str, Any]]:
+    # A shared model named like one of the owner's (added by staff later) is hidden: the name means theirs.
+    bases = {b.name: b for b in base_model_list(owner=owner).order_by(F("owner").asc(nulls_first=True))}
     data = [
         {"id": b.name, "object": "model", "created": unix_time(b.created), "owned_by": OWNED_BY}
-        for b in base_model_list(owner=owner)
+        for b in sorted(bases.values(), key=lambda b: b.name)
     ]
     for job in job_list(owner=owner, status=JobStatus.SUCCEEDED).select_related("owner"):
         data.append(

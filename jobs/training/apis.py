@@ -391,15 +391,17 @@ class WorkerJobOutput(serializers.Serializer):
 
 
 class WorkerOutput(serializers.Serializer):
-    name = serializers.CharField(help_text="the Celery worker's name")
-    host = serializers.CharField()
+    name = serializers.CharField(required=False, help_text="the Celery worker's name (staff only)")
+    host = serializers.CharField(required=False, help_text="staff only")
     device = serializers.ChoiceField(choices=["cpu", "cuda"])
     count = serializers.IntegerField(help_text="devices")
     memory_mb = serializers.FloatField(help_text="memory of each device")
     busy = serializers.BooleanField(help_text="whether it is training a job now")
     job = WorkerJobOutput(allow_null=True, help_text="the job it trains, only when it is yours")
-    started = serializers.FloatField(allow_null=True, help_text="Unix time it started")
-    seen = serializers.FloatField(allow_null=True, help_text="Unix time of its last announcement")
+    started = serializers.FloatField(allow_null=True, required=False, help_text="Unix time it started (staff only)")
+    seen = serializers.FloatField(
+        allow_null=True, required=False, help_text="Unix time of its last announcement (staff only)"
+    )
 
 
 class WaitingJobOutput(serializers.Serializer):
@@ -409,12 +411,14 @@ class WaitingJobOutput(serializers.Serializer):
 
 
 class WorkersApi(APIView):
-    """The live train workers, with their devices, memory and current job; the queued jobs, and why each of
-    yours waits."""
+    """The live train workers, with their devices, memory and current job (yours only), and why each of your
+    queued jobs waits; staff also get the workers' names and hosts and the queue's length."""
 
     class OutputSerializer(serializers.Serializer):
         workers = WorkerOutput(many=True)
-        queued_jobs = serializers.IntegerField(help_text="queued jobs of all users (the train queue's length)")
+        queued_jobs = serializers.IntegerField(
+            required=False, help_text="queued jobs of all users (the train queue's length; staff only)"
+        )
         waiting = WaitingJobOutput(many=True, help_text="your queued jobs, oldest first")
         no_fit = serializers.ChoiceField(
             choices=["wait", "refuse"], help_text="ROUTING_NO_FIT: what happens to a job no live worker fits"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Max, Min, QuerySet, Sum
@@ -150,27 +151,26 @@ def job_wait_reason(*, job: FineTuneJob, live: list[dict] | None = None, order: 
 
 
 def worker_list(*, viewer) -> dict:
-    """The live train workers (name, devices, memory, whether busy; the job itself only when it is the
-    viewer's), the number of queued jobs, and why each of the viewer's queued jobs waits."""
+    """The live train workers and why each of the viewer's queued jobs waits. Staff see everything (names,
+    hosts, times, the queue's length); a user sees each worker's devices and memory, whether it is busy, and
+    the job only when it is theirs: not the fleet's host names nor other users' queue."""
     announced = train_workers.live_workers()
     running = {w["job"] for w in announced if w.get("job")}
     mine = {str(j.id): j for j in job_list(owner=viewer).filter(id__in=[i for i in running if is_uuid(i)])}
+    staff = bool(viewer.is_staff)
     workers = []
     for w in announced:
         job = mine.get(w.get("job") or "")
-        workers.append(
-            {
-                "name": w["name"],
-                "host": w.get("host", ""),
-                "device": w["device"],
-                "count": w["count"],
-                "memory_mb": w["memory_mb"],
-                "busy": bool(w.get("job")),
-                "job": {"id": str(job.id), "name": job.name or job.short_id} if job else None,
-                "started": w.get("started"),
-                "seen": w.get("seen"),
-            }
-        )
+        worker = {
+            "device": w["device"],
+            "count": w["count"],
+            "memory_mb": w["memory_mb"],
+            "busy": bool(w.get("job")),
+            "job": {"id": str(job.id), "name": job.name or job.short_id} if job else None,
+        }
+        if staff:
+            worker.update(name=w["name"], host=w.get("host", ""), started=w.get("started"), seen=w.get("seen"))
+        workers.append(worker)
     order = fair_order()
     waiting = [
         {
@@ -180,12 +180,10 @@ def worker_list(*, viewer) -> dict:
         }
         for job in job_list(owner=viewer, status=JobStatus.QUEUED).order_by("created")
     ]
-    return {
-        "workers": workers,
-        "queued_jobs": FineTuneJob.objects.filter(status=JobStatus.QUEUED).count(),
-        "waiting": waiting,
-        "no_fit": settings.ROUTING_NO_FIT,
-    }
+    answer: dict[str, Any] = {"workers": workers, "waiting": waiting, "no_fit": settings.ROUTING_NO_FIT}
+    if staff:
+        answer["queued_jobs"] = FineTuneJob.objects.filter(status=JobStatus.QUEUED).count()
+    return answer
 
 
 def _slug(text: str) -> str:

@@ -22,6 +22,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from jobs.common import blobs, queue
+from jobs.common.errors import failure_category
 from jobs.training import merges, services, workers
 from jobs.training.claims import Claim, expired_running_jobs, record_crash
 from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir, merged_zip_name
@@ -313,7 +314,7 @@ def adapter_merge(job_id: str) -> str:
         return _merge_claimed(job, token)
     except Exception as exc:
         log.exception("merge of job %s failed", job_id)
-        _merge_give_up(job, f"merged export failed ({type(exc).__name__}: {exc})", token=token)
+        _merge_give_up(job, f"merged export failed: {failure_category(exc)}", token=token)
         return "failed"
 
 

@@ -13,9 +13,9 @@
   function render(data) {
     const workers = document.querySelector("#workers-table tbody");
     workers.replaceChildren();
-    for (const w of data.workers) {
+    for (const [i, w] of data.workers.entries()) {
       const row = workers.insertRow();
-      cell(row, w.name); cell(row, `${w.count} × ${w.device}`); cell(row, `${Math.round(w.memory_mb)} MB`);
+      cell(row, w.name || String(i + 1));  // names are for staff only cell(row, `${w.count} × ${w.device}`); cell(row, `${Math.round(w.memory_mb)} MB`);
       if (w.job) cell(row, w.job.name, `/jobs/${w.job.id}/`); else cell(row, w.busy ? "busy" : "idle");
     }
     if (!data.workers.length) {
@@ -23,9 +23,10 @@
       const td = row.insertCell(); td.colSpan = 4;
       td.textContent = "No train worker has announced itself: jobs are queued and start when one does.";
     }
-    const n = data.queued_jobs;
+    const n = data.queued_jobs;  // staff only
     document.getElementById("queued-jobs").textContent =
-      `${n} job${n === 1 ? "" : "s"} queued (all users). A free worker takes the fairest queued job that fits its memory.`;
+      (n === undefined ? "" : `${n} job${n === 1 ? "" : "s"} queued (all users). `) +
+      "A free worker takes the fairest queued job that fits its memory.";
     const waiting = document.querySelector("#waiting-table tbody");
     waiting.replaceChildren();
     for (const j of data.waiting) {

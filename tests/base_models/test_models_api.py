@@ -2,6 +2,7 @@
 owner only, the folder and GGUF sources, what each model shows, and deletion refused while a job uses it."""
 
 import shutil
+from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -121,6 +122,41 @@ def test_a_shared_model_is_deleted_by_staff_only(api, base_model):
     assert response.status_code == 403 and BaseModel.objects.filter(id=base_model.id).exists()
 
 
+def test_names_are_unique_per_owner_so_one_user_cannot_learn_or_take_anothers(
+    settings, user, other_user, api, api_bob, api_staff, base_model
+):
+    settings.USER_MODELS, settings.OFFLINE = True, False
+
+    def add(client, name):
+        return client.post("/api/v1/base-models/", {"source": "hub", "hub_id": "org/tiny", "name": name}, format="json")
+
+    alice = add(api, "my-model")
+    bob = add(api_bob, "my-model")  # alice's private name tells bob nothing and does not stop him
+    assert alice.status_code == bob.status_code == 202, bob.content
+    ids = {alice.json()["id"], bob.json()["id"]}
+    BaseModel.objects.filter(id__in=ids).update(status=ModelStatus.READY)
+    assert [m["id"] for m in api.get("/api/v1/base-models/").json() if m["name"] == "my-model"] == [alice.json()["id"]]
+    assert [m["id"] for m in api_bob.get("/api/v1/base-models/").json() if m["name"] == "my-model"] == [
+        bob.json()["id"]
+    ]
+    assert str(selectors.base_model_named(owner=user, name="my-model").id) == alice.json()["id"]
+    assert str(selectors.base_model_named(owner=other_user, name="my-model").id) == bob.json()["id"]
+    assert selectors.base_model_named(owner=None, name="my-model") is None
+    # Twice for one owner, or a name a shared model has, is still refused.
+    assert add(api, "my-model").status_code == 400
+    assert add(api, "tiny-llama").status_code == 400
+    # Staff may later share a model under a user's private name; for that user the name still means theirs.
+    shared = add(api_staff, "my-model")
+    assert shared.status_code == 202 and shared.json()["shared"]
+    BaseModel.objects.filter(id=shared.json()["id"]).update(status=ModelStatus.READY)
+    assert str(selectors.base_model_named(owner=user, name="my-model").id) == alice.json()["id"]
+    assert [m["id"] for m in api.get("/v1/models").json()["data"]].count("my-model") == 1
+    from jobs.openai_compat.fine_tuning import resolve_model  # the OpenAI API's `model` lookup
+
+    assert str(resolve_model(user, "my-model")[0].id) == alice.json()["id"]
+    assert str(resolve_model(other_user, "my-model")[0].id) == bob.json()["id"]
+
+
 def test_a_gguf_upload_is_converted_by_a_worker_into_the_same_model(settings, api, user, tiny_llama, tmp_path):
     """A GGUF written from the tiny model (tiny_gguf.py) goes through the upload and the worker's conversion and
     comes back as a safetensors folder with the same logits, tokenizer and chat template."""
@@ -160,6 +196,21 @@ def test_a_gguf_that_cannot_be_converted_fails_with_the_reason(settings, api):
     services.base_model_convert_gguf(model_id=model_id)
     model = BaseModel.objects.get(id=model_id)
     assert model.status == ModelStatus.FAILED and "cannot be converted" in model.error
+
+
+def test_a_failed_conversion_shows_a_plain_reason_not_the_exception_text(settings, api, caplog):
+    settings.USER_MODELS = True
+    upload = SimpleUploadedFile("broken.gguf", b"GGUF" + b"\xff" * 60)
+    model_id = api.post("/api/v1/base-models/", {"source": "gguf", "file": upload}, format="multipart").json()["id"]
+    leak = ValueError("tensor blk.0 at /srv/lora-studio/media/models/secret-7b/upload.gguf")
+    with mock.patch("worker.demo_model.convert_gguf_to_hf", side_effect=leak):
+        services.base_model_convert_gguf(model_id=model_id)
+    model = BaseModel.objects.get(id=model_id)
+    assert model.status == ModelStatus.FAILED
+    assert model.error == "the GGUF file cannot be converted: its contents are not in a form this product can read"
+    shown = api.get(f"/api/v1/base-models/{model_id}/").content.decode()
+    assert "/srv/lora-studio" not in shown and "ValueError" not in shown
+    assert "/srv/lora-studio" in caplog.text  # the details stay in the server's log
 
 
 @pytest.mark.parametrize("content,message", [(b"PK\x03\x04zip", "not a GGUF file"), (b"GGUF" + b"\0" * 2000, "limit")])

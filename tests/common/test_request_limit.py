@@ -113,7 +113,11 @@ def test_the_real_application_refuses_before_authentication(settings):
     settings.MAX_REQUEST_BYTES = 1000
     big, _ = run(
         application,
-        headers=[(b"content-length", b"5000"), (b"content-type", b"application/json")],
+        headers=[
+            (b"content-length", b"5000"),
+            (b"content-type", b"application/json"),
+            (b"authorization", b"Bearer ls-not-a-key"),
+        ],
         chunks=[b"{" + b" " * 4998 + b"}"],
     )
     assert big[0]["status"] == 413
@@ -127,3 +131,47 @@ def test_the_limit_defaults_to_the_upload_limit_plus_a_megabyte():
     from django.conf import settings
 
     assert settings.MAX_REQUEST_BYTES == settings.DATASET_MAX_BYTES + 1024 * 1024
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_without_credentials_gets_the_small_limit(settings):
+    from webapp.asgi import application
+
+    settings.MAX_REQUEST_BYTES, settings.MAX_ANONYMOUS_REQUEST_BYTES = 10_000_000, 64 * 1024
+    body = b"{" + b" " * (100 * 1024) + b"}"
+    json_body = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    anonymous, pulled = run(application, headers=json_body, chunks=[body])
+    status, answer = status_and_body(anonymous)
+    assert status == 413 and pulled == 0
+    assert json.loads(answer)["error"]["message"] == (
+        "the request body is larger than the limit of 65,536 bytes for a request without a session or API key "
+        "(MAX_ANONYMOUS_REQUEST_BYTES; sign in first)"
+    )
+    # Streamed without a length, it is cut at the small limit too.
+    chunked, _ = run(application, headers=json_body[1:], chunks=[b"x" * 40_000] * 3)
+    assert chunked[0]["status"] == 413
+    # A Bearer key or a session cookie (checked by Django afterwards) gets the large limit.
+    bearer, _ = run(application, headers=[*json_body, (b"authorization", b"Bearer ls-not-a-key")], chunks=[body])
+    assert bearer[0]["status"] in (401, 403)
+    cookie = f"csrftoken=x; {settings.SESSION_COOKIE_NAME}=not-a-session".encode()
+    session, _ = run(application, headers=[*json_body, (b"cookie", cookie)], chunks=[body])
+    assert session[0]["status"] in (401, 403)
+    # A cookie other than the session's, or an empty one, is no credential.
+    for other in (b"csrftoken=x", f"{settings.SESSION_COOKIE_NAME}=".encode()):
+        refused, _ = run(application, headers=[*json_body, (b"cookie", other)], chunks=[body])
+        assert refused[0]["status"] == 413
+    # The sign-in form is far below the small limit.
+    form = b"username=alice&password=wrong"
+    login, _ = run(
+        application,
+        path="/accounts/login/",
+        headers=[(b"content-length", str(len(form)).encode()), (b"content-type", b"application/x-www-form-urlencoded")],
+        chunks=[form],
+    )
+    assert login[0]["status"] in (200, 403)  # the form answered (a 403 for the missing CSRF token)
+
+
+def test_the_anonymous_limit_defaults_to_64_kb():
+    from django.conf import settings
+
+    assert settings.MAX_ANONYMOUS_REQUEST_BYTES == 64 * 1024

@@ -283,3 +283,34 @@ def test_waiting_uploads_expire_with_their_stored_file(user, settings):
     )
     assert dataset_tasks.expire_uploads() == 1
     assert not UploadCheck.objects.exists() and not media_path(check.file).exists()
+
+
+def _deep(depth: int, kind: str) -> str:
+    return "[" * depth + "]" * depth if kind == "list" else '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [900, 10000])
+@pytest.mark.parametrize("kind", ["list", "object"])
+def test_deeply_nested_column_values_are_a_400_naming_the_nesting(client_in, api, depth, kind):
+    deep = _deep(depth, kind)
+    body = "".join(f'{{"Question": {deep}, "Reply": "r{i}"}}\n' for i in range(3)).encode()
+    page = client_in.post("/datasets/", {"file": SimpleUploadedFile("deep.jsonl", body), "name": "Deep"})
+    assert page.status_code == 400 and "levels of nesting" in page.content.decode()
+    rest = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("deep.jsonl", body)}, format="multipart")
+    assert rest.status_code == 400 and "levels of nesting" in json.dumps(rest.json())
+
+
+@pytest.mark.parametrize("kind", ["list", "object"])
+def test_deeply_nested_posted_samples_are_a_400_naming_the_problem(client_in, kind):
+    response = client_in.post("/datasets/", {"file": SimpleUploadedFile("support.csv", SUPPORT_CSV), "name": "Help"})
+    token = response.content.decode().split('name="token" value="')[1].split('"')[0]
+    post = {
+        "token": token,
+        "filename": "support.csv",
+        "columns": ["Customer Question", "Agent Answer", "Ticket"],
+        "column_samples": '{"Ticket": [' + _deep(10000, kind) + "]}",
+        "name": "Help",
+    }
+    response = client_in.post("/datasets/map/", post)
+    assert response.status_code == 400 and Dataset.objects.count() == 0
+    assert "column samples are nested too deeply" in response.content.decode()

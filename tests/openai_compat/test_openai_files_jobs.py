@@ -209,6 +209,20 @@ def test_list_get_cancel_and_pagination(api, base_model, dataset):
     assert_error(api.get("/v1/fine_tuning/jobs/ftjob-" + "0" * 32), 404)
 
 
+@pytest.mark.parametrize(("action", "shown", "flag"), [("cancel", "cancelled", "cancel"), ("pause", "paused", "pause")])
+def test_stopping_a_running_job_answers_the_requested_state(api, base_model, dataset, action, shown, flag):
+    job_id = create_job(api, dataset)[0].json()["id"]
+    job = FineTuneJob.objects.get()
+    FineTuneJob.objects.filter(id=job.id).update(status=JobStatus.RUNNING)
+    answer = api.post(f"/v1/fine_tuning/jobs/{job_id}/{action}").json()
+    assert answer["status"] == shown
+    # The worker has not stopped yet: the row is still running, and the OpenAI view keeps the requested state.
+    job.refresh_from_db()
+    assert job.status == JobStatus.RUNNING and job.stop_requested == flag
+    assert api.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == shown
+    assert api.get("/v1/fine_tuning/jobs").json()["data"][0]["status"] == shown
+
+
 def test_file_in_use_cannot_be_deleted(api, base_model, dataset):
     create_job(api, dataset)
     assert_error(api.delete(f"/v1/files/file-{dataset.id.hex}"), 409, code="file_in_use")

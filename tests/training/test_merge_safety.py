@@ -151,7 +151,10 @@ def test_a_merge_that_fails_says_why_and_clears_the_marker(api, job):
     request_merge(api, job)
     with mock.patch("jobs.training.tasks.merge_adapter", side_effect=OSError("disk full")):
         assert train_tasks.adapter_merge(str(job.id)) == "failed"
-    assert events(job) == ["merged export failed (OSError: disk full)"] and merged_status(job) == "none"
+    assert (
+        events(job) == ["merged export failed: a file could not be read or written on the server"]
+        and merged_status(job) == "none"
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -169,7 +172,7 @@ def test_the_heartbeat_keeps_a_long_merge_fresh(api, job, settings):
 
     with mock.patch("jobs.training.tasks.merge_adapter", side_effect=slow_merge):
         assert train_tasks.adapter_merge(str(job.id)) == "failed"
-    assert events(job) == ["merged export failed (OSError: stop here)"]
+    assert events(job) == ["merged export failed: a file could not be read or written on the server"]
 
 
 # --- the sweep ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ queued job waits, and the refuse/wait setting through the form, REST and the Ope
 declared capacities: tests/integration/test_routing.py."""
 
 import dataclasses
+import json
 from unittest import mock
 
 import pytest
@@ -313,8 +314,11 @@ def test_the_estimate_uses_the_workers_device_and_memory(user, base_model, datas
 
 
 def test_workers_api_shows_devices_memory_jobs_and_why_your_jobs_wait(
-    api, api_bob, user, client_in, base_model, dataset
+    api, api_bob, user, client_in, base_model, dataset, django_user_model
 ):
+    from tests.factories import bearer_client
+
+    staff = django_user_model.objects.create_user("root", is_staff=True)
     with mock.patch("jobs.training.tasks.job_run.delay"):
         mine = create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=20_000, name="mine")
         after = create_job(user, base_model, dataset, TrainConfig(**TINY), memory_mb=1000, name="after")
@@ -322,18 +326,37 @@ def test_workers_api_shows_devices_memory_jobs_and_why_your_jobs_wait(
     with fleet(("big@a", 30_000, str(mine.id)), ("small@b", 4000, None)):
         data = api.get("/api/v1/workers/").json()
         bobs = api_bob.get("/api/v1/workers/").json()
+        staffs = bearer_client(staff).get("/api/v1/workers/").json()
         page = client_in.get("/workers/").content.decode()
+        client_in.force_login(staff)
+        staff_page = client_in.get("/workers/").content.decode()
     big, small = data["workers"]
-    assert (big["name"], big["device"], big["count"], big["memory_mb"]) == ("big@a", "cpu", 1, 30_000)
-    assert big["busy"] and big["job"] == {"id": str(mine.id), "name": "mine"}
-    assert not small["busy"] and small["job"] is None
+    # A user: the capacities, busy or not, and their own job; no worker names, hosts or times.
+    assert big == {
+        "device": "cpu",
+        "count": 1,
+        "memory_mb": 30_000,
+        "busy": True,
+        "job": {"id": str(mine.id), "name": "mine"},
+        "started": None,
+        "seen": None,
+    }
+    assert not small["busy"] and small["job"] is None and small["memory_mb"] == 4000
     assert bobs["workers"][0]["busy"] and bobs["workers"][0]["job"] is None  # someone else's job: only "busy"
     reason = "waits for one of your running jobs to end (you may train 1 at a time)"
-    assert data["queued_jobs"] == 1 and data["waiting"] == [{"id": str(after.id), "name": "after", "reason": reason}]
-    assert bobs["queued_jobs"] == 1 and bobs["waiting"] == []  # another user's jobs count, unnamed
+    assert data["waiting"] == [{"id": str(after.id), "name": "after", "reason": reason}]
+    assert bobs["waiting"] == []
+    assert "queued_jobs" not in data and "queued_jobs" not in bobs  # the queue of all users is staff's
     assert data["no_fit"] == "wait"
-    assert "big@a" in page and "small@b" in page and ">mine</a>" in page and 'href="/workers/"' in page
+    for shown in (json.dumps(data), json.dumps(bobs), page):
+        assert "big@a" not in shown and "small@b" not in shown
+    assert ">mine</a>" in page and 'href="/workers/"' in page and "queued (all users)" not in page
     assert ">after</a>" in page and reason in page
+    # Staff: everything.
+    big_s = staffs["workers"][0]
+    assert (big_s["name"], big_s["host"], big_s["started"], big_s["seen"]) == ("big@a", "h", 1.0, 2.0)
+    assert staffs["queued_jobs"] == 1
+    assert "big@a" in staff_page and "small@b" in staff_page and "1 job queued (all users)" in staff_page
     from rest_framework.test import APIClient
 
     assert APIClient().get("/api/v1/workers/").status_code in (401, 403)
