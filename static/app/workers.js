@@ -15,7 +15,8 @@
     workers.replaceChildren();
     for (const [i, w] of data.workers.entries()) {
       const row = workers.insertRow();
-      cell(row, w.name || String(i + 1));  // names are for staff only cell(row, `${w.count} × ${w.device}`); cell(row, `${Math.round(w.memory_mb)} MB`);
+      cell(row, w.name || String(i + 1));  // names are for staff only
+      cell(row, `${w.count} × ${w.device}`); cell(row, `${Math.round(w.memory_mb)} MB`);
       if (w.job) cell(row, w.job.name, `/jobs/${w.job.id}/`); else cell(row, w.busy ? "busy" : "idle");
     }
     if (!data.workers.length) {
