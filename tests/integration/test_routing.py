@@ -36,6 +36,12 @@ TOO_BIG_FOR_BOTH = {**BASE, "batch_size": 128, "max_seq_length": 512}
 def test_jobs_run_only_where_they_fit(tmp_path, tiny_llama):
     env = {"WORKER_HEARTBEAT_SECONDS": "2", "SWEEP_SECONDS": "1"}
     with running_stack(tmp_path, tiny_llama, env=env, train_workers={"train-small": SMALL, "train-big": BIG}) as stack:
+        # Staff see the workers' names and hosts (users see only capacities): alice is the admin here.
+        stack.manage(
+            "shell",
+            "-c",
+            "from django.contrib.auth import get_user_model as g; g().objects.filter(username='alice').update(is_staff=True)",
+        )
         api = requests.Session()
         api.headers["Authorization"] = f"Bearer {stack.api_key()}"
         url = stack.url + "/api/v1"
