@@ -315,6 +315,23 @@ CELERY_TASK_ROUTES = {
     "base_models.hub_download": {"queue": "background"},
     "base_models.gguf_convert": {"queue": "background"},
 }
+# The background worker's threads, shared out by kind of work (jobs.common.shares): each kind runs at most its
+# share at once, and the worker runs with as many threads as the shares add up to (Procfile: -c 8), so a kind
+# that is flooded (a user pinging a dead endpoint, a long Hub download) never takes the threads of another.
+BACKGROUND_SHARES = {
+    "checks": env_int("BACKGROUND_SHARE_CHECKS", 2),  # large-upload checks and token counts
+    "exports": env_int("BACKGROUND_SHARE_EXPORTS", 2),  # merged exports, Hub downloads, GGUF conversions
+    "deliveries": env_int("BACKGROUND_SHARE_DELIVERIES", 3),  # webhook deliveries and test pings
+    "sweeps": env_int("BACKGROUND_SHARE_SWEEPS", 1),  # the sweeps that re-queue lost work, file expiry
+}
+# Within a kind's share, at most this many at once per user, so one user's slow endpoints or downloads leave
+# the rest of the share to others.
+BACKGROUND_OWNER_SHARES = {
+    "exports": env_int("BACKGROUND_OWNER_SHARE_EXPORTS", 1),
+    "deliveries": env_int("BACKGROUND_OWNER_SHARE_DELIVERIES", 1),
+}
+# A task whose share is full goes back to the broker for this many seconds instead of holding a thread.
+BACKGROUND_DEFER_SECONDS = env_int("BACKGROUND_DEFER_SECONDS", 2)
 SWEEP_SECONDS = env_int("SWEEP_SECONDS", 30)  # how often Celery beat runs the sweeps
 # The sweeps put stranded work back on track (see jobs.training.claims, the train workers' wake-ups, the merge
 # and webhook sweeps); one beat process schedules them, whatever the number of workers, and each is safe
@@ -391,6 +408,8 @@ WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 15)
 WEBHOOK_ALLOWED_PORTS = env_port_ranges("WEBHOOK_ALLOWED_PORTS", "80,443,8080,8443")
 # Internal targets an admin lets webhooks reach anyway: host names, IP addresses or CIDRs.
 WEBHOOK_ALLOWED_HOSTS = env_hosts("WEBHOOK_ALLOWED_HOSTS", [])
+# Test pings still being sent (not answered or failed) a user may have across their webhooks; one per webhook.
+WEBHOOK_PINGS_IN_FLIGHT_PER_USER = env_int("WEBHOOK_PINGS_IN_FLIGHT_PER_USER", 2)
 DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM2-135M-Instruct")))
 # Base models (base_models): staff add shared ones on the Models page; USER_MODELS=1 lets every user add
 # models private to them. Downloads and GGUF conversions are made under MEDIA_ROOT/base-models/ (and

@@ -5,7 +5,8 @@
     │   └── ConfigError         a training or sampling setting is not allowed (worker.config's dataclasses)
     ├── DatasetError            a data file cannot be used, with its problems by line (worker.data.problems)
     └── ProductError            the web side's refusals with their HTTP status (jobs.common.exceptions)
-        └── StateError          the object's state forbids it (409)
+        ├── StateError          the object's state forbids it (409)
+        └── Busy                the same work is still under way: try again in `retry_after` s (429)
     TrainingError               apart (a RuntimeError): training cannot go on; plain advice for the user
 
 `status` is the HTTP status the APIs answer with; the engine only carries it.

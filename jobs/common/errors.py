@@ -13,6 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from jobs.common.exceptions import Busy
 from worker.errors import StudioError
 
 REST_PREFIX = "/api/v1/"
@@ -35,7 +36,8 @@ def rest_exception_handler(exc, context):
     """The product's errors (worker.errors.StudioError) become 4xx JSON naming the field (or file and line);
     never a 500 page."""
     if isinstance(exc, StudioError):
-        return Response({"error": exc.body()}, status=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        return Response({"error": exc.body()}, status=exc.status, headers=headers)
     return drf_exception_handler(exc, context)
 
 

@@ -17,3 +17,18 @@ class StateError(ProductError):
 
     status = 409
     field = "status"
+
+
+class Busy(ProductError):
+    """The same work is still under way (a test ping still being sent): a 429 whose Retry-After header says
+    when to try again, in `retry_after` seconds."""
+
+    status = 429
+    field = "request"
+
+    def __init__(self, message: str, *, retry_after: int, field: str | None = None):
+        super().__init__(message, field=field)
+        self.retry_after = max(1, int(retry_after))
+
+    def body(self) -> dict:
+        return {**super().body(), "retry_after": self.retry_after}

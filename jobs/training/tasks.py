@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from jobs.common import blobs, queue
 from jobs.common.errors import failure_category
+from jobs.common.shares import EXPORTS, owner_share
 from jobs.training import merges, services, workers
 from jobs.training.claims import Claim, expired_running_jobs, record_crash
 from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir, merged_zip_name
@@ -298,24 +299,25 @@ def adapter_merge(job_id: str) -> str:
         )
         return "failed"
     token = None
-    try:
-        need, budget = merge_memory_need(job), settings.MERGE_MEMORY_BUDGET_MB * MIB
-        if need > budget:
-            _merge_give_up(
-                job,
-                f"merged export refused: it needs about {need / MIB:,.1f} MB (the base's weights "
-                f"unquantized and the adapter), more than MERGE_MEMORY_BUDGET_MB "
-                f"({settings.MERGE_MEMORY_BUDGET_MB:,} MB)",
-            )
-            return "refused"
-        token = merges.merge_claim(job)
-        if token is None:
-            return "in progress"  # another worker claimed it a moment ago
-        return _merge_claimed(job, token)
-    except Exception as exc:
-        log.exception("merge of job %s failed", job_id)
-        _merge_give_up(job, f"merged export failed: {failure_category(exc)}", token=token)
-        return "failed"
+    with owner_share(EXPORTS, job.owner_id):  # before the try: a full share is not a failure
+        try:
+            need, budget = merge_memory_need(job), settings.MERGE_MEMORY_BUDGET_MB * MIB
+            if need > budget:
+                _merge_give_up(
+                    job,
+                    f"merged export refused: it needs about {need / MIB:,.1f} MB (the base's weights "
+                    f"unquantized and the adapter), more than MERGE_MEMORY_BUDGET_MB "
+                    f"({settings.MERGE_MEMORY_BUDGET_MB:,} MB)",
+                )
+                return "refused"
+            token = merges.merge_claim(job)
+            if token is None:
+                return "in progress"  # another worker claimed it a moment ago
+            return _merge_claimed(job, token)
+        except Exception as exc:
+            log.exception("merge of job %s failed", job_id)
+            _merge_give_up(job, f"merged export failed: {failure_category(exc)}", token=token)
+            return "failed"
 
 
 def _merge_claimed(job: FineTuneJob, token: str) -> str:

@@ -103,9 +103,11 @@ class WebhookDeliveryListApi(APIView):
 
 
 class WebhookTestApi(APIView):
-    """POST with no body: queue a signed `ping` event to the endpoint (202); follow it in .../deliveries/."""
+    """POST with no body: queue a signed `ping` event to the endpoint (202; one attempt); follow it in
+    .../deliveries/. 429 with Retry-After while a ping to this webhook (or WEBHOOK_PINGS_IN_FLIGHT_PER_USER
+    across yours) is still being sent."""
 
-    @extend_schema(request=None, responses={202: DeliveryOutput, **error_responses(400, 403, 404)})
+    @extend_schema(request=None, responses={202: DeliveryOutput, **error_responses(400, 403, 404, 429)})
     def post(self, request, webhook_id):
         delivery = webhook_ping(webhook=selectors.webhook_get(owner=request.user, webhook_id=webhook_id))
         return Response(DeliveryOutput(delivery).data, status=status.HTTP_202_ACCEPTED)

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import transaction
@@ -14,14 +15,14 @@ from django.utils import timezone
 
 from jobs.accounts.limits import check_limit
 from jobs.common import queue
+from jobs.common.exceptions import Busy
 from jobs.common.ids import ftjob_id
 from jobs.common.outbound import REFUSED_PORT, REFUSED_URL, OutboundPolicy, registration_refusal
 from jobs.training.models import TERMINAL_STATUSES, FineTuneJob
-from jobs.webhooks.models import Webhook, WebhookDelivery, webhook_secret_new
+from jobs.webhooks.models import PING_EVENT, Webhook, WebhookDelivery, ping_window, pings_in_flight, webhook_secret_new
 from worker.errors import InputError
 
 EVENT_TYPES = {status.value: f"fine_tuning.job.{status.value}" for status in TERMINAL_STATUSES}
-PING_EVENT = "ping"
 
 
 def webhook_url_validate(url: str) -> str:
@@ -121,11 +122,38 @@ def webhook_event_for_job(job: FineTuneJob) -> list[WebhookDelivery]:
 
 
 def webhook_ping(*, webhook: Webhook) -> WebhookDelivery:
-    """Queue a signed `ping` event to the endpoint (sent on commit, retried like any event), so an owner
-    can check their receiver and its signature check before a job ends."""
+    """Queue a signed `ping` event to the endpoint (sent on commit, one attempt), so an owner can check their
+    receiver and its signature check before a job ends. One ping at a time per webhook and at most
+    WEBHOOK_PINGS_IN_FLIGHT_PER_USER across the owner's webhooks: more is refused with Busy (429)."""
     if not webhook.active:
         raise InputError("webhook", "is inactive, so nothing is sent to it")
     with transaction.atomic():
+        # Locking the owner's webhooks makes two pings at once take turns here (PostgreSQL; SQLite has one writer).
+        list(Webhook.objects.select_for_update().filter(owner_id=webhook.owner_id).values_list("id", flat=True))
+        _ping_refusal(webhook)
         delivery = _delivery_create(webhook=webhook, event=PING_EVENT, data={"webhook": webhook.id, "url": webhook.url})
         queue.enqueue(queue.WEBHOOK_DELIVER, str(delivery.id))
     return delivery
+
+
+def _ping_refusal(webhook: Webhook) -> None:
+    """Raise Busy when a ping to this webhook, or the owner's allowance of pings, is still in flight."""
+    in_flight = pings_in_flight(WebhookDelivery.objects.filter(webhook__owner_id=webhook.owner_id))
+    own = in_flight.filter(webhook_id=webhook.id).order_by("created").first()
+    allowed = settings.WEBHOOK_PINGS_IN_FLIGHT_PER_USER
+    if own is None and in_flight.count() < allowed:
+        return
+    oldest = own or in_flight.order_by("created").first()
+    # The ping ends with its one attempt (WEBHOOK_TIMEOUT_SECONDS) or, at the latest, when its window closes.
+    left = (oldest.created + ping_window() - timezone.now()).total_seconds() if oldest else 0
+    wait = int(min(max(left, 1), settings.WEBHOOK_TIMEOUT_SECONDS)) + 1
+    if own is not None:
+        raise Busy(
+            f"a test ping to this webhook is still being sent; try again in {wait} s", retry_after=wait, field="webhook"
+        )
+    raise Busy(
+        f"{allowed} test ping{'s' if allowed != 1 else ''} to your webhooks {'are' if allowed != 1 else 'is'} still "
+        f"being sent (setting WEBHOOK_PINGS_IN_FLIGHT_PER_USER); try again in {wait} s",
+        retry_after=wait,
+        field="webhook",
+    )

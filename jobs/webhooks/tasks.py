@@ -19,13 +19,15 @@ from django.utils import timezone
 
 from jobs.common import queue
 from jobs.common.outbound import TIMEOUT, OutboundError, Resolver, failure_category, outbound_connection
-from jobs.webhooks.models import MAX_ATTEMPTS, WebhookDelivery
+from jobs.common.shares import DELIVERIES, owner_share
+from jobs.webhooks.models import MAX_ATTEMPTS, PING_EVENT, PING_START_GRACE_S, WebhookDelivery
 from jobs.webhooks.signing import webhook_signature
 
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 30  # 30 s, 1 min, 2 min, 4 min between the five attempts
 ANSWER_MAX_BYTES = 64 * 1024  # what a receiver says back is not needed: read this much at most, then hang up
+PING_TOO_LATE = "not sent: the background worker was too busy to send it in time; send another test"
 SWEEP_GRACE_S = 300  # past its backoff, how long a delivery may sit untouched before the sweep sends it again
 
 
@@ -127,15 +129,27 @@ def webhook_send(delivery: WebhookDelivery) -> int:
 
 @shared_task(name=queue.WEBHOOK_DELIVER, bind=True, max_retries=MAX_ATTEMPTS - 1, acks_late=True)
 def webhook_deliver(self, delivery_id: str) -> str:
-    """Send one delivery; on failure record why and retry later, up to MAX_ATTEMPTS in all."""
+    """Send one delivery; on failure record why and retry later, up to its max_attempts in all (a test ping
+    gets one). Runs within the owner's share of deliveries (jobs.common.shares)."""
     delivery = WebhookDelivery.objects.select_related("webhook").filter(id=delivery_id, delivered=False).first()
     if delivery is None:
         return "skipped"
     if not delivery.webhook.active:
         return "inactive"
+    with owner_share(DELIVERIES, delivery.webhook.owner_id):
+        return _deliver(self, delivery)
+
+
+def _deliver(task, delivery: WebhookDelivery) -> str:
+    if delivery.event == PING_EVENT and timezone.now() - delivery.created > dt.timedelta(seconds=PING_START_GRACE_S):
+        # Its answer is no longer awaited, and the owner may have sent another: not sent (so at most one is).
+        WebhookDelivery.objects.filter(id=delivery.id, attempts=0).update(
+            last_error=PING_TOO_LATE, updated=timezone.now()
+        )
+        return "failed"
     # Counting the attempt is the claim: a message sent twice (the sweep, a redelivery) never makes a sixth.
     # `updated` is auto_now, which QuerySet.update() leaves alone: it is set by hand, as the sweep reads it.
-    if not WebhookDelivery.objects.filter(id=delivery.id, attempts__lt=MAX_ATTEMPTS).update(
+    if not WebhookDelivery.objects.filter(id=delivery.id, attempts__lt=delivery.max_attempts).update(
         attempts=F("attempts") + 1, updated=timezone.now()
     ):
         return "failed"
@@ -146,10 +160,10 @@ def webhook_deliver(self, delivery_id: str) -> str:
         WebhookDelivery.objects.filter(id=delivery.id).update(
             last_error=str(exc), status_code=exc.status_code, updated=timezone.now()
         )
-        if delivery.attempts >= MAX_ATTEMPTS:
+        if delivery.attempts >= delivery.max_attempts:
             log.warning("webhook delivery %s gave up after %d attempts: %s", delivery.id, delivery.attempts, exc)
             return "failed"
-        raise self.retry(countdown=webhook_backoff(delivery.attempts), exc=exc) from exc
+        raise task.retry(countdown=webhook_backoff(delivery.attempts), exc=exc) from exc
     WebhookDelivery.objects.filter(id=delivery.id).update(
         delivered=True, status_code=code, last_error="", updated=timezone.now()
     )
@@ -164,7 +178,9 @@ def overdue_deliveries(now: dt.datetime):
     for attempts in range(MAX_ATTEMPTS):
         wait = (webhook_backoff(attempts) if attempts else 0) + settings.WEBHOOK_TIMEOUT_SECONDS + SWEEP_GRACE_S
         late |= Q(attempts=attempts, updated__lt=now - dt.timedelta(seconds=wait))
-    return WebhookDelivery.objects.filter(late, delivered=False, webhook__active=True)
+    # A ping has one attempt: once made, there is nothing to send again.
+    tried_pings = Q(event=PING_EVENT, attempts__gte=1)
+    return WebhookDelivery.objects.filter(late, delivered=False, webhook__active=True).exclude(tried_pings)
 
 
 @shared_task(name=queue.SWEEP_WEBHOOKS, acks_late=True)

@@ -11,6 +11,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from jobs.accounts.limits import QuotaExceeded
+from jobs.common.exceptions import Busy
 from jobs.webhooks import selectors
 from jobs.webhooks.models import Webhook
 from jobs.webhooks.services import webhook_create, webhook_delete, webhook_ping, webhook_secret_rotate
@@ -81,6 +82,8 @@ def webhook_test(request, webhook_id):
         webhook_ping(webhook=webhook)
     except InputError as exc:
         messages.error(request, f"The webhook {exc.message}.")
+    except Busy as exc:
+        messages.error(request, exc.message[0].upper() + exc.message[1:] + ".")
     else:
         messages.success(request, f"Sent a test event to {webhook.url}; its delivery shows below within seconds.")
     return redirect("webhook-list")

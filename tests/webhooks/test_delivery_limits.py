@@ -93,10 +93,16 @@ def ping(user, url) -> WebhookDelivery:
         return webhook_ping(webhook=webhook_create(owner=user, url=url))
 
 
+def job_event(user, url) -> WebhookDelivery:
+    """A job event's delivery (retried up to MAX_ATTEMPTS, unlike a ping), not sent yet."""
+    hook = webhook_create(owner=user, url=url)
+    return WebhookDelivery.objects.create(webhook=hook, event="fine_tuning.job.failed", payload={"id": "msg_x"})
+
+
 @pytest.mark.parametrize("mode", ["status", "body"])
 def test_a_trickling_endpoint_fails_the_attempt_at_the_deadline(user, slow_endpoint, short_deadline, mode):
     SlowEndpoint.mode = mode
-    delivery = ping(user, slow_endpoint)
+    delivery = job_event(user, slow_endpoint)
     started = time.monotonic()
     # Called directly, Celery's self.retry re-raises the failure instead of scheduling the retry.
     with mock.patch.object(webhook_deliver, "retry", wraps=webhook_deliver.retry) as retry:
@@ -112,10 +118,28 @@ def test_a_trickling_endpoint_fails_the_attempt_at_the_deadline(user, slow_endpo
     assert 0 < SlowEndpoint.sent[0] < (100 * 17 if mode == "status" else 1000)
 
 
+def test_a_test_ping_gets_one_attempt_and_fails_at_once(user, slow_endpoint, short_deadline):
+    """A ping is a test button: its one attempt ends at the deadline and shows `failed`, with no retry queued."""
+    SlowEndpoint.mode = "status"
+    delivery = ping(user, slow_endpoint)
+    started = time.monotonic()
+    with mock.patch.object(webhook_deliver, "retry") as retry:
+        assert webhook_deliver(str(delivery.id)) == "failed"
+    assert time.monotonic() - started <= DEADLINE_S + SLACK_S
+    retry.assert_not_called()
+    delivery.refresh_from_db()
+    assert (delivery.attempts, delivery.delivered, delivery.state) == (1, False, "failed")
+    assert delivery.last_error == f"timeout: no complete answer within {DEADLINE_S} s"
+    # A second message for it (a redelivery) sends nothing: its one attempt is spent.
+    with mock.patch("jobs.webhooks.tasks.webhook_post") as post:
+        assert webhook_deliver(str(delivery.id)) == "failed"
+    post.assert_not_called()
+
+
 def test_an_endless_answer_is_read_up_to_the_cap_only(user, slow_endpoint, settings):
     settings.WEBHOOK_TIMEOUT_SECONDS = 10
     SlowEndpoint.mode = "endless"
-    delivery = ping(user, slow_endpoint)
+    delivery = job_event(user, slow_endpoint)
     read = []
     original = http.client.HTTPResponse.read
 
@@ -139,9 +163,8 @@ def test_an_endless_answer_is_read_up_to_the_cap_only(user, slow_endpoint, setti
 
 
 def delivery_at(hook, *, attempts=0, age_s: float, **fields) -> WebhookDelivery:
-    delivery = WebhookDelivery.objects.create(
-        webhook=hook, event="ping", payload={"id": "msg_x"}, attempts=attempts, **fields
-    )
+    fields.setdefault("event", "fine_tuning.job.succeeded")
+    delivery = WebhookDelivery.objects.create(webhook=hook, payload={"id": "msg_x"}, attempts=attempts, **fields)
     # `updated` is auto_now on save(); update() sets the age the sweep reads.
     WebhookDelivery.objects.filter(id=delivery.id).update(updated=timezone.now() - dt.timedelta(seconds=age_s))
     return delivery
@@ -156,6 +179,7 @@ def test_the_sweep_requeues_only_deliveries_whose_message_was_lost(user, setting
     delivery_at(hook, attempts=2, age_s=late)  # waiting for its backoff (60 s) + grace: not lost yet
     delivery_at(hook, attempts=1, age_s=10 * late, delivered=True)
     delivery_at(hook, attempts=MAX_ATTEMPTS, age_s=10 * late)  # given up
+    delivery_at(hook, event="ping", attempts=1, age_s=10 * late)  # a ping's one attempt was made: nothing owed
     inactive = Webhook.objects.create(owner=user, url="https://example.com/off", active=False)
     delivery_at(inactive, age_s=10 * late)
     with mock.patch("jobs.webhooks.tasks.webhook_deliver.delay") as delay:

@@ -148,7 +148,7 @@ def test_deliveries_show_status_attempts_and_response_code_newest_first(api, use
         {"attempts": 2, "status_code": 500, "last_error": "HTTP 500"},
         {"attempts": MAX_ATTEMPTS, "last_error": "ConnectionError: refused"},
     ):
-        WebhookDelivery.objects.create(webhook=hook, event="ping", payload={"id": "msg_x"}, **fields)
+        WebhookDelivery.objects.create(webhook=hook, event="fine_tuning.job.failed", payload={"id": "msg_x"}, **fields)
     page = api.get(f"/api/v1/webhooks/{hook.id}/deliveries/?page_size=2").json()
     assert [(d["status"], d["attempts"], d["response_code"]) for d in page["results"]] == [
         ("failed", MAX_ATTEMPTS, None),
