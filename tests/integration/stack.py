@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 REAL_REDIS_URL = os.environ.get("TEST_REDIS_URL", f"redis://{TEST_REDIS}/{XDIST_INDEX}")
+# The background worker's threads as `make run` starts it (the sum of BACKGROUND_SHARES: jobs.common.shares).
+BACKGROUND_THREADS = next(iter(re.findall(r"-Q background -c (\d+)", (ROOT / "Procfile").read_text())))
 
 
 def free_port() -> int:
@@ -135,7 +137,12 @@ class Stack:
         for name, extra in self.train_workers.items():
             self._spawn(name, celery + ["-Q", "train", "-n", f"{name}-{self.port}@%h"], extra)
         self._spawn("infer", celery + ["-Q", "infer", "-n", f"infer-{self.port}@%h"])
-        threads = [a for a in celery if a not in ("-c", "1", "--pool", "solo")] + ["-c", "4", "--pool", "threads"]
+        threads = [a for a in celery if a not in ("-c", "1", "--pool", "solo")] + [
+            "-c",
+            BACKGROUND_THREADS,
+            "--pool",
+            "threads",
+        ]
         self._spawn("background", threads + ["-Q", "background", "-n", f"background-{self.port}@%h"])
         self._spawn(
             "beat",
