@@ -193,6 +193,11 @@ AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contri
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = dt.timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# Reverse proxies in front of the web server that append the client's address to X-Forwarded-For (0: none,
+# the header is ignored). Behind a proxy, set it: else every failure counts against the proxy's one address
+# and anyone could lock a user out (jobs.common.client_address).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+AXES_CLIENT_IP_CALLABLE = "jobs.common.client_address.client_address"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "jobs.accounts.views.login_locked_out"
 AXES_HTTP_RESPONSE_CODE = 429
@@ -435,6 +440,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["jobs.accounts.auth.ApiKeyRateThrottle", "jobs.accounts.auth.SessionUserRateThrottle"],
     "EXCEPTION_HANDLER": "jobs.common.errors.rest_exception_handler",
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,  # an address-keyed throttle reads X-Forwarded-For as the lockout does
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PARSER_CLASSES": [
         "jobs.common.rest.SafeJSONParser",
