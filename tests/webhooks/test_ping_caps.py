@@ -73,7 +73,9 @@ def test_the_page_says_a_ping_is_still_being_sent(client_in, user, settings):
     assert client_in.post(f"/account/webhooks/{hook.id}/test/").status_code == 302
     response = client_in.post(f"/account/webhooks/{hook.id}/test/", follow=True)
     assert response.status_code == 200
-    assert "A test ping to this webhook is still being sent; try again in 16 s." in response.content.decode()
+    page = response.content.decode()
+    assert "A test ping to this webhook is still being sent; try again in 16 s." in page
+    assert "a test event is sent once, one at a time per webhook" in page
     assert WebhookDelivery.objects.filter(webhook=hook).count() == 1
 
 
