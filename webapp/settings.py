@@ -273,6 +273,10 @@ DATASET_PARSE_SECONDS = env_int("DATASET_PARSE_SECONDS", 120)
 # Uploads up to this size are checked during the request (instant, located errors); larger ones are
 # stored and checked by the background worker while the page shows the check's progress.
 DATASET_CHECK_INLINE_BYTES = env_int("DATASET_CHECK_INLINE_BYTES", 1024 * 1024)
+# Parse children started by requests (each up to DATASET_PARSE_MEMORY_MB): at most this many per user and in
+# all, across every web process (counted in Redis); beyond, the upload is refused with 429 and Retry-After.
+PARSE_CHILDREN_PER_USER = env_int("PARSE_CHILDREN_PER_USER", 2)
+PARSE_CHILDREN_TOTAL = env_int("PARSE_CHILDREN_TOTAL", 4)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 

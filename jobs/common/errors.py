@@ -33,9 +33,13 @@ def failure_category(exc: BaseException) -> str:
 
 def rest_exception_handler(exc, context):
     """The product's errors (worker.errors.StudioError) become 4xx JSON naming the field (or file and line);
-    never a 500 page."""
+    never a 500 page. One that says when to come back (`retry_after`, e.g. Busy) sends it as Retry-After."""
     if isinstance(exc, StudioError):
-        return Response({"error": exc.body()}, status=exc.status)
+        response = Response({"error": exc.body()}, status=exc.status)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            response["Retry-After"] = str(int(retry_after))
+        return response
     return drf_exception_handler(exc, context)
 
 

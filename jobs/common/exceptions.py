@@ -17,3 +17,15 @@ class StateError(ProductError):
 
     status = 409
     field = "status"
+
+
+class Busy(ProductError):
+    """The server is doing as much of this work as it allows at once: try again after `retry_after` seconds
+    (the APIs send it as Retry-After)."""
+
+    status = 429
+    field = "request"
+
+    def __init__(self, message: str, *, retry_after: int, field: str | None = None):
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
