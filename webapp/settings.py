@@ -409,6 +409,8 @@ OFFLINE = env_bool("OFFLINE", False)
 HUB_ALLOWED_PORTS = env_port_ranges("HUB_ALLOWED_PORTS", "80,443")
 HUB_ALLOWED_HOSTS = env_hosts("HUB_ALLOWED_HOSTS", [])
 HUB_TIMEOUT_SECONDS = env_int("HUB_TIMEOUT_SECONDS", 30)
+# How long a Hub token given for a download is kept (in Redis only, never in the database) for that download.
+HUB_TOKEN_SECONDS = env_int("HUB_TOKEN_SECONDS", 24 * 3600)
 # A GGUF upload is refused past this size (a larger one also needs MAX_REQUEST_BYTES raised).
 GGUF_MAX_BYTES = env_int("GGUF_MAX_BYTES", DATASET_MAX_BYTES)
 
