@@ -79,7 +79,7 @@ class FileListApi(OpenAIView):
 
     @openai_schema(
         "createFile",
-        errors=(400, 409, 429),
+        errors=(400, 409),
         request=inline_serializer(
             "FileUpload", {"file": serializers.FileField(), "purpose": serializers.ChoiceField(["fine-tune"])}
         ),
