@@ -38,7 +38,9 @@ def hub_token_of(model_id) -> str:
     except redis.RedisError as exc:
         log.warning("could not read the Hub token of %s: %s", model_id, exc)
         return ""
-    return value.decode() if value else ""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value or ""
 
 
 def hub_token_forget(model_id) -> None:
