@@ -289,7 +289,11 @@ def dataset_download(request, dataset_id):
 @login_required
 @require_POST
 def dataset_demo(request):
-    ds = services.dataset_create_demo(owner=request.user)
+    try:
+        ds = services.dataset_create_demo(owner=request.user)
+    except (QuotaExceeded, Busy) as exc:
+        messages.error(request, exc.message)
+        return redirect("dataset-list")
     messages.success(request, f"Added the demo dataset ({ds.rows} examples). Now pick your settings.")
     return redirect(f"{reverse('job-new')}?dataset={ds.id}")
 

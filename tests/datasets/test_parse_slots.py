@@ -127,3 +127,10 @@ def test_without_redis_the_slots_are_counted_in_this_process(settings, user, db)
             pass
     finally:
         parse_slots.redis_client.cache_clear()
+
+
+def test_the_demo_button_says_why_when_every_slot_is_taken(caps, user, client_in, fill):
+    fill(user)
+    response = client_in.post("/datasets/demo/", follow=True)
+    assert response.status_code == 200 and "you already have 2 uploads being checked" in response.content.decode()
+    assert not Dataset.objects.exists()
