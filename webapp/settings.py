@@ -278,6 +278,10 @@ DATASET_PARSE_SECONDS = env_int("DATASET_PARSE_SECONDS", 120)
 # Uploads up to this size are checked during the request (instant, located errors); larger ones are
 # stored and checked by the background worker while the page shows the check's progress.
 DATASET_CHECK_INLINE_BYTES = env_int("DATASET_CHECK_INLINE_BYTES", 1024 * 1024)
+# Parse children started by requests (each up to DATASET_PARSE_MEMORY_MB): at most this many per user and in
+# all, across every web process (counted in Redis); beyond, the upload is refused with 429 and Retry-After.
+PARSE_CHILDREN_PER_USER = env_int("PARSE_CHILDREN_PER_USER", 2)
+PARSE_CHILDREN_TOTAL = env_int("PARSE_CHILDREN_TOTAL", 4)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
@@ -429,6 +433,8 @@ OFFLINE = env_bool("OFFLINE", False)
 HUB_ALLOWED_PORTS = env_port_ranges("HUB_ALLOWED_PORTS", "80,443")
 HUB_ALLOWED_HOSTS = env_hosts("HUB_ALLOWED_HOSTS", [])
 HUB_TIMEOUT_SECONDS = env_int("HUB_TIMEOUT_SECONDS", 30)
+# How long a Hub token given for a download is kept (in Redis only, never in the database) for that download.
+HUB_TOKEN_SECONDS = env_int("HUB_TOKEN_SECONDS", 24 * 3600)
 # A GGUF upload is refused past this size (a larger one also needs MAX_REQUEST_BYTES raised).
 GGUF_MAX_BYTES = env_int("GGUF_MAX_BYTES", DATASET_MAX_BYTES)
 

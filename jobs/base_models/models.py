@@ -50,8 +50,7 @@ class BaseModel(models.Model):
     context_length = models.IntegerField(default=0)
     hub_id = models.CharField(max_length=200, blank=True)
     hub_revision = models.CharField(max_length=200, blank=True)
-    # Kept only while the download may still need it (a resumed download), cleared when it ends.
-    hub_token = models.CharField(max_length=500, blank=True)
+    # A download's Hub token is never stored here: see hub_tokens (Redis, with an expiry).
     bytes_total = models.BigIntegerField(default=0)
     bytes_done = models.BigIntegerField(default=0)
 

@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, Q
 
 from jobs.base_models.hub import HubClient, HubError, check_repo_id, check_revision, files_to_fetch, remote_code_refusal
+from jobs.base_models.hub_tokens import hub_token_forget, hub_token_keep, hub_token_of
 from jobs.base_models.models import BaseModel, ModelSource, ModelStatus
 from jobs.common import blobs, queue
 from jobs.common.blobs import is_store_url, model_local_path
@@ -198,17 +199,19 @@ def base_model_add_from_hub(*, by, hub_id: str, revision: str = "", token: str =
     revision = check_revision((revision or "").strip() or "main")
     if len(token or "") > 500:
         raise ProductError("the token is too long", field="token")
-    model = _create(
-        name=_check_name(name or hub_id, owner=owner),
-        path="",
-        owner=owner,
-        source=ModelSource.HUB,
-        status=ModelStatus.QUEUED,
-        hub_id=hub_id,
-        hub_revision=revision,
-        hub_token=(token or "").strip(),
-    )
-    queue.enqueue(queue.HUB_DOWNLOAD, str(model.id))
+    with transaction.atomic():
+        model = _create(
+            name=_check_name(name or hub_id, owner=owner),
+            path="",
+            owner=owner,
+            source=ModelSource.HUB,
+            status=ModelStatus.QUEUED,
+            hub_id=hub_id,
+            hub_revision=revision,
+        )
+        if (token or "").strip():
+            hub_token_keep(model.id, token.strip())  # refused: the row goes too
+        queue.enqueue(queue.HUB_DOWNLOAD, str(model.id))
     return model
 
 
@@ -262,7 +265,8 @@ def _claim(model_id, *, waiting: ModelStatus, working: ModelStatus) -> BaseModel
 
 
 def _fail(model: BaseModel, message: str, folder: Path | None) -> None:
-    BaseModel.objects.filter(id=model.id).update(status=ModelStatus.FAILED, error=message[:2000], hub_token="")
+    BaseModel.objects.filter(id=model.id).update(status=ModelStatus.FAILED, error=message[:2000])
+    hub_token_forget(model.id)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -295,7 +299,7 @@ def base_model_download(*, model_id) -> None:
         _fail(model, "this server is offline (OFFLINE=1) and cannot download from the Hugging Face Hub", folder)
         return
     client = HubClient(
-        settings.HF_ENDPOINT, token=model.hub_token, policy=hub_policy(), timeout=settings.HUB_TIMEOUT_SECONDS
+        settings.HF_ENDPOINT, token=hub_token_of(model.id), policy=hub_policy(), timeout=settings.HUB_TIMEOUT_SECONDS
     )
     try:
         sha, listed = client.repo_files(model.hub_id, model.hub_revision)
@@ -318,7 +322,8 @@ def base_model_download(*, model_id) -> None:
             for file in wanted:
                 client.download(model.hub_id, sha, file, folder, progress)
         progress.save()
-        _finish(model, model_relative(model), hub_token="")
+        _finish(model, model_relative(model))
+        hub_token_forget(model.id)
     except ProductError as exc:
         _fail(model, exc.message, folder)
     except (OSError, ValueError) as exc:

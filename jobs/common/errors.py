@@ -34,7 +34,7 @@ def failure_category(exc: BaseException) -> str:
 
 def rest_exception_handler(exc, context):
     """The product's errors (worker.errors.StudioError) become 4xx JSON naming the field (or file and line);
-    never a 500 page."""
+    never a 500 page. One that says when to come back (`retry_after`, e.g. Busy) sends it as Retry-After."""
     if isinstance(exc, StudioError):
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
         return Response({"error": exc.body()}, status=exc.status, headers=headers)

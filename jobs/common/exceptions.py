@@ -20,8 +20,9 @@ class StateError(ProductError):
 
 
 class Busy(ProductError):
-    """The same work is still under way (a test ping still being sent): a 429 whose Retry-After header says
-    when to try again, in `retry_after` seconds."""
+    """The same work is still under way (a test ping still being sent), or the server does as much of this
+    work as it allows at once (parse children): a 429 whose Retry-After header says when to try again, in
+    `retry_after` seconds."""
 
     status = 429
     field = "request"

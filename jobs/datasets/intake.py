@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 
 from django.conf import settings
@@ -15,6 +16,7 @@ from jobs.accounts.limits import check_limit, storage_used
 from jobs.common import blobs
 from jobs.common.storage import media_path
 from jobs.datasets.models import Dataset
+from jobs.datasets.parse_slots import parse_slot
 from jobs.datasets.token_profiles import tokens_count_for_default_model
 from worker.data.formats import format_for_filename
 from worker.data.limits import DataLimits
@@ -69,14 +71,20 @@ def dataset_store(
     on_progress=None,
     extra_stats: dict | None = None,
     tokens_now: bool | None = None,
+    background: bool = False,
+    dataset_id: uuid.UUID | None = None,
 ) -> Dataset:
     """Check the local file `source` and store it (it is moved into place) as a new Dataset. Its tokens are
     counted with the default model's tokenizer during the call for a file up to DATASET_CHECK_INLINE_BYTES
-    (or `tokens_now`), else by a background worker. Raises what dataset_validate raises; nothing stays stored."""
+    (or `tokens_now`), else by a background worker. Raises what dataset_validate raises; nothing stays stored.
+    During a request (not `background`: a worker's concurrency bounds its own) the check holds a parse slot,
+    Busy (429) when the owner or the server has none free. `dataset_id`: the new row's id (a background check's,
+    so the id a client was given for the upload names the dataset it becomes)."""
     file_id = uuid.uuid4().hex
     original, normalized_name = f"datasets/{file_id}{Path(source).suffix}", f"datasets/{file_id}.normalized.jsonl"
     try:
-        with blobs.writing(normalized_name) as normalized, blobs.writing(original) as final:
+        slot = nullcontext() if background else parse_slot(owner)
+        with slot, blobs.writing(normalized_name) as normalized, blobs.writing(original) as final:
             loaded = dataset_validate(
                 path=source,
                 filename=filename,
@@ -88,6 +96,7 @@ def dataset_store(
             os.replace(source, final)
         with transaction.atomic():
             dataset = Dataset.objects.create(
+                id=dataset_id or uuid.uuid4(),
                 owner=owner,
                 name=(name or filename)[:200],
                 original_name=filename[:255],

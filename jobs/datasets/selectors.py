@@ -59,6 +59,16 @@ def upload_check_get(*, owner, check_id) -> UploadCheck:
     return get_object_or_404(UploadCheck, owner=owner, id=check_id)
 
 
+def upload_check_find(*, owner, check_id) -> UploadCheck | None:
+    """The owner's upload check with this id that has not become a dataset (None otherwise)."""
+    return UploadCheck.objects.filter(owner=owner, id=check_id).exclude(status=UploadCheck.Status.READY).first()
+
+
+def upload_checks_pending(*, owner) -> QuerySet[UploadCheck]:
+    """The owner's uploads that have not become a dataset (waiting, being checked, refused or unmapped)."""
+    return UploadCheck.objects.filter(owner=owner).exclude(status=UploadCheck.Status.READY)
+
+
 def upload_check_json(check: UploadCheck) -> dict:
     """The check's state, the same for the page's poll and the REST API."""
     return {

@@ -15,6 +15,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs.common import blobs, queue
+from jobs.common.exceptions import StateError
 from jobs.common.storage import media_path, media_relative
 from jobs.datasets.intake import dataset_store, upload_receive
 from jobs.datasets.mapping import PENDING_DIR, dataset_check_now, parked_name
@@ -61,6 +62,14 @@ def dataset_upload(
         tmp.unlink(missing_ok=True)
 
 
+def upload_check_delete(*, check: UploadCheck) -> None:
+    """Forget an upload that has not become a dataset, with its stored file; refused while it is being checked."""
+    if not UploadCheck.objects.filter(id=check.id).exclude(status=UploadCheck.Status.CHECKING).delete()[0]:
+        raise StateError("the file is being checked; delete it once its check has ended")
+    if check.file:
+        blobs.delete(check.file)
+
+
 def _finish(check: UploadCheck, status, **fields) -> str:
     UploadCheck.objects.filter(id=check.id).update(status=status, **fields)
     return status
@@ -82,6 +91,10 @@ def upload_check_run(*, check_id) -> str:
     if not taken:
         return "skipped"
     check = UploadCheck.objects.select_related("owner").get(id=check_id)
+    done = Dataset.objects.filter(id=check.id, owner=check.owner).first()
+    if done is not None:  # an earlier run stored it and was lost before it said so
+        blobs.delete(check.file)
+        return _finish(check, UploadCheck.Status.READY, stage="", rows=done.rows, dataset=done)
     path = blobs.fetch(check.file)  # stored by the web host that took the upload
 
     def progress(stage: str, rows: int) -> None:
@@ -109,6 +122,8 @@ def upload_check_run(*, check_id) -> str:
             mapping=check.mapping or None,
             drop_duplicates=check.drop_duplicates,
             on_progress=progress,
+            background=True,
+            dataset_id=check.id,
         )
     except SchemaUnknown as exc:
         if check.mapping:

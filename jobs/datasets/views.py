@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 
 from jobs.accounts.limits import QuotaExceeded
 from jobs.base_models.selectors import base_model_find, base_model_list
+from jobs.common.exceptions import Busy
 from jobs.common.responses import file_download
 from jobs.datasets import mapping as mapping_step
 from jobs.datasets import selectors, services, token_profiles, uploads
@@ -43,6 +44,14 @@ def _dataset_page(request, *, form=None, mapping_form=None, problems=(), total=0
     )
 
 
+def _busy_page(request, exc, **forms):
+    """The list again after a refusal for now (a quota, or Busy: every parse slot taken), 429 with Retry-After."""
+    response = _dataset_page(request, status=429, **forms)
+    if getattr(exc, "retry_after", None):
+        response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 @login_required
 def dataset_list(request):
     if request.method != "POST":
@@ -61,9 +70,9 @@ def dataset_list(request):
         return _dataset_page(
             request, form=form, problems=exc.messages(), total=exc.total, failed_file=exc.filename, status=400
         )
-    except QuotaExceeded as exc:
+    except (QuotaExceeded, Busy) as exc:
         messages.error(request, exc.message)
-        return _dataset_page(request, form=form, status=429)
+        return _busy_page(request, exc, form=form)
     except mapping_step.MappingNeeded as need:
         mapping_form = MappingForm(
             columns=need.columns,
@@ -129,6 +138,9 @@ def dataset_map(request):
         return _dataset_page(request, mapping_form=form, status=400)
     except DatasetError as exc:
         return _dataset_page(request, mapping_form=form, problems=exc.messages(), total=exc.total, status=400)
+    except Busy as exc:
+        messages.error(request, exc.message)
+        return _busy_page(request, exc, mapping_form=form)
     if isinstance(ds, UploadCheck):
         return redirect("upload-check", check_id=ds.id)
     messages.success(request, f"Uploaded {ds.name}: {ds.rows} examples (mapped columns).")
@@ -254,7 +266,7 @@ def dataset_deduplicate(request, dataset_id):
     ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
     try:
         copy = services.dataset_deduplicate(dataset=ds)
-    except (services.NoDuplicates, QuotaExceeded) as exc:
+    except (services.NoDuplicates, QuotaExceeded, Busy) as exc:
         messages.error(request, exc.message)
         return redirect("dataset-detail", dataset_id=ds.id)
     except DatasetError as exc:
@@ -277,7 +289,11 @@ def dataset_download(request, dataset_id):
 @login_required
 @require_POST
 def dataset_demo(request):
-    ds = services.dataset_create_demo(owner=request.user)
+    try:
+        ds = services.dataset_create_demo(owner=request.user)
+    except (QuotaExceeded, Busy) as exc:
+        messages.error(request, exc.message)
+        return redirect("dataset-list")
     messages.success(request, f"Added the demo dataset ({ds.rows} examples). Now pick your settings.")
     return redirect(f"{reverse('job-new')}?dataset={ds.id}")
 

@@ -14,7 +14,7 @@ from jobs.common.ids import parse_public_id
 from jobs.common.rest import SafeJSONParser
 from jobs.common.schema import openai_error_responses
 from jobs.datasets.models import Dataset
-from jobs.datasets.selectors import dataset_find
+from jobs.datasets.selectors import dataset_find, upload_check_find
 from jobs.openai_compat.errors import openai_exception_handler
 from jobs.training.models import FineTuneJob
 from jobs.training.selectors import job_find
@@ -52,9 +52,16 @@ def unix_time(value) -> int | None:
 
 
 def owned_dataset(owner, value: str, param: str) -> Dataset:
-    """The owner's dataset named by a `file-...` id, or a 404 in OpenAI's words."""
+    """The owner's dataset named by a `file-...` id, or a 404 in OpenAI's words (a 400 while the file is still
+    being checked in the background, or when its check refused it)."""
     pk = parse_public_id(value, "file-")
     ds = dataset_find(owner=owner, dataset_id=pk) if pk else None
+    check = upload_check_find(owner=owner, check_id=pk) if pk and ds is None else None
+    if check is not None:
+        state = "could not be processed (see its status_details)" if check.done else "is still being processed"
+        raise OpenAIError(
+            f"File {value} {state}; use it once its status is processed", param=param, code="file_not_ready"
+        )
     if ds is None:
         raise OpenAIError(f"No such File object: {value}", param=param, code="file_not_found", status=404)
     return ds

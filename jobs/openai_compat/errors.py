@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from jobs.accounts.auth import api_key_from_header
 from jobs.accounts.limits import QuotaExceeded
 from jobs.common.errors import OpenAIError
-from jobs.common.exceptions import ProductError
+from jobs.common.exceptions import Busy, ProductError
 from jobs.datasets.mapping import MappingNeeded
 from jobs.datasets.services import DatasetInUse
 from jobs.training.services import JobStateError
@@ -63,6 +63,8 @@ def as_openai_error(exc, request=None) -> OpenAIError | None:
         return OpenAIError(str(exc), code="invalid_state", status=400)
     if isinstance(exc, QuotaExceeded):
         return OpenAIError(exc.message, param=exc.limit, code="quota_exceeded", status=429, type_="requests")
+    if isinstance(exc, Busy):
+        return OpenAIError(exc.message, code="rate_limit_exceeded", status=429, type_="requests")
     if isinstance(exc, ProductError):
         return OpenAIError(exc.message, param=exc.field, status=exc.status)
     if isinstance(exc, Http404):
@@ -97,4 +99,6 @@ def openai_exception_handler(exc, context):
         response["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, drf_exceptions.Throttled) and exc.wait:
         response["Retry-After"] = str(int(exc.wait) + 1)
+    if isinstance(exc, Busy):
+        response["Retry-After"] = str(int(exc.retry_after))
     return response

@@ -14,7 +14,6 @@ from django.utils import timezone
 from jobs.common import blobs, queue
 from jobs.common.exceptions import StateError
 from jobs.common.storage import media_relative
-from jobs.datasets.selectors import dataset_examples
 from jobs.training.files import job_evaluation, job_files, job_output_dir, merged_zip_name
 from jobs.training.live import publish_job, publish_status
 from jobs.training.merges import merge_queue, merged_export_forget, merged_status
@@ -24,11 +23,12 @@ from jobs.training.signals import job_finished
 from jobs.training.workers import wake_train_workers
 from worker.config import TrainConfig, preset_of
 from worker.data.loading import file_sha256
-from worker.data.normalized import write_normalized_jsonl
+from worker.data.normalized import copy_normalized_lines
+from worker.errors import InputError
 from worker.evaluation import summary_markdown
 from worker.export import build_adapter_zip, model_card
 from worker.reporting import WorkLost
-from worker.splits import split_examples
+from worker.splits import held_out_positions
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +81,31 @@ def _job_files_write(job: FineTuneJob, plan: JobPlan) -> dict:
             shutil.copytree(blobs.fetch(job_files(plan.snapshot_of, "data")), folder)
             rows = {k: v for k, v in plan.snapshot_of.validation.items() if k in ("train_rows", "eval_rows")}
         else:
-            train, valid = _snapshot_examples(plan)
             folder.mkdir()
-            write_normalized_jsonl(train, folder / "train.jsonl")
-            if valid:
-                write_normalized_jsonl(valid, folder / "eval.jsonl")
-            rows = {"train_rows": len(train), "eval_rows": len(valid)}
+            rows = _snapshot_write(plan, folder)
     return {**plan.validation, **rows}
 
 
-def _snapshot_examples(plan: JobPlan) -> tuple[list, list]:
-    """(training, validation) examples of a planned job, from its datasets as normalised at upload."""
+def _snapshot_write(plan: JobPlan, folder: Path) -> dict:
+    """Copy a planned job's datasets, as normalised at upload, into its snapshot example by example: a request
+    never holds a dataset whole. A split holds out the positions `split_examples` would, from the stored count."""
     assert plan.dataset is not None, "a plan without a dataset copies a snapshot instead"
-    examples = dataset_examples(dataset=plan.dataset)
-    if plan.validation["kind"] == "split":
-        return split_examples(examples, plan.validation["percent"], plan.validation["seed"])
-    if plan.validation["kind"] == "dataset":
+    validation = plan.validation
+    held: set[int] = set()
+    if validation["kind"] == "split":
+        held = held_out_positions(plan.dataset.rows, validation["percent"], validation["seed"])
+    source = blobs.fetch(plan.dataset.normalized_file)
+    train, eval_rows = copy_normalized_lines(
+        source, folder / "train.jsonl", folder / "eval.jsonl" if held else None, held
+    )
+    if validation["kind"] == "dataset":
         assert plan.validation_dataset is not None, "the plan's kind dataset names one"
-        return examples, dataset_examples(dataset=plan.validation_dataset)
-    return examples, []
+        eval_rows, _ = copy_normalized_lines(
+            blobs.fetch(plan.validation_dataset.normalized_file), folder / "eval.jsonl"
+        )
+    if not train or (validation["kind"] != "none" and not eval_rows):
+        raise InputError("dataset", "the dataset's stored examples do not match its count; upload the file again")
+    return {"train_rows": train, "eval_rows": eval_rows}
 
 
 def job_default_name(*, dataset_name: str, config: TrainConfig, when) -> str:

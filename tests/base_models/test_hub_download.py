@@ -2,14 +2,20 @@
 tiny model: a download that resumes after a dropped connection, and the refusals (remote code, pickle-only
 weights, too large, an inside address without the admin's allow-list, OFFLINE)."""
 
+import io
 import json
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from django.core.management import call_command
 
 from jobs.base_models import services
+from jobs.base_models.hub_tokens import hub_token_of
 from jobs.base_models.models import BaseModel, ModelStatus
+from jobs.common import events, queue
+from jobs.common.exceptions import ProductError
 from tests.base_models.hub_server import folder_files, hub_handler
 from tests.local_http import local_http_server
 
@@ -47,7 +53,7 @@ def hub_server(hub_repos):
 
 
 @pytest.fixture
-def hub(settings, tmp_path, hub_server):
+def hub(settings, tmp_path, hub_server, real_redis):
     """The stand-in Hub, allowed by the admin's list (it listens on 127.0.0.1), with a fresh request log."""
     hub_server.log, hub_server.dropped = [], set()
     settings.HF_ENDPOINT = hub_server.url
@@ -70,7 +76,7 @@ def test_download_resumes_a_dropped_connection_and_describes_the_model(staff, hu
     assert (model.architecture, model.context_length, model.has_chat_template) == ("LlamaForCausalLM", 512, True)
     assert model.parameters > 0 and "self_attn.q_proj" in model.linear_modules
     assert model.bytes_total == model.bytes_done == sum(len(b) for b in folder_files(tiny_llama).values())
-    assert model.hub_token == ""  # not kept once the download ended
+    assert hub_token_of(model.id) == ""  # not kept once the download ended
     weights = (tiny_llama / "model.safetensors").read_bytes()
     assert (services.model_folder(model) / "model.safetensors").read_bytes() == weights
     assert model.path == str(services.model_folder(model))
@@ -80,6 +86,37 @@ def test_download_resumes_a_dropped_connection_and_describes_the_model(staff, hu
     # The token goes to the Hub's own host (here the CDN is the same host) and to nothing else.
     assert all(auth == "Bearer hf_secret" for _, _, auth in hub.log)
     assert not list(services.model_folder(model).glob("*.part"))
+
+
+def database_text() -> str:
+    """Every row of every table, as text."""
+    out = io.StringIO()
+    call_command("dumpdata", stdout=out)
+    return out.getvalue()
+
+
+def test_the_hub_token_never_reaches_the_database_nor_a_task_message(staff, hub, real_redis):
+    with mock.patch.object(queue, "enqueue") as sent:
+        model = services.base_model_add_from_hub(by=staff, hub_id="org/tiny", token="hf_private_42")
+    assert "hf_private_42" not in database_text() and "hf_private_42" not in repr(sent.call_args_list)
+    assert real_redis.ttl(f"hub-token:{model.id}") > 0  # kept in Redis, for a while only
+    services.base_model_download(model_id=model.id)
+    assert BaseModel.objects.get(id=model.id).status == ModelStatus.READY
+    assert hub.log and all(auth == "Bearer hf_private_42" for _, _, auth in hub.log)
+    assert hub_token_of(model.id) == "" and "hf_private_42" not in database_text()
+
+
+def test_a_failed_download_forgets_its_token(staff, hub):
+    model = _download(staff, "org/pickled", token="hf_private_43")
+    assert model.status == ModelStatus.FAILED and hub_token_of(model.id) == ""
+
+
+def test_a_token_that_cannot_be_kept_refuses_the_download(staff, hub, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    events.redis_client.cache_clear()
+    with pytest.raises(ProductError, match="token cannot be kept"):
+        services.base_model_add_from_hub(by=staff, hub_id="org/tiny", token="hf_private_44")
+    assert not BaseModel.objects.exists()
 
 
 def test_a_download_whose_worker_died_resumes_its_partial_file(staff, hub, tiny_llama):

@@ -79,7 +79,7 @@ def test_a_folder_with_remote_code_is_refused(api_staff, tiny_llama, tmp_path):
     assert not BaseModel.objects.exists()
 
 
-def test_private_models_are_their_owners_only(settings, user, other_user, api, api_bob):
+def test_private_models_are_their_owners_only(settings, user, other_user, api, api_bob, real_redis):
     settings.USER_MODELS, settings.OFFLINE = True, False
     response = api.post("/api/v1/base-models/", {"source": "hub", "hub_id": "org/tiny", "token": "hf_x"}, format="json")
     assert response.status_code == 202, response.content

@@ -46,8 +46,10 @@ class Stack:
         model_dir: Path,
         env: dict | None = None,
         train_workers: dict[str, dict] | None = None,
+        web_only: bool = False,
     ):
         self.tmp = Path(tmp)
+        self.web_only = web_only  # no Celery worker nor beat: a test of the web process alone
         # Train workers by name, each with its own extra environment (e.g. a declared WORKER_CAPACITY).
         self.train_workers = train_workers or {"train": {}}
         self.extra_envs: dict[str, dict] = {}  # per process name, over self.env (which tests may change)
@@ -134,6 +136,27 @@ class Stack:
             "-l",
             "warning",
         ]
+        if not self.web_only:
+            self._start_workers(celery)
+        self._spawn(
+            "web",
+            [
+                str(BIN / "uvicorn"),
+                "webapp.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--timeout-graceful-shutdown",
+                "1",
+            ],
+        )
+        self._wait_http()
+        return self
+
+    def _start_workers(self, celery: list[str]) -> None:
         for name, extra in self.train_workers.items():
             self._spawn(name, celery + ["-Q", "train", "-n", f"{name}-{self.port}@%h"], extra)
         self._spawn("infer", celery + ["-Q", "infer", "-n", f"infer-{self.port}@%h"])
@@ -157,23 +180,6 @@ class Stack:
                 str(self.tmp / "var" / "celerybeat-schedule"),
             ],
         )
-        self._spawn(
-            "web",
-            [
-                str(BIN / "uvicorn"),
-                "webapp.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-                "--timeout-graceful-shutdown",
-                "1",
-            ],
-        )
-        self._wait_http()
-        return self
 
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
@@ -363,10 +369,20 @@ def running_stack(
     redis: str = "embedded",
     env: dict | None = None,
     train_workers: dict[str, dict] | None = None,
+    web_only: bool = False,
 ):
     """A started Stack, stopped (and its database dropped) on the way out; `env` for every process,
-    `train_workers` to start these named train workers (each with its extra environment) instead of one."""
-    stack = Stack(tmp, database=database, redis=redis, model_dir=model_dir, env=env, train_workers=train_workers)
+    `train_workers` to start these named train workers (each with its extra environment) instead of one,
+    `web_only` to start no worker."""
+    stack = Stack(
+        tmp,
+        database=database,
+        redis=redis,
+        model_dir=model_dir,
+        env=env,
+        train_workers=train_workers,
+        web_only=web_only,
+    )
     try:
         yield stack.start()
     finally:

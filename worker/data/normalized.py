@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tempfile
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,34 @@ def write_normalized_jsonl(examples: list[Example], path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def copy_normalized_lines(
+    source: str | Path, dest: str | Path, held_dest: str | Path | None = None, held: AbstractSet[int] = frozenset()
+) -> tuple[int, int]:
+    """Copy a normalised JSONL file example by example (one a line, never the whole file in memory): the example
+    at each position in `held` to `held_dest`, the others to `dest`. Returns (to dest, to held_dest) counts."""
+    kept = taken = 0
+    with contextlib.ExitStack() as files:
+        src = files.enter_context(open(source, "rb"))
+        out = files.enter_context(open(dest, "wb"))
+        aside = files.enter_context(open(held_dest, "wb")) if held_dest is not None else None
+        position = 0
+        for line in src:
+            if not line.strip():
+                continue
+            if position in held and aside is not None:
+                aside.write(line if line.endswith(b"\n") else line + b"\n")
+                taken += 1
+            else:
+                out.write(line if line.endswith(b"\n") else line + b"\n")
+                kept += 1
+            position += 1
+        for fh in (out, aside):
+            if fh is not None:
+                fh.flush()
+                os.fsync(fh.fileno())
+    return kept, taken
 
 
 def read_normalized_jsonl(path: str | Path) -> list[Example]:
