@@ -69,10 +69,13 @@ def dataset_store(
     on_progress=None,
     extra_stats: dict | None = None,
     tokens_now: bool | None = None,
+    replaces: int = 0,
 ) -> Dataset:
     """Check the local file `source` and store it (it is moved into place) as a new Dataset. Its tokens are
     counted with the default model's tokenizer during the call for a file up to DATASET_CHECK_INLINE_BYTES
-    (or `tokens_now`), else by a background worker. Raises what dataset_validate raises; nothing stays stored."""
+    (or `tokens_now`), else by a background worker. Raises what dataset_validate raises, or QuotaExceeded when
+    the file and its normalised examples would pass the owner's storage (less `replaces`, the bytes of the
+    pending upload this dataset takes the place of); nothing stays stored."""
     file_id = uuid.uuid4().hex
     original, normalized_name = f"datasets/{file_id}{Path(source).suffix}", f"datasets/{file_id}.normalized.jsonl"
     try:
@@ -85,6 +88,9 @@ def dataset_store(
                 drop_duplicates=drop_duplicates,
                 on_progress=on_progress,
             )
+            # Charged as stored (an 800-byte Parquet may normalise to megabytes), checked before anything moves.
+            charge = normalized.stat().st_size + Path(source).stat().st_size
+            check_limit(owner, "storage_bytes", used=storage_used(owner) - replaces, adding=charge)
             os.replace(source, final)
         with transaction.atomic():
             dataset = Dataset.objects.create(
@@ -98,6 +104,7 @@ def dataset_store(
                 mapping=mapping or {},
                 rows=loaded.rows,
                 size_bytes=size,
+                stored_bytes=blobs.stored_bytes(original, normalized_name),
                 sha256=loaded.sha256,
                 stats={
                     "turns": loaded.turns,
