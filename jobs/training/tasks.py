@@ -128,7 +128,8 @@ class RunClock:
     def __init__(self, earlier_seconds: float, owner=None):
         self.started, self.earlier = time.monotonic(), earlier_seconds
         self.timed_out = False
-        self.owner, self.quota_checked, self.quota_spent = owner, float("-inf"), None
+        self.owner, self.quota_checked = owner, float("-inf")
+        self.quota_spent: int | None = None
 
     def compute_spent(self) -> int | None:
         """The owner's daily training time allowed once it is used up (asked every COMPUTE_QUOTA_CHECK_SECONDS)."""
@@ -162,6 +163,15 @@ def _should_stop(claim: Claim, clock: RunClock):
         return request or ("pause" if _shutting_down.is_set() else None)
 
     return should_stop
+
+
+def _note_compute_pause(job: FineTuneJob, *, steps: int, allowed: int) -> None:
+    services.job_event(
+        job_id=job.id,
+        kind="pause",
+        message=f"paused at step {steps}: your daily training time ({allowed:,} s) is used up; resume it once "
+        "the day (UTC) turns, or ask an administrator to raise your limit (QUOTA_COMPUTE_SECONDS_PER_DAY)",
+    )
 
 
 def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
@@ -226,13 +236,7 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
     elif result.status == "paused":
         mark(status=JobStatus.PAUSED)
         if clock.quota_spent is not None:
-            services.job_event(
-                job_id=job.id,
-                kind="pause",
-                message=f"paused at step {result.steps_done}: your daily training time ({clock.quota_spent:,} s) "
-                "is used up; resume it once the day (UTC) turns, or ask an administrator to raise your limit "
-                "(QUOTA_COMPUTE_SECONDS_PER_DAY)",
-            )
+            _note_compute_pause(job, steps=result.steps_done, allowed=clock.quota_spent)
     elif clock.timed_out:
         limit = settings.JOB_MAX_RUN_SECONDS
         mark(
