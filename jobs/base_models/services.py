@@ -263,10 +263,6 @@ def _claim(model_id, *, waiting: ModelStatus, working: ModelStatus) -> BaseModel
     return BaseModel.objects.get(id=model_id)
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
 def _fail(model: BaseModel, message: str, folder: Path | None) -> None:
     BaseModel.objects.filter(id=model.id).update(status=ModelStatus.FAILED, error=message[:2000], hub_token="")
     if folder is not None:
@@ -387,7 +383,7 @@ def base_model_convert_gguf(*, model_id) -> None:
             convert_gguf_to_hf(blobs.fetch(upload), out)
             if model.owner_id is not None:  # float weights can be larger than the GGUF: refused before publishing
                 used = storage_used(model.owner) - blobs.stored_bytes(model_relative(model))  # this model's, replaced
-                check_limit(model.owner, "storage_bytes", used=used, adding=_folder_bytes(out))
+                check_limit(model.owner, "storage_bytes", used=used, adding=blobs.local_bytes(out))
         blobs.delete(upload)
         _finish(model, f"{model_relative(model)}/model")
     except QuotaExceeded as exc:

@@ -50,6 +50,14 @@ def _local_files(folder: Path) -> dict[str, Path]:
     return out
 
 
+def local_bytes(path: Path) -> int:
+    """Bytes of a local file, or of the publishable files in a local folder (0 when there is none): what
+    `writing` will store for it, to check a quota before it does."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in _local_files(path).values()) if path.is_dir() else 0
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -139,10 +147,7 @@ class LocalStore(Store):
             return None
 
     def stored_bytes(self, name: str) -> int:
-        path = media_path(name)
-        if path.is_file():
-            return path.stat().st_size
-        return sum(p.stat().st_size for p in _local_files(path).values()) if path.is_dir() else 0
+        return local_bytes(media_path(name))
 
     def age(self, name: str) -> float | None:
         try:

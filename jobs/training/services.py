@@ -89,6 +89,8 @@ def _job_files_write(job: FineTuneJob, plan: JobPlan) -> dict:
             if valid:
                 write_normalized_jsonl(valid, folder / "eval.jsonl")
             rows = {"train_rows": len(train), "eval_rows": len(valid)}
+        # Refused before the snapshot is published: it is stored for the job's whole life.
+        check_limit(plan.owner, "storage_bytes", used=storage_used(plan.owner), adding=blobs.local_bytes(folder))
     return {**plan.validation, **rows}
 
 

@@ -27,7 +27,7 @@ from jobs.training.models import FineTuneJob, JobEvent, JobStatus, MergedExport
 from jobs.training.plan import job_plan
 from jobs.training.reporting import DbReporter
 from jobs.training.selectors import job_wait_reason
-from tests.accounts.test_quotas import FAST, queued_job
+from tests.accounts.test_quotas import FAST, JOB_BODY, queued_job
 from tests.training.test_routing import announced
 from worker.config import TrainConfig
 
@@ -120,6 +120,19 @@ def test_storage_used_equals_the_files_stored_for_the_user(settings, user, other
     on_disk = files_on_disk("datasets", "jobs", "base-models")
     assert any(Path(name).name.startswith("merged-") for name in on_disk)
     assert usage_storage(bearer) == sum(on_disk.values())
+
+
+def test_a_job_whose_data_snapshot_would_pass_the_quota_is_refused(settings, user, base_model, dataset, api):
+    settings.QUOTA_STORAGE_BYTES = storage_used(user) + 10  # under the limit, with no room for a snapshot
+    body = {"dataset": str(dataset.id), "base_model": str(base_model.id), **JOB_BODY}
+    with mock.patch("jobs.training.tasks.job_run.delay") as delay:
+        response = api.post("/api/v1/jobs/", body, format="json")
+    assert response.status_code == 429 and response.json()["error"]["limit"] == "storage_bytes"
+    assert not FineTuneJob.objects.exists() and files_on_disk("jobs") == {} and not delay.called
+    settings.QUOTA_STORAGE_BYTES = 20 * 1024**2
+    with mock.patch("jobs.training.tasks.job_run.delay"):
+        assert api.post("/api/v1/jobs/", body, format="json").status_code == 201
+    assert usage_storage(api) == sum(files_on_disk("datasets", "jobs").values())
 
 
 def test_a_running_job_pauses_when_its_owners_daily_training_time_runs_out(settings, user, base_model, dataset, api):
