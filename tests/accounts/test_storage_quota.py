@@ -4,6 +4,7 @@ merged exports, the user's own models), and is checked before each write that gr
 pauses a running job and holds back queued ones."""
 
 import io
+import shutil
 from pathlib import Path
 from unittest import mock
 
@@ -179,3 +180,20 @@ def test_queued_jobs_wait_while_their_owners_training_time_is_used_up(settings, 
     assert "QUOTA_COMPUTE_SECONDS_PER_DAY" in reason
     Quota.objects.create(user=user, compute_seconds_per_day=3600)
     assert fair_order() == [mine.id]
+
+
+def test_with_an_object_store_the_figure_is_what_the_bucket_holds(object_store, settings, user, base_model, api):
+    from jobs.common import blobs
+
+    dataset = dataset_create(owner=user, upload=SimpleUploadedFile("qa.parquet", small_parquet(300)))
+    with mock.patch("jobs.training.tasks.job_run.delay"):
+        job_services.job_create(
+            plan=job_plan(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(**FAST))
+        )
+    in_bucket = {o.key: o.size for o in blobs.store().storage().bucket.objects.all()}
+    assert any("/jobs/" in f"/{key}" for key in in_bucket) and any("datasets/" in key for key in in_bucket)
+    Dataset.objects.update(stored_bytes=None)  # an older release's row: measured from the bucket, not this disk
+    FineTuneJob.objects.update(stored_bytes=None)
+    for folder in ("datasets", "jobs"):
+        shutil.rmtree(media_path(folder))  # this machine's cache only
+    assert usage_storage(api) == sum(in_bucket.values())
