@@ -197,3 +197,52 @@ def test_with_an_object_store_the_figure_is_what_the_bucket_holds(object_store, 
     for folder in ("datasets", "jobs"):
         shutil.rmtree(media_path(folder))  # this machine's cache only
     assert usage_storage(api) == sum(in_bucket.values())
+
+
+def test_a_waiting_upload_counts_and_its_background_check_is_refused_past_the_quota(settings, user, api):
+    from jobs.datasets import uploads
+
+    settings.DATASET_CHECK_INLINE_BYTES = 100  # checked by a background worker
+    data = small_parquet()
+    response = api.post("/api/v1/datasets/", {"file": SimpleUploadedFile("qa.parquet", data)}, format="multipart")
+    assert response.status_code == 202
+    assert usage_storage(api) == len(data) == sum(files_on_disk("datasets").values())  # the upload, waiting
+    settings.QUOTA_STORAGE_BYTES = 1_000_000
+    assert uploads.upload_check_run(check_id=response.json()["id"]) == "failed"
+    check = api.get(response["Location"]).json()
+    assert check["status"] == "failed" and "storage (bytes)" in check["problems"][0]
+    assert check["problems"][0].startswith("qa.parquet: limit reached")
+    assert not Dataset.objects.exists() and files_on_disk("datasets") == {} and usage_storage(api) == 0
+
+
+def test_a_users_own_model_is_checked_and_counted(settings, user, api, tiny_llama, tmp_path):
+    from jobs.base_models import services as model_services
+    from tests.base_models.tiny_gguf import write_tiny_gguf
+
+    settings.USER_MODELS = True
+    gguf = write_tiny_gguf(tiny_llama, tmp_path / "tiny.F32.gguf")
+    size = gguf.stat().st_size
+    settings.QUOTA_STORAGE_BYTES = size - 1
+    with open(gguf, "rb") as f:
+        response = api.post("/api/v1/base-models/", {"source": "gguf", "file": f}, format="multipart")
+    assert response.status_code == 429 and response.json()["error"]["limit"] == "storage_bytes"
+    assert not BaseModel.objects.filter(owner=user).exists()
+
+    settings.QUOTA_STORAGE_BYTES = size + 100  # room for the upload, not for the (larger) converted folder
+    with open(gguf, "rb") as f:
+        response = api.post("/api/v1/base-models/", {"source": "gguf", "file": f}, format="multipart")
+    assert response.status_code == 202
+    assert usage_storage(api) == size  # the upload, waiting for its conversion
+    model_services.base_model_convert_gguf(model_id=response.json()["id"])
+    refused = BaseModel.objects.get(id=response.json()["id"])
+    assert refused.status == "failed" and refused.error.startswith("limit reached: storage (bytes)")
+    assert files_on_disk("base-models") == {} and usage_storage(api) == 0
+
+    settings.QUOTA_STORAGE_BYTES = 10 * size
+    with open(gguf, "rb") as f:
+        response = api.post("/api/v1/base-models/", {"source": "gguf", "file": f, "name": "tiny"}, format="multipart")
+    model_services.base_model_convert_gguf(model_id=response.json()["id"])
+    model = BaseModel.objects.get(id=response.json()["id"])
+    assert model.status == "ready", model.error
+    on_disk = files_on_disk("base-models")
+    assert model.stored_bytes == sum(on_disk.values()) > size and usage_storage(api) == model.stored_bytes
