@@ -364,6 +364,10 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 QUOTA_ACTIVE_JOBS = env_int("QUOTA_ACTIVE_JOBS", 20)  # queued + running + paused
 QUOTA_RUNNING_JOBS = env_int("QUOTA_RUNNING_JOBS", 1)  # training at once
 QUOTA_COMPUTE_SECONDS_PER_DAY = env_int("QUOTA_COMPUTE_SECONDS_PER_DAY", 12 * 3600)
+# How often a running job asks whether its owner's daily training time is used up (it pauses when it is).
+COMPUTE_QUOTA_CHECK_SECONDS = env_int("COMPUTE_QUOTA_CHECK_SECONDS", 30)
+# Storage counts what is stored: datasets (original + normalised), waiting uploads, token counts, job folders
+# (data snapshots, checkpoints, adapters, zips, merged exports) and the user's own models.
 QUOTA_STORAGE_BYTES = env_int("QUOTA_STORAGE_BYTES", 20 * 1024**3)
 QUOTA_API_KEYS = env_int("QUOTA_API_KEYS", 20)
 QUOTA_WEBHOOKS = env_int("QUOTA_WEBHOOKS", 10)

@@ -35,7 +35,9 @@ class Quota(models.Model):
     compute_seconds_per_day = models.PositiveIntegerField(
         null=True, blank=True, help_text="training time per UTC day, in seconds"
     )
-    storage_bytes = models.BigIntegerField(null=True, blank=True, help_text="datasets + adapters + merged exports")
+    storage_bytes = models.BigIntegerField(
+        null=True, blank=True, help_text="datasets, uploads, job files and own models, as stored"
+    )
     api_keys = models.PositiveIntegerField(null=True, blank=True, help_text="live (unrevoked) API keys")
     webhooks = models.PositiveIntegerField(null=True, blank=True)
 

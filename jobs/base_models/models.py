@@ -53,6 +53,9 @@ class BaseModel(models.Model):
     # A download's Hub token is never stored here: see hub_tokens (Redis, with an expiry).
     bytes_total = models.BigIntegerField(default=0)
     bytes_done = models.BigIntegerField(default=0)
+    stored_bytes = models.BigIntegerField(
+        null=True, blank=True, help_text="bytes this product stores for the model (a user's own counts to their quota)"
+    )
 
     class Meta:
         db_table = "jobs_basemodel"  # the table of the single app this project once had (see legacy_schema)

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, Q
 
+from jobs.accounts.limits import QuotaExceeded, check_limit, storage_used
 from jobs.base_models.hub import HubClient, HubError, check_repo_id, check_revision, files_to_fetch, remote_code_refusal
 from jobs.base_models.hub_tokens import hub_token_forget, hub_token_keep, hub_token_of
 from jobs.base_models.models import BaseModel, ModelSource, ModelStatus
@@ -143,6 +144,7 @@ def _finish(model: BaseModel, relative: str, **fields) -> None:
         context_length=ctx,
         status=ModelStatus.READY,
         error="",
+        stored_bytes=blobs.stored_bytes(model_relative(model)),
         **fields,
     )
 
@@ -269,6 +271,7 @@ def _fail(model: BaseModel, message: str, folder: Path | None) -> None:
     hub_token_forget(model.id)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+    BaseModel.objects.filter(id=model.id).update(stored_bytes=blobs.stored_bytes(model_relative(model)))
 
 
 class _Progress:
@@ -316,6 +319,8 @@ def base_model_download(*, model_id) -> None:
         refusal = size_refusal(weights_bytes=weights, total_bytes=total, folder=folder)
         if refusal:
             raise HubError(refusal)
+        if model.owner_id is not None:  # a user's private model counts against their storage
+            check_limit(model.owner, "storage_bytes", used=storage_used(model.owner), adding=total)
         BaseModel.objects.filter(id=model.id).update(bytes_total=total)
         progress = _Progress(model.id)
         with blobs.writing(model_relative(model), in_place=True):  # in place: a redelivery resumes the download
@@ -350,6 +355,8 @@ def base_model_add_from_gguf(*, by, upload, name: str = "") -> BaseModel:
     upload.seek(0)
     if head != GGUF_MAGIC:
         raise ProductError("not a GGUF file (it does not start with the GGUF signature)", field="file")
+    if owner is not None:  # the upload is stored until converted; the converted folder is checked again
+        check_limit(owner, "storage_bytes", used=storage_used(owner), adding=upload.size)
     default_name = Path(upload.name or "model.gguf").stem
     model = _create(
         name=_check_name(name or default_name, owner=owner),
@@ -379,8 +386,14 @@ def base_model_convert_gguf(*, model_id) -> None:
     try:
         with blobs.writing(f"{model_relative(model)}/model", in_place=True) as out:  # the converter is atomic
             convert_gguf_to_hf(blobs.fetch(upload), out)
+            if model.owner_id is not None:  # float weights can be larger than the GGUF: refused before publishing
+                used = storage_used(model.owner) - blobs.stored_bytes(model_relative(model))  # this model's, replaced
+                check_limit(model.owner, "storage_bytes", used=used, adding=blobs.local_bytes(out))
         blobs.delete(upload)
         _finish(model, f"{model_relative(model)}/model")
+    except QuotaExceeded as exc:
+        blobs.delete(upload)
+        _fail(model, exc.message, folder)
     except Exception as exc:  # a GGUF the converter cannot read: any error of gguf/transformers
         log.exception("GGUF conversion of %s failed", model_id)
         _fail(model, f"the GGUF file cannot be converted: {failure_category(exc)}", folder)

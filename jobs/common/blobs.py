@@ -50,6 +50,14 @@ def _local_files(folder: Path) -> dict[str, Path]:
     return out
 
 
+def local_bytes(path: Path) -> int:
+    """Bytes of a local file, or of the publishable files in a local folder (0 when there is none): what
+    `writing` will store for it, to check a quota before it does."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in _local_files(path).values()) if path.is_dir() else 0
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -94,6 +102,9 @@ class Store:
     def age(self, name: str) -> float | None:
         raise NotImplementedError
 
+    def stored_bytes(self, name: str) -> int:
+        raise NotImplementedError
+
     def read_text(self, name: str) -> str | None:
         raise NotImplementedError
 
@@ -134,6 +145,9 @@ class LocalStore(Store):
             return media_path(name).stat().st_size
         except FileNotFoundError:
             return None
+
+    def stored_bytes(self, name: str) -> int:
+        return local_bytes(media_path(name))
 
     def age(self, name: str) -> float | None:
         try:
@@ -245,6 +259,9 @@ class S3Store(Store):
             return self.storage().size(self._name(name))
         except FileNotFoundError:
             return None
+
+    def stored_bytes(self, name: str) -> int:
+        return sum(o.size for o in self._objects(self.key(name)))
 
     def age(self, name: str) -> float | None:
         from botocore.exceptions import ClientError
@@ -395,6 +412,12 @@ def is_file(name: str) -> bool:
 def size(name: str) -> int | None:
     """The stored file's size in bytes, None when there is none."""
     return store().size(name)
+
+
+def stored_bytes(*names: str) -> int:
+    """Bytes stored under the files or folders `names` (every file in a folder; 0 for a name with nothing
+    stored): what a quota charges, measured from the store itself."""
+    return sum(store().stored_bytes(name) for name in names if name)
 
 
 def age(name: str) -> float | None:

@@ -73,10 +73,13 @@ def dataset_store(
     tokens_now: bool | None = None,
     background: bool = False,
     dataset_id: uuid.UUID | None = None,
+    replaces: int = 0,
 ) -> Dataset:
     """Check the local file `source` and store it (it is moved into place) as a new Dataset. Its tokens are
     counted with the default model's tokenizer during the call for a file up to DATASET_CHECK_INLINE_BYTES
-    (or `tokens_now`), else by a background worker. Raises what dataset_validate raises; nothing stays stored.
+    (or `tokens_now`), else by a background worker. Raises what dataset_validate raises, or QuotaExceeded when
+    the file and its normalised examples would pass the owner's storage (less `replaces`, the bytes of the
+    pending upload this dataset takes the place of); nothing stays stored.
     During a request (not `background`: a worker's concurrency bounds its own) the check holds a parse slot,
     Busy (429) when the owner or the server has none free. `dataset_id`: the new row's id (a background check's,
     so the id a client was given for the upload names the dataset it becomes)."""
@@ -93,6 +96,9 @@ def dataset_store(
                 drop_duplicates=drop_duplicates,
                 on_progress=on_progress,
             )
+            # Charged as stored (an 800-byte Parquet may normalise to megabytes), checked before anything moves.
+            charge = normalized.stat().st_size + Path(source).stat().st_size
+            check_limit(owner, "storage_bytes", used=storage_used(owner) - replaces, adding=charge)
             os.replace(source, final)
         with transaction.atomic():
             dataset = Dataset.objects.create(
@@ -107,6 +113,7 @@ def dataset_store(
                 mapping=mapping or {},
                 rows=loaded.rows,
                 size_bytes=size,
+                stored_bytes=blobs.stored_bytes(original, normalized_name),
                 sha256=loaded.sha256,
                 stats={
                     "turns": loaded.turns,

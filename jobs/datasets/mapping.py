@@ -210,6 +210,7 @@ def _check_mapped_now(
             size=check.size_bytes,
             mapping=mapping,
             drop_duplicates=drop_duplicates,
+            replaces=check.size_bytes,
         )
     except BaseException:
         if work.exists():

@@ -21,7 +21,10 @@ class Dataset(models.Model):
     schema = models.CharField(max_length=30)
     mapping = models.JSONField(default=dict, blank=True, help_text="column mapping when no schema matched")
     rows = models.PositiveIntegerField()
-    size_bytes = models.BigIntegerField()
+    size_bytes = models.BigIntegerField(help_text="the uploaded file's size, as the user sent it")
+    stored_bytes = models.BigIntegerField(
+        null=True, blank=True, help_text="what the quota charges: the original and the normalised file as stored"
+    )
     sha256 = models.CharField(max_length=64)
     stats = models.JSONField(default=dict)
     created = models.DateTimeField(auto_now_add=True)
@@ -50,6 +53,7 @@ class TokenProfile(models.Model):
     done = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0)
     file = models.CharField(max_length=300, blank=True)
+    stored_bytes = models.BigIntegerField(null=True, blank=True, help_text="the file's size as stored, for the quota")
     error = models.CharField(max_length=500, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)

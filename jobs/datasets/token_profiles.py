@@ -89,7 +89,11 @@ def token_profile_compute(*, profile_id: int) -> str:
     relative = f"datasets/tokens/{profile.dataset_id}-{profile.tokenizer_key}.json"
     blobs.write_text(relative, json.dumps(result.to_json()))
     TokenProfile.objects.filter(id=profile.id).update(
-        status=TokenProfile.Status.READY, file=relative, done=len(result.lengths), total=len(result.lengths)
+        status=TokenProfile.Status.READY,
+        file=relative,
+        stored_bytes=blobs.stored_bytes(relative),
+        done=len(result.lengths),
+        total=len(result.lengths),
     )
     return "ready"
 

@@ -14,6 +14,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from jobs.accounts.limits import QuotaExceeded
 from jobs.common import blobs, queue
 from jobs.common.exceptions import StateError
 from jobs.common.storage import media_path, media_relative
@@ -124,6 +125,7 @@ def upload_check_run(*, check_id) -> str:
             on_progress=progress,
             background=True,
             dataset_id=check.id,
+            replaces=check.size_bytes,
         )
     except SchemaUnknown as exc:
         if check.mapping:
@@ -142,6 +144,8 @@ def upload_check_run(*, check_id) -> str:
         return _refused(check, work, exc.messages(), exc.total)
     except InputError as exc:
         return _refused(check, work, [f"{exc.field}: {exc.message}"], 1)
+    except QuotaExceeded as exc:
+        return _refused(check, work, [f"{check.filename}: {exc}"], 1)
     except Exception:
         log.exception("upload check %s failed", check.id)
         return _refused(check, work, [f"{check.filename}: the check failed unexpectedly; upload the file again"], 1)
@@ -159,6 +163,7 @@ def upload_checks_resend(*, stale_seconds: float, max_attempts: int = 3) -> int:
     sent = 0
     for check in lost:
         if check.attempts >= max_attempts:
+            blobs.delete(check.file)  # nothing can use it now: it stops counting against the owner's storage
             UploadCheck.objects.filter(id=check.id, updated=check.updated).update(
                 status=UploadCheck.Status.FAILED,
                 stage="",

@@ -22,8 +22,9 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F, Max, QuerySet
+from django.db.models import DateTimeField, ExpressionWrapper, F, Max, QuerySet, Sum
 from django.db.models.functions import Coalesce, Greatest, Now
+from django.utils import timezone
 
 from jobs.accounts.limits import user_limits
 from jobs.training.models import FineTuneJob, JobStatus
@@ -135,10 +136,31 @@ class Claim:
             thread.join(timeout=5)
 
 
+def compute_seconds_today(*, owner) -> float:
+    """Training time of the owner's jobs that ran today (UTC), the running ones up to now."""
+    now = timezone.now()
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    ran = FineTuneJob.objects.filter(owner=owner, run_started__gte=day_start)
+    done = ran.exclude(status=JobStatus.RUNNING).aggregate(total=Sum("run_seconds"))["total"] or 0.0
+    live = sum(
+        job.run_seconds + (now - job.run_started).total_seconds()
+        for job in ran.filter(status=JobStatus.RUNNING).only("run_seconds", "run_started")
+        if job.run_started is not None
+    )  # (every one: the filter's run_started__gte)
+    return done + live
+
+
+def compute_spent(owner) -> int | None:
+    """The owner's daily training time allowed (QUOTA_COMPUTE_SECONDS_PER_DAY) when today's is used up, else None:
+    their queued jobs wait and a running one pauses (jobs.training.tasks)."""
+    allowed = user_limits(owner).compute_seconds_per_day
+    return allowed if compute_seconds_today(owner=owner) >= allowed else None
+
+
 def fair_order(preferred_job_id=None, *, capacity: Capacity | None = None) -> list:
     """Queued jobs in the order they should start, fair across users: the owner with the fewest running
     jobs first, then the one whose last run began longest ago (never first); an owner at their
-    running-jobs limit waits. Within one owner, the oldest first; the preferred job only
+    running-jobs limit, or whose daily training time is used up, waits. Within one owner, the oldest first; the preferred job only
     breaks a tie of equal creation times. With `capacity`, only the jobs that fit it (jobs.training.routing):
     this order is the train queue, which a free train worker takes from (jobs.training.tasks.job_run)."""
     waiting = FineTuneJob.objects.filter(status=JobStatus.QUEUED).select_related("owner").order_by("created")
@@ -160,7 +182,8 @@ def fair_order(preferred_job_id=None, *, capacity: Capacity | None = None) -> li
     )
     allowed = {owner_id: user_limits(owner).running_jobs for owner_id, owner in owners.items()}
     oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
-    eligible = [job for job in queued if running[job.owner_id] < allowed[job.owner_id]]
+    spent = {owner_id for owner_id, owner in owners.items() if compute_spent(owner) is not None}
+    eligible = [job for job in queued if running[job.owner_id] < allowed[job.owner_id] and job.owner_id not in spent]
     eligible.sort(
         key=lambda job: (
             running[job.owner_id],

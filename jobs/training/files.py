@@ -20,6 +20,14 @@ def job_files(job: FineTuneJob, name: str = "") -> str:
     return f"jobs/{job.id}" + (f"/{name}" if name else "")
 
 
+def job_storage_record(job_id) -> int:
+    """Measure what the store holds under the job's folder (snapshot, checkpoints, adapters, zips, the merged
+    export) and record it on the row, which the storage quota sums; called after each write or delete there."""
+    stored = blobs.stored_bytes(f"jobs/{job_id}")
+    FineTuneJob.objects.filter(id=job_id).update(stored_bytes=stored)
+    return stored
+
+
 def job_output_dir(job: FineTuneJob) -> Path:
     return media_path(job_files(job))
 

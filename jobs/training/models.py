@@ -62,6 +62,9 @@ class FineTuneJob(models.Model):
         help_text="the dtype the frozen base trained in (fp32, bf16, "
         "fp16): config precision as the train worker resolved it; empty until a run starts",
     )
+    stored_bytes = models.BigIntegerField(
+        null=True, blank=True, help_text="bytes stored under the job's folder, for the storage quota"
+    )
     memory_mb = models.FloatField(
         default=0,
         help_text="the pre-flight memory estimate per device (MB); "

@@ -10,7 +10,9 @@ from jobs.base_models.services import register_worker_memory_probe
 from jobs.datasets.services import DatasetInUse
 from jobs.datasets.signals import dataset_deleting
 from jobs.training import selectors
-from jobs.training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobStatus, MergedExport
+from jobs.training.claims import compute_seconds_today
+from jobs.training.files import job_storage_record
+from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
 
 
 @receiver(dataset_deleting, dispatch_uid="training-refuses-dataset-in-use")
@@ -24,20 +26,16 @@ def refuse_dataset_in_use(sender, dataset, **kwargs):
 
 @receiver(usage_reported, dispatch_uid="training-usage")
 def report_usage(sender, user, **kwargs):
-    """The user's jobs and the files they keep: adapters and merged exports, as their rows record them
-    (no call to the store)."""
-    adapters = Adapter.objects.filter(job__owner=user).aggregate(total=Sum("size_bytes"))["total"] or 0
-    merged = (
-        MergedExport.objects.filter(job__owner=user, status=MergedExport.Status.READY).aggregate(
-            total=Sum("size_bytes")
-        )["total"]
-        or 0
-    )
+    """The user's jobs and the files they keep (data snapshots, checkpoints, adapters, zips, merged exports),
+    as each job's row records them after every write; a row from an older release is measured once here."""
+    for job_id in FineTuneJob.objects.filter(owner=user, stored_bytes__isnull=True).values_list("id", flat=True):
+        job_storage_record(job_id)
+    stored = FineTuneJob.objects.filter(owner=user).aggregate(total=Sum("stored_bytes"))["total"] or 0
     return {
-        "storage_bytes": adapters + merged,
+        "storage_bytes": stored,
         "active_jobs": selectors.active_job_count(owner=user),
         "running_jobs": FineTuneJob.objects.filter(owner=user, status=JobStatus.RUNNING).count(),
-        "compute_seconds_per_day": int(selectors.compute_seconds_today(owner=user)),
+        "compute_seconds_per_day": int(compute_seconds_today(owner=user)),
     }
 
 

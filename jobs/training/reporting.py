@@ -11,7 +11,7 @@ from django.db import transaction
 from jobs.common import blobs
 from jobs.common.storage import media_relative
 from jobs.training.claims import Claim
-from jobs.training.files import RESUME_ADAPTERS
+from jobs.training.files import RESUME_ADAPTERS, job_storage_record
 from jobs.training.live import publish_job, publish_status
 from jobs.training.models import FineTuneJob, JobEvent, MetricPoint
 
@@ -77,3 +77,4 @@ class DbReporter:
             if (out / name).is_dir():
                 with blobs.writing(media_relative(out / name), in_place=True):
                     pass  # the engine wrote it in place; leaving the block publishes it
+        job_storage_record(self.job_id)

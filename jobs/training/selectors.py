@@ -6,15 +6,14 @@ import re
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Max, Min, QuerySet, Sum
+from django.db.models import Count, Max, Min, QuerySet
 from django.shortcuts import get_object_or_404
-from django.utils import timezone
 
 from jobs.accounts.limits import user_limits
 from jobs.base_models.models import BaseModel
 from jobs.common.ids import is_uuid
 from jobs.training import workers as train_workers
-from jobs.training.claims import fair_order
+from jobs.training.claims import compute_spent, fair_order
 from jobs.training.models import Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
 from jobs.training.routing import Capacity, fits, job_devices, waiting_for
 
@@ -78,20 +77,6 @@ def measured_overhead_seconds(*, owner, base_model: BaseModel, limit: int = 20) 
     return sorted(gaps)[len(gaps) // 2] if gaps else None
 
 
-def compute_seconds_today(*, owner) -> float:
-    """Training time of the owner's jobs that ran today (UTC), the running ones up to now."""
-    now = timezone.now()
-    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    ran = FineTuneJob.objects.filter(owner=owner, run_started__gte=day_start)
-    done = ran.exclude(status=JobStatus.RUNNING).aggregate(total=Sum("run_seconds"))["total"] or 0.0
-    live = sum(
-        job.run_seconds + (now - job.run_started).total_seconds()
-        for job in ran.filter(status=JobStatus.RUNNING).only("run_seconds", "run_started")
-        if job.run_started is not None
-    )  # (every one: the filter's run_started__gte)
-    return done + live
-
-
 def active_job_count(*, owner) -> int:
     """Jobs that hold a place: queued, running or paused."""
     return FineTuneJob.objects.filter(owner=owner, status__in=ACTIVE_STATUSES).count()
@@ -138,6 +123,12 @@ def job_wait_reason(*, job: FineTuneJob, live: list[dict] | None = None, order: 
     if str(job.id) not in order:
         if not FineTuneJob.objects.filter(id=job.id, status=JobStatus.QUEUED).exists():
             return ""  # claimed since it was read: nothing to wait for
+        spent = compute_spent(job.owner)
+        if spent is not None:
+            return (
+                f"waits: your daily training time ({spent:,} s) is used up; it starts when the day (UTC) turns, "
+                "or sooner if an administrator raises your limit (QUOTA_COMPUTE_SECONDS_PER_DAY)"
+            )
         allowed = user_limits(job.owner).running_jobs
         return f"waits for one of your running jobs to end (you may train {allowed} at a time)"
     place = _ordinal(order.index(str(job.id)) + 1)

@@ -11,10 +11,11 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from jobs.accounts.limits import check_limit, storage_used
 from jobs.common import blobs, queue
 from jobs.common.exceptions import StateError
 from jobs.common.storage import media_relative
-from jobs.training.files import job_evaluation, job_files, job_output_dir, merged_zip_name
+from jobs.training.files import job_evaluation, job_files, job_output_dir, job_storage_record, merged_zip_name
 from jobs.training.live import publish_job, publish_status
 from jobs.training.merges import merge_queue, merged_export_forget, merged_status
 from jobs.training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
@@ -57,6 +58,7 @@ def job_create(*, plan: JobPlan, name: str = "", default_name: bool = True) -> F
     )
     try:
         job.validation = _job_files_write(job, plan)
+        job.stored_bytes = blobs.stored_bytes(job_files(job))
         with transaction.atomic():
             job.save(force_insert=True)
             wake_train_workers()
@@ -83,6 +85,8 @@ def _job_files_write(job: FineTuneJob, plan: JobPlan) -> dict:
         else:
             folder.mkdir()
             rows = _snapshot_write(plan, folder)
+        # Refused before the snapshot is published: it is stored for the job's whole life.
+        check_limit(plan.owner, "storage_bytes", used=storage_used(plan.owner), adding=blobs.local_bytes(folder))
     return {**plan.validation, **rows}
 
 
@@ -297,7 +301,13 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
             folder=folder, zip_file=zip_name, size_bytes=zip_path.stat().st_size, sha256=file_sha256(zip_path)
         ),
     )
+    job_storage_record(job.id)
     return adapter
+
+
+def merged_export_estimate(job: FineTuneJob) -> int:
+    """Bytes the merged export will store: the base's parameters in 16 bits."""
+    return 2 * (job.base_model.parameters or 0)
 
 
 def adapter_merge_request(*, job: FineTuneJob, by) -> str:
@@ -307,6 +317,9 @@ def adapter_merge_request(*, job: FineTuneJob, by) -> str:
         raise JobStateError("not your job")
     if not job.has_adapter:
         raise JobStateError("only a succeeded job has an adapter to merge")
+    if merged_status(job) == "none":
+        # The zip holds the base's weights in 16 bits (stored, not deflated): refused now, not after the merge.
+        check_limit(by, "storage_bytes", used=storage_used(by), adding=merged_export_estimate(job))
     with transaction.atomic():
         if not merge_queue(job):
             return merged_status(job)
@@ -323,6 +336,7 @@ def merged_export_delete(*, job: FineTuneJob, by) -> bool:
     existed = merged_export_forget(job)
     blobs.delete(merged_zip_name(job))
     shutil.rmtree(job_output_dir(job) / "merged", ignore_errors=True)
+    job_storage_record(job.id)
     if existed:
         job_event(job_id=job.id, kind="export", message="merged model deleted")
     return existed

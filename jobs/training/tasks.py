@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import shutil
 import threading
 import time
 
@@ -25,8 +26,8 @@ from jobs.common import blobs, queue
 from jobs.common.errors import failure_category
 from jobs.common.shares import EXPORTS, owner_share
 from jobs.training import merges, services, workers
-from jobs.training.claims import Claim, expired_running_jobs, record_crash
-from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir, merged_zip_name
+from jobs.training.claims import Claim, compute_spent, expired_running_jobs, record_crash
+from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir, job_storage_record, merged_zip_name
 from jobs.training.live import publish_status
 from jobs.training.models import FineTuneJob, JobStatus, MergedExport
 from jobs.training.reporting import DbReporter
@@ -125,9 +126,18 @@ def _run_claimed(claim: Claim) -> str:
 class RunClock:
     """How long this run (and the job's earlier runs) trained, against JOB_MAX_RUN_SECONDS."""
 
-    def __init__(self, earlier_seconds: float):
+    def __init__(self, earlier_seconds: float, owner=None):
         self.started, self.earlier = time.monotonic(), earlier_seconds
         self.timed_out = False
+        self.owner, self.quota_checked = owner, float("-inf")
+        self.quota_spent: int | None = None
+
+    def compute_spent(self) -> int | None:
+        """The owner's daily training time allowed once it is used up (asked every COMPUTE_QUOTA_CHECK_SECONDS)."""
+        now = time.monotonic()
+        if self.owner is not None and now - self.quota_checked >= settings.COMPUTE_QUOTA_CHECK_SECONDS:
+            self.quota_checked, self.quota_spent = now, compute_spent(self.owner)
+        return self.quota_spent
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -137,8 +147,8 @@ class RunClock:
 
 
 def _should_stop(claim: Claim, clock: RunClock):
-    """The engine's stop check: the user's cancel or pause, the run-time limit, a pause for this
-    worker's shutdown, or WorkLost when the claim is gone."""
+    """The engine's stop check: the user's cancel or pause, the run-time limit, a pause when the owner's daily
+    training time is used up, a pause for this worker's shutdown, or WorkLost when the claim is gone."""
 
     def should_stop():
         if claim.lost.is_set():
@@ -149,13 +159,24 @@ def _should_stop(claim: Claim, clock: RunClock):
         if not request and clock.over_limit():
             clock.timed_out = True
             return "cancel"
+        if not request and clock.compute_spent() is not None:
+            return "pause"
         return request or ("pause" if _shutting_down.is_set() else None)
 
     return should_stop
 
 
+def _note_compute_pause(job: FineTuneJob, *, steps: int, allowed: int) -> None:
+    services.job_event(
+        job_id=job.id,
+        kind="pause",
+        message=f"paused at step {steps}: your daily training time ({allowed:,} s) is used up; resume it once "
+        "the day (UTC) turns, or ask an administrator to raise your limit (QUOTA_COMPUTE_SECONDS_PER_DAY)",
+    )
+
+
 def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
-    clock = RunClock(job.run_seconds)
+    clock = RunClock(job.run_seconds, owner=job.owner)
 
     def mark(**fields):
         run_seconds = job.run_seconds + clock.elapsed()
@@ -215,6 +236,8 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
         return "requeued"  # job_run wakes the other workers
     elif result.status == "paused":
         mark(status=JobStatus.PAUSED)
+        if clock.quota_spent is not None:
+            _note_compute_pause(job, steps=result.steps_done, allowed=clock.quota_spent)
     elif clock.timed_out:
         limit = settings.JOB_MAX_RUN_SECONDS
         mark(
@@ -330,6 +353,8 @@ def _merge_claimed(job: FineTuneJob, token: str) -> str:
         with blobs.writing(merged_zip_name(job)) as zip_path:
             zip_folder(folder, zip_path)
             size = zip_path.stat().st_size
+        shutil.rmtree(folder, ignore_errors=True)  # served as the zip: the folder would only double the storage
+    job_storage_record(job.id)
     if not merges.merge_finish(job, token, size_bytes=size):
         return "lost"  # another run took the export over; it records the end
     note = "merged model ready" + (" (QLoRA adapter merged into the 16-bit base)" if job.config.get("qlora") else "")

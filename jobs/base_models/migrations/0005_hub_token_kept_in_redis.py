@@ -22,7 +22,7 @@ def move_pending_tokens(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("base_models", "0003_name_unique_per_owner")]
+    dependencies = [("base_models", "0004_basemodel_stored_bytes")]
 
     operations = [
         migrations.RunPython(move_pending_tokens, migrations.RunPython.noop),
