@@ -54,6 +54,9 @@ class BaseModel(models.Model):
     hub_token = models.CharField(max_length=500, blank=True)
     bytes_total = models.BigIntegerField(default=0)
     bytes_done = models.BigIntegerField(default=0)
+    # How many times the background work (a GGUF conversion) was started: a task redelivered after its worker
+    # died counts, and past GGUF_CONVERT_ATTEMPTS the model fails for good instead of being tried again.
+    attempts = models.IntegerField(default=0)
 
     class Meta:
         db_table = "jobs_basemodel"  # the table of the single app this project once had (see legacy_schema)

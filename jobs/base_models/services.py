@@ -13,7 +13,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import ProtectedError, Q
+from django.db.models import F, ProtectedError, Q
 
 from jobs.base_models.hub import HubClient, HubError, check_repo_id, check_revision, files_to_fetch, remote_code_refusal
 from jobs.base_models.models import BaseModel, ModelSource, ModelStatus
@@ -23,6 +23,8 @@ from jobs.common.errors import failure_category
 from jobs.common.exceptions import ProductError, StateError
 from jobs.common.outbound import OutboundPolicy
 from jobs.common.storage import media_path
+from worker.errors import InputError
+from worker.gguf_convert import convert_gguf_limited
 from worker.modeling import context_length, describe_model
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ def base_model_register(*, name: str, path: str | Path, owner=None, source: str 
     if refusal:
         raise ProductError(refusal, field="path")
     info = describe_model(local)
+    if info["chat_template_problem"]:
+        raise ProductError(f"the model's chat template is refused: {info['chat_template_problem']}", field="path")
     model, _ = BaseModel.objects.update_or_create(
         name=name,
         owner=owner,
@@ -131,6 +135,8 @@ def _finish(model: BaseModel, relative: str, **fields) -> None:
     first use."""
     folder = media_path(relative)
     info = describe_model(str(folder))
+    if info["chat_template_problem"]:
+        raise ProductError(f"the model's chat template is refused: {info['chat_template_problem']}")
     ctx = context_length(str(folder))
     path = blobs.store_url(relative) if blobs.enabled() else str(folder)
     BaseModel.objects.filter(id=model.id).update(
@@ -363,19 +369,37 @@ def base_model_add_from_gguf(*, by, upload, name: str = "") -> BaseModel:
 
 
 def base_model_convert_gguf(*, model_id) -> None:
-    """The background worker's part: dequantize the GGUF into a float32 safetensors folder (as the demo
-    model is made), describe it, and drop the GGUF."""
-    from worker.demo_model import convert_gguf_to_hf
-
+    """The background worker's part: check the GGUF's header against its size, the disk and the memory, then
+    dequantize it into a float32 safetensors folder in a capped child process (as the demo model is made),
+    describe it, and drop the GGUF. A conversion started GGUF_CONVERT_ATTEMPTS times already fails for good."""
     model = _claim(model_id, waiting=ModelStatus.QUEUED, working=ModelStatus.CONVERTING)
     if model is None:
         return
     folder, upload = model_folder(model), f"{model_relative(model)}/upload.gguf"
+    BaseModel.objects.filter(id=model.id).update(attempts=F("attempts") + 1)
+    model.refresh_from_db(fields=["attempts"])
+    if model.attempts > settings.GGUF_CONVERT_ATTEMPTS:
+        _fail(
+            model,
+            f"the conversion was started {model.attempts - 1} times and never finished (its worker stopped); "
+            f"it is not tried again (GGUF_CONVERT_ATTEMPTS)",
+            folder,
+        )
+        return
     try:
         with blobs.writing(f"{model_relative(model)}/model", in_place=True) as out:  # the converter is atomic
-            convert_gguf_to_hf(blobs.fetch(upload), out)
+            convert_gguf_limited(
+                blobs.fetch(upload),
+                out,
+                memory_mb=settings.GGUF_CONVERT_MEMORY_MB,
+                seconds=settings.GGUF_CONVERT_SECONDS,
+                max_parameters=settings.GGUF_MAX_PARAMETERS,
+            )
         blobs.delete(upload)
         _finish(model, f"{model_relative(model)}/model")
+    except (ProductError, InputError) as exc:  # refused before building, or the child said why in plain words
+        log.warning("GGUF conversion of %s refused: %s", model_id, exc.message)
+        _fail(model, exc.message, folder)
     except Exception as exc:  # a GGUF the converter cannot read: any error of gguf/transformers
         log.exception("GGUF conversion of %s failed", model_id)
         _fail(model, f"the GGUF file cannot be converted: {failure_category(exc)}", folder)
