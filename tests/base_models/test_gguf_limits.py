@@ -14,11 +14,17 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from jobs.base_models import services
 from jobs.base_models.models import BaseModel, ModelStatus
 from tests.base_models.tiny_gguf import write_tiny_gguf
+from tests.factories import bearer_client
 from worker.gguf_check import GgufError, GgufLayout, gguf_refusal, read_gguf_layout
 from worker.gguf_convert import convert_gguf_limited
 
 pytestmark = pytest.mark.django_db
 GB = 1024**3
+
+
+@pytest.fixture
+def api_staff(django_user_model):
+    return bearer_client(django_user_model.objects.create_user("root", is_staff=True))
 
 
 def write_lying_gguf(out: Path, parameters_per_tensor: int = 103_000_000_000, tensors: int = 5) -> Path:
@@ -136,3 +142,34 @@ def test_conversion_attempts_are_counted_and_a_conversion_whose_worker_kept_dyin
         "the conversion was started 2 times and never finished (its worker stopped); "
         "it is not tried again (GGUF_CONVERT_ATTEMPTS)"
     )
+
+
+SLOW_TEMPLATE = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ messages }}"
+
+
+def test_a_folder_whose_chat_template_loops_for_ever_is_refused_with_the_reason(api_staff, tiny_llama, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(tiny_llama, tmp_path / "slow-template")
+    (folder / "chat_template.jinja").write_text(SLOW_TEMPLATE)
+    response = api_staff.post("/api/v1/base-models/", {"source": "folder", "name": "s", "path": str(folder)}, format="json")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["field"] == "path" and error["message"].startswith("the model's chat template is refused: ")
+    assert "more than 1,000,000 loop steps" in error["message"]
+    assert not BaseModel.objects.exists()
+
+
+def test_a_gguf_whose_chat_template_loops_for_ever_is_converted_then_refused_with_the_reason(
+    settings, api, tiny_llama, tmp_path
+):
+    import shutil
+
+    settings.USER_MODELS = True
+    folder = shutil.copytree(tiny_llama, tmp_path / "slow-template")
+    (folder / "chat_template.jinja").write_text(SLOW_TEMPLATE)
+    model_id = upload(api, write_tiny_gguf(folder, tmp_path / "slow.gguf"))
+    services.base_model_convert_gguf(model_id=model_id)
+    model = BaseModel.objects.get(id=model_id)
+    assert model.status == ModelStatus.FAILED
+    assert model.error.startswith("the model's chat template is refused: the chat template runs more than 1,000,000")

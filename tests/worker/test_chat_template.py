@@ -95,3 +95,23 @@ def test_a_template_that_refuses_a_system_turn_is_not_refused_but_one_that_alway
     no_system = "{% if messages[0].role == 'system' %}{{ raise_exception('no system role') }}{% endif %}ok"
     assert chat_template_refusal(Tokenizer(no_system)) is None
     assert "stopped with an error: never" in chat_template_refusal(Tokenizer("{{ raise_exception('never') }}"))
+
+
+def test_training_data_and_the_chat_worker_render_through_the_limits(tiny_llama):
+    """Token counting and training (tokenize_conversation) and the chat worker (fit_conversation) stop a
+    template that loops for ever, as the renderer does, instead of holding their process."""
+    from transformers import AutoTokenizer
+
+    from worker.config import GenerationConfig
+    from worker.data.tokenization import tokenize_conversation
+    from worker.inference import fit_conversation
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    assert tokenize_conversation(tok, CHAT + [{"role": "assistant", "content": "Red."}], 256).length > 0
+    tok.chat_template = NESTED_LOOPS
+    started = time.monotonic()
+    with pytest.raises(ChatTemplateLimitError, match="loop steps"):
+        tokenize_conversation(tok, CHAT + [{"role": "assistant", "content": "Red."}], 256)
+    with pytest.raises(ChatTemplateLimitError, match="loop steps"):
+        fit_conversation(tok, CHAT, GenerationConfig(max_new_tokens=8), 512)
+    assert time.monotonic() - started < 3
