@@ -7,13 +7,12 @@ import time
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from jobs.base_models import services
 from jobs.base_models.models import BaseModel, ModelStatus
-from tests.base_models.tiny_gguf import write_tiny_gguf
+from tests.base_models.tiny_gguf import write_lying_gguf, write_tiny_gguf
 from tests.factories import bearer_client
 from worker.gguf_check import GgufError, GgufLayout, gguf_refusal, read_gguf_layout
 from worker.gguf_convert import convert_gguf_limited
@@ -25,26 +24,6 @@ GB = 1024**3
 @pytest.fixture
 def api_staff(django_user_model):
     return bearer_client(django_user_model.objects.create_user("root", is_staff=True))
-
-
-def write_lying_gguf(out: Path, parameters_per_tensor: int = 103_000_000_000, tensors: int = 5) -> Path:
-    """A GGUF whose header declares float32 tensors of `parameters_per_tensor` each, with no weights after it."""
-    import gguf
-
-    writer = gguf.GGUFWriter(str(out), "llama")
-    writer.add_name("huge")
-    writer.add_block_count(tensors)
-    rows = 100_000
-    for i in range(tensors):
-        shape = (rows, parameters_per_tensor // rows)
-        writer.add_tensor_info(
-            f"blk.{i}.ffn_up.weight", shape, np.dtype(np.float32), parameters_per_tensor * 4, gguf.GGMLQuantizationType.F32
-        )
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    writer.close()
-    return out
 
 
 def upload(api, path: Path) -> str:
