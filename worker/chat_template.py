@@ -173,7 +173,9 @@ def _compiled(source: str) -> Any:
                 budget.check_count(len(left) * right if isinstance(left, (str, list, tuple)) else 0)
                 budget.check_count(len(right) * left if isinstance(right, (str, list, tuple)) else 0)
             if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
-                raise ChatTemplateLimitError("the chat template raises a number to a power over 64; it cannot be rendered")
+                raise ChatTemplateLimitError(
+                    "the chat template raises a number to a power over 64; it cannot be rendered"
+                )
             return budget.check_size(super().call_binop(context, operator, left, right))
 
         def _parse(self, source: str, name: str | None, filename: str | None) -> Any:
@@ -186,7 +188,9 @@ def _compiled(source: str) -> Any:
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False):
+    def tojson(
+        x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+    ) -> str:
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     def strftime_now(format: str) -> str:
@@ -242,7 +246,9 @@ def render_template(
     except RecursionError:
         raise ChatTemplateError("the chat template calls itself too deeply; it cannot be rendered") from None
     except MemoryError:
-        raise ChatTemplateLimitError("the chat template needs more memory than there is; it cannot be rendered") from None
+        raise ChatTemplateLimitError(
+            "the chat template needs more memory than there is; it cannot be rendered"
+        ) from None
     except Exception as exc:  # a template's own bug (a None added to a string, a missing key)
         raise ChatTemplateError(f"the chat template fails on this conversation ({type(exc).__name__})") from None
     finally:

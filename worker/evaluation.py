@@ -16,11 +16,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from worker.batching import Device
+from worker.chat_template import render_chat
 from worker.config import TrainConfig
 from worker.data.examples import Example
 from worker.data.tokenization import tokenize_examples, tokenize_pairs
 from worker.loss import mean_token_loss, pair_logps, preference_eval
-from worker.chat_template import render_chat
 
 if TYPE_CHECKING:
     import torch

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from worker.chat_template import render_chat
 from worker.config import GenerationConfig
 from worker.modeling import choose_device, load_base_model, load_tokenizer, meta_model
-from worker.chat_template import render_chat
 
 if TYPE_CHECKING:
     import torch

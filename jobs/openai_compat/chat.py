@@ -24,10 +24,10 @@ from jobs.common.errors import OpenAIError, openai_error_body, openai_error_resp
 from jobs.openai_compat.base import known_fields
 from jobs.openai_compat.errors import incorrect_key_error, method_not_allowed_error, missing_key_error
 from jobs.openai_compat.fine_tuning import resolve_model
+from worker.chat_template import render_chat
 from worker.config import ConfigError, GenerationConfig
 from worker.errors import InputError
 from worker.modeling import cached_tokenizer
-from worker.chat_template import render_chat
 
 CHAT_FIELDS = {
     "model": "a string",

@@ -131,7 +131,9 @@ def test_a_folder_whose_chat_template_loops_for_ever_is_refused_with_the_reason(
 
     folder = shutil.copytree(tiny_llama, tmp_path / "slow-template")
     (folder / "chat_template.jinja").write_text(SLOW_TEMPLATE)
-    response = api_staff.post("/api/v1/base-models/", {"source": "folder", "name": "s", "path": str(folder)}, format="json")
+    response = api_staff.post(
+        "/api/v1/base-models/", {"source": "folder", "name": "s", "path": str(folder)}, format="json"
+    )
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["field"] == "path" and error["message"].startswith("the model's chat template is refused: ")

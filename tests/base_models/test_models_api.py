@@ -195,7 +195,10 @@ def test_a_gguf_that_cannot_be_converted_fails_with_the_reason(settings, api):
     model_id = api.post("/api/v1/base-models/", {"source": "gguf", "file": upload}, format="multipart").json()["id"]
     services.base_model_convert_gguf(model_id=model_id)
     model = BaseModel.objects.get(id=model_id)
-    assert model.status == ModelStatus.FAILED and model.error == "GGUF version 4294967295 is not supported (versions 2 and 3 are)"
+    assert (
+        model.status == ModelStatus.FAILED
+        and model.error == "GGUF version 4294967295 is not supported (versions 2 and 3 are)"
+    )
 
 
 def test_a_failed_conversion_shows_a_plain_reason_not_the_exception_text(settings, api, caplog):

@@ -96,7 +96,11 @@ def write_lying_gguf(out: Path, parameters_per_tensor: int = 103_000_000_000, te
     for i in range(tensors):
         shape = (rows, parameters_per_tensor // rows)
         writer.add_tensor_info(
-            f"blk.{i}.ffn_up.weight", shape, np.dtype(np.float32), parameters_per_tensor * 4, gguf.GGMLQuantizationType.F32
+            f"blk.{i}.ffn_up.weight",
+            shape,
+            np.dtype(np.float32),
+            parameters_per_tensor * 4,
+            gguf.GGMLQuantizationType.F32,
         )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

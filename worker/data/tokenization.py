@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.data.examples import Example
 from worker.chat_template import render_chat
+from worker.data.examples import Example
 
 IGNORE_INDEX = -100  # the label of a position the loss skips (PyTorch's cross_entropy default)
 

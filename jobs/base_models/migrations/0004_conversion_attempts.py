@@ -4,15 +4,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+    dependencies = [("base_models", "0003_name_unique_per_owner")]
 
-    dependencies = [
-        ('base_models', '0003_name_unique_per_owner'),
-    ]
-
-    operations = [
-        migrations.AddField(
-            model_name='basemodel',
-            name='attempts',
-            field=models.IntegerField(default=0),
-        ),
-    ]
+    operations = [migrations.AddField(model_name="basemodel", name="attempts", field=models.IntegerField(default=0))]
