@@ -4,7 +4,22 @@ set in the child before it reads anything, and a reader of the child's stderr th
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where `python -m worker.<module>` resolves
+
+
+def start_child(module: str, request: Path) -> subprocess.Popen[bytes]:
+    """`python -m <module> <request>`: no input, no output but stderr (read it with StderrTail)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, str(request)],
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def limit_address_space(memory_mb: int) -> None:

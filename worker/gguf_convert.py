@@ -18,12 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from worker.child_process import StderrTail, limit_address_space
+from worker.child_process import StderrTail, limit_address_space, start_child
 from worker.gguf_check import GgufError, available_memory_bytes, gguf_refusal, read_gguf_layout
 
 log = logging.getLogger(__name__)
 
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where `python -m worker.gguf_convert` resolves
 UNREADABLE = "the GGUF file cannot be converted: its contents are not in a form this product can read"
 
 
@@ -68,13 +67,7 @@ def convert_gguf_limited(
 
 def _run(request: Path, seconds: float) -> tuple[int, str]:
     """Run the child on `request`; kill it past `seconds`."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "worker.gguf_convert", str(request)],
-        cwd=_PROJECT_ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    ) as child:
+    with start_child("worker.gguf_convert", request) as child:
         stderr = StderrTail(child)
         try:
             child.wait(timeout=seconds)

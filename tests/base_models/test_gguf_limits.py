@@ -41,7 +41,7 @@ def test_a_gguf_declaring_515_billion_parameters_in_a_small_file_is_refused_befo
     assert lying.stat().st_size < 1000 and read_gguf_layout(lying).parameters == 515_000_000_000
     model_id = upload(api, lying)
     started = time.monotonic()
-    with mock.patch("worker.gguf_convert.subprocess.Popen", side_effect=AssertionError("a child was started")):
+    with mock.patch("worker.gguf_convert.start_child", side_effect=AssertionError("a child was started")):
         services.base_model_convert_gguf(model_id=model_id)
     assert time.monotonic() - started < 5
     model = BaseModel.objects.get(id=model_id)

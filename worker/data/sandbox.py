@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.child_process import StderrTail, limit_address_space
+from worker.child_process import StderrTail, limit_address_space, start_child
 from worker.data.limits import DataLimits
 from worker.data.problems import DatasetError, Problem, SchemaUnknown, base_name
 from worker.errors import InputError
@@ -30,8 +30,6 @@ from worker.errors import InputError
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int], object]  # on_progress(stage, rows)
-
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where `python -m worker.data.sandbox` resolves
 
 
 @dataclass
@@ -116,13 +114,7 @@ def _run_child(
     """Run the reader on `request`; kill it past `seconds`; relay its progress file while it runs."""
     deadline = time.monotonic() + seconds
     last: Any = None
-    with subprocess.Popen(
-        [sys.executable, "-m", "worker.data.sandbox", str(request)],
-        cwd=_PROJECT_ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    ) as child:
+    with start_child("worker.data.sandbox", request) as child:
         stderr = StderrTail(child)
         while True:
             try:
