@@ -412,7 +412,10 @@ GGUF_MAX_BYTES = env_int("GGUF_MAX_BYTES", DATASET_MAX_BYTES)
 # conversion then runs in a child process capped at GGUF_CONVERT_MEMORY_MB of address space and
 # GGUF_CONVERT_SECONDS; a conversion whose worker died is started again at most GGUF_CONVERT_ATTEMPTS times.
 GGUF_MAX_PARAMETERS = env_int("GGUF_MAX_PARAMETERS", 20_000_000_000)
-GGUF_CONVERT_MEMORY_MB = env_int("GGUF_CONVERT_MEMORY_MB", 32768)
+# Default: this machine's memory (the header check also holds it to the memory free when it starts).
+GGUF_CONVERT_MEMORY_MB = env_int(
+    "GGUF_CONVERT_MEMORY_MB", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+)
 GGUF_CONVERT_SECONDS = env_int("GGUF_CONVERT_SECONDS", 3600)
 GGUF_CONVERT_ATTEMPTS = env_int("GGUF_CONVERT_ATTEMPTS", 2)
 
