@@ -441,6 +441,17 @@ HUB_TIMEOUT_SECONDS = env_int("HUB_TIMEOUT_SECONDS", 30)
 HUB_TOKEN_SECONDS = env_int("HUB_TOKEN_SECONDS", 24 * 3600)
 # A GGUF upload is refused past this size (a larger one also needs MAX_REQUEST_BYTES raised).
 GGUF_MAX_BYTES = env_int("GGUF_MAX_BYTES", DATASET_MAX_BYTES)
+# Before a GGUF is converted its header is read: a file declaring more weights than it holds, more than
+# GGUF_MAX_PARAMETERS, or a float32 model larger than the free disk or memory is refused with the figures. The
+# conversion then runs in a child process capped at GGUF_CONVERT_MEMORY_MB of address space and
+# GGUF_CONVERT_SECONDS; a conversion whose worker died is started again at most GGUF_CONVERT_ATTEMPTS times.
+GGUF_MAX_PARAMETERS = env_int("GGUF_MAX_PARAMETERS", 20_000_000_000)
+# Default: this machine's memory (the header check also holds it to the memory free when it starts).
+GGUF_CONVERT_MEMORY_MB = env_int(
+    "GGUF_CONVERT_MEMORY_MB", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+)
+GGUF_CONVERT_SECONDS = env_int("GGUF_CONVERT_SECONDS", 3600)
+GGUF_CONVERT_ATTEMPTS = env_int("GGUF_CONVERT_ATTEMPTS", 2)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

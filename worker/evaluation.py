@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from worker.batching import Device
+from worker.chat_template import render_chat
 from worker.config import TrainConfig
 from worker.data.examples import Example
 from worker.data.tokenization import tokenize_examples, tokenize_pairs
@@ -86,7 +87,7 @@ def generate_batch(
     the adapter each answer goes through (PEFT's mixed-adapter batch)."""
     import torch
 
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    texts = [render_chat(tokenizer, c, add_generation_prompt=True) for c in conversations]
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
     extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
     with torch.inference_mode():

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from worker.chat_template import render_chat
 from worker.config import GenerationConfig
 from worker.modeling import choose_device, load_base_model, load_tokenizer, meta_model
 
@@ -384,8 +385,7 @@ def _prompt_text(tok: Any, messages: list[dict[str, str]], gen: GenerationConfig
     chat = list(messages)
     if gen.system_prompt and not (chat and chat[0]["role"] == "system"):
         chat = [{"role": "system", "content": gen.system_prompt}] + chat
-    text: str = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    return text
+    return render_chat(tok, chat, add_generation_prompt=True)
 
 
 def _generate_kwargs(tok: Any, gen: GenerationConfig, should_stop: Callable[[], bool] | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from worker.chat_template import chat_template_refusal
 from worker.config import PRECISIONS, ConfigError, TrainConfig
 from worker.errors import InputError
 from worker.kernels import apply_liger, attn_implementation
@@ -491,6 +492,7 @@ def describe_model(path: str) -> dict[str, Any]:
         "linear_modules": linear_module_suffixes(model),
         "saveable_modules": saveable_modules(model),
         "has_chat_template": bool(tok.chat_template),
+        "chat_template_problem": chat_template_refusal(tok),  # a template past its limits is refused
     }
 
 

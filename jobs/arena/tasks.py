@@ -17,6 +17,7 @@ from jobs.arena.models import ChatAnswer
 from jobs.arena.selectors import answer_event_meta, answer_history, session_base_model
 from jobs.common import blobs, queue
 from worker.config import GenerationConfig
+from worker.errors import StudioError
 from worker.inference import ModelPool, fit_conversation
 from worker.modeling import cached_tokenizer, context_length
 
@@ -73,6 +74,14 @@ def _answer_adapter(answer: ChatAnswer) -> tuple[str, str] | None:
     return None if job is None else (str(job.adapter.id), str(blobs.fetch(job.adapter.folder)))
 
 
+def _answers_failed(session, claimed, metas, status, answer_ids, stored: str, shown: str) -> list[str]:
+    ChatAnswer.objects.filter(id__in=claimed).update(state=ChatAnswer.State.FAILED, error=stored)
+    for meta in metas:
+        publish_chat(session.id, "error", {**meta, "error": shown})
+    status.update({str(i): "failed" for i in claimed})
+    return [status[i] for i in answer_ids]
+
+
 def _answer_together(answer_ids: list[str]) -> list[str]:
     """Claim the pending answers among `answer_ids` (one session, one base), generate them together
     and stream each piece to the session's channel; returns a status per id."""
@@ -104,7 +113,10 @@ def _answer_together(answer_ids: list[str]) -> list[str]:
 
     gen = GenerationConfig(**answers[0].settings)
     context = context_length(base_path)
-    fitted = [fit_conversation(cached_tokenizer(base_path), answer_history(a), gen, context) for a in answers]
+    try:
+        fitted = [fit_conversation(cached_tokenizer(base_path), answer_history(a), gen, context) for a in answers]
+    except StudioError as exc:  # the model's chat template broke its limits or failed: say so, in its words
+        return _answers_failed(session, claimed, metas, status, answer_ids, exc.message, exc.message)
     requests = [(f.messages, _answer_adapter(a)) for f, a in zip(fitted, answers)]
     notes = [f.note(context) for f in fitted]
     # Latency as the worker sees it, from taking up the round (model loading included, queue wait not):
@@ -124,13 +136,8 @@ def _answer_together(answer_ids: list[str]) -> list[str]:
         texts = model_pool().generate_many(base_path, requests, gen, should_stop=stop_asked, on_text=on_text)
     except Exception as exc:
         log.exception("chat answers %s failed", claimed)
-        ChatAnswer.objects.filter(id__in=claimed).update(
-            state=ChatAnswer.State.FAILED, error=f"{type(exc).__name__}: {exc}"
-        )
-        for meta in metas:
-            publish_chat(session.id, "error", {**meta, "error": "generation failed; see the worker log"})
-        status.update({str(i): "failed" for i in claimed})
-        return [status[i] for i in answer_ids]
+        shown = exc.message if isinstance(exc, StudioError) else "generation failed; see the worker log"
+        return _answers_failed(session, claimed, metas, status, answer_ids, f"{type(exc).__name__}: {exc}", shown)
     ended = monotonic()
     stopped = stop_asked()
     tokenizer = cached_tokenizer(base_path)

@@ -56,6 +56,9 @@ class BaseModel(models.Model):
     stored_bytes = models.BigIntegerField(
         null=True, blank=True, help_text="bytes this product stores for the model (a user's own counts to their quota)"
     )
+    # How many times the background work (a GGUF conversion) was started: a task redelivered after its worker
+    # died counts, and past GGUF_CONVERT_ATTEMPTS the model fails for good instead of being tried again.
+    attempts = models.IntegerField(default=0)
 
     class Meta:
         db_table = "jobs_basemodel"  # the table of the single app this project once had (see legacy_schema)

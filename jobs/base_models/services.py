@@ -13,7 +13,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import ProtectedError, Q
+from django.db.models import F, ProtectedError, Q
 
 from jobs.accounts.limits import QuotaExceeded, check_limit, storage_used
 from jobs.base_models.hub import HubClient, HubError, check_repo_id, check_revision, files_to_fetch, remote_code_refusal
@@ -25,6 +25,8 @@ from jobs.common.errors import failure_category
 from jobs.common.exceptions import ProductError, StateError
 from jobs.common.outbound import OutboundPolicy
 from jobs.common.storage import media_path
+from worker.errors import InputError
+from worker.gguf_convert import convert_gguf_limited
 from worker.modeling import context_length, describe_model
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ def base_model_register(*, name: str, path: str | Path, owner=None, source: str 
     if refusal:
         raise ProductError(refusal, field="path")
     info = describe_model(local)
+    if info["chat_template_problem"]:
+        raise ProductError(f"the model's chat template is refused: {info['chat_template_problem']}", field="path")
     model, _ = BaseModel.objects.update_or_create(
         name=name,
         owner=owner,
@@ -133,6 +137,8 @@ def _finish(model: BaseModel, relative: str, **fields) -> None:
     first use."""
     folder = media_path(relative)
     info = describe_model(str(folder))
+    if info["chat_template_problem"]:
+        raise ProductError(f"the model's chat template is refused: {info['chat_template_problem']}")
     ctx = context_length(str(folder))
     path = blobs.store_url(relative) if blobs.enabled() else str(folder)
     BaseModel.objects.filter(id=model.id).update(
@@ -375,17 +381,32 @@ def base_model_add_from_gguf(*, by, upload, name: str = "") -> BaseModel:
 
 
 def base_model_convert_gguf(*, model_id) -> None:
-    """The background worker's part: dequantize the GGUF into a float32 safetensors folder (as the demo
-    model is made), describe it, and drop the GGUF."""
-    from worker.demo_model import convert_gguf_to_hf
-
+    """The background worker's part: check the GGUF's header against its size, the disk and the memory, then
+    dequantize it into a float32 safetensors folder in a capped child process (as the demo model is made),
+    describe it, and drop the GGUF. A conversion started GGUF_CONVERT_ATTEMPTS times already fails for good."""
     model = _claim(model_id, waiting=ModelStatus.QUEUED, working=ModelStatus.CONVERTING)
     if model is None:
         return
     folder, upload = model_folder(model), f"{model_relative(model)}/upload.gguf"
+    BaseModel.objects.filter(id=model.id).update(attempts=F("attempts") + 1)
+    model.refresh_from_db(fields=["attempts"])
+    if model.attempts > settings.GGUF_CONVERT_ATTEMPTS:
+        _fail(
+            model,
+            f"the conversion was started {model.attempts - 1} times and never finished (its worker stopped); "
+            f"it is not tried again (GGUF_CONVERT_ATTEMPTS)",
+            folder,
+        )
+        return
     try:
         with blobs.writing(f"{model_relative(model)}/model", in_place=True) as out:  # the converter is atomic
-            convert_gguf_to_hf(blobs.fetch(upload), out)
+            convert_gguf_limited(
+                blobs.fetch(upload),
+                out,
+                memory_mb=settings.GGUF_CONVERT_MEMORY_MB,
+                seconds=settings.GGUF_CONVERT_SECONDS,
+                max_parameters=settings.GGUF_MAX_PARAMETERS,
+            )
             if model.owner_id is not None:  # float weights can be larger than the GGUF: refused before publishing
                 used = storage_used(model.owner) - blobs.stored_bytes(model_relative(model))  # this model's, replaced
                 check_limit(model.owner, "storage_bytes", used=used, adding=blobs.local_bytes(out))
@@ -393,6 +414,9 @@ def base_model_convert_gguf(*, model_id) -> None:
         _finish(model, f"{model_relative(model)}/model")
     except QuotaExceeded as exc:
         blobs.delete(upload)
+        _fail(model, exc.message, folder)
+    except (ProductError, InputError) as exc:  # refused before building, or the child said why in plain words
+        log.warning("GGUF conversion of %s refused: %s", model_id, exc.message)
         _fail(model, exc.message, folder)
     except Exception as exc:  # a GGUF the converter cannot read: any error of gguf/transformers
         log.exception("GGUF conversion of %s failed", model_id)

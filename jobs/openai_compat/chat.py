@@ -24,6 +24,7 @@ from jobs.common.errors import OpenAIError, openai_error_body, openai_error_resp
 from jobs.openai_compat.base import known_fields
 from jobs.openai_compat.errors import incorrect_key_error, method_not_allowed_error, missing_key_error
 from jobs.openai_compat.fine_tuning import resolve_model
+from worker.chat_template import render_chat
 from worker.config import ConfigError, GenerationConfig
 from worker.errors import InputError
 from worker.modeling import cached_tokenizer
@@ -151,9 +152,7 @@ def _usage(base: BaseModel, messages: list[dict], text: str) -> dict[str, int]:
     """Token counts with the base model's tokenizer (no model is loaded); zeros if it cannot be read."""
     try:
         tok = cached_tokenizer(base.local_path)
-        prompt = len(
-            tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
-        )
+        prompt = len(tok(render_chat(tok, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
         completion = len(tok(text, add_special_tokens=False)["input_ids"])
     except Exception:  # usage is informative; never fail a finished completion over it
         prompt = completion = 0

@@ -20,6 +20,7 @@ from tests.base_models.hub_server import folder_files, hub_handler
 from tests.local_http import local_http_server
 
 pytestmark = pytest.mark.django_db
+SLOW_TEMPLATE = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ messages }}"
 
 
 @pytest.fixture
@@ -41,7 +42,8 @@ def hub_repos(tiny_llama):
         },
     )
     pickled = {"config.json": tiny["config.json"], "pytorch_model.bin": b"\x80\x04pickle", "README.md": b"hi"}
-    return {"org/tiny": tiny, "org/remote-code": remote, "org/pickled": pickled}
+    slow = dict(tiny, **{"chat_template.jinja": SLOW_TEMPLATE.encode()})
+    return {"org/tiny": tiny, "org/remote-code": remote, "org/pickled": pickled, "org/slow-template": slow}
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +199,10 @@ def test_with_an_object_store_the_model_is_published_for_other_machines(staff, h
     from jobs.common import blobs
 
     assert not blobs.exists(f"base-models/{model.id}")
+
+
+def test_a_download_whose_chat_template_loops_for_ever_is_refused_with_the_reason(staff, hub):
+    model = _download(staff, "org/slow-template")
+    assert model.status == ModelStatus.FAILED
+    assert model.error.startswith("the model's chat template is refused: the chat template runs more than 1,000,000")
+    assert not services.model_folder(model).exists()

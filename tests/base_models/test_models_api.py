@@ -195,7 +195,10 @@ def test_a_gguf_that_cannot_be_converted_fails_with_the_reason(settings, api):
     model_id = api.post("/api/v1/base-models/", {"source": "gguf", "file": upload}, format="multipart").json()["id"]
     services.base_model_convert_gguf(model_id=model_id)
     model = BaseModel.objects.get(id=model_id)
-    assert model.status == ModelStatus.FAILED and "cannot be converted" in model.error
+    assert (
+        model.status == ModelStatus.FAILED
+        and model.error == "GGUF version 4294967295 is not supported (versions 2 and 3 are)"
+    )
 
 
 def test_a_failed_conversion_shows_a_plain_reason_not_the_exception_text(settings, api, caplog):
@@ -203,7 +206,7 @@ def test_a_failed_conversion_shows_a_plain_reason_not_the_exception_text(setting
     upload = SimpleUploadedFile("broken.gguf", b"GGUF" + b"\xff" * 60)
     model_id = api.post("/api/v1/base-models/", {"source": "gguf", "file": upload}, format="multipart").json()["id"]
     leak = ValueError("tensor blk.0 at /srv/lora-studio/media/models/secret-7b/upload.gguf")
-    with mock.patch("worker.demo_model.convert_gguf_to_hf", side_effect=leak):
+    with mock.patch("jobs.base_models.services.convert_gguf_limited", side_effect=leak):
         services.base_model_convert_gguf(model_id=model_id)
     model = BaseModel.objects.get(id=model_id)
     assert model.status == ModelStatus.FAILED

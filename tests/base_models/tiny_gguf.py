@@ -82,3 +82,28 @@ def write_tiny_gguf(model_dir: Path, out: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+def write_lying_gguf(out: Path, parameters_per_tensor: int = 103_000_000_000, tensors: int = 5) -> Path:
+    """A GGUF whose header declares float32 tensors of `parameters_per_tensor` each, with no weights after it."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(out), "llama")
+    writer.add_name("huge")
+    writer.add_block_count(tensors)
+    rows = 100_000
+    for i in range(tensors):
+        shape = (rows, parameters_per_tensor // rows)
+        writer.add_tensor_info(
+            f"blk.{i}.ffn_up.weight",
+            shape,
+            np.dtype(np.float32),
+            parameters_per_tensor * 4,
+            gguf.GGMLQuantizationType.F32,
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    return out

@@ -16,13 +16,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker.child_process import StderrTail, limit_address_space, start_child
 from worker.data.limits import DataLimits
 from worker.data.problems import DatasetError, Problem, SchemaUnknown, base_name
 from worker.errors import InputError
@@ -30,8 +30,6 @@ from worker.errors import InputError
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int], object]  # on_progress(stage, rows)
-
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where `python -m worker.data.sandbox` resolves
 
 
 @dataclass
@@ -116,14 +114,8 @@ def _run_child(
     """Run the reader on `request`; kill it past `seconds`; relay its progress file while it runs."""
     deadline = time.monotonic() + seconds
     last: Any = None
-    with subprocess.Popen(
-        [sys.executable, "-m", "worker.data.sandbox", str(request)],
-        cwd=_PROJECT_ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    ) as child:
-        stderr = _drain(child)
+    with start_child("worker.data.sandbox", request) as child:
+        stderr = StderrTail(child)
         while True:
             try:
                 child.wait(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
@@ -146,24 +138,6 @@ def _run_child(
             _relay(progress, last, on_progress)  # the stage it ended in
         stderr.join(timeout=5)
     return subprocess.CompletedProcess(child.args, child.returncode, b"", b"".join(stderr.chunks))
-
-
-class _drain(threading.Thread):
-    """Read a child's stderr as it comes (a full pipe would block the child); keep the last 64 KB."""
-
-    def __init__(self, child: subprocess.Popen[bytes]) -> None:
-        super().__init__(daemon=True)
-        self.pipe = child.stderr
-        self.chunks: list[bytes] = []
-        self.start()
-
-    def run(self) -> None:
-        pipe = self.pipe
-        assert pipe is not None  # the child is started with stderr=PIPE
-        for chunk in iter(lambda: pipe.read(4096), b""):
-            self.chunks.append(chunk)
-            while sum(map(len, self.chunks)) > 65536 and len(self.chunks) > 1:
-                self.chunks.pop(0)
 
 
 def _relay(progress: Path, last: Any, on_progress: Progress) -> Any:
@@ -249,19 +223,9 @@ def _progress_writer(request: dict[str, Any]) -> Callable[[str, int], None]:
     return write
 
 
-def _limit_memory(memory_mb: int) -> None:
-    import resource
-
-    limit = memory_mb * 1024 * 1024
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-
-
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text())
-    _limit_memory(request["memory_mb"])  # before anything big is imported or read
+    limit_address_space(request["memory_mb"])  # before anything big is imported or read
     # Native readers (pyarrow) start a thread per core, each reserving address space; one is enough here.
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ARROW_IO_THREADS"):
         os.environ[variable] = "1"

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from worker.chat_template import render_chat
 from worker.data.examples import Example
 
 IGNORE_INDEX = -100  # the label of a position the loss skips (PyTorch's cross_entropy default)
@@ -47,8 +48,7 @@ class TokenizedPair:
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return text
+    return render_chat(tokenizer, messages, add_generation_prompt=add_generation_prompt)
 
 
 def tokenize_conversation(
