@@ -83,39 +83,3 @@ def test_demo_model_trains_and_answers(demo_dir, tmp_path):
         base,
         pool.generate(str(demo_dir), other, GenerationConfig(max_new_tokens=8), adapter=("a1", result.adapter_dir)),
     ]
-
-
-def test_bf16_auto_reaches_the_fp32_exact_match_on_the_demo_task(demo_dir, tmp_path, monkeypatch):
-    """Quality holds: precision auto on a CPU with native bf16 (a bf16 frozen base, fp32 LoRA and AdamW) answers
-    the held-out demo prompts exactly as often as fp32 does, give or take one prompt of the ten (measured on
-    this VM: 12 steps gave 7 and 7 of 10, 20 steps 9 and 9; 12 keep the slow tests inside the suite's budget)."""
-    from worker.evaluation import answer_scores, generate_batch, held_out_prompts
-    from worker.modeling import CPU_BF16_ENV, load_tokenizer
-
-    monkeypatch.setenv(CPU_BF16_ENV, "1")
-    prompts = held_out_prompts(read_normalized_jsonl(DEMO_DATA / "demo_eval.jsonl"), 10)
-    tokenizer = load_tokenizer(str(demo_dir))
-    exact = {}
-    for precision in ("auto", "fp32"):
-        spec = TrainSpec(
-            str(demo_dir),
-            str(DEMO_DATA / "demo_dataset.jsonl"),
-            str(tmp_path / precision),
-            TrainConfig(
-                max_steps=12,
-                batch_size=8,
-                learning_rate=2e-3,
-                warmup_ratio=0.0,
-                final_eval=False,
-                save_every=1000,
-                precision=precision,
-            ),
-            device="cpu",
-        )
-        result = train(spec, MemoryReporter())
-        assert result.precision == ("bf16" if precision == "auto" else "fp32")
-        result.model.eval()
-        answers = generate_batch(result.model, tokenizer, [conv for conv, _ in prompts], 40, "cpu")
-        exact[precision] = sum(answer_scores(ref, answer)["exact"] for (_, ref), answer in zip(prompts, answers))
-    assert exact["fp32"] >= 5, f"the demo task was not learnt in fp32 ({exact})"
-    assert exact["auto"] >= exact["fp32"] - 1, exact
