@@ -5,6 +5,8 @@ of threads. Left alone, one kind floods it: a user pinging an endpoint that neve
 thread for WEBHOOK_TIMEOUT_SECONDS at a time while uploads wait to be checked and the sweeps never run. So each
 kind may run at most its share at once (settings.BACKGROUND_SHARES, which add up to the worker's threads: each
 kind always has its share free), and deliveries and exports at most BACKGROUND_OWNER_SHARES per user within it.
+Sweeps are periodic and quick: each runs once at a time, and a tick that finds the same sweep running is dropped
+(their share in the sum is the thread kept free for them).
 
 A task that finds its share full does not wait on a thread: it goes back to the broker with a short countdown
 (the same message again, not counted as a retry) and its thread is free at once. The counters live in the
@@ -110,6 +112,8 @@ class SharedTask(Task):
         kind = KIND_OF_TASK.get(self.name)
         if kind is None or self.request.is_eager:
             return super().__call__(*args, **kwargs)
+        if kind == SWEEPS:  # periodic and quick: one of each at a time, and a tick that finds it running is dropped
+            return self.sweep_once(*args, **kwargs)
         key = (kind,)
         if not SHARES.take(key, kind_limit(kind)):
             return self.defer(f"the {kind} share ({kind_limit(kind)}) is taken")
@@ -117,6 +121,20 @@ class SharedTask(Task):
             return super().__call__(*args, **kwargs)
         except ShareFull as exc:
             return self.defer(str(exc))
+        finally:
+            SHARES.release(key)
+
+    def sweep_once(self, *args, **kwargs):
+        """Run a sweep unless the same sweep runs already in this process; then this tick is dropped, not sent
+        again: the running one does its work, and beat sends the next. No sweep message ever waits in the broker
+        with a countdown (a worker holding such unacknowledged messages when the broker goes away is stopped by
+        kombu's reconnect), and a pile of ticks after an outage runs each sweep once, not once per tick."""
+        key = (SWEEPS, self.name)
+        if not SHARES.take(key, 1):
+            log.debug("%s[%s] dropped: the same sweep is running", self.name, self.request.id)
+            return "skipped"
+        try:
+            return super().__call__(*args, **kwargs)
         finally:
             SHARES.release(key)
 

@@ -156,3 +156,32 @@ def test_a_delivery_whose_owner_share_is_full_is_deferred_unsent(user):
         SHARES.release((DELIVERIES, user.id))
     delivery.refresh_from_db()
     assert delivery.attempts == 0  # not counted as an attempt
+
+
+@app.task(name="tests.shares.hold_sweep", bind=True)
+def hold_sweep(self, who: str) -> str:
+    """A sweep that holds its thread until `release` is set."""
+    ran.append(who)
+    started.set()
+    assert release.wait(10)
+    return "done"
+
+
+def test_a_sweep_tick_that_finds_the_same_sweep_running_is_dropped_not_sent_again(fresh):
+    """Sweeps never wait in the broker with a countdown (unacknowledged messages are what kombu's reconnect
+    trips over), and a pile of ticks runs each sweep once; a different sweep runs alongside."""
+    with mock.patch.dict(KIND_OF_TASK, {hold_sweep.name: shares.SWEEPS}):
+        first = in_a_thread(hold_sweep, "sweep-a")
+        assert as_worker(hold_sweep, "sweep-a again") == "skipped"
+        fresh.assert_not_called()  # dropped: nothing sent back to the broker
+        assert as_worker(quick, "another sweep") == "done"
+        assert ran == ["sweep-a", "another sweep"]
+        release.set()
+        first.join(5)
+        assert SHARES.running((shares.SWEEPS, hold_sweep.name)) == 0
+        started.clear()
+        release.clear()
+        again = in_a_thread(hold_sweep, "sweep-a next tick")
+        release.set()
+        again.join(5)
+    assert ran[-1] == "sweep-a next tick"
