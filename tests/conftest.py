@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["LORA_STUDIO_CPU_BF16"] = "0"
 import torch  # noqa: E402
 
-# Under pytest-xdist each worker process keeps to its own Redis databases (gw0: 15, 14, 0; gw1: 13, 12, 1).
+# Under pytest-xdist each worker process keeps to its own Redis databases (gw0: 15, 14, 0; gw1: 13, 12, 1; gw2: 11, 10, 2).
 XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
 # The real Redis the tests use (another port keeps two test runs on one machine apart).
 TEST_REDIS = os.environ.get("TEST_REDIS_HOSTPORT", "127.0.0.1:6379")
