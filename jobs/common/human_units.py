@@ -1,4 +1,4 @@
-"""Figures as people read them: "13.9 MB", "1 min 18 s", "88 %". Pure functions for the pages."""
+"""Figures as people read them: "13.9 MB", "1 min 18 s". Pure functions for the pages."""
 
 from __future__ import annotations
 
@@ -27,8 +27,3 @@ def duration_words(seconds: float) -> str:
     parts = [(hours, "h"), (minutes, "min"), (secs, "s")]
     first = next((i for i, (v, _) in enumerate(parts) if v), 2)
     return " ".join(f"{v} {unit}" for v, unit in parts[first : first + 2] if v) or "0 s"
-
-
-def percent_words(share: float | None) -> str:
-    """A share 0..1 as a whole percentage ("88 %"), "–" when unknown."""
-    return "–" if share is None else f"{100 * share:.0f} %"

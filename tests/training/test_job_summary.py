@@ -5,11 +5,12 @@ import json
 
 import pytest
 
-from jobs.common.human_units import duration_words, percent_words, size_words
+from jobs.common.human_units import duration_words, size_words
 from jobs.training.files import job_output_dir
 from jobs.training.models import FineTuneJob, JobEvent, JobStatus, MetricPoint
 from jobs.training.summary import job_summary, setting_applies, training_sentence
 from worker.config import TrainConfig
+from worker.result_words import percent_words
 
 
 def answers_evaluation(exact=(0.0, 0.875), valid_json=(0.4, 1.0), same_keys=(0.2, 0.875)) -> dict:
@@ -174,3 +175,12 @@ def test_a_job_without_evaluation_says_how_its_training_went(client_in, user, ba
         owner=user, base_model=base_model, dataset=dataset, config=job.config, status=JobStatus.RUNNING
     )
     assert 'id="summary-sentence"' not in client_in.get(f"/jobs/{running.id}/").content.decode()
+
+
+def test_the_model_card_leads_with_the_same_sentence():
+    from worker.evaluation import summary_markdown
+
+    card = summary_markdown({**answers_evaluation(), "rows": [{}] * 8})
+    first, table = card.split("\n\n", 1)
+    assert first == summary_of(answers_evaluation()).sentence
+    assert table.startswith("| | base | adapted |") and "| exact match (8 held-out prompts) | 0 % | 88 % |" in table
