@@ -24,10 +24,11 @@ from jobs.training.forms import JobForm, clone_initial, setting_rows
 from jobs.training.live import job_channel, status_event
 from jobs.training.merges import merged_status
 from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
-from jobs.training.summary import JobSummary, job_summary, setting_applies
+from jobs.training.summary import job_summary, setting_applies
 from worker.config import PREFERENCE_METHODS, TrainConfig
 from worker.errors import InputError
 from worker.memory_advice import OUT_OF_MEMORY, oom_suggestion
+from worker.result_words import JobSummary
 
 
 @login_required
