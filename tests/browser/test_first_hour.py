@@ -334,6 +334,7 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
     # The job page: the API model id with code, settings in words, the log oldest first with times.
     model = page.inner_text("#api-model")
     assert model.startswith("ft:tiny-llama:") and model in page.text_content("#api-snippet")
+    page.click("#all-settings summary")  # folded under "All settings"
     settings = page.inner_text(".grid2 .kv")
     assert "Gradient accumulation" in settings and "grad_accum" not in settings
     times = page.locator("#job-log time").evaluate_all("ts => ts.map(t => t.dateTime)")
