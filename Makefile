@@ -9,12 +9,16 @@ PROCESSES := web train infer background beat $(if $(REDIS_URL),,redis)
 
 .PHONY: run test install browser demo-model vendor clean compose-check
 
+# The embedded Redis's port (6390, or a free one when 6390 is taken and EMBEDDED_REDIS_PORT is unset) goes to
+# every process, so the web and the workers find it; set and taken, `make run` stops naming the variable.
 run: install
 	@$(PY) manage.py migrate --noinput -v0
 	@$(PY) manage.py prepare_demo_model
 	@$(PY) manage.py ensure_login --url http://127.0.0.1:$(PORT)
-	@echo "  Starting: $(PROCESSES). Press Ctrl-C to stop them all."
-	@OFFLINE=$${OFFLINE:-1} exec .venv/bin/honcho -f Procfile start -p $(PORT) $(PROCESSES)
+	@$(if $(REDIS_URL),,redis_port=$$($(PY) -m webapp.embedded_redis --choose-port) || exit 1;) \
+	  echo "  Starting: $(PROCESSES). Press Ctrl-C to stop them all."; \
+	  $(if $(REDIS_URL),,EMBEDDED_REDIS_PORT=$$redis_port) OFFLINE=$${OFFLINE:-1} \
+	  exec .venv/bin/honcho -f Procfile start -p $(PORT) $(PROCESSES)
 
 # Lint, layout and types first (seconds, about a minute for mypy's first run), then the whole suite.
 test: install browser

@@ -21,6 +21,7 @@ from worker.config import TrainConfig
 from worker.data.examples import Example
 from worker.data.tokenization import tokenize_examples, tokenize_pairs
 from worker.loss import mean_token_loss, pair_logps, preference_eval
+from worker.result_words import evaluation_summary, percent_words
 
 if TYPE_CHECKING:
     import torch
@@ -253,10 +254,16 @@ def evaluate_preferences(
 
 
 def summary_markdown(evaluation: dict[str, Any]) -> str:
-    """A short table for the model card."""
+    """The result in one plain sentence, then a short table, for the model card."""
+    summary = evaluation_summary(evaluation)
+    return (summary.sentence + "\n\n" if summary else "") + summary_table(evaluation)
+
+
+def summary_table(evaluation: dict[str, Any]) -> str:
+    """Base vs adapted as a markdown table."""
 
     def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.0f} %"
+        return "n/a" if v is None else percent_words(v)
 
     if evaluation.get("kind") == "preference":
         acc, loss = evaluation["accuracy"], evaluation["loss"]

@@ -16,6 +16,7 @@ from jobs.accounts import selectors
 from jobs.accounts.forms import SignupForm
 from jobs.accounts.limits import QuotaExceeded, usage_of
 from jobs.accounts.services import api_key_create, api_key_revoke
+from jobs.common.human_units import duration_words, size_words
 
 
 class LoginView(auth_views.LoginView):
@@ -109,5 +110,20 @@ def key_revoke(request, key_id):
 
 @login_required
 def usage(request):
-    """The user's figures against their limits."""
-    return render(request, "accounts/usage.html", {"rows": usage_of(request.user)})
+    """The user's figures against their limits, in human units with a bar (the API keeps the raw figures)."""
+    return render(request, "accounts/usage.html", {"rows": [usage_for_people(row) for row in usage_of(request.user)]})
+
+
+# The limits counted in a unit: how the page names them and writes their figures.
+USAGE_UNITS = {
+    "storage_bytes": ("storage", size_words, ""),
+    "compute_seconds_per_day": ("training time", duration_words, " today"),
+}
+
+
+def usage_for_people(row: dict) -> dict:
+    """A usage row with `text` ("13.9 MB of 20 GB", "1 min 18 s of 12 h today", "2 of 5") and `percent` for its bar."""
+    label, words, tail = USAGE_UNITS.get(row["limit"], (row["label"], str, ""))
+    used, allowed = row["used"], row["allowed"]
+    percent = min(100, round(100 * used / allowed)) if allowed > 0 else 100
+    return {**row, "label": label, "text": f"{words(used)} of {words(allowed)}{tail}", "percent": percent}

@@ -187,3 +187,20 @@ def job_api_model(job: FineTuneJob) -> str | None:
     if job.status != JobStatus.SUCCEEDED:
         return None
     return f"ft:{job.base_model.name}:{_slug(job.name) or _slug(job.owner.username) or 'user'}:{job.short_id}"
+
+
+def job_device(job: FineTuneJob) -> str | None:
+    """What the job trained on, "cpu" or "cuda", from the engine's setup event; None before it says."""
+    for message in job_events(job=job).filter(kind="setup").order_by("id").values_list("message", flat=True):
+        found = re.search(r"\bon (cpu|cuda)\b", message)
+        if found:
+            return found.group(1)
+    return None
+
+
+def job_loss_span(job: FineTuneJob) -> tuple[float | None, float | None]:
+    """The job's first and last logged training loss (None where it logged none)."""
+    points = metric_points(job=job).filter(train_loss__isnull=False)
+    first = points.values_list("train_loss", flat=True).first()
+    last = points.order_by("-step").values_list("train_loss", flat=True).first()
+    return first, last

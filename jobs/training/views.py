@@ -24,9 +24,11 @@ from jobs.training.forms import JobForm, clone_initial, setting_rows
 from jobs.training.live import job_channel, status_event
 from jobs.training.merges import merged_status
 from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
+from jobs.training.summary import job_summary, setting_applies
 from worker.config import PREFERENCE_METHODS, TrainConfig
 from worker.errors import InputError
 from worker.memory_advice import OUT_OF_MEMORY, oom_suggestion
+from worker.result_words import JobSummary
 
 
 @login_required
@@ -135,13 +137,16 @@ def job_estimate(request):
 def job_detail(request, job_id):
     job = selectors.job_get(owner=request.user, job_id=job_id)
     succeeded = job.status == JobStatus.SUCCEEDED
+    evaluation = job_evaluation(job) if succeeded else None
+    device = selectors.job_device(job)
     return render(
         request,
         "training/job_detail.html",
         {
             "job": job,
             "config": job.config,
-            "settings": setting_rows(job.config),
+            "settings": [row for row in setting_rows(job.config) if setting_applies(row[0], job.config, device)],
+            "summary": _summary(job, evaluation) if succeeded else None,
             "events": reversed(job.events.order_by("-id")[:50]),
             "api_model": selectors.job_api_model(job),
             "api_base": request.build_absolute_uri("/v1"),
@@ -149,10 +154,15 @@ def job_detail(request, job_id):
             "suggestion": _oom_suggestion(job),
             "waiting": selectors.job_wait_reason(job=job),
             "merged": merged_status(job) if succeeded else None,
-            "evaluation": job_evaluation(job) if succeeded else None,
+            "evaluation": evaluation,
             "adapter": getattr(job, "adapter", None) if succeeded else None,
         },
     )
+
+
+def _summary(job: FineTuneJob, evaluation: dict | None) -> JobSummary:
+    first, last = selectors.job_loss_span(job)
+    return job_summary(evaluation=evaluation, steps=job.step, seconds=job.run_seconds, first_loss=first, last_loss=last)
 
 
 def _oom_suggestion(job: FineTuneJob) -> dict | None:

@@ -127,7 +127,7 @@
       // Failed, cancelled or paused: reload once so the page offers Retry / Resume.
       if (s.status !== "succeeded" && s.status !== renderedStatus) { setTimeout(() => location.reload(), 300); }
       $("stat-eta").textContent = "–";
-      if (s.status === "succeeded" && renderedStatus !== "succeeded") refresh(["job-actions", "evaluation-slot"]);
+      if (s.status === "succeeded" && renderedStatus !== "succeeded") refresh(["job-summary", "job-actions", "evaluation-slot"]);
     }
   });
 })();

@@ -67,8 +67,8 @@ def test_core_loop_in_the_browser(stack, page, tmp_path):
     best = page.evaluate("Chart.getChart('loss-chart').data.datasets[2].data")
     evals = page.evaluate("Chart.getChart('loss-chart').data.datasets[1].data")
     assert len(best) == 1 and best[0]["y"] == min(p["y"] for p in evals)
-    assert page.inner_text("#stat-best").endswith(f"at step {best[0]['x']}")
-    assert page.inner_text("#stat-mem").endswith("MB")
+    assert page.text_content("#stat-best").endswith(f"at step {best[0]['x']}")
+    assert page.text_content("#stat-mem").endswith("MB")
 
     page.click("#compare-link")
     page.fill("#prompt", "colour 2")

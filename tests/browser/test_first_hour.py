@@ -108,6 +108,7 @@ def test_the_job_page_fills_in_the_end_of_the_job_and_the_merged_export_without_
     page.locator("#job-status", has_text="succeeded").wait_for(timeout=120_000)
     page.locator("#evaluation").wait_for(timeout=10_000)
     assert "Evaluation: base vs adapted" in page.inner_text("#evaluation")
+    assert page.inner_text("#summary-sentence").startswith("The adapted model answers exactly as your data does")
     assert page.locator("#download-zip").is_visible() and page.locator("#merge-job").is_visible()
     assert still_marked(page)
     page.click("#merge-job")  # a form post: the page comes back with the export pending
@@ -115,6 +116,28 @@ def test_the_job_page_fills_in_the_end_of_the_job_and_the_merged_export_without_
     mark_page(page)
     page.locator("#download-merged").wait_for(timeout=60_000)
     assert still_marked(page) and page.locator("#merge-pending").count() == 0
+
+
+def test_a_finished_job_opens_with_its_result_in_plain_words(stack, page, api, dataset):
+    job = start_job(stack, api, dataset, max_steps=2)
+    sign_in(page, stack, "alice")
+    wait_status(stack, api, job, ("succeeded",), page)
+    page.set_viewport_size({"width": 1300, "height": 800})
+    page.goto(f"{stack.url}/jobs/{job}/")
+    sentence = page.locator("#summary-sentence")
+    assert re.match(
+        r"The adapted model answers exactly as your data does \d+ % of the time; the base model \d+ %",
+        sentence.inner_text(),
+    )
+    rows = page.locator("#headline-numbers tbody tr")
+    assert rows.count() >= 1 and "exact match" in rows.first.inner_text()
+    for part in [sentence, *rows.all()]:  # in the first screenful, without scrolling
+        box = part.bounding_box()
+        assert part.is_visible() and box is not None and box["y"] + box["height"] <= 800
+    assert not page.locator("#stat-mfu").is_visible() and not page.locator("th[title=rank]").is_visible(), "folded"
+    page.click("#all-settings summary")
+    assert page.locator("th[title=rank]").is_visible()
+    assert page.get_by_text("Beta (DPO)").count() == 0, "no DPO setting on a supervised job"
 
 
 def test_a_paused_job_can_be_cancelled_after_a_confirmation(stack, page, api, dataset):
@@ -311,6 +334,7 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
     # The job page: the API model id with code, settings in words, the log oldest first with times.
     model = page.inner_text("#api-model")
     assert model.startswith("ft:tiny-llama:") and model in page.text_content("#api-snippet")
+    page.click("#all-settings summary")  # folded under "All settings"
     settings = page.inner_text(".grid2 .kv")
     assert "Gradient accumulation" in settings and "grad_accum" not in settings
     times = page.locator("#job-log time").evaluate_all("ts => ts.map(t => t.dateTime)")

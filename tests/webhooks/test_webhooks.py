@@ -245,3 +245,11 @@ def test_the_page_sends_a_test_event_to_ones_own_webhook_only(client, user, othe
     delivery = WebhookDelivery.objects.get(webhook=mine)
     assert delivery.event == "ping" and enqueue.call_count == 1
     assert not WebhookDelivery.objects.filter(webhook=theirs).exists()
+
+
+def test_the_page_opens_with_one_plain_sentence_and_folds_the_signing_details(client, user):
+    client.force_login(user)
+    html = client.get("/account/webhooks/").content.decode()
+    intro = html.index('<p id="webhooks-intro">A webhook tells another program when one of your jobs ends')
+    details = html.index('<details id="webhooks-details"><summary>')  # closed: no "open"
+    assert intro < details < html.index("HMAC-SHA256") and "HMAC" not in html[:details]
