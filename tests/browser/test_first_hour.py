@@ -406,3 +406,19 @@ def test_preference_pairs_train_with_dpo_on_top_of_the_last_job_in_one_click(sta
     assert job["config"]["method"] == "dpo" and job["config"]["start_from"] == first, job
     assert job["status"] in ("queued", "running", "succeeded"), job
     api.post(f"{stack.url}/api/v1/jobs/{job['id']}/cancel/")  # the worker is free for the next test
+
+
+def test_the_first_page_after_sign_in_starts_a_new_user_from_the_demo(stack, browser):
+    """A user without a job lands on a welcome that says what the product does and offers the demo dataset and
+    an upload right there (at phone width); the demo opens the job form on it, ready to start."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, bypass_csp=True)
+    page = context.new_page()
+    sign_in(page, stack, "bob")
+    assert "Teach a language model a new skill" in page.inner_text("#welcome") and no_sideways_scroll(page)
+    assert page.locator("#welcome input[type=file]").is_visible()
+    page.click("#welcome-demo")
+    page.wait_for_url("**/jobs/new/?dataset=*")
+    assert page.input_value("#id_dataset") == page.url.split("dataset=")[1]
+    assert page.input_value("#id_method") == "supervised"
+    assert "Trains on your 160 examples" in page.inner_text("#start-summary")
+    context.close()

@@ -130,8 +130,7 @@ def test_the_dataset_asked_for_is_the_one_shown(client_in, user, other_user, bas
     assert response.status_code == 400 and selected(response.content.decode(), "dataset") == [""]
 
 
-def test_the_first_page_starts_a_new_user_from_the_demo_or_an_upload(client_in, user, base_model, dataset):
-    Dataset.objects.all().delete()
+def test_the_first_page_starts_a_new_user_from_the_demo_or_an_upload(client_in, user, base_model):
     page = client_in.get(reverse("job-list")).content.decode()
     welcome = page.split('id="welcome"')[1].split("</section>")[0]
     assert "Use the demo dataset" in welcome and 'type="file"' in welcome
