@@ -5,6 +5,20 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+# What a dataset holds, in plain words, by its detected schema (the schema itself is the technical hint).
+KIND_LABELS = {
+    "preference": "Preference pairs",
+    "messages": "Chat examples",
+    "sharegpt": "Chat examples",
+    "prompt_completion": "Prompts and answers",
+    "alpaca": "Instructions and answers",
+    "text": "Plain text",
+    "mapped": "Examples (mapped columns)",
+}
+# Below these counts a job barely changes the model: the pages warn before a job starts (never refuse).
+USEFUL_PAIRS = 20
+USEFUL_EXAMPLES = 50
+
 
 class Dataset(models.Model):
     """An uploaded file that passed every check, with its examples as normalised JSONL beside it."""
@@ -35,6 +49,27 @@ class Dataset(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def holds_pairs(self) -> bool:
+        """Preference pairs (prompt, chosen, rejected): data for DPO / ORPO, not for supervised tuning."""
+        return self.schema == "preference"
+
+    @property
+    def kind_label(self) -> str:
+        """What the dataset holds, in plain words ("Chat examples", "Preference pairs")."""
+        return KIND_LABELS.get(self.schema, "Examples")
+
+    @property
+    def size_warning(self) -> str:
+        """A warning when the dataset is too small for a job to change the model much, else ""."""
+        useful, noun = (USEFUL_PAIRS, "preference pair") if self.holds_pairs else (USEFUL_EXAMPLES, "example")
+        if self.rows >= useful:
+            return ""
+        return (
+            f"Only {self.rows} {noun}{'' if self.rows == 1 else 's'}: the model will barely change; "
+            f"{useful} or more is a useful start."
+        )
 
 
 class TokenProfile(models.Model):

@@ -4,8 +4,10 @@ several runs side by side, and the job's actions and downloads. Thin: forms vali
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from asgiref.sync import sync_to_async
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
@@ -16,11 +18,12 @@ from jobs.accounts.auth import request_user
 from jobs.accounts.limits import QuotaExceeded
 from jobs.common import events
 from jobs.common.ids import is_uuid
-from jobs.datasets.selectors import dataset_find
+from jobs.datasets.forms import UploadForm
 from jobs.training import selectors, services
 from jobs.training.downloads import adapter_download, merged_download
 from jobs.training.files import job_evaluation
-from jobs.training.forms import JobForm, clone_initial, setting_rows
+from jobs.training.form_start import dataset_kinds, form_start
+from jobs.training.forms import JobForm, setting_rows
 from jobs.training.live import job_channel, status_event
 from jobs.training.merges import merged_status
 from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
@@ -33,11 +36,19 @@ from worker.result_words import JobSummary
 
 @login_required
 def job_list(request):
+    """The jobs; for a user without any yet, a welcome that starts one from the demo dataset or an upload."""
     status = request.GET.get("status") or None
+    first_time = not selectors.job_list(owner=request.user).exists()
     return render(
         request,
         "training/job_list.html",
-        {"jobs": selectors.job_list(owner=request.user, status=status), "status": status, "statuses": JobStatus.values},
+        {
+            "jobs": selectors.job_list(owner=request.user, status=status),
+            "status": status,
+            "statuses": JobStatus.values,
+            "welcome": first_time,
+            "upload_form": UploadForm() if first_time else None,
+        },
     )
 
 
@@ -50,21 +61,26 @@ def worker_list(request):
 
 @login_required
 def job_new(request):
-    """The job form; ?dataset=ID picks the dataset, ?from=JOB fills every field from that job ("New job from this")."""
-    initial = {}
-    source = selectors.job_find(owner=request.user, job_id=request.GET.get("from"))
-    if source is not None:
-        initial = clone_initial(source)
-    wanted = dataset_find(owner=request.user, dataset_id=request.GET.get("dataset"))
-    if wanted is not None:
-        initial["dataset"] = wanted
-    form = JobForm(request.POST or None, owner=request.user, initial=initial)
+    """The job form; ?dataset=ID picks the dataset (and the method follows its data), ?from=JOB fills every field
+    from that job ("New job from this"); ?method= and ?start_from= set those fields."""
+    start = form_start(owner=request.user, params=request.GET)
+    form = JobForm(request.POST or None, owner=request.user, initial=start.initial)
+    dataset_field = cast(forms.ModelChoiceField, form.fields["dataset"])
+    # A reload must not restore the choice by its position in a list that has since grown (a newer dataset).
+    dataset_field.widget.attrs["autocomplete"] = "off"
+    if not request.POST.get("dataset") if request.method == "POST" else start.dataset_missing:
+        dataset_field.empty_label = "Pick a dataset"  # ask for it rather than show another one in its place
+    context = {"form": form, "start": start, "dataset_kinds": dataset_kinds(owner=request.user)}
     if request.method == "POST":
         if form.is_valid():  # the job's plan, every rule checked
             job = services.job_create(plan=form.plan, name=form.cleaned_data["name"])
             return redirect("job-detail", job_id=job.id)
-        return render(request, "training/job_new.html", {"form": form}, status=429 if form.quota_exceeded else 400)
-    return render(request, "training/job_new.html", {"form": form})
+        chosen = form.cleaned_data.get("dataset")
+        context.update(start=None, size_warning=chosen.size_warning if chosen is not None else "")
+        return render(request, "training/job_new.html", context, status=429 if form.quota_exceeded else 400)
+    chosen = start.initial.get("dataset")
+    context["size_warning"] = chosen.size_warning if chosen is not None else ""
+    return render(request, "training/job_new.html", context)
 
 
 @login_required
@@ -98,7 +114,10 @@ def runs_compare(request):
     )
 
 
-def estimate_json(est) -> dict:
+def estimate_json(est, dataset=None) -> dict:
+    """The estimate as the job form shows it: with `dataset`, its too-few warning first (a warning before the job
+    starts, not a refusal; the REST estimate's warnings are the plan's own)."""
+    size_warning = [dataset.size_warning] if dataset is not None and dataset.size_warning else []
     return {
         "trainable_params": est.trainable_params,
         "total_params": est.total_params,
@@ -114,7 +133,7 @@ def estimate_json(est) -> dict:
         "memory_limit_mb": est.memory_limit_mb,
         "lengths_known": est.lengths_known,
         "advice_changes": est.advice_changes,
-        "warnings": est.warnings,
+        "warnings": size_warning + list(est.warnings),
         "seconds_source": est.seconds_source,
     }
 
@@ -127,7 +146,10 @@ def job_estimate(request):
     valid = form.is_valid()
     if form.estimate is not None:
         return JsonResponse(
-            {"estimate": estimate_json(form.estimate), "errors": form.errors.get_json_data()},
+            {
+                "estimate": estimate_json(form.estimate, dataset=form.cleaned_data.get("dataset")),
+                "errors": form.errors.get_json_data(),
+            },
             status=200 if valid else 400,
         )
     return JsonResponse({"errors": form.errors.get_json_data()}, status=400)

@@ -357,7 +357,7 @@ def test_the_estimate_warns_when_the_max_length_cuts_examples_and_shows_a_time_b
     page.fill("#id_max_seq_length", "16")
     page.click("#estimate-job")
     page.wait_for_selector("#estimate .estimate-warning")
-    warning = page.inner_text("#estimate .estimate-warning")
+    warning = " ".join(page.locator("#estimate .estimate-warning").all_inner_texts())  # after "only 8 examples"
     assert "longer than 16 tokens and will be cut" in warning or "still being counted" in warning, warning
     text = page.inner_text("#estimate")
     # Calibrated from this machine's speed, or measured once a job of this module ran on the model: a number.
@@ -396,3 +396,53 @@ def test_advice_applies_with_one_click_and_the_new_estimate_fits(stack, page, ap
     assert after != before, "Apply changed no field"
     text = page.inner_text("#estimate")
     assert "Does not fit" not in text, text
+
+
+def test_preference_pairs_train_with_dpo_on_top_of_the_last_job_in_one_click(stack, page, api, dataset):
+    """The method follows the data: "Train on this" on preference pairs opens the form on DPO on top of the latest
+    job on the same base, with the too-few warning; choosing the chat dataset switches the method back to
+    supervised and the pairs again to DPO (the page never changes the dataset); Start makes the DPO job."""
+    first = start_job(stack, api, dataset, max_steps=2)
+    assert wait_status(stack, api, first, ("succeeded", "failed"), page) == "succeeded", stack.logs()
+    lines = [{"prompt": f"colour {i}", "chosen": "red", "rejected": "blue"} for i in range(5)]
+    body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    pairs = api.post(stack.url + "/api/v1/datasets/", files={"file": ("pairs.jsonl", body)}).json()["id"]
+    sign_in(page, stack, "alice")
+    page.goto(f"{stack.url}/datasets/")
+    assert "Preference pairs" in page.locator(f"tr:has(a[href='/datasets/{pairs}/'])").inner_text()
+    page.goto(f"{stack.url}/datasets/{pairs}/")
+    assert "Only 5 preference pairs" in page.inner_text("#ds-size-warning")
+    page.click("#train-on-this")
+    page.wait_for_url("**/jobs/new/**")
+    assert page.input_value("#id_dataset") == pairs and page.input_value("#id_method") == "dpo"
+    assert page.input_value("#id_start_from") == first and "with DPO, on top of" in page.inner_text("#start-summary")
+    assert "Only 5 preference pairs" in page.inner_text("#dataset-warning")
+    page.select_option("#id_dataset", dataset)
+    assert page.input_value("#id_method") == "supervised" and "now supervised" in page.inner_text("#dataset-note")
+    assert "Only 8 examples" in page.inner_text("#dataset-warning") and not visible(page, "#field-beta")
+    page.select_option("#id_dataset", pairs)
+    assert page.input_value("#id_method") == "dpo" and visible(page, "#field-beta")
+    assert page.input_value("#id_dataset") == pairs
+    page.select_option("#id_validation", "none")
+    page.click("#submit-job")
+    page.wait_for_url("**/jobs/*-*-*-*-*/")
+    job = api.get(f"{stack.url}/api/v1/jobs/{page.url.rstrip('/').split('/')[-1]}/").json()
+    assert job["config"]["method"] == "dpo" and job["config"]["start_from"] == first, job
+    assert job["status"] in ("queued", "running", "succeeded"), job
+    api.post(f"{stack.url}/api/v1/jobs/{job['id']}/cancel/")  # the worker is free for the next test
+
+
+def test_the_first_page_after_sign_in_starts_a_new_user_from_the_demo(stack, browser):
+    """A user without a job lands on a welcome that says what the product does and offers the demo dataset and
+    an upload right there (at phone width); the demo opens the job form on it, ready to start."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, bypass_csp=True)
+    page = context.new_page()
+    sign_in(page, stack, "bob")
+    assert "Teach a language model a new skill" in page.inner_text("#welcome") and no_sideways_scroll(page)
+    assert page.locator("#welcome input[type=file]").is_visible()
+    page.click("#welcome-demo")
+    page.wait_for_url("**/jobs/new/?dataset=*")
+    assert page.input_value("#id_dataset") == page.url.split("dataset=")[1]
+    assert page.input_value("#id_method") == "supervised"
+    assert "Trains on your 160 examples" in page.inner_text("#start-summary")
+    context.close()

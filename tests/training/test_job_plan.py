@@ -157,7 +157,9 @@ def test_the_estimate_endpoints_answer_the_plans_estimate(settings, api, client_
         rest = api.post("/api/v1/estimate/", rest_body(base_model, dataset, {"rank": 4}), format="json")
         assert rest.status_code == 200 and rest.json() == roundtrip(EstimateOutput(plan.estimate).data)
         form = client_in.post("/jobs/estimate/", form_values(base_model, dataset, {"rank": 4}))
-        assert form.status_code == 200 and form.json()["estimate"] == roundtrip(estimate_json(plan.estimate))
+        assert form.status_code == 200 and form.json()["estimate"] == roundtrip(
+            estimate_json(plan.estimate, dataset=dataset)
+        )
     settings.TRAIN_MEMORY_LIMIT_MB = 0
     with mock.patch("jobs.training.tasks.job_run.delay"):
         created = api.post("/api/v1/jobs/", rest_body(base_model, dataset, {"rank": 4}), format="json")
