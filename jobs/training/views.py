@@ -110,6 +110,7 @@ def estimate_json(est) -> dict:
         "advice": est.advice,
         "targets": est.targets,
         "memory_limit_mb": est.memory_limit_mb,
+        "memory_limit_of": est.memory_limit_of,
         "lengths_known": est.lengths_known,
         "advice_changes": est.advice_changes,
         "warnings": est.warnings,
