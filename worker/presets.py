@@ -49,6 +49,6 @@ PRESET_GOALS: dict[str, tuple[str, str]] = {
     "balanced": ("Balanced", "Two passes with a medium adapter: about twice the quick try's time; the usual choice."),
     "quality": (
         "Best quality",
-        "Three slower passes that adapt every layer: several times the quick try's time; usually the best answers.",
+        "Three passes that adapt every layer: three times the quick try's time or more; usually the best answers.",
     ),
 }

@@ -99,8 +99,8 @@
 (function () {
   const form = document.getElementById("job-form");
   const source = document.getElementById("presets");
-  if (!form || !source || !form.elements.namedItem("preset")) return;
-  const goal = form.elements.namedItem("preset");
+  const custom = document.getElementById("goal-custom");  // "My own settings"
+  if (!form || !source || !custom) return;
   const presets = JSON.parse(source.textContent);
   let filling = false;
   function fill(name) {
@@ -121,7 +121,7 @@
   for (const field of watched) {
     const input = document.getElementById("id_" + field);
     if (!input) continue;
-    for (const kind of ["input", "change"]) input.addEventListener(kind, () => { if (!filling) goal.value = ""; });
+    for (const kind of ["input", "change"]) input.addEventListener(kind, () => { if (!filling) custom.checked = true; });
   }
 })();
 

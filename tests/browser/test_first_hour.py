@@ -63,7 +63,8 @@ def test_the_job_form_shows_every_error_at_once_beside_its_field(stack, page, da
     assert visible(page, "#field-grad_accum .field-error") and visible(page, "#field-warmup_ratio .field-error")
     summary = page.inner_text("#form-errors")
     assert "3 things to fix" in summary and "Gradient accumulation" in summary and "[" not in summary
-    assert page.evaluate("document.activeElement.id") == "id_rank", "the first wrong field has the focus"
+    # How much to train (warmup) comes before the adapter's size (rank) in Custom settings.
+    assert page.evaluate("document.activeElement.id") == "id_warmup_ratio", "the first wrong field has the focus"
     assert page.get_attribute("#id_grad_accum", "aria-invalid") == "true"
     assert page.get_attribute("#id_grad_accum", "aria-describedby") == "id_grad_accum-error"
     # Mended, the same form starts the job.

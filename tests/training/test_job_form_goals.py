@@ -6,6 +6,7 @@ import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils.html import escape
 
 from jobs.datasets import services as dataset_services
 from jobs.training.models import FineTuneJob
@@ -29,15 +30,17 @@ def controls(html: str) -> list[str]:
 
 def test_a_fresh_form_shows_a_dataset_a_base_model_and_goals_and_folds_the_rest(client_in, base_model, dataset):
     html = client_in.get(f"/jobs/new/?dataset={dataset.id}").content.decode()
-    form = html[html.index('id="job-form"') : html.index("</form>")]
+    start = html.index('id="job-form"')
+    form = html[start : html.index("</form>", start)]
     first, custom = form.split('<details id="custom">', 1)  # closed: no "open"
     assert len(controls(first)) <= 8, controls(first)
     assert {'name="dataset"', 'name="base_model"', 'name="preset"'} <= {
         m for c in controls(first) for m in re.findall(r'name="\w+"', c)
     }
     for title, line in PRESET_GOALS.values():
-        assert f"<strong>{title}</strong>" in first and line in first
+        assert f"<strong>{title}</strong>" in first and escape(line) in first
     assert [title for title, _ in PRESET_GOALS.values()] == ["Quick try", "Balanced", "Best quality"]
+    assert list(PRESET_GOALS) == list(PRESETS), "each goal is a preset"
     assert 'id="goal-balanced" checked' in first and 'id="submit-job"' in form
     # Every setting is under Custom settings, in its group.
     for name in SETTINGS:
