@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 from django import forms
+from django.forms.utils import ErrorList
 
 from jobs.accounts.limits import QuotaExceeded
 from jobs.base_models.models import BaseModel
@@ -263,7 +264,7 @@ class JobForm(forms.Form):
         return any(name in self.errors for _group, names in FIELDSETS for name in names)
 
     @property
-    def error_rows(self) -> list[tuple[str, str, str, list]]:
+    def error_rows(self) -> list[tuple[str, str, str, ErrorList]]:
         """Each wrong field as (its input's id, label, technical name or "", messages), in the form's order."""
         return [
             (
