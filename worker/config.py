@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from worker.config_rules import check_rules
 from worker.errors import ConfigError
 from worker.presets import PRESETS
 from worker.setting_fields import check_fields, setting, value_type
@@ -31,15 +32,15 @@ __all__ = [
 
 # The choices of the settings that have a fixed set of values, each with its label for people.
 METHOD_LABELS = {
-    "supervised": "Supervised (examples with answers)",
-    "dpo": "DPO (preference pairs; reference = the base)",
-    "orpo": "ORPO (preference pairs; no reference model)",
+    "supervised": "Examples with answers (supervised)",
+    "dpo": "A preferred and a rejected answer, kept near the base (DPO)",
+    "orpo": "A preferred and a rejected answer, no reference model (ORPO)",
 }
 TARGET_LABELS = {
-    "attention": "Attention (q, k, v, o projections)",
-    "mlp": "MLP (feed-forward projections)",
-    "all_linear": "All linear layers",
-    "custom": "Custom list",
+    "attention": "Attention layers only: smaller and faster (attention)",
+    "mlp": "Feed-forward layers only (mlp)",
+    "all_linear": "Every layer: larger, slower, often better (all linear)",
+    "custom": "Layers I name (custom list)",
 }
 LR_SCHEDULER_LABELS = {"linear": "linear", "cosine": "cosine", "constant": "constant"}
 BIAS_LABELS = {"none": "none", "lora_only": "lora_only", "all": "all"}
@@ -92,7 +93,8 @@ class TrainConfig:
     method: str = setting(
         "supervised",
         label="Method",
-        group="basic",
+        group="learn",
+        plain="What it learns from",
         choices=METHOD_LABELS,
         openai="method.type",
         help="What the job learns from: examples with answers (supervised), or preference pairs of a prompt with "
@@ -103,7 +105,8 @@ class TrainConfig:
     beta: float = setting(
         0.1,
         label="Beta (DPO) / lambda (ORPO)",
-        group="basic",
+        group="learn",
+        plain="Preference strength",
         min=0,
         min_exclusive=True,
         max=100,
@@ -115,7 +118,8 @@ class TrainConfig:
     start_from: str = setting(
         "",
         label="Start from",
-        group="basic",
+        group="learn",
+        plain="Continue from",
         job_id=True,
         help="A previous job's adapter to continue from (its rank and layers are kept); for DPO it is also the "
         "reference, e.g. DPO on top of an SFT job. Empty: a new adapter on the base.",
@@ -124,7 +128,8 @@ class TrainConfig:
     rank: int = setting(
         16,
         label="Rank",
-        group="basic",
+        group="adapter",
+        plain="Adapter size",
         min=1,
         max=1024,
         openai="lora",
@@ -133,7 +138,8 @@ class TrainConfig:
     alpha: float = setting(
         32,
         label="Alpha",
-        group="basic",
+        group="adapter",
+        plain="Adapter strength",
         min=0,
         min_exclusive=True,
         max=4096,
@@ -143,7 +149,8 @@ class TrainConfig:
     dropout: float = setting(
         0.05,
         label="Dropout",
-        group="basic",
+        group="adapter",
+        plain="Overfitting guard",
         min=0,
         max=0.9,
         openai="lora",
@@ -152,7 +159,8 @@ class TrainConfig:
     target_preset: str = setting(
         "attention",
         label="Target layers",
-        group="basic",
+        group="adapter",
+        plain="Layers to adapt",
         choices=TARGET_LABELS,
         openai="lora",
         help="Which layers of the base get an adapter.",
@@ -160,25 +168,32 @@ class TrainConfig:
     target_modules: tuple[str, ...] = setting(
         (),
         label="Custom modules",
-        group="basic",
+        group="adapter",
+        plain="Layer names",
         openai="lora",
         help="Comma-separated module names, e.g. q_proj, v_proj (only for Custom list).",
     )
     use_rslora: bool = setting(
         False,
         label="rsLoRA (alpha / sqrt(r))",
+        group="adapter",
+        plain="Keep large adapters learning",
         openai="lora",
         help="Scale the update by alpha / sqrt(r) instead of alpha / r, which keeps high ranks learning.",
     )
     use_dora: bool = setting(
         False,
         label="DoRA",
+        group="adapter",
+        plain="Learn size and direction apart (slower)",
         openai="lora",
         help="Weight-decomposed LoRA: learns each weight's size apart from its direction; slower, sometimes better.",
     )
     bias: str = setting(
         "none",
         label="Bias",
+        group="adapter",
+        plain="Also train bias terms",
         choices=BIAS_LABELS,
         openai="lora",
         help="Which bias terms train with the adapter: none, those of the adapted layers (lora_only), or all.",
@@ -186,6 +201,8 @@ class TrainConfig:
     init_lora_weights: str = setting(
         "default",
         label="LoRA init",
+        group="adapter",
+        plain="How a new adapter starts",
         choices=INIT_LABELS,
         openai="lora",
         help="How a new adapter starts: B zero and A random (default), Gaussian, or PiSSA (the base's principal "
@@ -194,6 +211,7 @@ class TrainConfig:
     modules_to_save: tuple[str, ...] = setting(
         (),
         label="Also train in full",
+        group="adapter",
         openai="lora",
         help="Comma-separated whole modules trained in full and saved with the adapter, e.g. lm_head, "
         "embed_tokens (large).",
@@ -202,20 +220,24 @@ class TrainConfig:
     qlora: bool = setting(
         False,
         label="QLoRA (4-bit NF4 base)",
-        group="basic",
+        group="memory",
+        plain="Save memory: 4-bit base",
         openai="lora",
         help="Store the frozen base in 4 bits (NF4), for about a quarter of its memory; a little slower.",
     )
     gradient_checkpointing: bool = setting(
         False,
         label="Gradient checkpointing",
+        group="memory",
+        plain="Save memory: recompute as it goes (slower)",
         help="Recompute activations during the backward pass instead of keeping them: less memory, slower steps.",
     )
     # Optimisation
     epochs: float = setting(
         2,
         label="Epochs",
-        group="basic",
+        group="amount",
+        plain="Passes over the data",
         min=0,
         min_exclusive=True,
         max=100,
@@ -226,7 +248,8 @@ class TrainConfig:
     learning_rate: float = setting(
         1e-3,
         label="Learning rate",
-        group="basic",
+        group="amount",
+        plain="Learning speed",
         min=0,
         min_exclusive=True,
         max=1,
@@ -236,7 +259,8 @@ class TrainConfig:
     batch_size: int = setting(
         8,
         label="Batch size",
-        group="basic",
+        group="memory",
+        plain="Examples per batch",
         min=1,
         max=1024,
         unit="examples",
@@ -246,6 +270,8 @@ class TrainConfig:
     grad_accum: int = setting(
         1,
         label="Gradient accumulation",
+        group="memory",
+        plain="Batches per step",
         min=1,
         max=1024,
         unit="batches",
@@ -254,7 +280,8 @@ class TrainConfig:
     max_seq_length: int = setting(
         256,
         label="Max sequence length",
-        group="basic",
+        group="memory",
+        plain="Longest example kept (tokens)",
         min=16,
         max=131072,
         unit="tokens",
@@ -263,6 +290,8 @@ class TrainConfig:
     warmup_ratio: float = setting(
         0.03,
         label="Warmup ratio",
+        group="amount",
+        plain="Warm-up share",
         min=0,
         max=0.5,
         help="The share of the steps over which the learning rate rises from 0 to its full value.",
@@ -270,12 +299,16 @@ class TrainConfig:
     lr_scheduler: str = setting(
         "linear",
         label="Lr scheduler",
+        group="amount",
+        plain="How the learning speed falls",
         choices=LR_SCHEDULER_LABELS,
         help="How the learning rate falls after the warmup: linearly, along a cosine, or not at all (constant).",
     )
     weight_decay: float = setting(
         0.0,
         label="Weight decay",
+        group="amount",
+        plain="Pull toward zero",
         min=0,
         max=1,
         help="How much the adapter's weights are pulled toward zero at each step (AdamW's decoupled decay).",
@@ -283,6 +316,8 @@ class TrainConfig:
     max_grad_norm: float = setting(
         1.0,
         label="Gradient clipping (max norm, 0 = off)",
+        group="amount",
+        plain="Largest step size (0 = no limit)",
         min=0,
         max=1000,
         help="Gradients larger than this norm are scaled down to it, against unstable steps; 0 turns it off.",
@@ -290,6 +325,8 @@ class TrainConfig:
     max_steps: int = setting(
         0,
         label="Max steps",
+        group="amount",
+        plain="Stop after this many steps (0 = no limit)",
         min=0,
         max=MANY_STEPS,
         unit="steps",
@@ -298,6 +335,8 @@ class TrainConfig:
     seed: int = setting(
         42,
         label="Seed",
+        group="amount",
+        plain="Random seed",
         min=0,
         max=MAX_SEED,
         openai="seed",
@@ -306,12 +345,16 @@ class TrainConfig:
     optimizer: str = setting(
         "adamw",
         label="Optimizer",
+        group="amount",
+        plain="Update rule",
         choices=OPTIMIZER_LABELS,
         help="AdamW, or paged 8-bit AdamW (bitsandbytes, CUDA only) whose state takes about a quarter of the memory.",
     )
     packing: bool = setting(
         False,
         label="Packing (no padding; examples kept apart by the mask)",
+        group="memory",
+        plain="Fill each row with several examples",
         help="Put several examples in each row, attention kept inside each (a block-diagonal mask), so no time "
         "goes to padding.",
     )
@@ -320,6 +363,8 @@ class TrainConfig:
     liger: bool = setting(
         False,
         label="Liger kernels (CUDA)",
+        group="memory",
+        plain="Faster GPU kernels",
         openai="lora",
         help="Liger's fused Triton kernels (RMSNorm, SwiGLU, fused linear cross-entropy): less memory, often "
         "faster; GPU workers only.",
@@ -329,6 +374,8 @@ class TrainConfig:
     devices: int = setting(
         1,
         label="Devices",
+        group="memory",
+        plain="Devices to train on",
         min=1,
         max=MAX_DEVICES,
         unit="devices",
@@ -341,6 +388,8 @@ class TrainConfig:
     sharding: str = setting(
         "none",
         label="Sharding (with several devices)",
+        group="memory",
+        plain="Split the model across devices",
         choices=SHARDING_LABELS,
         openai="lora",
         help="FSDP stores 1/N of the frozen base on each of N devices; same results, more communication. Not "
@@ -350,6 +399,8 @@ class TrainConfig:
     precision: str = setting(
         "auto",
         label="Base precision",
+        group="memory",
+        plain="Number format of the base",
         choices=PRECISION_LABELS,
         openai="lora",
         help="The dtype the frozen base is stored and computed in; LoRA weights and the optimizer stay fp32.",
@@ -358,6 +409,8 @@ class TrainConfig:
     save_every: int = setting(
         50,
         label="Checkpoint every N steps",
+        group="checks",
+        plain="Save progress every N steps",
         min=1,
         max=MANY_STEPS,
         unit="steps",
@@ -366,6 +419,8 @@ class TrainConfig:
     eval_every: int = setting(
         0,
         label="Evaluate every N steps",
+        group="checks",
+        plain="Check progress every N steps",
         min=0,
         max=MANY_STEPS,
         unit="steps",
@@ -374,11 +429,14 @@ class TrainConfig:
     final_eval: bool = setting(
         True,
         label="Compare base and adapted at the end",
+        group="checks",
         help="Generate the held-out answers of both the base and the adapted model and score them.",
     )
     early_stopping_patience: int = setting(
         0,
         label="Early stopping patience",
+        group="checks",
+        plain="Stop after N checks without progress (0 = off)",
         min=0,
         max=1000,
         unit="evaluations",
@@ -387,92 +445,22 @@ class TrainConfig:
     early_stopping_threshold: float = setting(
         0.0,
         label="Early stopping threshold",
+        group="checks",
+        plain="Smallest progress that counts",
         min=0,
         max=100,
         help="How much lower than the best an eval loss must be to count as better.",
     )
     keep_best: bool = setting(
-        True, label="Keep the best checkpoint", help="Export the adapter with the lowest eval loss, not the last one."
+        True,
+        label="Keep the best checkpoint",
+        group="checks",
+        help="Export the adapter with the lowest eval loss, not the last one.",
     )
 
     def __post_init__(self) -> None:
         check_fields(self)  # each field against its own metadata: type, choices, range
-        self._check_method()
-        self._check_lora()
-        self._check_devices()
-
-    def _check_method(self) -> None:
-        """The rules between the method and the other settings."""
-        if self.is_preference and self.packing:
-            raise ConfigError(
-                "packing",
-                f"is not available with {self.method}: each pair keeps its chosen and "
-                "rejected answers in their own rows; turn packing off",
-            )
-        if self.devices > 1 and self.is_preference:
-            raise ConfigError(
-                "devices",
-                f"{self.method} trains on one device for now (its pairs and reference pass "
-                "are not split across processes yet); set devices to 1",
-            )
-
-    def _check_lora(self) -> None:
-        """The rules between the adapter's settings."""
-        if self.target_preset == "custom" and not self.target_modules:
-            raise ConfigError("target_modules", "list at least one module name when target layers is 'custom'")
-        if self.target_preset != "custom" and self.target_modules:
-            raise ConfigError("target_modules", "only allowed when target layers is 'custom'")
-        if self.init_lora_weights == "pissa" and self.start_from:
-            raise ConfigError(
-                "init_lora_weights",
-                "PiSSA initialises a new adapter; a job that starts from another job's adapter uses the default init",
-            )
-        if self.init_lora_weights == "pissa" and self.method == "dpo":
-            raise ConfigError(
-                "init_lora_weights",
-                "PiSSA rewrites the base weights and DPO's reference is the base "
-                "with the adapter off; use the default init (or ORPO)",
-            )
-        if self.init_lora_weights == "pissa" and self.qlora:
-            raise ConfigError(
-                "init_lora_weights",
-                "PiSSA rewrites the base weights and needs the 16-bit base; turn QLoRA off or use the default init",
-            )
-        if self.precision in ("bf16", "fp16") and self.bias != "none":
-            raise ConfigError(
-                "precision",
-                f"trained biases live inside the base's layers, so they would be trained in "
-                f"{self.precision}; set bias to none or precision to fp32 or auto",
-            )
-
-    def _check_devices(self) -> None:
-        """The rules of training on several devices."""
-        if self.sharding == "fsdp":
-            if self.devices < 2:
-                raise ConfigError(
-                    "sharding",
-                    "fsdp shards the model across devices and needs at least 2; "
-                    f"set devices to 2 or more, or sharding to none (devices is {self.devices})",
-                )
-            if self.qlora:
-                raise ConfigError(
-                    "sharding",
-                    "fsdp is not available with QLoRA (4-bit bitsandbytes weights are not "
-                    "sharded here); turn QLoRA off or set sharding to none",
-                )
-            if self.init_lora_weights == "pissa":
-                raise ConfigError(
-                    "sharding",
-                    "fsdp is not available with PiSSA (it rewrites the base and converts "
-                    "the adapter against whole weights); use the default init or set "
-                    "sharding to none",
-                )
-        if self.devices > self.batch_size:
-            raise ConfigError(
-                "devices",
-                f"each device takes a share of every micro-batch, so devices can be at most "
-                f"the batch size ({self.batch_size}), got {self.devices}",
-            )
+        check_rules(self)  # the rules between settings
 
     @property
     def is_preference(self) -> bool:

@@ -98,6 +98,9 @@ class Estimate:
     # Where `seconds` comes from: "measured" (this model's finished jobs), "calibrated" (this machine's
     # measured speed and the work per token), or None when it is unknown.
     seconds_source: str | None = None
+    # What memory_limit_mb is, as words that end "of the 24 GB ...": "this machine has", "one GPU of the
+    # largest train worker has"; empty when not known.
+    memory_limit_of: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The job form's starting points (quick, balanced, quality): the settings each one fills. Every value can
-still be changed; `worker.config.TrainConfig.from_dict` applies them, `preset_of` names a config's."""
+"""The job form's starting points (quick, balanced, quality): the settings each one fills and the goal it is to
+people. Every value can still be changed; `worker.config.TrainConfig.from_dict` applies them, `preset_of` names
+a config's."""
 
 from __future__ import annotations
 
@@ -40,4 +41,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_scheduler": "cosine",
         "use_rslora": False,
     },
+}
+
+# Each preset as the goal a person picks on the job form: (name, what it trades, in one line).
+PRESET_GOALS: dict[str, tuple[str, str]] = {
+    "quick": ("Quick try", "The fastest: one pass over the data with a small adapter; rougher answers."),
+    "balanced": ("Balanced", "Two passes with a medium adapter: about twice the quick try's time; the usual choice."),
+    "quality": (
+        "Best quality",
+        "Three passes that adapt every layer: three times the quick try's time or more; usually the best answers.",
+    ),
 }

@@ -15,6 +15,14 @@ from typing import Any
 from worker.errors import ConfigError
 
 MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The job form's groups under "Custom settings", in the order shown: group key -> its heading in plain words.
+SETTING_GROUPS = {
+    "learn": "What to learn from",
+    "amount": "How much to train",
+    "adapter": "Adapter size and layers",
+    "memory": "Memory and speed",
+    "checks": "Evaluation, data split and checkpoints",
+}
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 
@@ -23,7 +31,8 @@ def setting(
     *,
     label: str,
     help: str,
-    group: str = "advanced",
+    plain: str = "",
+    group: str = "",
     min: float | None = None,
     max: float | None = None,
     min_exclusive: bool = False,
@@ -34,16 +43,19 @@ def setting(
 ) -> Any:
     """A dataclass field whose metadata is the setting's one description.
 
-    label: a few plain words; help: one sentence, plain words first; group: "basic" (always shown) or
-    "advanced" (folded away); min / max: the allowed range (`min_exclusive`: above min, not at it); choices:
-    allowed value -> label for people; unit: what a number counts; openai: where the OpenAI-style API takes it
-    ("hyperparameters.n_epochs", "method.{method}.hyperparameters.beta", "seed", "lora" for the `lora` extra);
-    job_id: the value is a job id or empty.
+    label: the setting's usual (technical) name, as the API, the job page and the error summary say it; plain:
+    the form's label in everyday words when the usual name is jargon (the label is then shown as its hint);
+    help: one sentence, plain words first; group: the job form's group the setting is shown in (a key of
+    SETTING_GROUPS; empty for settings no form groups); min / max: the allowed range (`min_exclusive`: above
+    min, not at it); choices: allowed value -> label for people; unit: what a number counts; openai: where the
+    OpenAI-style API takes it ("hyperparameters.n_epochs", "method.{method}.hyperparameters.beta", "seed",
+    "lora" for the `lora` extra); job_id: the value is a job id or empty.
     """
-    if group not in ("basic", "advanced"):
-        raise ValueError(f"group must be basic or advanced, got {group!r}")
+    if group and group not in SETTING_GROUPS:
+        raise ValueError(f"group must be one of {', '.join(SETTING_GROUPS)} or empty, got {group!r}")
     meta = {
         "label": label,
+        "plain": plain or label,
         "help": help,
         "group": group,
         "min": min,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 from django import forms
+from django.forms.utils import ErrorList
 
 from jobs.accounts.limits import QuotaExceeded
 from jobs.base_models.models import BaseModel
@@ -15,6 +16,8 @@ from jobs.training.plan import JobPlan, JobRefused, job_plan, validation_problem
 from jobs.training.selectors import job_list
 from worker.config import PRESETS, TrainConfig, setting_metadata
 from worker.errors import InputError
+from worker.presets import PRESET_GOALS
+from worker.setting_fields import SETTING_GROUPS
 
 SETTINGS = setting_metadata()  # each TrainConfig setting's label, help, limits and choices
 CONFIG_FIELDS = tuple(SETTINGS)
@@ -37,50 +40,88 @@ REQUIRED_SETTINGS = frozenset(
         "bias",
     }
 )
-VALIDATION_CHOICES = [("split", "Split off part of the dataset"), ("dataset", "Another dataset"), ("none", "None")]
-PRESET_CHOICES = [
-    ("", "Custom (as set below)"),
-    ("quick", "Quick: rank 8 on attention, 1 epoch, lr 2e-3"),
-    ("balanced", "Balanced: rank 16 on attention, 2 epochs, lr 1e-3"),
-    ("quality", "Quality: rank 16 on all linear layers, 3 epochs, lr 5e-4 cosine"),
+VALIDATION_CHOICES = [
+    ("split", "Hold back part of the dataset"),
+    ("dataset", "Another dataset"),
+    ("none", "None (no test and no early stopping)"),
 ]
-# The form's sections, declared once: (legend, folded under "Advanced"?, fields in order).
+# The goals a person picks (the presets, in plain words); "" keeps the settings as set under Custom settings.
+GOAL_CHOICES = [*((name, title) for name, (title, _line) in PRESET_GOALS.items()), ("", "My own settings")]
+CUSTOM_GOAL_LINE = "As set under Custom settings; changing any of them there picks this."
+# What a new job needs at first; everything else is under "Custom settings".
+MAIN_FIELDS = ("dataset", "base_model", "preset")
+# The groups under "Custom settings", declared once: (group of the settings' metadata, fields in order). The
+# form's own fields (name, the validation set) sit with the settings they go with.
 FIELDSETS = (
-    ("What to train", False, ("preset", "name", "base_model", "dataset", "method", "beta", "start_from")),
-    ("LoRA", False, ("rank", "alpha", "dropout", "target_preset", "target_modules", "qlora")),
-    ("Training", False, ("epochs", "learning_rate", "batch_size", "max_seq_length")),
-    ("Validation", False, ("validation", "validation_percent", "validation_seed", "validation_dataset")),
+    ("learn", ("name", "method", "beta", "start_from")),
     (
-        "",
-        True,
+        "amount",
         (
-            "grad_accum",
-            "warmup_ratio",
+            "epochs",
+            "max_steps",
+            "learning_rate",
             "lr_scheduler",
+            "warmup_ratio",
             "weight_decay",
+            "max_grad_norm",
+            "optimizer",
             "seed",
-            "bias",
+        ),
+    ),
+    (
+        "adapter",
+        (
+            "rank",
+            "alpha",
+            "dropout",
+            "target_preset",
+            "target_modules",
             "use_rslora",
             "use_dora",
-            "gradient_checkpointing",
+            "bias",
             "init_lora_weights",
             "modules_to_save",
-            "optimizer",
-            "max_grad_norm",
+        ),
+    ),
+    (
+        "memory",
+        (
+            "qlora",
+            "gradient_checkpointing",
+            "batch_size",
+            "grad_accum",
+            "max_seq_length",
+            "precision",
             "packing",
             "liger",
             "devices",
             "sharding",
-            "precision",
-            "max_steps",
         ),
     ),
     (
-        "Evaluation and checkpoints",
-        True,
-        ("eval_every", "early_stopping_patience", "early_stopping_threshold", "keep_best", "final_eval", "save_every"),
+        "checks",
+        (
+            "validation",
+            "validation_percent",
+            "validation_seed",
+            "validation_dataset",
+            "eval_every",
+            "early_stopping_patience",
+            "early_stopping_threshold",
+            "keep_best",
+            "final_eval",
+            "save_every",
+        ),
     ),
 )
+# The usual (technical) name of the form's own fields that have a plain label, shown as the hint.
+FORM_TERMS = {
+    "validation": "Validation set",
+    "validation_percent": "Validation %",
+    "validation_seed": "Split seed",
+    "validation_dataset": "Validation dataset",
+    "preset": "preset",
+}
 
 
 def clone_initial(job) -> dict:
@@ -106,11 +147,11 @@ def clone_initial(job) -> dict:
 
 
 def setting_field(name: str) -> forms.Field:
-    """The form field of TrainConfig setting `name`, made from its metadata: label, help, choices, default and
-    limits. The limits are the inputs' min / max only, so a value out of range gets TrainConfig's message."""
+    """The form field of TrainConfig setting `name`, made from its metadata: its plain label, help, choices, default
+    and limits. The limits are the inputs' min / max only, so a value out of range gets TrainConfig's message."""
     meta = SETTINGS[name]
     default = meta["default"]
-    common = {"label": meta["label"], "help_text": meta["help"], "required": name in REQUIRED_SETTINGS}
+    common = {"label": meta["plain"], "help_text": meta["help"], "required": name in REQUIRED_SETTINGS}
     if meta["choices"] is not None:
         return forms.ChoiceField(choices=list(meta["choices"].items()), initial=default, **common)
     if meta["type"] == "bool":
@@ -124,34 +165,58 @@ def setting_field(name: str) -> forms.Field:
     return forms.CharField(**common)  # a comma-separated list of module names
 
 
+def field_term(name: str) -> str:
+    """The usual (technical) name of field `name` when its label is in plain words instead; else ""."""
+    if name in SETTINGS:
+        meta = SETTINGS[name]
+        return meta["label"] if meta["plain"] != meta["label"] else ""
+    return FORM_TERMS.get(name, "")
+
+
 def _with_settings(form_class: type[forms.Form]) -> type[forms.Form]:
-    """Adds a field per TrainConfig setting and orders all the fields as FIELDSETS lays them out."""
+    """Adds a field per TrainConfig setting and orders all the fields as MAIN_FIELDS and FIELDSETS lay them out."""
     fields = {**form_class.base_fields, **{name: setting_field(name) for name in CONFIG_FIELDS}}
-    order = [name for _legend, _folded, names in FIELDSETS for name in names]
+    order = [*MAIN_FIELDS, *(name for _group, names in FIELDSETS for name in names)]
     if sorted(order) != sorted(fields):
-        raise TypeError(f"FIELDSETS must list every field of {form_class.__name__} once")
+        raise TypeError(f"MAIN_FIELDS and FIELDSETS must list every field of {form_class.__name__} once")
     form_class.base_fields = form_class.declared_fields = {name: fields[name] for name in order}
     return form_class
 
 
 @_with_settings
 class JobForm(forms.Form):
-    name = forms.CharField(max_length=200, required=False)
-    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.none(), empty_label=None)
-    dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), empty_label=None)
+    name = forms.CharField(
+        max_length=200, required=False, help_text="Empty: a name is made from the dataset and the settings."
+    )
+    base_model = forms.ModelChoiceField(
+        queryset=BaseModel.objects.none(), empty_label=None, help_text="The model your adapter is trained on top of."
+    )
+    dataset = forms.ModelChoiceField(
+        queryset=Dataset.objects.none(), empty_label=None, help_text="The examples the model learns from."
+    )
     preset = forms.ChoiceField(
-        choices=PRESET_CHOICES,
+        choices=GOAL_CHOICES,
         required=False,
         initial="balanced",
-        help_text="fills the fields below; change any of them afterwards",
+        label="Goal",
+        widget=forms.RadioSelect,
+        help_text="Each goal sets the adapter and how long it trains; Custom settings shows every value.",
     )
     # One field per TrainConfig setting is added from its metadata by `_with_settings` below.
-    validation = forms.ChoiceField(choices=VALIDATION_CHOICES, initial="split", label="Validation set")
-    validation_percent = forms.FloatField(initial=10, required=False, label="Validation %")
-    validation_seed = forms.IntegerField(initial=42, required=False, label="Split seed")
-    validation_dataset = forms.ModelChoiceField(
-        queryset=Dataset.objects.none(), required=False, label="Validation dataset"
+    validation = forms.ChoiceField(choices=VALIDATION_CHOICES, initial="split", label="Test examples")
+    validation_percent = forms.FloatField(
+        initial=10,
+        required=False,
+        label="Share held back (%)",
+        help_text="The part of the dataset kept out of training to test the model on.",
     )
+    validation_seed = forms.IntegerField(
+        initial=42,
+        required=False,
+        label="Hold-back shuffle number",
+        help_text="Which examples are held back; the same number holds back the same ones.",
+    )
+    validation_dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), required=False, label="Test dataset")
 
     def __init__(self, *args, owner, refuse: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -171,23 +236,46 @@ class JobForm(forms.Form):
         self.quota_exceeded = False
         self.presets = PRESETS
 
-    def _fieldsets(self, advanced: bool) -> list[tuple[str, list]]:
-        return [(legend, [self[name] for name in names]) for legend, folded, names in FIELDSETS if folded == advanced]
+    @property
+    def main_fields(self) -> list[tuple[forms.BoundField, str]]:
+        """The fields shown at first but the goal, each as (bound field, its technical name or "")."""
+        return [(self[name], field_term(name)) for name in MAIN_FIELDS if name != "preset"]
 
     @property
-    def main_fieldsets(self) -> list[tuple[str, list]]:
-        """The sections always shown, each as (legend, bound fields)."""
-        return self._fieldsets(False)
+    def goals(self) -> list[dict]:
+        """The goal choices: value, title, the one line of what it trades, and whether it is the chosen one."""
+        chosen = self["preset"].value() or ""
+        lines = {name: line for name, (_title, line) in PRESET_GOALS.items()} | {"": CUSTOM_GOAL_LINE}
+        return [
+            {"value": value, "title": title, "line": lines[value], "checked": value == chosen, "key": value or "custom"}
+            for value, title in GOAL_CHOICES
+        ]
 
     @property
-    def advanced_fieldsets(self) -> list[tuple[str, list]]:
-        """The sections folded under "Advanced"."""
-        return self._fieldsets(True)
+    def custom_fieldsets(self) -> list[tuple[str, list[tuple[forms.BoundField, str]]]]:
+        """The groups under "Custom settings", each as (heading, [(bound field, its technical name or "")])."""
+        return [
+            (SETTING_GROUPS[group], [(self[name], field_term(name)) for name in names]) for group, names in FIELDSETS
+        ]
 
     @property
-    def advanced_has_errors(self) -> bool:
-        """True when a field folded under "Advanced" is wrong: the section then comes back open."""
-        return any(name in self.errors for _legend, folded, names in FIELDSETS if folded for name in names)
+    def custom_has_errors(self) -> bool:
+        """True when a field under "Custom settings" is wrong: the section then comes back open."""
+        return any(name in self.errors for _group, names in FIELDSETS for name in names)
+
+    @property
+    def error_rows(self) -> list[tuple[str, str, str, ErrorList]]:
+        """Each wrong field as (its input's id, label, technical name or "", messages), in the form's order."""
+        return [
+            (
+                "field-preset" if field.name == "preset" else field.id_for_label,
+                str(field.label),
+                field_term(field.name),
+                field.errors,
+            )
+            for field in self
+            if field.errors
+        ]
 
     def clean(self):
         """Every TrainConfig and validation-set rule broken, each beside its field and all at once; then, with
@@ -196,6 +284,9 @@ class JobForm(forms.Form):
         data = super().clean()
         # A left-empty optional field keeps its default; a field that is already wrong is left to its message.
         values = {k: data[k] for k in CONFIG_FIELDS if k in data and data[k] not in (None, "") and k not in self.errors}
+        # A goal sets its settings (the page's script shows them and picks "My own settings" once one is changed).
+        goal = PRESETS.get(data.get("preset") or "", {})
+        values.update({k: v for k, v in goal.items() if k not in self.errors})
         for exc in TrainConfig.problems(values):
             self._add_config_error(exc)
         # The validation set's problems too, all at once (the plan's own rules); then the plan checks the rest.
@@ -245,15 +336,13 @@ class JobForm(forms.Form):
 
 
 def setting_rows(config: dict) -> list[tuple[str, str, object]]:
-    """A job's settings for people: (field name, the form's label, value shown), in the form's order, then any
-    setting the form does not show."""
-    fields = JobForm.base_fields
-    order = [name for _legend, _folded, names in FIELDSETS for name in names if name in config]
+    """A job's settings for people: (field name, the setting's usual name, value shown), in the form's order, then
+    any setting the form does not show."""
+    order = [name for _group, names in FIELDSETS for name in names if name in config]
     order += [name for name in config if name not in order]
     rows = []
     for name in order:
-        field = fields.get(name)
-        label = str(field.label) if field is not None and field.label else name.replace("_", " ").capitalize()
+        label = SETTINGS[name]["label"] if name in SETTINGS else name.replace("_", " ").capitalize()
         value = config[name]
         if isinstance(value, bool):
             value = "yes" if value else "no"

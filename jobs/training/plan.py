@@ -363,7 +363,7 @@ def job_estimate(
     else:
         lengths = [config.max_seq_length]
     tokens_per_s = selectors.measured_tokens_per_s(owner=owner, base_model=base_model, qlora=config.qlora)
-    device, limit = _estimate_device(config, fleet)
+    device, limit, limit_of = _estimate_device(config, fleet)
     est = estimate(
         base_model.local_path,
         config,
@@ -390,19 +390,27 @@ def job_estimate(
     if seconds is not None and est.seconds_source == "measured":
         # The steps' own speed leaves out loading, tokenizing and the end-of-job evaluation: add what they took.
         seconds += selectors.measured_overhead_seconds(owner=owner, base_model=base_model) or 0.0
-    return dataclasses.replace(est, lengths_known=report is not None, warnings=warnings, seconds=seconds)
+    return dataclasses.replace(
+        est, lengths_known=report is not None, warnings=warnings, seconds=seconds, memory_limit_of=limit_of
+    )
 
 
-def _estimate_device(config: TrainConfig, fleet: list[tuple[str, Capacity]]) -> tuple[str, float]:
-    """(device, memory limit MB) the estimate counts for: the live workers' devices and the memory of the biggest
-    with the job's devices, or this machine's while none has announced (TRAIN_MEMORY_LIMIT_MB, else its RAM)."""
+def _estimate_device(config: TrainConfig, fleet: list[tuple[str, Capacity]]) -> tuple[str, float, str]:
+    """(device, memory limit MB, what that limit is in words) the estimate counts for: the live workers' devices
+    and the memory of the biggest with the job's devices, or this machine's while none has announced
+    (TRAIN_MEMORY_LIMIT_MB, else its RAM)."""
     device = settings.TRAIN_DEVICE
     if not fleet:
-        limit = settings.TRAIN_MEMORY_LIMIT_MB or (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20
-        return device, limit
+        if settings.TRAIN_MEMORY_LIMIT_MB:
+            return device, settings.TRAIN_MEMORY_LIMIT_MB, "set aside for training on this machine"
+        return device, (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20, "this machine has"
     if device == "auto":  # the workers' devices, not the web server's (auto precision counts fp32 on CPUs)
         device = "cuda" if all(capacity.device == "cuda" for _, capacity in fleet) else "cpu"
-    return device, _fleet_limit(fleet, job_devices(config.to_dict()))[1]
+    name, limit = _fleet_limit(fleet, job_devices(config.to_dict()))
+    if not name:
+        return device, limit, ""
+    each = "each GPU of" if dict(fleet)[name].device == "cuda" else ""
+    return device, limit, f"{each} the largest train worker has".strip()
 
 
 def _data_shape(report) -> DataShape:

@@ -131,6 +131,7 @@ def estimate_json(est, dataset=None) -> dict:
         "advice": est.advice,
         "targets": est.targets,
         "memory_limit_mb": est.memory_limit_mb,
+        "memory_limit_of": est.memory_limit_of,
         "lengths_known": est.lengths_known,
         "advice_changes": est.advice_changes,
         "warnings": size_warning + list(est.warnings),

@@ -1,14 +1,24 @@
-// Job form: the pre-flight estimate (trainable parameters, adapter size, memory, time) before submitting.
+// Job form: the pre-flight estimate (trainable parameters, adapter size, memory, time), run again after every
+// change to the form (Method included), so what it shows always matches the fields; the button runs it at once.
 (function () {
   const button = document.getElementById("estimate-job");
   if (!button) return;
+  const form = button.form;
   const box = document.getElementById("estimate");
   const fmt = (n) => Number(n).toLocaleString();
+  const gb = (mb) => (mb >= 1024 ? `${(mb / 1024).toFixed(mb < 10240 ? 1 : 0)} GB` : `${fmt(Math.round(mb))} MB`);
+  let latest = 0;
+  let timer = null;
   function duration(s, source) {
     if (s == null) return "unknown until a first job on this model has run";
     s = Math.round(s);
     const t = s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
     return source === "calibrated" ? `about ${t} (calibrated from this machine's measured speed; refined after a first job)` : t;
+  }
+  function memory(e) {
+    const needed = `Memory: about ${gb(e.memory_mb)}`;
+    if (!e.memory_limit_mb) return needed;
+    return `${needed} of the ${gb(e.memory_limit_mb)} ${e.memory_limit_of || "available"}`;
   }
   function setField(field, value) {
     const input = document.getElementById("id_" + field);
@@ -18,13 +28,10 @@
     input.dispatchEvent(new Event("change", { bubbles: true }));
   }
   function para(text, cls) { const p = document.createElement("p"); p.textContent = text; if (cls) p.className = cls; return p; }
-  async function run() {
-    box.textContent = "Estimating…";
-    const r = await fetch(button.dataset.url, { method: "POST", body: new FormData(button.form), credentials: "same-origin" });
-    const data = await r.json();
+  function show(data) {
     box.replaceChildren();
     if (!data.estimate) {
-      const label = (f) => { const l = document.querySelector(`label[for="id_${f}"]`); return l ? l.textContent : f; };
+      const label = (f) => { const l = document.querySelector(`label[for="id_${f}"]`); return l ? l.firstChild.textContent.trim() : f; };
       const errs = Object.entries(data.errors).map(([f, e]) => `${f === "__all__" ? "" : label(f) + ": "}${e.map((x) => x.message).join(" ")}`);
       box.textContent = "Fix the form first: " + errs.join("; ");
       box.classList.add("errors");
@@ -35,7 +42,7 @@
     const lines = [
       `Trainable parameters: ${fmt(e.trainable_params)} of ${fmt(e.total_params)} (${e.trainable_percent.toFixed(3)} %)`,
       `Adapter size: ${e.adapter_mb.toFixed(1)} MB`,
-      `Memory: about ${fmt(Math.round(e.memory_mb))} MB` + (e.memory_limit_mb ? ` of ${fmt(Math.round(e.memory_limit_mb))} MB` : ""),
+      memory(e),
       `Steps: ${fmt(e.steps)}; time: ${duration(e.seconds, e.seconds_source)}`,
     ].concat(e.lengths_known === false ? ["Approximate: the dataset's tokens are still being counted, so lengths are guessed from its characters."] : []);
     for (const text of lines) box.append(para(text));
@@ -62,15 +69,38 @@
     }
     box.dataset.trainable = e.trainable_params;
   }
+  async function run() {
+    clearTimeout(timer);
+    const mine = ++latest;
+    // The last figures stay in view, marked as being redone, until the new ones arrive (no jump on each key).
+    box.querySelector(".estimating")?.remove();
+    box.prepend(para("Estimating…", "estimating"));
+    box.setAttribute("aria-busy", "true");
+    let data;
+    try {
+      const r = await fetch(button.dataset.url, { method: "POST", body: new FormData(form), credentials: "same-origin" });
+      data = await r.json();
+    } catch (err) {
+      data = { errors: { __all__: [{ message: "the estimate could not be reached; check the connection and try again." }] } };
+    }
+    if (mine !== latest) return;  // a later change has asked again: only its answer is shown
+    box.removeAttribute("aria-busy");
+    show(data);
+  }
+  function soon() { clearTimeout(timer); timer = setTimeout(run, 400); }
   button.addEventListener("click", run);
+  form.addEventListener("change", soon);
+  form.addEventListener("input", (event) => { if (event.target.matches("input[type=text], input[type=number]")) soon(); });
+  if (document.getElementById("id_dataset")?.value) run();
 })();
 
-// Presets: choosing Quick / Balanced / Quality fills the fields it defines; editing a field after
-// that switches the selector back to "Custom" so the form never claims a preset it no longer is.
+// Goals: choosing Quick try / Balanced / Best quality fills the settings it defines; editing one of them after
+// that picks "My own settings", so the form never claims a goal it no longer is.
 (function () {
-  const select = document.getElementById("id_preset");
+  const form = document.getElementById("job-form");
   const source = document.getElementById("presets");
-  if (!select || !source) return;
+  const custom = document.getElementById("goal-custom");  // "My own settings"
+  if (!form || !source || !custom) return;
   const presets = JSON.parse(source.textContent);
   let filling = false;
   function fill(name) {
@@ -86,12 +116,12 @@
     }
     filling = false;
   }
-  select.addEventListener("change", () => fill(select.value));
+  for (const radio of form.querySelectorAll('input[name="preset"]')) radio.addEventListener("change", () => fill(radio.value));
   const watched = new Set(Object.values(presets).flatMap((v) => Object.keys(v)));
   for (const field of watched) {
     const input = document.getElementById("id_" + field);
     if (!input) continue;
-    for (const kind of ["input", "change"]) input.addEventListener(kind, () => { if (!filling) select.value = ""; });
+    for (const kind of ["input", "change"]) input.addEventListener(kind, () => { if (!filling) custom.checked = true; });
   }
 })();
 

@@ -137,6 +137,7 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page, two_jobs):
     # ... which trains a DPO job through the form (the method and the data agree), then is compared.
     page.click("text=Train on this")
     page.wait_for_url("**/jobs/new/**")
+    page.click("#custom summary")
     page.select_option("#id_method", "dpo")
     page.select_option("#id_validation", "none")
     page.click("#submit-job")

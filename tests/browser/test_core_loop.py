@@ -29,16 +29,17 @@ def test_core_loop_in_the_browser(stack, page, tmp_path):
     page.click("text=Train on this")
     page.wait_for_url("**/jobs/new/**")  # waits for "load": the form's scripts have run before a preset is chosen
 
-    # Presets fill the form; touching a field afterwards makes it a custom configuration.
-    assert page.input_value("#id_preset") == "balanced"
-    page.select_option("#id_preset", "quality")
+    # Goals fill the form; touching one of their settings afterwards makes it a custom configuration.
+    assert page.is_checked("#goal-balanced")
+    page.check("#goal-quality")
     assert page.input_value("#id_target_preset") == "all_linear" and page.input_value("#id_epochs") == "3"
-    page.select_option("#id_preset", "quick")
+    page.check("#goal-quick")
     assert page.input_value("#id_rank") == "8" and page.input_value("#id_learning_rate") == "0.002"
+    page.click("#custom summary")
     page.fill("#id_name", "browser run")
-    assert page.input_value("#id_preset") == "quick", "the name is not part of a preset"
+    assert page.is_checked("#goal-quick"), "the name is not part of a goal"
     page.select_option("#id_target_preset", "all_linear")
-    assert page.input_value("#id_preset") == ""
+    assert page.is_checked("#goal-custom") and not page.is_checked("#goal-quick")
     page.fill("#id_epochs", "20")
     page.fill("#id_learning_rate", "0.01")
     page.fill("#id_batch_size", "4")

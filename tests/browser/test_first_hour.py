@@ -34,6 +34,7 @@ def visible(page, selector: str) -> bool:
 def test_the_job_form_shows_every_error_at_once_beside_its_field(stack, page, dataset):
     sign_in(page, stack, "alice")
     page.goto(f"{stack.url}/jobs/new/?dataset={dataset}")
+    page.click("#custom summary")
     # Fields that do not apply to the current choices are hidden until they do.
     assert not visible(page, "#field-target_modules") and not visible(page, "#field-validation_dataset")
     assert not visible(page, "#field-beta") and visible(page, "#field-validation_percent")
@@ -47,23 +48,23 @@ def test_the_job_form_shows_every_error_at_once_beside_its_field(stack, page, da
     assert visible(page, "#field-beta")
     page.select_option("#id_method", "supervised")
 
-    # Three mistakes, two of them folded under Advanced.
+    # Three mistakes, all folded under Custom settings once it is closed again.
     page.fill("#id_rank", "0")
-    page.click("#advanced summary")
     page.fill("#id_grad_accum", "0")
     page.fill("#id_warmup_ratio", "0.9")
-    page.click("#advanced summary")
-    assert page.locator("#advanced").get_attribute("open") is None
+    page.click("#custom summary")
+    assert page.locator("#custom").get_attribute("open") is None
     page.click("#submit-job")
     page.wait_for_load_state()
-    assert page.locator("#advanced").get_attribute("open") is not None, "the section holding an error opens"
+    assert page.locator("#custom").get_attribute("open") is not None, "the section holding an error opens"
     assert "Must be between 1 and 1024 (you gave 0)" in page.inner_text("#field-rank")
     assert "Must be between 1 and 1024 (you gave 0)" in page.inner_text("#field-grad_accum")
     assert "Must be between 0 and 0.5 (you gave 0.9)" in page.inner_text("#field-warmup_ratio")
     assert visible(page, "#field-grad_accum .field-error") and visible(page, "#field-warmup_ratio .field-error")
     summary = page.inner_text("#form-errors")
     assert "3 things to fix" in summary and "Gradient accumulation" in summary and "[" not in summary
-    assert page.evaluate("document.activeElement.id") == "id_rank", "the first wrong field has the focus"
+    # How much to train (warmup) comes before the adapter's size (rank) in Custom settings.
+    assert page.evaluate("document.activeElement.id") == "id_warmup_ratio", "the first wrong field has the focus"
     assert page.get_attribute("#id_grad_accum", "aria-invalid") == "true"
     assert page.get_attribute("#id_grad_accum", "aria-describedby") == "id_grad_accum-error"
     # Mended, the same form starts the job.
@@ -72,6 +73,50 @@ def test_the_job_form_shows_every_error_at_once_beside_its_field(stack, page, da
     page.fill("#id_warmup_ratio", "0.1")
     page.click("#submit-job")
     page.wait_for_url("**/jobs/*/")
+
+
+VISIBLE_CONTROLS = """() => [...document.querySelectorAll('#job-form input, #job-form select, #job-form textarea')]
+    .filter((c) => c.type !== 'hidden' && c.checkVisibility()).map((c) => c.name)"""
+
+
+def test_a_fresh_job_form_asks_for_data_a_model_and_a_goal_and_folds_the_rest(stack, page, dataset):
+    sign_in(page, stack, "alice")
+    page.goto(f"{stack.url}/jobs/new/?dataset={dataset}")
+    shown = page.evaluate(VISIBLE_CONTROLS)
+    assert len(shown) <= 8 and {"dataset", "base_model", "preset"} <= set(shown), shown
+    goals = page.inner_text("#field-preset")
+    assert all(t in goals for t in ("Quick try", "Balanced", "Best quality", "rougher answers")), goals
+    # The estimate comes by itself, and says what the second figure is.
+    page.wait_for_function("document.getElementById('estimate').textContent.includes('Memory: about')")
+    memory = page.inner_text("#estimate")
+    figure = r"[\d.,]+ (GB|MB)"
+    assert re.search(f"Memory: about {figure} of the {figure} (this machine has|set aside|.*train worker has)", memory)
+    page.click("#custom summary")
+    more = page.evaluate(VISIBLE_CONTROLS)
+    assert len(more) >= 30 and {"rank", "alpha", "dropout", "qlora", "validation_seed", "method"} <= set(more)
+    assert page.inner_text("label[for=id_rank]").split() == ["Adapter", "size", "Rank"]
+    assert page.inner_text("label[for=id_qlora]").startswith("Save memory: 4-bit base")
+    assert page.inner_text("label[for=id_validation_seed]").startswith("Hold-back shuffle number")
+
+
+def test_the_estimate_follows_a_change_of_method_without_a_click(stack, page, dataset):
+    sign_in(page, stack, "alice")
+    page.goto(f"{stack.url}/jobs/new/?dataset={dataset}")
+    ready = """(old) => { const t = document.getElementById('estimate').textContent;
+                          return t !== old && !t.includes('Estimating') && t.length > 0; }"""
+    page.wait_for_function(ready, arg="")
+    assert "Memory: about" in page.inner_text("#estimate")
+    page.click("#custom summary")
+    old = page.text_content("#estimate")
+    page.select_option("#id_method", "dpo")  # this dataset holds plain examples: DPO cannot train on it
+    page.wait_for_function(ready, arg=old)
+    text = page.inner_text("#estimate")
+    assert "preference pairs" in text and "Memory: about" not in text, text
+    old = page.text_content("#estimate")
+    page.select_option("#id_method", "supervised")
+    page.wait_for_function(ready, arg=old)
+    text = page.inner_text("#estimate")
+    assert "Memory: about" in text and "preference pairs" not in text, text
 
 
 def start_job(stack, api, dataset, **config) -> str:
@@ -354,6 +399,7 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
 def test_the_estimate_warns_when_the_max_length_cuts_examples_and_shows_a_time_before_any_job(stack, page, dataset):
     sign_in(page, stack, "alice")
     page.goto(f"{stack.url}/jobs/new/?dataset={dataset}")
+    page.click("#custom summary")
     page.fill("#id_max_seq_length", "16")
     page.click("#estimate-job")
     page.wait_for_selector("#estimate .estimate-warning")
@@ -376,6 +422,7 @@ def test_advice_applies_with_one_click_and_the_new_estimate_fits(stack, page, ap
     long_set = api.post(stack.url + "/api/v1/datasets/", files={"file": ("long.jsonl", data.encode())}).json()["id"]
     sign_in(page, stack, "alice")
     page.goto(f"{stack.url}/jobs/new/?dataset={long_set}")
+    page.click("#custom summary")
     page.fill("#id_max_seq_length", "65536")
     page.fill("#id_batch_size", "1024")
     page.click("#estimate-job")

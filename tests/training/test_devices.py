@@ -91,7 +91,7 @@ def test_the_train_task_runs_a_job_on_two_ranks(user, base_model, dataset, setti
 def test_sharding_through_rest_openai_and_the_form_and_on_the_job_page(
     api, client_in, base_model, dataset, settings, django_capture_on_commit_callbacks
 ):
-    """`sharding` travels as `devices` does: REST config, the OpenAI `lora` extras, the form's Advanced
+    """`sharding` travels as `devices` does: REST config, the OpenAI `lora` extras, the form's Custom settings
     section; refusals name the field; the job page lists it with the other settings."""
     settings.TRAIN_MAX_DEVICES = 2
     response = rest_job(api, dataset, base_model, devices=2, sharding="fsdp")

@@ -76,7 +76,7 @@ def test_pissa_with_qlora_is_refused_on_its_field(client_in, base_model, dataset
 
 def test_form_offers_presets_with_their_values(client_in, base_model, dataset):
     html = client_in.get(f"/jobs/new/?dataset={dataset.id}").content.decode()
-    assert '<option value="balanced" selected>' in html and 'value="quality"' in html
+    assert 'value="balanced" id="goal-balanced" checked>' in html and 'id="goal-quality"' in html
     assert 'id="presets"' in html and '"learning_rate": 0.0005' in html
 
 
@@ -112,13 +112,14 @@ def test_rest_config_takes_a_preset_with_overrides(user, base_model, dataset, dj
 
 
 def test_the_job_form_sections_hold_every_field_once(user):
-    from jobs.training.forms import FIELDSETS, JobForm
+    from jobs.training.forms import FIELDSETS, MAIN_FIELDS, JobForm
 
     form = JobForm(owner=user)
-    listed = [name for _, _, names in FIELDSETS for name in names]
+    listed = [*MAIN_FIELDS, *(name for _, names in FIELDSETS for name in names)]
     assert sorted(listed) == sorted(form.fields) and len(listed) == len(set(listed))
-    shown = [f.name for _, fields in form.main_fieldsets + form.advanced_fieldsets for f in fields]
-    assert shown == listed and [legend for legend, _ in form.main_fieldsets][0] == "What to train"
+    shown = [f.name for f, _term in form.main_fields] + ["preset"]
+    shown += [f.name for _, fields in form.custom_fieldsets for f, _term in fields]
+    assert shown == listed and [legend for legend, _ in form.custom_fieldsets][0] == "What to learn from"
 
 
 def test_precision_through_the_form_rest_and_the_run(

@@ -1,4 +1,4 @@
-"""The `liger` setting through REST, the OpenAI `lora` extras and the form's Advanced section; the job page's
+"""The `liger` setting through REST, the OpenAI `lora` extras and the form's Custom settings; the job page's
 MFU figure (a metric the engine reports only where the GPU's peak is known)."""
 
 from unittest import mock

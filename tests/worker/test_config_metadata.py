@@ -8,6 +8,7 @@ import pytest
 from worker.config import GenerationConfig, TrainConfig, setting, setting_metadata
 from worker.data.problems import DatasetError
 from worker.errors import ConfigError, InputError, StudioError
+from worker.setting_fields import SETTING_GROUPS
 
 
 @pytest.mark.parametrize("cls", [TrainConfig, GenerationConfig])
@@ -15,7 +16,9 @@ def test_every_setting_has_a_label_help_and_a_group(cls):
     for name, meta in setting_metadata(cls).items():
         assert meta["label"].strip() and meta["help"].strip(), name
         assert meta["help"][0].isupper() and meta["help"].endswith("."), (name, meta["help"])
-        assert meta["group"] in ("basic", "advanced"), name
+        # A job setting sits in one of the job form's groups; the chat's settings are in no such group.
+        assert meta["group"] in SETTING_GROUPS if cls is TrainConfig else meta["group"] == "", name
+        assert meta["plain"].strip(), name
         if meta["type"] in ("int", "float") and meta["choices"] is None:
             assert meta["min"] is not None and meta["max"] is not None, f"{name} has no limits"
         if meta["choices"] is not None:
