@@ -464,6 +464,7 @@ def test_preference_pairs_train_with_dpo_on_top_of_the_last_job_in_one_click(sta
     assert page.input_value("#id_dataset") == pairs and page.input_value("#id_method") == "dpo"
     assert page.input_value("#id_start_from") == first and "with DPO, on top of" in page.inner_text("#start-summary")
     assert "Only 5 preference pairs" in page.inner_text("#dataset-warning")
+    page.click("#custom > summary")  # the method and its settings live under Custom settings
     page.select_option("#id_dataset", dataset)
     assert page.input_value("#id_method") == "supervised" and "now supervised" in page.inner_text("#dataset-note")
     assert "Only 8 examples" in page.inner_text("#dataset-warning") and not visible(page, "#field-beta")
