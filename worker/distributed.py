@@ -261,7 +261,9 @@ class Supervisor:
                     message = receive(conn)
                 except (EOFError, OSError):
                     del live[conn]
-                    code = self.exit_code(rank)  # (waits a little: ranks end on their own, not by end_all)
+                    # (waits a little: ranks end on their own, not by end_all; longer once the result is in, as a
+                    # loaded machine can take seconds to tear a rank's interpreter down)
+                    code = self.exit_code(rank, within_s=5.0 if result is None else 15.0)
                     if code != 0 and result is None and rank not in finished:
                         raise self.failure(rank, None) from None
                     continue

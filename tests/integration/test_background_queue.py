@@ -82,7 +82,9 @@ def test_a_hanging_webhook_endpoint_never_holds_up_chat(stack, trickling_endpoin
 
     # The attempt ends at its deadline, however slowly the endpoint trickles; a test ping has no second one.
     assert Trickling.hung_up.wait(DEADLINE_S + 10), stack.logs()
-    assert Trickling.times["hung_up"] - Trickling.times["connected"] < DEADLINE_S + 2
+    # (the endpoint trickles for ever: ending within a few seconds of the deadline shows the deadline at work;
+    # the margin is for a loaded machine, where the timer thread and the hang-up run late)
+    assert Trickling.times["hung_up"] - Trickling.times["connected"] < DEADLINE_S + 5
 
     def delivery_of_hook() -> dict:
         (delivery,) = requests.get(
