@@ -77,4 +77,4 @@ class DbReporter:
             if (out / name).is_dir():
                 with blobs.writing(media_relative(out / name), in_place=True):
                     pass  # the engine wrote it in place; leaving the block publishes it
-        job_storage_record(self.job_id)
+        self.claim.retry(lambda: job_storage_record(self.job_id))  # through a dropped connection, as every write

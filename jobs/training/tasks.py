@@ -159,7 +159,7 @@ def _should_stop(claim: Claim, clock: RunClock):
         if not request and clock.over_limit():
             clock.timed_out = True
             return "cancel"
-        if not request and clock.compute_spent() is not None:
+        if not request and claim.retry(clock.compute_spent) is not None:  # a query: through a dropped connection too
             return "pause"
         return request or ("pause" if _shutting_down.is_set() else None)
 

@@ -402,8 +402,10 @@ def test_the_estimate_warns_when_the_max_length_cuts_examples_and_shows_a_time_b
     page.click("#custom summary")
     page.fill("#id_max_seq_length", "16")
     page.click("#estimate-job")
-    page.wait_for_selector("#estimate .estimate-warning")
-    warning = " ".join(page.locator("#estimate .estimate-warning").all_inner_texts())  # after "only 8 examples"
+    # The form estimates on load too (its warning: "only 8 examples"): wait for the answer to the new length.
+    page.wait_for_function("""() => [...document.querySelectorAll('#estimate .estimate-warning')].some(
+        w => w.textContent.includes('longer than 16 tokens and will be cut') || w.textContent.includes('still being counted'))""")
+    warning = " ".join(page.locator("#estimate .estimate-warning").all_inner_texts())
     assert "longer than 16 tokens and will be cut" in warning or "still being counted" in warning, warning
     text = page.inner_text("#estimate")
     # Calibrated from this machine's speed, or measured once a job of this module ran on the model: a number.

@@ -199,3 +199,24 @@ def test_every_sweep_wakes_the_workers_while_a_job_waits(job, real_redis, django
             with django_capture_on_commit_callbacks(execute=True):
                 assert train_tasks.sweep_jobs() == {"crashed": 0, "queued": 1}
             assert delay.call_count == sweep
+
+
+@pytest.mark.django_db(transaction=True)  # outside a transaction, as in a worker: with_db_retry retries only there
+def test_the_stop_checks_daily_time_query_goes_through_a_dropped_connection(job):
+    """The stop check asks the database for the owner's training time today: a connection cut at that moment
+    (test_faults cuts them for seconds) is retried like every other write of the run, not a failed job."""
+    from django.db import OperationalError
+
+    claim = Claim.take(job.id, lease_seconds=60)
+    clock = train_tasks.RunClock(0, owner=job.owner)
+    answers = iter([OperationalError("server closed the connection unexpectedly"), None])
+
+    def flaky(owner):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with mock.patch.object(train_tasks, "compute_spent", side_effect=flaky) as spent:
+        assert train_tasks._should_stop(claim, clock)() is None
+    assert spent.call_count == 2
