@@ -47,7 +47,7 @@ def _dataset_page(request, *, form=None, mapping_form=None, problems=(), total=0
 def _busy_page(request, exc, **forms):
     """The list again after a refusal for now (a quota, or Busy: every parse slot taken), 429 with Retry-After."""
     response = _dataset_page(request, status=429, **forms)
-    if getattr(exc, "retry_after", None):
+    if isinstance(exc, Busy):
         response["Retry-After"] = str(exc.retry_after)
     return response
 

@@ -100,5 +100,5 @@ def openai_exception_handler(exc, context):
     if isinstance(exc, drf_exceptions.Throttled) and exc.wait:
         response["Retry-After"] = str(int(exc.wait) + 1)
     if isinstance(exc, Busy):
-        response["Retry-After"] = str(int(exc.retry_after))
+        response["Retry-After"] = str(exc.retry_after)  # Busy keeps it a whole number of seconds, at least 1
     return response
