@@ -24,6 +24,7 @@ MAX_STRING = 64 * 1024 * 1024
 MAX_DIMS = 8  # GGML_MAX_DIMS is 4
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
+NOT_VALID = "This file is not a valid GGUF model"
 
 
 class GgufError(InputError):
@@ -41,6 +42,7 @@ class GgufLayout:
     tensors: int
     parameters: int
     data_end: int  # the byte the last declared tensor ends at
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # each tensor's name and dimensions, in the file's order
 
     @property
     def float32_bytes(self) -> int:
@@ -54,7 +56,10 @@ class _Reader:
     def take(self, n: int) -> bytes:
         data = self.f.read(n)
         if len(data) != n:
-            raise GgufError("not a usable GGUF file: it ends before its header is complete (a truncated upload?)")
+            raise GgufError(
+                f"{NOT_VALID}: it ends after {self.size:,} byte{'' if self.size == 1 else 's'}, "
+                "before the header is complete (a truncated upload?)"
+            )
         return data
 
     def scalar(self, fmt: str) -> int | float | bool:
@@ -64,7 +69,7 @@ class _Reader:
     def count(self, what: str, limit: int = MAX_COUNT, fmt: str = "<Q") -> int:
         n = int(self.scalar(fmt))
         if n > limit or n > self.size:
-            raise GgufError(f"not a usable GGUF file: its header declares {n:,} {what}, more than it can hold")
+            raise GgufError(f"{NOT_VALID}: its header declares {n:,} {what}, more than it can hold")
         return n
 
     def string(self) -> bytes:
@@ -80,44 +85,61 @@ class _Reader:
             for _ in range(self.count("items in one list")):
                 self.value(item)
             return None
-        raise GgufError(f"not a usable GGUF file: its header has a value of unknown type {kind}")
+        raise GgufError(f"{NOT_VALID}: its header has a value of unknown type {kind}")
 
 
 def read_gguf_layout(path: str | Path) -> GgufLayout:
     """The header of the GGUF at `path` (no weights are read); GgufError in plain words when it is not one."""
+    with open(path, "rb") as f:
+        return read_gguf_header(f, os.path.getsize(path))
+
+
+def read_gguf_header(f: BinaryIO, size: int) -> GgufLayout:
+    """The header of the GGUF read from `f` (at its start, `size` bytes long); GgufError in plain words when it
+    is not one: a malformed header never surfaces as a library's exception text."""
+    try:
+        return _read_header(f, size)
+    except GgufError:
+        raise
+    except (struct.error, ValueError, OverflowError, UnicodeDecodeError, MemoryError):
+        raise GgufError(f"{NOT_VALID}: its header cannot be read (it is damaged or not a GGUF file)") from None
+
+
+def _read_header(f: BinaryIO, size: int) -> GgufLayout:
     import gguf
 
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        r = _Reader(f, size)
-        if r.take(4) != b"GGUF":
-            raise GgufError("not a GGUF file (it does not start with the GGUF signature)")
-        version = int(r.scalar("<I"))
-        if version not in (2, 3):
-            raise GgufError(f"GGUF version {version} is not supported (versions 2 and 3 are)")
-        n_tensors, n_kv = r.count("tensors"), r.count("metadata entries")
-        alignment = 32
-        for _ in range(n_kv):
-            key, kind = r.string(), int(r.scalar("<I"))
-            value = r.value(kind)
-            if key == b"general.alignment" and isinstance(value, int) and value > 0:
-                alignment = value
-        parameters, ends = 0, 0
-        for _ in range(n_tensors):
-            r.string()  # the tensor's name
-            dims = [int(r.scalar("<Q")) for _ in range(r.count("dimensions", MAX_DIMS, "<I"))]
-            kind, offset = int(r.scalar("<I")), int(r.scalar("<Q"))
-            try:
-                block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
-            except (ValueError, KeyError):
-                raise GgufError(f"not a usable GGUF file: a tensor has an unknown type ({kind})") from None
-            elements = 1
-            for d in dims:
-                elements *= d
-            parameters += elements
-            ends = max(ends, offset + -(-elements // block) * block_bytes)
-        start = -(-f.tell() // alignment) * alignment
-    return GgufLayout(file_bytes=size, tensors=n_tensors, parameters=parameters, data_end=start + ends)
+    r = _Reader(f, size)
+    if r.take(4) != b"GGUF":
+        raise GgufError(f"{NOT_VALID}: it does not start with the GGUF signature")
+    version = int(r.scalar("<I"))
+    if version not in (2, 3):
+        raise GgufError(f"This GGUF file is of version {version}, which is not supported (versions 2 and 3 are)")
+    n_tensors, n_kv = r.count("tensors"), r.count("metadata entries")
+    alignment = 32
+    for _ in range(n_kv):
+        key, kind = r.string(), int(r.scalar("<I"))
+        value = r.value(kind)
+        if key == b"general.alignment" and isinstance(value, int) and value > 0:
+            alignment = value
+    parameters, ends, shapes = 0, 0, []
+    for _ in range(n_tensors):
+        name = r.string().decode("utf-8", errors="replace")
+        dims = [int(r.scalar("<Q")) for _ in range(r.count("dimensions", MAX_DIMS, "<I"))]
+        kind, offset = int(r.scalar("<I")), int(r.scalar("<Q"))
+        try:
+            block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
+        except (ValueError, KeyError):
+            raise GgufError(f"{NOT_VALID}: a tensor has an unknown type ({kind})") from None
+        elements = 1
+        for d in dims:
+            elements *= d
+        parameters += elements
+        shapes.append((name, tuple(dims)))
+        ends = max(ends, offset + -(-elements // block) * block_bytes)
+    start = -(-f.tell() // alignment) * alignment
+    return GgufLayout(
+        file_bytes=size, tensors=n_tensors, parameters=parameters, data_end=start + ends, shapes=tuple(shapes)
+    )
 
 
 def _size(n: int) -> str:
@@ -143,9 +165,9 @@ def conversion_memory_bytes(layout: GgufLayout) -> int:
     return 2 * layout.float32_bytes
 
 
-def gguf_refusal(layout: GgufLayout, *, free_disk: int, memory: int, max_parameters: int) -> str | None:
-    """Why a GGUF with this header cannot be converted here (it lies about its size, or what it would become
-    does not fit the disk, the memory or the parameter limit), or None."""
+def gguf_damage(layout: GgufLayout) -> str | None:
+    """Why a GGUF with this header is no model whatever the machine (no tensors, or fewer bytes than it
+    declares), or None; the upload checks this at once, the conversion again with the machine's limits."""
     if layout.tensors == 0:
         return "the GGUF file holds no tensors (no weights)"
     if layout.data_end > layout.file_bytes:
@@ -153,6 +175,15 @@ def gguf_refusal(layout: GgufLayout, *, free_disk: int, memory: int, max_paramet
             f"the GGUF file declares {_size(layout.data_end)} of weights but holds only {_size(layout.file_bytes)}: "
             "it is damaged or not a real model"
         )
+    return None
+
+
+def gguf_refusal(layout: GgufLayout, *, free_disk: int, memory: int, max_parameters: int) -> str | None:
+    """Why a GGUF with this header cannot be converted here (it lies about its size, or what it would become
+    does not fit the disk, the memory or the parameter limit), or None."""
+    damage = gguf_damage(layout)
+    if damage:
+        return damage
     if max_parameters and layout.parameters > max_parameters:
         return (
             f"the model has {layout.parameters / 1e9:.2f} billion parameters; the limit here is "

@@ -167,16 +167,7 @@ def base_model_add_from_folder(*, by, name: str, path: str) -> BaseModel:
     if is_store_url(path):
         folder: str | Path = path.rstrip("/")
     else:
-        folder = Path(path)
-        if not folder.is_absolute() or not (folder / "config.json").is_file():
-            raise ProductError(
-                f"{path!r} is not an absolute path to a Hugging Face model folder with a config.json", field="path"
-            )
-        folder = folder.resolve()
-        if not any(folder.glob("*.safetensors")):
-            raise ProductError(
-                f"{folder} has no .safetensors weights (pickle-based weights are never loaded)", field="path"
-            )
+        folder = _model_folder_on_server(path)
     try:
         return base_model_register(name=name, path=folder)
     except ProductError:
@@ -184,6 +175,37 @@ def base_model_add_from_folder(*, by, name: str, path: str) -> BaseModel:
     except (OSError, ValueError) as exc:
         log.warning("registering the model folder %s failed", path, exc_info=True)
         raise ProductError(f"{path} cannot be registered: {failure_category(exc)}", field="path") from None
+
+
+def _model_folder_on_server(path: str) -> Path:
+    """The resolved model folder at `path`, or a ProductError (field "path") that says what is wrong with it."""
+    if not path:
+        raise ProductError("give the folder of the model on the server, e.g. /srv/models/my-model", field="path")
+    folder = Path(path)
+    if not folder.is_absolute():
+        raise ProductError(
+            f"{path!r} is not an absolute path: give the whole path from the root, e.g. /srv/models/my-model",
+            field="path",
+        )
+    if not folder.exists():
+        raise ProductError(f"The folder {path} does not exist on the server", field="path")
+    if not folder.is_dir():
+        raise ProductError(f"{path} is a file, not a folder: give the folder that holds the model", field="path")
+    folder = folder.resolve()
+    has_config, has_weights = (folder / "config.json").is_file(), any(folder.glob("*.safetensors"))
+    if not has_config and not has_weights:
+        raise ProductError(f"The folder {path} holds no model files (config.json and *.safetensors)", field="path")
+    if not has_config:
+        raise ProductError(
+            f"The folder {path} has .safetensors weights but no config.json (a Hugging Face model folder has both)",
+            field="path",
+        )
+    if not has_weights:
+        raise ProductError(
+            f"The folder {path} has a config.json but no .safetensors weights (pickle-based weights are never loaded)",
+            field="path",
+        )
+    return folder
 
 
 # -- the Hugging Face Hub --------------------------------------------------------------------------

@@ -44,6 +44,15 @@ def _page(request, *, form: dict | None = None, status: int = 200):
     )
 
 
+def _error_place(request, source: str) -> str:
+    """Where the page shows a refusal: beside the form of `source` when the user sees that form, else on top."""
+    if not services.can_add_models(request.user) or source not in ("hub", "gguf", "folder"):
+        return "top"
+    if source == "folder" and not request.user.is_staff:
+        return "top"
+    return source
+
+
 @login_required
 def model_list(request):
     """GET: the models. POST: add one (source hub, folder or gguf); a refusal is shown beside the form."""
@@ -64,9 +73,8 @@ def model_list(request):
         )
     except ProductError as exc:
         kept = {k: post.get(k, "") for k in ("name", "hub_id", "revision", "path")}
-        return _page(
-            request, form={"source": source, "field": exc.field, "error": exc.message, **kept}, status=exc.status
-        )
+        form = {"source": source, "field": exc.field, "error": exc.message, "shown_at": _error_place(request, source)}
+        return _page(request, form={**form, **kept}, status=exc.status)
     messages.success(
         request,
         f"Added {model.name}."

@@ -77,6 +77,27 @@ class MappingForm(forms.Form):
         """(bound field, its column's sample values) per role, for the template."""
         return [(self[role], self.samples.get(self[role].value() or "", [])) for role in self.ROLES]
 
+    # How many distinct columns each role needs with it, at least: a role the file's columns cannot fill
+    # (a system column beside prompt and response in a 2-column file) is not shown at all.
+    ROLE_COLUMNS = {"prompt": 2, "response": 2, "system": 3, "text": 1, "chosen": 3, "rejected": 3}
+
+    def main_roles(self) -> tuple[str, ...]:
+        """The selects shown at once: prompt and response (text alone for a file of one column)."""
+        return ("prompt", "response") if len(self.columns) >= 2 else ("text",)
+
+    def role_groups(self) -> tuple[list[tuple], list[tuple], bool]:
+        """(shown at once, behind "more", whether "more" opens): each a list of role_samples() items, only the
+        roles the file has enough columns for; "more" opens when one of its roles is picked or refused."""
+        main_roles = self.main_roles()
+        main: list[tuple] = []
+        more: list[tuple] = []
+        for field, samples in self.role_samples():
+            if len(self.columns) < self.ROLE_COLUMNS[field.name]:
+                continue
+            (main if field.name in main_roles else more).append((field, samples))
+        opened = any(field.value() or field.errors for field, _ in more)
+        return main, more, opened
+
 
 class RenameForm(forms.Form):
     name = forms.CharField(max_length=200)

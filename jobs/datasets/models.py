@@ -5,16 +5,10 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from worker.data.schemas import SCHEMA_LABELS
+
 # What a dataset holds, in plain words, by its detected schema (the schema itself is the technical hint).
-KIND_LABELS = {
-    "preference": "Preference pairs",
-    "messages": "Chat examples",
-    "sharegpt": "Chat examples",
-    "prompt_completion": "Prompts and answers",
-    "alpaca": "Instructions and answers",
-    "text": "Plain text",
-    "mapped": "Examples (mapped columns)",
-}
+KIND_LABELS = {**SCHEMA_LABELS, "mapped": "Examples (mapped columns)"}
 # Below these counts a job barely changes the model: the pages warn before a job starts (never refuse).
 USEFUL_PAIRS = 20
 USEFUL_EXAMPLES = 50

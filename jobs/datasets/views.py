@@ -20,7 +20,7 @@ from jobs.common.responses import file_download
 from jobs.datasets import mapping as mapping_step
 from jobs.datasets import selectors, services, token_profiles, uploads
 from jobs.datasets.forms import MappingForm, RenameForm, UploadForm
-from jobs.datasets.models import UploadCheck
+from jobs.datasets.models import USEFUL_EXAMPLES, USEFUL_PAIRS, UploadCheck
 from worker.data.column_hints import SAMPLE_CHARS
 from worker.data.problems import DatasetError
 from worker.errors import InputError
@@ -39,6 +39,8 @@ def _dataset_page(request, *, form=None, mapping_form=None, problems=(), total=0
             "problems": problems,
             "problem_total": total,
             "failed_file": failed_file,
+            "useful_examples": USEFUL_EXAMPLES,
+            "useful_pairs": USEFUL_PAIRS,
         },
         status=status,
     )

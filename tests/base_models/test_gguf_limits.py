@@ -3,6 +3,7 @@ holds (a 515-billion parameter model in a few hundred bytes) or than the disk an
 the figures, a truncated file is a plain message, and the conversion runs in a child process with a memory cap
 and a bounded number of attempts, so the background worker outlives a bad file."""
 
+import struct
 import time
 from pathlib import Path
 from unittest import mock
@@ -14,6 +15,7 @@ from jobs.base_models import services
 from jobs.base_models.models import BaseModel, ModelStatus
 from tests.base_models.tiny_gguf import write_lying_gguf, write_tiny_gguf
 from tests.factories import bearer_client
+from worker import gguf_check
 from worker.gguf_check import GgufError, GgufLayout, gguf_refusal, read_gguf_layout
 from worker.gguf_convert import convert_gguf_limited
 
@@ -54,7 +56,7 @@ def test_a_gguf_declaring_515_billion_parameters_in_a_small_file_is_refused_befo
     assert shown["error"] == model.error and "Traceback" not in shown["error"]
 
 
-@pytest.mark.parametrize("keep", [10, 30, 200, 5000])
+@pytest.mark.parametrize("keep", [10, 12, 30, 200, 5000])
 def test_a_truncated_gguf_is_a_plain_message(tiny_llama, tmp_path, keep):
     whole = write_tiny_gguf(tiny_llama, tmp_path / "tiny.gguf").read_bytes()
     cut = tmp_path / "cut.gguf"
@@ -62,9 +64,58 @@ def test_a_truncated_gguf_is_a_plain_message(tiny_llama, tmp_path, keep):
     with pytest.raises(GgufError) as caught:
         read_gguf_layout(cut)
     assert caught.value.message == (
-        "not a usable GGUF file: it ends before its header is complete (a truncated upload?)"
+        f"This file is not a valid GGUF model: it ends after {keep:,} bytes, "
+        "before the header is complete (a truncated upload?)"
     )
     assert caught.value.field == "file"
+
+
+def test_a_header_the_reader_cannot_unpack_is_a_plain_message_never_the_library_text(tmp_path, monkeypatch):
+    """Whatever fails while reading the header (here the struct error a short buffer gives) reaches the user as
+    the product's sentence, not as "unpack_from requires a buffer of at least 24 bytes"."""
+    path = tmp_path / "odd.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<I", 3) + b"\0" * 40)
+
+    def short_buffer(self, fmt):
+        raise struct.error("unpack_from requires a buffer of at least 24 bytes")
+
+    monkeypatch.setattr(gguf_check._Reader, "scalar", short_buffer)
+    with pytest.raises(GgufError) as caught:
+        read_gguf_layout(path)
+    assert caught.value.message == (
+        "This file is not a valid GGUF model: its header cannot be read (it is damaged or not a GGUF file)"
+    )
+    assert "unpack_from" not in caught.value.message and caught.value.field == "file"
+
+
+def test_the_header_is_read_as_the_gguf_package_reads_it(tmp_path):
+    """llama.cpp's own reader (gguf.GGUFReader) and read_gguf_layout agree on a file written by gguf.GGUFWriter:
+    the same tensors in the same order with the same names and dimensions, elements and end of the data."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "written.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_string("general.name", "written by GGUFWriter")
+    writer.add_array("tokenizer.ggml.tokens", ["<s>", "a", "b"])
+    writer.add_tensor("token_embd.weight", np.zeros((7, 4), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", np.ones((4, 4), dtype=np.float16))
+    writer.add_tensor("blk.0.ffn_up.weight", np.ones((3, 2, 4), dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones((4,), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    reader = gguf.GGUFReader(str(path))
+    layout = read_gguf_layout(path)
+    assert layout.tensors == len(reader.tensors) == 4
+    assert list(layout.shapes) == [(t.name, tuple(int(d) for d in t.shape)) for t in reader.tensors]
+    assert layout.parameters == sum(int(t.n_elements) for t in reader.tensors) == 28 + 16 + 24 + 4
+    assert layout.data_end == max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
+    assert layout.file_bytes == path.stat().st_size
+    assert gguf_refusal(layout, free_disk=GB, memory=GB, max_parameters=0) is None
 
 
 def test_a_gguf_cut_after_its_header_declares_more_than_it_holds(tiny_llama, tmp_path):

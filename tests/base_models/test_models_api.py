@@ -55,11 +55,34 @@ def test_without_user_models_only_staff_add(settings, api):
     assert response.status_code == 403 and "USER_MODELS" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("path,message", [("relative/dir", "absolute path"), ("/nonexistent/m", "config.json")])
+@pytest.mark.parametrize(
+    "path,message", [("relative/dir", "is not an absolute path"), ("/nonexistent/m", "does not exist on the server")]
+)
 def test_a_bad_folder_is_a_400_naming_the_path(api_staff, path, message):
     response = api_staff.post("/api/v1/base-models/", {"source": "folder", "name": "x", "path": path}, format="json")
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "path" and message in response.json()["error"]["message"]
+
+
+def test_an_empty_or_model_less_folder_says_it_holds_no_model_files(api_staff, tiny_llama, tmp_path):
+    """An absolute folder without a model is refused for what it lacks, never as "not an absolute path"."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    half = shutil.copytree(tiny_llama, tmp_path / "half")
+    for weights in half.glob("*.safetensors"):
+        weights.unlink()
+    expected = {
+        empty: f"The folder {empty} holds no model files (config.json and *.safetensors)",
+        half: f"The folder {half} has a config.json but no .safetensors weights (pickle-based weights are never loaded)",
+    }
+    for folder, message in expected.items():
+        response = api_staff.post(
+            "/api/v1/base-models/", {"source": "folder", "name": "x", "path": str(folder)}, format="json"
+        )
+        assert response.status_code == 400
+        assert response.json()["error"] == {"field": "path", "message": message}
+        assert "absolute" not in response.json()["error"]["message"]
+    assert not BaseModel.objects.exists()
 
 
 def test_a_folder_with_remote_code_is_refused(api_staff, tiny_llama, tmp_path):
@@ -197,7 +220,7 @@ def test_a_gguf_that_cannot_be_converted_fails_with_the_reason(settings, api):
     model = BaseModel.objects.get(id=model_id)
     assert (
         model.status == ModelStatus.FAILED
-        and model.error == "GGUF version 4294967295 is not supported (versions 2 and 3 are)"
+        and model.error == "This GGUF file is of version 4294967295, which is not supported (versions 2 and 3 are)"
     )
 
 
@@ -239,12 +262,13 @@ def test_the_models_page_lists_models_and_lets_staff_register_a_folder(client, s
     html = client.get("/models/").content.decode()
     assert "tiny-page" in html and "512 tokens" in html
     bad = client.post("/models/", {"source": "folder", "name": "again", "path": "/nowhere"})
-    assert bad.status_code == 400 and "config.json" in bad.content.decode()
+    assert bad.status_code == 400 and "The folder /nowhere does not exist on the server" in bad.content.decode()
     assert 'name="path" maxlength="500" required autofocus aria-invalid="true"' in bad.content.decode()
 
 
 def test_the_models_page_shows_progress_of_a_download(client_in, user, settings):
     settings.USER_MODELS = True
+    assert "You can add models private to you" in client_in.get("/models/").content.decode()
     model = BaseModel.objects.create(
         name="org/big",
         path="",
@@ -261,7 +285,10 @@ def test_the_models_page_shows_progress_of_a_download(client_in, user, settings)
 
 def test_the_page_refuses_a_user_who_may_not_add_and_says_why(client_in, settings):
     settings.USER_MODELS = False
-    assert "Upload and convert" not in client_in.get("/models/").content.decode()  # no forms to offer
+    html = client_in.get("/models/").content.decode()
+    assert "Upload and convert" not in html and "<form" not in html.split("</section>", 1)[1]  # no forms to offer
+    assert "A base model is the pretrained language model a fine-tuning job starts from" in html
+    assert "Only staff add models on this server. To train on another model, ask your administrator" in html
     response = client_in.post("/models/", {"source": "hub", "hub_id": "org/tiny"})
     assert response.status_code == 403 and "USER_MODELS=1" in response.content.decode()
     assert not BaseModel.objects.exists()

@@ -88,6 +88,8 @@ def test_mapping_is_pre_filled_with_samples_and_duplicates_drop_in_one_click(sta
     assert page.input_value("#mapping-form select[name=response]") == "Agent Answer"
     assert page.input_value("#mapping-form select[name=system]") == ""
     assert "Where is my parcel?" in page.inner_text("#field-prompt .column-samples")
+    assert not page.is_visible("#mapping-form select[name=system]")  # an optional role waits behind "more"
+    page.click("#more-roles > summary")
     page.select_option("#mapping-form select[name=system]", "Ticket")  # the script shows the picked column's values
     assert page.inner_text("#field-system .column-samples") == "e.g. “T1” · “T2” · “T1”"
     page.select_option("#mapping-form select[name=system]", "")
@@ -99,3 +101,42 @@ def test_mapping_is_pre_filled_with_samples_and_duplicates_drop_in_one_click(sta
     page.click("#drop-duplicates")
     page.wait_for_selector("#ds-deduplicated-from")
     assert page.inner_text("h1") == "Support (deduplicated)" and page.inner_text("#ds-rows") == "2"
+
+
+def test_two_columns_show_two_selects_and_five_examples_are_kept_with_a_too_few_warning(stack, page, tmp_path):
+    """A 2-column CSV asks only for its prompt and answer columns (the text choice one click away, nothing a third
+    column would need); its 5 examples are stored, and the check page warns that they are too few."""
+    data = tmp_path / "two.csv"
+    data.write_text("Question,Reply\n" + "".join(f"Colour of item {i}?,Red {i}.\n" for i in range(5)))
+    sign_in(page, stack, "bob")
+    page.goto(stack.url + "/datasets/")
+    # One line of help; the formats one click away.
+    assert page.is_visible("#upload-help") and not page.is_visible("#upload-formats dl")
+    page.click("#upload-formats > summary")
+    assert "Chat examples (messages)" in page.inner_text("#upload-formats")
+    page.set_input_files("#id_file", str(data))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_selector("#mapping-form")
+    visible = [s for s in page.locator("#mapping-form select").all() if s.is_visible()]
+    assert [s.get_attribute("name") for s in visible] == ["prompt", "response"]
+    assert page.locator("#mapping-form select").count() == 3  # and text, behind "more"
+    assert page.input_value("#mapping-form select[name=prompt]") == "Question"
+    assert page.input_value("#mapping-form select[name=response]") == "Reply"
+    page.click("#save-mapping")
+    page.wait_for_url("**/datasets/*-*-*-*-*/")
+    assert page.inner_text("#ds-rows") == "5"
+    warning = page.locator("#ds-size-warning")
+    assert warning.is_visible()
+    assert "Too few to train well." in warning.inner_text() and "Only 5 examples" in warning.inner_text()
+
+
+def test_the_models_page_tells_a_normal_user_what_models_are_and_whom_to_ask(stack, page):
+    """Without USER_MODELS a user adds no model: the page says what base models are and that staff add them,
+    with no form to fill in vain."""
+    sign_in(page, stack, "bob")
+    page.goto(stack.url + "/models/")
+    intro = page.inner_text("#models-intro")
+    assert "A base model is the pretrained language model a fine-tuning job starts from" in intro
+    assert "Only staff add models on this server" in intro and "ask your administrator" in intro
+    assert page.locator("main form input[name=source]").count() == 0
+    assert page.locator("#models-table tbody tr").count() >= 1  # the stack's shared tiny model, usable by bob

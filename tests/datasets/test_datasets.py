@@ -59,3 +59,20 @@ def test_pages_need_a_login(client, db):
     for url in ("/datasets/", "/jobs/", "/jobs/new/"):
         response = client.get(url)
         assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_too_few_examples_are_accepted_with_a_visible_warning_and_the_help_is_one_line(client_in, user):
+    """5 examples are stored (never refused) and the check page says they are too few; the upload's help is one
+    line with the formats, each with an example, one click away."""
+    html = client_in.get("/datasets/").content.decode()
+    assert '<details id="upload-formats">' in html and "Chat examples (<code>messages</code>)" in html
+    assert "Prompt and answer" in html and "Preference pairs" in html
+    lines = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(5)
+    ]
+    response = upload(client_in, "".join(json.dumps(line) + "\n" for line in lines).encode())
+    assert response.status_code == 302
+    ds = Dataset.objects.get(owner=user)
+    page = client_in.get(f"/datasets/{ds.id}/").content.decode()
+    warning = page.split('id="ds-size-warning"')[1].split("</p>")[0]
+    assert "Too few to train well." in warning and "Only 5 examples" in warning and "50 or more" in warning

@@ -65,6 +65,27 @@ def test_the_mapping_is_pre_filled_with_samples_and_nothing_mapped_is_a_clear_er
     assert dataset_examples(dataset=ds)[0].messages[0] == {"role": "user", "content": "Where is my parcel?"}
 
 
+def _selects(html: str) -> tuple[list[str], list[str]]:
+    """The mapping selects shown at once, and those behind "More ways to map the columns"."""
+    form = html.split('id="mapping-form"')[1].split("</form>")[0]
+    shown, _, more = form.partition('id="more-roles"')
+    return re.findall(r'<select name="(\w+)"', shown), re.findall(r'<select name="(\w+)"', more)
+
+
+def test_a_file_of_two_columns_shows_only_the_selects_two_columns_can_fill(client_in, user):
+    two = b"Question,Reply\nWhere is my parcel?,On its way.\nCan I pay later?,Yes.\n"
+    html = client_in.post("/datasets/", {"file": SimpleUploadedFile("two.csv", two)}).content.decode()
+    assert _selects(html) == (["prompt", "response"], ["text"])  # no system, chosen or rejected: no third column
+    assert '<details id="more-roles">' in html  # closed: nothing in it was picked
+    one = b"Story\nOnce upon a time.\nThe end.\n"
+    assert _selects(client_in.post("/datasets/", {"file": SimpleUploadedFile("one.csv", one)}).content.decode()) == (
+        ["text"],
+        [],
+    )
+    three = client_in.post("/datasets/", {"file": SimpleUploadedFile("s.csv", SUPPORT_CSV)}).content.decode()
+    assert _selects(three) == (["prompt", "response"], ["system", "text", "chosen", "rejected"])
+
+
 def test_the_api_answers_the_guess_and_the_samples_with_its_422(api):
     response = api.post(
         "/api/v1/datasets/", {"file": SimpleUploadedFile("support.csv", SUPPORT_CSV)}, format="multipart"

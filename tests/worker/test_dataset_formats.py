@@ -73,7 +73,8 @@ def test_wrong_role():
 def test_missing_keys():
     assert problems(BAD / "missing_key.jsonl") == [
         "missing_key.jsonl, line 2: messages[1].content is missing",
-        "missing_key.jsonl, line 3: messages is missing (keys found: conversation)",
+        "missing_key.jsonl, line 3: messages is missing (keys found: conversation)"
+        " — line 1 has 'messages', so every line is read as chat examples",
     ]
 
 
@@ -353,7 +354,8 @@ def test_the_schema_most_records_match_wins(tmp_path):
     good = {"prompt": "p", "completion": "c"}
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in [good, good, {"text": "t"}, good]) + "\n")
     assert problems(tmp_path / "m.jsonl") == [
-        "m.jsonl, line 3: prompt is missing (keys found: text)",
+        "m.jsonl, line 3: prompt is missing (keys found: text)"
+        " — line 1 has 'prompt' and 'completion', so every line is read as prompts and answers",
         "m.jsonl, line 3: completion is missing (keys found: text)",
     ]
 
@@ -570,3 +572,26 @@ def test_the_engine_trains_on_a_normalised_file_of_texts_and_conversations(tmp_p
     with pytest.raises(DatasetError) as err:
         train(TrainSpec(str(tiny_llama), str(data), str(tmp_path / "out2"), config, device="cpu"), reporter)
     assert err.value.messages() == ["train.jsonl, line 9: text must be a string, got int"]
+
+
+def test_a_line_of_another_format_is_told_which_line_decided_the_format(tmp_path):
+    """A line without the keys of the file's format says which line has them, and how every line is read."""
+    chat = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    other = {"prompt": "p", "completion": "c"}
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in [chat, chat, other, chat]) + "\n")
+    assert problems(tmp_path / "m.jsonl") == [
+        "m.jsonl, line 3: messages is missing (keys found: completion, prompt)"
+        " — line 1 has 'messages', so every line is read as chat examples"
+    ]
+
+
+def test_an_unterminated_string_names_its_column_once(tmp_path):
+    """The parser's "Unterminated string starting at" is followed by the column, never by "at at column"."""
+    (tmp_path / "u.jsonl").write_text('{"text": "fine"}\n{"text": "no end}\n')
+    assert problems(tmp_path / "u.jsonl") == [
+        "u.jsonl, line 2: is not valid JSON: Unterminated string starting at column 10"
+    ]
+    (tmp_path / "u.csv").write_text('messages,id\n"[{""role"": ""user"", ""content"": ""hi}]",1\n')
+    [message] = problems(tmp_path / "u.csv")
+    assert message.endswith("the cell is not valid JSON (Unterminated string starting at column 30)")
+    assert "at at" not in message

@@ -179,7 +179,8 @@ def test_a_chat_line_among_pairs_is_reported_as_a_pair_missing_its_answers(tmp_p
     ]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert problems(path) == [
-        "mixed.jsonl, line 3: chosen is missing (keys found: messages)",
+        "mixed.jsonl, line 3: chosen is missing (keys found: messages)"
+        " — line 1 has 'chosen' and 'rejected', so every line is read as preference pairs",
         "mixed.jsonl, line 3: rejected is missing (keys found: messages)",
     ]
 

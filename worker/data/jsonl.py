@@ -13,10 +13,16 @@ from worker.data.problems import Problem
 BOM = b"\xef\xbb\xbf"
 
 
+def json_syntax(exc: json.JSONDecodeError) -> str:
+    """What is wrong and at which column: "Unterminated string starting at column 43" (the parser's own
+    message may end in "at", which the column follows once, not twice)."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+
+
 def json_error(exc: Exception) -> str:
     """A problem message for a JSON parse failure (its column, or too deep nesting)."""
     if isinstance(exc, json.JSONDecodeError):
-        return f"is not valid JSON: {exc.msg} at column {exc.colno}"
+        return f"is not valid JSON: {json_syntax(exc)}"
     if isinstance(exc, RecursionError):
         return "is not usable JSON: it is nested too deeply"
     return f"is not valid JSON: {exc}"

@@ -16,7 +16,14 @@ from worker.data.jsonl import BOM
 from worker.data.limits import DataLimits
 from worker.data.mapping import ColumnMapping
 from worker.data.problems import DatasetError, Problem, SchemaUnknown, base_name, type_name
-from worker.data.schemas import SCHEMA_EXAMPLES, convert_record, detect_schema
+from worker.data.schemas import (
+    SCHEMA_EXAMPLES,
+    SCHEMA_KEYS,
+    convert_record,
+    detect_schema,
+    format_reason,
+    matches_schema,
+)
 from worker.errors import InputError
 
 DEFAULT_MAX_CHARS = 200_000
@@ -125,9 +132,20 @@ def _convert_records(
     """Every record checked and converted; DatasetError with all the problems, sorted by position."""
     problems = parsed.problems
     examples: list[Example] = []
+    first = _first_match(parsed, schema)
+    reason = (
+        format_reason(schema, first, _location(first, parsed.unit), "item" if first.item else parsed.unit or "line")
+        if first is not None
+        else ""
+    )
     for rec in parsed.records:
+        # A record without the keys of the file's format hears why it is read so (once, on its first problem).
+        mismatch = reason and isinstance(rec.value, dict) and not matches_schema(schema, rec.value)
+        because = [reason] if mismatch else []
 
-        def report(field_: str, message: str, rec: Record = rec) -> None:
+        def report(field_: str, message: str, rec: Record = rec, because: list[str] = because) -> None:
+            if because:
+                message = f"{message} — {because.pop()}"
             problems.append(Problem(rec.line, field_, message, unit=parsed.unit, item=rec.item))
 
         if not isinstance(rec.value, dict):
@@ -148,6 +166,19 @@ def _convert_records(
     if not examples:
         raise DatasetError(name, [Problem(1, "", "the file holds no examples")])
     return examples
+
+
+def _first_match(parsed: ParsedFile, schema: str) -> Record | None:
+    """The first record holding `schema`'s keys (None for a mapping, or when every record lacks them)."""
+    if schema not in SCHEMA_KEYS:
+        return None
+    return next((r for r in parsed.records if isinstance(r.value, dict) and matches_schema(schema, r.value)), None)
+
+
+def _location(record: Record, unit: str) -> str:
+    """Where a record is, as problems say it: "line 3", "row 2", "line 1 (item 4)"."""
+    where = f"{unit or 'line'} {record.line}"
+    return f"{where} (item {record.item})" if record.item is not None else where
 
 
 def deduplicate_examples(examples: list[Example], drop: bool) -> tuple[list[Example], list[tuple[int, int]]]:

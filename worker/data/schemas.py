@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.data.examples import ROLES, Example, Record
+from worker.data.jsonl import json_syntax
 from worker.data.mapping import ColumnMapping
 from worker.data.problems import type_name
 
@@ -24,6 +25,15 @@ SCHEMA_KEYS: dict[str, tuple[str, ...]] = {
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "text": ("text",),
+}
+# What a file of each schema holds, in plain words (the dataset pages' kind marks; problem messages).
+SCHEMA_LABELS = {
+    "preference": "Preference pairs",
+    "messages": "Chat examples",
+    "sharegpt": "Chat examples",
+    "prompt_completion": "Prompts and answers",
+    "alpaca": "Instructions and answers",
+    "text": "Plain text",
 }
 SCHEMA_EXAMPLES = {
     "preference": '{"prompt": "...", "chosen": "...", "rejected": "..."}',
@@ -172,7 +182,7 @@ def _cell_json(value: Any, key: str, report: Report) -> tuple[bool, Any]:
     try:
         return True, json.loads(value)
     except (ValueError, RecursionError) as exc:
-        detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
+        detail = json_syntax(exc) if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
         report(key, f"must be a list of messages written as JSON; the cell is not valid JSON ({detail})")
         return False, None
 
@@ -472,13 +482,22 @@ def detect_schema(records: list[Record]) -> str | None:
     for rec in records:
         if isinstance(rec.value, dict):
             for schema in SCHEMAS:
-                if _matches(schema, rec.value):
+                if matches_schema(schema, rec.value):
                     counts[schema] += 1
                     break
     best = max(SCHEMAS, key=lambda s: (counts[s], -SCHEMAS.index(s)))
     return best if counts[best] else None
 
 
-def _matches(schema: str, record: JsonObject) -> bool:
+def format_reason(schema: str, first: Record, where: str, noun: str = "line") -> str:
+    """Why every record is read as `schema`, for a record that does not match it: the first record that does,
+    at `where` ("line 1"), and the keys it has ("line 1 has 'messages', so every line is read as chat examples")."""
+    value = first.value if isinstance(first.value, dict) else {}
+    keys = " and ".join(f"'{k}'" for k in SCHEMA_KEYS.get(schema, ()) if k in value)
+    return f"{where} has {keys}, so every {noun} is read as {SCHEMA_LABELS[schema].lower()}"
+
+
+def matches_schema(schema: str, record: JsonObject) -> bool:
+    """Whether a record holds the keys that mark `schema` (as detect_schema counts them)."""
     keys = SCHEMA_KEYS[schema]
     return any(k in record for k in keys) if schema == "preference" else all(k in record for k in keys)
