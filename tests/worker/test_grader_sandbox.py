@@ -138,4 +138,7 @@ def test_python_grader_inside_a_multi_grader_reports_its_failure():
     with Scorer(grader, limits=LIMITS) as scorer:
         result = scorer.grade("42", {"answer": "42"})
     assert result.reward == 1.0 and result.sub_rewards == {"code": 0.0, "exact": 1.0}
-    assert result.errors["python_grader_runtime_error"] and "ZeroDivisionError" in result.details[0]
+    assert (
+        result.errors["python_grader_runtime_error"]
+        and "ZeroDivisionError" in result.details["python_grader_runtime_error"][0]
+    )

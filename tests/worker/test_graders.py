@@ -213,7 +213,7 @@ def test_string_checks_and_multi_reward():
         assert wrong.reward == pytest.approx(0.25 + 0.25 * wrong.sub_rewards["close"])
         not_json = scorer.grade("42", {"answer": "42"})
         assert not_json.errors["invalid_variable_error"] and not_json.sub_rewards["exact"] == 0.0
-        assert "output_json" in not_json.details[0]
+        assert "output_json" in not_json.details["invalid_variable_error"][0]
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ class GradeResult:
     reward: float
     sub_rewards: dict[str, float] = field(default_factory=dict)
     errors: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(ERROR_FLAGS, False))
-    details: list[str] = field(default_factory=list)
+    details: dict[str, list[str]] = field(default_factory=dict)  # error flag -> what happened, in plain words
     seconds: float = 0.0
 
     @property
@@ -68,7 +68,11 @@ class GradeResult:
 
     def fail(self, flag: str, detail: str) -> None:
         self.errors[flag] = True
-        self.details.append(detail[:1000])
+        self.details.setdefault(flag, []).append(detail[:1000])
+
+    def problems(self) -> list[str]:
+        """Every failure, in plain words."""
+        return [text for texts in self.details.values() for text in texts]
 
 
 class Scorer:
