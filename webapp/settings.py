@@ -282,6 +282,15 @@ DATASET_CHECK_INLINE_BYTES = env_int("DATASET_CHECK_INLINE_BYTES", 1024 * 1024)
 # all, across every web process (counted in Redis); beyond, the upload is refused with 429 and Retry-After.
 PARSE_CHILDREN_PER_USER = env_int("PARSE_CHILDREN_PER_USER", 2)
 PARSE_CHILDREN_TOTAL = env_int("PARSE_CHILDREN_TOTAL", 4)
+# Python graders (reinforcement fine-tuning): each answer is scored in a child with no network and no files
+# outside its folder, within GRADER_SECONDS of wall clock, GRADER_CPU_SECONDS of CPU and GRADER_MEMORY_MB; those
+# started by requests (validate, run, try on a row) are at most GRADER_CHILDREN_PER_USER per user and
+# GRADER_CHILDREN_TOTAL in all, across web processes (counted in Redis), beyond which 429 with Retry-After.
+GRADER_SECONDS = env_int("GRADER_SECONDS", 5)
+GRADER_CPU_SECONDS = env_int("GRADER_CPU_SECONDS", 2)
+GRADER_MEMORY_MB = env_int("GRADER_MEMORY_MB", 512)
+GRADER_CHILDREN_PER_USER = env_int("GRADER_CHILDREN_PER_USER", 2)
+GRADER_CHILDREN_TOTAL = env_int("GRADER_CHILDREN_TOTAL", 4)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 

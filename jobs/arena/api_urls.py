@@ -10,4 +10,6 @@ urlpatterns = [
     path("chat-rounds/<uuid:round_id>/vote/", apis.ChatRoundVoteApi.as_view(), name="api-chat-round-vote"),
     path("win-rates/", apis.WinRateApi.as_view(), name="api-win-rates"),
     path("votes/dataset/", apis.VotesDatasetApi.as_view(), name="api-votes-dataset"),
+    path("graders/validate/", apis.GraderValidateApi.as_view(), name="api-graders-validate"),
+    path("graders/run/", apis.GraderRunApi.as_view(), name="api-graders-run"),
 ]

@@ -13,13 +13,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from jobs.arena import selectors, services
+from jobs.arena.graders import grader_run
 from jobs.base_models.selectors import base_model_find
 from jobs.common.ids import is_uuid
 from jobs.common.rest import StrictInput
 from jobs.common.schema import error_responses
+from jobs.training.graders import grader_check
 from jobs.training.selectors import job_get
 from worker.config import GenerationConfig
 from worker.errors import InputError
+from worker.graders.spec import grader_json
 
 
 class ModelIdentityOutput(serializers.Serializer):
@@ -280,3 +283,46 @@ class VotesDatasetApi(APIView):
             "url": reverse("dataset-detail", args=[dataset.id]),
         }
         return Response(self.OutputSerializer(out).data, status=status.HTTP_201_CREATED)
+
+
+class GraderValidateApi(APIView):
+    """POST {"grader": {...}}: check a grader in OpenAI's shape (string_check, text_similarity, python,
+    score_model, label_model, multi); 200 with the grader as stored, or 400 naming the JSON path of the problem.
+    A python grader is loaded in its sandbox; a judge model must be one you can use."""
+
+    @extend_schema_serializer(component_name="GraderValidate")
+    class InputSerializer(StrictInput):
+        grader = serializers.JSONField(help_text="a grader object, as OpenAI's `openai.types.graders`")
+
+    @extend_schema(request=InputSerializer, responses={200: OpenApiTypes.OBJECT, **error_responses(400, 429)})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        grader = grader_check(owner=request.user, grader=data.validated_data["grader"])
+        return Response({"grader": grader_json(grader)})
+
+
+class GraderRunApi(APIView):
+    """POST {"grader", "model_sample", "item"}: score one answer (`model_sample`) for one dataset row (`item`)
+    with the grader. 200 with OpenAI's GraderRunResponse: `reward`, `sub_rewards` (each named grader's score) and
+    `metadata.errors` (what went wrong; a failing part scores 0), plus `metadata.problems` in plain words."""
+
+    @extend_schema_serializer(component_name="GraderRun")
+    class InputSerializer(StrictInput):
+        grader = serializers.JSONField()
+        model_sample = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=100_000)
+        item = serializers.JSONField(required=False, help_text="the dataset row the `item.` templates read")
+
+    @extend_schema(request=InputSerializer, responses={200: OpenApiTypes.OBJECT, **error_responses(400, 429)})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        return Response(
+            grader_run(
+                owner=request.user,
+                grader=values["grader"],
+                model_sample=values["model_sample"],
+                item=values.get("item"),
+            )
+        )

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from rest_framework.response import Response
 
 from jobs.base_models.models import BaseModel
-from jobs.base_models.selectors import base_model_named
 from jobs.common.errors import OpenAIError
 from jobs.common.ids import file_id, ftjob_id
 from jobs.openai_compat.base import (
@@ -29,7 +27,6 @@ from jobs.training import selectors, services
 from jobs.training.models import FineTuneJob, JobStatus
 from jobs.training.plan import job_plan
 from jobs.training.selectors import job_api_model as fine_tuned_model
-from jobs.training.selectors import job_list
 from worker.config import ConfigError, TrainConfig, setting_metadata
 from worker.errors import InputError
 
@@ -116,20 +113,9 @@ def resolve_model(owner, name: object) -> tuple[BaseModel, FineTuneJob | None]:
     """A base model name or one of the owner's `ft:` ids -> (base model, job or None)."""
     if not isinstance(name, str) or not name:
         raise OpenAIError("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
-    if name.startswith("ft:"):
-        short = name.rsplit(":", 1)[-1]
-        if re.fullmatch(r"[0-9a-f]{8}", short):
-            for job in (
-                job_list(owner=owner, status=JobStatus.SUCCEEDED)
-                .filter(id__startswith=short)
-                .select_related("owner", "adapter")
-            ):
-                if fine_tuned_model(job) == name and hasattr(job, "adapter"):
-                    return job.base_model, job
-    else:
-        base = base_model_named(owner=owner, name=name)
-        if base is not None:
-            return base, None
+    found = selectors.model_named(owner=owner, name=name)
+    if found is not None:
+        return found
     raise OpenAIError(
         f"The model '{name}' does not exist or you do not have access to it.",
         param="model",

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from jobs.openai_compat import chat, files, fine_tuning, model_catalog
+from jobs.openai_compat import chat, files, fine_tuning, graders, model_catalog
 
 urlpatterns = [
     path("files", files.FileListApi.as_view(), name="openai-files"),
@@ -19,6 +19,8 @@ urlpatterns = [
         fine_tuning.JobCheckpointsApi.as_view(),
         name="openai-job-checkpoints",
     ),
+    path("fine_tuning/alpha/graders/validate", graders.GraderValidateApi.as_view(), name="openai-graders-validate"),
+    path("fine_tuning/alpha/graders/run", graders.GraderRunApi.as_view(), name="openai-graders-run"),
     path("models", model_catalog.ModelListApi.as_view(), name="openai-models"),
     path("models/<path:model>", model_catalog.ModelDetailApi.as_view(), name="openai-model"),
     path("chat/completions", chat.chat_completions, name="openai-chat-completions"),

@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404
 
 from jobs.accounts.limits import user_limits
 from jobs.base_models.models import BaseModel
+from jobs.base_models.selectors import base_model_named
 from jobs.common.ids import is_uuid
 from jobs.training import workers as train_workers
 from jobs.training.claims import compute_spent, fair_order
@@ -187,6 +188,21 @@ def job_api_model(job: FineTuneJob) -> str | None:
     if job.status != JobStatus.SUCCEEDED:
         return None
     return f"ft:{job.base_model.name}:{_slug(job.name) or _slug(job.owner.username) or 'user'}:{job.short_id}"
+
+
+def model_named(*, owner, name: str) -> tuple[BaseModel, FineTuneJob | None] | None:
+    """A base model's name or one of the owner's `ft:` ids (`job_api_model`) -> (base model, job or None);
+    None when the owner has no such model."""
+    if name.startswith("ft:"):
+        short = name.rsplit(":", 1)[-1]
+        if re.fullmatch(r"[0-9a-f]{8}", short):
+            jobs = job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(id__startswith=short)
+            for job in jobs.select_related("owner", "adapter", "base_model"):
+                if job_api_model(job) == name and hasattr(job, "adapter"):
+                    return job.base_model, job
+        return None
+    base = base_model_named(owner=owner, name=name)
+    return (base, None) if base is not None else None
 
 
 def job_device(job: FineTuneJob) -> str | None:

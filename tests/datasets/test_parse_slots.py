@@ -9,6 +9,7 @@ import time
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from jobs.common.events import redis_client
 from jobs.common.exceptions import Busy
 from jobs.datasets import parse_slots
 from jobs.datasets.models import Dataset
@@ -117,7 +118,7 @@ def test_the_page_shows_why_and_when_to_come_back(caps, user, client_in, fill):
 def test_without_redis_the_slots_are_counted_in_this_process(settings, user, db):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     settings.PARSE_CHILDREN_PER_USER = 1
-    parse_slots.redis_client.cache_clear()
+    redis_client.cache_clear()
     try:
         with parse_slot(user):
             with pytest.raises(Busy):
@@ -126,7 +127,7 @@ def test_without_redis_the_slots_are_counted_in_this_process(settings, user, db)
         with parse_slot(user):
             pass
     finally:
-        parse_slots.redis_client.cache_clear()
+        redis_client.cache_clear()
 
 
 def test_the_demo_button_says_why_when_every_slot_is_taken(caps, user, client_in, fill):
