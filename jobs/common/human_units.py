@@ -27,3 +27,13 @@ def duration_words(seconds: float) -> str:
     parts = [(hours, "h"), (minutes, "min"), (secs, "s")]
     first = next((i for i, (v, _) in enumerate(parts) if v), 2)
     return " ".join(f"{v} {unit}" for v, unit in parts[first : first + 2] if v) or "0 s"
+
+
+def number_words(value: float) -> str:
+    """A setting's number as people write it, the same way every time: 2.0 -> "2", 0.0002 -> "0.0002",
+    0.00005 -> "5e-5" (no Python "5e-05"), 1000000 -> "1000000"."""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    text = f"{value:g}"
+    mantissa, _, exponent = text.partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else text

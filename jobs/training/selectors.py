@@ -46,6 +46,13 @@ def metric_points(*, job: FineTuneJob, after_step: int = 0) -> QuerySet[MetricPo
     return MetricPoint.objects.filter(job=job, step__gt=after_step).order_by("step")
 
 
+def job_eval_losses(*, job: FineTuneJob) -> list[tuple[float | None, bool]]:
+    """The job's logged eval losses in step order, each with whether it was a new best (its adapter kept with
+    "keep best")."""
+    rows = metric_points(job=job).filter(eval_loss__isnull=False).values_list("eval_loss", "extra")
+    return [(loss, bool((extra or {}).get("best"))) for loss, extra in rows]
+
+
 def measured_tokens_per_s(*, owner, base_model: BaseModel, qlora: bool, limit: int = 50) -> float | None:
     """The median training speed the owner's finished jobs on this base reached, or None."""
     measured = sorted(

@@ -4,6 +4,7 @@ Pure functions of the stored evaluation, the job's figures and its config, so th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from jobs.common.human_units import duration_words
@@ -31,11 +32,23 @@ def job_summary(
     )
 
 
+# Settings whose empty value (or 0) means "off": shown on the job's page only when set.
+OFF_WHEN_EMPTY = ("start_from", "modules_to_save", "max_steps")
+
+
 def setting_applies(name: str, config: dict[str, Any], device: str | None) -> bool:
-    """Whether a job setting is worth showing on the job's page: DPO/ORPO's beta only for those methods,
-    CUDA-only settings not on a CPU job, sharding only with several devices, the custom layer list only with
-    the custom preset, the early-stopping threshold only with early stopping, empty optional values not at all.
+    """Whether a job setting is worth showing on the job's page: one that matters to the job
+    (`setting_matters`) and, for the optional ones, is set at all.
     `device`: what the job trained on ("cpu", "cuda"), None before it is known."""
+    if name in OFF_WHEN_EMPTY and not config.get(name):
+        return False  # empty or 0: off
+    return setting_matters(name, config, device)
+
+
+def setting_matters(name: str, config: dict[str, Any], device: str | None) -> bool:
+    """Whether a setting has any effect on the job: DPO/ORPO's beta only for those methods, CUDA-only settings
+    not on a CPU job, sharding only with several devices, the custom layer list only with the custom preset, the
+    early-stopping threshold only with early stopping. Compare runs shows the others as not applicable."""
     value = config.get(name)
     if name == "beta":
         return config.get("method", "supervised") in PREFERENCE_METHODS
@@ -48,6 +61,21 @@ def setting_applies(name: str, config: dict[str, Any], device: str | None) -> bo
         return config.get("target_preset") == "custom"
     if name == "early_stopping_threshold":
         return bool(config.get("early_stopping_patience"))
-    if name in ("start_from", "modules_to_save", "max_steps"):
-        return bool(value)  # empty or 0: off
     return True
+
+
+def kept_eval_loss(
+    *, evaluation: dict[str, Any] | None, eval_points: Iterable[tuple[float | None, bool]], keep_best: bool
+) -> float | None:
+    """The eval loss of the adapter a job keeps, the one figure its page and Compare runs show for it: the
+    end-of-job evaluation's (measured on that adapter) where there is one; else, from the logged (eval loss,
+    marked best) points in step order, the lowest marked best with "keep best" on (that step's adapter is
+    kept), or the last one."""
+    measured = ((evaluation or {}).get("loss") or {}).get("adapter")
+    if measured is not None:
+        return float(measured)
+    losses = [(loss, best) for loss, best in eval_points if loss is not None]
+    kept = [loss for loss, best in losses if best] if keep_best else []
+    if kept:
+        return min(kept)
+    return losses[-1][0] if losses else None

@@ -3,7 +3,6 @@ several runs side by side, and the job's actions and downloads. Thin: forms vali
 
 from __future__ import annotations
 
-import json
 from typing import cast
 
 from asgiref.sync import sync_to_async
@@ -27,11 +26,12 @@ from jobs.training.forms import JobForm, setting_rows
 from jobs.training.live import job_channel, status_event
 from jobs.training.merges import merged_status
 from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
-from jobs.training.summary import job_summary, setting_applies
+from jobs.training.runs_table import loss_charts, runs_table
+from jobs.training.summary import job_summary, kept_eval_loss, setting_applies
 from worker.config import PREFERENCE_METHODS, TrainConfig
 from worker.errors import InputError
 from worker.memory_advice import OUT_OF_MEMORY, oom_suggestion
-from worker.result_words import JobSummary
+from worker.result_words import JobSummary, percent_words
 
 
 @login_required
@@ -85,32 +85,52 @@ def job_new(request):
 
 @login_required
 def runs_compare(request):
-    """Several jobs' loss curves in one chart, with their settings and final metrics side by side."""
+    """Several jobs side by side: what each trained on and how (in plain words, the rows where they differ marked
+    and, by default, alone), their loss curves (one chart per kind of loss) and their results."""
     ids = [i for i in request.GET.getlist("job") if is_uuid(i)][:8]
     jobs = list(selectors.job_list(owner=request.user).filter(id__in=ids))
     curves = {str(j.id): [[p.step, p.train_loss, p.eval_loss] for p in selectors.metric_points(job=j)] for j in jobs}
-    rows = []
-    for name, label, _value in setting_rows({k: None for j in jobs for k in j.config}):
-        values = [j.config.get(name) for j in jobs]
-        rows.append((label, values, len({json.dumps(v, sort_keys=True) for v in values}) > 1))
+    parents = [j.config.get("start_from") for j in jobs]
+    started_from = {
+        str(j.id): j for j in selectors.job_list(owner=request.user).filter(id__in=[p for p in parents if is_uuid(p)])
+    }
+    rows = runs_table(jobs, devices=[selectors.job_device(j) for j in jobs], started_from=started_from)
     evaluations = [job_evaluation(j) for j in jobs]
     finals = [
         {
             "loss": j.final_loss,
-            "eval_loss": next((p[2] for p in reversed(curves[str(j.id)]) if p[2] is not None), None),
+            "eval_loss": _kept_eval_loss(j, e),
             "adapter_exact": (e or {}).get("rates", {}).get("adapter", {}).get("exact"),
+            "exact_words": percent_words((e or {}).get("rates", {}).get("adapter", {}).get("exact")),
+            "preference_words": percent_words((e or {}).get("accuracy", {}).get("adapter")),
         }
         for j, e in zip(jobs, evaluations)
     ]
+    methods = [j.config.get("method", "supervised") for j in jobs]
     return render(
         request,
         "training/runs_compare.html",
         {
             "jobs": jobs,
             "rows": rows,
+            "differing": sum(row.differs for row in rows),
             "finals": finals,
-            "series": [{"id": str(j.id), "label": j.name or j.short_id, "points": curves[str(j.id)]} for j in jobs],
+            "any_preference": any(m in PREFERENCE_METHODS for m in methods),
+            "loss_charts": loss_charts(methods),
+            "series": [
+                {"id": str(j.id), "label": j.name or j.short_id, "method": m, "points": curves[str(j.id)]}
+                for j, m in zip(jobs, methods)
+            ],
         },
+    )
+
+
+def _kept_eval_loss(job: FineTuneJob, evaluation: dict | None) -> float | None:
+    """The eval loss of the job's kept adapter, as its page and Compare runs show it."""
+    return kept_eval_loss(
+        evaluation=evaluation,
+        eval_points=selectors.job_eval_losses(job=job),
+        keep_best=bool(job.config.get("keep_best", True)),
     )
 
 
@@ -178,6 +198,7 @@ def job_detail(request, job_id):
             "waiting": selectors.job_wait_reason(job=job),
             "merged": merged_status(job) if succeeded else None,
             "evaluation": evaluation,
+            "kept_eval_loss": _kept_eval_loss(job, evaluation) if evaluation else None,
             "adapter": getattr(job, "adapter", None) if succeeded else None,
         },
     )

@@ -385,9 +385,8 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
     times = page.locator("#job-log time").evaluate_all("ts => ts.map(t => t.dateTime)")
     assert len(times) >= 2 and times == sorted(times)
     page.goto(f"{stack.url}/jobs/compare/?job={first}&job={second}")
-    differing = page.locator("#runs-table tr.differs th").all_inner_texts()
-    assert any(t.startswith("LoRA rank") or t.startswith("Rank") for t in differing), differing
-    assert not any(t.startswith("Learning rate") for t in differing)
+    differing = page.locator("#runs-table tr.differs").evaluate_all("rows => rows.map(r => r.dataset.setting)")
+    assert "rank" in differing and "learning_rate" not in differing, differing
     page.goto(stack.url + "/account/keys/")
     assert contrast(page, "#keys-table button.link") >= 4.5
     # A skip link leads keyboard users past the top bar.
@@ -480,6 +479,46 @@ def test_preference_pairs_train_with_dpo_on_top_of_the_last_job_in_one_click(sta
     assert job["config"]["method"] == "dpo" and job["config"]["start_from"] == first, job
     assert job["status"] in ("queued", "running", "succeeded"), job
     api.post(f"{stack.url}/api/v1/jobs/{job['id']}/cancel/")  # the worker is free for the next test
+    compare_sft_and_dpo(stack, page, first, job["id"], pairs)
+
+
+def compare_sft_and_dpo(stack, page, sft: str, dpo: str, pairs: str) -> None:
+    """Compare runs on the SFT job and the DPO job on top of it: the dataset row first, only the differences
+    until the switch is off, values in words, a loss chart per kind of loss, and the SFT run's eval loss the
+    kept adapter's as its job page shows it."""
+    page.goto(f"{stack.url}/jobs/compare/?job={sft}&job={dpo}")
+    columns = page.locator("#runs-table thead th a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+    assert sorted(columns) == sorted([f"/jobs/{sft}/", f"/jobs/{dpo}/"]), columns
+    assert page.is_checked("#only-differences")
+    first_row = page.locator("#runs-settings tr").first
+    assert first_row.get_attribute("data-setting") == "dataset" and first_row.is_visible()
+    assert "pairs.jsonl" in first_row.inner_text() and "5 preference pairs" in first_row.inner_text()
+    assert first_row.locator(f"a[href='/datasets/{pairs}/']").count() == 1
+    assert (
+        page.locator("tr[data-setting=method]").is_visible()
+        and page.locator("tr[data-setting=start_from]").is_visible()
+    )
+    same = page.locator("tr[data-setting=base_model]")
+    assert not same.is_visible() and "where the runs differ" in page.inner_text("#differences-note")
+    page.uncheck("#only-differences")
+    assert same.is_visible() and "Showing all" in page.inner_text("#differences-note")
+    text = page.inner_text("#runs-table")
+    assert not re.search(r"\b(False|True|None)\b|\[\]", text), text
+    beta = page.locator("tr[data-setting=beta] td").all_inner_texts()
+    assert beta[columns.index(f"/jobs/{sft}/")] == "—" and beta[columns.index(f"/jobs/{dpo}/")] == "0.1"
+    # A chart per kind of loss, each holding only its own runs, its axis in words.
+    page.wait_for_function("Chart.getChart('runs-chart-supervised') && Chart.getChart('runs-chart-dpo')")
+    series = json.loads(page.inner_text("#runs-data"))
+    charts = page.evaluate("""() => ['supervised', 'dpo'].map(k => { const c = Chart.getChart('runs-chart-' + k);
+        return {axis: c.options.scales.y.title.text, labels: c.data.datasets.map(d => d.label)}; })""")
+    assert [c["axis"] for c in charts] == ["supervised loss", "DPO loss"], charts
+    method_of = {s["label"]: s["method"] for s in series}
+    assert sorted(method_of.values()) == ["dpo", "supervised"] and charts[0]["labels"], (series, charts)
+    for chart, kind in zip(charts, ("supervised", "dpo")):
+        assert all(method_of[label.rsplit(" ", 1)[0]] == kind for label in chart["labels"]), (kind, chart)
+    kept = page.locator("tr[data-result=eval-loss] td").all_inner_texts()[columns.index(f"/jobs/{sft}/")]
+    page.goto(f"{stack.url}/jobs/{sft}/")
+    assert kept == page.inner_text("#evaluation td[data-key=adapter-loss]") and re.fullmatch(r"\d+\.\d{4}", kept)
 
 
 def test_the_first_page_after_sign_in_starts_a_new_user_from_the_demo(stack, browser):

@@ -364,9 +364,9 @@ def test_compare_runs_overlays_curves_of_your_own_jobs(client_in, user, other_us
     response = client_in.get(f"/jobs/compare/?job={a.id}&job={b.id}&job=not-a-uuid")
     series = response.context["series"]
     assert {s["label"]: s["points"] for s in series} == {"r8": [[1, 2.0, None], [2, 1.5, 1.7]], "r16": [[1, 2.2, None]]}
-    rows = {label: (values, differs) for label, values, differs in response.context["rows"]}
-    assert sorted(rows["Rank"][0]) == [8, 16] and rows["Rank"][1] is True
-    assert rows["Learning rate"][1] is False and len(rows) >= 30, "every setting, the differing ones marked"
+    rows = {row.name: row for row in response.context["rows"]}
+    assert sorted(c.text for c in rows["rank"].cells) == ["16", "8"] and rows["rank"].differs
+    assert not rows["learning_rate"].differs and len(rows) >= 30, "every setting, the differing ones marked"
     client_in.force_login(other_user)
     assert client_in.get(f"/jobs/compare/?job={a.id}").context["jobs"] == []
 
