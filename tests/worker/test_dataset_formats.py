@@ -46,7 +46,7 @@ def csv_text(header, rows) -> str:
 
 def test_public_constants():
     assert FORMATS == ("jsonl", "json", "csv", "parquet")
-    assert SCHEMAS == ("preference", "messages", "sharegpt", "prompt_completion", "alpaca", "text")
+    assert SCHEMAS == ("preference", "prompts", "messages", "sharegpt", "prompt_completion", "alpaca", "text")
 
 
 # --- the corpus of bad files ---------------------------------------------------------------------

@@ -17,19 +17,29 @@ def _plain(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 class Example:
     """One normalised training example: chat messages, or a text trained on every token, or a
     preference pair: `messages` is then the prompt (the conversation up to the answer, ending with a
-    user turn) and `chosen` / `rejected` are the preferred and the other answer (assistant messages)."""
+    user turn) and `chosen` / `rejected` are the preferred and the other answer (assistant messages),
+    or a prompt to reward (`item` set)."""
 
     source: int  # 1-based line (jsonl, json, csv) or row (parquet) in the original file
     messages: list[dict[str, str]] | None = None
     text: str | None = None
     chosen: list[dict[str, str]] | None = None
     rejected: list[dict[str, str]] | None = None
+    # A prompt to answer and reward (reinforcement fine-tuning): `messages` ends with a user turn and `item` holds
+    # the row's other fields, which the graders read as {{item.<field>}}.
+    item: dict[str, Any] | None = None
 
     @property
     def is_preference(self) -> bool:
         return self.chosen is not None
 
+    @property
+    def is_prompt(self) -> bool:
+        return self.item is not None
+
     def to_json(self) -> dict[str, Any]:
+        if self.item is not None:
+            return {"messages": _plain(self.messages or []), "item": self.item}
         if self.chosen is not None:
             return {
                 "messages": _plain(self.messages or []),

@@ -99,7 +99,11 @@ def read_normalized_jsonl(path: str | Path) -> list[Example]:
                 example.source = rec.line
                 examples.append(example)
             continue
-        schema = "text" if "messages" not in value and "text" in value else "messages"
+        if isinstance(value.get("item"), dict):  # a prompt to reward: its messages and the row's other fields
+            value = {**value["item"], "messages": value.get("messages")}
+            schema = "prompts"
+        else:
+            schema = "text" if "messages" not in value and "text" in value else "messages"
         example = convert_record(schema, value, report, text_cells=False)
         if example is not None:
             example.source = rec.line

@@ -14,12 +14,13 @@ from worker.data.mapping import ColumnMapping
 from worker.data.problems import type_name
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-SCHEMAS = ("preference", "messages", "sharegpt", "prompt_completion", "alpaca", "text")
+SCHEMAS = ("preference", "prompts", "messages", "sharegpt", "prompt_completion", "alpaca", "text")
 # A record matches a schema when it holds all of its keys; a preference record any of its own
 # (so a pair missing `rejected` is reported as such, not as an unknown schema).
 PREFERENCE_KEYS = ("chosen", "rejected", "preferred_output", "non_preferred_output")
 SCHEMA_KEYS: dict[str, tuple[str, ...]] = {
     "preference": PREFERENCE_KEYS,
+    "prompts": ("messages",),  # and the last message is a user turn (`matches_schema`)
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "prompt_completion": ("prompt", "completion"),
@@ -29,6 +30,7 @@ SCHEMA_KEYS: dict[str, tuple[str, ...]] = {
 # What a file of each schema holds, in plain words (the dataset pages' kind marks; problem messages).
 SCHEMA_LABELS = {
     "preference": "Preference pairs",
+    "prompts": "Prompts to reward",
     "messages": "Chat examples",
     "sharegpt": "Chat examples",
     "prompt_completion": "Prompts and answers",
@@ -37,6 +39,7 @@ SCHEMA_LABELS = {
 }
 SCHEMA_EXAMPLES = {
     "preference": '{"prompt": "...", "chosen": "...", "rejected": "..."}',
+    "prompts": '{"messages": [{"role": "user", "content": "..."}], "answer": "..."}',
     "messages": '{"messages": [...]}',
     "sharegpt": '{"conversations": [...]}',
     "prompt_completion": '{"prompt": "...", "completion": "..."}',
@@ -222,6 +225,44 @@ def _from_messages(
         else None
     )
     return Example(0, messages=msgs) if msgs is not None else None
+
+
+MAX_ITEM_FIELDS = 100
+
+
+def _from_prompts(
+    record: JsonObject, report: ProblemCounter, text_cells: bool, mapping: ColumnMapping | None
+) -> Example | None:
+    """A prompt for reinforcement fine-tuning: `messages` ending with a user turn; every other field of the row is
+    kept as the item the graders read."""
+    if "messages" not in record:
+        _missing(record, "messages", report)
+        return None
+    ok, value = _turns_cell(record, "messages", report, text_cells)
+    msgs = (
+        _turn_list(
+            value,
+            report,
+            name="messages",
+            role_key="role",
+            content_key="content",
+            role_map={r: r for r in ROLES},
+            expected="a list of messages",
+            empty="is empty; a prompt needs at least one user message",
+        )
+        if ok
+        else None
+    )
+    if msgs is None:
+        return None
+    if msgs[-1]["role"] != "user":
+        report("messages", "must end with a user message: the model's answer to it is what the graders score")
+        return None
+    item = {key: cell for key, cell in record.items() if key != "messages"}
+    if len(item) > MAX_ITEM_FIELDS:
+        report("", f"has {len(item)} fields besides messages; at most {MAX_ITEM_FIELDS} are kept for the graders")
+        return None
+    return Example(0, messages=msgs, item=item)
 
 
 def _from_sharegpt(
@@ -457,6 +498,7 @@ Converter = Callable[[JsonObject, ProblemCounter, bool, "ColumnMapping | None"],
 # Each schema's reader: (record, counting reporter, CSV text cells?, mapping) -> Example or None after reporting.
 CONVERTERS: dict[str, Converter] = {
     "preference": _from_preference,
+    "prompts": _from_prompts,
     "messages": _from_messages,
     "sharegpt": _from_sharegpt,
     "prompt_completion": _from_prompt_completion,
@@ -477,7 +519,7 @@ def convert_record(
 
 
 def detect_schema(records: list[Record]) -> str | None:
-    """The schema most records match (ties go to the earlier schema in SCHEMAS), or None."""
+    """The schema most records match (ties go to the earlier schema in SCHEMAS, chats before prompts), or None."""
     counts = {s: 0 for s in SCHEMAS}
     for rec in records:
         if isinstance(rec.value, dict):
@@ -485,7 +527,11 @@ def detect_schema(records: list[Record]) -> str | None:
                 if matches_schema(schema, rec.value):
                     counts[schema] += 1
                     break
-    best = max(SCHEMAS, key=lambda s: (counts[s], -SCHEMAS.index(s)))
+    # A tie goes to the earlier schema, chat examples before prompts: a file of chats with one prompt among them
+    # is read as chats (and that line reported), not the other way round.
+    order = [s for s in SCHEMAS if s != "prompts"]
+    order.insert(order.index("messages") + 1, "prompts")
+    best = max(order, key=lambda s: (counts[s], -order.index(s)))
     return best if counts[best] else None
 
 
@@ -498,6 +544,12 @@ def format_reason(schema: str, first: Record, where: str, noun: str = "line") ->
 
 
 def matches_schema(schema: str, record: JsonObject) -> bool:
-    """Whether a record holds the keys that mark `schema` (as detect_schema counts them)."""
+    """Whether a record holds the keys that mark `schema` (as detect_schema counts them); a prompt to reward is a
+    `messages` list whose last message is a user turn (OpenAI's reinforcement format)."""
+    if schema == "prompts":
+        turns = record.get("messages")
+        return (
+            isinstance(turns, list) and bool(turns) and isinstance(turns[-1], dict) and turns[-1].get("role") == "user"
+        )
     keys = SCHEMA_KEYS[schema]
     return any(k in record for k in keys) if schema == "preference" else all(k in record for k in keys)
