@@ -35,6 +35,7 @@ METHOD_LABELS = {
     "supervised": "Examples with answers (supervised)",
     "dpo": "A preferred and a rejected answer, kept near the base (DPO)",
     "orpo": "A preferred and a rejected answer, no reference model (ORPO)",
+    "reinforcement": "Prompts whose answers your graders score (reinforcement, GRPO)",
 }
 TARGET_LABELS = {
     "attention": "Attention layers only: smaller and faster (attention)",
@@ -63,6 +64,7 @@ PRECISION_LABELS = {
 
 METHODS = tuple(METHOD_LABELS)  # supervised: next-token loss; dpo / orpo: preference pairs
 PREFERENCE_METHODS = ("dpo", "orpo")
+REINFORCEMENT = "reinforcement"  # OpenAI's name: prompts, answers sampled and scored by graders (GRPO here)
 TARGET_PRESETS = tuple(TARGET_LABELS)
 LR_SCHEDULERS = tuple(LR_SCHEDULER_LABELS)
 BIAS_CHOICES = tuple(BIAS_LABELS)
@@ -97,8 +99,8 @@ class TrainConfig:
         plain="What it learns from",
         choices=METHOD_LABELS,
         openai="method.type",
-        help="What the job learns from: examples with answers (supervised), or preference pairs of a prompt with "
-        "a chosen and a rejected answer (DPO, ORPO).",
+        help="What the job learns from: examples with answers (supervised), preference pairs of a prompt with "
+        "a chosen and a rejected answer (DPO, ORPO), or prompts whose sampled answers graders score (reinforcement).",
     )
     # DPO: the pull toward the reference (the base with the adapter off); ORPO: the weight of the odds-ratio term
     # next to the SFT loss (TRL's `beta`, the paper's lambda). TRL's default 0.1 for both.
@@ -108,11 +110,45 @@ class TrainConfig:
         group="learn",
         plain="Preference strength",
         min=0,
-        min_exclusive=True,
         max=100,
         openai="method.{method}.hyperparameters.beta",
         help="DPO: how strongly the model is held near the base (higher = closer); ORPO: the weight of the "
-        "preference term. 0.1 is usual.",
+        "preference term; reinforcement: the weight of the pull back toward the start model (KL). 0.1 is usual.",
+    )
+    # Reinforcement (GRPO): answers sampled per prompt, how freely, and how long at most.
+    group_size: int = setting(
+        4,
+        label="Group size (reinforcement)",
+        group="learn",
+        plain="Answers tried per prompt",
+        min=2,
+        max=64,
+        unit="answers",
+        openai="lora",
+        help="Reinforcement: how many answers are sampled for each prompt and compared with each other; more finds "
+        "better answers and costs time.",
+    )
+    sample_temperature: float = setting(
+        1.0,
+        label="Sampling temperature (reinforcement)",
+        group="learn",
+        plain="How varied the tries are",
+        min=0,
+        min_exclusive=True,
+        max=2,
+        openai="lora",
+        help="Reinforcement: how different the tried answers are from each other; 1.0 samples as the model is.",
+    )
+    max_answer_tokens: int = setting(
+        128,
+        label="Max answer tokens (reinforcement)",
+        group="learn",
+        plain="Longest answer tried",
+        min=1,
+        max=4096,
+        unit="tokens",
+        openai="lora",
+        help="Reinforcement: a tried answer stops after this many tokens (and is graded as it is).",
     )
     # The adapter's LoRA settings are taken over from that job; for DPO it is also the reference.
     start_from: str = setting(
@@ -468,6 +504,11 @@ class TrainConfig:
         return self.method in PREFERENCE_METHODS
 
     @property
+    def is_reinforcement(self) -> bool:
+        """True for reinforcement fine-tuning: prompts, answers sampled and graded."""
+        return self.method == REINFORCEMENT
+
+    @property
     def scaling(self) -> float:
         """The LoRA scale applied to B A x: alpha / r, or alpha / sqrt(r) with rsLoRA."""
         return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
@@ -568,6 +609,10 @@ class TrainSpec:
     eval_dataset_path: str | None = None
     device: str = "auto"  # auto | cpu | cuda
     start_adapter_dir: str | None = None  # the adapter of config.start_from: the start and DPO's reference
+    grader: dict[str, Any] | None = None  # reinforcement: the grader, in OpenAI's shape (worker.graders.spec)
+    grader_limits: dict[str, Any] | None = (
+        None  # its python parts' limits (worker.graders.python_sandbox.SandboxLimits)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "config": self.config.to_dict()}

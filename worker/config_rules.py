@@ -24,6 +24,18 @@ def _check_method(config: Any) -> None:
             f"is not available with {config.method}: each pair keeps its chosen and "
             "rejected answers in their own rows; turn packing off",
         )
+    if config.is_preference and config.beta == 0:
+        raise ConfigError("beta", f"must be more than 0 for {config.method} (0.1 is usual)")
+    if config.is_reinforcement and config.packing:
+        raise ConfigError("packing", "is not available with reinforcement: each prompt's answers are sampled apart")
+    if config.devices > 1 and config.is_reinforcement:
+        raise ConfigError("devices", "reinforcement trains on one device for now; set devices to 1")
+    if config.init_lora_weights == "pissa" and config.is_reinforcement:
+        raise ConfigError(
+            "init_lora_weights",
+            "PiSSA rewrites the base weights and reinforcement's reference is the model with the adapter off; "
+            "use the default init",
+        )
     if config.devices > 1 and config.is_preference:
         raise ConfigError(
             "devices",

@@ -51,6 +51,7 @@ from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.modeling import build_peft_model, load_base_model, load_tokenizer, train_device
 from worker.ranks import RankGroup
 from worker.reporting import Reporter, StopCheck, never_stop, precision_hook
+from worker.rft import RewardLearner, TokenizedPrompt, reward_evaluation, tokenize_prompts
 from worker.run_state import RunData, RunState, StopRequested, TrainResult, build_optimization, evaluation_cost
 from worker.schedule import eval_interval, plan_steps
 from worker.warm import WarmBases
@@ -102,6 +103,8 @@ class TrainingRun(RunState):
         self.setup_data()
         self.setup_model()
         self.opt = build_optimization(self.model, self.cfg, device, self.total_steps)
+        if self.cfg.is_reinforcement:
+            self.setup_graders()
 
     def recover_output(self) -> None:
         """Put back or clear what a crash in the middle of an atomic write left in the output folders."""
@@ -132,9 +135,24 @@ class TrainingRun(RunState):
                 self.tokenize(tokenizer, read_normalized_jsonl(spec.eval_dataset_path)), cfg.batch_size
             )
 
-    def tokenize(self, tokenizer: Any, examples: list[Example]) -> list[TokenizedExample] | list[TokenizedPair]:
-        """Examples for supervised tuning, pairs for DPO / ORPO; a dataset of the other kind is refused."""
+    def tokenize(self, tokenizer: Any, examples: list[Example]) -> list[Any]:
+        """Examples for supervised tuning, pairs for DPO / ORPO, prompts for reinforcement; a dataset of another
+        kind is refused."""
         cfg = self.cfg
+        prompts = sum(1 for e in examples if e.is_prompt)
+        if cfg.is_reinforcement:
+            if prompts < len(examples):
+                raise TrainingError(
+                    "reinforcement trains on prompts to reward (messages ending with a user message) and "
+                    f"{len(examples) - prompts} of the {len(examples)} examples are not prompts"
+                )
+            self.poll_stop()
+            return tokenize_prompts(tokenizer, examples, max(1, cfg.max_seq_length - cfg.max_answer_tokens))
+        if prompts:
+            raise TrainingError(
+                f"the dataset holds {prompts} prompts without answers; they are for the reinforcement method, "
+                "which learns from graders' scores"
+            )
         pairs = sum(1 for e in examples if e.is_preference)
         if cfg.is_preference and pairs < len(examples):
             raise TrainingError(
@@ -152,6 +170,29 @@ class TrainingRun(RunState):
             self.poll_stop()
             out.extend(tokenize(tokenizer, examples[start : start + TOKENIZE_CHUNK], cfg.max_seq_length))
         return out
+
+    @property
+    def rewards(self) -> RewardLearner:
+        """Reinforcement's learner (set up with the graders)."""
+        if self.learner is None:
+            raise RuntimeError("the graders are not set up: this run is not a reinforcement run")
+        return self.learner
+
+    def setup_graders(self) -> None:
+        """Reinforcement: the grader (its python parts in their sandboxes) and the GRPO steps over it."""
+        from worker.graders.python_sandbox import SandboxLimits
+        from worker.graders.scoring import Scorer
+        from worker.graders.spec import parse_grader
+
+        if self.spec.grader is None:
+            raise TrainingError("reinforcement needs a grader to score the answers; none was given")
+        limits = SandboxLimits(**self.spec.grader_limits) if self.spec.grader_limits else None
+        scorer = Scorer(parse_grader(self.spec.grader), limits=limits)
+        self.learner = RewardLearner(scorer, self.cfg, self.run_data.tokenizer, self.train_dev.device)
+        self.reporter.event(
+            "setup",
+            f"reinforcement: {self.cfg.group_size} answers per prompt, scored by the grader '{scorer.grader.name}'",
+        )
 
     def setup_model(self) -> None:
         """The frozen base wrapped with LoRA; with PiSSA, the initial adapter is kept for the conversion."""
@@ -256,6 +297,10 @@ class TrainingRun(RunState):
             f"starting from the adapter of job {cfg.start_from}"
             + (" (also DPO's reference)" if cfg.method == "dpo" else ""),
         )
+        if cfg.is_reinforcement:  # the reference is the start: its adapter weights, kept aside (megabytes)
+            self.reference["adapter"] = {
+                name: param.detach().clone() for name, param in self.model.named_parameters() if param.requires_grad
+            }
         if cfg.method == "dpo":
             for name, pairs in (("train", self.run_data.examples), ("eval", self.run_data.eval.examples)):
                 self.reference[name] = pair_logps(
@@ -374,7 +419,13 @@ class TrainingRun(RunState):
         self.step += 1
         t0 = time.monotonic()
         epoch, micro = self.run_data.stream.for_step(self.step)
-        if self.cfg.is_preference:
+        step_tokens: float
+        extra: dict[str, Any]
+        if self.cfg.is_reinforcement:
+            prompts = cast(list[TokenizedPrompt], self.run_data.examples)
+            outcome = self.rewards.step(self.model, prompts, micro, self.poll_stop, self.reference.get("adapter"))
+            self.loss_value, step_tokens, extra = outcome.loss, float(outcome.tokens), dict(outcome.metrics)
+        elif self.cfg.is_preference:
             step_tokens, extra = self.preference_backward(micro)
         else:
             step_tokens, extra = self.supervised_backward(micro), {}
@@ -442,6 +493,14 @@ class TrainingRun(RunState):
         if not data.eval.runs or (self.step % data.eval_every != 0 and self.step != self.total_steps):
             return
         failpoint("evaluate")
+        if cfg.is_reinforcement:  # higher is better: the best is the lowest negative reward
+            prompts = cast(list[TokenizedPrompt], data.eval.examples)
+            metrics.update(self.rewards.validation_reward(self.model, prompts, self.poll_stop))
+            if self.best.update(self.step, -metrics["eval_reward"]):
+                metrics["best"] = True
+                if cfg.keep_best:
+                    self.write_adapter(self.folders.best)
+            return
         if cfg.is_preference:
             scores = preference_eval(
                 self.model,
@@ -484,10 +543,13 @@ class TrainingRun(RunState):
         if self.devices.agree_on_save(use_best):
             load_adapter_weights(self.model, best_dir)
             kept_step = best.best_step
+            measure = (
+                f"highest validation reward {-(best.best_loss or 0.0):.4f}"
+                if self.cfg.is_reinforcement
+                else f"lowest eval loss {best.best_loss:.4f}"
+            )
             self.reporter.event(
-                "best",
-                f"kept the adapter from step {kept_step} (lowest eval loss "
-                f"{best.best_loss:.4f}), not the last step {self.step}",
+                "best", f"kept the adapter from step {kept_step} ({measure}), not the last step {self.step}"
             )
         if self.devices.writes:
             self.guard()
@@ -516,7 +578,14 @@ class TrainingRun(RunState):
         self.reporter.event("evaluate", "comparing base and adapted model on the validation split")
         started = time.monotonic()
         held_out = read_normalized_jsonl(spec.eval_dataset_path)
-        if cfg.is_preference:
+        if cfg.is_reinforcement:
+            evaluation = reward_evaluation(
+                self.rewards,
+                self.model,
+                tokenize_prompts(self.run_data.tokenizer, held_out, max(1, cfg.max_seq_length - cfg.max_answer_tokens)),
+                self.poll_stop,
+            )
+        elif cfg.is_preference:
             evaluation = evaluate_preferences(
                 self.model,
                 self.run_data.tokenizer,
@@ -560,6 +629,8 @@ def train(
     try:
         result = run_phases(run)
     finally:
+        if run.learner is not None:
+            run.learner.close()
         if run.release_base():  # the base went back to `warm`, stripped of this job's LoRA layers
             run.model = None
     if warm is not None:

@@ -11,7 +11,7 @@ TRL within 1e-5 on a fixed batch, gradients included.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -142,9 +142,19 @@ def sample_answers(
     temperature: float,
     top_p: float = 1.0,
     device: Any = "cpu",
+    greedy: bool = False,
+    between_tokens: Callable[[], None] | None = None,
 ) -> Samples:
-    """`group_size` answers to each prompt, sampled from `model` as it is now (adapter in place, no gradients)."""
+    """`group_size` answers to each prompt, sampled from `model` as it is now (adapter in place, no gradients);
+    `greedy`: the likeliest answer. `between_tokens()` is called after each token (it may raise to stop)."""
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Between(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+            if between_tokens is not None:
+                between_tokens()
+            return False
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
@@ -159,13 +169,12 @@ def sample_answers(
             output = model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
-                do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=0,
+                **({"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p}),
+                top_k=None if greedy else 0,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad_id,
                 eos_token_id=eos_ids or None,
+                stopping_criteria=StoppingCriteriaList([_Between()]),
             )
     finally:
         model.train(was_training)

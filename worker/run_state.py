@@ -20,6 +20,7 @@ from worker.schedule import lr_multiplier, warmup_steps
 
 if TYPE_CHECKING:
     from worker.modeling import DeviceChoice
+    from worker.rft import RewardLearner
     from worker.warm import WarmBases
 
 
@@ -175,7 +176,10 @@ class RunState:
         self.wrapped: Any = None
         self.model: Any = None
         self.init_dir: Path | None = None  # PiSSA: the initial adapter, for the conversion to plain LoRA
-        self.reference: dict[str, Any] = {}  # DPO on top of a previous adapter: its log-probs, "train" / "eval"
+        # DPO on top of a previous adapter: its log-probs, "train" / "eval"; reinforcement: "adapter", the start's
+        # adapter weights (the reference)
+        self.reference: dict[str, Any] = {}
+        self.learner: RewardLearner | None = None  # reinforcement: the GRPO steps and graders
         self.targets: list[str] = []
         self.trainable = self.total_params = 0
         self.flops_per_token = 0.0  # for the MFU metric (setup_mfu)

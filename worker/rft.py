@@ -1,0 +1,271 @@
+"""Reinforcement fine-tuning's part of the recipe (method "reinforcement", OpenAI's name): prompts tokenized for
+sampling, one GRPO step over the step's prompts (sample G answers each with the adapter in place, grade them,
+group advantages, the clipped loss with the KL to the adapter-off model), and the reward on validation prompts.
+
+The engine calls these where the other methods build batches and losses; everything else (schedule, checkpoints,
+stop, resume, save) is the same recipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from worker.chat_template import render_chat
+from worker.data.examples import Example
+from worker.graders.scoring import Scorer
+from worker.grpo import Samples, answer_logps, group_advantages, grpo_loss, sample_answers
+
+if TYPE_CHECKING:
+    import torch
+
+AnswerTensors = tuple[
+    "torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"
+]  # prompt ids, mask, answer ids, mask
+EPSILON = 0.2  # PPO's clip, TRL's default
+EVAL_PROMPTS = 64  # validation prompts answered at each evaluation (the first ones; the end of the job takes all)
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    """A prompt ready to sample from: its ids through the chat template (with the assistant's opening), the row the
+    graders read (`item`, with the prompt's messages added under `messages`)."""
+
+    input_ids: list[int]
+    item: dict[str, Any]
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+
+def tokenize_prompts(tokenizer: Any, examples: Sequence[Example], max_prompt_tokens: int) -> list[TokenizedPrompt]:
+    """Each prompt's ids; a prompt longer than `max_prompt_tokens` keeps its end (the question is last)."""
+    out = []
+    for example in examples:
+        text = render_chat(tokenizer, example.messages or [], add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
+        out.append(TokenizedPrompt(ids, {**(example.item or {}), "messages": example.messages}))
+    return out
+
+
+@dataclass
+class StepOutcome:
+    """A step's loss value, the answer tokens it trained on, and its metrics for the chart."""
+
+    loss: float
+    tokens: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Group:
+    samples: Samples
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+
+
+class RewardLearner:
+    """GRPO steps and validation rewards for one run; `close()` ends the graders' sandboxes."""
+
+    def __init__(self, scorer: Scorer, cfg: Any, tokenizer: Any, device: Any) -> None:
+        self.scorer = scorer
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.device = device
+
+    def close(self) -> None:
+        self.scorer.close()
+
+    def grade(
+        self, samples: Samples, prompts: Sequence[TokenizedPrompt], per_prompt: int
+    ) -> tuple[list[float], dict[str, list[float]], int]:
+        """Each answer's reward, each named grader's scores, and how many answers a grader failed on."""
+        rewards: list[float] = []
+        parts: dict[str, list[float]] = {}
+        failures = 0
+        for row, text in enumerate(samples.texts):
+            result = self.scorer.grade(text, prompts[row // per_prompt].item)
+            rewards.append(result.reward)
+            failures += result.failed
+            for name, score in result.sub_rewards.items():
+                parts.setdefault(name, []).append(score)
+        return rewards, parts, failures
+
+    def reference_logps(
+        self, model: Any, tensors: AnswerTensors, reference: dict[str, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """The answers' log-probs under the reference, without a second model: the adapter switched off, or, for a
+        run that started from an earlier adapter, that adapter's weights put in for the pass and taken out."""
+        import torch
+
+        with torch.no_grad():
+            if reference is None:
+                with model.disable_adapter():
+                    return answer_logps(model, *tensors, self.cfg.sample_temperature)
+            params = {name: p for name, p in model.named_parameters() if name in reference}
+            current = {name: p.detach().clone() for name, p in params.items()}
+            try:
+                for name, param in params.items():
+                    param.data.copy_(reference[name])
+                return answer_logps(model, *tensors, self.cfg.sample_temperature)
+            finally:
+                for name, param in params.items():
+                    param.data.copy_(current[name])
+
+    def step(
+        self,
+        model: Any,
+        prompts: Sequence[TokenizedPrompt],
+        micro: list[list[int]],
+        between: Callable[[], None],
+        reference: dict[str, torch.Tensor] | None = None,
+    ) -> StepOutcome:
+        """One optimizer step's gradients: sample and grade every micro-batch first (the loss divides by all the
+        step's answer tokens), then the loss and backward per micro-batch. `between` is called between pieces of
+        work (the stop check)."""
+        import torch
+
+        cfg = self.cfg
+        groups: list[_Group] = []
+        all_rewards: list[float] = []
+        all_parts: dict[str, list[float]] = {}
+        failures = 0
+        for indices in micro:
+            chosen = [prompts[i] for i in indices]
+            samples = sample_answers(
+                model,
+                self.tokenizer,
+                [p.input_ids for p in chosen],
+                group_size=cfg.group_size,
+                max_new_tokens=cfg.max_answer_tokens,
+                temperature=cfg.sample_temperature,
+                device=self.device,
+                between_tokens=between,
+            )
+            between()
+            rewards, parts, failed = self.grade(samples, chosen, cfg.group_size)
+            failures += failed
+            all_rewards += rewards
+            for name, scores in parts.items():
+                all_parts.setdefault(name, []).extend(scores)
+            reward_tensor = torch.tensor(rewards)
+            groups.append(_Group(samples, reward_tensor, group_advantages(reward_tensor, cfg.group_size)))
+        tokens = sum(int(g.samples.completion_mask.sum()) for g in groups)
+        loss_value = kl = clipped = 0.0
+        for group in groups:
+            between()
+            s = group.samples
+            tensors = (
+                s.prompt_ids.to(self.device),
+                s.prompt_mask.to(self.device),
+                s.completion_ids.to(self.device),
+                s.completion_mask.to(self.device),
+            )
+            answer_mask = tensors[3]
+            ref = self.reference_logps(model, tensors, reference) if cfg.beta else None
+            logps = answer_logps(model, *tensors, cfg.sample_temperature)
+            out = grpo_loss(
+                logps,
+                None,
+                ref,
+                group.advantages.to(self.device),
+                answer_mask,
+                beta=cfg.beta,
+                epsilon_low=EPSILON,
+                epsilon_high=EPSILON,
+                tokens_in_step=tokens,
+            )
+            out.loss.backward()  # type: ignore[no-untyped-call]
+            share = int(s.completion_mask.sum()) / max(1, tokens)
+            loss_value += float(out.loss.detach())
+            kl += out.kl * share
+            clipped += out.clipped * share
+        rewards_all = torch.tensor(all_rewards)
+        spread = torch.cat([g.rewards.view(-1, cfg.group_size).std(dim=1) for g in groups]).nan_to_num(0.0)
+        answers = sum(len(g.samples.texts) for g in groups)
+        metrics = {
+            "reward": float(rewards_all.mean()),
+            "reward_spread": float(spread.mean()),
+            "kl": kl,
+            "clipped": clipped,
+            "answer_tokens": tokens / max(1, answers),
+            "cut_short": sum(sum(g.samples.truncated) for g in groups) / max(1, answers),
+            "grader_failures": float(failures),
+        }
+        if len(all_parts) > 1:
+            metrics.update({f"reward/{name}": sum(v) / len(v) for name, v in all_parts.items()})
+        return StepOutcome(loss_value, tokens, metrics)
+
+    def answer_and_grade(
+        self, model: Any, prompts: Sequence[TokenizedPrompt], between: Callable[[], None], batch: int
+    ) -> list[dict[str, Any]]:
+        """One answer per prompt (greedy: the model's own best), graded: [{"answer", "reward", "scores", "problems"}]."""
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(prompts), batch):
+            chunk = prompts[start : start + batch]
+            samples = sample_answers(
+                model,
+                self.tokenizer,
+                [p.input_ids for p in chunk],
+                group_size=1,
+                max_new_tokens=self.cfg.max_answer_tokens,
+                temperature=1.0,
+                device=self.device,
+                greedy=True,
+                between_tokens=between,
+            )
+            for row, text in enumerate(samples.texts):
+                result = self.scorer.grade(text, chunk[row].item)
+                rows.append(
+                    {
+                        "answer": text,
+                        "reward": result.reward,
+                        "scores": result.sub_rewards,
+                        "problems": result.problems(),
+                    }
+                )
+            between()
+        return rows
+
+    def validation_reward(
+        self, model: Any, prompts: Sequence[TokenizedPrompt], between: Callable[[], None]
+    ) -> dict[str, float]:
+        """The mean reward of the model's answers to the first EVAL_PROMPTS validation prompts (and each grader's)."""
+        rows = self.answer_and_grade(model, prompts[:EVAL_PROMPTS], between, self.cfg.batch_size * self.cfg.group_size)
+        metrics = {"eval_reward": sum(r["reward"] for r in rows) / max(1, len(rows))}
+        names = {name for r in rows for name in r["scores"]}
+        if len(names) > 1:
+            for name in sorted(names):
+                metrics[f"eval_reward/{name}"] = sum(r["scores"].get(name, 0.0) for r in rows) / max(1, len(rows))
+        return metrics
+
+
+def reward_evaluation(
+    learner: RewardLearner, model: Any, prompts: Sequence[TokenizedPrompt], between: Callable[[], None]
+) -> dict[str, Any]:
+    """The end of the job: the start model (adapter off) and the result on the validation prompts: mean rewards
+    and a table of answers with their scores."""
+    batch = learner.cfg.batch_size * learner.cfg.group_size
+    with model.disable_adapter():
+        base = learner.answer_and_grade(model, prompts, between, batch)
+    adapted = learner.answer_and_grade(model, prompts, between, batch)
+    return {
+        "kind": "reward",
+        "prompts": len(prompts),
+        "reward": {"base": _mean_reward(base), "adapter": _mean_reward(adapted)},
+        "rows": [
+            {
+                "item": {k: v for k, v in p.item.items() if k != "messages"},
+                "prompt": p.item.get("messages"),
+                "base": b,
+                "adapter": a,
+            }
+            for p, b, a in list(zip(prompts, base, adapted))[:50]
+        ],
+    }
+
+
+def _mean_reward(rows: list[dict[str, Any]]) -> float:
+    return float(sum(r["reward"] for r in rows)) / max(1, len(rows))
