@@ -70,7 +70,14 @@ def job_new(request):
     dataset_field.widget.attrs["autocomplete"] = "off"
     if not request.POST.get("dataset") if request.method == "POST" else start.dataset_missing:
         dataset_field.empty_label = "Pick a dataset"  # ask for it rather than show another one in its place
-    context = {"form": form, "start": start, "dataset_kinds": dataset_kinds(owner=request.user)}
+    has_data = dataset_field.queryset.exists()  # without any: the demo dataset and an upload, not a Start button
+    context = {
+        "form": form,
+        "start": start,
+        "dataset_kinds": dataset_kinds(owner=request.user),
+        "has_data": has_data,
+        "upload_form": None if has_data else UploadForm(),
+    }
     if request.method == "POST":
         if form.is_valid():  # the job's plan, every rule checked
             job = services.job_create(plan=form.plan, name=form.cleaned_data["name"])
@@ -89,18 +96,22 @@ def runs_compare(request):
     ids = [i for i in request.GET.getlist("job") if is_uuid(i)][:8]
     jobs = list(selectors.job_list(owner=request.user).filter(id__in=ids))
     curves = {str(j.id): [[p.step, p.train_loss, p.eval_loss] for p in selectors.metric_points(job=j)] for j in jobs}
+    runs = [j.name or j.short_id for j in jobs]  # each cell is labelled with its run (a card per row on a phone)
     rows = []
     for name, label, _value in setting_rows({k: None for j in jobs for k in j.config}):
         values = [j.config.get(name) for j in jobs]
-        rows.append((label, values, len({json.dumps(v, sort_keys=True) for v in values}) > 1))
+        rows.append((label, list(zip(runs, values)), len({json.dumps(v, sort_keys=True) for v in values}) > 1))
     evaluations = [job_evaluation(j) for j in jobs]
     finals = [
-        {
-            "loss": j.final_loss,
-            "eval_loss": next((p[2] for p in reversed(curves[str(j.id)]) if p[2] is not None), None),
-            "adapter_exact": (e or {}).get("rates", {}).get("adapter", {}).get("exact"),
-        }
-        for j, e in zip(jobs, evaluations)
+        (
+            run,
+            {
+                "loss": j.final_loss,
+                "eval_loss": next((p[2] for p in reversed(curves[str(j.id)]) if p[2] is not None), None),
+                "adapter_exact": (e or {}).get("rates", {}).get("adapter", {}).get("exact"),
+            },
+        )
+        for run, j, e in zip(runs, jobs, evaluations)
     ]
     return render(
         request,
@@ -109,7 +120,7 @@ def runs_compare(request):
             "jobs": jobs,
             "rows": rows,
             "finals": finals,
-            "series": [{"id": str(j.id), "label": j.name or j.short_id, "points": curves[str(j.id)]} for j in jobs],
+            "series": [{"id": str(j.id), "label": run, "points": curves[str(j.id)]} for run, j in zip(runs, jobs)],
         },
     )
 

@@ -365,7 +365,8 @@ def test_compare_runs_overlays_curves_of_your_own_jobs(client_in, user, other_us
     series = response.context["series"]
     assert {s["label"]: s["points"] for s in series} == {"r8": [[1, 2.0, None], [2, 1.5, 1.7]], "r16": [[1, 2.2, None]]}
     rows = {label: (values, differs) for label, values, differs in response.context["rows"]}
-    assert sorted(rows["Rank"][0]) == [8, 16] and rows["Rank"][1] is True
+    assert sorted(v for _run, v in rows["Rank"][0]) == [8, 16] and rows["Rank"][1] is True
+    assert {run for run, _v in rows["Rank"][0]} == {"r8", "r16"}, "each cell names its run"
     assert rows["Learning rate"][1] is False and len(rows) >= 30, "every setting, the differing ones marked"
     client_in.force_login(other_user)
     assert client_in.get(f"/jobs/compare/?job={a.id}").context["jobs"] == []
