@@ -98,6 +98,7 @@ def runs_compare(request):
     evaluations = [job_evaluation(j) for j in jobs]
     finals = [
         {
+            "run": j.name or j.short_id,
             "loss": j.final_loss,
             "eval_loss": _kept_eval_loss(j, e),
             "adapter_exact": (e or {}).get("rates", {}).get("adapter", {}).get("exact"),

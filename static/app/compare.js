@@ -120,11 +120,16 @@
       return;
     }
     const pct = (x) => (100 * x).toFixed(0) + "%";
+    // Each cell carries its column's name (data-label): on a phone a row reads as a card.
+    const labels = [...document.querySelectorAll("#win-rates thead th")].map((th) => th.textContent);
     for (const r of rows.map(adapterFirst)) {
       const tr = el("tr");
-      for (const cell of [r.model.name, r.opponent.name, r.wins, r.losses, r.ties, r.both_bad, r.n,
-                          `${r.model.name} wins ${pct(r.win_rate)} against ${r.opponent.name}; ` +
-                          `95% CI ${pct(r.ci_low)}–${pct(r.ci_high)}`]) tr.append(el("td", null, String(cell)));
+      const cells = [r.model.name, r.opponent.name, r.wins, r.losses, r.ties, r.both_bad, r.n,
+                     `${r.model.name} wins ${pct(r.win_rate)} against ${r.opponent.name}; ` +
+                     `95% CI ${pct(r.ci_low)}–${pct(r.ci_high)}`];
+      cells.forEach((cell, i) => {
+        const td = el("td", null, String(cell)); td.dataset.label = labels[i] || ""; tr.append(td);
+      });
       body.append(tr);
     }
   }
