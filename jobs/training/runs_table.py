@@ -7,7 +7,6 @@ since a preference loss and a supervised loss do not share a scale."""
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 from typing import Any
 
