@@ -3,6 +3,8 @@ The compare page's script uses these endpoints too (session auth + CSRF)."""
 
 from __future__ import annotations
 
+import uuid
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.urls import reverse
@@ -199,7 +201,9 @@ class ChatStopApi(APIView):
 
 class WinRateApi(APIView):
     """The owner's votes, one row per pair of models: the model's wins, losses, ties and both-bad against
-    its opponent, and its win rate = (wins + ½ × (ties + both bad)) / n with a 95% Wilson score interval."""
+    its opponent, and its win rate = (wins + ½ × (ties + both bad)) / n with a 95% Wilson score interval;
+    `summary` says the same in plain words. `side_of` (a job id) states each pair from that job's side where
+    it is in the pair, and from the adapter's side against the base elsewhere, as the compare page does."""
 
     @extend_schema_serializer(component_name="WinRate")
     class OutputSerializer(serializers.Serializer):
@@ -213,12 +217,22 @@ class WinRateApi(APIView):
         win_rate = serializers.FloatField()
         ci_low = serializers.FloatField()
         ci_high = serializers.FloatField()
+        summary = serializers.CharField(
+            help_text="the row in plain words, from the model's side: \"… won 7 of 10 votes (70 %) against …. "
+            'With this few votes the true rate could be anywhere from 40 % to 89 %."'
+        )
 
     @extend_schema(
         parameters=[
             OpenApiParameter(
                 "base_model", OpenApiTypes.UUID, required=False, description="only pairs on this base model"
-            )
+            ),
+            OpenApiParameter(
+                "side_of",
+                OpenApiTypes.UUID,
+                required=False,
+                description="a job id: state its pairs from its side (others from the adapter's side)",
+            ),
         ],
         responses={200: OutputSerializer(many=True), **error_responses(400)},
     )
@@ -231,9 +245,13 @@ class WinRateApi(APIView):
             base = base_model_find(wanted, owner=request.user)
             if base is None:
                 raise InputError("base_model", "no such base model")
-        return Response(
-            self.OutputSerializer(selectors.vote_win_rates(owner=request.user, base_model=base), many=True).data
+        side_of = request.query_params.get("side_of")
+        if side_of is not None and not is_uuid(side_of):
+            raise InputError("side_of", "must be a job id")
+        rows = selectors.vote_win_rates(
+            owner=request.user, base_model=base, side_of=None if side_of is None else str(uuid.UUID(side_of))
         )
+        return Response(self.OutputSerializer(rows, many=True).data)
 
 
 class VotesDatasetApi(APIView):

@@ -8,7 +8,7 @@ from django.db.models import Count, QuerySet
 from django.shortcuts import get_object_or_404
 
 from jobs.arena.models import ChatAnswer, ChatRound, ChatSession, Vote
-from jobs.arena.win_rate import win_rate_table
+from jobs.arena.win_rate import PairRecord, win_rate_sentence, win_rate_table
 from jobs.base_models.models import BaseModel
 from jobs.training.models import FineTuneJob
 
@@ -115,8 +115,11 @@ def vote_counts(*, owner, base_model: BaseModel | None = None) -> dict[str, int]
     return counts
 
 
-def vote_win_rates(*, owner, base_model: BaseModel | None = None) -> list[dict]:
-    """The owner's votes as one row per pair of models (see jobs.arena.win_rate for the counting)."""
+def vote_win_rates(*, owner, base_model: BaseModel | None = None, side_of: str | None = None) -> list[dict]:
+    """The owner's votes as one row per pair of models (see jobs.arena.win_rate for the counting), each also in
+    plain words (`summary`). A row is stated from its first model's side (the base where there is one);
+    with `side_of` (a job id) from that job's side where it is in the pair, and from the adapter's side
+    against the base elsewhere, as the compare page shows them."""
     votes = Vote.objects.filter(owner=owner).select_related("base_model", "first_job", "second_job").order_by("created")
     if base_model is not None:
         votes = votes.filter(base_model=base_model)
@@ -127,14 +130,22 @@ def vote_win_rates(*, owner, base_model: BaseModel | None = None) -> list[dict]:
         identities.setdefault(identity["id"], identity)
         return identity["id"]
 
+    def oriented(record: PairRecord) -> PairRecord:
+        if side_of is None:
+            return record
+        if side_of in (record.first, record.second):
+            return record if record.first == side_of else record.flipped()
+        return record.flipped() if identities[record.first]["kind"] == "base" else record
+
     table = win_rate_table((key(v.first_job, v.base_model), key(v.second_job, v.base_model), v.result) for v in votes)
     rows = []
-    for record in table:
+    for record in map(oriented, table):
         low, high = record.interval
+        model, opponent = identities[record.first], identities[record.second]
         rows.append(
             {
-                "model": identities[record.first],
-                "opponent": identities[record.second],
+                "model": model,
+                "opponent": opponent,
                 "wins": record.wins,
                 "losses": record.losses,
                 "ties": record.ties,
@@ -143,6 +154,7 @@ def vote_win_rates(*, owner, base_model: BaseModel | None = None) -> list[dict]:
                 "win_rate": record.win_rate,
                 "ci_low": low,
                 "ci_high": high,
+                "summary": win_rate_sentence(record, model["name"], opponent["name"]),
             }
         )
     return rows

@@ -14,7 +14,7 @@ from jobs.accounts.auth import request_user
 from jobs.arena import selectors, services
 from jobs.arena.live import chat_channel
 from jobs.arena.models import ChatAnswer
-from jobs.arena.win_rate import CAPTION
+from jobs.arena.win_rate import CAPTION, RANGE_HINT
 from jobs.common import events
 from jobs.common.exceptions import ProductError
 from jobs.common.ids import is_uuid
@@ -43,7 +43,8 @@ def job_compare(request, job_id):
             "candidates": candidates,
             "max_contestants": services.MAX_CONTESTANTS,
             "win_rate_caption": CAPTION,
-            "win_rates": selectors.vote_win_rates(owner=request.user, base_model=job.base_model),
+            "win_rate_range_hint": RANGE_HINT,
+            "win_rates": selectors.vote_win_rates(owner=request.user, base_model=job.base_model, side_of=str(job.id)),
             "vote_counts": selectors.vote_counts(owner=request.user, base_model=job.base_model),
         },
     )

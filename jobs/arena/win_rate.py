@@ -1,4 +1,5 @@
-"""Win rates of model pairs from A/B votes, with Wilson score intervals. Pure Python, no Django.
+"""Win rates of model pairs from A/B votes, with Wilson score intervals, and the same in plain words.
+Pure Python, no Django.
 
 A pair's win rate is that of its first model: (wins + half of ties and of both-bad) / n, where n
 counts every vote on the pair. Ties and both-bad votes both say "neither is better", so each counts
@@ -15,10 +16,13 @@ Z_95 = 1.959963984540054  # the two-sided 95% quantile of the standard normal
 RESULTS = ("first", "second", "tie", "both_bad")
 # The compare page states each pair from the adapter's side (against another adapter: the page's job's side).
 CAPTION = (
-    "Each row is from the first model's side: an adapter against the base, or this page's adapter against "
-    "another. Its win rate = (wins + ½ × (ties + both bad)) / n, with a 95% Wilson score interval; ties and "
-    "both-bad votes count as half a win for each side."
+    "Each row counts your votes on one pair of models, from the side of the model named first. "
+    "A tie or a “both bad” vote counts as half a win for each side."
 )
+# The statistics behind the "could be anywhere from … to …" range, for a tooltip: plain words come first.
+RANGE_HINT = "The range is a 95% Wilson score interval of the win rate = (wins + ½ × (ties + both bad)) / votes."
+# A range at least this wide is called out as "this few votes".
+WIDE_RANGE = 0.2
 
 
 def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
@@ -61,6 +65,43 @@ class PairRecord:
     @property
     def interval(self) -> tuple[float, float]:
         return wilson_interval(self.score, self.n)
+
+    def flipped(self) -> PairRecord:
+        """The same votes from the second model's side (Wilson intervals are symmetric, so its interval is
+        1 - high .. 1 - low)."""
+        return PairRecord(self.second, self.first, self.losses, self.wins, self.ties, self.both_bad)
+
+
+def percent(x: float) -> str:
+    """0.7 -> "70 %", rounded half up to a whole percent."""
+    return f"{math.floor(100 * x + 0.5)} %"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def win_rate_sentence(record: PairRecord, model: str, opponent: str) -> str:
+    """The record in plain words, from `model`'s side: "e2e won 7 of 10 votes (70 %) against the base. With
+    this few votes the true rate could be anywhere from 40 % to 89 %." (The range is the Wilson interval.)"""
+    if not record.n:
+        return f"No votes yet on {model} against {opponent}."
+    rate = record.win_rate
+    assert rate is not None
+    votes = _count(record.n, "vote", "votes")
+    level = record.ties + record.both_bad
+    if not level:
+        said = f"{model} won {record.wins} of {votes} ({percent(rate)}) against {opponent}."
+    else:
+        said = f"{model} won {record.wins} of {votes} against {opponent}"
+        parts = [_count(record.ties, "tie", "ties")] if record.ties else []
+        parts += [_count(record.both_bad, "“both bad” vote", "“both bad” votes")] if record.both_bad else []
+        counts = "count as half a win each" if level > 1 else "counts as half a win"
+        said += f" and lost {record.losses}; {' and '.join(parts)} {counts}, so its win rate is {percent(rate)}."
+    low, high = record.interval
+    if high - low >= WIDE_RANGE:
+        return f"{said} With this few votes the true rate could be anywhere from {percent(low)} to {percent(high)}."
+    return f"{said} The true rate is most likely between {percent(low)} and {percent(high)}."
 
 
 def win_rate_table(votes: Iterable[tuple[Hashable, Hashable, str]]) -> list[PairRecord]:

@@ -6,6 +6,7 @@ since a preference loss and a supervised loss do not share a scale."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,11 @@ class Row:
     label: str
     hint: str
     cells: list[Cell]
+    runs: tuple[str, ...] = ()  # each cell's run, to label it (a card per run on a phone)
+
+    @property
+    def labelled_cells(self) -> list[tuple[str, Cell]]:
+        return list(zip(self.runs, self.cells, strict=False))
 
     @property
     def differs(self) -> bool:
@@ -151,7 +157,8 @@ def runs_table(
             rows.append(Row(name, label, field_term(name), cells))
         elif name not in LEADING_SETTINGS and (name in SETTINGS or name in unknown):
             rows.append(_setting_row(name, configs, devices))
-    return rows
+    names = tuple(job.name or job.short_id for job in jobs)
+    return [dataclasses.replace(row, runs=names) for row in rows]
 
 
 def loss_charts(methods: list[str]) -> list[dict[str, str]]:

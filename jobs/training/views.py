@@ -70,7 +70,14 @@ def job_new(request):
     dataset_field.widget.attrs["autocomplete"] = "off"
     if not request.POST.get("dataset") if request.method == "POST" else start.dataset_missing:
         dataset_field.empty_label = "Pick a dataset"  # ask for it rather than show another one in its place
-    context = {"form": form, "start": start, "dataset_kinds": dataset_kinds(owner=request.user)}
+    has_data = dataset_field.queryset.exists()  # without any: the demo dataset and an upload, not a Start button
+    context = {
+        "form": form,
+        "start": start,
+        "dataset_kinds": dataset_kinds(owner=request.user),
+        "has_data": has_data,
+        "upload_form": None if has_data else UploadForm(),
+    }
     if request.method == "POST":
         if form.is_valid():  # the job's plan, every rule checked
             job = services.job_create(plan=form.plan, name=form.cleaned_data["name"])
@@ -98,6 +105,7 @@ def runs_compare(request):
     evaluations = [job_evaluation(j) for j in jobs]
     finals = [
         {
+            "run": j.name or j.short_id,
             "loss": j.final_loss,
             "eval_loss": _kept_eval_loss(j, e),
             "adapter_exact": (e or {}).get("rates", {}).get("adapter", {}).get("exact"),

@@ -2,8 +2,10 @@
 (function () {
   const root = document.getElementById("workers-root");
   if (!root) return;
-  function cell(row, text, href) {
+  // Each cell carries its column's name (data-label): on a phone a row reads as a card.
+  function cell(row, label, text, href) {
     const td = row.insertCell();
+    td.dataset.label = label;
     if (href) {
       const a = document.createElement("a"); a.href = href; a.textContent = text; td.appendChild(a);
     } else {
@@ -15,9 +17,9 @@
     workers.replaceChildren();
     for (const [i, w] of data.workers.entries()) {
       const row = workers.insertRow();
-      cell(row, w.name || String(i + 1));  // names are for staff only
-      cell(row, `${w.count} × ${w.device}`); cell(row, `${Math.round(w.memory_mb)} MB`);
-      if (w.job) cell(row, w.job.name, `/jobs/${w.job.id}/`); else cell(row, w.busy ? "busy" : "idle");
+      cell(row, "Worker", w.name || String(i + 1));  // names are for staff only
+      cell(row, "Devices", `${w.count} × ${w.device}`); cell(row, "Memory per device", `${Math.round(w.memory_mb)} MB`);
+      if (w.job) cell(row, "Now", w.job.name, `/jobs/${w.job.id}/`); else cell(row, "Now", w.busy ? "busy" : "idle");
     }
     if (!data.workers.length) {
       const row = workers.insertRow(); row.className = "empty";
@@ -32,7 +34,7 @@
     waiting.replaceChildren();
     for (const j of data.waiting) {
       const row = waiting.insertRow();
-      cell(row, j.name, `/jobs/${j.id}/`); cell(row, j.reason);
+      cell(row, "Job", j.name, `/jobs/${j.id}/`); cell(row, "Why it waits", j.reason);
     }
     if (!data.waiting.length) {
       const row = waiting.insertRow(); row.className = "empty";

@@ -36,6 +36,9 @@ def job2(user, base_model):
     return finished_job(user, base_model, "shapes")
 
 
+BASE = "base"
+
+
 def ask(client, job, django_capture_on_commit_callbacks, **body):
     with mock.patch("jobs.arena.tasks.chat_round.delay") as delay, django_capture_on_commit_callbacks(execute=True):
         response = client.post(
@@ -311,6 +314,66 @@ def test_rest_blind_round_vote_and_win_rates(user, job, base_model, django_captu
         assert response.status_code == 400 and response.json()["error"]["field"] == "base_model"
 
 
+def test_win_rates_say_each_pair_in_plain_words_from_the_side_asked_for(
+    page_api, client_in, job, job2, django_capture_on_commit_callbacks
+):
+    for contestants, choice in (([BASE, job], "right"), ([job2, job], "left"), ([BASE, job2], "tie")):
+        keys = [c if c == BASE else str(c.id) for c in contestants]
+        response, _ = ask(page_api, job, django_capture_on_commit_callbacks, contestants=keys)
+        answer_all(list(columns(response.json(), job).values()))
+        assert vote(page_api, response.json()["round"], choice).status_code == 201
+    colours, shapes, base = f"colours ({job.short_id})", f"shapes ({job2.short_id})", "tiny-llama (base)"
+
+    # Unchanged by default: each pair from its first model's side (the base first), now with a summary.
+    rows = {(r["model"]["name"], r["opponent"]["name"]): r for r in page_api.get("/api/v1/win-rates/").json()}
+    first, second = sorted([(job, colours), (job2, shapes)], key=lambda j: str(j[0].id))
+    assert set(rows) == {(base, colours), (first[1], second[1]), (base, shapes)}
+    assert {k for r in rows.values() for k in r} == {
+        "model",
+        "opponent",
+        "wins",
+        "losses",
+        "ties",
+        "both_bad",
+        "n",
+        "win_rate",
+        "ci_low",
+        "ci_high",
+        "summary",
+    }
+    row = rows[(base, colours)]
+    assert (row["wins"], row["losses"], row["win_rate"]) == (0, 1, 0.0)
+    assert row["summary"] == (
+        f"{base} won 0 of 1 vote (0 %) against {colours}. "
+        "With this few votes the true rate could be anywhere from 0 % to 79 %."
+    )
+
+    # From this job's side, as its compare page asks (any spelling of the id); other pairs from the adapter's side.
+    for spelling in (str(job.id), str(job.id).upper(), job.id.hex):
+        oriented = page_api.get(f"/api/v1/win-rates/?side_of={spelling}&base_model={job.base_model_id}").json()
+        got = {(r["model"]["name"], r["opponent"]["name"]): r for r in oriented}
+        assert set(got) == {(colours, base), (colours, shapes), (shapes, base)}, spelling
+    mine = got[(colours, base)]
+    assert (mine["wins"], mine["losses"], mine["win_rate"]) == (1, 0, 1.0)
+    assert mine["ci_low"] == pytest.approx(1 - row["ci_high"]) and mine["ci_high"] == pytest.approx(1 - row["ci_low"])
+    assert mine["summary"] == (
+        f"{colours} won 1 of 1 vote (100 %) against {base}. "
+        "With this few votes the true rate could be anywhere from 21 % to 100 %."
+    )
+    assert (got[(colours, shapes)]["wins"], got[(colours, shapes)]["losses"]) == (0, 1)
+    assert got[(shapes, base)]["summary"].startswith(
+        f"{shapes} won 0 of 1 vote against {base} and lost 0; 1 tie counts as half a win, so its win rate is 50 %."
+    )
+    response = page_api.get("/api/v1/win-rates/?side_of=nope")
+    assert response.status_code == 400 and response.json()["error"]["field"] == "side_of"
+
+    # The compare page draws the same rows from its job's side, and says where the numbers come from in a hint.
+    response = client_in.get(f"/jobs/{job.id}/compare/")
+    assert response.context["win_rates"] == oriented
+    html = response.content.decode()
+    assert f"side_of={job.id}" in html and "95% CI" not in html and 'title="The range is a 95% Wilson' in html
+
+
 def test_compare_page_offers_finished_adapters_on_the_same_base_and_the_table(client_in, user, job, job2, base_model):
     from jobs.base_models.services import base_model_register
 
@@ -327,6 +390,8 @@ def test_compare_page_offers_finished_adapters_on_the_same_base_and_the_table(cl
     ]
     html = response.content.decode()
     assert 'id="win-rates"' in html and "Wilson" in html and 'id="win-rates-data"' in html
+    # Blind mode is a switch in the page, explained in a line; "New chat" starts over.
+    assert 'role="switch"' in html and 'id="blind-help"' in html and 'id="new-chat"' in html
     # The page's script is pointed at the REST API, not at a private one.
     assert f'data-ask-url="/api/v1/jobs/{job.id}/chat/"' in html and 'data-vote-base="/api/v1/chat-rounds/"' in html
 

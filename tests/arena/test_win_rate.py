@@ -1,8 +1,8 @@
-"""Win rates and Wilson intervals against hand-computed values (no database)."""
+"""Win rates and Wilson intervals against hand-computed values, and the same in plain words (no database)."""
 
 import pytest
 
-from jobs.arena.win_rate import PairRecord, wilson_interval, win_rate_table
+from jobs.arena.win_rate import PairRecord, percent, wilson_interval, win_rate_sentence, win_rate_table
 
 
 @pytest.mark.parametrize(
@@ -57,3 +57,44 @@ def test_table_refuses_bad_votes():
     with pytest.raises(ValueError, match="against itself"):
         win_rate_table([("a", "a", "tie")])
     assert win_rate_table([]) == [] and PairRecord("a", "b").win_rate is None
+
+
+def test_a_win_rate_reads_as_plain_words_with_its_range():
+    # 7 of 10: Wilson 95% 0.3968 .. 0.8922 (the tables), said as whole percents.
+    record = PairRecord("job1", "base", wins=7, losses=3)
+    assert win_rate_sentence(record, "e2e (ab12cd34)", "tiny-llama (base)") == (
+        "e2e (ab12cd34) won 7 of 10 votes (70 %) against tiny-llama (base). "
+        "With this few votes the true rate could be anywhere from 40 % to 89 %."
+    )
+    assert win_rate_sentence(PairRecord("a", "b", wins=1), "A", "B") == (
+        "A won 1 of 1 vote (100 %) against B. With this few votes the true rate could be anywhere from 21 % to 100 %."
+    )
+    # Many votes narrow the range: 140 of 200, Wilson 0.6329 .. 0.7595.
+    assert win_rate_sentence(PairRecord("a", "b", wins=140, losses=60), "A", "B") == (
+        "A won 140 of 200 votes (70 %) against B. The true rate is most likely between 63 % and 76 %."
+    )
+    assert "Wilson" not in win_rate_sentence(record, "A", "B") and "CI" not in win_rate_sentence(record, "A", "B")
+
+
+def test_ties_and_both_bad_are_said_as_half_wins():
+    # (3 + ½·2) / 7 = 57 %; Wilson of 4/7: 0.2505 .. 0.8418.
+    both = PairRecord("a", "b", wins=3, losses=2, ties=1, both_bad=1)
+    assert win_rate_sentence(both, "A", "B") == (
+        "A won 3 of 7 votes against B and lost 2; 1 tie and 1 “both bad” vote count as half a win each, so its "
+        "win rate is 57 %. With this few votes the true rate could be anywhere from 25 % to 84 %."
+    )
+    one = win_rate_sentence(PairRecord("a", "b", wins=1, ties=1), "A", "B")
+    assert one.startswith(
+        "A won 1 of 2 votes against B and lost 0; 1 tie counts as half a win, so its win rate is 75 %."
+    )
+    assert win_rate_sentence(PairRecord("a", "b"), "A", "B") == "No votes yet on A against B."
+
+
+def test_a_record_turned_round_is_the_other_sides_view():
+    record = PairRecord("base", "job1", wins=2, losses=5, ties=1, both_bad=0)
+    other = record.flipped()
+    assert (other.first, other.second, other.wins, other.losses, other.ties, other.n) == ("job1", "base", 5, 2, 1, 8)
+    assert other.win_rate == pytest.approx(1 - record.win_rate)
+    low, high = record.interval
+    assert other.interval == pytest.approx((1 - high, 1 - low), abs=1e-12)
+    assert [percent(x) for x in (0, 0.005, 0.3968, 0.8922, 1)] == ["0 %", "1 %", "40 %", "89 %", "100 %"]

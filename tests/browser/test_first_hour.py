@@ -320,6 +320,22 @@ def too_wide(page) -> list[str]:
         .slice(0, 5).map(e => `${e.tagName}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}px`)""")
 
 
+def cut_off(page) -> list[str]:
+    """Visible elements that reach past the window's right edge, inside a sideways-scrolling box or not (a table
+    that scrolls inside its card hides its right-hand columns just the same)."""
+    return page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter(e => { const r = e.getBoundingClientRect();
+                       return r.width > 0 && r.height > 0 && r.right > window.innerWidth + 1 && e.checkVisibility(); })
+        .slice(0, 5).map(e => `${e.tagName}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}px`)""")
+
+
+def broken_code_words(page) -> list[str]:
+    """Short code words (no spaces) that the page breaks over two lines ('tex' / 't')."""
+    return page.evaluate("""() => [...document.querySelectorAll('main code')]
+        .filter(c => c.checkVisibility() && !/\\s/.test(c.textContent) && c.textContent.length <= 24
+                     && c.getClientRects().length > 1).map(c => c.textContent)""")
+
+
 def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, dataset):
     first = start_job(stack, api, dataset, max_steps=2)
     second = start_job(stack, api, dataset, max_steps=2, rank=4, alpha=8)
@@ -345,8 +361,17 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
     response = page.goto(stack.url + "/no/such/page/")
     assert response.status == 404 and "Page not found" in page.inner_text("h1")
     sign_in(page, stack, "alice")
-    nav = page.inner_text("header nav")
-    assert "Compare runs" in nav and "API docs" in nav
+    # The top bar is one line with a Menu button; a tap shows the links, another folds them away.
+    menu, links = page.locator("header.top .menu-toggle"), page.locator("header.top nav a")
+    assert menu.is_visible() and not links.first.is_visible()
+    assert page.locator("header.top").bounding_box()["height"] < 60, "the top bar is one line"
+    menu.click()
+    assert page.get_attribute("header.top .menu-toggle", "aria-expanded") == "true"
+    shown = [a.inner_text() for a in links.all() if a.is_visible()]
+    assert {"Datasets", "New job", "Jobs", "Compare runs", "API docs"} <= set(shown), shown
+    assert page.locator("header.top button", has_text="Sign out").is_visible() and no_sideways_scroll(page)
+    menu.click()
+    assert not links.first.is_visible()
     pages = [
         "/datasets/",
         f"/datasets/{dataset}/",
@@ -360,13 +385,26 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
         "/account/usage/",
         "/account/keys/",
         "/account/webhooks/",
+        "/api/docs/",
         "/no/such/page/",
     ]
     for path in pages:
         page.goto(stack.url + path)
         page.wait_for_load_state("networkidle")
+        if path == "/api/docs/":
+            page.locator("#swagger-ui .opblock").first.wait_for()
         assert no_sideways_scroll(page), f"{path} scrolls sideways at 390 px: {too_wide(page)}"
+        assert cut_off(page) == [], f"{path} hides something past the right edge at 390 px"
+        assert broken_code_words(page) == [], f"{path} breaks code words mid-word"
+        assert page.locator("header.top .menu-toggle").is_visible(), f"{path} has no site navigation"
         assert duplicate_ids(page) == [], f"{path} repeats element ids"
+    # Wide tables read as cards: each cell says which column it is.
+    page.goto(stack.url + "/jobs/")
+    status = page.locator("#jobs-table tbody tr").first.locator("td", has_text="succeeded")
+    assert status.get_attribute("data-label") == "Status"
+    assert page.locator("#jobs-table thead").bounding_box()["height"] <= 1, "the header row gives way to labels"
+    page.goto(stack.url + "/datasets/")
+    assert page.locator("main a.button", has_text="Train on this").first.is_visible()
     page.goto(f"{stack.url}/jobs/{first}/")
     assert page.locator("#loss-chart").bounding_box()["height"] >= 200, "the chart keeps a readable height"
     # The chart also as a table, and status changes announced.
@@ -519,6 +557,21 @@ def compare_sft_and_dpo(stack, page, sft: str, dpo: str, pairs: str) -> None:
     kept = page.locator("tr[data-result=eval-loss] td").all_inner_texts()[columns.index(f"/jobs/{sft}/")]
     page.goto(f"{stack.url}/jobs/{sft}/")
     assert kept == page.inner_text("#evaluation td[data-key=adapter-loss]") and re.fullmatch(r"\d+\.\d{4}", kept)
+
+
+def test_the_job_form_without_data_offers_the_demo_and_an_upload_not_a_start(stack, page):
+    """A user without a dataset sees a friendly way to get one where the form would start a job (no red box, no
+    Start button to press); the demo dataset opens the form on it, ready to start."""
+    sign_in(page, stack, "bob")
+    page.goto(stack.url + "/jobs/new/")
+    panel = page.locator("#no-data")
+    assert panel.is_visible() and "dataset" in panel.inner_text()
+    assert page.locator("#no-data input[type=file]").is_visible()
+    assert page.locator("main .errors").count() == 0, "no error before the user did anything"
+    assert page.locator("#submit-job:enabled").count() == 0, "no Start button to press without data"
+    page.click("#no-data-demo")
+    page.wait_for_url("**/jobs/new/?dataset=*")
+    assert page.locator("#no-data").count() == 0 and page.locator("#submit-job").is_enabled()
 
 
 def test_the_first_page_after_sign_in_starts_a_new_user_from_the_demo(stack, browser):

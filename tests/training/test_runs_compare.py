@@ -89,7 +89,7 @@ def test_only_differences_is_on_by_default_and_hides_the_rows_where_runs_agree(
     response = client_in.get(f"/jobs/compare/?job={a.id}&job={b.id}")
     html = response.content.decode()
     assert re.search(r'<input type="checkbox" id="only-differences" checked>', html)
-    assert 'class="runs-table only-differences"' in html
+    assert 'class="runs-table stack only-differences"' in html
     rows = rows_of(response)
     assert rows["rank"].differs and not rows["learning_rate"].differs and not rows["dataset"].differs
     assert response.context["differing"] == 1
@@ -183,7 +183,7 @@ def test_the_eval_loss_is_the_kept_adapters_the_job_page_shows(client_in, user, 
     html = table_of(response.content.decode())
     row = re.search(r'<tr class="result" data-result="eval-loss">(.*?)</tr>', html, re.S)
     assert row is not None
-    cells = re.findall(r"<td>(.*?)</td>", row.group(1))
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
     job_page = client_in.get(f"/jobs/{kept.id}/").content.decode()
     shown = re.search(r'<td data-key="adapter-loss">(.*?)</td>', job_page)
     assert shown is not None and cells[by_job["kept"]] == shown.group(1) == "1.2345"
