@@ -265,6 +265,16 @@ def summary_table(evaluation: dict[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "n/a" if v is None else percent_words(v)
 
+    if evaluation.get("kind") == "reward":
+        reward = evaluation["reward"]
+        return "\n".join(
+            [
+                "| | start | adapted |",
+                "| --- | --- | --- |",
+                f"| mean reward ({evaluation['prompts']} held-out prompts) | {reward['base']:.4f} | "
+                f"{reward['adapter']:.4f} |",
+            ]
+        )
     if evaluation.get("kind") == "preference":
         acc, loss = evaluation["accuracy"], evaluation["loss"]
         return "\n".join(

@@ -90,8 +90,31 @@ def answers_summary(evaluation: dict[str, Any]) -> JobSummary:
     return JobSummary(sentence + ".", numbers[:3])
 
 
+def reward_summary(evaluation: dict[str, Any]) -> JobSummary:
+    """Reinforcement: the grader's mean score of the start model's and the result's answers to held-out prompts."""
+    reward = evaluation["reward"]
+    sentence = (
+        f"On {evaluation['prompts']} held-out prompts your grader scores the adapted model's answers "
+        f"{reward['adapter']:.2f} on average; the start model's {reward['base']:.2f} (higher is better)."
+    )
+    numbers = [
+        Headline(
+            "Grader's score of the answers (higher is better)",
+            "mean reward",
+            *map(_score, (reward["base"], reward["adapter"])),
+        )
+    ]
+    return JobSummary(sentence, numbers)
+
+
+def _score(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def evaluation_summary(evaluation: dict[str, Any] | None) -> JobSummary | None:
-    """The sentence and headline numbers of an evaluation (answers or preference pairs); None without one."""
+    """The sentence and headline numbers of an evaluation (answers, preference pairs or rewards); None without one."""
+    if evaluation and evaluation.get("kind") == "reward":
+        return reward_summary(evaluation)
     if evaluation and evaluation.get("kind") == "preference":
         return preference_summary(evaluation)
     if evaluation and evaluation.get("rates"):

@@ -12,6 +12,7 @@ KIND_LABELS = {**SCHEMA_LABELS, "mapped": "Examples (mapped columns)"}
 # Below these counts a job barely changes the model: the pages warn before a job starts (never refuse).
 USEFUL_PAIRS = 20
 USEFUL_EXAMPLES = 50
+USEFUL_PROMPTS = 20  # reinforcement: each prompt is answered several times a step
 
 
 class Dataset(models.Model):
@@ -50,6 +51,16 @@ class Dataset(models.Model):
         return self.schema == "preference"
 
     @property
+    def holds_prompts(self) -> bool:
+        """Prompts to reward (messages ending with a user turn, plus fields the graders read): reinforcement data."""
+        return self.schema == "prompts"
+
+    @property
+    def data_method(self) -> str:
+        """The method this data trains with by default: dpo for pairs, reinforcement for prompts, else supervised."""
+        return "dpo" if self.holds_pairs else "reinforcement" if self.holds_prompts else "supervised"
+
+    @property
     def kind_label(self) -> str:
         """What the dataset holds, in plain words ("Chat examples", "Preference pairs")."""
         return KIND_LABELS.get(self.schema, "Examples")
@@ -57,7 +68,13 @@ class Dataset(models.Model):
     @property
     def size_warning(self) -> str:
         """A warning when the dataset is too small for a job to change the model much, else ""."""
-        useful, noun = (USEFUL_PAIRS, "preference pair") if self.holds_pairs else (USEFUL_EXAMPLES, "example")
+        useful, noun = (
+            (USEFUL_PAIRS, "preference pair")
+            if self.holds_pairs
+            else (USEFUL_PROMPTS, "prompt")
+            if self.holds_prompts
+            else (USEFUL_EXAMPLES, "example")
+        )
         if self.rows >= useful:
             return ""
         return (

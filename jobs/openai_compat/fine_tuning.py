@@ -57,11 +57,26 @@ def _hyperparameters(config: dict) -> dict[str, Any]:
     }
 
 
-def _method_object(config: dict, hyper: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's `method`: supervised, or dpo with beta (and orpo, this product's extension, the same way)."""
+def _method_object(config: dict, hyper: dict[str, Any], grader: dict | None = None) -> dict[str, Any]:
+    """OpenAI's `method`: supervised, dpo with beta (and orpo, this product's extension, the same way), or
+    reinforcement with its grader."""
     kind = config.get("method", "supervised")
     if kind == "supervised":
         return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+    if kind == "reinforcement":
+        return {
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": grader,
+                "hyperparameters": {
+                    **hyper,
+                    "eval_interval": config.get("eval_every") or "auto",
+                    "eval_samples": 1,
+                    "compute_multiplier": round(config.get("group_size", DEFAULT_GROUP) / DEFAULT_GROUP, 6),
+                    "reasoning_effort": "default",
+                },
+            },
+        }
     return {"type": kind, kind: {"hyperparameters": {**hyper, "beta": config.get("beta")}}}
 
 
@@ -94,7 +109,7 @@ def job_object(job: FineTuneJob) -> dict[str, Any]:
         "validation_file": file_id(validation["dataset"]) if validation.get("kind") == "dataset" else None,
         "training_file": file_id(job.dataset_id) if job.dataset_id else None,
         "hyperparameters": hyper,
-        "method": _method_object(config, hyper),
+        "method": _method_object(config, hyper, job.grader),
         "trained_tokens": None,
         "error": (
             {"code": "training_failed", "message": job.error, "param": None} if job.status == JobStatus.FAILED else None
@@ -137,7 +152,12 @@ JOB_FIELDS = {
     "metadata": "an object",
 }
 HYPER_FIELDS = {key for key, name in HYPER_SETTINGS.items() if OPENAI_PARAMS[name].startswith("hyperparameters.")}
-METHOD_TYPES = ("supervised", "dpo", "orpo")  # orpo: this product's extension, shaped like dpo
+METHOD_TYPES = ("supervised", "dpo", "orpo", "reinforcement")  # orpo: this product's extension, shaped like dpo
+# Reinforcement's own hyperparameters in OpenAI's request: eval_interval is eval_every; compute_multiplier scales
+# the answers tried per prompt (1.0 = the default group size); eval_samples (answers per validation prompt: one
+# greedy answer here) and reasoning_effort (for reasoning models) are accepted at their defaults.
+REINFORCEMENT_HYPER = {"eval_interval", "eval_samples", "compute_multiplier", "reasoning_effort"}
+DEFAULT_GROUP = TrainConfig().group_size
 
 
 def _hyper_to_config(hyper: Any, param: str, allowed: set[str] = HYPER_FIELDS) -> dict[str, Any]:
@@ -178,7 +198,46 @@ def config_error(exc: InputError, method: str) -> OpenAIError:
         "base_model": "model",
         "start_from": "model",
     }.get(exc.field) or openai_param(exc.field, method)
+    if exc.field == "grader" or exc.field.startswith("grader."):
+        param = f"method.reinforcement.{exc.field}"
     return OpenAIError(f"{param}: {exc.message}", param=param)
+
+
+def _reinforcement_hyper(hyper: dict, param: str) -> dict[str, Any]:
+    """Take reinforcement's own hyperparameters out of `hyper` (OpenAI's names) as settings."""
+    out: dict[str, Any] = {}
+    interval = hyper.pop("eval_interval", None)
+    if interval not in (None, "auto"):
+        out["eval_every"] = interval
+    multiplier = hyper.pop("compute_multiplier", None)
+    if multiplier not in (None, "auto"):
+        if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or multiplier <= 0:
+            raise OpenAIError(
+                f"{param}.compute_multiplier must be a positive number", param=f"{param}.compute_multiplier"
+            )
+        out["group_size"] = max(2, round(DEFAULT_GROUP * multiplier))
+    samples = hyper.pop("eval_samples", None)
+    if samples not in (None, "auto", 1):
+        raise OpenAIError(
+            f"{param}.eval_samples: each validation prompt is answered once (greedily) here; leave it out or use 1",
+            param=f"{param}.eval_samples",
+        )
+    effort = hyper.pop("reasoning_effort", None)
+    if effort not in (None, "default"):
+        raise OpenAIError(
+            f"{param}.reasoning_effort applies to OpenAI's reasoning models; leave it out",
+            param=f"{param}.reasoning_effort",
+        )
+    return out
+
+
+def request_grader(body: dict) -> object:
+    """The grader of a reinforcement request (`method.reinforcement.grader`), or None."""
+    method = body.get("method")
+    if isinstance(method, dict) and method.get("type") == "reinforcement":
+        options = method.get("reinforcement")
+        return options.get("grader") if isinstance(options, dict) else None
+    return None
 
 
 def job_config_from_request(body: dict) -> TrainConfig:
@@ -197,7 +256,11 @@ def job_config_from_request(body: dict) -> TrainConfig:
         if not isinstance(options, dict):
             raise OpenAIError(f"method.{kind} must be an object", param=f"method.{kind}")
         allowed = HYPER_FIELDS | ({"beta"} if kind != "supervised" else set())
-        values.update(_hyper_to_config(options.get("hyperparameters"), f"method.{kind}.hyperparameters", allowed))
+        hyper = options.get("hyperparameters")
+        if kind == "reinforcement" and isinstance(hyper, dict):
+            hyper = dict(hyper)
+            values.update(_reinforcement_hyper(hyper, f"method.{kind}.hyperparameters"))
+        values.update(_hyper_to_config(hyper, f"method.{kind}.hyperparameters", allowed))
         values["method"] = kind
     lora = body.get("lora") or {}
     if not isinstance(lora, dict):
@@ -249,7 +312,12 @@ class JobListApi(OpenAIView):
             config = dataclasses.replace(config, start_from=str(start.id))
         try:
             plan = job_plan(
-                owner=request.user, dataset=dataset, base_model=base, config=config, validation_dataset=other
+                owner=request.user,
+                dataset=dataset,
+                base_model=base,
+                config=config,
+                validation_dataset=other,
+                grader=request_grader(body),
             )
         except InputError as exc:
             raise config_error(exc, config.method) from None

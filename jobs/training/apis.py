@@ -85,6 +85,7 @@ class JobOutput(serializers.Serializer):
     dataset = serializers.UUIDField(source="dataset_id", allow_null=True)
     dataset_name = serializers.CharField()
     validation = serializers.JSONField()
+    grader = serializers.JSONField(help_text="reinforcement: the grader scoring the answers; null for other methods")
     base_model = serializers.UUIDField(source="base_model_id")
     config = serializers.JSONField()
     step = serializers.IntegerField()
@@ -159,6 +160,11 @@ class PlanInput(StrictInput):
     validation_percent = serializers.FloatField(required=False, default=10, min_value=0.1, max_value=90)
     validation_seed = serializers.IntegerField(required=False, default=42, min_value=0)
     validation_dataset = serializers.UUIDField(required=False)
+    grader = serializers.JSONField(
+        required=False,
+        help_text="reinforcement only: the grader that scores each sampled answer, in OpenAI's shape "
+        "(string_check, text_similarity, python, multi); see /api/v1/graders/validate",
+    )
 
 
 def _job_plan(request, serializer_class, *, refuse: bool) -> tuple[dict, JobPlan]:
@@ -188,6 +194,7 @@ def _job_plan(request, serializer_class, *, refuse: bool) -> tuple[dict, JobPlan
         validation_seed=values["validation_seed"],
         validation_dataset=other,
         refuse=refuse,
+        grader=values.get("grader"),
     )
     return values, plan
 

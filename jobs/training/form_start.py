@@ -68,8 +68,8 @@ def _follow_the_data(start: FormStart, *, owner, params, dataset: Dataset | None
     asked = params.get("method")
     if asked in METHODS:
         initial["method"] = asked
-    elif dataset is not None and dataset.holds_pairs != (initial.get("method") in PREFERENCE_METHODS):
-        initial["method"] = "dpo" if dataset.holds_pairs else "supervised"
+    elif dataset is not None and _method_kind(dataset.data_method) != _method_kind(initial.get("method") or ""):
+        initial["method"] = dataset.data_method
         if cloned:
             start.notes.append(
                 f"{dataset.name} holds {dataset.kind_label.lower()}: the method is now {initial['method']}."
@@ -89,10 +89,19 @@ def _follow_the_data(start: FormStart, *, owner, params, dataset: Dataset | None
     return None
 
 
+def _method_kind(method: str) -> str:
+    """The kind of data a method trains on: pairs, prompts or examples."""
+    return "pairs" if method in PREFERENCE_METHODS else "prompts" if method == "reinforcement" else "examples"
+
+
 def _summary(dataset: Dataset, method: str, on_top_of: FineTuneJob | None) -> str:
     """ "Trains on your 12 preference pairs from <dataset> with DPO, on top of <job>." in one sentence."""
-    how = "DPO" if method == "dpo" else "ORPO" if method == "orpo" else "supervised fine-tuning"
-    noun = ("preference pair" if dataset.holds_pairs else "example") + ("" if dataset.rows == 1 else "s")
+    how = {"dpo": "DPO", "orpo": "ORPO", "reinforcement": "reinforcement (answers scored by your grader)"}.get(
+        method, "supervised fine-tuning"
+    )
+    noun = ("preference pair" if dataset.holds_pairs else "prompt" if dataset.holds_prompts else "example") + (
+        "" if dataset.rows == 1 else "s"
+    )
     text = f"Trains on your {dataset.rows} {noun} from {dataset.name} with {how}"
     if on_top_of is not None:
         text += f", on top of {on_top_of.name or on_top_of.short_id}"
@@ -102,6 +111,12 @@ def _summary(dataset: Dataset, method: str, on_top_of: FineTuneJob | None) -> st
 def dataset_kinds(*, owner) -> dict[str, dict]:
     """Each of the owner's datasets' kind and size warning, for the form's script (the method follows the data)."""
     return {
-        str(d.id): {"name": d.name, "pairs": d.holds_pairs, "kind": d.kind_label, "warning": d.size_warning}
+        str(d.id): {
+            "name": d.name,
+            "pairs": d.holds_pairs,
+            "method": d.data_method,
+            "kind": d.kind_label,
+            "warning": d.size_warning,
+        }
         for d in dataset_list(owner=owner).only("id", "name", "schema", "rows")
     }

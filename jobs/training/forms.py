@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import cast
 
 from django import forms
@@ -53,7 +54,10 @@ MAIN_FIELDS = ("dataset", "base_model", "preset")
 # The groups under "Custom settings", declared once: (group of the settings' metadata, fields in order). The
 # form's own fields (name, the validation set) sit with the settings they go with.
 FIELDSETS = (
-    ("learn", ("name", "method", "beta", "start_from")),
+    (
+        "learn",
+        ("name", "method", "beta", "start_from", "grader", "group_size", "sample_temperature", "max_answer_tokens"),
+    ),
     (
         "amount",
         (
@@ -116,6 +120,7 @@ FIELDSETS = (
 )
 # The usual (technical) name of the form's own fields that have a plain label, shown as the hint.
 FORM_TERMS = {
+    "grader": "grader",
     "validation": "Validation set",
     "validation_percent": "Validation %",
     "validation_seed": "Split seed",
@@ -217,6 +222,13 @@ class JobForm(forms.Form):
         help_text="Which examples are held back; the same number holds back the same ones.",
     )
     validation_dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), required=False, label="Test dataset")
+    grader = forms.CharField(
+        required=False,
+        label="How answers are scored",
+        widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false", "class": "code"}),
+        help_text="Reinforcement only: the grader that scores each tried answer from 0 to 1, in OpenAI's JSON shape "
+        "(pick a starting point above it and adjust).",
+    )
 
     def __init__(self, *args, owner, refuse: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -300,6 +312,7 @@ class JobForm(forms.Form):
             other=data.get("validation_dataset"),
         ):
             self._add_config_error(exc)
+        grader = self._grader(data.get("grader") or "")
         if self.errors or data.get("base_model") is None or data.get("dataset") is None:
             return data
         try:
@@ -313,6 +326,7 @@ class JobForm(forms.Form):
                 validation_seed=data.get("validation_seed"),
                 validation_dataset=data.get("validation_dataset"),
                 refuse=self.refuse,
+                grader=grader,
             )
         except JobRefused as exc:
             self.estimate = exc.plan.estimate  # shown with its advice beside the refusal
@@ -326,8 +340,21 @@ class JobForm(forms.Form):
             self.estimate = self.plan.estimate
         return data
 
+    def _grader(self, text: str) -> object:
+        """The grader box's JSON (None when empty); a syntax error goes beside it with its line and column."""
+        if not text.strip():
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            self.add_error("grader", f"Is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}")
+            return None
+
     def _add_config_error(self, exc: InputError) -> None:
         """The message beside its field, or at the top naming the field in words when the form has none."""
+        if exc.field.startswith("grader.") and "grader" not in self.errors:  # a part of it: the path says where
+            self.add_error("grader", f"{exc.field}: {exc.message}")
+            return
         if exc.field in self.fields:
             if exc.field not in self.errors:
                 self.add_error(exc.field, exc.message[0].upper() + exc.message[1:])

@@ -14,7 +14,16 @@ from jobs.common.child_slots import SlotCaps, child_slot
 from jobs.training.selectors import model_named
 from worker.errors import InputError
 from worker.graders.python_sandbox import GraderSourceError, PythonSandbox, SandboxLimits
-from worker.graders.spec import Grader, LabelModel, MultiGrader, PythonGrader, ScoreModel, SingleGrader, parse_grader
+from worker.graders.spec import (
+    Grader,
+    LabelModel,
+    MultiGrader,
+    PythonGrader,
+    ScoreModel,
+    SingleGrader,
+    grader_json,
+    parse_grader,
+)
 
 SLOT_MARGIN_SECONDS = 30
 
@@ -50,8 +59,29 @@ def grader_parts(grader: Grader, path: str = "grader") -> list[tuple[str, Single
     return [(path, grader)]
 
 
-def grader_check(*, owner, grader: object) -> Grader:
-    """The grader, checked: InputError naming the JSON path of the first problem."""
+def job_grader(*, owner, grader: object, load_python: bool = True) -> dict:
+    """A reinforcement job's grader, checked, as the job keeps it (OpenAI's shape). Judge models are refused for
+    training (they score in graders/run only, for now)."""
+    if grader is None:
+        raise InputError(
+            "grader",
+            "reinforcement needs a grader that scores each answer: e.g. a string_check against a field of your "
+            "data, a text_similarity, a python grade(sample, item) or a multi grader combining them",
+        )
+    parsed = grader_check(owner=owner, grader=grader, load_python=load_python)
+    for path, part in grader_parts(parsed):
+        if isinstance(part, (ScoreModel, LabelModel)):
+            raise InputError(
+                f"{path}.type",
+                f"{part.type} graders judge with a model in graders/run; training with a judge model is not "
+                "available yet: use string_check, text_similarity, python or multi",
+            )
+    return grader_json(parsed)
+
+
+def grader_check(*, owner, grader: object, load_python: bool = True) -> Grader:
+    """The grader, checked: InputError naming the JSON path of the first problem. `load_python`: each python
+    grader is loaded in its sandbox (off for the form's estimate, which runs on every change)."""
     parsed = parse_grader(grader)
     for path, part in grader_parts(parsed):
         if isinstance(part, (ScoreModel, LabelModel)) and model_named(owner=owner, name=part.model) is None:
@@ -59,7 +89,7 @@ def grader_check(*, owner, grader: object) -> Grader:
                 f"{path}.model",
                 f"there is no model named '{part.model}' you can use: name a base model or one of your ft: models",
             )
-        if isinstance(part, PythonGrader):
+        if isinstance(part, PythonGrader) and load_python:
             limits = grader_limits()
             sandbox = PythonSandbox(part.source, limits)
             with grader_slot(owner, limits.start_seconds):

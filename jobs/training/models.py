@@ -33,6 +33,9 @@ class FineTuneJob(models.Model):
     validation = models.JSONField(
         default=dict, blank=True, help_text="how the validation split was made: kind, percent, seed, rows"
     )
+    grader = models.JSONField(
+        null=True, blank=True, help_text="reinforcement: the grader that scores the answers, in OpenAI's shape"
+    )
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="jobs")
     config = models.JSONField(help_text="a worker.config.TrainConfig as a dict")
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)

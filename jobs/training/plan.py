@@ -25,11 +25,12 @@ from jobs.datasets.models import Dataset
 from jobs.datasets.token_profiles import dataset_token_report
 from jobs.training import selectors
 from jobs.training.files import job_files
+from jobs.training.graders import job_grader
 from jobs.training.models import FineTuneJob
 from jobs.training.routing import Capacity, job_devices, waiting_for
 from jobs.training.workers import live_capacities
 from worker.config import ConfigError, TrainConfig
-from worker.data.normalized import holds_preference_pairs
+from worker.data.normalized import normalized_kind
 from worker.data.report import truncation_warnings
 from worker.errors import InputError
 from worker.estimate import DataShape, Estimate, compute_bytes, estimate
@@ -68,6 +69,7 @@ class JobPlan:
     refusal: str = ""  # why the job would be refused now (it fits no live worker); "" when it is not
     waiting_for: str = ""  # accepted, but what it waits for ("waiting for a worker with >= 20 GB")
     snapshot_of: FineTuneJob | None = None  # a retry: the job whose data snapshot the new job copies
+    grader: dict | None = None  # reinforcement: the checked grader (OpenAI's shape)
 
     @property
     def memory_mb(self) -> float:
@@ -111,6 +113,7 @@ def job_plan(
     snapshot_of: FineTuneJob | None = None,
     refuse: bool = True,
     fleet: list[tuple[str, Capacity]] | None = None,
+    grader: object = None,
 ) -> JobPlan:
     """Every check of a new job, once: InputError naming the field for anything wrong. With `refuse`, also
     JobRefused when it fits nowhere now and QuotaExceeded past a limit; without (the estimate), `refusal` says
@@ -142,6 +145,12 @@ def job_plan(
             if k not in ("train_rows", "eval_rows")
         }
         validation_dataset = None
+    checked_grader = None
+    if config.is_reinforcement:
+        given = grader if grader is not None or snapshot_of is None else snapshot_of.grader
+        checked_grader = job_grader(owner=owner, grader=given, load_python=refuse)
+    elif grader is not None:
+        raise InputError("grader", "only the reinforcement method uses a grader; leave it out or pick reinforcement")
     fleet = live_capacities() if fleet is None else fleet
     rows = (snapshot_of.validation or {}).get("train_rows", 0) if snapshot_of is not None else 0
     est = job_estimate(owner=owner, dataset=dataset, base_model=base_model, config=config, fleet=fleet, rows=rows)
@@ -159,6 +168,7 @@ def job_plan(
         refusal=_fit_refusal(est, devices, fleet),
         waiting_for=waiting_for(need_mb=est.memory_mb, devices=devices, capacities=[capacity for _, capacity in fleet]),
         snapshot_of=snapshot_of,
+        grader=checked_grader,
     )
     if refuse:
         if plan.refusal:
@@ -223,17 +233,33 @@ def job_start_config(*, owner, base_model: BaseModel, config: TrainConfig) -> Tr
 def job_check_method(*, dataset: Dataset, config: TrainConfig, field: str = "method") -> None:
     """InputError naming `field` unless the dataset is of the method's kind: preference pairs for DPO / ORPO,
     examples with answers (or texts) for supervised tuning (read from the file's first line)."""
-    pairs = bool(dataset.normalized_file) and holds_preference_pairs(blobs.fetch(dataset.normalized_file))
-    _method_matches(pairs, dataset.name, config, field)
+    kind = normalized_kind(blobs.fetch(dataset.normalized_file)) if dataset.normalized_file else "examples"
+    _method_matches(kind, dataset.name, config, field)
 
 
 def _check_snapshot_method(job: FineTuneJob, config: TrainConfig) -> None:
     """The method check of a retry, on the data snapshot it copies (its dataset may be gone)."""
     path = blobs.fetch(job_files(job, "data/train.jsonl"))
-    _method_matches(path.is_file() and holds_preference_pairs(path), job.dataset_name, config, "method")
+    _method_matches(normalized_kind(path) if path.is_file() else "examples", job.dataset_name, config, "method")
 
 
-def _method_matches(pairs: bool, name: str, config: TrainConfig, field: str) -> None:
+def _method_matches(kind: str, name: str, config: TrainConfig, field: str) -> None:
+    pairs = kind == "pairs"
+    if config.is_reinforcement and kind != "prompts":
+        raise InputError(
+            field,
+            f"reinforcement learns from prompts whose answers graders score, and the dataset '{name}' holds "
+            f"{'preference pairs' if pairs else 'examples with answers'}; pick a dataset of prompts "
+            "(messages ending with a user message) or another method",
+        )
+    if kind == "prompts" and not config.is_reinforcement:
+        raise InputError(
+            field,
+            f"the dataset '{name}' holds prompts without answers: train it with method reinforcement and a "
+            "grader that scores the answers",
+        )
+    if config.is_reinforcement:
+        return
     if config.is_preference and not pairs:
         raise InputError(
             field,

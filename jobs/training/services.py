@@ -51,6 +51,7 @@ def job_create(*, plan: JobPlan, name: str = "", default_name: bool = True) -> F
         dataset=plan.dataset,
         base_model=plan.base_model,
         config=plan.config.to_dict(),
+        grader=plan.grader,
         name=name[:200],
         dataset_name=plan.dataset_name,
         dataset_sha256=plan.dataset_sha256,

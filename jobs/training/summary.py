@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from jobs.common.human_units import duration_words
-from worker.config import PREFERENCE_METHODS
+from worker.config import PREFERENCE_METHODS, REINFORCEMENT
 from worker.result_words import JobSummary, evaluation_summary
 
 
@@ -45,13 +45,19 @@ def setting_applies(name: str, config: dict[str, Any], device: str | None) -> bo
     return setting_matters(name, config, device)
 
 
+REINFORCEMENT_SETTINGS = ("group_size", "sample_temperature", "max_answer_tokens")
+
+
 def setting_matters(name: str, config: dict[str, Any], device: str | None) -> bool:
     """Whether a setting has any effect on the job: DPO/ORPO's beta only for those methods, CUDA-only settings
     not on a CPU job, sharding only with several devices, the custom layer list only with the custom preset, the
     early-stopping threshold only with early stopping. Compare runs shows the others as not applicable."""
     value = config.get(name)
+    method = config.get("method", "supervised")
     if name == "beta":
-        return config.get("method", "supervised") in PREFERENCE_METHODS
+        return method in PREFERENCE_METHODS or method == REINFORCEMENT
+    if name in REINFORCEMENT_SETTINGS:
+        return method == REINFORCEMENT
     if name in ("liger", "qlora"):
         # Off, they say nothing unless a GPU could have used them; on a CPU they cannot be on.
         return bool(value) or device == "cuda"

@@ -10,6 +10,7 @@ wakes them every SWEEP_SECONDS, so a lost message delays a job by one sweep and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import shutil
@@ -28,6 +29,7 @@ from jobs.common.shares import EXPORTS, owner_share
 from jobs.training import merges, services, workers
 from jobs.training.claims import Claim, compute_spent, expired_running_jobs, record_crash
 from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir, job_storage_record, merged_zip_name
+from jobs.training.graders import grader_limits
 from jobs.training.live import publish_status
 from jobs.training.models import FineTuneJob, JobStatus, MergedExport
 from jobs.training.reporting import DbReporter
@@ -77,6 +79,8 @@ def build_train_spec(job: FineTuneJob) -> TrainSpec:
         eval_dataset_path=str(eval_file) if eval_file.exists() else None,
         device=settings.TRAIN_DEVICE,
         start_adapter_dir=start_dir,
+        grader=job.grader,
+        grader_limits=dataclasses.asdict(grader_limits()) if job.grader else None,
     )
 
 

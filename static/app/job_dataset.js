@@ -1,5 +1,6 @@
-// Job form: the method follows the data. Choosing a dataset of preference pairs switches the method to DPO
-// (a dataset of examples back to supervised) with a short note, and shows the dataset's too-few warning.
+// Job form: the method follows the data. Choosing a dataset of preference pairs switches the method to DPO, of
+// prompts to reward to reinforcement (of examples back to supervised) with a short note, and shows the dataset's
+// too-few warning.
 // The page never changes the dataset itself.
 (function () {
   const select = document.getElementById("id_dataset");
@@ -10,7 +11,13 @@
   const note = document.getElementById("dataset-note");
   const warning = document.getElementById("dataset-warning");
   const summary = document.getElementById("start-summary");
-  const isPreference = (m) => m === "dpo" || m === "orpo";
+  // The kind of data a method trains on: preference pairs, prompts to reward, or examples with answers.
+  const dataOf = (m) => (m === "dpo" || m === "orpo" ? "pairs" : m === "reinforcement" ? "prompts" : "examples");
+  const said = {
+    dpo: "the method is now DPO (trains on chosen vs rejected answers)",
+    reinforcement: "the method is now reinforcement (answers are tried and scored by your grader)",
+    supervised: "the method is now supervised",
+  };
 
   function showWarning(kind) {
     if (!warning) return;
@@ -20,14 +27,10 @@
   function followData() {
     const kind = kinds[select.value];
     showWarning(kind);
-    if (!kind || kind.pairs === isPreference(method.value)) { if (note) note.textContent = ""; return; }
-    method.value = kind.pairs ? "dpo" : "supervised";
+    if (!kind || dataOf(kind.method) === dataOf(method.value)) { if (note) note.textContent = ""; return; }
+    method.value = kind.method;
     method.dispatchEvent(new Event("change", { bubbles: true }));
-    if (note) {
-      note.textContent = kind.pairs
-        ? `${kind.name} holds preference pairs: the method is now DPO (trains on chosen vs rejected answers).`
-        : `${kind.name} holds ${kind.kind.toLowerCase()}: the method is now supervised.`;
-    }
+    if (note) note.textContent = `${kind.name} holds ${kind.kind.toLowerCase()}: ${said[kind.method]}.`;
   }
   select.addEventListener("change", () => { if (summary) summary.hidden = true; followData(); });
   for (const id of ["id_method", "id_start_from", "id_base_model"]) {

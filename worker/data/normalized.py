@@ -138,8 +138,9 @@ def _preference(value: dict[str, Any], report: Report) -> Example | None:
     return Example(source=0, messages=prompt, chosen=chosen, rejected=rejected)
 
 
-def holds_preference_pairs(path: str | Path) -> bool:
-    """Whether a normalised file holds preference pairs, from its first line (a file holds one kind)."""
+def normalized_kind(path: str | Path) -> str:
+    """What a normalised file holds, from its first line (a file holds one kind): "pairs" (preference pairs),
+    "prompts" (prompts to reward) or "examples"."""
     with open(path, "rb") as fh:
         for raw in fh:
             line = raw.removeprefix(BOM).strip()
@@ -147,6 +148,15 @@ def holds_preference_pairs(path: str | Path) -> bool:
                 try:
                     value = json.loads(line)
                 except ValueError:
-                    return False
-                return isinstance(value, dict) and "chosen" in value
-    return False
+                    return "examples"
+                if isinstance(value, dict) and "chosen" in value:
+                    return "pairs"
+                if isinstance(value, dict) and isinstance(value.get("item"), dict):
+                    return "prompts"
+                return "examples"
+    return "examples"
+
+
+def holds_preference_pairs(path: str | Path) -> bool:
+    """Whether a normalised file holds preference pairs, from its first line (a file holds one kind)."""
+    return normalized_kind(path) == "pairs"

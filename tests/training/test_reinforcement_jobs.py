@@ -1,0 +1,125 @@
+"""Reinforcement jobs through the product: a dataset of prompts is marked as such and makes the form pick the
+reinforcement method; REST, the OpenAI API (the official client's `method` shape) and the form plan one with its
+grader checked where it is wrong; the worker trains it with the job's grader and the job page says the result in
+words; the OpenAI job object carries the grader back."""
+
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from jobs.datasets import services as dataset_services
+from jobs.training import tasks as train_tasks
+from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
+from tests.factories import bearer_client
+
+QUESTIONS = ["what is the answer", "please reply", "hello world", "red green blue", "the quick brown fox", "yes no"]
+DIGITS = {
+    "type": "python",
+    "name": "digits",
+    "source": "def grade(sample, item):\n    text = sample['output_text']\n"
+    "    return sum(c.isdigit() for c in text) / max(1, len(text))\n",
+}
+FAST = {
+    "method": "reinforcement", "batch_size": 4, "learning_rate": 0.02, "warmup_ratio": 0, "target_preset": "all_linear",
+    "rank": 8, "alpha": 16, "dropout": 0.0, "group_size": 8, "max_answer_tokens": 6, "beta": 0.0, "max_steps": 16,
+    "eval_every": 8, "keep_best": False, "max_seq_length": 64,
+}  # fmt: skip
+
+
+@pytest.fixture
+def prompts(user):
+    rows = [{"messages": [{"role": "user", "content": QUESTIONS[i % 6]}], "answer": str(i)} for i in range(24)]
+    upload = SimpleUploadedFile("prompts.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    return dataset_services.dataset_create(owner=user, upload=upload)
+
+
+def _create(api, base_model, dataset, **extra):
+    body = {"dataset": str(dataset.id), "base_model": str(base_model.id), "config": FAST, "grader": DIGITS, **extra}
+    body = {key: value for key, value in body.items() if value is not None}
+    with mock.patch("jobs.training.tasks.job_run.delay"):
+        return api.post("/api/v1/jobs/", body, format="json")
+
+
+def test_prompts_are_their_own_kind_and_pick_the_method(client_in, prompts):
+    assert prompts.schema == "prompts" and prompts.holds_prompts and prompts.data_method == "reinforcement"
+    assert prompts.kind_label == "Prompts to reward"
+    html = client_in.get(f"/jobs/new/?dataset={prompts.id}").content.decode()
+    assert '<option value="reinforcement" selected>' in html
+    assert "Trains on your" in html and "prompts from prompts.jsonl with reinforcement" in html
+
+
+def test_a_reinforcement_job_is_planned_with_its_grader_checked(api, base_model, prompts, chat_file, user):
+    missing = _create(api, base_model, prompts, grader=None)
+    assert missing.status_code == 400 and missing.json()["error"]["field"] == "grader"
+    wrong = _create(api, base_model, prompts, grader={**DIGITS, "source": "def grade(sample, item)\n  pass"})
+    assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "grader.source"
+    assert "SyntaxError" in wrong.json()["error"]["message"]
+    judge = {"type": "score_model", "name": "j", "model": base_model.name, "input": [{"role": "user", "content": "x"}]}
+    refused = _create(api, base_model, prompts, grader=judge)
+    assert (
+        refused.status_code == 400
+        and "training with a judge model is not available" in refused.json()["error"]["message"]
+    )
+    chats = dataset_services.dataset_create(owner=user, upload=SimpleUploadedFile("c.jsonl", chat_file.read_bytes()))
+    other_kind = _create(api, base_model, chats)
+    assert other_kind.status_code == 400 and "holds examples with answers" in other_kind.json()["error"]["message"]
+    supervised = _create(api, base_model, prompts, config={**FAST, "method": "supervised"}, grader=None)
+    assert "holds prompts without answers" in supervised.json()["error"]["message"]
+    assert FineTuneJob.objects.count() == 0
+
+
+def test_the_worker_trains_it_and_the_page_says_the_result(api, client_in, base_model, prompts):
+    created = _create(api, base_model, prompts)
+    assert created.status_code == 201, created.content
+    job = FineTuneJob.objects.get(id=created.json()["id"])
+    assert job.grader["name"] == "digits" and created.json()["grader"]["type"] == "python"
+    train_tasks.job_run(str(job.id))
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    points = list(MetricPoint.objects.filter(job=job).order_by("step"))
+    assert len(points) == 16 and all("reward" in p.extra for p in points)
+    assert points[-1].extra["reward"] > points[0].extra["reward"] + 0.2
+    assert any("eval_reward" in p.extra for p in points)
+    page = client_in.get(f"/jobs/{job.id}/").content.decode()
+    assert "reward" in page.lower()
+    openai_job = bearer_client(job.owner).get(f"/v1/fine_tuning/jobs/ftjob-{job.id.hex}").json()
+    method = openai_job["method"]
+    assert method["type"] == "reinforcement" and method["reinforcement"]["grader"]["name"] == "digits"
+    assert method["reinforcement"]["hyperparameters"]["compute_multiplier"] == 2.0
+
+
+def test_the_official_client_creates_one(user, base_model, prompts):
+    import httpx2
+    import openai
+    from django.core.handlers.wsgi import WSGIHandler
+
+    http = httpx2.Client(transport=httpx2.WSGITransport(app=WSGIHandler()), base_url="http://testserver")
+    client = openai.OpenAI(
+        base_url="http://testserver/v1", api_key=bearer_client(user).raw_key, http_client=http, max_retries=0
+    )
+    with mock.patch("jobs.training.tasks.job_run.delay"):
+        job = client.fine_tuning.jobs.create(
+            model=base_model.name,
+            training_file=f"file-{prompts.id.hex}",
+            method={
+                "type": "reinforcement",
+                "reinforcement": {
+                    "grader": DIGITS,
+                    "hyperparameters": {"n_epochs": 1, "batch_size": 4, "compute_multiplier": 1.5, "eval_interval": 5},
+                },
+            },
+        )
+        assert job.method.type == "reinforcement" and job.method.reinforcement.grader.name == "digits"
+        stored = FineTuneJob.objects.get(id=job.id.removeprefix("ftjob-"))
+        assert (stored.config["group_size"], stored.config["eval_every"]) == (6, 5)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.fine_tuning.jobs.create(
+                model=base_model.name,
+                training_file=f"file-{prompts.id.hex}",
+                method={"type": "reinforcement", "reinforcement": {"grader": {**DIGITS, "type": "nope"}}},
+            )
+        assert caught.value.param == "method.reinforcement.grader.type"
