@@ -259,6 +259,7 @@ def reward_evaluation(
             {
                 "item": {k: v for k, v in p.item.items() if k != "messages"},
                 "prompt": p.item.get("messages"),
+                "question": (p.item.get("messages") or [{}])[-1].get("content", ""),
                 "base": b,
                 "adapter": a,
             }

@@ -202,6 +202,7 @@ def job_detail(request, job_id):
             "api_model": selectors.job_api_model(job),
             "api_base": request.build_absolute_uri("/v1"),
             "preference": job.config.get("method", "supervised") in PREFERENCE_METHODS,
+            "reinforcement": job.config.get("method") == "reinforcement",
             "suggestion": _oom_suggestion(job),
             "waiting": selectors.job_wait_reason(job=job),
             "merged": merged_status(job) if succeeded else None,

@@ -40,6 +40,28 @@
     if (p.reward_accuracy != null) $("stat-accuracy").textContent = p.reward_accuracy.toFixed(2);
     rewards.update("none");
   }
+  // Reinforcement jobs: the grader's mean score of the tried answers and of validation answers, and the spread.
+  const scoreCanvas = $("score-chart");
+  const scores = scoreCanvas && new Chart(scoreCanvas, {
+    type: "line",
+    data: { datasets: [
+      { label: "tried answers", key: "reward", data: [], borderColor: "#4f46e5", pointRadius: 0, borderWidth: 2 },
+      { label: "validation", key: "eval_reward", data: [], borderColor: "#f79009", pointRadius: 3, borderWidth: 2 },
+      { label: "spread", key: "reward_spread", data: [], borderColor: "#12b76a", pointRadius: 0, borderWidth: 1, borderDash: [4, 3] },
+    ] },
+    options: { animation: false, parsing: false, responsive: true, aspectRatio: CHART_RATIO,
+      scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "score" } } } },
+  });
+  function onScores(p) {
+    if (!scores) return;
+    for (const d of scores.data.datasets) {
+      if (p[d.key] != null) { d.data.push({ x: p.step, y: p[d.key] }); d.data.sort((a, b) => a.x - b.x); }
+    }
+    if (p.reward != null) $("stat-reward").textContent = p.reward.toFixed(3);
+    if (p.reward_spread != null) $("stat-spread").textContent = p.reward_spread.toFixed(3);
+    if (p.answer_tokens != null) $("stat-answer-tokens").textContent = p.answer_tokens.toFixed(0);
+    scores.update("none");
+  }
   const seen = new Set();
   const renderedStatus = root.dataset.status;
   function fmtEta(s) {
@@ -92,6 +114,7 @@
     chart.update("none");
     addTableRow(p);
     onRewards(p);
+    onScores(p);
     const c = $("points-count"); c.dataset.count = seen.size; c.textContent = `${seen.size} points`;
   }
   const source = new EventSource(root.dataset.eventsUrl);

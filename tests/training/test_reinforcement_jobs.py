@@ -85,7 +85,9 @@ def test_the_worker_trains_it_and_the_page_says_the_result(api, client_in, base_
     assert points[-1].extra["reward"] > points[0].extra["reward"] + 0.2
     assert any("eval_reward" in p.extra for p in points)
     page = client_in.get(f"/jobs/{job.id}/").content.decode()
-    assert "reward" in page.lower()
+    assert 'id="score-chart"' in page and "Evaluation: start vs adapted" in page
+    assert "held-out prompts your grader scores the adapted model" in page
+    assert any(f'<td data-label="Prompt">{q}</td>' in page for q in QUESTIONS)  # the answers, by prompt
     openai_job = bearer_client(job.owner).get(f"/v1/fine_tuning/jobs/ftjob-{job.id.hex}").json()
     method = openai_job["method"]
     assert method["type"] == "reinforcement" and method["reinforcement"]["grader"]["name"] == "digits"

@@ -64,7 +64,7 @@ def test_the_validation_reward_rises_and_the_adapter_reloads(tiny_llama, tmp_pat
     assert evaluation["kind"] == "reward" and evaluation["prompts"] == 4
     assert evaluation["reward"]["adapter"] > evaluation["reward"]["base"] + 0.3, evaluation["reward"]
     first = evaluation["rows"][0]
-    assert set(first) == {"item", "prompt", "base", "adapter"} and first["item"] == {"id": 0}
+    assert set(first) == {"item", "prompt", "question", "base", "adapter"} and first["item"] == {"id": 0}
     assert set(first["adapter"]) == {"answer", "reward", "scores", "problems"}
     reloaded = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_llama), str(tmp_path / "out/adapter")
