@@ -8,6 +8,7 @@ stop, resume, save) is the same recipe.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -132,8 +133,10 @@ class RewardLearner:
         all_rewards: list[float] = []
         all_parts: dict[str, list[float]] = {}
         failures = 0
+        timing = {"sample_s": 0.0, "grade_s": 0.0, "update_s": 0.0}  # where the step's time goes
         for indices in micro:
             chosen = [prompts[i] for i in indices]
+            began = time.monotonic()
             samples = sample_answers(
                 model,
                 self.tokenizer,
@@ -145,7 +148,10 @@ class RewardLearner:
                 between_tokens=between,
             )
             between()
+            graded = time.monotonic()
+            timing["sample_s"] += graded - began
             rewards, parts, failed = self.grade(samples, chosen, cfg.group_size)
+            timing["grade_s"] += time.monotonic() - graded
             failures += failed
             all_rewards += rewards
             for name, scores in parts.items():
@@ -154,6 +160,7 @@ class RewardLearner:
             groups.append(_Group(samples, reward_tensor, group_advantages(reward_tensor, cfg.group_size)))
         tokens = sum(int(g.samples.completion_mask.sum()) for g in groups)
         loss_value = kl = clipped = 0.0
+        update_began = time.monotonic()
         for group in groups:
             between()
             s = group.samples
@@ -182,6 +189,7 @@ class RewardLearner:
             loss_value += float(out.loss.detach())
             kl += out.kl * share
             clipped += out.clipped * share
+        timing["update_s"] = time.monotonic() - update_began
         rewards_all = torch.tensor(all_rewards)
         spread = torch.cat([g.rewards.view(-1, cfg.group_size).std(dim=1) for g in groups]).nan_to_num(0.0)
         answers = sum(len(g.samples.texts) for g in groups)
@@ -193,6 +201,7 @@ class RewardLearner:
             "answer_tokens": tokens / max(1, answers),
             "cut_short": sum(sum(g.samples.truncated) for g in groups) / max(1, answers),
             "grader_failures": float(failures),
+            **timing,
         }
         if len(all_parts) > 1:
             metrics.update({f"reward/{name}": sum(v) / len(v) for name, v in all_parts.items()})
