@@ -17,9 +17,27 @@ from typing import Any
 from worker.config_rules import check_rules
 from worker.errors import ConfigError
 from worker.presets import PRESETS
+from worker.setting_choices import (
+    BIAS_LABELS,
+    INIT_LABELS,
+    LR_SCHEDULER_LABELS,
+    METHOD_LABELS,
+    METHODS,
+    OPTIMIZER_LABELS,
+    PRECISION_LABELS,
+    PRECISIONS,
+    PREFERENCE_METHODS,
+    REINFORCEMENT,
+    SHARDING_LABELS,
+    TARGET_LABELS,
+)
 from worker.setting_fields import check_fields, setting, value_type
 
 __all__ = [
+    "METHODS",
+    "PRECISIONS",
+    "PREFERENCE_METHODS",
+    "REINFORCEMENT",
     "ConfigError",
     "GenerationConfig",
     "PRESETS",
@@ -30,48 +48,6 @@ __all__ = [
     "setting_metadata",
 ]
 
-# The choices of the settings that have a fixed set of values, each with its label for people.
-METHOD_LABELS = {
-    "supervised": "Examples with answers (supervised)",
-    "dpo": "A preferred and a rejected answer, kept near the base (DPO)",
-    "orpo": "A preferred and a rejected answer, no reference model (ORPO)",
-    "reinforcement": "Prompts whose answers your graders score (reinforcement, GRPO)",
-}
-TARGET_LABELS = {
-    "attention": "Attention layers only: smaller and faster (attention)",
-    "mlp": "Feed-forward layers only (mlp)",
-    "all_linear": "Every layer: larger, slower, often better (all linear)",
-    "custom": "Layers I name (custom list)",
-}
-LR_SCHEDULER_LABELS = {"linear": "linear", "cosine": "cosine", "constant": "constant"}
-BIAS_LABELS = {"none": "none", "lora_only": "lora_only", "all": "all"}
-INIT_LABELS = {
-    "default": "Default (A random, B zero)",
-    "gaussian": "Gaussian",
-    "pissa": "PiSSA (principal singular vectors; 16-bit base only)",
-}
-OPTIMIZER_LABELS = {"adamw": "AdamW", "paged_adamw_8bit": "Paged 8-bit AdamW (CUDA only)"}
-SHARDING_LABELS = {
-    "none": "None: each device holds the whole base (data parallel)",
-    "fsdp": "FSDP: the base is split across the devices (for a model too large for one)",
-}
-PRECISION_LABELS = {
-    "auto": "Auto: bf16 where the device computes it natively, else fp32",
-    "fp32": "fp32 (full precision, twice the base's memory)",
-    "bf16": "bf16",
-    "fp16": "fp16 (CUDA only)",
-}
-
-METHODS = tuple(METHOD_LABELS)  # supervised: next-token loss; dpo / orpo: preference pairs
-PREFERENCE_METHODS = ("dpo", "orpo")
-REINFORCEMENT = "reinforcement"  # OpenAI's name: prompts, answers sampled and scored by graders (GRPO here)
-TARGET_PRESETS = tuple(TARGET_LABELS)
-LR_SCHEDULERS = tuple(LR_SCHEDULER_LABELS)
-BIAS_CHOICES = tuple(BIAS_LABELS)
-INIT_CHOICES = tuple(INIT_LABELS)
-OPTIMIZERS = tuple(OPTIMIZER_LABELS)
-SHARDING = tuple(SHARDING_LABELS)  # none: every device holds the whole base; fsdp: the base is sharded across them
-PRECISIONS = tuple(PRECISION_LABELS)  # the frozen base's dtype; LoRA weights and optimizer stay fp32
 MAX_DEVICES = 64  # one machine's processes; what a worker really has is checked where the job is launched
 MANY_STEPS = 10_000_000
 MAX_SEED = 2**32 - 1

@@ -23,17 +23,10 @@ from typing import Any, cast
 
 from worker.batching import MicroBatchStream, make_batch
 from worker.checkpoint import (
-    Checkpoint,
-    CheckpointUnreadable,
-    checkpoint_folders,
-    discard_checkpoint,
     load_adapter_weights,
-    load_checkpoint,
     prune_checkpoints,
-    read_checkpoint,
     recover_leftovers,
     save_adapter,
-    save_checkpoint,
     write_text_atomic,
 )
 from worker.config import TrainSpec
@@ -51,8 +44,9 @@ from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
 from worker.modeling import build_peft_model, load_base_model, load_tokenizer, train_device
 from worker.ranks import RankGroup
 from worker.reporting import Reporter, StopCheck, never_stop, precision_hook
+from worker.resume import Checkpointing
 from worker.rft import RewardLearner, TokenizedPrompt, reward_evaluation, tokenize_prompts
-from worker.run_state import RunData, RunState, StopRequested, TrainResult, build_optimization, evaluation_cost
+from worker.run_state import RunData, StopRequested, TrainResult, build_optimization, evaluation_cost
 from worker.schedule import eval_interval, plan_steps
 from worker.warm import WarmBases
 
@@ -63,7 +57,7 @@ STOP_POLL_S = 1.0  # outside the loop (tokenizing, loading, evaluating) the stop
 TOKENIZE_CHUNK = 256  # examples tokenized between two looks at the stop flag
 
 
-class TrainingRun(RunState):
+class TrainingRun(Checkpointing):
     """One job's phases over its state (`worker.run_state.RunState`); `train` calls them in order."""
 
     def poll_stop(self) -> None:
@@ -311,79 +305,6 @@ class TrainingRun(RunState):
                     self.train_dev.device,
                 )
 
-    # --- resume and checkpoints -------------------------------------------------------------
-
-    def resume(self) -> None:
-        """Continue from the newest checkpoint that reads whole: weights, optimizer, schedule, best eval.
-
-        Unreadable checkpoints are reported and removed (else pruning could keep them over good ones).
-        With several ranks, rank 0 picks the checkpoint and the others load that same one; dropout draws
-        differ per rank.
-        """
-        if self.devices.writes:
-            self.resume_newest()
-        step = self.devices.from_main(self.start_step)
-        if step != self.start_step:  # a rank that does not write: rank 0's checkpoint
-            self.load(read_checkpoint(self.folders.checkpoints / f"step-{step:06d}"))
-        self.devices.sync_weights(self.optim.params)
-        self.devices.reseed(self.cfg.seed, step)
-
-    def load(self, ckpt: Checkpoint) -> None:
-        """Weights, optimizer, schedule and best eval loss from `ckpt`; the run goes on after its step."""
-        opt = self.optim
-        load_checkpoint(ckpt, model=self.model, optimizer=opt.optimizer, scheduler=opt.scheduler)
-        self.best.restore(ckpt.best)
-        self.start_step = self.step = ckpt.step
-
-    def resume_newest(self) -> None:
-        ckpt, unreadable = None, []
-        for folder in checkpoint_folders(self.folders.checkpoints):
-            try:
-                ckpt = read_checkpoint(folder)
-                break
-            except CheckpointUnreadable as exc:
-                unreadable.append(folder)
-                self.reporter.event("warning", f"{exc}; it is removed and the checkpoint before it is tried")
-        if unreadable:
-            self.guard()
-            for folder in unreadable:
-                discard_checkpoint(folder)
-        names = ", ".join(folder.name for folder in unreadable)
-        if ckpt is None:
-            if unreadable:
-                self.reporter.event("warning", f"no checkpoint could be read ({names}); starting from step 0")
-            return
-        self.load(ckpt)
-        saved = ckpt.state.get("precision")
-        if saved and saved != self.train_dev.precision:  # e.g. auto on a worker without native bf16
-            self.reporter.event(
-                "warning",
-                f"the checkpoint was trained with a {saved} base and this run's is "
-                f"{self.train_dev.precision}; the loss curve may shift slightly",
-            )
-        self.reporter.event(
-            "resume",
-            f"resumed from checkpoint at step {self.start_step}" + (f" ({names} unreadable)" if unreadable else ""),
-        )
-
-    def checkpoint(self) -> None:
-        """Save the current step's checkpoint (rank 0's: the ranks hold the same weights; sharded, every rank
-        gives its shards of the adapter and the optimizer state, gathered whole for rank 0 to write)."""
-        gathered = self.devices.checkpoint_state(self.model, self.optim.optimizer)
-        if not self.devices.writes:
-            return
-        self.guard()
-        folder = save_checkpoint(
-            self.folders.checkpoints,
-            step=self.step,
-            model=self.model,
-            optimizer=self.optim.optimizer,
-            scheduler=self.optim.scheduler,
-            extra={"total_steps": self.total_steps, "best": self.best.state(), "precision": self.train_dev.precision},
-            **gathered,
-        )
-        self.checkpoint_saved(folder)
-
     # --- loop -------------------------------------------------------------------------------
 
     def loop(self) -> str | None:
@@ -584,6 +505,7 @@ class TrainingRun(RunState):
                 self.model,
                 tokenize_prompts(self.run_data.tokenizer, held_out, max(1, cfg.max_seq_length - cfg.max_answer_tokens)),
                 self.poll_stop,
+                self.reference.get("adapter"),
             )
         elif cfg.is_preference:
             evaluation = evaluate_preferences(

@@ -9,7 +9,8 @@ stop, resume, save) is the same recipe.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,8 @@ class _Group:
     samples: Samples
     rewards: torch.Tensor
     advantages: torch.Tensor
+    parts: dict[str, list[float]]  # each named grader's scores
+    failures: int  # answers a grader failed on
 
 
 class RewardLearner:
@@ -101,19 +104,8 @@ class RewardLearner:
         run that started from an earlier adapter, that adapter's weights put in for the pass and taken out."""
         import torch
 
-        with torch.no_grad():
-            if reference is None:
-                with model.disable_adapter():
-                    return answer_logps(model, *tensors, self.cfg.sample_temperature)
-            params = {name: p for name, p in model.named_parameters() if name in reference}
-            current = {name: p.detach().clone() for name, p in params.items()}
-            try:
-                for name, param in params.items():
-                    param.data.copy_(reference[name])
-                return answer_logps(model, *tensors, self.cfg.sample_temperature)
-            finally:
-                for name, param in params.items():
-                    param.data.copy_(current[name])
+        with torch.no_grad(), start_model(model, reference):
+            return answer_logps(model, *tensors, self.cfg.sample_temperature)
 
     def step(
         self,
@@ -128,39 +120,70 @@ class RewardLearner:
         work (the stop check)."""
         import torch
 
-        cfg = self.cfg
-        groups: list[_Group] = []
-        all_rewards: list[float] = []
-        all_parts: dict[str, list[float]] = {}
-        failures = 0
         timing = {"sample_s": 0.0, "grade_s": 0.0, "update_s": 0.0}  # where the step's time goes
-        for indices in micro:
-            chosen = [prompts[i] for i in indices]
-            began = time.monotonic()
-            samples = sample_answers(
-                model,
-                self.tokenizer,
-                [p.input_ids for p in chosen],
-                group_size=cfg.group_size,
-                max_new_tokens=cfg.max_answer_tokens,
-                temperature=cfg.sample_temperature,
-                device=self.device,
-                between_tokens=between,
-            )
-            between()
-            graded = time.monotonic()
-            timing["sample_s"] += graded - began
-            rewards, parts, failed = self.grade(samples, chosen, cfg.group_size)
-            timing["grade_s"] += time.monotonic() - graded
-            failures += failed
-            all_rewards += rewards
-            for name, scores in parts.items():
-                all_parts.setdefault(name, []).extend(scores)
-            reward_tensor = torch.tensor(rewards)
-            groups.append(_Group(samples, reward_tensor, group_advantages(reward_tensor, cfg.group_size)))
+        groups = [self.sample_and_grade(model, [prompts[i] for i in indices], between, timing) for indices in micro]
         tokens = sum(int(g.samples.completion_mask.sum()) for g in groups)
+        began = time.monotonic()
+        loss_value, kl, clipped = self.update(model, groups, tokens, between, reference)
+        timing["update_s"] = time.monotonic() - began
+        group_size = self.cfg.group_size
+        spread = torch.cat([g.rewards.view(-1, group_size).std(dim=1) for g in groups]).nan_to_num(0.0)
+        answers = sum(len(g.samples.texts) for g in groups)
+        metrics = {
+            "reward": float(torch.cat([g.rewards for g in groups]).mean()),
+            "reward_spread": float(spread.mean()),
+            "kl": kl,
+            "clipped": clipped,
+            "answer_tokens": tokens / max(1, answers),
+            "cut_short": sum(sum(g.samples.truncated) for g in groups) / max(1, answers),
+            "grader_failures": float(sum(g.failures for g in groups)),
+            **timing,
+        }
+        parts: dict[str, list[float]] = {}
+        for group in groups:
+            for name, scores in group.parts.items():
+                parts.setdefault(name, []).extend(scores)
+        if len(parts) > 1:
+            metrics.update({f"reward/{name}": sum(v) / len(v) for name, v in parts.items()})
+        return StepOutcome(loss_value, tokens, metrics)
+
+    def sample_and_grade(
+        self, model: Any, chosen: list[TokenizedPrompt], between: Callable[[], None], timing: dict[str, float]
+    ) -> _Group:
+        """A micro-batch's answers (group_size per prompt), their rewards and the group advantages."""
+        import torch
+
+        cfg = self.cfg
+        began = time.monotonic()
+        samples = sample_answers(
+            model,
+            self.tokenizer,
+            [p.input_ids for p in chosen],
+            group_size=cfg.group_size,
+            max_new_tokens=cfg.max_answer_tokens,
+            temperature=cfg.sample_temperature,
+            device=self.device,
+            between_tokens=between,
+        )
+        between()
+        graded = time.monotonic()
+        timing["sample_s"] += graded - began
+        rewards, parts, failures = self.grade(samples, chosen, cfg.group_size)
+        timing["grade_s"] += time.monotonic() - graded
+        reward_tensor = torch.tensor(rewards)
+        return _Group(samples, reward_tensor, group_advantages(reward_tensor, cfg.group_size), parts, failures)
+
+    def update(
+        self,
+        model: Any,
+        groups: list[_Group],
+        tokens: int,
+        between: Callable[[], None],
+        reference: dict[str, torch.Tensor] | None,
+    ) -> tuple[float, float, float]:
+        """The GRPO loss's gradients over the step's groups; (loss, KL, clipped share) over its answer tokens."""
+        cfg = self.cfg
         loss_value = kl = clipped = 0.0
-        update_began = time.monotonic()
         for group in groups:
             between()
             s = group.samples
@@ -170,7 +193,6 @@ class RewardLearner:
                 s.completion_ids.to(self.device),
                 s.completion_mask.to(self.device),
             )
-            answer_mask = tensors[3]
             ref = self.reference_logps(model, tensors, reference) if cfg.beta else None
             logps = answer_logps(model, *tensors, cfg.sample_temperature)
             out = grpo_loss(
@@ -178,7 +200,7 @@ class RewardLearner:
                 None,
                 ref,
                 group.advantages.to(self.device),
-                answer_mask,
+                tensors[3],
                 beta=cfg.beta,
                 epsilon_low=EPSILON,
                 epsilon_high=EPSILON,
@@ -189,23 +211,7 @@ class RewardLearner:
             loss_value += float(out.loss.detach())
             kl += out.kl * share
             clipped += out.clipped * share
-        timing["update_s"] = time.monotonic() - update_began
-        rewards_all = torch.tensor(all_rewards)
-        spread = torch.cat([g.rewards.view(-1, cfg.group_size).std(dim=1) for g in groups]).nan_to_num(0.0)
-        answers = sum(len(g.samples.texts) for g in groups)
-        metrics = {
-            "reward": float(rewards_all.mean()),
-            "reward_spread": float(spread.mean()),
-            "kl": kl,
-            "clipped": clipped,
-            "answer_tokens": tokens / max(1, answers),
-            "cut_short": sum(sum(g.samples.truncated) for g in groups) / max(1, answers),
-            "grader_failures": float(failures),
-            **timing,
-        }
-        if len(all_parts) > 1:
-            metrics.update({f"reward/{name}": sum(v) / len(v) for name, v in all_parts.items()})
-        return StepOutcome(loss_value, tokens, metrics)
+        return loss_value, kl, clipped
 
     def answer_and_grade(
         self, model: Any, prompts: Sequence[TokenizedPrompt], between: Callable[[], None], batch: int
@@ -251,13 +257,36 @@ class RewardLearner:
         return metrics
 
 
+@contextmanager
+def start_model(model: Any, reference: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """The model the run started from, for the block: the adapter switched off, or, for a run that started from an
+    earlier adapter, that adapter's weights put in and the trained ones put back after."""
+    if reference is None:
+        with model.disable_adapter():
+            yield
+        return
+    params = {name: p for name, p in model.named_parameters() if name in reference}
+    current = {name: p.detach().clone() for name, p in params.items()}
+    try:
+        for name, param in params.items():
+            param.data.copy_(reference[name])
+        yield
+    finally:
+        for name, param in params.items():
+            param.data.copy_(current[name])
+
+
 def reward_evaluation(
-    learner: RewardLearner, model: Any, prompts: Sequence[TokenizedPrompt], between: Callable[[], None]
+    learner: RewardLearner,
+    model: Any,
+    prompts: Sequence[TokenizedPrompt],
+    between: Callable[[], None],
+    reference: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """The end of the job: the start model (adapter off) and the result on the validation prompts: mean rewards
-    and a table of answers with their scores."""
+    """The end of the job: the start model (adapter off, or the start adapter) and the result on the validation
+    prompts: mean rewards and a table of answers with their scores."""
     batch = learner.cfg.batch_size * learner.cfg.group_size
-    with model.disable_adapter():
+    with start_model(model, reference):
         base = learner.answer_and_grade(model, prompts, between, batch)
     adapted = learner.answer_and_grade(model, prompts, between, batch)
     return {

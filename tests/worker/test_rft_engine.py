@@ -70,6 +70,16 @@ def test_the_validation_reward_rises_and_the_adapter_reloads(tiny_llama, tmp_pat
         AutoModelForCausalLM.from_pretrained(tiny_llama), str(tmp_path / "out/adapter")
     )
     assert reloaded is not None
+    # Further from that adapter, held to it by the KL: the start model is that adapter, not the base.
+    further = tmp_path / "further"
+    further.mkdir()
+    spec = _spec(tiny_llama, further, max_steps=2, beta=0.5, start_from="0" * 32)
+    spec = TrainSpec(**{**spec.__dict__, "start_adapter_dir": str(tmp_path / "out/adapter")})
+    reporter = MemoryReporter()
+    assert train(spec, reporter).status == "succeeded"
+    again = json.loads((further / "out/evaluation.json").read_text())["reward"]
+    assert again["base"] == pytest.approx(evaluation["reward"]["adapter"], abs=0.05), again
+    assert all(p["kl"] >= 0 for _step, p in reporter.points)
 
 
 def test_a_stop_during_sampling_stops_within_the_step(tiny_llama, tmp_path):
