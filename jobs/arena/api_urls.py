@@ -12,4 +12,5 @@ urlpatterns = [
     path("votes/dataset/", apis.VotesDatasetApi.as_view(), name="api-votes-dataset"),
     path("graders/validate/", apis.GraderValidateApi.as_view(), name="api-graders-validate"),
     path("graders/run/", apis.GraderRunApi.as_view(), name="api-graders-run"),
+    path("graders/try/", apis.GraderTryApi.as_view(), name="api-graders-try"),
 ]

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from jobs.arena import selectors, services
-from jobs.arena.graders import grader_run
+from jobs.arena.graders import TRY_MAX_ROWS, grader_run, grader_try
 from jobs.base_models.selectors import base_model_find
 from jobs.common.ids import is_uuid
 from jobs.common.rest import StrictInput
@@ -344,3 +344,50 @@ class GraderRunApi(APIView):
                 item=values.get("item"),
             )
         )
+
+
+class GraderTryRowOutput(serializers.Serializer):
+    prompt = serializers.CharField(help_text="the prompt's last user message")
+    answer = serializers.CharField()
+    reward = serializers.FloatField(allow_null=True, help_text="null when the model did not answer")
+    scores = serializers.DictField(child=serializers.FloatField(), help_text="each named grader's score")
+    problems = serializers.ListField(child=serializers.CharField(), help_text="what went wrong, in plain words")
+
+
+class GraderTryApi(APIView):
+    """POST {"dataset", "base_model", "start_from", "grader", "rows"}: try a grader before training. The model the
+    job would start from (the base model, or `start_from`'s adapter) answers the first `rows` prompts of your
+    prompts dataset once each (temperature 1, as training tries them), and each answer is scored. 200 with one row
+    per prompt: the prompt (its last user message), the answer, its reward, each named grader's score and what
+    went wrong in plain words (a row the model did not answer in time has reward null)."""
+
+    @extend_schema_serializer(component_name="GraderTry")
+    class InputSerializer(StrictInput):
+        dataset = serializers.CharField(max_length=36, help_text="a prompts dataset of yours")
+        base_model = serializers.CharField(max_length=36, required=False, allow_blank=True)
+        start_from = serializers.CharField(
+            max_length=36, required=False, allow_blank=True, help_text="a succeeded job whose adapter answers"
+        )
+        grader = serializers.JSONField(help_text="a grader object, as OpenAI's `openai.types.graders`")
+        rows = serializers.IntegerField(required=False, default=3, min_value=1, max_value=TRY_MAX_ROWS)
+        max_answer_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=4096)
+
+    @extend_schema_serializer(component_name="GraderTryResult")
+    class OutputSerializer(serializers.Serializer):
+        rows = GraderTryRowOutput(many=True, help_text="one per prompt, in the dataset's order")
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer, **error_responses(400, 429)})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        rows = grader_try(
+            owner=request.user,
+            dataset_id=values["dataset"],
+            base_model_id=values.get("base_model") or None,
+            start_from=values.get("start_from") or None,
+            grader=values["grader"],
+            rows=values["rows"],
+            max_answer_tokens=values.get("max_answer_tokens"),
+        )
+        return Response(self.OutputSerializer({"rows": rows}).data)

@@ -5,21 +5,29 @@ capped child and model graders judged by the infer worker (`chat_judge`), and an
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
 from django.conf import settings
 
 from jobs.arena.models import ChatAnswer
-from jobs.arena.services import chat_check_bounds, chat_completion_create
-from jobs.training.graders import grader_check, grader_limits, grader_parts, grader_slot
-from jobs.training.selectors import model_named
+from jobs.arena.services import chat_check_bounds, chat_completion_create, chat_stop
+from jobs.base_models.selectors import base_model_find
+from jobs.common import blobs
+from jobs.datasets.selectors import dataset_find
+from jobs.training.graders import grader_check, grader_limits, grader_parts, grader_slot, job_grader
+from jobs.training.selectors import job_find, model_named
 from worker.config import GenerationConfig
+from worker.data.normalized import first_prompts
 from worker.errors import InputError
 from worker.graders.scoring import GradeResult, Judge, Scorer
-from worker.graders.spec import PythonGrader
+from worker.graders.spec import PythonGrader, parse_grader
 
 MAX_SAMPLE_CHARS = 100_000
 JUDGE_TOKENS = 256  # a judge's answer is a score or a label with a short reason
+TRY_MAX_ROWS = 5
+TRY_ANSWER_TOKENS = 128  # when the form leaves max_answer_tokens empty
+TRY_SECONDS = 120  # a web request waits at most this long (or CHAT_COMPLETION_TIMEOUT when shorter) for answers
 
 
 def chat_judge(owner, *, timeout: float | None = None) -> Judge:
@@ -39,17 +47,26 @@ def chat_judge(owner, *, timeout: float | None = None) -> Judge:
         )
         chat_check_bounds(owner=owner, generation=generation, new_answers=1, messages=messages)
         answer = chat_completion_create(owner=owner, base=base, job=job, messages=messages, generation=generation)
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            answer.refresh_from_db(fields=["state", "text", "error"])
-            if answer.state == ChatAnswer.State.DONE:
-                return answer.text
-            if answer.state == ChatAnswer.State.FAILED:
-                raise RuntimeError(answer.error or "the judge's answer failed")
-            time.sleep(0.1)
+        answers_wait([answer], time.monotonic() + limit)
+        if answer.state == ChatAnswer.State.DONE:
+            return answer.text
+        if answer.state == ChatAnswer.State.FAILED:
+            raise RuntimeError(answer.error or "the judge's answer failed")
         raise RuntimeError(f"the judge did not answer within {limit:g} s")
 
     return judge
+
+
+def answers_wait(answers: list[ChatAnswer], deadline: float) -> None:
+    """Refresh `answers` until each is done or failed, or until `deadline` (time.monotonic())."""
+    waiting = list(answers)
+    while waiting:
+        for answer in waiting:
+            answer.refresh_from_db(fields=["state", "text", "error"])
+        waiting = [a for a in waiting if a.state not in (ChatAnswer.State.DONE, ChatAnswer.State.FAILED)]
+        if not waiting or time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
 
 
 def grader_run(*, owner, grader: object, model_sample: object, item: object = None) -> dict[str, Any]:
@@ -69,6 +86,80 @@ def grader_run(*, owner, grader: object, model_sample: object, item: object = No
         else:
             result = scorer.grade(model_sample, item)
     return run_response(parsed.name, parsed.type, result)
+
+
+def grader_try(
+    *,
+    owner,
+    dataset_id: str,
+    base_model_id: str | None,
+    start_from: str | None,
+    grader: object,
+    rows: int = 3,
+    max_answer_tokens: int | None = None,
+) -> list[dict[str, Any]]:
+    """The grader tried before training: the start model (the base, or `start_from`'s adapter) answers the first
+    `rows` prompts of the owner's dataset once each, as training would try them (temperature 1), and each answer
+    is scored. [{prompt, answer, reward, scores, problems}] in the dataset's order."""
+    if not 1 <= rows <= TRY_MAX_ROWS:
+        raise InputError("rows", f"must be from 1 to {TRY_MAX_ROWS}")
+    dataset = dataset_find(owner=owner, dataset_id=dataset_id)
+    if dataset is None:
+        raise InputError("dataset", "you have no such dataset")
+    if not dataset.holds_prompts or not dataset.normalized_file:
+        raise InputError(
+            "dataset", f"{dataset.name} holds {dataset.kind_label.lower()}: graders are tried on prompts to reward"
+        )
+    base, job = _try_model(owner=owner, base_model_id=base_model_id, start_from=start_from)
+    parsed = parse_grader(job_grader(owner=owner, grader=grader))
+    prompts = first_prompts(blobs.fetch(dataset.normalized_file), rows)
+    generation = GenerationConfig(max_new_tokens=max_answer_tokens or TRY_ANSWER_TOKENS, temperature=1.0)
+    for messages, _item in prompts:
+        chat_check_bounds(owner=owner, generation=generation, new_answers=len(prompts), messages=messages)
+    answers = [
+        chat_completion_create(owner=owner, base=base, job=job, messages=messages, generation=generation)
+        for messages, _item in prompts
+    ]
+    limit = min(TRY_SECONDS, settings.CHAT_COMPLETION_TIMEOUT)
+    answers_wait(answers, time.monotonic() + limit)
+    limits = grader_limits()
+    has_python = any(isinstance(part, PythonGrader) for _, part in grader_parts(parsed))
+    out = []
+    # One python child grades every row, under one slot for all of them.
+    slot = grader_slot(owner, limits.start_seconds + limits.seconds * len(answers)) if has_python else nullcontext()
+    with slot, Scorer(parsed, limits=limits) as scorer:
+        for answer, (_messages, item) in zip(answers, prompts, strict=True):
+            row: dict[str, Any] = {"prompt": answer.prompt, "answer": answer.text, "reward": None, "scores": {}}
+            if answer.state != ChatAnswer.State.DONE:
+                if answer.state != ChatAnswer.State.FAILED:
+                    chat_stop(owner=owner, session=answer.session)
+                why = answer.error if answer.state == ChatAnswer.State.FAILED else f"no answer within {limit:g} s"
+                out.append({**row, "problems": [f"the model did not answer: {why or 'it failed'}"]})
+                continue
+            result = scorer.grade(answer.text, item)
+            out.append({**row, "reward": result.reward, "scores": result.sub_rewards, "problems": result.problems()})
+    return out
+
+
+def _try_model(*, owner, base_model_id: str | None, start_from: str | None):
+    """The model a job would start from: `start_from`'s adapter on its base, else the base model."""
+    job = None
+    if start_from:
+        job = job_find(owner=owner, job_id=start_from)
+        if job is None or not job.has_adapter:
+            raise InputError("start_from", "must be one of your succeeded jobs with an adapter")
+    base = base_model_find(base_model_id, owner=owner) if base_model_id else None
+    if base_model_id and base is None:
+        raise InputError("base_model", "there is no such base model ready for you")
+    if job is not None:
+        if base is not None and base.id != job.base_model_id:
+            raise InputError(
+                "start_from", f"{job.name or job.short_id} is trained on {job.base_model.name}, not on {base.name}"
+            )
+        return job.base_model, job
+    if base is None:
+        raise InputError("base_model", "pick the base model that answers")
+    return base, None
 
 
 def run_response(name: str, kind: str, result: GradeResult) -> dict[str, Any]:

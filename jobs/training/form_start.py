@@ -7,12 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from jobs.base_models.selectors import base_model_find
+from jobs.common import blobs
 from jobs.datasets.models import Dataset
 from jobs.datasets.selectors import dataset_find, dataset_list
 from jobs.training import selectors
 from jobs.training.forms import clone_initial
 from jobs.training.models import FineTuneJob, JobStatus
 from worker.config import METHODS, PREFERENCE_METHODS
+from worker.data.normalized import prompt_fields
 
 
 @dataclass
@@ -109,7 +111,8 @@ def _summary(dataset: Dataset, method: str, on_top_of: FineTuneJob | None) -> st
 
 
 def dataset_kinds(*, owner) -> dict[str, dict]:
-    """Each of the owner's datasets' kind and size warning, for the form's script (the method follows the data)."""
+    """Each of the owner's datasets' kind and size warning, for the form's script (the method follows the data),
+    and for prompts the fields a grader can read ({{item.<field>}}, from the first row: the reward builder)."""
     return {
         str(d.id): {
             "name": d.name,
@@ -117,6 +120,17 @@ def dataset_kinds(*, owner) -> dict[str, dict]:
             "method": d.data_method,
             "kind": d.kind_label,
             "warning": d.size_warning,
+            "fields": _prompt_fields(d),
         }
-        for d in dataset_list(owner=owner).only("id", "name", "schema", "rows")
+        for d in dataset_list(owner=owner).only("id", "name", "schema", "rows", "normalized_file")
     }
+
+
+def _prompt_fields(dataset: Dataset) -> list[str]:
+    """The item fields of a prompts dataset's first row ([] for other data or a file that is gone)."""
+    if not dataset.holds_prompts or not dataset.normalized_file:
+        return []
+    try:
+        return prompt_fields(blobs.fetch(dataset.normalized_file))
+    except OSError:
+        return []

@@ -127,7 +127,7 @@
 
 // Errors: a field that came back wrong is marked for screen readers, its folded section is opened and the
 // first one gets the focus. Fields that do not apply to the choices made are hidden (custom modules only for
-// a custom list, the validation dataset only when validating on another dataset, beta only for DPO / ORPO, sharding only on several devices).
+// a custom list, the validation dataset only when validating on another dataset, beta only for DPO / ORPO / reinforcement, the grader and its sampling only for reinforcement, sharding only on several devices).
 (function () {
   const form = document.getElementById("job-form");
   if (!form) return;
@@ -149,7 +149,11 @@
     ["validation_percent", "validation", (v) => v === "split"],
     ["validation_seed", "validation", (v) => v === "split"],
     ["validation_dataset", "validation", (v) => v === "dataset"],
-    ["beta", "method", (v) => v === "dpo" || v === "orpo"],
+    ["beta", "method", (v) => v === "dpo" || v === "orpo" || v === "reinforcement"],
+    ["grader", "method", (v) => v === "reinforcement"],
+    ["group_size", "method", (v) => v === "reinforcement"],
+    ["sample_temperature", "method", (v) => v === "reinforcement"],
+    ["max_answer_tokens", "method", (v) => v === "reinforcement"],
     ["sharding", "devices", (v) => Number(v) > 1],
   ];
   function apply() {

@@ -119,6 +119,50 @@ def test_the_estimate_follows_a_change_of_method_without_a_click(stack, page, da
     assert "Memory: about" in text and "preference pairs" not in text, text
 
 
+def test_prompts_get_a_reward_builder_that_checks_and_tries_the_grader_on_a_few_rows(stack, page, api, dataset):
+    """Prompts to reward pick reinforcement, and "How answers are scored" shows without opening Custom settings: a
+    starting point in words and a field of the data fill the grader's JSON, Check says it is fine (or names the
+    JSON path that is wrong), and Try shows the start model's answers to the first prompts with their scores."""
+    lines = [{"messages": [{"role": "user", "content": f"colour {i}"}], "answer": "red"} for i in range(4)]
+    body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    prompts = api.post(stack.url + "/api/v1/datasets/", files={"file": ("prompts.jsonl", body)}).json()["id"]
+    sign_in(page, stack, "alice")
+    page.goto(f"{stack.url}/jobs/new/?dataset={prompts}")
+    assert page.input_value("#id_method") == "reinforcement"
+    assert visible(page, "#reward-builder") and not visible(page, "#id_grader")  # Custom settings stay folded
+    page.select_option("#rb-start", label="The answer equals a field of my data")
+    page.select_option("#rb-field", "answer")
+    assert json.loads(page.input_value("#id_grader")) == {
+        "type": "string_check",
+        "name": "equals_answer",
+        "operation": "eq",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+    }
+    page.click("#rb-check")
+    page.locator("#rb-result.rb-ok").wait_for(timeout=60_000)
+    assert "The grader is fine" in page.inner_text("#rb-result")
+    page.click("#rb-edit")  # the JSON, one click away
+    assert visible(page, "#id_grader") and page.evaluate("document.activeElement.id") == "id_grader"
+    page.fill("#id_max_answer_tokens", "6")  # short answers keep the try cheap
+    page.click("#rb-try")
+    rows = page.locator("#rb-rows tbody tr")
+    rows.nth(2).wait_for(timeout=240_000)
+    assert rows.count() == 3 and "mean score" in page.inner_text("#rb-result"), page.inner_text("#rb-result")
+    for i in range(3):
+        cells = [rows.nth(i).locator("td").nth(c) for c in range(4)]
+        assert cells[0].text_content() == f"colour {i}"
+        score = "1.00" if cells[1].text_content() == "red" else "0.00"
+        assert cells[2].text_content() == score and cells[3].text_content() == f"equals_answer: {score}"
+    wrong = json.loads(page.input_value("#id_grader")) | {"operation": "equals"}
+    page.fill("#id_grader", json.dumps(wrong))
+    page.click("#rb-check")
+    page.locator("#rb-result.rb-error").wait_for(timeout=60_000)
+    assert page.inner_text("#rb-result").startswith("grader.operation: must be one of eq, ne, like, ilike")
+    page.select_option("#id_dataset", dataset)  # examples with answers: supervised, and the builder goes away
+    assert page.input_value("#id_method") == "supervised" and not visible(page, "#reward-builder")
+
+
 def start_job(stack, api, dataset, **config) -> str:
     base = next(m["id"] for m in api.get(stack.url + "/api/v1/base-models/").json() if m["name"] == "tiny-llama")
     response = api.post(

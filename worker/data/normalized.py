@@ -160,3 +160,33 @@ def normalized_kind(path: str | Path) -> str:
 def holds_preference_pairs(path: str | Path) -> bool:
     """Whether a normalised file holds preference pairs, from its first line (a file holds one kind)."""
     return normalized_kind(path) == "pairs"
+
+
+def first_prompts(path: str | Path, count: int) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
+    """The first `count` prompts to reward of a normalised file, as (messages, item), reading no further than
+    needed; [] when the file holds something else."""
+    found: list[tuple[list[dict[str, str]], dict[str, Any]]] = []
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if len(found) >= count:
+                break
+            line = raw.removeprefix(BOM).strip()
+            if not line:
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError:
+                return []
+            if not isinstance(value, dict) or not isinstance(value.get("item"), dict):
+                return []
+            messages = value.get("messages")
+            if not isinstance(messages, list):
+                return []
+            found.append((messages, value["item"]))
+    return found
+
+
+def prompt_fields(path: str | Path) -> list[str]:
+    """The fields a grader can read as {{item.<field>}}: the first prompt's item keys ([] for other data)."""
+    first = first_prompts(path, 1)
+    return list(first[0][1]) if first else []
