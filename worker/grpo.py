@@ -206,7 +206,8 @@ def answer_logps(
     ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention = torch.cat([prompt_mask, completion_mask], dim=1)
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
     width = completion_ids.size(1)
-    logits = logits[:, -width - 1 : -1].float() / temperature
+    # The LM head only at the answer's positions (and the one before it): the prompt's logits are never used.
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=width + 1).logits
+    logits = logits[:, :-1].float() / temperature
     return torch.log_softmax(logits, dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
