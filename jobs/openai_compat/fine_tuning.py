@@ -353,6 +353,27 @@ def _event_level(kind: str) -> str:
     return "error" if kind in ("error", "failed") else "warn" if kind in ("warning", "warn") else "info"
 
 
+# Reinforcement's step metrics as OpenAI's events name them (train_reward_mean, valid_reward_mean), with this
+# product's others under their own names.
+REWARD_EVENT_KEYS = {
+    "reward": "train_reward_mean",
+    "eval_reward": "valid_reward_mean",
+    "reward_spread": "train_reward_spread",
+    "kl": "kl",
+    "answer_tokens": "mean_answer_tokens",
+    "clipped": "clipped_fraction",
+}
+
+
+def _reward_metrics(extra: dict) -> dict[str, Any]:
+    out = {name: extra[key] for key, name in REWARD_EVENT_KEYS.items() if extra.get(key) is not None}
+    for key, value in extra.items():  # each named grader's part: reward/<name>, eval_reward/<name>
+        if key.startswith(("reward/", "eval_reward/")) and value is not None:
+            side, name = key.split("/", 1)
+            out[f"{'train' if side == 'reward' else 'valid'}_reward_{name}"] = value
+    return out
+
+
 def job_event_list(job: FineTuneJob) -> list[dict[str, Any]]:
     """Messages and one metrics event per step, newest first (as OpenAI lists them)."""
     items: list[dict[str, Any]]
@@ -375,6 +396,7 @@ def job_event_list(job: FineTuneJob) -> list[dict[str, Any]]:
             data["train_loss"] = p.train_loss
         if p.eval_loss is not None:
             data["valid_loss"] = p.eval_loss
+        data.update(_reward_metrics(p.extra))
         items.append(
             {
                 "id": f"ftevent-s{p.step}",

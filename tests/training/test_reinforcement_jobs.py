@@ -89,6 +89,10 @@ def test_the_worker_trains_it_and_the_page_says_the_result(api, client_in, base_
     assert "held-out prompts your grader scores the adapted model" in page
     assert any(f'<td data-label="Prompt">{q}</td>' in page for q in QUESTIONS)  # the answers, by prompt
     openai_job = bearer_client(job.owner).get(f"/v1/fine_tuning/jobs/ftjob-{job.id.hex}").json()
+    events = bearer_client(job.owner).get(f"/v1/fine_tuning/jobs/ftjob-{job.id.hex}/events?limit=100").json()["data"]
+    steps = [e["data"] for e in events if e["type"] == "metrics"]
+    assert len(steps) == 16 and all("train_reward_mean" in d and "kl" in d for d in steps)
+    assert any("valid_reward_mean" in d for d in steps)
     method = openai_job["method"]
     assert method["type"] == "reinforcement" and method["reinforcement"]["grader"]["name"] == "digits"
     assert method["reinforcement"]["hyperparameters"]["compute_multiplier"] == 2.0
