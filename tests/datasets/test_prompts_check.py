@@ -7,11 +7,14 @@ import csv
 import io
 import json
 import re
+from unittest import mock
 
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from jobs.common import queue
 from jobs.common.ids import file_id
-from jobs.datasets.models import USEFUL_PROMPTS, Dataset
+from jobs.datasets import uploads
+from jobs.datasets.models import USEFUL_PROMPTS, Dataset, UploadCheck
 from tests.factories import count_tokens
 from worker.chat_template import render_chat
 from worker.modeling import load_tokenizer
@@ -121,3 +124,25 @@ def test_every_dataset_page_and_endpoint_answers_for_prompts(client_in, api, use
     fields = re.search(r'<table id="prompt-fields">(.*?)</table>', html, re.S).group(1)
     assert re.findall(r"<tr><td>\d+</td><td>(.*?)</td></tr>", fields) == ["0", "1", "2"]
     assert "What is 6 x 7?" in re.search(r'<pre class="sample prompt"[^>]*>(.*?)</pre>', html, re.S).group(1)
+
+
+def test_a_large_prompts_upload_is_checked_in_the_background_then_shown(client_in, api, user, base_model, settings):
+    """Over the inline size the upload check page, its status (web and REST) and the count of tokens take the
+    background path; the check ends on the prompts' page, its counts in words."""
+    settings.DATASET_CHECK_INLINE_BYTES = 100
+    with mock.patch.object(queue, "enqueue"):
+        response = client_in.post("/datasets/", {"file": SimpleUploadedFile("big.csv", _csv(ROWS)), "name": ""})
+        check = UploadCheck.objects.get(owner=user)
+        assert response.status_code == 302 and response.url == f"/datasets/checks/{check.id}/"
+        assert client_in.get(response.url).status_code == 200
+        assert uploads.upload_check_run(check_id=check.id) == "ready"
+        assert client_in.get(f"/datasets/checks/{check.id}/status/").json()["status"] == "ready"
+        assert api.get(f"/api/v1/datasets/checks/{check.id}/").status_code in (200, 303)
+        assert api.get(f"/v1/files/{file_id(check.id)}").status_code == 200
+        done = client_in.get(f"/datasets/checks/{check.id}/", follow=True)
+    ds = Dataset.objects.get(owner=user)
+    assert ds.schema == "prompts"
+    assert "Checked big.csv: 3 prompts." in done.content.decode()
+    count_tokens()
+    html = client_in.get(f"/datasets/{ds.id}/").content.decode()
+    assert 'id="prompt-fields"' in html and "Prompts to reward: the model tries answers" in html
