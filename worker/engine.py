@@ -35,7 +35,7 @@ from worker.data.normalized import read_normalized_jsonl
 from worker.data.tokenization import TokenizedExample, TokenizedPair, tokenize_examples, tokenize_pairs
 from worker.devices import EvalShare, device_strategy
 from worker.errors import TrainingError
-from worker.estimate import work_per_token
+from worker.estimate import reinforcement_step_work, work_per_token
 from worker.evaluation import evaluate_adapter, evaluate_preferences
 from worker.failpoints import failpoint
 from worker.kernels import liger_problem, padding_free
@@ -345,7 +345,10 @@ class TrainingRun(Checkpointing):
         if self.cfg.is_reinforcement:
             prompts = cast(list[TokenizedPrompt], self.run_data.examples)
             outcome = self.rewards.step(self.model, prompts, micro, self.poll_stop, self.reference.get("adapter"))
-            self.loss_value, step_tokens, extra = outcome.loss, float(outcome.tokens), dict(outcome.metrics)
+            self.loss_value, extra = outcome.loss, dict(outcome.metrics)
+            asked = self.cfg.group_size * sum(prompts[i].length for batch in micro for i in batch)
+            # tokens/s in the other methods' units, sampling and the reference pass counted (as the estimate's)
+            step_tokens = reinforcement_step_work(self.cfg, asked, float(outcome.tokens), str(self.device))
         elif self.cfg.is_preference:
             step_tokens, extra = self.preference_backward(micro)
         else:

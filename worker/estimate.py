@@ -54,6 +54,24 @@ share the machine's memory, so every figure counts N times.
   a forward + backward pass over the same tokens (`work_per_token`). DPO on top of a previous
   adapter (`start_from`) takes the reference log-probs once before training instead: one forward
   pass over every pair, and no extra memory while training.
+
+* Reinforcement (GRPO, `worker.rft`): each step samples ``group_size`` answers to each of its prompts, token by
+  token, then trains on them. The lengths are the prompts' (through the chat template with the generation
+  prompt, kept to ``max_seq_length - max_answer_tokens``) and every answer is counted at ``max_answer_tokens``
+  (the worst case: answers cut short are common early in a run). A micro-batch is ``batch_size x group_size``
+  sequences of prompt + answer, so activations grow with the group. Memory adds ``kv_cache``: while sampling,
+  the keys and values of every layer for those sequences at their full length (2 x layers x the key/value
+  width per token, at the compute dtype); it is counted on top of the training pass's figures since the
+  allocator keeps what sampling freed (a caching allocator on a GPU, a fragmented heap on a CPU). The logits
+  are the whole sequence's at the compute dtype (`answer_logps` runs the head everywhere) plus the fp32 copies
+  at the answer positions. The reference pass (beta > 0) runs before the policy's, without gradients, so its
+  memory is below the policy's and adds none. Time, in the units of `work_per_token` (one token's forward +
+  backward = 1; `reinforcement_step_work`): sampling costs a forward without gradients (REFERENCE_PASS_COST) over
+  each prompt token (the prefill), then one decoding step per answer token, each new token of every sequence at
+  once, worth a batched forward over `DECODE_STEP_TOKENS` + `DECODE_ROW_COST` x rows tokens (token-by-token
+  decoding is far less efficient than a batched pass); then the policy's forward + backward over prompt + answer
+  (1 per token) and, with beta > 0, the reference's forward (REFERENCE_PASS_COST). The decoding constants are
+  measured on a CPU only, and no whole run has been compared yet (bench/README.md, "Reinforcement's estimate").
 """
 
 from __future__ import annotations
@@ -119,6 +137,7 @@ class _Shape:
     vocab: int
     layer_params: int = 0  # the largest decoder layer's base parameters (one FSDP unit)
     root_params: int = 0  # the base parameters outside the decoder layers (FSDP's root unit)
+    kv_width: int = 0  # keys (or values) per token and layer: key/value heads x head size (0: the hidden size)
 
 
 def _config_sizes(config: Any) -> tuple[int, int, int, int]:
@@ -128,6 +147,17 @@ def _config_sizes(config: Any) -> tuple[int, int, int, int]:
     vocab = int(text.vocab_size)
     inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
     return hidden, int(inter), layers, vocab
+
+
+def _kv_width(config: Any, hidden: int) -> int:
+    """Keys per token and layer that a generation cache keeps: fewer than the hidden size with grouped queries."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", None)
+    if not heads:
+        return hidden
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    return int(kv_heads) * int(head_dim)
 
 
 # The settings that change the PEFT model's parameter counts; the others (alpha, dropout, rsLoRA, the init)
@@ -213,6 +243,7 @@ def _build_meta_shape(model_path: str, cfg: TrainConfig) -> tuple[_Shape, list[s
         vocab=vocab,
         layer_params=max(block_sizes),
         root_params=int(base_params - sum(block_sizes)),
+        kv_width=_kv_width(config, hidden),
     )
     return shape, targets
 
@@ -221,8 +252,34 @@ REFERENCE_PASS_COST = 1 / 3  # a forward pass without gradients: about a third o
 
 
 def sequences_per_example(cfg: TrainConfig) -> int:
-    """How many sequences one example becomes: two for a preference pair (chosen and rejected)."""
+    """How many sequences one example becomes: two for a preference pair (chosen and rejected), a group of
+    sampled answers for a prompt to reward."""
+    if cfg.is_reinforcement:
+        return cfg.group_size
     return 2 if cfg.is_preference else 1
+
+
+# One decoding step (a new token for each of a micro-batch's R sequences) costs as much as a batched forward
+# over STEP + ROW x R tokens: a fixed part (every weight read, every kernel launched, the sampler's Python, once a
+# token whatever R) and a part per sequence (its thin products, attention over its cache, sampling over the
+# vocabulary). CPU, measured (bench/README.md, "Reinforcement's estimate"): SmolLM2-135M, 48-token prompts, 48
+# sampled tokens, one step of 8 rows took ~20x and of 32 rows ~11x a batched forward's time per token. CUDA: a
+# guess from kernel launches (a small model's step is bound by them), not yet measured.
+DECODE_STEP_TOKENS = {"cpu": 96, "cuda": 1024}
+DECODE_ROW_COST = {"cpu": 8.0, "cuda": 2.0}
+
+
+def reinforcement_step_work(cfg: TrainConfig, prompt_tokens: float, answer_tokens: float, device: str) -> float:
+    """One reinforcement step's work in `work_per_token`'s units, from the step's prompt tokens and answer tokens
+    summed over its sampled answers (a prompt counts once per answer): sampling (the prefill, then one forward
+    over the micro-batch per new token), the policy's forward + backward and the reference's forward (beta > 0)."""
+    rows = -(-cfg.batch_size // cfg.devices) * cfg.group_size  # sequences decoded together on one rank
+    kind = "cpu" if device.startswith("cpu") else "cuda"
+    # answer_tokens / rows decoding steps, each worth a forward over STEP + ROW x rows tokens
+    per_answer_token = DECODE_STEP_TOKENS[kind] / rows + DECODE_ROW_COST[kind]
+    sampling = (prompt_tokens + answer_tokens * per_answer_token) * REFERENCE_PASS_COST
+    training = (prompt_tokens + answer_tokens) * (1 + (REFERENCE_PASS_COST if cfg.beta > 0 else 0.0))
+    return sampling + training
 
 
 def work_per_token(cfg: TrainConfig) -> float:
@@ -274,8 +331,14 @@ def _memory(
         weights = shape.base_params * width
     rows = -(-cfg.batch_size // cfg.devices) * sequences_per_example(cfg)  # one rank's share of a micro-batch
     length = min(cfg.max_seq_length, data.longest or cfg.max_seq_length)
+    if cfg.is_reinforcement:  # the prompt (its end, where longer) + an answer of max_answer_tokens
+        room = max(1, cfg.max_seq_length - cfg.max_answer_tokens)
+        length = min(room, data.longest or room) + cfg.max_answer_tokens
     tokens = rows * length
-    labelled = rows * min(length, data.labelled if data.labelled is not None else length)
+    # the head's labelled positions: the answers' for reinforcement, else the profile's mean (or every position)
+    labelled: float = rows * min(length, data.labelled if data.labelled is not None else length)
+    if cfg.is_reinforcement:
+        labelled = rows * cfg.max_answer_tokens
     per_layer = 6 * shape.hidden + 4 * shape.intermediate
     if cfg.gradient_checkpointing:
         values = tokens * (shape.layers * shape.hidden + per_layer)
@@ -298,7 +361,23 @@ def _memory(
     }
     if cfg.method == "dpo" and not cfg.start_from:
         breakdown["reference_pass"] = processes * (tokens * per_layer * width + tokens * shape.vocab * 4) / MIB
+    if cfg.is_reinforcement:
+        # the head runs over every position at the compute dtype (the labelled term above is the answers' fp32)
+        breakdown["logits"] += processes * (tokens - labelled) * shape.vocab * width / MIB
+        kv = 2 * shape.layers * (shape.kv_width or shape.hidden)
+        breakdown["kv_cache"] = processes * tokens * kv * width / MIB
     return breakdown
+
+
+def _step_work(cfg: TrainConfig, n_examples: int, mean_tokens: float, device: str) -> float:
+    """One optimizer step's work in `work_per_token`'s units; for reinforcement `mean_tokens` is a prompt's and
+    every answer is counted at max_answer_tokens."""
+    examples = min(n_examples, cfg.batch_size * cfg.grad_accum)
+    if cfg.is_reinforcement:
+        answers = examples * cfg.group_size
+        prompt = min(mean_tokens, max(1, cfg.max_seq_length - cfg.max_answer_tokens))
+        return reinforcement_step_work(cfg, answers * prompt, answers * cfg.max_answer_tokens, device)
+    return examples * min(mean_tokens, cfg.max_seq_length) * sequences_per_example(cfg) * work_per_token(cfg)
 
 
 def _resolve_device(device: str) -> str:
@@ -326,7 +405,7 @@ def estimate(
     """Estimate a job before it runs; reads the model's config only (never its weights).
 
     `n_examples` and `mean_tokens` describe the tokenized training set (mean tokens per
-    example; per side of a pair for DPO / ORPO); `tokens_per_s`, when known (a measured rate on this machine, e.g. a previous job's
+    example; per side of a pair for DPO / ORPO; a prompt's for reinforcement); `tokens_per_s`, when known (a measured rate on this machine, e.g. a previous job's
     `tokens_per_s` metric, which counts non-padding tokens), gives `seconds`. Without it, `flops_per_s` (this
     machine's measured matmul rate, `worker.speed.matmul_flops`) does, through the work per token
     (`seconds_source` says which).
@@ -353,13 +432,7 @@ def estimate(
         )
         source = "calibrated"
     if tokens_per_s:
-        per_step = (
-            min(n_examples, cfg.batch_size * cfg.grad_accum)
-            * min(float(mean_tokens), cfg.max_seq_length)
-            * sequences_per_example(cfg)
-            * work_per_token(cfg)
-        )
-        seconds = steps * per_step / tokens_per_s
+        seconds = steps * _step_work(cfg, n_examples, float(mean_tokens), device) / tokens_per_s
         if cfg.method == "dpo" and cfg.start_from:  # the reference log-probs, taken once before training
             seconds += n_examples * 2 * min(float(mean_tokens), cfg.max_seq_length) * REFERENCE_PASS_COST / tokens_per_s
     fits = memory_limit_mb is None or memory <= memory_limit_mb

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from worker.chat_template import render_chat
 from worker.data.examples import Example
+from worker.data.tokenization import prompt_ids
 from worker.graders.scoring import Scorer
 from worker.grpo import Samples, answer_logps, group_advantages, grpo_loss, sample_answers
 
@@ -46,8 +46,7 @@ def tokenize_prompts(tokenizer: Any, examples: Sequence[Example], max_prompt_tok
     """Each prompt's ids; a prompt longer than `max_prompt_tokens` keeps its end (the question is last)."""
     out = []
     for example in examples:
-        text = render_chat(tokenizer, example.messages or [], add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
+        ids = prompt_ids(tokenizer, example.messages or [])[-max_prompt_tokens:]
         out.append(TokenizedPrompt(ids, {**(example.item or {}), "messages": example.messages}))
     return out
 

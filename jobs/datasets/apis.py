@@ -171,12 +171,16 @@ class TokenReportOutput(serializers.Serializer):
 
 class DatasetTokensApi(APIView):
     """GET ?base_model=&max_length=: the dataset's token lengths under a base model's tokenizer, as on the
-    check page. They are counted once per tokenizer by a background worker: `pending` until then."""
+    check page. They are counted once per tokenizer by a background worker: `pending` until then. For prompts to
+    reward, `max_answer_tokens` of the max length is left to the answers (`truncated` counts the longer prompts)."""
 
     @extend_schema_serializer(component_name="TokenReportQuery")
     class QuerySerializer(StrictInput):
         base_model = serializers.UUIDField(required=False)
         max_length = serializers.IntegerField(required=False, default=256, min_value=16, max_value=131072)
+        max_answer_tokens = serializers.IntegerField(
+            required=False, default=token_profiles.DEFAULT_ANSWER_TOKENS, min_value=1, max_value=4096
+        )
 
     @extend_schema(parameters=[QuerySerializer], responses={200: TokenReportOutput, **error_responses(400, 404)})
     def get(self, request, dataset_id):
@@ -190,7 +194,10 @@ class DatasetTokensApi(APIView):
         if chosen is None:
             raise InputError("base_model", "unknown base model" if chosen_id else "no base model is registered yet")
         max_length = query.validated_data["max_length"]
-        report, profile = token_profiles.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
+        answer_tokens = query.validated_data["max_answer_tokens"] if ds.holds_prompts else 0
+        report, profile = token_profiles.dataset_token_report(
+            dataset=ds, model_path=chosen.path, max_length=max_length, answer_tokens=answer_tokens
+        )
         return Response(
             TokenReportOutput(
                 {

@@ -66,21 +66,21 @@ class Dataset(models.Model):
         return KIND_LABELS.get(self.schema, "Examples")
 
     @property
+    def row_noun(self) -> str:
+        """What one row is, in plain words: "preference pair", "prompt" or "example"."""
+        return "preference pair" if self.holds_pairs else "prompt" if self.holds_prompts else "example"
+
+    def rows_in_words(self) -> str:
+        """The row count with its noun: "1 prompt", "12 examples"."""
+        return f"{self.rows} {self.row_noun}{'' if self.rows == 1 else 's'}"
+
+    @property
     def size_warning(self) -> str:
         """A warning when the dataset is too small for a job to change the model much, else ""."""
-        useful, noun = (
-            (USEFUL_PAIRS, "preference pair")
-            if self.holds_pairs
-            else (USEFUL_PROMPTS, "prompt")
-            if self.holds_prompts
-            else (USEFUL_EXAMPLES, "example")
-        )
+        useful = USEFUL_PAIRS if self.holds_pairs else USEFUL_PROMPTS if self.holds_prompts else USEFUL_EXAMPLES
         if self.rows >= useful:
             return ""
-        return (
-            f"Only {self.rows} {noun}{'' if self.rows == 1 else 's'}: the model will barely change; "
-            f"{useful} or more is a useful start."
-        )
+        return f"Only {self.rows_in_words()}: the model will barely change; {useful} or more is a useful start."
 
 
 class TokenProfile(models.Model):

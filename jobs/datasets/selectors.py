@@ -41,12 +41,13 @@ def dataset_examples(*, dataset: Dataset) -> list:
     return read_normalized_jsonl(blobs.fetch(dataset.normalized_file))
 
 
-def token_report_of(*, profile: TokenProfile, max_length: int) -> TokenReport | None:
-    """The report for one max length from a ready token profile (None until it is ready): arithmetic
-    on the stored counts, no tokenizer. The parsed profile is kept for a few recent datasets."""
+def token_report_of(*, profile: TokenProfile, max_length: int, answer_tokens: int = 0) -> TokenReport | None:
+    """The report for one max length (of which prompts to reward leave `answer_tokens` to their answers) from a
+    ready token profile (None until it is ready): arithmetic on the stored counts, no tokenizer. The parsed
+    profile is kept for a few recent datasets."""
     if profile.status != TokenProfile.Status.READY or not profile.file:
         return None
-    return _token_counts(profile.id, profile.file).report(max_length)
+    return _token_counts(profile.id, profile.file).report(max_length, answer_tokens)
 
 
 @functools.lru_cache(maxsize=16)

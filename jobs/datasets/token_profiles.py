@@ -15,6 +15,7 @@ from jobs.base_models.selectors import base_model_list
 from jobs.common import blobs, queue
 from jobs.datasets import selectors
 from jobs.datasets.models import Dataset, TokenProfile
+from worker.config import TrainConfig
 from worker.data.report import token_profile
 from worker.modeling import TOKENIZER_FILES, cached_tokenizer, tokenizer_fingerprint
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 TOKEN_PROFILE_LIMIT = 5000  # examples counted for the check page and the estimate
 TOKEN_PROFILE_SAMPLES = 50  # examples rendered token by token for the check page's pages of examples
+# The check of prompts to reward leaves this much of the max length to the answers unless told otherwise: what a
+# new reinforcement job does.
+DEFAULT_ANSWER_TOKENS = TrainConfig().max_answer_tokens
 
 
 def tokens_count_for_default_model(dataset: Dataset, *, now: bool = False) -> None:
@@ -110,7 +114,9 @@ def token_profiles_resend(*, stale_seconds: float) -> int:
     return len(stale)
 
 
-def dataset_token_report(*, dataset: Dataset, model_path: str, max_length: int):
-    """(the TokenReport for this max length, or None while the tokens are being counted; the profile)."""
+def dataset_token_report(*, dataset: Dataset, model_path: str, max_length: int, answer_tokens: int = 0):
+    """(the TokenReport for this max length, or None while the tokens are being counted; the profile). Prompts
+    to reward leave `answer_tokens` of the max length to their answers."""
     profile = token_profile_request(dataset=dataset, model_path=model_path)
-    return selectors.token_report_of(profile=profile, max_length=max_length), profile
+    report = selectors.token_report_of(profile=profile, max_length=max_length, answer_tokens=answer_tokens)
+    return report, profile

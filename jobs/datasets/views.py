@@ -20,7 +20,7 @@ from jobs.common.responses import file_download
 from jobs.datasets import mapping as mapping_step
 from jobs.datasets import selectors, services, token_profiles, uploads
 from jobs.datasets.forms import MappingForm, RenameForm, UploadForm
-from jobs.datasets.models import USEFUL_EXAMPLES, USEFUL_PAIRS, UploadCheck
+from jobs.datasets.models import USEFUL_EXAMPLES, USEFUL_PAIRS, USEFUL_PROMPTS, UploadCheck
 from worker.data.column_hints import SAMPLE_CHARS
 from worker.data.problems import DatasetError
 from worker.errors import InputError
@@ -41,6 +41,7 @@ def _dataset_page(request, *, form=None, mapping_form=None, problems=(), total=0
             "failed_file": failed_file,
             "useful_examples": USEFUL_EXAMPLES,
             "useful_pairs": USEFUL_PAIRS,
+            "useful_prompts": USEFUL_PROMPTS,
         },
         status=status,
     )
@@ -89,7 +90,7 @@ def dataset_list(request):
         return _dataset_page(request, form=form, mapping_form=mapping_form, status=200)
     if isinstance(ds, UploadCheck):
         return redirect("upload-check", check_id=ds.id)
-    messages.success(request, f"Uploaded {ds.name}: {ds.rows} examples ({ds.schema}, {ds.format}).")
+    messages.success(request, f"Uploaded {ds.name}: {ds.rows_in_words()} ({ds.schema}, {ds.format}).")
     return redirect("dataset-detail", dataset_id=ds.id)
 
 
@@ -145,22 +146,25 @@ def dataset_map(request):
         return _busy_page(request, exc, mapping_form=form)
     if isinstance(ds, UploadCheck):
         return redirect("upload-check", check_id=ds.id)
-    messages.success(request, f"Uploaded {ds.name}: {ds.rows} examples (mapped columns).")
+    messages.success(request, f"Uploaded {ds.name}: {ds.rows_in_words()} (mapped columns).")
     return redirect("dataset-detail", dataset_id=ds.id)
 
 
 @login_required
 def dataset_detail(request, dataset_id):
-    """The check page: counts, schema, examples as the model will see them, token lengths."""
+    """The check page: counts, schema, examples as the model will see them, token lengths. Prompts to reward are
+    shown as the model answers them, measured against what max_length leaves after max_answer_tokens."""
     ds = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
     models = base_model_list(owner=request.user)
     chosen = base_model_find(request.GET.get("model"), owner=request.user) or models.first()
-    try:
-        max_length = min(131072, max(16, int(request.GET.get("max_length", 256))))
-    except ValueError:
-        max_length = 256
+    max_length = _int_param(request, "max_length", 256, 16, 131072)
+    answer_tokens = (
+        _int_param(request, "answer_tokens", token_profiles.DEFAULT_ANSWER_TOKENS, 1, 4096) if ds.holds_prompts else 0
+    )
     report, profile = (
-        token_profiles.dataset_token_report(dataset=ds, model_path=chosen.path, max_length=max_length)
+        token_profiles.dataset_token_report(
+            dataset=ds, model_path=chosen.path, max_length=max_length, answer_tokens=answer_tokens
+        )
         if chosen
         else (None, None)
     )
@@ -174,6 +178,7 @@ def dataset_detail(request, dataset_id):
             "models": models,
             "chosen": chosen,
             "max_length": max_length,
+            "answer_tokens": answer_tokens,
             "report": report,
             "profile": profile,
             "histogram": histogram,
@@ -191,6 +196,14 @@ def dataset_detail(request, dataset_id):
 
 
 EXAMPLES_PER_PAGE = 10
+
+
+def _int_param(request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter kept within [low, high]; the default when it is missing or not a number."""
+    try:
+        return min(high, max(low, int(request.GET.get(name, default))))
+    except ValueError:
+        return default
 
 
 def _examples_page(request, report) -> dict | None:
@@ -320,7 +333,7 @@ def upload_check(request, check_id):
     """A large upload's background check: its progress, then the dataset, the problems or the mapping step."""
     check = selectors.upload_check_get(owner=request.user, check_id=check_id)
     if check.status == UploadCheck.Status.READY and check.dataset_id:
-        messages.success(request, f"Checked {check.filename}: {check.rows} examples.")
+        messages.success(request, f"Checked {check.filename}: {check.dataset.rows_in_words()}.")
         return redirect("dataset-detail", dataset_id=check.dataset_id)
     mapping_form = None
     if check.status == UploadCheck.Status.NEEDS_MAPPING:

@@ -379,15 +379,24 @@ def job_estimate(
     fleet = live_capacities() if fleet is None else fleet
     report = None
     if dataset is not None:
-        report, _ = dataset_token_report(dataset=dataset, model_path=base_model.path, max_length=config.max_seq_length)
+        report, _ = dataset_token_report(
+            dataset=dataset,
+            model_path=base_model.path,
+            max_length=config.max_seq_length,
+            answer_tokens=config.max_answer_tokens if config.is_reinforcement else 0,
+        )
         rows = dataset.rows
+    # A sequence's room; reinforcement's lengths are its prompts', cut to what the sampled answers leave.
+    room = (
+        max(1, config.max_seq_length - config.max_answer_tokens) if config.is_reinforcement else config.max_seq_length
+    )
     if report is not None:
-        lengths = [min(n, config.max_seq_length) for n in report.lengths] or [config.max_seq_length]
+        lengths = [min(n, room) for n in report.lengths] or [room]
     elif dataset is not None:  # still being counted in a worker: about 3 characters a token, plus the chat template
         chars_per_row = (dataset.stats or {}).get("chars", 0) / max(1, dataset.rows)
-        lengths = [min(config.max_seq_length, int(chars_per_row / 3) + 32)]
+        lengths = [min(room, int(chars_per_row / 3) + 32)]
     else:
-        lengths = [config.max_seq_length]
+        lengths = [room]
     tokens_per_s = selectors.measured_tokens_per_s(owner=owner, base_model=base_model, qlora=config.qlora)
     device, limit, limit_of = _estimate_device(config, fleet)
     est = estimate(

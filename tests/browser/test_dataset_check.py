@@ -52,6 +52,37 @@ def test_check_page_histogram_and_highlighted_tokens(stack, page, tmp_path):
     assert "Deleted" in page.inner_text("main")
 
 
+def test_a_prompts_check_page_charts_prompts_against_the_answers_room_and_leads_to_a_job(stack, page, tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"What is {i} + {i}? " * (1 + i)}], "answer": 2 * i} for i in range(6)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sign_in(page, stack, "bob")
+    page.goto(stack.url + "/datasets/")
+    page.set_input_files("#id_file", str(data))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_url("**/datasets/*/")
+    page.wait_for_selector("#check-form", timeout=60_000)
+    page.fill("input[name=max_length]", "48")
+    page.fill("input[name=answer_tokens]", "24")
+    page.click("#check-form button[type=submit]")
+    page.wait_for_function("Chart.getChart('length-histogram') !== undefined")
+    chart = page.evaluate(
+        "(() => { const c = Chart.getChart('length-histogram'); return {label: c.data.datasets[0].label, "
+        "title: c.options.plugins.title.text, n: c.data.datasets[0].data.reduce((a, b) => a + b, 0)}; })()"
+    )
+    assert chart["label"] == "prompts" and chart["n"] == 6
+    assert "beyond the room the answers leave 24" in chart["title"]
+    assert page.get_attribute("#length-histogram", "data-max-line") is not None
+    assert page.locator("#prompt-fields th[scope=col]").all_inner_texts() == ["answer"]
+    assert page.locator("#prompt-fields tbody tr").count() == 6
+    assert page.locator("pre.sample.prompt").first.inner_text().startswith("<|im_start|>user")
+    page.click("#ds-kind-start")
+    page.wait_for_url("**/jobs/new/?dataset=*")
+    assert page.locator("select[name=method]").input_value() == "reinforcement"
+
+
 def test_a_large_upload_page_follows_its_background_check_to_the_dataset(stack, page, tmp_path):
     """Over the stack's 64 KB inline size the page shows the check's progress and moves on by itself."""
     data = tmp_path / "large.jsonl"

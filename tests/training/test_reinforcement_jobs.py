@@ -129,3 +129,28 @@ def test_the_official_client_creates_one(user, base_model, prompts):
                 method={"type": "reinforcement", "reinforcement": {"grader": {**DIGITS, "type": "nope"}}},
             )
         assert caught.value.param == "method.reinforcement.grader.type"
+
+
+def test_the_estimate_counts_the_prompts_and_the_sampling(user, base_model, prompts):
+    """The plan's estimate of a reinforcement job reads its prompts' token lengths (through the chat template with
+    the generation prompt) and counts the sampling: the cache of group_size x batch_size sequences of the longest
+    prompt + max_answer_tokens, and a time that grows with the group."""
+    from jobs.datasets.token_profiles import dataset_token_report
+    from jobs.training.plan import job_estimate
+    from tests.factories import count_tokens
+    from worker.config import TrainConfig
+    from worker.estimate import MIB, compute_bytes
+
+    count_tokens()
+    config = TrainConfig(**FAST)
+    report, _ = dataset_token_report(dataset=prompts, model_path=base_model.path, max_length=64, answer_tokens=6)
+    assert report is not None and report.is_prompts and report.room == 58
+    est = job_estimate(owner=user, dataset=prompts, base_model=base_model, config=config, fleet=[])
+    # Tiny Llama: 2 layers, 2 key/value heads of 16.
+    cache = 4 * 8 * (max(report.lengths) + 6) * 2 * 2 * 32 * compute_bytes(config, "cpu") / MIB
+    assert est.breakdown["kv_cache"] == pytest.approx(cache)
+    assert est.lengths_known and est.seconds
+    bigger = job_estimate(
+        owner=user, dataset=prompts, base_model=base_model, config=TrainConfig(**{**FAST, "group_size": 16}), fleet=[]
+    )
+    assert bigger.seconds > 1.5 * est.seconds and bigger.memory_mb > est.memory_mb

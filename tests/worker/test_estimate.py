@@ -238,3 +238,52 @@ def test_fsdp_shards_the_base_per_gpu_but_not_the_cpu_load_peak(tiny_llama, tmp_
     assert sharded.memory_mb < whole.memory_mb
     on_cpu, on_cpu_sharded = est("cpu"), est("cpu", sharding="fsdp")
     assert on_cpu_sharded.breakdown["base_weights"] == on_cpu.breakdown["base_weights"]
+
+
+def test_reinforcement_counts_sampling_in_time_and_memory(tiny_llama):
+    """A reinforcement step samples group_size answers of up to max_answer_tokens per prompt, token by token, then
+    trains on prompt + answer: its time and memory grow with both, and differ from the same job supervised."""
+    shape = dict(batch_size=2, grad_accum=1, epochs=1, max_seq_length=96, dropout=0.0)
+
+    def rft(**over):
+        cfg = TrainConfig(**{**shape, "method": "reinforcement", "group_size": 4, "max_answer_tokens": 32, **over})
+        return estimate(str(tiny_llama), cfg, n_examples=8, mean_tokens=20, tokens_per_s=1000, data=DataShape(20, 0))
+
+    base = rft()
+    supervised = estimate(
+        str(tiny_llama), TrainConfig(**shape), n_examples=8, mean_tokens=20, tokens_per_s=1000, data=DataShape(20, 0)
+    )
+    assert base.steps == supervised.steps == 4
+    # Per step 2 prompts x 4 answers = 8 rows decoded together: each decoding step is worth a forward over
+    # 96 + 8 x 8 tokens on a CPU, i.e. 96 / 8 + 8 = 20 per answer token; then the policy's forward + backward and
+    # the reference's forward (beta 0.1).
+    answers, prompt, answer = 8, 20, 32
+    work = answers * (prompt + answer * 20) / 3 + answers * (prompt + answer) * (1 + 1 / 3)
+    assert base.seconds == pytest.approx(4 * work / 1000)
+    assert supervised.seconds == pytest.approx(4 * 2 * 20 / 1000)
+    assert base.seconds > 10 * supervised.seconds
+    assert rft(group_size=8).seconds > base.seconds
+    assert rft(max_answer_tokens=64).seconds > base.seconds
+    assert rft(beta=0.0).seconds < base.seconds  # no reference pass
+
+    # Memory: the 8 rows of prompt + answer (20 + 32 tokens) in the training pass, and the sampling's cache of
+    # keys and values (2 x 2 layers x 2 key/value heads x 16 per token, fp32 on this CPU).
+    tokens = answers * (prompt + answer)
+    assert base.breakdown["kv_cache"] == pytest.approx(tokens * 2 * 2 * 32 * 4 / MIB)
+    assert base.breakdown["activations"] == pytest.approx(tokens * 2 * (6 * 64 + 4 * 128) * 4 / MIB)
+    vocab = est_vocab(tiny_llama)
+    assert base.breakdown["logits"] == pytest.approx((tokens * vocab * 4 + answers * answer * vocab * 3 * 4) / MIB), (
+        "the head over every position, its fp32 copies at the answers"
+    )
+    assert "kv_cache" not in supervised.breakdown and base.memory_mb > supervised.memory_mb
+    assert rft(group_size=8).memory_mb > base.memory_mb
+    assert rft(max_answer_tokens=64).memory_mb > base.memory_mb
+    # A prompt longer than the room the answers leave keeps its end: the sequence stays within max_seq_length.
+    long_prompts = estimate(
+        str(tiny_llama),
+        TrainConfig(**shape, method="reinforcement", group_size=4, max_answer_tokens=32),
+        n_examples=8,
+        mean_tokens=500,
+        data=DataShape(500, 0),
+    )
+    assert long_prompts.breakdown["kv_cache"] == pytest.approx(answers * 96 * 2 * 2 * 32 * 4 / MIB)

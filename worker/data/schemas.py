@@ -545,9 +545,14 @@ def format_reason(schema: str, first: Record, where: str, noun: str = "line") ->
 
 def matches_schema(schema: str, record: JsonObject) -> bool:
     """Whether a record holds the keys that mark `schema` (as detect_schema counts them); a prompt to reward is a
-    `messages` list whose last message is a user turn (OpenAI's reinforcement format)."""
+    `messages` list whose last message is a user turn (OpenAI's reinforcement format), also as a CSV's JSON cell."""
     if schema == "prompts":
         turns = record.get("messages")
+        if isinstance(turns, str):  # a CSV cell: the list written as JSON (the converter reads it the same way)
+            try:
+                turns = json.loads(turns)
+            except (ValueError, RecursionError):
+                return False
         return (
             isinstance(turns, list) and bool(turns) and isinstance(turns[-1], dict) and turns[-1].get("role") == "user"
         )

@@ -51,6 +51,12 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_promp
     return render_chat(tokenizer, messages, add_generation_prompt=add_generation_prompt)
 
 
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """A prompt to answer through the chat template with the assistant's opening (the generation prompt), as
+    reinforcement samples from it; untruncated."""
+    return list(tokenizer(_render(tokenizer, messages, True), add_special_tokens=False)["input_ids"])
+
+
 def tokenize_conversation(
     tokenizer: Any, messages: list[dict[str, str]], max_length: int, train_from: int = 0
 ) -> TokenizedExample:
