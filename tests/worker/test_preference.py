@@ -222,7 +222,8 @@ def test_method_and_dataset_must_agree(tiny_llama, tmp_path, chat_file):
     "values, field",
     [
         ({"method": "ppo"}, "method"),
-        ({"beta": 0}, "beta"),
+        ({"method": "dpo", "beta": 0}, "beta"),
+        ({"method": "orpo", "beta": 0}, "beta"),
         ({"method": "dpo", "packing": True}, "packing"),
         ({"method": "dpo", "init_lora_weights": "pissa"}, "init_lora_weights"),
     ],
