@@ -31,15 +31,17 @@
                 y: { title: { display: true, text: "reward margin" } },
                 acc: { position: "right", min: 0, max: 1, title: { display: true, text: "accuracy" }, grid: { drawOnChartArea: false } } } },
   });
-  function onRewards(p) {
-    if (!rewards) return;
-    for (const d of rewards.data.datasets) {
+  // A metric point onto a chart whose datasets name their metric (`key`), and its figures into the stat boxes:
+  // [element id, metric, decimals].
+  function follow(target, p, stats) {
+    if (!target) return;
+    for (const d of target.data.datasets) {
       if (p[d.key] != null) { d.data.push({ x: p.step, y: p[d.key] }); d.data.sort((a, b) => a.x - b.x); }
     }
-    if (p.reward_margin != null) $("stat-margin").textContent = p.reward_margin.toFixed(3);
-    if (p.reward_accuracy != null) $("stat-accuracy").textContent = p.reward_accuracy.toFixed(2);
-    rewards.update("none");
+    for (const [id, key, digits] of stats) { if (p[key] != null) $(id).textContent = p[key].toFixed(digits); }
+    target.update("none");
   }
+  const onRewards = (p) => follow(rewards, p, [["stat-margin", "reward_margin", 3], ["stat-accuracy", "reward_accuracy", 2]]);
   // Reinforcement jobs: the grader's mean score of the tried answers and of validation answers, and the spread.
   const scoreCanvas = $("score-chart");
   const scores = scoreCanvas && new Chart(scoreCanvas, {
@@ -52,16 +54,8 @@
     options: { animation: false, parsing: false, responsive: true, aspectRatio: CHART_RATIO,
       scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "score" } } } },
   });
-  function onScores(p) {
-    if (!scores) return;
-    for (const d of scores.data.datasets) {
-      if (p[d.key] != null) { d.data.push({ x: p.step, y: p[d.key] }); d.data.sort((a, b) => a.x - b.x); }
-    }
-    if (p.reward != null) $("stat-reward").textContent = p.reward.toFixed(3);
-    if (p.reward_spread != null) $("stat-spread").textContent = p.reward_spread.toFixed(3);
-    if (p.answer_tokens != null) $("stat-answer-tokens").textContent = p.answer_tokens.toFixed(0);
-    scores.update("none");
-  }
+  const onScores = (p) => follow(scores, p, [
+    ["stat-reward", "reward", 3], ["stat-spread", "reward_spread", 3], ["stat-answer-tokens", "answer_tokens", 0]]);
   const seen = new Set();
   const renderedStatus = root.dataset.status;
   function fmtEta(s) {
