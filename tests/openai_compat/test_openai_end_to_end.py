@@ -123,3 +123,60 @@ def test_openai_client_drives_a_dpo_job(stack):
         model=job.fine_tuned_model, temperature=0, max_tokens=8, messages=[{"role": "user", "content": "colour 1"}]
     )
     assert answer.choices[0].message.content
+
+
+def test_openai_client_drives_a_reinforcement_job(stack):
+    """OpenAI's reinforcement shape end to end on a live stack: a prompts file, the grader checked and tried with
+    `client.fine_tuning.alpha.graders`, `method: reinforcement` trained by the real worker with the python grader
+    in its sandbox, the rewards in the events, the checkpoints, and the result answering."""
+    from openai import OpenAI
+
+    key = stack.manage("create_api_key", "alice").strip().splitlines()[-1]
+    client = OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0, timeout=120)
+    questions = ["what is the answer", "please reply", "hello world", "red green blue"]
+    rows = [{"messages": [{"role": "user", "content": questions[i % 4]}], "n": i} for i in range(12)]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    f = client.files.create(file=("prompts.jsonl", io.BytesIO(data)), purpose="fine-tune")
+    assert f.status == "processed"
+    grader = {
+        "type": "python",
+        "name": "digits",
+        "source": "def grade(sample, item):\n    text = sample['output_text']\n"
+        "    return sum(c.isdigit() for c in text) / max(1, len(text))\n",
+    }
+    assert client.fine_tuning.alpha.graders.validate(grader=grader).grader is not None
+    assert client.fine_tuning.alpha.graders.run(grader=grader, model_sample="a1b2", item={}).reward == 0.5
+
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=f.id,
+        suffix="digits",
+        seed=3,
+        method={
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": grader,
+                "hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 100, "beta": 0},
+            },
+        },
+        extra_body={
+            "lora": {
+                "rank": 8,
+                "alpha": 16,
+                "dropout": 0,
+                "target_preset": "all_linear",
+                "max_answer_tokens": 6,
+                "group_size": 4,
+            }
+        },  # fmt: skip
+    )
+    assert job.method.type == "reinforcement" and job.method.reinforcement.grader.name == "digits"
+    job = wait_succeeded(client, job, stack)
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+    assert [m["step"] for m in metrics] == [6, 5, 4, 3, 2, 1]
+    assert all(0 <= m["train_reward_mean"] <= 1 for m in metrics)
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).has_more is False
+    answer = client.chat.completions.create(
+        model=job.fine_tuned_model, temperature=0, max_tokens=6, messages=[{"role": "user", "content": "hello world"}]
+    )
+    assert answer.choices[0].message.content is not None
