@@ -54,7 +54,20 @@
     options: { animation: false, parsing: false, responsive: true, aspectRatio: CHART_RATIO,
       scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "score" } } } },
   });
-  const onScores = (p) => follow(scores, p, [
+  // Each named grader's part of a multi grader (reward/<name>, eval_reward/<name>) gets its own line when it first
+  // shows up.
+  const PART_COLOURS = ["#7a5af8", "#ee46bc", "#0ba5ec", "#669f2a", "#dc6803"];
+  function addGraderParts(p) {
+    if (!scores) return;
+    for (const key of Object.keys(p)) {
+      if (!/^(eval_)?reward\//.test(key) || scores.data.datasets.some((d) => d.key === key)) continue;
+      const [side, name] = key.split("/");
+      const colour = PART_COLOURS[scores.data.datasets.length % PART_COLOURS.length];
+      scores.data.datasets.push({ label: `${name} (${side === "reward" ? "tried" : "validation"})`, key, data: [],
+        borderColor: colour, pointRadius: side === "reward" ? 0 : 3, borderWidth: 1 });
+    }
+  }
+  const onScores = (p) => addGraderParts(p) || follow(scores, p, [
     ["stat-reward", "reward", 3], ["stat-spread", "reward_spread", 3], ["stat-answer-tokens", "answer_tokens", 0]]);
   const seen = new Set();
   const renderedStatus = root.dataset.status;
