@@ -221,6 +221,13 @@ def job_device(job: FineTuneJob) -> str | None:
     return None
 
 
+def job_reward_span(job: FineTuneJob) -> tuple[float | None, float | None]:
+    """A reinforcement job's first and last mean reward of the tried answers (None where it logged none)."""
+    rewards = [p.extra.get("reward") for p in metric_points(job=job).only("step", "extra")]
+    kept = [r for r in rewards if r is not None]
+    return (kept[0], kept[-1]) if kept else (None, None)
+
+
 def job_loss_span(job: FineTuneJob) -> tuple[float | None, float | None]:
     """The job's first and last logged training loss (None where it logged none)."""
     points = metric_points(job=job).filter(train_loss__isnull=False)

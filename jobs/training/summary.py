@@ -23,13 +23,27 @@ def training_sentence(*, steps: int, seconds: float, first_loss: float | None, l
 
 
 def job_summary(
-    *, evaluation: dict[str, Any] | None, steps: int, seconds: float, first_loss: float | None, last_loss: float | None
+    *,
+    evaluation: dict[str, Any] | None,
+    steps: int,
+    seconds: float,
+    first_loss: float | None = None,
+    last_loss: float | None = None,
+    first_reward: float | None = None,
+    last_reward: float | None = None,
 ) -> JobSummary:
     """The finished job's sentence and headline numbers: from its evaluation where it has one, else how the
-    training went."""
-    return evaluation_summary(evaluation) or JobSummary(
-        training_sentence(steps=steps, seconds=seconds, first_loss=first_loss, last_loss=last_loss)
-    )
+    training went (for reinforcement, how the grader's mean score of the tried answers moved)."""
+    found = evaluation_summary(evaluation)
+    if found is not None:
+        return found
+    sentence = training_sentence(steps=steps, seconds=seconds, first_loss=first_loss, last_loss=last_loss)
+    if first_reward is not None and last_reward is not None and steps > 1:
+        sentence = (
+            f"{sentence[:-1]}; your grader's mean score of the tried answers went from {first_reward:.2f} "
+            f"to {last_reward:.2f} (higher is better)."
+        )
+    return JobSummary(sentence)
 
 
 # Settings whose empty value (or 0) means "off": shown on the job's page only when set.

@@ -214,6 +214,11 @@ def job_detail(request, job_id):
 
 
 def _summary(job: FineTuneJob, evaluation: dict | None) -> JobSummary:
+    if job.config.get("method") == "reinforcement":
+        first, last = selectors.job_reward_span(job)
+        return job_summary(
+            evaluation=evaluation, steps=job.step, seconds=job.run_seconds, first_reward=first, last_reward=last
+        )
     first, last = selectors.job_loss_span(job)
     return job_summary(evaluation=evaluation, steps=job.step, seconds=job.run_seconds, first_loss=first, last_loss=last)
 

@@ -184,3 +184,20 @@ def test_the_model_card_leads_with_the_same_sentence():
     first, table = card.split("\n\n", 1)
     assert first == summary_of(answers_evaluation()).sentence
     assert table.startswith("| | base | adapted |") and "| exact match (8 held-out prompts) | 0 % | 88 % |" in table
+
+
+def test_a_reinforcement_job_says_what_the_grader_scored():
+    evaluation = {"kind": "reward", "prompts": 20, "reward": {"base": 0.31, "adapter": 0.87}, "rows": []}
+    summary = summary_of(evaluation)
+    assert summary.sentence == (
+        "On 20 held-out prompts your grader scores the adapted model's answers 0.87 on average; "
+        "the start model's 0.31 (higher is better)."
+    )
+    assert [(n.label, n.base, n.adapted) for n in summary.numbers] == [
+        ("Grader's score of the answers (higher is better)", "0.31", "0.87")
+    ]
+    without = job_summary(evaluation=None, steps=40, seconds=90, first_reward=0.05, last_reward=0.92)
+    assert without.sentence == (
+        "Trained 40 steps in 1 min 30 s; your grader's mean score of the tried answers went from 0.05 to 0.92 "
+        "(higher is better)."
+    )
