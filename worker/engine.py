@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 STOP_POLL_S = 1.0  # outside the loop (tokenizing, loading, evaluating) the stop flag is read at most this often
 TOKENIZE_CHUNK = 256  # examples tokenized between two looks at the stop flag
+GRADER_WARN_EVERY = 10  # steps between two warnings that the grader failed on some answers
 
 
 class TrainingRun(RunState):
@@ -393,12 +394,19 @@ class TrainingRun(RunState):
         while self.step < self.total_steps:
             request = self.devices.agree_stop(self.should_stop)
             if request in ("cancel", "pause"):
-                if request == "pause" and self.step > self.start_step:
-                    self.checkpoint()
-                self.reporter.event(request, f"stopped before step {self.step + 1}")
-                return request
-            metrics = self.train_step()
-            self.evaluate(metrics)
+                return self.stop_between_steps(request, f"stopped before step {self.step + 1}")
+            try:
+                metrics = self.train_step()
+            except StopRequested as stop:  # reinforcement looks during sampling: the step is undone
+                self.optim.optimizer.zero_grad(set_to_none=True)
+                self.step -= 1
+                return self.stop_between_steps(stop.request, f"stopped during step {self.step + 1}; it is redone")
+            try:
+                self.evaluate(metrics)
+            except StopRequested as stop:  # the step is done: reported (without its evaluation) and kept
+                self.reporter.log(self.step, metrics)
+                return self.stop_between_steps(stop.request, f"stopped during the evaluation after step {self.step}")
+            self.warn_grader_failures(metrics)
             self.reporter.log(self.step, metrics)
             if self.best.should_stop and self.step < self.total_steps:
                 self.reporter.event(
@@ -413,6 +421,29 @@ class TrainingRun(RunState):
                 self.checkpoint()
                 self.write(prune_checkpoints, self.folders.checkpoints)
         return None
+
+    def stop_between_steps(self, request: str, message: str) -> str:
+        """End the loop for a cancel or pause; a pause keeps a checkpoint of the last finished step."""
+        if request == "pause" and self.step > self.start_step:
+            self.checkpoint()
+        self.reporter.event(request, message)
+        return request
+
+    def warn_grader_failures(self, metrics: dict[str, Any]) -> None:
+        """A plain warning when the grader failed on some of a step's answers (they scored 0), at most once every
+        GRADER_WARN_EVERY steps so a grader that keeps failing does not flood the log."""
+        failures = int(metrics.get("grader_failures") or 0)
+        if not failures or not self.devices.writes:
+            return
+        if self.grader_warned is not None and self.step - self.grader_warned < GRADER_WARN_EVERY:
+            return
+        self.grader_warned = self.step
+        problem = self.rewards.last_problem
+        self.reporter.event(
+            "warning",
+            f"the grader failed on {failures} answer{'s' if failures != 1 else ''} at step {self.step}; "
+            f"they scored 0" + (f" ({problem})" if problem else ""),
+        )
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over its accumulated micro-batches; returns the step's metrics."""
@@ -650,16 +681,16 @@ def run_phases(run: TrainingRun) -> TrainResult:
     run.resume()
     try:
         request = run.loop()
+        if request is not None:
+            return run.stopped(request)
+        if not run.devices.saves:  # data parallel: rank 0 saves and evaluates alone
+            return run.succeeded(run.step)
+        kept_step = run.save()
+        try:
+            run.final_evaluation()  # reinforcement samples here too: it may run out of memory like a step
+        except StopRequested as stop:
+            run.reporter.event(stop.request, "stopped during the end-of-job evaluation; the adapter is saved")
+            return run.stopped(stop.request)
     except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
         raise TrainingError(ADVICE_OOM, code=OUT_OF_MEMORY) from exc
-    if request is not None:
-        return run.stopped(request)
-    if not run.devices.saves:  # data parallel: rank 0 saves and evaluates alone
-        return run.succeeded(run.step)
-    kept_step = run.save()
-    try:
-        run.final_evaluation()
-    except StopRequested as stop:
-        run.reporter.event(stop.request, "stopped during the end-of-job evaluation; the adapter is saved")
-        return run.stopped(stop.request)
     return run.succeeded(kept_step)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.chat_template import render_chat
 from worker.data.examples import Example
+from worker.failpoints import failpoint
 from worker.graders.scoring import Scorer
 from worker.grpo import Samples, answer_logps, group_advantages, grpo_loss, sample_answers
 
@@ -74,21 +75,29 @@ class RewardLearner:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.device = device
+        self.last_problem: str | None = None  # what the grader last failed on, in plain words
 
     def close(self) -> None:
         self.scorer.close()
 
     def grade(
-        self, samples: Samples, prompts: Sequence[TokenizedPrompt], per_prompt: int
+        self,
+        samples: Samples,
+        prompts: Sequence[TokenizedPrompt],
+        per_prompt: int,
+        between: Callable[[], None] | None = None,
     ) -> tuple[list[float], dict[str, list[float]], int]:
-        """Each answer's reward, each named grader's scores, and how many answers a grader failed on."""
+        """Each answer's reward, each named grader's scores, and how many answers a grader failed on (they score
+        0); `between` is called while graders run."""
         rewards: list[float] = []
         parts: dict[str, list[float]] = {}
         failures = 0
         for row, text in enumerate(samples.texts):
-            result = self.scorer.grade(text, prompts[row // per_prompt].item)
+            result = self.scorer.grade(text, prompts[row // per_prompt].item, between)
             rewards.append(result.reward)
-            failures += result.failed
+            if result.failed:
+                failures += 1
+                self.last_problem = next(iter(result.problems()), None)
             for name, score in result.sub_rewards.items():
                 parts.setdefault(name, []).append(score)
         return rewards, parts, failures
@@ -132,6 +141,11 @@ class RewardLearner:
         all_rewards: list[float] = []
         all_parts: dict[str, list[float]] = {}
         failures = 0
+
+        def sampling() -> None:
+            failpoint("sample")  # a fault test kills the worker while it samples
+            between()
+
         for indices in micro:
             chosen = [prompts[i] for i in indices]
             samples = sample_answers(
@@ -142,10 +156,10 @@ class RewardLearner:
                 max_new_tokens=cfg.max_answer_tokens,
                 temperature=cfg.sample_temperature,
                 device=self.device,
-                between_tokens=between,
+                between_tokens=sampling,
             )
             between()
-            rewards, parts, failed = self.grade(samples, chosen, cfg.group_size)
+            rewards, parts, failed = self.grade(samples, chosen, cfg.group_size, between)
             failures += failed
             all_rewards += rewards
             for name, scores in parts.items():
@@ -217,7 +231,7 @@ class RewardLearner:
                 between_tokens=between,
             )
             for row, text in enumerate(samples.texts):
-                result = self.scorer.grade(text, chunk[row].item)
+                result = self.scorer.grade(text, chunk[row].item, between)
                 rows.append(
                     {
                         "answer": text,
