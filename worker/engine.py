@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 STOP_POLL_S = 1.0  # outside the loop (tokenizing, loading, evaluating) the stop flag is read at most this often
 TOKENIZE_CHUNK = 256  # examples tokenized between two looks at the stop flag
-GRADER_WARN_EVERY = 10  # steps between two warnings that the grader failed on some answers
 
 
 class TrainingRun(RunState):
@@ -406,7 +405,12 @@ class TrainingRun(RunState):
             except StopRequested as stop:  # the step is done: reported (without its evaluation) and kept
                 self.reporter.log(self.step, metrics)
                 return self.stop_between_steps(stop.request, f"stopped during the evaluation after step {self.step}")
-            self.warn_grader_failures(metrics)
+            if (
+                self.learner is not None
+                and self.devices.writes
+                and (warning := self.learner.failure_warning(self.step, metrics))
+            ):
+                self.reporter.event("warning", warning)
             self.reporter.log(self.step, metrics)
             if self.best.should_stop and self.step < self.total_steps:
                 self.reporter.event(
@@ -428,22 +432,6 @@ class TrainingRun(RunState):
             self.checkpoint()
         self.reporter.event(request, message)
         return request
-
-    def warn_grader_failures(self, metrics: dict[str, Any]) -> None:
-        """A plain warning when the grader failed on some of a step's answers (they scored 0), at most once every
-        GRADER_WARN_EVERY steps so a grader that keeps failing does not flood the log."""
-        failures = int(metrics.get("grader_failures") or 0)
-        if not failures or not self.devices.writes:
-            return
-        if self.grader_warned is not None and self.step - self.grader_warned < GRADER_WARN_EVERY:
-            return
-        self.grader_warned = self.step
-        problem = self.rewards.last_problem
-        self.reporter.event(
-            "warning",
-            f"the grader failed on {failures} answer{'s' if failures != 1 else ''} at step {self.step}; "
-            f"they scored 0" + (f" ({problem})" if problem else ""),
-        )
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over its accumulated micro-batches; returns the step's metrics."""

@@ -26,6 +26,7 @@ AnswerTensors = tuple[
 ]  # prompt ids, mask, answer ids, mask
 EPSILON = 0.2  # PPO's clip, TRL's default
 EVAL_PROMPTS = 64  # validation prompts answered at each evaluation (the first ones; the end of the job takes all)
+GRADER_WARN_EVERY = 10  # steps between two warnings that the grader failed on some answers
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,21 @@ class RewardLearner:
         self.tokenizer = tokenizer
         self.device = device
         self.last_problem: str | None = None  # what the grader last failed on, in plain words
+        self.warned_at: int | None = None  # the step of the last warning that the grader failed
 
     def close(self) -> None:
         self.scorer.close()
+
+    def failure_warning(self, step: int, metrics: dict[str, Any]) -> str | None:
+        """A plain warning when the grader failed on some of the step's answers (they scored 0), at most once every
+        GRADER_WARN_EVERY steps so a grader that keeps failing does not flood the job's log."""
+        failures = int(metrics.get("grader_failures") or 0)
+        if not failures or (self.warned_at is not None and step - self.warned_at < GRADER_WARN_EVERY):
+            return None
+        self.warned_at = step
+        answers = "an answer" if failures == 1 else f"{failures} answers"
+        why = f" ({self.last_problem})" if self.last_problem else ""
+        return f"the grader failed on {answers} at step {step}; they scored 0{why}"
 
     def grade(
         self,
@@ -93,6 +106,8 @@ class RewardLearner:
         parts: dict[str, list[float]] = {}
         failures = 0
         for row, text in enumerate(samples.texts):
+            if between is not None:  # many quick answers add up too
+                between()
             result = self.scorer.grade(text, prompts[row // per_prompt].item, between)
             rewards.append(result.reward)
             if result.failed:
@@ -123,17 +138,11 @@ class RewardLearner:
                 for name, param in params.items():
                     param.data.copy_(current[name])
 
-    def step(
-        self,
-        model: Any,
-        prompts: Sequence[TokenizedPrompt],
-        micro: list[list[int]],
-        between: Callable[[], None],
-        reference: dict[str, torch.Tensor] | None = None,
-    ) -> StepOutcome:
-        """One optimizer step's gradients: sample and grade every micro-batch first (the loss divides by all the
-        step's answer tokens), then the loss and backward per micro-batch. `between` is called between pieces of
-        work (the stop check)."""
+    def sample_groups(
+        self, model: Any, prompts: Sequence[TokenizedPrompt], micro: list[list[int]], between: Callable[[], None]
+    ) -> tuple[list[_Group], list[float], dict[str, list[float]], int]:
+        """Each micro-batch's answers, graded, with their advantages; all the rewards, each named grader's
+        scores, and how many answers a grader failed on."""
         import torch
 
         cfg = self.cfg
@@ -166,6 +175,23 @@ class RewardLearner:
                 all_parts.setdefault(name, []).extend(scores)
             reward_tensor = torch.tensor(rewards)
             groups.append(_Group(samples, reward_tensor, group_advantages(reward_tensor, cfg.group_size)))
+        return groups, all_rewards, all_parts, failures
+
+    def step(
+        self,
+        model: Any,
+        prompts: Sequence[TokenizedPrompt],
+        micro: list[list[int]],
+        between: Callable[[], None],
+        reference: dict[str, torch.Tensor] | None = None,
+    ) -> StepOutcome:
+        """One optimizer step's gradients: sample and grade every micro-batch first (the loss divides by all the
+        step's answer tokens), then the loss and backward per micro-batch. `between` is called between pieces of
+        work (the stop check)."""
+        import torch
+
+        cfg = self.cfg
+        groups, all_rewards, all_parts, failures = self.sample_groups(model, prompts, micro, between)
         tokens = sum(int(g.samples.completion_mask.sum()) for g in groups)
         loss_value = kl = clipped = 0.0
         for group in groups:

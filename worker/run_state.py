@@ -180,7 +180,6 @@ class RunState:
         # adapter weights (the reference)
         self.reference: dict[str, Any] = {}
         self.learner: RewardLearner | None = None  # reinforcement: the GRPO steps and graders
-        self.grader_warned: int | None = None  # the step of the last warning that the grader failed on answers
         self.targets: list[str] = []
         self.trainable = self.total_params = 0
         self.flops_per_token = 0.0  # for the MFU metric (setup_mfu)

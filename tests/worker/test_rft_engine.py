@@ -198,9 +198,9 @@ FLAKY = {
 
 
 def test_a_grader_that_hangs_or_crashes_on_some_answers_scores_them_zero_and_says_so(tiny_llama, tmp_path, monkeypatch):
-    from worker import engine
+    from worker import engine, rft
 
-    monkeypatch.setattr(engine, "GRADER_WARN_EVERY", 2)
+    monkeypatch.setattr(rft, "GRADER_WARN_EVERY", 2)
     seen = []
     original = engine.TrainingRun.train_step
 
@@ -223,18 +223,33 @@ def test_a_grader_that_hangs_or_crashes_on_some_answers_scores_them_zero_and_say
     assert seen and _grader_children() == []  # a child graded, and none is left
 
 
-def test_a_cancel_while_a_grader_hangs_acts_within_two_seconds(tiny_llama, tmp_path):
+@pytest.mark.parametrize("grader", ["hangs", "is slow on each of many answers"])
+def test_a_cancel_while_a_grader_runs_acts_within_two_seconds(tiny_llama, tmp_path, grader):
+    import threading
+
     flagged = {}
 
+    def watch():  # the cancel comes as soon as a grader's child runs, whenever the run looks next
+        while "at" not in flagged and not flagged.get("done"):
+            if _grader_children():
+                flagged["at"] = time.monotonic()
+            time.sleep(0.02)
+
     def should_stop():
-        if "at" not in flagged and _grader_children():
-            flagged["at"] = time.monotonic()
         return "cancel" if "at" in flagged else None
 
-    spec = _spec(tiny_llama, tmp_path, max_steps=2, group_size=2)
-    hangs = {**FLAKY, "source": "import time\ndef grade(sample, item):\n    time.sleep(60)\n    return 1.0\n"}
-    spec = TrainSpec(**{**spec.__dict__, "grader": hangs, "grader_limits": {"seconds": 30}})
-    result = train(spec, MemoryReporter(), should_stop)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    # Hangs: one answer would hold the step for 30 s; slow: 32 answers of 0.15 s each (5 s) add up.
+    spec = _spec(tiny_llama, tmp_path, max_steps=2, group_size=2 if grader == "hangs" else 8)
+    seconds = 60 if grader == "hangs" else 0.15
+    slow = {**FLAKY, "source": f"import time\ndef grade(sample, item):\n    time.sleep({seconds})\n    return 1.0\n"}
+    spec = TrainSpec(**{**spec.__dict__, "grader": slow, "grader_limits": {"seconds": 30}})
+    try:
+        result = train(spec, MemoryReporter(), should_stop)
+    finally:
+        flagged["done"] = True
+        watcher.join()
     assert result.status == "cancelled" and result.steps_done == 0
     assert time.monotonic() - flagged["at"] < 2.0
     assert _grader_children() == []
