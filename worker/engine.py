@@ -45,7 +45,7 @@ from worker.modeling import build_peft_model, load_base_model, load_tokenizer, t
 from worker.ranks import RankGroup
 from worker.reporting import Reporter, StopCheck, never_stop, precision_hook
 from worker.resume import Checkpointing
-from worker.rft import RewardLearner, TokenizedPrompt, reward_evaluation, tokenize_prompts
+from worker.rft import RewardLearner, TokenizedPrompt, reward_evaluation, reward_learner, tokenize_prompts
 from worker.run_state import RunData, StopRequested, TrainResult, build_optimization, evaluation_cost
 from worker.schedule import eval_interval, plan_steps
 from worker.warm import WarmBases
@@ -174,19 +174,9 @@ class TrainingRun(Checkpointing):
 
     def setup_graders(self) -> None:
         """Reinforcement: the grader (its python parts in their sandboxes) and the GRPO steps over it."""
-        from worker.graders.python_sandbox import SandboxLimits
-        from worker.graders.scoring import Scorer
-        from worker.graders.spec import parse_grader
-
-        if self.spec.grader is None:
-            raise TrainingError("reinforcement needs a grader to score the answers; none was given")
-        limits = SandboxLimits(**self.spec.grader_limits) if self.spec.grader_limits else None
-        scorer = Scorer(parse_grader(self.spec.grader), limits=limits)
-        self.learner = RewardLearner(scorer, self.cfg, self.run_data.tokenizer, self.train_dev.device)
-        self.reporter.event(
-            "setup",
-            f"reinforcement: {self.cfg.group_size} answers per prompt, scored by the grader '{scorer.grader.name}'",
-        )
+        self.learner = reward_learner(self.spec, self.run_data.tokenizer, self.train_dev.device)
+        name = self.learner.scorer.grader.name
+        self.reporter.event("setup", f"reinforcement: {self.cfg.group_size} answers per prompt, scored by '{name}'")
 
     def setup_model(self) -> None:
         """The frozen base wrapped with LoRA; with PiSSA, the initial adapter is kept for the conversion."""
@@ -314,12 +304,24 @@ class TrainingRun(Checkpointing):
         while self.step < self.total_steps:
             request = self.devices.agree_stop(self.should_stop)
             if request in ("cancel", "pause"):
-                if request == "pause" and self.step > self.start_step:
-                    self.checkpoint()
-                self.reporter.event(request, f"stopped before step {self.step + 1}")
-                return request
-            metrics = self.train_step()
-            self.evaluate(metrics)
+                return self.stop_between_steps(request, f"stopped before step {self.step + 1}")
+            try:
+                metrics = self.train_step()
+            except StopRequested as stop:  # reinforcement looks during sampling: the step is undone
+                self.optim.optimizer.zero_grad(set_to_none=True)
+                self.step -= 1
+                return self.stop_between_steps(stop.request, f"stopped during step {self.step + 1}; it is redone")
+            try:
+                self.evaluate(metrics)
+            except StopRequested as stop:  # the step is done: reported (without its evaluation) and kept
+                self.reporter.log(self.step, metrics)
+                return self.stop_between_steps(stop.request, f"stopped during the evaluation after step {self.step}")
+            if (
+                self.learner is not None
+                and self.devices.writes
+                and (warning := self.learner.failure_warning(self.step, metrics))
+            ):
+                self.reporter.event("warning", warning)
             self.reporter.log(self.step, metrics)
             if self.best.should_stop and self.step < self.total_steps:
                 self.reporter.event(
@@ -334,6 +336,13 @@ class TrainingRun(Checkpointing):
                 self.checkpoint()
                 self.write(prune_checkpoints, self.folders.checkpoints)
         return None
+
+    def stop_between_steps(self, request: str, message: str) -> str:
+        """End the loop for a cancel or pause; a pause keeps a checkpoint of the last finished step."""
+        if request == "pause" and self.step > self.start_step:
+            self.checkpoint()
+        self.reporter.event(request, message)
+        return request
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over its accumulated micro-batches; returns the step's metrics."""
@@ -575,16 +584,16 @@ def run_phases(run: TrainingRun) -> TrainResult:
     run.resume()
     try:
         request = run.loop()
+        if request is not None:
+            return run.stopped(request)
+        if not run.devices.saves:  # data parallel: rank 0 saves and evaluates alone
+            return run.succeeded(run.step)
+        kept_step = run.save()
+        try:
+            run.final_evaluation()  # reinforcement samples here too: it may run out of memory like a step
+        except StopRequested as stop:
+            run.reporter.event(stop.request, "stopped during the end-of-job evaluation; the adapter is saved")
+            return run.stopped(stop.request)
     except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
         raise TrainingError(ADVICE_OOM, code=OUT_OF_MEMORY) from exc
-    if request is not None:
-        return run.stopped(request)
-    if not run.devices.saves:  # data parallel: rank 0 saves and evaluates alone
-        return run.succeeded(run.step)
-    kept_step = run.save()
-    try:
-        run.final_evaluation()
-    except StopRequested as stop:
-        run.reporter.event(stop.request, "stopped during the end-of-job evaluation; the adapter is saved")
-        return run.stopped(stop.request)
     return run.succeeded(kept_step)

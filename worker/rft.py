@@ -14,8 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from worker.config import TrainSpec
 from worker.data.examples import Example
 from worker.data.tokenization import prompt_ids
+from worker.errors import TrainingError
+from worker.failpoints import failpoint
 from worker.graders.scoring import Scorer
 from worker.grpo import Samples, answer_logps, group_advantages, grpo_loss, sample_answers
 
@@ -27,6 +30,7 @@ AnswerTensors = tuple[
 ]  # prompt ids, mask, answer ids, mask
 EPSILON = 0.2  # PPO's clip, TRL's default
 EVAL_PROMPTS = 64  # validation prompts answered at each evaluation (the first ones; the end of the job takes all)
+GRADER_WARN_EVERY = 10  # steps between two warnings that the grader failed on some answers
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,17 @@ class _Group:
     failures: int  # answers a grader failed on
 
 
+def reward_learner(spec: TrainSpec, tokenizer: Any, device: Any) -> RewardLearner:
+    """The run's learner over the spec's grader (its python parts in sandboxes with the spec's limits)."""
+    from worker.graders.python_sandbox import SandboxLimits
+    from worker.graders.spec import parse_grader
+
+    if spec.grader is None:
+        raise TrainingError("reinforcement needs a grader to score the answers; none was given")
+    limits = SandboxLimits(**spec.grader_limits) if spec.grader_limits else None
+    return RewardLearner(Scorer(parse_grader(spec.grader), limits=limits), spec.config, tokenizer, device)
+
+
 class RewardLearner:
     """GRPO steps and validation rewards for one run; `close()` ends the graders' sandboxes."""
 
@@ -77,21 +92,43 @@ class RewardLearner:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.device = device
+        self.last_problem: str | None = None  # what the grader last failed on, in plain words
+        self.warned_at: int | None = None  # the step of the last warning that the grader failed
 
     def close(self) -> None:
         self.scorer.close()
 
+    def failure_warning(self, step: int, metrics: dict[str, Any]) -> str | None:
+        """A plain warning when the grader failed on some of the step's answers (they scored 0), at most once every
+        GRADER_WARN_EVERY steps so a grader that keeps failing does not flood the job's log."""
+        failures = int(metrics.get("grader_failures") or 0)
+        if not failures or (self.warned_at is not None and step - self.warned_at < GRADER_WARN_EVERY):
+            return None
+        self.warned_at = step
+        answers = "an answer" if failures == 1 else f"{failures} answers"
+        why = f" ({self.last_problem})" if self.last_problem else ""
+        return f"the grader failed on {answers} at step {step}; they scored 0{why}"
+
     def grade(
-        self, samples: Samples, prompts: Sequence[TokenizedPrompt], per_prompt: int
+        self,
+        samples: Samples,
+        prompts: Sequence[TokenizedPrompt],
+        per_prompt: int,
+        between: Callable[[], None] | None = None,
     ) -> tuple[list[float], dict[str, list[float]], int]:
-        """Each answer's reward, each named grader's scores, and how many answers a grader failed on."""
+        """Each answer's reward, each named grader's scores, and how many answers a grader failed on (they score
+        0); `between` is called while graders run."""
         rewards: list[float] = []
         parts: dict[str, list[float]] = {}
         failures = 0
         for row, text in enumerate(samples.texts):
-            result = self.scorer.grade(text, prompts[row // per_prompt].item)
+            if between is not None:  # many quick answers add up too
+                between()
+            result = self.scorer.grade(text, prompts[row // per_prompt].item, between)
             rewards.append(result.reward)
-            failures += result.failed
+            if result.failed:
+                failures += 1
+                self.last_problem = next(iter(result.problems()), None)
             for name, score in result.sub_rewards.items():
                 parts.setdefault(name, []).append(score)
         return rewards, parts, failures
@@ -153,6 +190,11 @@ class RewardLearner:
         import torch
 
         cfg = self.cfg
+
+        def sampling() -> None:
+            failpoint("sample")  # a fault test kills the worker while it samples
+            between()
+
         began = time.monotonic()
         samples = sample_answers(
             model,
@@ -162,12 +204,12 @@ class RewardLearner:
             max_new_tokens=cfg.max_answer_tokens,
             temperature=cfg.sample_temperature,
             device=self.device,
-            between_tokens=between,
+            between_tokens=sampling,
         )
         between()
         graded = time.monotonic()
         timing["sample_s"] += graded - began
-        rewards, parts, failures = self.grade(samples, chosen, cfg.group_size)
+        rewards, parts, failures = self.grade(samples, chosen, cfg.group_size, between)
         timing["grade_s"] += time.monotonic() - graded
         reward_tensor = torch.tensor(rewards)
         return _Group(samples, reward_tensor, group_advantages(reward_tensor, cfg.group_size), parts, failures)
@@ -231,7 +273,7 @@ class RewardLearner:
                 between_tokens=between,
             )
             for row, text in enumerate(samples.texts):
-                result = self.scorer.grade(text, chunk[row].item)
+                result = self.scorer.grade(text, chunk[row].item, between)
                 rows.append(
                     {
                         "answer": text,

@@ -8,6 +8,7 @@ curve and adapter equal an uninterrupted run's."""
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -147,6 +148,70 @@ def test_train_worker_killed_at_the_worst_moment(run, moment):
     stack.respawn("train")  # within a second, the dead worker's lease still running
     job = run.check(job_id, reference=run.reference_id)
     assert job["attempts"] == 2, job
+
+
+RFT_STEPS = 8
+RFT_CONFIG = {
+    "method": "reinforcement", "batch_size": 4, "learning_rate": 0.02, "warmup_ratio": 0, "rank": 8, "alpha": 16,
+    "target_preset": "all_linear", "dropout": 0.0, "group_size": 2, "max_answer_tokens": 6, "beta": 0.0,
+    "max_steps": RFT_STEPS, "save_every": 2, "keep_best": False, "max_seq_length": 64, "seed": 3,
+}  # fmt: skip
+SLOW_ON_ROW_0 = {  # a grader slow enough on one prompt for the kill to land while it runs
+    "type": "python",
+    "name": "slow",
+    "source": "import time\ndef grade(sample, item):\n    if item['id'] == 0:\n        time.sleep(0.5)\n    return 1.0\n",
+}
+
+
+def grader_children(pid: int) -> list[psutil.Process]:
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in children if any("python_child.py" in part for part in p.cmdline())]
+
+
+def ended(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# Struck after a checkpoint (every 2 steps): the 25th sampled token is in step 5 or later (6 at most a step);
+# prompt 0 is graded in one step an epoch, 2 answers each slow for two looks: the 7th look is in epoch 2.
+@pytest.mark.parametrize("moment", ["sample=%d@25", "grader_running=%d@7"])
+def test_reinforcement_worker_killed_while_it_samples_or_grades(run, moment):
+    stack, api = run.stack, run.api
+    rows = [{"messages": [{"role": "user", "content": f"say a number {i}"}], "id": i} for i in range(8)]
+    data = "".join(__import__("json").dumps(r) + "\n" for r in rows)
+    dataset = api.post("/datasets/", files={"file": ("prompts.jsonl", data.encode())}, data={"name": "prompts"})["id"]
+    stack.arm(moment % HOLD_S)
+    job_id = api.post(
+        "/jobs/",
+        json={
+            "name": "rft-fault",
+            "dataset": dataset,
+            "base_model": run.base,
+            "config": RFT_CONFIG,
+            "grader": SLOW_ON_ROW_0,
+            "validation": "none",
+        },
+    )["id"]
+    pid = stack.wait_failpoint(moment.split("=")[0])
+    children = grader_children(pid)
+    if moment.startswith("grader"):
+        assert children, "the grader's child runs while the worker is killed"
+    assert stack.kill("train") == -9
+    stack.env["LORA_STUDIO_FAILPOINTS"] = ""
+    stack.respawn("train")
+    wait_until(lambda: all(ended(p) for p in children), timeout=5, what="the killed worker's grader children to end")
+    job = api.wait_done(stack, job_id)
+    assert job["attempts"] == 2 and job["step"] == RFT_STEPS, job
+    points = api.metrics_after(job_id, 0)
+    assert [p["step"] for p in points] == list(range(1, RFT_STEPS + 1))  # no gap, no duplicate
+    messages = [e["message"] for e in stack.job_events(job_id)]
+    assert any(m.startswith("resumed from checkpoint at step") for m in messages), messages
 
 
 def kill_redis_mid_job(run: Run) -> None:

@@ -142,3 +142,57 @@ def test_python_grader_inside_a_multi_grader_reports_its_failure():
         result.errors["python_grader_runtime_error"]
         and "ZeroDivisionError" in result.details["python_grader_runtime_error"][0]
     )
+
+
+HOLDER = """
+import sys, time
+from worker.graders.python_sandbox import PythonSandbox, SandboxLimits
+
+sandbox = PythonSandbox(sys.argv[1], SandboxLimits(seconds=120))
+sandbox.start()
+print(sandbox.child.pid, flush=True)
+print(sandbox.score({"output_text": "x"}, {}).score, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("grader", ["sleeps", "idles"])
+def test_a_worker_killed_with_minus_9_leaves_no_grader_child(tmp_path, grader):
+    """The child has a session of its own (no group kill reaches it) and a grader may sleep or loop: it ends
+    itself when the process that started it is gone, whether it was grading or waiting for the next answer."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psutil
+
+    from tests.waiting import wait_until
+
+    wait = "time.sleep(120)" if grader == "sleeps" else "pass"
+    source = f"import time\ndef grade(sample, item):\n    open('grading', 'w').close()\n    {wait}\n    return 1.0\n"
+    (tmp_path / "holder.py").write_text(HOLDER)
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen(
+        [sys.executable, str(tmp_path / "holder.py"), source],
+        stdout=subprocess.PIPE,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert holder.stdout is not None
+    child = psutil.Process(int(holder.stdout.readline()))
+    if grader == "sleeps":  # killed while grade() runs
+        started = Path(child.cwd()) / "grading"
+        wait_until(started.exists, timeout=10, interval=0.05, what="the grader to start")
+    else:  # killed while the child waits for the next answer
+        assert holder.stdout.readline().strip() == b"1.0"
+    holder.kill()
+    holder.wait()
+    holder.stdout.close()
+
+    def gone() -> bool:
+        try:
+            return child.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(gone, timeout=3, interval=0.05, what="the grader's child to end with its worker")

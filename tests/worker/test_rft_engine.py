@@ -5,6 +5,7 @@ sampling stops there; a dataset of the wrong kind is refused in plain words."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -108,3 +109,189 @@ def test_a_dataset_of_another_kind_is_refused(tiny_llama, tmp_path, chat_file):
     supervised = TrainSpec(**{**spec.__dict__, "dataset_path": spec.eval_dataset_path, "config": TrainConfig()})
     with pytest.raises(TrainingError, match="prompts without answers; they are for the reinforcement method"):
         train(supervised, MemoryReporter())
+
+
+# --- faults: stops, pauses, failing graders and out-of-memory at the worst moments ---------------------------
+
+
+class StopWhile:
+    """Wraps worker.rft's sample_answers: raises the stop flag (as the web's cancel does) at the `at`-th call's
+    `after`-th token, and counts the tokens sampled after it."""
+
+    def __init__(self, monkeypatch, request, *, at=1, after=5, greedy=False):
+        from worker import rft
+
+        self.request, self.at, self.after, self.greedy = request, at, after, greedy
+        self.calls, self.flagged_at, self.tokens_after = 0, None, 0
+        original = rft.sample_answers
+
+        def sample_answers(*args, **kw):
+            if bool(kw.get("greedy")) != self.greedy:
+                return original(*args, **kw)
+            self.calls += 1
+            if self.calls != self.at:
+                return original(*args, **kw)
+            inner, count = kw["between_tokens"], [0]
+
+            def between():
+                count[0] += 1
+                if self.flagged_at is not None:
+                    self.tokens_after += 1
+                elif count[0] == self.after:
+                    self.flagged_at = time.monotonic()
+                inner()
+
+            return original(*args, **{**kw, "between_tokens": between})
+
+        monkeypatch.setattr(rft, "sample_answers", sample_answers)
+
+    def should_stop(self):
+        return self.request if self.flagged_at is not None else None
+
+
+def _grader_children() -> list:
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True) if any("python_child.py" in a for a in p.cmdline())]
+
+
+def test_a_cancel_while_long_answers_are_sampled_acts_within_two_seconds(tiny_llama, tmp_path, monkeypatch):
+    stop = StopWhile(monkeypatch, "cancel", at=1, after=5)
+    reporter = MemoryReporter()
+    spec = _spec(tiny_llama, tmp_path, max_answer_tokens=1500, max_seq_length=1600, max_steps=2)
+    result = train(spec, reporter, stop.should_stop)
+    seconds = time.monotonic() - stop.flagged_at
+    assert result.status == "cancelled" and result.steps_done == 0 and reporter.points == []
+    assert seconds < 2.0, f"the cancel took {seconds:.2f} s ({stop.tokens_after} tokens sampled after it)"
+    assert ("cancel", "stopped during step 1; it is redone") in reporter.events
+    assert _grader_children() == []
+
+
+@pytest.mark.parametrize("moment", ["sampling", "validation"])
+def test_a_pause_in_the_middle_resumes_from_its_checkpoint_with_every_step_once(
+    tiny_llama, tmp_path, monkeypatch, moment
+):
+    # Steps 1-3 run; the pause comes while step 4 samples (undone, redone after resume) or while the validation
+    # after step 4 answers (step 4 is kept and reported without its evaluation).
+    from worker import engine
+
+    monkeypatch.setattr(engine, "STOP_POLL_S", 0.0)  # the flag is seen at the next token, however fast they come
+    stop = StopWhile(monkeypatch, "pause", at=4 if moment == "sampling" else 1, greedy=moment == "validation")
+    first = MemoryReporter()
+    spec = _spec(tiny_llama, tmp_path, max_steps=6, eval_every=4, save_every=100, max_answer_tokens=24)
+    paused = train(spec, first, stop.should_stop)
+    assert time.monotonic() - stop.flagged_at < 2.0
+    kept = 3 if moment == "sampling" else 4
+    assert paused.status == "paused" and paused.steps_done == kept
+    assert [step for step, _ in first.points] == list(range(1, kept + 1))
+    assert (tmp_path / f"out/checkpoints/step-{kept:06d}").is_dir()
+    second = MemoryReporter()
+    resumed = train(spec, second)
+    assert resumed.status == "succeeded" and resumed.steps_done == 6
+    assert ("resume", f"resumed from checkpoint at step {kept}") in second.events
+    assert [step for step, _ in first.points + second.points] == list(range(1, 7))
+    assert all("reward" in metrics for _, metrics in first.points + second.points)
+    assert "eval_reward" in dict(second.points)[6]
+
+
+FLAKY = {
+    "type": "python",
+    "name": "flaky",
+    "source": "import time\n"
+    "def grade(sample, item):\n"
+    "    if item['id'] == 0:\n"
+    "        time.sleep(60)\n"
+    "    if item['id'] == 1:\n"
+    "        raise ValueError('no answer for row 1')\n"
+    "    return 1.0\n",
+}
+
+
+def test_a_grader_that_hangs_or_crashes_on_some_answers_scores_them_zero_and_says_so(tiny_llama, tmp_path, monkeypatch):
+    from worker import engine, rft
+
+    monkeypatch.setattr(rft, "GRADER_WARN_EVERY", 2)
+    seen = []
+    original = engine.TrainingRun.train_step
+
+    def train_step(run):
+        seen.extend(_grader_children())
+        return original(run)
+
+    monkeypatch.setattr(engine.TrainingRun, "train_step", train_step)
+    spec = _spec(tiny_llama, tmp_path, max_steps=4, eval_every=100, group_size=2, batch_size=8, final_eval=False)
+    spec = TrainSpec(**{**spec.__dict__, "grader": FLAKY, "grader_limits": {"seconds": 0.5}})
+    reporter = MemoryReporter()
+    result = train(spec, reporter)
+    assert result.status == "succeeded" and result.steps_done == 4
+    failures = [metrics["grader_failures"] for _, metrics in reporter.points]
+    assert failures == [4.0] * 4  # rows 0 and 1 in every step of all 8 prompts, 2 answers each
+    assert all(metrics["reward"] == pytest.approx(0.75) for _, metrics in reporter.points)
+    warnings = [m for kind, m in reporter.events if kind == "warning" and "the grader failed" in m]
+    assert [m.split(" at step ")[1].split(";")[0] for m in warnings] == ["1", "3"], warnings
+    assert "they scored 0" in warnings[0] and ("took longer than" in warnings[0] or "row 1" in warnings[0])
+    assert seen and _grader_children() == []  # a child graded, and none is left
+
+
+@pytest.mark.parametrize("grader", ["hangs", "is slow on each of many answers"])
+def test_a_cancel_while_a_grader_runs_acts_within_two_seconds(tiny_llama, tmp_path, grader):
+    import threading
+
+    flagged = {}
+
+    def watch():  # the cancel comes as soon as a grader's child runs, whenever the run looks next
+        while "at" not in flagged and not flagged.get("done"):
+            if _grader_children():
+                flagged["at"] = time.monotonic()
+            time.sleep(0.02)
+
+    def should_stop():
+        return "cancel" if "at" in flagged else None
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    # Hangs: one answer would hold the step for 30 s; slow: 32 answers of 0.15 s each (5 s) add up.
+    spec = _spec(tiny_llama, tmp_path, max_steps=2, group_size=2 if grader == "hangs" else 8)
+    seconds = 60 if grader == "hangs" else 0.15
+    slow = {**FLAKY, "source": f"import time\ndef grade(sample, item):\n    time.sleep({seconds})\n    return 1.0\n"}
+    spec = TrainSpec(**{**spec.__dict__, "grader": slow, "grader_limits": {"seconds": 30}})
+    try:
+        result = train(spec, MemoryReporter(), should_stop)
+    finally:
+        flagged["done"] = True
+        watcher.join()
+    assert result.status == "cancelled" and result.steps_done == 0
+    assert time.monotonic() - flagged["at"] < 2.0
+    assert _grader_children() == []
+
+
+class FlagAtEvent(MemoryReporter):
+    def __init__(self, when):
+        super().__init__()
+        self.when, self.seen = when, False
+
+    def event(self, kind, message):
+        super().event(kind, message)
+        self.seen = self.seen or message.startswith(self.when)
+
+
+@pytest.mark.parametrize(("moment", "error"), [("a step", "cuda"), ("the end-of-job evaluation", "host")])
+def test_out_of_memory_while_sampling_gives_the_memory_advice(tiny_llama, tmp_path, monkeypatch, moment, error):
+    import torch
+
+    from worker import rft
+    from worker.memory_advice import ADVICE_OOM, OUT_OF_MEMORY
+
+    reporter = FlagAtEvent("comparing base and adapted" if moment != "a step" else "")
+    original = rft.sample_answers
+
+    def sample_answers(*args, **kw):
+        if reporter.seen:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory") if error == "cuda" else MemoryError()
+        return original(*args, **kw)
+
+    monkeypatch.setattr(rft, "sample_answers", sample_answers)
+    with pytest.raises(TrainingError) as caught:
+        train(_spec(tiny_llama, tmp_path, max_steps=1, group_size=2), reporter)
+    assert caught.value.code == OUT_OF_MEMORY and str(caught.value) == ADVICE_OOM
+    assert _grader_children() == []

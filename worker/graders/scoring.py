@@ -96,25 +96,33 @@ class Scorer:
         for sandbox in self.sandboxes.values():
             sandbox.close()
 
-    def grade(self, output_text: str, item: Any) -> GradeResult:
-        """The reward for `output_text` as the answer to the dataset row `item`."""
+    def grade(self, output_text: str, item: Any, between: Callable[[], None] | None = None) -> GradeResult:
+        """The reward for `output_text` as the answer to the dataset row `item`; `between()` is called while a
+        python grader runs (it may raise to stop: the grader's child is ended)."""
         began = time.monotonic()
         result = GradeResult(0.0)
         namespaces = {"item": item, "sample": sample_namespace(output_text)}
         if isinstance(self.grader, MultiGrader):
             for key, single in self.grader.graders:
-                result.sub_rewards[key] = self._single(key, single, namespaces, result)
+                result.sub_rewards[key] = self._single(key, single, namespaces, result, between)
             try:
                 result.reward = self.grader.calculate_output.compute(result.sub_rewards)
             except FormulaError as exc:
                 result.fail("formula_parse_error", f"{self.grader.name}: {exc}")
         else:
-            result.reward = self._single(self.grader.name, self.grader, namespaces, result)
+            result.reward = self._single(self.grader.name, self.grader, namespaces, result, between)
             result.sub_rewards[self.grader.name] = result.reward
         result.seconds = time.monotonic() - began
         return result
 
-    def _single(self, key: str, grader: SingleGrader, namespaces: dict[str, Any], result: GradeResult) -> float:
+    def _single(
+        self,
+        key: str,
+        grader: SingleGrader,
+        namespaces: dict[str, Any],
+        result: GradeResult,
+        between: Callable[[], None] | None = None,
+    ) -> float:
         try:
             if isinstance(grader, StringCheck):
                 return _string_check(grader, namespaces)
@@ -122,7 +130,7 @@ class Scorer:
                 output = render_template(grader.input, namespaces)
                 return METRICS[grader.evaluation_metric](output, render_template(grader.reference, namespaces))
             if isinstance(grader, PythonGrader):
-                scored = self.sandboxes[key].score(namespaces["sample"], namespaces["item"])
+                scored = self.sandboxes[key].score(namespaces["sample"], namespaces["item"], between)
                 if scored.error is not None:
                     result.fail("python_grader_runtime_error", f"{key}: {scored.error}")
                 return scored.score
