@@ -316,11 +316,7 @@ class TrainingRun(Checkpointing):
             except StopRequested as stop:  # the step is done: reported (without its evaluation) and kept
                 self.reporter.log(self.step, metrics)
                 return self.stop_between_steps(stop.request, f"stopped during the evaluation after step {self.step}")
-            if (
-                self.learner is not None
-                and self.devices.writes
-                and (warning := self.learner.failure_warning(self.step, metrics))
-            ):
+            for warning in self.learner.warnings(self.step, metrics) if self.learner and self.devices.writes else []:
                 self.reporter.event("warning", warning)
             self.reporter.log(self.step, metrics)
             if self.best.should_stop and self.step < self.total_steps:

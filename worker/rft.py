@@ -30,6 +30,7 @@ AnswerTensors = tuple[
 ]  # prompt ids, mask, answer ids, mask
 EPSILON = 0.2  # PPO's clip, TRL's default
 EVAL_PROMPTS = 64  # validation prompts answered at each evaluation (the first ones; the end of the job takes all)
+FLAT_STEPS = 5  # steps in a row without any spread in the scores before the job says so
 GRADER_WARN_EVERY = 10  # steps between two warnings that the grader failed on some answers
 
 
@@ -94,9 +95,28 @@ class RewardLearner:
         self.device = device
         self.last_problem: str | None = None  # what the grader last failed on, in plain words
         self.warned_at: int | None = None  # the step of the last warning that the grader failed
+        self.flat_steps = 0  # steps in a row whose answers to each prompt all scored the same
 
     def close(self) -> None:
         self.scorer.close()
+
+    def warnings(self, step: int, metrics: dict[str, Any]) -> list[str]:
+        """The step's warnings in plain words: the grader failed on answers; the answers give nothing to learn from."""
+        found = [self.failure_warning(step, metrics), self.flat_warning(metrics)]
+        return [warning for warning in found if warning]
+
+    def flat_warning(self, metrics: dict[str, Any]) -> str | None:
+        """Once FLAT_STEPS steps in a row gave every answer to each prompt the same score (no spread: GRPO's
+        advantages are all 0 and nothing is learnt), say so and what helps; again only after the spread came back."""
+        self.flat_steps = self.flat_steps + 1 if not metrics.get("reward_spread") else 0
+        if self.flat_steps != FLAT_STEPS:
+            return None
+        return (
+            f"for {FLAT_STEPS} steps every answer to each prompt scored the same (mean score "
+            f"{metrics.get('reward', 0):.2f}), so the model has nothing to learn from: use a grader that gives partial "
+            "credit (a multi grader or a text similarity), more answers per prompt, or start from a supervised job "
+            "that already gets some answers right"
+        )
 
     def failure_warning(self, step: int, metrics: dict[str, Any]) -> str | None:
         """A plain warning when the grader failed on some of the step's answers (they scored 0), at most once every

@@ -295,3 +295,17 @@ def test_out_of_memory_while_sampling_gives_the_memory_advice(tiny_llama, tmp_pa
         train(_spec(tiny_llama, tmp_path, max_steps=1, group_size=2), reporter)
     assert caught.value.code == OUT_OF_MEMORY and str(caught.value) == ADVICE_OOM
     assert _grader_children() == []
+
+
+def test_a_grader_that_scores_every_answer_the_same_is_reported_once(tiny_llama, tmp_path):
+    never = {"type": "string_check", "name": "never", "input": "{{sample.output_text}}", "reference": "zzzz",
+             "operation": "eq"}  # fmt: skip
+    spec = _spec(tiny_llama, tmp_path, max_steps=7, eval_every=100, final_eval=False)
+    reporter = MemoryReporter()
+    assert train(TrainSpec(**{**spec.__dict__, "grader": never}), reporter).status == "succeeded"
+    flat = [message for kind, message in reporter.events if kind == "warning" and "nothing to learn" in message]
+    assert flat == [
+        "for 5 steps every answer to each prompt scored the same (mean score 0.00), so the model has nothing to learn "
+        "from: use a grader that gives partial credit (a multi grader or a text similarity), more answers per prompt, "
+        "or start from a supervised job that already gets some answers right"
+    ]
