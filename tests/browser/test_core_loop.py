@@ -15,14 +15,14 @@ def test_core_loop_in_the_browser(stack, page, tmp_path):
     data = tmp_path / "colours.jsonl"
     data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in memorisable_conversations()))
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
+    bad.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}\n')
 
     sign_in(page, stack, "alice")
 
     page.goto(stack.url + "/datasets/")
     page.set_input_files("#id_file", str(bad))
     page.click("#upload-form button[type=submit]")
-    assert "line 1: messages has no assistant turn" in page.inner_text("#upload-problems")
+    assert "line 1: messages[1].content is empty" in page.inner_text("#upload-problems")
     page.set_input_files("#id_file", str(data))
     page.click("#upload-form button[type=submit]")
     page.get_by_text("Uploaded colours.jsonl: 8 examples").wait_for()

@@ -23,7 +23,9 @@ def dataset(user, chat_file):
 
 
 def controls(html: str) -> list[str]:
-    """The inputs a person sees in `html`: every input, select and textarea but the hidden ones."""
+    """The inputs a person sees in `html`: every input, select and textarea but the hidden ones (and those inside
+    a hidden section or row, such as the reward builder of another method)."""
+    html = re.sub(r"<(section|div)\b[^>]*\shidden[\s>][^<]*.*?</\1>", "", html, flags=re.S)
     found = re.findall(r"<(?:input|select|textarea)\b[^>]*>", html)
     return [c for c in found if 'type="hidden"' not in c]
 
@@ -119,3 +121,20 @@ def test_with_train_workers_the_memory_limit_is_the_largest_workers(user, base_m
     cpus = [("cpu", Capacity(device="cpu", count=4, memory_mb=32_000))]
     est = job_estimate(owner=user, dataset=dataset, base_model=base_model, config=TrainConfig(), fleet=cpus)
     assert (est.memory_limit_mb, est.memory_limit_of) == (32_000, "the largest train worker has")
+
+
+def test_with_prompts_the_reward_builder_shows_and_the_form_stays_short(client_in, user, base_model):
+    import json
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from jobs.datasets.services import dataset_create
+
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}], "answer": str(i)} for i in range(3)]
+    upload = SimpleUploadedFile("p.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    prompts = dataset_create(owner=user, upload=upload)
+    html = client_in.get(f"/jobs/new/?dataset={prompts.id}").content.decode()
+    start = html.index('id="job-form"')
+    first = html[start : html.index("</form>", start)].split('<details id="custom">', 1)[0]
+    assert 'id="reward-builder"' in first and 'id="rb-start"' in " ".join(controls(first))
+    assert len(controls(first)) <= 8, controls(first)

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import worker.engine as engine
+import worker.resume as resume
 from tests.factories import memorisable_conversations, write_jsonl
 from worker.checkpoint import CheckpointUnreadable, read_checkpoint
 from worker.config import TrainConfig, TrainSpec
@@ -200,13 +201,16 @@ def test_the_guard_comes_right_before_every_write(tiny_llama, runs, tmp_path, mo
     trail = []
 
     def traced(name):
-        real = getattr(engine, name)
+        for module in (engine, resume):  # the recipe's writes, and its resume and checkpoint phases'
+            if not hasattr(module, name):
+                continue
+            real = getattr(module, name)
 
-        def write(*args, **kwargs):
-            trail.append(name)
-            return real(*args, **kwargs)
+            def write(*args, _real=real, **kwargs):
+                trail.append(name)
+                return _real(*args, **kwargs)
 
-        monkeypatch.setattr(engine, name, write)
+            monkeypatch.setattr(module, name, write)
 
     for name in (
         "save_checkpoint",
