@@ -174,12 +174,22 @@ def test_gpu_only_kernels_stay_out_of_the_cpu_install():
     assert compose.count("GPU_EXTRAS: requirements-gpu.txt") == 1
 
 
-def test_make_test_lints_formats_and_type_checks_before_the_suite():
-    """CI runs `make test`: ruff (lint and layout) and mypy (strict on worker/) must pass before pytest runs,
-    with their versions pinned and their configuration in the repo."""
+def test_make_test_lints_formats_and_type_checks_with_the_suite(tmp_path):
+    """CI runs `make test`: ruff (lint and layout) before the suite, mypy (strict on worker/) beside it, with their
+    versions pinned and their configuration in the repo; the suite or mypy failing fails make test."""
     recipe = (ROOT / "Makefile").read_text().split("\ntest:", 1)[1].split("\n\n", 1)[0]
     steps = [line.strip() for line in recipe.splitlines()[1:] if line.startswith("\t")]
-    assert steps == ["$(PY) -m ruff check .", "$(PY) -m ruff format --check .", "$(PY) -m mypy", "$(PY) -m pytest"]
+    assert steps[:2] == ["$(PY) -m ruff check .", "$(PY) -m ruff format --check ."]
+    together = " ".join(steps[2:])
+    assert "$(PY) -m mypy" in together and "$(PY) -m pytest" in together
+    # The recipe's shell with stand-ins for mypy and pytest: each failing alone fails it, both passing passes it.
+    for mypy_rc, pytest_rc, expected in ((0, 0, 0), (1, 0, 1), (0, 1, 1)):
+        fake = tmp_path / f"py-{mypy_rc}{pytest_rc}"
+        fake.write_text(f'#!/bin/sh\ncase "$2" in mypy) exit {mypy_rc};; pytest) exit {pytest_rc};; esac\n')
+        fake.chmod(0o755)
+        script = together.removeprefix("@").replace("$(PY)", str(fake)).replace("$$", "$").replace("\\ ", " ")
+        done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+        assert (done.returncode != 0) == bool(expected), (mypy_rc, pytest_rc, done.stdout, done.stderr)
     pins = (ROOT / "requirements-dev.txt").read_text()
     assert "ruff==" in pins and "mypy==" in pins and "django-stubs==" in pins
     config = (ROOT / "pyproject.toml").read_text()
