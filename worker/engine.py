@@ -506,20 +506,16 @@ class TrainingRun(Checkpointing):
             return
         self.reporter.event("evaluate", "comparing base and adapted model on the validation split")
         started = time.monotonic()
-        held_out = read_normalized_jsonl(spec.eval_dataset_path)
-        if cfg.is_reinforcement:
+        if cfg.is_reinforcement:  # its held-out prompts were tokenized at setup (one device: all of them)
+            prompts = cast(list[TokenizedPrompt], self.run_data.eval.examples)
             evaluation = reward_evaluation(
-                self.rewards,
-                self.model,
-                tokenize_prompts(self.run_data.tokenizer, held_out, max(1, cfg.max_seq_length - cfg.max_answer_tokens)),
-                self.poll_stop,
-                self.reference.get("adapter"),
+                self.rewards, self.model, prompts, self.poll_stop, self.reference.get("adapter")
             )
         elif cfg.is_preference:
             evaluation = evaluate_preferences(
                 self.model,
                 self.run_data.tokenizer,
-                held_out,
+                read_normalized_jsonl(spec.eval_dataset_path),
                 cfg=cfg,
                 device=self.train_dev.device,
                 ref_table=self.reference.get("eval"),
@@ -528,7 +524,7 @@ class TrainingRun(Checkpointing):
             evaluation = evaluate_adapter(
                 self.model,
                 self.run_data.tokenizer,
-                held_out,
+                read_normalized_jsonl(spec.eval_dataset_path),
                 max_seq_length=cfg.max_seq_length,
                 device=self.train_dev.device,
                 between_batches=self.poll_stop,

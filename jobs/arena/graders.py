@@ -21,7 +21,7 @@ from worker.config import GenerationConfig
 from worker.data.normalized import first_prompts
 from worker.errors import InputError
 from worker.graders.scoring import GradeResult, Judge, Scorer
-from worker.graders.spec import PythonGrader, parse_grader
+from worker.graders.spec import Grader, PythonGrader, parse_grader
 
 MAX_SAMPLE_CHARS = 100_000
 JUDGE_TOKENS = 256  # a judge's answer is a score or a label with a short reason
@@ -58,15 +58,24 @@ def chat_judge(owner, *, timeout: float | None = None) -> Judge:
 
 
 def answers_wait(answers: list[ChatAnswer], deadline: float) -> None:
-    """Refresh `answers` until each is done or failed, or until `deadline` (time.monotonic())."""
-    waiting = list(answers)
+    """Refresh `answers` until each is done or failed, or until `deadline` (time.monotonic()): one query a look."""
+    waiting = {answer.id: answer for answer in answers}
     while waiting:
-        for answer in waiting:
-            answer.refresh_from_db(fields=["state", "text", "error"])
-        waiting = [a for a in waiting if a.state not in (ChatAnswer.State.DONE, ChatAnswer.State.FAILED)]
+        rows = ChatAnswer.objects.filter(id__in=waiting).values_list("id", "state", "text", "error")
+        for answer_id, state, text, error in rows:
+            answer = waiting[answer_id]
+            answer.state, answer.text, answer.error = state, text, error
+        waiting = {i: a for i, a in waiting.items() if a.state not in (ChatAnswer.State.DONE, ChatAnswer.State.FAILED)}
         if not waiting or time.monotonic() >= deadline:
             return
         time.sleep(0.1)
+
+
+def python_slot(owner, grader: Grader, seconds: float):
+    """A grader slot for `seconds` when the grader has python parts (they start a child), else nothing to hold."""
+    if any(isinstance(part, PythonGrader) for _, part in grader_parts(grader)):
+        return grader_slot(owner, seconds)
+    return nullcontext()
 
 
 def grader_run(*, owner, grader: object, model_sample: object, item: object = None) -> dict[str, Any]:
@@ -78,12 +87,8 @@ def grader_run(*, owner, grader: object, model_sample: object, item: object = No
         raise InputError("model_sample", f"is longer than {MAX_SAMPLE_CHARS:,} characters")
     item = {} if item is None else item
     limits = grader_limits()
-    has_python = any(isinstance(part, PythonGrader) for _, part in grader_parts(parsed))
     with Scorer(parsed, judge=chat_judge(owner), limits=limits) as scorer:
-        if has_python:
-            with grader_slot(owner, limits.start_seconds + limits.seconds):
-                result = scorer.grade(model_sample, item)
-        else:
+        with python_slot(owner, parsed, limits.start_seconds + limits.seconds):
             result = scorer.grade(model_sample, item)
     return run_response(parsed.name, parsed.type, result)
 
@@ -123,10 +128,9 @@ def grader_try(
     limit = min(TRY_SECONDS, settings.CHAT_COMPLETION_TIMEOUT)
     answers_wait(answers, time.monotonic() + limit)
     limits = grader_limits()
-    has_python = any(isinstance(part, PythonGrader) for _, part in grader_parts(parsed))
     out = []
     # One python child grades every row, under one slot for all of them.
-    slot = grader_slot(owner, limits.start_seconds + limits.seconds * len(answers)) if has_python else nullcontext()
+    slot = python_slot(owner, parsed, limits.start_seconds + limits.seconds * len(answers))
     with slot, Scorer(parsed, limits=limits) as scorer:
         for answer, (_messages, item) in zip(answers, prompts, strict=True):
             row: dict[str, Any] = {"prompt": answer.prompt, "answer": answer.text, "reward": None, "scores": {}}
