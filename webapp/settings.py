@@ -291,6 +291,8 @@ GRADER_CPU_SECONDS = env_int("GRADER_CPU_SECONDS", 2)
 GRADER_MEMORY_MB = env_int("GRADER_MEMORY_MB", 512)
 GRADER_CHILDREN_PER_USER = env_int("GRADER_CHILDREN_PER_USER", 2)
 GRADER_CHILDREN_TOTAL = env_int("GRADER_CHILDREN_TOTAL", 4)
+# A judge model of a reinforcement job (score_model, label_model) answers at most this many tokens per answer.
+GRADER_JUDGE_TOKENS = env_int("GRADER_JUDGE_TOKENS", 512)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 

@@ -586,9 +586,8 @@ class TrainSpec:
     device: str = "auto"  # auto | cpu | cuda
     start_adapter_dir: str | None = None  # the adapter of config.start_from: the start and DPO's reference
     grader: dict[str, Any] | None = None  # reinforcement: the grader, in OpenAI's shape (worker.graders.spec)
-    grader_limits: dict[str, Any] | None = (
-        None  # its python parts' limits (worker.graders.python_sandbox.SandboxLimits)
-    )
+    grader_limits: dict[str, Any] | None = None  # its python parts' limits (graders.python_sandbox.SandboxLimits)
+    grader_judges: dict[str, dict[str, Any]] | None = None  # its judge models by name (worker.judges.LocalJudge)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "config": self.config.to_dict()}

@@ -174,7 +174,11 @@ class TrainingRun(Checkpointing):
 
     def setup_graders(self) -> None:
         """Reinforcement: the grader (its python parts in their sandboxes) and the GRPO steps over it."""
-        self.learner = reward_learner(self.spec, self.run_data.tokenizer, self.train_dev.device)
+        own = self.model if self.devices.world == 1 else None  # a judge that is the base alone: the model, adapter off
+        self.learner = reward_learner(self.spec, self.run_data.tokenizer, self.train_dev.device, own)
+        if self.learner.judge is not None:  # loaded now, so a stop acts within seconds once answers are judged
+            self.reporter.event("setup", "loading the grader's judge models")
+            self.learner.judge.load(self.poll_stop)
         name = self.learner.scorer.grader.name
         self.reporter.event("setup", f"reinforcement: {self.cfg.group_size} answers per prompt, scored by '{name}'")
 

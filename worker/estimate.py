@@ -79,6 +79,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -401,8 +402,10 @@ def estimate(
     memory_limit_mb: float | None = None,
     flops_per_s: float | None = None,
     data: DataShape = DataShape(),
+    judge_paths: Sequence[str] = (),
 ) -> Estimate:
-    """Estimate a job before it runs; reads the model's config only (never its weights).
+    """Estimate a job before it runs; reads the model's config only (never its weights). `judge_paths`: the judge
+    models a reinforcement job loads beside its own (`judge_models` in the breakdown).
 
     `n_examples` and `mean_tokens` describe the tokenized training set (mean tokens per
     example; per side of a pair for DPO / ORPO; a prompt's for reinforcement); `tokens_per_s`, when known (a measured rate on this machine, e.g. a previous job's
@@ -416,6 +419,9 @@ def estimate(
     shape, targets = _meta_shape(model_path, cfg)
     trainable = _trainable(shape, cfg, cfg.rank)
     breakdown = _memory(shape, cfg, trainable, device, data)
+    judges = judges_mb(judge_paths, cfg, device)
+    if judges:
+        breakdown["judge_models"] = judges
     memory = sum(breakdown.values())
     _, steps = plan_steps(n_examples, cfg)
     seconds = None
@@ -441,7 +447,7 @@ def estimate(
         if fits or memory_limit_mb is None
         else fitting_tips(
             cfg,
-            lambda c: sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device, data).values()),
+            lambda c: judges + sum(_memory(shape, c, _trainable(shape, c, cfg.rank), device, data).values()),
             float(memory_limit_mb),
         )
     )
@@ -461,3 +467,14 @@ def estimate(
         targets=targets,
         memory_limit_mb=memory_limit_mb,
     )
+
+
+def judges_mb(paths: Sequence[str], cfg: TrainConfig, device: str) -> float:
+    """The memory of judge models loaded beside the training model (each base once, at the compute dtype; their
+    adapters, megabytes, are left out)."""
+    from worker.modeling import meta_model
+
+    total = 0
+    for path in sorted(set(paths)):
+        total += sum(p.numel() for p in meta_model(path)[1].parameters()) * compute_bytes(cfg, device)
+    return total / MIB

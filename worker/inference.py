@@ -279,6 +279,11 @@ class ModelPool:
             return loaded, contextlib.nullcontext()
         return loaded, loaded.model.disable_adapter() if loaded.adapters else contextlib.nullcontext()
 
+    def load(self, base_path: str, adapter: tuple[str, str] | None = None) -> None:
+        """Load the base (and adapter (name, folder)) now, before the first answer asks for it."""
+        with self._lock:
+            self._select(base_path, adapter)
+
     def generate(
         self,
         base_path: str,

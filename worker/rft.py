@@ -21,6 +21,7 @@ from worker.errors import TrainingError
 from worker.failpoints import failpoint
 from worker.graders.scoring import Scorer
 from worker.grpo import Samples, answer_logps, group_advantages, grpo_loss, sample_answers
+from worker.judges import LocalJudge, OwnModel
 
 if TYPE_CHECKING:
     import torch
@@ -74,22 +75,29 @@ class _Group:
     failures: int  # answers a grader failed on
 
 
-def reward_learner(spec: TrainSpec, tokenizer: Any, device: Any) -> RewardLearner:
-    """The run's learner over the spec's grader (its python parts in sandboxes with the spec's limits)."""
+def reward_learner(spec: TrainSpec, tokenizer: Any, device: Any, own_model: Any = None) -> RewardLearner:
+    """The run's learner over the spec's grader (its python parts in sandboxes with the spec's limits, its judge
+    models in this process: `own_model`, the training model, judges as the base when a judge is the base alone)."""
     from worker.graders.python_sandbox import SandboxLimits
     from worker.graders.spec import parse_grader
 
     if spec.grader is None:
         raise TrainingError("reinforcement needs a grader to score the answers; none was given")
     limits = SandboxLimits(**spec.grader_limits) if spec.grader_limits else None
-    return RewardLearner(Scorer(parse_grader(spec.grader), limits=limits), spec.config, tokenizer, device)
+    judge = None
+    if spec.grader_judges:
+        own = OwnModel(own_model, tokenizer, device, spec.base_model_path) if own_model is not None else None
+        judge = LocalJudge(spec.grader_judges, device=spec.device, own=own)
+    scorer = Scorer(parse_grader(spec.grader), judge=judge, limits=limits)
+    return RewardLearner(scorer, spec.config, tokenizer, device, judge)
 
 
 class RewardLearner:
     """GRPO steps and validation rewards for one run; `close()` ends the graders' sandboxes."""
 
-    def __init__(self, scorer: Scorer, cfg: Any, tokenizer: Any, device: Any) -> None:
+    def __init__(self, scorer: Scorer, cfg: Any, tokenizer: Any, device: Any, judge: LocalJudge | None = None) -> None:
         self.scorer = scorer
+        self.judge = judge  # the scorer's judge models, asked for a whole batch of answers at once
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.device = device
@@ -99,6 +107,14 @@ class RewardLearner:
 
     def close(self) -> None:
         self.scorer.close()
+        if self.judge is not None:
+            self.judge.close()
+
+    def prefetch(self, texts: Sequence[str], items: Sequence[Any], between: Callable[[], None] | None) -> None:
+        """Judge every answer's model-grader requests in one batch (per judge model) before they are graded."""
+        if self.judge is not None:
+            requests = [r for text, item in zip(texts, items) for r in self.scorer.judge_requests(text, item)]
+            self.judge.prefetch(requests, between)
 
     def warnings(self, step: int, metrics: dict[str, Any]) -> list[str]:
         """The step's warnings in plain words: the grader failed on answers; the answers give nothing to learn from."""
@@ -141,6 +157,7 @@ class RewardLearner:
         rewards: list[float] = []
         parts: dict[str, list[float]] = {}
         failures = 0
+        self.prefetch(samples.texts, [prompts[row // per_prompt].item for row in range(len(samples.texts))], between)
         for row, text in enumerate(samples.texts):
             if between is not None:  # many quick answers add up too
                 between()
@@ -292,6 +309,7 @@ class RewardLearner:
                 greedy=True,
                 between_tokens=between,
             )
+            self.prefetch(samples.texts, [p.item for p in chunk], between)
             for row, text in enumerate(samples.texts):
                 result = self.scorer.grade(text, chunk[row].item, between)
                 rows.append(

@@ -30,11 +30,14 @@ TRY_ANSWER_TOKENS = 128  # when the form leaves max_answer_tokens empty
 TRY_SECONDS = 120  # a web request waits at most this long (or CHAT_COMPLETION_TIMEOUT when shorter) for answers
 
 
-def chat_judge(owner, *, timeout: float | None = None) -> Judge:
-    """A judge that asks the infer worker, as the owner, and waits for the whole answer (at most `timeout` s)."""
+def chat_judge(owner, *, timeout: float | None = None, deadline: float | None = None) -> Judge:
+    """A judge that asks the infer worker, as the owner, and waits for the whole answer (at most `timeout` s, and
+    not past `deadline`, time.monotonic(): after it nothing more is asked)."""
     limit = timeout if timeout is not None else settings.CHAT_COMPLETION_TIMEOUT
 
     def judge(model: str, messages: list[dict[str, str]], sampling: dict[str, Any]) -> str:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise RuntimeError("no time was left to ask the judge")
         found = model_named(owner=owner, name=model)
         if found is None:
             raise RuntimeError(f"there is no model named '{model}' you can use")
@@ -47,7 +50,7 @@ def chat_judge(owner, *, timeout: float | None = None) -> Judge:
         )
         chat_check_bounds(owner=owner, generation=generation, new_answers=1, messages=messages)
         answer = chat_completion_create(owner=owner, base=base, job=job, messages=messages, generation=generation)
-        answers_wait([answer], time.monotonic() + limit)
+        answers_wait([answer], min(time.monotonic() + limit, deadline or float("inf")))
         if answer.state == ChatAnswer.State.DONE:
             return answer.text
         if answer.state == ChatAnswer.State.FAILED:
@@ -131,7 +134,8 @@ def grader_try(
     out = []
     # One python child grades every row, under one slot for all of them.
     slot = python_slot(owner, parsed, limits.start_seconds + limits.seconds * len(answers))
-    with slot, Scorer(parsed, limits=limits) as scorer:
+    judge = chat_judge(owner, timeout=limit, deadline=time.monotonic() + limit)  # all the rows' judging in `limit`
+    with slot, Scorer(parsed, judge=judge, limits=limits) as scorer:
         for answer, (_messages, item) in zip(answers, prompts, strict=True):
             row: dict[str, Any] = {"prompt": answer.prompt, "answer": answer.text, "reward": None, "scores": {}}
             if answer.state != ChatAnswer.State.DONE:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from django.conf import settings
 
+from jobs.common import blobs
 from jobs.common.child_slots import SlotCaps, child_slot
 from jobs.training.selectors import model_named
 from worker.errors import InputError
@@ -60,23 +62,33 @@ def grader_parts(grader: Grader, path: str = "grader") -> list[tuple[str, Single
 
 
 def job_grader(*, owner, grader: object, load_python: bool = True) -> dict:
-    """A reinforcement job's grader, checked, as the job keeps it (OpenAI's shape). Judge models are refused for
-    training (they score in graders/run only, for now)."""
+    """A reinforcement job's grader, checked, as the job keeps it (OpenAI's shape); its judge models are models
+    the owner can use (`job_judges` finds them for the worker)."""
     if grader is None:
         raise InputError(
             "grader",
             "reinforcement needs a grader that scores each answer: e.g. a string_check against a field of your "
             "data, a text_similarity, a python grade(sample, item) or a multi grader combining them",
         )
-    parsed = grader_check(owner=owner, grader=grader, load_python=load_python)
-    for path, part in grader_parts(parsed):
-        if isinstance(part, (ScoreModel, LabelModel)):
-            raise InputError(
-                f"{path}.type",
-                f"{part.type} graders judge with a model in graders/run; training with a judge model is not "
-                "available yet: use string_check, text_similarity, python or multi",
-            )
-    return grader_json(parsed)
+    return grader_json(grader_check(owner=owner, grader=grader, load_python=load_python))
+
+
+def job_judges(*, owner, grader: dict | None) -> dict[str, dict] | None:
+    """The judge models of a job's grader for the worker (`worker.judges.LocalJudge`): by name, the base model's
+    folder on this machine and the adapter's (an `ft:` model's, from the store when this machine lacks it)."""
+    if not grader:
+        return None
+    judges: dict[str, dict] = {}
+    for path, part in grader_parts(parse_grader(grader)):
+        if not isinstance(part, (ScoreModel, LabelModel)) or part.model in judges:
+            continue
+        found = model_named(owner=owner, name=part.model)
+        if found is None:
+            raise InputError(f"{path}.model", f"the judge model '{part.model}' has been deleted or is not yours")
+        base, job = found
+        adapter = str(blobs.fetch(job.adapter.folder)) if job is not None else None
+        judges[part.model] = {"base": base.local_path, "adapter": adapter, "max_tokens": settings.GRADER_JUDGE_TOKENS}
+    return judges or None
 
 
 def grader_check(*, owner, grader: object, load_python: bool = True) -> Grader:
@@ -100,3 +112,17 @@ def grader_check(*, owner, grader: object, load_python: bool = True) -> Grader:
                 finally:
                     sandbox.close()
     return parsed
+
+
+def judge_paths(*, owner, grader: dict | None, base_model, config) -> list[str]:
+    """The folders of the judge bases a job loads beside its own model, for the estimate: a judge that is the job's
+    base alone judges with the training model (on one device) and loads nothing."""
+    paths = []
+    for _path, part in grader_parts(parse_grader(grader)) if grader else []:
+        found = model_named(owner=owner, name=part.model) if isinstance(part, (ScoreModel, LabelModel)) else None
+        if found is None:
+            continue
+        path = found[0].local_path
+        if found[1] is not None or config.devices > 1 or Path(path).resolve() != Path(base_model.local_path).resolve():
+            paths.append(path)
+    return paths

@@ -25,7 +25,7 @@ from jobs.datasets.models import Dataset
 from jobs.datasets.token_profiles import dataset_token_report
 from jobs.training import selectors
 from jobs.training.files import job_files
-from jobs.training.graders import job_grader
+from jobs.training.graders import job_grader, judge_paths
 from jobs.training.models import FineTuneJob
 from jobs.training.routing import Capacity, job_devices, waiting_for
 from jobs.training.workers import live_capacities
@@ -139,11 +139,8 @@ def job_plan(
         validation_dataset = validation_dataset if record["kind"] == "dataset" else None
     else:
         _check_snapshot_method(snapshot_of, config)
-        record = {
-            k: v
-            for k, v in (snapshot_of.validation or {"kind": "none"}).items()
-            if k not in ("train_rows", "eval_rows")
-        }
+        kept = snapshot_of.validation or {"kind": "none"}
+        record = {k: v for k, v in kept.items() if k not in ("train_rows", "eval_rows")}
         validation_dataset = None
     checked_grader = None
     if config.is_reinforcement:
@@ -153,7 +150,8 @@ def job_plan(
         raise InputError("grader", "only the reinforcement method uses a grader; leave it out or pick reinforcement")
     fleet = live_capacities() if fleet is None else fleet
     rows = (snapshot_of.validation or {}).get("train_rows", 0) if snapshot_of is not None else 0
-    est = job_estimate(owner=owner, dataset=dataset, base_model=base_model, config=config, fleet=fleet, rows=rows)
+    inputs = {"owner": owner, "dataset": dataset, "base_model": base_model, "config": config, "fleet": fleet}
+    est = job_estimate(**inputs, rows=rows, grader=checked_grader)
     devices = job_devices(config.to_dict())
     plan = JobPlan(
         owner=owner,
@@ -372,6 +370,7 @@ def job_estimate(
     config: TrainConfig,
     fleet: list[tuple[str, Capacity]] | None = None,
     rows: int = 0,
+    grader: dict | None = None,
 ) -> Estimate:
     """Pre-flight (the plan's estimate): exact trainable parameters, adapter size, memory and time. The memory it
     must fit is the biggest live train worker's (`fleet`), or this machine's while none has announced. Lengths
@@ -409,6 +408,7 @@ def job_estimate(
         memory_limit_mb=limit,
         flops_per_s=None if tokens_per_s else machine_speed(device=device, config=config),
         data=_data_shape(report),
+        judge_paths=judge_paths(owner=owner, grader=grader, base_model=base_model, config=config),
     )
     if report is not None:
         warnings = truncation_warnings(report)

@@ -29,7 +29,7 @@ from jobs.common.shares import EXPORTS, owner_share
 from jobs.training import merges, services, workers
 from jobs.training.claims import Claim, compute_spent, expired_running_jobs, record_crash
 from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir, job_storage_record, merged_zip_name
-from jobs.training.graders import grader_limits
+from jobs.training.graders import grader_limits, job_judges
 from jobs.training.live import publish_status
 from jobs.training.models import FineTuneJob, JobStatus, MergedExport
 from jobs.training.reporting import DbReporter
@@ -81,6 +81,7 @@ def build_train_spec(job: FineTuneJob) -> TrainSpec:
         start_adapter_dir=start_dir,
         grader=job.grader,
         grader_limits=dataclasses.asdict(grader_limits()) if job.grader else None,
+        grader_judges=job_judges(owner=job.owner, grader=job.grader),
     )
 
 

@@ -101,7 +101,7 @@ def test_bad_inputs_are_refused_with_the_field_before_any_answer_is_asked(
         ({"dataset": str(bobs.id)}, "dataset", "you have no such dataset"),
         ({"dataset": str(chats.id)}, "dataset", "graders are tried on prompts to reward"),
         ({"grader": {**EQUALS, "operation": "equals"}}, "grader.operation", "must be one of eq, ne, like, ilike"),
-        ({"grader": judge}, "grader.type", "training with a judge model is not available"),
+        ({"grader": {**judge, "model": "gone"}}, "grader.model", "there is no model named 'gone'"),
         ({"base_model": ""}, "base_model", "pick the base model"),
         ({"base_model": str(prompts.id)}, "base_model", "no such base model"),
         ({"start_from": str(prompts.id)}, "start_from", "succeeded jobs with an adapter"),

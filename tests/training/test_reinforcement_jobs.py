@@ -58,18 +58,23 @@ def test_a_reinforcement_job_is_planned_with_its_grader_checked(api, base_model,
     wrong = _create(api, base_model, prompts, grader={**DIGITS, "source": "def grade(sample, item)\n  pass"})
     assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "grader.source"
     assert "SyntaxError" in wrong.json()["error"]["message"]
-    judge = {"type": "score_model", "name": "j", "model": base_model.name, "input": [{"role": "user", "content": "x"}]}
-    refused = _create(api, base_model, prompts, grader=judge)
-    assert (
-        refused.status_code == 400
-        and "training with a judge model is not available" in refused.json()["error"]["message"]
-    )
+    judge = {"type": "score_model", "name": "j", "model": "no-such-model", "input": [{"role": "user", "content": "x"}]}
+    unknown = _create(api, base_model, prompts, grader={"type": "multi", "name": "m", "graders": {"judge": judge},
+                                                         "calculate_output": "judge"})  # fmt: skip
+    assert unknown.status_code == 400 and unknown.json()["error"]["field"] == "grader.graders.judge.model"
+    assert "there is no model named 'no-such-model'" in unknown.json()["error"]["message"]
     chats = dataset_services.dataset_create(owner=user, upload=SimpleUploadedFile("c.jsonl", chat_file.read_bytes()))
     other_kind = _create(api, base_model, chats)
     assert other_kind.status_code == 400 and "holds examples with answers" in other_kind.json()["error"]["message"]
     supervised = _create(api, base_model, prompts, config={**FAST, "method": "supervised"}, grader=None)
     assert "holds prompts without answers" in supervised.json()["error"]["message"]
     assert FineTuneJob.objects.count() == 0
+    judged = _create(api, base_model, prompts, grader={**judge, "model": base_model.name})  # judged in training
+    assert judged.status_code == 201, judged.content
+    job = FineTuneJob.objects.get(id=judged.json()["id"])
+    assert job.grader["model"] == base_model.name and job.grader["type"] == "score_model"  # kept in OpenAI's shape
+    spec = train_tasks.build_train_spec(job)  # the worker gets the judge's folders
+    assert spec.grader_judges == {base_model.name: {"base": base_model.local_path, "adapter": None, "max_tokens": 512}}
 
 
 def test_the_worker_trains_it_and_the_page_says_the_result(api, client_in, base_model, prompts):
@@ -131,10 +136,13 @@ def test_the_official_client_creates_one(user, base_model, prompts):
         assert caught.value.param == "method.reinforcement.grader.type"
 
 
-def test_the_estimate_counts_the_prompts_and_the_sampling(user, base_model, prompts):
+def test_the_estimate_counts_the_prompts_and_the_sampling(user, base_model, prompts, tmp_path):
     """The plan's estimate of a reinforcement job reads its prompts' token lengths (through the chat template with
     the generation prompt) and counts the sampling: the cache of group_size x batch_size sequences of the longest
     prompt + max_answer_tokens, and a time that grows with the group."""
+    import shutil
+
+    from jobs.base_models.services import base_model_register
     from jobs.datasets.token_profiles import dataset_token_report
     from jobs.training.plan import job_estimate
     from tests.factories import count_tokens
@@ -154,3 +162,10 @@ def test_the_estimate_counts_the_prompts_and_the_sampling(user, base_model, prom
         owner=user, dataset=prompts, base_model=base_model, config=TrainConfig(**{**FAST, "group_size": 16}), fleet=[]
     )
     assert bigger.seconds > 1.5 * est.seconds and bigger.memory_mb > est.memory_mb
+    judge = {"type": "score_model", "name": "j", "model": base_model.name, "input": [{"role": "user", "content": "x"}]}
+    own = job_estimate(owner=user, dataset=prompts, base_model=base_model, config=config, fleet=[], grader=judge)
+    assert "judge_models" not in own.breakdown  # the training model judges, adapter off
+    other = base_model_register(name="tiny-copy", path=str(shutil.copytree(base_model.path, tmp_path / "copy")))
+    judge = {**judge, "model": other.name}  # another model: loaded beside the training model
+    copy = job_estimate(owner=user, dataset=prompts, base_model=base_model, config=config, fleet=[], grader=judge)
+    assert copy.breakdown["judge_models"] > 0 and copy.memory_mb > own.memory_mb

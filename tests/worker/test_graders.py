@@ -270,3 +270,68 @@ def test_model_graders_parse_the_judges_answer():
     assert judge_label('{"result": "Good"}', ["good", "bad"]) == "good"
     assert judge_label("It is bad.", ["good", "bad"]) == "bad"
     assert judge_label("good or bad", ["good", "bad"]) is None
+
+
+def test_a_local_judge_answers_a_batch_in_one_generate_and_the_scorer_reads_it():
+    from worker.judges import LocalJudge
+
+    class FakePool:
+        calls: list = []
+
+        def generate_many(self, base, requests, gen, should_stop=None):
+            self.calls.append((base, requests, gen))
+            should_stop()
+            return [f"Score: {len(messages[-1]['content'])}" for messages, _adapter in requests]
+
+    grader = parse_grader(
+        {
+            "type": "multi",
+            "name": "both",
+            "graders": {
+                "length": {
+                    "type": "score_model",
+                    "name": "length",
+                    "model": "ft:judge",
+                    "range": [0, 3],
+                    "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+                    "sampling_params": {"temperature": 0, "max_completions_tokens": 5000},
+                },
+                "rude": {
+                    "type": "label_model",
+                    "name": "rude",
+                    "model": "gone",
+                    "labels": ["yes", "no"],
+                    "passing_labels": ["no"],
+                    "input": [{"role": "user", "content": "{{item.missing}}"}],
+                },
+            },
+            "calculate_output": "length",
+        }  # fmt: skip
+    )
+    judge = LocalJudge({"ft:judge": {"base": "/models/base", "adapter": "/adapters/a", "max_tokens": 64}})
+    judge.pool = pool = FakePool()
+    scorer = Scorer(grader, judge=judge)
+    answers = ["ab", "abcd", "ab"]
+    requests = [r for text in answers for r in scorer.judge_requests(text, {})]
+    assert len(requests) == 3  # the label grader's template misses a variable: it asks nothing
+    looks = []
+    judge.prefetch(requests, lambda: looks.append(1))
+    assert len(pool.calls) == 1 and looks == [1]  # one batch, the two equal answers judged once
+    base, rows, gen = pool.calls[0]
+    assert base == "/models/base" and [adapter for _m, adapter in rows] == [("judge0", "/adapters/a")] * 2
+    assert gen.max_new_tokens == 64 and gen.temperature == 0.0  # capped; greedy
+    results = [scorer.grade(text, {}) for text in answers]
+    assert [r.reward for r in results] == [2.0, 3.0, 2.0] and len(pool.calls) == 1  # read from the batch
+    assert results[0].errors["invalid_variable_error"] and not results[0].errors["model_grader_server_error"]
+
+    def stop():
+        raise KeyboardInterrupt("cancel")
+
+    with pytest.raises(KeyboardInterrupt):  # the stop check raises out of the batch (the Scorer never sees it)
+        judge.prefetch(requests, stop)
+    pool.generate_many = lambda *a, **k: (_ for _ in ()).throw(ValueError("no room"))
+    judge.prefetch(requests, lambda: None)  # a judge that fails: its answers score 0 with the reason
+    failed = [scorer.grade(text, {}) for text in answers + ["abcdef"]]  # the last one is not in the batch
+    assert all(r.reward == 0.0 and any("the judge failed: no room" in p for p in r.problems()) for r in failed)
+    unknown = Scorer(parse_grader({**grader_json(grader)["graders"]["length"], "model": "other"}), judge=judge)
+    assert "was not given to this job" in unknown.grade("x", {}).problems()[0]

@@ -309,3 +309,72 @@ def test_a_grader_that_scores_every_answer_the_same_is_reported_once(tiny_llama,
         "from: use a grader that gives partial credit (a multi grader or a text similarity), more answers per prompt, "
         "or start from a supervised job that already gets some answers right"
     ]
+
+
+def _judged(tiny_llama, tmp_path, max_tokens, **config):
+    """A spec whose multi grader has two judges: the base itself (the training model with its adapter off, no second
+    copy) and a copy of it in a pool (as an ft: model or another base would be)."""
+    import shutil
+
+    copy = shutil.copytree(tiny_llama, tmp_path / "copy")
+    ask = [{"role": "developer", "content": "Score 0-1."}, {"role": "user", "content": "{{sample.output_text}}"}]
+    grader = {
+        "type": "multi", "name": "judged", "calculate_output": "(own + other) / 2",
+        "graders": {
+            "own": {"type": "score_model", "name": "own", "model": "tiny", "input": ask, "range": [0, 1]},
+            "other": {"type": "label_model", "name": "other", "model": "ft:x", "input": ask, "labels": ["yes", "no"],
+                      "passing_labels": ["yes"]},
+        },
+    }  # fmt: skip
+    models = {
+        "tiny": {"base": str(tiny_llama), "adapter": None, "max_tokens": max_tokens},
+        "ft:x": {"base": str(copy), "max_tokens": max_tokens},
+    }
+    spec = _spec(tiny_llama, tmp_path, group_size=2, max_answer_tokens=4, **config)
+    return TrainSpec.from_dict({**spec.to_dict(), "grader": grader, "grader_judges": models})
+
+
+def test_judge_models_score_in_the_training_process(tiny_llama, tmp_path, monkeypatch):
+    from worker import judges
+
+    batches = []
+    original = judges.LocalJudge.prefetch
+    monkeypatch.setattr(
+        judges.LocalJudge, "prefetch", lambda self, r, b=None: (batches.append(len(r)), original(self, r, b))
+    )
+    reporter = MemoryReporter()
+    result = train(_judged(tiny_llama, tmp_path, 4, max_steps=2, eval_every=100), reporter)
+    assert result.status == "succeeded" and result.steps_done == 2
+    for _step, metrics in reporter.points:  # a random judge's answers: scores parsed or failures counted
+        assert 0.0 <= metrics["reward"] <= 1.0 and metrics["grader_failures"] >= 0
+    assert batches[:2] == [16, 16]  # a micro-batch's 8 answers x 2 judges, in one prefetch
+    rows = json.loads((tmp_path / "out/evaluation.json").read_text())["rows"]
+    assert all(row["adapter"]["problems"] or set(row["adapter"]["scores"]) == {"own", "other"} for row in rows)
+    problems = [p for row in rows for p in row["base"]["problems"] + row["adapter"]["problems"]]
+    assert all("holds no score" in p or "names no label" in p for p in problems), problems  # parsed or said why
+
+
+@pytest.mark.parametrize("judge", ["tiny", "ft:x"])
+def test_a_cancel_while_a_judge_answers_acts_within_two_seconds(tiny_llama, tmp_path, monkeypatch, judge):
+    from worker import judges
+
+    flagged = {}
+    original = judges.LocalJudge._judge
+
+    def judging(self, model, conversations, sampling, between):  # the cancel comes at the judge's 3rd token
+        tokens = [0]
+
+        def counted():
+            tokens[0] += 1
+            if tokens[0] == 3 and model == judge:
+                flagged["at"] = time.monotonic()
+            between()
+
+        return original(self, model, conversations, sampling, counted)
+
+    monkeypatch.setattr(judges.LocalJudge, "_judge", judging)
+    spec = _judged(tiny_llama, tmp_path, 4000, max_steps=2, final_eval=False)
+    result = train(spec, MemoryReporter(), lambda: "cancel" if "at" in flagged else None)
+    assert result.status == "cancelled" and result.steps_done <= 1  # (a judge whose answers all end at once: after it)
+    seconds = time.monotonic() - flagged["at"]
+    assert seconds < 2.0, f"the cancel took {seconds:.2f} s"

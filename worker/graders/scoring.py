@@ -139,16 +139,28 @@ class Scorer:
             result.fail("invalid_variable_error", f"{key}: {exc}")
             return 0.0
 
+    def judge_requests(self, output_text: str, item: Any) -> list[tuple[str, list[dict[str, str]], dict[str, Any]]]:
+        """What grading `output_text` will ask the judge: (model, messages, sampling) per model grader, so a caller
+        can judge many answers in one batch first (a grader whose template misses a variable asks nothing)."""
+        namespaces = {"item": item, "sample": sample_namespace(output_text)}
+        requests = []
+        for _key, single in _singles(self.grader):
+            if isinstance(single, (ScoreModel, LabelModel)):
+                try:
+                    requests.append(_judge_request(single, namespaces))
+                except MissingVariable:
+                    continue
+        return requests
+
     def _judged(
         self, key: str, grader: ScoreModel | LabelModel, namespaces: dict[str, Any], result: GradeResult
     ) -> float:
         if self.judge is None:
             result.fail("model_grader_server_error", f"{key}: no judge model is available here")
             return 0.0
-        messages = _judge_messages(grader.input, namespaces)
-        sampling = dict(grader.sampling_params) if isinstance(grader, ScoreModel) else {"temperature": 0.0}
+        request = _judge_request(grader, namespaces)
         try:
-            text = self.judge(grader.model, messages, sampling)
+            text = self.judge(*request)
         except Exception as exc:  # noqa: BLE001 - the judge's failure scores 0 and is reported
             result.fail("model_grader_server_error", f"{key}: the judge failed: {exc}")
             return 0.0
@@ -175,6 +187,14 @@ def _string_check(grader: StringCheck, namespaces: dict[str, Any]) -> float:
     if grader.operation == "like":
         return float(reference in output)
     return float(reference.lower() in output.lower())
+
+
+def _judge_request(
+    grader: ScoreModel | LabelModel, namespaces: dict[str, Any]
+) -> tuple[str, list[dict[str, str]], dict[str, Any]]:
+    """The judge's model, messages and sampling for one answer (a label is chosen greedily)."""
+    sampling = dict(grader.sampling_params) if isinstance(grader, ScoreModel) else {"temperature": 0.0}
+    return grader.model, _judge_messages(grader.input, namespaces), sampling
 
 
 def _judge_messages(messages: Sequence[JudgeMessage], namespaces: dict[str, Any]) -> list[dict[str, str]]:
