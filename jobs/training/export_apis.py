@@ -14,29 +14,8 @@ from jobs.common.rest import ZIP_FILE, StrictInput
 from jobs.common.schema import error_responses
 from jobs.training import selectors, services
 from jobs.training.downloads import export_download, merged_download
-from jobs.training.models import ExportFormat, FineTuneJob, JobExport
-from worker.errors import InputError
-
-GGUF_QUANTIZATIONS = ("f16", "bf16", "q8_0", "q4_k_m")
-GGUF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")  # what worker.gguf_export converts
-Q4_UNAVAILABLE = (
-    "q4_k_m is not available on this server: the gguf package on its worker cannot write 4-bit k-quants "
-    "(llama.cpp's quantizer is not installed). Choose q8_0 (half the size of f16, nearly the same answers), "
-    "or quantize the f16 file yourself with llama.cpp's llama-quantize."
-)
-
-
-def export_status(row: JobExport) -> str:
-    """pending, running, ready or failed."""
-    return "pending" if row.status == JobExport.Status.QUEUED else row.status
-
-
-def export_download_url(row: JobExport) -> str | None:
-    if row.status != JobExport.Status.READY:
-        return None
-    if row.format == ExportFormat.MERGED:
-        return f"/api/v1/jobs/{row.job_id}/merged/"
-    return f"/api/v1/jobs/{row.job_id}/exports/{row.id}/download/"
+from jobs.training.exports import export_download_url, export_status
+from jobs.training.models import ExportFormat, JobExport
 
 
 class ExportOutput(serializers.Serializer):
@@ -63,32 +42,6 @@ class ExportOutput(serializers.Serializer):
         return export_download_url(row)
 
 
-def check_export_request(job: FineTuneJob, format: str, quantization: str | None) -> str:
-    """The quantization to store ("" but for gguf-merged); InputError naming the field for anything else."""
-    if format not in ExportFormat.values:
-        raise InputError("format", f"must be one of {', '.join(ExportFormat.values)}")
-    if format != ExportFormat.GGUF_MERGED:
-        if quantization:
-            raise InputError("quantization", "only gguf-merged takes a quantization")
-        quantization = ""
-    else:
-        quantization = quantization or "f16"
-        if quantization not in GGUF_QUANTIZATIONS:
-            raise InputError("quantization", f"must be one of {', '.join(GGUF_QUANTIZATIONS)}")
-        from worker.gguf_export import quantization_available
-
-        if quantization == "q4_k_m" and not quantization_available("q4_k_m"):
-            raise InputError("quantization", Q4_UNAVAILABLE)
-    architecture = job.base_model.architecture
-    if format != ExportFormat.MERGED and architecture and architecture not in GGUF_ARCHITECTURES:
-        raise InputError(
-            "format",
-            f"GGUF export converts Llama-architecture models (Llama, SmolLM, Mistral); this job's base model is "
-            f"{architecture}. The merged export (format merged) works for every model.",
-        )
-    return quantization
-
-
 class JobExportListApi(APIView):
     """GET: the job's exports. POST: ask for one (202 while it is made; 200 with the same one when it is ready)."""
 
@@ -110,9 +63,12 @@ class JobExportListApi(APIView):
         job = selectors.job_get(owner=request.user, job_id=job_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        format = data.validated_data["format"]
-        quantization = check_export_request(job, format, data.validated_data.get("quantization"))
-        row, _ = services.export_request(job=job, by=request.user, format=format, quantization=quantization)
+        row, _ = services.export_request(
+            job=job,
+            by=request.user,
+            format=data.validated_data["format"],
+            quantization=data.validated_data.get("quantization"),
+        )
         ready = row.status == JobExport.Status.READY
         return Response(ExportOutput(row).data, status=status.HTTP_200_OK if ready else status.HTTP_202_ACCEPTED)
 

@@ -14,6 +14,7 @@ import logging
 import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from celery import shared_task
@@ -28,6 +29,7 @@ from jobs.common.shares import EXPORTS, owner_share
 from jobs.training import exports, services
 from jobs.training.files import export_zip_name, job_output_dir, job_storage_record
 from jobs.training.models import ExportFormat, FineTuneJob, JobExport
+from worker.errors import InputError
 from worker.export import merge_adapter, zip_files, zip_folder
 
 log = logging.getLogger(__name__)
@@ -107,9 +109,10 @@ def _give_up(row: JobExport, message: str, *, token: str | None = None) -> None:
 
 def _export_row(job_id: str, export_id: int | None) -> JobExport | None:
     rows = JobExport.objects.select_related("job__base_model", "job__adapter", "job__owner")
+    job_uuid = uuid.UUID(str(job_id))
     if export_id is None:  # a message from before GGUF exports: the job's merged export
-        return rows.filter(job_id=job_id, format=ExportFormat.MERGED).first()
-    return rows.filter(id=export_id, job_id=job_id).first()
+        return rows.filter(job_id=job_uuid, format=ExportFormat.MERGED).first()
+    return rows.filter(id=export_id, job_id=job_uuid).first()
 
 
 @shared_task(name=queue.MERGE_ADAPTER, acks_late=True, reject_on_worker_lost=True)
@@ -151,7 +154,8 @@ def adapter_merge(job_id: str, export_id: int | None = None) -> str:
             return _export_claimed(row, token)
         except Exception as exc:
             log.exception("export %s of job %s failed", row.id, job_id)
-            _give_up(row, f"{export_label(row)} failed: {failure_category(exc)}", token=token)
+            reason = exc.message if isinstance(exc, InputError) else failure_category(exc)  # the engine's words
+            _give_up(row, f"{export_label(row)} failed: {reason}", token=token)
             return "failed"
 
 
@@ -174,7 +178,11 @@ class _Progress:
             "adapter": "writing the LoRA GGUF",
             "model": "writing the GGUF",
         }
-        return lambda stage, done, total: self(words.get(stage, stage), start + (end - start) * done / max(total, 1))
+
+        def report(stage: str, done: int, total: int) -> None:
+            self(words.get(stage, stage), start + (end - start) * done / max(total, 1))
+
+        return report
 
 
 def _export_claimed(row: JobExport, token: str) -> str:

@@ -15,7 +15,15 @@ from django.db.models.functions import Now
 
 from jobs.training.claims import lease_from_now
 from jobs.training.models import ExportFormat, FineTuneJob, JobExport
+from worker.errors import InputError
 
+GGUF_QUANTIZATIONS = ("f16", "bf16", "q8_0", "q4_k_m")
+GGUF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")  # what worker.gguf_export converts
+Q4_UNAVAILABLE = (
+    "q4_k_m is not available on this server: the gguf package on its worker cannot write 4-bit k-quants "
+    "(llama.cpp's quantizer is not installed). Choose q8_0 (half the size of f16, nearly the same answers), "
+    "or quantize the f16 file yourself with llama.cpp's llama-quantize."
+)
 EXPORT_MAX_ATTEMPTS = 3
 MERGE_MAX_ATTEMPTS = EXPORT_MAX_ATTEMPTS  # the name the merged export's callers know
 Status = JobExport.Status
@@ -42,6 +50,47 @@ def export_state(row: JobExport | None) -> str:
 def merged_status(job: FineTuneJob) -> str:
     """The merged export's state: none, pending or ready."""
     return export_state(merged_export_of(job))
+
+
+def export_checked(job: FineTuneJob, format: str, quantization: str | None) -> str:
+    """The quantization to store ("" but for gguf-merged, whose default is f16) for an export the job's base can
+    have; InputError naming the field otherwise."""
+    if format not in ExportFormat.values:
+        raise InputError("format", f"must be one of {', '.join(ExportFormat.values)}")
+    if format != ExportFormat.GGUF_MERGED:
+        if quantization:
+            raise InputError("quantization", "only gguf-merged takes a quantization")
+        quantization = ""
+    else:
+        quantization = quantization or "f16"
+        if quantization not in GGUF_QUANTIZATIONS:
+            raise InputError("quantization", f"must be one of {', '.join(GGUF_QUANTIZATIONS)}")
+        from worker.gguf_export import quantization_available
+
+        if quantization == "q4_k_m" and not quantization_available("q4_k_m"):
+            raise InputError("quantization", Q4_UNAVAILABLE)
+    architecture = job.base_model.architecture
+    if format != ExportFormat.MERGED and architecture and architecture not in GGUF_ARCHITECTURES:
+        raise InputError(
+            "format",
+            f"GGUF export converts Llama-architecture models (Llama, SmolLM, Mistral); this job's base model is "
+            f"{architecture}. The merged export (format merged) works for every model.",
+        )
+    return quantization
+
+
+def export_status(row: JobExport) -> str:
+    """pending, running, ready or failed, as the API and the page say it."""
+    return "pending" if row.status == Status.QUEUED else row.status
+
+
+def export_download_url(row: JobExport) -> str | None:
+    """The zip's address once ready (the merged export keeps its address from before GGUF)."""
+    if row.status != Status.READY:
+        return None
+    if row.format == ExportFormat.MERGED:
+        return f"/api/v1/jobs/{row.job_id}/merged/"
+    return f"/api/v1/jobs/{row.job_id}/exports/{row.id}/download/"
 
 
 def export_queue(job: FineTuneJob, format: str, quantization: str = "") -> tuple[JobExport, bool]:

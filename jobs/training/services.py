@@ -15,7 +15,7 @@ from jobs.accounts.limits import check_limit, storage_used
 from jobs.common import blobs, queue
 from jobs.common.exceptions import StateError
 from jobs.common.storage import media_relative
-from jobs.training.exports import export_forget, export_of, export_queue, export_state, merged_export_of
+from jobs.training.exports import export_checked, export_forget, export_of, export_queue, export_state, merged_export_of
 from jobs.training.files import export_zip_name, job_evaluation, job_files, job_output_dir, job_storage_record
 from jobs.training.live import publish_job, publish_status
 from jobs.training.models import (
@@ -329,12 +329,13 @@ def export_estimate(job: FineTuneJob, format: str = ExportFormat.MERGED, quantiz
     return int(parameters * GGUF_BYTES_PER_WEIGHT.get(quantization, 2))
 
 
-def export_request(*, job: FineTuneJob, by, format: str, quantization: str = "") -> tuple[JobExport, bool]:
+def export_request(*, job: FineTuneJob, by, format: str, quantization: str | None = None) -> tuple[JobExport, bool]:
     """Queue an export of the job's adapter on the background worker unless the same one is pending or ready;
-    the row and whether it was queued now. Its row counts the attempts; the memory check happens on the worker,
-    before loading. (The format and quantization are checked by the caller: jobs.training.apis.)"""
+    the row and whether it was queued now. InputError names a format or quantization it cannot have. Its row
+    counts the attempts; the memory check happens on the worker, before loading."""
     if job.owner_id != by.id:
         raise JobStateError("not your job")
+    quantization = export_checked(job, format, quantization)
     if not job.has_adapter:
         raise JobStateError("only a succeeded job has an adapter to export")
     if export_state(export_of(job, format, quantization)) == "none":

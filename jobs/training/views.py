@@ -21,8 +21,7 @@ from jobs.common.ids import is_uuid
 from jobs.datasets.forms import UploadForm
 from jobs.training import selectors, services
 from jobs.training.downloads import adapter_download, merged_download
-from jobs.training.export_apis import GGUF_ARCHITECTURES, check_export_request, export_download_url, export_status
-from jobs.training.exports import merged_status
+from jobs.training.exports import GGUF_ARCHITECTURES, export_download_url, export_status, merged_status
 from jobs.training.files import job_evaluation
 from jobs.training.form_start import dataset_kinds, form_start
 from jobs.training.forms import JobForm, setting_rows
@@ -340,9 +339,12 @@ def job_export(request, job_id):
     """Ask for a GGUF export from the job page's Export card (the page follows it through /api/v1/)."""
     job = selectors.job_get(owner=request.user, job_id=job_id)
     try:
-        format = request.POST.get("format", "")
-        quantization = check_export_request(job, format, request.POST.get("quantization"))
-        services.export_request(job=job, by=request.user, format=format, quantization=quantization)
+        services.export_request(
+            job=job,
+            by=request.user,
+            format=request.POST.get("format", ""),
+            quantization=request.POST.get("quantization"),
+        )
     except (services.JobStateError, InputError, QuotaExceeded) as exc:
         messages.error(request, str(exc))
     else:
