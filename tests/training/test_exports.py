@@ -116,6 +116,8 @@ def test_gguf_exports_end_to_end_reuse_the_base_gguf(api, user, dataset, base_mo
         convert.assert_not_called()
 
     listed = {e["format"]: e for e in api.get(f"/api/v1/jobs/{job.id}/exports/").json()}
+    ready, delay = ask(api, job, {"format": "gguf-lora"})  # asked again once ready: the same one, nothing queued
+    assert ready.status_code == 200 and ready.json() == listed["gguf-lora"] and not delay.called
     assert listed["gguf-lora"]["status"] == "ready" and listed["gguf-lora"]["progress"] == 1.0
     with zip_names(api, listed["gguf-lora"]["download"]) as zf:
         assert sorted(zf.namelist()) == ["Modelfile", "adapter.gguf", "model.gguf"]
