@@ -234,12 +234,15 @@ def _export_area(request, job: FineTuneJob) -> dict:
         for row in selectors.export_list(owner=request.user, job_id=job.id).exclude(format=ExportFormat.MERGED)
     ]
     architecture = job.base_model.architecture
+    gguf = not architecture or architecture in GGUF_ARCHITECTURES
+    recipes = selectors.job_serving_recipes(job, api_base=request.build_absolute_uri("/v1"))
     return {
         "exports": rows,
-        "gguf_supported": not architecture or architecture in GGUF_ARCHITECTURES,
+        "gguf_supported": gguf,
         "gguf_choices": GGUF_CHOICES,
         "q4_available": quantization_available("q4_k_m"),
-        "recipes": selectors.job_serving_recipes(job, api_base=request.build_absolute_uri("/v1")),
+        # llama.cpp and Ollama run the GGUF export, which only a Llama-architecture base has.
+        "recipes": recipes if gguf else [r for r in recipes if r.key not in ("llama-cpp", "ollama")],
         "serving_name": serving_name(job.name, job.short_id),
     }
 
