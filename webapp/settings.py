@@ -384,7 +384,9 @@ QUOTA_API_KEYS = env_int("QUOTA_API_KEYS", 20)
 QUOTA_WEBHOOKS = env_int("QUOTA_WEBHOOKS", 10)
 JOB_MAX_RUN_SECONDS = env_int("JOB_MAX_RUN_SECONDS", 24 * 3600)  # a job's training time, all its runs together
 UPLOAD_PENDING_HOURS = env_int("UPLOAD_PENDING_HOURS", 24)  # uploads waiting for a column mapping
-MERGED_EXPORT_DAYS = env_int("MERGED_EXPORT_DAYS", 7)  # merged models are deleted after this many days
+MERGED_EXPORT_DAYS = env_int(
+    "MERGED_EXPORT_DAYS", 7
+)  # exports (merged models, GGUF files) are deleted after this many days
 
 # Engine
 TRAIN_DEVICE = env_str("TRAIN_DEVICE", "auto")

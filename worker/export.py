@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))
 ```
 
 To fold the adapter into the base weights for export: `model = model.merge_and_unload()`.
-"""
+{serving}"""
 
 
 METHOD_NAMES = {
@@ -74,8 +75,10 @@ def model_card(
     targets: list[str],
     evaluation_md: str = "",
     precision: str = "",
+    serving_md: str = "",
 ) -> str:
-    """The adapter's README: settings, data, the run's precision (the frozen base's dtype), evaluation, usage."""
+    """The adapter's README: settings, data, the run's precision (the frozen base's dtype), evaluation, usage and
+    `serving_md` (worker.serving_recipes.recipes_markdown)."""
     table = "\n".join(f"| {k} | {v} |" for k, v in config.items())
     evaluation = f"\n## Evaluation on the validation split\n\n{evaluation_md}\n" if evaluation_md else ""
     kind = config.get("method", "supervised")
@@ -101,6 +104,7 @@ def model_card(
             else "n/a"
         ),
         qlora=" as QLoRA (4-bit NF4 base)" if config.get("qlora") else "",
+        serving=f"\n{serving_md}" if serving_md else "",
     )
 
 
@@ -173,14 +177,19 @@ def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path) 
 
 def zip_folder(folder: str | Path, zip_path: str | Path) -> Path:
     """Zip a folder's files atomically (stored, not deflated: safetensors do not compress)."""
-    folder, zip_path = Path(folder), Path(zip_path)
-    fd, tmp = tempfile.mkstemp(prefix=".merged-", suffix=".zip", dir=zip_path.parent)
+    folder = Path(folder)
+    return zip_files({f.name: f for f in sorted(folder.iterdir()) if f.is_file()}, zip_path)
+
+
+def zip_files(files: Mapping[str, Path], zip_path: str | Path) -> Path:
+    """Zip files under the names given, atomically (stored, not deflated: model weights do not compress)."""
+    zip_path = Path(zip_path)
+    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".zip", dir=zip_path.parent)
     os.close(fd)
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            for f in sorted(folder.iterdir()):
-                if f.is_file():
-                    zf.write(f, f.name)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, path in files.items():
+                zf.write(path, name)
         os.replace(tmp, zip_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

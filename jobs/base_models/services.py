@@ -126,6 +126,11 @@ def model_relative(model: BaseModel) -> str:
     return f"base-models/{model.id}"
 
 
+def base_gguf_name(model: BaseModel, quantization: str) -> str:
+    """The media name of the model's own GGUF (made once by the first GGUF LoRA export on it, then reused)."""
+    return f"base-gguf/{model.id}/model-{quantization}.gguf"
+
+
 def model_folder(model: BaseModel) -> Path:
     """Where a downloaded or converted model is made (under MEDIA_ROOT, on the background worker's disk)."""
     return media_path(model_relative(model))
@@ -490,5 +495,6 @@ def base_model_delete(*, by, model: BaseModel) -> None:
         model.delete()
     except ProtectedError:  # a job was made on it just now
         raise StateError(f"{model.name} is used by a fine-tuning job; delete it first", field="base_model") from None
+    blobs.delete(f"base-gguf/{model.id}")  # the GGUF that exports of its adapters reuse, if one was made
     if model.source != ModelSource.FOLDER:
         blobs.delete(model_relative(model))

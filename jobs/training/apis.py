@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from django.http import Http404
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
@@ -20,7 +19,7 @@ from jobs.datasets.selectors import dataset_find
 from jobs.training import selectors, services
 from jobs.training import workers as train_workers
 from jobs.training.claims import fair_order
-from jobs.training.downloads import adapter_download, merged_download
+from jobs.training.downloads import adapter_download
 from jobs.training.models import JobStatus
 from jobs.training.plan import JobPlan, job_plan
 from worker.config import PRESETS, TrainConfig, setting_metadata
@@ -318,34 +317,6 @@ class AdapterListApi(APIView):
     @extend_schema(responses={200: AdapterOutput(many=True)})
     def get(self, request):
         return Response(AdapterOutput(selectors.adapter_list(owner=request.user), many=True).data)
-
-
-class JobMergedApi(APIView):
-    """POST: start the merged-model export (202 pending, 200 ready). GET: the zip once ready."""
-
-    class StatusSerializer(serializers.Serializer):
-        status = serializers.ChoiceField(choices=["pending", "ready"])
-        download = serializers.CharField(allow_null=True)
-
-    def _status(self, job, state):
-        return {"status": state, "download": f"/api/v1/jobs/{job.id}/merged/" if state == "ready" else None}
-
-    @extend_schema(request=None, responses={200: StatusSerializer, 202: StatusSerializer, **error_responses(404, 409)})
-    def post(self, request, job_id):
-        job = selectors.job_get(owner=request.user, job_id=job_id)
-        state = services.adapter_merge_request(job=job, by=request.user)
-        return Response(self._status(job, state), status=200 if state == "ready" else 202)
-
-    @extend_schema(responses={**ZIP_FILE, **error_responses(404)})
-    def get(self, request, job_id):
-        return merged_download(selectors.job_get(owner=request.user, job_id=job_id))
-
-    @extend_schema(responses={204: None, **error_responses(404, 409)})
-    def delete(self, request, job_id):
-        """Delete the merged model to free storage (it can be exported again from the adapter)."""
-        if not services.merged_export_delete(job=selectors.job_get(owner=request.user, job_id=job_id), by=request.user):
-            raise Http404("no merged model to delete")
-        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class EstimateOutput(serializers.Serializer):

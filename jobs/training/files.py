@@ -1,5 +1,5 @@
 """Where a job's files live under MEDIA_ROOT (and, with STORAGE_URL, in the object store: jobs.common.blobs):
-its data snapshot, checkpoints, adapter, evaluation and merged export (whose state is a MergedExport row)."""
+its data snapshot, checkpoints, adapter, evaluation and exports (whose state is a JobExport row each)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jobs.common import blobs
 from jobs.common.storage import media_path
-from jobs.training.models import FineTuneJob
+from jobs.training.models import ExportFormat, FineTuneJob, JobExport
 
 # What the engine resumes from besides the data snapshot: its checkpoints and the adapters it keeps beside them.
 RESUME_ADAPTERS = ("best-adapter", "initial-adapter")
@@ -46,3 +46,12 @@ def merged_zip_name(job: FineTuneJob) -> str:
 
 def merged_zip_path(job: FineTuneJob) -> Path:
     return media_path(merged_zip_name(job))
+
+
+def export_zip_name(export: JobExport) -> str:
+    """The stored name of an export's zip: merged-<id>.zip as before, gguf-lora-<id>.zip, gguf-merged-q8_0-<id>.zip."""
+    job = export.job
+    if export.format == ExportFormat.MERGED:
+        return merged_zip_name(job)
+    kind = export.format + (f"-{export.quantization}" if export.quantization else "")
+    return job_files(job, f"{kind}-{job.short_id}.zip")

@@ -152,10 +152,17 @@ class Adapter(models.Model):
         db_table = "jobs_adapter"
 
 
-class MergedExport(models.Model):
-    """A job's merged model (base + adapter as one safetensors folder, zipped), made on the background worker.
-    The row is the work's state: a merge claims it with a token and a lease on the database's clock and renews
-    the lease while it runs; the sweep re-queues a row whose lease ran out. `size_bytes` feeds the quota."""
+class ExportFormat(models.TextChoices):
+    MERGED = "merged"  # base + adapter as one safetensors model
+    GGUF_LORA = "gguf-lora"  # the base as GGUF + the adapter as a GGUF LoRA + an Ollama Modelfile
+    GGUF_MERGED = "gguf-merged"  # the merged model as one GGUF (f16, bf16, q8_0, q4_k_m) + a Modelfile
+
+
+class JobExport(models.Model):
+    """One export of a job's adapter (merged safetensors, GGUF LoRA, merged GGUF), zipped for download and made on
+    the background worker; at most one per job, format and quantization. The row is the work's state: a run claims
+    it with a token and a lease on the database's clock and renews the lease while it runs; the sweep re-queues a
+    row whose lease ran out. `size_bytes` feeds the quota. (Before GGUF these were the MergedExport rows.)"""
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -163,21 +170,31 @@ class MergedExport(models.Model):
         READY = "ready"
         FAILED = "failed"
 
-    job = models.OneToOneField(FineTuneJob, on_delete=models.CASCADE, related_name="merged_export")
+    job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, related_name="exports")
+    format = models.CharField(max_length=12, choices=ExportFormat.choices, default=ExportFormat.MERGED)
+    quantization = models.CharField(max_length=8, blank=True, help_text="gguf-merged: f16, bf16, q8_0 or q4_k_m")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
-    attempts = models.PositiveSmallIntegerField(default=0, help_text="merges started, and messages lost")
-    claim = models.CharField(max_length=32, blank=True, help_text="the token of the merge run that holds it")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="runs started, and messages lost")
+    claim = models.CharField(max_length=32, blank=True, help_text="the token of the export run that holds it")
     lease_until = models.DateTimeField(
         null=True,
         blank=True,
         help_text="on the database's clock: queued, when its message counts as lost; "
         "running, when its worker counts as dead",
     )
+    stage = models.CharField(max_length=60, blank=True, help_text="what a running export is doing, in words")
+    progress = models.FloatField(default=0.0, help_text="0 to 1 while running")
     size_bytes = models.BigIntegerField(default=0, help_text="the zip's size once ready")
     error = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
     finished = models.DateTimeField(null=True, blank=True)
 
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "format", "quantization"], name="job_export_unique_per_format")
+        ]
+
     def __str__(self) -> str:
-        return f"merged export of {self.job_id} ({self.status})"
+        kind = self.format + (f" {self.quantization}" if self.quantization else "")
+        return f"{kind} export of {self.job_id} ({self.status})"

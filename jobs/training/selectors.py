@@ -15,8 +15,9 @@ from jobs.base_models.selectors import base_model_named
 from jobs.common.ids import is_uuid
 from jobs.training import workers as train_workers
 from jobs.training.claims import compute_spent, fair_order
-from jobs.training.models import Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
+from jobs.training.models import Adapter, FineTuneJob, JobEvent, JobExport, JobStatus, MetricPoint
 from jobs.training.routing import Capacity, fits, job_devices, waiting_for
+from worker.serving_recipes import Recipe, serving_name, serving_recipes
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
 
@@ -92,6 +93,17 @@ def active_job_count(*, owner) -> int:
 
 def adapter_list(*, owner) -> QuerySet[Adapter]:
     return Adapter.objects.filter(job__owner=owner).select_related("job__base_model").order_by("-created")
+
+
+def export_list(*, owner, job_id) -> QuerySet[JobExport]:
+    """The exports of the owner's job (merged, GGUF LoRA, merged GGUF), oldest first; Http404 for another's job."""
+    job = job_get(owner=owner, job_id=job_id)
+    return JobExport.objects.filter(job=job).select_related("job").order_by("created", "id")
+
+
+def export_get(*, owner, job_id, export_id) -> JobExport:
+    """One export of the owner's job, or Http404."""
+    return get_object_or_404(export_list(owner=owner, job_id=job_id), id=export_id)
 
 
 def jobs_with_adapter(*, owner, base_model: BaseModel) -> QuerySet[FineTuneJob]:
@@ -194,7 +206,23 @@ def job_api_model(job: FineTuneJob) -> str | None:
     `ft:<base>:<name or user>:<job short id>`, once the job has succeeded."""
     if job.status != JobStatus.SUCCEEDED:
         return None
+    return ft_model_id(job)
+
+
+def ft_model_id(job: FineTuneJob) -> str:
+    """The job's `ft:` model id, whatever its status (the model card is written before the job is marked done)."""
     return f"ft:{job.base_model.name}:{_slug(job.name) or _slug(job.owner.username) or 'user'}:{job.short_id}"
+
+
+def job_serving_recipes(job: FineTuneJob, *, api_base: str) -> list[Recipe]:
+    """How to serve the job's adapter elsewhere (vLLM, this product's API, PEFT, llama.cpp, Ollama)."""
+    return serving_recipes(
+        base_model=job.base_model.hub_id or job.base_model.name,
+        name=serving_name(job.name, job.short_id),
+        rank=int(job.config.get("rank") or 16),
+        api_model=ft_model_id(job),
+        api_base=api_base,
+    )
 
 
 def model_named(*, owner, name: str) -> tuple[BaseModel, FineTuneJob | None] | None:

@@ -15,11 +15,21 @@ from jobs.accounts.limits import check_limit, storage_used
 from jobs.common import blobs, queue
 from jobs.common.exceptions import StateError
 from jobs.common.storage import media_relative
-from jobs.training.files import job_evaluation, job_files, job_output_dir, job_storage_record, merged_zip_name
+from jobs.training.exports import export_checked, export_forget, export_of, export_queue, export_state, merged_export_of
+from jobs.training.files import export_zip_name, job_evaluation, job_files, job_output_dir, job_storage_record
 from jobs.training.live import publish_job, publish_status
-from jobs.training.merges import merge_queue, merged_export_forget, merged_status
-from jobs.training.models import TERMINAL_STATUSES, Adapter, FineTuneJob, JobEvent, JobStatus, MetricPoint
+from jobs.training.models import (
+    TERMINAL_STATUSES,
+    Adapter,
+    ExportFormat,
+    FineTuneJob,
+    JobEvent,
+    JobExport,
+    JobStatus,
+    MetricPoint,
+)
 from jobs.training.plan import JobPlan, job_check_quotas, job_plan
+from jobs.training.selectors import job_serving_recipes
 from jobs.training.signals import job_finished
 from jobs.training.workers import wake_train_workers
 from worker.config import TrainConfig, preset_of
@@ -29,9 +39,12 @@ from worker.errors import InputError
 from worker.evaluation import summary_markdown
 from worker.export import build_adapter_zip, model_card
 from worker.reporting import WorkLost
+from worker.serving_recipes import recipes_markdown
 from worker.splits import held_out_positions
 
 log = logging.getLogger(__name__)
+# What a GGUF stores per weight (llama.cpp's block sizes: q8_0 is 34 bytes per 32, q4_K_M mixes q4_K and q6_K).
+GGUF_BYTES_PER_WEIGHT = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.61}
 
 
 class JobStateError(StateError):
@@ -276,6 +289,7 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
         targets=result.targets,
         evaluation_md=summary_markdown(evaluation) if evaluation else "",
         precision=getattr(result, "precision", "") or job.precision,
+        serving_md=recipes_markdown(job_serving_recipes(job, api_base="$LORA_STUDIO_URL/v1")),
     )
     extra = {"evaluation.json": (out / "evaluation.json").read_text()} if evaluation else {}
     zip_path = out / f"adapter-{job.short_id}.zip"
@@ -306,38 +320,63 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
     return adapter
 
 
-def merged_export_estimate(job: FineTuneJob) -> int:
-    """Bytes the merged export will store: the base's parameters in 16 bits."""
-    return 2 * (job.base_model.parameters or 0)
+def export_estimate(job: FineTuneJob, format: str = ExportFormat.MERGED, quantization: str = "") -> int:
+    """Bytes the export will store: the base's parameters in 16 bits (merged, and the base beside a GGUF LoRA), or
+    at the GGUF's bits per weight (q8_0: 8.5, q4_k_m: about 4.9)."""
+    parameters = job.base_model.parameters or 0
+    if format == ExportFormat.GGUF_LORA:
+        return 2 * parameters + job.adapter.size_bytes
+    return int(parameters * GGUF_BYTES_PER_WEIGHT.get(quantization, 2))
+
+
+def export_request(*, job: FineTuneJob, by, format: str, quantization: str | None = None) -> tuple[JobExport, bool]:
+    """Queue an export of the job's adapter on the background worker unless the same one is pending or ready;
+    the row and whether it was queued now. InputError names a format or quantization it cannot have. Its row
+    counts the attempts; the memory check happens on the worker, before loading."""
+    if job.owner_id != by.id:
+        raise JobStateError("not your job")
+    quantization = export_checked(job, format, quantization)
+    if not job.has_adapter:
+        raise JobStateError("only a succeeded job has an adapter to export")
+    if export_state(export_of(job, format, quantization)) == "none":
+        # The zip holds the weights (stored, not deflated): refused now, not after the work.
+        check_limit(by, "storage_bytes", used=storage_used(by), adding=export_estimate(job, format, quantization))
+    with transaction.atomic():
+        row, queued = export_queue(job, format, quantization)
+        if queued:
+            queue.enqueue(queue.MERGE_ADAPTER, str(job.id), row.id)
+    return row, queued
 
 
 def adapter_merge_request(*, job: FineTuneJob, by) -> str:
-    """Queue a merged-model export (merge_and_unload on the background worker); returns the status.
-    Its MergedExport row counts the attempts; the memory check happens on the worker, before loading."""
+    """Queue the merged-model export (merge_and_unload); returns its status: pending or ready."""
+    row, queued = export_request(job=job, by=by, format=ExportFormat.MERGED)
+    return "pending" if queued else export_state(row)
+
+
+def export_delete(*, export: JobExport, by) -> bool:
+    """Delete an export's zip and row to free storage; whether a ready one was there (a pending one is refused)."""
+    job = export.job
     if job.owner_id != by.id:
         raise JobStateError("not your job")
-    if not job.has_adapter:
-        raise JobStateError("only a succeeded job has an adapter to merge")
-    if merged_status(job) == "none":
-        # The zip holds the base's weights in 16 bits (stored, not deflated): refused now, not after the merge.
-        check_limit(by, "storage_bytes", used=storage_used(by), adding=merged_export_estimate(job))
-    with transaction.atomic():
-        if not merge_queue(job):
-            return merged_status(job)
-        queue.enqueue(queue.MERGE_ADAPTER, str(job.id))
-    return "pending"
+    if export_state(export) == "pending":
+        raise JobStateError("the export is still being made; delete it once it is ready")
+    existed = export_forget(export)
+    blobs.delete(export_zip_name(export))
+    if export.format == ExportFormat.MERGED:
+        shutil.rmtree(job_output_dir(job) / "merged", ignore_errors=True)  # left by releases that kept the folder
+    job_storage_record(job.id)
+    if existed:
+        what = "merged model" if export.format == ExportFormat.MERGED else f"{export.format} export"
+        job_event(job_id=job.id, kind="export", message=f"{what} deleted")
+    return existed
 
 
 def merged_export_delete(*, job: FineTuneJob, by) -> bool:
-    """Delete the job's merged model (zip, folder and row) to free storage; False if there was none."""
-    if job.owner_id != by.id:
-        raise JobStateError("not your job")
-    if merged_status(job) == "pending":
+    """Delete the job's merged model (zip and row) to free storage; False if there was none."""
+    row = merged_export_of(job)
+    if row is None:
+        return False
+    if export_state(row) == "pending":
         raise JobStateError("the merged model is still being made; delete it once it is ready")
-    existed = merged_export_forget(job)
-    blobs.delete(merged_zip_name(job))
-    shutil.rmtree(job_output_dir(job) / "merged", ignore_errors=True)
-    job_storage_record(job.id)
-    if existed:
-        job_event(job_id=job.id, kind="export", message="merged model deleted")
-    return existed
+    return export_delete(export=row, by=by)

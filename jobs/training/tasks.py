@@ -1,4 +1,4 @@
-"""Celery tasks of the train queue (and the merged export and its sweep on the background queue). They take ids,
+"""Celery tasks of the train queue (the exports' tasks, on the background queue, are in export_tasks). They take ids,
 re-read rows, and claim work with filter(...).update(...) == 1.
 
 The jobs table is the train queue. A message on the `train` queue is only a wake-up: the worker that takes
@@ -9,41 +9,36 @@ wakes them every SWEEP_SECONDS, so a lost message delays a job by one sweep and 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime as dt
 import logging
-import shutil
 import threading
 import time
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutting_down
 from django.conf import settings
-from django.db import close_old_connections, connection
-from django.utils import timezone
 
 from jobs.common import blobs, queue
-from jobs.common.errors import failure_category
-from jobs.common.shares import EXPORTS, owner_share
-from jobs.training import merges, services, workers
+from jobs.training import (
+    export_tasks,  # noqa: F401  (registers the export tasks: Celery loads `tasks` modules)
+    services,
+    workers,
+)
 from jobs.training.claims import Claim, compute_spent, expired_running_jobs, record_crash
-from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir, job_storage_record, merged_zip_name
+from jobs.training.files import RESUME_FOLDERS, job_files, job_output_dir
 from jobs.training.graders import grader_limits, job_judges
 from jobs.training.live import publish_status
-from jobs.training.models import FineTuneJob, JobStatus, MergedExport
+from jobs.training.models import FineTuneJob, JobStatus
 from jobs.training.reporting import DbReporter
 from worker.config import TrainConfig, TrainSpec
 from worker.data.problems import DatasetError
 from worker.distributed import run_training
 from worker.errors import InputError, TrainingError
-from worker.export import merge_adapter, zip_folder
 from worker.reporting import WorkLost
 from worker.warm import WarmBases
 
 log = logging.getLogger(__name__)
 _shutting_down = threading.Event()  # set by a warm shutdown of this worker process
-_one_merge_at_a_time = threading.Lock()
 _warm_bases: WarmBases | None = None
 
 
@@ -257,139 +252,6 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
     return result.status
 
 
-MIB = 2**20
-
-
-def merge_memory_need(job: FineTuneJob) -> int:
-    """Bytes a merge holds at once: the base's weights unquantized in the dtype the merge loads them
-    at (the base's own, worker.export.merge_adapter), plus the adapter's."""
-    from worker.inference import estimate_adapter_bytes, estimate_base_bytes
-    from worker.modeling import original_dtype
-
-    return estimate_base_bytes(
-        job.base_model.local_path, original_dtype(job.base_model.local_path)
-    ) + estimate_adapter_bytes(str(blobs.fetch(job.adapter.folder)))
-
-
-@contextlib.contextmanager
-def _heartbeat(renew, every_s: float):
-    """Call `renew` every `every_s` seconds while the block runs (until it returns False: the claim is gone),
-    so the sweep can tell a live merge from one whose worker died."""
-    stop = threading.Event()
-
-    def beat():
-        try:
-            while not stop.wait(every_s):
-                try:
-                    if not renew():
-                        return
-                except Exception:  # a database hiccup: try again at the next beat, the lease has slack
-                    log.warning("merged export: lease renewal failed", exc_info=True)
-                    close_old_connections()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=beat, name="merge-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _merge_give_up(job: FineTuneJob, message: str, *, token: str | None = None) -> None:
-    if merges.merge_fail(job, message, token=token):
-        services.job_event(job_id=job.id, kind="error", message=message)
-
-
-@shared_task(name=queue.MERGE_ADAPTER, acks_late=True, reject_on_worker_lost=True)
-def adapter_merge(job_id: str) -> str:
-    """Write the merged model (base + B A) as safetensors and zip it for download.
-
-    The job's MergedExport row counts attempts: one is counted as a merge claims it, so a message redelivered
-    after its worker died (killed for memory, say) counts too, and the merge gives up after MERGE_MAX_ATTEMPTS.
-    A merge whose base cannot fit MERGE_MEMORY_BUDGET_MB is refused before loading anything. Either way the
-    job's log says why and the row is marked failed, so it can be asked again."""
-    job = FineTuneJob.objects.select_related("base_model", "adapter").filter(id=job_id).first()
-    row = job and merges.merged_export_of(job)
-    if job is None or row is None or row.status == MergedExport.Status.FAILED:
-        return "skipped"  # nothing pending: already given up or refused, or never asked for
-    if row.status == MergedExport.Status.READY:
-        return "ready"
-    if merges.merge_running_alive(job):
-        return "in progress"  # a duplicate message while another worker's merge is alive
-    if row.attempts >= merges.MERGE_MAX_ATTEMPTS:
-        _merge_give_up(
-            job,
-            f"merged export gave up after {merges.MERGE_MAX_ATTEMPTS} attempts "
-            "(the worker stopped each time, perhaps out of memory)",
-        )
-        return "failed"
-    token = None
-    with owner_share(EXPORTS, job.owner_id):  # before the try: a full share is not a failure
-        try:
-            need, budget = merge_memory_need(job), settings.MERGE_MEMORY_BUDGET_MB * MIB
-            if need > budget:
-                _merge_give_up(
-                    job,
-                    f"merged export refused: it needs about {need / MIB:,.1f} MB (the base's weights "
-                    f"unquantized and the adapter), more than MERGE_MEMORY_BUDGET_MB "
-                    f"({settings.MERGE_MEMORY_BUDGET_MB:,} MB)",
-                )
-                return "refused"
-            token = merges.merge_claim(job)
-            if token is None:
-                return "in progress"  # another worker claimed it a moment ago
-            return _merge_claimed(job, token)
-        except Exception as exc:
-            log.exception("merge of job %s failed", job_id)
-            _merge_give_up(job, f"merged export failed: {failure_category(exc)}", token=token)
-            return "failed"
-
-
-def _merge_claimed(job: FineTuneJob, token: str) -> str:
-    every_s = max(1.0, min(30.0, settings.MERGE_STALE_SECONDS / 4))
-    # The background worker runs tasks in threads: merges still go one at a time (memory budget).
-    with _one_merge_at_a_time, _heartbeat(lambda: merges.merge_renew(job, token), every_s=every_s):
-        folder = merge_adapter(
-            job.base_model.local_path, blobs.fetch(job.adapter.folder), job_output_dir(job) / "merged"
-        )
-        with blobs.writing(merged_zip_name(job)) as zip_path:
-            zip_folder(folder, zip_path)
-            size = zip_path.stat().st_size
-        shutil.rmtree(folder, ignore_errors=True)  # served as the zip: the folder would only double the storage
-    job_storage_record(job.id)
-    if not merges.merge_finish(job, token, size_bytes=size):
-        return "lost"  # another run took the export over; it records the end
-    note = "merged model ready" + (" (QLoRA adapter merged into the 16-bit base)" if job.config.get("qlora") else "")
-    services.job_event(job_id=job.id, kind="export", message=note)
-    return "ready"
-
-
-@shared_task(name=queue.SWEEP_MERGES, acks_late=True)
-def merge_sweep() -> int:
-    """Queue again the merged exports whose lease ran out (message lost, or worker died mid-merge); returns how
-    many. A lost message counts as an attempt (a merge that died counted its own as it claimed the row); past
-    MERGE_MAX_ATTEMPTS the export gives up. Re-queueing renews the lease, so a second sweep at once does nothing."""
-    count = 0
-    for row in merges.merges_stale():
-        attempts = row.attempts + (0 if row.status == MergedExport.Status.RUNNING else 1)
-        if attempts >= merges.MERGE_MAX_ATTEMPTS:
-            _merge_give_up(
-                row.job,
-                f"merged export gave up after {merges.MERGE_MAX_ATTEMPTS} attempts "
-                "(its work was lost each time: the worker stopped or the queue lost it)",
-            )
-            continue
-        if merges.merge_requeue(row, attempts):
-            queue.send(queue.MERGE_ADAPTER, str(row.job_id))
-            count += 1
-    if count:
-        log.info("re-queued %d stale merged export(s)", count)
-    return count
-
-
 @shared_task(name=queue.SWEEP_JOBS)
 def sweep_jobs() -> dict[str, int]:
     """Put stranded jobs back on track: a running job whose lease ran out (its worker died) counts a crash
@@ -427,14 +289,3 @@ def _on_worker_ready(sender, **kwargs):
 def _on_worker_shutting_down(sender=None, **kwargs):
     """A warm shutdown (Ctrl-C of `make run`, SIGTERM): the running job pauses at a checkpoint."""
     _shutting_down.set()
-
-
-@shared_task(name=queue.EXPIRE_FILES)
-def expire_files() -> dict[str, int]:
-    """Delete merged models older than MERGED_EXPORT_DAYS (they can be made again from the adapter)."""
-    cutoff = timezone.now() - dt.timedelta(days=settings.MERGED_EXPORT_DAYS)
-    deleted = 0
-    for row in MergedExport.objects.filter(status=MergedExport.Status.READY, finished__lt=cutoff).select_related("job"):
-        services.merged_export_delete(job=row.job, by=row.job.owner)
-        deleted += 1
-    return {"merged_exports": deleted}

@@ -17,4 +17,5 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/delete/", views.job_delete, name="job-delete"),
     path("jobs/<uuid:job_id>/download/", views.job_download, name="job-download"),
     path("jobs/<uuid:job_id>/merged/", views.job_merged, name="job-merged"),
+    path("jobs/<uuid:job_id>/exports/", views.job_export, name="job-export"),
 ]

@@ -11,6 +11,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from jobs.accounts.auth import request_user
@@ -20,18 +21,19 @@ from jobs.common.ids import is_uuid
 from jobs.datasets.forms import UploadForm
 from jobs.training import selectors, services
 from jobs.training.downloads import adapter_download, merged_download
+from jobs.training.exports import GGUF_ARCHITECTURES, export_download_url, export_status, merged_status
 from jobs.training.files import job_evaluation
 from jobs.training.form_start import dataset_kinds, form_start
 from jobs.training.forms import JobForm, setting_rows
 from jobs.training.live import job_channel, status_event
-from jobs.training.merges import merged_status
-from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus
+from jobs.training.models import TERMINAL_STATUSES, ExportFormat, FineTuneJob, JobStatus
 from jobs.training.runs_table import loss_charts, runs_table
 from jobs.training.summary import job_summary, kept_eval_loss, setting_applies
 from worker.config import PREFERENCE_METHODS, TrainConfig
 from worker.errors import InputError
 from worker.memory_advice import OUT_OF_MEMORY, oom_suggestion
 from worker.result_words import JobSummary, percent_words
+from worker.serving_recipes import serving_name
 
 
 @login_required
@@ -209,8 +211,40 @@ def job_detail(request, job_id):
             "evaluation": evaluation,
             "kept_eval_loss": _kept_eval_loss(job, evaluation) if evaluation else None,
             "adapter": getattr(job, "adapter", None) if succeeded else None,
+            **(_export_area(request, job) if succeeded and job.has_adapter else {}),
         },
     )
+
+
+# The quantizations the page offers, in plain words.
+GGUF_CHOICES = (
+    ("f16", "f16 — full quality, the largest file"),
+    ("bf16", "bf16 — full quality for bf16 models, same size as f16"),
+    ("q8_0", "q8_0 — half the size, nearly the same answers"),
+    ("q4_k_m", "q4_k_m — a quarter of the size, slightly worse answers"),
+)
+
+
+def _export_area(request, job: FineTuneJob) -> dict:
+    """The Export card: the GGUF exports with their status, the quantizations, and the serving recipes."""
+    from worker.gguf_export import quantization_available
+
+    rows = [
+        {"row": row, "status": export_status(row), "download": export_download_url(row)}
+        for row in selectors.export_list(owner=request.user, job_id=job.id).exclude(format=ExportFormat.MERGED)
+    ]
+    architecture = job.base_model.architecture
+    gguf = not architecture or architecture in GGUF_ARCHITECTURES
+    recipes = selectors.job_serving_recipes(job, api_base=request.build_absolute_uri("/v1"))
+    return {
+        "exports": rows,
+        "gguf_supported": gguf,
+        "gguf_choices": GGUF_CHOICES,
+        "q4_available": quantization_available("q4_k_m"),
+        # llama.cpp and Ollama run the GGUF export, which only a Llama-architecture base has.
+        "recipes": recipes if gguf else [r for r in recipes if r.key not in ("llama-cpp", "ollama")],
+        "serving_name": serving_name(job.name, job.short_id),
+    }
 
 
 def _summary(job: FineTuneJob, evaluation: dict | None) -> JobSummary:
@@ -300,6 +334,25 @@ def job_merged(request, job_id):
             else "Merging the adapter into the base model; the download appears here when ready.",
         )
     return redirect("job-detail", job_id=job.id)
+
+
+@login_required
+@require_POST
+def job_export(request, job_id):
+    """Ask for a GGUF export from the job page's Export card (the page follows it through /api/v1/)."""
+    job = selectors.job_get(owner=request.user, job_id=job_id)
+    try:
+        services.export_request(
+            job=job,
+            by=request.user,
+            format=request.POST.get("format", ""),
+            quantization=request.POST.get("quantization"),
+        )
+    except (services.JobStateError, InputError, QuotaExceeded) as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.info(request, "Exporting on the background worker; the download appears in the Export card.")
+    return redirect(reverse("job-detail", args=[job.id]) + "#export")
 
 
 async def job_events(request, job_id):

@@ -18,11 +18,12 @@ from jobs.common.storage import media_path
 from jobs.datasets import tasks as dataset_tasks
 from jobs.datasets.mapping import PENDING_DIR
 from jobs.datasets.services import dataset_create
+from jobs.training import export_tasks
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training.claims import fair_order
 from jobs.training.files import job_output_dir, merged_zip_path
-from jobs.training.models import FineTuneJob, JobStatus, MergedExport
+from jobs.training.models import FineTuneJob, JobExport, JobStatus
 from jobs.training.plan import job_plan
 from jobs.webhooks.services import webhook_create
 from tests.factories import bearer_client, chat_jsonl
@@ -140,7 +141,7 @@ def test_merged_exports_are_deleted_on_request_and_expire(settings, user, base_m
     zip_path = merged_zip_path(job)
     zip_path.parent.mkdir(parents=True)
     zip_path.write_bytes(b"PK")
-    MergedExport.objects.create(job=job, status="ready", size_bytes=2, finished=timezone.now())
+    JobExport.objects.create(job=job, status="ready", size_bytes=2, finished=timezone.now())
     with (
         mock.patch("jobs.common.blobs.Store.size", side_effect=AssertionError("a store call per job")),
         mock.patch("jobs.common.blobs.LocalStore.size", side_effect=AssertionError("a store call per job")),
@@ -150,12 +151,12 @@ def test_merged_exports_are_deleted_on_request_and_expire(settings, user, base_m
     assert api.delete(f"/api/v1/jobs/{job.id}/merged/").status_code == 404
     assert storage_used(user) == 0
     zip_path.write_bytes(b"PK")
-    MergedExport.objects.create(job=job, status="ready", size_bytes=2, finished=timezone.now())
-    assert train_tasks.expire_files() == {"merged_exports": 0}  # fresh
+    JobExport.objects.create(job=job, status="ready", size_bytes=2, finished=timezone.now())
+    assert export_tasks.expire_files() == {"exports": 0}  # fresh
     old = timezone.now() - dt.timedelta(days=settings.MERGED_EXPORT_DAYS + 1)
-    MergedExport.objects.filter(job=job).update(finished=old)
-    assert train_tasks.expire_files() == {"merged_exports": 1} and not zip_path.exists()
-    assert not MergedExport.objects.filter(job=job).exists()
+    JobExport.objects.filter(job=job).update(finished=old)
+    assert export_tasks.expire_files() == {"exports": 1} and not zip_path.exists()
+    assert not JobExport.objects.filter(job=job).exists()
     assert job_output_dir(job).is_dir()
 
 

@@ -21,10 +21,11 @@ from jobs.common.storage import media_path
 from jobs.datasets.mapping import MappingNeeded
 from jobs.datasets.models import Dataset, TokenProfile, UploadCheck
 from jobs.datasets.services import dataset_create
+from jobs.training import export_tasks
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training.claims import fair_order
-from jobs.training.models import FineTuneJob, JobEvent, JobStatus, MergedExport
+from jobs.training.models import FineTuneJob, JobEvent, JobExport, JobStatus
 from jobs.training.plan import job_plan
 from jobs.training.reporting import DbReporter
 from jobs.training.selectors import job_wait_reason
@@ -112,12 +113,12 @@ def test_storage_used_equals_the_files_stored_for_the_user(settings, user, other
     settings.QUOTA_STORAGE_BYTES = storage_used(user) + 1000  # room for much, not for the base's weights
     response = bearer.post(f"/api/v1/jobs/{job.id}/merged/")
     assert response.status_code == 429 and response.json()["error"]["limit"] == "storage_bytes"
-    assert not MergedExport.objects.filter(job=job).exists()
+    assert not JobExport.objects.filter(job=job).exists()
 
     settings.QUOTA_STORAGE_BYTES = 20 * 1024**3
-    with mock.patch("jobs.training.tasks.adapter_merge.delay"):
+    with mock.patch("jobs.training.export_tasks.adapter_merge.delay"):
         assert bearer.post(f"/api/v1/jobs/{job.id}/merged/").status_code == 202
-    assert train_tasks.adapter_merge(str(job.id)) == "ready"
+    assert export_tasks.adapter_merge(str(job.id)) == "ready"
     on_disk = files_on_disk("datasets", "jobs", "base-models")
     assert any(Path(name).name.startswith("merged-") for name in on_disk)
     assert usage_storage(bearer) == sum(on_disk.values())

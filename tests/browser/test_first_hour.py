@@ -205,6 +205,17 @@ def test_the_job_page_fills_in_the_end_of_the_job_and_the_merged_export_without_
     mark_page(page)
     page.locator("#download-merged").wait_for(timeout=60_000)
     assert still_marked(page) and page.locator("#merge-pending").count() == 0
+    # The Export card: a GGUF LoRA export is followed live until its download and Ollama commands show.
+    assert "vllm serve" in page.inner_text("#recipe-vllm") + page.text_content("#recipe-vllm")
+    page.click("#export-gguf-lora")  # a form post: the page comes back with the export pending
+    page.locator("#export-list [data-export-id]").wait_for()
+    mark_page(page)
+    page.locator("#export-list a.export-download").wait_for(timeout=60_000)
+    assert still_marked(page)
+    assert "ollama create" in page.text_content("#export-list code")
+    with page.expect_download() as download:
+        page.click("#export-list a.export-download")
+    assert download.value.suggested_filename.endswith("-gguf-lora.zip")
 
 
 def test_a_finished_job_opens_with_its_result_in_plain_words(stack, page, api, dataset):

@@ -168,7 +168,7 @@ def test_the_one_app_schema_upgrades_with_every_row_file_and_key(settings, tmp_p
     assert api.post(f"/api/v1/jobs/{job.id}/merged/").json()["status"] == "ready"
     merged = api.get(f"/api/v1/jobs/{job.id}/merged/")
     assert merged.status_code == 200 and b"".join(merged.streaming_content) == b"PK-merged"
-    assert job.merged_export.size_bytes == len(b"PK-merged")
+    assert job.exports.get(format="merged").size_bytes == len(b"PK-merged")
     assert [p["step"] for p in api.get(f"/api/v1/jobs/{job.id}/metrics/").json()] == [2, 4]
     listed = api.get(f"/api/v1/jobs/{job.id}/chat/?session={old['session']}").json()
     assert [a["text"] for a in listed] == ["answer 0", "answer 1"]

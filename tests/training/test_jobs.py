@@ -14,6 +14,7 @@ from jobs.training.files import job_output_dir
 from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
 from jobs.training.plan import job_plan
 from worker.config import TrainConfig
+from worker.gguf_export import quantization_available
 
 FAST = {
     "rank": 8,
@@ -130,6 +131,18 @@ def test_job_lifecycle_trains_and_packages_the_adapter(
     card = zf.read("README.md").decode()
     assert "tiny-llama" in card and "PeftModel.from_pretrained" in card and "Final training loss" in card
     assert json.loads(zf.read("adapter_config.json"))["r"] == 8
+    # The card's serving recipes: vLLM, this product's API with the ft: id, llama.cpp and Ollama.
+    assert "vllm serve tiny-llama --enable-lora --lora-modules my-job=./adapter" in card
+    assert f'"model": "ft:tiny-llama:my-job:{job.short_id}"' in card and "$LORA_STUDIO_URL/v1/chat/completions" in card
+    assert "llama-cli -m model.gguf --lora adapter.gguf" in card and "ollama create my-job -f Modelfile" in card
+    # The job page's Export card: the GGUF buttons, the quantizations in words, and the same recipes.
+    html = client_in.get(f"/jobs/{job.id}/").content.decode()
+    assert (
+        "Download for llama.cpp / Ollama (GGUF LoRA)" in html
+        and "q8_0 — half the size, nearly the same answers" in html
+    )
+    assert "vllm serve tiny-llama" in html and "http://testserver/v1/chat/completions" in html
+    assert ("q4-unavailable" in html) != quantization_available("q4_k_m")
 
 
 def test_cancel_a_queued_job_and_a_running_one(client_in, user, base_model, dataset):

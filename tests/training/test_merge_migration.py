@@ -1,4 +1,4 @@
-"""Upgrading to MergedExport rows keeps every merged export: a stored zip becomes a ready row with its size, a
+"""Upgrading to JobExport rows keeps every merged export: a stored zip becomes a ready row with its size, a
 `merge.pending` marker (JSON, or empty from older releases) a queued row with its attempts whose lease has run
 out (the sweep sends it at once); the markers go."""
 
@@ -48,11 +48,11 @@ def test_merge_markers_and_zips_become_rows(settings, tmp_path):
 
     from unittest import mock
 
-    from jobs.training import tasks as train_tasks
-    from jobs.training.merges import merged_status
-    from jobs.training.models import FineTuneJob, MergedExport
+    from jobs.training import export_tasks
+    from jobs.training.exports import merged_status
+    from jobs.training.models import FineTuneJob, JobExport
 
-    rows = {row.job.name: row for row in MergedExport.objects.select_related("job")}
+    rows = {row.job.name: row for row in JobExport.objects.select_related("job")}
     assert (rows["ready"].status, rows["ready"].size_bytes) == ("ready", 8)
     assert abs(rows["ready"].finished.timestamp() - two_days_ago) < 60  # it expires counting from when it was made
     assert (rows["queued"].status, rows["queued"].attempts) == ("queued", 2)
@@ -68,6 +68,38 @@ def test_merge_markers_and_zips_become_rows(settings, tmp_path):
         "running": "pending",
         "none": "none",
     }
-    with mock.patch("jobs.training.tasks.adapter_merge.delay") as delay:
-        assert train_tasks.merge_sweep() == 2  # their messages count as lost: sent again (the third gives up)
-    assert delay.call_count == 2 and MergedExport.objects.get(job_id=jobs["queued"].id).status == "failed"
+    with mock.patch("jobs.training.export_tasks.adapter_merge.delay") as delay:
+        assert export_tasks.merge_sweep() == 2  # their messages count as lost: sent again (the third gives up)
+    assert delay.call_count == 2 and JobExport.objects.get(job_id=jobs["queued"].id).status == "failed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_merged_exports_survive_as_exports_of_format_merged(settings, tmp_path):
+    """0011 renames MergedExport to JobExport: an installation's merged exports stay, listed as format "merged"."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    before = [("training", "0010_finetunejob_grader")]
+    executor = migrate(before)
+    others = [node for node in executor.loader.graph.leaf_nodes() if node[0] != "training"]
+    apps = executor.loader.project_state(before + others).apps
+    owner = apps.get_model("auth", "User").objects.create(username="old", password="!")
+    base = apps.get_model("base_models", "BaseModel").objects.create(name="b", path="/nowhere")
+    job = apps.get_model("training", "FineTuneJob").objects.create(
+        owner=owner, base_model=base, config={}, status="succeeded", name="kept"
+    )
+    apps.get_model("training", "MergedExport").objects.create(job=job, status="ready", size_bytes=8, attempts=1)
+
+    migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+
+    from jobs.training.exports import merged_status
+    from jobs.training.models import FineTuneJob, JobExport
+    from tests.factories import bearer_client
+
+    row = JobExport.objects.get(job_id=job.id)
+    assert (row.format, row.quantization, row.status, row.size_bytes, row.attempts) == ("merged", "", "ready", 8, 1)
+    assert merged_status(FineTuneJob.objects.get(id=job.id)) == "ready"
+    from django.contrib.auth import get_user_model
+
+    listed = bearer_client(get_user_model().objects.get(id=owner.id)).get(f"/api/v1/jobs/{job.id}/exports/").json()
+    assert [(e["format"], e["status"], e["download"]) for e in listed] == [
+        ("merged", "ready", f"/api/v1/jobs/{job.id}/merged/")
+    ]

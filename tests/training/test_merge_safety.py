@@ -1,4 +1,4 @@
-"""Merged exports are safe: attempts are counted in the job's MergedExport row (a redelivery after the
+"""Merged exports are safe: attempts are counted in the job's JobExport row (a redelivery after the
 worker died counts) and the merge gives up after three; a merge that cannot fit the memory budget is
 refused before loading; the sweep re-queues stale ones, idempotently."""
 
@@ -13,11 +13,11 @@ from django.utils import timezone
 from safetensors.torch import save_file
 
 from jobs.common.storage import media_path, media_relative
+from jobs.training import export_tasks
 from jobs.training import services as job_services
-from jobs.training import tasks as train_tasks
+from jobs.training.exports import MERGE_MAX_ATTEMPTS, merge_claim, merged_status
 from jobs.training.files import merged_zip_path
-from jobs.training.merges import MERGE_MAX_ATTEMPTS, merge_claim, merged_status
-from jobs.training.models import Adapter, FineTuneJob, JobStatus, MergedExport
+from jobs.training.models import Adapter, FineTuneJob, JobExport, JobStatus
 from jobs.training.plan import job_plan
 from worker.config import TrainConfig
 from worker.inference import estimate_base_bytes
@@ -46,7 +46,7 @@ def job(user, dataset, base_model):
 
 
 def request_merge(api, job):
-    with mock.patch("jobs.training.tasks.adapter_merge.delay") as delay:
+    with mock.patch("jobs.training.export_tasks.adapter_merge.delay") as delay:
         response = api.post(f"/api/v1/jobs/{job.id}/merged/")
     assert response.status_code == 202 and response.json()["status"] == "pending"
     return delay
@@ -54,13 +54,13 @@ def request_merge(api, job):
 
 def marker(job) -> dict:
     """The export's attempts and whether a run holds it, as its row records them."""
-    row = MergedExport.objects.get(job=job)
-    return {"attempts": row.attempts, "running": row.status == MergedExport.Status.RUNNING}
+    row = JobExport.objects.get(job=job)
+    return {"attempts": row.attempts, "running": row.status == JobExport.Status.RUNNING}
 
 
 def pending(job) -> bool:
     """A merge is queued or running (the old `merge.pending` marker)."""
-    return MergedExport.objects.filter(job=job, status__in=["queued", "running"]).exists()
+    return JobExport.objects.filter(job=job, status__in=["queued", "running"]).exists()
 
 
 def age(job, seconds: float, *, settings=None) -> None:
@@ -68,11 +68,11 @@ def age(job, seconds: float, *, settings=None) -> None:
     from django.conf import settings as live
 
     lease = timezone.now() + dt.timedelta(seconds=live.MERGE_STALE_SECONDS - seconds)
-    MergedExport.objects.filter(job=job).update(lease_until=lease)
+    JobExport.objects.filter(job=job).update(lease_until=lease)
 
 
 def set_marker(job, *, attempts: int, running: bool) -> None:
-    MergedExport.objects.filter(job=job).update(attempts=attempts, status="running" if running else "queued")
+    JobExport.objects.filter(job=job).update(attempts=attempts, status="running" if running else "queued")
 
 
 def events(job, kind="error") -> list[str]:
@@ -80,11 +80,11 @@ def events(job, kind="error") -> list[str]:
 
 
 def test_a_merge_too_big_for_the_budget_is_refused_before_loading(api, job, settings):
-    need = train_tasks.merge_memory_need(job)
+    need = export_tasks.merge_memory_need(job)
     settings.MERGE_MEMORY_BUDGET_MB = need // 2**20  # the tiny base needs 0.5 MB: a budget of 0 MB
     request_merge(api, job)
-    with mock.patch("jobs.training.tasks.merge_adapter") as merge:
-        assert train_tasks.adapter_merge(str(job.id)) == "refused"
+    with mock.patch("jobs.training.export_tasks.merge_adapter") as merge:
+        assert export_tasks.adapter_merge(str(job.id)) == "refused"
     merge.assert_not_called()
     (message,) = events(job)
     assert message == (
@@ -94,11 +94,11 @@ def test_a_merge_too_big_for_the_budget_is_refused_before_loading(api, job, sett
     assert merged_status(job) == "none" and not pending(job)  # it can be asked again
     assert api.get(f"/api/v1/jobs/{job.id}/merged/").status_code == 404
     # A redelivered message finds nothing pending and does nothing.
-    assert train_tasks.adapter_merge(str(job.id)) == "skipped"
+    assert export_tasks.adapter_merge(str(job.id)) == "skipped"
 
 
 def test_the_memory_estimate_is_the_base_unquantized_plus_the_adapter(job, tiny_llama, settings):
-    need = train_tasks.merge_memory_need(job)
+    need = export_tasks.merge_memory_need(job)
     base = estimate_base_bytes(str(tiny_llama), torch.float32)
     assert need == base + 8 * 64 * 4 and base > 0
     settings.MERGE_MEMORY_BUDGET_MB = need // 2**20 + 1  # just fits: the merge goes ahead
@@ -109,8 +109,8 @@ def test_the_memory_estimate_is_the_base_unquantized_plus_the_adapter(job, tiny_
         (out_dir / "model.safetensors").write_bytes(b"weights")
         return out_dir
 
-    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=fake_merge):
-        assert train_tasks.adapter_merge(str(job.id)) == "ready"
+    with mock.patch("jobs.training.export_tasks.merge_adapter", side_effect=fake_merge):
+        assert export_tasks.adapter_merge(str(job.id)) == "ready"
     assert merged_zip_path(job).is_file() and not pending(job)
     assert events(job, "export") == ["merged model ready"]
 
@@ -124,17 +124,17 @@ def test_a_merge_whose_worker_keeps_dying_gives_up_after_three_attempts(api, job
         seen.append(marker(job))
         raise WorkerDied
 
-    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=dies) as merge:
+    with mock.patch("jobs.training.export_tasks.merge_adapter", side_effect=dies) as merge:
         for attempt in range(1, MERGE_MAX_ATTEMPTS + 1):
             with pytest.raises(WorkerDied):
-                train_tasks.adapter_merge(str(job.id))
+                export_tasks.adapter_merge(str(job.id))
             assert marker(job) == {"attempts": attempt, "running": True}
             # Redelivered while the marker is fresh, the message cannot tell a live merge from a
             # dead one: it leaves it (and counts nothing) until the heartbeat is stale.
-            assert train_tasks.adapter_merge(str(job.id)) == "in progress"
+            assert export_tasks.adapter_merge(str(job.id)) == "in progress"
             assert marker(job)["attempts"] == attempt
             age(job, settings.MERGE_STALE_SECONDS + 1)  # the dead worker's heartbeat stopped
-        assert train_tasks.adapter_merge(str(job.id)) == "failed"
+        assert export_tasks.adapter_merge(str(job.id)) == "failed"
     assert merge.call_count == MERGE_MAX_ATTEMPTS
     assert seen == [{"attempts": n, "running": True} for n in range(1, MERGE_MAX_ATTEMPTS + 1)]
     assert events(job) == [
@@ -149,8 +149,8 @@ def test_a_merge_whose_worker_keeps_dying_gives_up_after_three_attempts(api, job
 
 def test_a_merge_that_fails_says_why_and_clears_the_marker(api, job):
     request_merge(api, job)
-    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=OSError("disk full")):
-        assert train_tasks.adapter_merge(str(job.id)) == "failed"
+    with mock.patch("jobs.training.export_tasks.merge_adapter", side_effect=OSError("disk full")):
+        assert export_tasks.adapter_merge(str(job.id)) == "failed"
     assert (
         events(job) == ["merged export failed: a file could not be read or written on the server"]
         and merged_status(job) == "none"
@@ -165,13 +165,13 @@ def test_the_heartbeat_keeps_a_long_merge_fresh(api, job, settings):
     def slow_merge(base_path, adapter_dir, out_dir):
         age(job, 100)
         time.sleep(1.6)
-        lease = MergedExport.objects.get(job=job).lease_until
+        lease = JobExport.objects.get(job=job).lease_until
         assert lease > timezone.now() + dt.timedelta(seconds=settings.MERGE_STALE_SECONDS - 1.5)  # renewed since
-        assert train_tasks.merge_sweep() == 0  # alive: the sweep leaves it alone
+        assert export_tasks.merge_sweep() == 0  # alive: the sweep leaves it alone
         raise OSError("stop here")
 
-    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=slow_merge):
-        assert train_tasks.adapter_merge(str(job.id)) == "failed"
+    with mock.patch("jobs.training.export_tasks.merge_adapter", side_effect=slow_merge):
+        assert export_tasks.adapter_merge(str(job.id)) == "failed"
     assert events(job) == ["merged export failed: a file could not be read or written on the server"]
 
 
@@ -181,25 +181,25 @@ def test_the_heartbeat_keeps_a_long_merge_fresh(api, job, settings):
 def test_the_sweep_requeues_stale_merges_once_and_gives_up_after_three(api, job, settings):
     stale = settings.MERGE_STALE_SECONDS + 1
     request_merge(api, job)
-    with mock.patch("jobs.training.tasks.adapter_merge.delay") as delay:
-        assert train_tasks.merge_sweep() == 0  # freshly queued: its message is on its way
+    with mock.patch("jobs.training.export_tasks.adapter_merge.delay") as delay:
+        assert export_tasks.merge_sweep() == 0  # freshly queued: its message is on its way
         age(job, stale)  # ... but it was lost
-        assert train_tasks.merge_sweep() == 1
-        delay.assert_called_once_with(str(job.id))
+        assert export_tasks.merge_sweep() == 1
+        delay.assert_called_once_with(str(job.id), JobExport.objects.get(job=job).id)
         assert marker(job) == {"attempts": 1, "running": False}  # the lost message counted
-        assert train_tasks.merge_sweep() == 0  # a second sweep at once does nothing
+        assert export_tasks.merge_sweep() == 0  # a second sweep at once does nothing
         assert delay.call_count == 1
 
         # A worker that died mid-merge counted its attempt when it started: the sweep adds none.
         set_marker(job, attempts=1, running=True)
         age(job, stale)
-        assert train_tasks.merge_sweep() == 1 and marker(job) == {"attempts": 1, "running": False}
+        assert export_tasks.merge_sweep() == 1 and marker(job) == {"attempts": 1, "running": False}
 
         set_marker(job, attempts=2, running=True)
         age(job, stale)
-        assert train_tasks.merge_sweep() == 1
+        assert export_tasks.merge_sweep() == 1
         age(job, stale)  # lost once more: the third attempt
-        assert train_tasks.merge_sweep() == 0
+        assert export_tasks.merge_sweep() == 0
         assert delay.call_count == 3
     assert not pending(job) and merged_status(job) == "none"
     assert events(job) == [
@@ -212,14 +212,14 @@ def test_the_sweep_leaves_a_finished_merge_alone(api, job, settings):
     request_merge(api, job)
     token = merge_claim(job)
     merged_zip_path(job).write_bytes(b"zip")
-    from jobs.training.merges import merge_finish
+    from jobs.training.exports import merge_finish
 
     assert merge_finish(job, token, size_bytes=3)
     age(job, settings.MERGE_STALE_SECONDS + 1)
-    with mock.patch("jobs.training.tasks.adapter_merge.delay") as delay:
-        assert train_tasks.merge_sweep() == 0
+    with mock.patch("jobs.training.export_tasks.adapter_merge.delay") as delay:
+        assert export_tasks.merge_sweep() == 0
         assert not pending(job) and merged_status(job) == "ready"
-        assert MergedExport.objects.get(job=job).size_bytes == 3
+        assert JobExport.objects.get(job=job).size_bytes == 3
     assert delay.call_count == 0
 
 
@@ -232,7 +232,7 @@ def test_two_merge_workers_cannot_both_claim_the_export(api, job):
 
 @pytest.mark.django_db(transaction=True)
 def test_two_merge_workers_at_the_same_moment_get_one_claim(job):
-    with mock.patch("jobs.training.tasks.adapter_merge.delay"):
+    with mock.patch("jobs.training.export_tasks.adapter_merge.delay"):
         job_services.adapter_merge_request(job=job, by=job.owner)
     start, tokens = threading.Barrier(4), []
 
@@ -257,11 +257,11 @@ def test_a_merge_whose_claim_was_taken_over_records_nothing(api, job, settings):
     request_merge(api, job)
 
     def taken_over(base_path, adapter_dir, out_dir):
-        MergedExport.objects.filter(job=job).update(claim="another-run")  # the sweep gave it to another worker
+        JobExport.objects.filter(job=job).update(claim="another-run")  # the sweep gave it to another worker
         out_dir.mkdir(parents=True)
         (out_dir / "model.safetensors").write_bytes(b"weights")
         return out_dir
 
-    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=taken_over):
-        assert train_tasks.adapter_merge(str(job.id)) == "lost"
+    with mock.patch("jobs.training.export_tasks.merge_adapter", side_effect=taken_over):
+        assert export_tasks.adapter_merge(str(job.id)) == "lost"
     assert merged_status(job) == "pending" and events(job, "export") == []

@@ -8,10 +8,10 @@ from unittest import mock
 import pytest
 
 from jobs.common import blobs
-from jobs.training import tasks as train_tasks
+from jobs.training import export_tasks
+from jobs.training.exports import exports_stale, merged_status
 from jobs.training.files import merged_zip_name
-from jobs.training.merges import merged_status, merges_stale
-from jobs.training.models import MergedExport
+from jobs.training.models import JobExport
 from tests.training.test_merge_safety import (
     age,
     job,  # noqa: F401 (the fixture)
@@ -21,13 +21,13 @@ from tests.training.test_merge_safety import (
 
 def merge_state_read(of):
     """The pending export's attempts and whether a run holds it; None when none is pending."""
-    row = MergedExport.objects.filter(job=of, status__in=["queued", "running"]).first()
+    row = JobExport.objects.filter(job=of, status__in=["queued", "running"]).first()
     return row and {"attempts": row.attempts, "running": row.status == "running"}
 
 
 def stale_merge_job_ids() -> list[str]:
     """Jobs whose pending export's lease ran out (the sweep's view)."""
-    return [str(row.job_id) for row in merges_stale()]
+    return [str(row.job_id) for row in exports_stale()]
 
 
 def switch_host(settings, tmp_path, name: str) -> None:
@@ -58,8 +58,8 @@ def test_a_merge_is_asked_made_and_served_by_different_hosts(stored_job, api, se
         (out_dir / "model.safetensors").write_bytes(b"weights")
         return out_dir
 
-    with mock.patch("jobs.training.tasks.merge_adapter", side_effect=fake_merge):
-        assert train_tasks.adapter_merge(str(job.id)) == "ready"
+    with mock.patch("jobs.training.export_tasks.merge_adapter", side_effect=fake_merge):
+        assert export_tasks.adapter_merge(str(job.id)) == "ready"
 
     switch_host(settings, tmp_path, "web-2")
     assert merged_status(job) == "ready" and merge_state_read(job) is None and stale_merge_job_ids() == []

@@ -10,6 +10,7 @@ from jobs.accounts.services import api_key_create
 from jobs.arena import tasks as chat_tasks
 from jobs.common.storage import media_path
 from jobs.datasets import services as dataset_services
+from jobs.training import export_tasks
 from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training.plan import job_plan
@@ -112,13 +113,13 @@ def test_merged_export_equals_the_adapted_model(
     train_tasks.job_run(str(job.id))
     assert api.get(f"/api/v1/jobs/{job.id}/merged/").status_code == 404
     with (
-        mock.patch("jobs.training.tasks.adapter_merge.delay") as delay,
+        mock.patch("jobs.training.export_tasks.adapter_merge.delay") as delay,
         django_capture_on_commit_callbacks(execute=True),
     ):
         response = api.post(f"/api/v1/jobs/{job.id}/merged/")
     assert response.status_code == 202 and response.json() == {"status": "pending", "download": None}
-    delay.assert_called_once_with(str(job.id))
-    assert train_tasks.adapter_merge(str(job.id)) == "ready"
+    delay.assert_called_once_with(str(job.id), job.exports.get().id)
+    assert export_tasks.adapter_merge(str(job.id)) == "ready"
     response = api.post(f"/api/v1/jobs/{job.id}/merged/")
     assert response.status_code == 200 and response.json()["status"] == "ready"
     data = b"".join(api.get(f"/api/v1/jobs/{job.id}/merged/").streaming_content)
