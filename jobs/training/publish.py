@@ -146,9 +146,15 @@ def hub_card(card: str, *, job: FineTuneJob, repo_id: str, what: str) -> str:
         serving += f"\n### Straight from the Hub\n\n```bash\nollama run hf.co/{repo_id}\n```\n"
         head = head.replace("- lora-studio", "- lora-studio\n- gguf", 1)
     if what != What.ADAPTER:
-        label = {What.MERGED: "merged safetensors model", What.GGUF_LORA: "GGUF LoRA (with the base as GGUF)"}
-        note = label.get(what, "merged GGUF model") + f" export of the adapter below ({what})"
-        head = re.sub(r"(\n# [^\n]*\n)", rf"\1\nThis repository holds the {note}.\n", head, count=1)
+        labels: dict[str, str] = {
+            What.MERGED: "merged safetensors model",
+            What.GGUF_LORA: "GGUF LoRA (with the base as GGUF)",
+        }
+        note = (
+            f"This repository holds the {labels.get(what, 'merged GGUF model')} export ({what}) of the adapter "
+            "described below; the PEFT and vLLM recipes need the adapter itself (publish it as well)."
+        )
+        head = re.sub(r"(\n# [^\n]*\n)", lambda m: f"{m.group(1)}\n{note}\n", head, count=1)
     if what in (What.MERGED, What.GGUF_MERGED):
         head = head.replace(
             "library_name: peft", "library_name: transformers" if what == What.MERGED else "library_name: gguf", 1

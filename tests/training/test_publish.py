@@ -103,7 +103,7 @@ def test_publish_refuses_in_words(api, api_bob, job, hub, settings, post):
     assert not JobPublish.objects.exists() and not hub.log
 
 
-def test_publish_pushes_the_adapter_with_its_card_and_forgets_the_token(api, job, hub, real_redis, post):
+def test_publish_pushes_the_adapter_with_its_card_and_forgets_the_token(api, client, job, hub, real_redis, post):
     response, send = post(api, job, {"repo_id": "me/colours-lora", "token": TOKEN})
     assert response.status_code == 202, response.json()
     made = response.json()
@@ -131,6 +131,11 @@ def test_publish_pushes_the_adapter_with_its_card_and_forgets_the_token(api, job
     assert TOKEN not in dump.getvalue() and TOKEN not in listed.content.decode() + response.content.decode()
     assert not real_redis.keys("hub-publish-token:*")
     assert publish.publish_run(made["id"]) == "skipped"  # a redelivered message pushes nothing twice
+
+    client.force_login(job.owner)  # the job page: the form (token as a password), the push and its link
+    page = client.get(f"/jobs/{job.id}/").content.decode()
+    assert 'id="publish-form"' in page and 'type="password"' in page and "not kept" in page
+    assert f'href="{hub.url}/me/colours-lora"' in page and TOKEN not in page and "app/publish.js" in page
 
 
 def test_publish_a_gguf_export_and_the_guard_at_upload_time(api, job, hub, settings, post):
