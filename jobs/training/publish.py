@@ -10,6 +10,7 @@ the Hub endpoint (HF_ENDPOINT), and any address it redirects to, must be public 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from jobs.base_models.hub import check_repo_id
 from jobs.base_models.hub_tokens import hub_token_keep, hub_token_take
@@ -35,6 +37,7 @@ from worker.serving_recipes import recipes_markdown, serving_name, serving_recip
 
 log = logging.getLogger(__name__)
 PUBLISH_TOKEN_SECONDS = 3600  # the upload starts within minutes; an hour covers a busy background worker
+PUBLISH_RUNNING_SECONDS = 24 * 3600  # a push still running a day after it was asked for lost its worker
 Status = JobPublish.Status
 What = JobPublish.What
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -237,3 +240,20 @@ def publish_run(publish_id: int) -> str:
 def _end(row: JobPublish, status: str, *, url: str = "", error: str = "") -> str:
     JobPublish.objects.filter(id=row.id).update(status=status, url=url[:500], error=error[:2000], finished=Now())
     return status
+
+
+def publishes_stale_fail() -> int:
+    """Fail the pushes that can no longer end (the export sweep calls this): pending past the token's life (the
+    message was lost, and the token is gone) or running for a day (the worker died); how many."""
+    now = timezone.now()
+    lost = JobPublish.objects.filter(
+        status=Status.PENDING, created__lt=now - dt.timedelta(seconds=PUBLISH_TOKEN_SECONDS)
+    )
+    died = JobPublish.objects.filter(
+        status=Status.RUNNING, created__lt=now - dt.timedelta(seconds=PUBLISH_RUNNING_SECONDS)
+    )
+    return lost.update(
+        status=Status.FAILED, error="the upload never started before the token expired: publish again", finished=Now()
+    ) + died.update(
+        status=Status.FAILED, error="the upload stopped (its worker went away): publish again", finished=Now()
+    )

@@ -37,6 +37,7 @@ def hub_handler(repos: dict[str, dict[str, bytes]], *, drop_once: set[str] = fro
         log: list[tuple[str, str, str]] = []
         dropped: set[str] = set()
         created: list[dict] = []
+        refused_tokens: set[str] = set()  # an Authorization of one of these is answered 401
         commits: list[dict] = []
         protocol_version = "HTTP/1.1"
 
@@ -93,6 +94,8 @@ def hub_handler(repos: dict[str, dict[str, bytes]], *, drop_once: set[str] = fro
         def do_POST(self):
             Handler.log.append((self.path, "", self.headers.get("Authorization", "")))
             body, site = self._body(), f"http://{self.headers.get('Host')}"
+            if self.headers.get("Authorization", "").removeprefix("Bearer ") in Handler.refused_tokens:
+                return self._send(401, b'{"error": "Invalid credentials in Authorization header"}')
             if self.path == "/api/repos/create":
                 asked = json.loads(body)
                 Handler.created.append(asked)

@@ -6,12 +6,14 @@ after the upload (database, Redis, answers), and the outbound rules refusing an 
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import zipfile
 from unittest import mock
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from jobs.common import blobs
 from jobs.training import publish
@@ -152,6 +154,12 @@ def test_publish_a_gguf_export_and_the_guard_at_upload_time(api, job, hub, setti
     card = files["README.md"].decode()
     assert "- gguf" in card and "ollama run hf.co/me/colours-gguf" in card and "GGUF LoRA" in card
 
+    hub.refused_tokens = {"hf_Revoked"}  # the Hub refuses a token: the push fails in words
+    response, _ = post(api, job, {"repo_id": "me/revoked", "token": "hf_Revoked"})
+    assert publish.publish_run(response.json()["id"]) == "failed"
+    assert JobPublish.objects.get(id=response.json()["id"]).error.startswith("the Hub refused the token (401)")
+    hub.refused_tokens = set()
+
     # Allowed when asked, refused when the upload connects: every connection is checked as it is made.
     response, _ = post(api, job, {"repo_id": "me/again", "token": TOKEN})
     hub.log.clear()
@@ -160,3 +168,8 @@ def test_publish_a_gguf_export_and_the_guard_at_upload_time(api, job, hub, setti
     row = JobPublish.objects.get(id=response.json()["id"])
     assert row.error == "the Hub could not be reached: refused: loopback address" and not hub.log
     assert TOKEN not in row.error
+
+    JobPublish.objects.filter(id=row.id).update(status="pending")  # a push whose message was lost long ago
+    JobPublish.objects.update(created=timezone.now() - dt.timedelta(hours=2))
+    assert publish.publishes_stale_fail() == 1
+    assert "publish again" in JobPublish.objects.get(id=row.id).error
