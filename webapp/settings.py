@@ -333,6 +333,7 @@ CELERY_TASK_ROUTES = {
     "user_datasets.sweep": {"queue": "background"},
     # Base models from the Hub or a GGUF upload are made off the web process.
     "base_models.hub_download": {"queue": "background"},
+    "training.hub_publish": {"queue": "background"},
     "base_models.gguf_convert": {"queue": "background"},
 }
 # The background worker's threads, shared out by kind of work (jobs.common.shares): each kind runs at most its

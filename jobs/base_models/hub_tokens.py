@@ -20,15 +20,26 @@ def _key(model_id) -> str:
     return f"hub-token:{model_id}"
 
 
-def hub_token_keep(model_id, token: str) -> None:
-    """Keep `token` for the model's download (HUB_TOKEN_SECONDS at most); refused when Redis cannot take it."""
+def hub_token_keep(model_id, token: str, *, key: str = "", seconds: int = 0) -> None:
+    """Keep `token` for the model's download (HUB_TOKEN_SECONDS at most), or under `key` for `seconds`; refused
+    when Redis cannot take it."""
     try:
-        redis_client().set(_key(model_id), token, ex=settings.HUB_TOKEN_SECONDS)
+        redis_client().set(key or _key(model_id), token, ex=seconds or settings.HUB_TOKEN_SECONDS)
     except redis.RedisError as exc:
-        log.warning("could not keep the Hub token of %s: %s", model_id, exc)
+        log.warning("could not keep the Hub token of %s: %s", key or model_id, exc)
         raise ProductError(
-            "the token cannot be kept for the download right now; try again in a minute", field="token"
+            "the token cannot be kept for the work right now; try again in a minute", field="token"
         ) from None
+
+
+def hub_token_take(key: str) -> str:
+    """The token kept under `key`, deleted as it is read; "" when none is there (expired, or Redis lost it)."""
+    try:
+        value = redis_client().getdel(key)
+    except redis.RedisError as exc:
+        log.warning("could not take the Hub token %s: %s", key, exc)
+        return ""
+    return value.decode() if isinstance(value, bytes) else (value or "")
 
 
 def hub_token_of(model_id) -> str:

@@ -15,6 +15,7 @@ CHAT_ROUND = "arena.chat_round"
 WEBHOOK_DELIVER = "webhooks.deliver"
 HUB_DOWNLOAD = "base_models.hub_download"
 GGUF_CONVERT = "base_models.gguf_convert"
+HUB_PUBLISH = "training.hub_publish"
 # Periodic sweeps (scheduled by Celery beat) that re-queue work whose message was lost.
 SWEEP_MERGES = "training.sweep_merges"
 SWEEP_WEBHOOKS = "webhooks.sweep"

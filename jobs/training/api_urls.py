@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs.training import apis, export_apis, views
+from jobs.training import apis, export_apis, publish_apis, views
 
 urlpatterns = [
     path("jobs/", apis.JobListApi.as_view(), name="api-jobs"),
@@ -14,6 +14,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/metrics/", apis.JobMetricsApi.as_view(), name="api-job-metrics"),
     path("jobs/<uuid:job_id>/adapter/", apis.JobAdapterApi.as_view(), name="api-job-adapter"),
     path("jobs/<uuid:job_id>/merged/", export_apis.JobMergedApi.as_view(), name="api-job-merged"),
+    path("jobs/<uuid:job_id>/publish/", publish_apis.JobPublishApi.as_view(), name="api-job-publish"),
     path("jobs/<uuid:job_id>/exports/", export_apis.JobExportListApi.as_view(), name="api-job-exports"),
     path("jobs/<uuid:job_id>/exports/<int:export_id>/", export_apis.JobExportApi.as_view(), name="api-job-export"),
     path(

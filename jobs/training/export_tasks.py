@@ -26,7 +26,7 @@ from jobs.base_models.services import base_gguf_name
 from jobs.common import blobs, queue
 from jobs.common.errors import failure_category
 from jobs.common.shares import EXPORTS, owner_share
-from jobs.training import exports, services
+from jobs.training import exports, publish, services
 from jobs.training.files import export_zip_name, job_output_dir, job_storage_record
 from jobs.training.models import ExportFormat, FineTuneJob, JobExport
 from worker.errors import InputError
@@ -264,6 +264,7 @@ def _base_gguf(job: FineTuneJob, progress: _Progress) -> tuple[Path, tuple[str, 
 @shared_task(name=queue.SWEEP_MERGES, acks_late=True)
 def merge_sweep() -> int:
     """Queue again the exports whose lease ran out (message lost, or worker died mid-export); returns how many.
+    Hub pushes that can no longer end fail (jobs.training.publish.publishes_stale_fail).
     A lost message counts as an attempt (a run that died counted its own as it claimed the row); past
     EXPORT_MAX_ATTEMPTS the export gives up. Re-queueing renews the lease, so a second sweep at once does nothing."""
     count = 0
@@ -281,6 +282,8 @@ def merge_sweep() -> int:
             count += 1
     if count:
         log.info("re-queued %d stale export(s)", count)
+    if failed := publish.publishes_stale_fail():
+        log.info("%d Hub push(es) could no longer end and failed", failed)
     return count
 
 

@@ -198,3 +198,35 @@ class JobExport(models.Model):
     def __str__(self) -> str:
         kind = self.format + (f" {self.quantization}" if self.quantization else "")
         return f"{kind} export of {self.job_id} ({self.status})"
+
+
+class JobPublish(models.Model):
+    """One push of a job's adapter (or one of its exports) to a Hugging Face Hub repository, made on the
+    background worker with the user's token. The token is never a field here: it waits in Redis with a short
+    expiry until the upload takes it (jobs.training.publish)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    class What(models.TextChoices):
+        ADAPTER = "adapter"
+        MERGED = "merged"
+        GGUF_LORA = "gguf-lora"
+        GGUF_MERGED = "gguf-merged"
+
+    job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, related_name="publishes")
+    repo_id = models.CharField(max_length=200)
+    what = models.CharField(max_length=12, choices=What.choices, default=What.ADAPTER)
+    quantization = models.CharField(max_length=8, blank=True, help_text="gguf-merged: the export's quantization")
+    private = models.BooleanField(default=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    url = models.CharField(max_length=500, blank=True, help_text="the repository's address once done")
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.what} of {self.job_id} to {self.repo_id} ({self.status})"

@@ -15,7 +15,7 @@ from jobs.base_models.selectors import base_model_named
 from jobs.common.ids import is_uuid
 from jobs.training import workers as train_workers
 from jobs.training.claims import compute_spent, fair_order
-from jobs.training.models import Adapter, FineTuneJob, JobEvent, JobExport, JobStatus, MetricPoint
+from jobs.training.models import Adapter, FineTuneJob, JobEvent, JobExport, JobPublish, JobStatus, MetricPoint
 from jobs.training.routing import Capacity, fits, job_devices, waiting_for
 from worker.serving_recipes import Recipe, serving_name, serving_recipes
 
@@ -104,6 +104,11 @@ def export_list(*, owner, job_id) -> QuerySet[JobExport]:
 def export_get(*, owner, job_id, export_id) -> JobExport:
     """One export of the owner's job, or Http404."""
     return get_object_or_404(export_list(owner=owner, job_id=job_id), id=export_id)
+
+
+def publish_list(*, owner, job_id) -> QuerySet[JobPublish]:
+    """The pushes of the owner's job to the Hub, newest first; Http404 for another's job."""
+    return JobPublish.objects.filter(job=job_get(owner=owner, job_id=job_id)).order_by("-created", "-id")
 
 
 def jobs_with_adapter(*, owner, base_model: BaseModel) -> QuerySet[FineTuneJob]:

@@ -21,6 +21,7 @@ from django.conf import settings
 from jobs.common import blobs, queue
 from jobs.training import (
     export_tasks,  # noqa: F401  (registers the export tasks: Celery loads `tasks` modules)
+    publish_tasks,  # noqa: F401  (registers the Hub publish task)
     services,
     workers,
 )

@@ -244,6 +244,7 @@ def _export_area(request, job: FineTuneJob) -> dict:
         # llama.cpp and Ollama run the GGUF export, which only a Llama-architecture base has.
         "recipes": recipes if gguf else [r for r in recipes if r.key not in ("llama-cpp", "ollama")],
         "serving_name": serving_name(job.name, job.short_id),
+        "publishes": list(selectors.publish_list(owner=request.user, job_id=job.id)[:10]),
     }
 
 

@@ -216,6 +216,18 @@ def test_the_job_page_fills_in_the_end_of_the_job_and_the_merged_export_without_
     with page.expect_download() as download:
         page.click("#export-list a.export-download")
     assert download.value.suggested_filename.endswith("-gguf-lora.zip")
+    # Publish to Hugging Face: the token is a password field used once; a refusal shows beside the form, in words,
+    # with its field focused (nothing is sent to the Hub: the answer comes before any upload is queued).
+    assert page.get_attribute("#publish-token", "type") == "password" and page.is_checked("#publish-private")
+    page.fill("#publish-repo", "alice/colours")
+    page.click("#publish-submit")
+    page.locator("#publish-error", has_text="token").wait_for()
+    assert page.evaluate("document.activeElement.id") == "publish-token"
+    page.fill("#publish-repo", "no-namespace")
+    page.fill("#publish-token", "hf_example")
+    page.click("#publish-submit")
+    page.locator("#publish-error", has_text="your-name/my-adapter").wait_for()
+    assert page.evaluate("document.activeElement.id") == "publish-repo" and still_marked(page)
 
 
 def test_a_finished_job_opens_with_its_result_in_plain_words(stack, page, api, dataset):
