@@ -62,6 +62,7 @@ def test_each_kind_of_work_has_its_own_queue():
         queue.SWEEP_ANSWERS,
         queue.SWEEP_MERGES,
         queue.SWEEP_WEBHOOKS,
+        queue.SWEEP_MLFLOW,
         queue.EXPIRE_FILES,
         queue.EXPIRE_UPLOADS,
         queue.SWEEP_DATASETS,
