@@ -15,6 +15,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs.common import blobs, queue
+from jobs.common.outbound import OutboundError
 from jobs.common.shares import DELIVERIES, owner_share
 from jobs.tracking.mlflow_rest import MlflowClient, TrackerError
 from jobs.tracking.models import LogState, MlflowLog
@@ -159,7 +160,13 @@ def _attempt(task, entry: MlflowLog) -> str:
         return "skipped"
     entry.refresh_from_db()
     try:
-        mlflow_job_log(entry)
+        try:
+            mlflow_job_log(entry)
+        except OutboundError as exc:  # the site default's own URI cannot be used
+            raise TrackerError(exc.category) from exc
+        except (KeyError, TypeError, ValueError) as exc:  # a JSON answer without the fields MLflow's API has
+            log.warning("MLflow at %s answered unexpectedly: %s: %s", entry.uri, type(exc).__name__, exc)
+            raise TrackerError("unexpected answer (is this an MLflow tracking server?)") from exc
     except TrackerError as exc:
         gave_up = entry.attempts >= settings.MLFLOW_MAX_ATTEMPTS
         MlflowLog.objects.filter(id=entry.id).update(
