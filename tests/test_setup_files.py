@@ -41,8 +41,10 @@ def test_each_kind_of_work_has_its_own_queue():
     assert {name for name, q in routes.items() if q == "background"} == {
         queue.MERGE_ADAPTER,
         queue.WEBHOOK_DELIVER,
+        queue.MLFLOW_LOG,
         queue.SWEEP_MERGES,
         queue.SWEEP_WEBHOOKS,
+        queue.SWEEP_MLFLOW,
         queue.SWEEP_JOBS,
         queue.SWEEP_ANSWERS,
         queue.EXPIRE_FILES,
@@ -60,6 +62,7 @@ def test_each_kind_of_work_has_its_own_queue():
         queue.SWEEP_ANSWERS,
         queue.SWEEP_MERGES,
         queue.SWEEP_WEBHOOKS,
+        queue.SWEEP_MLFLOW,
         queue.EXPIRE_FILES,
         queue.EXPIRE_UPLOADS,
         queue.SWEEP_DATASETS,

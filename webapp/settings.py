@@ -129,6 +129,7 @@ INSTALLED_APPS = [
     "jobs.training",
     "jobs.arena",
     "jobs.webhooks",
+    "jobs.tracking",
     "jobs.openai_compat",
 ]
 
@@ -321,6 +322,8 @@ CELERY_TASK_ROUTES = {
     "training.adapter_merge": {"queue": "background"},
     "training.sweep_merges": {"queue": "background"},
     "webhooks.deliver": {"queue": "background"},
+    "tracking.mlflow_log": {"queue": "background"},
+    "tracking.sweep": {"queue": "background"},
     "webhooks.sweep": {"queue": "background"},
     # The sweeps must run while the train worker is dead or busy, and never wait behind chat.
     "training.sweep_jobs": {"queue": "background"},
@@ -342,7 +345,7 @@ CELERY_TASK_ROUTES = {
 BACKGROUND_SHARES = {
     "checks": env_int("BACKGROUND_SHARE_CHECKS", 2),  # large-upload checks and token counts
     "exports": env_int("BACKGROUND_SHARE_EXPORTS", 2),  # merged exports, Hub downloads, GGUF conversions
-    "deliveries": env_int("BACKGROUND_SHARE_DELIVERIES", 3),  # webhook deliveries and test pings
+    "deliveries": env_int("BACKGROUND_SHARE_DELIVERIES", 3),  # webhook deliveries, test pings, MLflow logging
     "sweeps": env_int("BACKGROUND_SHARE_SWEEPS", 1),  # the sweeps that re-queue lost work, file expiry
 }
 # Within a kind's share, at most this many at once per user, so one user's slow endpoints or downloads leave
@@ -362,6 +365,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-answers": {"task": "arena.sweep_answers", "schedule": SWEEP_SECONDS},
     "sweep-merges": {"task": "training.sweep_merges", "schedule": SWEEP_SECONDS},
     "sweep-webhooks": {"task": "webhooks.sweep", "schedule": SWEEP_SECONDS},
+    "sweep-mlflow": {"task": "tracking.sweep", "schedule": SWEEP_SECONDS},
     "sweep-datasets": {"task": "user_datasets.sweep", "schedule": SWEEP_SECONDS},
     "expire-files": {"task": "training.expire_files", "schedule": 3600},
     "expire-uploads": {"task": "user_datasets.expire_uploads", "schedule": 3600},
@@ -437,6 +441,16 @@ WEBHOOK_ALLOWED_PORTS = env_port_ranges("WEBHOOK_ALLOWED_PORTS", "80,443,8080,84
 WEBHOOK_ALLOWED_HOSTS = env_hosts("WEBHOOK_ALLOWED_HOSTS", [])
 # Test pings still being sent (not answered or failed) a user may have across their webhooks; one per webhook.
 WEBHOOK_PINGS_IN_FLIGHT_PER_USER = env_int("WEBHOOK_PINGS_IN_FLIGHT_PER_USER", 2)
+# Experiment tracking: every finished job of a user without their own MLflow server is logged to this one
+# (empty: none); its host is allowed for outbound requests. Users set their own on Account > Tracking.
+MLFLOW_TRACKING_URI = env_str("MLFLOW_TRACKING_URI", "")
+MLFLOW_EXPERIMENT = env_str("MLFLOW_EXPERIMENT", "")  # empty: "LoRA Studio"
+MLFLOW_TRACKING_TOKEN = env_str("MLFLOW_TRACKING_TOKEN", "")  # sent as a Bearer token to the site's server
+# One MLflow request ends after this many seconds; a job's logging gets this many attempts, backing off
+# from MLFLOW_RETRY_BASE_SECONDS (doubling), then the job's log says it could not log.
+MLFLOW_TIMEOUT_SECONDS = env_int("MLFLOW_TIMEOUT_SECONDS", 30)
+MLFLOW_MAX_ATTEMPTS = env_int("MLFLOW_MAX_ATTEMPTS", 5)
+MLFLOW_RETRY_BASE_SECONDS = env_int("MLFLOW_RETRY_BASE_SECONDS", 30)
 DEMO_MODEL_DIR = Path(env_str("DEMO_MODEL_DIR", str(VAR_DIR / "models" / "SmolLM2-135M-Instruct")))
 # Base models (base_models): staff add shared ones on the Models page; USER_MODELS=1 lets every user add
 # models private to them. Downloads and GGUF conversions are made under MEDIA_ROOT/base-models/ (and

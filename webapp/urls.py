@@ -17,6 +17,7 @@ api_v1 = [
     path("", include("jobs.training.api_urls")),
     path("", include("jobs.arena.api_urls")),
     path("", include("jobs.webhooks.api_urls")),
+    path("", include("jobs.tracking.api_urls")),
 ]
 
 urlpatterns = [
@@ -35,6 +36,7 @@ urlpatterns = [
     path("", include("jobs.training.urls")),
     path("", include("jobs.arena.urls")),
     path("", include("jobs.webhooks.urls")),
+    path("", include("jobs.tracking.urls")),
 ]
 
 # Requests to the APIs get JSON errors; other pages keep Django's.

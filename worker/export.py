@@ -12,6 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from worker.tensorboard_events import write_tensorboard_events
+
+TENSORBOARD_DIR = "runs"  # the zip's folder of TensorBoard event files: `tensorboard --logdir runs`
+
 MODEL_CARD = """---
 library_name: peft
 base_model: {base_model}
@@ -53,6 +57,8 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))
 ```
 
 To fold the adapter into the base weights for export: `model = model.merge_and_unload()`.
+
+The training curves and settings are in `runs/` as TensorBoard event files: `tensorboard --logdir runs`.
 {serving}"""
 
 
@@ -126,8 +132,10 @@ def build_adapter_zip(
     metrics: list[dict[str, Any]],
     dataset_sha256: str,
     extra_files: dict[str, str] | None = None,
+    walltimes: Mapping[int, float] | None = None,
 ) -> Path:
-    """Write the zip atomically (temp file, then rename)."""
+    """Write the zip atomically (temp file, then rename). TensorBoard event files of `metrics` go under
+    `runs/` (`walltimes`: step -> when it was recorded)."""
     adapter_dir, zip_path = Path(adapter_dir), Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".adapter-", suffix=".zip", dir=zip_path.parent)
@@ -144,6 +152,9 @@ def build_adapter_zip(
             zf.writestr("README.md", card)
             for name, text in (extra_files or {}).items():
                 zf.writestr(name, text)
+            with tempfile.TemporaryDirectory(prefix="tensorboard-") as events_dir:
+                for f in write_tensorboard_events(events_dir, metrics=metrics, config=config, walltimes=walltimes):
+                    zf.write(f, f"{TENSORBOARD_DIR}/{f.relative_to(events_dir).as_posix()}")
         os.replace(tmp, zip_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

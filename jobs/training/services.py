@@ -272,10 +272,8 @@ def job_mark(
 def adapter_create(*, job: FineTuneJob, result) -> Adapter:
     """Package the trained adapter: zip with tokenizer, config, metrics, dataset hash, model card."""
     out = job_output_dir(job)
-    metrics = [
-        {"step": p.step, **{k: v for k, v in p.as_event().items() if v is not None}}
-        for p in MetricPoint.objects.filter(job=job).order_by("step")
-    ]
+    points = list(MetricPoint.objects.filter(job=job).order_by("step"))
+    metrics = [{"step": p.step, **{k: v for k, v in p.as_event().items() if v is not None}} for p in points]
     title = job.name or f"LoRA adapter {job.short_id}"
     evaluation = job_evaluation(job)
     card = model_card(
@@ -303,6 +301,7 @@ def adapter_create(*, job: FineTuneJob, result) -> Adapter:
             metrics=metrics,
             dataset_sha256=job.dataset_sha256,
             extra_files=extra,
+            walltimes={p.step: p.created.timestamp() for p in points},
         )
     with blobs.writing(folder, in_place=True) as adapter_dir:  # the engine wrote the adapter there
         (adapter_dir / "README.md").write_text(card)

@@ -18,6 +18,7 @@ LAYERS = [
     "jobs.training",
     "jobs.arena",
     "jobs.webhooks",
+    "jobs.tracking",
     "jobs.openai_compat",
     "webapp",
 ]
@@ -121,6 +122,7 @@ def test_the_top_level_is_the_design_cards():
         "datasets",
         "legacy_schema",
         "openai_compat",
+        "tracking",
         "training",
         "webhooks",
     ]

@@ -1,5 +1,6 @@
 import io
 import json
+import tempfile
 import zipfile
 from unittest import mock
 
@@ -15,6 +16,7 @@ from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
 from jobs.training.plan import job_plan
 from worker.config import TrainConfig
 from worker.gguf_export import quantization_available
+from worker.tensorboard_events import scalar_tag
 
 FAST = {
     "rank": 8,
@@ -93,6 +95,30 @@ def test_form_defaults_are_rank16_alpha32_attention(client_in, base_model, datas
     assert '<option value="attention" selected>' in html
 
 
+def assert_tensorboard_events_match(zf: zipfile.ZipFile, metrics: list[dict]) -> None:
+    """The zip's runs/ holds event files that TensorBoard's own reader reads back with every per-step metric of
+    the job (loss, lr, eval loss, ...) at its step, and the settings as text."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with tempfile.TemporaryDirectory() as folder:
+        events = [n for n in zf.namelist() if n.startswith("runs/") and ".tfevents." in n]
+        assert events, zf.namelist()
+        zf.extractall(folder, members=events)
+        reader = EventAccumulator(f"{folder}/runs", size_guidance={"scalars": 0, "tensors": 0})
+        reader.Reload()
+        assert "settings/text_summary" in reader.Tags()["tensors"]
+        keys = {
+            k
+            for m in metrics
+            for k, v in m.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        assert {"loss", "lr"} <= keys
+        for key in keys:
+            logged = {e.step: e.value for e in reader.Scalars(scalar_tag(key))}
+            assert logged == pytest.approx({m["step"]: m[key] for m in metrics if key in m}, rel=1e-6), key
+
+
 def test_job_lifecycle_trains_and_packages_the_adapter(
     client_in, user, base_model, dataset, django_capture_on_commit_callbacks
 ):
@@ -128,6 +154,7 @@ def test_job_lifecycle_trains_and_packages_the_adapter(
     assert zf.read("dataset.sha256").decode().strip() == dataset.sha256
     assert json.loads(zf.read("training_config.json"))["rank"] == 8
     assert len(json.loads(zf.read("metrics.json"))) == 8
+    assert_tensorboard_events_match(zf, json.loads(zf.read("metrics.json")))
     card = zf.read("README.md").decode()
     assert "tiny-llama" in card and "PeftModel.from_pretrained" in card and "Final training loss" in card
     assert json.loads(zf.read("adapter_config.json"))["r"] == 8
@@ -358,6 +385,9 @@ def test_evaluation_shows_on_the_job_page_and_in_the_zip(client_in, user, base_m
     response = client_in.get(f"/jobs/{job.id}/download/")
     zf = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
     evaluation = json.loads(zf.read("evaluation.json"))
+    metrics = json.loads(zf.read("metrics.json"))
+    assert_tensorboard_events_match(zf, metrics)
+    assert any(m.get("eval_loss") is not None for m in metrics)  # so eval/loss was read back too
     assert len(evaluation["rows"]) == 2 and set(evaluation["loss"]) == {"base", "adapter"}
     card = zf.read("README.md").decode()
     assert "## Evaluation on the validation split" in card and "| validation loss |" in card
