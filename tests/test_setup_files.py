@@ -53,6 +53,7 @@ def test_each_kind_of_work_has_its_own_queue():
         queue.TOKEN_PROFILE,
         queue.SWEEP_DATASETS,
         queue.HUB_DOWNLOAD,
+        queue.HUB_PUBLISH,
         queue.GGUF_CONVERT,
     }
     # Celery beat runs every sweep and expiry, on the background queue.
