@@ -95,7 +95,7 @@ def train_adapter(model: Path, steps: int, fresh: bool) -> Path:
     from worker.engine import train
     from worker.reporting import MemoryReporter
 
-    shutil.rmtree(WORK, ignore_errors=True)
+    shutil.rmtree(WORK / "sft", ignore_errors=True)
     config = TrainConfig(max_steps=steps, learning_rate=1e-3, warmup_ratio=0.0, final_eval=False, seed=42)
     spec = TrainSpec(str(model), str(DEMO / "demo_dataset.jsonl"), str(WORK / "sft"), config, device="cpu")
     began = time.monotonic()
