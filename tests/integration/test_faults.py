@@ -134,7 +134,9 @@ def run(sqlite_stack):
     return run
 
 
-@pytest.mark.parametrize("moment", ["setup", "mid-step", "evaluate", "save"])
+# The worst moments: before the first step, mid-step and while a checkpoint is written (a kill during the periodic
+# evaluation takes the same path as mid-step: back to the last checkpoint; dropped here for the suite's time).
+@pytest.mark.parametrize("moment", ["setup", "mid-step", "save"])
 def test_train_worker_killed_at_the_worst_moment(run, moment):
     stack = run.stack
     stack.arm("" if moment == "mid-step" else f"{moment}={HOLD_S}")
