@@ -36,6 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.measure_peak import peak_rss_mb  # noqa: E402  (the repository root is on the path from here)
+
 LLAMACPP_VERSION = "0.3.36"  # PyPI's release on 2026-12-06
 VENV = ROOT / "var" / "llamacpp-venv"
 WORK = ROOT / "var" / "bench-gguf"
@@ -47,14 +49,6 @@ CPU_ONLY = (
     "-DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF "
     "-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF"
 )
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def load_average() -> float:
