@@ -20,6 +20,7 @@ Manual use::
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib.util
 import json
 import logging
@@ -151,11 +152,21 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike[str], out_dir: str | os.Path
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
 
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # One conversion at a time per folder across processes (`make run` beside a test run, two test workers): the
+    # one that waited finds the model complete and returns at once instead of converting it a second time.
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_complete_model_dir(out_dir):
+            return out_dir
+        return _convert(gguf_path, out_dir)
+
+
+def _convert(gguf_path: Path, out_dir: Path) -> Path:
     from transformers import AutoConfig
 
     started = time.monotonic()
     folder, filename = str(gguf_path.parent), gguf_path.name
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp_dirs(out_dir)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     os.chmod(tmp_dir, 0o755)  # mkdtemp creates 0700; the web process may run as another user
