@@ -4,6 +4,8 @@ PYTHON ?= python3
 PY := .venv/bin/python
 PORT ?= 8000
 STAMP := .venv/.installed
+# The test-only MLflow server's own environment, inside .venv so that it goes with it.
+MLFLOW_VENV := .venv/mlflow
 # The embedded Redis runs only when REDIS_URL is unset.
 PROCESSES := web train infer background beat $(if $(REDIS_URL),,redis)
 
@@ -20,15 +22,19 @@ run: install
 	  $(if $(REDIS_URL),,EMBEDDED_REDIS_PORT=$$redis_port) OFFLINE=$${OFFLINE:-1} \
 	  exec .venv/bin/honcho -f Procfile start -p $(PORT) $(PROCESSES)
 
-# Lint and layout first (seconds), then the types and the whole suite side by side: mypy's first run takes about a
-# minute on a clean clone, the suite ~13; mypy's report follows the suite's, and either failing fails make test.
-test: install browser mlflow-server
+# Lint and layout first (seconds), then the types, the MLflow server's environment (tests/tracking waits for it)
+# and the whole suite side by side: mypy's first run takes about a minute on a clean clone, the MLflow install
+# ~45 s, the suite ~13 min; the reports follow the suite's, and any of them failing fails make test.
+test: install browser
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	@mkdir -p var && ($(PY) -m mypy > var/mypy.log 2>&1; echo $$? > var/mypy.status) & \
-	  $(PY) -m pytest; suite=$$?; wait; \
+	@mkdir -p var && rm -f var/mlflow-install.status && \
+	  ($(PY) -m mypy > var/mypy.log 2>&1; echo $$? > var/mypy.status) & \
+	  ($(MAKE) --no-print-directory mlflow-server > var/mlflow-install.log 2>&1; echo $$? > var/mlflow-install.status) & \
+	  MLFLOW_INSTALL_STATUS=var/mlflow-install.status $(PY) -m pytest; suite=$$?; wait; \
 	  echo "$(PY) -m mypy"; cat var/mypy.log; types=$$(cat var/mypy.status); \
-	  test $$suite -eq 0 && test $$types -eq 0
+	  mlflow=$$(cat var/mlflow-install.status); test $$mlflow -eq 0 || cat var/mlflow-install.log; \
+	  test $$suite -eq 0 && test $$types -eq 0 && test $$mlflow -eq 0
 
 install: $(STAMP)
 
@@ -43,13 +49,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 # (it would take pyarrow and cryptography back a version) and it brings packages the product never imports. The
 # product's packages are visible to it after its own (a .pth at the end of its path), so pip adds only what is
 # missing or pinned differently (~40 s instead of ~4 min for the whole of mlflow's dependencies).
-mlflow-server: .venv-mlflow/.installed
+mlflow-server: $(MLFLOW_VENV)/.installed
 
-.venv-mlflow/.installed: requirements-mlflow.txt $(STAMP)
-	@test -x .venv-mlflow/bin/python || $(PYTHON) -m venv .venv-mlflow
+$(MLFLOW_VENV)/.installed: requirements-mlflow.txt $(STAMP)
+	@test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
 	@$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
-	  "$$(.venv-mlflow/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz_product.pth"
-	.venv-mlflow/bin/python -m pip install --disable-pip-version-check -q -r requirements-mlflow.txt
+	  "$$($(MLFLOW_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz_product.pth"
+	$(MLFLOW_VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements-mlflow.txt
 	@touch $@
 
 # Debian's Chromium for the Playwright browser tests (Playwright's own browser download is not used).
@@ -71,4 +77,4 @@ compose-check:
 	docker compose config -q && echo "docker-compose.yml is valid"
 
 clean:
-	rm -rf .venv .venv-mlflow var node_modules
+	rm -rf .venv var node_modules

@@ -3,7 +3,7 @@ read back through MLflow's REST API; and a tracker that is down: the job is not 
 retries its page and the API say it could not log.
 
 `mlflow` is not in the product's environment (its pins clash with ours): the server runs from its own
-virtual environment (`make mlflow-server`: .venv-mlflow), or MLFLOW_BIN, or an `mlflow` on PATH."""
+virtual environment (`make mlflow-server`: .venv/mlflow), or MLFLOW_BIN, or an `mlflow` on PATH."""
 
 from __future__ import annotations
 
@@ -37,8 +37,25 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = dict(rank=4, alpha=8, epochs=2, learning_rate=0.01, batch_size=4, max_seq_length=128, warmup_ratio=0, seed=1)
 
 
+def wait_for_mlflow_install(limit_s: float = 900) -> None:
+    """`make test` installs the server's environment beside the suite and names its status file here: wait
+    for it, and fail (not skip) when the install failed."""
+    status = os.environ.get("MLFLOW_INSTALL_STATUS")
+    if not status:
+        return
+    path = ROOT / status
+    started = time.monotonic()
+    while not path.is_file() or not path.read_text().strip():
+        if time.monotonic() - started > limit_s:
+            pytest.fail(f"the MLflow server's environment was not installed within {limit_s:.0f} s ({path})")
+        time.sleep(1)
+    if path.read_text().strip() != "0":
+        log = path.with_name("mlflow-install.log")
+        pytest.fail("installing the MLflow server's environment failed:\n" + (log.read_text()[-3000:] if log.is_file() else ""))
+
+
 def mlflow_bin() -> str | None:
-    for candidate in (os.environ.get("MLFLOW_BIN"), str(ROOT / ".venv-mlflow" / "bin" / "mlflow")):
+    for candidate in (os.environ.get("MLFLOW_BIN"), str(ROOT / ".venv" / "mlflow" / "bin" / "mlflow")):
         if candidate and Path(candidate).is_file():
             return candidate
     return shutil.which("mlflow")
@@ -57,6 +74,7 @@ def get_json(url: str):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
+    wait_for_mlflow_install()
     binary = mlflow_bin()
     if binary is None:
         pytest.skip("no mlflow server: run `make mlflow-server` (or set MLFLOW_BIN)")
