@@ -338,6 +338,9 @@ CELERY_TASK_ROUTES = {
     "base_models.hub_download": {"queue": "background"},
     "training.hub_publish": {"queue": "background"},
     "base_models.gguf_convert": {"queue": "background"},
+    # A judge comparing two models waits on the infer worker's answers from a background thread.
+    "arena.judgement_run": {"queue": "background"},
+    "arena.sweep_judgements": {"queue": "background"},
 }
 # The background worker's threads, shared out by kind of work (jobs.common.shares): each kind runs at most its
 # share at once, and the worker runs with as many threads as the shares add up to (Procfile: -c 8), so a kind
@@ -363,6 +366,7 @@ SWEEP_SECONDS = env_int("SWEEP_SECONDS", 30)  # how often Celery beat runs the s
 CELERY_BEAT_SCHEDULE = {
     "sweep-jobs": {"task": "training.sweep_jobs", "schedule": SWEEP_SECONDS},
     "sweep-answers": {"task": "arena.sweep_answers", "schedule": SWEEP_SECONDS},
+    "sweep-judgements": {"task": "arena.sweep_judgements", "schedule": SWEEP_SECONDS},
     "sweep-merges": {"task": "training.sweep_merges", "schedule": SWEEP_SECONDS},
     "sweep-webhooks": {"task": "webhooks.sweep", "schedule": SWEEP_SECONDS},
     "sweep-mlflow": {"task": "tracking.sweep", "schedule": SWEEP_SECONDS},
