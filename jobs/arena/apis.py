@@ -447,11 +447,11 @@ class JudgeAgreementOutput(serializers.Serializer):
 class JudgementOutput(serializers.Serializer):
     id = serializers.UUIDField()
     url = serializers.CharField()
-    status = serializers.ChoiceField(choices=Judgement.Status.values)
+    status = serializers.CharField(help_text=f"one of {', '.join(Judgement.Status.values)}")
     model_a = serializers.CharField()
     model_b = serializers.CharField()
     judge = serializers.CharField()
-    source = serializers.ChoiceField(choices=Judgement.Source.values)  # type: ignore[assignment]
+    source = serializers.CharField(help_text=f"one of {', '.join(Judgement.Source.values)}")  # type: ignore[assignment]
     done = serializers.IntegerField(help_text="prompts judged so far")
     total = serializers.IntegerField()
     error = serializers.CharField()
@@ -476,22 +476,12 @@ def judgement_out(judgement: Judgement) -> dict:
 
 def judgement_detail_out(*, owner, judgement: Judgement) -> dict:
     report = selectors.judgement_report(owner=owner, judgement=judgement)
-    rows = [
-        {
-            "prompt": row["messages"][-1]["content"],
-            "round": row.get("round"),
-            "answer_a": row.get("answer_a"),
-            "answer_b": row.get("answer_b"),
-            **{key: row[key] for key in ("first", "swapped") if key in row},
-            "outcome": row.get("outcome"),
-            "flipped": row.get("flipped", False),
-            "same_position": row.get("same_position", False),
-            "problem": row.get("problem", ""),
-            "vote": report["votes"].get(i),
-        }
-        for i, row in enumerate(judgement.rows)
-    ]
-    return {**judgement_out(judgement), "result": report["tally"], "agreement": report["agreement"], "rows": rows}
+    return {
+        **judgement_out(judgement),
+        "result": report["tally"],
+        "agreement": report["agreement"],
+        "rows": report["rows"],
+    }
 
 
 class JudgementsApi(APIView):
@@ -506,8 +496,11 @@ class JudgementsApi(APIView):
         model_a = serializers.CharField(max_length=200)
         model_b = serializers.CharField(max_length=200)
         judge = serializers.CharField(max_length=200, help_text="the judge model: a base model's name or an ft: id")
-        source = serializers.ChoiceField(  # type: ignore[assignment]
-            choices=Judgement.Source.values, default=Judgement.Source.PROMPTS
+        source = serializers.CharField(  # type: ignore[assignment]  # checked by the service, naming the field
+            max_length=10,
+            default=Judgement.Source.PROMPTS,
+            help_text="prompts (the prompts you give), votes (those of your blind votes on the two models) "
+            "or held_out (a job's held-out examples)",
         )
         prompts = serializers.ListField(
             child=serializers.CharField(max_length=judgements.MAX_PROMPT_CHARS),

@@ -212,7 +212,7 @@ def judgement_votes(*, owner, judgement: Judgement) -> dict[int, str]:
 def judgement_report(*, owner, judgement: Judgement) -> dict:
     """The judged prompts so far: the judge's win rate of model A over model B (position bias removed, see
     jobs.arena.judging) and its agreement with the owner's blind votes on the same prompts, each with a 95% Wilson
-    interval and in plain words; `votes` holds each voted row's vote by index."""
+    interval and in plain words; and each prompt's row with its answers, verdicts and the owner's vote (or None)."""
     judged = [row for row in judgement.rows if "outcome" in row]
     verdicts = [
         PairVerdict(
@@ -235,5 +235,19 @@ def judgement_report(*, owner, judgement: Judgement) -> dict:
     return {
         "tally": JudgeTally.of(verdicts).summary(judgement.model_a, judgement.model_b),
         "agreement": agreement.summary(),
-        "votes": votes,
+        "rows": [
+            {
+                "prompt": row["messages"][-1]["content"],
+                "round": row.get("round"),
+                "answer_a": row.get("answer_a"),
+                "answer_b": row.get("answer_b"),
+                **{key: row[key] for key in ("first", "swapped") if key in row},
+                "outcome": row.get("outcome"),
+                "flipped": row.get("flipped", False),
+                "same_position": row.get("same_position", False),
+                "problem": row.get("problem", ""),
+                "vote": votes.get(i),
+            }
+            for i, row in enumerate(judgement.rows)
+        ],
     }

@@ -105,7 +105,7 @@ def judge_votes(api, job, base_model, **body):
 
 
 def test_a_judge_that_knows_the_answer_wins_it_in_both_orders_and_is_set_beside_the_votes(
-    api, user, job, base_model, votes, run_here, transactional_db
+    api, client_in, user, job, base_model, votes, run_here, transactional_db
 ):
     pool = run_here(prefers_good)
     body = judge_votes(api, job, base_model)
@@ -125,6 +125,11 @@ def test_a_judge_that_knows_the_answer_wins_it_in_both_orders_and_is_set_beside_
     assert (agreement["n"], agreement["agreed"], agreement["rate"]) == (4, 3, 0.75)
     assert agreement["kappa"] == pytest.approx(0.0)  # the judge always says A and the owner mostly does: chance
     assert agreement["sentence"].startswith("The judge agreed with you on 3 of 4 prompts (75 %")
+    # The page shows the win rate and the agreement side by side, and each prompt's verdicts beside the vote.
+    page = client_in.get(f"/jobs/{job.id}/judge/?judgement={body['id']}").content.decode()
+    assert 'data-status="done"' in page and "of 4 prompts judged" in page
+    assert result["sentence"] in page.replace("&#x27;", "'") and "agreed with you on 3 of 4 prompts" in page
+    assert page.count("<tr>") == 1 + 4
 
 
 def test_a_judge_that_always_picks_the_first_answer_gives_only_ties(
@@ -178,6 +183,7 @@ def test_bad_requests_name_the_field_and_other_users_things_are_not_found(
         ({"model_a": "gone"}, "model_a", "there is no model named 'gone'"),
         ({"model_b": ft}, "model_b", "must be another model than model_a"),
         ({"judge": "ft:tiny-llama:alice:00000000"}, "judge", "there is no model named"),
+        ({"source": "all"}, "source", "must be one of prompts, votes, held_out"),
         ({"source": "votes"}, "source", "no blind votes on these two models"),
         ({"source": "held_out"}, "job", "name one of your jobs"),
         ({"source": "held_out", "job": str(job.id)}, "job", "holds no examples out"),
@@ -244,3 +250,46 @@ def test_a_run_resumes_after_a_crash_and_one_that_lost_its_claim_writes_nothing(
     assert judgements.judgement_work(stolen, token) == "lost"
     stolen.refresh_from_db()
     assert stolen.status == Judgement.Status.RUNNING and "outcome" not in stolen.rows[0]
+
+
+def test_the_page_asks_a_judge_with_a_form_and_says_what_is_wrong_beside_the_field(
+    client_in, job, base_model, monkeypatch, django_capture_on_commit_callbacks
+):
+    sent = []
+    monkeypatch.setattr("jobs.common.queue.send", lambda name, *args: sent.append((name, args)))
+    compare = client_in.get(f"/jobs/{job.id}/compare/").content.decode()
+    assert f'href="/jobs/{job.id}/judge/"' in compare
+    page = client_in.get(f"/jobs/{job.id}/judge/").content.decode()
+    ft = job_api_model(job)
+    assert f'<option value="{ft}" selected>' in page and 'value="votes" checked' in page
+    form = {
+        "model_a": ft,
+        "model_b": base_model.name,
+        "judge": base_model.name,
+        "count": "10",
+        "max_answer_tokens": "64",
+    }
+    refused = client_in.post(f"/jobs/{job.id}/judge/", {**form, "source": "votes"})
+    assert refused.status_code == 400
+    assert (
+        'id="model_a"' in refused.content.decode() and "no blind votes on these two models" in refused.content.decode()
+    )
+    same = client_in.post(f"/jobs/{job.id}/judge/", {**form, "model_b": ft, "source": "prompts", "prompts": "hi"})
+    assert 'id="model_b-error">must be another model than model_a' in same.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        asked = client_in.post(f"/jobs/{job.id}/judge/", {**form, "source": "prompts", "prompts": "one\n\ntwo\n"})
+    assert asked.status_code == 302
+    judgement = Judgement.objects.get()
+    assert asked["Location"].endswith(f"?judgement={judgement.id}") and sent == [
+        (queue.JUDGEMENT_RUN, (str(judgement.id),))
+    ]
+    assert [r["messages"][-1]["content"] for r in judgement.rows] == [
+        "one",
+        "two",
+    ] and judgement.max_answer_tokens == 64
+    shown = client_in.get(asked["Location"]).content.decode()
+    assert 'data-status="queued"' in shown and "0</span> of 2 prompts judged" in shown and 'name="cancel"' in shown
+    cancelled = client_in.post(f"/jobs/{job.id}/judge/", {"cancel": str(judgement.id)})
+    assert cancelled.status_code == 302
+    judgement.refresh_from_db()
+    assert judgement.status == Judgement.Status.CANCELLED
