@@ -293,3 +293,26 @@ def test_the_page_asks_a_judge_with_a_form_and_says_what_is_wrong_beside_the_fie
     assert cancelled.status_code == 302
     judgement.refresh_from_db()
     assert judgement.status == Judgement.Status.CANCELLED
+
+
+def test_held_out_examples_give_their_conversations_up_to_the_last_user_message(api, job, base_model, monkeypatch):
+    import json
+
+    from jobs.common import blobs
+    from jobs.training.files import job_files
+
+    monkeypatch.setattr("jobs.common.queue.send", lambda *args: None)
+    held = [
+        {"messages": [{"role": "user", "content": "colour 1"}, {"role": "assistant", "content": "red"}]},
+        {"text": "plain text has no prompt"},
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "colour 2"}]},
+        {"messages": [{"role": "user", "content": "colour 3"}, {"role": "assistant", "content": "green"}]},
+    ]
+    with blobs.writing(job_files(job, "data/eval.jsonl")) as path:
+        path.write_text("".join(json.dumps(row) + "\n" for row in held))
+    body = {"model_a": job_api_model(job), "model_b": base_model.name, "judge": base_model.name}
+    response = api.post(URL, {**body, "source": "held_out", "job": str(job.id), "count": 2}, format="json")
+    assert response.status_code == 201, response.content
+    assert [r["prompt"] for r in response.json()["rows"]] == ["colour 1", "colour 2"]
+    rows = Judgement.objects.get().rows
+    assert rows[1]["messages"] == held[2]["messages"] and rows[0]["messages"] == held[0]["messages"][:1]
