@@ -350,12 +350,14 @@ BACKGROUND_SHARES = {
     "exports": env_int("BACKGROUND_SHARE_EXPORTS", 2),  # merged exports, Hub downloads, GGUF conversions
     "deliveries": env_int("BACKGROUND_SHARE_DELIVERIES", 3),  # webhook deliveries, test pings, MLflow logging
     "sweeps": env_int("BACKGROUND_SHARE_SWEEPS", 1),  # the sweeps that re-queue lost work, file expiry
+    "judgements": env_int("BACKGROUND_SHARE_JUDGEMENTS", 1),  # judge models comparing two models (long waits)
 }
 # Within a kind's share, at most this many at once per user, so one user's slow endpoints or downloads leave
 # the rest of the share to others.
 BACKGROUND_OWNER_SHARES = {
     "exports": env_int("BACKGROUND_OWNER_SHARE_EXPORTS", 1),
     "deliveries": env_int("BACKGROUND_OWNER_SHARE_DELIVERIES", 1),
+    "judgements": env_int("BACKGROUND_OWNER_SHARE_JUDGEMENTS", 1),
 }
 # A task whose share is full goes back to the broker for this many seconds instead of holding a thread.
 BACKGROUND_DEFER_SECONDS = env_int("BACKGROUND_DEFER_SECONDS", 2)

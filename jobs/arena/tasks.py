@@ -18,7 +18,7 @@ from jobs.arena.models import ChatAnswer, Judgement
 from jobs.arena.selectors import answer_event_meta, answer_history, session_base_model
 from jobs.common import blobs, queue
 from jobs.common.errors import failure_category
-from jobs.common.shares import EXPORTS, owner_share
+from jobs.common.shares import JUDGEMENTS, owner_share
 from jobs.training.claims import lease_heartbeat
 from worker.config import GenerationConfig
 from worker.errors import StudioError
@@ -196,7 +196,7 @@ def judgement_run(judgement_id: str) -> str:
             row, f"gave up after {judgements.MAX_ATTEMPTS} attempts (the worker stopped each time)"
         )
         return "failed"
-    with owner_share(EXPORTS, row.owner_id):  # before the claim: a full share sends the message again later
+    with owner_share(JUDGEMENTS, row.owner_id):  # before the claim: a full share sends the message again later
         token = judgements.judgement_claim(row)
         if token is None:
             return "in progress"
