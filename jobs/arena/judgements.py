@@ -307,12 +307,13 @@ def _judge_row(owner, judgement: Judgement, row: dict, models: list, judge: Call
 
 
 def judgement_work(judgement: Judgement, token: str) -> str:
-    """Judge the prompts not judged yet, storing each as it ends; "done", or "lost" once the claim is gone."""
+    """Judge the prompts not judged yet, storing each as it ends; "done", "failed" (a model is gone), or "lost"
+    once the claim is gone."""
     owner = judgement.owner
     models = [model_named(owner=owner, name=name) for name in (judgement.model_a, judgement.model_b)]
     if models[0] is None or models[1] is None:
         gone = judgement.model_a if models[0] is None else judgement.model_b
-        return "done" if judgement_fail(judgement, f"the model {gone} is gone", token=token) else "lost"
+        return "failed" if judgement_fail(judgement, f"the model {gone} is gone", token=token) else "lost"
     generation = GenerationConfig(max_new_tokens=judgement.max_answer_tokens, temperature=0.0)
     judge = chat_judge(owner)
     rows = list(judgement.rows)
