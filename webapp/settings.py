@@ -338,6 +338,9 @@ CELERY_TASK_ROUTES = {
     "base_models.hub_download": {"queue": "background"},
     "training.hub_publish": {"queue": "background"},
     "base_models.gguf_convert": {"queue": "background"},
+    # A judge comparing two models waits on the infer worker's answers from a background thread.
+    "arena.judgement_run": {"queue": "background"},
+    "arena.sweep_judgements": {"queue": "background"},
 }
 # The background worker's threads, shared out by kind of work (jobs.common.shares): each kind runs at most its
 # share at once, and the worker runs with as many threads as the shares add up to (Procfile: -c 8), so a kind
@@ -347,12 +350,14 @@ BACKGROUND_SHARES = {
     "exports": env_int("BACKGROUND_SHARE_EXPORTS", 2),  # merged exports, Hub downloads, GGUF conversions
     "deliveries": env_int("BACKGROUND_SHARE_DELIVERIES", 3),  # webhook deliveries, test pings, MLflow logging
     "sweeps": env_int("BACKGROUND_SHARE_SWEEPS", 1),  # the sweeps that re-queue lost work, file expiry
+    "judgements": env_int("BACKGROUND_SHARE_JUDGEMENTS", 1),  # judge models comparing two models (long waits)
 }
 # Within a kind's share, at most this many at once per user, so one user's slow endpoints or downloads leave
 # the rest of the share to others.
 BACKGROUND_OWNER_SHARES = {
     "exports": env_int("BACKGROUND_OWNER_SHARE_EXPORTS", 1),
     "deliveries": env_int("BACKGROUND_OWNER_SHARE_DELIVERIES", 1),
+    "judgements": env_int("BACKGROUND_OWNER_SHARE_JUDGEMENTS", 1),
 }
 # A task whose share is full goes back to the broker for this many seconds instead of holding a thread.
 BACKGROUND_DEFER_SECONDS = env_int("BACKGROUND_DEFER_SECONDS", 2)
@@ -363,6 +368,7 @@ SWEEP_SECONDS = env_int("SWEEP_SECONDS", 30)  # how often Celery beat runs the s
 CELERY_BEAT_SCHEDULE = {
     "sweep-jobs": {"task": "training.sweep_jobs", "schedule": SWEEP_SECONDS},
     "sweep-answers": {"task": "arena.sweep_answers", "schedule": SWEEP_SECONDS},
+    "sweep-judgements": {"task": "arena.sweep_judgements", "schedule": SWEEP_SECONDS},
     "sweep-merges": {"task": "training.sweep_merges", "schedule": SWEEP_SECONDS},
     "sweep-webhooks": {"task": "webhooks.sweep", "schedule": SWEEP_SECONDS},
     "sweep-mlflow": {"task": "tracking.sweep", "schedule": SWEEP_SECONDS},

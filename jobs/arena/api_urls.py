@@ -13,4 +13,7 @@ urlpatterns = [
     path("graders/validate/", apis.GraderValidateApi.as_view(), name="api-graders-validate"),
     path("graders/run/", apis.GraderRunApi.as_view(), name="api-graders-run"),
     path("graders/try/", apis.GraderTryApi.as_view(), name="api-graders-try"),
+    path("judgements/", apis.JudgementsApi.as_view(), name="api-judgements"),
+    path("judgements/<uuid:judgement_id>/", apis.JudgementApi.as_view(), name="api-judgement"),
+    path("judgements/<uuid:judgement_id>/cancel/", apis.JudgementCancelApi.as_view(), name="api-judgement-cancel"),
 ]

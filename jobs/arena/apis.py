@@ -14,8 +14,9 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from jobs.arena import selectors, services
+from jobs.arena import judgements, selectors, services
 from jobs.arena.graders import TRY_MAX_ROWS, grader_run, grader_try
+from jobs.arena.models import Judgement
 from jobs.base_models.selectors import base_model_find
 from jobs.common.ids import is_uuid
 from jobs.common.rest import StrictInput
@@ -391,3 +392,165 @@ class GraderTryApi(APIView):
             max_answer_tokens=values.get("max_answer_tokens"),
         )
         return Response(self.OutputSerializer({"rows": rows}).data)
+
+
+class JudgeOrderOutput(serializers.Serializer):
+    said = serializers.CharField(help_text="the judge's answer as it gave it")
+    verdict = serializers.CharField(allow_null=True, help_text="A, B or tie as read strictly; null when unusable")
+    problem = serializers.CharField(help_text="why the answer could not be used; empty when it could")
+
+
+class JudgementRowOutput(serializers.Serializer):
+    prompt = serializers.CharField(help_text="the prompt's last user message")
+    round = serializers.UUIDField(allow_null=True, help_text="the blind round the prompt and answers come from")
+    answer_a = serializers.CharField(allow_null=True, required=False)
+    answer_b = serializers.CharField(allow_null=True, required=False)
+    first = JudgeOrderOutput(required=False, help_text="judged with model A's answer shown first (as Answer A)")
+    swapped = JudgeOrderOutput(required=False, help_text="judged with model B's answer shown first")
+    outcome = serializers.ChoiceField(
+        choices=["a", "b", "tie", "failed"],
+        allow_null=True,
+        help_text="a or b only when both orders named that model; null until judged",
+    )
+    flipped = serializers.BooleanField(help_text="the two orders named different models (counted as a tie)")
+    same_position = serializers.BooleanField(help_text="... because the judge picked the same position both times")
+    problem = serializers.CharField(help_text="what went wrong, in plain words; empty when nothing")
+    vote = serializers.ChoiceField(
+        choices=["a", "b", "tie"], allow_null=True, help_text="your blind vote on this prompt, from model A's side"
+    )
+
+
+class JudgeTallyOutput(serializers.Serializer):
+    wins = serializers.IntegerField(help_text="prompts where model A won in both orders")
+    losses = serializers.IntegerField(help_text="prompts where model B won in both orders")
+    ties = serializers.IntegerField()
+    failed = serializers.IntegerField(help_text="prompts without a usable verdict in both orders, left out of n")
+    flipped = serializers.IntegerField(help_text="ties that were a change of mind when the order was swapped")
+    same_position = serializers.IntegerField(help_text="flips where the judge picked the same position both times")
+    n = serializers.IntegerField()
+    win_rate = serializers.FloatField(allow_null=True, help_text="(wins + ½ × ties) / n, model A over model B")
+    ci_low = serializers.FloatField(allow_null=True, help_text="95% Wilson score interval")
+    ci_high = serializers.FloatField(allow_null=True)
+    sentence = serializers.CharField()
+
+
+class JudgeAgreementOutput(serializers.Serializer):
+    n = serializers.IntegerField(help_text="judged prompts you voted on blindly")
+    agreed = serializers.IntegerField()
+    rate = serializers.FloatField(allow_null=True)
+    ci_low = serializers.FloatField(allow_null=True, help_text="95% Wilson score interval")
+    ci_high = serializers.FloatField(allow_null=True)
+    kappa = serializers.FloatField(allow_null=True, help_text="Cohen's kappa over a, b and tie")
+    sentence = serializers.CharField()
+
+
+class JudgementOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    url = serializers.CharField()
+    status = serializers.CharField(help_text=f"one of {', '.join(Judgement.Status.values)}")
+    model_a = serializers.CharField()
+    model_b = serializers.CharField()
+    judge = serializers.CharField()
+    source = serializers.CharField(help_text=f"one of {', '.join(Judgement.Source.values)}")  # type: ignore[assignment]
+    done = serializers.IntegerField(help_text="prompts judged so far")
+    total = serializers.IntegerField()
+    error = serializers.CharField()
+    created = serializers.DateTimeField()
+    finished = serializers.DateTimeField(allow_null=True)
+
+
+class JudgementDetailOutput(JudgementOutput):
+    result = JudgeTallyOutput(help_text="the judge's win rate of model A over model B, position bias removed")
+    agreement = JudgeAgreementOutput(help_text="the judge beside your blind votes on the same prompts")
+    rows = JudgementRowOutput(many=True)
+
+
+def judgement_out(judgement: Judgement) -> dict:
+    return {
+        **{f: getattr(judgement, f) for f in ("id", "status", "model_a", "model_b", "judge", "source", "done")},
+        **{f: getattr(judgement, f) for f in ("error", "created", "finished")},
+        "url": reverse("api-judgement", args=[judgement.id]),
+        "total": judgement.total,
+    }
+
+
+def judgement_detail_out(*, owner, judgement: Judgement) -> dict:
+    report = selectors.judgement_report(owner=owner, judgement=judgement)
+    return {
+        **judgement_out(judgement),
+        "result": report["tally"],
+        "agreement": report["agreement"],
+        "rows": report["rows"],
+    }
+
+
+class JudgementsApi(APIView):
+    """POST: ask a judge model to compare model A with model B (a base model's name or an ft: id each; the judge
+    any model you can use) on prompts you give, on the prompts of your blind votes on the two models (the answers
+    you saw are judged), or on a job's held-out examples. Each pair is judged twice, each answer shown first once;
+    a win counts only when both orders agree, else a tie. The work runs in the background: GET its `url` for
+    progress, the win rate and the judge's agreement with your votes. GET: your judgements, newest first."""
+
+    @extend_schema_serializer(component_name="JudgementCreate")
+    class InputSerializer(StrictInput):
+        model_a = serializers.CharField(max_length=200)
+        model_b = serializers.CharField(max_length=200)
+        judge = serializers.CharField(max_length=200, help_text="the judge model: a base model's name or an ft: id")
+        source = serializers.CharField(  # type: ignore[assignment]  # checked by the service, naming the field
+            max_length=10,
+            default=Judgement.Source.PROMPTS,
+            help_text="prompts (the prompts you give), votes (those of your blind votes on the two models) "
+            "or held_out (a job's held-out examples)",
+        )
+        prompts = serializers.ListField(
+            child=serializers.CharField(max_length=judgements.MAX_PROMPT_CHARS),
+            required=False,
+            min_length=1,
+            max_length=judgements.MAX_PROMPTS,
+            help_text="source prompts: the prompts to answer",
+        )
+        job = serializers.CharField(max_length=36, required=False, help_text="source held_out: the job")
+        count = serializers.IntegerField(
+            required=False,
+            default=10,
+            min_value=1,
+            max_value=judgements.MAX_PROMPTS,
+            help_text="source votes or held_out: at most this many prompts",
+        )
+        max_answer_tokens = serializers.IntegerField(
+            required=False, default=128, min_value=1, max_value=judgements.MAX_ANSWER_TOKENS
+        )
+
+    @extend_schema(request=InputSerializer, responses={201: JudgementDetailOutput, **error_responses(400)})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        judgement = judgements.judgement_create(owner=request.user, **data.validated_data)
+        out = judgement_detail_out(owner=request.user, judgement=judgement)
+        return Response(JudgementDetailOutput(out).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: JudgementOutput(many=True)})
+    def get(self, request):
+        rows = selectors.judgement_list(owner=request.user)[:50]
+        return Response(JudgementOutput([judgement_out(j) for j in rows], many=True).data)
+
+
+class JudgementApi(APIView):
+    """GET one judgement: its status and progress, each prompt's answers and verdicts in both orders, the judge's
+    win rate of model A over model B with a 95% interval, and its agreement with your blind votes (n, %, interval,
+    Cohen's kappa) on the same prompts."""
+
+    @extend_schema(responses={200: JudgementDetailOutput, **error_responses(404)})
+    def get(self, request, judgement_id):
+        judgement = selectors.judgement_get(owner=request.user, judgement_id=judgement_id)
+        return Response(JudgementDetailOutput(judgement_detail_out(owner=request.user, judgement=judgement)).data)
+
+
+class JudgementCancelApi(APIView):
+    """POST: stop a queued or running judgement; the prompts judged so far stay. 409 once it has ended."""
+
+    @extend_schema(request=None, responses={200: JudgementOutput, **error_responses(404, 409)})
+    def post(self, request, judgement_id):
+        judgement = selectors.judgement_get(owner=request.user, judgement_id=judgement_id)
+        judgement = judgements.judgement_cancel(owner=request.user, judgement=judgement)
+        return Response(JudgementOutput(judgement_out(judgement)).data)

@@ -133,3 +133,54 @@ class Vote(models.Model):
     class Meta:
         db_table = "jobs_vote"
         ordering = ["-created"]
+
+
+class Judgement(models.Model):
+    """A judge model comparing two models (the base and an adapter, or two adapters), named as the API names them
+    (a base model's name or an `ft:` id), on a list of prompts: every pair judged in both orders
+    (jobs.arena.judging). Long work on the background worker, claimed like an export: a run takes the row with a
+    token and a lease on the database's clock and writes its progress only while it holds both."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class Source(models.TextChoices):
+        PROMPTS = "prompts", "prompts you give"
+        VOTES = "votes", "the prompts of your blind votes on the two models"
+        HELD_OUT = "held_out", "a job's held-out examples"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgements")
+    model_a = models.CharField(max_length=200)
+    model_b = models.CharField(max_length=200)
+    judge = models.CharField(max_length=200, help_text="the judge model, a base model's name or an ft: id")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    max_answer_tokens = models.PositiveIntegerField(default=128)
+    rows = models.JSONField(
+        default=list,
+        help_text="one per prompt: its messages, the voted round if any, both answers and the verdicts of both orders",
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="runs started, and messages lost")
+    claim = models.CharField(max_length=32, blank=True, help_text="the token of the run that holds it")
+    lease_until = models.DateTimeField(
+        null=True, blank=True, help_text="on the database's clock: when its message or its worker counts as lost"
+    )
+    done = models.PositiveIntegerField(default=0, help_text="prompts judged so far")
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    @property
+    def total(self) -> int:
+        return len(self.rows)
+
+    def __str__(self) -> str:
+        return f"judgement of {self.model_a} vs {self.model_b} by {self.judge} ({self.status})"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.shortcuts import get_object_or_404
 
-from jobs.arena.models import ChatAnswer, ChatRound, ChatSession, Vote
+from jobs.arena.judging import OUTCOMES, Agreement, JudgeTally, PairVerdict, vote_outcome
+from jobs.arena.models import ChatAnswer, ChatRound, ChatSession, Judgement, Vote
 from jobs.arena.win_rate import PairRecord, win_rate_sentence, win_rate_table
 from jobs.base_models.models import BaseModel
 from jobs.training.models import FineTuneJob
+from jobs.training.selectors import model_named
 
 
 def chat_session_get(*, owner, session_id) -> ChatSession:
@@ -158,3 +160,94 @@ def vote_win_rates(*, owner, base_model: BaseModel | None = None, side_of: str |
             }
         )
     return rows
+
+
+# --- judgements ------------------------------------------------------------------------------------
+
+Model = tuple[BaseModel, FineTuneJob | None]  # as jobs.training.selectors.model_named finds a model
+
+
+def _vote_order(model: Model) -> tuple[int, str]:
+    """A vote's canonical order of its two models (jobs.arena.services): the base alone first, then by job id."""
+    return (0, "") if model[1] is None else (1, str(model[1].id))
+
+
+def vote_pair_filter(*, a: Model, b: Model) -> Q:
+    """The votes on models a and b (one base model), whichever order their round showed them in."""
+    first, second = sorted((a, b), key=_vote_order)
+    return Q(base_model=a[0], first_job=first[1], second_job=second[1])
+
+
+def judgement_get(*, owner, judgement_id) -> Judgement:
+    """The owner's judgement, or Http404 (the same for another user's)."""
+    return get_object_or_404(Judgement, owner=owner, id=judgement_id)
+
+
+def judgement_list(*, owner) -> QuerySet[Judgement]:
+    return Judgement.objects.filter(owner=owner)
+
+
+def judgement_votes(*, owner, judgement: Judgement) -> dict[int, str]:
+    """The owner's blind votes on the judged prompts, by row index, each from model A's side (a, b or tie): the
+    vote on the row's own round, else the newest blind vote on the two models whose prompt is the row's."""
+    a, b = model_named(owner=owner, name=judgement.model_a), model_named(owner=owner, name=judgement.model_b)
+    if a is None or b is None or a[0].id != b[0].id:
+        return {}
+    a_first = sorted((a, b), key=_vote_order)[0] is a
+    votes = Vote.objects.filter(vote_pair_filter(a=a, b=b), owner=owner, blind=True).order_by("created")
+    by_round = {str(v.round_id): v.result for v in votes}
+    by_prompt: dict[str, str] = {}
+    prompts = ChatAnswer.objects.filter(round__vote__in=votes, position=0).values_list("round__vote__result", "prompt")
+    for voted, prompt in prompts:  # oldest first: the newest vote on a prompt wins
+        by_prompt[prompt] = voted
+    found = {}
+    for i, row in enumerate(judgement.rows):
+        result: str | None = by_round.get(row.get("round") or "")
+        result = result or by_prompt.get(row["messages"][-1]["content"])
+        if result is not None:
+            found[i] = vote_outcome(result, a_first=a_first)
+    return found
+
+
+def judgement_report(*, owner, judgement: Judgement) -> dict:
+    """The judged prompts so far: the judge's win rate of model A over model B (position bias removed, see
+    jobs.arena.judging) and its agreement with the owner's blind votes on the same prompts, each with a 95% Wilson
+    interval and in plain words; and each prompt's row with its answers, verdicts and the owner's vote (or None)."""
+    judged = [row for row in judgement.rows if "outcome" in row]
+    verdicts = [
+        PairVerdict(
+            (row.get("first") or {}).get("verdict"),
+            (row.get("swapped") or {}).get("verdict"),
+            row["outcome"],
+            row.get("flipped", False),
+            row.get("same_position", False),
+        )
+        for row in judged
+    ]
+    votes = judgement_votes(owner=owner, judgement=judgement)
+    agreement = Agreement(
+        [
+            (row["outcome"], votes[i])
+            for i, row in enumerate(judgement.rows)
+            if i in votes and row.get("outcome") in OUTCOMES
+        ]
+    )
+    return {
+        "tally": JudgeTally.of(verdicts).summary(judgement.model_a, judgement.model_b),
+        "agreement": agreement.summary(),
+        "rows": [
+            {
+                "prompt": row["messages"][-1]["content"],
+                "round": row.get("round"),
+                "answer_a": row.get("answer_a"),
+                "answer_b": row.get("answer_b"),
+                **{key: row[key] for key in ("first", "swapped") if key in row},
+                "outcome": row.get("outcome"),
+                "flipped": row.get("flipped", False),
+                "same_position": row.get("same_position", False),
+                "problem": row.get("problem", ""),
+                "vote": votes.get(i),
+            }
+            for i, row in enumerate(judgement.rows)
+        ],
+    }

@@ -12,10 +12,14 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from jobs.arena import judgements
 from jobs.arena.live import chat_stop_time, publish_chat
-from jobs.arena.models import ChatAnswer
+from jobs.arena.models import ChatAnswer, Judgement
 from jobs.arena.selectors import answer_event_meta, answer_history, session_base_model
 from jobs.common import blobs, queue
+from jobs.common.errors import failure_category
+from jobs.common.shares import JUDGEMENTS, owner_share
+from jobs.training.claims import lease_heartbeat
 from worker.config import GenerationConfig
 from worker.errors import StudioError
 from worker.inference import ModelPool, fit_conversation
@@ -178,3 +182,48 @@ def sweep_answers() -> dict[str, int]:
         queue.send(queue.CHAT_ANSWER, str(answer_id))  # claiming by state makes a duplicate harmless
         resent += 1
     return {"failed": failed, "resent": resent}
+
+
+@shared_task(name=queue.JUDGEMENT_RUN, acks_late=True, reject_on_worker_lost=True)
+def judgement_run(judgement_id: str) -> str:
+    """Run a judgement (jobs.arena.judgements) under its claim, its lease kept by a heartbeat; a run that fails
+    says why on the row. A message redelivered after its worker died counts an attempt as it claims the row."""
+    row = Judgement.objects.select_related("owner").filter(id=judgement_id).first()
+    if row is None or row.status not in judgements.PENDING:
+        return "skipped"
+    if row.attempts >= judgements.MAX_ATTEMPTS and row.status == Judgement.Status.QUEUED:
+        judgements.judgement_fail(
+            row, f"gave up after {judgements.MAX_ATTEMPTS} attempts (the worker stopped each time)"
+        )
+        return "failed"
+    with owner_share(JUDGEMENTS, row.owner_id):  # before the claim: a full share sends the message again later
+        token = judgements.judgement_claim(row)
+        if token is None:
+            return "in progress"
+        try:
+            renew = lambda: judgements.judgement_renew(row, token)  # noqa: E731
+            with lease_heartbeat(renew, every_s=judgements.LEASE_SECONDS / 4, what="judgement"):
+                return judgements.judgement_work(row, token)
+        except Exception as exc:
+            log.exception("judgement %s failed", judgement_id)
+            reason = exc.message if isinstance(exc, StudioError) else failure_category(exc)
+            judgements.judgement_fail(row, f"the judgement failed: {reason}", token=token)
+            return "failed"
+
+
+@shared_task(name=queue.SWEEP_JUDGEMENTS, acks_late=True)
+def sweep_judgements() -> int:
+    """Queue again the judgements whose lease ran out (message lost, or worker died mid-run), counting an attempt
+    for a lost message (a run that died counted its own); past MAX_ATTEMPTS one gives up. Returns how many."""
+    count = 0
+    for row in judgements.judgements_stale():
+        attempts = row.attempts + (0 if row.status == Judgement.Status.RUNNING else 1)
+        if attempts >= judgements.MAX_ATTEMPTS:
+            judgements.judgement_fail(
+                row, f"gave up after {judgements.MAX_ATTEMPTS} attempts (its work was lost each time)"
+            )
+            continue
+        if judgements.judgement_requeue(row, attempts):
+            queue.send(queue.JUDGEMENT_RUN, str(row.id))
+            count += 1
+    return count

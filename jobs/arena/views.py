@@ -11,15 +11,16 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from jobs.accounts.auth import request_user
-from jobs.arena import selectors, services
+from jobs.arena import judgements, selectors, services
 from jobs.arena.live import chat_channel
 from jobs.arena.models import ChatAnswer
 from jobs.arena.win_rate import CAPTION, RANGE_HINT
+from jobs.base_models.selectors import base_model_list
 from jobs.common import events
 from jobs.common.exceptions import ProductError
 from jobs.common.ids import is_uuid
-from jobs.training.models import FineTuneJob
-from jobs.training.selectors import job_get, jobs_with_adapter
+from jobs.training.models import FineTuneJob, JobStatus
+from jobs.training.selectors import job_api_model, job_get, job_list, jobs_with_adapter
 from worker.config import GenerationConfig
 from worker.data.problems import DatasetError
 from worker.errors import InputError
@@ -109,3 +110,94 @@ async def chat_events(request, session_id):
     return events.stream_refused(user) or events.event_stream(
         events.follow(chat_channel(session.id), replay, on_message, user=user)
     )
+
+
+def _judge_models(*, owner, job: FineTuneJob) -> tuple[list[dict], list[dict]]:
+    """The models a judgement on this job's page may compare (the base and the adapters on it) and the judges the
+    owner may use (every ready base model and every adapted model of theirs), each as {name, label}."""
+    adapters = jobs_with_adapter(owner=owner, base_model=job.base_model)
+    compared = [{"name": job.base_model.name, "label": f"{job.base_model.name} (base)"}]
+    compared += [_adapted(j) for j in adapters]
+    judges = [{"name": b.name, "label": b.name} for b in base_model_list(owner=owner)]
+    judges += [_adapted(j) for j in job_list(owner=owner, status=JobStatus.SUCCEEDED).filter(adapter__isnull=False)]
+    return compared, judges
+
+
+def _adapted(job: FineTuneJob) -> dict:
+    """A succeeded job's adapted model as a judgement names it (its ft: id), with the job's name."""
+    name = job_api_model(job) or ""
+    return {"name": name, "label": f"{job.name or job.short_id} ({name})"}
+
+
+@login_required
+def job_judge(request, job_id):
+    """Ask a judge model to compare two models on this job's base, and read its verdicts beside your votes.
+    The form posts here (no script needed); the page's script follows a running judgement and redraws it."""
+    job = job_get(owner=request.user, job_id=job_id)
+    compared, judges = _judge_models(owner=request.user, job=job)
+    errors: dict[str, str] = {}
+    form = {
+        "model_a": job_api_model(job) or "",
+        "model_b": job.base_model.name,
+        "judge": job.base_model.name,
+        "source": "votes",
+        "prompts": "",
+        "count": "10",
+        "max_answer_tokens": "128",
+    }
+    if request.method == "POST":
+        if "cancel" in request.POST:
+            judgement = selectors.judgement_get(owner=request.user, judgement_id=request.POST["cancel"])
+            try:
+                judgements.judgement_cancel(owner=request.user, judgement=judgement)
+            except ProductError as exc:
+                messages.error(request, exc.message)
+            return redirect(f"{request.path}?judgement={judgement.id}")
+        form.update({k: request.POST.get(k, "") for k in form})
+        try:
+            judgement = judgements.judgement_create(
+                owner=request.user,
+                model_a=form["model_a"],
+                model_b=form["model_b"],
+                judge=form["judge"],
+                source=form["source"],
+                prompts=[line for line in form["prompts"].splitlines() if line.strip()] or None,
+                job=str(job.id),
+                count=_whole(form["count"], "count"),
+                max_answer_tokens=_whole(form["max_answer_tokens"], "max_answer_tokens"),
+            )
+        except (InputError, ProductError) as exc:
+            field = (exc.field or "").split(".")[0]
+            errors[field if field in form else "form"] = exc.message
+        else:
+            return redirect(f"{request.path}?judgement={judgement.id}")
+    shown = report = None
+    wanted = request.GET.get("judgement", "")
+    if is_uuid(wanted):
+        shown = selectors.judgement_get(owner=request.user, judgement_id=wanted)
+        report = selectors.judgement_report(owner=request.user, judgement=shown)
+    return render(
+        request,
+        "arena/judge.html",
+        {
+            "job": job,
+            "compared": compared,
+            "judges": judges,
+            "form": form,
+            "errors": errors,
+            "max_prompts": judgements.MAX_PROMPTS,
+            "max_answer_tokens": judgements.MAX_ANSWER_TOKENS,
+            "recent": selectors.judgement_list(owner=request.user)[:10],
+            "shown": shown,
+            "report": report,
+            "rows": report["rows"] if report else [],
+        },
+        status=400 if errors else 200,
+    )
+
+
+def _whole(text: str, field: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(field, "must be a whole number") from None

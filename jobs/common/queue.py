@@ -12,6 +12,7 @@ TRAIN_JOB = "training.job_run"
 MERGE_ADAPTER = "training.adapter_merge"
 CHAT_ANSWER = "arena.chat_answer"
 CHAT_ROUND = "arena.chat_round"
+JUDGEMENT_RUN = "arena.judgement_run"
 WEBHOOK_DELIVER = "webhooks.deliver"
 MLFLOW_LOG = "tracking.mlflow_log"
 HUB_DOWNLOAD = "base_models.hub_download"
@@ -28,6 +29,7 @@ CHECK_UPLOAD = "user_datasets.check_upload"
 TOKEN_PROFILE = "user_datasets.token_profile"
 SWEEP_DATASETS = "user_datasets.sweep"
 SWEEP_ANSWERS = "arena.sweep_answers"
+SWEEP_JUDGEMENTS = "arena.sweep_judgements"
 
 
 def registered_task(task_name: str):

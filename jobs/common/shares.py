@@ -31,7 +31,7 @@ from jobs.common import queue
 log = logging.getLogger(__name__)
 
 BACKGROUND_QUEUE = "background"
-CHECKS, EXPORTS, DELIVERIES, SWEEPS = "checks", "exports", "deliveries", "sweeps"
+CHECKS, EXPORTS, DELIVERIES, SWEEPS, JUDGEMENTS = "checks", "exports", "deliveries", "sweeps", "judgements"
 KIND_OF_TASK = {
     queue.CHECK_UPLOAD: CHECKS,
     queue.TOKEN_PROFILE: CHECKS,
@@ -39,6 +39,7 @@ KIND_OF_TASK = {
     queue.HUB_DOWNLOAD: EXPORTS,
     queue.GGUF_CONVERT: EXPORTS,
     queue.HUB_PUBLISH: EXPORTS,
+    queue.JUDGEMENT_RUN: JUDGEMENTS,
     queue.WEBHOOK_DELIVER: DELIVERIES,
     queue.MLFLOW_LOG: DELIVERIES,
     queue.SWEEP_MERGES: SWEEPS,
@@ -46,6 +47,7 @@ KIND_OF_TASK = {
     queue.SWEEP_MLFLOW: SWEEPS,
     queue.SWEEP_JOBS: SWEEPS,
     queue.SWEEP_ANSWERS: SWEEPS,
+    queue.SWEEP_JUDGEMENTS: SWEEPS,
     queue.SWEEP_DATASETS: SWEEPS,
     queue.EXPIRE_FILES: SWEEPS,
     queue.EXPIRE_UPLOADS: SWEEPS,

@@ -55,6 +55,33 @@ def lease_from_now(seconds: int) -> ExpressionWrapper:
     return ExpressionWrapper(Now() + dt.timedelta(seconds=seconds), output_field=DateTimeField())
 
 
+@contextmanager
+def lease_heartbeat(renew: Callable[[], bool], every_s: float, *, what: str = "export"):
+    """Call `renew` every `every_s` seconds from a thread while the block runs (until it returns False: the claim
+    is gone), so a sweep can tell live long work (an export, a judgement) from work whose worker died."""
+    stop = threading.Event()
+
+    def beat():
+        try:
+            while not stop.wait(every_s):
+                try:
+                    if not renew():
+                        return
+                except Exception:  # a database hiccup: try again at the next beat, the lease has slack
+                    log.warning("%s: lease renewal failed", what, exc_info=True)
+                    close_old_connections()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=beat, name=f"{what}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 class Claim:
     """A worker run's hold on one job."""
 

@@ -8,7 +8,6 @@ the lease while it works, progress on the row, and a plain reason on the row and
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import shutil
@@ -19,7 +18,6 @@ from pathlib import Path
 
 from celery import shared_task
 from django.conf import settings
-from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from jobs.base_models.services import base_gguf_name
@@ -27,6 +25,7 @@ from jobs.common import blobs, queue
 from jobs.common.errors import failure_category
 from jobs.common.shares import EXPORTS, owner_share
 from jobs.training import exports, publish, services
+from jobs.training.claims import lease_heartbeat
 from jobs.training.files import export_zip_name, job_output_dir, job_storage_record
 from jobs.training.models import ExportFormat, FineTuneJob, JobExport
 from worker.errors import InputError
@@ -73,33 +72,6 @@ def export_memory_need(row: JobExport) -> tuple[int, str]:
             job.base_model.local_path
         ) + adapter, "the base's largest weight in float32 and the adapter"
     return merge_memory_need(job), "the base's weights unquantized and the adapter"
-
-
-@contextlib.contextmanager
-def _heartbeat(renew, every_s: float):
-    """Call `renew` every `every_s` seconds while the block runs (until it returns False: the claim is gone),
-    so the sweep can tell a live export from one whose worker died."""
-    stop = threading.Event()
-
-    def beat():
-        try:
-            while not stop.wait(every_s):
-                try:
-                    if not renew():
-                        return
-                except Exception:  # a database hiccup: try again at the next beat, the lease has slack
-                    log.warning("export: lease renewal failed", exc_info=True)
-                    close_old_connections()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=beat, name="export-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _give_up(row: JobExport, message: str, *, token: str | None = None) -> None:
@@ -190,7 +162,7 @@ def _export_claimed(row: JobExport, token: str) -> str:
     every_s = max(1.0, min(30.0, settings.MERGE_STALE_SECONDS / 4))
     progress = _Progress(row, token)
     # The background worker runs tasks in threads: exports still go one at a time (memory budget).
-    with _one_export_at_a_time, _heartbeat(lambda: exports.export_renew(row, token), every_s=every_s):
+    with _one_export_at_a_time, lease_heartbeat(lambda: exports.export_renew(row, token), every_s=every_s):
         scratch = job_output_dir(job) / f".export-{row.id}"
         shutil.rmtree(scratch, ignore_errors=True)
         try:
