@@ -28,6 +28,7 @@ CHECK_UPLOAD = "user_datasets.check_upload"
 TOKEN_PROFILE = "user_datasets.token_profile"
 SWEEP_DATASETS = "user_datasets.sweep"
 SWEEP_ANSWERS = "arena.sweep_answers"
+SWEEP_SWEEPS = "sweeps.advance"  # moves hyperparameter sweeps (jobs.sweeps) on
 
 
 def registered_task(task_name: str):
