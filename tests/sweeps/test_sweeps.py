@@ -150,3 +150,34 @@ def test_the_status_pruned_is_terminal_everywhere(user, base_model, dataset):
     job = FineTuneJob(status=JobStatus.PRUNED)
     assert JobStatus.PRUNED in TERMINAL_STATUSES and job.is_terminal and openai_status(job) == "cancelled"
     assert SweepStatus.RUNNING == "running"
+
+
+def test_the_find_settings_form_and_the_sweep_page(client_in, user, base_model, dataset):
+    assert 'id="find-settings"' in client_in.get("/jobs/new/").content.decode()
+    form = {
+        "dataset": str(dataset.id),
+        "base_model": str(base_model.id),
+        "metric": "eval_loss",
+        "trials": 3,
+        "parallelism": 1,
+        "lr_low": 1e-4,
+        "lr_high": 3e-3,
+        "ranks": "0, 8, 16",
+        "epochs_low": 1,
+        "epochs_high": 2,
+        "pruner": "successive_halving",
+    }
+    bad = client_in.post("/sweeps/new/", form)
+    html = bad.content.decode()
+    assert bad.status_code == 400 and "has-error" in html[html.index('id="field-ranks"') - 40 :][:60]
+    assert "between 1 and 1024" in html and Sweep.objects.count() == 0
+    made = client_in.post("/sweeps/new/", {**form, "ranks": "4, 8, 16"})
+    sweep = Sweep.objects.get()
+    assert made.status_code == 302 and made["Location"] == f"/sweeps/{sweep.id}/"
+    page = client_in.get(made["Location"]).content.decode()
+    assert 'id="leaderboard"' in page and 'data-trial="0"' in page and "sweep.js" in page
+    assert sweep.trial_rows.get().params["rank"] in (4, 8, 16)
+    assert client_in.post(f"/sweeps/{sweep.id}/pause/").status_code == 302
+    sweep.refresh_from_db()
+    assert sweep.status == SweepStatus.PAUSED
+    assert str(sweep.id) in client_in.get("/sweeps/").content.decode()
