@@ -8,7 +8,9 @@ import logging
 
 from django.dispatch import receiver
 
-from jobs.sweeps.models import SweepTrial
+from jobs.datasets.services import DatasetInUse
+from jobs.datasets.signals import dataset_deleting
+from jobs.sweeps.models import SWEEP_TERMINAL, SweepTrial
 from jobs.sweeps.services import sweep_advance, trial_prune_check
 from jobs.training.signals import eval_recorded, job_finished
 
@@ -29,3 +31,14 @@ def next_trial_on_job_end(sender, job, **kwargs):
         sweep_advance(sweep_id=sweep_id)
     except Exception:  # the periodic sweep tries again
         log.exception("sweep %s: could not move on after job %s ended", sweep_id, job.id)
+
+
+@receiver(dataset_deleting, dispatch_uid="sweeps-refuse-dataset-in-use")
+def refuse_dataset_in_use(sender, dataset, **kwargs):
+    """A dataset an unfinished sweep still makes trials from cannot be deleted."""
+    active = list(dataset.sweeps.exclude(status__in=SWEEP_TERMINAL).values_list("name", "id"))
+    if active:
+        names = ", ".join(name or str(sweep_id)[:8] for name, sweep_id in active)
+        raise DatasetInUse(
+            f"{dataset.name} is used by unfinished sweep(s): {names}. Cancel them or wait until they end."
+        )

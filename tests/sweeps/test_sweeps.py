@@ -181,3 +181,11 @@ def test_the_find_settings_form_and_the_sweep_page(client_in, user, base_model, 
     sweep.refresh_from_db()
     assert sweep.status == SweepStatus.PAUSED
     assert str(sweep.id) in client_in.get("/sweeps/").content.decode()
+
+
+def test_a_dataset_an_unfinished_sweep_uses_cannot_be_deleted(api, base_model, dataset):
+    sweep_id = api.post("/api/v1/sweeps/", body(dataset, base_model, trials=1), format="json").json()["id"]
+    api.post(f"/api/v1/sweeps/{sweep_id}/cancel/")
+    Sweep.objects.filter(id=sweep_id).update(status=SweepStatus.RUNNING)  # as if it still ran
+    refused = api.delete(f"/api/v1/datasets/{dataset.id}/")
+    assert refused.status_code == 409 and "unfinished sweep" in refused.json()["error"]["message"]
