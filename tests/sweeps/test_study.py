@@ -89,3 +89,24 @@ def test_importance_needs_two_finished_trials_and_no_scikit_learn():
         )
     found = study.importances(spec, records)
     assert set(found) == {"learning_rate", "rank"}
+
+
+@pytest.mark.parametrize("pruner, prunes", [("hyperband", True), ("none", False)])
+def test_hyperband_and_no_pruner_decide_from_rebuilt_rows(pruner, prunes):
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    spec = study.StudySpec(name="s", direction="minimize", space=space, pruner=pruner)
+    records: list[study.TrialRecord] = []
+    pruned = []
+    for number in range(6):
+        record = study.TrialRecord(number, {"x": 0.1 * number}, study.RUNNING)
+        records.append(record)
+        for step in range(1, 10):
+            record.intermediate[step] = 1.0 + number * 0.1 - step * 0.01  # each trial worse than the one before
+            verdict, record.system_attrs = study.should_prune(spec, records, number)
+            if verdict:
+                record.state, record.value = study.PRUNED, record.intermediate[step]
+                pruned.append(number)
+                break
+        else:
+            record.state, record.value = study.COMPLETE, record.intermediate[9]
+    assert bool(pruned) == prunes and 0 not in pruned
