@@ -74,7 +74,7 @@ class SweepListApi(APIView):
         fixed = serializers.JSONField(required=False, default=dict, help_text="settings every trial shares")
         trials = serializers.JSONField(required=False, help_text="how many trials at most (1-200)")
         metric = serializers.CharField(
-            required=False, default="eval_loss", help_text="eval_loss, exact_match, eval_reward or a grader's name"
+            required=False, default="eval_loss", help_text="eval_loss (lower is better) or exact_match"
         )
         sampler = serializers.CharField(required=False, default="tpe", help_text="tpe or grid")
         pruner = serializers.CharField(

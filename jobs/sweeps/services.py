@@ -33,6 +33,7 @@ from worker.errors import InputError
 log = logging.getLogger(__name__)
 
 MAX_TRIALS = 200
+MAX_TRIALS_AUTO = 20  # the job form's Auto preset with a budget in minutes: trials until the time is up, at most
 MAX_PARALLELISM = 16
 DEFAULT_PARALLELISM = 2
 
@@ -93,6 +94,8 @@ def sweep_create(
     fixed = _checked_fixed(fixed if fixed is not None else {})
     distributions = study.parse_space(space, fixed)
     config = TrainConfig.from_dict(fixed)
+    if config.is_reinforcement:
+        raise InputError("fixed.method", "a sweep of reinforcement jobs (with a grader) is not possible yet")
     chosen = study.metric_of(metric, config)
     if sampler not in study.SAMPLERS:
         raise InputError("sampler", f"must be one of {', '.join(study.SAMPLERS)}, got {sampler!r}")

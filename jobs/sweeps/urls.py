@@ -5,6 +5,7 @@ from jobs.sweeps import views
 urlpatterns = [
     path("sweeps/", views.sweep_list, name="sweep-list"),
     path("sweeps/new/", views.sweep_new, name="sweep-new"),
+    path("sweeps/auto/", views.sweep_auto, name="sweep-auto"),
     path("sweeps/<uuid:sweep_id>/", views.sweep_detail, name="sweep-detail"),
     path("sweeps/<uuid:sweep_id>/pause/", views.sweep_action, {"action": "pause"}, name="sweep-pause"),
     path("sweeps/<uuid:sweep_id>/resume/", views.sweep_action, {"action": "resume"}, name="sweep-resume"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from jobs.accounts.limits import QuotaExceeded
@@ -15,6 +16,10 @@ from jobs.datasets.selectors import dataset_find
 from jobs.sweeps import selectors, services
 from jobs.sweeps.forms import SweepForm
 from worker.errors import InputError
+
+# The job form's Auto preset: a small sweep over what matters most for a LoRA job.
+AUTO_SPACE = {"learning_rate": [1e-4, 3e-3, "log"], "rank": [8, 16, 32], "epochs": [1, 3]}
+AUTO_TRIALS = 6
 
 SWEEP_ACTIONS = {
     "pause": (services.sweep_pause, "Sweep paused: no new trial; the running ones pause at a checkpoint."),
@@ -76,4 +81,45 @@ def sweep_action(request, sweep_id, action):
         messages.error(request, str(exc))
     else:
         messages.info(request, note)
+    return redirect("sweep-detail", sweep_id=sweep.id)
+
+
+def _whole(value: str, *, field: str) -> int | None:
+    if not (value or "").strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(field, f"must be a whole number (you gave {value!r})") from None
+
+
+@login_required
+@require_POST
+def sweep_auto(request):
+    """The job form's Auto preset: instead of one job, a small sweep on the form's dataset and base model (and
+    method), its budget in trials or minutes."""
+    post = request.POST
+    try:
+        dataset = dataset_find(owner=request.user, dataset_id=post.get("dataset"))
+        if dataset is None:
+            raise InputError("dataset", "pick the dataset to train on")
+        base = base_model_find(post.get("base_model"), owner=request.user)
+        if base is None:
+            raise InputError("base_model", "pick a base model")
+        minutes = _whole(post.get("auto_minutes", ""), field="auto_minutes")
+        trials = _whole(post.get("auto_trials", ""), field="auto_trials") or AUTO_TRIALS
+        method = post.get("method") or "supervised"
+        sweep = services.sweep_create(
+            owner=request.user,
+            dataset=dataset,
+            base_model=base,
+            space=AUTO_SPACE,
+            fixed={} if method == "supervised" else {"method": method},
+            trials=trials if minutes is None else services.MAX_TRIALS_AUTO,
+            minutes=minutes,
+            name=(post.get("name") or "").strip() or f"Auto · {dataset.name}",
+        )
+    except (InputError, QuotaExceeded) as exc:
+        messages.error(request, f"Auto could not start: {exc}")
+        return redirect(f"{reverse('job-new')}?dataset={post.get('dataset', '')}")
     return redirect("sweep-detail", sweep_id=sweep.id)

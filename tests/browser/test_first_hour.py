@@ -474,6 +474,8 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
         "/jobs/new/",
         "/jobs/",
         f"/jobs/{first}/",
+        "/sweeps/",
+        "/sweeps/new/",
         f"/jobs/compare/?job={first}&job={second}",
         f"/jobs/{first}/compare/",
         "/workers/",

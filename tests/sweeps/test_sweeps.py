@@ -189,3 +189,21 @@ def test_a_dataset_an_unfinished_sweep_uses_cannot_be_deleted(api, base_model, d
     Sweep.objects.filter(id=sweep_id).update(status=SweepStatus.RUNNING)  # as if it still ran
     refused = api.delete(f"/api/v1/datasets/{dataset.id}/")
     assert refused.status_code == 409 and "unfinished sweep" in refused.json()["error"]["message"]
+
+
+def test_the_auto_preset_of_the_job_form_runs_a_small_sweep(client_in, user, base_model, dataset):
+    page = client_in.get(f"/jobs/new/?dataset={dataset.id}").content.decode()
+    assert 'id="submit-auto"' in page and 'formaction="/sweeps/auto/"' in page
+    form = {"dataset": str(dataset.id), "base_model": str(base_model.id), "name": "", "method": "supervised"}
+    made = client_in.post("/sweeps/auto/", {**form, "auto_trials": "2", "auto_minutes": ""})
+    sweep = Sweep.objects.get()
+    assert made.status_code == 302 and made["Location"] == f"/sweeps/{sweep.id}/"
+    assert sweep.trials == 2 and set(sweep.space) == {"learning_rate", "rank", "epochs"} and sweep.minutes is None
+    assert sweep.trial_rows.count() == 2 and sweep.name.startswith("Auto")
+    services.sweep_cancel(sweep=sweep, by=user)
+    by_time = client_in.post("/sweeps/auto/", {**form, "auto_trials": "", "auto_minutes": "5"})
+    timed = Sweep.objects.exclude(id=sweep.id).get()
+    assert by_time.status_code == 302 and timed.minutes == 5 and timed.trials == services.MAX_TRIALS_AUTO
+    refused = client_in.post("/sweeps/auto/", {**form, "dataset": ""})
+    assert refused.status_code == 302 and refused["Location"].startswith("/jobs/new/")
+    assert Sweep.objects.count() == 2
