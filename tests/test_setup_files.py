@@ -52,6 +52,7 @@ def test_each_kind_of_work_has_its_own_queue():
         queue.CHECK_UPLOAD,
         queue.TOKEN_PROFILE,
         queue.SWEEP_DATASETS,
+        queue.SWEEP_SWEEPS,
         queue.HUB_DOWNLOAD,
         queue.HUB_PUBLISH,
         queue.GGUF_CONVERT,
@@ -70,6 +71,7 @@ def test_each_kind_of_work_has_its_own_queue():
         queue.EXPIRE_UPLOADS,
         queue.SWEEP_DATASETS,
         queue.SWEEP_JUDGEMENTS,
+        queue.SWEEP_SWEEPS,
     }
 
 

@@ -130,6 +130,7 @@ INSTALLED_APPS = [
     "jobs.arena",
     "jobs.webhooks",
     "jobs.tracking",
+    "jobs.sweeps",
     "jobs.openai_compat",
 ]
 
@@ -328,6 +329,7 @@ CELERY_TASK_ROUTES = {
     # The sweeps must run while the train worker is dead or busy, and never wait behind chat.
     "training.sweep_jobs": {"queue": "background"},
     "arena.sweep_answers": {"queue": "background"},
+    "sweeps.advance": {"queue": "background"},
     "training.expire_files": {"queue": "background"},
     "user_datasets.expire_uploads": {"queue": "background"},
     # Large uploads are checked, and token lengths counted, off the web process.
@@ -373,6 +375,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-webhooks": {"task": "webhooks.sweep", "schedule": SWEEP_SECONDS},
     "sweep-mlflow": {"task": "tracking.sweep", "schedule": SWEEP_SECONDS},
     "sweep-datasets": {"task": "user_datasets.sweep", "schedule": SWEEP_SECONDS},
+    "sweep-sweeps": {"task": "sweeps.advance", "schedule": SWEEP_SECONDS},
     "expire-files": {"task": "training.expire_files", "schedule": 3600},
     "expire-uploads": {"task": "user_datasets.expire_uploads", "schedule": 3600},
 }

@@ -18,6 +18,7 @@ api_v1 = [
     path("", include("jobs.arena.api_urls")),
     path("", include("jobs.webhooks.api_urls")),
     path("", include("jobs.tracking.api_urls")),
+    path("", include("jobs.sweeps.api_urls")),
 ]
 
 urlpatterns = [
@@ -37,6 +38,7 @@ urlpatterns = [
     path("", include("jobs.arena.urls")),
     path("", include("jobs.webhooks.urls")),
     path("", include("jobs.tracking.urls")),
+    path("", include("jobs.sweeps.urls")),
 ]
 
 # Requests to the APIs get JSON errors; other pages keep Django's.

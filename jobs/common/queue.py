@@ -30,6 +30,7 @@ TOKEN_PROFILE = "user_datasets.token_profile"
 SWEEP_DATASETS = "user_datasets.sweep"
 SWEEP_ANSWERS = "arena.sweep_answers"
 SWEEP_JUDGEMENTS = "arena.sweep_judgements"
+SWEEP_SWEEPS = "sweeps.advance"  # moves hyperparameter sweeps (jobs.sweeps) on
 
 
 def registered_task(task_name: str):

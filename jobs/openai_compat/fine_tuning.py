@@ -82,13 +82,15 @@ def _method_object(config: dict, hyper: dict[str, Any], grader: dict | None = No
 
 # A running job asked to stop still runs until the worker sees the flag (within about 2 s); OpenAI's clients
 # expect the requested state at once, so the OpenAI view shows it. The REST API and the pages keep the real one.
-_REQUESTED_STATUS = {"cancel": JobStatus.CANCELLED, "pause": JobStatus.PAUSED}
+_REQUESTED_STATUS = {"cancel": JobStatus.CANCELLED, "pause": JobStatus.PAUSED, "prune": JobStatus.CANCELLED}
 
 
 def openai_status(job: FineTuneJob) -> str:
     """The job's status as OpenAI names it: a running job with a stop request shows the state it is going to."""
     if job.status == JobStatus.RUNNING and job.stop_requested in _REQUESTED_STATUS:
         return _REQUESTED_STATUS[job.stop_requested]
+    if job.status == JobStatus.PRUNED:  # a sweep's trial stopped early: OpenAI has no such status
+        return JobStatus.CANCELLED
     return job.status
 
 

@@ -30,6 +30,7 @@ RUN_STATUS: dict[str, str] = {
     JobStatus.SUCCEEDED: "FINISHED",
     JobStatus.FAILED: "FAILED",
     JobStatus.CANCELLED: "KILLED",
+    JobStatus.PRUNED: "KILLED",
 }
 NOT_METRICS = {"step"}
 

@@ -3,6 +3,7 @@ every write fenced by the run's claim on the job."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from jobs.training.claims import Claim
 from jobs.training.files import RESUME_ADAPTERS, job_storage_record
 from jobs.training.live import publish_job, publish_status
 from jobs.training.models import FineTuneJob, JobEvent, MetricPoint
+from jobs.training.signals import eval_recorded
 
+log = logging.getLogger(__name__)
 CORE_KEYS = {"loss", "eval_loss", "lr", "epoch", "tokens_per_s"}
 
 
@@ -29,6 +32,11 @@ class DbReporter:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         point = self.claim.retry(lambda: self._write_point(step, metrics))
         publish_job(self.job_id, "metric", point.as_event())
+        if any(key.startswith("eval_") for key in metrics):
+            # A listener's failure (a sweep's pruner) must never stop the training: robust, logged.
+            for _, answer in eval_recorded.send_robust(sender=FineTuneJob, job_id=self.job_id, step=step):
+                if isinstance(answer, Exception):
+                    log.warning("job %s: a listener of eval_recorded failed: %r", self.job_id, answer)
 
     def _write_point(self, step: int, metrics: dict[str, Any]) -> MetricPoint:
         extra = {k: v for k, v in metrics.items() if k not in CORE_KEYS}

@@ -130,6 +130,7 @@ class RunClock:
     def __init__(self, earlier_seconds: float, owner=None):
         self.started, self.earlier = time.monotonic(), earlier_seconds
         self.timed_out = False
+        self.pruned = False  # a sweep's pruner asked this trial to stop (stop_requested "prune")
         self.owner, self.quota_checked = owner, float("-inf")
         self.quota_spent: int | None = None
 
@@ -149,7 +150,8 @@ class RunClock:
 
 def _should_stop(claim: Claim, clock: RunClock):
     """The engine's stop check: the user's cancel or pause, the run-time limit, a pause when the owner's daily
-    training time is used up, a pause for this worker's shutdown, or WorkLost when the claim is gone."""
+    training time is used up, a pause for this worker's shutdown, a sweep's prune (a cancel to the engine, then
+    the status pruned), or WorkLost when the claim is gone."""
 
     def should_stop():
         if claim.lost.is_set():
@@ -157,6 +159,9 @@ def _should_stop(claim: Claim, clock: RunClock):
         request = claim.retry(lambda: claim.rows().values_list("stop_requested", flat=True).first())
         if request is None:
             claim.check()  # raises WorkLost
+        if request == "prune":
+            clock.pruned = True
+            return "cancel"
         if not request and clock.over_limit():
             clock.timed_out = True
             return "cancel"
@@ -248,6 +253,9 @@ def _train_claimed(job: FineTuneJob, claim: Claim) -> str:
             f"(setting JOB_MAX_RUN_SECONDS); its last checkpoint is kept, retry with fewer steps",
         )
         return "failed"
+    elif clock.pruned:
+        mark(status=JobStatus.PRUNED)
+        return "pruned"
     else:
         mark(status=JobStatus.CANCELLED)
     return result.status

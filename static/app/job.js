@@ -2,7 +2,7 @@
 (function () {
   const root = document.getElementById("job-root");
   if (!root) return;
-  const TERMINAL = ["succeeded", "failed", "cancelled"];
+  const TERMINAL = ["succeeded", "failed", "cancelled", "pruned"];
   const $ = (id) => document.getElementById(id);
   const CHART_RATIO = window.matchMedia("(max-width: 700px)").matches ? 1.3 : 2.6;  // a phone keeps a readable height
   const chart = new Chart($("loss-chart"), {

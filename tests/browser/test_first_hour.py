@@ -230,6 +230,34 @@ def test_the_job_page_fills_in_the_end_of_the_job_and_the_merged_export_without_
     assert page.evaluate("document.activeElement.id") == "publish-repo" and still_marked(page)
 
 
+def test_find_settings_runs_a_sweep_with_a_live_leaderboard_and_promotes_the_best(stack, page, dataset):
+    """Beside the job form, "Find settings": an error shows beside its field; the sweep's page follows its trials
+    live (leaderboard, chart with its table) and Promote makes the best trial's ft: id the result."""
+    sign_in(page, stack, "alice")
+    page.goto(stack.url + "/jobs/new/")
+    page.click("#find-settings")
+    page.wait_for_url("**/sweeps/new/")
+    page.select_option("#id_dataset", dataset)
+    page.fill("#id_ranks", "0, 4, 8")
+    page.fill("#id_trials", "1")  # one trial keeps the test short; tests/sweeps and test_faults run several
+    page.fill("#id_parallelism", "1")
+    page.fill("#id_epochs_low", "1")
+    page.fill("#id_epochs_high", "2")
+    page.click("#start-sweep")
+    assert "between 1 and 1024" in page.inner_text("#field-ranks")
+    page.fill("#id_ranks", "2, 4, 8")
+    page.click("#start-sweep")
+    page.wait_for_url(re.compile(r".*/sweeps/[0-9a-f-]+/$"))
+    page.locator("#leaderboard tbody tr").first.wait_for()
+    page.locator("#sweep-status", has_text="succeeded").wait_for(timeout=180_000)
+    page.locator("#promote-sweep").wait_for()
+    assert page.locator("#leaderboard tbody tr").count() == 1
+    page.wait_for_function("Chart.getChart('sweep-chart').data.datasets.length >= 1")
+    assert page.locator("#sweep-chart-table tbody tr").count() >= 1
+    page.click("#promote-sweep")
+    page.locator("#result-model", has_text="ft:tiny-llama:").wait_for()
+
+
 def test_a_finished_job_opens_with_its_result_in_plain_words(stack, page, api, dataset):
     job = start_job(stack, api, dataset, max_steps=2)
     sign_in(page, stack, "alice")
@@ -446,6 +474,8 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
         "/jobs/new/",
         "/jobs/",
         f"/jobs/{first}/",
+        "/sweeps/",
+        "/sweeps/new/",
         f"/jobs/compare/?job={first}&job={second}",
         f"/jobs/{first}/compare/",
         "/workers/",

@@ -19,6 +19,7 @@ LAYERS = [
     "jobs.arena",
     "jobs.webhooks",
     "jobs.tracking",
+    "jobs.sweeps",
     "jobs.openai_compat",
     "webapp",
 ]
@@ -122,6 +123,7 @@ def test_the_top_level_is_the_design_cards():
         "datasets",
         "legacy_schema",
         "openai_compat",
+        "sweeps",
         "tracking",
         "training",
         "webhooks",

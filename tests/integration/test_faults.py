@@ -228,6 +228,51 @@ def kill_redis_mid_job(run: Run) -> None:
     run.check(second, reference=run.reference_id)
 
 
+SWEEP_FIXED = {"max_steps": 6, "eval_every": 2, "save_every": 2, "batch_size": 4, "max_seq_length": 128, "seed": 3}
+SWEEP_SPACE = {"learning_rate": [1e-4, 3e-2, "log"], "rank": [4, 8, 16]}
+
+
+def test_a_sweep_loses_no_trial_to_a_killed_train_worker(run):
+    """A sweep of 6 trials with a pruner: the train worker is killed (-9) while a trial trains and restarted at once;
+    the trial resumes (attempt 2), every trial number has exactly one job, some trials are pruned early, and the
+    best trial's metric is the best of the finished ones."""
+    stack, api = run.stack, run.api
+    stack.arm("")
+    sweep = api.post(
+        "/sweeps/",
+        json={
+            "name": "fault-sweep",
+            "dataset": run.dataset,
+            "base_model": run.base,
+            "space": SWEEP_SPACE,
+            "fixed": SWEEP_FIXED,
+            "trials": 6,
+            "parallelism": 2,
+            "seed": 5,
+            "validation_percent": 25,
+        },
+    )
+    first = sweep["trials"][0]["job"]
+    run.wait_step(first, 3)
+    assert stack.kill("train") == -9
+    stack.respawn("train")
+    done = wait_until(
+        lambda: api.get(f"/sweeps/{sweep['id']}/").json(),
+        until=lambda s: s["status"] not in ("running", "paused"),
+        timeout=300,
+        interval=0.5,
+        what="the sweep to end",
+        on_timeout=stack.logs,
+    )
+    trials = done["trials"]
+    assert done["status"] == "succeeded" and [t["number"] for t in trials] == list(range(6)), done
+    assert len({t["job"] for t in trials}) == 6 and "failed" not in {t["status"] for t in trials}, trials
+    assert api.get(f"/jobs/{first}/").json()["attempts"] == 2
+    assert "pruned" in {t["status"] for t in trials}, trials
+    finished = [t["metric"] for t in trials if t["status"] == "succeeded"]
+    assert done["best_metric"] == min(finished) and done["fine_tuned_model"]
+
+
 def test_embedded_redis_killed_mid_job_keeps_every_message(run):
     kill_redis_mid_job(run)  # it reloads its append-only file
 
