@@ -18,6 +18,7 @@ api_v1 = [
     path("", include("jobs.arena.api_urls")),
     path("", include("jobs.webhooks.api_urls")),
     path("", include("jobs.tracking.api_urls")),
+    path("", include("jobs.benchmarks.api_urls")),
 ]
 
 urlpatterns = [

@@ -36,6 +36,7 @@ DEFAULT_LIMIT = 50  # examples per task, unless asked for fewer
 MAX_LIMIT = 500
 # lm-eval computes a mean's stderr in closed form; only other aggregations bootstrap (none of ours do)
 BOOTSTRAP_ITERS = 1000
+MAX_NEW_TOKENS = 256  # the longest answer a task of the user's rows generates
 # lm-eval's exact_match, the answer and the reference compared with the whitespace around them trimmed
 EXACT_MATCH = {
     "metric": "exact_match",
@@ -255,16 +256,19 @@ def dataset_task(
     *,
     scoring: str = "exact_match",
     grade: Callable[[str, dict[str, Any]], float] | None = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
 ) -> BenchmarkTask:
     """A generate-until task of the user's rows, scored by lm-eval's exact_match (whitespace trimmed), by
-    whether the answer contains the reference (case-insensitive), or by `grade(answer, item)` (0 to 1)."""
+    whether the answer contains the reference (case-insensitive), or by `grade(answer, item)` (0 to 1).
+    Answers stop at `max_new_tokens`: by default room for the longest reference and some more."""
     if scoring not in SCORINGS:
         raise InputError("scoring", f"must be one of {', '.join(SCORINGS)}, got {scoring!r}")
     if scoring == "grader" and grade is None:
         raise InputError("scoring", "grader scoring needs a grader")
     if not rows:
         raise InputError("dataset", "has no rows with a prompt and an answer to compare with")
+    if max_new_tokens is None:  # a token is rarely under 2 characters; an answer may ramble a little first
+        max_new_tokens = min(MAX_NEW_TOKENS, 16 + max(len(r.reference) for r in rows) // 2)
     data = [{"prompt": r.prompt, "reference": r.reference, "item": json.dumps(r.item)} for r in rows]
     config: dict[str, Any] = {
         "task": name,
@@ -301,6 +305,17 @@ def user_rows(examples: Sequence[Any], render: Callable[[list[dict[str, str]]], 
     return rows
 
 
+def file_rows(path: str | Path, tokenizer: Any, limit: int) -> list[UserRow]:
+    """The benchmark rows of a normalised dataset file (worker.data.normalized), prompts rendered with the
+    model's chat template; at most `limit`."""
+    from worker.chat_template import render_chat
+    from worker.data.normalized import read_normalized_jsonl
+
+    return user_rows(
+        read_normalized_jsonl(path), lambda msgs: render_chat(tokenizer, msgs, add_generation_prompt=True), limit
+    )
+
+
 # --- standard harness tasks ----------------------------------------------------------------------------------
 
 
@@ -320,6 +335,21 @@ def suite_tasks(names: Sequence[str], folder: Path, limit: int, seed: int = 0) -
             raise InputError(f"suites.{i}", f"unknown suite {name!r}; the suites are {', '.join(SUITES)}")
         tasks += general_skills_tasks(folder, limit, seed) if suite.bundled else standard_tasks(suite)
     return tasks
+
+
+def load_benchmark_model(base_path: str, adapter_dir: str | None) -> tuple[Any, Any]:
+    """The base (unquantized, at its own dtype, on the GPU when there is one) with the adapter through PEFT when
+    given, and the tokenizer: one copy, the adapter switched off for the base's side."""
+    from peft import PeftModel
+
+    from worker.modeling import DeviceChoice, choose_device, load_base_model, load_tokenizer, original_dtype
+
+    device = DeviceChoice(choose_device("auto").device, original_dtype(base_path))
+    model = load_base_model(base_path, device)
+    model.config.use_cache = True  # generation: load_base_model turns the cache off for training
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    return model, load_tokenizer(base_path)
 
 
 # --- running -------------------------------------------------------------------------------------------------
@@ -355,20 +385,20 @@ def task_manager(tasks: Sequence[BenchmarkTask]) -> Any:
 
 
 def harness_evaluate(lm: Any, config: dict[str, Any] | str, *, limit: int | None, manager: Any) -> dict[str, Any]:
-    """lm_eval.simple_evaluate of one task: its results row (metrics, stderrs) and how many examples ran."""
-    import lm_eval
+    """One task through the harness's `evaluate`, set up as `lm_eval.simple_evaluate` sets it up (no few-shot
+    examples unless the task has its own, the harness's few-shot seed), without simple_evaluate's report of
+    the environment (it runs git and torch's collect_env: seconds a call) nor its reseeding of the process's
+    global random generators; its results row (metrics, stderrs) and how many examples ran."""
+    from lm_eval.defaults import DEFAULT_OTHER_SEED
+    from lm_eval.evaluator import evaluate
 
-    out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=[config],
-        limit=limit,
-        num_fewshot=None,
-        task_manager=manager,
-        log_samples=False,
-        bootstrap_iters=BOOTSTRAP_ITERS,
-        verbosity="ERROR",
-    )
-    assert out is not None, "simple_evaluate returns None only on ranks other than 0"
+    loaded = manager.load([config])
+    for task in loaded["tasks"].values():
+        if task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
+    out = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=BOOTSTRAP_ITERS, log_samples=False)
+    assert out is not None, "evaluate returns None only on ranks other than 0"
     name = config["task"] if isinstance(config, dict) else config
     return {"results": out["results"][name], "examples": int(out["n-samples"][name]["effective"])}
 

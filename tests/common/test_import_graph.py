@@ -19,6 +19,7 @@ LAYERS = [
     "jobs.arena",
     "jobs.webhooks",
     "jobs.tracking",
+    "jobs.benchmarks",
     "jobs.openai_compat",
     "webapp",
 ]
@@ -119,6 +120,7 @@ def test_the_top_level_is_the_design_cards():
         "accounts",
         "arena",
         "base_models",
+        "benchmarks",
         "datasets",
         "legacy_schema",
         "openai_compat",
