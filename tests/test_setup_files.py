@@ -55,6 +55,8 @@ def test_each_kind_of_work_has_its_own_queue():
         queue.HUB_DOWNLOAD,
         queue.HUB_PUBLISH,
         queue.GGUF_CONVERT,
+        queue.BENCHMARK_RUN,
+        queue.SWEEP_BENCHMARKS,
     }
     # Celery beat runs every sweep and expiry, on the background queue.
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
@@ -67,6 +69,7 @@ def test_each_kind_of_work_has_its_own_queue():
         queue.EXPIRE_FILES,
         queue.EXPIRE_UPLOADS,
         queue.SWEEP_DATASETS,
+        queue.SWEEP_BENCHMARKS,
     }
 
 
