@@ -154,3 +154,12 @@ def test_after_a_job_only_when_the_server_asks(job, settings, django_capture_on_
             run = services.benchmark_after_job(job)
     assert run is not None and run.suites == ["general-skills"] and run.job_id == job.id
     delay.assert_called_once_with(str(run.id))
+
+
+def test_the_job_page_shows_the_benchmark_card_for_a_job_with_an_adapter(client_in, job):
+    page = client_in.get(f"/jobs/{job.id}/").content.decode()
+    assert 'id="benchmarks"' in page and "app/benchmarks.js" in page
+    assert f'data-list-url="/api/v1/jobs/{job.id}/benchmarks/"' in page
+    assert 'value="held-out"' in page  # the job has a held-out split
+    FineTuneJob.objects.filter(id=job.id).update(status=JobStatus.FAILED)
+    assert 'id="benchmarks"' not in client_in.get(f"/jobs/{job.id}/").content.decode()
