@@ -35,7 +35,7 @@
     } catch (err) { box.textContent = "The suites could not be loaded; reload the page."; }
     try {
       const datasets = await (await fetch(card.dataset.datasetsUrl, json)).json();
-      const select = document.getElementById("benchmark-dataset");
+      const select = form.querySelector("select[name=dataset]");
       for (const d of datasets.results || datasets) select.append(el("option", { value: d.id }, d.name));
     } catch (err) { /* the held-out split and the suites still work */ }
   }
