@@ -84,10 +84,16 @@ def test_rest_refuses_in_words_naming_the_field_and_hides_other_owners(api, api_
 
 
 def test_a_run_through_the_background_task_with_the_tiny_model(api, job):
-    run = services.benchmark_request(
-        owner=job.owner, base_model=job.base_model, job=job, suites=["general-skills"], dataset="held-out",
-        scoring="contains", limit=3,
-    )  # fmt: skip
+    # The job's grader scores its held-out rows: 1 for an answer that is not the reference (a random model's).
+    grader = {"type": "string_check", "name": "differs", "input": "{{sample.output_text}}",
+              "reference": "{{item.reference}}", "operation": "ne"}  # fmt: skip
+    FineTuneJob.objects.filter(id=job.id).update(grader=grader)
+    job.refresh_from_db()
+    with mock.patch("jobs.benchmarks.tasks.benchmark_run.delay"):
+        run = services.benchmark_request(
+            owner=job.owner, base_model=job.base_model, job=job, suites=["general-skills"], dataset="held-out",
+            scoring="grader", limit=3,
+        )  # fmt: skip
     assert tasks.benchmark_run(str(run.id)) == "ready"
     got = api.get(f"/api/v1/benchmarks/{run.id}/").json()
     assert got["status"] == "ready" and got["progress"] == 1.0, got
@@ -97,7 +103,8 @@ def test_a_run_through_the_background_task_with_the_tiny_model(api, job):
         for side in ("base", "adapted"):
             score = row[side]
             assert 0 <= score["low"] <= score["value"] <= score["high"] <= 1
-    assert by_task["your_dataset"]["metric"] == "contains" and not by_task["your_dataset"]["general"]
+    assert by_task["your_dataset"]["metric"] == "grader" and not by_task["your_dataset"]["general"]
+    assert by_task["your_dataset"]["base"]["value"] == by_task["your_dataset"]["adapted"]["value"] == 1.0
     assert by_task["general_bigger_number"]["examples"] == 3
     assert JobEvent.objects.filter(job=job, kind="benchmark", message__startswith="benchmark ready").exists()
     assert tasks.benchmark_run(str(run.id)) == "skipped"  # a duplicate message does nothing

@@ -133,3 +133,18 @@ def test_a_stop_request_ends_the_run_between_model_calls(adapted, tmp_path):
     tasks = benchmarks.general_skills_tasks(tmp_path, count=4)
     with pytest.raises(benchmarks.BenchmarkStopped):
         benchmarks.run_benchmark(model, tokenizer, tasks, limit=4, should_stop=lambda: True)
+
+
+def test_a_standard_task_whose_data_cannot_be_had_is_reported_in_words(adapted, tmp_path, monkeypatch):
+    """A harness task that cannot load (here: not in the index at all, as cheap as a download refused offline)
+    is reported unavailable and the run goes on with the next task."""
+    from lm_eval.tasks import TaskManager
+
+    model, tokenizer = adapted
+    monkeypatch.setattr(benchmarks, "task_manager", lambda tasks: TaskManager(include_defaults=False))
+    missing = benchmarks.standard_tasks(benchmarks.SUITES["gsm8k"])
+    choice = [t for t in benchmarks.general_skills_tasks(tmp_path, count=2) if t.metric == "acc"]
+    results = benchmarks.run_benchmark(model, tokenizer, missing + choice, limit=2)
+    assert "gsm8k could not load its data" in results[0].unavailable and "offline" in results[0].unavailable
+    assert results[0].scores == {} and results[0].as_json()["unavailable"]
+    assert set(results[1].scores) == {"base", "adapted"} and not results[1].unavailable
