@@ -290,12 +290,15 @@ def dataset_task(
 def user_rows(examples: Sequence[Any], render: Callable[[list[dict[str, str]]], str], limit: int) -> list[UserRow]:
     """The rows of a dataset's examples (worker.data.examples.Example) a benchmark can score: each
     conversation up to its last assistant turn (rendered by `render`) and that turn as the reference; a
-    reinforcement row's prompt with its item."""
+    preference pair's prompt and its preferred answer; a reinforcement row's prompt with its item. Plain texts
+    have no answer to compare with and are left out."""
     rows: list[UserRow] = []
     for ex in examples:
         msgs = ex.messages or []
         if ex.item is not None and msgs:
             rows.append(UserRow(render(msgs), str(ex.item.get("reference", ex.item.get("answer", ""))), ex.item))
+        elif ex.chosen and msgs:  # a preference pair: the preferred answer is the reference
+            rows.append(UserRow(render(msgs), ex.chosen[-1]["content"]))
         else:
             last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
             if last is not None and last > 0:

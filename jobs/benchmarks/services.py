@@ -77,6 +77,8 @@ def benchmark_request(
         found = dataset_find(owner=owner, dataset_id=dataset)
         if found is None:
             raise InputError("dataset", "no dataset of yours has this id")
+        if found.schema == "text":
+            raise InputError("dataset", "a dataset of plain texts has no answers to compare with; choose a chat one")
         name = found.name
     if not names and not name:
         raise InputError("suites", "choose at least one suite, or a dataset of yours to benchmark on")

@@ -74,6 +74,10 @@ def test_rest_refuses_in_words_naming_the_field_and_hides_other_owners(api, api_
     assert api_bob.post(f"/api/v1/benchmarks/{run['id']}/cancel/").status_code == 404
     assert api_bob.get("/api/v1/benchmarks/").json() == []
     assert [r["id"] for r in api.get(url).json()] == [run["id"]]
+    # Only a job that succeeded with its adapter can be compared with its base.
+    FineTuneJob.objects.filter(id=job.id).update(status=JobStatus.FAILED)
+    failed, _ = ask(api, url, {"suites": ["general-skills"]})
+    assert failed.status_code == 409 and failed.json()["error"]["field"] == "job", failed.json()
     # A base model alone; the suites the page offers.
     alone, _ = ask(api, "/api/v1/benchmarks/", {"base_model": str(base_model.id), "suites": ["general-skills"]})
     assert alone.status_code == 202 and alone.json()["job"] is None, alone.json()

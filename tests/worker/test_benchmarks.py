@@ -148,3 +148,17 @@ def test_a_standard_task_whose_data_cannot_be_had_is_reported_in_words(adapted, 
     assert "gsm8k could not load its data" in results[0].unavailable and "offline" in results[0].unavailable
     assert results[0].scores == {} and results[0].as_json()["unavailable"]
     assert set(results[1].scores) == {"base", "adapted"} and not results[1].unavailable
+
+
+def test_the_rows_a_dataset_gives_a_benchmark():
+    from worker.data.examples import Example
+
+    chat = Example(1, messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    pair = Example(2, messages=[{"role": "user", "content": "q"}], chosen=[{"role": "assistant", "content": "good"}],
+                   rejected=[{"role": "assistant", "content": "bad"}])  # fmt: skip
+    reward = Example(3, messages=[{"role": "user", "content": "2+2?"}], item={"answer": "4", "level": 1})
+    text = Example(4, text="just text")
+    rows = benchmarks.user_rows([chat, pair, reward, text], lambda msgs: msgs[-1]["content"] + " =>", limit=10)
+    assert [(r.prompt, r.reference) for r in rows] == [("hi =>", "hello"), ("q =>", "good"), ("2+2? =>", "4")]
+    assert rows[2].item == {"answer": "4", "level": 1}
+    assert len(benchmarks.user_rows([chat] * 5, lambda m: "", limit=3)) == 3
