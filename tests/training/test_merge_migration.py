@@ -14,8 +14,10 @@ BEFORE = [("training", "0006_job_precision")]
 
 
 def later_apps(executor):
-    """The other apps' latest migrations that do not build on training's later ones (tracking does)."""
-    return [node for node in executor.loader.graph.leaf_nodes() if node[0] not in ("training", "tracking")]
+    """The other apps' latest migrations that do not build on training's later ones (tracking and benchmarks do)."""
+    return [
+        node for node in executor.loader.graph.leaf_nodes() if node[0] not in ("training", "tracking", "benchmarks")
+    ]
 
 
 def migrate(targets):
