@@ -58,6 +58,8 @@ def test_each_kind_of_work_has_its_own_queue():
         queue.GGUF_CONVERT,
         queue.JUDGEMENT_RUN,
         queue.SWEEP_JUDGEMENTS,
+        queue.BENCHMARK_RUN,
+        queue.SWEEP_BENCHMARKS,
     }
     # Celery beat runs every sweep and expiry, on the background queue.
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
@@ -72,6 +74,7 @@ def test_each_kind_of_work_has_its_own_queue():
         queue.SWEEP_DATASETS,
         queue.SWEEP_JUDGEMENTS,
         queue.SWEEP_SWEEPS,
+        queue.SWEEP_BENCHMARKS,
     }
 
 

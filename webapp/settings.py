@@ -131,6 +131,7 @@ INSTALLED_APPS = [
     "jobs.webhooks",
     "jobs.tracking",
     "jobs.sweeps",
+    "jobs.benchmarks",
     "jobs.openai_compat",
 ]
 
@@ -343,6 +344,8 @@ CELERY_TASK_ROUTES = {
     # A judge comparing two models waits on the infer worker's answers from a background thread.
     "arena.judgement_run": {"queue": "background"},
     "arena.sweep_judgements": {"queue": "background"},
+    "benchmarks.run": {"queue": "background"},
+    "benchmarks.sweep": {"queue": "background"},
 }
 # The background worker's threads, shared out by kind of work (jobs.common.shares): each kind runs at most its
 # share at once, and the worker runs with as many threads as the shares add up to (Procfile: -c 8), so a kind
@@ -376,6 +379,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-mlflow": {"task": "tracking.sweep", "schedule": SWEEP_SECONDS},
     "sweep-datasets": {"task": "user_datasets.sweep", "schedule": SWEEP_SECONDS},
     "sweep-sweeps": {"task": "sweeps.advance", "schedule": SWEEP_SECONDS},
+    "sweep-benchmarks": {"task": "benchmarks.sweep", "schedule": SWEEP_SECONDS},
     "expire-files": {"task": "training.expire_files", "schedule": 3600},
     "expire-uploads": {"task": "user_datasets.expire_uploads", "schedule": 3600},
 }
@@ -441,6 +445,13 @@ INFER_MAX_ADAPTERS_PER_BASE = env_int("INFER_MAX_ADAPTERS_PER_BASE", 0)  # 0: on
 MERGE_MEMORY_BUDGET_MB = env_int("MERGE_MEMORY_BUDGET_MB", INFER_MEMORY_BUDGET_MB)
 # A pending merge whose marker has not been touched (queued or heartbeat) for this long is re-queued by the sweep.
 MERGE_STALE_SECONDS = env_int("MERGE_STALE_SECONDS", 600)
+# Benchmark suites (jobs.benchmarks): a run loads the base and the adapter once, within MERGE_MEMORY_BUDGET_MB,
+# and stops past BENCHMARK_SECONDS; a warning shows when the adapter scores more than BENCHMARK_FORGET_MARGIN
+# percentage points below its base on a general task. BENCHMARK_AFTER_JOB: suites (comma-separated, e.g.
+# general-skills) run after every job that succeeds; empty (the default): only when asked for.
+BENCHMARK_SECONDS = env_int("BENCHMARK_SECONDS", 1800)
+BENCHMARK_FORGET_MARGIN = env_int("BENCHMARK_FORGET_MARGIN", 5)
+BENCHMARK_AFTER_JOB = env_list("BENCHMARK_AFTER_JOB", [])
 # One webhook attempt (connect, send, read the answer) ends after this many seconds in all.
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 15)
 # Outbound requests (webhooks) go only to public internet addresses, on these ports (ranges allowed:

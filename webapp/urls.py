@@ -19,6 +19,7 @@ api_v1 = [
     path("", include("jobs.webhooks.api_urls")),
     path("", include("jobs.tracking.api_urls")),
     path("", include("jobs.sweeps.api_urls")),
+    path("", include("jobs.benchmarks.api_urls")),
 ]
 
 urlpatterns = [

@@ -18,6 +18,7 @@ MLFLOW_LOG = "tracking.mlflow_log"
 HUB_DOWNLOAD = "base_models.hub_download"
 GGUF_CONVERT = "base_models.gguf_convert"
 HUB_PUBLISH = "training.hub_publish"
+BENCHMARK_RUN = "benchmarks.run"
 # Periodic sweeps (scheduled by Celery beat) that re-queue work whose message was lost.
 SWEEP_MERGES = "training.sweep_merges"
 SWEEP_WEBHOOKS = "webhooks.sweep"
@@ -31,6 +32,7 @@ SWEEP_DATASETS = "user_datasets.sweep"
 SWEEP_ANSWERS = "arena.sweep_answers"
 SWEEP_JUDGEMENTS = "arena.sweep_judgements"
 SWEEP_SWEEPS = "sweeps.advance"  # moves hyperparameter sweeps (jobs.sweeps) on
+SWEEP_BENCHMARKS = "benchmarks.sweep"
 
 
 def registered_task(task_name: str):

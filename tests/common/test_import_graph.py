@@ -20,6 +20,7 @@ LAYERS = [
     "jobs.webhooks",
     "jobs.tracking",
     "jobs.sweeps",
+    "jobs.benchmarks",
     "jobs.openai_compat",
     "webapp",
 ]
@@ -120,6 +121,7 @@ def test_the_top_level_is_the_design_cards():
         "accounts",
         "arena",
         "base_models",
+        "benchmarks",
         "datasets",
         "legacy_schema",
         "openai_compat",

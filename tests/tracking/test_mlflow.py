@@ -51,7 +51,9 @@ def wait_for_mlflow_install(limit_s: float = 900) -> None:
         time.sleep(1)
     if path.read_text().strip() != "0":
         log = path.with_name("mlflow-install.log")
-        pytest.fail("installing the MLflow server's environment failed:\n" + (log.read_text()[-3000:] if log.is_file() else ""))
+        pytest.fail(
+            "installing the MLflow server's environment failed:\n" + (log.read_text()[-3000:] if log.is_file() else "")
+        )
 
 
 def mlflow_bin() -> str | None:

@@ -14,8 +14,10 @@ BEFORE = [("training", "0006_job_precision")]
 
 
 def later_apps(executor):
-    """The other apps' latest migrations that do not build on training's later ones (tracking and sweeps do)."""
-    return [node for node in executor.loader.graph.leaf_nodes() if node[0] not in ("training", "tracking", "sweeps")]
+    """The other apps' latest migrations that do not build on training's later ones (tracking, sweeps and
+    benchmarks do)."""
+    later = ("training", "tracking", "sweeps", "benchmarks")
+    return [node for node in executor.loader.graph.leaf_nodes() if node[0] not in later]
 
 
 def migrate(targets):

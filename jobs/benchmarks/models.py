@@ -1,0 +1,54 @@
+"""Benchmark runs: suites of lm-evaluation-harness tasks on a base model and (for a job) its adapter."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class BenchmarkRun(models.Model):
+    """One run of benchmark suites on a job's base and adapted model, or on a base model alone, made on the
+    background worker. The row is the work's state, claimed like an export (jobs.training.exports): a run takes
+    it with a token and a lease on the database's clock and renews the lease while it works; the sweep queues
+    a row whose lease ran out again. `results` holds one entry per task (worker.benchmarks.TaskResult)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        READY = "ready"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="benchmark_runs")
+    job = models.ForeignKey(
+        "training.FineTuneJob", on_delete=models.CASCADE, null=True, blank=True, related_name="benchmark_runs"
+    )
+    base_model = models.ForeignKey("base_models.BaseModel", on_delete=models.CASCADE, related_name="benchmark_runs")
+    suites = models.JSONField(default=list, help_text="names of built-in suites (worker.benchmarks.SUITES)")
+    dataset = models.ForeignKey(
+        "user_datasets.Dataset", on_delete=models.SET_NULL, null=True, blank=True, related_name="benchmark_runs"
+    )
+    held_out = models.BooleanField(default=False, help_text="the user task is the job's held-out split")
+    dataset_name = models.CharField(max_length=200, blank=True, help_text="kept if the dataset is deleted later")
+    scoring = models.CharField(max_length=20, blank=True, help_text="the user task's: exact_match, contains, grader")
+    limit = models.PositiveIntegerField(help_text="examples per task at most")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    cancel_requested = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="runs started, and messages lost")
+    claim = models.CharField(max_length=32, blank=True, help_text="the token of the run that holds it")
+    lease_until = models.DateTimeField(null=True, blank=True, help_text="on the database's clock")
+    stage = models.CharField(max_length=100, blank=True, help_text="what a running benchmark is doing, in words")
+    progress = models.FloatField(default=0.0, help_text="0 to 1 while running")
+    results = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"benchmark {self.id} of {self.job_id or self.base_model_id} ({self.status})"
