@@ -28,7 +28,7 @@ run: install
 test: install browser
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	@mkdir -p var && rm -f var/mlflow-install.status && \
+	@mkdir -p var; rm -f var/mlflow-install.status; \
 	  ($(PY) -m mypy > var/mypy.log 2>&1; echo $$? > var/mypy.status) & \
 	  ($(MAKE) --no-print-directory mlflow-server > var/mlflow-install.log 2>&1; echo $$? > var/mlflow-install.status) & \
 	  MLFLOW_INSTALL_STATUS=var/mlflow-install.status $(PY) -m pytest; suite=$$?; wait; \

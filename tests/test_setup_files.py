@@ -194,14 +194,20 @@ def test_make_test_lints_formats_and_type_checks_with_the_suite(tmp_path):
     assert steps[:2] == ["$(PY) -m ruff check .", "$(PY) -m ruff format --check ."]
     together = " ".join(steps[2:])
     assert "$(PY) -m mypy" in together and "$(PY) -m pytest" in together
-    # The recipe's shell with stand-ins for mypy and pytest: each failing alone fails it, both passing passes it.
-    for mypy_rc, pytest_rc, expected in ((0, 0, 0), (1, 0, 1), (0, 1, 1)):
-        fake = tmp_path / f"py-{mypy_rc}{pytest_rc}"
+    assert "$(MAKE) --no-print-directory mlflow-server" in together  # the MLflow server's environment, beside them
+    # The recipe's shell with stand-ins for mypy, pytest and the MLflow install: each failing alone fails it, all
+    # passing passes it.
+    for mypy_rc, pytest_rc, mlflow_rc, expected in ((0, 0, 0, 0), (1, 0, 0, 1), (0, 1, 0, 1), (0, 0, 1, 1)):
+        fake = tmp_path / f"py-{mypy_rc}{pytest_rc}{mlflow_rc}"
         fake.write_text(f'#!/bin/sh\ncase "$2" in mypy) exit {mypy_rc};; pytest) exit {pytest_rc};; esac\n')
         fake.chmod(0o755)
-        script = together.removeprefix("@").replace("$(PY)", str(fake)).replace("$$", "$").replace("\\ ", " ")
+        make = tmp_path / f"make-{mlflow_rc}"
+        make.write_text(f"#!/bin/sh\nexit {mlflow_rc}\n")
+        make.chmod(0o755)
+        script = together.removeprefix("@").replace("$(PY)", str(fake)).replace("$(MAKE)", str(make))
+        script = script.replace("$$", "$").replace("\\ ", " ")
         done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
-        assert (done.returncode != 0) == bool(expected), (mypy_rc, pytest_rc, done.stdout, done.stderr)
+        assert (done.returncode != 0) == bool(expected), (mypy_rc, pytest_rc, mlflow_rc, done.stdout, done.stderr)
     pins = (ROOT / "requirements-dev.txt").read_text()
     assert "ruff==" in pins and "mypy==" in pins and "django-stubs==" in pins
     config = (ROOT / "pyproject.toml").read_text()
