@@ -40,6 +40,7 @@ urlpatterns = [
     path("", include("jobs.webhooks.urls")),
     path("", include("jobs.tracking.urls")),
     path("", include("jobs.sweeps.urls")),
+    path("", include("jobs.benchmarks.urls")),
 ]
 
 # Requests to the APIs get JSON errors; other pages keep Django's.

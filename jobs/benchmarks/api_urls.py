@@ -8,4 +8,5 @@ urlpatterns = [
     path("benchmarks/suites/", apis.SuiteListApi.as_view(), name="api-benchmark-suites"),
     path("benchmarks/<uuid:run_id>/", apis.BenchmarkApi.as_view(), name="api-benchmark"),
     path("benchmarks/<uuid:run_id>/cancel/", apis.BenchmarkCancelApi.as_view(), name="api-benchmark-cancel"),
+    path("datasets/<uuid:dataset_id>/leaderboard/", apis.LeaderboardApi.as_view(), name="api-dataset-leaderboard"),
 ]

@@ -1,21 +1,24 @@
 """REST API of benchmark runs: `POST/GET /api/v1/jobs/<id>/benchmarks/` runs suites on a job's base and adapted
 model and lists its runs; `POST/GET /api/v1/benchmarks/` does the same for a base model alone; one run is read at
-`/api/v1/benchmarks/<id>/` and cancelled at `.../cancel/`; `/api/v1/benchmarks/suites/` lists the built-in suites.
+`/api/v1/benchmarks/<id>/` and cancelled at `.../cancel/`; `/api/v1/benchmarks/suites/` lists the built-in suites;
+`/api/v1/datasets/<id>/leaderboard/` ranks the runs trained on a dataset (jobs.benchmarks.leaderboard).
 Thin DRF views over jobs.benchmarks.services; every read is owner-filtered (another user's job or run is a 404)."""
 
 from __future__ import annotations
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from jobs.base_models.selectors import base_model_find
 from jobs.benchmarks import selectors, services
+from jobs.benchmarks.leaderboard import dataset_leaderboard
 from jobs.benchmarks.models import BenchmarkRun
 from jobs.common.rest import StrictInput
 from jobs.common.schema import error_responses
+from jobs.datasets.selectors import dataset_get
 from jobs.training.selectors import job_get
 from worker.benchmarks import MAX_LIMIT, SCORINGS
 from worker.errors import InputError
@@ -135,3 +138,57 @@ class SuiteListApi(APIView):
     @extend_schema(responses={200: SuiteOutput(many=True)})
     def get(self, request):
         return Response(self.SuiteOutput(selectors.suite_list(), many=True).data)
+
+
+class LeaderboardEntryOutput(serializers.Serializer):
+    rank = serializers.IntegerField(allow_null=True, help_text="null: not ranked (unfinished, or no value)")
+    job = serializers.UUIDField(source="job.id")
+    name = serializers.CharField(source="job.name")
+    ft_model = serializers.CharField(help_text="the ft: model id that chats with the adapter")
+    status = serializers.CharField(source="job.status")
+    sweep = serializers.JSONField(allow_null=True, help_text="a sweep's trial: the sweep's id, name and trial number")
+    value = serializers.FloatField(allow_null=True, help_text="the metric; null where the run has none")
+    settings = serializers.JSONField(help_text="label, text, differs: the key settings and those that differ")
+    benchmark = serializers.JSONField(
+        allow_null=True,
+        help_text="the latest finished benchmark run (else the latest): status, tasks (task, metric, base, adapted, "
+        "change, unavailable) and forgetting warnings",
+    )
+    judge = serializers.JSONField(
+        help_text="judgements with this run on one side, from its side: opponent, judge, n, win_rate, ci_low, "
+        "ci_high, and agreement with your blind votes (n, agreed, rate, ci_low, ci_high)"
+    )
+    compare_url = serializers.CharField(help_text="Compare runs: this run beside the best (the best: the top runs)")
+    chat_url = serializers.CharField(help_text="the run's chat and compare page; empty without an adapter")
+
+
+class LeaderboardOutput(serializers.Serializer):
+    dataset = serializers.UUIDField(source="dataset.id")
+    metric = serializers.CharField(source="metric.name")
+    metric_label = serializers.CharField(source="metric.label", help_text="the metric in words")
+    direction = serializers.ChoiceField(choices=["lower", "higher"], source="metric.direction")
+    hint = serializers.CharField(source="metric.hint", help_text="what the metric means, in words")
+    metrics = serializers.SerializerMethodField(help_text="every metric this board can rank by")
+    differing = serializers.ListField(child=serializers.CharField(), help_text="the settings the runs differ on")
+    entries = LeaderboardEntryOutput(many=True)
+
+    def get_metrics(self, board) -> list[str]:
+        return [m.name for m in board.metrics]
+
+
+class LeaderboardApi(APIView):
+    """GET: the runs trained on one of your datasets, ranked by `metric` (eval_loss, the default; exact_match;
+    benchmark:<task> or benchmark_change:<task>); finished runs with a value are ranked, the others follow."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "metric", str, description="eval_loss (default), exact_match, benchmark:<task>, benchmark_change:<task>"
+            )
+        ],
+        responses={200: LeaderboardOutput, **error_responses(400, 404)},
+    )
+    def get(self, request, dataset_id):
+        dataset = dataset_get(owner=request.user, dataset_id=dataset_id)
+        board = dataset_leaderboard(owner=request.user, dataset=dataset, metric=request.query_params.get("metric"))
+        return Response(LeaderboardOutput(board).data)
