@@ -35,6 +35,10 @@ def page(browser, tmp_path):
     # wait_for_function evaluates its string in the page, which the site's Content-Security-Policy forbids
     # ('unsafe-eval'); test_security_headers.py drives pages with the policy enforced.
     context = browser.new_context(accept_downloads=True, bypass_csp=True)
+    # A form post that checks an upload in a capped child process can take more than Playwright's 30 s to answer
+    # on two cores shared with two other test workers (a click waits for the navigation it starts).
+    context.set_default_timeout(60_000)
+    context.set_default_navigation_timeout(90_000)
     page = context.new_page()
     yield page
     context.close()
