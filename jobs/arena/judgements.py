@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from jobs.arena.graders import answers_wait, chat_judge
@@ -29,7 +27,7 @@ from jobs.arena.selectors import answer_history, vote_pair_filter
 from jobs.arena.services import ChatBusy, chat_check_bounds, chat_completion_create, chat_stop
 from jobs.common import blobs, queue
 from jobs.common.exceptions import StateError
-from jobs.training.claims import lease_from_now
+from jobs.common.leased import LeasedRows
 from jobs.training.files import job_files
 from jobs.training.selectors import job_find, model_named
 from worker.config import GenerationConfig
@@ -44,6 +42,7 @@ LEASE_SECONDS = 120
 BUSY_WAIT_SECONDS = 120  # how long a run waits for the owner's other chat answers to make room
 Status = Judgement.Status
 PENDING = (Status.QUEUED, Status.RUNNING)
+LEASED = LeasedRows(Judgement, lambda: LEASE_SECONDS, max_attempts=MAX_ATTEMPTS)
 T = TypeVar("T")
 
 
@@ -169,7 +168,7 @@ def judgement_create(
             source=source,
             max_answer_tokens=max_answer_tokens,
             rows=rows,
-            lease_until=lease_from_now(LEASE_SECONDS),
+            lease_until=LEASED.lease(),
         )
         queue.enqueue(queue.JUDGEMENT_RUN, str(judgement.id), robust=True)  # the sweep sends a lost one again
     judgement.refresh_from_db()
@@ -194,44 +193,31 @@ def judgement_cancel(*, owner, judgement: Judgement) -> Judgement:
 def judgement_claim(judgement: Judgement) -> str | None:
     """Take the judgement for this run (queued, or running on a worker whose lease ran out), counting an attempt;
     the claim token, or None when another run holds it or it is over."""
-    token = uuid.uuid4().hex
-    takeable = Q(status=Status.QUEUED) | Q(status=Status.RUNNING, lease_until__lt=Now())
-    taken = Judgement.objects.filter(takeable, id=judgement.id, attempts__lt=MAX_ATTEMPTS).update(
-        status=Status.RUNNING, claim=token, attempts=F("attempts") + 1, lease_until=lease_from_now(LEASE_SECONDS)
-    )
-    return token if taken == 1 else None
+    return LEASED.claim(judgement.id)
 
 
 def _held(judgement: Judgement, token: str):
-    return Judgement.objects.filter(id=judgement.id, claim=token, status=Status.RUNNING)
+    return LEASED.held(judgement.id, token)
 
 
 def judgement_renew(judgement: Judgement, token: str, **fields) -> bool:
     """Push the run's lease on (and write `fields`); False once its claim is gone (cancelled, or taken over)."""
-    return _held(judgement, token).update(lease_until=lease_from_now(LEASE_SECONDS), **fields) == 1
+    return LEASED.renew(judgement.id, token, **fields)
 
 
 def judgement_fail(judgement: Judgement, message: str, *, token: str | None = None) -> bool:
     """Give the judgement up with `message` (fenced by `token` when a run holds it)."""
-    rows = Judgement.objects.filter(id=judgement.id, status__in=PENDING)
-    if token is not None:
-        rows = rows.filter(claim=token)
-    return rows.update(status=Status.FAILED, claim="", lease_until=None, error=message[:2000], finished=Now()) == 1
+    return LEASED.end(judgement.id, message, token=token)
 
 
 def judgements_stale() -> list[Judgement]:
     """Pending judgements whose lease ran out: the message was lost, or the worker died mid-run."""
-    return list(Judgement.objects.filter(status__in=PENDING, lease_until__lt=Now()))
+    return list(LEASED.stale())
 
 
 def judgement_requeue(judgement: Judgement, attempts: int) -> bool:
     """Queue a stale judgement again with `attempts` and a fresh lease, unless someone changed it meanwhile."""
-    return (
-        Judgement.objects.filter(
-            id=judgement.id, status=judgement.status, attempts=judgement.attempts, lease_until=judgement.lease_until
-        ).update(status=Status.QUEUED, attempts=attempts, claim="", lease_until=lease_from_now(LEASE_SECONDS))
-        == 1
-    )
+    return LEASED.requeue(judgement, attempts)
 
 
 def _when_free(ask: Callable[[], T]) -> T:
@@ -325,5 +311,5 @@ def judgement_work(judgement: Judgement, token: str) -> str:
         rows[i] = _judge_row(owner, judgement, row, models, judge, generation)
         if not judgement_renew(judgement, token, rows=rows, done=sum("outcome" in r for r in rows)):
             return "lost"
-    ended = _held(judgement, token).update(status=Status.DONE, claim="", lease_until=None, finished=Now())
+    ended = LEASED.finish(judgement.id, token, Status.DONE)
     return "done" if ended else "lost"

@@ -18,8 +18,8 @@ from jobs.arena.models import ChatAnswer, Judgement
 from jobs.arena.selectors import answer_event_meta, answer_history, session_base_model
 from jobs.common import blobs, queue
 from jobs.common.errors import failure_category
+from jobs.common.leased import lease_heartbeat
 from jobs.common.shares import JUDGEMENTS, owner_share
-from jobs.training.claims import lease_heartbeat
 from worker.config import GenerationConfig
 from worker.errors import StudioError
 from worker.inference import ModelPool, fit_conversation

@@ -5,18 +5,16 @@ nothing; a lease that ran out means the message was lost or the worker died, and
 
 from __future__ import annotations
 
-import uuid
-
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.db.models.functions import Now
 
 from jobs.benchmarks.models import BenchmarkRun
 from jobs.common import queue
 from jobs.common.exceptions import StateError
+from jobs.common.leased import LeasedRows
 from jobs.datasets.selectors import dataset_find
-from jobs.training.claims import lease_from_now
 from jobs.training.graders import grader_parts
 from jobs.training.models import FineTuneJob
 from worker.benchmarks import MAX_LIMIT, SCORINGS, SUITES
@@ -26,6 +24,13 @@ from worker.graders.spec import LabelModel, ScoreModel, parse_grader
 Status = BenchmarkRun.Status
 PENDING = (Status.QUEUED, Status.RUNNING)
 BENCHMARK_MAX_ATTEMPTS = 3
+# A run being cancelled is not taken again, and its progress writes stop (its run ends at the next model call).
+LEASED = LeasedRows(
+    BenchmarkRun,
+    lambda: settings.MERGE_STALE_SECONDS,
+    max_attempts=BENCHMARK_MAX_ATTEMPTS,
+    takeable=Q(cancel_requested=False),
+)
 HELD_OUT = "held-out"  # the `dataset` that names the job's own held-out split
 
 
@@ -93,7 +98,7 @@ def benchmark_request(
             dataset_name=name,
             scoring=_scoring_checked(scoring, job) if name else "",
             limit=limit,
-            lease_until=lease_from_now(settings.MERGE_STALE_SECONDS),
+            lease_until=LEASED.lease(),
         )
         queue.enqueue(queue.BENCHMARK_RUN, str(run.id), robust=True)
     run.refresh_from_db()
@@ -126,62 +131,30 @@ def benchmark_after_job(job: FineTuneJob) -> BenchmarkRun | None:
 def benchmark_claim(run: BenchmarkRun) -> str | None:
     """Take the run (queued, or running on a worker whose lease ran out), counting an attempt; the token, or
     None when another run holds it or nothing is pending."""
-    token = uuid.uuid4().hex
-    takeable = Q(status=Status.QUEUED) | Q(status=Status.RUNNING, lease_until__lt=Now())
-    taken = BenchmarkRun.objects.filter(
-        takeable, id=run.id, attempts__lt=BENCHMARK_MAX_ATTEMPTS, cancel_requested=False
-    ).update(
-        status=Status.RUNNING,
-        claim=token,
-        attempts=F("attempts") + 1,
-        lease_until=lease_from_now(settings.MERGE_STALE_SECONDS),
-    )
-    return token if taken == 1 else None
+    return LEASED.claim(run.id)
 
 
 def benchmark_progress(run: BenchmarkRun, token: str, *, stage: str, progress: float) -> bool:
     """Record what the run is doing and renew its lease; False once its claim is gone or it was cancelled."""
-    return (
-        BenchmarkRun.objects.filter(id=run.id, claim=token, status=Status.RUNNING, cancel_requested=False).update(
-            stage=stage[:100],
-            progress=max(0.0, min(1.0, progress)),
-            lease_until=lease_from_now(settings.MERGE_STALE_SECONDS),
-        )
-        == 1
-    )
+    rows = LEASED.held(run.id, token).filter(cancel_requested=False)
+    return rows.update(stage=stage[:100], progress=max(0.0, min(1.0, progress)), lease_until=LEASED.lease()) == 1
 
 
 def benchmark_finish(run: BenchmarkRun, token: str, *, results: list[dict]) -> bool:
     """Store the results: the run is ready (only for the run that holds the claim)."""
-    return (
-        BenchmarkRun.objects.filter(id=run.id, claim=token, status=Status.RUNNING).update(
-            status=Status.READY, results=results, claim="", lease_until=None, stage="", progress=1.0, finished=Now()
-        )
-        == 1
-    )
+    return LEASED.finish(run.id, token, Status.READY, results=results, stage="", progress=1.0)
 
 
 def benchmark_end(run: BenchmarkRun, message: str, *, token: str | None = None, cancelled: bool = False) -> bool:
     """End a pending run as failed with `message` (or cancelled), fenced by `token` when a run holds it."""
-    rows = BenchmarkRun.objects.filter(id=run.id, status__in=PENDING)
-    if token is not None:
-        rows = rows.filter(claim=token)
-    status = Status.CANCELLED if cancelled else Status.FAILED
-    return rows.update(status=status, claim="", lease_until=None, error=message[:2000], finished=Now()) == 1
+    return LEASED.end(run.id, message, token=token, status=Status.CANCELLED if cancelled else Status.FAILED)
 
 
 def benchmarks_stale() -> list[BenchmarkRun]:
     """Pending runs whose lease ran out: the message was lost, or the worker died mid-run."""
-    return list(BenchmarkRun.objects.filter(status__in=PENDING, lease_until__lt=Now()))
+    return list(LEASED.stale())
 
 
 def benchmark_requeue(run: BenchmarkRun, attempts: int) -> bool:
     """Queue a stale run again with `attempts` and a fresh lease, unless someone changed it meanwhile."""
-    return (
-        BenchmarkRun.objects.filter(
-            id=run.id, status=run.status, attempts=run.attempts, lease_until=run.lease_until
-        ).update(
-            status=Status.QUEUED, attempts=attempts, claim="", lease_until=lease_from_now(settings.MERGE_STALE_SECONDS)
-        )
-        == 1
-    )
+    return LEASED.requeue(run, attempts)

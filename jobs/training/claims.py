@@ -22,11 +22,12 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F, Max, QuerySet, Sum
+from django.db.models import F, Max, QuerySet, Sum
 from django.db.models.functions import Coalesce, Greatest, Now
 from django.utils import timezone
 
 from jobs.accounts.limits import user_limits
+from jobs.common.leased import lease_from_now
 from jobs.training.models import FineTuneJob, JobStatus
 from jobs.training.routing import Capacity, job_devices
 from worker.reporting import WorkLost
@@ -48,38 +49,6 @@ def with_db_retry(write: Callable[[], T], *, seconds: float) -> T:
             log.warning("database unavailable (%s); retrying", exc)
             connection.close()
             time.sleep(0.5)
-
-
-def lease_from_now(seconds: int) -> ExpressionWrapper:
-    """`now + seconds` computed by the database, so the workers' clocks never matter."""
-    return ExpressionWrapper(Now() + dt.timedelta(seconds=seconds), output_field=DateTimeField())
-
-
-@contextmanager
-def lease_heartbeat(renew: Callable[[], bool], every_s: float, *, what: str = "export"):
-    """Call `renew` every `every_s` seconds from a thread while the block runs (until it returns False: the claim
-    is gone), so a sweep can tell live long work (an export, a judgement) from work whose worker died."""
-    stop = threading.Event()
-
-    def beat():
-        try:
-            while not stop.wait(every_s):
-                try:
-                    if not renew():
-                        return
-                except Exception:  # a database hiccup: try again at the next beat, the lease has slack
-                    log.warning("%s: lease renewal failed", what, exc_info=True)
-                    close_old_connections()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=beat, name=f"{what}-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 class Claim:

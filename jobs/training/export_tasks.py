@@ -23,9 +23,9 @@ from django.utils import timezone
 from jobs.base_models.services import base_gguf_name
 from jobs.common import blobs, queue
 from jobs.common.errors import failure_category
+from jobs.common.leased import lease_heartbeat
 from jobs.common.shares import EXPORTS, owner_share
 from jobs.training import exports, publish, services
-from jobs.training.claims import lease_heartbeat
 from jobs.training.files import export_zip_name, job_output_dir, job_storage_record
 from jobs.training.models import ExportFormat, FineTuneJob, JobExport
 from worker.errors import InputError

@@ -1,19 +1,16 @@
 """A job's exports' state: one JobExport row per job, format and quantization (the merged safetensors model, the
-GGUF LoRA, the merged GGUF), claimed like a job (jobs.training.claims): a run takes the row with a fresh token and
+GGUF LoRA, the merged GGUF), claimed like all long work (jobs.common.leased): a run takes the row with a fresh token and
 a lease on the database's clock, renews the lease while it works, and writes its progress and end only while it
 still holds the token. A lease that ran out means the message was lost (queued) or the worker died (running):
 the sweep queues it again, counting an attempt, and gives up after EXPORT_MAX_ATTEMPTS."""
 
 from __future__ import annotations
 
-import uuid
-
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
 from django.db.models.functions import Now
 
-from jobs.training.claims import lease_from_now
+from jobs.common.leased import LeasedRows, lease_from_now
 from jobs.training.models import ExportFormat, FineTuneJob, JobExport
 from worker.errors import InputError
 
@@ -28,6 +25,7 @@ EXPORT_MAX_ATTEMPTS = 3
 MERGE_MAX_ATTEMPTS = EXPORT_MAX_ATTEMPTS  # the name the merged export's callers know
 Status = JobExport.Status
 PENDING = (Status.QUEUED, Status.RUNNING)
+LEASED = LeasedRows(JobExport, lambda: settings.MERGE_STALE_SECONDS, max_attempts=EXPORT_MAX_ATTEMPTS)
 
 
 def export_of(job: FineTuneJob, format: str, quantization: str = "") -> JobExport | None:
@@ -128,15 +126,7 @@ def export_running_alive(row: JobExport) -> bool:
 def export_claim(row: JobExport) -> str | None:
     """Take the export for this run (queued, or running on a worker whose lease ran out), counting an attempt;
     the claim token, or None when another run holds it or nothing is pending."""
-    token = uuid.uuid4().hex
-    takeable = Q(status=Status.QUEUED) | Q(status=Status.RUNNING, lease_until__lt=Now())
-    taken = JobExport.objects.filter(takeable, id=row.id, attempts__lt=EXPORT_MAX_ATTEMPTS).update(
-        status=Status.RUNNING,
-        claim=token,
-        attempts=F("attempts") + 1,
-        lease_until=lease_from_now(settings.MERGE_STALE_SECONDS),
-    )
-    return token if taken == 1 else None
+    return LEASED.claim(row.id)
 
 
 def merge_claim(job: FineTuneJob) -> str | None:
@@ -147,41 +137,17 @@ def merge_claim(job: FineTuneJob) -> str | None:
 
 def export_renew(row: JobExport, token: str) -> bool:
     """Push the running export's lease on; False once its claim is gone."""
-    return (
-        JobExport.objects.filter(id=row.id, claim=token, status=Status.RUNNING).update(
-            lease_until=lease_from_now(settings.MERGE_STALE_SECONDS)
-        )
-        == 1
-    )
+    return LEASED.renew(row.id, token)
 
 
 def export_progress(row: JobExport, token: str, *, stage: str, progress: float) -> bool:
     """Record what the running export is doing (and renew its lease); False once its claim is gone."""
-    return (
-        JobExport.objects.filter(id=row.id, claim=token, status=Status.RUNNING).update(
-            stage=stage[:60],
-            progress=max(0.0, min(1.0, progress)),
-            lease_until=lease_from_now(settings.MERGE_STALE_SECONDS),
-        )
-        == 1
-    )
+    return LEASED.renew(row.id, token, stage=stage[:60], progress=max(0.0, min(1.0, progress)))
 
 
 def export_finish(row: JobExport, token: str, *, size_bytes: int) -> bool:
     """The zip is stored: the export is ready (only for the run that holds the claim)."""
-    return (
-        JobExport.objects.filter(id=row.id, claim=token, status=Status.RUNNING).update(
-            status=Status.READY,
-            size_bytes=size_bytes,
-            claim="",
-            lease_until=None,
-            error="",
-            stage="",
-            progress=1.0,
-            finished=Now(),
-        )
-        == 1
-    )
+    return LEASED.finish(row.id, token, Status.READY, size_bytes=size_bytes, error="", stage="", progress=1.0)
 
 
 def merge_finish(job: FineTuneJob, token: str, *, size_bytes: int) -> bool:
@@ -192,27 +158,17 @@ def merge_finish(job: FineTuneJob, token: str, *, size_bytes: int) -> bool:
 
 def export_fail(row: JobExport, message: str, *, token: str | None = None) -> bool:
     """Give the export up with `message` (fenced by `token` when a run holds it); it can be asked again."""
-    rows = JobExport.objects.filter(id=row.id, status__in=PENDING)
-    if token is not None:
-        rows = rows.filter(claim=token)
-    return rows.update(status=Status.FAILED, claim="", lease_until=None, error=message[:2000], finished=Now()) == 1
+    return LEASED.end(row.id, message, token=token)
 
 
 def exports_stale() -> list[JobExport]:
     """Pending exports whose lease ran out: the message was lost, or the worker died mid-export."""
-    return list(JobExport.objects.filter(status__in=PENDING, lease_until__lt=Now()).select_related("job"))
+    return list(LEASED.stale().select_related("job"))
 
 
 def export_requeue(row: JobExport, attempts: int) -> bool:
     """Queue a stale export again with `attempts` and a fresh lease, unless someone changed it meanwhile."""
-    return (
-        JobExport.objects.filter(
-            id=row.id, status=row.status, attempts=row.attempts, lease_until=row.lease_until
-        ).update(
-            status=Status.QUEUED, attempts=attempts, claim="", lease_until=lease_from_now(settings.MERGE_STALE_SECONDS)
-        )
-        == 1
-    )
+    return LEASED.requeue(row, attempts)
 
 
 def export_forget(row: JobExport) -> bool:

@@ -218,7 +218,7 @@ def test_a_run_resumes_after_a_crash_and_one_that_lost_its_claim_writes_nothing(
     user, job, base_model, run_here, transactional_db
 ):
     from jobs.arena import judgements
-    from jobs.training.claims import lease_from_now
+    from jobs.common.leased import lease_from_now
 
     run_here(prefers_good)
     judgement = Judgement.objects.create(
