@@ -237,3 +237,35 @@ def test_refusals_name_the_path_and_other_users_see_nothing(client, user, other_
         with pytest.raises(openai.NotFoundError):
             call()
     assert bob.evals.list().data == []
+
+
+def test_a_lost_run_is_swept_and_goes_on_and_a_run_without_its_claim_writes_nothing(user, transactional_db, run_here):
+    from jobs.benchmarks import evals
+    from jobs.benchmarks.models import Eval
+    from jobs.training.claims import lease_from_now
+
+    evaluation = Eval.objects.create(owner=user, testing_criteria=[EXACT])
+    rows = [{"item": {"answer": a}, "sample": {"output_text": "Paris"}} for a in ("Paris", "Rome")]
+    done_before = {"input": [], "text": "kept", "tokens": 0, "error": "", "results": []}
+    run = EvalRun.objects.create(
+        eval=evaluation,
+        owner=user,
+        data_source={"type": "jsonl", "source": {"type": "file_content"}},
+        items=rows,
+        outputs=[done_before],
+        status=EvalRun.Status.IN_PROGRESS,
+        attempts=1,
+        claim="dead",
+        lease_until=lease_from_now(-5),  # its worker died after the first item
+    )
+    assert benchmark_tasks.eval_sweep() == 1  # queued again, and run here at once
+    run.refresh_from_db()
+    assert run.status == EvalRun.Status.COMPLETED and run.attempts == 2
+    assert run.outputs[0] == done_before and run.outputs[1]["results"][0]["passed"] is False  # not graded again
+    stolen = EvalRun.objects.create(eval=evaluation, owner=user, data_source={"type": "jsonl"}, items=rows)
+    token = evals.eval_run_claim(stolen)
+    assert token is not None and evals.eval_run_claim(stolen) is None  # one run at a time
+    EvalRun.objects.filter(id=stolen.id).update(claim="another")
+    assert evals.eval_run_work(stolen, token) == "lost"
+    stolen.refresh_from_db()
+    assert stolen.status == EvalRun.Status.IN_PROGRESS and stolen.outputs == []
