@@ -192,6 +192,7 @@ def test_refusals_name_the_path_and_other_users_see_nothing(client, user, other_
     )
     template = {"type": "template", "template": TEMPLATE}
     content = {"type": "file_content", "content": [{"item": {"answer": "x"}}]}
+    given = {"item": {"answer": "x"}, "sample": {"output_text": "x"}}
     bad_runs = [
         (
             {"type": "completions", "model": "no-such-model", "input_messages": template, "source": content},
@@ -226,6 +227,13 @@ def test_refusals_name_the_path_and_other_users_see_nothing(client, user, other_
     assert canceled.status == "canceled" and EvalRun.objects.get().status == "canceled"
     with pytest.raises(openai.ConflictError):
         client.evals.runs.cancel(run.id, eval_id=created.id)
+    again = client.evals.runs.create(
+        created.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": [given]}}
+    )
+    cancel = client.post(f"/evals/{created.id}/runs/{again.id}", cast_to=object)  # OpenAI's documented cancel
+    assert cancel["status"] == "canceled" and cancel["result_counts"]["total"] == 1
+    with pytest.raises(openai.NotFoundError):
+        client.evals.runs.output_items.retrieve("outputitem_x-0", eval_id=created.id, run_id=run.id)
     bob = _client(other_user)
     for call in (
         lambda: bob.evals.retrieve(created.id),
