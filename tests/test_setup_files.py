@@ -60,6 +60,8 @@ def test_each_kind_of_work_has_its_own_queue():
         queue.SWEEP_JUDGEMENTS,
         queue.BENCHMARK_RUN,
         queue.SWEEP_BENCHMARKS,
+        queue.EVAL_RUN,
+        queue.SWEEP_EVALS,
     }
     # Celery beat runs every sweep and expiry, on the background queue.
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
@@ -75,6 +77,7 @@ def test_each_kind_of_work_has_its_own_queue():
         queue.SWEEP_JUDGEMENTS,
         queue.SWEEP_SWEEPS,
         queue.SWEEP_BENCHMARKS,
+        queue.SWEEP_EVALS,
     }
 
 

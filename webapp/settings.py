@@ -346,6 +346,9 @@ CELERY_TASK_ROUTES = {
     "arena.sweep_judgements": {"queue": "background"},
     "benchmarks.run": {"queue": "background"},
     "benchmarks.sweep": {"queue": "background"},
+    # An eval run (OpenAI's /v1/evals) waits on the infer worker's answers, as a judgement does.
+    "benchmarks.eval_run": {"queue": "background"},
+    "benchmarks.sweep_evals": {"queue": "background"},
 }
 # The background worker's threads, shared out by kind of work (jobs.common.shares): each kind runs at most its
 # share at once, and the worker runs with as many threads as the shares add up to (Procfile: -c 8), so a kind
@@ -380,6 +383,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-datasets": {"task": "user_datasets.sweep", "schedule": SWEEP_SECONDS},
     "sweep-sweeps": {"task": "sweeps.advance", "schedule": SWEEP_SECONDS},
     "sweep-benchmarks": {"task": "benchmarks.sweep", "schedule": SWEEP_SECONDS},
+    "sweep-evals": {"task": "benchmarks.sweep_evals", "schedule": SWEEP_SECONDS},
     "expire-files": {"task": "training.expire_files", "schedule": 3600},
     "expire-uploads": {"task": "user_datasets.expire_uploads", "schedule": 3600},
 }

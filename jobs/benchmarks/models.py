@@ -52,3 +52,60 @@ class BenchmarkRun(models.Model):
 
     def __str__(self) -> str:
         return f"benchmark {self.id} of {self.job_id or self.base_model_id} ({self.status})"
+
+
+class Eval(models.Model):
+    """An eval in OpenAI's shape (`/v1/evals`): the items' schema and the testing criteria (graders in OpenAI's
+    shapes, each with its pass_threshold), run on models by EvalRun rows."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="evals")
+    name = models.CharField(max_length=200, blank=True)
+    item_schema = models.JSONField(default=dict, blank=True)
+    include_sample_schema = models.BooleanField(default=False)
+    testing_criteria = models.JSONField(default=list, help_text="graders in OpenAI's shapes, checked")
+    metadata = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"eval {self.id} ({self.name})"
+
+
+class EvalRun(models.Model):
+    """One run of an eval on the background worker: each item answered by `model` (unless the data source gives
+    the answers) and graded by the eval's criteria. Claimed like a judgement (jobs.arena.judgements): a token and
+    a lease on the database's clock renewed while it works; `outputs` holds one entry per item as it ends."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        IN_PROGRESS = "in_progress"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELED = "canceled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    eval = models.ForeignKey(Eval, on_delete=models.CASCADE, related_name="runs")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_runs")
+    name = models.CharField(max_length=200, blank=True)
+    model = models.CharField(max_length=300, blank=True, help_text="the answering model; empty for given answers")
+    data_source = models.JSONField(default=dict, help_text="as given, the items left out (they are in `items`)")
+    items = models.JSONField(default=list, help_text="[{item, sample?}] to grade")
+    outputs = models.JSONField(default=list, blank=True, help_text="one entry per item graded so far")
+    usage = models.JSONField(default=dict, blank=True, help_text="prompt, completion tokens and calls of the model")
+    metadata = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    claim = models.CharField(max_length=32, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True, help_text="on the database's clock")
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"eval run {self.id} ({self.status})"

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
-from jobs.benchmarks.models import BenchmarkRun
+from jobs.benchmarks.models import BenchmarkRun, Eval, EvalRun
 from worker.benchmarks import SUITES, forgetting_warnings
 
 
@@ -30,3 +30,20 @@ def suite_list() -> list[dict]:
         {"name": s.name, "label": s.label, "general": s.general, "bundled": s.bundled, "tasks": list(s.tasks)}
         for s in SUITES.values()
     ]
+
+
+def eval_list(*, owner) -> QuerySet[Eval]:
+    return Eval.objects.filter(owner=owner)
+
+
+def eval_find(*, owner, eval_id) -> Eval | None:
+    """The owner's eval, or None (another user's is as missing)."""
+    return eval_list(owner=owner).filter(id=eval_id).first() if eval_id else None
+
+
+def eval_run_list(*, owner, evaluation: Eval) -> QuerySet[EvalRun]:
+    return EvalRun.objects.filter(owner=owner, eval=evaluation)
+
+
+def eval_run_find(*, owner, evaluation: Eval, run_id) -> EvalRun | None:
+    return eval_run_list(owner=owner, evaluation=evaluation).filter(id=run_id).first() if run_id else None

@@ -16,12 +16,13 @@ from pathlib import Path
 from celery import shared_task
 from django.conf import settings
 
-from jobs.benchmarks import services
-from jobs.benchmarks.models import BenchmarkRun
+from jobs.benchmarks import evals, services
+from jobs.benchmarks.models import BenchmarkRun, EvalRun
 from jobs.benchmarks.selectors import benchmark_warnings
 from jobs.common import blobs, queue
 from jobs.common.errors import failure_category
-from jobs.common.shares import EXPORTS, owner_share
+from jobs.common.shares import EXPORTS, JUDGEMENTS, owner_share
+from jobs.training.claims import lease_heartbeat
 from jobs.training.files import job_files
 from jobs.training.graders import grader_limits
 from jobs.training.services import job_event
@@ -193,5 +194,46 @@ def benchmark_sweep() -> int:
             continue
         if services.benchmark_requeue(run, attempts):
             queue.send(queue.BENCHMARK_RUN, str(run.id))
+            count += 1
+    return count
+
+
+@shared_task(name=queue.EVAL_RUN, acks_late=True, reject_on_worker_lost=True)
+def eval_run(run_id: str) -> str:
+    """Run an eval run (jobs.benchmarks.evals) under its claim, its lease kept by a heartbeat; a run that fails
+    says why on the row."""
+    row = EvalRun.objects.select_related("owner", "eval").filter(id=run_id).first()
+    if row is None or row.status not in evals.PENDING:
+        return "skipped"
+    if row.attempts >= evals.MAX_ATTEMPTS and row.status == EvalRun.Status.QUEUED:
+        evals.eval_run_fail(row, f"gave up after {evals.MAX_ATTEMPTS} attempts (the worker stopped each time)")
+        return "failed"
+    with owner_share(JUDGEMENTS, row.owner_id):  # before the claim: a full share sends the message again later
+        token = evals.eval_run_claim(row)
+        if token is None:
+            return "in progress"
+        try:
+            renew = lambda: evals.eval_run_renew(row, token)  # noqa: E731
+            with lease_heartbeat(renew, every_s=evals.LEASE_SECONDS / 4, what="eval run"):
+                return evals.eval_run_work(row, token)
+        except Exception as exc:
+            log.exception("eval run %s failed", run_id)
+            reason = exc.message if isinstance(exc, StudioError) else failure_category(exc)
+            evals.eval_run_fail(row, f"the run failed: {reason}", token=token)
+            return "failed"
+
+
+@shared_task(name=queue.SWEEP_EVALS, acks_late=True)
+def eval_sweep() -> int:
+    """Queue again the eval runs whose lease ran out, counting an attempt for a lost message; past MAX_ATTEMPTS
+    one gives up. Returns how many."""
+    count = 0
+    for row in evals.eval_runs_stale():
+        attempts = row.attempts + (0 if row.status == EvalRun.Status.IN_PROGRESS else 1)
+        if attempts >= evals.MAX_ATTEMPTS:
+            evals.eval_run_fail(row, f"gave up after {evals.MAX_ATTEMPTS} attempts (its work was lost each time)")
+            continue
+        if evals.eval_run_requeue(row, attempts):
+            queue.send(queue.EVAL_RUN, str(row.id))
             count += 1
     return count

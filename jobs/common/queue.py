@@ -19,6 +19,7 @@ HUB_DOWNLOAD = "base_models.hub_download"
 GGUF_CONVERT = "base_models.gguf_convert"
 HUB_PUBLISH = "training.hub_publish"
 BENCHMARK_RUN = "benchmarks.run"
+EVAL_RUN = "benchmarks.eval_run"
 # Periodic sweeps (scheduled by Celery beat) that re-queue work whose message was lost.
 SWEEP_MERGES = "training.sweep_merges"
 SWEEP_WEBHOOKS = "webhooks.sweep"
@@ -33,6 +34,7 @@ SWEEP_ANSWERS = "arena.sweep_answers"
 SWEEP_JUDGEMENTS = "arena.sweep_judgements"
 SWEEP_SWEEPS = "sweeps.advance"  # moves hyperparameter sweeps (jobs.sweeps) on
 SWEEP_BENCHMARKS = "benchmarks.sweep"
+SWEEP_EVALS = "benchmarks.sweep_evals"
 
 
 def registered_task(task_name: str):

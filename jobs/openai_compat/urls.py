@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from jobs.openai_compat import chat, files, fine_tuning, graders, model_catalog
+from jobs.openai_compat import chat, evals, files, fine_tuning, graders, model_catalog
 
 urlpatterns = [
     path("files", files.FileListApi.as_view(), name="openai-files"),
@@ -21,6 +21,23 @@ urlpatterns = [
     ),
     path("fine_tuning/alpha/graders/validate", graders.GraderValidateApi.as_view(), name="openai-graders-validate"),
     path("fine_tuning/alpha/graders/run", graders.GraderRunApi.as_view(), name="openai-graders-run"),
+    path("evals", evals.EvalListApi.as_view(), name="openai-evals"),
+    path("evals/<str:eval_id>", evals.EvalDetailApi.as_view(), name="openai-eval"),
+    path("evals/<str:eval_id>/runs", evals.EvalRunListApi.as_view(), name="openai-eval-runs"),
+    path("evals/<str:eval_id>/runs/<str:run_id>", evals.EvalRunDetailApi.as_view(), name="openai-eval-run"),
+    path(
+        "evals/<str:eval_id>/runs/<str:run_id>/cancel", evals.EvalRunCancelApi.as_view(), name="openai-eval-run-cancel"
+    ),
+    path(
+        "evals/<str:eval_id>/runs/<str:run_id>/output_items",
+        evals.EvalOutputItemListApi.as_view(),
+        name="openai-eval-output-items",
+    ),
+    path(
+        "evals/<str:eval_id>/runs/<str:run_id>/output_items/<str:output_item_id>",
+        evals.EvalOutputItemDetailApi.as_view(),
+        name="openai-eval-output-item",
+    ),
     path("models", model_catalog.ModelListApi.as_view(), name="openai-models"),
     path("models/<path:model>", model_catalog.ModelDetailApi.as_view(), name="openai-model"),
     path("chat/completions", chat.chat_completions, name="openai-chat-completions"),
