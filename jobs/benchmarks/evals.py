@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from contextlib import ExitStack
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from jobs.arena.graders import answers_wait, chat_judge, python_slot
@@ -30,7 +28,7 @@ from jobs.arena.services import ChatBusy, chat_check_bounds, chat_completion_cre
 from jobs.benchmarks.models import Eval, EvalRun
 from jobs.common import blobs, queue
 from jobs.common.exceptions import StateError
-from jobs.training.claims import lease_from_now
+from jobs.common.leased import LeasedRows
 from jobs.training.graders import grader_check, grader_limits
 from jobs.training.selectors import model_named
 from worker.config import GenerationConfig
@@ -52,6 +50,7 @@ LEASE_SECONDS = 120
 BUSY_WAIT_SECONDS = 120
 Status = EvalRun.Status
 PENDING = (Status.QUEUED, Status.IN_PROGRESS)
+LEASED = LeasedRows(EvalRun, lambda: LEASE_SECONDS, max_attempts=MAX_ATTEMPTS, running=Status.IN_PROGRESS)
 ROLES = ("system", "developer", "user", "assistant")
 
 
@@ -310,7 +309,7 @@ def eval_run_create(*, owner, evaluation: Eval, data_source: object, name: objec
             data_source=shown,
             items=items,
             metadata=_metadata(metadata),
-            lease_until=lease_from_now(LEASE_SECONDS),
+            lease_until=LEASED.lease(),
         )
         queue.enqueue(queue.EVAL_RUN, str(run.id), robust=True)  # the sweep sends a lost one again
     run.refresh_from_db()
@@ -337,41 +336,31 @@ def eval_run_delete(*, run: EvalRun) -> None:
 def eval_run_claim(run: EvalRun) -> str | None:
     """Take the run (queued, or in progress on a worker whose lease ran out), counting an attempt; the token or
     None."""
-    token = uuid.uuid4().hex
-    takeable = Q(status=Status.QUEUED) | Q(status=Status.IN_PROGRESS, lease_until__lt=Now())
-    taken = EvalRun.objects.filter(takeable, id=run.id, attempts__lt=MAX_ATTEMPTS).update(
-        status=Status.IN_PROGRESS, claim=token, attempts=F("attempts") + 1, lease_until=lease_from_now(LEASE_SECONDS)
-    )
-    return token if taken == 1 else None
+    return LEASED.claim(run.id)
 
 
 def _held(run: EvalRun, token: str):
-    return EvalRun.objects.filter(id=run.id, claim=token, status=Status.IN_PROGRESS)
+    return LEASED.held(run.id, token)
 
 
 def eval_run_renew(run: EvalRun, token: str, **fields) -> bool:
     """Push the lease on (and write `fields`); False once the claim is gone."""
-    return _held(run, token).update(lease_until=lease_from_now(LEASE_SECONDS), **fields) == 1
+    return LEASED.renew(run.id, token, **fields)
 
 
 def eval_run_fail(run: EvalRun, message: str, *, token: str | None = None) -> bool:
-    rows = EvalRun.objects.filter(id=run.id, status__in=PENDING)
-    if token is not None:
-        rows = rows.filter(claim=token)
-    return rows.update(status=Status.FAILED, claim="", lease_until=None, error=message[:2000], finished=Now()) == 1
+    """Give the run up with `message` (fenced by `token` when a run holds it)."""
+    return LEASED.end(run.id, message, token=token)
 
 
 def eval_runs_stale() -> list[EvalRun]:
-    return list(EvalRun.objects.filter(status__in=PENDING, lease_until__lt=Now()))
+    """Pending runs whose lease ran out: the message was lost, or the worker died mid-run."""
+    return list(LEASED.stale())
 
 
 def eval_run_requeue(run: EvalRun, attempts: int) -> bool:
-    return (
-        EvalRun.objects.filter(id=run.id, status=run.status, attempts=run.attempts, lease_until=run.lease_until).update(
-            status=Status.QUEUED, attempts=attempts, claim="", lease_until=lease_from_now(LEASE_SECONDS)
-        )
-        == 1
-    )
+    """Queue a stale run again with `attempts` and a fresh lease, unless someone changed it meanwhile."""
+    return LEASED.requeue(run, attempts)
 
 
 def criterion_passed(criterion: dict[str, Any], score: float) -> bool:
@@ -480,5 +469,5 @@ def eval_run_work(run: EvalRun, token: str) -> str:
             outputs.append(output)
             if not eval_run_renew(run, token, outputs=outputs, usage=usage):
                 return "lost"
-    ended = _held(run, token).update(status=Status.COMPLETED, claim="", lease_until=None, finished=Now())
+    ended = LEASED.finish(run.id, token, Status.COMPLETED)
     return "completed" if ended else "lost"

@@ -21,8 +21,8 @@ from jobs.benchmarks.models import BenchmarkRun, EvalRun
 from jobs.benchmarks.selectors import benchmark_warnings
 from jobs.common import blobs, queue
 from jobs.common.errors import failure_category
+from jobs.common.leased import lease_heartbeat
 from jobs.common.shares import EXPORTS, JUDGEMENTS, owner_share
-from jobs.training.claims import lease_heartbeat
 from jobs.training.files import job_files
 from jobs.training.graders import grader_limits
 from jobs.training.services import job_event

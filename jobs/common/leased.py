@@ -20,8 +20,7 @@ from django.db.models import DateTimeField, ExpressionWrapper, F, Model, Q, Quer
 from django.db.models.functions import Now
 
 log = logging.getLogger(__name__)
-QUEUED, RUNNING, FAILED, CANCELLED = "queued", "running", "failed", "cancelled"
-PENDING = (QUEUED, RUNNING)
+QUEUED, RUNNING, FAILED = "queued", "running", "failed"
 
 
 def lease_from_now(seconds: int) -> ExpressionWrapper:
@@ -65,20 +64,25 @@ class LeasedRows:
     lease_seconds: Callable[[], int]
     max_attempts: int = 3
     takeable: Q = Q()
+    running: str = RUNNING  # the model's word for it (OpenAI's eval runs say "in_progress")
+
+    @property
+    def pending(self) -> tuple[str, str]:
+        return (QUEUED, self.running)
 
     def claim(self, row_id: Any) -> str | None:
         """Take the row for this run (queued, or running on a worker whose lease ran out), counting an attempt;
         the token, or None when another run holds it, nothing is pending, or the attempts are used up."""
         token = uuid.uuid4().hex
-        free = Q(status=QUEUED) | Q(status=RUNNING, lease_until__lt=Now())
+        free = Q(status=QUEUED) | Q(status=self.running, lease_until__lt=Now())
         taken = self.model._default_manager.filter(
             free, self.takeable, id=row_id, attempts__lt=self.max_attempts
-        ).update(status=RUNNING, claim=token, attempts=F("attempts") + 1, lease_until=self.lease())
+        ).update(status=self.running, claim=token, attempts=F("attempts") + 1, lease_until=self.lease())
         return token if taken == 1 else None
 
     def held(self, row_id: Any, token: str) -> QuerySet:
         """The row while this run's claim holds it (empty once it is gone: cancelled, or taken over)."""
-        return self.model._default_manager.filter(id=row_id, claim=token, status=RUNNING)
+        return self.model._default_manager.filter(id=row_id, claim=token, status=self.running)
 
     def renew(self, row_id: Any, token: str, **fields: Any) -> bool:
         """Push the lease on (and write `fields`); False once the claim is gone."""
@@ -91,14 +95,14 @@ class LeasedRows:
     def end(self, row_id: Any, message: str, *, token: str | None = None, status: str = FAILED) -> bool:
         """End a pending row as failed with `message` (or `status`, e.g. cancelled), fenced by `token` when a run
         holds it."""
-        rows = self.model._default_manager.filter(id=row_id, status__in=PENDING)
+        rows = self.model._default_manager.filter(id=row_id, status__in=self.pending)
         if token is not None:
             rows = rows.filter(claim=token)
         return rows.update(status=status, claim="", lease_until=None, error=message[:2000], finished=Now()) == 1
 
     def stale(self) -> QuerySet:
         """Pending rows whose lease ran out: the message was lost, or the worker died mid-run."""
-        return self.model._default_manager.filter(status__in=PENDING, lease_until__lt=Now())
+        return self.model._default_manager.filter(status__in=self.pending, lease_until__lt=Now())
 
     def requeue(self, row: Any, attempts: int) -> bool:
         """Queue a stale row again with `attempts` and a fresh lease, unless someone changed it meanwhile."""

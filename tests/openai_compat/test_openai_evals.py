@@ -250,7 +250,7 @@ def test_refusals_name_the_path_and_other_users_see_nothing(client, user, other_
 def test_a_lost_run_is_swept_and_goes_on_and_a_run_without_its_claim_writes_nothing(user, transactional_db, run_here):
     from jobs.benchmarks import evals
     from jobs.benchmarks.models import Eval
-    from jobs.training.claims import lease_from_now
+    from jobs.common.leased import lease_from_now
 
     evaluation = Eval.objects.create(owner=user, testing_criteria=[EXACT])
     rows = [{"item": {"answer": a}, "sample": {"output_text": "Paris"}} for a in ("Paris", "Rome")]
