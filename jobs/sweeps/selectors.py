@@ -40,7 +40,15 @@ def sweep_spec(sweep: Sweep) -> study.StudySpec:
         pruner=sweep.pruner,
         seed=sweep.seed,
         trials=sweep.trials,
+        min_resource=first_verdict_step(sweep.fixed),
     )
+
+
+def first_verdict_step(fixed: dict) -> int:
+    """No verdict before a trial's second evaluation: one step (or one evaluation) says more about the learning
+    rate's first jolt than about where the trial is going."""
+    every = fixed.get("eval_every")
+    return 2 * every if isinstance(every, int) and every > 0 else 1
 
 
 def trial_curves(sweep: Sweep) -> dict[int, dict[int, float]]:

@@ -29,6 +29,7 @@ from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus, Metr
 from jobs.training.plan import job_plan
 from worker.config import ConfigError, TrainConfig
 from worker.errors import InputError
+from worker.schedule import eval_interval
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def sweep_create(
     # The first trial's plan, without refusal: the dataset, model, validation and method checks of every caller.
     first = {name: _first_value(d) for name, d in distributions.items()}
     try:
-        job_plan(
+        plan = job_plan(
             owner=owner,
             dataset=dataset,
             base_model=base_model,
@@ -126,6 +127,10 @@ def sweep_create(
     except ConfigError as exc:
         where = "space" if exc.field in distributions else "fixed"
         raise InputError(f"{where}.{exc.field}", exc.message) from None
+    if "eval_every" not in fixed and "eval_every" not in distributions:
+        # One evaluation schedule for every trial (that of the first, shortest one): the pruner compares trials at
+        # the same steps, not one trial's loss after 5 steps with another's after 1.
+        fixed["eval_every"] = eval_interval(plan.config, plan.estimate.steps)
     sweep = Sweep.objects.create(
         owner=owner,
         name=name.strip()[:200],

@@ -211,6 +211,7 @@ class StudySpec:
     pruner: str = "successive_halving"
     seed: int = 0
     trials: int = 8
+    min_resource: int = 1  # the first step at which the pruner may stop a trial
 
 
 def build_sampler(spec: StudySpec, number: int) -> optuna.samplers.BaseSampler:
@@ -224,12 +225,12 @@ def build_sampler(spec: StudySpec, number: int) -> optuna.samplers.BaseSampler:
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """Successive halving (rungs at evaluation steps 1, 4, 16, ...; a trial goes on while it is in the best quarter
-    of those that reached its rung), Hyperband over it, or none."""
+    """Successive halving (rungs at steps m, 4m, 16m, ... with m = `min_resource`; a trial goes on while it is in
+    the best quarter of those that reached its rung), Hyperband over it, or none."""
     if spec.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_resource, reduction_factor=4)
     if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto", reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=spec.min_resource, max_resource="auto", reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 

@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 
-from jobs.sweeps import services, tasks
+from jobs.sweeps import selectors, services, study, tasks
 from jobs.sweeps.models import Sweep, SweepStatus, SweepTrial
 from jobs.training import tasks as train_tasks
 from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
@@ -207,3 +207,28 @@ def test_the_auto_preset_of_the_job_form_runs_a_small_sweep(client_in, user, bas
     refused = client_in.post("/sweeps/auto/", {**form, "dataset": ""})
     assert refused.status_code == 302 and refused["Location"].startswith("/jobs/new/")
     assert Sweep.objects.count() == 2
+
+
+def test_every_trial_evaluates_on_one_schedule_and_no_verdict_comes_before_the_second_evaluation(
+    api, user, base_model, dataset
+):
+    """Trials of 1 and 4 epochs would evaluate every 1 and 4 steps on their own: the pruner would set one's loss
+    after a step against another's after four. The sweep gives them all the first (shortest) trial's schedule."""
+    fixed = {k: v for k, v in FIXED.items() if k not in ("eval_every", "epochs")}
+    created = api.post(
+        "/api/v1/sweeps/",
+        body(dataset, base_model, fixed=fixed, space={**SPACE, "epochs": [1, 4]}, trials=3, parallelism=3),
+        format="json",
+    )
+    assert created.status_code == 201, created.json()
+    sweep = Sweep.objects.get(id=created.json()["id"])
+    every = sweep.fixed["eval_every"]
+    assert isinstance(every, int) and every >= 1
+    jobs = FineTuneJob.objects.filter(sweep_trial__sweep=sweep)
+    assert jobs.count() == 3 and {job.config["eval_every"] for job in jobs} == {every}
+    assert len({job.config["epochs"] for job in jobs}) > 1  # different lengths, one schedule
+    pruner = study.build_pruner(selectors.sweep_spec(sweep))
+    assert pruner._min_resource == 2 * every
+    # The user's own schedule stands.
+    own = api.post("/api/v1/sweeps/", body(dataset, base_model, trials=1), format="json").json()
+    assert Sweep.objects.get(id=own["id"]).fixed["eval_every"] == FIXED["eval_every"]
