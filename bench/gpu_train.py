@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-context", type=int, default=131072, help="stop doubling here")
     p.add_argument("--model", default="", help="a local model folder instead of the random one")
     p.add_argument("--out", default="", help="write the results as JSON here")
-    p.add_argument("--timeout", type=int, default=900, help="seconds per set-up child")
+    p.add_argument("--timeout", type=int, default=300, help="seconds per set-up child")
     p.add_argument("--dry-run-cpu", action="store_true", help="tiny model on the CPU; proves the script only")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -300,8 +300,6 @@ def peak_memory_mb(cuda: bool) -> float:
 def run_hf(job: dict[str, Any]) -> dict[str, Any]:
     """hf-a, hf-b and unsloth: HF Trainer on the planned steps, in order."""
     setup, cuda, qlora = job["setup"], job["cuda"], job["qlora"]
-    if setup == "unsloth":
-        import unsloth  # noqa: F401  (must come before transformers)
     import torch
     from torch.utils.data import SequentialSampler
     from transformers import (
@@ -481,6 +479,8 @@ def run_engine(job: dict[str, Any]) -> dict[str, Any]:
 
 def child(job_file: str) -> int:
     job = json.loads(Path(job_file).read_text())
+    if job["setup"] == "unsloth":
+        import unsloth  # noqa: F401  (Unsloth patches transformers: it must be imported first)
     sys.path.insert(0, str(ROOT))
     from worker.modeling import quiet_transformers
 
