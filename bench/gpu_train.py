@@ -12,7 +12,7 @@ about `--seq` tokens. Every set-up sees the same examples in the same steps (the
 handed to the HF Trainer in order with a sequential sampler), the same LoRA (rank 16, alpha 32, all linear
 layers, dropout 0), learning rate, linear schedule without warm-up, AdamW and seed.
 
-Set-ups (each in its own child process, so its peak memory is its own: torch.cuda.max_memory_allocated on a
+Set-ups (each in its own child process, bench/gpu_train_child.py, so its peak memory is its own: torch.cuda.max_memory_allocated on a
 GPU, VmHWM on the CPU):
 * hf-a: HF `Trainer` + PEFT, bf16, SDPA attention, padding to the longest in the batch, gradient
   checkpointing (non-reentrant; QLoRA: `prepare_model_for_kbit_training`, as the PEFT docs do).
@@ -80,7 +80,7 @@ WORDS = (
 ).split()
 
 
-# --- pure functions (unit-tested in tests/bench/test_gpu_train.py) -----------------------------------------
+# --- pure functions (unit-tested in tests/worker/test_bench_gpu_train.py) -----------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,7 +98,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="", help="write the results as JSON here")
     p.add_argument("--timeout", type=int, default=300, help="seconds per set-up child")
     p.add_argument("--dry-run-cpu", action="store_true", help="tiny model on the CPU; proves the script only")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     dry = a.dry_run_cpu
     a.seq = (64 if dry else 2048) if a.seq is None else a.seq
@@ -258,6 +257,8 @@ def common_config(a: argparse.Namespace, steps: int, batch: int, seq: int) -> di
         max_steps=steps,
         warmup_ratio=0.0,
         lr_scheduler="linear",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
         learning_rate=1e-3,  # the engine's default: enough for the loss to fall visibly in 30 steps
         save_every=10_000_000,
         final_eval=False,
@@ -283,220 +284,6 @@ def make_plan(model: str, data: Path, cfg_fields: dict[str, Any]) -> Plan:
     return Plan(steps, tokens, sum(lengths) / len(lengths))
 
 
-# --- the children ------------------------------------------------------------------------------------------
-
-
-def peak_memory_mb(cuda: bool) -> float:
-    if cuda:
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**20
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def run_hf(job: dict[str, Any]) -> dict[str, Any]:
-    """hf-a, hf-b and unsloth: HF Trainer on the planned steps, in order."""
-    setup, cuda, qlora = job["setup"], job["cuda"], job["qlora"]
-    import torch
-    from torch.utils.data import SequentialSampler
-    from transformers import (
-        AutoModelForCausalLM,
-        DataCollatorForSeq2Seq,
-        DataCollatorWithFlattening,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
-
-    from worker.data.normalized import read_normalized_jsonl
-    from worker.data.tokenization import IGNORE_INDEX, tokenize_examples
-    from worker.kernels import has_package
-    from worker.modeling import load_tokenizer
-
-    cfg = job["config"]
-    tok = load_tokenizer(job["model"])
-    examples = tokenize_examples(tok, read_normalized_jsonl(Path(job["data"])), cfg["max_seq_length"])
-    ordered = [examples[i] for step in job["plan"] for i in step]
-    rows = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)} for e in ordered]
-    dtype = torch.bfloat16 if cuda or job["dry"] else torch.float32
-    gc = setup != "unsloth"
-    attn = "flash_attention_2" if setup == "hf-b" and cuda and has_package("flash_attn") else "sdpa"
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    if setup == "unsloth":
-        from unsloth import FastLanguageModel
-
-        model, _ = FastLanguageModel.from_pretrained(
-            job["model"], max_seq_length=job["max_len"], dtype=torch.bfloat16, load_in_4bit=qlora
-        )
-        model = FastLanguageModel.get_peft_model(
-            model,
-            r=cfg["rank"],
-            lora_alpha=cfg["alpha"],
-            lora_dropout=0.0,
-            target_modules=targets,
-            use_gradient_checkpointing="unsloth",
-            random_state=cfg["seed"],
-        )
-    else:
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-        kwargs: dict[str, Any] = dict(dtype=dtype, attn_implementation=attn)
-        if qlora:
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16,
-            )
-        if cuda:
-            kwargs["device_map"] = {"": 0}
-        base = AutoModelForCausalLM.from_pretrained(job["model"], **kwargs)
-        if qlora:
-            base = prepare_model_for_kbit_training(
-                base, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        torch.manual_seed(cfg["seed"])
-        lora = LoraConfig(
-            r=cfg["rank"], lora_alpha=cfg["alpha"], lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
-        )
-        model = get_peft_model(base, lora)
-    trainable, total = model.get_nb_trainable_parameters()
-    if setup == "hf-b":
-        collator: Any = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
-    else:
-        collator = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=IGNORE_INDEX)
-
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.times: list[float] = []
-            self.losses: list[float] = []
-
-        def on_step_end(self, args, state, control, **kw):
-            if cuda:
-                torch.cuda.synchronize()
-            self.times.append(time.perf_counter())
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self.losses.append(float(logs["loss"]))
-
-    class InOrder(Trainer):
-        def _get_train_sampler(self, *args, **kwargs):
-            return SequentialSampler(self.train_dataset)
-
-    clock = Clock()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            output_dir=out,
-            per_device_train_batch_size=cfg["batch_size"],
-            gradient_accumulation_steps=1,
-            learning_rate=cfg["learning_rate"],
-            max_steps=cfg["max_steps"],
-            lr_scheduler_type="linear",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            optim="adamw_torch",
-            use_cpu=not cuda,
-            bf16=cuda,
-            gradient_checkpointing=gc and not qlora and setup != "unsloth",
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-            use_liger_kernel=setup == "hf-b" and cuda,  # the CPU dry run: flattening only (Liger needs CUDA)
-            seed=cfg["seed"],
-            report_to="none",
-            save_strategy="no",
-            logging_strategy="steps",
-            logging_steps=1,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            remove_unused_columns=False,
-        )
-        InOrder(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[clock]).train()
-    return {
-        "times": clock.times,
-        "losses": clock.losses,
-        "trainable": trainable,
-        "total": total,
-        "peak_mb": peak_memory_mb(cuda),
-        "attention": "unsloth"
-        if setup == "unsloth"
-        else attn + ("" if cuda or setup != "hf-b" else ", no Liger (CPU)"),
-    }
-
-
-def run_engine(job: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    from worker.config import TrainConfig, TrainSpec
-    from worker.engine import train
-    from worker.reporting import MemoryReporter
-
-    cuda = job["cuda"]
-    if job["setup"] == "engine-no-lora16":
-        import worker.lora16
-
-        worker.lora16.compute_lora_in_bf16 = lambda model: 0  # type: ignore[assignment]
-
-    class TimedReporter(MemoryReporter):
-        def __init__(self):
-            super().__init__()
-            self.times: list[float] = []
-
-        def log(self, step, metrics):
-            if "loss" in metrics and "tokens_per_s" in metrics:
-                if cuda:
-                    torch.cuda.synchronize()
-                self.times.append(time.perf_counter())
-            super().log(step, metrics)
-
-    reporter = TimedReporter()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    cfg = TrainConfig(**job["config"])
-    with tempfile.TemporaryDirectory() as out:
-        spec = TrainSpec(job["model"], job["data"], out, cfg, device="cuda" if cuda else "cpu")
-        result = train(spec, reporter)
-    if result.status != "succeeded":
-        raise RuntimeError(f"engine run {result.status}: {getattr(result, 'error', '')}")
-    losses = reporter.losses()
-    return {
-        "times": reporter.times,
-        "losses": [losses[s] for s in sorted(losses)],
-        "trainable": result.trainable_params,
-        "total": None,
-        "peak_mb": peak_memory_mb(cuda),
-        "attention": "flash-attn varlen" if any("flash-attention" in m for _, m in reporter.events) else "sdpa",
-        "events": [m for _, m in reporter.events][:12],
-    }
-
-
-def child(job_file: str) -> int:
-    job = json.loads(Path(job_file).read_text())
-    if job["setup"] == "unsloth":
-        import unsloth  # noqa: F401  (Unsloth patches transformers: it must be imported first)
-    sys.path.insert(0, str(ROOT))
-    from worker.modeling import quiet_transformers
-
-    quiet_transformers()
-    try:
-        got = run_hf(job) if not job["setup"].startswith("engine") else run_engine(job)
-    except Exception as exc:  # noqa: BLE001 - the parent reports it in the table
-        import traceback
-
-        traceback.print_exc()
-        oom = "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
-        got = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "oom": oom}
-    print("RESULT " + json.dumps(got), flush=True)
-    return 0
-
-
 # --- the parent ----------------------------------------------------------------------------------------------
 
 
@@ -507,7 +294,7 @@ def run_child(job: dict[str, Any], work: Path, timeout: int) -> dict[str, Any]:
     started = time.monotonic()
     try:
         done = subprocess.run(
-            [sys.executable, __file__, "--child", str(job_file)],
+            [sys.executable, str(ROOT / "bench" / "gpu_train_child.py"), str(job_file)],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -520,7 +307,7 @@ def run_child(job: dict[str, Any], work: Path, timeout: int) -> dict[str, Any]:
     if line is None:
         tail = (done.stdout + done.stderr)[-1500:]
         oom = "out of memory" in tail.lower()
-        return {"error": f"child exited {done.returncode} with no result: {tail[-300:]}", "oom": oom}
+        return {"error": f"child exited {done.returncode} with no result: {' '.join(tail[-300:].split())}", "oom": oom}
     got = json.loads(line[7:])
     got["wall_s"] = time.monotonic() - started
     if "error" in got:
@@ -663,13 +450,14 @@ def longest_context(a: argparse.Namespace, model: str, work: Path, env: dict[str
                            data=str(data), config=config, plan=plan.steps, max_len=length)  # fmt: skip
                 got = run_child(job, work, a.timeout)
                 if "error" in got:
-                    stop = "out of memory" if got.get("oom") else got["error"][:120]
+                    stop = "out of memory" if got.get("oom") else "FAIL: " + " ".join(got["error"].split())[:160]
                     break
                 best = max(plan.tokens)
                 length *= 2
             else:
                 stop = f"reached --max-context {a.max_context}"
-            rows.append({"setup": setup, "base": base, "status": "ok", "longest_tokens": best, "stopped": stop})
+            status = stop if stop.startswith("FAIL") else "ok"
+            rows.append({"setup": setup, "base": base, "status": status, "longest_tokens": best, "stopped": stop})
             print(f"[{base}] {setup}: longest context that trained {best:,} tokens ({stop})", flush=True)
     print(f"\n{'base':<10} {'set-up':<18} {'longest context':>16}  stopped by")
     for r in rows:
@@ -681,8 +469,6 @@ def longest_context(a: argparse.Namespace, model: str, work: Path, env: dict[str
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    if a.child:
-        return child(a.child)
     sys.path.insert(0, str(ROOT))
     import torch
 
@@ -703,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         "has": {n: has_package(n) for n in ("liger_kernel", "flash_attn", "bitsandbytes", "unsloth")},
     }
     print(f"gpu_train: {name}, torch {torch.__version__}, installed: {env['has']}", flush=True)
-    results: dict[str, Any] = {"device": name, "args": {k: v for k, v in vars(a).items() if k != "child"}}
+    results: dict[str, Any] = {"device": name, "args": vars(a)}
     with tempfile.TemporaryDirectory(prefix="gpu-train-") as tmp:
         work = Path(tmp)
         started = time.monotonic()
@@ -729,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(results, indent=1))
-    failed = [r for r in rows if str(r.get("status", "")).startswith("FAIL") or r.get("loss_ok") is False]
+    everything = rows + results.get("longest_context", [])
+    failed = [r for r in everything if str(r.get("status", "")).startswith("FAIL") or r.get("loss_ok") is False]
     return 1 if failed else 0
 
 
