@@ -7,7 +7,8 @@
 #   GPU_CHECK_MODEL=/models/Qwen2.5-0.5B-Instruct bench/gpu_check.sh   # or a local model folder
 #   GPU_CHECK_OUT=var/gpu-check bench/gpu_check.sh                      # also write results.json there
 #
-# Needs no network. Stops after GPU_CHECK_TIMEOUT seconds (470 by default, under 8 minutes).
+# Needs no network. Stops after GPU_CHECK_TIMEOUT seconds (470 by default, under 8 minutes), then runs
+# bench/gpu_train.py --size 0.5b --qlora (GPU_TRAIN_TIMEOUT, 900 s by default).
 # Without a CUDA device it says so and exits 0. Exit 1 when a check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +20,9 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3
   echo "run this script on a machine with an NVIDIA GPU and a CUDA build of torch. Nothing was checked."
   exit 0
 fi
-exec timeout --signal=INT --kill-after=20 "${GPU_CHECK_TIMEOUT:-470}" "$PY" bench/gpu_check.py "$@"
+status=0
+timeout --signal=INT --kill-after=20 "${GPU_CHECK_TIMEOUT:-470}" "$PY" bench/gpu_check.py "$@" || status=$?
+# Then the engine against plain HF / Liger + flattening / Unsloth (issue 28), the quick 0.5B variant, LoRA and QLoRA:
+timeout --signal=INT --kill-after=20 "${GPU_TRAIN_TIMEOUT:-900}" "$PY" bench/gpu_train.py --size 0.5b --qlora \
+  ${GPU_CHECK_MODEL:+--model "$GPU_CHECK_MODEL"} ${GPU_CHECK_OUT:+--out "$GPU_CHECK_OUT/gpu_train.json"} || status=$?
+exit "$status"
