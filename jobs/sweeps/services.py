@@ -26,7 +26,7 @@ from jobs.sweeps.models import SWEEP_TERMINAL, Sweep, SweepStatus, SweepTrial
 from jobs.sweeps.selectors import sweep_metric, sweep_spec, trial_records, trial_result
 from jobs.training import services as job_services
 from jobs.training.models import TERMINAL_STATUSES, FineTuneJob, JobStatus, MetricPoint
-from jobs.training.plan import job_plan
+from jobs.training.plan import JobPlan, job_plan
 from worker.config import ConfigError, TrainConfig
 from worker.errors import InputError
 from worker.schedule import eval_interval
@@ -68,6 +68,14 @@ def _bounded(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InputError(name, f"must be a whole number between {low} and {high} (you gave {value!r})")
     return value
+
+
+def _one_eval_schedule(fixed: dict[str, Any], distributions: dict, plan: JobPlan) -> dict[str, Any]:
+    """`fixed` with one evaluation schedule for every trial (that of the first, shortest one, unless the user set
+    one): the pruner compares trials at the same steps, not one trial's loss after 5 steps with another's after 1."""
+    if "eval_every" in fixed or "eval_every" in distributions:
+        return fixed
+    return {**fixed, "eval_every": eval_interval(plan.config, plan.estimate.steps)}
 
 
 def sweep_create(
@@ -127,10 +135,7 @@ def sweep_create(
     except ConfigError as exc:
         where = "space" if exc.field in distributions else "fixed"
         raise InputError(f"{where}.{exc.field}", exc.message) from None
-    if "eval_every" not in fixed and "eval_every" not in distributions:
-        # One evaluation schedule for every trial (that of the first, shortest one): the pruner compares trials at
-        # the same steps, not one trial's loss after 5 steps with another's after 1.
-        fixed["eval_every"] = eval_interval(plan.config, plan.estimate.steps)
+    fixed = _one_eval_schedule(fixed, distributions, plan)
     sweep = Sweep.objects.create(
         owner=owner,
         name=name.strip()[:200],

@@ -189,7 +189,14 @@ def test_fsdp_shards_the_base_trains_like_one_device_and_resumes(tiny_llama, tmp
     expected = logits(tiny_llama, ref_result.adapter_dir)
     assert torch.allclose(logits(tiny_llama, result.adapter_dir), expected, rtol=REL, atol=1e-5)
     evaluation = json.loads((tmp_path / "fsdp" / "evaluation.json").read_text())
-    assert evaluation == json.loads((tmp_path / "one" / "evaluation.json").read_text())
+    one = json.loads((tmp_path / "one" / "evaluation.json").read_text())
+    # The same answers and counts; losses to float rounding (the sharded sums add up in another order on CPUs
+    # without AVX-512, 1e-7 apart).
+    assert {k: v for k, v in evaluation.items() if k not in ("loss", "perplexity")} == {
+        k: v for k, v in one.items() if k not in ("loss", "perplexity")
+    }
+    for key in ("loss", "perplexity"):
+        assert evaluation[key] == pytest.approx(one[key], rel=1e-5), key
 
 
 def test_fsdp_is_validated():
