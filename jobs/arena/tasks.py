@@ -215,15 +215,10 @@ def judgement_run(judgement_id: str) -> str:
 def sweep_judgements() -> int:
     """Queue again the judgements whose lease ran out (message lost, or worker died mid-run), counting an attempt
     for a lost message (a run that died counted its own); past MAX_ATTEMPTS one gives up. Returns how many."""
-    count = 0
-    for row in judgements.judgements_stale():
-        attempts = row.attempts + (0 if row.status == Judgement.Status.RUNNING else 1)
-        if attempts >= judgements.MAX_ATTEMPTS:
-            judgements.judgement_fail(
-                row, f"gave up after {judgements.MAX_ATTEMPTS} attempts (its work was lost each time)"
-            )
-            continue
-        if judgements.judgement_requeue(row, attempts):
-            queue.send(queue.JUDGEMENT_RUN, str(row.id))
-            count += 1
-    return count
+    return judgements.LEASED.requeue_stale(
+        judgements.judgements_stale(),
+        send=lambda row: queue.send(queue.JUDGEMENT_RUN, str(row.id)),
+        give_up=lambda row: judgements.judgement_fail(
+            row, f"gave up after {judgements.MAX_ATTEMPTS} attempts (its work was lost each time)"
+        ),
+    )

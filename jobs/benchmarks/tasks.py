@@ -186,16 +186,13 @@ def _summary(run: BenchmarkRun) -> str:
 def benchmark_sweep() -> int:
     """Queue again the runs whose lease ran out (message lost, or worker died); past BENCHMARK_MAX_ATTEMPTS a run
     gives up. Re-queueing renews the lease, so a second sweep at once does nothing."""
-    count = 0
-    for run in services.benchmarks_stale():
-        attempts = run.attempts + (0 if run.status == Status.RUNNING else 1)
-        if attempts >= services.BENCHMARK_MAX_ATTEMPTS:
-            _end(run, f"benchmark gave up after {services.BENCHMARK_MAX_ATTEMPTS} attempts (its work was lost)")
-            continue
-        if services.benchmark_requeue(run, attempts):
-            queue.send(queue.BENCHMARK_RUN, str(run.id))
-            count += 1
-    return count
+    return services.LEASED.requeue_stale(
+        services.benchmarks_stale(),
+        send=lambda run: queue.send(queue.BENCHMARK_RUN, str(run.id)),
+        give_up=lambda run: _end(
+            run, f"benchmark gave up after {services.BENCHMARK_MAX_ATTEMPTS} attempts (its work was lost)"
+        ),
+    )
 
 
 @shared_task(name=queue.EVAL_RUN, acks_late=True, reject_on_worker_lost=True)
@@ -227,13 +224,10 @@ def eval_run(run_id: str) -> str:
 def eval_sweep() -> int:
     """Queue again the eval runs whose lease ran out, counting an attempt for a lost message; past MAX_ATTEMPTS
     one gives up. Returns how many."""
-    count = 0
-    for row in evals.eval_runs_stale():
-        attempts = row.attempts + (0 if row.status == EvalRun.Status.IN_PROGRESS else 1)
-        if attempts >= evals.MAX_ATTEMPTS:
-            evals.eval_run_fail(row, f"gave up after {evals.MAX_ATTEMPTS} attempts (its work was lost each time)")
-            continue
-        if evals.eval_run_requeue(row, attempts):
-            queue.send(queue.EVAL_RUN, str(row.id))
-            count += 1
-    return count
+    return evals.LEASED.requeue_stale(
+        evals.eval_runs_stale(),
+        send=lambda row: queue.send(queue.EVAL_RUN, str(row.id)),
+        give_up=lambda row: evals.eval_run_fail(
+            row, f"gave up after {evals.MAX_ATTEMPTS} attempts (its work was lost each time)"
+        ),
+    )

@@ -113,6 +113,20 @@ class LeasedRows:
             == 1
         )
 
+    def requeue_stale(self, rows: Any, *, send: Callable[[Any], object], give_up: Callable[[Any], object]) -> int:
+        """Queue each stale row again (`send` its message) with an attempt counted for a lost message (a run that
+        died counted its own as it claimed the row), or `give_up` on it past `max_attempts`; how many went back.
+        Re-queueing renews the lease, so a second sweep at once does nothing."""
+        count = 0
+        for row in rows:
+            attempts = row.attempts + (0 if row.status == self.running else 1)
+            if attempts >= self.max_attempts:
+                give_up(row)
+            elif self.requeue(row, attempts):
+                send(row)
+                count += 1
+        return count
+
     def lease(self) -> ExpressionWrapper:
         """A fresh lease's end, on the database's clock."""
         return lease_from_now(self.lease_seconds())

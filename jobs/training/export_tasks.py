@@ -239,19 +239,15 @@ def merge_sweep() -> int:
     Hub pushes that can no longer end fail (jobs.training.publish.publishes_stale_fail).
     A lost message counts as an attempt (a run that died counted its own as it claimed the row); past
     EXPORT_MAX_ATTEMPTS the export gives up. Re-queueing renews the lease, so a second sweep at once does nothing."""
-    count = 0
-    for row in exports.exports_stale():
-        attempts = row.attempts + (0 if row.status == Status.RUNNING else 1)
-        if attempts >= exports.EXPORT_MAX_ATTEMPTS:
-            _give_up(
-                row,
-                f"{export_label(row)} gave up after {exports.EXPORT_MAX_ATTEMPTS} attempts "
-                "(its work was lost each time: the worker stopped or the queue lost it)",
-            )
-            continue
-        if exports.export_requeue(row, attempts):
-            queue.send(queue.MERGE_ADAPTER, str(row.job_id), row.id)
-            count += 1
+    count = exports.LEASED.requeue_stale(
+        exports.exports_stale(),
+        send=lambda row: queue.send(queue.MERGE_ADAPTER, str(row.job_id), row.id),
+        give_up=lambda row: _give_up(
+            row,
+            f"{export_label(row)} gave up after {exports.EXPORT_MAX_ATTEMPTS} attempts "
+            "(its work was lost each time: the worker stopped or the queue lost it)",
+        ),
+    )
     if count:
         log.info("re-queued %d stale export(s)", count)
     if failed := publish.publishes_stale_fail():
