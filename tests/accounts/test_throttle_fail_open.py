@@ -1,6 +1,6 @@
 """Throttle counts live in Redis; while it restarts, API requests go through instead of failing."""
 
-from tests.integration.stack import free_port
+from tests.ports import free_port
 
 
 def test_requests_pass_while_the_throttle_store_is_down(settings, api, user):

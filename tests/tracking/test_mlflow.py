@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -31,6 +30,7 @@ from jobs.training import services as job_services
 from jobs.training import tasks as train_tasks
 from jobs.training.models import FineTuneJob, JobStatus, MetricPoint
 from jobs.training.plan import job_plan
+from tests.ports import free_port
 from worker.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,12 +61,6 @@ def mlflow_bin() -> str | None:
         if candidate and Path(candidate).is_file():
             return candidate
     return shutil.which("mlflow")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str):

@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from tests.integration.stack import free_port
+from tests.ports import free_port
 from tests.waiting import wait_until
 from webapp.embedded_redis import DEFAULT_PORT, PortUnavailable, choose_port
 
