@@ -185,19 +185,35 @@ def object_store(settings, s3_endpoint, monkeypatch, tmp_path):
 
 
 # --- order: the longest modules first ------------------------------------------------------------
-# `make test` runs on two pytest-xdist workers, each taking whole modules (--dist loadscope) in the
-# order collected; starting the modules that take minutes first keeps both workers busy to the end.
+# `make test` runs on three pytest-xdist workers, each taking whole modules (--dist loadscope) in the order
+# collected (pytest.ini turns off xdist's own reordering, which sorts modules by their NUMBER of tests and so
+# started the few-test modules that take minutes last, leaving one worker running them alone at the end).
+# Starting the modules that take longest first keeps every worker busy to the end. Measured on 2 cores
+# (`PYTEST_ADDOPTS=--durations=150 make test`, setup + call + teardown per module, seconds):
 LONGEST_FIRST = (
-    "tests/integration/test_faults.py",
-    "tests/integration/test_object_storage.py",
-    "tests/integration/test_routing.py",
-    "tests/integration/test_fair_queue.py",
-    "tests/integration/test_end_to_end.py",
+    "tests/integration/test_faults.py",  # 325
+    "tests/browser/test_first_hour.py",  # 111
+    "tests/slow/test_demo_model.py",  # 95 (converts the demo model once into var/)
+    "tests/integration/test_end_to_end.py",  # 86
+    "tests/integration/test_object_storage.py",  # 72
+    "tests/worker/test_distributed.py",  # 71
+    "tests/openai_compat/test_openai_end_to_end.py",  # 68
+    "tests/browser/test_security_headers.py",  # 51
+    "tests/integration/test_user_models.py",  # 50
+    "tests/browser/test_dataset_check.py",  # 50
+    "tests/browser/test_compare_vote.py",  # 49
+    "tests/browser/test_core_loop.py",  # 46
+    "tests/integration/test_routing.py",  # 43
+    "tests/integration/test_background_shares.py",  # 42
+    "tests/slow/",  # 40
+    "tests/integration/test_resume.py",  # 36
+    "tests/integration/test_background_queue.py",  # 33
+    "tests/tracking/test_mlflow.py",  # 33
+    "tests/worker/test_preference.py",  # 26
+    "tests/integration/test_fair_queue.py",  # 22
+    "tests/accounts/test_storage_quota.py",  # 21
     "tests/browser/",
-    "tests/openai_compat/test_openai_end_to_end.py",
     "tests/integration/",
-    "tests/worker/test_distributed.py",
-    "tests/slow/",
 )
 
 

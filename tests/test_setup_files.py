@@ -237,3 +237,14 @@ def test_every_name_a_bench_script_imports_from_the_product_exists():
                 if not hasattr(module, alias.name) and not submodule:
                     missing.append(f"{path.name}: {node.module}.{alias.name}")
     assert missing == []
+
+
+def test_the_longest_modules_are_handed_out_first():
+    """xdist sorts modules by their number of tests unless told not to, which undoes LONGEST_FIRST and leaves the
+    few-test modules that take minutes to the end of the run, on one worker."""
+    from tests.conftest import LONGEST_FIRST
+
+    addopts = next(line for line in (ROOT / "pytest.ini").read_text().splitlines() if line.startswith("addopts"))
+    assert "--dist loadscope" in addopts and "--no-loadscope-reorder" in addopts
+    missing = [p for p in LONGEST_FIRST if not (ROOT / p).exists()]
+    assert not missing, f"LONGEST_FIRST names paths that are gone: {missing}"
