@@ -121,15 +121,18 @@ def generate_batch(
     device: Device,
     adapter_names: list[str] | None = None,
     stop_ids: list[int] | None = None,
+    stop_check: Callable[[], object] | None = None,
 ) -> list[str]:
     """Greedy answers for several conversations at once (left padding); `adapter_names` picks, row by row,
     the adapter each answer goes through (PEFT's mixed-adapter batch); a row ends at any of `stop_ids`
-    (default: the tokenizer's eos)."""
+    (default: the tokenizer's eos); `stop_check()` is called at every new token and may raise to end it."""
     import torch
 
     texts = [render_chat(tokenizer, c, add_generation_prompt=True) for c in conversations]
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
-    extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
+    extra: dict[str, Any] = {"adapter_names": adapter_names} if adapter_names is not None else {}
+    if stop_check is not None:
+        extra["stopping_criteria"] = checking_stop(stop_check)
     with torch.inference_mode():
         # use_cache: training turned the key/value cache off in the config; without it every new token
         # would run the whole sequence again.
@@ -146,6 +149,20 @@ def generate_batch(
             **extra,
         )
     return [tokenizer.decode(row[enc["input_ids"].shape[1] :], skip_special_tokens=True) for row in out]
+
+
+def checking_stop(stop_check: Callable[[], object]) -> Any:
+    """A stopping criterion for `generate` that stops no row but calls `stop_check()` at every new token, so
+    a cancel (the engine's check raises) ends a long batched generation within its polling interval."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class CheckingStop(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            stop_check()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([CheckingStop()])
 
 
 def can_mix_adapters(model: Any) -> bool:
@@ -170,6 +187,7 @@ def generate_both(
     max_new_tokens: int,
     device: Device,
     stop_ids: list[int] | None = None,
+    stop_check: Callable[[], object] | None = None,
 ) -> tuple[list[str], list[str]]:
     """(adapted, base) greedy answers: each prompt twice in ONE batched generate, once through the adapter and
     once with it off (as the chat worker's comparisons do); two batched calls where the mix would not be
@@ -177,11 +195,13 @@ def generate_both(
     n = len(conversations)
     if can_mix_adapters(model):
         names = [model.active_adapter] * n + [BASE_ADAPTER] * n
-        answers = generate_batch(model, tokenizer, list(conversations) * 2, max_new_tokens, device, names, stop_ids)
+        answers = generate_batch(
+            model, tokenizer, list(conversations) * 2, max_new_tokens, device, names, stop_ids, stop_check
+        )
         return answers[:n], answers[n:]
-    adapted = generate_batch(model, tokenizer, conversations, max_new_tokens, device, stop_ids=stop_ids)
+    adapted = generate_batch(model, tokenizer, conversations, max_new_tokens, device, None, stop_ids, stop_check)
     with model.disable_adapter():
-        base = generate_batch(model, tokenizer, conversations, max_new_tokens, device, stop_ids=stop_ids)
+        base = generate_batch(model, tokenizer, conversations, max_new_tokens, device, None, stop_ids, stop_check)
     return adapted, base
 
 
@@ -207,11 +227,11 @@ def evaluate_adapter(
     max_new_tokens: int = ANSWER_TOKENS_CAP,
     batch_size: int = 8,
     generation_batch_size: int = GENERATION_BATCH,
-    between_batches: Callable[[], object] | None = None,
+    stop_check: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """Compare the adapted model with its own base (adapter disabled) on held-out examples.
-    `between_batches()` is called before each generation batch (the engine's stop check, which may raise);
-    answers take at most `answer_token_bound(...)` of `max_new_tokens`."""
+    `stop_check()` is called before each generation batch and at each of its tokens (the engine's stop check,
+    which may raise); answers take at most `answer_token_bound(...)` of `max_new_tokens`."""
     model.eval()
     tokenized = tokenize_examples(tokenizer, examples, max_seq_length)
     loss = {"adapter": mean_token_loss(model, tokenized, batch_size, tokenizer.pad_token_id, device)}
@@ -222,9 +242,10 @@ def evaluate_adapter(
     stop_ids = end_of_turn_ids(tokenizer)
     answers: dict[int, tuple[str, str]] = {}
     for batch in length_sorted_batches(tokenizer, [c for c, _ in prompts], generation_batch_size):
-        if between_batches is not None:
-            between_batches()
-        adapted, base = generate_both(model, tokenizer, [prompts[i][0] for i in batch], bound, device, stop_ids)
+        if stop_check is not None:
+            stop_check()
+        convs = [prompts[i][0] for i in batch]
+        adapted, base = generate_both(model, tokenizer, convs, bound, device, stop_ids, stop_check)
         answers.update(zip(batch, zip(adapted, base)))
     rows: list[dict[str, Any]] = []
     for i, (conv, ref) in enumerate(prompts):

@@ -215,3 +215,28 @@ def test_answer_bound_follows_the_longest_reference(tiny_llama):
     assert answer_token_bound(tok, refs, cap=20) == 20
     assert answer_token_bound(tok, ["x" * 400]) == 96
     assert length_sorted_batches(tok, PROMPTS, 2) == [[2, 4], [0, 3], [1]]
+
+
+def test_a_stop_check_that_raises_ends_a_batched_generation_at_that_token(tiny_llama):
+    """The engine's stop check runs at every new token, so a cancel does not wait for a whole batch."""
+    from worker.evaluation import generate_batch
+
+    model = perturbed_adapter(tiny_llama)
+    tok = load_tokenizer(str(tiny_llama))
+    calls = []
+
+    class Cancelled(Exception):
+        pass
+
+    def stop_check():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        generate_batch(model, tok, PROMPTS, 50, "cpu", stop_check=stop_check)
+    assert len(calls) == 3, "called once per new token until it raised"
+    quiet = generate_batch(model, tok, PROMPTS, NEW_TOKENS, "cpu", stop_check=lambda: None)
+    assert quiet == generate_batch(model, tok, PROMPTS, NEW_TOKENS, "cpu"), (
+        "a check that does not raise changes nothing"
+    )
