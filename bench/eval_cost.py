@@ -1,6 +1,7 @@
 """The end-of-job evaluation's cost: the old evaluation against the current one, after the same short job.
 
     .venv/bin/python bench/eval_cost.py [--epochs 3] [--threads 2] [--batch-sizes 8,20] [--old-rev REV]
+                                        [--rounds 1] [--keep DIR | --reuse DIR]
                                         [--model var/models/SmolLM2-135M-Instruct]
 
 Trains the demo job once (`worker.engine.train`, the demo model, `worker/demo_data/demo_dataset.jsonl`,
@@ -11,13 +12,17 @@ and as it is now (once per `--batch-sizes` entry, the generation batch), and pri
 its share of a job that would have run it (evaluation / (job + evaluation), the figure the engine logs
 as "evaluation took X s, Y% of the job"). Last, whether they report the same: the losses, and each row's
 two answers: the same, the old one cut at the new bound (the new one is its start, the old one ran past
-`answer_tokens`), or different; and the rates of both sides.
+`answer_tokens`), or different (each difference is listed); and the rates of both sides. `--rounds`: the
+evaluations again, in the other order each round (the machine's load drifts). `--keep DIR` keeps the job's
+folder and time; `--reuse DIR` evaluates its adapter again without training (the base loaded as the job
+loads it, the adapter from DIR/adapter, its LoRA branches in bf16 over a bf16 base as in the job).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,10 +65,40 @@ def train_job(model_dir: str, epochs: float, out: str) -> tuple[Any, float, str]
     return result.model, time.perf_counter() - started, result.precision
 
 
-def timed(evaluate, *args, **kwargs) -> tuple[dict, float]:
-    started = time.perf_counter()
-    out = evaluate(*args, **kwargs)
-    return out, time.perf_counter() - started
+def reload_job(model_dir: str, folder: Path) -> tuple[Any, float, str]:
+    """The kept job's adapter over its base, as the engine holds them at its end, and the job's seconds."""
+    from peft import PeftModel
+
+    from worker.config import TrainConfig
+    from worker.lora16 import compute_lora_in_bf16
+    from worker.modeling import load_base_model, train_device
+
+    cfg = TrainConfig()
+    device = train_device("cpu", cfg)
+    model = PeftModel.from_pretrained(load_base_model(model_dir, device, cfg), str(folder / "adapter"))
+    compute_lora_in_bf16(model)
+    seconds, precision = (folder / "job_seconds.txt").read_text().split()
+    return model, float(seconds), precision
+
+
+def timed(evaluate, *args, generation_batch_size: str | None = None, **kwargs) -> tuple[dict, float]:
+    """One evaluation and its seconds; a generation batch size "8u" batches the prompts in their own order
+    (not by length), to tell the length sorting's effect apart."""
+    import worker.evaluation
+
+    sorted_batches = worker.evaluation.length_sorted_batches
+    if generation_batch_size is not None:
+        kwargs["generation_batch_size"] = int(generation_batch_size.rstrip("u"))
+        if generation_batch_size.endswith("u"):
+            worker.evaluation.length_sorted_batches = lambda tok, convs, size: [
+                list(range(i, min(i + size, len(convs)))) for i in range(0, len(convs), size)
+            ]
+    try:
+        started = time.perf_counter()
+        out = evaluate(*args, **kwargs)
+        return out, time.perf_counter() - started
+    finally:
+        worker.evaluation.length_sorted_batches = sorted_batches
 
 
 def loss_seconds(model: Any, tokenizer: Any, examples: list) -> float:
@@ -95,6 +130,7 @@ def compare(old: dict, new: dict, tokenizer: Any) -> str:
                 cut += 1  # (re-tokenized text may count a token or two apart from the generated ids)
             else:
                 differ += 1
+                print(f"    {side} of {o['prompt'][:40]!r}: old {o[side][:70]!r} new {n[side][:70]!r}")
     losses = all(old["loss"][k] == new["loss"][k] for k in ("adapter", "base"))
     return (
         f"losses {'identical' if losses else 'DIFFER'} (adapter {new['loss']['adapter']:.4f}, base "
@@ -110,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch-sizes", default="8", help="generation batch sizes of the new evaluation, comma-separated")
     p.add_argument("--old-rev", default=OLD_REV)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--keep", help="keep the job's folder (its adapter) and time here")
+    p.add_argument("--reuse", help="evaluate the job kept in this folder again, without training")
     a = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import torch
@@ -127,25 +166,42 @@ def main(argv: list[str] | None = None) -> int:
     examples = read_normalized_jsonl(EVAL)
     with tempfile.TemporaryDirectory() as tmp:
         old_evaluation = old_module(a.old_rev, Path(tmp))
-        model, job_s, precision = train_job(model_dir, a.epochs, str(Path(tmp) / "job"))
+        if a.reuse:
+            model, job_s, precision = reload_job(model_dir, Path(a.reuse))
+        else:
+            folder = Path(a.keep) if a.keep else Path(tmp) / "job"
+            model, job_s, precision = train_job(model_dir, a.epochs, str(folder))
+            (folder / "job_seconds.txt").write_text(f"{job_s} {precision}")
         print(
             f"job: {Path(model_dir).name}, {DATA.name}, {a.epochs:g} epochs, precision {precision}, torch threads "
-            f"{torch.get_num_threads()}: {job_s:.1f} s without its end-of-job evaluation",
+            f"{torch.get_num_threads()}: {job_s:.1f} s without its end-of-job evaluation{' (kept)' if a.reuse else ''}",
             flush=True,
         )
         common = {"max_seq_length": 256, "device": "cpu"}
         losses_s = loss_seconds(model, tokenizer, examples)
         print(f"of any evaluation, the two validation losses (adapter, base): {losses_s:.1f} s", flush=True)
-        old, old_s = timed(old_evaluation.evaluate_adapter, model, tokenizer, examples, **common)
-        print(f"old evaluation ({a.old_rev[:7]}): {old_s:.1f} s, {100 * old_s / (job_s + old_s):.0f}% of the job")
-        for size in (int(s) for s in a.batch_sizes.split(",")):
-            new, new_s = timed(evaluate_adapter, model, tokenizer, examples, generation_batch_size=size, **common)
+        runs: list[tuple[str, Any, dict]] = [("old", old_evaluation.evaluate_adapter, {})]
+        runs += [(f"new-{s}", evaluate_adapter, {"generation_batch_size": s}) for s in a.batch_sizes.split(",")]
+        seconds: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+        reports: dict[str, dict] = {}
+        for round_no in range(a.rounds):
+            for name, evaluate, extra in runs if round_no % 2 == 0 else runs[::-1]:
+                reports[name], took = timed(evaluate, model, tokenizer, examples, **common, **extra)
+                seconds[name].append(took)
+                print(f"round {round_no + 1} {name}: {took:.1f} s", flush=True)
+        old_s = statistics.median(seconds["old"])
+        print(
+            f"old evaluation ({a.old_rev[:7]}): {old_s:.1f} s (median), {100 * old_s / (job_s + old_s):.0f}% of the job"
+        )
+        for name, _, extra in runs[1:]:
+            new, new_s = reports[name], statistics.median(seconds[name])
             print(
-                f"new evaluation (generation batch {size}, answers <= {new['answer_tokens']} tokens): {new_s:.1f} s, "
-                f"{100 * new_s / (job_s + new_s):.0f}% of the job; {old_s / new_s:.1f}x faster",
+                f"new evaluation (generation batch {extra['generation_batch_size']}, answers <= "
+                f"{new['answer_tokens']} tokens): {new_s:.1f} s (median), {100 * new_s / (job_s + new_s):.0f}% of the "
+                f"job; {old_s / new_s:.1f}x faster",
                 flush=True,
             )
-            print("  " + compare(old, new, tokenizer), flush=True)
+            print("  " + compare(reports["old"], new, tokenizer), flush=True)
     return 0
 
 
