@@ -1,7 +1,7 @@
 """Training throughput: `worker.engine.train` against a plain HF `Trainer` + PEFT baseline.
 
     .venv/bin/python bench/train_throughput.py [--steps 20] [--threads 2] [--rounds 3] [--model DIR]
-                                               [--data demo|short|both]
+                                               [--data demo|short|both] [--variants baseline-bf16,engine]
 
 Every variant trains the demo model (SmolLM2-135M-Instruct, converted from the bundled GGUF if the
 folder is missing) for the same number of optimizer steps with the same LoRA config (TrainConfig
@@ -13,6 +13,10 @@ template, assistant-only labels), on two datasets: `worker/demo_data/demo_datase
 * baseline: `transformers.Trainer` on the PEFT model in fp32 (its default), `DataCollatorForSeq2Seq`
   padding each batch to its longest example, the default random sampler, the model's own loss
   (full-vocabulary logits).
+* baseline-bf16: the same Trainer script with the base loaded in bf16 (`from_pretrained(..., dtype=torch.bfloat16)`,
+  HF's own loader), the LoRA weights left in fp32 by PEFT (`autocast_adapter_dtype`, its default) and the
+  Trainer's `bf16=False` (the weights already are bf16; `bf16=True` would only add autocast's casts around
+  the fp32 LoRA branches): what a careful engineer writes first on a CPU with native bf16 (issue 28's peer).
 * engine: `worker.engine.train` with its defaults (precision auto: a bf16 frozen base on a CPU with
   native bf16, LoRA weights and AdamW in fp32; length-grouped batches, logits only at labelled positions).
 * engine-fp32: the same with precision fp32, so the engine's own lever and the precision lever show apart.
@@ -42,7 +46,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "var" / "models" / "SmolLM2-135M-Instruct"
 DATA = ROOT / "worker" / "demo_data" / "demo_dataset.jsonl"
-VARIANTS = ("baseline", "engine", "engine-fp32", "engine-peft-lora")
+VARIANTS = ("baseline", "baseline-bf16", "engine", "engine-fp32", "engine-peft-lora")
+TARGETS = {  # engine / peer: (least tokens/s ratio, most peak RSS ratio)
+    "baseline": (2.0, 0.7),
+    "baseline-bf16": (1.5, 0.8),  # issue 28
+}
 
 
 def maxrss_mb() -> float:
@@ -97,8 +105,9 @@ def run_engine(model_dir: str, steps: int, data: Path, precision: str) -> dict:
     }
 
 
-def run_baseline(model_dir: str, steps: int, data: Path) -> dict:
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+def run_baseline(model_dir: str, steps: int, data: Path, precision: str = "fp32") -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     from worker.data.normalized import read_normalized_jsonl
     from worker.data.tokenization import IGNORE_INDEX, tokenize_examples
@@ -108,7 +117,11 @@ def run_baseline(model_dir: str, steps: int, data: Path) -> dict:
     tok = load_tokenizer(model_dir)
     examples = tokenize_examples(tok, read_normalized_jsonl(data), cfg.max_seq_length)
     rows = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)} for e in examples]
-    model, _ = build_peft_model(load_base_model(model_dir, choose_device("cpu", "fp32"), cfg), cfg)
+    if precision == "bf16":  # HF's loader, not worker.modeling's (its pread loading is one of the engine's levers)
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, low_cpu_mem_usage=True)
+    else:
+        base = load_base_model(model_dir, choose_device("cpu", "fp32"), cfg)
+    model, _ = build_peft_model(base, cfg)  # PEFT's get_peft_model: LoRA weights in fp32 over either base
     trainable = model.get_nb_trainable_parameters()[0]
 
     counted: list[int] = []
@@ -163,7 +176,7 @@ def run_baseline(model_dir: str, steps: int, data: Path) -> dict:
         "seconds": clock.times[-1] - clock.times[0],
         "mean_loss": clock.loss,
         "trainable": trainable,
-        "precision": "fp32",
+        "precision": precision,
     }
 
 
@@ -179,8 +192,8 @@ def child(variant: str, model_dir: str, steps: int, threads: int | None, data: P
 
     quiet_transformers()
     rss_imports = maxrss_mb()
-    if variant == "baseline":
-        result = run_baseline(model_dir, steps, data)
+    if variant in ("baseline", "baseline-bf16"):
+        result = run_baseline(model_dir, steps, data, "bf16" if variant == "baseline-bf16" else "fp32")
     elif variant == "engine-peft-lora":  # the bf16 base with PEFT's own fp32 LoRA branches (worker/lora16.py off)
         import worker.lora16
 
@@ -237,7 +250,7 @@ def run_variant(variant: str, model_dir: Path, data: Path, a, env: dict) -> dict
 
 def report(name: str, data: Path, rounds: list[dict], a, model_dir: Path) -> None:
     """The table of one dataset's runs and each engine variant's median ratios to the baseline."""
-    threads = rounds[0]["engine"]["threads"]
+    threads = next(iter(rounds[0].values()))["threads"]
     print(
         f"\n== {name}: model {model_dir.name}, data {data.name}, {a.steps} steps, torch threads {threads}, "
         f"{a.rounds} round(s), batch/max_len/lr from TrainConfig defaults"
@@ -254,22 +267,37 @@ def report(name: str, data: Path, rounds: list[dict], a, model_dir: Path) -> Non
                 f"{r['peak_rss_mb']:>13.0f}{growth:>11.0f}{r['mean_loss']:>11.4f}{r['wall_s']:>8.0f}  "
                 f"{r['load'][0]:.2f}/{r['load'][1]:.2f}"
             )
-    for variant, targets in (("engine", " (target >= 2.0x tokens/s, <= 0.7x peak RSS)"), ("engine-fp32", "")):
-        speed = [r[variant]["tokens_per_s"] / r["baseline"]["tokens_per_s"] for r in rounds]
-        memory = [r[variant]["peak_rss_mb"] / r["baseline"]["peak_rss_mb"] for r in rounds]
+    present = rounds[0].keys()
+
+    def ratios(top: str, bottom: str) -> tuple[list[float], list[float], list[float]]:
+        speed = [r[top]["tokens_per_s"] / r[bottom]["tokens_per_s"] for r in rounds]
+        memory = [r[top]["peak_rss_mb"] / r[bottom]["peak_rss_mb"] for r in rounds]
         growth = [
-            (r[variant]["peak_rss_mb"] - r[variant]["rss_after_imports_mb"])
-            / (r["baseline"]["peak_rss_mb"] - r["baseline"]["rss_after_imports_mb"])
+            (r[top]["peak_rss_mb"] - r[top]["rss_after_imports_mb"])
+            / (r[bottom]["peak_rss_mb"] - r[bottom]["rss_after_imports_mb"])
             for r in rounds
         ]
-        print(
-            f"{name} {variant}/baseline: {statistics.median(speed):.2f}x tokens/s (rounds "
-            f"{', '.join(f'{x:.2f}' for x in speed)}), {statistics.median(memory):.2f}x peak RSS "
-            f"(growth {statistics.median(growth):.2f}x){targets if variant == 'engine' else ''}"
-        )
+        return speed, memory, growth
+
+    for peer in ("baseline", "baseline-bf16"):
+        for variant in ("engine", "engine-fp32"):
+            if peer not in present or variant not in present:
+                continue
+            speed, memory, growth = ratios(variant, peer)
+            target = ""
+            if variant == "engine":
+                least, most = TARGETS[peer]
+                met = statistics.median(speed) >= least and statistics.median(memory) <= most
+                target = f" (target >= {least}x tokens/s, <= {most}x peak RSS: {'met' if met else 'MISSED'})"
+            print(
+                f"{name} {variant}/{peer}: {statistics.median(speed):.2f}x tokens/s (rounds "
+                f"{', '.join(f'{x:.2f}' for x in speed)}), {statistics.median(memory):.2f}x peak RSS "
+                f"(growth {statistics.median(growth):.2f}x){target}"
+            )
     for other, lever in (("engine-fp32", "the precision lever"), ("engine-peft-lora", "the bf16 LoRA branches")):
-        speed = [r["engine"]["tokens_per_s"] / r[other]["tokens_per_s"] for r in rounds]
-        memory = [r["engine"]["peak_rss_mb"] / r[other]["peak_rss_mb"] for r in rounds]
+        if "engine" not in present or other not in present:
+            continue
+        speed, memory, _ = ratios("engine", other)
         print(
             f"{name} engine/{other} ({lever} alone): {statistics.median(speed):.2f}x tokens/s "
             f"(rounds {', '.join(f'{x:.2f}' for x in speed)}), {statistics.median(memory):.2f}x peak RSS"
@@ -285,11 +313,17 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=3, help="rounds of the variants, order rotating; the median ratio is reported"
     )
     p.add_argument("--data", choices=["demo", "short", "both"], default="both")
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all)"
+    )
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.steps < 2:
         p.error("--steps must be at least 2 (step 1 is warm-up)")
+    variants = tuple(v for v in VARIANTS if v in a.variants.split(","))
+    if not variants or set(a.variants.split(",")) - set(VARIANTS):
+        p.error(f"--variants: a comma-separated subset of {', '.join(VARIANTS)}")
     sys.path.insert(0, str(ROOT))
     if a.variant:
         child(a.variant, a.model, a.steps, a.threads, Path(a.data_file))
@@ -309,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             rounds = []
             for round_no in range(a.rounds):
                 # Rotate the order each round, so a drift in the machine's load hits every variant alike.
-                shift = round_no % len(VARIANTS)
-                order = VARIANTS[shift:] + VARIANTS[:shift]
+                shift = round_no % len(variants)
+                order = variants[shift:] + variants[:shift]
                 results = {}
                 for variant in order:
                     result = run_variant(variant, model_dir, datasets[name], a, env)

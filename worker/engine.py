@@ -531,7 +531,7 @@ class TrainingRun(Checkpointing):
                 read_normalized_jsonl(spec.eval_dataset_path),
                 max_seq_length=cfg.max_seq_length,
                 device=self.train_dev.device,
-                between_batches=self.poll_stop,
+                stop_check=self.poll_stop,
             )
         if self.devices.writes:
             self.guard()

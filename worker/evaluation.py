@@ -5,18 +5,23 @@ exact-match and (for JSON references) valid-JSON and same-keys rates. For DPO / 
 preference accuracy of both on held-out pairs instead. The base side is the same loaded model with
 the adapter off, so no second copy of the base is needed; the answers of both sides come from one
 batched `generate` per chunk of prompts (PEFT's mixed-adapter batch, "__base__" rows skip the
-adapter; two batched calls where that mix would not be exact), so it costs little next to training.
+adapter; two batched calls where that mix would not be exact), so it costs little next to training. Three
+things keep it short (a base model that rambles would otherwise write every answer to the cap): answers stop
+at the chat template's end-of-turn token as well as the tokenizer's eos; they are bounded by the references'
+length (`answer_token_bound`: an answer far longer than the longest reference scores no exact match anyway);
+and prompts of about the same length share a batch, so a batch pads little.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from worker.batching import Device
-from worker.chat_template import render_chat
+from worker.chat_template import ChatTemplateError, render_chat
 from worker.config import TrainConfig
 from worker.data.examples import Example
 from worker.data.tokenization import tokenize_examples, tokenize_pairs
@@ -57,6 +62,39 @@ def rates(rows: list[dict[str, Any]], side: str) -> dict[str, float | None]:
     return out
 
 
+ANSWER_TOKENS_CAP = 96  # the most tokens an answer may take, whatever its reference's length
+# Answer room over the longest reference: a re-spaced or reordered JSON of the reference's keys fits. On the demo
+# task (references of 25-29 tokens) 1.25x + 8 = 45 tokens scored as 1.5x + 16 = 60 did, 2 s sooner (bench/README.md).
+ANSWER_TOKENS_FACTOR = 1.25
+ANSWER_TOKENS_MARGIN = 8
+
+
+def answer_token_bound(tokenizer: Any, references: list[str], cap: int = ANSWER_TOKENS_CAP) -> int:
+    """The new tokens each held-out answer may take: 1.25x the longest reference answer plus 8, at most `cap`.
+    An answer cut there was already far longer than every reference: no exact match either way (only a JSON
+    answer that long, with the reference's keys, would lose its valid-JSON and same-keys marks)."""
+    longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references), default=cap)
+    return max(1, min(cap, math.ceil(ANSWER_TOKENS_FACTOR * longest) + ANSWER_TOKENS_MARGIN))
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """The token ids that end an assistant's answer: the tokenizer's eos, and the special token its chat template
+    writes right after an assistant's words (ChatML's `<|im_end|>`, Llama 3's `<|eot_id|>`) where that differs
+    (a base model whose eos is `<|endoftext|>` but whose template ends turns with `<|im_end|>`)."""
+    eos = tokenizer.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    mark = "Answer"
+    try:
+        text = render_chat(tokenizer, [{"role": "user", "content": "Q"}, {"role": "assistant", "content": mark}])
+    except ChatTemplateError:  # a template that will not render a plain exchange: the tokenizer's eos alone
+        return ids
+    after = text[text.rfind(mark) + len(mark) :] if mark in text else ""
+    following = tokenizer(after, add_special_tokens=False)["input_ids"][:1] if after else []
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items() if t.special}
+    return ids + [i for i in following if i in special and i not in ids]
+
+
 def held_out_prompts(examples: list[Example], limit: int) -> list[tuple[list[dict[str, str]], str]]:
     """(conversation up to the last assistant turn, that turn's reference answer)."""
     out: list[tuple[list[dict[str, str]], str]] = []
@@ -69,6 +107,10 @@ def held_out_prompts(examples: list[Example], limit: int) -> list[tuple[list[dic
             break
     return out
 
+
+# Held-out prompts per generate call (a mixed fp32 batch holds each twice): all 20 at once. On a CPU a decode
+# step costs about the same for 8 rows as for 20, so one batch of 20 takes 2 calls' steps where 8 took 3's.
+GENERATION_BATCH = 20
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 
@@ -83,15 +125,20 @@ def generate_batch(
     max_new_tokens: int,
     device: Device,
     adapter_names: list[str] | None = None,
+    stop_ids: list[int] | None = None,
+    stop_check: Callable[[], object] | None = None,
 ) -> list[str]:
     """Greedy answers for several conversations at once (left padding); `adapter_names` picks, row by row,
-    the adapter each answer goes through (PEFT's mixed-adapter batch)."""
+    the adapter each answer goes through (PEFT's mixed-adapter batch); a row ends at any of `stop_ids`
+    (default: the tokenizer's eos); `stop_check()` is called at every new token and may raise to end it."""
     import torch
 
     texts = [render_chat(tokenizer, c, add_generation_prompt=True) for c in conversations]
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
-    extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
-    with torch.inference_mode():
+    extra: dict[str, Any] = {"adapter_names": adapter_names} if adapter_names is not None else {}
+    if stop_check is not None:
+        extra["stopping_criteria"] = checking_stop(stop_check)
+    with torch.inference_mode(), contiguous_head_input(model):
         # use_cache: training turned the key/value cache off in the config; without it every new token
         # would run the whole sequence again.
         out = model.generate(
@@ -103,10 +150,41 @@ def generate_batch(
             top_k=None,
             use_cache=True,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stop_ids or tokenizer.eos_token_id,
             **extra,
         )
     return [tokenizer.decode(row[enc["input_ids"].shape[1] :], skip_special_tokens=True) for row in out]
+
+
+@contextlib.contextmanager
+def contiguous_head_input(model: Any) -> Iterator[None]:
+    """Feed the output head a contiguous input while generating. The first forward keeps only the last position's
+    hidden state (`logits_to_keep=1`), a strided slice of the batch; a bf16 CPU matmul over that slice is
+    slow: on the demo model 1.85 s for 20 prompts where the whole forward with every position's logits took
+    0.45 s (bench/README.md). A copy of 20 rows costs nothing next to it."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _module, args: tuple(a.contiguous() for a in args))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def checking_stop(stop_check: Callable[[], object]) -> Any:
+    """A stopping criterion for `generate` that stops no row but calls `stop_check()` at every new token, so
+    a cancel (the engine's check raises) ends a long batched generation within its polling interval."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class CheckingStop(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            stop_check()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([CheckingStop()])
 
 
 def can_mix_adapters(model: Any) -> bool:
@@ -125,7 +203,13 @@ def can_mix_adapters(model: Any) -> bool:
 
 
 def generate_both(
-    model: Any, tokenizer: Any, conversations: list[Conversation], max_new_tokens: int, device: Device
+    model: Any,
+    tokenizer: Any,
+    conversations: list[Conversation],
+    max_new_tokens: int,
+    device: Device,
+    stop_ids: list[int] | None = None,
+    stop_check: Callable[[], object] | None = None,
 ) -> tuple[list[str], list[str]]:
     """(adapted, base) greedy answers: each prompt twice in ONE batched generate, once through the adapter and
     once with it off (as the chat worker's comparisons do); two batched calls where the mix would not be
@@ -133,12 +217,25 @@ def generate_both(
     n = len(conversations)
     if can_mix_adapters(model):
         names = [model.active_adapter] * n + [BASE_ADAPTER] * n
-        answers = generate_batch(model, tokenizer, list(conversations) * 2, max_new_tokens, device, names)
+        answers = generate_batch(
+            model, tokenizer, list(conversations) * 2, max_new_tokens, device, names, stop_ids, stop_check
+        )
         return answers[:n], answers[n:]
-    adapted = generate_batch(model, tokenizer, conversations, max_new_tokens, device)
+    adapted = generate_batch(model, tokenizer, conversations, max_new_tokens, device, None, stop_ids, stop_check)
     with model.disable_adapter():
-        base = generate_batch(model, tokenizer, conversations, max_new_tokens, device)
+        base = generate_batch(model, tokenizer, conversations, max_new_tokens, device, None, stop_ids, stop_check)
     return adapted, base
+
+
+def length_sorted_batches(tokenizer: Any, conversations: list[Conversation], batch_size: int) -> list[list[int]]:
+    """Indices of `conversations` in batches of about the same prompt length (shortest first), so a left-padded
+    batch carries little padding; the rows go back into their own order afterwards."""
+    lengths = [
+        len(tokenizer(render_chat(tokenizer, c, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+        for c in conversations
+    ]
+    order = sorted(range(len(conversations)), key=lambda i: lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def evaluate_adapter(
@@ -149,40 +246,48 @@ def evaluate_adapter(
     max_seq_length: int,
     device: Device,
     max_prompts: int = 20,
-    max_new_tokens: int = 96,
+    max_new_tokens: int = ANSWER_TOKENS_CAP,
     batch_size: int = 8,
-    between_batches: Callable[[], object] | None = None,
+    generation_batch_size: int = GENERATION_BATCH,
+    stop_check: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """Compare the adapted model with its own base (adapter disabled) on held-out examples.
-    `between_batches()` is called before each generation batch (the engine's stop check, which may raise)."""
+    `stop_check()` is called before each generation batch and at each of its tokens (the engine's stop check,
+    which may raise); answers take at most `answer_token_bound(...)` of `max_new_tokens`."""
     model.eval()
     tokenized = tokenize_examples(tokenizer, examples, max_seq_length)
     loss = {"adapter": mean_token_loss(model, tokenized, batch_size, tokenizer.pad_token_id, device)}
     with model.disable_adapter():
         loss["base"] = mean_token_loss(model, tokenized, batch_size, tokenizer.pad_token_id, device)
     prompts = held_out_prompts(examples, max_prompts)
+    bound = answer_token_bound(tokenizer, [ref for _, ref in prompts], max_new_tokens)
+    stop_ids = end_of_turn_ids(tokenizer)
+    answers: dict[int, tuple[str, str]] = {}
+    for batch in length_sorted_batches(tokenizer, [c for c, _ in prompts], generation_batch_size):
+        if stop_check is not None:
+            stop_check()
+        convs = [prompts[i][0] for i in batch]
+        adapted, base = generate_both(model, tokenizer, convs, bound, device, stop_ids, stop_check)
+        answers.update(zip(batch, zip(adapted, base)))
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(prompts), batch_size):
-        if between_batches is not None:
-            between_batches()
-        chunk = prompts[start : start + batch_size]
-        adapted, base = generate_both(model, tokenizer, [c for c, _ in chunk], max_new_tokens, device)
-        for (conv, ref), b, a in zip(chunk, base, adapted):
-            rows.append(
-                {
-                    "prompt": conv[-1]["content"] if conv else "",
-                    "reference": ref,
-                    "base": b,
-                    "adapter": a,
-                    "base_scores": answer_scores(ref, b),
-                    "adapter_scores": answer_scores(ref, a),
-                }
-            )
+    for i, (conv, ref) in enumerate(prompts):
+        a, b = answers[i]
+        rows.append(
+            {
+                "prompt": conv[-1]["content"] if conv else "",
+                "reference": ref,
+                "base": b,
+                "adapter": a,
+                "base_scores": answer_scores(ref, b),
+                "adapter_scores": answer_scores(ref, a),
+            }
+        )
     return {
         "examples": len(tokenized),
         "loss": loss,
         "perplexity": {k: math.exp(min(v, 50)) for k, v in loss.items()},
         "rates": {"base": rates(rows, "base"), "adapter": rates(rows, "adapter")},
+        "answer_tokens": bound,  # the most new tokens an answer could take
         "rows": rows,
     }
 
