@@ -17,8 +17,6 @@ from jobs.arena.live import chat_stop_time, publish_chat
 from jobs.arena.models import ChatAnswer, Judgement
 from jobs.arena.selectors import answer_event_meta, answer_history, session_base_model
 from jobs.common import blobs, queue
-from jobs.common.errors import failure_category
-from jobs.common.leased import lease_heartbeat
 from jobs.common.shares import JUDGEMENTS, owner_share
 from worker.config import GenerationConfig
 from worker.errors import StudioError
@@ -191,24 +189,10 @@ def judgement_run(judgement_id: str) -> str:
     row = Judgement.objects.select_related("owner").filter(id=judgement_id).first()
     if row is None or row.status not in judgements.PENDING:
         return "skipped"
-    if row.attempts >= judgements.MAX_ATTEMPTS and row.status == Judgement.Status.QUEUED:
-        judgements.judgement_fail(
-            row, f"gave up after {judgements.MAX_ATTEMPTS} attempts (the worker stopped each time)"
-        )
-        return "failed"
-    with owner_share(JUDGEMENTS, row.owner_id):  # before the claim: a full share sends the message again later
-        token = judgements.judgement_claim(row)
-        if token is None:
-            return "in progress"
-        try:
-            renew = lambda: judgements.judgement_renew(row, token)  # noqa: E731
-            with lease_heartbeat(renew, every_s=judgements.LEASE_SECONDS / 4, what="judgement"):
-                return judgements.judgement_work(row, token)
-        except Exception as exc:
-            log.exception("judgement %s failed", judgement_id)
-            reason = exc.message if isinstance(exc, StudioError) else failure_category(exc)
-            judgements.judgement_fail(row, f"the judgement failed: {reason}", token=token)
-            return "failed"
+    share = owner_share(JUDGEMENTS, row.owner_id)
+    return judgements.LEASED.work_claimed(
+        row, judgements.judgement_work, share=share, what="judgement", failed_as="judgement"
+    )
 
 
 @shared_task(name=queue.SWEEP_JUDGEMENTS, acks_late=True)

@@ -21,7 +21,6 @@ from jobs.benchmarks.models import BenchmarkRun, EvalRun
 from jobs.benchmarks.selectors import benchmark_warnings
 from jobs.common import blobs, queue
 from jobs.common.errors import failure_category
-from jobs.common.leased import lease_heartbeat
 from jobs.common.shares import EXPORTS, JUDGEMENTS, owner_share
 from jobs.training.files import job_files
 from jobs.training.graders import grader_limits
@@ -202,22 +201,8 @@ def eval_run(run_id: str) -> str:
     row = EvalRun.objects.select_related("owner", "eval").filter(id=run_id).first()
     if row is None or row.status not in evals.PENDING:
         return "skipped"
-    if row.attempts >= evals.MAX_ATTEMPTS and row.status == EvalRun.Status.QUEUED:
-        evals.eval_run_fail(row, f"gave up after {evals.MAX_ATTEMPTS} attempts (the worker stopped each time)")
-        return "failed"
-    with owner_share(JUDGEMENTS, row.owner_id):  # before the claim: a full share sends the message again later
-        token = evals.eval_run_claim(row)
-        if token is None:
-            return "in progress"
-        try:
-            renew = lambda: evals.eval_run_renew(row, token)  # noqa: E731
-            with lease_heartbeat(renew, every_s=evals.LEASE_SECONDS / 4, what="eval run"):
-                return evals.eval_run_work(row, token)
-        except Exception as exc:
-            log.exception("eval run %s failed", run_id)
-            reason = exc.message if isinstance(exc, StudioError) else failure_category(exc)
-            evals.eval_run_fail(row, f"the run failed: {reason}", token=token)
-            return "failed"
+    share = owner_share(JUDGEMENTS, row.owner_id)
+    return evals.LEASED.work_claimed(row, evals.eval_run_work, share=share, what="eval run", failed_as="run")
 
 
 @shared_task(name=queue.SWEEP_EVALS, acks_late=True)

@@ -11,13 +11,16 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import close_old_connections, connection
 from django.db.models import DateTimeField, ExpressionWrapper, F, Model, Q, QuerySet
 from django.db.models.functions import Now
+
+from jobs.common.errors import failure_category
+from worker.errors import StudioError
 
 log = logging.getLogger(__name__)
 QUEUED, RUNNING, FAILED = "queued", "running", "failed"
@@ -126,6 +129,29 @@ class LeasedRows:
                 send(row)
                 count += 1
         return count
+
+    def work_claimed(
+        self, row: Any, work: Callable[[Any, str], str], *, share: AbstractContextManager, what: str, failed_as: str
+    ) -> str:
+        """A task's body for one row: give up past `max_attempts`, claim the row inside the owner's `share`, run
+        `work(row, token)` with the lease kept by a heartbeat, and end the row failed, saying why, if it raises
+        ("the {failed_as} failed: ..."). Its result, or "in progress" when another run holds the row."""
+        if row.attempts >= self.max_attempts and row.status == QUEUED:
+            self.end(row.id, f"gave up after {self.max_attempts} attempts (the worker stopped each time)")
+            return "failed"
+        with share:  # before the claim: a full share sends the message again later
+            token = self.claim(row.id)
+            if token is None:
+                return "in progress"
+            try:
+                renew = lambda: self.renew(row.id, token)  # noqa: E731
+                with lease_heartbeat(renew, every_s=self.lease_seconds() / 4, what=what):
+                    return work(row, token)
+            except Exception as exc:
+                log.exception("%s %s failed", what, row.id)
+                reason = exc.message if isinstance(exc, StudioError) else failure_category(exc)
+                self.end(row.id, f"the {failed_as} failed: {reason}", token=token)
+                return "failed"
 
     def lease(self) -> ExpressionWrapper:
         """A fresh lease's end, on the database's clock."""
