@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.browser.pages import sign_in
+from tests.browser.pages import open_custom, sign_in
 from tests.integration.stack import read_sse
 from tests.integration.test_end_to_end import upload_and_submit
 
@@ -164,7 +164,7 @@ def test_side_by_side_then_blind_vote_reveals_and_counts(stack, page, two_jobs):
     # ... which trains a DPO job through the form (the method and the data agree), then is compared.
     page.click("text=Train on this")
     page.wait_for_url("**/jobs/new/**")
-    page.click("#custom summary")
+    open_custom(page)
     page.select_option("#id_method", "dpo")
     page.select_option("#id_validation", "none")
     page.click("#submit-job")

@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from tests.browser.pages import sign_in
+from tests.browser.pages import open_custom, sign_in
 from tests.conftest import memorisable_conversations
 
 pytestmark = pytest.mark.browser
@@ -35,7 +35,7 @@ def test_core_loop_in_the_browser(stack, page, tmp_path):
     assert page.input_value("#id_target_preset") == "all_linear" and page.input_value("#id_epochs") == "3"
     page.check("#goal-quick")
     assert page.input_value("#id_rank") == "8" and page.input_value("#id_learning_rate") == "0.002"
-    page.click("#custom summary")
+    open_custom(page)
     page.fill("#id_name", "browser run")
     assert page.is_checked("#goal-quick"), "the name is not part of a goal"
     page.select_option("#id_target_preset", "all_linear")

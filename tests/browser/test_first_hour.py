@@ -7,7 +7,7 @@ import re
 import pytest
 import requests
 
-from tests.browser.pages import sign_in
+from tests.browser.pages import open_custom, sign_in
 from tests.conftest import memorisable_conversations
 from tests.waiting import page_sleep, wait_until
 
@@ -34,7 +34,7 @@ def visible(page, selector: str) -> bool:
 def test_the_job_form_shows_every_error_at_once_beside_its_field(stack, page, dataset):
     sign_in(page, stack, "alice")
     page.goto(f"{stack.url}/jobs/new/?dataset={dataset}")
-    page.click("#custom summary")
+    open_custom(page)
     # Fields that do not apply to the current choices are hidden until they do.
     assert not visible(page, "#field-target_modules") and not visible(page, "#field-validation_dataset")
     assert not visible(page, "#field-beta") and visible(page, "#field-validation_percent")
@@ -91,7 +91,7 @@ def test_a_fresh_job_form_asks_for_data_a_model_and_a_goal_and_folds_the_rest(st
     memory = page.inner_text("#estimate")
     figure = r"[\d.,]+ (GB|MB)"
     assert re.search(f"Memory: about {figure} of the {figure} (this machine has|set aside|.*train worker has)", memory)
-    page.click("#custom summary")
+    open_custom(page)
     more = page.evaluate(VISIBLE_CONTROLS)
     assert len(more) >= 30 and {"rank", "alpha", "dropout", "qlora", "validation_seed", "method"} <= set(more)
     assert page.inner_text("label[for=id_rank]").split() == ["Adapter", "size", "Rank"]
@@ -106,7 +106,7 @@ def test_the_estimate_follows_a_change_of_method_without_a_click(stack, page, da
                           return t !== old && !t.includes('Estimating') && t.length > 0; }"""
     page.wait_for_function(ready, arg="")
     assert "Memory: about" in page.inner_text("#estimate")
-    page.click("#custom summary")
+    open_custom(page)
     old = page.text_content("#estimate")
     page.select_option("#id_method", "dpo")  # this dataset holds plain examples: DPO cannot train on it
     page.wait_for_function(ready, arg=old)
@@ -543,7 +543,7 @@ def test_every_page_fits_a_phone_and_says_where_to_go(stack, browser, api, datas
 def test_the_estimate_warns_when_the_max_length_cuts_examples_and_shows_a_time_before_any_job(stack, page, dataset):
     sign_in(page, stack, "alice")
     page.goto(f"{stack.url}/jobs/new/?dataset={dataset}")
-    page.click("#custom summary")
+    open_custom(page)
     page.fill("#id_max_seq_length", "16")
     page.click("#estimate-job")
     # The form estimates on load too (its warning: "only 8 examples"): wait for the answer to the new length.
@@ -568,7 +568,7 @@ def test_advice_applies_with_one_click_and_the_new_estimate_fits(stack, page, ap
     long_set = api.post(stack.url + "/api/v1/datasets/", files={"file": ("long.jsonl", data.encode())}).json()["id"]
     sign_in(page, stack, "alice")
     page.goto(f"{stack.url}/jobs/new/?dataset={long_set}")
-    page.click("#custom summary")
+    open_custom(page)
     page.fill("#id_max_seq_length", "65536")
     page.fill("#id_batch_size", "1024")
     page.click("#estimate-job")
