@@ -244,8 +244,9 @@ class Stack:
         for name in roles:
             try:
                 self.process(name).wait(timeout=15)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # past a warm shutdown's patience: as a second Ctrl-C would
                 self.process(name).kill()
+                self.process(name).wait(timeout=15)  # the kill is sent, not done: respawn needs it gone
         for name in roles:
             self.respawn(name)
         self._wait_http()
